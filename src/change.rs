@@ -1,0 +1,150 @@
+//! A change read from the log, with its wire frames rendered once and shared by
+//! every subscriber (behind an `Arc`), whatever the fan-out.
+
+use crate::cursor::Cursor;
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::value::RawValue;
+use std::sync::OnceLock;
+
+#[derive(Debug)]
+pub struct Change {
+    pub id: i64,
+    pub topics: Vec<String>,
+    pub event: String,
+    /// When the writer emitted it (PostgreSQL's clock), µs since the epoch.
+    pub emitted_us: i64,
+    /// The change's resume position, encoded.
+    pub cursor: String,
+    /// One frame per entry of `topics`: the envelope names the topic it was delivered for.
+    frames: Vec<Frame>,
+}
+
+/// The envelope, identical on every transport.
+#[derive(Serialize)]
+struct Envelope<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    id: &'a str,
+    topic: &'a str,
+    event: &'a str,
+    data: &'a RawValue,
+    ts: i64,
+}
+
+#[derive(Debug)]
+pub struct Frame {
+    /// `{"type":"event","id":..,"topic":..,"event":..,"data":..,"ts":..}`
+    pub json: Bytes,
+    sse: OnceLock<Bytes>,
+}
+
+impl Frame {
+    /// The Server-Sent Events form: `id:`, `event:` and `data:` lines.
+    pub fn sse(&self, change: &Change) -> &Bytes {
+        self.sse.get_or_init(|| {
+            let mut s = Vec::with_capacity(self.json.len() + change.cursor.len() + 48);
+            s.extend_from_slice(b"id: ");
+            s.extend_from_slice(change.cursor.as_bytes());
+            s.extend_from_slice(b"\nevent: ");
+            s.extend_from_slice(sse_safe(&change.event).as_bytes());
+            s.extend_from_slice(b"\ndata: ");
+            s.extend_from_slice(&self.json);
+            s.extend_from_slice(b"\n\n");
+            Bytes::from(s)
+        })
+    }
+}
+
+/// SSE fields end at a line break, so an event name must not contain one.
+fn sse_safe(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.contains(['\n', '\r']) {
+        std::borrow::Cow::Owned(s.replace(['\n', '\r'], " "))
+    } else {
+        std::borrow::Cow::Borrowed(s)
+    }
+}
+
+impl Change {
+    /// `payload` must be valid JSON text (it comes from a `jsonb` column).
+    pub fn new(
+        id: i64,
+        topics: Vec<String>,
+        event: String,
+        payload: &str,
+        emitted_us: i64,
+        cursor: &Cursor,
+    ) -> Change {
+        let cursor = cursor.encode();
+        let null = RawValue::from_string("null".into()).ok();
+        let parsed: Option<Box<RawValue>> = serde_json::from_str(payload).ok();
+        let data: Option<&RawValue> = parsed.as_deref().or(null.as_deref());
+        let frames = topics
+            .iter()
+            .map(|topic| {
+                let json = data
+                    .and_then(|data| {
+                        serde_json::to_vec(&Envelope {
+                            kind: "event",
+                            id: &cursor,
+                            topic,
+                            event: &event,
+                            data,
+                            ts: emitted_us.div_euclid(1000),
+                        })
+                        .ok()
+                    })
+                    .unwrap_or_default();
+                Frame {
+                    json: Bytes::from(json),
+                    sse: OnceLock::new(),
+                }
+            })
+            .collect();
+        Change {
+            id,
+            topics,
+            event,
+            emitted_us,
+            cursor,
+            frames,
+        }
+    }
+
+    pub fn frame(&self, topic_index: usize) -> Option<&Frame> {
+        self.frames.get(topic_index)
+    }
+
+    /// Index of the first of this change's topics that `wanted` contains.
+    pub fn first_topic_in(&self, wanted: impl Fn(&str) -> bool) -> Option<usize> {
+        self.topics.iter().position(|t| wanted(t))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::Snapshot;
+
+    #[test]
+    fn envelope_shape() {
+        let c = Change::new(
+            7,
+            vec!["product-1".into(), "farm-2".into()],
+            "inventory.updated".into(),
+            r#"{"newQuantity": 15}"#,
+            1_764_000_000_123_456,
+            &Cursor::boundary(Snapshot::new(10, vec![])),
+        );
+        let v: serde_json::Value = serde_json::from_slice(&c.frame(1).unwrap().json).unwrap();
+        assert_eq!(v["type"], "event");
+        assert_eq!(v["topic"], "farm-2");
+        assert_eq!(v["event"], "inventory.updated");
+        assert_eq!(v["data"]["newQuantity"], 15);
+        assert_eq!(v["ts"], 1_764_000_000_123i64);
+        assert_eq!(v["id"], c.cursor.as_str());
+        let sse = String::from_utf8(c.frame(0).unwrap().sse(&c).to_vec()).unwrap();
+        assert!(sse.starts_with(&format!("id: {}\nevent: inventory.updated\ndata: {{", c.cursor)));
+        assert!(sse.ends_with("}\n\n"));
+    }
+}

@@ -1,0 +1,215 @@
+//! `rowcast demo`: a throwaway PostgreSQL with the farmers-market schema, sample
+//! data, a simulated farmer, and a rowcast server, so a newcomer sees changes
+//! arrive with no set-up at all.
+
+use crate::embedded_pg::{EmbeddedPg, Options};
+use crate::error::Result;
+use crate::server::{Server, ServerConfig};
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio_postgres::{Client, NoTls};
+
+pub const DB: &str = "rowcast";
+
+const FARMS: &[(&str, i64)] = &[
+    ("Sunny Valley Farm", 101),
+    ("Green Acres", 102),
+    ("Riverbend Orchard", 103),
+    ("Hilltop Dairy", 104),
+];
+
+const PRODUCTS: &[(i64, &str, &str, i32)] = &[
+    (1, "Heirloom Tomatoes", "lb", 20),
+    (1, "Sweet Corn", "ear", 120),
+    (1, "Zucchini", "lb", 35),
+    (1, "Basil", "bunch", 40),
+    (1, "Strawberries", "pint", 60),
+    (2, "Kale", "bunch", 50),
+    (2, "Carrots", "lb", 80),
+    (2, "Spinach", "lb", 25),
+    (2, "Beets", "lb", 30),
+    (2, "Garlic", "head", 90),
+    (3, "Honeycrisp Apples", "lb", 200),
+    (3, "Bartlett Pears", "lb", 75),
+    (3, "Peaches", "lb", 45),
+    (3, "Apple Cider", "gallon", 30),
+    (3, "Plums", "lb", 40),
+    (4, "Whole Milk", "gallon", 40),
+    (4, "Cheddar", "lb", 25),
+    (4, "Butter", "lb", 30),
+    (4, "Yogurt", "quart", 35),
+    (4, "Eggs", "dozen", 100),
+];
+
+pub struct DemoOptions {
+    pub listen: SocketAddr,
+    /// Stop by itself after this long (for scripted smoke runs); `None` runs until Ctrl-C.
+    pub run_for: Option<Duration>,
+    /// Seconds between simulated farmer actions.
+    pub tick: Duration,
+}
+
+pub async fn run(opts: DemoOptions) -> Result<()> {
+    println!("starting a throwaway PostgreSQL ...");
+    let pg = tokio::task::spawn_blocking(|| EmbeddedPg::start(Options::default()))
+        .await
+        .map_err(|e| crate::Error::EmbeddedPg(e.to_string()))??;
+    let admin = connect(&pg.url("postgres")).await?;
+    admin
+        .batch_execute(&format!("CREATE DATABASE {DB}"))
+        .await?;
+    drop(admin);
+    let url = pg.url(DB);
+    let mut client = connect(&url).await?;
+    crate::migrate::migrate(&mut client, true).await?;
+    seed(&client).await?;
+
+    let server = Server::start(ServerConfig::new(url.clone(), opts.listen)).await?;
+    let base = server.base_url();
+    let ws_base = base.replacen("http://", "ws://", 1);
+    println!();
+    println!("rowcast demo is running (Ctrl-C stops it and deletes the database)");
+    println!("  database   {url}");
+    println!("  WebSocket  {ws_base}/v1/ws?topics=farm-1,product-1");
+    println!("  SSE        {base}/v1/events?topics=farm-1");
+    println!("  polling    {base}/v1/poll?topics=farm-1&wait=25   (then pass back &cursor=...)");
+    println!("  metrics    {base}/metrics");
+    println!();
+    println!("watch Sunny Valley Farm live:");
+    println!("  curl -N '{base}/v1/events?topics=farm-1'");
+    println!("change the tomatoes yourself:");
+    println!(
+        "  psql '{url}' -c \"UPDATE market.products SET quantity = 15 WHERE id = 1\""
+    );
+    println!();
+
+    let farmer = tokio::spawn(simulate_farmer(client, opts.tick));
+    let stop = async {
+        match opts.run_for {
+            Some(d) => tokio::time::sleep(d).await,
+            None => shutdown_signal().await,
+        }
+    };
+    stop.await;
+    println!("stopping ...");
+    farmer.abort();
+    server.stop().await;
+    drop(pg);
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+async fn connect(url: &str) -> Result<Client> {
+    let (client, conn) = tokio_postgres::connect(url, NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "demo connection closed");
+        }
+    });
+    Ok(client)
+}
+
+/// Inserts the sample farms, products and orders.
+pub async fn seed(client: &Client) -> Result<()> {
+    for (i, (name, farmer)) in FARMS.iter().enumerate() {
+        client
+            .execute(
+                "INSERT INTO market.farms (id, name, farmer_id) VALUES ($1, $2, $3)",
+                &[&(i as i64 + 1), name, farmer],
+            )
+            .await?;
+    }
+    for (i, (farm, name, unit, qty)) in PRODUCTS.iter().enumerate() {
+        client
+            .execute(
+                "INSERT INTO market.products (id, farm_id, name, unit, quantity)
+                 VALUES ($1, $2, $3, $4, $5::bigint)",
+                &[&(i as i64 + 1), farm, name, unit, &(*qty as i64)],
+            )
+            .await?;
+    }
+    for i in 0..8i64 {
+        client
+            .execute(
+                "INSERT INTO market.orders (customer_id, farm_id, total_cents) VALUES ($1, $2, $3)",
+                &[&(1000 + i % 4), &(i % 4 + 1), &(1500 + 250 * i)],
+            )
+            .await?;
+    }
+    client
+        .batch_execute(
+            "SELECT setval(pg_get_serial_sequence('market.farms','id'), (SELECT max(id) FROM market.farms));
+             SELECT setval(pg_get_serial_sequence('market.products','id'), (SELECT max(id) FROM market.products));",
+        )
+        .await?;
+    Ok(())
+}
+
+/// Every tick: sells or restocks a product of Sunny Valley Farm and one elsewhere,
+/// and moves one open order to its next status (opening a new order now and then).
+async fn simulate_farmer(client: Client, tick: Duration) {
+    let mut n: u64 = 0;
+    loop {
+        tokio::time::sleep(tick).await;
+        n += 1;
+        if let Err(e) = farmer_step(&client, n).await {
+            tracing::warn!(error = %e, "simulated farmer step failed");
+        }
+    }
+}
+
+async fn farmer_step(client: &Client, n: u64) -> Result<()> {
+    let sunny = fastrand::i64(1..=5);
+    let other = fastrand::i64(6..=PRODUCTS.len() as i64);
+    for id in [sunny, other] {
+        let delta = if fastrand::u8(..4) == 0 {
+            fastrand::i64(5..=20)
+        } else {
+            -fastrand::i64(1..=3)
+        };
+        client
+            .execute(
+                "UPDATE market.products SET quantity = greatest(quantity + $2::bigint, 0) WHERE id = $1",
+                &[&id, &delta],
+            )
+            .await?;
+    }
+    if n.is_multiple_of(2) {
+        client
+            .execute(
+                "UPDATE market.orders SET status = CASE status
+                     WHEN 'PENDING' THEN 'CONFIRMED' WHEN 'CONFIRMED' THEN 'PREPARING'
+                     WHEN 'PREPARING' THEN 'READY' ELSE 'COMPLETED' END,
+                     updated_at = now()
+                 WHERE id = (SELECT id FROM market.orders
+                              WHERE status NOT IN ('COMPLETED', 'CANCELLED')
+                              ORDER BY random() LIMIT 1)",
+                &[],
+            )
+            .await?;
+    }
+    if n.is_multiple_of(5) {
+        client
+            .execute(
+                "INSERT INTO market.orders (customer_id, farm_id, total_cents) VALUES ($1, $2, $3)",
+                &[&(1000 + fastrand::i64(0..4)), &fastrand::i64(1..=4), &fastrand::i64(500..5000)],
+            )
+            .await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,270 @@
+//! One client's ordered stream, the same for WebSocket, SSE and long polling:
+//! the log from the client's cursor up to this node's position, then live
+//! changes from the hub. The hub registration is made first and pins the
+//! position P; the log read stops exactly at P and the live queue starts
+//! exactly after it, so the hand-over neither loses nor repeats a change.
+
+use crate::change::Change;
+use crate::changelog;
+use crate::cursor::Cursor;
+use crate::hub::{Delivery, Hub, Subscription};
+use crate::snapshot::Snapshot;
+use deadpool_postgres::Pool;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+use thiserror::Error;
+
+/// Rows per log read while catching up.
+const PAGE: i64 = 1000;
+/// How long a cursor from a node that is ahead of this one may wait for this node to catch up.
+const AHEAD_WAIT: Duration = Duration::from_secs(5);
+/// A cursor claiming transactions this far beyond our position is not one of ours.
+const AHEAD_LIMIT: u64 = 10_000_000;
+
+#[derive(Debug, Error)]
+pub enum FeedError {
+    #[error("cursor is ahead of this server's position")]
+    CursorAhead,
+    #[error("database unavailable: {0}")]
+    Db(#[from] crate::error::Error),
+}
+
+impl From<tokio_postgres::Error> for FeedError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        FeedError::Db(e.into())
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for FeedError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        FeedError::Db(e.into())
+    }
+}
+
+/// What a client asked for when it connected.
+#[derive(Clone, Debug, Default)]
+pub struct Start {
+    pub cursor: Option<Cursor>,
+    /// Send the latest retained change of every topic first (when there is no usable cursor).
+    pub snapshot: bool,
+}
+
+/// The feed told the client something other than an event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Notice {
+    /// The cursor is older than the log's retention: the client must re-sync these topics.
+    CursorExpired,
+}
+
+pub struct Feed {
+    sub: Subscription,
+    pool: Pool,
+    backlog: VecDeque<Delivery>,
+    catch_up: Option<(Cursor, Snapshot)>,
+    /// Where the client stands: the last change handed out, or a boundary.
+    position: Position,
+}
+
+enum Position {
+    At(Cursor),
+    After(Arc<Change>),
+}
+
+impl Feed {
+    /// Opens a feed. Returns it with a notice when the cursor could not be honoured.
+    pub async fn open(
+        hub: &Arc<Hub>,
+        pool: &Pool,
+        topics: &[String],
+        start: Start,
+    ) -> Result<(Feed, Option<Notice>), FeedError> {
+        let mut notice = None;
+        let mut cursor = start.cursor;
+        if let Some(c) = &cursor {
+            if let Some(pos) = hub.position() {
+                if c.hi.xmax > pos.xmax.saturating_add(AHEAD_LIMIT) {
+                    return Err(FeedError::CursorAhead);
+                }
+            }
+            let client = pool.get().await?;
+            let row = client
+                .query_one(
+                    "SELECT pruned_below::text FROM rowcast.retention WHERE id = 1",
+                    &[],
+                )
+                .await?;
+            let pruned: &str = row.try_get(0)?;
+            let pruned: u64 = pruned.parse().unwrap_or(0);
+            if c.lo.xmin() < pruned {
+                notice = Some(Notice::CursorExpired);
+                cursor = None;
+            } else if !hub.wait_covering(&c.hi, AHEAD_WAIT).await {
+                return Err(FeedError::CursorAhead);
+            }
+        }
+        let (sub, pos) = hub.subscribe(topics).await;
+        let mut feed = Feed {
+            sub,
+            pool: pool.clone(),
+            backlog: VecDeque::new(),
+            catch_up: None,
+            position: Position::At(Cursor::boundary(pos.clone())),
+        };
+        match cursor {
+            Some(c) => {
+                feed.position = Position::At(c.clone());
+                feed.catch_up = Some((c, pos));
+            }
+            None if start.snapshot => feed.load_snapshot(&pos).await?,
+            None => {}
+        }
+        Ok((feed, notice))
+    }
+
+    pub fn subscription(&mut self) -> &mut Subscription {
+        &mut self.sub
+    }
+
+    /// The cursor to resume from after everything handed out so far.
+    pub fn position(&self) -> String {
+        match &self.position {
+            Position::At(c) => c.encode(),
+            Position::After(change) => change.cursor.clone(),
+        }
+    }
+
+    /// Moves the position to the hub's current one when nothing is pending
+    /// for this client: every change up to there has been handed out.
+    pub fn advance_to_hub(&mut self) {
+        // read the position before looking at the queue: a batch published in
+        // between shows up in the queue, and then we keep the older position
+        let hub = self.sub.hub_cursor();
+        if self.catching_up() || !self.sub.queue_empty() {
+            return;
+        }
+        if let Some(c) = hub {
+            self.position = Position::At(c);
+        }
+    }
+
+    /// Next change in order; `Ok(None)` when the client lagged behind the live
+    /// stream and must be disconnected (it resumes from its cursor).
+    pub async fn next(&mut self) -> Result<Option<Delivery>, FeedError> {
+        loop {
+            if let Some(d) = self.backlog.pop_front() {
+                return Ok(Some(self.handed_out(d)));
+            }
+            if self.catch_up.is_some() {
+                self.read_page().await?;
+                continue;
+            }
+            return Ok(self.sub.recv().await.map(|d| self.handed_out(d)));
+        }
+    }
+
+    /// Next change without waiting for live ones: the log backlog (reading the
+    /// database as needed), then whatever live change is already queued.
+    pub async fn next_pending(&mut self) -> Result<Option<Delivery>, FeedError> {
+        loop {
+            if let Some(d) = self.backlog.pop_front() {
+                return Ok(Some(self.handed_out(d)));
+            }
+            if self.catch_up.is_some() {
+                self.read_page().await?;
+                continue;
+            }
+            return Ok(self.sub.try_recv().map(|d| self.handed_out(d)));
+        }
+    }
+
+    /// A change if one is ready without waiting for the network or the database.
+    pub fn next_ready(&mut self) -> Option<Delivery> {
+        if let Some(d) = self.backlog.pop_front() {
+            return Some(self.handed_out(d));
+        }
+        if self.catch_up.is_some() {
+            return None;
+        }
+        self.sub.try_recv().map(|d| self.handed_out(d))
+    }
+
+    /// True while changes from the log remain to be read before live ones.
+    pub fn catching_up(&self) -> bool {
+        self.catch_up.is_some() || !self.backlog.is_empty()
+    }
+
+    fn handed_out(&mut self, d: Delivery) -> Delivery {
+        self.position = Position::After(d.change.clone());
+        d
+    }
+
+    async fn read_page(&mut self) -> Result<(), FeedError> {
+        // cancel-safe: the state changes only after the read completed
+        let Some((from, upto)) = self.catch_up.clone() else {
+            return Ok(());
+        };
+        let topics: Vec<String> = self.sub.topics().iter().cloned().collect();
+        let client = self.pool.get().await?;
+        let stmt = client.prepare_cached(&changelog::sql(true)).await?;
+        let page = changelog::read(&client, &stmt, &from, Some(&upto), Some(&topics), PAGE).await?;
+        let last = page.changes.last().and_then(|c| Cursor::decode(&c.cursor).ok());
+        self.catch_up = None;
+        for change in page.changes {
+            self.queue_change(change);
+        }
+        if page.more {
+            if let Some(last) = last {
+                self.catch_up = Some((last, upto));
+            }
+        } else if self.backlog.is_empty() {
+            // nothing more before the live stream: the position is the hub's
+            self.position = Position::At(Cursor::boundary(upto));
+        }
+        Ok(())
+    }
+
+    fn queue_change(&mut self, change: Arc<Change>) {
+        if let Some(topic) = change.first_topic_in(|t| self.sub.wants(t)) {
+            self.backlog.push_back(Delivery { change, topic });
+        }
+    }
+
+    /// The latest retained change of each subscribed topic visible at `pos`,
+    /// oldest first, each carrying the cursor of `pos` itself: the client holds
+    /// the state as of `pos`, and the live stream continues from there.
+    async fn load_snapshot(&mut self, pos: &Snapshot) -> Result<(), FeedError> {
+        let topics: Vec<&str> = self.sub.topics().iter().map(String::as_str).collect();
+        if topics.is_empty() {
+            return Ok(());
+        }
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT DISTINCT ON (id) id, topics, event, payload::text, us FROM (
+                    SELECT DISTINCT ON (t.topic) c.id, c.topics, c.event, c.payload,
+                           (extract(epoch FROM c.emitted_at) * 1000000)::int8 AS us
+                      FROM rowcast.changes c, unnest(c.topics) AS t(topic)
+                     WHERE c.topics && $1::text[] AND t.topic = ANY ($1::text[])
+                       AND pg_visible_in_snapshot(c.xid, $2::text::pg_snapshot)
+                     ORDER BY t.topic, c.id DESC) latest
+                 ORDER BY id",
+            )
+            .await?;
+        let rows = client.query(&stmt, &[&topics, &pos.to_string()]).await?;
+        let cursor = Cursor::boundary(pos.clone());
+        for row in rows {
+            let payload: &str = row.try_get(3)?;
+            let change = Arc::new(Change::new(
+                row.try_get(0)?,
+                row.try_get(1)?,
+                row.try_get(2)?,
+                payload,
+                row.try_get(4)?,
+                &cursor,
+            ));
+            self.queue_change(change);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,343 @@
+//! Topic → subscriber fan-out inside one node.
+//!
+//! The source publishes every batch here in commit order; each change goes to
+//! each subscriber of any of its topics once, as a shared `Arc<Change>`, through a
+//! bounded per-subscriber queue. Publishing never waits for a subscriber: a queue
+//! that is full (by events or by bytes) marks its subscriber as lagging and the
+//! connection closes it with a "resume from your cursor" reason. So a slow or
+//! stuck client costs the others nothing and holds at most its queue in memory.
+//!
+//! The hub also keeps the node's *position*: the snapshot up to which every
+//! change has been published. A subscriber registered at position P receives
+//! through its queue exactly the changes after P; whatever it needs before P it
+//! reads from the log (see `feed`). Registration and publication of a batch are
+//! mutually exclusive, which is what makes the hand-over exact.
+
+use crate::change::Change;
+use crate::cursor::Cursor;
+use crate::snapshot::Snapshot;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::{mpsc, watch, Notify};
+
+/// Per-subscriber queue bounds.
+#[derive(Clone, Copy, Debug)]
+pub struct QueueLimits {
+    pub max_events: usize,
+    pub max_bytes: usize,
+}
+
+impl Default for QueueLimits {
+    fn default() -> QueueLimits {
+        QueueLimits {
+            max_events: 4096,
+            max_bytes: 8 << 20,
+        }
+    }
+}
+
+/// One queued delivery: the change and the index of the topic it is delivered for.
+pub struct Delivery {
+    pub change: Arc<Change>,
+    pub topic: usize,
+}
+
+impl Delivery {
+    pub fn bytes(&self) -> usize {
+        self.change
+            .frame(self.topic)
+            .map(|f| f.json.len())
+            .unwrap_or(0)
+    }
+}
+
+/// The part of a subscriber the publisher touches.
+struct Sub {
+    tx: mpsc::Sender<Delivery>,
+    queued_bytes: Arc<AtomicUsize>,
+    lagged: Arc<AtomicBool>,
+    wake: Arc<Notify>,
+}
+
+#[derive(Default)]
+struct State {
+    position: Option<Snapshot>,
+    /// A batch is being published page by page: registrations wait for its end.
+    batch_open: bool,
+    topics: HashMap<String, HashMap<u64, Arc<Sub>>>,
+}
+
+pub struct Hub {
+    state: Mutex<State>,
+    next_id: AtomicU64,
+    limits: QueueLimits,
+    /// Bumped when the position advances or a batch closes.
+    advanced: watch::Sender<u64>,
+    subscribers: AtomicUsize,
+}
+
+impl Hub {
+    pub fn new(limits: QueueLimits) -> Arc<Hub> {
+        Arc::new(Hub {
+            state: Mutex::new(State::default()),
+            next_id: AtomicU64::new(1),
+            limits,
+            advanced: watch::channel(0).0,
+            subscribers: AtomicUsize::new(0),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the maps half-updated in a way
+        // that matters more than stopping fan-out altogether, so keep going.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn limits(&self) -> QueueLimits {
+        self.limits
+    }
+
+    /// Where this node's live stream stands, once the source has read once.
+    pub fn position(&self) -> Option<Snapshot> {
+        self.lock().position.clone()
+    }
+
+    pub fn subscriber_count(&self) -> usize {
+        self.subscribers.load(Ordering::Relaxed)
+    }
+
+    /// Waits until the position covers `snap` (or `timeout` passes); false on timeout.
+    pub async fn wait_covering(&self, snap: &Snapshot, timeout: std::time::Duration) -> bool {
+        let mut rx = self.advanced.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            {
+                let st = self.lock();
+                if !st.batch_open && st.position.as_ref().is_some_and(|p| snap.covered_by(p)) {
+                    return true;
+                }
+            }
+            if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
+                return false;
+            }
+        }
+    }
+
+    /// Registers a subscriber for `topics`; returns it with the position it starts after.
+    /// Waits while a batch is half-published, and until the source has a position.
+    pub async fn subscribe(self: &Arc<Hub>, topics: &[String]) -> (Subscription, Snapshot) {
+        let mut rx = self.advanced.subscribe();
+        loop {
+            {
+                let mut st = self.lock();
+                if let (false, Some(pos)) = (st.batch_open, st.position.clone()) {
+                    let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+                    let (tx, queue) = mpsc::channel(self.limits.max_events.max(1));
+                    let sub = Arc::new(Sub {
+                        tx,
+                        queued_bytes: Arc::new(AtomicUsize::new(0)),
+                        lagged: Arc::new(AtomicBool::new(false)),
+                        wake: Arc::new(Notify::new()),
+                    });
+                    let mut set = HashSet::new();
+                    for t in topics {
+                        if set.insert(t.clone()) {
+                            st.topics
+                                .entry(t.clone())
+                                .or_default()
+                                .insert(id, sub.clone());
+                        }
+                    }
+                    self.subscribers.fetch_add(1, Ordering::Relaxed);
+                    let subscription = Subscription {
+                        hub: self.clone(),
+                        id,
+                        sub,
+                        queue,
+                        topics: set,
+                    };
+                    return (subscription, pos);
+                }
+            }
+            // Both waits are short: a batch closes within one read, and the first
+            // position arrives with the source's first read.
+            let _ = rx.changed().await;
+        }
+    }
+
+    /// Opens a batch: until `close_batch`, registrations wait.
+    pub fn open_batch(&self) {
+        self.lock().batch_open = true;
+    }
+
+    /// Ends a batch and moves the position to `to`.
+    pub fn close_batch(&self, to: Snapshot) {
+        {
+            let mut st = self.lock();
+            st.batch_open = false;
+            st.position = Some(to);
+        }
+        self.advanced.send_modify(|v| *v += 1);
+    }
+
+    /// Fans changes out to subscriber queues. Never blocks on a subscriber.
+    /// Returns the number of deliveries queued.
+    pub fn publish(&self, changes: &[Arc<Change>]) -> usize {
+        let st = self.lock();
+        let mut queued = 0;
+        for change in changes {
+            for (i, topic) in change.topics.iter().enumerate() {
+                let Some(subs) = st.topics.get(topic) else {
+                    continue;
+                };
+                for (id, sub) in subs {
+                    // once per subscriber, for the first of its topics the change carries
+                    if change.topics[..i]
+                        .iter()
+                        .any(|t| st.topics.get(t).is_some_and(|m| m.contains_key(id)))
+                    {
+                        continue;
+                    }
+                    if self.offer(sub, change, i) {
+                        queued += 1;
+                    }
+                }
+            }
+        }
+        queued
+    }
+
+    fn offer(&self, sub: &Sub, change: &Arc<Change>, topic: usize) -> bool {
+        if sub.lagged.load(Ordering::Relaxed) {
+            return false;
+        }
+        let d = Delivery {
+            change: change.clone(),
+            topic,
+        };
+        let bytes = d.bytes();
+        let over_bytes =
+            sub.queued_bytes.fetch_add(bytes, Ordering::Relaxed) + bytes > self.limits.max_bytes;
+        if over_bytes || sub.tx.try_send(d).is_err() {
+            sub.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            sub.lagged.store(true, Ordering::Relaxed);
+            sub.wake.notify_one();
+            return false;
+        }
+        true
+    }
+
+    fn add_topics(&self, id: u64, sub: &Arc<Sub>, topics: &[String]) {
+        let mut st = self.lock();
+        for t in topics {
+            st.topics
+                .entry(t.clone())
+                .or_default()
+                .insert(id, sub.clone());
+        }
+    }
+
+    fn remove_topics<'a>(&self, id: u64, topics: impl Iterator<Item = &'a String>) {
+        let mut st = self.lock();
+        for t in topics {
+            if let Some(m) = st.topics.get_mut(t) {
+                m.remove(&id);
+                if m.is_empty() {
+                    st.topics.remove(t);
+                }
+            }
+        }
+    }
+}
+
+/// A registered subscriber: its queue, and its registration (removed on drop).
+pub struct Subscription {
+    hub: Arc<Hub>,
+    id: u64,
+    sub: Arc<Sub>,
+    queue: mpsc::Receiver<Delivery>,
+    topics: HashSet<String>,
+}
+
+impl Subscription {
+    pub fn topics(&self) -> &HashSet<String> {
+        &self.topics
+    }
+
+    pub fn wants(&self, topic: &str) -> bool {
+        self.topics.contains(topic)
+    }
+
+    /// True once the queue overflowed: the client must reconnect and resume.
+    pub fn lagged(&self) -> bool {
+        self.sub.lagged.load(Ordering::Relaxed)
+    }
+
+    /// Next live delivery; `None` when the subscriber lagged (or the hub is gone).
+    pub async fn recv(&mut self) -> Option<Delivery> {
+        loop {
+            if self.lagged() {
+                return None;
+            }
+            tokio::select! {
+                biased;
+                d = self.queue.recv() => {
+                    let d = d?;
+                    self.sub.queued_bytes.fetch_sub(d.bytes(), Ordering::Relaxed);
+                    return Some(d);
+                }
+                _ = self.sub.wake.notified() => continue,
+            }
+        }
+    }
+
+    pub fn queue_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// A delivery if one is queued right now.
+    pub fn try_recv(&mut self) -> Option<Delivery> {
+        if self.lagged() {
+            return None;
+        }
+        let d = self.queue.try_recv().ok()?;
+        self.sub.queued_bytes.fetch_sub(d.bytes(), Ordering::Relaxed);
+        Some(d)
+    }
+
+    /// Adds topics; changes published from now on are queued for them too.
+    pub fn add(&mut self, topics: &[String]) -> Vec<String> {
+        let new: Vec<String> = topics
+            .iter()
+            .filter(|t| !self.topics.contains(*t))
+            .cloned()
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        self.hub.add_topics(self.id, &self.sub, &new);
+        self.topics.extend(new.iter().cloned());
+        new
+    }
+
+    pub fn remove(&mut self, topics: &[String]) {
+        let gone: Vec<String> = topics
+            .iter()
+            .filter(|t| self.topics.remove(*t))
+            .cloned()
+            .collect();
+        self.hub.remove_topics(self.id, gone.iter());
+    }
+
+    /// The boundary cursor of the hub's position (for "nothing new" answers).
+    pub fn hub_cursor(&self) -> Option<Cursor> {
+        self.hub.position().map(Cursor::boundary)
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.hub.remove_topics(self.id, self.topics.iter());
+        self.hub.subscribers.fetch_sub(1, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,170 @@
+//! Prometheus metrics. One registry per server so that several servers can run
+//! in one process (the tests do).
+
+use crate::error::Result;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Transports as metric label values.
+pub const TRANSPORTS: [&str; 3] = ["ws", "sse", "poll"];
+
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    /// Emitted-at (in the writer's transaction) → frame handed to the client socket.
+    pub sync_latency: HistogramVec,
+    pub connections: IntGaugeVec,
+    pub events: IntCounter,
+    pub deliveries: IntCounterVec,
+    pub source_connected: IntGauge,
+    pub source_batches: IntCounter,
+    pub source_batch_seconds: Histogram,
+    pub source_reconnects: IntCounter,
+    /// Reads that found changes although no NOTIFY had arrived: should stay 0;
+    /// anything else means the doorbell missed a writer.
+    pub source_idle_poll_hits: IntCounter,
+    pub slow_consumer_drops: IntCounterVec,
+    pub resyncs: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new() -> Result<Metrics> {
+        let registry = Registry::new();
+        let buckets = vec![
+            0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
+        ];
+        let sync_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "rowcast_sync_latency_seconds",
+                "Time from the change being emitted in PostgreSQL to its frame being written to the client",
+            )
+            .buckets(buckets.clone()),
+            &["transport"],
+        )?;
+        let connections = IntGaugeVec::new(
+            Opts::new("rowcast_connections", "Open client connections"),
+            &["transport"],
+        )?;
+        let events = IntCounter::new("rowcast_events_total", "Changes read from the change log")?;
+        let deliveries = IntCounterVec::new(
+            Opts::new("rowcast_deliveries_total", "Event frames written to clients"),
+            &["transport"],
+        )?;
+        let source_connected = IntGauge::new(
+            "rowcast_source_connected",
+            "1 while the change-log source is connected to PostgreSQL",
+        )?;
+        let source_batches = IntCounter::new(
+            "rowcast_source_batches_total",
+            "Non-empty batches read from the change log",
+        )?;
+        let source_batch_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "rowcast_source_read_seconds",
+                "Duration of one change-log read",
+            )
+            .buckets(buckets),
+        )?;
+        let source_reconnects = IntCounter::new(
+            "rowcast_source_reconnects_total",
+            "Times the source lost PostgreSQL and reconnected",
+        )?;
+        let source_idle_poll_hits = IntCounter::new(
+            "rowcast_source_idle_poll_hits_total",
+            "Idle safety reads that found changes no NOTIFY announced",
+        )?;
+        let slow_consumer_drops = IntCounterVec::new(
+            Opts::new(
+                "rowcast_slow_consumer_drops_total",
+                "Clients disconnected because their queue overflowed",
+            ),
+            &["transport"],
+        )?;
+        let resyncs = IntCounterVec::new(
+            Opts::new(
+                "rowcast_resyncs_total",
+                "Clients told to re-sync instead of resuming",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(sync_latency.clone()))?;
+        registry.register(Box::new(connections.clone()))?;
+        registry.register(Box::new(events.clone()))?;
+        registry.register(Box::new(deliveries.clone()))?;
+        registry.register(Box::new(source_connected.clone()))?;
+        registry.register(Box::new(source_batches.clone()))?;
+        registry.register(Box::new(source_batch_seconds.clone()))?;
+        registry.register(Box::new(source_reconnects.clone()))?;
+        registry.register(Box::new(source_idle_poll_hits.clone()))?;
+        registry.register(Box::new(slow_consumer_drops.clone()))?;
+        registry.register(Box::new(resyncs.clone()))?;
+        for t in TRANSPORTS {
+            // make every series visible from the start, so dashboards and rate() work at once
+            sync_latency.with_label_values(&[t]);
+            connections.with_label_values(&[t]);
+            deliveries.with_label_values(&[t]);
+            slow_consumer_drops.with_label_values(&[t]);
+        }
+        Ok(Metrics {
+            registry,
+            sync_latency,
+            connections,
+            events,
+            deliveries,
+            source_connected,
+            source_batches,
+            source_batch_seconds,
+            source_reconnects,
+            source_idle_poll_hits,
+            slow_consumer_drops,
+            resyncs,
+        })
+    }
+
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let encoder = TextEncoder::new();
+        if let Err(e) = encoder.encode(&self.registry.gather(), &mut buf) {
+            tracing::warn!(error = %e, "metrics encoding failed");
+        }
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+
+    /// Handles for one transport, resolved once so the per-frame path does no label lookups.
+    pub fn transport(&self, transport: &'static str) -> TransportMetrics {
+        TransportMetrics {
+            name: transport,
+            latency: self.sync_latency.with_label_values(&[transport]),
+            deliveries: self.deliveries.with_label_values(&[transport]),
+            connections: self.connections.with_label_values(&[transport]),
+            slow_drops: self.slow_consumer_drops.with_label_values(&[transport]),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct TransportMetrics {
+    pub name: &'static str,
+    pub latency: Histogram,
+    pub deliveries: IntCounter,
+    pub connections: IntGauge,
+    pub slow_drops: IntCounter,
+}
+
+impl TransportMetrics {
+    /// Records one delivered frame of a change emitted at `emitted_us` (µs since the epoch).
+    pub fn delivered(&self, emitted_us: i64) {
+        self.deliveries.inc();
+        let lag = (now_us() - emitted_us).max(0) as f64 / 1e6;
+        self.latency.observe(lag);
+    }
+}
+
+pub fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,73 @@
+//! Schema migrations, embedded in the binary.
+//!
+//! Each file runs once, inside one transaction, and is recorded in
+//! `rowcast.migrations`; a session-level advisory lock makes concurrent
+//! `rowcast serve --migrate` processes on one database take turns.
+
+use crate::error::Result;
+use tokio_postgres::Client;
+
+/// The core: change log, doorbell, `rowcast.emit`, `rowcast.track`.
+pub const CORE: &[(&str, &str)] = &[("001_core", include_str!("../sql/001_core.sql"))];
+
+/// The FR-021 farmers-market reference schema (`market.*`) and its triggers.
+pub const MARKET: &[(&str, &str)] = &[(
+    "market/001_market",
+    include_str!("../sql/market/001_market.sql"),
+)];
+
+const LOCK_KEY: i64 = 7_305_280_317_090_916;
+
+/// Applies the core migrations, and the market schema when `market` is set.
+/// Returns the versions applied by this call (empty when all were there already).
+pub async fn migrate(client: &mut Client, market: bool) -> Result<Vec<String>> {
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&LOCK_KEY])
+        .await?;
+    let result = apply_all(client, market).await;
+    let unlock = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&LOCK_KEY])
+        .await;
+    let applied = result?;
+    unlock?;
+    Ok(applied)
+}
+
+async fn apply_all(client: &mut Client, market: bool) -> Result<Vec<String>> {
+    client
+        .batch_execute(
+            "CREATE SCHEMA IF NOT EXISTS rowcast;
+             CREATE TABLE IF NOT EXISTS rowcast.migrations (
+                 version    text PRIMARY KEY,
+                 applied_at timestamptz NOT NULL DEFAULT now())",
+        )
+        .await?;
+    let mut files: Vec<&(&str, &str)> = CORE.iter().collect();
+    if market {
+        files.extend(MARKET.iter());
+    }
+    let mut applied = Vec::new();
+    for (version, sql) in files {
+        let done = client
+            .query_opt(
+                "SELECT 1 FROM rowcast.migrations WHERE version = $1",
+                &[version],
+            )
+            .await?
+            .is_some();
+        if done {
+            continue;
+        }
+        let tx = client.transaction().await?;
+        tx.batch_execute(sql).await?;
+        tx.execute(
+            "INSERT INTO rowcast.migrations (version) VALUES ($1)",
+            &[version],
+        )
+        .await?;
+        tx.commit().await?;
+        tracing::info!(version, "applied migration");
+        applied.push((*version).to_string());
+    }
+    Ok(applied)
+}

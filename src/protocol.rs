@@ -1,0 +1,161 @@
+//! What clients send and the non-event messages rowcast sends back.
+//! Parsing is total: any input yields a value or a `ProtocolError`, never a panic.
+
+use crate::cursor::{Cursor, CursorError};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// Longest topic name accepted.
+pub const MAX_TOPIC_LEN: usize = 200;
+
+/// A WebSocket client message.
+#[derive(Debug, Deserialize, PartialEq, Eq)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum ClientMessage {
+    Subscribe {
+        topics: Vec<String>,
+        /// Resume position; honoured on the connection's first subscribe only.
+        #[serde(default)]
+        cursor: Option<String>,
+        #[serde(default)]
+        snapshot: bool,
+    },
+    Unsubscribe {
+        topics: Vec<String>,
+    },
+    Ping,
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ProtocolError {
+    #[error("message is not valid JSON of a known type: {0}")]
+    BadMessage(String),
+    #[error("topic list is empty")]
+    NoTopics,
+    #[error("topic is empty")]
+    EmptyTopic,
+    #[error("topic longer than {MAX_TOPIC_LEN} bytes")]
+    TopicTooLong,
+    #[error("topic contains control characters or commas")]
+    BadTopicChars,
+    #[error("malformed cursor: {0}")]
+    Cursor(#[from] CursorError),
+}
+
+impl ProtocolError {
+    /// The stable machine-readable code clients see.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ProtocolError::BadMessage(_) => "bad_message",
+            ProtocolError::NoTopics
+            | ProtocolError::EmptyTopic
+            | ProtocolError::TopicTooLong
+            | ProtocolError::BadTopicChars => "bad_topic",
+            ProtocolError::Cursor(_) => "bad_cursor",
+        }
+    }
+}
+
+pub fn parse_client_message(text: &str) -> Result<ClientMessage, ProtocolError> {
+    serde_json::from_str(text).map_err(|e| ProtocolError::BadMessage(e.to_string()))
+}
+
+/// Checks one topic name.
+pub fn check_topic(t: &str) -> Result<(), ProtocolError> {
+    if t.is_empty() {
+        return Err(ProtocolError::EmptyTopic);
+    }
+    if t.len() > MAX_TOPIC_LEN {
+        return Err(ProtocolError::TopicTooLong);
+    }
+    if t.chars().any(|c| c.is_control() || c == ',') {
+        return Err(ProtocolError::BadTopicChars);
+    }
+    Ok(())
+}
+
+/// Parses `a,b,c` from a query string; an absent or empty list is an error.
+pub fn parse_topic_list(list: Option<&str>) -> Result<Vec<String>, ProtocolError> {
+    let list = list.unwrap_or("").trim();
+    if list.is_empty() {
+        return Err(ProtocolError::NoTopics);
+    }
+    let topics: Vec<String> = list.split(',').map(|t| t.trim().to_string()).collect();
+    check_topics(&topics)?;
+    Ok(dedup(topics))
+}
+
+pub fn check_topics(topics: &[String]) -> Result<(), ProtocolError> {
+    topics.iter().try_for_each(|t| check_topic(t))
+}
+
+fn dedup(mut topics: Vec<String>) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    topics.retain(|t| seen.insert(t.clone()));
+    topics
+}
+
+/// Parses an optional cursor; empty counts as absent.
+pub fn parse_cursor(text: Option<&str>) -> Result<Option<Cursor>, ProtocolError> {
+    match text.map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(t) => Ok(Some(Cursor::decode(t)?)),
+    }
+}
+
+/// Server → client control messages (events use the shared envelope).
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum ServerMessage<'a> {
+    Subscribed { topics: &'a [String] },
+    Unsubscribed { topics: &'a [String] },
+    Resync { topics: &'a [String], reason: &'a str },
+    Error { code: &'a str, message: &'a str },
+    Pong,
+}
+
+impl ServerMessage<'_> {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|_| "{\"type\":\"error\"}".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_messages() {
+        assert_eq!(
+            parse_client_message(r#"{"type":"subscribe","topics":["a","b"]}"#).unwrap(),
+            ClientMessage::Subscribe {
+                topics: vec!["a".into(), "b".into()],
+                cursor: None,
+                snapshot: false
+            }
+        );
+        assert_eq!(
+            parse_client_message(r#"{"type":"ping"}"#).unwrap(),
+            ClientMessage::Ping
+        );
+        for bad in [
+            "",
+            "{",
+            "null",
+            r#"{"type":"nope"}"#,
+            r#"{"type":"subscribe","topics":"a"}"#,
+            r#"{"type":"subscribe","topics":[1]}"#,
+        ] {
+            assert_eq!(parse_client_message(bad).unwrap_err().code(), "bad_message");
+        }
+    }
+
+    #[test]
+    fn topic_lists() {
+        assert_eq!(parse_topic_list(Some("a, b,a")).unwrap(), vec!["a", "b"]);
+        assert!(parse_topic_list(Some("")).is_err());
+        assert!(parse_topic_list(Some("a,,b")).is_err());
+        assert!(parse_topic_list(Some(&"x".repeat(201))).is_err());
+        assert!(check_topic("a\nb").is_err());
+    }
+}

@@ -1,0 +1,195 @@
+//! `rowcast serve`: the HTTP server wiring source → hub → transports.
+
+use crate::error::{Error, Result};
+use crate::hub::{Hub, QueueLimits};
+use crate::metrics::{Metrics, TransportMetrics};
+use crate::source::{Source, SourceConfig, SourceStatus};
+use crate::transport::{poll, sse, ws};
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_postgres::NoTls;
+
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub database_url: String,
+    pub listen: SocketAddr,
+    /// Apply migrations before serving.
+    pub migrate: bool,
+    pub pool_size: usize,
+    pub queue: QueueLimits,
+    /// WebSocket ping and SSE keepalive interval.
+    pub keepalive: Duration,
+    /// Upper bound of a long poll's `wait`.
+    pub max_poll_wait: Duration,
+    /// `retry:` hint sent to EventSource clients.
+    pub sse_retry: Duration,
+    pub idle_poll: Duration,
+    pub busy_pause: Duration,
+}
+
+impl ServerConfig {
+    pub fn new(database_url: impl Into<String>, listen: SocketAddr) -> ServerConfig {
+        ServerConfig {
+            database_url: database_url.into(),
+            listen,
+            migrate: false,
+            pool_size: 16,
+            queue: QueueLimits::default(),
+            keepalive: Duration::from_secs(15),
+            max_poll_wait: Duration::from_secs(30),
+            sse_retry: Duration::from_secs(2),
+            idle_poll: Duration::from_secs(2),
+            busy_pause: Duration::from_millis(1),
+        }
+    }
+}
+
+/// Shared by every request handler.
+pub struct App {
+    pub cfg: ServerConfig,
+    pub hub: Arc<Hub>,
+    pub pool: Pool,
+    pub metrics: Metrics,
+    pub status: Arc<SourceStatus>,
+    pub shutdown: watch::Receiver<bool>,
+    pub ws_metrics: TransportMetrics,
+    pub sse_metrics: TransportMetrics,
+    pub poll_metrics: TransportMetrics,
+}
+
+/// A server running in the background.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub app: Arc<App>,
+    shutdown: watch::Sender<bool>,
+    http: JoinHandle<std::io::Result<()>>,
+    source: JoinHandle<()>,
+}
+
+pub fn pool(database_url: &str, size: usize) -> Result<Pool> {
+    let pg: tokio_postgres::Config = database_url
+        .parse()
+        .map_err(|e: tokio_postgres::Error| Error::DatabaseUrl(e.to_string()))?;
+    let mgr = Manager::from_config(
+        pg,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(mgr)
+        .max_size(size.max(1))
+        .build()
+        .map_err(|e| Error::Config(format!("pool: {e}")))
+}
+
+impl Server {
+    /// Binds, starts the source and serves until `stop` (or `wait` after a signal).
+    pub async fn start(cfg: ServerConfig) -> Result<Server> {
+        if cfg.migrate {
+            let (mut client, conn) = tokio_postgres::connect(&cfg.database_url, NoTls).await?;
+            let driver = tokio::spawn(conn);
+            crate::migrate::migrate(&mut client, false).await?;
+            drop(client);
+            let _ = driver.await;
+        }
+        let metrics = Metrics::new()?;
+        let hub = Hub::new(cfg.queue);
+        let status = Arc::new(SourceStatus::default());
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let pool = pool(&cfg.database_url, cfg.pool_size)?;
+        let source = Source::new(
+            SourceConfig {
+                database_url: cfg.database_url.clone(),
+                idle_poll: cfg.idle_poll,
+                busy_pause: cfg.busy_pause,
+            },
+            hub.clone(),
+            metrics.clone(),
+            status.clone(),
+        );
+        let source = tokio::spawn(source.run(shutdown_rx.clone()));
+        let app = Arc::new(App {
+            ws_metrics: metrics.transport("ws"),
+            sse_metrics: metrics.transport("sse"),
+            poll_metrics: metrics.transport("poll"),
+            cfg: cfg.clone(),
+            hub,
+            pool,
+            metrics,
+            status,
+            shutdown: shutdown_rx.clone(),
+        });
+        let router = router(app.clone());
+        let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
+        let addr = listener.local_addr()?;
+        let mut stop = shutdown_rx;
+        let http = tokio::spawn(async move {
+            axum::serve(
+                listener,
+                router.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await
+        });
+        tracing::info!(%addr, "rowcast listening");
+        Ok(Server {
+            addr,
+            app,
+            shutdown: shutdown_tx,
+            http,
+            source,
+        })
+    }
+
+    /// Graceful stop: refuse new connections, close WebSockets with 1012, end SSE streams.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.http).await;
+        let _ = self.source.await;
+        self.app.pool.close();
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/v1/ws", get(ws::handler))
+        .route("/v1/events", get(sse::handler))
+        .route("/v1/poll", get(poll::handler))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .with_state(app)
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        app.metrics.render(),
+    )
+}
+
+async fn readyz(State(app): State<Arc<App>>) -> impl IntoResponse {
+    if app.status.ready() {
+        (StatusCode::OK, "ready")
+    } else if app.status.connected() {
+        (StatusCode::SERVICE_UNAVAILABLE, "catching up")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "source disconnected")
+    }
+}

@@ -1,0 +1,305 @@
+//! The source: reads the change log in commit order and publishes it to the hub.
+//!
+//! # Reading
+//! One dedicated connection (not from the pool: pooled connections drop
+//! notifications) LISTENs on channel `rowcast` and runs every read. Each read
+//! returns the changes that became visible since the previous read's snapshot,
+//! plus the new snapshot (see `cursor` for why snapshots and not ids).
+//!
+//! # The doorbell
+//! A NOTIFY per write would serialize the app's commits, so writers only ring
+//! when the shared flag `rowcast.doorbell.armed` is set, and the first of them
+//! clears it. The source's cycle:
+//! 1. read; if anything came, pause `busy_pause` and read again: while changes
+//!    flow the bell stays disarmed and writers skip NOTIFY altogether;
+//! 2. when a read comes back empty, re-arm on a second connection: take the
+//!    doorbell advisory key exclusively (this waits for every writer that holds
+//!    it shared, i.e. every writer that may have seen "disarmed"; writers that
+//!    arrive meanwhile cannot take it and ring), set the flag, commit;
+//! 3. read once more (this catches the writers waited for in 2), then sleep
+//!    until a notification, or `idle_poll` as a safety net (metric
+//!    `rowcast_source_idle_poll_hits_total` counts the times that net caught
+//!    anything; it should stay at 0).
+//!
+//! Re-arming runs as its own task so that a long writer transaction delays
+//! only the re-arm, never the reads meanwhile triggered by other writers.
+//!
+//! # Failures
+//! On any connection error the source reconnects with capped, jittered
+//! backoff and resumes from the last snapshot it published, so nothing
+//! committed meanwhile is skipped and nothing is published twice.
+
+use crate::changelog;
+use crate::cursor::Cursor;
+use crate::error::{Error, Result};
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::snapshot::Snapshot;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{watch, Notify};
+use tokio_postgres::{AsyncMessage, Client, NoTls};
+
+/// Largest number of changes read in one query; a bigger batch is read in pages.
+const PAGE: i64 = 5000;
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+#[derive(Clone, Debug)]
+pub struct SourceConfig {
+    pub database_url: String,
+    /// Safety-net read interval while idle and armed.
+    pub idle_poll: Duration,
+    /// Pause between reads while changes keep arriving; bounds the read rate
+    /// (and the database load it causes) and lets batches grow under load.
+    pub busy_pause: Duration,
+}
+
+/// What `/readyz` reports.
+#[derive(Default)]
+pub struct SourceStatus {
+    connected: AtomicBool,
+    caught_up: AtomicBool,
+}
+
+impl SourceStatus {
+    pub fn ready(&self) -> bool {
+        self.connected.load(Ordering::Relaxed) && self.caught_up.load(Ordering::Relaxed)
+    }
+
+    pub fn connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+}
+
+pub struct Source {
+    cfg: SourceConfig,
+    hub: Arc<Hub>,
+    metrics: Metrics,
+    status: Arc<SourceStatus>,
+    /// The snapshot up to which everything has been published.
+    position: Option<Snapshot>,
+}
+
+impl Source {
+    pub fn new(cfg: SourceConfig, hub: Arc<Hub>, metrics: Metrics, status: Arc<SourceStatus>) -> Source {
+        Source {
+            cfg,
+            hub,
+            metrics,
+            status,
+            position: None,
+        }
+    }
+
+    /// Runs until `shutdown` turns true.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            let started = Instant::now();
+            let result = self.session(&mut shutdown).await;
+            self.set_connected(false);
+            match result {
+                Ok(()) => return,
+                Err(e) => {
+                    self.metrics.source_reconnects.inc();
+                    if started.elapsed() > BACKOFF_MAX * 2 {
+                        backoff = BACKOFF_MIN;
+                    }
+                    let jitter = backoff.mul_f64(0.5 + fastrand::f64());
+                    tracing::warn!(error = %e, retry_in = ?jitter, "source lost the database");
+                    tokio::select! {
+                        _ = tokio::time::sleep(jitter) => {}
+                        _ = shutdown.changed() => return,
+                    }
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+            }
+        }
+    }
+
+    fn set_connected(&self, up: bool) {
+        self.status.connected.store(up, Ordering::Relaxed);
+        if !up {
+            self.status.caught_up.store(false, Ordering::Relaxed);
+        }
+        self.metrics.source_connected.set(i64::from(up));
+    }
+
+    /// One connected stretch; returns Ok on shutdown, Err when the database went away.
+    async fn session(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<()> {
+        let bell = Arc::new(Notify::new());
+        let (client, lost) = connect(&self.cfg.database_url, Some(bell.clone())).await?;
+        client.batch_execute("LISTEN rowcast").await?;
+        let (arm_client, arm_lost) = connect(&self.cfg.database_url, None).await?;
+        arm_client
+            .batch_execute("SET synchronous_commit = off; SET application_name = 'rowcast-arm'")
+            .await?;
+        client
+            .batch_execute("SET application_name = 'rowcast-source'")
+            .await?;
+        let arm_client = Arc::new(arm_client);
+        let stmt = client.prepare(&changelog::sql(false)).await?;
+        if self.position.is_none() {
+            let row = client
+                .query_one("SELECT pg_current_snapshot()::text", &[])
+                .await?;
+            let text: &str = row.try_get(0)?;
+            let snap = Snapshot::parse(text)?;
+            self.hub.close_batch(snap.clone());
+            self.position = Some(snap);
+        }
+        self.set_connected(true);
+        tracing::info!("source connected; catching up");
+
+        let mut lost = std::pin::pin!(lost);
+        let mut arm_lost = std::pin::pin!(arm_lost);
+        let mut armed = false;
+        let mut arming: Option<tokio::task::JoinHandle<Result<()>>> = None;
+        let mut idle_read = false;
+        let result = loop {
+            if *shutdown.borrow() {
+                break Ok(());
+            }
+            let n = self.read(&client, &stmt).await?;
+            if n > 0 {
+                if idle_read {
+                    self.metrics.source_idle_poll_hits.inc();
+                    tracing::warn!(changes = n, "idle safety read found changes no NOTIFY announced");
+                }
+                idle_read = false;
+                armed = false;
+                tokio::select! {
+                    _ = tokio::time::sleep(self.cfg.busy_pause) => {}
+                    _ = shutdown.changed() => {}
+                }
+                continue;
+            }
+            idle_read = false;
+            self.status.caught_up.store(true, Ordering::Relaxed);
+            if !armed {
+                let task = arming.get_or_insert_with(|| {
+                    let c = arm_client.clone();
+                    tokio::spawn(async move { arm(&c).await })
+                });
+                tokio::select! {
+                    r = task => {
+                        arming = None;
+                        match r {
+                            Ok(Ok(())) => armed = true,
+                            Ok(Err(e)) => break Err(e),
+                            Err(e) => break Err(Error::Config(format!("re-arm task failed: {e}"))),
+                        }
+                    }
+                    _ = bell.notified() => {}
+                    _ = &mut lost => break Err(Error::Config("source connection closed".into())),
+                    _ = &mut arm_lost => break Err(Error::Config("doorbell connection closed".into())),
+                    _ = shutdown.changed() => {}
+                }
+                continue;
+            }
+            tokio::select! {
+                _ = bell.notified() => armed = false,
+                _ = tokio::time::sleep(self.cfg.idle_poll) => idle_read = true,
+                _ = &mut lost => break Err(Error::Config("source connection closed".into())),
+                _ = shutdown.changed() => {}
+            }
+        };
+        if let Some(task) = arming {
+            task.abort();
+        }
+        result
+    }
+
+    /// Reads everything that became visible since the last read and publishes it.
+    async fn read(&mut self, client: &Client, stmt: &tokio_postgres::Statement) -> Result<usize> {
+        let Some(lo) = self.position.clone() else {
+            return Ok(0);
+        };
+        let started = Instant::now();
+        let mut from = Cursor::boundary(lo);
+        let mut upto: Option<Snapshot> = None;
+        let mut total = 0;
+        loop {
+            let page = changelog::read(client, stmt, &from, upto.as_ref(), None, PAGE).await?;
+            let n = page.changes.len();
+            if n > 0 && total == 0 {
+                self.hub.open_batch();
+            }
+            total += n;
+            self.metrics.events.inc_by(n as u64);
+            self.hub.publish(&page.changes);
+            if page.more {
+                if let Some(last) = page.changes.last() {
+                    from = Cursor::decode(&last.cursor)
+                        .map_err(|e| Error::Config(format!("own cursor unreadable: {e}")))?;
+                }
+                upto = Some(page.upto);
+                continue;
+            }
+            // Advance even when nothing came: the next read then starts from a
+            // newer snapshot and its xid range stays small.
+            self.hub.close_batch(page.upto.clone());
+            self.position = Some(page.upto);
+            break;
+        }
+        self.metrics
+            .source_batch_seconds
+            .observe(started.elapsed().as_secs_f64());
+        if total > 0 {
+            self.metrics.source_batches.inc();
+        }
+        Ok(total)
+    }
+}
+
+/// Sets the doorbell flag once no writer that may have seen it cleared is still running.
+async fn arm(client: &Client) -> Result<()> {
+    client
+        .batch_execute(
+            "BEGIN;
+             SELECT pg_advisory_xact_lock(7305280317090915);
+             UPDATE rowcast.doorbell SET armed = true WHERE id = 1 AND NOT armed;
+             COMMIT;",
+        )
+        .await?;
+    Ok(())
+}
+
+/// Connects and drives the connection in a task. Notifications ring `bell`.
+/// The returned future completes when the connection ends.
+async fn connect(
+    url: &str,
+    bell: Option<Arc<Notify>>,
+) -> Result<(Client, impl std::future::Future<Output = ()>)> {
+    let (client, mut conn) = tokio_postgres::connect(url, NoTls).await?;
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        loop {
+            match futures::future::poll_fn(|cx| conn.poll_message(cx)).await {
+                Some(Ok(AsyncMessage::Notification(_))) => {
+                    if let Some(b) = &bell {
+                        b.notify_one();
+                    }
+                }
+                Some(Ok(AsyncMessage::Notice(n))) => {
+                    tracing::debug!(notice = %n.message(), "postgres notice");
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "source connection error");
+                    break;
+                }
+                None => break,
+            }
+        }
+        let _ = done_tx.send(());
+    });
+    Ok((client, async move {
+        let _ = done_rx.await;
+    }))
+}

@@ -1,0 +1,79 @@
+//! The three client transports. They share one envelope, one cursor and one
+//! `Feed`; they differ only in framing.
+
+pub mod poll;
+pub mod sse;
+pub mod ws;
+
+use crate::feed::FeedError;
+use crate::protocol::ProtocolError;
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+/// An HTTP error answer: `{"error":"<code>","message":"..."}`.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<ProtocolError> for ApiError {
+    fn from(e: ProtocolError) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, e.code(), e.to_string())
+    }
+}
+
+impl From<FeedError> for ApiError {
+    fn from(e: FeedError) -> ApiError {
+        match e {
+            FeedError::CursorAhead => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cursor_ahead",
+                "this server has not yet reached the cursor's position; retry",
+            ),
+            FeedError::Db(e) => {
+                tracing::warn!(error = %e, "database error serving a client");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "database unavailable; retry",
+                )
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({"error": self.code, "message": self.message}).to_string();
+        let mut r = (self.status, body).into_response();
+        r.headers_mut().insert(
+            axum::http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            r.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        r
+    }
+}
+
+/// `true`, `1`, `yes` (any case) are true; anything else false.
+pub fn flag(v: Option<&str>) -> bool {
+    matches!(
+        v.map(|s| s.to_ascii_lowercase()).as_deref(),
+        Some("true" | "1" | "yes")
+    )
+}

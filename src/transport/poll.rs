@@ -1,0 +1,150 @@
+//! HTTP polling: `GET /v1/poll?topics=a,b&cursor=C&wait=S&limit=N&snapshot=true`
+//! → `{"events":[...],"cursor":"C2"}`.
+//!
+//! Stateless: the cursor carries the position, so any node answers it. Without a
+//! cursor the answer has no events and the current position (or, with
+//! `snapshot=true`, the latest change of each topic). `wait` (0–30 s) long-polls
+//! until at least one change arrives. An expired cursor answers 410
+//! `{"error":"cursor_expired"}`: re-fetch the state, then poll without a cursor.
+
+use super::{flag, ApiError};
+use crate::feed::{Feed, Notice, Start};
+use crate::protocol::{parse_cursor, parse_topic_list};
+use crate::server::App;
+use axum::extract::{Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Events per answer unless `limit` says otherwise, and the most `limit` may ask for.
+const DEFAULT_LIMIT: usize = 1000;
+const MAX_LIMIT: usize = 10_000;
+
+#[derive(Deserialize)]
+pub struct PollQuery {
+    topics: Option<String>,
+    cursor: Option<String>,
+    wait: Option<String>,
+    limit: Option<String>,
+    snapshot: Option<String>,
+}
+
+pub async fn handler(State(app): State<Arc<App>>, Query(q): Query<PollQuery>) -> Response {
+    match poll(&app, q).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn poll(app: &Arc<App>, q: PollQuery) -> Result<Response, ApiError> {
+    let topics = parse_topic_list(q.topics.as_deref())?;
+    let cursor = parse_cursor(q.cursor.as_deref())?;
+    let wait = match q.wait.as_deref() {
+        None | Some("") => 0.0,
+        Some(w) => w
+            .parse::<f64>()
+            .ok()
+            .filter(|w| w.is_finite() && *w >= 0.0)
+            .ok_or_else(|| {
+                ApiError::new(StatusCode::BAD_REQUEST, "bad_wait", "wait must be seconds >= 0")
+            })?,
+    };
+    let wait = Duration::from_secs_f64(wait.min(app.cfg.max_poll_wait.as_secs_f64()));
+    let limit = match q.limit.as_deref() {
+        None | Some("") => DEFAULT_LIMIT,
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|l| (1..=MAX_LIMIT).contains(l))
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_limit",
+                    format!("limit must be 1..={MAX_LIMIT}"),
+                )
+            })?,
+    };
+    let tm = &app.poll_metrics;
+    let start = Start {
+        cursor,
+        snapshot: flag(q.snapshot.as_deref()),
+    };
+    let (mut feed, notice) = Feed::open(&app.hub, &app.pool, &topics, start).await?;
+    if notice == Some(Notice::CursorExpired) {
+        app.metrics.resyncs.with_label_values(&["cursor_expired"]).inc();
+        return Err(ApiError::new(
+            StatusCode::GONE,
+            "cursor_expired",
+            "the cursor is older than the change log's retention; re-fetch state and poll without a cursor",
+        ));
+    }
+    let mut events = Vec::new();
+    collect(&mut feed, &mut events, limit, wait).await?;
+    if events.len() < limit {
+        feed.advance_to_hub();
+    }
+    let cursor = feed.position();
+    let mut body = Vec::with_capacity(64 + events.iter().map(|(b, _)| b.len() + 1).sum::<usize>());
+    body.extend_from_slice(b"{\"events\":[");
+    for (i, (frame, emitted_us)) in events.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(frame);
+        tm.delivered(*emitted_us);
+    }
+    body.extend_from_slice(b"],\"cursor\":");
+    body.extend_from_slice(serde_json::to_string(&cursor).unwrap_or_default().as_bytes());
+    body.push(b'}');
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+/// Gathers up to `limit` events: everything pending now; if that is nothing,
+/// waits up to `wait` for the first live one, then takes what is ready with it.
+async fn collect(
+    feed: &mut Feed,
+    out: &mut Vec<(bytes::Bytes, i64)>,
+    limit: usize,
+    wait: Duration,
+) -> Result<(), ApiError> {
+    let mut push = |d: crate::hub::Delivery| {
+        if let Some(frame) = d.change.frame(d.topic) {
+            out.push((frame.json.clone(), d.change.emitted_us));
+        }
+    };
+    let mut n = 0;
+    while n < limit {
+        match feed.next_pending().await? {
+            Some(d) => push(d),
+            None => break,
+        }
+        n += 1;
+    }
+    if n == 0 && !wait.is_zero() {
+        let first = match tokio::time::timeout(wait, feed.next()).await {
+            Ok(r) => r?,
+            Err(_) => None,
+        };
+        if let Some(d) = first {
+            push(d);
+            n = 1;
+            while n < limit {
+                match feed.next_ready() {
+                    Some(d) => push(d),
+                    None => break,
+                }
+                n += 1;
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,156 @@
+//! Server-Sent Events: `GET /v1/events?topics=a,b` (resume: `Last-Event-ID`
+//! header or `lastEventId` query parameter; `snapshot=true`).
+//!
+//! Frames: `id:` = cursor, `event:` = event name, `data:` = envelope. A `retry:`
+//! hint opens the stream and a `: keepalive` comment is sent when idle. An
+//! expired cursor yields `event: resync` with `{"type":"resync",...}` before the
+//! live stream. A client that falls behind gets a final `: resync slow consumer`
+//! comment and the stream ends; EventSource reconnects with its Last-Event-ID.
+
+use super::{flag, ApiError};
+use crate::feed::{Feed, Notice, Start};
+use crate::metrics::TransportMetrics;
+use crate::protocol::{parse_cursor, parse_topic_list, ServerMessage};
+use crate::server::App;
+use axum::body::Body;
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap};
+use axum::response::{IntoResponse, Response};
+use bytes::{Bytes, BytesMut};
+use serde::Deserialize;
+use std::convert::Infallible;
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// Frames coalesced into one write when several are ready at once.
+const MAX_COALESCE: usize = 64;
+
+#[derive(Deserialize)]
+pub struct SseQuery {
+    topics: Option<String>,
+    #[serde(rename = "lastEventId")]
+    last_event_id: Option<String>,
+    cursor: Option<String>,
+    snapshot: Option<String>,
+}
+
+pub async fn handler(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Query(q): Query<SseQuery>,
+) -> Response {
+    match open(app, headers, q).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn open(app: Arc<App>, headers: HeaderMap, q: SseQuery) -> Result<Response, ApiError> {
+    let topics = parse_topic_list(q.topics.as_deref())?;
+    let header_id = headers
+        .get("last-event-id")
+        .map(|v| v.to_str().unwrap_or("\u{0}"));
+    let cursor = parse_cursor(header_id.or(q.last_event_id.as_deref()).or(q.cursor.as_deref()))?;
+    let start = Start {
+        cursor,
+        snapshot: flag(q.snapshot.as_deref()),
+    };
+    let (feed, notice) = Feed::open(&app.hub, &app.pool, &topics, start).await?;
+    let mut head = format!("retry: {}\n\n", app.cfg.sse_retry.as_millis());
+    if notice == Some(Notice::CursorExpired) {
+        app.metrics.resyncs.with_label_values(&["cursor_expired"]).inc();
+        let msg = ServerMessage::Resync {
+            topics: &topics,
+            reason: "cursor_expired",
+        };
+        head.push_str(&format!("event: resync\ndata: {}\n\n", msg.to_json()));
+    }
+    let tm = app.sse_metrics.clone();
+    tm.connections.inc();
+    let state = Stream {
+        feed,
+        head: Some(Bytes::from(head)),
+        tm,
+        shutdown: app.shutdown.clone(),
+        keepalive: app.cfg.keepalive,
+        done: false,
+    };
+    let stream = futures::stream::unfold(state, |mut s| async move {
+        let chunk = s.next_chunk().await?;
+        Some((Ok::<Bytes, Infallible>(chunk), s))
+    });
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+            (header::HeaderName::from_static("x-accel-buffering"), "no"),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+struct Stream {
+    feed: Feed,
+    head: Option<Bytes>,
+    tm: TransportMetrics,
+    shutdown: watch::Receiver<bool>,
+    keepalive: std::time::Duration,
+    done: bool,
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.tm.connections.dec();
+    }
+}
+
+impl Stream {
+    /// The next bytes to write, or `None` to end the response.
+    async fn next_chunk(&mut self) -> Option<Bytes> {
+        if let Some(h) = self.head.take() {
+            return Some(h);
+        }
+        if self.done || *self.shutdown.borrow() {
+            return None;
+        }
+        let first = tokio::select! {
+            r = self.feed.next() => r,
+            _ = tokio::time::sleep(self.keepalive) => return Some(Bytes::from_static(b": keepalive\n\n")),
+            _ = self.shutdown.changed() => return None,
+        };
+        let first = match first {
+            Ok(Some(d)) => d,
+            Ok(None) => {
+                self.done = true;
+                self.tm.slow_drops.inc();
+                return Some(Bytes::from_static(b": resync slow consumer\n\n"));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "sse feed failed");
+                self.done = true;
+                return Some(Bytes::from_static(b": resync unavailable\n\n"));
+            }
+        };
+        let mut buf = BytesMut::new();
+        let mut emitted = Vec::with_capacity(4);
+        let mut next = Some(first);
+        let mut n = 0;
+        while let Some(d) = next {
+            if let Some(f) = d.change.frame(d.topic) {
+                buf.extend_from_slice(f.sse(&d.change));
+                emitted.push(d.change.emitted_us);
+            }
+            n += 1;
+            next = if n < MAX_COALESCE {
+                self.feed.next_ready()
+            } else {
+                None
+            };
+        }
+        for us in emitted {
+            self.tm.delivered(us);
+        }
+        Some(buf.freeze())
+    }
+}
