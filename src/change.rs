@@ -144,7 +144,10 @@ mod tests {
         assert_eq!(v["ts"], 1_764_000_000_123i64);
         assert_eq!(v["id"], c.cursor.as_str());
         let sse = String::from_utf8(c.frame(0).unwrap().sse(&c).to_vec()).unwrap();
-        assert!(sse.starts_with(&format!("id: {}\nevent: inventory.updated\ndata: {{", c.cursor)));
+        assert!(sse.starts_with(&format!(
+            "id: {}\nevent: inventory.updated\ndata: {{",
+            c.cursor
+        )));
         assert!(sse.ends_with("}\n\n"));
     }
 }

@@ -85,7 +85,10 @@ impl Cursor {
         let bytes = URL_SAFE_NO_PAD
             .decode(text.trim())
             .map_err(|_| CursorError::Encoding)?;
-        let mut r = Reader { buf: &bytes, pos: 0 };
+        let mut r = Reader {
+            buf: &bytes,
+            pos: 0,
+        };
         if r.byte()? != VERSION {
             return Err(CursorError::Malformed);
         }

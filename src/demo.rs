@@ -11,6 +11,15 @@ use tokio_postgres::{Client, NoTls};
 
 pub const DB: &str = "rowcast";
 
+/// `println!` that tolerates a closed stdout (`demo | head`) instead of panicking.
+macro_rules! say {
+    () => { say!("") };
+    ($($arg:tt)*) => {{
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 const FARMS: &[(&str, i64)] = &[
     ("Sunny Valley Farm", 101),
     ("Green Acres", 102),
@@ -50,7 +59,8 @@ pub struct DemoOptions {
 }
 
 pub async fn run(opts: DemoOptions) -> Result<()> {
-    println!("starting a throwaway PostgreSQL ...");
+    let mut signals = Signals::install()?;
+    say!("starting a throwaway PostgreSQL ...");
     let pg = tokio::task::spawn_blocking(|| EmbeddedPg::start(Options::default()))
         .await
         .map_err(|e| crate::Error::EmbeddedPg(e.to_string()))??;
@@ -67,50 +77,54 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
     let server = Server::start(ServerConfig::new(url.clone(), opts.listen)).await?;
     let base = server.base_url();
     let ws_base = base.replacen("http://", "ws://", 1);
-    println!();
-    println!("rowcast demo is running (Ctrl-C stops it and deletes the database)");
-    println!("  database   {url}");
-    println!("  WebSocket  {ws_base}/v1/ws?topics=farm-1,product-1");
-    println!("  SSE        {base}/v1/events?topics=farm-1");
-    println!("  polling    {base}/v1/poll?topics=farm-1&wait=25   (then pass back &cursor=...)");
-    println!("  metrics    {base}/metrics");
-    println!();
-    println!("watch Sunny Valley Farm live:");
-    println!("  curl -N '{base}/v1/events?topics=farm-1'");
-    println!("change the tomatoes yourself:");
-    println!(
-        "  psql '{url}' -c \"UPDATE market.products SET quantity = 15 WHERE id = 1\""
-    );
-    println!();
+    say!();
+    say!("rowcast demo is running (Ctrl-C stops it and deletes the database)");
+    say!("  database   {url}");
+    say!("  WebSocket  {ws_base}/v1/ws?topics=farm-1,product-1");
+    say!("  SSE        {base}/v1/events?topics=farm-1");
+    say!("  polling    {base}/v1/poll?topics=farm-1&wait=25   (then pass back &cursor=...)");
+    say!("  metrics    {base}/metrics");
+    say!();
+    say!("watch Sunny Valley Farm live:");
+    say!("  curl -N '{base}/v1/events?topics=farm-1'");
+    say!("change the tomatoes yourself:");
+    say!("  psql '{url}' -c \"UPDATE market.products SET quantity = 15 WHERE id = 1\"");
+    say!();
 
     let farmer = tokio::spawn(simulate_farmer(client, opts.tick));
-    let stop = async {
-        match opts.run_for {
-            Some(d) => tokio::time::sleep(d).await,
-            None => shutdown_signal().await,
-        }
-    };
-    stop.await;
-    println!("stopping ...");
+    let run_for = opts.run_for.unwrap_or(Duration::MAX);
+    tokio::select! {
+        _ = signals.recv() => {}
+        _ = tokio::time::sleep(run_for.min(Duration::from_secs(100 * 365 * 86400))) => {}
+    }
+    say!("stopping ...");
     farmer.abort();
     server.stop().await;
     drop(pg);
     Ok(())
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// Ctrl-C and SIGTERM, registered at creation so that a signal arriving during
+/// start-up is not fatal: it is seen as soon as the caller waits.
+pub struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    pub fn install() -> Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+        })
+    }
+
+    pub async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
     }
 }
 
@@ -207,7 +221,11 @@ async fn farmer_step(client: &Client, n: u64) -> Result<()> {
         client
             .execute(
                 "INSERT INTO market.orders (customer_id, farm_id, total_cents) VALUES ($1, $2, $3)",
-                &[&(1000 + fastrand::i64(0..4)), &fastrand::i64(1..=4), &fastrand::i64(500..5000)],
+                &[
+                    &(1000 + fastrand::i64(0..4)),
+                    &fastrand::i64(1..=4),
+                    &fastrand::i64(500..5000),
+                ],
             )
             .await?;
     }

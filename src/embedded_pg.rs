@@ -102,11 +102,7 @@ impl EmbeddedPg {
 
     /// Runs `psql` against `db`, for demos and ad-hoc checks.
     pub fn psql_command(&self, db: &str) -> String {
-        format!(
-            "{} '{}'",
-            self.bindir.join("psql").display(),
-            self.url(db)
-        )
+        format!("{} '{}'", self.bindir.join("psql").display(), self.url(db))
     }
 
     fn initdb(&self) -> Result<()> {
@@ -154,10 +150,7 @@ impl EmbeddedPg {
     fn rewrite_port(&self) -> Result<()> {
         let conf = self.data_dir().join("postgresql.conf");
         let text = std::fs::read_to_string(&conf)?;
-        let mut kept: Vec<&str> = text
-            .lines()
-            .filter(|l| !l.starts_with("port = "))
-            .collect();
+        let mut kept: Vec<&str> = text.lines().filter(|l| !l.starts_with("port = ")).collect();
         let port_line = format!("port = {}", self.port);
         kept.push(&port_line);
         std::fs::write(&conf, kept.join("\n") + "\n")?;
@@ -323,7 +316,9 @@ fn make_temp_dir() -> Result<PathBuf> {
             Err(e) => return Err(e.into()),
         }
     }
-    Err(Error::EmbeddedPg("cannot create a temporary directory".into()))
+    Err(Error::EmbeddedPg(
+        "cannot create a temporary directory".into(),
+    ))
 }
 
 fn chown_to_postgres(dir: &Path) -> Result<()> {

@@ -208,7 +208,10 @@ impl Feed {
         let client = self.pool.get().await?;
         let stmt = client.prepare_cached(&changelog::sql(true)).await?;
         let page = changelog::read(&client, &stmt, &from, Some(&upto), Some(&topics), PAGE).await?;
-        let last = page.changes.last().and_then(|c| Cursor::decode(&c.cursor).ok());
+        let last = page
+            .changes
+            .last()
+            .and_then(|c| Cursor::decode(&c.cursor).ok());
         self.catch_up = None;
         for change in page.changes {
             self.queue_change(change);

@@ -118,7 +118,10 @@ impl Hub {
                     return true;
                 }
             }
-            if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
+            if tokio::time::timeout_at(deadline, rx.changed())
+                .await
+                .is_err()
+            {
                 return false;
             }
         }
@@ -302,7 +305,9 @@ impl Subscription {
             return None;
         }
         let d = self.queue.try_recv().ok()?;
-        self.sub.queued_bytes.fetch_sub(d.bytes(), Ordering::Relaxed);
+        self.sub
+            .queued_bytes
+            .fetch_sub(d.bytes(), Ordering::Relaxed);
         Some(d)
     }
 

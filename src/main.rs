@@ -7,7 +7,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(name = "rowcast", version, about = "Postgres row changes to browsers, live")]
+#[command(
+    name = "rowcast",
+    version,
+    about = "Postgres row changes to browsers, live"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -99,8 +103,9 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     cfg.queue.max_events = a.queue_events.max(1);
     cfg.queue.max_bytes = a.queue_bytes.max(1024);
     cfg.keepalive = Duration::from_secs(a.keepalive.max(1));
+    let mut signals = rowcast::demo::Signals::install()?;
     let server = Server::start(cfg).await.context("starting the server")?;
-    rowcast::demo::shutdown_signal().await;
+    signals.recv().await;
     tracing::info!("shutting down");
     server.stop().await;
     Ok(())

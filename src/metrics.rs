@@ -49,7 +49,10 @@ impl Metrics {
         )?;
         let events = IntCounter::new("rowcast_events_total", "Changes read from the change log")?;
         let deliveries = IntCounterVec::new(
-            Opts::new("rowcast_deliveries_total", "Event frames written to clients"),
+            Opts::new(
+                "rowcast_deliveries_total",
+                "Event frames written to clients",
+            ),
             &["transport"],
         )?;
         let source_connected = IntGauge::new(

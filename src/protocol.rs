@@ -107,10 +107,20 @@ pub fn parse_cursor(text: Option<&str>) -> Result<Option<Cursor>, ProtocolError>
 #[derive(Debug, Serialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum ServerMessage<'a> {
-    Subscribed { topics: &'a [String] },
-    Unsubscribed { topics: &'a [String] },
-    Resync { topics: &'a [String], reason: &'a str },
-    Error { code: &'a str, message: &'a str },
+    Subscribed {
+        topics: &'a [String],
+    },
+    Unsubscribed {
+        topics: &'a [String],
+    },
+    Resync {
+        topics: &'a [String],
+        reason: &'a str,
+    },
+    Error {
+        code: &'a str,
+        message: &'a str,
+    },
     Pong,
 }
 

@@ -83,7 +83,12 @@ pub struct Source {
 }
 
 impl Source {
-    pub fn new(cfg: SourceConfig, hub: Arc<Hub>, metrics: Metrics, status: Arc<SourceStatus>) -> Source {
+    pub fn new(
+        cfg: SourceConfig,
+        hub: Arc<Hub>,
+        metrics: Metrics,
+        status: Arc<SourceStatus>,
+    ) -> Source {
         Source {
             cfg,
             hub,
@@ -167,9 +172,14 @@ impl Source {
             }
             let n = self.read(&client, &stmt).await?;
             if n > 0 {
-                if idle_read {
+                // a ring that raced with the timer is not a miss
+                let rang = futures::FutureExt::now_or_never(bell.notified()).is_some();
+                if idle_read && !rang {
                     self.metrics.source_idle_poll_hits.inc();
-                    tracing::warn!(changes = n, "idle safety read found changes no NOTIFY announced");
+                    tracing::warn!(
+                        changes = n,
+                        "idle safety read found changes no NOTIFY announced"
+                    );
                 }
                 idle_read = false;
                 armed = false;

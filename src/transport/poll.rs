@@ -48,7 +48,11 @@ async fn poll(app: &Arc<App>, q: PollQuery) -> Result<Response, ApiError> {
             .ok()
             .filter(|w| w.is_finite() && *w >= 0.0)
             .ok_or_else(|| {
-                ApiError::new(StatusCode::BAD_REQUEST, "bad_wait", "wait must be seconds >= 0")
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_wait",
+                    "wait must be seconds >= 0",
+                )
             })?,
     };
     let wait = Duration::from_secs_f64(wait.min(app.cfg.max_poll_wait.as_secs_f64()));
@@ -73,7 +77,10 @@ async fn poll(app: &Arc<App>, q: PollQuery) -> Result<Response, ApiError> {
     };
     let (mut feed, notice) = Feed::open(&app.hub, &app.pool, &topics, start).await?;
     if notice == Some(Notice::CursorExpired) {
-        app.metrics.resyncs.with_label_values(&["cursor_expired"]).inc();
+        app.metrics
+            .resyncs
+            .with_label_values(&["cursor_expired"])
+            .inc();
         return Err(ApiError::new(
             StatusCode::GONE,
             "cursor_expired",
@@ -96,7 +103,11 @@ async fn poll(app: &Arc<App>, q: PollQuery) -> Result<Response, ApiError> {
         tm.delivered(*emitted_us);
     }
     body.extend_from_slice(b"],\"cursor\":");
-    body.extend_from_slice(serde_json::to_string(&cursor).unwrap_or_default().as_bytes());
+    body.extend_from_slice(
+        serde_json::to_string(&cursor)
+            .unwrap_or_default()
+            .as_bytes(),
+    );
     body.push(b'}');
     Ok((
         [

@@ -50,7 +50,11 @@ async fn open(app: Arc<App>, headers: HeaderMap, q: SseQuery) -> Result<Response
     let header_id = headers
         .get("last-event-id")
         .map(|v| v.to_str().unwrap_or("\u{0}"));
-    let cursor = parse_cursor(header_id.or(q.last_event_id.as_deref()).or(q.cursor.as_deref()))?;
+    let cursor = parse_cursor(
+        header_id
+            .or(q.last_event_id.as_deref())
+            .or(q.cursor.as_deref()),
+    )?;
     let start = Start {
         cursor,
         snapshot: flag(q.snapshot.as_deref()),
@@ -58,7 +62,10 @@ async fn open(app: Arc<App>, headers: HeaderMap, q: SseQuery) -> Result<Response
     let (feed, notice) = Feed::open(&app.hub, &app.pool, &topics, start).await?;
     let mut head = format!("retry: {}\n\n", app.cfg.sse_retry.as_millis());
     if notice == Some(Notice::CursorExpired) {
-        app.metrics.resyncs.with_label_values(&["cursor_expired"]).inc();
+        app.metrics
+            .resyncs
+            .with_label_values(&["cursor_expired"])
+            .inc();
         let msg = ServerMessage::Resync {
             topics: &topics,
             reason: "cursor_expired",

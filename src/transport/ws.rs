@@ -172,7 +172,8 @@ impl Session {
         match Feed::open(&self.app.hub, &self.app.pool, &topics, start).await {
             Ok((feed, notice)) => {
                 self.feed = Some(feed);
-                self.send(ServerMessage::Subscribed { topics: &topics }).await?;
+                self.send(ServerMessage::Subscribed { topics: &topics })
+                    .await?;
                 if notice == Some(Notice::CursorExpired) {
                     self.app
                         .metrics
@@ -188,8 +189,11 @@ impl Session {
                 Ok(())
             }
             Err(FeedError::CursorAhead) => {
-                self.send_error("cursor_ahead", "this server has not reached the cursor yet; reconnect")
-                    .await;
+                self.send_error(
+                    "cursor_ahead",
+                    "this server has not reached the cursor yet; reconnect",
+                )
+                .await;
                 Err(Close::Server(1013, "try again later"))
             }
             Err(e) => {
@@ -231,7 +235,8 @@ impl Session {
                     }
                     Some(feed) => {
                         feed.subscription().add(&topics);
-                        self.send(ServerMessage::Subscribed { topics: &topics }).await
+                        self.send(ServerMessage::Subscribed { topics: &topics })
+                            .await
                     }
                 }
             }
@@ -289,9 +294,7 @@ impl Drop for Session {
 }
 
 /// The feed's next delivery; pending forever while there is no feed yet.
-async fn next_delivery(
-    feed: &mut Option<Feed>,
-) -> Result<Option<crate::hub::Delivery>, FeedError> {
+async fn next_delivery(feed: &mut Option<Feed>) -> Result<Option<crate::hub::Delivery>, FeedError> {
     match feed {
         Some(f) => f.next().await,
         None => std::future::pending().await,

@@ -1,0 +1,357 @@
+//! Issue #2: triggers → change log → WebSocket, SSE and polling, end to end.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::collections::HashMap;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inventory_update_reaches_every_transport_and_only_its_topic() {
+    let url = fresh_db().await;
+    let db = connect(&url).await;
+    seed(&db, 7, 30).await;
+    db.execute("UPDATE market.products SET farm_id = 7 WHERE id = 23", &[])
+        .await
+        .unwrap();
+    let srv = server(&url).await;
+    let base = srv.base_url();
+
+    let mut ws = WsClient::connect(&base, "topics=product-23").await;
+    match ws.next().await {
+        Msg::Control(v) => assert_eq!(v, json!({"type":"subscribed","topics":["product-23"]})),
+        other => panic!("expected subscribed, got {other:?}"),
+    }
+    let mut sse = SseClient::connect(&base, "topics=product-23", None).await;
+    let mut poller = Poller::start(&base, "product-23").await;
+    let mut other_ws = WsClient::connect(&base, "topics=product-2").await;
+    let mut other_sse = SseClient::connect(&base, "topics=product-2", None).await;
+    let mut other_poll = Poller::start(&base, "product-2").await;
+
+    db.execute(
+        "UPDATE market.products SET quantity = 15 WHERE id = 23",
+        &[],
+    )
+    .await
+    .unwrap();
+
+    let from_ws = next_event(&mut ws.rx).await;
+    let from_sse = next_event(&mut sse.rx).await;
+    let from_poll = poller.events(1).await;
+    assert_eq!(from_poll.len(), 1);
+    for ev in [&from_ws, &from_sse, &from_poll[0]] {
+        assert_eq!(ev.topic, "product-23");
+        assert_eq!(ev.event, "inventory.updated");
+        let d = &ev.data;
+        assert_eq!(d["productId"], "23");
+        assert_eq!(d["newQuantity"], 15);
+        assert_eq!(d["previousQuantity"], 20);
+        assert_eq!(d["farmId"], "7");
+        assert_eq!(d["unit"], "lb");
+        assert!(d["timestamp"].as_i64().unwrap() > 1_700_000_000_000);
+    }
+    // Live streams of one node share the batch, hence the cursor; a poll that read
+    // the change from the log may carry another (equivalent) position.
+    assert_eq!(from_sse.id, from_ws.id);
+    assert!(rowcast::cursor::Cursor::decode(&from_poll[0].id).is_ok());
+
+    // The other product's clients got nothing: the next thing they see is their own change.
+    db.execute("UPDATE market.products SET quantity = 3 WHERE id = 2", &[])
+        .await
+        .unwrap();
+    let mut first_other = vec![next_event(&mut other_ws.rx).await];
+    first_other.push(next_event(&mut other_sse.rx).await);
+    first_other.extend(other_poll.events(1).await);
+    for ev in first_other {
+        assert_eq!(ev.topic, "product-2");
+        assert_eq!(ev.data["newQuantity"], 3);
+    }
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn order_status_change_reaches_order_and_customer_subscribers() {
+    let url = fresh_db().await;
+    let db = connect(&url).await;
+    seed(&db, 2, 2).await;
+    db.execute(
+        "INSERT INTO market.orders (id, customer_id, farm_id) VALUES (12345, 77, 2)",
+        &[],
+    )
+    .await
+    .unwrap();
+    let srv = server(&url).await;
+    let base = srv.base_url();
+    let mut by_order = WsClient::connect(&base, "topics=order-12345").await;
+    let mut by_customer = SseClient::connect(&base, "topics=customer-77", None).await;
+    let mut by_customer_poll = Poller::start(&base, "customer-77").await;
+
+    db.execute(
+        "UPDATE market.orders SET status = 'CONFIRMED' WHERE id = 12345",
+        &[],
+    )
+    .await
+    .unwrap();
+    let a = next_event(&mut by_order.rx).await;
+    let b = next_event(&mut by_customer.rx).await;
+    let c = by_customer_poll.events(1).await.remove(0);
+    assert_eq!(a.topic, "order-12345");
+    assert_eq!(b.topic, "customer-77");
+    for ev in [&a, &b, &c] {
+        assert_eq!(ev.event, "order.status.changed");
+        assert_eq!(ev.data["orderId"], "12345");
+        assert_eq!(ev.data["newStatus"], "CONFIRMED");
+        assert_eq!(ev.data["previousStatus"], "PENDING");
+        assert_eq!(ev.data["message"], "Your order has been confirmed!");
+    }
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_transaction_of_fifty_updates_arrives_whole_and_in_order() {
+    let url = fresh_db().await;
+    let db = connect(&url).await;
+    seed(&db, 1, 50).await;
+    let srv = server(&url).await;
+    let base = srv.base_url();
+    let mut ws = WsClient::connect(&base, "topics=farm-1").await;
+    let mut sse = SseClient::connect(&base, "topics=farm-1", None).await;
+    let mut poller = Poller::start(&base, "farm-1").await;
+
+    db.batch_execute(
+        "BEGIN;
+         DO $$ BEGIN
+           FOR i IN 1..50 LOOP
+             UPDATE market.products SET quantity = 100 + i WHERE id = i;
+           END LOOP;
+         END $$;
+         COMMIT;",
+    )
+    .await
+    .unwrap();
+    let expect: Vec<i64> = (1..=50).map(|i| 100 + i).collect();
+    let got_ws: Vec<i64> = events(&mut ws.rx, 50)
+        .await
+        .iter()
+        .map(|e| e.data["newQuantity"].as_i64().unwrap())
+        .collect();
+    let got_sse: Vec<i64> = events(&mut sse.rx, 50)
+        .await
+        .iter()
+        .map(|e| e.data["newQuantity"].as_i64().unwrap())
+        .collect();
+    let got_poll: Vec<i64> = poller
+        .events(50)
+        .await
+        .iter()
+        .map(|e| e.data["newQuantity"].as_i64().unwrap())
+        .collect();
+    assert_eq!(got_ws, expect);
+    assert_eq!(got_sse, expect);
+    assert_eq!(got_poll, expect);
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_every_subscriber_gets_every_event_once() {
+    const WRITERS: i64 = 10;
+    const UPDATES: i64 = 100;
+    let url = fresh_db().await;
+    let db = connect(&url).await;
+    seed(&db, 1, WRITERS).await;
+    let srv = server(&url).await;
+    let base = srv.base_url();
+
+    // One subscriber of everything per transport, plus one per product topic.
+    let mut all_ws = WsClient::connect(&base, "topics=farm-1").await;
+    let mut all_sse = SseClient::connect(&base, "topics=farm-1", None).await;
+    let mut all_poll = Poller::start(&base, "farm-1").await;
+    let mut per_product = Vec::new();
+    for p in 1..=WRITERS {
+        per_product.push((
+            p,
+            WsClient::connect(&base, &format!("topics=product-{p}")).await,
+        ));
+    }
+
+    let mut writers = Vec::new();
+    for w in 1..=WRITERS {
+        let url = url.clone();
+        writers.push(tokio::spawn(async move {
+            let db = connect(&url).await;
+            for q in 1..=UPDATES {
+                db.execute(
+                    "UPDATE market.products SET quantity = $2::bigint WHERE id = $1",
+                    &[&w, &q],
+                )
+                .await
+                .unwrap();
+            }
+        }));
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    let total = (WRITERS * UPDATES) as usize;
+    let check_all = |evs: Vec<Ev>, who: &str| {
+        assert_eq!(evs.len(), total, "{who}");
+        let mut per: HashMap<String, Vec<i64>> = HashMap::new();
+        let mut ids = std::collections::HashSet::new();
+        for e in evs {
+            assert!(ids.insert(e.id.clone()), "{who}: duplicate cursor");
+            per.entry(e.data["productId"].as_str().unwrap().to_string())
+                .or_default()
+                .push(e.data["newQuantity"].as_i64().unwrap());
+        }
+        let expect: Vec<i64> = (1..=UPDATES).collect();
+        for p in 1..=WRITERS {
+            assert_eq!(
+                per[&p.to_string()],
+                expect,
+                "{who}: product {p} in commit order, once each"
+            );
+        }
+    };
+    check_all(events(&mut all_ws.rx, total).await, "ws");
+    check_all(events(&mut all_sse.rx, total).await, "sse");
+    check_all(all_poll.events(total).await, "poll");
+    for (p, c) in per_product.iter_mut() {
+        let got: Vec<i64> = events(&mut c.rx, UPDATES as usize)
+            .await
+            .iter()
+            .map(|e| {
+                assert_eq!(e.topic, format!("product-{p}"));
+                e.data["newQuantity"].as_i64().unwrap()
+            })
+            .collect();
+        assert_eq!(got, (1..=UPDATES).collect::<Vec<_>>(), "product-{p}");
+    }
+    // and nothing beyond: a marker change is the very next event everywhere
+    db.execute(
+        "UPDATE market.products SET quantity = 999 WHERE id = 1",
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(next_event(&mut all_ws.rx).await.data["newQuantity"], 999);
+    assert_eq!(next_event(&mut all_sse.rx).await.data["newQuantity"], 999);
+    assert_eq!(all_poll.events(1).await[0].data["newQuantity"], 999);
+    // every read was announced by the doorbell: the idle safety net caught nothing
+    let metrics = srv.app.metrics.render();
+    assert!(
+        metrics.contains("rowcast_source_idle_poll_hits_total 0"),
+        "{metrics}"
+    );
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn track_attaches_capture_to_any_table() {
+    let url = fresh_db().await;
+    let db = connect(&url).await;
+    db.batch_execute(
+        "CREATE TABLE public.stalls (code text PRIMARY KEY, name text, open boolean);
+         SELECT rowcast.track('public.stalls');",
+    )
+    .await
+    .unwrap();
+    let srv = server(&url).await;
+    let mut ws = WsClient::connect(&srv.base_url(), "topics=stalls-A7").await;
+    db.batch_execute(
+        "INSERT INTO public.stalls VALUES ('A7', 'Honey', false);
+         UPDATE public.stalls SET open = true WHERE code = 'A7';
+         DELETE FROM public.stalls WHERE code = 'A7';",
+    )
+    .await
+    .unwrap();
+    let evs = events(&mut ws.rx, 3).await;
+    assert_eq!(evs[0].event, "stalls.inserted");
+    assert_eq!(
+        evs[0].data["row"],
+        json!({"code":"A7","name":"Honey","open":false})
+    );
+    assert_eq!(evs[1].event, "stalls.updated");
+    assert_eq!(evs[1].data["row"]["open"], true);
+    assert_eq!(evs[1].data["old"]["open"], false);
+    assert_eq!(evs[2].event, "stalls.deleted");
+    assert_eq!(evs[2].data["old"]["code"], "A7");
+    for e in &evs {
+        assert_eq!(e.topic, "stalls-A7");
+    }
+    // a table without a single-column primary key needs an explicit key column
+    let err = db
+        .batch_execute("CREATE TABLE nokey (a int); SELECT rowcast.track('nokey');")
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("no single-column primary key")
+            || format!("{err:?}").contains("primary key")
+    );
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrations_are_idempotent() {
+    let url = fresh_db().await;
+    let (mut c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let again = rowcast::migrate::migrate(&mut c, true).await.unwrap();
+    assert!(again.is_empty(), "second run applies nothing: {again:?}");
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM rowcast.migrations", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_health_endpoints() {
+    let url = fresh_db().await;
+    let db = connect(&url).await;
+    seed(&db, 1, 1).await;
+    let srv = server(&url).await;
+    let base = srv.base_url();
+    let mut ws = WsClient::connect(&base, "topics=product-1").await;
+    db.execute("UPDATE market.products SET quantity = 1 WHERE id = 1", &[])
+        .await
+        .unwrap();
+    next_event(&mut ws.rx).await;
+    let http = reqwest::Client::new();
+    assert_eq!(
+        http.get(format!("{base}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        http.get(format!("{base}/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let text = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "rowcast_sync_latency_seconds_bucket{transport=\"ws\",le=\"0.001\"}",
+        "rowcast_connections{transport=\"ws\"} 1",
+        "rowcast_events_total 1",
+        "rowcast_deliveries_total{transport=\"ws\"} 1",
+        "rowcast_source_connected 1",
+    ] {
+        assert!(text.contains(name), "missing {name} in\n{text}");
+    }
+    srv.stop().await;
+}

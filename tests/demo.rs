@@ -1,0 +1,85 @@
+//! Issue #2: `rowcast demo` on its own prints the URLs, and the SSE URL streams events.
+
+use futures::StreamExt;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_prints_urls_and_sse_shows_events() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rowcast"))
+        .args([
+            "demo",
+            "--listen",
+            "127.0.0.1:0",
+            "--tick-ms",
+            "200",
+            "--run-for",
+            "120",
+        ])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn rowcast demo");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut printed = Vec::new();
+    let mut curl = None;
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("demo prints its URLs within a minute");
+        if let Some(rest) = line.trim().strip_prefix("curl -N '") {
+            curl = Some(rest.trim_end_matches('\'').to_string());
+        }
+        let last = line.contains("UPDATE market.products");
+        printed.push(line);
+        if last {
+            break;
+        }
+    }
+    let text = printed.join("\n");
+    for what in [
+        "WebSocket  ws://",
+        "SSE        http://",
+        "polling    http://",
+        "psql '",
+        "UPDATE market.products",
+    ] {
+        assert!(text.contains(what), "demo output lacks {what:?}:\n{text}");
+    }
+    let url = curl.expect("curl line");
+    let resp = reqwest::get(&url).await.expect("GET the SSE URL");
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.bytes_stream();
+    let mut seen = String::new();
+    let got = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(Ok(chunk)) = body.next().await {
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+            if seen.contains("event: inventory.updated") && seen.contains("\"topic\":\"farm-1\"") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(got, Ok(true), "SSE stream showed no event:\n{seen}");
+    // Ctrl-C stops it and cleans up
+    // SAFETY: plain kill(2) on our own child's pid.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "demo exited with {status}");
+}
