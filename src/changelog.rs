@@ -19,8 +19,9 @@ const SELECT: &str = "
 WITH p AS MATERIALIZED (
     SELECT $1::text::pg_snapshot AS lo,
            $2::text::pg_snapshot AS hi,
-           coalesce($3::text::pg_snapshot, pg_current_snapshot()) AS up)
-SELECT p.up::text, c.id, c.topics, c.event, c.payload, c.us, c.first
+           coalesce($3::text::pg_snapshot, pg_current_snapshot()) AS up,
+           (SELECT pruned_below FROM rowcast.retention WHERE id = 1)::text AS pruned)
+SELECT p.up::text, c.id, c.topics, c.event, c.payload, c.us, c.first, p.pruned
 FROM p LEFT JOIN LATERAL (
     SELECT x.id, x.topics, x.event, x.payload::text AS payload,
            (extract(epoch FROM x.emitted_at) * 1000000)::int8 AS us,
@@ -57,6 +58,16 @@ pub struct Page {
     pub changes: Vec<Arc<Change>>,
     /// True when `limit` rows came back: read again from the last change's cursor.
     pub more: bool,
+    /// Retention watermark seen by the same statement: if `after` lacks an xid
+    /// below it, rows it still needed may be gone and the page is not complete.
+    pub pruned_below: u64,
+}
+
+impl Page {
+    /// Whether retention may have deleted changes that `after` still needed.
+    pub fn expired_for(&self, after: &Cursor) -> bool {
+        after.lo.xmin() < self.pruned_below
+    }
 }
 
 pub async fn read(
@@ -97,6 +108,13 @@ pub async fn read(
         },
         changes: Vec::with_capacity(rows.len()),
         more: false,
+        pruned_below: match rows.first() {
+            Some(r) => {
+                let t: Option<&str> = r.try_get(7)?;
+                t.and_then(|t| t.parse().ok()).unwrap_or(0)
+            }
+            None => 0,
+        },
     };
     for row in &rows {
         let id: Option<i64> = row.try_get(1)?;

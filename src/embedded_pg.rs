@@ -100,6 +100,16 @@ impl EmbeddedPg {
         self.pg_ctl(&["-w", "-t", "60", "-m", "fast", "restart"])
     }
 
+    /// `pg_ctl stop -m fast`: the server goes away until `start_again`.
+    pub fn stop(&self) -> Result<()> {
+        self.pg_ctl(&["-w", "-t", "60", "-m", "fast", "stop"])
+    }
+
+    /// Starts a stopped server again on the same port.
+    pub fn start_again(&self) -> Result<()> {
+        self.pg_ctl(&["-w", "-t", "60", "start"])
+    }
+
     /// Runs `psql` against `db`, for demos and ad-hoc checks.
     pub fn psql_command(&self, db: &str) -> String {
         format!("{} '{}'", self.bindir.join("psql").display(), self.url(db))

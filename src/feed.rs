@@ -26,6 +26,9 @@ const AHEAD_LIMIT: u64 = 10_000_000;
 pub enum FeedError {
     #[error("cursor is ahead of this server's position")]
     CursorAhead,
+    /// Retention pruned changes this client still needed while it was catching up.
+    #[error("cursor expired while catching up")]
+    Expired,
     #[error("database unavailable: {0}")]
     Db(#[from] crate::error::Error),
 }
@@ -208,6 +211,9 @@ impl Feed {
         let client = self.pool.get().await?;
         let stmt = client.prepare_cached(&changelog::sql(true)).await?;
         let page = changelog::read(&client, &stmt, &from, Some(&upto), Some(&topics), PAGE).await?;
+        if page.expired_for(&from) {
+            return Err(FeedError::Expired);
+        }
         let last = page
             .changes
             .last()

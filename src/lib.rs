@@ -16,6 +16,7 @@ pub mod hub;
 pub mod metrics;
 pub mod migrate;
 pub mod protocol;
+pub mod retention;
 pub mod server;
 pub mod snapshot;
 pub mod source;

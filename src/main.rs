@@ -48,6 +48,12 @@ struct ServeArgs {
     /// WebSocket ping / SSE keepalive interval, seconds.
     #[arg(long, env = "ROWCAST_KEEPALIVE", default_value_t = 15)]
     keepalive: u64,
+    /// Keep changes this long (e.g. 24h, 30m); older cursors get an explicit resync.
+    #[arg(long, env = "ROWCAST_RETENTION", default_value = "24h", value_parser = rowcast::retention::parse_duration)]
+    retention: Duration,
+    /// Drop a client whose socket has accepted nothing for this long (e.g. 10s).
+    #[arg(long, env = "ROWCAST_WRITE_TIMEOUT", default_value = "10s", value_parser = rowcast::retention::parse_duration)]
+    write_timeout: Duration,
 }
 
 #[derive(Args)]
@@ -103,6 +109,9 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     cfg.queue.max_events = a.queue_events.max(1);
     cfg.queue.max_bytes = a.queue_bytes.max(1024);
     cfg.keepalive = Duration::from_secs(a.keepalive.max(1));
+    cfg.retention = a.retention;
+    cfg.prune_every = (a.retention / 10).clamp(Duration::from_millis(100), Duration::from_secs(60));
+    cfg.write_timeout = a.write_timeout.max(Duration::from_millis(100));
     let mut signals = rowcast::demo::Signals::install()?;
     let server = Server::start(cfg).await.context("starting the server")?;
     signals.recv().await;

@@ -34,6 +34,12 @@ pub struct ServerConfig {
     pub sse_retry: Duration,
     pub idle_poll: Duration,
     pub busy_pause: Duration,
+    /// Changes older than this are pruned; cursors older than that get "resync".
+    pub retention: Duration,
+    /// How often the pruner runs.
+    pub prune_every: Duration,
+    /// A client whose socket accepts no data for this long is dropped as a slow consumer.
+    pub write_timeout: Duration,
 }
 
 impl ServerConfig {
@@ -49,6 +55,9 @@ impl ServerConfig {
             sse_retry: Duration::from_secs(2),
             idle_poll: Duration::from_secs(2),
             busy_pause: Duration::from_millis(1),
+            retention: Duration::from_secs(24 * 3600),
+            prune_every: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -73,6 +82,7 @@ pub struct Server {
     shutdown: watch::Sender<bool>,
     http: JoinHandle<std::io::Result<()>>,
     source: JoinHandle<()>,
+    pruner: JoinHandle<()>,
 }
 
 pub fn pool(database_url: &str, size: usize) -> Result<Pool> {
@@ -118,6 +128,12 @@ impl Server {
             status.clone(),
         );
         let source = tokio::spawn(source.run(shutdown_rx.clone()));
+        let pruner = tokio::spawn(crate::retention::run(
+            pool.clone(),
+            cfg.retention,
+            cfg.prune_every,
+            shutdown_rx.clone(),
+        ));
         let app = Arc::new(App {
             ws_metrics: metrics.transport("ws"),
             sse_metrics: metrics.transport("sse"),
@@ -150,6 +166,7 @@ impl Server {
             shutdown: shutdown_tx,
             http,
             source,
+            pruner,
         })
     }
 
@@ -158,6 +175,7 @@ impl Server {
         let _ = self.shutdown.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(10), self.http).await;
         let _ = self.source.await;
+        let _ = self.pruner.await;
         self.app.pool.close();
     }
 

@@ -42,6 +42,11 @@ impl From<FeedError> for ApiError {
                 "cursor_ahead",
                 "this server has not yet reached the cursor's position; retry",
             ),
+            FeedError::Expired => ApiError::new(
+                StatusCode::GONE,
+                "cursor_expired",
+                "the cursor is older than the change log's retention",
+            ),
             FeedError::Db(e) => {
                 tracing::warn!(error = %e, "database error serving a client");
                 ApiError::new(

@@ -24,6 +24,7 @@ use axum::response::{IntoResponse, Response};
 use futures::{SinkExt, StreamExt};
 use serde::Deserialize;
 use std::sync::Arc;
+use std::time::Duration;
 use tracing::Instrument;
 
 /// Frames written before one flush when several are ready at once.
@@ -96,16 +97,20 @@ impl Session {
 
     async fn run(mut self, topics: Vec<String>, start: Start) {
         let close = self.serve(topics, start).await;
-        if let Close::Server(code, reason) = close {
-            let _ = self
-                .socket
-                .send(Message::Close(Some(CloseFrame {
-                    code,
-                    reason: Utf8Bytes::from_static(reason),
-                })))
-                .await;
-        }
-        let _ = self.socket.close().await;
+        // bounded: a client that stopped reading must not hold the task forever
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            if let Close::Server(code, reason) = close {
+                let _ = self
+                    .socket
+                    .send(Message::Close(Some(CloseFrame {
+                        code,
+                        reason: Utf8Bytes::from_static(reason),
+                    })))
+                    .await;
+            }
+            let _ = self.socket.close().await;
+        })
+        .await;
     }
 
     async fn serve(&mut self, topics: Vec<String>, start: Start) -> Close {
@@ -141,13 +146,23 @@ impl Session {
                 next = next_delivery(&mut self.feed) => {
                     match next {
                         Ok(Some(d)) => {
-                            if self.send_deliveries(d).await.is_err() {
-                                return Close::Client;
+                            let limit = self.app.cfg.write_timeout;
+                            match tokio::time::timeout(limit, self.send_deliveries(d)).await {
+                                Ok(Ok(())) => {}
+                                Ok(Err(_)) => return Close::Client,
+                                Err(_) => {
+                                    // the socket is stuck: a close frame would not get through either
+                                    self.tm.slow_drops.inc();
+                                    return Close::Client;
+                                }
                             }
                         }
                         Ok(None) => {
                             self.tm.slow_drops.inc();
                             return Close::Server(4008, "slow consumer");
+                        }
+                        Err(FeedError::Expired) => {
+                            return Close::Server(4010, "cursor expired; reconnect to resync");
                         }
                         Err(e) => {
                             tracing::warn!(error = %e, "ws feed failed");

@@ -1,0 +1,343 @@
+//! Issue #3: exactly-once resume by cursor on every transport.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::time::Duration;
+use tokio_postgres::Client;
+
+async fn emit(db: &Client, topic: &str, n: i64) {
+    db.execute(
+        "SELECT rowcast.emit(ARRAY[$1::text], 'test.n', jsonb_build_object('n', $2::bigint))",
+        &[&topic, &n],
+    )
+    .await
+    .unwrap();
+}
+
+fn n(e: &Ev) -> i64 {
+    e.data["n"].as_i64().unwrap()
+}
+
+#[derive(Clone, Copy, Debug)]
+enum T {
+    Ws,
+    Sse,
+    Poll,
+}
+
+/// A client on any transport that can disconnect and resume.
+enum Client3 {
+    Ws(WsClient),
+    Sse(SseClient),
+    Poll(Poller),
+}
+
+impl Client3 {
+    async fn open(t: T, base: &str, topics: &str, cursor: Option<&str>) -> Client3 {
+        match t {
+            T::Ws => {
+                let q = match cursor {
+                    Some(c) => format!("topics={topics}&cursor={c}"),
+                    None => format!("topics={topics}"),
+                };
+                Client3::Ws(WsClient::connect(base, &q).await)
+            }
+            T::Sse => Client3::Sse(SseClient::connect(base, &format!("topics={topics}"), cursor).await),
+            T::Poll => match cursor {
+                Some(c) => Client3::Poll(Poller {
+                    base: base.to_string(),
+                    topics: topics.to_string(),
+                    cursor: Some(c.to_string()),
+                }),
+                None => Client3::Poll(Poller::start(base, topics).await),
+            },
+        }
+    }
+
+    async fn events(&mut self, k: usize) -> Vec<Ev> {
+        match self {
+            Client3::Ws(c) => events(&mut c.rx, k).await,
+            Client3::Sse(c) => events(&mut c.rx, k).await,
+            Client3::Poll(p) => {
+                let evs = p.events(k).await;
+                assert_eq!(evs.len(), k, "poll returned more than expected: {evs:?}");
+                evs
+            }
+        }
+    }
+}
+
+async fn out_of_order_commit(t: T) {
+    let url = fresh_db().await;
+    let srv = server(&url).await;
+    let base = srv.base_url();
+    let t1 = connect(&url).await;
+    let t2 = connect(&url).await;
+    let mut client = Client3::open(t, &base, "ooo", None).await;
+
+    // T1 takes a change id, T2 takes a higher one and commits first.
+    t1.batch_execute("BEGIN").await.unwrap();
+    emit(&t1, "ooo", 1).await;
+    emit(&t2, "ooo", 2).await;
+    let got = client.events(1).await;
+    assert_eq!(n(&got[0]), 2);
+    let c = got[0].id.clone();
+    drop(client);
+
+    t1.batch_execute("COMMIT").await.unwrap();
+    let ids: Vec<i64> = t2
+        .query("SELECT id FROM rowcast.changes ORDER BY (payload->>'n')::int", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(ids[0] < ids[1], "T1 took the lower id: {ids:?}");
+
+    // Resume with c: T1's change arrives, then the next one, nothing twice.
+    let mut client = Client3::open(t, &base, "ooo", Some(&c)).await;
+    emit(&t2, "ooo", 3).await;
+    let got: Vec<i64> = client.events(2).await.iter().map(n).collect();
+    assert_eq!(got, vec![1, 3], "{t:?}");
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_order_commit_ws() {
+    out_of_order_commit(T::Ws).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_order_commit_sse() {
+    out_of_order_commit(T::Sse).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_order_commit_poll() {
+    out_of_order_commit(T::Poll).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_on_another_node_after_graceful_shutdown() {
+    let url = fresh_db().await;
+    let a = server(&url).await;
+    let b = server(&url).await;
+    let db = connect(&url).await;
+    let mut ws = WsClient::connect(&a.base_url(), "topics=g").await;
+    let mut sse = SseClient::connect(&a.base_url(), "topics=g", None).await;
+    for i in 1..=20 {
+        emit(&db, "g", i).await;
+    }
+    let ws_first = events(&mut ws.rx, 20).await;
+    let sse_first = events(&mut sse.rx, 20).await;
+
+    // keep writing while A shuts down
+    let writer = {
+        let url = url.clone();
+        tokio::spawn(async move {
+            let db = connect(&url).await;
+            for i in 21..=200 {
+                emit(&db, "g", i).await;
+            }
+        })
+    };
+    let a_base = a.base_url();
+    a.stop().await;
+    // WS: close 1012, possibly after some more events; SSE: the stream ends
+    let mut ws_all: Vec<Ev> = ws_first;
+    loop {
+        match next_msg(&mut ws.rx).await {
+            Msg::Event(e) => ws_all.push(e),
+            Msg::Control(_) => {}
+            Msg::Closed(c) => {
+                assert!(c.starts_with("1012"), "close: {c}");
+                break;
+            }
+        }
+    }
+    let mut sse_all: Vec<Ev> = sse_first;
+    loop {
+        match next_msg(&mut sse.rx).await {
+            Msg::Event(e) => sse_all.push(e),
+            Msg::Control(_) => {}
+            Msg::Closed(c) => {
+                assert_eq!(c, "eof");
+                break;
+            }
+        }
+    }
+    // new connections are refused
+    assert!(reqwest::get(format!("{a_base}/healthz")).await.is_err());
+
+    writer.await.unwrap();
+    let ws_c = ws_all.last().unwrap().id.clone();
+    let sse_c = sse_all.last().unwrap().id.clone();
+    let mut ws2 = WsClient::connect(&b.base_url(), &format!("topics=g&cursor={ws_c}")).await;
+    let mut sse2 = SseClient::connect(&b.base_url(), "topics=g", Some(&sse_c)).await;
+    let k = 200 - ws_all.len();
+    ws_all.extend(events(&mut ws2.rx, k).await);
+    let k = 200 - sse_all.len();
+    sse_all.extend(events(&mut sse2.rx, k).await);
+    let want: Vec<i64> = (1..=200).collect();
+    assert_eq!(ws_all.iter().map(n).collect::<Vec<_>>(), want);
+    assert_eq!(sse_all.iter().map(n).collect::<Vec<_>>(), want);
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_cursor_gets_an_explicit_resync() {
+    let url = fresh_db().await;
+    let srv = server_with(&url, |c| {
+        c.retention = Duration::from_millis(500);
+        c.prune_every = Duration::from_millis(100);
+    })
+    .await;
+    let base = srv.base_url();
+    let db = connect(&url).await;
+    let mut p = Poller::start(&base, "x").await;
+    emit(&db, "x", 1).await;
+    let old = p.events(1).await[0].id.clone();
+    // wait (bounded) until the pruner removed it
+    let mut pruned = false;
+    for _ in 0..200 {
+        let left: i64 = db
+            .query_one("SELECT count(*) FROM rowcast.changes", &[])
+            .await
+            .unwrap()
+            .get(0);
+        if left == 0 {
+            pruned = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(pruned, "retention never pruned");
+
+    let (status, body) = poll_raw(&base, &format!("topics=x&cursor={old}")).await;
+    assert_eq!(status, 410);
+    assert_eq!(body["error"], "cursor_expired");
+
+    let mut sse = SseClient::connect(&base, "topics=x", Some(&old)).await;
+    match next_msg(&mut sse.rx).await {
+        Msg::Control(v) => assert_eq!(v, json!({"type":"resync","topics":["x"],"reason":"cursor_expired"})),
+        other => panic!("expected resync, got {other:?}"),
+    }
+    let mut ws = WsClient::connect(&base, &format!("topics=x&cursor={old}")).await;
+    assert!(matches!(ws.next().await, Msg::Control(v) if v["type"] == "subscribed"));
+    match ws.next().await {
+        Msg::Control(v) => assert_eq!(v, json!({"type":"resync","topics":["x"],"reason":"cursor_expired"})),
+        other => panic!("expected resync, got {other:?}"),
+    }
+    // then live
+    emit(&db, "x", 2).await;
+    assert_eq!(n(&next_event(&mut sse.rx).await), 2);
+    assert_eq!(n(&next_event(&mut ws.rx).await), 2);
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_cursors_are_rejected() {
+    let url = fresh_db().await;
+    let srv = server(&url).await;
+    let base = srv.base_url();
+    for bad in ["garbage!", "AAAA", "AQEBAQE", &"A".repeat(5000)] {
+        let (status, body) = poll_raw(&base, &format!("topics=x&cursor={bad}")).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert_eq!(body["error"], "bad_cursor");
+        let r = reqwest::Client::new()
+            .get(format!("{base}/v1/events?topics=x"))
+            .header("Last-Event-ID", bad)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400);
+        let ws_url = format!("{}/v1/ws?topics=x&cursor={bad}", base.replacen("http", "ws", 1));
+        assert!(tokio_tungstenite::connect_async(&ws_url).await.is_err());
+    }
+    let mut ws = WsClient::connect(&base, "").await;
+    ws.send(json!({"type":"subscribe","topics":["x"],"cursor":"nope!"})).await;
+    match ws.next().await {
+        Msg::Control(v) => {
+            assert_eq!(v["type"], "error");
+            assert_eq!(v["code"], "bad_cursor");
+        }
+        other => panic!("{other:?}"),
+    }
+    // the connection stays usable
+    ws.send(json!({"type":"subscribe","topics":["x"]})).await;
+    assert!(matches!(ws.next().await, Msg::Control(v) if v["type"] == "subscribed"));
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_sends_latest_state_then_live() {
+    let url = fresh_db().await;
+    let db = connect(&url).await;
+    seed(&db, 1, 3).await;
+    for q in [5i64, 6, 7] {
+        db.execute("UPDATE market.products SET quantity = $1::bigint WHERE id = 1", &[&q])
+            .await
+            .unwrap();
+    }
+    db.execute("UPDATE market.products SET quantity = 9 WHERE id = 2", &[])
+        .await
+        .unwrap();
+    let srv = server(&url).await;
+    let base = srv.base_url();
+    let (status, body) = poll_raw(&base, "topics=product-1,product-2,product-3&snapshot=true").await;
+    assert_eq!(status, 200);
+    let evs: Vec<Ev> = body["events"].as_array().unwrap().iter().map(Ev::from_envelope).collect();
+    let state: Vec<(String, i64)> = evs
+        .iter()
+        .map(|e| (e.topic.clone(), e.data["newQuantity"].as_i64().unwrap()))
+        .collect();
+    // product-3 was never updated: its insert is its latest state
+    assert_eq!(
+        state,
+        vec![("product-3".into(), 20), ("product-1".into(), 7), ("product-2".into(), 9)]
+    );
+    let mut ws = WsClient::connect(&base, "topics=product-1,product-2&snapshot=true").await;
+    let first = events(&mut ws.rx, 2).await;
+    assert_eq!(first[0].data["newQuantity"], 7);
+    assert_eq!(first[1].data["newQuantity"], 9);
+    db.execute("UPDATE market.products SET quantity = 1 WHERE id = 2", &[])
+        .await
+        .unwrap();
+    assert_eq!(next_event(&mut ws.rx).await.data["newQuantity"], 1);
+    // the snapshot's cursor resumes from the state it showed
+    let mut p = Poller {
+        base: base.clone(),
+        topics: "product-1,product-2".into(),
+        cursor: body["cursor"].as_str().map(str::to_string),
+    };
+    let after = p.events(1).await;
+    assert_eq!(after[0].data["newQuantity"], 1);
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_payload_is_delivered_on_every_transport() {
+    let url = fresh_db().await;
+    let srv = server(&url).await;
+    let base = srv.base_url();
+    let db = connect(&url).await;
+    let mut ws = WsClient::connect(&base, "topics=big").await;
+    let mut sse = SseClient::connect(&base, "topics=big", None).await;
+    let mut p = Poller::start(&base, "big").await;
+    db.execute(
+        "SELECT rowcast.emit(ARRAY['big'], 'big.blob', jsonb_build_object('blob', repeat('x', 100000)))",
+        &[],
+    )
+    .await
+    .unwrap();
+    for e in [
+        next_event(&mut ws.rx).await,
+        next_event(&mut sse.rx).await,
+        p.events(1).await.remove(0),
+    ] {
+        assert_eq!(e.data["blob"].as_str().unwrap().len(), 100_000);
+    }
+    srv.stop().await;
+}
