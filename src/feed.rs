@@ -162,8 +162,32 @@ impl Feed {
                 self.read_page().await?;
                 continue;
             }
-            return Ok(self.sub.recv().await.map(|d| self.handed_out(d)));
+            match self.sub.recv().await {
+                Some(d) => return Ok(Some(self.handed_out(d))),
+                None if self.sub.lagged() => self.recover().await?,
+                None => return Ok(None),
+            }
         }
+    }
+
+    /// The live queue overflowed (a burst bigger than the queue, or a client
+    /// slower than the writers): drop the queue, register afresh and read what
+    /// was missed from the log. The client sees no gap and no disconnect, and
+    /// memory stays bounded by one queue plus one log page. Only a client whose
+    /// socket stops accepting data is disconnected (transport write timeout).
+    async fn recover(&mut self) -> Result<(), FeedError> {
+        let from = match &self.position {
+            Position::At(c) => c.clone(),
+            Position::After(change) => Cursor::decode(&change.cursor).map_err(|e| {
+                FeedError::Db(crate::error::Error::Config(format!("own cursor: {e}")))
+            })?,
+        };
+        let topics: Vec<String> = self.sub.topics().iter().cloned().collect();
+        let (sub, pos) = self.sub.hub().subscribe(&topics).await;
+        self.sub = sub;
+        self.catch_up = Some((from, pos));
+        self.sub.hub().count_recovery();
+        Ok(())
     }
 
     /// Next change without waiting for live ones: the log backlog (reading the

@@ -75,16 +75,19 @@ pub struct Hub {
     /// Bumped when the position advances or a batch closes.
     advanced: watch::Sender<u64>,
     subscribers: AtomicUsize,
+    recoveries: prometheus::IntCounter,
 }
 
 impl Hub {
-    pub fn new(limits: QueueLimits) -> Arc<Hub> {
+    /// `recoveries` counts subscribers that overflowed their queue and re-read the log.
+    pub fn new(limits: QueueLimits, recoveries: prometheus::IntCounter) -> Arc<Hub> {
         Arc::new(Hub {
             state: Mutex::new(State::default()),
             next_id: AtomicU64::new(1),
             limits,
             advanced: watch::channel(0).0,
             subscribers: AtomicUsize::new(0),
+            recoveries,
         })
     }
 
@@ -101,6 +104,11 @@ impl Hub {
     /// Where this node's live stream stands, once the source has read once.
     pub fn position(&self) -> Option<Snapshot> {
         self.lock().position.clone()
+    }
+
+    /// A subscriber overflowed its queue and re-read from the log.
+    pub fn count_recovery(&self) {
+        self.recoveries.inc();
     }
 
     pub fn subscriber_count(&self) -> usize {
@@ -264,6 +272,10 @@ pub struct Subscription {
 }
 
 impl Subscription {
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
     pub fn topics(&self) -> &HashSet<String> {
         &self.topics
     }

@@ -26,6 +26,7 @@ pub struct Metrics {
     /// anything else means the doorbell missed a writer.
     pub source_idle_poll_hits: IntCounter,
     pub slow_consumer_drops: IntCounterVec,
+    pub lag_recoveries: IntCounter,
     pub resyncs: IntCounterVec,
 }
 
@@ -81,9 +82,13 @@ impl Metrics {
         let slow_consumer_drops = IntCounterVec::new(
             Opts::new(
                 "rowcast_slow_consumer_drops_total",
-                "Clients disconnected because their queue overflowed",
+                "Clients disconnected because their socket accepted nothing for the write timeout",
             ),
             &["transport"],
+        )?;
+        let lag_recoveries = IntCounter::new(
+            "rowcast_lag_recoveries_total",
+            "Clients whose queue overflowed and who continued from the change log",
         )?;
         let resyncs = IntCounterVec::new(
             Opts::new(
@@ -103,6 +108,7 @@ impl Metrics {
         registry.register(Box::new(source_idle_poll_hits.clone()))?;
         registry.register(Box::new(slow_consumer_drops.clone()))?;
         registry.register(Box::new(resyncs.clone()))?;
+        registry.register(Box::new(lag_recoveries.clone()))?;
         for t in TRANSPORTS {
             // make every series visible from the start, so dashboards and rate() work at once
             sync_latency.with_label_values(&[t]);
@@ -122,6 +128,7 @@ impl Metrics {
             source_reconnects,
             source_idle_poll_hits,
             slow_consumer_drops,
+            lag_recoveries,
             resyncs,
         })
     }

@@ -51,7 +51,12 @@ gone AS (
 SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM mark)";
 
 /// Runs prune rounds every `every` until shutdown.
-pub async fn run(pool: Pool, retention: Duration, every: Duration, mut shutdown: watch::Receiver<bool>) {
+pub async fn run(
+    pool: Pool,
+    retention: Duration,
+    every: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
@@ -102,7 +107,9 @@ pub async fn prune(pool: &Pool, retention: Duration) -> Result<u64> {
 /// Parses `90`, `90s`, `15m`, `24h`, `7d` (also `500ms`).
 pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
     let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let n: f64 = num
         .parse()
@@ -113,7 +120,11 @@ pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
         "m" => n * 60.0,
         "h" => n * 3600.0,
         "d" => n * 86400.0,
-        _ => return Err(format!("{text:?}: unknown unit {unit:?} (use ms, s, m, h, d)")),
+        _ => {
+            return Err(format!(
+                "{text:?}: unknown unit {unit:?} (use ms, s, m, h, d)"
+            ))
+        }
     };
     if !secs.is_finite() || secs < 0.0 || secs > 1e10 {
         return Err(format!("{text:?} is out of range"));

@@ -113,7 +113,7 @@ impl Server {
             let _ = driver.await;
         }
         let metrics = Metrics::new()?;
-        let hub = Hub::new(cfg.queue);
+        let hub = Hub::new(cfg.queue, metrics.lag_recoveries.clone());
         let status = Arc::new(SourceStatus::default());
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let pool = pool(&cfg.database_url, cfg.pool_size)?;

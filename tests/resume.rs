@@ -44,7 +44,9 @@ impl Client3 {
                 };
                 Client3::Ws(WsClient::connect(base, &q).await)
             }
-            T::Sse => Client3::Sse(SseClient::connect(base, &format!("topics={topics}"), cursor).await),
+            T::Sse => {
+                Client3::Sse(SseClient::connect(base, &format!("topics={topics}"), cursor).await)
+            }
             T::Poll => match cursor {
                 Some(c) => Client3::Poll(Poller {
                     base: base.to_string(),
@@ -88,7 +90,10 @@ async fn out_of_order_commit(t: T) {
 
     t1.batch_execute("COMMIT").await.unwrap();
     let ids: Vec<i64> = t2
-        .query("SELECT id FROM rowcast.changes ORDER BY (payload->>'n')::int", &[])
+        .query(
+            "SELECT id FROM rowcast.changes ORDER BY (payload->>'n')::int",
+            &[],
+        )
         .await
         .unwrap()
         .iter()
@@ -221,13 +226,19 @@ async fn expired_cursor_gets_an_explicit_resync() {
 
     let mut sse = SseClient::connect(&base, "topics=x", Some(&old)).await;
     match next_msg(&mut sse.rx).await {
-        Msg::Control(v) => assert_eq!(v, json!({"type":"resync","topics":["x"],"reason":"cursor_expired"})),
+        Msg::Control(v) => assert_eq!(
+            v,
+            json!({"type":"resync","topics":["x"],"reason":"cursor_expired"})
+        ),
         other => panic!("expected resync, got {other:?}"),
     }
     let mut ws = WsClient::connect(&base, &format!("topics=x&cursor={old}")).await;
     assert!(matches!(ws.next().await, Msg::Control(v) if v["type"] == "subscribed"));
     match ws.next().await {
-        Msg::Control(v) => assert_eq!(v, json!({"type":"resync","topics":["x"],"reason":"cursor_expired"})),
+        Msg::Control(v) => assert_eq!(
+            v,
+            json!({"type":"resync","topics":["x"],"reason":"cursor_expired"})
+        ),
         other => panic!("expected resync, got {other:?}"),
     }
     // then live
@@ -253,11 +264,15 @@ async fn malformed_cursors_are_rejected() {
             .await
             .unwrap();
         assert_eq!(r.status(), 400);
-        let ws_url = format!("{}/v1/ws?topics=x&cursor={bad}", base.replacen("http", "ws", 1));
+        let ws_url = format!(
+            "{}/v1/ws?topics=x&cursor={bad}",
+            base.replacen("http", "ws", 1)
+        );
         assert!(tokio_tungstenite::connect_async(&ws_url).await.is_err());
     }
     let mut ws = WsClient::connect(&base, "").await;
-    ws.send(json!({"type":"subscribe","topics":["x"],"cursor":"nope!"})).await;
+    ws.send(json!({"type":"subscribe","topics":["x"],"cursor":"nope!"}))
+        .await;
     match ws.next().await {
         Msg::Control(v) => {
             assert_eq!(v["type"], "error");
@@ -277,18 +292,27 @@ async fn snapshot_sends_latest_state_then_live() {
     let db = connect(&url).await;
     seed(&db, 1, 3).await;
     for q in [5i64, 6, 7] {
-        db.execute("UPDATE market.products SET quantity = $1::bigint WHERE id = 1", &[&q])
-            .await
-            .unwrap();
+        db.execute(
+            "UPDATE market.products SET quantity = $1::bigint WHERE id = 1",
+            &[&q],
+        )
+        .await
+        .unwrap();
     }
     db.execute("UPDATE market.products SET quantity = 9 WHERE id = 2", &[])
         .await
         .unwrap();
     let srv = server(&url).await;
     let base = srv.base_url();
-    let (status, body) = poll_raw(&base, "topics=product-1,product-2,product-3&snapshot=true").await;
+    let (status, body) =
+        poll_raw(&base, "topics=product-1,product-2,product-3&snapshot=true").await;
     assert_eq!(status, 200);
-    let evs: Vec<Ev> = body["events"].as_array().unwrap().iter().map(Ev::from_envelope).collect();
+    let evs: Vec<Ev> = body["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(Ev::from_envelope)
+        .collect();
     let state: Vec<(String, i64)> = evs
         .iter()
         .map(|e| (e.topic.clone(), e.data["newQuantity"].as_i64().unwrap()))
@@ -296,7 +320,11 @@ async fn snapshot_sends_latest_state_then_live() {
     // product-3 was never updated: its insert is its latest state
     assert_eq!(
         state,
-        vec![("product-3".into(), 20), ("product-1".into(), 7), ("product-2".into(), 9)]
+        vec![
+            ("product-3".into(), 20),
+            ("product-1".into(), 7),
+            ("product-2".into(), 9)
+        ]
     );
     let mut ws = WsClient::connect(&base, "topics=product-1,product-2&snapshot=true").await;
     let first = events(&mut ws.rx, 2).await;

@@ -151,9 +151,9 @@ impl Session {
                                 Ok(Ok(())) => {}
                                 Ok(Err(_)) => return Close::Client,
                                 Err(_) => {
-                                    // the socket is stuck: a close frame would not get through either
+                                    // the socket is stuck; the close frame is tried for a second
                                     self.tm.slow_drops.inc();
-                                    return Close::Client;
+                                    return Close::Server(4008, "slow consumer");
                                 }
                             }
                         }

@@ -1,0 +1,136 @@
+//! Issue #3: a client that stops reading is cut off; memory stays bounded and
+//! everyone else gets every event. The server runs as its own process so that
+//! its RSS can be read from /proc.
+
+mod common;
+
+use common::*;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// Stated bound on the server's RSS growth while 50k × ~1 KB events flow past a stuck client.
+const RSS_GROWTH_BOUND_KIB: u64 = 192 * 1024;
+const EVENTS: i64 = 50_000;
+
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stuck_client_is_dropped_and_others_get_everything() {
+    let url = fresh_db().await;
+    let port = free_port();
+    let server = Proc(
+        Command::new(env!("CARGO_BIN_EXE_rowcast"))
+            .args([
+                "serve",
+                "--database-url",
+                &url,
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .args([
+                "--write-timeout",
+                "3s",
+                "--queue-events",
+                "2048",
+                "--queue-bytes",
+                "4194304",
+            ])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let pid = server.0.id();
+    let base = format!("http://127.0.0.1:{port}");
+    wait_ready(&base).await;
+
+    // The stuck client: tiny receive buffer, subscribes, then never reads again.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let stream = sock
+        .connect(format!("127.0.0.1:{port}").parse().unwrap())
+        .await
+        .unwrap();
+    let (stuck, _) =
+        tokio_tungstenite::client_async(format!("ws://127.0.0.1:{port}/v1/ws?topics=s"), stream)
+            .await
+            .unwrap();
+    let mut normal = WsClient::connect(&base, "topics=s").await;
+    assert!(matches!(normal.next().await, Msg::Control(_)));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let rss_before = rss_kib(pid);
+    let writer = {
+        let url = url.clone();
+        tokio::spawn(async move {
+            let db = connect(&url).await;
+            for chunk in 0..(EVENTS / 1000) {
+                db.execute(
+                    "SELECT rowcast.emit(ARRAY['s'], 'test.n',
+                            jsonb_build_object('n', g, 'pad', repeat('p', 1000)))
+                       FROM generate_series($1::bigint, $2::bigint) g",
+                    &[&(chunk * 1000 + 1), &(chunk * 1000 + 1000)],
+                )
+                .await
+                .unwrap();
+            }
+        })
+    };
+    let mut peak = rss_before;
+    let mut expect = 1;
+    while expect <= EVENTS {
+        let e = next_event(&mut normal.rx).await;
+        assert_eq!(e.data["n"], expect, "normal client: every event, in order");
+        expect += 1;
+        if expect % 1000 == 0 {
+            peak = peak.max(rss_kib(pid));
+        }
+    }
+    writer.await.unwrap();
+
+    // the stuck client is disconnected (bounded wait for the write timeout)
+    let mut dropped = false;
+    for _ in 0..200 {
+        let m = reqwest::get(format!("{base}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if m.contains("rowcast_slow_consumer_drops_total{transport=\"ws\"} 1")
+            && m.contains("rowcast_connections{transport=\"ws\"} 1")
+        {
+            dropped = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(dropped, "the stuck client was not dropped");
+    peak = peak.max(rss_kib(pid));
+    let growth = peak.saturating_sub(rss_before);
+    println!("server RSS: before {rss_before} KiB, peak {peak} KiB, growth {growth} KiB (bound {RSS_GROWTH_BOUND_KIB} KiB)");
+    assert!(growth < RSS_GROWTH_BOUND_KIB, "RSS grew by {growth} KiB");
+    drop(stuck);
+}
