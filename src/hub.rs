@@ -346,9 +346,15 @@ impl Subscription {
         self.hub.remove_topics(self.id, gone.iter());
     }
 
-    /// The boundary cursor of the hub's position (for "nothing new" answers).
+    /// The boundary cursor of the hub's position (for "nothing new" answers);
+    /// `None` while a batch is half-published, since its first changes may
+    /// already sit in this queue, past that position.
     pub fn hub_cursor(&self) -> Option<Cursor> {
-        self.hub.position().map(Cursor::boundary)
+        let st = self.hub.lock();
+        if st.batch_open {
+            return None;
+        }
+        st.position.clone().map(Cursor::boundary)
     }
 }
 
