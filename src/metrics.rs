@@ -22,6 +22,8 @@ pub struct Metrics {
     pub source_batches: IntCounter,
     pub source_batch_seconds: Histogram,
     pub source_reconnects: IntCounter,
+    /// Doorbell NOTIFYs received: far fewer than events under load is the point.
+    pub source_notifications: IntCounter,
     /// Reads that found changes although no NOTIFY had arrived: should stay 0;
     /// anything else means the doorbell missed a writer.
     pub source_idle_poll_hits: IntCounter,
@@ -75,6 +77,10 @@ impl Metrics {
             "rowcast_source_reconnects_total",
             "Times the source lost PostgreSQL and reconnected",
         )?;
+        let source_notifications = IntCounter::new(
+            "rowcast_source_notifications_total",
+            "Doorbell notifications received from writers",
+        )?;
         let source_idle_poll_hits = IntCounter::new(
             "rowcast_source_idle_poll_hits_total",
             "Idle safety reads that found changes no NOTIFY announced",
@@ -106,6 +112,7 @@ impl Metrics {
         registry.register(Box::new(source_batch_seconds.clone()))?;
         registry.register(Box::new(source_reconnects.clone()))?;
         registry.register(Box::new(source_idle_poll_hits.clone()))?;
+        registry.register(Box::new(source_notifications.clone()))?;
         registry.register(Box::new(slow_consumer_drops.clone()))?;
         registry.register(Box::new(resyncs.clone()))?;
         registry.register(Box::new(lag_recoveries.clone()))?;
@@ -126,6 +133,7 @@ impl Metrics {
             source_batches,
             source_batch_seconds,
             source_reconnects,
+            source_notifications,
             source_idle_poll_hits,
             slow_consumer_drops,
             lag_recoveries,

@@ -138,7 +138,11 @@ impl Source {
     /// One connected stretch; returns Ok on shutdown, Err when the database went away.
     async fn session(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<()> {
         let bell = Arc::new(Notify::new());
-        let (client, lost) = connect(&self.cfg.database_url, Some(bell.clone())).await?;
+        let (client, lost) = connect(
+            &self.cfg.database_url,
+            Some((bell.clone(), self.metrics.source_notifications.clone())),
+        )
+        .await?;
         client.batch_execute("LISTEN rowcast").await?;
         let (arm_client, arm_lost) = connect(&self.cfg.database_url, None).await?;
         arm_client
@@ -284,7 +288,7 @@ async fn arm(client: &Client) -> Result<()> {
 /// The returned future completes when the connection ends.
 async fn connect(
     url: &str,
-    bell: Option<Arc<Notify>>,
+    bell: Option<(Arc<Notify>, prometheus::IntCounter)>,
 ) -> Result<(Client, impl std::future::Future<Output = ()>)> {
     let (client, mut conn) = tokio_postgres::connect(url, NoTls).await?;
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
@@ -292,7 +296,8 @@ async fn connect(
         loop {
             match futures::future::poll_fn(|cx| conn.poll_message(cx)).await {
                 Some(Ok(AsyncMessage::Notification(_))) => {
-                    if let Some(b) = &bell {
+                    if let Some((b, count)) = &bell {
+                        count.inc();
                         b.notify_one();
                     }
                 }

@@ -238,6 +238,11 @@ async fn concurrent_writers_every_subscriber_gets_every_event_once() {
     assert_eq!(all_poll.events(1).await[0].data["newQuantity"], 999);
     // every read was announced by the doorbell: the idle safety net caught nothing
     let metrics = srv.app.metrics.render();
+    println!(
+        "doorbell: {} notifications for {} events",
+        srv.app.metrics.source_notifications.get(),
+        srv.app.metrics.events.get()
+    );
     assert!(
         metrics.contains("rowcast_source_idle_poll_hits_total 0"),
         "{metrics}"
