@@ -126,7 +126,7 @@ pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
             ))
         }
     };
-    if !secs.is_finite() || secs < 0.0 || secs > 1e10 {
+    if !(0.0..=1e10).contains(&secs) {
         return Err(format!("{text:?} is out of range"));
     }
     Ok(Duration::from_secs_f64(secs))
