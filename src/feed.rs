@@ -151,22 +151,32 @@ impl Feed {
         }
     }
 
-    /// Next change in order; `Ok(None)` when the client lagged behind the live
-    /// stream and must be disconnected (it resumes from its cursor).
+    /// Next change in order, waiting for a live one if need be. `Ok(None)` only
+    /// when the hub is gone (the server is stopping).
     pub async fn next(&mut self) -> Result<Option<Delivery>, FeedError> {
         loop {
-            if let Some(d) = self.backlog.pop_front() {
-                return Ok(Some(self.handed_out(d)));
-            }
-            if self.catch_up.is_some() {
-                self.read_page().await?;
-                continue;
+            if let Some(d) = self.next_logged().await? {
+                return Ok(Some(d));
             }
             match self.sub.recv().await {
                 Some(d) => return Ok(Some(self.handed_out(d))),
                 None if self.sub.lagged() => self.recover().await?,
                 None => return Ok(None),
             }
+        }
+    }
+
+    /// The next change of the backlog read from the log (reading the next page
+    /// as needed); `None` once the log part is done and live changes are next.
+    async fn next_logged(&mut self) -> Result<Option<Delivery>, FeedError> {
+        loop {
+            if let Some(d) = self.backlog.pop_front() {
+                return Ok(Some(self.handed_out(d)));
+            }
+            if self.catch_up.is_none() {
+                return Ok(None);
+            }
+            self.read_page().await?;
         }
     }
 
@@ -193,16 +203,10 @@ impl Feed {
     /// Next change without waiting for live ones: the log backlog (reading the
     /// database as needed), then whatever live change is already queued.
     pub async fn next_pending(&mut self) -> Result<Option<Delivery>, FeedError> {
-        loop {
-            if let Some(d) = self.backlog.pop_front() {
-                return Ok(Some(self.handed_out(d)));
-            }
-            if self.catch_up.is_some() {
-                self.read_page().await?;
-                continue;
-            }
-            return Ok(self.sub.try_recv().map(|d| self.handed_out(d)));
+        if let Some(d) = self.next_logged().await? {
+            return Ok(Some(d));
         }
+        Ok(self.sub.try_recv().map(|d| self.handed_out(d)))
     }
 
     /// A change if one is ready without waiting for the network or the database.

@@ -114,16 +114,11 @@ async fn postgres_restart_loses_nothing() {
     // An emit whose commit raced the restart may or may not have committed:
     // the log is the truth, and every client must match it exactly.
     let db = connect(&url).await;
-    let committed: Vec<i64> = db
-        .query(
-            "SELECT (payload->>'n')::bigint FROM rowcast.changes WHERE (payload->>'n')::bigint > 100 ORDER BY id",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let committed = column_i64(
+        &db,
+        "SELECT (payload->>'n')::bigint FROM rowcast.changes WHERE (payload->>'n')::bigint > 100 ORDER BY id",
+    )
+    .await;
     let k = committed.len();
     let ws_more: Vec<i64> = events(&mut ws.rx, k)
         .await

@@ -89,16 +89,11 @@ async fn out_of_order_commit(t: T) {
     drop(client);
 
     t1.batch_execute("COMMIT").await.unwrap();
-    let ids: Vec<i64> = t2
-        .query(
-            "SELECT id FROM rowcast.changes ORDER BY (payload->>'n')::int",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let ids = column_i64(
+        &t2,
+        "SELECT id FROM rowcast.changes ORDER BY (payload->>'n')::int",
+    )
+    .await;
     assert!(ids[0] < ids[1], "T1 took the lower id: {ids:?}");
 
     // Resume with c: T1's change arrives, then the next one, nothing twice.

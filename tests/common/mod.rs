@@ -355,3 +355,13 @@ impl Poller {
         out
     }
 }
+
+/// First column of every row of `sql`, as i64.
+pub async fn column_i64(db: &Client, sql: &str) -> Vec<i64> {
+    db.query(sql, &[])
+        .await
+        .expect("query")
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
