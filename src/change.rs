@@ -16,8 +16,11 @@ pub struct Change {
     pub emitted_us: i64,
     /// The change's resume position, encoded.
     pub cursor: String,
-    /// One frame per entry of `topics`: the envelope names the topic it was delivered for.
-    frames: Vec<Frame>,
+    payload: Box<RawValue>,
+    /// One frame per entry of `topics` (the envelope names the topic it was
+    /// delivered for), rendered on first use by a connection task: never under
+    /// the hub's lock, and never for a topic nobody is subscribed to.
+    frames: Vec<OnceLock<Frame>>,
 }
 
 /// The envelope, identical on every transport.
@@ -66,7 +69,8 @@ fn sse_safe(s: &str) -> std::borrow::Cow<'_, str> {
 }
 
 impl Change {
-    /// `payload` must be valid JSON text (it comes from a `jsonb` column).
+    /// `payload` must be valid JSON text (it comes from a `jsonb` column);
+    /// anything else is delivered as `null`.
     pub fn new(
         id: i64,
         topics: Vec<String>,
@@ -75,50 +79,53 @@ impl Change {
         emitted_us: i64,
         cursor: &Cursor,
     ) -> Change {
-        let cursor = cursor.encode();
-        let null = RawValue::from_string("null".into()).ok();
-        let parsed: Option<Box<RawValue>> = serde_json::from_str(payload).ok();
-        let data: Option<&RawValue> = parsed.as_deref().or(null.as_deref());
-        let frames = topics
-            .iter()
-            .map(|topic| {
-                let json = data
-                    .and_then(|data| {
-                        serde_json::to_vec(&Envelope {
-                            kind: "event",
-                            id: &cursor,
-                            topic,
-                            event: &event,
-                            data,
-                            ts: emitted_us.div_euclid(1000),
-                        })
-                        .ok()
-                    })
-                    .unwrap_or_default();
-                Frame {
-                    json: Bytes::from(json),
-                    sse: OnceLock::new(),
-                }
-            })
-            .collect();
+        let payload = serde_json::from_str::<Box<RawValue>>(payload).unwrap_or_else(|_| null());
         Change {
             id,
+            frames: topics.iter().map(|_| OnceLock::new()).collect(),
             topics,
             event,
             emitted_us,
-            cursor,
-            frames,
+            cursor: cursor.encode(),
+            payload,
         }
     }
 
     pub fn frame(&self, topic_index: usize) -> Option<&Frame> {
-        self.frames.get(topic_index)
+        let topic = self.topics.get(topic_index)?;
+        let cell = self.frames.get(topic_index)?;
+        Some(cell.get_or_init(|| {
+            let json = serde_json::to_vec(&Envelope {
+                kind: "event",
+                id: &self.cursor,
+                topic,
+                event: &self.event,
+                data: &self.payload,
+                ts: self.emitted_us.div_euclid(1000),
+            })
+            .unwrap_or_default();
+            Frame {
+                json: Bytes::from(json),
+                sse: OnceLock::new(),
+            }
+        }))
+    }
+
+    /// The size of a frame without rendering it, for queue accounting.
+    pub fn approx_frame_len(&self, topic_index: usize) -> usize {
+        let topic = self.topics.get(topic_index).map_or(0, String::len);
+        self.payload.get().len() + self.cursor.len() + topic + self.event.len() + 64
     }
 
     /// Index of the first of this change's topics that `wanted` contains.
     pub fn first_topic_in(&self, wanted: impl Fn(&str) -> bool) -> Option<usize> {
         self.topics.iter().position(|t| wanted(t))
     }
+}
+
+fn null() -> Box<RawValue> {
+    // "null" is valid JSON; the fallback keeps this total without unwrap
+    RawValue::from_string("null".to_owned()).unwrap_or_else(|_| Box::<RawValue>::default())
 }
 
 #[cfg(test)]

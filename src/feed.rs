@@ -31,6 +31,9 @@ pub enum FeedError {
     Expired,
     #[error("database unavailable: {0}")]
     Db(#[from] crate::error::Error),
+    /// The source has not read the log yet (database down since start-up).
+    #[error("not ready: the change-log source has not started")]
+    NotReady,
 }
 
 impl From<tokio_postgres::Error> for FeedError {
@@ -58,6 +61,19 @@ pub struct Start {
 pub enum Notice {
     /// The cursor is older than the log's retention: the client must re-sync these topics.
     CursorExpired,
+}
+
+/// How long a client waits for the hub to be registrable: the source's first
+/// read, or the end of a batch being published. Only the former can take long.
+const REGISTER_WAIT: Duration = Duration::from_secs(5);
+
+async fn register(
+    hub: &Arc<Hub>,
+    topics: &[String],
+) -> Result<(Subscription, Snapshot), FeedError> {
+    tokio::time::timeout(REGISTER_WAIT, hub.subscribe(topics))
+        .await
+        .map_err(|_| FeedError::NotReady)
 }
 
 pub struct Feed {
@@ -106,7 +122,7 @@ impl Feed {
                 return Err(FeedError::CursorAhead);
             }
         }
-        let (sub, pos) = hub.subscribe(topics).await;
+        let (sub, pos) = register(hub, topics).await?;
         let mut feed = Feed {
             sub,
             pool: pool.clone(),
@@ -193,7 +209,8 @@ impl Feed {
             })?,
         };
         let topics: Vec<String> = self.sub.topics().iter().cloned().collect();
-        let (sub, pos) = self.sub.hub().subscribe(&topics).await;
+        let hub = self.sub.hub().clone();
+        let (sub, pos) = register(&hub, &topics).await?;
         self.sub = sub;
         self.catch_up = Some((from, pos));
         self.sub.hub().count_recovery();

@@ -45,10 +45,7 @@ pub struct Delivery {
 
 impl Delivery {
     pub fn bytes(&self) -> usize {
-        self.change
-            .frame(self.topic)
-            .map(|f| f.json.len())
-            .unwrap_or(0)
+        self.change.approx_frame_len(self.topic)
     }
 }
 

@@ -47,6 +47,11 @@ impl From<FeedError> for ApiError {
                 "cursor_expired",
                 "the cursor is older than the change log's retention",
             ),
+            FeedError::NotReady => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "this server is not connected to its database yet; retry",
+            ),
             FeedError::Db(e) => {
                 tracing::warn!(error = %e, "database error serving a client");
                 ApiError::new(
