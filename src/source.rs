@@ -43,6 +43,8 @@ use tokio_postgres::{AsyncMessage, Client, NoTls};
 
 /// Largest number of changes read in one query; a bigger batch is read in pages.
 const PAGE: i64 = 5000;
+/// How long after an idle read found changes a NOTIFY still counts as announcing them.
+const NOTIFY_GRACE: Duration = Duration::from_millis(200);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
@@ -176,8 +178,12 @@ impl Source {
             }
             let n = self.read(&client, &stmt).await?;
             if n > 0 {
-                // a ring that raced with the timer is not a miss
-                let rang = futures::FutureExt::now_or_never(bell.notified()).is_some();
+                // A writer's NOTIFY reaches us shortly after its rows become
+                // visible; a ring that arrives within the grace is not a miss.
+                let rang = idle_read
+                    && tokio::time::timeout(NOTIFY_GRACE, bell.notified())
+                        .await
+                        .is_ok();
                 if idle_read && !rang {
                     self.metrics.source_idle_poll_hits.inc();
                     tracing::warn!(
