@@ -116,6 +116,7 @@ impl Metrics {
         registry.register(Box::new(slow_consumer_drops.clone()))?;
         registry.register(Box::new(resyncs.clone()))?;
         registry.register(Box::new(lag_recoveries.clone()))?;
+        resyncs.with_label_values(&["cursor_expired"]);
         for t in TRANSPORTS {
             // make every series visible from the start, so dashboards and rate() work at once
             sync_latency.with_label_values(&[t]);
