@@ -10,6 +10,8 @@ use std::sync::OnceLock;
 #[derive(Debug)]
 pub struct Change {
     pub id: i64,
+    /// The writing transaction (xid8), for snapshot visibility.
+    pub xid: u64,
     pub topics: Vec<String>,
     pub event: String,
     /// When the writer emitted it (PostgreSQL's clock), µs since the epoch.
@@ -73,6 +75,7 @@ impl Change {
     /// anything else is delivered as `null`.
     pub fn new(
         id: i64,
+        xid: u64,
         topics: Vec<String>,
         event: String,
         payload: &str,
@@ -82,12 +85,28 @@ impl Change {
         let payload = serde_json::from_str::<Box<RawValue>>(payload).unwrap_or_else(|_| null());
         Change {
             id,
+            xid,
             frames: topics.iter().map(|_| OnceLock::new()).collect(),
             topics,
             event,
             emitted_us,
             cursor: cursor.encode(),
             payload,
+        }
+    }
+
+    /// The same change at another position (a resume reads it as part of a
+    /// different batch than the live stream did).
+    pub fn with_cursor(&self, cursor: &Cursor) -> Change {
+        Change {
+            id: self.id,
+            xid: self.xid,
+            topics: self.topics.clone(),
+            event: self.event.clone(),
+            emitted_us: self.emitted_us,
+            cursor: cursor.encode(),
+            payload: self.payload.clone(),
+            frames: self.topics.iter().map(|_| OnceLock::new()).collect(),
         }
     }
 
@@ -137,6 +156,7 @@ mod tests {
     fn envelope_shape() {
         let c = Change::new(
             7,
+            1234,
             vec!["product-1".into(), "farm-2".into()],
             "inventory.updated".into(),
             r#"{"newQuantity": 15}"#,

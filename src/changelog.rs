@@ -21,9 +21,9 @@ WITH p AS MATERIALIZED (
            $2::text::pg_snapshot AS hi,
            coalesce($3::text::pg_snapshot, pg_current_snapshot()) AS up,
            (SELECT pruned_below FROM rowcast.retention WHERE id = 1)::text AS pruned)
-SELECT p.up::text, c.id, c.topics, c.event, c.payload, c.us, c.first, p.pruned
+SELECT p.up::text, c.id, c.topics, c.event, c.payload, c.us, c.first, p.pruned, c.xid::text
 FROM p LEFT JOIN LATERAL (
-    SELECT x.id, x.topics, x.event, x.payload::text AS payload,
+    SELECT x.id, x.xid, x.topics, x.event, x.payload::text AS payload,
            (extract(epoch FROM x.emitted_at) * 1000000)::int8 AS us,
            pg_visible_in_snapshot(x.xid, p.hi) AS first
     FROM (
@@ -134,8 +134,10 @@ pub async fn read(
             }
         };
         let payload: &str = row.try_get(4)?;
+        let xid: &str = row.try_get(8)?;
         page.changes.push(Arc::new(Change::new(
             id,
+            parse_xid(xid)?,
             row.try_get(2)?,
             row.try_get(3)?,
             payload,
@@ -145,4 +147,9 @@ pub async fn read(
     }
     page.more = page.changes.len() as i64 >= limit;
     Ok(page)
+}
+
+pub fn parse_xid(text: &str) -> Result<u64> {
+    text.parse()
+        .map_err(|_| crate::error::Error::Snapshot(format!("xid {text:?}")))
 }

@@ -106,15 +106,20 @@ impl Feed {
                     return Err(FeedError::CursorAhead);
                 }
             }
-            let client = pool.get().await?;
-            let row = client
-                .query_one(
-                    "SELECT pruned_below::text FROM rowcast.retention WHERE id = 1",
-                    &[],
-                )
-                .await?;
-            let pruned: &str = row.try_get(0)?;
-            let pruned: u64 = pruned.parse().unwrap_or(0);
+            // A window younger than the retention cannot have lost anything.
+            let pruned = if hub.window_covers(&c.lo) {
+                0
+            } else {
+                let client = pool.get().await?;
+                let row = client
+                    .query_one(
+                        "SELECT pruned_below::text FROM rowcast.retention WHERE id = 1",
+                        &[],
+                    )
+                    .await?;
+                let text: &str = row.try_get(0)?;
+                text.parse::<u64>().unwrap_or(0)
+            };
             if c.lo.xmin() < pruned {
                 notice = Some(Notice::CursorExpired);
                 cursor = None;
@@ -252,6 +257,10 @@ impl Feed {
         let Some((from, upto)) = self.catch_up.clone() else {
             return Ok(());
         };
+        if self.read_window(&from, &upto) {
+            return Ok(());
+        }
+        self.sub.hub().metrics().log_reads.inc();
         let topics: Vec<String> = self.sub.topics().iter().cloned().collect();
         let client = self.pool.get().await?;
         let stmt = client.prepare_cached(&changelog::sql(true)).await?;
@@ -278,6 +287,38 @@ impl Feed {
         Ok(())
     }
 
+    /// The catch-up from the hub's in-memory window, when it reaches back far
+    /// enough; false when the log must be read instead.
+    fn read_window(&mut self, from: &Cursor, upto: &Snapshot) -> bool {
+        let sub = &self.sub;
+        let Some(hits) = sub.hub().read_window(from, upto, |t| sub.wants(t)) else {
+            return false;
+        };
+        self.catch_up = None;
+        for hit in hits {
+            let change = if hit.own_cursor_fits {
+                hit.change
+            } else if hit.in_cursor_batch {
+                Arc::new(hit.change.with_cursor(&Cursor {
+                    lo: from.lo.clone(),
+                    hi: from.hi.clone(),
+                    id: hit.change.id,
+                }))
+            } else {
+                Arc::new(hit.change.with_cursor(&Cursor {
+                    lo: from.hi.clone(),
+                    hi: upto.clone(),
+                    id: hit.change.id,
+                }))
+            };
+            self.queue_change(change);
+        }
+        if self.backlog.is_empty() {
+            self.position = Position::At(Cursor::boundary(upto.clone()));
+        }
+        true
+    }
+
     fn queue_change(&mut self, change: Arc<Change>) {
         if let Some(topic) = change.first_topic_in(|t| self.sub.wants(t)) {
             self.backlog.push_back(Delivery { change, topic });
@@ -295,8 +336,8 @@ impl Feed {
         let client = self.pool.get().await?;
         let stmt = client
             .prepare_cached(
-                "SELECT DISTINCT ON (id) id, topics, event, payload::text, us FROM (
-                    SELECT DISTINCT ON (t.topic) c.id, c.topics, c.event, c.payload,
+                "SELECT DISTINCT ON (id) id, topics, event, payload::text, us, xid::text FROM (
+                    SELECT DISTINCT ON (t.topic) c.id, c.xid, c.topics, c.event, c.payload,
                            (extract(epoch FROM c.emitted_at) * 1000000)::int8 AS us
                       FROM rowcast.changes c, unnest(c.topics) AS t(topic)
                      WHERE c.topics && $1::text[] AND t.topic = ANY ($1::text[])
@@ -309,8 +350,10 @@ impl Feed {
         let cursor = Cursor::boundary(pos.clone());
         for row in rows {
             let payload: &str = row.try_get(3)?;
+            let xid: &str = row.try_get(5)?;
             let change = Arc::new(Change::new(
                 row.try_get(0)?,
+                changelog::parse_xid(xid)?,
                 row.try_get(1)?,
                 row.try_get(2)?,
                 payload,

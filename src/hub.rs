@@ -37,6 +37,42 @@ impl Default for QueueLimits {
     }
 }
 
+/// Recent history kept in memory so that resumes and polls are answered without
+/// the database (a node restart makes thousands of clients resume at once).
+#[derive(Clone, Copy, Debug)]
+pub struct WindowLimits {
+    pub max_changes: usize,
+    /// Never older than the retention: a cursor the log has expired must not be
+    /// served from memory either (keeps the answer the same on every node).
+    pub max_age: std::time::Duration,
+}
+
+impl Default for WindowLimits {
+    fn default() -> WindowLimits {
+        WindowLimits {
+            max_changes: 10_000,
+            max_age: std::time::Duration::from_secs(600),
+        }
+    }
+}
+
+/// One published batch in the window: the changes visible in `hi` but not in `lo`.
+struct WindowBatch {
+    lo: Snapshot,
+    hi: Snapshot,
+    changes: Vec<Arc<Change>>,
+    closed_at: std::time::Instant,
+}
+
+/// A change found in the window for a resume, and whether its own cursor
+/// already is the right one (then its rendered frames are shared).
+pub struct WindowHit {
+    pub change: Arc<Change>,
+    /// Part of the cursor's own batch (`lo → hi`) rather than of `hi → upto`.
+    pub in_cursor_batch: bool,
+    pub own_cursor_fits: bool,
+}
+
 /// One queued delivery: the change and the index of the topic it is delivered for.
 pub struct Delivery {
     pub change: Arc<Change>,
@@ -63,28 +99,45 @@ struct State {
     /// A batch is being published page by page: registrations wait for its end.
     batch_open: bool,
     topics: HashMap<String, HashMap<u64, Arc<Sub>>>,
+    /// Contiguous: each batch's `lo` is the previous one's `hi`; the last `hi` is `position`.
+    window: std::collections::VecDeque<WindowBatch>,
+    window_changes: usize,
+    /// Changes of the batch being published, not yet in the window.
+    pending: Vec<Arc<Change>>,
 }
 
 pub struct Hub {
     state: Mutex<State>,
     next_id: AtomicU64,
     limits: QueueLimits,
+    window_limits: WindowLimits,
     /// Bumped when the position advances or a batch closes.
     advanced: watch::Sender<u64>,
     subscribers: AtomicUsize,
-    recoveries: prometheus::IntCounter,
+    metrics: HubMetrics,
+}
+
+/// Counters the hub and the feeds on it update.
+#[derive(Clone)]
+pub struct HubMetrics {
+    pub lag_recoveries: prometheus::IntCounter,
+    /// Catch-up reads answered from the in-memory window.
+    pub window_reads: prometheus::IntCounter,
+    /// Catch-up reads that went to the change log.
+    pub log_reads: prometheus::IntCounter,
 }
 
 impl Hub {
     /// `recoveries` counts subscribers that overflowed their queue and re-read the log.
-    pub fn new(limits: QueueLimits, recoveries: prometheus::IntCounter) -> Arc<Hub> {
+    pub fn new(limits: QueueLimits, window_limits: WindowLimits, metrics: HubMetrics) -> Arc<Hub> {
         Arc::new(Hub {
             state: Mutex::new(State::default()),
             next_id: AtomicU64::new(1),
             limits,
+            window_limits,
             advanced: watch::channel(0).0,
             subscribers: AtomicUsize::new(0),
-            recoveries,
+            metrics,
         })
     }
 
@@ -105,7 +158,11 @@ impl Hub {
 
     /// A subscriber overflowed its queue and re-read from the log.
     pub fn count_recovery(&self) {
-        self.recoveries.inc();
+        self.metrics.lag_recoveries.inc();
+    }
+
+    pub fn metrics(&self) -> &HubMetrics {
+        &self.metrics
     }
 
     pub fn subscriber_count(&self) -> usize {
@@ -184,15 +241,116 @@ impl Hub {
         {
             let mut st = self.lock();
             st.batch_open = false;
-            st.position = Some(to);
+            let changes = std::mem::take(&mut st.pending);
+            if let Some(lo) = st.position.replace(to.clone()) {
+                let now = std::time::Instant::now();
+                match st.window.back_mut() {
+                    // an empty read only moves the end of the window
+                    Some(last) if changes.is_empty() => last.hi = to,
+                    _ => {
+                        st.window_changes += changes.len();
+                        st.window.push_back(WindowBatch {
+                            lo,
+                            hi: to,
+                            changes,
+                            closed_at: now,
+                        });
+                    }
+                }
+                let limits = self.window_limits;
+                while let Some(first) = st.window.front() {
+                    let too_many = st.window_changes > limits.max_changes;
+                    let too_old = now.duration_since(first.closed_at) > limits.max_age;
+                    if !(too_many || too_old) {
+                        break;
+                    }
+                    st.window_changes -= first.changes.len();
+                    st.window.pop_front();
+                }
+            }
         }
         self.advanced.send_modify(|v| *v += 1);
+    }
+
+    /// The oldest snapshot from which the window holds every later change, or
+    /// `None` when nothing usable is kept. Batches past `max_age` don't count.
+    fn window_start(&self, st: &State) -> Option<Snapshot> {
+        let now = std::time::Instant::now();
+        match st
+            .window
+            .iter()
+            .find(|b| now.duration_since(b.closed_at) <= self.window_limits.max_age)
+        {
+            Some(b) => Some(b.lo.clone()),
+            None => st.position.clone(),
+        }
+    }
+
+    /// Whether a resume from a cursor with lower snapshot `lo` can be answered from memory.
+    pub fn window_covers(&self, lo: &Snapshot) -> bool {
+        let st = self.lock();
+        self.window_start(&st)
+            .is_some_and(|start| start.covered_by(lo))
+    }
+
+    /// The changes a client at `from` is missing up to `upto` (a position this
+    /// hub has published), for the topics `wants` accepts, in delivery order;
+    /// `None` when the window does not reach back to `from`. The same answer as
+    /// `changelog::read`, without the database.
+    pub fn read_window(
+        &self,
+        from: &Cursor,
+        upto: &Snapshot,
+        wants: impl Fn(&str) -> bool,
+    ) -> Option<Vec<WindowHit>> {
+        let st = self.lock();
+        if !self.window_start(&st)?.covered_by(&from.lo) {
+            return None;
+        }
+        self.metrics.window_reads.inc();
+        let mut first = Vec::new();
+        let mut rest = Vec::new();
+        for b in st.window.iter().rev() {
+            if b.hi.covered_by(&from.lo) {
+                break; // this batch and all before it were visible to the client
+            }
+            for c in &b.changes {
+                if from.lo.visible(c.xid) || !upto.visible(c.xid) {
+                    continue;
+                }
+                if c.first_topic_in(&wants).is_none() {
+                    continue;
+                }
+                if from.hi.visible(c.xid) {
+                    if c.id > from.id {
+                        let fits = b.lo == from.lo && b.hi == from.hi;
+                        first.push(WindowHit {
+                            change: c.clone(),
+                            in_cursor_batch: true,
+                            own_cursor_fits: fits,
+                        });
+                    }
+                } else {
+                    let fits = b.lo == from.hi && b.hi == *upto;
+                    rest.push(WindowHit {
+                        change: c.clone(),
+                        in_cursor_batch: false,
+                        own_cursor_fits: fits,
+                    });
+                }
+            }
+        }
+        first.sort_by_key(|h| h.change.id);
+        rest.sort_by_key(|h| h.change.id);
+        first.extend(rest);
+        Some(first)
     }
 
     /// Fans changes out to subscriber queues. Never blocks on a subscriber.
     /// Returns the number of deliveries queued.
     pub fn publish(&self, changes: &[Arc<Change>]) -> usize {
-        let st = self.lock();
+        let mut st = self.lock();
+        st.pending.extend(changes.iter().cloned());
         let mut queued = 0;
         for change in changes {
             for (i, topic) in change.topics.iter().enumerate() {

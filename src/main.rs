@@ -51,6 +51,9 @@ struct ServeArgs {
     /// Keep changes this long (e.g. 24h, 30m); older cursors get an explicit resync.
     #[arg(long, env = "ROWCAST_RETENTION", default_value = "24h", value_parser = rowcast::retention::parse_duration)]
     retention: Duration,
+    /// Recent changes kept in memory to answer resumes and polls without the database (0: none).
+    #[arg(long, env = "ROWCAST_WINDOW_CHANGES", default_value_t = 10_000)]
+    window_changes: usize,
     /// Drop a client whose socket has accepted nothing for this long (e.g. 10s).
     #[arg(long, env = "ROWCAST_WRITE_TIMEOUT", default_value = "10s", value_parser = rowcast::retention::parse_duration)]
     write_timeout: Duration,
@@ -110,6 +113,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     cfg.queue.max_bytes = a.queue_bytes.max(1024);
     cfg.keepalive = Duration::from_secs(a.keepalive.max(1));
     cfg.retention = a.retention;
+    cfg.window_changes = a.window_changes;
     cfg.prune_every = (a.retention / 10).clamp(Duration::from_millis(100), Duration::from_secs(60));
     cfg.write_timeout = a.write_timeout.max(Duration::from_millis(100));
     let mut signals = rowcast::demo::Signals::install()?;

@@ -29,6 +29,7 @@ pub struct Metrics {
     pub source_idle_poll_hits: IntCounter,
     pub slow_consumer_drops: IntCounterVec,
     pub lag_recoveries: IntCounter,
+    pub catchup_reads: IntCounterVec,
     pub resyncs: IntCounterVec,
 }
 
@@ -96,6 +97,13 @@ impl Metrics {
             "rowcast_lag_recoveries_total",
             "Clients whose queue overflowed and who continued from the change log",
         )?;
+        let catchup_reads = IntCounterVec::new(
+            Opts::new(
+                "rowcast_catchup_reads_total",
+                "Resume and poll reads of missed changes, by where they were answered from",
+            ),
+            &["from"],
+        )?;
         let resyncs = IntCounterVec::new(
             Opts::new(
                 "rowcast_resyncs_total",
@@ -116,6 +124,7 @@ impl Metrics {
         registry.register(Box::new(slow_consumer_drops.clone()))?;
         registry.register(Box::new(resyncs.clone()))?;
         registry.register(Box::new(lag_recoveries.clone()))?;
+        registry.register(Box::new(catchup_reads.clone()))?;
         resyncs.with_label_values(&["cursor_expired"]);
         for t in TRANSPORTS {
             // make every series visible from the start, so dashboards and rate() work at once
@@ -138,6 +147,7 @@ impl Metrics {
             source_idle_poll_hits,
             slow_consumer_drops,
             lag_recoveries,
+            catchup_reads,
             resyncs,
         })
     }
@@ -149,6 +159,14 @@ impl Metrics {
             tracing::warn!(error = %e, "metrics encoding failed");
         }
         String::from_utf8_lossy(&buf).into_owned()
+    }
+
+    pub fn hub(&self) -> crate::hub::HubMetrics {
+        crate::hub::HubMetrics {
+            lag_recoveries: self.lag_recoveries.clone(),
+            window_reads: self.catchup_reads.with_label_values(&["memory"]),
+            log_reads: self.catchup_reads.with_label_values(&["log"]),
+        }
     }
 
     /// Handles for one transport, resolved once so the per-frame path does no label lookups.

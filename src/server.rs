@@ -1,7 +1,7 @@
 //! `rowcast serve`: the HTTP server wiring source → hub → transports.
 
 use crate::error::{Error, Result};
-use crate::hub::{Hub, QueueLimits};
+use crate::hub::{Hub, QueueLimits, WindowLimits};
 use crate::metrics::{Metrics, TransportMetrics};
 use crate::source::{Source, SourceConfig, SourceStatus};
 use crate::transport::{poll, sse, ws};
@@ -17,6 +17,9 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_postgres::NoTls;
+
+/// The in-memory window never holds changes older than this (nor than the retention).
+const WINDOW_MAX_AGE: Duration = Duration::from_secs(600);
 
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -40,6 +43,8 @@ pub struct ServerConfig {
     pub prune_every: Duration,
     /// A client whose socket accepts no data for this long is dropped as a slow consumer.
     pub write_timeout: Duration,
+    /// Recent changes kept in memory to answer resumes and polls without the database.
+    pub window_changes: usize,
 }
 
 impl ServerConfig {
@@ -58,6 +63,7 @@ impl ServerConfig {
             retention: Duration::from_secs(24 * 3600),
             prune_every: Duration::from_secs(60),
             write_timeout: Duration::from_secs(10),
+            window_changes: 10_000,
         }
     }
 }
@@ -113,7 +119,11 @@ impl Server {
             let _ = driver.await;
         }
         let metrics = Metrics::new()?;
-        let hub = Hub::new(cfg.queue, metrics.lag_recoveries.clone());
+        let window = WindowLimits {
+            max_changes: cfg.window_changes,
+            max_age: cfg.retention.min(WINDOW_MAX_AGE),
+        };
+        let hub = Hub::new(cfg.queue, window, metrics.hub());
         let status = Arc::new(SourceStatus::default());
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let pool = pool(&cfg.database_url, cfg.pool_size)?;

@@ -43,6 +43,8 @@ impl Node {
         let child = Command::new(env!("CARGO_BIN_EXE_rowcast"))
             .args(["serve", "--database-url", &self.url])
             .args(["--listen", &format!("127.0.0.1:{}", self.port)])
+            // node B answers every resume from the log, node A mostly from memory
+            .args(["--window-changes", "0"])
             .env("RUST_LOG", "error")
             .stdout(Stdio::null())
             .spawn()

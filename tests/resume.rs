@@ -72,8 +72,15 @@ impl Client3 {
 }
 
 async fn out_of_order_commit(t: T) {
+    for window in [10_000, 0] {
+        out_of_order_commit_with(t, window).await;
+    }
+}
+
+/// `window`: 0 makes the resume read the log, otherwise it is served from memory.
+async fn out_of_order_commit_with(t: T, window: usize) {
     let url = fresh_db().await;
-    let srv = server(&url).await;
+    let srv = server_with(&url, |c| c.window_changes = window).await;
     let base = srv.base_url();
     let t1 = connect(&url).await;
     let t2 = connect(&url).await;
@@ -100,7 +107,15 @@ async fn out_of_order_commit(t: T) {
     let mut client = Client3::open(t, &base, "ooo", Some(&c)).await;
     emit(&t2, "ooo", 3).await;
     let got: Vec<i64> = client.events(2).await.iter().map(n).collect();
-    assert_eq!(got, vec![1, 3], "{t:?}");
+    assert_eq!(got, vec![1, 3], "{t:?} window {window}");
+    let from = if window == 0 { "log" } else { "memory" };
+    let reads = srv
+        .app
+        .metrics
+        .catchup_reads
+        .with_label_values(&[from])
+        .get();
+    assert!(reads >= 1, "the resume was answered from {from}");
     srv.stop().await;
 }
 
