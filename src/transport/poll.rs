@@ -31,6 +31,7 @@ pub struct PollQuery {
     snapshot: Option<String>,
 }
 
+#[tracing::instrument(name = "poll", skip_all)]
 pub async fn handler(State(app): State<Arc<App>>, Query(q): Query<PollQuery>) -> Response {
     match poll(&app, q).await {
         Ok(r) => r,

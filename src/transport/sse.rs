@@ -21,6 +21,7 @@ use serde::Deserialize;
 use std::convert::Infallible;
 use std::sync::Arc;
 use tokio::sync::watch;
+use tracing::Instrument;
 
 /// Frames coalesced into one write when several are ready at once.
 const MAX_COALESCE: usize = 64;
@@ -82,9 +83,13 @@ async fn open(app: Arc<App>, headers: HeaderMap, q: SseQuery) -> Result<Response
         keepalive: app.cfg.keepalive,
         done: false,
     };
-    let stream = futures::stream::unfold(state, |mut s| async move {
-        let chunk = s.next_chunk().await?;
-        Some((Ok::<Bytes, Infallible>(chunk), s))
+    let span = tracing::info_span!("sse");
+    let stream = futures::stream::unfold(state, move |mut s| {
+        let span = span.clone();
+        async move {
+            let chunk = s.next_chunk().instrument(span).await?;
+            Some((Ok::<Bytes, Infallible>(chunk), s))
+        }
     });
     Ok((
         [
