@@ -156,7 +156,9 @@ impl Feed {
                 return Ok(Some(self.handed_out(d)));
             }
             if self.catch_up.is_some() {
-                self.read_page().await?;
+                // boxed: the database read is rare but its future is large, and
+                // inline it would be part of every idle connection's task
+                Box::pin(self.read_page()).await?;
                 continue;
             }
             return Ok(self.sub.recv().await.map(|d| self.handed_out(d)));
