@@ -181,7 +181,7 @@ impl Feed {
             }
             match self.sub.recv().await {
                 Some(d) => return Ok(Some(self.handed_out(d))),
-                None if self.sub.lagged() => self.recover().await?,
+                None if self.sub.lagged() => Box::pin(self.recover()).await?,
                 None => return Ok(None),
             }
         }
@@ -197,7 +197,9 @@ impl Feed {
             if self.catch_up.is_none() {
                 return Ok(None);
             }
-            self.read_page().await?;
+            // boxed: the database read is rare but its future is large, and
+            // inline it would be part of every idle connection's task
+            Box::pin(self.read_page()).await?;
         }
     }
 

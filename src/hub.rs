@@ -165,6 +165,19 @@ impl Hub {
         &self.metrics
     }
 
+    /// The position, but `None` while a batch is half-published: its changes may
+    /// already sit in (and have been taken from) subscriber queues while the
+    /// position still names the snapshot before them, so a cursor made from it
+    /// would hand those changes out a second time.
+    pub fn settled_position(&self) -> Option<Snapshot> {
+        let st = self.lock();
+        if st.batch_open {
+            None
+        } else {
+            st.position.clone()
+        }
+    }
+
     pub fn subscriber_count(&self) -> usize {
         self.subscribers.load(Ordering::Relaxed)
     }
@@ -502,14 +515,9 @@ impl Subscription {
     }
 
     /// The boundary cursor of the hub's position (for "nothing new" answers);
-    /// `None` while a batch is half-published, since its first changes may
-    /// already sit in this queue, past that position.
+    /// `None` while a batch is being published (see `Hub::settled_position`).
     pub fn hub_cursor(&self) -> Option<Cursor> {
-        let st = self.hub.lock();
-        if st.batch_open {
-            return None;
-        }
-        st.position.clone().map(Cursor::boundary)
+        self.hub.settled_position().map(Cursor::boundary)
     }
 }
 
@@ -517,5 +525,38 @@ impl Drop for Subscription {
     fn drop(&mut self) {
         self.hub.remove_topics(self.id, self.topics.iter());
         self.hub.subscribers.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A poll answering while the source is between `publish` and `close_batch`
+    /// must not hand out the pre-batch position as its cursor: the client
+    /// already holds changes of that batch and would get them again.
+    #[tokio::test]
+    async fn no_hub_cursor_while_a_batch_is_half_published() {
+        let hub = Hub::new(QueueLimits::default());
+        hub.close_batch(Snapshot::new(10, vec![]));
+        let (mut sub, _) = hub.subscribe(&["t".to_string()]).await;
+        assert!(sub.hub_cursor().is_some());
+        hub.open_batch();
+        let change = Arc::new(Change::new(
+            1,
+            vec!["t".into()],
+            "e".into(),
+            "{}",
+            0,
+            &Cursor::boundary(Snapshot::new(10, vec![])),
+        ));
+        hub.publish(&[change]);
+        assert!(sub.try_recv().is_some());
+        assert!(sub.hub_cursor().is_none());
+        hub.close_batch(Snapshot::new(11, vec![]));
+        assert_eq!(
+            sub.hub_cursor(),
+            Some(Cursor::boundary(Snapshot::new(11, vec![])))
+        );
     }
 }

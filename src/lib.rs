@@ -5,6 +5,7 @@
 //! in snapshot order, woken by a doorbell NOTIFY → `hub` fans out per topic →
 //! `feed` joins log catch-up and live stream per client → `transport::{ws, sse, poll}`.
 
+pub mod bench;
 pub mod change;
 pub mod changelog;
 pub mod cursor;

@@ -1,7 +1,8 @@
 //! The `rowcast` command line. Errors become `anyhow` here and nowhere else.
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use rowcast::bench::{BenchOptions, Scenario, Transport};
 use rowcast::server::{Server, ServerConfig};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -25,6 +26,71 @@ enum Command {
     Migrate(MigrateArgs),
     /// Run a self-contained demo: throwaway PostgreSQL, sample market, simulated farmer.
     Demo(DemoArgs),
+    /// Measure latency, fan-out throughput, memory per connection and write-path cost.
+    ///
+    /// By default starts its own durable PostgreSQL and a `rowcast serve` child
+    /// process; with --url and --database-url it targets running ones (loopback only).
+    Bench(BenchArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ScenarioArg {
+    Latency,
+    Throughput,
+    Idle,
+    WritePath,
+    All,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum TransportArg {
+    Ws,
+    Sse,
+    Poll,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    #[arg(long, value_enum, default_value = "all")]
+    scenario: ScenarioArg,
+    #[arg(long, value_enum, default_value = "ws")]
+    transport: TransportArg,
+    /// Client connections (default: 10000; at most 50000).
+    #[arg(long)]
+    connections: Option<usize>,
+    /// Subscribers per topic (default: 10 for latency and idle, 100 for throughput).
+    #[arg(long)]
+    fanout: Option<usize>,
+    /// Product topics each connection subscribes to.
+    #[arg(long, default_value_t = 2)]
+    topics_per_connection: usize,
+    /// Writes (changes) per second for the latency scenario (default 100).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Throughput ramp, writes/s per step, comma-separated (default 250,...,8000).
+    #[arg(long, value_delimiter = ',')]
+    rates: Option<Vec<f64>>,
+    /// Seconds of writing per latency run / throughput step (default 60 / 10).
+    #[arg(long)]
+    duration: Option<u64>,
+    /// Writer connections issuing the paced UPDATEs.
+    #[arg(long, default_value_t = 4)]
+    writers: usize,
+    /// Seconds per write-path measurement.
+    #[arg(long, default_value_t = 10)]
+    write_path_seconds: u64,
+    /// A running rowcast server (http://127.0.0.1:PORT) instead of starting one.
+    #[arg(long, requires = "database_url")]
+    url: Option<String>,
+    /// The database that server reads (required with --url).
+    #[arg(long, requires = "url")]
+    database_url: Option<String>,
+    /// The running server's pid, to report its CPU and RSS.
+    #[arg(long, requires = "url")]
+    server_pid: Option<u32>,
+    /// Also write the report as JSON here.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
 }
 
 #[derive(Args)]
@@ -94,6 +160,7 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Serve(a) => serve(a).await,
             Command::Migrate(a) => migrate(a).await,
+            Command::Bench(a) => bench(a).await,
             Command::Demo(a) => rowcast::demo::run(rowcast::demo::DemoOptions {
                 listen: a.listen,
                 run_for: a.run_for.map(Duration::from_secs),
@@ -106,6 +173,10 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(a: ServeArgs) -> anyhow::Result<()> {
+    // Each client is a socket: without this the default soft limit (often 1024)
+    // caps the server far below the 50k connections it is benchmarked at.
+    let nofile = rowcast::bench::procstat::raise_nofile();
+    tracing::debug!(nofile, "file descriptor limit");
     let mut cfg = ServerConfig::new(a.database_url, a.listen);
     cfg.migrate = a.migrate;
     cfg.pool_size = a.pool_size;
@@ -137,5 +208,63 @@ async fn migrate(a: MigrateArgs) -> anyhow::Result<()> {
             println!("applied {v}");
         }
     }
+    Ok(())
+}
+
+async fn bench(a: BenchArgs) -> anyhow::Result<()> {
+    let target = match (a.url, a.database_url) {
+        (Some(url), Some(database_url)) => {
+            let hostport = url
+                .trim_start_matches("http://")
+                .trim_end_matches('/')
+                .to_string();
+            let server: SocketAddr = hostport
+                .parse()
+                .with_context(|| format!("--url must be http://IP:PORT, got {url}"))?;
+            anyhow::ensure!(
+                server.ip().is_loopback(),
+                "the bench only runs against loopback addresses (127.0.0.0/8), got {server}"
+            );
+            rowcast::bench::target::TargetSpec::External {
+                server,
+                database_url,
+                server_pid: a.server_pid,
+            }
+        }
+        _ => rowcast::bench::target::TargetSpec::Embedded {
+            exe: std::env::current_exe().context("locating the rowcast binary")?,
+        },
+    };
+    let opts = BenchOptions {
+        scenario: match a.scenario {
+            ScenarioArg::Latency => Scenario::Latency,
+            ScenarioArg::Throughput => Scenario::Throughput,
+            ScenarioArg::Idle => Scenario::Idle,
+            ScenarioArg::WritePath => Scenario::WritePath,
+            ScenarioArg::All => Scenario::All,
+        },
+        transport: match a.transport {
+            TransportArg::Ws => Transport::Ws,
+            TransportArg::Sse => Transport::Sse,
+            TransportArg::Poll => Transport::Poll,
+        },
+        connections: a.connections,
+        fanout: a.fanout,
+        topics_per_connection: a.topics_per_connection,
+        rate: a.rate,
+        rates: a.rates,
+        duration: a.duration.map(Duration::from_secs),
+        writers: a.writers,
+        write_path_duration: Duration::from_secs(a.write_path_seconds.max(1)),
+        target,
+        command: std::env::args().collect(),
+    };
+    let report = rowcast::bench::run(opts).await.context("bench failed")?;
+    if let Some(path) = &a.json {
+        std::fs::write(path, report.to_json() + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout(), "{}", report.table());
     Ok(())
 }

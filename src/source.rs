@@ -193,6 +193,12 @@ impl Source {
                 }
                 idle_read = false;
                 armed = false;
+                // An arm that finished before these changes may already have been
+                // consumed by their writers (one of them disarmed the bell and
+                // rang): awaiting it later would report "armed" while the flag is
+                // off, and the source would sleep until the idle poll. Detach it;
+                // the next empty read arms afresh.
+                arming = None;
                 tokio::select! {
                     _ = tokio::time::sleep(self.cfg.busy_pause) => {}
                     _ = shutdown.changed() => {}

@@ -1,0 +1,165 @@
+//! What the bench measures: by default a throwaway, durable PostgreSQL and a
+//! `rowcast serve` child process (separate, so that its CPU time and RSS can be
+//! read from `/proc/<pid>`); or, with `--url`/`--database-url`, running ones.
+
+use super::clients::get_once;
+use super::BenchError;
+use crate::embedded_pg::{Durability, EmbeddedPg, Options};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use tokio_postgres::{Client, NoTls};
+
+const DB: &str = "rowcast_bench";
+/// How long the server may take to answer `/readyz` with 200.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a stopped server may take to exit before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct Target {
+    pub server: SocketAddr,
+    pub database_url: String,
+    /// The server process, when known: its CPU and RSS are reported.
+    pub server_pid: Option<u32>,
+    child: Option<Child>,
+    /// Dropped last: stops and deletes the cluster.
+    _pg: Option<EmbeddedPg>,
+}
+
+pub enum TargetSpec {
+    /// Start PostgreSQL and a server; `exe` is the rowcast binary to run `serve` with.
+    Embedded { exe: PathBuf },
+    External {
+        server: SocketAddr,
+        database_url: String,
+        server_pid: Option<u32>,
+    },
+}
+
+impl Target {
+    pub async fn start(spec: TargetSpec) -> Result<Target, BenchError> {
+        match spec {
+            TargetSpec::External {
+                server,
+                database_url,
+                server_pid,
+            } => {
+                let mut client = connect(&database_url).await?;
+                crate::migrate::migrate(&mut client, true).await?;
+                wait_ready(server).await?;
+                Ok(Target {
+                    server,
+                    database_url,
+                    server_pid,
+                    child: None,
+                    _pg: None,
+                })
+            }
+            TargetSpec::Embedded { exe } => {
+                let opts = Options {
+                    durability: Durability::Durable,
+                    max_connections: 300,
+                    settings: Vec::new(),
+                };
+                let pg = tokio::task::spawn_blocking(move || EmbeddedPg::start(opts))
+                    .await
+                    .map_err(|e| BenchError::Config(format!("embedded postgres task: {e}")))??;
+                let admin = connect(&pg.url("postgres")).await?;
+                admin
+                    .batch_execute(&format!("CREATE DATABASE {DB}"))
+                    .await?;
+                drop(admin);
+                let database_url = pg.url(DB);
+                let mut client = connect(&database_url).await?;
+                crate::migrate::migrate(&mut client, true).await?;
+                drop(client);
+                let server = free_addr()?;
+                let child = Command::new(&exe)
+                    .args(["serve", "--database-url", &database_url, "--listen"])
+                    .arg(server.to_string())
+                    .arg("--migrate")
+                    .env(
+                        "RUST_LOG",
+                        std::env::var("ROWCAST_BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
+                    )
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::inherit())
+                    .spawn()
+                    .map_err(|e| BenchError::Config(format!("spawning {}: {e}", exe.display())))?;
+                let mut target = Target {
+                    server,
+                    database_url,
+                    server_pid: Some(child.id()),
+                    child: Some(child),
+                    _pg: Some(pg),
+                };
+                if let Err(e) = wait_ready(server).await {
+                    target.stop().await;
+                    return Err(e);
+                }
+                Ok(target)
+            }
+        }
+    }
+
+    /// Stops the server child (SIGTERM, then SIGKILL after a bound); the cluster goes on drop.
+    pub async fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        if let Ok(pid) = i32::try_from(child.id()) {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe {
+                libc::kill(pid, libc::SIGTERM);
+            }
+        }
+        let deadline = tokio::time::Instant::now() + STOP_TIMEOUT;
+        while tokio::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub async fn connect(url: &str) -> Result<Client, BenchError> {
+    let (client, conn) = tokio_postgres::connect(url, NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "bench database connection ended");
+        }
+    });
+    Ok(client)
+}
+
+async fn wait_ready(server: SocketAddr) -> Result<(), BenchError> {
+    let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+    while tokio::time::Instant::now() < deadline {
+        if let Ok((200, _)) = get_once(server, "/readyz").await {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(BenchError::Config(format!(
+        "server at {server} not ready within {READY_TIMEOUT:?}"
+    )))
+}
+
+fn free_addr() -> Result<SocketAddr, BenchError> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?)
+}

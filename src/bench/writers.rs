@@ -1,0 +1,222 @@
+//! The write side: paced `UPDATE`s for the delivery scenarios, and the
+//! unpaced write-path comparison (no trigger / per-row `pg_notify` / rowcast).
+//!
+//! Product `p` is written only by writer `(p - 1) % writers`, one statement at a
+//! time, so its writes commit in the order their seqs were taken (see `ledger`),
+//! and writers never wait on each other's row locks: what is measured is the
+//! cost of the commit path, not lock contention the app would not have either.
+
+use super::ledger::Ledger;
+use super::target::connect;
+use super::BenchError;
+use serde::Serialize;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_postgres::{Client, Statement};
+
+const SET_QUANTITY: &str = "UPDATE market.products SET quantity = $2::int8 WHERE id = $1";
+const BUMP_QUANTITY: &str = "UPDATE market.products SET quantity = quantity + 1 WHERE id = $1";
+
+/// What one paced run achieved.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Written {
+    pub committed: u64,
+    pub errors: u64,
+    pub elapsed: Duration,
+}
+
+/// Writer connections, opened once and reused by every step.
+pub struct Writers {
+    conns: Vec<(Client, Statement)>,
+}
+
+impl Writers {
+    pub async fn connect(url: &str, n: usize, sql: &str) -> Result<Writers, BenchError> {
+        let mut conns = Vec::with_capacity(n);
+        for _ in 0..n.max(1) {
+            let c = connect(url).await?;
+            c.batch_execute("SET application_name = 'rowcast-bench-writer'")
+                .await?;
+            let stmt = c.prepare(sql).await?;
+            conns.push((c, stmt));
+        }
+        Ok(Writers { conns })
+    }
+
+    pub async fn paced(url: &str, n: usize) -> Result<Writers, BenchError> {
+        Writers::connect(url, n, SET_QUANTITY).await
+    }
+
+    /// Writes `rate` changes/s in total for `duration`, spread over the writers,
+    /// each setting a product's quantity to a fresh seq from `ledger`.
+    pub async fn run_paced(
+        &self,
+        ledger: &Arc<Ledger>,
+        products: usize,
+        rate: f64,
+        duration: Duration,
+    ) -> Written {
+        let n = self.conns.len();
+        let committed = AtomicU64::new(0);
+        let errors = AtomicU64::new(0);
+        let start = tokio::time::Instant::now();
+        let end = start + duration;
+        let per_writer = rate / n as f64;
+        let interval = Duration::from_secs_f64(1.0 / per_writer.max(1e-3));
+        let jobs = self.conns.iter().enumerate().map(|(w, (client, stmt))| {
+            let (committed, errors) = (&committed, &errors);
+            async move {
+                let mine: Vec<i64> = (1..=products as i64)
+                    .filter(|p| (*p as usize - 1) % n == w)
+                    .collect();
+                if mine.is_empty() {
+                    return;
+                }
+                // stagger the writers across one interval
+                let mut next = start + interval.mul_f64(w as f64 / n as f64);
+                let mut k = 0usize;
+                while next < end {
+                    tokio::time::sleep_until(next).await;
+                    let Some(seq) = ledger.begin_write() else {
+                        break;
+                    };
+                    let product = mine[k % mine.len()];
+                    k += 1;
+                    match client.execute(stmt, &[&product, &(seq as i64)]).await {
+                        Ok(_) => {
+                            ledger.committed(seq, product as usize);
+                            committed.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "bench write failed");
+                            errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    next += interval;
+                }
+            }
+        });
+        futures::future::join_all(jobs).await;
+        Written {
+            committed: committed.load(Ordering::Relaxed),
+            errors: errors.load(Ordering::Relaxed),
+            elapsed: start.elapsed(),
+        }
+    }
+
+    /// Unpaced: every writer commits back to back for `duration`; returns commits.
+    async fn run_flat_out(&self, products: usize, duration: Duration) -> u64 {
+        let n = self.conns.len();
+        let done = AtomicU64::new(0);
+        let end = Instant::now() + duration;
+        let jobs = self.conns.iter().enumerate().map(|(w, (client, stmt))| {
+            let done = &done;
+            async move {
+                let mine: Vec<i64> = (1..=products as i64)
+                    .filter(|p| (*p as usize - 1) % n == w)
+                    .collect();
+                let mut k = 0usize;
+                while !mine.is_empty() && Instant::now() < end {
+                    let product = mine[k % mine.len()];
+                    k += 1;
+                    if client.execute(stmt, &[&product]).await.is_ok() && Instant::now() <= end {
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        });
+        futures::future::join_all(jobs).await;
+        done.load(Ordering::Relaxed)
+    }
+}
+
+/// One write-path measurement.
+#[derive(Clone, Debug, Serialize)]
+pub struct WritePathRow {
+    pub variant: &'static str,
+    pub writers: usize,
+    pub seconds: f64,
+    pub transactions: u64,
+    pub tps: f64,
+}
+
+pub const VARIANTS: [&str; 3] = ["no_trigger", "pg_notify_per_row", "rowcast"];
+
+/// A per-row NOTIFY trigger carrying the same payload as rowcast's market trigger:
+/// the usual "LISTEN/NOTIFY for realtime" design rowcast is compared with.
+const NOTIFY_TRIGGER: &str = "
+CREATE OR REPLACE FUNCTION public.bench_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('bench_row', jsonb_build_object(
+        'productId', NEW.id::text, 'newQuantity', NEW.quantity,
+        'previousQuantity', OLD.quantity, 'farmId', NEW.farm_id::text,
+        'unit', NEW.unit, 'timestamp', market.epoch_ms())::text);
+    RETURN NULL;
+END
+$$;
+DROP TRIGGER IF EXISTS bench_notify ON market.products;
+CREATE TRIGGER bench_notify AFTER UPDATE OF quantity ON market.products
+    FOR EACH ROW EXECUTE FUNCTION public.bench_notify();";
+
+fn toggle(variant: &str) -> &'static str {
+    match variant {
+        "no_trigger" => {
+            "ALTER TABLE market.products DISABLE TRIGGER products_changed, DISABLE TRIGGER bench_notify"
+        }
+        "pg_notify_per_row" => {
+            "ALTER TABLE market.products DISABLE TRIGGER products_changed, ENABLE TRIGGER bench_notify"
+        }
+        _ => "ALTER TABLE market.products ENABLE TRIGGER products_changed, DISABLE TRIGGER bench_notify",
+    }
+}
+
+/// Transactions/s of single-row autocommit `UPDATE`s for each variant at each
+/// writer count, `duration` each, a CHECKPOINT before each so that one run's
+/// dirty pages are not flushed during the next. A listener is connected to the
+/// NOTIFY channel so that the pg_notify variant pays for a real consumer.
+pub async fn write_path(
+    url: &str,
+    products: usize,
+    writer_counts: &[usize],
+    duration: Duration,
+) -> Result<Vec<WritePathRow>, BenchError> {
+    let admin = connect(url).await?;
+    admin.batch_execute(NOTIFY_TRIGGER).await?;
+    let listener = connect(url).await?;
+    listener.batch_execute("LISTEN bench_row").await?;
+    let mut rows = Vec::new();
+    let result = async {
+        for &w in writer_counts {
+            let writers = Writers::connect(url, w, BUMP_QUANTITY).await?;
+            for variant in VARIANTS {
+                admin.batch_execute(toggle(variant)).await?;
+                admin.batch_execute("CHECKPOINT").await?;
+                // warm-up: caches, plans, the source's first drain
+                writers.run_flat_out(products, Duration::from_secs(1)).await;
+                let started = Instant::now();
+                let n = writers.run_flat_out(products, duration).await;
+                let secs = started.elapsed().as_secs_f64().min(duration.as_secs_f64());
+                tracing::info!(variant, writers = w, tps = n as f64 / secs, "write path");
+                rows.push(WritePathRow {
+                    variant,
+                    writers: w,
+                    seconds: secs,
+                    transactions: n,
+                    tps: n as f64 / secs.max(1e-9),
+                });
+            }
+        }
+        Ok::<(), BenchError>(())
+    }
+    .await;
+    let restore = admin
+        .batch_execute(
+            "ALTER TABLE market.products ENABLE TRIGGER products_changed;
+             DROP TRIGGER IF EXISTS bench_notify ON market.products;",
+        )
+        .await;
+    result?;
+    restore?;
+    Ok(rows)
+}
