@@ -537,13 +537,19 @@ mod tests {
     /// already holds changes of that batch and would get them again.
     #[tokio::test]
     async fn no_hub_cursor_while_a_batch_is_half_published() {
-        let hub = Hub::new(QueueLimits::default());
+        let metrics = crate::metrics::Metrics::new().unwrap();
+        let hub = Hub::new(
+            QueueLimits::default(),
+            WindowLimits::default(),
+            metrics.hub(),
+        );
         hub.close_batch(Snapshot::new(10, vec![]));
         let (mut sub, _) = hub.subscribe(&["t".to_string()]).await;
         assert!(sub.hub_cursor().is_some());
         hub.open_batch();
         let change = Arc::new(Change::new(
             1,
+            10,
             vec!["t".into()],
             "e".into(),
             "{}",
