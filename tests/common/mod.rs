@@ -33,8 +33,26 @@ pub async fn connect(url: &str) -> Client {
     client
 }
 
-/// A new database with rowcast's schema and the market schema installed.
+/// A new database with rowcast's schema and the market schema installed, with
+/// an allow-all `rowcast.authorize`: the pipeline tests subscribe to order and
+/// custom topics anonymously and test delivery, not policy. Policy tests use
+/// `fresh_market_db()`.
 pub async fn fresh_db() -> String {
+    let url = fresh_market_db().await;
+    connect(&url)
+        .await
+        .batch_execute(
+            "CREATE OR REPLACE FUNCTION rowcast.authorize(claims jsonb, topic text)
+             RETURNS boolean LANGUAGE sql STABLE AS $$ SELECT true $$",
+        )
+        .await
+        .expect("allow-all policy");
+    url
+}
+
+/// A new database with rowcast's schema, the market schema and the market's
+/// topic policy, exactly as `rowcast migrate --market` leaves it.
+pub async fn fresh_market_db() -> String {
     let pg = tokio::task::spawn_blocking(cluster).await.expect("cluster");
     let name = format!(
         "t_{}_{}",
