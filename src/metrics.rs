@@ -27,6 +27,10 @@ pub struct Metrics {
     pub source_idle_poll_hits: IntCounter,
     pub slow_consumer_drops: IntCounterVec,
     pub resyncs: IntCounterVec,
+    /// Tokens refused, by reason (expired, bad_signature, ...).
+    pub auth_failures: IntCounterVec,
+    /// Requests, messages and topics refused by a limit or a policy, by reason.
+    pub rejected: IntCounterVec,
 }
 
 impl Metrics {
@@ -92,6 +96,19 @@ impl Metrics {
             ),
             &["reason"],
         )?;
+        let auth_failures = IntCounterVec::new(
+            Opts::new("rowcast_auth_failures_total", "Tokens refused, by reason"),
+            &["reason"],
+        )?;
+        let rejected = IntCounterVec::new(
+            Opts::new(
+                "rowcast_rejected_total",
+                "Requests, messages or topics refused by a limit or the authorization policy",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(auth_failures.clone()))?;
+        registry.register(Box::new(rejected.clone()))?;
         registry.register(Box::new(sync_latency.clone()))?;
         registry.register(Box::new(connections.clone()))?;
         registry.register(Box::new(events.clone()))?;
@@ -123,6 +140,8 @@ impl Metrics {
             source_idle_poll_hits,
             slow_consumer_drops,
             resyncs,
+            auth_failures,
+            rejected,
         })
     }
 

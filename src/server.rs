@@ -34,6 +34,13 @@ pub struct ServerConfig {
     pub sse_retry: Duration,
     pub idle_poll: Duration,
     pub busy_pause: Duration,
+    /// JWT verification; unset means every client is anonymous (claims `{}`).
+    pub jwt: crate::auth::JwtSettings,
+    pub limits: crate::limits::Limits,
+    /// Origins allowed besides the server's own (`--allowed-origins`).
+    pub origins: crate::limits::Origins,
+    /// How long a `rowcast.authorize` answer is reused for the same claims and topic.
+    pub authz_cache: Duration,
 }
 
 impl ServerConfig {
@@ -49,6 +56,10 @@ impl ServerConfig {
             sse_retry: Duration::from_secs(2),
             idle_poll: Duration::from_secs(2),
             busy_pause: Duration::from_millis(1),
+            jwt: Default::default(),
+            limits: Default::default(),
+            origins: Default::default(),
+            authz_cache: Duration::from_secs(5),
         }
     }
 }
@@ -64,6 +75,7 @@ pub struct App {
     pub ws_metrics: TransportMetrics,
     pub sse_metrics: TransportMetrics,
     pub poll_metrics: TransportMetrics,
+    pub security: crate::access::Security,
 }
 
 /// A server running in the background.
@@ -102,6 +114,13 @@ impl Server {
             drop(client);
             let _ = driver.await;
         }
+        let security = crate::access::Security::new(
+            &cfg.jwt,
+            cfg.limits.clone(),
+            cfg.origins.clone(),
+            cfg.authz_cache,
+        )
+        .map_err(|e| Error::Config(e.to_string()))?;
         let metrics = Metrics::new()?;
         let hub = Hub::new(cfg.queue);
         let status = Arc::new(SourceStatus::default());
@@ -128,21 +147,17 @@ impl Server {
             metrics,
             status,
             shutdown: shutdown_rx.clone(),
+            security,
         });
         let router = router(app.clone());
         let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
         let addr = listener.local_addr()?;
-        let mut stop = shutdown_rx;
-        let http = tokio::spawn(async move {
-            axum::serve(
-                listener,
-                router.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
-            .await
-        });
+        let http = tokio::spawn(crate::http::serve(
+            listener,
+            router,
+            cfg.limits.header_read_timeout,
+            shutdown_rx,
+        ));
         tracing::info!(%addr, "rowcast listening");
         Ok(Server {
             addr,
@@ -167,10 +182,16 @@ impl Server {
 }
 
 pub fn router(app: Arc<App>) -> Router {
-    Router::new()
+    let api = Router::new()
         .route("/v1/ws", get(ws::handler))
         .route("/v1/events", get(sse::handler))
         .route("/v1/poll", get(poll::handler))
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            crate::access::origin_layer,
+        ));
+    Router::new()
+        .merge(api)
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
