@@ -141,8 +141,25 @@ impl Session {
                     reason: Utf8Bytes::from_static(reason),
                 })))
                 .await;
+            if matches!(code, 1002 | 1007 | 1008 | 1009) {
+                self.drain().await;
+            }
         }
         let _ = self.socket.close().await;
+    }
+
+    /// After closing a misbehaving client, reads (and drops) what it already
+    /// sent, until its close reply: closing a socket with unread input resets
+    /// the TCP connection, and the client would lose our close frame and reason.
+    /// Bounded in time and count, so a client that keeps sending cannot stay.
+    async fn drain(&mut self) {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
+        for _ in 0..1024 {
+            match tokio::time::timeout_at(deadline, self.socket.next()).await {
+                Ok(Some(Ok(Message::Close(_)))) | Ok(None) | Ok(Some(Err(_))) | Err(_) => return,
+                Ok(Some(Ok(_))) => {}
+            }
+        }
     }
 
     async fn serve(&mut self, topics: Vec<String>, denied: Vec<String>, start: Start) -> Close {
