@@ -120,6 +120,18 @@ impl Metrics {
         registry.register(Box::new(source_idle_poll_hits.clone()))?;
         registry.register(Box::new(slow_consumer_drops.clone()))?;
         registry.register(Box::new(resyncs.clone()))?;
+        for r in [
+            "malformed",
+            "expired",
+            "not_yet_valid",
+            "bad_signature",
+            "bad_algorithm",
+            "wrong_issuer_or_audience",
+            "bad_claims",
+            "timeout",
+        ] {
+            auth_failures.with_label_values(&[r]);
+        }
         for t in TRANSPORTS {
             // make every series visible from the start, so dashboards and rate() work at once
             sync_latency.with_label_values(&[t]);
