@@ -18,6 +18,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 /// Events per answer unless `limit` says otherwise, and the most `limit` may ask for.
 const DEFAULT_LIMIT: usize = 1000;
@@ -39,7 +40,8 @@ pub async fn handler(
     headers: HeaderMap,
     Query(q): Query<PollQuery>,
 ) -> Response {
-    match poll(&app, peer, &headers, q).await {
+    let span = tracing::debug_span!("poll", %peer);
+    match poll(&app, peer, &headers, q).instrument(span).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }

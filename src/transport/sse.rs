@@ -23,6 +23,7 @@ use serde::Deserialize;
 use std::convert::Infallible;
 use std::sync::Arc;
 use tokio::sync::watch;
+use tracing::Instrument;
 
 /// Frames coalesced into one write when several are ready at once.
 const MAX_COALESCE: usize = 64;
@@ -44,7 +45,8 @@ pub async fn handler(
     headers: HeaderMap,
     Query(q): Query<SseQuery>,
 ) -> Response {
-    match open(app, peer, headers, q).await {
+    let span = tracing::info_span!("sse", %peer);
+    match open(app, peer, headers, q).instrument(span).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
@@ -99,9 +101,14 @@ async fn open(
             .map(|d| tokio::time::Instant::now() + d),
         _slot: admitted.slot,
     };
-    let stream = futures::stream::unfold(state, |mut s| async move {
-        let chunk = s.next_chunk().await?;
-        Some((Ok::<Bytes, Infallible>(chunk), s))
+    // the body is polled by the connection task: carry the request's span along
+    let span = tracing::Span::current();
+    let stream = futures::stream::unfold(state, move |mut s| {
+        async move {
+            let chunk = s.next_chunk().await?;
+            Some((Ok::<Bytes, Infallible>(chunk), s))
+        }
+        .instrument(span.clone())
     });
     Ok((
         [
