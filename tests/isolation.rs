@@ -356,3 +356,143 @@ async fn collect_until_end(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Msg>) -
         evs.push(e);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn market_policy_decisions() {
+    let url = fresh_market_db().await;
+    let db = connect(&url).await;
+    seed(&db, 2, 2).await; // farm 1 → farmer 101, farm 2 → farmer 102
+    db.execute(
+        "INSERT INTO market.orders (id, customer_id, farm_id) VALUES (10, 1, 1), (20, 2, 2)",
+        &[],
+    )
+    .await
+    .unwrap();
+    let cases: &[(Value, &str, bool)] = &[
+        (json!({}), "product-1", true),
+        (json!({}), "farm-2", true),
+        (json!({}), "presence-market", true),
+        (json!({}), "order-10", false),
+        (json!({}), "customer-1", false),
+        (json!({}), "stalls-1", false),
+        (json!({"sub":"1","role":"customer"}), "order-10", true),
+        (json!({"sub":"1","role":"customer"}), "order-20", false),
+        (json!({"sub":"1","role":"customer"}), "customer-1", true),
+        (json!({"sub":"1","role":"customer"}), "customer-2", false),
+        (json!({"sub":"1","role":"customer"}), "customer-01", false),
+        (json!({"sub":"1"}), "order-10", false),
+        (json!({"sub":"1","role":"farmer"}), "order-10", false),
+        (json!({"sub":"101","role":"farmer"}), "order-10", true),
+        (json!({"sub":"101","role":"farmer"}), "order-20", false),
+        (json!({"sub":"101","role":"customer"}), "order-10", false),
+        (json!({"sub":"9","role":"admin"}), "order-20", true),
+        (json!({"sub":"9","role":"admin"}), "customer-2", true),
+        (json!({"sub":"9","role":"admin"}), "stalls-1", false),
+        (json!({"sub":"1","role":"customer"}), "order-abc", false),
+        (
+            json!({"sub":"1","role":"customer"}),
+            "order-10 OR 1=1",
+            false,
+        ),
+        (
+            json!({"sub":"1","role":"customer"}),
+            "order-10'; DROP TABLE market.orders; --",
+            false,
+        ),
+        (
+            json!({"sub":"1","role":"customer"}),
+            "order-99999999999999999999",
+            false,
+        ),
+        (json!({"sub":"1","role":"customer"}), "order--10", false),
+        (json!({"sub":"1","role":"customer"}), "order-", false),
+        (
+            json!({"sub":"1' OR '1'='1","role":"customer"}),
+            "order-10",
+            false,
+        ),
+        (json!({"sub":["1"],"role":"customer"}), "order-10", false),
+    ];
+    for (claims, topic, allowed) in cases {
+        let got: bool = db
+            .query_one(
+                "SELECT coalesce(rowcast.authorize($1::text::jsonb, $2), false)",
+                &[&claims.to_string(), topic],
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{claims} {topic}: {e}"))
+            .get(0);
+        assert_eq!(got, *allowed, "{claims} {topic}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_is_replaced_without_restart_and_fails_closed() {
+    let url = fresh_market_db().await;
+    let db = connect(&url).await;
+    seed(&db, 1, 1).await;
+    db.execute(
+        "INSERT INTO market.orders (id, customer_id, farm_id) VALUES (10, 1, 1)",
+        &[],
+    )
+    .await
+    .unwrap();
+    let srv = server_with(&url, |c| {
+        c.jwt.secret = Some(SECRET.into());
+        c.authz_cache = Duration::from_secs(1);
+    })
+    .await;
+    let base = srv.base_url();
+    let t = token("1", "customer");
+    let q = format!("topics=order-10&token={t}");
+    let (status, body) = poll_raw(&base, &q).await;
+    assert_eq!(status, 200, "{body}");
+
+    // the app tightens its policy: denied once the cached answer is stale
+    db.batch_execute(
+        "CREATE OR REPLACE FUNCTION rowcast.authorize(claims jsonb, topic text)
+         RETURNS boolean LANGUAGE sql STABLE AS $$ SELECT topic LIKE 'product-%' $$",
+    )
+    .await
+    .unwrap();
+    let deadline = tokio::time::Instant::now() + ARRIVAL;
+    loop {
+        let (status, body) = poll_raw(&base, &q).await;
+        if status == 403 {
+            assert_eq!(body["topic"], "order-10");
+            break;
+        }
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "new policy never applied"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // a broken policy denies with a retryable 503 (WS: an error, connection stays)
+    db.batch_execute(
+        "CREATE OR REPLACE FUNCTION rowcast.authorize(claims jsonb, topic text)
+         RETURNS boolean LANGUAGE plpgsql STABLE AS $$
+         BEGIN RAISE EXCEPTION 'policy bug'; END $$",
+    )
+    .await
+    .unwrap();
+    let (status, body) = poll_raw(&base, "topics=product-77").await;
+    assert_eq!((status, body["error"].as_str()), (503, Some("unavailable")));
+    let mut ws = WsClient::connect_with(&base, "", &[("Authorization", &format!("Bearer {t}"))])
+        .await
+        .unwrap();
+    ws.send(json!({"type":"subscribe","topics":["product-78"]}))
+        .await;
+    match ws.next().await {
+        Msg::Control(v) => assert_eq!(v["code"], "unavailable", "{v}"),
+        other => panic!("{other:?}"),
+    }
+    ws.send(json!({"type":"ping"})).await;
+    match ws.next().await {
+        Msg::Control(v) => assert_eq!(v["type"], "pong"),
+        other => panic!("{other:?}"),
+    }
+    srv.stop().await;
+}
