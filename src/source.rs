@@ -165,6 +165,9 @@ impl Source {
         let mut arm_lost = std::pin::pin!(arm_lost);
         let mut armed = false;
         let mut arming: Option<tokio::task::JoinHandle<Result<()>>> = None;
+        // Changes were read while `arming` ran: a writer may have disarmed the
+        // bell after the arm committed, so its result must not be trusted.
+        let mut arm_stale = false;
         let mut idle_read = false;
         let result = loop {
             if *shutdown.borrow() {
@@ -183,6 +186,7 @@ impl Source {
                 }
                 idle_read = false;
                 armed = false;
+                arm_stale |= arming.is_some();
                 tokio::select! {
                     _ = tokio::time::sleep(self.cfg.busy_pause) => {}
                     _ = shutdown.changed() => {}
@@ -200,7 +204,8 @@ impl Source {
                     r = task => {
                         arming = None;
                         match r {
-                            Ok(Ok(())) => armed = true,
+                            // stale: leave unarmed, the next empty read arms afresh
+                            Ok(Ok(())) => armed = !std::mem::take(&mut arm_stale),
                             Ok(Err(e)) => break Err(e),
                             Err(e) => break Err(Error::Config(format!("re-arm task failed: {e}"))),
                         }
