@@ -10,6 +10,9 @@ use std::time::Duration;
 use tokio_postgres::{Client, NoTls};
 
 pub const DB: &str = "rowcast";
+/// The demo's fixed HS256 secret: public by design, so sample tokens can be
+/// minted with `rowcast token --jwt-secret rowcast-demo-secret ...`. Never use it elsewhere.
+pub const DEMO_SECRET: &str = "rowcast-demo-secret";
 
 /// `println!` that tolerates a closed stdout (`demo | head`) instead of panicking.
 macro_rules! say {
@@ -74,7 +77,19 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
     crate::migrate::migrate(&mut client, true).await?;
     seed(&client).await?;
 
-    let server = Server::start(ServerConfig::new(url.clone(), opts.listen)).await?;
+    let mut cfg = ServerConfig::new(url.clone(), opts.listen);
+    cfg.jwt.secret = Some(DEMO_SECRET.to_string());
+    cfg.origins = crate::limits::Origins::localhost();
+    let server = Server::start(cfg).await?;
+    let token = crate::auth::mint_hs256(
+        DEMO_SECRET,
+        "1000",
+        "customer",
+        Duration::from_secs(24 * 3600),
+        None,
+        None,
+    )
+    .map_err(|e| crate::Error::Config(e.to_string()))?;
     let base = server.base_url();
     let ws_base = base.replacen("http://", "ws://", 1);
     say!();
@@ -89,6 +104,11 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
     say!("  curl -N '{base}/v1/events?topics=farm-1'");
     say!("change the tomatoes yourself:");
     say!("  psql '{url}' -c \"UPDATE market.products SET quantity = 15 WHERE id = 1\"");
+    say!();
+    say!("orders are private: a token for customer 1000 (secret {DEMO_SECRET:?}, valid 24 h):");
+    say!("  {token}");
+    say!("  curl -N '{base}/v1/events?topics=customer-1000&token={token}'");
+    say!("mint others with: rowcast token --jwt-secret {DEMO_SECRET} --sub 1001 --role customer");
     say!();
 
     let farmer = tokio::spawn(simulate_farmer(client, opts.tick));

@@ -168,6 +168,15 @@ impl Feed {
             return;
         }
         if let Some(c) = hub {
+            // The hub moves its position when a batch *ends*, after its changes
+            // were queued: a change just handed out may lie beyond it, and going
+            // back to the hub's position would hand it out again on resume.
+            if let Position::After(last) = &self.position {
+                match Cursor::decode(&last.cursor) {
+                    Ok(last) if last.hi.covered_by(&c.hi) => {}
+                    _ => return,
+                }
+            }
             self.position = Position::At(c);
         }
     }

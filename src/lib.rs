@@ -5,6 +5,8 @@
 //! in snapshot order, woken by a doorbell NOTIFY → `hub` fans out per topic →
 //! `feed` joins log catch-up and live stream per client → `transport::{ws, sse, poll}`.
 
+pub mod access;
+pub mod auth;
 pub mod bench;
 pub mod change;
 pub mod changelog;
@@ -13,7 +15,9 @@ pub mod demo;
 pub mod embedded_pg;
 pub mod error;
 pub mod feed;
+pub mod http;
 pub mod hub;
+pub mod limits;
 pub mod metrics;
 pub mod migrate;
 pub mod protocol;

@@ -31,6 +31,8 @@ enum Command {
     /// By default starts its own durable PostgreSQL and a `rowcast serve` child
     /// process; with --url and --database-url it targets running ones (loopback only).
     Bench(BenchArgs),
+    /// Mint a development JWT (HS256) with the configured secret.
+    Token(TokenArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -94,6 +96,25 @@ struct BenchArgs {
 }
 
 #[derive(Args)]
+struct TokenArgs {
+    /// Subject: the user id that `rowcast.authorize` compares with.
+    #[arg(long)]
+    sub: String,
+    /// customer, farmer or admin.
+    #[arg(long, value_parser = ["customer", "farmer", "admin"])]
+    role: String,
+    /// Lifetime: 90, 90s, 15m, 1h, 7d.
+    #[arg(long, default_value = "1h")]
+    ttl: String,
+    #[arg(long, env = "ROWCAST_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: String,
+    #[arg(long, env = "ROWCAST_JWT_ISSUER")]
+    jwt_issuer: Option<String>,
+    #[arg(long, env = "ROWCAST_JWT_AUDIENCE")]
+    jwt_audience: Option<String>,
+}
+
+#[derive(Args)]
 struct ServeArgs {
     #[arg(long, env = "DATABASE_URL")]
     database_url: String,
@@ -123,6 +144,51 @@ struct ServeArgs {
     /// Drop a client whose socket has accepted nothing for this long (e.g. 10s).
     #[arg(long, env = "ROWCAST_WRITE_TIMEOUT", default_value = "10s", value_parser = rowcast::retention::parse_duration)]
     write_timeout: Duration,
+    /// HS256 shared secret for client JWTs. Without it (or --jwt-public-key)
+    /// every client is anonymous.
+    #[arg(long, env = "ROWCAST_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Option<String>,
+    /// PEM file with the RS256 (RSA) or ES256 (P-256) public key for client JWTs.
+    #[arg(long, env = "ROWCAST_JWT_PUBLIC_KEY")]
+    jwt_public_key: Option<std::path::PathBuf>,
+    /// Required `iss` claim.
+    #[arg(long, env = "ROWCAST_JWT_ISSUER")]
+    jwt_issuer: Option<String>,
+    /// Required `aud` claim.
+    #[arg(long, env = "ROWCAST_JWT_AUDIENCE")]
+    jwt_audience: Option<String>,
+    /// Seconds a rowcast.authorize answer is reused for the same claims and topic (0: never).
+    #[arg(long, env = "ROWCAST_AUTHZ_CACHE", default_value_t = 5)]
+    authz_cache: u64,
+    /// Extra origins allowed for WebSocket and cross-origin SSE/polling,
+    /// comma-separated (`*`, `https://shop.example`, `http://localhost:*`).
+    /// Default: same origin only.
+    #[arg(long, env = "ROWCAST_ALLOWED_ORIGINS", default_value = "")]
+    allowed_origins: String,
+    /// Topics per connection (or per SSE / poll request).
+    #[arg(long, env = "ROWCAST_MAX_TOPICS", default_value_t = 100)]
+    max_topics: usize,
+    /// Longest topic name, bytes.
+    #[arg(long, env = "ROWCAST_MAX_TOPIC_LEN", default_value_t = 200)]
+    max_topic_len: usize,
+    /// Largest WebSocket message from a client, bytes.
+    #[arg(long, env = "ROWCAST_MAX_FRAME", default_value_t = 64 * 1024)]
+    max_frame: usize,
+    /// WebSocket messages per second per client.
+    #[arg(long, env = "ROWCAST_MAX_MSGS_PER_SEC", default_value_t = 20)]
+    max_msgs_per_sec: u32,
+    /// Open WebSocket, SSE and polling requests in total.
+    #[arg(long, env = "ROWCAST_MAX_CONNECTIONS", default_value_t = 10_000)]
+    max_connections: usize,
+    /// Open WebSocket, SSE and polling requests per client IP.
+    #[arg(long, env = "ROWCAST_MAX_CONNECTIONS_PER_IP", default_value_t = 256)]
+    max_connections_per_ip: usize,
+    /// Seconds an unauthenticated WebSocket may stay without subscribing (JWT configured only).
+    #[arg(long, env = "ROWCAST_AUTH_TIMEOUT", default_value_t = 10)]
+    auth_timeout: u64,
+    /// Seconds a client has to send a complete request head.
+    #[arg(long, env = "ROWCAST_HEADER_TIMEOUT", default_value_t = 10)]
+    header_timeout: u64,
 }
 
 #[derive(Args)]
@@ -168,8 +234,24 @@ fn main() -> anyhow::Result<()> {
             })
             .await
             .context("demo failed"),
+            Command::Token(a) => token(a),
         }
     })
+}
+
+fn token(a: TokenArgs) -> anyhow::Result<()> {
+    let ttl = rowcast::auth::parse_ttl(&a.ttl)
+        .with_context(|| format!("--ttl {:?}: use e.g. 90, 90s, 15m, 1h, 7d", a.ttl))?;
+    let t = rowcast::auth::mint_hs256(
+        &a.jwt_secret,
+        &a.sub,
+        &a.role,
+        ttl,
+        a.jwt_issuer.as_deref(),
+        a.jwt_audience.as_deref(),
+    )?;
+    println!("{t}");
+    Ok(())
 }
 
 async fn serve(a: ServeArgs) -> anyhow::Result<()> {
@@ -187,6 +269,33 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     cfg.window_changes = a.window_changes;
     cfg.prune_every = (a.retention / 10).clamp(Duration::from_millis(100), Duration::from_secs(60));
     cfg.write_timeout = a.write_timeout.max(Duration::from_millis(100));
+    cfg.jwt = rowcast::auth::JwtSettings {
+        secret: a.jwt_secret.filter(|s| !s.is_empty()),
+        public_key_pem: match &a.jwt_public_key {
+            Some(p) => Some(
+                std::fs::read_to_string(p)
+                    .with_context(|| format!("reading --jwt-public-key {}", p.display()))?,
+            ),
+            None => None,
+        },
+        issuer: a.jwt_issuer,
+        audience: a.jwt_audience,
+    };
+    if !cfg.jwt.configured() {
+        tracing::warn!("no JWT configured: every client is anonymous (claims {{}})");
+    }
+    cfg.authz_cache = Duration::from_secs(a.authz_cache);
+    cfg.origins = rowcast::limits::Origins::parse(&a.allowed_origins);
+    cfg.limits = rowcast::limits::Limits {
+        max_topics: a.max_topics.max(1),
+        max_topic_len: a.max_topic_len.max(1),
+        max_frame: a.max_frame.max(1024),
+        max_msgs_per_sec: a.max_msgs_per_sec.max(1),
+        max_connections: a.max_connections.max(1),
+        max_connections_per_ip: a.max_connections_per_ip.max(1),
+        auth_timeout: Duration::from_secs(a.auth_timeout.max(1)),
+        header_read_timeout: Duration::from_secs(a.header_timeout.max(1)),
+    };
     let mut signals = rowcast::demo::Signals::install()?;
     let server = Server::start(cfg).await.context("starting the server")?;
     signals.recv().await;

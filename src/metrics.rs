@@ -31,6 +31,10 @@ pub struct Metrics {
     pub lag_recoveries: IntCounter,
     pub catchup_reads: IntCounterVec,
     pub resyncs: IntCounterVec,
+    /// Tokens refused, by reason (expired, bad_signature, ...).
+    pub auth_failures: IntCounterVec,
+    /// Requests, messages and topics refused by a limit or a policy, by reason.
+    pub rejected: IntCounterVec,
 }
 
 impl Metrics {
@@ -111,6 +115,19 @@ impl Metrics {
             ),
             &["reason"],
         )?;
+        let auth_failures = IntCounterVec::new(
+            Opts::new("rowcast_auth_failures_total", "Tokens refused, by reason"),
+            &["reason"],
+        )?;
+        let rejected = IntCounterVec::new(
+            Opts::new(
+                "rowcast_rejected_total",
+                "Requests, messages or topics refused by a limit or the authorization policy",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(auth_failures.clone()))?;
+        registry.register(Box::new(rejected.clone()))?;
         registry.register(Box::new(sync_latency.clone()))?;
         registry.register(Box::new(connections.clone()))?;
         registry.register(Box::new(events.clone()))?;
@@ -126,6 +143,18 @@ impl Metrics {
         registry.register(Box::new(lag_recoveries.clone()))?;
         registry.register(Box::new(catchup_reads.clone()))?;
         resyncs.with_label_values(&["cursor_expired"]);
+        for r in [
+            "malformed",
+            "expired",
+            "not_yet_valid",
+            "bad_signature",
+            "bad_algorithm",
+            "wrong_issuer_or_audience",
+            "bad_claims",
+            "timeout",
+        ] {
+            auth_failures.with_label_values(&[r]);
+        }
         for t in TRANSPORTS {
             // make every series visible from the start, so dashboards and rate() work at once
             sync_latency.with_label_values(&[t]);
@@ -149,6 +178,8 @@ impl Metrics {
             lag_recoveries,
             catchup_reads,
             resyncs,
+            auth_failures,
+            rejected,
         })
     }
 

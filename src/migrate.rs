@@ -7,14 +7,25 @@
 use crate::error::Result;
 use tokio_postgres::Client;
 
-/// The core: change log, doorbell, `rowcast.emit`, `rowcast.track`.
-pub const CORE: &[(&str, &str)] = &[("001_core", include_str!("../sql/001_core.sql"))];
+/// The core: change log, doorbell, `rowcast.emit`, `rowcast.track`, and the
+/// default (allow-all) `rowcast.authorize`.
+pub const CORE: &[(&str, &str)] = &[
+    ("001_core", include_str!("../sql/001_core.sql")),
+    ("002_authorize", include_str!("../sql/002_authorize.sql")),
+];
 
-/// The FR-021 farmers-market reference schema (`market.*`) and its triggers.
-pub const MARKET: &[(&str, &str)] = &[(
-    "market/001_market",
-    include_str!("../sql/market/001_market.sql"),
-)];
+/// The FR-021 farmers-market reference schema (`market.*`), its triggers and
+/// its topic policy.
+pub const MARKET: &[(&str, &str)] = &[
+    (
+        "market/001_market",
+        include_str!("../sql/market/001_market.sql"),
+    ),
+    (
+        "market/002_authorize",
+        include_str!("../sql/market/002_authorize.sql"),
+    ),
+];
 
 const LOCK_KEY: i64 = 7_305_280_317_090_916;
 

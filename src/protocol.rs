@@ -24,6 +24,11 @@ pub enum ClientMessage {
         topics: Vec<String>,
     },
     Ping,
+    /// Identifies the connection when the client could not send a header or
+    /// query token; accepted once, before the first subscription.
+    Auth {
+        token: String,
+    },
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -34,7 +39,7 @@ pub enum ProtocolError {
     NoTopics,
     #[error("topic is empty")]
     EmptyTopic,
-    #[error("topic longer than {MAX_TOPIC_LEN} bytes")]
+    #[error("topic is too long")]
     TopicTooLong,
     #[error("topic contains control characters or commas")]
     BadTopicChars,
@@ -62,10 +67,15 @@ pub fn parse_client_message(text: &str) -> Result<ClientMessage, ProtocolError> 
 
 /// Checks one topic name.
 pub fn check_topic(t: &str) -> Result<(), ProtocolError> {
+    check_topic_max(t, MAX_TOPIC_LEN)
+}
+
+/// Checks one topic name against a configured length limit.
+pub fn check_topic_max(t: &str, max_len: usize) -> Result<(), ProtocolError> {
     if t.is_empty() {
         return Err(ProtocolError::EmptyTopic);
     }
-    if t.len() > MAX_TOPIC_LEN {
+    if t.len() > max_len {
         return Err(ProtocolError::TopicTooLong);
     }
     if t.chars().any(|c| c.is_control() || c == ',') {
@@ -76,12 +86,22 @@ pub fn check_topic(t: &str) -> Result<(), ProtocolError> {
 
 /// Parses `a,b,c` from a query string; an absent or empty list is an error.
 pub fn parse_topic_list(list: Option<&str>) -> Result<Vec<String>, ProtocolError> {
+    parse_topic_list_max(list, MAX_TOPIC_LEN)
+}
+
+/// `parse_topic_list` with a configured topic length limit.
+pub fn parse_topic_list_max(
+    list: Option<&str>,
+    max_len: usize,
+) -> Result<Vec<String>, ProtocolError> {
     let list = list.unwrap_or("").trim();
     if list.is_empty() {
         return Err(ProtocolError::NoTopics);
     }
     let topics: Vec<String> = list.split(',').map(|t| t.trim().to_string()).collect();
-    check_topics(&topics)?;
+    topics
+        .iter()
+        .try_for_each(|t| check_topic_max(t, max_len))?;
     Ok(dedup(topics))
 }
 
@@ -89,7 +109,7 @@ pub fn check_topics(topics: &[String]) -> Result<(), ProtocolError> {
     topics.iter().try_for_each(|t| check_topic(t))
 }
 
-fn dedup(mut topics: Vec<String>) -> Vec<String> {
+pub fn dedup(mut topics: Vec<String>) -> Vec<String> {
     let mut seen = std::collections::HashSet::new();
     topics.retain(|t| seen.insert(t.clone()));
     topics
@@ -120,6 +140,17 @@ pub enum ServerMessage<'a> {
     Error {
         code: &'a str,
         message: &'a str,
+    },
+    /// `{"type":"error","code":"forbidden","topic":..}`: one topic was denied;
+    /// the connection and its other topics carry on.
+    #[serde(rename = "error")]
+    TopicError {
+        code: &'a str,
+        topic: &'a str,
+        message: &'a str,
+    },
+    Authenticated {
+        sub: &'a str,
     },
     Pong,
 }

@@ -45,6 +45,13 @@ pub struct ServerConfig {
     pub write_timeout: Duration,
     /// Recent changes kept in memory to answer resumes and polls without the database.
     pub window_changes: usize,
+    /// JWT verification; unset means every client is anonymous (claims `{}`).
+    pub jwt: crate::auth::JwtSettings,
+    pub limits: crate::limits::Limits,
+    /// Origins allowed besides the server's own (`--allowed-origins`).
+    pub origins: crate::limits::Origins,
+    /// How long a `rowcast.authorize` answer is reused for the same claims and topic.
+    pub authz_cache: Duration,
 }
 
 impl ServerConfig {
@@ -64,6 +71,10 @@ impl ServerConfig {
             prune_every: Duration::from_secs(60),
             write_timeout: Duration::from_secs(10),
             window_changes: 10_000,
+            jwt: Default::default(),
+            limits: Default::default(),
+            origins: Default::default(),
+            authz_cache: Duration::from_secs(5),
         }
     }
 }
@@ -79,6 +90,7 @@ pub struct App {
     pub ws_metrics: TransportMetrics,
     pub sse_metrics: TransportMetrics,
     pub poll_metrics: TransportMetrics,
+    pub security: crate::access::Security,
 }
 
 /// A server running in the background.
@@ -118,6 +130,13 @@ impl Server {
             drop(client);
             let _ = driver.await;
         }
+        let security = crate::access::Security::new(
+            &cfg.jwt,
+            cfg.limits.clone(),
+            cfg.origins.clone(),
+            cfg.authz_cache,
+        )
+        .map_err(|e| Error::Config(e.to_string()))?;
         let metrics = Metrics::new()?;
         let window = WindowLimits {
             max_changes: cfg.window_changes,
@@ -154,21 +173,17 @@ impl Server {
             metrics,
             status,
             shutdown: shutdown_rx.clone(),
+            security,
         });
         let router = router(app.clone());
         let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
         let addr = listener.local_addr()?;
-        let mut stop = shutdown_rx;
-        let http = tokio::spawn(async move {
-            axum::serve(
-                listener,
-                router.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
-            .await
-        });
+        let http = tokio::spawn(crate::http::serve(
+            listener,
+            router,
+            cfg.limits.header_read_timeout,
+            shutdown_rx,
+        ));
         tracing::info!(%addr, "rowcast listening");
         Ok(Server {
             addr,
@@ -195,10 +210,16 @@ impl Server {
 }
 
 pub fn router(app: Arc<App>) -> Router {
-    Router::new()
+    let api = Router::new()
         .route("/v1/ws", get(ws::handler))
         .route("/v1/events", get(sse::handler))
         .route("/v1/poll", get(poll::handler))
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            crate::access::origin_layer,
+        ));
+    Router::new()
+        .merge(api)
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))

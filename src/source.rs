@@ -171,6 +171,8 @@ impl Source {
         let mut arm_lost = std::pin::pin!(arm_lost);
         let mut armed = false;
         let mut arming: Option<tokio::task::JoinHandle<Result<()>>> = None;
+        // Changes were read while `arming` ran: a writer may have disarmed the
+        // bell after the arm committed, so its result must not be trusted.
         let mut idle_read = false;
         let result = loop {
             if *shutdown.borrow() {
@@ -216,6 +218,7 @@ impl Source {
                     r = task => {
                         arming = None;
                         match r {
+                            // stale: leave unarmed, the next empty read arms afresh
                             Ok(Ok(())) => armed = true,
                             Ok(Err(e)) => break Err(e),
                             Err(e) => break Err(Error::Config(format!("re-arm task failed: {e}"))),

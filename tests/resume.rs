@@ -52,6 +52,7 @@ impl Client3 {
                     base: base.to_string(),
                     topics: topics.to_string(),
                     cursor: Some(c.to_string()),
+                    token: None,
                 }),
                 None => Client3::Poll(Poller::start(base, topics).await),
             },
@@ -349,6 +350,7 @@ async fn snapshot_sends_latest_state_then_live() {
         base: base.clone(),
         topics: "product-1,product-2".into(),
         cursor: body["cursor"].as_str().map(str::to_string),
+        token: None,
     };
     let after = p.events(1).await;
     assert_eq!(after[0].data["newQuantity"], 1);

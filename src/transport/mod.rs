@@ -16,6 +16,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Extra string fields of the body, e.g. `topic` of a `forbidden` answer.
+    pub extra: Vec<(&'static str, String)>,
 }
 
 impl ApiError {
@@ -24,7 +26,13 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            extra: Vec::new(),
         }
+    }
+
+    pub fn with(mut self, key: &'static str, value: impl Into<String>) -> ApiError {
+        self.extra.push((key, value.into()));
+        self
     }
 }
 
@@ -66,7 +74,11 @@ impl From<FeedError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({"error": self.code, "message": self.message}).to_string();
+        let mut body = serde_json::json!({"error": self.code, "message": self.message});
+        for (k, v) in self.extra {
+            body[k] = serde_json::Value::String(v);
+        }
+        let body = body.to_string();
         let mut r = (self.status, body).into_response();
         r.headers_mut().insert(
             axum::http::header::CONTENT_TYPE,

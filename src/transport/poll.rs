@@ -8,15 +8,17 @@
 //! `{"error":"cursor_expired"}`: re-fetch the state, then poll without a cursor.
 
 use super::{flag, ApiError};
+use crate::access::{self, Peer};
 use crate::feed::{Feed, Notice, Start};
-use crate::protocol::{parse_cursor, parse_topic_list};
+use crate::protocol::parse_cursor;
 use crate::server::App;
 use axum::extract::{Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 /// Events per answer unless `limit` says otherwise, and the most `limit` may ask for.
 const DEFAULT_LIMIT: usize = 1000;
@@ -29,18 +31,32 @@ pub struct PollQuery {
     wait: Option<String>,
     limit: Option<String>,
     snapshot: Option<String>,
+    token: Option<String>,
 }
 
-#[tracing::instrument(name = "poll", skip_all)]
-pub async fn handler(State(app): State<Arc<App>>, Query(q): Query<PollQuery>) -> Response {
-    match poll(&app, q).await {
+pub async fn handler(
+    State(app): State<Arc<App>>,
+    Peer(peer): Peer,
+    headers: HeaderMap,
+    Query(q): Query<PollQuery>,
+) -> Response {
+    let span = tracing::debug_span!("poll", %peer);
+    match poll(&app, peer, &headers, q).instrument(span).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
 }
 
-async fn poll(app: &Arc<App>, q: PollQuery) -> Result<Response, ApiError> {
-    let topics = parse_topic_list(q.topics.as_deref())?;
+async fn poll(
+    app: &Arc<App>,
+    peer: std::net::SocketAddr,
+    headers: &HeaderMap,
+    q: PollQuery,
+) -> Result<Response, ApiError> {
+    // held until the answer is built: a long poll occupies a connection slot
+    let admitted = access::admit(app, peer, headers, q.token.as_deref())?;
+    let topics = access::topics_from_query(app, q.topics.as_deref())?;
+    access::authorize_all(app, &admitted.identity, &topics).await?;
     let cursor = parse_cursor(q.cursor.as_deref())?;
     let wait = match q.wait.as_deref() {
         None | Some("") => 0.0,

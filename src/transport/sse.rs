@@ -8,9 +8,11 @@
 //! comment and the stream ends; EventSource reconnects with its Last-Event-ID.
 
 use super::{flag, ApiError};
+use crate::access::{self, Peer};
 use crate::feed::{Feed, Notice, Start};
+use crate::limits::ConnGuard;
 use crate::metrics::TransportMetrics;
-use crate::protocol::{parse_cursor, parse_topic_list, ServerMessage};
+use crate::protocol::{parse_cursor, ServerMessage};
 use crate::server::App;
 use axum::body::Body;
 use axum::extract::{Query, State};
@@ -33,21 +35,32 @@ pub struct SseQuery {
     last_event_id: Option<String>,
     cursor: Option<String>,
     snapshot: Option<String>,
+    /// EventSource cannot set headers: the token may come in the URL.
+    token: Option<String>,
 }
 
 pub async fn handler(
     State(app): State<Arc<App>>,
+    Peer(peer): Peer,
     headers: HeaderMap,
     Query(q): Query<SseQuery>,
 ) -> Response {
-    match open(app, headers, q).await {
+    let span = tracing::info_span!("sse", %peer);
+    match open(app, peer, headers, q).instrument(span).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
 }
 
-async fn open(app: Arc<App>, headers: HeaderMap, q: SseQuery) -> Result<Response, ApiError> {
-    let topics = parse_topic_list(q.topics.as_deref())?;
+async fn open(
+    app: Arc<App>,
+    peer: std::net::SocketAddr,
+    headers: HeaderMap,
+    q: SseQuery,
+) -> Result<Response, ApiError> {
+    let admitted = access::admit(&app, peer, &headers, q.token.as_deref())?;
+    let topics = access::topics_from_query(&app, q.topics.as_deref())?;
+    access::authorize_all(&app, &admitted.identity, &topics).await?;
     let header_id = headers
         .get("last-event-id")
         .map(|v| v.to_str().unwrap_or("\u{0}"));
@@ -82,14 +95,20 @@ async fn open(app: Arc<App>, headers: HeaderMap, q: SseQuery) -> Result<Response
         shutdown: app.shutdown.clone(),
         keepalive: app.cfg.keepalive,
         done: false,
+        expires: admitted
+            .identity
+            .remaining()
+            .map(|d| tokio::time::Instant::now() + d),
+        _slot: admitted.slot,
     };
-    let span = tracing::info_span!("sse");
+    // the body is polled by the connection task: carry the request's span along
+    let span = tracing::Span::current();
     let stream = futures::stream::unfold(state, move |mut s| {
-        let span = span.clone();
         async move {
-            let chunk = s.next_chunk().instrument(span).await?;
+            let chunk = s.next_chunk().await?;
             Some((Ok::<Bytes, Infallible>(chunk), s))
         }
+        .instrument(span.clone())
     });
     Ok((
         [
@@ -109,6 +128,9 @@ struct Stream {
     shutdown: watch::Receiver<bool>,
     keepalive: std::time::Duration,
     done: bool,
+    /// The token's expiry: the stream ends there, and the client reconnects with a fresh token.
+    expires: Option<tokio::time::Instant>,
+    _slot: ConnGuard,
 }
 
 impl Drop for Stream {
@@ -130,6 +152,10 @@ impl Stream {
             r = self.feed.next() => r,
             _ = tokio::time::sleep(self.keepalive) => return Some(Bytes::from_static(b": keepalive\n\n")),
             _ = self.shutdown.changed() => return None,
+            _ = tokio::time::sleep_until(self.expires.unwrap_or_else(tokio::time::Instant::now)), if self.expires.is_some() => {
+                self.done = true;
+                return Some(Bytes::from_static(b": token expired\n\n"));
+            }
         };
         let first = match first {
             Ok(Some(d)) => d,

@@ -11,15 +11,16 @@
 //! overflowed (resume from the last cursor), 1011 when the database is gone.
 
 use super::{flag, ApiError};
+use crate::access::{self, Admitted, Peer};
+use crate::auth::{AuthError, Identity};
 use crate::feed::{Feed, FeedError, Notice, Start};
+use crate::limits::{self, ConnGuard, RateLimiter};
 use crate::metrics::TransportMetrics;
-use crate::protocol::{
-    check_topics, parse_client_message, parse_cursor, parse_topic_list, ClientMessage,
-    ServerMessage,
-};
+use crate::protocol::{parse_client_message, parse_cursor, ClientMessage, ServerMessage};
 use crate::server::App;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use futures::{SinkExt, StreamExt};
 use serde::Deserialize;
@@ -29,7 +30,7 @@ use tracing::Instrument;
 
 /// Frames written before one flush when several are ready at once.
 const MAX_COALESCE: usize = 64;
-/// Largest client message accepted.
+/// Largest client message accepted by default (`Limits::max_frame`).
 pub const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
 
 #[derive(Deserialize)]
@@ -37,28 +38,45 @@ pub struct WsQuery {
     topics: Option<String>,
     cursor: Option<String>,
     snapshot: Option<String>,
+    token: Option<String>,
 }
 
 pub async fn handler(
     State(app): State<Arc<App>>,
+    Peer(peer): Peer,
+    headers: HeaderMap,
     Query(q): Query<WsQuery>,
     ws: WebSocketUpgrade,
 ) -> Response {
+    let admitted = match access::admit(&app, peer, &headers, q.token.as_deref()) {
+        Ok(a) => a,
+        Err(e) => return e.into_response(),
+    };
     let topics = match q.topics.as_deref() {
         None | Some("") => Vec::new(),
-        t => match parse_topic_list(t) {
+        t => match access::topics_from_query(&app, t) {
             Ok(t) => t,
-            Err(e) => return ApiError::from(e).into_response(),
+            Err(e) => return e.into_response(),
         },
     };
     let cursor = match parse_cursor(q.cursor.as_deref()) {
         Ok(c) => c,
-        Err(e) => return ApiError::from(e).into_response(),
+        Err(e) => {
+            limits::rejected(&app.metrics, e.code());
+            return ApiError::from(e).into_response();
+        }
     };
     let start = Start {
         cursor,
         snapshot: flag(q.snapshot.as_deref()),
     };
+    // Decided before the 101 answer, so the feed registers as soon as the socket
+    // opens: a change committed after the handshake completes is not missed.
+    let (topics, denied) = match access::authorize(&app, &admitted.identity, &topics).await {
+        Ok(x) => x,
+        Err(e) => return e.into_response(),
+    };
+    let max = app.security.limits.max_frame;
     // Small explicit buffers: tungstenite's defaults reserve 128 KiB per connection.
     // The read buffer is zero-filled to its capacity on the first read, so all of
     // it is resident; clients send only small control messages (a larger frame
@@ -66,11 +84,20 @@ pub async fn handler(
     ws.read_buffer_size(1024)
         .write_buffer_size(0)
         .max_write_buffer_size(1 << 20)
-        .max_message_size(MAX_CLIENT_MESSAGE)
-        .max_frame_size(MAX_CLIENT_MESSAGE)
+        .max_message_size(max)
+        .max_frame_size(max)
         .on_upgrade(move |socket| {
-            let span = tracing::info_span!("ws");
-            async move { Session::new(app, socket).run(topics, start).await }.instrument(span)
+            let span = tracing::info_span!(
+                "ws",
+                %peer,
+                sub = admitted.identity.sub().unwrap_or("")
+            );
+            async move {
+                Session::new(app, socket, admitted)
+                    .run(topics, denied, start)
+                    .await
+            }
+            .instrument(span)
         })
 }
 
@@ -79,6 +106,11 @@ struct Session {
     socket: WebSocket,
     feed: Option<Feed>,
     tm: TransportMetrics,
+    identity: Identity,
+    /// A token was verified (at the upgrade or by an `auth` message).
+    authenticated: bool,
+    rate: RateLimiter,
+    _slot: ConnGuard,
 }
 
 enum Close {
@@ -87,21 +119,26 @@ enum Close {
 }
 
 impl Session {
-    fn new(app: Arc<App>, socket: WebSocket) -> Session {
+    fn new(app: Arc<App>, socket: WebSocket, admitted: Admitted) -> Session {
         let tm = app.ws_metrics.clone();
         tm.connections.inc();
+        let rate = RateLimiter::new(app.security.limits.max_msgs_per_sec);
         Session {
             app,
             socket,
             feed: None,
             tm,
+            identity: admitted.identity,
+            authenticated: admitted.authenticated,
+            rate,
+            _slot: admitted.slot,
         }
     }
 
-    async fn run(mut self, topics: Vec<String>, start: Start) {
-        let close = self.serve(topics, start).await;
+    async fn run(mut self, topics: Vec<String>, denied: Vec<String>, start: Start) {
+        let close = self.serve(topics, denied, start).await;
         // bounded: a client that stopped reading must not hold the task forever
-        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
             if let Close::Server(code, reason) = close {
                 let _ = self
                     .socket
@@ -110,41 +147,78 @@ impl Session {
                         reason: Utf8Bytes::from_static(reason),
                     })))
                     .await;
+                if matches!(code, 1002 | 1007 | 1008 | 1009) {
+                    self.drain().await;
+                }
             }
             let _ = self.socket.close().await;
         })
         .await;
     }
 
-    async fn serve(&mut self, topics: Vec<String>, start: Start) -> Close {
-        if !topics.is_empty() || start.cursor.is_some() {
-            if let Err(c) = Box::pin(self.open_feed(topics, start)).await {
-                return c;
+    /// After closing a misbehaving client, reads (and drops) what it already
+    /// sent, until its close reply: closing a socket with unread input resets
+    /// the TCP connection, and the client would lose our close frame and reason.
+    /// Bounded in time and count, so a client that keeps sending cannot stay.
+    async fn drain(&mut self) {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
+        for _ in 0..1024 {
+            match tokio::time::timeout_at(deadline, self.socket.next()).await {
+                Ok(Some(Ok(Message::Close(_)))) | Ok(None) | Ok(Some(Err(_))) | Err(_) => return,
+                Ok(Some(Ok(_))) => {}
             }
+        }
+    }
+
+    async fn serve(&mut self, topics: Vec<String>, denied: Vec<String>, start: Start) -> Close {
+        // boxed, like every rare path below: inline, its future would be part
+        // of every idle connection's task
+        if let Err(c) = Box::pin(self.apply(topics, denied, start)).await {
+            return c;
         }
         let mut shutdown = self.app.shutdown.clone();
         let mut ping = tokio::time::interval(self.app.cfg.keepalive);
         ping.tick().await;
         let mut last_heard = tokio::time::Instant::now();
+        // With JWT configured, a connection that neither authenticates nor
+        // subscribes holds a slot for nothing: it gets `auth_timeout`.
+        let auth_deadline = tokio::time::Instant::now() + self.app.security.limits.auth_timeout;
         loop {
             if *shutdown.borrow() {
                 return Close::Server(1012, "service restart");
             }
+            let waiting_for_auth =
+                self.app.security.auth_configured() && !self.authenticated && self.feed.is_none();
+            let expires = self.identity.remaining();
             tokio::select! {
                 msg = self.socket.next() => {
                     last_heard = tokio::time::Instant::now();
+                    if !self.rate.allow() {
+                        limits::rejected(&self.app.metrics, "rate_limited");
+                        return Close::Server(1008, "message rate limit exceeded");
+                    }
                     match msg {
-                        None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return Close::Client,
+                        None | Some(Ok(Message::Close(_))) => return Close::Client,
+                        Some(Err(e)) => return self.read_error(e),
                         Some(Ok(Message::Text(t))) => {
                             if let Err(c) = Box::pin(self.on_text(t.as_str())).await {
                                 return c;
                             }
                         }
                         Some(Ok(Message::Binary(_))) => {
+                            limits::rejected(&self.app.metrics, "binary");
                             self.send_error("binary_not_supported", "send JSON text frames").await;
                         }
                         Some(Ok(_)) => {} // ping/pong: tungstenite answers pings itself
                     }
+                }
+                _ = tokio::time::sleep_until(auth_deadline), if waiting_for_auth => {
+                    self.auth_failed(&AuthError::Timeout);
+                    return Close::Server(1008, "authentication timeout");
+                }
+                _ = tokio::time::sleep(expires.unwrap_or_default()), if expires.is_some() => {
+                    self.auth_failed(&AuthError::Expired);
+                    return Close::Server(1008, "token expired");
                 }
                 next = next_delivery(&mut self.feed) => {
                     match next {
@@ -183,6 +257,94 @@ impl Session {
                 }
                 _ = shutdown.changed() => {}
             }
+        }
+    }
+
+    /// Applies limits and the policy to `topics`, answers each denied topic
+    /// with a `forbidden` error, and subscribes the rest.
+    async fn subscribe(&mut self, topics: Vec<String>, start: Start) -> Result<(), Close> {
+        let current = self
+            .feed
+            .as_mut()
+            .map_or(0, |f| f.subscription().topics().len());
+        let new = match self.feed.as_mut() {
+            Some(f) => topics.iter().filter(|t| !f.subscription().wants(t)).count(),
+            None => topics.len(),
+        };
+        if access::check_count(&self.app, current + new).is_err() {
+            let max = self.app.security.limits.max_topics;
+            self.send_error(
+                "too_many_topics",
+                &format!("at most {max} topics per connection; nothing was subscribed"),
+            )
+            .await;
+            return Ok(());
+        }
+        let (allowed, denied) = match access::authorize(&self.app, &self.identity, &topics).await {
+            Ok(x) => x,
+            Err(e) => {
+                self.send_error(e.code, &e.message).await;
+                return Ok(());
+            }
+        };
+        self.apply(allowed, denied, start).await
+    }
+
+    /// Answers each denied topic with a `forbidden` error and subscribes the allowed ones.
+    async fn apply(
+        &mut self,
+        allowed: Vec<String>,
+        denied: Vec<String>,
+        start: Start,
+    ) -> Result<(), Close> {
+        for t in &denied {
+            self.send(ServerMessage::TopicError {
+                code: "forbidden",
+                topic: t,
+                message: "not allowed to subscribe to this topic",
+            })
+            .await?;
+        }
+        if allowed.is_empty() && (self.feed.is_some() || start.cursor.is_none()) {
+            return Ok(());
+        }
+        match self.feed.as_mut() {
+            None => self.open_feed(allowed, start).await,
+            Some(feed) => {
+                feed.subscription().add(&allowed);
+                self.send(ServerMessage::Subscribed { topics: &allowed })
+                    .await
+            }
+        }
+    }
+
+    fn auth_failed(&self, e: &AuthError) {
+        self.app
+            .metrics
+            .auth_failures
+            .with_label_values(&[e.reason()])
+            .inc();
+    }
+
+    /// A read error has a cause worth telling the client when it was ours to
+    /// enforce: too big (1009) or not UTF-8 (1007). Others mean the peer is gone.
+    fn read_error(&self, e: axum::Error) -> Close {
+        use tungstenite::error::{CapacityError, Error as WsError};
+        let inner = e.into_inner();
+        match inner.downcast_ref::<WsError>() {
+            Some(WsError::Capacity(CapacityError::MessageTooLong { .. })) => {
+                limits::rejected(&self.app.metrics, "frame_too_large");
+                Close::Server(1009, "message too big")
+            }
+            Some(WsError::Utf8(_)) => {
+                limits::rejected(&self.app.metrics, "invalid_utf8");
+                Close::Server(1007, "invalid UTF-8")
+            }
+            Some(WsError::Protocol(_)) => {
+                limits::rejected(&self.app.metrics, "protocol_error");
+                Close::Server(1002, "protocol error")
+            }
+            _ => Close::Client,
         }
     }
 
@@ -225,38 +387,39 @@ impl Session {
         let msg = match parse_client_message(text) {
             Ok(m) => m,
             Err(e) => {
+                limits::rejected(&self.app.metrics, e.code());
                 self.send_error(e.code(), &e.to_string()).await;
                 return Ok(());
             }
         };
         match msg {
             ClientMessage::Ping => self.send(ServerMessage::Pong).await,
+            ClientMessage::Auth { token } => self.on_auth(&token).await,
             ClientMessage::Subscribe {
                 topics,
                 cursor,
                 snapshot,
             } => {
-                if let Err(e) = check_topics(&topics) {
-                    self.send_error(e.code(), &e.to_string()).await;
-                    return Ok(());
-                }
-                match self.feed.as_mut() {
-                    None => {
-                        let cursor = match parse_cursor(cursor.as_deref()) {
-                            Ok(c) => c,
-                            Err(e) => {
-                                self.send_error(e.code(), &e.to_string()).await;
-                                return Ok(());
-                            }
-                        };
-                        self.open_feed(topics, Start { cursor, snapshot }).await
+                let topics = match access::topics_from_message(&self.app, topics) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        self.send_error(e.code(), &e.to_string()).await;
+                        return Ok(());
                     }
-                    Some(feed) => {
-                        feed.subscription().add(&topics);
-                        self.send(ServerMessage::Subscribed { topics: &topics })
-                            .await
+                };
+                let start = if self.feed.is_none() {
+                    match parse_cursor(cursor.as_deref()) {
+                        Ok(cursor) => Start { cursor, snapshot },
+                        Err(e) => {
+                            limits::rejected(&self.app.metrics, e.code());
+                            self.send_error(e.code(), &e.to_string()).await;
+                            return Ok(());
+                        }
                     }
-                }
+                } else {
+                    Start::default()
+                };
+                self.subscribe(topics, start).await
             }
             ClientMessage::Unsubscribe { topics } => {
                 if let Some(feed) = self.feed.as_mut() {
@@ -264,6 +427,42 @@ impl Session {
                 }
                 self.send(ServerMessage::Unsubscribed { topics: &topics })
                     .await
+            }
+        }
+    }
+
+    /// `{"type":"auth"}` sets the identity once, before any subscription:
+    /// switching identity later would leave topics authorized for the old one.
+    async fn on_auth(&mut self, token: &str) -> Result<(), Close> {
+        let Some(verifier) = &self.app.security.verifier else {
+            self.send_error(
+                "auth_unavailable",
+                "no JWT is configured on this server; every client is anonymous",
+            )
+            .await;
+            return Ok(());
+        };
+        if self.authenticated || self.feed.is_some() {
+            limits::rejected(&self.app.metrics, "auth_not_allowed");
+            self.send_error(
+                "auth_not_allowed",
+                "authenticate once, before the first subscription",
+            )
+            .await;
+            return Ok(());
+        }
+        match verifier.verify(token) {
+            Ok(identity) => {
+                self.identity = identity;
+                self.authenticated = true;
+                let sub = self.identity.sub().unwrap_or("").to_string();
+                tracing::Span::current().record("sub", sub.as_str());
+                self.send(ServerMessage::Authenticated { sub: &sub }).await
+            }
+            Err(e) => {
+                self.auth_failed(&e);
+                self.send_error("unauthorized", &e.to_string()).await;
+                Err(Close::Server(1008, "invalid token"))
             }
         }
     }

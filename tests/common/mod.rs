@@ -15,6 +15,29 @@ use tokio_postgres::{Client, NoTls};
 
 /// Generous bound for "this must arrive"; never a performance assertion.
 pub const ARRIVAL: Duration = Duration::from_secs(20);
+/// The HS256 secret of the authentication tests.
+pub const SECRET: &str = "rowcast-test-secret";
+
+/// A valid one-hour token signed with `SECRET`.
+pub fn token(sub: &str, role: &str) -> String {
+    rowcast::auth::mint_hs256(SECRET, sub, role, Duration::from_secs(3600), None, None)
+        .expect("mint token")
+}
+
+/// Counts panics anywhere in this test process (server tasks included, whose
+/// panics would otherwise only end their own task), keeping the default report.
+pub fn panic_counter() -> &'static std::sync::atomic::AtomicUsize {
+    static PANICS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            PANICS.fetch_add(1, Ordering::SeqCst);
+            default(info);
+        }));
+    });
+    &PANICS
+}
 
 static CLUSTER: OnceLock<EmbeddedPg> = OnceLock::new();
 static DB_SEQ: AtomicU32 = AtomicU32::new(0);
@@ -33,8 +56,26 @@ pub async fn connect(url: &str) -> Client {
     client
 }
 
-/// A new database with rowcast's schema and the market schema installed.
+/// A new database with rowcast's schema and the market schema installed, with
+/// an allow-all `rowcast.authorize`: the pipeline tests subscribe to order and
+/// custom topics anonymously and test delivery, not policy. Policy tests use
+/// `fresh_market_db()`.
 pub async fn fresh_db() -> String {
+    let url = fresh_market_db().await;
+    connect(&url)
+        .await
+        .batch_execute(
+            "CREATE OR REPLACE FUNCTION rowcast.authorize(claims jsonb, topic text)
+             RETURNS boolean LANGUAGE sql STABLE AS $$ SELECT true $$",
+        )
+        .await
+        .expect("allow-all policy");
+    url
+}
+
+/// A new database with rowcast's schema, the market schema and the market's
+/// topic policy, exactly as `rowcast migrate --market` leaves it.
+pub async fn fresh_market_db() -> String {
     let pg = tokio::task::spawn_blocking(cluster).await.expect("cluster");
     let name = format!(
         "t_{}_{}",
@@ -143,10 +184,39 @@ pub struct WsClient {
 
 impl WsClient {
     pub async fn connect(base: &str, query: &str) -> WsClient {
-        let url = format!("{}/v1/ws?{query}", base.replacen("http://", "ws://", 1));
-        let (ws, _) = tokio_tungstenite::connect_async(&url)
+        WsClient::connect_with(base, query, &[])
             .await
-            .expect("ws connect");
+            .expect("ws connect")
+    }
+
+    /// Connects with extra request headers; an HTTP refusal is `Err((status, body))`.
+    pub async fn connect_with(
+        base: &str,
+        query: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<WsClient, (u16, String)> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        use tokio_tungstenite::tungstenite::Error as WsError;
+        let url = format!("{}/v1/ws?{query}", base.replacen("http://", "ws://", 1));
+        let mut req = url.into_client_request().expect("ws request");
+        for (k, v) in headers {
+            req.headers_mut().insert(
+                reqwest::header::HeaderName::from_bytes(k.as_bytes()).expect("header name"),
+                v.parse().expect("header value"),
+            );
+        }
+        let ws = match tokio_tungstenite::connect_async(req).await {
+            Ok((ws, _)) => ws,
+            Err(WsError::Http(r)) => {
+                let body = r
+                    .body()
+                    .as_ref()
+                    .map(|b| String::from_utf8_lossy(b).into_owned())
+                    .unwrap_or_default();
+                return Err((r.status().as_u16(), body));
+            }
+            Err(e) => panic!("ws connect: {e}"),
+        };
         let (tx, mut read) = ws.split();
         let (etx, rx) = mpsc::unbounded_channel();
         tokio::spawn(async move {
@@ -180,7 +250,7 @@ impl WsClient {
             }
             let _ = etx.send(Msg::Closed("eof".into()));
         });
-        WsClient { tx, rx }
+        Ok(WsClient { tx, rx })
     }
 
     pub async fn send(&mut self, v: Value) {
@@ -242,9 +312,17 @@ impl Drop for SseClient {
 
 impl SseClient {
     pub async fn connect(base: &str, query: &str, last_event_id: Option<&str>) -> SseClient {
+        match last_event_id {
+            Some(id) => SseClient::connect_with(base, query, &[("Last-Event-ID", id)]).await,
+            None => SseClient::connect_with(base, query, &[]).await,
+        }
+    }
+
+    /// Connects with extra request headers; the answer must be a stream (2xx).
+    pub async fn connect_with(base: &str, query: &str, headers: &[(&str, &str)]) -> SseClient {
         let mut req = reqwest::Client::new().get(format!("{base}/v1/events?{query}"));
-        if let Some(id) = last_event_id {
-            req = req.header("Last-Event-ID", id);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
         }
         let resp = req.send().await.expect("sse connect");
         assert!(resp.status().is_success(), "sse status {}", resp.status());
@@ -291,11 +369,16 @@ impl SseClient {
 
 /// One poll request: returns (status, body).
 pub async fn poll_raw(base: &str, query: &str) -> (u16, Value) {
-    let r = reqwest::Client::new()
-        .get(format!("{base}/v1/poll?{query}"))
-        .send()
-        .await
-        .expect("poll");
+    get_json(base, &format!("/v1/poll?{query}"), &[]).await
+}
+
+/// A GET with headers: (status, JSON body, or the text as a JSON string).
+pub async fn get_json(base: &str, path: &str, headers: &[(&str, &str)]) -> (u16, Value) {
+    let mut req = reqwest::Client::new().get(format!("{base}{path}"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let r = req.send().await.expect("http get");
     let status = r.status().as_u16();
     let text = r.text().await.expect("poll body");
     (
@@ -309,18 +392,36 @@ pub struct Poller {
     pub base: String,
     pub topics: String,
     pub cursor: Option<String>,
+    /// Sent as `Authorization: Bearer`.
+    pub token: Option<String>,
 }
 
 impl Poller {
     /// Starts from the server's current position.
     pub async fn start(base: &str, topics: &str) -> Poller {
-        let (status, v) = poll_raw(base, &format!("topics={topics}")).await;
-        assert_eq!(status, 200, "{v}");
-        Poller {
+        Poller::start_with_token(base, topics, None).await
+    }
+
+    pub async fn start_with_token(base: &str, topics: &str, token: Option<String>) -> Poller {
+        let mut p = Poller {
             base: base.to_string(),
             topics: topics.to_string(),
-            cursor: v["cursor"].as_str().map(str::to_string),
-        }
+            cursor: None,
+            token,
+        };
+        let (status, v) = p.request(&format!("topics={topics}")).await;
+        assert_eq!(status, 200, "{v}");
+        p.cursor = v["cursor"].as_str().map(str::to_string);
+        p
+    }
+
+    async fn request(&self, query: &str) -> (u16, Value) {
+        let bearer = self.token.as_ref().map(|t| format!("Bearer {t}"));
+        let headers: Vec<(&str, &str)> = bearer
+            .iter()
+            .map(|b| ("Authorization", b.as_str()))
+            .collect();
+        get_json(&self.base, &format!("/v1/poll?{query}"), &headers).await
     }
 
     /// One long poll (`wait` seconds); returns its events and advances the cursor.
@@ -329,7 +430,7 @@ impl Poller {
         if let Some(c) = &self.cursor {
             q.push_str(&format!("&cursor={c}"));
         }
-        let (status, v) = poll_raw(&self.base, &q).await;
+        let (status, v) = self.request(&q).await;
         assert_eq!(status, 200, "{v}");
         self.cursor = v["cursor"].as_str().map(str::to_string);
         v["events"]

@@ -1,0 +1,460 @@
+//! Who a client is (JWT) and what it may see (`rowcast.authorize`, in SQL).
+//!
+//! Authentication is deliberately small: one verification key, one algorithm.
+//! Pinning the algorithm to the key's type is what defeats algorithm confusion
+//! (an HS256 token "signed" with an RSA public key) and `alg: none`.
+//!
+//! Authorization lives in the database next to the data it protects, so the rule
+//! "a customer sees their own orders" is a join against `market.orders`, not a
+//! copy of ownership data in rowcast. rowcast asks `rowcast.authorize(claims,
+//! topic)` for every topic of every subscribe, on every transport, and caches
+//! the answer for a few seconds per exact claims set (never per user id alone,
+//! so a token with another role or issuer never reuses a decision).
+
+use deadpool_postgres::Pool;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde_json::{Map, Value};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use thiserror::Error;
+
+/// How long after a token's `exp` (or before its `nbf`) it is still accepted,
+/// to absorb clock skew between the issuer and rowcast.
+pub const LEEWAY_SECS: u64 = 30;
+/// Longest token looked at; anything longer is rejected before parsing.
+pub const MAX_TOKEN_LEN: usize = 8 * 1024;
+/// Cached decisions kept at most; the cache is cleared when it grows past this,
+/// so a flood of distinct claims costs database queries, never memory.
+const MAX_CACHED: usize = 100_000;
+
+/// JWT settings as given on the command line.
+#[derive(Clone, Debug, Default)]
+pub struct JwtSettings {
+    /// HS256 shared secret.
+    pub secret: Option<String>,
+    /// RS256 or ES256 public key, PEM text.
+    pub public_key_pem: Option<String>,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+}
+
+impl JwtSettings {
+    pub fn configured(&self) -> bool {
+        self.secret.is_some() || self.public_key_pem.is_some()
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum AuthError {
+    #[error("token is too long")]
+    TooLong,
+    #[error("token is malformed")]
+    Malformed,
+    #[error("token has expired")]
+    Expired,
+    #[error("token is not valid yet")]
+    NotYetValid,
+    #[error("token signature does not verify")]
+    BadSignature,
+    #[error("token algorithm is not accepted")]
+    BadAlgorithm,
+    #[error("token issuer or audience does not match")]
+    WrongIssuerOrAudience,
+    #[error("token claims are missing or malformed: {0}")]
+    BadClaims(String),
+    #[error("no token was presented in time")]
+    Timeout,
+}
+
+impl AuthError {
+    /// Label of `rowcast_auth_failures_total{reason}`, and the `reason` clients see.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AuthError::TooLong | AuthError::Malformed => "malformed",
+            AuthError::Expired => "expired",
+            AuthError::NotYetValid => "not_yet_valid",
+            AuthError::BadSignature => "bad_signature",
+            AuthError::BadAlgorithm => "bad_algorithm",
+            AuthError::WrongIssuerOrAudience => "wrong_issuer_or_audience",
+            AuthError::BadClaims(_) => "bad_claims",
+            AuthError::Timeout => "timeout",
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum KeyError {
+    #[error("--jwt-secret and --jwt-public-key are mutually exclusive")]
+    Both,
+    #[error("the JWT secret is empty")]
+    EmptySecret,
+    #[error("the public key is neither an RSA nor a P-256 EC public key in PEM form")]
+    BadPem,
+    #[error("no JWT secret is configured (--jwt-secret / ROWCAST_JWT_SECRET)")]
+    NoSecret,
+    #[error("signing failed: {0}")]
+    Signing(String),
+}
+
+/// A verified identity. Anonymous clients have an empty claims object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    /// The token's claims, passed verbatim to `rowcast.authorize` as jsonb.
+    pub claims: Arc<Map<String, Value>>,
+    /// Canonical JSON of `claims`: the cache key and the SQL argument.
+    pub claims_json: Arc<str>,
+    /// Unix seconds after which the identity is no longer valid (`exp` + leeway).
+    pub expires_at: Option<u64>,
+}
+
+impl Identity {
+    pub fn anonymous() -> Identity {
+        Identity {
+            claims: Arc::new(Map::new()),
+            claims_json: Arc::from("{}"),
+            expires_at: None,
+        }
+    }
+
+    pub fn is_anonymous(&self) -> bool {
+        self.claims.is_empty()
+    }
+
+    pub fn sub(&self) -> Option<&str> {
+        self.claims.get("sub").and_then(Value::as_str)
+    }
+
+    /// Time left before the token expires, if it does.
+    pub fn remaining(&self) -> Option<Duration> {
+        self.expires_at
+            .map(|t| Duration::from_secs(t.saturating_sub(now_secs())))
+    }
+}
+
+/// Verifies tokens with the one configured key.
+pub struct Verifier {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+impl Verifier {
+    /// `None` when no JWT is configured: every client is anonymous.
+    pub fn new(s: &JwtSettings) -> Result<Option<Verifier>, KeyError> {
+        let (key, alg) = match (&s.secret, &s.public_key_pem) {
+            (Some(_), Some(_)) => return Err(KeyError::Both),
+            (None, None) => return Ok(None),
+            (Some(secret), None) => {
+                if secret.is_empty() {
+                    return Err(KeyError::EmptySecret);
+                }
+                (
+                    DecodingKey::from_secret(secret.as_bytes()),
+                    Algorithm::HS256,
+                )
+            }
+            (None, Some(pem)) => {
+                if let Ok(k) = DecodingKey::from_rsa_pem(pem.as_bytes()) {
+                    (k, Algorithm::RS256)
+                } else if let Ok(k) = DecodingKey::from_ec_pem(pem.as_bytes()) {
+                    (k, Algorithm::ES256)
+                } else {
+                    return Err(KeyError::BadPem);
+                }
+            }
+        };
+        let mut validation = Validation::new(alg);
+        validation.algorithms = vec![alg];
+        validation.leeway = LEEWAY_SECS;
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        validation.set_required_spec_claims(&["exp"]);
+        match &s.issuer {
+            Some(iss) => validation.set_issuer(&[iss]),
+            None => validation.iss = None,
+        }
+        match &s.audience {
+            Some(aud) => validation.set_audience(&[aud]),
+            None => validation.validate_aud = false,
+        }
+        Ok(Some(Verifier { key, validation }))
+    }
+
+    pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        let token = token.trim();
+        if token.len() > MAX_TOKEN_LEN {
+            return Err(AuthError::TooLong);
+        }
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &self.key, &self.validation)
+            .map_err(|e| match e.kind() {
+            ErrorKind::ExpiredSignature => AuthError::Expired,
+            ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+            ErrorKind::InvalidSignature => AuthError::BadSignature,
+            ErrorKind::InvalidAlgorithm
+            | ErrorKind::InvalidAlgorithmName
+            | ErrorKind::MissingAlgorithm => AuthError::BadAlgorithm,
+            ErrorKind::InvalidIssuer | ErrorKind::InvalidAudience => {
+                AuthError::WrongIssuerOrAudience
+            }
+            ErrorKind::MissingRequiredClaim(c) => AuthError::BadClaims(format!("missing {c}")),
+            ErrorKind::InvalidClaimFormat(c) => AuthError::BadClaims(format!("bad {c}")),
+            _ => AuthError::Malformed,
+        })?;
+        let claims = data.claims;
+        match claims.get("sub") {
+            Some(Value::String(s)) if !s.is_empty() => {}
+            _ => {
+                return Err(AuthError::BadClaims(
+                    "sub must be a non-empty string".into(),
+                ))
+            }
+        }
+        match claims.get("role") {
+            None => {}
+            Some(Value::String(r)) if ["customer", "farmer", "admin"].contains(&r.as_str()) => {}
+            Some(_) => {
+                return Err(AuthError::BadClaims(
+                    "role must be customer, farmer or admin".into(),
+                ))
+            }
+        }
+        let expires_at = claims
+            .get("exp")
+            .and_then(Value::as_u64)
+            .map(|e| e.saturating_add(LEEWAY_SECS));
+        // serde_json's Map is a BTreeMap: the serialization is canonical
+        let claims_json: Arc<str> = Arc::from(Value::Object(claims.clone()).to_string());
+        Ok(Identity {
+            claims: Arc::new(claims),
+            claims_json,
+            expires_at,
+        })
+    }
+}
+
+/// Mints an HS256 token for development (`rowcast token`) and tests.
+pub fn mint_hs256(
+    secret: &str,
+    sub: &str,
+    role: &str,
+    ttl: Duration,
+    issuer: Option<&str>,
+    audience: Option<&str>,
+) -> Result<String, KeyError> {
+    if secret.is_empty() {
+        return Err(KeyError::NoSecret);
+    }
+    let now = now_secs();
+    let mut claims = Map::new();
+    claims.insert("sub".into(), Value::from(sub));
+    claims.insert("role".into(), Value::from(role));
+    claims.insert("iat".into(), Value::from(now));
+    claims.insert("exp".into(), Value::from(now + ttl.as_secs()));
+    if let Some(i) = issuer {
+        claims.insert("iss".into(), Value::from(i));
+    }
+    if let Some(a) = audience {
+        claims.insert("aud".into(), Value::from(a));
+    }
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .map_err(|e| KeyError::Signing(e.to_string()))
+}
+
+/// Parses `90`, `90s`, `15m`, `1h`, `7d`.
+pub fn parse_ttl(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = num.parse().ok()?;
+    let mult = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return None,
+    };
+    n.checked_mul(mult).map(Duration::from_secs)
+}
+
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[derive(Debug, Error)]
+pub enum AuthzError {
+    #[error("authorization query failed: {0}")]
+    Db(#[from] crate::error::Error),
+}
+
+impl From<tokio_postgres::Error> for AuthzError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        AuthzError::Db(e.into())
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for AuthzError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        AuthzError::Db(e.into())
+    }
+}
+
+/// (claims JSON, topic) → (allowed, when decided).
+type Decisions = HashMap<(Arc<str>, String), (bool, Instant)>;
+
+/// Asks `rowcast.authorize` and remembers its answers briefly.
+pub struct Authorizer {
+    ttl: Duration,
+    cache: Mutex<Decisions>,
+}
+
+impl Authorizer {
+    /// `ttl` zero disables caching.
+    pub fn new(ttl: Duration) -> Authorizer {
+        Authorizer {
+            ttl,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Splits `topics` into (allowed, denied), both in request order. A NULL
+    /// answer, like any answer other than true, denies: the function fails closed.
+    pub async fn check(
+        &self,
+        pool: &Pool,
+        who: &Identity,
+        topics: &[String],
+    ) -> Result<(Vec<String>, Vec<String>), AuthzError> {
+        let mut decided: HashMap<&str, bool> = HashMap::with_capacity(topics.len());
+        let mut ask: Vec<&str> = Vec::new();
+        if !self.ttl.is_zero() {
+            let cache = self.lock();
+            let now = Instant::now();
+            for t in topics {
+                match cache.get(&(who.claims_json.clone(), t.clone())) {
+                    Some((ok, at)) if now.duration_since(*at) < self.ttl => {
+                        decided.insert(t, *ok);
+                    }
+                    _ => ask.push(t),
+                }
+            }
+        } else {
+            ask.extend(topics.iter().map(String::as_str));
+        }
+        if !ask.is_empty() {
+            let client = pool.get().await?;
+            let stmt = client
+                .prepare_cached(
+                    "SELECT t, coalesce(rowcast.authorize($1::text::jsonb, t), false)
+                       FROM unnest($2::text[]) AS t",
+                )
+                .await?;
+            let rows = client.query(&stmt, &[&&*who.claims_json, &ask]).await?;
+            let mut answers = Vec::with_capacity(rows.len());
+            for row in rows {
+                let t: String = row.try_get(0)?;
+                let ok: bool = row.try_get(1)?;
+                answers.push((t, ok));
+            }
+            let now = Instant::now();
+            let mut cache = (!self.ttl.is_zero()).then(|| self.lock());
+            if let Some(c) = cache.as_mut() {
+                if c.len() + answers.len() > MAX_CACHED {
+                    c.clear();
+                }
+            }
+            for (t, ok) in answers {
+                if let Some(k) = topics.iter().find(|x| **x == t) {
+                    decided.insert(k, ok);
+                }
+                if let Some(c) = cache.as_mut() {
+                    c.insert((who.claims_json.clone(), t), (ok, now));
+                }
+            }
+        }
+        let mut allowed = Vec::new();
+        let mut denied = Vec::new();
+        for t in topics {
+            if decided.get(t.as_str()).copied().unwrap_or(false) {
+                allowed.push(t.clone());
+            } else {
+                denied.push(t.clone());
+            }
+        }
+        Ok((allowed, denied))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Decisions> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The token a request carries: `Authorization: Bearer <t>`, else `?token=<t>`.
+/// `Some(Err)` when an Authorization header is present but not a bearer token.
+pub fn request_token<'a>(
+    headers: &'a axum::http::HeaderMap,
+    query_token: Option<&'a str>,
+) -> Option<Result<&'a str, AuthError>> {
+    if let Some(h) = headers.get(axum::http::header::AUTHORIZATION) {
+        let Ok(h) = h.to_str() else {
+            return Some(Err(AuthError::Malformed));
+        };
+        let mut parts = h.trim().splitn(2, ' ');
+        let scheme = parts.next().unwrap_or("");
+        let token = parts.next().unwrap_or("").trim();
+        if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
+            return Some(Err(AuthError::Malformed));
+        }
+        return Some(Ok(token));
+    }
+    query_token.filter(|t| !t.is_empty()).map(Ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn verifier(secret: &str) -> Verifier {
+        Verifier::new(&JwtSettings {
+            secret: Some(secret.into()),
+            ..Default::default()
+        })
+        .unwrap()
+        .unwrap()
+    }
+
+    #[test]
+    fn round_trip_and_rejections() {
+        let v = verifier("s3cret");
+        let t = mint_hs256(
+            "s3cret",
+            "42",
+            "customer",
+            Duration::from_secs(60),
+            None,
+            None,
+        )
+        .unwrap();
+        let id = v.verify(&t).unwrap();
+        assert_eq!(id.sub(), Some("42"));
+        let forged =
+            mint_hs256("other", "42", "admin", Duration::from_secs(60), None, None).unwrap();
+        assert_eq!(v.verify(&forged).unwrap_err().reason(), "bad_signature");
+        assert_eq!(v.verify("abc").unwrap_err().reason(), "malformed");
+        // alg none: header {"alg":"none","typ":"JWT"}
+        let none = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiI0MiIsImV4cCI6OTk5OTk5OTk5OX0.";
+        assert!(v.verify(none).is_err());
+        assert_eq!(parse_ttl("1h"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_ttl("90"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_ttl("1y"), None);
+    }
+}

@@ -1,0 +1,269 @@
+//! Bounds on what one client may cost: connections, topics, message size and
+//! rate, and which web origins may connect. Every limit answers with a defined
+//! error (README, "Security") instead of degrading service for other clients.
+
+use crate::metrics::Metrics;
+use axum::http::{HeaderMap, HeaderValue};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::time::Instant;
+
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Topics one connection (or one SSE / poll request) may subscribe to.
+    pub max_topics: usize,
+    /// Longest topic name, bytes.
+    pub max_topic_len: usize,
+    /// Largest WebSocket message from a client, bytes (close 1009 above it).
+    pub max_frame: usize,
+    /// Sustained WebSocket messages per second from one client (close 1008 above it);
+    /// bursts up to the same number are tolerated.
+    pub max_msgs_per_sec: u32,
+    /// Open WebSocket, SSE and polling requests, in total and per client IP.
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    /// An unauthenticated WebSocket must send its first message within this time
+    /// when JWT authentication is configured.
+    pub auth_timeout: Duration,
+    /// The whole request head must arrive within this time (slowloris).
+    pub header_read_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_topics: 100,
+            max_topic_len: crate::protocol::MAX_TOPIC_LEN,
+            max_frame: 64 * 1024,
+            max_msgs_per_sec: 20,
+            max_connections: 10_000,
+            max_connections_per_ip: 256,
+            auth_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why a connection was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnRefused {
+    Total,
+    PerIp,
+}
+
+/// Counts open connections; a `ConnGuard` gives its slot back when dropped, so a
+/// connection that ends in any way (error, panic, client gone) cannot leak one.
+pub struct ConnLimiter {
+    max_total: usize,
+    max_per_ip: usize,
+    state: Mutex<(usize, HashMap<IpAddr, usize>)>,
+}
+
+pub struct ConnGuard {
+    limiter: Arc<ConnLimiter>,
+    ip: IpAddr,
+}
+
+impl ConnLimiter {
+    pub fn new(max_total: usize, max_per_ip: usize) -> Arc<ConnLimiter> {
+        Arc::new(ConnLimiter {
+            max_total,
+            max_per_ip,
+            state: Mutex::new((0, HashMap::new())),
+        })
+    }
+
+    pub fn acquire(self: &Arc<Self>, ip: IpAddr) -> Result<ConnGuard, ConnRefused> {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if st.0 >= self.max_total {
+            return Err(ConnRefused::Total);
+        }
+        let n = st.1.entry(ip).or_insert(0);
+        if *n >= self.max_per_ip {
+            return Err(ConnRefused::PerIp);
+        }
+        *n += 1;
+        st.0 += 1;
+        Ok(ConnGuard {
+            limiter: self.clone(),
+            ip,
+        })
+    }
+
+    pub fn open(&self) -> usize {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).0
+    }
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        let mut st = self.limiter.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.0 = st.0.saturating_sub(1);
+        if let Some(n) = st.1.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                st.1.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Token bucket: `rate` per second, bursts of `rate`.
+pub struct RateLimiter {
+    rate: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl RateLimiter {
+    pub fn new(per_sec: u32) -> RateLimiter {
+        let rate = f64::from(per_sec.max(1));
+        RateLimiter {
+            rate,
+            tokens: rate,
+            at: Instant::now(),
+        }
+    }
+
+    /// Takes one token; false when the client is over its rate.
+    pub fn allow(&mut self) -> bool {
+        let now = Instant::now();
+        let dt = now.duration_since(self.at).as_secs_f64();
+        self.at = now;
+        self.tokens = (self.tokens + dt * self.rate).min(self.rate);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Which `Origin`s may use the API. Browsers send `Origin` on WebSocket
+/// upgrades and cross-origin requests; without this check any web page could
+/// open a socket with the visitor's cookies or reach an intranet rowcast.
+#[derive(Clone, Debug, Default)]
+pub struct Origins {
+    /// Empty: same origin only. Entries: `*`, an exact origin
+    /// (`https://shop.example`), or an origin with any port (`http://localhost:*`).
+    pub allowed: Vec<String>,
+}
+
+impl Origins {
+    pub fn parse(list: &str) -> Origins {
+        Origins {
+            allowed: list
+                .split(',')
+                .map(|s| s.trim().trim_end_matches('/').to_ascii_lowercase())
+                .filter(|s| !s.is_empty())
+                .collect(),
+        }
+    }
+
+    /// The localhost origins `rowcast demo` allows.
+    pub fn localhost() -> Origins {
+        Origins::parse("http://localhost:*,http://127.0.0.1:*,http://[::1]:*")
+    }
+
+    /// `Ok(None)` for a request without `Origin` (not a browser, or same-origin
+    /// GET), `Ok(Some(origin))` for an allowed one, `Err` for a refused one.
+    pub fn check(&self, headers: &HeaderMap) -> Result<Option<HeaderValue>, OriginRefused> {
+        let Some(origin) = headers.get(axum::http::header::ORIGIN) else {
+            return Ok(None);
+        };
+        let o = origin
+            .to_str()
+            .map_err(|_| OriginRefused)?
+            .trim()
+            .to_ascii_lowercase();
+        let host = headers
+            .get(axum::http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_ascii_lowercase);
+        let same = host.is_some_and(|h| {
+            o.strip_prefix("http://")
+                .or_else(|| o.strip_prefix("https://"))
+                .is_some_and(|rest| rest == h)
+        });
+        if same || self.allowed.iter().any(|a| origin_matches(a, &o)) {
+            Ok(Some(origin.clone()))
+        } else {
+            Err(OriginRefused)
+        }
+    }
+}
+
+/// The request's `Origin` is neither the server's own nor an allowed one.
+#[derive(Debug, PartialEq, Eq)]
+pub struct OriginRefused;
+
+fn origin_matches(pattern: &str, origin: &str) -> bool {
+    if pattern == "*" || pattern == origin {
+        return true;
+    }
+    if let Some(prefix) = pattern.strip_suffix(":*") {
+        if origin == prefix {
+            return true;
+        }
+        if let Some(port) = origin
+            .strip_prefix(prefix)
+            .and_then(|r| r.strip_prefix(':'))
+        {
+            return !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit());
+        }
+    }
+    false
+}
+
+/// Counts a rejection in `rowcast_rejected_total{reason}`.
+pub fn rejected(metrics: &Metrics, reason: &str) {
+    metrics.rejected.with_label_values(&[reason]).inc();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins() {
+        let o = Origins::localhost();
+        assert!(origin_matches(
+            "http://localhost:*",
+            "http://localhost:3000"
+        ));
+        assert!(!origin_matches(
+            "http://localhost:*",
+            "http://localhost.evil:3000"
+        ));
+        assert!(!origin_matches(
+            "http://localhost:*",
+            "http://localhost:3000x"
+        ));
+        let mut h = HeaderMap::new();
+        h.insert("host", HeaderValue::from_static("rowcast.example:8080"));
+        assert_eq!(o.check(&h), Ok(None));
+        h.insert(
+            "origin",
+            HeaderValue::from_static("http://rowcast.example:8080"),
+        );
+        assert!(Origins::default().check(&h).is_ok());
+        h.insert("origin", HeaderValue::from_static("https://evil.example"));
+        assert!(Origins::default().check(&h).is_err());
+        h.insert("origin", HeaderValue::from_static("null"));
+        assert!(Origins::default().check(&h).is_err());
+    }
+
+    #[test]
+    fn connection_slots_come_back() {
+        let l = ConnLimiter::new(3, 2);
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let a = l.acquire(ip).unwrap();
+        let _b = l.acquire(ip).unwrap();
+        assert_eq!(l.acquire(ip).err(), Some(ConnRefused::PerIp));
+        drop(a);
+        assert!(l.acquire(ip).is_ok());
+    }
+}
