@@ -261,6 +261,12 @@ async fn chaos_every_client_gets_exactly_the_committed_changes() {
     let b_base = format!("http://127.0.0.1:{}", b.port);
     wait_ready(&b_base).await;
 
+    // Every client starts from a position taken before the first write, so
+    // "everything committed" is exactly what each must end up with.
+    let (status, v) = poll_raw(&a_base, "topics=chaos-0").await;
+    assert_eq!(status, 200, "{v}");
+    let origin = v["cursor"].as_str().expect("cursor").to_string();
+
     let start = Instant::now();
     let load_end = start + LOAD;
     let writers: Vec<_> = (0..WRITERS)
@@ -290,8 +296,12 @@ async fn chaos_every_client_gets_exactly_the_committed_changes() {
             a_base.clone()
         };
         let (target, give_up) = (target.clone(), give_up.clone());
+        let origin = origin.clone();
         clients.push(tokio::spawn(async move {
-            let mut seen = Seen::default();
+            let mut seen = Seen {
+                cursor: Some(origin),
+                ..Seen::default()
+            };
             let q = topics.join(",");
             for _ in 0..10_000 {
                 if give_up.load(Ordering::Relaxed) {
