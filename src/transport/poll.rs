@@ -105,7 +105,8 @@ async fn poll(
         ));
     }
     let mut events = Vec::new();
-    collect(&mut feed, &mut events, limit, wait).await?;
+    let mut shutdown = app.shutdown.clone();
+    collect(&mut feed, &mut events, limit, wait, &mut shutdown).await?;
     if events.len() < limit {
         feed.advance_to_hub();
     }
@@ -143,6 +144,7 @@ async fn collect(
     out: &mut Vec<(bytes::Bytes, i64)>,
     limit: usize,
     wait: Duration,
+    shutdown: &mut tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), ApiError> {
     let mut push = |d: crate::hub::Delivery| {
         if let Some(frame) = d.change.frame(d.topic) {
@@ -158,9 +160,13 @@ async fn collect(
         n += 1;
     }
     if n == 0 && !wait.is_zero() {
-        let first = match tokio::time::timeout(wait, feed.next()).await {
-            Ok(r) => r?,
-            Err(_) => None,
+        // a server shutting down answers long polls at once (with what it has)
+        let first = tokio::select! {
+            r = tokio::time::timeout(wait, feed.next()) => match r {
+                Ok(r) => r?,
+                Err(_) => None,
+            },
+            _ = shutdown.wait_for(|s| *s) => None,
         };
         if let Some(d) = first {
             push(d);
