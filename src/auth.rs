@@ -266,23 +266,6 @@ pub fn mint_hs256(
 }
 
 /// Parses `90`, `90s`, `15m`, `1h`, `7d`.
-pub fn parse_ttl(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => s.split_at(i),
-        None => (s, "s"),
-    };
-    let n: u64 = num.parse().ok()?;
-    let mult = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => return None,
-    };
-    n.checked_mul(mult).map(Duration::from_secs)
-}
-
 pub fn now_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -453,8 +436,5 @@ mod tests {
         // alg none: header {"alg":"none","typ":"JWT"}
         let none = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiI0MiIsImV4cCI6OTk5OTk5OTk5OX0.";
         assert!(v.verify(none).is_err());
-        assert_eq!(parse_ttl("1h"), Some(Duration::from_secs(3600)));
-        assert_eq!(parse_ttl("90"), Some(Duration::from_secs(90)));
-        assert_eq!(parse_ttl("1y"), None);
     }
 }

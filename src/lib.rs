@@ -10,6 +10,7 @@ pub mod auth;
 pub mod bench;
 pub mod change;
 pub mod changelog;
+pub mod config;
 pub mod cursor;
 pub mod demo;
 pub mod embedded_pg;

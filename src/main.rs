@@ -104,8 +104,8 @@ struct TokenArgs {
     #[arg(long, value_parser = ["customer", "farmer", "admin"])]
     role: String,
     /// Lifetime: 90, 90s, 15m, 1h, 7d.
-    #[arg(long, default_value = "1h")]
-    ttl: String,
+    #[arg(long, default_value = "1h", value_parser = rowcast::config::parse_duration)]
+    ttl: Duration,
     #[arg(long, env = "ROWCAST_JWT_SECRET", hide_env_values = true)]
     jwt_secret: String,
     #[arg(long, env = "ROWCAST_JWT_ISSUER")]
@@ -136,13 +136,13 @@ struct ServeArgs {
     #[arg(long, env = "ROWCAST_KEEPALIVE", default_value_t = 15)]
     keepalive: u64,
     /// Keep changes this long (e.g. 24h, 30m); older cursors get an explicit resync.
-    #[arg(long, env = "ROWCAST_RETENTION", default_value = "24h", value_parser = rowcast::retention::parse_duration)]
+    #[arg(long, env = "ROWCAST_RETENTION", default_value = "24h", value_parser = rowcast::config::parse_duration)]
     retention: Duration,
     /// Recent changes kept in memory to answer resumes and polls without the database (0: none).
     #[arg(long, env = "ROWCAST_WINDOW_CHANGES", default_value_t = 10_000)]
     window_changes: usize,
     /// Drop a client whose socket has accepted nothing for this long (e.g. 10s).
-    #[arg(long, env = "ROWCAST_WRITE_TIMEOUT", default_value = "10s", value_parser = rowcast::retention::parse_duration)]
+    #[arg(long, env = "ROWCAST_WRITE_TIMEOUT", default_value = "10s", value_parser = rowcast::config::parse_duration)]
     write_timeout: Duration,
     /// HS256 shared secret for client JWTs. Without it (or --jwt-public-key)
     /// every client is anonymous.
@@ -240,8 +240,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn token(a: TokenArgs) -> anyhow::Result<()> {
-    let ttl = rowcast::auth::parse_ttl(&a.ttl)
-        .with_context(|| format!("--ttl {:?}: use e.g. 90, 90s, 15m, 1h, 7d", a.ttl))?;
+    let ttl = a.ttl;
     let t = rowcast::auth::mint_hs256(
         &a.jwt_secret,
         &a.sub,
