@@ -180,6 +180,14 @@ pub struct WsClient {
         tokio_tungstenite::tungstenite::Message,
     >,
     pub rx: mpsc::UnboundedReceiver<Msg>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+/// Dropping a client closes its connection (the reader task holds the read half).
+impl Drop for WsClient {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
 }
 
 impl WsClient {
@@ -219,12 +227,24 @@ impl WsClient {
         };
         let (tx, mut read) = ws.split();
         let (etx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
+        // The server registers URL topics after the upgrade: a test that writes
+        // right after connecting must first know the subscription is in place.
+        let (settled_tx, settled_rx) = tokio::sync::oneshot::channel::<()>();
+        let mut settled_tx = Some(settled_tx);
+        let wait_settled = query
+            .split('&')
+            .any(|kv| kv.strip_prefix("topics=").is_some_and(|t| !t.is_empty()));
+        let reader = tokio::spawn(async move {
             use tokio_tungstenite::tungstenite::Message as M;
             while let Some(m) = read.next().await {
                 match m {
                     Ok(M::Text(t)) => {
                         let v: Value = serde_json::from_str(t.as_str()).expect("server sent JSON");
+                        if v["type"] != "event" {
+                            if let Some(s) = settled_tx.take() {
+                                let _ = s.send(());
+                            }
+                        }
                         let msg = if v["type"] == "event" {
                             Msg::Event(Ev::from_envelope(&v))
                         } else {
@@ -250,7 +270,11 @@ impl WsClient {
             }
             let _ = etx.send(Msg::Closed("eof".into()));
         });
-        Ok(WsClient { tx, rx })
+        if wait_settled {
+            // a closed connection also ends the wait (the sender is dropped)
+            let _ = tokio::time::timeout(ARRIVAL, settled_rx).await;
+        }
+        Ok(WsClient { tx, rx, reader })
     }
 
     pub async fn send(&mut self, v: Value) {
