@@ -182,6 +182,10 @@ impl Server {
             listener,
             router,
             cfg.limits.header_read_timeout,
+            // WebSockets time out their own frames first (and close with 4008);
+            // this catches the rest: SSE streams nobody reads
+            cfg.write_timeout + cfg.write_timeout / 2,
+            app.sse_metrics.slow_drops.clone(),
             shutdown_rx,
         ));
         tracing::info!(%addr, "rowcast listening");

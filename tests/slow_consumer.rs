@@ -134,3 +134,65 @@ async fn stuck_client_is_dropped_and_others_get_everything() {
     assert!(growth < RSS_GROWTH_BOUND_KIB, "RSS grew by {growth} KiB");
     drop(stuck);
 }
+
+/// SSE has no frame-level write to time out: the HTTP stack just stops polling
+/// a stream whose socket is full. The socket-level write timeout closes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stuck_sse_client_is_disconnected() {
+    use tokio::io::AsyncWriteExt;
+    let url = fresh_db().await;
+    let srv = server_with(&url, |c| c.write_timeout = Duration::from_secs(2)).await;
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let mut stuck = sock.connect(srv.addr).await.unwrap();
+    stuck
+        .write_all(
+            format!(
+                "GET /v1/events?topics=s HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n\r\n",
+                srv.addr
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let gauge = srv.app.metrics.connections.with_label_values(&["sse"]);
+    for _ in 0..200 {
+        if gauge.get() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(gauge.get(), 1, "the stuck SSE stream is open");
+    let mut normal = SseClient::connect(&srv.base_url(), "topics=s", None).await;
+    let db = connect(&url).await;
+    for chunk in 0..10i64 {
+        db.execute(
+            "SELECT rowcast.emit(ARRAY['s'], 'test.n', jsonb_build_object('n', g, 'pad', repeat('p', 1000)))
+               FROM generate_series($1::bigint, $2::bigint) g",
+            &[&(chunk * 1000 + 1), &(chunk * 1000 + 1000)],
+        )
+        .await
+        .unwrap();
+    }
+    for expect in 1..=10_000i64 {
+        assert_eq!(next_event(&mut normal.rx).await.data["n"], expect);
+    }
+    let mut closed = false;
+    for _ in 0..400 {
+        if gauge.get() == 1 {
+            closed = true; // only the normal client is left
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(closed, "the stuck SSE client was not disconnected");
+    let drops = srv
+        .app
+        .metrics
+        .slow_consumer_drops
+        .with_label_values(&["sse"])
+        .get();
+    assert_eq!(drops, 1);
+    drop(stuck);
+    srv.stop().await;
+}
