@@ -462,6 +462,7 @@ async fn run_step(
         deliveries_per_s: (ledger.total_unique() - unique0) as f64 / secs,
         latency: Latency::from_hist(&hists.from_send),
         latency_from_commit: Latency::from_hist(&hists.from_ack),
+        commit: Latency::from_hist(&hists.commit),
         server_cpu_pct,
         server_rss_bytes: srv1.map(|s| s.rss),
         loadgen_cpu_pct,

@@ -83,6 +83,8 @@ pub struct Step {
     pub latency: Latency,
     /// Commit returned to the writer → event received (lower bound).
     pub latency_from_commit: Latency,
+    /// Write sent → commit returned to the writer: PostgreSQL's (durable) commit time.
+    pub commit: Latency,
     pub server_cpu_pct: Option<f64>,
     pub server_rss_bytes: Option<u64>,
     pub loadgen_cpu_pct: f64,
@@ -236,14 +238,16 @@ impl Report {
             .iter()
             .any(|(_, l)| l.as_ref().is_some_and(|l| !l.steps.is_empty()));
         if any_steps {
-            o.push_str("| scenario | transport | conns | fan-out | writes/s (target) | deliveries/s | p50 ms | p99 ms | max ms | p99 from commit ms | lost | dup | srv CPU % | srv RSS MiB | loadgen CPU % | machine busy % | verdict |\n");
-            o.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+            o.push_str("| scenario | transport | conns | fan-out | writes/s (target) | deliveries/s | p50 ms | p99 ms | max ms | p99 from commit ms | commit p99 ms | lost | dup | srv CPU % | srv RSS MiB | loadgen CPU % | machine busy % | verdict |\n");
+            o.push_str(
+                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+            );
             for (name, load) in loads {
                 let Some(l) = load else { continue };
                 for s in &l.steps {
                     let _ = writeln!(
                         o,
-                        "| {name} | {} | {} | {} | {:.0} ({:.0}) | {:.0} | {:.2} | {:.2} | {:.1} | {:.2} | {} | {} | {} | {} | {:.0} | {:.0} | {} |",
+                        "| {name} | {} | {} | {} | {:.0} ({:.0}) | {:.0} | {:.2} | {:.2} | {:.1} | {:.2} | {:.2} | {} | {} | {} | {} | {:.0} | {:.0} | {} |",
                         l.transport,
                         l.connected,
                         l.fanout,
@@ -254,6 +258,7 @@ impl Report {
                         s.latency.p99_ms,
                         s.latency.max_ms,
                         s.latency_from_commit.p99_ms,
+                        s.commit.p99_ms,
                         s.lost,
                         s.duplicates,
                         s.server_cpu_pct.map_or("-".into(), |c| format!("{c:.0}")),
