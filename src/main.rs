@@ -77,8 +77,11 @@ struct BenchArgs {
     #[arg(long, default_value_t = 4)]
     writers: usize,
     /// Seconds per write-path measurement.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 5)]
     write_path_seconds: u64,
+    /// Interleaved rounds of the write-path variants; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    write_path_rounds: usize,
     /// A running rowcast server (http://127.0.0.1:PORT) instead of starting one.
     #[arg(long, requires = "database_url")]
     url: Option<String>,
@@ -243,6 +246,7 @@ async fn bench(a: BenchArgs) -> anyhow::Result<()> {
         duration: a.duration.map(Duration::from_secs),
         writers: a.writers,
         write_path_duration: Duration::from_secs(a.write_path_seconds.max(1)),
+        write_path_rounds: a.write_path_rounds.max(1),
         target,
         command: std::env::args().collect(),
     };

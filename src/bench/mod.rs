@@ -86,6 +86,8 @@ pub struct BenchOptions {
     pub duration: Option<Duration>,
     pub writers: usize,
     pub write_path_duration: Duration,
+    /// Interleaved rounds per write-path variant (the median is reported).
+    pub write_path_rounds: usize,
     pub target: TargetSpec,
     /// Recorded in the report (the command line that produced it).
     pub command: Vec<String>,
@@ -166,7 +168,7 @@ pub async fn run(opts: BenchOptions) -> Result<Report, BenchError> {
     let need_fds = plans.iter().map(|(_, p)| p.connections).max().unwrap_or(0) + 256;
     if (nofile as usize) < need_fds {
         return Err(BenchError::Config(format!(
-            "RLIMIT_NOFILE is {nofile}, {need_fds} needed; raise the hard limit (ulimit -Hn)"
+            "RLIMIT_NOFILE is {nofile}, {need_fds} needed; raise the hard limit (ulimit -Hn; raising it needs CAP_SYS_RESOURCE)"
         )));
     }
     let products = plans
@@ -213,6 +215,7 @@ pub async fn run(opts: BenchOptions) -> Result<Report, BenchError> {
                     products,
                     &[1, 16],
                     opts.write_path_duration,
+                    opts.write_path_rounds,
                 )
                 .await?,
             );
