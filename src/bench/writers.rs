@@ -36,8 +36,11 @@ impl Writers {
         let mut conns = Vec::with_capacity(n);
         for _ in 0..n.max(1) {
             let c = connect(url).await?;
-            c.batch_execute("SET application_name = 'rowcast-bench-writer'")
-                .await?;
+            // a stuck statement must not stall the bench past its deadlines
+            c.batch_execute(
+                "SET application_name = 'rowcast-bench-writer'; SET statement_timeout = '10s'",
+            )
+            .await?;
             let stmt = c.prepare(sql).await?;
             conns.push((c, stmt));
         }
