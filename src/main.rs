@@ -67,15 +67,15 @@ struct BenchArgs {
     /// Writes (changes) per second for the latency scenario (default 100).
     #[arg(long)]
     rate: Option<f64>,
-    /// Throughput ramp, writes/s per step, comma-separated (default 250,...,8000).
+    /// Throughput ramp, writes/s per step, comma-separated (default 250,...,4000).
     #[arg(long, value_delimiter = ',')]
     rates: Option<Vec<f64>>,
     /// Seconds of writing per latency run / throughput step (default 60 / 10).
     #[arg(long)]
     duration: Option<u64>,
-    /// Writer connections issuing the paced UPDATEs.
-    #[arg(long, default_value_t = 4)]
-    writers: usize,
+    /// Writer connections issuing the paced UPDATEs (default 4; 16 for throughput).
+    #[arg(long)]
+    writers: Option<usize>,
     /// Seconds per write-path measurement.
     #[arg(long, default_value_t = 5)]
     write_path_seconds: u64,

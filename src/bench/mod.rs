@@ -84,7 +84,9 @@ pub struct BenchOptions {
     /// Throughput ramp (writes/s per step).
     pub rates: Option<Vec<f64>>,
     pub duration: Option<Duration>,
-    pub writers: usize,
+    /// Writer connections (default: 4 for latency, 16 for throughput, where
+    /// durable commits of ~1-5 ms each would otherwise cap the write rate).
+    pub writers: Option<usize>,
     pub write_path_duration: Duration,
     /// Interleaved rounds per write-path variant (the median is reported).
     pub write_path_rounds: usize,
@@ -94,7 +96,9 @@ pub struct BenchOptions {
 }
 
 pub const MAX_CONNECTIONS: usize = 50_000;
-const DEFAULT_RAMP: &[f64] = &[250.0, 500.0, 1000.0, 2000.0, 3000.0, 4000.0, 6000.0, 8000.0];
+const DEFAULT_RAMP: &[f64] = &[
+    250.0, 500.0, 1000.0, 1250.0, 1500.0, 1750.0, 2000.0, 2500.0, 3000.0, 4000.0,
+];
 /// p99 bar of a passing throughput step.
 const THROUGHPUT_P99_MS: f64 = 100.0;
 /// After the writers stop, deliveries must finish within this (else: lost).
@@ -158,7 +162,10 @@ pub async fn run(opts: BenchOptions) -> Result<Report, BenchError> {
             connections: conns(n),
             fanout: opts.fanout.unwrap_or(f).max(1),
             per_conn,
-            writers: opts.writers.max(1),
+            writers: opts
+                .writers
+                .unwrap_or(if s == Scenario::Throughput { 16 } else { 4 })
+                .max(1),
             steps,
             ramp,
         };

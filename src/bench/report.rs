@@ -273,6 +273,20 @@ impl Report {
         }
         for (name, load) in loads {
             let Some(l) = load else { continue };
+            let _ = writeln!(
+                o,
+                "{name}: {} of {} {} connections up in {:.1} s ({} failed); {} topics, {} per connection, {} writers",
+                l.connected,
+                l.connections,
+                l.transport,
+                l.connect_seconds,
+                l.failed_connections,
+                l.topics,
+                l.topics_per_connection,
+                l.writers
+            );
+        }
+        if let Some(l) = &self.idle {
             if let (Some(before), Some(after), Some(per)) = (
                 l.server_rss_before_bytes,
                 l.server_rss_connected_bytes,
@@ -280,13 +294,11 @@ impl Report {
             ) {
                 let _ = writeln!(
                     o,
-                    "{name}: {} {} connections ({} failed) in {:.1} s; server RSS {:.1} → {:.1} MiB = {:.2} KiB per connection",
-                    l.connected,
-                    l.transport,
-                    l.failed_connections,
-                    l.connect_seconds,
+                    "idle: server RSS {:.1} MiB before, {:.1} MiB with {} idle {} connections = {:.2} KiB per connection",
                     mib(before),
                     mib(after),
+                    l.connected,
+                    l.transport,
                     per / 1024.0
                 );
             }
