@@ -85,7 +85,8 @@ struct BenchArgs {
     /// A running rowcast server (http://127.0.0.1:PORT) instead of starting one.
     #[arg(long, requires = "database_url")]
     url: Option<String>,
-    /// The database that server reads (required with --url).
+    /// The database that server reads (required with --url). Use a throwaway one:
+    /// the bench installs the market schema, writes products and toggles their triggers.
     #[arg(long, requires = "url")]
     database_url: Option<String>,
     /// The running server's pid, to report its CPU and RSS.
