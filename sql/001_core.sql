@@ -71,19 +71,17 @@ $$;
 -- The one primitive: any trigger, function or app SQL calls it.
 CREATE FUNCTION rowcast.emit(topics text[], event text, payload jsonb) RETURNS void
 LANGUAGE plpgsql AS $$
-DECLARE
-    me text;
 BEGIN
     IF topics IS NULL OR cardinality(topics) = 0 THEN
         RAISE EXCEPTION 'rowcast.emit: at least one topic is required';
     END IF;
     INSERT INTO rowcast.changes (topics, event, payload) VALUES (topics, event, payload);
-    -- ring at most once per transaction
-    me := pg_current_xact_id()::text;
-    IF current_setting('rowcast.rung', true) IS DISTINCT FROM me THEN
-        PERFORM set_config('rowcast.rung', me, true);
-        PERFORM rowcast.ring();
-    END IF;
+    -- Every emit asks; a transaction still rings at most once in effect: after the
+    -- first call the flag reads false (its own UPDATE is visible to it), the shared
+    -- advisory lock is already held (a local re-grant), and PostgreSQL folds
+    -- identical NOTIFYs of one transaction into one. A per-transaction guard in a
+    -- GUC (set_config/current_setting) cost more than it saved on one-row writes.
+    PERFORM rowcast.ring();
 END
 $$;
 

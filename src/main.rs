@@ -69,22 +69,26 @@ struct BenchArgs {
     /// Writes (changes) per second for the latency scenario (default 100).
     #[arg(long)]
     rate: Option<f64>,
-    /// Throughput ramp, writes/s per step, comma-separated (default 250,...,8000).
+    /// Throughput ramp, writes/s per step, comma-separated (default 250,...,4000).
     #[arg(long, value_delimiter = ',')]
     rates: Option<Vec<f64>>,
     /// Seconds of writing per latency run / throughput step (default 60 / 10).
     #[arg(long)]
     duration: Option<u64>,
-    /// Writer connections issuing the paced UPDATEs.
-    #[arg(long, default_value_t = 4)]
-    writers: usize,
+    /// Writer connections issuing the paced UPDATEs (default 4; 16 for throughput).
+    #[arg(long)]
+    writers: Option<usize>,
     /// Seconds per write-path measurement.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 5)]
     write_path_seconds: u64,
+    /// Interleaved rounds of the write-path variants; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    write_path_rounds: usize,
     /// A running rowcast server (http://127.0.0.1:PORT) instead of starting one.
     #[arg(long, requires = "database_url")]
     url: Option<String>,
-    /// The database that server reads (required with --url).
+    /// The database that server reads (required with --url). Use a throwaway one:
+    /// the bench installs the market schema, writes products and toggles their triggers.
     #[arg(long, requires = "url")]
     database_url: Option<String>,
     /// The running server's pid, to report its CPU and RSS.
@@ -364,6 +368,7 @@ async fn bench(a: BenchArgs) -> anyhow::Result<()> {
         duration: a.duration.map(Duration::from_secs),
         writers: a.writers,
         write_path_duration: Duration::from_secs(a.write_path_seconds.max(1)),
+        write_path_rounds: a.write_path_rounds.max(1),
         target,
         command: std::env::args().collect(),
     };

@@ -41,6 +41,8 @@ const MAX_US: u64 = 120_000_000;
 pub struct Hists {
     pub from_send: Histogram<u64>,
     pub from_ack: Histogram<u64>,
+    /// Write sent → commit returned (the writers' side).
+    pub commit: Histogram<u64>,
 }
 
 impl Hists {
@@ -52,6 +54,7 @@ impl Hists {
         Ok(Hists {
             from_send: h()?,
             from_ack: h()?,
+            commit: h()?,
         })
     }
 }
@@ -72,6 +75,8 @@ pub struct Ledger {
     pub unexpected: AtomicU64,
     pub disconnects: AtomicU64,
     hists: Vec<Mutex<Hists>>,
+    /// Write sent → commit returned, µs: the database's own share of the latency.
+    commit: Mutex<Histogram<u64>>,
 }
 
 impl Ledger {
@@ -86,7 +91,12 @@ impl Ledger {
         let hists = (0..SHARDS)
             .map(|_| Hists::new().map(Mutex::new))
             .collect::<Result<Vec<_>, _>>()?;
+        let commit = Mutex::new(
+            Histogram::new_with_bounds(1, MAX_US, 3)
+                .map_err(|e| BenchError::Config(format!("histogram: {e}")))?,
+        );
         Ok(Ledger {
+            commit,
             clock: Instant::now(),
             base,
             next: AtomicU64::new(base),
@@ -115,8 +125,15 @@ impl Ledger {
 
     /// The write of `seq` to `product` committed.
     pub fn committed(&self, seq: u64, product: usize) {
-        if let Some(a) = self.acked.get((seq - self.base) as usize) {
-            a.store(self.now_ns().max(1), Ordering::Release);
+        let i = (seq - self.base) as usize;
+        let now = self.now_ns().max(1);
+        if let Some(a) = self.acked.get(i) {
+            a.store(now, Ordering::Release);
+        }
+        if let Some(s) = self.sent.get(i) {
+            let took = now.saturating_sub(s.load(Ordering::Acquire)) / 1000;
+            let mut h = self.commit.lock().unwrap_or_else(|p| p.into_inner());
+            h.saturating_record(took);
         }
         if let Some(w) = self.writes.get(product) {
             w.fetch_add(1, Ordering::Relaxed);
@@ -188,6 +205,9 @@ impl Ledger {
             h.from_send.reset();
             h.from_ack.reset();
         }
+        let mut c = self.commit.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = all.commit.add(&*c);
+        c.reset();
         Ok(all)
     }
 }

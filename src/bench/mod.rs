@@ -84,15 +84,21 @@ pub struct BenchOptions {
     /// Throughput ramp (writes/s per step).
     pub rates: Option<Vec<f64>>,
     pub duration: Option<Duration>,
-    pub writers: usize,
+    /// Writer connections (default: 4 for latency, 16 for throughput, where
+    /// durable commits of ~1-5 ms each would otherwise cap the write rate).
+    pub writers: Option<usize>,
     pub write_path_duration: Duration,
+    /// Interleaved rounds per write-path variant (the median is reported).
+    pub write_path_rounds: usize,
     pub target: TargetSpec,
     /// Recorded in the report (the command line that produced it).
     pub command: Vec<String>,
 }
 
 pub const MAX_CONNECTIONS: usize = 50_000;
-const DEFAULT_RAMP: &[f64] = &[250.0, 500.0, 1000.0, 2000.0, 3000.0, 4000.0, 6000.0, 8000.0];
+const DEFAULT_RAMP: &[f64] = &[
+    250.0, 500.0, 1000.0, 1250.0, 1500.0, 1750.0, 2000.0, 2500.0, 3000.0, 4000.0,
+];
 /// p99 bar of a passing throughput step.
 const THROUGHPUT_P99_MS: f64 = 100.0;
 /// After the writers stop, deliveries must finish within this (else: lost).
@@ -156,7 +162,10 @@ pub async fn run(opts: BenchOptions) -> Result<Report, BenchError> {
             connections: conns(n),
             fanout: opts.fanout.unwrap_or(f).max(1),
             per_conn,
-            writers: opts.writers.max(1),
+            writers: opts
+                .writers
+                .unwrap_or(if s == Scenario::Throughput { 16 } else { 4 })
+                .max(1),
             steps,
             ramp,
         };
@@ -166,7 +175,7 @@ pub async fn run(opts: BenchOptions) -> Result<Report, BenchError> {
     let need_fds = plans.iter().map(|(_, p)| p.connections).max().unwrap_or(0) + 256;
     if (nofile as usize) < need_fds {
         return Err(BenchError::Config(format!(
-            "RLIMIT_NOFILE is {nofile}, {need_fds} needed; raise the hard limit (ulimit -Hn)"
+            "RLIMIT_NOFILE is {nofile}, {need_fds} needed; raise the hard limit (ulimit -Hn; raising it needs CAP_SYS_RESOURCE)"
         )));
     }
     let products = plans
@@ -213,6 +222,7 @@ pub async fn run(opts: BenchOptions) -> Result<Report, BenchError> {
                     products,
                     &[1, 16],
                     opts.write_path_duration,
+                    opts.write_path_rounds,
                 )
                 .await?,
             );
@@ -462,6 +472,7 @@ async fn run_step(
         deliveries_per_s: (ledger.total_unique() - unique0) as f64 / secs,
         latency: Latency::from_hist(&hists.from_send),
         latency_from_commit: Latency::from_hist(&hists.from_ack),
+        commit: Latency::from_hist(&hists.commit),
         server_cpu_pct,
         server_rss_bytes: srv1.map(|s| s.rss),
         loadgen_cpu_pct,

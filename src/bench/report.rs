@@ -83,6 +83,8 @@ pub struct Step {
     pub latency: Latency,
     /// Commit returned to the writer → event received (lower bound).
     pub latency_from_commit: Latency,
+    /// Write sent → commit returned to the writer: PostgreSQL's (durable) commit time.
+    pub commit: Latency,
     pub server_cpu_pct: Option<f64>,
     pub server_rss_bytes: Option<u64>,
     pub loadgen_cpu_pct: f64,
@@ -236,14 +238,16 @@ impl Report {
             .iter()
             .any(|(_, l)| l.as_ref().is_some_and(|l| !l.steps.is_empty()));
         if any_steps {
-            o.push_str("| scenario | transport | conns | fan-out | writes/s (target) | deliveries/s | p50 ms | p99 ms | max ms | p99 from commit ms | lost | dup | srv CPU % | srv RSS MiB | loadgen CPU % | machine busy % | verdict |\n");
-            o.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+            o.push_str("| scenario | transport | conns | fan-out | writes/s (target) | deliveries/s | p50 ms | p99 ms | max ms | p99 from commit ms | commit p99 ms | lost | dup | srv CPU % | srv RSS MiB | loadgen CPU % | machine busy % | verdict |\n");
+            o.push_str(
+                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+            );
             for (name, load) in loads {
                 let Some(l) = load else { continue };
                 for s in &l.steps {
                     let _ = writeln!(
                         o,
-                        "| {name} | {} | {} | {} | {:.0} ({:.0}) | {:.0} | {:.2} | {:.2} | {:.1} | {:.2} | {} | {} | {} | {} | {:.0} | {:.0} | {} |",
+                        "| {name} | {} | {} | {} | {:.0} ({:.0}) | {:.0} | {:.2} | {:.2} | {:.1} | {:.2} | {:.2} | {} | {} | {} | {} | {:.0} | {:.0} | {} |",
                         l.transport,
                         l.connected,
                         l.fanout,
@@ -254,6 +258,7 @@ impl Report {
                         s.latency.p99_ms,
                         s.latency.max_ms,
                         s.latency_from_commit.p99_ms,
+                        s.commit.p99_ms,
                         s.lost,
                         s.duplicates,
                         s.server_cpu_pct.map_or("-".into(), |c| format!("{c:.0}")),
@@ -268,6 +273,20 @@ impl Report {
         }
         for (name, load) in loads {
             let Some(l) = load else { continue };
+            let _ = writeln!(
+                o,
+                "{name}: {} of {} {} connections up in {:.1} s ({} failed); {} topics, {} per connection, {} writers",
+                l.connected,
+                l.connections,
+                l.transport,
+                l.connect_seconds,
+                l.failed_connections,
+                l.topics,
+                l.topics_per_connection,
+                l.writers
+            );
+        }
+        if let Some(l) = &self.idle {
             if let (Some(before), Some(after), Some(per)) = (
                 l.server_rss_before_bytes,
                 l.server_rss_connected_bytes,
@@ -275,13 +294,11 @@ impl Report {
             ) {
                 let _ = writeln!(
                     o,
-                    "{name}: {} {} connections ({} failed) in {:.1} s; server RSS {:.1} → {:.1} MiB = {:.2} KiB per connection",
-                    l.connected,
-                    l.transport,
-                    l.failed_connections,
-                    l.connect_seconds,
+                    "idle: server RSS {:.1} MiB before, {:.1} MiB with {} idle {} connections = {:.2} KiB per connection",
                     mib(before),
                     mib(after),
+                    l.connected,
+                    l.transport,
                     per / 1024.0
                 );
             }

@@ -149,7 +149,8 @@ pub async fn connect(url: &str) -> Result<Client, BenchError> {
 async fn wait_ready(server: SocketAddr) -> Result<(), BenchError> {
     let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
     while tokio::time::Instant::now() < deadline {
-        if let Ok((200, _)) = get_once(server, "/readyz").await {
+        let probe = tokio::time::timeout(Duration::from_secs(2), get_once(server, "/readyz"));
+        if let Ok(Ok((200, _))) = probe.await {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

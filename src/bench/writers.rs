@@ -36,8 +36,11 @@ impl Writers {
         let mut conns = Vec::with_capacity(n);
         for _ in 0..n.max(1) {
             let c = connect(url).await?;
-            c.batch_execute("SET application_name = 'rowcast-bench-writer'")
-                .await?;
+            // a stuck statement must not stall the bench past its deadlines
+            c.batch_execute(
+                "SET application_name = 'rowcast-bench-writer'; SET statement_timeout = '10s'",
+            )
+            .await?;
             let stmt = c.prepare(sql).await?;
             conns.push((c, stmt));
         }
@@ -138,7 +141,10 @@ pub struct WritePathRow {
     pub writers: usize,
     pub seconds: f64,
     pub transactions: u64,
+    /// Median round.
     pub tps: f64,
+    /// Every round, in run order.
+    pub rounds_tps: Vec<f64>,
 }
 
 pub const VARIANTS: [&str; 3] = ["no_trigger", "pg_notify_per_row", "rowcast"];
@@ -172,14 +178,18 @@ fn toggle(variant: &str) -> &'static str {
 }
 
 /// Transactions/s of single-row autocommit `UPDATE`s for each variant at each
-/// writer count, `duration` each, a CHECKPOINT before each so that one run's
-/// dirty pages are not flushed during the next. A listener is connected to the
-/// NOTIFY channel so that the pg_notify variant pays for a real consumer.
+/// writer count. The variants run interleaved, `rounds` times, `duration` each,
+/// and the median round is reported: the machine is shared, and a background
+/// burst of disk or CPU load would otherwise land on whichever variant ran then.
+/// A CHECKPOINT precedes each run so that one run's dirty pages are not flushed
+/// during the next. A listener is connected to the NOTIFY channel so that the
+/// pg_notify variant pays for a real consumer.
 pub async fn write_path(
     url: &str,
     products: usize,
     writer_counts: &[usize],
     duration: Duration,
+    rounds: usize,
 ) -> Result<Vec<WritePathRow>, BenchError> {
     let admin = connect(url).await?;
     admin.batch_execute(NOTIFY_TRIGGER).await?;
@@ -189,22 +199,41 @@ pub async fn write_path(
     let result = async {
         for &w in writer_counts {
             let writers = Writers::connect(url, w, BUMP_QUANTITY).await?;
-            for variant in VARIANTS {
-                admin.batch_execute(toggle(variant)).await?;
-                admin.batch_execute("CHECKPOINT").await?;
-                // warm-up: caches, plans, the source's first drain
-                writers.run_flat_out(products, Duration::from_secs(1)).await;
-                let started = Instant::now();
-                let n = writers.run_flat_out(products, duration).await;
-                let secs = started.elapsed().as_secs_f64().min(duration.as_secs_f64());
-                tracing::info!(variant, writers = w, tps = n as f64 / secs, "write path");
-                rows.push(WritePathRow {
-                    variant,
-                    writers: w,
-                    seconds: secs,
-                    transactions: n,
-                    tps: n as f64 / secs.max(1e-9),
+            let mut runs: Vec<Vec<(u64, f64)>> = vec![Vec::new(); VARIANTS.len()];
+            for _ in 0..rounds.max(1) {
+                for (v, variant) in VARIANTS.iter().enumerate() {
+                    admin.batch_execute(toggle(variant)).await?;
+                    admin.batch_execute("CHECKPOINT").await?;
+                    // warm-up: caches, plans, the source's first drain
+                    writers
+                        .run_flat_out(products, Duration::from_millis(500))
+                        .await;
+                    let started = Instant::now();
+                    let n = writers.run_flat_out(products, duration).await;
+                    let secs = started.elapsed().as_secs_f64().min(duration.as_secs_f64());
+                    tracing::info!(variant, writers = w, tps = n as f64 / secs, "write path");
+                    runs[v].push((n, secs));
+                }
+            }
+            for (v, variant) in VARIANTS.iter().enumerate() {
+                let mut r = runs[v].clone();
+                r.sort_by(|a, b| {
+                    (a.0 as f64 / a.1.max(1e-9)).total_cmp(&(b.0 as f64 / b.1.max(1e-9)))
                 });
+                let all_tps: Vec<f64> = runs[v]
+                    .iter()
+                    .map(|(n, s)| *n as f64 / s.max(1e-9))
+                    .collect();
+                if let Some(&(n, secs)) = r.get(r.len() / 2) {
+                    rows.push(WritePathRow {
+                        variant,
+                        writers: w,
+                        seconds: secs,
+                        transactions: n,
+                        tps: n as f64 / secs.max(1e-9),
+                        rounds_tps: all_tps,
+                    });
+                }
             }
         }
         Ok::<(), BenchError>(())
