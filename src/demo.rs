@@ -62,7 +62,7 @@ pub struct DemoOptions {
 }
 
 pub async fn run(opts: DemoOptions) -> Result<()> {
-    let mut signals = Signals::install()?;
+    let mut signals = crate::server::Signals::install()?;
     say!("starting a throwaway PostgreSQL ...");
     let pg = tokio::task::spawn_blocking(|| EmbeddedPg::start(Options::default()))
         .await
@@ -122,30 +122,6 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
     server.stop().await;
     drop(pg);
     Ok(())
-}
-
-/// Ctrl-C and SIGTERM, registered at creation so that a signal arriving during
-/// start-up is not fatal: it is seen as soon as the caller waits.
-pub struct Signals {
-    int: tokio::signal::unix::Signal,
-    term: tokio::signal::unix::Signal,
-}
-
-impl Signals {
-    pub fn install() -> Result<Signals> {
-        use tokio::signal::unix::{signal, SignalKind};
-        Ok(Signals {
-            int: signal(SignalKind::interrupt())?,
-            term: signal(SignalKind::terminate())?,
-        })
-    }
-
-    pub async fn recv(&mut self) {
-        tokio::select! {
-            _ = self.int.recv() => {}
-            _ = self.term.recv() => {}
-        }
-    }
 }
 
 async fn connect(url: &str) -> Result<Client> {

@@ -299,7 +299,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         auth_timeout: Duration::from_secs(a.auth_timeout.max(1)),
         header_read_timeout: Duration::from_secs(a.header_timeout.max(1)),
     };
-    let mut signals = rowcast::demo::Signals::install()?;
+    let mut signals = rowcast::server::Signals::install()?;
     let server = Server::start(cfg).await.context("starting the server")?;
     signals.recv().await;
     tracing::info!("shutting down");

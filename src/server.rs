@@ -246,3 +246,27 @@ async fn readyz(State(app): State<Arc<App>>) -> impl IntoResponse {
         (StatusCode::SERVICE_UNAVAILABLE, "source disconnected")
     }
 }
+
+/// Ctrl-C and SIGTERM, registered at creation so that a signal arriving during
+/// start-up is not fatal: it is seen as soon as the caller waits.
+pub struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    pub fn install() -> Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+        })
+    }
+
+    pub async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+        }
+    }
+}
