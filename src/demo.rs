@@ -7,7 +7,7 @@ use crate::error::Result;
 use crate::server::{Server, ServerConfig};
 use std::net::SocketAddr;
 use std::time::Duration;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 pub const DB: &str = "rowcast";
 /// The demo's fixed HS256 secret: public by design, so sample tokens can be
@@ -64,16 +64,9 @@ pub struct DemoOptions {
 pub async fn run(opts: DemoOptions) -> Result<()> {
     let mut signals = crate::server::Signals::install()?;
     say!("starting a throwaway PostgreSQL ...");
-    let pg = tokio::task::spawn_blocking(|| EmbeddedPg::start(Options::default()))
-        .await
-        .map_err(|e| crate::Error::EmbeddedPg(e.to_string()))??;
-    let admin = connect(&pg.url("postgres")).await?;
-    admin
-        .batch_execute(&format!("CREATE DATABASE {DB}"))
-        .await?;
-    drop(admin);
-    let url = pg.url(DB);
-    let mut client = connect(&url).await?;
+    let pg = EmbeddedPg::start_async(Options::default()).await?;
+    let url = pg.create_database(DB).await?;
+    let mut client = crate::db::connect(&url).await?;
     crate::migrate::migrate(&mut client, true).await?;
     seed(&client).await?;
 
@@ -122,16 +115,6 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
     server.stop().await;
     drop(pg);
     Ok(())
-}
-
-async fn connect(url: &str) -> Result<Client> {
-    let (client, conn) = tokio_postgres::connect(url, NoTls).await?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "demo connection closed");
-        }
-    });
-    Ok(client)
 }
 
 /// Inserts the sample farms, products and orders.

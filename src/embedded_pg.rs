@@ -82,6 +82,22 @@ impl EmbeddedPg {
         Err(last.unwrap_or_else(|| Error::EmbeddedPg("could not start".into())))
     }
 
+    /// `start` off the async runtime's threads: initdb takes seconds.
+    pub async fn start_async(opts: Options) -> Result<EmbeddedPg> {
+        tokio::task::spawn_blocking(move || EmbeddedPg::start(opts))
+            .await
+            .map_err(|e| Error::EmbeddedPg(format!("start task: {e}")))?
+    }
+
+    /// Creates database `name` and returns its URL.
+    pub async fn create_database(&self, name: &str) -> Result<String> {
+        let admin = crate::db::connect(&self.url("postgres")).await?;
+        admin
+            .batch_execute(&format!("CREATE DATABASE \"{}\"", name.replace('"', "")))
+            .await?;
+        Ok(self.url(name))
+    }
+
     pub fn port(&self) -> u16 {
         self.port
     }

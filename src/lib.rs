@@ -12,6 +12,7 @@ pub mod change;
 pub mod changelog;
 pub mod config;
 pub mod cursor;
+pub mod db;
 pub mod demo;
 pub mod embedded_pg;
 pub mod error;

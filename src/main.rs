@@ -308,10 +308,9 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
 }
 
 async fn migrate(a: MigrateArgs) -> anyhow::Result<()> {
-    let (mut client, conn) = tokio_postgres::connect(&a.database_url, tokio_postgres::NoTls)
+    let mut client = rowcast::db::connect(&a.database_url)
         .await
         .context("connecting to the database")?;
-    tokio::spawn(conn);
     let applied = rowcast::migrate::migrate(&mut client, a.market).await?;
     if applied.is_empty() {
         println!("up to date");

@@ -124,11 +124,8 @@ impl Server {
     /// Binds, starts the source and serves until `stop` (or `wait` after a signal).
     pub async fn start(cfg: ServerConfig) -> Result<Server> {
         if cfg.migrate {
-            let (mut client, conn) = tokio_postgres::connect(&cfg.database_url, NoTls).await?;
-            let driver = tokio::spawn(conn);
+            let mut client = crate::db::connect(&cfg.database_url).await?;
             crate::migrate::migrate(&mut client, false).await?;
-            drop(client);
-            let _ = driver.await;
         }
         let security = crate::access::Security::new(
             &cfg.jwt,

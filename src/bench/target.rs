@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 const DB: &str = "rowcast_bench";
 /// How long the server may take to answer `/readyz` with 200.
@@ -62,15 +62,8 @@ impl Target {
                     max_connections: 300,
                     settings: Vec::new(),
                 };
-                let pg = tokio::task::spawn_blocking(move || EmbeddedPg::start(opts))
-                    .await
-                    .map_err(|e| BenchError::Config(format!("embedded postgres task: {e}")))??;
-                let admin = connect(&pg.url("postgres")).await?;
-                admin
-                    .batch_execute(&format!("CREATE DATABASE {DB}"))
-                    .await?;
-                drop(admin);
-                let database_url = pg.url(DB);
+                let pg = EmbeddedPg::start_async(opts).await?;
+                let database_url = pg.create_database(DB).await?;
                 let mut client = connect(&database_url).await?;
                 crate::migrate::migrate(&mut client, true).await?;
                 drop(client);
@@ -137,13 +130,7 @@ impl Drop for Target {
 }
 
 pub async fn connect(url: &str) -> Result<Client, BenchError> {
-    let (client, conn) = tokio_postgres::connect(url, NoTls).await?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "bench database connection ended");
-        }
-    });
-    Ok(client)
+    Ok(crate::db::connect(url).await?)
 }
 
 async fn wait_ready(server: SocketAddr) -> Result<(), BenchError> {

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 use tokio::sync::mpsc;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 /// Generous bound for "this must arrive"; never a performance assertion.
 pub const ARRIVAL: Duration = Duration::from_secs(20);
@@ -49,11 +49,7 @@ pub fn cluster() -> &'static EmbeddedPg {
 }
 
 pub async fn connect(url: &str) -> Client {
-    let (client, conn) = tokio_postgres::connect(url, NoTls).await.expect("connect");
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    client
+    rowcast::db::connect(url).await.expect("connect")
 }
 
 /// A new database with rowcast's schema and the market schema installed, with
@@ -82,16 +78,8 @@ pub async fn fresh_market_db() -> String {
         std::process::id(),
         DB_SEQ.fetch_add(1, Ordering::Relaxed)
     );
-    let admin = connect(&pg.url("postgres")).await;
-    admin
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .expect("create database");
-    let url = pg.url(&name);
-    let (mut client, conn) = tokio_postgres::connect(&url, NoTls).await.expect("connect");
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
+    let url = pg.create_database(&name).await.expect("create database");
+    let mut client = rowcast::db::connect(&url).await.expect("connect");
     rowcast::migrate::migrate(&mut client, true)
         .await
         .expect("migrate");
