@@ -72,6 +72,10 @@ impl Target {
                     .args(["serve", "--database-url", &database_url, "--listen"])
                     .arg(server.to_string())
                     .arg("--migrate")
+                    // the load comes from 8 loopback addresses: lift the
+                    // per-IP and total connection limits above the bench's 50k
+                    .args(["--max-connections", "60000"])
+                    .args(["--max-connections-per-ip", "60000"])
                     .env(
                         "RUST_LOG",
                         std::env::var("ROWCAST_BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
