@@ -126,6 +126,11 @@ impl Identity {
         self.claims.get("sub").and_then(Value::as_str)
     }
 
+    /// When the token expires (seconds since the epoch), if it does.
+    pub fn expires_at(&self) -> Option<u64> {
+        self.expires_at
+    }
+
     /// Time left before the token expires, if it does.
     pub fn remaining(&self) -> Option<Duration> {
         self.expires_at

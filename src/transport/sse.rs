@@ -93,12 +93,18 @@ async fn open(
         head: Some(Bytes::from(head)),
         tm,
         shutdown: app.shutdown.clone(),
-        keepalive: app.cfg.keepalive,
+        keepalive: {
+            let every = app.cfg.keepalive;
+            let mut i = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            i
+        },
+        quiet: true,
         done: false,
         expires: admitted
             .identity
             .remaining()
-            .map(|d| tokio::time::Instant::now() + d),
+            .map(|d| Box::pin(tokio::time::sleep(d))),
         _slot: admitted.slot,
     };
     // the body is polled by the connection task: carry the request's span along
@@ -126,10 +132,13 @@ struct Stream {
     head: Option<Bytes>,
     tm: TransportMetrics,
     shutdown: watch::Receiver<bool>,
-    keepalive: std::time::Duration,
+    /// One timer for the stream's life (not one per chunk): a tick with no
+    /// chunk since the previous one sends a keepalive comment.
+    keepalive: tokio::time::Interval,
+    quiet: bool,
     done: bool,
     /// The token's expiry: the stream ends there, and the client reconnects with a fresh token.
-    expires: Option<tokio::time::Instant>,
+    expires: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
     _slot: ConnGuard,
 }
 
@@ -148,15 +157,23 @@ impl Stream {
         if self.done || *self.shutdown.borrow() {
             return None;
         }
-        let first = tokio::select! {
-            r = self.feed.next() => r,
-            _ = tokio::time::sleep(self.keepalive) => return Some(Bytes::from_static(b": keepalive\n\n")),
-            _ = self.shutdown.changed() => return None,
-            _ = tokio::time::sleep_until(self.expires.unwrap_or_else(tokio::time::Instant::now)), if self.expires.is_some() => {
-                self.done = true;
-                return Some(Bytes::from_static(b": token expired\n\n"));
+        let first = loop {
+            let has_expiry = self.expires.is_some();
+            tokio::select! {
+                r = self.feed.next() => break r,
+                _ = self.keepalive.tick() => {
+                    if std::mem::replace(&mut self.quiet, true) {
+                        return Some(Bytes::from_static(b": keepalive\n\n"));
+                    }
+                }
+                _ = self.shutdown.changed() => return None,
+                _ = async { if let Some(e) = self.expires.as_mut() { e.await } }, if has_expiry => {
+                    self.done = true;
+                    return Some(Bytes::from_static(b": token expired\n\n"));
+                }
             }
         };
+        self.quiet = false;
         let first = match first {
             Ok(Some(d)) => d,
             Ok(None) => {

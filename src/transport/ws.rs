@@ -182,14 +182,28 @@ impl Session {
         let mut last_heard = tokio::time::Instant::now();
         // With JWT configured, a connection that neither authenticates nor
         // subscribes holds a slot for nothing: it gets `auth_timeout`.
-        let auth_deadline = tokio::time::Instant::now() + self.app.security.limits.auth_timeout;
+        // Timers are made once and reset, never re-created per loop turn: a
+        // fresh timer per delivery is a timer-wheel insert and removal each.
+        let auth_timer = tokio::time::sleep(self.app.security.limits.auth_timeout);
+        tokio::pin!(auth_timer);
+        let expiry_timer = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(expiry_timer);
+        let mut expiry_armed_for: Option<u64> = None;
         loop {
             if *shutdown.borrow() {
                 return Close::Server(1012, "service restart");
             }
             let waiting_for_auth =
                 self.app.security.auth_configured() && !self.authenticated && self.feed.is_none();
-            let expires = self.identity.remaining();
+            let expires = self.identity.expires_at();
+            if expires != expiry_armed_for {
+                if let Some(left) = self.identity.remaining() {
+                    expiry_timer
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + left);
+                }
+                expiry_armed_for = expires;
+            }
             tokio::select! {
                 msg = self.socket.next() => {
                     last_heard = tokio::time::Instant::now();
@@ -212,11 +226,11 @@ impl Session {
                         Some(Ok(_)) => {} // ping/pong: tungstenite answers pings itself
                     }
                 }
-                _ = tokio::time::sleep_until(auth_deadline), if waiting_for_auth => {
+                _ = &mut auth_timer, if waiting_for_auth => {
                     self.auth_failed(&AuthError::Timeout);
                     return Close::Server(1008, "authentication timeout");
                 }
-                _ = tokio::time::sleep(expires.unwrap_or_default()), if expires.is_some() => {
+                _ = &mut expiry_timer, if expires.is_some() => {
                     self.auth_failed(&AuthError::Expired);
                     return Close::Server(1008, "token expired");
                 }
@@ -224,7 +238,18 @@ impl Session {
                     match next {
                         Ok(Some(d)) => {
                             let limit = self.app.cfg.write_timeout;
-                            match tokio::time::timeout(limit, self.send_deliveries(d)).await {
+                            // a timer only when the socket does not take the frames at once
+                            let sent = {
+                                let send = self.send_deliveries(d);
+                                tokio::pin!(send);
+                                match futures::poll!(send.as_mut()) {
+                                    std::task::Poll::Ready(r) => Ok(r),
+                                    std::task::Poll::Pending => {
+                                        tokio::time::timeout(limit, send).await
+                                    }
+                                }
+                            };
+                            match sent {
                                 Ok(Ok(())) => {}
                                 Ok(Err(_)) => return Close::Client,
                                 Err(_) => {
