@@ -182,12 +182,15 @@ impl Session {
         let mut last_heard = tokio::time::Instant::now();
         // With JWT configured, a connection that neither authenticates nor
         // subscribes holds a slot for nothing: it gets `auth_timeout`.
-        // Timers are made once and reset, never re-created per loop turn: a
-        // fresh timer per delivery is a timer-wheel insert and removal each.
-        let auth_timer = tokio::time::sleep(self.app.security.limits.auth_timeout);
-        tokio::pin!(auth_timer);
-        let expiry_timer = tokio::time::sleep(Duration::ZERO);
-        tokio::pin!(expiry_timer);
+        // Timers are made when needed and kept, never re-created per loop turn
+        // (a fresh timer per delivery is a timer-wheel insert and removal each);
+        // boxed, so that a connection without JWT carries none.
+        let mut auth_timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = self
+            .app
+            .security
+            .auth_configured()
+            .then(|| Box::pin(tokio::time::sleep(self.app.security.limits.auth_timeout)));
+        let mut expiry_timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
         let mut expiry_armed_for: Option<u64> = None;
         loop {
             if *shutdown.borrow() {
@@ -197,11 +200,10 @@ impl Session {
                 self.app.security.auth_configured() && !self.authenticated && self.feed.is_none();
             let expires = self.identity.expires_at();
             if expires != expiry_armed_for {
-                if let Some(left) = self.identity.remaining() {
-                    expiry_timer
-                        .as_mut()
-                        .reset(tokio::time::Instant::now() + left);
-                }
+                expiry_timer = self
+                    .identity
+                    .remaining()
+                    .map(|left| Box::pin(tokio::time::sleep(left)));
                 expiry_armed_for = expires;
             }
             tokio::select! {
@@ -226,11 +228,11 @@ impl Session {
                         Some(Ok(_)) => {} // ping/pong: tungstenite answers pings itself
                     }
                 }
-                _ = &mut auth_timer, if waiting_for_auth => {
+                _ = fire(&mut auth_timer), if waiting_for_auth => {
                     self.auth_failed(&AuthError::Timeout);
                     return Close::Server(1008, "authentication timeout");
                 }
-                _ = &mut expiry_timer, if expires.is_some() => {
+                _ = fire(&mut expiry_timer), if expires.is_some() => {
                     self.auth_failed(&AuthError::Expired);
                     return Close::Server(1008, "token expired");
                 }
@@ -532,6 +534,14 @@ impl Session {
 impl Drop for Session {
     fn drop(&mut self) {
         self.tm.connections.dec();
+    }
+}
+
+/// Completes when the timer does; never when there is none.
+async fn fire(timer: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>) {
+    match timer {
+        Some(t) => t.as_mut().await,
+        None => std::future::pending().await,
     }
 }
 
