@@ -167,16 +167,9 @@ impl Feed {
         if self.catching_up() || !self.sub.queue_empty() {
             return;
         }
+        // `hub_cursor` is None while a batch is half-published, so the position
+        // it gives is never behind a change already handed out from the queue.
         if let Some(c) = hub {
-            // The hub moves its position when a batch *ends*, after its changes
-            // were queued: a change just handed out may lie beyond it, and going
-            // back to the hub's position would hand it out again on resume.
-            if let Position::After(last) = &self.position {
-                match Cursor::decode(&last.cursor) {
-                    Ok(last) if last.hi.covered_by(&c.hi) => {}
-                    _ => return,
-                }
-            }
             self.position = Position::At(c);
         }
     }

@@ -452,7 +452,7 @@ impl Subscription {
         self.topics.contains(topic)
     }
 
-    /// True once the queue overflowed: the client must reconnect and resume.
+    /// True once the queue overflowed: the feed drops it and continues from the log.
     pub fn lagged(&self) -> bool {
         self.sub.lagged.load(Ordering::Relaxed)
     }

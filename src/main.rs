@@ -130,10 +130,10 @@ struct ServeArgs {
     /// Database connections for client reads (catch-up, polling).
     #[arg(long, env = "ROWCAST_POOL_SIZE", default_value_t = 16)]
     pool_size: usize,
-    /// Most events queued for one client before it is dropped as a slow consumer.
+    /// Most events queued for one client; past that it continues from the change log.
     #[arg(long, env = "ROWCAST_QUEUE_EVENTS", default_value_t = 4096)]
     queue_events: usize,
-    /// Most bytes queued for one client before it is dropped as a slow consumer.
+    /// Most bytes queued for one client; past that it continues from the change log.
     #[arg(long, env = "ROWCAST_QUEUE_BYTES", default_value_t = 8 << 20)]
     queue_bytes: usize,
     /// WebSocket ping / SSE keepalive interval, seconds.

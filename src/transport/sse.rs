@@ -4,8 +4,9 @@
 //! Frames: `id:` = cursor, `event:` = event name, `data:` = envelope. A `retry:`
 //! hint opens the stream and a `: keepalive` comment is sent when idle. An
 //! expired cursor yields `event: resync` with `{"type":"resync",...}` before the
-//! live stream. A client that falls behind gets a final `: resync slow consumer`
-//! comment and the stream ends; EventSource reconnects with its Last-Event-ID.
+//! live stream. A client that falls behind continues from the change log (see
+//! `feed`); one whose socket accepts nothing is cut at the socket level
+//! (`http::WriteTimeout`), and EventSource reconnects with its Last-Event-ID.
 
 use super::{flag, ApiError};
 use crate::access::{self, Peer};
@@ -176,11 +177,8 @@ impl Stream {
         self.quiet = false;
         let first = match first {
             Ok(Some(d)) => d,
-            Ok(None) => {
-                self.done = true;
-                self.tm.slow_drops.inc();
-                return Some(Bytes::from_static(b": resync slow consumer\n\n"));
-            }
+            // the hub is gone: the server is stopping
+            Ok(None) => return None,
             Err(e) => {
                 tracing::warn!(error = %e, "sse feed failed");
                 self.done = true;

@@ -7,8 +7,11 @@
 //!
 //! A cursor is honoured when the stream starts: in the URL, or in the first
 //! `subscribe`. Topics added later start live. Close codes: 1012 on server
-//! shutdown (resume elsewhere), 4008 "slow consumer" when the client's queue
-//! overflowed (resume from the last cursor), 1011 when the database is gone.
+//! shutdown (resume elsewhere), 4008 "slow consumer" when the client's socket
+//! accepted nothing for the write timeout (resume from the last cursor), 4010
+//! when retention pruned changes while the client caught up (reconnect: resync),
+//! 1011 when the database is gone. A client whose queue overflows is not
+//! closed: it continues from the change log (see `feed`).
 
 use super::{flag, ApiError};
 use crate::access::{self, Admitted, Peer};
@@ -261,10 +264,8 @@ impl Session {
                                 }
                             }
                         }
-                        Ok(None) => {
-                            self.tm.slow_drops.inc();
-                            return Close::Server(4008, "slow consumer");
-                        }
+                        // the hub is gone: the server is stopping
+                        Ok(None) => return Close::Server(1012, "service restart"),
                         Err(FeedError::Expired) => {
                             return Close::Server(4010, "cursor expired; reconnect to resync");
                         }
