@@ -63,6 +63,8 @@ pub struct DemoOptions {
 
 pub async fn run(opts: DemoOptions) -> Result<()> {
     let mut signals = crate::server::Signals::install()?;
+    // bound before anything else starts: a busy port fails at once, naming itself
+    let listener = Server::bind(opts.listen).await?;
     say!("starting a throwaway PostgreSQL ...");
     let pg = EmbeddedPg::start_async(Options::default()).await?;
     let url = pg.create_database(DB).await?;
@@ -73,7 +75,7 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
     let mut cfg = ServerConfig::new(url.clone(), opts.listen);
     cfg.jwt.secret = Some(DEMO_SECRET.to_string());
     cfg.origins = crate::limits::Origins::localhost();
-    let server = Server::start(cfg).await?;
+    let server = Server::start_on(listener, cfg).await?;
     let token = crate::auth::mint_hs256(
         DEMO_SECRET,
         "1000",

@@ -14,6 +14,8 @@ pub enum Error {
     DatabaseUrl(String),
     #[error("embedded postgres: {0}")]
     EmbeddedPg(String),
+    #[error("cannot listen on {0}: {1} (is another server using it? choose another address with --listen)")]
+    Bind(std::net::SocketAddr, #[source] std::io::Error),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
     #[error("malformed snapshot {0:?}")]

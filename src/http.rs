@@ -3,6 +3,7 @@
 //! connection and its memory forever; hyper has the knob once it is given a
 //! timer, so rowcast drives hyper-util's connection builder itself.
 
+use crate::shutdown::Shutdown;
 use axum::extract::connect_info::ConnectInfo;
 use axum::Router;
 use hyper::body::Incoming;
@@ -12,7 +13,6 @@ use hyper_util::server::graceful::GracefulShutdown;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tower::ServiceExt;
 use tracing::Instrument;
 
@@ -24,7 +24,7 @@ pub async fn serve(
     header_read_timeout: Duration,
     write_timeout: Duration,
     stalled_drops: prometheus::IntCounter,
-    mut stop: watch::Receiver<bool>,
+    mut stop: Shutdown,
 ) -> std::io::Result<()> {
     let mut builder = Builder::new(TokioExecutor::new());
     builder
@@ -39,7 +39,7 @@ pub async fn serve(
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
-            _ = stop.wait_for(|s| *s) => break,
+            _ = stop.recv() => break,
         };
         let (stream, peer): (_, SocketAddr) = match accepted {
             Ok(x) => x,

@@ -25,6 +25,7 @@ pub mod migrate;
 pub mod protocol;
 pub mod retention;
 pub mod server;
+pub mod shutdown;
 pub mod snapshot;
 pub mod source;
 pub mod transport;

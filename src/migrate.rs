@@ -25,6 +25,10 @@ pub const MARKET: &[(&str, &str)] = &[
         "market/002_authorize",
         include_str!("../sql/market/002_authorize.sql"),
     ),
+    (
+        "market/003_private_orders",
+        include_str!("../sql/market/003_private_orders.sql"),
+    ),
 ];
 
 const LOCK_KEY: i64 = 7_305_280_317_090_916;

@@ -13,9 +13,9 @@
 //! expired" instead of silently skipping them.
 
 use crate::error::Result;
+use crate::shutdown::Shutdown;
 use deadpool_postgres::Pool;
 use std::time::Duration;
-use tokio::sync::watch;
 
 /// Rows deleted per transaction.
 const BATCH: i64 = 5000;
@@ -51,18 +51,13 @@ gone AS (
 SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM mark)";
 
 /// Runs prune rounds every `every` until shutdown.
-pub async fn run(
-    pool: Pool,
-    retention: Duration,
-    every: Duration,
-    mut shutdown: watch::Receiver<bool>,
-) {
+pub async fn run(pool: Pool, retention: Duration, every: Duration, mut shutdown: Shutdown) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
-            _ = shutdown.changed() => return,
+            _ = shutdown.recv() => return,
         }
-        if *shutdown.borrow() {
+        if shutdown.is_shutdown() {
             return;
         }
         match prune(&pool, retention).await {

@@ -3,6 +3,7 @@
 use crate::error::{Error, Result};
 use crate::hub::{Hub, QueueLimits, WindowLimits};
 use crate::metrics::{Metrics, TransportMetrics};
+use crate::shutdown::{Shutdown, ShutdownTrigger};
 use crate::source::{Source, SourceConfig, SourceStatus};
 use crate::transport::{poll, sse, ws};
 use axum::extract::State;
@@ -14,7 +15,6 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_postgres::NoTls;
 
@@ -86,7 +86,7 @@ pub struct App {
     pub pool: Pool,
     pub metrics: Metrics,
     pub status: Arc<SourceStatus>,
-    pub shutdown: watch::Receiver<bool>,
+    pub shutdown: Shutdown,
     pub ws_metrics: TransportMetrics,
     pub sse_metrics: TransportMetrics,
     pub poll_metrics: TransportMetrics,
@@ -97,7 +97,7 @@ pub struct App {
 pub struct Server {
     pub addr: SocketAddr,
     pub app: Arc<App>,
-    shutdown: watch::Sender<bool>,
+    shutdown: ShutdownTrigger,
     http: JoinHandle<std::io::Result<()>>,
     source: JoinHandle<()>,
     pruner: JoinHandle<()>,
@@ -122,7 +122,27 @@ pub fn pool(database_url: &str, size: usize) -> Result<Pool> {
 
 impl Server {
     /// Binds, starts the source and serves until `stop` (or `wait` after a signal).
+    ///
+    /// The address is bound first, before the database is touched or any task
+    /// is spawned: a port in use fails at once with a message that names it,
+    /// and a failed start leaves nothing running behind.
     pub async fn start(cfg: ServerConfig) -> Result<Server> {
+        let listener = Server::bind(cfg.listen).await?;
+        Server::start_on(listener, cfg).await
+    }
+
+    /// Binds `addr`; the error names the address (and `--listen`).
+    pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
+        tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| Error::Bind(addr, e))
+    }
+
+    /// `start` on a listener bound beforehand (the demo binds before it starts
+    /// PostgreSQL, so that a busy port fails before anything else happens).
+    /// `cfg.listen` is ignored.
+    pub async fn start_on(listener: tokio::net::TcpListener, cfg: ServerConfig) -> Result<Server> {
+        let addr = listener.local_addr()?;
         if cfg.migrate {
             let mut client = crate::db::connect(&cfg.database_url).await?;
             crate::migrate::migrate(&mut client, false).await?;
@@ -141,8 +161,10 @@ impl Server {
         };
         let hub = Hub::new(cfg.queue, window, metrics.hub());
         let status = Arc::new(SourceStatus::default());
-        let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let pool = pool(&cfg.database_url, cfg.pool_size)?;
+        // Everything fallible is done: from here on tasks are spawned, and each
+        // stops when `shutdown` fires or is dropped.
+        let shutdown = ShutdownTrigger::new();
         let source = Source::new(
             SourceConfig {
                 database_url: cfg.database_url.clone(),
@@ -153,12 +175,12 @@ impl Server {
             metrics.clone(),
             status.clone(),
         );
-        let source = tokio::spawn(source.run(shutdown_rx.clone()));
+        let source = tokio::spawn(source.run(shutdown.subscribe()));
         let pruner = tokio::spawn(crate::retention::run(
             pool.clone(),
             cfg.retention,
             cfg.prune_every,
-            shutdown_rx.clone(),
+            shutdown.subscribe(),
         ));
         let app = Arc::new(App {
             ws_metrics: metrics.transport("ws"),
@@ -169,12 +191,10 @@ impl Server {
             pool,
             metrics,
             status,
-            shutdown: shutdown_rx.clone(),
+            shutdown: shutdown.subscribe(),
             security,
         });
         let router = router(app.clone());
-        let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
-        let addr = listener.local_addr()?;
         let http = tokio::spawn(crate::http::serve(
             listener,
             router,
@@ -183,13 +203,13 @@ impl Server {
             // this catches the rest: SSE streams nobody reads
             cfg.write_timeout + cfg.write_timeout / 2,
             app.sse_metrics.slow_drops.clone(),
-            shutdown_rx,
+            shutdown.subscribe(),
         ));
         tracing::info!(%addr, "rowcast listening");
         Ok(Server {
             addr,
             app,
-            shutdown: shutdown_tx,
+            shutdown,
             http,
             source,
             pruner,
@@ -198,7 +218,7 @@ impl Server {
 
     /// Graceful stop: refuse new connections, close WebSockets with 1012, end SSE streams.
     pub async fn stop(self) {
-        let _ = self.shutdown.send(true);
+        self.shutdown.trigger();
         let _ = tokio::time::timeout(Duration::from_secs(10), self.http).await;
         let _ = self.source.await;
         let _ = self.pruner.await;

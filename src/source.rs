@@ -34,11 +34,12 @@ use crate::cursor::Cursor;
 use crate::error::{Error, Result};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::shutdown::Shutdown;
 use crate::snapshot::Snapshot;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{watch, Notify};
+use tokio::sync::Notify;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
 /// Largest number of changes read in one query; a bigger batch is read in pages.
@@ -101,10 +102,10 @@ impl Source {
     }
 
     /// Runs until `shutdown` turns true.
-    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(mut self, mut shutdown: Shutdown) {
         let mut backoff = BACKOFF_MIN;
         loop {
-            if *shutdown.borrow() {
+            if shutdown.is_shutdown() {
                 return;
             }
             let started = Instant::now();
@@ -121,7 +122,7 @@ impl Source {
                     tracing::warn!(error = %e, retry_in = ?jitter, "source lost the database");
                     tokio::select! {
                         _ = tokio::time::sleep(jitter) => {}
-                        _ = shutdown.changed() => return,
+                        _ = shutdown.recv() => return,
                     }
                     backoff = (backoff * 2).min(BACKOFF_MAX);
                 }
@@ -138,7 +139,7 @@ impl Source {
     }
 
     /// One connected stretch; returns Ok on shutdown, Err when the database went away.
-    async fn session(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<()> {
+    async fn session(&mut self, shutdown: &mut Shutdown) -> Result<()> {
         let bell = Arc::new(Notify::new());
         let (client, lost) = connect(
             &self.cfg.database_url,
@@ -175,7 +176,7 @@ impl Source {
         // bell after the arm committed, so its result must not be trusted.
         let mut idle_read = false;
         let result = loop {
-            if *shutdown.borrow() {
+            if shutdown.is_shutdown() {
                 break Ok(());
             }
             let n = self.read(&client, &stmt).await?;
@@ -203,7 +204,7 @@ impl Source {
                 arming = None;
                 tokio::select! {
                     _ = tokio::time::sleep(self.cfg.busy_pause) => {}
-                    _ = shutdown.changed() => {}
+                    _ = shutdown.recv() => {}
                 }
                 continue;
             }
@@ -227,7 +228,7 @@ impl Source {
                     _ = bell.notified() => {}
                     _ = &mut lost => break Err(Error::Config("source connection closed".into())),
                     _ = &mut arm_lost => break Err(Error::Config("doorbell connection closed".into())),
-                    _ = shutdown.changed() => {}
+                    _ = shutdown.recv() => {}
                 }
                 continue;
             }
@@ -235,7 +236,7 @@ impl Source {
                 _ = bell.notified() => armed = false,
                 _ = tokio::time::sleep(self.cfg.idle_poll) => idle_read = true,
                 _ = &mut lost => break Err(Error::Config("source connection closed".into())),
-                _ = shutdown.changed() => {}
+                _ = shutdown.recv() => {}
             }
         };
         if let Some(task) = arming {

@@ -496,3 +496,127 @@ async fn policy_is_replaced_without_restart_and_fails_closed() {
     }
     srv.stop().await;
 }
+
+/// Issue #8, defect 1: every event the market schema emits, on every topic it
+/// goes to, checked against the policy for five kinds of client. Fails on an
+/// event it does not know, so a new trigger cannot ship without its rule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn market_events_reach_only_rightful_clients_on_every_topic() {
+    let url = fresh_market_db().await;
+    let db = connect(&url).await;
+    seed(&db, 2, 4).await; // farm 1 → farmer 101, farm 2 → farmer 102
+    db.batch_execute(
+        "INSERT INTO market.orders (id, customer_id, farm_id) VALUES (10, 1, 1), (20, 2, 2);
+         UPDATE market.orders SET status = 'CONFIRMED';
+         UPDATE market.products SET quantity = quantity - 1;
+         INSERT INTO market.products (id, farm_id, name, unit, quantity) VALUES (50, 2, 'Figs', 'lb', 3);",
+    )
+    .await
+    .unwrap();
+    let rows = db
+        .query(
+            "SELECT event, topics, payload::text FROM rowcast.changes ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(
+        rows.len() >= 10,
+        "the triggers emitted {} changes",
+        rows.len()
+    );
+    let mut events_seen = BTreeSet::new();
+    let mut checked = 0;
+    for row in rows {
+        let event: String = row.get(0);
+        let topics: Vec<String> = row.get(1);
+        let data: Value = serde_json::from_str(row.get::<_, &str>(2)).unwrap();
+        events_seen.insert(event.clone());
+        // the five kinds of client, and who owns this change
+        let (owner_customer, owner_farmer) = match event.as_str() {
+            "inventory.updated" => (None, None),
+            "order.status.changed" => {
+                let farm: i64 = data["farmId"].as_str().unwrap().parse().unwrap();
+                (
+                    Some(data["customerId"].as_str().unwrap().to_string()),
+                    Some((100 + farm).to_string()),
+                )
+            }
+            other => panic!("the market emits {other}: add its rule to this test"),
+        };
+        let other_customer = match owner_customer.as_deref() {
+            Some("1") => "2",
+            _ => "1",
+        };
+        let other_farmer = match owner_farmer.as_deref() {
+            Some("101") => "102",
+            _ => "101",
+        };
+        for topic in &topics {
+            // (client, claims, may it see this topic?)
+            let public = event == "inventory.updated";
+            let is = |prefix: &str| topic.starts_with(prefix);
+            let orders_topic = is("farm-") && topic.ends_with("-orders");
+            let clients: Vec<(&str, Value, bool)> = vec![
+                ("anonymous", json!({}), public),
+                (
+                    "other customer",
+                    json!({"sub": other_customer, "role": "customer"}),
+                    public,
+                ),
+                (
+                    "other farmer",
+                    json!({"sub": other_farmer, "role": "farmer"}),
+                    public,
+                ),
+                (
+                    "owning customer",
+                    json!({"sub": owner_customer.clone().unwrap_or("1".into()), "role": "customer"}),
+                    public || is("order-") || is("customer-"),
+                ),
+                (
+                    "owning farmer",
+                    json!({"sub": owner_farmer.clone().unwrap_or("101".into()), "role": "farmer"}),
+                    public || is("order-") || orders_topic,
+                ),
+                ("admin", json!({"sub": "9", "role": "admin"}), true),
+            ];
+            for (who, claims, rightful) in clients {
+                let got: bool = db
+                    .query_one(
+                        "SELECT coalesce(rowcast.authorize($1::text::jsonb, $2), false)",
+                        &[&claims.to_string(), topic],
+                    )
+                    .await
+                    .unwrap()
+                    .get(0);
+                assert_eq!(
+                    got, rightful,
+                    "{event} on {topic}: {who} ({claims}) allowed={got}, should be {rightful}"
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(
+        events_seen.contains("order.status.changed") && events_seen.contains("inventory.updated")
+    );
+    assert!(checked > 50, "{checked} decisions checked");
+
+    // and the original hole, end to end: an anonymous stream of every farm
+    // topic carries inventory only
+    let server = server(&url).await;
+    let base = server.base_url();
+    let mut sse = SseClient::connect(&base, "topics=farm-1,farm-2", None).await;
+    db.batch_execute(
+        "UPDATE market.orders SET status = 'PREPARING';
+         UPDATE market.products SET quantity = quantity + 1 WHERE id = 1;",
+    )
+    .await
+    .unwrap();
+    let e = next_event(&mut sse.rx).await;
+    assert_eq!(e.event, "inventory.updated", "{e:?}");
+    let (status, body) = poll_raw(&base, "topics=farm-1-orders").await;
+    assert_eq!(status, 403, "{body}");
+    server.stop().await;
+}

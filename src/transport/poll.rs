@@ -144,7 +144,7 @@ async fn collect(
     out: &mut Vec<(bytes::Bytes, i64)>,
     limit: usize,
     wait: Duration,
-    shutdown: &mut tokio::sync::watch::Receiver<bool>,
+    shutdown: &mut crate::shutdown::Shutdown,
 ) -> Result<(), ApiError> {
     let mut push = |d: crate::hub::Delivery| {
         if let Some(frame) = d.change.frame(d.topic) {
@@ -166,7 +166,7 @@ async fn collect(
                 Ok(r) => r?,
                 Err(_) => None,
             },
-            _ = shutdown.wait_for(|s| *s) => None,
+            _ = shutdown.recv() => None,
         };
         if let Some(d) = first {
             push(d);

@@ -15,6 +15,7 @@ use crate::limits::ConnGuard;
 use crate::metrics::TransportMetrics;
 use crate::protocol::{parse_cursor, ServerMessage};
 use crate::server::App;
+use crate::shutdown::Shutdown;
 use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap};
@@ -23,7 +24,6 @@ use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
 use std::convert::Infallible;
 use std::sync::Arc;
-use tokio::sync::watch;
 use tracing::Instrument;
 
 /// Frames coalesced into one write when several are ready at once.
@@ -132,7 +132,7 @@ struct Stream {
     feed: Feed,
     head: Option<Bytes>,
     tm: TransportMetrics,
-    shutdown: watch::Receiver<bool>,
+    shutdown: Shutdown,
     /// One timer for the stream's life (not one per chunk): a tick with no
     /// chunk since the previous one sends a keepalive comment.
     keepalive: tokio::time::Interval,
@@ -155,7 +155,7 @@ impl Stream {
         if let Some(h) = self.head.take() {
             return Some(h);
         }
-        if self.done || *self.shutdown.borrow() {
+        if self.done || self.shutdown.is_shutdown() {
             return None;
         }
         let first = loop {
@@ -167,7 +167,7 @@ impl Stream {
                         return Some(Bytes::from_static(b": keepalive\n\n"));
                     }
                 }
-                _ = self.shutdown.changed() => return None,
+                _ = self.shutdown.recv() => return None,
                 _ = async { if let Some(e) = self.expires.as_mut() { e.await } }, if has_expiry => {
                     self.done = true;
                     return Some(Bytes::from_static(b": token expired\n\n"));

@@ -196,7 +196,7 @@ impl Session {
         let mut expiry_timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
         let mut expiry_armed_for: Option<u64> = None;
         loop {
-            if *shutdown.borrow() {
+            if shutdown.is_shutdown() {
                 return Close::Server(1012, "service restart");
             }
             let waiting_for_auth =
@@ -283,7 +283,7 @@ impl Session {
                         return Close::Client;
                     }
                 }
-                _ = shutdown.changed() => {}
+                _ = shutdown.recv() => {}
             }
         }
     }
