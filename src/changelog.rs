@@ -56,11 +56,24 @@ pub struct Page {
     /// The upper snapshot the page was read against.
     pub upto: Snapshot,
     pub changes: Vec<Arc<Change>>,
-    /// True when `limit` rows came back: read again from the last change's cursor.
+    /// Rows that cannot be turned into an event (written before the
+    /// `changes_deliverable` constraint existed): skipped, never a stall.
+    pub bad: Vec<BadChange>,
+    /// The position after the last row of the page, good or bad (`None` when
+    /// the page is empty): the next page starts there.
+    pub last: Option<Cursor>,
+    /// True when `limit` rows came back: read again from `last`.
     pub more: bool,
     /// Retention watermark seen by the same statement: if `after` lacks an xid
     /// below it, rows it still needed may be gone and the page is not complete.
     pub pruned_below: u64,
+}
+
+/// A change-log row that cannot be delivered, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadChange {
+    pub id: i64,
+    pub reason: String,
 }
 
 impl Page {
@@ -107,6 +120,8 @@ pub async fn read(
             }
         },
         changes: Vec::with_capacity(rows.len()),
+        bad: Vec::new(),
+        last: None,
         more: false,
         pruned_below: match rows.first() {
             Some(r) => {
@@ -116,9 +131,11 @@ pub async fn read(
             None => 0,
         },
     };
+    let mut n = 0;
     for row in &rows {
         let id: Option<i64> = row.try_get(1)?;
         let Some(id) = id else { continue };
+        n += 1;
         let first: bool = row.try_get(6)?;
         let cursor = if first {
             Cursor {
@@ -133,20 +150,118 @@ pub async fn read(
                 id,
             }
         };
-        let payload: &str = row.try_get(4)?;
-        let xid: &str = row.try_get(8)?;
-        page.changes.push(Arc::new(Change::new(
-            id,
-            parse_xid(xid)?,
-            row.try_get(2)?,
-            row.try_get(3)?,
-            payload,
-            row.try_get(5)?,
-            &cursor,
-        )));
+        match decode(row, id, [8, 2, 3, 4, 5], &cursor) {
+            Ok(change) => page.changes.push(Arc::new(change)),
+            Err(reason) => page.bad.push(BadChange { id, reason }),
+        }
+        page.last = Some(cursor);
     }
-    page.more = page.changes.len() as i64 >= limit;
+    page.more = n >= limit;
     Ok(page)
+}
+
+/// Turns a row into a change; `cols` are the indexes of xid (text), topics,
+/// event, payload (text) and emitted-at (µs). Every way a row can be
+/// undeliverable is an `Err` with the reason, never a panic or a stalled read.
+fn decode(
+    row: &tokio_postgres::Row,
+    id: i64,
+    cols: [usize; 5],
+    cursor: &Cursor,
+) -> std::result::Result<Change, String> {
+    let [xid, topics, event, payload, us] = cols;
+    let xid: &str = row.try_get(xid).map_err(|e| format!("xid: {e}"))?;
+    let xid = parse_xid(xid).map_err(|e| e.to_string())?;
+    let topics: Vec<Option<String>> = row
+        .try_get(topics)
+        .map_err(|e| format!("topics are not a one-dimensional text array: {e}"))?;
+    let topics = topics
+        .into_iter()
+        .map(|t| t.filter(|t| !t.is_empty()))
+        .collect::<Option<Vec<String>>>()
+        .filter(|t| !t.is_empty())
+        .ok_or("topics are empty or contain NULL or an empty string")?;
+    let event: String = row.try_get(event).map_err(|e| format!("event: {e}"))?;
+    if event.is_empty() {
+        return Err("the event name is empty".into());
+    }
+    let payload: &str = row.try_get(payload).map_err(|e| format!("payload: {e}"))?;
+    let us: i64 = row.try_get(us).map_err(|e| format!("emitted_at: {e}"))?;
+    Ok(Change::new(id, xid, topics, event, payload, us, cursor))
+}
+
+/// The database's current xmax: no genuine cursor can name an xid at or past it.
+pub async fn current_xmax(client: &Client) -> Result<u64> {
+    let row = client
+        .query_one("SELECT pg_snapshot_xmax(pg_current_snapshot())::text", &[])
+        .await?;
+    parse_xid(row.try_get(0)?)
+}
+
+/// The retention watermark: changes with an xid below it may have been pruned.
+pub async fn pruned_below(client: &Client) -> Result<u64> {
+    let row = client
+        .query_one(
+            "SELECT pruned_below::text FROM rowcast.retention WHERE id = 1",
+            &[],
+        )
+        .await?;
+    let text: &str = row.try_get(0)?;
+    Ok(text.parse::<u64>().unwrap_or(0))
+}
+
+/// Most changes one snapshot answer carries; past it the least recently
+/// changed entities are left out and the answer says so (`Snapshot::truncated`).
+pub const SNAPSHOT_MAX: i64 = 10_000;
+
+/// The current state of some topics as of `pos`.
+pub struct SnapshotRead {
+    /// The latest change of each entity, oldest first.
+    pub changes: Vec<Arc<Change>>,
+    /// More than `SNAPSHOT_MAX` entities: only the most recently changed came.
+    pub truncated: bool,
+}
+
+/// The latest retained change of every *entity* among the changes of `topics`
+/// visible in `pos`, oldest first, each carrying `pos`'s boundary cursor (the
+/// client then holds the state as of `pos`, and its stream continues there).
+/// An entity is `rowcast.changes.entity`, or the change's first topic when that
+/// is NULL: `product-123` for an inventory update, so `farm-7` yields the
+/// current quantity of every product of the farm, not one.
+pub async fn snapshot(
+    client: &deadpool_postgres::Client,
+    topics: &[String],
+    pos: &Snapshot,
+) -> Result<SnapshotRead> {
+    let stmt = client
+        .prepare_cached(
+            "SELECT id, xid::text, topics, event, payload::text, us FROM (
+                SELECT DISTINCT ON (coalesce(c.entity, c.topics[1]))
+                       c.id, c.xid, c.topics, c.event, c.payload,
+                       (extract(epoch FROM c.emitted_at) * 1000000)::int8 AS us
+                  FROM rowcast.changes c
+                 WHERE c.topics && $1::text[]
+                   AND pg_visible_in_snapshot(c.xid, $2::text::pg_snapshot)
+                 ORDER BY coalesce(c.entity, c.topics[1]), c.id DESC) latest
+             ORDER BY id DESC
+             LIMIT $3",
+        )
+        .await?;
+    let t: Vec<&str> = topics.iter().map(String::as_str).collect();
+    let rows = client
+        .query(&stmt, &[&t, &pos.to_string(), &(SNAPSHOT_MAX + 1)])
+        .await?;
+    let cursor = Cursor::boundary(pos.clone());
+    let truncated = rows.len() as i64 > SNAPSHOT_MAX;
+    let mut changes = Vec::with_capacity(rows.len());
+    for row in rows.iter().take(SNAPSHOT_MAX as usize).rev() {
+        let id: i64 = row.try_get(0)?;
+        match decode(row, id, [1, 2, 3, 4, 5], &cursor) {
+            Ok(c) => changes.push(Arc::new(c)),
+            Err(reason) => tracing::debug!(id, reason, "snapshot skips an undeliverable change"),
+        }
+    }
+    Ok(SnapshotRead { changes, truncated })
 }
 
 pub fn parse_xid(text: &str) -> Result<u64> {

@@ -33,6 +33,10 @@ pub const MAX_CURSOR_LEN: usize = 4096;
 /// More in-progress transactions than this in one snapshot would make cursors too long to carry.
 const MAX_XIP: u64 = 1000;
 const VERSION: u8 = 1;
+/// PostgreSQL's first normal transaction id: xids 0–2 are reserved, so no real
+/// snapshot has an xmax or an in-progress xid below it. A cursor that names one
+/// can never be read, and is malformed (400), not "retry later".
+const FIRST_NORMAL_XID: u64 = 3;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum CursorError {
@@ -116,12 +120,14 @@ impl Cursor {
 }
 
 /// xmax is stored relative to `base`, xip entries as descending gaps below xmax.
+/// Total: a snapshot that breaks the rules (built by hand) encodes to text that
+/// `decode` rejects, never to a panic.
 fn put_snapshot(buf: &mut Vec<u8>, s: &Snapshot, base: u64) {
-    put_varint(buf, s.xmax - base);
+    put_varint(buf, s.xmax.wrapping_sub(base));
     put_varint(buf, s.xip.len() as u64);
     let mut prev = s.xmax;
     for x in s.xip.iter().rev() {
-        put_varint(buf, prev - x);
+        put_varint(buf, prev.wrapping_sub(*x));
         prev = *x;
     }
 }
@@ -163,7 +169,7 @@ impl Reader<'_> {
     fn snapshot(&mut self, base: u64) -> Result<Snapshot, CursorError> {
         let xmax = base
             .checked_add(self.varint()?)
-            .filter(|x| *x <= i64::MAX as u64)
+            .filter(|x| (FIRST_NORMAL_XID..=i64::MAX as u64).contains(x))
             .ok_or(CursorError::Malformed)?;
         let n = self.varint()?;
         if n > MAX_XIP {
@@ -176,7 +182,10 @@ impl Reader<'_> {
             if gap == 0 {
                 return Err(CursorError::Malformed);
             }
-            prev = prev.checked_sub(gap).ok_or(CursorError::Malformed)?;
+            prev = prev
+                .checked_sub(gap)
+                .filter(|x| *x >= FIRST_NORMAL_XID)
+                .ok_or(CursorError::Malformed)?;
             xip.push(prev);
         }
         xip.reverse();
@@ -212,5 +221,25 @@ mod tests {
         let mut ok = Cursor::boundary(Snapshot::new(5, vec![])).encode();
         ok.push('A');
         assert!(Cursor::decode(&ok).is_err());
+        // decodable but impossible: no snapshot has xmax 0 or an in-progress xid 0
+        for impossible in [
+            Cursor::boundary(Snapshot::new(0, vec![])),
+            Cursor::boundary(Snapshot::new(2, vec![])),
+            Cursor::boundary(Snapshot {
+                xmax: 10,
+                xip: vec![0],
+            }),
+            Cursor::boundary(Snapshot {
+                xmax: 10,
+                xip: vec![1, 5],
+            }),
+        ] {
+            let text = impossible.encode();
+            assert_eq!(
+                Cursor::decode(&text),
+                Err(CursorError::Malformed),
+                "{impossible:?}"
+            );
+        }
     }
 }

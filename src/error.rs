@@ -24,6 +24,15 @@ pub enum Error {
     Metrics(#[from] prometheus::Error),
     #[error("{0}")]
     Config(String),
+    /// A dedicated database connection closed (the server went away, or a
+    /// proxy cut it).
+    #[error("the {0} database connection closed")]
+    ConnectionLost(&'static str),
+    /// Something that cannot happen did: a bug, reported instead of a panic.
+    #[error("internal invariant broken: {0}")]
+    Invariant(String),
+    #[error(transparent)]
+    Injected(#[from] crate::failpoints::Injected),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -19,8 +19,6 @@ use thiserror::Error;
 const PAGE: i64 = 1000;
 /// How long a cursor from a node that is ahead of this one may wait for this node to catch up.
 const AHEAD_WAIT: Duration = Duration::from_secs(5);
-/// A cursor claiming transactions this far beyond our position is not one of ours.
-const AHEAD_LIMIT: u64 = 10_000_000;
 
 #[derive(Debug, Error)]
 pub enum FeedError {
@@ -57,10 +55,24 @@ pub struct Start {
 }
 
 /// The feed told the client something other than an event.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Notice {
     /// The cursor is older than the log's retention: the client must re-sync these topics.
     CursorExpired,
+    /// The cursor names transactions this database has not reached: it comes
+    /// from another database (or one restored from a dump). Waiting would never
+    /// help, so the client re-syncs at once.
+    CursorUnknown,
+}
+
+impl Notice {
+    /// The `reason` of the resync message, and the poll error code (410).
+    pub fn reason(self) -> &'static str {
+        match self {
+            Notice::CursorExpired => "cursor_expired",
+            Notice::CursorUnknown => "cursor_unknown",
+        }
+    }
 }
 
 /// How long a client waits for the hub to be registrable: the source's first
@@ -101,30 +113,28 @@ impl Feed {
         let mut notice = None;
         let mut cursor = start.cursor;
         if let Some(c) = &cursor {
-            if let Some(pos) = hub.position() {
-                if c.hi.xmax > pos.xmax.saturating_add(AHEAD_LIMIT) {
+            if !hub.covers(&c.hi) {
+                // Ahead of this node: a cursor from a node a little further on
+                // waits briefly; one this database never reached re-syncs.
+                let client = pool.get().await?;
+                if c.hi.xmax > changelog::current_xmax(&client).await? {
+                    notice = Some(Notice::CursorUnknown);
+                    cursor = None;
+                } else if !hub.wait_covering(&c.hi, AHEAD_WAIT).await {
                     return Err(FeedError::CursorAhead);
                 }
             }
+        }
+        if let Some(c) = &cursor {
             // A window younger than the retention cannot have lost anything.
             let pruned = if hub.window_covers(&c.lo) {
                 0
             } else {
-                let client = pool.get().await?;
-                let row = client
-                    .query_one(
-                        "SELECT pruned_below::text FROM rowcast.retention WHERE id = 1",
-                        &[],
-                    )
-                    .await?;
-                let text: &str = row.try_get(0)?;
-                text.parse::<u64>().unwrap_or(0)
+                changelog::pruned_below(&*pool.get().await?).await?
             };
             if c.lo.xmin() < pruned {
                 notice = Some(Notice::CursorExpired);
                 cursor = None;
-            } else if !hub.wait_covering(&c.hi, AHEAD_WAIT).await {
-                return Err(FeedError::CursorAhead);
             }
         }
         let (sub, pos) = register(hub, topics).await?;
@@ -164,7 +174,10 @@ impl Feed {
         // read the position before looking at the queue: a batch published in
         // between shows up in the queue, and then we keep the older position
         let hub = self.sub.hub_cursor();
-        if self.catching_up() || !self.sub.queue_empty() {
+        // A lagging subscription has changes that were never queued (a burst
+        // past its queue, or one change bigger than its byte bound): the hub's
+        // position is past them, and only the log can hand them out.
+        if self.catching_up() || self.sub.lagged() || !self.sub.queue_empty() {
             return;
         }
         // `hub_cursor` is None while a batch is half-published, so the position
@@ -227,10 +240,17 @@ impl Feed {
     }
 
     /// Next change without waiting for live ones: the log backlog (reading the
-    /// database as needed), then whatever live change is already queued.
+    /// database as needed), then whatever live change is already queued; a
+    /// lagging subscription first continues from the log.
     pub async fn next_pending(&mut self) -> Result<Option<Delivery>, FeedError> {
         if let Some(d) = self.next_logged().await? {
             return Ok(Some(d));
+        }
+        if self.sub.lagged() {
+            Box::pin(self.recover()).await?;
+            if let Some(d) = self.next_logged().await? {
+                return Ok(Some(d));
+            }
         }
         Ok(self.sub.try_recv().map(|d| self.handed_out(d)))
     }
@@ -325,47 +345,93 @@ impl Feed {
 
     fn queue_change(&mut self, change: Arc<Change>) {
         if let Some(topic) = change.first_topic_in(|t| self.sub.wants(t)) {
-            self.backlog.push_back(Delivery { change, topic });
+            self.backlog.push_back(Delivery {
+                change,
+                topic,
+                live: false,
+            });
         }
     }
 
-    /// The latest retained change of each subscribed topic visible at `pos`,
-    /// oldest first, each carrying the cursor of `pos` itself: the client holds
-    /// the state as of `pos`, and the live stream continues from there.
+    /// The current state of the subscribed topics as of `pos` (see
+    /// `changelog::snapshot`), as catch-up deliveries carrying `pos`'s cursor.
     async fn load_snapshot(&mut self, pos: &Snapshot) -> Result<(), FeedError> {
-        let topics: Vec<&str> = self.sub.topics().iter().map(String::as_str).collect();
+        let topics: Vec<String> = self.sub.topics().iter().cloned().collect();
         if topics.is_empty() {
             return Ok(());
         }
         let client = self.pool.get().await?;
-        let stmt = client
-            .prepare_cached(
-                "SELECT DISTINCT ON (id) id, topics, event, payload::text, us, xid::text FROM (
-                    SELECT DISTINCT ON (t.topic) c.id, c.xid, c.topics, c.event, c.payload,
-                           (extract(epoch FROM c.emitted_at) * 1000000)::int8 AS us
-                      FROM rowcast.changes c, unnest(c.topics) AS t(topic)
-                     WHERE c.topics && $1::text[] AND t.topic = ANY ($1::text[])
-                       AND pg_visible_in_snapshot(c.xid, $2::text::pg_snapshot)
-                     ORDER BY t.topic, c.id DESC) latest
-                 ORDER BY id",
-            )
-            .await?;
-        let rows = client.query(&stmt, &[&topics, &pos.to_string()]).await?;
-        let cursor = Cursor::boundary(pos.clone());
-        for row in rows {
-            let payload: &str = row.try_get(3)?;
-            let xid: &str = row.try_get(5)?;
-            let change = Arc::new(Change::new(
-                row.try_get(0)?,
-                changelog::parse_xid(xid)?,
-                row.try_get(1)?,
-                row.try_get(2)?,
-                payload,
-                row.try_get(4)?,
-                &cursor,
-            ));
+        let read = changelog::snapshot(&client, &topics, pos).await?;
+        if read.truncated {
+            tracing::warn!(
+                limit = changelog::SNAPSHOT_MAX,
+                "snapshot truncated to the most recently changed entities"
+            );
+        }
+        for change in read.changes {
             self.queue_change(change);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::{QueueLimits, WindowLimits};
+
+    fn change(id: i64, xid: u64, payload: &str, at: &Snapshot) -> Arc<Change> {
+        Arc::new(Change::new(
+            id,
+            xid,
+            vec!["t".into()],
+            "e".into(),
+            payload,
+            0,
+            &Cursor::boundary(at.clone()),
+        ))
+    }
+
+    /// Issue #8, defect 4: one change bigger than the subscriber's byte bound
+    /// is never queued (the subscription lags instead). A poll that looks for
+    /// pending changes must read it from the log (here: the window), not move
+    /// its cursor past it.
+    #[tokio::test]
+    async fn poll_never_skips_a_change_bigger_than_its_queue() {
+        let metrics = crate::metrics::Metrics::new().unwrap();
+        let hub = Hub::new(
+            QueueLimits {
+                max_events: 100,
+                max_bytes: 256,
+            },
+            WindowLimits::default(),
+            metrics.hub(),
+        );
+        // never connects: this feed needs no database (no cursor, the window answers)
+        let pool = crate::server::pool("postgres://127.0.0.1:1/none", 1).unwrap();
+        let s1 = Snapshot::new(100, vec![]);
+        hub.close_batch(s1.clone());
+        let (mut feed, notice) = Feed::open(&hub, &pool, &["t".to_string()], Start::default())
+            .await
+            .unwrap();
+        assert_eq!(notice, None);
+        let before = feed.position();
+
+        let big = format!("{{\"blob\":\"{}\"}}", "x".repeat(4096));
+        hub.open_batch();
+        hub.publish(&[change(1, 100, &big, &s1)]);
+        let s2 = Snapshot::new(101, vec![]);
+        hub.close_batch(s2);
+
+        let d = feed
+            .next_pending()
+            .await
+            .unwrap()
+            .expect("the oversized change is handed out");
+        assert_eq!(d.change.id, 1);
+        assert!(!d.live, "it came from catch-up, not the queue");
+        feed.advance_to_hub();
+        assert_ne!(feed.position(), before);
+        assert!(feed.next_pending().await.unwrap().is_none());
     }
 }

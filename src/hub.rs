@@ -73,10 +73,13 @@ pub struct WindowHit {
     pub own_cursor_fits: bool,
 }
 
-/// One queued delivery: the change and the index of the topic it is delivered for.
+/// One delivery: the change, the index of the topic it is delivered for, and
+/// whether it is live (came through a hub queue as the source read it) or
+/// catch-up (read from the log or the window for a client that was behind).
 pub struct Delivery {
     pub change: Arc<Change>,
     pub topic: usize,
+    pub live: bool,
 }
 
 impl Delivery {
@@ -182,16 +185,19 @@ impl Hub {
         self.subscribers.load(Ordering::Relaxed)
     }
 
+    /// Whether the position covers `snap` now (no batch half published).
+    pub fn covers(&self, snap: &Snapshot) -> bool {
+        let st = self.lock();
+        !st.batch_open && st.position.as_ref().is_some_and(|p| snap.covered_by(p))
+    }
+
     /// Waits until the position covers `snap` (or `timeout` passes); false on timeout.
     pub async fn wait_covering(&self, snap: &Snapshot, timeout: std::time::Duration) -> bool {
         let mut rx = self.advanced.subscribe();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            {
-                let st = self.lock();
-                if !st.batch_open && st.position.as_ref().is_some_and(|p| snap.covered_by(p)) {
-                    return true;
-                }
+            if self.covers(snap) {
+                return true;
             }
             if tokio::time::timeout_at(deadline, rx.changed())
                 .await
@@ -394,6 +400,7 @@ impl Hub {
         let d = Delivery {
             change: change.clone(),
             topic,
+            live: true,
         };
         let bytes = d.bytes();
         let over_bytes =

@@ -16,6 +16,7 @@ pub mod db;
 pub mod demo;
 pub mod embedded_pg;
 pub mod error;
+pub mod failpoints;
 pub mod feed;
 pub mod http;
 pub mod hub;

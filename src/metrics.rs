@@ -13,8 +13,19 @@ pub const TRANSPORTS: [&str; 3] = ["ws", "sse", "poll"];
 #[derive(Clone)]
 pub struct Metrics {
     pub registry: Registry,
-    /// Emitted-at (in the writer's transaction) → frame handed to the client socket.
+    /// The SLO histogram: for **live** deliveries only (changes that reached the
+    /// client through the hub as they were read from the log), emitted-at in
+    /// the writer's transaction → frame handed to the client socket. Catch-up
+    /// (resumes, polls from an old cursor, snapshots, lag recovery) is counted
+    /// apart, so that replaying old changes can never look like slow delivery.
     pub sync_latency: HistogramVec,
+    /// Catch-up deliveries: changes read from the log or the window for a
+    /// client behind the live stream, and snapshot state.
+    pub catchup_deliveries: IntCounterVec,
+    /// Age of a change when it was delivered by catch-up.
+    pub catchup_lag: HistogramVec,
+    /// Change-log rows the source skipped because they cannot be delivered.
+    pub source_bad_changes: IntCounter,
     pub connections: IntGaugeVec,
     pub events: IntCounter,
     pub deliveries: IntCounterVec,
@@ -50,6 +61,35 @@ impl Metrics {
             )
             .buckets(buckets.clone()),
             &["transport"],
+        )?;
+        let catchup_deliveries = IntCounterVec::new(
+            Opts::new(
+                "rowcast_catchup_deliveries_total",
+                "Frames written to clients from catch-up (resume, poll from an old cursor, snapshot, lag recovery), not live",
+            ),
+            &["transport"],
+        )?;
+        let catchup_lag = HistogramVec::new(
+            HistogramOpts::new(
+                "rowcast_catchup_lag_seconds",
+                "Age of a change (emitted-at to written) when delivered by catch-up",
+            )
+            .buckets(vec![
+                0.01,
+                0.1,
+                1.0,
+                10.0,
+                60.0,
+                600.0,
+                3600.0,
+                6.0 * 3600.0,
+                24.0 * 3600.0,
+            ]),
+            &["transport"],
+        )?;
+        let source_bad_changes = IntCounter::new(
+            "rowcast_source_bad_changes_total",
+            "Change-log rows skipped because they cannot be turned into an event (logged at ERROR with their id)",
         )?;
         let connections = IntGaugeVec::new(
             Opts::new("rowcast_connections", "Open client connections"),
@@ -142,7 +182,11 @@ impl Metrics {
         registry.register(Box::new(resyncs.clone()))?;
         registry.register(Box::new(lag_recoveries.clone()))?;
         registry.register(Box::new(catchup_reads.clone()))?;
+        registry.register(Box::new(catchup_deliveries.clone()))?;
+        registry.register(Box::new(catchup_lag.clone()))?;
+        registry.register(Box::new(source_bad_changes.clone()))?;
         resyncs.with_label_values(&["cursor_expired"]);
+        resyncs.with_label_values(&["cursor_unknown"]);
         for r in [
             "malformed",
             "expired",
@@ -158,6 +202,8 @@ impl Metrics {
         for t in TRANSPORTS {
             // make every series visible from the start, so dashboards and rate() work at once
             sync_latency.with_label_values(&[t]);
+            catchup_deliveries.with_label_values(&[t]);
+            catchup_lag.with_label_values(&[t]);
             connections.with_label_values(&[t]);
             deliveries.with_label_values(&[t]);
             slow_consumer_drops.with_label_values(&[t]);
@@ -165,6 +211,9 @@ impl Metrics {
         Ok(Metrics {
             registry,
             sync_latency,
+            catchup_deliveries,
+            catchup_lag,
+            source_bad_changes,
             connections,
             events,
             deliveries,
@@ -205,6 +254,8 @@ impl Metrics {
         TransportMetrics {
             name: transport,
             latency: self.sync_latency.with_label_values(&[transport]),
+            catchup: self.catchup_deliveries.with_label_values(&[transport]),
+            catchup_lag: self.catchup_lag.with_label_values(&[transport]),
             deliveries: self.deliveries.with_label_values(&[transport]),
             connections: self.connections.with_label_values(&[transport]),
             slow_drops: self.slow_consumer_drops.with_label_values(&[transport]),
@@ -216,17 +267,25 @@ impl Metrics {
 pub struct TransportMetrics {
     pub name: &'static str,
     pub latency: Histogram,
+    pub catchup: IntCounter,
+    pub catchup_lag: Histogram,
     pub deliveries: IntCounter,
     pub connections: IntGauge,
     pub slow_drops: IntCounter,
 }
 
 impl TransportMetrics {
-    /// Records one delivered frame of a change emitted at `emitted_us` (µs since the epoch).
-    pub fn delivered(&self, emitted_us: i64) {
+    /// Records one delivered frame of a change emitted at `emitted_us` (µs
+    /// since the epoch): live ones in the SLO histogram, catch-up apart.
+    pub fn delivered(&self, emitted_us: i64, live: bool) {
         self.deliveries.inc();
         let lag = (now_us() - emitted_us).max(0) as f64 / 1e6;
-        self.latency.observe(lag);
+        if live {
+            self.latency.observe(lag);
+        } else {
+            self.catchup.inc();
+            self.catchup_lag.observe(lag);
+        }
     }
 }
 

@@ -12,6 +12,7 @@ use tokio_postgres::Client;
 pub const CORE: &[(&str, &str)] = &[
     ("001_core", include_str!("../sql/001_core.sql")),
     ("002_authorize", include_str!("../sql/002_authorize.sql")),
+    ("003_guarantees", include_str!("../sql/003_guarantees.sql")),
 ];
 
 /// The FR-021 farmers-market reference schema (`market.*`), its triggers and

@@ -37,6 +37,8 @@ pub struct ServerConfig {
     pub sse_retry: Duration,
     pub idle_poll: Duration,
     pub busy_pause: Duration,
+    /// Changes per change-log read of the source (a bigger batch is read in pages).
+    pub source_page: i64,
     /// Changes older than this are pruned; cursors older than that get "resync".
     pub retention: Duration,
     /// How often the pruner runs.
@@ -67,6 +69,7 @@ impl ServerConfig {
             sse_retry: Duration::from_secs(2),
             idle_poll: Duration::from_secs(2),
             busy_pause: Duration::from_millis(1),
+            source_page: crate::source::PAGE,
             retention: Duration::from_secs(24 * 3600),
             prune_every: Duration::from_secs(60),
             write_timeout: Duration::from_secs(10),
@@ -170,6 +173,7 @@ impl Server {
                 database_url: cfg.database_url.clone(),
                 idle_poll: cfg.idle_poll,
                 busy_pause: cfg.busy_pause,
+                page_size: cfg.source_page,
             },
             hub.clone(),
             metrics.clone(),

@@ -42,8 +42,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
-/// Largest number of changes read in one query; a bigger batch is read in pages.
-const PAGE: i64 = 5000;
+/// Default page size of a read; a bigger batch is read in pages.
+pub const PAGE: i64 = 5000;
 /// How long after an idle read found changes a NOTIFY still counts as announcing them.
 const NOTIFY_GRACE: Duration = Duration::from_millis(200);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -57,6 +57,8 @@ pub struct SourceConfig {
     /// Pause between reads while changes keep arriving; bounds the read rate
     /// (and the database load it causes) and lets batches grow under load.
     pub busy_pause: Duration,
+    /// Largest number of changes read in one query; a bigger batch is read in pages.
+    pub page_size: i64,
 }
 
 /// What `/readyz` reports.
@@ -83,6 +85,10 @@ pub struct Source {
     status: Arc<SourceStatus>,
     /// The snapshot up to which everything has been published.
     position: Option<Snapshot>,
+    /// A batch half published when the connection failed, to finish first.
+    open: Option<OpenBatch>,
+    /// Changes per read.
+    page: i64,
 }
 
 impl Source {
@@ -92,12 +98,15 @@ impl Source {
         metrics: Metrics,
         status: Arc<SourceStatus>,
     ) -> Source {
+        let page = cfg.page_size.max(1);
         Source {
             cfg,
             hub,
             metrics,
             status,
             position: None,
+            open: None,
+            page,
         }
     }
 
@@ -119,7 +128,7 @@ impl Source {
                         backoff = BACKOFF_MIN;
                     }
                     let jitter = backoff.mul_f64(0.5 + fastrand::f64());
-                    tracing::warn!(error = %e, retry_in = ?jitter, "source lost the database");
+                    tracing::warn!(cause = %e, retry_in = ?jitter, "change-log source stopped; reconnecting");
                     tokio::select! {
                         _ = tokio::time::sleep(jitter) => {}
                         _ = shutdown.recv() => return,
@@ -222,12 +231,12 @@ impl Source {
                             // stale: leave unarmed, the next empty read arms afresh
                             Ok(Ok(())) => armed = true,
                             Ok(Err(e)) => break Err(e),
-                            Err(e) => break Err(Error::Config(format!("re-arm task failed: {e}"))),
+                            Err(e) => break Err(Error::Invariant(format!("re-arm task failed: {e}"))),
                         }
                     }
                     _ = bell.notified() => {}
-                    _ = &mut lost => break Err(Error::Config("source connection closed".into())),
-                    _ = &mut arm_lost => break Err(Error::Config("doorbell connection closed".into())),
+                    _ = &mut lost => break Err(Error::ConnectionLost("source")),
+                    _ = &mut arm_lost => break Err(Error::ConnectionLost("doorbell")),
                     _ = shutdown.recv() => {}
                 }
                 continue;
@@ -235,7 +244,7 @@ impl Source {
             tokio::select! {
                 _ = bell.notified() => armed = false,
                 _ = tokio::time::sleep(self.cfg.idle_poll) => idle_read = true,
-                _ = &mut lost => break Err(Error::Config("source connection closed".into())),
+                _ = &mut lost => break Err(Error::ConnectionLost("source")),
                 _ = shutdown.recv() => {}
             }
         };
@@ -246,33 +255,52 @@ impl Source {
     }
 
     /// Reads everything that became visible since the last read and publishes it.
+    ///
+    /// A batch bigger than a page is published page by page under one open hub
+    /// batch. If the database fails between two pages, `open` keeps where the
+    /// batch stands (its upper snapshot and the last row published), and the
+    /// next read, on a new connection, continues exactly there: the same
+    /// snapshot bounds the batch, so nothing is published twice or skipped.
     async fn read(&mut self, client: &Client, stmt: &tokio_postgres::Statement) -> Result<usize> {
         let Some(lo) = self.position.clone() else {
             return Ok(0);
         };
         let started = Instant::now();
-        let mut from = Cursor::boundary(lo);
-        let mut upto: Option<Snapshot> = None;
         let mut total = 0;
         loop {
-            let page = changelog::read(client, stmt, &from, upto.as_ref(), None, PAGE).await?;
+            let (from, upto) = match &self.open {
+                Some(b) => (b.from.clone(), Some(b.upto.clone())),
+                None => (Cursor::boundary(lo.clone()), None),
+            };
+            let page = changelog::read(client, stmt, &from, upto.as_ref(), None, self.page).await?;
+            for bad in &page.bad {
+                self.metrics.source_bad_changes.inc();
+                tracing::error!(
+                    change_id = bad.id,
+                    reason = %bad.reason,
+                    "skipping a change that cannot be delivered (fix or delete that row)"
+                );
+            }
             let n = page.changes.len();
-            if n > 0 && total == 0 {
+            if page.last.is_some() && self.open.is_none() {
                 self.hub.open_batch();
             }
             total += n;
             self.metrics.events.inc_by(n as u64);
             self.hub.publish(&page.changes);
             if page.more {
-                if let Some(last) = page.changes.last() {
-                    from = Cursor::decode(&last.cursor)
-                        .map_err(|e| Error::Config(format!("own cursor unreadable: {e}")))?;
+                if let Some(last) = page.last {
+                    self.open = Some(OpenBatch {
+                        from: last,
+                        upto: page.upto,
+                    });
                 }
-                upto = Some(page.upto);
+                crate::failpoints::hit("source.between_pages").await?;
                 continue;
             }
             // Advance even when nothing came: the next read then starts from a
             // newer snapshot and its xid range stays small.
+            self.open = None;
             self.hub.close_batch(page.upto.clone());
             self.position = Some(page.upto);
             break;
@@ -285,6 +313,12 @@ impl Source {
         }
         Ok(total)
     }
+}
+
+/// A batch published in part: it continues from `from`, bounded by `upto`.
+struct OpenBatch {
+    from: Cursor,
+    upto: Snapshot,
 }
 
 /// Sets the doorbell flag once no writer that may have seen it cleared is still running.

@@ -2,6 +2,8 @@
 //! 20 clients on random transports disconnecting and resuming at random moments
 //! against two rowcast nodes (one in-process, one a separate process), a
 //! PostgreSQL `restart -m fast`, and a SIGKILL + restart of the second node.
+//! Node A reads the log in pages of 8 changes, and its database connection
+//! fails (injected) between two pages of a batch six times.
 //! Every client must end with exactly the committed changes of its topics:
 //! no gap, no duplicate, each topic in commit order.
 //!
@@ -246,7 +248,8 @@ async fn chaos_every_client_gets_exactly_the_committed_changes() {
             .await
             .unwrap();
     }
-    let a = server(&url).await;
+    // small pages, so that batches span several and faults can hit between them
+    let a = server_with(&url, |c| c.source_page = 8).await;
     let a_base = a.base_url();
     let b = Arc::new(Node {
         child: Mutex::new(None),
@@ -329,6 +332,8 @@ async fn chaos_every_client_gets_exactly_the_committed_changes() {
     }
 
     // Faults.
+    tokio::time::sleep_until(start + Duration::from_secs(3)).await;
+    rowcast::failpoints::fail("source.between_pages", 3);
     tokio::time::sleep_until(start + Duration::from_secs(6)).await;
     let pg = cluster();
     tokio::task::spawn_blocking(move || pg.restart())
@@ -343,6 +348,7 @@ async fn chaos_every_client_gets_exactly_the_committed_changes() {
     b.spawn();
     wait_ready(&b_base).await;
     println!("node B back at {:?}", start.elapsed());
+    rowcast::failpoints::fail("source.between_pages", 3);
 
     let mut committed_txns = 0;
     let mut failed_txns = 0;
@@ -408,6 +414,10 @@ async fn chaos_every_client_gets_exactly_the_committed_changes() {
         total += seen.events.len();
     }
     settle.abort();
+    assert!(
+        !rowcast::failpoints::armed("source.between_pages"),
+        "the mid-batch faults were never injected"
+    );
     println!("chaos: {total} deliveries checked, all exact");
     a.stop().await;
 }

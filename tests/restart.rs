@@ -14,6 +14,9 @@ async fn readyz(base: &str) -> u16 {
     }
 }
 
+/// The tests of this binary stop or restart the one cluster they share: one at a time.
+static EXCLUSIVE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn wait_readyz(base: &str, want: u16) {
     for _ in 0..600 {
         if readyz(base).await == want {
@@ -26,6 +29,7 @@ async fn wait_readyz(base: &str, want: u16) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_restart_loses_nothing() {
+    let _cluster = EXCLUSIVE.lock().await;
     let url = fresh_db().await;
     let srv = server(&url).await;
     let base = srv.base_url();
@@ -141,5 +145,156 @@ async fn postgres_restart_loses_nothing() {
     .unwrap();
     assert_eq!(next_event(&mut ws.rx).await.data["n"], -1);
     assert_eq!(next_event(&mut sse.rx).await.data["n"], -1);
+    srv.stop().await;
+}
+
+/// Issue #8, defect 3: PostgreSQL restarts (`pg_ctl restart -m fast`) while the
+/// source is half way through publishing one large transaction. Live readers on
+/// two nodes, and a resume answered from each node's memory window, get every
+/// change once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_restart_in_the_middle_of_a_batch_repeats_nothing() {
+    let _cluster = EXCLUSIVE.lock().await;
+    const N: i64 = 1000;
+    let url = fresh_db().await;
+    let a = server_with(&url, |c| c.source_page = 100).await;
+    let b = server_with(&url, |c| c.source_page = 100).await;
+    let mut ws_a = WsClient::connect(&a.base_url(), "topics=big").await;
+    let mut sse_b = SseClient::connect(&b.base_url(), "topics=big", None).await;
+    let before = Poller::start(&a.base_url(), "big").await.cursor;
+    // both sources stop after their first page until the database has restarted
+    let pause = rowcast::failpoints::pause("source.between_pages");
+    let db = connect(&url).await;
+    db.execute(
+        "SELECT rowcast.emit(ARRAY['big'], 'test.n', jsonb_build_object('n', g))
+           FROM generate_series(1, $1::bigint) g",
+        &[&N],
+    )
+    .await
+    .unwrap();
+    tokio::time::timeout(ARRIVAL, pause.reached.notified())
+        .await
+        .expect("a source reached the page boundary");
+    let pg = cluster();
+    tokio::task::spawn_blocking(move || pg.restart())
+        .await
+        .unwrap()
+        .unwrap();
+    pause.release.notify_one();
+    let want: Vec<i64> = (1..=N).collect();
+    let got: Vec<i64> = events(&mut ws_a.rx, N as usize)
+        .await
+        .iter()
+        .map(|e| e.data["n"].as_i64().unwrap())
+        .collect();
+    assert_eq!(got, want, "ws on node a");
+    let got: Vec<i64> = events(&mut sse_b.rx, N as usize)
+        .await
+        .iter()
+        .map(|e| e.data["n"].as_i64().unwrap())
+        .collect();
+    assert_eq!(got, want, "sse on node b");
+    for node in [&a, &b] {
+        let mut p = Poller {
+            base: node.base_url(),
+            topics: "big".into(),
+            cursor: before.clone(),
+            token: None,
+        };
+        let got: Vec<i64> = p
+            .events(N as usize)
+            .await
+            .iter()
+            .map(|e| e.data["n"].as_i64().unwrap())
+            .collect();
+        assert_eq!(got, want, "resume on {}", node.base_url());
+    }
+    // nothing beyond
+    let db = connect(&url).await;
+    db.execute(
+        "SELECT rowcast.emit(ARRAY['big'], 'test.n', '{\"n\": -1}')",
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(next_event(&mut ws_a.rx).await.data["n"], -1);
+    assert_eq!(next_event(&mut sse_b.rx).await.data["n"], -1);
+    a.stop().await;
+    b.stop().await;
+}
+
+/// Issue #8, defect 11: a WebSocket resume while the database is down is told
+/// to retry — HTTP 503 + Retry-After at the upgrade, or an `unavailable` error
+/// and close 1013 after a `subscribe` — and the retry resumes exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ws_resume_during_an_outage_is_told_to_retry_then_resumes_exactly() {
+    let _cluster = EXCLUSIVE.lock().await;
+    let url = fresh_db().await;
+    // neither the memory window nor the authorization cache may answer: this
+    // resume needs the database (with them, it is served from memory meanwhile)
+    let srv = server_with(&url, |c| {
+        c.window_changes = 0;
+        c.authz_cache = Duration::ZERO;
+    })
+    .await;
+    let base = srv.base_url();
+    let cursor = Poller::start(&base, "out").await.cursor.unwrap();
+    let db = connect(&url).await;
+    db.execute(
+        "SELECT rowcast.emit(ARRAY['out'], 'test.n', jsonb_build_object('n', g))
+           FROM generate_series(1, 5) g",
+        &[],
+    )
+    .await
+    .unwrap();
+    // the source has read them before the outage
+    let mut seen = Poller {
+        base: base.clone(),
+        topics: "out".into(),
+        cursor: Some(cursor.clone()),
+        token: None,
+    };
+    seen.events(5).await;
+    let pg = cluster();
+    tokio::task::spawn_blocking(move || pg.stop())
+        .await
+        .unwrap()
+        .unwrap();
+    wait_readyz(&base, 503).await;
+    let refused = WsClient::connect_with(&base, &format!("topics=out&cursor={cursor}"), &[]).await;
+    let (status, body) = refused.err().expect("refused before the upgrade");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("unavailable"), "{body}");
+    let mut ws = WsClient::connect(&base, "").await;
+    ws.send(serde_json::json!({"type":"subscribe","topics":["out"],"cursor":cursor}))
+        .await;
+    match ws.next().await {
+        Msg::Control(v) => assert_eq!(v["code"], "unavailable", "{v}"),
+        other => panic!("{other:?}"),
+    }
+    match ws.next().await {
+        Msg::Closed(c) => assert!(c.starts_with("1013"), "{c}"),
+        other => panic!("{other:?}"),
+    }
+    tokio::task::spawn_blocking(move || pg.start_again())
+        .await
+        .unwrap()
+        .unwrap();
+    wait_readyz(&base, 200).await;
+    let mut ws = WsClient::connect(&base, &format!("topics=out&cursor={cursor}")).await;
+    let got: Vec<i64> = events(&mut ws.rx, 5)
+        .await
+        .iter()
+        .map(|e| e.data["n"].as_i64().unwrap())
+        .collect();
+    assert_eq!(got, vec![1, 2, 3, 4, 5]);
+    let db = connect(&url).await;
+    db.execute(
+        "SELECT rowcast.emit(ARRAY['out'], 'test.n', '{\"n\": 6}')",
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(next_event(&mut ws.rx).await.data["n"], 6);
     srv.stop().await;
 }

@@ -5,7 +5,8 @@
 //! cursor the answer has no events and the current position (or, with
 //! `snapshot=true`, the latest change of each topic). `wait` (0–30 s) long-polls
 //! until at least one change arrives. An expired cursor answers 410
-//! `{"error":"cursor_expired"}`: re-fetch the state, then poll without a cursor.
+//! `{"error":"cursor_expired"}` (or `cursor_unknown` for a cursor of another
+//! database): re-fetch the state, then poll without a cursor.
 
 use super::{flag, ApiError};
 use crate::access::{self, Peer};
@@ -93,15 +94,16 @@ async fn poll(
         snapshot: flag(q.snapshot.as_deref()),
     };
     let (mut feed, notice) = Feed::open(&app.hub, &app.pool, &topics, start).await?;
-    if notice == Some(Notice::CursorExpired) {
-        app.metrics
-            .resyncs
-            .with_label_values(&["cursor_expired"])
-            .inc();
+    if let Some(n) = notice {
+        app.metrics.resyncs.with_label_values(&[n.reason()]).inc();
+        let why = match n {
+            Notice::CursorExpired => "the cursor is older than the change log's retention",
+            Notice::CursorUnknown => "the cursor does not belong to this database",
+        };
         return Err(ApiError::new(
             StatusCode::GONE,
-            "cursor_expired",
-            "the cursor is older than the change log's retention; re-fetch state and poll without a cursor",
+            n.reason(),
+            format!("{why}; re-fetch state and poll without a cursor"),
         ));
     }
     let mut events = Vec::new();
@@ -111,14 +113,15 @@ async fn poll(
         feed.advance_to_hub();
     }
     let cursor = feed.position();
-    let mut body = Vec::with_capacity(64 + events.iter().map(|(b, _)| b.len() + 1).sum::<usize>());
+    let mut body =
+        Vec::with_capacity(64 + events.iter().map(|(b, _, _)| b.len() + 1).sum::<usize>());
     body.extend_from_slice(b"{\"events\":[");
-    for (i, (frame, emitted_us)) in events.iter().enumerate() {
+    for (i, (frame, emitted_us, live)) in events.iter().enumerate() {
         if i > 0 {
             body.push(b',');
         }
         body.extend_from_slice(frame);
-        tm.delivered(*emitted_us);
+        tm.delivered(*emitted_us, *live);
     }
     body.extend_from_slice(b"],\"cursor\":");
     body.extend_from_slice(
@@ -141,14 +144,14 @@ async fn poll(
 /// waits up to `wait` for the first live one, then takes what is ready with it.
 async fn collect(
     feed: &mut Feed,
-    out: &mut Vec<(bytes::Bytes, i64)>,
+    out: &mut Vec<(bytes::Bytes, i64, bool)>,
     limit: usize,
     wait: Duration,
     shutdown: &mut crate::shutdown::Shutdown,
 ) -> Result<(), ApiError> {
     let mut push = |d: crate::hub::Delivery| {
         if let Some(frame) = d.change.frame(d.topic) {
-            out.push((frame.json.clone(), d.change.emitted_us));
+            out.push((frame.json.clone(), d.change.emitted_us, d.live));
         }
     };
     let mut n = 0;

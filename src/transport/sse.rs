@@ -10,7 +10,7 @@
 
 use super::{flag, ApiError};
 use crate::access::{self, Peer};
-use crate::feed::{Feed, Notice, Start};
+use crate::feed::{Feed, Start};
 use crate::limits::ConnGuard;
 use crate::metrics::TransportMetrics;
 use crate::protocol::{parse_cursor, ServerMessage};
@@ -76,14 +76,11 @@ async fn open(
     };
     let (feed, notice) = Feed::open(&app.hub, &app.pool, &topics, start).await?;
     let mut head = format!("retry: {}\n\n", app.cfg.sse_retry.as_millis());
-    if notice == Some(Notice::CursorExpired) {
-        app.metrics
-            .resyncs
-            .with_label_values(&["cursor_expired"])
-            .inc();
+    if let Some(n) = notice {
+        app.metrics.resyncs.with_label_values(&[n.reason()]).inc();
         let msg = ServerMessage::Resync {
             topics: &topics,
-            reason: "cursor_expired",
+            reason: n.reason(),
         };
         head.push_str(&format!("event: resync\ndata: {}\n\n", msg.to_json()));
     }
@@ -192,7 +189,7 @@ impl Stream {
         while let Some(d) = next {
             if let Some(f) = d.change.frame(d.topic) {
                 buf.extend_from_slice(f.sse(&d.change));
-                emitted.push(d.change.emitted_us);
+                emitted.push((d.change.emitted_us, d.live));
             }
             n += 1;
             next = if n < MAX_COALESCE {
@@ -201,8 +198,8 @@ impl Stream {
                 None
             };
         }
-        for us in emitted {
-            self.tm.delivered(us);
+        for (us, live) in emitted {
+            self.tm.delivered(us, live);
         }
         Some(buf.freeze())
     }

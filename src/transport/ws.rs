@@ -10,8 +10,11 @@
 //! shutdown (resume elsewhere), 4008 "slow consumer" when the client's socket
 //! accepted nothing for the write timeout (resume from the last cursor), 4010
 //! when retention pruned changes while the client caught up (reconnect: resync),
-//! 1011 when the database is gone. A client whose queue overflows is not
-//! closed: it continues from the change log (see `feed`).
+//! 1013 "try again later" when the database is unavailable or this node is
+//! behind the cursor (reconnect and resume by cursor; before the upgrade the
+//! same cases answer HTTP 503 with Retry-After, as on SSE and polling). A
+//! client whose queue overflows is not closed: it continues from the change
+//! log (see `feed`).
 
 use super::{flag, ApiError};
 use crate::access::{self, Admitted, Peer};
@@ -73,11 +76,22 @@ pub async fn handler(
         cursor,
         snapshot: flag(q.snapshot.as_deref()),
     };
-    // Decided before the 101 answer, so the feed registers as soon as the socket
-    // opens: a change committed after the handshake completes is not missed.
+    // Authorized and registered before the 101 answer: a change committed after
+    // the handshake completes is not missed, and a database outage is answered
+    // like on SSE and polling (503 + Retry-After: retry, resume by cursor).
     let (topics, denied) = match access::authorize(&app, &admitted.identity, &topics).await {
         Ok(x) => x,
         Err(e) => return e.into_response(),
+    };
+    let opened = if topics.is_empty() {
+        // no topic to start yet: the cursor and snapshot flag wait for the
+        // first subscribe, whose topics they apply to
+        Opening::Later(start)
+    } else {
+        match Feed::open(&app.hub, &app.pool, &topics, start).await {
+            Ok((feed, notice)) => Opening::Now(Box::new(feed), notice),
+            Err(e) => return ApiError::from(e).into_response(),
+        }
     };
     let max = app.security.limits.max_frame;
     // Small explicit buffers: tungstenite's defaults reserve 128 KiB per connection.
@@ -97,17 +111,27 @@ pub async fn handler(
             );
             async move {
                 Session::new(app, socket, admitted)
-                    .run(topics, denied, start)
+                    .run(opened, topics, denied)
                     .await
             }
             .instrument(span)
         })
 }
 
+/// What the upgrade request started.
+enum Opening {
+    /// A feed for the URL's topics, and a resync notice if its cursor was not usable.
+    Now(Box<Feed>, Option<Notice>),
+    /// No topics yet: this start (cursor, snapshot) applies to the first subscribe.
+    Later(Start),
+}
+
 struct Session {
     app: Arc<App>,
     socket: WebSocket,
     feed: Option<Feed>,
+    /// The start given at the upgrade, until a subscribe opens the feed with it.
+    pending_start: Option<Start>,
     tm: TransportMetrics,
     identity: Identity,
     /// A token was verified (at the upgrade or by an `auth` message).
@@ -130,6 +154,7 @@ impl Session {
             app,
             socket,
             feed: None,
+            pending_start: None,
             tm,
             identity: admitted.identity,
             authenticated: admitted.authenticated,
@@ -138,8 +163,12 @@ impl Session {
         }
     }
 
-    async fn run(mut self, topics: Vec<String>, denied: Vec<String>, start: Start) {
-        let close = self.serve(topics, denied, start).await;
+    async fn run(mut self, opened: Opening, topics: Vec<String>, denied: Vec<String>) {
+        let close = self.serve(opened, topics, denied).await;
+        if matches!(close, Close::Server(4008, _)) {
+            // the socket is stuck; the close frame is tried for a bounded time below
+            self.tm.slow_drops.inc();
+        }
         // bounded: a client that stopped reading must not hold the task forever
         let _ = tokio::time::timeout(Duration::from_secs(2), async {
             if let Close::Server(code, reason) = close {
@@ -173,10 +202,10 @@ impl Session {
         }
     }
 
-    async fn serve(&mut self, topics: Vec<String>, denied: Vec<String>, start: Start) -> Close {
+    async fn serve(&mut self, opened: Opening, topics: Vec<String>, denied: Vec<String>) -> Close {
         // boxed, like every rare path below: inline, its future would be part
         // of every idle connection's task
-        if let Err(c) = Box::pin(self.apply(topics, denied, start)).await {
+        if let Err(c) = Box::pin(self.start(opened, topics, denied)).await {
             return c;
         }
         let mut shutdown = self.app.shutdown.clone();
@@ -242,26 +271,8 @@ impl Session {
                 next = next_delivery(&mut self.feed) => {
                     match next {
                         Ok(Some(d)) => {
-                            let limit = self.app.cfg.write_timeout;
-                            // a timer only when the socket does not take the frames at once
-                            let sent = {
-                                let send = self.send_deliveries(d);
-                                tokio::pin!(send);
-                                match futures::poll!(send.as_mut()) {
-                                    std::task::Poll::Ready(r) => Ok(r),
-                                    std::task::Poll::Pending => {
-                                        tokio::time::timeout(limit, send).await
-                                    }
-                                }
-                            };
-                            match sent {
-                                Ok(Ok(())) => {}
-                                Ok(Err(_)) => return Close::Client,
-                                Err(_) => {
-                                    // the socket is stuck; the close frame is tried for a second
-                                    self.tm.slow_drops.inc();
-                                    return Close::Server(4008, "slow consumer");
-                                }
+                            if let Err(c) = self.send_deliveries(d).await {
+                                return c;
                             }
                         }
                         // the hub is gone: the server is stopping
@@ -271,7 +282,7 @@ impl Session {
                         }
                         Err(e) => {
                             tracing::warn!(error = %e, "ws feed failed");
-                            return Close::Server(1011, "database unavailable");
+                            return Close::Server(1013, "try again later");
                         }
                     }
                 }
@@ -279,8 +290,9 @@ impl Session {
                     if last_heard.elapsed() > self.app.cfg.keepalive * 3 {
                         return Close::Server(1001, "keepalive timeout");
                     }
-                    if self.socket.send(Message::Ping(bytes::Bytes::new())).await.is_err() {
-                        return Close::Client;
+                    let ping = self.socket.send(Message::Ping(bytes::Bytes::new()));
+                    if let Err(c) = within(self.app.cfg.write_timeout, ping).await {
+                        return c;
                     }
                 }
                 _ = shutdown.recv() => {}
@@ -310,22 +322,34 @@ impl Session {
         }
         let (allowed, denied) = match access::authorize(&self.app, &self.identity, &topics).await {
             Ok(x) => x,
-            Err(e) => {
-                self.send_error(e.code, &e.message).await;
-                return Ok(());
-            }
+            Err(e) => return Err(self.retry_later(e).await),
         };
         self.apply(allowed, denied, start).await
     }
 
-    /// Answers each denied topic with a `forbidden` error and subscribes the allowed ones.
-    async fn apply(
+    /// The upgrade's part: answers denied URL topics, then announces the feed
+    /// opened before the upgrade (or keeps the start for the first subscribe).
+    async fn start(
         &mut self,
-        allowed: Vec<String>,
+        opened: Opening,
+        topics: Vec<String>,
         denied: Vec<String>,
-        start: Start,
     ) -> Result<(), Close> {
-        for t in &denied {
+        self.deny(&denied).await?;
+        match opened {
+            Opening::Now(feed, notice) => {
+                self.feed = Some(*feed);
+                self.announce(&topics, notice).await
+            }
+            Opening::Later(start) => {
+                self.pending_start = Some(start);
+                Ok(())
+            }
+        }
+    }
+
+    async fn deny(&mut self, denied: &[String]) -> Result<(), Close> {
+        for t in denied {
             self.send(ServerMessage::TopicError {
                 code: "forbidden",
                 topic: t,
@@ -333,16 +357,51 @@ impl Session {
             })
             .await?;
         }
-        if allowed.is_empty() && (self.feed.is_some() || start.cursor.is_none()) {
-            return Ok(());
+        Ok(())
+    }
+
+    /// `subscribed`, then the resync notice when the cursor was not usable.
+    async fn announce(&mut self, topics: &[String], notice: Option<Notice>) -> Result<(), Close> {
+        self.send(ServerMessage::Subscribed { topics }).await?;
+        if let Some(n) = notice {
+            self.app
+                .metrics
+                .resyncs
+                .with_label_values(&[n.reason()])
+                .inc();
+            self.send(ServerMessage::Resync {
+                topics,
+                reason: n.reason(),
+            })
+            .await?;
         }
+        Ok(())
+    }
+
+    /// Answers each denied topic with a `forbidden` error and subscribes the
+    /// allowed ones: the first time by opening the feed with `start`.
+    async fn apply(
+        &mut self,
+        allowed: Vec<String>,
+        denied: Vec<String>,
+        start: Start,
+    ) -> Result<(), Close> {
+        self.deny(&denied).await?;
         match self.feed.as_mut() {
-            None => self.open_feed(allowed, start).await,
             Some(feed) => {
+                if allowed.is_empty() {
+                    return Ok(());
+                }
                 feed.subscription().add(&allowed);
                 self.send(ServerMessage::Subscribed { topics: &allowed })
                     .await
             }
+            None if allowed.is_empty() => {
+                // nothing opened: the start still waits for allowed topics
+                self.pending_start = Some(start);
+                Ok(())
+            }
+            None => self.open_feed(allowed, start).await,
         }
     }
 
@@ -376,39 +435,25 @@ impl Session {
         }
     }
 
+    /// Opens the feed from a `subscribe` message (see `retry_later` when that
+    /// cannot be done now).
     async fn open_feed(&mut self, topics: Vec<String>, start: Start) -> Result<(), Close> {
         match Feed::open(&self.app.hub, &self.app.pool, &topics, start).await {
             Ok((feed, notice)) => {
                 self.feed = Some(feed);
-                self.send(ServerMessage::Subscribed { topics: &topics })
-                    .await?;
-                if notice == Some(Notice::CursorExpired) {
-                    self.app
-                        .metrics
-                        .resyncs
-                        .with_label_values(&["cursor_expired"])
-                        .inc();
-                    self.send(ServerMessage::Resync {
-                        topics: &topics,
-                        reason: "cursor_expired",
-                    })
-                    .await?;
-                }
-                Ok(())
+                self.announce(&topics, notice).await
             }
-            Err(FeedError::CursorAhead) => {
-                self.send_error(
-                    "cursor_ahead",
-                    "this server has not reached the cursor yet; reconnect",
-                )
-                .await;
-                Err(Close::Server(1013, "try again later"))
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "ws feed open failed");
-                Err(Close::Server(1011, "database unavailable"))
-            }
+            Err(e) => Err(self.retry_later(ApiError::from(e)).await),
         }
+    }
+
+    /// The one answer to "this cannot be done now" (database unavailable, this
+    /// node behind the cursor) on an open socket: the error, then close 1013.
+    /// The client reconnects and resumes by cursor with all its topics, exactly
+    /// as after a 503 at the upgrade; nothing is left half subscribed.
+    async fn retry_later(&mut self, e: ApiError) -> Close {
+        self.send_error(e.code, &e.message).await;
+        Close::Server(1013, "try again later")
     }
 
     async fn on_text(&mut self, text: &str) -> Result<(), Close> {
@@ -437,7 +482,14 @@ impl Session {
                 };
                 let start = if self.feed.is_none() {
                     match parse_cursor(cursor.as_deref()) {
-                        Ok(cursor) => Start { cursor, snapshot },
+                        // the message's own cursor wins; else the upgrade's applies
+                        Ok(cursor) => {
+                            let given = self.pending_start.take().unwrap_or_default();
+                            Start {
+                                cursor: cursor.or(given.cursor),
+                                snapshot: snapshot || given.snapshot,
+                            }
+                        }
                         Err(e) => {
                             limits::rejected(&self.app.metrics, e.code());
                             self.send_error(e.code(), &e.to_string()).await;
@@ -496,18 +548,22 @@ impl Session {
     }
 
     async fn send(&mut self, msg: ServerMessage<'_>) -> Result<(), Close> {
-        self.socket
-            .send(Message::Text(msg.to_json().into()))
-            .await
-            .map_err(|_| Close::Client)
+        let write = self.socket.send(Message::Text(msg.to_json().into()));
+        within(self.app.cfg.write_timeout, write).await
     }
 
     async fn send_error(&mut self, code: &str, message: &str) {
         let _ = self.send(ServerMessage::Error { code, message }).await;
     }
 
-    /// Writes `first` and whatever else is ready, then flushes once.
-    async fn send_deliveries(&mut self, first: crate::hub::Delivery) -> Result<(), axum::Error> {
+    /// Writes `first` and whatever else is ready, then flushes once, all under
+    /// the write timeout.
+    async fn send_deliveries(&mut self, first: crate::hub::Delivery) -> Result<(), Close> {
+        let limit = self.app.cfg.write_timeout;
+        within(limit, self.write_deliveries(first)).await
+    }
+
+    async fn write_deliveries(&mut self, first: crate::hub::Delivery) -> Result<(), axum::Error> {
         let mut emitted = Vec::with_capacity(4);
         let mut next = Some(first);
         let mut n = 0;
@@ -515,7 +571,7 @@ impl Session {
             if let Some(f) = d.change.frame(d.topic) {
                 if let Ok(text) = Utf8Bytes::try_from(f.json.clone()) {
                     self.socket.feed(Message::Text(text)).await?;
-                    emitted.push(d.change.emitted_us);
+                    emitted.push((d.change.emitted_us, d.live));
                 }
             }
             n += 1;
@@ -525,11 +581,30 @@ impl Session {
             };
         }
         self.socket.flush().await?;
-        for us in emitted {
-            self.tm.delivered(us);
+        for (us, live) in emitted {
+            self.tm.delivered(us, live);
         }
         Ok(())
     }
+}
+
+/// Runs one write to the socket (events, control messages, pings alike) under
+/// `--write-timeout`. The timer is armed only when the socket does not take
+/// the bytes at once, so the common case creates none. A socket that accepts
+/// nothing that long is a slow consumer: close 4008 (counted in `run`).
+async fn within(
+    limit: Duration,
+    write: impl std::future::Future<Output = Result<(), axum::Error>>,
+) -> Result<(), Close> {
+    tokio::pin!(write);
+    let written = match futures::poll!(write.as_mut()) {
+        std::task::Poll::Ready(r) => r,
+        std::task::Poll::Pending => match tokio::time::timeout(limit, write).await {
+            Ok(r) => r,
+            Err(_) => return Err(Close::Server(4008, "slow consumer")),
+        },
+    };
+    written.map_err(|_| Close::Client)
 }
 
 impl Drop for Session {
