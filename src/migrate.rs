@@ -30,6 +30,10 @@ pub const MARKET: &[(&str, &str)] = &[
         "market/003_private_orders",
         include_str!("../sql/market/003_private_orders.sql"),
     ),
+    (
+        "market/004_carts",
+        include_str!("../sql/market/004_carts.sql"),
+    ),
 ];
 
 const LOCK_KEY: i64 = 7_305_280_317_090_916;

@@ -505,10 +505,20 @@ async fn market_events_reach_only_rightful_clients_on_every_topic() {
     let url = fresh_market_db().await;
     let db = connect(&url).await;
     seed(&db, 2, 4).await; // farm 1 → farmer 101, farm 2 → farmer 102
+                           // carts: the farmers' update clamps a line of customers 1 and 2 (cart.adjusted),
+                           // customer 1's checkout conflicts (emits nothing), customer 2's succeeds
+                           // (orders, inventory) and clamps customer 1's line of product 3
     db.batch_execute(
         "INSERT INTO market.orders (id, customer_id, farm_id) VALUES (10, 1, 1), (20, 2, 2);
          UPDATE market.orders SET status = 'CONFIRMED';
+         SELECT market.add_to_cart(1, 1, 20);
+         SELECT market.add_to_cart(2, 2, 20);
+         SELECT market.add_to_cart(2, 3, 1);
          UPDATE market.products SET quantity = quantity - 1;
+         SELECT market.add_to_cart(1, 3, 19);
+         SELECT market.checkout(1);
+         SELECT market.set_cart_quantity(2, 2, 19);
+         SELECT market.checkout(2);
          INSERT INTO market.products (id, farm_id, name, unit, quantity) VALUES (50, 2, 'Figs', 'lb', 3);",
     )
     .await
@@ -525,6 +535,12 @@ async fn market_events_reach_only_rightful_clients_on_every_topic() {
         "the triggers emitted {} changes",
         rows.len()
     );
+    let adjusted: Vec<String> = rows
+        .iter()
+        .filter(|r| r.get::<_, &str>(0) == "cart.adjusted")
+        .map(|r| r.get::<_, Vec<String>>(1).join(","))
+        .collect();
+    assert_eq!(adjusted, ["customer-1", "customer-2", "customer-1"]);
     let mut events_seen = BTreeSet::new();
     let mut checked = 0;
     for row in rows {
@@ -535,6 +551,7 @@ async fn market_events_reach_only_rightful_clients_on_every_topic() {
         // the five kinds of client, and who owns this change
         let (owner_customer, owner_farmer) = match event.as_str() {
             "inventory.updated" => (None, None),
+            "cart.adjusted" => (Some(data["customerId"].as_str().unwrap().to_string()), None),
             "order.status.changed" => {
                 let farm: i64 = data["farmId"].as_str().unwrap().parse().unwrap();
                 (
@@ -599,7 +616,10 @@ async fn market_events_reach_only_rightful_clients_on_every_topic() {
         }
     }
     assert!(
-        events_seen.contains("order.status.changed") && events_seen.contains("inventory.updated")
+        events_seen.contains("order.status.changed")
+            && events_seen.contains("inventory.updated")
+            && events_seen.contains("cart.adjusted"),
+        "{events_seen:?}"
     );
     assert!(checked > 50, "{checked} decisions checked");
 
