@@ -5,7 +5,7 @@ use crate::cursor::Cursor;
 use bytes::Bytes;
 use serde::Serialize;
 use serde_json::value::RawValue;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 #[derive(Debug)]
 pub struct Change {
@@ -18,7 +18,9 @@ pub struct Change {
     pub emitted_us: i64,
     /// The change's resume position, encoded.
     pub cursor: String,
-    payload: Box<RawValue>,
+    /// Shared: the same change at another position (`with_cursor`) copies
+    /// only its cursor, never the payload.
+    payload: Arc<RawValue>,
     /// One frame per entry of `topics` (the envelope names the topic it was
     /// delivered for), rendered on first use by a connection task: never under
     /// the hub's lock, and never for a topic nobody is subscribed to.
@@ -82,7 +84,9 @@ impl Change {
         emitted_us: i64,
         cursor: &Cursor,
     ) -> Change {
-        let payload = serde_json::from_str::<Box<RawValue>>(payload).unwrap_or_else(|_| null());
+        let payload: Arc<RawValue> = serde_json::from_str::<Box<RawValue>>(payload)
+            .unwrap_or_else(|_| null())
+            .into();
         Change {
             id,
             xid,
@@ -128,6 +132,11 @@ impl Change {
                 sse: OnceLock::new(),
             }
         }))
+    }
+
+    /// About what this change costs in memory with one rendered frame.
+    pub fn approx_len(&self) -> usize {
+        self.approx_frame_len(0) + self.payload.get().len()
     }
 
     /// The size of a frame without rendering it, for queue accounting.

@@ -21,30 +21,40 @@ WITH p AS MATERIALIZED (
            $2::text::pg_snapshot AS hi,
            coalesce($3::text::pg_snapshot, pg_current_snapshot()) AS up,
            (SELECT pruned_below FROM rowcast.retention WHERE id = 1)::text AS pruned)
-SELECT p.up::text, c.id, c.topics, c.event, c.payload, c.us, c.first, p.pruned, c.xid::text
+SELECT p.up::text, c.id, c.topics, c.event, c.payload, c.us, c.first, p.pruned, c.xid::text, c.got
 FROM p LEFT JOIN LATERAL (
-    SELECT x.id, x.xid, x.topics, x.event, x.payload::text AS payload,
-           (extract(epoch FROM x.emitted_at) * 1000000)::int8 AS us,
-           pg_visible_in_snapshot(x.xid, p.hi) AS first
+    SELECT l.*, count(*) OVER () AS got,
+           sum(octet_length(l.payload)) OVER (ORDER BY l.first DESC, l.id ROWS UNBOUNDED PRECEDING) AS run
     FROM (
-        SELECT * FROM rowcast.changes
-         WHERE xid >= pg_snapshot_xmax(p.lo) AND xid < pg_snapshot_xmax(p.up) {TOPICS}
-        UNION ALL
-        SELECT * FROM rowcast.changes
-         WHERE xid = ANY (ARRAY(SELECT pg_snapshot_xip(p.lo))) {TOPICS}
-    ) x
-    WHERE pg_visible_in_snapshot(x.xid, p.up)
-      AND (x.id > $4 OR NOT pg_visible_in_snapshot(x.xid, p.hi))
-    ORDER BY first DESC, x.id
-    LIMIT $5
-) c ON true";
+        SELECT x.id, x.xid, x.topics, x.event, x.payload::text AS payload,
+               (extract(epoch FROM x.emitted_at) * 1000000)::int8 AS us,
+               pg_visible_in_snapshot(x.xid, p.hi) AS first
+        FROM (
+            SELECT * FROM rowcast.changes
+             WHERE xid >= pg_snapshot_xmax(p.lo) AND xid < pg_snapshot_xmax(p.up) {TOPICS}
+            UNION ALL
+            SELECT * FROM rowcast.changes
+             WHERE xid = ANY (ARRAY(SELECT pg_snapshot_xip(p.lo))) {TOPICS}
+        ) x
+        WHERE pg_visible_in_snapshot(x.xid, p.up)
+          AND (x.id > $4 OR NOT pg_visible_in_snapshot(x.xid, p.hi))
+        ORDER BY first DESC, x.id
+        LIMIT $5
+    ) l
+) c ON c.run - octet_length(c.payload) < $6
+ORDER BY c.first DESC, c.id";
 
-/// The read statement, with or without a topic filter (`$6 text[]`).
+/// The read statement, with or without a topic filter (`$7 text[]`).
+///
+/// A page ends after `limit` rows (`$5`) or once its payloads reach
+/// `max_bytes` (`$6`; the row that crosses it is still included, so a page
+/// always makes progress), whichever comes first: what a page costs in memory
+/// is bounded however large the changes are.
 pub fn sql(with_topics: bool) -> String {
     SELECT.replace(
         "{TOPICS}",
         if with_topics {
-            "AND topics && $6::text[]"
+            "AND topics && $7::text[]"
         } else {
             ""
         },
@@ -83,27 +93,35 @@ impl Page {
     }
 }
 
+/// How much one read may return: rows, and payload bytes.
+#[derive(Clone, Copy, Debug)]
+pub struct PageSize {
+    pub rows: i64,
+    pub bytes: i64,
+}
+
 pub async fn read(
     client: &Client,
     stmt: &Statement,
     after: &Cursor,
     upto: Option<&Snapshot>,
     topics: Option<&[String]>,
-    limit: i64,
+    size: PageSize,
 ) -> Result<Page> {
     let lo = after.lo.to_string();
     let hi = after.hi.to_string();
     let up = upto.map(|s| s.to_string());
+    let (limit, bytes) = (size.rows.max(1), size.bytes.max(1));
     let rows = match topics {
         Some(t) => {
             let t: Vec<&str> = t.iter().map(String::as_str).collect();
             client
-                .query(stmt, &[&lo, &hi, &up, &after.id, &limit, &t])
+                .query(stmt, &[&lo, &hi, &up, &after.id, &limit, &bytes, &t])
                 .await?
         }
         None => {
             client
-                .query(stmt, &[&lo, &hi, &up, &after.id, &limit])
+                .query(stmt, &[&lo, &hi, &up, &after.id, &limit, &bytes])
                 .await?
         }
     };
@@ -132,10 +150,12 @@ pub async fn read(
         },
     };
     let mut n = 0;
+    let mut got = 0;
     for row in &rows {
         let id: Option<i64> = row.try_get(1)?;
         let Some(id) = id else { continue };
         n += 1;
+        got = row.try_get::<_, i64>(9)?;
         let first: bool = row.try_get(6)?;
         let cursor = if first {
             Cursor {
@@ -156,7 +176,8 @@ pub async fn read(
         }
         page.last = Some(cursor);
     }
-    page.more = n >= limit;
+    // full by rows, or cut short by bytes: either way there may be more
+    page.more = got >= limit || n < got;
     Ok(page)
 }
 
@@ -196,6 +217,18 @@ pub async fn current_xmax(client: &Client) -> Result<u64> {
         .query_one("SELECT pg_snapshot_xmax(pg_current_snapshot())::text", &[])
         .await?;
     parse_xid(row.try_get(0)?)
+}
+
+/// Of `xids`, those with at least one change in the log (visible now).
+pub async fn xids_with_changes(client: &Client, xids: &[u64]) -> Result<Vec<u64>> {
+    let text: Vec<String> = xids.iter().map(u64::to_string).collect();
+    let rows = client
+        .query(
+            "SELECT DISTINCT xid::text FROM rowcast.changes WHERE xid = ANY ($1::text[]::xid8[])",
+            &[&text],
+        )
+        .await?;
+    rows.iter().map(|r| parse_xid(r.try_get(0)?)).collect()
 }
 
 /// The retention watermark: changes with an xid below it may have been pruned.

@@ -66,6 +66,17 @@ impl Cursor {
         }
     }
 
+    /// The same position with the in-progress xids `drop` names removed from
+    /// both snapshots (callers drop only xids that wrote no change: see
+    /// `Feeds::canonical`). Removing an xid from both keeps `lo ≤ hi`.
+    pub fn without_xids(&self, drop: impl Fn(u64) -> bool) -> Cursor {
+        Cursor {
+            lo: self.lo.without(&drop),
+            hi: self.hi.without(&drop),
+            id: self.id,
+        }
+    }
+
     pub fn is_boundary(&self) -> bool {
         self.lo == self.hi
     }

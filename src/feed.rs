@@ -3,22 +3,36 @@
 //! changes from the hub. The hub registration is made first and pins the
 //! position P; the log read stops exactly at P and the live queue starts
 //! exactly after it, so the hand-over neither loses nor repeats a change.
+//!
+//! Catch-up (everything before P) is read in pages bounded by rows and bytes,
+//! each paid for from the server's `CatchupBudget` before it is read; a
+//! client's grant is returned once what it paid for was written.
 
+use crate::budget::{Busy, CatchupBudget, Grant};
 use crate::change::Change;
-use crate::changelog;
+use crate::changelog::{self, PageSize};
 use crate::cursor::Cursor;
 use crate::hub::{Delivery, Hub, Subscription};
 use crate::snapshot::Snapshot;
 use deadpool_postgres::Pool;
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
 
-/// Rows per log read while catching up.
-const PAGE: i64 = 1000;
+/// One catch-up page: at most this many changes ...
+const PAGE_ROWS: i64 = 1000;
+/// ... and about this many bytes of payload.
+const PAGE_BYTES: i64 = 4 << 20;
+const PAGE: PageSize = PageSize {
+    rows: PAGE_ROWS,
+    bytes: PAGE_BYTES,
+};
 /// How long a cursor from a node that is ahead of this one may wait for this node to catch up.
 const AHEAD_WAIT: Duration = Duration::from_secs(5);
+/// Cursors whose snapshots list more in-progress transactions than this are
+/// rewritten without the ones that cannot matter (see `open`).
+const CANONICAL_ABOVE: usize = 8;
 
 #[derive(Debug, Error)]
 pub enum FeedError {
@@ -32,6 +46,9 @@ pub enum FeedError {
     /// The source has not read the log yet (database down since start-up).
     #[error("not ready: the change-log source has not started")]
     NotReady,
+    /// The catch-up memory budget stayed in use too long.
+    #[error(transparent)]
+    Busy(#[from] Busy),
 }
 
 impl From<tokio_postgres::Error> for FeedError {
@@ -50,7 +67,7 @@ impl From<deadpool_postgres::PoolError> for FeedError {
 #[derive(Clone, Debug, Default)]
 pub struct Start {
     pub cursor: Option<Cursor>,
-    /// Send the latest retained change of every topic first (when there is no usable cursor).
+    /// Send the current state of the topics first (when there is no usable cursor).
     pub snapshot: bool,
 }
 
@@ -88,9 +105,39 @@ async fn register(
         .map_err(|_| FeedError::NotReady)
 }
 
+/// Where feeds come from: the node's hub, the pool for log reads and the
+/// catch-up budget they share.
+#[derive(Clone)]
+pub struct Feeds {
+    pub hub: Arc<Hub>,
+    pub pool: Pool,
+    pub budget: Arc<CatchupBudget>,
+}
+
+/// Whether a catch-up read may wait for budget.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Budget {
+    /// Wait (bounded) until it is free: the client holds nothing meanwhile.
+    Wait,
+    /// Only if free now (a poll that already has events answers with them).
+    IfFree,
+}
+
+/// The next step of a catch-up.
+enum Logged {
+    Got(Delivery),
+    /// The log part is done: live changes are next.
+    Done,
+    /// A page could not be paid for now (`Budget::IfFree`).
+    Blocked,
+}
+
 pub struct Feed {
     sub: Subscription,
     pool: Pool,
+    budget: Arc<CatchupBudget>,
+    /// What the backlog and the deliveries handed out but not yet written cost.
+    held: Option<Grant>,
     backlog: VecDeque<Delivery>,
     catch_up: Option<(Cursor, Snapshot)>,
     /// Where the client stands: the last change handed out, or a boundary.
@@ -102,14 +149,14 @@ enum Position {
     After(Arc<Change>),
 }
 
-impl Feed {
+impl Feeds {
     /// Opens a feed. Returns it with a notice when the cursor could not be honoured.
     pub async fn open(
-        hub: &Arc<Hub>,
-        pool: &Pool,
+        &self,
         topics: &[String],
         start: Start,
     ) -> Result<(Feed, Option<Notice>), FeedError> {
+        let (hub, pool) = (&self.hub, &self.pool);
         let mut notice = None;
         let mut cursor = start.cursor;
         if let Some(c) = &cursor {
@@ -141,12 +188,15 @@ impl Feed {
         let mut feed = Feed {
             sub,
             pool: pool.clone(),
+            budget: self.budget.clone(),
+            held: None,
             backlog: VecDeque::new(),
             catch_up: None,
             position: Position::At(Cursor::boundary(pos.clone())),
         };
         match cursor {
             Some(c) => {
+                let c = self.canonical(c, &pos).await?;
                 feed.position = Position::At(c.clone());
                 feed.catch_up = Some((c, pos));
             }
@@ -156,6 +206,43 @@ impl Feed {
         Ok((feed, notice))
     }
 
+    /// The client's cursor without the in-progress transactions that cannot
+    /// matter: every cursor the catch-up hands out is built from the client's
+    /// snapshots, so a cursor padded with made-up xids (up to 4 KB) would be
+    /// copied into every event of the answer. An xid may go when it had
+    /// finished at `pos` and wrote no change: then whether the client "saw" it
+    /// changes nothing, now or later. What remains is bounded by the
+    /// transactions that really wrote, so an answer's size no longer grows
+    /// with the cursor the client sent. (Expiry is checked on the original.)
+    async fn canonical(&self, c: Cursor, pos: &Snapshot) -> Result<Cursor, FeedError> {
+        if c.lo.xip.len() + c.hi.xip.len() <= CANONICAL_ABOVE {
+            return Ok(c);
+        }
+        let finished: Vec<u64> =
+            c.lo.xip
+                .iter()
+                .chain(c.hi.xip.iter())
+                .copied()
+                .filter(|x| pos.visible(*x))
+                .collect::<HashSet<u64>>()
+                .into_iter()
+                .collect();
+        let wrote = match self.hub.xids_with_changes(&c.lo, &finished) {
+            Some(set) => set,
+            None => changelog::xids_with_changes(&*self.pool.get().await?, &finished)
+                .await?
+                .into_iter()
+                .collect(),
+        };
+        let idle: HashSet<u64> = finished
+            .into_iter()
+            .filter(|x| !wrote.contains(x))
+            .collect();
+        Ok(c.without_xids(|x| idle.contains(&x)))
+    }
+}
+
+impl Feed {
     pub fn subscription(&mut self) -> &mut Subscription {
         &mut self.sub
     }
@@ -188,11 +275,18 @@ impl Feed {
     }
 
     /// Next change in order, waiting for a live one if need be. `Ok(None)` only
-    /// when the hub is gone (the server is stopping).
+    /// when the hub is gone (the server is stopping). For writers that write
+    /// each delivery before asking for the next (WebSocket, SSE): whatever was
+    /// handed out before this call has been written, so its budget goes back.
     pub async fn next(&mut self) -> Result<Option<Delivery>, FeedError> {
+        if self.backlog.is_empty() {
+            self.held = None;
+        }
         loop {
-            if let Some(d) = self.next_logged().await? {
-                return Ok(Some(d));
+            match self.next_logged(Budget::Wait).await? {
+                Logged::Got(d) => return Ok(Some(d)),
+                Logged::Done => {}
+                Logged::Blocked => continue,
             }
             match self.sub.recv().await {
                 Some(d) => return Ok(Some(self.handed_out(d))),
@@ -203,18 +297,20 @@ impl Feed {
     }
 
     /// The next change of the backlog read from the log (reading the next page
-    /// as needed); `None` once the log part is done and live changes are next.
-    async fn next_logged(&mut self) -> Result<Option<Delivery>, FeedError> {
+    /// as needed, paid for from the budget).
+    async fn next_logged(&mut self, budget: Budget) -> Result<Logged, FeedError> {
         loop {
             if let Some(d) = self.backlog.pop_front() {
-                return Ok(Some(self.handed_out(d)));
+                return Ok(Logged::Got(self.handed_out(d)));
             }
             if self.catch_up.is_none() {
-                return Ok(None);
+                return Ok(Logged::Done);
             }
             // boxed: the database read is rare but its future is large, and
             // inline it would be part of every idle connection's task
-            Box::pin(self.read_page()).await?;
+            if !Box::pin(self.read_page(budget)).await? {
+                return Ok(Logged::Blocked);
+            }
         }
     }
 
@@ -227,7 +323,7 @@ impl Feed {
         let from = match &self.position {
             Position::At(c) => c.clone(),
             Position::After(change) => Cursor::decode(&change.cursor).map_err(|e| {
-                FeedError::Db(crate::error::Error::Config(format!("own cursor: {e}")))
+                FeedError::Db(crate::error::Error::Invariant(format!("own cursor: {e}")))
             })?,
         };
         let topics: Vec<String> = self.sub.topics().iter().cloned().collect();
@@ -241,15 +337,20 @@ impl Feed {
 
     /// Next change without waiting for live ones: the log backlog (reading the
     /// database as needed), then whatever live change is already queued; a
-    /// lagging subscription first continues from the log.
-    pub async fn next_pending(&mut self) -> Result<Option<Delivery>, FeedError> {
-        if let Some(d) = self.next_logged().await? {
-            return Ok(Some(d));
+    /// lagging subscription first continues from the log. `Ok(None)` also when
+    /// the next catch-up page cannot be paid for now under `Budget::IfFree`.
+    pub async fn next_pending(&mut self, budget: Budget) -> Result<Option<Delivery>, FeedError> {
+        match self.next_logged(budget).await? {
+            Logged::Got(d) => return Ok(Some(d)),
+            Logged::Blocked => return Ok(None),
+            Logged::Done => {}
         }
         if self.sub.lagged() {
             Box::pin(self.recover()).await?;
-            if let Some(d) = self.next_logged().await? {
-                return Ok(Some(d));
+            match self.next_logged(budget).await? {
+                Logged::Got(d) => return Ok(Some(d)),
+                Logged::Blocked => return Ok(None),
+                Logged::Done => {}
             }
         }
         Ok(self.sub.try_recv().map(|d| self.handed_out(d)))
@@ -266,6 +367,12 @@ impl Feed {
         self.sub.try_recv().map(|d| self.handed_out(d))
     }
 
+    /// The catch-up budget held for what was handed out, for a caller that
+    /// keeps those bytes beyond the feed (a poll answer, until it is written).
+    pub fn take_grant(&mut self) -> Option<Grant> {
+        self.held.take()
+    }
+
     /// True while changes from the log remain to be read before live ones.
     pub fn catching_up(&self) -> bool {
         self.catch_up.is_some() || !self.backlog.is_empty()
@@ -276,71 +383,119 @@ impl Feed {
         d
     }
 
-    async fn read_page(&mut self) -> Result<(), FeedError> {
-        // cancel-safe: the state changes only after the read completed
-        let Some((from, upto)) = self.catch_up.clone() else {
-            return Ok(());
-        };
-        if self.read_window(&from, &upto) {
-            return Ok(());
+    /// A grant of `bytes` of catch-up; `None` when `IfFree` and they are not free.
+    async fn pay(&self, bytes: usize, budget: Budget) -> Result<Option<Grant>, FeedError> {
+        Ok(match budget {
+            Budget::Wait => Some(self.budget.acquire(bytes).await?),
+            Budget::IfFree => self.budget.try_acquire(bytes),
+        })
+    }
+
+    /// Keeps a grant until what it paid for has been written.
+    fn hold(&mut self, grant: Grant) {
+        match &mut self.held {
+            Some(h) => h.merge(grant),
+            None => self.held = Some(grant),
         }
+    }
+
+    /// Reads the next catch-up page into the backlog; false when it could not
+    /// be paid for (`Budget::IfFree`). Cancel-safe: the position changes only
+    /// after the read completed.
+    async fn read_page(&mut self, budget: Budget) -> Result<bool, FeedError> {
+        let Some((from, upto)) = self.catch_up.clone() else {
+            return Ok(true);
+        };
+        if let Some(done) = self.read_window(&from, &upto, budget).await? {
+            return Ok(done);
+        }
+        // a log page costs at most about PAGE_BYTES (payloads, and the frames
+        // rendered from them); what it did not use goes back once it is read
+        let Some(mut grant) = self.pay(2 * PAGE_BYTES as usize, budget).await? else {
+            return Ok(false);
+        };
         self.sub.hub().metrics().log_reads.inc();
         let topics: Vec<String> = self.sub.topics().iter().cloned().collect();
         let client = self.pool.get().await?;
         let stmt = client.prepare_cached(&changelog::sql(true)).await?;
         let page = changelog::read(&client, &stmt, &from, Some(&upto), Some(&topics), PAGE).await?;
+        drop(client);
         if page.expired_for(&from) {
             return Err(FeedError::Expired);
         }
-        let last = page
-            .changes
-            .last()
-            .and_then(|c| Cursor::decode(&c.cursor).ok());
+        grant.shrink_to(page.changes.iter().map(|c| c.approx_len()).sum());
+        self.hold(grant);
         self.catch_up = None;
         for change in page.changes {
             self.queue_change(change);
         }
         if page.more {
-            if let Some(last) = last {
+            if let Some(last) = page.last {
                 self.catch_up = Some((last, upto));
             }
         } else if self.backlog.is_empty() {
             // nothing more before the live stream: the position is the hub's
             self.position = Position::At(Cursor::boundary(upto));
         }
-        Ok(())
+        Ok(true)
     }
 
-    /// The catch-up from the hub's in-memory window, when it reaches back far
-    /// enough; false when the log must be read instead.
-    fn read_window(&mut self, from: &Cursor, upto: &Snapshot) -> bool {
+    /// A catch-up page from the hub's in-memory window, when it reaches back
+    /// far enough: `None` when the log must be read instead, else whether the
+    /// page was read (false: not paid for under `IfFree`).
+    async fn read_window(
+        &mut self,
+        from: &Cursor,
+        upto: &Snapshot,
+        budget: Budget,
+    ) -> Result<Option<bool>, FeedError> {
         let sub = &self.sub;
-        let Some(hits) = sub.hub().read_window(from, upto, |t| sub.wants(t)) else {
-            return false;
+        let Some((hits, more)) = sub.hub().read_window(from, upto, |t| sub.wants(t), PAGE) else {
+            return Ok(None);
         };
+        // a hit whose own cursor fits is shared with the window; the others
+        // are copies for this client (the payload itself is always shared)
+        let bytes: usize = hits
+            .iter()
+            .filter(|h| !h.own_cursor_fits)
+            .map(|h| h.change.approx_len())
+            .sum();
+        let Some(grant) = self.pay(bytes, budget).await? else {
+            return Ok(Some(false));
+        };
+        self.hold(grant);
         self.catch_up = None;
+        let mut last = None;
         for hit in hits {
-            let change = if hit.own_cursor_fits {
-                hit.change
-            } else if hit.in_cursor_batch {
-                Arc::new(hit.change.with_cursor(&Cursor {
+            let cursor = if hit.in_cursor_batch {
+                Cursor {
                     lo: from.lo.clone(),
                     hi: from.hi.clone(),
                     id: hit.change.id,
-                }))
+                }
             } else {
-                Arc::new(hit.change.with_cursor(&Cursor {
+                Cursor {
                     lo: from.hi.clone(),
                     hi: upto.clone(),
                     id: hit.change.id,
-                }))
+                }
+            };
+            let change = if hit.own_cursor_fits {
+                hit.change
+            } else {
+                Arc::new(hit.change.with_cursor(&cursor))
             };
             self.queue_change(change);
+            last = Some(cursor);
         }
-        if self.backlog.is_empty() {
+        if more {
+            if let Some(last) = last {
+                self.catch_up = Some((last, upto.clone()));
+            }
+        } else if self.backlog.is_empty() {
             self.position = Position::At(Cursor::boundary(upto.clone()));
         }
-        true
+        Ok(Some(true))
     }
 
     fn queue_change(&mut self, change: Arc<Change>) {
@@ -362,11 +517,16 @@ impl Feed {
         }
         let client = self.pool.get().await?;
         let read = changelog::snapshot(&client, &topics, pos).await?;
+        drop(client);
         if read.truncated {
             tracing::warn!(
                 limit = changelog::SNAPSHOT_MAX,
                 "snapshot truncated to the most recently changed entities"
             );
+        }
+        let bytes = read.changes.iter().map(|c| c.approx_len()).sum();
+        if let Some(grant) = self.pay(bytes, Budget::Wait).await? {
+            self.hold(grant);
         }
         for change in read.changes {
             self.queue_change(change);
@@ -411,7 +571,13 @@ mod tests {
         let pool = crate::server::pool("postgres://127.0.0.1:1/none", 1).unwrap();
         let s1 = Snapshot::new(100, vec![]);
         hub.close_batch(s1.clone());
-        let (mut feed, notice) = Feed::open(&hub, &pool, &["t".to_string()], Start::default())
+        let feeds = Feeds {
+            hub: hub.clone(),
+            pool,
+            budget: CatchupBudget::new(1 << 20),
+        };
+        let (mut feed, notice) = feeds
+            .open(&["t".to_string()], Start::default())
             .await
             .unwrap();
         assert_eq!(notice, None);
@@ -424,7 +590,7 @@ mod tests {
         hub.close_batch(s2);
 
         let d = feed
-            .next_pending()
+            .next_pending(Budget::Wait)
             .await
             .unwrap()
             .expect("the oversized change is handed out");
@@ -432,6 +598,6 @@ mod tests {
         assert!(!d.live, "it came from catch-up, not the queue");
         feed.advance_to_hub();
         assert_ne!(feed.position(), before);
-        assert!(feed.next_pending().await.unwrap().is_none());
+        assert!(feed.next_pending(Budget::Wait).await.unwrap().is_none());
     }
 }

@@ -305,6 +305,25 @@ impl Hub {
         }
     }
 
+    /// Of `xids` (transactions finished at this hub's position), those that
+    /// wrote changes, when the window reaches back before all of them
+    /// (`None`: ask the log).
+    pub fn xids_with_changes(&self, lo: &Snapshot, xids: &[u64]) -> Option<HashSet<u64>> {
+        let st = self.lock();
+        if !self.window_start(&st)?.covered_by(lo) {
+            return None;
+        }
+        let wanted: HashSet<u64> = xids.iter().copied().collect();
+        Some(
+            st.window
+                .iter()
+                .flat_map(|b| b.changes.iter())
+                .map(|c| c.xid)
+                .filter(|x| wanted.contains(x))
+                .collect(),
+        )
+    }
+
     /// Whether a resume from a cursor with lower snapshot `lo` can be answered from memory.
     pub fn window_covers(&self, lo: &Snapshot) -> bool {
         let st = self.lock();
@@ -316,12 +335,17 @@ impl Hub {
     /// hub has published), for the topics `wants` accepts, in delivery order;
     /// `None` when the window does not reach back to `from`. The same answer as
     /// `changelog::read`, without the database.
+    ///
+    /// Paged like the log: at most `size.rows` hits and about `size.bytes` of
+    /// frames (the hit that crosses it included); the flag says whether more
+    /// follow (read again from the last hit's position).
     pub fn read_window(
         &self,
         from: &Cursor,
         upto: &Snapshot,
         wants: impl Fn(&str) -> bool,
-    ) -> Option<Vec<WindowHit>> {
+        size: crate::changelog::PageSize,
+    ) -> Option<(Vec<WindowHit>, bool)> {
         let st = self.lock();
         if !self.window_start(&st)?.covered_by(&from.lo) {
             return None;
@@ -362,7 +386,20 @@ impl Hub {
         first.sort_by_key(|h| h.change.id);
         rest.sort_by_key(|h| h.change.id);
         first.extend(rest);
-        Some(first)
+        let mut bytes = 0i64;
+        let keep = first
+            .iter()
+            .take_while(|h| {
+                let under = bytes < size.bytes;
+                bytes = bytes.saturating_add(h.change.approx_len() as i64);
+                under
+            })
+            .count()
+            .min(size.rows.max(1) as usize)
+            .max(1);
+        let more = first.len() > keep;
+        first.truncate(keep);
+        Some((first, more))
     }
 
     /// Fans changes out to subscriber queues. Never blocks on a subscriber.

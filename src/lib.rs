@@ -8,6 +8,7 @@
 pub mod access;
 pub mod auth;
 pub mod bench;
+pub mod budget;
 pub mod change;
 pub mod changelog;
 pub mod config;

@@ -145,6 +145,10 @@ struct ServeArgs {
     /// Recent changes kept in memory to answer resumes and polls without the database (0: none).
     #[arg(long, env = "ROWCAST_WINDOW_CHANGES", default_value_t = 10_000)]
     window_changes: usize,
+    /// Bytes of changes all clients behind the live stream may hold at once
+    /// (catch-up pages, poll answers); past it catch-up waits.
+    #[arg(long, env = "ROWCAST_CATCHUP_MEMORY", default_value_t = 256 << 20)]
+    catchup_memory: usize,
     /// Drop a client whose socket has accepted nothing for this long (e.g. 10s).
     #[arg(long, env = "ROWCAST_WRITE_TIMEOUT", default_value = "10s", value_parser = rowcast::config::parse_duration)]
     write_timeout: Duration,
@@ -270,6 +274,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     cfg.keepalive = Duration::from_secs(a.keepalive.max(1));
     cfg.retention = a.retention;
     cfg.window_changes = a.window_changes;
+    cfg.catchup_memory = a.catchup_memory.max(1 << 20);
     cfg.prune_every = (a.retention / 10).clamp(Duration::from_millis(100), Duration::from_secs(60));
     cfg.write_timeout = a.write_timeout.max(Duration::from_millis(100));
     cfg.jwt = rowcast::auth::JwtSettings {

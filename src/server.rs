@@ -47,6 +47,8 @@ pub struct ServerConfig {
     pub write_timeout: Duration,
     /// Recent changes kept in memory to answer resumes and polls without the database.
     pub window_changes: usize,
+    /// Bytes all clients behind the live stream may hold at once (see `budget`).
+    pub catchup_memory: usize,
     /// JWT verification; unset means every client is anonymous (claims `{}`).
     pub jwt: crate::auth::JwtSettings,
     pub limits: crate::limits::Limits,
@@ -74,6 +76,7 @@ impl ServerConfig {
             prune_every: Duration::from_secs(60),
             write_timeout: Duration::from_secs(10),
             window_changes: 10_000,
+            catchup_memory: 256 << 20,
             jwt: Default::default(),
             limits: Default::default(),
             origins: Default::default(),
@@ -90,6 +93,7 @@ pub struct App {
     pub metrics: Metrics,
     pub status: Arc<SourceStatus>,
     pub shutdown: Shutdown,
+    pub feeds: crate::feed::Feeds,
     pub ws_metrics: TransportMetrics,
     pub sse_metrics: TransportMetrics,
     pub poll_metrics: TransportMetrics,
@@ -186,7 +190,13 @@ impl Server {
             cfg.prune_every,
             shutdown.subscribe(),
         ));
+        let feeds = crate::feed::Feeds {
+            hub: hub.clone(),
+            pool: pool.clone(),
+            budget: crate::budget::CatchupBudget::new(cfg.catchup_memory),
+        };
         let app = Arc::new(App {
+            feeds,
             ws_metrics: metrics.transport("ws"),
             sse_metrics: metrics.transport("sse"),
             poll_metrics: metrics.transport("poll"),

@@ -51,6 +51,15 @@ impl Snapshot {
             .all(|x| self.xip.binary_search(x).is_ok())
     }
 
+    /// The same snapshot without the in-progress xids `drop` names (as if they
+    /// had finished before it was taken).
+    pub fn without(&self, drop: impl Fn(u64) -> bool) -> Snapshot {
+        Snapshot {
+            xmax: self.xmax,
+            xip: self.xip.iter().copied().filter(|x| !drop(*x)).collect(),
+        }
+    }
+
     /// Parses PostgreSQL's text form `xmin:xmax:xip1,xip2,...`.
     pub fn parse(text: &str) -> Result<Snapshot, Error> {
         let bad = || Error::Snapshot(text.to_owned());

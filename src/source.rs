@@ -272,7 +272,11 @@ impl Source {
                 Some(b) => (b.from.clone(), Some(b.upto.clone())),
                 None => (Cursor::boundary(lo.clone()), None),
             };
-            let page = changelog::read(client, stmt, &from, upto.as_ref(), None, self.page).await?;
+            let size = changelog::PageSize {
+                rows: self.page,
+                bytes: i64::MAX,
+            };
+            let page = changelog::read(client, stmt, &from, upto.as_ref(), None, size).await?;
             for bad in &page.bad {
                 self.metrics.source_bad_changes.inc();
                 tracing::error!(

@@ -196,3 +196,133 @@ async fn stuck_sse_client_is_disconnected() {
     drop(stuck);
     srv.stop().await;
 }
+
+/// Documented bound (README, "Limits and hostile input"): while anonymous
+/// clients catch up with the longest cursors the server accepts, its RSS grows
+/// by at most `--catchup-memory` plus this much.
+const CATCHUP_SLACK_KIB: u64 = 96 * 1024;
+
+/// Issue #9, item 3: a cursor padded to the longest the server accepts is
+/// not copied into every event of an answer, and 30 concurrent
+/// `limit=10000` polls hold no more than the catch-up budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_cursors_do_not_amplify_and_catchup_memory_is_bounded() {
+    use rowcast::cursor::Cursor;
+    use rowcast::snapshot::Snapshot;
+    const BUDGET: u64 = 32 << 20;
+    const CHANGES: i64 = 10_000;
+    let url = fresh_db().await;
+    let db = connect(&url).await;
+    // transactions that wrote nothing: the xids a padded cursor lists
+    let mut burned = Vec::new();
+    for _ in 0..1200 {
+        let x: String = db
+            .query_one("SELECT pg_current_xact_id()::text", &[])
+            .await
+            .unwrap()
+            .get(0);
+        burned.push(x.parse::<u64>().unwrap());
+    }
+    let xmax = burned.last().unwrap() + 1;
+    let lo = Snapshot::new(xmax, burned[..999].to_vec());
+    let hi = Snapshot::new(xmax + 1, burned[..999].to_vec());
+    let long = Cursor { lo, hi, id: 0 }.encode();
+    assert!(
+        Cursor::decode(&long).is_ok() && long.len() > 2000,
+        "{}",
+        long.len()
+    );
+    let short = Cursor::boundary(Snapshot::new(xmax, vec![])).encode();
+    for chunk in 0..(CHANGES / 1000) {
+        db.execute(
+            "SELECT rowcast.emit(ARRAY['m'], 'test.n',
+                    jsonb_build_object('n', g, 'pad', repeat('p', 1000)))
+               FROM generate_series($1::bigint, $2::bigint) g",
+            &[&(chunk * 1000 + 1), &(chunk * 1000 + 1000)],
+        )
+        .await
+        .unwrap();
+    }
+    let port = free_port();
+    let server = Proc(
+        Command::new(env!("CARGO_BIN_EXE_rowcast"))
+            .args(["serve", "--database-url", &url])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--catchup-memory", &BUDGET.to_string()])
+            .args(["--window-changes", "0"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let pid = server.0.id();
+    let base = format!("http://127.0.0.1:{port}");
+    wait_ready(&base).await;
+    let rss_before = rss_kib(pid);
+
+    // one answer from the short and one from the padded cursor: same size
+    let size = |cursor: String| {
+        let base = base.clone();
+        async move {
+            let r = reqwest::get(format!(
+                "{base}/v1/poll?topics=m&limit=10000&cursor={cursor}"
+            ))
+            .await
+            .unwrap();
+            let status = r.status().as_u16();
+            let body = r.bytes().await.unwrap();
+            (status, body)
+        }
+    };
+    let (s1, short_body) = size(short.clone()).await;
+    let (s2, long_body) = size(long.clone()).await;
+    assert_eq!((s1, s2), (200, 200));
+    let v: serde_json::Value = serde_json::from_slice(&long_body).unwrap();
+    let evs = v["events"].as_array().unwrap();
+    assert!(!evs.is_empty());
+    assert!(
+        evs.iter().all(|e| e["id"].as_str().unwrap().len() < 100),
+        "event ids copy the client's cursor"
+    );
+    assert!(
+        long_body.len() < short_body.len() * 11 / 10 + 4096,
+        "padded cursor answer {} bytes vs {} for the short one",
+        long_body.len(),
+        short_body.len()
+    );
+
+    // 30 at once, sampling the server's RSS meanwhile
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let done = done.clone();
+        tokio::spawn(async move {
+            let mut peak = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(rss_kib(pid));
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            peak
+        })
+    };
+    let polls: Vec<_> = (0..30).map(|_| tokio::spawn(size(long.clone()))).collect();
+    let mut ok = 0;
+    for p in polls {
+        let (status, body) = p.await.unwrap();
+        match status {
+            200 => {
+                ok += 1;
+                let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                assert!(!v["events"].as_array().unwrap().is_empty());
+            }
+            503 => assert!(String::from_utf8_lossy(&body).contains("busy")),
+            other => panic!("status {other}"),
+        }
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let peak = sampler.await.unwrap().max(rss_kib(pid));
+    let growth = peak.saturating_sub(rss_before);
+    let bound = BUDGET / 1024 + CATCHUP_SLACK_KIB;
+    println!("server RSS: before {rss_before} KiB, peak {peak} KiB, growth {growth} KiB (bound {bound} KiB); {ok} of 30 answered");
+    assert!(ok > 0, "no poll got an answer");
+    assert!(growth < bound, "RSS grew by {growth} KiB");
+}

@@ -55,6 +55,11 @@ impl From<FeedError> for ApiError {
                 "cursor_expired",
                 "the cursor is older than the change log's retention",
             ),
+            FeedError::Busy(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                "too many clients are catching up right now; retry",
+            ),
             FeedError::NotReady => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",

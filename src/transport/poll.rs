@@ -10,7 +10,7 @@
 
 use super::{flag, ApiError};
 use crate::access::{self, Peer};
-use crate::feed::{Feed, Notice, Start};
+use crate::feed::{Budget, Feed, Notice, Start};
 use crate::protocol::parse_cursor;
 use crate::server::App;
 use axum::extract::{Query, State};
@@ -93,7 +93,7 @@ async fn poll(
         cursor,
         snapshot: flag(q.snapshot.as_deref()),
     };
-    let (mut feed, notice) = Feed::open(&app.hub, &app.pool, &topics, start).await?;
+    let (mut feed, notice) = app.feeds.open(&topics, start).await?;
     if let Some(n) = notice {
         app.metrics.resyncs.with_label_values(&[n.reason()]).inc();
         let why = match n {
@@ -130,14 +130,45 @@ async fn poll(
             .as_bytes(),
     );
     body.push(b'}');
+    let answer = Answer {
+        bytes: Some(bytes::Bytes::from(body)),
+        _grant: feed.take_grant(),
+    };
     Ok((
         [
             (header::CONTENT_TYPE, "application/json"),
             (header::CACHE_CONTROL, "no-store"),
         ],
-        body,
+        axum::body::Body::new(answer),
     )
         .into_response())
+}
+
+/// A poll answer that keeps its catch-up budget until hyper has taken the
+/// bytes: the memory of answers in flight stays within the budget too.
+struct Answer {
+    bytes: Option<bytes::Bytes>,
+    _grant: Option<crate::budget::Grant>,
+}
+
+impl http_body::Body for Answer {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(self.bytes.take().map(|b| Ok(http_body::Frame::data(b))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.bytes.is_none()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.bytes.as_ref().map_or(0, |b| b.len() as u64))
+    }
 }
 
 /// Gathers up to `limit` events: everything pending now; if that is nothing,
@@ -156,7 +187,10 @@ async fn collect(
     };
     let mut n = 0;
     while n < limit {
-        match feed.next_pending().await? {
+        // the first page may wait for the catch-up budget; later ones only if
+        // it is free now, else the answer goes out with what it has
+        let budget = if n == 0 { Budget::Wait } else { Budget::IfFree };
+        match feed.next_pending(budget).await? {
             Some(d) => push(d),
             None => break,
         }

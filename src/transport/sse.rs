@@ -74,7 +74,7 @@ async fn open(
         cursor,
         snapshot: flag(q.snapshot.as_deref()),
     };
-    let (feed, notice) = Feed::open(&app.hub, &app.pool, &topics, start).await?;
+    let (feed, notice) = app.feeds.open(&topics, start).await?;
     let mut head = format!("retry: {}\n\n", app.cfg.sse_retry.as_millis());
     if let Some(n) = notice {
         app.metrics.resyncs.with_label_values(&[n.reason()]).inc();

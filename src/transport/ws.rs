@@ -88,7 +88,7 @@ pub async fn handler(
         // first subscribe, whose topics they apply to
         Opening::Later(start)
     } else {
-        match Feed::open(&app.hub, &app.pool, &topics, start).await {
+        match app.feeds.open(&topics, start).await {
             Ok((feed, notice)) => Opening::Now(Box::new(feed), notice),
             Err(e) => return ApiError::from(e).into_response(),
         }
@@ -438,7 +438,7 @@ impl Session {
     /// Opens the feed from a `subscribe` message (see `retry_later` when that
     /// cannot be done now).
     async fn open_feed(&mut self, topics: Vec<String>, start: Start) -> Result<(), Close> {
-        match Feed::open(&self.app.hub, &self.app.pool, &topics, start).await {
+        match self.app.feeds.open(&topics, start).await {
             Ok((feed, notice)) => {
                 self.feed = Some(feed);
                 self.announce(&topics, notice).await

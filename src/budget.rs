@@ -1,0 +1,119 @@
+//! The memory budget of catch-up: one per server, shared by every client.
+//!
+//! Live delivery costs one shared frame per change, whatever the fan-out. A
+//! client *behind* the live stream costs its own memory: a page of changes read
+//! from the log or the window (copies whenever its cursor's batch differs from
+//! the node's), and, for a poll, the whole answer until it is handed to the
+//! socket. Anyone may ask for that (an anonymous `poll?cursor=<old>&limit=10000`),
+//! so what all such clients hold at once is bounded here (`--catchup-memory`):
+//! a page is read only once its bytes are granted, and the grant is returned
+//! when what it paid for has been written (WebSocket, SSE) or the answer has
+//! been built (polling).
+//!
+//! When the budget is spent, catch-up waits for it (a client holding none waits,
+//! so there is no deadlock); a poll that already has events answers with them
+//! instead of waiting. A wait longer than `WAIT` is answered "busy: retry".
+
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// The longest a catch-up read waits for budget before the client is told to retry.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// Bytes are granted in units of this size (a semaphore counts `u32`-ish permits).
+const UNIT: usize = 1024;
+
+pub struct CatchupBudget {
+    sem: Arc<Semaphore>,
+    units: usize,
+}
+
+/// Bytes granted; returned to the budget when dropped.
+#[derive(Debug)]
+pub struct Grant(OwnedSemaphorePermit);
+
+/// The budget stayed spent for `WAIT`.
+#[derive(Debug, thiserror::Error)]
+#[error("the catch-up memory budget is in use; retry")]
+pub struct Busy;
+
+impl CatchupBudget {
+    pub fn new(bytes: usize) -> Arc<CatchupBudget> {
+        let units = bytes.div_ceil(UNIT).clamp(1, Semaphore::MAX_PERMITS);
+        Arc::new(CatchupBudget {
+            sem: Arc::new(Semaphore::new(units)),
+            units,
+        })
+    }
+
+    /// Whole units for `bytes`, at least one, at most the whole budget (so a
+    /// single change larger than the budget still gets through, alone).
+    fn units_for(&self, bytes: usize) -> u32 {
+        let n = bytes.div_ceil(UNIT).clamp(1, self.units);
+        u32::try_from(n).unwrap_or(u32::MAX)
+    }
+
+    /// Waits (at most `WAIT`) until `bytes` are free.
+    pub async fn acquire(&self, bytes: usize) -> Result<Grant, Busy> {
+        let n = self.units_for(bytes);
+        match tokio::time::timeout(WAIT, self.sem.clone().acquire_many_owned(n)).await {
+            Ok(Ok(p)) => Ok(Grant(p)),
+            _ => Err(Busy),
+        }
+    }
+
+    /// `bytes` if they are free now.
+    pub fn try_acquire(&self, bytes: usize) -> Option<Grant> {
+        self.sem
+            .clone()
+            .try_acquire_many_owned(self.units_for(bytes))
+            .ok()
+            .map(Grant)
+    }
+
+    /// Bytes not granted right now.
+    pub fn available(&self) -> usize {
+        self.sem.available_permits() * UNIT
+    }
+}
+
+impl Grant {
+    /// Keeps only what `bytes` needs and returns the rest to the budget.
+    pub fn shrink_to(&mut self, bytes: usize) {
+        let keep = bytes.div_ceil(UNIT).max(1);
+        let have = self.0.num_permits();
+        if have > keep {
+            drop(self.0.split(have - keep));
+        }
+    }
+
+    /// Adds another grant's bytes to this one.
+    pub fn merge(&mut self, other: Grant) {
+        self.0.merge(other.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn grants_are_bounded_and_come_back() {
+        let b = CatchupBudget::new(10 * UNIT);
+        let mut g = b.acquire(8 * UNIT).await.unwrap();
+        assert!(b.try_acquire(4 * UNIT).is_none());
+        g.shrink_to(2 * UNIT);
+        let h = b
+            .try_acquire(4 * UNIT)
+            .expect("shrunk grant returned bytes");
+        g.merge(h);
+        assert_eq!(b.available(), 4 * UNIT);
+        drop(g);
+        assert_eq!(b.available(), 10 * UNIT);
+        // larger than the whole budget: granted alone, never stuck
+        let all = b.acquire(1 << 30).await.unwrap();
+        assert_eq!(b.available(), 0);
+        drop(all);
+    }
+}
