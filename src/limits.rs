@@ -27,8 +27,14 @@ pub struct Limits {
     /// An unauthenticated WebSocket must send its first message within this time
     /// when JWT authentication is configured.
     pub auth_timeout: Duration,
-    /// The whole request head must arrive within this time (slowloris).
+    /// The whole request head must arrive within this time (slowloris), and a
+    /// socket with no request in flight is closed after it (`sockets`).
     pub header_read_timeout: Duration,
+    /// Open TCP connections in total, whether or not they have made a request
+    /// (`sockets`); `None`: `max_connections` + 1024, within the fd limit.
+    pub max_sockets: Option<usize>,
+    /// `rowcast.authorize` checks (cache misses) per second per client IP.
+    pub authorize_per_ip: u32,
 }
 
 impl Default for Limits {
@@ -42,6 +48,8 @@ impl Default for Limits {
             max_connections_per_ip: 256,
             auth_timeout: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(10),
+            max_sockets: None,
+            authorize_per_ip: 100,
         }
     }
 }

@@ -7,12 +7,13 @@
 //! until at least one change arrives. An expired cursor answers 410
 //! `{"error":"cursor_expired"}`: re-fetch the state, then poll without a cursor.
 
-use super::{flag, ApiError};
+use super::{flag, ApiError, ApiQuery};
 use crate::access::{self, Peer};
 use crate::feed::{Feed, Notice, Start};
 use crate::protocol::parse_cursor;
 use crate::server::App;
-use axum::extract::{Query, State};
+use crate::sockets::ClientSocket;
+use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -37,9 +38,11 @@ pub struct PollQuery {
 pub async fn handler(
     State(app): State<Arc<App>>,
     Peer(peer): Peer,
+    socket: ClientSocket,
     headers: HeaderMap,
-    Query(q): Query<PollQuery>,
+    ApiQuery(q): ApiQuery<PollQuery>,
 ) -> Response {
+    socket.serves("poll");
     let span = tracing::debug_span!("poll", %peer);
     match poll(&app, peer, &headers, q).instrument(span).await {
         Ok(r) => r,

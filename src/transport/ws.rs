@@ -13,7 +13,7 @@
 //! 1011 when the database is gone. A client whose queue overflows is not
 //! closed: it continues from the change log (see `feed`).
 
-use super::{flag, ApiError};
+use super::{flag, ApiError, ApiQuery};
 use crate::access::{self, Admitted, Peer};
 use crate::auth::{AuthError, Identity};
 use crate::feed::{Feed, FeedError, Notice, Start};
@@ -21,8 +21,9 @@ use crate::limits::{self, ConnGuard, RateLimiter};
 use crate::metrics::TransportMetrics;
 use crate::protocol::{parse_client_message, parse_cursor, ClientMessage, ServerMessage};
 use crate::server::App;
+use crate::sockets::ClientSocket;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use futures::{SinkExt, StreamExt};
@@ -47,10 +48,12 @@ pub struct WsQuery {
 pub async fn handler(
     State(app): State<Arc<App>>,
     Peer(peer): Peer,
+    socket: ClientSocket,
     headers: HeaderMap,
-    Query(q): Query<WsQuery>,
+    ApiQuery(q): ApiQuery<WsQuery>,
     ws: WebSocketUpgrade,
 ) -> Response {
+    socket.serves("ws");
     let admitted = match access::admit(&app, peer, &headers, q.token.as_deref()) {
         Ok(a) => a,
         Err(e) => return e.into_response(),
