@@ -79,7 +79,7 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
     let token = crate::auth::mint_hs256(
         DEMO_SECRET,
         "1000",
-        "customer",
+        Some("customer"),
         Duration::from_secs(24 * 3600),
         None,
         None,

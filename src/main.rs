@@ -104,9 +104,10 @@ struct TokenArgs {
     /// Subject: the user id that `rowcast.authorize` compares with.
     #[arg(long)]
     sub: String,
-    /// customer, farmer or admin.
-    #[arg(long, value_parser = ["customer", "farmer", "admin"])]
-    role: String,
+    /// The `role` claim, if any (the market policy knows customer, farmer
+    /// and admin; rowcast itself accepts any value and hands it to the policy).
+    #[arg(long)]
+    role: Option<String>,
     /// Lifetime: 90, 90s, 15m, 1h, 7d.
     #[arg(long, default_value = "1h", value_parser = rowcast::config::parse_duration)]
     ttl: Duration,
@@ -276,7 +277,7 @@ fn token(a: TokenArgs) -> anyhow::Result<()> {
     let t = rowcast::auth::mint_hs256(
         &a.jwt_secret,
         &a.sub,
-        &a.role,
+        a.role.as_deref(),
         ttl,
         a.jwt_issuer.as_deref(),
         a.jwt_audience.as_deref(),

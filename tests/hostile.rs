@@ -41,7 +41,7 @@ fn forged_token() -> String {
     rowcast::auth::mint_hs256(
         "not-the-secret",
         "1",
-        "admin",
+        Some("admin"),
         Duration::from_secs(3600),
         None,
         None,
