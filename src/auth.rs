@@ -308,6 +308,8 @@ pub fn now_secs() -> u64 {
 pub enum AuthzError {
     #[error("authorization query failed: {0}")]
     Db(#[from] crate::error::Error),
+    #[error("too many rowcast.authorize checks from this client; retry later")]
+    Budget,
 }
 
 impl From<tokio_postgres::Error> for AuthzError {
@@ -342,11 +344,14 @@ impl Authorizer {
 
     /// Splits `topics` into (allowed, denied), both in request order. A NULL
     /// answer, like any answer other than true, denies: the function fails closed.
+    /// `spend(n)` is asked before `n` uncached topics go to the database; when
+    /// it refuses, nothing is asked and the answer is `AuthzError::Budget`.
     pub async fn check(
         &self,
         pool: &Pool,
         who: &Identity,
         topics: &[String],
+        spend: impl FnOnce(usize) -> bool,
     ) -> Result<(Vec<String>, Vec<String>), AuthzError> {
         let mut decided: HashMap<&str, bool> = HashMap::with_capacity(topics.len());
         let mut ask: Vec<&str> = Vec::new();
@@ -365,6 +370,9 @@ impl Authorizer {
             ask.extend(topics.iter().map(String::as_str));
         }
         if !ask.is_empty() {
+            if !spend(ask.len()) {
+                return Err(AuthzError::Budget);
+            }
             let client = pool.get().await?;
             let stmt = client
                 .prepare_cached(

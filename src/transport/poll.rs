@@ -59,7 +59,7 @@ async fn poll(
     // held until the answer is built: a long poll occupies a connection slot
     let admitted = access::admit(app, peer, headers, q.token.as_deref())?;
     let topics = access::topics_from_query(app, q.topics.as_deref())?;
-    access::authorize_all(app, &admitted.identity, &topics).await?;
+    access::authorize_all(app, peer.ip(), &admitted.identity, &topics).await?;
     let cursor = parse_cursor(q.cursor.as_deref())?;
     let wait = match q.wait.as_deref() {
         None | Some("") => 0.0,

@@ -64,7 +64,7 @@ async fn open(
 ) -> Result<Response, ApiError> {
     let admitted = access::admit(&app, peer, &headers, q.token.as_deref())?;
     let topics = access::topics_from_query(&app, q.topics.as_deref())?;
-    access::authorize_all(&app, &admitted.identity, &topics).await?;
+    access::authorize_all(&app, peer.ip(), &admitted.identity, &topics).await?;
     let header_id = headers
         .get("last-event-id")
         .map(|v| v.to_str().unwrap_or("\u{0}"));

@@ -78,10 +78,11 @@ pub async fn handler(
     };
     // Decided before the 101 answer, so the feed registers as soon as the socket
     // opens: a change committed after the handshake completes is not missed.
-    let (topics, denied) = match access::authorize(&app, &admitted.identity, &topics).await {
-        Ok(x) => x,
-        Err(e) => return e.into_response(),
-    };
+    let (topics, denied) =
+        match access::authorize(&app, peer.ip(), &admitted.identity, &topics).await {
+            Ok(x) => x,
+            Err(e) => return e.into_response(),
+        };
     let max = app.security.limits.max_frame;
     // Small explicit buffers: tungstenite's defaults reserve 128 KiB per connection.
     // The read buffer is zero-filled to its capacity on the first read, so all of
@@ -99,7 +100,7 @@ pub async fn handler(
                 sub = admitted.identity.sub().unwrap_or("")
             );
             async move {
-                Session::new(app, socket, admitted)
+                Session::new(app, socket, admitted, peer)
                     .run(topics, denied, start)
                     .await
             }
@@ -116,6 +117,8 @@ struct Session {
     /// A token was verified (at the upgrade or by an `auth` message).
     authenticated: bool,
     rate: RateLimiter,
+    /// The client's address: its `rowcast.authorize` budget.
+    peer: std::net::SocketAddr,
     _slot: ConnGuard,
 }
 
@@ -125,7 +128,12 @@ enum Close {
 }
 
 impl Session {
-    fn new(app: Arc<App>, socket: WebSocket, admitted: Admitted) -> Session {
+    fn new(
+        app: Arc<App>,
+        socket: WebSocket,
+        admitted: Admitted,
+        peer: std::net::SocketAddr,
+    ) -> Session {
         let tm = app.ws_metrics.clone();
         tm.connections.inc();
         let rate = RateLimiter::new(app.security.limits.max_msgs_per_sec);
@@ -137,6 +145,7 @@ impl Session {
             identity: admitted.identity,
             authenticated: admitted.authenticated,
             rate,
+            peer,
             _slot: admitted.slot,
         }
     }
@@ -311,13 +320,14 @@ impl Session {
             .await;
             return Ok(());
         }
-        let (allowed, denied) = match access::authorize(&self.app, &self.identity, &topics).await {
-            Ok(x) => x,
-            Err(e) => {
-                self.send_error(e.code, &e.message).await;
-                return Ok(());
-            }
-        };
+        let (allowed, denied) =
+            match access::authorize(&self.app, self.peer.ip(), &self.identity, &topics).await {
+                Ok(x) => x,
+                Err(e) => {
+                    self.send_error(e.code, &e.message).await;
+                    return Ok(());
+                }
+            };
         self.apply(allowed, denied, start).await
     }
 
@@ -453,6 +463,26 @@ impl Session {
                 self.subscribe(topics, start).await
             }
             ClientMessage::Unsubscribe { topics } => {
+                // validated like subscribe: the answer echoes the topics back
+                let topics = match access::topics_from_message(&self.app, topics) {
+                    Ok(t) if t.len() <= self.app.security.limits.max_topics => t,
+                    Ok(_) => {
+                        limits::rejected(&self.app.metrics, "too_many_topics");
+                        let max = self.app.security.limits.max_topics;
+                        self.send_error(
+                            "too_many_topics",
+                            &format!(
+                                "at most {max} topics per connection; nothing was unsubscribed"
+                            ),
+                        )
+                        .await;
+                        return Ok(());
+                    }
+                    Err(e) => {
+                        self.send_error(e.code(), &e.to_string()).await;
+                        return Ok(());
+                    }
+                };
                 if let Some(feed) = self.feed.as_mut() {
                     feed.subscription().remove(&topics);
                 }
