@@ -16,6 +16,10 @@ pub enum Error {
     EmbeddedPg(String),
     #[error("cannot listen on {0}: {1} (is another server using it? choose another address with --listen)")]
     Bind(std::net::SocketAddr, #[source] std::io::Error),
+    #[error(
+        "cannot listen on {0} for metrics: {1} (choose another address with --metrics-listen)"
+    )]
+    MetricsBind(std::net::SocketAddr, #[source] std::io::Error),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
     #[error("malformed snapshot {0:?}")]

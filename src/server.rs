@@ -157,7 +157,11 @@ impl Server {
     pub async fn start_on(listener: tokio::net::TcpListener, cfg: ServerConfig) -> Result<Server> {
         let addr = listener.local_addr()?;
         let metrics_listener = match cfg.metrics_listen {
-            Some(a) => Some(Server::bind(a).await?),
+            Some(a) => Some(
+                tokio::net::TcpListener::bind(a)
+                    .await
+                    .map_err(|e| Error::MetricsBind(a, e))?,
+            ),
             None => None,
         };
         let metrics_addr = match &metrics_listener {

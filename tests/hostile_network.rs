@@ -395,3 +395,49 @@ async fn stalled_sockets_are_counted_under_their_transport() {
     drop((sse, poll));
     srv.stop().await;
 }
+
+/// Item 10: with `--metrics-listen`, `/metrics` is served there and not on
+/// the client port; health and readiness answer on both. A busy metrics
+/// address fails the start, naming the address and the flag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_listen_takes_metrics_off_the_client_port() {
+    let url = fresh_db().await;
+    let srv = server_with(&url, |c| {
+        c.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let client = srv.base_url();
+    let metrics = format!("http://{}", srv.metrics_addr.expect("metrics address"));
+    let get = |url: String| async move {
+        let r = reqwest::get(url).await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    };
+    assert_eq!(get(format!("{client}/metrics")).await.0, 404);
+    let (status, text) = get(format!("{metrics}/metrics")).await;
+    assert_eq!(status, 200);
+    assert!(text.contains("rowcast_sockets "), "{text}");
+    assert_eq!(get(format!("{metrics}/v1/poll?topics=a")).await.0, 404);
+    for base in [&client, &metrics] {
+        assert_eq!(get(format!("{base}/healthz")).await, (200, "ok".into()));
+        assert_eq!(get(format!("{base}/readyz")).await.0, 200);
+    }
+    // without the flag, /metrics stays on the client port
+    let plain = server(&url).await;
+    assert_eq!(get(format!("{}/metrics", plain.base_url())).await.0, 200);
+    assert!(plain.metrics_addr.is_none());
+    // a metrics address in use: refused before anything starts
+    let busy = srv.metrics_addr.unwrap();
+    let mut cfg = rowcast::server::ServerConfig::new(&url, "127.0.0.1:0".parse().unwrap());
+    cfg.metrics_listen = Some(busy);
+    let err = rowcast::server::Server::start(cfg)
+        .await
+        .err()
+        .expect("a busy metrics address fails the start")
+        .to_string();
+    assert!(
+        err.contains(&busy.to_string()) && err.contains("--metrics-listen"),
+        "{err}"
+    );
+    plain.stop().await;
+    srv.stop().await;
+}
