@@ -8,10 +8,12 @@ use crate::error::Result;
 use tokio_postgres::Client;
 
 /// The core: change log, doorbell, `rowcast.emit`, `rowcast.track`, and the
-/// default (allow-all) `rowcast.authorize`.
+/// default (allow-all) `rowcast.authorize`. Applied in this order; a version
+/// missing from a database is applied even when a later one is there.
 pub const CORE: &[(&str, &str)] = &[
     ("001_core", include_str!("../sql/001_core.sql")),
     ("002_authorize", include_str!("../sql/002_authorize.sql")),
+    ("004_track", include_str!("../sql/004_track.sql")),
 ];
 
 /// The FR-021 farmers-market reference schema (`market.*`), its triggers and

@@ -119,7 +119,7 @@ pub struct Server {
 pub fn pool(database_url: &str, size: usize) -> Result<Pool> {
     let pg: tokio_postgres::Config = database_url
         .parse()
-        .map_err(|e: tokio_postgres::Error| Error::DatabaseUrl(e.to_string()))?;
+        .map_err(|e: tokio_postgres::Error| Error::DatabaseUrl(crate::error::describe_pg(&e)))?;
     let mgr = Manager::from_config(
         pg,
         NoTls,
