@@ -83,7 +83,8 @@ async fn apply_all(client: &mut Client, market: bool) -> Result<Vec<String>> {
         )
         .await?;
         tx.commit().await?;
-        tracing::info!(version, "applied migration");
+        // the CLI prints what was applied: no need to say it twice on stderr
+        tracing::debug!(version, "applied migration");
         applied.push((*version).to_string());
     }
     Ok(applied)
