@@ -3,8 +3,10 @@
 //! Kept out of the transports so that WebSocket, SSE and polling cannot drift
 //! apart on who may see what.
 
-use crate::auth::{request_token, AuthError, Authorizer, Identity, JwtSettings, Verifier};
-use crate::limits::{rejected, ConnGuard, ConnLimiter, ConnRefused, Limits, Origins};
+use crate::auth::{
+    request_token, AuthError, Authorizer, AuthzError, Identity, JwtSettings, Verifier,
+};
+use crate::limits::{rejected, ConnGuard, ConnLimiter, ConnRefused, IpBudget, Limits, Origins};
 use crate::metrics::Metrics;
 use crate::protocol::{dedup, parse_topic_list_max, ProtocolError};
 use crate::server::App;
@@ -20,12 +22,18 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// A client may spend this many seconds' worth of its `rowcast.authorize`
+/// budget at once (and at least one full subscribe of `--max-topics` topics).
+pub const AUTHORIZE_BURST: usize = 10;
+
 /// Security state shared by the handlers.
 pub struct Security {
     /// `None`: no JWT configured, every client is anonymous.
     pub verifier: Option<Verifier>,
     pub authorizer: Authorizer,
     pub conns: Arc<ConnLimiter>,
+    /// `rowcast.authorize` checks (cache misses) per client address.
+    pub authorize_budget: IpBudget,
     pub limits: Limits,
     pub origins: Origins,
 }
@@ -41,6 +49,12 @@ impl Security {
             verifier: Verifier::new(jwt)?,
             authorizer: Authorizer::new(authz_cache),
             conns: ConnLimiter::new(limits.max_connections, limits.max_connections_per_ip),
+            authorize_budget: IpBudget::new(
+                limits.authorize_per_ip,
+                (limits.authorize_per_ip as usize)
+                    .saturating_mul(AUTHORIZE_BURST)
+                    .max(limits.max_topics),
+            ),
             limits,
             origins,
         })
@@ -168,8 +182,13 @@ pub fn check_count(app: &App, n: usize) -> Result<(), ApiError> {
 }
 
 /// SSE and polling: every topic must be allowed, else 403 naming the first denied one.
-pub async fn authorize_all(app: &App, who: &Identity, topics: &[String]) -> Result<(), ApiError> {
-    let (_, denied) = authorize(app, who, topics).await?;
+pub async fn authorize_all(
+    app: &App,
+    peer: IpAddr,
+    who: &Identity,
+    topics: &[String],
+) -> Result<(), ApiError> {
+    let (_, denied) = authorize(app, peer, who, topics).await?;
     if let Some(t) = denied.first() {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -183,24 +202,44 @@ pub async fn authorize_all(app: &App, who: &Identity, topics: &[String]) -> Resu
 
 /// Splits into (allowed, denied) and counts the denials. A policy that fails
 /// (a bug in the app's `rowcast.authorize`, the database gone) denies everything
-/// with 503: failing closed, but distinguishable from "forbidden".
+/// with 503: failing closed, but distinguishable from "forbidden". A client
+/// (address) over its budget of uncached checks gets 429
+/// `authorize_rate_limited`, and nothing is asked of the database.
 pub async fn authorize(
     app: &App,
+    peer: IpAddr,
     who: &Identity,
     topics: &[String],
 ) -> Result<(Vec<String>, Vec<String>), ApiError> {
+    let spend = |n: usize| {
+        let ok = app.security.authorize_budget.take(peer, n);
+        if ok {
+            app.metrics.authorize_checks.inc_by(n as u64);
+        }
+        ok
+    };
     let (allowed, denied) = app
         .security
         .authorizer
-        .check(&app.pool, who, topics)
+        .check(&app.pool, who, topics, spend)
         .await
-        .map_err(|e| {
-            tracing::warn!(error = %e, "rowcast.authorize failed");
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "authorization unavailable; retry",
-            )
+        .map_err(|e| match e {
+            AuthzError::Budget => {
+                rejected(&app.metrics, "authorize_rate_limited");
+                ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "authorize_rate_limited",
+                    "too many new topics checked for this client address; retry shortly",
+                )
+            }
+            AuthzError::Db(e) => {
+                tracing::warn!(error = %e, "rowcast.authorize failed");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "authorization unavailable; retry",
+                )
+            }
         })?;
     if !denied.is_empty() {
         app.metrics

@@ -215,19 +215,20 @@ impl Verifier {
                 ))
             }
         }
-        match claims.get("role") {
-            None => {}
-            Some(Value::String(r)) if ["customer", "farmer", "admin"].contains(&r.as_str()) => {}
-            Some(_) => {
-                return Err(AuthError::BadClaims(
-                    "role must be customer, farmer or admin".into(),
-                ))
-            }
+        // Roles (and every other claim) are the policy's business: rowcast
+        // hands the claims to `rowcast.authorize` and checks only what it uses
+        // itself (`sub`, `exp`) and what PostgreSQL's jsonb cannot store.
+        if contains_nul(&Value::Object(claims.clone())) {
+            return Err(AuthError::BadClaims(
+                "claims must not contain NUL characters (\\u0000)".into(),
+            ));
         }
-        let expires_at = claims
-            .get("exp")
-            .and_then(Value::as_u64)
-            .map(|e| e.saturating_add(LEEWAY_SECS));
+        // Any numeric exp (JSON allows 1700000000.5, and the JWT library
+        // accepts it) ends the connection; `exp` is required, so it is there.
+        let expires_at = match claims.get("exp").and_then(Value::as_f64) {
+            Some(e) if e.is_finite() => Some(secs_floor(e).saturating_add(LEEWAY_SECS)),
+            _ => return Err(AuthError::BadClaims("exp must be a number".into())),
+        };
         // serde_json's Map is a BTreeMap: the serialization is canonical
         let claims_json: Arc<str> = Arc::from(Value::Object(claims.clone()).to_string());
         Ok(Identity {
@@ -238,11 +239,34 @@ impl Verifier {
     }
 }
 
-/// Mints an HS256 token for development (`rowcast token`) and tests.
+/// Whole seconds of a JSON number of seconds, clamped to `0..=u64::MAX`.
+fn secs_floor(e: f64) -> u64 {
+    if e <= 0.0 {
+        0
+    } else if e >= u64::MAX as f64 {
+        u64::MAX
+    } else {
+        e.floor() as u64
+    }
+}
+
+/// True when a key or string anywhere in `v` holds U+0000, which PostgreSQL's
+/// jsonb (the claims' type in `rowcast.authorize`) refuses.
+fn contains_nul(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(a) => a.iter().any(contains_nul),
+        Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || contains_nul(v)),
+        _ => false,
+    }
+}
+
+/// Mints an HS256 token for development (`rowcast token`) and tests; without
+/// a role the token has no `role` claim.
 pub fn mint_hs256(
     secret: &str,
     sub: &str,
-    role: &str,
+    role: Option<&str>,
     ttl: Duration,
     issuer: Option<&str>,
     audience: Option<&str>,
@@ -253,7 +277,9 @@ pub fn mint_hs256(
     let now = now_secs();
     let mut claims = Map::new();
     claims.insert("sub".into(), Value::from(sub));
-    claims.insert("role".into(), Value::from(role));
+    if let Some(r) = role {
+        claims.insert("role".into(), Value::from(r));
+    }
     claims.insert("iat".into(), Value::from(now));
     claims.insert("exp".into(), Value::from(now + ttl.as_secs()));
     if let Some(i) = issuer {
@@ -282,6 +308,8 @@ pub fn now_secs() -> u64 {
 pub enum AuthzError {
     #[error("authorization query failed: {0}")]
     Db(#[from] crate::error::Error),
+    #[error("too many rowcast.authorize checks from this client; retry later")]
+    Budget,
 }
 
 impl From<tokio_postgres::Error> for AuthzError {
@@ -316,11 +344,14 @@ impl Authorizer {
 
     /// Splits `topics` into (allowed, denied), both in request order. A NULL
     /// answer, like any answer other than true, denies: the function fails closed.
+    /// `spend(n)` is asked before `n` uncached topics go to the database; when
+    /// it refuses, nothing is asked and the answer is `AuthzError::Budget`.
     pub async fn check(
         &self,
         pool: &Pool,
         who: &Identity,
         topics: &[String],
+        spend: impl FnOnce(usize) -> bool,
     ) -> Result<(Vec<String>, Vec<String>), AuthzError> {
         let mut decided: HashMap<&str, bool> = HashMap::with_capacity(topics.len());
         let mut ask: Vec<&str> = Vec::new();
@@ -339,6 +370,9 @@ impl Authorizer {
             ask.extend(topics.iter().map(String::as_str));
         }
         if !ask.is_empty() {
+            if !spend(ask.len()) {
+                return Err(AuthzError::Budget);
+            }
             let client = pool.get().await?;
             let stmt = client
                 .prepare_cached(
@@ -426,7 +460,7 @@ mod tests {
         let t = mint_hs256(
             "s3cret",
             "42",
-            "customer",
+            Some("customer"),
             Duration::from_secs(60),
             None,
             None,
@@ -434,12 +468,60 @@ mod tests {
         .unwrap();
         let id = v.verify(&t).unwrap();
         assert_eq!(id.sub(), Some("42"));
-        let forged =
-            mint_hs256("other", "42", "admin", Duration::from_secs(60), None, None).unwrap();
+        let forged = mint_hs256(
+            "other",
+            "42",
+            Some("admin"),
+            Duration::from_secs(60),
+            None,
+            None,
+        )
+        .unwrap();
         assert_eq!(v.verify(&forged).unwrap_err().reason(), "bad_signature");
         assert_eq!(v.verify("abc").unwrap_err().reason(), "malformed");
         // alg none: header {"alg":"none","typ":"JWT"}
         let none = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiI0MiIsImV4cCI6OTk5OTk5OTk5OX0.";
         assert!(v.verify(none).is_err());
+    }
+
+    fn signed(claims: serde_json::Value) -> String {
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(b"s3cret"),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn float_exp_expires_and_nul_is_refused_and_roles_are_free() {
+        let v = verifier("s3cret");
+        let now = now_secs();
+        let id = v
+            .verify(&signed(
+                serde_json::json!({"sub":"1","exp": now as f64 + 5.5}),
+            ))
+            .unwrap();
+        assert_eq!(id.expires_at(), Some(now + 5 + LEEWAY_SECS));
+        for claims in [
+            serde_json::json!({"sub":"1","exp": now + 60, "name":"a\0b"}),
+            serde_json::json!({"sub":"1","exp": now + 60, "x":{"k\0":1}}),
+            serde_json::json!({"sub":"a\0","exp": now + 60}),
+        ] {
+            assert_eq!(
+                v.verify(&signed(claims)).unwrap_err().reason(),
+                "bad_claims"
+            );
+        }
+        for role in [
+            serde_json::json!("authenticated"),
+            serde_json::json!("service_role"),
+            serde_json::json!(["a", "b"]),
+        ] {
+            let t = signed(serde_json::json!({"sub":"1","exp": now + 60, "role": role}));
+            assert!(v.verify(&t).is_ok(), "{role}");
+        }
+        let t = mint_hs256("s3cret", "9", None, Duration::from_secs(60), None, None).unwrap();
+        assert!(!v.verify(&t).unwrap().claims.contains_key("role"));
     }
 }

@@ -6,11 +6,29 @@ use crate::error::Result;
 use tokio_postgres::{Client, NoTls};
 
 /// Connects and drives the connection in the background until it closes.
+///
+/// Server NOTICEs (`schema "rowcast" already exists, skipping` on every
+/// re-run of the migrations) are logged at DEBUG: they are not news for an
+/// operator. The driver would log them at INFO if left to itself.
 pub async fn connect(url: &str) -> Result<Client> {
-    let (client, conn) = tokio_postgres::connect(url, NoTls).await?;
+    let (client, mut conn) = tokio_postgres::connect(url, NoTls).await?;
     tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "set-up connection ended");
+        let mut messages = std::pin::pin!(futures::stream::poll_fn(|cx| conn.poll_message(cx)));
+        while let Some(m) = futures::StreamExt::next(&mut messages).await {
+            match m {
+                Ok(tokio_postgres::AsyncMessage::Notice(n)) => {
+                    tracing::debug!(
+                        severity = n.severity(),
+                        message = n.message(),
+                        "database notice"
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(error = %crate::error::describe_pg(&e), "set-up connection ended");
+                    return;
+                }
+            }
         }
     });
     Ok(client)

@@ -79,7 +79,7 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
     let token = crate::auth::mint_hs256(
         DEMO_SECRET,
         "1000",
-        "customer",
+        Some("customer"),
         Duration::from_secs(24 * 3600),
         None,
         None,
@@ -103,7 +103,9 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
     say!("orders are private: a token for customer 1000 (secret {DEMO_SECRET:?}, valid 24 h):");
     say!("  {token}");
     say!("  curl -N '{base}/v1/events?topics=customer-1000&token={token}'");
-    say!("mint others with: rowcast token --jwt-secret {DEMO_SECRET} --sub 1001 --role customer");
+    let me = invocation();
+    say!("mint others with:");
+    say!("  {me} token --jwt-secret {DEMO_SECRET} --sub 1001 --role customer");
     say!();
 
     let farmer = tokio::spawn(simulate_farmer(client, opts.tick));
@@ -117,6 +119,44 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
     server.stop().await;
     drop(pg);
     Ok(())
+}
+
+/// How to run this very binary from the current shell: `rowcast` when that
+/// name on `PATH` is this binary (`cargo install --path .`), else its path,
+/// relative to the current directory when it is below it
+/// (`./target/release/rowcast` after `cargo run --release -- demo`). Printed
+/// lines then work when pasted, whether or not rowcast was installed.
+pub fn invocation() -> String {
+    let Ok(exe) = std::env::current_exe().and_then(|p| p.canonicalize()) else {
+        return "rowcast".into();
+    };
+    let on_path = std::env::var_os("PATH").is_some_and(|paths| {
+        std::env::split_paths(&paths).any(|dir| {
+            dir.join("rowcast")
+                .canonicalize()
+                .is_ok_and(|found| found == exe)
+        })
+    });
+    if on_path {
+        return "rowcast".into();
+    }
+    let shown = std::env::current_dir()
+        .ok()
+        .and_then(|cwd| cwd.canonicalize().ok())
+        .and_then(|cwd| {
+            exe.strip_prefix(&cwd)
+                .ok()
+                .map(|rel| format!("./{}", rel.display()))
+        })
+        .unwrap_or_else(|| exe.display().to_string());
+    if shown
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "/._-+".contains(c))
+    {
+        shown
+    } else {
+        format!("'{}'", shown.replace('\'', "'\\''"))
+    }
 }
 
 /// Inserts the sample farms, products and orders.

@@ -4,8 +4,10 @@ use thiserror::Error;
 
 #[derive(Debug, Error)]
 pub enum Error {
-    #[error("database: {0}")]
-    Db(#[from] tokio_postgres::Error),
+    /// Displayed with PostgreSQL's own message (see `describe_pg`); the
+    /// driver's error alone says only "db error".
+    #[error("database: {}", describe_pg(.0))]
+    Db(tokio_postgres::Error),
     #[error("database pool: {0}")]
     Pool(#[from] deadpool_postgres::PoolError),
     #[error("database pool setup: {0}")]
@@ -16,6 +18,10 @@ pub enum Error {
     EmbeddedPg(String),
     #[error("cannot listen on {0}: {1} (is another server using it? choose another address with --listen)")]
     Bind(std::net::SocketAddr, #[source] std::io::Error),
+    #[error(
+        "cannot listen on {0} for metrics: {1} (choose another address with --metrics-listen)"
+    )]
+    MetricsBind(std::net::SocketAddr, #[source] std::io::Error),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
     #[error("malformed snapshot {0:?}")]
@@ -36,3 +42,32 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<tokio_postgres::Error> for Error {
+    fn from(e: tokio_postgres::Error) -> Error {
+        Error::Db(e)
+    }
+}
+
+/// A driver error with its cause: for an error the server reported, its
+/// severity, message, SQLSTATE, and detail and hint when present (`ERROR:
+/// database "x" does not exist (3D000)`); otherwise the driver's words and
+/// the underlying cause (`error connecting to server: Connection refused`).
+/// The cause is written into the text rather than left as `source()`, so
+/// that every log line and every CLI message carries it once.
+pub fn describe_pg(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        let mut s = format!("{}: {} ({})", db.severity(), db.message(), db.code().code());
+        if let Some(d) = db.detail() {
+            s.push_str(&format!("; detail: {d}"));
+        }
+        if let Some(h) = db.hint() {
+            s.push_str(&format!("; hint: {h}"));
+        }
+        return s;
+    }
+    match std::error::Error::source(e) {
+        Some(cause) => format!("{e}: {cause}"),
+        None => e.to_string(),
+    }
+}

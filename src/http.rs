@@ -1,90 +1,287 @@
-//! The accept loop. `axum::serve` has no header-read timeout, so a client that
-//! trickles its request head one byte at a time (slowloris) would hold a
-//! connection and its memory forever; hyper has the knob once it is given a
-//! timer, so rowcast drives hyper-util's connection builder itself.
+//! The accept loop and each connection's life.
+//!
+//! `axum::serve` has no header-read timeout, no deadline for a socket that
+//! never sends a byte, and spins on `EMFILE`; rowcast drives hyper itself so
+//! that every socket an unauthenticated peer can open is bounded (see
+//! `sockets` for the contract: idle deadline, global cap, shedding).
+//!
+//! HTTP/2 without TLS (prior knowledge, "h2c") is off unless `--http2` is
+//! given: browsers only speak HTTP/2 over TLS, which a proxy in front of
+//! rowcast terminates, so h2c only serves non-browser clients, and an h2
+//! stream whose flow-control window stays at 0 is invisible at the socket
+//! level (its bytes are never written), so `--write-timeout` cannot cut it.
+//! With `--http2`, the idle deadline, the socket cap, the request limits and
+//! the socket-level write timeout hold; per-stream flow-control stalls do not
+//! (README, "Limits and hostile input").
 
 use crate::shutdown::Shutdown;
+use crate::sockets::{ClientSocket, Next, Socket, Sockets};
+use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::connect_info::ConnectInfo;
 use axum::Router;
-use hyper::body::Incoming;
+use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::GracefulShutdown;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tower::ServiceExt;
 use tracing::Instrument;
 
-/// Serves `router` until `stop` turns true, then waits (bounded by the caller)
-/// for in-flight requests. Each request carries `ConnectInfo<SocketAddr>`.
+/// How the accept loop treats its connections.
+#[derive(Clone, Copy, Debug)]
+pub struct HttpOptions {
+    /// The request head must be complete this long after the socket was
+    /// accepted or last idle; also the idle limit of every socket.
+    pub header_read_timeout: Duration,
+    /// Socket-level write timeout (`WriteTimeout`).
+    pub write_timeout: Duration,
+    /// Also serve HTTP/2 with prior knowledge (h2c).
+    pub http2: bool,
+}
+
+/// Serves `router` until `stop` fires, then waits (bounded by the caller) for
+/// in-flight requests. Each request carries `ConnectInfo<SocketAddr>` and the
+/// `ClientSocket` it arrived on.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
-    header_read_timeout: Duration,
-    write_timeout: Duration,
-    stalled_drops: prometheus::IntCounter,
+    opts: HttpOptions,
+    sockets: Arc<Sockets>,
     mut stop: Shutdown,
 ) -> std::io::Result<()> {
-    let mut builder = Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(header_read_timeout);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .keep_alive_interval(Some(Duration::from_secs(30)));
-    let graceful = GracefulShutdown::new();
+    let mut h1 = hyper::server::conn::http1::Builder::new();
+    h1.timer(TokioTimer::new())
+        .header_read_timeout(opts.header_read_timeout);
+    let auto = opts.http2.then(|| {
+        let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        b.http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(opts.header_read_timeout);
+        b.http2()
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Some(Duration::from_secs(30)));
+        b
+    });
+    // every driver holds a clone; when all are gone, recv() returns None
+    let (running, mut all_done) = mpsc::channel::<()>(1);
+    let mut errors = AcceptErrors::default();
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
             _ = stop.recv() => break,
         };
         let (stream, peer): (_, SocketAddr) = match accepted {
-            Ok(x) => x,
+            Ok(x) => {
+                errors.streak = 0;
+                x
+            }
             Err(e) => {
-                // EMFILE and friends: back off instead of spinning
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                errors.failed(e, &sockets).await;
                 continue;
             }
+        };
+        let Some(socket) = sockets.register() else {
+            tracing::debug!(%peer, "socket cap reached and nothing idle to shed: closing");
+            continue;
         };
         // Events are small frames written as they come: with Nagle's algorithm a
         // frame written while the previous one is unacknowledged waits for the
         // client's delayed ACK (40 ms on Linux) — that was the bench's p90.
         let _ = stream.set_nodelay(true);
-        let router = router.clone();
-        let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-            req.extensions_mut().insert(ConnectInfo(peer));
-            router.clone().oneshot(req)
-        });
-        let conn = builder
-            .serve_connection_with_upgrades(
-                TokioIo::new(WriteTimeout::new(
-                    stream,
-                    write_timeout,
-                    stalled_drops.clone(),
-                )),
-                svc,
-            )
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(
-            async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "connection ended with an error");
-                }
+        let io = TokioIo::new(WriteTimeout::new(
+            stream,
+            opts.write_timeout,
+            socket.clone(),
+        ));
+        let svc = service(router.clone(), peer, socket.clone());
+        let span = tracing::debug_span!("http", %peer);
+        let done = running.clone();
+        match &auto {
+            Some(auto) => {
+                let conn = auto.serve_connection_with_upgrades(io, svc).into_owned();
+                tokio::spawn(
+                    drive(conn, |c| c.graceful_shutdown(), socket, stop.clone(), done)
+                        .instrument(span),
+                );
             }
-            .instrument(tracing::debug_span!("http", %peer)),
-        );
+            None => {
+                let conn = h1.serve_connection(io, svc).with_upgrades();
+                tokio::spawn(
+                    drive(conn, |c| c.graceful_shutdown(), socket, stop.clone(), done)
+                        .instrument(span),
+                );
+            }
+        }
     }
     drop(listener);
-    graceful.shutdown().await;
+    drop(running);
+    let _ = all_done.recv().await;
     Ok(())
 }
 
-/// A socket whose writes fail once they have made no progress for `limit`.
+/// The per-request service: marks the socket busy for as long as the answer
+/// streams, and an upgraded socket busy for good.
+fn service(
+    router: Router,
+    peer: SocketAddr,
+    socket: Arc<Socket>,
+) -> impl hyper::service::Service<
+    hyper::Request<Incoming>,
+    Response = hyper::Response<Body>,
+    Error = std::convert::Infallible,
+    Future = impl Future<Output = Result<hyper::Response<Body>, std::convert::Infallible>> + Send,
+> + Clone {
+    hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        let busy = socket.begin_request();
+        req.extensions_mut().insert(ConnectInfo(peer));
+        req.extensions_mut()
+            .insert(ClientSocket(Some(socket.clone())));
+        let answer = router.clone().oneshot(req);
+        let socket = socket.clone();
+        async move {
+            let resp = answer.await?;
+            if resp.status() == hyper::StatusCode::SWITCHING_PROTOCOLS {
+                socket.upgraded();
+                return Ok(resp);
+            }
+            Ok(resp.map(|body| Body::new(Busy { body, _busy: busy })))
+        }
+    })
+}
+
+/// A response body that keeps its socket busy until it is dropped, which
+/// hyper does once the body has been written out (or the connection ends).
+struct Busy {
+    body: Body,
+    _busy: crate::sockets::RequestGuard,
+}
+
+impl HttpBody for Busy {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// Runs one connection until it ends, is shed, stays idle past the limit, or
+/// (gracefully) the server stops. Dropping `conn` closes the socket.
+async fn drive<C, E>(
+    conn: C,
+    graceful: fn(Pin<&mut C>),
+    socket: Arc<Socket>,
+    mut stop: Shutdown,
+    _running: mpsc::Sender<()>,
+) where
+    C: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    tokio::pin!(conn);
+    let mut stopping = false;
+    loop {
+        let idle_at = match socket.next() {
+            Next::Shed => {
+                tracing::debug!("shed to make room");
+                return;
+            }
+            Next::IdleUntil(at) => Some(at),
+            Next::Busy => None,
+        };
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    // hyper's own header timeout may end a silent socket a
+                    // moment before ours does: count it the same way
+                    if !socket.idle_expired(Instant::now()) {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                }
+                return;
+            }
+            _ = stop.recv(), if !stopping => {
+                stopping = true;
+                graceful(conn.as_mut());
+            }
+            _ = socket.changed() => {}
+            _ = tokio::time::sleep_until(idle_at.unwrap_or_else(Instant::now)), if idle_at.is_some() => {
+                if socket.idle_expired(Instant::now()) {
+                    tracing::debug!("no request within the header timeout: closing");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// `accept` failures: shed, back off, and log without flooding.
+#[derive(Default)]
+struct AcceptErrors {
+    /// Consecutive failures with nothing to shed (the backoff exponent).
+    streak: u32,
+    last_log: Option<Instant>,
+    unlogged: u64,
+}
+
+/// At most one accept-failure log line per this interval.
+const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(10);
+
+impl AcceptErrors {
+    async fn failed(&mut self, e: std::io::Error, sockets: &Sockets) {
+        use std::io::ErrorKind::*;
+        // the peer gave up between SYN and accept: nothing is wrong here
+        if matches!(e.kind(), ConnectionAborted | ConnectionReset | Interrupted) {
+            return;
+        }
+        sockets.metrics.accept_errors.inc();
+        let now = Instant::now();
+        if self
+            .last_log
+            .is_none_or(|t| now.duration_since(t) >= ACCEPT_LOG_EVERY)
+        {
+            tracing::warn!(
+                error = %e,
+                open_sockets = sockets.open(),
+                similar_errors_not_logged = self.unlogged,
+                "accept failed; shedding idle connections (rowcast_accept_errors_total counts every failure)"
+            );
+            self.last_log = Some(now);
+            self.unlogged = 0;
+        } else {
+            self.unlogged += 1;
+        }
+        // Out of descriptors (EMFILE/ENFILE) or memory: an idle socket makes
+        // room, and the next accept goes on at once. With nothing idle, every
+        // descriptor serves a request: back off instead of spinning.
+        if sockets.shed_oldest() {
+            sockets.released(Duration::from_millis(100)).await;
+        } else {
+            let pause = Duration::from_millis(10) * 2u32.pow(self.streak.min(7));
+            self.streak += 1;
+            tokio::time::sleep(pause.min(Duration::from_secs(1))).await;
+        }
+    }
+}
+
+/// A socket whose writes fail once they have made no progress for `limit`,
+/// and whose drop releases its place in the `Sockets` registry.
 ///
 /// Why: a client that stops reading fills its TCP window, and from then on the
 /// connection's writes stay pending forever. For SSE nothing above the socket
@@ -92,21 +289,37 @@ pub async fn serve(
 /// connection, its subscription and its queue would live until the kernel
 /// gives up, hours later. Failing the write makes hyper close the connection,
 /// which drops the stream and frees everything; the client resumes by cursor.
+///
+/// The timeout is counted in `rowcast_slow_consumer_drops_total` under the
+/// transport whose handler claimed the socket (`ClientSocket::serves`): an
+/// SSE stream, a long poll's answer, or a WebSocket whose own frame-level
+/// timeout did not fire first. Other requests (`/metrics`) are not counted.
 pub struct WriteTimeout<S> {
     inner: S,
     limit: Duration,
     /// Armed while a write is pending; reset by any progress.
     stalled: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
-    drops: prometheus::IntCounter,
+    /// Declared last, so dropped after `inner`: the registry learns that the
+    /// descriptor is free only once it is.
+    socket: OpenSocket,
+}
+
+/// Tells the registry that the socket's descriptor is closed when dropped.
+struct OpenSocket(Arc<Socket>);
+
+impl Drop for OpenSocket {
+    fn drop(&mut self) {
+        self.0.close();
+    }
 }
 
 impl<S> WriteTimeout<S> {
-    pub fn new(inner: S, limit: Duration, drops: prometheus::IntCounter) -> WriteTimeout<S> {
+    pub fn new(inner: S, limit: Duration, socket: Arc<Socket>) -> WriteTimeout<S> {
         WriteTimeout {
             inner,
             limit,
             stalled: None,
-            drops,
+            socket: OpenSocket(socket),
         }
     }
 
@@ -123,7 +336,9 @@ impl<S> WriteTimeout<S> {
         match sleep.as_mut().poll(cx) {
             std::task::Poll::Ready(()) => {
                 tracing::debug!(?limit, "client socket accepted nothing: closing");
-                self.drops.inc();
+                if let Some(c) = self.socket.0.stalled_counter() {
+                    c.inc();
+                }
                 std::task::Poll::Ready(Err(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
                     "client stopped reading (write timeout)",

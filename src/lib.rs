@@ -29,6 +29,7 @@ pub mod retention;
 pub mod server;
 pub mod shutdown;
 pub mod snapshot;
+pub mod sockets;
 pub mod source;
 pub mod transport;
 

@@ -27,8 +27,14 @@ pub struct Limits {
     /// An unauthenticated WebSocket must send its first message within this time
     /// when JWT authentication is configured.
     pub auth_timeout: Duration,
-    /// The whole request head must arrive within this time (slowloris).
+    /// The whole request head must arrive within this time (slowloris), and a
+    /// socket with no request in flight is closed after it (`sockets`).
     pub header_read_timeout: Duration,
+    /// Open TCP connections in total, whether or not they have made a request
+    /// (`sockets`); `None`: `max_connections` + 1024, within the fd limit.
+    pub max_sockets: Option<usize>,
+    /// `rowcast.authorize` checks (cache misses) per second per client IP.
+    pub authorize_per_ip: u32,
 }
 
 impl Default for Limits {
@@ -42,6 +48,8 @@ impl Default for Limits {
             max_connections_per_ip: 256,
             auth_timeout: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(10),
+            max_sockets: None,
+            authorize_per_ip: 100,
         }
     }
 }
@@ -135,6 +143,74 @@ impl RateLimiter {
         self.tokens = (self.tokens + dt * self.rate).min(self.rate);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Token buckets per client address: `rate` per second, bursts of `burst`.
+///
+/// Used for `rowcast.authorize` checks (cache misses): each costs a database
+/// round trip, and a client can ask for any number of distinct topics
+/// (`order-1`, `order-2`, ...), so without a budget a handful of WebSockets
+/// sending subscribes could keep the pool busy with policy queries. IPv6
+/// clients are budgeted per /64, the block one host usually holds.
+pub struct IpBudget {
+    rate: f64,
+    burst: f64,
+    buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
+}
+
+/// Addresses tracked at most; past it, full (idle) buckets are forgotten,
+/// and if that is not enough, all of them: memory stays bounded, and a
+/// forgotten address only gets the full budget a new one gets anyway.
+const MAX_BUDGETED_IPS: usize = 100_000;
+
+impl IpBudget {
+    pub fn new(per_sec: u32, burst: usize) -> IpBudget {
+        let rate = f64::from(per_sec.max(1));
+        IpBudget {
+            rate,
+            burst: (burst.max(1) as f64).max(rate),
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes `n` tokens from the address's bucket; false, taking nothing,
+    /// when fewer are left.
+    pub fn take(&self, ip: IpAddr, n: usize) -> bool {
+        if n == 0 {
+            return true;
+        }
+        let key = match ip {
+            IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+            IpAddr::V6(v6) => IpAddr::V4(
+                v6.to_ipv4_mapped()
+                    .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
+            ),
+            v4 => v4,
+        };
+        let now = Instant::now();
+        let mut m = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        if m.len() >= MAX_BUDGETED_IPS && !m.contains_key(&key) {
+            let (rate, burst) = (self.rate, self.burst);
+            m.retain(|_, (tokens, at)| {
+                *tokens + now.duration_since(*at).as_secs_f64() * rate < burst
+            });
+            if m.len() >= MAX_BUDGETED_IPS {
+                m.clear();
+            }
+        }
+        let (tokens, at) = m.entry(key).or_insert((self.burst, now));
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * self.rate).min(self.burst);
+        *at = now;
+        if *tokens >= n as f64 {
+            *tokens -= n as f64;
             true
         } else {
             false
@@ -254,6 +330,20 @@ mod tests {
         assert!(Origins::default().check(&h).is_err());
         h.insert("origin", HeaderValue::from_static("null"));
         assert!(Origins::default().check(&h).is_err());
+    }
+
+    #[test]
+    fn authorize_budget_per_address() {
+        let b = IpBudget::new(1, 10);
+        let a: IpAddr = "127.0.0.1".parse().unwrap();
+        assert!(b.take(a, 10));
+        assert!(!b.take(a, 1), "the burst is spent");
+        assert!(b.take("127.0.0.2".parse().unwrap(), 10), "another address");
+        // one IPv6 /64 is one budget
+        assert!(b.take("2001:db8::1".parse().unwrap(), 10));
+        assert!(!b.take("2001:db8::2".parse().unwrap(), 1));
+        assert!(b.take("2001:db8:0:1::1".parse().unwrap(), 1));
+        assert!(b.take(a, 0), "asking nothing costs nothing");
     }
 
     #[test]

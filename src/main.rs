@@ -104,9 +104,10 @@ struct TokenArgs {
     /// Subject: the user id that `rowcast.authorize` compares with.
     #[arg(long)]
     sub: String,
-    /// customer, farmer or admin.
-    #[arg(long, value_parser = ["customer", "farmer", "admin"])]
-    role: String,
+    /// The `role` claim, if any (the market policy knows customer, farmer
+    /// and admin; rowcast itself accepts any value and hands it to the policy).
+    #[arg(long)]
+    role: Option<String>,
     /// Lifetime: 90, 90s, 15m, 1h, 7d.
     #[arg(long, default_value = "1h", value_parser = rowcast::config::parse_duration)]
     ttl: Duration,
@@ -194,9 +195,27 @@ struct ServeArgs {
     /// Seconds an unauthenticated WebSocket may stay without subscribing (JWT configured only).
     #[arg(long, env = "ROWCAST_AUTH_TIMEOUT", default_value_t = 10)]
     auth_timeout: u64,
-    /// Seconds a client has to send a complete request head.
+    /// Seconds a client has to send a complete request head; also how long a
+    /// connection may stay without a request in flight (silent or idle sockets).
     #[arg(long, env = "ROWCAST_HEADER_TIMEOUT", default_value_t = 10)]
     header_timeout: u64,
+    /// Open TCP connections in total, including those that have not made a
+    /// request yet (default: --max-connections + 1024, within the process's
+    /// file-descriptor limit). At the cap the oldest idle connection is closed.
+    #[arg(long, env = "ROWCAST_MAX_SOCKETS")]
+    max_sockets: Option<usize>,
+    /// rowcast.authorize checks (cache misses) per second per client IP,
+    /// bursts of ten times as many (at least --max-topics).
+    #[arg(long, env = "ROWCAST_AUTHORIZE_PER_IP", default_value_t = 100)]
+    authorize_per_ip: u32,
+    /// Serve /metrics on this address instead of the client port (e.g. an
+    /// internal interface, 10.0.0.5:9090).
+    #[arg(long, env = "ROWCAST_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
+    /// Also accept HTTP/2 without TLS (prior knowledge, h2c). Off by default:
+    /// see the README for what it does not bound.
+    #[arg(long, env = "ROWCAST_HTTP2")]
+    http2: bool,
 }
 
 #[derive(Args)]
@@ -220,13 +239,23 @@ struct DemoArgs {
     tick_ms: u64,
 }
 
+/// The log filter unless `RUST_LOG` says otherwise.
+const DEFAULT_LOG: &str = "info,tokio_postgres=warn";
+
 fn main() -> anyhow::Result<()> {
+    // Quiet when all is well: rowcast's own lifecycle at INFO, and nothing
+    // from the PostgreSQL driver below WARN (it logs every server NOTICE at
+    // INFO, e.g. "schema rowcast already exists, skipping"). Colours only when
+    // stderr is a terminal (and NO_COLOR is unset): not in files or journals.
+    use std::io::IsTerminal;
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG)),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .init();
     let cli = Cli::parse();
     let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
@@ -252,7 +281,7 @@ fn token(a: TokenArgs) -> anyhow::Result<()> {
     let t = rowcast::auth::mint_hs256(
         &a.jwt_secret,
         &a.sub,
-        &a.role,
+        a.role.as_deref(),
         ttl,
         a.jwt_issuer.as_deref(),
         a.jwt_audience.as_deref(),
@@ -303,7 +332,11 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         max_connections_per_ip: a.max_connections_per_ip.max(1),
         auth_timeout: Duration::from_secs(a.auth_timeout.max(1)),
         header_read_timeout: Duration::from_secs(a.header_timeout.max(1)),
+        max_sockets: a.max_sockets.map(|n| n.max(1)),
+        authorize_per_ip: a.authorize_per_ip.max(1),
     };
+    cfg.metrics_listen = a.metrics_listen;
+    cfg.http2 = a.http2;
     let mut signals = rowcast::server::Signals::install()?;
     let server = Server::start(cfg).await.context("starting the server")?;
     signals.recv().await;

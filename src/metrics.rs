@@ -46,6 +46,14 @@ pub struct Metrics {
     pub auth_failures: IntCounterVec,
     /// Requests, messages and topics refused by a limit or a policy, by reason.
     pub rejected: IntCounterVec,
+    /// Open TCP connections, admitted or not (`sockets`).
+    pub sockets: IntGauge,
+    /// Sockets closed by the server before or between requests, by reason.
+    pub sockets_closed: IntCounterVec,
+    /// `accept` failures other than a connection aborted by its peer.
+    pub accept_errors: IntCounter,
+    /// Topics sent to `rowcast.authorize` (cache misses).
+    pub authorize_checks: IntCounter,
 }
 
 impl Metrics {
@@ -185,6 +193,32 @@ impl Metrics {
         registry.register(Box::new(catchup_deliveries.clone()))?;
         registry.register(Box::new(catchup_lag.clone()))?;
         registry.register(Box::new(source_bad_changes.clone()))?;
+        let sockets = IntGauge::new(
+            "rowcast_sockets",
+            "Open TCP connections, whether or not they have made a request",
+        )?;
+        let sockets_closed = IntCounterVec::new(
+            Opts::new(
+                "rowcast_sockets_closed_total",
+                "Connections the server closed while they had no request in flight: idle (no request within the header timeout) or shed (to make room at the socket cap or when out of file descriptors)",
+            ),
+            &["reason"],
+        )?;
+        let accept_errors = IntCounter::new(
+            "rowcast_accept_errors_total",
+            "Failed accepts (out of file descriptors, or memory)",
+        )?;
+        let authorize_checks = IntCounter::new(
+            "rowcast_authorize_checks_total",
+            "Topics checked with rowcast.authorize (cache misses)",
+        )?;
+        registry.register(Box::new(sockets.clone()))?;
+        registry.register(Box::new(sockets_closed.clone()))?;
+        registry.register(Box::new(accept_errors.clone()))?;
+        registry.register(Box::new(authorize_checks.clone()))?;
+        for r in ["idle", "shed"] {
+            sockets_closed.with_label_values(&[r]);
+        }
         resyncs.with_label_values(&["cursor_expired"]);
         resyncs.with_label_values(&["cursor_unknown"]);
         for r in [
@@ -229,6 +263,10 @@ impl Metrics {
             resyncs,
             auth_failures,
             rejected,
+            sockets,
+            sockets_closed,
+            accept_errors,
+            authorize_checks,
         })
     }
 
@@ -246,6 +284,17 @@ impl Metrics {
             lag_recoveries: self.lag_recoveries.clone(),
             window_reads: self.catchup_reads.with_label_values(&["memory"]),
             log_reads: self.catchup_reads.with_label_values(&["log"]),
+        }
+    }
+
+    /// Handles for the socket registry of a listener (`sockets`).
+    pub fn sockets(&self) -> crate::sockets::SocketMetrics {
+        crate::sockets::SocketMetrics {
+            open: self.sockets.clone(),
+            closed_idle: self.sockets_closed.with_label_values(&["idle"]),
+            shed: self.sockets_closed.with_label_values(&["shed"]),
+            accept_errors: self.accept_errors.clone(),
+            stalled: TRANSPORTS.map(|t| self.slow_consumer_drops.with_label_values(&[t])),
         }
     }
 

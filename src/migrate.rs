@@ -8,11 +8,13 @@ use crate::error::Result;
 use tokio_postgres::Client;
 
 /// The core: change log, doorbell, `rowcast.emit`, `rowcast.track`, and the
-/// default (allow-all) `rowcast.authorize`.
+/// default (allow-all) `rowcast.authorize`. Applied in this order; a version
+/// missing from a database is applied even when a later one is there.
 pub const CORE: &[(&str, &str)] = &[
     ("001_core", include_str!("../sql/001_core.sql")),
     ("002_authorize", include_str!("../sql/002_authorize.sql")),
     ("003_guarantees", include_str!("../sql/003_guarantees.sql")),
+    ("004_track", include_str!("../sql/004_track.sql")),
 ];
 
 /// The FR-021 farmers-market reference schema (`market.*`), its triggers and
@@ -86,7 +88,8 @@ async fn apply_all(client: &mut Client, market: bool) -> Result<Vec<String>> {
         )
         .await?;
         tx.commit().await?;
-        tracing::info!(version, "applied migration");
+        // the CLI prints what was applied: no need to say it twice on stderr
+        tracing::debug!(version, "applied migration");
         applied.push((*version).to_string());
     }
     Ok(applied)

@@ -41,7 +41,7 @@ pub enum ProtocolError {
     EmptyTopic,
     #[error("topic is too long")]
     TopicTooLong,
-    #[error("topic contains control characters or commas")]
+    #[error("topic contains control, invisible or bidirectional-override characters, or commas")]
     BadTopicChars,
     #[error("malformed cursor: {0}")]
     Cursor(#[from] CursorError),
@@ -78,10 +78,29 @@ pub fn check_topic_max(t: &str, max_len: usize) -> Result<(), ProtocolError> {
     if t.len() > max_len {
         return Err(ProtocolError::TopicTooLong);
     }
-    if t.chars().any(|c| c.is_control() || c == ',') {
+    if t.chars()
+        .any(|c| c.is_control() || c == ',' || is_invisible(c))
+    {
         return Err(ProtocolError::BadTopicChars);
     }
     Ok(())
+}
+
+/// Characters that change how text around them is shown without being
+/// visible themselves (zero-width, bidirectional overrides and isolates, the
+/// BOM): a topic holding one could read as another in logs and policies.
+fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{061C}'
+            | '\u{180E}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{206F}'
+            | '\u{FEFF}'
+    )
 }
 
 /// Parses `a,b,c` from a query string; an absent or empty list is an error.
@@ -94,11 +113,16 @@ pub fn parse_topic_list_max(
     list: Option<&str>,
     max_len: usize,
 ) -> Result<Vec<String>, ProtocolError> {
-    let list = list.unwrap_or("").trim();
+    // Only spaces are trimmed (`a, b` is two topics): a control character,
+    // `%0a` once decoded, is refused, not trimmed into another topic name.
+    let list = list.unwrap_or("").trim_matches(' ');
     if list.is_empty() {
         return Err(ProtocolError::NoTopics);
     }
-    let topics: Vec<String> = list.split(',').map(|t| t.trim().to_string()).collect();
+    let topics: Vec<String> = list
+        .split(',')
+        .map(|t| t.trim_matches(' ').to_string())
+        .collect();
     topics
         .iter()
         .try_for_each(|t| check_topic_max(t, max_len))?;
@@ -198,5 +222,17 @@ mod tests {
         assert!(parse_topic_list(Some("a,,b")).is_err());
         assert!(parse_topic_list(Some(&"x".repeat(201))).is_err());
         assert!(check_topic("a\nb").is_err());
+        // refused after decoding, never trimmed away
+        for bad in ["product-\n", "\tproduct-1", "product-1\r", "a\u{0}"] {
+            assert!(parse_topic_list(Some(bad)).is_err(), "{bad:?}");
+        }
+        for bad in ["order-\u{202E}1", "a\u{200B}b", "\u{FEFF}a", "a\u{2066}"] {
+            assert_eq!(
+                check_topic(bad),
+                Err(ProtocolError::BadTopicChars),
+                "{bad:?}"
+            );
+        }
+        assert!(check_topic("produit-été-日本").is_ok());
     }
 }

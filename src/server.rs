@@ -1,9 +1,11 @@
 //! `rowcast serve`: the HTTP server wiring source → hub → transports.
 
 use crate::error::{Error, Result};
+use crate::http::HttpOptions;
 use crate::hub::{Hub, QueueLimits, WindowLimits};
 use crate::metrics::{Metrics, TransportMetrics};
 use crate::shutdown::{Shutdown, ShutdownTrigger};
+use crate::sockets::Sockets;
 use crate::source::{Source, SourceConfig, SourceStatus};
 use crate::transport::{poll, sse, ws};
 use axum::extract::State;
@@ -56,6 +58,10 @@ pub struct ServerConfig {
     pub origins: crate::limits::Origins,
     /// How long a `rowcast.authorize` answer is reused for the same claims and topic.
     pub authz_cache: Duration,
+    /// Serve `/metrics` on this address (and no longer on `listen`).
+    pub metrics_listen: Option<SocketAddr>,
+    /// Also accept HTTP/2 with prior knowledge (h2c); see `http` for its limits.
+    pub http2: bool,
 }
 
 impl ServerConfig {
@@ -81,6 +87,8 @@ impl ServerConfig {
             limits: Default::default(),
             origins: Default::default(),
             authz_cache: Duration::from_secs(5),
+            metrics_listen: None,
+            http2: false,
         }
     }
 }
@@ -103,9 +111,14 @@ pub struct App {
 /// A server running in the background.
 pub struct Server {
     pub addr: SocketAddr,
+    /// Where `/metrics` is served when `--metrics-listen` is set.
+    pub metrics_addr: Option<SocketAddr>,
     pub app: Arc<App>,
+    /// The client listener's sockets (open count, cap).
+    pub sockets: Arc<Sockets>,
     shutdown: ShutdownTrigger,
     http: JoinHandle<std::io::Result<()>>,
+    metrics_http: Option<JoinHandle<std::io::Result<()>>>,
     source: JoinHandle<()>,
     pruner: JoinHandle<()>,
 }
@@ -113,7 +126,7 @@ pub struct Server {
 pub fn pool(database_url: &str, size: usize) -> Result<Pool> {
     let pg: tokio_postgres::Config = database_url
         .parse()
-        .map_err(|e: tokio_postgres::Error| Error::DatabaseUrl(e.to_string()))?;
+        .map_err(|e: tokio_postgres::Error| Error::DatabaseUrl(crate::error::describe_pg(&e)))?;
     let mgr = Manager::from_config(
         pg,
         NoTls,
@@ -150,6 +163,18 @@ impl Server {
     /// `cfg.listen` is ignored.
     pub async fn start_on(listener: tokio::net::TcpListener, cfg: ServerConfig) -> Result<Server> {
         let addr = listener.local_addr()?;
+        let metrics_listener = match cfg.metrics_listen {
+            Some(a) => Some(
+                tokio::net::TcpListener::bind(a)
+                    .await
+                    .map_err(|e| Error::MetricsBind(a, e))?,
+            ),
+            None => None,
+        };
+        let metrics_addr = match &metrics_listener {
+            Some(l) => Some(l.local_addr()?),
+            None => None,
+        };
         if cfg.migrate {
             let mut client = crate::db::connect(&cfg.database_url).await?;
             crate::migrate::migrate(&mut client, false).await?;
@@ -208,23 +233,60 @@ impl Server {
             shutdown: shutdown.subscribe(),
             security,
         });
-        let router = router(app.clone());
+        let http_opts = HttpOptions {
+            header_read_timeout: cfg.limits.header_read_timeout,
+            // WebSockets time out their own frames first (and close with 4008,
+            // trying the close frame for up to 2 s): the socket-level timeout
+            // comes after both, so one stuck WebSocket is counted once. It
+            // catches the rest: SSE streams and poll answers nobody reads.
+            write_timeout: cfg.write_timeout + (cfg.write_timeout / 2).max(Duration::from_secs(3)),
+            http2: cfg.http2,
+        };
+        let max_sockets = cfg
+            .limits
+            .max_sockets
+            .unwrap_or_else(|| default_max_sockets(&cfg));
+        let sockets = Sockets::new(
+            max_sockets,
+            cfg.limits.header_read_timeout,
+            app.metrics.sockets(),
+        );
         let http = tokio::spawn(crate::http::serve(
             listener,
-            router,
-            cfg.limits.header_read_timeout,
-            // WebSockets time out their own frames first (and close with 4008);
-            // this catches the rest: SSE streams nobody reads
-            cfg.write_timeout + cfg.write_timeout / 2,
-            app.sse_metrics.slow_drops.clone(),
+            router(app.clone(), metrics_listener.is_none()),
+            http_opts,
+            sockets.clone(),
             shutdown.subscribe(),
         ));
-        tracing::info!(%addr, "rowcast listening");
+        let metrics_http = metrics_listener.map(|l| {
+            tokio::spawn(crate::http::serve(
+                l,
+                metrics_router(app.clone()),
+                HttpOptions {
+                    http2: false,
+                    ..http_opts
+                },
+                // its own small registry: a flood on the client port never sheds a scraper
+                Sockets::new(
+                    METRICS_SOCKETS,
+                    cfg.limits.header_read_timeout,
+                    app.metrics.sockets(),
+                ),
+                shutdown.subscribe(),
+            ))
+        });
+        tracing::info!(%addr, max_sockets, "rowcast listening");
+        if let Some(m) = metrics_addr {
+            tracing::info!(addr = %m, "metrics listening");
+        }
         Ok(Server {
             addr,
+            metrics_addr,
             app,
+            sockets,
             shutdown,
             http,
+            metrics_http,
             source,
             pruner,
         })
@@ -234,6 +296,9 @@ impl Server {
     pub async fn stop(self) {
         self.shutdown.trigger();
         let _ = tokio::time::timeout(Duration::from_secs(10), self.http).await;
+        if let Some(m) = self.metrics_http {
+            let _ = tokio::time::timeout(Duration::from_secs(10), m).await;
+        }
         let _ = self.source.await;
         let _ = self.pruner.await;
         self.app.pool.close();
@@ -244,7 +309,9 @@ impl Server {
     }
 }
 
-pub fn router(app: Arc<App>) -> Router {
+/// The client port: the three transports, health and readiness, and
+/// `/metrics` unless it has a listener of its own.
+pub fn router(app: Arc<App>, with_metrics: bool) -> Router {
     let api = Router::new()
         .route("/v1/ws", get(ws::handler))
         .route("/v1/events", get(sse::handler))
@@ -253,12 +320,41 @@ pub fn router(app: Arc<App>) -> Router {
             app.clone(),
             crate::access::origin_layer,
         ));
-    Router::new()
+    let mut r = Router::new()
         .merge(api)
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz));
+    if with_metrics {
+        r = r.route("/metrics", get(metrics));
+    }
+    r.with_state(app)
+}
+
+/// `--metrics-listen`: metrics, health and readiness, nothing else.
+pub fn metrics_router(app: Arc<App>) -> Router {
+    Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .with_state(app)
+}
+
+/// Sockets of the metrics listener: scrapers and probes, a handful at a time.
+const METRICS_SOCKETS: usize = 64;
+
+/// File descriptors kept for everything that is not a client socket: the
+/// database pool, the source's connections, the listener, files.
+const FD_RESERVE: usize = 64;
+
+/// `--max-sockets` by default: the request cap plus room for sockets that
+/// have not made a request yet, and never more than the descriptors the
+/// process may open, so that clients cannot exhaust them.
+fn default_max_sockets(cfg: &ServerConfig) -> usize {
+    let wanted = cfg.limits.max_connections.saturating_add(1024);
+    match crate::sockets::fd_limit() {
+        Some(n) => wanted.min(n.saturating_sub(FD_RESERVE + cfg.pool_size).max(16)),
+        None => wanted,
+    }
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {

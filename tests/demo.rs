@@ -33,14 +33,20 @@ async fn demo_prints_urls_and_sse_shows_events() {
     });
     let mut printed = Vec::new();
     let mut curl = None;
+    let mut mint = None;
     loop {
         let line = rx
             .recv_timeout(Duration::from_secs(60))
             .expect("demo prints its URLs within a minute");
         if let Some(rest) = line.trim().strip_prefix("curl -N '") {
-            curl = Some(rest.trim_end_matches('\'').to_string());
+            // the first one: the public farm-1 stream
+            curl.get_or_insert_with(|| rest.trim_end_matches('\'').to_string());
         }
-        let last = line.contains("UPDATE market.products");
+        if line.contains(" token --jwt-secret ") {
+            mint = Some(line.trim().to_string());
+        }
+        // the token command is the last line of the block
+        let last = mint.is_some();
         printed.push(line);
         if last {
             break;
@@ -56,6 +62,21 @@ async fn demo_prints_urls_and_sse_shows_events() {
     ] {
         assert!(text.contains(what), "demo output lacks {what:?}:\n{text}");
     }
+    // issue #9 item 11: the printed command runs as printed, in this shell
+    // (the same directory the demo was started from), without an install
+    let mint = mint.expect("a line minting tokens");
+    let out = Command::new("sh")
+        .args(["-c", &mint])
+        .env_remove("ROWCAST_JWT_SECRET")
+        .output()
+        .expect("run the printed token command");
+    assert!(
+        out.status.success(),
+        "{mint}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(token.trim().split('.').count(), 3, "{mint} printed {token}");
     let url = curl.expect("curl line");
     let resp = reqwest::get(&url).await.expect("GET the SSE URL");
     assert_eq!(resp.status(), 200);

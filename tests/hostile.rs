@@ -41,7 +41,7 @@ fn forged_token() -> String {
     rowcast::auth::mint_hs256(
         "not-the-secret",
         "1",
-        "admin",
+        Some("admin"),
         Duration::from_secs(3600),
         None,
         None,
@@ -712,5 +712,237 @@ async fn connection_limits_and_allowed_origins() {
     let body: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
     assert_eq!(body["error"], "too_many_connections");
     drop((a, b, held));
+    srv.stop().await;
+}
+
+/// A token whose claims hold a NUL character (PostgreSQL's jsonb refuses it).
+fn nul_claims_token() -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"sub":"1","role":"customer","name":"a\u{0}b","exp": rowcast::auth::now_secs() + 3600}),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// (status, content type, JSON body) of a GET.
+async fn get_typed(base: &str, path: &str) -> (u16, String, Value) {
+    let r = reqwest::get(format!("{base}{path}")).await.unwrap();
+    let status = r.status().as_u16();
+    let ctype = r
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    let text = r.text().await.unwrap();
+    (
+        status,
+        ctype,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+/// Issue #9 items 6, 8 and 9: repeated or malformed query parameters, claims
+/// with NUL, and topics with control or invisible characters get the
+/// documented JSON answer on every transport (the WS upgrade included), and
+/// WS `unsubscribe` is validated like `subscribe`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_claims_and_topics_get_the_documented_json_errors() {
+    let url = fresh_market_db().await;
+    let srv = server_with(&url, |c| c.jwt.secret = Some(SECRET.into())).await;
+    let base = srv.base_url();
+    // (query, status, field, code)
+    let nul = nul_claims_token();
+    let cases: Vec<(String, u16, &str, &str)> = vec![
+        (
+            "topics=product-1&topics=product-2".into(),
+            400,
+            "error",
+            "bad_query",
+        ),
+        (
+            "topics=product-1&cursor=a&cursor=b".into(),
+            400,
+            "error",
+            "bad_query",
+        ),
+        (
+            "topics=product-1&token=a&token=b".into(),
+            400,
+            "error",
+            "bad_query",
+        ),
+        (
+            "topics=product-1&snapshot=1&snapshot=true".into(),
+            400,
+            "error",
+            "bad_query",
+        ),
+        ("topics=product-%0a".into(), 400, "error", "bad_topic"),
+        ("topics=%09product-1".into(), 400, "error", "bad_topic"),
+        ("topics=product-1%00".into(), 400, "error", "bad_topic"),
+        ("topics=order-%E2%80%AE1".into(), 400, "error", "bad_topic"),
+        ("topics=a%E2%80%8Bb".into(), 400, "error", "bad_topic"),
+        (
+            format!("topics=product-1&token={nul}"),
+            401,
+            "reason",
+            "bad_claims",
+        ),
+    ];
+    for (q, status, field, code) in &cases {
+        for path in ["/v1/events", "/v1/poll"] {
+            let (got, ctype, body) = get_typed(&base, &format!("{path}?{q}")).await;
+            assert_eq!(got, *status, "{path}?{q}: {body}");
+            assert_eq!(ctype, "application/json", "{path}?{q}");
+            assert_eq!(body[*field], *code, "{path}?{q}: {body}");
+        }
+        let (got, body) = WsClient::connect_with(&base, q, &[])
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("ws {q}: upgraded"));
+        assert_eq!(got, *status, "ws {q}: {body}");
+        let body: Value = serde_json::from_str(&body).unwrap_or_else(|_| panic!("ws {q}: {body}"));
+        assert_eq!(body[*field], *code, "ws {q}: {body}");
+    }
+    // NUL claims in the WS auth message: an error, then close 1008
+    let mut c = WsClient::connect_with(&base, "", &[]).await.unwrap();
+    c.send(json!({"type":"auth","token": nul})).await;
+    match c.next().await {
+        Msg::Control(v) => {
+            assert_eq!(v["code"], "unauthorized", "{v}");
+            assert!(v["message"].as_str().unwrap().contains("NUL"), "{v}");
+        }
+        other => panic!("{other:?}"),
+    }
+    match c.next().await {
+        Msg::Closed(code) => assert!(code.starts_with("1008"), "{code}"),
+        other => panic!("{other:?}"),
+    }
+    let bad_claims = srv
+        .app
+        .metrics
+        .auth_failures
+        .with_label_values(&["bad_claims"])
+        .get();
+    assert!(bad_claims >= 4, "bad_claims counted {bad_claims} times");
+
+    // unsubscribe: validated, never echoed back unchecked
+    let mut ws = WsClient::connect_with(
+        &base,
+        &format!("topics=product-1&token={}", token("1", "customer")),
+        &[],
+    )
+    .await
+    .unwrap();
+    match ws.next().await {
+        Msg::Control(v) => assert_eq!(v["type"], "subscribed", "{v}"),
+        other => panic!("{other:?}"),
+    }
+    let many: Vec<String> = (0..101).map(|i| format!("product-{i}")).collect();
+    for (name, topics, code) in [
+        ("nul", json!(["a\u{0}b"]), "bad_topic"),
+        ("rlo", json!(["order-\u{202E}1"]), "bad_topic"),
+        ("newline", json!(["product-\n"]), "bad_topic"),
+        ("60 KB", json!(["x".repeat(60_000)]), "bad_topic"),
+        ("empty", json!([""]), "bad_topic"),
+        ("none", json!([]), "bad_topic"),
+        ("101 topics", json!(many), "too_many_topics"),
+    ] {
+        ws.send(json!({"type":"unsubscribe","topics": topics}))
+            .await;
+        match ws.next().await {
+            Msg::Control(v) => {
+                assert_eq!(v["type"], "error", "{name}: {v}");
+                assert_eq!(v["code"], code, "{name}: {v}");
+                assert!(v.get("topics").is_none(), "{name}: echoed {v}");
+            }
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+    ws.send(json!({"type":"unsubscribe","topics":["product-1"]}))
+        .await;
+    match ws.next().await {
+        Msg::Control(v) => assert_eq!(v, json!({"type":"unsubscribed","topics":["product-1"]})),
+        other => panic!("{other:?}"),
+    }
+    let m = srv.app.metrics.render();
+    assert!(
+        m.contains("rowcast_rejected_total{reason=\"bad_query\"}"),
+        "{m}"
+    );
+    srv.stop().await;
+}
+
+/// Issue #9 item 4: uncached `rowcast.authorize` checks are budgeted per
+/// client address. A client that has spent its burst gets
+/// `authorize_rate_limited` (WS error, HTTP 429) and the database is not
+/// asked; cached answers and other addresses are unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorize_checks_have_a_budget_per_client_address() {
+    let url = fresh_market_db().await;
+    // 1 check per second, bursts of max(10 × 1, --max-topics 100) = 100:
+    // a refused request below needs 100 s of refill to pass
+    let srv = server_with(&url, |c| {
+        c.limits.authorize_per_ip = 1;
+        // cached answers must outlive the test
+        c.authz_cache = Duration::from_secs(3600);
+    })
+    .await;
+    let base = srv.base_url();
+    let checks = || srv.app.metrics.authorize_checks.get();
+    let list =
+        |r: std::ops::Range<i32>| -> Vec<String> { r.map(|i| format!("product-{i}")).collect() };
+    let mut ws1 = WsClient::connect(&base, "").await;
+    ws1.send(json!({"type":"subscribe","topics": list(1..101)}))
+        .await;
+    match ws1.next().await {
+        Msg::Control(v) => assert_eq!(v["topics"].as_array().unwrap().len(), 100, "{v}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(checks(), 100);
+    // the same address, new topics: refused, on every transport, and asked of nobody
+    let mut ws2 = WsClient::connect(&base, "").await;
+    for _ in 0..20 {
+        ws2.send(json!({"type":"subscribe","topics": list(101..201)}))
+            .await;
+        match ws2.next().await {
+            Msg::Control(v) => {
+                assert_eq!(v["type"], "error", "{v}");
+                assert_eq!(v["code"], "authorize_rate_limited", "{v}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let q = list(101..201).join(",");
+    for path in ["/v1/poll", "/v1/events"] {
+        let r = reqwest::get(format!("{base}{path}?topics={q}"))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 429, "{path}");
+        assert_eq!(r.headers()["retry-after"], "1", "{path}");
+        let body: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+        assert_eq!(body["error"], "authorize_rate_limited", "{path}: {body}");
+    }
+    let r = WsClient::connect_with(&base, &format!("topics={q}"), &[]).await;
+    assert_eq!(r.err().map(|e| e.0), Some(429));
+    assert_eq!(checks(), 100, "refused requests asked the database");
+    // cached answers cost nothing
+    let (status, _) = poll_raw(&base, "topics=product-1,product-2").await;
+    assert_eq!(status, 200);
+    // another address has its own budget
+    let other = reqwest::Client::builder()
+        .local_address(Some("127.0.0.2".parse().unwrap()))
+        .build()
+        .unwrap()
+        .get(format!("{base}/v1/poll?topics=product-500"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 200);
+    assert_eq!(checks(), 101);
+    let m = srv.app.metrics.render();
+    assert!(m.contains("rowcast_rejected_total{reason=\"authorize_rate_limited\"}"));
+    drop((ws1, ws2));
     srv.stop().await;
 }

@@ -143,6 +143,8 @@ async fn every_client_receives_exactly_what_it_may_see() {
         c.jwt.secret = Some(SECRET.into());
         c.limits.max_topics = 1000;
         c.limits.max_connections_per_ip = 100_000;
+        // every principal connects from 127.0.0.1
+        c.limits.authorize_per_ip = 1_000_000;
     })
     .await;
     let base = srv.base_url();

@@ -101,8 +101,23 @@ fn claims_are_checked() {
     let mut c = ok.clone();
     c.as_object_mut().unwrap().remove("exp");
     assert_eq!(reason(&v, &hs(c)), "bad_claims");
+    // issue #9 item 7: roles are the policy's business, any value passes
+    // verification (an identity provider's "authenticated", say) and the
+    // policy decides what it may see
+    for role in [json!("superuser"), json!("authenticated"), json!(7)] {
+        let mut c = ok.clone();
+        c["role"] = role.clone();
+        let id = v.verify(&hs(c)).unwrap_or_else(|e| panic!("{role}: {e}"));
+        assert_eq!(id.claims["role"], role);
+    }
+    // a float exp is a valid exp, and it is the one the connection ends at
     let mut c = ok.clone();
-    c["role"] = json!("superuser");
+    c["exp"] = json!(now as f64 + 60.5);
+    let id = v.verify(&hs(c)).unwrap();
+    assert_eq!(id.expires_at(), Some(now + 60 + rowcast::auth::LEEWAY_SECS));
+    // NUL anywhere in the claims: PostgreSQL's jsonb could not take them
+    let mut c = ok.clone();
+    c["name"] = json!("a\u{0}b");
     assert_eq!(reason(&v, &hs(c)), "bad_claims");
     let mut c = ok.clone();
     c["sub"] = json!(42);

@@ -6,17 +6,31 @@ use common::*;
 
 const SECRET: &str = "expiry-test-secret";
 
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+// exp already passed but within the verifier's 30 s leeway: valid for ~2 s more
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_end_when_their_token_expires() {
+    ends_at_expiry(|now| serde_json::json!(now - 28)).await;
+}
+
+/// Issue #9 item 5: JSON numbers may be fractional, and the JWT library
+/// accepts such an `exp`; the connection must end at it all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_end_when_a_float_exp_passes() {
+    ends_at_expiry(|now| serde_json::json!(now as f64 - 27.5)).await;
+}
+
+async fn ends_at_expiry(exp: impl FnOnce(u64) -> serde_json::Value) {
     let url = fresh_db().await;
     let srv = server_with(&url, |c| c.jwt.secret = Some(SECRET.into())).await;
     let base = srv.base_url();
-    // exp already passed but within the verifier's 30 s leeway: valid for ~2 s more
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let claims = serde_json::json!({"sub": "1000", "role": "customer", "exp": now - 28});
+    let claims = serde_json::json!({"sub": "1000", "role": "customer", "exp": exp(now())});
     let token = jsonwebtoken::encode(
         &jsonwebtoken::Header::default(),
         &claims,

@@ -76,6 +76,8 @@ impl Target {
                     // per-IP and total connection limits above the bench's 50k
                     .args(["--max-connections", "60000"])
                     .args(["--max-connections-per-ip", "60000"])
+                    // 8 source addresses subscribe up to 100k topics at once
+                    .args(["--authorize-per-ip", "1000000"])
                     .env(
                         "RUST_LOG",
                         std::env::var("ROWCAST_BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".into()),

@@ -89,13 +89,46 @@ impl IntoResponse for ApiError {
             axum::http::header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+        if matches!(
+            self.status,
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
+        ) {
             r.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,
                 HeaderValue::from_static("1"),
             );
         }
         r
+    }
+}
+
+/// A query string extractor whose rejection is the documented JSON error
+/// (`400 {"error":"bad_query"}`), for every transport: axum's own `Query`
+/// answers a malformed or repeated parameter (`?topics=a&topics=b`) with a
+/// text/plain body that no client of this API expects.
+pub struct ApiQuery<T>(pub T);
+
+impl<T> axum::extract::FromRequestParts<std::sync::Arc<crate::server::App>> for ApiQuery<T>
+where
+    T: serde::de::DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        app: &std::sync::Arc<crate::server::App>,
+    ) -> Result<ApiQuery<T>, ApiError> {
+        match axum::extract::Query::<T>::try_from_uri(&parts.uri) {
+            Ok(axum::extract::Query(q)) => Ok(ApiQuery(q)),
+            Err(e) => {
+                crate::limits::rejected(&app.metrics, "bad_query");
+                Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_query",
+                    format!("malformed query string: {}", e.body_text()),
+                ))
+            }
+        }
     }
 }
 

@@ -8,12 +8,13 @@
 //! `{"error":"cursor_expired"}` (or `cursor_unknown` for a cursor of another
 //! database): re-fetch the state, then poll without a cursor.
 
-use super::{flag, ApiError};
+use super::{flag, ApiError, ApiQuery};
 use crate::access::{self, Peer};
 use crate::feed::{Budget, Feed, Notice, Start};
 use crate::protocol::parse_cursor;
 use crate::server::App;
-use axum::extract::{Query, State};
+use crate::sockets::ClientSocket;
+use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -38,9 +39,11 @@ pub struct PollQuery {
 pub async fn handler(
     State(app): State<Arc<App>>,
     Peer(peer): Peer,
+    socket: ClientSocket,
     headers: HeaderMap,
-    Query(q): Query<PollQuery>,
+    ApiQuery(q): ApiQuery<PollQuery>,
 ) -> Response {
+    socket.serves("poll");
     let span = tracing::debug_span!("poll", %peer);
     match poll(&app, peer, &headers, q).instrument(span).await {
         Ok(r) => r,
@@ -57,7 +60,7 @@ async fn poll(
     // held until the answer is built: a long poll occupies a connection slot
     let admitted = access::admit(app, peer, headers, q.token.as_deref())?;
     let topics = access::topics_from_query(app, q.topics.as_deref())?;
-    access::authorize_all(app, &admitted.identity, &topics).await?;
+    access::authorize_all(app, peer.ip(), &admitted.identity, &topics).await?;
     let cursor = parse_cursor(q.cursor.as_deref())?;
     let wait = match q.wait.as_deref() {
         None | Some("") => 0.0,

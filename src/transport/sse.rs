@@ -8,7 +8,7 @@
 //! `feed`); one whose socket accepts nothing is cut at the socket level
 //! (`http::WriteTimeout`), and EventSource reconnects with its Last-Event-ID.
 
-use super::{flag, ApiError};
+use super::{flag, ApiError, ApiQuery};
 use crate::access::{self, Peer};
 use crate::feed::{Feed, Start};
 use crate::limits::ConnGuard;
@@ -16,8 +16,9 @@ use crate::metrics::TransportMetrics;
 use crate::protocol::{parse_cursor, ServerMessage};
 use crate::server::App;
 use crate::shutdown::Shutdown;
+use crate::sockets::ClientSocket;
 use axum::body::Body;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
@@ -43,9 +44,11 @@ pub struct SseQuery {
 pub async fn handler(
     State(app): State<Arc<App>>,
     Peer(peer): Peer,
+    socket: ClientSocket,
     headers: HeaderMap,
-    Query(q): Query<SseQuery>,
+    ApiQuery(q): ApiQuery<SseQuery>,
 ) -> Response {
+    socket.serves("sse");
     let span = tracing::info_span!("sse", %peer);
     match open(app, peer, headers, q).instrument(span).await {
         Ok(r) => r,
@@ -61,7 +64,7 @@ async fn open(
 ) -> Result<Response, ApiError> {
     let admitted = access::admit(&app, peer, &headers, q.token.as_deref())?;
     let topics = access::topics_from_query(&app, q.topics.as_deref())?;
-    access::authorize_all(&app, &admitted.identity, &topics).await?;
+    access::authorize_all(&app, peer.ip(), &admitted.identity, &topics).await?;
     let header_id = headers
         .get("last-event-id")
         .map(|v| v.to_str().unwrap_or("\u{0}"));

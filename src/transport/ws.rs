@@ -16,7 +16,7 @@
 //! client whose queue overflows is not closed: it continues from the change
 //! log (see `feed`).
 
-use super::{flag, ApiError};
+use super::{flag, ApiError, ApiQuery};
 use crate::access::{self, Admitted, Peer};
 use crate::auth::{AuthError, Identity};
 use crate::feed::{Feed, FeedError, Notice, Start};
@@ -24,8 +24,9 @@ use crate::limits::{self, ConnGuard, RateLimiter};
 use crate::metrics::TransportMetrics;
 use crate::protocol::{parse_client_message, parse_cursor, ClientMessage, ServerMessage};
 use crate::server::App;
+use crate::sockets::ClientSocket;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use futures::{SinkExt, StreamExt};
@@ -50,10 +51,12 @@ pub struct WsQuery {
 pub async fn handler(
     State(app): State<Arc<App>>,
     Peer(peer): Peer,
+    socket: ClientSocket,
     headers: HeaderMap,
-    Query(q): Query<WsQuery>,
+    ApiQuery(q): ApiQuery<WsQuery>,
     ws: WebSocketUpgrade,
 ) -> Response {
+    socket.serves("ws");
     let admitted = match access::admit(&app, peer, &headers, q.token.as_deref()) {
         Ok(a) => a,
         Err(e) => return e.into_response(),
@@ -79,10 +82,11 @@ pub async fn handler(
     // Authorized and registered before the 101 answer: a change committed after
     // the handshake completes is not missed, and a database outage is answered
     // like on SSE and polling (503 + Retry-After: retry, resume by cursor).
-    let (topics, denied) = match access::authorize(&app, &admitted.identity, &topics).await {
-        Ok(x) => x,
-        Err(e) => return e.into_response(),
-    };
+    let (topics, denied) =
+        match access::authorize(&app, peer.ip(), &admitted.identity, &topics).await {
+            Ok(x) => x,
+            Err(e) => return e.into_response(),
+        };
     let opened = if topics.is_empty() {
         // no topic to start yet: the cursor and snapshot flag wait for the
         // first subscribe, whose topics they apply to
@@ -110,7 +114,7 @@ pub async fn handler(
                 sub = admitted.identity.sub().unwrap_or("")
             );
             async move {
-                Session::new(app, socket, admitted)
+                Session::new(app, socket, admitted, peer)
                     .run(opened, topics, denied)
                     .await
             }
@@ -137,6 +141,8 @@ struct Session {
     /// A token was verified (at the upgrade or by an `auth` message).
     authenticated: bool,
     rate: RateLimiter,
+    /// The client's address: its `rowcast.authorize` budget.
+    peer: std::net::SocketAddr,
     _slot: ConnGuard,
 }
 
@@ -146,7 +152,12 @@ enum Close {
 }
 
 impl Session {
-    fn new(app: Arc<App>, socket: WebSocket, admitted: Admitted) -> Session {
+    fn new(
+        app: Arc<App>,
+        socket: WebSocket,
+        admitted: Admitted,
+        peer: std::net::SocketAddr,
+    ) -> Session {
         let tm = app.ws_metrics.clone();
         tm.connections.inc();
         let rate = RateLimiter::new(app.security.limits.max_msgs_per_sec);
@@ -159,6 +170,7 @@ impl Session {
             identity: admitted.identity,
             authenticated: admitted.authenticated,
             rate,
+            peer,
             _slot: admitted.slot,
         }
     }
@@ -320,10 +332,17 @@ impl Session {
             .await;
             return Ok(());
         }
-        let (allowed, denied) = match access::authorize(&self.app, &self.identity, &topics).await {
-            Ok(x) => x,
-            Err(e) => return Err(self.retry_later(e).await),
-        };
+        let (allowed, denied) =
+            match access::authorize(&self.app, self.peer.ip(), &self.identity, &topics).await {
+                Ok(x) => x,
+                // over the address's authorization budget: this message is
+                // refused, the connection and its subscriptions carry on
+                Err(e) if e.status == axum::http::StatusCode::TOO_MANY_REQUESTS => {
+                    self.send_error(e.code, &e.message).await;
+                    return Ok(());
+                }
+                Err(e) => return Err(self.retry_later(e).await),
+            };
         self.apply(allowed, denied, start).await
     }
 
@@ -502,6 +521,26 @@ impl Session {
                 self.subscribe(topics, start).await
             }
             ClientMessage::Unsubscribe { topics } => {
+                // validated like subscribe: the answer echoes the topics back
+                let topics = match access::topics_from_message(&self.app, topics) {
+                    Ok(t) if t.len() <= self.app.security.limits.max_topics => t,
+                    Ok(_) => {
+                        limits::rejected(&self.app.metrics, "too_many_topics");
+                        let max = self.app.security.limits.max_topics;
+                        self.send_error(
+                            "too_many_topics",
+                            &format!(
+                                "at most {max} topics per connection; nothing was unsubscribed"
+                            ),
+                        )
+                        .await;
+                        return Ok(());
+                    }
+                    Err(e) => {
+                        self.send_error(e.code(), &e.to_string()).await;
+                        return Ok(());
+                    }
+                };
                 if let Some(feed) = self.feed.as_mut() {
                     feed.subscription().remove(&topics);
                 }

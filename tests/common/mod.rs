@@ -20,8 +20,15 @@ pub const SECRET: &str = "rowcast-test-secret";
 
 /// A valid one-hour token signed with `SECRET`.
 pub fn token(sub: &str, role: &str) -> String {
-    rowcast::auth::mint_hs256(SECRET, sub, role, Duration::from_secs(3600), None, None)
-        .expect("mint token")
+    rowcast::auth::mint_hs256(
+        SECRET,
+        sub,
+        Some(role),
+        Duration::from_secs(3600),
+        None,
+        None,
+    )
+    .expect("mint token")
 }
 
 /// Counts panics anywhere in this test process (server tasks included, whose

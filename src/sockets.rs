@@ -1,0 +1,380 @@
+//! Every accepted TCP connection, from `accept` to the close of its file
+//! descriptor, and what bounds them before any request has been made.
+//!
+//! Why this exists: the limits of `access` (`--max-connections`,
+//! `--max-connections-per-ip`) apply to requests. A peer that connects and
+//! sends nothing never makes one, so without this registry a silent socket
+//! would hold a file descriptor forever, and enough of them would leave the
+//! process unable to accept anyone (`EMFILE`), `/healthz` included.
+//!
+//! The contract, kept here:
+//! - A socket is *idle* while no request is in flight on it: before its first
+//!   request, and between two requests of a keep-alive connection. An idle
+//!   socket is closed once it has been idle for the idle limit
+//!   (`--header-timeout`): that is the deadline for the first request bytes,
+//!   and the idle timeout of kept-alive HTTP/1 and HTTP/2 connections alike.
+//! - Every socket, idle or not, counts against one global cap (`--max-sockets`).
+//!   A socket accepted at the cap, or an `accept` failing for lack of file
+//!   descriptors, sheds the *oldest idle* socket. Sockets with a request in
+//!   flight (a WebSocket, an SSE stream, a long poll) are never shed: those are
+//!   bounded by the request limits instead. With no idle socket to shed, the
+//!   newcomer is the one closed.
+//! - A socket upgraded to WebSocket is never idle again: the session owns it.
+
+use prometheus::{IntCounter, IntGauge};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// Counters of the registry (`rowcast_sockets`, `rowcast_sockets_closed_total`).
+#[derive(Clone)]
+pub struct SocketMetrics {
+    pub open: IntGauge,
+    /// Closed because no request came within the idle limit.
+    pub closed_idle: IntCounter,
+    /// Closed to make room: at the cap, or out of file descriptors.
+    pub shed: IntCounter,
+    pub accept_errors: IntCounter,
+    /// Socket-level write timeouts, by the transport that owned the connection.
+    pub stalled: [IntCounter; 3],
+}
+
+/// All sockets of one listener.
+pub struct Sockets {
+    max: usize,
+    idle_limit: Duration,
+    open: AtomicUsize,
+    next_id: AtomicU64,
+    /// Idle sockets by (idle since, id): the first entry is the one to shed.
+    idle: Mutex<BTreeMap<(Instant, u64), Arc<Socket>>>,
+    /// Signalled whenever a socket's file descriptor is released.
+    released: Notify,
+    pub metrics: SocketMetrics,
+}
+
+/// One accepted connection.
+pub struct Socket {
+    id: u64,
+    registry: Arc<Sockets>,
+    state: Mutex<State>,
+    /// Wakes the connection's driver: it became idle, or it is to be shed.
+    wake: Notify,
+    shed: AtomicBool,
+    /// Still counted in `open`: a shed socket stops counting at once, so the
+    /// cap holds while its driver is closing it.
+    counted: AtomicBool,
+    /// Index into `metrics::TRANSPORTS` plus one; 0 until a handler claims it.
+    transport: AtomicU8,
+}
+
+struct State {
+    /// Requests in flight (several at once only on HTTP/2).
+    busy: usize,
+    /// `Some` while idle.
+    idle_since: Option<Instant>,
+    upgraded: bool,
+    closed: bool,
+}
+
+/// What the connection's driver should do next.
+pub enum Next {
+    /// Nothing to watch but the connection itself.
+    Busy,
+    /// Close the socket if it is still idle at this instant.
+    IdleUntil(Instant),
+    /// Close it now: it was shed.
+    Shed,
+}
+
+impl Sockets {
+    pub fn new(max: usize, idle_limit: Duration, metrics: SocketMetrics) -> Arc<Sockets> {
+        Arc::new(Sockets {
+            max: max.max(1),
+            idle_limit,
+            open: AtomicUsize::new(0),
+            next_id: AtomicU64::new(0),
+            idle: Mutex::new(BTreeMap::new()),
+            released: Notify::new(),
+            metrics,
+        })
+    }
+
+    /// Sockets counted against the cap: open ones, less those being shed.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// Registers a freshly accepted socket, idle from now. `None` when the cap
+    /// is reached and no idle socket could be shed: close the newcomer.
+    pub fn register(self: &Arc<Self>) -> Option<Arc<Socket>> {
+        if self.open.load(Ordering::Relaxed) >= self.max && !self.shed_oldest() {
+            self.metrics.shed.inc();
+            return None;
+        }
+        self.open.fetch_add(1, Ordering::Relaxed);
+        self.metrics.open.inc();
+        let now = Instant::now();
+        let socket = Arc::new(Socket {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            registry: self.clone(),
+            state: Mutex::new(State {
+                busy: 0,
+                idle_since: Some(now),
+                upgraded: false,
+                closed: false,
+            }),
+            wake: Notify::new(),
+            shed: AtomicBool::new(false),
+            counted: AtomicBool::new(true),
+            transport: AtomicU8::new(0),
+        });
+        self.idle_map().insert((now, socket.id), socket.clone());
+        Some(socket)
+    }
+
+    /// Asks the oldest idle socket to close. False when no socket is idle.
+    pub fn shed_oldest(&self) -> bool {
+        let victim = self.idle_map().pop_first();
+        match victim {
+            Some((_, s)) => {
+                s.shed.store(true, Ordering::Release);
+                s.uncount();
+                s.wake.notify_one();
+                self.metrics.shed.inc();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Completes when some socket's descriptor is released (or after `max`).
+    pub async fn released(&self, max: Duration) {
+        let _ = tokio::time::timeout(max, self.released.notified()).await;
+    }
+
+    fn idle_map(&self) -> MutexGuard<'_, BTreeMap<(Instant, u64), Arc<Socket>>> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Socket {
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A request arrived: the socket is busy until the returned guard drops
+    /// (the guard travels with the response body, so a streaming answer keeps
+    /// the socket busy for as long as it streams).
+    pub fn begin_request(self: &Arc<Self>) -> RequestGuard {
+        let mut st = self.state();
+        st.busy += 1;
+        if let Some(since) = st.idle_since.take() {
+            self.registry.idle_map().remove(&(since, self.id));
+        }
+        RequestGuard {
+            socket: self.clone(),
+        }
+    }
+
+    /// The connection was upgraded (WebSocket): never idle again.
+    pub fn upgraded(&self) {
+        self.state().upgraded = true;
+    }
+
+    /// Claims the socket for a transport, so that a write timeout on it is
+    /// counted under the right label. On HTTP/2 the last claim wins.
+    pub fn serves(&self, transport: &str) {
+        if let Some(i) = crate::metrics::TRANSPORTS
+            .iter()
+            .position(|t| *t == transport)
+        {
+            self.transport.store(i as u8 + 1, Ordering::Relaxed);
+        }
+    }
+
+    /// The counter a write timeout on this socket goes to, if a client
+    /// transport owns it.
+    pub fn stalled_counter(&self) -> Option<&IntCounter> {
+        match self.transport.load(Ordering::Relaxed) {
+            0 => None,
+            i => self.registry.metrics.stalled.get(usize::from(i) - 1),
+        }
+    }
+
+    /// What the driver waits for now.
+    pub fn next(&self) -> Next {
+        if self.shed.load(Ordering::Acquire) {
+            return Next::Shed;
+        }
+        match self.state().idle_since {
+            Some(since) => Next::IdleUntil(since + self.registry.idle_limit),
+            None => Next::Busy,
+        }
+    }
+
+    /// Completes when `next` may have changed.
+    pub async fn changed(&self) {
+        self.wake.notified().await
+    }
+
+    /// Called by the driver when `IdleUntil(at)` passed: true (and counted)
+    /// when the socket is indeed still idle since then, so it must close.
+    pub fn idle_expired(&self, now: Instant) -> bool {
+        let st = self.state();
+        match st.idle_since {
+            Some(since) if since + self.registry.idle_limit <= now => {
+                self.registry.metrics.closed_idle.inc();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The file descriptor is gone (the connection's I/O object dropped).
+    pub fn close(&self) {
+        let mut st = self.state();
+        if std::mem::replace(&mut st.closed, true) {
+            return;
+        }
+        if let Some(since) = st.idle_since.take() {
+            self.registry.idle_map().remove(&(since, self.id));
+        }
+        drop(st);
+        self.uncount();
+        self.registry.released.notify_waiters();
+    }
+
+    fn uncount(&self) {
+        if self.counted.swap(false, Ordering::AcqRel) {
+            self.registry.open.fetch_sub(1, Ordering::Relaxed);
+            self.registry.metrics.open.dec();
+        }
+    }
+}
+
+/// Keeps a socket busy while one request is in flight.
+pub struct RequestGuard {
+    socket: Arc<Socket>,
+}
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        let s = &self.socket;
+        let mut st = s.state();
+        st.busy = st.busy.saturating_sub(1);
+        if st.busy == 0 && !st.upgraded && !st.closed {
+            let now = Instant::now();
+            st.idle_since = Some(now);
+            s.registry.idle_map().insert((now, s.id), s.clone());
+            drop(st);
+            s.wake.notify_one();
+        }
+    }
+}
+
+/// The request's socket, for handlers: `ClientSocket::serves("sse")`.
+/// Empty when the router runs without `http::serve` (unit tests).
+#[derive(Clone, Default)]
+pub struct ClientSocket(pub Option<Arc<Socket>>);
+
+impl ClientSocket {
+    pub fn serves(&self, transport: &str) {
+        if let Some(s) = &self.0 {
+            s.serves(transport);
+        }
+    }
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientSocket {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<ClientSocket, Self::Rejection> {
+        Ok(parts
+            .extensions
+            .get::<ClientSocket>()
+            .cloned()
+            .unwrap_or_default())
+    }
+}
+
+/// The process's soft limit on open file descriptors (RLIMIT_NOFILE).
+// rlim_t is u64 on Linux/x86_64 but not on every target: keep the cast.
+#[allow(clippy::unnecessary_cast)]
+pub fn fd_limit() -> Option<usize> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return None;
+    }
+    if lim.rlim_cur == libc::RLIM_INFINITY {
+        return None;
+    }
+    usize::try_from(lim.rlim_cur as u64).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metrics() -> SocketMetrics {
+        let c = || IntCounter::new("c", "c").unwrap();
+        SocketMetrics {
+            open: IntGauge::new("g", "g").unwrap(),
+            closed_idle: c(),
+            shed: c(),
+            accept_errors: c(),
+            stalled: [c(), c(), c()],
+        }
+    }
+
+    #[tokio::test]
+    async fn the_oldest_idle_socket_is_shed_and_busy_ones_never() {
+        let reg = Sockets::new(2, Duration::from_secs(60), metrics());
+        let a = reg.register().unwrap();
+        let b = reg.register().unwrap();
+        let _busy = b.begin_request();
+        // at the cap: a (idle) makes room, b (busy) does not
+        let c = reg.register().unwrap();
+        assert!(matches!(a.next(), Next::Shed));
+        assert!(matches!(b.next(), Next::Busy));
+        a.close();
+        let _busy_c = c.begin_request();
+        // nothing idle left: the newcomer is refused
+        assert!(reg.register().is_none());
+        assert_eq!(reg.open(), 2);
+        drop(_busy_c);
+        assert!(matches!(c.next(), Next::IdleUntil(_)));
+        c.close();
+        b.close();
+        assert_eq!(reg.open(), 0);
+        assert_eq!(reg.metrics.open.get(), 0);
+    }
+
+    #[tokio::test]
+    async fn upgraded_sockets_stay_busy_and_transports_label_stalls() {
+        let reg = Sockets::new(10, Duration::from_secs(60), metrics());
+        let s = reg.register().unwrap();
+        assert!(s.stalled_counter().is_none());
+        s.serves("poll");
+        s.stalled_counter().unwrap().inc();
+        assert_eq!(reg.metrics.stalled[2].get(), 1);
+        let g = s.begin_request();
+        s.upgraded();
+        drop(g);
+        assert!(matches!(s.next(), Next::Busy));
+        assert!(!reg.shed_oldest());
+    }
+}

@@ -1,0 +1,111 @@
+//! Issue #9 item 16 (and the `track` half of issue #8 defect 2):
+//! `rowcast.track` names are unique across schemas, the key column is
+//! checked, and tracking says nothing (no NOTICE) when all is well.
+
+mod common;
+
+use common::*;
+use futures::StreamExt;
+use std::sync::{Arc, Mutex};
+
+/// A raw connection that records every NOTICE the server sends it.
+async fn noticing(url: &str) -> (tokio_postgres::Client, Arc<Mutex<Vec<String>>>) {
+    let (client, mut conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let notices = Arc::new(Mutex::new(Vec::new()));
+    let sink = notices.clone();
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(futures::stream::poll_fn(|cx| conn.poll_message(cx)));
+        while let Some(Ok(m)) = stream.next().await {
+            if let tokio_postgres::AsyncMessage::Notice(n) = m {
+                sink.lock().unwrap().push(n.message().to_string());
+            }
+        }
+    });
+    (client, notices)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn track_names_are_unique_across_schemas_and_keys_are_checked() {
+    let url = fresh_db().await;
+    let (db, notices) = noticing(&url).await;
+    db.batch_execute(
+        "CREATE SCHEMA a; CREATE SCHEMA b;
+         CREATE TABLE a.items (id bigint PRIMARY KEY, v text);
+         CREATE TABLE b.items (id bigint PRIMARY KEY, v text);
+         CREATE TABLE public.items (id bigint PRIMARY KEY, v text, maybe text);
+         SELECT rowcast.track('a.items');
+         SELECT rowcast.track('b.items');
+         SELECT rowcast.track('items');
+         SELECT rowcast.track('items');      -- again: replaces, silently
+         SELECT rowcast.untrack('b.items');
+         SELECT rowcast.untrack('b.items');  -- not tracked: nothing to say
+         SELECT rowcast.track('b.items');",
+    )
+    .await
+    .unwrap();
+    assert_eq!(*notices.lock().unwrap(), Vec::<String>::new());
+
+    let srv = server(&url).await;
+    let base = srv.base_url();
+    let mut p = Poller::start(&base, "a.items-1,b.items-1,items-1").await;
+    db.batch_execute(
+        "INSERT INTO a.items VALUES (1, 'a');
+         INSERT INTO b.items VALUES (1, 'b');
+         INSERT INTO public.items VALUES (1, 'p');",
+    )
+    .await
+    .unwrap();
+    let got: Vec<(String, String, String)> = p
+        .events(3)
+        .await
+        .into_iter()
+        .map(|e| {
+            let v = e.data["row"]["v"].as_str().unwrap().to_string();
+            (e.topic, e.event, v)
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("a.items-1".into(), "a.items.inserted".into(), "a".into()),
+            ("b.items-1".into(), "b.items.inserted".into(), "b".into()),
+            ("items-1".into(), "items.inserted".into(), "p".into()),
+        ]
+    );
+
+    // a key column that does not exist, or may be NULL, is refused at track
+    // time, with PostgreSQL's message in rowcast's error text
+    for (sql, says) in [
+        (
+            "SELECT rowcast.track('items', 'x', 'no_such_column')",
+            "there is no column no_such_column",
+        ),
+        ("SELECT rowcast.track('items', 'x', 'maybe')", "allows NULL"),
+        ("SELECT rowcast.track('items', 'a,b')", "comma"),
+    ] {
+        let e = db.batch_execute(sql).await.unwrap_err();
+        let text = rowcast::Error::from(e).to_string();
+        assert!(text.contains(says), "{sql}: {text}");
+        assert!(!text.ends_with("db error"), "{text}");
+    }
+    // the refused calls left the previous trigger in place: writes go on,
+    // and no change without a topic was ever written
+    db.execute("UPDATE public.items SET v = 'q' WHERE id = 1", &[])
+        .await
+        .unwrap();
+    assert_eq!(p.events(1).await[0].event, "items.updated");
+    let bad: i64 = db
+        .query_one(
+            "SELECT count(*) FROM rowcast.changes
+              WHERE topics IS NULL OR array_position(topics, NULL) IS NOT NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(bad, 0);
+    assert_eq!(*notices.lock().unwrap(), Vec::<String>::new());
+    srv.stop().await;
+}
