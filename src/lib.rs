@@ -26,6 +26,7 @@ pub mod metrics;
 pub mod migrate;
 pub mod protocol;
 pub mod retention;
+pub mod rlimit;
 pub mod server;
 pub mod shutdown;
 pub mod snapshot;

@@ -291,9 +291,8 @@ fn token(a: TokenArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(a: ServeArgs) -> anyhow::Result<()> {
-    // Each client is a socket: without this the default soft limit (often 1024)
-    // caps the server far below the 50k connections it is benchmarked at.
-    let nofile = rowcast::bench::procstat::raise_nofile();
+    // one descriptor per client socket: see rowcast::rlimit for why
+    let nofile = rowcast::rlimit::raise_nofile();
     tracing::debug!(nofile, "file descriptor limit");
     let mut cfg = ServerConfig::new(a.database_url, a.listen);
     cfg.migrate = a.migrate;

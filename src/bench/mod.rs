@@ -121,7 +121,7 @@ struct LoadParams {
 
 /// Runs the selected scenarios and returns the report (also when a target is missed).
 pub async fn run(opts: BenchOptions) -> Result<Report, BenchError> {
-    let nofile = procstat::raise_nofile();
+    let nofile = crate::rlimit::raise_nofile();
     let want = |s: Scenario| opts.scenario == s || opts.scenario == Scenario::All;
     let conns = |d: usize| opts.connections.unwrap_or(d).clamp(1, MAX_CONNECTIONS);
     let per_conn = opts.topics_per_connection.max(1);

@@ -1,4 +1,4 @@
-//! Process figures from `/proc` and the file-descriptor limit.
+//! Process figures from `/proc`.
 //!
 //! The server runs as a separate process precisely so that its CPU time and
 //! resident memory can be read here without the load generator's own mixed in.
@@ -68,46 +68,6 @@ fn parse_rss(status: &str) -> Result<u64, BenchError> {
         .and_then(|kb| kb.parse::<u64>().ok())
         .map(|kb| kb * 1024)
         .ok_or_else(|| BenchError::Proc("no VmRSS".into()))
-}
-
-/// Raises RLIMIT_NOFILE's soft limit to the hard limit, and as root (which may)
-/// the hard limit too, to `fs.nr_open`: 50k client sockets need 50k descriptors.
-/// Returns the soft limit now in force.
-// rlim_t is u64 on Linux/x86_64 but not on every target: keep the casts.
-#[allow(clippy::unnecessary_cast)]
-pub fn raise_nofile() -> u64 {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into the struct we own.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return 0;
-    }
-    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
-        .ok()
-        .and_then(|s| s.trim().parse::<u64>().ok())
-        .unwrap_or(0);
-    if nr_open > lim.rlim_max as u64 {
-        let want = libc::rlimit {
-            rlim_cur: nr_open as libc::rlim_t,
-            rlim_max: nr_open as libc::rlim_t,
-        };
-        // SAFETY: setrlimit reads the struct; failure (not privileged) is harmless.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &want) } == 0 {
-            return nr_open;
-        }
-    }
-    let want = libc::rlimit {
-        rlim_cur: lim.rlim_max,
-        rlim_max: lim.rlim_max,
-    };
-    // SAFETY: as above.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &want) } == 0 {
-        lim.rlim_max as u64
-    } else {
-        lim.rlim_cur as u64
-    }
 }
 
 #[cfg(test)]
