@@ -7,7 +7,6 @@
 
 pub mod access;
 pub mod auth;
-pub mod bench;
 pub mod budget;
 pub mod change;
 pub mod changelog;

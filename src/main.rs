@@ -1,8 +1,7 @@
 //! The `rowcast` command line. Errors become `anyhow` here and nowhere else.
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand, ValueEnum};
-use rowcast::bench::{BenchOptions, Scenario, Transport};
+use clap::{Args, Parser, Subcommand};
 use rowcast::server::{Server, ServerConfig};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -18,6 +17,9 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once and consumed at start-up: the size of the largest variant (serve's
+// flags) costs nothing, so it is not boxed.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Serve WebSocket, SSE and polling clients from a database's change log.
@@ -26,77 +28,8 @@ enum Command {
     Migrate(MigrateArgs),
     /// Run a self-contained demo: throwaway PostgreSQL, sample market, simulated farmer.
     Demo(DemoArgs),
-    /// Measure latency, fan-out throughput, memory per connection and write-path cost.
-    ///
-    /// By default starts its own durable PostgreSQL and a `rowcast serve` child
-    /// process; with --url and --database-url it targets running ones (loopback only).
-    Bench(BenchArgs),
     /// Mint a development JWT (HS256) with the configured secret.
     Token(TokenArgs),
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum ScenarioArg {
-    Latency,
-    Throughput,
-    Idle,
-    WritePath,
-    All,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum TransportArg {
-    Ws,
-    Sse,
-    Poll,
-}
-
-#[derive(Args)]
-struct BenchArgs {
-    #[arg(long, value_enum, default_value = "all")]
-    scenario: ScenarioArg,
-    #[arg(long, value_enum, default_value = "ws")]
-    transport: TransportArg,
-    /// Client connections (default: 10000; at most 50000).
-    #[arg(long)]
-    connections: Option<usize>,
-    /// Subscribers per topic (default: 10 for latency and idle, 100 for throughput).
-    #[arg(long)]
-    fanout: Option<usize>,
-    /// Product topics each connection subscribes to.
-    #[arg(long, default_value_t = 2)]
-    topics_per_connection: usize,
-    /// Writes (changes) per second for the latency scenario (default 100).
-    #[arg(long)]
-    rate: Option<f64>,
-    /// Throughput ramp, writes/s per step, comma-separated (default 250,...,4000).
-    #[arg(long, value_delimiter = ',')]
-    rates: Option<Vec<f64>>,
-    /// Seconds of writing per latency run / throughput step (default 60 / 10).
-    #[arg(long)]
-    duration: Option<u64>,
-    /// Writer connections issuing the paced UPDATEs (default 4; 16 for throughput).
-    #[arg(long)]
-    writers: Option<usize>,
-    /// Seconds per write-path measurement.
-    #[arg(long, default_value_t = 5)]
-    write_path_seconds: u64,
-    /// Interleaved rounds of the write-path variants; the median is reported.
-    #[arg(long, default_value_t = 3)]
-    write_path_rounds: usize,
-    /// A running rowcast server (http://127.0.0.1:PORT) instead of starting one.
-    #[arg(long, requires = "database_url")]
-    url: Option<String>,
-    /// The database that server reads (required with --url). Use a throwaway one:
-    /// the bench installs the market schema, writes products and toggles their triggers.
-    #[arg(long, requires = "url")]
-    database_url: Option<String>,
-    /// The running server's pid, to report its CPU and RSS.
-    #[arg(long, requires = "url")]
-    server_pid: Option<u32>,
-    /// Also write the report as JSON here.
-    #[arg(long)]
-    json: Option<std::path::PathBuf>,
 }
 
 #[derive(Args)]
@@ -263,7 +196,6 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Serve(a) => serve(a).await,
             Command::Migrate(a) => migrate(a).await,
-            Command::Bench(a) => bench(a).await,
             Command::Demo(a) => rowcast::demo::run(rowcast::demo::DemoOptions {
                 listen: a.listen,
                 run_for: a.run_for.map(Duration::from_secs),
@@ -356,64 +288,5 @@ async fn migrate(a: MigrateArgs) -> anyhow::Result<()> {
             println!("applied {v}");
         }
     }
-    Ok(())
-}
-
-async fn bench(a: BenchArgs) -> anyhow::Result<()> {
-    let target = match (a.url, a.database_url) {
-        (Some(url), Some(database_url)) => {
-            let hostport = url
-                .trim_start_matches("http://")
-                .trim_end_matches('/')
-                .to_string();
-            let server: SocketAddr = hostport
-                .parse()
-                .with_context(|| format!("--url must be http://IP:PORT, got {url}"))?;
-            anyhow::ensure!(
-                server.ip().is_loopback(),
-                "the bench only runs against loopback addresses (127.0.0.0/8), got {server}"
-            );
-            rowcast::bench::target::TargetSpec::External {
-                server,
-                database_url,
-                server_pid: a.server_pid,
-            }
-        }
-        _ => rowcast::bench::target::TargetSpec::Embedded {
-            exe: std::env::current_exe().context("locating the rowcast binary")?,
-        },
-    };
-    let opts = BenchOptions {
-        scenario: match a.scenario {
-            ScenarioArg::Latency => Scenario::Latency,
-            ScenarioArg::Throughput => Scenario::Throughput,
-            ScenarioArg::Idle => Scenario::Idle,
-            ScenarioArg::WritePath => Scenario::WritePath,
-            ScenarioArg::All => Scenario::All,
-        },
-        transport: match a.transport {
-            TransportArg::Ws => Transport::Ws,
-            TransportArg::Sse => Transport::Sse,
-            TransportArg::Poll => Transport::Poll,
-        },
-        connections: a.connections,
-        fanout: a.fanout,
-        topics_per_connection: a.topics_per_connection,
-        rate: a.rate,
-        rates: a.rates,
-        duration: a.duration.map(Duration::from_secs),
-        writers: a.writers,
-        write_path_duration: Duration::from_secs(a.write_path_seconds.max(1)),
-        write_path_rounds: a.write_path_rounds.max(1),
-        target,
-        command: std::env::args().collect(),
-    };
-    let report = rowcast::bench::run(opts).await.context("bench failed")?;
-    if let Some(path) = &a.json {
-        std::fs::write(path, report.to_json() + "\n")
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    use std::io::Write;
-    let _ = writeln!(std::io::stdout(), "{}", report.table());
     Ok(())
 }

@@ -1,71 +1,58 @@
-//! Smoke run of `rowcast bench`: 200 connections per transport for 5 s against
-//! its own PostgreSQL and server process. Asserts that the run completes with
-//! every change delivered exactly once; asserts no timing (the machine may be busy).
+//! Smoke run of the benchmark (the `rowcast-bench` crate, bench/, called
+//! in-process): 200 connections per transport for 5 s against its own
+//! PostgreSQL and this build's `rowcast` binary as the server process. Asserts
+//! that the run completes with every change delivered exactly once; asserts no
+//! timing (the machine may be busy).
 
-use serde_json::Value;
-use std::process::Command;
+use rowcast_bench::target::TargetSpec;
+use rowcast_bench::{BenchOptions, Scenario, Transport};
+use std::path::PathBuf;
+use std::time::Duration;
 
-fn smoke(transport: &str) {
-    let json = std::env::temp_dir().join(format!(
-        "rowcast-bench-smoke-{}-{transport}.json",
-        std::process::id()
-    ));
-    let out = Command::new(env!("CARGO_BIN_EXE_rowcast"))
-        .args([
-            "bench",
-            "--scenario",
-            "latency",
-            "--transport",
-            transport,
-            "--connections",
-            "200",
-            "--fanout",
-            "10",
-            "--rate",
-            "100",
-            "--duration",
-            "5",
-            "--writers",
-            "2",
-            "--json",
-        ])
-        .arg(&json)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run rowcast bench");
-    assert!(
-        out.status.success(),
-        "bench failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).expect("json report")).expect("json");
-    let _ = std::fs::remove_file(&json);
-    let load = &report["latency"];
-    assert_eq!(load["connected"], 200, "{load}");
-    let step = &load["steps"][0];
-    assert!(step["writes"].as_u64().unwrap() > 0, "{step}");
-    assert!(step["delivered"].as_u64().unwrap() > 0, "{step}");
-    assert_eq!(step["delivered"], step["expected_deliveries"], "{step}");
-    assert_eq!(step["lost"], 0, "{step}");
-    assert_eq!(step["duplicates"], 0, "{step}");
-    assert_eq!(step["unexpected"], 0, "{step}");
-    assert_eq!(step["disconnects"], 0, "{step}");
-    assert_eq!(step["write_errors"], 0, "{step}");
+async fn smoke(transport: Transport) {
+    let opts = BenchOptions {
+        scenario: Scenario::Latency,
+        transport,
+        connections: Some(200),
+        fanout: Some(10),
+        topics_per_connection: 2,
+        rate: Some(100.0),
+        rates: None,
+        duration: Some(Duration::from_secs(5)),
+        writers: Some(2),
+        write_path_duration: Duration::from_secs(5),
+        write_path_rounds: 3,
+        target: TargetSpec::Embedded {
+            exe: PathBuf::from(env!("CARGO_BIN_EXE_rowcast")),
+        },
+        command: vec![format!("bench_smoke {}", transport.name())],
+    };
+    let report = rowcast_bench::run(opts).await.expect("bench run");
+    let load = report.latency.as_ref().expect("latency load");
+    assert_eq!(load.connected, 200, "{}", report.to_json());
+    let step = load.steps.first().expect("one step");
+    let show = || report.to_json();
+    assert!(step.writes > 0, "{}", show());
+    assert!(step.delivered > 0, "{}", show());
+    assert_eq!(step.delivered, step.expected_deliveries, "{}", show());
+    assert_eq!(step.lost, 0, "{}", show());
+    assert_eq!(step.duplicates, 0, "{}", show());
+    assert_eq!(step.unexpected, 0, "{}", show());
+    assert_eq!(step.disconnects, 0, "{}", show());
+    assert_eq!(step.write_errors, 0, "{}", show());
 }
 
-#[test]
-fn bench_smoke_ws() {
-    smoke("ws");
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_smoke_ws() {
+    smoke(Transport::Ws).await;
 }
 
-#[test]
-fn bench_smoke_sse() {
-    smoke("sse");
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_smoke_sse() {
+    smoke(Transport::Sse).await;
 }
 
-#[test]
-fn bench_smoke_poll() {
-    smoke("poll");
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_smoke_poll() {
+    smoke(Transport::Poll).await;
 }

@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_rowcast");
-const SUBCOMMANDS: [&str; 5] = ["serve", "migrate", "token", "demo", "bench"];
+const SUBCOMMANDS: [&str; 4] = ["serve", "migrate", "token", "demo"];
 
 fn readme() -> String {
     std::fs::read_to_string("README.md").expect("README.md")
@@ -63,6 +63,20 @@ fn flags_of(words: &[&str]) -> Vec<String> {
         .collect()
 }
 
+/// The flags of a benchmark run starting at `words[i]`: the bench is its own
+/// crate (bench/), run as `./target/release/rowcast-bench ...` or
+/// `cargo run --release -p rowcast-bench -- ...`.
+fn bench_invocation(words: &[&str], i: usize) -> Option<Vec<String>> {
+    match words[i] {
+        "./target/release/rowcast-bench" => Some(flags_of(&words[i + 1..])),
+        "rowcast-bench" if i > 0 && words[i - 1] == "-p" => {
+            let dashes = words[i + 1..].iter().position(|w| *w == "--")?;
+            Some(flags_of(&words[i + 2 + dashes..]))
+        }
+        _ => None,
+    }
+}
+
 /// The options `rowcast <sub> --help` lists (lines that start with `--`).
 fn help_flags(sub: &str) -> BTreeSet<String> {
     let out = Command::new(BIN).args([sub, "--help"]).output().unwrap();
@@ -82,7 +96,8 @@ fn help_flags(sub: &str) -> BTreeSet<String> {
 
 /// Item 11: every command the README gives with options is spelled so that
 /// it runs from a fresh clone after the first command (`./target/release/rowcast
-/// ...`), and uses only options the binary has.
+/// ...`), and uses only options the binary has (the benchmark's: those of
+/// `rowcast-bench`'s command line).
 #[test]
 fn readme_commands_run_as_written() {
     let md = readme();
@@ -103,6 +118,17 @@ fn readme_commands_run_as_written() {
         for line in seg.lines() {
             let words: Vec<&str> = line.split_whitespace().collect();
             for (i, w) in words.iter().enumerate() {
+                if let Some(flags) = bench_invocation(&words, i) {
+                    let known = rowcast_bench::cli::flags();
+                    for f in flags {
+                        assert!(
+                            known.contains(&f),
+                            "README: `{line}` uses {f}, unknown to rowcast-bench"
+                        );
+                    }
+                    checked += 1;
+                    continue;
+                }
                 let bare = w.trim_start_matches("T=$(");
                 let Some(prefix) = bare.strip_suffix("rowcast") else {
                     continue;
@@ -112,7 +138,7 @@ fn readme_commands_run_as_written() {
                 };
                 let flags = flags_of(&words[i + 2..]);
                 if flags.is_empty() && prefix.is_empty() && words.len() == i + 2 {
-                    continue; // the subcommand's name in prose: `rowcast bench`
+                    continue; // the subcommand's name in prose: `rowcast serve`
                 }
                 assert_eq!(
                     prefix, "./target/release/",

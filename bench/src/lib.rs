@@ -1,6 +1,11 @@
-//! `rowcast bench`: measures commit-to-client latency, fan-out throughput,
+//! rowcast-bench: measures commit-to-client latency, fan-out throughput,
 //! server memory per connection and the write-path cost of change capture,
 //! against a real (durable) PostgreSQL and a `rowcast serve` process.
+//!
+//! Its own crate, so that building the server never builds the load generator
+//! (hdrhistogram, a WebSocket client); it uses the `rowcast` library only
+//! through its public API, like any other user. The binary (`src/main.rs`) is
+//! the command line of [`cli`]; the test suite calls [`run`] in-process.
 //!
 //! Scenarios (issue #5): `latency` (10k connections, fan-out 10, 100 writes/s,
 //! 60 s), `throughput` (raise the write rate step by step until p99 > 100 ms or
@@ -13,6 +18,7 @@
 //! Everything is bounded: connection set-up, each step, the drain after it, and
 //! shutdown have deadlines, so the bench always stops by itself.
 
+pub mod cli;
 pub mod clients;
 pub mod ledger;
 pub mod procstat;
@@ -34,7 +40,7 @@ use writers::Writers;
 #[derive(Debug, Error)]
 pub enum BenchError {
     #[error(transparent)]
-    Rowcast(#[from] crate::Error),
+    Rowcast(#[from] rowcast::Error),
     #[error("database: {0}")]
     Db(#[from] tokio_postgres::Error),
     #[error("io: {0}")]
@@ -121,7 +127,7 @@ struct LoadParams {
 
 /// Runs the selected scenarios and returns the report (also when a target is missed).
 pub async fn run(opts: BenchOptions) -> Result<Report, BenchError> {
-    let nofile = crate::rlimit::raise_nofile();
+    let nofile = rowcast::rlimit::raise_nofile();
     let want = |s: Scenario| opts.scenario == s || opts.scenario == Scenario::All;
     let conns = |d: usize| opts.connections.unwrap_or(d).clamp(1, MAX_CONNECTIONS);
     let per_conn = opts.topics_per_connection.max(1);
@@ -189,7 +195,10 @@ pub async fn run(opts: BenchOptions) -> Result<Report, BenchError> {
     let result = async {
         seed(&target.database_url, products).await?;
         let mut report = Report {
-            rowcast_version: env!("CARGO_PKG_VERSION").into(),
+            rowcast_version: target
+                .server_version
+                .clone()
+                .unwrap_or_else(|| "unknown (external server)".into()),
             started_unix: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),

@@ -25,7 +25,7 @@
 //! topic is a duplicate. After the writers stop and deliveries drain, a
 //! client's loss is (committed writes to its products) − (distinct events it got).
 
-use super::BenchError;
+use crate::BenchError;
 use hdrhistogram::Histogram;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;

@@ -8,8 +8,8 @@
 //! minimal HTTP/1.1 client written here, which keeps per-connection memory and
 //! CPU low and makes the byte stream fully visible (chunked framing included).
 
-use super::ledger::Ledger;
-use super::{BenchError, Transport};
+use crate::ledger::Ledger;
+use crate::{BenchError, Transport};
 use bytes::{Buf, BytesMut};
 use futures::StreamExt;
 use serde::Deserialize;

@@ -2,11 +2,11 @@
 //! `rowcast serve` child process (separate, so that its CPU time and RSS can be
 //! read from `/proc/<pid>`); or, with `--url`/`--database-url`, running ones.
 
-use super::clients::get_once;
-use super::BenchError;
-use crate::embedded_pg::{Durability, EmbeddedPg, Options};
+use crate::clients::get_once;
+use crate::BenchError;
+use rowcast::embedded_pg::{Durability, EmbeddedPg, Options};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use tokio_postgres::Client;
@@ -22,13 +22,16 @@ pub struct Target {
     pub database_url: String,
     /// The server process, when known: its CPU and RSS are reported.
     pub server_pid: Option<u32>,
+    /// What `rowcast --version` says, for the binary the bench started.
+    pub server_version: Option<String>,
     child: Option<Child>,
     /// Dropped last: stops and deletes the cluster.
     _pg: Option<EmbeddedPg>,
 }
 
 pub enum TargetSpec {
-    /// Start PostgreSQL and a server; `exe` is the rowcast binary to run `serve` with.
+    /// Start PostgreSQL and a server; `exe` is the `rowcast` binary to run
+    /// `serve` with (the bench is its own crate, so it cannot be itself).
     Embedded { exe: PathBuf },
     External {
         server: SocketAddr,
@@ -46,17 +49,20 @@ impl Target {
                 server_pid,
             } => {
                 let mut client = connect(&database_url).await?;
-                crate::migrate::migrate(&mut client, true).await?;
+                rowcast::migrate::migrate(&mut client, true).await?;
                 wait_ready(server).await?;
                 Ok(Target {
                     server,
                     database_url,
                     server_pid,
+                    server_version: None,
                     child: None,
                     _pg: None,
                 })
             }
             TargetSpec::Embedded { exe } => {
+                // before PostgreSQL is started: a wrong path fails at once
+                let server_version = version_of(&exe)?;
                 let opts = Options {
                     durability: Durability::Durable,
                     max_connections: 300,
@@ -65,7 +71,7 @@ impl Target {
                 let pg = EmbeddedPg::start_async(opts).await?;
                 let database_url = pg.create_database(DB).await?;
                 let mut client = connect(&database_url).await?;
-                crate::migrate::migrate(&mut client, true).await?;
+                rowcast::migrate::migrate(&mut client, true).await?;
                 drop(client);
                 let server = free_addr()?;
                 let child = Command::new(&exe)
@@ -91,6 +97,7 @@ impl Target {
                     server,
                     database_url,
                     server_pid: Some(child.id()),
+                    server_version: Some(server_version),
                     child: Some(child),
                     _pg: Some(pg),
                 };
@@ -136,7 +143,7 @@ impl Drop for Target {
 }
 
 pub async fn connect(url: &str) -> Result<Client, BenchError> {
-    Ok(crate::db::connect(url).await?)
+    Ok(rowcast::db::connect(url).await?)
 }
 
 async fn wait_ready(server: SocketAddr) -> Result<(), BenchError> {
@@ -151,6 +158,32 @@ async fn wait_ready(server: SocketAddr) -> Result<(), BenchError> {
     Err(BenchError::Config(format!(
         "server at {server} not ready within {READY_TIMEOUT:?}"
     )))
+}
+
+/// The version `exe --version` prints (`rowcast 0.1.0` → `0.1.0`), which also
+/// checks that `exe` is a rowcast binary that runs.
+fn version_of(exe: &Path) -> Result<String, BenchError> {
+    let missing = |why: String| {
+        BenchError::Config(format!(
+            "cannot run the rowcast server binary {}: {why}; build it next to the bench \
+             (cargo build --release -p rowcast -p rowcast-bench) or pass --rowcast-bin",
+            exe.display()
+        ))
+    };
+    let out = Command::new(exe)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .map_err(|e| missing(e.to_string()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    match text.trim().split_once(' ') {
+        Some(("rowcast", v)) if out.status.success() => Ok(v.trim().to_string()),
+        _ => Err(missing(format!(
+            "`--version` printed {:?}, not `rowcast <version>`",
+            text.trim()
+        ))),
+    }
 }
 
 fn free_addr() -> Result<SocketAddr, BenchError> {

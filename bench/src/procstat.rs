@@ -3,7 +3,7 @@
 //! The server runs as a separate process precisely so that its CPU time and
 //! resident memory can be read here without the load generator's own mixed in.
 
-use super::BenchError;
+use crate::BenchError;
 use std::time::Duration;
 
 /// CPU time and resident set of one process at one moment.

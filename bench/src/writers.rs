@@ -6,9 +6,9 @@
 //! and writers never wait on each other's row locks: what is measured is the
 //! cost of the commit path, not lock contention the app would not have either.
 
-use super::ledger::Ledger;
-use super::target::connect;
-use super::BenchError;
+use crate::ledger::Ledger;
+use crate::target::connect;
+use crate::BenchError;
 use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

@@ -132,7 +132,7 @@ pub struct Report {
     /// Deliveries/s of the last passing throughput step.
     pub throughput_best_deliveries_per_s: Option<f64>,
     pub idle: Option<Load>,
-    pub write_path: Option<Vec<super::writers::WritePathRow>>,
+    pub write_path: Option<Vec<crate::writers::WritePathRow>>,
     pub checks: Vec<Check>,
 }
 

@@ -1,0 +1,193 @@
+//! The `rowcast-bench` command line, turned into [`BenchOptions`]. In the
+//! library (not only the binary) so that the test suite can check the README's
+//! commands against the flags that exist.
+
+use crate::target::TargetSpec;
+use crate::{BenchError, BenchOptions, Scenario, Transport};
+use clap::{Parser, ValueEnum};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Measure latency, fan-out throughput, memory per connection and write-path cost.
+///
+/// By default starts its own durable PostgreSQL and a `rowcast serve` child
+/// process; with --url and --database-url it targets running ones (loopback only).
+#[derive(Parser, Debug)]
+#[command(name = "rowcast-bench", version)]
+pub struct Cli {
+    #[arg(long, value_enum, default_value = "all")]
+    pub scenario: ScenarioArg,
+    #[arg(long, value_enum, default_value = "ws")]
+    pub transport: TransportArg,
+    /// Client connections (default: 10000; at most 50000).
+    #[arg(long)]
+    pub connections: Option<usize>,
+    /// Subscribers per topic (default: 10 for latency and idle, 100 for throughput).
+    #[arg(long)]
+    pub fanout: Option<usize>,
+    /// Product topics each connection subscribes to.
+    #[arg(long, default_value_t = 2)]
+    pub topics_per_connection: usize,
+    /// Writes (changes) per second for the latency scenario (default 100).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Throughput ramp, writes/s per step, comma-separated (default 250,...,4000).
+    #[arg(long, value_delimiter = ',')]
+    pub rates: Option<Vec<f64>>,
+    /// Seconds of writing per latency run / throughput step (default 60 / 10).
+    #[arg(long)]
+    pub duration: Option<u64>,
+    /// Writer connections issuing the paced UPDATEs (default 4; 16 for throughput).
+    #[arg(long)]
+    pub writers: Option<usize>,
+    /// Seconds per write-path measurement.
+    #[arg(long, default_value_t = 5)]
+    pub write_path_seconds: u64,
+    /// Interleaved rounds of the write-path variants; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    pub write_path_rounds: usize,
+    /// The rowcast binary the bench runs `serve --migrate` with (default: the
+    /// `rowcast` next to this executable, e.g. target/release/rowcast after
+    /// `cargo build --release --workspace`).
+    #[arg(long, conflicts_with = "url")]
+    pub rowcast_bin: Option<PathBuf>,
+    /// A running rowcast server (http://127.0.0.1:PORT) instead of starting one.
+    #[arg(long, requires = "database_url")]
+    pub url: Option<String>,
+    /// The database that server reads (required with --url). Use a throwaway one:
+    /// the bench installs the market schema, writes products and toggles their triggers.
+    #[arg(long, requires = "url")]
+    pub database_url: Option<String>,
+    /// The running server's pid, to report its CPU and RSS.
+    #[arg(long, requires = "url")]
+    pub server_pid: Option<u32>,
+    /// Also write the report as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum ScenarioArg {
+    Latency,
+    Throughput,
+    Idle,
+    WritePath,
+    All,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum TransportArg {
+    Ws,
+    Sse,
+    Poll,
+}
+
+impl Cli {
+    /// What to run; `command` is recorded in the report.
+    pub fn options(self, command: Vec<String>) -> Result<BenchOptions, BenchError> {
+        let target = match (self.url, self.database_url) {
+            (Some(url), Some(database_url)) => {
+                let hostport = url.trim_start_matches("http://").trim_end_matches('/');
+                let server: SocketAddr = hostport.parse().map_err(|_| {
+                    BenchError::Config(format!("--url must be http://IP:PORT, got {url}"))
+                })?;
+                if !server.ip().is_loopback() {
+                    return Err(BenchError::Config(format!(
+                        "the bench only runs against loopback addresses (127.0.0.0/8), got {server}"
+                    )));
+                }
+                TargetSpec::External {
+                    server,
+                    database_url,
+                    server_pid: self.server_pid,
+                }
+            }
+            _ => TargetSpec::Embedded {
+                exe: match self.rowcast_bin {
+                    Some(exe) => exe,
+                    None => default_rowcast_bin()?,
+                },
+            },
+        };
+        Ok(BenchOptions {
+            scenario: match self.scenario {
+                ScenarioArg::Latency => Scenario::Latency,
+                ScenarioArg::Throughput => Scenario::Throughput,
+                ScenarioArg::Idle => Scenario::Idle,
+                ScenarioArg::WritePath => Scenario::WritePath,
+                ScenarioArg::All => Scenario::All,
+            },
+            transport: match self.transport {
+                TransportArg::Ws => Transport::Ws,
+                TransportArg::Sse => Transport::Sse,
+                TransportArg::Poll => Transport::Poll,
+            },
+            connections: self.connections,
+            fanout: self.fanout,
+            topics_per_connection: self.topics_per_connection,
+            rate: self.rate,
+            rates: self.rates,
+            duration: self.duration.map(Duration::from_secs),
+            writers: self.writers,
+            write_path_duration: Duration::from_secs(self.write_path_seconds.max(1)),
+            write_path_rounds: self.write_path_rounds.max(1),
+            target,
+            command,
+        })
+    }
+}
+
+/// `rowcast` in the directory of this executable: cargo puts both binaries of
+/// the workspace in the same `target/<profile>/`.
+pub fn default_rowcast_bin() -> Result<PathBuf, BenchError> {
+    let me = std::env::current_exe()?;
+    Ok(me.with_file_name(format!("rowcast{}", std::env::consts::EXE_SUFFIX)))
+}
+
+/// The long flags (`--scenario`, ...) the command line accepts, for checking
+/// documentation against them.
+pub fn flags() -> Vec<String> {
+    use clap::CommandFactory;
+    Cli::command()
+        .get_arguments()
+        .filter_map(|a| a.get_long())
+        .map(|l| format!("--{l}"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_line_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn external_target_is_loopback_only() {
+        let cli = Cli::parse_from([
+            "rowcast-bench",
+            "--url",
+            "http://10.0.0.1:8080",
+            "--database-url",
+            "postgres://x",
+        ]);
+        let err = cli.options(Vec::new()).err().expect("refused");
+        assert!(err.to_string().contains("loopback"), "{err}");
+    }
+
+    #[test]
+    fn server_binary_defaults_to_the_sibling_rowcast() {
+        let cli = Cli::parse_from(["rowcast-bench", "--scenario", "idle"]);
+        let opts = cli.options(Vec::new()).unwrap();
+        let TargetSpec::Embedded { exe } = opts.target else {
+            panic!("embedded target expected");
+        };
+        let me = std::env::current_exe().unwrap();
+        assert_eq!(exe.parent(), me.parent());
+        assert_eq!(exe.file_stem().unwrap(), "rowcast");
+    }
+}
