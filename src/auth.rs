@@ -29,22 +29,7 @@ pub const MAX_TOKEN_LEN: usize = 8 * 1024;
 /// so a flood of distinct claims costs database queries, never memory.
 const MAX_CACHED: usize = 100_000;
 
-/// JWT settings as given on the command line.
-#[derive(Clone, Debug, Default)]
-pub struct JwtSettings {
-    /// HS256 shared secret.
-    pub secret: Option<String>,
-    /// RS256 or ES256 public key, PEM text.
-    pub public_key_pem: Option<String>,
-    pub issuer: Option<String>,
-    pub audience: Option<String>,
-}
-
-impl JwtSettings {
-    pub fn configured(&self) -> bool {
-        self.secret.is_some() || self.public_key_pem.is_some()
-    }
-}
+pub use crate::config::JwtSettings;
 
 #[derive(Debug, Error)]
 pub enum AuthError {

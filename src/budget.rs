@@ -73,7 +73,8 @@ impl CatchupBudget {
     }
 
     /// Bytes not granted right now.
-    pub fn available(&self) -> usize {
+    #[cfg(test)]
+    fn available(&self) -> usize {
         self.sem.available_permits() * UNIT
     }
 }

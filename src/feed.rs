@@ -184,6 +184,9 @@ impl Feeds {
                 cursor = None;
             }
         }
+        if let Some(n) = notice {
+            hub.metrics().resyncs.with_label_values(&[n.reason()]).inc();
+        }
         let (sub, pos) = register(hub, topics).await?;
         let mut feed = Feed {
             sub,
@@ -294,6 +297,24 @@ impl Feed {
                 None => return Ok(None),
             }
         }
+    }
+
+    /// The next deliveries in order: waits for the first (see `next`), then
+    /// takes whatever else is ready without waiting, up to `max`, so that a
+    /// transport writes a burst with one flush. `Ok(None)`: the hub is gone.
+    pub async fn next_batch(&mut self, max: usize) -> Result<Option<Vec<Delivery>>, FeedError> {
+        let Some(first) = self.next().await? else {
+            return Ok(None);
+        };
+        let mut batch = Vec::with_capacity(max.clamp(1, 4));
+        batch.push(first);
+        while batch.len() < max {
+            match self.next_ready() {
+                Some(d) => batch.push(d),
+                None => break,
+            }
+        }
+        Ok(Some(batch))
     }
 
     /// The next change of the backlog read from the log (reading the next page
@@ -538,7 +559,8 @@ impl Feed {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hub::{QueueLimits, WindowLimits};
+    use crate::hub::QueueLimits;
+    use crate::window::WindowLimits;
 
     fn change(id: i64, xid: u64, payload: &str, at: &Snapshot) -> Arc<Change> {
         Arc::new(Change::new(
@@ -564,11 +586,14 @@ mod tests {
                 max_events: 100,
                 max_bytes: 256,
             },
-            WindowLimits::default(),
+            WindowLimits {
+                max_changes: 10_000,
+                max_age: Duration::from_secs(600),
+            },
             metrics.hub(),
         );
         // never connects: this feed needs no database (no cursor, the window answers)
-        let pool = crate::server::pool("postgres://127.0.0.1:1/none", 1).unwrap();
+        let pool = crate::db::pool("postgres://127.0.0.1:1/none", 1).unwrap();
         let s1 = Snapshot::new(100, vec![]);
         hub.close_batch(s1.clone());
         let feeds = Feeds {

@@ -2,10 +2,12 @@
 //!
 //! The source publishes every batch here in commit order; each change goes to
 //! each subscriber of any of its topics once, as a shared `Arc<Change>`, through a
-//! bounded per-subscriber queue. Publishing never waits for a subscriber: a queue
-//! that is full (by events or by bytes) marks its subscriber as lagging and the
-//! connection closes it with a "resume from your cursor" reason. So a slow or
-//! stuck client costs the others nothing and holds at most its queue in memory.
+//! bounded per-subscriber queue. Publishing never waits for a subscriber (the
+//! slow-consumer contract): a queue that is full (by events or by bytes) marks
+//! its subscriber as lagging, and its feed drops the queue and continues from
+//! the change log at the client's own pace (`Feed::recover`). So a slow or stuck
+//! client costs the others nothing and holds at most its queue in memory; only
+//! a socket that accepts nothing is cut, by its transport's write timeout.
 //!
 //! The hub also keeps the node's *position*: the snapshot up to which every
 //! change has been published. A subscriber registered at position P receives
@@ -14,64 +16,14 @@
 //! mutually exclusive, which is what makes the hand-over exact.
 
 use crate::change::Change;
+pub use crate::config::QueueLimits;
 use crate::cursor::Cursor;
 use crate::snapshot::Snapshot;
+use crate::window::{Window, WindowHit, WindowLimits};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{mpsc, watch, Notify};
-
-/// Per-subscriber queue bounds.
-#[derive(Clone, Copy, Debug)]
-pub struct QueueLimits {
-    pub max_events: usize,
-    pub max_bytes: usize,
-}
-
-impl Default for QueueLimits {
-    fn default() -> QueueLimits {
-        QueueLimits {
-            max_events: 4096,
-            max_bytes: 8 << 20,
-        }
-    }
-}
-
-/// Recent history kept in memory so that resumes and polls are answered without
-/// the database (a node restart makes thousands of clients resume at once).
-#[derive(Clone, Copy, Debug)]
-pub struct WindowLimits {
-    pub max_changes: usize,
-    /// Never older than the retention: a cursor the log has expired must not be
-    /// served from memory either (keeps the answer the same on every node).
-    pub max_age: std::time::Duration,
-}
-
-impl Default for WindowLimits {
-    fn default() -> WindowLimits {
-        WindowLimits {
-            max_changes: 10_000,
-            max_age: std::time::Duration::from_secs(600),
-        }
-    }
-}
-
-/// One published batch in the window: the changes visible in `hi` but not in `lo`.
-struct WindowBatch {
-    lo: Snapshot,
-    hi: Snapshot,
-    changes: Vec<Arc<Change>>,
-    closed_at: std::time::Instant,
-}
-
-/// A change found in the window for a resume, and whether its own cursor
-/// already is the right one (then its rendered frames are shared).
-pub struct WindowHit {
-    pub change: Arc<Change>,
-    /// Part of the cursor's own batch (`lo → hi`) rather than of `hi → upto`.
-    pub in_cursor_batch: bool,
-    pub own_cursor_fits: bool,
-}
 
 /// One delivery: the change, the index of the topic it is delivered for, and
 /// whether it is live (came through a hub queue as the source read it) or
@@ -96,15 +48,13 @@ struct Sub {
     wake: Arc<Notify>,
 }
 
-#[derive(Default)]
 struct State {
     position: Option<Snapshot>,
     /// A batch is being published page by page: registrations wait for its end.
     batch_open: bool,
     topics: HashMap<String, HashMap<u64, Arc<Sub>>>,
-    /// Contiguous: each batch's `lo` is the previous one's `hi`; the last `hi` is `position`.
-    window: std::collections::VecDeque<WindowBatch>,
-    window_changes: usize,
+    /// Recent batches: their last `hi` is `position`.
+    window: Window,
     /// Changes of the batch being published, not yet in the window.
     pending: Vec<Arc<Change>>,
 }
@@ -113,10 +63,8 @@ pub struct Hub {
     state: Mutex<State>,
     next_id: AtomicU64,
     limits: QueueLimits,
-    window_limits: WindowLimits,
     /// Bumped when the position advances or a batch closes.
     advanced: watch::Sender<u64>,
-    subscribers: AtomicUsize,
     metrics: HubMetrics,
 }
 
@@ -128,18 +76,23 @@ pub struct HubMetrics {
     pub window_reads: prometheus::IntCounter,
     /// Catch-up reads that went to the change log.
     pub log_reads: prometheus::IntCounter,
+    /// Clients told to re-sync instead of resuming, by reason.
+    pub resyncs: prometheus::IntCounterVec,
 }
 
 impl Hub {
-    /// `recoveries` counts subscribers that overflowed their queue and re-read the log.
-    pub fn new(limits: QueueLimits, window_limits: WindowLimits, metrics: HubMetrics) -> Arc<Hub> {
+    pub fn new(limits: QueueLimits, window: WindowLimits, metrics: HubMetrics) -> Arc<Hub> {
         Arc::new(Hub {
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                position: None,
+                batch_open: false,
+                topics: HashMap::new(),
+                window: Window::new(window),
+                pending: Vec::new(),
+            }),
             next_id: AtomicU64::new(1),
             limits,
-            window_limits,
             advanced: watch::channel(0).0,
-            subscribers: AtomicUsize::new(0),
             metrics,
         })
     }
@@ -148,15 +101,6 @@ impl Hub {
         // A panic while holding the lock cannot leave the maps half-updated in a way
         // that matters more than stopping fan-out altogether, so keep going.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub fn limits(&self) -> QueueLimits {
-        self.limits
-    }
-
-    /// Where this node's live stream stands, once the source has read once.
-    pub fn position(&self) -> Option<Snapshot> {
-        self.lock().position.clone()
     }
 
     /// A subscriber overflowed its queue and re-read from the log.
@@ -179,10 +123,6 @@ impl Hub {
         } else {
             st.position.clone()
         }
-    }
-
-    pub fn subscriber_count(&self) -> usize {
-        self.subscribers.load(Ordering::Relaxed)
     }
 
     /// Whether the position covers `snap` now (no batch half published).
@@ -233,7 +173,6 @@ impl Hub {
                                 .insert(id, sub.clone());
                         }
                     }
-                    self.subscribers.fetch_add(1, Ordering::Relaxed);
                     let subscription = Subscription {
                         hub: self.clone(),
                         id,
@@ -255,54 +194,17 @@ impl Hub {
         self.lock().batch_open = true;
     }
 
-    /// Ends a batch and moves the position to `to`.
+    /// Ends a batch and moves the position to `to`; the batch joins the window.
     pub fn close_batch(&self, to: Snapshot) {
         {
             let mut st = self.lock();
             st.batch_open = false;
             let changes = std::mem::take(&mut st.pending);
             if let Some(lo) = st.position.replace(to.clone()) {
-                let now = std::time::Instant::now();
-                match st.window.back_mut() {
-                    // an empty read only moves the end of the window
-                    Some(last) if changes.is_empty() => last.hi = to,
-                    _ => {
-                        st.window_changes += changes.len();
-                        st.window.push_back(WindowBatch {
-                            lo,
-                            hi: to,
-                            changes,
-                            closed_at: now,
-                        });
-                    }
-                }
-                let limits = self.window_limits;
-                while let Some(first) = st.window.front() {
-                    let too_many = st.window_changes > limits.max_changes;
-                    let too_old = now.duration_since(first.closed_at) > limits.max_age;
-                    if !(too_many || too_old) {
-                        break;
-                    }
-                    st.window_changes -= first.changes.len();
-                    st.window.pop_front();
-                }
+                st.window.push(lo, to, changes, std::time::Instant::now());
             }
         }
         self.advanced.send_modify(|v| *v += 1);
-    }
-
-    /// The oldest snapshot from which the window holds every later change, or
-    /// `None` when nothing usable is kept. Batches past `max_age` don't count.
-    fn window_start(&self, st: &State) -> Option<Snapshot> {
-        let now = std::time::Instant::now();
-        match st
-            .window
-            .iter()
-            .find(|b| now.duration_since(b.closed_at) <= self.window_limits.max_age)
-        {
-            Some(b) => Some(b.lo.clone()),
-            None => st.position.clone(),
-        }
     }
 
     /// Of `xids` (transactions finished at this hub's position), those that
@@ -310,35 +212,17 @@ impl Hub {
     /// (`None`: ask the log).
     pub fn xids_with_changes(&self, lo: &Snapshot, xids: &[u64]) -> Option<HashSet<u64>> {
         let st = self.lock();
-        if !self.window_start(&st)?.covered_by(lo) {
-            return None;
-        }
-        let wanted: HashSet<u64> = xids.iter().copied().collect();
-        Some(
-            st.window
-                .iter()
-                .flat_map(|b| b.changes.iter())
-                .map(|c| c.xid)
-                .filter(|x| wanted.contains(x))
-                .collect(),
-        )
+        st.window.xids_with_changes(st.position.as_ref(), lo, xids)
     }
 
     /// Whether a resume from a cursor with lower snapshot `lo` can be answered from memory.
     pub fn window_covers(&self, lo: &Snapshot) -> bool {
         let st = self.lock();
-        self.window_start(&st)
-            .is_some_and(|start| start.covered_by(lo))
+        st.window.covers(st.position.as_ref(), lo)
     }
 
-    /// The changes a client at `from` is missing up to `upto` (a position this
-    /// hub has published), for the topics `wants` accepts, in delivery order;
-    /// `None` when the window does not reach back to `from`. The same answer as
-    /// `changelog::read`, without the database.
-    ///
-    /// Paged like the log: at most `size.rows` hits and about `size.bytes` of
-    /// frames (the hit that crosses it included); the flag says whether more
-    /// follow (read again from the last hit's position).
+    /// A catch-up page from the window (see `Window::read`), `None` when the
+    /// window does not reach back to `from`.
     pub fn read_window(
         &self,
         from: &Cursor,
@@ -347,59 +231,11 @@ impl Hub {
         size: crate::changelog::PageSize,
     ) -> Option<(Vec<WindowHit>, bool)> {
         let st = self.lock();
-        if !self.window_start(&st)?.covered_by(&from.lo) {
-            return None;
-        }
+        let page = st
+            .window
+            .read(st.position.as_ref(), from, upto, wants, size)?;
         self.metrics.window_reads.inc();
-        let mut first = Vec::new();
-        let mut rest = Vec::new();
-        for b in st.window.iter().rev() {
-            if b.hi.covered_by(&from.lo) {
-                break; // this batch and all before it were visible to the client
-            }
-            for c in &b.changes {
-                if from.lo.visible(c.xid) || !upto.visible(c.xid) {
-                    continue;
-                }
-                if c.first_topic_in(&wants).is_none() {
-                    continue;
-                }
-                if from.hi.visible(c.xid) {
-                    if c.id > from.id {
-                        let fits = b.lo == from.lo && b.hi == from.hi;
-                        first.push(WindowHit {
-                            change: c.clone(),
-                            in_cursor_batch: true,
-                            own_cursor_fits: fits,
-                        });
-                    }
-                } else {
-                    let fits = b.lo == from.hi && b.hi == *upto;
-                    rest.push(WindowHit {
-                        change: c.clone(),
-                        in_cursor_batch: false,
-                        own_cursor_fits: fits,
-                    });
-                }
-            }
-        }
-        first.sort_by_key(|h| h.change.id);
-        rest.sort_by_key(|h| h.change.id);
-        first.extend(rest);
-        let mut bytes = 0i64;
-        let keep = first
-            .iter()
-            .take_while(|h| {
-                let under = bytes < size.bytes;
-                bytes = bytes.saturating_add(h.change.approx_len() as i64);
-                under
-            })
-            .count()
-            .min(size.rows.max(1) as usize)
-            .max(1);
-        let more = first.len() > keep;
-        first.truncate(keep);
-        Some((first, more))
+        Some(page)
     }
 
     /// Fans changes out to subscriber queues. Never blocks on a subscriber.
@@ -568,7 +404,6 @@ impl Subscription {
 impl Drop for Subscription {
     fn drop(&mut self) {
         self.hub.remove_topics(self.id, self.topics.iter());
-        self.hub.subscribers.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -584,7 +419,10 @@ mod tests {
         let metrics = crate::metrics::Metrics::new().unwrap();
         let hub = Hub::new(
             QueueLimits::default(),
-            WindowLimits::default(),
+            WindowLimits {
+                max_changes: 10_000,
+                max_age: std::time::Duration::from_secs(600),
+            },
             metrics.hub(),
         );
         hub.close_batch(Snapshot::new(10, vec![]));

@@ -2,57 +2,11 @@
 //! rate, and which web origins may connect. Every limit answers with a defined
 //! error (README, "Security") instead of degrading service for other clients.
 
-use crate::metrics::Metrics;
 use axum::http::{HeaderMap, HeaderValue};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 use tokio::time::Instant;
-
-#[derive(Clone, Debug)]
-pub struct Limits {
-    /// Topics one connection (or one SSE / poll request) may subscribe to.
-    pub max_topics: usize,
-    /// Longest topic name, bytes.
-    pub max_topic_len: usize,
-    /// Largest WebSocket message from a client, bytes (close 1009 above it).
-    pub max_frame: usize,
-    /// Sustained WebSocket messages per second from one client (close 1008 above it);
-    /// bursts up to the same number are tolerated.
-    pub max_msgs_per_sec: u32,
-    /// Open WebSocket, SSE and polling requests, in total and per client IP.
-    pub max_connections: usize,
-    pub max_connections_per_ip: usize,
-    /// An unauthenticated WebSocket must send its first message within this time
-    /// when JWT authentication is configured.
-    pub auth_timeout: Duration,
-    /// The whole request head must arrive within this time (slowloris), and a
-    /// socket with no request in flight is closed after it (`sockets`).
-    pub header_read_timeout: Duration,
-    /// Open TCP connections in total, whether or not they have made a request
-    /// (`sockets`); `None`: `max_connections` + 1024, within the fd limit.
-    pub max_sockets: Option<usize>,
-    /// `rowcast.authorize` checks (cache misses) per second per client IP.
-    pub authorize_per_ip: u32,
-}
-
-impl Default for Limits {
-    fn default() -> Limits {
-        Limits {
-            max_topics: 100,
-            max_topic_len: crate::protocol::MAX_TOPIC_LEN,
-            max_frame: 64 * 1024,
-            max_msgs_per_sec: 20,
-            max_connections: 10_000,
-            max_connections_per_ip: 256,
-            auth_timeout: Duration::from_secs(10),
-            header_read_timeout: Duration::from_secs(10),
-            max_sockets: None,
-            authorize_per_ip: 100,
-        }
-    }
-}
 
 /// Why a connection was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,10 +52,6 @@ impl ConnLimiter {
             limiter: self.clone(),
             ip,
         })
-    }
-
-    pub fn open(&self) -> usize {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).0
     }
 }
 
@@ -292,11 +242,6 @@ fn origin_matches(pattern: &str, origin: &str) -> bool {
         }
     }
     false
-}
-
-/// Counts a rejection in `rowcast_rejected_total{reason}`.
-pub fn rejected(metrics: &Metrics, reason: &str) {
-    metrics.rejected.with_label_values(&[reason]).inc();
 }
 
 #[cfg(test)]

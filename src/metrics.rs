@@ -7,8 +7,30 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-/// Transports as metric label values.
-pub const TRANSPORTS: [&str; 3] = ["ws", "sse", "poll"];
+/// The client transports, as metric labels (`transport="ws"`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    Ws,
+    Sse,
+    Poll,
+}
+
+impl Transport {
+    pub const ALL: [Transport; 3] = [Transport::Ws, Transport::Sse, Transport::Poll];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Ws => "ws",
+            Transport::Sse => "sse",
+            Transport::Poll => "poll",
+        }
+    }
+
+    /// Its place in `ALL`.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -233,7 +255,7 @@ impl Metrics {
         ] {
             auth_failures.with_label_values(&[r]);
         }
-        for t in TRANSPORTS {
+        for t in Transport::ALL.map(Transport::as_str) {
             // make every series visible from the start, so dashboards and rate() work at once
             sync_latency.with_label_values(&[t]);
             catchup_deliveries.with_label_values(&[t]);
@@ -284,6 +306,7 @@ impl Metrics {
             lag_recoveries: self.lag_recoveries.clone(),
             window_reads: self.catchup_reads.with_label_values(&["memory"]),
             log_reads: self.catchup_reads.with_label_values(&["log"]),
+            resyncs: self.resyncs.clone(),
         }
     }
 
@@ -294,14 +317,15 @@ impl Metrics {
             closed_idle: self.sockets_closed.with_label_values(&["idle"]),
             shed: self.sockets_closed.with_label_values(&["shed"]),
             accept_errors: self.accept_errors.clone(),
-            stalled: TRANSPORTS.map(|t| self.slow_consumer_drops.with_label_values(&[t])),
+            stalled: Transport::ALL
+                .map(|t| self.slow_consumer_drops.with_label_values(&[t.as_str()])),
         }
     }
 
     /// Handles for one transport, resolved once so the per-frame path does no label lookups.
-    pub fn transport(&self, transport: &'static str) -> TransportMetrics {
+    pub fn transport(&self, t: Transport) -> TransportMetrics {
+        let transport = t.as_str();
         TransportMetrics {
-            name: transport,
             latency: self.sync_latency.with_label_values(&[transport]),
             catchup: self.catchup_deliveries.with_label_values(&[transport]),
             catchup_lag: self.catchup_lag.with_label_values(&[transport]),
@@ -314,7 +338,6 @@ impl Metrics {
 
 #[derive(Clone)]
 pub struct TransportMetrics {
-    pub name: &'static str,
     pub latency: Histogram,
     pub catchup: IntCounter,
     pub catchup_lag: Histogram,
@@ -324,6 +347,13 @@ pub struct TransportMetrics {
 }
 
 impl TransportMetrics {
+    /// Records a batch of delivered frames.
+    pub fn delivered_batch(&self, batch: &[crate::hub::Delivery]) {
+        for d in batch {
+            self.delivered(d.change.emitted_us, d.live);
+        }
+    }
+
     /// Records one delivered frame of a change emitted at `emitted_us` (µs
     /// since the epoch): live ones in the SLO histogram, catch-up apart.
     pub fn delivered(&self, emitted_us: i64, live: bool) {

@@ -48,15 +48,20 @@ pub enum ProtocolError {
 }
 
 impl ProtocolError {
-    /// The stable machine-readable code clients see.
+    /// The stable machine-readable code clients see (`bad_topic`, ...).
     pub fn code(&self) -> &'static str {
+        self.error_code().as_str()
+    }
+
+    pub(crate) fn error_code(&self) -> crate::api_error::ErrorCode {
+        use crate::api_error::ErrorCode;
         match self {
-            ProtocolError::BadMessage(_) => "bad_message",
+            ProtocolError::BadMessage(_) => ErrorCode::BadMessage,
             ProtocolError::NoTopics
             | ProtocolError::EmptyTopic
             | ProtocolError::TopicTooLong
-            | ProtocolError::BadTopicChars => "bad_topic",
-            ProtocolError::Cursor(_) => "bad_cursor",
+            | ProtocolError::BadTopicChars => ErrorCode::BadTopic,
+            ProtocolError::Cursor(_) => ErrorCode::BadCursor,
         }
     }
 }

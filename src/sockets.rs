@@ -39,7 +39,7 @@ pub struct SocketMetrics {
     pub shed: IntCounter,
     pub accept_errors: IntCounter,
     /// Socket-level write timeouts, by the transport that owned the connection.
-    pub stalled: [IntCounter; 3],
+    pub stalled: [IntCounter; crate::metrics::Transport::ALL.len()],
 }
 
 /// All sockets of one listener.
@@ -105,10 +105,6 @@ impl Sockets {
     /// Sockets counted against the cap: open ones, less those being shed.
     pub fn open(&self) -> usize {
         self.open.load(Ordering::Relaxed)
-    }
-
-    pub fn max(&self) -> usize {
-        self.max
     }
 
     /// Registers a freshly accepted socket, idle from now. `None` when the cap
@@ -190,13 +186,9 @@ impl Socket {
 
     /// Claims the socket for a transport, so that a write timeout on it is
     /// counted under the right label. On HTTP/2 the last claim wins.
-    pub fn serves(&self, transport: &str) {
-        if let Some(i) = crate::metrics::TRANSPORTS
-            .iter()
-            .position(|t| *t == transport)
-        {
-            self.transport.store(i as u8 + 1, Ordering::Relaxed);
-        }
+    pub fn serves(&self, transport: crate::metrics::Transport) {
+        self.transport
+            .store(transport.index() as u8 + 1, Ordering::Relaxed);
     }
 
     /// The counter a write timeout on this socket goes to, if a client
@@ -279,13 +271,13 @@ impl Drop for RequestGuard {
     }
 }
 
-/// The request's socket, for handlers: `ClientSocket::serves("sse")`.
+/// The request's socket, for handlers: `ClientSocket::serves(Transport::Sse)`.
 /// Empty when the router runs without `http::serve` (unit tests).
 #[derive(Clone, Default)]
 pub struct ClientSocket(pub Option<Arc<Socket>>);
 
 impl ClientSocket {
-    pub fn serves(&self, transport: &str) {
+    pub fn serves(&self, transport: crate::metrics::Transport) {
         if let Some(s) = &self.0 {
             s.serves(transport);
         }
@@ -368,7 +360,7 @@ mod tests {
         let reg = Sockets::new(10, Duration::from_secs(60), metrics());
         let s = reg.register().unwrap();
         assert!(s.stalled_counter().is_none());
-        s.serves("poll");
+        s.serves(crate::metrics::Transport::Poll);
         s.stalled_counter().unwrap().inc();
         assert_eq!(reg.metrics.stalled[2].get(), 1);
         let g = s.begin_request();

@@ -32,11 +32,11 @@
 use crate::changelog;
 use crate::cursor::Cursor;
 use crate::error::{Error, Result};
+use crate::health::Health;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use crate::snapshot::Snapshot;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
@@ -61,28 +61,11 @@ pub struct SourceConfig {
     pub page_size: i64,
 }
 
-/// What `/readyz` reports.
-#[derive(Default)]
-pub struct SourceStatus {
-    connected: AtomicBool,
-    caught_up: AtomicBool,
-}
-
-impl SourceStatus {
-    pub fn ready(&self) -> bool {
-        self.connected.load(Ordering::Relaxed) && self.caught_up.load(Ordering::Relaxed)
-    }
-
-    pub fn connected(&self) -> bool {
-        self.connected.load(Ordering::Relaxed)
-    }
-}
-
 pub struct Source {
     cfg: SourceConfig,
     hub: Arc<Hub>,
     metrics: Metrics,
-    status: Arc<SourceStatus>,
+    status: Arc<Health>,
     /// The snapshot up to which everything has been published.
     position: Option<Snapshot>,
     /// A batch half published when the connection failed, to finish first.
@@ -92,12 +75,7 @@ pub struct Source {
 }
 
 impl Source {
-    pub fn new(
-        cfg: SourceConfig,
-        hub: Arc<Hub>,
-        metrics: Metrics,
-        status: Arc<SourceStatus>,
-    ) -> Source {
+    pub fn new(cfg: SourceConfig, hub: Arc<Hub>, metrics: Metrics, status: Arc<Health>) -> Source {
         let page = cfg.page_size.max(1);
         Source {
             cfg,
@@ -140,10 +118,7 @@ impl Source {
     }
 
     fn set_connected(&self, up: bool) {
-        self.status.connected.store(up, Ordering::Relaxed);
-        if !up {
-            self.status.caught_up.store(false, Ordering::Relaxed);
-        }
+        self.status.set_connected(up);
         self.metrics.source_connected.set(i64::from(up));
     }
 
@@ -218,7 +193,7 @@ impl Source {
                 continue;
             }
             idle_read = false;
-            self.status.caught_up.store(true, Ordering::Relaxed);
+            self.status.set_caught_up();
             if !armed {
                 let task = arming.get_or_insert_with(|| {
                     let c = arm_client.clone();

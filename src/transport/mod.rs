@@ -1,141 +1,198 @@
-//! The three client transports. They share one envelope, one cursor and one
-//! `Feed`; they differ only in framing.
+//! The client transports and the HTTP surface around them: the router, the
+//! origin check, rejection counting, `/readyz` and `/metrics`.
+//!
+//! Every transport does the same steps, each of which lives once: parse the
+//! start of the stream (`start::StreamRequest`), pass the gate
+//! (`access::Gate`: slot, token, topics, policy), open a feed
+//! (`feed::Feeds::open`), take batches from it (`Feed::next_batch`), and end
+//! with a named reason (`close::Disconnect`). A transport module holds only
+//! its framing and its I/O loop.
 
-pub mod poll;
-pub mod sse;
-pub mod ws;
+pub(crate) mod close;
+pub(crate) mod poll;
+pub(crate) mod sse;
+pub(crate) mod start;
+pub(crate) mod ws;
 
-use crate::feed::FeedError;
-use crate::protocol::ProtocolError;
-use axum::http::{HeaderValue, StatusCode};
+use crate::access::Gate;
+use crate::api_error::{ApiError, ErrorCode, Rejected};
+use crate::config::ServerConfig;
+use crate::feed::{FeedError, Feeds};
+use crate::health::Health;
+use crate::metrics::{Metrics, Transport, TransportMetrics};
+use crate::shutdown::Shutdown;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use std::sync::Arc;
 
-/// An HTTP error answer: `{"error":"<code>","message":"..."}`.
-#[derive(Debug)]
-pub struct ApiError {
-    pub status: StatusCode,
-    pub code: &'static str,
-    pub message: String,
-    /// Extra string fields of the body, e.g. `topic` of a `forbidden` answer.
-    pub extra: Vec<(&'static str, String)>,
+/// What every handler shares.
+pub struct App {
+    pub cfg: ServerConfig,
+    pub feeds: Feeds,
+    pub gate: Gate,
+    pub metrics: Metrics,
+    pub health: Arc<Health>,
+    pub shutdown: Shutdown,
+    /// Metric handles per transport, resolved once.
+    transports: [TransportMetrics; Transport::ALL.len()],
 }
 
-impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
-            extra: Vec::new(),
+impl App {
+    pub fn new(
+        cfg: ServerConfig,
+        feeds: Feeds,
+        gate: Gate,
+        metrics: Metrics,
+        health: Arc<Health>,
+        shutdown: Shutdown,
+    ) -> App {
+        App {
+            transports: Transport::ALL.map(|t| metrics.transport(t)),
+            cfg,
+            feeds,
+            gate,
+            metrics,
+            health,
+            shutdown,
         }
     }
 
-    pub fn with(mut self, key: &'static str, value: impl Into<String>) -> ApiError {
-        self.extra.push((key, value.into()));
-        self
+    pub fn transport(&self, t: Transport) -> TransportMetrics {
+        self.transports[t.index()].clone()
     }
 }
 
-impl From<ProtocolError> for ApiError {
-    fn from(e: ProtocolError) -> ApiError {
-        ApiError::new(StatusCode::BAD_REQUEST, e.code(), e.to_string())
+/// The client port: the three transports, health and readiness, and
+/// `/metrics` unless it has a listener of its own.
+pub fn router(app: Arc<App>, with_metrics: bool) -> Router {
+    let api = Router::new()
+        .route("/v1/ws", get(ws::handler))
+        .route("/v1/events", get(sse::handler))
+        .route("/v1/poll", get(poll::handler))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&app),
+            origin_layer,
+        ));
+    let mut r = Router::new()
+        .merge(api)
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz));
+    if with_metrics {
+        r = r.route("/metrics", get(metrics));
+    }
+    r.layer(axum::middleware::from_fn_with_state(
+        Arc::clone(&app),
+        count_rejections,
+    ))
+    .with_state(app)
+}
+
+/// `--metrics-listen`: metrics, health and readiness, nothing else.
+pub fn metrics_router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .with_state(app)
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        app.metrics.render(),
+    )
+}
+
+async fn readyz(State(app): State<Arc<App>>) -> impl IntoResponse {
+    if app.health.ready() {
+        (StatusCode::OK, "ready")
+    } else if app.health.connected() {
+        (StatusCode::SERVICE_UNAVAILABLE, "catching up")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "source disconnected")
     }
 }
 
+/// Counts every refusal an HTTP answer carries (`rowcast_rejected_total`),
+/// whichever handler or extractor built it: the one place HTTP rejections
+/// are counted.
+async fn count_rejections(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    let r = next.run(req).await;
+    if let Some(Rejected { reason, count }) = r.extensions().get::<Rejected>() {
+        app.metrics
+            .rejected
+            .with_label_values(&[reason])
+            .inc_by(*count);
+    }
+    r
+}
+
+/// Refuses requests from origins that are not allowed (403), answers CORS
+/// preflights, and tells browsers which cross origins may read the answers.
+async fn origin_layer(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    let origin = match app.gate.check_origin(req.headers()) {
+        Ok(o) => o,
+        Err(e) => return e.into_response(),
+    };
+    if req.method() == Method::OPTIONS {
+        let mut r = StatusCode::NO_CONTENT.into_response();
+        if let Some(o) = origin {
+            let h = r.headers_mut();
+            h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o);
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_METHODS,
+                HeaderValue::from_static("GET, OPTIONS"),
+            );
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_HEADERS,
+                HeaderValue::from_static("authorization, last-event-id"),
+            );
+            h.insert(
+                header::ACCESS_CONTROL_MAX_AGE,
+                HeaderValue::from_static("600"),
+            );
+            h.insert(header::VARY, HeaderValue::from_static("Origin"));
+        }
+        return r;
+    }
+    let mut r = next.run(req).await;
+    if let Some(o) = origin {
+        r.headers_mut()
+            .insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o);
+        r.headers_mut()
+            .insert(header::VARY, HeaderValue::from_static("Origin"));
+    }
+    r
+}
+
+/// What a feed failure tells an HTTP client (and a WS client before its close).
 impl From<FeedError> for ApiError {
     fn from(e: FeedError) -> ApiError {
         match e {
             FeedError::CursorAhead => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "cursor_ahead",
+                ErrorCode::CursorAhead,
                 "this server has not yet reached the cursor's position; retry",
             ),
             FeedError::Expired => ApiError::new(
-                StatusCode::GONE,
-                "cursor_expired",
+                ErrorCode::CursorExpired,
                 "the cursor is older than the change log's retention",
             ),
-            FeedError::Busy(_) => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "busy",
-                "too many clients are catching up right now; retry",
-            ),
             FeedError::NotReady => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
+                ErrorCode::Unavailable,
                 "this server is not connected to its database yet; retry",
+            ),
+            FeedError::Busy(_) => ApiError::new(
+                ErrorCode::Busy,
+                "too many clients are catching up right now; retry",
             ),
             FeedError::Db(e) => {
                 tracing::warn!(error = %e, "database error serving a client");
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
-                    "database unavailable; retry",
-                )
+                ApiError::new(ErrorCode::Unavailable, "database unavailable; retry")
             }
         }
     }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let mut body = serde_json::json!({"error": self.code, "message": self.message});
-        for (k, v) in self.extra {
-            body[k] = serde_json::Value::String(v);
-        }
-        let body = body.to_string();
-        let mut r = (self.status, body).into_response();
-        r.headers_mut().insert(
-            axum::http::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        if matches!(
-            self.status,
-            StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
-        ) {
-            r.headers_mut().insert(
-                axum::http::header::RETRY_AFTER,
-                HeaderValue::from_static("1"),
-            );
-        }
-        r
-    }
-}
-
-/// A query string extractor whose rejection is the documented JSON error
-/// (`400 {"error":"bad_query"}`), for every transport: axum's own `Query`
-/// answers a malformed or repeated parameter (`?topics=a&topics=b`) with a
-/// text/plain body that no client of this API expects.
-pub struct ApiQuery<T>(pub T);
-
-impl<T> axum::extract::FromRequestParts<std::sync::Arc<crate::server::App>> for ApiQuery<T>
-where
-    T: serde::de::DeserializeOwned,
-{
-    type Rejection = ApiError;
-
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        app: &std::sync::Arc<crate::server::App>,
-    ) -> Result<ApiQuery<T>, ApiError> {
-        match axum::extract::Query::<T>::try_from_uri(&parts.uri) {
-            Ok(axum::extract::Query(q)) => Ok(ApiQuery(q)),
-            Err(e) => {
-                crate::limits::rejected(&app.metrics, "bad_query");
-                Err(ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "bad_query",
-                    format!("malformed query string: {}", e.body_text()),
-                ))
-            }
-        }
-    }
-}
-
-/// `true`, `1`, `yes` (any case) are true; anything else false.
-pub fn flag(v: Option<&str>) -> bool {
-    matches!(
-        v.map(|s| s.to_ascii_lowercase()).as_deref(),
-        Some("true" | "1" | "yes")
-    )
 }

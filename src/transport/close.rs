@@ -1,0 +1,118 @@
+//! Why a stream ended, named once with everything each transport says about
+//! it: the WebSocket close code and reason, the last SSE comment, and what it
+//! counts as. A transport ends a stream only with one of these.
+//!
+//! What the client should do follows from the code: 1012, 4008 and 1013
+//! reconnect and resume with the last cursor (1013 with backoff); 4010
+//! reconnects and gets a resync; 1008 needs a new token (or calmer client);
+//! 1009, 1007 and 1002 are client bugs.
+
+use crate::auth::AuthError;
+use crate::feed::FeedError;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Disconnect {
+    /// The client closed, or its connection broke: nothing to say.
+    ClientGone,
+    /// This node is stopping: resume elsewhere.
+    ServerRestart,
+    /// The socket accepted nothing for `--write-timeout`.
+    SlowConsumer,
+    /// Retention pruned changes the client still needed while catching up.
+    CursorExpired,
+    /// The database is unavailable, this node is behind the cursor, or the
+    /// catch-up budget is spent: reconnect with backoff.
+    TryAgainLater,
+    /// No pong (or any frame) for three keepalive intervals.
+    KeepaliveTimeout,
+    /// With JWT configured, neither `auth` nor `subscribe` came in time.
+    AuthTimeout,
+    TokenExpired,
+    InvalidToken,
+    RateLimited,
+    MessageTooBig,
+    InvalidUtf8,
+    ProtocolError,
+}
+
+impl Disconnect {
+    /// The WebSocket close code; `None`: no close frame (the client is gone).
+    pub fn ws_code(self) -> Option<u16> {
+        use Disconnect::*;
+        Some(match self {
+            ClientGone => return None,
+            ServerRestart => 1012,
+            SlowConsumer => 4008,
+            CursorExpired => 4010,
+            TryAgainLater => 1013,
+            KeepaliveTimeout => 1001,
+            AuthTimeout | TokenExpired | InvalidToken | RateLimited => 1008,
+            MessageTooBig => 1009,
+            InvalidUtf8 => 1007,
+            ProtocolError => 1002,
+        })
+    }
+
+    /// The close frame's reason, and the last SSE comment.
+    pub fn reason(self) -> &'static str {
+        use Disconnect::*;
+        match self {
+            ClientGone => "",
+            ServerRestart => "service restart",
+            SlowConsumer => "slow consumer",
+            CursorExpired => "cursor expired; reconnect to resync",
+            TryAgainLater => "try again later",
+            KeepaliveTimeout => "keepalive timeout",
+            AuthTimeout => "authentication timeout",
+            TokenExpired => "token expired",
+            InvalidToken => "invalid token",
+            RateLimited => "message rate limit exceeded",
+            MessageTooBig => "message too big",
+            InvalidUtf8 => "invalid UTF-8",
+            ProtocolError => "protocol error",
+        }
+    }
+
+    /// The SSE stream's last bytes: a comment naming the reason (a stream
+    /// that ends because the server stops just ends).
+    pub fn sse_comment(self) -> Option<String> {
+        match self {
+            Disconnect::ClientGone | Disconnect::ServerRestart => None,
+            other => Some(format!(": {}\n\n", other.reason())),
+        }
+    }
+
+    /// The `rowcast_rejected_total{reason}` label, for ends the client caused.
+    pub fn rejection(self) -> Option<&'static str> {
+        use Disconnect::*;
+        match self {
+            RateLimited => Some("rate_limited"),
+            MessageTooBig => Some("frame_too_large"),
+            InvalidUtf8 => Some("invalid_utf8"),
+            ProtocolError => Some("protocol_error"),
+            _ => None,
+        }
+    }
+
+    /// The `rowcast_auth_failures_total{reason}` a token-related end counts as.
+    pub fn auth_failure(self) -> Option<AuthError> {
+        match self {
+            Disconnect::AuthTimeout => Some(AuthError::Timeout),
+            Disconnect::TokenExpired => Some(AuthError::Expired),
+            _ => None,
+        }
+    }
+}
+
+/// How a feed failure ends a stream.
+impl From<&FeedError> for Disconnect {
+    fn from(e: &FeedError) -> Disconnect {
+        match e {
+            FeedError::Expired => Disconnect::CursorExpired,
+            FeedError::CursorAhead
+            | FeedError::Db(_)
+            | FeedError::NotReady
+            | FeedError::Busy(_) => Disconnect::TryAgainLater,
+        }
+    }
+}
