@@ -18,9 +18,9 @@ use std::sync::Arc;
 
 /// A client may spend this many seconds' worth of its `rowcast.authorize`
 /// budget at once (and at least one full subscribe of `--max-topics` topics).
-pub const AUTHORIZE_BURST: usize = 10;
+pub(crate) const AUTHORIZE_BURST: usize = 10;
 
-pub struct Gate {
+pub(crate) struct Gate {
     /// `None`: no JWT configured, every client is anonymous.
     verifier: Option<Verifier>,
     authorizer: Authorizer,
@@ -35,7 +35,7 @@ pub struct Gate {
 
 /// A client admitted: who it is, and its connection, held for as long as it
 /// is served.
-pub struct Admitted {
+pub(crate) struct Admitted {
     /// The verified identity; anonymous when no token was presented.
     pub identity: Identity,
     /// True when a token was verified (not anonymous by absence).
@@ -46,7 +46,7 @@ pub struct Admitted {
 /// One admitted connection: its slot (`--max-connections`, per IP), its place
 /// in `rowcast_connections{transport}`, and its transport's metric handles.
 /// Dropping it gives everything back, however the connection ended.
-pub struct Connection {
+pub(crate) struct Connection {
     _slot: ConnGuard,
     metrics: TransportMetrics,
 }
@@ -60,7 +60,7 @@ impl Connection {
         }
     }
 
-    pub fn metrics(&self) -> &TransportMetrics {
+    pub(crate) fn metrics(&self) -> &TransportMetrics {
         &self.metrics
     }
 }
@@ -72,7 +72,7 @@ impl Drop for Connection {
 }
 
 impl Gate {
-    pub fn new(cfg: &ServerConfig, pool: Pool, metrics: Metrics) -> Result<Gate, KeyError> {
+    pub(crate) fn new(cfg: &ServerConfig, pool: Pool, metrics: Metrics) -> Result<Gate, KeyError> {
         let limits = cfg.limits.clone();
         Ok(Gate {
             verifier: Verifier::new(&cfg.jwt)?,
@@ -91,18 +91,21 @@ impl Gate {
         })
     }
 
-    pub fn limits(&self) -> &Limits {
+    pub(crate) fn limits(&self) -> &Limits {
         &self.limits
     }
 
     /// Whether tokens are verified at all (else every client is anonymous).
-    pub fn auth_configured(&self) -> bool {
+    pub(crate) fn auth_configured(&self) -> bool {
         self.verifier.is_some()
     }
 
     /// `Ok(None)` for a request without `Origin` (not a browser, or a
     /// same-origin GET), `Ok(Some(origin))` for an allowed one.
-    pub fn check_origin(&self, headers: &HeaderMap) -> Result<Option<HeaderValue>, ApiError> {
+    pub(crate) fn check_origin(
+        &self,
+        headers: &HeaderMap,
+    ) -> Result<Option<HeaderValue>, ApiError> {
         self.origins.check(headers).map_err(|_| {
             ApiError::new(
                 ErrorCode::ForbiddenOrigin,
@@ -115,7 +118,7 @@ impl Gate {
     /// present but invalid is refused (401) rather than downgraded to
     /// anonymous, so a client with an expired token learns it instead of
     /// silently seeing less.
-    pub fn admit(
+    pub(crate) fn admit(
         &self,
         transport: TransportMetrics,
         peer: SocketAddr,
@@ -143,7 +146,7 @@ impl Gate {
 
     /// Verifies a token (from a header, the query, or a WS `auth` message);
     /// refusals are counted by reason. `Err` also when no JWT is configured.
-    pub fn verify(&self, token: Result<&str, AuthError>) -> Result<Identity, ApiError> {
+    pub(crate) fn verify(&self, token: Result<&str, AuthError>) -> Result<Identity, ApiError> {
         let Some(verifier) = &self.verifier else {
             return Err(ApiError::new(
                 ErrorCode::AuthUnavailable,
@@ -157,7 +160,7 @@ impl Gate {
 
     /// Counts a refused or missing token (`rowcast_auth_failures_total`) and
     /// turns it into the 401 answer.
-    pub fn auth_failed(&self, e: &AuthError) -> ApiError {
+    pub(crate) fn auth_failed(&self, e: &AuthError) -> ApiError {
         self.metrics
             .auth_failures
             .with_label_values(&[e.reason()])
@@ -167,7 +170,7 @@ impl Gate {
 
     /// A query's topic list (`a,b,c`) under the configured limits; absent or
     /// empty is an empty list.
-    pub fn topics_from_query(&self, list: Option<&str>) -> Result<Vec<String>, ApiError> {
+    pub(crate) fn topics_from_query(&self, list: Option<&str>) -> Result<Vec<String>, ApiError> {
         let topics = match list.map(str::trim) {
             None | Some("") => Vec::new(),
             Some(_) => parse_topic_list_max(list, self.limits.max_topic_len)?,
@@ -178,7 +181,7 @@ impl Gate {
 
     /// The topics of a WebSocket message under the configured limits;
     /// deduplicated. An empty list is an error.
-    pub fn topics_from_message(&self, topics: Vec<String>) -> Result<Vec<String>, ApiError> {
+    pub(crate) fn topics_from_message(&self, topics: Vec<String>) -> Result<Vec<String>, ApiError> {
         if topics.is_empty() {
             return Err(ProtocolError::NoTopics.into());
         }
@@ -191,7 +194,7 @@ impl Gate {
     }
 
     /// At most `--max-topics` per connection.
-    pub fn check_count(&self, n: usize) -> Result<(), ApiError> {
+    pub(crate) fn check_count(&self, n: usize) -> Result<(), ApiError> {
         let max = self.limits.max_topics;
         if n > max {
             return Err(ApiError::new(
@@ -204,7 +207,7 @@ impl Gate {
 
     /// SSE and polling: every topic must be allowed, else 403 naming the first
     /// denied one (counted once per denied topic).
-    pub async fn authorize_all(
+    pub(crate) async fn authorize_all(
         &self,
         peer: IpAddr,
         who: &Identity,
@@ -227,7 +230,7 @@ impl Gate {
     /// failing closed, but distinguishable from "forbidden". A client
     /// (address) over its budget of uncached checks gets 429
     /// `authorize_rate_limited`, and nothing is asked of the database.
-    pub async fn authorize(
+    pub(crate) async fn authorize(
         &self,
         peer: IpAddr,
         who: &Identity,

@@ -344,7 +344,7 @@ impl Authorizer {
             let cache = self.lock();
             let now = Instant::now();
             for t in topics {
-                match cache.get(&(who.claims_json.clone(), t.clone())) {
+                match cache.get(&(Arc::clone(&who.claims_json), t.clone())) {
                     Some((ok, at)) if now.duration_since(*at) < self.ttl => {
                         decided.insert(t, *ok);
                     }
@@ -384,7 +384,7 @@ impl Authorizer {
                     decided.insert(k, ok);
                 }
                 if let Some(c) = cache.as_mut() {
-                    c.insert((who.claims_json.clone(), t), (ok, now));
+                    c.insert((Arc::clone(&who.claims_json), t), (ok, now));
                 }
             }
         }

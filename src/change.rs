@@ -8,7 +8,7 @@ use serde_json::value::RawValue;
 use std::sync::{Arc, OnceLock};
 
 #[derive(Debug)]
-pub struct Change {
+pub(crate) struct Change {
     pub id: i64,
     /// The writing transaction (xid8), for snapshot visibility.
     pub xid: u64,
@@ -40,7 +40,7 @@ struct Envelope<'a> {
 }
 
 #[derive(Debug)]
-pub struct Frame {
+pub(crate) struct Frame {
     /// `{"type":"event","id":..,"topic":..,"event":..,"data":..,"ts":..}`
     pub json: Bytes,
     sse: OnceLock<Bytes>,
@@ -48,7 +48,7 @@ pub struct Frame {
 
 impl Frame {
     /// The Server-Sent Events form: `id:`, `event:` and `data:` lines.
-    pub fn sse(&self, change: &Change) -> &Bytes {
+    pub(crate) fn sse(&self, change: &Change) -> &Bytes {
         self.sse.get_or_init(|| {
             let mut s = Vec::with_capacity(self.json.len() + change.cursor.len() + 48);
             s.extend_from_slice(b"id: ");
@@ -75,7 +75,7 @@ fn sse_safe(s: &str) -> std::borrow::Cow<'_, str> {
 impl Change {
     /// `payload` must be valid JSON text (it comes from a `jsonb` column);
     /// anything else is delivered as `null`.
-    pub fn new(
+    pub(crate) fn new(
         id: i64,
         xid: u64,
         topics: Vec<String>,
@@ -101,7 +101,7 @@ impl Change {
 
     /// The same change at another position (a resume reads it as part of a
     /// different batch than the live stream did).
-    pub fn with_cursor(&self, cursor: &Cursor) -> Change {
+    pub(crate) fn with_cursor(&self, cursor: &Cursor) -> Change {
         Change {
             id: self.id,
             xid: self.xid,
@@ -109,12 +109,12 @@ impl Change {
             event: self.event.clone(),
             emitted_us: self.emitted_us,
             cursor: cursor.encode(),
-            payload: self.payload.clone(),
+            payload: Arc::clone(&self.payload),
             frames: self.topics.iter().map(|_| OnceLock::new()).collect(),
         }
     }
 
-    pub fn frame(&self, topic_index: usize) -> Option<&Frame> {
+    pub(crate) fn frame(&self, topic_index: usize) -> Option<&Frame> {
         let topic = self.topics.get(topic_index)?;
         let cell = self.frames.get(topic_index)?;
         Some(cell.get_or_init(|| {
@@ -135,18 +135,18 @@ impl Change {
     }
 
     /// About what this change costs in memory with one rendered frame.
-    pub fn approx_len(&self) -> usize {
+    pub(crate) fn approx_len(&self) -> usize {
         self.approx_frame_len(0) + self.payload.get().len()
     }
 
     /// The size of a frame without rendering it, for queue accounting.
-    pub fn approx_frame_len(&self, topic_index: usize) -> usize {
+    pub(crate) fn approx_frame_len(&self, topic_index: usize) -> usize {
         let topic = self.topics.get(topic_index).map_or(0, String::len);
         self.payload.get().len() + self.cursor.len() + topic + self.event.len() + 64
     }
 
     /// Index of the first of this change's topics that `wanted` contains.
-    pub fn first_topic_in(&self, wanted: impl Fn(&str) -> bool) -> Option<usize> {
+    pub(crate) fn first_topic_in(&self, wanted: impl Fn(&str) -> bool) -> Option<usize> {
         self.topics.iter().position(|t| wanted(t))
     }
 }

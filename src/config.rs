@@ -35,6 +35,8 @@ pub mod defaults {
     pub const AUTH_TIMEOUT: &str = "10s";
     pub const HEADER_TIMEOUT: &str = "10s";
     pub const AUTHORIZE_PER_IP: u32 = 100;
+    /// Changes per read of the source (not a flag; tests make it small).
+    pub const SOURCE_PAGE: i64 = 5000;
 }
 
 /// Parses `90`, `90s`, `15m`, `24h`, `7d` (also `500ms`).
@@ -154,7 +156,7 @@ pub struct ServerConfig {
     #[arg(skip = Duration::from_millis(1))]
     pub busy_pause: Duration,
     /// Changes per change-log read of the source (a bigger batch is read in pages).
-    #[arg(skip = crate::source::PAGE)]
+    #[arg(skip = defaults::SOURCE_PAGE)]
     pub source_page: i64,
     /// How often the pruner runs; `validate` derives it from the retention.
     #[arg(skip = Duration::from_secs(60))]
@@ -292,7 +294,7 @@ impl ServerConfig {
             sse_retry: Duration::from_secs(2),
             idle_poll: Duration::from_secs(2),
             busy_pause: Duration::from_millis(1),
-            source_page: crate::source::PAGE,
+            source_page: defaults::SOURCE_PAGE,
             prune_every: Duration::from_secs(60),
         }
     }

@@ -5,23 +5,23 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 #[derive(Default)]
-pub struct Health {
+pub(crate) struct Health {
     connected: AtomicBool,
     caught_up: AtomicBool,
 }
 
 impl Health {
     /// Connected and caught up: new clients are served without waiting.
-    pub fn ready(&self) -> bool {
+    pub(crate) fn ready(&self) -> bool {
         self.connected.load(Ordering::Relaxed) && self.caught_up.load(Ordering::Relaxed)
     }
 
-    pub fn connected(&self) -> bool {
+    pub(crate) fn connected(&self) -> bool {
         self.connected.load(Ordering::Relaxed)
     }
 
     /// The source's connection came or went; losing it also loses "caught up".
-    pub fn set_connected(&self, up: bool) {
+    pub(crate) fn set_connected(&self, up: bool) {
         self.connected.store(up, Ordering::Relaxed);
         if !up {
             self.caught_up.store(false, Ordering::Relaxed);
@@ -29,7 +29,7 @@ impl Health {
     }
 
     /// A read found nothing new: the source is at the head of the log.
-    pub fn set_caught_up(&self) {
+    pub(crate) fn set_caught_up(&self) {
         self.caught_up.store(true, Ordering::Relaxed);
     }
 }

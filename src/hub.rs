@@ -16,7 +16,7 @@
 //! mutually exclusive, which is what makes the hand-over exact.
 
 use crate::change::Change;
-pub use crate::config::QueueLimits;
+pub(crate) use crate::config::QueueLimits;
 use crate::cursor::Cursor;
 use crate::snapshot::Snapshot;
 use crate::window::{Window, WindowHit, WindowLimits};
@@ -28,14 +28,14 @@ use tokio::sync::{mpsc, watch, Notify};
 /// One delivery: the change, the index of the topic it is delivered for, and
 /// whether it is live (came through a hub queue as the source read it) or
 /// catch-up (read from the log or the window for a client that was behind).
-pub struct Delivery {
+pub(crate) struct Delivery {
     pub change: Arc<Change>,
     pub topic: usize,
     pub live: bool,
 }
 
 impl Delivery {
-    pub fn bytes(&self) -> usize {
+    pub(crate) fn bytes(&self) -> usize {
         self.change.approx_frame_len(self.topic)
     }
 }
@@ -59,7 +59,7 @@ struct State {
     pending: Vec<Arc<Change>>,
 }
 
-pub struct Hub {
+pub(crate) struct Hub {
     state: Mutex<State>,
     next_id: AtomicU64,
     limits: QueueLimits,
@@ -70,7 +70,7 @@ pub struct Hub {
 
 /// Counters the hub and the feeds on it update.
 #[derive(Clone)]
-pub struct HubMetrics {
+pub(crate) struct HubMetrics {
     pub lag_recoveries: prometheus::IntCounter,
     /// Catch-up reads answered from the in-memory window.
     pub window_reads: prometheus::IntCounter,
@@ -81,7 +81,7 @@ pub struct HubMetrics {
 }
 
 impl Hub {
-    pub fn new(limits: QueueLimits, window: WindowLimits, metrics: HubMetrics) -> Arc<Hub> {
+    pub(crate) fn new(limits: QueueLimits, window: WindowLimits, metrics: HubMetrics) -> Arc<Hub> {
         Arc::new(Hub {
             state: Mutex::new(State {
                 position: None,
@@ -104,11 +104,11 @@ impl Hub {
     }
 
     /// A subscriber overflowed its queue and re-read from the log.
-    pub fn count_recovery(&self) {
+    pub(crate) fn count_recovery(&self) {
         self.metrics.lag_recoveries.inc();
     }
 
-    pub fn metrics(&self) -> &HubMetrics {
+    pub(crate) fn metrics(&self) -> &HubMetrics {
         &self.metrics
     }
 
@@ -116,7 +116,7 @@ impl Hub {
     /// already sit in (and have been taken from) subscriber queues while the
     /// position still names the snapshot before them, so a cursor made from it
     /// would hand those changes out a second time.
-    pub fn settled_position(&self) -> Option<Snapshot> {
+    pub(crate) fn settled_position(&self) -> Option<Snapshot> {
         let st = self.lock();
         if st.batch_open {
             None
@@ -126,13 +126,17 @@ impl Hub {
     }
 
     /// Whether the position covers `snap` now (no batch half published).
-    pub fn covers(&self, snap: &Snapshot) -> bool {
+    pub(crate) fn covers(&self, snap: &Snapshot) -> bool {
         let st = self.lock();
         !st.batch_open && st.position.as_ref().is_some_and(|p| snap.covered_by(p))
     }
 
     /// Waits until the position covers `snap` (or `timeout` passes); false on timeout.
-    pub async fn wait_covering(&self, snap: &Snapshot, timeout: std::time::Duration) -> bool {
+    pub(crate) async fn wait_covering(
+        &self,
+        snap: &Snapshot,
+        timeout: std::time::Duration,
+    ) -> bool {
         let mut rx = self.advanced.subscribe();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
@@ -150,7 +154,7 @@ impl Hub {
 
     /// Registers a subscriber for `topics`; returns it with the position it starts after.
     /// Waits while a batch is half-published, and until the source has a position.
-    pub async fn subscribe(self: &Arc<Hub>, topics: &[String]) -> (Subscription, Snapshot) {
+    pub(crate) async fn subscribe(self: &Arc<Hub>, topics: &[String]) -> (Subscription, Snapshot) {
         let mut rx = self.advanced.subscribe();
         loop {
             {
@@ -170,11 +174,11 @@ impl Hub {
                             st.topics
                                 .entry(t.clone())
                                 .or_default()
-                                .insert(id, sub.clone());
+                                .insert(id, Arc::clone(&sub));
                         }
                     }
                     let subscription = Subscription {
-                        hub: self.clone(),
+                        hub: Arc::clone(self),
                         id,
                         sub,
                         queue,
@@ -190,12 +194,12 @@ impl Hub {
     }
 
     /// Opens a batch: until `close_batch`, registrations wait.
-    pub fn open_batch(&self) {
+    pub(crate) fn open_batch(&self) {
         self.lock().batch_open = true;
     }
 
     /// Ends a batch and moves the position to `to`; the batch joins the window.
-    pub fn close_batch(&self, to: Snapshot) {
+    pub(crate) fn close_batch(&self, to: Snapshot) {
         {
             let mut st = self.lock();
             st.batch_open = false;
@@ -210,20 +214,20 @@ impl Hub {
     /// Of `xids` (transactions finished at this hub's position), those that
     /// wrote changes, when the window reaches back before all of them
     /// (`None`: ask the log).
-    pub fn xids_with_changes(&self, lo: &Snapshot, xids: &[u64]) -> Option<HashSet<u64>> {
+    pub(crate) fn xids_with_changes(&self, lo: &Snapshot, xids: &[u64]) -> Option<HashSet<u64>> {
         let st = self.lock();
         st.window.xids_with_changes(st.position.as_ref(), lo, xids)
     }
 
     /// Whether a resume from a cursor with lower snapshot `lo` can be answered from memory.
-    pub fn window_covers(&self, lo: &Snapshot) -> bool {
+    pub(crate) fn window_covers(&self, lo: &Snapshot) -> bool {
         let st = self.lock();
         st.window.covers(st.position.as_ref(), lo)
     }
 
     /// A catch-up page from the window (see `Window::read`), `None` when the
     /// window does not reach back to `from`.
-    pub fn read_window(
+    pub(crate) fn read_window(
         &self,
         from: &Cursor,
         upto: &Snapshot,
@@ -240,7 +244,7 @@ impl Hub {
 
     /// Fans changes out to subscriber queues. Never blocks on a subscriber.
     /// Returns the number of deliveries queued.
-    pub fn publish(&self, changes: &[Arc<Change>]) -> usize {
+    pub(crate) fn publish(&self, changes: &[Arc<Change>]) -> usize {
         let mut st = self.lock();
         st.pending.extend(changes.iter().cloned());
         let mut queued = 0;
@@ -271,7 +275,7 @@ impl Hub {
             return false;
         }
         let d = Delivery {
-            change: change.clone(),
+            change: Arc::clone(change),
             topic,
             live: true,
         };
@@ -293,7 +297,7 @@ impl Hub {
             st.topics
                 .entry(t.clone())
                 .or_default()
-                .insert(id, sub.clone());
+                .insert(id, Arc::clone(sub));
         }
     }
 
@@ -311,7 +315,7 @@ impl Hub {
 }
 
 /// A registered subscriber: its queue, and its registration (removed on drop).
-pub struct Subscription {
+pub(crate) struct Subscription {
     hub: Arc<Hub>,
     id: u64,
     sub: Arc<Sub>,
@@ -320,25 +324,25 @@ pub struct Subscription {
 }
 
 impl Subscription {
-    pub fn hub(&self) -> &Arc<Hub> {
+    pub(crate) fn hub(&self) -> &Arc<Hub> {
         &self.hub
     }
 
-    pub fn topics(&self) -> &HashSet<String> {
+    pub(crate) fn topics(&self) -> &HashSet<String> {
         &self.topics
     }
 
-    pub fn wants(&self, topic: &str) -> bool {
+    pub(crate) fn wants(&self, topic: &str) -> bool {
         self.topics.contains(topic)
     }
 
     /// True once the queue overflowed: the feed drops it and continues from the log.
-    pub fn lagged(&self) -> bool {
+    pub(crate) fn lagged(&self) -> bool {
         self.sub.lagged.load(Ordering::Relaxed)
     }
 
     /// Next live delivery; `None` when the subscriber lagged (or the hub is gone).
-    pub async fn recv(&mut self) -> Option<Delivery> {
+    pub(crate) async fn recv(&mut self) -> Option<Delivery> {
         loop {
             if self.lagged() {
                 return None;
@@ -355,12 +359,12 @@ impl Subscription {
         }
     }
 
-    pub fn queue_empty(&self) -> bool {
+    pub(crate) fn queue_empty(&self) -> bool {
         self.queue.is_empty()
     }
 
     /// A delivery if one is queued right now.
-    pub fn try_recv(&mut self) -> Option<Delivery> {
+    pub(crate) fn try_recv(&mut self) -> Option<Delivery> {
         if self.lagged() {
             return None;
         }
@@ -372,7 +376,7 @@ impl Subscription {
     }
 
     /// Adds topics; changes published from now on are queued for them too.
-    pub fn add(&mut self, topics: &[String]) -> Vec<String> {
+    pub(crate) fn add(&mut self, topics: &[String]) -> Vec<String> {
         let new: Vec<String> = topics
             .iter()
             .filter(|t| !self.topics.contains(*t))
@@ -385,7 +389,7 @@ impl Subscription {
         new
     }
 
-    pub fn remove(&mut self, topics: &[String]) {
+    pub(crate) fn remove(&mut self, topics: &[String]) {
         let gone: Vec<String> = topics
             .iter()
             .filter(|t| self.topics.remove(*t))
@@ -396,7 +400,7 @@ impl Subscription {
 
     /// The boundary cursor of the hub's position (for "nothing new" answers);
     /// `None` while a batch is being published (see `Hub::settled_position`).
-    pub fn hub_cursor(&self) -> Option<Cursor> {
+    pub(crate) fn hub_cursor(&self) -> Option<Cursor> {
         self.hub.settled_position().map(Cursor::boundary)
     }
 }

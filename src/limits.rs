@@ -10,26 +10,26 @@ use tokio::time::Instant;
 
 /// Why a connection was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConnRefused {
+pub(crate) enum ConnRefused {
     Total,
     PerIp,
 }
 
 /// Counts open connections; a `ConnGuard` gives its slot back when dropped, so a
 /// connection that ends in any way (error, panic, client gone) cannot leak one.
-pub struct ConnLimiter {
+pub(crate) struct ConnLimiter {
     max_total: usize,
     max_per_ip: usize,
     state: Mutex<(usize, HashMap<IpAddr, usize>)>,
 }
 
-pub struct ConnGuard {
+pub(crate) struct ConnGuard {
     limiter: Arc<ConnLimiter>,
     ip: IpAddr,
 }
 
 impl ConnLimiter {
-    pub fn new(max_total: usize, max_per_ip: usize) -> Arc<ConnLimiter> {
+    pub(crate) fn new(max_total: usize, max_per_ip: usize) -> Arc<ConnLimiter> {
         Arc::new(ConnLimiter {
             max_total,
             max_per_ip,
@@ -37,7 +37,7 @@ impl ConnLimiter {
         })
     }
 
-    pub fn acquire(self: &Arc<Self>, ip: IpAddr) -> Result<ConnGuard, ConnRefused> {
+    pub(crate) fn acquire(self: &Arc<Self>, ip: IpAddr) -> Result<ConnGuard, ConnRefused> {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if st.0 >= self.max_total {
             return Err(ConnRefused::Total);
@@ -49,7 +49,7 @@ impl ConnLimiter {
         *n += 1;
         st.0 += 1;
         Ok(ConnGuard {
-            limiter: self.clone(),
+            limiter: Arc::clone(self),
             ip,
         })
     }
@@ -69,14 +69,14 @@ impl Drop for ConnGuard {
 }
 
 /// Token bucket: `rate` per second, bursts of `rate`.
-pub struct RateLimiter {
+pub(crate) struct RateLimiter {
     rate: f64,
     tokens: f64,
     at: Instant,
 }
 
 impl RateLimiter {
-    pub fn new(per_sec: u32) -> RateLimiter {
+    pub(crate) fn new(per_sec: u32) -> RateLimiter {
         let rate = f64::from(per_sec.max(1));
         RateLimiter {
             rate,
@@ -86,7 +86,7 @@ impl RateLimiter {
     }
 
     /// Takes one token; false when the client is over its rate.
-    pub fn allow(&mut self) -> bool {
+    pub(crate) fn allow(&mut self) -> bool {
         let now = Instant::now();
         let dt = now.duration_since(self.at).as_secs_f64();
         self.at = now;
@@ -107,7 +107,7 @@ impl RateLimiter {
 /// (`order-1`, `order-2`, ...), so without a budget a handful of WebSockets
 /// sending subscribes could keep the pool busy with policy queries. IPv6
 /// clients are budgeted per /64, the block one host usually holds.
-pub struct IpBudget {
+pub(crate) struct IpBudget {
     rate: f64,
     burst: f64,
     buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
@@ -119,7 +119,7 @@ pub struct IpBudget {
 const MAX_BUDGETED_IPS: usize = 100_000;
 
 impl IpBudget {
-    pub fn new(per_sec: u32, burst: usize) -> IpBudget {
+    pub(crate) fn new(per_sec: u32, burst: usize) -> IpBudget {
         let rate = f64::from(per_sec.max(1));
         IpBudget {
             rate,
@@ -130,7 +130,7 @@ impl IpBudget {
 
     /// Takes `n` tokens from the address's bucket; false, taking nothing,
     /// when fewer are left.
-    pub fn take(&self, ip: IpAddr, n: usize) -> bool {
+    pub(crate) fn take(&self, ip: IpAddr, n: usize) -> bool {
         if n == 0 {
             return true;
         }

@@ -164,7 +164,7 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Serve(cfg) => serve(*cfg).await,
             Command::Migrate(a) => migrate(a).await,
-            Command::Bench(a) => bench(a).await,
+            Command::Bench(a) => Box::pin(bench(a)).await,
             Command::Demo(a) => rowcast::demo::run(rowcast::demo::DemoOptions {
                 listen: a.listen,
                 run_for: a.run_for.map(Duration::from_secs),
@@ -271,7 +271,9 @@ async fn bench(a: BenchArgs) -> anyhow::Result<()> {
         target,
         command: std::env::args().collect(),
     };
-    let report = rowcast::bench::run(opts).await.context("bench failed")?;
+    let report = Box::pin(rowcast::bench::run(opts))
+        .await
+        .context("bench failed")?;
     if let Some(path) = &a.json {
         std::fs::write(path, report.to_json() + "\n")
             .with_context(|| format!("writing {}", path.display()))?;

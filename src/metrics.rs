@@ -9,16 +9,16 @@ use prometheus::{
 
 /// The client transports, as metric labels (`transport="ws"`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Transport {
+pub(crate) enum Transport {
     Ws,
     Sse,
     Poll,
 }
 
 impl Transport {
-    pub const ALL: [Transport; 3] = [Transport::Ws, Transport::Sse, Transport::Poll];
+    pub(crate) const ALL: [Transport; 3] = [Transport::Ws, Transport::Sse, Transport::Poll];
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Transport::Ws => "ws",
             Transport::Sse => "sse",
@@ -27,13 +27,13 @@ impl Transport {
     }
 
     /// Its place in `ALL`.
-    pub fn index(self) -> usize {
+    pub(crate) fn index(self) -> usize {
         self as usize
     }
 }
 
 #[derive(Clone)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     pub registry: Registry,
     /// The SLO histogram: for **live** deliveries only (changes that reached the
     /// client through the hub as they were read from the log), emitted-at in
@@ -79,7 +79,7 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new() -> Result<Metrics> {
+    pub(crate) fn new() -> Result<Metrics> {
         let registry = Registry::new();
         let buckets = vec![
             0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
@@ -292,7 +292,7 @@ impl Metrics {
         })
     }
 
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut buf = Vec::new();
         let encoder = TextEncoder::new();
         if let Err(e) = encoder.encode(&self.registry.gather(), &mut buf) {
@@ -301,7 +301,7 @@ impl Metrics {
         String::from_utf8_lossy(&buf).into_owned()
     }
 
-    pub fn hub(&self) -> crate::hub::HubMetrics {
+    pub(crate) fn hub(&self) -> crate::hub::HubMetrics {
         crate::hub::HubMetrics {
             lag_recoveries: self.lag_recoveries.clone(),
             window_reads: self.catchup_reads.with_label_values(&["memory"]),
@@ -310,20 +310,8 @@ impl Metrics {
         }
     }
 
-    /// Handles for the socket registry of a listener (`sockets`).
-    pub fn sockets(&self) -> crate::sockets::SocketMetrics {
-        crate::sockets::SocketMetrics {
-            open: self.sockets.clone(),
-            closed_idle: self.sockets_closed.with_label_values(&["idle"]),
-            shed: self.sockets_closed.with_label_values(&["shed"]),
-            accept_errors: self.accept_errors.clone(),
-            stalled: Transport::ALL
-                .map(|t| self.slow_consumer_drops.with_label_values(&[t.as_str()])),
-        }
-    }
-
     /// Handles for one transport, resolved once so the per-frame path does no label lookups.
-    pub fn transport(&self, t: Transport) -> TransportMetrics {
+    pub(crate) fn transport(&self, t: Transport) -> TransportMetrics {
         let transport = t.as_str();
         TransportMetrics {
             latency: self.sync_latency.with_label_values(&[transport]),
@@ -337,7 +325,7 @@ impl Metrics {
 }
 
 #[derive(Clone)]
-pub struct TransportMetrics {
+pub(crate) struct TransportMetrics {
     pub latency: Histogram,
     pub catchup: IntCounter,
     pub catchup_lag: Histogram,
@@ -348,7 +336,7 @@ pub struct TransportMetrics {
 
 impl TransportMetrics {
     /// Records a batch of delivered frames.
-    pub fn delivered_batch(&self, batch: &[crate::hub::Delivery]) {
+    pub(crate) fn delivered_batch(&self, batch: &[crate::hub::Delivery]) {
         for d in batch {
             self.delivered(d.change.emitted_us, d.live);
         }
@@ -356,7 +344,7 @@ impl TransportMetrics {
 
     /// Records one delivered frame of a change emitted at `emitted_us` (µs
     /// since the epoch): live ones in the SLO histogram, catch-up apart.
-    pub fn delivered(&self, emitted_us: i64, live: bool) {
+    pub(crate) fn delivered(&self, emitted_us: i64, live: bool) {
         self.deliveries.inc();
         let lag = (now_us() - emitted_us).max(0) as f64 / 1e6;
         if live {
@@ -368,7 +356,7 @@ impl TransportMetrics {
     }
 }
 
-pub fn now_us() -> i64 {
+pub(crate) fn now_us() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_micros() as i64)

@@ -2,6 +2,7 @@
 //! Parsing is total: any input yields a value or a `ProtocolError`, never a panic.
 
 use crate::cursor::{Cursor, CursorError};
+use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -49,12 +50,7 @@ pub enum ProtocolError {
 
 impl ProtocolError {
     /// The stable machine-readable code clients see (`bad_topic`, ...).
-    pub fn code(&self) -> &'static str {
-        self.error_code().as_str()
-    }
-
-    pub(crate) fn error_code(&self) -> crate::api_error::ErrorCode {
-        use crate::api_error::ErrorCode;
+    pub fn code(&self) -> ErrorCode {
         match self {
             ProtocolError::BadMessage(_) => ErrorCode::BadMessage,
             ProtocolError::NoTopics
@@ -62,6 +58,105 @@ impl ProtocolError {
             | ProtocolError::TopicTooLong
             | ProtocolError::BadTopicChars => ErrorCode::BadTopic,
             ProtocolError::Cursor(_) => ErrorCode::BadCursor,
+        }
+    }
+}
+
+/// Every refusal a client can get, named once: the code it sees (HTTP
+/// `{"error":..}`, WS `{"type":"error","code":..}`), the HTTP status it
+/// comes with, and the `rowcast_rejected_total{reason}` label it counts under.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorCode {
+    BadQuery,
+    BadTopic,
+    BadCursor,
+    BadWait,
+    BadLimit,
+    BadMessage,
+    BinaryNotSupported,
+    TooManyTopics,
+    Unauthorized,
+    Forbidden,
+    ForbiddenOrigin,
+    AuthNotAllowed,
+    AuthUnavailable,
+    CursorExpired,
+    CursorUnknown,
+    TooManyConnections,
+    TooManyConnectionsFromIp,
+    AuthorizeRateLimited,
+    Unavailable,
+    CursorAhead,
+    Busy,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        use ErrorCode::*;
+        match self {
+            BadQuery => "bad_query",
+            BadTopic => "bad_topic",
+            BadCursor => "bad_cursor",
+            BadWait => "bad_wait",
+            BadLimit => "bad_limit",
+            BadMessage => "bad_message",
+            BinaryNotSupported => "binary_not_supported",
+            TooManyTopics => "too_many_topics",
+            Unauthorized => "unauthorized",
+            Forbidden => "forbidden",
+            ForbiddenOrigin => "forbidden_origin",
+            AuthNotAllowed => "auth_not_allowed",
+            AuthUnavailable => "auth_unavailable",
+            CursorExpired => "cursor_expired",
+            CursorUnknown => "cursor_unknown",
+            TooManyConnections => "too_many_connections",
+            TooManyConnectionsFromIp => "too_many_connections_from_ip",
+            AuthorizeRateLimited => "authorize_rate_limited",
+            Unavailable => "unavailable",
+            CursorAhead => "cursor_ahead",
+            Busy => "busy",
+        }
+    }
+
+    pub fn status(self) -> StatusCode {
+        use ErrorCode::*;
+        match self {
+            BadQuery | BadTopic | BadCursor | BadWait | BadLimit | BadMessage
+            | BinaryNotSupported | TooManyTopics | AuthNotAllowed | AuthUnavailable => {
+                StatusCode::BAD_REQUEST
+            }
+            Unauthorized => StatusCode::UNAUTHORIZED,
+            Forbidden | ForbiddenOrigin => StatusCode::FORBIDDEN,
+            CursorExpired | CursorUnknown => StatusCode::GONE,
+            TooManyConnectionsFromIp | AuthorizeRateLimited => StatusCode::TOO_MANY_REQUESTS,
+            TooManyConnections | Unavailable | CursorAhead | Busy => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+        }
+    }
+
+    /// The `rowcast_rejected_total{reason}` label: refusals by policy or limit.
+    /// Token failures have their own counter, server-side conditions
+    /// (unavailable, busy, cursor ahead) and resyncs are not rejections.
+    pub fn rejection(self) -> Option<&'static str> {
+        use ErrorCode::*;
+        match self {
+            BadQuery => Some("bad_query"),
+            BadTopic => Some("bad_topic"),
+            BadCursor => Some("bad_cursor"),
+            BadWait => Some("bad_wait"),
+            BadLimit => Some("bad_limit"),
+            BadMessage => Some("bad_message"),
+            BinaryNotSupported => Some("binary"),
+            TooManyTopics => Some("too_many_topics"),
+            Forbidden => Some("forbidden"),
+            ForbiddenOrigin => Some("origin"),
+            AuthNotAllowed => Some("auth_not_allowed"),
+            TooManyConnections => Some("too_many_connections"),
+            TooManyConnectionsFromIp => Some("too_many_connections_from_ip"),
+            AuthorizeRateLimited => Some("authorize_rate_limited"),
+            Unauthorized | AuthUnavailable | CursorExpired | CursorUnknown | Unavailable
+            | CursorAhead | Busy => None,
         }
     }
 }
@@ -216,7 +311,10 @@ mod tests {
             r#"{"type":"subscribe","topics":"a"}"#,
             r#"{"type":"subscribe","topics":[1]}"#,
         ] {
-            assert_eq!(parse_client_message(bad).unwrap_err().code(), "bad_message");
+            assert_eq!(
+                parse_client_message(bad).unwrap_err().code(),
+                ErrorCode::BadMessage
+            );
         }
     }
 

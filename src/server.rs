@@ -15,7 +15,7 @@ use crate::http::HttpOptions;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::shutdown::ShutdownTrigger;
-use crate::sockets::Sockets;
+use crate::sockets::{SocketMetrics, Sockets};
 use crate::source::{Source, SourceConfig};
 use crate::transport::{metrics_router, router, App};
 use crate::window::WindowLimits;
@@ -67,6 +67,11 @@ impl Server {
     /// PostgreSQL, so that a busy port fails before anything else happens).
     /// `cfg.listen` is ignored.
     pub async fn start_on(listener: TcpListener, cfg: ServerConfig) -> Result<Server> {
+        // boxed: building everything takes a large future, awaited once
+        Box::pin(Server::build(listener, cfg)).await
+    }
+
+    async fn build(listener: TcpListener, cfg: ServerConfig) -> Result<Server> {
         let cfg = cfg.validate().map_err(|e| Error::Config(e.to_string()))?;
         let addr = listener.local_addr()?;
         let metrics_listener = match cfg.metrics_listen {
@@ -139,7 +144,7 @@ impl Server {
         let sockets = Sockets::new(
             max_sockets,
             cfg.limits.header_read_timeout,
-            metrics.sockets(),
+            SocketMetrics::new(&metrics),
         );
         let app = Arc::new(App::new(
             cfg,
@@ -161,7 +166,7 @@ impl Server {
             let scrapers = Sockets::new(
                 METRICS_SOCKETS,
                 app.cfg.limits.header_read_timeout,
-                app.metrics.sockets(),
+                SocketMetrics::new(&app.metrics),
             );
             tasks.push(spawn_http(crate::http::serve(
                 l,

@@ -42,15 +42,13 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
-/// Default page size of a read; a bigger batch is read in pages.
-pub const PAGE: i64 = 5000;
 /// How long after an idle read found changes a NOTIFY still counts as announcing them.
 const NOTIFY_GRACE: Duration = Duration::from_millis(200);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 #[derive(Clone, Debug)]
-pub struct SourceConfig {
+pub(crate) struct SourceConfig {
     pub database_url: String,
     /// Safety-net read interval while idle and armed.
     pub idle_poll: Duration,
@@ -61,7 +59,7 @@ pub struct SourceConfig {
     pub page_size: i64,
 }
 
-pub struct Source {
+pub(crate) struct Source {
     cfg: SourceConfig,
     hub: Arc<Hub>,
     metrics: Metrics,
@@ -75,7 +73,12 @@ pub struct Source {
 }
 
 impl Source {
-    pub fn new(cfg: SourceConfig, hub: Arc<Hub>, metrics: Metrics, status: Arc<Health>) -> Source {
+    pub(crate) fn new(
+        cfg: SourceConfig,
+        hub: Arc<Hub>,
+        metrics: Metrics,
+        status: Arc<Health>,
+    ) -> Source {
         let page = cfg.page_size.max(1);
         Source {
             cfg,
@@ -89,7 +92,7 @@ impl Source {
     }
 
     /// Runs until `shutdown` turns true.
-    pub async fn run(mut self, mut shutdown: Shutdown) {
+    pub(crate) async fn run(mut self, mut shutdown: Shutdown) {
         let mut backoff = BACKOFF_MIN;
         loop {
             if shutdown.is_shutdown() {
@@ -127,7 +130,7 @@ impl Source {
         let bell = Arc::new(Notify::new());
         let (client, lost) = connect(
             &self.cfg.database_url,
-            Some((bell.clone(), self.metrics.source_notifications.clone())),
+            Some((Arc::clone(&bell), self.metrics.source_notifications.clone())),
         )
         .await?;
         client.batch_execute("LISTEN rowcast").await?;
@@ -196,7 +199,7 @@ impl Source {
             self.status.set_caught_up();
             if !armed {
                 let task = arming.get_or_insert_with(|| {
-                    let c = arm_client.clone();
+                    let c = Arc::clone(&arm_client);
                     tokio::spawn(async move { arm(&c).await })
                 });
                 tokio::select! {

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 /// What the window may hold.
 #[derive(Clone, Copy, Debug)]
-pub struct WindowLimits {
+pub(crate) struct WindowLimits {
     pub max_changes: usize,
     /// Never older than the retention (see the module doc).
     pub max_age: Duration,
@@ -40,21 +40,21 @@ struct Batch {
 
 /// A change found in the window for a resume, and whether its own cursor
 /// already is the right one (then its rendered frames are shared).
-pub struct WindowHit {
+pub(crate) struct WindowHit {
     pub change: Arc<Change>,
     /// Part of the cursor's own batch (`lo → hi`) rather than of `hi → upto`.
     pub in_cursor_batch: bool,
     pub own_cursor_fits: bool,
 }
 
-pub struct Window {
+pub(crate) struct Window {
     batches: VecDeque<Batch>,
     changes: usize,
     limits: WindowLimits,
 }
 
 impl Window {
-    pub fn new(limits: WindowLimits) -> Window {
+    pub(crate) fn new(limits: WindowLimits) -> Window {
         Window {
             batches: VecDeque::new(),
             changes: 0,
@@ -63,7 +63,13 @@ impl Window {
     }
 
     /// Appends the batch `lo → hi` just published, and forgets what is past the limits.
-    pub fn push(&mut self, lo: Snapshot, hi: Snapshot, changes: Vec<Arc<Change>>, now: Instant) {
+    pub(crate) fn push(
+        &mut self,
+        lo: Snapshot,
+        hi: Snapshot,
+        changes: Vec<Arc<Change>>,
+        now: Instant,
+    ) {
         match self.batches.back_mut() {
             // an empty read only moves the end of the window
             Some(last) if changes.is_empty() => last.hi = hi,
@@ -104,14 +110,14 @@ impl Window {
     }
 
     /// Whether a resume from a cursor with lower snapshot `lo` can be answered here.
-    pub fn covers(&self, position: Option<&Snapshot>, lo: &Snapshot) -> bool {
+    pub(crate) fn covers(&self, position: Option<&Snapshot>, lo: &Snapshot) -> bool {
         self.start(position).is_some_and(|s| s.covered_by(lo))
     }
 
     /// Of `xids` (transactions finished at the hub's position), those that
     /// wrote changes, when the window reaches back before all of them (they
     /// are in progress in `lo`, which it covers); `None`: ask the log.
-    pub fn xids_with_changes(
+    pub(crate) fn xids_with_changes(
         &self,
         position: Option<&Snapshot>,
         lo: &Snapshot,
@@ -138,7 +144,7 @@ impl Window {
     /// Paged like the log: at most `size.rows` hits and about `size.bytes`
     /// (the hit that crosses it included); the flag says whether more follow
     /// (read again from the last hit's position).
-    pub fn read(
+    pub(crate) fn read(
         &self,
         position: Option<&Snapshot>,
         from: &Cursor,

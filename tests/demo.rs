@@ -95,6 +95,7 @@ async fn demo_prints_urls_and_sse_shows_events() {
     assert_eq!(got, Ok(true), "SSE stream showed no event:\n{seen}");
     // Ctrl-C stops it and cleans up
     // SAFETY: plain kill(2) on our own child's pid.
+    #[allow(unsafe_code)]
     unsafe {
         libc::kill(child.id() as i32, libc::SIGINT);
     }

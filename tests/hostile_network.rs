@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 async fn until_closed(s: &mut TcpStream) -> Vec<u8> {
     let mut buf = Vec::new();
     tokio::time::timeout(ARRIVAL, async {
-        let mut chunk = [0u8; 4096];
+        let mut chunk = vec![0u8; 4096];
         loop {
             match s.read(&mut chunk).await {
                 Ok(0) | Err(_) => return,
@@ -161,6 +161,7 @@ async fn out_of_descriptors_the_server_sheds_and_keeps_serving() {
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     // SAFETY: setrlimit is async-signal-safe; it only lowers the child's limit.
+    #[allow(unsafe_code)]
     unsafe {
         cmd.pre_exec(|| {
             let lim = libc::rlimit {
@@ -294,7 +295,7 @@ async fn h2c_is_off_by_default_and_idle_h2_connections_are_closed() {
     // read frames until the response HEADERS for stream 1 (:status 200 is 0x88)
     let mut buf = Vec::new();
     let status_200 = tokio::time::timeout(ARRIVAL, async {
-        let mut chunk = [0u8; 4096];
+        let mut chunk = vec![0u8; 4096];
         loop {
             let mut at = 0;
             while buf.len() >= at + 9 {

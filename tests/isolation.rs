@@ -266,7 +266,7 @@ async fn every_client_receives_exactly_what_it_may_see() {
     let mut writers = Vec::new();
     for w in 0..WRITERS {
         let url = url.clone();
-        let expected = expected.clone();
+        let expected = Arc::clone(&expected);
         writers.push(tokio::spawn(async move {
             let db = connect(&url).await;
             let mine: Vec<i64> = (1..=ORDERS).filter(|o| o % WRITERS == w).collect();

@@ -97,7 +97,7 @@ proptest! {
                 let _ = rowcast::protocol::check_topics(&topics);
             }
             Ok(_) => {}
-            Err(e) => prop_assert_eq!(e.code(), "bad_message"),
+            Err(e) => prop_assert_eq!(e.code().as_str(), "bad_message"),
         }
     }
 

@@ -292,7 +292,7 @@ async fn long_cursors_do_not_amplify_and_catchup_memory_is_bounded() {
     // 30 at once, sampling the server's RSS meanwhile
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sampler = {
-        let done = done.clone();
+        let done = std::sync::Arc::clone(&done);
         tokio::spawn(async move {
             let mut peak = 0;
             while !done.load(std::sync::atomic::Ordering::Relaxed) {

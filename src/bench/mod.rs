@@ -1,3 +1,4 @@
+#![allow(unsafe_code)] // libc calls for rlimits and CPU clock ticks, each with a SAFETY comment
 //! `rowcast bench`: measures commit-to-client latency, fan-out throughput,
 //! server memory per connection and the write-path cost of change capture,
 //! against a real (durable) PostgreSQL and a `rowcast serve` process.
@@ -305,7 +306,7 @@ async fn run_load(target: &Target, p: &LoadParams) -> Result<Load, BenchError> {
     let base = next_seq(&target.database_url).await?;
     let ledger = Arc::new(Ledger::new(base, capacity, t, p.connections)?);
     let fleet = Arc::new(Fleet::new(
-        ledger.clone(),
+        Arc::clone(&ledger),
         target.server,
         p.transport,
         t,

@@ -11,7 +11,7 @@ use crate::auth::AuthError;
 use crate::feed::FeedError;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Disconnect {
+pub(crate) enum Disconnect {
     /// The client closed, or its connection broke: nothing to say.
     ClientGone,
     /// This node is stopping: resume elsewhere.
@@ -37,7 +37,7 @@ pub enum Disconnect {
 
 impl Disconnect {
     /// The WebSocket close code; `None`: no close frame (the client is gone).
-    pub fn ws_code(self) -> Option<u16> {
+    pub(crate) fn ws_code(self) -> Option<u16> {
         use Disconnect::*;
         Some(match self {
             ClientGone => return None,
@@ -54,7 +54,7 @@ impl Disconnect {
     }
 
     /// The close frame's reason, and the last SSE comment.
-    pub fn reason(self) -> &'static str {
+    pub(crate) fn reason(self) -> &'static str {
         use Disconnect::*;
         match self {
             ClientGone => "",
@@ -75,7 +75,7 @@ impl Disconnect {
 
     /// The SSE stream's last bytes: a comment naming the reason (a stream
     /// that ends because the server stops just ends).
-    pub fn sse_comment(self) -> Option<String> {
+    pub(crate) fn sse_comment(self) -> Option<String> {
         match self {
             Disconnect::ClientGone | Disconnect::ServerRestart => None,
             other => Some(format!(": {}\n\n", other.reason())),
@@ -83,7 +83,7 @@ impl Disconnect {
     }
 
     /// The `rowcast_rejected_total{reason}` label, for ends the client caused.
-    pub fn rejection(self) -> Option<&'static str> {
+    pub(crate) fn rejection(self) -> Option<&'static str> {
         use Disconnect::*;
         match self {
             RateLimited => Some("rate_limited"),
@@ -95,7 +95,7 @@ impl Disconnect {
     }
 
     /// The `rowcast_auth_failures_total{reason}` a token-related end counts as.
-    pub fn auth_failure(self) -> Option<AuthError> {
+    pub(crate) fn auth_failure(self) -> Option<AuthError> {
         match self {
             Disconnect::AuthTimeout => Some(AuthError::Timeout),
             Disconnect::TokenExpired => Some(AuthError::Expired),

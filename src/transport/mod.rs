@@ -30,7 +30,7 @@ use axum::Router;
 use std::sync::Arc;
 
 /// What every handler shares.
-pub struct App {
+pub(crate) struct App {
     pub cfg: ServerConfig,
     pub feeds: Feeds,
     pub gate: Gate,
@@ -42,7 +42,7 @@ pub struct App {
 }
 
 impl App {
-    pub fn new(
+    pub(crate) fn new(
         cfg: ServerConfig,
         feeds: Feeds,
         gate: Gate,
@@ -61,14 +61,14 @@ impl App {
         }
     }
 
-    pub fn transport(&self, t: Transport) -> TransportMetrics {
+    pub(crate) fn transport(&self, t: Transport) -> TransportMetrics {
         self.transports[t.index()].clone()
     }
 }
 
 /// The client port: the three transports, health and readiness, and
 /// `/metrics` unless it has a listener of its own.
-pub fn router(app: Arc<App>, with_metrics: bool) -> Router {
+pub(crate) fn router(app: Arc<App>, with_metrics: bool) -> Router {
     let api = Router::new()
         .route("/v1/ws", get(ws::handler))
         .route("/v1/events", get(sse::handler))
@@ -92,7 +92,7 @@ pub fn router(app: Arc<App>, with_metrics: bool) -> Router {
 }
 
 /// `--metrics-listen`: metrics, health and readiness, nothing else.
-pub fn metrics_router(app: Arc<App>) -> Router {
+pub(crate) fn metrics_router(app: Arc<App>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))

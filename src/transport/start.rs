@@ -34,7 +34,7 @@ struct StreamQuery {
 }
 
 /// A stream request, parsed and checked against the configured limits.
-pub struct StreamRequest {
+pub(crate) struct StreamRequest {
     pub peer: SocketAddr,
     pub socket: ClientSocket,
     pub headers: HeaderMap,
@@ -51,7 +51,7 @@ pub struct StreamRequest {
 
 impl StreamRequest {
     /// Claims the socket for `transport` and passes the gate (slot, token).
-    pub fn admit(&self, app: &App, transport: Transport) -> Result<Admitted, ApiError> {
+    pub(crate) fn admit(&self, app: &App, transport: Transport) -> Result<Admitted, ApiError> {
         self.socket.serves(transport);
         app.gate.admit(
             app.transport(transport),
@@ -62,7 +62,7 @@ impl StreamRequest {
     }
 
     /// SSE and polling need at least one topic in the URL.
-    pub fn require_topics(&self) -> Result<(), ApiError> {
+    pub(crate) fn require_topics(&self) -> Result<(), ApiError> {
         if self.topics.is_empty() {
             return Err(ProtocolError::NoTopics.into());
         }

@@ -6,8 +6,8 @@
 use super::super::close::Disconnect;
 use super::session::{Opening, Session};
 use crate::api_error::ApiError;
+use crate::feed::Delivery;
 use crate::feed::{Feed, FeedError};
-use crate::hub::Delivery;
 use crate::protocol::ServerMessage;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
 use futures::{SinkExt, StreamExt};
