@@ -25,6 +25,8 @@ pub(crate) struct Change {
     /// delivered for), rendered on first use by a connection task: never under
     /// the hub's lock, and never for a topic nobody is subscribed to.
     frames: Vec<OnceLock<Frame>>,
+    /// The Socket.IO form, the same whichever topic it is delivered for.
+    socketio: OnceLock<Bytes>,
 }
 
 /// The envelope, identical on every transport.
@@ -73,6 +75,27 @@ fn sse_safe(s: &str) -> std::borrow::Cow<'_, str> {
 }
 
 impl Change {
+    /// The Socket.IO form, an Engine.IO message carrying an event:
+    /// `42["<event>",<data>,"<cursor>"]`. The first argument is the envelope's
+    /// `data` exactly; the last is the cursor, which socket.io-client keeps as
+    /// its recovery offset.
+    pub(crate) fn socketio_frame(&self) -> &Bytes {
+        self.socketio.get_or_init(|| {
+            let name = serde_json::to_string(&self.event).unwrap_or_default();
+            let cursor = serde_json::to_string(&self.cursor).unwrap_or_default();
+            let data = self.payload.get();
+            let mut s = Vec::with_capacity(8 + name.len() + data.len() + cursor.len());
+            s.extend_from_slice(b"42[");
+            s.extend_from_slice(name.as_bytes());
+            s.push(b',');
+            s.extend_from_slice(data.as_bytes());
+            s.push(b',');
+            s.extend_from_slice(cursor.as_bytes());
+            s.push(b']');
+            Bytes::from(s)
+        })
+    }
+
     /// `payload` must be valid JSON text (it comes from a `jsonb` column);
     /// anything else is delivered as `null`.
     pub(crate) fn new(
@@ -96,6 +119,7 @@ impl Change {
             emitted_us,
             cursor: cursor.encode(),
             payload,
+            socketio: OnceLock::new(),
         }
     }
 
@@ -111,6 +135,7 @@ impl Change {
             cursor: cursor.encode(),
             payload: Arc::clone(&self.payload),
             frames: self.topics.iter().map(|_| OnceLock::new()).collect(),
+            socketio: OnceLock::new(),
         }
     }
 
@@ -185,5 +210,13 @@ mod tests {
             c.cursor
         )));
         assert!(sse.ends_with("}\n\n"));
+        let sio = String::from_utf8(c.socketio_frame().to_vec()).unwrap();
+        assert_eq!(
+            sio,
+            format!(
+                "42[\"inventory.updated\",{{\"newQuantity\": 15}},\"{}\"]",
+                c.cursor
+            )
+        );
     }
 }

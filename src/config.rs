@@ -89,6 +89,8 @@ pub enum ConfigError {
     BothJwtKeys,
     #[error("--jwt-secret is empty")]
     EmptySecret,
+    #[error("--node-id must be 1 to 32 letters, digits, '-' or '_'")]
+    NodeId,
 }
 
 #[derive(Clone, Debug, Args)]
@@ -106,6 +108,11 @@ pub struct ServerConfig {
     /// Apply migrations before serving.
     #[arg(long)]
     pub migrate: bool,
+    /// This node's name in Socket.IO session ids (letters, digits, `-`, `_`;
+    /// default: random per start), so that a load balancer can send a
+    /// long-polling session's requests to its node (README, "Socket.IO").
+    #[arg(long, env = "ROWCAST_NODE_ID")]
+    pub node_id: Option<String>,
     /// Also accept HTTP/2 without TLS (prior knowledge, h2c). Off by default:
     /// see the README for what it does not bound.
     #[arg(long, env = "ROWCAST_HTTP2")]
@@ -278,6 +285,7 @@ impl ServerConfig {
             listen,
             metrics_listen: None,
             migrate: false,
+            node_id: None,
             http2: false,
             pool_size: defaults::POOL_SIZE,
             queue: QueueLimits::default(),
@@ -308,6 +316,18 @@ impl ServerConfig {
         }
         if self.jwt.secret.as_deref() == Some("") {
             return Err(ConfigError::EmptySecret);
+        }
+        match &self.node_id {
+            Some(id) => {
+                let ok = (1..=32).contains(&id.len())
+                    && id
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+                if !ok {
+                    return Err(ConfigError::NodeId);
+                }
+            }
+            None => self.node_id = Some(format!("n{:06x}", fastrand::u32(..1 << 24))),
         }
         self.pool_size = self.pool_size.max(1);
         self.queue.max_events = self.queue.max_events.max(1);

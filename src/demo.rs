@@ -93,6 +93,7 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
     say!("  WebSocket  {ws_base}/v1/ws?topics=farm-1,product-1");
     say!("  SSE        {base}/v1/events?topics=farm-1");
     say!("  polling    {base}/v1/poll?topics=farm-1   (then poll again with &cursor=<cursor>&wait=25)");
+    say!("  Socket.IO  io('{base}?topics=farm-1', {{ auth: {{ token }} }})   (socket.io-client 4)");
     say!("  metrics    {base}/metrics");
     say!();
     say!("watch Sunny Valley Farm live:");

@@ -13,16 +13,28 @@ pub(crate) enum Transport {
     Ws,
     Sse,
     Poll,
+    /// Socket.IO over WebSocket (including sessions upgraded from polling).
+    SocketIo,
+    /// Socket.IO over HTTP long-polling.
+    SocketIoPolling,
 }
 
 impl Transport {
-    pub(crate) const ALL: [Transport; 3] = [Transport::Ws, Transport::Sse, Transport::Poll];
+    pub(crate) const ALL: [Transport; 5] = [
+        Transport::Ws,
+        Transport::Sse,
+        Transport::Poll,
+        Transport::SocketIo,
+        Transport::SocketIoPolling,
+    ];
 
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             Transport::Ws => "ws",
             Transport::Sse => "sse",
             Transport::Poll => "poll",
+            Transport::SocketIo => "socketio",
+            Transport::SocketIoPolling => "socketio-polling",
         }
     }
 

@@ -15,6 +15,10 @@ pub const CORE: &[(&str, &str)] = &[
     ("002_authorize", include_str!("../sql/002_authorize.sql")),
     ("003_guarantees", include_str!("../sql/003_guarantees.sql")),
     ("004_track", include_str!("../sql/004_track.sql")),
+    (
+        "005_default_topics",
+        include_str!("../sql/005_default_topics.sql"),
+    ),
 ];
 
 /// The FR-021 farmers-market reference schema (`market.*`), its triggers and
@@ -35,6 +39,10 @@ pub const MARKET: &[(&str, &str)] = &[
     (
         "market/004_carts",
         include_str!("../sql/market/004_carts.sql"),
+    ),
+    (
+        "market/005_default_topics",
+        include_str!("../sql/market/005_default_topics.sql"),
     ),
 ];
 

@@ -154,6 +154,9 @@ impl Server {
             health,
             shutdown.subscribe(),
         ));
+        tasks.push(tokio::spawn(
+            Arc::clone(&app.socketio).sweep(shutdown.subscribe()),
+        ));
         tasks.push(spawn_http(crate::http::serve(
             listener,
             router(Arc::clone(&app), metrics_listener.is_none()),

@@ -104,6 +104,23 @@ impl Disconnect {
     }
 }
 
+impl Disconnect {
+    /// A WebSocket read error has a cause worth telling the client when it was
+    /// ours to enforce: too big (1009), not UTF-8 (1007), a protocol violation
+    /// (1002). Others mean the peer is gone.
+    pub(crate) fn from_ws_read(e: axum::Error) -> Disconnect {
+        use tungstenite::error::{CapacityError, Error as WsError};
+        match e.into_inner().downcast_ref::<WsError>() {
+            Some(WsError::Capacity(CapacityError::MessageTooLong { .. })) => {
+                Disconnect::MessageTooBig
+            }
+            Some(WsError::Utf8(_)) => Disconnect::InvalidUtf8,
+            Some(WsError::Protocol(_)) => Disconnect::ProtocolError,
+            _ => Disconnect::ClientGone,
+        }
+    }
+}
+
 /// How a feed failure ends a stream.
 impl From<&FeedError> for Disconnect {
     fn from(e: &FeedError) -> Disconnect {

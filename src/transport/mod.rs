@@ -9,7 +9,9 @@
 //! its framing and its I/O loop.
 
 pub(crate) mod close;
+pub(crate) mod deadline;
 pub(crate) mod poll;
+pub(crate) mod socketio;
 pub(crate) mod sse;
 pub(crate) mod start;
 pub(crate) mod ws;
@@ -37,6 +39,10 @@ pub(crate) struct App {
     pub metrics: Metrics,
     pub health: Arc<Health>,
     pub shutdown: Shutdown,
+    /// Socket.IO's long-polling sessions on this node, and its ping settings.
+    pub socketio: Arc<socketio::polling::Registry>,
+    /// This node's name in Socket.IO session ids.
+    pub node_id: String,
     /// Metric handles per transport, resolved once.
     transports: [TransportMetrics; Transport::ALL.len()],
 }
@@ -50,7 +56,14 @@ impl App {
         health: Arc<Health>,
         shutdown: Shutdown,
     ) -> App {
+        let settings = socketio::EngineSettings {
+            ping_interval: cfg.keepalive,
+            ping_timeout: cfg.keepalive,
+            max_payload: cfg.limits.max_frame,
+        };
         App {
+            socketio: Arc::new(socketio::polling::Registry::new(settings)),
+            node_id: cfg.node_id.clone().unwrap_or_default(),
             transports: Transport::ALL.map(|t| metrics.transport(t)),
             cfg,
             feeds,
@@ -73,6 +86,10 @@ pub(crate) fn router(app: Arc<App>, with_metrics: bool) -> Router {
         .route("/v1/ws", get(ws::handler))
         .route("/v1/events", get(sse::handler))
         .route("/v1/poll", get(poll::handler))
+        .route(
+            "/socket.io/",
+            get(socketio::handler).post(socketio::handler),
+        )
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&app),
             origin_layer,
@@ -145,11 +162,11 @@ async fn origin_layer(State(app): State<Arc<App>>, req: Request, next: Next) -> 
             h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o);
             h.insert(
                 header::ACCESS_CONTROL_ALLOW_METHODS,
-                HeaderValue::from_static("GET, OPTIONS"),
+                HeaderValue::from_static("GET, POST, OPTIONS"),
             );
             h.insert(
                 header::ACCESS_CONTROL_ALLOW_HEADERS,
-                HeaderValue::from_static("authorization, last-event-id"),
+                HeaderValue::from_static("authorization, last-event-id, content-type"),
             );
             h.insert(
                 header::ACCESS_CONTROL_MAX_AGE,

@@ -31,6 +31,19 @@ struct StreamQuery {
     token: Option<String>,
     wait: Option<String>,
     limit: Option<String>,
+    /// Socket.IO: the Engine.IO protocol version, transport and session.
+    #[serde(rename = "EIO")]
+    eio: Option<String>,
+    transport: Option<String>,
+    sid: Option<String>,
+}
+
+/// Socket.IO's Engine.IO query parameters (`EIO=4&transport=polling&sid=..`).
+#[derive(Default)]
+pub(crate) struct EngineParams {
+    pub(crate) eio: Option<String>,
+    pub(crate) transport: Option<String>,
+    pub(crate) sid: Option<String>,
 }
 
 /// A stream request, parsed and checked against the configured limits.
@@ -47,6 +60,8 @@ pub(crate) struct StreamRequest {
     /// Polling only: raw, checked by the poll handler.
     pub wait: Option<String>,
     pub limit: Option<String>,
+    /// Socket.IO only.
+    pub engine: EngineParams,
 }
 
 impl StreamRequest {
@@ -112,6 +127,11 @@ impl FromRequestParts<Arc<App>> for StreamRequest {
             token: q.token,
             wait: q.wait,
             limit: q.limit,
+            engine: EngineParams {
+                eio: q.eio,
+                transport: q.transport,
+                sid: q.sid,
+            },
         })
     }
 }

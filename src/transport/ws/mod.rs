@@ -36,7 +36,7 @@ pub(crate) async fn handler(
     req: StreamRequest,
     ws: WebSocketUpgrade,
 ) -> Response {
-    match upgrade(app, req, ws).await {
+    match Box::pin(upgrade(app, req, ws)).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }

@@ -1,6 +1,8 @@
 //! What clients send and the non-event messages rowcast sends back.
 //! Parsing is total: any input yields a value or a `ProtocolError`, never a panic.
 
+pub mod socketio;
+
 use crate::cursor::{Cursor, CursorError};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
@@ -88,6 +90,8 @@ pub enum ErrorCode {
     Unavailable,
     CursorAhead,
     Busy,
+    /// Socket.IO: a long-polling session this node does not hold.
+    SessionUnknown,
 }
 
 impl ErrorCode {
@@ -115,6 +119,7 @@ impl ErrorCode {
             Unavailable => "unavailable",
             CursorAhead => "cursor_ahead",
             Busy => "busy",
+            SessionUnknown => "session_unknown",
         }
     }
 
@@ -122,9 +127,8 @@ impl ErrorCode {
         use ErrorCode::*;
         match self {
             BadQuery | BadTopic | BadCursor | BadWait | BadLimit | BadMessage
-            | BinaryNotSupported | TooManyTopics | AuthNotAllowed | AuthUnavailable => {
-                StatusCode::BAD_REQUEST
-            }
+            | BinaryNotSupported | TooManyTopics | AuthNotAllowed | AuthUnavailable
+            | SessionUnknown => StatusCode::BAD_REQUEST,
             Unauthorized => StatusCode::UNAUTHORIZED,
             Forbidden | ForbiddenOrigin => StatusCode::FORBIDDEN,
             CursorExpired | CursorUnknown => StatusCode::GONE,
@@ -156,7 +160,7 @@ impl ErrorCode {
             TooManyConnectionsFromIp => Some("too_many_connections_from_ip"),
             AuthorizeRateLimited => Some("authorize_rate_limited"),
             Unauthorized | AuthUnavailable | CursorExpired | CursorUnknown | Unavailable
-            | CursorAhead | Busy => None,
+            | CursorAhead | Busy | SessionUnknown => None,
         }
     }
 }
