@@ -123,16 +123,37 @@ impl Change {
         }
     }
 
+    /// The change's data, as JSON text.
+    pub(crate) fn payload(&self) -> &str {
+        self.payload.get()
+    }
+
+    /// The same change carrying other data (a snapshot bringing presence up
+    /// to date); `payload` must be JSON text, anything else becomes `null`.
+    pub(crate) fn with_payload(&self, payload: &str) -> Change {
+        let payload: Arc<RawValue> = serde_json::from_str::<Box<RawValue>>(payload)
+            .unwrap_or_else(|_| null())
+            .into();
+        Change {
+            payload,
+            ..self.with_cursor_text(self.cursor.clone())
+        }
+    }
+
     /// The same change at another position (a resume reads it as part of a
     /// different batch than the live stream did).
     pub(crate) fn with_cursor(&self, cursor: &Cursor) -> Change {
+        self.with_cursor_text(cursor.encode())
+    }
+
+    fn with_cursor_text(&self, cursor: String) -> Change {
         Change {
             id: self.id,
             xid: self.xid,
             topics: self.topics.clone(),
             event: self.event.clone(),
             emitted_us: self.emitted_us,
-            cursor: cursor.encode(),
+            cursor,
             payload: Arc::clone(&self.payload),
             frames: self.topics.iter().map(|_| OnceLock::new()).collect(),
             socketio: OnceLock::new(),

@@ -35,6 +35,10 @@ pub mod defaults {
     pub const AUTH_TIMEOUT: &str = "10s";
     pub const HEADER_TIMEOUT: &str = "10s";
     pub const AUTHORIZE_PER_IP: u32 = 100;
+    pub const PRESENCE_AWAY: &str = "5m";
+    pub const PRESENCE_OFFLINE: &str = "60m";
+    pub const PRESENCE_WRITE_INTERVAL: &str = "30s";
+    pub const PRESENCE_SWEEP: &str = "5s";
     /// Changes per read of the source (not a flag; tests make it small).
     pub const SOURCE_PAGE: i64 = 5000;
 }
@@ -150,6 +154,8 @@ pub struct ServerConfig {
     pub origins: Origins,
     #[command(flatten)]
     pub limits: Limits,
+    #[command(flatten)]
+    pub presence: PresenceConfig,
     /// Upper bound of a long poll's `wait`.
     #[arg(skip = Duration::from_secs(30))]
     pub max_poll_wait: Duration,
@@ -208,6 +214,38 @@ pub struct Limits {
     /// bursts of ten times as many (at least --max-topics).
     #[arg(long, env = "ROWCAST_AUTHORIZE_PER_IP", default_value_t = defaults::AUTHORIZE_PER_IP)]
     pub authorize_per_ip: u32,
+}
+
+/// Presence (FR-021's dots): the same on every node of one database.
+#[derive(Clone, Copy, Debug, Args)]
+pub struct PresenceConfig {
+    /// Active less than this ago: online; longer: away (FR-021: 5 minutes).
+    #[arg(long = "presence-away", env = "ROWCAST_PRESENCE_AWAY", default_value = defaults::PRESENCE_AWAY, value_parser = parse_duration)]
+    pub away: Duration,
+    /// Active longer than this ago: offline (FR-021: 60 minutes).
+    #[arg(long = "presence-offline", env = "ROWCAST_PRESENCE_OFFLINE", default_value = defaults::PRESENCE_OFFLINE, value_parser = parse_duration)]
+    pub offline: Duration,
+    /// This node writes at most one activity per user per interval.
+    #[arg(long = "presence-write-interval", env = "ROWCAST_PRESENCE_WRITE_INTERVAL", default_value = defaults::PRESENCE_WRITE_INTERVAL, value_parser = parse_duration)]
+    pub write_interval: Duration,
+    /// How often this node sweeps for users to mark away or offline.
+    #[arg(long = "presence-sweep", env = "ROWCAST_PRESENCE_SWEEP", default_value = defaults::PRESENCE_SWEEP, value_parser = parse_duration)]
+    pub sweep: Duration,
+    /// Opening a stream with a token counts as activity.
+    #[arg(long = "presence-on-connect", env = "ROWCAST_PRESENCE_ON_CONNECT")]
+    pub on_connect: bool,
+}
+
+impl Default for PresenceConfig {
+    fn default() -> PresenceConfig {
+        PresenceConfig {
+            away: dur(defaults::PRESENCE_AWAY),
+            offline: dur(defaults::PRESENCE_OFFLINE),
+            write_interval: dur(defaults::PRESENCE_WRITE_INTERVAL),
+            sweep: dur(defaults::PRESENCE_SWEEP),
+            on_connect: false,
+        }
+    }
 }
 
 /// Per-client queue bounds: past either, the client continues from the change log.
@@ -298,6 +336,7 @@ impl ServerConfig {
             authz_cache: dur(defaults::AUTHZ_CACHE),
             origins: Origins::default(),
             limits: Limits::default(),
+            presence: PresenceConfig::default(),
             max_poll_wait: Duration::from_secs(30),
             sse_retry: Duration::from_secs(2),
             idle_poll: Duration::from_secs(2),
@@ -350,6 +389,12 @@ impl ServerConfig {
         l.header_read_timeout = l.header_read_timeout.max(Duration::from_millis(100));
         l.max_sockets = l.max_sockets.map(|n| n.max(1));
         l.authorize_per_ip = l.authorize_per_ip.max(1);
+        // offline after away; writes and sweeps often enough to keep the dots right
+        let p = &mut self.presence;
+        p.away = p.away.max(Duration::from_millis(100));
+        p.offline = p.offline.max(p.away + Duration::from_millis(100));
+        p.write_interval = p.write_interval.min(p.away / 2);
+        p.sweep = p.sweep.clamp(Duration::from_millis(50), p.away / 2);
         Ok(self)
     }
 }

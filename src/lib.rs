@@ -47,6 +47,7 @@ pub(crate) mod http;
 pub(crate) mod hub;
 pub(crate) mod limits;
 pub(crate) mod metrics;
+pub(crate) mod presence;
 pub(crate) mod retention;
 pub(crate) mod sockets;
 pub(crate) mod source;

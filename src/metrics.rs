@@ -88,6 +88,11 @@ pub(crate) struct Metrics {
     pub accept_errors: IntCounter,
     /// Topics sent to `rowcast.authorize` (cache misses).
     pub authorize_checks: IntCounter,
+    /// Presence: activity reports, the touches written, transitions made here.
+    pub presence_reports: IntCounter,
+    pub presence_writes: IntCounter,
+    pub presence_transitions: IntCounterVec,
+    pub presence_sweep_seconds: Histogram,
 }
 
 impl Metrics {
@@ -250,6 +255,35 @@ impl Metrics {
         registry.register(Box::new(sockets_closed.clone()))?;
         registry.register(Box::new(accept_errors.clone()))?;
         registry.register(Box::new(authorize_checks.clone()))?;
+        let presence_reports = IntCounter::new(
+            "rowcast_presence_reports_total",
+            "Activity reports received from authenticated clients",
+        )?;
+        let presence_writes = IntCounter::new(
+            "rowcast_presence_writes_total",
+            "Activity written to the database (at most one per user per --presence-write-interval)",
+        )?;
+        let presence_transitions = IntCounterVec::new(
+            Opts::new(
+                "rowcast_presence_transitions_total",
+                "Presence transitions this node made (each is made once in the cluster)",
+            ),
+            &["status"],
+        )?;
+        let presence_sweep_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "rowcast_presence_sweep_seconds",
+                "Duration of one presence sweep",
+            )
+            .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]),
+        )?;
+        registry.register(Box::new(presence_reports.clone()))?;
+        registry.register(Box::new(presence_writes.clone()))?;
+        registry.register(Box::new(presence_transitions.clone()))?;
+        registry.register(Box::new(presence_sweep_seconds.clone()))?;
+        for s in ["online", "away", "offline"] {
+            presence_transitions.with_label_values(&[s]);
+        }
         for r in ["idle", "shed"] {
             sockets_closed.with_label_values(&[r]);
         }
@@ -301,6 +335,10 @@ impl Metrics {
             sockets_closed,
             accept_errors,
             authorize_checks,
+            presence_reports,
+            presence_writes,
+            presence_transitions,
+            presence_sweep_seconds,
         })
     }
 
@@ -311,6 +349,15 @@ impl Metrics {
             tracing::warn!(error = %e, "metrics encoding failed");
         }
         String::from_utf8_lossy(&buf).into_owned()
+    }
+
+    pub(crate) fn presence(&self) -> crate::presence::PresenceMetrics {
+        crate::presence::PresenceMetrics {
+            reports: self.presence_reports.clone(),
+            writes: self.presence_writes.clone(),
+            transitions: self.presence_transitions.clone(),
+            sweep_seconds: self.presence_sweep_seconds.clone(),
+        }
     }
 
     pub(crate) fn hub(&self) -> crate::hub::HubMetrics {

@@ -19,6 +19,7 @@ pub const CORE: &[(&str, &str)] = &[
         "005_default_topics",
         include_str!("../sql/005_default_topics.sql"),
     ),
+    ("006_presence", include_str!("../sql/006_presence.sql")),
 ];
 
 /// The FR-021 farmers-market reference schema (`market.*`), its triggers and
@@ -43,6 +44,10 @@ pub const MARKET: &[(&str, &str)] = &[
     (
         "market/005_default_topics",
         include_str!("../sql/market/005_default_topics.sql"),
+    ),
+    (
+        "market/006_presence",
+        include_str!("../sql/market/006_presence.sql"),
     ),
 ];
 

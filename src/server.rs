@@ -14,6 +14,7 @@ use crate::health::Health;
 use crate::http::HttpOptions;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::presence::Presence;
 use crate::shutdown::ShutdownTrigger;
 use crate::sockets::{SocketMetrics, Sockets};
 use crate::source::{Source, SourceConfig};
@@ -100,11 +101,24 @@ impl Server {
         };
         let hub = Hub::new(cfg.queue, window, metrics.hub());
         let health = Arc::new(Health::default());
+        let clock = crate::presence::Clock {
+            away: cfg.presence.away,
+            offline: cfg.presence.offline,
+        };
         let feeds = Feeds {
             hub: Arc::clone(&hub),
             pool: pool.clone(),
             budget: CatchupBudget::new(cfg.catchup_memory),
+            presence: clock,
         };
+        let presence = Arc::new(Presence::new(
+            pool.clone(),
+            clock,
+            cfg.presence.write_interval,
+            cfg.presence.sweep,
+            cfg.presence.on_connect,
+            metrics.presence(),
+        ));
         // Everything fallible is done: from here on tasks are spawned, and each
         // stops when `shutdown` fires or is dropped.
         let shutdown = ShutdownTrigger::new();
@@ -121,6 +135,7 @@ impl Server {
         );
         let mut tasks = vec![
             tokio::spawn(source.run(shutdown.subscribe())),
+            tokio::spawn(Arc::clone(&presence).sweep_loop(shutdown.subscribe())),
             tokio::spawn(crate::retention::run(
                 pool,
                 cfg.retention,
@@ -150,6 +165,7 @@ impl Server {
             cfg,
             feeds,
             gate,
+            presence,
             metrics,
             health,
             shutdown.subscribe(),

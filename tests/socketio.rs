@@ -294,11 +294,13 @@ async fn polling_upgrades_to_websocket() {
         connected |= v["t"] == "connect";
         upgraded |= v["t"] == "upgrade" && v["transport"] == "websocket";
     }
-    // the session moved: it counts as a WebSocket now, nothing is left on polling
-    assert_eq!(
-        srv.metric("rowcast_connections{transport=\"socketio\"}"),
-        1.0
-    );
+    // the session moved (the server sees the client's upgrade packet just
+    // after the client reports it): it counts as a WebSocket, none on polling
+    let deadline = tokio::time::Instant::now() + ARRIVAL;
+    while srv.metric("rowcast_connections{transport=\"socketio\"}") != 1.0 {
+        assert!(tokio::time::Instant::now() < deadline, "{}", srv.metrics());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(
         srv.metric("rowcast_connections{transport=\"socketio-polling\"}"),
         0.0

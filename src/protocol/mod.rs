@@ -27,6 +27,8 @@ pub enum ClientMessage {
         topics: Vec<String>,
     },
     Ping,
+    /// Presence: this (authenticated) user is active.
+    Activity,
     /// Identifies the connection when the client could not send a header or
     /// query token; accepted once, before the first subscription.
     Auth {

@@ -11,6 +11,7 @@
 pub(crate) mod close;
 pub(crate) mod deadline;
 pub(crate) mod poll;
+pub(crate) mod presence;
 pub(crate) mod socketio;
 pub(crate) mod sse;
 pub(crate) mod start;
@@ -22,6 +23,7 @@ use crate::config::ServerConfig;
 use crate::feed::{FeedError, Feeds};
 use crate::health::Health;
 use crate::metrics::{Metrics, Transport, TransportMetrics};
+use crate::presence::Presence;
 use crate::shutdown::Shutdown;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
@@ -36,6 +38,7 @@ pub(crate) struct App {
     pub cfg: ServerConfig,
     pub feeds: Feeds,
     pub gate: Gate,
+    pub presence: Arc<Presence>,
     pub metrics: Metrics,
     pub health: Arc<Health>,
     pub shutdown: Shutdown,
@@ -52,6 +55,7 @@ impl App {
         cfg: ServerConfig,
         feeds: Feeds,
         gate: Gate,
+        presence: Arc<Presence>,
         metrics: Metrics,
         health: Arc<Health>,
         shutdown: Shutdown,
@@ -68,6 +72,7 @@ impl App {
             cfg,
             feeds,
             gate,
+            presence,
             metrics,
             health,
             shutdown,
@@ -89,6 +94,11 @@ pub(crate) fn router(app: Arc<App>, with_metrics: bool) -> Router {
         .route(
             "/socket.io/",
             get(socketio::handler).post(socketio::handler),
+        )
+        .route("/v1/presence", get(presence::read))
+        .route(
+            "/v1/presence/activity",
+            axum::routing::post(presence::activity),
         )
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&app),

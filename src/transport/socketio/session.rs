@@ -140,6 +140,8 @@ impl Session {
             },
             _ => Identity::anonymous(),
         };
+        let authenticated = identity.sub().is_some();
+        crate::transport::presence::on_connect(&self.app, &identity, authenticated).await;
         let mut wanted = self.query_topics.clone();
         match auth.get("topics") {
             Some(Value::String(list)) => wanted.extend(
@@ -270,8 +272,7 @@ impl Session {
             match name.as_str() {
                 "subscribe" => self.subscribe(args.get(1)).await?,
                 "unsubscribe" => self.unsubscribe(args.get(1)),
-                // presence arrives in a later release: acknowledged, ignored
-                "activity" => json!({"ok": true}),
+                "activity" => self.activity().await,
                 _ => {
                     json!({"error": "unknown_event", "message": format!("rowcast handles subscribe, unsubscribe and activity, not {name:?}")})
                 }
@@ -327,6 +328,20 @@ impl Session {
             j.feed.subscription().add(&allowed);
         }
         Ok(json!({"subscribed": allowed, "refused": denied}))
+    }
+
+    /// Presence: this user is active (anonymous clients cannot say so).
+    async fn activity(&self) -> Value {
+        let Some(j) = self.joined.as_ref() else {
+            return Value::Null;
+        };
+        match self.app.presence.report(&j.identity).await {
+            Ok(()) => json!({"ok": true}),
+            Err(e) => {
+                let e = crate::transport::presence::presence_error(e);
+                json!({"error": e.code.as_str(), "message": e.message})
+            }
+        }
     }
 
     fn unsubscribe(&mut self, topics: Option<&Value>) -> Value {
