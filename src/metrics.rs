@@ -88,6 +88,13 @@ pub(crate) struct Metrics {
     pub accept_errors: IntCounter,
     /// Topics sent to `rowcast.authorize` (cache misses).
     pub authorize_checks: IntCounter,
+    /// Client sessions by transport and whether they are a fallback from a
+    /// WebSocket (FR-021's fallback usage).
+    pub sessions: IntCounterVec,
+    /// Seconds WebSocket sessions were connected, and seconds clients that
+    /// wanted one reported being without (FR-021's WebSocket uptime).
+    pub ws_connected_seconds: prometheus::Counter,
+    pub ws_gap_seconds: prometheus::Counter,
     /// Presence: activity reports, the touches written, transitions made here.
     pub presence_reports: IntCounter,
     pub presence_writes: IntCounter,
@@ -255,6 +262,29 @@ impl Metrics {
         registry.register(Box::new(sockets_closed.clone()))?;
         registry.register(Box::new(accept_errors.clone()))?;
         registry.register(Box::new(authorize_checks.clone()))?;
+        let sessions = IntCounterVec::new(
+            Opts::new(
+                "rowcast_sessions_total",
+                "Client sessions by transport, and whether the client fell back from a WebSocket (fallback=yes)",
+            ),
+            &["transport", "fallback"],
+        )?;
+        let ws_connected_seconds = prometheus::Counter::new(
+            "rowcast_ws_connected_seconds_total",
+            "Seconds WebSocket sessions (raw and Socket.IO) were connected, added when each ends",
+        )?;
+        let ws_gap_seconds = prometheus::Counter::new(
+            "rowcast_ws_gap_seconds_total",
+            "Seconds clients that wanted a WebSocket reported being without one (gap= on reconnect)",
+        )?;
+        registry.register(Box::new(sessions.clone()))?;
+        registry.register(Box::new(ws_connected_seconds.clone()))?;
+        registry.register(Box::new(ws_gap_seconds.clone()))?;
+        for t in Transport::ALL.map(Transport::as_str) {
+            for f in ["yes", "no"] {
+                sessions.with_label_values(&[t, f]);
+            }
+        }
         let presence_reports = IntCounter::new(
             "rowcast_presence_reports_total",
             "Activity reports received from authenticated clients",
@@ -335,6 +365,9 @@ impl Metrics {
             sockets_closed,
             accept_errors,
             authorize_checks,
+            sessions,
+            ws_connected_seconds,
+            ws_gap_seconds,
             presence_reports,
             presence_writes,
             presence_transitions,

@@ -82,6 +82,29 @@ impl App {
     pub(crate) fn transport(&self, t: Transport) -> TransportMetrics {
         self.transports[t.index()].clone()
     }
+
+    /// Counts a client session for the SLOs (`rowcast_sessions_total`), with
+    /// the gap the client reports before a WebSocket.
+    pub(crate) fn count_session(&self, t: Transport, report: start::ClientReport) {
+        let fallback = match t {
+            Transport::Ws | Transport::SocketIo => false,
+            _ => report.fallback.unwrap_or(false),
+        };
+        self.metrics
+            .sessions
+            .with_label_values(&[t.as_str(), if fallback { "yes" } else { "no" }])
+            .inc();
+        if let (Transport::Ws | Transport::SocketIo, Some(gap)) = (t, report.gap_secs) {
+            self.metrics.ws_gap_seconds.inc_by(gap);
+        }
+    }
+
+    /// A WebSocket session ended after `lived`.
+    pub(crate) fn ws_ended(&self, lived: std::time::Duration) {
+        self.metrics
+            .ws_connected_seconds
+            .inc_by(lived.as_secs_f64());
+    }
 }
 
 /// The client port: the three transports, health and readiness, and

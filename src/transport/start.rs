@@ -36,6 +36,34 @@ struct StreamQuery {
     eio: Option<String>,
     transport: Option<String>,
     sid: Option<String>,
+    /// What a client SDK reports (rowcast.js): why it is not on a WebSocket,
+    /// and how long it was without one.
+    fallback: Option<String>,
+    gap: Option<String>,
+}
+
+/// What the client reports about itself for the SLOs (README, "SLOs"):
+/// `fallback=<reason>` when it asked for a WebSocket first and is on another
+/// transport (`none` or absent: not a fallback), and `gap=<seconds>` when it
+/// opens a WebSocket after being without one that long. Bounded: a reason is
+/// only a yes/no here, a gap at most a day.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct ClientReport {
+    /// `Some(true)`: a fallback session; `Some(false)`: reported, not one.
+    pub(crate) fallback: Option<bool>,
+    pub(crate) gap_secs: Option<f64>,
+}
+
+impl ClientReport {
+    fn parse(fallback: Option<&str>, gap: Option<&str>) -> ClientReport {
+        ClientReport {
+            fallback: fallback.map(|r| !r.is_empty() && r != "none"),
+            gap_secs: gap
+                .and_then(|g| g.parse::<f64>().ok())
+                .filter(|g| g.is_finite() && *g >= 0.0)
+                .map(|g| g.min(86_400.0)),
+        }
+    }
 }
 
 /// Socket.IO's Engine.IO query parameters (`EIO=4&transport=polling&sid=..`).
@@ -62,6 +90,8 @@ pub(crate) struct StreamRequest {
     pub limit: Option<String>,
     /// Socket.IO only.
     pub engine: EngineParams,
+    /// The client SDK's report, for the SLOs.
+    pub report: ClientReport,
 }
 
 impl StreamRequest {
@@ -132,6 +162,7 @@ impl FromRequestParts<Arc<App>> for StreamRequest {
                 transport: q.transport,
                 sid: q.sid,
             },
+            report: ClientReport::parse(q.fallback.as_deref(), q.gap.as_deref()),
         })
     }
 }

@@ -184,6 +184,7 @@ async fn open(app: Arc<App>, req: StreamRequest) -> Response {
         Ok(a) => a,
         Err(e) => return e.into_response(),
     };
+    app.count_session(Transport::SocketIoPolling, req.report);
     let sid = match super::new_sid(&app.node_id) {
         Ok(s) => s,
         Err(e) => return e.into_response(),

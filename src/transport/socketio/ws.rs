@@ -57,6 +57,7 @@ pub(crate) async fn open(app: Arc<App>, req: StreamRequest, upgrade: WebSocketUp
         Ok(a) => a,
         Err(e) => return e.into_response(),
     };
+    app.count_session(Transport::SocketIo, req.report);
     let sid = match super::new_sid(&app.node_id) {
         Ok(s) => s,
         Err(e) => return e.into_response(),
@@ -120,6 +121,7 @@ async fn upgrade_from_polling(app: Arc<App>, mut socket: WebSocket, polling: Arc
         return;
     };
     session.conn.switch(app.transport(Transport::SocketIo));
+    app.count_session(Transport::SocketIo, Default::default());
     Connection { socket, session }.run(None).await;
 }
 
@@ -130,6 +132,7 @@ struct Connection {
 
 impl Connection {
     async fn run(mut self, first: Option<String>) {
+        let began = Instant::now();
         let end = match first {
             Some(open) => match self.send(open).await {
                 Ok(()) => self.serve().await,
@@ -138,6 +141,7 @@ impl Connection {
             None => self.serve().await,
         };
         self.count_end(end);
+        self.session.app.ws_ended(began.elapsed());
         let _ = tokio::time::timeout(Duration::from_secs(2), async {
             if let Some(code) = end.ws_code() {
                 let frame = CloseFrame {

@@ -27,7 +27,9 @@ impl Session {
         topics: Vec<String>,
         denied: Vec<String>,
     ) {
+        let began = Instant::now();
         let end = self.serve(opened, topics, denied).await;
+        self.app.ws_ended(began.elapsed());
         self.count_end(end);
         // bounded: a client that stopped reading must not hold the task forever
         let _ = tokio::time::timeout(CLOSE_WAIT, async {

@@ -48,6 +48,7 @@ async fn upgrade(
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
     let admitted = req.admit(&app, Transport::Ws)?;
+    app.count_session(Transport::Ws, req.report);
     super::presence::on_connect(&app, &admitted.identity, admitted.authenticated).await;
     // Authorized and registered before the 101 answer: a change committed after
     // the handshake completes is not missed, and a database outage is answered
