@@ -44,6 +44,10 @@ pub const MARKET: &[(&str, &str)] = &[
         "market/005_default_topics",
         include_str!("../sql/market/005_default_topics.sql"),
     ),
+    (
+        "market/006_farmer_writes",
+        include_str!("../sql/market/006_farmer_writes.sql"),
+    ),
 ];
 
 const LOCK_KEY: i64 = 7_305_280_317_090_916;
