@@ -65,8 +65,15 @@ impl App {
             ping_timeout: cfg.keepalive,
             max_payload: cfg.limits.max_frame,
         };
+        // every series exists from the start, so rate() sees the first one
         for end in close::Disconnect::ALL {
             metrics.ws_closed.with_label_values(&[end.label()]);
+            if let Some(reason) = end.rejection() {
+                metrics.rejected.with_label_values(&[reason]);
+            }
+        }
+        for reason in ErrorCode::ALL.iter().filter_map(|c| c.rejection()) {
+            metrics.rejected.with_label_values(&[reason]);
         }
         App {
             socketio: Arc::new(socketio::polling::Registry::new(settings)),
