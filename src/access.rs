@@ -1,53 +1,90 @@
-//! The checks every transport runs before a client touches a feed: origin,
-//! connection slots, token, topic limits and the `rowcast.authorize` policy.
-//! Kept out of the transports so that WebSocket, SSE and polling cannot drift
-//! apart on who may see what.
+//! The gate every client passes before it touches a feed: connection slots,
+//! token, topic limits and the `rowcast.authorize` policy (origins are checked
+//! one step earlier, by the HTTP layer, with `Gate::check_origin`). One value
+//! holds what these checks need, so WebSocket, SSE and polling run the same
+//! checks in the same order and cannot drift apart on who may see what; and
+//! admission can be tested without a socket.
 
-use crate::auth::{
-    request_token, AuthError, Authorizer, AuthzError, Identity, JwtSettings, Verifier,
-};
-use crate::limits::{rejected, ConnGuard, ConnLimiter, ConnRefused, IpBudget, Limits, Origins};
-use crate::metrics::Metrics;
+use crate::api_error::{ApiError, ErrorCode};
+use crate::auth::{request_token, AuthError, Authorizer, AuthzError, Identity, KeyError, Verifier};
+use crate::config::{Limits, ServerConfig};
+use crate::limits::{ConnGuard, ConnLimiter, ConnRefused, IpBudget, Origins};
+use crate::metrics::{Metrics, TransportMetrics};
 use crate::protocol::{dedup, parse_topic_list_max, ProtocolError};
-use crate::server::App;
-use crate::transport::ApiError;
-use axum::extract::connect_info::ConnectInfo;
-use axum::extract::{FromRequestParts, Request, State};
-use axum::http::request::Parts;
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
-use std::convert::Infallible;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use axum::http::{HeaderMap, HeaderValue};
+use deadpool_postgres::Pool;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
 
 /// A client may spend this many seconds' worth of its `rowcast.authorize`
 /// budget at once (and at least one full subscribe of `--max-topics` topics).
-pub const AUTHORIZE_BURST: usize = 10;
+pub(crate) const AUTHORIZE_BURST: usize = 10;
 
-/// Security state shared by the handlers.
-pub struct Security {
+pub(crate) struct Gate {
     /// `None`: no JWT configured, every client is anonymous.
-    pub verifier: Option<Verifier>,
-    pub authorizer: Authorizer,
-    pub conns: Arc<ConnLimiter>,
+    verifier: Option<Verifier>,
+    authorizer: Authorizer,
+    conns: Arc<ConnLimiter>,
     /// `rowcast.authorize` checks (cache misses) per client address.
-    pub authorize_budget: IpBudget,
-    pub limits: Limits,
-    pub origins: Origins,
+    authorize_budget: IpBudget,
+    limits: Limits,
+    origins: Origins,
+    pool: Pool,
+    metrics: Metrics,
 }
 
-impl Security {
-    pub fn new(
-        jwt: &JwtSettings,
-        limits: Limits,
-        origins: Origins,
-        authz_cache: Duration,
-    ) -> Result<Security, crate::auth::KeyError> {
-        Ok(Security {
-            verifier: Verifier::new(jwt)?,
-            authorizer: Authorizer::new(authz_cache),
+/// A client admitted: who it is, and its connection, held for as long as it
+/// is served.
+pub(crate) struct Admitted {
+    /// The verified identity; anonymous when no token was presented.
+    pub identity: Identity,
+    /// True when a token was verified (not anonymous by absence).
+    pub authenticated: bool,
+    pub conn: Connection,
+}
+
+/// One admitted connection: its slot (`--max-connections`, per IP), its place
+/// in `rowcast_connections{transport}`, and its transport's metric handles.
+/// Dropping it gives everything back, however the connection ended.
+pub(crate) struct Connection {
+    _slot: ConnGuard,
+    metrics: TransportMetrics,
+}
+
+impl Connection {
+    fn open(slot: ConnGuard, metrics: TransportMetrics) -> Connection {
+        metrics.connections.inc();
+        Connection {
+            _slot: slot,
+            metrics,
+        }
+    }
+
+    pub(crate) fn metrics(&self) -> &TransportMetrics {
+        &self.metrics
+    }
+
+    /// The connection now counts under another transport (a Socket.IO
+    /// session upgraded from polling to WebSocket).
+    pub(crate) fn switch(&mut self, metrics: TransportMetrics) {
+        self.metrics.connections.dec();
+        metrics.connections.inc();
+        self.metrics = metrics;
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.metrics.connections.dec();
+    }
+}
+
+impl Gate {
+    pub(crate) fn new(cfg: &ServerConfig, pool: Pool, metrics: Metrics) -> Result<Gate, KeyError> {
+        let limits = cfg.limits.clone();
+        Ok(Gate {
+            verifier: Verifier::new(&cfg.jwt)?,
+            authorizer: Authorizer::new(cfg.authz_cache),
             conns: ConnLimiter::new(limits.max_connections, limits.max_connections_per_ip),
             authorize_budget: IpBudget::new(
                 limits.authorize_per_ip,
@@ -56,247 +93,282 @@ impl Security {
                     .max(limits.max_topics),
             ),
             limits,
-            origins,
+            origins: cfg.origins.clone(),
+            pool,
+            metrics,
         })
     }
 
-    pub fn auth_configured(&self) -> bool {
+    pub(crate) fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Whether tokens are verified at all (else every client is anonymous).
+    pub(crate) fn auth_configured(&self) -> bool {
         self.verifier.is_some()
     }
-}
 
-/// The client's address; unknown (0.0.0.0) when the router runs without connect info.
-pub struct Peer(pub SocketAddr);
-
-impl<S: Send + Sync> FromRequestParts<S> for Peer {
-    type Rejection = Infallible;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Peer, Infallible> {
-        Ok(Peer(
-            parts
-                .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|c| c.0)
-                .unwrap_or(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0)),
-        ))
-    }
-}
-
-/// What admission hands a transport.
-pub struct Admitted {
-    /// The verified identity; anonymous when no token was presented.
-    pub identity: Identity,
-    /// True when a token was verified (not anonymous by absence).
-    pub authenticated: bool,
-    /// Holds the connection slot for as long as the client is served.
-    pub slot: ConnGuard,
-}
-
-/// Takes a connection slot and verifies the token, if any. A token that is
-/// present but invalid is refused (401) rather than downgraded to anonymous, so
-/// a client with an expired token learns it instead of silently seeing less.
-pub fn admit(
-    app: &App,
-    peer: SocketAddr,
-    headers: &HeaderMap,
-    query_token: Option<&str>,
-) -> Result<Admitted, ApiError> {
-    let sec = &app.security;
-    let slot = sec.conns.acquire(peer.ip()).map_err(|e| {
-        let (status, code) = match e {
-            ConnRefused::Total => (StatusCode::SERVICE_UNAVAILABLE, "too_many_connections"),
-            ConnRefused::PerIp => (
-                StatusCode::TOO_MANY_REQUESTS,
-                "too_many_connections_from_ip",
-            ),
-        };
-        rejected(&app.metrics, code);
-        ApiError::new(status, code, "connection limit reached; retry later")
-    })?;
-    let Some(verifier) = &sec.verifier else {
-        return Ok(Admitted {
-            identity: Identity::anonymous(),
-            authenticated: false,
-            slot,
-        });
-    };
-    match request_token(headers, query_token) {
-        None => Ok(Admitted {
-            identity: Identity::anonymous(),
-            authenticated: false,
-            slot,
-        }),
-        Some(t) => match t.and_then(|t| verifier.verify(t)) {
-            Ok(identity) => Ok(Admitted {
-                identity,
-                authenticated: true,
-                slot,
-            }),
-            Err(e) => Err(unauthorized(&app.metrics, &e)),
-        },
-    }
-}
-
-pub fn unauthorized(metrics: &Metrics, e: &AuthError) -> ApiError {
-    metrics.auth_failures.with_label_values(&[e.reason()]).inc();
-    ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string())
-        .with("reason", e.reason())
-}
-
-/// Parses a query topic list under the configured limits.
-pub fn topics_from_query(app: &App, list: Option<&str>) -> Result<Vec<String>, ApiError> {
-    let lim = &app.security.limits;
-    let topics = parse_topic_list_max(list, lim.max_topic_len).map_err(|e| {
-        rejected(&app.metrics, e.code());
-        ApiError::from(e)
-    })?;
-    check_count(app, topics.len())?;
-    Ok(topics)
-}
-
-/// Checks topics of a WebSocket message under the configured limits; deduplicated.
-pub fn topics_from_message(app: &App, topics: Vec<String>) -> Result<Vec<String>, ProtocolError> {
-    let lim = &app.security.limits;
-    if topics.is_empty() {
-        return Err(ProtocolError::NoTopics);
-    }
-    for t in &topics {
-        crate::protocol::check_topic_max(t, lim.max_topic_len).inspect_err(|e| {
-            rejected(&app.metrics, e.code());
-        })?;
-    }
-    Ok(dedup(topics))
-}
-
-pub fn check_count(app: &App, n: usize) -> Result<(), ApiError> {
-    let max = app.security.limits.max_topics;
-    if n > max {
-        rejected(&app.metrics, "too_many_topics");
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "too_many_topics",
-            format!("at most {max} topics per connection"),
-        ));
-    }
-    Ok(())
-}
-
-/// SSE and polling: every topic must be allowed, else 403 naming the first denied one.
-pub async fn authorize_all(
-    app: &App,
-    peer: IpAddr,
-    who: &Identity,
-    topics: &[String],
-) -> Result<(), ApiError> {
-    let (_, denied) = authorize(app, peer, who, topics).await?;
-    if let Some(t) = denied.first() {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "not allowed to subscribe to this topic",
-        )
-        .with("topic", t.clone()));
-    }
-    Ok(())
-}
-
-/// Splits into (allowed, denied) and counts the denials. A policy that fails
-/// (a bug in the app's `rowcast.authorize`, the database gone) denies everything
-/// with 503: failing closed, but distinguishable from "forbidden". A client
-/// (address) over its budget of uncached checks gets 429
-/// `authorize_rate_limited`, and nothing is asked of the database.
-pub async fn authorize(
-    app: &App,
-    peer: IpAddr,
-    who: &Identity,
-    topics: &[String],
-) -> Result<(Vec<String>, Vec<String>), ApiError> {
-    let spend = |n: usize| {
-        let ok = app.security.authorize_budget.take(peer, n);
-        if ok {
-            app.metrics.authorize_checks.inc_by(n as u64);
-        }
-        ok
-    };
-    let (allowed, denied) = app
-        .security
-        .authorizer
-        .check(&app.pool, who, topics, spend)
-        .await
-        .map_err(|e| match e {
-            AuthzError::Budget => {
-                rejected(&app.metrics, "authorize_rate_limited");
-                ApiError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "authorize_rate_limited",
-                    "too many new topics checked for this client address; retry shortly",
-                )
-            }
-            AuthzError::Db(e) => {
-                tracing::warn!(error = %e, "rowcast.authorize failed");
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
-                    "authorization unavailable; retry",
-                )
-            }
-        })?;
-    if !denied.is_empty() {
-        app.metrics
-            .rejected
-            .with_label_values(&["forbidden"])
-            .inc_by(denied.len() as u64);
-        tracing::debug!(
-            sub = who.sub().unwrap_or(""),
-            denied = denied.len(),
-            "topics denied"
-        );
-    }
-    Ok((allowed, denied))
-}
-
-/// Refuses requests from origins that are not allowed (403), answers CORS
-/// preflights, and tells browsers which cross origins may read the answers.
-pub async fn origin_layer(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
-    let origin = match app.security.origins.check(req.headers()) {
-        Ok(o) => o,
-        Err(_) => {
-            rejected(&app.metrics, "origin");
-            return ApiError::new(
-                StatusCode::FORBIDDEN,
-                "forbidden_origin",
+    /// `Ok(None)` for a request without `Origin` (not a browser, or a
+    /// same-origin GET), `Ok(Some(origin))` for an allowed one.
+    pub(crate) fn check_origin(
+        &self,
+        headers: &HeaderMap,
+    ) -> Result<Option<HeaderValue>, ApiError> {
+        self.origins.check(headers).map_err(|_| {
+            ApiError::new(
+                ErrorCode::ForbiddenOrigin,
                 "this Origin is not allowed (--allowed-origins)",
             )
-            .into_response();
-        }
-    };
-    if req.method() == Method::OPTIONS {
-        let mut r = StatusCode::NO_CONTENT.into_response();
-        if let Some(o) = origin {
-            let h = r.headers_mut();
-            h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o);
-            h.insert(
-                header::ACCESS_CONTROL_ALLOW_METHODS,
-                HeaderValue::from_static("GET, OPTIONS"),
-            );
-            h.insert(
-                header::ACCESS_CONTROL_ALLOW_HEADERS,
-                HeaderValue::from_static("authorization, last-event-id"),
-            );
-            h.insert(
-                header::ACCESS_CONTROL_MAX_AGE,
-                HeaderValue::from_static("600"),
-            );
-            h.insert(header::VARY, HeaderValue::from_static("Origin"));
-        }
-        return r;
+        })
     }
-    let mut r = next.run(req).await;
-    if let Some(o) = origin {
-        r.headers_mut()
-            .insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o);
-        r.headers_mut()
-            .insert(header::VARY, HeaderValue::from_static("Origin"));
+
+    /// Takes a connection slot and verifies the token, if any. A token that is
+    /// present but invalid is refused (401) rather than downgraded to
+    /// anonymous, so a client with an expired token learns it instead of
+    /// silently seeing less.
+    pub(crate) fn admit(
+        &self,
+        transport: TransportMetrics,
+        peer: SocketAddr,
+        headers: &HeaderMap,
+        query_token: Option<&str>,
+    ) -> Result<Admitted, ApiError> {
+        let slot = self.conns.acquire(peer.ip()).map_err(|e| {
+            let code = match e {
+                ConnRefused::Total => ErrorCode::TooManyConnections,
+                ConnRefused::PerIp => ErrorCode::TooManyConnectionsFromIp,
+            };
+            ApiError::new(code, "connection limit reached; retry later")
+        })?;
+        let (identity, authenticated) = match (&self.verifier, request_token(headers, query_token))
+        {
+            (None, _) | (_, None) => (Identity::anonymous(), false),
+            (Some(_), Some(t)) => (self.verify(t)?, true),
+        };
+        Ok(Admitted {
+            identity,
+            authenticated,
+            conn: Connection::open(slot, transport),
+        })
     }
-    r
+
+    /// Verifies a token (from a header, the query, or a WS `auth` message);
+    /// refusals are counted by reason. `Err` also when no JWT is configured.
+    pub(crate) fn verify(&self, token: Result<&str, AuthError>) -> Result<Identity, ApiError> {
+        let Some(verifier) = &self.verifier else {
+            return Err(ApiError::new(
+                ErrorCode::AuthUnavailable,
+                "no JWT is configured on this server; every client is anonymous",
+            ));
+        };
+        token
+            .and_then(|t| verifier.verify(t))
+            .map_err(|e| self.auth_failed(&e))
+    }
+
+    /// Counts a refused or missing token (`rowcast_auth_failures_total`) and
+    /// turns it into the 401 answer.
+    pub(crate) fn auth_failed(&self, e: &AuthError) -> ApiError {
+        self.metrics
+            .auth_failures
+            .with_label_values(&[e.reason()])
+            .inc();
+        ApiError::new(ErrorCode::Unauthorized, e.to_string()).with("reason", e.reason())
+    }
+
+    /// A query's topic list (`a,b,c`) under the configured limits; absent or
+    /// empty is an empty list.
+    pub(crate) fn topics_from_query(&self, list: Option<&str>) -> Result<Vec<String>, ApiError> {
+        let topics = match list.map(str::trim) {
+            None | Some("") => Vec::new(),
+            Some(_) => parse_topic_list_max(list, self.limits.max_topic_len)?,
+        };
+        self.check_count(topics.len())?;
+        Ok(topics)
+    }
+
+    /// The topics of a WebSocket message under the configured limits;
+    /// deduplicated. An empty list is an error.
+    pub(crate) fn topics_from_message(&self, topics: Vec<String>) -> Result<Vec<String>, ApiError> {
+        if topics.is_empty() {
+            return Err(ProtocolError::NoTopics.into());
+        }
+        for t in &topics {
+            crate::protocol::check_topic_max(t, self.limits.max_topic_len)?;
+        }
+        let topics = dedup(topics);
+        self.check_count(topics.len())?;
+        Ok(topics)
+    }
+
+    /// At most `--max-topics` per connection.
+    pub(crate) fn check_count(&self, n: usize) -> Result<(), ApiError> {
+        let max = self.limits.max_topics;
+        if n > max {
+            return Err(ApiError::new(
+                ErrorCode::TooManyTopics,
+                format!("at most {max} topics per connection; nothing was subscribed"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The topics this identity joins without asking (`rowcast.default_topics`,
+    /// replaceable by the app; the core default is none). Still to be
+    /// authorized like any other topic. A failure is `unavailable` (retry).
+    pub(crate) async fn default_topics(&self, who: &Identity) -> Result<Vec<String>, ApiError> {
+        let unavailable = |e: &dyn std::fmt::Display| {
+            tracing::warn!(error = %e, "rowcast.default_topics failed");
+            ApiError::new(ErrorCode::Unavailable, "default topics unavailable; retry")
+        };
+        let client = self.pool.get().await.map_err(|e| unavailable(&e))?;
+        let stmt = client
+            .prepare_cached("SELECT coalesce(rowcast.default_topics($1::text::jsonb), '{}')")
+            .await
+            .map_err(|e| unavailable(&crate::error::describe_pg(&e)))?;
+        let row = client
+            .query_one(&stmt, &[&&*who.claims_json])
+            .await
+            .map_err(|e| unavailable(&crate::error::describe_pg(&e)))?;
+        let topics: Vec<Option<String>> = row
+            .try_get(0)
+            .map_err(|e| unavailable(&crate::error::describe_pg(&e)))?;
+        Ok(topics
+            .into_iter()
+            .flatten()
+            .filter(|t| !t.is_empty())
+            .collect())
+    }
+
+    /// SSE and polling: every topic must be allowed, else 403 naming the first
+    /// denied one (counted once per denied topic).
+    pub(crate) async fn authorize_all(
+        &self,
+        peer: IpAddr,
+        who: &Identity,
+        topics: &[String],
+    ) -> Result<(), ApiError> {
+        let (_, denied) = self.authorize(peer, who, topics).await?;
+        if let Some(t) = denied.first() {
+            return Err(ApiError::new(
+                ErrorCode::Forbidden,
+                "not allowed to subscribe to this topic",
+            )
+            .with("topic", t.clone())
+            .counting(denied.len()));
+        }
+        Ok(())
+    }
+
+    /// Splits into (allowed, denied). A policy that fails (a bug in the app's
+    /// `rowcast.authorize`, the database gone) denies everything with 503:
+    /// failing closed, but distinguishable from "forbidden". A client
+    /// (address) over its budget of uncached checks gets 429
+    /// `authorize_rate_limited`, and nothing is asked of the database.
+    pub(crate) async fn authorize(
+        &self,
+        peer: IpAddr,
+        who: &Identity,
+        topics: &[String],
+    ) -> Result<(Vec<String>, Vec<String>), ApiError> {
+        let spend = |n: usize| {
+            let ok = self.authorize_budget.take(peer, n);
+            if ok {
+                self.metrics.authorize_checks.inc_by(n as u64);
+            }
+            ok
+        };
+        let (allowed, denied) = self
+            .authorizer
+            .check(&self.pool, who, topics, spend)
+            .await
+            .map_err(|e| match e {
+                AuthzError::Budget => ApiError::new(
+                    ErrorCode::AuthorizeRateLimited,
+                    "too many new topics checked for this client address; retry shortly",
+                ),
+                AuthzError::Db(e) => {
+                    tracing::warn!(error = %e, "rowcast.authorize failed");
+                    ApiError::new(ErrorCode::Unavailable, "authorization unavailable; retry")
+                }
+            })?;
+        if !denied.is_empty() {
+            tracing::debug!(
+                sub = who.sub().unwrap_or(""),
+                denied = denied.len(),
+                "topics denied"
+            );
+        }
+        Ok((allowed, denied))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Admission needs no socket and no database: slots, tokens and topic
+    /// limits are decided from the request parts alone.
+    #[tokio::test]
+    async fn admission_without_a_socket() {
+        let mut cfg = ServerConfig::new(
+            "postgres://127.0.0.1:1/none",
+            "127.0.0.1:0".parse().unwrap(),
+        );
+        cfg.jwt.secret = Some("s".into());
+        cfg.limits.max_connections_per_ip = 1;
+        cfg.limits.max_topics = 2;
+        let metrics = Metrics::new().unwrap();
+        let pool = crate::db::pool(&cfg.database_url, 1).unwrap();
+        let gate = Gate::new(&cfg, pool, metrics.clone()).unwrap();
+        let peer: SocketAddr = "10.0.0.1:5000".parse().unwrap();
+        let tm = || metrics.transport(crate::metrics::Transport::Sse);
+
+        let anon = gate.admit(tm(), peer, &HeaderMap::new(), None).unwrap();
+        assert!(!anon.authenticated);
+        let second = gate
+            .admit(tm(), peer, &HeaderMap::new(), None)
+            .err()
+            .unwrap();
+        assert_eq!(second.code, ErrorCode::TooManyConnectionsFromIp);
+        drop(anon);
+
+        let bad = gate
+            .admit(tm(), peer, &HeaderMap::new(), Some("x.y.z"))
+            .err()
+            .unwrap();
+        assert_eq!(bad.code, ErrorCode::Unauthorized);
+        let t = crate::auth::mint_hs256(
+            "s",
+            "7",
+            Some("customer"),
+            std::time::Duration::from_secs(60),
+            None,
+            None,
+        )
+        .unwrap();
+        let ok = gate.admit(tm(), peer, &HeaderMap::new(), Some(&t)).unwrap();
+        assert_eq!(ok.identity.sub(), Some("7"));
+        assert_eq!(
+            metrics.connections.with_label_values(&["sse"]).get(),
+            1,
+            "the connection gauge follows the guard"
+        );
+        drop(ok);
+        assert_eq!(metrics.connections.with_label_values(&["sse"]).get(), 0);
+
+        assert_eq!(gate.topics_from_query(Some("a,b")).unwrap(), ["a", "b"]);
+        assert!(gate.topics_from_query(None).unwrap().is_empty());
+        assert_eq!(
+            gate.topics_from_query(Some("a,b,c")).err().unwrap().code,
+            ErrorCode::TooManyTopics
+        );
+        assert_eq!(
+            gate.topics_from_message(vec!["a\n".into()])
+                .err()
+                .unwrap()
+                .code,
+            ErrorCode::BadTopic
+        );
+    }
 }

@@ -29,22 +29,7 @@ pub const MAX_TOKEN_LEN: usize = 8 * 1024;
 /// so a flood of distinct claims costs database queries, never memory.
 const MAX_CACHED: usize = 100_000;
 
-/// JWT settings as given on the command line.
-#[derive(Clone, Debug, Default)]
-pub struct JwtSettings {
-    /// HS256 shared secret.
-    pub secret: Option<String>,
-    /// RS256 or ES256 public key, PEM text.
-    pub public_key_pem: Option<String>,
-    pub issuer: Option<String>,
-    pub audience: Option<String>,
-}
-
-impl JwtSettings {
-    pub fn configured(&self) -> bool {
-        self.secret.is_some() || self.public_key_pem.is_some()
-    }
-}
+pub use crate::config::JwtSettings;
 
 #[derive(Debug, Error)]
 pub enum AuthError {
@@ -66,6 +51,10 @@ pub enum AuthError {
     BadClaims(String),
     #[error("no token was presented in time")]
     Timeout,
+    /// A request that needs an identity (the market API's carts, checkout and
+    /// farmer endpoints) came without a token.
+    #[error("this endpoint needs a token (Authorization: Bearer, or ?token=)")]
+    Missing,
 }
 
 impl AuthError {
@@ -80,6 +69,7 @@ impl AuthError {
             AuthError::WrongIssuerOrAudience => "wrong_issuer_or_audience",
             AuthError::BadClaims(_) => "bad_claims",
             AuthError::Timeout => "timeout",
+            AuthError::Missing => "missing",
         }
     }
 }
@@ -359,7 +349,7 @@ impl Authorizer {
             let cache = self.lock();
             let now = Instant::now();
             for t in topics {
-                match cache.get(&(who.claims_json.clone(), t.clone())) {
+                match cache.get(&(Arc::clone(&who.claims_json), t.clone())) {
                     Some((ok, at)) if now.duration_since(*at) < self.ttl => {
                         decided.insert(t, *ok);
                     }
@@ -399,7 +389,7 @@ impl Authorizer {
                     decided.insert(k, ok);
                 }
                 if let Some(c) = cache.as_mut() {
-                    c.insert((who.claims_json.clone(), t), (ok, now));
+                    c.insert((Arc::clone(&who.claims_json), t), (ok, now));
                 }
             }
         }

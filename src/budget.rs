@@ -19,27 +19,27 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// The longest a catch-up read waits for budget before the client is told to retry.
-pub const WAIT: Duration = Duration::from_secs(10);
+pub(crate) const WAIT: Duration = Duration::from_secs(10);
 
 /// Bytes are granted in units of this size (a semaphore counts `u32`-ish permits).
 const UNIT: usize = 1024;
 
-pub struct CatchupBudget {
+pub(crate) struct CatchupBudget {
     sem: Arc<Semaphore>,
     units: usize,
 }
 
 /// Bytes granted; returned to the budget when dropped.
 #[derive(Debug)]
-pub struct Grant(OwnedSemaphorePermit);
+pub(crate) struct Grant(OwnedSemaphorePermit);
 
 /// The budget stayed spent for `WAIT`.
 #[derive(Debug, thiserror::Error)]
 #[error("the catch-up memory budget is in use; retry")]
-pub struct Busy;
+pub(crate) struct Busy;
 
 impl CatchupBudget {
-    pub fn new(bytes: usize) -> Arc<CatchupBudget> {
+    pub(crate) fn new(bytes: usize) -> Arc<CatchupBudget> {
         let units = bytes.div_ceil(UNIT).clamp(1, Semaphore::MAX_PERMITS);
         Arc::new(CatchupBudget {
             sem: Arc::new(Semaphore::new(units)),
@@ -55,32 +55,32 @@ impl CatchupBudget {
     }
 
     /// Waits (at most `WAIT`) until `bytes` are free.
-    pub async fn acquire(&self, bytes: usize) -> Result<Grant, Busy> {
+    pub(crate) async fn acquire(&self, bytes: usize) -> Result<Grant, Busy> {
         let n = self.units_for(bytes);
-        match tokio::time::timeout(WAIT, self.sem.clone().acquire_many_owned(n)).await {
+        match tokio::time::timeout(WAIT, Arc::clone(&self.sem).acquire_many_owned(n)).await {
             Ok(Ok(p)) => Ok(Grant(p)),
             _ => Err(Busy),
         }
     }
 
     /// `bytes` if they are free now.
-    pub fn try_acquire(&self, bytes: usize) -> Option<Grant> {
-        self.sem
-            .clone()
+    pub(crate) fn try_acquire(&self, bytes: usize) -> Option<Grant> {
+        Arc::clone(&self.sem)
             .try_acquire_many_owned(self.units_for(bytes))
             .ok()
             .map(Grant)
     }
 
     /// Bytes not granted right now.
-    pub fn available(&self) -> usize {
+    #[cfg(test)]
+    fn available(&self) -> usize {
         self.sem.available_permits() * UNIT
     }
 }
 
 impl Grant {
     /// Keeps only what `bytes` needs and returns the rest to the budget.
-    pub fn shrink_to(&mut self, bytes: usize) {
+    pub(crate) fn shrink_to(&mut self, bytes: usize) {
         let keep = bytes.div_ceil(UNIT).max(1);
         let have = self.0.num_permits();
         if have > keep {
@@ -89,7 +89,7 @@ impl Grant {
     }
 
     /// Adds another grant's bytes to this one.
-    pub fn merge(&mut self, other: Grant) {
+    pub(crate) fn merge(&mut self, other: Grant) {
         self.0.merge(other.0);
     }
 }

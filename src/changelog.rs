@@ -50,7 +50,7 @@ ORDER BY c.first DESC, c.id";
 /// `max_bytes` (`$6`; the row that crosses it is still included, so a page
 /// always makes progress), whichever comes first: what a page costs in memory
 /// is bounded however large the changes are.
-pub fn sql(with_topics: bool) -> String {
+pub(crate) fn sql(with_topics: bool) -> String {
     SELECT.replace(
         "{TOPICS}",
         if with_topics {
@@ -62,7 +62,7 @@ pub fn sql(with_topics: bool) -> String {
 }
 
 /// One page of a read.
-pub struct Page {
+pub(crate) struct Page {
     /// The upper snapshot the page was read against.
     pub upto: Snapshot,
     pub changes: Vec<Arc<Change>>,
@@ -81,26 +81,26 @@ pub struct Page {
 
 /// A change-log row that cannot be delivered, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BadChange {
+pub(crate) struct BadChange {
     pub id: i64,
     pub reason: String,
 }
 
 impl Page {
     /// Whether retention may have deleted changes that `after` still needed.
-    pub fn expired_for(&self, after: &Cursor) -> bool {
+    pub(crate) fn expired_for(&self, after: &Cursor) -> bool {
         after.lo.xmin() < self.pruned_below
     }
 }
 
 /// How much one read may return: rows, and payload bytes.
 #[derive(Clone, Copy, Debug)]
-pub struct PageSize {
+pub(crate) struct PageSize {
     pub rows: i64,
     pub bytes: i64,
 }
 
-pub async fn read(
+pub(crate) async fn read(
     client: &Client,
     stmt: &Statement,
     after: &Cursor,
@@ -212,7 +212,7 @@ fn decode(
 }
 
 /// The database's current xmax: no genuine cursor can name an xid at or past it.
-pub async fn current_xmax(client: &Client) -> Result<u64> {
+pub(crate) async fn current_xmax(client: &Client) -> Result<u64> {
     let row = client
         .query_one("SELECT pg_snapshot_xmax(pg_current_snapshot())::text", &[])
         .await?;
@@ -220,7 +220,7 @@ pub async fn current_xmax(client: &Client) -> Result<u64> {
 }
 
 /// Of `xids`, those with at least one change in the log (visible now).
-pub async fn xids_with_changes(client: &Client, xids: &[u64]) -> Result<Vec<u64>> {
+pub(crate) async fn xids_with_changes(client: &Client, xids: &[u64]) -> Result<Vec<u64>> {
     let text: Vec<String> = xids.iter().map(u64::to_string).collect();
     let rows = client
         .query(
@@ -232,7 +232,7 @@ pub async fn xids_with_changes(client: &Client, xids: &[u64]) -> Result<Vec<u64>
 }
 
 /// The retention watermark: changes with an xid below it may have been pruned.
-pub async fn pruned_below(client: &Client) -> Result<u64> {
+pub(crate) async fn pruned_below(client: &Client) -> Result<u64> {
     let row = client
         .query_one(
             "SELECT pruned_below::text FROM rowcast.retention WHERE id = 1",
@@ -245,10 +245,10 @@ pub async fn pruned_below(client: &Client) -> Result<u64> {
 
 /// Most changes one snapshot answer carries; past it the least recently
 /// changed entities are left out and the answer says so (`Snapshot::truncated`).
-pub const SNAPSHOT_MAX: i64 = 10_000;
+pub(crate) const SNAPSHOT_MAX: i64 = 10_000;
 
 /// The current state of some topics as of `pos`.
-pub struct SnapshotRead {
+pub(crate) struct SnapshotRead {
     /// The latest change of each entity, oldest first.
     pub changes: Vec<Arc<Change>>,
     /// More than `SNAPSHOT_MAX` entities: only the most recently changed came.
@@ -261,7 +261,7 @@ pub struct SnapshotRead {
 /// An entity is `rowcast.changes.entity`, or the change's first topic when that
 /// is NULL: `product-123` for an inventory update, so `farm-7` yields the
 /// current quantity of every product of the farm, not one.
-pub async fn snapshot(
+pub(crate) async fn snapshot(
     client: &deadpool_postgres::Client,
     topics: &[String],
     pos: &Snapshot,
@@ -297,7 +297,7 @@ pub async fn snapshot(
     Ok(SnapshotRead { changes, truncated })
 }
 
-pub fn parse_xid(text: &str) -> Result<u64> {
+pub(crate) fn parse_xid(text: &str) -> Result<u64> {
     text.parse()
         .map_err(|_| crate::error::Error::Snapshot(format!("xid {text:?}")))
 }

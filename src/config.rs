@@ -1,6 +1,49 @@
-//! Command-line and environment configuration helpers shared by every subcommand.
+//! Configuration of `rowcast serve`: one source for every flag, its
+//! environment variable, its default and its bounds.
+//!
+//! Each flag is a field of `ServerConfig` (or of a group flattened into it:
+//! `Limits`, `QueueLimits`, `JwtSettings`, `MarketApi`), derived with clap, so
+//! the command line, `ServerConfig::new` (tests, the demo) and the README table cannot
+//! disagree: every default is written once, in `defaults`, and read by both
+//! the clap attribute and the `Default` impl. Values are checked and clamped
+//! once, in `ServerConfig::validate`, which `Server::start` calls.
 
+use crate::limits::Origins;
+use clap::Args;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
+
+/// Every default, once. Durations are text in the flags' own syntax.
+pub mod defaults {
+    pub const LISTEN: &str = "127.0.0.1:8080";
+    pub const POOL_SIZE: usize = 16;
+    pub const QUEUE_EVENTS: usize = 4096;
+    pub const QUEUE_BYTES: usize = 8 << 20;
+    pub const KEEPALIVE: &str = "15s";
+    pub const RETENTION: &str = "24h";
+    pub const WINDOW_CHANGES: usize = 10_000;
+    pub const CATCHUP_MEMORY: usize = 256 << 20;
+    pub const WRITE_TIMEOUT: &str = "10s";
+    pub const AUTHZ_CACHE: &str = "5s";
+    pub const MAX_TOPICS: usize = 100;
+    pub const MAX_TOPIC_LEN: usize = 200;
+    pub const MAX_FRAME: usize = 64 * 1024;
+    pub const MAX_MSGS_PER_SEC: u32 = 20;
+    pub const MAX_CONNECTIONS: usize = 10_000;
+    pub const MAX_CONNECTIONS_PER_IP: usize = 256;
+    pub const AUTH_TIMEOUT: &str = "10s";
+    pub const HEADER_TIMEOUT: &str = "10s";
+    pub const AUTHORIZE_PER_IP: u32 = 100;
+    pub const PRESENCE_AWAY: &str = "5m";
+    pub const PRESENCE_OFFLINE: &str = "60m";
+    pub const PRESENCE_WRITE_INTERVAL: &str = "30s";
+    pub const PRESENCE_SWEEP: &str = "5s";
+    pub const MARKET_API_PER_IP: u32 = 20;
+    pub const MARKET_API_POOL: usize = 8;
+    /// Changes per read of the source (not a flag; tests make it small).
+    pub const SOURCE_PAGE: i64 = 5000;
+}
 
 /// Parses `90`, `90s`, `15m`, `24h`, `7d` (also `500ms`).
 pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
@@ -30,10 +73,395 @@ pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// A default written in `defaults` as text; they are all valid.
+fn dur(text: &str) -> Duration {
+    parse_duration(text).unwrap_or(Duration::ZERO)
+}
+
+fn origins(list: &str) -> std::result::Result<Origins, String> {
+    Ok(Origins::parse(list))
+}
+
+/// `--jwt-public-key` names a file; its PEM text is read when the flag is parsed.
+fn read_pem(path: &str) -> std::result::Result<String, String> {
+    std::fs::read_to_string(PathBuf::from(path))
+        .map_err(|e| format!("cannot read the public key file {path:?}: {e}"))
+}
+
+/// A refused configuration, said in terms of its flags.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--jwt-secret and --jwt-public-key are mutually exclusive")]
+    BothJwtKeys,
+    #[error("--jwt-secret is empty")]
+    EmptySecret,
+    #[error("--node-id must be 1 to 32 letters, digits, '-' or '_'")]
+    NodeId,
+    #[error("--market-api needs --jwt-secret or --jwt-public-key: its callers are customers and farmers identified by their tokens")]
+    MarketApiWithoutJwt,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct ServerConfig {
+    /// PostgreSQL to read the change log from.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: String,
+    /// HTTP address for clients.
+    #[arg(long, env = "ROWCAST_LISTEN", default_value = defaults::LISTEN)]
+    pub listen: SocketAddr,
+    /// Serve /metrics (and /healthz, /readyz) on this address instead of the
+    /// client port (e.g. an internal interface, 10.0.0.5:9090).
+    #[arg(long, env = "ROWCAST_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Apply migrations before serving.
+    #[arg(long)]
+    pub migrate: bool,
+    /// This node's name in Socket.IO session ids (letters, digits, `-`, `_`;
+    /// default: random per start), so that a load balancer can send a
+    /// long-polling session's requests to its node (README, "Socket.IO").
+    #[arg(long, env = "ROWCAST_NODE_ID")]
+    pub node_id: Option<String>,
+    /// Also accept HTTP/2 without TLS (prior knowledge, h2c). Off by default:
+    /// see the README for what it does not bound.
+    #[arg(long, env = "ROWCAST_HTTP2")]
+    pub http2: bool,
+    /// Database connections for client reads (catch-up, polling, authorization).
+    #[arg(long, env = "ROWCAST_POOL_SIZE", default_value_t = defaults::POOL_SIZE)]
+    pub pool_size: usize,
+    #[command(flatten)]
+    pub queue: QueueLimits,
+    /// WebSocket ping / SSE keepalive interval (e.g. 15s).
+    #[arg(long, env = "ROWCAST_KEEPALIVE", default_value = defaults::KEEPALIVE, value_parser = parse_duration)]
+    pub keepalive: Duration,
+    /// Keep changes this long (e.g. 24h, 30m); older cursors get an explicit resync.
+    #[arg(long, env = "ROWCAST_RETENTION", default_value = defaults::RETENTION, value_parser = parse_duration)]
+    pub retention: Duration,
+    /// Recent changes kept in memory to answer resumes and polls without the database (0: none).
+    #[arg(long, env = "ROWCAST_WINDOW_CHANGES", default_value_t = defaults::WINDOW_CHANGES)]
+    pub window_changes: usize,
+    /// Bytes of changes all clients behind the live stream may hold at once
+    /// (catch-up pages, poll answers); past it catch-up waits.
+    #[arg(long, env = "ROWCAST_CATCHUP_MEMORY", default_value_t = defaults::CATCHUP_MEMORY)]
+    pub catchup_memory: usize,
+    /// Drop a client whose socket has accepted nothing for this long (e.g. 10s).
+    #[arg(long, env = "ROWCAST_WRITE_TIMEOUT", default_value = defaults::WRITE_TIMEOUT, value_parser = parse_duration)]
+    pub write_timeout: Duration,
+    #[command(flatten)]
+    pub jwt: JwtSettings,
+    /// How long a rowcast.authorize answer is reused for the same claims and topic (0: never).
+    #[arg(long, env = "ROWCAST_AUTHZ_CACHE", default_value = defaults::AUTHZ_CACHE, value_parser = parse_duration)]
+    pub authz_cache: Duration,
+    /// Extra origins allowed for WebSocket and cross-origin SSE/polling,
+    /// comma-separated (`*`, `https://shop.example`, `http://localhost:*`).
+    /// Default: same origin only.
+    #[arg(long = "allowed-origins", env = "ROWCAST_ALLOWED_ORIGINS", default_value = "", value_parser = origins)]
+    pub origins: Origins,
+    #[command(flatten)]
+    pub limits: Limits,
+    #[command(flatten)]
+    pub presence: PresenceConfig,
+    #[command(flatten)]
+    pub market_api: MarketApi,
+    /// Upper bound of a long poll's `wait`.
+    #[arg(skip = Duration::from_secs(30))]
+    pub max_poll_wait: Duration,
+    /// `retry:` hint sent to EventSource clients.
+    #[arg(skip = Duration::from_secs(2))]
+    pub sse_retry: Duration,
+    /// The source's safety-net read interval while idle (doorbell armed).
+    #[arg(skip = Duration::from_secs(2))]
+    pub idle_poll: Duration,
+    /// The source's pause between reads while changes keep arriving.
+    #[arg(skip = Duration::from_millis(1))]
+    pub busy_pause: Duration,
+    /// Changes per change-log read of the source (a bigger batch is read in pages).
+    #[arg(skip = defaults::SOURCE_PAGE)]
+    pub source_page: i64,
+    /// How often the pruner runs; `validate` derives it from the retention.
+    #[arg(skip = Duration::from_secs(60))]
+    pub prune_every: Duration,
+}
+
+/// Bounds on what one client may cost (enforced by `limits` and `access`).
+#[derive(Clone, Debug, Args)]
+pub struct Limits {
+    /// Topics one connection (or one SSE / poll request) may subscribe to.
+    #[arg(long, env = "ROWCAST_MAX_TOPICS", default_value_t = defaults::MAX_TOPICS)]
+    pub max_topics: usize,
+    /// Longest topic name, bytes.
+    #[arg(long, env = "ROWCAST_MAX_TOPIC_LEN", default_value_t = defaults::MAX_TOPIC_LEN)]
+    pub max_topic_len: usize,
+    /// Largest WebSocket message from a client, bytes (close 1009 above it).
+    #[arg(long, env = "ROWCAST_MAX_FRAME", default_value_t = defaults::MAX_FRAME)]
+    pub max_frame: usize,
+    /// WebSocket messages per second per client, bursts of as many (close 1008 above it).
+    #[arg(long, env = "ROWCAST_MAX_MSGS_PER_SEC", default_value_t = defaults::MAX_MSGS_PER_SEC)]
+    pub max_msgs_per_sec: u32,
+    /// Open WebSocket, SSE and polling requests in total.
+    #[arg(long, env = "ROWCAST_MAX_CONNECTIONS", default_value_t = defaults::MAX_CONNECTIONS)]
+    pub max_connections: usize,
+    /// Open WebSocket, SSE and polling requests per client IP.
+    #[arg(long, env = "ROWCAST_MAX_CONNECTIONS_PER_IP", default_value_t = defaults::MAX_CONNECTIONS_PER_IP)]
+    pub max_connections_per_ip: usize,
+    /// With JWT configured: how long a WebSocket may stay without
+    /// authenticating or subscribing (e.g. 10s).
+    #[arg(long, env = "ROWCAST_AUTH_TIMEOUT", default_value = defaults::AUTH_TIMEOUT, value_parser = parse_duration)]
+    pub auth_timeout: Duration,
+    /// Time a client has to send a complete request head; also how long a
+    /// connection may stay without a request in flight (silent or idle sockets).
+    #[arg(long = "header-timeout", env = "ROWCAST_HEADER_TIMEOUT", default_value = defaults::HEADER_TIMEOUT, value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+    /// Open TCP connections in total, including those that have not made a
+    /// request yet (default: --max-connections + 1024, within the process's
+    /// file-descriptor limit). At the cap the oldest idle connection is closed.
+    #[arg(long, env = "ROWCAST_MAX_SOCKETS")]
+    pub max_sockets: Option<usize>,
+    /// rowcast.authorize checks (cache misses) per second per client IP,
+    /// bursts of ten times as many (at least --max-topics).
+    #[arg(long, env = "ROWCAST_AUTHORIZE_PER_IP", default_value_t = defaults::AUTHORIZE_PER_IP)]
+    pub authorize_per_ip: u32,
+}
+
+/// Presence (FR-021's dots): the same on every node of one database.
+#[derive(Clone, Copy, Debug, Args)]
+pub struct PresenceConfig {
+    /// Active less than this ago: online; longer: away (FR-021: 5 minutes).
+    #[arg(long = "presence-away", env = "ROWCAST_PRESENCE_AWAY", default_value = defaults::PRESENCE_AWAY, value_parser = parse_duration)]
+    pub away: Duration,
+    /// Active longer than this ago: offline (FR-021: 60 minutes).
+    #[arg(long = "presence-offline", env = "ROWCAST_PRESENCE_OFFLINE", default_value = defaults::PRESENCE_OFFLINE, value_parser = parse_duration)]
+    pub offline: Duration,
+    /// This node writes at most one activity per user per interval.
+    #[arg(long = "presence-write-interval", env = "ROWCAST_PRESENCE_WRITE_INTERVAL", default_value = defaults::PRESENCE_WRITE_INTERVAL, value_parser = parse_duration)]
+    pub write_interval: Duration,
+    /// How often this node sweeps for users to mark away or offline.
+    #[arg(long = "presence-sweep", env = "ROWCAST_PRESENCE_SWEEP", default_value = defaults::PRESENCE_SWEEP, value_parser = parse_duration)]
+    pub sweep: Duration,
+    /// Opening a stream with a token counts as activity.
+    #[arg(long = "presence-on-connect", env = "ROWCAST_PRESENCE_ON_CONNECT")]
+    pub on_connect: bool,
+}
+
+impl Default for PresenceConfig {
+    fn default() -> PresenceConfig {
+        PresenceConfig {
+            away: dur(defaults::PRESENCE_AWAY),
+            offline: dur(defaults::PRESENCE_OFFLINE),
+            write_interval: dur(defaults::PRESENCE_WRITE_INTERVAL),
+            sweep: dur(defaults::PRESENCE_SWEEP),
+            on_connect: false,
+        }
+    }
+}
+
+/// The storefront API over the market schema (`shop`): on in `rowcast demo`,
+/// behind `--market-api` for `serve`.
+#[derive(Clone, Debug, Args)]
+pub struct MarketApi {
+    /// Serve the storefront API (/api/products, /api/cart, /api/checkout, farmer
+    /// endpoints) on the client port. Needs the market schema (`rowcast migrate
+    /// --market`) and a JWT key.
+    #[arg(id = "market_api", long = "market-api", env = "ROWCAST_MARKET_API")]
+    pub enabled: bool,
+    /// Market API requests per second per client IP, bursts of ten times as many.
+    #[arg(
+        id = "market_api_per_ip",
+        long = "market-api-per-ip",
+        value_name = "MARKET_API_PER_IP",
+        env = "ROWCAST_MARKET_API_PER_IP",
+        default_value_t = defaults::MARKET_API_PER_IP
+    )]
+    pub per_ip: u32,
+    /// Database connections the market API uses at most: its own pool, so that
+    /// checkouts waiting on row locks never hold up catch-up, polling or
+    /// authorization (--pool-size).
+    #[arg(
+        id = "market_api_pool",
+        long = "market-api-pool",
+        value_name = "MARKET_API_POOL",
+        env = "ROWCAST_MARKET_API_POOL",
+        default_value_t = defaults::MARKET_API_POOL
+    )]
+    pub pool_size: usize,
+}
+
+impl Default for MarketApi {
+    fn default() -> MarketApi {
+        MarketApi {
+            enabled: false,
+            per_ip: defaults::MARKET_API_PER_IP,
+            pool_size: defaults::MARKET_API_POOL,
+        }
+    }
+}
+
+/// Per-client queue bounds: past either, the client continues from the change log.
+#[derive(Clone, Copy, Debug, Args)]
+pub struct QueueLimits {
+    /// Most events queued for one client.
+    #[arg(long = "queue-events", env = "ROWCAST_QUEUE_EVENTS", default_value_t = defaults::QUEUE_EVENTS)]
+    pub max_events: usize,
+    /// Most bytes queued for one client.
+    #[arg(long = "queue-bytes", env = "ROWCAST_QUEUE_BYTES", default_value_t = defaults::QUEUE_BYTES)]
+    pub max_bytes: usize,
+}
+
+/// Client tokens. Neither key set: every client is anonymous (claims `{}`).
+#[derive(Clone, Debug, Default, Args)]
+pub struct JwtSettings {
+    /// HS256 shared secret for client JWTs. Without it (or --jwt-public-key)
+    /// every client is anonymous.
+    #[arg(
+        long = "jwt-secret",
+        env = "ROWCAST_JWT_SECRET",
+        hide_env_values = true
+    )]
+    pub secret: Option<String>,
+    /// PEM file with the RS256 (RSA) or ES256 (P-256) public key for client
+    /// JWTs (the field holds its text, read when the flag is parsed).
+    #[arg(long = "jwt-public-key", env = "ROWCAST_JWT_PUBLIC_KEY", value_parser = read_pem, value_name = "PEM_FILE")]
+    pub public_key_pem: Option<String>,
+    /// Required `iss` claim.
+    #[arg(long = "jwt-issuer", env = "ROWCAST_JWT_ISSUER")]
+    pub issuer: Option<String>,
+    /// Required `aud` claim.
+    #[arg(long = "jwt-audience", env = "ROWCAST_JWT_AUDIENCE")]
+    pub audience: Option<String>,
+}
+
+impl JwtSettings {
+    pub fn configured(&self) -> bool {
+        self.secret.is_some() || self.public_key_pem.is_some()
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_topics: defaults::MAX_TOPICS,
+            max_topic_len: defaults::MAX_TOPIC_LEN,
+            max_frame: defaults::MAX_FRAME,
+            max_msgs_per_sec: defaults::MAX_MSGS_PER_SEC,
+            max_connections: defaults::MAX_CONNECTIONS,
+            max_connections_per_ip: defaults::MAX_CONNECTIONS_PER_IP,
+            auth_timeout: dur(defaults::AUTH_TIMEOUT),
+            header_read_timeout: dur(defaults::HEADER_TIMEOUT),
+            max_sockets: None,
+            authorize_per_ip: defaults::AUTHORIZE_PER_IP,
+        }
+    }
+}
+
+impl Default for QueueLimits {
+    fn default() -> QueueLimits {
+        QueueLimits {
+            max_events: defaults::QUEUE_EVENTS,
+            max_bytes: defaults::QUEUE_BYTES,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// The configuration `rowcast serve --database-url URL --listen ADDR` has
+    /// with no other flag and no environment.
+    pub fn new(database_url: impl Into<String>, listen: SocketAddr) -> ServerConfig {
+        ServerConfig {
+            database_url: database_url.into(),
+            listen,
+            metrics_listen: None,
+            migrate: false,
+            node_id: None,
+            http2: false,
+            pool_size: defaults::POOL_SIZE,
+            queue: QueueLimits::default(),
+            keepalive: dur(defaults::KEEPALIVE),
+            retention: dur(defaults::RETENTION),
+            window_changes: defaults::WINDOW_CHANGES,
+            catchup_memory: defaults::CATCHUP_MEMORY,
+            write_timeout: dur(defaults::WRITE_TIMEOUT),
+            jwt: JwtSettings::default(),
+            authz_cache: dur(defaults::AUTHZ_CACHE),
+            origins: Origins::default(),
+            limits: Limits::default(),
+            presence: PresenceConfig::default(),
+            market_api: MarketApi::default(),
+            max_poll_wait: Duration::from_secs(30),
+            sse_retry: Duration::from_secs(2),
+            idle_poll: Duration::from_secs(2),
+            busy_pause: Duration::from_millis(1),
+            source_page: defaults::SOURCE_PAGE,
+            prune_every: Duration::from_secs(60),
+        }
+    }
+
+    /// Checks the configuration and brings every value into its working range
+    /// (a queue of 0 events would refuse every change, a keepalive of 0 would
+    /// spin). Refuses what cannot be repaired. The one place these rules live.
+    pub fn validate(mut self) -> Result<ServerConfig, ConfigError> {
+        if self.jwt.secret.is_some() && self.jwt.public_key_pem.is_some() {
+            return Err(ConfigError::BothJwtKeys);
+        }
+        if self.jwt.secret.as_deref() == Some("") {
+            return Err(ConfigError::EmptySecret);
+        }
+        match &self.node_id {
+            Some(id) => {
+                let ok = (1..=32).contains(&id.len())
+                    && id
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+                if !ok {
+                    return Err(ConfigError::NodeId);
+                }
+            }
+            None => self.node_id = Some(format!("n{:06x}", fastrand::u32(..1 << 24))),
+        }
+        if self.market_api.enabled && !self.jwt.configured() {
+            return Err(ConfigError::MarketApiWithoutJwt);
+        }
+        self.pool_size = self.pool_size.max(1);
+        self.market_api.per_ip = self.market_api.per_ip.max(1);
+        self.market_api.pool_size = self.market_api.pool_size.max(1);
+        self.queue.max_events = self.queue.max_events.max(1);
+        self.queue.max_bytes = self.queue.max_bytes.max(1024);
+        self.keepalive = self.keepalive.max(Duration::from_secs(1));
+        self.catchup_memory = self.catchup_memory.max(1 << 20);
+        self.write_timeout = self.write_timeout.max(Duration::from_millis(100));
+        self.source_page = self.source_page.max(1);
+        // prune often enough to keep the log near the retention, never in a loop
+        self.prune_every =
+            (self.retention / 10).clamp(Duration::from_millis(100), self.prune_every);
+        let l = &mut self.limits;
+        l.max_topics = l.max_topics.max(1);
+        l.max_topic_len = l.max_topic_len.max(1);
+        l.max_frame = l.max_frame.max(1024);
+        l.max_msgs_per_sec = l.max_msgs_per_sec.max(1);
+        l.max_connections = l.max_connections.max(1);
+        l.max_connections_per_ip = l.max_connections_per_ip.max(1);
+        l.auth_timeout = l.auth_timeout.max(Duration::from_secs(1));
+        l.header_read_timeout = l.header_read_timeout.max(Duration::from_millis(100));
+        l.max_sockets = l.max_sockets.map(|n| n.max(1));
+        l.authorize_per_ip = l.authorize_per_ip.max(1);
+        // offline after away; writes and sweeps often enough to keep the dots right
+        let p = &mut self.presence;
+        p.away = p.away.max(Duration::from_millis(100));
+        p.offline = p.offline.max(p.away + Duration::from_millis(100));
+        p.write_interval = p.write_interval.min(p.away / 2);
+        p.sweep = p.sweep.clamp(Duration::from_millis(50), p.away / 2);
+        Ok(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::parse_duration;
-    use std::time::Duration;
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        cfg: ServerConfig,
+    }
 
     #[test]
     fn durations() {
@@ -42,5 +470,22 @@ mod tests {
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert!(parse_duration("abc").is_err());
         assert!(parse_duration("5y").is_err());
+    }
+
+    /// The flags' defaults and `ServerConfig::new` are the same configuration.
+    #[test]
+    fn flags_and_new_agree() {
+        let parsed = Cli::try_parse_from([
+            "rowcast",
+            "--database-url",
+            "postgres://x/y",
+            "--listen",
+            "127.0.0.1:9",
+        ])
+        .unwrap()
+        .cfg;
+        let new = ServerConfig::new("postgres://x/y", "127.0.0.1:9".parse().unwrap());
+        // Debug prints every field, flattened groups included
+        assert_eq!(format!("{parsed:?}"), format!("{new:?}"));
     }
 }

@@ -293,6 +293,7 @@ impl Drop for EmbeddedPg {
     }
 }
 
+#[allow(unsafe_code)]
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }

@@ -57,7 +57,7 @@ mod armed {
     /// The next hit of `name` waits until the returned pause is released.
     pub fn pause(name: &'static str) -> Arc<Pause> {
         let p = Arc::new(Pause::default());
-        lock().insert(name, Action::Pause(p.clone()));
+        lock().insert(name, Action::Pause(Arc::clone(&p)));
         p
     }
 

@@ -12,7 +12,8 @@ use crate::budget::{Busy, CatchupBudget, Grant};
 use crate::change::Change;
 use crate::changelog::{self, PageSize};
 use crate::cursor::Cursor;
-use crate::hub::{Delivery, Hub, Subscription};
+pub(crate) use crate::hub::Delivery;
+use crate::hub::{Hub, Subscription};
 use crate::snapshot::Snapshot;
 use deadpool_postgres::Pool;
 use std::collections::{HashSet, VecDeque};
@@ -35,7 +36,7 @@ const AHEAD_WAIT: Duration = Duration::from_secs(5);
 const CANONICAL_ABOVE: usize = 8;
 
 #[derive(Debug, Error)]
-pub enum FeedError {
+pub(crate) enum FeedError {
     #[error("cursor is ahead of this server's position")]
     CursorAhead,
     /// Retention pruned changes this client still needed while it was catching up.
@@ -65,7 +66,7 @@ impl From<deadpool_postgres::PoolError> for FeedError {
 
 /// What a client asked for when it connected.
 #[derive(Clone, Debug, Default)]
-pub struct Start {
+pub(crate) struct Start {
     pub cursor: Option<Cursor>,
     /// Send the current state of the topics first (when there is no usable cursor).
     pub snapshot: bool,
@@ -73,7 +74,7 @@ pub struct Start {
 
 /// The feed told the client something other than an event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Notice {
+pub(crate) enum Notice {
     /// The cursor is older than the log's retention: the client must re-sync these topics.
     CursorExpired,
     /// The cursor names transactions this database has not reached: it comes
@@ -84,7 +85,7 @@ pub enum Notice {
 
 impl Notice {
     /// The `reason` of the resync message, and the poll error code (410).
-    pub fn reason(self) -> &'static str {
+    pub(crate) fn reason(self) -> &'static str {
         match self {
             Notice::CursorExpired => "cursor_expired",
             Notice::CursorUnknown => "cursor_unknown",
@@ -108,15 +109,17 @@ async fn register(
 /// Where feeds come from: the node's hub, the pool for log reads and the
 /// catch-up budget they share.
 #[derive(Clone)]
-pub struct Feeds {
+pub(crate) struct Feeds {
     pub hub: Arc<Hub>,
     pub pool: Pool,
     pub budget: Arc<CatchupBudget>,
+    /// Brings `user.presence` state in snapshots up to date with the clock.
+    pub presence: crate::presence::Clock,
 }
 
 /// Whether a catch-up read may wait for budget.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Budget {
+pub(crate) enum Budget {
     /// Wait (bounded) until it is free: the client holds nothing meanwhile.
     Wait,
     /// Only if free now (a poll that already has events answers with them).
@@ -132,10 +135,11 @@ enum Logged {
     Blocked,
 }
 
-pub struct Feed {
+pub(crate) struct Feed {
     sub: Subscription,
     pool: Pool,
     budget: Arc<CatchupBudget>,
+    presence: crate::presence::Clock,
     /// What the backlog and the deliveries handed out but not yet written cost.
     held: Option<Grant>,
     backlog: VecDeque<Delivery>,
@@ -151,7 +155,7 @@ enum Position {
 
 impl Feeds {
     /// Opens a feed. Returns it with a notice when the cursor could not be honoured.
-    pub async fn open(
+    pub(crate) async fn open(
         &self,
         topics: &[String],
         start: Start,
@@ -184,11 +188,15 @@ impl Feeds {
                 cursor = None;
             }
         }
+        if let Some(n) = notice {
+            hub.metrics().resyncs.with_label_values(&[n.reason()]).inc();
+        }
         let (sub, pos) = register(hub, topics).await?;
         let mut feed = Feed {
             sub,
             pool: pool.clone(),
-            budget: self.budget.clone(),
+            budget: Arc::clone(&self.budget),
+            presence: self.presence,
             held: None,
             backlog: VecDeque::new(),
             catch_up: None,
@@ -243,12 +251,12 @@ impl Feeds {
 }
 
 impl Feed {
-    pub fn subscription(&mut self) -> &mut Subscription {
+    pub(crate) fn subscription(&mut self) -> &mut Subscription {
         &mut self.sub
     }
 
     /// The cursor to resume from after everything handed out so far.
-    pub fn position(&self) -> String {
+    pub(crate) fn position(&self) -> String {
         match &self.position {
             Position::At(c) => c.encode(),
             Position::After(change) => change.cursor.clone(),
@@ -257,7 +265,7 @@ impl Feed {
 
     /// Moves the position to the hub's current one when nothing is pending
     /// for this client: every change up to there has been handed out.
-    pub fn advance_to_hub(&mut self) {
+    pub(crate) fn advance_to_hub(&mut self) {
         // read the position before looking at the queue: a batch published in
         // between shows up in the queue, and then we keep the older position
         let hub = self.sub.hub_cursor();
@@ -278,7 +286,7 @@ impl Feed {
     /// when the hub is gone (the server is stopping). For writers that write
     /// each delivery before asking for the next (WebSocket, SSE): whatever was
     /// handed out before this call has been written, so its budget goes back.
-    pub async fn next(&mut self) -> Result<Option<Delivery>, FeedError> {
+    pub(crate) async fn next(&mut self) -> Result<Option<Delivery>, FeedError> {
         if self.backlog.is_empty() {
             self.held = None;
         }
@@ -294,6 +302,27 @@ impl Feed {
                 None => return Ok(None),
             }
         }
+    }
+
+    /// The next deliveries in order: waits for the first (see `next`), then
+    /// takes whatever else is ready without waiting, up to `max`, so that a
+    /// transport writes a burst with one flush. `Ok(None)`: the hub is gone.
+    pub(crate) async fn next_batch(
+        &mut self,
+        max: usize,
+    ) -> Result<Option<Vec<Delivery>>, FeedError> {
+        let Some(first) = self.next().await? else {
+            return Ok(None);
+        };
+        let mut batch = Vec::with_capacity(max.clamp(1, 4));
+        batch.push(first);
+        while batch.len() < max {
+            match self.next_ready() {
+                Some(d) => batch.push(d),
+                None => break,
+            }
+        }
+        Ok(Some(batch))
     }
 
     /// The next change of the backlog read from the log (reading the next page
@@ -327,7 +356,7 @@ impl Feed {
             })?,
         };
         let topics: Vec<String> = self.sub.topics().iter().cloned().collect();
-        let hub = self.sub.hub().clone();
+        let hub = Arc::clone(self.sub.hub());
         let (sub, pos) = register(&hub, &topics).await?;
         self.sub = sub;
         self.catch_up = Some((from, pos));
@@ -339,7 +368,10 @@ impl Feed {
     /// database as needed), then whatever live change is already queued; a
     /// lagging subscription first continues from the log. `Ok(None)` also when
     /// the next catch-up page cannot be paid for now under `Budget::IfFree`.
-    pub async fn next_pending(&mut self, budget: Budget) -> Result<Option<Delivery>, FeedError> {
+    pub(crate) async fn next_pending(
+        &mut self,
+        budget: Budget,
+    ) -> Result<Option<Delivery>, FeedError> {
         match self.next_logged(budget).await? {
             Logged::Got(d) => return Ok(Some(d)),
             Logged::Blocked => return Ok(None),
@@ -357,7 +389,7 @@ impl Feed {
     }
 
     /// A change if one is ready without waiting for the network or the database.
-    pub fn next_ready(&mut self) -> Option<Delivery> {
+    pub(crate) fn next_ready(&mut self) -> Option<Delivery> {
         if let Some(d) = self.backlog.pop_front() {
             return Some(self.handed_out(d));
         }
@@ -369,17 +401,17 @@ impl Feed {
 
     /// The catch-up budget held for what was handed out, for a caller that
     /// keeps those bytes beyond the feed (a poll answer, until it is written).
-    pub fn take_grant(&mut self) -> Option<Grant> {
+    pub(crate) fn take_grant(&mut self) -> Option<Grant> {
         self.held.take()
     }
 
     /// True while changes from the log remain to be read before live ones.
-    pub fn catching_up(&self) -> bool {
+    pub(crate) fn catching_up(&self) -> bool {
         self.catch_up.is_some() || !self.backlog.is_empty()
     }
 
     fn handed_out(&mut self, d: Delivery) -> Delivery {
-        self.position = Position::After(d.change.clone());
+        self.position = Position::After(Arc::clone(&d.change));
         d
     }
 
@@ -529,7 +561,8 @@ impl Feed {
             self.hold(grant);
         }
         for change in read.changes {
-            self.queue_change(change);
+            // a snapshot is the state now: presence follows the clock, not the last sweep
+            self.queue_change(self.presence.current(change));
         }
         Ok(())
     }
@@ -538,7 +571,8 @@ impl Feed {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hub::{QueueLimits, WindowLimits};
+    use crate::hub::QueueLimits;
+    use crate::window::WindowLimits;
 
     fn change(id: i64, xid: u64, payload: &str, at: &Snapshot) -> Arc<Change> {
         Arc::new(Change::new(
@@ -564,17 +598,24 @@ mod tests {
                 max_events: 100,
                 max_bytes: 256,
             },
-            WindowLimits::default(),
+            WindowLimits {
+                max_changes: 10_000,
+                max_age: Duration::from_secs(600),
+            },
             metrics.hub(),
         );
         // never connects: this feed needs no database (no cursor, the window answers)
-        let pool = crate::server::pool("postgres://127.0.0.1:1/none", 1).unwrap();
+        let pool = crate::db::pool("postgres://127.0.0.1:1/none", 1).unwrap();
         let s1 = Snapshot::new(100, vec![]);
         hub.close_batch(s1.clone());
         let feeds = Feeds {
-            hub: hub.clone(),
+            hub: Arc::clone(&hub),
             pool,
             budget: CatchupBudget::new(1 << 20),
+            presence: crate::presence::Clock {
+                away: Duration::from_secs(300),
+                offline: Duration::from_secs(3600),
+            },
         };
         let (mut feed, notice) = feeds
             .open(&["t".to_string()], Start::default())

@@ -35,7 +35,7 @@ use tracing::Instrument;
 
 /// How the accept loop treats its connections.
 #[derive(Clone, Copy, Debug)]
-pub struct HttpOptions {
+pub(crate) struct HttpOptions {
     /// The request head must be complete this long after the socket was
     /// accepted or last idle; also the idle limit of every socket.
     pub header_read_timeout: Duration,
@@ -48,7 +48,7 @@ pub struct HttpOptions {
 /// Serves `router` until `stop` fires, then waits (bounded by the caller) for
 /// in-flight requests. Each request carries `ConnectInfo<SocketAddr>` and the
 /// `ClientSocket` it arrived on.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     router: Router,
     opts: HttpOptions,
@@ -97,9 +97,9 @@ pub async fn serve(
         let io = TokioIo::new(WriteTimeout::new(
             stream,
             opts.write_timeout,
-            socket.clone(),
+            Arc::clone(&socket),
         ));
-        let svc = service(router.clone(), peer, socket.clone());
+        let svc = service(router.clone(), peer, Arc::clone(&socket));
         let span = tracing::debug_span!("http", %peer);
         let done = running.clone();
         match &auto {
@@ -141,9 +141,9 @@ fn service(
         let busy = socket.begin_request();
         req.extensions_mut().insert(ConnectInfo(peer));
         req.extensions_mut()
-            .insert(ClientSocket(Some(socket.clone())));
+            .insert(ClientSocket(Some(Arc::clone(&socket))));
         let answer = router.clone().oneshot(req);
-        let socket = socket.clone();
+        let socket = Arc::clone(&socket);
         async move {
             let resp = answer.await?;
             if resp.status() == hyper::StatusCode::SWITCHING_PROTOCOLS {
@@ -294,7 +294,7 @@ impl AcceptErrors {
 /// transport whose handler claimed the socket (`ClientSocket::serves`): an
 /// SSE stream, a long poll's answer, or a WebSocket whose own frame-level
 /// timeout did not fire first. Other requests (`/metrics`) are not counted.
-pub struct WriteTimeout<S> {
+pub(crate) struct WriteTimeout<S> {
     inner: S,
     limit: Duration,
     /// Armed while a write is pending; reset by any progress.
@@ -314,7 +314,7 @@ impl Drop for OpenSocket {
 }
 
 impl<S> WriteTimeout<S> {
-    pub fn new(inner: S, limit: Duration, socket: Arc<Socket>) -> WriteTimeout<S> {
+    pub(crate) fn new(inner: S, limit: Duration, socket: Arc<Socket>) -> WriteTimeout<S> {
         WriteTimeout {
             inner,
             limit,

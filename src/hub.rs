@@ -2,10 +2,12 @@
 //!
 //! The source publishes every batch here in commit order; each change goes to
 //! each subscriber of any of its topics once, as a shared `Arc<Change>`, through a
-//! bounded per-subscriber queue. Publishing never waits for a subscriber: a queue
-//! that is full (by events or by bytes) marks its subscriber as lagging and the
-//! connection closes it with a "resume from your cursor" reason. So a slow or
-//! stuck client costs the others nothing and holds at most its queue in memory.
+//! bounded per-subscriber queue. Publishing never waits for a subscriber (the
+//! slow-consumer contract): a queue that is full (by events or by bytes) marks
+//! its subscriber as lagging, and its feed drops the queue and continues from
+//! the change log at the client's own pace (`Feed::recover`). So a slow or stuck
+//! client costs the others nothing and holds at most its queue in memory; only
+//! a socket that accepts nothing is cut, by its transport's write timeout.
 //!
 //! The hub also keeps the node's *position*: the snapshot up to which every
 //! change has been published. A subscriber registered at position P receives
@@ -14,76 +16,26 @@
 //! mutually exclusive, which is what makes the hand-over exact.
 
 use crate::change::Change;
+pub(crate) use crate::config::QueueLimits;
 use crate::cursor::Cursor;
 use crate::snapshot::Snapshot;
+use crate::window::{Window, WindowHit, WindowLimits};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{mpsc, watch, Notify};
 
-/// Per-subscriber queue bounds.
-#[derive(Clone, Copy, Debug)]
-pub struct QueueLimits {
-    pub max_events: usize,
-    pub max_bytes: usize,
-}
-
-impl Default for QueueLimits {
-    fn default() -> QueueLimits {
-        QueueLimits {
-            max_events: 4096,
-            max_bytes: 8 << 20,
-        }
-    }
-}
-
-/// Recent history kept in memory so that resumes and polls are answered without
-/// the database (a node restart makes thousands of clients resume at once).
-#[derive(Clone, Copy, Debug)]
-pub struct WindowLimits {
-    pub max_changes: usize,
-    /// Never older than the retention: a cursor the log has expired must not be
-    /// served from memory either (keeps the answer the same on every node).
-    pub max_age: std::time::Duration,
-}
-
-impl Default for WindowLimits {
-    fn default() -> WindowLimits {
-        WindowLimits {
-            max_changes: 10_000,
-            max_age: std::time::Duration::from_secs(600),
-        }
-    }
-}
-
-/// One published batch in the window: the changes visible in `hi` but not in `lo`.
-struct WindowBatch {
-    lo: Snapshot,
-    hi: Snapshot,
-    changes: Vec<Arc<Change>>,
-    closed_at: std::time::Instant,
-}
-
-/// A change found in the window for a resume, and whether its own cursor
-/// already is the right one (then its rendered frames are shared).
-pub struct WindowHit {
-    pub change: Arc<Change>,
-    /// Part of the cursor's own batch (`lo → hi`) rather than of `hi → upto`.
-    pub in_cursor_batch: bool,
-    pub own_cursor_fits: bool,
-}
-
 /// One delivery: the change, the index of the topic it is delivered for, and
 /// whether it is live (came through a hub queue as the source read it) or
 /// catch-up (read from the log or the window for a client that was behind).
-pub struct Delivery {
+pub(crate) struct Delivery {
     pub change: Arc<Change>,
     pub topic: usize,
     pub live: bool,
 }
 
 impl Delivery {
-    pub fn bytes(&self) -> usize {
+    pub(crate) fn bytes(&self) -> usize {
         self.change.approx_frame_len(self.topic)
     }
 }
@@ -96,50 +48,51 @@ struct Sub {
     wake: Arc<Notify>,
 }
 
-#[derive(Default)]
 struct State {
     position: Option<Snapshot>,
     /// A batch is being published page by page: registrations wait for its end.
     batch_open: bool,
     topics: HashMap<String, HashMap<u64, Arc<Sub>>>,
-    /// Contiguous: each batch's `lo` is the previous one's `hi`; the last `hi` is `position`.
-    window: std::collections::VecDeque<WindowBatch>,
-    window_changes: usize,
+    /// Recent batches: their last `hi` is `position`.
+    window: Window,
     /// Changes of the batch being published, not yet in the window.
     pending: Vec<Arc<Change>>,
 }
 
-pub struct Hub {
+pub(crate) struct Hub {
     state: Mutex<State>,
     next_id: AtomicU64,
     limits: QueueLimits,
-    window_limits: WindowLimits,
     /// Bumped when the position advances or a batch closes.
     advanced: watch::Sender<u64>,
-    subscribers: AtomicUsize,
     metrics: HubMetrics,
 }
 
 /// Counters the hub and the feeds on it update.
 #[derive(Clone)]
-pub struct HubMetrics {
+pub(crate) struct HubMetrics {
     pub lag_recoveries: prometheus::IntCounter,
     /// Catch-up reads answered from the in-memory window.
     pub window_reads: prometheus::IntCounter,
     /// Catch-up reads that went to the change log.
     pub log_reads: prometheus::IntCounter,
+    /// Clients told to re-sync instead of resuming, by reason.
+    pub resyncs: prometheus::IntCounterVec,
 }
 
 impl Hub {
-    /// `recoveries` counts subscribers that overflowed their queue and re-read the log.
-    pub fn new(limits: QueueLimits, window_limits: WindowLimits, metrics: HubMetrics) -> Arc<Hub> {
+    pub(crate) fn new(limits: QueueLimits, window: WindowLimits, metrics: HubMetrics) -> Arc<Hub> {
         Arc::new(Hub {
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                position: None,
+                batch_open: false,
+                topics: HashMap::new(),
+                window: Window::new(window),
+                pending: Vec::new(),
+            }),
             next_id: AtomicU64::new(1),
             limits,
-            window_limits,
             advanced: watch::channel(0).0,
-            subscribers: AtomicUsize::new(0),
             metrics,
         })
     }
@@ -150,21 +103,12 @@ impl Hub {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn limits(&self) -> QueueLimits {
-        self.limits
-    }
-
-    /// Where this node's live stream stands, once the source has read once.
-    pub fn position(&self) -> Option<Snapshot> {
-        self.lock().position.clone()
-    }
-
     /// A subscriber overflowed its queue and re-read from the log.
-    pub fn count_recovery(&self) {
+    pub(crate) fn count_recovery(&self) {
         self.metrics.lag_recoveries.inc();
     }
 
-    pub fn metrics(&self) -> &HubMetrics {
+    pub(crate) fn metrics(&self) -> &HubMetrics {
         &self.metrics
     }
 
@@ -172,7 +116,7 @@ impl Hub {
     /// already sit in (and have been taken from) subscriber queues while the
     /// position still names the snapshot before them, so a cursor made from it
     /// would hand those changes out a second time.
-    pub fn settled_position(&self) -> Option<Snapshot> {
+    pub(crate) fn settled_position(&self) -> Option<Snapshot> {
         let st = self.lock();
         if st.batch_open {
             None
@@ -181,18 +125,18 @@ impl Hub {
         }
     }
 
-    pub fn subscriber_count(&self) -> usize {
-        self.subscribers.load(Ordering::Relaxed)
-    }
-
     /// Whether the position covers `snap` now (no batch half published).
-    pub fn covers(&self, snap: &Snapshot) -> bool {
+    pub(crate) fn covers(&self, snap: &Snapshot) -> bool {
         let st = self.lock();
         !st.batch_open && st.position.as_ref().is_some_and(|p| snap.covered_by(p))
     }
 
     /// Waits until the position covers `snap` (or `timeout` passes); false on timeout.
-    pub async fn wait_covering(&self, snap: &Snapshot, timeout: std::time::Duration) -> bool {
+    pub(crate) async fn wait_covering(
+        &self,
+        snap: &Snapshot,
+        timeout: std::time::Duration,
+    ) -> bool {
         let mut rx = self.advanced.subscribe();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
@@ -210,7 +154,7 @@ impl Hub {
 
     /// Registers a subscriber for `topics`; returns it with the position it starts after.
     /// Waits while a batch is half-published, and until the source has a position.
-    pub async fn subscribe(self: &Arc<Hub>, topics: &[String]) -> (Subscription, Snapshot) {
+    pub(crate) async fn subscribe(self: &Arc<Hub>, topics: &[String]) -> (Subscription, Snapshot) {
         let mut rx = self.advanced.subscribe();
         loop {
             {
@@ -230,12 +174,11 @@ impl Hub {
                             st.topics
                                 .entry(t.clone())
                                 .or_default()
-                                .insert(id, sub.clone());
+                                .insert(id, Arc::clone(&sub));
                         }
                     }
-                    self.subscribers.fetch_add(1, Ordering::Relaxed);
                     let subscription = Subscription {
-                        hub: self.clone(),
+                        hub: Arc::clone(self),
                         id,
                         sub,
                         queue,
@@ -251,95 +194,40 @@ impl Hub {
     }
 
     /// Opens a batch: until `close_batch`, registrations wait.
-    pub fn open_batch(&self) {
+    pub(crate) fn open_batch(&self) {
         self.lock().batch_open = true;
     }
 
-    /// Ends a batch and moves the position to `to`.
-    pub fn close_batch(&self, to: Snapshot) {
+    /// Ends a batch and moves the position to `to`; the batch joins the window.
+    pub(crate) fn close_batch(&self, to: Snapshot) {
         {
             let mut st = self.lock();
             st.batch_open = false;
             let changes = std::mem::take(&mut st.pending);
             if let Some(lo) = st.position.replace(to.clone()) {
-                let now = std::time::Instant::now();
-                match st.window.back_mut() {
-                    // an empty read only moves the end of the window
-                    Some(last) if changes.is_empty() => last.hi = to,
-                    _ => {
-                        st.window_changes += changes.len();
-                        st.window.push_back(WindowBatch {
-                            lo,
-                            hi: to,
-                            changes,
-                            closed_at: now,
-                        });
-                    }
-                }
-                let limits = self.window_limits;
-                while let Some(first) = st.window.front() {
-                    let too_many = st.window_changes > limits.max_changes;
-                    let too_old = now.duration_since(first.closed_at) > limits.max_age;
-                    if !(too_many || too_old) {
-                        break;
-                    }
-                    st.window_changes -= first.changes.len();
-                    st.window.pop_front();
-                }
+                st.window.push(lo, to, changes, std::time::Instant::now());
             }
         }
         self.advanced.send_modify(|v| *v += 1);
     }
 
-    /// The oldest snapshot from which the window holds every later change, or
-    /// `None` when nothing usable is kept. Batches past `max_age` don't count.
-    fn window_start(&self, st: &State) -> Option<Snapshot> {
-        let now = std::time::Instant::now();
-        match st
-            .window
-            .iter()
-            .find(|b| now.duration_since(b.closed_at) <= self.window_limits.max_age)
-        {
-            Some(b) => Some(b.lo.clone()),
-            None => st.position.clone(),
-        }
-    }
-
     /// Of `xids` (transactions finished at this hub's position), those that
     /// wrote changes, when the window reaches back before all of them
     /// (`None`: ask the log).
-    pub fn xids_with_changes(&self, lo: &Snapshot, xids: &[u64]) -> Option<HashSet<u64>> {
+    pub(crate) fn xids_with_changes(&self, lo: &Snapshot, xids: &[u64]) -> Option<HashSet<u64>> {
         let st = self.lock();
-        if !self.window_start(&st)?.covered_by(lo) {
-            return None;
-        }
-        let wanted: HashSet<u64> = xids.iter().copied().collect();
-        Some(
-            st.window
-                .iter()
-                .flat_map(|b| b.changes.iter())
-                .map(|c| c.xid)
-                .filter(|x| wanted.contains(x))
-                .collect(),
-        )
+        st.window.xids_with_changes(st.position.as_ref(), lo, xids)
     }
 
     /// Whether a resume from a cursor with lower snapshot `lo` can be answered from memory.
-    pub fn window_covers(&self, lo: &Snapshot) -> bool {
+    pub(crate) fn window_covers(&self, lo: &Snapshot) -> bool {
         let st = self.lock();
-        self.window_start(&st)
-            .is_some_and(|start| start.covered_by(lo))
+        st.window.covers(st.position.as_ref(), lo)
     }
 
-    /// The changes a client at `from` is missing up to `upto` (a position this
-    /// hub has published), for the topics `wants` accepts, in delivery order;
-    /// `None` when the window does not reach back to `from`. The same answer as
-    /// `changelog::read`, without the database.
-    ///
-    /// Paged like the log: at most `size.rows` hits and about `size.bytes` of
-    /// frames (the hit that crosses it included); the flag says whether more
-    /// follow (read again from the last hit's position).
-    pub fn read_window(
+    /// A catch-up page from the window (see `Window::read`), `None` when the
+    /// window does not reach back to `from`.
+    pub(crate) fn read_window(
         &self,
         from: &Cursor,
         upto: &Snapshot,
@@ -347,64 +235,16 @@ impl Hub {
         size: crate::changelog::PageSize,
     ) -> Option<(Vec<WindowHit>, bool)> {
         let st = self.lock();
-        if !self.window_start(&st)?.covered_by(&from.lo) {
-            return None;
-        }
+        let page = st
+            .window
+            .read(st.position.as_ref(), from, upto, wants, size)?;
         self.metrics.window_reads.inc();
-        let mut first = Vec::new();
-        let mut rest = Vec::new();
-        for b in st.window.iter().rev() {
-            if b.hi.covered_by(&from.lo) {
-                break; // this batch and all before it were visible to the client
-            }
-            for c in &b.changes {
-                if from.lo.visible(c.xid) || !upto.visible(c.xid) {
-                    continue;
-                }
-                if c.first_topic_in(&wants).is_none() {
-                    continue;
-                }
-                if from.hi.visible(c.xid) {
-                    if c.id > from.id {
-                        let fits = b.lo == from.lo && b.hi == from.hi;
-                        first.push(WindowHit {
-                            change: c.clone(),
-                            in_cursor_batch: true,
-                            own_cursor_fits: fits,
-                        });
-                    }
-                } else {
-                    let fits = b.lo == from.hi && b.hi == *upto;
-                    rest.push(WindowHit {
-                        change: c.clone(),
-                        in_cursor_batch: false,
-                        own_cursor_fits: fits,
-                    });
-                }
-            }
-        }
-        first.sort_by_key(|h| h.change.id);
-        rest.sort_by_key(|h| h.change.id);
-        first.extend(rest);
-        let mut bytes = 0i64;
-        let keep = first
-            .iter()
-            .take_while(|h| {
-                let under = bytes < size.bytes;
-                bytes = bytes.saturating_add(h.change.approx_len() as i64);
-                under
-            })
-            .count()
-            .min(size.rows.max(1) as usize)
-            .max(1);
-        let more = first.len() > keep;
-        first.truncate(keep);
-        Some((first, more))
+        Some(page)
     }
 
     /// Fans changes out to subscriber queues. Never blocks on a subscriber.
     /// Returns the number of deliveries queued.
-    pub fn publish(&self, changes: &[Arc<Change>]) -> usize {
+    pub(crate) fn publish(&self, changes: &[Arc<Change>]) -> usize {
         let mut st = self.lock();
         st.pending.extend(changes.iter().cloned());
         let mut queued = 0;
@@ -435,7 +275,7 @@ impl Hub {
             return false;
         }
         let d = Delivery {
-            change: change.clone(),
+            change: Arc::clone(change),
             topic,
             live: true,
         };
@@ -457,7 +297,7 @@ impl Hub {
             st.topics
                 .entry(t.clone())
                 .or_default()
-                .insert(id, sub.clone());
+                .insert(id, Arc::clone(sub));
         }
     }
 
@@ -475,7 +315,7 @@ impl Hub {
 }
 
 /// A registered subscriber: its queue, and its registration (removed on drop).
-pub struct Subscription {
+pub(crate) struct Subscription {
     hub: Arc<Hub>,
     id: u64,
     sub: Arc<Sub>,
@@ -484,25 +324,25 @@ pub struct Subscription {
 }
 
 impl Subscription {
-    pub fn hub(&self) -> &Arc<Hub> {
+    pub(crate) fn hub(&self) -> &Arc<Hub> {
         &self.hub
     }
 
-    pub fn topics(&self) -> &HashSet<String> {
+    pub(crate) fn topics(&self) -> &HashSet<String> {
         &self.topics
     }
 
-    pub fn wants(&self, topic: &str) -> bool {
+    pub(crate) fn wants(&self, topic: &str) -> bool {
         self.topics.contains(topic)
     }
 
     /// True once the queue overflowed: the feed drops it and continues from the log.
-    pub fn lagged(&self) -> bool {
+    pub(crate) fn lagged(&self) -> bool {
         self.sub.lagged.load(Ordering::Relaxed)
     }
 
     /// Next live delivery; `None` when the subscriber lagged (or the hub is gone).
-    pub async fn recv(&mut self) -> Option<Delivery> {
+    pub(crate) async fn recv(&mut self) -> Option<Delivery> {
         loop {
             if self.lagged() {
                 return None;
@@ -519,12 +359,12 @@ impl Subscription {
         }
     }
 
-    pub fn queue_empty(&self) -> bool {
+    pub(crate) fn queue_empty(&self) -> bool {
         self.queue.is_empty()
     }
 
     /// A delivery if one is queued right now.
-    pub fn try_recv(&mut self) -> Option<Delivery> {
+    pub(crate) fn try_recv(&mut self) -> Option<Delivery> {
         if self.lagged() {
             return None;
         }
@@ -536,7 +376,7 @@ impl Subscription {
     }
 
     /// Adds topics; changes published from now on are queued for them too.
-    pub fn add(&mut self, topics: &[String]) -> Vec<String> {
+    pub(crate) fn add(&mut self, topics: &[String]) -> Vec<String> {
         let new: Vec<String> = topics
             .iter()
             .filter(|t| !self.topics.contains(*t))
@@ -549,7 +389,7 @@ impl Subscription {
         new
     }
 
-    pub fn remove(&mut self, topics: &[String]) {
+    pub(crate) fn remove(&mut self, topics: &[String]) {
         let gone: Vec<String> = topics
             .iter()
             .filter(|t| self.topics.remove(*t))
@@ -560,7 +400,7 @@ impl Subscription {
 
     /// The boundary cursor of the hub's position (for "nothing new" answers);
     /// `None` while a batch is being published (see `Hub::settled_position`).
-    pub fn hub_cursor(&self) -> Option<Cursor> {
+    pub(crate) fn hub_cursor(&self) -> Option<Cursor> {
         self.hub.settled_position().map(Cursor::boundary)
     }
 }
@@ -568,7 +408,6 @@ impl Subscription {
 impl Drop for Subscription {
     fn drop(&mut self) {
         self.hub.remove_topics(self.id, self.topics.iter());
-        self.hub.subscribers.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -584,7 +423,10 @@ mod tests {
         let metrics = crate::metrics::Metrics::new().unwrap();
         let hub = Hub::new(
             QueueLimits::default(),
-            WindowLimits::default(),
+            WindowLimits {
+                max_changes: 10_000,
+                max_age: std::time::Duration::from_secs(600),
+            },
             metrics.hub(),
         );
         hub.close_batch(Snapshot::new(10, vec![]));

@@ -1,15 +1,32 @@
 //! rowcast: Postgres row changes to browsers, over WebSocket, Server-Sent Events
 //! and HTTP polling, gap-free and in commit order.
 //!
-//! Data flow: triggers call `rowcast.emit` (sql/) → `source` reads the change log
-//! in snapshot order, woken by a doorbell NOTIFY → `hub` fans out per topic →
-//! `feed` joins log catch-up and live stream per client → `transport::{ws, sse, poll}`.
+//! # Layout
+//!
+//! A change travels: an app's trigger calls `rowcast.emit` (`sql/`) inside its
+//! transaction → [`source`] reads the change log in snapshot order, woken by a
+//! doorbell NOTIFY → [`hub`] fans it out per topic (keeping recent batches in
+//! the [`window`]) → each client's [`feed`] joins catch-up from the log
+//! ([`changelog`]) with the live queue → a transport
+//! ([`transport`]`::{ws, sse, poll}`) frames it onto a socket.
+//!
+//! Beside that path: [`access`] is the gate every client passes (slots, token,
+//! topic limits, the `rowcast.authorize` policy) built on [`auth`] and
+//! [`limits`]; [`http`] and [`sockets`] bound what a connection may hold
+//! before it is admitted; [`budget`] bounds catch-up memory; [`retention`]
+//! prunes the log; [`metrics`] measures; [`config`] is every flag; [`server`]
+//! wires and stops it all (with [`shutdown`]).
+//!
+//! Off that path, writing instead of reading: [`shop`] is the demo
+//! storefront's HTTP API (`rowcast demo`, `serve --market-api`), a thin layer
+//! over the market schema's SQL functions, whose answers carry the id of the
+//! transaction that wrote (`"tx"`), as every change's envelope does.
+//!
+//! The public surface is what the `rowcast` binary, the benchmark and the
+//! tests use: starting a server, configuring it, the cursor format, the
+//! client message parser, tokens, migrations and a throwaway PostgreSQL.
 
-pub mod access;
 pub mod auth;
-pub mod budget;
-pub mod change;
-pub mod changelog;
 pub mod config;
 pub mod cursor;
 pub mod db;
@@ -17,20 +34,31 @@ pub mod demo;
 pub mod embedded_pg;
 pub mod error;
 pub mod failpoints;
-pub mod feed;
-pub mod http;
-pub mod hub;
-pub mod limits;
-pub mod metrics;
 pub mod migrate;
 pub mod protocol;
-pub mod retention;
 pub mod rlimit;
 pub mod server;
 pub mod shutdown;
 pub mod snapshot;
-pub mod sockets;
-pub mod source;
-pub mod transport;
+
+pub(crate) mod access;
+pub(crate) mod api_error;
+pub(crate) mod budget;
+pub(crate) mod change;
+pub(crate) mod changelog;
+pub(crate) mod feed;
+pub(crate) mod health;
+pub(crate) mod http;
+pub(crate) mod hub;
+pub(crate) mod limits;
+pub(crate) mod metrics;
+pub(crate) mod presence;
+pub(crate) mod retention;
+pub(crate) mod shop;
+pub(crate) mod sockets;
+pub(crate) mod source;
+pub(crate) mod transport;
+pub(crate) mod window;
 
 pub use error::{Error, Result};
+pub use limits::Origins;

@@ -2,80 +2,34 @@
 //! rate, and which web origins may connect. Every limit answers with a defined
 //! error (README, "Security") instead of degrading service for other clients.
 
-use crate::metrics::Metrics;
 use axum::http::{HeaderMap, HeaderValue};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 use tokio::time::Instant;
-
-#[derive(Clone, Debug)]
-pub struct Limits {
-    /// Topics one connection (or one SSE / poll request) may subscribe to.
-    pub max_topics: usize,
-    /// Longest topic name, bytes.
-    pub max_topic_len: usize,
-    /// Largest WebSocket message from a client, bytes (close 1009 above it).
-    pub max_frame: usize,
-    /// Sustained WebSocket messages per second from one client (close 1008 above it);
-    /// bursts up to the same number are tolerated.
-    pub max_msgs_per_sec: u32,
-    /// Open WebSocket, SSE and polling requests, in total and per client IP.
-    pub max_connections: usize,
-    pub max_connections_per_ip: usize,
-    /// An unauthenticated WebSocket must send its first message within this time
-    /// when JWT authentication is configured.
-    pub auth_timeout: Duration,
-    /// The whole request head must arrive within this time (slowloris), and a
-    /// socket with no request in flight is closed after it (`sockets`).
-    pub header_read_timeout: Duration,
-    /// Open TCP connections in total, whether or not they have made a request
-    /// (`sockets`); `None`: `max_connections` + 1024, within the fd limit.
-    pub max_sockets: Option<usize>,
-    /// `rowcast.authorize` checks (cache misses) per second per client IP.
-    pub authorize_per_ip: u32,
-}
-
-impl Default for Limits {
-    fn default() -> Limits {
-        Limits {
-            max_topics: 100,
-            max_topic_len: crate::protocol::MAX_TOPIC_LEN,
-            max_frame: 64 * 1024,
-            max_msgs_per_sec: 20,
-            max_connections: 10_000,
-            max_connections_per_ip: 256,
-            auth_timeout: Duration::from_secs(10),
-            header_read_timeout: Duration::from_secs(10),
-            max_sockets: None,
-            authorize_per_ip: 100,
-        }
-    }
-}
 
 /// Why a connection was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConnRefused {
+pub(crate) enum ConnRefused {
     Total,
     PerIp,
 }
 
 /// Counts open connections; a `ConnGuard` gives its slot back when dropped, so a
 /// connection that ends in any way (error, panic, client gone) cannot leak one.
-pub struct ConnLimiter {
+pub(crate) struct ConnLimiter {
     max_total: usize,
     max_per_ip: usize,
     state: Mutex<(usize, HashMap<IpAddr, usize>)>,
 }
 
-pub struct ConnGuard {
+pub(crate) struct ConnGuard {
     limiter: Arc<ConnLimiter>,
     ip: IpAddr,
 }
 
 impl ConnLimiter {
-    pub fn new(max_total: usize, max_per_ip: usize) -> Arc<ConnLimiter> {
+    pub(crate) fn new(max_total: usize, max_per_ip: usize) -> Arc<ConnLimiter> {
         Arc::new(ConnLimiter {
             max_total,
             max_per_ip,
@@ -83,7 +37,7 @@ impl ConnLimiter {
         })
     }
 
-    pub fn acquire(self: &Arc<Self>, ip: IpAddr) -> Result<ConnGuard, ConnRefused> {
+    pub(crate) fn acquire(self: &Arc<Self>, ip: IpAddr) -> Result<ConnGuard, ConnRefused> {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if st.0 >= self.max_total {
             return Err(ConnRefused::Total);
@@ -95,13 +49,9 @@ impl ConnLimiter {
         *n += 1;
         st.0 += 1;
         Ok(ConnGuard {
-            limiter: self.clone(),
+            limiter: Arc::clone(self),
             ip,
         })
-    }
-
-    pub fn open(&self) -> usize {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).0
     }
 }
 
@@ -119,14 +69,14 @@ impl Drop for ConnGuard {
 }
 
 /// Token bucket: `rate` per second, bursts of `rate`.
-pub struct RateLimiter {
+pub(crate) struct RateLimiter {
     rate: f64,
     tokens: f64,
     at: Instant,
 }
 
 impl RateLimiter {
-    pub fn new(per_sec: u32) -> RateLimiter {
+    pub(crate) fn new(per_sec: u32) -> RateLimiter {
         let rate = f64::from(per_sec.max(1));
         RateLimiter {
             rate,
@@ -136,7 +86,7 @@ impl RateLimiter {
     }
 
     /// Takes one token; false when the client is over its rate.
-    pub fn allow(&mut self) -> bool {
+    pub(crate) fn allow(&mut self) -> bool {
         let now = Instant::now();
         let dt = now.duration_since(self.at).as_secs_f64();
         self.at = now;
@@ -157,7 +107,7 @@ impl RateLimiter {
 /// (`order-1`, `order-2`, ...), so without a budget a handful of WebSockets
 /// sending subscribes could keep the pool busy with policy queries. IPv6
 /// clients are budgeted per /64, the block one host usually holds.
-pub struct IpBudget {
+pub(crate) struct IpBudget {
     rate: f64,
     burst: f64,
     buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
@@ -169,7 +119,7 @@ pub struct IpBudget {
 const MAX_BUDGETED_IPS: usize = 100_000;
 
 impl IpBudget {
-    pub fn new(per_sec: u32, burst: usize) -> IpBudget {
+    pub(crate) fn new(per_sec: u32, burst: usize) -> IpBudget {
         let rate = f64::from(per_sec.max(1));
         IpBudget {
             rate,
@@ -180,7 +130,7 @@ impl IpBudget {
 
     /// Takes `n` tokens from the address's bucket; false, taking nothing,
     /// when fewer are left.
-    pub fn take(&self, ip: IpAddr, n: usize) -> bool {
+    pub(crate) fn take(&self, ip: IpAddr, n: usize) -> bool {
         if n == 0 {
             return true;
         }
@@ -292,11 +242,6 @@ fn origin_matches(pattern: &str, origin: &str) -> bool {
         }
     }
     false
-}
-
-/// Counts a rejection in `rowcast_rejected_total{reason}`.
-pub fn rejected(metrics: &Metrics, reason: &str) {
-    metrics.rejected.with_label_values(&[reason]).inc();
 }
 
 #[cfg(test)]

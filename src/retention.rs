@@ -51,7 +51,7 @@ gone AS (
 SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM mark)";
 
 /// Runs prune rounds every `every` until shutdown.
-pub async fn run(pool: Pool, retention: Duration, every: Duration, mut shutdown: Shutdown) {
+pub(crate) async fn run(pool: Pool, retention: Duration, every: Duration, mut shutdown: Shutdown) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
@@ -69,7 +69,7 @@ pub async fn run(pool: Pool, retention: Duration, every: Duration, mut shutdown:
 }
 
 /// One round; returns the number of changes deleted.
-pub async fn prune(pool: &Pool, retention: Duration) -> Result<u64> {
+pub(crate) async fn prune(pool: &Pool, retention: Duration) -> Result<u64> {
     let client = pool.get().await?;
     let got: bool = client
         .query_one("SELECT pg_try_advisory_lock($1)", &[&LOCK_KEY])

@@ -31,7 +31,7 @@ use tokio::time::Instant;
 
 /// Counters of the registry (`rowcast_sockets`, `rowcast_sockets_closed_total`).
 #[derive(Clone)]
-pub struct SocketMetrics {
+pub(crate) struct SocketMetrics {
     pub open: IntGauge,
     /// Closed because no request came within the idle limit.
     pub closed_idle: IntCounter,
@@ -39,11 +39,25 @@ pub struct SocketMetrics {
     pub shed: IntCounter,
     pub accept_errors: IntCounter,
     /// Socket-level write timeouts, by the transport that owned the connection.
-    pub stalled: [IntCounter; 3],
+    pub stalled: [IntCounter; crate::metrics::Transport::ALL.len()],
+}
+
+impl SocketMetrics {
+    /// The handles of one listener's registry, from the server's metrics.
+    pub(crate) fn new(m: &crate::metrics::Metrics) -> SocketMetrics {
+        SocketMetrics {
+            open: m.sockets.clone(),
+            closed_idle: m.sockets_closed.with_label_values(&["idle"]),
+            shed: m.sockets_closed.with_label_values(&["shed"]),
+            accept_errors: m.accept_errors.clone(),
+            stalled: crate::metrics::Transport::ALL
+                .map(|t| m.slow_consumer_drops.with_label_values(&[t.as_str()])),
+        }
+    }
 }
 
 /// All sockets of one listener.
-pub struct Sockets {
+pub(crate) struct Sockets {
     max: usize,
     idle_limit: Duration,
     open: AtomicUsize,
@@ -56,7 +70,7 @@ pub struct Sockets {
 }
 
 /// One accepted connection.
-pub struct Socket {
+pub(crate) struct Socket {
     id: u64,
     registry: Arc<Sockets>,
     state: Mutex<State>,
@@ -80,7 +94,7 @@ struct State {
 }
 
 /// What the connection's driver should do next.
-pub enum Next {
+pub(crate) enum Next {
     /// Nothing to watch but the connection itself.
     Busy,
     /// Close the socket if it is still idle at this instant.
@@ -90,7 +104,7 @@ pub enum Next {
 }
 
 impl Sockets {
-    pub fn new(max: usize, idle_limit: Duration, metrics: SocketMetrics) -> Arc<Sockets> {
+    pub(crate) fn new(max: usize, idle_limit: Duration, metrics: SocketMetrics) -> Arc<Sockets> {
         Arc::new(Sockets {
             max: max.max(1),
             idle_limit,
@@ -103,17 +117,13 @@ impl Sockets {
     }
 
     /// Sockets counted against the cap: open ones, less those being shed.
-    pub fn open(&self) -> usize {
+    pub(crate) fn open(&self) -> usize {
         self.open.load(Ordering::Relaxed)
-    }
-
-    pub fn max(&self) -> usize {
-        self.max
     }
 
     /// Registers a freshly accepted socket, idle from now. `None` when the cap
     /// is reached and no idle socket could be shed: close the newcomer.
-    pub fn register(self: &Arc<Self>) -> Option<Arc<Socket>> {
+    pub(crate) fn register(self: &Arc<Self>) -> Option<Arc<Socket>> {
         if self.open.load(Ordering::Relaxed) >= self.max && !self.shed_oldest() {
             self.metrics.shed.inc();
             return None;
@@ -123,7 +133,7 @@ impl Sockets {
         let now = Instant::now();
         let socket = Arc::new(Socket {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
-            registry: self.clone(),
+            registry: Arc::clone(self),
             state: Mutex::new(State {
                 busy: 0,
                 idle_since: Some(now),
@@ -135,12 +145,13 @@ impl Sockets {
             counted: AtomicBool::new(true),
             transport: AtomicU8::new(0),
         });
-        self.idle_map().insert((now, socket.id), socket.clone());
+        self.idle_map()
+            .insert((now, socket.id), Arc::clone(&socket));
         Some(socket)
     }
 
     /// Asks the oldest idle socket to close. False when no socket is idle.
-    pub fn shed_oldest(&self) -> bool {
+    pub(crate) fn shed_oldest(&self) -> bool {
         let victim = self.idle_map().pop_first();
         match victim {
             Some((_, s)) => {
@@ -155,7 +166,7 @@ impl Sockets {
     }
 
     /// Completes when some socket's descriptor is released (or after `max`).
-    pub async fn released(&self, max: Duration) {
+    pub(crate) async fn released(&self, max: Duration) {
         let _ = tokio::time::timeout(max, self.released.notified()).await;
     }
 
@@ -172,36 +183,32 @@ impl Socket {
     /// A request arrived: the socket is busy until the returned guard drops
     /// (the guard travels with the response body, so a streaming answer keeps
     /// the socket busy for as long as it streams).
-    pub fn begin_request(self: &Arc<Self>) -> RequestGuard {
+    pub(crate) fn begin_request(self: &Arc<Self>) -> RequestGuard {
         let mut st = self.state();
         st.busy += 1;
         if let Some(since) = st.idle_since.take() {
             self.registry.idle_map().remove(&(since, self.id));
         }
         RequestGuard {
-            socket: self.clone(),
+            socket: Arc::clone(self),
         }
     }
 
     /// The connection was upgraded (WebSocket): never idle again.
-    pub fn upgraded(&self) {
+    pub(crate) fn upgraded(&self) {
         self.state().upgraded = true;
     }
 
     /// Claims the socket for a transport, so that a write timeout on it is
     /// counted under the right label. On HTTP/2 the last claim wins.
-    pub fn serves(&self, transport: &str) {
-        if let Some(i) = crate::metrics::TRANSPORTS
-            .iter()
-            .position(|t| *t == transport)
-        {
-            self.transport.store(i as u8 + 1, Ordering::Relaxed);
-        }
+    pub(crate) fn serves(&self, transport: crate::metrics::Transport) {
+        self.transport
+            .store(transport.index() as u8 + 1, Ordering::Relaxed);
     }
 
     /// The counter a write timeout on this socket goes to, if a client
     /// transport owns it.
-    pub fn stalled_counter(&self) -> Option<&IntCounter> {
+    pub(crate) fn stalled_counter(&self) -> Option<&IntCounter> {
         match self.transport.load(Ordering::Relaxed) {
             0 => None,
             i => self.registry.metrics.stalled.get(usize::from(i) - 1),
@@ -209,7 +216,7 @@ impl Socket {
     }
 
     /// What the driver waits for now.
-    pub fn next(&self) -> Next {
+    pub(crate) fn next(&self) -> Next {
         if self.shed.load(Ordering::Acquire) {
             return Next::Shed;
         }
@@ -220,13 +227,13 @@ impl Socket {
     }
 
     /// Completes when `next` may have changed.
-    pub async fn changed(&self) {
+    pub(crate) async fn changed(&self) {
         self.wake.notified().await
     }
 
     /// Called by the driver when `IdleUntil(at)` passed: true (and counted)
     /// when the socket is indeed still idle since then, so it must close.
-    pub fn idle_expired(&self, now: Instant) -> bool {
+    pub(crate) fn idle_expired(&self, now: Instant) -> bool {
         let st = self.state();
         match st.idle_since {
             Some(since) if since + self.registry.idle_limit <= now => {
@@ -238,7 +245,7 @@ impl Socket {
     }
 
     /// The file descriptor is gone (the connection's I/O object dropped).
-    pub fn close(&self) {
+    pub(crate) fn close(&self) {
         let mut st = self.state();
         if std::mem::replace(&mut st.closed, true) {
             return;
@@ -260,7 +267,7 @@ impl Socket {
 }
 
 /// Keeps a socket busy while one request is in flight.
-pub struct RequestGuard {
+pub(crate) struct RequestGuard {
     socket: Arc<Socket>,
 }
 
@@ -272,20 +279,20 @@ impl Drop for RequestGuard {
         if st.busy == 0 && !st.upgraded && !st.closed {
             let now = Instant::now();
             st.idle_since = Some(now);
-            s.registry.idle_map().insert((now, s.id), s.clone());
+            s.registry.idle_map().insert((now, s.id), Arc::clone(s));
             drop(st);
             s.wake.notify_one();
         }
     }
 }
 
-/// The request's socket, for handlers: `ClientSocket::serves("sse")`.
+/// The request's socket, for handlers: `ClientSocket::serves(Transport::Sse)`.
 /// Empty when the router runs without `http::serve` (unit tests).
 #[derive(Clone, Default)]
-pub struct ClientSocket(pub Option<Arc<Socket>>);
+pub(crate) struct ClientSocket(pub Option<Arc<Socket>>);
 
 impl ClientSocket {
-    pub fn serves(&self, transport: &str) {
+    pub(crate) fn serves(&self, transport: crate::metrics::Transport) {
         if let Some(s) = &self.0 {
             s.serves(transport);
         }
@@ -309,8 +316,8 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientSocket {
 
 /// The process's soft limit on open file descriptors (RLIMIT_NOFILE).
 // rlim_t is u64 on Linux/x86_64 but not on every target: keep the cast.
-#[allow(clippy::unnecessary_cast)]
-pub fn fd_limit() -> Option<usize> {
+#[allow(clippy::unnecessary_cast, unsafe_code)]
+pub(crate) fn fd_limit() -> Option<usize> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -336,7 +343,7 @@ mod tests {
             closed_idle: c(),
             shed: c(),
             accept_errors: c(),
-            stalled: [c(), c(), c()],
+            stalled: [c(), c(), c(), c(), c()],
         }
     }
 
@@ -368,7 +375,7 @@ mod tests {
         let reg = Sockets::new(10, Duration::from_secs(60), metrics());
         let s = reg.register().unwrap();
         assert!(s.stalled_counter().is_none());
-        s.serves("poll");
+        s.serves(crate::metrics::Transport::Poll);
         s.stalled_counter().unwrap().inc();
         assert_eq!(reg.metrics.stalled[2].get(), 1);
         let g = s.begin_request();

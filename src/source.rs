@@ -32,25 +32,23 @@
 use crate::changelog;
 use crate::cursor::Cursor;
 use crate::error::{Error, Result};
+use crate::health::Health;
 use crate::hub::Hub;
-use crate::metrics::Metrics;
+use crate::metrics::{EventCounts, Metrics};
 use crate::shutdown::Shutdown;
 use crate::snapshot::Snapshot;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
-/// Default page size of a read; a bigger batch is read in pages.
-pub const PAGE: i64 = 5000;
 /// How long after an idle read found changes a NOTIFY still counts as announcing them.
 const NOTIFY_GRACE: Duration = Duration::from_millis(200);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 #[derive(Clone, Debug)]
-pub struct SourceConfig {
+pub(crate) struct SourceConfig {
     pub database_url: String,
     /// Safety-net read interval while idle and armed.
     pub idle_poll: Duration,
@@ -61,45 +59,32 @@ pub struct SourceConfig {
     pub page_size: i64,
 }
 
-/// What `/readyz` reports.
-#[derive(Default)]
-pub struct SourceStatus {
-    connected: AtomicBool,
-    caught_up: AtomicBool,
-}
-
-impl SourceStatus {
-    pub fn ready(&self) -> bool {
-        self.connected.load(Ordering::Relaxed) && self.caught_up.load(Ordering::Relaxed)
-    }
-
-    pub fn connected(&self) -> bool {
-        self.connected.load(Ordering::Relaxed)
-    }
-}
-
-pub struct Source {
+pub(crate) struct Source {
     cfg: SourceConfig,
     hub: Arc<Hub>,
     metrics: Metrics,
-    status: Arc<SourceStatus>,
+    status: Arc<Health>,
     /// The snapshot up to which everything has been published.
     position: Option<Snapshot>,
     /// A batch half published when the connection failed, to finish first.
     open: Option<OpenBatch>,
     /// Changes per read.
     page: i64,
+    /// `rowcast_changes_total{event}`, counted here, once per change read.
+    event_counts: EventCounts,
 }
 
 impl Source {
-    pub fn new(
+    pub(crate) fn new(
         cfg: SourceConfig,
         hub: Arc<Hub>,
         metrics: Metrics,
-        status: Arc<SourceStatus>,
+        status: Arc<Health>,
     ) -> Source {
         let page = cfg.page_size.max(1);
+        let event_counts = metrics.event_counts();
         Source {
+            event_counts,
             cfg,
             hub,
             metrics,
@@ -111,7 +96,7 @@ impl Source {
     }
 
     /// Runs until `shutdown` turns true.
-    pub async fn run(mut self, mut shutdown: Shutdown) {
+    pub(crate) async fn run(mut self, mut shutdown: Shutdown) {
         let mut backoff = BACKOFF_MIN;
         loop {
             if shutdown.is_shutdown() {
@@ -140,10 +125,7 @@ impl Source {
     }
 
     fn set_connected(&self, up: bool) {
-        self.status.connected.store(up, Ordering::Relaxed);
-        if !up {
-            self.status.caught_up.store(false, Ordering::Relaxed);
-        }
+        self.status.set_connected(up);
         self.metrics.source_connected.set(i64::from(up));
     }
 
@@ -152,7 +134,7 @@ impl Source {
         let bell = Arc::new(Notify::new());
         let (client, lost) = connect(
             &self.cfg.database_url,
-            Some((bell.clone(), self.metrics.source_notifications.clone())),
+            Some((Arc::clone(&bell), self.metrics.source_notifications.clone())),
         )
         .await?;
         client.batch_execute("LISTEN rowcast").await?;
@@ -218,10 +200,10 @@ impl Source {
                 continue;
             }
             idle_read = false;
-            self.status.caught_up.store(true, Ordering::Relaxed);
+            self.status.set_caught_up();
             if !armed {
                 let task = arming.get_or_insert_with(|| {
-                    let c = arm_client.clone();
+                    let c = Arc::clone(&arm_client);
                     tokio::spawn(async move { arm(&c).await })
                 });
                 tokio::select! {
@@ -291,6 +273,9 @@ impl Source {
             }
             total += n;
             self.metrics.events.inc_by(n as u64);
+            for c in &page.changes {
+                self.event_counts.count(&c.event);
+            }
             self.hub.publish(&page.changes);
             if page.more {
                 if let Some(last) = page.last {

@@ -27,7 +27,7 @@ async fn smoke(transport: Transport) {
         },
         command: vec![format!("bench_smoke {}", transport.name())],
     };
-    let report = rowcast_bench::run(opts).await.expect("bench run");
+    let report = Box::pin(rowcast_bench::run(opts)).await.expect("bench run");
     let load = report.latency.as_ref().expect("latency load");
     assert_eq!(load.connected, 200, "{}", report.to_json());
     let step = load.steps.first().expect("one step");

@@ -641,7 +641,7 @@ async fn checkouts_at_once(url: &str, customers: &[i64]) -> Vec<(i64, Value)> {
     let mut tasks = Vec::new();
     for &c in customers {
         let db = connect(url).await;
-        let barrier = barrier.clone();
+        let barrier = Arc::clone(&barrier);
         tasks.push(tokio::spawn(async move {
             barrier.wait().await;
             let r = checkout(&db, c)
@@ -896,7 +896,7 @@ async fn carts_and_farmers_racing_stay_consistent() {
     let mut background = Vec::new();
     for f in 0..2u64 {
         let db = connect(&url).await;
-        let stop = stop.clone();
+        let stop = Arc::clone(&stop);
         background.push(tokio::spawn(async move {
             let mut rng = fastrand::Rng::with_seed(100 + f);
             let mut n = 0;
@@ -921,7 +921,7 @@ async fn carts_and_farmers_racing_stay_consistent() {
     }
     {
         let db = connect(&url).await;
-        let stop = stop.clone();
+        let stop = Arc::clone(&stop);
         background.push(tokio::spawn(async move {
             let mut n = 0;
             while !stop.load(std::sync::atomic::Ordering::SeqCst) && n < MAX_ROUNDS {

@@ -298,7 +298,7 @@ async fn chaos_every_client_gets_exactly_the_committed_changes() {
         } else {
             a_base.clone()
         };
-        let (target, give_up) = (target.clone(), give_up.clone());
+        let (target, give_up) = (Arc::clone(&target), Arc::clone(&give_up));
         let origin = origin.clone();
         clients.push(tokio::spawn(async move {
             let mut seen = Seen {
@@ -322,7 +322,7 @@ async fn chaos_every_client_gets_exactly_the_committed_changes() {
                 let base = if rng.u8(..4) == 0 { &other } else { &home };
                 let len = Duration::from_millis(rng.u64(300..3000));
                 let before = seen.events.len();
-                session(t, base, &q, &mut seen, len).await;
+                Box::pin(session(t, base, &q, &mut seen, len)).await;
                 if seen.events.len() == before {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
@@ -381,7 +381,7 @@ async fn chaos_every_client_gets_exactly_the_committed_changes() {
     );
 
     let settle = tokio::spawn({
-        let give_up = give_up.clone();
+        let give_up = Arc::clone(&give_up);
         async move {
             tokio::time::sleep(SETTLE).await;
             give_up.store(true, Ordering::Relaxed);

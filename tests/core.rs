@@ -237,11 +237,11 @@ async fn concurrent_writers_every_subscriber_gets_every_event_once() {
     assert_eq!(next_event(&mut all_sse.rx).await.data["newQuantity"], 999);
     assert_eq!(all_poll.events(1).await[0].data["newQuantity"], 999);
     // every read was announced by the doorbell: the idle safety net caught nothing
-    let metrics = srv.app.metrics.render();
+    let metrics = srv.metrics();
     println!(
         "doorbell: {} notifications for {} events",
-        srv.app.metrics.source_notifications.get(),
-        srv.app.metrics.events.get()
+        srv.metric("rowcast_source_notifications_total"),
+        srv.metric("rowcast_events_total")
     );
     assert!(
         metrics.contains("rowcast_source_idle_poll_hits_total 0"),

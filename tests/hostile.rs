@@ -578,7 +578,7 @@ async fn hostile_input_gets_its_answer_and_others_notice_nothing() {
         .unwrap()
         .get(0);
     assert_eq!(n, 2);
-    let metrics = srv.app.metrics.render();
+    let metrics = srv.metrics();
     for line in [
         "rowcast_auth_failures_total{reason=\"expired\"}",
         "rowcast_auth_failures_total{reason=\"bad_signature\"}",
@@ -631,7 +631,7 @@ async fn connection_limits_and_allowed_origins() {
     let srv = server_with(&url, |c| {
         c.limits.max_connections = 3;
         c.limits.max_connections_per_ip = 2;
-        c.origins = rowcast::limits::Origins::localhost();
+        c.origins = rowcast::Origins::localhost();
     })
     .await;
     let base = srv.base_url();
@@ -819,13 +819,8 @@ async fn queries_claims_and_topics_get_the_documented_json_errors() {
         Msg::Closed(code) => assert!(code.starts_with("1008"), "{code}"),
         other => panic!("{other:?}"),
     }
-    let bad_claims = srv
-        .app
-        .metrics
-        .auth_failures
-        .with_label_values(&["bad_claims"])
-        .get();
-    assert!(bad_claims >= 4, "bad_claims counted {bad_claims} times");
+    let bad_claims = srv.metric("rowcast_auth_failures_total{reason=\"bad_claims\"}");
+    assert!(bad_claims >= 4.0, "bad_claims counted {bad_claims} times");
 
     // unsubscribe: validated, never echoed back unchecked
     let mut ws = WsClient::connect_with(
@@ -866,7 +861,7 @@ async fn queries_claims_and_topics_get_the_documented_json_errors() {
         Msg::Control(v) => assert_eq!(v, json!({"type":"unsubscribed","topics":["product-1"]})),
         other => panic!("{other:?}"),
     }
-    let m = srv.app.metrics.render();
+    let m = srv.metrics();
     assert!(
         m.contains("rowcast_rejected_total{reason=\"bad_query\"}"),
         "{m}"
@@ -890,7 +885,7 @@ async fn authorize_checks_have_a_budget_per_client_address() {
     })
     .await;
     let base = srv.base_url();
-    let checks = || srv.app.metrics.authorize_checks.get();
+    let checks = || srv.metric("rowcast_authorize_checks_total") as u64;
     let list =
         |r: std::ops::Range<i32>| -> Vec<String> { r.map(|i| format!("product-{i}")).collect() };
     let mut ws1 = WsClient::connect(&base, "").await;
@@ -941,7 +936,7 @@ async fn authorize_checks_have_a_budget_per_client_address() {
         .unwrap();
     assert_eq!(other.status(), 200);
     assert_eq!(checks(), 101);
-    let m = srv.app.metrics.render();
+    let m = srv.metrics();
     assert!(m.contains("rowcast_rejected_total{reason=\"authorize_rate_limited\"}"));
     drop((ws1, ws2));
     srv.stop().await;

@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 async fn until_closed(s: &mut TcpStream) -> Vec<u8> {
     let mut buf = Vec::new();
     tokio::time::timeout(ARRIVAL, async {
-        let mut chunk = [0u8; 4096];
+        let mut chunk = vec![0u8; 4096];
         loop {
             match s.read(&mut chunk).await {
                 Ok(0) | Err(_) => return,
@@ -86,17 +86,12 @@ async fn silent_and_idle_sockets_are_released() {
     assert_eq!(closed, SILENT);
     drop(silent);
     drop(idle);
-    eventually("the server holds no socket", || srv.sockets.open() == 0).await;
+    eventually("the server holds no socket", || srv.open_sockets() == 0).await;
     eventually("this process's descriptors are back", || {
         open_fds() <= fds_before + 8
     })
     .await;
-    let idle_closed = srv
-        .app
-        .metrics
-        .sockets_closed
-        .with_label_values(&["idle"])
-        .get();
+    let idle_closed = srv.metric("rowcast_sockets_closed_total{reason=\"idle\"}") as u64;
     assert!(idle_closed > SILENT as u64, "idle closes: {idle_closed}");
     srv.stop().await;
 }
@@ -118,7 +113,7 @@ async fn the_socket_cap_sheds_the_oldest_idle_socket() {
     let mut silent = Vec::new();
     for _ in 0..(3 * CAP) {
         silent.push(TcpStream::connect(srv.addr).await.unwrap());
-        assert!(srv.sockets.open() <= CAP, "{} sockets", srv.sockets.open());
+        assert!(srv.open_sockets() <= CAP, "{} sockets", srv.open_sockets());
     }
     // a newcomer still gets in (and sheds someone idle)
     assert_eq!(healthz(&base).await, 200);
@@ -126,13 +121,8 @@ async fn the_socket_cap_sheds_the_oldest_idle_socket() {
     for s in silent.iter_mut().take(CAP) {
         assert!(until_closed(s).await.is_empty());
     }
-    assert!(srv.sockets.open() <= CAP);
-    let shed = srv
-        .app
-        .metrics
-        .sockets_closed
-        .with_label_values(&["shed"])
-        .get();
+    assert!(srv.open_sockets() <= CAP);
+    let shed = srv.metric("rowcast_sockets_closed_total{reason=\"shed\"}") as u64;
     assert!(shed >= CAP as u64, "shed: {shed}");
     // the busy stream was never a candidate
     connect(&url)
@@ -171,6 +161,7 @@ async fn out_of_descriptors_the_server_sheds_and_keeps_serving() {
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     // SAFETY: setrlimit is async-signal-safe; it only lowers the child's limit.
+    #[allow(unsafe_code)]
     unsafe {
         cmd.pre_exec(|| {
             let lim = libc::rlimit {
@@ -304,7 +295,7 @@ async fn h2c_is_off_by_default_and_idle_h2_connections_are_closed() {
     // read frames until the response HEADERS for stream 1 (:status 200 is 0x88)
     let mut buf = Vec::new();
     let status_200 = tokio::time::timeout(ARRIVAL, async {
-        let mut chunk = [0u8; 4096];
+        let mut chunk = vec![0u8; 4096];
         loop {
             let mut at = 0;
             while buf.len() >= at + 9 {
@@ -336,7 +327,7 @@ async fn h2c_is_off_by_default_and_idle_h2_connections_are_closed() {
     quiet.write_all(H2_PREFACE).await.unwrap();
     quiet.write_all(&h2_frame(4, 0, 0, &[])).await.unwrap();
     until_closed(&mut quiet).await;
-    eventually("no socket left", || on.sockets.open() == 0).await;
+    eventually("no socket left", || on.open_sockets() == 0).await;
     on.stop().await;
 }
 
@@ -365,8 +356,8 @@ async fn stalled_sockets_are_counted_under_their_transport() {
         }
     };
     let sse = stuck("/v1/events?topics=s".into()).await;
-    let gauge = srv.app.metrics.connections.with_label_values(&["sse"]);
-    eventually("the SSE stream is open", || gauge.get() == 1).await;
+    let sse_open = || srv.metric("rowcast_connections{transport=\"sse\"}") == 1.0;
+    eventually("the SSE stream is open", sse_open).await;
     let db = connect(&url).await;
     for chunk in 0..10i64 {
         db.execute(
@@ -380,18 +371,19 @@ async fn stalled_sockets_are_counted_under_their_transport() {
     // ~11 MB of answer that nobody reads
     let poll = stuck(format!("/v1/poll?topics=s&limit=10000&cursor={cursor}")).await;
     let drops = |t: &str| {
-        srv.app
-            .metrics
-            .slow_consumer_drops
-            .with_label_values(&[t])
-            .get()
+        srv.metric(&format!(
+            "rowcast_slow_consumer_drops_total{{transport=\"{t}\"}}"
+        )) as u64
     };
     eventually("both stalled sockets are cut", || {
         drops("sse") == 1 && drops("poll") == 1
     })
     .await;
     assert_eq!(drops("ws"), 0);
-    eventually("the SSE stream is gone", || gauge.get() == 0).await;
+    eventually("the SSE stream is gone", || {
+        srv.metric("rowcast_connections{transport=\"sse\"}") == 0.0
+    })
+    .await;
     drop((sse, poll));
     srv.stop().await;
 }

@@ -110,12 +110,7 @@ async fn out_of_order_commit_with(t: T, window: usize) {
     let got: Vec<i64> = client.events(2).await.iter().map(n).collect();
     assert_eq!(got, vec![1, 3], "{t:?} window {window}");
     let from = if window == 0 { "log" } else { "memory" };
-    let reads = srv
-        .app
-        .metrics
-        .catchup_reads
-        .with_label_values(&[from])
-        .get();
+    let reads = srv.metric(&format!("rowcast_catchup_reads_total{{from=\"{from}\"}}")) as u64;
     assert!(reads >= 1, "the resume was answered from {from}");
     srv.stop().await;
 }

@@ -155,14 +155,17 @@ async fn stuck_sse_client_is_disconnected() {
         )
         .await
         .unwrap();
-    let gauge = srv.app.metrics.connections.with_label_values(&["sse"]);
     for _ in 0..200 {
-        if gauge.get() == 1 {
+        if srv.metric("rowcast_connections{transport=\"sse\"}") == 1.0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    assert_eq!(gauge.get(), 1, "the stuck SSE stream is open");
+    assert_eq!(
+        srv.metric("rowcast_connections{transport=\"sse\"}"),
+        1.0,
+        "the stuck SSE stream is open"
+    );
     let mut normal = SseClient::connect(&srv.base_url(), "topics=s", None).await;
     let db = connect(&url).await;
     for chunk in 0..10i64 {
@@ -179,19 +182,14 @@ async fn stuck_sse_client_is_disconnected() {
     }
     let mut closed = false;
     for _ in 0..400 {
-        if gauge.get() == 1 {
+        if srv.metric("rowcast_connections{transport=\"sse\"}") == 1.0 {
             closed = true; // only the normal client is left
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(closed, "the stuck SSE client was not disconnected");
-    let drops = srv
-        .app
-        .metrics
-        .slow_consumer_drops
-        .with_label_values(&["sse"])
-        .get();
+    let drops = srv.metric("rowcast_slow_consumer_drops_total{transport=\"sse\"}") as u64;
     assert_eq!(drops, 1);
     drop(stuck);
     srv.stop().await;
@@ -294,7 +292,7 @@ async fn long_cursors_do_not_amplify_and_catchup_memory_is_bounded() {
     // 30 at once, sampling the server's RSS meanwhile
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sampler = {
-        let done = done.clone();
+        let done = std::sync::Arc::clone(&done);
         tokio::spawn(async move {
             let mut peak = 0;
             while !done.load(std::sync::atomic::Ordering::Relaxed) {

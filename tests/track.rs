@@ -14,7 +14,7 @@ async fn noticing(url: &str) -> (tokio_postgres::Client, Arc<Mutex<Vec<String>>>
         .await
         .unwrap();
     let notices = Arc::new(Mutex::new(Vec::new()));
-    let sink = notices.clone();
+    let sink = Arc::clone(&notices);
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(futures::stream::poll_fn(|cx| conn.poll_message(cx)));
         while let Some(Ok(m)) = stream.next().await {

@@ -83,7 +83,7 @@ pub fn spawn(
     i: usize,
     stop: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
-    let fleet = fleet.clone();
+    let fleet = Arc::clone(fleet);
     tokio::spawn(async move {
         let mut conn = Conn {
             products: fleet.products(i),
@@ -217,7 +217,7 @@ impl Conn {
         topics: &str,
         stop: &mut watch::Receiver<bool>,
     ) -> Result<Ended, BenchError> {
-        let fleet = self.fleet.clone();
+        let fleet = Arc::clone(&self.fleet);
         let permit = fleet.gate.acquire().await.ok();
         let stream = tokio::time::timeout(CONNECT_TIMEOUT, self.dial())
             .await
@@ -280,7 +280,7 @@ impl Conn {
         topics: &str,
         stop: &mut watch::Receiver<bool>,
     ) -> Result<Ended, BenchError> {
-        let fleet = self.fleet.clone();
+        let fleet = Arc::clone(&self.fleet);
         let permit = fleet.gate.acquire().await.ok();
         let mut http = tokio::time::timeout(CONNECT_TIMEOUT, async {
             let mut http = Http::new(self.dial().await?);
@@ -331,7 +331,7 @@ impl Conn {
         topics: &str,
         stop: &mut watch::Receiver<bool>,
     ) -> Result<Ended, BenchError> {
-        let fleet = self.fleet.clone();
+        let fleet = Arc::clone(&self.fleet);
         let permit = fleet.gate.acquire().await.ok();
         let server = self.fleet.server;
         let (mut http, mut cursor) = tokio::time::timeout(CONNECT_TIMEOUT, async {

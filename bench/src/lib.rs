@@ -314,7 +314,7 @@ async fn run_load(target: &Target, p: &LoadParams) -> Result<Load, BenchError> {
     let base = next_seq(&target.database_url).await?;
     let ledger = Arc::new(Ledger::new(base, capacity, t, p.connections)?);
     let fleet = Arc::new(Fleet::new(
-        ledger.clone(),
+        Arc::clone(&ledger),
         target.server,
         p.transport,
         t,

@@ -1,141 +1,265 @@
-//! The three client transports. They share one envelope, one cursor and one
-//! `Feed`; they differ only in framing.
+//! The client transports and the HTTP surface around them: the router, the
+//! origin check, rejection counting, `/readyz` and `/metrics`.
+//!
+//! Every transport does the same steps, each of which lives once: parse the
+//! start of the stream (`start::StreamRequest`), pass the gate
+//! (`access::Gate`: slot, token, topics, policy), open a feed
+//! (`feed::Feeds::open`), take batches from it (`Feed::next_batch`), and end
+//! with a named reason (`close::Disconnect`). A transport module holds only
+//! its framing and its I/O loop.
 
-pub mod poll;
-pub mod sse;
-pub mod ws;
+pub(crate) mod close;
+pub(crate) mod deadline;
+pub(crate) mod poll;
+pub(crate) mod presence;
+pub(crate) mod socketio;
+pub(crate) mod sse;
+pub(crate) mod start;
+pub(crate) mod ws;
 
-use crate::feed::FeedError;
-use crate::protocol::ProtocolError;
-use axum::http::{HeaderValue, StatusCode};
+use crate::access::Gate;
+use crate::api_error::{ApiError, ErrorCode, Rejected};
+use crate::config::ServerConfig;
+use crate::feed::{FeedError, Feeds};
+use crate::health::Health;
+use crate::metrics::{Metrics, Transport, TransportMetrics};
+use crate::presence::Presence;
+use crate::shutdown::Shutdown;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use std::sync::Arc;
 
-/// An HTTP error answer: `{"error":"<code>","message":"..."}`.
-#[derive(Debug)]
-pub struct ApiError {
-    pub status: StatusCode,
-    pub code: &'static str,
-    pub message: String,
-    /// Extra string fields of the body, e.g. `topic` of a `forbidden` answer.
-    pub extra: Vec<(&'static str, String)>,
+/// What every handler shares.
+pub(crate) struct App {
+    pub cfg: ServerConfig,
+    pub feeds: Feeds,
+    pub gate: Gate,
+    pub presence: Arc<Presence>,
+    pub metrics: Metrics,
+    pub health: Arc<Health>,
+    pub shutdown: Shutdown,
+    /// Socket.IO's long-polling sessions on this node, and its ping settings.
+    pub socketio: Arc<socketio::polling::Registry>,
+    /// This node's name in Socket.IO session ids.
+    pub node_id: String,
+    /// Metric handles per transport, resolved once.
+    transports: [TransportMetrics; Transport::ALL.len()],
 }
 
-impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
-            extra: Vec::new(),
+impl App {
+    pub(crate) fn new(
+        cfg: ServerConfig,
+        feeds: Feeds,
+        gate: Gate,
+        presence: Arc<Presence>,
+        metrics: Metrics,
+        health: Arc<Health>,
+        shutdown: Shutdown,
+    ) -> App {
+        let settings = socketio::EngineSettings {
+            ping_interval: cfg.keepalive,
+            ping_timeout: cfg.keepalive,
+            max_payload: cfg.limits.max_frame,
+        };
+        // every series exists from the start, so rate() sees the first one
+        for end in close::Disconnect::ALL {
+            metrics.ws_closed.with_label_values(&[end.label()]);
+            if let Some(reason) = end.rejection() {
+                metrics.rejected.with_label_values(&[reason]);
+            }
+        }
+        for reason in ErrorCode::ALL.iter().filter_map(|c| c.rejection()) {
+            metrics.rejected.with_label_values(&[reason]);
+        }
+        App {
+            socketio: Arc::new(socketio::polling::Registry::new(settings)),
+            node_id: cfg.node_id.clone().unwrap_or_default(),
+            transports: Transport::ALL.map(|t| metrics.transport(t)),
+            cfg,
+            feeds,
+            gate,
+            presence,
+            metrics,
+            health,
+            shutdown,
         }
     }
 
-    pub fn with(mut self, key: &'static str, value: impl Into<String>) -> ApiError {
-        self.extra.push((key, value.into()));
-        self
+    pub(crate) fn transport(&self, t: Transport) -> TransportMetrics {
+        self.transports[t.index()].clone()
+    }
+
+    /// Counts a client session for the SLOs (`rowcast_sessions_total`), with
+    /// the gap the client reports before a WebSocket. A session is counted
+    /// once, when it opens, under the transport it opened on: a Socket.IO
+    /// session that upgrades from polling stays `socketio_polling`; a polling
+    /// client is a session only on the request that carries `fallback=`
+    /// (the SDK's first); a WebSocket is never a fallback.
+    pub(crate) fn count_session(&self, t: Transport, report: start::ClientReport) {
+        let fallback = match t {
+            Transport::Ws | Transport::SocketIo => false,
+            _ => report.fallback.unwrap_or(false),
+        };
+        self.metrics
+            .sessions
+            .with_label_values(&[t.as_str(), if fallback { "yes" } else { "no" }])
+            .inc();
+        if let (Transport::Ws | Transport::SocketIo, Some(gap)) = (t, report.gap_secs) {
+            self.metrics.ws_gap_seconds.inc_by(gap);
+        }
+    }
+
+    /// A WebSocket session is connected until the guard is dropped
+    /// (`rowcast_ws_connected_seconds_total`).
+    pub(crate) fn ws_connected(&self) -> crate::metrics::Alive {
+        self.metrics.ws_connected_seconds.open()
     }
 }
 
-impl From<ProtocolError> for ApiError {
-    fn from(e: ProtocolError) -> ApiError {
-        ApiError::new(StatusCode::BAD_REQUEST, e.code(), e.to_string())
+/// The client port: the three transports, health and readiness, and
+/// `/metrics` unless it has a listener of its own; and `extra` routes (the
+/// market API) under the same origin check and rejection counting.
+pub(crate) fn router(app: Arc<App>, with_metrics: bool, extra: Option<Router<Arc<App>>>) -> Router {
+    let mut api = Router::new()
+        .route("/v1/ws", get(ws::handler))
+        .route("/v1/events", get(sse::handler))
+        .route("/v1/poll", get(poll::handler))
+        .route(
+            "/socket.io/",
+            get(socketio::handler).post(socketio::handler),
+        )
+        .route("/v1/presence", get(presence::read))
+        .route(
+            "/v1/presence/activity",
+            axum::routing::post(presence::activity),
+        );
+    if let Some(extra) = extra {
+        api = api.merge(extra);
+    }
+    let api = api.layer(axum::middleware::from_fn_with_state(
+        Arc::clone(&app),
+        origin_layer,
+    ));
+    let mut r = Router::new()
+        .merge(api)
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz));
+    if with_metrics {
+        r = r.route("/metrics", get(metrics));
+    }
+    r.layer(axum::middleware::from_fn_with_state(
+        Arc::clone(&app),
+        count_rejections,
+    ))
+    .with_state(app)
+}
+
+/// `--metrics-listen`: metrics, health and readiness, nothing else.
+pub(crate) fn metrics_router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .with_state(app)
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        app.metrics.render(),
+    )
+}
+
+async fn readyz(State(app): State<Arc<App>>) -> impl IntoResponse {
+    if app.health.ready() {
+        (StatusCode::OK, "ready")
+    } else if app.health.connected() {
+        (StatusCode::SERVICE_UNAVAILABLE, "catching up")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "source disconnected")
     }
 }
 
+/// Counts every refusal an HTTP answer carries (`rowcast_rejected_total`),
+/// whichever handler or extractor built it: the one place HTTP rejections
+/// are counted.
+async fn count_rejections(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    let r = next.run(req).await;
+    if let Some(Rejected { reason, count }) = r.extensions().get::<Rejected>() {
+        app.metrics
+            .rejected
+            .with_label_values(&[reason])
+            .inc_by(*count);
+    }
+    r
+}
+
+/// Refuses requests from origins that are not allowed (403), answers CORS
+/// preflights, and tells browsers which cross origins may read the answers.
+async fn origin_layer(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    let origin = match app.gate.check_origin(req.headers()) {
+        Ok(o) => o,
+        Err(e) => return e.into_response(),
+    };
+    if req.method() == Method::OPTIONS {
+        let mut r = StatusCode::NO_CONTENT.into_response();
+        if let Some(o) = origin {
+            let h = r.headers_mut();
+            h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o);
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_METHODS,
+                HeaderValue::from_static("GET, POST, PATCH, DELETE, OPTIONS"),
+            );
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_HEADERS,
+                HeaderValue::from_static("authorization, last-event-id, content-type"),
+            );
+            h.insert(
+                header::ACCESS_CONTROL_MAX_AGE,
+                HeaderValue::from_static("600"),
+            );
+            h.insert(header::VARY, HeaderValue::from_static("Origin"));
+        }
+        return r;
+    }
+    let mut r = next.run(req).await;
+    if let Some(o) = origin {
+        r.headers_mut()
+            .insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o);
+        r.headers_mut()
+            .insert(header::VARY, HeaderValue::from_static("Origin"));
+    }
+    r
+}
+
+/// What a feed failure tells an HTTP client (and a WS client before its close).
 impl From<FeedError> for ApiError {
     fn from(e: FeedError) -> ApiError {
         match e {
             FeedError::CursorAhead => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "cursor_ahead",
+                ErrorCode::CursorAhead,
                 "this server has not yet reached the cursor's position; retry",
             ),
             FeedError::Expired => ApiError::new(
-                StatusCode::GONE,
-                "cursor_expired",
+                ErrorCode::CursorExpired,
                 "the cursor is older than the change log's retention",
             ),
-            FeedError::Busy(_) => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "busy",
-                "too many clients are catching up right now; retry",
-            ),
             FeedError::NotReady => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
+                ErrorCode::Unavailable,
                 "this server is not connected to its database yet; retry",
+            ),
+            FeedError::Busy(_) => ApiError::new(
+                ErrorCode::Busy,
+                "too many clients are catching up right now; retry",
             ),
             FeedError::Db(e) => {
                 tracing::warn!(error = %e, "database error serving a client");
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
-                    "database unavailable; retry",
-                )
+                ApiError::new(ErrorCode::Unavailable, "database unavailable; retry")
             }
         }
     }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let mut body = serde_json::json!({"error": self.code, "message": self.message});
-        for (k, v) in self.extra {
-            body[k] = serde_json::Value::String(v);
-        }
-        let body = body.to_string();
-        let mut r = (self.status, body).into_response();
-        r.headers_mut().insert(
-            axum::http::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        if matches!(
-            self.status,
-            StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
-        ) {
-            r.headers_mut().insert(
-                axum::http::header::RETRY_AFTER,
-                HeaderValue::from_static("1"),
-            );
-        }
-        r
-    }
-}
-
-/// A query string extractor whose rejection is the documented JSON error
-/// (`400 {"error":"bad_query"}`), for every transport: axum's own `Query`
-/// answers a malformed or repeated parameter (`?topics=a&topics=b`) with a
-/// text/plain body that no client of this API expects.
-pub struct ApiQuery<T>(pub T);
-
-impl<T> axum::extract::FromRequestParts<std::sync::Arc<crate::server::App>> for ApiQuery<T>
-where
-    T: serde::de::DeserializeOwned,
-{
-    type Rejection = ApiError;
-
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        app: &std::sync::Arc<crate::server::App>,
-    ) -> Result<ApiQuery<T>, ApiError> {
-        match axum::extract::Query::<T>::try_from_uri(&parts.uri) {
-            Ok(axum::extract::Query(q)) => Ok(ApiQuery(q)),
-            Err(e) => {
-                crate::limits::rejected(&app.metrics, "bad_query");
-                Err(ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "bad_query",
-                    format!("malformed query string: {}", e.body_text()),
-                ))
-            }
-        }
-    }
-}
-
-/// `true`, `1`, `yes` (any case) are true; anything else false.
-pub fn flag(v: Option<&str>) -> bool {
-    matches!(
-        v.map(|s| s.to_ascii_lowercase()).as_deref(),
-        Some("true" | "1" | "yes")
-    )
 }

@@ -3,21 +3,23 @@
 //!
 //! Stateless: the cursor carries the position, so any node answers it. Without a
 //! cursor the answer has no events and the current position (or, with
-//! `snapshot=true`, the latest change of each topic). `wait` (0–30 s) long-polls
-//! until at least one change arrives. An expired cursor answers 410
-//! `{"error":"cursor_expired"}` (or `cursor_unknown` for a cursor of another
+//! `snapshot=true`, the current state of the topics). `wait` (0–30 s) long-polls
+//! until at least one change arrives. A cursor that cannot be resumed answers
+//! 410 `{"error":"cursor_expired"}` (or `cursor_unknown` for a cursor of another
 //! database): re-fetch the state, then poll without a cursor.
 
-use super::{flag, ApiError, ApiQuery};
-use crate::access::{self, Peer};
-use crate::feed::{Budget, Feed, Notice, Start};
-use crate::protocol::parse_cursor;
-use crate::server::App;
-use crate::sockets::ClientSocket;
+use super::start::StreamRequest;
+use super::App;
+use crate::api_error::{ApiError, ErrorCode};
+use crate::budget::Grant;
+use crate::feed::Delivery;
+use crate::feed::{Budget, Feed, Notice};
+use crate::metrics::Transport;
+use crate::shutdown::Shutdown;
 use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
+use bytes::Bytes;
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::Instrument;
@@ -26,58 +28,26 @@ use tracing::Instrument;
 const DEFAULT_LIMIT: usize = 1000;
 const MAX_LIMIT: usize = 10_000;
 
-#[derive(Deserialize)]
-pub struct PollQuery {
-    topics: Option<String>,
-    cursor: Option<String>,
-    wait: Option<String>,
-    limit: Option<String>,
-    snapshot: Option<String>,
-    token: Option<String>,
-}
-
-pub async fn handler(
-    State(app): State<Arc<App>>,
-    Peer(peer): Peer,
-    socket: ClientSocket,
-    headers: HeaderMap,
-    ApiQuery(q): ApiQuery<PollQuery>,
-) -> Response {
-    socket.serves("poll");
-    let span = tracing::debug_span!("poll", %peer);
-    match poll(&app, peer, &headers, q).instrument(span).await {
+pub(crate) async fn handler(State(app): State<Arc<App>>, req: StreamRequest) -> Response {
+    let span = tracing::debug_span!("poll", peer = %req.peer);
+    match poll(&app, req).instrument(span).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
 }
 
-async fn poll(
-    app: &Arc<App>,
-    peer: std::net::SocketAddr,
-    headers: &HeaderMap,
-    q: PollQuery,
-) -> Result<Response, ApiError> {
-    // held until the answer is built: a long poll occupies a connection slot
-    let admitted = access::admit(app, peer, headers, q.token.as_deref())?;
-    let topics = access::topics_from_query(app, q.topics.as_deref())?;
-    access::authorize_all(app, peer.ip(), &admitted.identity, &topics).await?;
-    let cursor = parse_cursor(q.cursor.as_deref())?;
-    let wait = match q.wait.as_deref() {
+async fn poll(app: &Arc<App>, req: StreamRequest) -> Result<Response, ApiError> {
+    req.require_topics()?;
+    let wait = match req.wait.as_deref() {
         None | Some("") => 0.0,
         Some(w) => w
             .parse::<f64>()
             .ok()
             .filter(|w| w.is_finite() && *w >= 0.0)
-            .ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "bad_wait",
-                    "wait must be seconds >= 0",
-                )
-            })?,
+            .ok_or_else(|| ApiError::new(ErrorCode::BadWait, "wait must be seconds >= 0"))?,
     };
     let wait = Duration::from_secs_f64(wait.min(app.cfg.max_poll_wait.as_secs_f64()));
-    let limit = match q.limit.as_deref() {
+    let limit = match req.limit.as_deref() {
         None | Some("") => DEFAULT_LIMIT,
         Some(l) => l
             .parse::<usize>()
@@ -85,46 +55,58 @@ async fn poll(
             .filter(|l| (1..=MAX_LIMIT).contains(l))
             .ok_or_else(|| {
                 ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "bad_limit",
+                    ErrorCode::BadLimit,
                     format!("limit must be 1..={MAX_LIMIT}"),
                 )
             })?,
     };
-    let tm = &app.poll_metrics;
-    let start = Start {
-        cursor,
-        snapshot: flag(q.snapshot.as_deref()),
-    };
-    let (mut feed, notice) = app.feeds.open(&topics, start).await?;
+    // held until the answer is built: a long poll occupies a connection slot
+    let admitted = req.admit(app, Transport::Poll)?;
+    // a polling session starts with the request that reports it
+    if req.report.fallback.is_some() {
+        app.count_session(Transport::Poll, req.report);
+    }
+    let topics = req.topics;
+    app.gate
+        .authorize_all(req.peer.ip(), &admitted.identity, &topics)
+        .await?;
+    let (mut feed, notice) = app.feeds.open(&topics, req.start).await?;
     if let Some(n) = notice {
-        app.metrics.resyncs.with_label_values(&[n.reason()]).inc();
-        let why = match n {
-            Notice::CursorExpired => "the cursor is older than the change log's retention",
-            Notice::CursorUnknown => "the cursor does not belong to this database",
+        let (code, why) = match n {
+            Notice::CursorExpired => (
+                ErrorCode::CursorExpired,
+                "the cursor is older than the change log's retention",
+            ),
+            Notice::CursorUnknown => (
+                ErrorCode::CursorUnknown,
+                "the cursor does not belong to this database",
+            ),
         };
         return Err(ApiError::new(
-            StatusCode::GONE,
-            n.reason(),
+            code,
             format!("{why}; re-fetch state and poll without a cursor"),
         ));
     }
-    let mut events = Vec::new();
     let mut shutdown = app.shutdown.clone();
-    collect(&mut feed, &mut events, limit, wait, &mut shutdown).await?;
+    let events = collect(&mut feed, limit, wait, &mut shutdown).await?;
     if events.len() < limit {
         feed.advance_to_hub();
     }
     let cursor = feed.position();
-    let mut body =
-        Vec::with_capacity(64 + events.iter().map(|(b, _, _)| b.len() + 1).sum::<usize>());
+    let mut body = Vec::with_capacity(
+        64 + events
+            .iter()
+            .map(|d| d.change.approx_frame_len(d.topic) + 1)
+            .sum::<usize>(),
+    );
     body.extend_from_slice(b"{\"events\":[");
-    for (i, (frame, emitted_us, live)) in events.iter().enumerate() {
+    for (i, d) in events.iter().enumerate() {
         if i > 0 {
             body.push(b',');
         }
-        body.extend_from_slice(frame);
-        tm.delivered(*emitted_us, *live);
+        if let Some(frame) = d.change.frame(d.topic) {
+            body.extend_from_slice(&frame.json);
+        }
     }
     body.extend_from_slice(b"],\"cursor\":");
     body.extend_from_slice(
@@ -133,8 +115,9 @@ async fn poll(
             .as_bytes(),
     );
     body.push(b'}');
+    admitted.conn.metrics().delivered_batch(&events);
     let answer = Answer {
-        bytes: Some(bytes::Bytes::from(body)),
+        bytes: Some(Bytes::from(body)),
         _grant: feed.take_grant(),
     };
     Ok((
@@ -150,18 +133,18 @@ async fn poll(
 /// A poll answer that keeps its catch-up budget until hyper has taken the
 /// bytes: the memory of answers in flight stays within the budget too.
 struct Answer {
-    bytes: Option<bytes::Bytes>,
-    _grant: Option<crate::budget::Grant>,
+    bytes: Option<Bytes>,
+    _grant: Option<Grant>,
 }
 
 impl http_body::Body for Answer {
-    type Data = bytes::Bytes;
+    type Data = Bytes;
     type Error = std::convert::Infallible;
 
     fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,
         _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
         std::task::Poll::Ready(self.bytes.take().map(|b| Ok(http_body::Frame::data(b))))
     }
 
@@ -178,47 +161,34 @@ impl http_body::Body for Answer {
 /// waits up to `wait` for the first live one, then takes what is ready with it.
 async fn collect(
     feed: &mut Feed,
-    out: &mut Vec<(bytes::Bytes, i64, bool)>,
     limit: usize,
     wait: Duration,
-    shutdown: &mut crate::shutdown::Shutdown,
-) -> Result<(), ApiError> {
-    let mut push = |d: crate::hub::Delivery| {
-        if let Some(frame) = d.change.frame(d.topic) {
-            out.push((frame.json.clone(), d.change.emitted_us, d.live));
-        }
-    };
-    let mut n = 0;
-    while n < limit {
+    shutdown: &mut Shutdown,
+) -> Result<Vec<Delivery>, ApiError> {
+    let mut out = Vec::new();
+    while out.len() < limit {
         // the first page may wait for the catch-up budget; later ones only if
         // it is free now, else the answer goes out with what it has
-        let budget = if n == 0 { Budget::Wait } else { Budget::IfFree };
+        let budget = if out.is_empty() {
+            Budget::Wait
+        } else {
+            Budget::IfFree
+        };
         match feed.next_pending(budget).await? {
-            Some(d) => push(d),
+            Some(d) => out.push(d),
             None => break,
         }
-        n += 1;
     }
-    if n == 0 && !wait.is_zero() {
+    if out.is_empty() && !wait.is_zero() {
         // a server shutting down answers long polls at once (with what it has)
         let first = tokio::select! {
-            r = tokio::time::timeout(wait, feed.next()) => match r {
+            r = tokio::time::timeout(wait, feed.next_batch(limit)) => match r {
                 Ok(r) => r?,
                 Err(_) => None,
             },
             _ = shutdown.recv() => None,
         };
-        if let Some(d) = first {
-            push(d);
-            n = 1;
-            while n < limit {
-                match feed.next_ready() {
-                    Some(d) => push(d),
-                    None => break,
-                }
-                n += 1;
-            }
-        }
+        out.extend(first.into_iter().flatten());
     }
-    Ok(())
+    Ok(out)
 }

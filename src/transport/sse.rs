@@ -2,27 +2,28 @@
 //! header or `lastEventId` query parameter; `snapshot=true`).
 //!
 //! Frames: `id:` = cursor, `event:` = event name, `data:` = envelope. A `retry:`
-//! hint opens the stream and a `: keepalive` comment is sent when idle. An
-//! expired cursor yields `event: resync` with `{"type":"resync",...}` before the
-//! live stream. A client that falls behind continues from the change log (see
-//! `feed`); one whose socket accepts nothing is cut at the socket level
+//! hint opens the stream and a `: keepalive` comment is sent when idle. A
+//! cursor that cannot be resumed yields `event: resync` with
+//! `{"type":"resync",...}` before the live stream. A stream ends with a comment
+//! naming its `Disconnect` reason (`: token expired`, `: try again later`); a
+//! client that falls behind continues from the change log (see `feed`); one
+//! whose socket accepts nothing is cut at the socket level
 //! (`http::WriteTimeout`), and EventSource reconnects with its Last-Event-ID.
 
-use super::{flag, ApiError, ApiQuery};
-use crate::access::{self, Peer};
-use crate::feed::{Feed, Start};
-use crate::limits::ConnGuard;
-use crate::metrics::TransportMetrics;
-use crate::protocol::{parse_cursor, ServerMessage};
-use crate::server::App;
+use super::close::Disconnect;
+use super::start::StreamRequest;
+use super::App;
+use crate::access::Connection;
+use crate::api_error::ApiError;
+use crate::feed::Feed;
+use crate::metrics::Transport;
+use crate::protocol::ServerMessage;
 use crate::shutdown::Shutdown;
-use crate::sockets::ClientSocket;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{header, HeaderMap};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
-use serde::Deserialize;
 use std::convert::Infallible;
 use std::sync::Arc;
 use tracing::Instrument;
@@ -30,69 +31,35 @@ use tracing::Instrument;
 /// Frames coalesced into one write when several are ready at once.
 const MAX_COALESCE: usize = 64;
 
-#[derive(Deserialize)]
-pub struct SseQuery {
-    topics: Option<String>,
-    #[serde(rename = "lastEventId")]
-    last_event_id: Option<String>,
-    cursor: Option<String>,
-    snapshot: Option<String>,
-    /// EventSource cannot set headers: the token may come in the URL.
-    token: Option<String>,
-}
-
-pub async fn handler(
-    State(app): State<Arc<App>>,
-    Peer(peer): Peer,
-    socket: ClientSocket,
-    headers: HeaderMap,
-    ApiQuery(q): ApiQuery<SseQuery>,
-) -> Response {
-    socket.serves("sse");
-    let span = tracing::info_span!("sse", %peer);
-    match open(app, peer, headers, q).instrument(span).await {
+pub(crate) async fn handler(State(app): State<Arc<App>>, req: StreamRequest) -> Response {
+    let span = tracing::info_span!("sse", peer = %req.peer);
+    match open(app, req).instrument(span).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
 }
 
-async fn open(
-    app: Arc<App>,
-    peer: std::net::SocketAddr,
-    headers: HeaderMap,
-    q: SseQuery,
-) -> Result<Response, ApiError> {
-    let admitted = access::admit(&app, peer, &headers, q.token.as_deref())?;
-    let topics = access::topics_from_query(&app, q.topics.as_deref())?;
-    access::authorize_all(&app, peer.ip(), &admitted.identity, &topics).await?;
-    let header_id = headers
-        .get("last-event-id")
-        .map(|v| v.to_str().unwrap_or("\u{0}"));
-    let cursor = parse_cursor(
-        header_id
-            .or(q.last_event_id.as_deref())
-            .or(q.cursor.as_deref()),
-    )?;
-    let start = Start {
-        cursor,
-        snapshot: flag(q.snapshot.as_deref()),
-    };
-    let (feed, notice) = app.feeds.open(&topics, start).await?;
+async fn open(app: Arc<App>, req: StreamRequest) -> Result<Response, ApiError> {
+    req.require_topics()?;
+    let admitted = req.admit(&app, Transport::Sse)?;
+    app.count_session(Transport::Sse, req.report);
+    super::presence::on_connect(&app, &admitted.identity, admitted.authenticated).await;
+    let topics = req.topics;
+    app.gate
+        .authorize_all(req.peer.ip(), &admitted.identity, &topics)
+        .await?;
+    let (feed, notice) = app.feeds.open(&topics, req.start).await?;
     let mut head = format!("retry: {}\n\n", app.cfg.sse_retry.as_millis());
     if let Some(n) = notice {
-        app.metrics.resyncs.with_label_values(&[n.reason()]).inc();
         let msg = ServerMessage::Resync {
             topics: &topics,
             reason: n.reason(),
         };
         head.push_str(&format!("event: resync\ndata: {}\n\n", msg.to_json()));
     }
-    let tm = app.sse_metrics.clone();
-    tm.connections.inc();
     let state = Stream {
         feed,
         head: Some(Bytes::from(head)),
-        tm,
         shutdown: app.shutdown.clone(),
         keepalive: {
             let every = app.cfg.keepalive;
@@ -106,7 +73,8 @@ async fn open(
             .identity
             .remaining()
             .map(|d| Box::pin(tokio::time::sleep(d))),
-        _slot: admitted.slot,
+        conn: admitted.conn,
+        app: Arc::clone(&app),
     };
     // the body is polled by the connection task: carry the request's span along
     let span = tracing::Span::current();
@@ -131,7 +99,6 @@ async fn open(
 struct Stream {
     feed: Feed,
     head: Option<Bytes>,
-    tm: TransportMetrics,
     shutdown: Shutdown,
     /// One timer for the stream's life (not one per chunk): a tick with no
     /// chunk since the previous one sends a keepalive comment.
@@ -140,13 +107,8 @@ struct Stream {
     done: bool,
     /// The token's expiry: the stream ends there, and the client reconnects with a fresh token.
     expires: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
-    _slot: ConnGuard,
-}
-
-impl Drop for Stream {
-    fn drop(&mut self) {
-        self.tm.connections.dec();
-    }
+    conn: Connection,
+    app: Arc<App>,
 }
 
 impl Stream {
@@ -158,10 +120,10 @@ impl Stream {
         if self.done || self.shutdown.is_shutdown() {
             return None;
         }
-        let first = loop {
+        let next = loop {
             let has_expiry = self.expires.is_some();
             tokio::select! {
-                r = self.feed.next() => break r,
+                r = self.feed.next_batch(MAX_COALESCE) => break r,
                 _ = self.keepalive.tick() => {
                     if std::mem::replace(&mut self.quiet, true) {
                         return Some(Bytes::from_static(b": keepalive\n\n"));
@@ -169,41 +131,36 @@ impl Stream {
                 }
                 _ = self.shutdown.recv() => return None,
                 _ = async { if let Some(e) = self.expires.as_mut() { e.await } }, if has_expiry => {
-                    self.done = true;
-                    return Some(Bytes::from_static(b": token expired\n\n"));
+                    return self.end(Disconnect::TokenExpired);
                 }
             }
         };
         self.quiet = false;
-        let first = match first {
-            Ok(Some(d)) => d,
+        let batch = match next {
+            Ok(Some(batch)) => batch,
             // the hub is gone: the server is stopping
             Ok(None) => return None,
             Err(e) => {
                 tracing::warn!(error = %e, "sse feed failed");
-                self.done = true;
-                return Some(Bytes::from_static(b": resync unavailable\n\n"));
+                return self.end(Disconnect::from(&e));
             }
         };
         let mut buf = BytesMut::new();
-        let mut emitted = Vec::with_capacity(4);
-        let mut next = Some(first);
-        let mut n = 0;
-        while let Some(d) = next {
+        for d in &batch {
             if let Some(f) = d.change.frame(d.topic) {
                 buf.extend_from_slice(f.sse(&d.change));
-                emitted.push((d.change.emitted_us, d.live));
             }
-            n += 1;
-            next = if n < MAX_COALESCE {
-                self.feed.next_ready()
-            } else {
-                None
-            };
         }
-        for (us, live) in emitted {
-            self.tm.delivered(us, live);
-        }
+        self.conn.metrics().delivered_batch(&batch);
         Some(buf.freeze())
+    }
+
+    /// The stream's last chunk: the reason, as a comment.
+    fn end(&mut self, why: Disconnect) -> Option<Bytes> {
+        self.done = true;
+        if let Some(e) = why.auth_failure() {
+            let _ = self.app.gate.auth_failed(&e);
+        }
+        why.sse_comment().map(Bytes::from)
     }
 }

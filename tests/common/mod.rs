@@ -14,12 +14,12 @@ use tokio::sync::mpsc;
 use tokio_postgres::Client;
 
 /// Generous bound for "this must arrive"; never a performance assertion.
-pub const ARRIVAL: Duration = Duration::from_secs(20);
+pub(crate) const ARRIVAL: Duration = Duration::from_secs(20);
 /// The HS256 secret of the authentication tests.
-pub const SECRET: &str = "rowcast-test-secret";
+pub(crate) const SECRET: &str = "rowcast-test-secret";
 
 /// A valid one-hour token signed with `SECRET`.
-pub fn token(sub: &str, role: &str) -> String {
+pub(crate) fn token(sub: &str, role: &str) -> String {
     rowcast::auth::mint_hs256(
         SECRET,
         sub,
@@ -33,7 +33,7 @@ pub fn token(sub: &str, role: &str) -> String {
 
 /// Counts panics anywhere in this test process (server tasks included, whose
 /// panics would otherwise only end their own task), keeping the default report.
-pub fn panic_counter() -> &'static std::sync::atomic::AtomicUsize {
+pub(crate) fn panic_counter() -> &'static std::sync::atomic::AtomicUsize {
     static PANICS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     static HOOK: std::sync::Once = std::sync::Once::new();
     HOOK.call_once(|| {
@@ -49,13 +49,13 @@ pub fn panic_counter() -> &'static std::sync::atomic::AtomicUsize {
 static CLUSTER: OnceLock<EmbeddedPg> = OnceLock::new();
 static DB_SEQ: AtomicU32 = AtomicU32::new(0);
 
-pub fn cluster() -> &'static EmbeddedPg {
+pub(crate) fn cluster() -> &'static EmbeddedPg {
     CLUSTER.get_or_init(|| {
         EmbeddedPg::start(Options::default()).expect("start the embedded PostgreSQL cluster")
     })
 }
 
-pub async fn connect(url: &str) -> Client {
+pub(crate) async fn connect(url: &str) -> Client {
     rowcast::db::connect(url).await.expect("connect")
 }
 
@@ -63,7 +63,7 @@ pub async fn connect(url: &str) -> Client {
 /// an allow-all `rowcast.authorize`: the pipeline tests subscribe to order and
 /// custom topics anonymously and test delivery, not policy. Policy tests use
 /// `fresh_market_db()`.
-pub async fn fresh_db() -> String {
+pub(crate) async fn fresh_db() -> String {
     let url = fresh_market_db().await;
     connect(&url)
         .await
@@ -78,7 +78,7 @@ pub async fn fresh_db() -> String {
 
 /// A new database with rowcast's schema, the market schema and the market's
 /// topic policy, exactly as `rowcast migrate --market` leaves it.
-pub async fn fresh_market_db() -> String {
+pub(crate) async fn fresh_market_db() -> String {
     let pg = tokio::task::spawn_blocking(cluster).await.expect("cluster");
     let name = format!(
         "t_{}_{}",
@@ -94,7 +94,7 @@ pub async fn fresh_market_db() -> String {
 }
 
 /// Farms 1..=farms (farmer 100+id) and products 1..=products spread over them, quantity 20.
-pub async fn seed(db: &Client, farms: i64, products: i64) {
+pub(crate) async fn seed(db: &Client, farms: i64, products: i64) {
     db.execute(
         "INSERT INTO market.farms (id, name, farmer_id)
          SELECT g, 'Farm ' || g, 100 + g FROM generate_series(1, $1::bigint) g",
@@ -112,11 +112,11 @@ pub async fn seed(db: &Client, farms: i64, products: i64) {
     .expect("products");
 }
 
-pub async fn server(url: &str) -> Server {
+pub(crate) async fn server(url: &str) -> Server {
     server_with(url, |_| {}).await
 }
 
-pub async fn server_with(url: &str, tweak: impl FnOnce(&mut ServerConfig)) -> Server {
+pub(crate) async fn server_with(url: &str, tweak: impl FnOnce(&mut ServerConfig)) -> Server {
     let mut cfg = ServerConfig::new(url, "127.0.0.1:0".parse().expect("addr"));
     tweak(&mut cfg);
     let s = Server::start(cfg).await.expect("server");
@@ -124,7 +124,7 @@ pub async fn server_with(url: &str, tweak: impl FnOnce(&mut ServerConfig)) -> Se
     s
 }
 
-pub async fn wait_ready(base: &str) {
+pub(crate) async fn wait_ready(base: &str) {
     let client = reqwest::Client::new();
     for _ in 0..400 {
         if let Ok(r) = client.get(format!("{base}/readyz")).send().await {
@@ -139,7 +139,7 @@ pub async fn wait_ready(base: &str) {
 
 /// An event as a client sees it: the envelope.
 #[derive(Clone, Debug)]
-pub struct Ev {
+pub(crate) struct Ev {
     pub id: String,
     pub topic: String,
     pub event: String,
@@ -147,7 +147,7 @@ pub struct Ev {
 }
 
 impl Ev {
-    pub fn from_envelope(v: &Value) -> Ev {
+    pub(crate) fn from_envelope(v: &Value) -> Ev {
         Ev {
             id: v["id"].as_str().expect("id").to_string(),
             topic: v["topic"].as_str().expect("topic").to_string(),
@@ -159,7 +159,7 @@ impl Ev {
 
 /// What any client yields: events and control messages, in order.
 #[derive(Clone, Debug)]
-pub enum Msg {
+pub(crate) enum Msg {
     Event(Ev),
     /// WS control message or SSE non-event (e.g. resync), as JSON.
     Control(Value),
@@ -167,7 +167,7 @@ pub enum Msg {
     Closed(String),
 }
 
-pub struct WsClient {
+pub(crate) struct WsClient {
     pub tx: futures::stream::SplitSink<
         tokio_tungstenite::WebSocketStream<
             tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
@@ -186,14 +186,14 @@ impl Drop for WsClient {
 }
 
 impl WsClient {
-    pub async fn connect(base: &str, query: &str) -> WsClient {
+    pub(crate) async fn connect(base: &str, query: &str) -> WsClient {
         WsClient::connect_with(base, query, &[])
             .await
             .expect("ws connect")
     }
 
     /// Connects with extra request headers; an HTTP refusal is `Err((status, body))`.
-    pub async fn connect_with(
+    pub(crate) async fn connect_with(
         base: &str,
         query: &str,
         headers: &[(&str, &str)],
@@ -208,7 +208,7 @@ impl WsClient {
                 v.parse().expect("header value"),
             );
         }
-        let ws = match tokio_tungstenite::connect_async(req).await {
+        let ws = match Box::pin(tokio_tungstenite::connect_async(req)).await {
             Ok((ws, _)) => ws,
             Err(WsError::Http(r)) => {
                 let body = r
@@ -272,7 +272,7 @@ impl WsClient {
         Ok(WsClient { tx, rx, reader })
     }
 
-    pub async fn send(&mut self, v: Value) {
+    pub(crate) async fn send(&mut self, v: Value) {
         self.tx
             .send(tokio_tungstenite::tungstenite::Message::Text(
                 v.to_string().into(),
@@ -281,17 +281,17 @@ impl WsClient {
             .expect("ws send");
     }
 
-    pub async fn send_raw(&mut self, m: tokio_tungstenite::tungstenite::Message) {
+    pub(crate) async fn send_raw(&mut self, m: tokio_tungstenite::tungstenite::Message) {
         let _ = self.tx.send(m).await;
     }
 
     /// Next message that is not an event-less "subscribed"/"pong".
-    pub async fn next(&mut self) -> Msg {
+    pub(crate) async fn next(&mut self) -> Msg {
         next_msg(&mut self.rx).await
     }
 }
 
-pub async fn next_msg(rx: &mut mpsc::UnboundedReceiver<Msg>) -> Msg {
+pub(crate) async fn next_msg(rx: &mut mpsc::UnboundedReceiver<Msg>) -> Msg {
     tokio::time::timeout(ARRIVAL, rx.recv())
         .await
         .expect("message within the arrival bound")
@@ -299,7 +299,7 @@ pub async fn next_msg(rx: &mut mpsc::UnboundedReceiver<Msg>) -> Msg {
 }
 
 /// Next event, skipping control messages.
-pub async fn next_event(rx: &mut mpsc::UnboundedReceiver<Msg>) -> Ev {
+pub(crate) async fn next_event(rx: &mut mpsc::UnboundedReceiver<Msg>) -> Ev {
     loop {
         match next_msg(rx).await {
             Msg::Event(e) => return e,
@@ -309,7 +309,7 @@ pub async fn next_event(rx: &mut mpsc::UnboundedReceiver<Msg>) -> Ev {
     }
 }
 
-pub async fn events(rx: &mut mpsc::UnboundedReceiver<Msg>, n: usize) -> Vec<Ev> {
+pub(crate) async fn events(rx: &mut mpsc::UnboundedReceiver<Msg>, n: usize) -> Vec<Ev> {
     let mut out = Vec::with_capacity(n);
     while out.len() < n {
         out.push(next_event(rx).await);
@@ -318,7 +318,7 @@ pub async fn events(rx: &mut mpsc::UnboundedReceiver<Msg>, n: usize) -> Vec<Ev> 
 }
 
 /// An SSE client: parses the stream into `Msg`s.
-pub struct SseClient {
+pub(crate) struct SseClient {
     pub rx: mpsc::UnboundedReceiver<Msg>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -330,7 +330,7 @@ impl Drop for SseClient {
 }
 
 impl SseClient {
-    pub async fn connect(base: &str, query: &str, last_event_id: Option<&str>) -> SseClient {
+    pub(crate) async fn connect(base: &str, query: &str, last_event_id: Option<&str>) -> SseClient {
         match last_event_id {
             Some(id) => SseClient::connect_with(base, query, &[("Last-Event-ID", id)]).await,
             None => SseClient::connect_with(base, query, &[]).await,
@@ -338,7 +338,11 @@ impl SseClient {
     }
 
     /// Connects with extra request headers; the answer must be a stream (2xx).
-    pub async fn connect_with(base: &str, query: &str, headers: &[(&str, &str)]) -> SseClient {
+    pub(crate) async fn connect_with(
+        base: &str,
+        query: &str,
+        headers: &[(&str, &str)],
+    ) -> SseClient {
         let mut req = reqwest::Client::new().get(format!("{base}/v1/events?{query}"));
         for (k, v) in headers {
             req = req.header(*k, *v);
@@ -387,12 +391,12 @@ impl SseClient {
 }
 
 /// One poll request: returns (status, body).
-pub async fn poll_raw(base: &str, query: &str) -> (u16, Value) {
+pub(crate) async fn poll_raw(base: &str, query: &str) -> (u16, Value) {
     get_json(base, &format!("/v1/poll?{query}"), &[]).await
 }
 
 /// A GET with headers: (status, JSON body, or the text as a JSON string).
-pub async fn get_json(base: &str, path: &str, headers: &[(&str, &str)]) -> (u16, Value) {
+pub(crate) async fn get_json(base: &str, path: &str, headers: &[(&str, &str)]) -> (u16, Value) {
     let mut req = reqwest::Client::new().get(format!("{base}{path}"));
     for (k, v) in headers {
         req = req.header(*k, *v);
@@ -407,7 +411,7 @@ pub async fn get_json(base: &str, path: &str, headers: &[(&str, &str)]) -> (u16,
 }
 
 /// A polling client that keeps its cursor.
-pub struct Poller {
+pub(crate) struct Poller {
     pub base: String,
     pub topics: String,
     pub cursor: Option<String>,
@@ -417,11 +421,15 @@ pub struct Poller {
 
 impl Poller {
     /// Starts from the server's current position.
-    pub async fn start(base: &str, topics: &str) -> Poller {
+    pub(crate) async fn start(base: &str, topics: &str) -> Poller {
         Poller::start_with_token(base, topics, None).await
     }
 
-    pub async fn start_with_token(base: &str, topics: &str, token: Option<String>) -> Poller {
+    pub(crate) async fn start_with_token(
+        base: &str,
+        topics: &str,
+        token: Option<String>,
+    ) -> Poller {
         let mut p = Poller {
             base: base.to_string(),
             topics: topics.to_string(),
@@ -444,7 +452,7 @@ impl Poller {
     }
 
     /// One long poll (`wait` seconds); returns its events and advances the cursor.
-    pub async fn poll(&mut self, wait: u32) -> Vec<Ev> {
+    pub(crate) async fn poll(&mut self, wait: u32) -> Vec<Ev> {
         let mut q = format!("topics={}&wait={wait}", self.topics);
         if let Some(c) = &self.cursor {
             q.push_str(&format!("&cursor={c}"));
@@ -461,7 +469,7 @@ impl Poller {
     }
 
     /// Polls until `n` events arrived (bounded by the arrival timeout).
-    pub async fn events(&mut self, n: usize) -> Vec<Ev> {
+    pub(crate) async fn events(&mut self, n: usize) -> Vec<Ev> {
         let deadline = tokio::time::Instant::now() + ARRIVAL;
         let mut out = Vec::new();
         while out.len() < n {
@@ -477,7 +485,7 @@ impl Poller {
 }
 
 /// First column of every row of `sql`, as i64.
-pub async fn column_i64(db: &Client, sql: &str) -> Vec<i64> {
+pub(crate) async fn column_i64(db: &Client, sql: &str) -> Vec<i64> {
     db.query(sql, &[])
         .await
         .expect("query")

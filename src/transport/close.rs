@@ -1,0 +1,174 @@
+//! Why a stream ended, named once with everything each transport says about
+//! it: the WebSocket close code and reason, the last SSE comment, and what it
+//! counts as. A transport ends a stream only with one of these.
+//!
+//! What the client should do follows from the code: 1012, 4008 and 1013
+//! reconnect and resume with the last cursor (1013 with backoff); 4010
+//! reconnects and gets a resync; 1008 needs a new token (or calmer client);
+//! 1009, 1007 and 1002 are client bugs.
+
+use crate::auth::AuthError;
+use crate::feed::FeedError;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Disconnect {
+    /// The client closed, or its connection broke: nothing to say.
+    ClientGone,
+    /// This node is stopping: resume elsewhere.
+    ServerRestart,
+    /// The socket accepted nothing for `--write-timeout`.
+    SlowConsumer,
+    /// Retention pruned changes the client still needed while catching up.
+    CursorExpired,
+    /// The database is unavailable, this node is behind the cursor, or the
+    /// catch-up budget is spent: reconnect with backoff.
+    TryAgainLater,
+    /// No pong (or any frame) for three keepalive intervals.
+    KeepaliveTimeout,
+    /// With JWT configured, neither `auth` nor `subscribe` came in time.
+    AuthTimeout,
+    TokenExpired,
+    InvalidToken,
+    RateLimited,
+    MessageTooBig,
+    InvalidUtf8,
+    ProtocolError,
+}
+
+impl Disconnect {
+    pub(crate) const ALL: [Disconnect; 13] = {
+        use Disconnect::*;
+        [
+            ClientGone,
+            ServerRestart,
+            SlowConsumer,
+            CursorExpired,
+            TryAgainLater,
+            KeepaliveTimeout,
+            AuthTimeout,
+            TokenExpired,
+            InvalidToken,
+            RateLimited,
+            MessageTooBig,
+            InvalidUtf8,
+            ProtocolError,
+        ]
+    };
+
+    /// The `rowcast_ws_closed_total{reason}` label.
+    pub(crate) fn label(self) -> &'static str {
+        use Disconnect::*;
+        match self {
+            ClientGone => "client_gone",
+            ServerRestart => "server_restart",
+            SlowConsumer => "slow_consumer",
+            CursorExpired => "cursor_expired",
+            TryAgainLater => "try_again_later",
+            KeepaliveTimeout => "keepalive_timeout",
+            AuthTimeout => "auth_timeout",
+            TokenExpired => "token_expired",
+            InvalidToken => "invalid_token",
+            RateLimited => "rate_limited",
+            MessageTooBig => "message_too_big",
+            InvalidUtf8 => "invalid_utf8",
+            ProtocolError => "protocol_error",
+        }
+    }
+
+    /// The WebSocket close code; `None`: no close frame (the client is gone).
+    pub(crate) fn ws_code(self) -> Option<u16> {
+        use Disconnect::*;
+        Some(match self {
+            ClientGone => return None,
+            ServerRestart => 1012,
+            SlowConsumer => 4008,
+            CursorExpired => 4010,
+            TryAgainLater => 1013,
+            KeepaliveTimeout => 1001,
+            AuthTimeout | TokenExpired | InvalidToken | RateLimited => 1008,
+            MessageTooBig => 1009,
+            InvalidUtf8 => 1007,
+            ProtocolError => 1002,
+        })
+    }
+
+    /// The close frame's reason, and the last SSE comment.
+    pub(crate) fn reason(self) -> &'static str {
+        use Disconnect::*;
+        match self {
+            ClientGone => "",
+            ServerRestart => "service restart",
+            SlowConsumer => "slow consumer",
+            CursorExpired => "cursor expired; reconnect to resync",
+            TryAgainLater => "try again later",
+            KeepaliveTimeout => "keepalive timeout",
+            AuthTimeout => "authentication timeout",
+            TokenExpired => "token expired",
+            InvalidToken => "invalid token",
+            RateLimited => "message rate limit exceeded",
+            MessageTooBig => "message too big",
+            InvalidUtf8 => "invalid UTF-8",
+            ProtocolError => "protocol error",
+        }
+    }
+
+    /// The SSE stream's last bytes: a comment naming the reason (a stream
+    /// that ends because the server stops just ends).
+    pub(crate) fn sse_comment(self) -> Option<String> {
+        match self {
+            Disconnect::ClientGone | Disconnect::ServerRestart => None,
+            other => Some(format!(": {}\n\n", other.reason())),
+        }
+    }
+
+    /// The `rowcast_rejected_total{reason}` label, for ends the client caused.
+    pub(crate) fn rejection(self) -> Option<&'static str> {
+        use Disconnect::*;
+        match self {
+            RateLimited => Some("rate_limited"),
+            MessageTooBig => Some("frame_too_large"),
+            InvalidUtf8 => Some("invalid_utf8"),
+            ProtocolError => Some("protocol_error"),
+            _ => None,
+        }
+    }
+
+    /// The `rowcast_auth_failures_total{reason}` a token-related end counts as.
+    pub(crate) fn auth_failure(self) -> Option<AuthError> {
+        match self {
+            Disconnect::AuthTimeout => Some(AuthError::Timeout),
+            Disconnect::TokenExpired => Some(AuthError::Expired),
+            _ => None,
+        }
+    }
+}
+
+impl Disconnect {
+    /// A WebSocket read error has a cause worth telling the client when it was
+    /// ours to enforce: too big (1009), not UTF-8 (1007), a protocol violation
+    /// (1002). Others mean the peer is gone.
+    pub(crate) fn from_ws_read(e: axum::Error) -> Disconnect {
+        use tungstenite::error::{CapacityError, Error as WsError};
+        match e.into_inner().downcast_ref::<WsError>() {
+            Some(WsError::Capacity(CapacityError::MessageTooLong { .. })) => {
+                Disconnect::MessageTooBig
+            }
+            Some(WsError::Utf8(_)) => Disconnect::InvalidUtf8,
+            Some(WsError::Protocol(_)) => Disconnect::ProtocolError,
+            _ => Disconnect::ClientGone,
+        }
+    }
+}
+
+/// How a feed failure ends a stream.
+impl From<&FeedError> for Disconnect {
+    fn from(e: &FeedError) -> Disconnect {
+        match e {
+            FeedError::Expired => Disconnect::CursorExpired,
+            FeedError::CursorAhead
+            | FeedError::Db(_)
+            | FeedError::NotReady
+            | FeedError::Busy(_) => Disconnect::TryAgainLater,
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! The start of a stream, parsed once for every transport: the query string
+//! (`topics`, `cursor` / `lastEventId`, `snapshot`, `token`, and polling's
+//! `wait` / `limit`), the `Last-Event-ID` and `Authorization` headers, the
+//! peer's address and its socket. Any refusal is the JSON `ApiError`, so a
+//! malformed query, topic or cursor gets the same answer on every transport.
+
+use super::App;
+use crate::access::Admitted;
+use crate::api_error::{ApiError, ErrorCode};
+use crate::feed::Start;
+use crate::metrics::Transport;
+use crate::protocol::{parse_cursor, ProtocolError};
+use crate::sockets::ClientSocket;
+use axum::extract::connect_info::ConnectInfo;
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::HeaderMap;
+use serde::Deserialize;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+/// The query parameters any transport understands.
+#[derive(Deserialize, Default)]
+struct StreamQuery {
+    topics: Option<String>,
+    cursor: Option<String>,
+    #[serde(rename = "lastEventId")]
+    last_event_id: Option<String>,
+    snapshot: Option<String>,
+    /// EventSource cannot set headers: the token may come in the URL.
+    token: Option<String>,
+    wait: Option<String>,
+    limit: Option<String>,
+    /// Socket.IO: the Engine.IO protocol version, transport and session.
+    #[serde(rename = "EIO")]
+    eio: Option<String>,
+    transport: Option<String>,
+    sid: Option<String>,
+    /// What a client SDK reports (rowcast.js): why it is not on a WebSocket,
+    /// and how long it was without one.
+    fallback: Option<String>,
+    gap: Option<String>,
+}
+
+/// What the client reports about itself for the SLOs (README, "SLOs"):
+/// `fallback=<reason>` when it asked for a WebSocket first and is on another
+/// transport (`none` or absent: not a fallback), and `gap=<seconds>` when it
+/// opens a WebSocket after being without one that long. Bounded: a reason is
+/// only a yes/no here, a gap at most a day.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct ClientReport {
+    /// `Some(true)`: a fallback session; `Some(false)`: reported, not one.
+    pub(crate) fallback: Option<bool>,
+    pub(crate) gap_secs: Option<f64>,
+}
+
+impl ClientReport {
+    fn parse(fallback: Option<&str>, gap: Option<&str>) -> ClientReport {
+        ClientReport {
+            fallback: fallback.map(|r| !r.is_empty() && r != "none"),
+            gap_secs: gap
+                .and_then(|g| g.parse::<f64>().ok())
+                .filter(|g| g.is_finite() && *g >= 0.0)
+                .map(|g| g.min(86_400.0)),
+        }
+    }
+}
+
+/// Socket.IO's Engine.IO query parameters (`EIO=4&transport=polling&sid=..`).
+#[derive(Default)]
+pub(crate) struct EngineParams {
+    pub(crate) eio: Option<String>,
+    pub(crate) transport: Option<String>,
+    pub(crate) sid: Option<String>,
+}
+
+/// A stream request, parsed and checked against the configured limits.
+pub(crate) struct StreamRequest {
+    pub peer: SocketAddr,
+    pub socket: ClientSocket,
+    pub headers: HeaderMap,
+    /// The URL's topics (possibly none: a WebSocket may subscribe later).
+    pub topics: Vec<String>,
+    /// Where to start: the cursor (`Last-Event-ID` header, else `lastEventId`,
+    /// else `cursor`) and the snapshot flag.
+    pub start: Start,
+    pub token: Option<String>,
+    /// Polling only: raw, checked by the poll handler.
+    pub wait: Option<String>,
+    pub limit: Option<String>,
+    /// Socket.IO only.
+    pub engine: EngineParams,
+    /// The client SDK's report, for the SLOs.
+    pub report: ClientReport,
+}
+
+impl StreamRequest {
+    /// Claims the socket for `transport` and passes the gate (slot, token).
+    pub(crate) fn admit(&self, app: &App, transport: Transport) -> Result<Admitted, ApiError> {
+        self.socket.serves(transport);
+        app.gate.admit(
+            app.transport(transport),
+            self.peer,
+            &self.headers,
+            self.token.as_deref(),
+        )
+    }
+
+    /// SSE and polling need at least one topic in the URL.
+    pub(crate) fn require_topics(&self) -> Result<(), ApiError> {
+        if self.topics.is_empty() {
+            return Err(ProtocolError::NoTopics.into());
+        }
+        Ok(())
+    }
+}
+
+impl FromRequestParts<Arc<App>> for StreamRequest {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
+        // axum's own `Query` answers a malformed or repeated parameter
+        // (`?topics=a&topics=b`) with text/plain; clients expect our JSON
+        let q = match axum::extract::Query::<StreamQuery>::try_from_uri(&parts.uri) {
+            Ok(axum::extract::Query(q)) => q,
+            Err(e) => {
+                return Err(ApiError::new(
+                    ErrorCode::BadQuery,
+                    format!("malformed query string: {}", e.body_text()),
+                ))
+            }
+        };
+        let topics = app.gate.topics_from_query(q.topics.as_deref())?;
+        // a header that is not text cannot be a cursor: refuse it as one
+        let header_id = parts
+            .headers
+            .get("last-event-id")
+            .map(|v| v.to_str().unwrap_or("\u{0}"));
+        let cursor = parse_cursor(
+            header_id
+                .or(q.last_event_id.as_deref())
+                .or(q.cursor.as_deref()),
+        )?;
+        Ok(StreamRequest {
+            peer: peer(parts),
+            socket: parts
+                .extensions
+                .get::<ClientSocket>()
+                .cloned()
+                .unwrap_or_default(),
+            headers: parts.headers.clone(),
+            topics,
+            start: Start {
+                cursor,
+                snapshot: flag(q.snapshot.as_deref()),
+            },
+            token: q.token,
+            wait: q.wait,
+            limit: q.limit,
+            engine: EngineParams {
+                eio: q.eio,
+                transport: q.transport,
+                sid: q.sid,
+            },
+            report: ClientReport::parse(q.fallback.as_deref(), q.gap.as_deref()),
+        })
+    }
+}
+
+/// The client's address; unknown (0.0.0.0) when the router runs without connect info.
+fn peer(parts: &Parts) -> SocketAddr {
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0)
+        .unwrap_or(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0))
+}
+
+/// `true`, `1`, `yes` (any case) are true; anything else false.
+fn flag(v: Option<&str>) -> bool {
+    matches!(
+        v.map(|s| s.to_ascii_lowercase()).as_deref(),
+        Some("true" | "1" | "yes")
+    )
+}

@@ -1,0 +1,209 @@
+//! The WebSocket I/O loop: one task per connection reads client messages,
+//! writes the feed's batches, pings, watches the token's expiry and the
+//! authentication deadline, and ends with a `Disconnect`. Every write, of any
+//! frame type, is under `--write-timeout`.
+
+use super::super::close::Disconnect;
+use super::super::deadline::{fire, within, Expiry, MaybeTimer};
+use super::session::{Opening, Session};
+use crate::api_error::ApiError;
+use crate::feed::Delivery;
+use crate::feed::{Feed, FeedError};
+use crate::protocol::ServerMessage;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
+use futures::{SinkExt, StreamExt};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Frames written before one flush when several are ready at once.
+const MAX_COALESCE: usize = 64;
+/// How long the close frame (and reading what the client already sent) may take.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
+impl Session {
+    pub(in crate::transport::ws) async fn run(
+        mut self,
+        opened: Opening,
+        topics: Vec<String>,
+        denied: Vec<String>,
+    ) {
+        let connected = self.app.ws_connected();
+        let end = self.serve(opened, topics, denied).await;
+        drop(connected);
+        self.count_end(end);
+        // bounded: a client that stopped reading must not hold the task forever
+        let _ = tokio::time::timeout(CLOSE_WAIT, async {
+            if let Some(code) = end.ws_code() {
+                let frame = CloseFrame {
+                    code,
+                    reason: Utf8Bytes::from_static(end.reason()),
+                };
+                let _ = self.socket.send(Message::Close(Some(frame))).await;
+                if end.rejection().is_some() || end.ws_code() == Some(1008) {
+                    self.drain().await;
+                }
+            }
+            let _ = self.socket.close().await;
+        })
+        .await;
+    }
+
+    /// Counts how the connection ended: the one place for slow consumers,
+    /// client faults and token ends on this transport.
+    fn count_end(&self, end: Disconnect) {
+        self.app
+            .metrics
+            .ws_closed
+            .with_label_values(&[end.label()])
+            .inc();
+        if end == Disconnect::SlowConsumer {
+            self.conn.metrics().slow_drops.inc();
+        }
+        if let Some(reason) = end.rejection() {
+            self.app.metrics.rejected.with_label_values(&[reason]).inc();
+        }
+        if let Some(e) = end.auth_failure() {
+            let _ = self.app.gate.auth_failed(&e);
+        }
+    }
+
+    /// After closing a misbehaving client, reads (and drops) what it already
+    /// sent, until its close reply: closing a socket with unread input resets
+    /// the TCP connection, and the client would lose our close frame and reason.
+    /// Bounded in time and count, so a client that keeps sending cannot stay.
+    async fn drain(&mut self) {
+        let deadline = Instant::now() + CLOSE_WAIT / 2;
+        for _ in 0..1024 {
+            match tokio::time::timeout_at(deadline, self.socket.next()).await {
+                Ok(Some(Ok(Message::Close(_)))) | Ok(None) | Ok(Some(Err(_))) | Err(_) => return,
+                Ok(Some(Ok(_))) => {}
+            }
+        }
+    }
+
+    async fn serve(
+        &mut self,
+        opened: Opening,
+        topics: Vec<String>,
+        denied: Vec<String>,
+    ) -> Disconnect {
+        // boxed, like every rare path below: inline, its future would be part
+        // of every idle connection's task
+        if let Err(end) = Box::pin(self.start(opened, topics, denied)).await {
+            return end;
+        }
+        let mut shutdown = self.app.shutdown.clone();
+        let keepalive = self.app.cfg.keepalive;
+        let mut ping = tokio::time::interval(keepalive);
+        ping.tick().await;
+        let mut last_heard = Instant::now();
+        // Timers are made when needed and kept, never re-created per loop turn
+        // (a fresh timer per delivery is a timer-wheel insert and removal each);
+        // boxed, so that a connection without JWT carries none.
+        let mut auth_timer: MaybeTimer = self
+            .waiting_for_auth()
+            .then(|| Box::pin(tokio::time::sleep(self.app.gate.limits().auth_timeout)));
+        let mut expiry = Expiry::default();
+        loop {
+            if shutdown.is_shutdown() {
+                return Disconnect::ServerRestart;
+            }
+            let waiting_for_auth = self.waiting_for_auth();
+            expiry.track(self.identity.expires_at());
+            let expires = expiry.is_set();
+            tokio::select! {
+                msg = self.socket.next() => {
+                    last_heard = Instant::now();
+                    if !self.rate.allow() {
+                        return Disconnect::RateLimited;
+                    }
+                    let handled = match msg {
+                        None | Some(Ok(Message::Close(_))) => Err(Disconnect::ClientGone),
+                        Some(Err(e)) => Err(Disconnect::from_ws_read(e)),
+                        Some(Ok(Message::Text(t))) => Box::pin(self.on_text(t.as_str())).await,
+                        Some(Ok(Message::Binary(_))) => {
+                            let e = ApiError::new(
+                                crate::api_error::ErrorCode::BinaryNotSupported,
+                                "send JSON text frames",
+                            );
+                            self.send_error(e).await
+                        }
+                        Some(Ok(_)) => Ok(()), // ping/pong: tungstenite answers pings itself
+                    };
+                    if let Err(end) = handled {
+                        return end;
+                    }
+                }
+                _ = fire(&mut auth_timer), if waiting_for_auth => return Disconnect::AuthTimeout,
+                _ = expiry.fired(), if expires => return Disconnect::TokenExpired,
+                next = next_batch(&mut self.feed) => match next {
+                    Ok(Some(batch)) => {
+                        if let Err(end) = self.send_batch(batch).await {
+                            return end;
+                        }
+                    }
+                    // the hub is gone: the server is stopping
+                    Ok(None) => return Disconnect::ServerRestart,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "ws feed failed");
+                        return Disconnect::from(&e);
+                    }
+                },
+                _ = ping.tick() => {
+                    if last_heard.elapsed() > keepalive * 3 {
+                        return Disconnect::KeepaliveTimeout;
+                    }
+                    let limit = self.app.cfg.write_timeout;
+                    if let Err(end) = within(limit, self.socket.send(Message::Ping(bytes::Bytes::new()))).await {
+                        return end;
+                    }
+                }
+                _ = shutdown.recv() => {}
+            }
+        }
+    }
+
+    /// Sends a control message (under the write timeout).
+    pub(super) async fn send(&mut self, msg: ServerMessage<'_>) -> Result<(), Disconnect> {
+        let limit = self.app.cfg.write_timeout;
+        within(limit, self.socket.send(Message::Text(msg.to_json().into()))).await
+    }
+
+    /// Sends `{"type":"error",...}` and counts it; the connection stays
+    /// unless the socket itself fails.
+    pub(super) async fn send_error(&mut self, e: ApiError) -> Result<(), Disconnect> {
+        self.count(e.code);
+        self.send(ServerMessage::Error {
+            code: e.code.as_str(),
+            message: &e.message,
+        })
+        .await
+    }
+
+    /// Writes a batch and flushes once, under the write timeout.
+    async fn send_batch(&mut self, batch: Vec<Delivery>) -> Result<(), Disconnect> {
+        let limit = self.app.cfg.write_timeout;
+        within(limit, self.write_batch(&batch)).await?;
+        self.conn.metrics().delivered_batch(&batch);
+        Ok(())
+    }
+
+    async fn write_batch(&mut self, batch: &[Delivery]) -> Result<(), axum::Error> {
+        for d in batch {
+            if let Some(f) = d.change.frame(d.topic) {
+                if let Ok(text) = Utf8Bytes::try_from(f.json.clone()) {
+                    self.socket.feed(Message::Text(text)).await?;
+                }
+            }
+        }
+        self.socket.flush().await
+    }
+}
+
+/// The feed's next batch; pending forever while there is no feed yet.
+async fn next_batch(feed: &mut Option<Feed>) -> Result<Option<Vec<Delivery>>, FeedError> {
+    match feed {
+        Some(f) => f.next_batch(MAX_COALESCE).await,
+        None => std::future::pending().await,
+    }
+}

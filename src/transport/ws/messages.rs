@@ -1,0 +1,62 @@
+//! What a WebSocket client may ask for, and the checks each message passes
+//! before `session` acts on it. A malformed message gets an error and the
+//! connection stays; only the socket-level faults in `io` close it.
+
+use super::super::close::Disconnect;
+use super::session::Session;
+use crate::api_error::ApiError;
+use crate::feed::Start;
+use crate::protocol::{parse_client_message, parse_cursor, ClientMessage, ServerMessage};
+
+impl Session {
+    pub(super) async fn on_text(&mut self, text: &str) -> Result<(), Disconnect> {
+        let msg = match parse_client_message(text) {
+            Ok(m) => m,
+            Err(e) => return self.send_error(ApiError::from(e)).await,
+        };
+        match msg {
+            ClientMessage::Ping => self.send(ServerMessage::Pong).await,
+            ClientMessage::Activity => match self.app.presence.report(&self.identity).await {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    let e = crate::transport::presence::presence_error(e);
+                    self.send_error(e).await
+                }
+            },
+            ClientMessage::Auth { token } => self.authenticate(&token).await,
+            ClientMessage::Subscribe {
+                topics,
+                cursor,
+                snapshot,
+            } => {
+                let topics = match self.app.gate.topics_from_message(topics) {
+                    Ok(t) => t,
+                    Err(e) => return self.send_error(e).await,
+                };
+                let start = if self.feed.is_none() {
+                    match parse_cursor(cursor.as_deref()) {
+                        // the message's own cursor wins; else the upgrade's applies
+                        Ok(cursor) => {
+                            let given = self.pending_start.take().unwrap_or_default();
+                            Start {
+                                cursor: cursor.or(given.cursor),
+                                snapshot: snapshot || given.snapshot,
+                            }
+                        }
+                        Err(e) => return self.send_error(ApiError::from(e)).await,
+                    }
+                } else {
+                    Start::default()
+                };
+                self.subscribe(topics, start).await
+            }
+            // validated like subscribe: the answer echoes the topics back
+            ClientMessage::Unsubscribe { topics } => {
+                match self.app.gate.topics_from_message(topics) {
+                    Ok(t) => self.unsubscribe(t).await,
+                    Err(e) => self.send_error(e).await,
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! WebSocket: `GET /v1/ws?topics=a,b&cursor=C&snapshot=true`.
+//!
+//! Client messages: `{"type":"subscribe","topics":[..],"cursor":"..","snapshot":true}`,
+//! `{"type":"unsubscribe","topics":[..]}`, `{"type":"ping"}`, `{"type":"auth","token":".."}`.
+//! Server messages: events (the shared envelope, `"type":"event"`), `subscribed`,
+//! `unsubscribed`, `resync`, `pong`, `authenticated` and `error`
+//! (`{"type":"error","code":..,"message":..}`); how a connection ends is
+//! `close::Disconnect`.
+//!
+//! A cursor is honoured when the stream starts: in the URL, or in the first
+//! `subscribe` (a URL cursor without URL topics applies to the first
+//! subscribe's topics). Topics added later start live. A client whose queue
+//! overflows is not closed: it continues from the change log (see `feed`).
+//!
+//! Three parts: `session` (who the client is and what it subscribed),
+//! `messages` (what it asks for), `io` (the one loop that reads, writes and
+//! times out).
+
+mod io;
+mod messages;
+mod session;
+
+use super::start::StreamRequest;
+use super::App;
+use crate::api_error::ApiError;
+use crate::metrics::Transport;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use session::{Opening, Session};
+use std::sync::Arc;
+use tracing::Instrument;
+
+pub(crate) async fn handler(
+    State(app): State<Arc<App>>,
+    req: StreamRequest,
+    ws: WebSocketUpgrade,
+) -> Response {
+    match Box::pin(upgrade(app, req, ws)).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn upgrade(
+    app: Arc<App>,
+    req: StreamRequest,
+    ws: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    let admitted = req.admit(&app, Transport::Ws)?;
+    app.count_session(Transport::Ws, req.report);
+    super::presence::on_connect(&app, &admitted.identity, admitted.authenticated).await;
+    // Authorized and registered before the 101 answer: a change committed after
+    // the handshake completes is not missed, and a database outage is answered
+    // like on SSE and polling (503 + Retry-After: retry, resume by cursor).
+    let (topics, denied) = app
+        .gate
+        .authorize(req.peer.ip(), &admitted.identity, &req.topics)
+        .await?;
+    let opened = if topics.is_empty() {
+        // no topic to start yet: the cursor and snapshot flag wait for the
+        // first subscribe, whose topics they apply to
+        Opening::Later(req.start)
+    } else {
+        let (feed, notice) = app.feeds.open(&topics, req.start).await?;
+        Opening::Now(Box::new(feed), notice)
+    };
+    let max = app.gate.limits().max_frame;
+    let peer = req.peer;
+    // Small explicit buffers: tungstenite's defaults reserve 128 KiB per connection.
+    // The read buffer is zero-filled to its capacity on the first read, so all of
+    // it is resident; clients send only small control messages (a larger frame
+    // grows it on demand), and at 4 KiB it was a third of an idle connection's RSS.
+    Ok(ws
+        .read_buffer_size(1024)
+        .write_buffer_size(0)
+        .max_write_buffer_size(1 << 20)
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| {
+            let span = tracing::info_span!(
+                "ws",
+                %peer,
+                sub = admitted.identity.sub().unwrap_or("")
+            );
+            async move {
+                Session::new(app, socket, admitted, peer)
+                    .run(opened, topics, denied)
+                    .await
+            }
+            .instrument(span)
+        }))
+}

@@ -1,0 +1,234 @@
+//! One WebSocket client's state: who it is (identity, whether it has
+//! authenticated), what it subscribed (its feed, or the start waiting for the
+//! first subscribe), and the decisions about both. Nothing here reads the
+//! socket; everything it says goes through `io`.
+
+use super::super::close::Disconnect;
+use super::super::App;
+use crate::access::{Admitted, Connection};
+use crate::api_error::{ApiError, ErrorCode};
+use crate::auth::Identity;
+use crate::feed::{Feed, Notice, Start};
+use crate::limits::RateLimiter;
+use crate::protocol::ServerMessage;
+use axum::extract::ws::WebSocket;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// What the upgrade request started.
+pub(in crate::transport::ws) enum Opening {
+    /// A feed for the URL's topics, and a resync notice if its cursor was not usable.
+    Now(Box<Feed>, Option<Notice>),
+    /// No topics yet: this start (cursor, snapshot) applies to the first subscribe.
+    Later(Start),
+}
+
+pub(in crate::transport::ws) struct Session {
+    pub(super) app: Arc<App>,
+    pub(super) socket: WebSocket,
+    pub(super) feed: Option<Feed>,
+    /// The start given at the upgrade, until a subscribe opens the feed with it.
+    pub(super) pending_start: Option<Start>,
+    pub(super) identity: Identity,
+    /// A token was verified (at the upgrade or by an `auth` message).
+    pub(super) authenticated: bool,
+    pub(super) rate: RateLimiter,
+    /// The client's address: its `rowcast.authorize` budget.
+    pub(super) peer: SocketAddr,
+    /// Slot, connection gauge and metric handles, released on drop.
+    pub(super) conn: Connection,
+}
+
+impl Session {
+    pub(super) fn new(
+        app: Arc<App>,
+        socket: WebSocket,
+        admitted: Admitted,
+        peer: SocketAddr,
+    ) -> Session {
+        let rate = RateLimiter::new(app.gate.limits().max_msgs_per_sec);
+        Session {
+            app,
+            socket,
+            feed: None,
+            pending_start: None,
+            identity: admitted.identity,
+            authenticated: admitted.authenticated,
+            rate,
+            peer,
+            conn: admitted.conn,
+        }
+    }
+
+    /// With JWT configured, a connection that neither authenticates nor
+    /// subscribes holds a slot for nothing: it is closed after `--auth-timeout`.
+    pub(super) fn waiting_for_auth(&self) -> bool {
+        self.app.gate.auth_configured() && !self.authenticated && self.feed.is_none()
+    }
+
+    /// The upgrade's part: answers denied URL topics, then announces the feed
+    /// opened before the upgrade (or keeps the start for the first subscribe).
+    pub(super) async fn start(
+        &mut self,
+        opened: Opening,
+        topics: Vec<String>,
+        denied: Vec<String>,
+    ) -> Result<(), Disconnect> {
+        self.deny(&denied).await?;
+        match opened {
+            Opening::Now(feed, notice) => {
+                self.feed = Some(*feed);
+                self.announce(&topics, notice).await
+            }
+            Opening::Later(start) => {
+                self.pending_start = Some(start);
+                Ok(())
+            }
+        }
+    }
+
+    /// Applies limits and the policy to `topics`, answers each denied topic
+    /// with a `forbidden` error, and subscribes the rest.
+    pub(super) async fn subscribe(
+        &mut self,
+        topics: Vec<String>,
+        start: Start,
+    ) -> Result<(), Disconnect> {
+        let (current, new) = match self.feed.as_mut() {
+            Some(f) => (
+                f.subscription().topics().len(),
+                topics.iter().filter(|t| !f.subscription().wants(t)).count(),
+            ),
+            None => (0, topics.len()),
+        };
+        if let Err(e) = self.app.gate.check_count(current + new) {
+            return self.send_error(e).await;
+        }
+        let authorized = self
+            .app
+            .gate
+            .authorize(self.peer.ip(), &self.identity, &topics)
+            .await;
+        let (allowed, denied) = match authorized {
+            Ok(x) => x,
+            // over the address's authorization budget: this message is
+            // refused, the connection and its subscriptions carry on
+            Err(e) if e.code == ErrorCode::AuthorizeRateLimited => return self.send_error(e).await,
+            Err(e) => return Err(self.retry_later(e).await),
+        };
+        self.deny(&denied).await?;
+        match self.feed.as_mut() {
+            Some(feed) => {
+                if allowed.is_empty() {
+                    return Ok(());
+                }
+                feed.subscription().add(&allowed);
+                self.send(ServerMessage::Subscribed { topics: &allowed })
+                    .await
+            }
+            None if allowed.is_empty() => {
+                // nothing opened: the start still waits for allowed topics
+                self.pending_start = Some(start);
+                Ok(())
+            }
+            None => match self.app.feeds.open(&allowed, start).await {
+                Ok((feed, notice)) => {
+                    self.feed = Some(feed);
+                    self.announce(&allowed, notice).await
+                }
+                Err(e) => Err(self.retry_later(ApiError::from(e)).await),
+            },
+        }
+    }
+
+    /// Drops topics (unknown ones are ignored) and confirms them.
+    pub(super) async fn unsubscribe(&mut self, topics: Vec<String>) -> Result<(), Disconnect> {
+        if let Some(feed) = self.feed.as_mut() {
+            feed.subscription().remove(&topics);
+        }
+        self.send(ServerMessage::Unsubscribed { topics: &topics })
+            .await
+    }
+
+    /// One `forbidden` error per denied topic; the others carry on.
+    async fn deny(&mut self, denied: &[String]) -> Result<(), Disconnect> {
+        for t in denied {
+            self.count(ErrorCode::Forbidden);
+            self.send(ServerMessage::TopicError {
+                code: ErrorCode::Forbidden.as_str(),
+                topic: t,
+                message: "not allowed to subscribe to this topic",
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// `subscribed`, then the resync notice when the cursor was not usable.
+    async fn announce(
+        &mut self,
+        topics: &[String],
+        notice: Option<Notice>,
+    ) -> Result<(), Disconnect> {
+        self.send(ServerMessage::Subscribed { topics }).await?;
+        if let Some(n) = notice {
+            self.send(ServerMessage::Resync {
+                topics,
+                reason: n.reason(),
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// The one answer to "this cannot be done now" (database unavailable, this
+    /// node behind the cursor, catch-up budget spent) on an open socket: the
+    /// error, then close 1013. The client reconnects and resumes by cursor
+    /// with all its topics, exactly as after a 503 at the upgrade; nothing is
+    /// left half subscribed.
+    pub(super) async fn retry_later(&mut self, e: ApiError) -> Disconnect {
+        let _ = self.send_error(e).await;
+        Disconnect::TryAgainLater
+    }
+
+    /// `{"type":"auth"}` sets the identity once, before any subscription:
+    /// switching identity later would leave topics authorized for the old one.
+    pub(super) async fn authenticate(&mut self, token: &str) -> Result<(), Disconnect> {
+        if !self.app.gate.auth_configured() {
+            let e = ApiError::new(
+                ErrorCode::AuthUnavailable,
+                "no JWT is configured on this server; every client is anonymous",
+            );
+            return self.send_error(e).await;
+        }
+        if self.authenticated || self.feed.is_some() {
+            let e = ApiError::new(
+                ErrorCode::AuthNotAllowed,
+                "authenticate once, before the first subscription",
+            );
+            return self.send_error(e).await;
+        }
+        match self.app.gate.verify(Ok(token)) {
+            Ok(identity) => {
+                self.identity = identity;
+                self.authenticated = true;
+                let sub = self.identity.sub().unwrap_or("").to_string();
+                tracing::Span::current().record("sub", sub.as_str());
+                self.send(ServerMessage::Authenticated { sub: &sub }).await
+            }
+            Err(e) => {
+                let _ = self.send_error(e).await;
+                Err(Disconnect::InvalidToken)
+            }
+        }
+    }
+
+    /// Counts a refusal sent on this socket (`rowcast_rejected_total`): the
+    /// one place WebSocket refusals are counted, as `count_rejections` is for
+    /// HTTP answers.
+    pub(super) fn count(&self, code: ErrorCode) {
+        if let Some(reason) = code.rejection() {
+            self.app.metrics.rejected.with_label_values(&[reason]).inc();
+        }
+    }
+}

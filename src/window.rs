@@ -1,0 +1,208 @@
+//! The in-memory replay window: the node's most recent published batches.
+//!
+//! A node restart makes thousands of clients resume at once, and polling
+//! clients resume on every request; both usually ask for the last few seconds.
+//! The window answers them without the database, with **exactly** the answer
+//! `changelog::read` would give: the same visibility arithmetic on the same
+//! batches (`lo → hi`: the changes visible in `hi` but not in `lo`), the same
+//! order (the rest of the cursor's own batch, then everything after, each in id
+//! order), the same paging.
+//!
+//! Its contract: the batches are contiguous (each `lo` is the previous `hi`, the
+//! last `hi` is the hub's position), so from the oldest kept `lo` on it holds
+//! every change. It keeps at most `max_changes` changes and nothing older than
+//! `max_age`, which is never beyond the retention: a cursor the log has expired
+//! is never served from memory either, so every node answers it the same way.
+
+use crate::change::Change;
+use crate::changelog::PageSize;
+use crate::cursor::Cursor;
+use crate::snapshot::Snapshot;
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What the window may hold.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct WindowLimits {
+    pub max_changes: usize,
+    /// Never older than the retention (see the module doc).
+    pub max_age: Duration,
+}
+
+/// One published batch: the changes visible in `hi` but not in `lo`.
+struct Batch {
+    lo: Snapshot,
+    hi: Snapshot,
+    changes: Vec<Arc<Change>>,
+    closed_at: Instant,
+}
+
+/// A change found in the window for a resume, and whether its own cursor
+/// already is the right one (then its rendered frames are shared).
+pub(crate) struct WindowHit {
+    pub change: Arc<Change>,
+    /// Part of the cursor's own batch (`lo → hi`) rather than of `hi → upto`.
+    pub in_cursor_batch: bool,
+    pub own_cursor_fits: bool,
+}
+
+pub(crate) struct Window {
+    batches: VecDeque<Batch>,
+    changes: usize,
+    limits: WindowLimits,
+}
+
+impl Window {
+    pub(crate) fn new(limits: WindowLimits) -> Window {
+        Window {
+            batches: VecDeque::new(),
+            changes: 0,
+            limits,
+        }
+    }
+
+    /// Appends the batch `lo → hi` just published, and forgets what is past the limits.
+    pub(crate) fn push(
+        &mut self,
+        lo: Snapshot,
+        hi: Snapshot,
+        changes: Vec<Arc<Change>>,
+        now: Instant,
+    ) {
+        match self.batches.back_mut() {
+            // an empty read only moves the end of the window
+            Some(last) if changes.is_empty() => last.hi = hi,
+            _ => {
+                self.changes += changes.len();
+                self.batches.push_back(Batch {
+                    lo,
+                    hi,
+                    changes,
+                    closed_at: now,
+                });
+            }
+        }
+        while let Some(first) = self.batches.front() {
+            let too_many = self.changes > self.limits.max_changes;
+            let too_old = now.duration_since(first.closed_at) > self.limits.max_age;
+            if !(too_many || too_old) {
+                break;
+            }
+            self.changes -= first.changes.len();
+            self.batches.pop_front();
+        }
+    }
+
+    /// The oldest snapshot from which the window holds every later change
+    /// (batches past `max_age` don't count), or the hub's position when it
+    /// holds none; `None` before the first read.
+    fn start(&self, position: Option<&Snapshot>) -> Option<Snapshot> {
+        let now = Instant::now();
+        match self
+            .batches
+            .iter()
+            .find(|b| now.duration_since(b.closed_at) <= self.limits.max_age)
+        {
+            Some(b) => Some(b.lo.clone()),
+            None => position.cloned(),
+        }
+    }
+
+    /// Whether a resume from a cursor with lower snapshot `lo` can be answered here.
+    pub(crate) fn covers(&self, position: Option<&Snapshot>, lo: &Snapshot) -> bool {
+        self.start(position).is_some_and(|s| s.covered_by(lo))
+    }
+
+    /// Of `xids` (transactions finished at the hub's position), those that
+    /// wrote changes, when the window reaches back before all of them (they
+    /// are in progress in `lo`, which it covers); `None`: ask the log.
+    pub(crate) fn xids_with_changes(
+        &self,
+        position: Option<&Snapshot>,
+        lo: &Snapshot,
+        xids: &[u64],
+    ) -> Option<HashSet<u64>> {
+        if !self.covers(position, lo) {
+            return None;
+        }
+        let wanted: HashSet<u64> = xids.iter().copied().collect();
+        Some(
+            self.batches
+                .iter()
+                .flat_map(|b| b.changes.iter())
+                .map(|c| c.xid)
+                .filter(|x| wanted.contains(x))
+                .collect(),
+        )
+    }
+
+    /// The changes a client at `from` is missing up to `upto` (a position the
+    /// hub has published), for the topics `wants` accepts, in delivery order;
+    /// `None` when the window does not reach back to `from`.
+    ///
+    /// Paged like the log: at most `size.rows` hits and about `size.bytes`
+    /// (the hit that crosses it included); the flag says whether more follow
+    /// (read again from the last hit's position).
+    pub(crate) fn read(
+        &self,
+        position: Option<&Snapshot>,
+        from: &Cursor,
+        upto: &Snapshot,
+        wants: impl Fn(&str) -> bool,
+        size: PageSize,
+    ) -> Option<(Vec<WindowHit>, bool)> {
+        if !self.covers(position, &from.lo) {
+            return None;
+        }
+        let mut first = Vec::new();
+        let mut rest = Vec::new();
+        for b in self.batches.iter().rev() {
+            if b.hi.covered_by(&from.lo) {
+                break; // this batch and all before it were visible to the client
+            }
+            for c in &b.changes {
+                if from.lo.visible(c.xid) || !upto.visible(c.xid) {
+                    continue;
+                }
+                if c.first_topic_in(&wants).is_none() {
+                    continue;
+                }
+                if from.hi.visible(c.xid) {
+                    if c.id > from.id {
+                        let fits = b.lo == from.lo && b.hi == from.hi;
+                        first.push(WindowHit {
+                            change: Arc::clone(c),
+                            in_cursor_batch: true,
+                            own_cursor_fits: fits,
+                        });
+                    }
+                } else {
+                    let fits = b.lo == from.hi && b.hi == *upto;
+                    rest.push(WindowHit {
+                        change: Arc::clone(c),
+                        in_cursor_batch: false,
+                        own_cursor_fits: fits,
+                    });
+                }
+            }
+        }
+        first.sort_by_key(|h| h.change.id);
+        rest.sort_by_key(|h| h.change.id);
+        first.extend(rest);
+        let mut bytes = 0i64;
+        let keep = first
+            .iter()
+            .take_while(|h| {
+                let under = bytes < size.bytes;
+                bytes = bytes.saturating_add(h.change.approx_len() as i64);
+                under
+            })
+            .count()
+            .min(size.rows.max(1) as usize)
+            .max(1);
+        let more = first.len() > keep;
+        first.truncate(keep);
+        Some((first, more))
+    }
+}
