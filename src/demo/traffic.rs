@@ -118,12 +118,13 @@ impl Shopper {
         let mut cursor: Option<String> = None;
         let mut gap: Option<f64> = None;
         loop {
-            let lost = tokio::time::Instant::now();
             let result = if self.blocked_ws {
                 self.sse(topics, &mut cursor).await
             } else {
                 self.websocket(topics, &mut cursor, gap).await
             };
+            // the stream is gone from here until the next one opens
+            let lost = tokio::time::Instant::now();
             if let Err(e) = result {
                 tracing::debug!(customer = self.customer, error = %e, "simulated stream ended");
             }
@@ -243,16 +244,83 @@ impl Shopper {
             .json(&serde_json::json!({"productId": product["productId"], "quantity": quantity}))
             .send()
             .await?;
-        if fastrand::u8(..3) == 0 {
-            // 201 ok, 409 conflict: the server counts both
-            self.http
-                .post(format!("{}/api/checkout", self.base))
-                .bearer_auth(&self.token)
-                .send()
-                .await?;
+        if fastrand::u8(..3) == 0 && self.checkout().await? == Checkout::Conflict {
+            // FR-021's dialog: take the offered option, then check out again
+            if self.resolve_conflicts().await? > 0 {
+                self.checkout().await?;
+            }
         }
         Ok(())
     }
+
+    /// `POST /api/checkout`; the server counts both outcomes.
+    async fn checkout(&self) -> std::result::Result<Checkout, ShopperError> {
+        let resp = self
+            .http
+            .post(format!("{}/api/checkout", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await?;
+        Ok(match resp.status() {
+            reqwest::StatusCode::CONFLICT => Checkout::Conflict,
+            _ => Checkout::Done,
+        })
+    }
+
+    /// Adjusts each line of the cart to what is available (or removes it),
+    /// as a shopper answering the conflict dialog with "adjust" would; says
+    /// how many lines are left to buy.
+    async fn resolve_conflicts(&self) -> std::result::Result<usize, ShopperError> {
+        let cart: Value = self
+            .http
+            .get(format!("{}/api/cart", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await?
+            .json()
+            .await?;
+        let lines = cart["items"].as_array().cloned().unwrap_or_default();
+        let mut left = 0;
+        for line in &lines {
+            let id = &line["productId"];
+            let Some(id_text) = id_text(id) else { continue };
+            let url = format!("{}/api/cart/items/{id_text}", self.base);
+            let have = number(&line["available"]);
+            let want = number(&line["requested"]);
+            if have < 1.0 {
+                self.http
+                    .delete(url)
+                    .bearer_auth(&self.token)
+                    .send()
+                    .await?;
+                continue;
+            }
+            left += 1;
+            if want > have {
+                self.http
+                    .patch(url)
+                    .bearer_auth(&self.token)
+                    .json(&serde_json::json!({ "quantity": have.floor() }))
+                    .send()
+                    .await?;
+            }
+        }
+        Ok(left)
+    }
+}
+
+/// What a checkout answered.
+#[derive(Debug, PartialEq, Eq)]
+enum Checkout {
+    Done,
+    Conflict,
+}
+
+/// An id as the API writes it (a JSON string or number), as text.
+fn id_text(v: &Value) -> Option<String> {
+    v.as_str()
+        .map(str::to_string)
+        .or_else(|| v.as_i64().map(|n| n.to_string()))
 }
 
 /// Keeps the cursor of the last event (and forgets it on a resync).
@@ -285,15 +353,16 @@ fn exponential(mean: Duration) -> Duration {
     mean.mul_f64((-u.ln()).min(10.0))
 }
 
-/// The farmers restock what sold out, a little late (so that the races
-/// near zero stock, where conflicts happen, last a moment).
+/// The farmers bring more from the field when a product runs low, a few
+/// seconds late: stock stays near demand, so the checkouts that conflict are
+/// the real races on the last units, not a market that is always sold out.
 async fn restock(db: Client) {
     loop {
-        tokio::time::sleep(Duration::from_secs(10)).await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
         let done = db
             .execute(
-                "UPDATE market.products SET quantity = quantity + 20 + floor(random() * 40)::bigint
-                  WHERE quantity < 3",
+                "UPDATE market.products SET quantity = quantity + 50 + floor(random() * 100)::bigint
+                  WHERE quantity < 30",
                 &[],
             )
             .await;
