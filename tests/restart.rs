@@ -2,6 +2,8 @@
 //! and get nothing twice, and `/readyz` tells the truth meanwhile.
 //! (Own test binary: it stops the cluster the binary shares.)
 
+// This binary uses part of the harness that tests/main.rs uses in full.
+#[allow(dead_code, unused_imports)]
 mod common;
 
 use common::*;

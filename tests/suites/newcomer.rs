@@ -4,9 +4,7 @@
 //! when all is well, database errors say what PostgreSQL said, and
 //! `rowcast token` needs no role.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::collections::BTreeSet;
 use std::process::{Command, Stdio};
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! Issue #2: `rowcast demo` on its own prints the URLs, and the SSE URL streams events.
 
+use crate::common::lines_of;
 use futures::StreamExt;
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -23,14 +23,7 @@ async fn demo_prints_urls_and_sse_shows_events() {
         .spawn()
         .expect("spawn rowcast demo");
     let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
+    let rx = lines_of(stdout);
     let mut printed = Vec::new();
     let mut curl = None;
     let mut mint = None;
