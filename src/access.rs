@@ -63,6 +63,14 @@ impl Connection {
     pub(crate) fn metrics(&self) -> &TransportMetrics {
         &self.metrics
     }
+
+    /// The connection now counts under another transport (a Socket.IO
+    /// session upgraded from polling to WebSocket).
+    pub(crate) fn switch(&mut self, metrics: TransportMetrics) {
+        self.metrics.connections.dec();
+        metrics.connections.inc();
+        self.metrics = metrics;
+    }
 }
 
 impl Drop for Connection {
@@ -203,6 +211,33 @@ impl Gate {
             ));
         }
         Ok(())
+    }
+
+    /// The topics this identity joins without asking (`rowcast.default_topics`,
+    /// replaceable by the app; the core default is none). Still to be
+    /// authorized like any other topic. A failure is `unavailable` (retry).
+    pub(crate) async fn default_topics(&self, who: &Identity) -> Result<Vec<String>, ApiError> {
+        let unavailable = |e: &dyn std::fmt::Display| {
+            tracing::warn!(error = %e, "rowcast.default_topics failed");
+            ApiError::new(ErrorCode::Unavailable, "default topics unavailable; retry")
+        };
+        let client = self.pool.get().await.map_err(|e| unavailable(&e))?;
+        let stmt = client
+            .prepare_cached("SELECT coalesce(rowcast.default_topics($1::text::jsonb), '{}')")
+            .await
+            .map_err(|e| unavailable(&crate::error::describe_pg(&e)))?;
+        let row = client
+            .query_one(&stmt, &[&&*who.claims_json])
+            .await
+            .map_err(|e| unavailable(&crate::error::describe_pg(&e)))?;
+        let topics: Vec<Option<String>> = row
+            .try_get(0)
+            .map_err(|e| unavailable(&crate::error::describe_pg(&e)))?;
+        Ok(topics
+            .into_iter()
+            .flatten()
+            .filter(|t| !t.is_empty())
+            .collect())
     }
 
     /// SSE and polling: every topic must be allowed, else 403 naming the first

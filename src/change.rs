@@ -7,6 +7,17 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use std::sync::{Arc, OnceLock};
 
+/// This host's clock on the scale of [`Change::emitted_us`] (µs since the
+/// epoch): what a change's age and a user's idle time are measured against.
+/// Here, with the timestamps it reads, so that `metrics` and `presence` both
+/// use it without importing each other.
+pub(crate) fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
 #[derive(Debug)]
 pub(crate) struct Change {
     pub id: i64,
@@ -25,9 +36,18 @@ pub(crate) struct Change {
     /// delivered for), rendered on first use by a connection task: never under
     /// the hub's lock, and never for a topic nobody is subscribed to.
     frames: Vec<OnceLock<Frame>>,
+    /// The Socket.IO form, the same whichever topic it is delivered for.
+    socketio: OnceLock<Bytes>,
 }
 
-/// The envelope, identical on every transport.
+/// The envelope, identical on WebSocket, SSE and polling.
+///
+/// `tx` is the emitting transaction's id (`xid`, the xid8 PostgreSQL's
+/// `pg_current_xact_id()` returned in it) as a decimal string: a client that
+/// wrote through an API answering with its transaction's id (the market API's
+/// `"tx"`) knows its own write has arrived when a change carries that id, and
+/// drops its optimistic state then. Socket.IO frames do not carry it: their
+/// first argument must stay exactly `data`, and their last the cursor.
 #[derive(Serialize)]
 struct Envelope<'a> {
     #[serde(rename = "type")]
@@ -37,6 +57,7 @@ struct Envelope<'a> {
     event: &'a str,
     data: &'a RawValue,
     ts: i64,
+    tx: &'a str,
 }
 
 #[derive(Debug)]
@@ -73,6 +94,27 @@ fn sse_safe(s: &str) -> std::borrow::Cow<'_, str> {
 }
 
 impl Change {
+    /// The Socket.IO form, an Engine.IO message carrying an event:
+    /// `42["<event>",<data>,"<cursor>"]`. The first argument is the envelope's
+    /// `data` exactly; the last is the cursor, which socket.io-client keeps as
+    /// its recovery offset.
+    pub(crate) fn socketio_frame(&self) -> &Bytes {
+        self.socketio.get_or_init(|| {
+            let name = serde_json::to_string(&self.event).unwrap_or_default();
+            let cursor = serde_json::to_string(&self.cursor).unwrap_or_default();
+            let data = self.payload.get();
+            let mut s = Vec::with_capacity(8 + name.len() + data.len() + cursor.len());
+            s.extend_from_slice(b"42[");
+            s.extend_from_slice(name.as_bytes());
+            s.push(b',');
+            s.extend_from_slice(data.as_bytes());
+            s.push(b',');
+            s.extend_from_slice(cursor.as_bytes());
+            s.push(b']');
+            Bytes::from(s)
+        })
+    }
+
     /// `payload` must be valid JSON text (it comes from a `jsonb` column);
     /// anything else is delivered as `null`.
     pub(crate) fn new(
@@ -96,21 +138,44 @@ impl Change {
             emitted_us,
             cursor: cursor.encode(),
             payload,
+            socketio: OnceLock::new(),
+        }
+    }
+
+    /// The change's data, as JSON text.
+    pub(crate) fn payload(&self) -> &str {
+        self.payload.get()
+    }
+
+    /// The same change carrying other data (a snapshot bringing presence up
+    /// to date); `payload` must be JSON text, anything else becomes `null`.
+    pub(crate) fn with_payload(&self, payload: &str) -> Change {
+        let payload: Arc<RawValue> = serde_json::from_str::<Box<RawValue>>(payload)
+            .unwrap_or_else(|_| null())
+            .into();
+        Change {
+            payload,
+            ..self.with_cursor_text(self.cursor.clone())
         }
     }
 
     /// The same change at another position (a resume reads it as part of a
     /// different batch than the live stream did).
     pub(crate) fn with_cursor(&self, cursor: &Cursor) -> Change {
+        self.with_cursor_text(cursor.encode())
+    }
+
+    fn with_cursor_text(&self, cursor: String) -> Change {
         Change {
             id: self.id,
             xid: self.xid,
             topics: self.topics.clone(),
             event: self.event.clone(),
             emitted_us: self.emitted_us,
-            cursor: cursor.encode(),
+            cursor,
             payload: Arc::clone(&self.payload),
             frames: self.topics.iter().map(|_| OnceLock::new()).collect(),
+            socketio: OnceLock::new(),
         }
     }
 
@@ -118,6 +183,7 @@ impl Change {
         let topic = self.topics.get(topic_index)?;
         let cell = self.frames.get(topic_index)?;
         Some(cell.get_or_init(|| {
+            let tx = self.xid.to_string();
             let json = serde_json::to_vec(&Envelope {
                 kind: "event",
                 id: &self.cursor,
@@ -125,6 +191,7 @@ impl Change {
                 event: &self.event,
                 data: &self.payload,
                 ts: self.emitted_us.div_euclid(1000),
+                tx: &tx,
             })
             .unwrap_or_default();
             Frame {
@@ -142,7 +209,9 @@ impl Change {
     /// The size of a frame without rendering it, for queue accounting.
     pub(crate) fn approx_frame_len(&self, topic_index: usize) -> usize {
         let topic = self.topics.get(topic_index).map_or(0, String::len);
-        self.payload.get().len() + self.cursor.len() + topic + self.event.len() + 64
+        // the fixed keys (68 bytes), ts and tx (up to 20 characters each);
+        // JSON escapes in the topic or event name are not counted
+        self.payload.get().len() + self.cursor.len() + topic + self.event.len() + 108
     }
 
     /// Index of the first of this change's topics that `wanted` contains.
@@ -178,12 +247,30 @@ mod tests {
         assert_eq!(v["event"], "inventory.updated");
         assert_eq!(v["data"]["newQuantity"], 15);
         assert_eq!(v["ts"], 1_764_000_000_123i64);
+        assert_eq!(v["tx"], "1234", "the emitting transaction, as a string");
         assert_eq!(v["id"], c.cursor.as_str());
+        assert_eq!(
+            v.as_object().unwrap().keys().collect::<Vec<_>>(),
+            ["data", "event", "id", "topic", "ts", "tx", "type"]
+        );
+        assert!(
+            c.frame(0).unwrap().json.len() <= c.approx_frame_len(0),
+            "the estimate bounds the frame"
+        );
         let sse = String::from_utf8(c.frame(0).unwrap().sse(&c).to_vec()).unwrap();
         assert!(sse.starts_with(&format!(
             "id: {}\nevent: inventory.updated\ndata: {{",
             c.cursor
         )));
         assert!(sse.ends_with("}\n\n"));
+        // Socket.IO: data exactly, then the cursor; no tx
+        let sio = String::from_utf8(c.socketio_frame().to_vec()).unwrap();
+        assert_eq!(
+            sio,
+            format!(
+                "42[\"inventory.updated\",{{\"newQuantity\": 15}},\"{}\"]",
+                c.cursor
+            )
+        );
     }
 }

@@ -2,8 +2,8 @@
 //! environment variable, its default and its bounds.
 //!
 //! Each flag is a field of `ServerConfig` (or of a group flattened into it:
-//! `Limits`, `QueueLimits`, `JwtSettings`), derived with clap, so the command
-//! line, `ServerConfig::new` (tests, the demo) and the README table cannot
+//! `Limits`, `QueueLimits`, `JwtSettings`, `MarketApi`), derived with clap, so
+//! the command line, `ServerConfig::new` (tests, the demo) and the README table cannot
 //! disagree: every default is written once, in `defaults`, and read by both
 //! the clap attribute and the `Default` impl. Values are checked and clamped
 //! once, in `ServerConfig::validate`, which `Server::start` calls.
@@ -35,6 +35,12 @@ pub mod defaults {
     pub const AUTH_TIMEOUT: &str = "10s";
     pub const HEADER_TIMEOUT: &str = "10s";
     pub const AUTHORIZE_PER_IP: u32 = 100;
+    pub const PRESENCE_AWAY: &str = "5m";
+    pub const PRESENCE_OFFLINE: &str = "60m";
+    pub const PRESENCE_WRITE_INTERVAL: &str = "30s";
+    pub const PRESENCE_SWEEP: &str = "5s";
+    pub const MARKET_API_PER_IP: u32 = 20;
+    pub const MARKET_API_POOL: usize = 8;
     /// Changes per read of the source (not a flag; tests make it small).
     pub const SOURCE_PAGE: i64 = 5000;
 }
@@ -89,6 +95,10 @@ pub enum ConfigError {
     BothJwtKeys,
     #[error("--jwt-secret is empty")]
     EmptySecret,
+    #[error("--node-id must be 1 to 32 letters, digits, '-' or '_'")]
+    NodeId,
+    #[error("--market-api needs --jwt-secret or --jwt-public-key: its callers are customers and farmers identified by their tokens")]
+    MarketApiWithoutJwt,
 }
 
 #[derive(Clone, Debug, Args)]
@@ -106,6 +116,11 @@ pub struct ServerConfig {
     /// Apply migrations before serving.
     #[arg(long)]
     pub migrate: bool,
+    /// This node's name in Socket.IO session ids (letters, digits, `-`, `_`;
+    /// default: random per start), so that a load balancer can send a
+    /// long-polling session's requests to its node (README, "Socket.IO").
+    #[arg(long, env = "ROWCAST_NODE_ID")]
+    pub node_id: Option<String>,
     /// Also accept HTTP/2 without TLS (prior knowledge, h2c). Off by default:
     /// see the README for what it does not bound.
     #[arg(long, env = "ROWCAST_HTTP2")]
@@ -143,6 +158,10 @@ pub struct ServerConfig {
     pub origins: Origins,
     #[command(flatten)]
     pub limits: Limits,
+    #[command(flatten)]
+    pub presence: PresenceConfig,
+    #[command(flatten)]
+    pub market_api: MarketApi,
     /// Upper bound of a long poll's `wait`.
     #[arg(skip = Duration::from_secs(30))]
     pub max_poll_wait: Duration,
@@ -201,6 +220,79 @@ pub struct Limits {
     /// bursts of ten times as many (at least --max-topics).
     #[arg(long, env = "ROWCAST_AUTHORIZE_PER_IP", default_value_t = defaults::AUTHORIZE_PER_IP)]
     pub authorize_per_ip: u32,
+}
+
+/// Presence (FR-021's dots): the same on every node of one database.
+#[derive(Clone, Copy, Debug, Args)]
+pub struct PresenceConfig {
+    /// Active less than this ago: online; longer: away (FR-021: 5 minutes).
+    #[arg(long = "presence-away", env = "ROWCAST_PRESENCE_AWAY", default_value = defaults::PRESENCE_AWAY, value_parser = parse_duration)]
+    pub away: Duration,
+    /// Active longer than this ago: offline (FR-021: 60 minutes).
+    #[arg(long = "presence-offline", env = "ROWCAST_PRESENCE_OFFLINE", default_value = defaults::PRESENCE_OFFLINE, value_parser = parse_duration)]
+    pub offline: Duration,
+    /// This node writes at most one activity per user per interval.
+    #[arg(long = "presence-write-interval", env = "ROWCAST_PRESENCE_WRITE_INTERVAL", default_value = defaults::PRESENCE_WRITE_INTERVAL, value_parser = parse_duration)]
+    pub write_interval: Duration,
+    /// How often this node sweeps for users to mark away or offline.
+    #[arg(long = "presence-sweep", env = "ROWCAST_PRESENCE_SWEEP", default_value = defaults::PRESENCE_SWEEP, value_parser = parse_duration)]
+    pub sweep: Duration,
+    /// Opening a stream with a token counts as activity.
+    #[arg(long = "presence-on-connect", env = "ROWCAST_PRESENCE_ON_CONNECT")]
+    pub on_connect: bool,
+}
+
+impl Default for PresenceConfig {
+    fn default() -> PresenceConfig {
+        PresenceConfig {
+            away: dur(defaults::PRESENCE_AWAY),
+            offline: dur(defaults::PRESENCE_OFFLINE),
+            write_interval: dur(defaults::PRESENCE_WRITE_INTERVAL),
+            sweep: dur(defaults::PRESENCE_SWEEP),
+            on_connect: false,
+        }
+    }
+}
+
+/// The storefront API over the market schema (`shop`): on in `rowcast demo`,
+/// behind `--market-api` for `serve`.
+#[derive(Clone, Debug, Args)]
+pub struct MarketApi {
+    /// Serve the storefront API (/api/products, /api/cart, /api/checkout, farmer
+    /// endpoints) on the client port. Needs the market schema (`rowcast migrate
+    /// --market`) and a JWT key.
+    #[arg(id = "market_api", long = "market-api", env = "ROWCAST_MARKET_API")]
+    pub enabled: bool,
+    /// Market API requests per second per client IP, bursts of ten times as many.
+    #[arg(
+        id = "market_api_per_ip",
+        long = "market-api-per-ip",
+        value_name = "MARKET_API_PER_IP",
+        env = "ROWCAST_MARKET_API_PER_IP",
+        default_value_t = defaults::MARKET_API_PER_IP
+    )]
+    pub per_ip: u32,
+    /// Database connections the market API uses at most: its own pool, so that
+    /// checkouts waiting on row locks never hold up catch-up, polling or
+    /// authorization (--pool-size).
+    #[arg(
+        id = "market_api_pool",
+        long = "market-api-pool",
+        value_name = "MARKET_API_POOL",
+        env = "ROWCAST_MARKET_API_POOL",
+        default_value_t = defaults::MARKET_API_POOL
+    )]
+    pub pool_size: usize,
+}
+
+impl Default for MarketApi {
+    fn default() -> MarketApi {
+        MarketApi {
+            enabled: false,
+            per_ip: defaults::MARKET_API_PER_IP,
+            pool_size: defaults::MARKET_API_POOL,
+        }
+    }
 }
 
 /// Per-client queue bounds: past either, the client continues from the change log.
@@ -278,6 +370,7 @@ impl ServerConfig {
             listen,
             metrics_listen: None,
             migrate: false,
+            node_id: None,
             http2: false,
             pool_size: defaults::POOL_SIZE,
             queue: QueueLimits::default(),
@@ -290,6 +383,8 @@ impl ServerConfig {
             authz_cache: dur(defaults::AUTHZ_CACHE),
             origins: Origins::default(),
             limits: Limits::default(),
+            presence: PresenceConfig::default(),
+            market_api: MarketApi::default(),
             max_poll_wait: Duration::from_secs(30),
             sse_retry: Duration::from_secs(2),
             idle_poll: Duration::from_secs(2),
@@ -309,7 +404,24 @@ impl ServerConfig {
         if self.jwt.secret.as_deref() == Some("") {
             return Err(ConfigError::EmptySecret);
         }
+        match &self.node_id {
+            Some(id) => {
+                let ok = (1..=32).contains(&id.len())
+                    && id
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+                if !ok {
+                    return Err(ConfigError::NodeId);
+                }
+            }
+            None => self.node_id = Some(format!("n{:06x}", fastrand::u32(..1 << 24))),
+        }
+        if self.market_api.enabled && !self.jwt.configured() {
+            return Err(ConfigError::MarketApiWithoutJwt);
+        }
         self.pool_size = self.pool_size.max(1);
+        self.market_api.per_ip = self.market_api.per_ip.max(1);
+        self.market_api.pool_size = self.market_api.pool_size.max(1);
         self.queue.max_events = self.queue.max_events.max(1);
         self.queue.max_bytes = self.queue.max_bytes.max(1024);
         self.keepalive = self.keepalive.max(Duration::from_secs(1));
@@ -330,6 +442,12 @@ impl ServerConfig {
         l.header_read_timeout = l.header_read_timeout.max(Duration::from_millis(100));
         l.max_sockets = l.max_sockets.map(|n| n.max(1));
         l.authorize_per_ip = l.authorize_per_ip.max(1);
+        // offline after away; writes and sweeps often enough to keep the dots right
+        let p = &mut self.presence;
+        p.away = p.away.max(Duration::from_millis(100));
+        p.offline = p.offline.max(p.away + Duration::from_millis(100));
+        p.write_interval = p.write_interval.min(p.away / 2);
+        p.sweep = p.sweep.clamp(Duration::from_millis(50), p.away / 2);
         Ok(self)
     }
 }

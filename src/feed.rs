@@ -113,6 +113,8 @@ pub(crate) struct Feeds {
     pub hub: Arc<Hub>,
     pub pool: Pool,
     pub budget: Arc<CatchupBudget>,
+    /// Brings `user.presence` state in snapshots up to date with the clock.
+    pub presence: crate::presence::Clock,
 }
 
 /// Whether a catch-up read may wait for budget.
@@ -137,6 +139,7 @@ pub(crate) struct Feed {
     sub: Subscription,
     pool: Pool,
     budget: Arc<CatchupBudget>,
+    presence: crate::presence::Clock,
     /// What the backlog and the deliveries handed out but not yet written cost.
     held: Option<Grant>,
     backlog: VecDeque<Delivery>,
@@ -193,6 +196,7 @@ impl Feeds {
             sub,
             pool: pool.clone(),
             budget: Arc::clone(&self.budget),
+            presence: self.presence,
             held: None,
             backlog: VecDeque::new(),
             catch_up: None,
@@ -557,7 +561,8 @@ impl Feed {
             self.hold(grant);
         }
         for change in read.changes {
-            self.queue_change(change);
+            // a snapshot is the state now: presence follows the clock, not the last sweep
+            self.queue_change(self.presence.current(change));
         }
         Ok(())
     }
@@ -607,6 +612,10 @@ mod tests {
             hub: Arc::clone(&hub),
             pool,
             budget: CatchupBudget::new(1 << 20),
+            presence: crate::presence::Clock {
+                away: Duration::from_secs(300),
+                offline: Duration::from_secs(3600),
+            },
         };
         let (mut feed, notice) = feeds
             .open(&["t".to_string()], Start::default())

@@ -1,11 +1,15 @@
 //! Prometheus metrics. One registry per server so that several servers can run
 //! in one process (the tests do).
 
+mod live_seconds;
+
 use crate::error::Result;
+pub(crate) use live_seconds::{Alive, LiveSeconds};
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
+use std::collections::HashMap;
 
 /// The client transports, as metric labels (`transport="ws"`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -13,16 +17,28 @@ pub(crate) enum Transport {
     Ws,
     Sse,
     Poll,
+    /// Socket.IO over WebSocket (including sessions upgraded from polling).
+    SocketIo,
+    /// Socket.IO over HTTP long-polling.
+    SocketIoPolling,
 }
 
 impl Transport {
-    pub(crate) const ALL: [Transport; 3] = [Transport::Ws, Transport::Sse, Transport::Poll];
+    pub(crate) const ALL: [Transport; 5] = [
+        Transport::Ws,
+        Transport::Sse,
+        Transport::Poll,
+        Transport::SocketIo,
+        Transport::SocketIoPolling,
+    ];
 
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             Transport::Ws => "ws",
             Transport::Sse => "sse",
             Transport::Poll => "poll",
+            Transport::SocketIo => "socketio",
+            Transport::SocketIoPolling => "socketio-polling",
         }
     }
 
@@ -76,6 +92,25 @@ pub(crate) struct Metrics {
     pub accept_errors: IntCounter,
     /// Topics sent to `rowcast.authorize` (cache misses).
     pub authorize_checks: IntCounter,
+    /// Client sessions by transport and whether they are a fallback from a
+    /// WebSocket (FR-021's fallback usage).
+    pub sessions: IntCounterVec,
+    /// Seconds WebSocket sessions were connected, and seconds clients that
+    /// wanted one reported being without (FR-021's WebSocket uptime).
+    pub ws_connected_seconds: LiveSeconds,
+    pub ws_gap_seconds: prometheus::Counter,
+    /// WebSocket sessions (raw and Socket.IO) ended, by why (the transport
+    /// names the reasons and registers them all).
+    pub ws_closed: IntCounterVec,
+    /// Presence: activity reports, the touches written, transitions made here.
+    pub presence_reports: IntCounter,
+    pub presence_writes: IntCounter,
+    pub presence_transitions: IntCounterVec,
+    pub presence_sweep_seconds: Histogram,
+    /// Changes read from the log by event name (see `EventCounts`).
+    pub changes: IntCounterVec,
+    /// Market API checkouts by result (`ok`, `conflict`, `error`; see `shop`).
+    pub checkouts: IntCounterVec,
 }
 
 impl Metrics {
@@ -238,6 +273,86 @@ impl Metrics {
         registry.register(Box::new(sockets_closed.clone()))?;
         registry.register(Box::new(accept_errors.clone()))?;
         registry.register(Box::new(authorize_checks.clone()))?;
+        let sessions = IntCounterVec::new(
+            Opts::new(
+                "rowcast_sessions_total",
+                "Client sessions by transport, and whether the client fell back from a WebSocket (fallback=yes)",
+            ),
+            &["transport", "fallback"],
+        )?;
+        let ws_connected_seconds = LiveSeconds::new(
+            "rowcast_ws_connected_seconds_total",
+            "Seconds WebSocket sessions (raw and Socket.IO) have been connected, open ones included",
+        )?;
+        let ws_gap_seconds = prometheus::Counter::new(
+            "rowcast_ws_gap_seconds_total",
+            "Seconds clients that wanted a WebSocket reported being without one (gap= on reconnect)",
+        )?;
+        registry.register(Box::new(sessions.clone()))?;
+        registry.register(Box::new(ws_connected_seconds.clone()))?;
+        registry.register(Box::new(ws_gap_seconds.clone()))?;
+        let ws_closed = IntCounterVec::new(
+            Opts::new(
+                "rowcast_ws_closed_total",
+                "WebSocket sessions (raw and Socket.IO) ended, by reason (client_gone: the client left)",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(ws_closed.clone()))?;
+        for t in Transport::ALL.map(Transport::as_str) {
+            for f in ["yes", "no"] {
+                sessions.with_label_values(&[t, f]);
+            }
+        }
+        let presence_reports = IntCounter::new(
+            "rowcast_presence_reports_total",
+            "Activity reports received from authenticated clients",
+        )?;
+        let presence_writes = IntCounter::new(
+            "rowcast_presence_writes_total",
+            "Activity written to the database (at most one per user per --presence-write-interval)",
+        )?;
+        let presence_transitions = IntCounterVec::new(
+            Opts::new(
+                "rowcast_presence_transitions_total",
+                "Presence transitions this node made (each is made once in the cluster)",
+            ),
+            &["status"],
+        )?;
+        let presence_sweep_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "rowcast_presence_sweep_seconds",
+                "Duration of one presence sweep",
+            )
+            .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]),
+        )?;
+        registry.register(Box::new(presence_reports.clone()))?;
+        registry.register(Box::new(presence_writes.clone()))?;
+        registry.register(Box::new(presence_transitions.clone()))?;
+        registry.register(Box::new(presence_sweep_seconds.clone()))?;
+        for s in ["online", "away", "offline"] {
+            presence_transitions.with_label_values(&[s]);
+        }
+        let changes = IntCounterVec::new(
+            Opts::new(
+                "rowcast_changes_total",
+                "Changes read from the change log, by event name (the first 100 distinct names of at most 100 bytes; the rest under event=\"other\"). Every node reads every change: aggregate nodes with max, not sum",
+            ),
+            &["event"],
+        )?;
+        let checkouts = IntCounterVec::new(
+            Opts::new(
+                "rowcast_checkouts_total",
+                "Market API checkouts by result: ok (orders created), conflict (nothing written, the customer is told why), error (refused or failed)",
+            ),
+            &["result"],
+        )?;
+        registry.register(Box::new(changes.clone()))?;
+        registry.register(Box::new(checkouts.clone()))?;
+        changes.with_label_values(&[EventCounts::OTHER]);
+        for r in ["ok", "conflict", "error"] {
+            checkouts.with_label_values(&[r]);
+        }
         for r in ["idle", "shed"] {
             sockets_closed.with_label_values(&[r]);
         }
@@ -252,6 +367,7 @@ impl Metrics {
             "wrong_issuer_or_audience",
             "bad_claims",
             "timeout",
+            "missing",
         ] {
             auth_failures.with_label_values(&[r]);
         }
@@ -289,7 +405,26 @@ impl Metrics {
             sockets_closed,
             accept_errors,
             authorize_checks,
+            sessions,
+            ws_connected_seconds,
+            ws_gap_seconds,
+            ws_closed,
+            presence_reports,
+            presence_writes,
+            presence_transitions,
+            presence_sweep_seconds,
+            changes,
+            checkouts,
         })
+    }
+
+    /// The per-event change counter; one per source (its only writer).
+    pub(crate) fn event_counts(&self) -> EventCounts {
+        EventCounts {
+            other: self.changes.with_label_values(&[EventCounts::OTHER]),
+            vec: self.changes.clone(),
+            known: HashMap::new(),
+        }
     }
 
     pub(crate) fn render(&self) -> String {
@@ -299,6 +434,15 @@ impl Metrics {
             tracing::warn!(error = %e, "metrics encoding failed");
         }
         String::from_utf8_lossy(&buf).into_owned()
+    }
+
+    pub(crate) fn presence(&self) -> crate::presence::PresenceMetrics {
+        crate::presence::PresenceMetrics {
+            reports: self.presence_reports.clone(),
+            writes: self.presence_writes.clone(),
+            transitions: self.presence_transitions.clone(),
+            sweep_seconds: self.presence_sweep_seconds.clone(),
+        }
     }
 
     pub(crate) fn hub(&self) -> crate::hub::HubMetrics {
@@ -320,6 +464,39 @@ impl Metrics {
             deliveries: self.deliveries.with_label_values(&[transport]),
             connections: self.connections.with_label_values(&[transport]),
             slow_drops: self.slow_consumer_drops.with_label_values(&[transport]),
+        }
+    }
+}
+
+/// `rowcast_changes_total{event}`: every change the source reads, counted
+/// once by its event name (`cart.adjusted`, `inventory.updated`, ...).
+///
+/// Event names are the app's (any text `rowcast.emit` was given), so the label
+/// set is capped to keep the registry bounded: the first `MAX_NAMES` distinct
+/// names of at most `MAX_NAME_LEN` bytes this process reads get a series of
+/// their own, and every other change counts under `event="other"` (as does an
+/// event literally named `other`). Counts are per node, and every node reads
+/// every change: across nodes take `max`, not `sum`.
+pub(crate) struct EventCounts {
+    vec: IntCounterVec,
+    known: HashMap<String, IntCounter>,
+    other: IntCounter,
+}
+
+impl EventCounts {
+    pub(crate) const MAX_NAMES: usize = 100;
+    pub(crate) const MAX_NAME_LEN: usize = 100;
+    pub(crate) const OTHER: &'static str = "other";
+
+    pub(crate) fn count(&mut self, event: &str) {
+        if let Some(c) = self.known.get(event) {
+            c.inc();
+        } else if self.known.len() < Self::MAX_NAMES && event.len() <= Self::MAX_NAME_LEN {
+            let c = self.vec.with_label_values(&[event]);
+            c.inc();
+            self.known.insert(event.to_string(), c);
+        } else {
+            self.other.inc();
         }
     }
 }
@@ -346,7 +523,7 @@ impl TransportMetrics {
     /// since the epoch): live ones in the SLO histogram, catch-up apart.
     pub(crate) fn delivered(&self, emitted_us: i64, live: bool) {
         self.deliveries.inc();
-        let lag = (now_us() - emitted_us).max(0) as f64 / 1e6;
+        let lag = (crate::change::now_us() - emitted_us).max(0) as f64 / 1e6;
         if live {
             self.latency.observe(lag);
         } else {
@@ -356,9 +533,30 @@ impl TransportMetrics {
     }
 }
 
-pub(crate) fn now_us() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Past the cap, new names count under `other`; known ones keep counting.
+    #[test]
+    fn event_names_are_capped() {
+        let m = Metrics::new().unwrap();
+        let mut counts = m.event_counts();
+        for i in 0..EventCounts::MAX_NAMES {
+            counts.count(&format!("e{i}"));
+        }
+        counts.count("e0");
+        counts.count("one.too.many");
+        counts.count(&"x".repeat(EventCounts::MAX_NAME_LEN + 1));
+        let get = |e: &str| m.changes.with_label_values(&[e]).get();
+        assert_eq!(get("e0"), 2);
+        assert_eq!(get("e99"), 1);
+        assert_eq!(get("other"), 2);
+        let series = m
+            .render()
+            .lines()
+            .filter(|l| l.starts_with("rowcast_changes_total{"))
+            .count();
+        assert_eq!(series, EventCounts::MAX_NAMES + 1);
+    }
 }

@@ -15,6 +15,11 @@ pub const CORE: &[(&str, &str)] = &[
     ("002_authorize", include_str!("../sql/002_authorize.sql")),
     ("003_guarantees", include_str!("../sql/003_guarantees.sql")),
     ("004_track", include_str!("../sql/004_track.sql")),
+    (
+        "005_default_topics",
+        include_str!("../sql/005_default_topics.sql"),
+    ),
+    ("006_presence", include_str!("../sql/006_presence.sql")),
 ];
 
 /// The FR-021 farmers-market reference schema (`market.*`), its triggers and
@@ -35,6 +40,18 @@ pub const MARKET: &[(&str, &str)] = &[
     (
         "market/004_carts",
         include_str!("../sql/market/004_carts.sql"),
+    ),
+    (
+        "market/005_default_topics",
+        include_str!("../sql/market/005_default_topics.sql"),
+    ),
+    (
+        "market/006_presence",
+        include_str!("../sql/market/006_presence.sql"),
+    ),
+    (
+        "market/007_farmer_writes",
+        include_str!("../sql/market/007_farmer_writes.sql"),
     ),
 ];
 

@@ -14,6 +14,7 @@ use crate::health::Health;
 use crate::http::HttpOptions;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::presence::Presence;
 use crate::shutdown::ShutdownTrigger;
 use crate::sockets::{SocketMetrics, Sockets};
 use crate::source::{Source, SourceConfig};
@@ -99,12 +100,32 @@ impl Server {
             max_age: cfg.retention.min(WINDOW_MAX_AGE),
         };
         let hub = Hub::new(cfg.queue, window, metrics.hub());
+        // the market API's pool, and its schema check (fails the start when
+        // the database is there without the market schema)
+        let shop_db = if cfg.market_api.enabled {
+            Some(crate::shop::open_db(&cfg).await?)
+        } else {
+            None
+        };
         let health = Arc::new(Health::default());
+        let clock = crate::presence::Clock {
+            away: cfg.presence.away,
+            offline: cfg.presence.offline,
+        };
         let feeds = Feeds {
             hub: Arc::clone(&hub),
             pool: pool.clone(),
             budget: CatchupBudget::new(cfg.catchup_memory),
+            presence: clock,
         };
+        let presence = Arc::new(Presence::new(
+            pool.clone(),
+            clock,
+            cfg.presence.write_interval,
+            cfg.presence.sweep,
+            cfg.presence.on_connect,
+            metrics.presence(),
+        ));
         // Everything fallible is done: from here on tasks are spawned, and each
         // stops when `shutdown` fires or is dropped.
         let shutdown = ShutdownTrigger::new();
@@ -121,6 +142,7 @@ impl Server {
         );
         let mut tasks = vec![
             tokio::spawn(source.run(shutdown.subscribe())),
+            tokio::spawn(Arc::clone(&presence).sweep_loop(shutdown.subscribe())),
             tokio::spawn(crate::retention::run(
                 pool,
                 cfg.retention,
@@ -150,13 +172,21 @@ impl Server {
             cfg,
             feeds,
             gate,
+            presence,
             metrics,
             health,
             shutdown.subscribe(),
         ));
+        tasks.push(tokio::spawn(
+            Arc::clone(&app.socketio).sweep(shutdown.subscribe()),
+        ));
+        let shop = shop_db.map(|db| {
+            let shop = crate::shop::Shop::new(Arc::clone(&app), db);
+            crate::shop::router(Arc::new(shop))
+        });
         tasks.push(spawn_http(crate::http::serve(
             listener,
-            router(Arc::clone(&app), metrics_listener.is_none()),
+            router(Arc::clone(&app), metrics_listener.is_none(), shop),
             http_opts,
             Arc::clone(&sockets),
             shutdown.subscribe(),

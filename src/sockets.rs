@@ -343,7 +343,7 @@ mod tests {
             closed_idle: c(),
             shed: c(),
             accept_errors: c(),
-            stalled: [c(), c(), c()],
+            stalled: [c(), c(), c(), c(), c()],
         }
     }
 

@@ -30,10 +30,16 @@ mod layout;
 mod newcomer;
 #[path = "suites/parsers.rs"]
 mod parsers;
+#[path = "suites/presence.rs"]
+mod presence;
 #[path = "suites/resume.rs"]
 mod resume;
+#[path = "suites/shop.rs"]
+mod shop;
 #[path = "suites/slow_consumer.rs"]
 mod slow_consumer;
+#[path = "suites/socketio.rs"]
+mod socketio;
 #[path = "suites/token_expiry.rs"]
 mod token_expiry;
 #[path = "suites/track.rs"]

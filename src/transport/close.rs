@@ -36,6 +36,45 @@ pub(crate) enum Disconnect {
 }
 
 impl Disconnect {
+    pub(crate) const ALL: [Disconnect; 13] = {
+        use Disconnect::*;
+        [
+            ClientGone,
+            ServerRestart,
+            SlowConsumer,
+            CursorExpired,
+            TryAgainLater,
+            KeepaliveTimeout,
+            AuthTimeout,
+            TokenExpired,
+            InvalidToken,
+            RateLimited,
+            MessageTooBig,
+            InvalidUtf8,
+            ProtocolError,
+        ]
+    };
+
+    /// The `rowcast_ws_closed_total{reason}` label.
+    pub(crate) fn label(self) -> &'static str {
+        use Disconnect::*;
+        match self {
+            ClientGone => "client_gone",
+            ServerRestart => "server_restart",
+            SlowConsumer => "slow_consumer",
+            CursorExpired => "cursor_expired",
+            TryAgainLater => "try_again_later",
+            KeepaliveTimeout => "keepalive_timeout",
+            AuthTimeout => "auth_timeout",
+            TokenExpired => "token_expired",
+            InvalidToken => "invalid_token",
+            RateLimited => "rate_limited",
+            MessageTooBig => "message_too_big",
+            InvalidUtf8 => "invalid_utf8",
+            ProtocolError => "protocol_error",
+        }
+    }
+
     /// The WebSocket close code; `None`: no close frame (the client is gone).
     pub(crate) fn ws_code(self) -> Option<u16> {
         use Disconnect::*;
@@ -100,6 +139,23 @@ impl Disconnect {
             Disconnect::AuthTimeout => Some(AuthError::Timeout),
             Disconnect::TokenExpired => Some(AuthError::Expired),
             _ => None,
+        }
+    }
+}
+
+impl Disconnect {
+    /// A WebSocket read error has a cause worth telling the client when it was
+    /// ours to enforce: too big (1009), not UTF-8 (1007), a protocol violation
+    /// (1002). Others mean the peer is gone.
+    pub(crate) fn from_ws_read(e: axum::Error) -> Disconnect {
+        use tungstenite::error::{CapacityError, Error as WsError};
+        match e.into_inner().downcast_ref::<WsError>() {
+            Some(WsError::Capacity(CapacityError::MessageTooLong { .. })) => {
+                Disconnect::MessageTooBig
+            }
+            Some(WsError::Utf8(_)) => Disconnect::InvalidUtf8,
+            Some(WsError::Protocol(_)) => Disconnect::ProtocolError,
+            _ => Disconnect::ClientGone,
         }
     }
 }

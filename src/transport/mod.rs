@@ -9,7 +9,10 @@
 //! its framing and its I/O loop.
 
 pub(crate) mod close;
+pub(crate) mod deadline;
 pub(crate) mod poll;
+pub(crate) mod presence;
+pub(crate) mod socketio;
 pub(crate) mod sse;
 pub(crate) mod start;
 pub(crate) mod ws;
@@ -20,6 +23,7 @@ use crate::config::ServerConfig;
 use crate::feed::{FeedError, Feeds};
 use crate::health::Health;
 use crate::metrics::{Metrics, Transport, TransportMetrics};
+use crate::presence::Presence;
 use crate::shutdown::Shutdown;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
@@ -34,9 +38,14 @@ pub(crate) struct App {
     pub cfg: ServerConfig,
     pub feeds: Feeds,
     pub gate: Gate,
+    pub presence: Arc<Presence>,
     pub metrics: Metrics,
     pub health: Arc<Health>,
     pub shutdown: Shutdown,
+    /// Socket.IO's long-polling sessions on this node, and its ping settings.
+    pub socketio: Arc<socketio::polling::Registry>,
+    /// This node's name in Socket.IO session ids.
+    pub node_id: String,
     /// Metric handles per transport, resolved once.
     transports: [TransportMetrics; Transport::ALL.len()],
 }
@@ -46,15 +55,34 @@ impl App {
         cfg: ServerConfig,
         feeds: Feeds,
         gate: Gate,
+        presence: Arc<Presence>,
         metrics: Metrics,
         health: Arc<Health>,
         shutdown: Shutdown,
     ) -> App {
+        let settings = socketio::EngineSettings {
+            ping_interval: cfg.keepalive,
+            ping_timeout: cfg.keepalive,
+            max_payload: cfg.limits.max_frame,
+        };
+        // every series exists from the start, so rate() sees the first one
+        for end in close::Disconnect::ALL {
+            metrics.ws_closed.with_label_values(&[end.label()]);
+            if let Some(reason) = end.rejection() {
+                metrics.rejected.with_label_values(&[reason]);
+            }
+        }
+        for reason in ErrorCode::ALL.iter().filter_map(|c| c.rejection()) {
+            metrics.rejected.with_label_values(&[reason]);
+        }
         App {
+            socketio: Arc::new(socketio::polling::Registry::new(settings)),
+            node_id: cfg.node_id.clone().unwrap_or_default(),
             transports: Transport::ALL.map(|t| metrics.transport(t)),
             cfg,
             feeds,
             gate,
+            presence,
             metrics,
             health,
             shutdown,
@@ -64,19 +92,58 @@ impl App {
     pub(crate) fn transport(&self, t: Transport) -> TransportMetrics {
         self.transports[t.index()].clone()
     }
+
+    /// Counts a client session for the SLOs (`rowcast_sessions_total`), with
+    /// the gap the client reports before a WebSocket. A session is counted
+    /// once, when it opens, under the transport it opened on: a Socket.IO
+    /// session that upgrades from polling stays `socketio_polling`; a polling
+    /// client is a session only on the request that carries `fallback=`
+    /// (the SDK's first); a WebSocket is never a fallback.
+    pub(crate) fn count_session(&self, t: Transport, report: start::ClientReport) {
+        let fallback = match t {
+            Transport::Ws | Transport::SocketIo => false,
+            _ => report.fallback.unwrap_or(false),
+        };
+        self.metrics
+            .sessions
+            .with_label_values(&[t.as_str(), if fallback { "yes" } else { "no" }])
+            .inc();
+        if let (Transport::Ws | Transport::SocketIo, Some(gap)) = (t, report.gap_secs) {
+            self.metrics.ws_gap_seconds.inc_by(gap);
+        }
+    }
+
+    /// A WebSocket session is connected until the guard is dropped
+    /// (`rowcast_ws_connected_seconds_total`).
+    pub(crate) fn ws_connected(&self) -> crate::metrics::Alive {
+        self.metrics.ws_connected_seconds.open()
+    }
 }
 
 /// The client port: the three transports, health and readiness, and
-/// `/metrics` unless it has a listener of its own.
-pub(crate) fn router(app: Arc<App>, with_metrics: bool) -> Router {
-    let api = Router::new()
+/// `/metrics` unless it has a listener of its own; and `extra` routes (the
+/// market API) under the same origin check and rejection counting.
+pub(crate) fn router(app: Arc<App>, with_metrics: bool, extra: Option<Router<Arc<App>>>) -> Router {
+    let mut api = Router::new()
         .route("/v1/ws", get(ws::handler))
         .route("/v1/events", get(sse::handler))
         .route("/v1/poll", get(poll::handler))
-        .layer(axum::middleware::from_fn_with_state(
-            Arc::clone(&app),
-            origin_layer,
-        ));
+        .route(
+            "/socket.io/",
+            get(socketio::handler).post(socketio::handler),
+        )
+        .route("/v1/presence", get(presence::read))
+        .route(
+            "/v1/presence/activity",
+            axum::routing::post(presence::activity),
+        );
+    if let Some(extra) = extra {
+        api = api.merge(extra);
+    }
+    let api = api.layer(axum::middleware::from_fn_with_state(
+        Arc::clone(&app),
+        origin_layer,
+    ));
     let mut r = Router::new()
         .merge(api)
         .route("/healthz", get(|| async { "ok" }))
@@ -145,11 +212,11 @@ async fn origin_layer(State(app): State<Arc<App>>, req: Request, next: Next) -> 
             h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o);
             h.insert(
                 header::ACCESS_CONTROL_ALLOW_METHODS,
-                HeaderValue::from_static("GET, OPTIONS"),
+                HeaderValue::from_static("GET, POST, PATCH, DELETE, OPTIONS"),
             );
             h.insert(
                 header::ACCESS_CONTROL_ALLOW_HEADERS,
-                HeaderValue::from_static("authorization, last-event-id"),
+                HeaderValue::from_static("authorization, last-event-id, content-type"),
             );
             h.insert(
                 header::ACCESS_CONTROL_MAX_AGE,

@@ -62,6 +62,10 @@ async fn poll(app: &Arc<App>, req: StreamRequest) -> Result<Response, ApiError> 
     };
     // held until the answer is built: a long poll occupies a connection slot
     let admitted = req.admit(app, Transport::Poll)?;
+    // a polling session starts with the request that reports it
+    if req.report.fallback.is_some() {
+        app.count_session(Transport::Poll, req.report);
+    }
     let topics = req.topics;
     app.gate
         .authorize_all(req.peer.ip(), &admitted.identity, &topics)

@@ -42,6 +42,8 @@ pub(crate) async fn handler(State(app): State<Arc<App>>, req: StreamRequest) -> 
 async fn open(app: Arc<App>, req: StreamRequest) -> Result<Response, ApiError> {
     req.require_topics()?;
     let admitted = req.admit(&app, Transport::Sse)?;
+    app.count_session(Transport::Sse, req.report);
+    super::presence::on_connect(&app, &admitted.identity, admitted.authenticated).await;
     let topics = req.topics;
     app.gate
         .authorize_all(req.peer.ip(), &admitted.identity, &topics)

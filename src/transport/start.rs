@@ -31,6 +31,47 @@ struct StreamQuery {
     token: Option<String>,
     wait: Option<String>,
     limit: Option<String>,
+    /// Socket.IO: the Engine.IO protocol version, transport and session.
+    #[serde(rename = "EIO")]
+    eio: Option<String>,
+    transport: Option<String>,
+    sid: Option<String>,
+    /// What a client SDK reports (rowcast.js): why it is not on a WebSocket,
+    /// and how long it was without one.
+    fallback: Option<String>,
+    gap: Option<String>,
+}
+
+/// What the client reports about itself for the SLOs (README, "SLOs"):
+/// `fallback=<reason>` when it asked for a WebSocket first and is on another
+/// transport (`none` or absent: not a fallback), and `gap=<seconds>` when it
+/// opens a WebSocket after being without one that long. Bounded: a reason is
+/// only a yes/no here, a gap at most a day.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct ClientReport {
+    /// `Some(true)`: a fallback session; `Some(false)`: reported, not one.
+    pub(crate) fallback: Option<bool>,
+    pub(crate) gap_secs: Option<f64>,
+}
+
+impl ClientReport {
+    fn parse(fallback: Option<&str>, gap: Option<&str>) -> ClientReport {
+        ClientReport {
+            fallback: fallback.map(|r| !r.is_empty() && r != "none"),
+            gap_secs: gap
+                .and_then(|g| g.parse::<f64>().ok())
+                .filter(|g| g.is_finite() && *g >= 0.0)
+                .map(|g| g.min(86_400.0)),
+        }
+    }
+}
+
+/// Socket.IO's Engine.IO query parameters (`EIO=4&transport=polling&sid=..`).
+#[derive(Default)]
+pub(crate) struct EngineParams {
+    pub(crate) eio: Option<String>,
+    pub(crate) transport: Option<String>,
+    pub(crate) sid: Option<String>,
 }
 
 /// A stream request, parsed and checked against the configured limits.
@@ -47,6 +88,10 @@ pub(crate) struct StreamRequest {
     /// Polling only: raw, checked by the poll handler.
     pub wait: Option<String>,
     pub limit: Option<String>,
+    /// Socket.IO only.
+    pub engine: EngineParams,
+    /// The client SDK's report, for the SLOs.
+    pub report: ClientReport,
 }
 
 impl StreamRequest {
@@ -112,6 +157,12 @@ impl FromRequestParts<Arc<App>> for StreamRequest {
             token: q.token,
             wait: q.wait,
             limit: q.limit,
+            engine: EngineParams {
+                eio: q.eio,
+                transport: q.transport,
+                sid: q.sid,
+            },
+            report: ClientReport::parse(q.fallback.as_deref(), q.gap.as_deref()),
         })
     }
 }

@@ -11,6 +11,8 @@ pub(crate) struct Ev {
     pub topic: String,
     pub event: String,
     pub data: Value,
+    /// The emitting transaction's id (`"tx"`), as the envelope writes it.
+    pub tx: Option<String>,
 }
 
 impl Ev {
@@ -20,6 +22,7 @@ impl Ev {
             topic: v["topic"].as_str().expect("topic").to_string(),
             event: v["event"].as_str().expect("event").to_string(),
             data: v["data"].clone(),
+            tx: v["tx"].as_str().map(str::to_string),
         }
     }
 }

@@ -58,17 +58,30 @@ pub(crate) async fn fresh_db() -> String {
 pub(crate) async fn fresh_market_db() -> String {
     let pg = tokio::task::spawn_blocking(cluster).await.expect("cluster");
     MIGRATED.get_or_init(|| migrate_template(pg)).await;
-    let name = format!(
-        "t_{}_{}",
-        std::process::id(),
-        DB_SEQ.fetch_add(1, Ordering::Relaxed)
-    );
+    let name = db_name();
     connect(&pg.url("postgres"))
         .await
         .batch_execute(&format!("CREATE DATABASE \"{name}\" TEMPLATE {TEMPLATE}"))
         .await
         .expect("create database from the template");
     pg.url(&name)
+}
+
+/// A new database with nothing installed, for the tests of migration itself.
+pub(crate) async fn empty_db() -> String {
+    let pg = tokio::task::spawn_blocking(cluster).await.expect("cluster");
+    pg.create_database(&db_name())
+        .await
+        .expect("create an empty database")
+}
+
+/// A database name no other test of this cluster uses.
+fn db_name() -> String {
+    format!(
+        "t_{}_{}",
+        std::process::id(),
+        DB_SEQ.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// Creates and migrates the template, then closes it to connections:
@@ -130,6 +143,18 @@ pub(crate) async fn emit(db: &Client, topic: &str, n: i64) {
     )
     .await
     .expect("emit");
+}
+
+/// Emits `test.n` changes `{"n": n}` for n = from..=to on `topic`, in one
+/// transaction.
+pub(crate) async fn emit_range(db: &Client, topic: &str, from: i64, to: i64) {
+    db.execute(
+        "SELECT rowcast.emit(ARRAY[$1::text], 'test.n', jsonb_build_object('n', g))
+           FROM generate_series($2::bigint, $3::bigint) g",
+        &[&topic, &from, &to],
+    )
+    .await
+    .expect("emit a range");
 }
 
 /// Emits `count` `test.n` changes on `topic`, n = 1..=count, each padded to

@@ -1,5 +1,5 @@
-//! `rowcast serve` as a child process: for tests that read the server's memory
-//! from /proc or limit its descriptors.
+//! Child processes: `rowcast serve` for tests that read the server's memory
+//! from /proc, limit its descriptors or kill it; the output of any child.
 
 use crate::common::wait_ready;
 use std::io::{BufRead, BufReader, Read};
@@ -36,6 +36,11 @@ impl ServeProcess {
     /// (warnings logged to stderr), ready.
     pub(crate) async fn start(url: &str, args: &[&str]) -> ServeProcess {
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        ServeProcess::start_at(url, addr, args).await
+    }
+
+    /// `start` on a given address: a node that comes back where it was.
+    pub(crate) async fn start_at(url: &str, addr: SocketAddr, args: &[&str]) -> ServeProcess {
         let child = Command::new(env!("CARGO_BIN_EXE_rowcast"))
             .args(["serve", "--database-url", url])
             .args(["--listen", &addr.to_string()])
@@ -61,18 +66,45 @@ impl ServeProcess {
     }
 }
 
+/// Sends SIGINT to `child` (Ctrl-C: a clean stop, unlike `Child::kill`).
+pub(crate) fn interrupt(child: &Child) {
+    #[allow(unsafe_code)]
+    // SAFETY: plain kill(2) on our own child's pid.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+}
+
 /// The lines a child writes to `out` (its stdout or stderr), as they come,
 /// read on a thread of their own.
 pub(crate) fn lines_of(out: impl Read + Send + 'static) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
+    forward_lines(out, move |line| tx.send(line).is_ok());
+    rx
+}
+
+/// `lines_of` for a test that awaits them (with a timeout) instead of blocking.
+pub(crate) fn lines_of_async(
+    out: impl Read + Send + 'static,
+) -> tokio::sync::mpsc::UnboundedReceiver<String> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    forward_lines(out, move |line| tx.send(line).is_ok());
+    rx
+}
+
+/// Hands each line of `out` to `send` on a thread of its own, until the
+/// output ends or `send` answers false (nobody listens any more).
+fn forward_lines(
+    out: impl Read + Send + 'static,
+    mut send: impl FnMut(String) -> bool + Send + 'static,
+) {
     std::thread::spawn(move || {
         for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
+            if !send(line) {
                 return;
             }
         }
     });
-    rx
 }
 
 /// Resident memory of process `pid` in KiB (0 if it is gone).

@@ -25,7 +25,7 @@ impl SseClient {
         }
     }
 
-    /// Connects with extra request headers; the answer must be a stream (2xx).
+    /// Connects with extra request headers; the answer must be a stream (200).
     pub(crate) async fn connect_with(
         base: &str,
         query: &str,
@@ -36,7 +36,7 @@ impl SseClient {
             req = req.header(*k, *v);
         }
         let resp = req.send().await.expect("sse connect");
-        assert!(resp.status().is_success(), "sse status {}", resp.status());
+        assert_eq!(resp.status(), 200, "sse status");
         let (etx, rx) = mpsc::unbounded_channel();
         let task = tokio::spawn(async move {
             let mut body = resp.bytes_stream();

@@ -97,13 +97,7 @@ async fn fault_between_pages_publishes_nothing_twice() {
     let reconnects = srv.metric("rowcast_source_reconnects_total");
     let _alone = faults::exclusive().await;
     rowcast::failpoints::fail("source.between_pages", 1);
-    db.execute(
-        "SELECT rowcast.emit(ARRAY['pages'], 'test.n', jsonb_build_object('n', g))
-           FROM generate_series(1, 12) g",
-        &[],
-    )
-    .await
-    .unwrap();
+    emit_range(&db, "pages", 1, 12).await;
     let want: Vec<i64> = (1..=12).collect();
     assert_eq!(ns(&events(&mut ws.rx, 12).await), want);
     assert_eq!(ns(&events(&mut sse.rx, 12).await), want);

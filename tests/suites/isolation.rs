@@ -26,7 +26,7 @@ const STATUSES: [&str; 6] = [
 ];
 /// A public topic every client adds; the last commit of the test is emitted on
 /// it, so once a client has seen it, it has seen everything committed before.
-const END_TOPIC: &str = "presence-end";
+const END_TOPIC: &str = "product-999999";
 
 fn farm_of(order: i64) -> i64 {
     (order * 7) % FARMS + 1
@@ -371,7 +371,23 @@ async fn market_policy_decisions() {
     let cases: &[(Value, &str, bool)] = &[
         (json!({}), "product-1", true),
         (json!({}), "farm-2", true),
-        (json!({}), "presence-market", true),
+        (json!({}), "presence-farmer-101", true),
+        (json!({}), "presence-customer-1", false),
+        (
+            json!({"sub":"1","role":"customer"}),
+            "presence-customer-1",
+            true,
+        ),
+        (
+            json!({"sub":"2","role":"customer"}),
+            "presence-customer-1",
+            false,
+        ),
+        (
+            json!({"sub":"9","role":"admin"}),
+            "presence-customer-1",
+            true,
+        ),
         (json!({}), "order-10", false),
         (json!({}), "customer-1", false),
         (json!({}), "stalls-1", false),
@@ -519,7 +535,9 @@ async fn market_events_reach_only_rightful_clients_on_every_topic() {
          SELECT market.checkout(1);
          SELECT market.set_cart_quantity(2, 2, 19);
          SELECT market.checkout(2);
-         INSERT INTO market.products (id, farm_id, name, unit, quantity) VALUES (50, 2, 'Figs', 'lb', 3);",
+         INSERT INTO market.products (id, farm_id, name, unit, quantity) VALUES (50, 2, 'Figs', 'lb', 3);
+         SELECT rowcast.touch('farmer-101');
+         SELECT rowcast.touch('customer-1');",
     )
     .await
     .unwrap();
@@ -552,6 +570,12 @@ async fn market_events_reach_only_rightful_clients_on_every_topic() {
         let (owner_customer, owner_farmer) = match event.as_str() {
             "inventory.updated" => (None, None),
             "cart.adjusted" => (Some(data["customerId"].as_str().unwrap().to_string()), None),
+            // a farmer's presence is public, a customer's is theirs
+            "user.presence" => match data["userId"].as_str().unwrap().split_once('-') {
+                Some(("customer", id)) => (Some(id.to_string()), None),
+                Some(("farmer", id)) => (None, Some(id.to_string())),
+                other => panic!("presence of {other:?}"),
+            },
             "order.status.changed" => {
                 let farm: i64 = data["farmId"].as_str().unwrap().parse().unwrap();
                 (
@@ -571,7 +595,9 @@ async fn market_events_reach_only_rightful_clients_on_every_topic() {
         };
         for topic in &topics {
             // (client, claims, may it see this topic?)
-            let public = event == "inventory.updated";
+            let public = event == "inventory.updated"
+                || (event == "user.presence"
+                    && data["userId"].as_str().unwrap().starts_with("farmer-"));
             let is = |prefix: &str| topic.starts_with(prefix);
             let orders_topic = is("farm-") && topic.ends_with("-orders");
             let clients: Vec<(&str, Value, bool)> = vec![
@@ -589,7 +615,7 @@ async fn market_events_reach_only_rightful_clients_on_every_topic() {
                 (
                     "owning customer",
                     json!({"sub": owner_customer.clone().unwrap_or("1".into()), "role": "customer"}),
-                    public || is("order-") || is("customer-"),
+                    public || is("order-") || is("customer-") || is("presence-customer-"),
                 ),
                 (
                     "owning farmer",
@@ -618,7 +644,8 @@ async fn market_events_reach_only_rightful_clients_on_every_topic() {
     assert!(
         events_seen.contains("order.status.changed")
             && events_seen.contains("inventory.updated")
-            && events_seen.contains("cart.adjusted"),
+            && events_seen.contains("cart.adjusted")
+            && events_seen.contains("user.presence"),
         "{events_seen:?}"
     );
     assert!(checked > 50, "{checked} decisions checked");

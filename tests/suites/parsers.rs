@@ -135,3 +135,46 @@ proptest! {
         }
     }
 }
+
+/// Issue #11: Socket.IO packets as a client might send them, well formed or not.
+fn socketio_text() -> impl Strategy<Value = String> {
+    let head = prop_oneof![
+        Just("4".to_string()),
+        Just("40".to_string()),
+        Just("42".to_string()),
+        Just("421".to_string()),
+        Just("4/admin,".to_string()),
+        Just("2probe".to_string()),
+        Just("b".to_string()),
+        "[0-9]{0,3}",
+    ];
+    let tail = prop_oneof![
+        Just(String::new()),
+        Just(r#"["subscribe",["a"]]"#.to_string()),
+        Just(r#"{"token":"x","pid":"0.0","offset":"AQ"}"#.to_string()),
+        "\\PC{0,40}",
+    ];
+    (head, tail).prop_map(|(h, t)| format!("{h}{t}"))
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn socketio_packets_never_panic(s in "\\PC{0,200}") {
+        use rowcast::protocol::socketio::{parse_engine, parse_socket};
+        let _ = parse_engine(&s);
+        let _ = parse_socket(&s);
+    }
+
+    #[test]
+    fn socketio_shaped_packets_never_panic(s in socketio_text()) {
+        use rowcast::protocol::socketio::{parse_engine, parse_socket, EnginePacket};
+        if let Ok(EnginePacket::Message(m)) = parse_engine(&s) {
+            let _ = parse_socket(m);
+        }
+        for part in s.split(rowcast::protocol::socketio::SEPARATOR) {
+            let _ = parse_engine(part);
+        }
+    }
+}

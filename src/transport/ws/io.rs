@@ -4,6 +4,7 @@
 //! frame type, is under `--write-timeout`.
 
 use super::super::close::Disconnect;
+use super::super::deadline::{fire, within, Expiry, MaybeTimer};
 use super::session::{Opening, Session};
 use crate::api_error::ApiError;
 use crate::feed::Delivery;
@@ -11,10 +12,8 @@ use crate::feed::{Feed, FeedError};
 use crate::protocol::ServerMessage;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
 use futures::{SinkExt, StreamExt};
-use std::future::Future;
-use std::pin::Pin;
 use std::time::Duration;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
 /// Frames written before one flush when several are ready at once.
 const MAX_COALESCE: usize = 64;
@@ -28,7 +27,9 @@ impl Session {
         topics: Vec<String>,
         denied: Vec<String>,
     ) {
+        let connected = self.app.ws_connected();
         let end = self.serve(opened, topics, denied).await;
+        drop(connected);
         self.count_end(end);
         // bounded: a client that stopped reading must not hold the task forever
         let _ = tokio::time::timeout(CLOSE_WAIT, async {
@@ -50,6 +51,11 @@ impl Session {
     /// Counts how the connection ended: the one place for slow consumers,
     /// client faults and token ends on this transport.
     fn count_end(&self, end: Disconnect) {
+        self.app
+            .metrics
+            .ws_closed
+            .with_label_values(&[end.label()])
+            .inc();
         if end == Disconnect::SlowConsumer {
             self.conn.metrics().slow_drops.inc();
         }
@@ -94,24 +100,17 @@ impl Session {
         // Timers are made when needed and kept, never re-created per loop turn
         // (a fresh timer per delivery is a timer-wheel insert and removal each);
         // boxed, so that a connection without JWT carries none.
-        let mut auth_timer: Option<Pin<Box<Sleep>>> = self
+        let mut auth_timer: MaybeTimer = self
             .waiting_for_auth()
             .then(|| Box::pin(tokio::time::sleep(self.app.gate.limits().auth_timeout)));
-        let mut expiry_timer: Option<Pin<Box<Sleep>>> = None;
-        let mut expiry_armed_for: Option<u64> = None;
+        let mut expiry = Expiry::default();
         loop {
             if shutdown.is_shutdown() {
                 return Disconnect::ServerRestart;
             }
             let waiting_for_auth = self.waiting_for_auth();
-            let expires = self.identity.expires_at();
-            if expires != expiry_armed_for {
-                expiry_timer = self
-                    .identity
-                    .remaining()
-                    .map(|left| Box::pin(tokio::time::sleep(left)));
-                expiry_armed_for = expires;
-            }
+            expiry.track(self.identity.expires_at());
+            let expires = expiry.is_set();
             tokio::select! {
                 msg = self.socket.next() => {
                     last_heard = Instant::now();
@@ -120,7 +119,7 @@ impl Session {
                     }
                     let handled = match msg {
                         None | Some(Ok(Message::Close(_))) => Err(Disconnect::ClientGone),
-                        Some(Err(e)) => Err(read_error(e)),
+                        Some(Err(e)) => Err(Disconnect::from_ws_read(e)),
                         Some(Ok(Message::Text(t))) => Box::pin(self.on_text(t.as_str())).await,
                         Some(Ok(Message::Binary(_))) => {
                             let e = ApiError::new(
@@ -136,7 +135,7 @@ impl Session {
                     }
                 }
                 _ = fire(&mut auth_timer), if waiting_for_auth => return Disconnect::AuthTimeout,
-                _ = fire(&mut expiry_timer), if expires.is_some() => return Disconnect::TokenExpired,
+                _ = expiry.fired(), if expires => return Disconnect::TokenExpired,
                 next = next_batch(&mut self.feed) => match next {
                     Ok(Some(batch)) => {
                         if let Err(end) = self.send_batch(batch).await {
@@ -198,46 +197,6 @@ impl Session {
             }
         }
         self.socket.flush().await
-    }
-}
-
-/// A read error has a cause worth telling the client when it was ours to
-/// enforce: too big (1009), not UTF-8 (1007), a protocol violation (1002).
-/// Others mean the peer is gone.
-fn read_error(e: axum::Error) -> Disconnect {
-    use tungstenite::error::{CapacityError, Error as WsError};
-    match e.into_inner().downcast_ref::<WsError>() {
-        Some(WsError::Capacity(CapacityError::MessageTooLong { .. })) => Disconnect::MessageTooBig,
-        Some(WsError::Utf8(_)) => Disconnect::InvalidUtf8,
-        Some(WsError::Protocol(_)) => Disconnect::ProtocolError,
-        _ => Disconnect::ClientGone,
-    }
-}
-
-/// Runs one write to the socket (events, control messages, pings alike) under
-/// `limit`. The timer is armed only when the socket does not take the bytes
-/// at once, so the common case creates none. A socket that accepts nothing
-/// that long is a slow consumer.
-async fn within(
-    limit: Duration,
-    write: impl Future<Output = Result<(), axum::Error>>,
-) -> Result<(), Disconnect> {
-    tokio::pin!(write);
-    let written = match futures::poll!(write.as_mut()) {
-        std::task::Poll::Ready(r) => r,
-        std::task::Poll::Pending => match tokio::time::timeout(limit, write).await {
-            Ok(r) => r,
-            Err(_) => return Err(Disconnect::SlowConsumer),
-        },
-    };
-    written.map_err(|_| Disconnect::ClientGone)
-}
-
-/// Completes when the timer does; never when there is none.
-async fn fire(timer: &mut Option<Pin<Box<Sleep>>>) {
-    match timer {
-        Some(t) => t.as_mut().await,
-        None => std::future::pending().await,
     }
 }
 

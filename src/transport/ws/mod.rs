@@ -36,7 +36,7 @@ pub(crate) async fn handler(
     req: StreamRequest,
     ws: WebSocketUpgrade,
 ) -> Response {
-    match upgrade(app, req, ws).await {
+    match Box::pin(upgrade(app, req, ws)).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
@@ -48,6 +48,8 @@ async fn upgrade(
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
     let admitted = req.admit(&app, Transport::Ws)?;
+    app.count_session(Transport::Ws, req.report);
+    super::presence::on_connect(&app, &admitted.identity, admitted.authenticated).await;
     // Authorized and registered before the 101 answer: a change committed after
     // the handshake completes is not missed, and a database outage is answered
     // like on SSE and polling (503 + Retry-After: retry, resume by cursor).

@@ -1,6 +1,8 @@
 //! What clients send and the non-event messages rowcast sends back.
 //! Parsing is total: any input yields a value or a `ProtocolError`, never a panic.
 
+pub mod socketio;
+
 use crate::cursor::{Cursor, CursorError};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
@@ -25,6 +27,8 @@ pub enum ClientMessage {
         topics: Vec<String>,
     },
     Ping,
+    /// Presence: this (authenticated) user is active.
+    Activity,
     /// Identifies the connection when the client could not send a header or
     /// query token; accepted once, before the first subscription.
     Auth {
@@ -62,6 +66,9 @@ impl ProtocolError {
     }
 }
 
+/// The `rowcast_rejected_total{reason}` label of the market API's bad input.
+pub(crate) const BAD_REQUEST_LABEL: &str = "bad_request";
+
 /// Every refusal a client can get, named once: the code it sees (HTTP
 /// `{"error":..}`, WS `{"type":"error","code":..}`), the HTTP status it
 /// comes with, and the `rowcast_rejected_total{reason}` label it counts under.
@@ -88,9 +95,63 @@ pub enum ErrorCode {
     Unavailable,
     CursorAhead,
     Busy,
+    /// Socket.IO: a long-polling session this node does not hold.
+    SessionUnknown,
+    /// Market API: a body or parameter that is not what the endpoint takes
+    /// (malformed JSON, a wrong type, a missing field, an id that is not one).
+    BadRequest,
+    /// Market API: a quantity too far out of range to even be read as a number
+    /// (the database refuses the rest with the same code).
+    InvalidQuantity,
+    /// Market API: a body over the endpoint's size limit.
+    PayloadTooLarge,
+    /// Market API: a body that is not `application/json`.
+    UnsupportedMediaType,
+    /// Market API: a path it serves, with a method it does not.
+    MethodNotAllowed,
+    /// Market API: a path under `/api/` it does not serve.
+    NotFound,
+    /// Market API: the client address is over `--market-api-per-ip`.
+    ApiRateLimited,
 }
 
 impl ErrorCode {
+    /// Every code, so that metrics can create their series up front.
+    pub const ALL: [ErrorCode; 29] = {
+        use ErrorCode::*;
+        [
+            BadQuery,
+            BadTopic,
+            BadCursor,
+            BadWait,
+            BadLimit,
+            BadMessage,
+            BinaryNotSupported,
+            TooManyTopics,
+            Unauthorized,
+            Forbidden,
+            ForbiddenOrigin,
+            AuthNotAllowed,
+            AuthUnavailable,
+            CursorExpired,
+            CursorUnknown,
+            TooManyConnections,
+            TooManyConnectionsFromIp,
+            AuthorizeRateLimited,
+            Unavailable,
+            CursorAhead,
+            Busy,
+            SessionUnknown,
+            BadRequest,
+            InvalidQuantity,
+            PayloadTooLarge,
+            UnsupportedMediaType,
+            MethodNotAllowed,
+            NotFound,
+            ApiRateLimited,
+        ]
+    };
+
     pub fn as_str(self) -> &'static str {
         use ErrorCode::*;
         match self {
@@ -115,6 +176,14 @@ impl ErrorCode {
             Unavailable => "unavailable",
             CursorAhead => "cursor_ahead",
             Busy => "busy",
+            SessionUnknown => "session_unknown",
+            BadRequest => "bad_request",
+            InvalidQuantity => "invalid_quantity",
+            PayloadTooLarge => "payload_too_large",
+            UnsupportedMediaType => "unsupported_media_type",
+            MethodNotAllowed => "method_not_allowed",
+            NotFound => "not_found",
+            ApiRateLimited => "api_rate_limited",
         }
     }
 
@@ -122,13 +191,18 @@ impl ErrorCode {
         use ErrorCode::*;
         match self {
             BadQuery | BadTopic | BadCursor | BadWait | BadLimit | BadMessage
-            | BinaryNotSupported | TooManyTopics | AuthNotAllowed | AuthUnavailable => {
-                StatusCode::BAD_REQUEST
-            }
+            | BinaryNotSupported | TooManyTopics | AuthNotAllowed | AuthUnavailable
+            | SessionUnknown | BadRequest | InvalidQuantity => StatusCode::BAD_REQUEST,
             Unauthorized => StatusCode::UNAUTHORIZED,
             Forbidden | ForbiddenOrigin => StatusCode::FORBIDDEN,
+            NotFound => StatusCode::NOT_FOUND,
+            MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             CursorExpired | CursorUnknown => StatusCode::GONE,
-            TooManyConnectionsFromIp | AuthorizeRateLimited => StatusCode::TOO_MANY_REQUESTS,
+            TooManyConnectionsFromIp | AuthorizeRateLimited | ApiRateLimited => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             TooManyConnections | Unavailable | CursorAhead | Busy => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -155,8 +229,15 @@ impl ErrorCode {
             TooManyConnections => Some("too_many_connections"),
             TooManyConnectionsFromIp => Some("too_many_connections_from_ip"),
             AuthorizeRateLimited => Some("authorize_rate_limited"),
+            // the market API's bad input, whichever layer found it (the
+            // database's 400 refusals count here too, see `shop::call`)
+            BadRequest | InvalidQuantity => Some(BAD_REQUEST_LABEL),
+            PayloadTooLarge => Some("payload_too_large"),
+            UnsupportedMediaType => Some("unsupported_media_type"),
+            MethodNotAllowed => Some("method_not_allowed"),
+            ApiRateLimited => Some("api_rate_limited"),
             Unauthorized | AuthUnavailable | CursorExpired | CursorUnknown | Unavailable
-            | CursorAhead | Busy => None,
+            | CursorAhead | Busy | SessionUnknown | NotFound => None,
         }
     }
 }
@@ -288,6 +369,14 @@ impl ServerMessage<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_error_code_once() {
+        let mut names: Vec<_> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), ErrorCode::ALL.len());
+    }
 
     #[test]
     fn parses_messages() {

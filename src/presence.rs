@@ -1,0 +1,313 @@
+//! Presence: FR-021's green, yellow and gray dots, defined by the time since a
+//! user's last activity, kept in PostgreSQL (`sql/006_presence.sql`).
+//!
+//! - **Activity** comes from authenticated clients (WS `{"type":"activity"}`,
+//!   the Socket.IO `activity` event, `POST /v1/presence/activity`, and with
+//!   `--presence-on-connect` the opening of a stream) and from any app's own
+//!   SQL (`rowcast.touch`). This node writes at most one touch per user per
+//!   `--presence-write-interval`: a busy user costs the database about one
+//!   write per interval per node, whatever their click rate.
+//! - **Transitions** are changes in the change log, emitted exactly once in
+//!   the transaction that changes a status: to online by a touch, to away and
+//!   offline by the sweep, which every node runs (`rowcast.presence_sweep`
+//!   re-checks each row it locks, so concurrent sweeps never emit twice).
+//!   A node that dies takes nothing with it: a user stays online exactly
+//!   until their time runs out (no ghosts), and reconnecting changes nothing
+//!   (no flapping).
+//! - **Reads** are consistent with time: `GET /v1/presence` computes the
+//!   status from `last_active_at` in SQL, and a snapshot's `user.presence`
+//!   changes are brought up to date here (`Clock::current`), so a user last
+//!   active past the offline threshold reads as offline even before the
+//!   sweep has run.
+
+use crate::auth::Identity;
+use crate::change::Change;
+use crate::error::Result;
+use crate::shutdown::Shutdown;
+use deadpool_postgres::Pool;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The thresholds, as every node must configure them alike.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Clock {
+    pub(crate) away: Duration,
+    pub(crate) offline: Duration,
+}
+
+impl Clock {
+    /// The status a user last active at `last_active_ms` has now.
+    pub(crate) fn status(&self, last_active_ms: Option<i64>) -> &'static str {
+        let Some(at) = last_active_ms else {
+            return "offline";
+        };
+        let idle_ms = crate::change::now_us() / 1000 - at;
+        let idle = Duration::from_millis(idle_ms.max(0) as u64);
+        if idle >= self.offline {
+            "offline"
+        } else if idle >= self.away {
+            "away"
+        } else {
+            "online"
+        }
+    }
+
+    /// A `user.presence` change as of now: the same change when its status
+    /// still holds, else a copy carrying the status its `lastActiveAt` means.
+    pub(crate) fn current(&self, change: Arc<Change>) -> Arc<Change> {
+        if change.event != "user.presence" {
+            return change;
+        }
+        let Ok(mut data) = serde_json::from_str::<serde_json::Value>(change.payload()) else {
+            return change;
+        };
+        let now = self.status(data["lastActiveAt"].as_i64());
+        if data["status"] == now {
+            return change;
+        }
+        data["status"] = now.into();
+        Arc::new(change.with_payload(&data.to_string()))
+    }
+}
+
+/// Counters of presence work on this node.
+#[derive(Clone)]
+pub(crate) struct PresenceMetrics {
+    pub(crate) reports: prometheus::IntCounter,
+    pub(crate) writes: prometheus::IntCounter,
+    pub(crate) transitions: prometheus::IntCounterVec,
+    pub(crate) sweep_seconds: prometheus::Histogram,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PresenceError {
+    #[error("anonymous clients cannot report activity")]
+    Anonymous,
+    #[error("presence unavailable: {0}")]
+    Db(#[from] crate::error::Error),
+}
+
+impl From<deadpool_postgres::PoolError> for PresenceError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        PresenceError::Db(e.into())
+    }
+}
+
+impl From<tokio_postgres::Error> for PresenceError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        PresenceError::Db(e.into())
+    }
+}
+
+/// A user's presence as read now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Seen {
+    pub(crate) user_id: String,
+    pub(crate) status: &'static str,
+    pub(crate) last_active_ms: Option<i64>,
+}
+
+/// Users remembered for the write interval at most; past this many the
+/// oldest are forgotten (costing at worst an extra write each).
+const MAX_REMEMBERED: usize = 100_000;
+
+pub(crate) struct Presence {
+    pool: Pool,
+    pub(crate) clock: Clock,
+    write_interval: Duration,
+    sweep_every: Duration,
+    pub(crate) on_connect: bool,
+    /// When this node last wrote a touch, per user.
+    written: Mutex<HashMap<String, Instant>>,
+    metrics: PresenceMetrics,
+}
+
+impl Presence {
+    pub(crate) fn new(
+        pool: Pool,
+        clock: Clock,
+        write_interval: Duration,
+        sweep_every: Duration,
+        on_connect: bool,
+        metrics: PresenceMetrics,
+    ) -> Presence {
+        Presence {
+            pool,
+            clock,
+            write_interval,
+            sweep_every,
+            on_connect,
+            written: Mutex::new(HashMap::new()),
+            metrics,
+        }
+    }
+
+    /// Activity from `who`, written through `rowcast.touch` unless this node
+    /// already wrote one for that user within the write interval.
+    pub(crate) async fn report(&self, who: &Identity) -> std::result::Result<(), PresenceError> {
+        let Some(sub) = who.sub() else {
+            return Err(PresenceError::Anonymous);
+        };
+        self.metrics.reports.inc();
+        let key = format!(
+            "{}\u{0}{sub}",
+            who.claims
+                .get("role")
+                .and_then(|r| r.as_str())
+                .unwrap_or("")
+        );
+        let now = Instant::now();
+        {
+            let mut w = self.written.lock().unwrap_or_else(|p| p.into_inner());
+            if w.get(&key)
+                .is_some_and(|t| now.duration_since(*t) < self.write_interval)
+            {
+                return Ok(());
+            }
+            if w.len() >= MAX_REMEMBERED {
+                let interval = self.write_interval;
+                w.retain(|_, t| now.duration_since(*t) < interval);
+                if w.len() >= MAX_REMEMBERED {
+                    w.clear();
+                }
+            }
+            w.insert(key.clone(), now);
+        }
+        let written = self.touch(who).await;
+        if written.is_err() {
+            // not written: the next report tries again
+            self.written
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&key);
+        }
+        written
+    }
+
+    async fn touch(&self, who: &Identity) -> std::result::Result<(), PresenceError> {
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT u, CASE WHEN u IS NULL THEN false ELSE rowcast.touch(u) END
+                   FROM (SELECT rowcast.presence_user($1::text::jsonb) AS u) s",
+            )
+            .await?;
+        let row = client.query_one(&stmt, &[&&*who.claims_json]).await?;
+        let user: Option<String> = row.try_get(0)?;
+        if user.is_none() {
+            return Err(PresenceError::Anonymous);
+        }
+        self.metrics.writes.inc();
+        if row.try_get::<_, bool>(1)? {
+            self.metrics
+                .transitions
+                .with_label_values(&["online"])
+                .inc();
+        }
+        Ok(())
+    }
+
+    /// The presence of `users` as of now (never active: offline).
+    pub(crate) async fn read(
+        &self,
+        users: &[String],
+    ) -> std::result::Result<Vec<Seen>, PresenceError> {
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT u.id, rowcast.presence_status(p.last_active_at,
+                                                      $2::float8 * interval '1 second',
+                                                      $3::float8 * interval '1 second'),
+                        (extract(epoch FROM p.last_active_at) * 1000)::int8
+                   FROM unnest($1::text[]) WITH ORDINALITY AS u(id, i)
+                   LEFT JOIN rowcast.presence p ON p.user_id = u.id
+                  ORDER BY u.i",
+            )
+            .await?;
+        let rows = client
+            .query(
+                &stmt,
+                &[
+                    &users,
+                    &self.clock.away.as_secs_f64(),
+                    &self.clock.offline.as_secs_f64(),
+                ],
+            )
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let status: String = r.try_get(1)?;
+            out.push(Seen {
+                user_id: r.try_get(0)?,
+                status: match status.as_str() {
+                    "online" => "online",
+                    "away" => "away",
+                    _ => "offline",
+                },
+                last_active_ms: r.try_get(2)?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Runs the sweep every `--presence-sweep` until shutdown.
+    pub(crate) async fn sweep_loop(self: Arc<Self>, mut shutdown: Shutdown) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(self.sweep_every) => {}
+                _ = shutdown.recv() => return,
+            }
+            if let Err(e) = self.sweep().await {
+                tracing::warn!(error = %e, "presence sweep failed");
+            }
+        }
+    }
+
+    /// One sweep: every due transition, each made (and emitted) once.
+    pub(crate) async fn sweep(&self) -> Result<usize> {
+        let started = Instant::now();
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT status FROM rowcast.presence_sweep($1::float8 * interval '1 second',
+                                                          $2::float8 * interval '1 second')",
+            )
+            .await?;
+        let rows = client
+            .query(
+                &stmt,
+                &[
+                    &self.clock.away.as_secs_f64(),
+                    &self.clock.offline.as_secs_f64(),
+                ],
+            )
+            .await?;
+        for r in &rows {
+            let status: &str = r.try_get(0)?;
+            self.metrics.transitions.with_label_values(&[status]).inc();
+        }
+        self.metrics
+            .sweep_seconds
+            .observe(started.elapsed().as_secs_f64());
+        Ok(rows.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_follows_the_clock() {
+        let c = Clock {
+            away: Duration::from_secs(300),
+            offline: Duration::from_secs(3600),
+        };
+        let now = crate::change::now_us() / 1000;
+        assert_eq!(c.status(Some(now)), "online");
+        assert_eq!(c.status(Some(now - 301_000)), "away");
+        assert_eq!(c.status(Some(now - 3_601_000)), "offline");
+        assert_eq!(c.status(None), "offline");
+    }
+}

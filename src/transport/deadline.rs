@@ -1,0 +1,69 @@
+//! Deadlines a connection's task keeps: writes that must finish within
+//! `--write-timeout`, and timers that may or may not be set (token expiry,
+//! authentication). Shared by the transports that run their own I/O loop.
+
+use super::close::Disconnect;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+use tokio::time::Sleep;
+
+/// Runs one write to the socket (events, control messages, pings alike) under
+/// `limit`. The timer is armed only when the socket does not take the bytes
+/// at once, so the common case creates none. A socket that accepts nothing
+/// that long is a slow consumer.
+pub(crate) async fn within(
+    limit: Duration,
+    write: impl Future<Output = Result<(), axum::Error>>,
+) -> Result<(), Disconnect> {
+    tokio::pin!(write);
+    let written = match futures::poll!(write.as_mut()) {
+        std::task::Poll::Ready(r) => r,
+        std::task::Poll::Pending => match tokio::time::timeout(limit, write).await {
+            Ok(r) => r,
+            Err(_) => return Err(Disconnect::SlowConsumer),
+        },
+    };
+    written.map_err(|_| Disconnect::ClientGone)
+}
+
+/// A timer that may not be set: made when needed and kept (a fresh timer
+/// per loop turn is a timer-wheel insert and removal each), boxed so that a
+/// connection without it carries none.
+pub(crate) type MaybeTimer = Option<Pin<Box<Sleep>>>;
+
+/// Completes when the timer does; never when there is none.
+pub(crate) async fn fire(timer: &mut MaybeTimer) {
+    match timer {
+        Some(t) => t.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A timer for the token's expiry, re-made only when the expiry changes.
+#[derive(Default)]
+pub(crate) struct Expiry {
+    timer: MaybeTimer,
+    armed_for: Option<u64>,
+}
+
+impl Expiry {
+    /// Keeps the timer in step with `expires_at` (seconds since the epoch).
+    pub(crate) fn track(&mut self, expires_at: Option<u64>) {
+        if expires_at != self.armed_for {
+            self.timer = expires_at.map(|at| {
+                let left = at.saturating_sub(crate::auth::now_secs());
+                Box::pin(tokio::time::sleep(Duration::from_secs(left)))
+            });
+            self.armed_for = expires_at;
+        }
+    }
+
+    pub(crate) fn is_set(&self) -> bool {
+        self.timer.is_some()
+    }
+
+    pub(crate) async fn fired(&mut self) {
+        fire(&mut self.timer).await
+    }
+}

@@ -1,0 +1,406 @@
+//! Socket.IO over HTTP long-polling (Engine.IO v4): `GET` without `sid`
+//! opens a session (the open packet); `GET &sid=` waits for packets (at most
+//! a ping interval, then a ping); `POST &sid=` sends the client's packets
+//! (`\x1e`-separated), answered `ok`.
+//!
+//! A session lives in this node's registry between requests: its Socket.IO
+//! state (`Session`, with its feed), the packets posted and not yet handled,
+//! and its clocks. Only one `GET` runs at a time per session; it handles
+//! what was posted, then writes whatever is ready (answers, events, a ping).
+//! A session that makes no request for a ping interval plus the ping timeout,
+//! or leaves a ping unanswered past the timeout, is closed by the sweeper
+//! and its connection slot returned. Events handed to a `GET` whose answer
+//! never reaches the client are not lost: the client reconnects and
+//! recovers from its offset.
+
+use super::session::Session;
+use super::EngineSettings;
+use crate::api_error::{ApiError, ErrorCode};
+use crate::feed::Budget;
+use crate::metrics::Transport;
+use crate::protocol::socketio::{self as packet, EnginePacket, SEPARATOR};
+use crate::shutdown::Shutdown;
+use crate::transport::close::Disconnect;
+use crate::transport::start::StreamRequest;
+use crate::transport::App;
+use axum::body::Body;
+use axum::http::{header, Method};
+use axum::response::{IntoResponse, Response};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// Events in one poll answer at most.
+const MAX_EVENTS: usize = 1000;
+/// Packets a client may have posted and not yet polled for.
+const MAX_INBOX: usize = 256;
+
+/// This node's long-polling sessions.
+pub(crate) struct Registry {
+    sessions: Mutex<HashMap<String, Arc<PollSession>>>,
+    pub(crate) settings: EngineSettings,
+}
+
+pub(crate) struct PollSession {
+    sid: String,
+    /// `None` once a WebSocket upgrade took it.
+    core: tokio::sync::Mutex<Option<Session>>,
+    /// Socket.IO packets posted, handled by the next `GET`.
+    inbox: Mutex<VecDeque<String>>,
+    /// Something for the pending `GET`: a post, an upgrade, a close.
+    wake: Notify,
+    clock: Mutex<Clock>,
+    polling: AtomicBool,
+    upgrading: AtomicBool,
+    closed: AtomicBool,
+}
+
+struct Clock {
+    last_seen: Instant,
+    next_ping: Instant,
+    /// A ping was sent and not answered since.
+    pong_due: Option<Instant>,
+}
+
+impl Registry {
+    pub(crate) fn new(settings: EngineSettings) -> Registry {
+        Registry {
+            sessions: Mutex::new(HashMap::new()),
+            settings,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Arc<PollSession>>> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn get(&self, sid: &str) -> Option<Arc<PollSession>> {
+        self.lock().get(sid).cloned()
+    }
+
+    fn remove(&self, sid: &str) {
+        self.lock().remove(sid);
+    }
+
+    /// Closes sessions whose client went quiet, until shutdown.
+    pub(crate) async fn sweep(self: Arc<Self>, mut shutdown: Shutdown) {
+        let every = (self.settings.ping_timeout / 4).max(Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = shutdown.recv() => {
+                    // answer pending polls at once; the sessions go with the server
+                    for s in self.lock().values() {
+                        s.close();
+                    }
+                    return;
+                }
+            }
+            let now = Instant::now();
+            let quiet = self.settings.ping_interval + self.settings.ping_timeout;
+            let gone: Vec<Arc<PollSession>> = self
+                .lock()
+                .values()
+                .filter(|s| s.expired(now, quiet, self.settings.ping_timeout))
+                .cloned()
+                .collect();
+            for s in gone {
+                s.close();
+                self.remove(&s.sid);
+            }
+        }
+    }
+}
+
+impl PollSession {
+    fn clock(&self) -> MutexGuard<'_, Clock> {
+        self.clock.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn expired(&self, now: Instant, quiet: Duration, ping_timeout: Duration) -> bool {
+        if self.polling.load(Ordering::Relaxed) {
+            // a poll is waiting: the client is there; only an unanswered ping counts
+            return self
+                .clock()
+                .pong_due
+                .is_some_and(|t| now.duration_since(t) > ping_timeout);
+        }
+        let c = self.clock();
+        now.duration_since(c.last_seen) > quiet
+            || c.pong_due
+                .is_some_and(|t| now.duration_since(t) > ping_timeout)
+    }
+
+    fn seen(&self) {
+        self.clock().last_seen = Instant::now();
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+        self.wake.notify_one();
+    }
+
+    /// For a WebSocket upgrade: ends the pending poll (it answers `6`) and
+    /// hands over the session, which leaves the registry.
+    pub(crate) async fn take_for_upgrade(&self, app: &App) -> Option<Session> {
+        self.upgrading.store(true, Ordering::Relaxed);
+        self.wake.notify_one();
+        let session = self.core.lock().await.take();
+        app.socketio.remove(&self.sid);
+        session
+    }
+}
+
+/// A request for the polling transport: open, poll or post.
+pub(crate) async fn handle(
+    app: Arc<App>,
+    req: StreamRequest,
+    method: Method,
+    body: Body,
+) -> Response {
+    req.socket.serves(Transport::SocketIoPolling);
+    let Some(sid) = req.engine.sid.clone() else {
+        if method != Method::GET {
+            return ApiError::new(ErrorCode::BadQuery, "open a session with GET").into_response();
+        }
+        return open(app, req).await;
+    };
+    let Some(session) = app.socketio.get(&sid) else {
+        return super::ws::unknown_session();
+    };
+    match method {
+        Method::GET => poll(&app, &session).await,
+        Method::POST => post(&app, &session, body).await,
+        _ => ApiError::new(ErrorCode::BadQuery, "GET or POST").into_response(),
+    }
+}
+
+/// `GET` without a session: admission, then the open packet.
+async fn open(app: Arc<App>, req: StreamRequest) -> Response {
+    let admitted = match req.admit(&app, Transport::SocketIoPolling) {
+        Ok(a) => a,
+        Err(e) => return e.into_response(),
+    };
+    app.count_session(Transport::SocketIoPolling, req.report);
+    let sid = match super::new_sid(&app.node_id) {
+        Ok(s) => s,
+        Err(e) => return e.into_response(),
+    };
+    let s = app.socketio.settings;
+    let now = Instant::now();
+    let session = Arc::new(PollSession {
+        sid: sid.clone(),
+        core: tokio::sync::Mutex::new(Some(Session::new(
+            Arc::clone(&app),
+            sid.clone(),
+            req.peer,
+            req.token.clone(),
+            req.topics.clone(),
+            admitted.conn,
+        ))),
+        inbox: Mutex::new(VecDeque::new()),
+        wake: Notify::new(),
+        clock: Mutex::new(Clock {
+            last_seen: now,
+            next_ping: now + s.ping_interval,
+            pong_due: None,
+        }),
+        polling: AtomicBool::new(false),
+        upgrading: AtomicBool::new(false),
+        closed: AtomicBool::new(false),
+    });
+    app.socketio.lock().insert(sid.clone(), session);
+    text(packet::open(
+        &sid,
+        true,
+        s.ping_interval.as_millis() as u64,
+        s.ping_timeout.as_millis() as u64,
+        s.max_payload,
+    ))
+}
+
+/// `POST &sid=`: the client's packets. Messages wait for the next poll.
+async fn post(app: &App, session: &PollSession, body: Body) -> Response {
+    session.seen();
+    let max = app.socketio.settings.max_payload;
+    let bytes = match axum::body::to_bytes(body, max).await {
+        Ok(b) => b,
+        Err(_) => {
+            close_session(app, session);
+            return ApiError::new(
+                ErrorCode::BadMessage,
+                format!("a polling body is at most {max} bytes"),
+            )
+            .into_response();
+        }
+    };
+    let Ok(body) = std::str::from_utf8(&bytes) else {
+        close_session(app, session);
+        return ApiError::new(ErrorCode::BadMessage, "polling bodies are UTF-8 text")
+            .into_response();
+    };
+    for p in body.split(SEPARATOR) {
+        match packet::parse_engine(p) {
+            Ok(EnginePacket::Message(m)) => {
+                let mut inbox = session.inbox.lock().unwrap_or_else(|e| e.into_inner());
+                if inbox.len() >= MAX_INBOX {
+                    drop(inbox);
+                    close_session(app, session);
+                    return ApiError::new(
+                        ErrorCode::BadMessage,
+                        "too many packets before the next poll",
+                    )
+                    .into_response();
+                }
+                inbox.push_back(m.to_string());
+            }
+            Ok(EnginePacket::Pong(_)) => session.clock().pong_due = None,
+            Ok(EnginePacket::Close) => {
+                close_session(app, session);
+                return text("ok".into());
+            }
+            Ok(EnginePacket::Ping(_) | EnginePacket::Upgrade | EnginePacket::Noop) => {}
+            Err(e) => {
+                close_session(app, session);
+                return ApiError::new(ErrorCode::BadMessage, e.to_string()).into_response();
+            }
+        }
+    }
+    session.wake.notify_one();
+    text("ok".into())
+}
+
+fn close_session(app: &App, session: &PollSession) {
+    session.close();
+    app.socketio.remove(&session.sid);
+}
+
+/// `GET &sid=`: handles what was posted, then answers with whatever is
+/// ready, waiting (at most until the next ping is due) when nothing is.
+async fn poll(app: &App, session: &PollSession) -> Response {
+    if session.polling.swap(true, Ordering::Relaxed) {
+        // Engine.IO: a second concurrent poll is a protocol error
+        close_session(app, session);
+        return ApiError::new(ErrorCode::BadMessage, "only one poll at a time").into_response();
+    }
+    session.seen();
+    let out = Box::pin(answer(app, session)).await;
+    session.seen();
+    session.polling.store(false, Ordering::Relaxed);
+    match out {
+        Ok(packets) => text(packets.join(&SEPARATOR.to_string())),
+        Err(end) => {
+            if let Some(e) = end.auth_failure() {
+                let _ = app.gate.auth_failed(&e);
+            }
+            if let Some(reason) = end.rejection() {
+                app.metrics.rejected.with_label_values(&[reason]).inc();
+            }
+            close_session(app, session);
+            // the close packet: the client reconnects (and recovers)
+            text("1".into())
+        }
+    }
+}
+
+async fn answer(app: &App, session: &PollSession) -> Result<Vec<String>, Disconnect> {
+    let mut guard = session.core.lock().await;
+    let Some(core) = guard.as_mut() else {
+        return Ok(vec!["6".into()]);
+    };
+    let mut shutdown = app.shutdown.clone();
+    let mut out: Vec<String> = Vec::new();
+    loop {
+        if session.closed.load(Ordering::Relaxed) || shutdown.is_shutdown() {
+            return Err(Disconnect::ServerRestart);
+        }
+        if session.upgrading.load(Ordering::Relaxed) {
+            out.push("6".into());
+            return Ok(out);
+        }
+        if core
+            .expires_at()
+            .is_some_and(|t| t <= crate::auth::now_secs())
+        {
+            return Err(Disconnect::TokenExpired);
+        }
+        let posted: Vec<String> = session
+            .inbox
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+            .collect();
+        for m in posted {
+            core.on_message(&m, &mut out).await?;
+        }
+        if let Some(feed) = core.feed() {
+            let mut batch = Vec::new();
+            while batch.len() < MAX_EVENTS {
+                let budget = if batch.is_empty() {
+                    Budget::Wait
+                } else {
+                    Budget::IfFree
+                };
+                match feed.next_pending(budget).await {
+                    Ok(Some(d)) => batch.push(d),
+                    Ok(None) => break,
+                    Err(e) => return Err(Disconnect::from(&e)),
+                }
+            }
+            // these bytes are copied into the answer: their catch-up budget goes back
+            drop(feed.take_grant());
+            out.extend(Session::render(&batch).map(|b| String::from_utf8_lossy(b).into_owned()));
+            core.conn.metrics().delivered_batch(&batch);
+        }
+        let next_ping = session.clock().next_ping;
+        if Instant::now() >= next_ping {
+            let mut c = session.clock();
+            c.next_ping = Instant::now() + app.socketio.settings.ping_interval;
+            c.pong_due.get_or_insert_with(Instant::now);
+            out.push("2".into());
+        }
+        if !out.is_empty() {
+            return Ok(out);
+        }
+        // nothing yet: wait for a post, a change, the next ping, or the end
+        let feed = core.feed();
+        tokio::select! {
+            _ = session.wake.notified() => {}
+            next = wait_batch(feed) => match next {
+                Ok(Some(batch)) => {
+                    out.extend(Session::render(&batch).map(|b| String::from_utf8_lossy(b).into_owned()));
+                    core.conn.metrics().delivered_batch(&batch);
+                    return Ok(out);
+                }
+                Ok(None) => return Err(Disconnect::ServerRestart),
+                Err(e) => return Err(Disconnect::from(&e)),
+            },
+            _ = tokio::time::sleep_until(next_ping) => {}
+            _ = shutdown.recv() => {}
+        }
+    }
+}
+
+async fn wait_batch(
+    feed: Option<&mut crate::feed::Feed>,
+) -> Result<Option<Vec<crate::feed::Delivery>>, crate::feed::FeedError> {
+    match feed {
+        Some(f) => f.next_batch(MAX_EVENTS).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// An Engine.IO polling answer.
+fn text(body: String) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=UTF-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body,
+    )
+        .into_response()
+}

@@ -1,0 +1,418 @@
+//! One Socket.IO client on the default namespace, whatever carries it
+//! (WebSocket or long-polling): who it is, what it joined, its feed, and the
+//! answers to its packets. The transports move packets; this decides.
+//!
+//! Connection State Recovery, exactly: the CONNECT reply carries a `pid`
+//! that any node can read (`<identity digest>.<starting cursor>`, nothing
+//! secret, nothing stored), and every event carries its cursor as its last
+//! argument, which socket.io-client keeps as its offset. On reconnect the
+//! client sends `{pid, offset, ...auth}`; if the pid is well formed and names
+//! the same identity, the feed resumes from the offset (or from the pid's
+//! cursor when no event had arrived yet) and the reply echoes the same pid,
+//! which socket.io-client reports as `socket.recovered === true`. When that
+//! cannot be done (pid malformed, identity changed, offset expired or from
+//! another database) the client gets a normal new session (`recovered ===
+//! false`) and a `rowcast:resync` event naming its topics: never silent loss.
+//! The pid grants nothing: any client may resume from any cursor on any
+//! transport anyway, and topics are authorized again on every connect.
+
+use crate::access::Connection;
+use crate::api_error::{ApiError, ErrorCode};
+use crate::auth::Identity;
+use crate::cursor::Cursor;
+use crate::feed::{Delivery, Feed, Start};
+use crate::limits::RateLimiter;
+use crate::protocol::socketio::{self as packet, SocketKind, SocketPacket};
+use crate::transport::close::Disconnect;
+use crate::transport::App;
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+pub(crate) struct Session {
+    pub(crate) app: Arc<App>,
+    pub(crate) sid: String,
+    pub(crate) peer: SocketAddr,
+    /// The token of the request that opened the Engine.IO session (header or
+    /// query), used when the CONNECT packet carries no `auth.token`.
+    handshake_token: Option<String>,
+    /// `topics` of the opening request's query.
+    query_topics: Vec<String>,
+    pub(crate) conn: Connection,
+    pub(crate) rate: RateLimiter,
+    pub(crate) joined: Option<Joined>,
+}
+
+/// After a successful CONNECT.
+pub(crate) struct Joined {
+    pub(crate) identity: Identity,
+    pub(crate) feed: Feed,
+}
+
+impl Session {
+    pub(crate) fn new(
+        app: Arc<App>,
+        sid: String,
+        peer: SocketAddr,
+        handshake_token: Option<String>,
+        query_topics: Vec<String>,
+        conn: Connection,
+    ) -> Session {
+        let rate = RateLimiter::new(app.gate.limits().max_msgs_per_sec);
+        Session {
+            app,
+            sid,
+            peer,
+            handshake_token,
+            query_topics,
+            conn,
+            rate,
+            joined: None,
+        }
+    }
+
+    pub(crate) fn feed(&mut self) -> Option<&mut Feed> {
+        self.joined.as_mut().map(|j| &mut j.feed)
+    }
+
+    /// When the identity's token expires, if it does.
+    pub(crate) fn expires_at(&self) -> Option<u64> {
+        self.joined.as_ref().and_then(|j| j.identity.expires_at())
+    }
+
+    /// Handles the payload of one Engine.IO message: a Socket.IO packet.
+    /// Answers go into `out` (Engine.IO packets, ready to send).
+    pub(crate) async fn on_message(
+        &mut self,
+        text: &str,
+        out: &mut Vec<String>,
+    ) -> Result<(), Disconnect> {
+        if !self.rate.allow() {
+            return Err(Disconnect::RateLimited);
+        }
+        let p = match packet::parse_socket(text) {
+            Ok(p) => p,
+            Err(e) => {
+                self.count(ErrorCode::BadMessage);
+                out.push(error_event(ErrorCode::BadMessage, &e.to_string()));
+                return Ok(());
+            }
+        };
+        if p.namespace != "/" {
+            out.push(packet::connect_error(p.namespace, "Invalid namespace"));
+            return Ok(());
+        }
+        match p.kind {
+            SocketKind::Connect => Box::pin(self.connect(p.data, out)).await,
+            SocketKind::Disconnect => Err(Disconnect::ClientGone),
+            SocketKind::Event => Box::pin(self.event(p, out)).await,
+            // clients acknowledge nothing rowcast asked for; connect_error is server → client
+            SocketKind::Ack | SocketKind::ConnectError => Ok(()),
+        }
+    }
+
+    /// CONNECT: identity, topics, recovery, and the reply carrying the pid.
+    async fn connect(
+        &mut self,
+        auth: Option<Value>,
+        out: &mut Vec<String>,
+    ) -> Result<(), Disconnect> {
+        let auth = auth.unwrap_or(Value::Null);
+        let token = match auth.get("token") {
+            Some(Value::String(t)) => Some(t.clone()),
+            _ => self.handshake_token.clone(),
+        };
+        let identity = match (token, self.app.gate.auth_configured()) {
+            (Some(t), true) => match self.app.gate.verify(Ok(&t)) {
+                Ok(i) => i,
+                Err(e) => {
+                    let reason = e
+                        .extra
+                        .iter()
+                        .find(|(k, _)| *k == "reason")
+                        .map(|(_, v)| v.as_str());
+                    out.push(packet::connect_error(
+                        "/",
+                        &format!("unauthorized: {}", reason.unwrap_or("malformed")),
+                    ));
+                    return Ok(());
+                }
+            },
+            _ => Identity::anonymous(),
+        };
+        let authenticated = identity.sub().is_some();
+        crate::transport::presence::on_connect(&self.app, &identity, authenticated).await;
+        let mut wanted = self.query_topics.clone();
+        match auth.get("topics") {
+            Some(Value::String(list)) => wanted.extend(
+                list.split(',')
+                    .map(|t| t.trim().to_string())
+                    .filter(|t| !t.is_empty()),
+            ),
+            Some(Value::Array(list)) => {
+                wanted.extend(list.iter().filter_map(|t| t.as_str().map(String::from)))
+            }
+            _ => {}
+        }
+        let defaults = self
+            .app
+            .gate
+            .default_topics(&identity)
+            .await
+            .map_err(|_| Disconnect::TryAgainLater)?;
+        wanted.extend(defaults);
+        let wanted = if wanted.is_empty() {
+            wanted
+        } else {
+            match self.app.gate.topics_from_message(wanted) {
+                Ok(t) => t,
+                Err(e) => {
+                    self.count(e.code);
+                    out.push(packet::connect_error(
+                        "/",
+                        &format!("{}: {}", e.code.as_str(), e.message),
+                    ));
+                    return Ok(());
+                }
+            }
+        };
+        let (allowed, denied) = self
+            .app
+            .gate
+            .authorize(self.peer.ip(), &identity, &wanted)
+            .await
+            .map_err(|_| Disconnect::TryAgainLater)?;
+        for _ in &denied {
+            self.count(ErrorCode::Forbidden);
+        }
+        // recovery, or a fresh start
+        let digest = identity_digest(&identity);
+        let resume = match auth.get("pid") {
+            Some(Value::String(pid)) => Some(match parse_pid(pid) {
+                Some((d, start)) if d == digest => {
+                    let offset = auth.get("offset").and_then(Value::as_str);
+                    match offset.map(Cursor::decode) {
+                        Some(Ok(c)) => Ok((pid.clone(), c)),
+                        Some(Err(_)) => Err("offset_invalid"),
+                        None => Ok((pid.clone(), start)),
+                    }
+                }
+                Some(_) => Err("identity_changed"),
+                None => Err("pid_invalid"),
+            }),
+            _ => None,
+        };
+        let snapshot = auth
+            .get("snapshot")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        let (cursor, recovering_pid, mut resync) = match resume {
+            Some(Ok((pid, c))) => (Some(c), Some(pid), None),
+            Some(Err(why)) => (None, None, Some(why)),
+            None => (None, None, None),
+        };
+        let (feed, notice) = match self
+            .app
+            .feeds
+            .open(&allowed, Start { cursor, snapshot })
+            .await
+        {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::debug!(error = %e, "socket.io feed open failed");
+                return Err(Disconnect::TryAgainLater);
+            }
+        };
+        if let Some(n) = notice {
+            resync = Some(n.reason());
+        }
+        // the same pid back is what makes socket.io-client report `recovered`
+        let pid = match (recovering_pid, resync) {
+            (Some(pid), None) => pid,
+            _ => format!("{digest:016x}.{}", feed.position()),
+        };
+        self.joined = Some(Joined { identity, feed });
+        out.push(packet::connected(&self.sid, &pid));
+        if let Some(reason) = resync {
+            out.push(packet::event(
+                "rowcast:resync",
+                &[&json!({"topics": allowed, "reason": reason})],
+            ));
+        }
+        if !denied.is_empty() {
+            out.push(packet::event(
+                "rowcast:refused",
+                &[&json!({"topics": denied, "code": ErrorCode::Forbidden.as_str()})],
+            ));
+        }
+        Ok(())
+    }
+
+    /// EVENT from the client: `subscribe`, `unsubscribe`, `activity`.
+    async fn event(
+        &mut self,
+        p: SocketPacket<'_>,
+        out: &mut Vec<String>,
+    ) -> Result<(), Disconnect> {
+        let args = match p.data {
+            Some(Value::Array(a)) if a.first().is_some_and(Value::is_string) => a,
+            _ => {
+                self.count(ErrorCode::BadMessage);
+                out.push(error_event(
+                    ErrorCode::BadMessage,
+                    "an event is [\"name\", ...args]",
+                ));
+                return Ok(());
+            }
+        };
+        let name = args[0].as_str().unwrap_or_default().to_string();
+        let answer = if self.joined.is_none() {
+            json!({"error": "not_connected", "message": "send CONNECT first"})
+        } else {
+            match name.as_str() {
+                "subscribe" => self.subscribe(args.get(1)).await?,
+                "unsubscribe" => self.unsubscribe(args.get(1)),
+                "activity" => self.activity().await,
+                _ => {
+                    json!({"error": "unknown_event", "message": format!("rowcast handles subscribe, unsubscribe and activity, not {name:?}")})
+                }
+            }
+        };
+        match p.ack {
+            Some(id) => out.push(packet::ack(id, &answer)),
+            None if answer.get("error").is_some() => {
+                out.push(packet::event("rowcast:error", &[&answer]))
+            }
+            None => {}
+        }
+        Ok(())
+    }
+
+    async fn subscribe(&mut self, topics: Option<&Value>) -> Result<Value, Disconnect> {
+        let topics = match topic_list(topics) {
+            Some(t) => t,
+            None => {
+                return Ok(self.refusal(ApiError::new(
+                    ErrorCode::BadMessage,
+                    "subscribe takes a list of topics",
+                )))
+            }
+        };
+        let topics = match self.app.gate.topics_from_message(topics) {
+            Ok(t) => t,
+            Err(e) => return Ok(self.refusal(e)),
+        };
+        let Some(joined) = self.joined.as_mut() else {
+            return Ok(Value::Null);
+        };
+        let sub = joined.feed.subscription();
+        let new = topics.iter().filter(|t| !sub.wants(t)).count();
+        if let Err(e) = self.app.gate.check_count(sub.topics().len() + new) {
+            return Ok(self.refusal(e));
+        }
+        let identity = joined.identity.clone();
+        let (allowed, denied) = match self
+            .app
+            .gate
+            .authorize(self.peer.ip(), &identity, &topics)
+            .await
+        {
+            Ok(x) => x,
+            Err(e) if e.code == ErrorCode::AuthorizeRateLimited => return Ok(self.refusal(e)),
+            Err(_) => return Err(Disconnect::TryAgainLater),
+        };
+        for _ in &denied {
+            self.count(ErrorCode::Forbidden);
+        }
+        if let Some(j) = self.joined.as_mut() {
+            j.feed.subscription().add(&allowed);
+        }
+        Ok(json!({"subscribed": allowed, "refused": denied}))
+    }
+
+    /// Presence: this user is active (anonymous clients cannot say so).
+    async fn activity(&self) -> Value {
+        let Some(j) = self.joined.as_ref() else {
+            return Value::Null;
+        };
+        match self.app.presence.report(&j.identity).await {
+            Ok(()) => json!({"ok": true}),
+            Err(e) => {
+                let e = crate::transport::presence::presence_error(e);
+                json!({"error": e.code.as_str(), "message": e.message})
+            }
+        }
+    }
+
+    fn unsubscribe(&mut self, topics: Option<&Value>) -> Value {
+        let Some(topics) = topic_list(topics) else {
+            return self.refusal(ApiError::new(
+                ErrorCode::BadMessage,
+                "unsubscribe takes a list of topics",
+            ));
+        };
+        let topics = match self.app.gate.topics_from_message(topics) {
+            Ok(t) => t,
+            Err(e) => return self.refusal(e),
+        };
+        if let Some(j) = self.joined.as_mut() {
+            j.feed.subscription().remove(&topics);
+        }
+        json!({"unsubscribed": topics})
+    }
+
+    /// An error answer (ack or `rowcast:error`), counted.
+    fn refusal(&self, e: ApiError) -> Value {
+        self.count(e.code);
+        json!({"error": e.code.as_str(), "message": e.message})
+    }
+
+    /// Counts a refusal (`rowcast_rejected_total`), as every transport does.
+    pub(crate) fn count(&self, code: ErrorCode) {
+        if let Some(reason) = code.rejection() {
+            self.app.metrics.rejected.with_label_values(&[reason]).inc();
+        }
+    }
+
+    /// A batch of deliveries as Socket.IO events.
+    pub(crate) fn render(batch: &[Delivery]) -> impl Iterator<Item = &bytes::Bytes> {
+        batch.iter().map(|d| d.change.socketio_frame())
+    }
+}
+
+/// `rowcast:error` with a code and message.
+fn error_event(code: ErrorCode, message: &str) -> String {
+    packet::event(
+        "rowcast:error",
+        &[&json!({"error": code.as_str(), "message": message})],
+    )
+}
+
+/// `["a","b"]` or `"a,b"` or `"a"`.
+fn topic_list(v: Option<&Value>) -> Option<Vec<String>> {
+    match v? {
+        Value::Array(a) => a.iter().map(|t| t.as_str().map(String::from)).collect(),
+        Value::String(s) => Some(s.split(',').map(|t| t.trim().to_string()).collect()),
+        _ => None,
+    }
+}
+
+/// A short digest of who the client is (FNV-1a of its `sub`; 0 for anonymous):
+/// enough to tell that a recovering client is still the same identity.
+fn identity_digest(who: &Identity) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in who.sub().unwrap_or("").bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// `<16 hex digits>.<cursor>` → (digest, cursor).
+fn parse_pid(pid: &str) -> Option<(u64, Cursor)> {
+    let (d, c) = pid.split_once('.')?;
+    if d.len() != 16 {
+        return None;
+    }
+    Some((u64::from_str_radix(d, 16).ok()?, Cursor::decode(c).ok()?))
+}

@@ -1,0 +1,306 @@
+//! Socket.IO over WebSocket: opened directly (`transport=websocket`, the
+//! Engine.IO open packet is the first message) or as the upgrade of a
+//! long-polling session (`&sid=..`: `2probe` → `3probe`, then `5`, and the
+//! session moves here from its last poll).
+//!
+//! The loop: client packets, the feed's batches, the server's pings (Engine.IO
+//! v4: the server pings, the client must answer within the ping timeout),
+//! the token's expiry, and shutdown; every write under `--write-timeout`.
+//! Ending closes the transport (never a Socket.IO DISCONNECT, which would
+//! stop socket.io-client from reconnecting): the client comes back and
+//! recovers from its offset.
+
+use super::polling::PollSession;
+use super::session::Session;
+use crate::api_error::{ApiError, ErrorCode};
+use crate::metrics::Transport;
+use crate::protocol::socketio::{self as packet, EnginePacket, PacketError};
+use crate::transport::close::Disconnect;
+use crate::transport::deadline::{fire, within, Expiry, MaybeTimer};
+use crate::transport::start::StreamRequest;
+use crate::transport::App;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::response::{IntoResponse, Response};
+use futures::{SinkExt, StreamExt};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+/// Events written before one flush when several are ready at once.
+const MAX_COALESCE: usize = 64;
+/// How long an upgrading client may take between its probe and `5`.
+const UPGRADE_WAIT: Duration = Duration::from_secs(10);
+
+pub(crate) async fn open(app: Arc<App>, req: StreamRequest, upgrade: WebSocketUpgrade) -> Response {
+    let max = app.gate.limits().max_frame;
+    let peer = req.peer;
+    let upgrade = upgrade
+        .read_buffer_size(1024)
+        .write_buffer_size(0)
+        .max_write_buffer_size(1 << 20)
+        .max_message_size(max)
+        .max_frame_size(max);
+    let span = tracing::info_span!("socketio", %peer);
+    if let Some(sid) = req.engine.sid.clone() {
+        // the upgrade of a long-polling session held by this node
+        let Some(polling) = app.socketio.get(&sid) else {
+            return unknown_session();
+        };
+        req.socket.serves(Transport::SocketIo);
+        return upgrade.on_upgrade(move |socket| {
+            async move { Box::pin(upgrade_from_polling(app, socket, polling)).await }
+                .instrument(span)
+        });
+    }
+    let admitted = match req.admit(&app, Transport::SocketIo) {
+        Ok(a) => a,
+        Err(e) => return e.into_response(),
+    };
+    app.count_session(Transport::SocketIo, req.report);
+    let sid = match super::new_sid(&app.node_id) {
+        Ok(s) => s,
+        Err(e) => return e.into_response(),
+    };
+    let session = Session::new(
+        Arc::clone(&app),
+        sid,
+        peer,
+        req.token.clone(),
+        req.topics.clone(),
+        admitted.conn,
+    );
+    upgrade.on_upgrade(move |socket| {
+        async move {
+            let s = &app.socketio.settings;
+            let open = packet::open(
+                &session.sid,
+                false,
+                s.ping_interval.as_millis() as u64,
+                s.ping_timeout.as_millis() as u64,
+                s.max_payload,
+            );
+            Connection { socket, session }.run(Some(open)).await;
+        }
+        .instrument(span)
+    })
+}
+
+/// The Engine.IO answer to a session this node does not hold.
+pub(crate) fn unknown_session() -> Response {
+    ApiError::new(
+        ErrorCode::SessionUnknown,
+        "Session ID unknown (expired, or held by another node: reconnect)",
+    )
+    .into_response()
+}
+
+/// The probe (`2probe` → `3probe`), then `5`: the session leaves polling
+/// (its pending poll answers `6`) and continues here. Anything else, or
+/// nothing in time, and this WebSocket closes while polling goes on.
+async fn upgrade_from_polling(app: Arc<App>, mut socket: WebSocket, polling: Arc<PollSession>) {
+    let deadline = Instant::now() + UPGRADE_WAIT;
+    let mut probed = false;
+    loop {
+        let msg = match tokio::time::timeout_at(deadline, socket.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => t,
+            _ => return,
+        };
+        match (packet::parse_engine(msg.as_str()), probed) {
+            (Ok(EnginePacket::Ping("probe")), false) => {
+                if socket.send(Message::Text("3probe".into())).await.is_err() {
+                    return;
+                }
+                probed = true;
+            }
+            (Ok(EnginePacket::Upgrade), true) => break,
+            _ => return,
+        }
+    }
+    let Some(mut session) = polling.take_for_upgrade(&app).await else {
+        return;
+    };
+    session.conn.switch(app.transport(Transport::SocketIo));
+    // counted once, when it opened on polling (`count_session`)
+    Connection { socket, session }.run(None).await;
+}
+
+struct Connection {
+    socket: WebSocket,
+    session: Session,
+}
+
+impl Connection {
+    async fn run(mut self, first: Option<String>) {
+        let connected = self.session.app.ws_connected();
+        let end = match first {
+            Some(open) => match self.send(open).await {
+                Ok(()) => self.serve().await,
+                Err(end) => end,
+            },
+            None => self.serve().await,
+        };
+        self.count_end(end);
+        drop(connected);
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            if let Some(code) = end.ws_code() {
+                let frame = CloseFrame {
+                    code,
+                    reason: Utf8Bytes::from_static(end.reason()),
+                };
+                let _ = self.socket.send(Message::Close(Some(frame))).await;
+            }
+            let _ = self.socket.close().await;
+        })
+        .await;
+    }
+
+    fn count_end(&self, end: Disconnect) {
+        let app = &self.session.app;
+        app.metrics
+            .ws_closed
+            .with_label_values(&[end.label()])
+            .inc();
+        if end == Disconnect::SlowConsumer {
+            self.session.conn.metrics().slow_drops.inc();
+        }
+        if let Some(reason) = end.rejection() {
+            app.metrics.rejected.with_label_values(&[reason]).inc();
+        }
+        if let Some(e) = end.auth_failure() {
+            let _ = app.gate.auth_failed(&e);
+        }
+    }
+
+    async fn serve(&mut self) -> Disconnect {
+        let app = Arc::clone(&self.session.app);
+        let mut shutdown = app.shutdown.clone();
+        let settings = app.socketio.settings;
+        let mut ping = tokio::time::interval_at(
+            Instant::now() + settings.ping_interval,
+            settings.ping_interval,
+        );
+        // the ping sent and not yet answered
+        let mut pong_due: Option<Instant> = None;
+        // with JWT configured, a client that never CONNECTs holds a slot for nothing
+        let mut auth_timer: MaybeTimer = (app.gate.auth_configured()
+            && self.session.joined.is_none())
+        .then(|| Box::pin(tokio::time::sleep(app.gate.limits().auth_timeout)));
+        let mut expiry = Expiry::default();
+        let mut out = Vec::new();
+        loop {
+            if shutdown.is_shutdown() {
+                return Disconnect::ServerRestart;
+            }
+            expiry.track(self.session.expires_at());
+            let expires = expiry.is_set();
+            let waiting_for_auth = self.session.joined.is_none();
+            tokio::select! {
+                msg = self.socket.next() => {
+                    let text = match msg {
+                        None | Some(Ok(Message::Close(_))) => return Disconnect::ClientGone,
+                        Some(Err(e)) => return Disconnect::from_ws_read(e),
+                        Some(Ok(Message::Text(t))) => t,
+                        Some(Ok(Message::Binary(_))) => {
+                            if let Err(end) = self.refuse_binary().await {
+                                return end;
+                            }
+                            continue;
+                        }
+                        Some(Ok(_)) => continue,
+                    };
+                    match packet::parse_engine(text.as_str()) {
+                        Ok(EnginePacket::Message(m)) => {
+                            if let Err(end) = Box::pin(self.session.on_message(m, &mut out)).await {
+                                return end;
+                            }
+                        }
+                        Ok(EnginePacket::Pong(_)) => pong_due = None,
+                        Ok(EnginePacket::Ping(data)) => out.push(format!("3{data}")),
+                        Ok(EnginePacket::Close) => return Disconnect::ClientGone,
+                        Ok(EnginePacket::Upgrade | EnginePacket::Noop) => {}
+                        Err(PacketError::Binary) => {
+                            if let Err(end) = self.refuse_binary().await {
+                                return end;
+                            }
+                        }
+                        Err(_) => return Disconnect::ProtocolError,
+                    }
+                    for p in std::mem::take(&mut out) {
+                        if let Err(end) = self.send(p).await {
+                            return end;
+                        }
+                    }
+                }
+                next = next_batch(self.session.feed()) => match next {
+                    Ok(Some(batch)) => {
+                        if let Err(end) = self.send_batch(&batch).await {
+                            return end;
+                        }
+                    }
+                    Ok(None) => return Disconnect::ServerRestart,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "socket.io feed failed");
+                        return Disconnect::from(&e);
+                    }
+                },
+                _ = ping.tick() => {
+                    if pong_due.is_some_and(|at| at.elapsed() > settings.ping_timeout) {
+                        return Disconnect::KeepaliveTimeout;
+                    }
+                    if pong_due.is_none() {
+                        pong_due = Some(Instant::now());
+                    }
+                    if let Err(end) = self.send("2".into()).await {
+                        return end;
+                    }
+                }
+                _ = fire(&mut auth_timer), if waiting_for_auth => return Disconnect::AuthTimeout,
+                _ = expiry.fired(), if expires => return Disconnect::TokenExpired,
+                _ = shutdown.recv() => {}
+            }
+        }
+    }
+
+    async fn refuse_binary(&mut self) -> Result<(), Disconnect> {
+        self.session.count(ErrorCode::BinaryNotSupported);
+        let e = packet::event(
+            "rowcast:error",
+            &[&serde_json::json!({
+                "error": ErrorCode::BinaryNotSupported.as_str(),
+                "message": "binary packets are not supported: send JSON"
+            })],
+        );
+        self.send(e).await
+    }
+
+    async fn send(&mut self, packet: String) -> Result<(), Disconnect> {
+        let limit = self.session.app.cfg.write_timeout;
+        within(limit, self.socket.send(Message::Text(packet.into()))).await
+    }
+
+    async fn send_batch(&mut self, batch: &[crate::feed::Delivery]) -> Result<(), Disconnect> {
+        let limit = self.session.app.cfg.write_timeout;
+        let socket = &mut self.socket;
+        within(limit, async {
+            for frame in Session::render(batch) {
+                if let Ok(text) = Utf8Bytes::try_from(frame.clone()) {
+                    socket.feed(Message::Text(text)).await?;
+                }
+            }
+            socket.flush().await
+        })
+        .await?;
+        self.session.conn.metrics().delivered_batch(batch);
+        Ok(())
+    }
+}
+
+async fn next_batch(
+    feed: Option<&mut crate::feed::Feed>,
+) -> Result<Option<Vec<crate::feed::Delivery>>, crate::feed::FeedError> {
+    match feed {
+        Some(f) => f.next_batch(MAX_COALESCE).await,
+        None => std::future::pending().await,
+    }
+}

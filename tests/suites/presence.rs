@@ -1,0 +1,341 @@
+//! Issue #12: presence by time since the last activity, shared by every node
+//! through PostgreSQL: transitions once though every node sweeps, no ghost
+//! when a node dies, nothing emitted when one restarts, one write per user per
+//! interval, reads that agree with the clock, and privacy.
+
+use crate::common::*;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+const AWAY: Duration = Duration::from_secs(2);
+const OFFLINE: Duration = Duration::from_secs(4);
+
+fn presence_cfg(c: &mut rowcast::server::ServerConfig) {
+    c.jwt.secret = Some(SECRET.into());
+    c.presence.away = AWAY;
+    c.presence.offline = OFFLINE;
+    c.presence.sweep = Duration::from_millis(200);
+    c.presence.write_interval = Duration::from_millis(500);
+    c.limits.max_msgs_per_sec = 100_000;
+}
+
+/// Reads events until a `user.presence` one, skipping nothing else: any other
+/// event first is a failure the caller sees.
+async fn next_presence(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Msg>) -> Ev {
+    let e = next_event(rx).await;
+    assert_eq!(e.event, "user.presence", "{e:?}");
+    e
+}
+
+/// A farmer active on node A; a shopper watching the farm on node B sees
+/// online, then away, then offline on schedule, each once, though both nodes
+/// sweep; and nothing after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_farmer_goes_online_away_offline_once_though_both_nodes_sweep() {
+    let url = fresh_market_db().await;
+    let db = connect(&url).await;
+    seed(&db, 2, 2).await; // farm 1: farmer 101
+    let a = server_with(&url, presence_cfg).await;
+    let b = server_with(&url, presence_cfg).await;
+    let shopper = token("1000", "customer");
+    let mut sse = SseClient::connect(
+        &b.base_url(),
+        &format!("topics=farm-1&token={shopper}"),
+        None,
+    )
+    .await;
+    let mut farmer =
+        WsClient::connect(&a.base_url(), &format!("token={}", token("101", "farmer"))).await;
+    farmer.send(json!({"type": "activity"})).await;
+    let t0 = std::time::Instant::now();
+    let online = next_presence(&mut sse.rx).await;
+    assert_eq!(online.data["status"], "online");
+    assert_eq!(online.data["userId"], "farmer-101");
+    assert_eq!(online.data["farmId"], "1");
+    assert_eq!(online.topic, "farm-1");
+    let away = next_presence(&mut sse.rx).await;
+    assert_eq!(away.data["status"], "away");
+    assert!(
+        t0.elapsed() >= AWAY - Duration::from_millis(300),
+        "away too early"
+    );
+    let offline = next_presence(&mut sse.rx).await;
+    assert_eq!(offline.data["status"], "offline");
+    assert!(
+        t0.elapsed() >= OFFLINE - Duration::from_millis(300),
+        "offline too early"
+    );
+    // a few more sweeps on both nodes, then a sentinel: nothing in between
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    db.execute("UPDATE market.products SET quantity = 7 WHERE id = 1", &[])
+        .await
+        .unwrap();
+    assert_eq!(next_event(&mut sse.rx).await.event, "inventory.updated");
+    let made = |s: &rowcast::server::Server, st: &str| {
+        s.metric(&format!(
+            "rowcast_presence_transitions_total{{status=\"{st}\"}}"
+        ))
+    };
+    for st in ["online", "away", "offline"] {
+        assert_eq!(
+            made(&a, st) + made(&b, st),
+            1.0,
+            "{st} made once in the cluster"
+        );
+    }
+    a.stop().await;
+    b.stop().await;
+}
+
+/// The node a farmer reported activity to dies: the farmer stays online
+/// exactly until their time runs out (no ghost, no early offline), and the
+/// node coming back emits nothing (no flap).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_node_leaves_no_ghost_and_a_restart_emits_nothing() {
+    let url = fresh_market_db().await;
+    let db = connect(&url).await;
+    seed(&db, 1, 1).await;
+    let a_addr = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let a_args = [
+        "--jwt-secret",
+        SECRET,
+        "--presence-on-connect",
+        "--presence-away",
+        "2s",
+        "--presence-offline",
+        "4s",
+        "--presence-sweep",
+        "200ms",
+    ];
+    let node_a = ServeProcess::start_at(&url, a_addr, &a_args).await;
+    let a_base = node_a.base_url();
+    let b = server_with(&url, presence_cfg).await;
+    let mut watch = SseClient::connect(&b.base_url(), "topics=presence-farmer-101", None).await;
+    // connecting counts as activity on node a (--presence-on-connect)
+    let farmer = WsClient::connect(
+        &a_base,
+        &format!("topics=product-1&token={}", token("101", "farmer")),
+    )
+    .await;
+    let t0 = std::time::Instant::now();
+    assert_eq!(next_presence(&mut watch.rx).await.data["status"], "online");
+    let mut node_a = node_a.proc;
+    node_a.0.kill().expect("SIGKILL");
+    drop(node_a); // and reaped
+    drop(farmer);
+    let away = next_presence(&mut watch.rx).await;
+    assert_eq!(away.data["status"], "away");
+    assert!(
+        t0.elapsed() >= AWAY - Duration::from_millis(300),
+        "no early offline or away"
+    );
+    assert_eq!(next_presence(&mut watch.rx).await.data["status"], "offline");
+    // node a comes back: it emits nothing of its own
+    let node_a = ServeProcess::start_at(&url, a_addr, &a_args).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    db.execute(
+        "SELECT rowcast.emit(ARRAY['presence-farmer-101'], 'sentinel', '{}')",
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(next_event(&mut watch.rx).await.event, "sentinel");
+    drop(node_a);
+    b.stop().await;
+}
+
+/// 1,000 activity reports from one user within the write interval: one
+/// database write per node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_reports_cost_one_write_per_node() {
+    let url = fresh_market_db().await;
+    let db = connect(&url).await;
+    seed(&db, 1, 1).await;
+    let cfg = |c: &mut rowcast::server::ServerConfig| {
+        presence_cfg(c);
+        c.presence.away = Duration::from_secs(300);
+        c.presence.offline = Duration::from_secs(3600);
+        c.presence.write_interval = Duration::from_secs(60);
+    };
+    let a = server_with(&url, cfg).await;
+    let b = server_with(&url, cfg).await;
+    let t = token("101", "farmer");
+    let mut ws = WsClient::connect(&a.base_url(), &format!("token={t}")).await;
+    for _ in 0..1000 {
+        ws.send(json!({"type": "activity"})).await;
+    }
+    ws.send(json!({"type": "ping"})).await;
+    loop {
+        if let Msg::Control(v) = ws.next().await {
+            assert_ne!(v["type"], "error", "{v}");
+            if v["type"] == "pong" {
+                break;
+            }
+        }
+    }
+    let http = reqwest::Client::new();
+    for _ in 0..1000 {
+        let r = http
+            .post(format!("{}/v1/presence/activity", b.base_url()))
+            .bearer_auth(&t)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 204);
+    }
+    for s in [&a, &b] {
+        assert_eq!(s.metric("rowcast_presence_reports_total"), 1000.0);
+        assert_eq!(s.metric("rowcast_presence_writes_total"), 1.0);
+    }
+    let (n,): (i64,) = {
+        let r = db
+            .query_one(
+                "SELECT count(*) FROM rowcast.changes WHERE event = 'user.presence'",
+                &[],
+            )
+            .await
+            .unwrap();
+        (r.get(0),)
+    };
+    assert_eq!(n, 1, "one transition: online");
+    a.stop().await;
+    b.stop().await;
+}
+
+/// What `GET /v1/presence` and a snapshot say agrees with the thresholds at
+/// every moment, though no sweep runs meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_agree_with_the_clock_without_the_sweep() {
+    let url = fresh_market_db().await;
+    let db = connect(&url).await;
+    seed(&db, 1, 1).await;
+    let srv = server_with(&url, |c| {
+        presence_cfg(c);
+        // no sweep during the test
+        c.presence.sweep = Duration::from_secs(600);
+    })
+    .await;
+    let base = srv.base_url();
+    db.execute("SELECT rowcast.touch('farmer-101')", &[])
+        .await
+        .unwrap();
+    let expected = |last_ms: i64, now_ms: i64| -> &'static str {
+        let idle = Duration::from_millis((now_ms - last_ms).max(0) as u64);
+        if idle >= OFFLINE {
+            "offline"
+        } else if idle >= AWAY {
+            "away"
+        } else {
+            "online"
+        }
+    };
+    let now_ms = || {
+        rowcast::auth::now_secs() as i64 * 1000
+            + (std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .subsec_millis() as i64)
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    let deadline = std::time::Instant::now() + OFFLINE + Duration::from_secs(1);
+    while std::time::Instant::now() < deadline {
+        let before = now_ms();
+        let (status, v) = get_json(&base, "/v1/presence?users=farmer-101", &[]).await;
+        let (snap_status, snap) = poll_raw(&base, "topics=presence-farmer-101&snapshot=true").await;
+        let after = now_ms();
+        assert_eq!((status, snap_status), (200, 200), "{v} {snap}");
+        let u = &v["users"][0];
+        let last = u["lastActiveAt"].as_i64().unwrap();
+        let read = u["status"].as_str().unwrap();
+        assert!(
+            read == expected(last, before) || read == expected(last, after),
+            "GET said {read} at {}..{} ms after the activity",
+            before - last,
+            after - last
+        );
+        let ev = &snap["events"][0];
+        assert_eq!(ev["event"], "user.presence");
+        let s = ev["data"]["status"].as_str().unwrap();
+        assert!(
+            s == expected(last, before) || s == expected(last, after),
+            "snapshot said {s} at {}..{} ms",
+            before - last,
+            after - last
+        );
+        seen.insert(read.to_string());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(seen.len(), 3, "saw {seen:?}");
+    // never seen: offline, no time
+    let (_, v) = get_json(&base, "/v1/presence?users=farmer-999", &[]).await;
+    assert_eq!(
+        v["users"][0],
+        json!({"userId":"farmer-999","status":"offline","lastActiveAt":null})
+    );
+    srv.stop().await;
+}
+
+/// A customer's presence is theirs; anonymous clients cannot report activity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn customer_presence_is_private_and_anonymous_cannot_report() {
+    let url = fresh_market_db().await;
+    let db = connect(&url).await;
+    seed(&db, 1, 1).await;
+    let srv = server_with(&url, presence_cfg).await;
+    let base = srv.base_url();
+    let http = reqwest::Client::new();
+    let r = http
+        .post(format!("{base}/v1/presence/activity"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let v: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+    assert_eq!(
+        (v["error"].as_str(), v["reason"].as_str()),
+        (Some("unauthorized"), Some("anonymous"))
+    );
+    let mut anon = WsClient::connect(&base, "").await;
+    anon.send(json!({"type": "activity"})).await;
+    match anon.next().await {
+        Msg::Control(v) => assert_eq!(v["code"], "unauthorized", "{v}"),
+        other => panic!("{other:?}"),
+    }
+    let one = token("1", "customer");
+    let r = http
+        .post(format!("{base}/v1/presence/activity"))
+        .bearer_auth(&one)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let two = format!("Bearer {}", token("2", "customer"));
+    let (_, v) = get_json(
+        &base,
+        "/v1/presence?users=customer-1,farmer-101",
+        &[("Authorization", &two)],
+    )
+    .await;
+    assert_eq!(v["forbidden"], json!(["customer-1"]), "{v}");
+    assert_eq!(v["users"][0]["userId"], "farmer-101");
+    let (status, _) = poll_raw(
+        &base,
+        &format!(
+            "topics=presence-customer-1&token={}",
+            token("2", "customer")
+        ),
+    )
+    .await;
+    assert_eq!(status, 403);
+    let mine = format!("Bearer {one}");
+    let (_, v) = get_json(
+        &base,
+        "/v1/presence?users=customer-1",
+        &[("Authorization", &mine)],
+    )
+    .await;
+    assert_eq!(v["users"][0]["status"], "online", "{v}");
+    let (_, v) = get_json(&base, "/v1/presence?users=customer-1", &[]).await;
+    assert_eq!(v["forbidden"], json!(["customer-1"]));
+    srv.stop().await;
+}

@@ -1,0 +1,853 @@
+//! Issue #11: the FR-021 Socket.IO client, unchanged, against rowcast, with
+//! the real `socket.io-client` 4.8 npm package run by Node (tests/js,
+//! installed by `npm ci`): events, polling and the upgrade, refusals, and
+//! exact Connection State Recovery on the same node and on another one.
+
+use crate::common::*;
+use serde_json::{json, Value};
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{ChildStdin, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// The test suite's Node packages, installed once; `None` (with a loud
+/// message) where Node or the packages cannot be had, unless in CI
+/// (`ROWCAST_CI` set by `.ci/run`), where that is a failure.
+fn node_modules() -> Option<PathBuf> {
+    static READY: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    READY
+        .get_or_init(|| {
+            let js = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/js");
+            let modules = js.join("node_modules");
+            if !modules.join("socket.io-client").is_dir() {
+                let _ = Command::new("npm")
+                    .args(["ci", "--no-audit", "--no-fund", "--prefix"])
+                    .arg(&js)
+                    .stdout(Stdio::null())
+                    .status();
+            }
+            let ok = modules.join("socket.io-client").is_dir()
+                && Command::new("node").arg("--version").output().is_ok();
+            if ok {
+                return Some(modules);
+            }
+            tool_missing(
+                "Socket.IO tests",
+                "Node.js and tests/js/node_modules (npm ci --prefix tests/js) are needed for the Socket.IO tests",
+            );
+            None
+        })
+        .clone()
+}
+
+/// A Node process whose stdout lines are collected; killed when dropped.
+struct Node {
+    _child: Proc,
+    stdin: Option<ChildStdin>,
+    lines: mpsc::UnboundedReceiver<String>,
+}
+
+impl Node {
+    fn spawn(modules: &PathBuf, script: &std::path::Path, args: &[String]) -> Node {
+        let mut child = Command::new("node")
+            .arg(script)
+            .args(args)
+            .env("NODE_PATH", modules)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("node");
+        let lines = lines_of_async(child.stdout.take().expect("stdout"));
+        let stdin = child.stdin.take();
+        Node {
+            _child: Proc(child),
+            stdin,
+            lines,
+        }
+    }
+
+    /// The driver of tests/js/sio-client.js, connected to `url` with `opts`.
+    fn client(modules: &PathBuf, url: &str, opts: Value) -> Node {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/js/sio-client.js");
+        Node::spawn(
+            modules,
+            &script,
+            &[json!({"url": url, "opts": opts}).to_string()],
+        )
+    }
+
+    fn send(&mut self, cmd: Value) {
+        let stdin = self.stdin.as_mut().expect("stdin");
+        writeln!(stdin, "{cmd}").expect("write to node");
+        stdin.flush().expect("flush");
+    }
+
+    async fn line(&mut self) -> String {
+        tokio::time::timeout(ARRIVAL, self.lines.recv())
+            .await
+            .expect("a line from node within the arrival bound")
+            .expect("node is running")
+    }
+
+    /// The next JSON line for which `want` is true; others are skipped.
+    async fn until(&mut self, what: &str, want: impl Fn(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + ARRIVAL;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let line = tokio::time::timeout(left, self.lines.recv())
+                .await
+                .unwrap_or_else(|_| panic!("no {what} within the arrival bound"))
+                .expect("node is running");
+            let v: Value = serde_json::from_str(&line).unwrap_or(Value::String(line));
+            if want(&v) {
+                return v;
+            }
+        }
+    }
+
+    async fn connected(&mut self) -> Value {
+        self.until("connect", |v| v["t"] == "connect").await
+    }
+}
+
+/// The FR-021 client code, verbatim apart from the URL and the token (and,
+/// for the polling variant, the transports option), with the app's three
+/// functions printing what they are called with.
+fn fr021_script(url: &str, token: &str, transports: Option<&str>) -> TempScript {
+    let opts = match transports {
+        Some(t) => format!("{{ auth: {{ token: userToken }}, transports: [{t}] }}"),
+        None => "{ auth: { token: userToken } }".to_string(),
+    };
+    let body = format!(
+        r#"'use strict';
+const {{ io }} = require('socket.io-client');
+const userToken = {token:?};
+const updateProductQuantity = (productId, newQuantity) =>
+  console.log(JSON.stringify({{ f: 'updateProductQuantity', productId, newQuantity }}));
+const updateOrderStatus = (orderId, newStatus) =>
+  console.log(JSON.stringify({{ f: 'updateOrderStatus', orderId, newStatus }}));
+const showNotification = (message) => console.log(JSON.stringify({{ f: 'showNotification', message }}));
+
+// FR-021 "WebSocket Infrastructure" (Client-side), verbatim:
+const socket = io({url:?}, {opts});
+socket.on('connect', () => console.log('Connected to real-time server'));
+socket.on('inventory.updated', ({{ productId, newQuantity }}) => updateProductQuantity(productId, newQuantity));
+socket.on('order.status.changed', ({{ orderId, newStatus, message }}) => {{ updateOrderStatus(orderId, newStatus); showNotification(message); }});
+"#
+    );
+    TempScript::new(&body)
+}
+
+/// A script file that is deleted when dropped.
+struct TempScript(PathBuf);
+
+impl TempScript {
+    fn new(body: &str) -> TempScript {
+        let p = std::env::temp_dir().join(format!(
+            "rowcast-sio-{}-{:08x}.js",
+            std::process::id(),
+            fastrand::u32(..)
+        ));
+        std::fs::write(&p, body).expect("write script");
+        TempScript(p)
+    }
+}
+
+impl Drop for TempScript {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+async fn market_server() -> (String, rowcast::server::Server) {
+    let url = fresh_market_db().await;
+    let db = connect(&url).await;
+    seed(&db, 2, 4).await; // farm 1: products 1, 3; farm 2: 2, 4; farmers 101, 102
+    let srv = server_with(&url, |c| {
+        c.jwt.secret = Some(SECRET.into());
+        c.keepalive = Duration::from_secs(2);
+    })
+    .await;
+    (url, srv)
+}
+
+/// FR-021's snippet: `inventory.updated` (for the farm in the URL's topics)
+/// and `order.status.changed` (through the customer's default topics, with no
+/// subscribe at all), over the default transports (polling, then the upgrade
+/// to WebSocket) and over polling only.
+async fn fr021_snippet(transports: Option<&str>) {
+    let Some(modules) = node_modules() else {
+        return;
+    };
+    let (url, srv) = market_server().await;
+    let db = connect(&url).await;
+    db.execute(
+        "INSERT INTO market.orders (id, customer_id, farm_id) VALUES (7, 1000, 1)",
+        &[],
+    )
+    .await
+    .unwrap();
+    let sio_url = format!("{}?topics=farm-1", srv.base_url());
+    let script = fr021_script(&sio_url, &token("1000", "customer"), transports);
+    let mut node = Node::spawn(&modules, &script.0, &[]);
+    assert_eq!(node.line().await, "Connected to real-time server");
+    db.batch_execute(
+        "UPDATE market.products SET quantity = 3 WHERE id = 1;
+         UPDATE market.orders SET status = 'CONFIRMED' WHERE id = 7;
+         UPDATE market.products SET quantity = 9 WHERE id = 2;",
+    )
+    .await
+    .unwrap();
+    let inv = node
+        .until("updateProductQuantity", |v| {
+            v["f"] == "updateProductQuantity"
+        })
+        .await;
+    assert_eq!(
+        (inv["productId"].as_str(), inv["newQuantity"].as_i64()),
+        (Some("1"), Some(3))
+    );
+    let order = node
+        .until("updateOrderStatus", |v| v["f"] == "updateOrderStatus")
+        .await;
+    assert_eq!(
+        (order["orderId"].as_str(), order["newStatus"].as_str()),
+        (Some("7"), Some("CONFIRMED"))
+    );
+    let note = node
+        .until("showNotification", |v| v["f"] == "showNotification")
+        .await;
+    assert_eq!(note["message"], "Your order has been confirmed!");
+    // product 2 is on farm 2: not a topic of this client
+    db.execute("UPDATE market.products SET quantity = 4 WHERE id = 3", &[])
+        .await
+        .unwrap();
+    let next = node
+        .until("updateProductQuantity", |v| {
+            v["f"] == "updateProductQuantity"
+        })
+        .await;
+    assert_eq!(next["productId"], "3", "{next}");
+    let label = match transports {
+        Some(_) => "socketio-polling",
+        None => "socketio",
+    };
+    assert!(
+        srv.metric(&format!(
+            "rowcast_deliveries_total{{transport=\"{label}\"}}"
+        )) >= 3.0,
+        "{}",
+        srv.metrics()
+    );
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fr021_snippet_with_the_default_transports() {
+    fr021_snippet(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fr021_snippet_over_polling_only() {
+    fr021_snippet(Some("'polling'")).await;
+}
+
+/// The default transports start on polling and move to WebSocket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polling_upgrades_to_websocket() {
+    let Some(modules) = node_modules() else {
+        return;
+    };
+    let (_url, srv) = market_server().await;
+    let mut c = Node::client(&modules, &srv.base_url(), json!({}));
+    // the upgrade may complete before or after the Socket.IO connect
+    let (mut connected, mut upgraded) = (false, false);
+    while !(connected && upgraded) {
+        let v = c
+            .until("connect or upgrade", |v| {
+                v["t"] == "connect" || v["t"] == "upgrade"
+            })
+            .await;
+        connected |= v["t"] == "connect";
+        upgraded |= v["t"] == "upgrade" && v["transport"] == "websocket";
+    }
+    // the session moved (the server sees the client's upgrade packet just
+    // after the client reports it): it counts as a WebSocket, none on polling
+    eventually("the session counts as a Socket.IO WebSocket", || {
+        srv.metric("rowcast_connections{transport=\"socketio\"}") == 1.0
+    })
+    .await;
+    assert_eq!(
+        srv.metric("rowcast_connections{transport=\"socketio-polling\"}"),
+        0.0
+    );
+    srv.stop().await;
+}
+
+/// A refused token is a `connect_error` naming the reason; a forbidden
+/// topic is refused in the subscribe ack and never delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_are_told() {
+    let Some(modules) = node_modules() else {
+        return;
+    };
+    let (url, srv) = market_server().await;
+    let expired = {
+        let now = rowcast::auth::now_secs();
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &json!({"sub":"1","role":"customer","exp": now - 3600}),
+            &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
+    };
+    let mut bad = Node::client(
+        &modules,
+        &srv.base_url(),
+        json!({"transports": ["websocket"], "auth": {"token": expired}}),
+    );
+    let e = bad
+        .until("connect_error", |v| v["t"] == "connect_error")
+        .await;
+    assert_eq!(e["message"], "unauthorized: expired");
+
+    let mut c = Node::client(
+        &modules,
+        &srv.base_url(),
+        json!({"transports": ["websocket"], "auth": {"token": token("1000", "customer")}}),
+    );
+    c.connected().await;
+    c.send(json!({"emit": "subscribe", "args": [["order-20", "product-1"]], "n": 1}));
+    let ack = c.until("ack", |v| v["t"] == "ack").await;
+    assert_eq!(
+        ack["args"][0],
+        json!({"subscribed": ["product-1"], "refused": ["order-20"]})
+    );
+    let db = connect(&url).await;
+    db.batch_execute(
+        "INSERT INTO market.orders (id, customer_id, farm_id) VALUES (20, 2, 1);
+         UPDATE market.products SET quantity = 5 WHERE id = 1;",
+    )
+    .await
+    .unwrap();
+    // the order (someone else's) never arrives; the product does
+    let ev = c
+        .until("an event", |v| {
+            v["t"] == "event"
+                && (v["name"] == "inventory.updated" || v["name"] == "order.status.changed")
+        })
+        .await;
+    assert_eq!(ev["name"], "inventory.updated", "{ev}");
+    // unknown namespace, unknown event
+    c.send(json!({"emit": "no-such-event", "args": [1], "n": 2}));
+    let ack = c.until("ack", |v| v["t"] == "ack").await;
+    assert_eq!(ack["args"][0]["error"], "unknown_event");
+    srv.stop().await;
+}
+
+/// A loopback TCP proxy whose upstream the test switches: a load balancer
+/// that sends reconnecting clients to another node, or to none for a while.
+struct Proxy {
+    addr: std::net::SocketAddr,
+    upstream: Arc<Mutex<Option<std::net::SocketAddr>>>,
+    conns: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut();
+    }
+}
+
+impl Proxy {
+    async fn start(upstream: std::net::SocketAddr) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let upstream = Arc::new(Mutex::new(Some(upstream)));
+        let conns: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
+        let accept = {
+            let (upstream, conns) = (Arc::clone(&upstream), Arc::clone(&conns));
+            tokio::spawn(async move {
+                while let Ok((mut down, _)) = listener.accept().await {
+                    // no upstream: the connection is refused (closed at once)
+                    let Some(to) = *upstream.lock().unwrap() else {
+                        continue;
+                    };
+                    let h = tokio::spawn(async move {
+                        if let Ok(mut up) = tokio::net::TcpStream::connect(to).await {
+                            let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                        }
+                    });
+                    conns.lock().unwrap().push(h);
+                }
+            })
+        };
+        Proxy {
+            addr,
+            upstream,
+            conns,
+            accept,
+        }
+    }
+
+    /// New connections go to `to`; `None` refuses them.
+    fn route_to(&self, to: Option<std::net::SocketAddr>) {
+        *self.upstream.lock().unwrap() = to;
+    }
+
+    /// Cuts every connection through the proxy.
+    fn cut(&self) {
+        for h in self.conns.lock().unwrap().drain(..) {
+            h.abort();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+/// What a client saw: its events' `n`, in order, and whether each connect recovered.
+#[derive(Default)]
+struct Seen {
+    ns: Vec<i64>,
+    connects: Vec<bool>,
+    resyncs: Vec<Value>,
+}
+
+impl Seen {
+    /// Reads until `n` has arrived, or `connects` connects happened.
+    async fn until(&mut self, c: &mut Node, last_n: Option<i64>, connects: usize) {
+        loop {
+            if last_n.is_some_and(|n| self.ns.last() == Some(&n))
+                || self.connects.len() >= connects && last_n.is_none()
+            {
+                return;
+            }
+            let v = c
+                .until("an event or a connect", |v| {
+                    v["t"] == "event" || v["t"] == "connect"
+                })
+                .await;
+            match v["t"].as_str() {
+                Some("connect") => self.connects.push(v["recovered"] == true),
+                _ if v["name"] == "rowcast:resync" => self.resyncs.push(v["args"][0].clone()),
+                _ => self.ns.push(v["args"][0]["n"].as_i64().unwrap_or(-1)),
+            }
+        }
+    }
+}
+
+fn sio_client(modules: &PathBuf, url: &str) -> Node {
+    Node::client(
+        modules,
+        url,
+        json!({
+            "transports": ["websocket"],
+            "auth": {"topics": ["r"]},
+            "reconnectionDelay": 200,
+            "reconnectionDelayMax": 500
+        }),
+    )
+}
+
+/// The node a client is on closes its socket (a graceful stop); while it is
+/// away 100 changes commit; it reconnects by itself, through the balancer, to
+/// another node, and receives all 100, once, in order, recovered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovers_exactly_on_another_node_after_its_node_closed_it() {
+    let Some(modules) = node_modules() else {
+        return;
+    };
+    let url = fresh_db().await;
+    let a = server(&url).await;
+    let b = server(&url).await;
+    let proxy = Proxy::start(a.addr).await;
+    let mut c = sio_client(&modules, &proxy.url());
+    let mut seen = Seen::default();
+    seen.until(&mut c, None, 1).await;
+    assert_eq!(seen.connects, [false]);
+    let db = connect(&url).await;
+    emit_range(&db, "r", 1, 5).await;
+    seen.until(&mut c, Some(5), 1).await;
+    // nobody is let in while the 100 commit; node a closes its sockets
+    proxy.route_to(None);
+    a.stop().await;
+    c.until("disconnect", |v| v["t"] == "disconnect").await;
+    emit_range(&db, "r", 6, 105).await;
+    proxy.route_to(Some(b.addr));
+    seen.until(&mut c, Some(105), 2).await;
+    assert_eq!(seen.connects, [false, true], "recovered on node b");
+    assert_eq!(seen.ns, (1..=105).collect::<Vec<_>>());
+    assert!(seen.resyncs.is_empty());
+    b.stop().await;
+}
+
+/// The same when the node is killed (SIGKILL: nothing is closed cleanly).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovers_exactly_on_another_node_after_its_node_was_killed() {
+    let Some(modules) = node_modules() else {
+        return;
+    };
+    let url = fresh_db().await;
+    let killed = ServeProcess::start(&url, &[]).await;
+    let b = server(&url).await;
+    let proxy = Proxy::start(killed.addr).await;
+    let mut c = sio_client(&modules, &proxy.url());
+    let mut seen = Seen::default();
+    seen.until(&mut c, None, 1).await;
+    let db = connect(&url).await;
+    emit_range(&db, "r", 1, 5).await;
+    seen.until(&mut c, Some(5), 1).await;
+    proxy.route_to(None);
+    let mut killed = killed.proc;
+    killed.0.kill().expect("SIGKILL");
+    drop(killed); // and reaped
+    proxy.cut();
+    c.until("disconnect", |v| v["t"] == "disconnect").await;
+    emit_range(&db, "r", 6, 105).await;
+    proxy.route_to(Some(b.addr));
+    seen.until(&mut c, Some(105), 2).await;
+    assert_eq!(seen.connects, [false, true], "recovered on node b");
+    assert_eq!(seen.ns, (1..=105).collect::<Vec<_>>());
+    b.stop().await;
+}
+
+/// An offset older than the retention: a new session, `recovered === false`,
+/// and a `rowcast:resync` naming the topics; then live events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_offset_gets_a_new_session_and_a_resync() {
+    let Some(modules) = node_modules() else {
+        return;
+    };
+    let url = fresh_db().await;
+    let srv = server_with(&url, |c| {
+        c.retention = Duration::from_millis(500);
+        c.prune_every = Duration::from_millis(100);
+        c.window_changes = 0;
+    })
+    .await;
+    let proxy = Proxy::start(srv.addr).await;
+    let mut c = sio_client(&modules, &proxy.url());
+    let mut seen = Seen::default();
+    seen.until(&mut c, None, 1).await;
+    let db = connect(&url).await;
+    emit_range(&db, "r", 1, 3).await;
+    seen.until(&mut c, Some(3), 1).await;
+    proxy.route_to(None);
+    proxy.cut();
+    c.until("disconnect", |v| v["t"] == "disconnect").await;
+    emit_range(&db, "r", 4, 10).await;
+    // wait until the pruner has removed them
+    eventually_async("pruned", || async {
+        column_i64(&db, "SELECT count(*) FROM rowcast.changes").await == [0]
+    })
+    .await;
+    proxy.route_to(Some(srv.addr));
+    seen.until(&mut c, None, 2).await;
+    assert_eq!(seen.connects, [false, false]);
+    let resync = c
+        .until("rowcast:resync", |v| v["name"] == "rowcast:resync")
+        .await;
+    assert_eq!(resync["args"][0]["reason"], "cursor_expired");
+    assert_eq!(resync["args"][0]["topics"], json!(["r"]));
+    emit_range(&db, "r", 11, 11).await;
+    let live = c.until("test.n", |v| v["name"] == "test.n").await;
+    assert_eq!(live["args"][0]["n"], 11);
+    srv.stop().await;
+}
+
+/// nginx with the README's example config (docs/nginx-socketio.conf, only
+/// the ports changed) in front of two nodes: long-polling sessions opened
+/// on either node keep reaching it, and the default transports upgrade
+/// through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_polling_behind_nginx_with_the_documented_config() {
+    let Some(modules) = node_modules() else {
+        return;
+    };
+    let Some(nginx) = which("nginx") else {
+        tool_missing(
+            "the nginx test",
+            "nginx (Debian nginx-light) is needed to test the documented load balancer config",
+        );
+        return;
+    };
+    let url = fresh_db().await;
+    let a = server_with(&url, |c| c.node_id = Some("a".into())).await;
+    let b = server_with(&url, |c| c.node_id = Some("b".into())).await;
+    let front = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let dir = std::env::temp_dir().join(format!(
+        "rowcast-nginx-{}-{:08x}",
+        std::process::id(),
+        fastrand::u32(..)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let example = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/nginx-socketio.conf"),
+    )
+    .unwrap();
+    let http = example
+        .replace("127.0.0.1:8081", &a.addr.to_string())
+        .replace("127.0.0.1:8082", &b.addr.to_string())
+        .replace("127.0.0.1:8080", &front.to_string());
+    let d = dir.display();
+    let conf = format!(
+        "daemon off; master_process off; pid {d}/nginx.pid; error_log {d}/error.log warn;
+         events {{ worker_connections 256; }}
+         http {{ access_log off; client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;
+                 fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
+                 {http} }}"
+    );
+    std::fs::write(dir.join("nginx.conf"), conf).unwrap();
+    let proc = Command::new(nginx)
+        .arg("-c")
+        .arg(dir.join("nginx.conf"))
+        .arg("-p")
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start nginx");
+    let proc = Proc(proc);
+    let base = format!("http://{front}");
+    // nginx is up when it answers
+    eventually_async("nginx answered", || async {
+        reqwest::get(format!("{base}/healthz")).await.is_ok()
+    })
+    .await;
+    let mut clients: Vec<Node> = (0..6)
+        .map(|_| {
+            Node::client(
+                &modules,
+                &base,
+                json!({"transports": ["polling"], "auth": {"topics": ["r"]}}),
+            )
+        })
+        .collect();
+    let mut upgraded = Node::client(&modules, &base, json!({"auth": {"topics": ["r"]}}));
+    for c in clients.iter_mut() {
+        c.connected().await;
+    }
+    upgraded.connected().await;
+    let polling = |s: &rowcast::server::Server| {
+        s.metric("rowcast_connections{transport=\"socketio-polling\"}")
+    };
+    assert!(
+        polling(&a) > 0.0 && polling(&b) > 0.0,
+        "round robin opened sessions on both nodes ({} and {})",
+        polling(&a),
+        polling(&b)
+    );
+    let db = connect(&url).await;
+    emit_range(&db, "r", 1, 20).await;
+    for c in clients.iter_mut().chain(std::iter::once(&mut upgraded)) {
+        let mut seen = Seen::default();
+        seen.until(c, Some(20), 0).await;
+        assert_eq!(seen.ns, (1..=20).collect::<Vec<_>>());
+        assert!(seen.connects.is_empty(), "a session was lost and reopened");
+    }
+    // the default client moved to WebSocket through nginx (its sid routed it)
+    let ws = |s: &rowcast::server::Server| s.metric("rowcast_connections{transport=\"socketio\"}");
+    assert_eq!(
+        ws(&a) + ws(&b),
+        1.0,
+        "the upgraded client is a WebSocket on its node"
+    );
+    drop(proc);
+    let _ = std::fs::remove_dir_all(&dir);
+    a.stop().await;
+    b.stop().await;
+}
+
+/// Socket.IO's hostile input, raw (no client library): each case gets its
+/// defined answer, nothing panics, and the server keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_socketio_input_gets_defined_answers() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message as M;
+    let before = panic_count();
+    let url = fresh_db().await;
+    let srv = server_with(&url, |c| {
+        c.jwt.secret = Some(SECRET.into());
+        c.limits.auth_timeout = Duration::from_secs(1);
+        c.limits.max_frame = 4096;
+        c.limits.max_topics = 3;
+    })
+    .await;
+    let base = srv.base_url();
+    let http = reqwest::Client::new();
+    // protocol version, transport, session
+    for (q, code) in [
+        ("EIO=3&transport=polling", "bad_query"),
+        ("EIO=4&transport=carrier-pigeon", "bad_query"),
+        ("EIO=4&transport=polling&sid=nope.nope", "session_unknown"),
+        ("EIO=4&transport=polling&topics=a%0a", "bad_topic"),
+    ] {
+        let r = http
+            .get(format!("{base}/socket.io/?{q}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{q}");
+        let v: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+        assert_eq!(v["error"], code, "{q}");
+    }
+    // a polling session: an oversized body closes it
+    let open = http
+        .get(format!("{base}/socket.io/?EIO=4&transport=polling"))
+        .send()
+        .await
+        .unwrap();
+    let text = open.text().await.unwrap();
+    let sid = serde_json::from_str::<Value>(&text[1..]).unwrap()["sid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let big = format!("4{}", "x".repeat(10_000));
+    let r = http
+        .post(format!(
+            "{base}/socket.io/?EIO=4&transport=polling&sid={sid}"
+        ))
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = http
+        .get(format!(
+            "{base}/socket.io/?EIO=4&transport=polling&sid={sid}"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400, "the session is gone");
+
+    // WebSocket: one connection per case
+    let ws_url = format!(
+        "{}/socket.io/?EIO=4&transport=websocket",
+        base.replacen("http://", "ws://", 1)
+    );
+    async fn open_ws(
+        url: &str,
+    ) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>
+    {
+        let (mut ws, _) = Box::pin(tokio_tungstenite::connect_async(url))
+            .await
+            .unwrap();
+        match ws.next().await {
+            Some(Ok(M::Text(t))) => assert!(t.as_str().starts_with("0{"), "{t}"),
+            other => panic!("{other:?}"),
+        }
+        ws
+    }
+    async fn next_text(
+        ws: &mut tokio_tungstenite::WebSocketStream<
+            tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+        >,
+    ) -> String {
+        loop {
+            match tokio::time::timeout(ARRIVAL, ws.next())
+                .await
+                .expect("an answer")
+            {
+                Some(Ok(M::Text(t))) if t.as_str() == "2" => continue, // a ping
+                Some(Ok(M::Text(t))) => return t.to_string(),
+                Some(Ok(M::Close(f))) => {
+                    return format!("close {}", f.map(|f| u16::from(f.code)).unwrap_or(0))
+                }
+                Some(Ok(_)) => continue,
+                other => return format!("{other:?}"),
+            }
+        }
+    }
+    let t = token("1", "customer");
+    let cases: Vec<(&str, Vec<M>, &str)> = vec![
+        (
+            "wrong namespace",
+            vec![M::Text(r#"40/admin,{}"#.into())],
+            r#"44/admin,{"message":"Invalid namespace"}"#,
+        ),
+        (
+            "bad token",
+            vec![M::Text(r#"40{"token":"x.y.z"}"#.into())],
+            r#"44{"message":"unauthorized: malformed"}"#,
+        ),
+        (
+            "event before connect",
+            vec![M::Text(r#"420["subscribe",["a"]]"#.into())],
+            r#"430[{"error":"not_connected""#,
+        ),
+        (
+            "not json",
+            vec![M::Text("42{".into())],
+            r#"42["rowcast:error",{"error":"bad_message""#,
+        ),
+        (
+            "binary event",
+            vec![M::Text(r#"451-["x",{"_placeholder":true,"num":0}]"#.into())],
+            r#"42["rowcast:error",{"error":"bad_message""#,
+        ),
+        (
+            "binary frame",
+            vec![M::Binary(vec![1u8, 2].into())],
+            r#"42["rowcast:error",{"error":"binary_not_supported""#,
+        ),
+        (
+            "unknown engine packet",
+            vec![M::Text("9".into())],
+            "close 1002",
+        ),
+        (
+            "too big",
+            vec![M::Text(format!("42{}", "x".repeat(5000)).into())],
+            "close 1009",
+        ),
+        ("silent", vec![], "close 1008"),
+    ];
+    for (name, msgs, want) in cases {
+        let mut ws = open_ws(&ws_url).await;
+        for m in msgs {
+            ws.send(m).await.unwrap();
+        }
+        let got = next_text(&mut ws).await;
+        assert!(got.starts_with(want), "{name}: {got}");
+    }
+    // too many topics, then a flood
+    let mut ws = open_ws(&ws_url).await;
+    ws.send(M::Text(format!(r#"40{{"token":"{t}"}}"#).into()))
+        .await
+        .unwrap();
+    let first = next_text(&mut ws).await;
+    assert!(
+        first.starts_with("40{") && first.contains("\"sid\""),
+        "{first}"
+    );
+    ws.send(M::Text(r#"421["subscribe",["a","b","c","d"]]"#.into()))
+        .await
+        .unwrap();
+    assert!(next_text(&mut ws)
+        .await
+        .starts_with(r#"431[{"error":"too_many_topics""#));
+    for _ in 0..100 {
+        let _ = ws.send(M::Text(r#"42["activity"]"#.into())).await;
+    }
+    let mut end = String::new();
+    for _ in 0..200 {
+        end = next_text(&mut ws).await;
+        if end.starts_with("close") {
+            break;
+        }
+    }
+    assert_eq!(end, "close 1008", "a flood ends with a policy close");
+    assert_eq!(panic_count(), before, "something panicked");
+    // still serving
+    let (status, _) = get_json(&base, "/readyz", &[]).await;
+    assert_eq!(status, 200);
+    srv.stop().await;
+}
