@@ -7,6 +7,17 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use std::sync::{Arc, OnceLock};
 
+/// This host's clock on the scale of [`Change::emitted_us`] (µs since the
+/// epoch): what a change's age and a user's idle time are measured against.
+/// Here, with the timestamps it reads, so that `metrics` and `presence` both
+/// use it without importing each other.
+pub(crate) fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
 #[derive(Debug)]
 pub(crate) struct Change {
     pub id: i64,

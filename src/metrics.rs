@@ -523,7 +523,7 @@ impl TransportMetrics {
     /// since the epoch): live ones in the SLO histogram, catch-up apart.
     pub(crate) fn delivered(&self, emitted_us: i64, live: bool) {
         self.deliveries.inc();
-        let lag = (now_us() - emitted_us).max(0) as f64 / 1e6;
+        let lag = (crate::change::now_us() - emitted_us).max(0) as f64 / 1e6;
         if live {
             self.latency.observe(lag);
         } else {
@@ -531,13 +531,6 @@ impl TransportMetrics {
             self.catchup_lag.observe(lag);
         }
     }
-}
-
-pub(crate) fn now_us() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -42,7 +42,7 @@ impl Clock {
         let Some(at) = last_active_ms else {
             return "offline";
         };
-        let idle_ms = crate::metrics::now_us() / 1000 - at;
+        let idle_ms = crate::change::now_us() / 1000 - at;
         let idle = Duration::from_millis(idle_ms.max(0) as u64);
         if idle >= self.offline {
             "offline"
@@ -304,7 +304,7 @@ mod tests {
             away: Duration::from_secs(300),
             offline: Duration::from_secs(3600),
         };
-        let now = crate::metrics::now_us() / 1000;
+        let now = crate::change::now_us() / 1000;
         assert_eq!(c.status(Some(now)), "online");
         assert_eq!(c.status(Some(now - 301_000)), "away");
         assert_eq!(c.status(Some(now - 3_601_000)), "offline");

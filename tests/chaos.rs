@@ -11,6 +11,8 @@
 //! counter row that the writing transaction locks, so sequence order is commit
 //! order, and rolled-back transactions leave no number behind.
 
+// This binary uses part of the harness that tests/main.rs uses in full.
+#[allow(dead_code, unused_imports)]
 mod common;
 
 use common::*;
@@ -253,11 +255,7 @@ async fn chaos_every_client_gets_exactly_the_committed_changes() {
     let a_base = a.base_url();
     let b = Arc::new(Node {
         child: Mutex::new(None),
-        port: std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port(),
+        port: free_port(),
         url: url.clone(),
     });
     b.spawn();

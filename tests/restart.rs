@@ -2,6 +2,8 @@
 //! and get nothing twice, and `/readyz` tells the truth meanwhile.
 //! (Own test binary: it stops the cluster the binary shares.)
 
+// This binary uses part of the harness that tests/main.rs uses in full.
+#[allow(dead_code, unused_imports)]
 mod common;
 
 use common::*;
@@ -36,16 +38,7 @@ async fn postgres_restart_loses_nothing() {
     let mut ws = WsClient::connect(&base, "topics=r").await;
     let mut sse = SseClient::connect(&base, "topics=r", None).await;
     let mut poller = Poller::start(&base, "r").await;
-    let emit = |db: tokio_postgres::Client, from: i64, to: i64| async move {
-        db.execute(
-            "SELECT rowcast.emit(ARRAY['r'], 'test.n', jsonb_build_object('n', g))
-               FROM generate_series($1::bigint, $2::bigint) g",
-            &[&from, &to],
-        )
-        .await
-        .unwrap();
-    };
-    emit(connect(&url).await, 1, 50).await;
+    emit_range(&connect(&url).await, "r", 1, 50).await;
     let mut got_ws = events(&mut ws.rx, 50).await;
     let mut got_sse = events(&mut sse.rx, 50).await;
 
@@ -68,7 +61,7 @@ async fn postgres_restart_loses_nothing() {
         .unwrap();
     wait_readyz(&base, 200).await;
 
-    emit(connect(&url).await, 51, 100).await;
+    emit_range(&connect(&url).await, "r", 51, 100).await;
     got_ws.extend(events(&mut ws.rx, 50).await);
     got_sse.extend(events(&mut sse.rx, 50).await);
     let got_poll = poller.events(100).await;
@@ -165,13 +158,7 @@ async fn postgres_restart_in_the_middle_of_a_batch_repeats_nothing() {
     // both sources stop after their first page until the database has restarted
     let pause = rowcast::failpoints::pause("source.between_pages");
     let db = connect(&url).await;
-    db.execute(
-        "SELECT rowcast.emit(ARRAY['big'], 'test.n', jsonb_build_object('n', g))
-           FROM generate_series(1, $1::bigint) g",
-        &[&N],
-    )
-    .await
-    .unwrap();
+    emit_range(&db, "big", 1, N).await;
     tokio::time::timeout(ARRIVAL, pause.reached.notified())
         .await
         .expect("a source reached the page boundary");
@@ -240,13 +227,7 @@ async fn ws_resume_during_an_outage_is_told_to_retry_then_resumes_exactly() {
     let base = srv.base_url();
     let cursor = Poller::start(&base, "out").await.cursor.unwrap();
     let db = connect(&url).await;
-    db.execute(
-        "SELECT rowcast.emit(ARRAY['out'], 'test.n', jsonb_build_object('n', g))
-           FROM generate_series(1, 5) g",
-        &[],
-    )
-    .await
-    .unwrap();
+    emit_range(&db, "out", 1, 5).await;
     // the source has read them before the outage
     let mut seen = Poller {
         base: base.clone(),

@@ -6,7 +6,7 @@
 //! real users), with its own customer token:
 //!
 //! - it follows its cart's farm and its own orders over a WebSocket, tells
-//!   rowcast it is active now and then (presence), and every few minutes
+//!   rowcast it is active now and then (presence), and every ten minutes or so
 //!   loses its WebSocket for a moment, as phones do, then resumes from its
 //!   last cursor and reports how long it was without one (`gap=`);
 //! - one in `FALLBACK_EVERY` "sits behind a proxy that blocks WebSockets" and
@@ -46,7 +46,7 @@ type Step = std::result::Result<(), ShopperError>;
 /// One shopper in this many has its WebSocket blocked (and uses SSE): 3.3%.
 const FALLBACK_EVERY: usize = 30;
 /// Mean time a WebSocket lives before the simulated network drops it.
-const MEAN_WS_LIFE: Duration = Duration::from_secs(120);
+const MEAN_WS_LIFE: Duration = Duration::from_secs(600);
 /// Mean pause between two shopping steps of one shopper.
 const MEAN_THINK: Duration = Duration::from_secs(6);
 /// The most shoppers one demo simulates.
@@ -186,7 +186,7 @@ impl Shopper {
         let resp = req.send().await?;
         let mut body = resp.bytes_stream();
         let mut pending = String::new();
-        let life = exponential(MEAN_WS_LIFE * 5);
+        let life = exponential(MEAN_WS_LIFE * 2);
         let dies = tokio::time::sleep(life);
         tokio::pin!(dies);
         loop {

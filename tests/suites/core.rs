@@ -1,8 +1,6 @@
 //! Issue #2: triggers → change log → WebSocket, SSE and polling, end to end.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::json;
 use std::collections::HashMap;
 

@@ -1,46 +1,14 @@
 //! Issue #8: the delivery guarantees hold against the defects an adversarial
 //! review found. One test per defect, named for it; each failed before its fix.
-//! (Defect 1 is in tests/isolation.rs, 4 in src/feed.rs, the database-restart
+//! (Defect 1 is in tests/suites/isolation.rs, 4 in src/feed.rs, the database-restart
 //! parts of 3 and 11 in tests/restart.rs.)
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use rowcast::cursor::Cursor;
 use rowcast::snapshot::Snapshot;
 use serde_json::json;
 use std::time::Duration;
 use tokio_postgres::Client;
-
-async fn emit(db: &Client, topic: &str, n: i64) {
-    db.execute(
-        "SELECT rowcast.emit(ARRAY[$1::text], 'test.n', jsonb_build_object('n', $2::bigint))",
-        &[&topic, &n],
-    )
-    .await
-    .unwrap();
-}
-
-fn ns(evs: &[Ev]) -> Vec<i64> {
-    evs.iter().map(|e| e.data["n"].as_i64().unwrap()).collect()
-}
-
-/// The value of one metric series (`name{labels}` exactly as exported), 0 if absent.
-async fn metric(base: &str, series: &str) -> f64 {
-    let text = reqwest::get(format!("{base}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(series)
-                .filter(|rest| rest.starts_with(' '))
-                .and_then(|rest| rest.trim().parse().ok())
-        })
-        .unwrap_or(0.0)
-}
 
 async fn source_connections(db: &Client, dbname: &str) -> i64 {
     db.query_one(
@@ -101,17 +69,12 @@ async fn undeliverable_rows_cannot_be_written_and_never_stall_delivery() {
     .unwrap();
     assert_eq!(ns(&events(&mut ws.rx, 2).await), vec![1, 2]);
     assert_eq!(ns(&poller.events(2).await), vec![1, 2]);
-    assert_eq!(metric(&base, "rowcast_source_bad_changes_total").await, 2.0);
+    assert_eq!(srv.metric("rowcast_source_bad_changes_total"), 2.0);
     let (status, _) = get_json(&base, "/readyz", &[]).await;
     assert_eq!(status, 200);
     // a catch-up read of the log (no window) skips them too
     let srv2 = server_with(&url, |c| c.window_changes = 0).await;
-    let mut p2 = Poller {
-        base: srv2.base_url(),
-        topics: "x".into(),
-        cursor: poller.cursor.clone(),
-        token: None,
-    };
+    let mut p2 = Poller::resume(&srv2.base_url(), "x", poller.cursor.clone());
     emit(&db, "x", 3).await;
     assert_eq!(ns(&p2.events(1).await), vec![3]);
     srv.stop().await;
@@ -131,27 +94,17 @@ async fn fault_between_pages_publishes_nothing_twice() {
     let mut sse = SseClient::connect(&base, "topics=pages", None).await;
     let mut poller = Poller::start(&base, "pages").await;
     let start = poller.cursor.clone();
-    let reconnects = metric(&base, "rowcast_source_reconnects_total").await;
+    let reconnects = srv.metric("rowcast_source_reconnects_total");
+    let _alone = faults::exclusive().await;
     rowcast::failpoints::fail("source.between_pages", 1);
-    db.execute(
-        "SELECT rowcast.emit(ARRAY['pages'], 'test.n', jsonb_build_object('n', g))
-           FROM generate_series(1, 12) g",
-        &[],
-    )
-    .await
-    .unwrap();
+    emit_range(&db, "pages", 1, 12).await;
     let want: Vec<i64> = (1..=12).collect();
     assert_eq!(ns(&events(&mut ws.rx, 12).await), want);
     assert_eq!(ns(&events(&mut sse.rx, 12).await), want);
     assert_eq!(ns(&poller.events(12).await), want);
-    assert!(metric(&base, "rowcast_source_reconnects_total").await > reconnects);
+    assert!(srv.metric("rowcast_source_reconnects_total") > reconnects);
     // a resume from before the batch, answered from the memory window: once each
-    let mut again = Poller {
-        base: base.clone(),
-        topics: "pages".into(),
-        cursor: start,
-        token: None,
-    };
+    let mut again = Poller::resume(&base, "pages", start);
     assert_eq!(ns(&again.poll(0).await), want);
     // nothing beyond: the next change is the next event everywhere
     emit(&db, "pages", 13).await;
@@ -176,12 +129,7 @@ async fn ws_cursor_without_topics_applies_to_the_first_subscribe() {
             emit(&db, "w", n).await;
         }
         // the write is read by the source before the client asks
-        let mut seen = Poller {
-            base: base.clone(),
-            topics: "w".into(),
-            cursor: Some(cursor.clone()),
-            token: None,
-        };
+        let mut seen = Poller::resume(&base, "w", Some(cursor.clone()));
         seen.events(3).await;
         let mut ws = WsClient::connect(&base, &format!("cursor={cursor}")).await;
         ws.send(json!({"type":"subscribe","topics":["w"]})).await;
@@ -206,14 +154,10 @@ async fn dropped_or_failed_servers_leave_nothing_running() {
     let srv = server(&url).await;
     assert!(source_connections(&admin, &name).await >= 1);
     drop(srv);
-    let deadline = tokio::time::Instant::now() + ARRIVAL;
-    while source_connections(&admin, &name).await > 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the dropped server's source kept running"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually_async("the dropped server's source stopped", || async {
+        source_connections(&admin, &name).await == 0
+    })
+    .await;
 
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = busy.local_addr().unwrap();
@@ -322,7 +266,7 @@ async fn impossible_cursors_are_bad_and_foreign_ones_resync() {
     emit(&db, "t", 1).await;
     assert_eq!(ns(&events(&mut ws.rx, 1).await), vec![1]);
     assert_eq!(ns(&events(&mut sse.rx, 1).await), vec![1]);
-    assert!(metric(&base, "rowcast_resyncs_total{reason=\"cursor_unknown\"}").await >= 3.0);
+    assert!(srv.metric("rowcast_resyncs_total{reason=\"cursor_unknown\"}") >= 3.0);
     srv.stop().await;
 }
 
@@ -339,39 +283,27 @@ async fn replays_stay_out_of_the_slo_histogram() {
         emit(&db, "slo", n).await;
     }
     // once the source has read them, a poll from before them is a replay
-    let deadline = tokio::time::Instant::now() + ARRIVAL;
-    while metric(&base, "rowcast_events_total").await < 20.0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "source never read the writes"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("the source read the writes", || {
+        srv.metric("rowcast_events_total") >= 20.0
+    })
+    .await;
     let mut ws = WsClient::connect(&base, "topics=slo").await;
     assert_eq!(old.poll(0).await.len(), 20);
     let live = "rowcast_sync_latency_seconds_count{transport=\"poll\"}";
-    assert_eq!(metric(&base, live).await, 0.0, "replays counted as live");
+    assert_eq!(srv.metric(live), 0.0, "replays counted as live");
     assert_eq!(
-        metric(
-            &base,
-            "rowcast_catchup_deliveries_total{transport=\"poll\"}"
-        )
-        .await,
+        srv.metric("rowcast_catchup_deliveries_total{transport=\"poll\"}"),
         20.0
     );
     // a snapshot is catch-up too
     let (status, _) = poll_raw(&base, "topics=slo&snapshot=true").await;
     assert_eq!(status, 200);
-    assert_eq!(metric(&base, live).await, 0.0);
+    assert_eq!(srv.metric(live), 0.0);
     // and a live delivery is live
     emit(&db, "slo", 21).await;
     assert_eq!(ns(&events(&mut ws.rx, 1).await), vec![21]);
     assert_eq!(
-        metric(
-            &base,
-            "rowcast_sync_latency_seconds_count{transport=\"ws\"}"
-        )
-        .await,
+        srv.metric("rowcast_sync_latency_seconds_count{transport=\"ws\"}"),
         1.0
     );
     srv.stop().await;
@@ -482,7 +414,7 @@ async fn ws_control_frames_are_under_the_write_timeout() {
     let msg = json!({"type":"unsubscribe","topics":topics}).to_string();
     let deadline = tokio::time::Instant::now() + ARRIVAL;
     let mut sent = 0;
-    while metric(&base, "rowcast_slow_consumer_drops_total{transport=\"ws\"}").await < 1.0 {
+    while srv.metric("rowcast_slow_consumer_drops_total{transport=\"ws\"}") < 1.0 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "a WS client that never reads was not dropped after {sent} messages"
@@ -502,21 +434,13 @@ async fn ws_control_frames_are_under_the_write_timeout() {
         }
     }
     assert_eq!(
-        metric(
-            &base,
-            "rowcast_slow_consumer_drops_total{transport=\"sse\"}"
-        )
-        .await,
+        srv.metric("rowcast_slow_consumer_drops_total{transport=\"sse\"}"),
         0.0
     );
-    let deadline = tokio::time::Instant::now() + ARRIVAL;
-    while metric(&base, "rowcast_connections{transport=\"ws\"}").await > 0.0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "connection not released"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually("the connection was released", || {
+        srv.metric("rowcast_connections{transport=\"ws\"}") == 0.0
+    })
+    .await;
     drop(rx);
     srv.stop().await;
 }

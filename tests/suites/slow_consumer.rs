@@ -2,81 +2,35 @@
 //! everyone else gets every event. The server runs as its own process so that
 //! its RSS can be read from /proc.
 
-mod common;
-
-use common::*;
-use std::process::{Child, Command, Stdio};
+use crate::common::*;
 use std::time::Duration;
 
 /// Stated bound on the server's RSS growth while 50k × ~1 KB events flow past a stuck client.
 const RSS_GROWTH_BOUND_KIB: u64 = 192 * 1024;
 const EVENTS: i64 = 50_000;
 
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stuck_client_is_dropped_and_others_get_everything() {
     let url = fresh_db().await;
-    let port = free_port();
-    let server = Proc(
-        Command::new(env!("CARGO_BIN_EXE_rowcast"))
-            .args([
-                "serve",
-                "--database-url",
-                &url,
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-            ])
-            .args([
-                "--write-timeout",
-                "3s",
-                "--queue-events",
-                "2048",
-                "--queue-bytes",
-                "4194304",
-            ])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let pid = server.0.id();
-    let base = format!("http://127.0.0.1:{port}");
-    wait_ready(&base).await;
+    let server = ServeProcess::start(
+        &url,
+        &[
+            "--write-timeout",
+            "3s",
+            "--queue-events",
+            "2048",
+            "--queue-bytes",
+            "4194304",
+        ],
+    )
+    .await;
+    let (pid, addr, base) = (server.pid(), server.addr, server.base_url());
 
     // The stuck client: tiny receive buffer, subscribes, then never reads again.
-    let sock = tokio::net::TcpSocket::new_v4().unwrap();
-    sock.set_recv_buffer_size(4096).unwrap();
-    let stream = sock
-        .connect(format!("127.0.0.1:{port}").parse().unwrap())
+    let stream = small_window(addr).await;
+    let (stuck, _) = tokio_tungstenite::client_async(format!("ws://{addr}/v1/ws?topics=s"), stream)
         .await
         .unwrap();
-    let (stuck, _) =
-        tokio_tungstenite::client_async(format!("ws://127.0.0.1:{port}/v1/ws?topics=s"), stream)
-            .await
-            .unwrap();
     let mut normal = WsClient::connect(&base, "topics=s").await;
     assert!(matches!(normal.next().await, Msg::Control(_)));
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -84,19 +38,7 @@ async fn stuck_client_is_dropped_and_others_get_everything() {
     let rss_before = rss_kib(pid);
     let writer = {
         let url = url.clone();
-        tokio::spawn(async move {
-            let db = connect(&url).await;
-            for chunk in 0..(EVENTS / 1000) {
-                db.execute(
-                    "SELECT rowcast.emit(ARRAY['s'], 'test.n',
-                            jsonb_build_object('n', g, 'pad', repeat('p', 1000)))
-                       FROM generate_series($1::bigint, $2::bigint) g",
-                    &[&(chunk * 1000 + 1), &(chunk * 1000 + 1000)],
-                )
-                .await
-                .unwrap();
-            }
-        })
+        tokio::spawn(async move { emit_padded(&connect(&url).await, "s", EVENTS).await })
     };
     let mut peak = rss_before;
     let mut expect = 1;
@@ -111,23 +53,12 @@ async fn stuck_client_is_dropped_and_others_get_everything() {
     writer.await.unwrap();
 
     // the stuck client is disconnected (bounded wait for the write timeout)
-    let mut dropped = false;
-    for _ in 0..200 {
-        let m = reqwest::get(format!("{base}/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        if m.contains("rowcast_slow_consumer_drops_total{transport=\"ws\"} 1")
-            && m.contains("rowcast_connections{transport=\"ws\"} 1")
-        {
-            dropped = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(dropped, "the stuck client was not dropped");
+    eventually_async("the stuck client was dropped", || async {
+        let m = scrape(&base).await;
+        metric_in(&m, "rowcast_slow_consumer_drops_total{transport=\"ws\"}") == 1.0
+            && metric_in(&m, "rowcast_connections{transport=\"ws\"}") == 1.0
+    })
+    .await;
     peak = peak.max(rss_kib(pid));
     let growth = peak.saturating_sub(rss_before);
     println!("server RSS: before {rss_before} KiB, peak {peak} KiB, growth {growth} KiB (bound {RSS_GROWTH_BOUND_KIB} KiB)");
@@ -139,56 +70,25 @@ async fn stuck_client_is_dropped_and_others_get_everything() {
 /// a stream whose socket is full. The socket-level write timeout closes it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stuck_sse_client_is_disconnected() {
-    use tokio::io::AsyncWriteExt;
+    // its server reads 10,000 changes, more than a source page
+    let _faults = faults::shared().await;
     let url = fresh_db().await;
     let srv = server_with(&url, |c| c.write_timeout = Duration::from_secs(2)).await;
-    let sock = tokio::net::TcpSocket::new_v4().unwrap();
-    sock.set_recv_buffer_size(4096).unwrap();
-    let mut stuck = sock.connect(srv.addr).await.unwrap();
-    stuck
-        .write_all(
-            format!(
-                "GET /v1/events?topics=s HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n\r\n",
-                srv.addr
-            )
-            .as_bytes(),
-        )
-        .await
-        .unwrap();
-    for _ in 0..200 {
-        if srv.metric("rowcast_connections{transport=\"sse\"}") == 1.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert_eq!(
-        srv.metric("rowcast_connections{transport=\"sse\"}"),
-        1.0,
-        "the stuck SSE stream is open"
-    );
+    let stuck = stalled_get(srv.addr, "/v1/events?topics=s").await;
+    eventually("the stuck SSE stream is open", || {
+        srv.metric("rowcast_connections{transport=\"sse\"}") == 1.0
+    })
+    .await;
     let mut normal = SseClient::connect(&srv.base_url(), "topics=s", None).await;
-    let db = connect(&url).await;
-    for chunk in 0..10i64 {
-        db.execute(
-            "SELECT rowcast.emit(ARRAY['s'], 'test.n', jsonb_build_object('n', g, 'pad', repeat('p', 1000)))
-               FROM generate_series($1::bigint, $2::bigint) g",
-            &[&(chunk * 1000 + 1), &(chunk * 1000 + 1000)],
-        )
-        .await
-        .unwrap();
-    }
+    emit_padded(&connect(&url).await, "s", 10_000).await;
     for expect in 1..=10_000i64 {
         assert_eq!(next_event(&mut normal.rx).await.data["n"], expect);
     }
-    let mut closed = false;
-    for _ in 0..400 {
-        if srv.metric("rowcast_connections{transport=\"sse\"}") == 1.0 {
-            closed = true; // only the normal client is left
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(closed, "the stuck SSE client was not disconnected");
+    // only the normal client is left
+    eventually("the stuck SSE client was disconnected", || {
+        srv.metric("rowcast_connections{transport=\"sse\"}") == 1.0
+    })
+    .await;
     let drops = srv.metric("rowcast_slow_consumer_drops_total{transport=\"sse\"}") as u64;
     assert_eq!(drops, 1);
     drop(stuck);
@@ -231,31 +131,14 @@ async fn long_cursors_do_not_amplify_and_catchup_memory_is_bounded() {
         long.len()
     );
     let short = Cursor::boundary(Snapshot::new(xmax, vec![])).encode();
-    for chunk in 0..(CHANGES / 1000) {
-        db.execute(
-            "SELECT rowcast.emit(ARRAY['m'], 'test.n',
-                    jsonb_build_object('n', g, 'pad', repeat('p', 1000)))
-               FROM generate_series($1::bigint, $2::bigint) g",
-            &[&(chunk * 1000 + 1), &(chunk * 1000 + 1000)],
-        )
-        .await
-        .unwrap();
-    }
-    let port = free_port();
-    let server = Proc(
-        Command::new(env!("CARGO_BIN_EXE_rowcast"))
-            .args(["serve", "--database-url", &url])
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--catchup-memory", &BUDGET.to_string()])
-            .args(["--window-changes", "0"])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let pid = server.0.id();
-    let base = format!("http://127.0.0.1:{port}");
-    wait_ready(&base).await;
+    emit_padded(&db, "m", CHANGES).await;
+    let budget = BUDGET.to_string();
+    let server = ServeProcess::start(
+        &url,
+        &["--catchup-memory", &budget, "--window-changes", "0"],
+    )
+    .await;
+    let (pid, base) = (server.pid(), server.base_url());
     let rss_before = rss_kib(pid);
 
     // one answer from the short and one from the padded cursor: same size

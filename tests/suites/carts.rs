@@ -4,9 +4,7 @@
 //! wording, and checkouts racing each other and the farmers: never oversold,
 //! never deadlocked, every loser told why.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

@@ -1,17 +1,6 @@
 //! A connection lives as long as its token: WS closes with 1008, SSE ends.
 
-mod common;
-
-use common::*;
-
-const SECRET: &str = "expiry-test-secret";
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
+use crate::common::*;
 
 // exp already passed but within the verifier's 30 s leeway: valid for ~2 s more
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -30,23 +19,13 @@ async fn ends_at_expiry(exp: impl FnOnce(u64) -> serde_json::Value) {
     let url = fresh_db().await;
     let srv = server_with(&url, |c| c.jwt.secret = Some(SECRET.into())).await;
     let base = srv.base_url();
-    let claims = serde_json::json!({"sub": "1000", "role": "customer", "exp": exp(now())});
-    let token = jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap();
+    let token = token_with_claims(&serde_json::json!({
+        "sub": "1000", "role": "customer", "exp": exp(rowcast::auth::now_secs())
+    }));
     let mut ws = WsClient::connect(&base, &format!("topics=x&token={token}")).await;
     let mut sse = SseClient::connect(&base, &format!("topics=x&token={token}"), None).await;
     // still delivering before expiry
-    let db = connect(&url).await;
-    db.execute(
-        "SELECT rowcast.emit(ARRAY['x'], 'test.n', '{\"n\":1}')",
-        &[],
-    )
-    .await
-    .unwrap();
+    emit(&connect(&url).await, "x", 1).await;
     assert_eq!(next_event(&mut ws.rx).await.data["n"], 1);
     assert_eq!(next_event(&mut sse.rx).await.data["n"], 1);
     let closed = loop {

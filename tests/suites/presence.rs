@@ -3,9 +3,7 @@
 //! when a node dies, nothing emitted when one restarts, one write per user per
 //! interval, reads that agree with the clock, and privacy.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -97,32 +95,20 @@ async fn a_dead_node_leaves_no_ghost_and_a_restart_emits_nothing() {
     let url = fresh_market_db().await;
     let db = connect(&url).await;
     seed(&db, 1, 1).await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let spawn_a = || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_rowcast"))
-            .args(["serve", "--database-url", &url])
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--jwt-secret", SECRET, "--presence-on-connect"])
-            .args([
-                "--presence-away",
-                "2s",
-                "--presence-offline",
-                "4s",
-                "--presence-sweep",
-                "200ms",
-            ])
-            .env("RUST_LOG", "error")
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("spawn rowcast serve")
-    };
-    let mut node_a = spawn_a();
-    let a_base = format!("http://127.0.0.1:{port}");
-    wait_ready(&a_base).await;
+    let a_addr = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let a_args = [
+        "--jwt-secret",
+        SECRET,
+        "--presence-on-connect",
+        "--presence-away",
+        "2s",
+        "--presence-offline",
+        "4s",
+        "--presence-sweep",
+        "200ms",
+    ];
+    let node_a = ServeProcess::start_at(&url, a_addr, &a_args).await;
+    let a_base = node_a.base_url();
     let b = server_with(&url, presence_cfg).await;
     let mut watch = SseClient::connect(&b.base_url(), "topics=presence-farmer-101", None).await;
     // connecting counts as activity on node a (--presence-on-connect)
@@ -133,8 +119,9 @@ async fn a_dead_node_leaves_no_ghost_and_a_restart_emits_nothing() {
     .await;
     let t0 = std::time::Instant::now();
     assert_eq!(next_presence(&mut watch.rx).await.data["status"], "online");
-    node_a.kill().expect("SIGKILL");
-    let _ = node_a.wait();
+    let mut node_a = node_a.proc;
+    node_a.0.kill().expect("SIGKILL");
+    drop(node_a); // and reaped
     drop(farmer);
     let away = next_presence(&mut watch.rx).await;
     assert_eq!(away.data["status"], "away");
@@ -144,8 +131,7 @@ async fn a_dead_node_leaves_no_ghost_and_a_restart_emits_nothing() {
     );
     assert_eq!(next_presence(&mut watch.rx).await.data["status"], "offline");
     // node a comes back: it emits nothing of its own
-    let mut node_a = spawn_a();
-    wait_ready(&a_base).await;
+    let node_a = ServeProcess::start_at(&url, a_addr, &a_args).await;
     tokio::time::sleep(Duration::from_millis(800)).await;
     db.execute(
         "SELECT rowcast.emit(ARRAY['presence-farmer-101'], 'sentinel', '{}')",
@@ -154,8 +140,7 @@ async fn a_dead_node_leaves_no_ghost_and_a_restart_emits_nothing() {
     .await
     .unwrap();
     assert_eq!(next_event(&mut watch.rx).await.event, "sentinel");
-    let _ = node_a.kill();
-    let _ = node_a.wait();
+    drop(node_a);
     b.stop().await;
 }
 

@@ -5,16 +5,12 @@
 //! emitted on WebSocket, SSE and polling, and bad input answered with defined
 //! JSON errors.
 
-mod common;
-
-use common::*;
-use futures::{SinkExt, StreamExt};
+use crate::common::*;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, Barrier};
+use tokio::sync::Barrier;
 use tokio_postgres::Client;
 
 /// An answer: status, JSON body, headers.
@@ -800,124 +796,6 @@ async fn who_may_change_what() {
     srv.stop().await;
 }
 
-/// Every event of a raw WebSocket, as the JSON the server sent.
-async fn ws_envelopes(base: &str, query: &str) -> mpsc::UnboundedReceiver<Value> {
-    let url = format!("{}/v1/ws?{query}", base.replacen("http://", "ws://", 1));
-    let (ws, _) = tokio_tungstenite::connect_async(url).await.expect("ws");
-    let (mut tx, mut rx) = ws.split();
-    let (etx, erx) = mpsc::unbounded_channel();
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(async move {
-        let mut ready = Some(ready_tx);
-        while let Some(Ok(m)) = rx.next().await {
-            if let tokio_tungstenite::tungstenite::Message::Text(t) = m {
-                let v: Value = serde_json::from_str(t.as_str()).unwrap();
-                if v["type"] == "subscribed" {
-                    if let Some(r) = ready.take() {
-                        let _ = r.send(());
-                    }
-                } else if v["type"] == "event" && etx.send(v).is_err() {
-                    break;
-                }
-            }
-        }
-        let _ = tx.close().await;
-    });
-    tokio::time::timeout(ARRIVAL, ready_rx)
-        .await
-        .expect("subscribed")
-        .expect("subscribed");
-    erx
-}
-
-/// Every event of a raw SSE stream, as the JSON of its `data:` lines.
-async fn sse_envelopes(base: &str, query: &str) -> mpsc::UnboundedReceiver<Value> {
-    let resp = reqwest::get(format!("{base}/v1/events?{query}"))
-        .await
-        .expect("sse");
-    assert_eq!(resp.status(), 200);
-    let (etx, erx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let mut body = resp.bytes_stream();
-        let mut buf = String::new();
-        while let Some(Ok(chunk)) = body.next().await {
-            buf.push_str(&String::from_utf8_lossy(&chunk));
-            while let Some(end) = buf.find("\n\n") {
-                let block: String = buf.drain(..end + 2).collect();
-                for line in block.lines() {
-                    if let Some(d) = line.strip_prefix("data: ") {
-                        let v: Value = serde_json::from_str(d).unwrap();
-                        if v["type"] == "event" && etx.send(v).is_err() {
-                            return;
-                        }
-                    }
-                }
-            }
-        }
-    });
-    erx
-}
-
-async fn take(rx: &mut mpsc::UnboundedReceiver<Value>, n: usize) -> Vec<Value> {
-    let mut out = Vec::new();
-    while out.len() < n {
-        out.push(
-            tokio::time::timeout(ARRIVAL, rx.recv())
-                .await
-                .expect("an event within the arrival bound")
-                .expect("stream open"),
-        );
-    }
-    out
-}
-
-/// A raw poller: its cursor, then each answer's envelopes.
-struct RawPoll {
-    base: String,
-    query: String,
-    bearer: String,
-    cursor: String,
-}
-
-impl RawPoll {
-    async fn start(base: &str, query: &str, t: &str) -> RawPoll {
-        let bearer = format!("Bearer {t}");
-        let (status, v) = get_json(
-            base,
-            &format!("/v1/poll?{query}"),
-            &[("Authorization", &bearer)],
-        )
-        .await;
-        assert_eq!(status, 200, "{v}");
-        RawPoll {
-            base: base.into(),
-            query: query.into(),
-            bearer,
-            cursor: v["cursor"].as_str().unwrap().into(),
-        }
-    }
-
-    async fn take(&mut self, n: usize) -> Vec<Value> {
-        let mut out = Vec::new();
-        for _ in 0..20 {
-            if out.len() >= n {
-                break;
-            }
-            let (status, v) = get_json(
-                &self.base,
-                &format!("/v1/poll?{}&cursor={}&wait=2", self.query, self.cursor),
-                &[("Authorization", &self.bearer)],
-            )
-            .await;
-            assert_eq!(status, 200, "{v}");
-            self.cursor = v["cursor"].as_str().unwrap().into();
-            out.extend(v["events"].as_array().unwrap().iter().cloned());
-        }
-        assert_eq!(out.len(), n, "{out:?}");
-        out
-    }
-}
-
 /// Issue #13 item 5: the answer's `tx` is the `tx` of the changes the write
 /// emitted, on WebSocket, SSE and polling alike.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -930,9 +808,9 @@ async fn answers_and_envelopes_carry_the_same_tx() {
     let api = Api::new(&base);
     let (t7, farmer) = (token("7", "customer"), token("101", "farmer"));
     let q = format!("topics=product-1,customer-7&token={t7}");
-    let mut ws = ws_envelopes(&base, &q).await;
-    let mut sse = sse_envelopes(&base, &q).await;
-    let mut poll = RawPoll::start(&base, "topics=product-1,customer-7", &t7).await;
+    let mut ws = WsClient::connect(&base, &q).await;
+    let mut sse = SseClient::connect(&base, &q, None).await;
+    let mut poll = Poller::start_with_token(&base, "product-1,customer-7", Some(t7.clone())).await;
 
     // a farmer's write: one inventory.updated
     let a = api
@@ -940,13 +818,20 @@ async fn answers_and_envelopes_carry_the_same_tx() {
         .await;
     assert_eq!(a.status, 200, "{a:?}");
     let tx = tx_of(&a.body);
+    let polled = poll.events(1).await;
+    assert_eq!(polled.len(), 1, "{polled:?}");
     for (name, evs) in [
-        ("ws", take(&mut ws, 1).await),
-        ("sse", take(&mut sse, 1).await),
-        ("poll", poll.take(1).await),
+        ("ws", events(&mut ws.rx, 1).await),
+        ("sse", events(&mut sse.rx, 1).await),
+        ("poll", polled),
     ] {
-        assert_eq!(evs[0]["event"], "inventory.updated", "{name}");
-        assert_eq!(evs[0]["tx"], tx.as_str(), "{name}: {}", evs[0]);
+        assert_eq!(evs[0].event, "inventory.updated", "{name}");
+        assert_eq!(
+            evs[0].tx.as_deref(),
+            Some(tx.as_str()),
+            "{name}: {:?}",
+            evs[0]
+        );
     }
 
     // a customer's checkout: an order and an inventory change, one transaction
@@ -963,19 +848,21 @@ async fn answers_and_envelopes_carry_the_same_tx() {
     assert_eq!(a.status, 201, "{a:?}");
     let tx = tx_of(&a.body);
     assert_ne!(tx, cart_tx);
+    let polled = poll.events(2).await;
+    assert_eq!(polled.len(), 2, "{polled:?}");
     for (name, evs) in [
-        ("ws", take(&mut ws, 2).await),
-        ("sse", take(&mut sse, 2).await),
-        ("poll", poll.take(2).await),
+        ("ws", events(&mut ws.rx, 2).await),
+        ("sse", events(&mut sse.rx, 2).await),
+        ("poll", polled),
     ] {
-        let events: BTreeSet<&str> = evs.iter().map(|e| e["event"].as_str().unwrap()).collect();
+        let events: BTreeSet<&str> = evs.iter().map(|e| e.event.as_str()).collect();
         assert_eq!(
             events,
             BTreeSet::from(["order.status.changed", "inventory.updated"]),
             "{name}"
         );
         for e in &evs {
-            assert_eq!(e["tx"], tx.as_str(), "{name}: {e}");
+            assert_eq!(e.tx.as_deref(), Some(tx.as_str()), "{name}: {e:?}");
         }
     }
     // the log agrees
@@ -995,7 +882,7 @@ async fn answers_and_envelopes_carry_the_same_tx() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_defined_json_errors() {
-    let panics = panic_counter().load(Ordering::SeqCst);
+    let panics = panic_count();
     let url = fresh_market_db().await;
     let db = connect(&url).await;
     market_with_tomatoes(&db).await;
@@ -1233,11 +1120,7 @@ async fn bad_input_gets_defined_json_errors() {
         .await;
     assert_eq!(a.status, 200, "{a:?}");
     assert_eq!(a.body["items"][0]["requested"], json!(2.5));
-    assert_eq!(
-        panic_counter().load(Ordering::SeqCst),
-        panics,
-        "bad input made something panic"
-    );
+    assert_eq!(panic_count(), panics, "bad input made something panic");
     srv.stop().await;
 }
 
@@ -1372,25 +1255,22 @@ async fn a_stuck_checkout_does_not_hold_up_the_push_transports() {
         let (api, t7) = (api.clone(), t7.clone());
         tokio::spawn(async move { api.post("/api/checkout", Some(&t7), json!({})).await })
     };
-    // wait until the checkout waits on the lock
-    let mut waiting = false;
+    // wait until the checkout waits on the lock (in this test's database:
+    // the cluster serves every test of the binary)
     let probe = connect(&url).await;
-    for _ in 0..200 {
-        waiting = probe
+    eventually_async("the checkout waited on the lock", || async {
+        probe
             .query_one(
                 "SELECT count(*) > 0 FROM pg_stat_activity
-                  WHERE wait_event_type = 'Lock' AND query LIKE '%market.checkout%'",
+                  WHERE wait_event_type = 'Lock' AND query LIKE '%market.checkout%'
+                    AND datname = current_database()",
                 &[],
             )
             .await
             .unwrap()
-            .get(0);
-        if waiting {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(waiting, "the checkout never waited on the lock");
+            .get(0)
+    })
+    .await;
     // polling, with a token and a private topic (authorization), still answers
     let (status, v) = get_json(
         &base,
@@ -1420,11 +1300,7 @@ async fn the_flag_needs_a_token_key_and_the_market_schema() {
     );
 
     // a database with rowcast's core schema only
-    let pg = tokio::task::spawn_blocking(cluster).await.unwrap();
-    let bare = pg
-        .create_database(&format!("t_shop_bare_{}", std::process::id()))
-        .await
-        .unwrap();
+    let bare = empty_db().await;
     rowcast::migrate::migrate(&mut connect(&bare).await, false)
         .await
         .unwrap();

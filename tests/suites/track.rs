@@ -2,9 +2,7 @@
 //! `rowcast.track` names are unique across schemas, the key column is
 //! checked, and tracking says nothing (no NOTICE) when all is well.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use futures::StreamExt;
 use std::sync::{Arc, Mutex};
 

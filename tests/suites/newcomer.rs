@@ -4,9 +4,7 @@
 //! when all is well, database errors say what PostgreSQL said, and
 //! `rowcast token` needs no role.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::collections::BTreeSet;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -287,9 +285,7 @@ fn demo_on_a_busy_port_fails_at_once_naming_it() {
 /// NOTICEs, no colour codes); a database error carries PostgreSQL's message.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrate_is_quiet_and_errors_say_what_postgres_said() {
-    let pg = tokio::task::spawn_blocking(cluster).await.unwrap();
-    let name = format!("t_newcomer_{}", std::process::id());
-    let url = pg.create_database(&name).await.unwrap();
+    let url = empty_db().await;
     let run = |url: &str| {
         let out = Command::new(BIN)
             .args(["migrate", "--market", "--database-url", url])
@@ -312,7 +308,7 @@ async fn migrate_is_quiet_and_errors_say_what_postgres_said() {
     assert_eq!(stdout.trim(), "up to date");
     assert_eq!(stderr, "", "second migrate logged (NOTICEs?)");
     // a database that does not exist: PostgreSQL's own words, once
-    let missing = url.replace(&name, "no_such_database");
+    let missing = cluster().url("no_such_database");
     let (ok, _, stderr) = run(&missing);
     assert!(!ok);
     assert!(

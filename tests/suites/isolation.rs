@@ -4,9 +4,7 @@
 //! and polling; after 2,000 random status changes each client must have
 //! received exactly the changes of the orders it may see, in order.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;

@@ -1,7 +1,7 @@
 //! Issue #2: `rowcast demo` on its own prints the URLs, and the SSE URL streams events.
 
+use crate::common::{interrupt, lines_of};
 use futures::StreamExt;
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -23,14 +23,7 @@ async fn demo_prints_urls_and_sse_shows_events() {
         .spawn()
         .expect("spawn rowcast demo");
     let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
+    let rx = lines_of(stdout);
     let mut printed = Vec::new();
     let mut curl = None;
     let mut mint = None;
@@ -94,11 +87,7 @@ async fn demo_prints_urls_and_sse_shows_events() {
     .await;
     assert_eq!(got, Ok(true), "SSE stream showed no event:\n{seen}");
     // Ctrl-C stops it and cleans up
-    // SAFETY: plain kill(2) on our own child's pid.
-    #[allow(unsafe_code)]
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGINT);
-    }
+    interrupt(&child);
     let status = tokio::task::spawn_blocking(move || child.wait())
         .await
         .unwrap()
@@ -119,15 +108,7 @@ async fn demo_traffic_feeds_the_four_slo_metrics() {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("spawn rowcast demo --traffic");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
+    let rx = lines_of(child.stdout.take().expect("stdout"));
     let mut metrics_url = None;
     let mut announced = false;
     while !(announced && metrics_url.is_some()) {
@@ -165,11 +146,7 @@ async fn demo_traffic_feeds_the_four_slo_metrics() {
     for w in wanted {
         assert!(sum(&text, w) > 0.0, "{w} stayed 0:\n{text}");
     }
-    #[allow(unsafe_code)]
-    // SAFETY: plain kill(2) on our own child's pid.
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGINT);
-    }
+    interrupt(&child);
     let status = tokio::task::spawn_blocking(move || child.wait())
         .await
         .unwrap()

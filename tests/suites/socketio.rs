@@ -3,13 +3,11 @@
 //! installed by `npm ci`): events, polling and the upgrade, refusals, and
 //! exact Connection State Recovery on the same node and on another one.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -35,28 +33,20 @@ fn node_modules() -> Option<PathBuf> {
             if ok {
                 return Some(modules);
             }
-            let msg = "Node.js and tests/js/node_modules (npm ci --prefix tests/js) are needed for the Socket.IO tests";
-            if std::env::var_os("ROWCAST_CI").is_some() {
-                panic!("{msg}");
-            }
-            eprintln!("\n*** SKIPPING Socket.IO tests: {msg} ***\n");
+            tool_missing(
+                "Socket.IO tests",
+                "Node.js and tests/js/node_modules (npm ci --prefix tests/js) are needed for the Socket.IO tests",
+            );
             None
         })
         .clone()
 }
 
-/// A Node process whose stdout lines are collected.
+/// A Node process whose stdout lines are collected; killed when dropped.
 struct Node {
-    child: Child,
+    _child: Proc,
     stdin: Option<ChildStdin>,
     lines: mpsc::UnboundedReceiver<String>,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Node {
@@ -70,20 +60,10 @@ impl Node {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("node");
-        let stdout = child.stdout.take().expect("stdout");
+        let lines = lines_of_async(child.stdout.take().expect("stdout"));
         let stdin = child.stdin.take();
-        let (tx, lines) = mpsc::unbounded_channel();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
         Node {
-            child,
+            _child: Proc(child),
             stdin,
             lines,
         }
@@ -296,11 +276,10 @@ async fn polling_upgrades_to_websocket() {
     }
     // the session moved (the server sees the client's upgrade packet just
     // after the client reports it): it counts as a WebSocket, none on polling
-    let deadline = tokio::time::Instant::now() + ARRIVAL;
-    while srv.metric("rowcast_connections{transport=\"socketio\"}") != 1.0 {
-        assert!(tokio::time::Instant::now() < deadline, "{}", srv.metrics());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("the session counts as a Socket.IO WebSocket", || {
+        srv.metric("rowcast_connections{transport=\"socketio\"}") == 1.0
+    })
+    .await;
     assert_eq!(
         srv.metric("rowcast_connections{transport=\"socketio-polling\"}"),
         0.0
@@ -464,16 +443,6 @@ impl Seen {
     }
 }
 
-async fn emit_range(db: &tokio_postgres::Client, from: i64, to: i64) {
-    db.execute(
-        "SELECT rowcast.emit(ARRAY['r'], 'test.n', jsonb_build_object('n', g))
-           FROM generate_series($1::bigint, $2::bigint) g",
-        &[&from, &to],
-    )
-    .await
-    .unwrap();
-}
-
 fn sio_client(modules: &PathBuf, url: &str) -> Node {
     Node::client(
         modules,
@@ -504,13 +473,13 @@ async fn recovers_exactly_on_another_node_after_its_node_closed_it() {
     seen.until(&mut c, None, 1).await;
     assert_eq!(seen.connects, [false]);
     let db = connect(&url).await;
-    emit_range(&db, 1, 5).await;
+    emit_range(&db, "r", 1, 5).await;
     seen.until(&mut c, Some(5), 1).await;
     // nobody is let in while the 100 commit; node a closes its sockets
     proxy.route_to(None);
     a.stop().await;
     c.until("disconnect", |v| v["t"] == "disconnect").await;
-    emit_range(&db, 6, 105).await;
+    emit_range(&db, "r", 6, 105).await;
     proxy.route_to(Some(b.addr));
     seen.until(&mut c, Some(105), 2).await;
     assert_eq!(seen.connects, [false, true], "recovered on node b");
@@ -526,34 +495,22 @@ async fn recovers_exactly_on_another_node_after_its_node_was_killed() {
         return;
     };
     let url = fresh_db().await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut killed = Command::new(env!("CARGO_BIN_EXE_rowcast"))
-        .args(["serve", "--database-url", &url])
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawn rowcast serve");
-    let k_base = format!("http://127.0.0.1:{port}");
-    wait_ready(&k_base).await;
+    let killed = ServeProcess::start(&url, &[]).await;
     let b = server(&url).await;
-    let proxy = Proxy::start(format!("127.0.0.1:{port}").parse().unwrap()).await;
+    let proxy = Proxy::start(killed.addr).await;
     let mut c = sio_client(&modules, &proxy.url());
     let mut seen = Seen::default();
     seen.until(&mut c, None, 1).await;
     let db = connect(&url).await;
-    emit_range(&db, 1, 5).await;
+    emit_range(&db, "r", 1, 5).await;
     seen.until(&mut c, Some(5), 1).await;
     proxy.route_to(None);
-    killed.kill().expect("SIGKILL");
-    let _ = killed.wait();
+    let mut killed = killed.proc;
+    killed.0.kill().expect("SIGKILL");
+    drop(killed); // and reaped
     proxy.cut();
     c.until("disconnect", |v| v["t"] == "disconnect").await;
-    emit_range(&db, 6, 105).await;
+    emit_range(&db, "r", 6, 105).await;
     proxy.route_to(Some(b.addr));
     seen.until(&mut c, Some(105), 2).await;
     assert_eq!(seen.connects, [false, true], "recovered on node b");
@@ -580,26 +537,17 @@ async fn an_expired_offset_gets_a_new_session_and_a_resync() {
     let mut seen = Seen::default();
     seen.until(&mut c, None, 1).await;
     let db = connect(&url).await;
-    emit_range(&db, 1, 3).await;
+    emit_range(&db, "r", 1, 3).await;
     seen.until(&mut c, Some(3), 1).await;
     proxy.route_to(None);
     proxy.cut();
     c.until("disconnect", |v| v["t"] == "disconnect").await;
-    emit_range(&db, 4, 10).await;
+    emit_range(&db, "r", 4, 10).await;
     // wait until the pruner has removed them
-    let deadline = tokio::time::Instant::now() + ARRIVAL;
-    loop {
-        let n: i64 = db
-            .query_one("SELECT count(*) FROM rowcast.changes", &[])
-            .await
-            .unwrap()
-            .get(0);
-        if n == 0 {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "never pruned");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually_async("pruned", || async {
+        column_i64(&db, "SELECT count(*) FROM rowcast.changes").await == [0]
+    })
+    .await;
     proxy.route_to(Some(srv.addr));
     seen.until(&mut c, None, 2).await;
     assert_eq!(seen.connects, [false, false]);
@@ -608,7 +556,7 @@ async fn an_expired_offset_gets_a_new_session_and_a_resync() {
         .await;
     assert_eq!(resync["args"][0]["reason"], "cursor_expired");
     assert_eq!(resync["args"][0]["topics"], json!(["r"]));
-    emit_range(&db, 11, 11).await;
+    emit_range(&db, "r", 11, 11).await;
     let live = c.until("test.n", |v| v["name"] == "test.n").await;
     assert_eq!(live["args"][0]["n"], 11);
     srv.stop().await;
@@ -624,21 +572,16 @@ async fn long_polling_behind_nginx_with_the_documented_config() {
         return;
     };
     let Some(nginx) = which("nginx") else {
-        let msg =
-            "nginx (Debian nginx-light) is needed to test the documented load balancer config";
-        if std::env::var_os("ROWCAST_CI").is_some() {
-            panic!("{msg}");
-        }
-        eprintln!("\n*** SKIPPING: {msg} ***\n");
+        tool_missing(
+            "the nginx test",
+            "nginx (Debian nginx-light) is needed to test the documented load balancer config",
+        );
         return;
     };
     let url = fresh_db().await;
     let a = server_with(&url, |c| c.node_id = Some("a".into())).await;
     let b = server_with(&url, |c| c.node_id = Some("b".into())).await;
-    let front = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let front = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
     let dir = std::env::temp_dir().join(format!(
         "rowcast-nginx-{}-{:08x}",
         std::process::id(),
@@ -662,7 +605,7 @@ async fn long_polling_behind_nginx_with_the_documented_config() {
                  {http} }}"
     );
     std::fs::write(dir.join("nginx.conf"), conf).unwrap();
-    let mut proc = Command::new(nginx)
+    let proc = Command::new(nginx)
         .arg("-c")
         .arg(dir.join("nginx.conf"))
         .arg("-p")
@@ -671,16 +614,13 @@ async fn long_polling_behind_nginx_with_the_documented_config() {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("start nginx");
+    let proc = Proc(proc);
     let base = format!("http://{front}");
     // nginx is up when it answers
-    let deadline = tokio::time::Instant::now() + ARRIVAL;
-    while reqwest::get(format!("{base}/healthz")).await.is_err() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "nginx never answered"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually_async("nginx answered", || async {
+        reqwest::get(format!("{base}/healthz")).await.is_ok()
+    })
+    .await;
     let mut clients: Vec<Node> = (0..6)
         .map(|_| {
             Node::client(
@@ -705,7 +645,7 @@ async fn long_polling_behind_nginx_with_the_documented_config() {
         polling(&b)
     );
     let db = connect(&url).await;
-    emit_range(&db, 1, 20).await;
+    emit_range(&db, "r", 1, 20).await;
     for c in clients.iter_mut().chain(std::iter::once(&mut upgraded)) {
         let mut seen = Seen::default();
         seen.until(c, Some(20), 0).await;
@@ -719,20 +659,10 @@ async fn long_polling_behind_nginx_with_the_documented_config() {
         1.0,
         "the upgraded client is a WebSocket on its node"
     );
-    let _ = proc.kill();
-    let _ = proc.wait();
+    drop(proc);
     let _ = std::fs::remove_dir_all(&dir);
     a.stop().await;
     b.stop().await;
-}
-
-fn which(program: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .chain(["/usr/sbin", "/sbin"])
-        .map(|d| PathBuf::from(d).join(program))
-        .find(|p| p.is_file())
 }
 
 /// Socket.IO's hostile input, raw (no client library): each case gets its
@@ -741,8 +671,7 @@ fn which(program: &str) -> Option<PathBuf> {
 async fn malformed_socketio_input_gets_defined_answers() {
     use futures::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message as M;
-    let panics = panic_counter();
-    let before = panics.load(std::sync::atomic::Ordering::SeqCst);
+    let before = panic_count();
     let url = fresh_db().await;
     let srv = server_with(&url, |c| {
         c.jwt.secret = Some(SECRET.into());
@@ -916,11 +845,7 @@ async fn malformed_socketio_input_gets_defined_answers() {
         }
     }
     assert_eq!(end, "close 1008", "a flood ends with a policy close");
-    assert_eq!(
-        panics.load(std::sync::atomic::Ordering::SeqCst),
-        before,
-        "something panicked"
-    );
+    assert_eq!(panic_count(), before, "something panicked");
     // still serving
     let (status, _) = get_json(&base, "/readyz", &[]).await;
     assert_eq!(status, 200);

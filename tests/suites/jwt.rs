@@ -6,10 +6,10 @@ use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use rowcast::auth::{now_secs, JwtSettings, Verifier};
 use serde_json::{json, Value};
 
-const RSA_PRIVATE: &str = include_str!("keys/rsa_private.pem");
-const RSA_PUBLIC: &str = include_str!("keys/rsa_public.pem");
-const EC_PRIVATE: &str = include_str!("keys/ec_private.pem");
-const EC_PUBLIC: &str = include_str!("keys/ec_public.pem");
+const RSA_PRIVATE: &str = include_str!("../keys/rsa_private.pem");
+const RSA_PUBLIC: &str = include_str!("../keys/rsa_public.pem");
+const EC_PRIVATE: &str = include_str!("../keys/ec_private.pem");
+const EC_PUBLIC: &str = include_str!("../keys/ec_public.pem");
 
 fn claims() -> Value {
     json!({"sub":"7","role":"customer","exp": now_secs() + 600})

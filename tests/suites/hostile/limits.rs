@@ -1,0 +1,169 @@
+//! Connection limits, allowed origins and the per-address budget of
+//! `rowcast.authorize` checks.
+
+use crate::common::*;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_limits_and_allowed_origins() {
+    let url = fresh_market_db().await;
+    let srv = server_with(&url, |c| {
+        c.limits.max_connections = 3;
+        c.limits.max_connections_per_ip = 2;
+        c.origins = rowcast::Origins::localhost();
+    })
+    .await;
+    let base = srv.base_url();
+    // allowed cross origin: answered with CORS headers; preflight too
+    let r = reqwest::Client::new()
+        .get(format!("{base}/v1/poll?topics=product-1"))
+        .header("Origin", "http://localhost:5173")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "http://localhost:5173"
+    );
+    let r = reqwest::Client::new()
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("{base}/v1/events?topics=product-1"),
+        )
+        .header("Origin", "http://127.0.0.1:3000")
+        .header("Access-Control-Request-Headers", "authorization")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert!(r.headers()["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .contains("authorization"));
+    let ws = WsClient::connect_with(
+        &base,
+        "topics=product-1",
+        &[("Origin", "http://localhost:8080")],
+    )
+    .await;
+    assert!(ws.is_ok());
+    drop(ws);
+    let refused = WsClient::connect_with(
+        &base,
+        "topics=product-1",
+        &[("Origin", "http://localhost.evil.example")],
+    )
+    .await;
+    assert_eq!(refused.err().map(|e| e.0), Some(403));
+
+    // two connections per IP: a third from 127.0.0.1 is refused with 429
+    let a = SseClient::connect(&base, "topics=product-1", None).await;
+    let b = SseClient::connect(&base, "topics=product-2", None).await;
+    let mut third = 0;
+    let deadline = tokio::time::Instant::now() + ARRIVAL;
+    // the dropped WS above may still hold its slot for a moment
+    while tokio::time::Instant::now() < deadline {
+        let (status, body) = get_json(&base, "/v1/poll?topics=product-1", &[]).await;
+        if status == 429 {
+            assert_eq!(body["error"], "too_many_connections_from_ip");
+            third = status;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(third, 429);
+    let r = WsClient::connect_with(&base, "topics=product-1", &[]).await;
+    assert_eq!(r.err().map(|e| e.0), Some(429));
+    // another IP still gets in, until the total (3) is reached
+    let from = |ip: &str| {
+        reqwest::Client::builder()
+            .local_address(Some(ip.parse().unwrap()))
+            .build()
+            .unwrap()
+            .get(format!("{base}/v1/events?topics=product-1"))
+            .send()
+    };
+    let held = from("127.0.0.2").await.unwrap();
+    assert_eq!(held.status(), 200);
+    let r = from("127.0.0.3").await.unwrap();
+    assert_eq!(r.status(), 503);
+    let body: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+    assert_eq!(body["error"], "too_many_connections");
+    drop((a, b, held));
+    srv.stop().await;
+}
+
+/// Issue #9 item 4: uncached `rowcast.authorize` checks are budgeted per
+/// client address. A client that has spent its burst gets
+/// `authorize_rate_limited` (WS error, HTTP 429) and the database is not
+/// asked; cached answers and other addresses are unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorize_checks_have_a_budget_per_client_address() {
+    let url = fresh_market_db().await;
+    // 1 check per second, bursts of max(10 × 1, --max-topics 100) = 100:
+    // a refused request below needs 100 s of refill to pass
+    let srv = server_with(&url, |c| {
+        c.limits.authorize_per_ip = 1;
+        // cached answers must outlive the test
+        c.authz_cache = Duration::from_secs(3600);
+    })
+    .await;
+    let base = srv.base_url();
+    let checks = || srv.metric("rowcast_authorize_checks_total") as u64;
+    let list =
+        |r: std::ops::Range<i32>| -> Vec<String> { r.map(|i| format!("product-{i}")).collect() };
+    let mut ws1 = WsClient::connect(&base, "").await;
+    ws1.send(json!({"type":"subscribe","topics": list(1..101)}))
+        .await;
+    match ws1.next().await {
+        Msg::Control(v) => assert_eq!(v["topics"].as_array().unwrap().len(), 100, "{v}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(checks(), 100);
+    // the same address, new topics: refused, on every transport, and asked of nobody
+    let mut ws2 = WsClient::connect(&base, "").await;
+    for _ in 0..20 {
+        ws2.send(json!({"type":"subscribe","topics": list(101..201)}))
+            .await;
+        match ws2.next().await {
+            Msg::Control(v) => {
+                assert_eq!(v["type"], "error", "{v}");
+                assert_eq!(v["code"], "authorize_rate_limited", "{v}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let q = list(101..201).join(",");
+    for path in ["/v1/poll", "/v1/events"] {
+        let r = reqwest::get(format!("{base}{path}?topics={q}"))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 429, "{path}");
+        assert_eq!(r.headers()["retry-after"], "1", "{path}");
+        let body: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+        assert_eq!(body["error"], "authorize_rate_limited", "{path}: {body}");
+    }
+    let r = WsClient::connect_with(&base, &format!("topics={q}"), &[]).await;
+    assert_eq!(r.err().map(|e| e.0), Some(429));
+    assert_eq!(checks(), 100, "refused requests asked the database");
+    // cached answers cost nothing
+    let (status, _) = poll_raw(&base, "topics=product-1,product-2").await;
+    assert_eq!(status, 200);
+    // another address has its own budget
+    let other = reqwest::Client::builder()
+        .local_address(Some("127.0.0.2".parse().unwrap()))
+        .build()
+        .unwrap()
+        .get(format!("{base}/v1/poll?topics=product-500"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 200);
+    assert_eq!(checks(), 101);
+    let m = srv.metrics();
+    assert!(m.contains("rowcast_rejected_total{reason=\"authorize_rate_limited\"}"));
+    drop((ws1, ws2));
+    srv.stop().await;
+}
