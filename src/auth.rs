@@ -286,7 +286,7 @@ pub fn mint_hs256(
     .map_err(|e| KeyError::Signing(e.to_string()))
 }
 
-/// Parses `90`, `90s`, `15m`, `1h`, `7d`.
+/// Seconds since the Unix epoch (0 on a clock before it).
 pub fn now_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -294,6 +294,11 @@ pub fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
+/// Why `rowcast.authorize` could not answer. Kept apart from [`AuthError`]
+/// on purpose: that one says what is wrong with a token (the client's fault,
+/// 401), this one that the policy could not be asked (rowcast's side, 503, or
+/// the client's authorize budget, 429); folding them would let a database
+/// failure read as a bad token.
 #[derive(Debug, Error)]
 pub enum AuthzError {
     #[error("authorization query failed: {0}")]
