@@ -8,6 +8,7 @@
 //! with a named reason (`close::Disconnect`). A transport module holds only
 //! its framing and its I/O loop.
 
+pub(crate) mod client_js;
 pub(crate) mod close;
 pub(crate) mod deadline;
 pub(crate) mod poll;
@@ -107,8 +108,8 @@ impl App {
     }
 }
 
-/// The client port: the three transports, health and readiness, and
-/// `/metrics` unless it has a listener of its own.
+/// The client port: the three transports, health and readiness, the browser
+/// client (`/rowcast.js`), and `/metrics` unless it has a listener of its own.
 pub(crate) fn router(app: Arc<App>, with_metrics: bool) -> Router {
     let api = Router::new()
         .route("/v1/ws", get(ws::handler))
@@ -130,7 +131,8 @@ pub(crate) fn router(app: Arc<App>, with_metrics: bool) -> Router {
     let mut r = Router::new()
         .merge(api)
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz));
+        .route("/readyz", get(readyz))
+        .route("/rowcast.js", get(client_js::serve));
     if with_metrics {
         r = r.route("/metrics", get(metrics));
     }
