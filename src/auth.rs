@@ -51,6 +51,10 @@ pub enum AuthError {
     BadClaims(String),
     #[error("no token was presented in time")]
     Timeout,
+    /// A request that needs an identity (the market API's carts, checkout and
+    /// farmer endpoints) came without a token.
+    #[error("this endpoint needs a token (Authorization: Bearer, or ?token=)")]
+    Missing,
 }
 
 impl AuthError {
@@ -65,6 +69,7 @@ impl AuthError {
             AuthError::WrongIssuerOrAudience => "wrong_issuer_or_audience",
             AuthError::BadClaims(_) => "bad_claims",
             AuthError::Timeout => "timeout",
+            AuthError::Missing => "missing",
         }
     }
 }

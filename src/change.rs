@@ -29,7 +29,14 @@ pub(crate) struct Change {
     socketio: OnceLock<Bytes>,
 }
 
-/// The envelope, identical on every transport.
+/// The envelope, identical on WebSocket, SSE and polling.
+///
+/// `tx` is the emitting transaction's id (`xid`, the xid8 PostgreSQL's
+/// `pg_current_xact_id()` returned in it) as a decimal string: a client that
+/// wrote through an API answering with its transaction's id (the market API's
+/// `"tx"`) knows its own write has arrived when a change carries that id, and
+/// drops its optimistic state then. Socket.IO frames do not carry it: their
+/// first argument must stay exactly `data`, and their last the cursor.
 #[derive(Serialize)]
 struct Envelope<'a> {
     #[serde(rename = "type")]
@@ -39,6 +46,7 @@ struct Envelope<'a> {
     event: &'a str,
     data: &'a RawValue,
     ts: i64,
+    tx: &'a str,
 }
 
 #[derive(Debug)]
@@ -164,6 +172,7 @@ impl Change {
         let topic = self.topics.get(topic_index)?;
         let cell = self.frames.get(topic_index)?;
         Some(cell.get_or_init(|| {
+            let tx = self.xid.to_string();
             let json = serde_json::to_vec(&Envelope {
                 kind: "event",
                 id: &self.cursor,
@@ -171,6 +180,7 @@ impl Change {
                 event: &self.event,
                 data: &self.payload,
                 ts: self.emitted_us.div_euclid(1000),
+                tx: &tx,
             })
             .unwrap_or_default();
             Frame {
@@ -188,7 +198,9 @@ impl Change {
     /// The size of a frame without rendering it, for queue accounting.
     pub(crate) fn approx_frame_len(&self, topic_index: usize) -> usize {
         let topic = self.topics.get(topic_index).map_or(0, String::len);
-        self.payload.get().len() + self.cursor.len() + topic + self.event.len() + 64
+        // the fixed keys (68 bytes), ts and tx (up to 20 characters each);
+        // JSON escapes in the topic or event name are not counted
+        self.payload.get().len() + self.cursor.len() + topic + self.event.len() + 108
     }
 
     /// Index of the first of this change's topics that `wanted` contains.
@@ -224,13 +236,23 @@ mod tests {
         assert_eq!(v["event"], "inventory.updated");
         assert_eq!(v["data"]["newQuantity"], 15);
         assert_eq!(v["ts"], 1_764_000_000_123i64);
+        assert_eq!(v["tx"], "1234", "the emitting transaction, as a string");
         assert_eq!(v["id"], c.cursor.as_str());
+        assert_eq!(
+            v.as_object().unwrap().keys().collect::<Vec<_>>(),
+            ["data", "event", "id", "topic", "ts", "tx", "type"]
+        );
+        assert!(
+            c.frame(0).unwrap().json.len() <= c.approx_frame_len(0),
+            "the estimate bounds the frame"
+        );
         let sse = String::from_utf8(c.frame(0).unwrap().sse(&c).to_vec()).unwrap();
         assert!(sse.starts_with(&format!(
             "id: {}\nevent: inventory.updated\ndata: {{",
             c.cursor
         )));
         assert!(sse.ends_with("}\n\n"));
+        // Socket.IO: data exactly, then the cursor; no tx
         let sio = String::from_utf8(c.socketio_frame().to_vec()).unwrap();
         assert_eq!(
             sio,

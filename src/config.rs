@@ -2,8 +2,8 @@
 //! environment variable, its default and its bounds.
 //!
 //! Each flag is a field of `ServerConfig` (or of a group flattened into it:
-//! `Limits`, `QueueLimits`, `JwtSettings`), derived with clap, so the command
-//! line, `ServerConfig::new` (tests, the demo) and the README table cannot
+//! `Limits`, `QueueLimits`, `JwtSettings`, `MarketApi`), derived with clap, so
+//! the command line, `ServerConfig::new` (tests, the demo) and the README table cannot
 //! disagree: every default is written once, in `defaults`, and read by both
 //! the clap attribute and the `Default` impl. Values are checked and clamped
 //! once, in `ServerConfig::validate`, which `Server::start` calls.
@@ -39,6 +39,8 @@ pub mod defaults {
     pub const PRESENCE_OFFLINE: &str = "60m";
     pub const PRESENCE_WRITE_INTERVAL: &str = "30s";
     pub const PRESENCE_SWEEP: &str = "5s";
+    pub const MARKET_API_PER_IP: u32 = 20;
+    pub const MARKET_API_POOL: usize = 8;
     /// Changes per read of the source (not a flag; tests make it small).
     pub const SOURCE_PAGE: i64 = 5000;
 }
@@ -95,6 +97,8 @@ pub enum ConfigError {
     EmptySecret,
     #[error("--node-id must be 1 to 32 letters, digits, '-' or '_'")]
     NodeId,
+    #[error("--market-api needs --jwt-secret or --jwt-public-key: its callers are customers and farmers identified by their tokens")]
+    MarketApiWithoutJwt,
 }
 
 #[derive(Clone, Debug, Args)]
@@ -156,6 +160,8 @@ pub struct ServerConfig {
     pub limits: Limits,
     #[command(flatten)]
     pub presence: PresenceConfig,
+    #[command(flatten)]
+    pub market_api: MarketApi,
     /// Upper bound of a long poll's `wait`.
     #[arg(skip = Duration::from_secs(30))]
     pub max_poll_wait: Duration,
@@ -244,6 +250,47 @@ impl Default for PresenceConfig {
             write_interval: dur(defaults::PRESENCE_WRITE_INTERVAL),
             sweep: dur(defaults::PRESENCE_SWEEP),
             on_connect: false,
+        }
+    }
+}
+
+/// The storefront API over the market schema (`shop`): on in `rowcast demo`,
+/// behind `--market-api` for `serve`.
+#[derive(Clone, Debug, Args)]
+pub struct MarketApi {
+    /// Serve the storefront API (/api/products, /api/cart, /api/checkout, farmer
+    /// endpoints) on the client port. Needs the market schema (`rowcast migrate
+    /// --market`) and a JWT key.
+    #[arg(id = "market_api", long = "market-api", env = "ROWCAST_MARKET_API")]
+    pub enabled: bool,
+    /// Market API requests per second per client IP, bursts of ten times as many.
+    #[arg(
+        id = "market_api_per_ip",
+        long = "market-api-per-ip",
+        value_name = "MARKET_API_PER_IP",
+        env = "ROWCAST_MARKET_API_PER_IP",
+        default_value_t = defaults::MARKET_API_PER_IP
+    )]
+    pub per_ip: u32,
+    /// Database connections the market API uses at most: its own pool, so that
+    /// checkouts waiting on row locks never hold up catch-up, polling or
+    /// authorization (--pool-size).
+    #[arg(
+        id = "market_api_pool",
+        long = "market-api-pool",
+        value_name = "MARKET_API_POOL",
+        env = "ROWCAST_MARKET_API_POOL",
+        default_value_t = defaults::MARKET_API_POOL
+    )]
+    pub pool_size: usize,
+}
+
+impl Default for MarketApi {
+    fn default() -> MarketApi {
+        MarketApi {
+            enabled: false,
+            per_ip: defaults::MARKET_API_PER_IP,
+            pool_size: defaults::MARKET_API_POOL,
         }
     }
 }
@@ -337,6 +384,7 @@ impl ServerConfig {
             origins: Origins::default(),
             limits: Limits::default(),
             presence: PresenceConfig::default(),
+            market_api: MarketApi::default(),
             max_poll_wait: Duration::from_secs(30),
             sse_retry: Duration::from_secs(2),
             idle_poll: Duration::from_secs(2),
@@ -368,7 +416,12 @@ impl ServerConfig {
             }
             None => self.node_id = Some(format!("n{:06x}", fastrand::u32(..1 << 24))),
         }
+        if self.market_api.enabled && !self.jwt.configured() {
+            return Err(ConfigError::MarketApiWithoutJwt);
+        }
         self.pool_size = self.pool_size.max(1);
+        self.market_api.per_ip = self.market_api.per_ip.max(1);
+        self.market_api.pool_size = self.market_api.pool_size.max(1);
         self.queue.max_events = self.queue.max_events.max(1);
         self.queue.max_bytes = self.queue.max_bytes.max(1024);
         self.keepalive = self.keepalive.max(Duration::from_secs(1));

@@ -37,10 +37,22 @@ pub async fn connect(url: &str) -> Result<Client> {
 /// The pool for client reads (catch-up, polling, authorization). Connections
 /// are made on demand: building it never touches the database.
 pub fn pool(database_url: &str, size: usize) -> Result<deadpool_postgres::Pool> {
-    use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-    let pg: tokio_postgres::Config = database_url.parse().map_err(|e: tokio_postgres::Error| {
+    pool_from(parse_url(database_url)?, size)
+}
+
+/// `database_url` as a driver configuration.
+pub(crate) fn parse_url(database_url: &str) -> Result<tokio_postgres::Config> {
+    database_url.parse().map_err(|e: tokio_postgres::Error| {
         crate::error::Error::DatabaseUrl(crate::error::describe_pg(&e))
-    })?;
+    })
+}
+
+/// A pool of at most `size` connections made from `pg`, on demand.
+pub(crate) fn pool_from(
+    pg: tokio_postgres::Config,
+    size: usize,
+) -> Result<deadpool_postgres::Pool> {
+    use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
     let mgr = Manager::from_config(
         pg,
         NoTls,

@@ -1,6 +1,6 @@
 //! `rowcast demo`: a throwaway PostgreSQL with the farmers-market schema, sample
-//! data, a simulated farmer, and a rowcast server, so a newcomer sees changes
-//! arrive with no set-up at all.
+//! data, a simulated farmer, and a rowcast server with the storefront API
+//! (`shop`), so a newcomer sees changes arrive with no set-up at all.
 
 use crate::embedded_pg::{EmbeddedPg, Options};
 use crate::error::Result;
@@ -30,27 +30,28 @@ const FARMS: &[(&str, i64)] = &[
     ("Hilltop Dairy", 104),
 ];
 
-const PRODUCTS: &[(i64, &str, &str, i32)] = &[
-    (1, "Heirloom Tomatoes", "lb", 20),
-    (1, "Sweet Corn", "ear", 120),
-    (1, "Zucchini", "lb", 35),
-    (1, "Basil", "bunch", 40),
-    (1, "Strawberries", "pint", 60),
-    (2, "Kale", "bunch", 50),
-    (2, "Carrots", "lb", 80),
-    (2, "Spinach", "lb", 25),
-    (2, "Beets", "lb", 30),
-    (2, "Garlic", "head", 90),
-    (3, "Honeycrisp Apples", "lb", 200),
-    (3, "Bartlett Pears", "lb", 75),
-    (3, "Peaches", "lb", 45),
-    (3, "Apple Cider", "gallon", 30),
-    (3, "Plums", "lb", 40),
-    (4, "Whole Milk", "gallon", 40),
-    (4, "Cheddar", "lb", 25),
-    (4, "Butter", "lb", 30),
-    (4, "Yogurt", "quart", 35),
-    (4, "Eggs", "dozen", 100),
+/// (farm, name, unit, quantity, price in cents)
+const PRODUCTS: &[(i64, &str, &str, i32, i64)] = &[
+    (1, "Heirloom Tomatoes", "lb", 20, 450),
+    (1, "Sweet Corn", "ear", 120, 75),
+    (1, "Zucchini", "lb", 35, 250),
+    (1, "Basil", "bunch", 40, 300),
+    (1, "Strawberries", "pint", 60, 500),
+    (2, "Kale", "bunch", 50, 350),
+    (2, "Carrots", "lb", 80, 200),
+    (2, "Spinach", "lb", 25, 400),
+    (2, "Beets", "lb", 30, 275),
+    (2, "Garlic", "head", 90, 150),
+    (3, "Honeycrisp Apples", "lb", 200, 325),
+    (3, "Bartlett Pears", "lb", 75, 300),
+    (3, "Peaches", "lb", 45, 400),
+    (3, "Apple Cider", "gallon", 30, 900),
+    (3, "Plums", "lb", 40, 350),
+    (4, "Whole Milk", "gallon", 40, 650),
+    (4, "Cheddar", "lb", 25, 1200),
+    (4, "Butter", "lb", 30, 900),
+    (4, "Yogurt", "quart", 35, 550),
+    (4, "Eggs", "dozen", 100, 700),
 ];
 
 pub struct DemoOptions {
@@ -75,6 +76,7 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
     let mut cfg = ServerConfig::new(url.clone(), opts.listen);
     cfg.jwt.secret = Some(DEMO_SECRET.to_string());
     cfg.origins = crate::limits::Origins::localhost();
+    cfg.market_api.enabled = true;
     let server = Server::start_on(listener, cfg).await?;
     let token = crate::auth::mint_hs256(
         DEMO_SECRET,
@@ -95,6 +97,7 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
     say!("  polling    {base}/v1/poll?topics=farm-1   (then poll again with &cursor=<cursor>&wait=25)");
     say!("  Socket.IO  io('{base}?topics=farm-1', {{ auth: {{ token }} }})   (socket.io-client 4)");
     say!("  metrics    {base}/metrics");
+    say!("  shop API   curl {base}/api/products   (cart and checkout with the customer token below: README, \"Carts and conflicts\")");
     say!();
     say!("watch Sunny Valley Farm live:");
     say!("  curl -N '{base}/v1/events?topics=farm-1'");
@@ -170,12 +173,12 @@ pub async fn seed(client: &Client) -> Result<()> {
             )
             .await?;
     }
-    for (i, (farm, name, unit, qty)) in PRODUCTS.iter().enumerate() {
+    for (i, (farm, name, unit, qty, price)) in PRODUCTS.iter().enumerate() {
         client
             .execute(
-                "INSERT INTO market.products (id, farm_id, name, unit, quantity)
-                 VALUES ($1, $2, $3, $4, $5::bigint)",
-                &[&(i as i64 + 1), farm, name, unit, &(*qty as i64)],
+                "INSERT INTO market.products (id, farm_id, name, unit, quantity, price_cents)
+                 VALUES ($1, $2, $3, $4, $5::bigint, $6)",
+                &[&(i as i64 + 1), farm, name, unit, &(*qty as i64), price],
             )
             .await?;
     }

@@ -17,6 +17,11 @@
 //! prunes the log; [`metrics`] measures; [`config`] is every flag; [`server`]
 //! wires and stops it all (with [`shutdown`]).
 //!
+//! Off that path, writing instead of reading: [`shop`] is the demo
+//! storefront's HTTP API (`rowcast demo`, `serve --market-api`), a thin layer
+//! over the market schema's SQL functions, whose answers carry the id of the
+//! transaction that wrote (`"tx"`), as every change's envelope does.
+//!
 //! The public surface is what the `rowcast` binary, the benchmark and the
 //! tests use: starting a server, configuring it, the cursor format, the
 //! client message parser, tokens, migrations and a throwaway PostgreSQL.
@@ -49,6 +54,7 @@ pub(crate) mod limits;
 pub(crate) mod metrics;
 pub(crate) mod presence;
 pub(crate) mod retention;
+pub(crate) mod shop;
 pub(crate) mod sockets;
 pub(crate) mod source;
 pub(crate) mod transport;

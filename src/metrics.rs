@@ -6,6 +6,7 @@ use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
+use std::collections::HashMap;
 
 /// The client transports, as metric labels (`transport="ws"`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,6 +101,10 @@ pub(crate) struct Metrics {
     pub presence_writes: IntCounter,
     pub presence_transitions: IntCounterVec,
     pub presence_sweep_seconds: Histogram,
+    /// Changes read from the log by event name (see `EventCounts`).
+    pub changes: IntCounterVec,
+    /// Market API checkouts by result (`ok`, `conflict`, `error`; see `shop`).
+    pub checkouts: IntCounterVec,
 }
 
 impl Metrics {
@@ -314,6 +319,26 @@ impl Metrics {
         for s in ["online", "away", "offline"] {
             presence_transitions.with_label_values(&[s]);
         }
+        let changes = IntCounterVec::new(
+            Opts::new(
+                "rowcast_changes_total",
+                "Changes read from the change log, by event name (the first 100 distinct names of at most 100 bytes; the rest under event=\"other\"). Every node reads every change: aggregate nodes with max, not sum",
+            ),
+            &["event"],
+        )?;
+        let checkouts = IntCounterVec::new(
+            Opts::new(
+                "rowcast_checkouts_total",
+                "Market API checkouts by result: ok (orders created), conflict (nothing written, the customer is told why), error (refused or failed)",
+            ),
+            &["result"],
+        )?;
+        registry.register(Box::new(changes.clone()))?;
+        registry.register(Box::new(checkouts.clone()))?;
+        changes.with_label_values(&[EventCounts::OTHER]);
+        for r in ["ok", "conflict", "error"] {
+            checkouts.with_label_values(&[r]);
+        }
         for r in ["idle", "shed"] {
             sockets_closed.with_label_values(&[r]);
         }
@@ -328,6 +353,7 @@ impl Metrics {
             "wrong_issuer_or_audience",
             "bad_claims",
             "timeout",
+            "missing",
         ] {
             auth_failures.with_label_values(&[r]);
         }
@@ -372,7 +398,18 @@ impl Metrics {
             presence_writes,
             presence_transitions,
             presence_sweep_seconds,
+            changes,
+            checkouts,
         })
+    }
+
+    /// The per-event change counter; one per source (its only writer).
+    pub(crate) fn event_counts(&self) -> EventCounts {
+        EventCounts {
+            other: self.changes.with_label_values(&[EventCounts::OTHER]),
+            vec: self.changes.clone(),
+            known: HashMap::new(),
+        }
     }
 
     pub(crate) fn render(&self) -> String {
@@ -416,6 +453,39 @@ impl Metrics {
     }
 }
 
+/// `rowcast_changes_total{event}`: every change the source reads, counted
+/// once by its event name (`cart.adjusted`, `inventory.updated`, ...).
+///
+/// Event names are the app's (any text `rowcast.emit` was given), so the label
+/// set is capped to keep the registry bounded: the first `MAX_NAMES` distinct
+/// names of at most `MAX_NAME_LEN` bytes this process reads get a series of
+/// their own, and every other change counts under `event="other"` (as does an
+/// event literally named `other`). Counts are per node, and every node reads
+/// every change: across nodes take `max`, not `sum`.
+pub(crate) struct EventCounts {
+    vec: IntCounterVec,
+    known: HashMap<String, IntCounter>,
+    other: IntCounter,
+}
+
+impl EventCounts {
+    pub(crate) const MAX_NAMES: usize = 100;
+    pub(crate) const MAX_NAME_LEN: usize = 100;
+    pub(crate) const OTHER: &'static str = "other";
+
+    pub(crate) fn count(&mut self, event: &str) {
+        if let Some(c) = self.known.get(event) {
+            c.inc();
+        } else if self.known.len() < Self::MAX_NAMES && event.len() <= Self::MAX_NAME_LEN {
+            let c = self.vec.with_label_values(&[event]);
+            c.inc();
+            self.known.insert(event.to_string(), c);
+        } else {
+            self.other.inc();
+        }
+    }
+}
+
 #[derive(Clone)]
 pub(crate) struct TransportMetrics {
     pub latency: Histogram,
@@ -453,4 +523,32 @@ pub(crate) fn now_us() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_micros() as i64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Past the cap, new names count under `other`; known ones keep counting.
+    #[test]
+    fn event_names_are_capped() {
+        let m = Metrics::new().unwrap();
+        let mut counts = m.event_counts();
+        for i in 0..EventCounts::MAX_NAMES {
+            counts.count(&format!("e{i}"));
+        }
+        counts.count("e0");
+        counts.count("one.too.many");
+        counts.count(&"x".repeat(EventCounts::MAX_NAME_LEN + 1));
+        let get = |e: &str| m.changes.with_label_values(&[e]).get();
+        assert_eq!(get("e0"), 2);
+        assert_eq!(get("e99"), 1);
+        assert_eq!(get("other"), 2);
+        let series = m
+            .render()
+            .lines()
+            .filter(|l| l.starts_with("rowcast_changes_total{"))
+            .count();
+        assert_eq!(series, EventCounts::MAX_NAMES + 1);
+    }
 }

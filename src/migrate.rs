@@ -49,6 +49,10 @@ pub const MARKET: &[(&str, &str)] = &[
         "market/006_presence",
         include_str!("../sql/market/006_presence.sql"),
     ),
+    (
+        "market/006_farmer_writes",
+        include_str!("../sql/market/006_farmer_writes.sql"),
+    ),
 ];
 
 const LOCK_KEY: i64 = 7_305_280_317_090_916;

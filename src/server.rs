@@ -100,6 +100,13 @@ impl Server {
             max_age: cfg.retention.min(WINDOW_MAX_AGE),
         };
         let hub = Hub::new(cfg.queue, window, metrics.hub());
+        // the market API's pool, and its schema check (fails the start when
+        // the database is there without the market schema)
+        let shop_db = if cfg.market_api.enabled {
+            Some(crate::shop::open_db(&cfg).await?)
+        } else {
+            None
+        };
         let health = Arc::new(Health::default());
         let clock = crate::presence::Clock {
             away: cfg.presence.away,
@@ -173,9 +180,13 @@ impl Server {
         tasks.push(tokio::spawn(
             Arc::clone(&app.socketio).sweep(shutdown.subscribe()),
         ));
+        let shop = shop_db.map(|db| {
+            let shop = crate::shop::Shop::new(Arc::clone(&app), db);
+            crate::shop::router(Arc::new(shop))
+        });
         tasks.push(spawn_http(crate::http::serve(
             listener,
-            router(Arc::clone(&app), metrics_listener.is_none()),
+            router(Arc::clone(&app), metrics_listener.is_none(), shop),
             http_opts,
             Arc::clone(&sockets),
             shutdown.subscribe(),

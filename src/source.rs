@@ -34,7 +34,7 @@ use crate::cursor::Cursor;
 use crate::error::{Error, Result};
 use crate::health::Health;
 use crate::hub::Hub;
-use crate::metrics::Metrics;
+use crate::metrics::{EventCounts, Metrics};
 use crate::shutdown::Shutdown;
 use crate::snapshot::Snapshot;
 use std::sync::Arc;
@@ -70,6 +70,8 @@ pub(crate) struct Source {
     open: Option<OpenBatch>,
     /// Changes per read.
     page: i64,
+    /// `rowcast_changes_total{event}`, counted here, once per change read.
+    event_counts: EventCounts,
 }
 
 impl Source {
@@ -80,7 +82,9 @@ impl Source {
         status: Arc<Health>,
     ) -> Source {
         let page = cfg.page_size.max(1);
+        let event_counts = metrics.event_counts();
         Source {
+            event_counts,
             cfg,
             hub,
             metrics,
@@ -269,6 +273,9 @@ impl Source {
             }
             total += n;
             self.metrics.events.inc_by(n as u64);
+            for c in &page.changes {
+                self.event_counts.count(&c.event);
+            }
             self.hub.publish(&page.changes);
             if page.more {
                 if let Some(last) = page.last {

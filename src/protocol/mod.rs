@@ -66,6 +66,9 @@ impl ProtocolError {
     }
 }
 
+/// The `rowcast_rejected_total{reason}` label of the market API's bad input.
+pub(crate) const BAD_REQUEST_LABEL: &str = "bad_request";
+
 /// Every refusal a client can get, named once: the code it sees (HTTP
 /// `{"error":..}`, WS `{"type":"error","code":..}`), the HTTP status it
 /// comes with, and the `rowcast_rejected_total{reason}` label it counts under.
@@ -94,6 +97,22 @@ pub enum ErrorCode {
     Busy,
     /// Socket.IO: a long-polling session this node does not hold.
     SessionUnknown,
+    /// Market API: a body or parameter that is not what the endpoint takes
+    /// (malformed JSON, a wrong type, a missing field, an id that is not one).
+    BadRequest,
+    /// Market API: a quantity too far out of range to even be read as a number
+    /// (the database refuses the rest with the same code).
+    InvalidQuantity,
+    /// Market API: a body over the endpoint's size limit.
+    PayloadTooLarge,
+    /// Market API: a body that is not `application/json`.
+    UnsupportedMediaType,
+    /// Market API: a path it serves, with a method it does not.
+    MethodNotAllowed,
+    /// Market API: a path under `/api/` it does not serve.
+    NotFound,
+    /// Market API: the client address is over `--market-api-per-ip`.
+    ApiRateLimited,
 }
 
 impl ErrorCode {
@@ -122,6 +141,13 @@ impl ErrorCode {
             CursorAhead => "cursor_ahead",
             Busy => "busy",
             SessionUnknown => "session_unknown",
+            BadRequest => "bad_request",
+            InvalidQuantity => "invalid_quantity",
+            PayloadTooLarge => "payload_too_large",
+            UnsupportedMediaType => "unsupported_media_type",
+            MethodNotAllowed => "method_not_allowed",
+            NotFound => "not_found",
+            ApiRateLimited => "api_rate_limited",
         }
     }
 
@@ -130,11 +156,17 @@ impl ErrorCode {
         match self {
             BadQuery | BadTopic | BadCursor | BadWait | BadLimit | BadMessage
             | BinaryNotSupported | TooManyTopics | AuthNotAllowed | AuthUnavailable
-            | SessionUnknown => StatusCode::BAD_REQUEST,
+            | SessionUnknown | BadRequest | InvalidQuantity => StatusCode::BAD_REQUEST,
             Unauthorized => StatusCode::UNAUTHORIZED,
             Forbidden | ForbiddenOrigin => StatusCode::FORBIDDEN,
+            NotFound => StatusCode::NOT_FOUND,
+            MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             CursorExpired | CursorUnknown => StatusCode::GONE,
-            TooManyConnectionsFromIp | AuthorizeRateLimited => StatusCode::TOO_MANY_REQUESTS,
+            TooManyConnectionsFromIp | AuthorizeRateLimited | ApiRateLimited => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             TooManyConnections | Unavailable | CursorAhead | Busy => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -161,8 +193,15 @@ impl ErrorCode {
             TooManyConnections => Some("too_many_connections"),
             TooManyConnectionsFromIp => Some("too_many_connections_from_ip"),
             AuthorizeRateLimited => Some("authorize_rate_limited"),
+            // the market API's bad input, whichever layer found it (the
+            // database's 400 refusals count here too, see `shop::call`)
+            BadRequest | InvalidQuantity => Some(BAD_REQUEST_LABEL),
+            PayloadTooLarge => Some("payload_too_large"),
+            UnsupportedMediaType => Some("unsupported_media_type"),
+            MethodNotAllowed => Some("method_not_allowed"),
+            ApiRateLimited => Some("api_rate_limited"),
             Unauthorized | AuthUnavailable | CursorExpired | CursorUnknown | Unavailable
-            | CursorAhead | Busy | SessionUnknown => None,
+            | CursorAhead | Busy | SessionUnknown | NotFound => None,
         }
     }
 }

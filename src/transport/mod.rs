@@ -109,9 +109,11 @@ impl App {
 }
 
 /// The client port: the three transports, health and readiness, the browser
-/// client (`/rowcast.js`), and `/metrics` unless it has a listener of its own.
-pub(crate) fn router(app: Arc<App>, with_metrics: bool) -> Router {
-    let api = Router::new()
+/// client (`/rowcast.js`), and `/metrics` unless it has a listener of its own;
+/// and `extra` routes (the market API, the demo storefront) under the same
+/// origin check and rejection counting.
+pub(crate) fn router(app: Arc<App>, with_metrics: bool, extra: Option<Router<Arc<App>>>) -> Router {
+    let mut api = Router::new()
         .route("/v1/ws", get(ws::handler))
         .route("/v1/events", get(sse::handler))
         .route("/v1/poll", get(poll::handler))
@@ -123,11 +125,14 @@ pub(crate) fn router(app: Arc<App>, with_metrics: bool) -> Router {
         .route(
             "/v1/presence/activity",
             axum::routing::post(presence::activity),
-        )
-        .layer(axum::middleware::from_fn_with_state(
-            Arc::clone(&app),
-            origin_layer,
-        ));
+        );
+    if let Some(extra) = extra {
+        api = api.merge(extra);
+    }
+    let api = api.layer(axum::middleware::from_fn_with_state(
+        Arc::clone(&app),
+        origin_layer,
+    ));
     let mut r = Router::new()
         .merge(api)
         .route("/healthz", get(|| async { "ok" }))
@@ -197,7 +202,7 @@ async fn origin_layer(State(app): State<Arc<App>>, req: Request, next: Next) -> 
             h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o);
             h.insert(
                 header::ACCESS_CONTROL_ALLOW_METHODS,
-                HeaderValue::from_static("GET, POST, OPTIONS"),
+                HeaderValue::from_static("GET, POST, PATCH, DELETE, OPTIONS"),
             );
             h.insert(
                 header::ACCESS_CONTROL_ALLOW_HEADERS,

@@ -1,0 +1,1445 @@
+//! Issue #13 items 4–6: the storefront's HTTP API (`src/shop/`) over the
+//! market's SQL functions, against real PostgreSQL. FR-021's conflict scenario
+//! end to end through the API, 50 checkouts at once through it, who may change
+//! what, the `tx` of every mutating answer matching the `tx` of the changes it
+//! emitted on WebSocket, SSE and polling, and bad input answered with defined
+//! JSON errors.
+
+mod common;
+
+use common::*;
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, Barrier};
+use tokio_postgres::Client;
+
+/// An answer: status, JSON body, headers.
+struct Answer {
+    status: u16,
+    body: Value,
+    headers: reqwest::header::HeaderMap,
+}
+
+impl std::fmt::Debug for Answer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.status, self.body)
+    }
+}
+
+/// A client of the market API on one server.
+#[derive(Clone)]
+struct Api {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Api {
+    fn new(base: &str) -> Api {
+        Api {
+            base: base.to_string(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// Sends a request; `body` goes as JSON text.
+    async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> Answer {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.header("Authorization", format!("Bearer {t}"));
+        }
+        if let Some(b) = body {
+            req = req
+                .header("Content-Type", "application/json")
+                .body(b.to_string());
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let r = tokio::time::timeout(ARRIVAL * 6, req.send())
+            .await
+            .expect("an answer within the bound")
+            .expect("http request");
+        let status = r.status().as_u16();
+        let headers = r.headers().clone();
+        let text = r.text().await.expect("body");
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {status} {text:?}"))
+        };
+        Answer {
+            status,
+            body,
+            headers,
+        }
+    }
+
+    async fn get(&self, path: &str, token: Option<&str>) -> Answer {
+        self.send("GET", path, token, None, &[]).await
+    }
+
+    async fn post(&self, path: &str, token: Option<&str>, body: Value) -> Answer {
+        self.send("POST", path, token, Some(&body.to_string()), &[])
+            .await
+    }
+
+    async fn patch(&self, path: &str, token: Option<&str>, body: Value) -> Answer {
+        self.send("PATCH", path, token, Some(&body.to_string()), &[])
+            .await
+    }
+
+    async fn delete(&self, path: &str, token: Option<&str>) -> Answer {
+        self.send("DELETE", path, token, None, &[]).await
+    }
+}
+
+/// An error answer in the one shape: JSON, `error` = `code`, a message.
+#[track_caller]
+fn assert_error(a: &Answer, status: u16, code: &str) {
+    assert_eq!(
+        (a.status, a.body["error"].as_str()),
+        (status, Some(code)),
+        "{a:?}"
+    );
+    assert!(
+        a.body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{a:?}"
+    );
+    assert_eq!(
+        a.headers.get("content-type").and_then(|v| v.to_str().ok()),
+        Some("application/json"),
+        "{a:?}"
+    );
+}
+
+/// A transaction id as the API and the envelopes write it: decimal digits.
+#[track_caller]
+fn tx_of(v: &Value) -> String {
+    let tx = v["tx"].as_str().unwrap_or_else(|| panic!("no tx in {v}"));
+    assert!(
+        !tx.is_empty() && tx.bytes().all(|b| b.is_ascii_digit()),
+        "{tx}"
+    );
+    tx.to_string()
+}
+
+async fn api_server(
+    url: &str,
+    tweak: impl FnOnce(&mut rowcast::server::ServerConfig),
+) -> rowcast::server::Server {
+    server_with(url, |c| {
+        c.jwt.secret = Some(SECRET.into());
+        c.market_api.enabled = true;
+        c.market_api.per_ip = 1_000_000;
+        c.limits.authorize_per_ip = 1_000_000;
+        tweak(c);
+    })
+    .await
+}
+
+async fn scalar_i64(db: &Client, sql: &str) -> i64 {
+    db.query_one(sql, &[]).await.expect(sql).get(0)
+}
+
+/// Product quantities by id, as text (numeric without trailing zeros).
+async fn stock(db: &Client) -> BTreeMap<i64, String> {
+    db.query(
+        "SELECT id, trim_scale(quantity)::text FROM market.products ORDER BY id",
+        &[],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), r.get(1)))
+    .collect()
+}
+
+/// Farms 1 and 2 (farmers 101, 102); tomatoes (product 1, farm 1, 10 lb at
+/// $4.50) and basil (product 2, farm 2, 8 bunches at $3.00).
+async fn market_with_tomatoes(db: &Client) {
+    seed(db, 2, 2).await;
+    db.batch_execute(
+        "UPDATE market.products SET name = 'Heirloom Tomatoes', unit = 'lb', quantity = 10,
+                                    price_cents = 450 WHERE id = 1;
+         UPDATE market.products SET name = 'Basil', unit = 'bunch', quantity = 8,
+                                    price_cents = 300 WHERE id = 2;",
+    )
+    .await
+    .unwrap();
+}
+
+fn checkouts(srv: &rowcast::server::Server, result: &str) -> f64 {
+    srv.metric(&format!("rowcast_checkouts_total{{result=\"{result}\"}}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fr021_conflict_scenario_through_the_api() {
+    let url = fresh_market_db().await;
+    let db = connect(&url).await;
+    market_with_tomatoes(&db).await;
+    let srv = api_server(&url, |_| {}).await;
+    let base = srv.base_url();
+    let api = Api::new(&base);
+    let (t7, farmer) = (token("7", "customer"), token("101", "farmer"));
+    let mut ws = WsClient::connect(&base, &format!("topics=customer-7,product-1&token={t7}")).await;
+
+    // The public catalogue, for anyone.
+    let p = api.get("/api/products", None).await;
+    assert_eq!(p.status, 200, "{p:?}");
+    assert_eq!(p.body.as_array().unwrap().len(), 2);
+    assert_eq!(
+        p.body[0],
+        json!({"productId":"1","farmId":"1","farmName":"Farm 1","name":"Heirloom Tomatoes",
+               "unit":"lb","quantity":10,"priceCents":450})
+    );
+
+    // A customer adds 5 lb of tomatoes.
+    let c = api
+        .post(
+            "/api/cart/items",
+            Some(&t7),
+            json!({"productId":"1","quantity":5}),
+        )
+        .await;
+    assert_eq!(c.status, 200, "{c:?}");
+    assert_eq!(c.body["customerId"], "7");
+    assert_eq!(c.body["items"][0]["requested"], json!(5));
+    assert_eq!(c.body["items"][0]["status"], "ok");
+    tx_of(&c.body);
+
+    // Meanwhile the farmer sets inventory to 3 lb through the API.
+    let f = api
+        .patch("/api/products/1", Some(&farmer), json!({"quantity":3}))
+        .await;
+    assert_eq!(f.status, 200, "{f:?}");
+    assert_eq!(f.body["quantity"], json!(3));
+    assert_eq!(f.body["productId"], "1");
+    tx_of(&f.body);
+    let inv = next_event(&mut ws.rx).await;
+    assert_eq!(
+        (inv.topic.as_str(), inv.event.as_str()),
+        ("product-1", "inventory.updated")
+    );
+    assert_eq!(inv.data["newQuantity"], json!(3));
+    let adj = next_event(&mut ws.rx).await;
+    assert_eq!(
+        (adj.topic.as_str(), adj.event.as_str()),
+        ("customer-7", "cart.adjusted")
+    );
+    assert_eq!(
+        (
+            &adj.data["requested"],
+            &adj.data["adjusted"],
+            &adj.data["available"]
+        ),
+        (&json!(5), &json!(3), &json!(3))
+    );
+    assert_eq!(
+        adj.data["message"],
+        "Only 3 lbs available. Adjust quantity?"
+    );
+    assert_eq!(
+        adj.data["options"],
+        json!(["adjust", "remove", "contact_farmer"])
+    );
+
+    let cart = api.get("/api/cart", Some(&t7)).await;
+    assert_eq!(cart.status, 200);
+    assert_eq!(cart.body["ready"], false);
+    assert_eq!(cart.body["items"][0]["status"], "short");
+
+    // Checkout of the unadjusted cart: 409, the conflict and its options, nothing written.
+    let orders_before = scalar_i64(&db, "SELECT count(*) FROM market.orders").await;
+    let r = api.post("/api/checkout", Some(&t7), json!({})).await;
+    assert_eq!(r.status, 409, "{r:?}");
+    assert_eq!(r.body["result"], "conflict");
+    assert_eq!(r.body["error"], "checkout_conflict");
+    assert!(r.body["message"].is_string());
+    assert_eq!(r.body["tx"], Value::Null, "a conflict wrote nothing");
+    assert_eq!(
+        r.body["conflicts"],
+        json!([{
+            "productId": "1", "farmId": "1", "name": "Heirloom Tomatoes", "unit": "lb",
+            "requested": 5, "available": 3,
+            "options": ["adjust", "remove", "contact_farmer"],
+            "message": "Only 3 lbs available. Adjust quantity?"
+        }])
+    );
+    assert_eq!(
+        scalar_i64(&db, "SELECT count(*) FROM market.orders").await,
+        orders_before
+    );
+
+    // Adjust to 3 lb, then the checkout succeeds.
+    let c = api
+        .patch("/api/cart/items/1", Some(&t7), json!({"quantity":3}))
+        .await;
+    assert_eq!(c.status, 200, "{c:?}");
+    assert_eq!(c.body["ready"], true);
+    assert_eq!(c.body["items"][0]["adjusted"], Value::Null);
+    let r = api.post("/api/checkout", Some(&t7), json!({})).await;
+    assert_eq!(r.status, 201, "{r:?}");
+    assert_eq!(r.body["result"], "ok");
+    assert_eq!(r.body["totalCents"], json!(1350));
+    let orders = r.body["orders"].as_array().unwrap();
+    assert_eq!(orders.len(), 1, "{r:?}");
+    assert_eq!(orders[0]["status"], "PENDING");
+    assert_eq!(orders[0]["farmId"], "1");
+    let order_id = orders[0]["orderId"].as_str().unwrap().to_string();
+    let tx = tx_of(&r.body);
+    assert_eq!(stock(&db).await[&1], "0", "inventory decremented");
+    assert_eq!(
+        scalar_i64(
+            &db,
+            &format!("SELECT count(*) FROM market.orders WHERE id = {order_id} AND customer_id = 7 AND status = 'PENDING'")
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        db.query_one(
+            &format!("SELECT xid::text FROM rowcast.changes WHERE event = 'order.status.changed' AND payload->>'orderId' = '{order_id}'"),
+            &[]
+        )
+        .await
+        .unwrap()
+        .get::<_, String>(0),
+        tx,
+        "the answer's tx is the transaction that emitted the order"
+    );
+    let cart = api.get("/api/cart", Some(&t7)).await;
+    assert_eq!(cart.body["items"], json!([]));
+
+    // Both events reach the customer.
+    let evs = events(&mut ws.rx, 2).await;
+    let got: BTreeSet<(String, String)> = evs
+        .iter()
+        .map(|e| (e.topic.clone(), e.event.clone()))
+        .collect();
+    assert_eq!(
+        got,
+        BTreeSet::from([
+            ("customer-7".to_string(), "order.status.changed".to_string()),
+            ("product-1".to_string(), "inventory.updated".to_string()),
+        ]),
+        "{evs:?}"
+    );
+    for e in &evs {
+        match e.event.as_str() {
+            "order.status.changed" => {
+                assert_eq!(e.data["orderId"], order_id.as_str());
+                assert_eq!(e.data["newStatus"], "PENDING");
+            }
+            _ => assert_eq!(e.data["newQuantity"], json!(0)),
+        }
+    }
+
+    // FR-021's conflict rate is conflict / all checkouts; adjustments are counted by event.
+    assert_eq!(checkouts(&srv, "ok"), 1.0);
+    assert_eq!(checkouts(&srv, "conflict"), 1.0);
+    assert_eq!(checkouts(&srv, "error"), 0.0);
+    assert_eq!(
+        srv.metric("rowcast_changes_total{event=\"cart.adjusted\"}"),
+        1.0
+    );
+    assert!(srv.metric("rowcast_changes_total{event=\"inventory.updated\"}") >= 2.0);
+    srv.stop().await;
+}
+
+/// `n` customers check out at once (after a barrier); their answers.
+async fn checkouts_at_once(api: &Api, customers: &[i64]) -> Vec<(i64, Answer)> {
+    let barrier = Arc::new(Barrier::new(customers.len()));
+    let tasks: Vec<_> = customers
+        .iter()
+        .map(|&c| {
+            let (api, barrier) = (api.clone(), Arc::clone(&barrier));
+            tokio::spawn(async move {
+                let t = token(&c.to_string(), "customer");
+                barrier.wait().await;
+                (c, api.post("/api/checkout", Some(&t), json!({})).await)
+            })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.expect("checkout task"));
+    }
+    out
+}
+
+/// Sum of the quantities the winners' orders hold, per product.
+fn sold(answers: &[(i64, Answer)]) -> BTreeMap<String, i64> {
+    let mut sold = BTreeMap::new();
+    for (_, a) in answers.iter().filter(|(_, a)| a.status == 201) {
+        for o in a.body["orders"].as_array().unwrap() {
+            for i in o["items"].as_array().unwrap() {
+                *sold
+                    .entry(i["productId"].as_str().unwrap().to_string())
+                    .or_insert(0) += i["quantity"].as_i64().unwrap();
+            }
+        }
+    }
+    sold
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_checkouts_at_once_through_the_api() {
+    let url = fresh_market_db().await;
+    let db = connect(&url).await;
+    seed(&db, 1, 1).await;
+    db.execute(
+        "UPDATE market.products SET quantity = 10, price_cents = 100 WHERE id = 1",
+        &[],
+    )
+    .await
+    .unwrap();
+    let srv = api_server(&url, |_| {}).await;
+    let api = Api::new(&srv.base_url());
+    let customers: Vec<i64> = (1..=50).collect();
+    for &c in &customers {
+        let a = api
+            .post(
+                "/api/cart/items",
+                Some(&token(&c.to_string(), "customer")),
+                json!({"productId": 1, "quantity": 1}),
+            )
+            .await;
+        assert_eq!(a.status, 200, "{a:?}");
+    }
+    let answers = checkouts_at_once(&api, &customers).await;
+    let won = answers.iter().filter(|(_, a)| a.status == 201).count();
+    let lost: Vec<&Answer> = answers
+        .iter()
+        .filter(|(_, a)| a.status == 409)
+        .map(|(_, a)| a)
+        .collect();
+    assert_eq!(won + lost.len(), 50, "only 201 or 409: {answers:?}");
+    assert_eq!(won, 10, "{answers:?}");
+    for a in &lost {
+        assert_eq!(a.body["result"], "conflict", "{a:?}");
+        assert_eq!(a.body["tx"], Value::Null);
+        assert_eq!(
+            a.body["conflicts"],
+            json!([{"productId":"1","farmId":"1","name":"Product 1","unit":"lb",
+                    "requested":1,"available":0,"options":["remove","contact_farmer"],
+                    "message":"Product 1 is now out of stock"}])
+        );
+    }
+    for (_, a) in answers.iter().filter(|(_, a)| a.status == 201) {
+        tx_of(&a.body);
+    }
+    assert_eq!(sold(&answers), BTreeMap::from([("1".to_string(), 10)]));
+    assert_eq!(stock(&db).await[&1], "0", "never oversold");
+    assert_eq!(
+        scalar_i64(&db, "SELECT count(*) FROM market.orders").await,
+        10
+    );
+    assert_eq!(
+        scalar_i64(
+            &db,
+            "SELECT coalesce(sum(quantity), 0)::bigint FROM market.order_items"
+        )
+        .await,
+        10
+    );
+    assert_eq!(checkouts(&srv, "ok"), 10.0);
+    assert_eq!(checkouts(&srv, "conflict"), 40.0);
+    assert_eq!(checkouts(&srv, "error"), 0.0);
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_checkouts_over_several_products_through_the_api() {
+    let url = fresh_market_db().await;
+    let db = connect(&url).await;
+    seed(&db, 2, 4).await;
+    db.execute(
+        "UPDATE market.products SET quantity = 10 + id, price_cents = 100 * id",
+        &[],
+    )
+    .await
+    .unwrap();
+    let initial: BTreeMap<i64, i64> = stock(&db)
+        .await
+        .into_iter()
+        .map(|(id, q)| (id, q.parse().unwrap()))
+        .collect();
+    let srv = api_server(&url, |_| {}).await;
+    let api = Api::new(&srv.base_url());
+    let customers: Vec<i64> = (1..=50).collect();
+    for &c in &customers {
+        // two or three of the four products, added in rotating orders
+        let t = token(&c.to_string(), "customer");
+        let n = 2 + (c % 2) as usize;
+        for k in 0..n {
+            let product = (c + k as i64 * (1 + c % 3)) % 4 + 1;
+            let a = api
+                .post(
+                    "/api/cart/items",
+                    Some(&t),
+                    json!({"productId": product.to_string(), "quantity": 1 + (c + k as i64) % 2}),
+                )
+                .await;
+            assert_eq!(a.status, 200, "{a:?}");
+        }
+    }
+    let answers = checkouts_at_once(&api, &customers).await;
+    let won = answers.iter().filter(|(_, a)| a.status == 201).count();
+    let lost = answers.iter().filter(|(_, a)| a.status == 409).count();
+    assert_eq!(won + lost, 50, "only 201 or 409: {answers:?}");
+    assert!(won > 0 && lost > 0, "{won} won, {lost} lost");
+    let after: BTreeMap<i64, i64> = stock(&db)
+        .await
+        .into_iter()
+        .map(|(id, q)| (id, q.parse().unwrap()))
+        .collect();
+    let sold = sold(&answers);
+    for (id, q) in &initial {
+        let s = sold.get(&id.to_string()).copied().unwrap_or(0);
+        assert!(after[id] >= 0, "product {id} oversold");
+        assert_eq!(
+            q - after[id],
+            s,
+            "product {id}: the winners' orders hold exactly what left the stock"
+        );
+    }
+    // every loser was told which products fell short, and they did
+    for (c, a) in answers.iter().filter(|(_, a)| a.status == 409) {
+        let conflicts = a.body["conflicts"].as_array().unwrap();
+        assert!(!conflicts.is_empty(), "customer {c}: {a:?}");
+        for x in conflicts {
+            let id: i64 = x["productId"].as_str().unwrap().parse().unwrap();
+            assert!(
+                x["available"].as_i64().unwrap() < x["requested"].as_i64().unwrap(),
+                "{x}"
+            );
+            assert!(
+                after[&id] < x["requested"].as_i64().unwrap(),
+                "customer {c}: {id} still has what was asked"
+            );
+            assert!(x["options"].as_array().unwrap().contains(&json!("remove")));
+            assert!(x["message"].is_string());
+        }
+    }
+    assert_eq!(
+        scalar_i64(
+            &db,
+            "SELECT coalesce(sum(quantity), 0)::bigint FROM market.order_items"
+        )
+        .await,
+        sold.values().sum::<i64>()
+    );
+    assert_eq!(checkouts(&srv, "ok"), won as f64);
+    assert_eq!(checkouts(&srv, "conflict"), lost as f64);
+    assert_eq!(checkouts(&srv, "error"), 0.0);
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn who_may_change_what() {
+    let url = fresh_market_db().await;
+    let db = connect(&url).await;
+    seed(&db, 2, 4).await; // farm 1 (farmer 101): products 1, 3; farm 2 (farmer 102): 2, 4
+    db.batch_execute(
+        "INSERT INTO market.orders (id, customer_id, farm_id) VALUES (10, 1, 1), (20, 2, 2)",
+    )
+    .await
+    .unwrap();
+    let srv = api_server(&url, |_| {}).await;
+    let api = Api::new(&srv.base_url());
+    let (f101, f102, admin) = (
+        token("101", "farmer"),
+        token("102", "farmer"),
+        token("9000", "admin"),
+    );
+    let (c1, c2) = (token("1", "customer"), token("2", "customer"));
+
+    // another farm's product: 403 (products are public: nothing to hide); nothing written
+    let a = api
+        .patch("/api/products/2", Some(&f101), json!({"quantity": 1}))
+        .await;
+    assert_error(&a, 403, "forbidden");
+    assert_eq!(a.body["productId"], "2");
+    assert_eq!(stock(&db).await[&2], "20");
+    let a = api
+        .patch("/api/products/3", Some(&f101), json!({"quantity": 7.5}))
+        .await;
+    assert_eq!(a.status, 200, "{a:?}");
+    assert_eq!(a.body["quantity"], json!(7.5));
+    assert_eq!(stock(&db).await[&3], "7.5");
+    // the same quantity again writes nothing: tx null
+    let a = api
+        .patch("/api/products/3", Some(&f101), json!({"quantity": 7.50}))
+        .await;
+    assert_eq!((a.status, &a.body["tx"]), (200, &Value::Null), "{a:?}");
+
+    // another farm's order: 404, the same answer as an order that does not exist
+    let other = api
+        .post(
+            "/api/orders/20/status",
+            Some(&f101),
+            json!({"status": "CONFIRMED"}),
+        )
+        .await;
+    assert_error(&other, 404, "unknown_order");
+    let missing = api
+        .post(
+            "/api/orders/999/status",
+            Some(&f101),
+            json!({"status": "CONFIRMED"}),
+        )
+        .await;
+    assert_error(&missing, 404, "unknown_order");
+    assert_eq!(
+        other.body["message"].as_str().unwrap().replace("20", "N"),
+        missing.body["message"]
+            .as_str()
+            .unwrap()
+            .replace("999", "N")
+    );
+    assert_eq!(
+        scalar_i64(
+            &db,
+            "SELECT count(*) FROM market.orders WHERE status <> 'PENDING'"
+        )
+        .await,
+        0
+    );
+    let a = api
+        .post(
+            "/api/orders/10/status",
+            Some(&f101),
+            json!({"status": "CONFIRMED"}),
+        )
+        .await;
+    assert_eq!(a.status, 200, "{a:?}");
+    assert_eq!(
+        (
+            &a.body["orderId"],
+            &a.body["status"],
+            &a.body["previousStatus"]
+        ),
+        (&json!("10"), &json!("CONFIRMED"), &json!("PENDING"))
+    );
+    tx_of(&a.body);
+    let again = api
+        .post(
+            "/api/orders/10/status",
+            Some(&f101),
+            json!({"status": "CONFIRMED"}),
+        )
+        .await;
+    assert_eq!(
+        (again.status, &again.body["tx"]),
+        (200, &Value::Null),
+        "{again:?}"
+    );
+    assert_eq!(again.body["previousStatus"], "CONFIRMED");
+    // farmer 102 may change their own; an admin may change any farm's
+    let a = api
+        .post(
+            "/api/orders/20/status",
+            Some(&f102),
+            json!({"status": "READY"}),
+        )
+        .await;
+    assert_eq!(a.status, 200, "{a:?}");
+    let a = api
+        .patch("/api/products/2", Some(&admin), json!({"quantity": 4}))
+        .await;
+    assert_eq!(a.status, 200, "{a:?}");
+    let a = api
+        .post(
+            "/api/orders/10/status",
+            Some(&admin),
+            json!({"status": "CANCELLED"}),
+        )
+        .await;
+    assert_eq!(a.status, 200, "{a:?}");
+
+    // roles: customers do not change products or orders; farmers and admins have no cart
+    let a = api
+        .patch("/api/products/1", Some(&c1), json!({"quantity": 1}))
+        .await;
+    assert_error(&a, 403, "forbidden");
+    let a = api
+        .post(
+            "/api/orders/10/status",
+            Some(&c1),
+            json!({"status": "COMPLETED"}),
+        )
+        .await;
+    assert_error(&a, 403, "forbidden");
+    for t in [
+        &f101,
+        &admin,
+        &token("1", "shopper"),
+        &token("alice", "customer"),
+    ] {
+        assert_error(&api.get("/api/cart", Some(t)).await, 403, "forbidden");
+        assert_error(
+            &api.post("/api/checkout", Some(t), json!({})).await,
+            403,
+            "forbidden",
+        );
+    }
+    assert_error(
+        &api.patch(
+            "/api/products/1",
+            Some(&token("abc", "farmer")),
+            json!({"quantity": 1}),
+        )
+        .await,
+        403,
+        "forbidden",
+    );
+
+    // a customer sees only their own cart
+    let a = api
+        .post(
+            "/api/cart/items",
+            Some(&c1),
+            json!({"productId":"1","quantity":2}),
+        )
+        .await;
+    assert_eq!(a.status, 200, "{a:?}");
+    let a = api
+        .post(
+            "/api/cart/items",
+            Some(&c2),
+            json!({"productId":"4","quantity":3}),
+        )
+        .await;
+    assert_eq!(a.status, 200, "{a:?}");
+    let cart1 = api.get("/api/cart", Some(&c1)).await;
+    let cart2 = api.get("/api/cart", Some(&c2)).await;
+    assert_eq!(cart1.body["customerId"], "1");
+    assert_eq!(cart2.body["customerId"], "2");
+    let products = |c: &Value| -> Vec<String> {
+        c["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["productId"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(products(&cart1.body), ["1"]);
+    assert_eq!(products(&cart2.body), ["4"]);
+    // and cannot touch another's lines: the product is simply not in their cart
+    assert_error(
+        &api.delete("/api/cart/items/4", Some(&c1)).await,
+        404,
+        "not_in_cart",
+    );
+    assert_eq!(products(&api.get("/api/cart", Some(&c2)).await.body), ["4"]);
+
+    // anonymous: 401 on every cart, checkout and farmer endpoint
+    let missing_before = srv.metric("rowcast_auth_failures_total{reason=\"missing\"}");
+    let anonymous = [
+        api.get("/api/cart", None).await,
+        api.post(
+            "/api/cart/items",
+            None,
+            json!({"productId":"1","quantity":1}),
+        )
+        .await,
+        api.patch("/api/cart/items/1", None, json!({"quantity":1}))
+            .await,
+        api.delete("/api/cart/items/1", None).await,
+        api.post("/api/checkout", None, json!({})).await,
+        api.patch("/api/products/1", None, json!({"quantity":1}))
+            .await,
+        api.post("/api/orders/10/status", None, json!({"status":"READY"}))
+            .await,
+        // whatever the body
+        api.send("POST", "/api/cart/items", None, Some("{not json"), &[])
+            .await,
+    ];
+    for a in &anonymous {
+        assert_error(a, 401, "unauthorized");
+        assert_eq!(a.body["reason"], "missing", "{a:?}");
+    }
+    assert_eq!(
+        srv.metric("rowcast_auth_failures_total{reason=\"missing\"}") - missing_before,
+        anonymous.len() as f64
+    );
+    // a bad token is refused, never downgraded (on the public catalogue too)
+    for path in ["/api/cart", "/api/products"] {
+        let a = api.get(path, Some("not.a.token")).await;
+        assert_error(&a, 401, "unauthorized");
+        assert_eq!(a.body["reason"], "malformed");
+        let forged = rowcast::auth::mint_hs256(
+            "another-secret",
+            "1",
+            Some("customer"),
+            Duration::from_secs(60),
+            None,
+            None,
+        )
+        .unwrap();
+        let a = api.get(path, Some(&forged)).await;
+        assert_eq!(a.body["reason"], "bad_signature", "{a:?}");
+    }
+    // the token may also come in the URL
+    let a = api.get(&format!("/api/cart?token={c1}"), None).await;
+    assert_eq!((a.status, &a.body["customerId"]), (200, &json!("1")));
+    assert_eq!(api.get("/api/products", None).await.status, 200);
+    assert!(srv.metric("rowcast_rejected_total{reason=\"forbidden\"}") >= 12.0);
+    srv.stop().await;
+}
+
+/// Every event of a raw WebSocket, as the JSON the server sent.
+async fn ws_envelopes(base: &str, query: &str) -> mpsc::UnboundedReceiver<Value> {
+    let url = format!("{}/v1/ws?{query}", base.replacen("http://", "ws://", 1));
+    let (ws, _) = tokio_tungstenite::connect_async(url).await.expect("ws");
+    let (mut tx, mut rx) = ws.split();
+    let (etx, erx) = mpsc::unbounded_channel();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let mut ready = Some(ready_tx);
+        while let Some(Ok(m)) = rx.next().await {
+            if let tokio_tungstenite::tungstenite::Message::Text(t) = m {
+                let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                if v["type"] == "subscribed" {
+                    if let Some(r) = ready.take() {
+                        let _ = r.send(());
+                    }
+                } else if v["type"] == "event" && etx.send(v).is_err() {
+                    break;
+                }
+            }
+        }
+        let _ = tx.close().await;
+    });
+    tokio::time::timeout(ARRIVAL, ready_rx)
+        .await
+        .expect("subscribed")
+        .expect("subscribed");
+    erx
+}
+
+/// Every event of a raw SSE stream, as the JSON of its `data:` lines.
+async fn sse_envelopes(base: &str, query: &str) -> mpsc::UnboundedReceiver<Value> {
+    let resp = reqwest::get(format!("{base}/v1/events?{query}"))
+        .await
+        .expect("sse");
+    assert_eq!(resp.status(), 200);
+    let (etx, erx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut body = resp.bytes_stream();
+        let mut buf = String::new();
+        while let Some(Ok(chunk)) = body.next().await {
+            buf.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = buf.find("\n\n") {
+                let block: String = buf.drain(..end + 2).collect();
+                for line in block.lines() {
+                    if let Some(d) = line.strip_prefix("data: ") {
+                        let v: Value = serde_json::from_str(d).unwrap();
+                        if v["type"] == "event" && etx.send(v).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    });
+    erx
+}
+
+async fn take(rx: &mut mpsc::UnboundedReceiver<Value>, n: usize) -> Vec<Value> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        out.push(
+            tokio::time::timeout(ARRIVAL, rx.recv())
+                .await
+                .expect("an event within the arrival bound")
+                .expect("stream open"),
+        );
+    }
+    out
+}
+
+/// A raw poller: its cursor, then each answer's envelopes.
+struct RawPoll {
+    base: String,
+    query: String,
+    bearer: String,
+    cursor: String,
+}
+
+impl RawPoll {
+    async fn start(base: &str, query: &str, t: &str) -> RawPoll {
+        let bearer = format!("Bearer {t}");
+        let (status, v) = get_json(
+            base,
+            &format!("/v1/poll?{query}"),
+            &[("Authorization", &bearer)],
+        )
+        .await;
+        assert_eq!(status, 200, "{v}");
+        RawPoll {
+            base: base.into(),
+            query: query.into(),
+            bearer,
+            cursor: v["cursor"].as_str().unwrap().into(),
+        }
+    }
+
+    async fn take(&mut self, n: usize) -> Vec<Value> {
+        let mut out = Vec::new();
+        for _ in 0..20 {
+            if out.len() >= n {
+                break;
+            }
+            let (status, v) = get_json(
+                &self.base,
+                &format!("/v1/poll?{}&cursor={}&wait=2", self.query, self.cursor),
+                &[("Authorization", &self.bearer)],
+            )
+            .await;
+            assert_eq!(status, 200, "{v}");
+            self.cursor = v["cursor"].as_str().unwrap().into();
+            out.extend(v["events"].as_array().unwrap().iter().cloned());
+        }
+        assert_eq!(out.len(), n, "{out:?}");
+        out
+    }
+}
+
+/// Issue #13 item 5: the answer's `tx` is the `tx` of the changes the write
+/// emitted, on WebSocket, SSE and polling alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_and_envelopes_carry_the_same_tx() {
+    let url = fresh_market_db().await;
+    let db = connect(&url).await;
+    market_with_tomatoes(&db).await;
+    let srv = api_server(&url, |_| {}).await;
+    let base = srv.base_url();
+    let api = Api::new(&base);
+    let (t7, farmer) = (token("7", "customer"), token("101", "farmer"));
+    let q = format!("topics=product-1,customer-7&token={t7}");
+    let mut ws = ws_envelopes(&base, &q).await;
+    let mut sse = sse_envelopes(&base, &q).await;
+    let mut poll = RawPoll::start(&base, "topics=product-1,customer-7", &t7).await;
+
+    // a farmer's write: one inventory.updated
+    let a = api
+        .patch("/api/products/1", Some(&farmer), json!({"quantity": 9}))
+        .await;
+    assert_eq!(a.status, 200, "{a:?}");
+    let tx = tx_of(&a.body);
+    for (name, evs) in [
+        ("ws", take(&mut ws, 1).await),
+        ("sse", take(&mut sse, 1).await),
+        ("poll", poll.take(1).await),
+    ] {
+        assert_eq!(evs[0]["event"], "inventory.updated", "{name}");
+        assert_eq!(evs[0]["tx"], tx.as_str(), "{name}: {}", evs[0]);
+    }
+
+    // a customer's checkout: an order and an inventory change, one transaction
+    let a = api
+        .post(
+            "/api/cart/items",
+            Some(&t7),
+            json!({"productId":"1","quantity":2}),
+        )
+        .await;
+    assert_eq!(a.status, 200, "{a:?}");
+    let cart_tx = tx_of(&a.body);
+    let a = api.post("/api/checkout", Some(&t7), json!({})).await;
+    assert_eq!(a.status, 201, "{a:?}");
+    let tx = tx_of(&a.body);
+    assert_ne!(tx, cart_tx);
+    for (name, evs) in [
+        ("ws", take(&mut ws, 2).await),
+        ("sse", take(&mut sse, 2).await),
+        ("poll", poll.take(2).await),
+    ] {
+        let events: BTreeSet<&str> = evs.iter().map(|e| e["event"].as_str().unwrap()).collect();
+        assert_eq!(
+            events,
+            BTreeSet::from(["order.status.changed", "inventory.updated"]),
+            "{name}"
+        );
+        for e in &evs {
+            assert_eq!(e["tx"], tx.as_str(), "{name}: {e}");
+        }
+    }
+    // the log agrees
+    let xids: Vec<String> = db
+        .query(
+            "SELECT DISTINCT xid::text FROM rowcast.changes WHERE event = 'order.status.changed'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(xids, [tx]);
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_defined_json_errors() {
+    let panics = panic_counter().load(Ordering::SeqCst);
+    let url = fresh_market_db().await;
+    let db = connect(&url).await;
+    market_with_tomatoes(&db).await;
+    let srv = api_server(&url, |_| {}).await;
+    let api = Api::new(&srv.base_url());
+    let (t7, farmer) = (token("7", "customer"), token("101", "farmer"));
+    let t = Some(t7.as_str());
+    let post_raw = |body: &'static str| {
+        let api = api.clone();
+        let t7 = t7.clone();
+        async move {
+            api.send("POST", "/api/cart/items", Some(&t7), Some(body), &[])
+                .await
+        }
+    };
+
+    // malformed JSON, wrong types, unknown and missing fields
+    for body in [
+        "{\"productId\":",
+        "",
+        "[]",
+        "null",
+        "{\"productId\":true,\"quantity\":1}",
+        "{\"productId\":\"1\",\"quantity\":\"3\"}",
+        "{\"productId\":\"1\",\"quantity\":null}",
+        "{\"productId\":\"1\",\"quantity\":[3]}",
+        "{\"productId\":1.5,\"quantity\":1}",
+        "{\"productId\":\"-1\",\"quantity\":1}",
+        "{\"productId\":\"1\"}",
+        "{\"quantity\":1}",
+        "{\"productId\":\"1\",\"quantity\":1,\"price\":0}",
+        "{\"productId\":\"1\",\"quantity\":1,\"productId\":\"2\"}",
+    ] {
+        assert_error(&post_raw(body).await, 400, "bad_request");
+    }
+    // not JSON at all
+    let a = api
+        .send(
+            "POST",
+            "/api/cart/items",
+            t,
+            None,
+            &[("Content-Type", "text/plain")],
+        )
+        .await;
+    assert_error(&a, 415, "unsupported_media_type");
+    let a = api
+        .http
+        .post(format!("{}/api/cart/items", api.base))
+        .header("Authorization", format!("Bearer {t7}"))
+        .body("{\"productId\":\"1\",\"quantity\":1}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(a.status(), 415, "a body without a Content-Type");
+    // a body over the limit, announced (Content-Length) or streamed (chunked):
+    // small enough to be sent whole, so the client reads the answer
+    let over = format!(
+        "{{\"productId\":\"1\",\"quantity\":1,\"pad\":\"{}\"}}",
+        "x".repeat(6000)
+    );
+    let a = api
+        .send("POST", "/api/cart/items", t, Some(&over), &[])
+        .await;
+    assert_error(&a, 413, "payload_too_large");
+    let chunks: Vec<Result<String, std::io::Error>> =
+        (0..2).map(|_| Ok("x".repeat(3000))).collect();
+    let a = api
+        .http
+        .post(format!("{}/api/cart/items", api.base))
+        .header("Authorization", format!("Bearer {t7}"))
+        .header("Content-Type", "application/json")
+        .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(a.status(), 413);
+    // a huge one is refused unread: the answer is 413, or (when the client is
+    // still writing as the server closes) the connection is cut
+    let huge = "x".repeat(4 << 20);
+    match api
+        .http
+        .post(format!("{}/api/cart/items", api.base))
+        .header("Authorization", format!("Bearer {t7}"))
+        .header("Content-Type", "application/json")
+        .body(huge)
+        .send()
+        .await
+    {
+        Ok(r) => assert_eq!(r.status(), 413),
+        Err(e) => assert!(e.is_request(), "{e}"),
+    }
+
+    // unknown product, zero, negative, too precise, too large, absurd quantities
+    let a = api
+        .post(
+            "/api/cart/items",
+            t,
+            json!({"productId":"999","quantity":1}),
+        )
+        .await;
+    assert_error(&a, 404, "unknown_product");
+    assert_eq!(a.body["productId"], "999");
+    for q in ["0", "-1", "-0.5", "1.0000001", "1000000001", "1e10", "1e-7"] {
+        let body: &'static str =
+            Box::leak(format!("{{\"productId\":\"1\",\"quantity\":{q}}}").into_boxed_str());
+        assert_error(&post_raw(body).await, 400, "invalid_quantity");
+    }
+    for q in [
+        "1e999999",
+        "1e-999999",
+        "123456789012345678901234567890123456789012345",
+    ] {
+        let body: &'static str =
+            Box::leak(format!("{{\"productId\":\"1\",\"quantity\":{q}}}").into_boxed_str());
+        assert_error(&post_raw(body).await, 400, "invalid_quantity");
+    }
+    // more than there is: 409 with FR-021's wording and options
+    let a = api
+        .post("/api/cart/items", t, json!({"productId":1,"quantity":11}))
+        .await;
+    assert_error(&a, 409, "quantity_unavailable");
+    assert_eq!(a.body["available"], json!(10));
+    assert_eq!(a.body["message"], "Only 10 lbs available. Adjust quantity?");
+    assert_eq!(
+        a.body["options"],
+        json!(["adjust", "remove", "contact_farmer"])
+    );
+    // a line the cart does not hold; ids in the path that are not ids
+    assert_error(
+        &api.patch("/api/cart/items/2", t, json!({"quantity":1}))
+            .await,
+        404,
+        "not_in_cart",
+    );
+    for path in [
+        "/api/cart/items/abc",
+        "/api/cart/items/-1",
+        "/api/cart/items/99999999999999999999",
+        "/api/cart/items/1%200",
+    ] {
+        assert_error(
+            &api.patch(path, t, json!({"quantity":1})).await,
+            400,
+            "bad_request",
+        );
+        assert_error(&api.delete(path, t).await, 400, "bad_request");
+    }
+    // checkout of an empty cart: refused, counted as an error
+    let a = api.post("/api/checkout", t, json!({})).await;
+    assert_error(&a, 409, "cart_empty");
+    assert_eq!(checkouts(&srv, "error"), 1.0);
+    // farmer input
+    let f = Some(farmer.as_str());
+    for q in [json!(-1), json!(0.0000001), json!("5"), json!(null)] {
+        let a = api
+            .patch("/api/products/1", f, json!({ "quantity": q }))
+            .await;
+        assert!(a.status == 400, "{q}: {a:?}");
+    }
+    assert_error(
+        &api.patch("/api/products/999", f, json!({"quantity":1}))
+            .await,
+        404,
+        "unknown_product",
+    );
+    db.execute(
+        "INSERT INTO market.orders (id, customer_id, farm_id) VALUES (10, 7, 1)",
+        &[],
+    )
+    .await
+    .unwrap();
+    for s in [
+        json!("SHIPPED"),
+        json!("confirmed"),
+        json!(""),
+        json!("x".repeat(3000)),
+    ] {
+        let a = api
+            .post("/api/orders/10/status", f, json!({ "status": s }))
+            .await;
+        assert_error(&a, 400, "invalid_status");
+        assert!(a.body.to_string().len() < 400, "echoes are bounded: {a:?}");
+    }
+    assert_error(
+        &api.post("/api/orders/10/status", f, json!({"status": 3}))
+            .await,
+        400,
+        "bad_request",
+    );
+    // query and routing
+    assert_error(
+        &api.get("/api/products?farm=x", None).await,
+        400,
+        "bad_request",
+    );
+    assert_error(
+        &api.get("/api/products?farm=1&farm=2", None).await,
+        400,
+        "bad_query",
+    );
+    let farm2 = api.get("/api/products?farm=2", None).await;
+    assert_eq!(farm2.body.as_array().unwrap().len(), 1);
+    assert_eq!(farm2.body[0]["productId"], "2");
+    assert_error(&api.get("/api/nothing", None).await, 404, "not_found");
+    assert_error(
+        &api.get("/api/checkout", t).await,
+        405,
+        "method_not_allowed",
+    );
+    assert_error(&api.delete("/api/cart", t).await, 405, "method_not_allowed");
+
+    // nothing was written by any of it
+    assert_eq!(
+        scalar_i64(&db, "SELECT count(*) FROM market.cart_items").await,
+        0
+    );
+    assert_eq!(stock(&db).await[&1], "10");
+    assert!(srv.metric("rowcast_rejected_total{reason=\"bad_request\"}") >= 40.0);
+    assert_eq!(
+        srv.metric("rowcast_rejected_total{reason=\"payload_too_large\"}"),
+        3.0
+    );
+    assert_eq!(
+        srv.metric("rowcast_rejected_total{reason=\"unsupported_media_type\"}"),
+        2.0
+    );
+    // and the server still works
+    let a = api
+        .post(
+            "/api/cart/items",
+            t,
+            json!({"productId":"1","quantity":2.5}),
+        )
+        .await;
+    assert_eq!(a.status, 200, "{a:?}");
+    assert_eq!(a.body["items"][0]["requested"], json!(2.5));
+    assert_eq!(
+        panic_counter().load(Ordering::SeqCst),
+        panics,
+        "bad input made something panic"
+    );
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origins_preflights_and_the_per_address_budget() {
+    let url = fresh_market_db().await;
+    let db = connect(&url).await;
+    market_with_tomatoes(&db).await;
+    let srv = api_server(&url, |c| {
+        c.origins = rowcast::Origins::parse("https://shop.example");
+        c.market_api.per_ip = 2; // bursts of 20
+    })
+    .await;
+    let api = Api::new(&srv.base_url());
+    let t7 = token("7", "customer");
+
+    // a browser's preflight for a JSON PATCH from an allowed origin
+    let a = api
+        .send(
+            "OPTIONS",
+            "/api/cart/items/1",
+            None,
+            None,
+            &[
+                ("Origin", "https://shop.example"),
+                ("Access-Control-Request-Method", "PATCH"),
+                (
+                    "Access-Control-Request-Headers",
+                    "authorization, content-type",
+                ),
+            ],
+        )
+        .await;
+    assert_eq!(a.status, 204);
+    let h = |k: &str| {
+        a.headers
+            .get(k)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    assert_eq!(h("access-control-allow-origin"), "https://shop.example");
+    for m in ["POST", "PATCH", "DELETE"] {
+        assert!(
+            h("access-control-allow-methods").contains(m),
+            "{}",
+            h("access-control-allow-methods")
+        );
+    }
+    for k in ["authorization", "content-type"] {
+        assert!(h("access-control-allow-headers").contains(k));
+    }
+    // the request itself: readable by that origin
+    let a = api
+        .send(
+            "POST",
+            "/api/cart/items",
+            Some(&t7),
+            Some(r#"{"productId":"1","quantity":1}"#),
+            &[("Origin", "https://shop.example")],
+        )
+        .await;
+    assert_eq!(a.status, 200, "{a:?}");
+    assert_eq!(
+        a.headers.get("access-control-allow-origin").unwrap(),
+        "https://shop.example"
+    );
+    // another origin: refused before anything happens
+    let a = api
+        .send(
+            "DELETE",
+            "/api/cart/items/1",
+            Some(&t7),
+            None,
+            &[("Origin", "https://evil.example")],
+        )
+        .await;
+    assert_error(&a, 403, "forbidden_origin");
+    assert_eq!(
+        scalar_i64(&db, "SELECT count(*) FROM market.cart_items").await,
+        1
+    );
+
+    // the per-address budget: a burst of 10 × 2, then 429 with Retry-After
+    let mut statuses = Vec::new();
+    for _ in 0..30 {
+        statuses.push(api.get("/api/products", None).await);
+    }
+    let limited: Vec<&Answer> = statuses.iter().filter(|a| a.status == 429).collect();
+    assert!(!limited.is_empty(), "never limited");
+    assert!(
+        statuses.iter().all(|a| a.status == 200 || a.status == 429),
+        "{statuses:?}"
+    );
+    assert_error(limited[0], 429, "api_rate_limited");
+    assert_eq!(limited[0].headers.get("retry-after").unwrap(), "1");
+    assert!(srv.metric("rowcast_rejected_total{reason=\"api_rate_limited\"}") >= 1.0);
+    // the push transports do not share that budget
+    let (status, _) = poll_raw(&srv.base_url(), "topics=product-1").await;
+    assert_eq!(status, 200);
+    srv.stop().await;
+}
+
+/// The API has its own connections: a checkout stuck behind a row lock holds
+/// one of them, never one of the pool that serves polling and authorization.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_checkout_does_not_hold_up_the_push_transports() {
+    let url = fresh_market_db().await;
+    let mut db = connect(&url).await;
+    market_with_tomatoes(&db).await;
+    let srv = api_server(&url, |c| {
+        c.pool_size = 1;
+        c.market_api.pool_size = 1;
+    })
+    .await;
+    let base = srv.base_url();
+    let api = Api::new(&base);
+    let t7 = token("7", "customer");
+    let a = api
+        .post(
+            "/api/cart/items",
+            Some(&t7),
+            json!({"productId":"1","quantity":1}),
+        )
+        .await;
+    assert_eq!(a.status, 200, "{a:?}");
+    let lock = db.transaction().await.unwrap();
+    lock.execute("SELECT 1 FROM market.products WHERE id = 1 FOR UPDATE", &[])
+        .await
+        .unwrap();
+    let stuck = {
+        let (api, t7) = (api.clone(), t7.clone());
+        tokio::spawn(async move { api.post("/api/checkout", Some(&t7), json!({})).await })
+    };
+    // wait until the checkout waits on the lock
+    let mut waiting = false;
+    let probe = connect(&url).await;
+    for _ in 0..200 {
+        waiting = probe
+            .query_one(
+                "SELECT count(*) > 0 FROM pg_stat_activity
+                  WHERE wait_event_type = 'Lock' AND query LIKE '%market.checkout%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(waiting, "the checkout never waited on the lock");
+    // polling, with a token and a private topic (authorization), still answers
+    let (status, v) = get_json(
+        &base,
+        "/v1/poll?topics=customer-7,product-1",
+        &[("Authorization", &format!("Bearer {t7}"))],
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    lock.rollback().await.unwrap();
+    let a = stuck.await.unwrap();
+    assert_eq!(a.status, 201, "{a:?}");
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_flag_needs_a_token_key_and_the_market_schema() {
+    let url = fresh_market_db().await;
+    let mut cfg = rowcast::server::ServerConfig::new(url.as_str(), "127.0.0.1:0".parse().unwrap());
+    cfg.market_api.enabled = true;
+    let e = rowcast::server::Server::start(cfg)
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        e.to_string().contains("--market-api needs --jwt-secret"),
+        "{e}"
+    );
+
+    // a database with rowcast's core schema only
+    let pg = tokio::task::spawn_blocking(cluster).await.unwrap();
+    let bare = pg
+        .create_database(&format!("t_shop_bare_{}", std::process::id()))
+        .await
+        .unwrap();
+    rowcast::migrate::migrate(&mut connect(&bare).await, false)
+        .await
+        .unwrap();
+    let mut cfg = rowcast::server::ServerConfig::new(bare.as_str(), "127.0.0.1:0".parse().unwrap());
+    cfg.market_api.enabled = true;
+    cfg.jwt.secret = Some(SECRET.into());
+    let e = rowcast::server::Server::start(cfg)
+        .await
+        .err()
+        .expect("refused");
+    assert!(e.to_string().contains("rowcast migrate --market"), "{e}");
+
+    // without the flag there is no API
+    let srv = server_with(&url, |c| c.jwt.secret = Some(SECRET.into())).await;
+    let (status, _) = get_json(&srv.base_url(), "/api/products", &[]).await;
+    assert_eq!(status, 404);
+    srv.stop().await;
+}
