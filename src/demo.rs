@@ -23,7 +23,8 @@ macro_rules! say {
     }};
 }
 
-const FARMS: &[(&str, i64)] = &[
+/// The demo's farms: (name, farmer id); farm ids are 1, 2, ... in this order.
+pub(crate) const FARMS: &[(&str, i64)] = &[
     ("Sunny Valley Farm", 101),
     ("Green Acres", 102),
     ("Riverbend Orchard", 103),
@@ -77,6 +78,7 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
     cfg.jwt.secret = Some(DEMO_SECRET.to_string());
     cfg.origins = crate::limits::Origins::localhost();
     cfg.market_api.enabled = true;
+    cfg.demo_storefront = true;
     let server = Server::start_on(listener, cfg).await?;
     let token = crate::auth::mint_hs256(
         DEMO_SECRET,
