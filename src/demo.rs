@@ -2,6 +2,8 @@
 //! data, a simulated farmer, and a rowcast server with the storefront API
 //! (`shop`), so a newcomer sees changes arrive with no set-up at all.
 
+mod traffic;
+
 use crate::embedded_pg::{EmbeddedPg, Options};
 use crate::error::Result;
 use crate::server::{Server, ServerConfig};
@@ -61,7 +63,12 @@ pub struct DemoOptions {
     pub run_for: Option<Duration>,
     /// Seconds between simulated farmer actions.
     pub tick: Duration,
+    /// Simulated shoppers (`--traffic`); 0: none.
+    pub shoppers: usize,
 }
+
+/// The most shoppers `--traffic` simulates.
+pub const MAX_SHOPPERS: usize = traffic::MAX_SHOPPERS;
 
 pub async fn run(opts: DemoOptions) -> Result<()> {
     let mut signals = crate::server::Signals::install()?;
@@ -115,6 +122,20 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
     say!();
 
     let farmer = tokio::spawn(simulate_farmer(client, opts.tick));
+    let _shoppers = if opts.shoppers > 0 {
+        let restocker = crate::db::connect(&url).await?;
+        let addr = server.addr;
+        let set = traffic::start(&base, addr, opts.shoppers, restocker)?;
+        say!(
+            "simulating {} shoppers (WebSocket, a few on SSE, carts and checkouts): watch {base}/metrics,",
+            opts.shoppers.min(MAX_SHOPPERS)
+        );
+        say!("or scrape it with Prometheus and open the SLOs (README, \"SLOs\")");
+        say!();
+        Some(set)
+    } else {
+        None
+    };
     let run_for = opts.run_for.unwrap_or(Duration::MAX);
     tokio::select! {
         _ = signals.recv() => {}

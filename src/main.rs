@@ -138,6 +138,11 @@ struct DemoArgs {
     /// Milliseconds between simulated farmer actions.
     #[arg(long, default_value_t = 1000)]
     tick_ms: u64,
+    /// Simulate this many shoppers (default 50 when given without a number, at
+    /// most 2000): WebSocket clients, a few on SSE, carts and checkouts, so the
+    /// dashboard and the SLOs have data.
+    #[arg(long, value_name = "SHOPPERS", num_args = 0..=1, default_missing_value = "50")]
+    traffic: Option<usize>,
 }
 
 /// The log filter unless `RUST_LOG` says otherwise.
@@ -169,6 +174,7 @@ fn main() -> anyhow::Result<()> {
                 listen: a.listen,
                 run_for: a.run_for.map(Duration::from_secs),
                 tick: Duration::from_millis(a.tick_ms.max(10)),
+                shoppers: a.traffic.unwrap_or(0),
             })
             .await
             .context("demo failed"),

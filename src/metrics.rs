@@ -1,7 +1,10 @@
 //! Prometheus metrics. One registry per server so that several servers can run
 //! in one process (the tests do).
 
+mod live_seconds;
+
 use crate::error::Result;
+pub(crate) use live_seconds::{Alive, LiveSeconds};
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -94,8 +97,11 @@ pub(crate) struct Metrics {
     pub sessions: IntCounterVec,
     /// Seconds WebSocket sessions were connected, and seconds clients that
     /// wanted one reported being without (FR-021's WebSocket uptime).
-    pub ws_connected_seconds: prometheus::Counter,
+    pub ws_connected_seconds: LiveSeconds,
     pub ws_gap_seconds: prometheus::Counter,
+    /// WebSocket sessions (raw and Socket.IO) ended, by why (the transport
+    /// names the reasons and registers them all).
+    pub ws_closed: IntCounterVec,
     /// Presence: activity reports, the touches written, transitions made here.
     pub presence_reports: IntCounter,
     pub presence_writes: IntCounter,
@@ -274,9 +280,9 @@ impl Metrics {
             ),
             &["transport", "fallback"],
         )?;
-        let ws_connected_seconds = prometheus::Counter::new(
+        let ws_connected_seconds = LiveSeconds::new(
             "rowcast_ws_connected_seconds_total",
-            "Seconds WebSocket sessions (raw and Socket.IO) were connected, added when each ends",
+            "Seconds WebSocket sessions (raw and Socket.IO) have been connected, open ones included",
         )?;
         let ws_gap_seconds = prometheus::Counter::new(
             "rowcast_ws_gap_seconds_total",
@@ -285,6 +291,14 @@ impl Metrics {
         registry.register(Box::new(sessions.clone()))?;
         registry.register(Box::new(ws_connected_seconds.clone()))?;
         registry.register(Box::new(ws_gap_seconds.clone()))?;
+        let ws_closed = IntCounterVec::new(
+            Opts::new(
+                "rowcast_ws_closed_total",
+                "WebSocket sessions (raw and Socket.IO) ended, by reason (client_gone: the client left)",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(ws_closed.clone()))?;
         for t in Transport::ALL.map(Transport::as_str) {
             for f in ["yes", "no"] {
                 sessions.with_label_values(&[t, f]);
@@ -394,6 +408,7 @@ impl Metrics {
             sessions,
             ws_connected_seconds,
             ws_gap_seconds,
+            ws_closed,
             presence_reports,
             presence_writes,
             presence_transitions,

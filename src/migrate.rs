@@ -50,8 +50,8 @@ pub const MARKET: &[(&str, &str)] = &[
         include_str!("../sql/market/006_presence.sql"),
     ),
     (
-        "market/006_farmer_writes",
-        include_str!("../sql/market/006_farmer_writes.sql"),
+        "market/007_farmer_writes",
+        include_str!("../sql/market/007_farmer_writes.sql"),
     ),
 ];
 

@@ -105,3 +105,74 @@ async fn demo_prints_urls_and_sse_shows_events() {
         .unwrap();
     assert!(status.success(), "demo exited with {status}");
 }
+
+/// Issue #15: `demo --traffic` drives all four FR-021 metrics: WebSocket
+/// sessions and their connected time, a fallback session, checkouts, and live
+/// deliveries, from simulated shoppers on their own loopback addresses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_traffic_feeds_the_four_slo_metrics() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rowcast"))
+        .args(["demo", "--listen", "127.0.0.1:0", "--traffic", "10"])
+        .args(["--tick-ms", "300", "--run-for", "240"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn rowcast demo --traffic");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut metrics_url = None;
+    let mut announced = false;
+    while !(announced && metrics_url.is_some()) {
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("demo prints its URLs within a minute");
+        if let Some(url) = line.trim().strip_prefix("metrics    ") {
+            metrics_url = Some(url.to_string());
+        }
+        announced |= line.contains("simulating 10 shoppers");
+    }
+    let url = metrics_url.unwrap();
+    let sum = |text: &str, prefix: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let wanted = [
+        "rowcast_sessions_total{fallback=\"no\",transport=\"ws\"}",
+        "rowcast_sessions_total{fallback=\"yes\",transport=\"sse\"}",
+        "rowcast_ws_connected_seconds_total",
+        "rowcast_checkouts_total",
+        "rowcast_sync_latency_seconds_count",
+    ];
+    let mut text = String::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(150);
+    while std::time::Instant::now() < deadline {
+        text = reqwest::get(&url).await.unwrap().text().await.unwrap();
+        if wanted.iter().all(|w| sum(&text, w) > 0.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    for w in wanted {
+        assert!(sum(&text, w) > 0.0, "{w} stayed 0:\n{text}");
+    }
+    #[allow(unsafe_code)]
+    // SAFETY: plain kill(2) on our own child's pid.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "demo exited with {status}");
+}

@@ -43,3 +43,116 @@ async fn dashboard_and_alerts_name_real_metrics() {
     }
     srv.stop().await;
 }
+
+/// `promtool` (Debian `prometheus`) checks the rules and runs their unit
+/// tests (`grafana/alerts.test.yml`: a firing and a silent case per alert).
+/// Without promtool the test is skipped loudly, except in CI (`ROWCAST_CI`).
+#[test]
+fn alert_rules_parse_and_their_unit_tests_pass() {
+    let run = |args: &[&str]| std::process::Command::new("promtool").args(args).output();
+    let Ok(version) = run(&["--version"]) else {
+        let msg = "promtool (Debian package `prometheus`) is needed to test the alert rules";
+        if std::env::var_os("ROWCAST_CI").is_some() {
+            panic!("{msg}");
+        }
+        eprintln!("\n*** SKIPPING alert rule tests: {msg} ***\n");
+        return;
+    };
+    assert!(version.status.success());
+    for args in [
+        ["check", "rules", "grafana/alerts.yml"],
+        ["test", "rules", "grafana/alerts.test.yml"],
+    ] {
+        let out = run(&args).unwrap();
+        assert!(
+            out.status.success(),
+            "promtool {}:\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// FR-021's four success metrics each have a row on the dashboard: the
+/// current value (a stat coloured by its target) and a graph with the target
+/// drawn as a line; every recording rule a panel uses is defined.
+#[test]
+fn dashboard_shows_each_fr021_metric_with_its_target() {
+    let text = std::fs::read_to_string("grafana/rowcast-dashboard.json").unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let panels = dashboard["panels"].as_array().unwrap();
+    let exprs = |p: &serde_json::Value| -> Vec<String> {
+        p["targets"]
+            .as_array()
+            .map(|t| {
+                t.iter()
+                    .filter_map(|t| t["expr"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    // (what identifies the metric, its target)
+    let slos = [
+        ("rowcast_sync_latency_seconds_bucket", "vector(2)"),
+        ("rowcast_ws_gap_seconds_total", "vector(0.995)"),
+        (
+            "rowcast_checkouts_total{result=\"conflict\"}",
+            "vector(0.01)",
+        ),
+        ("rowcast_sessions_total{fallback=\"yes\"}", "vector(0.05)"),
+    ];
+    let rows: Vec<&str> = panels
+        .iter()
+        .filter(|p| p["type"] == "row")
+        .filter_map(|p| p["title"].as_str())
+        .collect();
+    for (i, (metric, target)) in slos.iter().enumerate() {
+        let row = format!("FR-021 {} ", i + 1);
+        assert!(
+            rows.iter().any(|r| r.starts_with(&row)),
+            "no row {row}: {rows:?}"
+        );
+        let graph = panels
+            .iter()
+            .find(|p| p["type"] == "timeseries" && exprs(p).iter().any(|e| e.contains(metric)));
+        let graph = graph.unwrap_or_else(|| panic!("no graph of {metric}"));
+        assert!(
+            exprs(graph).iter().any(|e| e == target),
+            "{metric}: no target line {target}"
+        );
+        let stat = panels
+            .iter()
+            .find(|p| p["type"] == "stat" && exprs(p).iter().any(|e| e.contains(metric)));
+        let stat = stat.unwrap_or_else(|| panic!("no current value of {metric}"));
+        let steps = stat["fieldConfig"]["defaults"]["thresholds"]["steps"]
+            .as_array()
+            .unwrap();
+        assert_eq!(
+            steps.len(),
+            2,
+            "{metric}: the stat is coloured by its target"
+        );
+    }
+    let rules = std::fs::read_to_string("grafana/alerts.yml").unwrap();
+    let mut rest = text.as_str();
+    while let Some(i) = rest.find("rowcast:") {
+        let tail = &rest[i..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+            .unwrap_or(tail.len());
+        let rule = &tail[..end];
+        assert!(
+            rules.contains(&format!("record: {rule}\n")),
+            "{rule} is not a recording rule in alerts.yml"
+        );
+        rest = &tail[end..];
+    }
+    for file in [
+        "grafana/provisioning/datasources/rowcast.yml",
+        "grafana/provisioning/dashboards/rowcast.yml",
+        "grafana/prometheus.yml",
+    ] {
+        assert!(std::path::Path::new(file).is_file(), "{file}");
+    }
+}

@@ -116,6 +116,42 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, so that metrics can create their series up front.
+    pub const ALL: [ErrorCode; 29] = {
+        use ErrorCode::*;
+        [
+            BadQuery,
+            BadTopic,
+            BadCursor,
+            BadWait,
+            BadLimit,
+            BadMessage,
+            BinaryNotSupported,
+            TooManyTopics,
+            Unauthorized,
+            Forbidden,
+            ForbiddenOrigin,
+            AuthNotAllowed,
+            AuthUnavailable,
+            CursorExpired,
+            CursorUnknown,
+            TooManyConnections,
+            TooManyConnectionsFromIp,
+            AuthorizeRateLimited,
+            Unavailable,
+            CursorAhead,
+            Busy,
+            SessionUnknown,
+            BadRequest,
+            InvalidQuantity,
+            PayloadTooLarge,
+            UnsupportedMediaType,
+            MethodNotAllowed,
+            NotFound,
+            ApiRateLimited,
+        ]
+    };
+
     pub fn as_str(self) -> &'static str {
         use ErrorCode::*;
         match self {
@@ -333,6 +369,14 @@ impl ServerMessage<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_error_code_once() {
+        let mut names: Vec<_> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), ErrorCode::ALL.len());
+    }
 
     #[test]
     fn parses_messages() {

@@ -1,5 +1,5 @@
 //! The demo storefront's HTTP API: a thin layer over the market schema's SQL
-//! functions (`sql/market/004_carts.sql`, `sql/market/006_farmer_writes.sql`),
+//! functions (`sql/market/004_carts.sql`, `sql/market/007_farmer_writes.sql`),
 //! served on the client port by `rowcast demo` and by `serve --market-api`.
 //!
 //! Why it is thin: the guarantees (server wins, no overselling, no deadlock,

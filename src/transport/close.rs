@@ -36,6 +36,45 @@ pub(crate) enum Disconnect {
 }
 
 impl Disconnect {
+    pub(crate) const ALL: [Disconnect; 13] = {
+        use Disconnect::*;
+        [
+            ClientGone,
+            ServerRestart,
+            SlowConsumer,
+            CursorExpired,
+            TryAgainLater,
+            KeepaliveTimeout,
+            AuthTimeout,
+            TokenExpired,
+            InvalidToken,
+            RateLimited,
+            MessageTooBig,
+            InvalidUtf8,
+            ProtocolError,
+        ]
+    };
+
+    /// The `rowcast_ws_closed_total{reason}` label.
+    pub(crate) fn label(self) -> &'static str {
+        use Disconnect::*;
+        match self {
+            ClientGone => "client_gone",
+            ServerRestart => "server_restart",
+            SlowConsumer => "slow_consumer",
+            CursorExpired => "cursor_expired",
+            TryAgainLater => "try_again_later",
+            KeepaliveTimeout => "keepalive_timeout",
+            AuthTimeout => "auth_timeout",
+            TokenExpired => "token_expired",
+            InvalidToken => "invalid_token",
+            RateLimited => "rate_limited",
+            MessageTooBig => "message_too_big",
+            InvalidUtf8 => "invalid_utf8",
+            ProtocolError => "protocol_error",
+        }
+    }
+
     /// The WebSocket close code; `None`: no close frame (the client is gone).
     pub(crate) fn ws_code(self) -> Option<u16> {
         use Disconnect::*;

@@ -66,6 +66,16 @@ impl App {
             ping_timeout: cfg.keepalive,
             max_payload: cfg.limits.max_frame,
         };
+        // every series exists from the start, so rate() sees the first one
+        for end in close::Disconnect::ALL {
+            metrics.ws_closed.with_label_values(&[end.label()]);
+            if let Some(reason) = end.rejection() {
+                metrics.rejected.with_label_values(&[reason]);
+            }
+        }
+        for reason in ErrorCode::ALL.iter().filter_map(|c| c.rejection()) {
+            metrics.rejected.with_label_values(&[reason]);
+        }
         App {
             socketio: Arc::new(socketio::polling::Registry::new(settings)),
             node_id: cfg.node_id.clone().unwrap_or_default(),
@@ -85,7 +95,11 @@ impl App {
     }
 
     /// Counts a client session for the SLOs (`rowcast_sessions_total`), with
-    /// the gap the client reports before a WebSocket.
+    /// the gap the client reports before a WebSocket. A session is counted
+    /// once, when it opens, under the transport it opened on: a Socket.IO
+    /// session that upgrades from polling stays `socketio_polling`; a polling
+    /// client is a session only on the request that carries `fallback=`
+    /// (the SDK's first); a WebSocket is never a fallback.
     pub(crate) fn count_session(&self, t: Transport, report: start::ClientReport) {
         let fallback = match t {
             Transport::Ws | Transport::SocketIo => false,
@@ -100,11 +114,10 @@ impl App {
         }
     }
 
-    /// A WebSocket session ended after `lived`.
-    pub(crate) fn ws_ended(&self, lived: std::time::Duration) {
-        self.metrics
-            .ws_connected_seconds
-            .inc_by(lived.as_secs_f64());
+    /// A WebSocket session is connected until the guard is dropped
+    /// (`rowcast_ws_connected_seconds_total`).
+    pub(crate) fn ws_connected(&self) -> crate::metrics::Alive {
+        self.metrics.ws_connected_seconds.open()
     }
 }
 

@@ -121,7 +121,7 @@ async fn upgrade_from_polling(app: Arc<App>, mut socket: WebSocket, polling: Arc
         return;
     };
     session.conn.switch(app.transport(Transport::SocketIo));
-    app.count_session(Transport::SocketIo, Default::default());
+    // counted once, when it opened on polling (`count_session`)
     Connection { socket, session }.run(None).await;
 }
 
@@ -132,7 +132,7 @@ struct Connection {
 
 impl Connection {
     async fn run(mut self, first: Option<String>) {
-        let began = Instant::now();
+        let connected = self.session.app.ws_connected();
         let end = match first {
             Some(open) => match self.send(open).await {
                 Ok(()) => self.serve().await,
@@ -141,7 +141,7 @@ impl Connection {
             None => self.serve().await,
         };
         self.count_end(end);
-        self.session.app.ws_ended(began.elapsed());
+        drop(connected);
         let _ = tokio::time::timeout(Duration::from_secs(2), async {
             if let Some(code) = end.ws_code() {
                 let frame = CloseFrame {
@@ -157,6 +157,10 @@ impl Connection {
 
     fn count_end(&self, end: Disconnect) {
         let app = &self.session.app;
+        app.metrics
+            .ws_closed
+            .with_label_values(&[end.label()])
+            .inc();
         if end == Disconnect::SlowConsumer {
             self.session.conn.metrics().slow_drops.inc();
         }

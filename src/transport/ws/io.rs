@@ -27,9 +27,9 @@ impl Session {
         topics: Vec<String>,
         denied: Vec<String>,
     ) {
-        let began = Instant::now();
+        let connected = self.app.ws_connected();
         let end = self.serve(opened, topics, denied).await;
-        self.app.ws_ended(began.elapsed());
+        drop(connected);
         self.count_end(end);
         // bounded: a client that stopped reading must not hold the task forever
         let _ = tokio::time::timeout(CLOSE_WAIT, async {
@@ -51,6 +51,11 @@ impl Session {
     /// Counts how the connection ended: the one place for slow consumers,
     /// client faults and token ends on this transport.
     fn count_end(&self, end: Disconnect) {
+        self.app
+            .metrics
+            .ws_closed
+            .with_label_values(&[end.label()])
+            .inc();
         if end == Disconnect::SlowConsumer {
             self.conn.metrics().slow_drops.inc();
         }
