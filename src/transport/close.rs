@@ -146,14 +146,20 @@ impl Disconnect {
 impl Disconnect {
     /// A WebSocket read error has a cause worth telling the client when it was
     /// ours to enforce: too big (1009), not UTF-8 (1007), a protocol violation
-    /// (1002). Others mean the peer is gone.
+    /// (1002). Others mean the peer is gone, including a connection that
+    /// ended without a close frame (tungstenite calls that a protocol error,
+    /// but it is a broken connection: a proxy cut it, the browser vanished),
+    /// so that `client_gone` keeps it out of the sessions the server ended.
     pub(crate) fn from_ws_read(e: axum::Error) -> Disconnect {
-        use tungstenite::error::{CapacityError, Error as WsError};
+        use tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
         match e.into_inner().downcast_ref::<WsError>() {
             Some(WsError::Capacity(CapacityError::MessageTooLong { .. })) => {
                 Disconnect::MessageTooBig
             }
             Some(WsError::Utf8(_)) => Disconnect::InvalidUtf8,
+            Some(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake)) => {
+                Disconnect::ClientGone
+            }
             Some(WsError::Protocol(_)) => Disconnect::ProtocolError,
             _ => Disconnect::ClientGone,
         }
