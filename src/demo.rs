@@ -100,6 +100,11 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
     let ws_base = base.replacen("http://", "ws://", 1);
     say!();
     say!("rowcast demo is running (Ctrl-C stops it and deletes the database)");
+    say!();
+    say!("open the storefront in a browser:");
+    say!("  shop       {base}/");
+    say!("  farmer     {base}/farmer   (in a second tab: change a quantity, confirm an order)");
+    say!();
     say!("  database   {url}");
     say!("  WebSocket  {ws_base}/v1/ws?topics=farm-1,product-1");
     say!("  SSE        {base}/v1/events?topics=farm-1");

@@ -82,33 +82,76 @@ fn tools() -> Option<Tools> {
 // -------------------------------------------------------- chromedriver
 
 /// A chromedriver in its own process group; dropping it kills the group,
-/// Chromium included, whatever state a failed test left them in.
+/// Chromium included, whatever state a failed test left them in, and
+/// deletes the profiles its browsers used.
 struct Driver {
     child: Child,
     url: String,
     chromium: PathBuf,
+    /// Every browser's fresh profile is a directory in here.
+    profiles: PathBuf,
     seq: AtomicU32,
 }
 
+/// Long: chromedriver and Chromium start slowly on a busy two-core machine.
+const DRIVER_START: Duration = Duration::from_secs(90);
+
 impl Driver {
     async fn start(tools: &Tools) -> Driver {
+        use std::io::{BufRead, BufReader};
         use std::os::unix::process::CommandExt;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let child = Command::new(&tools.chromedriver)
-            .arg(format!("--port={port}"))
+        static DRIVERS: AtomicU32 = AtomicU32::new(0);
+        let profiles = std::env::temp_dir().join(format!(
+            "rowcast-browser-{}-{}",
+            std::process::id(),
+            DRIVERS.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&profiles);
+        // port 0: chromedriver picks a free port and says which, so that no
+        // other process can take it between our choosing and its binding
+        let mut child = Command::new(&tools.chromedriver)
+            .arg("--port=0")
             .arg("--allowed-ips=127.0.0.1")
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .process_group(0)
             .spawn()
             .expect("start chromedriver");
+        let stdout = child.stdout.take().expect("chromedriver stdout");
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        // drains its output for as long as it lives (a closed pipe would kill it)
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut said = Vec::new();
+        let port = loop {
+            match rx.recv_timeout(DRIVER_START) {
+                Ok(line) => {
+                    let port = line
+                        .split("started successfully on port ")
+                        .nth(1)
+                        .and_then(|p| p.trim_end_matches('.').trim().parse::<u16>().ok());
+                    said.push(line);
+                    if let Some(p) = port {
+                        break p;
+                    }
+                }
+                Err(e) => panic!("chromedriver did not start ({e}):\n{}", said.join("\n")),
+            }
+        };
         let url = format!("http://127.0.0.1:{port}");
-        let deadline = Instant::now() + ARRIVAL;
+        let driver = Driver {
+            child,
+            url,
+            chromium: tools.chromium.clone(),
+            profiles,
+            seq: AtomicU32::new(0),
+        };
+        let deadline = Instant::now() + DRIVER_START;
         loop {
-            if let Ok(r) = reqwest::get(format!("{url}/status")).await {
+            if let Ok(r) = reqwest::get(format!("{}/status", driver.url)).await {
                 if r.status().is_success() {
                     break;
                 }
@@ -116,28 +159,20 @@ impl Driver {
             assert!(Instant::now() < deadline, "chromedriver never answered");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        Driver {
-            child,
-            url,
-            chromium: tools.chromium.clone(),
-            seq: AtomicU32::new(0),
-        }
+        driver
     }
 
     /// A new headless Chromium with a fresh profile.
     async fn browser(&self) -> Browser {
-        let profile = std::env::temp_dir().join(format!(
-            "rowcast-browser-{}-{}",
-            std::process::id(),
-            self.seq.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&profile);
+        let profile = self
+            .profiles
+            .join(self.seq.fetch_add(1, Ordering::Relaxed).to_string());
         let caps = json!({
             "browserName": "chrome",
             "goog:chromeOptions": {
                 "binary": self.chromium,
                 "args": [
-                    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                     "--no-first-run", "--disable-background-networking",
                     "--disable-component-update", "--disable-sync",
                     "--disable-dev-shm-usage", "--window-size=1360,1000",
@@ -153,7 +188,7 @@ impl Driver {
             .connect(&self.url)
             .await
             .expect("a Chromium session");
-        Browser { client, profile }
+        Browser { client }
     }
 }
 
@@ -164,18 +199,19 @@ impl Drop for Driver {
             .args(["-KILL", "--", &format!("-{}", self.child.id())])
             .status();
         let _ = self.child.wait();
+        // the browsers are gone: nothing writes to their profiles any more
+        let _ = std::fs::remove_dir_all(&self.profiles);
     }
 }
 
 struct Browser {
     client: Client,
-    profile: PathBuf,
 }
 
 impl Browser {
+    /// Ends the session (Chromium quits); the profile goes with the Driver.
     async fn close(self) {
         let _ = self.client.clone().close().await;
-        let _ = std::fs::remove_dir_all(&self.profile);
     }
 
     async fn goto(&self, url: &str) {
@@ -256,6 +292,12 @@ impl Browser {
 /// Heirloom Tomatoes are product 1, 20 lbs; customer 1000 has orders 1 and 5
 /// at farm 1).
 async fn market() -> (Server, tokio_postgres::Client) {
+    market_with(|_| {}).await
+}
+
+async fn market_with(
+    tweak: impl FnOnce(&mut rowcast::server::ServerConfig),
+) -> (Server, tokio_postgres::Client) {
     let url = fresh_market_db().await;
     let db = connect(&url).await;
     rowcast::demo::seed(&db).await.expect("seed");
@@ -263,6 +305,7 @@ async fn market() -> (Server, tokio_postgres::Client) {
         c.jwt.secret = Some(SECRET.into());
         c.market_api.enabled = true;
         c.demo_storefront = true;
+        tweak(c);
     })
     .await;
     (server, db)
@@ -323,7 +366,7 @@ impl Proxy {
                 let st2 = Arc::clone(&st);
                 let (kind_tx, kind_rx) = tokio::sync::oneshot::channel();
                 let h = tokio::spawn(async move {
-                    let _ = proxy_one(sock, &st2, kind_tx).await;
+                    let _ = Box::pin(proxy_one(sock, &st2, kind_tx)).await;
                 });
                 let abort = h.abort_handle();
                 let st3 = Arc::clone(&st);
@@ -435,6 +478,34 @@ async fn proxy_one(
     Ok(())
 }
 
+// ----------------------------------------------------------- /metrics
+
+const WS_SESSIONS: &str = "rowcast_sessions_total{fallback=\"no\",transport=\"ws\"}";
+const GAP: &str = "rowcast_ws_gap_seconds_total";
+const CONNECTED: &str = "rowcast_ws_connected_seconds_total";
+const CLIENT_GONE: &str = "rowcast_ws_closed_total{reason=\"client_gone\"}";
+
+async fn scrape(server: &Server) -> String {
+    reqwest::get(format!("{}/metrics", server.base_url()))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text")
+}
+
+/// The value of one series (`name{labels}` exactly as exported), 0 if absent.
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map(|v| {
+            v.trim()
+                .parse()
+                .unwrap_or_else(|e| panic!("{series} {v}: {e}"))
+        })
+        .unwrap_or(0.0)
+}
+
 // ----------------------------------------------------------- the tests
 
 /// rowcast.js's state machine, with node:test (web/test/): fallback and the
@@ -446,15 +517,25 @@ fn sdk_unit_tests() {
         missing("node");
         return;
     }
+    // the test files only (test/fake.js is their fake server, not a test)
+    let mut files: Vec<String> = std::fs::read_dir(web.join("test"))
+        .expect("web/test")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".test.js"))
+        .map(|n| format!("test/{n}"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no web/test/*.test.js");
     let out = Command::new("node")
-        .args(["--test", "test/"])
+        .arg("--test")
+        .args(&files)
         .current_dir(&web)
         .output()
         .expect("run node --test");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
-        "node --test web/test/ failed:\n{text}\n{}",
+        "node --test web/test/*.test.js failed:\n{text}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
@@ -570,6 +651,157 @@ async fn farmer_tab_drives_the_shoppers_page() {
 
     shopper.screenshot("docs/storefront.png").await;
     farmer.screenshot("docs/farmer.png").await;
+    shopper.close().await;
+    farmer.close().await;
+    drop(driver);
+    server.stop().await;
+}
+
+/// What the README says to do: `rowcast demo` prints the storefront's and
+/// the farmer view's URLs; opened in a browser, both come up live over a
+/// WebSocket, and the shop shows the simulated farmer's changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_prints_pages_that_open_live_in_a_browser() {
+    use std::io::{BufRead, BufReader};
+    let Some(tools) = tools() else { return };
+    let _one = ONE_AT_A_TIME.lock().await;
+    /// A failed assertion must not leave the demo running.
+    struct KillOnDrop(Option<Child>);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            if let Some(mut c) = self.0.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+    let mut demo = Command::new(env!("CARGO_BIN_EXE_rowcast"))
+        .args(["demo", "--listen", "127.0.0.1:0", "--tick-ms", "300"])
+        .args(["--run-for", "300"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn rowcast demo");
+    let stdout = demo.stdout.take().expect("stdout");
+    let mut demo = KillOnDrop(Some(demo));
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let (mut shop, mut farmer_page) = (None, None);
+    while farmer_page.is_none() {
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the demo prints its pages within a minute");
+        let url = |prefix: &str| {
+            line.trim()
+                .strip_prefix(prefix)
+                .and_then(|r| r.split_whitespace().next())
+                .map(str::to_string)
+        };
+        shop = shop.or_else(|| url("shop "));
+        farmer_page = url("farmer ");
+    }
+    let (shop, farmer_page) = (shop.expect("a shop line"), farmer_page.unwrap_or_default());
+    assert!(
+        shop.starts_with("http://127.0.0.1:") && shop.ends_with('/'),
+        "{shop}"
+    );
+    assert_eq!(farmer_page, format!("{shop}farmer"));
+
+    let driver = Driver::start(&tools).await;
+    let shopper = driver.browser().await;
+    shopper.goto(&shop).await;
+    shopper.ready().await;
+    assert_eq!(shopper.js("return rowcastClient.transport;").await, "ws");
+    let chip = shopper
+        .js("return document.getElementById('status-chip').textContent;")
+        .await;
+    assert_eq!(chip, "Live · WebSocket");
+    // the simulated farmer keeps changing quantities: the page shows them
+    shopper
+        .js("window.__changes = 0; rowcastClient.on('inventory.updated', () => window.__changes++); return true;")
+        .await;
+    shopper
+        .wait_for(
+            "window.__changes >= 2",
+            "the simulated farmer's changes",
+            ARRIVAL,
+        )
+        .await;
+    let farmer = driver.browser().await;
+    farmer.goto(&farmer_page).await;
+    farmer.ready().await;
+    assert_eq!(
+        farmer
+            .js("return document.getElementById('farm-title').textContent;")
+            .await,
+        "Sunny Valley Farm"
+    );
+    shopper.close().await;
+    farmer.close().await;
+    drop(driver);
+    // Ctrl-C stops it and deletes the database
+    let mut demo = demo.0.take().expect("the demo");
+    let _ = Command::new("kill")
+        .args(["-INT", &demo.id().to_string()])
+        .status();
+    let status = tokio::task::spawn_blocking(move || demo.wait())
+        .await
+        .expect("join")
+        .expect("wait for the demo");
+    assert!(status.success(), "demo exited with {status}");
+}
+
+/// FR-021's presence dots: green while the farmer is active, yellow when
+/// away, gray when offline, driven by the farmer tab's one activity report
+/// (thresholds shortened from FR-021's 5 and 60 minutes to seconds).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_dot_goes_green_then_yellow_then_gray() {
+    let Some(tools) = tools() else { return };
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (server, _db) = market_with(|c| {
+        c.presence.away = Duration::from_secs(3);
+        c.presence.offline = Duration::from_secs(6);
+        c.presence.sweep = Duration::from_millis(200);
+    })
+    .await;
+    let base = server.base_url();
+    let driver = Driver::start(&tools).await;
+    let shopper = driver.browser().await;
+    shopper.goto(&format!("{base}/")).await;
+    shopper.ready().await;
+    // every status product 1's dot shows, with its colour (cards are redrawn,
+    // so watch the whole page)
+    shopper
+        .js("window.__dots = []; const look = () => { const d = document.querySelector('[data-product=\"1\"] [data-farm-dot]'); if (!d) return; const s = d.dataset.status + ' ' + getComputedStyle(d).backgroundColor; if (window.__dots[window.__dots.length - 1] !== s) window.__dots.push(s); }; look(); new MutationObserver(look).observe(document.body, { subtree: true, childList: true, attributes: true, attributeFilter: ['data-status', 'class'] }); return true;")
+        .await;
+    let farmer = driver.browser().await;
+    farmer.goto(&format!("{base}/farmer")).await;
+    farmer.ready().await;
+    let dots = shopper
+        .wait_for(
+            "window.__dots.length >= 4 && window.__dots",
+            "gray, green, yellow, gray",
+            ARRIVAL,
+        )
+        .await;
+    let dots: Vec<String> = serde_json::from_value(dots).expect("strings");
+    let status: Vec<&str> = dots
+        .iter()
+        .map(|d| d.split(' ').next().unwrap_or(""))
+        .collect();
+    assert_eq!(status, ["offline", "online", "away", "offline"], "{dots:?}");
+    let colour = |i: usize| dots[i].split_once(' ').map(|(_, c)| c).unwrap_or("");
+    assert_eq!(colour(1), "rgb(58, 166, 85)", "online is green: {dots:?}");
+    assert_ne!(colour(2), colour(1), "away is not green: {dots:?}");
+    assert_ne!(colour(2), colour(3), "away is not gray: {dots:?}");
+    assert_eq!(colour(0), colour(3), "offline is gray: {dots:?}");
     shopper.close().await;
     farmer.close().await;
     drop(driver);
@@ -724,7 +956,9 @@ async fn optimistic_add_rolls_back_when_the_api_fails() {
 
 /// WebSocket blocked → SSE; SSE blocked too → polling; unblocked → back on
 /// the WebSocket. A writer changes a product all along: the page shows
-/// every change once, in order, and the server counted the fallbacks.
+/// every change once, in order. And the server exports what FR-021's SLOs
+/// need from the SDK (issue #15): sessions by transport and fallback, the
+/// gap it reported on reconnecting, the seconds it was connected.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fallback_to_sse_and_polling_and_back_loses_and_repeats_nothing() {
     let Some(tools) = tools() else { return };
@@ -742,6 +976,11 @@ async fn fallback_to_sse_and_polling_and_back_loses_and_repeats_nothing() {
         .await;
     shopper.ready().await;
     assert_eq!(shopper.js("return rowcastClient.transport;").await, "ws");
+    // FR-021's SLO inputs, as the SDK reports them (README, "What a client
+    // reports"): a WebSocket session that is no fallback, and no gap yet
+    let m = scrape(&server).await;
+    assert_eq!(metric(&m, WS_SESSIONS), 1.0, "{WS_SESSIONS}");
+    assert_eq!(metric(&m, GAP), 0.0, "{GAP} before any loss");
     shopper
         .js("window.__seen = []; window.__path = []; rowcastClient.on('inventory.updated', (d) => { if (d.productId === '7') window.__seen.push(Number(d.newQuantity)); }); rowcastClient.on('rowcast:status', (s, i) => window.__path.push(s + '/' + i.transport)); return true;")
         .await;
@@ -777,6 +1016,9 @@ async fn fallback_to_sse_and_polling_and_back_loses_and_repeats_nothing() {
             SWITCH,
         )
         .await;
+    // the WebSocket has ended for the page by now: from here to the unblock
+    // the page certainly has none (a lower bound of the gap it reports)
+    let without_ws = Instant::now();
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
     proxy.block(Kind::Sse, true);
@@ -795,6 +1037,13 @@ async fn fallback_to_sse_and_polling_and_back_loses_and_repeats_nothing() {
         "updates keep arriving over polling ({on_poll} -> {polled})"
     );
 
+    // the page's WebSocket probes were refused by the proxy: nothing reported yet
+    assert_eq!(
+        metric(&scrape(&server).await, GAP),
+        0.0,
+        "{GAP} while blocked"
+    );
+    let blocked_for = without_ws.elapsed();
     proxy.block(Kind::Ws, false);
     proxy.block(Kind::Sse, false);
     shopper
@@ -832,22 +1081,45 @@ async fn fallback_to_sse_and_polling_and_back_loses_and_repeats_nothing() {
             .await,
         last.to_string()
     );
-    // the SDK told the server: a fallback SSE session and a fallback polling session
-    let metrics = reqwest::get(format!("{}/metrics", server.base_url()))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text");
+    // the SDK told the server what FR-021's SLOs need: fallback SSE and
+    // polling sessions, the WebSocket sessions (none a fallback), the gap
+    // it was without one, and the seconds it was connected
+    let m = scrape(&server).await;
     for t in ["sse", "poll"] {
         let line = format!("rowcast_sessions_total{{fallback=\"yes\",transport=\"{t}\"}}");
-        let n: f64 = metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(&line))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0.0);
-        assert!(n >= 1.0, "{line} = {n}");
+        assert!(metric(&m, &line) >= 1.0, "{line} = {}", metric(&m, &line));
+        let no = format!("rowcast_sessions_total{{fallback=\"no\",transport=\"{t}\"}}");
+        assert_eq!(
+            metric(&m, &no),
+            0.0,
+            "{no}: the page asked for a WebSocket first"
+        );
     }
+    assert!(
+        metric(&m, WS_SESSIONS) >= 2.0,
+        "{WS_SESSIONS}: the first and the one back"
+    );
+    // the page measures the gap up to when it starts the WebSocket that
+    // gets through, which may be a moment before the unblock (its request
+    // reaching the proxy just after): a second of slack for that, no more
+    let gap = metric(&m, GAP);
+    assert!(
+        gap + 1.0 >= blocked_for.as_secs_f64(),
+        "{GAP} = {gap}: about the {blocked_for:?} the page surely had no WebSocket, at least"
+    );
+    assert!(
+        metric(&m, CONNECTED) > 0.0,
+        "{CONNECTED} = {}",
+        metric(&m, CONNECTED)
+    );
+    assert!(
+        metric(&m, CLIENT_GONE) >= 1.0,
+        "{CLIENT_GONE}: the proxy cut the first WebSocket\n{}",
+        m.lines()
+            .filter(|l| l.contains("ws_closed"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     shopper.close().await;
     drop(driver);
     drop(proxy);
