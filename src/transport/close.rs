@@ -146,10 +146,8 @@ impl Disconnect {
 impl Disconnect {
     /// A WebSocket read error has a cause worth telling the client when it was
     /// ours to enforce: too big (1009), not UTF-8 (1007), a protocol violation
-    /// (1002). Others mean the peer is gone, including a connection that
-    /// ended without a close frame (tungstenite calls that a protocol error,
-    /// but it is a broken connection: a proxy cut it, the browser vanished),
-    /// so that `client_gone` keeps it out of the sessions the server ended.
+    /// (1002). Others, and a connection that ends without a close frame, mean
+    /// the peer is gone.
     pub(crate) fn from_ws_read(e: axum::Error) -> Disconnect {
         use tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
         match e.into_inner().downcast_ref::<WsError>() {
@@ -157,6 +155,8 @@ impl Disconnect {
                 Disconnect::MessageTooBig
             }
             Some(WsError::Utf8(_)) => Disconnect::InvalidUtf8,
+            // the TCP connection ended without a close frame: the network or
+            // the peer went away, which is not a violation to report
             Some(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake)) => {
                 Disconnect::ClientGone
             }

@@ -22,9 +22,15 @@ async function boot() {
   // the snapshot brings the current state of the farm's orders (and of products that changed)
   rc = openStream(session, [`farm-${me.farmId}`, `farm-${me.farmId}-orders`], { snapshot: true });
   statusChip($('status-chip'), rc);
+  // what the stream says while the API answers is newer than (or as new as) the answer
+  const seenQuantity = new Map();
+  let presenceSeen = false;
   rc.on('inventory.updated', (d) => {
     const p = products.get(String(d.productId));
-    if (!p) return;
+    if (!p) {
+      seenQuantity.set(String(d.productId), d.newQuantity);
+      return;
+    }
     p.quantity = d.newQuantity;
     paintProduct(p);
   });
@@ -33,10 +39,15 @@ async function boot() {
     renderOrders();
   });
   rc.on('user.presence', (d) => {
-    if (d.userId === me.userId) paintMe(d.status);
+    if (d.userId !== me.userId) return;
+    presenceSeen = true;
+    paintMe(d.status);
   });
   const list = await apiJson(session, 'GET', `/api/products?farm=${me.farmId}`);
-  for (const p of list) products.set(p.productId, p);
+  for (const p of list) {
+    if (seenQuantity.has(p.productId)) p.quantity = seenQuantity.get(p.productId);
+    products.set(p.productId, p);
+  }
   renderInventory();
   paintMe('offline');
   // FR-021 presence: being here, and every interaction, is activity (rowcast.js throttles the reports)
@@ -44,7 +55,8 @@ async function boot() {
   for (const ev of ['pointerdown', 'keydown', 'focus']) window.addEventListener(ev, () => rc.activity(), { passive: true });
   const r = await fetch(`/v1/presence?users=${me.userId}`).then((x) => x.json());
   const mine = (r.users || [])[0];
-  if (mine) paintMe(mine.status);
+  // an event that came meanwhile (our own activity's, usually) is the newer news
+  if (mine && !presenceSeen) paintMe(mine.status);
   document.body.dataset.ready = 'true';
 }
 

@@ -39,19 +39,36 @@ async function boot() {
   document.body.dataset.ready = 'true';
 }
 
+/**
+ * While refresh() waits for the API: what the stream said meanwhile
+ * (quantities by product, presence by farm), which is as new as the
+ * answers or newer, so it wins over them.
+ */
+let loading = null;
+
 /** State from the API (after the stream is up, so that nothing changes unseen in between). */
 async function refresh() {
-  const [list, c, presence] = await Promise.all([
-    apiJson(session, 'GET', '/api/products'),
-    apiJson(session, 'GET', '/api/cart'),
-    fetch(`/v1/presence?users=${[...farms.values()].map((f) => f.farmerUserId).join(',')}`).then((r) => r.json()),
-  ]);
-  products.clear();
-  for (const p of list) products.set(p.productId, p);
-  for (const u of presence.users || []) {
-    for (const f of farms.values()) if (f.farmerUserId === u.userId) f.status = u.status;
+  const seen = (loading = { quantity: new Map(), presence: new Map() });
+  try {
+    const [list, c, presence] = await Promise.all([
+      apiJson(session, 'GET', '/api/products'),
+      apiJson(session, 'GET', '/api/cart'),
+      fetch(`/v1/presence?users=${[...farms.values()].map((f) => f.farmerUserId).join(',')}`).then((r) => r.json()),
+    ]);
+    products.clear();
+    for (const p of list) {
+      if (seen.quantity.has(p.productId)) p.quantity = seen.quantity.get(p.productId);
+      products.set(p.productId, p);
+    }
+    for (const u of presence.users || []) {
+      for (const f of farms.values()) {
+        if (f.farmerUserId === u.userId && !seen.presence.has(f.farmId)) f.status = u.status;
+      }
+    }
+    cart = c;
+  } finally {
+    if (loading === seen) loading = null;
   }
-  cart = c;
   render();
 }
 
@@ -144,6 +161,7 @@ function card(p) {
 // ------------------------------------------------------------------ live
 
 function onInventory(d) {
+  if (loading) loading.quantity.set(String(d.productId), d.newQuantity);
   const p = products.get(String(d.productId));
   if (!p) return;
   p.quantity = d.newQuantity;
@@ -170,6 +188,7 @@ function onInventory(d) {
 function onPresence(d) {
   for (const f of farms.values()) {
     if (f.farmerUserId !== d.userId && f.farmId !== d.farmId) continue;
+    if (loading) loading.presence.set(f.farmId, d.status);
     f.status = d.status;
     document.querySelectorAll(`[data-farm-dot="${f.farmId}"]`).forEach((dot) => paintDot(dot, f.status));
     if (currentFarm() === f.farmId) paintFarmOnline(f);
