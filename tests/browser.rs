@@ -268,7 +268,16 @@ impl Browser {
         el.send_keys(text).await.expect("type");
     }
 
+    /// Saves a PNG of the page once its one-off animations (a toast rising,
+    /// a quantity flashing) have finished, so that the picture is not caught
+    /// half-way; endless ones (the live chip's pulse) do not count.
     async fn screenshot(&self, to: &str) {
+        self.wait_for(
+            "document.getAnimations().every((a) => a.playState !== 'running' || a.effect.getTiming().iterations === Infinity)",
+            "animations finished before the screenshot",
+            ARRIVAL,
+        )
+        .await;
         let png = self.client.screenshot().await.expect("screenshot");
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(to);
         std::fs::write(&path, png).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
