@@ -25,7 +25,8 @@ macro_rules! say {
     }};
 }
 
-const FARMS: &[(&str, i64)] = &[
+/// The demo's farms: (name, farmer id); farm ids are 1, 2, ... in this order.
+pub(crate) const FARMS: &[(&str, i64)] = &[
     ("Sunny Valley Farm", 101),
     ("Green Acres", 102),
     ("Riverbend Orchard", 103),
@@ -84,6 +85,7 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
     cfg.jwt.secret = Some(DEMO_SECRET.to_string());
     cfg.origins = crate::limits::Origins::localhost();
     cfg.market_api.enabled = true;
+    cfg.demo_storefront = true;
     let server = Server::start_on(listener, cfg).await?;
     let token = crate::auth::mint_hs256(
         DEMO_SECRET,
@@ -98,6 +100,11 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
     let ws_base = base.replacen("http://", "ws://", 1);
     say!();
     say!("rowcast demo is running (Ctrl-C stops it and deletes the database)");
+    say!();
+    say!("open the storefront in a browser:");
+    say!("  shop       {base}/");
+    say!("  farmer     {base}/farmer   (in a second tab: change a quantity, confirm an order)");
+    say!();
     say!("  database   {url}");
     say!("  WebSocket  {ws_base}/v1/ws?topics=farm-1,product-1");
     say!("  SSE        {base}/v1/events?topics=farm-1");

@@ -21,6 +21,9 @@
 //! storefront's HTTP API (`rowcast demo`, `serve --market-api`), a thin layer
 //! over the market schema's SQL functions, whose answers carry the id of the
 //! transaction that wrote (`"tx"`), as every change's envelope does.
+//! The browser side is `web/`: the client `rowcast.js`, served by
+//! [`transport`] at `/rowcast.js`, and the demo storefront built on it and on
+//! that API, served by `storefront` in `rowcast demo` only.
 //!
 //! The public surface is what the `rowcast` binary, the benchmark and the
 //! tests use: starting a server, configuring it, the cursor format, the
@@ -57,6 +60,7 @@ pub(crate) mod retention;
 pub(crate) mod shop;
 pub(crate) mod sockets;
 pub(crate) mod source;
+pub(crate) mod storefront;
 pub(crate) mod transport;
 pub(crate) mod window;
 

@@ -180,13 +180,16 @@ impl Server {
         tasks.push(tokio::spawn(
             Arc::clone(&app.socketio).sweep(shutdown.subscribe()),
         ));
-        let shop = shop_db.map(|db| {
+        let mut extra = shop_db.map(|db| {
             let shop = crate::shop::Shop::new(Arc::clone(&app), db);
             crate::shop::router(Arc::new(shop))
         });
+        if app.cfg.demo_storefront {
+            extra = Some(extra.unwrap_or_default().merge(crate::storefront::router()));
+        }
         tasks.push(spawn_http(crate::http::serve(
             listener,
-            router(Arc::clone(&app), metrics_listener.is_none(), shop),
+            router(Arc::clone(&app), metrics_listener.is_none(), extra),
             http_opts,
             Arc::clone(&sockets),
             shutdown.subscribe(),

@@ -6,6 +6,8 @@
 
 mod common;
 
+#[path = "suites/browser.rs"]
+mod browser;
 #[path = "suites/carts.rs"]
 mod carts;
 #[path = "suites/core.rs"]

@@ -8,6 +8,7 @@
 //! with a named reason (`close::Disconnect`). A transport module holds only
 //! its framing and its I/O loop.
 
+pub(crate) mod client_js;
 pub(crate) mod close;
 pub(crate) mod deadline;
 pub(crate) mod poll;
@@ -120,9 +121,10 @@ impl App {
     }
 }
 
-/// The client port: the three transports, health and readiness, and
-/// `/metrics` unless it has a listener of its own; and `extra` routes (the
-/// market API) under the same origin check and rejection counting.
+/// The client port: the three transports, health and readiness, the browser
+/// client (`/rowcast.js`), and `/metrics` unless it has a listener of its own;
+/// and `extra` routes (the market API, the demo storefront) under the same
+/// origin check and rejection counting.
 pub(crate) fn router(app: Arc<App>, with_metrics: bool, extra: Option<Router<Arc<App>>>) -> Router {
     let mut api = Router::new()
         .route("/v1/ws", get(ws::handler))
@@ -147,7 +149,8 @@ pub(crate) fn router(app: Arc<App>, with_metrics: bool, extra: Option<Router<Arc
     let mut r = Router::new()
         .merge(api)
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz));
+        .route("/readyz", get(readyz))
+        .route("/rowcast.js", get(client_js::serve));
     if with_metrics {
         r = r.route("/metrics", get(metrics));
     }

@@ -359,3 +359,74 @@ async fn metrics_and_health_endpoints() {
     }
     srv.stop().await;
 }
+
+/// `rowcast_ws_closed_total{reason}` tells a client that went away (here:
+/// its connection ends without a close frame, as when a proxy cuts it or a
+/// browser vanishes) from one that broke the protocol (a reserved opcode):
+/// only the second is a session the server ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ws_closed_reason_tells_a_vanished_client_from_a_protocol_error() {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::Message as M;
+    let url = fresh_db().await;
+    let srv = server(&url).await;
+    let base = srv.base_url();
+    let closed = |reason: &'static str| {
+        let base = base.clone();
+        async move {
+            let text = reqwest::get(format!("{base}/metrics"))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            let series = format!("rowcast_ws_closed_total{{reason=\"{reason}\"}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(&series))
+                .map(|v| v.parse::<f64>().unwrap())
+                .unwrap_or(0.0)
+        }
+    };
+    let until = |reason: &'static str| {
+        let closed = &closed;
+        async move {
+            let deadline = std::time::Instant::now() + ARRIVAL;
+            while closed(reason).await < 1.0 {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{reason} never counted"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    };
+
+    // gone without a close frame: dropping the client drops its TCP connection
+    let mut c = WsClient::connect(&base, "topics=product-1").await;
+    match c.next().await {
+        Msg::Control(v) => assert_eq!(v["type"], "subscribed", "{v}"),
+        other => panic!("expected subscribed, got {other:?}"),
+    }
+    drop(c);
+    until("client_gone").await;
+    assert_eq!(closed("protocol_error").await, 0.0);
+
+    // a frame no WebSocket may send: 1002 and protocol_error
+    let mut c = WsClient::connect(&base, "topics=product-1").await;
+    let bad = Frame::message(vec![1u8], OpCode::Data(Data::Reserved(3)), true);
+    c.send_raw(M::Frame(bad)).await;
+    loop {
+        match c.next().await {
+            Msg::Closed(code) => {
+                assert!(code.starts_with("1002"), "{code}");
+                break;
+            }
+            Msg::Control(_) => {}
+            other => panic!("expected the 1002 close, got {other:?}"),
+        }
+    }
+    until("protocol_error").await;
+    assert_eq!(closed("client_gone").await, 1.0);
+    srv.stop().await;
+}

@@ -52,8 +52,28 @@ async fn demo_prints_urls_and_sse_shows_events() {
         "polling    http://",
         "psql '",
         "UPDATE market.products",
+        "open the storefront in a browser:",
+        "shop       http://",
+        "farmer     http://",
     ] {
         assert!(text.contains(what), "demo output lacks {what:?}:\n{text}");
+    }
+    // the pages to open are there (tests/suites/browser.rs opens them in Chromium)
+    for page in ["shop ", "farmer "] {
+        let url = printed
+            .iter()
+            .find_map(|l| l.trim().strip_prefix(page))
+            .and_then(|r| r.split_whitespace().next())
+            .expect("a page URL");
+        let resp = reqwest::get(url).await.expect("GET the page");
+        assert_eq!(resp.status(), 200, "{url}");
+        assert_eq!(
+            resp.headers()["content-type"],
+            "text/html; charset=utf-8",
+            "{url}"
+        );
+        let html = resp.text().await.unwrap();
+        assert!(html.contains("<script type=\"module\""), "{url}: {html}");
     }
     // issue #9 item 11: the printed command runs as printed, in this shell
     // (the same directory the demo was started from), without an install

@@ -1,0 +1,57 @@
+//! `GET /rowcast.js`: the browser client (`web/rowcast.js`), embedded in the
+//! binary so that every rowcast node serves the client that matches its
+//! protocol.
+//!
+//! It is public and static: served outside the origin check, with
+//! `Access-Control-Allow-Origin: *` because browsers fetch module scripts in
+//! CORS mode (a shop on another origin imports it), and cacheable: an ETag
+//! of the content, answered 304 when the browser already has it.
+
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use std::sync::OnceLock;
+
+/// The client's source, as committed in `web/`.
+pub(crate) const SOURCE: &str = include_str!("../../web/rowcast.js");
+
+/// A strong validator of `SOURCE`, computed once.
+fn etag() -> &'static HeaderValue {
+    static TAG: OnceLock<HeaderValue> = OnceLock::new();
+    TAG.get_or_init(|| {
+        // FNV-1a: stable across builds and platforms, which a validator needs
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in SOURCE.bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        HeaderValue::from_str(&format!("\"{h:016x}\"")).unwrap_or(HeaderValue::from_static("\"0\""))
+    })
+}
+
+pub(crate) async fn serve(headers: HeaderMap) -> Response {
+    let tag = etag();
+    let fresh = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == tag.to_str().unwrap_or("")));
+    let mut r = if fresh {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        SOURCE.into_response()
+    };
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/javascript; charset=utf-8"),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=300"),
+    );
+    h.insert(header::ETAG, tag.clone());
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    r
+}
