@@ -121,10 +121,6 @@ pub struct ServerConfig {
     /// long-polling session's requests to its node (README, "Socket.IO").
     #[arg(long, env = "ROWCAST_NODE_ID")]
     pub node_id: Option<String>,
-    /// The demo storefront's pages and token endpoint (`storefront`): set by
-    /// `rowcast demo` only. No flag on purpose: `serve` never hands out tokens.
-    #[arg(skip)]
-    pub demo_storefront: bool,
     /// Also accept HTTP/2 without TLS (prior knowledge, h2c). Off by default:
     /// see the README for what it does not bound.
     #[arg(long, env = "ROWCAST_HTTP2")]
@@ -375,7 +371,6 @@ impl ServerConfig {
             metrics_listen: None,
             migrate: false,
             node_id: None,
-            demo_storefront: false,
             http2: false,
             pool_size: defaults::POOL_SIZE,
             queue: QueueLimits::default(),

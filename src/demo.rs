@@ -2,6 +2,7 @@
 //! data, a simulated farmer, and a rowcast server with the storefront API
 //! (`shop`), so a newcomer sees changes arrive with no set-up at all.
 
+mod storefront;
 mod traffic;
 
 use crate::embedded_pg::{EmbeddedPg, Options};
@@ -9,6 +10,7 @@ use crate::error::Result;
 use crate::server::{Server, ServerConfig};
 use std::net::SocketAddr;
 use std::time::Duration;
+use tokio::net::TcpListener;
 use tokio_postgres::Client;
 
 pub const DB: &str = "rowcast";
@@ -85,8 +87,7 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
     cfg.jwt.secret = Some(DEMO_SECRET.to_string());
     cfg.origins = crate::limits::Origins::localhost();
     cfg.market_api.enabled = true;
-    cfg.demo_storefront = true;
-    let server = Server::start_on(listener, cfg).await?;
+    let server = start_storefront(listener, cfg).await?;
     let token = crate::auth::mint_hs256(
         DEMO_SECRET,
         "1000",
@@ -192,6 +193,13 @@ pub fn invocation() -> String {
 }
 
 /// Inserts the sample farms, products and orders.
+/// A server with the demo storefront's pages and token endpoint on its
+/// client port, as `rowcast demo` runs it, on a listener bound beforehand
+/// (`Server::bind`). Only for demos and tests: it hands out tokens.
+pub async fn start_storefront(listener: TcpListener, cfg: ServerConfig) -> Result<Server> {
+    Server::start_on_with(listener, cfg, storefront::router()).await
+}
+
 pub async fn seed(client: &Client) -> Result<()> {
     for (i, (name, farmer)) in FARMS.iter().enumerate() {
         client

@@ -23,7 +23,7 @@
 //! transaction that wrote (`"tx"`), as every change's envelope does.
 //! The browser side is `web/`: the client `rowcast.js`, served by
 //! [`transport`] at `/rowcast.js`, and the demo storefront built on it and on
-//! that API, served by `storefront` in `rowcast demo` only.
+//! that API, served by `demo` (its `storefront`) only.
 //!
 //! The public surface is what the `rowcast` binary, the benchmark and the
 //! tests use: starting a server, configuring it, the cursor format, the
@@ -60,7 +60,6 @@ pub(crate) mod retention;
 pub(crate) mod shop;
 pub(crate) mod sockets;
 pub(crate) mod source;
-pub(crate) mod storefront;
 pub(crate) mod transport;
 pub(crate) mod window;
 

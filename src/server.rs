@@ -20,6 +20,7 @@ use crate::sockets::{SocketMetrics, Sockets};
 use crate::source::{Source, SourceConfig};
 use crate::transport::{metrics_router, router, App};
 use crate::window::WindowLimits;
+use axum::Router;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -69,10 +70,24 @@ impl Server {
     /// `cfg.listen` is ignored.
     pub async fn start_on(listener: TcpListener, cfg: ServerConfig) -> Result<Server> {
         // boxed: building everything takes a large future, awaited once
-        Box::pin(Server::build(listener, cfg)).await
+        Box::pin(Server::build(listener, cfg, None)).await
     }
 
-    async fn build(listener: TcpListener, cfg: ServerConfig) -> Result<Server> {
+    /// `start_on` with more routes on the client port, under the same origin
+    /// check and connection bounds (the demo's storefront pages).
+    pub(crate) async fn start_on_with(
+        listener: TcpListener,
+        cfg: ServerConfig,
+        routes: Router<Arc<App>>,
+    ) -> Result<Server> {
+        Box::pin(Server::build(listener, cfg, Some(routes))).await
+    }
+
+    async fn build(
+        listener: TcpListener,
+        cfg: ServerConfig,
+        routes: Option<Router<Arc<App>>>,
+    ) -> Result<Server> {
         let cfg = cfg.validate().map_err(|e| Error::Config(e.to_string()))?;
         let addr = listener.local_addr()?;
         let metrics_listener = match cfg.metrics_listen {
@@ -184,8 +199,8 @@ impl Server {
             let shop = crate::shop::Shop::new(Arc::clone(&app), db);
             crate::shop::router(Arc::new(shop))
         });
-        if app.cfg.demo_storefront {
-            extra = Some(extra.unwrap_or_default().merge(crate::storefront::router()));
+        if let Some(routes) = routes {
+            extra = Some(extra.unwrap_or_default().merge(routes));
         }
         tasks.push(spawn_http(crate::http::serve(
             listener,

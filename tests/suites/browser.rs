@@ -9,10 +9,12 @@
 //! where that is a failure. Browser tests run one at a time (the machine has
 //! two cores); every wait is bounded by a generous correctness timeout.
 
+use crate::common::server::wait_ready;
 use crate::common::tools::{tool_missing, which};
-use crate::common::{connect, fresh_market_db, server_with, ARRIVAL, SECRET};
+use crate::common::{connect, fresh_market_db, ARRIVAL, SECRET};
 use fantoccini::{Client, ClientBuilder, Locator};
 use rowcast::server::Server;
+use rowcast::server::ServerConfig;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -300,13 +302,15 @@ async fn market_with(
     let url = fresh_market_db().await;
     let db = connect(&url).await;
     rowcast::demo::seed(&db).await.expect("seed");
-    let server = server_with(&url, |c| {
-        c.jwt.secret = Some(SECRET.into());
-        c.market_api.enabled = true;
-        c.demo_storefront = true;
-        tweak(c);
-    })
-    .await;
+    let mut cfg = ServerConfig::new(&url, "127.0.0.1:0".parse().expect("addr"));
+    cfg.jwt.secret = Some(SECRET.into());
+    cfg.market_api.enabled = true;
+    tweak(&mut cfg);
+    let listener = Server::bind(cfg.listen).await.expect("bind");
+    let server = rowcast::demo::start_storefront(listener, cfg)
+        .await
+        .expect("server");
+    wait_ready(&server.base_url()).await;
     (server, db)
 }
 

@@ -13,9 +13,8 @@
 //!   server's HS256 secret (the demo's public one), valid 15 minutes. The
 //!   pages ask again when rowcast.js reports it expired.
 //!
-//! Handing out tokens to anyone who asks is what makes this a demo: it is
-//! mounted only when `ServerConfig::demo_storefront` is set, which only
-//! `rowcast demo` does (there is no flag for it, so `serve` never can).
+//! Handing out tokens to anyone who asks is what makes this a demo: only
+//! `rowcast demo` mounts it (`Server::start_on_with`); no flag of `serve` can.
 
 use crate::api_error::{ApiError, ErrorCode};
 use crate::transport::App;
@@ -40,26 +39,26 @@ const FILES: &[(&str, &str, &str)] = &[
     (
         "app.css",
         "text/css; charset=utf-8",
-        include_str!("../web/demo/app.css"),
+        include_str!("../../web/demo/app.css"),
     ),
     (
         "common.js",
         "text/javascript; charset=utf-8",
-        include_str!("../web/demo/common.js"),
+        include_str!("../../web/demo/common.js"),
     ),
     (
         "shop.js",
         "text/javascript; charset=utf-8",
-        include_str!("../web/demo/shop.js"),
+        include_str!("../../web/demo/shop.js"),
     ),
     (
         "farmer.js",
         "text/javascript; charset=utf-8",
-        include_str!("../web/demo/farmer.js"),
+        include_str!("../../web/demo/farmer.js"),
     ),
 ];
-const SHOP_PAGE: &str = include_str!("../web/demo/index.html");
-const FARMER_PAGE: &str = include_str!("../web/demo/farmer.html");
+const SHOP_PAGE: &str = include_str!("../../web/demo/index.html");
+const FARMER_PAGE: &str = include_str!("../../web/demo/farmer.html");
 
 pub(crate) fn router() -> Router<Arc<App>> {
     Router::new()
@@ -137,7 +136,7 @@ fn mint(app: &App, q: Option<SessionQuery>) -> Result<serde_json::Value, ApiErro
         .map_err(|e| ApiError::new(ErrorCode::AuthUnavailable, e.to_string()))
     };
     let ttl = TOKEN_TTL.as_secs();
-    let farms: Vec<serde_json::Value> = crate::demo::FARMS
+    let farms: Vec<serde_json::Value> = super::FARMS
         .iter()
         .zip(1..)
         .map(|((name, farmer), id)| {
@@ -157,7 +156,7 @@ fn mint(app: &App, q: Option<SessionQuery>) -> Result<serde_json::Value, ApiErro
             let farm = id_param(q.farm.as_deref(), 1, "farm")?;
             let (name, farmer) = usize::try_from(farm - 1)
                 .ok()
-                .and_then(|i| crate::demo::FARMS.get(i))
+                .and_then(|i| super::FARMS.get(i))
                 .ok_or_else(|| ApiError::new(ErrorCode::BadQuery, "no such demo farm"))?;
             let sub = farmer.to_string();
             Ok(json!({
