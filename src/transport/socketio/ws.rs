@@ -90,8 +90,8 @@ pub(crate) async fn open(app: Arc<App>, req: StreamRequest, upgrade: WebSocketUp
     // this callback beside the future the callback returns. So the callback
     // holds only a box (emptied when the upgrade completes), and returns
     // `run`'s future itself: an `async move` block around it would keep its
-    // captures beside the Connection they were moved into. Both copies were
-    // measured (`-Zprint-type-sizes`): 680 and 1008 bytes per connection.
+    // captures beside the Connection they were moved into. Measured with
+    // `-Zprint-type-sizes`: the callback was 680 bytes, the task 5.0 KB → 2.3 KB.
     let parked = Box::new((session, open, span));
     upgrade.on_upgrade(move |socket| {
         let (session, open, span) = *parked;
