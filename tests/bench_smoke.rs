@@ -56,3 +56,8 @@ async fn bench_smoke_sse() {
 async fn bench_smoke_poll() {
     smoke(Transport::Poll).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_smoke_socketio() {
+    smoke(Transport::SocketIo).await;
+}

@@ -81,6 +81,9 @@ pub enum TransportArg {
     Ws,
     Sse,
     Poll,
+    /// Socket.IO over WebSocket (`/socket.io/?EIO=4&transport=websocket`).
+    #[value(name = "socketio")]
+    SocketIo,
 }
 
 impl Cli {
@@ -122,6 +125,7 @@ impl Cli {
                 TransportArg::Ws => Transport::Ws,
                 TransportArg::Sse => Transport::Sse,
                 TransportArg::Poll => Transport::Poll,
+                TransportArg::SocketIo => Transport::SocketIo,
             },
             connections: self.connections,
             fanout: self.fanout,

@@ -2,8 +2,9 @@
 //!
 //! Every connection binds its own source address among 127.0.0.2–127.0.0.9
 //! before connecting, so 50k connections do not run out of the ~28k ephemeral
-//! ports one source address has towards one server port. WebSocket uses
-//! tokio-tungstenite with small explicit buffers (its 128 KiB defaults would
+//! ports one source address has towards one server port. WebSocket (raw, and
+//! Socket.IO's WebSocket transport, whose two packet layers are spoken here
+//! by hand) uses tokio-tungstenite with small explicit buffers (its 128 KiB defaults would
 //! cost the load generator GiBs at 50k connections); SSE and polling use a
 //! minimal HTTP/1.1 client written here, which keeps per-connection memory and
 //! CPU low and makes the byte stream fully visible (chunked framing included).
@@ -11,7 +12,7 @@
 use crate::ledger::Ledger;
 use crate::{BenchError, Transport};
 use bytes::{Buf, BytesMut};
-use futures::StreamExt;
+use futures::{SinkExt, StreamExt};
 use serde::Deserialize;
 use std::borrow::Cow;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -123,6 +124,24 @@ struct EventData {
     new_quantity: Option<u64>,
 }
 
+/// `["<event>", data, "<cursor>"]`: rowcast's Socket.IO event, exactly three arguments.
+#[derive(Deserialize)]
+struct SioEvent<'a>(
+    #[serde(borrow)] Cow<'a, str>,
+    #[serde(borrow)] SioData<'a>,
+    #[serde(borrow)] Cow<'a, str>,
+);
+
+#[derive(Deserialize)]
+struct SioData<'a> {
+    #[serde(rename = "productId", borrow, default)]
+    product_id: Option<Cow<'a, str>>,
+    #[serde(rename = "newQuantity", default)]
+    new_quantity: Option<u64>,
+}
+
+type WsStream = tokio_tungstenite::WebSocketStream<TcpStream>;
+
 #[derive(Deserialize)]
 struct PollBody<'a> {
     #[serde(borrow, default)]
@@ -150,6 +169,7 @@ impl Conn {
             Transport::Ws => self.ws(&topics, &mut stop).await,
             Transport::Sse => self.sse(&topics, &mut stop).await,
             Transport::Poll => self.poll(&topics, &mut stop).await,
+            Transport::SocketIo => self.socketio(&mut stop).await,
         };
         match ended {
             Ok(Ended::Stopped) => Ok(()),
@@ -183,19 +203,51 @@ impl Conn {
         if env.kind != "event" {
             return;
         }
-        let ledger = &self.fleet.ledger;
         let product = env
             .topic
             .as_deref()
             .and_then(|t| t.strip_prefix("product-"))
             .and_then(|p| p.parse::<u32>().ok());
         let seq = env.data.as_ref().and_then(|d| d.new_quantity);
+        self.record(product, seq);
+    }
+
+    /// One delivery of write `seq` on the topic of `product`; anything that
+    /// does not name both, or names a product this client did not subscribe
+    /// to, is unexpected.
+    fn record(&mut self, product: Option<u32>, seq: Option<u64>) {
+        let ledger = &self.fleet.ledger;
         let slot = product.and_then(|p| self.products.iter().position(|&q| q == p));
         match (slot, seq) {
             (Some(slot), Some(seq)) => ledger.received(self.index, seq, &mut self.last[slot]),
             _ => {
                 ledger.unexpected.fetch_add(1, Ordering::Relaxed);
             }
+        }
+    }
+
+    fn unexpected(&self) {
+        self.fleet.ledger.unexpected.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A Socket.IO EVENT's payload (after `42`). Only `inventory.updated`
+    /// with its data and a cursor is one of ours. The event names no topic:
+    /// the bench subscribes to product topics only, the market trigger puts
+    /// the product's id in the data (`productId`, topic `product-<id>`), and a
+    /// change reaches a connection once, so `(productId, newQuantity)`
+    /// identifies the write exactly as `(topic, newQuantity)` does on WS.
+    fn on_socketio_event(&mut self, json: &str) {
+        match serde_json::from_str::<SioEvent<'_>>(json) {
+            Ok(SioEvent(name, data, cursor))
+                if name == "inventory.updated" && !cursor.is_empty() =>
+            {
+                let product = data
+                    .product_id
+                    .as_deref()
+                    .and_then(|p| p.parse::<u32>().ok());
+                self.record(product, data.new_quantity);
+            }
+            _ => self.unexpected(),
         }
     }
 
@@ -212,13 +264,8 @@ impl Conn {
         self.fleet.ready.fetch_add(1, Ordering::Relaxed);
     }
 
-    async fn ws(
-        &mut self,
-        topics: &str,
-        stop: &mut watch::Receiver<bool>,
-    ) -> Result<Ended, BenchError> {
-        let fleet = Arc::clone(&self.fleet);
-        let permit = fleet.gate.acquire().await.ok();
+    /// Connects and completes the WebSocket handshake for `path`.
+    async fn ws_open(&self, path: &str) -> Result<WsStream, BenchError> {
         let stream = tokio::time::timeout(CONNECT_TIMEOUT, self.dial())
             .await
             .map_err(|_| BenchError::Client("connect timed out".into()))??;
@@ -230,14 +277,25 @@ impl Conn {
             .max_write_buffer_size(64 * 1024)
             .max_message_size(Some(1 << 20))
             .max_frame_size(Some(1 << 20));
-        let url = format!("ws://{}/v1/ws?topics={topics}", self.fleet.server);
-        let (mut ws, _) = tokio::time::timeout(
+        let url = format!("ws://{}{path}", self.fleet.server);
+        let (ws, _) = tokio::time::timeout(
             CONNECT_TIMEOUT,
             tokio_tungstenite::client_async_with_config(url, stream, Some(cfg)),
         )
         .await
         .map_err(|_| BenchError::Client("handshake timed out".into()))?
         .map_err(|e| BenchError::Client(format!("handshake: {e}")))?;
+        Ok(ws)
+    }
+
+    async fn ws(
+        &mut self,
+        topics: &str,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<Ended, BenchError> {
+        let fleet = Arc::clone(&self.fleet);
+        let permit = fleet.gate.acquire().await.ok();
+        let mut ws = self.ws_open(&format!("/v1/ws?topics={topics}")).await?;
         // The server registers the subscription before it says "subscribed".
         let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
         loop {
@@ -261,6 +319,88 @@ impl Conn {
             tokio::select! {
                 msg = ws.next() => match msg {
                     Some(Ok(Message::Text(t))) => self.on_json(t.as_bytes()),
+                    Some(Ok(Message::Close(f))) => break Ended::Lost(format!("closed: {f:?}")),
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => break Ended::Lost(format!("ws error: {e}")),
+                    None => break Ended::Lost("eof".into()),
+                },
+                _ = stop.changed() => break Ended::Stopped,
+            }
+        };
+        if matches!(ended, Ended::Stopped) {
+            let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
+        }
+        Ok(ended)
+    }
+
+    /// Socket.IO over WebSocket, as socket.io-client does it with
+    /// `transports: ['websocket']`: the Engine.IO open packet `0{..}`, CONNECT
+    /// `40{"topics":[..]}`, the CONNECT reply `40{"sid":..,"pid":..}` (sent
+    /// once the subscription is registered), then `42[..]` events. The server
+    /// pings (`2`) every `--keepalive`; each ping is answered (`3`) at once,
+    /// or the server would close the connection.
+    async fn socketio(&mut self, stop: &mut watch::Receiver<bool>) -> Result<Ended, BenchError> {
+        let fleet = Arc::clone(&self.fleet);
+        let permit = fleet.gate.acquire().await.ok();
+        let mut ws = self
+            .ws_open("/socket.io/?EIO=4&transport=websocket")
+            .await?;
+        let topics: Vec<String> = self
+            .products
+            .iter()
+            .map(|p| format!("product-{p}"))
+            .collect();
+        let connect = format!("40{}", serde_json::json!({ "topics": topics }));
+        let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
+        let mut opened = false;
+        loop {
+            let msg = tokio::time::timeout_at(deadline, ws.next())
+                .await
+                .map_err(|_| BenchError::Client("no Socket.IO CONNECT reply".into()))?;
+            let text = match msg {
+                Some(Ok(Message::Text(t))) => t,
+                Some(Ok(Message::Close(f))) => {
+                    return Err(BenchError::Client(format!("closed before connect: {f:?}")))
+                }
+                Some(Ok(_)) => continue,
+                other => return Err(BenchError::Client(format!("before connect: {other:?}"))),
+            };
+            let text = text.as_str();
+            if text == "2" {
+                ws.send(Message::Text("3".into()))
+                    .await
+                    .map_err(|e| BenchError::Client(format!("pong: {e}")))?;
+            } else if text.starts_with("0{") && !opened {
+                opened = true;
+                ws.send(Message::Text(connect.as_str().into()))
+                    .await
+                    .map_err(|e| BenchError::Client(format!("connect: {e}")))?;
+            } else if text.starts_with("40{") && opened {
+                break;
+            } else {
+                return Err(BenchError::Client(format!("before connect: {text:?}")));
+            }
+        }
+        drop(permit);
+        self.mark_ready();
+        let ended = loop {
+            tokio::select! {
+                msg = ws.next() => match msg {
+                    Some(Ok(Message::Text(t))) => {
+                        let text = t.as_str();
+                        if let Some(event) = text.strip_prefix("42") {
+                            self.on_socketio_event(event);
+                        } else if text == "2" {
+                            if let Err(e) = ws.send(Message::Text("3".into())).await {
+                                break Ended::Lost(format!("pong: {e}"));
+                            }
+                        } else if text == "1" || text.starts_with("41") {
+                            break Ended::Lost(format!("closed by the server: {text:?}"));
+                        } else if text != "6" {
+                            // rowcast:error / rowcast:refused / rowcast:resync, connect_error, ...
+                            self.unexpected();
+                        }
+                    }
                     Some(Ok(Message::Close(f))) => break Ended::Lost(format!("closed: {f:?}")),
                     Some(Ok(_)) => {}
                     Some(Err(e)) => break Ended::Lost(format!("ws error: {e}")),

@@ -58,6 +58,8 @@ pub enum Transport {
     Ws,
     Sse,
     Poll,
+    /// Socket.IO (Engine.IO v4) over WebSocket, at `/socket.io/`.
+    SocketIo,
 }
 
 impl Transport {
@@ -66,6 +68,7 @@ impl Transport {
             Transport::Ws => "ws",
             Transport::Sse => "sse",
             Transport::Poll => "poll",
+            Transport::SocketIo => "socketio",
         }
     }
 }
