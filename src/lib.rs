@@ -70,6 +70,11 @@ pub use limits::Origins;
 /// running (or even building) one.
 #[cfg(test)]
 pub(crate) mod future_size {
+    /// Size of the future `f(a)` returns.
+    pub(crate) fn of1<A, F: std::future::Future>(_: impl FnOnce(A) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
     /// Size of the future `f(a, b)` returns.
     pub(crate) fn of2<A, B, F: std::future::Future>(_: impl FnOnce(A, B) -> F) -> usize {
         std::mem::size_of::<F>()
