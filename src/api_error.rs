@@ -5,7 +5,7 @@
 //! `{"type":"error","code":"<code>",...}`.
 //!
 //! Counting happens in exactly one place per path: the response middleware
-//! (`transport::count_rejections`) counts every HTTP answer built from an
+//! (`transport::edge::CountRejections`) counts every HTTP answer built from an
 //! `ApiError`, and the WebSocket session counts the errors it sends. No
 //! handler counts on its own, so the transports cannot drift apart.
 

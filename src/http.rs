@@ -5,6 +5,12 @@
 //! that every socket an unauthenticated peer can open is bounded (see
 //! `sockets` for the contract: idle deadline, global cap, shedding).
 //!
+//! A connection's request heads are read first by `direct_http1`, which
+//! answers SSE streams and long polls itself (hyper would keep 16 KiB of
+//! buffers per connection for as long as those answers wait) and hands
+//! anything else to hyper, with the bytes it read, for the rest of the
+//! connection.
+//!
 //! HTTP/2 without TLS (prior knowledge, "h2c") is off unless `--http2` is
 //! given: browsers only speak HTTP/2 over TLS, which a proxy in front of
 //! rowcast terminates, so h2c only serves non-browser clients, and an h2
@@ -14,6 +20,7 @@
 //! the socket-level write timeout hold; per-stream flow-control stalls do not
 //! (README, "Limits and hostile input").
 
+use crate::direct_http1::Handoff;
 use crate::shutdown::Shutdown;
 use crate::sockets::{ClientSocket, Next, Socket, Sockets};
 use axum::body::{Body, Bytes, HttpBody};
@@ -27,7 +34,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tower::ServiceExt;
@@ -58,7 +65,7 @@ pub(crate) async fn serve(
     let mut h1 = hyper::server::conn::http1::Builder::new();
     h1.timer(TokioTimer::new())
         .header_read_timeout(opts.header_read_timeout);
-    let auto = opts.http2.then(|| {
+    let hyper = Arc::new(if opts.http2 {
         let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         b.http1()
             .timer(TokioTimer::new())
@@ -66,7 +73,9 @@ pub(crate) async fn serve(
         b.http2()
             .timer(TokioTimer::new())
             .keep_alive_interval(Some(Duration::from_secs(30)));
-        b
+        Hyper::Auto(b)
+    } else {
+        Hyper::H1(h1)
     });
     // every driver holds a clone; when all are gone, recv() returns None
     let (running, mut all_done) = mpsc::channel::<()>(1);
@@ -94,35 +103,159 @@ pub(crate) async fn serve(
         // frame written while the previous one is unacknowledged waits for the
         // client's delayed ACK (40 ms on Linux) — that was the bench's p90.
         let _ = stream.set_nodelay(true);
-        let io = TokioIo::new(WriteTimeout::new(
-            stream,
-            opts.write_timeout,
-            Arc::clone(&socket),
-        ));
-        let svc = service(router.clone(), peer, Arc::clone(&socket));
+        let wire = WriteTimeout::new(stream, opts.write_timeout, Arc::clone(&socket));
+        let conn = Conn {
+            router: router.clone(),
+            peer,
+            socket,
+            stop: stop.clone(),
+            hyper: Arc::clone(&hyper),
+            _running: running.clone(),
+        };
         let span = tracing::debug_span!("http", %peer);
-        let done = running.clone();
-        match &auto {
-            Some(auto) => {
-                let conn = auto.serve_connection_with_upgrades(io, svc).into_owned();
-                tokio::spawn(
-                    drive(conn, |c| c.graceful_shutdown(), socket, stop.clone(), done)
-                        .instrument(span),
-                );
-            }
-            None => {
-                let conn = h1.serve_connection(io, svc).with_upgrades();
-                tokio::spawn(
-                    drive(conn, |c| c.graceful_shutdown(), socket, stop.clone(), done)
-                        .instrument(span),
-                );
-            }
-        }
+        tokio::spawn(conn.run(wire).instrument(span));
     }
     drop(listener);
     drop(running);
     let _ = all_done.recv().await;
     Ok(())
+}
+
+/// How hyper is set up for the connections it serves.
+enum Hyper {
+    H1(hyper::server::conn::http1::Builder),
+    /// `--http2`: HTTP/1 or h2 with prior knowledge.
+    Auto(hyper_util::server::conn::auto::Builder<TokioExecutor>),
+}
+
+/// One accepted connection, until it closes.
+struct Conn {
+    router: Router,
+    peer: SocketAddr,
+    socket: Arc<Socket>,
+    stop: Shutdown,
+    hyper: Arc<Hyper>,
+    /// Held until the connection ends: `serve` waits for every clone.
+    _running: mpsc::Sender<()>,
+}
+
+impl Conn {
+    /// SSE streams and long polls are answered directly (`direct_http1`),
+    /// everything else by hyper, which then keeps the connection. Not an
+    /// `async fn`: one taking `mut self` would hold the connection twice.
+    fn run(self, wire: WriteTimeout<TcpStream>) -> impl Future<Output = ()> {
+        let (mut conn, mut wire) = (self, wire);
+        async move {
+            let read = match crate::direct_http1::serve(
+                &mut wire,
+                &conn.router,
+                conn.peer,
+                &conn.socket,
+                &mut conn.stop,
+            )
+            .await
+            {
+                Handoff::Closed => return,
+                Handoff::Hyper(read) => read,
+            };
+            conn.into_hyper(read, wire).await
+        }
+    }
+
+    /// Boxed: hyper's connection state is large, and a connection answered
+    /// directly (an idle SSE stream or long poll) must not carry its size.
+    fn into_hyper(
+        self,
+        read: Bytes,
+        wire: WriteTimeout<TcpStream>,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(self.with_hyper(Replay::new(read, wire)))
+    }
+
+    async fn with_hyper(self, wire: Replay<WriteTimeout<TcpStream>>) {
+        let Conn {
+            router,
+            peer,
+            socket,
+            stop,
+            hyper,
+            _running,
+        } = self;
+        let io = TokioIo::new(wire);
+        let svc = service(router, peer, Arc::clone(&socket));
+        match &*hyper {
+            Hyper::Auto(auto) => {
+                let conn = auto.serve_connection_with_upgrades(io, svc);
+                drive(conn, |c| c.graceful_shutdown(), socket, stop).await
+            }
+            Hyper::H1(h1) => {
+                let conn = h1.serve_connection(io, svc).with_upgrades();
+                drive(conn, |c| c.graceful_shutdown(), socket, stop).await
+            }
+        }
+    }
+}
+
+/// A connection's stream that first gives back the bytes `direct_http1`
+/// already read, so that hyper sees the connection from its first byte.
+struct Replay<S> {
+    read: Bytes,
+    inner: S,
+}
+
+impl<S> Replay<S> {
+    fn new(read: Bytes, inner: S) -> Replay<S> {
+        Replay { read, inner }
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Replay<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.read.is_empty() {
+            return Pin::new(&mut self.inner).poll_read(cx, buf);
+        }
+        let n = self.read.len().min(buf.remaining());
+        buf.put_slice(&self.read.split_to(n));
+        if self.read.is_empty() {
+            // frees the buffer
+            self.read = Bytes::new();
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Replay<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 /// The per-request service: marks the socket busy for as long as the answer
@@ -184,13 +317,8 @@ impl HttpBody for Busy {
 
 /// Runs one connection until it ends, is shed, stays idle past the limit, or
 /// (gracefully) the server stops. Dropping `conn` closes the socket.
-async fn drive<C, E>(
-    conn: C,
-    graceful: fn(Pin<&mut C>),
-    socket: Arc<Socket>,
-    mut stop: Shutdown,
-    _running: mpsc::Sender<()>,
-) where
+async fn drive<C, E>(conn: C, graceful: fn(Pin<&mut C>), socket: Arc<Socket>, mut stop: Shutdown)
+where
     C: Future<Output = Result<(), E>>,
     E: std::fmt::Display,
 {
@@ -363,6 +491,12 @@ impl<S> WriteTimeout<S> {
     }
 }
 
+impl crate::direct_http1::Wire for WriteTimeout<TcpStream> {
+    fn tcp(&self) -> &TcpStream {
+        &self.inner
+    }
+}
+
 impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for WriteTimeout<S> {
     fn poll_read(
         mut self: std::pin::Pin<&mut Self>,
@@ -409,5 +543,25 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for WriteTimeout<S>
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
         std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::future_size::of2;
+
+    /// A connection answered directly (an idle SSE stream or long poll) is
+    /// one task holding this future for its whole life: it must not carry
+    /// hyper's connection state (boxed, `Conn::into_hyper`), which was most of
+    /// what such a connection cost (README, "Performance"). 496 bytes today.
+    #[test]
+    fn a_directly_answered_connection_is_small() {
+        let task = of2(Conn::run);
+        assert!(task <= 640, "Conn::run's future is {task} bytes");
+        assert!(
+            task < of2(Conn::with_hyper),
+            "hyper's connection is inline in every connection's task"
+        );
     }
 }

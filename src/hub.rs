@@ -20,10 +20,10 @@ pub(crate) use crate::config::QueueLimits;
 use crate::cursor::Cursor;
 use crate::snapshot::Snapshot;
 use crate::window::{Window, WindowHit, WindowLimits};
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{watch, Notify};
 
 /// One delivery: the change, the index of the topic it is delivered for, and
 /// whether it is live (came through a hub queue as the source read it) or
@@ -40,12 +40,40 @@ impl Delivery {
     }
 }
 
-/// The part of a subscriber the publisher touches.
+/// A subscriber: its queue, shared by the publisher (who pushes) and the
+/// subscription (who takes).
+///
+/// The queue is a `VecDeque` behind a lock rather than a channel: a channel
+/// allocates its first block of slots (32 deliveries, ~800 bytes) when it is
+/// made, and most subscribers are idle most of the time. This one allocates
+/// on the first delivery and gives its memory back once drained.
 struct Sub {
-    tx: mpsc::Sender<Delivery>,
-    queued_bytes: Arc<AtomicUsize>,
-    lagged: Arc<AtomicBool>,
-    wake: Arc<Notify>,
+    queue: Mutex<VecDeque<Delivery>>,
+    queued_bytes: AtomicUsize,
+    lagged: AtomicBool,
+    /// Signalled on every push and when the subscriber lags.
+    wake: Notify,
+}
+
+/// A drained queue keeps at most this many slots allocated.
+const QUEUE_KEEP: usize = 8;
+
+impl Sub {
+    fn queue(&self) -> MutexGuard<'_, VecDeque<Delivery>> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The oldest queued delivery, if any.
+    fn pop(&self) -> Option<Delivery> {
+        let mut q = self.queue();
+        let d = q.pop_front()?;
+        if q.is_empty() && q.capacity() > QUEUE_KEEP {
+            *q = VecDeque::new();
+        }
+        drop(q);
+        self.queued_bytes.fetch_sub(d.bytes(), Ordering::Relaxed);
+        Some(d)
+    }
 }
 
 struct State {
@@ -161,12 +189,11 @@ impl Hub {
                 let mut st = self.lock();
                 if let (false, Some(pos)) = (st.batch_open, st.position.clone()) {
                     let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-                    let (tx, queue) = mpsc::channel(self.limits.max_events.max(1));
                     let sub = Arc::new(Sub {
-                        tx,
-                        queued_bytes: Arc::new(AtomicUsize::new(0)),
-                        lagged: Arc::new(AtomicBool::new(false)),
-                        wake: Arc::new(Notify::new()),
+                        queue: Mutex::new(VecDeque::new()),
+                        queued_bytes: AtomicUsize::new(0),
+                        lagged: AtomicBool::new(false),
+                        wake: Notify::new(),
                     });
                     let mut set = HashSet::new();
                     for t in topics {
@@ -181,7 +208,6 @@ impl Hub {
                         hub: Arc::clone(self),
                         id,
                         sub,
-                        queue,
                         topics: set,
                     };
                     return (subscription, pos);
@@ -282,13 +308,20 @@ impl Hub {
         let bytes = d.bytes();
         let over_bytes =
             sub.queued_bytes.fetch_add(bytes, Ordering::Relaxed) + bytes > self.limits.max_bytes;
-        if over_bytes || sub.tx.try_send(d).is_err() {
+        let queued = !over_bytes && {
+            let mut q = sub.queue();
+            let room = q.len() < self.limits.max_events.max(1);
+            if room {
+                q.push_back(d);
+            }
+            room
+        };
+        if !queued {
             sub.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
             sub.lagged.store(true, Ordering::Relaxed);
-            sub.wake.notify_one();
-            return false;
         }
-        true
+        sub.wake.notify_one();
+        queued
     }
 
     fn add_topics(&self, id: u64, sub: &Arc<Sub>, topics: &[String]) {
@@ -319,7 +352,6 @@ pub(crate) struct Subscription {
     hub: Arc<Hub>,
     id: u64,
     sub: Arc<Sub>,
-    queue: mpsc::Receiver<Delivery>,
     topics: HashSet<String>,
 }
 
@@ -341,26 +373,22 @@ impl Subscription {
         self.sub.lagged.load(Ordering::Relaxed)
     }
 
-    /// Next live delivery; `None` when the subscriber lagged (or the hub is gone).
+    /// Next live delivery; `None` when the subscriber lagged. Cancel-safe.
     pub(crate) async fn recv(&mut self) -> Option<Delivery> {
         loop {
             if self.lagged() {
                 return None;
             }
-            tokio::select! {
-                biased;
-                d = self.queue.recv() => {
-                    let d = d?;
-                    self.sub.queued_bytes.fetch_sub(d.bytes(), Ordering::Relaxed);
-                    return Some(d);
-                }
-                _ = self.sub.wake.notified() => continue,
+            if let Some(d) = self.sub.pop() {
+                return Some(d);
             }
+            // a push between `pop` and here leaves a permit: no wake-up is lost
+            self.sub.wake.notified().await;
         }
     }
 
     pub(crate) fn queue_empty(&self) -> bool {
-        self.queue.is_empty()
+        self.sub.queue().is_empty()
     }
 
     /// A delivery if one is queued right now.
@@ -368,11 +396,7 @@ impl Subscription {
         if self.lagged() {
             return None;
         }
-        let d = self.queue.try_recv().ok()?;
-        self.sub
-            .queued_bytes
-            .fetch_sub(d.bytes(), Ordering::Relaxed);
-        Some(d)
+        self.sub.pop()
     }
 
     /// Adds topics; changes published from now on are queued for them too.
@@ -414,6 +438,45 @@ impl Drop for Subscription {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn change_on(topic: &str, id: i64) -> Arc<Change> {
+        Arc::new(Change::new(
+            id,
+            10,
+            vec![topic.into()],
+            "e".into(),
+            "{}",
+            0,
+            &Cursor::boundary(Snapshot::new(10, vec![])),
+        ))
+    }
+
+    /// An idle subscriber holds no queue memory: none before its first
+    /// delivery, and at most `QUEUE_KEEP` slots once a burst is drained (a
+    /// channel kept ~800 bytes for every subscriber).
+    #[tokio::test]
+    async fn an_idle_queue_holds_no_memory() {
+        let metrics = crate::metrics::Metrics::new().unwrap();
+        let hub = Hub::new(
+            QueueLimits::default(),
+            WindowLimits {
+                max_changes: 10_000,
+                max_age: std::time::Duration::from_secs(600),
+            },
+            metrics.hub(),
+        );
+        hub.close_batch(Snapshot::new(10, vec![]));
+        let (mut sub, _) = hub.subscribe(&["t".to_string()]).await;
+        assert_eq!(sub.sub.queue().capacity(), 0);
+        let burst: Vec<_> = (1..=100).map(|id| change_on("t", id)).collect();
+        assert_eq!(hub.publish(&burst), 100);
+        for id in 1..=100 {
+            assert_eq!(sub.recv().await.map(|d| d.change.id), Some(id));
+        }
+        assert!(sub.queue_empty());
+        assert!(sub.sub.queue().capacity() <= QUEUE_KEEP);
+        assert_eq!(sub.sub.queued_bytes.load(Ordering::Relaxed), 0);
+    }
 
     /// A poll answering while the source is between `publish` and `close_batch`
     /// must not hand out the pre-batch position as its cursor: the client

@@ -13,7 +13,8 @@
 //! Beside that path: [`access`] is the gate every client passes (slots, token,
 //! topic limits, the `rowcast.authorize` policy) built on [`auth`] and
 //! [`limits`]; [`http`] and [`sockets`] bound what a connection may hold
-//! before it is admitted; [`budget`] bounds catch-up memory; [`retention`]
+//! before it is admitted, and [`direct_http1`] answers SSE streams and long
+//! polls without hyper's per-connection buffers; [`budget`] bounds catch-up memory; [`retention`]
 //! prunes the log; [`metrics`] measures; [`config`] is every flag; [`server`]
 //! wires and stops it all (with [`shutdown`]).
 //!
@@ -49,6 +50,7 @@ pub(crate) mod api_error;
 pub(crate) mod budget;
 pub(crate) mod change;
 pub(crate) mod changelog;
+pub(crate) mod direct_http1;
 pub(crate) mod feed;
 pub(crate) mod health;
 pub(crate) mod http;
@@ -65,3 +67,19 @@ pub(crate) mod window;
 
 pub use error::{Error, Result};
 pub use limits::Origins;
+
+/// What an idle connection holds is mostly futures: the tests that keep them
+/// small measure a future's type from the `async fn` that makes it, without
+/// running (or even building) one.
+#[cfg(test)]
+pub(crate) mod future_size {
+    /// Size of the future `f(a)` returns.
+    pub(crate) fn of1<A, F: std::future::Future>(_: impl FnOnce(A) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// Size of the future `f(a, b)` returns.
+    pub(crate) fn of2<A, B, F: std::future::Future>(_: impl FnOnce(A, B) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+}

@@ -22,6 +22,8 @@ mod guarantees;
 mod hostile;
 #[path = "suites/hostile_network.rs"]
 mod hostile_network;
+#[path = "suites/http1.rs"]
+mod http1;
 #[path = "suites/isolation.rs"]
 mod isolation;
 #[path = "suites/jwt.rs"]

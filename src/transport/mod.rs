@@ -1,5 +1,5 @@
 //! The client transports and the HTTP surface around them: the router, the
-//! origin check, rejection counting, `/readyz` and `/metrics`.
+//! origin check and rejection counting (`edge`), `/readyz` and `/metrics`.
 //!
 //! Every transport does the same steps, each of which lives once: parse the
 //! start of the stream (`start::StreamRequest`), pass the gate
@@ -11,6 +11,7 @@
 pub(crate) mod client_js;
 pub(crate) mod close;
 pub(crate) mod deadline;
+pub(crate) mod edge;
 pub(crate) mod poll;
 pub(crate) mod presence;
 pub(crate) mod socketio;
@@ -19,17 +20,16 @@ pub(crate) mod start;
 pub(crate) mod ws;
 
 use crate::access::Gate;
-use crate::api_error::{ApiError, ErrorCode, Rejected};
+use crate::api_error::{ApiError, ErrorCode};
 use crate::config::ServerConfig;
 use crate::feed::{FeedError, Feeds};
 use crate::health::Health;
 use crate::metrics::{Metrics, Transport, TransportMetrics};
 use crate::presence::Presence;
 use crate::shutdown::Shutdown;
-use axum::extract::{Request, State};
-use axum::http::{header, HeaderValue, Method, StatusCode};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use std::sync::Arc;
@@ -142,10 +142,7 @@ pub(crate) fn router(app: Arc<App>, with_metrics: bool, extra: Option<Router<Arc
     if let Some(extra) = extra {
         api = api.merge(extra);
     }
-    let api = api.layer(axum::middleware::from_fn_with_state(
-        Arc::clone(&app),
-        origin_layer,
-    ));
+    let api = api.layer(edge::OriginCheck(Arc::clone(&app)));
     let mut r = Router::new()
         .merge(api)
         .route("/healthz", get(|| async { "ok" }))
@@ -154,11 +151,8 @@ pub(crate) fn router(app: Arc<App>, with_metrics: bool, extra: Option<Router<Arc
     if with_metrics {
         r = r.route("/metrics", get(metrics));
     }
-    r.layer(axum::middleware::from_fn_with_state(
-        Arc::clone(&app),
-        count_rejections,
-    ))
-    .with_state(app)
+    r.layer(edge::CountRejections(Arc::clone(&app)))
+        .with_state(app)
 }
 
 /// `--metrics-listen`: metrics, health and readiness, nothing else.
@@ -185,58 +179,6 @@ async fn readyz(State(app): State<Arc<App>>) -> impl IntoResponse {
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "source disconnected")
     }
-}
-
-/// Counts every refusal an HTTP answer carries (`rowcast_rejected_total`),
-/// whichever handler or extractor built it: the one place HTTP rejections
-/// are counted.
-async fn count_rejections(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
-    let r = next.run(req).await;
-    if let Some(Rejected { reason, count }) = r.extensions().get::<Rejected>() {
-        app.metrics
-            .rejected
-            .with_label_values(&[reason])
-            .inc_by(*count);
-    }
-    r
-}
-
-/// Refuses requests from origins that are not allowed (403), answers CORS
-/// preflights, and tells browsers which cross origins may read the answers.
-async fn origin_layer(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
-    let origin = match app.gate.check_origin(req.headers()) {
-        Ok(o) => o,
-        Err(e) => return e.into_response(),
-    };
-    if req.method() == Method::OPTIONS {
-        let mut r = StatusCode::NO_CONTENT.into_response();
-        if let Some(o) = origin {
-            let h = r.headers_mut();
-            h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o);
-            h.insert(
-                header::ACCESS_CONTROL_ALLOW_METHODS,
-                HeaderValue::from_static("GET, POST, PATCH, DELETE, OPTIONS"),
-            );
-            h.insert(
-                header::ACCESS_CONTROL_ALLOW_HEADERS,
-                HeaderValue::from_static("authorization, last-event-id, content-type"),
-            );
-            h.insert(
-                header::ACCESS_CONTROL_MAX_AGE,
-                HeaderValue::from_static("600"),
-            );
-            h.insert(header::VARY, HeaderValue::from_static("Origin"));
-        }
-        return r;
-    }
-    let mut r = next.run(req).await;
-    if let Some(o) = origin {
-        r.headers_mut()
-            .insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o);
-        r.headers_mut()
-            .insert(header::VARY, HeaderValue::from_static("Origin"));
-    }
-    r
 }
 
 /// What a feed failure tells an HTTP client (and a WS client before its close).

@@ -37,7 +37,7 @@ impl Session {
                     match parse_cursor(cursor.as_deref()) {
                         // the message's own cursor wins; else the upgrade's applies
                         Ok(cursor) => {
-                            let given = self.pending_start.take().unwrap_or_default();
+                            let given = self.pending_start.take().map(|s| *s).unwrap_or_default();
                             Start {
                                 cursor: cursor.or(given.cursor),
                                 snapshot: snapshot || given.snapshot,

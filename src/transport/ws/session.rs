@@ -14,6 +14,26 @@ use crate::protocol::ServerMessage;
 use axum::extract::ws::WebSocket;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use tracing::Instrument;
+
+/// Everything the upgrade request leaves to the session, in one box: the
+/// upgrade task keeps its callback's captures for the connection's life.
+pub(in crate::transport::ws) struct Upgrade {
+    pub(super) app: Arc<App>,
+    pub(super) admitted: Admitted,
+    pub(super) peer: SocketAddr,
+    pub(super) first: Box<First>,
+}
+
+/// What the upgrade request started, for the session's first steps: boxed,
+/// so that the session's long-lived future does not keep room for it.
+pub(in crate::transport::ws) struct First {
+    pub(super) opened: Opening,
+    /// The URL's topics that were allowed (the feed's, when it is open) ...
+    pub(super) topics: Vec<String>,
+    /// ... and those the policy denied.
+    pub(super) denied: Vec<String>,
+}
 
 /// What the upgrade request started.
 pub(in crate::transport::ws) enum Opening {
@@ -27,8 +47,9 @@ pub(in crate::transport::ws) struct Session {
     pub(super) app: Arc<App>,
     pub(super) socket: WebSocket,
     pub(super) feed: Option<Feed>,
-    /// The start given at the upgrade, until a subscribe opens the feed with it.
-    pub(super) pending_start: Option<Start>,
+    /// The start given at the upgrade, until a subscribe opens the feed with
+    /// it (boxed: rarely there, and the session lives as long as the socket).
+    pub(super) pending_start: Option<Box<Start>>,
     pub(super) identity: Identity,
     /// A token was verified (at the upgrade or by an `auth` message).
     pub(super) authenticated: bool,
@@ -40,14 +61,25 @@ pub(in crate::transport::ws) struct Session {
 }
 
 impl Session {
-    pub(super) fn new(
-        app: Arc<App>,
+    /// The upgraded socket's session, and its whole life (`run`), in the
+    /// connection's span.
+    pub(super) fn start_on(
         socket: WebSocket,
-        admitted: Admitted,
-        peer: SocketAddr,
-    ) -> Session {
+        upgrade: Upgrade,
+    ) -> impl std::future::Future<Output = ()> {
+        let Upgrade {
+            app,
+            admitted,
+            peer,
+            first,
+        } = upgrade;
+        let span = tracing::info_span!(
+            "ws",
+            %peer,
+            sub = admitted.identity.sub().unwrap_or("")
+        );
         let rate = RateLimiter::new(app.gate.limits().max_msgs_per_sec);
-        Session {
+        let session = Session {
             app,
             socket,
             feed: None,
@@ -57,7 +89,8 @@ impl Session {
             rate,
             peer,
             conn: admitted.conn,
-        }
+        };
+        session.run(first).instrument(span)
     }
 
     /// With JWT configured, a connection that neither authenticates nor
@@ -68,12 +101,12 @@ impl Session {
 
     /// The upgrade's part: answers denied URL topics, then announces the feed
     /// opened before the upgrade (or keeps the start for the first subscribe).
-    pub(super) async fn start(
-        &mut self,
-        opened: Opening,
-        topics: Vec<String>,
-        denied: Vec<String>,
-    ) -> Result<(), Disconnect> {
+    pub(super) async fn start(&mut self, first: Box<First>) -> Result<(), Disconnect> {
+        let First {
+            opened,
+            topics,
+            denied,
+        } = *first;
         self.deny(&denied).await?;
         match opened {
             Opening::Now(feed, notice) => {
@@ -81,7 +114,7 @@ impl Session {
                 self.announce(&topics, notice).await
             }
             Opening::Later(start) => {
-                self.pending_start = Some(start);
+                self.pending_start = Some(Box::new(start));
                 Ok(())
             }
         }
@@ -128,7 +161,7 @@ impl Session {
             }
             None if allowed.is_empty() => {
                 // nothing opened: the start still waits for allowed topics
-                self.pending_start = Some(start);
+                self.pending_start = Some(Box::new(start));
                 Ok(())
             }
             None => match self.app.feeds.open(&allowed, start).await {
