@@ -169,15 +169,15 @@ impl Report {
                 met: best >= 200_000.0,
             });
         }
-        if let Some(per) = self
-            .idle
-            .as_ref()
-            .and_then(|l| l.server_rss_per_connection_bytes)
-        {
+        if let Some((per, transport)) = self.idle.as_ref().and_then(|l| {
+            l.server_rss_per_connection_bytes
+                .map(|per| (per, l.transport.as_str()))
+        }) {
+            // issue #16: every transport under 5 KiB per idle connection
             checks.push(Check {
-                target: "idle: <= 8 KiB server RSS per WS connection".into(),
+                target: format!("idle: <= 5 KiB server RSS per {transport} connection"),
                 measured: format!("{:.2} KiB", per / 1024.0),
-                met: per <= 8192.0,
+                met: per <= 5.0 * 1024.0,
             });
         }
         if let Some(rows) = &self.write_path {
