@@ -142,6 +142,15 @@ struct SioData<'a> {
 
 type WsStream = tokio_tungstenite::WebSocketStream<TcpStream>;
 
+/// A WebSocket the run stopped is closed politely (bounded); one the server
+/// or the network ended is left as it is.
+async fn close_if_stopped(ws: &mut WsStream, ended: Ended) -> Ended {
+    if matches!(ended, Ended::Stopped) {
+        let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
+    }
+    ended
+}
+
 #[derive(Deserialize)]
 struct PollBody<'a> {
     #[serde(borrow, default)]
@@ -327,10 +336,7 @@ impl Conn {
                 _ = stop.changed() => break Ended::Stopped,
             }
         };
-        if matches!(ended, Ended::Stopped) {
-            let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
-        }
-        Ok(ended)
+        Ok(close_if_stopped(&mut ws, ended).await)
     }
 
     /// Socket.IO over WebSocket, as socket.io-client does it with
@@ -409,10 +415,7 @@ impl Conn {
                 _ = stop.changed() => break Ended::Stopped,
             }
         };
-        if matches!(ended, Ended::Stopped) {
-            let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
-        }
-        Ok(ended)
+        Ok(close_if_stopped(&mut ws, ended).await)
     }
 
     async fn sse(
