@@ -2,7 +2,7 @@
 //! library (not only the binary) so that the test suite can check the README's
 //! commands against the flags that exist.
 
-use crate::target::TargetSpec;
+use crate::target::{FloorLaunch, TargetSpec};
 use crate::{BenchError, BenchOptions, Scenario, Transport};
 use clap::{Parser, ValueEnum};
 use std::net::SocketAddr;
@@ -47,11 +47,33 @@ pub struct Cli {
     /// Interleaved rounds of the write-path variants; the median is reported.
     #[arg(long, default_value_t = 3)]
     pub write_path_rounds: usize,
-    /// The rowcast binary the bench runs `serve --migrate` with (default: the
+    /// The rowcast binary the bench runs `migrate --market` and `serve` with (default: the
     /// `rowcast` next to this executable, e.g. target/release/rowcast after
     /// `cargo build --release --workspace`).
     #[arg(long, conflicts_with = "url")]
     pub rowcast_bin: Option<PathBuf>,
+    /// Also run the floor relay (`rowcast-floor`: LISTEN on a per-row
+    /// pg_notify trigger, frames written straight to the sockets) with the same
+    /// generator, interleaved with rowcast round by round on fresh targets, and
+    /// print rowcast's deliveries/s and CPU per delivery as ratios of its
+    /// (latency and throughput scenarios).
+    #[arg(long, conflicts_with = "url")]
+    pub floor: bool,
+    /// The floor relay binary (default: the `rowcast-floor` next to this executable).
+    #[arg(long, requires = "floor")]
+    pub floor_bin: Option<PathBuf>,
+    /// Rounds of the latency and throughput runs, each on a fresh target
+    /// (default: 1 for latency, 3 for throughput); medians and spreads are reported.
+    #[arg(long)]
+    pub rounds: Option<usize>,
+    /// Extra attempts of a throughput step that failed on its p99 or its
+    /// write rate (never of one that lost or duplicated anything).
+    #[arg(long, default_value_t = crate::DEFAULT_STEP_RETRIES)]
+    pub step_retries: usize,
+    /// Worker threads of the server: `serve --worker-threads N` (only passed
+    /// when given: older builds lack it) and the floor's tokio workers.
+    #[arg(long)]
+    pub server_threads: Option<usize>,
     /// A running rowcast server (http://127.0.0.1:PORT) instead of starting one.
     #[arg(long, requires = "database_url")]
     pub url: Option<String>,
@@ -113,6 +135,17 @@ impl Cli {
                 },
             },
         };
+        let floor = if self.floor {
+            Some(FloorLaunch {
+                program: match self.floor_bin {
+                    Some(p) => p,
+                    None => sibling("rowcast-floor")?,
+                },
+                args: Vec::new(),
+            })
+        } else {
+            None
+        };
         Ok(BenchOptions {
             scenario: match self.scenario {
                 ScenarioArg::Latency => Scenario::Latency,
@@ -137,6 +170,10 @@ impl Cli {
             write_path_duration: Duration::from_secs(self.write_path_seconds.max(1)),
             write_path_rounds: self.write_path_rounds.max(1),
             target,
+            floor,
+            rounds: self.rounds.map(|r| r.max(1)),
+            step_retries: self.step_retries,
+            server_threads: self.server_threads.map(|n| n.max(1)),
             command,
         })
     }
@@ -145,8 +182,13 @@ impl Cli {
 /// `rowcast` in the directory of this executable: cargo puts both binaries of
 /// the workspace in the same `target/<profile>/`.
 pub fn default_rowcast_bin() -> Result<PathBuf, BenchError> {
+    sibling("rowcast")
+}
+
+/// Binary `name` in the directory of this executable.
+fn sibling(name: &str) -> Result<PathBuf, BenchError> {
     let me = std::env::current_exe()?;
-    Ok(me.with_file_name(format!("rowcast{}", std::env::consts::EXE_SUFFIX)))
+    Ok(me.with_file_name(format!("{name}{}", std::env::consts::EXE_SUFFIX)))
 }
 
 /// The long flags (`--scenario`, ...) the command line accepts, for checking

@@ -15,25 +15,36 @@
 //! writers). How each figure is obtained is documented in the submodules:
 //! `ledger` (latency, loss, duplicates), `clients`, `writers`, `target`.
 //!
+//! Latency and throughput run on a fresh target per run, `--rounds` times
+//! (default 1 and 3), and with `--floor` each round runs the floor relay
+//! (`floor`) and then rowcast on the same ramp: `rounds` summarises them
+//! (medians with their spread, ratios to the floor). A throughput step that
+//! fails on its p99 or on writers falling behind is run again, up to
+//! `--step-retries` times (recorded); one that lost, duplicated or dropped
+//! anything is not: that is a finding, not noise.
+//!
 //! Everything is bounded: connection set-up, each step, the drain after it, and
 //! shutdown have deadlines, so the bench always stops by itself.
 
 pub mod cli;
 pub mod clients;
+pub mod floor;
 pub mod ledger;
 pub mod procstat;
 pub mod report;
+pub mod rounds;
 pub mod target;
 pub mod writers;
 
 use clients::Fleet;
 use ledger::Ledger;
+use procstat::CpuTimes;
 use procstat::ProcSample;
 use report::{Latency, Load, Machine, Report, Step};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use target::{Target, TargetSpec};
+use target::{FloorLaunch, Server, Target, TargetSpec};
 use thiserror::Error;
 use writers::Writers;
 
@@ -100,6 +111,17 @@ pub struct BenchOptions {
     /// Interleaved rounds per write-path variant (the median is reported).
     pub write_path_rounds: usize,
     pub target: TargetSpec,
+    /// Also run the floor relay, interleaved with rowcast round by round, and
+    /// report rowcast's figures as ratios of its (latency and throughput).
+    pub floor: Option<FloorLaunch>,
+    /// Rounds of the latency and throughput runs (default 1 and 3); each
+    /// runs on a fresh target, medians and spreads are reported.
+    pub rounds: Option<usize>,
+    /// Extra attempts of a throughput step that failed on p99 or write rate.
+    pub step_retries: usize,
+    /// Worker threads of the server (rowcast's `--worker-threads`, the
+    /// floor's tokio workers); unset: the server's default.
+    pub server_threads: Option<usize>,
     /// Recorded in the report (the command line that produced it).
     pub command: Vec<String>,
 }
@@ -110,6 +132,13 @@ const DEFAULT_RAMP: &[f64] = &[
 ];
 /// p99 bar of a passing throughput step.
 const THROUGHPUT_P99_MS: f64 = 100.0;
+/// Rounds of the throughput ramp unless `--rounds` says otherwise.
+pub const DEFAULT_THROUGHPUT_ROUNDS: usize = 3;
+/// Extra attempts of a failing throughput step unless `--step-retries` says otherwise.
+pub const DEFAULT_STEP_RETRIES: usize = 2;
+/// A step during which the whole machine was at least this busy is flagged
+/// `machine-saturated`: the server may have been starved, not slow.
+pub const MACHINE_SATURATED_PCT: f64 = 95.0;
 /// After the writers stop, deliveries must finish within this (else: lost).
 const DRAIN_MAX: Duration = Duration::from_secs(60);
 /// ... and may not stall for longer than this.
@@ -126,6 +155,8 @@ struct LoadParams {
     steps: Vec<(f64, Duration)>,
     /// Stop at the first failing step (throughput ramp).
     ramp: bool,
+    /// Extra attempts of a step that failed on p99 or write rate (ramp only).
+    retries: usize,
 }
 
 /// Runs the selected scenarios and returns the report (also when a target is missed).
@@ -177,6 +208,7 @@ pub async fn run(opts: BenchOptions) -> Result<Report, BenchError> {
                 .max(1),
             steps,
             ramp,
+            retries: if ramp { opts.step_retries } else { 0 },
         };
         (s, p)
     })
@@ -194,57 +226,109 @@ pub async fn run(opts: BenchOptions) -> Result<Report, BenchError> {
         .unwrap_or(0)
         .max(1000);
 
-    let mut target = Target::start(opts.target).await?;
-    let result = async {
-        seed(&target.database_url, products).await?;
-        let mut report = Report {
-            rowcast_version: target
-                .server_version
-                .clone()
-                .unwrap_or_else(|| "unknown (external server)".into()),
-            started_unix: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
-            command: opts.command.clone(),
-            machine: Machine::probe(),
-            ..Report::default()
-        };
-        for (s, p) in &plans {
-            tracing::info!(scenario = ?s, transport = p.transport.name(), connections = p.connections, "scenario");
-            let load = run_load(&target, p).await?;
-            match s {
-                Scenario::Idle => report.idle = Some(load),
-                Scenario::Latency => report.latency = Some(load),
-                _ => {
-                    report.throughput_best_deliveries_per_s = load
-                        .steps
-                        .iter()
-                        .filter(|s| s.pass)
-                        .map(|s| s.deliveries_per_s)
-                        .reduce(f64::max);
-                    report.throughput = Some(load);
+    let mut report = Report {
+        rowcast_version: "unknown (external server)".into(),
+        started_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        command: opts.command.clone(),
+        machine: Machine::probe(),
+        ..Report::default()
+    };
+    let threads = opts.server_threads;
+    for (s, p) in &plans {
+        tracing::info!(scenario = ?s, transport = p.transport.name(), connections = p.connections, "scenario");
+        if *s == Scenario::Idle {
+            let mut target = Target::start(&opts.target, &Server::Rowcast, threads).await?;
+            let load = async {
+                seed(&target.database_url, products).await?;
+                run_load(&target, p).await
+            }
+            .await;
+            target.stop().await;
+            note_version(&mut report, &target);
+            report.idle = Some(load?);
+            continue;
+        }
+        let rounds = opts.rounds.unwrap_or(if *s == Scenario::Throughput {
+            DEFAULT_THROUGHPUT_ROUNDS
+        } else {
+            1
+        });
+        let mut servers = Vec::new();
+        if let Some(f) = &opts.floor {
+            servers.push(Server::Floor(f.clone()));
+        }
+        servers.push(Server::Rowcast);
+        let mut runs = Vec::new();
+        for round in 1..=rounds.max(1) {
+            for server in &servers {
+                tracing::info!(scenario = ?s, round, server = server.name(), "run");
+                let mut target = Target::start(&opts.target, server, threads).await?;
+                let load = async {
+                    seed(&target.database_url, products).await?;
+                    run_load(&target, p).await
                 }
+                .await;
+                target.stop().await;
+                if matches!(server, Server::Rowcast) {
+                    note_version(&mut report, &target);
+                }
+                let mut load = load?;
+                load.server = server.name().into();
+                load.round = round;
+                load.server_threads = threads;
+                runs.push(load);
             }
         }
-        if want(Scenario::WritePath) {
-            tracing::info!("scenario write-path");
-            report.write_path = Some(
-                writers::write_path(
-                    &target.database_url,
-                    products,
-                    &[1, 16],
-                    opts.write_path_duration,
-                    opts.write_path_rounds,
-                )
-                .await?,
-            );
+        let summary = rounds::Rounds::of(runs, rounds.max(1));
+        let representative = summary.representative().cloned();
+        match s {
+            Scenario::Latency => {
+                report.latency = representative;
+                report.latency_rounds = Some(summary);
+            }
+            _ => {
+                report.throughput_best_deliveries_per_s = summary
+                    .results
+                    .iter()
+                    .find(|r| r.server == "rowcast")
+                    .map(|r| r.result.median);
+                report.throughput = representative;
+                report.throughput_rounds = Some(summary);
+            }
         }
-        report.check();
-        Ok::<Report, BenchError>(report)
     }
-    .await;
-    target.stop().await;
-    result
+    if want(Scenario::WritePath) {
+        tracing::info!("scenario write-path");
+        let mut target = Target::start(&opts.target, &Server::Rowcast, threads).await?;
+        let rows = async {
+            seed(&target.database_url, products).await?;
+            writers::write_path(
+                &target.database_url,
+                products,
+                &[1, 16],
+                opts.write_path_duration,
+                opts.write_path_rounds,
+            )
+            .await
+        }
+        .await;
+        target.stop().await;
+        note_version(&mut report, &target);
+        report.write_path = Some(rows?);
+    }
+    report.check();
+    Ok(report)
+}
+
+/// The measured rowcast's version, from the first target that knows it.
+fn note_version(report: &mut Report, target: &Target) {
+    if let Some(v) = &target.server_version {
+        if report.rowcast_version.starts_with("unknown") {
+            report.rowcast_version = v.clone();
+        }
+    }
 }
 
 fn topics(p: &LoadParams) -> usize {
@@ -290,6 +374,11 @@ fn server_sample(target: &Target) -> Option<ProcSample> {
     target.server_pid.and_then(|p| procstat::sample(p).ok())
 }
 
+/// The whole embedded PostgreSQL cluster's CPU time so far.
+fn pg_sample(target: &Target) -> Option<CpuTimes> {
+    target.pg_pid.and_then(|p| procstat::tree_cpu(p).ok())
+}
+
 /// (busy, total) jiffies of the whole machine, from /proc/stat.
 fn machine_jiffies() -> (u64, u64) {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
@@ -324,6 +413,8 @@ async fn run_load(target: &Target, p: &LoadParams) -> Result<Load, BenchError> {
         p.per_conn,
     ));
     let mut load = Load {
+        server: "rowcast".into(),
+        round: 1,
         transport: p.transport.name().into(),
         connections: p.connections,
         fanout: p.fanout,
@@ -379,17 +470,30 @@ async fn run_load(target: &Target, p: &LoadParams) -> Result<Load, BenchError> {
         };
         let mut lost_before = 0;
         for &(rate, duration) in &p.steps {
-            let step = run_step(target, &fleet, writers, p, rate, duration, lost_before).await?;
-            lost_before += step.lost;
-            tracing::info!(
-                rate,
-                deliveries_per_s = step.deliveries_per_s,
-                p99_ms = step.latency.p99_ms,
-                lost = step.lost,
-                verdict = %step.verdict,
-                "step"
-            );
+            let mut failed = Vec::new();
+            let mut step = loop {
+                let step =
+                    run_step(target, &fleet, writers, p, rate, duration, lost_before).await?;
+                lost_before += step.lost;
+                tracing::info!(
+                    rate,
+                    deliveries_per_s = step.deliveries_per_s,
+                    p99_ms = step.latency.p99_ms,
+                    lost = step.lost,
+                    verdict = %step.verdict,
+                    "step"
+                );
+                if step.pass || !step.retryable() || failed.len() >= p.retries {
+                    break step;
+                }
+                failed.push(step.verdict.clone());
+            };
+            step.attempts = failed.len() + 1;
+            step.failed_attempts = failed;
             let pass = step.pass;
+            if pass && p.ramp {
+                load.result_deliveries_per_s = Some(step.deliveries_per_s);
+            }
             load.steps.push(step);
             if p.ramp && !pass {
                 break;
@@ -419,6 +523,7 @@ async fn run_step(
     let disc0 = ledger.disconnects.load(Ordering::Relaxed);
     let unique0 = ledger.total_unique();
     let srv0 = server_sample(target);
+    let pg0 = pg_sample(target);
     let me0 = procstat::sample_self()?;
     let (busy0, total0) = machine_jiffies();
     let wall0 = Instant::now();
@@ -456,6 +561,11 @@ async fn run_step(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let hists = ledger.take_hists()?;
+    // CPU per unit of work over writing and draining: all the work of the step's changes
+    let srv2 = server_sample(target);
+    let pg2 = pg_sample(target);
+    let window = wall0.elapsed();
+    let delivered_in_step = ledger.total_unique() - unique0;
     let lost_total: u64 = connected
         .iter()
         .map(|&i| expected_of(i).saturating_sub(ledger.unique(i)))
@@ -492,6 +602,19 @@ async fn run_step(
         ..Step::default()
     };
     let _ = unique_written;
+    let per = |cpu: Duration, n: u64| (n > 0).then(|| cpu.as_secs_f64() * 1e6 / n as f64);
+    if let (Some(a), Some(b)) = (srv0, srv2) {
+        step.server_user_us_per_delivery = per(b.user.saturating_sub(a.user), delivered_in_step);
+        step.server_sys_us_per_delivery = per(b.sys.saturating_sub(a.sys), delivered_in_step);
+        step.server_us_per_delivery = per(b.cpu.saturating_sub(a.cpu), delivered_in_step);
+    }
+    if let (Some(a), Some(b)) = (pg0, pg2) {
+        let used = b.since(&a).total();
+        step.pg_cpu_pct = Some(100.0 * used.as_secs_f64() / window.as_secs_f64().max(1e-9));
+        step.pg_us_per_change = per(used, written.committed);
+        step.pg_us_per_delivery = per(used, delivered_in_step);
+    }
+    step.machine_saturated = machine_busy_pct >= MACHINE_SATURATED_PCT;
     step.client_bound =
         machine_busy_pct >= 90.0 && server_cpu_pct.is_some_and(|s| loadgen_cpu_pct > s);
     let mut why = Vec::new();
@@ -518,11 +641,7 @@ async fn run_step(
     }
     step.pass = why.is_empty();
     step.verdict = if step.pass {
-        if step.client_bound {
-            "pass (client-bound)".into()
-        } else {
-            "pass".into()
-        }
+        "pass".into()
     } else {
         why.join(", ")
     };

@@ -91,13 +91,68 @@ pub struct Step {
     pub machine_busy_pct: f64,
     /// The machine was saturated and the load generator used more CPU than the server.
     pub client_bound: bool,
+    /// The whole machine was at least 95 % busy (`MACHINE_SATURATED_PCT`):
+    /// the server may have been starved rather than slow.
+    pub machine_saturated: bool,
+    /// Server CPU per delivery, µs, over writing and draining: user space,
+    /// kernel, and both (`/proc/<pid>/stat` utime and stime).
+    pub server_user_us_per_delivery: Option<f64>,
+    pub server_sys_us_per_delivery: Option<f64>,
+    pub server_us_per_delivery: Option<f64>,
+    /// The embedded PostgreSQL cluster's CPU (postmaster and every child,
+    /// user + kernel) while writing and draining, % of one core.
+    pub pg_cpu_pct: Option<f64>,
+    /// ... per committed change, µs.
+    pub pg_us_per_change: Option<f64>,
+    /// ... per delivery, µs.
+    pub pg_us_per_delivery: Option<f64>,
     pub pass: bool,
     pub verdict: String,
+    /// Attempts of this step (a throughput step failing on p99 or write rate
+    /// is repeated); the figures are the last attempt's.
+    pub attempts: usize,
+    /// The verdicts of the attempts before the last.
+    pub failed_attempts: Vec<String>,
+}
+
+impl Step {
+    /// Failed only on p99 or write rate (noise can do that); a loss,
+    /// duplicate, disconnect, write error or stray event is never retried.
+    pub fn retryable(&self) -> bool {
+        !self.pass
+            && self.lost == 0
+            && self.duplicates == 0
+            && self.disconnects == 0
+            && self.write_errors == 0
+            && self.unexpected == 0
+    }
+
+    /// What to read a step's figures with: `client-bound`,
+    /// `machine-saturated`, `retried N`.
+    pub fn flags(&self) -> String {
+        let mut f = Vec::new();
+        if self.machine_saturated {
+            f.push("machine-saturated".to_string());
+        }
+        if self.client_bound {
+            f.push("client-bound".to_string());
+        }
+        if self.attempts > 1 {
+            f.push(format!("retried {}", self.attempts - 1));
+        }
+        f.join(", ")
+    }
 }
 
 /// One delivery scenario (latency, one throughput run, or idle).
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Load {
+    /// `rowcast` or `floor`.
+    pub server: String,
+    /// Which round of its scenario (1-based).
+    pub round: usize,
+    /// `--server-threads`, when given.
+    pub server_threads: Option<usize>,
     pub transport: String,
     pub connections: usize,
     pub connected: usize,
@@ -112,6 +167,8 @@ pub struct Load {
     pub server_rss_per_connection_bytes: Option<f64>,
     pub loadgen_rss_connected_bytes: u64,
     pub steps: Vec<Step>,
+    /// Throughput: deliveries/s of the last passing step.
+    pub result_deliveries_per_s: Option<f64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -129,8 +186,13 @@ pub struct Report {
     pub machine: Machine,
     pub latency: Option<Load>,
     pub throughput: Option<Load>,
-    /// Deliveries/s of the last passing throughput step.
+    /// Deliveries/s of the last passing throughput step: the median of the
+    /// rowcast rounds' results.
     pub throughput_best_deliveries_per_s: Option<f64>,
+    /// Every latency run, their medians and spreads (and ratios to the floor).
+    pub latency_rounds: Option<crate::rounds::Rounds>,
+    /// Every throughput run, their medians and spreads (and ratios to the floor).
+    pub throughput_rounds: Option<crate::rounds::Rounds>,
     pub idle: Option<Load>,
     pub write_path: Option<Vec<crate::writers::WritePathRow>>,
     pub checks: Vec<Check>,
@@ -168,6 +230,29 @@ impl Report {
                 measured: format!("{best:.0} deliveries/s"),
                 met: best >= 200_000.0,
             });
+        }
+        if let Some(r) = &self.throughput_rounds {
+            use crate::rounds::{GOAL_CPU_RATIO, GOAL_DELIVERIES_RATIO};
+            if let Some(x) = r.result_ratio {
+                checks.push(Check {
+                    target: format!(
+                        "deliveries/s at p99 <= 100 ms >= {GOAL_DELIVERIES_RATIO}x the floor's (medians)"
+                    ),
+                    measured: format!("{x:.2}x"),
+                    met: x >= GOAL_DELIVERIES_RATIO,
+                });
+            }
+            if let Some((rate, x)) = r
+                .reference
+                .as_ref()
+                .and_then(|c| c.server_cpu_per_delivery.map(|x| (c.rate, x)))
+            {
+                checks.push(Check {
+                    target: format!("server CPU per delivery <= {GOAL_CPU_RATIO}x the floor's"),
+                    measured: format!("{x:.2}x at {rate:.0} writes/s"),
+                    met: x <= GOAL_CPU_RATIO,
+                });
+            }
         }
         if let Some((per, transport)) = self.idle.as_ref().and_then(|l| {
             l.server_rss_per_connection_bytes
@@ -234,42 +319,72 @@ impl Report {
             ("throughput", &self.throughput),
             ("idle", &self.idle),
         ];
+        // every run of a scenario that ran in rounds, else its one load
+        let all_runs = |name: &str, load: &Option<Load>| -> Vec<Load> {
+            let rounds = match name {
+                "latency" => &self.latency_rounds,
+                "throughput" => &self.throughput_rounds,
+                _ => &None,
+            };
+            match rounds {
+                Some(r) => r.runs.clone(),
+                None => load.iter().cloned().collect(),
+            }
+        };
         let any_steps = loads
             .iter()
             .any(|(_, l)| l.as_ref().is_some_and(|l| !l.steps.is_empty()));
         if any_steps {
-            o.push_str("| scenario | transport | conns | fan-out | writes/s (target) | deliveries/s | p50 ms | p99 ms | max ms | p99 from commit ms | commit p99 ms | lost | dup | srv CPU % | srv RSS MiB | loadgen CPU % | machine busy % | verdict |\n");
+            o.push_str("| scenario | server | round | transport | conns | fan-out | writes/s (target) | deliveries/s | p50 ms | p99 ms | max ms | p99 from commit ms | commit p99 ms | lost | dup | srv CPU % | srv µs/delivery (user + kernel) | PG CPU % | PG µs/change | srv RSS MiB | loadgen CPU % | machine busy % | verdict | flags |\n");
             o.push_str(
-                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
             );
             for (name, load) in loads {
-                let Some(l) = load else { continue };
-                for s in &l.steps {
-                    let _ = writeln!(
-                        o,
-                        "| {name} | {} | {} | {} | {:.0} ({:.0}) | {:.0} | {:.2} | {:.2} | {:.1} | {:.2} | {:.2} | {} | {} | {} | {} | {:.0} | {:.0} | {} |",
-                        l.transport,
-                        l.connected,
-                        l.fanout,
-                        s.rate_achieved,
-                        s.rate_target,
-                        s.deliveries_per_s,
-                        s.latency.p50_ms,
-                        s.latency.p99_ms,
-                        s.latency.max_ms,
-                        s.latency_from_commit.p99_ms,
-                        s.commit.p99_ms,
-                        s.lost,
-                        s.duplicates,
-                        s.server_cpu_pct.map_or("-".into(), |c| format!("{c:.0}")),
-                        s.server_rss_bytes.map_or("-".into(), |r| format!("{:.0}", mib(r))),
-                        s.loadgen_cpu_pct,
-                        s.machine_busy_pct,
-                        s.verdict,
-                    );
+                for l in all_runs(name, load) {
+                    for s in &l.steps {
+                        let _ = writeln!(
+                            o,
+                            "| {name} | {} | {} | {} | {} | {} | {:.0} ({:.0}) | {:.0} | {:.2} | {:.2} | {:.1} | {:.2} | {:.2} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {:.0} | {} | {} |",
+                            l.server,
+                            l.round,
+                            l.transport,
+                            l.connected,
+                            l.fanout,
+                            s.rate_achieved,
+                            s.rate_target,
+                            s.deliveries_per_s,
+                            s.latency.p50_ms,
+                            s.latency.p99_ms,
+                            s.latency.max_ms,
+                            s.latency_from_commit.p99_ms,
+                            s.commit.p99_ms,
+                            s.lost,
+                            s.duplicates,
+                            s.server_cpu_pct.map_or("-".into(), |c| format!("{c:.0}")),
+                            match (s.server_us_per_delivery, s.server_user_us_per_delivery, s.server_sys_us_per_delivery) {
+                                (Some(t), Some(u), Some(k)) => format!("{t:.2} ({u:.2} + {k:.2})"),
+                                _ => "-".into(),
+                            },
+                            s.pg_cpu_pct.map_or("-".into(), |c| format!("{c:.0}")),
+                            s.pg_us_per_change.map_or("-".into(), |c| format!("{c:.0}")),
+                            s.server_rss_bytes.map_or("-".into(), |r| format!("{:.0}", mib(r))),
+                            s.loadgen_cpu_pct,
+                            s.machine_busy_pct,
+                            s.verdict,
+                            s.flags(),
+                        );
+                    }
                 }
             }
             o.push('\n');
+        }
+        for (name, rounds) in [
+            ("latency", &self.latency_rounds),
+            ("throughput", &self.throughput_rounds),
+        ] {
+            if let Some(r) = rounds {
+                o.push_str(&r.table(name));
+            }
         }
         for (name, load) in loads {
             let Some(l) = load else { continue };

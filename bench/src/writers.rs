@@ -149,9 +149,13 @@ pub struct WritePathRow {
 
 pub const VARIANTS: [&str; 3] = ["no_trigger", "pg_notify_per_row", "rowcast"];
 
+/// The channel [`NOTIFY_TRIGGER`] notifies on.
+pub const NOTIFY_CHANNEL: &str = "bench_row";
+
 /// A per-row NOTIFY trigger carrying the same payload as rowcast's market trigger:
-/// the usual "LISTEN/NOTIFY for realtime" design rowcast is compared with.
-const NOTIFY_TRIGGER: &str = "
+/// the usual "LISTEN/NOTIFY for realtime" design rowcast is compared with, in
+/// the write-path scenario and as what feeds the floor relay (`floor`).
+pub const NOTIFY_TRIGGER: &str = "
 CREATE OR REPLACE FUNCTION public.bench_notify() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM pg_notify('bench_row', jsonb_build_object(
@@ -202,7 +206,9 @@ pub async fn write_path(
     let admin = connect(url).await?;
     admin.batch_execute(NOTIFY_TRIGGER).await?;
     let listener = connect(url).await?;
-    listener.batch_execute("LISTEN bench_row").await?;
+    listener
+        .batch_execute(&format!("LISTEN {NOTIFY_CHANNEL}"))
+        .await?;
     let mut rows = Vec::new();
     let result = async {
         for &w in writer_counts {
@@ -257,4 +263,14 @@ pub async fn write_path(
     result?;
     restore?;
     Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_trigger_notifies_on_the_channel() {
+        assert!(NOTIFY_TRIGGER.contains(&format!("pg_notify('{NOTIFY_CHANNEL}'")));
+    }
 }
