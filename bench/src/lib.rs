@@ -397,10 +397,11 @@ fn machine_jiffies() -> (u64, u64) {
 
 async fn run_load(target: &Target, p: &LoadParams) -> Result<Load, BenchError> {
     let t = topics(p);
+    // every attempt of every step takes fresh seqs
     let capacity: usize = p
         .steps
         .iter()
-        .map(|(r, d)| (r * d.as_secs_f64()).ceil() as usize + p.writers + 16)
+        .map(|(r, d)| ((r * d.as_secs_f64()).ceil() as usize + p.writers + 16) * (1 + p.retries))
         .sum::<usize>()
         .max(16);
     let base = next_seq(&target.database_url).await?;
