@@ -128,7 +128,11 @@ async fn serve(args: FloorArgs) -> Result<(), BenchError> {
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
+                let Ok((stream, _)) = accepted else {
+                    // out of descriptors, say: do not spin on it
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                };
                 if hub.connections.load(Ordering::Relaxed) >= MAX_CONNECTIONS {
                     continue; // dropped: closed at once
                 }

@@ -213,6 +213,11 @@ pub async fn run(opts: BenchOptions) -> Result<Report, BenchError> {
         (s, p)
     })
     .collect();
+    if opts.floor.is_some() && opts.transport != Transport::Ws {
+        return Err(BenchError::Config(
+            "--floor speaks WebSocket only: use --transport ws".into(),
+        ));
+    }
     let need_fds = plans.iter().map(|(_, p)| p.connections).max().unwrap_or(0) + 256;
     if (nofile as usize) < need_fds {
         return Err(BenchError::Config(format!(
