@@ -439,3 +439,32 @@ impl Report {
         o
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_noise_is_retried_and_flags_say_why() {
+        let slow = Step {
+            verdict: "p99 120 ms > 100 ms".into(),
+            machine_saturated: true,
+            attempts: 3,
+            ..Step::default()
+        };
+        assert!(slow.retryable());
+        assert_eq!(slow.flags(), "machine-saturated, retried 2");
+        let lossy = Step {
+            lost: 1,
+            ..Step::default()
+        };
+        assert!(!lossy.retryable());
+        let passed = Step {
+            pass: true,
+            attempts: 1,
+            ..Step::default()
+        };
+        assert!(!passed.retryable());
+        assert_eq!(passed.flags(), "");
+    }
+}

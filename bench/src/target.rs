@@ -113,7 +113,7 @@ impl Target {
             ) => {
                 let mut client = connect(&database_url).await?;
                 rowcast::migrate::migrate(&mut client, true).await?;
-                wait_ready(server).await?;
+                wait_ready(server, None).await?;
                 Ok(Target {
                     server,
                     database_url,
@@ -196,7 +196,7 @@ impl Target {
                     child: Some(child),
                     _pg: Some(pg),
                 };
-                if let Err(e) = wait_ready(server).await {
+                if let Err(e) = wait_ready(server, target.child.as_mut()).await {
                     target.stop().await;
                     return Err(e);
                 }
@@ -277,9 +277,16 @@ pub async fn connect(url: &str) -> Result<Client, BenchError> {
     Ok(rowcast::db::connect(url).await?)
 }
 
-async fn wait_ready(server: SocketAddr) -> Result<(), BenchError> {
+/// Waits for `/readyz` to answer 200; fails at once if `child` (the server
+/// the bench started) exits first, e.g. on a flag an older build lacks.
+async fn wait_ready(server: SocketAddr, mut child: Option<&mut Child>) -> Result<(), BenchError> {
     let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
     while tokio::time::Instant::now() < deadline {
+        if let Some(Ok(Some(status))) = child.as_mut().map(|c| c.try_wait()) {
+            return Err(BenchError::Config(format!(
+                "the server exited before it was ready ({status}); its stderr is above"
+            )));
+        }
         let probe = tokio::time::timeout(Duration::from_secs(2), get_once(server, "/readyz"));
         if let Ok(Ok((200, _))) = probe.await {
             return Ok(());
