@@ -97,7 +97,13 @@ pub fn run_blocking(args: FloorArgs) -> Result<(), BenchError> {
     if let Some(n) = args.worker_threads {
         rt.worker_threads(n.max(1));
     }
-    rt.enable_all().build()?.block_on(serve(args))
+    let rt = rt.enable_all().build()?;
+    // on a worker, not on this thread: `--worker-threads N` means N threads at work
+    rt.block_on(async {
+        tokio::spawn(serve(args))
+            .await
+            .map_err(|e| BenchError::Client(format!("floor task: {e}")))?
+    })
 }
 
 async fn serve(args: FloorArgs) -> Result<(), BenchError> {
