@@ -20,6 +20,7 @@ pub const CORE: &[(&str, &str)] = &[
         include_str!("../sql/005_default_topics.sql"),
     ),
     ("006_presence", include_str!("../sql/006_presence.sql")),
+    ("007_lean_emit", include_str!("../sql/007_lean_emit.sql")),
 ];
 
 /// The FR-021 farmers-market reference schema (`market.*`), its triggers and
@@ -52,6 +53,10 @@ pub const MARKET: &[(&str, &str)] = &[
     (
         "market/007_farmer_writes",
         include_str!("../sql/market/007_farmer_writes.sql"),
+    ),
+    (
+        "market/008_lean_capture",
+        include_str!("../sql/market/008_lean_capture.sql"),
     ),
 ];
 

@@ -311,6 +311,170 @@ async fn migrations_are_idempotent() {
     assert_eq!(n, files as i64);
 }
 
+/// A database the previous release migrated (every file before
+/// `007_lean_emit` and `market/008_lean_capture`) upgrades with `migrate`:
+/// exactly the new files run, the market and `rowcast.track` triggers capture
+/// the same changes before and after, `emit` refuses the same input with the
+/// same errors, and a server delivers what the upgraded triggers write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_from_the_previous_schema() {
+    const NEW: [&str; 2] = ["007_lean_emit", "market/008_lean_capture"];
+    let url = empty_db().await;
+    let mut db = connect(&url).await;
+    db.batch_execute(
+        "CREATE SCHEMA rowcast;
+         CREATE TABLE rowcast.migrations (
+             version    text PRIMARY KEY,
+             applied_at timestamptz NOT NULL DEFAULT now())",
+    )
+    .await
+    .unwrap();
+    let previous = rowcast::migrate::CORE
+        .iter()
+        .chain(rowcast::migrate::MARKET.iter())
+        .filter(|(v, _)| !NEW.contains(v));
+    for (version, sql) in previous {
+        db.batch_execute(sql).await.unwrap();
+        db.execute(
+            "INSERT INTO rowcast.migrations (version) VALUES ($1)",
+            &[version],
+        )
+        .await
+        .unwrap();
+    }
+    db.batch_execute(
+        "CREATE OR REPLACE FUNCTION rowcast.authorize(claims jsonb, topic text)
+         RETURNS boolean LANGUAGE sql STABLE AS $$ SELECT true $$;
+         CREATE TABLE public.stalls (code text PRIMARY KEY, open boolean NOT NULL);
+         SELECT rowcast.track('public.stalls');",
+    )
+    .await
+    .unwrap();
+    seed(&db, 1, 1).await;
+    let seeded: i64 = db
+        .query_one("SELECT coalesce(max(id), 0) FROM rowcast.changes", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let writes = |stall: &str| {
+        [
+            "UPDATE market.products SET quantity = quantity + 1 WHERE id = 1".to_string(),
+            "INSERT INTO market.orders (customer_id, farm_id) VALUES (5, 1)".to_string(),
+            format!("INSERT INTO public.stalls VALUES ('{stall}', true)"),
+        ]
+    };
+    for w in writes("1") {
+        db.batch_execute(&w).await.unwrap();
+    }
+
+    let applied = rowcast::migrate::migrate(&mut db, true).await.unwrap();
+    assert_eq!(applied, NEW);
+
+    for w in writes("2") {
+        db.batch_execute(&w).await.unwrap();
+    }
+    // the same change, captured by the old and by the new triggers
+    let rows = db
+        .query(
+            "SELECT topics, event, entity, payload - 'timestamp' - 'newQuantity' - 'previousQuantity'
+                    - 'orderId' AS payload, jsonb_object_keys_agg
+               FROM rowcast.changes,
+                    LATERAL (SELECT array_agg(k ORDER BY k) AS jsonb_object_keys_agg
+                               FROM jsonb_object_keys(payload) k) keys
+              WHERE id > $1
+              ORDER BY id",
+            &[&seeded],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 6, "three writes before, three after");
+    for i in 0..3 {
+        let (before, after) = (&rows[i], &rows[i + 3]);
+        let topics = |r: &tokio_postgres::Row| -> Vec<String> {
+            r.get::<_, Vec<String>>(0)
+                .into_iter()
+                // ids differ (order, stall): compare the topics' shape
+                .map(|t| t.trim_end_matches(char::is_numeric).to_string())
+                .collect()
+        };
+        assert_eq!(topics(before), topics(after), "write {i}");
+        for col in 1..=2 {
+            assert_eq!(
+                before.get::<_, Option<String>>(col),
+                after.get::<_, Option<String>>(col),
+                "write {i}, column {col}"
+            );
+        }
+        assert_eq!(
+            before.get::<_, Vec<String>>(4),
+            after.get::<_, Vec<String>>(4),
+            "write {i}: payload keys"
+        );
+        if i != 2 {
+            assert_eq!(
+                before.get::<_, serde_json::Value>(3),
+                after.get::<_, serde_json::Value>(3),
+                "write {i}: payload"
+            );
+        }
+    }
+
+    // the refusals of rowcast.emit, unchanged
+    for (sql, says) in [
+        ("SELECT rowcast.emit(NULL, 'e', '{}')", "at least one topic"),
+        ("SELECT rowcast.emit('{}', 'e', '{}')", "at least one topic"),
+        (
+            "SELECT rowcast.emit('{a,NULL}', 'e', '{}')",
+            "non-empty text",
+        ),
+        (
+            "SELECT rowcast.emit('{a,\"\"}', '', '{}')",
+            "non-empty text",
+        ),
+        (
+            "SELECT rowcast.emit('{{a},{b}}', 'e', '{}')",
+            "non-empty text",
+        ),
+        ("SELECT rowcast.emit('{a}', '', '{}')", "event name"),
+        ("SELECT rowcast.emit('{a}', NULL, '{}')", "event name"),
+    ] {
+        let e = db.batch_execute(sql).await.unwrap_err();
+        assert_eq!(
+            e.code(),
+            Some(&tokio_postgres::error::SqlState::INVALID_PARAMETER_VALUE),
+            "{sql}: {e:?}"
+        );
+        assert!(format!("{e:?}").contains(says), "{sql}: {e:?}");
+    }
+    db.batch_execute("SELECT rowcast.emit('{plain}', 'plain.e', NULL, '')")
+        .await
+        .unwrap();
+    let row = db
+        .query_one(
+            "SELECT payload::text, entity FROM rowcast.changes ORDER BY id DESC LIMIT 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "null");
+    assert_eq!(row.get::<_, Option<String>>(1), None);
+
+    // and the upgraded triggers' changes reach a client
+    let srv = server(&url).await;
+    let mut ws = WsClient::connect(&srv.base_url(), "topics=product-1,stalls-A7").await;
+    db.batch_execute("UPDATE market.products SET quantity = 99 WHERE id = 1")
+        .await
+        .unwrap();
+    let ev = next_event(&mut ws.rx).await;
+    assert_eq!(ev.event, "inventory.updated");
+    assert_eq!(ev.data["newQuantity"], json!(99));
+    db.batch_execute(&writes("A7")[2]).await.unwrap();
+    let ev = next_event(&mut ws.rx).await;
+    assert_eq!(ev.event, "stalls.inserted");
+    assert_eq!(ev.topic, "stalls-A7");
+    srv.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_and_health_endpoints() {
     let url = fresh_db().await;
