@@ -43,6 +43,7 @@ pub mod defaults {
     pub const MARKET_API_POOL: usize = 8;
     /// Changes per read of the source (not a flag; tests make it small).
     pub const SOURCE_PAGE: i64 = 5000;
+    pub const SOURCE_BUSY_PAUSE: &str = "1ms";
 }
 
 /// Parses `90`, `90s`, `15m`, `24h`, `7d` (also `500ms`).
@@ -171,8 +172,16 @@ pub struct ServerConfig {
     /// The source's safety-net read interval while idle (doorbell armed).
     #[arg(skip = Duration::from_secs(2))]
     pub idle_poll: Duration,
-    /// The source's pause between reads while changes keep arriving.
-    #[arg(skip = Duration::from_millis(1))]
+    /// The source's pause between two reads of the change log while changes
+    /// keep arriving (e.g. 1ms, 5ms; at most 100ms): longer means fewer
+    /// reads per change for PostgreSQL and up to that much more latency for
+    /// all but the first change of a burst.
+    #[arg(
+        long = "source-busy-pause",
+        env = "ROWCAST_SOURCE_BUSY_PAUSE",
+        default_value = defaults::SOURCE_BUSY_PAUSE,
+        value_parser = parse_duration
+    )]
     pub busy_pause: Duration,
     /// Changes per change-log read of the source (a bigger batch is read in pages).
     #[arg(skip = defaults::SOURCE_PAGE)]
@@ -388,7 +397,7 @@ impl ServerConfig {
             max_poll_wait: Duration::from_secs(30),
             sse_retry: Duration::from_secs(2),
             idle_poll: Duration::from_secs(2),
-            busy_pause: Duration::from_millis(1),
+            busy_pause: dur(defaults::SOURCE_BUSY_PAUSE),
             source_page: defaults::SOURCE_PAGE,
             prune_every: Duration::from_secs(60),
         }
@@ -428,6 +437,7 @@ impl ServerConfig {
         self.catchup_memory = self.catchup_memory.max(1 << 20);
         self.write_timeout = self.write_timeout.max(Duration::from_millis(100));
         self.source_page = self.source_page.max(1);
+        self.busy_pause = self.busy_pause.min(Duration::from_millis(100));
         // prune often enough to keep the log near the retention, never in a loop
         self.prune_every =
             (self.retention / 10).clamp(Duration::from_millis(100), self.prune_every);
