@@ -64,16 +64,21 @@ impl Delivery {
 /// Where a subscriber's live deliveries go while it is direct (see the
 /// module's contract): its transport's writer.
 pub(crate) trait Direct: Send + Sync {
-    /// Writes `d` after everything taken before, or keeps it (in order) for
-    /// the connection to write; `Full` when keeping it would pass `limits`.
+    /// Keeps `d` (in order, after everything taken before) to be written by
+    /// `write`; `Full` when keeping it would pass `limits`.
     fn take(&self, d: &Delivery, limits: &QueueLimits) -> Taken;
+    /// Writes what was taken, as far as the socket takes it now, without
+    /// waiting (the rest is the connection's to write).
+    fn write(&self);
 }
 
 /// What a `Direct` writer did with a delivery.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Taken {
-    /// Written, or kept to be written next.
+    /// Kept, behind what was already waiting to be written.
     Yes,
+    /// Kept, and nothing was waiting before: `Direct::write` is due.
+    First,
     /// Over the subscriber's bounds: not taken (the subscriber lags).
     Full,
     /// The connection is closing: nothing more is written.
@@ -319,9 +324,21 @@ impl Hub {
         Some(page)
     }
 
-    /// Fans changes out to subscriber queues. Never blocks on a subscriber.
-    /// Returns the number of deliveries queued.
+    /// Fans changes out to subscriber queues and direct writers. Never
+    /// blocks on a subscriber. Returns the number of deliveries made.
+    ///
+    /// Direct writers are written after the hub's lock is released, spread
+    /// over the runtime's worker threads: what each takes is already in its
+    /// own order, so whichever thread writes it, per connection the order
+    /// holds; across connections the socket writes run in parallel.
     pub(crate) fn publish(&self, changes: &[Arc<Change>]) -> usize {
+        let mut due = Vec::new();
+        let queued = self.fan_out(changes, &mut due);
+        write_spread(due);
+        queued
+    }
+
+    fn fan_out(&self, changes: &[Arc<Change>], due: &mut Vec<Arc<dyn Direct>>) -> usize {
         let mut st = self.lock();
         st.pending.extend(changes.iter().cloned());
         let mut queued = 0;
@@ -338,7 +355,7 @@ impl Hub {
                     {
                         continue;
                     }
-                    if self.offer(sub, change, i) {
+                    if self.offer(sub, change, i, due) {
                         queued += 1;
                     }
                 }
@@ -347,7 +364,13 @@ impl Hub {
         queued
     }
 
-    fn offer(&self, sub: &Sub, change: &Arc<Change>, topic: usize) -> bool {
+    fn offer(
+        &self,
+        sub: &Sub,
+        change: &Arc<Change>,
+        topic: usize,
+        due: &mut Vec<Arc<dyn Direct>>,
+    ) -> bool {
         if sub.lagged.load(Ordering::Relaxed) {
             return false;
         }
@@ -360,6 +383,11 @@ impl Hub {
         if let Some(direct) = &q.direct {
             match direct.take(&d, &self.limits) {
                 Taken::Yes => {
+                    q.last_direct = Some(d.change);
+                    return true;
+                }
+                Taken::First => {
+                    due.push(Arc::clone(direct));
                     q.last_direct = Some(d.change);
                     return true;
                 }
@@ -407,6 +435,34 @@ impl Hub {
                 }
             }
         }
+    }
+}
+
+/// Runs `Direct::write` for each of `due`: one share per worker thread of the
+/// current runtime, the first here and the others as tasks.
+fn write_spread(due: Vec<Arc<dyn Direct>>) {
+    if due.is_empty() {
+        return;
+    }
+    let handle = tokio::runtime::Handle::try_current().ok();
+    let workers = handle.as_ref().map_or(1, |h| h.metrics().num_workers());
+    // below this many sockets a task costs more than it saves
+    const SHARE_MIN: usize = 16;
+    let shares = workers.min(due.len().div_ceil(SHARE_MIN)).max(1);
+    let size = due.len().div_ceil(shares);
+    let mut due = due;
+    if let Some(h) = handle {
+        while due.len() > size {
+            let share = due.split_off(due.len() - size);
+            h.spawn(async move {
+                for d in share {
+                    d.write();
+                }
+            });
+        }
+    }
+    for d in due {
+        d.write();
     }
 }
 

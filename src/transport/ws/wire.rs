@@ -3,27 +3,29 @@
 //! client that keeps up without waking its task.
 //!
 //! The contract, kept here:
-//! - One writer at a time, under one small lock, and whole frames only:
-//!   every frame (events, control messages, pings, the close frame) goes
-//!   through `push`, which writes it at once when nothing is pending and
-//!   the socket takes it, and otherwise keeps it (or what the socket did not
-//!   take of it) behind what is pending. So frames never interleave and
-//!   leave in the order they were pushed: per connection, events in feed
-//!   order, each control message after the events pushed before it.
-//! - Who pushes: the task (catch-up and queued events, its messages and
-//!   pings, through tungstenite and `Stream`), and the publisher for a
-//!   subscription that went direct (`hub`'s contract: the feed is live and
-//!   nothing is queued). The publisher never waits: what the socket does not
+//! - One list of frames waiting to be written, under one small lock, and
+//!   whole frames only: every frame (events, control messages, pings, the
+//!   close frame) is appended to it, and whoever writes (the task, or a
+//!   publishing thread in `Direct::write`) writes from its front, under the
+//!   lock. So frames never interleave and leave in the order they were
+//!   appended: per connection, events in feed order, each control message
+//!   after the events appended before it.
+//! - Who appends: the task (catch-up and queued events, its messages and
+//!   pings, through tungstenite and `Stream`; `push` writes at once when
+//!   nothing waits), and the publisher for a subscription that went direct
+//!   (`hub`'s contract: the feed is live and nothing is queued), which
+//!   appends under the hub's lock and writes after it, on any worker thread
+//!   (`Hub::publish`). The publisher never waits: what the socket does not
 //!   take wakes the task, which writes it when the socket is writable
 //!   (`flush`).
-//! - Slow consumers: what the publisher may leave pending is bounded by the
+//! - Slow consumers: what the publisher may leave waiting is bounded by the
 //!   queue limits (frames and bytes, `--queue-events`, `--queue-bytes`);
 //!   over them it refuses (`Taken::Full`) and the subscription lags, to be
-//!   continued from the log once the pending bytes are out. A frame is
-//!   always taken when nothing is pending (it is shared, not copied). A
-//!   socket that accepts nothing for `--write-timeout` while bytes are
-//!   pending ends the connection (close 4008, `flush`).
-//! - Once the task starts closing (`close_direct`) the publisher writes
+//!   continued from the log once the waiting bytes are out. A frame is
+//!   always taken when nothing waits (it is shared, not copied). A socket
+//!   that accepts nothing for `--write-timeout` while bytes wait ends the
+//!   connection (close 4008, `flush`).
+//! - Once the task starts closing (`close_direct`) the publisher appends
 //!   nothing more: the close frame is the last frame.
 //! - A delivery the publisher takes is counted as delivered (deliveries,
 //!   the SLO latency histogram) when it is taken.
@@ -47,7 +49,7 @@ use tokio::net::TcpStream;
 /// Slices written with one `writev` when draining what is pending.
 const WRITEV_MAX: usize = 32;
 /// A drained pending list keeps at most this many slots allocated.
-const PENDING_KEEP: usize = 8;
+const PENDING_KEEP: usize = 4;
 
 pub(in crate::transport::ws) struct Wire {
     tcp: TcpStream,
@@ -161,6 +163,28 @@ impl Wire {
         out.wake();
     }
 
+    /// Writes what is pending until the socket would block: true when
+    /// nothing is left.
+    fn try_drain(&self, out: &mut Out) -> std::io::Result<bool> {
+        while !out.pending.is_empty() {
+            let written = {
+                let mut slices = [IoSlice::new(&[]); WRITEV_MAX];
+                let mut count = 0;
+                for (slot, frame) in slices.iter_mut().zip(out.pending.iter()) {
+                    *slot = IoSlice::new(frame);
+                    count += 1;
+                }
+                self.tcp.try_write_vectored(&slices[..count])
+            };
+            match written {
+                Ok(n) => out.consumed(n),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
+    }
+
     /// Writes what is pending as far as the socket takes it: ready (`Ok`)
     /// once nothing is left.
     fn poll_drain(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -180,23 +204,10 @@ impl Wire {
                 }
                 Poll::Ready(Ok(())) => {}
             }
-            let written = {
-                let mut slices = [IoSlice::new(&[]); WRITEV_MAX];
-                let mut count = 0;
-                for (slot, frame) in slices.iter_mut().zip(out.pending.iter()) {
-                    *slot = IoSlice::new(frame);
-                    count += 1;
-                }
-                self.tcp.try_write_vectored(&slices[..count])
-            };
-            match written {
-                Ok(n) => out.consumed(n),
-                // readiness was stale: cleared, and polled again above
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(e) => {
-                    out.broken = true;
-                    return Poll::Ready(Err(e));
-                }
+            // a stale readiness is cleared by the WouldBlock and polled again above
+            if let Err(e) = self.try_drain(&mut out) {
+                out.broken = true;
+                return Poll::Ready(Err(e));
             }
         }
     }
@@ -253,16 +264,37 @@ impl Direct for Wire {
         if out.closed || out.broken {
             return Taken::Closed;
         }
-        if !out.pending.is_empty()
+        let first = out.pending.is_empty();
+        if !first
             && (out.pending.len() >= limits.max_events.max(1)
                 || out.bytes + frame.ws.len() > limits.max_bytes)
         {
             return Taken::Full;
         }
-        self.push_locked(&mut out, frame.ws.clone());
+        out.keep(frame.ws.clone());
         drop(out);
         self.metrics.delivered(d.change.emitted_us);
-        Taken::Yes
+        if first {
+            Taken::First
+        } else {
+            Taken::Yes
+        }
+    }
+
+    fn write(&self) {
+        let mut out = self.out();
+        if out.broken || out.pending.is_empty() {
+            return;
+        }
+        match self.try_drain(&mut out) {
+            Ok(true) => {}
+            // the socket is full: the task waits until it is writable
+            Ok(false) => out.wake(),
+            Err(_) => {
+                out.broken = true;
+                out.wake();
+            }
+        }
     }
 }
 
