@@ -33,8 +33,10 @@ pub(crate) struct Change {
     /// only its cursor, never the payload.
     payload: Arc<RawValue>,
     /// One frame per entry of `topics` (the envelope names the topic it was
-    /// delivered for), rendered on first use by a connection task: never under
-    /// the hub's lock, and never for a topic nobody is subscribed to.
+    /// delivered for), rendered on first use and shared by every connection
+    /// that gets it (by the publisher, under the hub's lock, when it writes
+    /// to a live WebSocket: once per change and topic); never for a topic
+    /// nobody is subscribed to.
     frames: Vec<OnceLock<Frame>>,
     /// The Socket.IO form, the same whichever topic it is delivered for.
     socketio: OnceLock<Bytes>,
@@ -62,9 +64,43 @@ struct Envelope<'a> {
 
 #[derive(Debug)]
 pub(crate) struct Frame {
-    /// `{"type":"event","id":..,"topic":..,"event":..,"data":..,"ts":..}`
+    /// `{"type":"event","id":..,"topic":..,"event":..,"data":..,"ts":..}`:
+    /// the payload part of `ws` (the same bytes).
     pub json: Bytes,
+    /// The whole WebSocket frame carrying `json`: a server's frames are
+    /// unmasked, so the header depends only on the length, and the frame is
+    /// written as it is to every socket that receives it.
+    pub ws: Bytes,
     sse: OnceLock<Bytes>,
+}
+
+/// The longest WebSocket frame header (FIN + opcode, 127, 64-bit length).
+const WS_HEADER_MAX: usize = 10;
+
+/// `json`, rendered after `WS_HEADER_MAX` reserved bytes, as a final text
+/// frame: the header is written just before the payload and the reserved
+/// bytes it does not use are sliced off (no copy of the payload).
+fn ws_text_frame(mut buf: Vec<u8>) -> (Bytes, Bytes) {
+    let len = buf.len() - WS_HEADER_MAX;
+    let mut header = [0u8; WS_HEADER_MAX];
+    header[0] = 0x81; // FIN, text
+    let n = if len < 126 {
+        header[1] = len as u8;
+        2
+    } else if len <= usize::from(u16::MAX) {
+        header[1] = 126;
+        header[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+        4
+    } else {
+        header[1] = 127;
+        header[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+        10
+    };
+    let start = WS_HEADER_MAX - n;
+    buf[start..WS_HEADER_MAX].copy_from_slice(&header[..n]);
+    let ws = Bytes::from(buf).slice(start..);
+    let json = ws.slice(n..);
+    (ws, json)
 }
 
 impl Frame {
@@ -184,18 +220,27 @@ impl Change {
         let cell = self.frames.get(topic_index)?;
         Some(cell.get_or_init(|| {
             let tx = self.xid.to_string();
-            let json = serde_json::to_vec(&Envelope {
-                kind: "event",
-                id: &self.cursor,
-                topic,
-                event: &self.event,
-                data: &self.payload,
-                ts: self.emitted_us.div_euclid(1000),
-                tx: &tx,
-            })
-            .unwrap_or_default();
+            let mut buf = Vec::with_capacity(WS_HEADER_MAX + self.approx_frame_len(topic_index));
+            buf.resize(WS_HEADER_MAX, 0);
+            let written = serde_json::to_writer(
+                &mut buf,
+                &Envelope {
+                    kind: "event",
+                    id: &self.cursor,
+                    topic,
+                    event: &self.event,
+                    data: &self.payload,
+                    ts: self.emitted_us.div_euclid(1000),
+                    tx: &tx,
+                },
+            );
+            if written.is_err() {
+                buf.truncate(WS_HEADER_MAX);
+            }
+            let (ws, json) = ws_text_frame(buf);
             Frame {
-                json: Bytes::from(json),
+                json,
+                ws,
                 sse: OnceLock::new(),
             }
         }))
@@ -209,9 +254,10 @@ impl Change {
     /// The size of a frame without rendering it, for queue accounting.
     pub(crate) fn approx_frame_len(&self, topic_index: usize) -> usize {
         let topic = self.topics.get(topic_index).map_or(0, String::len);
-        // the fixed keys (68 bytes), ts and tx (up to 20 characters each);
-        // JSON escapes in the topic or event name are not counted
-        self.payload.get().len() + self.cursor.len() + topic + self.event.len() + 108
+        // the fixed keys (68 bytes), ts and tx (up to 20 characters each),
+        // the WebSocket header (up to 10); JSON escapes in the topic or event
+        // name are not counted
+        self.payload.get().len() + self.cursor.len() + topic + self.event.len() + 118
     }
 
     /// Index of the first of this change's topics that `wanted` contains.
@@ -254,7 +300,7 @@ mod tests {
             ["data", "event", "id", "topic", "ts", "tx", "type"]
         );
         assert!(
-            c.frame(0).unwrap().json.len() <= c.approx_frame_len(0),
+            c.frame(0).unwrap().ws.len() <= c.approx_frame_len(0),
             "the estimate bounds the frame"
         );
         let sse = String::from_utf8(c.frame(0).unwrap().sse(&c).to_vec()).unwrap();
@@ -272,5 +318,35 @@ mod tests {
                 c.cursor
             )
         );
+    }
+
+    /// The WebSocket form is the JSON behind a text frame's header, for
+    /// each of the three length encodings, and shares the JSON's bytes.
+    #[test]
+    fn ws_frames_are_whole() {
+        for size in [10usize, 200, 70_000] {
+            let payload = format!("{{\"b\":\"{}\"}}", "x".repeat(size));
+            let c = Change::new(
+                1,
+                2,
+                vec!["t".into()],
+                "e".into(),
+                &payload,
+                0,
+                &Cursor::boundary(Snapshot::new(10, vec![])),
+            );
+            let f = c.frame(0).unwrap();
+            let len = f.json.len();
+            let header: Vec<u8> = match len {
+                0..=125 => vec![0x81, len as u8],
+                126..=65535 => [vec![0x81, 126], (len as u16).to_be_bytes().to_vec()].concat(),
+                _ => [vec![0x81, 127], (len as u64).to_be_bytes().to_vec()].concat(),
+            };
+            assert_eq!(&f.ws[..header.len()], &header[..], "{size}");
+            assert_eq!(&f.ws[header.len()..], &f.json[..]);
+            assert_eq!(f.ws[header.len()..].as_ptr(), f.json.as_ptr(), "one buffer");
+            let v: serde_json::Value = serde_json::from_slice(&f.json).unwrap();
+            assert_eq!(v["topic"], "t");
+        }
     }
 }

@@ -126,6 +126,11 @@ pub struct ServerConfig {
     /// see the README for what it does not bound.
     #[arg(long, env = "ROWCAST_HTTP2")]
     pub http2: bool,
+    /// Threads of the async runtime that serves clients and fans changes out
+    /// (default: one per available core). Read by `rowcast serve` when it
+    /// builds the runtime; a server started inside a runtime uses that one.
+    #[arg(long, env = "ROWCAST_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub worker_threads: Option<u16>,
     /// Database connections for client reads (catch-up, polling, authorization).
     #[arg(long, env = "ROWCAST_POOL_SIZE", default_value_t = defaults::POOL_SIZE)]
     pub pool_size: usize,
@@ -381,6 +386,7 @@ impl ServerConfig {
             migrate: false,
             node_id: None,
             http2: false,
+            worker_threads: None,
             pool_size: defaults::POOL_SIZE,
             queue: QueueLimits::default(),
             keepalive: dur(defaults::KEEPALIVE),

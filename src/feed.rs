@@ -349,6 +349,10 @@ impl Feed {
     /// memory stays bounded by one queue plus one log page. Only a client whose
     /// socket stops accepting data is disconnected (transport write timeout).
     async fn recover(&mut self) -> Result<(), FeedError> {
+        // a direct writer took changes after the last one handed out here
+        if let Some(last) = self.sub.leave_direct() {
+            self.position = Position::After(last);
+        }
         let from = match &self.position {
             Position::At(c) => c.clone(),
             Position::After(change) => Cursor::decode(&change.cursor).map_err(|e| {
@@ -403,6 +407,21 @@ impl Feed {
     /// keeps those bytes beyond the feed (a poll answer, until it is written).
     pub(crate) fn take_grant(&mut self) -> Option<Grant> {
         self.held.take()
+    }
+
+    /// Switches the subscription to direct delivery through `to` (see `hub`)
+    /// when the feed is live: no catch-up left and nothing queued. The caller
+    /// must have written everything handed out so far to `to`. True when direct.
+    pub(crate) fn go_direct<D: crate::hub::Direct + 'static>(&mut self, to: &Arc<D>) -> bool {
+        !self.catching_up() && self.sub.go_direct(to)
+    }
+
+    /// Back to queued delivery; the position moves past whatever the direct
+    /// writer took.
+    pub(crate) fn leave_direct(&mut self) {
+        if let Some(last) = self.sub.leave_direct() {
+            self.position = Position::After(last);
+        }
     }
 
     /// True while changes from the log remain to be read before live ones.

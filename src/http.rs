@@ -196,6 +196,42 @@ impl Conn {
     }
 }
 
+/// A WebSocket's socket, taken back from hyper after the upgrade: the TCP
+/// stream itself (so that a writer can use it from any task), the bytes
+/// already read past the upgrade request, and its place in the `Sockets`
+/// registry (declared last: released after the stream is closed).
+pub(crate) struct RawSocket {
+    pub tcp: TcpStream,
+    pub read: Bytes,
+    pub open: OpenSocket,
+}
+
+/// The upgraded connection's own socket, when hyper served it from this
+/// module's accept loop (always, for `serve`'s connections).
+pub(crate) fn into_raw(
+    upgraded: hyper::upgrade::Upgraded,
+) -> Result<RawSocket, hyper::upgrade::Upgraded> {
+    let parts = upgraded.downcast::<TokioIo<Replay<WriteTimeout<TcpStream>>>>()?;
+    let Replay { read, inner } = parts.io.into_inner();
+    // hyper's buffer holds what it read past the request, `read` what it
+    // never asked for. Copied: even empty, a slice of hyper's 8 KiB read
+    // buffer would keep all of it for the connection's life.
+    let read = if parts.read_buf.is_empty() && read.is_empty() {
+        Bytes::new()
+    } else {
+        let mut both = bytes::BytesMut::with_capacity(parts.read_buf.len() + read.len());
+        both.extend_from_slice(&parts.read_buf);
+        both.extend_from_slice(&read);
+        both.freeze()
+    };
+    let WriteTimeout { inner, socket, .. } = inner;
+    Ok(RawSocket {
+        tcp: inner,
+        read,
+        open: socket,
+    })
+}
+
 /// A connection's stream that first gives back the bytes `direct_http1`
 /// already read, so that hyper sees the connection from its first byte.
 struct Replay<S> {
@@ -433,7 +469,7 @@ pub(crate) struct WriteTimeout<S> {
 }
 
 /// Tells the registry that the socket's descriptor is closed when dropped.
-struct OpenSocket(Arc<Socket>);
+pub(crate) struct OpenSocket(Arc<Socket>);
 
 impl Drop for OpenSocket {
     fn drop(&mut self) {

@@ -14,6 +14,27 @@
 //! through its queue exactly the changes after P; whatever it needs before P it
 //! reads from the log (see `feed`). Registration and publication of a batch are
 //! mutually exclusive, which is what makes the hand-over exact.
+//!
+//! A subscriber whose transport can write a live delivery at once (a
+//! WebSocket, `transport::ws::wire`) may be switched to *direct* delivery:
+//! then the publisher hands each of its deliveries to that `Direct` writer
+//! instead of its queue, which saves waking the connection's task for every
+//! event. The contract of the switch, kept by `Subscription::go_direct`, the
+//! publisher (`Hub::offer`) and `Subscription::leave_direct`:
+//! - A subscription goes direct only when its queue is empty and it is not
+//!   lagging, and its feed has handed out everything before (no catch-up
+//!   left, everything taken from the queue already given to the writer). The
+//!   switch and every offer take the queue's lock, so each delivery goes
+//!   either to the queue or to the writer, never both, and in publication
+//!   order.
+//! - The writer keeps what the socket does not take at once, in order,
+//!   within the queue's bounds; over them it refuses, and the subscription
+//!   lags (leaves direct delivery) exactly as when its queue overflows: its
+//!   feed continues from the log after the last change the writer took
+//!   (`take_last_direct`).
+//! - Leaving direct delivery (the connection handles a client message, so
+//!   that its answer precedes events of topics it adds) hands the feed the
+//!   last change the writer took; later deliveries are queued again.
 
 use crate::change::Change;
 pub(crate) use crate::config::QueueLimits;
@@ -40,6 +61,30 @@ impl Delivery {
     }
 }
 
+/// Where a subscriber's live deliveries go while it is direct (see the
+/// module's contract): its transport's writer.
+pub(crate) trait Direct: Send + Sync {
+    /// Keeps `d` (in order, after everything taken before) to be written by
+    /// `write`; `Full` when keeping it would pass `limits`.
+    fn take(&self, d: &Delivery, limits: &QueueLimits) -> Taken;
+    /// Writes what was taken, as far as the socket takes it now, without
+    /// waiting (the rest is the connection's to write).
+    fn write(&self);
+}
+
+/// What a `Direct` writer did with a delivery.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Taken {
+    /// Kept, behind what was already waiting to be written.
+    Yes,
+    /// Kept, and nothing was waiting before: `Direct::write` is due.
+    First,
+    /// Over the subscriber's bounds: not taken (the subscriber lags).
+    Full,
+    /// The connection is closing: nothing more is written.
+    Closed,
+}
+
 /// A subscriber: its queue, shared by the publisher (who pushes) and the
 /// subscription (who takes).
 ///
@@ -48,30 +93,41 @@ impl Delivery {
 /// made, and most subscribers are idle most of the time. This one allocates
 /// on the first delivery and gives its memory back once drained.
 struct Sub {
-    queue: Mutex<VecDeque<Delivery>>,
+    queue: Mutex<Queue>,
     queued_bytes: AtomicUsize,
     lagged: AtomicBool,
     /// Signalled on every push and when the subscriber lags.
     wake: Notify,
 }
 
+/// A subscriber's queue, and its direct writer while it has one.
+#[derive(Default)]
+struct Queue {
+    items: VecDeque<Delivery>,
+    /// Set while the subscriber is direct: deliveries go here, not to `items`.
+    direct: Option<Arc<dyn Direct>>,
+    /// The last change `direct` took: where the client stands once it
+    /// leaves direct delivery.
+    last_direct: Option<Arc<Change>>,
+}
+
 /// A drained queue keeps at most this many slots allocated.
 const QUEUE_KEEP: usize = 8;
 
 impl Sub {
-    fn queue(&self) -> MutexGuard<'_, VecDeque<Delivery>> {
+    fn queue(&self) -> MutexGuard<'_, Queue> {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The oldest queued delivery, if any.
     fn pop(&self) -> Option<Delivery> {
         let mut q = self.queue();
-        let d = q.pop_front()?;
-        if q.is_empty() && q.capacity() > QUEUE_KEEP {
-            *q = VecDeque::new();
+        let d = q.items.pop_front()?;
+        if q.items.is_empty() && q.items.capacity() > QUEUE_KEEP {
+            q.items = VecDeque::new();
         }
-        drop(q);
         self.queued_bytes.fetch_sub(d.bytes(), Ordering::Relaxed);
+        drop(q);
         Some(d)
     }
 }
@@ -190,7 +246,7 @@ impl Hub {
                 if let (false, Some(pos)) = (st.batch_open, st.position.clone()) {
                     let id = self.next_id.fetch_add(1, Ordering::Relaxed);
                     let sub = Arc::new(Sub {
-                        queue: Mutex::new(VecDeque::new()),
+                        queue: Mutex::new(Queue::default()),
                         queued_bytes: AtomicUsize::new(0),
                         lagged: AtomicBool::new(false),
                         wake: Notify::new(),
@@ -268,9 +324,21 @@ impl Hub {
         Some(page)
     }
 
-    /// Fans changes out to subscriber queues. Never blocks on a subscriber.
-    /// Returns the number of deliveries queued.
+    /// Fans changes out to subscriber queues and direct writers. Never
+    /// blocks on a subscriber. Returns the number of deliveries made.
+    ///
+    /// Direct writers are written after the hub's lock is released, spread
+    /// over the runtime's worker threads: what each takes is already in its
+    /// own order, so whichever thread writes it, per connection the order
+    /// holds; across connections the socket writes run in parallel.
     pub(crate) fn publish(&self, changes: &[Arc<Change>]) -> usize {
+        let mut due = Vec::new();
+        let queued = self.fan_out(changes, &mut due);
+        write_spread(due);
+        queued
+    }
+
+    fn fan_out(&self, changes: &[Arc<Change>], due: &mut Vec<Arc<dyn Direct>>) -> usize {
         let mut st = self.lock();
         st.pending.extend(changes.iter().cloned());
         let mut queued = 0;
@@ -287,7 +355,7 @@ impl Hub {
                     {
                         continue;
                     }
-                    if self.offer(sub, change, i) {
+                    if self.offer(sub, change, i, due) {
                         queued += 1;
                     }
                 }
@@ -296,7 +364,13 @@ impl Hub {
         queued
     }
 
-    fn offer(&self, sub: &Sub, change: &Arc<Change>, topic: usize) -> bool {
+    fn offer(
+        &self,
+        sub: &Sub,
+        change: &Arc<Change>,
+        topic: usize,
+        due: &mut Vec<Arc<dyn Direct>>,
+    ) -> bool {
         if sub.lagged.load(Ordering::Relaxed) {
             return false;
         }
@@ -305,23 +379,40 @@ impl Hub {
             topic,
             live: true,
         };
-        let bytes = d.bytes();
-        let over_bytes =
-            sub.queued_bytes.fetch_add(bytes, Ordering::Relaxed) + bytes > self.limits.max_bytes;
-        let queued = !over_bytes && {
-            let mut q = sub.queue();
-            let room = q.len() < self.limits.max_events.max(1);
-            if room {
-                q.push_back(d);
+        let mut q = sub.queue();
+        if let Some(direct) = &q.direct {
+            match direct.take(&d, &self.limits) {
+                Taken::Yes => {
+                    q.last_direct = Some(d.change);
+                    return true;
+                }
+                Taken::First => {
+                    due.push(Arc::clone(direct));
+                    q.last_direct = Some(d.change);
+                    return true;
+                }
+                Taken::Closed => return false,
+                Taken::Full => q.direct = None,
             }
-            room
-        };
-        if !queued {
-            sub.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
-            sub.lagged.store(true, Ordering::Relaxed);
+        } else {
+            let bytes = d.bytes();
+            let queued_bytes = sub.queued_bytes.load(Ordering::Relaxed);
+            if queued_bytes + bytes <= self.limits.max_bytes
+                && q.items.len() < self.limits.max_events.max(1)
+            {
+                sub.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
+                q.items.push_back(d);
+                drop(q);
+                sub.wake.notify_one();
+                return true;
+            }
         }
+        // lagging is decided under the queue's lock, so that a subscription
+        // never goes direct between an overflow and its mark
+        sub.lagged.store(true, Ordering::Relaxed);
+        drop(q);
         sub.wake.notify_one();
-        queued
+        false
     }
 
     fn add_topics(&self, id: u64, sub: &Arc<Sub>, topics: &[String]) {
@@ -344,6 +435,34 @@ impl Hub {
                 }
             }
         }
+    }
+}
+
+/// Runs `Direct::write` for each of `due`: one share per worker thread of the
+/// current runtime, the first here and the others as tasks.
+fn write_spread(due: Vec<Arc<dyn Direct>>) {
+    if due.is_empty() {
+        return;
+    }
+    let handle = tokio::runtime::Handle::try_current().ok();
+    let workers = handle.as_ref().map_or(1, |h| h.metrics().num_workers());
+    // below this many sockets a task costs more than it saves
+    const SHARE_MIN: usize = 16;
+    let shares = workers.min(due.len().div_ceil(SHARE_MIN)).max(1);
+    let size = due.len().div_ceil(shares);
+    let mut due = due;
+    if let Some(h) = handle {
+        while due.len() > size {
+            let share = due.split_off(due.len() - size);
+            h.spawn(async move {
+                for d in share {
+                    d.write();
+                }
+            });
+        }
+    }
+    for d in due {
+        d.write();
     }
 }
 
@@ -388,7 +507,32 @@ impl Subscription {
     }
 
     pub(crate) fn queue_empty(&self) -> bool {
-        self.sub.queue().is_empty()
+        self.sub.queue().items.is_empty()
+    }
+
+    /// Switches to direct delivery through `to` when nothing is queued and
+    /// the subscription is not lagging (see the module's contract); the
+    /// caller's feed must have handed everything out to `to` already. True
+    /// when direct (now or before).
+    pub(crate) fn go_direct<D: Direct + 'static>(&self, to: &Arc<D>) -> bool {
+        let mut q = self.sub.queue();
+        if q.direct.is_some() {
+            return true;
+        }
+        if !q.items.is_empty() || self.lagged() {
+            return false;
+        }
+        let to: Arc<dyn Direct> = Arc::<D>::clone(to);
+        q.direct = Some(to);
+        true
+    }
+
+    /// Back to the queue: later deliveries are queued. Returns the last
+    /// change the direct writer took, if any since the last call.
+    pub(crate) fn leave_direct(&self) -> Option<Arc<Change>> {
+        let mut q = self.sub.queue();
+        q.direct = None;
+        q.last_direct.take()
     }
 
     /// A delivery if one is queued right now.
@@ -467,14 +611,14 @@ mod tests {
         );
         hub.close_batch(Snapshot::new(10, vec![]));
         let (mut sub, _) = hub.subscribe(&["t".to_string()]).await;
-        assert_eq!(sub.sub.queue().capacity(), 0);
+        assert_eq!(sub.sub.queue().items.capacity(), 0);
         let burst: Vec<_> = (1..=100).map(|id| change_on("t", id)).collect();
         assert_eq!(hub.publish(&burst), 100);
         for id in 1..=100 {
             assert_eq!(sub.recv().await.map(|d| d.change.id), Some(id));
         }
         assert!(sub.queue_empty());
-        assert!(sub.sub.queue().capacity() <= QUEUE_KEEP);
+        assert!(sub.sub.queue().items.capacity() <= QUEUE_KEEP);
         assert_eq!(sub.sub.queued_bytes.load(Ordering::Relaxed), 0);
     }
 

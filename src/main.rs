@@ -97,7 +97,14 @@ fn main() -> anyhow::Result<()> {
         .with_ansi(ansi)
         .init();
     let cli = Cli::parse();
-    let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    rt.enable_all();
+    if let Command::Serve(cfg) = &cli.command {
+        if let Some(n) = cfg.worker_threads {
+            rt.worker_threads(usize::from(n));
+        }
+    }
+    let rt = rt.build().context("starting the tokio runtime")?;
     rt.block_on(async move {
         match cli.command {
             Command::Serve(cfg) => serve(*cfg).await,

@@ -511,7 +511,32 @@ pub(crate) struct TransportMetrics {
     pub slow_drops: IntCounter,
 }
 
+/// What a live delivery updates, for a writer that delivers without the
+/// connection's task (the WebSocket's `wire`): two handles, not six.
+#[derive(Clone)]
+pub(crate) struct LiveMetrics {
+    latency: Histogram,
+    deliveries: IntCounter,
+}
+
+impl LiveMetrics {
+    /// One live delivery of a change emitted at `emitted_us` (see `TransportMetrics::delivered`).
+    pub(crate) fn delivered(&self, emitted_us: i64) {
+        self.deliveries.inc();
+        let lag = (crate::change::now_us() - emitted_us).max(0) as f64 / 1e6;
+        self.latency.observe(lag);
+    }
+}
+
 impl TransportMetrics {
+    /// The handles a live delivery updates.
+    pub(crate) fn live(&self) -> LiveMetrics {
+        LiveMetrics {
+            latency: self.latency.clone(),
+            deliveries: self.deliveries.clone(),
+        }
+    }
+
     /// Records a batch of delivered frames.
     pub(crate) fn delivered_batch(&self, batch: &[crate::hub::Delivery]) {
         for d in batch {

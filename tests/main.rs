@@ -14,6 +14,8 @@ mod carts;
 mod core;
 #[path = "suites/demo.rs"]
 mod demo;
+#[path = "suites/direct_write.rs"]
+mod direct_write;
 #[path = "suites/grafana.rs"]
 mod grafana;
 #[path = "suites/guarantees.rs"]

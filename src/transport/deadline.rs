@@ -12,9 +12,9 @@ use tokio::time::Sleep;
 /// `limit`. The timer is armed only when the socket does not take the bytes
 /// at once, so the common case creates none. A socket that accepts nothing
 /// that long is a slow consumer.
-pub(crate) async fn within(
+pub(crate) async fn within<E>(
     limit: Duration,
-    write: impl Future<Output = Result<(), axum::Error>>,
+    write: impl Future<Output = Result<(), E>>,
 ) -> Result<(), Disconnect> {
     tokio::pin!(write);
     let written = match futures::poll!(write.as_mut()) {

@@ -1,7 +1,9 @@
 //! The WebSocket I/O loop: one task per connection reads client messages,
-//! writes the feed's batches, pings, watches the token's expiry and the
-//! authentication deadline, and ends with a `Disconnect`. Every write, of any
-//! frame type, is under `--write-timeout`.
+//! writes the feed's batches until the feed is live (then the publisher
+//! writes its events, `wire`), writes what the publisher left pending,
+//! pings, watches the token's expiry and the authentication deadline, and
+//! ends with a `Disconnect`. Every write, of any frame type, is under
+//! `--write-timeout`.
 
 use super::super::close::Disconnect;
 use super::super::deadline::{fire, within, Expiry, MaybeTimer};
@@ -10,10 +12,11 @@ use crate::api_error::ApiError;
 use crate::feed::Delivery;
 use crate::feed::{Feed, FeedError};
 use crate::protocol::ServerMessage;
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
 use futures::{SinkExt, StreamExt};
 use std::time::Duration;
 use tokio::time::Instant;
+use tungstenite::protocol::frame::CloseFrame;
+use tungstenite::{Message, Utf8Bytes};
 
 /// Frames written before one flush when several are ready at once.
 const MAX_COALESCE: usize = 64;
@@ -42,10 +45,12 @@ impl Session {
     /// Sends the close frame (bounded: a client that stopped reading must
     /// not hold the task forever) and closes the socket.
     async fn close(&mut self, end: Disconnect) {
+        // the close frame is the last frame: no more direct writes
+        self.wire.close_direct();
         let _ = tokio::time::timeout(CLOSE_WAIT, async {
             if let Some(code) = end.ws_code() {
                 let frame = CloseFrame {
-                    code,
+                    code: code.into(),
                     reason: Utf8Bytes::from_static(end.reason()),
                 };
                 let _ = self.socket.send(Message::Close(Some(frame))).await;
@@ -53,7 +58,7 @@ impl Session {
                     self.drain().await;
                 }
             }
-            let _ = self.socket.close().await;
+            let _ = SinkExt::close(&mut self.socket).await;
         })
         .await;
     }
@@ -109,9 +114,16 @@ impl Session {
             .waiting_for_auth()
             .then(|| Box::pin(tokio::time::sleep(self.app.gate.limits().auth_timeout)));
         let mut expiry = Expiry::default();
+        let limit = self.app.cfg.write_timeout;
         loop {
             if shutdown.is_shutdown() {
                 return Disconnect::ServerRestart;
+            }
+            // Live, with everything handed out written: from here the
+            // publisher writes this client's events itself (`wire`), and
+            // this task wakes only for what the socket did not take.
+            if let Some(feed) = self.feed.as_mut() {
+                feed.go_direct(&self.wire);
             }
             let waiting_for_auth = self.waiting_for_auth();
             expiry.track(self.identity.expires_at());
@@ -119,12 +131,17 @@ impl Session {
             tokio::select! {
                 msg = self.socket.next() => {
                     last_heard = Instant::now();
+                    // what this message makes us say precedes events of
+                    // topics it adds: events are queued until the next turn
+                    if let Some(feed) = self.feed.as_mut() {
+                        feed.leave_direct();
+                    }
                     if !self.rate.allow() {
                         return Disconnect::RateLimited;
                     }
                     let handled = match msg {
                         None | Some(Ok(Message::Close(_))) => Err(Disconnect::ClientGone),
-                        Some(Err(e)) => Err(Disconnect::from_ws_read(e)),
+                        Some(Err(e)) => Err(Disconnect::from_tungstenite(&e)),
                         Some(Ok(Message::Text(t))) => Box::pin(self.on_text(t.as_str())).await,
                         Some(Ok(Message::Binary(_))) => {
                             let e = ApiError::new(
@@ -141,6 +158,11 @@ impl Session {
                 }
                 _ = fire(&mut auth_timer), if waiting_for_auth => return Disconnect::AuthTimeout,
                 _ = expiry.fired(), if expires => return Disconnect::TokenExpired,
+                () = self.wire.backlog() => {
+                    if let Err(end) = self.wire.flush(limit).await {
+                        return end;
+                    }
+                }
                 next = next_batch(&mut self.feed) => match next {
                     Ok(Some(batch)) => {
                         if let Err(end) = self.send_batch(batch).await {
@@ -158,7 +180,6 @@ impl Session {
                     if last_heard.elapsed() > keepalive * 3 {
                         return Disconnect::KeepaliveTimeout;
                     }
-                    let limit = self.app.cfg.write_timeout;
                     let ping = within(limit, self.socket.send(Message::Ping(bytes::Bytes::new())));
                     if let Err(end) = Box::pin(ping).await {
                         return end;
@@ -186,23 +207,18 @@ impl Session {
         .await
     }
 
-    /// Writes a batch and flushes once, under the write timeout.
+    /// Writes a batch (each frame rendered once per change and topic, shared
+    /// by every socket it goes to) and waits until the socket took it, under
+    /// the write timeout.
     async fn send_batch(&mut self, batch: Vec<Delivery>) -> Result<(), Disconnect> {
-        let limit = self.app.cfg.write_timeout;
-        within(limit, self.write_batch(&batch)).await?;
-        self.conn.metrics().delivered_batch(&batch);
-        Ok(())
-    }
-
-    async fn write_batch(&mut self, batch: &[Delivery]) -> Result<(), axum::Error> {
-        for d in batch {
+        for d in &batch {
             if let Some(f) = d.change.frame(d.topic) {
-                if let Ok(text) = Utf8Bytes::try_from(f.json.clone()) {
-                    self.socket.feed(Message::Text(text)).await?;
-                }
+                self.wire.push(f.ws.clone());
             }
         }
-        self.socket.flush().await
+        self.wire.flush(self.app.cfg.write_timeout).await?;
+        self.conn.metrics().delivered_batch(&batch);
+        Ok(())
     }
 }
 

@@ -12,28 +12,31 @@
 //! subscribe's topics). Topics added later start live. A client whose queue
 //! overflows is not closed: it continues from the change log (see `feed`).
 //!
-//! Three parts: `session` (who the client is and what it subscribed),
-//! `messages` (what it asks for), `io` (the one loop that reads, writes and
-//! times out).
+//! Five parts: `handshake` (the upgrade, keeping the TCP socket), `wire`
+//! (the socket's writer, shared with the publisher), `session` (who the
+//! client is and what it subscribed), `messages` (what it asks for), `io`
+//! (the one loop that reads, flushes and times out).
 
+mod handshake;
 mod io;
 mod messages;
 mod session;
+mod wire;
 
 use super::start::StreamRequest;
 use super::App;
 use crate::api_error::ApiError;
 use crate::metrics::Transport;
-use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
+use handshake::Handshake;
 use session::{First, Opening, Session, Upgrade};
 use std::sync::Arc;
 
 pub(crate) async fn handler(
     State(app): State<Arc<App>>,
     req: StreamRequest,
-    ws: WebSocketUpgrade,
+    ws: Handshake,
 ) -> Response {
     match Box::pin(upgrade(app, req, ws)).await {
         Ok(r) => r,
@@ -41,11 +44,7 @@ pub(crate) async fn handler(
     }
 }
 
-async fn upgrade(
-    app: Arc<App>,
-    req: StreamRequest,
-    ws: WebSocketUpgrade,
-) -> Result<Response, ApiError> {
+async fn upgrade(app: Arc<App>, req: StreamRequest, ws: Handshake) -> Result<Response, ApiError> {
     let admitted = req.admit(&app, Transport::Ws)?;
     app.count_session(Transport::Ws, req.report);
     super::presence::on_connect(&app, &admitted.identity, admitted.authenticated).await;
@@ -65,6 +64,18 @@ async fn upgrade(
         Opening::Now(Box::new(feed), notice)
     };
     let max = app.gate.limits().max_frame;
+    // Small explicit buffers: tungstenite's defaults reserve 128 KiB per connection.
+    // The read buffer is zero-filled to its capacity on the first read, so all of
+    // it is resident; clients send only small control messages (a larger frame
+    // grows it on demand): at 4 KiB it was a third of an idle connection's RSS,
+    // and 512 bytes (a subscribe to a few topics) took 0.8 KiB off 1 KiB's.
+    // No write buffer: every frame tungstenite writes goes whole to `wire`.
+    let config = tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(512)
+        .write_buffer_size(0)
+        .max_write_buffer_size(1 << 20)
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max));
     let upgrade = Box::new(Upgrade {
         app,
         admitted,
@@ -74,17 +85,7 @@ async fn upgrade(
             topics,
             denied,
         }),
+        config,
     });
-    // Small explicit buffers: tungstenite's defaults reserve 128 KiB per connection.
-    // The read buffer is zero-filled to its capacity on the first read, so all of
-    // it is resident; clients send only small control messages (a larger frame
-    // grows it on demand): at 4 KiB it was a third of an idle connection's RSS,
-    // and 512 bytes (a subscribe to a few topics) took 0.8 KiB off 1 KiB's.
-    Ok(ws
-        .read_buffer_size(512)
-        .write_buffer_size(0)
-        .max_write_buffer_size(1 << 20)
-        .max_message_size(max)
-        .max_frame_size(max)
-        .on_upgrade(move |socket| Session::start_on(socket, *upgrade)))
+    Ok(ws.accept(move |raw| Session::start_on(raw, upgrade)))
 }

@@ -5,13 +5,14 @@
 
 use super::super::close::Disconnect;
 use super::super::App;
+use super::wire::{Stream, Wire};
 use crate::access::{Admitted, Connection};
 use crate::api_error::{ApiError, ErrorCode};
 use crate::auth::Identity;
 use crate::feed::{Feed, Notice, Start};
+use crate::http::RawSocket;
 use crate::limits::RateLimiter;
 use crate::protocol::ServerMessage;
-use axum::extract::ws::WebSocket;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tracing::Instrument;
@@ -23,6 +24,8 @@ pub(in crate::transport::ws) struct Upgrade {
     pub(super) admitted: Admitted,
     pub(super) peer: SocketAddr,
     pub(super) first: Box<First>,
+    /// tungstenite's settings for this connection (sizes, limits).
+    pub(super) config: tungstenite::protocol::WebSocketConfig,
 }
 
 /// What the upgrade request started, for the session's first steps: boxed,
@@ -45,7 +48,10 @@ pub(in crate::transport::ws) enum Opening {
 
 pub(in crate::transport::ws) struct Session {
     pub(super) app: Arc<App>,
-    pub(super) socket: WebSocket,
+    /// Reads client messages; writes control frames through `wire`.
+    pub(super) socket: tokio_tungstenite::WebSocketStream<Stream>,
+    /// The socket's writer, shared with the publisher while the feed is direct.
+    pub(super) wire: Arc<Wire>,
     pub(super) feed: Option<Feed>,
     /// The start given at the upgrade, until a subscribe opens the feed with
     /// it (boxed: rarely there, and the session lives as long as the socket).
@@ -64,24 +70,45 @@ impl Session {
     /// The upgraded socket's session, and its whole life (`run`), in the
     /// connection's span.
     pub(super) fn start_on(
-        socket: WebSocket,
-        upgrade: Upgrade,
+        raw: RawSocket,
+        upgrade: Box<Upgrade>,
     ) -> impl std::future::Future<Output = ()> {
+        let span = tracing::info_span!(
+            "ws",
+            peer = %upgrade.peer,
+            sub = upgrade.admitted.identity.sub().unwrap_or("")
+        );
+        // boxed and gone once made: inline, the upgrade's parts would stay
+        // in the connection's task beside the session moved out of them
+        let made = Box::pin(Session::make(raw, upgrade));
+        async move {
+            let (session, first) = made.await;
+            session.run(first).await
+        }
+        .instrument(span)
+    }
+
+    async fn make(raw: RawSocket, upgrade: Box<Upgrade>) -> (Session, Box<First>) {
         let Upgrade {
             app,
             admitted,
             peer,
             first,
-        } = upgrade;
-        let span = tracing::info_span!(
-            "ws",
-            %peer,
-            sub = admitted.identity.sub().unwrap_or("")
-        );
+            config,
+        } = *upgrade;
+        let (wire, read) = Wire::new(raw, admitted.conn.metrics().live());
+        let stream = Stream::new(Arc::clone(&wire), read);
+        let socket = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            stream,
+            tungstenite::protocol::Role::Server,
+            Some(config),
+        )
+        .await;
         let rate = RateLimiter::new(app.gate.limits().max_msgs_per_sec);
         let session = Session {
             app,
             socket,
+            wire,
             feed: None,
             pending_start: None,
             identity: admitted.identity,
@@ -90,7 +117,7 @@ impl Session {
             peer,
             conn: admitted.conn,
         };
-        session.run(first).instrument(span)
+        (session, first)
     }
 
     /// With JWT configured, a connection that neither authenticates nor

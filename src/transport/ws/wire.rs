@@ -1,0 +1,390 @@
+//! A WebSocket's socket, written by two parties: the connection's task and
+//! the publisher (the hub's `Direct` writer), so that a live event reaches a
+//! client that keeps up without waking its task.
+//!
+//! The contract, kept here:
+//! - One list of frames waiting to be written, under one small lock, and
+//!   whole frames only: every frame (events, control messages, pings, the
+//!   close frame) is appended to it, and whoever writes (the task, or a
+//!   publishing thread in `Direct::write`) writes from its front, under the
+//!   lock. So frames never interleave and leave in the order they were
+//!   appended: per connection, events in feed order, each control message
+//!   after the events appended before it.
+//! - Who appends: the task (catch-up and queued events, its messages and
+//!   pings, through tungstenite and `Stream`; `push` writes at once when
+//!   nothing waits), and the publisher for a subscription that went direct
+//!   (`hub`'s contract: the feed is live and nothing is queued), which
+//!   appends under the hub's lock and writes after it, on any worker thread
+//!   (`Hub::publish`). The publisher never waits: what the socket does not
+//!   take wakes the task, which writes it when the socket is writable
+//!   (`flush`).
+//! - Slow consumers: what the publisher may leave waiting is bounded by the
+//!   queue limits (frames and bytes, `--queue-events`, `--queue-bytes`);
+//!   over them it refuses (`Taken::Full`) and the subscription lags, to be
+//!   continued from the log once the waiting bytes are out. A frame is
+//!   always taken when nothing waits (it is shared, not copied). A socket
+//!   that accepts nothing for `--write-timeout` while bytes wait ends the
+//!   connection (close 4008, `flush`).
+//! - Once the task starts closing (`close_direct`) the publisher appends
+//!   nothing more: the close frame is the last frame.
+//! - A delivery the publisher takes is counted as delivered (deliveries,
+//!   the SLO latency histogram) when it is taken.
+
+use crate::feed::Delivery;
+use crate::http::RawSocket;
+use crate::hub::{Direct, QueueLimits, Taken};
+use crate::metrics::LiveMetrics;
+use crate::transport::close::Disconnect;
+use bytes::Bytes;
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io::IoSlice;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+/// Slices written with one `writev` when draining what is pending.
+const WRITEV_MAX: usize = 32;
+/// A drained pending list keeps at most this many slots allocated.
+const PENDING_KEEP: usize = 4;
+
+pub(in crate::transport::ws) struct Wire {
+    tcp: TcpStream,
+    out: Mutex<Out>,
+    metrics: LiveMetrics,
+    /// The socket's place in the registry: released after `tcp` is closed.
+    _open: crate::http::OpenSocket,
+}
+
+#[derive(Default)]
+struct Out {
+    /// Frames not yet written (the first possibly in part), in order.
+    pending: VecDeque<Bytes>,
+    /// Their bytes.
+    bytes: usize,
+    /// Bytes written so far: progress, for the write timeout.
+    written: u64,
+    /// The connection is closing: the publisher writes nothing more.
+    closed: bool,
+    /// The socket failed: nothing more can be written.
+    broken: bool,
+    /// The task, waiting for something to be pending.
+    waker: Option<Waker>,
+}
+
+impl Out {
+    fn keep(&mut self, frame: Bytes) {
+        self.bytes += frame.len();
+        self.pending.push_back(frame);
+    }
+
+    /// `n` bytes of the pending frames were written.
+    fn consumed(&mut self, mut n: usize) {
+        self.written += n as u64;
+        self.bytes -= n;
+        while n > 0 {
+            let Some(first) = self.pending.front_mut() else {
+                return;
+            };
+            if first.len() <= n {
+                n -= first.len();
+                self.pending.pop_front();
+            } else {
+                let _ = first.split_to(n);
+                n = 0;
+            }
+        }
+        if self.pending.is_empty() && self.pending.capacity() > PENDING_KEEP {
+            self.pending = VecDeque::new();
+        }
+    }
+
+    fn wake(&mut self) {
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+}
+
+fn gone() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::BrokenPipe, "websocket socket failed")
+}
+
+impl Wire {
+    /// The upgraded socket, and the bytes the client sent past its request.
+    pub(in crate::transport::ws) fn new(
+        raw: RawSocket,
+        metrics: LiveMetrics,
+    ) -> (Arc<Wire>, Bytes) {
+        let RawSocket { tcp, read, open } = raw;
+        let wire = Arc::new(Wire {
+            tcp,
+            out: Mutex::new(Out::default()),
+            metrics,
+            _open: open,
+        });
+        (wire, read)
+    }
+
+    fn out(&self) -> MutexGuard<'_, Out> {
+        self.out.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes `frame` after everything pushed before it (see the contract).
+    pub(in crate::transport::ws) fn push(&self, frame: Bytes) {
+        let mut out = self.out();
+        self.push_locked(&mut out, frame);
+    }
+
+    fn push_locked(&self, out: &mut Out, frame: Bytes) {
+        if out.broken || frame.is_empty() {
+            return;
+        }
+        if !out.pending.is_empty() {
+            out.keep(frame);
+            return;
+        }
+        match self.tcp.try_write(&frame) {
+            Ok(n) if n == frame.len() => {
+                out.written += n as u64;
+                return;
+            }
+            Ok(n) => {
+                out.written += n as u64;
+                out.keep(frame.slice(n..));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => out.keep(frame),
+            Err(_) => out.broken = true,
+        }
+        // something is pending (or the socket failed): the task takes over
+        out.wake();
+    }
+
+    /// Writes what is pending until the socket would block: true when
+    /// nothing is left.
+    fn try_drain(&self, out: &mut Out) -> std::io::Result<bool> {
+        while !out.pending.is_empty() {
+            let written = {
+                let mut slices = [IoSlice::new(&[]); WRITEV_MAX];
+                let mut count = 0;
+                for (slot, frame) in slices.iter_mut().zip(out.pending.iter()) {
+                    *slot = IoSlice::new(frame);
+                    count += 1;
+                }
+                self.tcp.try_write_vectored(&slices[..count])
+            };
+            match written {
+                Ok(n) => out.consumed(n),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
+    }
+
+    /// Writes what is pending as far as the socket takes it: ready (`Ok`)
+    /// once nothing is left.
+    fn poll_drain(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let mut out = self.out();
+        loop {
+            if out.broken {
+                return Poll::Ready(Err(gone()));
+            }
+            if out.pending.is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+            match self.tcp.poll_write_ready(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => {
+                    out.broken = true;
+                    return Poll::Ready(Err(e));
+                }
+                Poll::Ready(Ok(())) => {}
+            }
+            // a stale readiness is cleared by the WouldBlock and polled again above
+            if let Err(e) = self.try_drain(&mut out) {
+                out.broken = true;
+                return Poll::Ready(Err(e));
+            }
+        }
+    }
+
+    /// Completes when something is pending for the task to write (the
+    /// publisher left part of a frame), or the socket failed.
+    pub(in crate::transport::ws) fn backlog(&self) -> Backlog<'_> {
+        Backlog(self)
+    }
+
+    /// Writes everything pending; a socket that accepts nothing for `limit`
+    /// meanwhile is a slow consumer. The timer is made only when the socket
+    /// does not take the bytes at once.
+    pub(in crate::transport::ws) async fn flush(&self, limit: Duration) -> Result<(), Disconnect> {
+        let mut seen = None;
+        let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
+        std::future::poll_fn(|cx| {
+            match self.poll_drain(cx) {
+                Poll::Ready(Ok(())) => return Poll::Ready(Ok(())),
+                Poll::Ready(Err(_)) => return Poll::Ready(Err(Disconnect::ClientGone)),
+                Poll::Pending => {}
+            }
+            let written = self.out().written;
+            let deadline = tokio::time::Instant::now() + limit;
+            if seen != Some(written) {
+                seen = Some(written);
+                match timer.as_mut() {
+                    Some(t) => t.as_mut().reset(deadline),
+                    None => timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                }
+            }
+            match timer.as_mut().map(|t| t.as_mut().poll(cx)) {
+                Some(Poll::Ready(())) => Poll::Ready(Err(Disconnect::SlowConsumer)),
+                _ => Poll::Pending,
+            }
+        })
+        .await
+    }
+
+    /// From now on the publisher writes nothing more (the task is about to
+    /// send its close frame).
+    pub(in crate::transport::ws) fn close_direct(&self) {
+        self.out().closed = true;
+    }
+}
+
+impl Direct for Wire {
+    fn take(&self, d: &Delivery, limits: &QueueLimits) -> Taken {
+        let Some(frame) = d.change.frame(d.topic) else {
+            // no frame for that topic: nothing to write
+            return Taken::Yes;
+        };
+        let mut out = self.out();
+        if out.closed || out.broken {
+            return Taken::Closed;
+        }
+        let first = out.pending.is_empty();
+        if !first
+            && (out.pending.len() >= limits.max_events.max(1)
+                || out.bytes + frame.ws.len() > limits.max_bytes)
+        {
+            return Taken::Full;
+        }
+        out.keep(frame.ws.clone());
+        drop(out);
+        self.metrics.delivered(d.change.emitted_us);
+        if first {
+            Taken::First
+        } else {
+            Taken::Yes
+        }
+    }
+
+    fn write(&self) {
+        let mut out = self.out();
+        if out.broken || out.pending.is_empty() {
+            return;
+        }
+        match self.try_drain(&mut out) {
+            Ok(true) => {}
+            // the socket is full: the task waits until it is writable
+            Ok(false) => out.wake(),
+            Err(_) => {
+                out.broken = true;
+                out.wake();
+            }
+        }
+    }
+}
+
+/// See `Wire::backlog`.
+pub(in crate::transport::ws) struct Backlog<'a>(&'a Wire);
+
+impl std::future::Future for Backlog<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut out = self.0.out();
+        if out.broken || !out.pending.is_empty() {
+            return Poll::Ready(());
+        }
+        if !out.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            out.waker = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+}
+
+/// The socket as tungstenite sees it: reads from the TCP stream (after the
+/// bytes read with the upgrade request), writes through `Wire::push`.
+pub(in crate::transport::ws) struct Stream {
+    wire: Arc<Wire>,
+    read: Bytes,
+}
+
+impl Stream {
+    pub(in crate::transport::ws) fn new(wire: Arc<Wire>, read: Bytes) -> Stream {
+        Stream { wire, read }
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if !this.read.is_empty() {
+            let n = this.read.len().min(buf.remaining());
+            buf.put_slice(&this.read.split_to(n));
+            if this.read.is_empty() {
+                // frees the buffer
+                this.read = Bytes::new();
+            }
+            return Poll::Ready(Ok(()));
+        }
+        let tcp = &this.wire.tcp;
+        loop {
+            match tcp.poll_read_ready(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(())) => {}
+            }
+            match tcp.try_read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    /// Takes the whole buffer (tungstenite writes one whole frame at a
+    /// time): a frame is never left half in tungstenite's buffer, where a
+    /// direct write could overtake the rest of it.
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        if self.wire.out().broken {
+            return Poll::Ready(Err(gone()));
+        }
+        self.wire.push(Bytes::copy_from_slice(buf));
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.wire.poll_drain(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.wire.poll_drain(cx)
+    }
+}

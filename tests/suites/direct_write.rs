@@ -1,0 +1,316 @@
+//! Issue #16, item 1: a live WebSocket's events are written by the publisher
+//! straight to its socket (`src/transport/ws/wire.rs`). What must still
+//! hold, seen from clients: a client that stops reading is continued from the
+//! log (or cut) and, when it reads again, gets every event exactly once and
+//! in order; a frame bigger than the socket's buffers arrives whole; an
+//! answer to a client's message precedes events of the topics it adds; and
+//! the handshake refuses malformed upgrades.
+
+use crate::common::*;
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::Message;
+
+type RawWs = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+/// A WebSocket on a socket with a 4 KiB receive buffer, after its `subscribed`.
+async fn small_ws(addr: std::net::SocketAddr, query: &str) -> RawWs {
+    let stream = small_window(addr).await;
+    let (mut ws, _) = tokio_tungstenite::client_async(format!("ws://{addr}/v1/ws?{query}"), stream)
+        .await
+        .expect("ws connect");
+    let first = next_json(&mut ws).await;
+    assert_eq!(first["type"], "subscribed", "{first}");
+    ws
+}
+
+/// The next text message, as JSON (bounded wait).
+async fn next_json(ws: &mut RawWs) -> Value {
+    loop {
+        let m = tokio::time::timeout(ARRIVAL, ws.next())
+            .await
+            .expect("a message in time")
+            .expect("the stream is open")
+            .expect("a frame");
+        match m {
+            Message::Text(t) => return serde_json::from_str(t.as_str()).expect("JSON"),
+            Message::Close(f) => panic!("closed: {f:?}"),
+            _ => {}
+        }
+    }
+}
+
+/// A client that stops reading while events keep flowing overflows what the
+/// publisher may leave pending for it: it is continued from the log, and
+/// when it reads again it gets every event once, in order. Another client
+/// receives everything meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_gets_everything_once_when_it_reads_again() {
+    const EVENTS: i64 = 10_000;
+    let url = fresh_db().await;
+    let srv = server_with(&url, |c| {
+        c.write_timeout = Duration::from_secs(60);
+        c.queue.max_events = 256;
+        c.queue.max_bytes = 128 * 1024;
+    })
+    .await;
+    let mut paused = small_ws(srv.addr, "topics=p").await;
+    let mut normal = WsClient::connect(&srv.base_url(), "topics=p").await;
+    let db = connect(&url).await;
+    emit_padded(&db, "p", EVENTS).await;
+    for n in 1..=EVENTS {
+        assert_eq!(
+            next_event(&mut normal.rx).await.data["n"],
+            n,
+            "normal client"
+        );
+    }
+    for n in 1..=EVENTS {
+        let e = next_json(&mut paused).await;
+        assert_eq!(e["type"], "event", "{e}");
+        assert_eq!(
+            e["data"]["n"], n,
+            "paused client: every event once, in order"
+        );
+    }
+    assert!(
+        srv.metric("rowcast_lag_recoveries_total") >= 1.0,
+        "the paused client overflowed and continued from the log"
+    );
+    assert_eq!(
+        srv.metric("rowcast_slow_consumer_drops_total{transport=\"ws\"}"),
+        0.0
+    );
+    emit(&db, "p", EVENTS + 1).await;
+    assert_eq!(
+        next_json(&mut paused).await["data"]["n"],
+        EVENTS + 1,
+        "and live again"
+    );
+}
+
+/// A client that stops reading for good is cut after the write timeout
+/// (4008), and resuming from its last cursor yields the rest exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_client_is_cut_and_resumes_exactly() {
+    const EVENTS: i64 = 20_000;
+    let url = fresh_db().await;
+    let srv = server_with(&url, |c| c.write_timeout = Duration::from_secs(2)).await;
+    let mut stuck = small_ws(srv.addr, "topics=s").await;
+    let db = connect(&url).await;
+    emit(&db, "s", 1).await;
+    let first = next_json(&mut stuck).await;
+    assert_eq!(first["data"]["n"], 1);
+    let cursor = first["id"].as_str().expect("a cursor").to_string();
+    emit_padded(&db, "s", EVENTS).await;
+    eventually_async("the stuck client is cut", || async {
+        srv.metric("rowcast_slow_consumer_drops_total{transport=\"ws\"}") == 1.0
+    })
+    .await;
+    // what it did read, then the close frame 4008 (or a reset)
+    let mut seen = Vec::new();
+    loop {
+        match tokio::time::timeout(ARRIVAL, stuck.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => {
+                let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                seen.push((
+                    v["data"]["n"].as_i64().unwrap(),
+                    v["id"].as_str().unwrap().to_string(),
+                ));
+            }
+            Ok(Some(Ok(Message::Close(f)))) => {
+                assert_eq!(u16::from(f.expect("a close frame").code), 4008);
+                break;
+            }
+            Ok(Some(Ok(_))) => {}
+            _ => break,
+        }
+    }
+    for (i, (n, _)) in seen.iter().enumerate() {
+        assert_eq!(
+            *n,
+            i as i64 + 1,
+            "in order, none twice, from the first padded event"
+        );
+    }
+    let last = seen.last().map_or(cursor, |(_, c)| c.clone());
+    let mut again = WsClient::connect(&srv.base_url(), &format!("topics=s&cursor={last}")).await;
+    for n in seen.len() as i64 + 1..=EVENTS {
+        assert_eq!(
+            next_event(&mut again.rx).await.data["n"],
+            n,
+            "resumed exactly"
+        );
+    }
+}
+
+/// A frame far bigger than the client's socket buffer is written in parts
+/// (the rest kept and written by the connection's task) and arrives whole,
+/// before the events after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_bigger_than_the_socket_buffer_arrives_whole() {
+    let url = fresh_db().await;
+    let srv = server_with(&url, |_| {}).await;
+    let mut ws = small_ws(srv.addr, "topics=big").await;
+    let db = connect(&url).await;
+    db.execute(
+        "SELECT rowcast.emit(ARRAY['big'], 'test.n', jsonb_build_object('n', 1, 'pad', repeat('x', 2000000)))",
+        &[],
+    )
+    .await
+    .unwrap();
+    for n in 2..=20 {
+        emit(&db, "big", n).await;
+    }
+    let first = next_json(&mut ws).await;
+    assert_eq!(first["data"]["n"], 1);
+    assert_eq!(first["data"]["pad"].as_str().unwrap().len(), 2_000_000);
+    for n in 2..=20 {
+        assert_eq!(next_json(&mut ws).await["data"]["n"], n);
+    }
+}
+
+/// While events of a topic stream in, a `subscribe` to it is answered with
+/// `subscribed` before any event of that topic: the answer is never
+/// overtaken by a direct write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribed_precedes_the_events_of_the_topics_it_adds() {
+    let url = fresh_db().await;
+    let srv = server_with(&url, |_| {}).await;
+    let db = connect(&url).await;
+    let writer = {
+        let db = connect(&url).await;
+        tokio::spawn(async move {
+            for n in 1..=400 {
+                emit(&db, "b", n).await;
+            }
+        })
+    };
+    for _ in 0..5 {
+        let mut c = WsClient::connect(&srv.base_url(), "topics=a").await;
+        emit(&db, "a", 1).await;
+        assert_eq!(next_event(&mut c.rx).await.topic, "a", "live on a");
+        c.send(json!({"type": "subscribe", "topics": ["b"]})).await;
+        loop {
+            match next_msg(&mut c.rx).await {
+                Msg::Control(v) => {
+                    assert_eq!(v["type"], "subscribed", "{v}");
+                    assert_eq!(v["topics"], json!(["b"]));
+                    break;
+                }
+                Msg::Event(e) => assert_eq!(e.topic, "a", "an event of b before subscribed"),
+                Msg::Closed(c) => panic!("closed: {c}"),
+            }
+        }
+        c.send(json!({"type": "ping"})).await;
+        loop {
+            match next_msg(&mut c.rx).await {
+                Msg::Control(v) => {
+                    assert_eq!(v["type"], "pong", "{v}");
+                    break;
+                }
+                Msg::Event(e) => assert_eq!(e.topic, "b"),
+                Msg::Closed(c) => panic!("closed: {c}"),
+            }
+        }
+    }
+    writer.await.unwrap();
+}
+
+/// The upgrade request is checked before anything else answers: what the
+/// handshake refuses, and how (axum's answers, which rowcast kept).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_upgrades_are_refused() {
+    let url = fresh_db().await;
+    let srv = server_with(&url, |_| {}).await;
+    let status = |head: String| {
+        let addr = srv.addr;
+        async move {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            s.write_all(head.as_bytes()).await.unwrap();
+            let mut buf = vec![0u8; 512];
+            let n = tokio::time::timeout(ARRIVAL, s.read(&mut buf))
+                .await
+                .expect("an answer in time")
+                .unwrap();
+            let line = String::from_utf8_lossy(&buf[..n])
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string();
+            line.split(' ')
+                .nth(1)
+                .unwrap_or("")
+                .parse::<u16>()
+                .unwrap_or(0)
+        }
+    };
+    let head = |method: &str, extra: &str, skip: &str| {
+        let mut h = format!("{method} /v1/ws?topics=a HTTP/1.1\r\nHost: x\r\n");
+        for (k, v) in [
+            ("Connection", "Upgrade"),
+            ("Upgrade", "websocket"),
+            ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ("Sec-WebSocket-Version", "13"),
+        ] {
+            if k != skip {
+                h.push_str(&format!("{k}: {v}\r\n"));
+            }
+        }
+        h.push_str(extra);
+        h.push_str("\r\n");
+        h
+    };
+    assert_eq!(status(head("GET", "", "")).await, 101);
+    assert_eq!(
+        status(head("GET", "", "Sec-WebSocket-Key")).await,
+        400,
+        "no key"
+    );
+    assert_eq!(
+        status(head("GET", "", "Sec-WebSocket-Version")).await,
+        400,
+        "no version"
+    );
+    assert_eq!(
+        status(head(
+            "GET",
+            "Sec-WebSocket-Version: 8\r\n",
+            "Sec-WebSocket-Version"
+        ))
+        .await,
+        400,
+        "another version"
+    );
+    assert_eq!(status(head("GET", "", "Upgrade")).await, 400, "no Upgrade");
+    assert_eq!(
+        status(head("GET", "", "Connection")).await,
+        400,
+        "no Connection: upgrade"
+    );
+    assert_eq!(
+        status(head("POST", "Content-Length: 0\r\n", "")).await,
+        405,
+        "not GET"
+    );
+    // the stream's own checks still come first: a bad query is the JSON 400
+    let bad = "GET /v1/ws?topics=a&topics=b HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n\
+               Upgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+               Sec-WebSocket-Version: 13\r\n\r\n";
+    assert_eq!(status(bad.to_string()).await, 400);
+    // and a well-formed one works end to end
+    let mut ws = WsClient::connect(&srv.base_url(), "topics=ok").await;
+    ws.tx
+        .send(Message::Text(json!({"type":"ping"}).to_string().into()))
+        .await
+        .unwrap();
+    loop {
+        match next_msg(&mut ws.rx).await {
+            Msg::Control(v) if v["type"] == "pong" => break,
+            Msg::Control(_) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+}
