@@ -1,5 +1,5 @@
-# usage: while a bench step runs, python3 pg-backends.py SECONDS (CPU of each PostgreSQL backend of the bench cluster, by application_name)
 #!/usr/bin/env python3
+# usage: while a bench step runs, python3 pg-backends.py SECONDS (CPU of each PostgreSQL backend of the bench cluster, by application_name)
 """Attribute PostgreSQL CPU by backend (application_name / backend_type) during a running bench."""
 import os, subprocess, time, sys, collections
 def posts():
