@@ -595,20 +595,25 @@ mod tests {
         ))
     }
 
-    /// An idle subscriber holds no queue memory: none before its first
-    /// delivery, and at most `QUEUE_KEEP` slots once a burst is drained (a
-    /// channel kept ~800 bytes for every subscriber).
-    #[tokio::test]
-    async fn an_idle_queue_holds_no_memory() {
+    /// A hub with default limits and a 10k-change window.
+    fn test_hub() -> Arc<Hub> {
         let metrics = crate::metrics::Metrics::new().unwrap();
-        let hub = Hub::new(
+        Hub::new(
             QueueLimits::default(),
             WindowLimits {
                 max_changes: 10_000,
                 max_age: std::time::Duration::from_secs(600),
             },
             metrics.hub(),
-        );
+        )
+    }
+
+    /// An idle subscriber holds no queue memory: none before its first
+    /// delivery, and at most `QUEUE_KEEP` slots once a burst is drained (a
+    /// channel kept ~800 bytes for every subscriber).
+    #[tokio::test]
+    async fn an_idle_queue_holds_no_memory() {
+        let hub = test_hub();
         hub.close_batch(Snapshot::new(10, vec![]));
         let (mut sub, _) = hub.subscribe(&["t".to_string()]).await;
         assert_eq!(sub.sub.queue().items.capacity(), 0);
@@ -627,15 +632,7 @@ mod tests {
     /// already holds changes of that batch and would get them again.
     #[tokio::test]
     async fn no_hub_cursor_while_a_batch_is_half_published() {
-        let metrics = crate::metrics::Metrics::new().unwrap();
-        let hub = Hub::new(
-            QueueLimits::default(),
-            WindowLimits {
-                max_changes: 10_000,
-                max_age: std::time::Duration::from_secs(600),
-            },
-            metrics.hub(),
-        );
+        let hub = test_hub();
         hub.close_batch(Snapshot::new(10, vec![]));
         let (mut sub, _) = hub.subscribe(&["t".to_string()]).await;
         assert!(sub.hub_cursor().is_some());
