@@ -96,3 +96,17 @@ BEGIN
     RETURN NULL;
 END
 $$;
+
+-- The source's re-arm of the doorbell as one prepared call, instead of four
+-- simple-query statements (BEGIN, the lock, the UPDATE, COMMIT) parsed and
+-- planned on every re-arm. Called in autocommit, so the key, taken
+-- exclusively (waiting for every writer that holds it shared, i.e. every
+-- writer that may have seen the bell disarmed), is held until the flag's
+-- update commits, exactly as before.
+CREATE OR REPLACE FUNCTION rowcast.arm_doorbell() RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock(7305280317090915);
+    UPDATE rowcast.doorbell SET armed = true WHERE id = 1 AND NOT armed;
+END
+$$;

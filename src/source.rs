@@ -158,6 +158,7 @@ impl Source {
                  SET plan_cache_mode = force_generic_plan",
             )
             .await?;
+        let arm_stmt = prepare_arm(&arm_client).await?;
         let arm_client = Arc::new(arm_client);
         let stmt = client.prepare(&changelog::sql(false)).await?;
         if self.position.is_none() {
@@ -228,7 +229,8 @@ impl Source {
             if !armed {
                 let task = arming.get_or_insert_with(|| {
                     let c = Arc::clone(&arm_client);
-                    tokio::spawn(async move { arm(&c).await })
+                    let stmt = arm_stmt.clone();
+                    tokio::spawn(async move { arm(&c, stmt.as_ref()).await })
                 });
                 tokio::select! {
                     r = task => {
@@ -335,17 +337,40 @@ struct OpenBatch {
     upto: Snapshot,
 }
 
-/// Sets the doorbell flag once no writer that may have seen it cleared is still running.
-async fn arm(client: &Client) -> Result<()> {
-    client
-        .batch_execute(
-            "BEGIN;
-             SELECT pg_advisory_xact_lock(7305280317090915);
-             UPDATE rowcast.doorbell SET armed = true WHERE id = 1 AND NOT armed;
-             COMMIT;",
-        )
-        .await?;
+/// Sets the doorbell flag once no writer that may have seen it cleared is
+/// still running: `rowcast.arm_doorbell()` as a prepared call, or, on a
+/// database not yet migrated to it, the same steps as one simple-query batch.
+async fn arm(client: &Client, prepared: Option<&tokio_postgres::Statement>) -> Result<()> {
+    match prepared {
+        Some(stmt) => {
+            client.execute(stmt, &[]).await?;
+        }
+        None => {
+            client
+                .batch_execute(
+                    "BEGIN;
+                     SELECT pg_advisory_xact_lock(7305280317090915);
+                     UPDATE rowcast.doorbell SET armed = true WHERE id = 1 AND NOT armed;
+                     COMMIT;",
+                )
+                .await?
+        }
+    }
     Ok(())
+}
+
+/// The prepared re-arm, or `None` when the database lacks
+/// `rowcast.arm_doorbell()` (a server newer than the last `rowcast migrate`):
+/// then re-arming takes the batch path until the next reconnect.
+async fn prepare_arm(client: &Client) -> Result<Option<tokio_postgres::Statement>> {
+    match client.prepare("SELECT rowcast.arm_doorbell()").await {
+        Ok(stmt) => Ok(Some(stmt)),
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_FUNCTION) => {
+            tracing::warn!("rowcast.arm_doorbell() is missing: run `rowcast migrate`; re-arming the slower way meanwhile");
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Connects and drives the connection in a task. Notifications ring `bell`.

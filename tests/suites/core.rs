@@ -105,6 +105,38 @@ async fn order_status_change_reaches_order_and_customer_subscribers() {
     srv.stop().await;
 }
 
+/// A server newer than the database's last `rowcast migrate` (no
+/// `rowcast.arm_doorbell()`) re-arms the doorbell the old way: every change
+/// still arrives, each announced by a ring (the idle safety net catches nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_without_the_prepared_rearm_still_rings() {
+    let url = fresh_db().await;
+    let db = connect(&url).await;
+    seed(&db, 1, 3).await;
+    db.batch_execute("DROP FUNCTION rowcast.arm_doorbell()")
+        .await
+        .unwrap();
+    let srv = server(&url).await;
+    let mut ws = WsClient::connect(&srv.base_url(), "topics=product-1").await;
+    for q in [7, 8, 9] {
+        // apart, so that the source goes quiet and re-arms before each
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        db.execute(
+            "UPDATE market.products SET quantity = $1::int WHERE id = 1",
+            &[&q],
+        )
+        .await
+        .unwrap();
+        assert_eq!(next_event(&mut ws.rx).await.data["newQuantity"], q);
+    }
+    let metrics = srv.metrics();
+    assert!(
+        metrics.contains("rowcast_source_idle_poll_hits_total 0"),
+        "{metrics}"
+    );
+    srv.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_transaction_of_fifty_updates_arrives_whole_and_in_order() {
     let url = fresh_db().await;
