@@ -38,6 +38,7 @@ pub mod demo;
 pub mod embedded_pg;
 pub mod error;
 pub mod failpoints;
+pub mod logging;
 pub mod migrate;
 pub mod protocol;
 pub mod rlimit;

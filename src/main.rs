@@ -86,16 +86,7 @@ fn main() -> anyhow::Result<()> {
     // from the PostgreSQL driver below WARN (it logs every server NOTICE at
     // INFO, e.g. "schema rowcast already exists, skipping"). Colours only when
     // stderr is a terminal (and NO_COLOR is unset): not in files or journals.
-    use std::io::IsTerminal;
-    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG)),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        .init();
+    rowcast::logging::init(DEFAULT_LOG);
     let cli = Cli::parse();
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     rt.enable_all();

@@ -10,16 +10,7 @@ use std::io::Write;
 const DEFAULT_LOG: &str = "info,tokio_postgres=warn";
 
 fn main() -> anyhow::Result<()> {
-    use std::io::IsTerminal;
-    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG)),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        .init();
+    rowcast::logging::init(DEFAULT_LOG);
     let cli = Cli::parse();
     let json = cli.json.clone();
     let opts = cli.options(std::env::args().collect())?;
