@@ -9,24 +9,33 @@
 //! # The doorbell
 //! A NOTIFY per write would serialize the app's commits, so writers only ring
 //! when the shared flag `rowcast.doorbell.armed` is set, and the first of them
-//! clears it. The source's cycle:
-//! 1. read; if anything came, pause `busy_pause` and read again: while changes
-//!    flow the bell stays disarmed and writers skip NOTIFY altogether. A read
-//!    woken from the wait in 3 that finds changes goes to 2 at once instead:
-//!    after a quiet spell it most often found one write alone, and the read
-//!    in 3 catches whatever came meanwhile just as well (one read of the log
-//!    fewer per isolated change);
-//! 2. when a read comes back empty, re-arm on a second connection: take the
-//!    doorbell advisory key exclusively (this waits for every writer that holds
-//!    it shared, i.e. every writer that may have seen "disarmed"; writers that
-//!    arrive meanwhile cannot take it and ring), set the flag, commit;
-//! 3. read once more (this catches the writers waited for in 2), then sleep
-//!    until a notification, or `idle_poll` as a safety net (metric
+//! clears it. Arming takes the doorbell advisory key exclusively, which waits
+//! for every writer that holds it shared (every writer that may have seen
+//! "disarmed"; writers that arrive meanwhile cannot take it and ring), sets the
+//! flag and commits; a read after that catches the writers waited for. The
+//! source's cycle, after each read:
+//! 1. changes came: they are flowing. Pause `busy_pause`, read again: while
+//!    they flow no writer rings (the bell is off, or rings once for the whole
+//!    stretch) and each read collects a batch. Except one change alone, read
+//!    because of a ring that came more than `FLOW_GAP` busy pauses after the
+//!    previous one: that is an isolated write, and the source goes to 2 (its
+//!    read armed the bell, see 3) rather than read an empty log again.
+//! 2. armed (the bell is set, or the ring that cleared it is on its way):
+//!    sleep until a notification, or `idle_poll` as a safety net (metric
 //!    `rowcast_source_idle_poll_hits_total` counts the times that net caught
-//!    anything; it should stay at 0).
-//!
-//! Re-arming runs as its own task so that a long writer transaction delays
-//! only the re-arm, never the reads meanwhile triggered by other writers.
+//!    anything; it should stay at 0). A ring makes the next read an arming one.
+//! 3. otherwise (a read came back empty): arm, then read. The arm is
+//!    `rowcast.try_arm_doorbell()`, which only *tries* the key, sent pipelined
+//!    ahead of the read on the source's own connection: one round trip and
+//!    one wake-up of one backend. An isolated change thus costs its ring and
+//!    one arming read (where it cost a read, a re-arm on a second connection
+//!    and a read after it), for about 0.2-0.3 ms more latency than reading
+//!    before arming (the arm commits first). When a writer holds the key the
+//!    try changes nothing, and `rowcast.arm_doorbell()` waits for it on a
+//!    second connection, as its own task, so that a long writer transaction
+//!    delays only the re-arm, never the reads meanwhile triggered by other
+//!    writers; a read follows once it committed. A database without
+//!    `try_arm_doorbell()` (not yet migrated) always arms that way.
 //!
 //! # Failures
 //! On any connection error the source reconnects with capped, jittered
@@ -46,6 +55,12 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
+/// Rings closer together than this many busy pauses mean changes are flowing
+/// (step 1 of the cycle): reading every busy pause is then cheaper for the
+/// database than a ring and an arming read per change (measured: the ring
+/// per change wins at 100 and 250 changes/s, loses at 500, with the default
+/// 1 ms pause).
+const FLOW_GAP: u32 = 3;
 /// How long after an idle read found changes a NOTIFY still counts as announcing them.
 const NOTIFY_GRACE: Duration = Duration::from_millis(200);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -152,13 +167,17 @@ impl Source {
         // Left to itself the plan cache keeps re-planning whenever the table's
         // statistics make the generic plan's estimate look dearer, which was
         // one read per change at 400 changes/s (issue #16).
+        // synchronous_commit: the source commits only the doorbell flag, which
+        // a crash resets anyway (the source re-arms on every reconnect)
         client
             .batch_execute(
                 "SET application_name = 'rowcast-source'; \
-                 SET plan_cache_mode = force_generic_plan",
+                 SET plan_cache_mode = force_generic_plan; \
+                 SET synchronous_commit = off",
             )
             .await?;
-        let arm_stmt = prepare_arm(&arm_client).await?;
+        let arm_stmt = prepare_arm(&arm_client, "SELECT rowcast.arm_doorbell()").await?;
+        let try_arm = prepare_arm(&client, "SELECT rowcast.try_arm_doorbell()").await?;
         let arm_client = Arc::new(arm_client);
         let stmt = client.prepare(&changelog::sql(false)).await?;
         if self.position.is_none() {
@@ -175,85 +194,109 @@ impl Source {
 
         let mut lost = std::pin::pin!(lost);
         let mut arm_lost = std::pin::pin!(arm_lost);
+        // The bell is set, or the ring that cleared it is on its way (a ring
+        // that came while the source was reading waits in `bell`).
         let mut armed = false;
+        // The next read goes out behind `try_arm`.
+        let mut arm_first = false;
+        // The waiting re-arm on the second connection, when the try failed.
         let mut arming: Option<tokio::task::JoinHandle<Result<()>>> = None;
-        // Changes were read while `arming` ran: a writer may have disarmed the
-        // bell after the arm committed, so its result must not be trusted.
+        let mut wait_for_key = try_arm.is_none();
+        // This read was the idle safety net's, not a ring's.
         let mut idle_read = false;
-        // This read was woken from the armed wait (a ring or the idle poll).
+        // This read was a ring's, and the previous ring was recent.
         let mut woken = false;
+        let mut recent_ring = false;
+        let mut last_ring: Option<Instant> = None;
         let result = loop {
             if shutdown.is_shutdown() {
                 break Ok(());
             }
-            let n = self.read(&client, &stmt).await?;
+            let n = match &try_arm {
+                Some(t) if std::mem::take(&mut arm_first) => {
+                    let (took, n) = self.arm_and_read(&client, &stmt, t).await?;
+                    armed = took;
+                    wait_for_key = !took;
+                    n
+                }
+                _ => self.read(&client, &stmt).await?,
+            };
             if n > 0 {
-                // A writer's NOTIFY reaches us shortly after its rows become
-                // visible; a ring that arrives within the grace is not a miss.
-                let rang = idle_read
-                    && tokio::time::timeout(NOTIFY_GRACE, bell.notified())
+                if idle_read {
+                    // A writer's NOTIFY reaches us shortly after its rows become
+                    // visible; a ring that arrives within the grace is not a miss.
+                    let rang = tokio::time::timeout(NOTIFY_GRACE, bell.notified())
                         .await
                         .is_ok();
-                if idle_read && !rang {
-                    self.metrics.source_idle_poll_hits.inc();
-                    tracing::warn!(
-                        changes = n,
-                        "idle safety read found changes no NOTIFY announced"
-                    );
-                }
-                idle_read = false;
-                armed = false;
-                // An arm that finished before these changes may already have been
-                // consumed by their writers (one of them disarmed the bell and
-                // rang): awaiting it later would report "armed" while the flag is
-                // off, and the source would sleep until the idle poll. Detach it;
-                // the next empty read arms afresh.
-                arming = None;
-                if !std::mem::take(&mut woken) {
-                    tokio::select! {
-                        _ = tokio::time::sleep(self.cfg.busy_pause) => {}
-                        _ = shutdown.recv() => {}
+                    if !rang {
+                        self.metrics.source_idle_poll_hits.inc();
+                        tracing::warn!(
+                            changes = n,
+                            "idle safety read found changes no NOTIFY announced"
+                        );
                     }
-                    continue;
+                    armed = false;
                 }
-                // Changes after a quiet spell: most often one write alone.
-                // Re-arm now rather than after an empty read `busy_pause`
-                // later: the read that follows the re-arm catches whatever
-                // came meanwhile, as it does after an empty read, and an
-                // isolated change costs one read of the log fewer.
+                // A waiting re-arm that finished before these changes may already
+                // have been consumed by their writers (one of them cleared the
+                // bell and rang): awaiting it later would report "armed" while
+                // the flag is off, and the source would sleep until the idle
+                // poll. Detach it; the next arm starts afresh.
+                if arming.take().is_some() {
+                    wait_for_key = try_arm.is_none();
+                }
             } else {
-                idle_read = false;
-                woken = false;
                 self.status.set_caught_up();
             }
-            if !armed {
-                let task = arming.get_or_insert_with(|| {
-                    let c = Arc::clone(&arm_client);
-                    let stmt = arm_stmt.clone();
-                    tokio::spawn(async move { arm(&c, stmt.as_ref()).await })
-                });
+            idle_read = false;
+            let isolated = std::mem::take(&mut woken) && n == 1 && !recent_ring;
+            if n > 0 && !isolated {
                 tokio::select! {
-                    r = task => {
-                        arming = None;
-                        match r {
-                            // stale: leave unarmed, the next empty read arms afresh
-                            Ok(Ok(())) => armed = true,
-                            Ok(Err(e)) => break Err(e),
-                            Err(e) => break Err(Error::Invariant(format!("re-arm task failed: {e}"))),
-                        }
-                    }
-                    _ = bell.notified() => {}
-                    _ = &mut lost => break Err(Error::ConnectionLost("source")),
-                    _ = &mut arm_lost => break Err(Error::ConnectionLost("doorbell")),
+                    _ = tokio::time::sleep(self.cfg.busy_pause) => {}
                     _ = shutdown.recv() => {}
                 }
                 continue;
             }
-            woken = true;
+            if armed {
+                tokio::select! {
+                    _ = bell.notified() => {
+                        let now = Instant::now();
+                        recent_ring = last_ring.is_some_and(|t| {
+                            now.duration_since(t) < self.cfg.busy_pause * FLOW_GAP
+                        });
+                        last_ring = Some(now);
+                        armed = false;
+                        arm_first = true;
+                        woken = true;
+                    }
+                    _ = tokio::time::sleep(self.cfg.idle_poll) => idle_read = true,
+                    _ = &mut lost => break Err(Error::ConnectionLost("source")),
+                    _ = shutdown.recv() => {}
+                }
+                continue;
+            }
+            if !wait_for_key {
+                arm_first = true;
+                continue;
+            }
+            let task = arming.get_or_insert_with(|| {
+                let c = Arc::clone(&arm_client);
+                let stmt = arm_stmt.clone();
+                tokio::spawn(async move { arm(&c, stmt.as_ref()).await })
+            });
             tokio::select! {
-                _ = bell.notified() => armed = false,
-                _ = tokio::time::sleep(self.cfg.idle_poll) => idle_read = true,
+                r = task => {
+                    arming = None;
+                    wait_for_key = try_arm.is_none();
+                    match r {
+                        Ok(Ok(())) => armed = true,
+                        Ok(Err(e)) => break Err(e),
+                        Err(e) => break Err(Error::Invariant(format!("re-arm task failed: {e}"))),
+                    }
+                }
+                _ = bell.notified() => {}
                 _ = &mut lost => break Err(Error::ConnectionLost("source")),
+                _ = &mut arm_lost => break Err(Error::ConnectionLost("doorbell")),
                 _ = shutdown.recv() => {}
             }
         };
@@ -261,6 +304,25 @@ impl Source {
             task.abort();
         }
         result
+    }
+
+    /// Tries to arm the doorbell and reads, in one round trip: the arm goes out
+    /// first and commits before the read's statement takes its snapshot.
+    /// Returns whether the bell was armed, and the changes read.
+    async fn arm_and_read(
+        &mut self,
+        client: &Client,
+        stmt: &tokio_postgres::Statement,
+        try_arm: &tokio_postgres::Statement,
+    ) -> Result<(bool, usize)> {
+        let arm = async {
+            let row = client.query_one(try_arm, &[]).await?;
+            Ok::<bool, Error>(row.try_get(0)?)
+        };
+        // biased: the arm is polled, hence sent, first; both must be polled
+        // until done (the connection hands each its responses in turn)
+        let (took, n) = tokio::join!(biased; arm, self.read(client, stmt));
+        Ok((took?, n?))
     }
 
     /// Reads everything that became visible since the last read and publishes it.
@@ -359,14 +421,18 @@ async fn arm(client: &Client, prepared: Option<&tokio_postgres::Statement>) -> R
     Ok(())
 }
 
-/// The prepared re-arm, or `None` when the database lacks
-/// `rowcast.arm_doorbell()` (a server newer than the last `rowcast migrate`):
-/// then re-arming takes the batch path until the next reconnect.
-async fn prepare_arm(client: &Client) -> Result<Option<tokio_postgres::Statement>> {
-    match client.prepare("SELECT rowcast.arm_doorbell()").await {
+/// A prepared re-arm (`rowcast.arm_doorbell()` or `try_arm_doorbell()`), or
+/// `None` when the database lacks the function (a server newer than the last
+/// `rowcast migrate`): then re-arming takes the slower path until the next
+/// reconnect.
+async fn prepare_arm(
+    client: &Client,
+    call: &'static str,
+) -> Result<Option<tokio_postgres::Statement>> {
+    match client.prepare(call).await {
         Ok(stmt) => Ok(Some(stmt)),
         Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_FUNCTION) => {
-            tracing::warn!("rowcast.arm_doorbell() is missing: run `rowcast migrate`; re-arming the slower way meanwhile");
+            tracing::warn!(call, "a doorbell function is missing: run `rowcast migrate`; re-arming the slower way meanwhile");
             Ok(None)
         }
         Err(e) => Err(e.into()),

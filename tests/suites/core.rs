@@ -106,20 +106,101 @@ async fn order_status_change_reaches_order_and_customer_subscribers() {
 }
 
 /// A server newer than the database's last `rowcast migrate` (no
-/// `rowcast.arm_doorbell()`) re-arms the doorbell the old way: every change
-/// still arrives, each announced by a ring (the idle safety net catches nothing).
+/// `rowcast.try_arm_doorbell()`, or neither it nor `rowcast.arm_doorbell()`)
+/// re-arms the doorbell the older ways: every change still arrives, each
+/// announced by a ring (the idle safety net catches nothing).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_without_the_prepared_rearm_still_rings() {
+    for missing in [
+        "DROP FUNCTION rowcast.try_arm_doorbell()",
+        "DROP FUNCTION rowcast.try_arm_doorbell(); DROP FUNCTION rowcast.arm_doorbell()",
+    ] {
+        let url = fresh_db().await;
+        let db = connect(&url).await;
+        seed(&db, 1, 3).await;
+        db.batch_execute(missing).await.unwrap();
+        let srv = server(&url).await;
+        let mut ws = WsClient::connect(&srv.base_url(), "topics=product-1").await;
+        for q in [7, 8, 9] {
+            // apart, so that the source goes quiet and re-arms before each
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            db.execute(
+                "UPDATE market.products SET quantity = $1::int WHERE id = 1",
+                &[&q],
+            )
+            .await
+            .unwrap();
+            assert_eq!(
+                next_event(&mut ws.rx).await.data["newQuantity"],
+                q,
+                "{missing}"
+            );
+        }
+        let metrics = srv.metrics();
+        assert!(
+            metrics.contains("rowcast_source_idle_poll_hits_total 0"),
+            "{missing}: {metrics}"
+        );
+        srv.stop().await;
+    }
+}
+
+/// A writer transaction left open after its change holds the doorbell key, so
+/// the source cannot re-arm while it runs: the other writers' changes still
+/// arrive at once (they cannot take the key either, and ring), the open
+/// transaction's change arrives when it commits, and afterwards isolated
+/// changes are announced by the re-armed bell again. The idle safety net
+/// catches nothing throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_holding_the_doorbell_key_delays_nobody() {
     let url = fresh_db().await;
     let db = connect(&url).await;
     seed(&db, 1, 3).await;
-    db.batch_execute("DROP FUNCTION rowcast.arm_doorbell()")
+    let mut open = connect(&url).await;
+    let srv = server(&url).await;
+    let mut ws = WsClient::connect(&srv.base_url(), "topics=product-1,product-2").await;
+    let long = open.transaction().await.unwrap();
+    long.execute(
+        "UPDATE market.products SET quantity = 500 WHERE id = 2",
+        &[],
+    )
+    .await
+    .unwrap();
+    for q in [7_i32, 8, 9] {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        db.execute(
+            "UPDATE market.products SET quantity = $1::int WHERE id = 1",
+            &[&q],
+        )
         .await
         .unwrap();
-    let srv = server(&url).await;
-    let mut ws = WsClient::connect(&srv.base_url(), "topics=product-1").await;
-    for q in [7, 8, 9] {
-        // apart, so that the source goes quiet and re-arms before each
+        let ev = next_event(&mut ws.rx).await;
+        assert_eq!(
+            (ev.topic.as_str(), ev.data["newQuantity"].as_i64()),
+            ("product-1", Some(i64::from(q)))
+        );
+    }
+    // the source fell back to the waiting re-arm on its second connection
+    eventually_async("the doorbell connection waits for the key", || async {
+        db.query_one(
+            "SELECT count(*) FROM pg_stat_activity
+              WHERE application_name = 'rowcast-arm' AND wait_event_type = 'Lock'
+                AND datname = current_database()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+            > 0
+    })
+    .await;
+    long.commit().await.unwrap();
+    let ev = next_event(&mut ws.rx).await;
+    assert_eq!(
+        (ev.topic.as_str(), ev.data["newQuantity"].as_i64()),
+        ("product-2", Some(500))
+    );
+    for q in [10, 11] {
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         db.execute(
             "UPDATE market.products SET quantity = $1::int WHERE id = 1",
@@ -343,14 +424,14 @@ async fn migrations_are_idempotent() {
     assert_eq!(n, files as i64);
 }
 
-/// A database the previous release migrated (every file before
-/// `007_lean_emit` and `market/008_lean_capture`) upgrades with `migrate`:
+/// A database the release before issue #16 migrated (every file before
+/// `007_lean_emit`, `008_try_arm` and `market/008_lean_capture`) upgrades with `migrate`:
 /// exactly the new files run, the market and `rowcast.track` triggers capture
 /// the same changes before and after, `emit` refuses the same input with the
 /// same errors, and a server delivers what the upgraded triggers write.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgrade_from_the_previous_schema() {
-    const NEW: [&str; 2] = ["007_lean_emit", "market/008_lean_capture"];
+    const NEW: [&str; 3] = ["007_lean_emit", "008_try_arm", "market/008_lean_capture"];
     let url = empty_db().await;
     let mut db = connect(&url).await;
     db.batch_execute(
