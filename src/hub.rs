@@ -39,6 +39,7 @@
 use crate::change::Change;
 pub(crate) use crate::config::QueueLimits;
 use crate::cursor::Cursor;
+use crate::metrics::LiveTally;
 use crate::snapshot::Snapshot;
 use crate::window::{Window, WindowHit, WindowLimits};
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -66,7 +67,8 @@ impl Delivery {
 pub(crate) trait Direct: Send + Sync {
     /// Keeps `d` (in order, after everything taken before) to be written by
     /// `write`; `Full` when keeping it would pass `limits`.
-    fn take(&self, d: &Delivery, limits: &QueueLimits) -> Taken;
+    /// Counts what it takes in `tally`.
+    fn take(&self, d: &Delivery, limits: &QueueLimits, tally: &mut LiveTally) -> Taken;
     /// Writes what was taken, as far as the socket takes it now, without
     /// waiting (the rest is the connection's to write).
     fn write(&self);
@@ -333,12 +335,19 @@ impl Hub {
     /// holds; across connections the socket writes run in parallel.
     pub(crate) fn publish(&self, changes: &[Arc<Change>]) -> usize {
         let mut due = Vec::new();
-        let queued = self.fan_out(changes, &mut due);
+        let mut tally = LiveTally::new();
+        let queued = self.fan_out(changes, &mut due, &mut tally);
+        drop(tally);
         write_spread(due);
         queued
     }
 
-    fn fan_out(&self, changes: &[Arc<Change>], due: &mut Vec<Arc<dyn Direct>>) -> usize {
+    fn fan_out(
+        &self,
+        changes: &[Arc<Change>],
+        due: &mut Vec<Arc<dyn Direct>>,
+        tally: &mut LiveTally,
+    ) -> usize {
         let mut st = self.lock();
         st.pending.extend(changes.iter().cloned());
         let mut queued = 0;
@@ -355,7 +364,7 @@ impl Hub {
                     {
                         continue;
                     }
-                    if self.offer(sub, change, i, due) {
+                    if self.offer(sub, change, i, due, tally) {
                         queued += 1;
                     }
                 }
@@ -370,6 +379,7 @@ impl Hub {
         change: &Arc<Change>,
         topic: usize,
         due: &mut Vec<Arc<dyn Direct>>,
+        tally: &mut LiveTally,
     ) -> bool {
         if sub.lagged.load(Ordering::Relaxed) {
             return false;
@@ -381,7 +391,7 @@ impl Hub {
         };
         let mut q = sub.queue();
         if let Some(direct) = &q.direct {
-            match direct.take(&d, &self.limits) {
+            match direct.take(&d, &self.limits, tally) {
                 Taken::Yes => {
                     q.last_direct = Some(d.change);
                     return true;

@@ -5,11 +5,13 @@ mod live_seconds;
 
 use crate::error::Result;
 pub(crate) use live_seconds::{Alive, LiveSeconds};
+use prometheus::local::LocalHistogram;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// The client transports, as metric labels (`transport="ws"`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -457,11 +459,17 @@ impl Metrics {
     /// Handles for one transport, resolved once so the per-frame path does no label lookups.
     pub(crate) fn transport(&self, t: Transport) -> TransportMetrics {
         let transport = t.as_str();
+        let latency = self.sync_latency.with_label_values(&[transport]);
+        let deliveries = self.deliveries.with_label_values(&[transport]);
         TransportMetrics {
-            latency: self.sync_latency.with_label_values(&[transport]),
+            live: LiveMetrics(Arc::new(LiveHandles {
+                latency: latency.clone(),
+                deliveries: deliveries.clone(),
+            })),
+            latency,
             catchup: self.catchup_deliveries.with_label_values(&[transport]),
             catchup_lag: self.catchup_lag.with_label_values(&[transport]),
-            deliveries: self.deliveries.with_label_values(&[transport]),
+            deliveries,
             connections: self.connections.with_label_values(&[transport]),
             slow_drops: self.slow_consumer_drops.with_label_values(&[transport]),
         }
@@ -509,32 +517,83 @@ pub(crate) struct TransportMetrics {
     pub deliveries: IntCounter,
     pub connections: IntGauge,
     pub slow_drops: IntCounter,
+    live: LiveMetrics,
 }
 
 /// What a live delivery updates, for a writer that delivers without the
-/// connection's task (the WebSocket's `wire`): two handles, not six.
+/// connection's task (the WebSocket's `wire`): two handles, not six. One per
+/// transport, shared by its connections (a `LiveTally` tells them apart).
 #[derive(Clone)]
-pub(crate) struct LiveMetrics {
+pub(crate) struct LiveMetrics(Arc<LiveHandles>);
+
+struct LiveHandles {
     latency: Histogram,
     deliveries: IntCounter,
 }
 
-impl LiveMetrics {
-    /// One live delivery of a change emitted at `emitted_us` (see `TransportMetrics::delivered`).
-    pub(crate) fn delivered(&self, emitted_us: i64) {
-        self.deliveries.inc();
-        let lag = (crate::change::now_us() - emitted_us).max(0) as f64 / 1e6;
-        self.latency.observe(lag);
+/// The live deliveries of one publish, counted on the publisher's stack and
+/// added to the shared metrics when the tally is dropped: per delivery a few
+/// plain additions, where `TransportMetrics::delivered` makes four atomic
+/// ones and reads the clock. The clock is read once every `CLOCK_EVERY`
+/// deliveries, so a lag is measured at most that many deliveries (a few
+/// tens of µs of fan-out) before the frame was taken.
+pub(crate) struct LiveTally {
+    now_us: i64,
+    since_clock: u32,
+    open: Vec<(LiveMetrics, LocalHistogram, u64)>,
+}
+
+impl LiveTally {
+    const CLOCK_EVERY: u32 = 64;
+
+    pub(crate) fn new() -> LiveTally {
+        LiveTally {
+            now_us: 0,
+            since_clock: Self::CLOCK_EVERY,
+            open: Vec::new(),
+        }
+    }
+
+    /// One live delivery, through `to`, of a change emitted at `emitted_us`
+    /// (see `TransportMetrics::delivered`).
+    pub(crate) fn delivered(&mut self, to: &LiveMetrics, emitted_us: i64) {
+        if self.since_clock >= Self::CLOCK_EVERY {
+            self.now_us = crate::change::now_us();
+            self.since_clock = 0;
+        }
+        self.since_clock += 1;
+        let lag = (self.now_us - emitted_us).max(0) as f64 / 1e6;
+        let i = match self
+            .open
+            .iter()
+            .position(|(m, ..)| Arc::ptr_eq(&m.0, &to.0))
+        {
+            Some(i) => i,
+            None => {
+                let local = to.0.latency.local();
+                self.open.push((to.clone(), local, 0));
+                self.open.len() - 1
+            }
+        };
+        let (_, latency, n) = &mut self.open[i];
+        latency.observe(lag);
+        *n += 1;
+    }
+}
+
+impl Drop for LiveTally {
+    fn drop(&mut self) {
+        for (m, latency, n) in self.open.drain(..) {
+            latency.flush();
+            m.0.deliveries.inc_by(n);
+        }
     }
 }
 
 impl TransportMetrics {
     /// The handles a live delivery updates.
     pub(crate) fn live(&self) -> LiveMetrics {
-        LiveMetrics {
-            latency: self.latency.clone(),
-            deliveries: self.deliveries.clone(),
-        }
+        self.live.clone()
     }
 
     /// Records a batch of delivered frames.

@@ -33,7 +33,7 @@
 use crate::feed::Delivery;
 use crate::http::RawSocket;
 use crate::hub::{Direct, QueueLimits, Taken};
-use crate::metrics::LiveMetrics;
+use crate::metrics::{LiveMetrics, LiveTally};
 use crate::transport::close::Disconnect;
 use bytes::Bytes;
 use std::collections::VecDeque;
@@ -255,7 +255,7 @@ impl Wire {
 }
 
 impl Direct for Wire {
-    fn take(&self, d: &Delivery, limits: &QueueLimits) -> Taken {
+    fn take(&self, d: &Delivery, limits: &QueueLimits, tally: &mut LiveTally) -> Taken {
         let Some(frame) = d.change.frame(d.topic) else {
             // no frame for that topic: nothing to write
             return Taken::Yes;
@@ -273,7 +273,7 @@ impl Direct for Wire {
         }
         out.keep(frame.ws.clone());
         drop(out);
-        self.metrics.delivered(d.change.emitted_us);
+        tally.delivered(&self.metrics, d.change.emitted_us);
         if first {
             Taken::First
         } else {
