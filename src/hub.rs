@@ -356,7 +356,18 @@ impl Hub {
                 let Some(subs) = st.topics.get(topic) else {
                     continue;
                 };
+                // Each subscriber lives in its own allocation, and the first
+                // touch of it was a cache miss (two thirds of `publish`'s
+                // samples in `perf` at fan-out 100): ask for the one
+                // `PREFETCH_AHEAD` places ahead while this one is served.
+                // (Prefetching the direct writers too, through a hint kept
+                // beside each subscriber, measured no better.)
+                let mut ahead = subs.values();
+                ahead.by_ref().take(PREFETCH_AHEAD).for_each(prefetch);
                 for (id, sub) in subs {
+                    if let Some(s) = ahead.next() {
+                        prefetch(s);
+                    }
                     // once per subscriber, for the first of its topics the change carries
                     if change.topics[..i]
                         .iter()
@@ -446,6 +457,29 @@ impl Hub {
             }
         }
     }
+}
+
+/// How many subscribers ahead `fan_out` prefetches.
+const PREFETCH_AHEAD: usize = 4;
+
+/// Hints the CPU to load `sub` into its cache (no effect where there is no
+/// such hint). Never reads or writes it.
+#[inline(always)]
+#[allow(unsafe_code)] // the prefetch intrinsic: see the SAFETY note
+fn prefetch(sub: &Arc<Sub>) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let at = Arc::as_ptr(sub).cast::<i8>();
+        // a `Sub` spans up to three cache lines
+        for line in 0..3 {
+            // SAFETY: SSE is part of every x86_64 target, and a prefetch only
+            // hints the cache: it never faults, whatever the address.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(line * 64)) };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = sub;
 }
 
 /// Runs `Direct::write` for each of `due`: one share per worker thread of the
