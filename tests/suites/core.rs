@@ -263,6 +263,61 @@ async fn one_transaction_of_fifty_updates_arrives_whole_and_in_order() {
     srv.stop().await;
 }
 
+/// Writers paced around the source's notion of a stream (rings less than 3
+/// busy pauses apart): gaps of 0–8 ms between writes, from four writers, so
+/// that the source keeps switching between reading every pause and going back
+/// to the bell after an isolated change. Every change arrives once, in order
+/// per product, each announced by a ring (the idle safety net catches nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writers_paced_around_the_stream_threshold_are_all_announced() {
+    const WRITERS: i64 = 4;
+    const UPDATES: i64 = 60;
+    let url = fresh_db().await;
+    let db = connect(&url).await;
+    seed(&db, 1, WRITERS).await;
+    let srv = server(&url).await;
+    let mut ws = WsClient::connect(&srv.base_url(), "topics=farm-1").await;
+    let mut writers = Vec::new();
+    for w in 1..=WRITERS {
+        let url = url.clone();
+        writers.push(tokio::spawn(async move {
+            let db = connect(&url).await;
+            for q in 1..=UPDATES {
+                let gap = (w * 7 + q * 13) % 9;
+                tokio::time::sleep(std::time::Duration::from_millis(gap as u64)).await;
+                db.execute(
+                    "UPDATE market.products SET quantity = $2::bigint WHERE id = $1",
+                    &[&w, &q],
+                )
+                .await
+                .unwrap();
+            }
+        }));
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    let mut per: HashMap<String, Vec<i64>> = HashMap::new();
+    for e in events(&mut ws.rx, (WRITERS * UPDATES) as usize).await {
+        per.entry(e.data["productId"].as_str().unwrap().to_string())
+            .or_default()
+            .push(e.data["newQuantity"].as_i64().unwrap());
+    }
+    for p in 1..=WRITERS {
+        assert_eq!(
+            per[&p.to_string()],
+            (1..=UPDATES).collect::<Vec<_>>(),
+            "product-{p}"
+        );
+    }
+    let metrics = srv.metrics();
+    assert!(
+        metrics.contains("rowcast_source_idle_poll_hits_total 0"),
+        "{metrics}"
+    );
+    srv.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writers_every_subscriber_gets_every_event_once() {
     const WRITERS: i64 = 10;
