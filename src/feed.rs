@@ -621,7 +621,7 @@ mod tests {
                 max_changes: 10_000,
                 max_age: Duration::from_secs(600),
             },
-            metrics.hub(),
+            crate::hub::HubMetrics::new(&metrics),
         );
         // never connects: this feed needs no database (no cursor, the window answers)
         let pool = crate::db::pool("postgres://127.0.0.1:1/none", 1).unwrap();

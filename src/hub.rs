@@ -39,7 +39,7 @@
 use crate::change::Change;
 pub(crate) use crate::config::QueueLimits;
 use crate::cursor::Cursor;
-use crate::metrics::LiveTally;
+use crate::metrics::{Delivered, LiveTally, Metrics};
 use crate::snapshot::Snapshot;
 use crate::window::{Window, WindowHit, WindowLimits};
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -54,6 +54,16 @@ pub(crate) struct Delivery {
     pub change: Arc<Change>,
     pub topic: usize,
     pub live: bool,
+}
+
+impl Delivered for Delivery {
+    fn emitted_us(&self) -> i64 {
+        self.change.emitted_us
+    }
+
+    fn live(&self) -> bool {
+        self.live
+    }
 }
 
 impl Delivery {
@@ -164,6 +174,17 @@ pub(crate) struct HubMetrics {
     pub log_reads: prometheus::IntCounter,
     /// Clients told to re-sync instead of resuming, by reason.
     pub resyncs: prometheus::IntCounterVec,
+}
+
+impl HubMetrics {
+    pub(crate) fn new(m: &Metrics) -> HubMetrics {
+        HubMetrics {
+            lag_recoveries: m.lag_recoveries.clone(),
+            window_reads: m.catchup_reads.with_label_values(&["memory"]),
+            log_reads: m.catchup_reads.with_label_values(&["log"]),
+            resyncs: m.resyncs.clone(),
+        }
+    }
 }
 
 impl Hub {
@@ -648,7 +669,7 @@ mod tests {
                 max_changes: 10_000,
                 max_age: std::time::Duration::from_secs(600),
             },
-            metrics.hub(),
+            HubMetrics::new(&metrics),
         )
     }
 

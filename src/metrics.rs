@@ -447,15 +447,6 @@ impl Metrics {
         }
     }
 
-    pub(crate) fn hub(&self) -> crate::hub::HubMetrics {
-        crate::hub::HubMetrics {
-            lag_recoveries: self.lag_recoveries.clone(),
-            window_reads: self.catchup_reads.with_label_values(&["memory"]),
-            log_reads: self.catchup_reads.with_label_values(&["log"]),
-            resyncs: self.resyncs.clone(),
-        }
-    }
-
     /// Handles for one transport, resolved once so the per-frame path does no label lookups.
     pub(crate) fn transport(&self, t: Transport) -> TransportMetrics {
         let transport = t.as_str();
@@ -518,6 +509,14 @@ pub(crate) struct TransportMetrics {
     pub connections: IntGauge,
     pub slow_drops: IntCounter,
     live: LiveMetrics,
+}
+
+/// A delivered frame as the metrics see it (the hub's `Delivery`).
+pub(crate) trait Delivered {
+    /// When its change was emitted, µs since the epoch.
+    fn emitted_us(&self) -> i64;
+    /// Live (in the SLO histogram) or catch-up.
+    fn live(&self) -> bool;
 }
 
 /// What a live delivery updates, for a writer that delivers without the
@@ -597,9 +596,9 @@ impl TransportMetrics {
     }
 
     /// Records a batch of delivered frames.
-    pub(crate) fn delivered_batch(&self, batch: &[crate::hub::Delivery]) {
+    pub(crate) fn delivered_batch<D: Delivered>(&self, batch: &[D]) {
         for d in batch {
-            self.delivered(d.change.emitted_us, d.live);
+            self.delivered(d.emitted_us(), d.live());
         }
     }
 

@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::feed::Feeds;
 use crate::health::Health;
 use crate::http::HttpOptions;
-use crate::hub::Hub;
+use crate::hub::{Hub, HubMetrics};
 use crate::metrics::Metrics;
 use crate::presence::Presence;
 use crate::shutdown::ShutdownTrigger;
@@ -114,7 +114,7 @@ impl Server {
             max_changes: cfg.window_changes,
             max_age: cfg.retention.min(WINDOW_MAX_AGE),
         };
-        let hub = Hub::new(cfg.queue, window, metrics.hub());
+        let hub = Hub::new(cfg.queue, window, HubMetrics::new(&metrics));
         // the market API's pool, and its schema check (fails the start when
         // the database is there without the market schema)
         let shop_db = if cfg.market_api.enabled {
