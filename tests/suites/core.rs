@@ -4,6 +4,43 @@ use crate::common::*;
 use serde_json::json;
 use std::collections::HashMap;
 
+/// Every read the source made was announced by the doorbell: the idle safety
+/// net caught nothing.
+fn assert_every_read_was_rung(srv: &rowcast::server::Server, context: &str) {
+    let metrics = srv.metrics();
+    assert!(
+        metrics.contains("rowcast_source_idle_poll_hits_total 0"),
+        "{context}: {metrics}"
+    );
+}
+
+/// `writers` concurrent connections; writer `w` sets product `w`'s quantity
+/// to 1, 2, … `updates` in turn, pausing `gap_ms(w, q)` ms before each.
+async fn run_writers(url: &str, writers: i64, updates: i64, gap_ms: fn(i64, i64) -> i64) {
+    let mut tasks = Vec::new();
+    for w in 1..=writers {
+        let url = url.to_string();
+        tasks.push(tokio::spawn(async move {
+            let db = connect(&url).await;
+            for q in 1..=updates {
+                let gap = gap_ms(w, q);
+                if gap > 0 {
+                    tokio::time::sleep(std::time::Duration::from_millis(gap as u64)).await;
+                }
+                db.execute(
+                    "UPDATE market.products SET quantity = $2::bigint WHERE id = $1",
+                    &[&w, &q],
+                )
+                .await
+                .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inventory_update_reaches_every_transport_and_only_its_topic() {
     let url = fresh_db().await;
@@ -136,11 +173,7 @@ async fn a_database_without_the_prepared_rearm_still_rings() {
                 "{missing}"
             );
         }
-        let metrics = srv.metrics();
-        assert!(
-            metrics.contains("rowcast_source_idle_poll_hits_total 0"),
-            "{missing}: {metrics}"
-        );
+        assert_every_read_was_rung(&srv, missing);
         srv.stop().await;
     }
 }
@@ -210,11 +243,7 @@ async fn a_writer_holding_the_doorbell_key_delays_nobody() {
         .unwrap();
         assert_eq!(next_event(&mut ws.rx).await.data["newQuantity"], q);
     }
-    let metrics = srv.metrics();
-    assert!(
-        metrics.contains("rowcast_source_idle_poll_hits_total 0"),
-        "{metrics}"
-    );
+    assert_every_read_was_rung(&srv, "");
     srv.stop().await;
 }
 
@@ -277,26 +306,7 @@ async fn writers_paced_around_the_stream_threshold_are_all_announced() {
     seed(&db, 1, WRITERS).await;
     let srv = server(&url).await;
     let mut ws = WsClient::connect(&srv.base_url(), "topics=farm-1").await;
-    let mut writers = Vec::new();
-    for w in 1..=WRITERS {
-        let url = url.clone();
-        writers.push(tokio::spawn(async move {
-            let db = connect(&url).await;
-            for q in 1..=UPDATES {
-                let gap = (w * 7 + q * 13) % 9;
-                tokio::time::sleep(std::time::Duration::from_millis(gap as u64)).await;
-                db.execute(
-                    "UPDATE market.products SET quantity = $2::bigint WHERE id = $1",
-                    &[&w, &q],
-                )
-                .await
-                .unwrap();
-            }
-        }));
-    }
-    for w in writers {
-        w.await.unwrap();
-    }
+    run_writers(&url, WRITERS, UPDATES, |w, q| (w * 7 + q * 13) % 9).await;
     let mut per: HashMap<String, Vec<i64>> = HashMap::new();
     for e in events(&mut ws.rx, (WRITERS * UPDATES) as usize).await {
         per.entry(e.data["productId"].as_str().unwrap().to_string())
@@ -310,11 +320,7 @@ async fn writers_paced_around_the_stream_threshold_are_all_announced() {
             "product-{p}"
         );
     }
-    let metrics = srv.metrics();
-    assert!(
-        metrics.contains("rowcast_source_idle_poll_hits_total 0"),
-        "{metrics}"
-    );
+    assert_every_read_was_rung(&srv, "");
     srv.stop().await;
 }
 
@@ -340,24 +346,7 @@ async fn concurrent_writers_every_subscriber_gets_every_event_once() {
         ));
     }
 
-    let mut writers = Vec::new();
-    for w in 1..=WRITERS {
-        let url = url.clone();
-        writers.push(tokio::spawn(async move {
-            let db = connect(&url).await;
-            for q in 1..=UPDATES {
-                db.execute(
-                    "UPDATE market.products SET quantity = $2::bigint WHERE id = $1",
-                    &[&w, &q],
-                )
-                .await
-                .unwrap();
-            }
-        }));
-    }
-    for w in writers {
-        w.await.unwrap();
-    }
+    run_writers(&url, WRITERS, UPDATES, |_, _| 0).await;
     let total = (WRITERS * UPDATES) as usize;
     let check_all = |evs: Vec<Ev>, who: &str| {
         assert_eq!(evs.len(), total, "{who}");
@@ -402,17 +391,12 @@ async fn concurrent_writers_every_subscriber_gets_every_event_once() {
     assert_eq!(next_event(&mut all_ws.rx).await.data["newQuantity"], 999);
     assert_eq!(next_event(&mut all_sse.rx).await.data["newQuantity"], 999);
     assert_eq!(all_poll.events(1).await[0].data["newQuantity"], 999);
-    // every read was announced by the doorbell: the idle safety net caught nothing
-    let metrics = srv.metrics();
     println!(
         "doorbell: {} notifications for {} events",
         srv.metric("rowcast_source_notifications_total"),
         srv.metric("rowcast_events_total")
     );
-    assert!(
-        metrics.contains("rowcast_source_idle_poll_hits_total 0"),
-        "{metrics}"
-    );
+    assert_every_read_was_rung(&srv, "");
     srv.stop().await;
 }
 
