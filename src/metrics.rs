@@ -511,6 +511,12 @@ pub(crate) struct TransportMetrics {
     live: LiveMetrics,
 }
 
+/// Seconds from `emitted_us` to `now_us` (µs since the epoch), never negative
+/// (clocks of the database and this host may disagree a little).
+fn lag_seconds(now_us: i64, emitted_us: i64) -> f64 {
+    (now_us - emitted_us).max(0) as f64 / 1e6
+}
+
 /// A delivered frame as the metrics see it (the hub's `Delivery`).
 pub(crate) trait Delivered {
     /// When its change was emitted, µs since the epoch.
@@ -561,7 +567,7 @@ impl LiveTally {
             self.since_clock = 0;
         }
         self.since_clock += 1;
-        let lag = (self.now_us - emitted_us).max(0) as f64 / 1e6;
+        let lag = lag_seconds(self.now_us, emitted_us);
         let i = match self
             .open
             .iter()
@@ -606,7 +612,7 @@ impl TransportMetrics {
     /// since the epoch): live ones in the SLO histogram, catch-up apart.
     pub(crate) fn delivered(&self, emitted_us: i64, live: bool) {
         self.deliveries.inc();
-        let lag = (crate::change::now_us() - emitted_us).max(0) as f64 / 1e6;
+        let lag = lag_seconds(crate::change::now_us(), emitted_us);
         if live {
             self.latency.observe(lag);
         } else {

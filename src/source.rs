@@ -204,9 +204,9 @@ impl Source {
         let mut wait_for_key = try_arm.is_none();
         // This read was the idle safety net's, not a ring's.
         let mut idle_read = false;
-        // This read was a ring's, and the previous ring was recent.
-        let mut woken = false;
-        let mut recent_ring = false;
+        // This read was a ring's that came more than `FLOW_GAP` busy pauses
+        // after the previous ring.
+        let mut quiet_ring = false;
         let mut last_ring: Option<Instant> = None;
         let result = loop {
             if shutdown.is_shutdown() {
@@ -249,7 +249,7 @@ impl Source {
                 self.status.set_caught_up();
             }
             idle_read = false;
-            let isolated = std::mem::take(&mut woken) && n == 1 && !recent_ring;
+            let isolated = std::mem::take(&mut quiet_ring) && n == 1;
             if n > 0 && !isolated {
                 tokio::select! {
                     _ = tokio::time::sleep(self.cfg.busy_pause) => {}
@@ -261,13 +261,12 @@ impl Source {
                 tokio::select! {
                     _ = bell.notified() => {
                         let now = Instant::now();
-                        recent_ring = last_ring.is_some_and(|t| {
+                        quiet_ring = !last_ring.is_some_and(|t| {
                             now.duration_since(t) < self.cfg.busy_pause * FLOW_GAP
                         });
                         last_ring = Some(now);
                         armed = false;
                         arm_first = true;
-                        woken = true;
                     }
                     _ = tokio::time::sleep(self.cfg.idle_poll) => idle_read = true,
                     _ = &mut lost => break Err(Error::ConnectionLost("source")),
