@@ -639,6 +639,12 @@ async fn metrics_and_health_endpoints() {
         .await
         .unwrap();
     next_event(&mut ws.rx).await;
+    // a delivery is counted once its write has completed, which can be just
+    // after the client has read it
+    eventually("the delivery counted", || {
+        srv.metric("rowcast_deliveries_total{transport=\"ws\"}") >= 1.0
+    })
+    .await;
     let http = reqwest::Client::new();
     assert_eq!(
         http.get(format!("{base}/healthz"))
