@@ -22,6 +22,10 @@ pub const CORE: &[(&str, &str)] = &[
     ("006_presence", include_str!("../sql/006_presence.sql")),
     ("007_lean_emit", include_str!("../sql/007_lean_emit.sql")),
     ("008_try_arm", include_str!("../sql/008_try_arm.sql")),
+    (
+        "009_cheap_check",
+        include_str!("../sql/009_cheap_check.sql"),
+    ),
 ];
 
 /// The FR-021 farmers-market reference schema (`market.*`), its triggers and

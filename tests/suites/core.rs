@@ -464,13 +464,18 @@ async fn migrations_are_idempotent() {
 }
 
 /// A database the release before issue #16 migrated (every file before
-/// `007_lean_emit`, `008_try_arm` and `market/008_lean_capture`) upgrades with `migrate`:
+/// `007_lean_emit`, `008_try_arm`, `009_cheap_check` and `market/008_lean_capture`) upgrades with `migrate`:
 /// exactly the new files run, the market and `rowcast.track` triggers capture
 /// the same changes before and after, `emit` refuses the same input with the
 /// same errors, and a server delivers what the upgraded triggers write.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgrade_from_the_previous_schema() {
-    const NEW: [&str; 3] = ["007_lean_emit", "008_try_arm", "market/008_lean_capture"];
+    const NEW: [&str; 4] = [
+        "007_lean_emit",
+        "008_try_arm",
+        "009_cheap_check",
+        "market/008_lean_capture",
+    ];
     let url = empty_db().await;
     let mut db = connect(&url).await;
     db.batch_execute(

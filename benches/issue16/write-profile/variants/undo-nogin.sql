@@ -1,0 +1,1 @@
+CREATE INDEX changes_topics ON rowcast.changes USING gin (topics);

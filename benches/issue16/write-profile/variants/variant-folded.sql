@@ -1,0 +1,43 @@
+CREATE OR REPLACE FUNCTION rowcast.emit(topics text[], event text, payload jsonb, entity text DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    armed boolean;
+BEGIN
+    -- one test for the usual case; the detailed ones only to name the error
+    -- (IS NOT TRUE: a NULL topics array or event makes the test NULL, not false)
+    IF (cardinality(topics) > 0 AND array_ndims(topics) = 1
+        AND array_position(topics, NULL) IS NULL
+        AND array_position(topics, '') IS NULL
+        AND event <> '') IS NOT TRUE THEN
+        IF topics IS NULL OR cardinality(topics) = 0 THEN
+            RAISE EXCEPTION 'rowcast.emit: at least one topic is required'
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        IF array_ndims(topics) <> 1 OR array_position(topics, NULL) IS NOT NULL
+           OR array_position(topics, '') IS NOT NULL THEN
+            RAISE EXCEPTION 'rowcast.emit: topics must be non-empty text, got %', topics
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        RAISE EXCEPTION 'rowcast.emit: an event name is required'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF current_setting('transaction_isolation') <> 'read committed'
+       OR NOT pg_try_advisory_xact_lock_shared(7305280317090915) THEN
+        INSERT INTO rowcast.changes (topics, event, payload, entity)
+        VALUES (topics, event, coalesce(payload, 'null'::jsonb), nullif(entity, ''));
+        PERFORM pg_notify('rowcast', '');
+        RETURN;
+    END IF;
+    INSERT INTO rowcast.changes (topics, event, payload, entity)
+    VALUES (topics, event, coalesce(payload, 'null'::jsonb), nullif(entity, ''))
+    RETURNING (SELECT d.armed FROM rowcast.doorbell d WHERE d.id = 1) INTO armed;
+    IF armed THEN
+        PERFORM 1 FROM rowcast.doorbell d WHERE d.id = 1 AND d.armed FOR UPDATE SKIP LOCKED;
+        IF FOUND THEN
+            UPDATE rowcast.doorbell SET armed = false WHERE id = 1;
+        END IF;
+        PERFORM pg_notify('rowcast', '');
+    END IF;
+END
+$$;

@@ -1,0 +1,1 @@
+../../../../sql/009_cheap_check.sql

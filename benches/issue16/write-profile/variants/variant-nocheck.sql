@@ -1,0 +1,1 @@
+ALTER TABLE rowcast.changes DROP CONSTRAINT changes_deliverable;

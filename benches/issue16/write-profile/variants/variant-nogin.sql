@@ -1,0 +1,1 @@
+DROP INDEX rowcast.changes_topics;

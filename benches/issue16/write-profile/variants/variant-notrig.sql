@@ -1,0 +1,1 @@
+ALTER TABLE market.products DISABLE TRIGGER products_changed;
