@@ -52,6 +52,7 @@ pub(crate) mod budget;
 pub(crate) mod change;
 pub(crate) mod changelog;
 pub(crate) mod direct_http1;
+pub(crate) mod doorbell;
 pub(crate) mod feed;
 pub(crate) mod health;
 pub(crate) mod http;

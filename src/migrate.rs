@@ -26,6 +26,7 @@ pub const CORE: &[(&str, &str)] = &[
         "009_cheap_check",
         include_str!("../sql/009_cheap_check.sql"),
     ),
+    ("010_bell_lock", include_str!("../sql/010_bell_lock.sql")),
 ];
 
 /// The FR-021 farmers-market reference schema (`market.*`), its triggers and

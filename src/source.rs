@@ -7,35 +7,32 @@
 //! plus the new snapshot (see `cursor` for why snapshots and not ids).
 //!
 //! # The doorbell
-//! A NOTIFY per write would serialize the app's commits, so writers only ring
-//! when the shared flag `rowcast.doorbell.armed` is set, and the first of them
-//! clears it. Arming takes the doorbell advisory key exclusively, which waits
-//! for every writer that holds it shared (every writer that may have seen
-//! "disarmed"; writers that arrive meanwhile cannot take it and ring), sets the
-//! flag and commits; a read after that catches the writers waited for. The
-//! source's cycle, after each read:
+//! A NOTIFY per write would serialize the app's commits, so writers ring only
+//! while some node sleeps (the contract and its two protocols, the bell key
+//! and the older flag, are in `doorbell`). The source's cycle, after each read:
 //! 1. changes came: they are flowing. Pause `busy_pause`, read again: while
-//!    they flow no writer rings (the bell is off, or rings once for the whole
-//!    stretch) and each read collects a batch. Except one change alone, read
-//!    because of a ring that came more than `FLOW_GAP` busy pauses after the
-//!    previous one: that is an isolated write, and the source goes to 2 (its
-//!    read armed the bell, see 3) rather than read an empty log again.
-//! 2. armed (the bell is set, or the ring that cleared it is on its way):
-//!    sleep until a notification, or `idle_poll` as a safety net (metric
-//!    `rowcast_source_idle_poll_hits_total` counts the times that net caught
-//!    anything; it should stay at 0). A ring makes the next read an arming one.
-//! 3. otherwise (a read came back empty): arm, then read. The arm is
-//!    `rowcast.try_arm_doorbell()`, which only *tries* the key, sent pipelined
-//!    ahead of the read on the source's own connection: one round trip and
-//!    one wake-up of one backend. An isolated change thus costs its ring and
-//!    one arming read (where it cost a read, a re-arm on a second connection
-//!    and a read after it), for about 0.2-0.3 ms more latency than reading
-//!    before arming (the arm commits first). When a writer holds the key the
-//!    try changes nothing, and `rowcast.arm_doorbell()` waits for it on a
-//!    second connection, as its own task, so that a long writer transaction
-//!    delays only the re-arm, never the reads meanwhile triggered by other
-//!    writers; a read follows once it committed. A database without
-//!    `try_arm_doorbell()` (not yet migrated) always arms that way.
+//!    they flow no writer rings and each read collects a batch. With the bell
+//!    key the first of those reads releases it (disarms). Except one change
+//!    alone, read because of a ring that came more than `FLOW_GAP` busy pauses
+//!    after the previous one: that is an isolated write, and the source goes
+//!    back to 2 (still armed with the bell key; with the flag, its read armed
+//!    it again, see 3) rather than read an empty log again.
+//! 2. armed: sleep until a notification, or `idle_poll` as a safety net
+//!    (metric `rowcast_source_idle_poll_hits_total` counts the times that net
+//!    caught anything; it should stay at 0). A ring leaves the bell key held
+//!    (the next read is a plain one, and disarms if the ring came close after
+//!    the previous: changes are flowing); with the flag it makes the next read
+//!    an arming one.
+//! 3. otherwise (a read came back empty): arm, then read. The arm goes out
+//!    pipelined ahead of the read on the source's own connection: one round
+//!    trip and one wake-up of one backend, for about 0.2-0.3 ms more latency
+//!    than reading before arming (the arm commits first). When a writer holds
+//!    the doorbell key the arm cannot complete, and the wait for that writer
+//!    runs on a second connection, as its own task, so that a long writer
+//!    transaction delays only the arm, never the reads meanwhile triggered by
+//!    other writers; a read follows once it is done. When the bell key was
+//!    being tested by a writer at that instant, the source pauses and tries
+//!    again.
 //!
 //! # Failures
 //! On any connection error the source reconnects with capped, jittered
@@ -44,6 +41,7 @@
 
 use crate::changelog;
 use crate::cursor::Cursor;
+use crate::doorbell::{Armed, Doorbell};
 use crate::error::{Error, Result};
 use crate::health::Health;
 use crate::hub::Hub;
@@ -176,8 +174,7 @@ impl Source {
                  SET synchronous_commit = off",
             )
             .await?;
-        let arm_stmt = prepare_arm(&arm_client, "SELECT rowcast.arm_doorbell()").await?;
-        let try_arm = prepare_arm(&client, "SELECT rowcast.try_arm_doorbell()").await?;
+        let mut doorbell = Doorbell::prepare(&client, &arm_client).await?;
         let arm_client = Arc::new(arm_client);
         let stmt = client.prepare(&changelog::sql(false)).await?;
         if self.position.is_none() {
@@ -194,14 +191,16 @@ impl Source {
 
         let mut lost = std::pin::pin!(lost);
         let mut arm_lost = std::pin::pin!(arm_lost);
-        // The bell is set, or the ring that cleared it is on its way (a ring
-        // that came while the source was reading waits in `bell`).
+        // Armed (see `doorbell`): the node may sleep until a ring.
         let mut armed = false;
-        // The next read goes out behind `try_arm`.
+        // The next read goes out behind the arm / behind the disarm.
         let mut arm_first = false;
-        // The waiting re-arm on the second connection, when the try failed.
+        let mut disarm_first = false;
+        // The wait for writers on the second connection, when the try failed.
         let mut arming: Option<tokio::task::JoinHandle<Result<()>>> = None;
-        let mut wait_for_key = try_arm.is_none();
+        let mut wait_for_key = doorbell.arm_call().is_none();
+        // The bell key was contended: pause before arming again.
+        let mut retry_arm = false;
         // This read was the idle safety net's, not a ring's.
         let mut idle_read = false;
         // This read was a ring's that came more than `FLOW_GAP` busy pauses
@@ -212,14 +211,41 @@ impl Source {
             if shutdown.is_shutdown() {
                 break Ok(());
             }
-            let n = match &try_arm {
-                Some(t) if std::mem::take(&mut arm_first) => {
-                    let (took, n) = self.arm_and_read(&client, &stmt, t).await?;
-                    armed = took;
-                    wait_for_key = !took;
-                    n
+            let disarm = match std::mem::take(&mut disarm_first) {
+                true => doorbell.disarm_call(),
+                false => None,
+            };
+            let arm = match (std::mem::take(&mut arm_first), &disarm) {
+                (true, None) => doorbell.arm_call(),
+                _ => None,
+            };
+            let n = if let Some(d) = disarm {
+                let (row, n) = self.pipelined(&client, &stmt, &d, &[]).await?;
+                doorbell.disarmed(&row)?;
+                armed = false;
+                n
+            } else if let Some(call) = arm {
+                let (row, n) = self
+                    .pipelined(&client, &stmt, call.statement(), &call.params())
+                    .await?;
+                match doorbell.armed(&row)? {
+                    Armed::Yes => {
+                        armed = true;
+                        wait_for_key = false;
+                    }
+                    Armed::WaitForWriters => {
+                        armed = false;
+                        wait_for_key = true;
+                    }
+                    Armed::Retry => {
+                        armed = false;
+                        wait_for_key = false;
+                        retry_arm = true;
+                    }
                 }
-                _ => self.read(&client, &stmt).await?,
+                n
+            } else {
+                self.read(&client, &stmt).await?
             };
             if n > 0 {
                 if idle_read {
@@ -237,20 +263,27 @@ impl Source {
                     }
                     armed = false;
                 }
-                // A waiting re-arm that finished before these changes may already
-                // have been consumed by their writers (one of them cleared the
-                // bell and rang): awaiting it later would report "armed" while
-                // the flag is off, and the source would sleep until the idle
-                // poll. Detach it; the next arm starts afresh.
-                if arming.take().is_some() {
-                    wait_for_key = try_arm.is_none();
-                }
+                // Changes flow again: an arm that was still to wait for
+                // writers is moot (with the flag, a wait that finished before
+                // these changes may already have been consumed by their
+                // writers; with the bell key, the key is released below).
+                // Awaiting it later would report "armed" while the node is
+                // not, and the source would sleep until the idle poll. Detach
+                // any wait; the next arm starts afresh.
+                arming = None;
+                wait_for_key = doorbell.arm_call().is_none();
             } else {
                 self.status.set_caught_up();
             }
             idle_read = false;
             let isolated = std::mem::take(&mut quiet_ring) && n == 1;
-            if n > 0 && !isolated {
+            let flowing = n > 0 && !isolated;
+            if flowing || retry_arm {
+                // reading every busy pause now: writers need not ring
+                if flowing && doorbell.held() {
+                    disarm_first = true;
+                }
+                arm_first = std::mem::take(&mut retry_arm) && !flowing;
                 tokio::select! {
                     _ = tokio::time::sleep(self.cfg.busy_pause) => {}
                     _ = shutdown.recv() => {}
@@ -265,8 +298,13 @@ impl Source {
                             now.duration_since(t) < self.cfg.busy_pause * FLOW_GAP
                         });
                         last_ring = Some(now);
-                        armed = false;
-                        arm_first = true;
+                        if !doorbell.ring_keeps_armed() {
+                            armed = false;
+                            arm_first = true;
+                        } else if !quiet_ring {
+                            // changes are flowing: stop the rings with this read
+                            disarm_first = true;
+                        }
                     }
                     _ = tokio::time::sleep(self.cfg.idle_poll) => idle_read = true,
                     _ = &mut lost => break Err(Error::ConnectionLost("source")),
@@ -280,15 +318,15 @@ impl Source {
             }
             let task = arming.get_or_insert_with(|| {
                 let c = Arc::clone(&arm_client);
-                let stmt = arm_stmt.clone();
-                tokio::spawn(async move { arm(&c, stmt.as_ref()).await })
+                let wait = doorbell.wait();
+                tokio::spawn(async move { wait.run(&c).await })
             });
             tokio::select! {
                 r = task => {
                     arming = None;
-                    wait_for_key = try_arm.is_none();
+                    wait_for_key = doorbell.arm_call().is_none();
                     match r {
-                        Ok(Ok(())) => armed = true,
+                        Ok(Ok(())) => armed = doorbell.wait_arms(),
                         Ok(Err(e)) => break Err(e),
                         Err(e) => break Err(Error::Invariant(format!("re-arm task failed: {e}"))),
                     }
@@ -305,23 +343,21 @@ impl Source {
         result
     }
 
-    /// Tries to arm the doorbell and reads, in one round trip: the arm goes out
-    /// first and commits before the read's statement takes its snapshot.
-    /// Returns whether the bell was armed, and the changes read.
-    async fn arm_and_read(
+    /// Sends `first` (an arm or a disarm) and a read in one round trip: `first`
+    /// goes out first and commits before the read's statement takes its
+    /// snapshot. Returns `first`'s row and the changes read.
+    async fn pipelined(
         &mut self,
         client: &Client,
         stmt: &tokio_postgres::Statement,
-        try_arm: &tokio_postgres::Statement,
-    ) -> Result<(bool, usize)> {
-        let arm = async {
-            let row = client.query_one(try_arm, &[]).await?;
-            Ok::<bool, Error>(row.try_get(0)?)
-        };
-        // biased: the arm is polled, hence sent, first; both must be polled
+        first: &tokio_postgres::Statement,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<(tokio_postgres::Row, usize)> {
+        let first = async { Ok::<_, Error>(client.query_one(first, params).await?) };
+        // biased: `first` is polled, hence sent, first; both must be polled
         // until done (the connection hands each its responses in turn)
-        let (took, n) = tokio::join!(biased; arm, self.read(client, stmt));
-        Ok((took?, n?))
+        let (row, n) = tokio::join!(biased; first, self.read(client, stmt));
+        Ok((row?, n?))
     }
 
     /// Reads everything that became visible since the last read and publishes it.
@@ -396,46 +432,6 @@ impl Source {
 struct OpenBatch {
     from: Cursor,
     upto: Snapshot,
-}
-
-/// Sets the doorbell flag once no writer that may have seen it cleared is
-/// still running: `rowcast.arm_doorbell()` as a prepared call, or, on a
-/// database not yet migrated to it, the same steps as one simple-query batch.
-async fn arm(client: &Client, prepared: Option<&tokio_postgres::Statement>) -> Result<()> {
-    match prepared {
-        Some(stmt) => {
-            client.execute(stmt, &[]).await?;
-        }
-        None => {
-            client
-                .batch_execute(
-                    "BEGIN;
-                     SELECT pg_advisory_xact_lock(7305280317090915);
-                     UPDATE rowcast.doorbell SET armed = true WHERE id = 1 AND NOT armed;
-                     COMMIT;",
-                )
-                .await?
-        }
-    }
-    Ok(())
-}
-
-/// A prepared re-arm (`rowcast.arm_doorbell()` or `try_arm_doorbell()`), or
-/// `None` when the database lacks the function (a server newer than the last
-/// `rowcast migrate`): then re-arming takes the slower path until the next
-/// reconnect.
-async fn prepare_arm(
-    client: &Client,
-    call: &'static str,
-) -> Result<Option<tokio_postgres::Statement>> {
-    match client.prepare(call).await {
-        Ok(stmt) => Ok(Some(stmt)),
-        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_FUNCTION) => {
-            tracing::warn!(call, "a doorbell function is missing: run `rowcast migrate`; re-arming the slower way meanwhile");
-            Ok(None)
-        }
-        Err(e) => Err(e.into()),
-    }
 }
 
 /// Connects and drives the connection in a task. Notifications ring `bell`.

@@ -67,6 +67,42 @@ pub(crate) async fn fresh_market_db() -> String {
     pg.url(&name)
 }
 
+/// A database as a release before some migration files left it: every
+/// migration except `skip` applied and recorded (the way `rowcast migrate`
+/// records them), with the allow-all `rowcast.authorize` of `fresh_db`.
+pub(crate) async fn db_migrated_without(skip: &[&str]) -> String {
+    let url = empty_db().await;
+    let db = connect(&url).await;
+    db.batch_execute(
+        "CREATE SCHEMA rowcast;
+         CREATE TABLE rowcast.migrations (
+             version    text PRIMARY KEY,
+             applied_at timestamptz NOT NULL DEFAULT now())",
+    )
+    .await
+    .expect("the migrations table");
+    let applied = rowcast::migrate::CORE
+        .iter()
+        .chain(rowcast::migrate::MARKET.iter())
+        .filter(|(v, _)| !skip.contains(v));
+    for (version, sql) in applied {
+        db.batch_execute(sql).await.expect(version);
+        db.execute(
+            "INSERT INTO rowcast.migrations (version) VALUES ($1)",
+            &[version],
+        )
+        .await
+        .expect("record the migration");
+    }
+    db.batch_execute(
+        "CREATE OR REPLACE FUNCTION rowcast.authorize(claims jsonb, topic text)
+         RETURNS boolean LANGUAGE sql STABLE AS $$ SELECT true $$",
+    )
+    .await
+    .expect("allow-all policy");
+    url
+}
+
 /// A new database with nothing installed, for the tests of migration itself.
 pub(crate) async fn empty_db() -> String {
     let pg = tokio::task::spawn_blocking(cluster).await.expect("cluster");

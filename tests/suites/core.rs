@@ -142,17 +142,20 @@ async fn order_status_change_reaches_order_and_customer_subscribers() {
     srv.stop().await;
 }
 
-/// A server newer than the database's last `rowcast migrate` (no
-/// `rowcast.try_arm_doorbell()`, or neither it nor `rowcast.arm_doorbell()`)
-/// re-arms the doorbell the older ways: every change still arrives, each
+/// A server newer than the database's last `rowcast migrate` arms the
+/// doorbell the older ways: a database before `010_bell_lock` (the flag,
+/// armed by `rowcast.try_arm_doorbell()` ahead of a read), one without that
+/// function either (the waiting `rowcast.arm_doorbell()` only), and one
+/// without both (the steps as one batch). Every change still arrives, each
 /// announced by a ring (the idle safety net catches nothing).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_without_the_prepared_rearm_still_rings() {
     for missing in [
+        "",
         "DROP FUNCTION rowcast.try_arm_doorbell()",
         "DROP FUNCTION rowcast.try_arm_doorbell(); DROP FUNCTION rowcast.arm_doorbell()",
     ] {
-        let url = fresh_db().await;
+        let url = db_migrated_without(&["010_bell_lock"]).await;
         let db = connect(&url).await;
         seed(&db, 1, 3).await;
         db.batch_execute(missing).await.unwrap();
@@ -179,11 +182,12 @@ async fn a_database_without_the_prepared_rearm_still_rings() {
 }
 
 /// A writer transaction left open after its change holds the doorbell key, so
-/// the source cannot re-arm while it runs: the other writers' changes still
-/// arrive at once (they cannot take the key either, and ring), the open
-/// transaction's change arrives when it commits, and afterwards isolated
-/// changes are announced by the re-armed bell again. The idle safety net
-/// catches nothing throughout.
+/// the source cannot re-arm while it runs (it has to, after a burst of
+/// changes made it read on its own): the other writers' changes still arrive
+/// at once (they cannot take the key while the source waits for it, and
+/// ring), the open transaction's change arrives when it commits, and
+/// afterwards isolated changes are announced by the re-armed bell again. The
+/// idle safety net catches nothing throughout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_writer_holding_the_doorbell_key_delays_nobody() {
     let url = fresh_db().await;
@@ -199,6 +203,17 @@ async fn a_writer_holding_the_doorbell_key_delays_nobody() {
     )
     .await
     .unwrap();
+    // a burst (one transaction of 20 changes, read as a flow whatever the
+    // timing): the source reads on its own, and has to arm again after it
+    let burst: String = (1..=20)
+        .map(|q| format!("UPDATE market.products SET quantity = {q} WHERE id = 1;"))
+        .collect();
+    db.batch_execute(&format!("BEGIN; {burst} COMMIT"))
+        .await
+        .unwrap();
+    for q in 1..=20_i64 {
+        assert_eq!(next_event(&mut ws.rx).await.data["newQuantity"], q);
+    }
     for q in [7_i32, 8, 9] {
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         db.execute(
@@ -244,6 +259,103 @@ async fn a_writer_holding_the_doorbell_key_delays_nobody() {
         assert_eq!(next_event(&mut ws.rx).await.data["newQuantity"], q);
     }
     assert_every_read_was_rung(&srv, "");
+    srv.stop().await;
+}
+
+/// The bell key (`sql/010_bell_lock.sql`): every sleeping node holds it, so
+/// an isolated write rings for both of two nodes on one database; a writer in
+/// REPEATABLE READ needs no special case; a writer that rang and rolled back
+/// leaves the bell as it was, so the next write rings all the same. Nothing
+/// waits for the idle safety net.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sleeping_nodes_are_both_rung_by_every_isolated_write() {
+    let url = fresh_db().await;
+    let db = connect(&url).await;
+    seed(&db, 1, 3).await;
+    let (a, b) = (server(&url).await, server(&url).await);
+    let mut on_a = WsClient::connect(&a.base_url(), "topics=product-1").await;
+    let mut on_b = WsClient::connect(&b.base_url(), "topics=product-1").await;
+    // both nodes go to sleep holding the bell key
+    eventually_async("both nodes hold the bell key", || async {
+        db.query_one(
+            "SELECT count(*) FROM pg_locks
+              WHERE locktype = 'advisory' AND classid = 1700893 AND objid = 508095588
+                AND objsubid = 1 AND mode = 'ShareLock' AND granted",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+            == 2
+    })
+    .await;
+    let writes = [
+        (7, "UPDATE market.products SET quantity = 7 WHERE id = 1"),
+        (
+            8,
+            "BEGIN ISOLATION LEVEL REPEATABLE READ;
+             UPDATE market.products SET quantity = 8 WHERE id = 1;
+             COMMIT",
+        ),
+        (
+            9,
+            "BEGIN; UPDATE market.products SET quantity = 1000 WHERE id = 1; ROLLBACK;
+             UPDATE market.products SET quantity = 9 WHERE id = 1",
+        ),
+    ];
+    for (q, sql) in writes {
+        // apart, so that both nodes are asleep again
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        db.batch_execute(sql).await.unwrap();
+        for (node, ws) in [("a", &mut on_a), ("b", &mut on_b)] {
+            assert_eq!(
+                next_event(&mut ws.rx).await.data["newQuantity"],
+                q,
+                "node {node}"
+            );
+        }
+    }
+    assert_every_read_was_rung(&a, "node a");
+    assert_every_read_was_rung(&b, "node b");
+    a.stop().await;
+    b.stop().await;
+}
+
+/// A rowcast binary older than `010_bell_lock` against a migrated database
+/// arms with `rowcast.try_arm_doorbell()` and never releases the bell key
+/// that call now takes: every write rings while it runs (correct, at a
+/// per-row NOTIFY's cost), so nothing waits for its idle poll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_binary_against_a_migrated_database_is_rung_by_every_write() {
+    let url = fresh_db().await;
+    let db = connect(&url).await;
+    seed(&db, 1, 3).await;
+    let srv = server(&url).await;
+    let mut ws = WsClient::connect(&srv.base_url(), "topics=product-1").await;
+    let older = connect(&url).await;
+    let took: bool = older
+        .query_one("SELECT rowcast.try_arm_doorbell()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(took, "no writer holds the doorbell key");
+    let before = srv.metric("rowcast_source_notifications_total");
+    for q in 1..=10 {
+        db.execute(
+            "UPDATE market.products SET quantity = $1::int WHERE id = 1",
+            &[&q],
+        )
+        .await
+        .unwrap();
+    }
+    for q in 1..=10 {
+        assert_eq!(next_event(&mut ws.rx).await.data["newQuantity"], q);
+    }
+    eventually("every write rang", || {
+        srv.metric("rowcast_source_notifications_total") - before >= 10.0
+    })
+    .await;
+    drop(older);
     srv.stop().await;
 }
 
@@ -319,6 +431,70 @@ async fn writers_paced_around_the_stream_threshold_are_all_announced() {
             (1..=UPDATES).collect::<Vec<_>>(),
             "product-{p}"
         );
+    }
+    assert_every_read_was_rung(&srv, "");
+    srv.stop().await;
+}
+
+/// Writers whose transactions stay open for milliseconds after their change
+/// (as durable commits do), paced so that changes flow and stop again and
+/// again: the source's arms often find a writer holding the doorbell key while
+/// changes keep coming. Every change arrives, each announced by a ring or read
+/// while flowing (the idle safety net catches nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writers_with_slow_commits_are_all_announced() {
+    const WRITERS: i64 = 16;
+    const UPDATES: i64 = 60;
+    let url = fresh_db().await;
+    let db = connect(&url).await;
+    seed(&db, 1, WRITERS).await;
+    let srv = server(&url).await;
+    let mut ws = WsClient::connect(&srv.base_url(), "topics=farm-1").await;
+    let mut tasks = Vec::new();
+    for w in 1..=WRITERS {
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move {
+            let db = connect(&url).await;
+            for q in 1..=UPDATES {
+                tokio::time::sleep(std::time::Duration::from_millis(
+                    ((w * 3 + q) % 7) as u64 * 9,
+                ))
+                .await;
+                db.batch_execute(&format!(
+                    "BEGIN; UPDATE market.products SET quantity = {q} WHERE id = {w};
+                     SELECT pg_sleep(0.003); COMMIT"
+                ))
+                .await
+                .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let mut per: HashMap<String, Vec<i64>> = HashMap::new();
+    for e in events(&mut ws.rx, (WRITERS * UPDATES) as usize).await {
+        per.entry(e.data["productId"].as_str().unwrap().to_string())
+            .or_default()
+            .push(e.data["newQuantity"].as_i64().unwrap());
+    }
+    for p in 1..=WRITERS {
+        assert_eq!(
+            per[&p.to_string()],
+            (1..=UPDATES).collect::<Vec<_>>(),
+            "product-{p}"
+        );
+    }
+    // and the node is armed for real afterwards: isolated writes ring
+    for q in [1000, 1001] {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        db.execute(
+            "UPDATE market.products SET quantity = $1::int WHERE id = 1",
+            &[&q],
+        )
+        .await
+        .unwrap();
+        assert_eq!(next_event(&mut ws.rx).await.data["newQuantity"], q);
     }
     assert_every_read_was_rung(&srv, "");
     srv.stop().await;
@@ -464,45 +640,23 @@ async fn migrations_are_idempotent() {
 }
 
 /// A database the release before issue #16 migrated (every file before
-/// `007_lean_emit`, `008_try_arm`, `009_cheap_check` and `market/008_lean_capture`) upgrades with `migrate`:
+/// `007_lean_emit` to `010_bell_lock` and `market/008_lean_capture`) upgrades with `migrate`:
 /// exactly the new files run, the market and `rowcast.track` triggers capture
 /// the same changes before and after, `emit` refuses the same input with the
 /// same errors, and a server delivers what the upgraded triggers write.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgrade_from_the_previous_schema() {
-    const NEW: [&str; 4] = [
+    const NEW: [&str; 5] = [
         "007_lean_emit",
         "008_try_arm",
         "009_cheap_check",
+        "010_bell_lock",
         "market/008_lean_capture",
     ];
-    let url = empty_db().await;
+    let url = db_migrated_without(&NEW).await;
     let mut db = connect(&url).await;
     db.batch_execute(
-        "CREATE SCHEMA rowcast;
-         CREATE TABLE rowcast.migrations (
-             version    text PRIMARY KEY,
-             applied_at timestamptz NOT NULL DEFAULT now())",
-    )
-    .await
-    .unwrap();
-    let previous = rowcast::migrate::CORE
-        .iter()
-        .chain(rowcast::migrate::MARKET.iter())
-        .filter(|(v, _)| !NEW.contains(v));
-    for (version, sql) in previous {
-        db.batch_execute(sql).await.unwrap();
-        db.execute(
-            "INSERT INTO rowcast.migrations (version) VALUES ($1)",
-            &[version],
-        )
-        .await
-        .unwrap();
-    }
-    db.batch_execute(
-        "CREATE OR REPLACE FUNCTION rowcast.authorize(claims jsonb, topic text)
-         RETURNS boolean LANGUAGE sql STABLE AS $$ SELECT true $$;
-         CREATE TABLE public.stalls (code text PRIMARY KEY, open boolean NOT NULL);
+        "CREATE TABLE public.stalls (code text PRIMARY KEY, open boolean NOT NULL);
          SELECT rowcast.track('public.stalls');",
     )
     .await
