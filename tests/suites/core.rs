@@ -15,8 +15,15 @@ fn assert_every_read_was_rung(srv: &rowcast::server::Server, context: &str) {
 }
 
 /// `writers` concurrent connections; writer `w` sets product `w`'s quantity
-/// to 1, 2, … `updates` in turn, pausing `gap_ms(w, q)` ms before each.
-async fn run_writers(url: &str, writers: i64, updates: i64, gap_ms: fn(i64, i64) -> i64) {
+/// to 1, 2, … `updates` in turn, pausing `gap_ms(w, q)` ms before each, and
+/// keeping each transaction open `hold_ms` ms after its UPDATE (0: autocommit).
+async fn run_writers(
+    url: &str,
+    writers: i64,
+    updates: i64,
+    gap_ms: fn(i64, i64) -> i64,
+    hold_ms: u32,
+) {
     let mut tasks = Vec::new();
     for w in 1..=writers {
         let url = url.to_string();
@@ -27,17 +34,64 @@ async fn run_writers(url: &str, writers: i64, updates: i64, gap_ms: fn(i64, i64)
                 if gap > 0 {
                     tokio::time::sleep(std::time::Duration::from_millis(gap as u64)).await;
                 }
-                db.execute(
-                    "UPDATE market.products SET quantity = $2::bigint WHERE id = $1",
-                    &[&w, &q],
-                )
-                .await
-                .unwrap();
+                let update = format!("UPDATE market.products SET quantity = {q} WHERE id = {w}");
+                if hold_ms == 0 {
+                    db.batch_execute(&update).await.unwrap();
+                } else {
+                    db.batch_execute(&format!(
+                        "BEGIN; {update}; SELECT pg_sleep({hold_ms} / 1000.0); COMMIT"
+                    ))
+                    .await
+                    .unwrap();
+                }
             }
         }));
     }
     for t in tasks {
         t.await.unwrap();
+    }
+}
+
+/// Sets product 1's quantity to each of `quantities` in turn, 300 ms apart
+/// (so that the source goes quiet and arms before each), and asserts that
+/// each arrives next on `ws`.
+async fn isolated_writes(
+    db: &tokio_postgres::Client,
+    ws: &mut WsClient,
+    quantities: &[i32],
+    context: &str,
+) {
+    for &q in quantities {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        db.execute(
+            "UPDATE market.products SET quantity = $1::int WHERE id = 1",
+            &[&q],
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            next_event(&mut ws.rx).await.data["newQuantity"],
+            q,
+            "{context}"
+        );
+    }
+}
+
+/// `events` holds, for each product 1..=`writers`, the quantities
+/// 1..=`updates` in order, once each.
+fn assert_each_product_in_order(events: Vec<Ev>, writers: i64, updates: i64) {
+    let mut per: HashMap<String, Vec<i64>> = HashMap::new();
+    for e in events {
+        per.entry(e.data["productId"].as_str().unwrap().to_string())
+            .or_default()
+            .push(e.data["newQuantity"].as_i64().unwrap());
+    }
+    for p in 1..=writers {
+        assert_eq!(
+            per[&p.to_string()],
+            (1..=updates).collect::<Vec<_>>(),
+            "product-{p}"
+        );
     }
 }
 
@@ -161,21 +215,7 @@ async fn a_database_without_the_prepared_rearm_still_rings() {
         db.batch_execute(missing).await.unwrap();
         let srv = server(&url).await;
         let mut ws = WsClient::connect(&srv.base_url(), "topics=product-1").await;
-        for q in [7, 8, 9] {
-            // apart, so that the source goes quiet and re-arms before each
-            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-            db.execute(
-                "UPDATE market.products SET quantity = $1::int WHERE id = 1",
-                &[&q],
-            )
-            .await
-            .unwrap();
-            assert_eq!(
-                next_event(&mut ws.rx).await.data["newQuantity"],
-                q,
-                "{missing}"
-            );
-        }
+        isolated_writes(&db, &mut ws, &[7, 8, 9], missing).await;
         assert_every_read_was_rung(&srv, missing);
         srv.stop().await;
     }
@@ -248,16 +288,7 @@ async fn a_writer_holding_the_doorbell_key_delays_nobody() {
         (ev.topic.as_str(), ev.data["newQuantity"].as_i64()),
         ("product-2", Some(500))
     );
-    for q in [10, 11] {
-        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-        db.execute(
-            "UPDATE market.products SET quantity = $1::int WHERE id = 1",
-            &[&q],
-        )
-        .await
-        .unwrap();
-        assert_eq!(next_event(&mut ws.rx).await.data["newQuantity"], q);
-    }
+    isolated_writes(&db, &mut ws, &[10, 11], "after the commit").await;
     assert_every_read_was_rung(&srv, "");
     srv.stop().await;
 }
@@ -418,20 +449,9 @@ async fn writers_paced_around_the_stream_threshold_are_all_announced() {
     seed(&db, 1, WRITERS).await;
     let srv = server(&url).await;
     let mut ws = WsClient::connect(&srv.base_url(), "topics=farm-1").await;
-    run_writers(&url, WRITERS, UPDATES, |w, q| (w * 7 + q * 13) % 9).await;
-    let mut per: HashMap<String, Vec<i64>> = HashMap::new();
-    for e in events(&mut ws.rx, (WRITERS * UPDATES) as usize).await {
-        per.entry(e.data["productId"].as_str().unwrap().to_string())
-            .or_default()
-            .push(e.data["newQuantity"].as_i64().unwrap());
-    }
-    for p in 1..=WRITERS {
-        assert_eq!(
-            per[&p.to_string()],
-            (1..=UPDATES).collect::<Vec<_>>(),
-            "product-{p}"
-        );
-    }
+    run_writers(&url, WRITERS, UPDATES, |w, q| (w * 7 + q * 13) % 9, 0).await;
+    let got = events(&mut ws.rx, (WRITERS * UPDATES) as usize).await;
+    assert_each_product_in_order(got, WRITERS, UPDATES);
     assert_every_read_was_rung(&srv, "");
     srv.stop().await;
 }
@@ -450,52 +470,11 @@ async fn writers_with_slow_commits_are_all_announced() {
     seed(&db, 1, WRITERS).await;
     let srv = server(&url).await;
     let mut ws = WsClient::connect(&srv.base_url(), "topics=farm-1").await;
-    let mut tasks = Vec::new();
-    for w in 1..=WRITERS {
-        let url = url.clone();
-        tasks.push(tokio::spawn(async move {
-            let db = connect(&url).await;
-            for q in 1..=UPDATES {
-                tokio::time::sleep(std::time::Duration::from_millis(
-                    ((w * 3 + q) % 7) as u64 * 9,
-                ))
-                .await;
-                db.batch_execute(&format!(
-                    "BEGIN; UPDATE market.products SET quantity = {q} WHERE id = {w};
-                     SELECT pg_sleep(0.003); COMMIT"
-                ))
-                .await
-                .unwrap();
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let mut per: HashMap<String, Vec<i64>> = HashMap::new();
-    for e in events(&mut ws.rx, (WRITERS * UPDATES) as usize).await {
-        per.entry(e.data["productId"].as_str().unwrap().to_string())
-            .or_default()
-            .push(e.data["newQuantity"].as_i64().unwrap());
-    }
-    for p in 1..=WRITERS {
-        assert_eq!(
-            per[&p.to_string()],
-            (1..=UPDATES).collect::<Vec<_>>(),
-            "product-{p}"
-        );
-    }
+    run_writers(&url, WRITERS, UPDATES, |w, q| (w * 3 + q) % 7 * 9, 3).await;
+    let got = events(&mut ws.rx, (WRITERS * UPDATES) as usize).await;
+    assert_each_product_in_order(got, WRITERS, UPDATES);
     // and the node is armed for real afterwards: isolated writes ring
-    for q in [1000, 1001] {
-        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-        db.execute(
-            "UPDATE market.products SET quantity = $1::int WHERE id = 1",
-            &[&q],
-        )
-        .await
-        .unwrap();
-        assert_eq!(next_event(&mut ws.rx).await.data["newQuantity"], q);
-    }
+    isolated_writes(&db, &mut ws, &[1000, 1001], "after the writers").await;
     assert_every_read_was_rung(&srv, "");
     srv.stop().await;
 }
@@ -522,7 +501,7 @@ async fn concurrent_writers_every_subscriber_gets_every_event_once() {
         ));
     }
 
-    run_writers(&url, WRITERS, UPDATES, |_, _| 0).await;
+    run_writers(&url, WRITERS, UPDATES, |_, _| 0, 0).await;
     let total = (WRITERS * UPDATES) as usize;
     let check_all = |evs: Vec<Ev>, who: &str| {
         assert_eq!(evs.len(), total, "{who}");

@@ -3,8 +3,9 @@
 # VM is not) per single-row UPDATE transaction of market.products with the
 # market trigger on, in a single-user backend on the write-profile cluster
 # (created by run.sh, then stopped), for each variant set up / undone by
-# variants/variant-<v>.sql / variants/undo-<v>.sql (a variant without files
-# is the schema as migrated): (Ir of a warm-up and N transactions - Ir of the
+# variants/variant-<v>.sql / variants/undo-<v>.sql, then undo-<v>.2.sql if
+# present (a variant without files is the schema as migrated; several undo
+# files are links to the migration whose functions they restore): (Ir of a warm-up and N transactions - Ir of the
 # warm-up alone) / N. Usage: ir.sh v1 v2 ...   (N, default 300)
 B=/usr/lib/postgresql/15/bin; S=/tmp/wp; D=$S/data
 V=$(cd "$(dirname "$0")" && pwd)/variants
@@ -42,5 +43,6 @@ for v in "$@"; do
   { echo "SET synchronous_commit = off;"; loop 100; loop $N; } > $S/full.sql
   a=$(single $S/base.sql $v-base); b=$(single $S/full.sql $v)
   prep $V/undo-$v.sql || exit 1
+  if [ -e $V/undo-$v.2.sql ]; then prep $V/undo-$v.2.sql || exit 1; fi
   printf "%-16s %8.0f instructions/tx\n" $v "$(echo "($b - $a) / $N" | bc -l)"
 done
