@@ -5,7 +5,8 @@
 //!
 //! A change travels: an app's trigger calls `rowcast.emit` (`sql/`) inside its
 //! transaction → [`source`] reads the change log in snapshot order, woken by a
-//! doorbell NOTIFY → [`hub`] fans it out per topic (keeping recent batches in
+//! doorbell NOTIFY ([`doorbell`] is the node's side of that protocol) →
+//! [`hub`] fans it out per topic (keeping recent batches in
 //! the [`window`]) → each client's [`feed`] joins catch-up from the log
 //! ([`changelog`]) with the live queue → a transport
 //! ([`transport`]`::{ws, sse, poll}`) frames it onto a socket.
