@@ -182,11 +182,6 @@ impl Doorbell {
         }
     }
 
-    /// Whether this node holds the bell key.
-    pub(crate) fn held(&self) -> bool {
-        self.held
-    }
-
     /// The call that waits for the writers holding the doorbell key, to run
     /// on the second connection (as its own task: it may wait long).
     pub(crate) fn wait(&self) -> Wait {

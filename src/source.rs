@@ -279,10 +279,9 @@ impl Source {
             let isolated = std::mem::take(&mut quiet_ring) && n == 1;
             let flowing = n > 0 && !isolated;
             if flowing || retry_arm {
-                // reading every busy pause now: writers need not ring
-                if flowing && doorbell.held() {
-                    disarm_first = true;
-                }
+                // reading every busy pause now: writers need not ring (a
+                // disarm goes out only if the bell key is held)
+                disarm_first = flowing;
                 arm_first = std::mem::take(&mut retry_arm) && !flowing;
                 tokio::select! {
                     _ = tokio::time::sleep(self.cfg.busy_pause) => {}

@@ -95,6 +95,26 @@ fn assert_each_product_in_order(events: Vec<Ev>, writers: i64, updates: i64) {
     }
 }
 
+/// A fresh database and server with a subscriber of farm 1, `run_writers`
+/// over `writers` products, and every change delivered to it: each product's
+/// quantities 1..=`updates` in order, once each.
+async fn writers_all_delivered(
+    writers: i64,
+    updates: i64,
+    gap_ms: fn(i64, i64) -> i64,
+    hold_ms: u32,
+) -> (tokio_postgres::Client, rowcast::server::Server, WsClient) {
+    let url = fresh_db().await;
+    let db = connect(&url).await;
+    seed(&db, 1, writers).await;
+    let srv = server(&url).await;
+    let mut ws = WsClient::connect(&srv.base_url(), "topics=farm-1").await;
+    run_writers(&url, writers, updates, gap_ms, hold_ms).await;
+    let got = events(&mut ws.rx, (writers * updates) as usize).await;
+    assert_each_product_in_order(got, writers, updates);
+    (db, srv, ws)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inventory_update_reaches_every_transport_and_only_its_topic() {
     let url = fresh_db().await;
@@ -442,16 +462,7 @@ async fn one_transaction_of_fifty_updates_arrives_whole_and_in_order() {
 /// per product, each announced by a ring (the idle safety net catches nothing).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writers_paced_around_the_stream_threshold_are_all_announced() {
-    const WRITERS: i64 = 4;
-    const UPDATES: i64 = 60;
-    let url = fresh_db().await;
-    let db = connect(&url).await;
-    seed(&db, 1, WRITERS).await;
-    let srv = server(&url).await;
-    let mut ws = WsClient::connect(&srv.base_url(), "topics=farm-1").await;
-    run_writers(&url, WRITERS, UPDATES, |w, q| (w * 7 + q * 13) % 9, 0).await;
-    let got = events(&mut ws.rx, (WRITERS * UPDATES) as usize).await;
-    assert_each_product_in_order(got, WRITERS, UPDATES);
+    let (_, srv, _) = writers_all_delivered(4, 60, |w, q| (w * 7 + q * 13) % 9, 0).await;
     assert_every_read_was_rung(&srv, "");
     srv.stop().await;
 }
@@ -463,16 +474,7 @@ async fn writers_paced_around_the_stream_threshold_are_all_announced() {
 /// while flowing (the idle safety net catches nothing).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writers_with_slow_commits_are_all_announced() {
-    const WRITERS: i64 = 16;
-    const UPDATES: i64 = 60;
-    let url = fresh_db().await;
-    let db = connect(&url).await;
-    seed(&db, 1, WRITERS).await;
-    let srv = server(&url).await;
-    let mut ws = WsClient::connect(&srv.base_url(), "topics=farm-1").await;
-    run_writers(&url, WRITERS, UPDATES, |w, q| (w * 3 + q) % 7 * 9, 3).await;
-    let got = events(&mut ws.rx, (WRITERS * UPDATES) as usize).await;
-    assert_each_product_in_order(got, WRITERS, UPDATES);
+    let (db, srv, mut ws) = writers_all_delivered(16, 60, |w, q| (w * 3 + q) % 7 * 9, 3).await;
     // and the node is armed for real afterwards: isolated writes ring
     isolated_writes(&db, &mut ws, &[1000, 1001], "after the writers").await;
     assert_every_read_was_rung(&srv, "");

@@ -3,10 +3,10 @@
 # VM is not) per single-row UPDATE transaction of market.products with the
 # market trigger on, in a single-user backend on the write-profile cluster
 # (created by run.sh, then stopped), for each variant set up / undone by
-# variants/variant-<v>.sql / variants/undo-<v>.sql, then undo-<v>.2.sql if
-# present (a variant without files is the schema as migrated; several undo
-# files are links to the migration whose functions they restore): (Ir of a warm-up and N transactions - Ir of the
-# warm-up alone) / N. Usage: ir.sh v1 v2 ...   (N, default 300)
+# variants/variant-<v>.sql / variants/undo-<v>.sql, each followed by its
+# .2.sql if present (a variant without files is the schema as migrated; some
+# files are links to the migration they apply or restore): (Ir of a warm-up
+# and N transactions - Ir of the warm-up alone) / N. Usage: ir.sh v1 v2 ...   (N, default 300)
 B=/usr/lib/postgresql/15/bin; S=/tmp/wp; D=$S/data
 V=$(cd "$(dirname "$0")" && pwd)/variants
 N=${N:-300}
@@ -39,6 +39,7 @@ prep() { # the variant's SQL, then a clean log and table
 }
 for v in "$@"; do
   prep $V/variant-$v.sql || exit 1
+  if [ -e $V/variant-$v.2.sql ]; then prep $V/variant-$v.2.sql || exit 1; fi
   { echo "SET synchronous_commit = off;"; loop 100; } > $S/base.sql
   { echo "SET synchronous_commit = off;"; loop 100; loop $N; } > $S/full.sql
   a=$(single $S/base.sql $v-base); b=$(single $S/full.sql $v)
