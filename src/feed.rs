@@ -10,7 +10,7 @@
 
 use crate::budget::{Busy, CatchupBudget, Grant};
 use crate::change::Change;
-use crate::changelog::{self, PageSize};
+use crate::changelog::{self, PageSize, Scope};
 use crate::cursor::Cursor;
 pub(crate) use crate::hub::Delivery;
 use crate::hub::{Hub, Subscription};
@@ -469,7 +469,8 @@ impl Feed {
         let topics: Vec<String> = self.sub.topics().iter().cloned().collect();
         let client = self.pool.get().await?;
         let stmt = client.prepare_cached(&changelog::sql(true)).await?;
-        let page = changelog::read(&client, &stmt, &from, Some(&upto), Some(&topics), PAGE).await?;
+        let scope = Scope::Topics(&topics, PAGE);
+        let page = changelog::read(&client, &stmt, &from, Some(&upto), scope).await?;
         drop(client);
         if page.expired_for(&from) {
             return Err(FeedError::Expired);

@@ -9,20 +9,27 @@
 //! # The doorbell
 //! A NOTIFY per write would serialize the app's commits, so writers ring only
 //! while some node sleeps (the contract and its two protocols, the bell key
-//! and the older flag, are in `doorbell`). The source's cycle, after each read:
-//! 1. changes came: they are flowing. Pause `busy_pause`, read again: while
-//!    they flow no writer rings and each read collects a batch. With the bell
-//!    key the first of those reads releases it (disarms). Except one change
-//!    alone, read because of a ring that came more than `FLOW_GAP` busy pauses
-//!    after the previous one: that is an isolated write, and the source goes
-//!    back to 2 (still armed with the bell key; with the flag, its read armed
-//!    it again, see 3) rather than read an empty log again.
+//! and the older flag, are in `doorbell`). Whether changes are *flowing* is
+//! the source's estimate of their rate ([`Pace`]: changes read, decaying over
+//! `FLOW_WINDOW` busy pauses): at one change per `FLOW_GAP` busy pauses or
+//! more, reading every busy pause costs the database less than a ring and a
+//! read per change; below it, the other way round. (Below it every write
+//! rings; NOTIFY's lock, held through a commit's flush, stays mostly free as
+//! long as a flush takes less than `FLOW_GAP` busy pauses: storage slower
+//! than that needs a longer `busy_pause`, see the README's "What a write
+//! costs".) The source's cycle, after each read:
+//! 1. changes came and they are flowing: pause `busy_pause`, read again:
+//!    while they flow no writer rings and each read collects a batch. With
+//!    the bell key the first of those reads releases it (disarms). Changes
+//!    that are not flowing (an isolated write, or writes a few milliseconds
+//!    apart) leave the source in 2 when it is armed (with the bell key a
+//!    ring leaves it armed; with the flag, its read armed it again, see 3),
+//!    rather than read an empty log again and re-arm.
 //! 2. armed: sleep until a notification, or `idle_poll` as a safety net
 //!    (metric `rowcast_source_idle_poll_hits_total` counts the times that net
 //!    caught anything; it should stay at 0). A ring leaves the bell key held
-//!    (the next read is a plain one, and disarms if the ring came close after
-//!    the previous: changes are flowing); with the flag it makes the next read
-//!    an arming one.
+//!    (the next read is a plain one, and disarms if changes are flowing);
+//!    with the flag it makes the next read an arming one.
 //! 3. otherwise (a read came back empty): arm, then read. The arm goes out
 //!    pipelined ahead of the read on the source's own connection: one round
 //!    trip and one wake-up of one backend, for about 0.2-0.3 ms more latency
@@ -53,12 +60,18 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
-/// Rings closer together than this many busy pauses mean changes are flowing
-/// (step 1 of the cycle): reading every busy pause is then cheaper for the
-/// database than a ring and an arming read per change (measured: the ring
-/// per change wins at 100 and 250 changes/s, loses at 500, with the default
-/// 1 ms pause).
-const FLOW_GAP: u32 = 3;
+/// Changes at least this close together on average, in busy pauses, are
+/// flowing (step 1 of the cycle): reading every busy pause is then cheaper
+/// for the database than a ring and a read per change. Measured with the
+/// default 1 ms pause: a ring per change wins at 100 and 250 changes/s and
+/// loses at 500 (issue #16).
+const FLOW_GAP: f64 = 3.0;
+/// The time constant, in busy pauses, over which [`Pace`] averages: long
+/// enough that a steady 250 changes/s rarely looks like a stream (neither
+/// does one transaction of 20 changes), short enough that a
+/// real stream is recognised within a few tens of milliseconds (until then
+/// the node reads once per ring, which is correct, only dearer).
+const FLOW_WINDOW: f64 = 64.0;
 /// How long after an idle read found changes a NOTIFY still counts as announcing them.
 const NOTIFY_GRACE: Duration = Duration::from_millis(200);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -203,10 +216,7 @@ impl Source {
         let mut retry_arm = false;
         // This read was the idle safety net's, not a ring's.
         let mut idle_read = false;
-        // This read was a ring's that came more than `FLOW_GAP` busy pauses
-        // after the previous ring.
-        let mut quiet_ring = false;
-        let mut last_ring: Option<Instant> = None;
+        let mut pace = Pace::new(self.cfg.busy_pause);
         let result = loop {
             if shutdown.is_shutdown() {
                 break Ok(());
@@ -276,8 +286,9 @@ impl Source {
                 self.status.set_caught_up();
             }
             idle_read = false;
-            let isolated = std::mem::take(&mut quiet_ring) && n == 1;
-            let flowing = n > 0 && !isolated;
+            let now = Instant::now();
+            pace.read(now, n);
+            let flowing = n > 0 && pace.flowing(now);
             if flowing || retry_arm {
                 // reading every busy pause now: writers need not ring (a
                 // disarm goes out only if the bell key is held)
@@ -292,16 +303,11 @@ impl Source {
             if armed {
                 tokio::select! {
                     _ = bell.notified() => {
-                        let now = Instant::now();
-                        quiet_ring = !last_ring.is_some_and(|t| {
-                            now.duration_since(t) < self.cfg.busy_pause * FLOW_GAP
-                        });
-                        last_ring = Some(now);
                         if !doorbell.ring_keeps_armed() {
                             armed = false;
                             arm_first = true;
-                        } else if !quiet_ring {
-                            // changes are flowing: stop the rings with this read
+                        } else if pace.flowing(Instant::now()) {
+                            // stop the rings with this read
                             disarm_first = true;
                         }
                     }
@@ -377,11 +383,8 @@ impl Source {
                 Some(b) => (b.from.clone(), Some(b.upto.clone())),
                 None => (Cursor::boundary(lo.clone()), None),
             };
-            let size = changelog::PageSize {
-                rows: self.page,
-                bytes: i64::MAX,
-            };
-            let page = changelog::read(client, stmt, &from, upto.as_ref(), None, size).await?;
+            let scope = changelog::Scope::All { rows: self.page };
+            let page = changelog::read(client, stmt, &from, upto.as_ref(), scope).await?;
             for bad in &page.bad {
                 self.metrics.source_bad_changes.inc();
                 tracing::error!(
@@ -427,6 +430,43 @@ impl Source {
     }
 }
 
+/// The rate at which changes are read: a count of them that decays with time
+/// constant `FLOW_WINDOW` busy pauses. Changes are flowing while it stands
+/// for at least one change per `FLOW_GAP` busy pauses.
+struct Pace {
+    load: f64,
+    at: Instant,
+    window: f64,
+    threshold: f64,
+}
+
+impl Pace {
+    fn new(busy_pause: Duration) -> Pace {
+        let window = busy_pause.max(Duration::from_micros(100)).as_secs_f64() * FLOW_WINDOW;
+        Pace {
+            load: 0.0,
+            at: Instant::now(),
+            window,
+            threshold: FLOW_WINDOW / FLOW_GAP,
+        }
+    }
+
+    fn load(&self, now: Instant) -> f64 {
+        let dt = now.saturating_duration_since(self.at).as_secs_f64();
+        self.load * (-dt / self.window).exp()
+    }
+
+    /// A read at `now` brought `n` changes.
+    fn read(&mut self, now: Instant, n: usize) {
+        self.load = self.load(now) + n as f64;
+        self.at = now;
+    }
+
+    fn flowing(&self, now: Instant) -> bool {
+        self.load(now) >= self.threshold
+    }
+}
+
 /// A batch published in part: it continues from `from`, bounded by `upto`.
 struct OpenBatch {
     from: Cursor,
@@ -466,4 +506,68 @@ async fn connect(
     Ok((client, async move {
         let _ = done_rx.await;
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PAUSE: Duration = Duration::from_millis(1);
+
+    /// Feeds `reads` reads of `n` changes, `every` apart; whether the last
+    /// left the changes flowing.
+    fn steady(pace: &mut Pace, start: Instant, every: Duration, n: usize, reads: u32) -> bool {
+        let mut now = start;
+        for _ in 0..reads {
+            now += every;
+            pace.read(now, n);
+        }
+        pace.flowing(now)
+    }
+
+    #[test]
+    fn a_steady_trickle_is_not_a_stream() {
+        let mut pace = Pace::new(PAUSE);
+        let t = Instant::now();
+        assert!(!steady(&mut pace, t, Duration::from_millis(10), 1, 1000));
+        // 250 changes/s: a ring and a read per change stay cheaper
+        assert!(!steady(&mut pace, t, Duration::from_millis(4), 1, 1000));
+    }
+
+    #[test]
+    fn changes_one_busy_pause_apart_or_closer_flow_within_tens_of_milliseconds() {
+        let t = Instant::now();
+        let mut pace = Pace::new(PAUSE);
+        assert!(steady(&mut pace, t, Duration::from_millis(2), 1, 1000));
+        let mut pace = Pace::new(PAUSE);
+        // 1,000 changes/s, read 5 at a time: flowing after 40 ms
+        assert!(steady(&mut pace, t, Duration::from_millis(5), 5, 8));
+    }
+
+    #[test]
+    fn one_big_transaction_alone_is_not_a_stream() {
+        let mut pace = Pace::new(PAUSE);
+        let t = Instant::now();
+        pace.read(t, 20);
+        assert!(!pace.flowing(t));
+    }
+
+    #[test]
+    fn a_stream_that_stops_stops_flowing() {
+        let mut pace = Pace::new(PAUSE);
+        let t = Instant::now();
+        assert!(steady(&mut pace, t, Duration::from_millis(1), 2, 200));
+        let later = t + Duration::from_millis(200 + 200);
+        assert!(!pace.flowing(later));
+    }
+
+    #[test]
+    fn a_longer_busy_pause_scales_the_threshold() {
+        // with 10 ms pauses, a change every 20 ms flows (more than one per 3 pauses)
+        let mut pace = Pace::new(Duration::from_millis(10));
+        let t = Instant::now();
+        assert!(steady(&mut pace, t, Duration::from_millis(20), 1, 500));
+        let mut pace = Pace::new(Duration::from_millis(10));
+        assert!(!steady(&mut pace, t, Duration::from_millis(40), 1, 500));
+    }
 }

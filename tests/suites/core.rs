@@ -263,15 +263,16 @@ async fn a_writer_holding_the_doorbell_key_delays_nobody() {
     )
     .await
     .unwrap();
-    // a burst (one transaction of 20 changes, read as a flow whatever the
-    // timing): the source reads on its own, and has to arm again after it
-    let burst: String = (1..=20)
+    // a burst (one transaction of 40 changes: read in one go, more than a
+    // stream's worth by itself, see `source::Pace`, whatever the timing): the
+    // source reads on its own, and has to arm again after it
+    let burst: String = (1..=40)
         .map(|q| format!("UPDATE market.products SET quantity = {q} WHERE id = 1;"))
         .collect();
     db.batch_execute(&format!("BEGIN; {burst} COMMIT"))
         .await
         .unwrap();
-    for q in 1..=20_i64 {
+    for q in 1..=40_i64 {
         assert_eq!(next_event(&mut ws.rx).await.data["newQuantity"], q);
     }
     for q in [7_i32, 8, 9] {
