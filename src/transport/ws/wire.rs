@@ -164,8 +164,9 @@ impl Wire {
     }
 
     /// Writes what is pending until the socket would block: true when
-    /// nothing is left.
-    fn try_drain(&self, out: &mut Out) -> std::io::Result<bool> {
+    /// nothing is left. `raw`: straight to the socket (the publisher), not
+    /// through the runtime's readiness (the task).
+    fn try_drain(&self, out: &mut Out, raw: bool) -> std::io::Result<bool> {
         while !out.pending.is_empty() {
             let written = {
                 let mut slices = [IoSlice::new(&[]); WRITEV_MAX];
@@ -174,7 +175,11 @@ impl Wire {
                     *slot = IoSlice::new(frame);
                     count += 1;
                 }
-                self.tcp.try_write_vectored(&slices[..count])
+                if raw {
+                    self.writev(&slices[..count])
+                } else {
+                    self.tcp.try_write_vectored(&slices[..count])
+                }
             };
             match written {
                 Ok(n) => out.consumed(n),
@@ -205,7 +210,7 @@ impl Wire {
                 Poll::Ready(Ok(())) => {}
             }
             // a stale readiness is cleared by the WouldBlock and polled again above
-            if let Err(e) = self.try_drain(&mut out) {
+            if let Err(e) = self.try_drain(&mut out, false) {
                 out.broken = true;
                 return Poll::Ready(Err(e));
             }
@@ -247,6 +252,41 @@ impl Wire {
         .await
     }
 
+    /// `writev(2)` on the socket, bypassing the runtime's readiness: the
+    /// publisher's writes. `perf` at 500 writes/s x fan-out 100: 2.3 % of the
+    /// server's samples were `Registration::try_io` loading each socket's
+    /// readiness, a cache miss per socket written; the kernel knows better
+    /// anyway. A `WouldBlock` here leaves the runtime's readiness as it was:
+    /// the task, woken to write the rest, then finds the socket full itself
+    /// and waits for it the runtime's way.
+    #[allow(unsafe_code)] // writev: see the SAFETY note
+    fn writev(&self, slices: &[IoSlice<'_>]) -> std::io::Result<usize> {
+        use std::os::fd::AsRawFd;
+        let count = libc::c_int::try_from(slices.len()).unwrap_or(libc::c_int::MAX);
+        loop {
+            // SAFETY: the descriptor is the open socket `self.tcp` owns, for
+            // as long as `self` lives; `IoSlice` is ABI-compatible with
+            // `iovec` on Unix (std documents it), and `count` slices are
+            // valid for reads.
+            let n = unsafe {
+                libc::writev(
+                    self.tcp.as_raw_fd(),
+                    slices.as_ptr().cast::<libc::iovec>(),
+                    count,
+                )
+            };
+            match usize::try_from(n) {
+                Ok(n) => return Ok(n),
+                Err(_) => {
+                    let e = std::io::Error::last_os_error();
+                    if e.kind() != std::io::ErrorKind::Interrupted {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+    }
+
     /// From now on the publisher writes nothing more (the task is about to
     /// send its close frame).
     pub(in crate::transport::ws) fn close_direct(&self) {
@@ -286,7 +326,7 @@ impl Direct for Wire {
         if out.broken || out.pending.is_empty() {
             return;
         }
-        match self.try_drain(&mut out) {
+        match self.try_drain(&mut out, true) {
             Ok(true) => {}
             // the socket is full: the task waits until it is writable
             Ok(false) => out.wake(),
