@@ -1,4 +1,7 @@
-//! Reads of `rowcast.changes`, the one query behind live tailing and resume.
+//! Reads of `rowcast.changes`, the one query behind live tailing and resume
+//! (as two statements built from the same parts: the whole log's, which the
+//! source tails, and some topics', which a resuming subscriber catches up
+//! with; see `sql`).
 //!
 //! `read(after, upto)` returns the changes not yet delivered according to cursor
 //! `after` that are visible in snapshot `upto` (or in the statement's own snapshot
