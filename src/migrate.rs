@@ -66,7 +66,15 @@ pub const MARKET: &[(&str, &str)] = &[
     ),
 ];
 
-const LOCK_KEY: i64 = 7_305_280_317_090_916;
+/// The advisory key that makes concurrent migrations wait for each other.
+/// rowcast's keys are 7305280317090915 (the doorbell key), ...916 (the bell
+/// key, `sql/010_bell_lock.sql`), ...917 (retention) and this one. Until
+/// 2026-11-26 migrations took ...916, which `010_bell_lock` then chose for
+/// the bell key: every sleeping node holds it shared, so `rowcast migrate`
+/// (and `serve --migrate` on a second node) waited for as long as any node
+/// slept. An older binary's `migrate` still takes ...916 (replace binaries
+/// first, then migrate, as the README's "Plugging in" says).
+const LOCK_KEY: i64 = 7_305_280_317_090_918;
 
 /// Applies the core migrations, and the market schema when `market` is set.
 /// Returns the versions applied by this call (empty when all were there already).

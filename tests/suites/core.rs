@@ -314,6 +314,53 @@ async fn a_writer_holding_the_doorbell_key_delays_nobody() {
     srv.stop().await;
 }
 
+/// How many sessions hold the bell key (`sql/010_bell_lock.sql`, key
+/// 7305280317090916) shared: the nodes asleep on this database (advisory
+/// keys are per database; the suite's other databases share the cluster).
+async fn nodes_holding_the_bell_key(db: &tokio_postgres::Client) -> i64 {
+    db.query_one(
+        "SELECT count(*) FROM pg_locks
+          WHERE locktype = 'advisory' AND classid = 1700893 AND objid = 508095588
+            AND objsubid = 1 AND mode = 'ShareLock' AND granted
+            AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        &[],
+    )
+    .await
+    .unwrap()
+    .get::<_, i64>(0)
+}
+
+/// Migrating while a node sleeps (holding the bell key) waits for nobody:
+/// `rowcast migrate` and a second node started with `--migrate` both go
+/// through, and the sleeping node is still rung afterwards. (The migration
+/// lock once was the bell key's number: both waited as long as a node slept.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrating_while_a_node_sleeps_waits_for_nobody() {
+    let url = fresh_db().await;
+    let db = connect(&url).await;
+    seed(&db, 1, 3).await;
+    let a = server(&url).await;
+    let mut ws = WsClient::connect(&a.base_url(), "topics=product-1").await;
+    eventually_async("the node sleeps holding the bell key", || async {
+        nodes_holding_the_bell_key(&db).await == 1
+    })
+    .await;
+    let limit = std::time::Duration::from_secs(30);
+    let mut client = connect(&url).await;
+    let applied = tokio::time::timeout(limit, rowcast::migrate::migrate(&mut client, true))
+        .await
+        .expect("migrate waited for the sleeping node")
+        .unwrap();
+    assert!(applied.is_empty(), "{applied:?}");
+    let b = tokio::time::timeout(limit, server_with(&url, |c| c.migrate = true))
+        .await
+        .expect("a second node with --migrate waited for the sleeping node");
+    isolated_writes(&db, &mut ws, &[5, 6], "after the migrations").await;
+    assert_every_read_was_rung(&a, "a");
+    b.stop().await;
+    a.stop().await;
+}
+
 /// The bell key (`sql/010_bell_lock.sql`): every sleeping node holds it, so
 /// an isolated write rings for both of two nodes on one database; a writer in
 /// REPEATABLE READ needs no special case; a writer that rang and rolled back
@@ -329,16 +376,7 @@ async fn two_sleeping_nodes_are_both_rung_by_every_isolated_write() {
     let mut on_b = WsClient::connect(&b.base_url(), "topics=product-1").await;
     // both nodes go to sleep holding the bell key
     eventually_async("both nodes hold the bell key", || async {
-        db.query_one(
-            "SELECT count(*) FROM pg_locks
-              WHERE locktype = 'advisory' AND classid = 1700893 AND objid = 508095588
-                AND objsubid = 1 AND mode = 'ShareLock' AND granted",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get::<_, i64>(0)
-            == 2
+        nodes_holding_the_bell_key(&db).await == 2
     })
     .await;
     let writes = [
