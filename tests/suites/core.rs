@@ -330,17 +330,29 @@ async fn nodes_holding_the_bell_key(db: &tokio_postgres::Client) -> i64 {
     .get::<_, i64>(0)
 }
 
+/// A fresh market database (products 1-3 of farm 1), one node on it, and a
+/// WebSocket client of `product-1`.
+async fn one_node_on_product_1() -> (
+    String,
+    tokio_postgres::Client,
+    rowcast::server::Server,
+    WsClient,
+) {
+    let url = fresh_db().await;
+    let db = connect(&url).await;
+    seed(&db, 1, 3).await;
+    let srv = server(&url).await;
+    let ws = WsClient::connect(&srv.base_url(), "topics=product-1").await;
+    (url, db, srv, ws)
+}
+
 /// Migrating while a node sleeps (holding the bell key) waits for nobody:
 /// `rowcast migrate` and a second node started with `--migrate` both go
 /// through, and the sleeping node is still rung afterwards. (The migration
 /// lock once was the bell key's number: both waited as long as a node slept.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrating_while_a_node_sleeps_waits_for_nobody() {
-    let url = fresh_db().await;
-    let db = connect(&url).await;
-    seed(&db, 1, 3).await;
-    let a = server(&url).await;
-    let mut ws = WsClient::connect(&a.base_url(), "topics=product-1").await;
+    let (url, db, a, mut ws) = one_node_on_product_1().await;
     eventually_async("the node sleeps holding the bell key", || async {
         nodes_holding_the_bell_key(&db).await == 1
     })
@@ -417,11 +429,7 @@ async fn two_sleeping_nodes_are_both_rung_by_every_isolated_write() {
 /// per-row NOTIFY's cost), so nothing waits for its idle poll.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_older_binary_against_a_migrated_database_is_rung_by_every_write() {
-    let url = fresh_db().await;
-    let db = connect(&url).await;
-    seed(&db, 1, 3).await;
-    let srv = server(&url).await;
-    let mut ws = WsClient::connect(&srv.base_url(), "topics=product-1").await;
+    let (url, db, srv, mut ws) = one_node_on_product_1().await;
     let older = connect(&url).await;
     let took: bool = older
         .query_one("SELECT rowcast.try_arm_doorbell()", &[])
