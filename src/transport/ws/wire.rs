@@ -262,7 +262,9 @@ impl Wire {
     #[allow(unsafe_code)] // writev: see the SAFETY note
     fn writev(&self, slices: &[IoSlice<'_>]) -> std::io::Result<usize> {
         use std::os::fd::AsRawFd;
-        let count = libc::c_int::try_from(slices.len()).unwrap_or(libc::c_int::MAX);
+        // never more than the slices there are (`try_drain` passes at most
+        // `WRITEV_MAX`, far below `IOV_MAX`)
+        let count = slices.len().min(WRITEV_MAX) as libc::c_int;
         loop {
             // SAFETY: the descriptor is the open socket `self.tcp` owns, for
             // as long as `self` lives; `IoSlice` is ABI-compatible with
