@@ -535,7 +535,7 @@ mod tests {
     }
 
     #[test]
-    fn changes_one_busy_pause_apart_or_closer_flow_within_tens_of_milliseconds() {
+    fn changes_closer_than_three_busy_pauses_flow_within_tens_of_milliseconds() {
         let t = Instant::now();
         let mut pace = Pace::new(PAUSE);
         assert!(steady(&mut pace, t, Duration::from_millis(2), 1, 1000));
