@@ -7,9 +7,7 @@ O=benches/issue16/cheap-check
 for round in 1 2; do
   for bin in main m009; do
     for rate in 500 250; do
-      ( sleep 20; python3 benches/issue16/pg-backends.py 12 > $O/pg-$bin-$rate-$round.txt ) &
-      target/release/rowcast-bench --scenario throughput --connections 2000 --fanout 100 --rates $rate --duration 30 --rounds 1 --step-retries 0 --rowcast-bin /work/bin/rowcast-$bin > $O/tp-$bin-$rate-$round.txt 2>&1
-      wait
+      benches/issue16/ab-step.sh $O $bin $rate $round
     done
   done
 done

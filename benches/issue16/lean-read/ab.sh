@@ -16,8 +16,7 @@ for round in 1 2; do
   for rate in 100 250 500; do
     for bin in bell lean pacelean; do
       ( sleep 10; echo "## t10"; scrape; sleep 15; echo "## t25"; scrape ) > $O/metrics-$bin-$rate-$round.txt &
-      ( sleep 12; python3 benches/issue16/pg-backends.py 12 > $O/pg-$bin-$rate-$round.txt ) &
-      target/release/rowcast-bench --scenario throughput --connections 2000 --fanout 100 --rates $rate --duration 30 --rounds 1 --step-retries 0 --rowcast-bin /work/bin/rowcast-$bin > $O/tp-$bin-$rate-$round.txt 2>&1
+      benches/issue16/ab-step.sh $O $bin $rate $round 12
       wait
     done
   done
