@@ -52,6 +52,7 @@ pub(crate) mod api_error;
 pub(crate) mod budget;
 pub(crate) mod change;
 pub(crate) mod changelog;
+pub(crate) mod commit_probe;
 pub(crate) mod direct_http1;
 pub(crate) mod doorbell;
 pub(crate) mod feed;

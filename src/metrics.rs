@@ -7,7 +7,7 @@ use crate::error::Result;
 pub(crate) use live_seconds::{Alive, LiveSeconds};
 use prometheus::local::LocalHistogram;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use std::collections::HashMap;
@@ -78,6 +78,8 @@ pub(crate) struct Metrics {
     /// Reads that found changes although no NOTIFY had arrived: should stay 0;
     /// anything else means the doorbell missed a writer.
     pub source_idle_poll_hits: IntCounter,
+    /// The source's estimate of a commit's time (`commit_probe`).
+    pub source_commit_seconds: Gauge,
     pub slow_consumer_drops: IntCounterVec,
     pub lag_recoveries: IntCounter,
     pub catchup_reads: IntCounterVec,
@@ -197,6 +199,10 @@ impl Metrics {
             "rowcast_source_idle_poll_hits_total",
             "Idle safety reads that found changes no NOTIFY announced",
         )?;
+        let source_commit_seconds = Gauge::new(
+            "rowcast_source_commit_seconds",
+            "How long a commit takes on the database, as the source probes it while rings come (0: not probed yet)",
+        )?;
         let slow_consumer_drops = IntCounterVec::new(
             Opts::new(
                 "rowcast_slow_consumer_drops_total",
@@ -245,6 +251,7 @@ impl Metrics {
         registry.register(Box::new(source_reconnects.clone()))?;
         registry.register(Box::new(source_idle_poll_hits.clone()))?;
         registry.register(Box::new(source_notifications.clone()))?;
+        registry.register(Box::new(source_commit_seconds.clone()))?;
         registry.register(Box::new(slow_consumer_drops.clone()))?;
         registry.register(Box::new(resyncs.clone()))?;
         registry.register(Box::new(lag_recoveries.clone()))?;
@@ -397,6 +404,7 @@ impl Metrics {
             source_reconnects,
             source_notifications,
             source_idle_poll_hits,
+            source_commit_seconds,
             slow_consumer_drops,
             lag_recoveries,
             catchup_reads,

@@ -27,6 +27,10 @@ pub const CORE: &[(&str, &str)] = &[
         include_str!("../sql/009_cheap_check.sql"),
     ),
     ("010_bell_lock", include_str!("../sql/010_bell_lock.sql")),
+    (
+        "011_commit_probe",
+        include_str!("../sql/011_commit_probe.sql"),
+    ),
 ];
 
 /// The FR-021 farmers-market reference schema (`market.*`), its triggers and

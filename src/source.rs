@@ -13,12 +13,15 @@
 //! the source's estimate of their rate ([`Pace`]: changes read, decaying over
 //! `FLOW_WINDOW` busy pauses): at one change per `FLOW_GAP` busy pauses or
 //! more, reading every busy pause costs the database less than a ring and a
-//! read per change; below it, the other way round. (Below it every write
-//! rings; NOTIFY's lock, held through a commit's flush, stays mostly free as
-//! long as a flush takes less than `FLOW_GAP` busy pauses: storage slower
-//! than that needs a longer `busy_pause`, see the README's "What a write
-//! costs".) The source's cycle, after each read:
-//! 1. changes came and they are flowing: pause `busy_pause`, read again:
+//! read per change; below it, the other way round. Below it every write
+//! rings, and a ringing writer holds NOTIFY's lock through its commit's
+//! flush: on storage whose commits are slow, rings at that rate would queue
+//! writers on the lock. So the threshold is also at most the rate at which
+//! rings would hold the lock `RING_LOCK_SHARE` of the time, from the commit
+//! time the node measures (`commit_probe`, which says why). The source's
+//! cycle, after each read:
+//! 1. changes are flowing (an empty read inside a stream does not stop it:
+//!    `FLOW_STOP`): pause `busy_pause`, read again:
 //!    while they flow no writer rings and each read collects a batch. With
 //!    the bell key the first of those reads releases it (disarms). Changes
 //!    that are not flowing (an isolated write, or writes a few milliseconds
@@ -30,7 +33,8 @@
 //!    caught anything; it should stay at 0). A ring leaves the bell key held
 //!    (the next read is a plain one, and disarms if changes are flowing);
 //!    with the flag it makes the next read an arming one.
-//! 3. otherwise (a read came back empty): arm, then read. The arm goes out
+//! 3. otherwise (changes are not flowing, and the node is not armed: a read
+//!    came back empty, or a stream stopped): arm, then read. The arm goes out
 //!    pipelined ahead of the read on the source's own connection: one round
 //!    trip and one wake-up of one backend, for about 0.2-0.3 ms more latency
 //!    than reading before arming (the arm commits first). When a writer holds
@@ -47,6 +51,7 @@
 //! committed meanwhile is skipped and nothing is published twice.
 
 use crate::changelog;
+use crate::commit_probe::CommitProbe;
 use crate::cursor::Cursor;
 use crate::doorbell::{Armed, Doorbell};
 use crate::error::{Error, Result};
@@ -70,8 +75,26 @@ const FLOW_GAP: f64 = 3.0;
 /// enough that a steady 250 changes/s rarely looks like a stream (neither
 /// does one transaction of 20 changes), short enough that a
 /// real stream is recognised within a few tens of milliseconds (until then
-/// the node reads once per ring, which is correct, only dearer).
+/// the node reads once per ring, which is correct, only dearer). When slow
+/// commits lengthen the flow gap (below), the window grows with it.
 const FLOW_WINDOW: f64 = 64.0;
+/// Flow gaps without a change after which changes no longer flow, whatever
+/// [`Pace`]'s estimate says: an empty read inside a stream keeps the source
+/// reading every busy pause (re-arming there would make writers ring until
+/// the next read, and on slow storage queue them again), while a stream that
+/// stops is left within a few gaps, not after its estimate has decayed.
+const FLOW_STOP: f64 = 3.0;
+/// The largest share of the time rings may hold NOTIFY's lock: changes at
+/// least one per commit time / `RING_LOCK_SHARE` on average are flowing too,
+/// whatever `FLOW_GAP` says. At half, a ringing writer waits for the lock
+/// half a commit on average (one server, fixed service time); at a steady
+/// one change per commit time (writers queued on the lock) the changes are a
+/// stream. Measured on the bench's machine, whose commits took 2.5-4 ms
+/// under load (`benches/issue16/commit-probe/`): streaming at 250 writes/s
+/// (rings would hold the lock ~60 % of the time) took a quarter off the
+/// writers' commit p99 at level PostgreSQL CPU; at 100 writes/s (~30 %) it
+/// cost 20 % more PostgreSQL CPU per change for no clear gain.
+const RING_LOCK_SHARE: f64 = 0.5;
 /// How long after an idle read found changes a NOTIFY still counts as announcing them.
 const NOTIFY_GRACE: Duration = Duration::from_millis(200);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -211,12 +234,15 @@ impl Source {
         let mut disarm_first = false;
         // The wait for writers on the second connection, when the try failed.
         let mut arming: Option<tokio::task::JoinHandle<Result<()>>> = None;
+        // Waits detached from (below) while still queued on that connection.
+        let mut detached: Vec<tokio::task::JoinHandle<Result<()>>> = Vec::new();
         let mut wait_for_key = doorbell.arm_call().is_none();
         // The bell key was contended: pause before arming again.
         let mut retry_arm = false;
         // This read was the idle safety net's, not a ring's.
         let mut idle_read = false;
         let mut pace = Pace::new(self.cfg.busy_pause);
+        let mut probe = CommitProbe::new();
         let result = loop {
             if shutdown.is_shutdown() {
                 break Ok(());
@@ -280,15 +306,20 @@ impl Source {
                 // Awaiting it later would report "armed" while the node is
                 // not, and the source would sleep until the idle poll. Detach
                 // any wait; the next arm starts afresh.
-                arming = None;
+                detached.retain(|t| !t.is_finished());
+                detached.extend(arming.take());
                 wait_for_key = doorbell.arm_call().is_none();
             } else {
                 self.status.set_caught_up();
             }
             idle_read = false;
+            if let Some(commit) = probe.collect() {
+                pace.commit_time(commit);
+                self.metrics.source_commit_seconds.set(commit.as_secs_f64());
+            }
             let now = Instant::now();
             pace.read(now, n);
-            let flowing = n > 0 && pace.flowing(now);
+            let flowing = pace.flowing(now);
             if flowing || retry_arm {
                 // reading every busy pause now: writers need not ring (a
                 // disarm goes out only if the bell key is held)
@@ -303,6 +334,12 @@ impl Source {
             if armed {
                 tokio::select! {
                     _ = bell.notified() => {
+                        // rings are what a slow commit makes dear: measure
+                        // commits while they come (never behind a wait for
+                        // writers, which would time the wait instead)
+                        if arming.is_none() && detached.iter().all(|t| t.is_finished()) {
+                            probe.start(&arm_client, Instant::now());
+                        }
                         if !doorbell.ring_keeps_armed() {
                             armed = false;
                             arm_first = true;
@@ -342,7 +379,7 @@ impl Source {
                 _ = shutdown.recv() => {}
             }
         };
-        if let Some(task) = arming {
+        for task in arming.into_iter().chain(detached) {
             task.abort();
         }
         result
@@ -431,24 +468,41 @@ impl Source {
 }
 
 /// The rate at which changes are read: a count of them that decays with time
-/// constant `FLOW_WINDOW` busy pauses. Changes are flowing while it stands
-/// for at least one change per `FLOW_GAP` busy pauses.
+/// constant `FLOW_WINDOW` / `FLOW_GAP` flow gaps. Changes are flowing while it
+/// stands for at least one change per flow gap (`FLOW_GAP` busy pauses, or
+/// the commit time / `RING_LOCK_SHARE` when that is longer) and the last
+/// change came less than `FLOW_STOP` flow gaps ago.
 struct Pace {
     load: f64,
     at: Instant,
+    /// When a read last brought changes.
+    last_change: Option<Instant>,
+    /// `FLOW_GAP` busy pauses, in seconds.
+    pause_gap: f64,
+    /// The flow gap, in seconds.
+    gap: f64,
     window: f64,
     threshold: f64,
 }
 
 impl Pace {
     fn new(busy_pause: Duration) -> Pace {
-        let window = busy_pause.max(Duration::from_micros(100)).as_secs_f64() * FLOW_WINDOW;
+        let pause_gap = busy_pause.max(Duration::from_micros(100)).as_secs_f64() * FLOW_GAP;
         Pace {
             load: 0.0,
             at: Instant::now(),
-            window,
+            last_change: None,
+            pause_gap,
+            gap: pause_gap,
+            window: pause_gap * FLOW_WINDOW / FLOW_GAP,
             threshold: FLOW_WINDOW / FLOW_GAP,
         }
+    }
+
+    /// A commit on this database takes `commit` (the `commit_probe` estimate).
+    fn commit_time(&mut self, commit: Duration) {
+        self.gap = self.pause_gap.max(commit.as_secs_f64() / RING_LOCK_SHARE);
+        self.window = self.gap * FLOW_WINDOW / FLOW_GAP;
     }
 
     fn load(&self, now: Instant) -> f64 {
@@ -460,10 +514,16 @@ impl Pace {
     fn read(&mut self, now: Instant, n: usize) {
         self.load = self.load(now) + n as f64;
         self.at = now;
+        if n > 0 {
+            self.last_change = Some(now);
+        }
     }
 
     fn flowing(&self, now: Instant) -> bool {
-        self.load(now) >= self.threshold
+        let recent = self
+            .last_change
+            .is_some_and(|t| now.saturating_duration_since(t).as_secs_f64() < FLOW_STOP * self.gap);
+        recent && self.load(now) >= self.threshold
     }
 }
 
@@ -559,6 +619,38 @@ mod tests {
         assert!(steady(&mut pace, t, Duration::from_millis(1), 2, 200));
         let later = t + Duration::from_millis(200 + 200);
         assert!(!pace.flowing(later));
+    }
+
+    #[test]
+    fn an_empty_read_inside_a_stream_keeps_it_flowing_and_a_stop_ends_it() {
+        let mut pace = Pace::new(PAUSE);
+        let t = Instant::now();
+        assert!(steady(&mut pace, t, Duration::from_millis(1), 1, 200));
+        let now = t + Duration::from_millis(201);
+        pace.read(now, 0);
+        assert!(pace.flowing(now), "one empty read");
+        // over three flow gaps (9 ms) without a change: the stream stopped,
+        // although the estimate alone still says it flows
+        let later = t + Duration::from_millis(200 + 10);
+        assert!(pace.load(later) >= pace.threshold);
+        assert!(!pace.flowing(later));
+    }
+
+    #[test]
+    fn slow_commits_make_a_trickle_of_rings_a_stream() {
+        // one change per 4 ms commit: writers queued on NOTIFY's lock
+        let t = Instant::now();
+        let mut pace = Pace::new(PAUSE);
+        pace.commit_time(Duration::from_millis(4));
+        assert!(steady(&mut pace, t, Duration::from_millis(4), 1, 200));
+        // 25 changes/s with 4 ms commits: rings hold the lock a tenth of the time
+        let mut pace = Pace::new(PAUSE);
+        pace.commit_time(Duration::from_millis(4));
+        assert!(!steady(&mut pace, t, Duration::from_millis(40), 1, 200));
+        // a fast commit leaves the busy pauses' threshold: 250 changes/s ring
+        let mut pace = Pace::new(PAUSE);
+        pace.commit_time(Duration::from_micros(300));
+        assert!(!steady(&mut pace, t, Duration::from_millis(4), 1, 1000));
     }
 
     #[test]

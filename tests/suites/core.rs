@@ -528,6 +528,57 @@ async fn writers_with_slow_commits_are_all_announced() {
     srv.stop().await;
 }
 
+/// On storage where every commit takes 10 ms (a durable cluster of its own
+/// with `commit_delay`), writers that ring hold NOTIFY's lock 10 ms each and
+/// commit one at a time: 16 of them made at most 100 changes/s, under the
+/// stream threshold of the default busy pause (333/s), so the node kept
+/// sleeping and every one of them rang. The node's commit probe must turn
+/// that into a stream (no rings) after a few tens of writes, and every change
+/// still arrives once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writers_on_slow_storage_are_not_left_ringing() {
+    const WRITERS: i64 = 16;
+    const UPDATES: i64 = 40;
+    let pg = rowcast::embedded_pg::EmbeddedPg::start_async(rowcast::embedded_pg::Options {
+        durability: rowcast::embedded_pg::Durability::Durable,
+        settings: vec![
+            ("commit_delay".into(), "10000".into()),
+            ("commit_siblings".into(), "0".into()),
+        ],
+        ..Default::default()
+    })
+    .await
+    .expect("a durable cluster");
+    let url = pg.create_database("slow").await.expect("database");
+    let mut db = connect(&url).await;
+    rowcast::migrate::migrate(&mut db, true)
+        .await
+        .expect("migrate");
+    seed(&db, 1, WRITERS).await;
+    let srv = server(&url).await;
+    let mut ws = WsClient::connect(&srv.base_url(), "topics=farm-1").await;
+    // the node is asleep before the writers start: their first writes ring
+    isolated_writes(&db, &mut ws, &[1000], "before the writers").await;
+
+    run_writers(&url, WRITERS, UPDATES, |_, _| 0, 0).await;
+    let got = events(&mut ws.rx, (WRITERS * UPDATES) as usize).await;
+    assert_each_product_in_order(got, WRITERS, UPDATES);
+    let rings = srv.metric("rowcast_source_notifications_total");
+    assert!(
+        rings <= (WRITERS * UPDATES / 4) as f64,
+        "{rings} rings for {} writes: ringing writers stayed queued on NOTIFY's lock",
+        WRITERS * UPDATES
+    );
+    assert!(
+        srv.metric("rowcast_source_commit_seconds") > 0.0,
+        "the node probed the commit time"
+    );
+    // and once the writers are done the node sleeps again: an isolated write rings
+    isolated_writes(&db, &mut ws, &[1001], "after the writers").await;
+    assert_every_read_was_rung(&srv, "");
+    srv.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writers_every_subscriber_gets_every_event_once() {
     const WRITERS: i64 = 10;

@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
-"""Per step of ab.sh: the source's and the writers' backend CPU per change (pg-*.txt),
+"""Per step of an A/B (ab-step.sh with METRICS=1): the source's and the writers' backend CPU per change (pg-*.txt),
 the bench's PostgreSQL CPU per change, p50/p99, lost/dup (tp-*.txt), and reads and
-notifications per change between 10 s and 25 s into the step (metrics-*.txt)."""
-import re
+notifications per change between 10 s and 25 s into the step (metrics-*.txt).
+usage: [ROUNDS="1 2"] ab-summary.py DIR BIN... (e.g. lean-read bell lean pacelean)"""
+import os, re, sys
+os.chdir(sys.argv[1]); bins = sys.argv[2:]
+rounds = [int(r) for r in os.environ.get("ROUNDS", "1 2").split()]
 def metr(f):
     t, cur = {}, None
     for l in open(f):
@@ -15,8 +18,8 @@ def metr(f):
     return d.get('rowcast_source_read_seconds_count', 0) / ch, d.get('rowcast_source_notifications_total', 0) / ch
 print("writes/s server round | source us/change writers us/change | PG us/change (bench) | p50 p99 ms | lost dup | reads/change notifications/change")
 for rate in (100, 250, 500):
-    for b in ('bell', 'lean', 'pacelean'):
-        for r in (1, 2):
+    for b in bins:
+        for r in rounds:
             pg = {}
             for l in open(f'pg-{b}-{rate}-{r}.txt'):
                 p = l.split(); pg[p[-1]] = float(p[0])
