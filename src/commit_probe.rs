@@ -12,27 +12,27 @@
 //! between them and the app's commits stay serialized. Measured with 16
 //! writers and 4 ms commits (`commit_delay`;
 //! `benches/issue16/commit-probe/`): 197-201 UPDATEs/s with a node running,
-//! 2,790-2,877 with none (and 2,739-2,775 with the probe). So the source counts changes as
-//! flowing (it reads every busy pause, and nobody rings) from a rate low
-//! enough that rings would hold the lock at most `RING_LOCK_SHARE` of the
-//! time, and for that it needs the commit time this module measures.
+//! 2,790-2,906 with none, 2,828-2,939 with this probe. So the source counts
+//! changes as flowing (it reads every busy pause, and nobody rings) from a
+//! rate low enough that rings would hold the lock at most `RING_LOCK_SHARE`
+//! of the time, and for that it needs the commit time this module measures.
 //!
 //! # The probe
 //! A transaction that updates the one row of `rowcast.commit_probe`
 //! (`sql/011_commit_probe.sql`: PostgreSQL flushes only for a transaction
 //! that wrote WAL) and commits under the database's own `synchronous_commit`
-//! (the session's `off` is lifted for it), timed by the node, round trip
-//! included: what a ringing writer's commit holds the lock for, give or take
-//! its WAL. It runs on the doorbell's second connection, as its own task,
+//! (the session's `off` is lifted for it): what a ringing writer's commit
+//! holds the lock for, give or take its WAL, timed on the server's clock
+//! (`SINCE`). It runs on the doorbell's second connection, as its own task,
 //! one at a time, never while a wait for writers is queued on that
-//! connection (it would time the wait), and only when a ring arrives and the last
-//! probe started at least [`PROBE_EVERY`] ago: a node that is never rung never
-//! probes, and a probe costs one row version and one commit. The estimate is
-//! the median of the last three probes (the smallest while there are fewer),
-//! so that one slow flush (a checkpoint) does not turn a trickle into a
-//! stream for long. Under load a commit takes longer (group commits, a busy
-//! machine delaying the node's own task), so the estimate errs high there,
-//! i.e. toward streaming: more reads, never a missed change.
+//! connection (it would wait behind it), and only when a ring arrives and
+//! the last probe started at least [`PROBE_EVERY`] ago: a node that is never
+//! rung never probes, and a probe costs one row version and one commit. The
+//! estimate is the median of the last three probes (the smallest while there
+//! are fewer), so that one slow flush (a checkpoint) does not turn a trickle
+//! into a stream for long. Under load a commit takes longer (WAL flushes shared by
+//! many writers), so the estimate is higher there, which errs toward
+//! streaming: more reads, never a missed change.
 
 use crate::error::Result;
 use std::sync::Arc;
@@ -48,6 +48,12 @@ pub(crate) const PROBE_EVERY: Duration = Duration::from_secs(5);
 /// not yet migrated to `011_commit_probe`) leaves the connection as it was.
 const PROBE: &str = "SET LOCAL synchronous_commit TO DEFAULT; \
                      UPDATE rowcast.commit_probe SET probed_at = clock_timestamp() WHERE id = 1";
+/// Sent right behind `PROBE`, pipelined: the server runs it as soon as the
+/// commit is done, so it times the commit on the server's clock, without the
+/// round trip or the node's own scheduling (on a busy machine, most of what
+/// the node would measure itself).
+const SINCE: &str = "SELECT extract(epoch FROM clock_timestamp() - probed_at)::float8 \
+                     FROM rowcast.commit_probe WHERE id = 1";
 
 /// The commit-time estimate and the probe that feeds it.
 pub(crate) struct CommitProbe {
@@ -81,9 +87,13 @@ impl CommitProbe {
         self.started = Some(now);
         let client = Arc::clone(client);
         self.running = Some(tokio::spawn(async move {
-            let t = Instant::now();
-            client.batch_execute(PROBE).await?;
-            Ok(t.elapsed())
+            let since = client.prepare(SINCE).await?;
+            // both polled, so both sent before either answer (in this order)
+            let (probe, took) =
+                tokio::join!(client.batch_execute(PROBE), client.query_one(&since, &[]));
+            probe?;
+            let secs: f64 = took?.try_get(0)?;
+            Ok(Duration::try_from_secs_f64(secs).unwrap_or_default())
         }));
     }
 

@@ -89,11 +89,13 @@ const FLOW_STOP: f64 = 3.0;
 /// whatever `FLOW_GAP` says. At half, a ringing writer waits for the lock
 /// half a commit on average (one server, fixed service time); at a steady
 /// one change per commit time (writers queued on the lock) the changes are a
-/// stream. Measured on the bench's machine, whose commits took 2.5-4 ms
-/// under load (`benches/issue16/commit-probe/`): streaming at 250 writes/s
-/// (rings would hold the lock ~60 % of the time) took a quarter off the
-/// writers' commit p99 at level PostgreSQL CPU; at 100 writes/s (~30 %) it
-/// cost 20 % more PostgreSQL CPU per change for no clear gain.
+/// stream. Measured on the bench's machine with commits timed at 2.5-4 ms
+/// (`benches/issue16/commit-probe/`, rounds 1-4, timed by the node, so with
+/// its own scheduling; the server's clock now says 0.5-1 ms there):
+/// streaming at 250 writes/s took a quarter off the writers' commit p99 at
+/// level PostgreSQL CPU, while at 100 writes/s (rings ~30 % of the time by
+/// that estimate) it cost 20 % more PostgreSQL CPU per change for no clear
+/// gain.
 const RING_LOCK_SHARE: f64 = 0.5;
 /// How long after an idle read found changes a NOTIFY still counts as announcing them.
 const NOTIFY_GRACE: Duration = Duration::from_millis(200);
@@ -335,8 +337,8 @@ impl Source {
                 tokio::select! {
                     _ = bell.notified() => {
                         // rings are what a slow commit makes dear: measure
-                        // commits while they come (never behind a wait for
-                        // writers, which would time the wait instead)
+                        // commits while they come (never queued behind a
+                        // wait for writers, which would hold the probe up)
                         if arming.is_none() && detached.iter().all(|t| t.is_finished()) {
                             probe.start(&arm_client, Instant::now());
                         }

@@ -4,12 +4,13 @@
 # step, per-backend CPU and the source's counters (ab-step.sh, METRICS=1).
 # Rounds 1-2: BINS="rawwritev probe" (RING_LOCK_SHARE 0.25, and a probe that
 # could queue behind a detached wait for writers); rounds 3-4:
-# BINS="rawwritev probe2" (as committed: 0.5, never behind a wait).
+# BINS="rawwritev probe2" (0.5, never behind a wait, timed by the node);
+# rounds 5-6: BINS="rawwritev probe3" (as committed: timed on the server).
 cd /work/main
 O=benches/issue16/commit-probe
-for round in ${ROUNDS:-3 4}; do
+for round in ${ROUNDS:-5 6}; do
   for rate in 100 250 500; do
-    for bin in ${BINS:-rawwritev probe2}; do
+    for bin in ${BINS:-rawwritev probe3}; do
       METRICS=1 benches/issue16/ab-step.sh $O $bin $rate $round 12
     done
   done
