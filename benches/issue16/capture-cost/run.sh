@@ -3,25 +3,13 @@
 # Run as root (initdb runs as the postgres user through setpriv).
 # CPU per single-row UPDATE transaction of market.products, by capture variant.
 set -e
-B=/usr/lib/postgresql/15/bin
+. "$(dirname "$0")/../cluster.sh"
 D=/tmp/cap/data; P=55433; S=/tmp/cap
-pkill -f "postgres -D $D" 2>/dev/null || true; sleep 1
-rm -rf $D;
-mkdir -p $D; chown postgres:postgres $D /tmp/cap; setpriv --reuid=postgres --regid=postgres --init-groups $B/initdb -D $D -U postgres -A trust >/dev/null
-cat >> $D/postgresql.conf <<C
-port = $P
-unix_socket_directories = '$S'
-listen_addresses = ''
-shared_buffers = 128MB
-max_connections = 300
-C
-setpriv --reuid=postgres --regid=postgres --init-groups $B/pg_ctl -D $D -l /tmp/cap/pg.log -w start >/dev/null
-PSQL="$B/psql -h $S -p $P -U postgres -q -X"
+cluster_start $D $S $P ''
 $PSQL -c "CREATE DATABASE cap" 
 /work/main/target/release/rowcast migrate --market --database-url "postgres://postgres@localhost/cap?host=$S&port=$P" 2>&1 | tail -1
+cluster_seed cap
 $PSQL -d cap <<SQL
-INSERT INTO market.farms (id, name, farmer_id) SELECT g, 'f'||g, 100+g FROM generate_series(1,10) g;
-INSERT INTO market.products (id, farm_id, name, unit, quantity) SELECT g, 1 + g % 10, 'p'||g, 'lb', 100 FROM generate_series(1,1000) g;
 $(grep -A14 'pub const NOTIFY_TRIGGER' /work/main/bench/src/writers.rs | sed -n '2,14p' | sed 's/";$//')
 SQL
 echo 'UPDATE market.products SET quantity = quantity + 1 WHERE id = 1 + (random()*999)::int;' > /tmp/cap/upd.sql
@@ -81,4 +69,4 @@ run rowcast "$OFF; ALTER TABLE market.products ENABLE TRIGGER products_changed" 
 done
 }
 variants
-setpriv --reuid=postgres --regid=postgres --init-groups $B/pg_ctl -D $D -w stop >/dev/null
+cluster_stop $D

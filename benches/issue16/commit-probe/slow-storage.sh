@@ -9,34 +9,18 @@
 # (notifications = rings, changes read, the commit estimate) per variant and
 # round. Run as root from anywhere; the cluster is migrated by the last of BINS.
 set -e
-B=/usr/lib/postgresql/15/bin
+. "$(dirname "$0")/../cluster.sh"
 D=/tmp/slow/data; P=55436; S=/tmp/slow
 SECS=${SECS:-10}; DELAY=${DELAY:-4000}; ROUNDS=${ROUNDS:-2}
-BINS=${BINS:-"rawwritev probe"}
+BINS=${BINS:-"rawwritev probe3"}
 LAST=/work/bin/rowcast-${BINS##* }
-mkdir -p $S
-pkill -f "postgres -D $D" 2>/dev/null || true; sleep 1
-rm -rf $D; mkdir -p $D; chown postgres:postgres $D $S
-setpriv --reuid=postgres --regid=postgres --init-groups $B/initdb -D $D -U postgres -A trust >/dev/null
-cat >> $D/postgresql.conf <<C
-port = $P
-unix_socket_directories = '$S'
-listen_addresses = '127.0.0.1'
-shared_buffers = 128MB
-max_connections = 300
-commit_siblings = 0
-commit_delay = $DELAY
-C
-setpriv --reuid=postgres --regid=postgres --init-groups $B/pg_ctl -D $D -l $S/pg.log -w start >/dev/null
-PSQL="$B/psql -h $S -p $P -U postgres -q -X"
+cluster_start $D $S $P 127.0.0.1 "commit_siblings = 0
+commit_delay = $DELAY"
 URL="postgres://postgres@127.0.0.1:$P/wp"
 $PSQL -c "CREATE DATABASE wp"
 $LAST migrate --market --database-url "$URL" 2>&1 | tail -1
-$PSQL -d wp <<SQL
-INSERT INTO market.farms (id, name, farmer_id) SELECT g, 'f'||g, 100+g FROM generate_series(1,10) g;
-INSERT INTO market.products (id, farm_id, name, unit, quantity) SELECT g, 1 + g % 10, 'p'||g, 'lb', 100 FROM generate_series(1,1000) g;
-ALTER TABLE market.products DISABLE TRIGGER products_reconcile_carts;
-SQL
+cluster_seed wp
+$PSQL -d wp -c "ALTER TABLE market.products DISABLE TRIGGER products_reconcile_carts"
 echo '\set p random(1, 62)
 UPDATE market.products SET quantity = quantity + 1 WHERE id = :client_id + 16 * (:p - 1) + 1;' > $S/upd.sql
 counters() {
@@ -64,4 +48,4 @@ run() { # variant, round
 for r in $(seq 1 $ROUNDS); do
   for v in none nodeless $BINS; do run $v $r; done
 done
-setpriv --reuid=postgres --regid=postgres --init-groups $B/pg_ctl -D $D -w stop >/dev/null
+cluster_stop $D

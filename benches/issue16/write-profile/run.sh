@@ -8,29 +8,17 @@
 # variant's first round into /tmp/wp/perf-<variant>.data.
 # Run as root (initdb runs as the postgres user through setpriv).
 set -e
-B=/usr/lib/postgresql/15/bin
+. "$(dirname "$0")/../cluster.sh"
 D=/tmp/wp/data; P=55434; S=/tmp/wp
 ROUNDS=${ROUNDS:-3}; SECS=${SECS:-10}; CLIENTS=${CLIENTS:-16}
 ROWCAST=${ROWCAST:-/work/main/target/release/rowcast}
 FLOOR=${FLOOR:-/work/main/target/release/rowcast-floor}
-pkill -f "postgres -D $D" 2>/dev/null || true; sleep 1
-rm -rf $D; mkdir -p $D; chown postgres:postgres $D $S
-setpriv --reuid=postgres --regid=postgres --init-groups $B/initdb -D $D -U postgres -A trust >/dev/null
-cat >> $D/postgresql.conf <<C
-port = $P
-unix_socket_directories = '$S'
-listen_addresses = '127.0.0.1'
-shared_buffers = 128MB
-max_connections = 300
-C
-setpriv --reuid=postgres --regid=postgres --init-groups $B/pg_ctl -D $D -l $S/pg.log -w start >/dev/null
-PSQL="$B/psql -h $S -p $P -U postgres -q -X"
+cluster_start $D $S $P 127.0.0.1
 URL="postgres://postgres@127.0.0.1:$P/wp"
 $PSQL -c "CREATE DATABASE wp"
 $ROWCAST migrate --market --database-url "$URL" 2>&1 | tail -1
+cluster_seed wp
 $PSQL -d wp <<SQL
-INSERT INTO market.farms (id, name, farmer_id) SELECT g, 'f'||g, 100+g FROM generate_series(1,10) g;
-INSERT INTO market.products (id, farm_id, name, unit, quantity) SELECT g, 1 + g % 10, 'p'||g, 'lb', 100 FROM generate_series(1,1000) g;
 $(grep -A14 'pub const NOTIFY_TRIGGER' /work/main/bench/src/writers.rs | sed -n '2,14p' | sed 's/";$//')
 SQL
 # each client its own products (no row-lock waits), as the bench's writers
@@ -68,4 +56,4 @@ for r in $(seq 1 $ROUNDS); do
   for v in no_trigger pg_notify_per_row rowcast; do run $v $r; done
 done
 wait
-setpriv --reuid=postgres --regid=postgres --init-groups $B/pg_ctl -D $D -w stop >/dev/null
+cluster_stop $D
