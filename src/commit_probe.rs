@@ -23,16 +23,16 @@
 //! that wrote WAL) and commits under the database's own `synchronous_commit`
 //! (the session's `off` is lifted for it): what a ringing writer's commit
 //! holds the lock for, give or take its WAL, timed on the server's clock
-//! (`SINCE`). It runs on the doorbell's second connection, as its own task,
-//! one at a time, never while a wait for writers is queued on that
-//! connection (it would wait behind it), and only when a ring arrives and
-//! the last probe started at least [`PROBE_EVERY`] ago: a node that is never
-//! rung never probes, and a probe costs one row version and one commit. The
+//! (`SINCE`), so a probe queued behind a wait for writers on the same
+//! connection (the doorbell's second one) is late but not wrong. It runs as
+//! its own task, one at a time, and only when a ring arrives and the last
+//! probe started at least [`PROBE_EVERY`] ago: a node that is never rung
+//! never probes, and a probe costs one row version and one commit. The
 //! estimate is the median of the last three probes (the smallest while there
 //! are fewer), so that one slow flush (a checkpoint) does not turn a trickle
-//! into a stream for long. Under load a commit takes longer (WAL flushes shared by
-//! many writers), so the estimate is higher there, which errs toward
-//! streaming: more reads, never a missed change.
+//! into a stream for long. Under load a commit takes longer (WAL flushes
+//! shared by many writers), so the estimate is higher there, which errs
+//! toward streaming: more reads, never a missed change.
 
 use crate::error::Result;
 use std::sync::Arc;

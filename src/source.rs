@@ -236,8 +236,6 @@ impl Source {
         let mut disarm_first = false;
         // The wait for writers on the second connection, when the try failed.
         let mut arming: Option<tokio::task::JoinHandle<Result<()>>> = None;
-        // Waits detached from (below) while still queued on that connection.
-        let mut detached: Vec<tokio::task::JoinHandle<Result<()>>> = Vec::new();
         let mut wait_for_key = doorbell.arm_call().is_none();
         // The bell key was contended: pause before arming again.
         let mut retry_arm = false;
@@ -308,8 +306,7 @@ impl Source {
                 // Awaiting it later would report "armed" while the node is
                 // not, and the source would sleep until the idle poll. Detach
                 // any wait; the next arm starts afresh.
-                detached.retain(|t| !t.is_finished());
-                detached.extend(arming.take());
+                arming = None;
                 wait_for_key = doorbell.arm_call().is_none();
             } else {
                 self.status.set_caught_up();
@@ -337,11 +334,8 @@ impl Source {
                 tokio::select! {
                     _ = bell.notified() => {
                         // rings are what a slow commit makes dear: measure
-                        // commits while they come (never queued behind a
-                        // wait for writers, which would hold the probe up)
-                        if arming.is_none() && detached.iter().all(|t| t.is_finished()) {
-                            probe.start(&arm_client, Instant::now());
-                        }
+                        // commits while they come
+                        probe.start(&arm_client, Instant::now());
                         if !doorbell.ring_keeps_armed() {
                             armed = false;
                             arm_first = true;
@@ -381,7 +375,7 @@ impl Source {
                 _ = shutdown.recv() => {}
             }
         };
-        for task in arming.into_iter().chain(detached) {
+        if let Some(task) = arming {
             task.abort();
         }
         result
