@@ -41,7 +41,7 @@ use tokio::task::JoinHandle;
 use tokio_postgres::Client;
 
 /// Least time between the starts of two probes.
-pub(crate) const PROBE_EVERY: Duration = Duration::from_secs(5);
+const PROBE_EVERY: Duration = Duration::from_secs(5);
 
 /// One durable commit (see the module doc). One simple query, so one
 /// implicit transaction: `SET LOCAL` holds for it, and an error (a database
@@ -129,7 +129,7 @@ impl CommitProbe {
     }
 
     /// The median of the last three probes, the smallest while there are fewer.
-    pub(crate) fn estimate(&self) -> Option<Duration> {
+    fn estimate(&self) -> Option<Duration> {
         let mut s = self.samples.clone();
         s.sort();
         match s.len() {
