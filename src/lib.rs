@@ -5,7 +5,9 @@
 //!
 //! A change travels: an app's trigger calls `rowcast.emit` (`sql/`) inside its
 //! transaction → [`source`] reads the change log in snapshot order, woken by a
-//! doorbell NOTIFY ([`doorbell`] is the node's side of that protocol) →
+//! doorbell NOTIFY ([`doorbell`] is the node's side of that protocol;
+//! [`commit_probe`] times the database's commits, which tells the source when
+//! rings would queue writers) →
 //! [`hub`] fans it out per topic (keeping recent batches in
 //! the [`window`]) → each client's [`feed`] joins catch-up from the log
 //! ([`changelog`]) with the live queue → a transport
