@@ -50,6 +50,9 @@ pub(crate) struct HttpOptions {
     pub write_timeout: Duration,
     /// Also serve HTTP/2 with prior knowledge (h2c).
     pub http2: bool,
+    /// A connection whose written bytes stay unacknowledged this long is
+    /// dropped by the kernel (`sockets::give_up_unacknowledged`).
+    pub unacknowledged_timeout: Duration,
 }
 
 /// Serves `router` until `stop` fires, then waits (bounded by the caller) for
@@ -103,6 +106,7 @@ pub(crate) async fn serve(
         // frame written while the previous one is unacknowledged waits for the
         // client's delayed ACK (40 ms on Linux) — that was the bench's p90.
         let _ = stream.set_nodelay(true);
+        crate::sockets::give_up_unacknowledged(&stream, opts.unacknowledged_timeout);
         let wire = WriteTimeout::new(stream, opts.write_timeout, Arc::clone(&socket));
         let conn = Conn {
             router: router.clone(),

@@ -165,14 +165,19 @@ impl Server {
                 shutdown.subscribe(),
             )),
         ];
+        // WebSockets time out their own frames first (and close with 4008,
+        // trying the close frame for up to 2 s): the socket-level timeout
+        // comes after both, so one stuck WebSocket is counted once. It
+        // catches the rest: SSE streams and poll answers nobody reads.
+        let write_timeout = cfg.write_timeout + (cfg.write_timeout / 2).max(Duration::from_secs(3));
         let http_opts = HttpOptions {
             header_read_timeout: cfg.limits.header_read_timeout,
-            // WebSockets time out their own frames first (and close with 4008,
-            // trying the close frame for up to 2 s): the socket-level timeout
-            // comes after both, so one stuck WebSocket is counted once. It
-            // catches the rest: SSE streams and poll answers nobody reads.
-            write_timeout: cfg.write_timeout + (cfg.write_timeout / 2).max(Duration::from_secs(3)),
+            write_timeout,
             http2: cfg.http2,
+            // as long as three unanswered keepalive intervals, and never
+            // before the write timeouts (a client that acknowledges but does
+            // not read is a slow consumer, counted as one)
+            unacknowledged_timeout: (cfg.keepalive * 3).max(write_timeout),
         };
         let max_sockets = cfg
             .limits

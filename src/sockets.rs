@@ -314,6 +314,40 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientSocket {
     }
 }
 
+/// Drops the connection once bytes written to it have stayed
+/// unacknowledged for `after` (`TCP_USER_TIMEOUT`). Without it a client that
+/// vanished without a reset (a dead host, a dropped network path) keeps its
+/// socket, and everything subscribed through it, for the kernel's whole
+/// retransmission schedule (~15 minutes) as long as something is written to
+/// it; WebSockets rely on this for connections that receive events and so
+/// are not pinged (`transport::ws::keepalive`). A peer that acknowledges but
+/// stops reading is the write timeouts' business: `after` is longer than
+/// those. Failing to set it is logged and otherwise ignored.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)] // setsockopt: see the SAFETY note
+pub(crate) fn give_up_unacknowledged(stream: &tokio::net::TcpStream, after: Duration) {
+    use std::os::fd::AsRawFd;
+    let ms = libc::c_uint::try_from(after.as_millis()).unwrap_or(libc::c_uint::MAX);
+    // SAFETY: the descriptor is the open socket `stream` owns; setsockopt
+    // reads `size_of::<c_uint>()` bytes from a value that lives across the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_USER_TIMEOUT,
+            std::ptr::from_ref(&ms).cast::<libc::c_void>(),
+            std::mem::size_of::<libc::c_uint>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "TCP_USER_TIMEOUT not set");
+    }
+}
+
+/// Elsewhere the kernel's own retransmission limit applies.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn give_up_unacknowledged(_stream: &tokio::net::TcpStream, _after: Duration) {}
+
 /// The process's soft limit on open file descriptors (RLIMIT_NOFILE).
 // rlim_t is u64 on Linux/x86_64 but not on every target: keep the cast.
 #[allow(clippy::unnecessary_cast, unsafe_code)]
@@ -335,6 +369,32 @@ pub(crate) fn fd_limit() -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(target_os = "linux")]
+    #[allow(unsafe_code)] // getsockopt into a value the test owns
+    #[tokio::test]
+    async fn unacknowledged_bytes_have_a_deadline() {
+        use std::os::fd::AsRawFd;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        give_up_unacknowledged(&client, Duration::from_secs(45));
+        let mut ms: libc::c_uint = 0;
+        let mut len = std::mem::size_of::<libc::c_uint>() as libc::socklen_t;
+        // SAFETY: the socket is open; getsockopt writes at most `len` bytes into `ms`.
+        let rc = unsafe {
+            libc::getsockopt(
+                client.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_USER_TIMEOUT,
+                std::ptr::from_mut(&mut ms).cast::<libc::c_void>(),
+                &mut len,
+            )
+        };
+        assert_eq!(rc, 0);
+        assert_eq!(ms, 45_000);
+    }
 
     fn metrics() -> SocketMetrics {
         let c = || IntCounter::new("c", "c").unwrap();

@@ -23,7 +23,9 @@ pub(crate) enum Disconnect {
     /// The database is unavailable, this node is behind the cursor, or the
     /// catch-up budget is spent: reconnect with backoff.
     TryAgainLater,
-    /// No pong (or any frame) for three keepalive intervals.
+    /// A ping went unanswered: WebSocket, no frame of any kind for two
+    /// keepalive intervals after it (`ws::keepalive`); Socket.IO, no
+    /// Engine.IO pong within the ping timeout.
     KeepaliveTimeout,
     /// With JWT configured, neither `auth` nor `subscribe` came in time.
     AuthTimeout,

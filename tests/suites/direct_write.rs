@@ -4,7 +4,9 @@
 //! log (or cut) and, when it reads again, gets every event exactly once and
 //! in order; a frame bigger than the socket's buffers arrives whole; an
 //! answer to a client's message precedes events of the topics it adds; and
-//! the handshake refuses malformed upgrades.
+//! the handshake refuses malformed upgrades. And since events written by
+//! the publisher keep a connection alive, only quiet connections are
+//! pinged (`src/transport/ws/keepalive.rs`).
 
 use crate::common::*;
 use futures::{SinkExt, StreamExt};
@@ -217,6 +219,73 @@ async fn subscribed_precedes_the_events_of_the_topics_it_adds() {
         }
     }
     writer.await.unwrap();
+}
+
+/// A connection that events are written to is not pinged, so a client that
+/// receives them but never reads (and so answers no ping) stays; once they
+/// stop it is pinged, and closed for the missing answer. A quiet client
+/// that reads is pinged every interval all along, answers, and stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_quiet_connections_are_pinged() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    const TIMEOUTS: &str = "rowcast_ws_closed_total{reason=\"keepalive_timeout\"}";
+    let url = fresh_db().await;
+    let srv = server_with(&url, |c| c.keepalive = Duration::from_secs(1)).await;
+    let open = |topic: &'static str| {
+        let addr = srv.addr;
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            let (mut ws, _) =
+                tokio_tungstenite::client_async(format!("ws://{addr}/v1/ws?topics={topic}"), tcp)
+                    .await
+                    .expect("ws connect");
+            assert_eq!(next_json(&mut ws).await["type"], "subscribed");
+            ws
+        }
+    };
+    // never read again: answers no ping
+    let _deaf = open("busy").await;
+    let mut quiet = open("other").await;
+    let pings = Arc::new(AtomicUsize::new(0));
+    let reader = {
+        let pings = Arc::clone(&pings);
+        tokio::spawn(async move {
+            // tungstenite answers each ping when it reads the next frame
+            while let Some(Ok(m)) = quiet.next().await {
+                if matches!(m, Message::Ping(_)) {
+                    pings.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        })
+    };
+    let db = connect(&url).await;
+    // five intervals of events, one every 100 ms
+    for n in 1..=50 {
+        emit(&db, "busy", n).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        srv.metric(TIMEOUTS),
+        0.0,
+        "the client receiving events was not pinged, so not timed out"
+    );
+    assert!(
+        pings.load(Ordering::SeqCst) >= 3,
+        "the quiet client was pinged each interval: {}",
+        pings.load(Ordering::SeqCst)
+    );
+    eventually("the deaf client, quiet now, times out", || {
+        srv.metric(TIMEOUTS) >= 1.0
+    })
+    .await;
+    // the quiet client answered every ping, and is still there
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(srv.metric(TIMEOUTS), 1.0, "only the deaf client timed out");
+    assert!(
+        !reader.is_finished(),
+        "the answering client is still connected"
+    );
 }
 
 /// The upgrade request is checked before anything else answers: what the

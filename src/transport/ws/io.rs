@@ -1,12 +1,13 @@
 //! The WebSocket I/O loop: one task per connection reads client messages,
 //! writes the feed's batches until the feed is live (then the publisher
 //! writes its events, `wire`), writes what the publisher left pending,
-//! pings, watches the token's expiry and the authentication deadline, and
+//! pings quiet connections (`keepalive`), watches the token's expiry and the authentication deadline, and
 //! ends with a `Disconnect`. Every write, of any frame type, is under
 //! `--write-timeout`.
 
 use super::super::close::Disconnect;
 use super::super::deadline::{fire, within, Expiry, MaybeTimer};
+use super::keepalive::{Beat, Keepalive};
 use super::session::{First, Session};
 use crate::api_error::ApiError;
 use crate::feed::Delivery;
@@ -103,10 +104,9 @@ impl Session {
             return end;
         }
         let mut shutdown = self.app.shutdown.clone();
-        let keepalive = self.app.cfg.keepalive;
-        let mut ping = tokio::time::interval(keepalive);
+        let mut ping = tokio::time::interval(self.app.cfg.keepalive);
         ping.tick().await;
-        let mut last_heard = Instant::now();
+        let mut keepalive = Keepalive::new(self.app.cfg.keepalive, self.wire.written());
         // Timers are made when needed and kept, never re-created per loop turn
         // (a fresh timer per delivery is a timer-wheel insert and removal each);
         // boxed, so that a connection without JWT carries none.
@@ -130,7 +130,7 @@ impl Session {
             let expires = expiry.is_set();
             tokio::select! {
                 msg = self.socket.next() => {
-                    last_heard = Instant::now();
+                    keepalive.heard();
                     // what this message makes us say precedes events of
                     // topics it adds: events are queued until the next turn
                     if let Some(feed) = self.feed.as_mut() {
@@ -176,15 +176,17 @@ impl Session {
                         return Disconnect::from(&e);
                     }
                 },
-                _ = ping.tick() => {
-                    if last_heard.elapsed() > keepalive * 3 {
-                        return Disconnect::KeepaliveTimeout;
+                at = ping.tick() => match keepalive.tick(at, self.wire.written()) {
+                    Beat::Skip => {}
+                    Beat::Dead => return Disconnect::KeepaliveTimeout,
+                    Beat::Ping => {
+                        let ping = within(limit, self.socket.send(Message::Ping(bytes::Bytes::new())));
+                        if let Err(end) = Box::pin(ping).await {
+                            return end;
+                        }
+                        keepalive.pinged(at, self.wire.written());
                     }
-                    let ping = within(limit, self.socket.send(Message::Ping(bytes::Bytes::new())));
-                    if let Err(end) = Box::pin(ping).await {
-                        return end;
-                    }
-                }
+                },
                 _ = shutdown.recv() => {}
             }
         }

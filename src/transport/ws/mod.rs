@@ -15,10 +15,12 @@
 //! Five parts: `handshake` (the upgrade, keeping the TCP socket), `wire`
 //! (the socket's writer, shared with the publisher), `session` (who the
 //! client is and what it subscribed), `messages` (what it asks for), `io`
-//! (the one loop that reads, flushes and times out).
+//! (the one loop that reads, flushes and times out), `keepalive` (when it
+//! pings).
 
 mod handshake;
 mod io;
+mod keepalive;
 mod messages;
 mod session;
 mod wire;

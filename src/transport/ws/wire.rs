@@ -289,6 +289,11 @@ impl Wire {
         }
     }
 
+    /// Bytes written to the socket so far, by the task and the publisher.
+    pub(in crate::transport::ws) fn written(&self) -> u64 {
+        self.out().written
+    }
+
     /// From now on the publisher writes nothing more (the task is about to
     /// send its close frame).
     pub(in crate::transport::ws) fn close_direct(&self) {
