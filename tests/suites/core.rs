@@ -241,6 +241,31 @@ async fn a_database_without_the_prepared_rearm_still_rings() {
     }
 }
 
+/// A database not yet migrated to `011_commit_probe` (README, "Plugging in"):
+/// the node's first commit probe, at the first ring, fails for want of its
+/// table, and the node stops probing for the session (`commit_probe`).
+/// Nothing else notices: every isolated change is rung and delivered (the
+/// idle safety net catches nothing), the source's connections stay up, and
+/// the commit-time estimate stays unset (so the stream threshold is the
+/// busy pause's alone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_without_the_commit_probe_still_rings() {
+    let url = db_migrated_without(&["011_commit_probe"]).await;
+    let db = connect(&url).await;
+    seed(&db, 1, 3).await;
+    let srv = server(&url).await;
+    let mut ws = WsClient::connect(&srv.base_url(), "topics=product-1").await;
+    isolated_writes(&db, &mut ws, &[7, 8, 9, 10, 11, 12], "without 011").await;
+    assert_every_read_was_rung(&srv, "without 011");
+    assert!(
+        srv.metric("rowcast_source_notifications_total") >= 6.0,
+        "every isolated change rang"
+    );
+    assert_eq!(srv.metric("rowcast_source_reconnects_total"), 0.0);
+    assert_eq!(srv.metric("rowcast_source_commit_seconds"), 0.0);
+    srv.stop().await;
+}
+
 /// A writer transaction left open after its change holds the doorbell key, so
 /// the source cannot re-arm while it runs (it has to, after a burst of
 /// changes made it read on its own): the other writers' changes still arrive
