@@ -1,9 +1,9 @@
 //! The WebSocket I/O loop: one task per connection reads client messages,
 //! writes the feed's batches until the feed is live (then the publisher
 //! writes its events, `wire`), writes what the publisher left pending,
-//! pings quiet connections (`keepalive`), watches the token's expiry and the authentication deadline, and
-//! ends with a `Disconnect`. Every write, of any frame type, is under
-//! `--write-timeout`.
+//! pings a quiet connection (`keepalive`), watches the token's expiry and
+//! the authentication deadline, and ends with a `Disconnect`. Every write,
+//! of any frame type, is under `--write-timeout`.
 
 use super::super::close::Disconnect;
 use super::super::deadline::{fire, within, Expiry, MaybeTimer};
