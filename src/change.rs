@@ -72,6 +72,9 @@ pub(crate) struct Frame {
     /// written as it is to every socket that receives it.
     pub ws: Bytes,
     sse: OnceLock<Bytes>,
+    /// `sse` as one HTTP/1.1 chunk (`<length in hex>\r\n<sse>\r\n`), for
+    /// SSE streams written on the raw socket: made once, shared by all.
+    sse_chunk: OnceLock<Bytes>,
 }
 
 /// The longest WebSocket frame header (FIN + opcode, 127, 64-bit length).
@@ -118,9 +121,28 @@ impl Frame {
             Bytes::from(s)
         })
     }
+
+    /// `sse(change)` as one HTTP/1.1 chunk.
+    pub(crate) fn sse_chunk(&self, change: &Change) -> &Bytes {
+        self.sse_chunk.get_or_init(|| http_chunk(self.sse(change)))
+    }
 }
 
 /// SSE fields end at a line break, so an event name must not contain one.
+/// Appends `data` to `out` as one HTTP/1.1 chunk: `<length in hex>\r\n`,
+/// the data, `\r\n` (RFC 9112, 7.1). Every chunk rowcast writes is made here.
+pub(crate) fn http_chunk_into(out: &mut Vec<u8>, data: &[u8]) {
+    out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn http_chunk(data: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(data.len() + 12);
+    http_chunk_into(&mut out, data);
+    Bytes::from(out)
+}
+
 fn sse_safe(s: &str) -> std::borrow::Cow<'_, str> {
     if s.contains(['\n', '\r']) {
         std::borrow::Cow::Owned(s.replace(['\n', '\r'], " "))
@@ -242,6 +264,7 @@ impl Change {
                 json,
                 ws,
                 sse: OnceLock::new(),
+                sse_chunk: OnceLock::new(),
             }
         }))
     }

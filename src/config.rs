@@ -409,6 +409,15 @@ impl ServerConfig {
         }
     }
 
+    /// The socket-level write timeout: what an SSE stream or a poll answer
+    /// that nobody reads is cut after. WebSockets time out their own frames
+    /// first (`write_timeout`, then close 4008 trying the close frame for up
+    /// to 2 s); this one comes after both, so one stuck WebSocket is counted
+    /// once.
+    pub fn socket_write_timeout(&self) -> Duration {
+        self.write_timeout + (self.write_timeout / 2).max(Duration::from_secs(3))
+    }
+
     /// Checks the configuration and brings every value into its working range
     /// (a queue of 0 events would refuse every change, a keepalive of 0 would
     /// spin). Refuses what cannot be repaired. The one place these rules live.

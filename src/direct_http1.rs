@@ -34,8 +34,15 @@
 //! - Between requests and while an answer waits, a connection holds no
 //!   buffer: the head is read into a buffer allocated when bytes arrive and
 //!   freed once parsed (header values are copied out of it).
+//! - A request answered here carries `RawCapable`; an answer that carries a
+//!   `TakeOver` (an SSE stream, `transport::sse::direct`) gets its head
+//!   written here (chunked, `connection: close`), and then the connection's
+//!   raw socket goes to that task for the rest of its life: the task writes
+//!   the body's chunks and its last chunk, and the connection closes after
+//!   it. The socket stays busy (never idle-shed) meanwhile.
 
 use crate::shutdown::Shutdown;
+use crate::sockets::RawSocket;
 use crate::sockets::{ClientSocket, Next, Socket};
 use axum::body::Body;
 use axum::extract::connect_info::ConnectInfo;
@@ -72,7 +79,34 @@ pub(crate) enum Handoff {
     Closed,
     /// Hyper serves the rest, starting with these bytes already read.
     Hyper(Bytes),
+    /// The answer's task takes the raw socket (its head is written).
+    TakeOver(SocketTask),
 }
+
+/// The rest of a connection, run on its raw socket once the answer's head
+/// is written.
+pub(crate) type SocketTask =
+    Box<dyn FnOnce(RawSocket) -> Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send>;
+
+/// A response extension asking for the raw socket (see the module's
+/// contract). Taken once; `Clone` and `Sync` as extensions must be.
+#[derive(Clone)]
+pub(crate) struct TakeOver(Arc<std::sync::Mutex<Option<SocketTask>>>);
+
+impl TakeOver {
+    pub(crate) fn new(task: SocketTask) -> TakeOver {
+        TakeOver(Arc::new(std::sync::Mutex::new(Some(task))))
+    }
+
+    fn take(&self) -> Option<SocketTask> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+/// A request extension: the request is answered here, so its answer may
+/// take the raw socket over (`TakeOver`).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RawCapable;
 
 /// Answers the connection's requests for as long as they are SSE streams and
 /// long polls (see the module's contract).
@@ -95,10 +129,16 @@ pub(crate) async fn serve<W: Wire>(
         };
         let busy = socket.begin_request();
         let after = answer(wire, answering, close).await;
+        if let After::TakeOver(..) = after {
+            // the task owns the socket for good: never idle again
+            socket.upgraded();
+        }
         drop(busy);
         match after {
             After::KeepAlive(pipelined) => buf = pipelined,
             After::Close => return Handoff::Closed,
+            // boxed: a rare path, kept out of every pending answer's future
+            After::TakeOver(task, head) => return Box::pin(take_over(wire, task, head)).await,
         }
         // a stopping server answers what it was asked, then hangs up
         if stop.is_shutdown() {
@@ -248,6 +288,8 @@ enum After {
     /// Read the next request, which starts with these bytes.
     KeepAlive(Vec<u8>),
     Close,
+    /// Write this head, then the socket goes to this task.
+    TakeOver(SocketTask, Vec<u8>),
 }
 
 /// The router's answer to a request, boxed: its future is large, and needed
@@ -265,6 +307,7 @@ fn route(
     req.extensions_mut().insert(ConnectInfo(peer));
     req.extensions_mut()
         .insert(ClientSocket(Some(Arc::clone(socket))));
+    req.extensions_mut().insert(RawCapable);
     (Box::pin(router.clone().oneshot(req)), close)
 }
 
@@ -281,6 +324,20 @@ async fn answer<W: Wire>(wire: &mut W, answering: Answering, close: bool) -> Aft
             },
             () = hangup.wait(wire.tcp()) => return After::Close,
         };
+        if let Some(task) = response
+            .extensions()
+            .get::<TakeOver>()
+            .and_then(TakeOver::take)
+        {
+            // the body is the task's: chunked, and the connection closes after it
+            let out = head(
+                response.status(),
+                response.headers(),
+                Framing::Chunked,
+                true,
+            );
+            return After::TakeOver(task, out);
+        }
         prepare(response, close)
     };
     let mut left = match framing {
@@ -344,6 +401,14 @@ async fn answer<W: Wire>(wire: &mut W, answering: Answering, close: bool) -> Aft
     }
 }
 
+/// Writes the head of an answer whose body the task writes on the raw socket.
+async fn take_over<W: Wire>(wire: &mut W, task: SocketTask, head: Vec<u8>) -> Handoff {
+    if wire.write_all(&head).await.is_err() || wire.flush().await.is_err() {
+        return Handoff::Closed;
+    }
+    Handoff::TakeOver(task)
+}
+
 /// The answer's body, its head (to be written), how its body is framed and
 /// whether the connection closes after it.
 fn prepare(response: axum::response::Response, close: bool) -> (Body, Vec<u8>, Framing, bool) {
@@ -403,11 +468,7 @@ impl Framing {
                 *left -= n;
                 out.extend_from_slice(data);
             }
-            Framing::Chunked => {
-                out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
-                out.extend_from_slice(data);
-                out.extend_from_slice(b"\r\n");
-            }
+            Framing::Chunked => crate::change::http_chunk_into(out, data),
         }
         true
     }

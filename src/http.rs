@@ -22,7 +22,7 @@
 
 use crate::direct_http1::Handoff;
 use crate::shutdown::Shutdown;
-use crate::sockets::{ClientSocket, Next, Socket, Sockets};
+use crate::sockets::{ClientSocket, Next, OpenSocket, RawSocket, Socket, Sockets};
 use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::connect_info::ConnectInfo;
 use axum::Router;
@@ -161,6 +161,12 @@ impl Conn {
             {
                 Handoff::Closed => return,
                 Handoff::Hyper(read) => read,
+                Handoff::TakeOver(task) => {
+                    // `conn` (its place among the running connections) stays
+                    // until the task is done
+                    let rest = task(wire.into_raw(Bytes::new()));
+                    return rest.await;
+                }
             };
             conn.into_hyper(read, wire).await
         }
@@ -200,16 +206,6 @@ impl Conn {
     }
 }
 
-/// A WebSocket's socket, taken back from hyper after the upgrade: the TCP
-/// stream itself (so that a writer can use it from any task), the bytes
-/// already read past the upgrade request, and its place in the `Sockets`
-/// registry (declared last: released after the stream is closed).
-pub(crate) struct RawSocket {
-    pub tcp: TcpStream,
-    pub read: Bytes,
-    pub open: OpenSocket,
-}
-
 /// The upgraded connection's own socket, when hyper served it from this
 /// module's accept loop (always, for `serve`'s connections).
 pub(crate) fn into_raw(
@@ -228,12 +224,7 @@ pub(crate) fn into_raw(
         both.extend_from_slice(&read);
         both.freeze()
     };
-    let WriteTimeout { inner, socket, .. } = inner;
-    Ok(RawSocket {
-        tcp: inner,
-        read,
-        open: socket,
-    })
+    Ok(inner.into_raw(read))
 }
 
 /// A connection's stream that first gives back the bytes `direct_http1`
@@ -472,12 +463,16 @@ pub(crate) struct WriteTimeout<S> {
     socket: OpenSocket,
 }
 
-/// Tells the registry that the socket's descriptor is closed when dropped.
-pub(crate) struct OpenSocket(Arc<Socket>);
-
-impl Drop for OpenSocket {
-    fn drop(&mut self) {
-        self.0.close();
+impl WriteTimeout<TcpStream> {
+    /// The socket itself, its place in the registry, and `read`: the bytes
+    /// already read past the request.
+    pub(crate) fn into_raw(self, read: Bytes) -> RawSocket {
+        let WriteTimeout { inner, socket, .. } = self;
+        RawSocket {
+            tcp: inner,
+            read,
+            open: socket,
+        }
     }
 }
 
@@ -487,7 +482,7 @@ impl<S> WriteTimeout<S> {
             inner,
             limit,
             stalled: None,
-            socket: OpenSocket(socket),
+            socket: OpenSocket::new(socket),
         }
     }
 
@@ -504,7 +499,7 @@ impl<S> WriteTimeout<S> {
         match sleep.as_mut().poll(cx) {
             std::task::Poll::Ready(()) => {
                 tracing::debug!(?limit, "client socket accepted nothing: closing");
-                if let Some(c) = self.socket.0.stalled_counter() {
+                if let Some(c) = self.socket.stalled_counter() {
                     c.inc();
                 }
                 std::task::Poll::Ready(Err(std::io::Error::new(
@@ -594,7 +589,7 @@ mod tests {
     /// A connection answered directly (an idle SSE stream or long poll) is
     /// one task holding this future for its whole life: it must not carry
     /// hyper's connection state (boxed, `Conn::into_hyper`), which was most of
-    /// what such a connection cost (README, "Performance"). 496 bytes today.
+    /// what such a connection cost (README, "Performance"). 576 bytes today.
     #[test]
     fn a_directly_answered_connection_is_small() {
         let task = of2(Conn::run);

@@ -165,11 +165,7 @@ impl Server {
                 shutdown.subscribe(),
             )),
         ];
-        // WebSockets time out their own frames first (and close with 4008,
-        // trying the close frame for up to 2 s): the socket-level timeout
-        // comes after both, so one stuck WebSocket is counted once. It
-        // catches the rest: SSE streams and poll answers nobody reads.
-        let write_timeout = cfg.write_timeout + (cfg.write_timeout / 2).max(Duration::from_secs(3));
+        let write_timeout = cfg.socket_write_timeout();
         let http_opts = HttpOptions {
             header_read_timeout: cfg.limits.header_read_timeout,
             write_timeout,

@@ -314,6 +314,37 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientSocket {
     }
 }
 
+/// A connection's socket outside hyper (a WebSocket after its upgrade, an
+/// SSE stream on its raw socket): the TCP stream itself (so that a writer
+/// can use it from any task), the bytes already read past the request, and
+/// its place in this registry (declared last: released after the stream is
+/// closed).
+pub(crate) struct RawSocket {
+    pub tcp: tokio::net::TcpStream,
+    pub read: bytes::Bytes,
+    pub open: OpenSocket,
+}
+
+/// Tells the registry that the socket's descriptor is closed when dropped.
+pub(crate) struct OpenSocket(Arc<Socket>);
+
+impl OpenSocket {
+    pub(crate) fn new(socket: Arc<Socket>) -> OpenSocket {
+        OpenSocket(socket)
+    }
+
+    /// The counter a write timeout on this socket goes to (`Socket::stalled_counter`).
+    pub(crate) fn stalled_counter(&self) -> Option<IntCounter> {
+        self.0.stalled_counter().cloned()
+    }
+}
+
+impl Drop for OpenSocket {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
 /// Drops the connection once bytes written to it have stayed
 /// unacknowledged for `after` (`TCP_USER_TIMEOUT`). Without it a client that
 /// vanished without a reset (a dead host, a dropped network path) keeps its

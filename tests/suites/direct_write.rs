@@ -6,7 +6,9 @@
 //! answer to a client's message precedes events of the topics it adds; and
 //! the handshake refuses malformed upgrades. And since events written by
 //! the publisher keep a connection alive, only quiet connections are
-//! pinged (`src/transport/ws/keepalive.rs`).
+//! pinged (`src/transport/ws/keepalive.rs`). SSE streams on their raw
+//! socket are written the same way (`src/transport/sse/direct.rs`): the
+//! same stop-reading test holds for them, read as raw chunked HTTP.
 
 use crate::common::*;
 use futures::{SinkExt, StreamExt};
@@ -88,6 +90,142 @@ async fn a_client_that_stops_reading_gets_everything_once_when_it_reads_again() 
     emit(&db, "p", EVENTS + 1).await;
     assert_eq!(
         next_json(&mut paused).await["data"]["n"],
+        EVENTS + 1,
+        "and live again"
+    );
+}
+
+/// An SSE stream read straight off a small-window socket: the response
+/// head, then chunks (`<hex length>\r\n<data>\r\n`) whose data is the
+/// event stream; yields each event's envelope.
+struct RawSse {
+    tcp: tokio::net::TcpStream,
+    /// Bytes read, not yet de-chunked.
+    wire: Vec<u8>,
+    /// De-chunked event-stream text, not yet split into events.
+    text: String,
+    head_done: bool,
+}
+
+impl RawSse {
+    async fn get(addr: std::net::SocketAddr, query: &str) -> RawSse {
+        RawSse {
+            tcp: stalled_get(addr, &format!("/v1/events?{query}")).await,
+            wire: Vec::new(),
+            text: String::new(),
+            head_done: false,
+        }
+    }
+
+    /// Moves what can be de-chunked from `wire` to `text`.
+    fn dechunk(&mut self) {
+        if !self.head_done {
+            let Some(end) = self.wire.windows(4).position(|w| w == b"\r\n\r\n") else {
+                return;
+            };
+            let head = String::from_utf8_lossy(&self.wire[..end]).to_lowercase();
+            assert!(head.starts_with("http/1.1 200"), "{head}");
+            assert!(head.contains("transfer-encoding: chunked"), "{head}");
+            self.wire.drain(..end + 4);
+            self.head_done = true;
+        }
+        loop {
+            let Some(eol) = self.wire.windows(2).position(|w| w == b"\r\n") else {
+                return;
+            };
+            let len = usize::from_str_radix(std::str::from_utf8(&self.wire[..eol]).unwrap(), 16)
+                .expect("a chunk length");
+            if self.wire.len() < eol + 2 + len + 2 {
+                return;
+            }
+            let data = &self.wire[eol + 2..eol + 2 + len];
+            self.text
+                .push_str(std::str::from_utf8(data).expect("UTF-8 event stream"));
+            assert_eq!(&self.wire[eol + 2 + len..eol + 4 + len], b"\r\n");
+            self.wire.drain(..eol + 4 + len);
+        }
+    }
+
+    /// Reads until the stream's opening `retry:` arrived: it is written
+    /// once the subscription is in place.
+    async fn opened(&mut self) {
+        while !self.text.contains("retry:") {
+            self.read_more().await;
+        }
+    }
+
+    /// The next event's envelope (comments and `retry:` skipped; bounded wait).
+    async fn next_event(&mut self) -> Value {
+        loop {
+            while let Some(end) = self.text.find("\n\n") {
+                let block: String = self.text.drain(..end + 2).collect();
+                if let Some(data) = block.lines().find_map(|l| l.strip_prefix("data: ")) {
+                    return serde_json::from_str(data).expect("JSON data");
+                }
+            }
+            self.read_more().await;
+        }
+    }
+
+    async fn read_more(&mut self) {
+        {
+            let mut chunk = vec![0u8; 4096];
+            let n = tokio::time::timeout(ARRIVAL, self.tcp.read(&mut chunk))
+                .await
+                .expect("bytes in time")
+                .expect("read");
+            assert!(n > 0, "the stream ended");
+            self.wire.extend_from_slice(&chunk[..n]);
+            self.dechunk();
+        }
+    }
+}
+
+/// `a_client_that_stops_reading_gets_everything_once_when_it_reads_again`,
+/// over SSE on the raw socket: the publisher writes the stream's events
+/// straight to its socket as HTTP chunks; a client that stops reading is
+/// continued from the log and, reading again, gets every event once, in
+/// order, in well-formed chunks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sse_client_that_stops_reading_gets_everything_once_when_it_reads_again() {
+    const EVENTS: i64 = 10_000;
+    let url = fresh_db().await;
+    let srv = server_with(&url, |c| {
+        c.write_timeout = Duration::from_secs(60);
+        c.queue.max_events = 256;
+        c.queue.max_bytes = 128 * 1024;
+    })
+    .await;
+    let db = connect(&url).await;
+    let mut paused = RawSse::get(srv.addr, "topics=p").await;
+    paused.opened().await;
+    let mut normal = SseClient::connect(&srv.base_url(), "topics=p", None).await;
+    emit_padded(&db, "p", EVENTS).await;
+    for n in 1..=EVENTS {
+        assert_eq!(
+            next_event(&mut normal.rx).await.data["n"],
+            n,
+            "normal client"
+        );
+    }
+    for n in 1..=EVENTS {
+        let e = paused.next_event().await;
+        assert_eq!(
+            e["data"]["n"], n,
+            "paused client: every event once, in order"
+        );
+    }
+    assert!(
+        srv.metric("rowcast_lag_recoveries_total") >= 1.0,
+        "the paused client overflowed and continued from the log"
+    );
+    assert_eq!(
+        srv.metric("rowcast_slow_consumer_drops_total{transport=\"sse\"}"),
+        0.0
+    );
+    emit(&db, "p", EVENTS + 1).await;
+    assert_eq!(
+        paused.next_event().await["data"]["n"],
         EVENTS + 1,
         "and live again"
     );

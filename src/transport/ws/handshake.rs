@@ -10,7 +10,7 @@
 //! connection that cannot be upgraded (HTTP/2) 426. No subprotocol is
 //! negotiated.
 
-use crate::http::RawSocket;
+use crate::sockets::RawSocket;
 use axum::body::Body;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;

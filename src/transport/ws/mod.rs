@@ -12,8 +12,9 @@
 //! subscribe's topics). Topics added later start live. A client whose queue
 //! overflows is not closed: it continues from the change log (see `feed`).
 //!
-//! Five parts: `handshake` (the upgrade, keeping the TCP socket), `wire`
-//! (the socket's writer, shared with the publisher), `session` (who the
+//! Six parts: `handshake` (the upgrade, keeping the TCP socket), `stream`
+//! (the socket as tungstenite sees it, written through `transport::wire`,
+//! the writer shared with the publisher), `session` (who the
 //! client is and what it subscribed), `messages` (what it asks for), `io`
 //! (the one loop that reads, flushes and times out), `keepalive` (when it
 //! pings).
@@ -23,7 +24,7 @@ mod io;
 mod keepalive;
 mod messages;
 mod session;
-mod wire;
+mod stream;
 
 use super::start::StreamRequest;
 use super::App;

@@ -5,14 +5,15 @@
 
 use super::super::close::Disconnect;
 use super::super::App;
-use super::wire::{Stream, Wire};
+use super::stream::Stream;
 use crate::access::{Admitted, Connection};
 use crate::api_error::{ApiError, ErrorCode};
 use crate::auth::Identity;
 use crate::feed::{Feed, Notice, Start};
-use crate::http::RawSocket;
 use crate::limits::RateLimiter;
 use crate::protocol::ServerMessage;
+use crate::sockets::RawSocket;
+use crate::transport::wire::{Render, Wire};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tracing::Instrument;
@@ -96,7 +97,7 @@ impl Session {
             first,
             config,
         } = *upgrade;
-        let (wire, read) = Wire::new(raw, admitted.conn.metrics().live());
+        let (wire, read) = Wire::new(raw, admitted.conn.metrics().live(), Render::Ws);
         let stream = Stream::new(Arc::clone(&wire), read);
         let socket = tokio_tungstenite::WebSocketStream::from_raw_socket(
             stream,

@@ -7,22 +7,36 @@
 //! `{"type":"resync",...}` before the live stream. A stream ends with a comment
 //! naming its `Disconnect` reason (`: token expired`, `: try again later`); a
 //! client that falls behind continues from the change log (see `feed`); one
-//! whose socket accepts nothing is cut at the socket level
-//! (`http::WriteTimeout`), and EventSource reconnects with its Last-Event-ID.
+//! whose socket accepts nothing is cut after the socket-level write timeout
+//! (`ServerConfig::socket_write_timeout`: `http::WriteTimeout` on hyper's
+//! path, the wire's flush in `direct`), and EventSource reconnects with its
+//! Last-Event-ID.
+//!
+//! Two ways to write a stream: a request answered by `direct_http1` (every
+//! plain HTTP/1.1 GET) takes its raw socket over, and the publisher writes
+//! the live events straight to it (`direct`, like a WebSocket); anything
+//! hyper serves (h2c, unusual HTTP/1 requests) gets the stream as a response
+//! body, written by the connection's task (`Stream::next_chunk`). Same
+//! frames, comments and endings either way.
+
+mod direct;
 
 use super::close::Disconnect;
 use super::start::StreamRequest;
 use super::App;
 use crate::access::Connection;
 use crate::api_error::ApiError;
+use crate::direct_http1::{RawCapable, SocketTask, TakeOver};
 use crate::feed::Feed;
 use crate::metrics::Transport;
 use crate::protocol::ServerMessage;
 use crate::shutdown::Shutdown;
+use crate::transport::wire::Wire;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use bytes::{Bytes, BytesMut};
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -31,15 +45,19 @@ use tracing::Instrument;
 /// Frames coalesced into one write when several are ready at once.
 const MAX_COALESCE: usize = 64;
 
-pub(crate) async fn handler(State(app): State<Arc<App>>, req: StreamRequest) -> Response {
+pub(crate) async fn handler(
+    State(app): State<Arc<App>>,
+    raw: Option<Extension<RawCapable>>,
+    req: StreamRequest,
+) -> Response {
     let span = tracing::info_span!("sse", peer = %req.peer);
-    match open(app, req).instrument(span).await {
+    match open(app, req, raw.is_some()).instrument(span).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
 }
 
-async fn open(app: Arc<App>, req: StreamRequest) -> Result<Response, ApiError> {
+async fn open(app: Arc<App>, req: StreamRequest, raw: bool) -> Result<Response, ApiError> {
     req.require_topics()?;
     let admitted = req.admit(&app, Transport::Sse)?;
     app.count_session(Transport::Sse, req.report);
@@ -69,6 +87,8 @@ async fn open(app: Arc<App>, req: StreamRequest) -> Result<Response, ApiError> {
         },
         quiet: true,
         done: false,
+        direct: None,
+        seen: 0,
         expires: admitted
             .identity
             .remaining()
@@ -76,8 +96,19 @@ async fn open(app: Arc<App>, req: StreamRequest) -> Result<Response, ApiError> {
         conn: admitted.conn,
         app: Arc::clone(&app),
     };
-    // the body is polled by the connection task: carry the request's span along
+    let headers = [
+        (header::CONTENT_TYPE, "text/event-stream"),
+        (header::CACHE_CONTROL, "no-cache"),
+        (header::HeaderName::from_static("x-accel-buffering"), "no"),
+    ];
+    // either way the stream runs in the connection's task: carry the request's span along
     let span = tracing::Span::current();
+    if raw {
+        let task: SocketTask = Box::new(move |socket| Box::pin(state.run(socket).instrument(span)));
+        let mut response = (headers, Body::empty()).into_response();
+        response.extensions_mut().insert(TakeOver::new(task));
+        return Ok(response);
+    }
     let stream = futures::stream::unfold(state, move |mut s| {
         async move {
             let chunk = s.next_chunk().await?;
@@ -85,15 +116,7 @@ async fn open(app: Arc<App>, req: StreamRequest) -> Result<Response, ApiError> {
         }
         .instrument(span.clone())
     });
-    Ok((
-        [
-            (header::CONTENT_TYPE, "text/event-stream"),
-            (header::CACHE_CONTROL, "no-cache"),
-            (header::HeaderName::from_static("x-accel-buffering"), "no"),
-        ],
-        Body::from_stream(stream),
-    )
-        .into_response())
+    Ok((headers, Body::from_stream(stream)).into_response())
 }
 
 struct Stream {
@@ -105,6 +128,11 @@ struct Stream {
     keepalive: tokio::time::Interval,
     quiet: bool,
     done: bool,
+    /// On the raw socket (`direct`): its writer, which the publisher writes
+    /// to as well, and its written-bytes count after the task's last chunk,
+    /// so that a tick after the publisher's writes sends no comment either.
+    direct: Option<Arc<Wire>>,
+    seen: u64,
     /// The token's expiry: the stream ends there, and the client reconnects with a fresh token.
     expires: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
     conn: Connection,
@@ -125,7 +153,7 @@ impl Stream {
             tokio::select! {
                 r = self.feed.next_batch(MAX_COALESCE) => break r,
                 _ = self.keepalive.tick() => {
-                    if std::mem::replace(&mut self.quiet, true) {
+                    if std::mem::replace(&mut self.quiet, true) && !self.publisher_wrote() {
                         return Some(Bytes::from_static(b": keepalive\n\n"));
                     }
                 }
@@ -153,6 +181,16 @@ impl Stream {
         }
         self.conn.metrics().delivered_batch(&batch);
         Some(buf.freeze())
+    }
+
+    /// The publisher wrote to the raw socket since the last look (never, on
+    /// hyper's path).
+    fn publisher_wrote(&mut self) -> bool {
+        let Some(wire) = &self.direct else {
+            return false;
+        };
+        let written = wire.written();
+        std::mem::replace(&mut self.seen, written) != written
     }
 
     /// The stream's last chunk: the reason, as a comment.

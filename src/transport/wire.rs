@@ -1,39 +1,43 @@
-//! A WebSocket's socket, written by two parties: the connection's task and
-//! the publisher (the hub's `Direct` writer), so that a live event reaches a
-//! client that keeps up without waking its task.
+//! A client's socket, written by two parties: the connection's task and the
+//! publisher (the hub's `Direct` writer), so that a live event reaches a
+//! client that keeps up without waking its task. Used by the WebSocket
+//! (`ws`: whole WebSocket frames) and by SSE streams served on the raw
+//! socket (`sse::direct`: one HTTP chunk per SSE event); `Render` says
+//! which form of a change's frame the publisher writes.
 //!
 //! The contract, kept here:
-//! - One list of frames waiting to be written, under one small lock, and
-//!   whole frames only: every frame (events, control messages, pings, the
-//!   close frame) is appended to it, and whoever writes (the task, or a
-//!   publishing thread in `Direct::write`) writes from its front, under the
-//!   lock. So frames never interleave and leave in the order they were
-//!   appended: per connection, events in feed order, each control message
-//!   after the events appended before it.
-//! - Who appends: the task (catch-up and queued events, its messages and
-//!   pings, through tungstenite and `Stream`; `push` writes at once when
-//!   nothing waits), and the publisher for a subscription that went direct
-//!   (`hub`'s contract: the feed is live and nothing is queued), which
-//!   appends under the hub's lock and writes after it, on any worker thread
-//!   (`Hub::publish`). The publisher never waits: what the socket does not
-//!   take wakes the task, which writes it when the socket is writable
-//!   (`flush`).
+//! - One list of byte strings waiting to be written, under one small lock,
+//!   each a whole frame (WebSocket frame, HTTP chunk): every frame (events,
+//!   control messages, pings, keepalive comments, the closing frame) is
+//!   appended to it, and whoever writes (the task, or a publishing thread
+//!   in `Direct::write`) writes from its front, under the lock. So frames
+//!   never interleave and leave in the order they were appended: per
+//!   connection, events in feed order, each control message after the
+//!   events appended before it.
+//! - Who appends: the task (catch-up and queued events, its messages,
+//!   pings and comments; `push` writes at once when nothing waits), and the
+//!   publisher for a subscription that went direct (`hub`'s contract: the
+//!   feed is live and nothing is queued), which appends under the hub's
+//!   lock and writes after it, on any worker thread (`Hub::publish`). The
+//!   publisher never waits: what the socket does not take wakes the task,
+//!   which writes it when the socket is writable (`flush`).
 //! - Slow consumers: what the publisher may leave waiting is bounded by the
 //!   queue limits (frames and bytes, `--queue-events`, `--queue-bytes`);
 //!   over them it refuses (`Taken::Full`) and the subscription lags, to be
 //!   continued from the log once the waiting bytes are out. A frame is
 //!   always taken when nothing waits (it is shared, not copied). A socket
-//!   that accepts nothing for `--write-timeout` while bytes wait ends the
-//!   connection (close 4008, `flush`).
+//!   that accepts nothing for the transport's write timeout while bytes
+//!   wait ends the connection (`flush`: WebSocket close 4008; SSE, the
+//!   socket-level timeout, counted as a stall).
 //! - Once the task starts closing (`close_direct`) the publisher appends
-//!   nothing more: the close frame is the last frame.
+//!   nothing more: the closing frame is the last frame.
 //! - A delivery the publisher takes is counted as delivered (deliveries,
 //!   the SLO latency histogram) when it is taken.
 
 use crate::feed::Delivery;
-use crate::http::RawSocket;
 use crate::hub::{Direct, QueueLimits, Taken};
 use crate::metrics::{LiveMetrics, LiveTally};
+use crate::sockets::RawSocket;
 use crate::transport::close::Disconnect;
 use bytes::Bytes;
 use std::collections::VecDeque;
@@ -43,7 +47,6 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 /// Slices written with one `writev` when draining what is pending.
@@ -51,12 +54,22 @@ const WRITEV_MAX: usize = 32;
 /// A drained pending list keeps at most this many slots allocated.
 const PENDING_KEEP: usize = 4;
 
-pub(in crate::transport::ws) struct Wire {
+/// Which form of a change's frame the publisher writes (`change::Frame`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(in crate::transport) enum Render {
+    /// The whole WebSocket frame (`Frame::ws`).
+    Ws,
+    /// The SSE event as one HTTP/1.1 chunk (`Frame::sse_chunk`).
+    SseChunk,
+}
+
+pub(in crate::transport) struct Wire {
     tcp: TcpStream,
     out: Mutex<Out>,
     metrics: LiveMetrics,
+    render: Render,
     /// The socket's place in the registry: released after `tcp` is closed.
-    _open: crate::http::OpenSocket,
+    _open: crate::sockets::OpenSocket,
 }
 
 #[derive(Default)]
@@ -109,21 +122,23 @@ impl Out {
     }
 }
 
-fn gone() -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::BrokenPipe, "websocket socket failed")
+pub(in crate::transport) fn gone() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client socket failed")
 }
 
 impl Wire {
     /// The upgraded socket, and the bytes the client sent past its request.
-    pub(in crate::transport::ws) fn new(
+    pub(in crate::transport) fn new(
         raw: RawSocket,
         metrics: LiveMetrics,
+        render: Render,
     ) -> (Arc<Wire>, Bytes) {
         let RawSocket { tcp, read, open } = raw;
         let wire = Arc::new(Wire {
             tcp,
             out: Mutex::new(Out::default()),
             metrics,
+            render,
             _open: open,
         });
         (wire, read)
@@ -133,8 +148,18 @@ impl Wire {
         self.out.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The TCP stream, for readiness and reads (writes go through `push`).
+    pub(in crate::transport) fn tcp(&self) -> &TcpStream {
+        &self.tcp
+    }
+
+    /// The socket failed: nothing more can be written.
+    pub(in crate::transport) fn is_broken(&self) -> bool {
+        self.out().broken
+    }
+
     /// Writes `frame` after everything pushed before it (see the contract).
-    pub(in crate::transport::ws) fn push(&self, frame: Bytes) {
+    pub(in crate::transport) fn push(&self, frame: Bytes) {
         let mut out = self.out();
         self.push_locked(&mut out, frame);
     }
@@ -192,7 +217,10 @@ impl Wire {
 
     /// Writes what is pending as far as the socket takes it: ready (`Ok`)
     /// once nothing is left.
-    fn poll_drain(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+    pub(in crate::transport) fn poll_drain(
+        &self,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
         let mut out = self.out();
         loop {
             if out.broken {
@@ -219,14 +247,14 @@ impl Wire {
 
     /// Completes when something is pending for the task to write (the
     /// publisher left part of a frame), or the socket failed.
-    pub(in crate::transport::ws) fn backlog(&self) -> Backlog<'_> {
+    pub(in crate::transport) fn backlog(&self) -> Backlog<'_> {
         Backlog(self)
     }
 
     /// Writes everything pending; a socket that accepts nothing for `limit`
     /// meanwhile is a slow consumer. The timer is made only when the socket
     /// does not take the bytes at once.
-    pub(in crate::transport::ws) async fn flush(&self, limit: Duration) -> Result<(), Disconnect> {
+    pub(in crate::transport) async fn flush(&self, limit: Duration) -> Result<(), Disconnect> {
         let mut seen = None;
         let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
         std::future::poll_fn(|cx| {
@@ -290,13 +318,13 @@ impl Wire {
     }
 
     /// Bytes written to the socket so far, by the task and the publisher.
-    pub(in crate::transport::ws) fn written(&self) -> u64 {
+    pub(in crate::transport) fn written(&self) -> u64 {
         self.out().written
     }
 
     /// From now on the publisher writes nothing more (the task is about to
     /// send its close frame).
-    pub(in crate::transport::ws) fn close_direct(&self) {
+    pub(in crate::transport) fn close_direct(&self) {
         self.out().closed = true;
     }
 }
@@ -307,6 +335,10 @@ impl Direct for Wire {
             // no frame for that topic: nothing to write
             return Taken::Yes;
         };
+        let frame = match self.render {
+            Render::Ws => &frame.ws,
+            Render::SseChunk => frame.sse_chunk(&d.change),
+        };
         let mut out = self.out();
         if out.closed || out.broken {
             return Taken::Closed;
@@ -314,11 +346,11 @@ impl Direct for Wire {
         let first = out.pending.is_empty();
         if !first
             && (out.pending.len() >= limits.max_events.max(1)
-                || out.bytes + frame.ws.len() > limits.max_bytes)
+                || out.bytes + frame.len() > limits.max_bytes)
         {
             return Taken::Full;
         }
-        out.keep(frame.ws.clone());
+        out.keep(frame.clone());
         drop(out);
         tally.delivered(&self.metrics, d.change.emitted_us);
         if first {
@@ -346,7 +378,7 @@ impl Direct for Wire {
 }
 
 /// See `Wire::backlog`.
-pub(in crate::transport::ws) struct Backlog<'a>(&'a Wire);
+pub(in crate::transport) struct Backlog<'a>(&'a Wire);
 
 impl std::future::Future for Backlog<'_> {
     type Output = ();
@@ -360,78 +392,5 @@ impl std::future::Future for Backlog<'_> {
             out.waker = Some(cx.waker().clone());
         }
         Poll::Pending
-    }
-}
-
-/// The socket as tungstenite sees it: reads from the TCP stream (after the
-/// bytes read with the upgrade request), writes through `Wire::push`.
-pub(in crate::transport::ws) struct Stream {
-    wire: Arc<Wire>,
-    read: Bytes,
-}
-
-impl Stream {
-    pub(in crate::transport::ws) fn new(wire: Arc<Wire>, read: Bytes) -> Stream {
-        Stream { wire, read }
-    }
-}
-
-impl AsyncRead for Stream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        if !this.read.is_empty() {
-            let n = this.read.len().min(buf.remaining());
-            buf.put_slice(&this.read.split_to(n));
-            if this.read.is_empty() {
-                // frees the buffer
-                this.read = Bytes::new();
-            }
-            return Poll::Ready(Ok(()));
-        }
-        let tcp = &this.wire.tcp;
-        loop {
-            match tcp.poll_read_ready(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Ready(Ok(())) => {}
-            }
-            match tcp.try_read(buf.initialize_unfilled()) {
-                Ok(n) => {
-                    buf.advance(n);
-                    return Poll::Ready(Ok(()));
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-        }
-    }
-}
-
-impl AsyncWrite for Stream {
-    /// Takes the whole buffer (tungstenite writes one whole frame at a
-    /// time): a frame is never left half in tungstenite's buffer, where a
-    /// direct write could overtake the rest of it.
-    fn poll_write(
-        self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        if self.wire.out().broken {
-            return Poll::Ready(Err(gone()));
-        }
-        self.wire.push(Bytes::copy_from_slice(buf));
-        Poll::Ready(Ok(buf.len()))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        self.wire.poll_drain(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        self.wire.poll_drain(cx)
     }
 }

@@ -1,0 +1,84 @@
+//! The WebSocket's socket as tungstenite sees it: reads from the TCP stream
+//! (after the bytes read with the upgrade request), writes through
+//! `Wire::push`, so that tungstenite's frames and the publisher's share the
+//! wire's one list (`transport::wire`).
+
+use crate::transport::wire::{gone, Wire};
+use bytes::Bytes;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// The socket as tungstenite sees it: reads from the TCP stream (after the
+/// bytes read with the upgrade request), writes through `Wire::push`.
+pub(in crate::transport::ws) struct Stream {
+    wire: Arc<Wire>,
+    read: Bytes,
+}
+
+impl Stream {
+    pub(in crate::transport::ws) fn new(wire: Arc<Wire>, read: Bytes) -> Stream {
+        Stream { wire, read }
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if !this.read.is_empty() {
+            let n = this.read.len().min(buf.remaining());
+            buf.put_slice(&this.read.split_to(n));
+            if this.read.is_empty() {
+                // frees the buffer
+                this.read = Bytes::new();
+            }
+            return Poll::Ready(Ok(()));
+        }
+        let tcp = this.wire.tcp();
+        loop {
+            match tcp.poll_read_ready(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(())) => {}
+            }
+            match tcp.try_read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    /// Takes the whole buffer (tungstenite writes one whole frame at a
+    /// time): a frame is never left half in tungstenite's buffer, where a
+    /// direct write could overtake the rest of it.
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        if self.wire.is_broken() {
+            return Poll::Ready(Err(gone()));
+        }
+        self.wire.push(Bytes::copy_from_slice(buf));
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.wire.poll_drain(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.wire.poll_drain(cx)
+    }
+}
