@@ -46,36 +46,55 @@ async fn next_json(ws: &mut RawWs) -> Value {
     }
 }
 
-/// A client that stops reading while events keep flowing overflows what the
-/// publisher may leave pending for it: it is continued from the log, and
-/// when it reads again it gets every event once, in order. Another client
-/// receives everything meanwhile.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_that_stops_reading_gets_everything_once_when_it_reads_again() {
-    const EVENTS: i64 = 10_000;
-    let url = fresh_db().await;
-    let srv = server_with(&url, |c| {
+/// What both stop-reading tests send: more than a paused client may leave
+/// pending (the server below), so it overflows.
+const STOPPED_EVENTS: i64 = 10_000;
+
+/// A server whose clients lag after 256 events or 128 KiB pending, and whose
+/// writes never time out (a paused client is continued, not cut).
+async fn lenient_server(url: &str) -> rowcast::server::Server {
+    server_with(url, |c| {
         c.write_timeout = Duration::from_secs(60);
         c.queue.max_events = 256;
         c.queue.max_bytes = 128 * 1024;
     })
-    .await;
-    let mut paused = small_ws(srv.addr, "topics=p").await;
-    let mut normal = WsClient::connect(&srv.base_url(), "topics=p").await;
-    let db = connect(&url).await;
-    emit_padded(&db, "p", EVENTS).await;
-    for n in 1..=EVENTS {
-        assert_eq!(
-            next_event(&mut normal.rx).await.data["n"],
-            n,
-            "normal client"
-        );
-    }
-    for n in 1..=EVENTS {
-        let e = next_json(&mut paused).await;
+    .await
+}
+
+/// A client that subscribed and then stopped reading.
+trait Paused {
+    /// The next event's envelope, once it reads again.
+    async fn next_envelope(&mut self) -> Value;
+}
+
+impl Paused for RawWs {
+    async fn next_envelope(&mut self) -> Value {
+        let e = next_json(self).await;
         assert_eq!(e["type"], "event", "{e}");
+        e
+    }
+}
+
+/// The stop-reading tests after their clients subscribed: `STOPPED_EVENTS`
+/// padded events of topic `p`; `normal` receives them all, `paused`, reading
+/// again, gets every one once, in order; it overflowed and was continued
+/// from the log, was not cut, and is live again afterwards.
+async fn a_paused_client_gets_everything_once(
+    srv: &rowcast::server::Server,
+    url: &str,
+    normal: &mut tokio::sync::mpsc::UnboundedReceiver<Msg>,
+    paused: &mut impl Paused,
+    transport: &str,
+) {
+    let db = connect(url).await;
+    emit_padded(&db, "p", STOPPED_EVENTS).await;
+    for n in 1..=STOPPED_EVENTS {
+        assert_eq!(next_event(normal).await.data["n"], n, "normal client");
+    }
+    for n in 1..=STOPPED_EVENTS {
         assert_eq!(
-            e["data"]["n"], n,
+            paused.next_envelope().await["data"]["n"],
+            n,
             "paused client: every event once, in order"
         );
     }
@@ -84,15 +103,30 @@ async fn a_client_that_stops_reading_gets_everything_once_when_it_reads_again() 
         "the paused client overflowed and continued from the log"
     );
     assert_eq!(
-        srv.metric("rowcast_slow_consumer_drops_total{transport=\"ws\"}"),
+        srv.metric(&format!(
+            "rowcast_slow_consumer_drops_total{{transport=\"{transport}\"}}"
+        )),
         0.0
     );
-    emit(&db, "p", EVENTS + 1).await;
+    emit(&db, "p", STOPPED_EVENTS + 1).await;
     assert_eq!(
-        next_json(&mut paused).await["data"]["n"],
-        EVENTS + 1,
+        paused.next_envelope().await["data"]["n"],
+        STOPPED_EVENTS + 1,
         "and live again"
     );
+}
+
+/// A client that stops reading while events keep flowing overflows what the
+/// publisher may leave pending for it: it is continued from the log, and
+/// when it reads again it gets every event once, in order. Another client
+/// receives everything meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_gets_everything_once_when_it_reads_again() {
+    let url = fresh_db().await;
+    let srv = lenient_server(&url).await;
+    let mut paused = small_ws(srv.addr, "topics=p").await;
+    let mut normal = WsClient::connect(&srv.base_url(), "topics=p").await;
+    a_paused_client_gets_everything_once(&srv, &url, &mut normal.rx, &mut paused, "ws").await;
 }
 
 /// An SSE stream read straight off a small-window socket: the response
@@ -181,6 +215,12 @@ impl RawSse {
     }
 }
 
+impl Paused for RawSse {
+    async fn next_envelope(&mut self) -> Value {
+        self.next_event().await
+    }
+}
+
 /// `a_client_that_stops_reading_gets_everything_once_when_it_reads_again`,
 /// over SSE on the raw socket: the publisher writes the stream's events
 /// straight to its socket as HTTP chunks; a client that stops reading is
@@ -188,47 +228,12 @@ impl RawSse {
 /// order, in well-formed chunks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_sse_client_that_stops_reading_gets_everything_once_when_it_reads_again() {
-    const EVENTS: i64 = 10_000;
     let url = fresh_db().await;
-    let srv = server_with(&url, |c| {
-        c.write_timeout = Duration::from_secs(60);
-        c.queue.max_events = 256;
-        c.queue.max_bytes = 128 * 1024;
-    })
-    .await;
-    let db = connect(&url).await;
+    let srv = lenient_server(&url).await;
     let mut paused = RawSse::get(srv.addr, "topics=p").await;
     paused.opened().await;
     let mut normal = SseClient::connect(&srv.base_url(), "topics=p", None).await;
-    emit_padded(&db, "p", EVENTS).await;
-    for n in 1..=EVENTS {
-        assert_eq!(
-            next_event(&mut normal.rx).await.data["n"],
-            n,
-            "normal client"
-        );
-    }
-    for n in 1..=EVENTS {
-        let e = paused.next_event().await;
-        assert_eq!(
-            e["data"]["n"], n,
-            "paused client: every event once, in order"
-        );
-    }
-    assert!(
-        srv.metric("rowcast_lag_recoveries_total") >= 1.0,
-        "the paused client overflowed and continued from the log"
-    );
-    assert_eq!(
-        srv.metric("rowcast_slow_consumer_drops_total{transport=\"sse\"}"),
-        0.0
-    );
-    emit(&db, "p", EVENTS + 1).await;
-    assert_eq!(
-        paused.next_event().await["data"]["n"],
-        EVENTS + 1,
-        "and live again"
-    );
+    a_paused_client_gets_everything_once(&srv, &url, &mut normal.rx, &mut paused, "sse").await;
 }
 
 /// A client that stops reading for good is cut after the write timeout
