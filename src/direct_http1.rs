@@ -42,8 +42,7 @@
 //!   it. The socket stays busy (never idle-shed) meanwhile.
 
 use crate::shutdown::Shutdown;
-use crate::sockets::RawSocket;
-use crate::sockets::{ClientSocket, Next, Socket};
+use crate::sockets::{ClientSocket, Next, RawSocket, Socket};
 use axum::body::Body;
 use axum::extract::connect_info::ConnectInfo;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Request, StatusCode, Uri, Version};
