@@ -204,43 +204,62 @@ async fn a_hang_up_drops_the_pending_long_poll() {
 }
 
 /// An SSE stream is chunked; its events arrive as chunks; a hang-up ends it
-/// and frees its subscription at once.
+/// and frees its subscription at once. Both ways a stream is written: on
+/// the raw socket (a plain GET, `transport/sse/direct.rs`; the connection
+/// closes after the stream) and as hyper's response body (a head longer than
+/// the direct path reads).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_sse_stream_is_chunked_and_ends_on_hang_up() {
     let url = fresh_db().await;
     let srv = server(&url).await;
     let db = connect(&url).await;
-    let mut c = raw(&srv).await;
-    c.send("GET /v1/events?topics=t HTTP/1.1\r\nHost: x\r\n\r\n")
+    let padding = format!("X-Padding: {}\r\n", "p".repeat(9 * 1024));
+    for (n, (path, extra)) in [("raw socket", ""), ("hyper", padding.as_str())]
+        .into_iter()
+        .enumerate()
+    {
+        let mut c = raw(&srv).await;
+        c.send(&format!(
+            "GET /v1/events?topics=t HTTP/1.1\r\nHost: x\r\n{extra}\r\n"
+        ))
         .await;
-    let (status, headers) = c.head().await;
-    assert_eq!(status, 200);
-    let header = |n: &str| {
-        headers
-            .iter()
-            .find(|(k, _)| k == n)
-            .map(|(_, v)| v.as_str())
-    };
-    assert_eq!(header("content-type"), Some("text/event-stream"));
-    assert_eq!(header("transfer-encoding"), Some("chunked"));
-    assert_eq!(header("content-length"), None);
-    let retry = c.chunk().await.expect("the retry hint");
-    assert!(retry.starts_with(b"retry: "), "{retry:?}");
-    emit(&db, "t", 3).await;
-    let event = String::from_utf8(c.chunk().await.expect("an event")).expect("text");
-    let data: Value = event
-        .lines()
-        .find_map(|l| l.strip_prefix("data: "))
-        .and_then(|d| serde_json::from_str(d).ok())
-        .expect("a data line");
-    assert!(event.contains("event: test.n\n"), "{event}");
-    assert_eq!(data["data"]["n"], 3, "{event}");
-    assert_eq!(srv.metric("rowcast_connections{transport=\"sse\"}"), 1.0);
-    drop(c);
-    eventually("the hang-up ends the stream", || {
-        srv.metric("rowcast_connections{transport=\"sse\"}") == 0.0
-    })
-    .await;
+        let (status, headers) = c.head().await;
+        assert_eq!(status, 200, "{path}");
+        let header = |n: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k == n)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(header("content-type"), Some("text/event-stream"), "{path}");
+        assert_eq!(header("transfer-encoding"), Some("chunked"), "{path}");
+        assert_eq!(header("content-length"), None, "{path}");
+        if n == 0 {
+            assert_eq!(header("connection"), Some("close"), "{path}");
+        }
+        let retry = c.chunk().await.expect("the retry hint");
+        assert!(retry.starts_with(b"retry: "), "{path}: {retry:?}");
+        let q = 3 + n as i64;
+        emit(&db, "t", q).await;
+        let event = String::from_utf8(c.chunk().await.expect("an event")).expect("text");
+        let data: Value = event
+            .lines()
+            .find_map(|l| l.strip_prefix("data: "))
+            .and_then(|d| serde_json::from_str(d).ok())
+            .expect("a data line");
+        assert!(event.contains("event: test.n\n"), "{path}: {event}");
+        assert_eq!(data["data"]["n"], q, "{path}: {event}");
+        assert_eq!(
+            srv.metric("rowcast_connections{transport=\"sse\"}"),
+            1.0,
+            "{path}"
+        );
+        drop(c);
+        eventually("the hang-up ends the stream", || {
+            srv.metric("rowcast_connections{transport=\"sse\"}") == 0.0
+        })
+        .await;
+    }
     srv.stop().await;
 }
 
