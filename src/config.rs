@@ -44,6 +44,7 @@ pub mod defaults {
     /// Changes per read of the source (not a flag; tests make it small).
     pub const SOURCE_PAGE: i64 = 5000;
     pub const SOURCE_BUSY_PAUSE: &str = "1ms";
+    pub const SOURCE_BUSY_PAUSE_MAX: &str = "4ms";
 }
 
 /// Parses `90`, `90s`, `15m`, `24h`, `7d` (also `500ms`).
@@ -188,6 +189,17 @@ pub struct ServerConfig {
         value_parser = parse_duration
     )]
     pub busy_pause: Duration,
+    /// The longest the source stretches that pause while changes flow, aiming
+    /// at two changes per read (e.g. 4ms; at least `--source-busy-pause`, at
+    /// most 100ms; equal to it: never stretched): at a steady rate r the pause
+    /// is 2/r within the two bounds.
+    #[arg(
+        long = "source-busy-pause-max",
+        env = "ROWCAST_SOURCE_BUSY_PAUSE_MAX",
+        default_value = defaults::SOURCE_BUSY_PAUSE_MAX,
+        value_parser = parse_duration
+    )]
+    pub busy_pause_max: Duration,
     /// Changes per change-log read of the source (a bigger batch is read in pages).
     #[arg(skip = defaults::SOURCE_PAGE)]
     pub source_page: i64,
@@ -404,6 +416,7 @@ impl ServerConfig {
             sse_retry: Duration::from_secs(2),
             idle_poll: Duration::from_secs(2),
             busy_pause: dur(defaults::SOURCE_BUSY_PAUSE),
+            busy_pause_max: dur(defaults::SOURCE_BUSY_PAUSE_MAX),
             source_page: defaults::SOURCE_PAGE,
             prune_every: Duration::from_secs(60),
         }
@@ -453,6 +466,9 @@ impl ServerConfig {
         self.write_timeout = self.write_timeout.max(Duration::from_millis(100));
         self.source_page = self.source_page.max(1);
         self.busy_pause = self.busy_pause.min(Duration::from_millis(100));
+        self.busy_pause_max = self
+            .busy_pause_max
+            .clamp(self.busy_pause, Duration::from_millis(100));
         // prune often enough to keep the log near the retention, never in a loop
         self.prune_every =
             (self.retention / 10).clamp(Duration::from_millis(100), self.prune_every);

@@ -149,6 +149,7 @@ impl Server {
                 database_url: cfg.database_url.clone(),
                 idle_poll: cfg.idle_poll,
                 busy_pause: cfg.busy_pause,
+                busy_pause_max: cfg.busy_pause_max,
                 page_size: cfg.source_page,
             },
             hub,

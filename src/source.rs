@@ -21,8 +21,12 @@
 //! time the node measures (`commit_probe`, which says why). The source's
 //! cycle, after each read:
 //! 1. changes are flowing (an empty read inside a stream does not stop it:
-//!    `FLOW_STOP`): pause `busy_pause`, read again:
-//!    while they flow no writer rings and each read collects a batch. With
+//!    `FLOW_STOP`): pause, read again: while they flow no writer rings and
+//!    each read collects a batch. The pause is `busy_pause` stretched toward
+//!    `BATCH_TARGET` changes per read at the estimated rate, up to
+//!    `busy_pause_max` ([`Pace::pause`]): a read costs the database about the
+//!    same whether it brings one change or a few, so at moderate rates
+//!    reading every `busy_pause` would mostly read one change or none. With
 //!    the bell key the first of those reads releases it (disarms). Changes
 //!    that are not flowing (an isolated write, or writes a few milliseconds
 //!    apart) leave the source in 2 when it is armed (with the bell key a
@@ -97,6 +101,13 @@ const FLOW_STOP: f64 = 3.0;
 /// that estimate) it cost 20 % more PostgreSQL CPU per change for no clear
 /// gain.
 const RING_LOCK_SHARE: f64 = 0.5;
+/// The changes one read of a stream aims to collect: the pause between reads
+/// is this many changes' worth at the estimated rate, within `busy_pause` and
+/// `busy_pause_max`. Measured (`benches/issue16/stretch/`, interleaved, 3
+/// rounds): at 500 writes/s the reads per change went from 0.48-0.52 to
+/// 0.26-0.29 and the source's backend from 5.9-7.1 to 4.0-4.2 % of a core,
+/// for 1.5-3 ms more latency at the median.
+const BATCH_TARGET: f64 = 2.0;
 /// How long after an idle read found changes a NOTIFY still counts as announcing them.
 const NOTIFY_GRACE: Duration = Duration::from_millis(200);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -110,6 +121,8 @@ pub(crate) struct SourceConfig {
     /// Pause between reads while changes keep arriving; bounds the read rate
     /// (and the database load it causes) and lets batches grow under load.
     pub busy_pause: Duration,
+    /// The longest that pause is stretched to (see `BATCH_TARGET`).
+    pub busy_pause_max: Duration,
     /// Largest number of changes read in one query; a bigger batch is read in pages.
     pub page_size: i64,
 }
@@ -241,7 +254,7 @@ impl Source {
         let mut retry_arm = false;
         // This read was the idle safety net's, not a ring's.
         let mut idle_read = false;
-        let mut pace = Pace::new(self.cfg.busy_pause);
+        let mut pace = Pace::new(self.cfg.busy_pause, self.cfg.busy_pause_max);
         let mut probe = CommitProbe::new();
         let result = loop {
             if shutdown.is_shutdown() {
@@ -324,8 +337,12 @@ impl Source {
                 // disarm goes out only if the bell key is held)
                 disarm_first = flowing;
                 arm_first = std::mem::take(&mut retry_arm) && !flowing;
+                let pause = match flowing {
+                    true => pace.pause(now),
+                    false => self.cfg.busy_pause,
+                };
                 tokio::select! {
-                    _ = tokio::time::sleep(self.cfg.busy_pause) => {}
+                    _ = tokio::time::sleep(pause) => {}
                     _ = shutdown.recv() => {}
                 }
                 continue;
@@ -469,6 +486,8 @@ impl Source {
 /// the commit time / `RING_LOCK_SHARE` when that is longer) and the last
 /// change came less than `FLOW_STOP` flow gaps ago.
 struct Pace {
+    /// The decaying count of changes read; at a steady rate r it stands at
+    /// r × `window`.
     load: f64,
     at: Instant,
     /// When a read last brought changes.
@@ -479,10 +498,13 @@ struct Pace {
     gap: f64,
     window: f64,
     threshold: f64,
+    /// The shortest and the longest pause between two reads of a stream.
+    min_pause: Duration,
+    max_pause: Duration,
 }
 
 impl Pace {
-    fn new(busy_pause: Duration) -> Pace {
+    fn new(busy_pause: Duration, busy_pause_max: Duration) -> Pace {
         let pause_gap = busy_pause.max(Duration::from_micros(100)).as_secs_f64() * FLOW_GAP;
         Pace {
             load: 0.0,
@@ -492,7 +514,20 @@ impl Pace {
             gap: pause_gap,
             window: pause_gap * FLOW_WINDOW / FLOW_GAP,
             threshold: FLOW_WINDOW / FLOW_GAP,
+            min_pause: busy_pause,
+            max_pause: busy_pause_max.max(busy_pause),
         }
+    }
+
+    /// The pause before the next read of a stream: `BATCH_TARGET` changes'
+    /// worth at the estimated rate, within `busy_pause` and `busy_pause_max`.
+    fn pause(&self, now: Instant) -> Duration {
+        let rate = self.load(now) / self.window;
+        if rate <= 0.0 {
+            return self.max_pause;
+        }
+        let want = (BATCH_TARGET / rate).min(self.max_pause.as_secs_f64());
+        Duration::from_secs_f64(want).max(self.min_pause)
     }
 
     /// A commit on this database takes `commit` (the `commit_probe` estimate).
@@ -569,6 +604,7 @@ mod tests {
     use super::*;
 
     const PAUSE: Duration = Duration::from_millis(1);
+    const MAX: Duration = Duration::from_millis(4);
 
     /// Feeds `reads` reads of `n` changes, `every` apart; whether the last
     /// left the changes flowing.
@@ -583,7 +619,7 @@ mod tests {
 
     #[test]
     fn a_steady_trickle_is_not_a_stream() {
-        let mut pace = Pace::new(PAUSE);
+        let mut pace = Pace::new(PAUSE, MAX);
         let t = Instant::now();
         assert!(!steady(&mut pace, t, Duration::from_millis(10), 1, 1000));
         // 250 changes/s: a ring and a read per change stay cheaper
@@ -593,16 +629,16 @@ mod tests {
     #[test]
     fn changes_closer_than_three_busy_pauses_flow_within_tens_of_milliseconds() {
         let t = Instant::now();
-        let mut pace = Pace::new(PAUSE);
+        let mut pace = Pace::new(PAUSE, MAX);
         assert!(steady(&mut pace, t, Duration::from_millis(2), 1, 1000));
-        let mut pace = Pace::new(PAUSE);
+        let mut pace = Pace::new(PAUSE, MAX);
         // 1,000 changes/s, read 5 at a time: flowing after 40 ms
         assert!(steady(&mut pace, t, Duration::from_millis(5), 5, 8));
     }
 
     #[test]
     fn one_big_transaction_alone_is_not_a_stream() {
-        let mut pace = Pace::new(PAUSE);
+        let mut pace = Pace::new(PAUSE, MAX);
         let t = Instant::now();
         pace.read(t, 20);
         assert!(!pace.flowing(t));
@@ -610,7 +646,7 @@ mod tests {
 
     #[test]
     fn an_empty_read_inside_a_stream_keeps_it_flowing_and_a_stop_ends_it() {
-        let mut pace = Pace::new(PAUSE);
+        let mut pace = Pace::new(PAUSE, MAX);
         let t = Instant::now();
         assert!(steady(&mut pace, t, Duration::from_millis(1), 2, 200));
         let now = t + Duration::from_millis(201);
@@ -631,15 +667,15 @@ mod tests {
     fn slow_commits_make_a_trickle_of_rings_a_stream() {
         // one change per 4 ms commit: writers queued on NOTIFY's lock
         let t = Instant::now();
-        let mut pace = Pace::new(PAUSE);
+        let mut pace = Pace::new(PAUSE, MAX);
         pace.commit_time(Duration::from_millis(4));
         assert!(steady(&mut pace, t, Duration::from_millis(4), 1, 200));
         // 25 changes/s with 4 ms commits: rings hold the lock a tenth of the time
-        let mut pace = Pace::new(PAUSE);
+        let mut pace = Pace::new(PAUSE, MAX);
         pace.commit_time(Duration::from_millis(4));
         assert!(!steady(&mut pace, t, Duration::from_millis(40), 1, 200));
         // a fast commit leaves the busy pauses' threshold: 250 changes/s ring
-        let mut pace = Pace::new(PAUSE);
+        let mut pace = Pace::new(PAUSE, MAX);
         pace.commit_time(Duration::from_micros(300));
         assert!(!steady(&mut pace, t, Duration::from_millis(4), 1, 1000));
     }
@@ -647,10 +683,42 @@ mod tests {
     #[test]
     fn a_longer_busy_pause_scales_the_threshold() {
         // with 10 ms pauses, a change every 20 ms flows (more than one per 3 pauses)
-        let mut pace = Pace::new(Duration::from_millis(10));
+        let mut pace = Pace::new(Duration::from_millis(10), Duration::from_millis(10));
         let t = Instant::now();
         assert!(steady(&mut pace, t, Duration::from_millis(20), 1, 500));
-        let mut pace = Pace::new(Duration::from_millis(10));
+        let mut pace = Pace::new(Duration::from_millis(10), Duration::from_millis(10));
         assert!(!steady(&mut pace, t, Duration::from_millis(40), 1, 500));
+    }
+
+    #[test]
+    fn a_stream_is_read_about_two_changes_at_a_time_within_the_bounds() {
+        let t = Instant::now();
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        // 500 changes/s, read 2 at a time every 4 ms: 2 changes' worth is 4 ms
+        let mut pace = Pace::new(PAUSE, MAX);
+        assert!(steady(&mut pace, t, Duration::from_millis(4), 2, 200));
+        let now = t + Duration::from_millis(800);
+        assert!(
+            (3.5..=4.0).contains(&ms(pace.pause(now))),
+            "{:?}",
+            pace.pause(now)
+        );
+        // 1,000 changes/s: 2 ms
+        let mut pace = Pace::new(PAUSE, MAX);
+        steady(&mut pace, t, Duration::from_millis(2), 2, 400);
+        let p = ms(pace.pause(now));
+        assert!((1.8..=2.2).contains(&p), "{p}");
+        // 5,000 changes/s: never below the busy pause
+        let mut pace = Pace::new(PAUSE, MAX);
+        steady(&mut pace, t, Duration::from_millis(1), 5, 800);
+        assert_eq!(pace.pause(now), PAUSE);
+        // 350 changes/s (just a stream): never above the maximum
+        let mut pace = Pace::new(PAUSE, MAX);
+        assert!(steady(&mut pace, t, Duration::from_micros(2857), 1, 280));
+        assert_eq!(pace.pause(now), MAX);
+        // the maximum at the busy pause: no stretching
+        let mut pace = Pace::new(PAUSE, PAUSE);
+        steady(&mut pace, t, Duration::from_millis(4), 2, 200);
+        assert_eq!(pace.pause(now), PAUSE);
     }
 }
