@@ -39,7 +39,7 @@ pub(crate) struct Change {
     /// nobody is subscribed to.
     frames: Vec<OnceLock<Frame>>,
     /// The Socket.IO form, the same whichever topic it is delivered for.
-    socketio: OnceLock<Bytes>,
+    socketio: OnceLock<SocketIoFrame>,
 }
 
 /// The envelope, identical on WebSocket, SSE and polling.
@@ -75,6 +75,14 @@ pub(crate) struct Frame {
     /// `sse` as one HTTP/1.1 chunk (`<length in hex>\r\n<sse>\r\n`), for
     /// SSE streams written on the raw socket: made once, shared by all.
     sse_chunk: OnceLock<Bytes>,
+}
+
+/// A change's Socket.IO event packet, and the WebSocket frame carrying it
+/// (`packet` is the frame's payload: the same bytes).
+#[derive(Debug)]
+pub(crate) struct SocketIoFrame {
+    packet: Bytes,
+    ws: Bytes,
 }
 
 /// The longest WebSocket frame header (FIN + opcode, 127, 64-bit length).
@@ -157,11 +165,23 @@ impl Change {
     /// `data` exactly; the last is the cursor, which socket.io-client keeps as
     /// its recovery offset.
     pub(crate) fn socketio_frame(&self) -> &Bytes {
+        &self.socketio().packet
+    }
+
+    /// `socketio_frame` as a whole WebSocket text frame (the same bytes after
+    /// the header), written as it is to every Socket.IO WebSocket.
+    pub(crate) fn socketio_ws(&self) -> &Bytes {
+        &self.socketio().ws
+    }
+
+    fn socketio(&self) -> &SocketIoFrame {
         self.socketio.get_or_init(|| {
             let name = serde_json::to_string(&self.event).unwrap_or_default();
             let cursor = serde_json::to_string(&self.cursor).unwrap_or_default();
             let data = self.payload.get();
-            let mut s = Vec::with_capacity(8 + name.len() + data.len() + cursor.len());
+            let mut s =
+                Vec::with_capacity(WS_HEADER_MAX + 8 + name.len() + data.len() + cursor.len());
+            s.resize(WS_HEADER_MAX, 0);
             s.extend_from_slice(b"42[");
             s.extend_from_slice(name.as_bytes());
             s.push(b',');
@@ -169,7 +189,8 @@ impl Change {
             s.push(b',');
             s.extend_from_slice(cursor.as_bytes());
             s.push(b']');
-            Bytes::from(s)
+            let (ws, packet) = ws_text_frame(s);
+            SocketIoFrame { packet, ws }
         })
     }
 
@@ -341,6 +362,10 @@ mod tests {
                 c.cursor
             )
         );
+        let ws = c.socketio_ws();
+        assert_eq!(ws[0], 0x81, "a final text frame");
+        assert_eq!(usize::from(ws[1]), sio.len(), "unmasked, short length");
+        assert_eq!(&ws[2..], sio.as_bytes(), "carrying the packet");
     }
 
     /// The WebSocket form is the JSON behind a text frame's header, for

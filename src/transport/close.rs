@@ -150,14 +150,6 @@ impl Disconnect {
     /// ours to enforce: too big (1009), not UTF-8 (1007), a protocol violation
     /// (1002). Others, and a connection that ends without a close frame, mean
     /// the peer is gone.
-    pub(crate) fn from_ws_read(e: axum::Error) -> Disconnect {
-        match e.into_inner().downcast_ref::<tungstenite::Error>() {
-            Some(e) => Disconnect::from_tungstenite(e),
-            None => Disconnect::ClientGone,
-        }
-    }
-
-    /// `from_ws_read`, for tungstenite's own error.
     pub(crate) fn from_tungstenite(e: &tungstenite::Error) -> Disconnect {
         use tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
         match Some(e) {

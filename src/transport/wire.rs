@@ -1,9 +1,11 @@
 //! A client's socket, written by two parties: the connection's task and the
 //! publisher (the hub's `Direct` writer), so that a live event reaches a
 //! client that keeps up without waking its task. Used by the WebSocket
-//! (`ws`: whole WebSocket frames) and by SSE streams served on the raw
-//! socket (`sse::direct`: one HTTP chunk per SSE event); `Render` says
-//! which form of a change's frame the publisher writes.
+//! (`ws`: whole WebSocket frames), by Socket.IO's WebSocket transport
+//! (`socketio::ws`: whole WebSocket frames carrying Engine.IO packets) and
+//! by SSE streams served on the raw socket (`sse::direct`: one HTTP chunk
+//! per SSE event); `Render` says which form of a change's frame the
+//! publisher writes.
 //!
 //! The contract, kept here:
 //! - One list of byte strings waiting to be written, under one small lock,
@@ -61,6 +63,9 @@ pub(in crate::transport) enum Render {
     Ws,
     /// The SSE event as one HTTP/1.1 chunk (`Frame::sse_chunk`).
     SseChunk,
+    /// The Socket.IO event packet as a whole WebSocket frame, the same for
+    /// every topic (`Change::socketio_ws`).
+    SocketIo,
 }
 
 pub(in crate::transport) struct Wire {
@@ -331,13 +336,12 @@ impl Wire {
 
 impl Direct for Wire {
     fn take(&self, d: &Delivery, limits: &QueueLimits, tally: &mut LiveTally) -> Taken {
-        let Some(frame) = d.change.frame(d.topic) else {
+        let frame = match (self.render, d.change.frame(d.topic)) {
+            (Render::SocketIo, _) => d.change.socketio_ws(),
+            (Render::Ws, Some(frame)) => &frame.ws,
+            (Render::SseChunk, Some(frame)) => frame.sse_chunk(&d.change),
             // no frame for that topic: nothing to write
-            return Taken::Yes;
-        };
-        let frame = match self.render {
-            Render::Ws => &frame.ws,
-            Render::SseChunk => frame.sse_chunk(&d.change),
+            (_, None) => return Taken::Yes,
         };
         let mut out = self.out();
         if out.closed || out.broken {

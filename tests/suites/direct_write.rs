@@ -8,7 +8,9 @@
 //! the publisher keep a connection alive, only quiet connections are
 //! pinged (`src/transport/ws/keepalive.rs`). SSE streams on their raw
 //! socket are written the same way (`src/transport/sse/direct.rs`): the
-//! same stop-reading test holds for them, read as raw chunked HTTP.
+//! same stop-reading test holds for them, read as raw chunked HTTP; and so
+//! are Socket.IO's WebSockets (`src/transport/socketio/ws.rs`), read as raw
+//! Engine.IO packets.
 
 use crate::common::*;
 use futures::{SinkExt, StreamExt};
@@ -236,6 +238,74 @@ async fn an_sse_client_that_stops_reading_gets_everything_once_when_it_reads_aga
     a_paused_client_gets_everything_once(&srv, &url, &mut normal.rx, &mut paused, "sse").await;
 }
 
+/// A Socket.IO client speaking Engine.IO packets itself over a WebSocket on
+/// a small-window socket, past its CONNECT reply; it answers pings when it reads.
+struct RawSio(RawWs);
+
+impl RawSio {
+    async fn connect(addr: std::net::SocketAddr, query: &str) -> RawSio {
+        let stream = small_window(addr).await;
+        let url = format!("ws://{addr}/socket.io/?EIO=4&transport=websocket&{query}");
+        let (ws, _) = tokio_tungstenite::client_async(url, stream)
+            .await
+            .expect("ws connect");
+        let mut sio = RawSio(ws);
+        let open = sio.next_packet().await;
+        assert!(open.starts_with("0{"), "the Engine.IO open packet: {open}");
+        sio.0
+            .send(Message::Text("40".into()))
+            .await
+            .expect("CONNECT");
+        let reply = sio.next_packet().await;
+        assert!(reply.starts_with("40{"), "the CONNECT reply: {reply}");
+        sio
+    }
+
+    /// The next packet that is not a ping (pings are answered; bounded wait).
+    async fn next_packet(&mut self) -> String {
+        loop {
+            let m = tokio::time::timeout(ARRIVAL, self.0.next())
+                .await
+                .expect("a packet in time")
+                .expect("the stream is open")
+                .expect("a frame");
+            match m {
+                Message::Text(t) if t.as_str() == "2" => {
+                    self.0.send(Message::Text("3".into())).await.expect("pong");
+                }
+                Message::Text(t) => return t.to_string(),
+                Message::Close(f) => panic!("closed: {f:?}"),
+                _ => {}
+            }
+        }
+    }
+}
+
+impl Paused for RawSio {
+    /// An event packet `42["<event>",<data>,"<cursor>"]`, as `{"event","data","id"}`.
+    async fn next_envelope(&mut self) -> Value {
+        let p = self.next_packet().await;
+        let body = p
+            .strip_prefix("42")
+            .unwrap_or_else(|| panic!("an event packet: {p}"));
+        let v: Value = serde_json::from_str(body).expect("a JSON packet");
+        assert_eq!(v[0], "test.n", "an event, not a resync or an error: {v}");
+        json!({"event": v[0], "data": v[1], "id": v[2]})
+    }
+}
+
+/// `a_client_that_stops_reading_gets_everything_once_when_it_reads_again`,
+/// over Socket.IO's WebSocket transport: the publisher writes each change's
+/// packet as a whole WebSocket frame straight to the socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socketio_client_that_stops_reading_gets_everything_once_when_it_reads_again() {
+    let url = fresh_db().await;
+    let srv = lenient_server(&url).await;
+    let mut paused = RawSio::connect(srv.addr, "topics=p").await;
+    let mut normal = WsClient::connect(&srv.base_url(), "topics=p").await;
+    a_paused_client_gets_everything_once(&srv, &url, &mut normal.rx, &mut paused, "socketio").await;
+}
+
 /// A client that stops reading for good is cut after the write timeout
 /// (4008), and resuming from its last cursor yields the rest exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -362,6 +432,47 @@ async fn subscribed_precedes_the_events_of_the_topics_it_adds() {
         }
     }
     writer.await.unwrap();
+}
+
+/// The same over Socket.IO, made certain: a `subscribe` is held after its
+/// topic was added and before its ack is written (failpoint
+/// `socketio.subscribed`), an event of that topic is committed meanwhile,
+/// and the ack still arrives first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socketio_subscribe_is_acknowledged_before_the_events_of_the_topics_it_adds() {
+    let _faults = faults::exclusive().await;
+    let url = fresh_db().await;
+    let srv = server_with(&url, |_| {}).await;
+    let db = connect(&url).await;
+    let mut c = RawSio::connect(srv.addr, "topics=a").await;
+    emit(&db, "a", 1).await;
+    let live = c.next_packet().await;
+    assert!(live.starts_with(r#"42["test.n""#), "live on a: {live}");
+    let held = rowcast::failpoints::pause("socketio.subscribed");
+    c.0.send(Message::Text(r#"421["subscribe",["b"]]"#.into()))
+        .await
+        .expect("subscribe");
+    tokio::time::timeout(ARRIVAL, held.reached.notified())
+        .await
+        .expect("the subscribe reached the failpoint");
+    db.execute(
+        "SELECT rowcast.emit(ARRAY['b'], 'b.n', jsonb_build_object('n', 1))",
+        &[],
+    )
+    .await
+    .expect("emit on b");
+    // published to the subscription meanwhile (a generous bound: the source
+    // reads within milliseconds)
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    held.release.notify_one();
+    let ack = c.next_packet().await;
+    assert!(ack.starts_with("431"), "the ack first: {ack}");
+    assert!(ack.contains(r#""subscribed":["b"]"#), "{ack}");
+    let event = c.next_packet().await;
+    assert!(
+        event.starts_with(r#"42["b.n",{"n": 1}"#),
+        "then the event: {event}"
+    );
 }
 
 /// A connection that events are written to is not pinged, so a client that

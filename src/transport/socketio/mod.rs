@@ -19,9 +19,9 @@ pub(crate) mod session;
 pub(crate) mod ws;
 
 use super::start::StreamRequest;
+use super::ws::handshake::Handshake;
 use super::App;
 use crate::api_error::{ApiError, ErrorCode};
-use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{FromRequestParts, Request, State};
 use axum::response::{IntoResponse, Response};
 use std::sync::Arc;
@@ -53,7 +53,7 @@ pub(crate) async fn handler(State(app): State<Arc<App>>, req: Request) -> Respon
     }
     match stream.engine.transport.as_deref() {
         Some("websocket") => {
-            let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &app).await {
+            let upgrade = match Handshake::from_request_parts(&mut parts, &app).await {
                 Ok(u) => u,
                 Err(e) => return e.into_response(),
             };

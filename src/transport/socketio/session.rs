@@ -327,6 +327,9 @@ impl Session {
         if let Some(j) = self.joined.as_mut() {
             j.feed.subscription().add(&allowed);
         }
+        // tests hold a subscribe here, its topics added and its answer not
+        // yet written, to publish an event of them meanwhile
+        let _ = crate::failpoints::hit("socketio.subscribed").await;
         Ok(json!({"subscribed": allowed, "refused": denied}))
     }
 

@@ -6,6 +6,12 @@
 //! The loop: client packets, the feed's batches, the server's pings (Engine.IO
 //! v4: the server pings, the client must answer within the ping timeout),
 //! the token's expiry, and shutdown; every write under `--write-timeout`.
+//! Like the plain WebSocket (`transport::ws`), rowcast answers the upgrade
+//! itself and keeps the TCP socket: once the session's feed is live, the
+//! publisher writes its events straight to the socket (`transport::wire`,
+//! the contract; each change's packet rendered once as a whole WebSocket
+//! frame, `Change::socketio_ws`), and this loop wakes only for the client's
+//! packets, pings, timers and what the socket did not take.
 //! Ending closes the transport (never a Socket.IO DISCONNECT, which would
 //! stop socket.io-client from reconnecting): the client comes back and
 //! recovers from its offset.
@@ -15,11 +21,14 @@ use super::session::Session;
 use crate::api_error::{ApiError, ErrorCode};
 use crate::metrics::Transport;
 use crate::protocol::socketio::{self as packet, EnginePacket, PacketError};
+use crate::sockets::RawSocket;
 use crate::transport::close::Disconnect;
 use crate::transport::deadline::{fire, within, Expiry, MaybeTimer};
 use crate::transport::start::StreamRequest;
+use crate::transport::wire::{Render, Wire};
+use crate::transport::ws::handshake::Handshake;
+use crate::transport::ws::stream::Stream;
 use crate::transport::App;
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::response::{IntoResponse, Response};
 use futures::future::OptionFuture;
 use futures::{FutureExt, SinkExt, StreamExt};
@@ -28,21 +37,28 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 use tracing::Instrument;
+use tungstenite::protocol::frame::CloseFrame;
+use tungstenite::protocol::WebSocketConfig;
+use tungstenite::{Message, Utf8Bytes};
+
+/// The client's WebSocket: tungstenite over the socket shared with the publisher.
+type Socket = tokio_tungstenite::WebSocketStream<Stream>;
 
 /// Events written before one flush when several are ready at once.
 const MAX_COALESCE: usize = 64;
 /// How long an upgrading client may take between its probe and `5`.
 const UPGRADE_WAIT: Duration = Duration::from_secs(10);
 
-pub(crate) async fn open(app: Arc<App>, req: StreamRequest, upgrade: WebSocketUpgrade) -> Response {
+pub(crate) async fn open(app: Arc<App>, req: StreamRequest, upgrade: Handshake) -> Response {
     let max = app.gate.limits().max_frame;
     let peer = req.peer;
-    let upgrade = upgrade
+    // no write buffer: every frame tungstenite writes goes whole to `wire`
+    let config = WebSocketConfig::default()
         .read_buffer_size(1024)
         .write_buffer_size(0)
         .max_write_buffer_size(1 << 20)
-        .max_message_size(max)
-        .max_frame_size(max);
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max));
     let span = tracing::info_span!("socketio", %peer);
     if let Some(sid) = req.engine.sid.clone() {
         // the upgrade of a long-polling session held by this node
@@ -54,8 +70,8 @@ pub(crate) async fn open(app: Arc<App>, req: StreamRequest, upgrade: WebSocketUp
         // Connection; its run future then holds the socket and session once
         // (an `async` block calling both would keep the probe's socket
         // argument beside the Connection for the connection's life).
-        return upgrade.on_upgrade(move |socket| {
-            Box::pin(upgrade_from_polling(app, socket, polling))
+        return upgrade.accept(move |raw| {
+            Box::pin(upgrade_from_polling(app, raw, config, polling))
                 .then(|c| OptionFuture::from(c.map(|c| c.run(None))))
                 .map(drop)
                 .instrument(span)
@@ -86,18 +102,18 @@ pub(crate) async fn open(app: Arc<App>, req: StreamRequest, upgrade: WebSocketUp
         s.ping_timeout.as_millis() as u64,
         s.max_payload,
     );
-    // Every idle connection's task holds axum's upgrade future, which keeps
+    // Every idle connection's task holds the upgrade's future, which keeps
     // this callback beside the future the callback returns. So the callback
-    // holds only a box (emptied when the upgrade completes), and returns
-    // `run`'s future itself: an `async move` block around it would keep its
-    // captures beside the Connection they were moved into. Measured with
-    // `-Zprint-type-sizes`: the callback was 680 bytes, the task 5.0 KB → 2.3 KB.
-    let parked = Box::new((session, open, span));
-    upgrade.on_upgrade(move |socket| {
-        let (session, open, span) = *parked;
-        Connection { socket, session }
-            .run(Some(open))
-            .instrument(span)
+    // holds only a box (emptied when the upgrade completes), and the
+    // Connection is made in a boxed future gone once it is made: inline, its
+    // parts would stay in the task beside the Connection moved out of them.
+    // Measured with `-Zprint-type-sizes` (on axum's upgrade, before rowcast
+    // answered it itself): the callback was 680 bytes, the task 5.0 KB → 2.3 KB.
+    let parked = Box::new((session, open, span, config));
+    upgrade.accept(move |raw| {
+        let (session, open, span, config) = *parked;
+        let made = Box::pin(Connection::make(raw, config, session));
+        async move { made.await.run(Some(open)).await }.instrument(span)
     })
 }
 
@@ -116,9 +132,11 @@ pub(crate) fn unknown_session() -> Response {
 /// while polling goes on.
 async fn upgrade_from_polling(
     app: Arc<App>,
-    mut socket: WebSocket,
+    raw: RawSocket,
+    config: WebSocketConfig,
     polling: Arc<PollSession>,
 ) -> Option<Connection> {
+    let (wire, mut socket) = websocket(&app, raw, config).await;
     let deadline = Instant::now() + UPGRADE_WAIT;
     let mut probed = false;
     loop {
@@ -140,15 +158,44 @@ async fn upgrade_from_polling(
     let mut session = polling.take_for_upgrade(&app).await?;
     session.conn.switch(app.transport(Transport::SocketIo));
     // counted once, when it opened on polling (`count_session`)
-    Some(Connection { socket, session })
+    Some(Connection {
+        socket,
+        wire,
+        session,
+    })
+}
+
+/// The upgraded socket as a WebSocket whose writes go through a `Wire`
+/// the publisher can write to as well.
+async fn websocket(app: &App, raw: RawSocket, config: WebSocketConfig) -> (Arc<Wire>, Socket) {
+    let live = app.transport(Transport::SocketIo).live();
+    let (wire, read) = Wire::new(raw, live, Render::SocketIo);
+    let stream = Stream::new(Arc::clone(&wire), read);
+    let socket = tokio_tungstenite::WebSocketStream::from_raw_socket(
+        stream,
+        tungstenite::protocol::Role::Server,
+        Some(config),
+    )
+    .await;
+    (wire, socket)
 }
 
 struct Connection {
-    socket: WebSocket,
+    socket: Socket,
+    wire: Arc<Wire>,
     session: Session,
 }
 
 impl Connection {
+    async fn make(raw: RawSocket, config: WebSocketConfig, session: Session) -> Connection {
+        let (wire, socket) = websocket(&session.app, raw, config).await;
+        Connection {
+            socket,
+            wire,
+            session,
+        }
+    }
+
     /// Not an `async fn`: rustc keeps an async fn's arguments twice in its
     /// future (as captured arguments and as the body's locals), which for
     /// `self` would be a second Connection in every idle connection's task.
@@ -166,15 +213,17 @@ impl Connection {
             };
             self.count_end(end);
             drop(connected);
+            // the close frame is the last frame: no more direct writes
+            self.wire.close_direct();
             let _ = tokio::time::timeout(Duration::from_secs(2), async {
                 if let Some(code) = end.ws_code() {
                     let frame = CloseFrame {
-                        code,
+                        code: code.into(),
                         reason: Utf8Bytes::from_static(end.reason()),
                     };
                     let _ = self.socket.send(Message::Close(Some(frame))).await;
                 }
-                let _ = self.socket.close().await;
+                let _ = SinkExt::close(&mut self.socket).await;
             })
             .await;
         }
@@ -213,18 +262,29 @@ impl Connection {
         .then(|| Box::pin(tokio::time::sleep(app.gate.limits().auth_timeout)));
         let mut expiry = Expiry::default();
         let mut out = Vec::new();
+        let limit = app.cfg.write_timeout;
         loop {
             if shutdown.is_shutdown() {
                 return Disconnect::ServerRestart;
+            }
+            // Live, with everything handed out written: from here the
+            // publisher writes this client's events itself (`wire`).
+            if let Some(feed) = self.session.feed() {
+                feed.go_direct(&self.wire);
             }
             expiry.track(self.session.expires_at());
             let expires = expiry.is_set();
             let waiting_for_auth = self.session.joined.is_none();
             tokio::select! {
                 msg = self.socket.next() => {
+                    // what this packet makes us say precedes events of
+                    // topics it adds: events are queued until the next turn
+                    if let Some(feed) = self.session.feed() {
+                        feed.leave_direct();
+                    }
                     let text = match msg {
                         None | Some(Ok(Message::Close(_))) => return Disconnect::ClientGone,
-                        Some(Err(e)) => return Disconnect::from_ws_read(e),
+                        Some(Err(e)) => return Disconnect::from_tungstenite(&e),
                         Some(Ok(Message::Text(t))) => t,
                         Some(Ok(Message::Binary(_))) => {
                             if let Err(end) = self.refuse_binary().await {
@@ -255,6 +315,11 @@ impl Connection {
                         if let Err(end) = self.send(p).await {
                             return end;
                         }
+                    }
+                }
+                () = self.wire.backlog() => {
+                    if let Err(end) = self.wire.flush(limit).await {
+                        return end;
                     }
                 }
                 next = next_batch(self.session.feed()) => match next {
@@ -304,18 +369,14 @@ impl Connection {
         within(limit, self.socket.send(Message::Text(packet.into()))).await
     }
 
+    /// Writes a batch (each change's packet rendered once as a whole
+    /// WebSocket frame, shared by every socket it goes to) and waits until
+    /// the socket took it, under the write timeout.
     async fn send_batch(&mut self, batch: &[crate::feed::Delivery]) -> Result<(), Disconnect> {
-        let limit = self.session.app.cfg.write_timeout;
-        let socket = &mut self.socket;
-        within(limit, async {
-            for frame in Session::render(batch) {
-                if let Ok(text) = Utf8Bytes::try_from(frame.clone()) {
-                    socket.feed(Message::Text(text)).await?;
-                }
-            }
-            socket.flush().await
-        })
-        .await?;
+        for d in batch {
+            self.wire.push(d.change.socketio_ws().clone());
+        }
+        self.wire.flush(self.session.app.cfg.write_timeout).await?;
         self.session.conn.metrics().delivered_batch(batch);
         Ok(())
     }

@@ -19,12 +19,12 @@
 //! (the one loop that reads, flushes and times out), `keepalive` (when it
 //! pings).
 
-mod handshake;
+pub(in crate::transport) mod handshake;
 mod io;
 mod keepalive;
 mod messages;
 mod session;
-mod stream;
+pub(in crate::transport) mod stream;
 
 use super::start::StreamRequest;
 use super::App;

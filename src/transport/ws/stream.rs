@@ -12,13 +12,13 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// The socket as tungstenite sees it: reads from the TCP stream (after the
 /// bytes read with the upgrade request), writes through `Wire::push`.
-pub(in crate::transport::ws) struct Stream {
+pub(in crate::transport) struct Stream {
     wire: Arc<Wire>,
     read: Bytes,
 }
 
 impl Stream {
-    pub(in crate::transport::ws) fn new(wire: Arc<Wire>, read: Bytes) -> Stream {
+    pub(in crate::transport) fn new(wire: Arc<Wire>, read: Bytes) -> Stream {
         Stream { wire, read }
     }
 }
