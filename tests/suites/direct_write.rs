@@ -387,51 +387,55 @@ async fn a_frame_bigger_than_the_socket_buffer_arrives_whole() {
     }
 }
 
-/// While events of a topic stream in, a `subscribe` to it is answered with
-/// `subscribed` before any event of that topic: the answer is never
-/// overtaken by a direct write.
+/// Once a message held by failpoint `held` reached it, commits an event
+/// `{"n": 1}` named `event` on `topic` and gives it time to be published (a
+/// generous bound: the source reads within milliseconds), then lets the
+/// message go on.
+async fn publish_while_held(
+    held: &rowcast::failpoints::Pause,
+    db: &tokio_postgres::Client,
+    topic: &str,
+    event: &str,
+) {
+    tokio::time::timeout(ARRIVAL, held.reached.notified())
+        .await
+        .expect("the message reached the failpoint");
+    db.execute(
+        "SELECT rowcast.emit(ARRAY[$1::text], $2::text, jsonb_build_object('n', 1))",
+        &[&topic, &event],
+    )
+    .await
+    .expect("emit");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    held.release.notify_one();
+}
+
+/// A `subscribe` is answered with `subscribed` before any event of the
+/// topics it adds: the answer is never overtaken by a direct write. Made
+/// certain: the subscribe is held after its topic was added and before its
+/// answer is written (failpoint `ws.subscribed`), and an event of that topic
+/// is committed meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscribed_precedes_the_events_of_the_topics_it_adds() {
+    let _faults = faults::exclusive().await;
     let url = fresh_db().await;
     let srv = server_with(&url, |_| {}).await;
     let db = connect(&url).await;
-    let writer = {
-        let db = connect(&url).await;
-        tokio::spawn(async move {
-            for n in 1..=400 {
-                emit(&db, "b", n).await;
-            }
-        })
-    };
-    for _ in 0..5 {
-        let mut c = WsClient::connect(&srv.base_url(), "topics=a").await;
-        emit(&db, "a", 1).await;
-        assert_eq!(next_event(&mut c.rx).await.topic, "a", "live on a");
-        c.send(json!({"type": "subscribe", "topics": ["b"]})).await;
-        loop {
-            match next_msg(&mut c.rx).await {
-                Msg::Control(v) => {
-                    assert_eq!(v["type"], "subscribed", "{v}");
-                    assert_eq!(v["topics"], json!(["b"]));
-                    break;
-                }
-                Msg::Event(e) => assert_eq!(e.topic, "a", "an event of b before subscribed"),
-                Msg::Closed(c) => panic!("closed: {c}"),
-            }
+    let mut c = WsClient::connect(&srv.base_url(), "topics=a").await;
+    emit(&db, "a", 1).await;
+    assert_eq!(next_event(&mut c.rx).await.topic, "a", "live on a");
+    let held = rowcast::failpoints::pause("ws.subscribed");
+    c.send(json!({"type": "subscribe", "topics": ["b"]})).await;
+    publish_while_held(&held, &db, "b", "test.n").await;
+    match next_msg(&mut c.rx).await {
+        Msg::Control(v) => {
+            assert_eq!(v["type"], "subscribed", "{v}");
+            assert_eq!(v["topics"], json!(["b"]));
         }
-        c.send(json!({"type": "ping"})).await;
-        loop {
-            match next_msg(&mut c.rx).await {
-                Msg::Control(v) => {
-                    assert_eq!(v["type"], "pong", "{v}");
-                    break;
-                }
-                Msg::Event(e) => assert_eq!(e.topic, "b"),
-                Msg::Closed(c) => panic!("closed: {c}"),
-            }
-        }
+        Msg::Event(e) => panic!("an event of {} before subscribed", e.topic),
+        Msg::Closed(c) => panic!("closed: {c}"),
     }
-    writer.await.unwrap();
+    assert_eq!(next_event(&mut c.rx).await.topic, "b", "then the event");
 }
 
 /// The same over Socket.IO, made certain: a `subscribe` is held after its
@@ -452,19 +456,7 @@ async fn a_socketio_subscribe_is_acknowledged_before_the_events_of_the_topics_it
     c.0.send(Message::Text(r#"421["subscribe",["b"]]"#.into()))
         .await
         .expect("subscribe");
-    tokio::time::timeout(ARRIVAL, held.reached.notified())
-        .await
-        .expect("the subscribe reached the failpoint");
-    db.execute(
-        "SELECT rowcast.emit(ARRAY['b'], 'b.n', jsonb_build_object('n', 1))",
-        &[],
-    )
-    .await
-    .expect("emit on b");
-    // published to the subscription meanwhile (a generous bound: the source
-    // reads within milliseconds)
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    held.release.notify_one();
+    publish_while_held(&held, &db, "b", "b.n").await;
     let ack = c.next_packet().await;
     assert!(ack.starts_with("431"), "the ack first: {ack}");
     assert!(ack.contains(r#""subscribed":["b"]"#), "{ack}");

@@ -184,6 +184,9 @@ impl Session {
                     return Ok(());
                 }
                 feed.subscription().add(&allowed);
+                // tests hold a subscribe here, its topics added and its
+                // answer not yet written, to publish an event of them meanwhile
+                let _ = crate::failpoints::hit("ws.subscribed").await;
                 self.send(ServerMessage::Subscribed { topics: &allowed })
                     .await
             }
