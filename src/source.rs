@@ -106,7 +106,8 @@ const RING_LOCK_SHARE: f64 = 0.5;
 /// `busy_pause_max`. Measured (`benches/issue16/stretch/`, interleaved, 3
 /// rounds): at 500 writes/s the reads per change went from 0.48-0.52 to
 /// 0.26-0.29 and the source's backend from 5.9-7.1 to 4.0-4.2 % of a core,
-/// for 1.5-3 ms more latency at the median.
+/// for 1.5-3 ms more latency at the median (3-4 ms at 250 writes/s when
+/// slow commits make those a stream).
 const BATCH_TARGET: f64 = 2.0;
 /// How long after an idle read found changes a NOTIFY still counts as announcing them.
 const NOTIFY_GRACE: Duration = Duration::from_millis(200);
