@@ -27,7 +27,7 @@ use crate::transport::deadline::{fire, within, Expiry, MaybeTimer};
 use crate::transport::start::StreamRequest;
 use crate::transport::wire::{Render, Wire};
 use crate::transport::ws::handshake::Handshake;
-use crate::transport::ws::stream::Stream;
+use crate::transport::ws::stream::{self, Stream};
 use crate::transport::App;
 use axum::response::{IntoResponse, Response};
 use futures::future::OptionFuture;
@@ -169,15 +169,7 @@ async fn upgrade_from_polling(
 /// the publisher can write to as well.
 async fn websocket(app: &App, raw: RawSocket, config: WebSocketConfig) -> (Arc<Wire>, Socket) {
     let live = app.transport(Transport::SocketIo).live();
-    let (wire, read) = Wire::new(raw, live, Render::SocketIo);
-    let stream = Stream::new(Arc::clone(&wire), read);
-    let socket = tokio_tungstenite::WebSocketStream::from_raw_socket(
-        stream,
-        tungstenite::protocol::Role::Server,
-        Some(config),
-    )
-    .await;
-    (wire, socket)
+    stream::websocket(raw, live, Render::SocketIo, config).await
 }
 
 struct Connection {

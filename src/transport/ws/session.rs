@@ -97,14 +97,8 @@ impl Session {
             first,
             config,
         } = *upgrade;
-        let (wire, read) = Wire::new(raw, admitted.conn.metrics().live(), Render::Ws);
-        let stream = Stream::new(Arc::clone(&wire), read);
-        let socket = tokio_tungstenite::WebSocketStream::from_raw_socket(
-            stream,
-            tungstenite::protocol::Role::Server,
-            Some(config),
-        )
-        .await;
+        let live = admitted.conn.metrics().live();
+        let (wire, socket) = super::stream::websocket(raw, live, Render::Ws, config).await;
         let rate = RateLimiter::new(app.gate.limits().max_msgs_per_sec);
         let session = Session {
             app,

@@ -3,7 +3,9 @@
 //! `Wire::push`, so that tungstenite's frames and the publisher's share the
 //! wire's one list (`transport::wire`).
 
-use crate::transport::wire::{gone, Wire};
+use crate::metrics::LiveMetrics;
+use crate::sockets::RawSocket;
+use crate::transport::wire::{gone, Render, Wire};
 use bytes::Bytes;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -18,9 +20,29 @@ pub(in crate::transport) struct Stream {
 }
 
 impl Stream {
-    pub(in crate::transport) fn new(wire: Arc<Wire>, read: Bytes) -> Stream {
+    fn new(wire: Arc<Wire>, read: Bytes) -> Stream {
         Stream { wire, read }
     }
+}
+
+/// The server's side of a WebSocket on an upgraded socket: tungstenite over
+/// a `Stream`, and the `Wire` it writes through, which the publisher writes
+/// `render`'s form of a change to.
+pub(in crate::transport) async fn websocket(
+    raw: RawSocket,
+    live: LiveMetrics,
+    render: Render,
+    config: tungstenite::protocol::WebSocketConfig,
+) -> (Arc<Wire>, tokio_tungstenite::WebSocketStream<Stream>) {
+    let (wire, read) = Wire::new(raw, live, render);
+    let stream = Stream::new(Arc::clone(&wire), read);
+    let socket = tokio_tungstenite::WebSocketStream::from_raw_socket(
+        stream,
+        tungstenite::protocol::Role::Server,
+        Some(config),
+    )
+    .await;
+    (wire, socket)
 }
 
 impl AsyncRead for Stream {
