@@ -324,41 +324,13 @@ async fn a_stuck_client_is_cut_and_resumes_exactly() {
         srv.metric("rowcast_slow_consumer_drops_total{transport=\"ws\"}") == 1.0
     })
     .await;
-    // what it did read, then the close frame 4008 (or a reset)
-    let mut seen = Vec::new();
-    loop {
-        match tokio::time::timeout(ARRIVAL, stuck.next()).await {
-            Ok(Some(Ok(Message::Text(t)))) => {
-                let v: Value = serde_json::from_str(t.as_str()).unwrap();
-                seen.push((
-                    v["data"]["n"].as_i64().unwrap(),
-                    v["id"].as_str().unwrap().to_string(),
-                ));
-            }
-            Ok(Some(Ok(Message::Close(f)))) => {
-                assert_eq!(u16::from(f.expect("a close frame").code), 4008);
-                break;
-            }
-            Ok(Some(Ok(_))) => {}
-            _ => break,
-        }
-    }
-    for (i, (n, _)) in seen.iter().enumerate() {
-        assert_eq!(
-            *n,
-            i as i64 + 1,
-            "in order, none twice, from the first padded event"
-        );
-    }
-    let last = seen.last().map_or(cursor, |(_, c)| c.clone());
-    let mut again = WsClient::connect(&srv.base_url(), &format!("topics=s&cursor={last}")).await;
-    for n in seen.len() as i64 + 1..=EVENTS {
-        assert_eq!(
-            next_event(&mut again.rx).await.data["n"],
-            n,
-            "resumed exactly"
-        );
-    }
+    let seen = read_until_cut(&mut stuck, |t| {
+        let v: Value = serde_json::from_str(t).expect("JSON");
+        let n = v["data"]["n"].as_i64().expect("an event");
+        Some((n, v["id"].as_str().expect("a cursor").to_string()))
+    })
+    .await;
+    resumes_exactly(&srv, &seen, cursor, EVENTS).await;
 }
 
 /// A frame far bigger than the client's socket buffer is written in parts
@@ -384,6 +356,82 @@ async fn a_frame_bigger_than_the_socket_buffer_arrives_whole() {
     assert_eq!(first["data"]["pad"].as_str().unwrap().len(), 2_000_000);
     for n in 2..=20 {
         assert_eq!(next_json(&mut ws).await["data"]["n"], n);
+    }
+}
+
+/// The same over Socket.IO: a client that stops reading for good is cut after
+/// the write timeout (4008, counted as a slow consumer of `socketio`), and
+/// its last offset resumes the rest exactly once, here on a plain WebSocket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_socketio_client_is_cut_and_resumes_exactly() {
+    const EVENTS: i64 = 20_000;
+    let url = fresh_db().await;
+    let srv = server_with(&url, |c| c.write_timeout = Duration::from_secs(2)).await;
+    let mut stuck = RawSio::connect(srv.addr, "topics=s").await;
+    let db = connect(&url).await;
+    emit(&db, "s", 1).await;
+    let first = stuck.next_envelope().await;
+    assert_eq!(first["data"]["n"], 1);
+    let offset = first["id"].as_str().expect("an offset").to_string();
+    emit_padded(&db, "s", EVENTS).await;
+    eventually_async("the stuck client is cut", || async {
+        srv.metric("rowcast_slow_consumer_drops_total{transport=\"socketio\"}") == 1.0
+    })
+    .await;
+    let seen = read_until_cut(&mut stuck.0, |t| {
+        let v: Value = serde_json::from_str(t.strip_prefix("42")?).expect("a JSON packet");
+        let n = v[1]["n"].as_i64().expect("an event");
+        Some((n, v[2].as_str().expect("an offset").to_string()))
+    })
+    .await;
+    resumes_exactly(&srv, &seen, offset, EVENTS).await;
+}
+
+/// What a client cut for being slow had read: `event` picks each text
+/// frame's event out (its `n` and cursor), until the close frame, which must
+/// say 4008 (or a reset).
+async fn read_until_cut(
+    ws: &mut RawWs,
+    event: impl Fn(&str) -> Option<(i64, String)>,
+) -> Vec<(i64, String)> {
+    let mut seen = Vec::new();
+    loop {
+        match tokio::time::timeout(ARRIVAL, ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => seen.extend(event(t.as_str())),
+            Ok(Some(Ok(Message::Close(f)))) => {
+                assert_eq!(u16::from(f.expect("a close frame").code), 4008);
+                return seen;
+            }
+            Ok(Some(Ok(_))) => {}
+            _ => return seen,
+        }
+    }
+}
+
+/// What a cut client read (`seen`) came in order, none twice, from the first
+/// padded event; a WebSocket resuming from its last cursor (`before` if it
+/// read none) gets the rest of `events` exactly once.
+async fn resumes_exactly(
+    srv: &rowcast::server::Server,
+    seen: &[(i64, String)],
+    before: String,
+    events: i64,
+) {
+    for (i, (n, _)) in seen.iter().enumerate() {
+        assert_eq!(
+            *n,
+            i as i64 + 1,
+            "in order, none twice, from the first padded event"
+        );
+    }
+    let last = seen.last().map_or(before, |(_, c)| c.clone());
+    let mut again = WsClient::connect(&srv.base_url(), &format!("topics=s&cursor={last}")).await;
+    for n in seen.len() as i64 + 1..=events {
+        assert_eq!(
+            next_event(&mut again.rx).await.data["n"],
+            n,
+            "resumed exactly"
+        );
     }
 }
 
