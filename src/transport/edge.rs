@@ -1,7 +1,11 @@
 //! The two checks around the client port's HTTP answers: the origin check
 //! (refuse a disallowed `Origin`, answer CORS preflights, tell browsers which
 //! origins may read the answer) on the API routes, and rejection counting on
-//! every route.
+//! every route. The second also says `connection: close` on an answer given
+//! before its request's body was read to the end (a 413 on the declared
+//! length, a 401 before the body, a body that did not arrive in time): the
+//! server does not read the rest and closes that connection, and without the
+//! header a client's pool may send its next request on it and see it fail.
 //!
 //! Hand-written tower layers rather than `axum::middleware::from_fn`: a
 //! `from_fn` future keeps the request's head and its own state for as long
@@ -16,6 +20,7 @@ use axum::response::{IntoResponse, Response};
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tower::{Layer, Service};
@@ -102,10 +107,57 @@ where
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
+        let (req, read) = track_body(req);
         Answer::Inner {
             inner: self.inner.call(req),
-            then: Then::Count(Arc::clone(&self.check.0)),
+            then: Then::Count(Arc::clone(&self.check.0), read),
         }
+    }
+}
+
+/// A request with a body gets it wrapped so that the answer can tell whether
+/// it was read to its end (`None`: no body, nothing to tell).
+fn track_body(req: Request) -> (Request, Option<Arc<AtomicBool>>) {
+    if http_body::Body::is_end_stream(req.body()) {
+        return (req, None);
+    }
+    let read = Arc::new(AtomicBool::new(false));
+    let (parts, body) = req.into_parts();
+    let body = axum::body::Body::new(Tracked {
+        inner: body,
+        read: Arc::clone(&read),
+    });
+    (Request::from_parts(parts, body), Some(read))
+}
+
+/// A request body that records when it has been read to its end.
+struct Tracked {
+    inner: axum::body::Body,
+    read: Arc<AtomicBool>,
+}
+
+impl http_body::Body for Tracked {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, axum::Error>>> {
+        let this = self.get_mut();
+        let frame = Pin::new(&mut this.inner).poll_frame(cx);
+        if matches!(frame, Poll::Ready(None)) || this.inner.is_end_stream() {
+            this.read.store(true, Ordering::Relaxed);
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -136,7 +188,9 @@ fn preflight(origin: Option<HeaderValue>) -> Response {
 pub(crate) enum Then {
     /// An allowed cross origin may read it.
     AllowOrigin(Option<HeaderValue>),
-    Count(Arc<App>),
+    /// Count the answer's rejection; say `connection: close` if the request
+    /// had a body that was not read to its end.
+    Count(Arc<App>, Option<Arc<AtomicBool>>),
 }
 
 impl Then {
@@ -149,12 +203,16 @@ impl Then {
                     .insert(header::VARY, HeaderValue::from_static("Origin"));
             }
             Then::AllowOrigin(None) => {}
-            Then::Count(app) => {
+            Then::Count(app, read) => {
                 if let Some(Rejected { reason, count }) = r.extensions().get::<Rejected>() {
                     app.metrics
                         .rejected
                         .with_label_values(&[reason])
                         .inc_by(*count);
+                }
+                if read.is_some_and(|read| !read.load(Ordering::Relaxed)) {
+                    r.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
                 }
             }
         }

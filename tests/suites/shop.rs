@@ -1319,3 +1319,66 @@ async fn the_flag_needs_a_token_key_and_the_market_schema() {
     assert_eq!(status, 404);
     srv.stop().await;
 }
+
+/// A body refused unread (413 on its declared length) is answered with
+/// `connection: close`, and the connection is closed: a client must not send
+/// its next request on it (reqwest's pool did, and that request failed). A
+/// body read to its end keeps the connection open for the next request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_refused_unread_ends_its_connection_and_says_so() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let url = fresh_market_db().await;
+    let srv = api_server(&url, |_| {}).await;
+    let mut s = tokio::net::TcpStream::connect(srv.addr)
+        .await
+        .expect("connect");
+    let t = token("7", "customer");
+    let post = |length: usize, body: &str| {
+        format!(
+            "POST /api/cart/items HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {t}\r\n\
+             Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n{body}",
+            srv.addr
+        )
+    };
+    // read to its end (an unknown product): the answer keeps the connection
+    let body = r#"{"productId":"999","quantity":1}"#;
+    s.write_all(post(body.len(), body).as_bytes())
+        .await
+        .expect("send");
+    let mut got = Vec::new();
+    let head_end = loop {
+        let mut chunk = [0u8; 1024];
+        let n = tokio::time::timeout(ARRIVAL, s.read(&mut chunk))
+            .await
+            .expect("an answer in time")
+            .expect("read");
+        assert!(n > 0, "the connection stayed open");
+        got.extend_from_slice(&chunk[..n]);
+        if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i;
+        }
+    };
+    let head = String::from_utf8_lossy(&got[..head_end]).to_lowercase();
+    assert!(head.starts_with("http/1.1 404"), "{head}");
+    assert!(!head.contains("connection: close"), "{head}");
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .expect("a content-length")
+        .trim()
+        .parse()
+        .expect("a length");
+    while got.len() < head_end + 4 + length {
+        let mut chunk = [0u8; 1024];
+        let n = s.read(&mut chunk).await.expect("read the body");
+        assert!(n > 0, "the whole body");
+        got.extend_from_slice(&chunk[..n]);
+    }
+    // refused unread, on the same connection
+    s.write_all(post(5_000_000, "").as_bytes())
+        .await
+        .expect("send the head");
+    let answer = String::from_utf8_lossy(&until_closed(&mut s).await).to_lowercase();
+    assert!(answer.starts_with("http/1.1 413"), "{answer}");
+    assert!(answer.contains("\r\nconnection: close\r\n"), "{answer}");
+}
