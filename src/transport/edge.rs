@@ -115,10 +115,11 @@ where
     }
 }
 
-/// A request with a body gets it wrapped so that the answer can tell whether
-/// it was read to its end (`None`: no body, nothing to tell).
+/// An HTTP/1 request with a body gets it wrapped so that the answer can tell
+/// whether it was read to its end (`None`: no body, or HTTP/2, whose streams
+/// end on their own and where `connection` is not a header to send).
 fn track_body(req: Request) -> (Request, Option<Arc<AtomicBool>>) {
-    if http_body::Body::is_end_stream(req.body()) {
+    if req.version() >= axum::http::Version::HTTP_2 || http_body::Body::is_end_stream(req.body()) {
         return (req, None);
     }
     let read = Arc::new(AtomicBool::new(false));
