@@ -16,7 +16,8 @@
 //! mutually exclusive, which is what makes the hand-over exact.
 //!
 //! A subscriber whose transport can write a live delivery at once (a
-//! WebSocket, or an SSE stream on its raw socket: `transport::wire`) may be
+//! WebSocket, plain or Socket.IO's, or an SSE stream on its raw socket:
+//! `transport::wire`) may be
 //! switched to *direct* delivery:
 //! then the publisher hands each of its deliveries to that `Direct` writer
 //! instead of its queue, which saves waking the connection's task for every
