@@ -260,6 +260,19 @@ impl Gate {
         Ok(())
     }
 
+    /// One database write made for this client address outside `authorize`
+    /// (a Socket.IO session's topics stored), taken from the same per-address
+    /// budget; over it, `authorize_rate_limited` and nothing is written.
+    pub(crate) fn spend_db_write(&self, peer: IpAddr) -> Result<(), ApiError> {
+        if self.authorize_budget.take(peer, 1) {
+            return Ok(());
+        }
+        Err(ApiError::new(
+            ErrorCode::AuthorizeRateLimited,
+            "too many database calls for this client address; retry shortly",
+        ))
+    }
+
     /// Splits into (allowed, denied). A policy that fails (a bug in the app's
     /// `rowcast.authorize`, the database gone) denies everything with 503:
     /// failing closed, but distinguishable from "forbidden". A client

@@ -31,6 +31,10 @@ pub const CORE: &[(&str, &str)] = &[
         "011_commit_probe",
         include_str!("../sql/011_commit_probe.sql"),
     ),
+    (
+        "012_socketio_rooms",
+        include_str!("../sql/012_socketio_rooms.sql"),
+    ),
 ];
 
 /// The FR-021 farmers-market reference schema (`market.*`), its triggers and

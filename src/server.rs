@@ -197,6 +197,9 @@ impl Server {
         tasks.push(tokio::spawn(
             Arc::clone(&app.socketio).sweep(shutdown.subscribe()),
         ));
+        tasks.push(tokio::spawn(
+            Arc::clone(&app.rooms).run(shutdown.subscribe()),
+        ));
         let mut extra = shop_db.map(|db| {
             let shop = crate::shop::Shop::new(Arc::clone(&app), db);
             crate::shop::router(Arc::new(shop))

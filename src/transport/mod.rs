@@ -46,6 +46,8 @@ pub(crate) struct App {
     pub shutdown: Shutdown,
     /// Socket.IO's long-polling sessions on this node, and its ping settings.
     pub socketio: Arc<socketio::polling::Registry>,
+    /// Socket.IO sessions' topics, for recovery on any node.
+    pub rooms: Arc<socketio::rooms::Rooms>,
     /// This node's name in Socket.IO session ids.
     pub node_id: String,
     /// Metric handles per transport, resolved once.
@@ -79,6 +81,10 @@ impl App {
         }
         App {
             socketio: Arc::new(socketio::polling::Registry::new(settings)),
+            rooms: Arc::new(socketio::rooms::Rooms::new(
+                feeds.pool.clone(),
+                cfg.retention,
+            )),
             node_id: cfg.node_id.clone().unwrap_or_default(),
             transports: Transport::ALL.map(|t| metrics.transport(t)),
             cfg,

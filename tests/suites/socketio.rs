@@ -515,6 +515,91 @@ async fn recovers_exactly_on_another_node_after_its_node_was_killed() {
     b.stop().await;
 }
 
+/// Topics joined with `subscribe` and left with `unsubscribe` after the
+/// connect are what a recovery re-joins, on another node: the client (at
+/// connect on `r`) subscribes to `s` and leaves `r`; while it is away 100
+/// changes commit on `s` and 10 on `r`; it recovers with every `s` change,
+/// once, in order, and no `r` change, then stays live on `s` alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_rejoins_the_topics_subscribed_after_connect_and_not_those_left() {
+    let Some(modules) = node_modules() else {
+        return;
+    };
+    let url = fresh_db().await;
+    let a = server(&url).await;
+    let b = server(&url).await;
+    let proxy = Proxy::start(a.addr).await;
+    let mut c = sio_client(&modules, &proxy.url());
+    let mut seen = Seen::default();
+    seen.until(&mut c, None, 1).await;
+    let db = connect(&url).await;
+    emit_range(&db, "r", 1, 2).await;
+    seen.until(&mut c, Some(2), 1).await;
+    c.send(json!({"emit": "subscribe", "args": [["s"]], "n": 1}));
+    let ack = c
+        .until("subscribe ack", |v| v["t"] == "ack" && v["n"] == 1)
+        .await;
+    assert_eq!(ack["args"][0], json!({"subscribed": ["s"], "refused": []}));
+    c.send(json!({"emit": "unsubscribe", "args": [["r"]], "n": 2}));
+    let ack = c
+        .until("unsubscribe ack", |v| v["t"] == "ack" && v["n"] == 2)
+        .await;
+    assert_eq!(ack["args"][0], json!({"unsubscribed": ["r"]}));
+    emit_range(&db, "r", 1001, 1001).await;
+    emit_range(&db, "s", 3, 4).await;
+    seen.until(&mut c, Some(4), 1).await;
+    proxy.route_to(None);
+    a.stop().await;
+    c.until("disconnect", |v| v["t"] == "disconnect").await;
+    for n in (5..=104).step_by(10) {
+        emit_range(&db, "r", 2000 + n, 2000 + n).await;
+        emit_range(&db, "s", n, n + 9).await;
+    }
+    proxy.route_to(Some(b.addr));
+    seen.until(&mut c, Some(104), 2).await;
+    assert_eq!(seen.connects, [false, true], "recovered on node b");
+    assert!(seen.resyncs.is_empty(), "{:?}", seen.resyncs);
+    // live again: an `r` change committed first would arrive first
+    emit_range(&db, "r", 3001, 3001).await;
+    emit_range(&db, "s", 105, 105).await;
+    seen.until(&mut c, Some(105), 2).await;
+    assert_eq!(seen.ns, (1..=105).collect::<Vec<_>>());
+    b.stop().await;
+}
+
+/// A database not yet migrated to `012_socketio_rooms`: `subscribe` still
+/// works, and a recovery re-joins the connect-time topics, as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_rooms_table_subscribe_works_and_recovery_rejoins_connect_topics() {
+    let Some(modules) = node_modules() else {
+        return;
+    };
+    let url = db_migrated_without(&["012_socketio_rooms"]).await;
+    let a = server_with(&url, |c| c.migrate = false).await;
+    let proxy = Proxy::start(a.addr).await;
+    let mut c = sio_client(&modules, &proxy.url());
+    let mut seen = Seen::default();
+    seen.until(&mut c, None, 1).await;
+    c.send(json!({"emit": "subscribe", "args": [["s"]], "n": 1}));
+    let ack = c
+        .until("subscribe ack", |v| v["t"] == "ack" && v["n"] == 1)
+        .await;
+    assert_eq!(ack["args"][0], json!({"subscribed": ["s"], "refused": []}));
+    let db = connect(&url).await;
+    emit_range(&db, "s", 1, 1).await;
+    emit_range(&db, "r", 2, 2).await;
+    seen.until(&mut c, Some(2), 1).await;
+    proxy.route_to(None);
+    proxy.cut();
+    c.until("disconnect", |v| v["t"] == "disconnect").await;
+    emit_range(&db, "r", 3, 5).await;
+    proxy.route_to(Some(a.addr));
+    seen.until(&mut c, Some(5), 2).await;
+    assert_eq!(seen.connects, [false, true]);
+    assert_eq!(seen.ns, [1, 2, 3, 4, 5]);
+    a.stop().await;
+}
+
 /// An offset older than the retention: a new session, `recovered === false`,
 /// and a `rowcast:resync` naming the topics; then live events.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -556,6 +641,94 @@ async fn an_expired_offset_gets_a_new_session_and_a_resync() {
     emit_range(&db, "r", 11, 11).await;
     let live = c.until("test.n", |v| v["name"] == "test.n").await;
     assert_eq!(live["args"][0]["n"], 11);
+    srv.stop().await;
+}
+
+/// A session that had subscribed and cannot recover (its offset expired)
+/// gets a new session that keeps its topics (`recovered === false`, a
+/// `rowcast:resync` naming them), and that new session recovers them in turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_that_cannot_recover_keeps_its_subscribed_topics() {
+    let Some(modules) = node_modules() else {
+        return;
+    };
+    let url = fresh_db().await;
+    let srv = server_with(&url, |c| {
+        c.retention = Duration::from_millis(500);
+        c.prune_every = Duration::from_millis(100);
+        c.window_changes = 0;
+    })
+    .await;
+    let proxy = Proxy::start(srv.addr).await;
+    let mut c = sio_client(&modules, &proxy.url());
+    let mut seen = Seen::default();
+    seen.until(&mut c, None, 1).await;
+    c.send(json!({"emit": "subscribe", "args": [["s"]], "n": 1}));
+    c.until("subscribe ack", |v| v["t"] == "ack" && v["n"] == 1)
+        .await;
+    let db = connect(&url).await;
+    emit_range(&db, "s", 1, 1).await;
+    seen.until(&mut c, Some(1), 1).await;
+    proxy.route_to(None);
+    proxy.cut();
+    c.until("disconnect", |v| v["t"] == "disconnect").await;
+    emit_range(&db, "s", 2, 5).await;
+    eventually_async("pruned", || async {
+        column_i64(&db, "SELECT count(*) FROM rowcast.changes").await == [0]
+    })
+    .await;
+    proxy.route_to(Some(srv.addr));
+    seen.until(&mut c, None, 2).await;
+    assert_eq!(seen.connects, [false, false]);
+    let resync = c
+        .until("rowcast:resync", |v| v["name"] == "rowcast:resync")
+        .await;
+    assert_eq!(resync["args"][0]["reason"], "cursor_expired");
+    assert_eq!(resync["args"][0]["topics"], json!(["r", "s"]));
+    emit_range(&db, "s", 6, 6).await;
+    seen.until(&mut c, Some(6), 2).await;
+    // the new session's topics are stored under its own pid: it recovers them
+    proxy.route_to(None);
+    proxy.cut();
+    c.until("disconnect", |v| v["t"] == "disconnect").await;
+    emit_range(&db, "s", 7, 9).await;
+    proxy.route_to(Some(srv.addr));
+    seen.until(&mut c, Some(9), 3).await;
+    assert_eq!(seen.connects, [false, false, true]);
+    assert_eq!(seen.ns, [1, 6, 7, 8, 9]);
+    srv.stop().await;
+}
+
+/// A session's stored topics stay while it is connected, however long (its
+/// node marks them seen), and are deleted once it is gone for longer than a
+/// recovery could use them (the retention plus two marking intervals).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_topics_live_with_their_session_and_go_after_it() {
+    let Some(modules) = node_modules() else {
+        return;
+    };
+    let url = fresh_db().await;
+    // retention 0.5 s: marked every 1 s, deleted after 2.5 s unseen
+    let srv = server_with(&url, |c| {
+        c.retention = Duration::from_millis(500);
+        c.prune_every = Duration::from_millis(100);
+    })
+    .await;
+    let mut c = sio_client(&modules, &srv.base_url());
+    c.connected().await;
+    c.send(json!({"emit": "subscribe", "args": [["s"]], "n": 1}));
+    c.until("subscribe ack", |v| v["t"] == "ack" && v["n"] == 1)
+        .await;
+    let db = connect(&url).await;
+    let rows = "SELECT count(*) FROM rowcast.socketio_rooms WHERE topics = '{r,s}'";
+    assert_eq!(column_i64(&db, rows).await, [1]);
+    tokio::time::sleep(Duration::from_millis(4000)).await;
+    assert_eq!(column_i64(&db, rows).await, [1], "kept while connected");
+    c.send(json!({"exit": true}));
+    eventually_async("the gone session's topics deleted", || async {
+        column_i64(&db, "SELECT count(*) FROM rowcast.socketio_rooms").await == [0]
+    })
+    .await;
     srv.stop().await;
 }
 
@@ -824,6 +997,17 @@ async fn malformed_socketio_input_gets_defined_answers() {
     assert!(
         first.starts_with("40{") && first.contains("\"sid\""),
         "{first}"
+    );
+    // a second CONNECT on the same session is refused (no database call)
+    ws.send(M::Text(format!(r#"40{{"token":"{t}"}}"#).into()))
+        .await
+        .unwrap();
+    let again = next_text(&mut ws).await;
+    assert!(
+        again.starts_with(
+            r#"42["rowcast:error",{"error":"bad_message","message":"already connected"#
+        ),
+        "{again}"
     );
     ws.send(M::Text(r#"421["subscribe",["a","b","c","d"]]"#.into()))
         .await

@@ -6,6 +6,8 @@
 //!   feed, Connection State Recovery), whatever carries it.
 //! - `ws`: the WebSocket transport, opened directly or upgraded from polling.
 //! - `polling`: the HTTP long-polling transport and its sessions.
+//! - `rooms`: the topics sessions joined or left after CONNECT, in
+//!   PostgreSQL, so that recovery re-joins them on any node.
 //!
 //! Several nodes: a WebSocket connection needs no affinity, and recovery
 //! works on any node. A long-polling session lives on the node that opened
@@ -15,6 +17,7 @@
 //! and recovers exactly, so routing costs efficiency, never data.
 
 pub(crate) mod polling;
+pub(crate) mod rooms;
 pub(crate) mod session;
 pub(crate) mod ws;
 
@@ -73,14 +76,16 @@ pub(crate) async fn handler(State(app): State<Arc<App>>, req: Request) -> Respon
 /// with this node's id so that a load balancer can route a long-polling
 /// session's requests to the node that holds it.
 pub(crate) fn new_sid(node: &str) -> Result<String, ApiError> {
+    Ok(format!("{node}.{}", random_id::<16>()?))
+}
+
+/// `N` bytes from the operating system's generator, base64url (no `.`).
+pub(crate) fn random_id<const N: usize>() -> Result<String, ApiError> {
     use base64::Engine;
-    let mut bytes = [0u8; 16];
+    let mut bytes = [0u8; N];
     getrandom::fill(&mut bytes).map_err(|e| {
         tracing::error!(error = %e, "no randomness for a session id");
         ApiError::new(ErrorCode::Unavailable, "cannot make a session id; retry")
     })?;
-    Ok(format!(
-        "{node}.{}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-    ))
+    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
 }

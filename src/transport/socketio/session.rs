@@ -3,12 +3,14 @@
 //! answers to its packets. The transports move packets; this decides.
 //!
 //! Connection State Recovery, exactly: the CONNECT reply carries a `pid`
-//! that any node can read (`<identity digest>.<starting cursor>`, nothing
-//! secret, nothing stored), and every event carries its cursor as its last
-//! argument, which socket.io-client keeps as its offset. On reconnect the
-//! client sends `{pid, offset, ...auth}`; if the pid is well formed and names
-//! the same identity, the feed resumes from the offset (or from the pid's
-//! cursor when no event had arrived yet) and the reply echoes the same pid,
+//! that any node can read (`<identity digest>.<starting cursor>.<key>`, the
+//! key random), and every event carries its cursor as its last argument,
+//! which socket.io-client keeps as its offset. On reconnect the client sends
+//! `{pid, offset, ...auth}`; if the pid is well formed and names the same
+//! identity, the feed resumes from the offset (or from the pid's cursor when
+//! no event had arrived yet) with the topics the session had (`rooms`: the
+//! set stored under the key if it subscribed or unsubscribed after its
+//! connect, else its connect-time topics), and the reply echoes the same pid,
 //! which socket.io-client reports as `socket.recovered === true`. When that
 //! cannot be done (pid malformed, identity changed, offset expired or from
 //! another database) the client gets a normal new session (`recovered ===
@@ -24,6 +26,7 @@ use crate::feed::{Delivery, Feed, Start};
 use crate::limits::RateLimiter;
 use crate::protocol::socketio::{self as packet, SocketKind, SocketPacket};
 use crate::transport::close::Disconnect;
+use crate::transport::socketio::rooms::Held;
 use crate::transport::App;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
@@ -47,6 +50,28 @@ pub(crate) struct Session {
 pub(crate) struct Joined {
     pub(crate) identity: Identity,
     pub(crate) feed: Feed,
+    /// `identity_digest(identity)`, as in the pid.
+    digest: u64,
+    /// The pid's key, under which the session's topics are stored once it
+    /// changes them; `None` for a session recovered from an older node's
+    /// pid, which had none (its changes are then not stored).
+    key: Option<String>,
+    /// Present while the session's topics are stored.
+    held: Option<Held>,
+}
+
+/// A pid's parts.
+struct Pid {
+    digest: u64,
+    start: Cursor,
+    key: Option<String>,
+}
+
+/// A CONNECT that asks to recover, and may.
+struct Resume {
+    pid: String,
+    cursor: Cursor,
+    key: Option<String>,
 }
 
 impl Session {
@@ -103,6 +128,16 @@ impl Session {
             return Ok(());
         }
         match p.kind {
+            // one CONNECT per session: a second would redo every database
+            // call of the first, as often as the message rate allows
+            SocketKind::Connect if self.joined.is_some() => {
+                self.count(ErrorCode::BadMessage);
+                out.push(error_event(
+                    ErrorCode::BadMessage,
+                    "already connected to the namespace /",
+                ));
+                Ok(())
+            }
             SocketKind::Connect => Box::pin(self.connect(p.data, out)).await,
             SocketKind::Disconnect => Err(Disconnect::ClientGone),
             SocketKind::Event => Box::pin(self.event(p, out)).await,
@@ -142,25 +177,42 @@ impl Session {
         };
         let authenticated = identity.sub().is_some();
         crate::transport::presence::on_connect(&self.app, &identity, authenticated).await;
-        let mut wanted = self.query_topics.clone();
-        match auth.get("topics") {
-            Some(Value::String(list)) => wanted.extend(
-                list.split(',')
-                    .map(|t| t.trim().to_string())
-                    .filter(|t| !t.is_empty()),
-            ),
-            Some(Value::Array(list)) => {
-                wanted.extend(list.iter().filter_map(|t| t.as_str().map(String::from)))
+        // recovery, or a fresh start
+        let digest = identity_digest(&identity);
+        let resume = match auth.get("pid") {
+            Some(Value::String(pid)) => Some(match parse_pid(pid) {
+                Some(p) if p.digest == digest => {
+                    let offset = auth.get("offset").and_then(Value::as_str);
+                    let cursor = match offset.map(Cursor::decode) {
+                        Some(Ok(c)) => Ok(c),
+                        Some(Err(_)) => Err("offset_invalid"),
+                        None => Ok(p.start),
+                    };
+                    cursor.map(|cursor| Resume {
+                        pid: pid.clone(),
+                        cursor,
+                        key: p.key,
+                    })
+                }
+                Some(_) => Err("identity_changed"),
+                None => Err("pid_invalid"),
+            }),
+            _ => None,
+        };
+        // a session that changed its topics after its connect recovers them
+        let stored = match &resume {
+            Some(Ok(Resume { key: Some(k), .. })) => {
+                self.app.rooms.load(k, digest).await.map_err(|e| {
+                    tracing::warn!(error = %e, "socket.io rooms unavailable");
+                    Disconnect::TryAgainLater
+                })?
             }
-            _ => {}
-        }
-        let defaults = self
-            .app
-            .gate
-            .default_topics(&identity)
-            .await
-            .map_err(|_| Disconnect::TryAgainLater)?;
-        wanted.extend(defaults);
+            _ => None,
+        };
+        let wanted = match &stored {
+            Some(topics) => topics.clone(),
+            None => self.connect_topics(&auth, &identity).await?,
+        };
         let wanted = if wanted.is_empty() {
             wanted
         } else {
@@ -185,29 +237,12 @@ impl Session {
         for _ in &denied {
             self.count(ErrorCode::Forbidden);
         }
-        // recovery, or a fresh start
-        let digest = identity_digest(&identity);
-        let resume = match auth.get("pid") {
-            Some(Value::String(pid)) => Some(match parse_pid(pid) {
-                Some((d, start)) if d == digest => {
-                    let offset = auth.get("offset").and_then(Value::as_str);
-                    match offset.map(Cursor::decode) {
-                        Some(Ok(c)) => Ok((pid.clone(), c)),
-                        Some(Err(_)) => Err("offset_invalid"),
-                        None => Ok((pid.clone(), start)),
-                    }
-                }
-                Some(_) => Err("identity_changed"),
-                None => Err("pid_invalid"),
-            }),
-            _ => None,
-        };
         let snapshot = auth
             .get("snapshot")
             .and_then(Value::as_bool)
             .unwrap_or(false);
-        let (cursor, recovering_pid, mut resync) = match resume {
-            Some(Ok((pid, c))) => (Some(c), Some(pid), None),
+        let (cursor, recovering, mut resync) = match resume {
+            Some(Ok(r)) => (Some(r.cursor.clone()), Some(r), None),
             Some(Err(why)) => (None, None, Some(why)),
             None => (None, None, None),
         };
@@ -227,11 +262,40 @@ impl Session {
             resync = Some(n.reason());
         }
         // the same pid back is what makes socket.io-client report `recovered`
-        let pid = match (recovering_pid, resync) {
-            (Some(pid), None) => pid,
-            _ => format!("{digest:016x}.{}", feed.position()),
+        let (pid, key, held) = match (recovering, resync) {
+            (Some(r), None) => {
+                let held = match (&stored, &r.key) {
+                    (Some(_), Some(k)) => Some(self.app.rooms.hold(k)),
+                    _ => None,
+                };
+                (r.pid, r.key, held)
+            }
+            _ => {
+                let key = super::random_id::<12>().map_err(|_| Disconnect::TryAgainLater)?;
+                let pid = format!("{digest:016x}.{}.{key}", feed.position());
+                // a new session in place of one that had changed its topics
+                // keeps them, stored under its own key
+                let held = match stored {
+                    Some(_) => match self.app.rooms.save(&key, digest, &allowed).await {
+                        Ok(true) => Some(self.app.rooms.hold(&key)),
+                        Ok(false) => None,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "socket.io rooms unavailable");
+                            return Err(Disconnect::TryAgainLater);
+                        }
+                    },
+                    None => None,
+                };
+                (pid, Some(key), held)
+            }
         };
-        self.joined = Some(Joined { identity, feed });
+        self.joined = Some(Joined {
+            identity,
+            feed,
+            digest,
+            key,
+            held,
+        });
         out.push(packet::connected(&self.sid, &pid));
         if let Some(reason) = resync {
             out.push(packet::event(
@@ -246,6 +310,35 @@ impl Session {
             ));
         }
         Ok(())
+    }
+
+    /// The topics a CONNECT asks for: the opening request's `?topics=`,
+    /// `auth.topics`, and the identity's default topics.
+    async fn connect_topics(
+        &self,
+        auth: &Value,
+        identity: &Identity,
+    ) -> Result<Vec<String>, Disconnect> {
+        let mut wanted = self.query_topics.clone();
+        match auth.get("topics") {
+            Some(Value::String(list)) => wanted.extend(
+                list.split(',')
+                    .map(|t| t.trim().to_string())
+                    .filter(|t| !t.is_empty()),
+            ),
+            Some(Value::Array(list)) => {
+                wanted.extend(list.iter().filter_map(|t| t.as_str().map(String::from)))
+            }
+            _ => {}
+        }
+        let defaults = self
+            .app
+            .gate
+            .default_topics(identity)
+            .await
+            .map_err(|_| Disconnect::TryAgainLater)?;
+        wanted.extend(defaults);
+        Ok(wanted)
     }
 
     /// EVENT from the client: `subscribe`, `unsubscribe`, `activity`.
@@ -271,7 +364,7 @@ impl Session {
         } else {
             match name.as_str() {
                 "subscribe" => self.subscribe(args.get(1)).await?,
-                "unsubscribe" => self.unsubscribe(args.get(1)),
+                "unsubscribe" => self.unsubscribe(args.get(1)).await,
                 "activity" => self.activity().await,
                 _ => {
                     json!({"error": "unknown_event", "message": format!("rowcast handles subscribe, unsubscribe and activity, not {name:?}")})
@@ -325,6 +418,16 @@ impl Session {
             self.count(ErrorCode::Forbidden);
         }
         if let Some(j) = self.joined.as_mut() {
+            let sub = j.feed.subscription();
+            if allowed.iter().any(|t| !sub.wants(t)) {
+                let mut after: Vec<String> = sub.topics().iter().cloned().collect();
+                after.extend(allowed.iter().filter(|t| !sub.wants(t)).cloned());
+                if let Err(e) = self.store(after).await {
+                    return Ok(self.refusal(e));
+                }
+            }
+        }
+        if let Some(j) = self.joined.as_mut() {
             j.feed.subscription().add(&allowed);
         }
         // tests hold a subscribe here, its topics added and its answer not
@@ -347,7 +450,7 @@ impl Session {
         }
     }
 
-    fn unsubscribe(&mut self, topics: Option<&Value>) -> Value {
+    async fn unsubscribe(&mut self, topics: Option<&Value>) -> Value {
         let Some(topics) = topic_list(topics) else {
             return self.refusal(ApiError::new(
                 ErrorCode::BadMessage,
@@ -359,9 +462,52 @@ impl Session {
             Err(e) => return self.refusal(e),
         };
         if let Some(j) = self.joined.as_mut() {
+            let sub = j.feed.subscription();
+            if topics.iter().any(|t| sub.wants(t)) {
+                let after = sub
+                    .topics()
+                    .iter()
+                    .filter(|t| !topics.contains(t))
+                    .cloned()
+                    .collect();
+                if let Err(e) = self.store(after).await {
+                    return self.refusal(e);
+                }
+            }
+        }
+        if let Some(j) = self.joined.as_mut() {
             j.feed.subscription().remove(&topics);
         }
         json!({"unsubscribed": topics})
+    }
+
+    /// Stores the session's topics as they are about to be, before its
+    /// `subscribe` or `unsubscribe` changes them (the contract is `rooms`').
+    async fn store(&mut self, mut topics: Vec<String>) -> Result<(), ApiError> {
+        let Some(j) = self.joined.as_mut() else {
+            return Ok(());
+        };
+        let Some(key) = j.key.as_deref() else {
+            return Ok(());
+        };
+        self.app.gate.spend_db_write(self.peer.ip())?;
+        topics.sort_unstable();
+        match self.app.rooms.save(key, j.digest, &topics).await {
+            Ok(true) => {
+                if j.held.is_none() {
+                    j.held = Some(self.app.rooms.hold(key));
+                }
+                Ok(())
+            }
+            Ok(false) => Ok(()),
+            Err(e) => {
+                tracing::warn!(error = %e, "socket.io rooms unavailable");
+                Err(ApiError::new(
+                    ErrorCode::Unavailable,
+                    "this session's topics could not be stored for recovery; nothing changed, retry",
+                ))
+            }
+        }
     }
 
     /// An error answer (ack or `rowcast:error`), counted.
@@ -411,11 +557,45 @@ fn identity_digest(who: &Identity) -> u64 {
     h
 }
 
-/// `<16 hex digits>.<cursor>` → (digest, cursor).
-fn parse_pid(pid: &str) -> Option<(u64, Cursor)> {
-    let (d, c) = pid.split_once('.')?;
-    if d.len() != 16 {
+/// `<16 hex digits>.<cursor>[.<key>]` (no key: an older node's pid).
+fn parse_pid(pid: &str) -> Option<Pid> {
+    let mut parts = pid.split('.');
+    let (d, c, key) = (parts.next()?, parts.next()?, parts.next());
+    if d.len() != 16 || parts.next().is_some() {
         return None;
     }
-    Some((u64::from_str_radix(d, 16).ok()?, Cursor::decode(c).ok()?))
+    let key = match key {
+        Some(k) if k.is_empty() || k.len() > 64 => return None,
+        k => k.map(String::from),
+    };
+    Some(Pid {
+        digest: u64::from_str_radix(d, 16).ok()?,
+        start: Cursor::decode(c).ok()?,
+        key,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pid_has_a_key_or_is_an_older_nodes_and_anything_else_is_invalid() {
+        let c = Cursor::boundary(crate::snapshot::Snapshot::new(7, vec![5])).encode();
+        let p = parse_pid(&format!("00000000000000ff.{c}.k3y")).unwrap();
+        assert_eq!((p.digest, p.key.as_deref()), (255, Some("k3y")));
+        assert_eq!(p.start.encode(), c);
+        let old = parse_pid(&format!("00000000000000ff.{c}")).unwrap();
+        assert_eq!(old.key, None);
+        for bad in [
+            format!("00000000000000ff.{c}."),
+            format!("00000000000000ff.{c}.k.x"),
+            format!("00000000000000ff.{c}.{}", "k".repeat(65)),
+            format!("ff.{c}.k"),
+            "00000000000000ff.!.k".to_string(),
+            String::new(),
+        ] {
+            assert!(parse_pid(&bad).is_none(), "{bad}");
+        }
+    }
 }
