@@ -1,16 +1,21 @@
--- The topics of Socket.IO sessions that joined or left topics after their
--- CONNECT (`subscribe` / `unsubscribe`), so that Connection State Recovery
--- re-joins exactly those topics on any node (src/transport/socketio/rooms.rs).
+-- The topics of Socket.IO sessions, for Connection State Recovery on any
+-- node (src/transport/socketio/rooms.rs states the contract).
 --
--- One row per such session, keyed by the random key in its pid; `identity`
--- is the pid's identity digest, checked again on recovery. A session with no
--- row recovers its connect-time topics. The node that serves a session marks
--- its row seen now and then; every node deletes rows not seen for longer than
--- a recovery could still be exact (the retention plus two marking intervals).
+-- One row per session, keyed by the random key in its pid: `topics` NULL
+-- while the session has its connect-time topics, else the set its
+-- `subscribe` / `unsubscribe` left it with. `identity` is the pid's identity
+-- digest, checked again on recovery; `peer` the client's address (IPv6:
+-- its /64), for the cap on rows per address; `gen` counts recoveries, so a
+-- stale connection of the session cannot overwrite a newer one's topics.
+-- The node that serves a session marks its row seen now and then; every
+-- node deletes rows not seen for longer than a recovery may take.
 CREATE TABLE rowcast.socketio_rooms (
     session  text PRIMARY KEY,
     identity bigint NOT NULL,
-    topics   text[] NOT NULL,
+    peer     inet NOT NULL,
+    topics   text[],
+    gen      integer NOT NULL DEFAULT 0,
     seen_at  timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX socketio_rooms_seen ON rowcast.socketio_rooms (seen_at);
+CREATE INDEX socketio_rooms_peer ON rowcast.socketio_rooms (peer);

@@ -100,6 +100,22 @@ impl RateLimiter {
     }
 }
 
+/// The block of addresses one client usually holds: an IPv4 address, or an
+/// IPv6 /64 (IPv4-mapped IPv6 addresses count as their IPv4 address).
+pub(crate) fn client_block(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+            let s = v6.segments();
+            IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        IpAddr::V6(v6) => IpAddr::V4(
+            v6.to_ipv4_mapped()
+                .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
+        ),
+        v4 => v4,
+    }
+}
+
 /// Token buckets per client address: `rate` per second, bursts of `burst`.
 ///
 /// Used for `rowcast.authorize` checks (cache misses): each costs a database
@@ -134,17 +150,7 @@ impl IpBudget {
         if n == 0 {
             return true;
         }
-        let key = match ip {
-            IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
-                let s = v6.segments();
-                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-            }
-            IpAddr::V6(v6) => IpAddr::V4(
-                v6.to_ipv4_mapped()
-                    .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
-            ),
-            v4 => v4,
-        };
+        let key = client_block(ip);
         let now = Instant::now();
         let mut m = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         if m.len() >= MAX_BUDGETED_IPS && !m.contains_key(&key) {

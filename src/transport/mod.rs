@@ -84,6 +84,7 @@ impl App {
             rooms: Arc::new(socketio::rooms::Rooms::new(
                 feeds.pool.clone(),
                 cfg.retention,
+                cfg.limits.max_connections_per_ip,
             )),
             node_id: cfg.node_id.clone().unwrap_or_default(),
             transports: Transport::ALL.map(|t| metrics.transport(t)),

@@ -111,6 +111,23 @@ impl Node {
     async fn connected(&mut self) -> Value {
         self.until("connect", |v| v["t"] == "connect").await
     }
+
+    /// `emit(event, topics, ack)`; the ack's answer.
+    async fn ask(&mut self, event: &str, topics: Value, n: i64) -> Value {
+        self.send(json!({"emit": event, "args": [topics], "n": n}));
+        let ack = self
+            .until("an ack", |v| v["t"] == "ack" && v["n"] == n)
+            .await;
+        ack["args"][0].clone()
+    }
+
+    /// The next `rowcast:resync`'s argument.
+    async fn resync(&mut self) -> Value {
+        let v = self
+            .until("rowcast:resync", |v| v["name"] == "rowcast:resync")
+            .await;
+        v["args"][0].clone()
+    }
 }
 
 /// The FR-021 client code, verbatim apart from the URL and the token (and,
@@ -407,6 +424,13 @@ impl Proxy {
     fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
+
+    /// Cuts the client off and lets nobody in until `route_to` again.
+    async fn cut_off(&self, c: &mut Node) {
+        self.route_to(None);
+        self.cut();
+        c.until("disconnect", |v| v["t"] == "disconnect").await;
+    }
 }
 
 /// What a client saw: its events' `n`, in order, and whether each connect recovered.
@@ -438,6 +462,13 @@ impl Seen {
             }
         }
     }
+}
+
+/// Changes kept 0.5 s (pruned every 0.1 s); so Socket.IO rooms are marked
+/// every 2 s and deleted after 4.5 s unseen.
+fn brief_retention(c: &mut rowcast::server::ServerConfig) {
+    c.retention = Duration::from_millis(500);
+    c.prune_every = Duration::from_millis(100);
 }
 
 fn sio_client(modules: &PathBuf, url: &str) -> Node {
@@ -535,16 +566,14 @@ async fn recovery_rejoins_the_topics_subscribed_after_connect_and_not_those_left
     let db = connect(&url).await;
     emit_range(&db, "r", 1, 2).await;
     seen.until(&mut c, Some(2), 1).await;
-    c.send(json!({"emit": "subscribe", "args": [["s"]], "n": 1}));
-    let ack = c
-        .until("subscribe ack", |v| v["t"] == "ack" && v["n"] == 1)
-        .await;
-    assert_eq!(ack["args"][0], json!({"subscribed": ["s"], "refused": []}));
-    c.send(json!({"emit": "unsubscribe", "args": [["r"]], "n": 2}));
-    let ack = c
-        .until("unsubscribe ack", |v| v["t"] == "ack" && v["n"] == 2)
-        .await;
-    assert_eq!(ack["args"][0], json!({"unsubscribed": ["r"]}));
+    assert_eq!(
+        c.ask("subscribe", json!(["s"]), 1).await,
+        json!({"subscribed": ["s"], "refused": []})
+    );
+    assert_eq!(
+        c.ask("unsubscribe", json!(["r"]), 2).await,
+        json!({"unsubscribed": ["r"]})
+    );
     emit_range(&db, "r", 1001, 1001).await;
     emit_range(&db, "s", 3, 4).await;
     seen.until(&mut c, Some(4), 1).await;
@@ -580,23 +609,25 @@ async fn without_the_rooms_table_subscribe_works_and_recovery_rejoins_connect_to
     let mut c = sio_client(&modules, &proxy.url());
     let mut seen = Seen::default();
     seen.until(&mut c, None, 1).await;
-    c.send(json!({"emit": "subscribe", "args": [["s"]], "n": 1}));
-    let ack = c
-        .until("subscribe ack", |v| v["t"] == "ack" && v["n"] == 1)
-        .await;
-    assert_eq!(ack["args"][0], json!({"subscribed": ["s"], "refused": []}));
+    assert_eq!(
+        c.ask("subscribe", json!(["s"]), 1).await,
+        json!({"subscribed": ["s"], "refused": []})
+    );
     let db = connect(&url).await;
     emit_range(&db, "s", 1, 1).await;
     emit_range(&db, "r", 2, 2).await;
     seen.until(&mut c, Some(2), 1).await;
-    proxy.route_to(None);
-    proxy.cut();
-    c.until("disconnect", |v| v["t"] == "disconnect").await;
-    emit_range(&db, "r", 3, 5).await;
+    proxy.cut_off(&mut c).await;
+    emit_range(&db, "s", 3, 3).await;
+    emit_range(&db, "r", 4, 5).await;
     proxy.route_to(Some(a.addr));
     seen.until(&mut c, Some(5), 2).await;
     assert_eq!(seen.connects, [false, true]);
-    assert_eq!(seen.ns, [1, 2, 3, 4, 5]);
+    assert_eq!(
+        seen.ns,
+        [1, 2, 4, 5],
+        "only the connect-time topic came back"
+    );
     a.stop().await;
 }
 
@@ -609,8 +640,7 @@ async fn an_expired_offset_gets_a_new_session_and_a_resync() {
     };
     let url = fresh_db().await;
     let srv = server_with(&url, |c| {
-        c.retention = Duration::from_millis(500);
-        c.prune_every = Duration::from_millis(100);
+        brief_retention(c);
         c.window_changes = 0;
     })
     .await;
@@ -621,9 +651,7 @@ async fn an_expired_offset_gets_a_new_session_and_a_resync() {
     let db = connect(&url).await;
     emit_range(&db, "r", 1, 3).await;
     seen.until(&mut c, Some(3), 1).await;
-    proxy.route_to(None);
-    proxy.cut();
-    c.until("disconnect", |v| v["t"] == "disconnect").await;
+    proxy.cut_off(&mut c).await;
     emit_range(&db, "r", 4, 10).await;
     // wait until the pruner has removed them
     eventually_async("pruned", || async {
@@ -633,11 +661,9 @@ async fn an_expired_offset_gets_a_new_session_and_a_resync() {
     proxy.route_to(Some(srv.addr));
     seen.until(&mut c, None, 2).await;
     assert_eq!(seen.connects, [false, false]);
-    let resync = c
-        .until("rowcast:resync", |v| v["name"] == "rowcast:resync")
-        .await;
-    assert_eq!(resync["args"][0]["reason"], "cursor_expired");
-    assert_eq!(resync["args"][0]["topics"], json!(["r"]));
+    let resync = c.resync().await;
+    assert_eq!(resync["reason"], "cursor_expired");
+    assert_eq!(resync["topics"], json!(["r"]));
     emit_range(&db, "r", 11, 11).await;
     let live = c.until("test.n", |v| v["name"] == "test.n").await;
     assert_eq!(live["args"][0]["n"], 11);
@@ -654,8 +680,7 @@ async fn a_session_that_cannot_recover_keeps_its_subscribed_topics() {
     };
     let url = fresh_db().await;
     let srv = server_with(&url, |c| {
-        c.retention = Duration::from_millis(500);
-        c.prune_every = Duration::from_millis(100);
+        brief_retention(c);
         c.window_changes = 0;
     })
     .await;
@@ -663,34 +688,29 @@ async fn a_session_that_cannot_recover_keeps_its_subscribed_topics() {
     let mut c = sio_client(&modules, &proxy.url());
     let mut seen = Seen::default();
     seen.until(&mut c, None, 1).await;
-    c.send(json!({"emit": "subscribe", "args": [["s"]], "n": 1}));
-    c.until("subscribe ack", |v| v["t"] == "ack" && v["n"] == 1)
-        .await;
+    c.ask("subscribe", json!(["s"]), 1).await;
     let db = connect(&url).await;
     emit_range(&db, "s", 1, 1).await;
     seen.until(&mut c, Some(1), 1).await;
-    proxy.route_to(None);
-    proxy.cut();
-    c.until("disconnect", |v| v["t"] == "disconnect").await;
+    proxy.cut_off(&mut c).await;
     emit_range(&db, "s", 2, 5).await;
     eventually_async("pruned", || async {
         column_i64(&db, "SELECT count(*) FROM rowcast.changes").await == [0]
     })
     .await;
+    // (its row stays 4.5 s unseen; the changes went after 0.5 s)
+    let rows = "SELECT count(*) FROM rowcast.socketio_rooms WHERE topics = '{r,s}'";
+    assert_eq!(column_i64(&db, rows).await, [1], "its topics still stored");
     proxy.route_to(Some(srv.addr));
     seen.until(&mut c, None, 2).await;
     assert_eq!(seen.connects, [false, false]);
-    let resync = c
-        .until("rowcast:resync", |v| v["name"] == "rowcast:resync")
-        .await;
-    assert_eq!(resync["args"][0]["reason"], "cursor_expired");
-    assert_eq!(resync["args"][0]["topics"], json!(["r", "s"]));
+    let resync = c.resync().await;
+    assert_eq!(resync["reason"], "cursor_expired");
+    assert_eq!(resync["topics"], json!(["r", "s"]));
     emit_range(&db, "s", 6, 6).await;
     seen.until(&mut c, Some(6), 2).await;
     // the new session's topics are stored under its own pid: it recovers them
-    proxy.route_to(None);
-    proxy.cut();
-    c.until("disconnect", |v| v["t"] == "disconnect").await;
+    proxy.cut_off(&mut c).await;
     emit_range(&db, "s", 7, 9).await;
     proxy.route_to(Some(srv.addr));
     seen.until(&mut c, Some(9), 3).await;
@@ -701,34 +721,190 @@ async fn a_session_that_cannot_recover_keeps_its_subscribed_topics() {
 
 /// A session's stored topics stay while it is connected, however long (its
 /// node marks them seen), and are deleted once it is gone for longer than a
-/// recovery could use them (the retention plus two marking intervals).
+/// recovery may take (the retention plus two marking intervals).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stored_topics_live_with_their_session_and_go_after_it() {
     let Some(modules) = node_modules() else {
         return;
     };
     let url = fresh_db().await;
-    // retention 0.5 s: marked every 1 s, deleted after 2.5 s unseen
-    let srv = server_with(&url, |c| {
-        c.retention = Duration::from_millis(500);
-        c.prune_every = Duration::from_millis(100);
-    })
-    .await;
+    // retention 0.5 s: marked every 2 s, deleted after 4.5 s unseen
+    let srv = server_with(&url, brief_retention).await;
     let mut c = sio_client(&modules, &srv.base_url());
     c.connected().await;
-    c.send(json!({"emit": "subscribe", "args": [["s"]], "n": 1}));
-    c.until("subscribe ack", |v| v["t"] == "ack" && v["n"] == 1)
-        .await;
+    c.ask("subscribe", json!(["s"]), 1).await;
     let db = connect(&url).await;
-    let rows = "SELECT count(*) FROM rowcast.socketio_rooms WHERE topics = '{r,s}'";
-    assert_eq!(column_i64(&db, rows).await, [1]);
-    tokio::time::sleep(Duration::from_millis(4000)).await;
-    assert_eq!(column_i64(&db, rows).await, [1], "kept while connected");
+    let stored = "SELECT count(*) FROM rowcast.socketio_rooms WHERE topics = '{r,s}'";
+    assert_eq!(column_i64(&db, stored).await, [1]);
+    let since = std::time::Instant::now();
+    // unmarked, it would be gone 4.5 s after the subscribe
+    eventually_async(
+        "kept while connected, past the time it would go",
+        || async {
+            since.elapsed() > Duration::from_millis(6000) && column_i64(&db, stored).await == [1]
+        },
+    )
+    .await;
+    assert_eq!(column_i64(&db, stored).await, [1], "kept while connected");
     c.send(json!({"exit": true}));
-    eventually_async("the gone session's topics deleted", || async {
+    eventually_async("the gone session's row deleted", || async {
         column_i64(&db, "SELECT count(*) FROM rowcast.socketio_rooms").await == [0]
     })
     .await;
+    srv.stop().await;
+}
+
+/// A session that never changed its topics and has been connected longer
+/// than the retention still recovers exactly (its node wrote a row saying
+/// "connect-time topics"); one that changed them and stayed away until its
+/// row was deleted, on a quiet database where its offset is still valid,
+/// gets a new session and a `rowcast:resync` rather than its old topics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_session_recovers_and_one_whose_topics_are_gone_is_told() {
+    let Some(modules) = node_modules() else {
+        return;
+    };
+    let url = fresh_db().await;
+    let srv = server_with(&url, brief_retention).await;
+    let proxy = Proxy::start(srv.addr).await;
+    let db = connect(&url).await;
+    // connected for longer than a row may stay unseen (4.5 s), never subscribed
+    let mut c = sio_client(&modules, &proxy.url());
+    let mut seen = Seen::default();
+    seen.until(&mut c, None, 1).await;
+    let since = std::time::Instant::now();
+    eventually_async("connected past the time a row may stay unseen", || async {
+        since.elapsed() > Duration::from_millis(6000)
+            && column_i64(
+                &db,
+                "SELECT count(*) FROM rowcast.socketio_rooms WHERE topics IS NULL",
+            )
+            .await
+                == [1]
+    })
+    .await;
+    proxy.cut_off(&mut c).await;
+    emit_range(&db, "r", 1, 3).await;
+    proxy.route_to(Some(srv.addr));
+    seen.until(&mut c, Some(3), 2).await;
+    assert_eq!(seen.connects, [false, true], "recovered");
+    // now it subscribes, leaves, and stays away until its row is deleted
+    c.ask("subscribe", json!(["s"]), 1).await;
+    proxy.cut_off(&mut c).await;
+    eventually_async("its row deleted", || async {
+        column_i64(&db, "SELECT count(*) FROM rowcast.socketio_rooms").await == [0]
+    })
+    .await;
+    proxy.route_to(Some(srv.addr));
+    seen.until(&mut c, None, 3).await;
+    assert_eq!(seen.connects, [false, true, false]);
+    let resync = c.resync().await;
+    assert_eq!(resync["reason"], "cursor_expired");
+    assert_eq!(resync["topics"], json!(["r"]));
+    srv.stop().await;
+}
+
+/// One client address may hold 64 × `--max-connections-per-ip` stored
+/// sessions: past that, a `subscribe` that would store one more is refused
+/// with `unavailable` and changes nothing; the client's other topics go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscribe_past_the_addresss_stored_sessions_is_refused_and_changes_nothing() {
+    let Some(modules) = node_modules() else {
+        return;
+    };
+    let url = fresh_db().await;
+    let srv = server_with(&url, |c| c.limits.max_connections_per_ip = 1).await;
+    let db = connect(&url).await;
+    db.execute(
+        "INSERT INTO rowcast.socketio_rooms (session, identity, peer, topics)
+         SELECT 'other-' || g, 0, '127.0.0.1', '{x}' FROM generate_series(1, 64) g",
+        &[],
+    )
+    .await
+    .unwrap();
+    let mut c = sio_client(&modules, &srv.base_url());
+    let mut seen = Seen::default();
+    seen.until(&mut c, None, 1).await;
+    let ack = c.ask("subscribe", json!(["s"]), 1).await;
+    assert_eq!(ack["error"], "unavailable", "{ack}");
+    emit_range(&db, "s", 1, 1).await;
+    emit_range(&db, "r", 2, 2).await;
+    seen.until(&mut c, Some(2), 1).await;
+    assert_eq!(seen.ns, [2], "not subscribed to s");
+    srv.stop().await;
+}
+
+/// A pid from an older node (`<digest>.<cursor>`, no key) resumes exactly
+/// from its offset with the connect-time topics, under a new pid (so
+/// socket.io-client reports `recovered === false`), and no resync: nothing
+/// was lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_nodes_pid_resumes_exactly_under_a_new_pid() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message as M;
+    let url = fresh_db().await;
+    let srv = server(&url).await;
+    let ws_url = format!(
+        "{}/socket.io/?EIO=4&transport=websocket&topics=r",
+        srv.base_url().replacen("http://", "ws://", 1)
+    );
+    async fn texts(
+        ws: &mut tokio_tungstenite::WebSocketStream<
+            tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+        >,
+        n: usize,
+    ) -> Vec<String> {
+        let mut got = Vec::new();
+        while got.len() < n {
+            match tokio::time::timeout(ARRIVAL, ws.next()).await {
+                Ok(Some(Ok(M::Text(t)))) if t.as_str() != "2" => got.push(t.to_string()),
+                Ok(Some(Ok(_))) => {}
+                other => panic!("{other:?} after {got:?}"),
+            }
+        }
+        got
+    }
+    let db = connect(&url).await;
+    let (mut first, _) = tokio_tungstenite::connect_async(ws_url.as_str())
+        .await
+        .unwrap();
+    first.send(M::Text("40".into())).await.unwrap();
+    let open = texts(&mut first, 2).await;
+    let connected: Value = serde_json::from_str(&open[1][2..]).unwrap();
+    let pid = connected["pid"].as_str().unwrap().to_string();
+    assert_eq!(pid.split('.').count(), 4, "{pid}");
+    emit_range(&db, "r", 1, 1).await;
+    let ev: Value = serde_json::from_str(&texts(&mut first, 1).await[0][2..]).unwrap();
+    let offset = ev[2].as_str().unwrap().to_string();
+    drop(first);
+    emit_range(&db, "r", 2, 3).await;
+    let legacy: Vec<&str> = pid.split('.').take(2).collect();
+    let legacy = legacy.join(".");
+    let (mut second, _) = tokio_tungstenite::connect_async(ws_url.as_str())
+        .await
+        .unwrap();
+    second
+        .send(M::Text(
+            format!("40{}", json!({"pid": legacy, "offset": offset})).into(),
+        ))
+        .await
+        .unwrap();
+    let got = texts(&mut second, 4).await;
+    let connected: Value = serde_json::from_str(&got[1][2..]).unwrap();
+    let new_pid = connected["pid"].as_str().unwrap();
+    assert!(
+        new_pid != legacy && new_pid.split('.').count() == 4,
+        "{new_pid}"
+    );
+    let ns: Vec<Value> = got[2..]
+        .iter()
+        .map(|t| serde_json::from_str::<Value>(&t[2..]).unwrap())
+        .collect();
+    assert_eq!(ns[0][0], "test.n", "no resync first: {ns:?}");
+    assert_eq!(
+        ns.iter().map(|e| e[1]["n"].clone()).collect::<Vec<_>>(),
+        [json!(2), json!(3)]
+    );
     srv.stop().await;
 }
 

@@ -6,8 +6,8 @@
 //!   feed, Connection State Recovery), whatever carries it.
 //! - `ws`: the WebSocket transport, opened directly or upgraded from polling.
 //! - `polling`: the HTTP long-polling transport and its sessions.
-//! - `rooms`: the topics sessions joined or left after CONNECT, in
-//!   PostgreSQL, so that recovery re-joins them on any node.
+//! - `rooms`: every session's topics, in PostgreSQL, so that recovery
+//!   re-joins exactly them on any node.
 //!
 //! Several nodes: a WebSocket connection needs no affinity, and recovery
 //! works on any node. A long-polling session lives on the node that opened

@@ -4,19 +4,21 @@
 //!
 //! Connection State Recovery, exactly: the CONNECT reply carries a `pid`
 //! that any node can read (`<identity digest>.<starting cursor>.<key>`, the
-//! key random), and every event carries its cursor as its last argument,
-//! which socket.io-client keeps as its offset. On reconnect the client sends
-//! `{pid, offset, ...auth}`; if the pid is well formed and names the same
-//! identity, the feed resumes from the offset (or from the pid's cursor when
-//! no event had arrived yet) with the topics the session had (`rooms`: the
-//! set stored under the key if it subscribed or unsubscribed after its
-//! connect, else its connect-time topics), and the reply echoes the same pid,
-//! which socket.io-client reports as `socket.recovered === true`. When that
-//! cannot be done (pid malformed, identity changed, offset expired or from
-//! another database) the client gets a normal new session (`recovered ===
-//! false`) and a `rowcast:resync` event naming its topics: never silent loss.
-//! The pid grants nothing: any client may resume from any cursor on any
-//! transport anyway, and topics are authorized again on every connect.
+//! key random, see `rooms`), and every event carries its cursor as its last
+//! argument, which socket.io-client keeps as its offset. On reconnect the
+//! client sends `{pid, offset, ...auth}`; if the pid is well formed and names
+//! the same identity, the feed resumes from the offset (or from the pid's
+//! cursor when no event had arrived yet) with the topics the session had
+//! (`rooms`), and the reply echoes the same pid, which socket.io-client
+//! reports as `socket.recovered === true`. When that cannot be done (pid
+//! malformed, identity changed, offset expired or from another database, the
+//! session's topics possibly gone) the client gets a normal new session
+//! (`recovered === false`) and a `rowcast:resync` event naming its topics:
+//! never silent loss. An older node's pid (`<digest>.<cursor>`, no key)
+//! resumes exactly from the offset with the connect-time topics under a new
+//! pid (`recovered === false`, nothing to resync). The pid grants nothing:
+//! any client may resume from any cursor on any transport anyway, and topics
+//! are authorized again on every connect.
 
 use crate::access::Connection;
 use crate::api_error::{ApiError, ErrorCode};
@@ -26,7 +28,7 @@ use crate::feed::{Delivery, Feed, Start};
 use crate::limits::RateLimiter;
 use crate::protocol::socketio::{self as packet, SocketKind, SocketPacket};
 use crate::transport::close::Disconnect;
-use crate::transport::socketio::rooms::Held;
+use crate::transport::socketio::rooms::{Found, Held, Key, Saved};
 use crate::transport::App;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
@@ -44,34 +46,35 @@ pub(crate) struct Session {
     pub(crate) conn: Connection,
     pub(crate) rate: RateLimiter,
     pub(crate) joined: Option<Joined>,
+    /// CONNECT packets received.
+    connects: u8,
 }
 
 /// After a successful CONNECT.
 pub(crate) struct Joined {
     pub(crate) identity: Identity,
     pub(crate) feed: Feed,
-    /// `identity_digest(identity)`, as in the pid.
-    digest: u64,
-    /// The pid's key, under which the session's topics are stored once it
-    /// changes them; `None` for a session recovered from an older node's
-    /// pid, which had none (its changes are then not stored).
-    key: Option<String>,
-    /// Present while the session's topics are stored.
-    held: Option<Held>,
+    /// The session's row in `rooms`, under its pid's key.
+    held: Held,
 }
+
+/// CONNECT packets a session may send (a refused one may be retried with
+/// another token); past them, no more database calls are made for it.
+const MAX_CONNECTS: u8 = 4;
 
 /// A pid's parts.
 struct Pid {
     digest: u64,
     start: Cursor,
-    key: Option<String>,
+    /// `None`: an older node's pid.
+    key: Option<Key>,
 }
 
 /// A CONNECT that asks to recover, and may.
 struct Resume {
     pid: String,
     cursor: Cursor,
-    key: Option<String>,
+    key: Option<Key>,
 }
 
 impl Session {
@@ -93,6 +96,7 @@ impl Session {
             conn,
             rate,
             joined: None,
+            connects: 0,
         }
     }
 
@@ -138,7 +142,18 @@ impl Session {
                 ));
                 Ok(())
             }
-            SocketKind::Connect => Box::pin(self.connect(p.data, out)).await,
+            SocketKind::Connect if self.connects >= MAX_CONNECTS => {
+                self.count(ErrorCode::BadMessage);
+                out.push(packet::connect_error(
+                    "/",
+                    "too many CONNECT attempts on this connection: open a new one",
+                ));
+                Ok(())
+            }
+            SocketKind::Connect => {
+                self.connects += 1;
+                Box::pin(self.connect(p.data, out)).await
+            }
             SocketKind::Disconnect => Err(Disconnect::ClientGone),
             SocketKind::Event => Box::pin(self.event(p, out)).await,
             // clients acknowledge nothing rowcast asked for; connect_error is server → client
@@ -179,7 +194,7 @@ impl Session {
         crate::transport::presence::on_connect(&self.app, &identity, authenticated).await;
         // recovery, or a fresh start
         let digest = identity_digest(&identity);
-        let resume = match auth.get("pid") {
+        let mut resume = match auth.get("pid") {
             Some(Value::String(pid)) => Some(match parse_pid(pid) {
                 Some(p) if p.digest == digest => {
                     let offset = auth.get("offset").and_then(Value::as_str);
@@ -199,19 +214,22 @@ impl Session {
             }),
             _ => None,
         };
-        // a session that changed its topics after its connect recovers them
-        let stored = match &resume {
+        // the topics the session had (`rooms`)
+        let found = match &resume {
             Some(Ok(Resume { key: Some(k), .. })) => {
-                self.app.rooms.load(k, digest).await.map_err(|e| {
+                Some(self.app.rooms.find(k, digest).await.map_err(|e| {
                     tracing::warn!(error = %e, "socket.io rooms unavailable");
                     Disconnect::TryAgainLater
-                })?
+                })?)
             }
             _ => None,
         };
-        let wanted = match &stored {
-            Some(topics) => topics.clone(),
-            None => self.connect_topics(&auth, &identity).await?,
+        if found == Some(Found::Expired) {
+            resume = Some(Err("cursor_expired"));
+        }
+        let wanted = match &found {
+            Some(Found::Stored(topics, _)) => topics.clone(),
+            _ => self.connect_topics(&auth, &identity).await?,
         };
         let wanted = if wanted.is_empty() {
             wanted
@@ -242,7 +260,8 @@ impl Session {
             .and_then(Value::as_bool)
             .unwrap_or(false);
         let (cursor, recovering, mut resync) = match resume {
-            Some(Ok(r)) => (Some(r.cursor.clone()), Some(r), None),
+            // an older node's pid (no key) resumes, under a new pid
+            Some(Ok(r)) => (Some(r.cursor), r.key.map(|k| (r.pid, k)), None),
             Some(Err(why)) => (None, None, Some(why)),
             None => (None, None, None),
         };
@@ -262,38 +281,37 @@ impl Session {
             resync = Some(n.reason());
         }
         // the same pid back is what makes socket.io-client report `recovered`
-        let (pid, key, held) = match (recovering, resync) {
-            (Some(r), None) => {
-                let held = match (&stored, &r.key) {
-                    (Some(_), Some(k)) => Some(self.app.rooms.hold(k)),
-                    _ => None,
-                };
-                (r.pid, r.key, held)
+        let peer = self.peer.ip();
+        let (pid, held) = match (recovering, resync) {
+            (Some((pid, key)), None) => {
+                let held = self.app.rooms.hold(key, digest, peer, found.as_ref());
+                (pid, held)
             }
             _ => {
-                let key = super::random_id::<12>().map_err(|_| Disconnect::TryAgainLater)?;
+                let key = Key::new().map_err(|_| Disconnect::TryAgainLater)?;
                 let pid = format!("{digest:016x}.{}.{key}", feed.position());
+                let held = self.app.rooms.hold(key, digest, peer, None);
                 // a new session in place of one that had changed its topics
                 // keeps them, stored under its own key
-                let held = match stored {
-                    Some(_) => match self.app.rooms.save(&key, digest, &allowed).await {
-                        Ok(true) => Some(self.app.rooms.hold(&key)),
-                        Ok(false) => None,
+                if let Some(Found::Stored(..)) = found {
+                    if self.app.gate.spend_db_write(peer).is_err() {
+                        return Err(Disconnect::TryAgainLater);
+                    }
+                    match self.app.rooms.save(&held, &allowed).await {
+                        Ok(Saved::Stored | Saved::NotMigrated) => {}
+                        Ok(Saved::Refused) => return Err(Disconnect::TryAgainLater),
                         Err(e) => {
                             tracing::warn!(error = %e, "socket.io rooms unavailable");
                             return Err(Disconnect::TryAgainLater);
                         }
-                    },
-                    None => None,
-                };
-                (pid, Some(key), held)
+                    }
+                }
+                (pid, held)
             }
         };
         self.joined = Some(Joined {
             identity,
             feed,
-            digest,
-            key,
             held,
         });
         out.push(packet::connected(&self.sid, &pid));
@@ -484,22 +502,17 @@ impl Session {
     /// Stores the session's topics as they are about to be, before its
     /// `subscribe` or `unsubscribe` changes them (the contract is `rooms`').
     async fn store(&mut self, mut topics: Vec<String>) -> Result<(), ApiError> {
-        let Some(j) = self.joined.as_mut() else {
-            return Ok(());
-        };
-        let Some(key) = j.key.as_deref() else {
+        let Some(j) = self.joined.as_ref() else {
             return Ok(());
         };
         self.app.gate.spend_db_write(self.peer.ip())?;
         topics.sort_unstable();
-        match self.app.rooms.save(key, j.digest, &topics).await {
-            Ok(true) => {
-                if j.held.is_none() {
-                    j.held = Some(self.app.rooms.hold(key));
-                }
-                Ok(())
-            }
-            Ok(false) => Ok(()),
+        match self.app.rooms.save(&j.held, &topics).await {
+            Ok(Saved::Stored | Saved::NotMigrated) => Ok(()),
+            Ok(Saved::Refused) => Err(ApiError::new(
+                ErrorCode::Unavailable,
+                "this session's topics could not be stored for recovery (too many stored sessions for this client address, or a newer connection of this session took over); nothing changed",
+            )),
             Err(e) => {
                 tracing::warn!(error = %e, "socket.io rooms unavailable");
                 Err(ApiError::new(
@@ -557,20 +570,21 @@ fn identity_digest(who: &Identity) -> u64 {
     h
 }
 
-/// `<16 hex digits>.<cursor>[.<key>]` (no key: an older node's pid).
+/// `<16 hex digits>.<cursor>.<key id>.<connected at>`, or an older node's
+/// `<16 hex digits>.<cursor>`.
 fn parse_pid(pid: &str) -> Option<Pid> {
-    let mut parts = pid.split('.');
-    let (d, c, key) = (parts.next()?, parts.next()?, parts.next());
-    if d.len() != 16 || parts.next().is_some() {
+    let parts: Vec<&str> = pid.splitn(5, '.').collect();
+    let key = match parts[..] {
+        [_, _] => None,
+        [_, _, id, at] => Some(Key::parse(id, at)?),
+        _ => return None,
+    };
+    if parts[0].len() != 16 {
         return None;
     }
-    let key = match key {
-        Some(k) if k.is_empty() || k.len() > 64 => return None,
-        k => k.map(String::from),
-    };
     Some(Pid {
-        digest: u64::from_str_radix(d, 16).ok()?,
-        start: Cursor::decode(c).ok()?,
+        digest: u64::from_str_radix(parts[0], 16).ok()?,
+        start: Cursor::decode(parts[1]).ok()?,
         key,
     })
 }
@@ -582,17 +596,19 @@ mod tests {
     #[test]
     fn a_pid_has_a_key_or_is_an_older_nodes_and_anything_else_is_invalid() {
         let c = Cursor::boundary(crate::snapshot::Snapshot::new(7, vec![5])).encode();
-        let p = parse_pid(&format!("00000000000000ff.{c}.k3y")).unwrap();
-        assert_eq!((p.digest, p.key.as_deref()), (255, Some("k3y")));
+        let key = Key::new().unwrap();
+        let p = parse_pid(&format!("00000000000000ff.{c}.{key}")).unwrap();
+        assert_eq!((p.digest, p.key), (255, Some(key.clone())));
         assert_eq!(p.start.encode(), c);
         let old = parse_pid(&format!("00000000000000ff.{c}")).unwrap();
         assert_eq!(old.key, None);
         for bad in [
-            format!("00000000000000ff.{c}."),
-            format!("00000000000000ff.{c}.k.x"),
-            format!("00000000000000ff.{c}.{}", "k".repeat(65)),
-            format!("ff.{c}.k"),
-            "00000000000000ff.!.k".to_string(),
+            format!("00000000000000ff.{c}.{}", key.id),
+            format!("00000000000000ff.{c}.{key}."),
+            format!("00000000000000ff.{c}.{key}.1"),
+            format!("00000000000000ff.{c}.short.1"),
+            format!("ff.{c}.{key}"),
+            format!("00000000000000ff.!.{key}"),
             String::new(),
         ] {
             assert!(parse_pid(&bad).is_none(), "{bad}");
