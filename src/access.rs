@@ -48,11 +48,12 @@ pub(crate) struct Admitted {
 /// Dropping it gives everything back, however the connection ended.
 pub(crate) struct Connection {
     _slot: ConnGuard,
-    metrics: TransportMetrics,
+    /// Shared by every connection of its transport (one pointer each).
+    metrics: Arc<TransportMetrics>,
 }
 
 impl Connection {
-    fn open(slot: ConnGuard, metrics: TransportMetrics) -> Connection {
+    fn open(slot: ConnGuard, metrics: Arc<TransportMetrics>) -> Connection {
         metrics.connections.inc();
         Connection {
             _slot: slot,
@@ -66,7 +67,7 @@ impl Connection {
 
     /// The connection now counts under another transport (a Socket.IO
     /// session upgraded from polling to WebSocket).
-    pub(crate) fn switch(&mut self, metrics: TransportMetrics) {
+    pub(crate) fn switch(&mut self, metrics: Arc<TransportMetrics>) {
         self.metrics.connections.dec();
         metrics.connections.inc();
         self.metrics = metrics;
@@ -128,7 +129,7 @@ impl Gate {
     /// silently seeing less.
     pub(crate) fn admit(
         &self,
-        transport: TransportMetrics,
+        transport: Arc<TransportMetrics>,
         peer: SocketAddr,
         headers: &HeaderMap,
         query_token: Option<&str>,
@@ -335,7 +336,7 @@ mod tests {
         let pool = crate::db::pool(&cfg.database_url, 1).unwrap();
         let gate = Gate::new(&cfg, pool, metrics.clone()).unwrap();
         let peer: SocketAddr = "10.0.0.1:5000".parse().unwrap();
-        let tm = || metrics.transport(crate::metrics::Transport::Sse);
+        let tm = || Arc::new(metrics.transport(crate::metrics::Transport::Sse));
 
         let anon = gate.admit(tm(), peer, &HeaderMap::new(), None).unwrap();
         assert!(!anon.authenticated);

@@ -51,7 +51,7 @@ pub(crate) struct App {
     /// This node's name in Socket.IO session ids.
     pub node_id: String,
     /// Metric handles per transport, resolved once.
-    transports: [TransportMetrics; Transport::ALL.len()],
+    transports: [Arc<TransportMetrics>; Transport::ALL.len()],
 }
 
 impl App {
@@ -87,7 +87,7 @@ impl App {
                 cfg.limits.max_connections_per_ip,
             )),
             node_id: cfg.node_id.clone().unwrap_or_default(),
-            transports: Transport::ALL.map(|t| metrics.transport(t)),
+            transports: Transport::ALL.map(|t| Arc::new(metrics.transport(t))),
             cfg,
             feeds,
             gate,
@@ -98,8 +98,8 @@ impl App {
         }
     }
 
-    pub(crate) fn transport(&self, t: Transport) -> TransportMetrics {
-        self.transports[t.index()].clone()
+    pub(crate) fn transport(&self, t: Transport) -> Arc<TransportMetrics> {
+        Arc::clone(&self.transports[t.index()])
     }
 
     /// Counts a client session for the SLOs (`rowcast_sessions_total`), with

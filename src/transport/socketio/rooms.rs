@@ -31,9 +31,10 @@
 //! - Bounds: each store counts as one check against the client address's
 //!   `rowcast.authorize` budget (`--authorize-per-ip`, `Gate::spend_db_write`),
 //!   and a store that would create a row is refused once the address (IPv6:
-//!   its /64) has `64 × --max-connections-per-ip` rows. Rows made by marking
-//!   exist only for sessions served at the time, so they are bounded by the
-//!   connections a node admits.
+//!   its /64) has `64 × --max-connections-per-ip` stored rows. Rows made by
+//!   marking (no address) exist only for sessions served at the time, so
+//!   they are bounded by the connections the nodes admit.
+//! - Memory: a session holds 16 bytes here and a 32-byte slot in `live`.
 //! - A database not yet migrated to `012_socketio_rooms` stores nothing and
 //!   finds nothing (a warning is logged): recovery re-joins the connect-time
 //!   topics, as rowcast did before.
@@ -41,7 +42,6 @@
 use crate::error::{Error, Result};
 use crate::shutdown::Shutdown;
 use deadpool_postgres::Pool;
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -59,15 +59,15 @@ const SAVE: &str = "INSERT INTO rowcast.socketio_rooms (session, identity, peer,
       WHERE EXISTS (SELECT 1 FROM rowcast.socketio_rooms WHERE session = $1) \
          OR (SELECT count(*) FROM (SELECT 1 FROM rowcast.socketio_rooms \
               WHERE peer = $3 LIMIT $6) capped) < $6 \
-     ON CONFLICT (session) DO UPDATE SET topics = EXCLUDED.topics, seen_at = now() \
+     ON CONFLICT (session) DO UPDATE SET topics = EXCLUDED.topics, peer = EXCLUDED.peer, seen_at = now() \
       WHERE socketio_rooms.identity = EXCLUDED.identity AND socketio_rooms.gen = EXCLUDED.gen \
      RETURNING 1";
 /// A recovery: marks the row seen, bumps its generation.
 const FIND: &str = "UPDATE rowcast.socketio_rooms SET seen_at = now(), gen = gen + 1 \
      WHERE session = $1 AND identity = $2 RETURNING topics, gen";
 /// Sessions served here with their connect-time topics: a row saying so.
-const MARK_CONNECT_TIME: &str = "INSERT INTO rowcast.socketio_rooms (session, identity, peer) \
-     SELECT * FROM unnest($1::text[], $2::bigint[], $3::inet[]) \
+const MARK_CONNECT_TIME: &str = "INSERT INTO rowcast.socketio_rooms (session, identity) \
+     SELECT * FROM unnest($1::text[], $2::bigint[]) \
      ON CONFLICT (session) DO UPDATE SET seen_at = now() \
       WHERE socketio_rooms.identity = EXCLUDED.identity";
 /// Sessions served here with stored topics: marked, never re-created.
@@ -80,41 +80,57 @@ const PRUNE: &str = "DELETE FROM rowcast.socketio_rooms \
        AND seen_at < now() - make_interval(secs => $1)";
 
 /// The part of a pid that names the session's row: its random key and when
-/// the session was connected (seconds since the Unix epoch, this node's clock).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// the session was connected (seconds since the Unix epoch, this node's
+/// clock). 16 bytes: one is held per session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct Key {
-    pub(crate) id: String,
-    pub(crate) connected_at: u64,
+    id: [u8; 12],
+    connected_at: u32,
 }
 
 impl Key {
-    /// A new session's key (12 random bytes, base64url: 16 characters).
+    /// A new session's key (12 random bytes).
     pub(crate) fn new() -> Result<Key, crate::api_error::ApiError> {
+        let mut id = [0u8; 12];
+        getrandom::fill(&mut id).map_err(|e| {
+            tracing::error!(error = %e, "no randomness for a session key");
+            crate::api_error::ApiError::new(
+                crate::api_error::ErrorCode::Unavailable,
+                "cannot make a session key; retry",
+            )
+        })?;
         Ok(Key {
-            id: super::random_id::<12>()?,
-            connected_at: unix_now(),
+            id,
+            connected_at: u32::try_from(unix_now()).unwrap_or(u32::MAX),
         })
     }
 
-    /// `<id>.<connected_at>` as written in a pid.
+    /// `<id>.<connected_at>` as written in a pid: 16 base64url characters
+    /// and a decimal number.
     pub(crate) fn parse(id: &str, connected_at: &str) -> Option<Key> {
-        let well_formed = id.len() == 16
-            && id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-        if !well_formed || connected_at.is_empty() || connected_at.len() > 20 {
+        use base64::Engine;
+        if id.len() != 16 || connected_at.is_empty() || connected_at.len() > 10 {
             return None;
         }
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(id)
+            .ok()?;
         Some(Key {
-            id: id.to_string(),
+            id: bytes.try_into().ok()?,
             connected_at: connected_at.parse().ok()?,
         })
+    }
+
+    /// The row's primary key: the id as written in the pid.
+    fn row(&self) -> String {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(self.id)
     }
 }
 
 impl std::fmt::Display for Key {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}.{}", self.id, self.connected_at)
+        write!(f, "{}.{}", self.row(), self.connected_at)
     }
 }
 
@@ -148,36 +164,117 @@ pub(crate) struct Rooms {
     keep: Duration,
     /// Rows one client address may create.
     per_peer: i64,
-    /// The sessions served here.
-    live: Mutex<HashMap<String, Live>>,
+    /// The sessions served here, one slot each (a stale connection and its
+    /// recovered successor may hold the same key in two slots).
+    live: Mutex<Slots>,
 }
 
-struct Live {
-    identity: u64,
-    peer: IpAddr,
-    stored: bool,
-    /// A stale connection and its recovered successor may share a key.
-    count: usize,
+/// Slots in chunks of `CHUNK` (a growing `Vec` would hold up to twice the
+/// peak's memory): 24 bytes and a flag byte per slot.
+#[derive(Default)]
+struct Slots {
+    chunks: Vec<Box<Chunk>>,
+    /// Slots ever handed out.
+    len: u32,
+    free: Vec<u32>,
 }
 
-/// One session's place in `Rooms` while it is served here.
-pub(crate) struct Held {
-    rooms: Arc<Rooms>,
+const CHUNK: usize = 256;
+const TAKEN: u8 = 1;
+const STORED: u8 = 2;
+
+struct Chunk {
+    entries: [Entry; CHUNK],
+    flags: [u8; CHUNK],
+}
+
+#[derive(Clone, Copy)]
+struct Entry {
     key: Key,
     identity: u64,
-    peer: IpAddr,
+}
+
+/// A slot's contents.
+#[derive(Clone, Copy)]
+struct Slot {
+    key: Key,
+    identity: u64,
+    stored: bool,
+    taken: bool,
+}
+
+impl Slots {
+    fn at(&mut self, i: u32) -> Option<(&mut Entry, &mut u8)> {
+        let (c, j) = (i as usize / CHUNK, i as usize % CHUNK);
+        let chunk = self.chunks.get_mut(c)?;
+        Some((&mut chunk.entries[j], &mut chunk.flags[j]))
+    }
+
+    fn get(&mut self, i: u32) -> Option<Slot> {
+        let (e, f) = self.at(i)?;
+        Some(Slot {
+            key: e.key,
+            identity: e.identity,
+            stored: *f & STORED != 0,
+            taken: *f & TAKEN != 0,
+        })
+    }
+
+    fn take(&mut self, key: Key, identity: u64, stored: bool) -> u32 {
+        let i = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                if self.len as usize == self.chunks.len() * CHUNK {
+                    self.chunks.push(Box::new(Chunk {
+                        entries: [Entry { key, identity }; CHUNK],
+                        flags: [0; CHUNK],
+                    }));
+                }
+                self.len += 1;
+                self.len - 1
+            }
+        };
+        if let Some((e, f)) = self.at(i) {
+            *e = Entry { key, identity };
+            *f = TAKEN | if stored { STORED } else { 0 };
+        }
+        i
+    }
+
+    fn release(&mut self, i: u32) {
+        if let Some((_, f)) = self.at(i) {
+            if *f & TAKEN != 0 {
+                *f = 0;
+                self.free.push(i);
+            }
+        }
+    }
+
+    fn set_stored(&mut self, i: u32) {
+        if let Some((_, f)) = self.at(i) {
+            *f |= STORED;
+        }
+    }
+
+    fn taken(&mut self) -> Vec<Slot> {
+        (0..self.len)
+            .filter_map(|i| self.get(i))
+            .filter(|s| s.taken)
+            .collect()
+    }
+}
+
+/// One session's slot in `Rooms` while it is served here.
+pub(crate) struct Held {
+    rooms: Arc<Rooms>,
+    slot: u32,
+    /// The generation its recovery found (0 for a new session).
     gen: i32,
 }
 
 impl Drop for Held {
     fn drop(&mut self) {
-        let mut live = self.rooms.live();
-        if let Some(l) = live.get_mut(&self.key.id) {
-            l.count -= 1;
-            if l.count == 0 {
-                live.remove(&self.key.id);
-            }
-        }
+        self.rooms.live().release(self.slot);
     }
 }
 
@@ -190,67 +287,50 @@ impl Rooms {
             every,
             keep: retention + every * 2,
             per_peer: i64::try_from(per_peer).unwrap_or(i64::MAX),
-            live: Mutex::new(HashMap::new()),
+            live: Mutex::new(Slots::default()),
         }
     }
 
-    fn live(&self) -> std::sync::MutexGuard<'_, HashMap<String, Live>> {
+    fn live(&self) -> std::sync::MutexGuard<'_, Slots> {
         self.live.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The session is served here until the result is dropped. `found`:
     /// what its recovery found (`None` for a new session).
-    pub(crate) fn hold(
-        self: &Arc<Self>,
-        key: Key,
-        identity: u64,
-        peer: IpAddr,
-        found: Option<&Found>,
-    ) -> Held {
+    pub(crate) fn hold(self: &Arc<Self>, key: Key, identity: u64, found: Option<&Found>) -> Held {
         let (stored, gen) = match found {
             Some(Found::Stored(_, gen)) => (true, *gen),
             Some(Found::ConnectTime(gen)) => (false, *gen),
             Some(Found::Expired) | None => (false, 0),
         };
-        let peer = crate::limits::client_block(peer);
-        self.live()
-            .entry(key.id.clone())
-            .and_modify(|l| {
-                l.count += 1;
-                l.stored |= stored;
-            })
-            .or_insert(Live {
-                identity,
-                peer,
-                stored,
-                count: 1,
-            });
+        let slot = self.live().take(key, identity, stored);
         Held {
             rooms: Arc::clone(self),
-            key,
-            identity,
-            peer,
+            slot,
             gen,
         }
     }
 
-    /// Stores the session's whole topic set.
-    pub(crate) async fn save(&self, held: &Held, topics: &[String]) -> Result<Saved> {
+    /// The session's key and identity digest.
+    fn slot(&self, held: &Held) -> Option<Slot> {
+        self.live().get(held.slot)
+    }
+
+    /// Stores the session's whole topic set; `peer`: the client's address.
+    pub(crate) async fn save(&self, held: &Held, peer: IpAddr, topics: &[String]) -> Result<Saved> {
+        let Some(slot) = self.slot(held) else {
+            return Err(Error::Invariant("a held socket.io slot is gone".into()));
+        };
         let client = self.pool.get().await?;
         let done = match client.prepare_cached(SAVE).await {
             Ok(s) => {
-                let identity = held.identity as i64;
+                let row = slot.key.row();
+                let identity = slot.identity as i64;
+                let peer = crate::limits::client_block(peer);
                 client
                     .query_opt(
                         &s,
-                        &[
-                            &held.key.id,
-                            &identity,
-                            &held.peer,
-                            &topics,
-                            &held.gen,
-                            &self.per_peer,
-                        ],
+                        &[&row, &identity, &peer, &topics, &held.gen, &self.per_peer],
                     )
                     .await
             }
@@ -258,9 +338,7 @@ impl Rooms {
         };
         match done {
             Ok(Some(_)) => {
-                if let Some(l) = self.live().get_mut(&held.key.id) {
-                    l.stored = true;
-                }
+                self.live().set_stored(held.slot);
                 Ok(Saved::Stored)
             }
             Ok(None) => Ok(Saved::Refused),
@@ -273,7 +351,11 @@ impl Rooms {
     pub(crate) async fn find(&self, key: &Key, identity: u64) -> Result<Found> {
         let client = self.pool.get().await?;
         let row = match client.prepare_cached(FIND).await {
-            Ok(s) => client.query_opt(&s, &[&key.id, &(identity as i64)]).await,
+            Ok(s) => {
+                client
+                    .query_opt(&s, &[&key.row(), &(identity as i64)])
+                    .await
+            }
             Err(e) => Err(e),
         };
         match row {
@@ -292,7 +374,7 @@ impl Rooms {
 
     /// No row: exact only for a session too young to have lost one.
     fn without_row(&self, key: &Key, now: u64) -> Found {
-        let age = Duration::from_secs(now.saturating_sub(key.connected_at));
+        let age = Duration::from_secs(now.saturating_sub(u64::from(key.connected_at)));
         if age + self.every < self.keep {
             Found::ConnectTime(0)
         } else {
@@ -318,21 +400,21 @@ impl Rooms {
     }
 
     async fn round(&self) -> Result<()> {
+        let mut slots = self.live().taken();
+        // one row per key (a key in two slots: stored if either stored)
+        slots.sort_unstable_by(|a, b| a.key.cmp(&b.key).then(b.stored.cmp(&a.stored)));
+        slots.dedup_by(|a, b| a.key == b.key);
         let (mut plain, mut stored) = (Columns::default(), Columns::default());
-        for (key, l) in self.live().iter() {
-            let to = if l.stored { &mut stored } else { &mut plain };
-            to.keys.push(key.clone());
-            to.identities.push(l.identity as i64);
-            to.peers.push(l.peer);
+        for s in &slots {
+            let to = if s.stored { &mut stored } else { &mut plain };
+            to.keys.push(s.key.row());
+            to.identities.push(s.identity as i64);
         }
         let client = self.pool.get().await?;
         let done = async {
             if !plain.keys.is_empty() {
                 client
-                    .execute(
-                        MARK_CONNECT_TIME,
-                        &[&plain.keys, &plain.identities, &plain.peers],
-                    )
+                    .execute(MARK_CONNECT_TIME, &[&plain.keys, &plain.identities])
                     .await?;
             }
             if !stored.keys.is_empty() {
@@ -360,7 +442,6 @@ impl Rooms {
 struct Columns {
     keys: Vec<String>,
     identities: Vec<i64>,
-    peers: Vec<IpAddr>,
 }
 
 fn unix_now() -> u64 {
@@ -394,8 +475,8 @@ mod tests {
     fn without_a_row_only_a_session_too_young_to_have_lost_one_keeps_its_connect_topics() {
         // retention 24 h: marked hourly, deleted after 26 h unseen
         let r = rooms(Duration::from_secs(86_400));
-        let key = |age: u64| Key {
-            id: "k".repeat(16),
+        let key = |age: u32| Key {
+            id: [7; 12],
             connected_at: 1_000_000 - age,
         };
         assert_eq!(
@@ -419,31 +500,49 @@ mod tests {
         let k = Key::new().unwrap();
         let text = k.to_string();
         let (id, at) = text.split_once('.').unwrap();
+        assert_eq!(id.len(), 16);
         assert_eq!(Key::parse(id, at), Some(k));
         for (id, at) in [
             ("short", "1"),
             ("aaaaaaaaaaaaaaa\0", "1"),
             ("aaaaaaaaaaaaaaa.", "1"),
+            ("aaaaaaaaaaaaaaa=", "1"),
             ("aaaaaaaaaaaaaaaa", ""),
             ("aaaaaaaaaaaaaaaa", "-1"),
             ("aaaaaaaaaaaaaaaa", "x"),
-            ("aaaaaaaaaaaaaaaa", "123456789012345678901"),
+            ("aaaaaaaaaaaaaaaa", "4294967296"),
         ] {
             assert_eq!(Key::parse(id, at), None, "{id:?} {at:?}");
         }
     }
 
     #[test]
-    fn a_key_held_twice_stays_live_until_both_are_dropped() {
+    fn slots_are_reused_and_a_key_held_twice_is_marked_once_as_stored() {
         let r = rooms(Duration::from_secs(60));
         let key = Key::new().unwrap();
-        let ip: IpAddr = "127.0.0.1".parse().unwrap();
-        let a = r.hold(key.clone(), 1, ip, None);
-        let b = r.hold(key.clone(), 1, ip, Some(&Found::Stored(vec![], 1)));
-        assert!(r.live()[&key.id].stored, "a stored set is never re-created");
+        let a = r.hold(key, 1, None);
+        let b = r.hold(key, 1, Some(&Found::Stored(vec![], 1)));
+        assert_eq!((a.slot, b.slot), (0, 1));
         drop(a);
-        assert!(r.live().contains_key(&key.id));
-        drop(b);
-        assert!(r.live().is_empty());
+        let c = r.hold(Key::new().unwrap(), 2, None);
+        assert_eq!(c.slot, 0, "a freed slot is taken again");
+        assert!(r.slot(&b).is_some_and(|s| s.stored && s.taken));
+        drop((b, c));
+        let mut live = r.live();
+        assert!(live.taken().is_empty());
+        assert_eq!(live.free.len(), 2);
+        drop(live);
+        // past one chunk
+        let many: Vec<Held> = (0..CHUNK + 3)
+            .map(|i| r.hold(Key::new().unwrap(), i as u64, None))
+            .collect();
+        assert_eq!(r.live().taken().len(), CHUNK + 3);
+        assert_eq!(r.live().chunks.len(), 2);
+        assert_eq!(
+            r.slot(&many[CHUNK + 2]).map(|s| s.identity),
+            Some(CHUNK as u64 + 2)
+        );
+        drop(many);
+        assert!(r.live().taken().is_empty());
     }
 }

@@ -38,16 +38,22 @@ pub(crate) struct Session {
     pub(crate) app: Arc<App>,
     pub(crate) sid: String,
     pub(crate) peer: SocketAddr,
-    /// The token of the request that opened the Engine.IO session (header or
-    /// query), used when the CONNECT packet carries no `auth.token`.
-    handshake_token: Option<String>,
-    /// `topics` of the opening request's query.
-    query_topics: Vec<String>,
+    /// What only a CONNECT reads, dropped once one succeeds.
+    opening: Option<Box<Opening>>,
     pub(crate) conn: Connection,
     pub(crate) rate: RateLimiter,
     pub(crate) joined: Option<Joined>,
     /// CONNECT packets received.
     connects: u8,
+}
+
+/// What the request that opened the Engine.IO session said, for its CONNECT.
+struct Opening {
+    /// Its token (header or query), used when the CONNECT packet carries no
+    /// `auth.token`.
+    token: Option<String>,
+    /// `topics` of its query.
+    topics: Vec<String>,
 }
 
 /// After a successful CONNECT.
@@ -91,8 +97,10 @@ impl Session {
             app,
             sid,
             peer,
-            handshake_token,
-            query_topics,
+            opening: Some(Box::new(Opening {
+                token: handshake_token,
+                topics: query_topics,
+            })),
             conn,
             rate,
             joined: None,
@@ -170,7 +178,7 @@ impl Session {
         let auth = auth.unwrap_or(Value::Null);
         let token = match auth.get("token") {
             Some(Value::String(t)) => Some(t.clone()),
-            _ => self.handshake_token.clone(),
+            _ => self.opening.as_ref().and_then(|o| o.token.clone()),
         };
         let identity = match (token, self.app.gate.auth_configured()) {
             (Some(t), true) => match self.app.gate.verify(Ok(&t)) {
@@ -284,20 +292,20 @@ impl Session {
         let peer = self.peer.ip();
         let (pid, held) = match (recovering, resync) {
             (Some((pid, key)), None) => {
-                let held = self.app.rooms.hold(key, digest, peer, found.as_ref());
+                let held = self.app.rooms.hold(key, digest, found.as_ref());
                 (pid, held)
             }
             _ => {
                 let key = Key::new().map_err(|_| Disconnect::TryAgainLater)?;
                 let pid = format!("{digest:016x}.{}.{key}", feed.position());
-                let held = self.app.rooms.hold(key, digest, peer, None);
+                let held = self.app.rooms.hold(key, digest, None);
                 // a new session in place of one that had changed its topics
                 // keeps them, stored under its own key
                 if let Some(Found::Stored(..)) = found {
                     if self.app.gate.spend_db_write(peer).is_err() {
                         return Err(Disconnect::TryAgainLater);
                     }
-                    match self.app.rooms.save(&held, &allowed).await {
+                    match self.app.rooms.save(&held, peer, &allowed).await {
                         Ok(Saved::Stored | Saved::NotMigrated) => {}
                         Ok(Saved::Refused) => return Err(Disconnect::TryAgainLater),
                         Err(e) => {
@@ -314,6 +322,9 @@ impl Session {
             feed,
             held,
         });
+        // no other CONNECT will be served: a token (often hundreds of
+        // bytes) is not kept for the connection's life
+        self.opening = None;
         out.push(packet::connected(&self.sid, &pid));
         if let Some(reason) = resync {
             out.push(packet::event(
@@ -337,7 +348,11 @@ impl Session {
         auth: &Value,
         identity: &Identity,
     ) -> Result<Vec<String>, Disconnect> {
-        let mut wanted = self.query_topics.clone();
+        let mut wanted = self
+            .opening
+            .as_ref()
+            .map(|o| o.topics.clone())
+            .unwrap_or_default();
         match auth.get("topics") {
             Some(Value::String(list)) => wanted.extend(
                 list.split(',')
@@ -507,7 +522,7 @@ impl Session {
         };
         self.app.gate.spend_db_write(self.peer.ip())?;
         topics.sort_unstable();
-        match self.app.rooms.save(&j.held, &topics).await {
+        match self.app.rooms.save(&j.held, self.peer.ip(), &topics).await {
             Ok(Saved::Stored | Saved::NotMigrated) => Ok(()),
             Ok(Saved::Refused) => Err(ApiError::new(
                 ErrorCode::Unavailable,
@@ -598,12 +613,15 @@ mod tests {
         let c = Cursor::boundary(crate::snapshot::Snapshot::new(7, vec![5])).encode();
         let key = Key::new().unwrap();
         let p = parse_pid(&format!("00000000000000ff.{c}.{key}")).unwrap();
-        assert_eq!((p.digest, p.key), (255, Some(key.clone())));
+        assert_eq!((p.digest, p.key), (255, Some(key)));
         assert_eq!(p.start.encode(), c);
         let old = parse_pid(&format!("00000000000000ff.{c}")).unwrap();
         assert_eq!(old.key, None);
         for bad in [
-            format!("00000000000000ff.{c}.{}", key.id),
+            format!(
+                "00000000000000ff.{c}.{}",
+                key.to_string().split('.').next().unwrap()
+            ),
             format!("00000000000000ff.{c}.{key}."),
             format!("00000000000000ff.{c}.{key}.1"),
             format!("00000000000000ff.{c}.short.1"),
