@@ -19,4 +19,4 @@ CREATE TABLE rowcast.socketio_rooms (
     seen_at  timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX socketio_rooms_seen ON rowcast.socketio_rooms (seen_at);
-CREATE INDEX socketio_rooms_peer ON rowcast.socketio_rooms (peer);
+CREATE INDEX socketio_rooms_peer ON rowcast.socketio_rooms (peer, seen_at) WHERE peer IS NOT NULL;

@@ -789,7 +789,12 @@ async fn a_long_session_recovers_and_one_whose_topics_are_gone_is_told() {
     seen.until(&mut c, Some(3), 2).await;
     assert_eq!(seen.connects, [false, true], "recovered");
     // now it subscribes, leaves, and stays away until its row is deleted
-    c.ask("subscribe", json!(["s"]), 1).await;
+    assert_eq!(
+        c.ask("subscribe", json!(["s"]), 1).await,
+        json!({"subscribed": ["s"], "refused": []})
+    );
+    let stored = "SELECT count(*) FROM rowcast.socketio_rooms WHERE topics = '{r,s}'";
+    assert_eq!(column_i64(&db, stored).await, [1]);
     proxy.cut_off(&mut c).await;
     eventually_async("its row deleted", || async {
         column_i64(&db, "SELECT count(*) FROM rowcast.socketio_rooms").await == [0]
@@ -834,13 +839,126 @@ async fn a_subscribe_past_the_addresss_stored_sessions_is_refused_and_changes_no
     srv.stop().await;
 }
 
+type RawWs =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A raw Engine.IO WebSocket (no client library): what an older node's
+/// client, or two connections of one session, send.
+async fn raw(url: &str) -> RawWs {
+    tokio_tungstenite::connect_async(url).await.unwrap().0
+}
+
+/// The next `n` text messages that are not pings.
+async fn texts(ws: &mut RawWs, n: usize) -> Vec<String> {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::Message as M;
+    let mut got = Vec::new();
+    while got.len() < n {
+        match tokio::time::timeout(ARRIVAL, ws.next()).await {
+            Ok(Some(Ok(M::Text(t)))) if t.as_str() != "2" => got.push(t.to_string()),
+            Ok(Some(Ok(_))) => {}
+            other => panic!("{other:?} after {got:?}"),
+        }
+    }
+    got
+}
+
+/// Sends a Socket.IO packet and returns the next message.
+async fn said(ws: &mut RawWs, packet: &str) -> String {
+    use futures::SinkExt;
+    ws.send(tokio_tungstenite::tungstenite::Message::Text(packet.into()))
+        .await
+        .unwrap();
+    texts(ws, 1).await.remove(0)
+}
+
+/// Two connections of one session (the first not yet noticed gone when the
+/// client recovered on the second): the older one can no longer change the
+/// stored topics; the newer one can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_connection_of_a_recovered_session_cannot_change_its_topics() {
+    let url = fresh_db().await;
+    let srv = server(&url).await;
+    let ws_url = format!(
+        "{}/socket.io/?EIO=4&transport=websocket&topics=r",
+        srv.base_url().replacen("http://", "ws://", 1)
+    );
+    let mut stale = raw(&ws_url).await;
+    texts(&mut stale, 1).await; // the Engine.IO open
+    let connected: Value = serde_json::from_str(&said(&mut stale, "40").await[2..]).unwrap();
+    let pid = connected["pid"].as_str().unwrap().to_string();
+    let mut fresh = raw(&ws_url).await;
+    texts(&mut fresh, 1).await;
+    let again = said(&mut fresh, &format!("40{}", json!({"pid": pid}))).await;
+    let again: Value = serde_json::from_str(&again[2..]).unwrap();
+    assert_eq!(again["pid"], pid.as_str(), "recovered");
+    let refused = said(&mut stale, r#"421["subscribe",["x"]]"#).await;
+    assert!(
+        refused.starts_with(r#"431[{"error":"unavailable""#),
+        "{refused}"
+    );
+    let ok = said(&mut fresh, r#"421["subscribe",["y"]]"#).await;
+    let ok: Value = serde_json::from_str(ok.strip_prefix("431").unwrap()).unwrap();
+    assert_eq!(ok[0], json!({"subscribed": ["y"], "refused": []}));
+    let db = connect(&url).await;
+    assert_eq!(
+        column_i64(
+            &db,
+            "SELECT count(*) FROM rowcast.socketio_rooms WHERE topics = '{r,y}' AND gen = 1"
+        )
+        .await,
+        [1]
+    );
+    srv.stop().await;
+}
+
+/// Each store of a session's topics is a database write: it counts against
+/// the client address's `--authorize-per-ip` budget like an uncached check,
+/// even when the topic's answer is cached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storing_topics_counts_against_the_addresss_budget() {
+    let url = fresh_db().await;
+    // a budget of 10 (per second 1), and no message rate in the way
+    let srv = server_with(&url, |c| {
+        c.limits.authorize_per_ip = 1;
+        c.limits.max_topics = 2;
+        c.limits.max_msgs_per_sec = 1000;
+    })
+    .await;
+    let ws_url = format!(
+        "{}/socket.io/?EIO=4&transport=websocket&topics=r",
+        srv.base_url().replacen("http://", "ws://", 1)
+    );
+    let mut ws = raw(&ws_url).await;
+    texts(&mut ws, 1).await;
+    said(&mut ws, "40").await;
+    let mut limited = None;
+    for i in 0..20 {
+        let what = if i % 2 == 0 {
+            "subscribe"
+        } else {
+            "unsubscribe"
+        };
+        let answer = said(&mut ws, &format!(r#"42{i}["{what}",["s"]]"#)).await;
+        if answer.contains("authorize_rate_limited") {
+            limited = Some(i);
+            break;
+        }
+        assert!(!answer.contains("error"), "{answer}");
+    }
+    // 10 tokens: 1 for r at connect, 2 for the first subscribe (check and
+    // store), 1 for each later store (s's answer is cached)
+    assert!(limited.is_some(), "the stores were never limited");
+    srv.stop().await;
+}
+
 /// A pid from an older node (`<digest>.<cursor>`, no key) resumes exactly
 /// from its offset with the connect-time topics, under a new pid (so
 /// socket.io-client reports `recovered === false`), and no resync: nothing
 /// was lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_older_nodes_pid_resumes_exactly_under_a_new_pid() {
-    use futures::{SinkExt, StreamExt};
+    use futures::SinkExt;
     use tokio_tungstenite::tungstenite::Message as M;
     let url = fresh_db().await;
     let srv = server(&url).await;
@@ -848,26 +966,8 @@ async fn an_older_nodes_pid_resumes_exactly_under_a_new_pid() {
         "{}/socket.io/?EIO=4&transport=websocket&topics=r",
         srv.base_url().replacen("http://", "ws://", 1)
     );
-    async fn texts(
-        ws: &mut tokio_tungstenite::WebSocketStream<
-            tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-        >,
-        n: usize,
-    ) -> Vec<String> {
-        let mut got = Vec::new();
-        while got.len() < n {
-            match tokio::time::timeout(ARRIVAL, ws.next()).await {
-                Ok(Some(Ok(M::Text(t)))) if t.as_str() != "2" => got.push(t.to_string()),
-                Ok(Some(Ok(_))) => {}
-                other => panic!("{other:?} after {got:?}"),
-            }
-        }
-        got
-    }
     let db = connect(&url).await;
-    let (mut first, _) = tokio_tungstenite::connect_async(ws_url.as_str())
-        .await
-        .unwrap();
+    let mut first = raw(&ws_url).await;
     first.send(M::Text("40".into())).await.unwrap();
     let open = texts(&mut first, 2).await;
     let connected: Value = serde_json::from_str(&open[1][2..]).unwrap();
@@ -880,9 +980,7 @@ async fn an_older_nodes_pid_resumes_exactly_under_a_new_pid() {
     emit_range(&db, "r", 2, 3).await;
     let legacy: Vec<&str> = pid.split('.').take(2).collect();
     let legacy = legacy.join(".");
-    let (mut second, _) = tokio_tungstenite::connect_async(ws_url.as_str())
-        .await
-        .unwrap();
+    let mut second = raw(&ws_url).await;
     second
         .send(M::Text(
             format!("40{}", json!({"pid": legacy, "offset": offset})).into(),

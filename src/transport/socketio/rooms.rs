@@ -12,29 +12,33 @@
 //!   nothing. So a recovery finds every topic an ack confirmed, and none an
 //!   ack removed.
 //! - The node serving a session marks its row seen every `every`
-//!   (`retention / 4`, within [2 s, 1 h]), creating a row that says
-//!   "connect-time topics" for a session that has none; a stored set is only
-//!   ever marked, never re-created. Any node deletes rows not seen for
-//!   `keep` (`retention + 2 × every`).
+//!   (`retention / 4`, within [2 s, 1 h]). A new session's first mark
+//!   creates a row that says "connect-time topics"; any other row (a stored
+//!   set, or one a recovery found or made) is only ever marked, never
+//!   re-created. Any node deletes rows not seen for `keep`
+//!   (`retention + 2 × every`), as many per round as there are.
 //! - Recovery (`Rooms::find`): a stored set is joined; a "connect-time" row
-//!   means the connect-time topics. No row at all is exact only when the
-//!   session connected less than `keep − every` ago: a row is deleted only
-//!   after `keep` unseen, so such a session never had one (it never changed
-//!   its topics). An older session without a row may have lost its set, so
-//!   it is refused (`Found::Expired`: the client gets a new session and a
-//!   `rowcast:resync`), never resumed with the wrong topics. The `every` of
-//!   margin absorbs clock skew between nodes up to `every`.
-//! - Each recovery that finds a row bumps its generation; a store carries
-//!   the generation its session found, so a stale connection of the same
+//!   means the connect-time topics. With no row, a session that connected
+//!   less than `keep − every` ago never had one (a row goes only after
+//!   `keep` unseen), so it gets its connect-time topics and a row made now;
+//!   an older one may have lost its set, so it is refused (`Found::Expired`:
+//!   the client gets a new session and a `rowcast:resync`), never resumed
+//!   with the wrong topics. The `every` of margin absorbs clock skew between
+//!   nodes up to `every`.
+//! - Each recovery bumps the row's generation; a store carries the
+//!   generation its session found, so a stale connection of the same
 //!   session (a node that has not noticed its client left) cannot overwrite
 //!   what the newer one stored.
 //! - Bounds: each store counts as one check against the client address's
 //!   `rowcast.authorize` budget (`--authorize-per-ip`, `Gate::spend_db_write`),
-//!   and a store that would create a row is refused once the address (IPv6:
-//!   its /64) has `64 × --max-connections-per-ip` stored rows. Rows made by
-//!   marking (no address) exist only for sessions served at the time, so
-//!   they are bounded by the connections the nodes admit.
-//! - Memory: a session holds 16 bytes here and a 32-byte slot in `live`.
+//!   and a store that makes a row its client had not stored before is
+//!   refused while the address (IPv6: its /64) has stored
+//!   `64 × --max-connections-per-ip` rows seen in the last `2 × every`: a
+//!   lockout lasts at most that long, and an address holds at most
+//!   `keep / (2 × every)` times the cap. Rows made by marking or recovery
+//!   (no address) exist only for sessions served at the time, so they are
+//!   bounded by the connections the nodes admit.
+//! - Memory: a session holds 16 bytes (`Held`) and a 25-byte slot.
 //! - A database not yet migrated to `012_socketio_rooms` stores nothing and
 //!   finds nothing (a warning is logged): recovery re-joins the connect-time
 //!   topics, as rowcast did before.
@@ -52,32 +56,47 @@ const PRUNE_BATCH: i64 = 10_000;
 /// Rows per client address, as a multiple of `--max-connections-per-ip`.
 pub(crate) const ROWS_PER_CONNECTION_SLOT: usize = 64;
 
-/// Creates or replaces the row of a session (the cap applies to a new row
-/// only; the generation must match an existing one).
+/// Creates or replaces the row of a session. A row the session's client
+/// has not stored before counts against its address's cap ($6 rows stored
+/// by that address and seen within the last $7 seconds); an existing row's
+/// generation must match.
 const SAVE: &str = "INSERT INTO rowcast.socketio_rooms (session, identity, peer, topics, gen) \
      SELECT $1, $2, $3, $4, $5 \
-      WHERE EXISTS (SELECT 1 FROM rowcast.socketio_rooms WHERE session = $1) \
+      WHERE EXISTS (SELECT 1 FROM rowcast.socketio_rooms WHERE session = $1 AND peer IS NOT NULL) \
          OR (SELECT count(*) FROM (SELECT 1 FROM rowcast.socketio_rooms \
-              WHERE peer = $3 LIMIT $6) capped) < $6 \
+              WHERE peer = $3 AND seen_at > now() - make_interval(secs => $7) LIMIT $6) capped) < $6 \
      ON CONFLICT (session) DO UPDATE SET topics = EXCLUDED.topics, peer = EXCLUDED.peer, seen_at = now() \
       WHERE socketio_rooms.identity = EXCLUDED.identity AND socketio_rooms.gen = EXCLUDED.gen \
      RETURNING 1";
-/// A recovery: marks the row seen, bumps its generation.
-const FIND: &str = "UPDATE rowcast.socketio_rooms SET seen_at = now(), gen = gen + 1 \
-     WHERE session = $1 AND identity = $2 RETURNING topics, gen";
-/// Sessions served here with their connect-time topics: a row saying so.
-const MARK_CONNECT_TIME: &str = "INSERT INTO rowcast.socketio_rooms (session, identity) \
+/// A recovery: marks the row seen and bumps its generation; with no row,
+/// a session young enough ($3) gets one ("connect-time", generation 1).
+/// No result: the session may have lost its row.
+const FIND: &str = "WITH found AS ( \
+       UPDATE rowcast.socketio_rooms SET seen_at = now(), gen = gen + 1 \
+        WHERE session = $1 AND identity = $2 RETURNING topics, gen), \
+     made AS ( \
+       INSERT INTO rowcast.socketio_rooms (session, identity, gen) \
+       SELECT $1, $2, 1 WHERE $3 AND NOT EXISTS (SELECT 1 FROM found) \
+       ON CONFLICT (session) DO UPDATE SET seen_at = now(), gen = socketio_rooms.gen + 1 \
+        WHERE socketio_rooms.identity = EXCLUDED.identity \
+       RETURNING topics, gen) \
+     SELECT topics, gen FROM found UNION ALL SELECT topics, gen FROM made";
+/// New sessions served here that stored nothing: a "connect-time" row,
+/// created if missing.
+const MARK_NEW: &str = "INSERT INTO rowcast.socketio_rooms (session, identity) \
      SELECT * FROM unnest($1::text[], $2::bigint[]) \
      ON CONFLICT (session) DO UPDATE SET seen_at = now() \
       WHERE socketio_rooms.identity = EXCLUDED.identity";
-/// Sessions served here with stored topics: marked, never re-created.
-const MARK_STORED: &str = "UPDATE rowcast.socketio_rooms r SET seen_at = now() \
+/// Every other session served here: marked, never re-created.
+const MARK_EXISTING: &str = "UPDATE rowcast.socketio_rooms r SET seen_at = now() \
      FROM unnest($1::text[], $2::bigint[]) AS l(session, identity) \
      WHERE r.session = l.session AND r.identity = l.identity";
 const PRUNE: &str = "DELETE FROM rowcast.socketio_rooms \
      WHERE session IN (SELECT session FROM rowcast.socketio_rooms \
                         WHERE seen_at < now() - make_interval(secs => $1) LIMIT $2) \
        AND seen_at < now() - make_interval(secs => $1)";
+/// PRUNE statements per round at most (a round deletes up to a million rows).
+const PRUNE_ROUNDS: usize = 100;
 
 /// The part of a pid that names the session's row: its random key and when
 /// the session was connected (seconds since the Unix epoch, this node's
@@ -181,7 +200,9 @@ struct Slots {
 
 const CHUNK: usize = 256;
 const TAKEN: u8 = 1;
-const STORED: u8 = 2;
+/// Its row is only ever marked, never re-created: it stored a set, or its
+/// recovery found (or made) its row.
+const EXISTING: u8 = 2;
 
 struct Chunk {
     entries: [Entry; CHUNK],
@@ -199,7 +220,7 @@ struct Entry {
 struct Slot {
     key: Key,
     identity: u64,
-    stored: bool,
+    existing: bool,
     taken: bool,
 }
 
@@ -215,12 +236,12 @@ impl Slots {
         Some(Slot {
             key: e.key,
             identity: e.identity,
-            stored: *f & STORED != 0,
+            existing: *f & EXISTING != 0,
             taken: *f & TAKEN != 0,
         })
     }
 
-    fn take(&mut self, key: Key, identity: u64, stored: bool) -> u32 {
+    fn take(&mut self, key: Key, identity: u64, existing: bool) -> u32 {
         let i = match self.free.pop() {
             Some(i) => i,
             None => {
@@ -236,7 +257,7 @@ impl Slots {
         };
         if let Some((e, f)) = self.at(i) {
             *e = Entry { key, identity };
-            *f = TAKEN | if stored { STORED } else { 0 };
+            *f = TAKEN | if existing { EXISTING } else { 0 };
         }
         i
     }
@@ -250,9 +271,9 @@ impl Slots {
         }
     }
 
-    fn set_stored(&mut self, i: u32) {
+    fn set_existing(&mut self, i: u32) {
         if let Some((_, f)) = self.at(i) {
-            *f |= STORED;
+            *f |= EXISTING;
         }
     }
 
@@ -298,12 +319,12 @@ impl Rooms {
     /// The session is served here until the result is dropped. `found`:
     /// what its recovery found (`None` for a new session).
     pub(crate) fn hold(self: &Arc<Self>, key: Key, identity: u64, found: Option<&Found>) -> Held {
-        let (stored, gen) = match found {
-            Some(Found::Stored(_, gen)) => (true, *gen),
-            Some(Found::ConnectTime(gen)) => (false, *gen),
-            Some(Found::Expired) | None => (false, 0),
+        let gen = match found {
+            Some(Found::Stored(_, gen) | Found::ConnectTime(gen)) => *gen,
+            Some(Found::Expired) | None => 0,
         };
-        let slot = self.live().take(key, identity, stored);
+        let existing = matches!(found, Some(Found::Stored(..))) || gen > 0;
+        let slot = self.live().take(key, identity, existing);
         Held {
             rooms: Arc::clone(self),
             slot,
@@ -330,7 +351,15 @@ impl Rooms {
                 client
                     .query_opt(
                         &s,
-                        &[&row, &identity, &peer, &topics, &held.gen, &self.per_peer],
+                        &[
+                            &row,
+                            &identity,
+                            &peer,
+                            &topics,
+                            &held.gen,
+                            &self.per_peer,
+                            &(self.every * 2).as_secs_f64(),
+                        ],
                     )
                     .await
             }
@@ -338,7 +367,7 @@ impl Rooms {
         };
         match done {
             Ok(Some(_)) => {
-                self.live().set_stored(held.slot);
+                self.live().set_existing(held.slot);
                 Ok(Saved::Stored)
             }
             Ok(None) => Ok(Saved::Refused),
@@ -349,11 +378,12 @@ impl Rooms {
 
     /// What a session recovering with `key` finds (the contract above).
     pub(crate) async fn find(&self, key: &Key, identity: u64) -> Result<Found> {
+        let young = self.young(key, unix_now());
         let client = self.pool.get().await?;
         let row = match client.prepare_cached(FIND).await {
             Ok(s) => {
                 client
-                    .query_opt(&s, &[&key.row(), &(identity as i64)])
+                    .query_opt(&s, &[&key.row(), &(identity as i64), &young])
                     .await
             }
             Err(e) => Err(e),
@@ -366,20 +396,17 @@ impl Rooms {
                     None => Found::ConnectTime(gen),
                 })
             }
-            Ok(None) => Ok(self.without_row(key, unix_now())),
+            Ok(None) => Ok(Found::Expired),
             Err(e) if not_migrated(&e) => Ok(Found::ConnectTime(0)),
             Err(e) => Err(Error::Db(e)),
         }
     }
 
-    /// No row: exact only for a session too young to have lost one.
-    fn without_row(&self, key: &Key, now: u64) -> Found {
+    /// Too young to have lost a row: a row is deleted only after `keep`
+    /// unseen, and the session had none before it was first marked.
+    fn young(&self, key: &Key, now: u64) -> bool {
         let age = Duration::from_secs(now.saturating_sub(u64::from(key.connected_at)));
-        if age + self.every < self.keep {
-            Found::ConnectTime(0)
-        } else {
-            Found::Expired
-        }
+        age + self.every < self.keep
     }
 
     /// Marks this node's rows seen and deletes stale ones, every `every`,
@@ -401,30 +428,38 @@ impl Rooms {
 
     async fn round(&self) -> Result<()> {
         let mut slots = self.live().taken();
-        // one row per key (a key in two slots: stored if either stored)
-        slots.sort_unstable_by(|a, b| a.key.cmp(&b.key).then(b.stored.cmp(&a.stored)));
+        // one row per key (a key in two slots: existing if either is)
+        slots.sort_unstable_by(|a, b| a.key.cmp(&b.key).then(b.existing.cmp(&a.existing)));
         slots.dedup_by(|a, b| a.key == b.key);
-        let (mut plain, mut stored) = (Columns::default(), Columns::default());
+        let (mut new, mut existing) = (Columns::default(), Columns::default());
         for s in &slots {
-            let to = if s.stored { &mut stored } else { &mut plain };
+            let to = if s.existing { &mut existing } else { &mut new };
             to.keys.push(s.key.row());
             to.identities.push(s.identity as i64);
         }
         let client = self.pool.get().await?;
         let done = async {
-            if !plain.keys.is_empty() {
+            if !new.keys.is_empty() {
                 client
-                    .execute(MARK_CONNECT_TIME, &[&plain.keys, &plain.identities])
+                    .execute(MARK_NEW, &[&new.keys, &new.identities])
                     .await?;
             }
-            if !stored.keys.is_empty() {
+            if !existing.keys.is_empty() {
                 client
-                    .execute(MARK_STORED, &[&stored.keys, &stored.identities])
+                    .execute(MARK_EXISTING, &[&existing.keys, &existing.identities])
                     .await?;
             }
-            client
-                .execute(PRUNE, &[&self.keep.as_secs_f64(), &PRUNE_BATCH])
-                .await
+            let mut deleted = 0;
+            for _ in 0..PRUNE_ROUNDS {
+                let n = client
+                    .execute(PRUNE, &[&self.keep.as_secs_f64(), &PRUNE_BATCH])
+                    .await?;
+                deleted += n;
+                if n < PRUNE_BATCH as u64 {
+                    break;
+                }
+            }
+            Ok(deleted)
         };
         match done.await {
             Ok(0) => Ok(()),
@@ -472,27 +507,20 @@ mod tests {
     }
 
     #[test]
-    fn without_a_row_only_a_session_too_young_to_have_lost_one_keeps_its_connect_topics() {
+    fn only_a_session_too_young_to_have_lost_its_row_may_get_a_new_one() {
         // retention 24 h: marked hourly, deleted after 26 h unseen
         let r = rooms(Duration::from_secs(86_400));
         let key = |age: u32| Key {
             id: [7; 12],
             connected_at: 1_000_000 - age,
         };
-        assert_eq!(
-            r.without_row(&key(60), 1_000_000),
-            Found::ConnectTime(0),
-            "connected a minute ago: it never had a row"
-        );
-        assert_eq!(
-            r.without_row(&key(25 * 3600 - 1), 1_000_000),
-            Found::ConnectTime(0)
-        );
+        assert!(r.young(&key(60), 1_000_000), "a minute: it never had a row");
+        assert!(r.young(&key(25 * 3600 - 1), 1_000_000));
         // from here a row it had could have been deleted (with an hour for skew)
-        assert_eq!(r.without_row(&key(25 * 3600), 1_000_000), Found::Expired);
-        assert_eq!(r.without_row(&key(40 * 3600), 1_000_000), Found::Expired);
+        assert!(!r.young(&key(25 * 3600), 1_000_000));
+        assert!(!r.young(&key(40 * 3600), 1_000_000));
         // a clock behind the pid's: young
-        assert_eq!(r.without_row(&key(0), 999_000), Found::ConnectTime(0));
+        assert!(r.young(&key(0), 999_000));
     }
 
     #[test]
@@ -517,7 +545,7 @@ mod tests {
     }
 
     #[test]
-    fn slots_are_reused_and_a_key_held_twice_is_marked_once_as_stored() {
+    fn slots_are_reused_and_a_key_held_twice_is_marked_once_as_existing() {
         let r = rooms(Duration::from_secs(60));
         let key = Key::new().unwrap();
         let a = r.hold(key, 1, None);
@@ -526,7 +554,7 @@ mod tests {
         drop(a);
         let c = r.hold(Key::new().unwrap(), 2, None);
         assert_eq!(c.slot, 0, "a freed slot is taken again");
-        assert!(r.slot(&b).is_some_and(|s| s.stored && s.taken));
+        assert!(r.slot(&b).is_some_and(|s| s.existing && s.taken));
         drop((b, c));
         let mut live = r.live();
         assert!(live.taken().is_empty());

@@ -307,7 +307,14 @@ impl Session {
                     }
                     match self.app.rooms.save(&held, peer, &allowed).await {
                         Ok(Saved::Stored | Saved::NotMigrated) => {}
-                        Ok(Saved::Refused) => return Err(Disconnect::TryAgainLater),
+                        Ok(Saved::Refused) => {
+                            self.count(ErrorCode::Unavailable);
+                            out.push(packet::connect_error(
+                                "/",
+                                "unavailable: too many stored sessions for this client address; connect again later",
+                            ));
+                            return Ok(());
+                        }
                         Err(e) => {
                             tracing::warn!(error = %e, "socket.io rooms unavailable");
                             return Err(Disconnect::TryAgainLater);
