@@ -29,8 +29,9 @@
 //!   generation its session found, so a stale connection of the same
 //!   session (a node that has not noticed its client left) cannot overwrite
 //!   what the newer one stored.
-//! - Bounds: each store counts as one check against the client address's
-//!   `rowcast.authorize` budget (`--authorize-per-ip`, `Gate::spend_db_write`),
+//! - Bounds: each store, and each recovery's `find` (a write), counts as one
+//!   check against the client address's `rowcast.authorize` budget
+//!   (`--authorize-per-ip`, `Gate::spend_db_write`),
 //!   and a store that makes a row its client had not stored before is
 //!   refused while the address (IPv6: its /64) has stored
 //!   `64 × --max-connections-per-ip` rows seen in the last `2 × every`: a
@@ -39,6 +40,8 @@
 //!   (no address) exist only for sessions served at the time, so they are
 //!   bounded by the connections the nodes admit.
 //! - Memory: a session holds 16 bytes (`Held`) and a 25-byte slot.
+//! - Rows are locked in session order by marking (and skipped by pruning
+//!   when locked), so nodes marking and pruning at once do not deadlock.
 //! - A database not yet migrated to `012_socketio_rooms` stores nothing and
 //!   finds nothing (a warning is logged): recovery re-joins the connect-time
 //!   topics, as rowcast did before.
@@ -89,11 +92,16 @@ const MARK_NEW: &str = "INSERT INTO rowcast.socketio_rooms (session, identity) \
       WHERE socketio_rooms.identity = EXCLUDED.identity";
 /// Every other session served here: marked, never re-created.
 const MARK_EXISTING: &str = "UPDATE rowcast.socketio_rooms r SET seen_at = now() \
-     FROM unnest($1::text[], $2::bigint[]) AS l(session, identity) \
-     WHERE r.session = l.session AND r.identity = l.identity";
+     FROM (SELECT s.session FROM rowcast.socketio_rooms s \
+             JOIN unnest($1::text[], $2::bigint[]) AS l(session, identity) \
+               ON s.session = l.session AND s.identity = l.identity \
+            ORDER BY s.session FOR UPDATE OF s) AS locked \
+     WHERE r.session = locked.session";
+/// Rows locked by a node's marking are skipped (they are being seen).
 const PRUNE: &str = "DELETE FROM rowcast.socketio_rooms \
      WHERE session IN (SELECT session FROM rowcast.socketio_rooms \
-                        WHERE seen_at < now() - make_interval(secs => $1) LIMIT $2) \
+                        WHERE seen_at < now() - make_interval(secs => $1) \
+                        ORDER BY session LIMIT $2 FOR UPDATE SKIP LOCKED) \
        AND seen_at < now() - make_interval(secs => $1)";
 /// PRUNE statements per round at most (a round deletes up to a million rows).
 const PRUNE_ROUNDS: usize = 100;
@@ -427,14 +435,21 @@ impl Rooms {
     }
 
     async fn round(&self) -> Result<()> {
-        let mut slots = self.live().taken();
-        // one row per key (a key in two slots: existing if either is)
-        slots.sort_unstable_by(|a, b| a.key.cmp(&b.key).then(b.existing.cmp(&a.existing)));
-        slots.dedup_by(|a, b| a.key == b.key);
+        let mut slots: Vec<(String, Slot)> = self
+            .live()
+            .taken()
+            .into_iter()
+            .map(|s| (s.key.row(), s))
+            .collect();
+        // one row per key (a key in two slots: existing if either is), in
+        // the order rows are locked everywhere: by session (no deadlocks
+        // between nodes marking and pruning at once)
+        slots.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.existing.cmp(&a.1.existing)));
+        slots.dedup_by(|a, b| a.0 == b.0);
         let (mut new, mut existing) = (Columns::default(), Columns::default());
-        for s in &slots {
+        for (row, s) in slots {
             let to = if s.existing { &mut existing } else { &mut new };
-            to.keys.push(s.key.row());
+            to.keys.push(row);
             to.identities.push(s.identity as i64);
         }
         let client = self.pool.get().await?;

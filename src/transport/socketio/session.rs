@@ -225,6 +225,10 @@ impl Session {
         // the topics the session had (`rooms`)
         let found = match &resume {
             Some(Ok(Resume { key: Some(k), .. })) => {
+                // a write (the row is marked): counted like a store
+                if self.app.gate.spend_db_write(self.peer.ip()).is_err() {
+                    return Err(Disconnect::TryAgainLater);
+                }
                 Some(self.app.rooms.find(k, digest).await.map_err(|e| {
                     tracing::warn!(error = %e, "socket.io rooms unavailable");
                     Disconnect::TryAgainLater
