@@ -974,17 +974,17 @@ class SseConn {
       topics: rc.topics.join(','),
       lastEventId: cursor,
       snapshot: rc.options.snapshot ? 'true' : undefined,
-      token,
       fallback: rc._fallbackParam(),
     });
     this.openTimer = rc._setTimeout(() => this.end({ kind: 'failure', timeout: true }), rc.options.openTimeout);
-    this.run(url).catch(() => this.end({ kind: 'failure' }));
+    this.run(url, token).catch(() => this.end({ kind: 'failure' }));
   }
 
-  async run(url) {
+  /** Read with `fetch`, so the token goes in a header (never in the URL, where logs keep it). */
+  async run(url, token) {
     const rc = this.rc;
     const r = await rc._fetch(url, {
-      headers: { Accept: 'text/event-stream' },
+      headers: { Accept: 'text/event-stream', ...bearer(token) },
       cache: 'no-store',
       signal: this.abort ? this.abort.signal : undefined,
     });

@@ -223,7 +223,8 @@ test('token refresh: SSE 401 expired -> the callback is asked again, the stream 
   server.publish('farm-1', 'b', {});
   await until(clock, () => rc.status === 'live' && calls === 2, 'live again with a new token');
   const last = server.requests.filter((r) => r.kind === 'sse').at(-1);
-  assert.equal(last.params.token, 'tok-2');
+  assert.equal(last.token, 'tok-2');
+  assert.equal(last.params.token, undefined, 'the token goes in a header, not the URL');
   assert.equal(last.params.lastEventId, 'c1');
   await settle();
   assert.deepEqual(seen, ids(server));
