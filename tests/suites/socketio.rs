@@ -471,6 +471,29 @@ fn brief_retention(c: &mut rowcast::server::ServerConfig) {
     c.prune_every = Duration::from_millis(100);
 }
 
+/// A node whose changes go after 0.5 s with no window (so an offset
+/// expires), a balancer in front, and a client connected through it.
+async fn expiring(modules: &PathBuf, url: &str) -> (rowcast::server::Server, Proxy, Node, Seen) {
+    let srv = server_with(url, |c| {
+        brief_retention(c);
+        c.window_changes = 0;
+    })
+    .await;
+    let proxy = Proxy::start(srv.addr).await;
+    let mut c = sio_client(modules, &proxy.url());
+    let mut seen = Seen::default();
+    seen.until(&mut c, None, 1).await;
+    (srv, proxy, c, seen)
+}
+
+/// Until the pruner has removed every change.
+async fn until_pruned(db: &tokio_postgres::Client) {
+    eventually_async("pruned", || async {
+        column_i64(db, "SELECT count(*) FROM rowcast.changes").await == [0]
+    })
+    .await;
+}
+
 fn sio_client(modules: &PathBuf, url: &str) -> Node {
     Node::client(
         modules,
@@ -639,25 +662,14 @@ async fn an_expired_offset_gets_a_new_session_and_a_resync() {
         return;
     };
     let url = fresh_db().await;
-    let srv = server_with(&url, |c| {
-        brief_retention(c);
-        c.window_changes = 0;
-    })
-    .await;
-    let proxy = Proxy::start(srv.addr).await;
-    let mut c = sio_client(&modules, &proxy.url());
-    let mut seen = Seen::default();
-    seen.until(&mut c, None, 1).await;
+    let (srv, proxy, mut c, mut seen) = expiring(&modules, &url).await;
     let db = connect(&url).await;
     emit_range(&db, "r", 1, 3).await;
     seen.until(&mut c, Some(3), 1).await;
     proxy.cut_off(&mut c).await;
     emit_range(&db, "r", 4, 10).await;
     // wait until the pruner has removed them
-    eventually_async("pruned", || async {
-        column_i64(&db, "SELECT count(*) FROM rowcast.changes").await == [0]
-    })
-    .await;
+    until_pruned(&db).await;
     proxy.route_to(Some(srv.addr));
     seen.until(&mut c, None, 2).await;
     assert_eq!(seen.connects, [false, false]);
@@ -679,25 +691,14 @@ async fn a_session_that_cannot_recover_keeps_its_subscribed_topics() {
         return;
     };
     let url = fresh_db().await;
-    let srv = server_with(&url, |c| {
-        brief_retention(c);
-        c.window_changes = 0;
-    })
-    .await;
-    let proxy = Proxy::start(srv.addr).await;
-    let mut c = sio_client(&modules, &proxy.url());
-    let mut seen = Seen::default();
-    seen.until(&mut c, None, 1).await;
+    let (srv, proxy, mut c, mut seen) = expiring(&modules, &url).await;
     c.ask("subscribe", json!(["s"]), 1).await;
     let db = connect(&url).await;
     emit_range(&db, "s", 1, 1).await;
     seen.until(&mut c, Some(1), 1).await;
     proxy.cut_off(&mut c).await;
     emit_range(&db, "s", 2, 5).await;
-    eventually_async("pruned", || async {
-        column_i64(&db, "SELECT count(*) FROM rowcast.changes").await == [0]
-    })
-    .await;
+    until_pruned(&db).await;
     // (its row stays 4.5 s unseen; the changes went after 0.5 s)
     let rows = "SELECT count(*) FROM rowcast.socketio_rooms WHERE topics = '{r,s}'";
     assert_eq!(column_i64(&db, rows).await, [1], "its topics still stored");
