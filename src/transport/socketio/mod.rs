@@ -76,16 +76,20 @@ pub(crate) async fn handler(State(app): State<Arc<App>>, req: Request) -> Respon
 /// with this node's id so that a load balancer can route a long-polling
 /// session's requests to the node that holds it.
 pub(crate) fn new_sid(node: &str) -> Result<String, ApiError> {
-    Ok(format!("{node}.{}", random_id::<16>()?))
+    use base64::Engine;
+    let id = random_bytes::<16>()?;
+    Ok(format!(
+        "{node}.{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(id)
+    ))
 }
 
-/// `N` bytes from the operating system's generator, base64url (no `.`).
-pub(crate) fn random_id<const N: usize>() -> Result<String, ApiError> {
-    use base64::Engine;
+/// `N` bytes from the operating system's generator.
+pub(crate) fn random_bytes<const N: usize>() -> Result<[u8; N], ApiError> {
     let mut bytes = [0u8; N];
     getrandom::fill(&mut bytes).map_err(|e| {
         tracing::error!(error = %e, "no randomness for a session id");
         ApiError::new(ErrorCode::Unavailable, "cannot make a session id; retry")
     })?;
-    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+    Ok(bytes)
 }

@@ -118,16 +118,8 @@ pub(crate) struct Key {
 impl Key {
     /// A new session's key (12 random bytes).
     pub(crate) fn new() -> Result<Key, crate::api_error::ApiError> {
-        let mut id = [0u8; 12];
-        getrandom::fill(&mut id).map_err(|e| {
-            tracing::error!(error = %e, "no randomness for a session key");
-            crate::api_error::ApiError::new(
-                crate::api_error::ErrorCode::Unavailable,
-                "cannot make a session key; retry",
-            )
-        })?;
         Ok(Key {
-            id,
+            id: super::random_bytes::<12>()?,
             connected_at: u32::try_from(unix_now()).unwrap_or(u32::MAX),
         })
     }
