@@ -47,7 +47,7 @@ pub(crate) struct Admitted {
 /// in `rowcast_connections{transport}`, and its transport's metric handles.
 /// Dropping it gives everything back, however the connection ended.
 pub(crate) struct Connection {
-    _slot: ConnGuard,
+    slot: ConnGuard,
     /// Shared by every connection of its transport (one pointer each).
     metrics: Arc<TransportMetrics>,
 }
@@ -56,9 +56,14 @@ impl Connection {
     fn open(slot: ConnGuard, metrics: Arc<TransportMetrics>) -> Connection {
         metrics.connections.inc();
         Connection {
-            _slot: slot,
+            slot,
             metrics,
         }
+    }
+
+    /// The client's address, as admitted.
+    pub(crate) fn ip(&self) -> IpAddr {
+        self.slot.ip()
     }
 
     pub(crate) fn metrics(&self) -> &TransportMetrics {

@@ -55,6 +55,12 @@ impl ConnLimiter {
     }
 }
 
+impl ConnGuard {
+    pub(crate) fn ip(&self) -> IpAddr {
+        self.ip
+    }
+}
+
 impl Drop for ConnGuard {
     fn drop(&mut self) {
         let mut st = self.limiter.state.lock().unwrap_or_else(|p| p.into_inner());

@@ -196,7 +196,6 @@ async fn open(app: Arc<App>, req: StreamRequest) -> Response {
         core: tokio::sync::Mutex::new(Some(Session::new(
             Arc::clone(&app),
             sid.clone(),
-            req.peer,
             req.token.clone(),
             req.topics.clone(),
             admitted.conn,

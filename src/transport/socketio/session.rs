@@ -31,13 +31,11 @@ use crate::transport::close::Disconnect;
 use crate::transport::socketio::rooms::{Found, Held, Key, Saved};
 use crate::transport::App;
 use serde_json::{json, Value};
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 pub(crate) struct Session {
     pub(crate) app: Arc<App>,
     pub(crate) sid: String,
-    pub(crate) peer: SocketAddr,
     /// What only a CONNECT reads, dropped once one succeeds.
     opening: Option<Box<Opening>>,
     pub(crate) conn: Connection,
@@ -87,7 +85,6 @@ impl Session {
     pub(crate) fn new(
         app: Arc<App>,
         sid: String,
-        peer: SocketAddr,
         handshake_token: Option<String>,
         query_topics: Vec<String>,
         conn: Connection,
@@ -96,7 +93,6 @@ impl Session {
         Session {
             app,
             sid,
-            peer,
             opening: Some(Box::new(Opening {
                 token: handshake_token,
                 topics: query_topics,
@@ -226,7 +222,7 @@ impl Session {
         let found = match &resume {
             Some(Ok(Resume { key: Some(k), .. })) => {
                 // a write (the row is marked): counted like a store
-                if self.app.gate.spend_db_write(self.peer.ip()).is_err() {
+                if self.app.gate.spend_db_write(self.conn.ip()).is_err() {
                     return Err(Disconnect::TryAgainLater);
                 }
                 Some(self.app.rooms.find(k, digest).await.map_err(|e| {
@@ -261,7 +257,7 @@ impl Session {
         let (allowed, denied) = self
             .app
             .gate
-            .authorize(self.peer.ip(), &identity, &wanted)
+            .authorize(self.conn.ip(), &identity, &wanted)
             .await
             .map_err(|_| Disconnect::TryAgainLater)?;
         for _ in &denied {
@@ -293,7 +289,7 @@ impl Session {
             resync = Some(n.reason());
         }
         // the same pid back is what makes socket.io-client report `recovered`
-        let peer = self.peer.ip();
+        let peer = self.conn.ip();
         let (pid, held) = match (recovering, resync) {
             (Some((pid, key)), None) => {
                 let held = self.app.rooms.hold(key, digest, found.as_ref());
@@ -451,7 +447,7 @@ impl Session {
         let (allowed, denied) = match self
             .app
             .gate
-            .authorize(self.peer.ip(), &identity, &topics)
+            .authorize(self.conn.ip(), &identity, &topics)
             .await
         {
             Ok(x) => x,
@@ -531,9 +527,9 @@ impl Session {
         let Some(j) = self.joined.as_ref() else {
             return Ok(());
         };
-        self.app.gate.spend_db_write(self.peer.ip())?;
+        self.app.gate.spend_db_write(self.conn.ip())?;
         topics.sort_unstable();
-        match self.app.rooms.save(&j.held, self.peer.ip(), &topics).await {
+        match self.app.rooms.save(&j.held, self.conn.ip(), &topics).await {
             Ok(Saved::Stored | Saved::NotMigrated) => Ok(()),
             Ok(Saved::Refused) => Err(ApiError::new(
                 ErrorCode::Unavailable,

@@ -89,7 +89,6 @@ pub(crate) async fn open(app: Arc<App>, req: StreamRequest, upgrade: Handshake) 
     let session = Session::new(
         Arc::clone(&app),
         sid,
-        peer,
         req.token.clone(),
         req.topics.clone(),
         admitted.conn,
