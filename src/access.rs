@@ -55,10 +55,7 @@ pub(crate) struct Connection {
 impl Connection {
     fn open(slot: ConnGuard, metrics: Arc<TransportMetrics>) -> Connection {
         metrics.connections.inc();
-        Connection {
-            slot,
-            metrics,
-        }
+        Connection { slot, metrics }
     }
 
     /// The client's address, as admitted.
