@@ -9,9 +9,10 @@
 -- on a node's "connect-time" row); `gen` counts recoveries, so a
 -- stale connection of the session cannot overwrite a newer one's topics.
 -- The node that serves a session marks its row seen now and then; every
--- node deletes rows not seen for longer than a recovery may take.
+-- node deletes rows not seen for longer than a recovery may take. `session`
+-- sorts in byte order, the order every node locks rows in (no deadlocks).
 CREATE TABLE rowcast.socketio_rooms (
-    session  text PRIMARY KEY,
+    session  text COLLATE "C" PRIMARY KEY,
     identity bigint NOT NULL,
     peer     inet,
     topics   text[],

@@ -41,7 +41,14 @@
 //!   bounded by the connections the nodes admit.
 //! - Memory: a session holds 16 bytes (`Held`) and a 25-byte slot.
 //! - Rows are locked in session order by marking (and skipped by pruning
-//!   when locked), so nodes marking and pruning at once do not deadlock.
+//!   when locked), so nodes marking and pruning at once do not deadlock:
+//!   the column sorts in byte order (`COLLATE "C"`), as this node sorts keys.
+//! - A store that fails in the database may still have committed: the
+//!   session is closed without an answer (`Session::store`) and recovers
+//!   with what the database holds.
+//! - Known gap: a session that stored while the table was missing (new
+//!   binaries before `migrate`) recovers with its connect-time topics after
+//!   the migration; the README's upgrade step says to migrate first.
 //! - A database not yet migrated to `012_socketio_rooms` stores nothing and
 //!   finds nothing (a warning is logged): recovery re-joins the connect-time
 //!   topics, as rowcast did before.

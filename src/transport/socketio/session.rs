@@ -404,7 +404,7 @@ impl Session {
         } else {
             match name.as_str() {
                 "subscribe" => self.subscribe(args.get(1)).await?,
-                "unsubscribe" => self.unsubscribe(args.get(1)).await,
+                "unsubscribe" => self.unsubscribe(args.get(1)).await?,
                 "activity" => self.activity().await,
                 _ => {
                     json!({"error": "unknown_event", "message": format!("rowcast handles subscribe, unsubscribe and activity, not {name:?}")})
@@ -462,7 +462,7 @@ impl Session {
             if allowed.iter().any(|t| !sub.wants(t)) {
                 let mut after: Vec<String> = sub.topics().iter().cloned().collect();
                 after.extend(allowed.iter().filter(|t| !sub.wants(t)).cloned());
-                if let Err(e) = self.store(after).await {
+                if let Err(e) = self.store(after).await? {
                     return Ok(self.refusal(e));
                 }
             }
@@ -490,16 +490,16 @@ impl Session {
         }
     }
 
-    async fn unsubscribe(&mut self, topics: Option<&Value>) -> Value {
+    async fn unsubscribe(&mut self, topics: Option<&Value>) -> Result<Value, Disconnect> {
         let Some(topics) = topic_list(topics) else {
-            return self.refusal(ApiError::new(
+            return Ok(self.refusal(ApiError::new(
                 ErrorCode::BadMessage,
                 "unsubscribe takes a list of topics",
-            ));
+            )));
         };
         let topics = match self.app.gate.topics_from_message(topics) {
             Ok(t) => t,
-            Err(e) => return self.refusal(e),
+            Err(e) => return Ok(self.refusal(e)),
         };
         if let Some(j) = self.joined.as_mut() {
             let sub = j.feed.subscription();
@@ -510,37 +510,40 @@ impl Session {
                     .filter(|t| !topics.contains(t))
                     .cloned()
                     .collect();
-                if let Err(e) = self.store(after).await {
-                    return self.refusal(e);
+                if let Err(e) = self.store(after).await? {
+                    return Ok(self.refusal(e));
                 }
             }
         }
         if let Some(j) = self.joined.as_mut() {
             j.feed.subscription().remove(&topics);
         }
-        json!({"unsubscribed": topics})
+        Ok(json!({"unsubscribed": topics}))
     }
 
     /// Stores the session's topics as they are about to be, before its
     /// `subscribe` or `unsubscribe` changes them (the contract is `rooms`').
-    async fn store(&mut self, mut topics: Vec<String>) -> Result<(), ApiError> {
+    /// A refusal is an answer (nothing changed); a database error may have
+    /// come after the store committed, so the session cannot tell what is
+    /// stored: its transport is closed, and the client recovers with what
+    /// the database holds, unacknowledged either way.
+    async fn store(&mut self, mut topics: Vec<String>) -> Result<Result<(), ApiError>, Disconnect> {
         let Some(j) = self.joined.as_ref() else {
-            return Ok(());
+            return Ok(Ok(()));
         };
-        self.app.gate.spend_db_write(self.conn.ip())?;
+        if let Err(e) = self.app.gate.spend_db_write(self.conn.ip()) {
+            return Ok(Err(e));
+        }
         topics.sort_unstable();
         match self.app.rooms.save(&j.held, self.conn.ip(), &topics).await {
-            Ok(Saved::Stored | Saved::NotMigrated) => Ok(()),
-            Ok(Saved::Refused) => Err(ApiError::new(
+            Ok(Saved::Stored | Saved::NotMigrated) => Ok(Ok(())),
+            Ok(Saved::Refused) => Ok(Err(ApiError::new(
                 ErrorCode::Unavailable,
                 "this session's topics could not be stored for recovery (too many stored sessions for this client address, or a newer connection of this session took over); nothing changed",
-            )),
+            ))),
             Err(e) => {
                 tracing::warn!(error = %e, "socket.io rooms unavailable");
-                Err(ApiError::new(
-                    ErrorCode::Unavailable,
-                    "this session's topics could not be stored for recovery; nothing changed, retry",
-                ))
+                Err(Disconnect::TryAgainLater)
             }
         }
     }
