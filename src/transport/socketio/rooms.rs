@@ -64,7 +64,7 @@ use tokio_postgres::error::SqlState;
 /// Rows deleted per statement, so a round is bounded.
 const PRUNE_BATCH: i64 = 10_000;
 /// Rows per client address, as a multiple of `--max-connections-per-ip`.
-pub(crate) const ROWS_PER_CONNECTION_SLOT: usize = 64;
+const ROWS_PER_CONNECTION_SLOT: usize = 64;
 
 /// Creates or replaces the row of a session. A row the session's client
 /// has not stored before counts against its address's cap ($6 rows stored
