@@ -840,6 +840,86 @@ async fn a_subscribe_past_the_addresss_stored_sessions_is_refused_and_changes_no
     srv.stop().await;
 }
 
+/// A `subscribe` whose store fails in the database is never answered: the
+/// session cannot tell whether the store committed, so its transport is
+/// closed (`try_again_later`); the client reconnects by itself and recovers
+/// exactly, with the topics the database holds for it; a client beside it
+/// notices nothing. The failure is a real database error scoped to this
+/// test's database and to one topic: a trigger on the rooms table that
+/// refuses any set holding `boom`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_fails_in_the_database_closes_the_session_which_recovers_what_is_stored() {
+    let Some(modules) = node_modules() else {
+        return;
+    };
+    let url = fresh_db().await;
+    let srv = server(&url).await;
+    let proxy = Proxy::start(srv.addr).await;
+    let mut c = sio_client(&modules, &proxy.url());
+    let mut seen = Seen::default();
+    seen.until(&mut c, None, 1).await;
+    let mut beside = sio_client(&modules, &proxy.url());
+    let mut beside_seen = Seen::default();
+    beside_seen.until(&mut beside, None, 1).await;
+    assert_eq!(
+        c.ask("subscribe", json!(["s"]), 1).await,
+        json!({"subscribed": ["s"], "refused": []})
+    );
+    let db = connect(&url).await;
+    db.batch_execute(
+        "CREATE FUNCTION public.refuse_boom() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF 'boom' = ANY (NEW.topics) THEN
+                 RAISE EXCEPTION 'injected: the rooms table refuses boom';
+             END IF;
+             RETURN NEW;
+         END $$;
+         CREATE TRIGGER refuse_boom BEFORE INSERT OR UPDATE ON rowcast.socketio_rooms
+             FOR EACH ROW EXECUTE FUNCTION public.refuse_boom();",
+    )
+    .await
+    .unwrap();
+    c.send(json!({"emit": "subscribe", "args": [["boom"]], "n": 2}));
+    let gone = c.until("disconnect", |v| v["t"] == "disconnect").await;
+    assert_eq!(gone["reason"], "transport close", "{gone}");
+    emit_range(&db, "boom", 100, 100).await;
+    emit_range(&db, "s", 2, 3).await;
+    seen.until(&mut c, Some(3), 2).await;
+    assert_eq!(seen.connects, [false, true], "recovered");
+    assert!(seen.resyncs.is_empty(), "{:?}", seen.resyncs);
+    let stored = "SELECT count(*) FROM rowcast.socketio_rooms WHERE topics = '{r,s}'";
+    assert_eq!(
+        column_i64(&db, stored).await,
+        [1],
+        "the set before the failed store"
+    );
+    // the failed subscribe was never acknowledged; the next one is
+    c.send(json!({"emit": "unsubscribe", "args": [["s"]], "n": 3}));
+    let ack = c
+        .until("an ack", |v| {
+            v["t"] == "ack" && (v["n"] == 2 || v["n"] == 3)
+        })
+        .await;
+    assert_eq!(ack["n"], 3, "{ack}");
+    assert_eq!(ack["args"][0], json!({"unsubscribed": ["s"]}));
+    emit_range(&db, "boom", 101, 101).await;
+    emit_range(&db, "s", 1001, 1001).await;
+    emit_range(&db, "r", 4, 4).await;
+    seen.until(&mut c, Some(4), 2).await;
+    assert_eq!(seen.ns, [2, 3, 4], "no boom change, before or after");
+    // the client beside it: its deliveries, its stores and its connection go on
+    beside_seen.until(&mut beside, Some(4), 1).await;
+    assert_eq!(
+        beside.ask("subscribe", json!(["t"]), 1).await,
+        json!({"subscribed": ["t"], "refused": []})
+    );
+    emit_range(&db, "t", 5, 5).await;
+    beside_seen.until(&mut beside, Some(5), 1).await;
+    assert_eq!(beside_seen.ns, [4, 5]);
+    assert_eq!(beside_seen.connects, [false]);
+    srv.stop().await;
+}
+
 type RawWs =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
