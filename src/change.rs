@@ -23,6 +23,10 @@ pub(crate) struct Change {
     pub id: i64,
     /// The writing transaction (xid8), for snapshot visibility.
     pub xid: u64,
+    /// The transaction that made the change, for the envelope's `tx`: `xid`,
+    /// except for a change captured by the slot, which the capturer's
+    /// transaction wrote to the log after its writer's commit (`capture`).
+    pub tx: u64,
     pub topics: Vec<String>,
     pub event: String,
     /// When the writer emitted it (PostgreSQL's clock), µs since the epoch.
@@ -44,7 +48,7 @@ pub(crate) struct Change {
 
 /// The envelope, identical on WebSocket, SSE and polling.
 ///
-/// `tx` is the emitting transaction's id (`xid`, the xid8 PostgreSQL's
+/// `tx` is the emitting transaction's id (`Change::tx`, the xid8 PostgreSQL's
 /// `pg_current_xact_id()` returned in it) as a decimal string: a client that
 /// wrote through an API answering with its transaction's id (the market API's
 /// `"tx"`) knows its own write has arrived when a change carries that id, and
@@ -211,6 +215,7 @@ impl Change {
         Change {
             id,
             xid,
+            tx: xid,
             frames: topics.iter().map(|_| OnceLock::new()).collect(),
             topics,
             event,
@@ -248,6 +253,7 @@ impl Change {
         Change {
             id: self.id,
             xid: self.xid,
+            tx: self.tx,
             topics: self.topics.clone(),
             event: self.event.clone(),
             emitted_us: self.emitted_us,
@@ -262,7 +268,7 @@ impl Change {
         let topic = self.topics.get(topic_index)?;
         let cell = self.frames.get(topic_index)?;
         Some(cell.get_or_init(|| {
-            let tx = self.xid.to_string();
+            let tx = self.tx.to_string();
             let mut buf = Vec::with_capacity(WS_HEADER_MAX + self.approx_frame_len(topic_index));
             buf.resize(WS_HEADER_MAX, 0);
             let written = serde_json::to_writer(

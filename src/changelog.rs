@@ -30,10 +30,36 @@ WITH p AS MATERIALIZED (
            coalesce($3::text::pg_snapshot, pg_current_snapshot()) AS up,
            (SELECT pruned_below FROM rowcast.retention)::text AS pruned)";
 
-/// A candidate row's columns.
+/// A candidate row's columns; `{tx}` is [`tx_column`]'s.
 const COLUMNS: &str = "x.id, x.xid, x.topics, x.event, x.payload::text AS payload,
                (extract(epoch FROM x.emitted_at) * 1000000)::int8 AS us,
-               pg_visible_in_snapshot(x.xid, p.hi) AS first";
+               pg_visible_in_snapshot(x.xid, p.hi) AS first, {tx} AS tx";
+
+/// The writer's transaction of a row: its `tx` column (`013_capture`: set
+/// when the capturer appended the row after its writer's commit) or its own
+/// xid; on a database without that column (a newer binary before
+/// `migrate`), its own xid.
+fn tx_column(origin_tx: bool) -> &'static str {
+    if origin_tx {
+        "coalesce(x.tx, x.xid)::text"
+    } else {
+        "x.xid::text"
+    }
+}
+
+/// Whether the log has `013_capture`'s `tx` column (asked by the source on
+/// each connection; the other reads use its answer, `Hub::origin_tx`).
+pub(crate) async fn has_origin_tx(client: &Client) -> Result<bool> {
+    Ok(client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_attribute
+                             WHERE attrelid = 'rowcast.changes'::regclass
+                               AND attname = 'tx' AND NOT attisdropped)",
+            &[],
+        )
+        .await?
+        .try_get(0)?)
+}
 
 /// Which candidates are still to deliver, in delivery order, and the row limit.
 const UNDELIVERED: &str = "pg_visible_in_snapshot(x.xid, p.up)
@@ -60,13 +86,14 @@ const IN_PROGRESS: &str = "xid = ANY (ARRAY(SELECT pg_snapshot_xip(p.lo)))";
 /// `benches/issue16/lean-read/`). Both return the same columns (`got`, the
 /// rows the page would have had without the byte bound, is NULL in the
 /// whole log's).
-pub(crate) fn sql(topics: bool) -> String {
+pub(crate) fn sql(topics: bool, origin_tx: bool) -> String {
+    let columns = COLUMNS.replace("{tx}", tx_column(origin_tx));
     if !topics {
         return format!(
             "{SNAPSHOTS}
-SELECT p.up::text, c.id, c.topics, c.event, c.payload, c.us, c.first, p.pruned, c.xid::text, NULL::int8
+SELECT p.up::text, c.id, c.topics, c.event, c.payload, c.us, c.first, p.pruned, c.xid::text, NULL::int8, c.tx
 FROM p LEFT JOIN LATERAL (
-    SELECT {COLUMNS}
+    SELECT {columns}
     FROM rowcast.changes x
     WHERE ({RANGE} OR {IN_PROGRESS})
       AND {UNDELIVERED}
@@ -77,12 +104,12 @@ ORDER BY c.first DESC, c.id"
     let only = "AND topics && $7::text[]";
     format!(
         "{SNAPSHOTS}
-SELECT p.up::text, c.id, c.topics, c.event, c.payload, c.us, c.first, p.pruned, c.xid::text, c.got
+SELECT p.up::text, c.id, c.topics, c.event, c.payload, c.us, c.first, p.pruned, c.xid::text, c.got, c.tx
 FROM p LEFT JOIN LATERAL (
     SELECT l.*, count(*) OVER () AS got,
            sum(octet_length(l.payload)) OVER (ORDER BY l.first DESC, l.id ROWS UNBOUNDED PRECEDING) AS run
     FROM (
-        SELECT {COLUMNS}
+        SELECT {columns}
         FROM (
             SELECT * FROM rowcast.changes WHERE {RANGE} {only}
             UNION ALL
@@ -216,7 +243,7 @@ pub(crate) async fn read(
                 id,
             }
         };
-        match decode(row, id, [8, 2, 3, 4, 5], &cursor) {
+        match decode(row, id, [8, 2, 3, 4, 5, 10], &cursor) {
             Ok(change) => page.changes.push(Arc::new(change)),
             Err(reason) => page.bad.push(BadChange { id, reason }),
         }
@@ -228,15 +255,15 @@ pub(crate) async fn read(
 }
 
 /// Turns a row into a change; `cols` are the indexes of xid (text), topics,
-/// event, payload (text) and emitted-at (µs). Every way a row can be
+/// event, payload (text), emitted-at (µs) and the writer's transaction (text). Every way a row can be
 /// undeliverable is an `Err` with the reason, never a panic or a stalled read.
 fn decode(
     row: &tokio_postgres::Row,
     id: i64,
-    cols: [usize; 5],
+    cols: [usize; 6],
     cursor: &Cursor,
 ) -> std::result::Result<Change, String> {
-    let [xid, topics, event, payload, us] = cols;
+    let [xid, topics, event, payload, us, tx] = cols;
     let xid: &str = row.try_get(xid).map_err(|e| format!("xid: {e}"))?;
     let xid = parse_xid(xid).map_err(|e| e.to_string())?;
     let topics: Vec<Option<String>> = row
@@ -254,7 +281,11 @@ fn decode(
     }
     let payload: &str = row.try_get(payload).map_err(|e| format!("payload: {e}"))?;
     let us: i64 = row.try_get(us).map_err(|e| format!("emitted_at: {e}"))?;
-    Ok(Change::new(id, xid, topics, event, payload, us, cursor))
+    let tx: &str = row.try_get(tx).map_err(|e| format!("tx: {e}"))?;
+    let tx = parse_xid(tx).map_err(|e| e.to_string())?;
+    let mut change = Change::new(id, xid, topics, event, payload, us, cursor);
+    change.tx = tx;
+    Ok(change)
 }
 
 /// The database's current xmax: no genuine cursor can name an xid at or past it.
@@ -311,20 +342,23 @@ pub(crate) async fn snapshot(
     client: &deadpool_postgres::Client,
     topics: &[String],
     pos: &Snapshot,
+    origin_tx: bool,
 ) -> Result<SnapshotRead> {
     let stmt = client
-        .prepare_cached(
-            "SELECT id, xid::text, topics, event, payload::text, us FROM (
-                SELECT DISTINCT ON (coalesce(c.entity, c.topics[1]))
-                       c.id, c.xid, c.topics, c.event, c.payload,
-                       (extract(epoch FROM c.emitted_at) * 1000000)::int8 AS us
-                  FROM rowcast.changes c
-                 WHERE c.topics && $1::text[]
-                   AND pg_visible_in_snapshot(c.xid, $2::text::pg_snapshot)
-                 ORDER BY coalesce(c.entity, c.topics[1]), c.id DESC) latest
+        .prepare_cached(&format!(
+            "SELECT id, xid::text, topics, event, payload::text, us, tx FROM (
+                SELECT DISTINCT ON (coalesce(x.entity, x.topics[1]))
+                       x.id, x.xid, x.topics, x.event, x.payload,
+                       (extract(epoch FROM x.emitted_at) * 1000000)::int8 AS us,
+                       {} AS tx
+                  FROM rowcast.changes x
+                 WHERE x.topics && $1::text[]
+                   AND pg_visible_in_snapshot(x.xid, $2::text::pg_snapshot)
+                 ORDER BY coalesce(x.entity, x.topics[1]), x.id DESC) latest
              ORDER BY id DESC
              LIMIT $3",
-        )
+            tx_column(origin_tx)
+        ))
         .await?;
     let t: Vec<&str> = topics.iter().map(String::as_str).collect();
     let rows = client
@@ -335,7 +369,7 @@ pub(crate) async fn snapshot(
     let mut changes = Vec::with_capacity(rows.len());
     for row in rows.iter().take(SNAPSHOT_MAX as usize).rev() {
         let id: i64 = row.try_get(0)?;
-        match decode(row, id, [1, 2, 3, 4, 5], &cursor) {
+        match decode(row, id, [1, 2, 3, 4, 5, 6], &cursor) {
             Ok(c) => changes.push(Arc::new(c)),
             Err(reason) => tracing::debug!(id, reason, "snapshot skips an undeliverable change"),
         }

@@ -1,9 +1,11 @@
-//! One-off database connections for set-up work (migrations, demo data,
-//! benchmarks). Serving uses the pool in `server` and the source's own
-//! dedicated connections instead.
+//! Database connections: one-off ones for set-up work (migrations, demo
+//! data, benchmarks), the pool for client reads, and the dedicated ones the
+//! source and the capturer keep for themselves.
 
 use crate::error::Result;
-use tokio_postgres::{Client, NoTls};
+use std::sync::Arc;
+use tokio::sync::Notify;
+use tokio_postgres::{AsyncMessage, Client, NoTls};
 
 /// Connects and drives the connection in the background until it closes.
 ///
@@ -64,4 +66,43 @@ pub(crate) fn pool_from(
         .max_size(size.max(1))
         .build()
         .map_err(|e| crate::error::Error::Config(format!("pool: {e}")))
+}
+
+/// A dedicated connection (the source's, the capturer's: not pooled, since
+/// pooled connections drop notifications), driven in a task. Notifications
+/// ring `bell` and are counted. The returned future completes when the
+/// connection ends.
+pub(crate) async fn dedicated(
+    url: &str,
+    bell: Option<(Arc<Notify>, Option<prometheus::IntCounter>)>,
+) -> Result<(Client, impl std::future::Future<Output = ()>)> {
+    let (client, mut conn) = tokio_postgres::connect(url, NoTls).await?;
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        loop {
+            match futures::future::poll_fn(|cx| conn.poll_message(cx)).await {
+                Some(Ok(AsyncMessage::Notification(_))) => {
+                    if let Some((b, count)) = &bell {
+                        if let Some(c) = count {
+                            c.inc();
+                        }
+                        b.notify_one();
+                    }
+                }
+                Some(Ok(AsyncMessage::Notice(n))) => {
+                    tracing::debug!(notice = %n.message(), "postgres notice");
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "dedicated database connection error");
+                    break;
+                }
+                None => break,
+            }
+        }
+        let _ = done_tx.send(());
+    });
+    Ok((client, async move {
+        let _ = done_rx.await;
+    }))
 }

@@ -159,6 +159,8 @@ impl EmbeddedPg {
         ));
         conf.push_str(&format!("max_connections = {}\n", opts.max_connections));
         conf.push_str("shared_buffers = 128MB\n");
+        // tables may be captured by a logical replication slot (`capture`)
+        conf.push_str("wal_level = logical\n");
         if opts.durability == Durability::Fast {
             conf.push_str("fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n");
         }

@@ -34,6 +34,9 @@ pub enum Error {
     /// proxy cut it).
     #[error("the {0} database connection closed")]
     ConnectionLost(&'static str),
+    /// The capture slot's stream (`capture`) failed or sent what it should not.
+    #[error("replication stream: {0}")]
+    Replication(String),
     /// Something that cannot happen did: a bug, reported instead of a panic.
     #[error("internal invariant broken: {0}")]
     Invariant(String),

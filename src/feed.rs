@@ -468,7 +468,10 @@ impl Feed {
         self.sub.hub().metrics().log_reads.inc();
         let topics: Vec<String> = self.sub.topics().iter().cloned().collect();
         let client = self.pool.get().await?;
-        let stmt = client.prepare_cached(&changelog::sql(true)).await?;
+        let origin_tx = self.sub.hub().origin_tx();
+        let stmt = client
+            .prepare_cached(&changelog::sql(true, origin_tx))
+            .await?;
         let scope = Scope::Topics(&topics, PAGE);
         let page = changelog::read(&client, &stmt, &from, Some(&upto), scope).await?;
         drop(client);
@@ -568,7 +571,7 @@ impl Feed {
             return Ok(());
         }
         let client = self.pool.get().await?;
-        let read = changelog::snapshot(&client, &topics, pos).await?;
+        let read = changelog::snapshot(&client, &topics, pos, self.sub.hub().origin_tx()).await?;
         drop(client);
         if read.truncated {
             tracing::warn!(

@@ -164,6 +164,9 @@ pub(crate) struct Hub {
     /// Bumped when the position advances or a batch closes.
     advanced: watch::Sender<u64>,
     metrics: HubMetrics,
+    /// Whether the log has the writer's-transaction column (`013_capture`),
+    /// as the source found on connecting: the feeds' reads select it then.
+    origin_tx: AtomicBool,
 }
 
 /// Counters the hub and the feeds on it update.
@@ -203,7 +206,17 @@ impl Hub {
             limits,
             advanced: watch::channel(0).0,
             metrics,
+            origin_tx: AtomicBool::new(false),
         })
+    }
+
+    /// See the field: set by the source, read by the feeds' log reads.
+    pub(crate) fn set_origin_tx(&self, has: bool) {
+        self.origin_tx.store(has, Ordering::Relaxed);
+    }
+
+    pub(crate) fn origin_tx(&self) -> bool {
+        self.origin_tx.load(Ordering::Relaxed)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

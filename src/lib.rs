@@ -11,7 +11,9 @@
 //! [`hub`] fans it out per topic (keeping recent batches in
 //! the [`window`]) → each client's [`feed`] joins catch-up from the log
 //! ([`changelog`]) with the live queue → a transport
-//! ([`transport`]`::{ws, sse, poll}`) frames it onto a socket.
+//! ([`transport`]`::{ws, sse, poll}`) frames it onto a socket. For a table
+//! captured by a logical replication slot instead of a trigger, [`capture`]
+//! appends what the slot decodes to the same log, after the writers' commits.
 //!
 //! Beside that path: [`access`] is the gate every client passes (slots, token,
 //! topic limits, the `rowcast.authorize` policy) built on [`auth`] and
@@ -52,6 +54,7 @@ pub mod snapshot;
 pub(crate) mod access;
 pub(crate) mod api_error;
 pub(crate) mod budget;
+pub(crate) mod capture;
 pub(crate) mod change;
 pub(crate) mod changelog;
 pub(crate) mod commit_probe;

@@ -80,6 +80,13 @@ pub(crate) struct Metrics {
     pub source_idle_poll_hits: IntCounter,
     /// The source's estimate of a commit's time (`commit_probe`).
     pub source_commit_seconds: Gauge,
+    /// 1 on the node streaming the capture slot (`capture`), 0 elsewhere.
+    pub capture_active: IntGauge,
+    /// Changes the slot decoded that the capturer appended to the log.
+    pub capture_changes: IntCounter,
+    /// Slot-captured rows skipped because their event function failed or the
+    /// log refused their event (each also a WARNING in PostgreSQL's log).
+    pub capture_skipped: IntCounter,
     pub slow_consumer_drops: IntCounterVec,
     pub lag_recoveries: IntCounter,
     pub catchup_reads: IntCounterVec,
@@ -199,6 +206,18 @@ impl Metrics {
             "rowcast_source_idle_poll_hits_total",
             "Idle safety reads that found changes no NOTIFY announced",
         )?;
+        let capture_active = IntGauge::new(
+            "rowcast_capture_active",
+            "1 while this node streams the capture slot (tables captured by the slot), else 0",
+        )?;
+        let capture_changes = IntCounter::new(
+            "rowcast_capture_changes_total",
+            "Changes decoded by the capture slot and appended to the change log by this node",
+        )?;
+        let capture_skipped = IntCounter::new(
+            "rowcast_capture_skipped_total",
+            "Slot-captured rows skipped: their event function failed or the log refused the event",
+        )?;
         let source_commit_seconds = Gauge::new(
             "rowcast_source_commit_seconds",
             "How long a commit takes on the database, as the source probes it while rings come (0: not probed yet)",
@@ -250,6 +269,9 @@ impl Metrics {
         registry.register(Box::new(source_batch_seconds.clone()))?;
         registry.register(Box::new(source_reconnects.clone()))?;
         registry.register(Box::new(source_idle_poll_hits.clone()))?;
+        registry.register(Box::new(capture_active.clone()))?;
+        registry.register(Box::new(capture_changes.clone()))?;
+        registry.register(Box::new(capture_skipped.clone()))?;
         registry.register(Box::new(source_notifications.clone()))?;
         registry.register(Box::new(source_commit_seconds.clone()))?;
         registry.register(Box::new(slow_consumer_drops.clone()))?;
@@ -405,6 +427,9 @@ impl Metrics {
             source_notifications,
             source_idle_poll_hits,
             source_commit_seconds,
+            capture_active,
+            capture_changes,
+            capture_skipped,
             slow_consumer_drops,
             lag_recoveries,
             catchup_reads,

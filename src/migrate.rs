@@ -35,6 +35,7 @@ pub const CORE: &[(&str, &str)] = &[
         "012_socketio_rooms",
         include_str!("../sql/012_socketio_rooms.sql"),
     ),
+    ("013_capture", include_str!("../sql/013_capture.sql")),
 ];
 
 /// The FR-021 farmers-market reference schema (`market.*`), its triggers and
@@ -72,11 +73,16 @@ pub const MARKET: &[(&str, &str)] = &[
         "market/008_lean_capture",
         include_str!("../sql/market/008_lean_capture.sql"),
     ),
+    (
+        "market/009_capture_events",
+        include_str!("../sql/market/009_capture_events.sql"),
+    ),
 ];
 
 /// The advisory key that makes concurrent migrations wait for each other.
 /// rowcast's keys are 7305280317090915 (the doorbell key), ...916 (the bell
-/// key, `sql/010_bell_lock.sql`), ...917 (retention) and this one. Until
+/// key, `sql/010_bell_lock.sql`), ...917 (retention), this one and ...919
+/// (the capturer, `capture`). Until
 /// 2026-11-26 migrations took ...916, which `010_bell_lock` then chose for
 /// the bell key: every sleeping node holds it shared, so `rowcast migrate`
 /// (and `serve --migrate` on a second node) waited for as long as any node

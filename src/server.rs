@@ -158,6 +158,11 @@ impl Server {
         );
         let mut tasks = vec![
             tokio::spawn(source.run(shutdown.subscribe())),
+            tokio::spawn(crate::capture::run(
+                cfg.database_url.clone(),
+                metrics.clone(),
+                shutdown.subscribe(),
+            )),
             tokio::spawn(Arc::clone(&presence).sweep_loop(shutdown.subscribe())),
             tokio::spawn(crate::retention::run(
                 pool,

@@ -67,7 +67,7 @@ use crate::snapshot::Snapshot;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
-use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio_postgres::Client;
 
 /// Changes at least this close together on average, in busy pauses, are
 /// flowing (step 1 of the cycle): reading every busy pause is then cheaper
@@ -201,13 +201,16 @@ impl Source {
     /// One connected stretch; returns Ok on shutdown, Err when the database went away.
     async fn session(&mut self, shutdown: &mut Shutdown) -> Result<()> {
         let bell = Arc::new(Notify::new());
-        let (client, lost) = connect(
+        let (client, lost) = crate::db::dedicated(
             &self.cfg.database_url,
-            Some((Arc::clone(&bell), self.metrics.source_notifications.clone())),
+            Some((
+                Arc::clone(&bell),
+                Some(self.metrics.source_notifications.clone()),
+            )),
         )
         .await?;
         client.batch_execute("LISTEN rowcast").await?;
-        let (arm_client, arm_lost) = connect(&self.cfg.database_url, None).await?;
+        let (arm_client, arm_lost) = crate::db::dedicated(&self.cfg.database_url, None).await?;
         arm_client
             .batch_execute("SET synchronous_commit = off; SET application_name = 'rowcast-arm'")
             .await?;
@@ -228,7 +231,9 @@ impl Source {
             .await?;
         let mut doorbell = Doorbell::prepare(&client, &arm_client).await?;
         let arm_client = Arc::new(arm_client);
-        let stmt = client.prepare(&changelog::sql(false)).await?;
+        let origin_tx = changelog::has_origin_tx(&client).await?;
+        self.hub.set_origin_tx(origin_tx);
+        let stmt = client.prepare(&changelog::sql(false, origin_tx)).await?;
         if self.position.is_none() {
             let row = client
                 .query_one("SELECT pg_current_snapshot()::text", &[])
@@ -563,41 +568,6 @@ impl Pace {
 struct OpenBatch {
     from: Cursor,
     upto: Snapshot,
-}
-
-/// Connects and drives the connection in a task. Notifications ring `bell`.
-/// The returned future completes when the connection ends.
-async fn connect(
-    url: &str,
-    bell: Option<(Arc<Notify>, prometheus::IntCounter)>,
-) -> Result<(Client, impl std::future::Future<Output = ()>)> {
-    let (client, mut conn) = tokio_postgres::connect(url, NoTls).await?;
-    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        loop {
-            match futures::future::poll_fn(|cx| conn.poll_message(cx)).await {
-                Some(Ok(AsyncMessage::Notification(_))) => {
-                    if let Some((b, count)) = &bell {
-                        count.inc();
-                        b.notify_one();
-                    }
-                }
-                Some(Ok(AsyncMessage::Notice(n))) => {
-                    tracing::debug!(notice = %n.message(), "postgres notice");
-                }
-                Some(Ok(_)) => {}
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "source connection error");
-                    break;
-                }
-                None => break,
-            }
-        }
-        let _ = done_tx.send(());
-    });
-    Ok((client, async move {
-        let _ = done_rx.await;
-    }))
 }
 
 #[cfg(test)]

@@ -8,6 +8,8 @@ mod common;
 
 #[path = "suites/browser.rs"]
 mod browser;
+#[path = "suites/capture.rs"]
+mod capture;
 #[path = "suites/carts.rs"]
 mod carts;
 #[path = "suites/core.rs"]

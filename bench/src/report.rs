@@ -287,6 +287,13 @@ impl Report {
                     met: rc >= 2.0 * notify,
                 });
             }
+            if let (Some(none), Some(rc)) = (tps("no_trigger", 16), tps("rowcast_slot", 16)) {
+                checks.push(Check {
+                    target: "16 writers: captured by the slot >= 75% of no trigger".into(),
+                    measured: format!("{:.0}%", 100.0 * rc / none.max(1e-9)),
+                    met: rc >= 0.75 * none,
+                });
+            }
             if let (Some(none), Some(rc)) = (tps("no_trigger", 1), tps("rowcast", 1)) {
                 checks.push(Check {
                     target: "1 writer: rowcast >= 85% of no trigger".into(),

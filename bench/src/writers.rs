@@ -147,7 +147,21 @@ pub struct WritePathRow {
     pub rounds_tps: Vec<f64>,
 }
 
-pub const VARIANTS: [&str; 3] = ["no_trigger", "pg_notify_per_row", "rowcast"];
+pub const VARIANTS: [&str; 4] = ["no_trigger", "pg_notify_per_row", "rowcast", "rowcast_slot"];
+
+/// `rowcast_slot`: the products captured by the slot instead of the trigger
+/// (`rowcast.capture_by_slot`, sql/013_capture.sql; the server under test
+/// appends what the slot decodes). Measured only where the database has it
+/// (a server build with `013_capture`, and `wal_level = logical`).
+const SLOT_AVAILABLE: &str =
+    "SELECT to_regprocedure('rowcast.capture_by_slot(regclass, regprocedure, name)') IS NOT NULL
+       AND current_setting('wal_level') = 'logical'";
+const TO_SLOT: &str = "SELECT rowcast.capture_by_slot('market.products',
+    'market.products_event(text, market.products, market.products)', 'products_changed')";
+/// Back to the trigger (waiting up to 5 minutes for the capturer to append
+/// what the slot decoded), when the products are captured by the slot.
+const FROM_SLOT: &str = "SELECT rowcast.capture_by_trigger('market.products', '5 minutes')
+  FROM rowcast.captured WHERE relid = 'market.products'::regclass AND by_slot";
 
 /// The channel [`NOTIFY_TRIGGER`] notifies on.
 pub const NOTIFY_CHANNEL: &str = "bench_row";
@@ -182,6 +196,8 @@ fn toggle(variant: &str) -> &'static str {
             "ALTER TABLE market.products DISABLE TRIGGER products_changed, ENABLE TRIGGER bench_notify,
                                          DISABLE TRIGGER products_reconcile_carts"
         }
+        // rowcast_slot: the slot variant switches after this (the trigger
+        // on, then `capture_by_slot` turns it off)
         _ => {
             "ALTER TABLE market.products ENABLE TRIGGER products_changed, DISABLE TRIGGER bench_notify,
                                          DISABLE TRIGGER products_reconcile_carts"
@@ -210,13 +226,25 @@ pub async fn write_path(
         .batch_execute(&format!("LISTEN {NOTIFY_CHANNEL}"))
         .await?;
     let mut rows = Vec::new();
+    let slot: bool = admin.query_one(SLOT_AVAILABLE, &[]).await?.get(0);
+    let variants: Vec<&str> = VARIANTS
+        .iter()
+        .copied()
+        .filter(|v| slot || *v != "rowcast_slot")
+        .collect();
     let result = async {
         for &w in writer_counts {
             let writers = Writers::connect(url, w, BUMP_QUANTITY).await?;
-            let mut runs: Vec<Vec<(u64, f64)>> = vec![Vec::new(); VARIANTS.len()];
+            let mut runs: Vec<Vec<(u64, f64)>> = vec![Vec::new(); variants.len()];
             for _ in 0..rounds.max(1) {
-                for (v, variant) in VARIANTS.iter().enumerate() {
+                for (v, variant) in variants.iter().enumerate() {
+                    if slot {
+                        admin.batch_execute(FROM_SLOT).await?;
+                    }
                     admin.batch_execute(toggle(variant)).await?;
+                    if *variant == "rowcast_slot" {
+                        admin.batch_execute(TO_SLOT).await?;
+                    }
                     admin.batch_execute("CHECKPOINT").await?;
                     // warm-up: caches, plans, the source's first drain
                     writers
@@ -229,7 +257,7 @@ pub async fn write_path(
                     runs[v].push((n, secs));
                 }
             }
-            for (v, variant) in VARIANTS.iter().enumerate() {
+            for (v, variant) in variants.iter().enumerate() {
                 let mut r = runs[v].clone();
                 r.sort_by(|a, b| {
                     (a.0 as f64 / a.1.max(1e-9)).total_cmp(&(b.0 as f64 / b.1.max(1e-9)))
@@ -253,6 +281,16 @@ pub async fn write_path(
         Ok::<(), BenchError>(())
     }
     .await;
+    if slot {
+        // back to the trigger, and no slot left behind to retain WAL
+        admin.batch_execute(FROM_SLOT).await?;
+        admin
+            .batch_execute(
+                "SELECT rowcast.capture_release() FROM pg_replication_slots
+                  WHERE slot_name = rowcast.capture_slot()",
+            )
+            .await?;
+    }
     let restore = admin
         .batch_execute(
             "ALTER TABLE market.products ENABLE TRIGGER products_changed,

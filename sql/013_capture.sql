@@ -1,0 +1,236 @@
+-- Capture by a logical replication slot (issue #16; docs/logical-source.md).
+--
+-- A table's changes reach the log one of two ways, never both:
+--   * by its trigger (the default): the trigger calls rowcast.emit in the
+--     writer's transaction;
+--   * by the slot: the writer's transaction captures nothing; PostgreSQL
+--     decodes the change from the WAL (pgoutput, the publication `rowcast`)
+--     and one rowcast node, the capturer (src/capture.rs), appends it to the
+--     log after the commit, through the table's event function, in batches.
+-- The event function is the table's one description of its events, used by
+-- both ways: fn(op text, old <table>, new <table>) RETURNS rowcast.event
+-- (NULL: no event for this change; op is INSERT, UPDATE or DELETE; old is
+-- NULL for an INSERT, new for a DELETE).
+--
+-- rowcast.capture_by_slot switches a table to the slot in one transaction:
+-- it disables the table's capture trigger (which waits for the table's
+-- writers in progress), adds the table to the publication and records it.
+-- The decoder sees the publication as of each change's place in the WAL, so
+-- a change committed before the switch was the trigger's and is not decoded,
+-- and one committed after it is decoded and has no trigger: each change is
+-- captured exactly once. rowcast.capture_by_trigger switches back the same way.
+
+CREATE TYPE rowcast.event AS (topics text[], event text, payload jsonb, entity text);
+
+-- A row the capturer appended names its writer's transaction here (its own
+-- xid is the capturer's, which the cursor needs): every change reaches
+-- clients with its writer's `tx`, however it was captured. NULL: the row's
+-- own xid. (emitted_at of such a row is its writer's commit time.)
+ALTER TABLE rowcast.changes ADD COLUMN tx xid8;
+
+-- The publication exists before any slot: the decoder looks it up as of
+-- each decoded transaction, and one that committed before the publication
+-- existed would stop the slot for good ("publication does not exist").
+-- Empty until a table is captured by the slot.
+CREATE PUBLICATION rowcast;
+
+-- Every table ever switched to the slot. `by_slot` false: switched back; the
+-- row stays, since the capturer may still be appending changes the slot
+-- decoded before the switch back (up to `released_at`).
+CREATE TABLE rowcast.captured (
+    relid        regclass PRIMARY KEY,
+    event_fn     regprocedure NOT NULL,
+    trigger_name name NOT NULL,
+    by_slot      boolean NOT NULL,
+    released_at  pg_lsn
+);
+
+-- The end of the last decoded transaction the capturer appended, written in
+-- the same transaction as the append. The slot is told only after that
+-- commits, so after a crash the slot may send transactions again: the
+-- capturer skips those that end at or before this position.
+CREATE TABLE rowcast.capture_state (
+    id  int PRIMARY KEY CHECK (id = 1),
+    lsn pg_lsn NOT NULL
+);
+INSERT INTO rowcast.capture_state VALUES (1, '0/0');
+
+-- Slots are named per cluster, publications per database: the slot is this
+-- database's, named by its oid.
+CREATE FUNCTION rowcast.capture_slot() RETURNS name
+LANGUAGE sql STABLE AS $$
+    SELECT ('rowcast_' || oid)::name FROM pg_database WHERE datname = current_database()
+$$;
+
+CREATE FUNCTION rowcast.capture_by_slot(tbl regclass, event_fn regprocedure, trigger_name name)
+RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    rowtype regtype := (SELECT c.reltype FROM pg_class c WHERE c.oid = tbl)::regtype;
+    fn pg_proc;
+BEGIN
+    IF current_setting('wal_level') <> 'logical' THEN
+        RAISE EXCEPTION 'rowcast.capture_by_slot: wal_level is %, a slot needs logical',
+            current_setting('wal_level')
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'set wal_level = logical in postgresql.conf and restart PostgreSQL';
+    END IF;
+    SELECT * INTO fn FROM pg_proc p WHERE p.oid = event_fn;
+    IF fn.pronargs <> 3 OR fn.proargtypes[0] <> 'text'::regtype OR fn.proargtypes[1] <> rowtype
+       OR fn.proargtypes[2] <> rowtype OR fn.prorettype <> 'rowcast.event'::regtype OR fn.proretset THEN
+        RAISE EXCEPTION 'rowcast.capture_by_slot: % must be (op text, old %, new %) RETURNS rowcast.event',
+            event_fn, rowtype, rowtype
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger t
+                   WHERE t.tgrelid = tbl AND t.tgname = trigger_name AND NOT t.tgisinternal) THEN
+        RAISE EXCEPTION 'rowcast.capture_by_slot: % has no trigger %', tbl, trigger_name
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF EXISTS (SELECT 1 FROM rowcast.captured c WHERE c.relid = tbl AND c.by_slot) THEN
+        RAISE EXCEPTION 'rowcast.capture_by_slot: % is captured by the slot already', tbl
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- the slot first: PostgreSQL creates one only before a transaction writes
+    IF NOT EXISTS (SELECT 1 FROM pg_replication_slots s WHERE s.slot_name = rowcast.capture_slot()) THEN
+        PERFORM pg_create_logical_replication_slot(rowcast.capture_slot(), 'pgoutput');
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_publication p WHERE p.pubname = 'rowcast') THEN
+        RAISE EXCEPTION 'rowcast.capture_by_slot: the publication rowcast is missing'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'CREATE PUBLICATION rowcast, then drop the slot rowcast.capture_slot() names if it exists, then try again';
+    END IF;
+    EXECUTE format('ALTER TABLE %s DISABLE TRIGGER %I', tbl, trigger_name);
+    EXECUTE format('ALTER TABLE %s REPLICA IDENTITY FULL', tbl);
+    EXECUTE format('ALTER PUBLICATION rowcast ADD TABLE %s', tbl);
+    INSERT INTO rowcast.captured AS c VALUES (tbl, event_fn, trigger_name, true, NULL)
+    ON CONFLICT (relid) DO UPDATE
+        SET event_fn = excluded.event_fn, trigger_name = excluded.trigger_name,
+            by_slot = true, released_at = NULL;
+    -- wakes the nodes, which otherwise look for the slot once a minute
+    PERFORM pg_notify('rowcast_capture', '');
+END
+$$;
+
+-- Switching back must not let a change the trigger captures reach the log
+-- before one the slot captured earlier (the capturer appends after the
+-- commit): with the table's writers held off by the trigger change's lock,
+-- it marks the WAL with a logical message, which the capturer answers once
+-- it has appended every transaction before it, by moving
+-- capture_state.lsn to the mark; only then does this commit. Without a
+-- capturer keeping up it gives up after `wait` and changes nothing.
+CREATE FUNCTION rowcast.capture_by_trigger(tbl regclass, wait interval DEFAULT '30 seconds')
+RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    t name;
+    mark pg_lsn;
+    deadline timestamptz := clock_timestamp() + wait;
+BEGIN
+    SELECT c.trigger_name INTO t FROM rowcast.captured c WHERE c.relid = tbl AND c.by_slot
+    FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'rowcast.capture_by_trigger: % is not captured by the slot', tbl
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    EXECUTE format('ALTER TABLE %s ENABLE TRIGGER %I', tbl, t);
+    EXECUTE format('ALTER PUBLICATION rowcast DROP TABLE %s', tbl);
+    mark := pg_logical_emit_message(false, 'rowcast.mark', '');
+    WHILE (SELECT s.lsn FROM rowcast.capture_state s WHERE s.id = 1) < mark LOOP
+        IF clock_timestamp() > deadline THEN
+            RAISE EXCEPTION 'rowcast.capture_by_trigger: no rowcast node appended what the slot captured of % within %; nothing changed', tbl, wait
+                USING ERRCODE = 'lock_not_available',
+                      HINT = 'run a rowcast node (serve) against this database, then try again';
+        END IF;
+        PERFORM pg_sleep(0.01);
+    END LOOP;
+    UPDATE rowcast.captured SET by_slot = false, released_at = mark WHERE relid = tbl;
+END
+$$;
+
+-- Drops the slot once no table is captured by it and the capturer has
+-- appended everything the slot decoded; ends the capturer's stream.
+CREATE FUNCTION rowcast.capture_release() RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    slot name := rowcast.capture_slot();
+    pending pg_lsn;
+BEGIN
+    IF EXISTS (SELECT 1 FROM rowcast.captured WHERE by_slot) THEN
+        RAISE EXCEPTION 'rowcast.capture_release: tables are still captured by the slot: %',
+            (SELECT string_agg(relid::text, ', ') FROM rowcast.captured WHERE by_slot)
+            USING ERRCODE = 'object_in_use',
+                  HINT = 'switch each back with rowcast.capture_by_trigger first';
+    END IF;
+    SELECT max(released_at) INTO pending FROM rowcast.captured;
+    IF pending > (SELECT lsn FROM rowcast.capture_state) THEN
+        RAISE EXCEPTION 'rowcast.capture_release: the capturer has not yet appended every change the slot decoded (up to %)', pending
+            USING ERRCODE = 'object_in_use', HINT = 'try again once a rowcast node has caught up';
+    END IF;
+    -- ends the capturer's stream and waits (up to 10 s) for it to let go
+    PERFORM pg_terminate_backend(s.active_pid, 10000) FROM pg_replication_slots s
+    WHERE s.slot_name = slot AND s.active_pid IS NOT NULL;
+    PERFORM pg_drop_replication_slot(slot) FROM pg_replication_slots s WHERE s.slot_name = slot;
+END
+$$;
+
+-- The capturer's append of one table's decoded rows, in the order given
+-- (their commit order): each row through the table's event function, rows
+-- whose function returns NULL skipped. Rows are pgoutput's text values as
+-- JSON objects (`olds` NULL for an INSERT, `news` for a DELETE); `xids` their
+-- writers' 32-bit transaction ids (as decoding gives them, widened to xid8
+-- here), `commit_us` their commit times (µs since 2000-01-01, PostgreSQL's
+-- epoch). A row whose
+-- event function raises, or whose event the log refuses (changes_deliverable),
+-- is skipped with a warning and counted in the result: its writer committed
+-- long ago, and one bad row must not stop every later change.
+CREATE FUNCTION rowcast.capture_append(tbl regclass, ops text[], olds jsonb[], news jsonb[],
+                                       xids bigint[], commit_us bigint[])
+RETURNS int
+LANGUAGE plpgsql AS $$
+DECLARE
+    fn text;
+    stmt text;
+    skipped int := 0;
+BEGIN
+    SELECT format('%I.%I', n.nspname, p.proname) INTO fn
+    FROM rowcast.captured c JOIN pg_proc p ON p.oid = c.event_fn
+    JOIN pg_namespace n ON n.oid = p.pronamespace
+    WHERE c.relid = tbl;
+    IF fn IS NULL THEN
+        RAISE EXCEPTION 'rowcast.capture_append: % was never captured by the slot', tbl;
+    END IF;
+    -- a 32-bit xid is in the current epoch, or the previous one when it is
+    -- above the current xid's low half (decoding lags, never leads)
+    stmt := format(
+        'INSERT INTO rowcast.changes (topics, event, payload, entity, tx, emitted_at)
+         SELECT coalesce((s.e).topics, ''{}''), coalesce((s.e).event, ''''),
+                coalesce((s.e).payload, ''null''), nullif((s.e).entity, ''''),
+                ((((s.now >> 32) - (s.x > (s.now & 4294967295))::int) << 32) | s.x)::text::xid8,
+                ''2000-01-01 00:00:00+00''::timestamptz + s.us * interval ''1 microsecond''
+         FROM (SELECT %s(t.op,
+                         CASE WHEN t.o IS NOT NULL THEN jsonb_populate_record(NULL::%s, t.o) END,
+                         CASE WHEN t.n IS NOT NULL THEN jsonb_populate_record(NULL::%s, t.n) END) AS e,
+                      t.x, t.us, t.i, pg_current_xact_id()::text::bigint AS now
+               FROM unnest($1, $2, $3, $4, $5) WITH ORDINALITY AS t(op, o, n, x, us, i)) s
+         WHERE (s.e).event IS NOT NULL OR (s.e).topics IS NOT NULL
+         ORDER BY s.i',
+        fn, tbl, tbl);
+    BEGIN
+        EXECUTE stmt USING ops, olds, news, xids, commit_us;
+        RETURN 0;
+    EXCEPTION WHEN OTHERS THEN
+        NULL;  -- one by one below, to find the bad rows
+    END;
+    FOR i IN 1 .. coalesce(cardinality(ops), 0) LOOP
+        BEGIN
+            EXECUTE stmt USING ops[i:i], olds[i:i], news[i:i], xids[i:i], commit_us[i:i];
+        EXCEPTION WHEN OTHERS THEN
+            skipped := skipped + 1;
+            RAISE WARNING 'rowcast: a change of % captured by the slot was skipped: %', tbl, SQLERRM
+                USING DETAIL = format('op %s, old %s, new %s', ops[i], olds[i], news[i]);
+        END;
+    END LOOP;
+    RETURN skipped;
+END
+$$;

@@ -1,0 +1,452 @@
+//! The capturer: appends the changes a logical replication slot decodes to
+//! the change log, for tables captured by the slot instead of a trigger.
+//!
+//! A table is switched with `rowcast.capture_by_slot` (`sql/013_capture.sql`,
+//! which states why each change is captured exactly once, by the trigger or
+//! by the slot). Its writers' transactions then capture nothing; PostgreSQL
+//! decodes their changes from the WAL (pgoutput, publication `rowcast`), and
+//! this module puts them in the log, through the table's event function, so
+//! that everything downstream of the log (`source`, cursors, resume, every
+//! transport) is unchanged.
+//!
+//! # Contract
+//! - **One capturer.** Every node runs this loop; while the database has the
+//!   slot, the node holding a session advisory lock (`CAPTURE_KEY`) on its
+//!   control connection streams it, and the others try the lock every
+//!   `STANDBY_EVERY`. Without a slot a node looks for one every
+//!   `LOOK_EVERY`, and at once when `capture_by_slot` notifies. A slot
+//!   admits one stream at a time: a node that takes the lock while the
+//!   previous holder's stream is still closing retries.
+//! - **Commit order.** The slot sends transactions in commit order; they are
+//!   appended in that order, one `rowcast.capture_append` per run of one
+//!   table's rows, inside one transaction per batch. Slot-captured changes
+//!   therefore take their place in the log when their batch commits, shortly
+//!   after their writers' commits, each transaction's changes together.
+//! - **Exactly once.** The batch's transaction also moves
+//!   `rowcast.capture_state.lsn` to the end of its last transaction; only
+//!   after it commits is the slot told (`update_applied_lsn`). A crash in
+//!   between makes the slot send those transactions again, and every
+//!   transaction ending at or before `capture_state.lsn` is skipped.
+//! - **Batching.** A batch is appended as soon as the stream has nothing more
+//!   ready, or at `MAX_BATCH` rows: at low rates one commit per change, under
+//!   load one per many (like a group commit), with no timer to wait for.
+//! - **A bad row** (its event function raises, or the log refuses its event)
+//!   is skipped with a warning and counted (`rowcast_capture_skipped_total`):
+//!   its writer committed long ago, and retrying it for ever would stop every
+//!   later change.
+//! - **Failures.** Any error drops the stream and the control connection
+//!   (which releases the lock); the loop starts over from the slot after
+//!   `BACKOFF`. Nothing is confirmed to the slot that is not in the log, so
+//!   nothing is lost.
+
+mod pgoutput;
+
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::shutdown::Shutdown;
+use futures::FutureExt;
+use pgoutput::{Message, Relation, Value};
+use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio_postgres::error::SqlState;
+
+/// The capturer's lock (`migrate` lists every advisory key rowcast takes).
+const CAPTURE_KEY: i64 = 7_305_280_317_090_919;
+/// How often a node that is not capturing tries the lock while the slot
+/// exists (how soon another node takes over), ...
+const STANDBY_EVERY: Duration = Duration::from_secs(2);
+/// ... and looks for the slot when there is none (`capture_by_slot` also
+/// wakes every node at once, with a NOTIFY on `rowcast_capture`).
+const LOOK_EVERY: Duration = Duration::from_secs(60);
+/// After an error, before starting over.
+const BACKOFF: Duration = Duration::from_secs(1);
+/// Rows per batch at most.
+const MAX_BATCH: usize = 1000;
+/// How often the slot is told what the log holds (at most).
+const STATUS_EVERY: Duration = Duration::from_secs(1);
+/// The prefix of `rowcast.capture_by_trigger`'s logical message.
+const MARK: &str = "rowcast.mark";
+
+/// Runs until shutdown: captures while this node holds the lock.
+pub(crate) async fn run(database_url: String, metrics: Metrics, mut shutdown: Shutdown) {
+    loop {
+        match capture(&database_url, &metrics, &mut shutdown).await {
+            Ok(()) => return,
+            Err(e) => tracing::warn!(error = %e, "capture by the slot stopped; starting over"),
+        }
+        metrics.capture_active.set(0);
+        tokio::select! {
+            _ = tokio::time::sleep(BACKOFF) => {}
+            _ = shutdown.recv() => return,
+        }
+    }
+}
+
+/// Waits for the slot and the lock, then streams; returns at shutdown.
+async fn capture(url: &str, metrics: &Metrics, shutdown: &mut Shutdown) -> Result<()> {
+    let woken = Arc::new(Notify::new());
+    let (mut control, lost) = crate::db::dedicated(url, Some((Arc::clone(&woken), None))).await?;
+    let mut lost = std::pin::pin!(lost);
+    control.batch_execute("LISTEN rowcast_capture").await?;
+    let slot = loop {
+        let wait = match find_slot(&control).await? {
+            None => LOOK_EVERY,
+            Some(slot) => {
+                let locked: bool = control
+                    .query_one("SELECT pg_try_advisory_lock($1)", &[&CAPTURE_KEY])
+                    .await?
+                    .try_get(0)?;
+                if locked {
+                    break slot;
+                }
+                STANDBY_EVERY
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = woken.notified() => {}
+            _ = &mut lost => return Err(Error::ConnectionLost("capture")),
+            _ = shutdown.recv() => return Ok(()),
+        }
+    };
+    let appended: String = control
+        .query_one(
+            "SELECT lsn::text FROM rowcast.capture_state WHERE id = 1",
+            &[],
+        )
+        .await?
+        .try_get(0)?;
+    let appended = Lsn::parse(&appended)
+        .map_err(|e| Error::Invariant(format!("capture_state.lsn {appended:?}: {e}")))?;
+    let pg = crate::db::parse_url(url)?;
+    // from the slot's own position: after a crash between an append and its
+    // confirmation the slot sends those transactions again (skipped below)
+    let mut stream = ReplicationClient::connect(replication_config(&pg, &slot, Lsn::ZERO)?)
+        .await
+        .map_err(replication)?;
+    metrics.capture_active.set(1);
+    tracing::info!(slot, appended = %appended, "capturing by the slot");
+    let mut c = Capturer {
+        relations: HashMap::new(),
+        open: None,
+        pending: Vec::new(),
+        pending_end: appended,
+        appended,
+        marked: None,
+        metrics,
+    };
+    loop {
+        let ready = stream.recv().now_or_never();
+        let event = match ready {
+            Some(event) if c.pending.len() < MAX_BATCH => event,
+            ready => {
+                // nothing more ready (or the batch is full): append first
+                if !c.pending.is_empty() || c.marked.is_some() {
+                    c.flush(&mut control, &stream).await?;
+                }
+                match ready {
+                    Some(event) => event,
+                    None => tokio::select! {
+                        event = stream.recv() => event,
+                        _ = &mut lost => return Err(Error::ConnectionLost("capture")),
+                        _ = shutdown.recv() => {
+                            stream.stop();
+                            return Ok(());
+                        }
+                    },
+                }
+            }
+        };
+        match event.map_err(replication)? {
+            Some(event) => c.take(event, &stream)?,
+            None => return Err(Error::ConnectionLost("replication")),
+        }
+    }
+}
+
+/// This database's slot, if it exists (none on a database not migrated to
+/// `013_capture`).
+async fn find_slot(control: &tokio_postgres::Client) -> Result<Option<String>> {
+    match control
+        .query_opt(
+            "SELECT s.slot_name::text FROM pg_replication_slots s
+              WHERE s.slot_name = rowcast.capture_slot()",
+            &[],
+        )
+        .await
+    {
+        Err(e) if e.code() == Some(&SqlState::UNDEFINED_FUNCTION) => Ok(None),
+        r => Ok(match r? {
+            Some(row) => Some(row.try_get(0)?),
+            None => None,
+        }),
+    }
+}
+
+/// The stream's connection settings, from the database URL.
+fn replication_config(
+    pg: &tokio_postgres::Config,
+    slot: &str,
+    from: Lsn,
+) -> Result<ReplicationConfig> {
+    use tokio_postgres::config::Host;
+    let user = pg.get_user().unwrap_or("postgres");
+    let password = pg
+        .get_password()
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .unwrap_or_default();
+    let database = pg.get_dbname().unwrap_or(user);
+    let port = pg.get_ports().first().copied().unwrap_or(5432);
+    let cfg = match pg.get_hosts().first() {
+        Some(Host::Tcp(host)) => {
+            ReplicationConfig::new(host.as_str(), user, password, database, slot, "rowcast")
+                .with_port(port)
+        }
+        Some(Host::Unix(dir)) => ReplicationConfig::unix(
+            dir.to_string_lossy().into_owned(),
+            port,
+            user,
+            password,
+            database,
+            slot,
+            "rowcast",
+        ),
+        None => ReplicationConfig::new("localhost", user, password, database, slot, "rowcast")
+            .with_port(port),
+    };
+    Ok(cfg.with_start_lsn(from).with_status_interval(STATUS_EVERY))
+}
+
+fn replication(e: pgwire_replication::PgWireError) -> Error {
+    Error::Replication(e.to_string())
+}
+
+/// One decoded change, its rows as JSON objects of pgoutput's text values,
+/// with its transaction's id and commit time (from its Begin).
+struct Row {
+    relation: u32,
+    op: &'static str,
+    old: Option<String>,
+    new: Option<String>,
+    xid: u32,
+    commit_us: i64,
+}
+
+/// The transaction being received: its Begin's id and commit time, its rows.
+struct Open {
+    xid: u32,
+    commit_us: i64,
+    rows: Vec<Row>,
+}
+
+struct Capturer<'m> {
+    relations: HashMap<u32, Relation>,
+    /// The transaction being received (Begin seen, Commit not yet).
+    open: Option<Open>,
+    /// Committed transactions' rows not yet appended, in commit order.
+    pending: Vec<Row>,
+    /// The end of the last transaction received.
+    pending_end: Lsn,
+    /// The end of the last transaction in the log (`capture_state.lsn`).
+    appended: Lsn,
+    /// A mark received and not yet answered.
+    marked: Option<Lsn>,
+    metrics: &'m Metrics,
+}
+
+impl Capturer<'_> {
+    fn take(&mut self, event: ReplicationEvent, stream: &ReplicationClient) -> Result<()> {
+        match event {
+            ReplicationEvent::Begin {
+                xid,
+                commit_time_micros,
+                ..
+            } => {
+                self.open = Some(Open {
+                    xid,
+                    commit_us: commit_time_micros,
+                    rows: Vec::new(),
+                })
+            }
+            ReplicationEvent::XLogData { data, .. } => {
+                let m = pgoutput::decode(&data).map_err(|e| Error::Replication(e.to_string()))?;
+                match m {
+                    Message::Relation(r) => {
+                        self.relations.insert(r.id, r);
+                    }
+                    Message::Insert { relation, new } => {
+                        self.push(relation, "INSERT", None, Some(new))?
+                    }
+                    Message::Update { relation, old, new } => {
+                        self.push(relation, "UPDATE", old, Some(new))?
+                    }
+                    Message::Delete { relation, old } => {
+                        self.push(relation, "DELETE", Some(old), None)?
+                    }
+                    Message::Ignored(_) => {}
+                }
+            }
+            ReplicationEvent::Commit { end_lsn, .. } => {
+                let rows = self.open.take().map(|o| o.rows).unwrap_or_default();
+                if end_lsn <= self.appended {
+                    // appended before a restart: the slot sends it again
+                } else if rows.is_empty() && self.pending.is_empty() {
+                    stream.update_applied_lsn(end_lsn);
+                } else {
+                    self.pending.extend(rows);
+                    self.pending_end = end_lsn;
+                }
+            }
+            ReplicationEvent::Message { prefix, lsn, .. } if prefix == MARK => {
+                // `rowcast.capture_by_trigger` waits for the log to hold
+                // everything before its mark: append now, up to the mark
+                // (no transaction ends between the last one and it)
+                self.marked = Some(lsn);
+            }
+            // everything before a keepalive's position is received: with
+            // nothing held, the slot may let that WAL go
+            ReplicationEvent::KeepAlive { wal_end, .. }
+                if self.open.is_none() && self.pending.is_empty() && wal_end > self.appended =>
+            {
+                stream.update_applied_lsn(wal_end);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn push(
+        &mut self,
+        relation: u32,
+        op: &'static str,
+        old: Option<Vec<Value>>,
+        new: Option<Vec<Value>>,
+    ) -> Result<()> {
+        let rel = self.relations.get(&relation).ok_or_else(|| {
+            Error::Replication(format!(
+                "a change of relation {relation} before its description"
+            ))
+        })?;
+        let open = self
+            .open
+            .as_mut()
+            .ok_or_else(|| Error::Replication("a change outside a transaction".into()))?;
+        open.rows.push(Row {
+            relation,
+            op,
+            old: old.as_deref().map(|v| row_json(rel, v, None)),
+            new: new.as_deref().map(|v| row_json(rel, v, old.as_deref())),
+            xid: open.xid,
+            commit_us: open.commit_us,
+        });
+        Ok(())
+    }
+
+    /// Appends what is pending in one transaction, then tells the slot.
+    async fn flush(
+        &mut self,
+        control: &mut tokio_postgres::Client,
+        stream: &ReplicationClient,
+    ) -> Result<()> {
+        let end = self
+            .marked
+            .take()
+            .map_or(self.pending_end, |m| m.max(self.pending_end));
+        let tx = control.transaction().await?;
+        let mut skipped = 0i64;
+        for run in self.pending.chunk_by(|a, b| a.relation == b.relation) {
+            let ops: Vec<&str> = run.iter().map(|r| r.op).collect();
+            let olds: Vec<Option<&str>> = run.iter().map(|r| r.old.as_deref()).collect();
+            let news: Vec<Option<&str>> = run.iter().map(|r| r.new.as_deref()).collect();
+            let xids: Vec<i64> = run.iter().map(|r| i64::from(r.xid)).collect();
+            let commit_us: Vec<i64> = run.iter().map(|r| r.commit_us).collect();
+            let n: i32 = tx
+                .query_one(
+                    "SELECT rowcast.capture_append($1::oid::regclass, $2::text[],
+                                                   $3::text[]::jsonb[], $4::text[]::jsonb[],
+                                                   $5::int8[], $6::int8[])",
+                    &[&run[0].relation, &ops, &olds, &news, &xids, &commit_us],
+                )
+                .await?
+                .try_get(0)?;
+            skipped += i64::from(n);
+        }
+        tx.execute(
+            "UPDATE rowcast.capture_state SET lsn = $1::text::pg_lsn WHERE id = 1",
+            &[&end.to_pg_string()],
+        )
+        .await?;
+        // wakes every node's source, as a writer's ring would
+        tx.batch_execute("NOTIFY rowcast").await?;
+        tx.commit().await?;
+        crate::failpoints::hit("capture.appended").await?;
+        stream.update_applied_lsn(end);
+        self.appended = end;
+        let rows = self.pending.len() as u64;
+        self.metrics
+            .capture_changes
+            .inc_by(rows - skipped.max(0) as u64);
+        if skipped > 0 {
+            self.metrics.capture_skipped.inc_by(skipped as u64);
+            tracing::warn!(
+                skipped,
+                "rows captured by the slot were skipped (see the database log)"
+            );
+        }
+        self.pending.clear();
+        Ok(())
+    }
+}
+
+/// A row as a JSON object of its columns' text values (NULL as null); an
+/// unchanged TOASTed value taken from the old row, or left out.
+fn row_json(rel: &Relation, values: &[Value], old: Option<&[Value]>) -> String {
+    let mut m = serde_json::Map::with_capacity(values.len());
+    for (i, (col, v)) in rel.columns.iter().zip(values).enumerate() {
+        let v = match v {
+            Value::Null => serde_json::Value::Null,
+            Value::Text(s) => serde_json::Value::String(s.clone()),
+            Value::Unchanged => match old.and_then(|o| o.get(i)) {
+                Some(Value::Text(s)) => serde_json::Value::String(s.clone()),
+                _ => continue,
+            },
+        };
+        m.insert(col.clone(), v);
+    }
+    serde_json::Value::Object(m).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_row_is_an_object_of_text_values_with_unchanged_ones_from_the_old_row() {
+        let rel = Relation {
+            id: 1,
+            schema: "s".into(),
+            name: "t".into(),
+            columns: vec!["id".into(), "note".into(), "big".into(), "gone".into()],
+        };
+        let old = [
+            Value::Text("1".into()),
+            Value::Null,
+            Value::Text("long \"text\"".into()),
+            Value::Null,
+        ];
+        let new = [
+            Value::Text("1".into()),
+            Value::Text("é".into()),
+            Value::Unchanged,
+            Value::Unchanged,
+        ];
+        let v: serde_json::Value = serde_json::from_str(&row_json(&rel, &new, Some(&old))).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"id": "1", "note": "é", "big": "long \"text\""})
+        );
+    }
+}

@@ -1,0 +1,301 @@
+//! Tables captured by a logical replication slot instead of a trigger
+//! (`sql/013_capture.sql`, `src/capture.rs`): the same events, no capture in
+//! the writers' transactions, each change exactly once across the switches,
+//! in order, and across a capturer that stops between its append and its
+//! confirmation.
+//!
+//! Every test here uses its own database, and the slot is per database, so
+//! they run beside each other and beside the rest of the suite.
+
+use crate::common::*;
+use serde_json::json;
+
+const PRODUCTS: &str = "SELECT rowcast.capture_by_slot('market.products',
+    'market.products_event(text, market.products, market.products)', 'products_changed')";
+
+/// The transaction id a change was written by, as the log holds it.
+async fn log_xid_of(db: &tokio_postgres::Client, topic: &str, quantity: i64) -> i64 {
+    column_i64(
+        db,
+        &format!(
+            "SELECT xid::text::bigint FROM rowcast.changes
+              WHERE '{topic}' = ANY (topics) AND payload->>'newQuantity' = '{quantity}'"
+        ),
+    )
+    .await[0]
+}
+
+async fn set_quantity(db: &tokio_postgres::Client, product: i64, quantity: i64) -> i64 {
+    db.query_one(
+        "UPDATE market.products SET quantity = $2::bigint WHERE id = $1
+         RETURNING pg_current_xact_id()::text::bigint",
+        &[&product, &quantity],
+    )
+    .await
+    .expect("update")
+    .get(0)
+}
+
+/// A product's changes, before, during and after the slot captures it, reach
+/// a WebSocket client as the same `inventory.updated` events; while the slot
+/// captures, the writers' transactions write nothing to the log (the change
+/// is appended by another transaction), and the trigger is off; back on the
+/// trigger, writers capture again; a DELETE is no event either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_captured_by_the_slot_delivers_the_same_events_and_its_writers_capture_nothing() {
+    let url = fresh_db().await;
+    let db = connect(&url).await;
+    seed(&db, 1, 2).await;
+    let srv = server(&url).await;
+    let mut ws = WsClient::connect(&srv.base_url(), "topics=product-1,farm-1").await;
+    let writer = set_quantity(&db, 1, 11).await;
+    let by_trigger = next_event(&mut ws.rx).await;
+    assert_eq!(
+        log_xid_of(&db, "product-1", 11).await,
+        writer,
+        "in the writer's transaction"
+    );
+
+    db.batch_execute(PRODUCTS)
+        .await
+        .expect("capture by the slot");
+    let enabled =
+        "SELECT count(*) FROM pg_trigger WHERE tgname = 'products_changed' AND tgenabled = 'D'";
+    assert_eq!(column_i64(&db, enabled).await, [1], "the trigger is off");
+    let writer = set_quantity(&db, 1, 12).await;
+    let by_slot = next_event(&mut ws.rx).await;
+    assert_ne!(
+        log_xid_of(&db, "product-1", 12).await,
+        writer,
+        "appended after the writer"
+    );
+    assert_eq!(
+        by_slot.tx,
+        Some(writer.to_string()),
+        "the writer's tx, as by the trigger"
+    );
+    assert_eq!(
+        by_trigger.tx,
+        Some(log_xid_of(&db, "product-1", 11).await.to_string())
+    );
+    assert_eq!(by_slot.event, by_trigger.event);
+    assert_eq!(by_slot.topic, "product-1");
+    let data = &by_slot.data;
+    assert_eq!(
+        (
+            &data["productId"],
+            &data["newQuantity"],
+            &data["previousQuantity"],
+            &data["farmId"],
+            &data["unit"]
+        ),
+        (
+            &json!("1"),
+            &json!(12),
+            &json!(11),
+            &json!("1"),
+            &json!("lb")
+        )
+    );
+    assert!(data["timestamp"].as_i64().is_some(), "{data}");
+    let keys = |v: &serde_json::Value| {
+        let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        k.sort();
+        k
+    };
+    assert_eq!(keys(data), keys(&by_trigger.data));
+    // an INSERT is an event (previousQuantity null), a DELETE and an UPDATE of
+    // another column are none
+    db.batch_execute(
+        "INSERT INTO market.products (id, farm_id, name, unit, quantity) VALUES (3, 1, 'New', 'lb', 5);
+         UPDATE market.products SET name = 'Renamed' WHERE id = 1;
+         DELETE FROM market.products WHERE id = 3;
+         UPDATE market.products SET quantity = 13 WHERE id = 2;",
+    )
+    .await
+    .unwrap();
+    let got = events(&mut ws.rx, 2).await;
+    assert_eq!(
+        got.iter()
+            .map(|e| (
+                e.data["productId"].clone(),
+                e.data["previousQuantity"].clone()
+            ))
+            .collect::<Vec<_>>(),
+        [(json!("3"), json!(null)), (json!("2"), json!(20))]
+    );
+    assert!(srv.metrics().contains("rowcast_capture_active 1"));
+
+    db.batch_execute("SELECT rowcast.capture_by_trigger('market.products')")
+        .await
+        .expect("back to the trigger");
+    let writer = set_quantity(&db, 1, 14).await;
+    let back = next_event(&mut ws.rx).await;
+    assert_eq!(back.data["newQuantity"], json!(14));
+    assert_eq!(
+        log_xid_of(&db, "product-1", 14).await,
+        writer,
+        "in the writer's transaction again"
+    );
+    db.batch_execute("SELECT rowcast.capture_release()")
+        .await
+        .expect("release the slot");
+    let slots =
+        "SELECT count(*) FROM pg_replication_slots WHERE slot_name = rowcast.capture_slot()";
+    assert_eq!(column_i64(&db, slots).await, [0]);
+    srv.stop().await;
+}
+
+/// A writer updates one product 300 times, one transaction each, while the
+/// table is switched to the slot and back: the client receives all 300, once
+/// each, in order (the switch back waits until the log holds what the slot
+/// captured before it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switching_to_the_slot_and_back_under_a_writer_loses_nothing_and_keeps_the_order() {
+    let url = fresh_db().await;
+    let db = connect(&url).await;
+    seed(&db, 1, 1).await;
+    let srv = server(&url).await;
+    let mut ws = WsClient::connect(&srv.base_url(), "topics=product-1").await;
+    let writer = {
+        let url = url.clone();
+        tokio::spawn(async move {
+            let w = connect(&url).await;
+            for q in 1..=300i64 {
+                set_quantity(&w, 1, 100 + q).await;
+            }
+        })
+    };
+    let admin = connect(&url).await;
+    eventually_async("a third written", || async {
+        column_i64(
+            &admin,
+            "SELECT quantity::bigint FROM market.products WHERE id = 1",
+        )
+        .await[0]
+            > 200
+    })
+    .await;
+    admin.batch_execute(PRODUCTS).await.expect("to the slot");
+    eventually_async("two thirds written", || async {
+        column_i64(
+            &admin,
+            "SELECT quantity::bigint FROM market.products WHERE id = 1",
+        )
+        .await[0]
+            > 300
+    })
+    .await;
+    admin
+        .batch_execute("SELECT rowcast.capture_by_trigger('market.products')")
+        .await
+        .expect("back to the trigger");
+    writer.await.unwrap();
+    let got = events(&mut ws.rx, 300).await;
+    let quantities: Vec<i64> = got
+        .iter()
+        .map(|e| e.data["newQuantity"].as_i64().unwrap())
+        .collect();
+    assert_eq!(quantities, (101..=400).collect::<Vec<_>>());
+    let rows = column_i64(
+        &admin,
+        "SELECT count(*) FROM rowcast.changes
+          WHERE 'product-1' = ANY (topics) AND (payload->>'newQuantity')::int > 100",
+    )
+    .await;
+    assert_eq!(rows, [300], "one row per change in the log");
+    srv.stop().await;
+}
+
+/// The capturer fails after its append committed and before the slot was
+/// told: the slot sends those transactions again, and they are not appended
+/// twice; another node takes over when the capturing one stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_capturer_that_stops_between_append_and_confirm_duplicates_nothing() {
+    let url = fresh_db().await;
+    let db = connect(&url).await;
+    seed(&db, 1, 1).await;
+    db.batch_execute(PRODUCTS).await.expect("to the slot");
+    let a = server(&url).await;
+    let mut ws = WsClient::connect(&a.base_url(), "topics=product-1").await;
+    set_quantity(&db, 1, 1).await;
+    assert_eq!(next_event(&mut ws.rx).await.data["newQuantity"], json!(1));
+    rowcast::failpoints::fail("capture.appended", 1);
+    set_quantity(&db, 1, 2).await;
+    assert_eq!(next_event(&mut ws.rx).await.data["newQuantity"], json!(2));
+    eventually("the failpoint hit", || {
+        !rowcast::failpoints::armed("capture.appended")
+    })
+    .await;
+    // a second node; the first stops, and the second captures from then on
+    let b = server(&url).await;
+    let mut on_b = WsClient::connect(&b.base_url(), "topics=product-1").await;
+    a.stop().await;
+    for q in 3..=5 {
+        set_quantity(&db, 1, q).await;
+    }
+    let got = events(&mut on_b.rx, 3).await;
+    assert_eq!(
+        got.iter()
+            .map(|e| e.data["newQuantity"].clone())
+            .collect::<Vec<_>>(),
+        [json!(3), json!(4), json!(5)]
+    );
+    let rows = "SELECT (payload->>'newQuantity')::bigint FROM rowcast.changes
+                 WHERE 'product-1' = ANY (topics) AND event = 'inventory.updated'
+                   AND payload->>'previousQuantity' IS NOT NULL ORDER BY id";
+    assert_eq!(column_i64(&db, rows).await, [1, 2, 3, 4, 5], "each once");
+    b.stop().await;
+}
+
+/// Bad calls are refused with a clear error and change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capture_by_slot_refuses_what_it_cannot_capture() {
+    let url = fresh_db().await;
+    let db = connect(&url).await;
+    let err = |r: Result<(), tokio_postgres::Error>| {
+        r.expect_err("refused")
+            .as_db_error()
+            .map(|e| e.message().to_string())
+            .unwrap_or_default()
+    };
+    let wrong_fn = err(db
+        .batch_execute(
+            "SELECT rowcast.capture_by_slot('market.products',
+               'market.orders_event(text, market.orders, market.orders)', 'products_changed')",
+        )
+        .await);
+    assert!(
+        wrong_fn.contains("must be (op text, old market.products"),
+        "{wrong_fn}"
+    );
+    let no_trigger = err(db
+        .batch_execute(
+            "SELECT rowcast.capture_by_slot('market.products',
+               'market.products_event(text, market.products, market.products)', 'nope')",
+        )
+        .await);
+    assert!(no_trigger.contains("has no trigger nope"), "{no_trigger}");
+    let not_by_slot = err(db
+        .batch_execute("SELECT rowcast.capture_by_trigger('market.products')")
+        .await);
+    assert!(
+        not_by_slot.contains("is not captured by the slot"),
+        "{not_by_slot}"
+    );
+    // a transaction that wrote before cannot create the slot
+    let wrote_first = err(db
+        .batch_execute(&format!(
+            "BEGIN; UPDATE market.products SET quantity = 1 WHERE false; INSERT INTO market.farms (id, name, farmer_id) VALUES (99, 'x', 1); {PRODUCTS}; COMMIT"
+        ))
+        .await);
+    db.batch_execute("ROLLBACK").await.ok();
+    assert!(wrote_first.contains("performed writes"), "{wrote_first}");
+    let slots =
+        "SELECT count(*) FROM pg_replication_slots WHERE slot_name = rowcast.capture_slot()";
+    assert_eq!(column_i64(&db, slots).await, [0]);
+    assert_eq!(
+        column_i64(&db, "SELECT count(*) FROM rowcast.captured").await,
+        [0]
+    );
+}
