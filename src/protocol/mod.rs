@@ -110,7 +110,8 @@ pub enum ErrorCode {
     PayloadTooLarge,
     /// Market API: a body that is not `application/json`.
     UnsupportedMediaType,
-    /// Market API: a path it serves, with a method it does not.
+    /// A path the client port serves, with a method it does not (`POST
+    /// /v1/poll`; the market API's endpoints likewise).
     MethodNotAllowed,
     /// Market API: a path under `/api/` it does not serve.
     NotFound,
