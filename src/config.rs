@@ -111,8 +111,9 @@ pub struct ServerConfig {
     /// HTTP address for clients.
     #[arg(long, env = "ROWCAST_LISTEN", default_value = defaults::LISTEN)]
     pub listen: SocketAddr,
-    /// Serve /metrics (and /healthz, /readyz) on this address instead of the
-    /// client port (e.g. an internal interface, 10.0.0.5:9090).
+    /// Serve /metrics on this address instead of the client port (e.g. an
+    /// internal interface, 10.0.0.5:9090); /healthz and /readyz answer on
+    /// both.
     #[arg(long, env = "ROWCAST_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
     /// Apply migrations before serving.

@@ -19,7 +19,12 @@
 //!   `HEAD_MAX` bytes, and nothing pipelined behind it. Everything else
 //!   (other paths and methods, HTTP/1.0, HTTP/2's preface, a malformed or
 //!   oversized head) is hyper's, with its own limits and answers, exactly as
-//!   on a connection this module never saw.
+//!   on a connection this module never saw. Those answers are not rowcast's:
+//!   a head hyper cannot take (malformed, a bad `Content-Length`, a target
+//!   over 65,534 bytes, over 100 headers or about 400 KiB) gets hyper's 400,
+//!   414 or 431 with an empty body, the one kind of error answer that is not
+//!   JSON (README, "Limits and hostile input"); a head it takes goes to the
+//!   router, whose refusals are (a method a route does not take included).
 //! - The guarantees of hyper's path hold: the head must arrive within the
 //!   socket's idle deadline (`sockets`: shedding and the idle limit apply
 //!   while it is read), the same router answers (origin check, rejection

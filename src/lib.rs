@@ -17,7 +17,7 @@
 //!
 //! Beside that path: [`access`] is the gate every client passes (slots, token,
 //! topic limits, the `rowcast.authorize` policy) built on [`auth`] and
-//! [`limits`]; [`http`] and [`sockets`] bound what a connection may hold
+//! [`limits`], reading query strings with [`query`]; [`http`] and [`sockets`] bound what a connection may hold
 //! before it is admitted, and [`direct_http1`] answers SSE streams and long
 //! polls without hyper's per-connection buffers; [`budget`] bounds catch-up memory; [`retention`]
 //! prunes the log; [`metrics`] measures; [`config`] is every flag; [`server`]
@@ -67,6 +67,7 @@ pub(crate) mod hub;
 pub(crate) mod limits;
 pub(crate) mod metrics;
 pub(crate) mod presence;
+pub(crate) mod query;
 pub(crate) mod retention;
 pub(crate) mod shop;
 pub(crate) mod sockets;

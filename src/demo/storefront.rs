@@ -18,9 +18,8 @@
 
 use crate::api_error::{ApiError, ErrorCode};
 use crate::transport::App;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderValue};
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderValue, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -95,11 +94,8 @@ struct SessionQuery {
     farm: Option<String>,
 }
 
-async fn session(
-    State(app): State<Arc<App>>,
-    q: Result<Query<SessionQuery>, QueryRejection>,
-) -> Response {
-    match mint(&app, q.ok().map(|Query(q)| q)) {
+async fn session(State(app): State<Arc<App>>, uri: Uri) -> Response {
+    match crate::query::parse(&uri).and_then(|q| mint(&app, q)) {
         Ok(body) => {
             let mut r = body.to_string().into_response();
             r.headers_mut().insert(
@@ -115,8 +111,7 @@ async fn session(
 }
 
 /// Who the page is, and a token saying so.
-fn mint(app: &App, q: Option<SessionQuery>) -> Result<serde_json::Value, ApiError> {
-    let q = q.ok_or_else(|| ApiError::new(ErrorCode::BadQuery, "malformed query string"))?;
+fn mint(app: &App, q: SessionQuery) -> Result<serde_json::Value, ApiError> {
     let jwt = &app.cfg.jwt;
     let secret = jwt.secret.as_deref().ok_or_else(|| {
         ApiError::new(

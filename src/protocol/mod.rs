@@ -11,7 +11,10 @@ use thiserror::Error;
 /// Longest topic name accepted.
 pub const MAX_TOPIC_LEN: usize = 200;
 
-/// A WebSocket client message.
+/// A WebSocket client message: a JSON object with exactly the fields of its
+/// `type` (any other field, or any other JSON value, is `bad_message`). The
+/// variants without fields are empty structs, not unit variants: serde's
+/// `deny_unknown_fields` only applies to variants that have a struct.
 #[derive(Debug, Deserialize, PartialEq, Eq)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 pub enum ClientMessage {
@@ -26,9 +29,9 @@ pub enum ClientMessage {
     Unsubscribe {
         topics: Vec<String>,
     },
-    Ping,
+    Ping {},
     /// Presence: this (authenticated) user is active.
-    Activity,
+    Activity {},
     /// Identifies the connection when the client could not send a header or
     /// query token; accepted once, before the first subscription.
     Auth {
@@ -107,7 +110,8 @@ pub enum ErrorCode {
     PayloadTooLarge,
     /// Market API: a body that is not `application/json`.
     UnsupportedMediaType,
-    /// Market API: a path it serves, with a method it does not.
+    /// A path the client port serves, with a method it does not (`POST
+    /// /v1/poll`; the market API's endpoints likewise).
     MethodNotAllowed,
     /// Market API: a path under `/api/` it does not serve.
     NotFound,
@@ -242,8 +246,27 @@ impl ErrorCode {
     }
 }
 
+/// Parses a WebSocket text message (see `ClientMessage` for what is accepted).
 pub fn parse_client_message(text: &str) -> Result<ClientMessage, ProtocolError> {
+    if !is_json_object(text.as_bytes()) {
+        // serde reads an internally tagged enum from an array too
+        // (`["ping"]`, `["subscribe",["a"]]`): only an object is a message
+        return Err(ProtocolError::BadMessage(
+            "a message is a JSON object: {\"type\":...}".into(),
+        ));
+    }
     serde_json::from_str(text).map_err(|e| ProtocolError::BadMessage(e.to_string()))
+}
+
+/// Whether `text` starts (after JSON whitespace) as a JSON object does. Client
+/// JSON (WebSocket messages, market API bodies) must be an object: serde's
+/// derived structs and internally tagged enums also read arrays, by position,
+/// which no client is told it may send. Whether the rest is valid is the
+/// parser's to say.
+pub(crate) fn is_json_object(text: &[u8]) -> bool {
+    text.iter()
+        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+        .is_some_and(|b| *b == b'{')
 }
 
 /// Checks one topic name.
@@ -390,7 +413,11 @@ mod tests {
         );
         assert_eq!(
             parse_client_message(r#"{"type":"ping"}"#).unwrap(),
-            ClientMessage::Ping
+            ClientMessage::Ping {}
+        );
+        assert_eq!(
+            parse_client_message(r#" {"type":"activity"}"#).unwrap(),
+            ClientMessage::Activity {}
         );
         for bad in [
             "",
@@ -399,10 +426,38 @@ mod tests {
             r#"{"type":"nope"}"#,
             r#"{"type":"subscribe","topics":"a"}"#,
             r#"{"type":"subscribe","topics":[1]}"#,
+            "[1,2]",
         ] {
             assert_eq!(
                 parse_client_message(bad).unwrap_err().code(),
                 ErrorCode::BadMessage
+            );
+        }
+    }
+
+    /// Every message type refuses a field it does not have, the ones without
+    /// fields included; and no message can be sent as an array.
+    #[test]
+    fn unknown_fields_and_arrays_are_bad_messages() {
+        for bad in [
+            r#"{"type":"ping","x":1}"#,
+            r#"{"type":"ping","type2":null}"#,
+            r#"{"type":"activity","foo":1}"#,
+            r#"{"type":"subscribe","topics":["a"],"x":1}"#,
+            r#"{"type":"unsubscribe","topics":["a"],"x":1}"#,
+            r#"{"type":"auth","token":"t","x":1}"#,
+            r#"["ping"]"#,
+            r#"["activity"]"#,
+            r#"["subscribe",["a"]]"#,
+            r#"["unsubscribe",["a"]]"#,
+            r#"["auth","t"]"#,
+            r#" ["ping"]"#,
+            r#""ping""#,
+        ] {
+            assert_eq!(
+                parse_client_message(bad).unwrap_err().code(),
+                ErrorCode::BadMessage,
+                "{bad}"
             );
         }
     }

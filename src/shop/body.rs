@@ -1,6 +1,9 @@
 //! Request bodies of the market API: `application/json`, at most `MAX_BODY`
-//! bytes, read within `--header-timeout`, parsed strictly (unknown fields are
-//! refused, so a misspelt field is an error rather than silently ignored).
+//! bytes, read within `--header-timeout`, parsed strictly: a JSON object
+//! (serde would read a struct from an array too, by position: `["3",2]`
+//! is refused, not taken for `{"productId":"3","quantity":2}`) with exactly
+//! the endpoint's fields (unknown fields are refused, so a misspelt field is
+//! an error rather than silently ignored).
 //!
 //! Ids and quantities are checked for shape only; what they mean (does the
 //! product exist, is the quantity in range) is the database's to say.
@@ -12,6 +15,7 @@
 use super::caller::parse_id;
 use super::Shop;
 use crate::api_error::{ApiError, ErrorCode};
+use crate::protocol::is_json_object;
 use axum::extract::{FromRequest, Request};
 use axum::http::header;
 use bytes::BytesMut;
@@ -161,19 +165,29 @@ impl<T: DeserializeOwned> FromRequest<Arc<Shop>> for Json<T> {
         let buf = tokio::time::timeout(limit, read)
             .await
             .map_err(|_| bad_request("the body did not arrive within the header timeout"))??;
-        serde_json::from_slice(&buf).map(Json).map_err(|e| {
-            let mut m = format!("malformed JSON body: {e}");
-            if m.len() > MAX_MESSAGE {
-                let mut cut = MAX_MESSAGE;
-                while !m.is_char_boundary(cut) {
-                    cut -= 1;
-                }
-                m.truncate(cut);
-                m.push('…');
-            }
-            bad_request(m)
-        })
+        parse_object(&buf).map(Json)
     }
+}
+
+/// A body as `T`: a JSON object with `T`'s fields, else `bad_request`.
+fn parse_object<T: DeserializeOwned>(buf: &[u8]) -> Result<T, ApiError> {
+    if !buf.is_empty() && !is_json_object(buf) {
+        return Err(bad_request(
+            "the body must be a JSON object ({\"field\":value,...}), not an array or a bare value",
+        ));
+    }
+    serde_json::from_slice(buf).map_err(|e| {
+        let mut m = format!("malformed JSON body: {e}");
+        if m.len() > MAX_MESSAGE {
+            let mut cut = MAX_MESSAGE;
+            while !m.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            m.truncate(cut);
+            m.push('…');
+        }
+        bad_request(m)
+    })
 }
 
 #[cfg(test)]
@@ -248,6 +262,24 @@ mod tests {
                 "{extreme}"
             );
         }
+    }
+
+    #[test]
+    fn only_objects_are_bodies() {
+        for not_object in [r#"["3",2]"#, " [5]", "[77]", r#""quantity""#, "3", "null"] {
+            let Err(e) = parse_object::<SetQuantity>(not_object.as_bytes()) else {
+                panic!("{not_object}: accepted");
+            };
+            assert_eq!(e.code, ErrorCode::BadRequest, "{not_object}");
+            assert!(
+                e.message.contains("JSON object"),
+                "{not_object}: {}",
+                e.message
+            );
+            assert!(parse_object::<AddItem>(not_object.as_bytes()).is_err());
+        }
+        assert!(parse_object::<SetQuantity>(b"\n {\"quantity\":5}").is_ok());
+        assert!(parse_object::<SetQuantity>(b"").is_err());
     }
 
     #[test]

@@ -57,15 +57,7 @@ fn admit(parts: &Parts, shop: &Shop) -> Result<(Option<Identity>, ApiQuery), Api
             "too many market API requests from this client address; retry shortly",
         ));
     }
-    let q = match axum::extract::Query::<ApiQuery>::try_from_uri(&parts.uri) {
-        Ok(axum::extract::Query(q)) => q,
-        Err(e) => {
-            return Err(ApiError::new(
-                ErrorCode::BadQuery,
-                format!("malformed query string: {}", e.body_text()),
-            ))
-        }
-    };
+    let q: ApiQuery = crate::query::parse(&parts.uri)?;
     let identity = match request_token(&parts.headers, q.token.as_deref()) {
         None => None,
         Some(t) => Some(shop.app.gate.verify(t)?),

@@ -30,7 +30,7 @@ use crate::presence::Presence;
 use crate::shutdown::Shutdown;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use std::sync::Arc;
@@ -132,7 +132,9 @@ impl App {
 /// The client port: the three transports, health and readiness, the browser
 /// client (`/rowcast.js`), and `/metrics` unless it has a listener of its own;
 /// and `extra` routes (the market API, the demo storefront) under the same
-/// origin check and rejection counting.
+/// origin check and rejection counting. A route asked with a method it does
+/// not take answers 405 `method_not_allowed` in the JSON error shape (the
+/// market API says so in its own words), never axum's empty 405.
 pub(crate) fn router(app: Arc<App>, with_metrics: bool, extra: Option<Router<Arc<App>>>) -> Router {
     let mut api = Router::new()
         .route("/v1/ws", get(ws::handler))
@@ -150,7 +152,11 @@ pub(crate) fn router(app: Arc<App>, with_metrics: bool, extra: Option<Router<Arc
     if let Some(extra) = extra {
         api = api.merge(extra);
     }
-    let api = api.layer(edge::OriginCheck(Arc::clone(&app)));
+    // before the origin check, so that it still answers CORS preflights
+    // (`OPTIONS`) and refuses disallowed origins on these routes
+    let api = api
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(edge::OriginCheck(Arc::clone(&app)));
     let mut r = Router::new()
         .merge(api)
         .route("/healthz", get(|| async { "ok" }))
@@ -159,8 +165,18 @@ pub(crate) fn router(app: Arc<App>, with_metrics: bool, extra: Option<Router<Arc
     if with_metrics {
         r = r.route("/metrics", get(metrics));
     }
-    r.layer(edge::CountRejections(Arc::clone(&app)))
+    // the routes outside the origin check (a route's own fallback is kept)
+    r.method_not_allowed_fallback(method_not_allowed)
+        .layer(edge::CountRejections(Arc::clone(&app)))
         .with_state(app)
+}
+
+async fn method_not_allowed() -> Response {
+    ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        "this endpoint does not take this method (the streams take GET)",
+    )
+    .into_response()
 }
 
 /// `--metrics-listen`: metrics, health and readiness, nothing else.

@@ -2,9 +2,12 @@
 //! → `{"events":[...],"cursor":"C2"}`.
 //!
 //! Stateless: the cursor carries the position, so any node answers it. Without a
-//! cursor the answer has no events and the current position (or, with
-//! `snapshot=true`, the current state of the topics). `wait` (0–30 s) long-polls
-//! until at least one change arrives. A cursor that cannot be resumed answers
+//! cursor a poll starts at the current position (with `snapshot=true`, after
+//! the current state of the topics, answered at once if there is any).
+//! `wait` (0–30 s) long-polls: with nothing to answer yet, the poll waits for
+//! the first change and answers it with the cursor after it, or no events and
+//! the current position when the wait ends; so `wait=0` without a cursor is
+//! the starting point, and a wait without one may already bring live changes. A cursor that cannot be resumed answers
 //! 410 `{"error":"cursor_expired"}` (or `cursor_unknown` for a cursor of another
 //! database): re-fetch the state, then poll without a cursor.
 

@@ -52,14 +52,7 @@ async fn read_presence(
     req: &StreamRequest,
     uri: &axum::http::Uri,
 ) -> Result<Response, ApiError> {
-    let q = axum::extract::Query::<UsersQuery>::try_from_uri(uri)
-        .map_err(|e| {
-            ApiError::new(
-                ErrorCode::BadQuery,
-                format!("malformed query string: {}", e.body_text()),
-            )
-        })?
-        .0;
+    let q: UsersQuery = crate::query::parse(uri)?;
     let users = app.gate.topics_from_query(q.users.as_deref())?;
     if users.is_empty() {
         return Err(ApiError::new(ErrorCode::BadTopic, "users=a,b is required"));

@@ -2,11 +2,12 @@
 //! (`topics`, `cursor` / `lastEventId`, `snapshot`, `token`, and polling's
 //! `wait` / `limit`), the `Last-Event-ID` and `Authorization` headers, the
 //! peer's address and its socket. Any refusal is the JSON `ApiError`, so a
-//! malformed query, topic or cursor gets the same answer on every transport.
+//! malformed query (`crate::query`: strict percent-decoding, no repeated
+//! parameter), topic or cursor gets the same answer on every transport.
 
 use super::App;
 use crate::access::Admitted;
-use crate::api_error::{ApiError, ErrorCode};
+use crate::api_error::ApiError;
 use crate::feed::Start;
 use crate::metrics::Transport;
 use crate::protocol::{parse_cursor, ProtocolError};
@@ -119,17 +120,7 @@ impl FromRequestParts<Arc<App>> for StreamRequest {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
-        // axum's own `Query` answers a malformed or repeated parameter
-        // (`?topics=a&topics=b`) with text/plain; clients expect our JSON
-        let q = match axum::extract::Query::<StreamQuery>::try_from_uri(&parts.uri) {
-            Ok(axum::extract::Query(q)) => q,
-            Err(e) => {
-                return Err(ApiError::new(
-                    ErrorCode::BadQuery,
-                    format!("malformed query string: {}", e.body_text()),
-                ))
-            }
-        };
+        let q: StreamQuery = crate::query::parse(&parts.uri)?;
         let topics = app.gate.topics_from_query(q.topics.as_deref())?;
         // a header that is not text cannot be a cursor: refuse it as one
         let header_id = parts

@@ -323,3 +323,70 @@ async fn requests_left_to_hyper_are_answered() {
     assert_eq!(c.answer().await.status, 200);
     srv.stop().await;
 }
+
+/// A method the stream routes do not take is 405 in the JSON error shape;
+/// the heads hyper refuses before rowcast sees a request (README, "Limits and
+/// hostile input") get hyper's bodiless 400 / 414 / 431, and the connection
+/// closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_answers_are_json_but_for_hyper_s_own() {
+    let url = fresh_db().await;
+    let srv = server(&url).await;
+
+    for request in [
+        "POST /v1/poll?topics=t HTTP/1.1\r\nHost: x\r\ncontent-length: 2\r\n\r\n{}",
+        "POST /v1/poll?topics=t HTTP/1.1\r\nHost: x\r\n\r\n",
+        "PUT /v1/events?topics=t HTTP/1.1\r\nHost: x\r\ncontent-length: 0\r\n\r\n",
+        "DELETE /v1/ws HTTP/1.1\r\nHost: x\r\n\r\n",
+        "POST /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+    ] {
+        let mut c = raw(&srv).await;
+        c.send(request).await;
+        let a = c.answer().await;
+        assert_eq!(a.status, 405, "{request:?}");
+        assert_eq!(
+            a.header("content-type"),
+            Some("application/json"),
+            "{request:?}"
+        );
+        assert_eq!(a.json()["error"], "method_not_allowed", "{request:?}");
+        assert!(a.json()["message"].is_string(), "{request:?}");
+        if a.header("connection") == Some("close") {
+            // a body left unread (the edge layer's rule)
+            assert!(c.closed().await, "{request:?}");
+        } else {
+            // the connection goes on
+            c.send(&poll_request("topics=t", "")).await;
+            assert_eq!(c.answer().await.status, 200, "{request:?}");
+        }
+    }
+    assert!(srv.metric("rowcast_rejected_total{reason=\"method_not_allowed\"}") >= 5.0);
+
+    let headers: String = (0..200).map(|i| format!("x-{i}: y\r\n")).collect();
+    for (what, request, status) in [
+        (
+            "a 100 KB query",
+            poll_request(&format!("topics=t&x={}", "q".repeat(100 * 1024)), ""),
+            414,
+        ),
+        ("200 headers", poll_request("topics=t", &headers), 431),
+        (
+            "a Content-Length that is not a number",
+            poll_request("topics=t", "content-length: abc\r\n"),
+            400,
+        ),
+        (
+            "two different Content-Lengths",
+            poll_request("topics=t", "content-length: 0\r\ncontent-length: 1\r\n"),
+            400,
+        ),
+    ] {
+        let mut c = raw(&srv).await;
+        c.send(&request).await;
+        let a = c.answer().await;
+        assert_eq!(a.status, status, "{what}");
+        assert!(a.body.is_empty(), "{what}: {:?}", a.body);
+        assert!(c.closed().await, "{what}");
+    }
+    srv.stop().await;
+}

@@ -1124,6 +1124,69 @@ async fn bad_input_gets_defined_json_errors() {
     srv.stop().await;
 }
 
+/// A body is a JSON object: serde would read a struct from an array by
+/// position, and these were once written. Each is 400 `bad_request`, nothing
+/// is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn array_bodies_are_bad_requests_and_write_nothing() {
+    let url = fresh_market_db().await;
+    let db = connect(&url).await;
+    market_with_tomatoes(&db).await;
+    db.execute(
+        "INSERT INTO market.orders (id, customer_id, farm_id) VALUES (10, 7, 1)",
+        &[],
+    )
+    .await
+    .unwrap();
+    let srv = api_server(&url, |_| {}).await;
+    let api = Api::new(&srv.base_url());
+    let (t7, farmer) = (token("7", "customer"), token("101", "farmer"));
+    let (t, f) = (Some(t7.as_str()), Some(farmer.as_str()));
+    let a = api
+        .post("/api/cart/items", t, json!({"productId":"1","quantity":2}))
+        .await;
+    assert_eq!(a.status, 200, "{a:?}");
+    let order_status = "SELECT status FROM market.orders WHERE id = 10";
+    let status_before: String = db.query_one(order_status, &[]).await.unwrap().get(0);
+
+    for (method, path, who, body) in [
+        ("POST", "/api/cart/items", t, r#"["1",3]"#),
+        ("POST", "/api/cart/items", t, r#"["2",1]"#),
+        ("PATCH", "/api/cart/items/1", t, "[5]"),
+        ("PATCH", "/api/cart/items/1", t, " \n[5]"),
+        ("PATCH", "/api/products/1", f, "[77]"),
+        ("POST", "/api/orders/10/status", f, r#"["CONFIRMED"]"#),
+        ("PATCH", "/api/products/1", f, "77"),
+        ("PATCH", "/api/products/1", f, r#""quantity""#),
+    ] {
+        let a = api.send(method, path, who, Some(body), &[]).await;
+        assert_error(&a, 400, "bad_request");
+        let m = a.body["message"].as_str().unwrap_or_default();
+        assert!(m.contains("JSON object"), "{method} {path} {body}: {a:?}");
+    }
+
+    // nothing was written: the cart holds its one line, stock and order as they were
+    let cart = api.get("/api/cart", t).await;
+    assert_eq!(cart.status, 200, "{cart:?}");
+    assert_eq!(
+        scalar_i64(&db, "SELECT count(*) FROM market.cart_items").await,
+        1
+    );
+    let line: String = db
+        .query_one(
+            "SELECT trim_scale(requested)::text FROM market.cart_items WHERE product_id = 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(line, "2");
+    assert_eq!(stock(&db).await[&1], "10");
+    let status_after: String = db.query_one(order_status, &[]).await.unwrap().get(0);
+    assert_eq!(status_after, status_before);
+    srv.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn origins_preflights_and_the_per_address_budget() {
     let url = fresh_market_db().await;

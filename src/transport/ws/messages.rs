@@ -15,8 +15,8 @@ impl Session {
             Err(e) => return self.send_error(ApiError::from(e)).await,
         };
         match msg {
-            ClientMessage::Ping => self.send(ServerMessage::Pong).await,
-            ClientMessage::Activity => match self.app.presence.report(&self.identity).await {
+            ClientMessage::Ping {} => self.send(ServerMessage::Pong).await,
+            ClientMessage::Activity {} => match self.app.presence.report(&self.identity).await {
                 Ok(()) => Ok(()),
                 Err(e) => {
                     let e = crate::transport::presence::presence_error(e);

@@ -76,6 +76,66 @@ async fn repeated_query_parameters_are_bad_query() {
     srv.stop().await;
 }
 
+/// Percent-encodings that do not decode to UTF-8, and a `%` that starts no
+/// escape, are refused: never decoded to U+FFFD (`product-%ff` and
+/// `product-%fe` would be one topic) nor taken literally. On every transport,
+/// Socket.IO, presence and the market API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_percent_encodings_are_bad_query() {
+    let url = fresh_market_db().await;
+    let srv = server_with(&url, |c| {
+        c.jwt.secret = Some(SECRET.into());
+        c.market_api.enabled = true;
+    })
+    .await;
+    let base = srv.base_url();
+    let bad = [
+        "topics=product-%ff",
+        "topics=product-%FE",
+        "topics=%c0%af",
+        "topics=%ed%a0%80",
+        "topics=product-%e2%82",
+        "topics=product-1&cursor=%ff",
+        "topics=product-1&token=%80",
+        "topics=product-1&x%ff=1",
+        "topics=product-%zz",
+        "topics=product-1%",
+        "topics=product-1&cursor=%4",
+    ];
+    let cases: Vec<(String, u16, &str, &str)> = bad
+        .iter()
+        .map(|q| (q.to_string(), 400, "error", "bad_query"))
+        .collect();
+    answered_on_every_transport(&base, &cases).await;
+    for q in bad {
+        for path in [
+            format!("/socket.io/?EIO=4&transport=polling&{q}"),
+            format!("/v1/presence?users=1&{q}"),
+            format!("/api/products?{q}"),
+        ] {
+            let (got, ctype, body) = get_typed(&base, &path).await;
+            assert_eq!(got, 400, "{path}: {body}");
+            assert_eq!(ctype, "application/json", "{path}");
+            assert_eq!(body["error"], "bad_query", "{path}: {body}");
+        }
+    }
+    // a message that says where
+    let (_, _, body) = get_typed(&base, "/v1/poll?topics=product-%ff").await;
+    let m = body["message"].as_str().unwrap_or_default();
+    assert!(m.contains("not UTF-8") && m.contains("byte 15"), "{body}");
+    // what is well encoded still works: escapes, UTF-8 ones, a literal `%25`
+    let (got, _, body) = get_typed(&base, "/v1/poll?topics=product-%31").await;
+    assert_eq!(got, 200, "{body}");
+    for (q, topic) in [
+        ("topics=produit-%C3%A9t%C3%A9", "produit-été"),
+        ("topics=a%25b", "a%b"),
+    ] {
+        let (got, _, body) = get_typed(&base, &format!("/v1/poll?{q}")).await;
+        assert_eq!((got, &body["topic"]), (403, &json!(topic)), "{q}: {body}");
+    }
+    srv.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn control_and_invisible_characters_in_topics_are_bad_topic() {
     let srv = jwt_server().await;

@@ -33,6 +33,24 @@ ws_message_case!(
         => WsAnswer::Error("bad_message")
 );
 ws_message_case!(
+    unknown_field_on_ping: vec![text(r#"{"type":"ping","x":1}"#)] => WsAnswer::Error("bad_message")
+);
+ws_message_case!(
+    unknown_field_on_activity: vec![text(r#"{"type":"activity","foo":1}"#)]
+        => WsAnswer::Error("bad_message")
+);
+ws_message_case!(
+    unknown_field_on_auth: vec![text(r#"{"type":"auth","token":"t","x":1}"#)]
+        => WsAnswer::Error("bad_message")
+);
+ws_message_case!(
+    message_as_array: vec![text(r#"["ping"]"#)] => WsAnswer::Error("bad_message")
+);
+ws_message_case!(
+    subscribe_as_array: vec![text(r#"["subscribe",["product-1"]]"#)]
+        => WsAnswer::Error("bad_message")
+);
+ws_message_case!(
     topics_not_a_list: vec![text(r#"{"type":"subscribe","topics":"a"}"#)]
         => WsAnswer::Error("bad_message")
 );
