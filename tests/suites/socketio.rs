@@ -1316,7 +1316,7 @@ async fn malformed_socketio_input_gets_defined_answers() {
         (
             "binary event",
             vec![M::Text(r#"451-["x",{"_placeholder":true,"num":0}]"#.into())],
-            r#"42["rowcast:error",{"error":"bad_message""#,
+            r#"42["rowcast:error",{"error":"binary_not_supported""#,
         ),
         (
             "binary frame",
@@ -1385,5 +1385,332 @@ async fn malformed_socketio_input_gets_defined_answers() {
     // still serving
     let (status, _) = get_json(&base, "/readyz", &[]).await;
     assert_eq!(status, 200);
+    srv.stop().await;
+}
+
+/// A raw Engine.IO WebSocket on the server at `base`, its open packet read.
+async fn raw_open(base: &str) -> RawWs {
+    let url = format!(
+        "{}/socket.io/?EIO=4&transport=websocket",
+        base.replacen("http://", "ws://", 1)
+    );
+    let mut ws = raw(&url).await;
+    let open = texts(&mut ws, 1).await.remove(0);
+    assert!(open.starts_with("0{"), "{open}");
+    ws
+}
+
+/// Sends `frame` up to `n` times, each after what the server said to the
+/// one before (10 ms at most, so that no frame is in flight when the
+/// server closes): the close code (0 without one), `None` if it did not.
+async fn flood(
+    ws: &mut RawWs,
+    frame: tokio_tungstenite::tungstenite::Message,
+    n: usize,
+) -> Option<u16> {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message as M;
+    for _ in 0..n {
+        ws.send(frame.clone()).await.ok()?;
+        while let Ok(got) = tokio::time::timeout(Duration::from_millis(10), ws.next()).await {
+            match got {
+                Some(Ok(M::Close(f))) => return Some(f.map(|f| u16::from(f.code)).unwrap_or(0)),
+                Some(Ok(_)) => {}
+                other => panic!("no close: {other:?}"),
+            }
+        }
+    }
+    None
+}
+
+/// A raw Engine.IO long-polling session (no client library).
+struct RawPolling {
+    http: reqwest::Client,
+    url: String,
+}
+
+impl RawPolling {
+    async fn open(base: &str) -> RawPolling {
+        let http = reqwest::Client::new();
+        let open = http
+            .get(format!("{base}/socket.io/?EIO=4&transport=polling"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let sid = serde_json::from_str::<Value>(&open[1..]).unwrap()["sid"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        RawPolling {
+            http,
+            url: format!("{base}/socket.io/?EIO=4&transport=polling&sid={sid}"),
+        }
+    }
+
+    /// Posts a body: the status and the answer.
+    async fn post(&self, body: String) -> (u16, String) {
+        let r = self.http.post(&self.url).body(body).send().await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    }
+
+    /// Polls: the status and the answer's packets.
+    async fn poll(&self) -> (u16, Vec<String>) {
+        let r = tokio::time::timeout(ARRIVAL, self.http.get(&self.url).send())
+            .await
+            .expect("a poll answer")
+            .unwrap();
+        let status = r.status().as_u16();
+        let body = r.text().await.unwrap();
+        (status, body.split('\u{1e}').map(String::from).collect())
+    }
+}
+
+/// An error answer's `error`, and its `message`.
+fn error_of(answer: &str) -> (String, String) {
+    let v: Value = serde_json::from_str(answer).unwrap_or_else(|_| panic!("{answer}"));
+    (
+        v["error"].as_str().unwrap_or_default().to_string(),
+        v["message"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+/// Every packet a Socket.IO client sends counts against
+/// `--max-msgs-per-sec`, whatever it is, as every frame does on `/v1/ws`:
+/// on the WebSocket every frame (Engine.IO pings, pongs and noops,
+/// WebSocket pings), a flood closed with 1008; on long-polling every
+/// Engine.IO packet of a POST, a flood refused (400 `bad_message`) and its
+/// session closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_socketio_packet_counts_against_the_message_rate() {
+    use tokio_tungstenite::tungstenite::Message as M;
+    let before = panic_count();
+    let url = fresh_db().await;
+    let srv = server_with(&url, |c| c.limits.max_msgs_per_sec = 20).await;
+    let base = srv.base_url();
+    for (name, frame) in [
+        ("Engine.IO pings", M::Text("2".into())),
+        ("Engine.IO pongs", M::Text("3".into())),
+        ("Engine.IO noops", M::Text("6".into())),
+        ("WebSocket pings", M::Ping(Default::default())),
+    ] {
+        let mut ws = Box::pin(raw_open(&base)).await;
+        assert_eq!(flood(&mut ws, frame, 200).await, Some(1008), "{name}");
+    }
+    assert!(srv.metric("rowcast_ws_closed_total{reason=\"rate_limited\"}") >= 4.0);
+    // within the rate, a connection is served
+    let mut ws = Box::pin(raw_open(&base)).await;
+    for _ in 0..5 {
+        assert_eq!(said(&mut ws, "2").await, "3");
+    }
+    assert!(said(&mut ws, "40").await.starts_with("40{"));
+    // long-polling: 100 noops in one POST
+    let p = RawPolling::open(&base).await;
+    let (status, answer) = p.post(vec!["6"; 100].join("\u{1e}")).await;
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(
+        error_of(&answer),
+        ("bad_message".into(), "message rate limit exceeded".into())
+    );
+    let (status, answer) = p.poll().await;
+    assert_eq!(status, 400, "the session is closed: {answer:?}");
+    // within the rate, a session is served
+    let p = RawPolling::open(&base).await;
+    let (status, answer) = p.post(["3", "6", "40"].join("\u{1e}")).await;
+    assert_eq!((status, answer.as_str()), (200, "ok"));
+    let (status, answer) = p.poll().await;
+    assert_eq!(status, 200);
+    assert!(answer[0].starts_with("40{"), "{answer:?}");
+    assert_eq!(panic_count(), before, "something panicked");
+    srv.stop().await;
+}
+
+/// A long-polling session holds at most `maxPayload` (`--max-frame`) bytes
+/// posted and not yet polled for (past it the POST is refused and the
+/// session closed), and only polls keep it: a client that only POSTs is
+/// closed a ping interval plus the ping timeout after its last poll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_polling_session_holds_little_unpolled_and_expires_without_polls() {
+    let before = panic_count();
+    let url = fresh_db().await;
+    let srv = server_with(&url, |c| {
+        c.limits.max_frame = 4096;
+        c.keepalive = Duration::from_secs(1);
+    })
+    .await;
+    let base = srv.base_url();
+    let event = format!(r#"42["x","{}"]"#, "y".repeat(2500));
+    let p = RawPolling::open(&base).await;
+    assert_eq!(p.post(event.clone()).await, (200, "ok".into()));
+    // polled: the inbox is empty again
+    let (status, answer) = p.poll().await;
+    assert_eq!(status, 200);
+    assert!(answer[0].contains("not_connected"), "{answer:?}");
+    assert_eq!(p.post(event.clone()).await, (200, "ok".into()));
+    // not polled: another 2.5 KB would make 5 KB waiting, over 4096 bytes
+    let (status, answer) = p.post(event.clone()).await;
+    assert_eq!(status, 400, "{answer}");
+    let (code, message) = error_of(&answer);
+    assert_eq!(code, "bad_message");
+    assert!(message.contains("4096 bytes"), "{message}");
+    assert_eq!(p.poll().await.0, 400, "the session is closed");
+    // only POSTs, never a poll: gone after 2 × 1 s (and a sweep)
+    let p = RawPolling::open(&base).await;
+    let opened = std::time::Instant::now();
+    let gone = loop {
+        let (status, answer) = p.post("3".into()).await;
+        if status != 200 {
+            assert_eq!(error_of(&answer).0, "session_unknown", "{answer}");
+            break opened.elapsed();
+        }
+        assert!(
+            opened.elapsed() < Duration::from_secs(8),
+            "POSTs alone keep the session alive"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(gone >= Duration::from_secs(2), "{gone:?}");
+    // one that polls lives on
+    let p = RawPolling::open(&base).await;
+    let until = std::time::Instant::now() + Duration::from_secs(4);
+    while std::time::Instant::now() < until {
+        let (status, answer) = p.poll().await;
+        assert_eq!(status, 200, "{answer:?}");
+        if answer.iter().any(|a| a == "2") {
+            assert_eq!(p.post("3".into()).await, (200, "ok".into()));
+        }
+    }
+    assert_eq!(panic_count(), before, "something panicked");
+    srv.stop().await;
+}
+
+/// CONNECT packets to any namespace count against the 4 an Engine.IO
+/// connection may send; a CONNECT whose payload is not an object, or whose
+/// `token`, `topics`, `pid`, `offset` or `snapshot` have the wrong type, or
+/// that carries an ack id, is refused with `connect_error`
+/// "bad_message: ..."; an unknown event's name is told back cut short.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connects_are_counted_checked_and_names_not_echoed_whole() {
+    let before = panic_count();
+    let url = fresh_db().await;
+    let srv = server_with(&url, |_| {}).await;
+    let base = srv.base_url();
+    // WebSocket: a wrong namespace counts as an attempt
+    let mut ws = Box::pin(raw_open(&base)).await;
+    for _ in 0..4 {
+        assert_eq!(
+            said(&mut ws, "40/x,").await,
+            r#"44/x,{"message":"Invalid namespace"}"#
+        );
+    }
+    let too_many = r#"{"message":"too many CONNECT attempts on this connection: open a new one"}"#;
+    assert_eq!(said(&mut ws, "40/x,").await, format!("44/x,{too_many}"));
+    assert_eq!(said(&mut ws, "40").await, format!("44{too_many}"));
+    // long-polling: 15 in one POST
+    let p = RawPolling::open(&base).await;
+    assert_eq!(
+        p.post(vec!["40/x,"; 15].join("\u{1e}")).await,
+        (200, "ok".into())
+    );
+    let (status, answer) = p.poll().await;
+    assert_eq!(status, 200);
+    assert_eq!(answer.len(), 15, "{answer:?}");
+    assert!(answer[..4]
+        .iter()
+        .all(|a| a == r#"44/x,{"message":"Invalid namespace"}"#));
+    assert!(
+        answer[4..].iter().all(|a| *a == format!("44/x,{too_many}")),
+        "{answer:?}"
+    );
+    // malformed CONNECT payloads
+    for bad in [
+        "40[1]",
+        r#"40"abc""#,
+        "401",
+        "40null",
+        "40true",
+        r#"40{"topics":5}"#,
+        r#"40{"topics":["a",5]}"#,
+        r#"40{"token":5}"#,
+        r#"40{"token":null}"#,
+        r#"40{"pid":[]}"#,
+        r#"40{"offset":1}"#,
+        r#"40{"snapshot":"yes"}"#,
+    ] {
+        let mut ws = Box::pin(raw_open(&base)).await;
+        let got = said(&mut ws, bad).await;
+        assert!(
+            got.starts_with(r#"44{"message":"bad_message: "#),
+            "{bad}: {got}"
+        );
+        // a refused CONNECT may be followed by a good one
+        let got = said(&mut ws, r#"40{"topics":["a"]}"#).await;
+        assert!(
+            got.starts_with("40{") && got.contains(r#""sid""#),
+            "{bad}, then a good one: {got}"
+        );
+    }
+    assert!(srv.metric("rowcast_rejected_total{reason=\"bad_message\"}") >= 12.0);
+    // an unknown event's name is not echoed whole
+    let mut ws = Box::pin(raw_open(&base)).await;
+    assert!(said(&mut ws, "40").await.starts_with("40{"));
+    let name = "n".repeat(60_000);
+    let got = said(&mut ws, &format!(r#"42["{name}"]"#)).await;
+    assert!(
+        got.starts_with(r#"42["rowcast:error",{"error":"unknown_event""#),
+        "{}",
+        &got[..200.min(got.len())]
+    );
+    assert!(got.len() < 400, "{} bytes echoed", got.len());
+    let got = said(&mut ws, &format!(r#"421["{}"]"#, "é".repeat(150))).await;
+    assert!(got.contains(&format!("{}…", "é".repeat(100))), "{got}");
+    assert!(!got.contains(&"é".repeat(101)), "{got}");
+    assert_eq!(panic_count(), before, "something panicked");
+    srv.stop().await;
+}
+
+/// Binary attachments are refused alike wherever they come: a Socket.IO
+/// binary event or ack header (types 5 and 6), a WebSocket binary frame,
+/// an Engine.IO `b` packet on long-polling: each gets `rowcast:error`
+/// `binary_not_supported`, and the session goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_packets_are_refused_alike_on_every_transport() {
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::Message as M;
+    let before = panic_count();
+    let url = fresh_db().await;
+    let srv = server_with(&url, |_| {}).await;
+    let base = srv.base_url();
+    let refused = r#"42["rowcast:error",{"error":"binary_not_supported","message":"binary packets are not supported: send JSON text"}]"#;
+    let mut ws = Box::pin(raw_open(&base)).await;
+    for header in [
+        r#"451-["subscribe",{"_placeholder":true,"num":0}]"#,
+        r#"461-[{"_placeholder":true,"num":0}]"#,
+    ] {
+        assert_eq!(said(&mut ws, header).await, refused, "{header}");
+    }
+    ws.send(M::Binary(vec![1u8, 2, 3].into())).await.unwrap();
+    assert_eq!(texts(&mut ws, 1).await, [refused]);
+    assert!(
+        said(&mut ws, "40").await.starts_with("40{"),
+        "the session goes on"
+    );
+    // long-polling: a binary event, its attachment, then a CONNECT
+    let p = RawPolling::open(&base).await;
+    let body = [
+        r#"451-["subscribe",{"_placeholder":true,"num":0}]"#,
+        "bAQID",
+        "40",
+    ]
+    .join("\u{1e}");
+    assert_eq!(p.post(body).await, (200, "ok".into()));
+    let (status, answer) = p.poll().await;
+    assert_eq!(status, 200);
+    assert_eq!(answer[..2], [refused, refused], "{answer:?}");
+    assert!(answer[2].starts_with("40{"), "{answer:?}");
+    assert!(srv.metric("rowcast_rejected_total{reason=\"binary\"}") >= 5.0);
+    assert_eq!(panic_count(), before, "something panicked");
     srv.stop().await;
 }

@@ -4,21 +4,21 @@
 //! (`\x1e`-separated), answered `ok`.
 //!
 //! A session lives in this node's registry between requests: its Socket.IO
-//! state (`Session`, with its feed), the packets posted and not yet handled,
-//! and its clocks. Only one `GET` runs at a time per session; it handles
-//! what was posted, then writes whatever is ready (answers, events, a ping).
-//! A session that makes no request for a ping interval plus the ping timeout,
-//! or leaves a ping unanswered past the timeout, is closed by the sweeper
-//! and its connection slot returned. Events handed to a `GET` whose answer
-//! never reaches the client are not lost: the client reconnects and
-//! recovers from its offset.
+//! state (`Session`, with its feed), the packets posted and not yet handled
+//! (`Inbox`), and its clocks. Only one `GET` runs at a time per session; it
+//! handles what was posted, then writes whatever is ready (answers, events,
+//! a ping). A session that stops polling is closed by the sweeper and its
+//! connection slot returned (`PollSession::expired`). Events handed to a
+//! `GET` whose answer never reaches the client are not lost: the client
+//! reconnects and recovers from its offset.
 
 use super::session::Session;
 use super::EngineSettings;
 use crate::api_error::{ApiError, ErrorCode};
 use crate::feed::Budget;
+use crate::limits::RateLimiter;
 use crate::metrics::Transport;
-use crate::protocol::socketio::{self as packet, EnginePacket, SEPARATOR};
+use crate::protocol::socketio::{self as packet, EnginePacket, PacketError, SEPARATOR};
 use crate::shutdown::Shutdown;
 use crate::transport::close::Disconnect;
 use crate::transport::start::StreamRequest;
@@ -26,7 +26,7 @@ use crate::transport::App;
 use axum::body::Body;
 use axum::http::{header, Method};
 use axum::response::{IntoResponse, Response};
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -35,8 +35,10 @@ use tokio::time::Instant;
 
 /// Events in one poll answer at most.
 const MAX_EVENTS: usize = 1000;
-/// Packets a client may have posted and not yet polled for.
-const MAX_INBOX: usize = 256;
+/// What an Engine.IO binary packet (`b<base64>`) is kept as in the inbox: a
+/// Socket.IO packet of a binary type, which the session refuses like any
+/// binary packet (`Session::refuse_binary`), its data never kept.
+const BINARY: &str = "5";
 
 /// This node's long-polling sessions.
 pub(crate) struct Registry {
@@ -48,8 +50,7 @@ pub(crate) struct PollSession {
     sid: String,
     /// `None` once a WebSocket upgrade took it.
     core: tokio::sync::Mutex<Option<Session>>,
-    /// Socket.IO packets posted, handled by the next `GET`.
-    inbox: Mutex<VecDeque<String>>,
+    inbox: Mutex<Inbox>,
     /// Something for the pending `GET`: a post, an upgrade, a close.
     wake: Notify,
     clock: Mutex<Clock>,
@@ -58,8 +59,37 @@ pub(crate) struct PollSession {
     closed: AtomicBool,
 }
 
+/// What `POST`s bring, until the next `GET` handles it.
+struct Inbox {
+    /// Socket.IO packets, each followed by `SEPARATOR`: at most `maxPayload`
+    /// (`--max-frame`) bytes in all, however many POSTs brought them; a POST
+    /// that would make it more is refused (400 `bad_message`) and the
+    /// session closed.
+    packets: String,
+    /// Every Engine.IO packet of a POST, whatever its type, takes one of
+    /// `--max-msgs-per-sec`, as every frame does on the WebSocket: past
+    /// them the POST is refused (400 `bad_message`, "message rate limit
+    /// exceeded") and the session closed.
+    rate: RateLimiter,
+}
+
+impl Inbox {
+    /// Keeps a Socket.IO packet for the next poll; false, keeping nothing,
+    /// when it would take the inbox past `max` bytes.
+    fn push(&mut self, m: &str, max: usize) -> bool {
+        if self.packets.len() + m.len() + SEPARATOR.len_utf8() > max {
+            return false;
+        }
+        self.packets.push_str(m);
+        self.packets.push(SEPARATOR);
+        true
+    }
+}
+
 struct Clock {
-    last_seen: Instant,
+    /// When the last poll began or ended: only polls keep a session (POSTs
+    /// alone do not, see `PollSession::expired`).
+    last_poll: Instant,
     next_ping: Instant,
     /// A ping was sent and not answered since.
     pong_due: Option<Instant>,
@@ -120,6 +150,11 @@ impl PollSession {
         self.clock.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// A session has expired when no poll (`GET`) is waiting and none was
+    /// made for `quiet` (a ping interval plus the ping timeout; `POST`s do
+    /// not count, so a client cannot hold a session and its inbox without
+    /// ever reading), or when a ping it was sent stays unanswered past the
+    /// ping timeout.
     fn expired(&self, now: Instant, quiet: Duration, ping_timeout: Duration) -> bool {
         if self.polling.load(Ordering::Relaxed) {
             // a poll is waiting: the client is there; only an unanswered ping counts
@@ -129,13 +164,17 @@ impl PollSession {
                 .is_some_and(|t| now.duration_since(t) > ping_timeout);
         }
         let c = self.clock();
-        now.duration_since(c.last_seen) > quiet
+        now.duration_since(c.last_poll) > quiet
             || c.pong_due
                 .is_some_and(|t| now.duration_since(t) > ping_timeout)
     }
 
-    fn seen(&self) {
-        self.clock().last_seen = Instant::now();
+    fn polled(&self) {
+        self.clock().last_poll = Instant::now();
+    }
+
+    fn inbox(&self) -> MutexGuard<'_, Inbox> {
+        self.inbox.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn close(&self) {
@@ -200,10 +239,13 @@ async fn open(app: Arc<App>, req: StreamRequest) -> Response {
             req.topics.clone(),
             admitted.conn,
         ))),
-        inbox: Mutex::new(VecDeque::new()),
+        inbox: Mutex::new(Inbox {
+            packets: String::new(),
+            rate: RateLimiter::new(app.gate.limits().max_msgs_per_sec),
+        }),
         wake: Notify::new(),
         clock: Mutex::new(Clock {
-            last_seen: now,
+            last_poll: now,
             next_ping: now + s.ping_interval,
             pong_due: None,
         }),
@@ -221,9 +263,9 @@ async fn open(app: Arc<App>, req: StreamRequest) -> Response {
     ))
 }
 
-/// `POST &sid=`: the client's packets. Messages wait for the next poll.
+/// `POST &sid=`: the client's packets. Messages wait for the next poll
+/// (`Inbox`).
 async fn post(app: &App, session: &PollSession, body: Body) -> Response {
-    session.seen();
     let max = app.socketio.settings.max_payload;
     let bytes = match axum::body::to_bytes(body, max).await {
         Ok(b) => b,
@@ -241,32 +283,44 @@ async fn post(app: &App, session: &PollSession, body: Body) -> Response {
         return ApiError::new(ErrorCode::BadMessage, "polling bodies are UTF-8 text")
             .into_response();
     };
-    for p in body.split(SEPARATOR) {
-        match packet::parse_engine(p) {
-            Ok(EnginePacket::Message(m)) => {
-                let mut inbox = session.inbox.lock().unwrap_or_else(|e| e.into_inner());
-                if inbox.len() >= MAX_INBOX {
+    let refused = {
+        let mut inbox = session.inbox();
+        let mut refused = None;
+        for p in body.split(SEPARATOR) {
+            if !inbox.rate.allow() {
+                refused = Some(Disconnect::RateLimited.reason().to_string());
+                break;
+            }
+            let kept = match packet::parse_engine(p) {
+                Ok(EnginePacket::Message(m)) => inbox.push(m, max),
+                Err(PacketError::Binary) => inbox.push(BINARY, max),
+                Ok(EnginePacket::Pong(_)) => {
+                    session.clock().pong_due = None;
+                    true
+                }
+                Ok(EnginePacket::Close) => {
                     drop(inbox);
                     close_session(app, session);
-                    return ApiError::new(
-                        ErrorCode::BadMessage,
-                        "too many packets before the next poll",
-                    )
-                    .into_response();
+                    return text("ok".into());
                 }
-                inbox.push_back(m.to_string());
-            }
-            Ok(EnginePacket::Pong(_)) => session.clock().pong_due = None,
-            Ok(EnginePacket::Close) => {
-                close_session(app, session);
-                return text("ok".into());
-            }
-            Ok(EnginePacket::Ping(_) | EnginePacket::Upgrade | EnginePacket::Noop) => {}
-            Err(e) => {
-                close_session(app, session);
-                return ApiError::new(ErrorCode::BadMessage, e.to_string()).into_response();
+                Ok(EnginePacket::Ping(_) | EnginePacket::Upgrade | EnginePacket::Noop) => true,
+                Err(e) => {
+                    refused = Some(e.to_string());
+                    break;
+                }
+            };
+            if !kept {
+                refused = Some(format!(
+                    "more than {max} bytes of packets posted before the next poll"
+                ));
+                break;
             }
         }
+        refused
+    };
+    if let Some(message) = refused {
+        close_session(app, session);
+        return ApiError::new(ErrorCode::BadMessage, message).into_response();
     }
     session.wake.notify_one();
     text("ok".into())
@@ -285,9 +339,9 @@ async fn poll(app: &App, session: &PollSession) -> Response {
         close_session(app, session);
         return ApiError::new(ErrorCode::BadMessage, "only one poll at a time").into_response();
     }
-    session.seen();
+    session.polled();
     let out = Box::pin(answer(app, session)).await;
-    session.seen();
+    session.polled();
     session.polling.store(false, Ordering::Relaxed);
     match out {
         Ok(packets) => text(packets.join(&SEPARATOR.to_string())),
@@ -326,14 +380,9 @@ async fn answer(app: &App, session: &PollSession) -> Result<Vec<String>, Disconn
         {
             return Err(Disconnect::TokenExpired);
         }
-        let posted: Vec<String> = session
-            .inbox
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .drain(..)
-            .collect();
-        for m in posted {
-            core.on_message(&m, &mut out).await?;
+        let posted = std::mem::take(&mut session.inbox().packets);
+        for m in posted.split_terminator(SEPARATOR) {
+            core.on_message(m, &mut out).await?;
         }
         if let Some(feed) = core.feed() {
             let mut batch = Vec::new();

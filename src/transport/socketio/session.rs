@@ -25,8 +25,7 @@ use crate::api_error::{ApiError, ErrorCode};
 use crate::auth::Identity;
 use crate::cursor::Cursor;
 use crate::feed::{Delivery, Feed, Start};
-use crate::limits::RateLimiter;
-use crate::protocol::socketio::{self as packet, SocketKind, SocketPacket};
+use crate::protocol::socketio::{self as packet, PacketError, SocketKind, SocketPacket};
 use crate::transport::close::Disconnect;
 use crate::transport::socketio::rooms::{Found, Held, Key, Saved};
 use crate::transport::App;
@@ -39,9 +38,8 @@ pub(crate) struct Session {
     /// What only a CONNECT reads, dropped once one succeeds.
     opening: Option<Box<Opening>>,
     pub(crate) conn: Connection,
-    pub(crate) rate: RateLimiter,
     pub(crate) joined: Option<Joined>,
-    /// CONNECT packets received.
+    /// CONNECT packets received, to any namespace.
     connects: u8,
 }
 
@@ -62,9 +60,15 @@ pub(crate) struct Joined {
     held: Held,
 }
 
-/// CONNECT packets a session may send (a refused one may be retried with
-/// another token); past them, no more database calls are made for it.
+/// CONNECT packets a session may send, to any namespace (a refused one may
+/// be retried with another token); past them each is answered
+/// `connect_error` "too many CONNECT attempts", and no more database calls
+/// are made for it.
 const MAX_CONNECTS: u8 = 4;
+
+/// Characters of an unknown event's name told back in its `unknown_event`
+/// answer; a longer name is cut there (and marked with `…`).
+const ECHOED_NAME: usize = 100;
 
 /// A pid's parts.
 struct Pid {
@@ -89,7 +93,6 @@ impl Session {
         query_topics: Vec<String>,
         conn: Connection,
     ) -> Session {
-        let rate = RateLimiter::new(app.gate.limits().max_msgs_per_sec);
         Session {
             app,
             sid,
@@ -98,7 +101,6 @@ impl Session {
                 topics: query_topics,
             })),
             conn,
-            rate,
             joined: None,
             connects: 0,
         }
@@ -114,50 +116,62 @@ impl Session {
     }
 
     /// Handles the payload of one Engine.IO message: a Socket.IO packet.
-    /// Answers go into `out` (Engine.IO packets, ready to send).
+    /// Answers go into `out` (Engine.IO packets, ready to send). The
+    /// transport has counted it against the client's message rate.
     pub(crate) async fn on_message(
         &mut self,
         text: &str,
         out: &mut Vec<String>,
     ) -> Result<(), Disconnect> {
-        if !self.rate.allow() {
-            return Err(Disconnect::RateLimited);
-        }
         let p = match packet::parse_socket(text) {
             Ok(p) => p,
+            Err(PacketError::Binary) => {
+                self.refuse_binary(out);
+                return Ok(());
+            }
             Err(e) => {
                 self.count(ErrorCode::BadMessage);
                 out.push(error_event(ErrorCode::BadMessage, &e.to_string()));
                 return Ok(());
             }
         };
-        if p.namespace != "/" {
-            out.push(packet::connect_error(p.namespace, "Invalid namespace"));
-            return Ok(());
-        }
-        match p.kind {
+        if p.kind == SocketKind::Connect {
             // one CONNECT per session: a second would redo every database
             // call of the first, as often as the message rate allows
-            SocketKind::Connect if self.joined.is_some() => {
+            if self.joined.is_some() && p.namespace == "/" {
                 self.count(ErrorCode::BadMessage);
                 out.push(error_event(
                     ErrorCode::BadMessage,
                     "already connected to the namespace /",
                 ));
-                Ok(())
+                return Ok(());
             }
-            SocketKind::Connect if self.connects >= MAX_CONNECTS => {
+            if self.connects >= MAX_CONNECTS {
                 self.count(ErrorCode::BadMessage);
                 out.push(packet::connect_error(
-                    "/",
+                    p.namespace,
                     "too many CONNECT attempts on this connection: open a new one",
                 ));
-                Ok(())
+                return Ok(());
             }
-            SocketKind::Connect => {
-                self.connects += 1;
-                Box::pin(self.connect(p.data, out)).await
-            }
+            self.connects += 1;
+        }
+        if p.namespace != "/" {
+            out.push(packet::connect_error(p.namespace, "Invalid namespace"));
+            return Ok(());
+        }
+        match p.kind {
+            SocketKind::Connect => match connect_payload(p.ack, p.data) {
+                Ok(auth) => Box::pin(self.connect(auth, out)).await,
+                Err(why) => {
+                    self.count(ErrorCode::BadMessage);
+                    out.push(packet::connect_error(
+                        "/",
+                        &format!("{}: {why}", ErrorCode::BadMessage.as_str()),
+                    ));
+                    Ok(())
+                }
+            },
             SocketKind::Disconnect => Err(Disconnect::ClientGone),
             SocketKind::Event => Box::pin(self.event(p, out)).await,
             // clients acknowledge nothing rowcast asked for; connect_error is server → client
@@ -165,13 +179,20 @@ impl Session {
         }
     }
 
+    /// A binary packet (a Socket.IO binary event or ack, a WebSocket binary
+    /// frame, an Engine.IO `b` packet): `rowcast:error`
+    /// `binary_not_supported`, and the session goes on.
+    pub(crate) fn refuse_binary(&self, out: &mut Vec<String>) {
+        self.count(ErrorCode::BinaryNotSupported);
+        out.push(error_event(
+            ErrorCode::BinaryNotSupported,
+            &PacketError::Binary.to_string(),
+        ));
+    }
+
     /// CONNECT: identity, topics, recovery, and the reply carrying the pid.
-    async fn connect(
-        &mut self,
-        auth: Option<Value>,
-        out: &mut Vec<String>,
-    ) -> Result<(), Disconnect> {
-        let auth = auth.unwrap_or(Value::Null);
+    /// `auth` is an object (`connect_payload`).
+    async fn connect(&mut self, auth: Value, out: &mut Vec<String>) -> Result<(), Disconnect> {
         let token = match auth.get("token") {
             Some(Value::String(t)) => Some(t.clone()),
             _ => self.opening.as_ref().and_then(|o| o.token.clone()),
@@ -398,16 +419,16 @@ impl Session {
                 return Ok(());
             }
         };
-        let name = args[0].as_str().unwrap_or_default().to_string();
+        let name = args[0].as_str().unwrap_or_default();
         let answer = if self.joined.is_none() {
             json!({"error": "not_connected", "message": "send CONNECT first"})
         } else {
-            match name.as_str() {
+            match name {
                 "subscribe" => self.subscribe(args.get(1)).await?,
                 "unsubscribe" => self.unsubscribe(args.get(1)).await?,
                 "activity" => self.activity().await,
                 _ => {
-                    json!({"error": "unknown_event", "message": format!("rowcast handles subscribe, unsubscribe and activity, not {name:?}")})
+                    json!({"error": "unknown_event", "message": format!("rowcast handles subscribe, unsubscribe and activity, not {:?}", echoed(name))})
                 }
             }
         };
@@ -573,6 +594,47 @@ fn error_event(code: ErrorCode, message: &str) -> String {
         "rowcast:error",
         &[&json!({"error": code.as_str(), "message": message})],
     )
+}
+
+/// What a CONNECT carries: no ack id, and nothing (an empty object) or an
+/// object whose `token`, `pid` and `offset` are strings, `topics` a string
+/// or a list of strings and `snapshot` a boolean; other fields are the
+/// app's, ignored. Anything else (`40[1]`, `401`, `40null`,
+/// `40{"topics":5}`) is refused with `connect_error` "bad_message: <why>"
+/// (one of the session's CONNECT attempts), never read as "no token".
+fn connect_payload(ack: Option<u64>, data: Option<Value>) -> Result<Value, &'static str> {
+    if ack.is_some() {
+        return Err("a CONNECT has no ack id");
+    }
+    let auth = match data {
+        None => return Ok(Value::Object(serde_json::Map::new())),
+        Some(auth @ Value::Object(_)) => auth,
+        Some(_) => return Err("the CONNECT payload (auth) is an object"),
+    };
+    let string = |k: &str| auth.get(k).is_none_or(Value::is_string);
+    if !string("token") {
+        return Err("auth.token is a string");
+    }
+    if !string("pid") || !string("offset") {
+        return Err("pid and offset are strings");
+    }
+    match auth.get("topics") {
+        None | Some(Value::String(_)) => {}
+        Some(Value::Array(list)) if list.iter().all(Value::is_string) => {}
+        Some(_) => return Err("auth.topics is a string or a list of strings"),
+    }
+    if !auth.get("snapshot").is_none_or(Value::is_boolean) {
+        return Err("auth.snapshot is a boolean");
+    }
+    Ok(auth)
+}
+
+/// An unknown event's name as told back: at most `ECHOED_NAME` characters.
+fn echoed(name: &str) -> String {
+    match name.char_indices().nth(ECHOED_NAME) {
+        Some((cut, _)) => format!("{}…", &name[..cut]),
+        None => name.to_string(),
+    }
 }
 
 /// `["a","b"]` or `"a,b"` or `"a"`.

@@ -19,6 +19,7 @@
 use super::polling::PollSession;
 use super::session::Session;
 use crate::api_error::{ApiError, ErrorCode};
+use crate::limits::RateLimiter;
 use crate::metrics::Transport;
 use crate::protocol::socketio::{self as packet, EnginePacket, PacketError};
 use crate::sockets::RawSocket;
@@ -157,11 +158,7 @@ async fn upgrade_from_polling(
     let mut session = polling.take_for_upgrade(&app).await?;
     session.conn.switch(app.transport(Transport::SocketIo));
     // counted once, when it opened on polling (`count_session`)
-    Some(Connection {
-        socket,
-        wire,
-        session,
-    })
+    Some(Connection::new(socket, wire, session))
 }
 
 /// The upgraded socket as a WebSocket whose writes go through a `Wire`
@@ -175,16 +172,28 @@ struct Connection {
     socket: Socket,
     wire: Arc<Wire>,
     session: Session,
+    /// Every frame the client sends takes one of `--max-msgs-per-sec`,
+    /// whatever it is (an Engine.IO packet of any type, a binary frame, a
+    /// WebSocket ping or pong; the closing frame ends it anyway), as on
+    /// `/v1/ws`: past them the connection closes with 1008
+    /// (`Disconnect::RateLimited`).
+    rate: RateLimiter,
 }
 
 impl Connection {
-    async fn make(raw: RawSocket, config: WebSocketConfig, session: Session) -> Connection {
-        let (wire, socket) = websocket(&session.app, raw, config).await;
+    fn new(socket: Socket, wire: Arc<Wire>, session: Session) -> Connection {
+        let rate = RateLimiter::new(session.app.gate.limits().max_msgs_per_sec);
         Connection {
             socket,
             wire,
             session,
+            rate,
         }
+    }
+
+    async fn make(raw: RawSocket, config: WebSocketConfig, session: Session) -> Connection {
+        let (wire, socket) = websocket(&session.app, raw, config).await;
+        Connection::new(socket, wire, session)
     }
 
     /// Not an `async fn`: rustc keeps an async fn's arguments twice in its
@@ -273,34 +282,31 @@ impl Connection {
                     if let Some(feed) = self.session.feed() {
                         feed.leave_direct();
                     }
-                    let text = match msg {
+                    let msg = match msg {
                         None | Some(Ok(Message::Close(_))) => return Disconnect::ClientGone,
                         Some(Err(e)) => return Disconnect::from_tungstenite(&e),
-                        Some(Ok(Message::Text(t))) => t,
-                        Some(Ok(Message::Binary(_))) => {
-                            if let Err(end) = self.refuse_binary().await {
-                                return end;
-                            }
-                            continue;
-                        }
-                        Some(Ok(_)) => continue,
+                        Some(Ok(m)) => m,
                     };
-                    match packet::parse_engine(text.as_str()) {
-                        Ok(EnginePacket::Message(m)) => {
-                            if let Err(end) = Box::pin(self.session.on_message(m, &mut out)).await {
-                                return end;
+                    if !self.rate.allow() {
+                        return Disconnect::RateLimited;
+                    }
+                    match msg {
+                        Message::Text(text) => match packet::parse_engine(text.as_str()) {
+                            Ok(EnginePacket::Message(m)) => {
+                                if let Err(end) = Box::pin(self.session.on_message(m, &mut out)).await {
+                                    return end;
+                                }
                             }
-                        }
-                        Ok(EnginePacket::Pong(_)) => pong_due = None,
-                        Ok(EnginePacket::Ping(data)) => out.push(format!("3{data}")),
-                        Ok(EnginePacket::Close) => return Disconnect::ClientGone,
-                        Ok(EnginePacket::Upgrade | EnginePacket::Noop) => {}
-                        Err(PacketError::Binary) => {
-                            if let Err(end) = self.refuse_binary().await {
-                                return end;
-                            }
-                        }
-                        Err(_) => return Disconnect::ProtocolError,
+                            Ok(EnginePacket::Pong(_)) => pong_due = None,
+                            Ok(EnginePacket::Ping(data)) => out.push(format!("3{data}")),
+                            Ok(EnginePacket::Close) => return Disconnect::ClientGone,
+                            Ok(EnginePacket::Upgrade | EnginePacket::Noop) => {}
+                            Err(PacketError::Binary) => self.session.refuse_binary(&mut out),
+                            Err(_) => return Disconnect::ProtocolError,
+                        },
+                        Message::Binary(_) => self.session.refuse_binary(&mut out),
+                        // a ping or pong: tungstenite answers pings itself
+                        _ => {}
                     }
                     for p in std::mem::take(&mut out) {
                         if let Err(end) = self.send(p).await {
@@ -341,18 +347,6 @@ impl Connection {
                 _ = shutdown.recv() => {}
             }
         }
-    }
-
-    async fn refuse_binary(&mut self) -> Result<(), Disconnect> {
-        self.session.count(ErrorCode::BinaryNotSupported);
-        let e = packet::event(
-            "rowcast:error",
-            &[&serde_json::json!({
-                "error": ErrorCode::BinaryNotSupported.as_str(),
-                "message": "binary packets are not supported: send JSON"
-            })],
-        );
-        self.send(e).await
     }
 
     async fn send(&mut self, packet: String) -> Result<(), Disconnect> {
