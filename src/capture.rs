@@ -93,8 +93,23 @@ async fn capture(url: &str, metrics: &Metrics, shutdown: &mut Shutdown) -> Resul
     control.batch_execute("LISTEN rowcast_capture").await?;
     let slot = loop {
         let wait = match find_slot(&control).await? {
-            None => LOOK_EVERY,
-            Some(slot) => {
+            SlotState::Unused => {
+                metrics.capture_slot_missing.set(0);
+                LOOK_EVERY
+            }
+            SlotState::Gone(state) => {
+                // writers of those tables capture nothing, and nothing
+                // decodes their changes: say so until someone acts
+                metrics.capture_slot_missing.set(1);
+                tracing::error!(
+                    slot = state,
+                    "tables are captured by a slot that is gone: their changes are not captured; \
+                     switch them back with rowcast.capture_by_trigger(tbl, force => true)"
+                );
+                STANDBY_EVERY
+            }
+            SlotState::Ready(slot) => {
+                metrics.capture_slot_missing.set(0);
                 let locked: bool = control
                     .query_one("SELECT pg_try_advisory_lock($1)", &[&CAPTURE_KEY])
                     .await?
@@ -167,23 +182,38 @@ async fn capture(url: &str, metrics: &Metrics, shutdown: &mut Shutdown) -> Resul
     }
 }
 
-/// This database's slot, if it exists (none on a database not migrated to
-/// `013_capture`).
-async fn find_slot(control: &tokio_postgres::Client) -> Result<Option<String>> {
-    match control
-        .query_opt(
-            "SELECT s.slot_name::text FROM pg_replication_slots s
-              WHERE s.slot_name = rowcast.capture_slot()",
+enum SlotState {
+    /// No slot, and no table captured by one (or a database not migrated to
+    /// `013_capture`).
+    Unused,
+    /// The slot, ready to stream.
+    Ready(String),
+    /// Tables are captured by the slot, but it is missing, invalidated or
+    /// still being made.
+    Gone(String),
+}
+
+async fn find_slot(control: &tokio_postgres::Client) -> Result<SlotState> {
+    let row = match control
+        .query_one(
+            "SELECT rowcast.capture_slot()::text, rowcast.capture_slot_state(),
+                    EXISTS (SELECT 1 FROM rowcast.captured WHERE by_slot)",
             &[],
         )
         .await
     {
-        Err(e) if e.code() == Some(&SqlState::UNDEFINED_FUNCTION) => Ok(None),
-        r => Ok(match r? {
-            Some(row) => Some(row.try_get(0)?),
-            None => None,
-        }),
-    }
+        Err(e) if e.code() == Some(&SqlState::UNDEFINED_FUNCTION) => return Ok(SlotState::Unused),
+        r => r?,
+    };
+    let (slot, state, in_use): (String, String, bool) =
+        (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+    Ok(match state.as_str() {
+        "ready" => SlotState::Ready(slot),
+        // being made: a switch is in progress
+        "creating" => SlotState::Unused,
+        _ if in_use => SlotState::Gone(state),
+        _ => SlotState::Unused,
+    })
 }
 
 /// The stream's connection settings, from the database URL.
@@ -309,7 +339,10 @@ impl Capturer<'_> {
             // everything before a keepalive's position is received: with
             // nothing held, the slot may let that WAL go
             ReplicationEvent::KeepAlive { wal_end, .. }
-                if self.open.is_none() && self.pending.is_empty() && wal_end > self.appended =>
+                if self.open.is_none()
+                    && self.pending.is_empty()
+                    && self.marked.is_none()
+                    && wal_end > self.appended =>
             {
                 stream.update_applied_lsn(wal_end);
             }
@@ -357,7 +390,10 @@ impl Capturer<'_> {
             .map_or(self.pending_end, |m| m.max(self.pending_end));
         let tx = control.transaction().await?;
         let mut skipped = 0i64;
-        for run in self.pending.chunk_by(|a, b| a.relation == b.relation) {
+        // one call per run of one table's rows, at most MAX_BATCH rows each
+        // (a transaction of many rows comes in one piece)
+        let runs = self.pending.chunk_by(|a, b| a.relation == b.relation);
+        for run in runs.flat_map(|r| r.chunks(MAX_BATCH)) {
             let ops: Vec<&str> = run.iter().map(|r| r.op).collect();
             let olds: Vec<Option<&str>> = run.iter().map(|r| r.old.as_deref()).collect();
             let news: Vec<Option<&str>> = run.iter().map(|r| r.new.as_deref()).collect();
@@ -401,23 +437,37 @@ impl Capturer<'_> {
     }
 }
 
-/// A row as a JSON object of its columns' text values (NULL as null); an
-/// unchanged TOASTed value taken from the old row, or left out.
+/// A row as a JSON object of its columns' text values (NULL as null), for
+/// `jsonb_populate_record`: a `json` or `jsonb` column's value as the JSON
+/// itself (a string would land in the column as a JSON string); an unchanged
+/// TOASTed value taken from the old row, or left out.
 fn row_json(rel: &Relation, values: &[Value], old: Option<&[Value]>) -> String {
     let mut m = serde_json::Map::with_capacity(values.len());
     for (i, (col, v)) in rel.columns.iter().zip(values).enumerate() {
-        let v = match v {
-            Value::Null => serde_json::Value::Null,
-            Value::Text(s) => serde_json::Value::String(s.clone()),
+        let text = match v {
+            Value::Null => {
+                m.insert(col.clone(), serde_json::Value::Null);
+                continue;
+            }
+            Value::Text(s) => s,
             Value::Unchanged => match old.and_then(|o| o.get(i)) {
-                Some(Value::Text(s)) => serde_json::Value::String(s.clone()),
+                Some(Value::Text(s)) => s,
                 _ => continue,
             },
+        };
+        let json = rel.types.get(i).is_some_and(|t| *t == JSON || *t == JSONB);
+        let v = match json.then(|| serde_json::from_str(text)) {
+            Some(Ok(parsed)) => parsed,
+            _ => serde_json::Value::String(text.clone()),
         };
         m.insert(col.clone(), v);
     }
     serde_json::Value::Object(m).to_string()
 }
+
+/// The type oids of `json` and `jsonb`.
+const JSON: u32 = 114;
+const JSONB: u32 = 3802;
 
 #[cfg(test)]
 mod tests {
@@ -430,6 +480,7 @@ mod tests {
             schema: "s".into(),
             name: "t".into(),
             columns: vec!["id".into(), "note".into(), "big".into(), "gone".into()],
+            types: vec![20, 25, 25, 25],
         };
         let old = [
             Value::Text("1".into()),
@@ -447,6 +498,27 @@ mod tests {
         assert_eq!(
             v,
             serde_json::json!({"id": "1", "note": "é", "big": "long \"text\""})
+        );
+    }
+
+    #[test]
+    fn json_columns_are_json_values_not_strings() {
+        let rel = Relation {
+            id: 1,
+            schema: "s".into(),
+            name: "t".into(),
+            columns: vec!["j".into(), "b".into(), "t".into()],
+            types: vec![JSON, JSONB, 25],
+        };
+        let row = [
+            Value::Text("{\"x\": 1}".into()),
+            Value::Text("[1, 2]".into()),
+            Value::Text("{\"x\": 1}".into()),
+        ];
+        let v: serde_json::Value = serde_json::from_str(&row_json(&rel, &row, None)).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"j": {"x": 1}, "b": [1, 2], "t": "{\"x\": 1}"})
         );
     }
 }

@@ -177,9 +177,10 @@ impl Feeds {
             }
         }
         if let Some(c) = &cursor {
-            // A window younger than the retention cannot have lost anything.
+            // A window younger than the retention cannot have lost anything
+            // (but for a watermark moved to the present: `Hub::pruned_below`).
             let pruned = if hub.window_covers(&c.lo) {
-                0
+                hub.pruned_below()
             } else {
                 changelog::pruned_below(&*pool.get().await?).await?
             };

@@ -167,6 +167,8 @@ pub(crate) struct Hub {
     /// Whether the log has the writer's-transaction column (`013_capture`),
     /// as the source found on connecting: the feeds' reads select it then.
     origin_tx: AtomicBool,
+    /// The retention watermark as the source's last read saw it.
+    pruned_below: AtomicU64,
 }
 
 /// Counters the hub and the feeds on it update.
@@ -207,6 +209,7 @@ impl Hub {
             advanced: watch::channel(0).0,
             metrics,
             origin_tx: AtomicBool::new(false),
+            pruned_below: AtomicU64::new(0),
         })
     }
 
@@ -217,6 +220,19 @@ impl Hub {
 
     pub(crate) fn origin_tx(&self) -> bool {
         self.origin_tx.load(Ordering::Relaxed)
+    }
+
+    /// The retention watermark (`rowcast.retention.pruned_below`), as the
+    /// source's reads bring it. Retention never prunes what the window holds,
+    /// but a forced switch back from a lost capture slot
+    /// (`rowcast.capture_by_trigger(.., force)`) moves the watermark to the
+    /// present: a cursor below it then resyncs even where the window covers it.
+    pub(crate) fn note_pruned_below(&self, xid: u64) {
+        self.pruned_below.fetch_max(xid, Ordering::Relaxed);
+    }
+
+    pub(crate) fn pruned_below(&self) -> u64 {
+        self.pruned_below.load(Ordering::Relaxed)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

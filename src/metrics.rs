@@ -87,6 +87,8 @@ pub(crate) struct Metrics {
     /// Slot-captured rows skipped because their event function failed or the
     /// log refused their event (each also a WARNING in PostgreSQL's log).
     pub capture_skipped: IntCounter,
+    /// 1 while tables are captured by a slot that is missing or invalidated.
+    pub capture_slot_missing: IntGauge,
     pub slow_consumer_drops: IntCounterVec,
     pub lag_recoveries: IntCounter,
     pub catchup_reads: IntCounterVec,
@@ -218,6 +220,10 @@ impl Metrics {
             "rowcast_capture_skipped_total",
             "Slot-captured rows skipped: their event function failed or the log refused the event",
         )?;
+        let capture_slot_missing = IntGauge::new(
+            "rowcast_capture_slot_missing",
+            "1 while tables are captured by a slot that is missing or invalidated: their changes are not captured",
+        )?;
         let source_commit_seconds = Gauge::new(
             "rowcast_source_commit_seconds",
             "How long a commit takes on the database, as the source probes it while rings come (0: not probed yet)",
@@ -272,6 +278,7 @@ impl Metrics {
         registry.register(Box::new(capture_active.clone()))?;
         registry.register(Box::new(capture_changes.clone()))?;
         registry.register(Box::new(capture_skipped.clone()))?;
+        registry.register(Box::new(capture_slot_missing.clone()))?;
         registry.register(Box::new(source_notifications.clone()))?;
         registry.register(Box::new(source_commit_seconds.clone()))?;
         registry.register(Box::new(slow_consumer_drops.clone()))?;
@@ -430,6 +437,7 @@ impl Metrics {
             capture_active,
             capture_changes,
             capture_skipped,
+            capture_slot_missing,
             slow_consumer_drops,
             lag_recoveries,
             catchup_reads,

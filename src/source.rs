@@ -441,6 +441,7 @@ impl Source {
             };
             let scope = changelog::Scope::All { rows: self.page };
             let page = changelog::read(client, stmt, &from, upto.as_ref(), scope).await?;
+            self.hub.note_pruned_below(page.pruned_below);
             for bad in &page.bad {
                 self.metrics.source_bad_changes.inc();
                 tracing::error!(

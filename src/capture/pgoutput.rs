@@ -15,6 +15,8 @@ pub(crate) struct Relation {
     pub schema: String,
     pub name: String,
     pub columns: Vec<String>,
+    /// Each column's type oid.
+    pub types: Vec<u32>,
 }
 
 /// One column's value in a tuple.
@@ -75,10 +77,11 @@ pub(crate) fn decode(buf: &[u8]) -> Result<Message, DecodeError> {
             let _replica_identity = r.u8()?;
             let n = r.u16()?;
             let mut columns = Vec::with_capacity(usize::from(n).min(r.buf.len()));
+            let mut types = Vec::with_capacity(usize::from(n).min(r.buf.len()));
             for _ in 0..n {
                 let _flags = r.u8()?;
                 columns.push(r.cstr()?);
-                let _type_oid = r.u32()?;
+                types.push(r.u32()?);
                 let _typmod = r.u32()?;
             }
             Ok(Message::Relation(Relation {
@@ -86,6 +89,7 @@ pub(crate) fn decode(buf: &[u8]) -> Result<Message, DecodeError> {
                 schema,
                 name,
                 columns,
+                types,
             }))
         }
         b'I' => {
@@ -236,6 +240,7 @@ mod tests {
                 schema: "market".into(),
                 name: "products".into(),
                 columns: vec!["id".into(), "quantity".into()],
+                types: vec![20, 1700],
             }))
         );
     }

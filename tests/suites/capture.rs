@@ -291,6 +291,27 @@ async fn capture_by_slot_refuses_what_it_cannot_capture() {
         .await);
     db.batch_execute("ROLLBACK").await.ok();
     assert!(wrote_first.contains("performed writes"), "{wrote_first}");
+    // a partitioned table's changes are decoded under its partitions' names
+    db.batch_execute(
+        "CREATE TABLE public.parted (id int NOT NULL, n int) PARTITION BY RANGE (id);
+         CREATE TABLE public.parted_1 PARTITION OF public.parted FOR VALUES FROM (0) TO (100);
+         CREATE FUNCTION public.parted_event(op text, o public.parted, n public.parted)
+           RETURNS rowcast.event LANGUAGE sql AS
+           $$ SELECT ROW(ARRAY['p-' || n.id], 'p.changed', to_jsonb(n), NULL)::rowcast.event $$;
+         CREATE FUNCTION public.parted_trigger() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN RETURN NULL; END $$;
+         CREATE TRIGGER parted_changed AFTER INSERT ON public.parted
+           FOR EACH ROW EXECUTE FUNCTION public.parted_trigger();",
+    )
+    .await
+    .unwrap();
+    let parted = err(db
+        .batch_execute(
+            "SELECT rowcast.capture_by_slot('public.parted',
+               'public.parted_event(text, public.parted, public.parted)', 'parted_changed')",
+        )
+        .await);
+    assert!(parted.contains("is not a plain table"), "{parted}");
     let slots =
         "SELECT count(*) FROM pg_replication_slots WHERE slot_name = rowcast.capture_slot()";
     assert_eq!(column_i64(&db, slots).await, [0]);
@@ -298,4 +319,107 @@ async fn capture_by_slot_refuses_what_it_cannot_capture() {
         column_i64(&db, "SELECT count(*) FROM rowcast.captured").await,
         [0]
     );
+}
+
+/// Two switches at once take turns: while one is making the slot (which
+/// waits for every transaction holding an xid), the other waits for it
+/// instead of switching a table to a slot that cannot yet decode; then a
+/// change of each table is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_switches_at_once_take_turns_and_lose_nothing() {
+    let url = fresh_db().await;
+    let db = connect(&url).await;
+    seed(&db, 1, 1).await;
+    let srv = server(&url).await;
+    let mut ws = WsClient::connect(&srv.base_url(), "topics=product-1,order-1").await;
+    // a transaction holding an xid: the slot's creation waits for it
+    let holder = connect(&url).await;
+    holder
+        .batch_execute("BEGIN; SELECT pg_current_xact_id()")
+        .await
+        .unwrap();
+    let first = {
+        let url = url.clone();
+        tokio::spawn(async move { connect(&url).await.batch_execute(PRODUCTS).await })
+    };
+    let second = {
+        let url = url.clone();
+        tokio::spawn(async move {
+            connect(&url)
+                .await
+                .batch_execute(
+                    "SELECT rowcast.capture_by_slot('market.orders',
+                       'market.orders_event(text, market.orders, market.orders)', 'orders_changed')",
+                )
+                .await
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!first.is_finished() && !second.is_finished(), "both wait");
+    holder.batch_execute("COMMIT").await.unwrap();
+    first.await.unwrap().expect("products to the slot");
+    second.await.unwrap().expect("orders to the slot");
+    set_quantity(&db, 1, 7).await;
+    db.batch_execute(
+        "INSERT INTO market.orders (id, customer_id, farm_id, status) VALUES (1, 1000, 1, 'PENDING')",
+    )
+    .await
+    .unwrap();
+    let got = events(&mut ws.rx, 2).await;
+    assert_eq!(
+        got.iter().map(|e| e.event.as_str()).collect::<Vec<_>>(),
+        ["inventory.updated", "order.status.changed"]
+    );
+    srv.stop().await;
+}
+
+/// The slot is dropped behind rowcast's back: the node says so
+/// (`rowcast_capture_slot_missing`), and a forced switch back puts the
+/// trigger on again at once and makes clients resync instead of resuming past
+/// the changes nobody captured.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_gone_is_told_and_a_forced_switch_back_makes_clients_resync() {
+    let url = fresh_db().await;
+    let db = connect(&url).await;
+    seed(&db, 1, 1).await;
+    db.batch_execute(PRODUCTS).await.expect("to the slot");
+    let srv = server(&url).await;
+    let base = srv.base_url();
+    let mut p = Poller::start(&base, "product-1").await;
+    set_quantity(&db, 1, 5).await;
+    let old = p.events(1).await[0].id.clone();
+    db.batch_execute(
+        "SELECT pg_terminate_backend(active_pid, 10000) FROM pg_replication_slots
+          WHERE slot_name = rowcast.capture_slot() AND active_pid IS NOT NULL;
+         SELECT pg_drop_replication_slot(rowcast.capture_slot());",
+    )
+    .await
+    .expect("drop the slot");
+    set_quantity(&db, 1, 6).await; // captured by nobody
+    eventually("the node tells", || {
+        srv.metric("rowcast_capture_slot_missing") == 1.0
+    })
+    .await;
+    let refused = db
+        .batch_execute("SELECT rowcast.capture_by_trigger('market.products', interval '1 second')")
+        .await;
+    assert!(
+        refused.is_ok(),
+        "a slot that is gone needs no wait: {refused:?}"
+    );
+    // once the node has read the moved watermark, a resume from before is refused
+    let resume = format!("topics=product-1&cursor={old}");
+    eventually_async("the old cursor resyncs", || async {
+        let (status, body) = poll_raw(&base, &resume).await;
+        (status, &body["error"]) == (410, &json!("cursor_expired"))
+    })
+    .await;
+    let mut ws = WsClient::connect(&base, "topics=product-1").await;
+    set_quantity(&db, 1, 7).await;
+    assert_eq!(next_event(&mut ws.rx).await.data["newQuantity"], json!(7));
+    eventually("the node stops telling", || {
+        srv.metric("rowcast_capture_slot_missing") == 0.0
+    })
+    .await;
+    srv.stop().await;
 }
