@@ -27,9 +27,11 @@
 //!   after it commits is the slot told (`update_applied_lsn`). A crash in
 //!   between makes the slot send those transactions again, and every
 //!   transaction ending at or before `capture_state.lsn` is skipped.
-//! - **Batching.** A batch is appended as soon as the stream has nothing more
-//!   ready, or at `MAX_BATCH` rows: at low rates one commit per change, under
-//!   load one per many (like a group commit), with no timer to wait for.
+//! - **Batching.** A batch is appended when the stream has nothing more
+//!   ready and the last append is `APPEND_PAUSE` old, or at `MAX_BATCH`
+//!   rows: an isolated change at once, a stream in batches of what came in
+//!   the pause (up to `APPEND_PAUSE` more latency), so that the appends'
+//!   commits do not double the writers'.
 //! - **A bad row** (its event function raises, or the log refuses its event)
 //!   is skipped with a warning and counted (`rowcast_capture_skipped_total`):
 //!   its writer committed long ago, and retrying it for ever would stop every
@@ -49,7 +51,7 @@ use pgoutput::{Message, Relation, Value};
 use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tokio_postgres::error::SqlState;
 
@@ -65,6 +67,11 @@ const LOOK_EVERY: Duration = Duration::from_secs(60);
 const BACKOFF: Duration = Duration::from_secs(1);
 /// Rows per batch at most.
 const MAX_BATCH: usize = 1000;
+/// At most one append per this long while changes stream: each append is a
+/// durable commit of its own, and with few writers one per change would
+/// double their commits (an isolated change, after a quiet spell, is
+/// appended at once).
+const APPEND_PAUSE: Duration = Duration::from_millis(2);
 /// How often the slot is told what the log holds (at most).
 const STATUS_EVERY: Duration = Duration::from_secs(1);
 /// The prefix of `rowcast.capture_by_trigger`'s logical message.
@@ -153,25 +160,40 @@ async fn capture(url: &str, metrics: &Metrics, shutdown: &mut Shutdown) -> Resul
         marked: None,
         metrics,
     };
+    let mut last_append = Instant::now()
+        .checked_sub(APPEND_PAUSE)
+        .unwrap_or_else(Instant::now);
     loop {
         let ready = stream.recv().now_or_never();
         let event = match ready {
             Some(event) if c.pending.len() < MAX_BATCH => event,
             ready => {
-                // nothing more ready (or the batch is full): append first
-                if !c.pending.is_empty() || c.marked.is_some() {
-                    c.flush(&mut control, &stream).await?;
-                }
-                match ready {
-                    Some(event) => event,
-                    None => tokio::select! {
+                let holding = !c.pending.is_empty() || c.marked.is_some();
+                // nothing more ready: append, unless the last append was less
+                // than APPEND_PAUSE ago (then more may come for this batch)
+                let due = last_append + APPEND_PAUSE;
+                if holding && ready.is_none() && c.marked.is_none() && Instant::now() < due {
+                    tokio::select! {
                         event = stream.recv() => event,
+                        _ = tokio::time::sleep_until(due.into()) => continue,
                         _ = &mut lost => return Err(Error::ConnectionLost("capture")),
-                        _ = shutdown.recv() => {
-                            stream.stop();
-                            return Ok(());
-                        }
-                    },
+                    }
+                } else {
+                    if holding {
+                        c.flush(&mut control, &stream).await?;
+                        last_append = Instant::now();
+                    }
+                    match ready {
+                        Some(event) => event,
+                        None => tokio::select! {
+                            event = stream.recv() => event,
+                            _ = &mut lost => return Err(Error::ConnectionLost("capture")),
+                            _ = shutdown.recv() => {
+                                stream.stop();
+                                return Ok(());
+                            }
+                        },
+                    }
                 }
             }
         };
