@@ -3,7 +3,9 @@
 //! PostgreSQL and this build's `rowcast` binary as the server process. Asserts
 //! that the run completes with every change delivered exactly once; asserts no
 //! timing (the machine may be busy). `bench_smoke_floor` runs the `--floor`
-//! comparison tiny: the floor relay and rowcast, one short step each.
+//! comparison tiny: the floor relay and rowcast, one short step each;
+//! `bench_smoke_ws_captured_by_the_slot` the WebSocket run with the products
+//! captured by the slot.
 
 use rowcast_bench::report::Load;
 use rowcast_bench::target::{FloorLaunch, TargetSpec};
@@ -26,6 +28,7 @@ fn options(scenario: Scenario, transport: Transport) -> BenchOptions {
         write_path_rounds: 3,
         target: TargetSpec::Embedded {
             exe: PathBuf::from(env!("CARGO_BIN_EXE_rowcast")),
+            capture_by_slot: false,
         },
         floor: None,
         rounds: None,
@@ -78,6 +81,21 @@ async fn bench_smoke_poll() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_smoke_socketio() {
     smoke(Transport::SocketIo).await;
+}
+
+/// The same over WebSocket with the products captured by the slot
+/// (`--capture-by-slot`): every change exactly once through the capturer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_smoke_ws_captured_by_the_slot() {
+    let mut opts = options(Scenario::Latency, Transport::Ws);
+    opts.target = TargetSpec::Embedded {
+        exe: PathBuf::from(env!("CARGO_BIN_EXE_rowcast")),
+        capture_by_slot: true,
+    };
+    let report = Box::pin(rowcast_bench::run(opts)).await.expect("bench run");
+    let load = report.latency.as_ref().expect("latency load");
+    assert_eq!(load.steps.len(), 1, "{}", report.to_json());
+    assert_exactly_once(load, &|| report.to_json());
 }
 
 /// The floor relay's process, when `bench_smoke_floor`'s bench starts this

@@ -59,6 +59,12 @@ pub struct Cli {
     /// (latency and throughput scenarios).
     #[arg(long, conflicts_with = "url")]
     pub floor: bool,
+    /// The measured server's market products captured by a logical
+    /// replication slot instead of their trigger (`rowcast.capture_by_slot`;
+    /// needs a server build with `013_capture`), for the latency and
+    /// throughput scenarios (the write-path scenario measures both ways).
+    #[arg(long, conflicts_with = "url")]
+    pub capture_by_slot: bool,
     /// The floor relay binary (default: the `rowcast-floor` next to this executable).
     #[arg(long, requires = "floor")]
     pub floor_bin: Option<PathBuf>,
@@ -133,6 +139,7 @@ impl Cli {
                     Some(exe) => exe,
                     None => default_rowcast_bin()?,
                 },
+                capture_by_slot: self.capture_by_slot,
             },
         };
         let floor = if self.floor {
@@ -229,7 +236,7 @@ mod tests {
     fn server_binary_defaults_to_the_sibling_rowcast() {
         let cli = Cli::parse_from(["rowcast-bench", "--scenario", "idle"]);
         let opts = cli.options(Vec::new()).unwrap();
-        let TargetSpec::Embedded { exe } = opts.target else {
+        let TargetSpec::Embedded { exe, .. } = opts.target else {
             panic!("embedded target expected");
         };
         let me = std::env::current_exe().unwrap();

@@ -71,7 +71,13 @@ pub struct Target {
 pub enum TargetSpec {
     /// Start PostgreSQL and a server; `exe` is the `rowcast` binary to run
     /// `serve` with (the bench is its own crate, so it cannot be itself).
-    Embedded { exe: PathBuf },
+    Embedded {
+        exe: PathBuf,
+        /// rowcast's market products captured by the slot instead of their
+        /// trigger (`rowcast.capture_by_slot`, README "Capture by a logical
+        /// replication slot"): `--capture-by-slot`.
+        capture_by_slot: bool,
+    },
     External {
         server: SocketAddr,
         database_url: String,
@@ -124,7 +130,13 @@ impl Target {
                     _pg: None,
                 })
             }
-            (TargetSpec::Embedded { exe }, server_kind) => {
+            (
+                TargetSpec::Embedded {
+                    exe,
+                    capture_by_slot,
+                },
+                server_kind,
+            ) => {
                 // before PostgreSQL is started: a wrong path fails at once
                 let server_version = version_of(&exe)?;
                 let opts = Options {
@@ -136,6 +148,12 @@ impl Target {
                 let database_url = pg.create_database(DB).await?;
                 let pg_pid = postmaster_pid(&pg.data_dir());
                 migrate_with(&exe, &database_url).await?;
+                if capture_by_slot && matches!(server_kind, Server::Rowcast) {
+                    connect(&database_url)
+                        .await?
+                        .batch_execute(crate::writers::TO_SLOT)
+                        .await?;
+                }
                 let server = free_addr()?;
                 let mut command = match server_kind {
                     Server::Rowcast => {

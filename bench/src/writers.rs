@@ -156,7 +156,7 @@ pub const VARIANTS: [&str; 4] = ["no_trigger", "pg_notify_per_row", "rowcast", "
 const SLOT_AVAILABLE: &str =
     "SELECT to_regprocedure('rowcast.capture_by_slot(regclass, regprocedure, name)') IS NOT NULL
        AND current_setting('wal_level') = 'logical'";
-const TO_SLOT: &str = "SELECT rowcast.capture_by_slot('market.products',
+pub const TO_SLOT: &str = "SELECT rowcast.capture_by_slot('market.products',
     'market.products_event(text, market.products, market.products)', 'products_changed')";
 /// Back to the trigger (waiting up to 5 minutes for the capturer to append
 /// what the slot decoded), when the products are captured by the slot.
