@@ -219,6 +219,8 @@ DECLARE
     pending pg_lsn;
 BEGIN
     PERFORM rowcast.capture_switch_lock();
+    -- tables dropped since they were switched have nothing left to capture
+    DELETE FROM rowcast.captured c WHERE NOT EXISTS (SELECT 1 FROM pg_class WHERE oid = c.relid);
     IF EXISTS (SELECT 1 FROM rowcast.captured WHERE by_slot) THEN
         RAISE EXCEPTION 'rowcast.capture_release: tables are still captured by the slot: %',
             (SELECT string_agg(relid::text, ', ') FROM rowcast.captured WHERE by_slot)
@@ -260,6 +262,13 @@ DECLARE
     stmt text;
     skipped int := 0;
 BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_class WHERE oid = tbl) THEN
+        -- the table was dropped after these changes: no row type to give
+        -- its event function any more
+        RAISE WARNING 'rowcast: % changes of a dropped table (oid %) captured by the slot were skipped',
+            coalesce(cardinality(ops), 0), tbl::oid;
+        RETURN coalesce(cardinality(ops), 0);
+    END IF;
     SELECT c.event_fn INTO fn FROM rowcast.captured c WHERE c.relid = tbl;
     IF fn IS NULL THEN
         RAISE EXCEPTION 'rowcast.capture_append: % was never captured by the slot', tbl

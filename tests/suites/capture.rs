@@ -423,3 +423,62 @@ async fn a_slot_gone_is_told_and_a_forced_switch_back_makes_clients_resync() {
     .await;
     srv.stop().await;
 }
+
+/// A captured table dropped while changes of it wait in the slot (no node
+/// running) costs those changes only: they are skipped and counted, and the
+/// other captured tables' changes go on; `capture_release` forgets the table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_captured_table_dropped_before_its_changes_were_appended_stops_nothing() {
+    let url = fresh_db().await;
+    let db = connect(&url).await;
+    seed(&db, 1, 1).await;
+    db.batch_execute(
+        "CREATE TABLE public.notes (id int PRIMARY KEY, body text);
+         CREATE FUNCTION public.notes_event(op text, o public.notes, n public.notes)
+           RETURNS rowcast.event LANGUAGE sql AS
+           $$ SELECT ROW(ARRAY['note-' || n.id], 'note.changed', to_jsonb(n), NULL)::rowcast.event $$;
+         CREATE FUNCTION public.notes_trigger() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN RETURN NULL; END $$;
+         CREATE TRIGGER notes_changed AFTER INSERT ON public.notes
+           FOR EACH ROW EXECUTE FUNCTION public.notes_trigger();",
+    )
+    .await
+    .unwrap();
+    db.batch_execute(PRODUCTS)
+        .await
+        .expect("products to the slot");
+    db.batch_execute(
+        "SELECT rowcast.capture_by_slot('public.notes',
+           'public.notes_event(text, public.notes, public.notes)', 'notes_changed')",
+    )
+    .await
+    .expect("notes to the slot");
+    // no node runs: both changes wait in the slot, and the table goes
+    db.batch_execute("INSERT INTO public.notes VALUES (1, 'x')")
+        .await
+        .unwrap();
+    set_quantity(&db, 1, 3).await;
+    // its event function goes with it (it takes the row type)
+    db.batch_execute("DROP TABLE public.notes CASCADE")
+        .await
+        .unwrap();
+    let srv = server(&url).await;
+    let mut ws = WsClient::connect(&srv.base_url(), "topics=product-1").await;
+    set_quantity(&db, 1, 4).await;
+    let rows = "SELECT (payload->>'newQuantity')::bigint FROM rowcast.changes
+                 WHERE 'product-1' = ANY (topics) AND payload->>'previousQuantity' IS NOT NULL
+                 ORDER BY id";
+    eventually_async("both product changes appended", || async {
+        column_i64(&db, rows).await == [3, 4]
+    })
+    .await;
+    assert_eq!(next_event(&mut ws.rx).await.data["newQuantity"], json!(4));
+    assert_eq!(srv.metric("rowcast_capture_skipped_total"), 1.0);
+    db.batch_execute("SELECT rowcast.capture_by_trigger('market.products')")
+        .await
+        .expect("products back");
+    db.batch_execute("SELECT rowcast.capture_release()")
+        .await
+        .expect("the dropped table forgotten, the slot released");
+    srv.stop().await;
+}
