@@ -158,6 +158,9 @@ async fn capture(url: &str, metrics: &Metrics, shutdown: &mut Shutdown) -> Resul
         pending_end: appended,
         appended,
         marked: None,
+        in_tx: false,
+        appended_rows: 0,
+        skipped_rows: 0,
         metrics,
     };
     let mut last_append = Instant::now()
@@ -168,7 +171,7 @@ async fn capture(url: &str, metrics: &Metrics, shutdown: &mut Shutdown) -> Resul
         let event = match ready {
             Some(event) if c.pending.len() < MAX_BATCH => event,
             ready => {
-                let holding = !c.pending.is_empty() || c.marked.is_some();
+                let holding = c.holding();
                 // nothing more ready: append, unless the last append was less
                 // than APPEND_PAUSE ago (then more may come for this batch)
                 let due = last_append + APPEND_PAUSE;
@@ -198,7 +201,12 @@ async fn capture(url: &str, metrics: &Metrics, shutdown: &mut Shutdown) -> Resul
             }
         };
         match event.map_err(replication)? {
-            Some(event) => c.take(event, &stream)?,
+            Some(event) => {
+                c.take(event, &stream)?;
+                if c.open_full() {
+                    c.append_open(&control).await?;
+                }
+            }
             None => return Err(Error::ConnectionLost("replication")),
         }
     }
@@ -287,11 +295,13 @@ struct Row {
     commit_us: i64,
 }
 
-/// The transaction being received: its Begin's id and commit time, its rows.
+/// The transaction being received: its Begin's id and commit time, its rows
+/// (none kept when it was appended before a restart: `skip`).
 struct Open {
     xid: u32,
     commit_us: i64,
     rows: Vec<Row>,
+    skip: bool,
 }
 
 struct Capturer<'m> {
@@ -306,6 +316,12 @@ struct Capturer<'m> {
     appended: Lsn,
     /// A mark received and not yet answered.
     marked: Option<Lsn>,
+    /// A database transaction is open on the control connection, holding
+    /// appended rows of a transaction still being received (`append_open`).
+    in_tx: bool,
+    /// Rows appended and skipped in the open database transaction.
+    appended_rows: u64,
+    skipped_rows: u64,
     metrics: &'m Metrics,
 }
 
@@ -313,14 +329,17 @@ impl Capturer<'_> {
     fn take(&mut self, event: ReplicationEvent, stream: &ReplicationClient) -> Result<()> {
         match event {
             ReplicationEvent::Begin {
+                final_lsn,
                 xid,
                 commit_time_micros,
-                ..
             } => {
                 self.open = Some(Open {
                     xid,
                     commit_us: commit_time_micros,
                     rows: Vec::new(),
+                    // its commit is before the end of one already appended
+                    // (as `Commit` checks with its end)
+                    skip: final_lsn < self.appended,
                 })
             }
             ReplicationEvent::XLogData { data, .. } => {
@@ -345,7 +364,7 @@ impl Capturer<'_> {
                 let rows = self.open.take().map(|o| o.rows).unwrap_or_default();
                 if end_lsn <= self.appended {
                     // appended before a restart: the slot sends it again
-                } else if rows.is_empty() && self.pending.is_empty() {
+                } else if rows.is_empty() && self.pending.is_empty() && !self.in_tx {
                     stream.update_applied_lsn(end_lsn);
                 } else {
                     self.pending.extend(rows);
@@ -362,8 +381,8 @@ impl Capturer<'_> {
             // nothing held, the slot may let that WAL go
             ReplicationEvent::KeepAlive { wal_end, .. }
                 if self.open.is_none()
-                    && self.pending.is_empty()
-                    && self.marked.is_none()
+                    && !self.holding()
+                    && !self.in_tx
                     && wal_end > self.appended =>
             {
                 stream.update_applied_lsn(wal_end);
@@ -389,6 +408,9 @@ impl Capturer<'_> {
             .open
             .as_mut()
             .ok_or_else(|| Error::Replication("a change outside a transaction".into()))?;
+        if open.skip {
+            return Ok(());
+        }
         open.rows.push(Row {
             relation,
             op,
@@ -400,7 +422,74 @@ impl Capturer<'_> {
         Ok(())
     }
 
-    /// Appends what is pending in one transaction, then tells the slot.
+    /// Whether there is something to append and commit: rows of received
+    /// transactions, a mark to answer, or a transaction whose rows were
+    /// appended before its commit arrived (then committed, and waiting).
+    fn holding(&self) -> bool {
+        !self.pending.is_empty() || self.marked.is_some() || (self.in_tx && self.open.is_none())
+    }
+
+    /// Whether the transaction being received holds a batch's worth of rows
+    /// (`append_open` then appends them before its commit arrives).
+    fn open_full(&self) -> bool {
+        self.open
+            .as_ref()
+            .is_some_and(|o| o.rows.len() >= MAX_BATCH)
+    }
+
+    /// Appends, inside the database transaction it opens (if not open yet),
+    /// what is pending and the rows received so far of the transaction being
+    /// received: a transaction of millions of rows is held a batch at a time,
+    /// never whole. Nothing of it is visible before `flush` commits, after its
+    /// own commit arrived; if the stream or the connection fails first, the
+    /// database transaction rolls back with the connection and the slot sends
+    /// it all again.
+    async fn append_open(&mut self, control: &tokio_postgres::Client) -> Result<()> {
+        let rows = self
+            .open
+            .as_mut()
+            .map(|o| std::mem::take(&mut o.rows))
+            .unwrap_or_default();
+        let pending = std::mem::take(&mut self.pending);
+        self.append(control, &pending).await?;
+        self.append(control, &rows).await
+    }
+
+    /// Appends `rows` in the open database transaction (opening it first).
+    async fn append(&mut self, control: &tokio_postgres::Client, rows: &[Row]) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        if !self.in_tx {
+            control.batch_execute("BEGIN").await?;
+            self.in_tx = true;
+        }
+        // one call per run of one table's rows, at most MAX_BATCH rows each
+        let runs = rows.chunk_by(|a, b| a.relation == b.relation);
+        for run in runs.flat_map(|r| r.chunks(MAX_BATCH)) {
+            let ops: Vec<&str> = run.iter().map(|r| r.op).collect();
+            let olds: Vec<Option<&str>> = run.iter().map(|r| r.old.as_deref()).collect();
+            let news: Vec<Option<&str>> = run.iter().map(|r| r.new.as_deref()).collect();
+            let xids: Vec<i64> = run.iter().map(|r| i64::from(r.xid)).collect();
+            let commit_us: Vec<i64> = run.iter().map(|r| r.commit_us).collect();
+            let n: i32 = control
+                .query_one(
+                    "SELECT rowcast.capture_append($1::oid::regclass, $2::text[],
+                                                   $3::text[]::jsonb[], $4::text[]::jsonb[],
+                                                   $5::int8[], $6::int8[])",
+                    &[&run[0].relation, &ops, &olds, &news, &xids, &commit_us],
+                )
+                .await?
+                .try_get(0)?;
+            let skipped = u64::try_from(n).unwrap_or(0);
+            self.skipped_rows += skipped;
+            self.appended_rows += (run.len() as u64).saturating_sub(skipped);
+        }
+        Ok(())
+    }
+
+    /// Appends what is pending and commits it with the position it reaches,
+    /// then tells the slot.
     async fn flush(
         &mut self,
         control: &mut tokio_postgres::Client,
@@ -410,51 +499,33 @@ impl Capturer<'_> {
             .marked
             .take()
             .map_or(self.pending_end, |m| m.max(self.pending_end));
-        let tx = control.transaction().await?;
-        let mut skipped = 0i64;
-        // one call per run of one table's rows, at most MAX_BATCH rows each
-        // (a transaction of many rows comes in one piece)
-        let runs = self.pending.chunk_by(|a, b| a.relation == b.relation);
-        for run in runs.flat_map(|r| r.chunks(MAX_BATCH)) {
-            let ops: Vec<&str> = run.iter().map(|r| r.op).collect();
-            let olds: Vec<Option<&str>> = run.iter().map(|r| r.old.as_deref()).collect();
-            let news: Vec<Option<&str>> = run.iter().map(|r| r.new.as_deref()).collect();
-            let xids: Vec<i64> = run.iter().map(|r| i64::from(r.xid)).collect();
-            let commit_us: Vec<i64> = run.iter().map(|r| r.commit_us).collect();
-            let n: i32 = tx
-                .query_one(
-                    "SELECT rowcast.capture_append($1::oid::regclass, $2::text[],
-                                                   $3::text[]::jsonb[], $4::text[]::jsonb[],
-                                                   $5::int8[], $6::int8[])",
-                    &[&run[0].relation, &ops, &olds, &news, &xids, &commit_us],
-                )
-                .await?
-                .try_get(0)?;
-            skipped += i64::from(n);
+        let pending = std::mem::take(&mut self.pending);
+        self.append(control, &pending).await?;
+        if !self.in_tx {
+            control.batch_execute("BEGIN").await?;
+            self.in_tx = true;
         }
-        tx.execute(
-            "UPDATE rowcast.capture_state SET lsn = $1::text::pg_lsn WHERE id = 1",
-            &[&end.to_pg_string()],
-        )
-        .await?;
+        control
+            .execute(
+                "UPDATE rowcast.capture_state SET lsn = $1::text::pg_lsn WHERE id = 1",
+                &[&end.to_pg_string()],
+            )
+            .await?;
         // wakes every node's source, as a writer's ring would
-        tx.batch_execute("NOTIFY rowcast").await?;
-        tx.commit().await?;
+        control.batch_execute("NOTIFY rowcast; COMMIT").await?;
+        self.in_tx = false;
         crate::failpoints::hit("capture.appended").await?;
         stream.update_applied_lsn(end);
         self.appended = end;
-        let rows = self.pending.len() as u64;
-        self.metrics
-            .capture_changes
-            .inc_by(rows - skipped.max(0) as u64);
-        if skipped > 0 {
-            self.metrics.capture_skipped.inc_by(skipped as u64);
+        self.metrics.capture_changes.inc_by(self.appended_rows);
+        if self.skipped_rows > 0 {
+            self.metrics.capture_skipped.inc_by(self.skipped_rows);
             tracing::warn!(
-                skipped,
+                skipped = self.skipped_rows,
                 "rows captured by the slot were skipped (see the database log)"
             );
         }
-        self.pending.clear();
+        (self.appended_rows, self.skipped_rows) = (0, 0);
         Ok(())
     }
 }

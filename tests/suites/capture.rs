@@ -482,3 +482,40 @@ async fn a_captured_table_dropped_before_its_changes_were_appended_stops_nothing
         .expect("the dropped table forgotten, the slot released");
     srv.stop().await;
 }
+
+/// A transaction of 2,500 changes (more than a batch, so the capturer
+/// appends it in pieces before its commit arrives, holding a batch at a
+/// time): every change once, in order, committed together.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_larger_than_a_batch_arrives_whole_and_once() {
+    let url = fresh_db().await;
+    let db = connect(&url).await;
+    seed(&db, 1, 2500).await;
+    db.batch_execute(PRODUCTS).await.expect("to the slot");
+    let srv = server(&url).await;
+    let mut ws = WsClient::connect(&srv.base_url(), "topics=farm-1").await;
+    db.batch_execute("UPDATE market.products SET quantity = quantity + 1")
+        .await
+        .unwrap();
+    let got = events(&mut ws.rx, 2500).await;
+    let mut ids: Vec<i64> = got
+        .iter()
+        .map(|e| e.data["productId"].as_str().unwrap().parse().unwrap())
+        .collect();
+    let tx: std::collections::HashSet<_> = got.iter().map(|e| e.tx.clone()).collect();
+    assert_eq!(tx.len(), 1, "one writer's transaction");
+    ids.sort_unstable();
+    assert_eq!(ids, (1..=2500).collect::<Vec<_>>(), "each once");
+    let rows = "SELECT count(*), count(DISTINCT xid) FROM rowcast.changes
+                 WHERE event = 'inventory.updated' AND payload->>'previousQuantity' IS NOT NULL";
+    let (n, xids): (i64, i64) = {
+        let r = db.query_one(rows, &[]).await.unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(
+        (n, xids),
+        (2500, 1),
+        "appended by one transaction of the capturer"
+    );
+    srv.stop().await;
+}
