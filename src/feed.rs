@@ -39,7 +39,9 @@ const CANONICAL_ABOVE: usize = 8;
 pub(crate) enum FeedError {
     #[error("cursor is ahead of this server's position")]
     CursorAhead,
-    /// Retention pruned changes this client still needed while it was catching up.
+    /// Changes this client still needed may be gone: retention pruned them
+    /// while it was catching up, or a watermark moved past the node's
+    /// position declared them lost (`Hub::note_pruned_below`).
     #[error("cursor expired while catching up")]
     Expired,
     #[error("database unavailable: {0}")]
@@ -458,6 +460,11 @@ impl Feed {
         let Some((from, upto)) = self.catch_up.clone() else {
             return Ok(true);
         };
+        // the window keeps what a watermark moved past the position declared
+        // lost (`Hub::note_pruned_below`); the log read checks its own
+        if from.lo.xmin() < self.sub.hub().pruned_below() {
+            return Err(FeedError::Expired);
+        }
         if let Some(done) = self.read_window(&from, &upto, budget).await? {
             return Ok(done);
         }

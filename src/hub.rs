@@ -144,6 +144,16 @@ impl Sub {
         drop(q);
         Some(d)
     }
+
+    /// Marks the subscriber lagging and out of direct delivery, under its
+    /// queue's lock (`q`), so that it never goes direct between the cause and
+    /// the mark; its feed continues from the log (the module's contract).
+    fn lag(&self, mut q: MutexGuard<'_, Queue>) {
+        q.direct = None;
+        self.lagged.store(true, Ordering::Relaxed);
+        drop(q);
+        self.wake.notify_one();
+    }
 }
 
 struct State {
@@ -227,8 +237,33 @@ impl Hub {
     /// but a forced switch back from a lost capture slot
     /// (`rowcast.capture_by_trigger(.., force)`) moves the watermark to the
     /// present: a cursor below it then resyncs even where the window covers it.
-    pub(crate) fn note_pruned_below(&self, xid: u64) {
-        self.pruned_below.fetch_max(xid, Ordering::Relaxed);
+    ///
+    /// A watermark past the position (the snapshot everything before which
+    /// was published) says that changes this node never published may be
+    /// gone: not captured while a slot was lost, or pruned before the source
+    /// read them. Then every subscriber lags, as if its queue had overflowed,
+    /// and its feed, continuing from its own position, finds that position
+    /// below the watermark and ends with `FeedError::Expired`: connected
+    /// clients are told to resync exactly as resuming ones are, never left
+    /// live past a hole. Returns how many subscribers were made to lag.
+    pub(crate) fn note_pruned_below(&self, xid: u64) -> usize {
+        if self.pruned_below.fetch_max(xid, Ordering::Relaxed) >= xid {
+            return 0;
+        }
+        let subs: HashMap<u64, Arc<Sub>> = {
+            let st = self.lock();
+            if st.position.as_ref().is_none_or(|p| p.xmin() >= xid) {
+                return 0;
+            }
+            st.topics
+                .values()
+                .flat_map(|subs| subs.iter().map(|(id, s)| (*id, Arc::clone(s))))
+                .collect()
+        };
+        for sub in subs.values() {
+            sub.lag(sub.queue());
+        }
+        subs.len()
     }
 
     pub(crate) fn pruned_below(&self) -> u64 {
@@ -465,7 +500,7 @@ impl Hub {
                     return true;
                 }
                 Taken::Closed => return false,
-                Taken::Full => q.direct = None,
+                Taken::Full => {}
             }
         } else {
             let bytes = d.bytes();
@@ -480,11 +515,7 @@ impl Hub {
                 return true;
             }
         }
-        // lagging is decided under the queue's lock, so that a subscription
-        // never goes direct between an overflow and its mark
-        sub.lagged.store(true, Ordering::Relaxed);
-        drop(q);
-        sub.wake.notify_one();
+        sub.lag(q);
         false
     }
 
@@ -702,6 +733,31 @@ mod tests {
             },
             HubMetrics::new(&metrics),
         )
+    }
+
+    /// A watermark below the position changes nothing; one past it makes
+    /// every subscriber lag, once (a later equal or lower one does nothing).
+    #[tokio::test]
+    async fn a_watermark_past_the_position_makes_every_subscriber_lag() {
+        let hub = test_hub();
+        hub.close_batch(Snapshot::new(10, vec![7]));
+        let (a, _) = hub.subscribe(&["t".to_string(), "u".to_string()]).await;
+        let (b, _) = hub.subscribe(&["u".to_string()]).await;
+        assert_eq!(hub.note_pruned_below(5), 0);
+        assert_eq!(
+            hub.note_pruned_below(7),
+            0,
+            "xids from 7 on were not declared lost"
+        );
+        assert!(!a.lagged() && !b.lagged());
+        assert_eq!(
+            hub.note_pruned_below(8),
+            2,
+            "xid 7 may be lost: both, each once"
+        );
+        assert!(a.lagged() && b.lagged());
+        assert_eq!(hub.pruned_below(), 8);
+        assert_eq!(hub.note_pruned_below(8), 0);
     }
 
     /// An idle subscriber holds no queue memory: none before its first

@@ -441,7 +441,14 @@ impl Source {
             };
             let scope = changelog::Scope::All { rows: self.page };
             let page = changelog::read(client, stmt, &from, upto.as_ref(), scope).await?;
-            self.hub.note_pruned_below(page.pruned_below);
+            let lagged = self.hub.note_pruned_below(page.pruned_below);
+            if lagged > 0 {
+                tracing::warn!(
+                    subscribers = lagged,
+                    watermark = page.pruned_below,
+                    "the retention watermark passed this node's position (a capture slot was lost, or changes were pruned before they were read): every connected client resyncs"
+                );
+            }
             for bad in &page.bad {
                 self.metrics.source_bad_changes.inc();
                 tracing::error!(

@@ -373,6 +373,12 @@ async fn two_switches_at_once_take_turns_and_lose_nothing() {
     srv.stop().await;
 }
 
+/// Drops the capture slot behind rowcast's back.
+const DROP_SLOT: &str = "
+    SELECT pg_terminate_backend(active_pid, 10000) FROM pg_replication_slots
+     WHERE slot_name = rowcast.capture_slot() AND active_pid IS NOT NULL;
+    SELECT pg_drop_replication_slot(rowcast.capture_slot());";
+
 /// The slot is dropped behind rowcast's back: the node says so
 /// (`rowcast_capture_slot_missing`), and a forced switch back puts the
 /// trigger on again at once and makes clients resync instead of resuming past
@@ -388,13 +394,7 @@ async fn a_slot_gone_is_told_and_a_forced_switch_back_makes_clients_resync() {
     let mut p = Poller::start(&base, "product-1").await;
     set_quantity(&db, 1, 5).await;
     let old = p.events(1).await[0].id.clone();
-    db.batch_execute(
-        "SELECT pg_terminate_backend(active_pid, 10000) FROM pg_replication_slots
-          WHERE slot_name = rowcast.capture_slot() AND active_pid IS NOT NULL;
-         SELECT pg_drop_replication_slot(rowcast.capture_slot());",
-    )
-    .await
-    .expect("drop the slot");
+    db.batch_execute(DROP_SLOT).await.expect("drop the slot");
     set_quantity(&db, 1, 6).await; // captured by nobody
     eventually("the node tells", || {
         srv.metric("rowcast_capture_slot_missing") == 1.0
@@ -421,6 +421,84 @@ async fn a_slot_gone_is_told_and_a_forced_switch_back_makes_clients_resync() {
         srv.metric("rowcast_capture_slot_missing") == 0.0
     })
     .await;
+    srv.stop().await;
+}
+
+/// Clients that stay connected while the slot is gone are told too: once the
+/// forced switch back moves the watermark past the node's position, a
+/// WebSocket is closed with 4010 (cursor expired), an SSE stream ends and a
+/// waiting long-poll answers 410 `cursor_expired`, and resuming from what they last received gets the explicit resync (not
+/// a live stream that silently lacks the change nobody captured). A client
+/// that connects afterwards is live at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_connected_through_a_lost_slot_are_told_to_resync() {
+    let url = fresh_db().await;
+    let db = connect(&url).await;
+    seed(&db, 1, 1).await;
+    db.batch_execute(PRODUCTS).await.expect("to the slot");
+    let srv = server(&url).await;
+    let base = srv.base_url();
+    let mut ws = WsClient::connect(&base, "topics=product-1").await;
+    let mut sse = SseClient::connect(&base, "topics=product-1", None).await;
+    set_quantity(&db, 1, 5).await;
+    let seen_ws = next_event(&mut ws.rx).await;
+    let seen_sse = next_event(&mut sse.rx).await;
+    assert_eq!(
+        (&seen_ws.data["newQuantity"], &seen_sse.data["newQuantity"]),
+        (&json!(5), &json!(5))
+    );
+    let (b, q) = (
+        base.clone(),
+        format!("topics=product-1&cursor={}&wait=20", seen_ws.id),
+    );
+    let long_poll = tokio::spawn(async move { poll_raw(&b, &q).await });
+    db.batch_execute(DROP_SLOT).await.expect("drop the slot");
+    set_quantity(&db, 1, 6).await; // captured by nobody
+    eventually("the node tells", || {
+        srv.metric("rowcast_capture_slot_missing") == 1.0
+    })
+    .await;
+    db.batch_execute("SELECT rowcast.capture_by_trigger('market.products', force => true)")
+        .await
+        .expect("forced switch back");
+    match ws.next().await {
+        Msg::Closed(why) => assert!(why.starts_with("4010"), "closed with {why}"),
+        other => panic!("a connected WebSocket was not told: {other:?}"),
+    }
+    loop {
+        match next_msg(&mut sse.rx).await {
+            Msg::Closed(why) if why == "eof" => break,
+            Msg::Closed(_) => continue,
+            other => panic!("a connected SSE stream was not ended: {other:?}"),
+        }
+    }
+    let (status, body) = tokio::time::timeout(ARRIVAL, long_poll)
+        .await
+        .expect("the long poll answers")
+        .expect("poll task");
+    assert_eq!((status, &body["error"]), (410, &json!("cursor_expired")));
+    let mut ws = WsClient::connect(&base, &format!("topics=product-1&cursor={}", seen_ws.id)).await;
+    match ws.next().await {
+        Msg::Control(m) if m["type"] == "subscribed" => {}
+        other => panic!("expected subscribed, got {other:?}"),
+    }
+    match ws.next().await {
+        Msg::Control(m) => assert_eq!(
+            (&m["type"], &m["reason"]),
+            (&json!("resync"), &json!("cursor_expired"))
+        ),
+        other => panic!("the resume was not told to resync: {other:?}"),
+    }
+    let mut sse = SseClient::connect(&base, "topics=product-1", Some(&seen_sse.id)).await;
+    match next_msg(&mut sse.rx).await {
+        Msg::Control(m) => assert_eq!(m["reason"], json!("cursor_expired")),
+        other => panic!("the SSE resume was not told to resync: {other:?}"),
+    }
+    let mut fresh = WsClient::connect(&base, "topics=product-1").await;
+    set_quantity(&db, 1, 7).await;
+    for rx in [&mut ws.rx, &mut sse.rx, &mut fresh.rx] {
+        assert_eq!(next_event(rx).await.data["newQuantity"], json!(7));
+    }
     srv.stop().await;
 }
 
