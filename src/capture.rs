@@ -28,10 +28,12 @@
 //!   between makes the slot send those transactions again, and every
 //!   transaction ending at or before `capture_state.lsn` is skipped.
 //! - **Batching.** A batch is appended when the stream has nothing more
-//!   ready and the last append is `APPEND_PAUSE` old, or at `MAX_BATCH`
-//!   rows: an isolated change at once, a stream in batches of what came in
-//!   the pause (up to `APPEND_PAUSE` more latency), so that the appends'
-//!   commits do not double the writers'.
+//!   ready and the last append is the pause old (`--capture-pause`, 2 ms by
+//!   default), or at `MAX_BATCH` rows: an isolated change at once, a stream
+//!   in batches of what came in the pause (up to the pause more latency).
+//!   Each append is a durable commit of its own, and with few writers one
+//!   per change would double their commits; a longer pause also means fewer
+//!   appends and fewer reads of the log per change.
 //! - **A bad row** (its event function raises, or the log refuses its event)
 //!   is skipped with a warning and counted (`rowcast_capture_skipped_total`):
 //!   its writer committed long ago, and retrying it for ever would stop every
@@ -67,20 +69,20 @@ const LOOK_EVERY: Duration = Duration::from_secs(60);
 const BACKOFF: Duration = Duration::from_secs(1);
 /// Rows per batch at most.
 const MAX_BATCH: usize = 1000;
-/// At most one append per this long while changes stream: each append is a
-/// durable commit of its own, and with few writers one per change would
-/// double their commits (an isolated change, after a quiet spell, is
-/// appended at once).
-const APPEND_PAUSE: Duration = Duration::from_millis(2);
 /// How often the slot is told what the log holds (at most).
 const STATUS_EVERY: Duration = Duration::from_secs(1);
 /// The prefix of `rowcast.capture_by_trigger`'s logical message.
 const MARK: &str = "rowcast.mark";
 
 /// Runs until shutdown: captures while this node holds the lock.
-pub(crate) async fn run(database_url: String, metrics: Metrics, mut shutdown: Shutdown) {
+pub(crate) async fn run(
+    database_url: String,
+    pause: Duration,
+    metrics: Metrics,
+    mut shutdown: Shutdown,
+) {
     loop {
-        match capture(&database_url, &metrics, &mut shutdown).await {
+        match capture(&database_url, pause, &metrics, &mut shutdown).await {
             Ok(()) => return,
             Err(e) => tracing::warn!(error = %e, "capture by the slot stopped; starting over"),
         }
@@ -93,7 +95,12 @@ pub(crate) async fn run(database_url: String, metrics: Metrics, mut shutdown: Sh
 }
 
 /// Waits for the slot and the lock, then streams; returns at shutdown.
-async fn capture(url: &str, metrics: &Metrics, shutdown: &mut Shutdown) -> Result<()> {
+async fn capture(
+    url: &str,
+    pause: Duration,
+    metrics: &Metrics,
+    shutdown: &mut Shutdown,
+) -> Result<()> {
     let woken = Arc::new(Notify::new());
     let (mut control, lost) = crate::db::dedicated(url, Some((Arc::clone(&woken), None))).await?;
     let mut lost = std::pin::pin!(lost);
@@ -164,7 +171,7 @@ async fn capture(url: &str, metrics: &Metrics, shutdown: &mut Shutdown) -> Resul
         metrics,
     };
     let mut last_append = Instant::now()
-        .checked_sub(APPEND_PAUSE)
+        .checked_sub(pause)
         .unwrap_or_else(Instant::now);
     loop {
         let ready = stream.recv().now_or_never();
@@ -173,8 +180,8 @@ async fn capture(url: &str, metrics: &Metrics, shutdown: &mut Shutdown) -> Resul
             ready => {
                 let holding = c.holding();
                 // nothing more ready: append, unless the last append was less
-                // than APPEND_PAUSE ago (then more may come for this batch)
-                let due = last_append + APPEND_PAUSE;
+                // than the pause ago (then more may come for this batch)
+                let due = last_append + pause;
                 if holding && ready.is_none() && c.marked.is_none() && Instant::now() < due {
                     tokio::select! {
                         event = stream.recv() => event,

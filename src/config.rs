@@ -45,6 +45,7 @@ pub mod defaults {
     pub const SOURCE_PAGE: i64 = 5000;
     pub const SOURCE_BUSY_PAUSE: &str = "1ms";
     pub const SOURCE_BUSY_PAUSE_MAX: &str = "4ms";
+    pub const CAPTURE_PAUSE: &str = "2ms";
 }
 
 /// Parses `90`, `90s`, `15m`, `24h`, `7d` (also `500ms`).
@@ -201,6 +202,19 @@ pub struct ServerConfig {
         value_parser = parse_duration
     )]
     pub busy_pause_max: Duration,
+    /// For tables captured by the logical replication slot: while changes
+    /// stream, the capturer appends at most one batch per this long (e.g.
+    /// 2ms, 25ms; 0 to 1s). An isolated change is appended at once; a longer
+    /// pause makes bigger batches, fewer commits of the capturer and fewer
+    /// reads of the log per change (less PostgreSQL CPU per change), for up
+    /// to this much more latency on streamed changes.
+    #[arg(
+        long = "capture-pause",
+        env = "ROWCAST_CAPTURE_PAUSE",
+        default_value = defaults::CAPTURE_PAUSE,
+        value_parser = parse_duration
+    )]
+    pub capture_pause: Duration,
     /// Changes per change-log read of the source (a bigger batch is read in pages).
     #[arg(skip = defaults::SOURCE_PAGE)]
     pub source_page: i64,
@@ -418,6 +432,7 @@ impl ServerConfig {
             idle_poll: Duration::from_secs(2),
             busy_pause: dur(defaults::SOURCE_BUSY_PAUSE),
             busy_pause_max: dur(defaults::SOURCE_BUSY_PAUSE_MAX),
+            capture_pause: dur(defaults::CAPTURE_PAUSE),
             source_page: defaults::SOURCE_PAGE,
             prune_every: Duration::from_secs(60),
         }
@@ -470,6 +485,7 @@ impl ServerConfig {
         self.busy_pause_max = self
             .busy_pause_max
             .clamp(self.busy_pause, Duration::from_millis(100));
+        self.capture_pause = self.capture_pause.min(Duration::from_secs(1));
         // prune often enough to keep the log near the retention, never in a loop
         self.prune_every =
             (self.retention / 10).clamp(Duration::from_millis(100), self.prune_every);

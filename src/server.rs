@@ -160,6 +160,7 @@ impl Server {
             tokio::spawn(source.run(shutdown.subscribe())),
             tokio::spawn(crate::capture::run(
                 cfg.database_url.clone(),
+                cfg.capture_pause,
                 metrics.clone(),
                 shutdown.subscribe(),
             )),
