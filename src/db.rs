@@ -7,32 +7,12 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
-/// Connects and drives the connection in the background until it closes.
-///
-/// Server NOTICEs (`schema "rowcast" already exists, skipping` on every
-/// re-run of the migrations) are logged at DEBUG: they are not news for an
-/// operator. The driver would log them at INFO if left to itself.
+/// Connects and drives the connection in the background until it closes (a
+/// set-up connection: its failures reach its caller as query errors, so the
+/// driver mentions them at DEBUG only; see [`drive`]).
 pub async fn connect(url: &str) -> Result<Client> {
-    let (client, mut conn) = tokio_postgres::connect(url, NoTls).await?;
-    tokio::spawn(async move {
-        let mut messages = std::pin::pin!(futures::stream::poll_fn(|cx| conn.poll_message(cx)));
-        while let Some(m) = futures::StreamExt::next(&mut messages).await {
-            match m {
-                Ok(tokio_postgres::AsyncMessage::Notice(n)) => {
-                    tracing::debug!(
-                        severity = n.severity(),
-                        message = n.message(),
-                        "database notice"
-                    );
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::debug!(error = %crate::error::describe_pg(&e), "set-up connection ended");
-                    return;
-                }
-            }
-        }
-    });
+    let (client, conn) = tokio_postgres::connect(url, NoTls).await?;
+    tokio::spawn(drive(conn, None, false));
     Ok(client)
 }
 
@@ -71,38 +51,61 @@ pub(crate) fn pool_from(
 /// A dedicated connection (the source's, the capturer's: not pooled, since
 /// pooled connections drop notifications), driven in a task. Notifications
 /// ring `bell` and are counted. The returned future completes when the
-/// connection ends.
+/// connection ends; why it ended is logged at WARN (the owner only learns
+/// that it did).
 pub(crate) async fn dedicated(
     url: &str,
     bell: Option<(Arc<Notify>, Option<prometheus::IntCounter>)>,
 ) -> Result<(Client, impl std::future::Future<Output = ()>)> {
-    let (client, mut conn) = tokio_postgres::connect(url, NoTls).await?;
+    let (client, conn) = tokio_postgres::connect(url, NoTls).await?;
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
-        loop {
-            match futures::future::poll_fn(|cx| conn.poll_message(cx)).await {
-                Some(Ok(AsyncMessage::Notification(_))) => {
-                    if let Some((b, count)) = &bell {
-                        if let Some(c) = count {
-                            c.inc();
-                        }
-                        b.notify_one();
-                    }
-                }
-                Some(Ok(AsyncMessage::Notice(n))) => {
-                    tracing::debug!(notice = %n.message(), "postgres notice");
-                }
-                Some(Ok(_)) => {}
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "dedicated database connection error");
-                    break;
-                }
-                None => break,
-            }
-        }
+        drive(conn, bell, true).await;
         let _ = done_tx.send(());
     });
     Ok((client, async move {
         let _ = done_rx.await;
     }))
+}
+
+/// Drives `conn` until it ends: notifications ring `bell`, server NOTICEs
+/// (`schema "rowcast" already exists, skipping` on every re-run of the
+/// migrations) are logged at DEBUG, not news for an operator (the driver
+/// would log them at INFO if left to itself), and an error that ends the
+/// connection at WARN when `warn_on_end`, else at DEBUG.
+async fn drive(
+    mut conn: tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>,
+    bell: Option<(Arc<Notify>, Option<prometheus::IntCounter>)>,
+    warn_on_end: bool,
+) {
+    loop {
+        match futures::future::poll_fn(|cx| conn.poll_message(cx)).await {
+            Some(Ok(AsyncMessage::Notification(_))) => {
+                if let Some((b, count)) = &bell {
+                    if let Some(c) = count {
+                        c.inc();
+                    }
+                    b.notify_one();
+                }
+            }
+            Some(Ok(AsyncMessage::Notice(n))) => {
+                tracing::debug!(
+                    severity = n.severity(),
+                    message = n.message(),
+                    "database notice"
+                );
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => {
+                let error = crate::error::describe_pg(&e);
+                if warn_on_end {
+                    tracing::warn!(%error, "dedicated database connection error");
+                } else {
+                    tracing::debug!(%error, "set-up connection ended");
+                }
+                return;
+            }
+            None => return,
+        }
+    }
 }
