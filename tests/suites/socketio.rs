@@ -682,6 +682,45 @@ async fn an_expired_offset_gets_a_new_session_and_a_resync() {
     srv.stop().await;
 }
 
+/// The retention watermark moves past the node's position while a client
+/// is connected (what a forced switch back from a lost capture slot does:
+/// changes the node never published may be gone): the node closes the
+/// transport, and the client's own reconnection gets a new session and a
+/// `rowcast:resync` (`cursor_expired`) instead of staying live past a hole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watermark_past_the_node_makes_a_connected_client_resync() {
+    let Some(modules) = node_modules() else {
+        return;
+    };
+    let url = fresh_db().await;
+    let srv = server(&url).await;
+    let mut c = sio_client(&modules, &srv.base_url());
+    let mut seen = Seen::default();
+    seen.until(&mut c, None, 1).await;
+    let db = connect(&url).await;
+    emit_range(&db, "r", 1, 2).await;
+    seen.until(&mut c, Some(2), 1).await;
+    db.batch_execute(
+        "UPDATE rowcast.retention SET pruned_below = pg_snapshot_xmax(pg_current_snapshot());
+         NOTIFY rowcast;",
+    )
+    .await
+    .expect("move the watermark");
+    seen.until(&mut c, None, 2).await;
+    assert_eq!(
+        seen.connects,
+        [false, false],
+        "a new session, not a recovery"
+    );
+    let resync = c.resync().await;
+    assert_eq!(resync["reason"], "cursor_expired");
+    assert_eq!(resync["topics"], json!(["r"]));
+    emit_range(&db, "r", 3, 3).await;
+    seen.until(&mut c, Some(3), 2).await;
+    assert_eq!(seen.ns, [1, 2, 3]);
+    srv.stop().await;
+}
+
 /// A session that had subscribed and cannot recover (its offset expired)
 /// gets a new session that keeps its topics (`recovered === false`, a
 /// `rowcast:resync` naming them), and that new session recovers them in turn.
