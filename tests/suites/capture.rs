@@ -373,11 +373,32 @@ async fn two_switches_at_once_take_turns_and_lose_nothing() {
     srv.stop().await;
 }
 
-/// Drops the capture slot behind rowcast's back.
-const DROP_SLOT: &str = "
-    SELECT pg_terminate_backend(active_pid, 10000) FROM pg_replication_slots
-     WHERE slot_name = rowcast.capture_slot() AND active_pid IS NOT NULL;
-    SELECT pg_drop_replication_slot(rowcast.capture_slot());";
+/// A fresh database with product 1 captured by the slot, and a node on it.
+async fn a_node_with_product_1_by_the_slot() -> (tokio_postgres::Client, rowcast::server::Server) {
+    let url = fresh_db().await;
+    let db = connect(&url).await;
+    seed(&db, 1, 1).await;
+    db.batch_execute(PRODUCTS).await.expect("to the slot");
+    let srv = server(&url).await;
+    (db, srv)
+}
+
+/// Drops the capture slot behind rowcast's back, writes a change nobody
+/// captures (quantity 6), and waits until the node says the slot is gone.
+async fn lose_the_slot(db: &tokio_postgres::Client, srv: &rowcast::server::Server) {
+    db.batch_execute(
+        "SELECT pg_terminate_backend(active_pid, 10000) FROM pg_replication_slots
+          WHERE slot_name = rowcast.capture_slot() AND active_pid IS NOT NULL;
+         SELECT pg_drop_replication_slot(rowcast.capture_slot());",
+    )
+    .await
+    .expect("drop the slot");
+    set_quantity(db, 1, 6).await;
+    eventually("the node tells", || {
+        srv.metric("rowcast_capture_slot_missing") == 1.0
+    })
+    .await;
+}
 
 /// The slot is dropped behind rowcast's back: the node says so
 /// (`rowcast_capture_slot_missing`), and a forced switch back puts the
@@ -385,21 +406,12 @@ const DROP_SLOT: &str = "
 /// the changes nobody captured.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slot_gone_is_told_and_a_forced_switch_back_makes_clients_resync() {
-    let url = fresh_db().await;
-    let db = connect(&url).await;
-    seed(&db, 1, 1).await;
-    db.batch_execute(PRODUCTS).await.expect("to the slot");
-    let srv = server(&url).await;
+    let (db, srv) = a_node_with_product_1_by_the_slot().await;
     let base = srv.base_url();
     let mut p = Poller::start(&base, "product-1").await;
     set_quantity(&db, 1, 5).await;
     let old = p.events(1).await[0].id.clone();
-    db.batch_execute(DROP_SLOT).await.expect("drop the slot");
-    set_quantity(&db, 1, 6).await; // captured by nobody
-    eventually("the node tells", || {
-        srv.metric("rowcast_capture_slot_missing") == 1.0
-    })
-    .await;
+    lose_the_slot(&db, &srv).await;
     let refused = db
         .batch_execute("SELECT rowcast.capture_by_trigger('market.products', interval '1 second')")
         .await;
@@ -427,16 +439,13 @@ async fn a_slot_gone_is_told_and_a_forced_switch_back_makes_clients_resync() {
 /// Clients that stay connected while the slot is gone are told too: once the
 /// forced switch back moves the watermark past the node's position, a
 /// WebSocket is closed with 4010 (cursor expired), an SSE stream ends and a
-/// waiting long-poll answers 410 `cursor_expired`, and resuming from what they last received gets the explicit resync (not
-/// a live stream that silently lacks the change nobody captured). A client
-/// that connects afterwards is live at once.
+/// waiting long-poll answers 410 `cursor_expired`, and resuming from what
+/// they last received gets the explicit resync (not a live stream that
+/// silently lacks the change nobody captured). A client that connects
+/// afterwards is live at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_connected_through_a_lost_slot_are_told_to_resync() {
-    let url = fresh_db().await;
-    let db = connect(&url).await;
-    seed(&db, 1, 1).await;
-    db.batch_execute(PRODUCTS).await.expect("to the slot");
-    let srv = server(&url).await;
+    let (db, srv) = a_node_with_product_1_by_the_slot().await;
     let base = srv.base_url();
     let mut ws = WsClient::connect(&base, "topics=product-1").await;
     let mut sse = SseClient::connect(&base, "topics=product-1", None).await;
@@ -452,12 +461,7 @@ async fn clients_connected_through_a_lost_slot_are_told_to_resync() {
         format!("topics=product-1&cursor={}&wait=20", seen_ws.id),
     );
     let long_poll = tokio::spawn(async move { poll_raw(&b, &q).await });
-    db.batch_execute(DROP_SLOT).await.expect("drop the slot");
-    set_quantity(&db, 1, 6).await; // captured by nobody
-    eventually("the node tells", || {
-        srv.metric("rowcast_capture_slot_missing") == 1.0
-    })
-    .await;
+    lose_the_slot(&db, &srv).await;
     db.batch_execute("SELECT rowcast.capture_by_trigger('market.products', force => true)")
         .await
         .expect("forced switch back");
