@@ -134,7 +134,8 @@ impl App {
 /// and `extra` routes (the market API, the demo storefront) under the same
 /// origin check and rejection counting. A route asked with a method it does
 /// not take answers 405 `method_not_allowed` in the JSON error shape (the
-/// market API says so in its own words), never axum's empty 405.
+/// market API says so in its own words), never axum's empty 405; a path no
+/// route takes answers 404 `not_found` in the same shape.
 pub(crate) fn router(app: Arc<App>, with_metrics: bool, extra: Option<Router<Arc<App>>>) -> Router {
     let mut api = Router::new()
         .route("/v1/ws", get(ws::handler))
@@ -167,8 +168,14 @@ pub(crate) fn router(app: Arc<App>, with_metrics: bool, extra: Option<Router<Arc
     }
     // the routes outside the origin check (a route's own fallback is kept)
     r.method_not_allowed_fallback(method_not_allowed)
+        .fallback(not_found)
         .layer(edge::CountRejections(Arc::clone(&app)))
         .with_state(app)
+}
+
+/// Any path no route takes: 404 in the JSON error shape, never axum's empty one.
+async fn not_found() -> Response {
+    ApiError::new(ErrorCode::NotFound, "no such endpoint").into_response()
 }
 
 async fn method_not_allowed() -> Response {

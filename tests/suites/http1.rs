@@ -324,7 +324,8 @@ async fn requests_left_to_hyper_are_answered() {
     srv.stop().await;
 }
 
-/// A method the stream routes do not take is 405 in the JSON error shape;
+/// A method the stream routes do not take is 405 in the JSON error shape, a
+/// path no route takes 404;
 /// the heads hyper refuses before rowcast sees a request (README, "Limits and
 /// hostile input") get hyper's bodiless 400 / 414 / 431, and the connection
 /// closes.
@@ -361,6 +362,26 @@ async fn error_answers_are_json_but_for_hyper_s_own() {
         }
     }
     assert!(srv.metric("rowcast_rejected_total{reason=\"method_not_allowed\"}") >= 5.0);
+
+    // a path no route takes: 404 in the same shape, and the connection goes on
+    for request in [
+        "GET /nope HTTP/1.1\r\nHost: x\r\n\r\n",
+        "GET /v1/stream?topics=t HTTP/1.1\r\nHost: x\r\n\r\n",
+        "POST /v2/poll HTTP/1.1\r\nHost: x\r\ncontent-length: 0\r\n\r\n",
+    ] {
+        let mut c = raw(&srv).await;
+        c.send(request).await;
+        let a = c.answer().await;
+        assert_eq!(a.status, 404, "{request:?}");
+        assert_eq!(
+            a.header("content-type"),
+            Some("application/json"),
+            "{request:?}"
+        );
+        assert_eq!(a.json()["error"], "not_found", "{request:?}");
+        c.send(&poll_request("topics=t", "")).await;
+        assert_eq!(c.answer().await.status, 200, "{request:?}");
+    }
 
     let headers: String = (0..200).map(|i| format!("x-{i}: y\r\n")).collect();
     for (what, request, status) in [
