@@ -20,15 +20,92 @@ use tokio_postgres::{Client, Statement};
 
 /// The snapshots a read works with, in a one-row CTE: `lo`/`hi` (the
 /// cursor's), `up` (the upper bound: given, or the statement's own snapshot)
-/// and the retention watermark. `rowcast.retention` has one row (its key is
-/// checked to be 1), so it is read without a key: a scan of one tuple is
-/// cheaper to set up than an index scan.
+/// and the [`Watermarks`] (`{lost}`: [`lost_column`]'s). `rowcast.retention`
+/// has one row (its key is checked to be 1), so it is read without a key: a
+/// scan of one tuple is cheaper to set up than an index scan.
 const SNAPSHOTS: &str = "
 WITH p AS MATERIALIZED (
     SELECT $1::text::pg_snapshot AS lo,
            $2::text::pg_snapshot AS hi,
            coalesce($3::text::pg_snapshot, pg_current_snapshot()) AS up,
-           (SELECT pruned_below FROM rowcast.retention)::text AS pruned)";
+           (SELECT pruned_below FROM rowcast.retention)::text AS pruned,
+           {lost} AS lost)";
+
+/// What the log says it may lack, read in the same statement as the changes
+/// (so a reader sees either the rows or the mark that says they may be
+/// gone). The one statement of when a position can no longer be resumed
+/// from exactly:
+/// - `pruned_below` (`rowcast.retention.pruned_below`, moved by `retention`):
+///   changes with an xid below it may have been deleted, so a position whose
+///   lower snapshot still waited for such an xid (`xmin` below it) may lack
+///   them. Only the log can have lost them: a node's in-memory window keeps
+///   what it holds whatever retention deletes.
+/// - `lost_before` (`rowcast.retention.lost_before`, `sql/014_lost_changes.sql`):
+///   the transaction of the last forced switch back from a lost capture
+///   slot. Changes nobody captured were committed before it, and the log
+///   never had them: every position taken before it committed (whose
+///   snapshot does not see it) may lack them, on any node, window or not.
+///   Positions taken after it, even while older transactions are still
+///   open, lack nothing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Watermarks {
+    pub pruned_below: u64,
+    pub lost_before: Option<u64>,
+}
+
+impl Watermarks {
+    /// Whether a client at a position with lower snapshot `lo` may have
+    /// missed changes, by either mark.
+    pub(crate) fn expire(&self, lo: &Snapshot) -> bool {
+        lo.xmin() < self.pruned_below || self.lost(lo)
+    }
+
+    /// Whether `lo` predates a declared loss (the part of `expire` that
+    /// also holds for positions a node's window covers).
+    pub(crate) fn lost(&self, lo: &Snapshot) -> bool {
+        self.lost_before.is_some_and(|s| !lo.visible(s))
+    }
+}
+
+/// Which of the newer columns the database has (a newer binary works on an
+/// older database until it is migrated). Asked by the source on each
+/// connection; the other reads use its answer (`Hub::schema`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Schema {
+    /// `rowcast.changes.tx` (`013_capture`).
+    pub origin_tx: bool,
+    /// `rowcast.retention.lost_before` (`014_lost_changes`).
+    pub lost_before: bool,
+}
+
+impl Schema {
+    pub(crate) async fn of(client: &Client) -> Result<Schema> {
+        let row = client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_attribute
+                                 WHERE attrelid = 'rowcast.changes'::regclass
+                                   AND attname = 'tx' AND NOT attisdropped),
+                        EXISTS (SELECT 1 FROM pg_attribute
+                                 WHERE attrelid = 'rowcast.retention'::regclass
+                                   AND attname = 'lost_before' AND NOT attisdropped)",
+                &[],
+            )
+            .await?;
+        Ok(Schema {
+            origin_tx: row.try_get(0)?,
+            lost_before: row.try_get(1)?,
+        })
+    }
+}
+
+/// The `lost` column of [`SNAPSHOTS`].
+fn lost_column(schema: Schema) -> &'static str {
+    if schema.lost_before {
+        "(SELECT lost_before FROM rowcast.retention)::text"
+    } else {
+        "NULL::text"
+    }
+}
 
 /// A candidate row's columns; `{tx}` is [`tx_column`]'s.
 const COLUMNS: &str = "x.id, x.xid, x.topics, x.event, x.payload::text AS payload,
@@ -45,20 +122,6 @@ fn tx_column(origin_tx: bool) -> &'static str {
     } else {
         "x.xid::text"
     }
-}
-
-/// Whether the log has `013_capture`'s `tx` column (asked by the source on
-/// each connection; the other reads use its answer, `Hub::origin_tx`).
-pub(crate) async fn has_origin_tx(client: &Client) -> Result<bool> {
-    Ok(client
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_attribute
-                             WHERE attrelid = 'rowcast.changes'::regclass
-                               AND attname = 'tx' AND NOT attisdropped)",
-            &[],
-        )
-        .await?
-        .try_get(0)?)
 }
 
 /// Which candidates are still to deliver, in delivery order, and the row limit.
@@ -86,12 +149,13 @@ const IN_PROGRESS: &str = "xid = ANY (ARRAY(SELECT pg_snapshot_xip(p.lo)))";
 /// `benches/issue16/lean-read/`). Both return the same columns (`got`, the
 /// rows the page would have had without the byte bound, is NULL in the
 /// whole log's).
-pub(crate) fn sql(topics: bool, origin_tx: bool) -> String {
-    let columns = COLUMNS.replace("{tx}", tx_column(origin_tx));
+pub(crate) fn sql(topics: bool, schema: Schema) -> String {
+    let columns = COLUMNS.replace("{tx}", tx_column(schema.origin_tx));
+    let snapshots = SNAPSHOTS.replace("{lost}", lost_column(schema));
     if !topics {
         return format!(
-            "{SNAPSHOTS}
-SELECT p.up::text, c.id, c.topics, c.event, c.payload, c.us, c.first, p.pruned, c.xid::text, NULL::int8, c.tx
+            "{snapshots}
+SELECT p.up::text, c.id, c.topics, c.event, c.payload, c.us, c.first, p.pruned, c.xid::text, NULL::int8, c.tx, p.lost
 FROM p LEFT JOIN LATERAL (
     SELECT {columns}
     FROM rowcast.changes x
@@ -103,8 +167,8 @@ ORDER BY c.first DESC, c.id"
     }
     let only = "AND topics && $7::text[]";
     format!(
-        "{SNAPSHOTS}
-SELECT p.up::text, c.id, c.topics, c.event, c.payload, c.us, c.first, p.pruned, c.xid::text, c.got, c.tx
+        "{snapshots}
+SELECT p.up::text, c.id, c.topics, c.event, c.payload, c.us, c.first, p.pruned, c.xid::text, c.got, c.tx, p.lost
 FROM p LEFT JOIN LATERAL (
     SELECT l.*, count(*) OVER () AS got,
            sum(octet_length(l.payload)) OVER (ORDER BY l.first DESC, l.id ROWS UNBOUNDED PRECEDING) AS run
@@ -135,9 +199,9 @@ pub(crate) struct Page {
     pub last: Option<Cursor>,
     /// True when `limit` rows came back: read again from `last`.
     pub more: bool,
-    /// Retention watermark seen by the same statement: if `after` lacks an xid
-    /// below it, rows it still needed may be gone and the page is not complete.
-    pub pruned_below: u64,
+    /// What the log may lack, seen by the same statement: if it expires
+    /// `after`, rows it still needed may be gone and the page is not complete.
+    pub watermarks: Watermarks,
 }
 
 /// A change-log row that cannot be delivered, and why.
@@ -148,9 +212,9 @@ pub(crate) struct BadChange {
 }
 
 impl Page {
-    /// Whether retention may have deleted changes that `after` still needed.
+    /// Whether changes that `after` still needed may be gone ([`Watermarks`]).
     pub(crate) fn expired_for(&self, after: &Cursor) -> bool {
-        after.lo.xmin() < self.pruned_below
+        self.watermarks.expire(&after.lo)
     }
 }
 
@@ -213,12 +277,16 @@ pub(crate) async fn read(
         bad: Vec::new(),
         last: None,
         more: false,
-        pruned_below: match rows.first() {
+        watermarks: match rows.first() {
             Some(r) => {
-                let t: Option<&str> = r.try_get(7)?;
-                t.and_then(|t| t.parse().ok()).unwrap_or(0)
+                let pruned: Option<&str> = r.try_get(7)?;
+                let lost: Option<&str> = r.try_get(11)?;
+                Watermarks {
+                    pruned_below: pruned.and_then(|t| t.parse().ok()).unwrap_or(0),
+                    lost_before: lost.map(parse_xid).transpose()?,
+                }
             }
-            None => 0,
+            None => Watermarks::default(),
         },
     };
     let mut n = 0;
@@ -308,16 +376,22 @@ pub(crate) async fn xids_with_changes(client: &Client, xids: &[u64]) -> Result<V
     rows.iter().map(|r| parse_xid(r.try_get(0)?)).collect()
 }
 
-/// The retention watermark: changes with an xid below it may have been pruned.
-pub(crate) async fn pruned_below(client: &Client) -> Result<u64> {
+/// The [`Watermarks`] as the database has them now (a database without
+/// `lost_before` has none of that kind).
+pub(crate) async fn watermarks(client: &Client) -> Result<Watermarks> {
     let row = client
         .query_one(
-            "SELECT pruned_below::text FROM rowcast.retention WHERE id = 1",
+            "SELECT r.pruned_below::text, to_jsonb(r) ->> 'lost_before'
+               FROM rowcast.retention r WHERE id = 1",
             &[],
         )
         .await?;
-    let text: &str = row.try_get(0)?;
-    Ok(text.parse::<u64>().unwrap_or(0))
+    let pruned: &str = row.try_get(0)?;
+    let lost: Option<&str> = row.try_get(1)?;
+    Ok(Watermarks {
+        pruned_below: pruned.parse::<u64>().unwrap_or(0),
+        lost_before: lost.map(parse_xid).transpose()?,
+    })
 }
 
 /// Most changes one snapshot answer carries; past it the least recently

@@ -40,8 +40,8 @@ pub(crate) enum FeedError {
     #[error("cursor is ahead of this server's position")]
     CursorAhead,
     /// Changes this client still needed may be gone: retention pruned them
-    /// while it was catching up, or a watermark moved past the node's
-    /// position declared them lost (`Hub::note_pruned_below`).
+    /// while it was catching up, or they were declared lost
+    /// (`changelog::Watermarks`, `Hub::note_watermarks`).
     #[error("cursor expired while catching up")]
     Expired,
     #[error("database unavailable: {0}")]
@@ -179,14 +179,16 @@ impl Feeds {
             }
         }
         if let Some(c) = &cursor {
-            // A window younger than the retention cannot have lost anything
-            // (but for a watermark moved to the present: `Hub::pruned_below`).
-            let pruned = if hub.window_covers(&c.lo) {
-                hub.pruned_below()
+            // the window keeps what retention deletes, not what was never
+            // captured (`changelog::Watermarks`)
+            let expired = if hub.window_covers(&c.lo) {
+                hub.watermarks().lost(&c.lo)
             } else {
-                changelog::pruned_below(&*pool.get().await?).await?
+                changelog::watermarks(&*pool.get().await?)
+                    .await?
+                    .expire(&c.lo)
             };
-            if c.lo.xmin() < pruned {
+            if expired {
                 notice = Some(Notice::CursorExpired);
                 cursor = None;
             }
@@ -460,9 +462,9 @@ impl Feed {
         let Some((from, upto)) = self.catch_up.clone() else {
             return Ok(true);
         };
-        // the window keeps what a watermark moved past the position declared
-        // lost (`Hub::note_pruned_below`); the log read checks its own
-        if from.lo.xmin() < self.sub.hub().pruned_below() {
+        // the window keeps changes a declared loss may have left out
+        // (`changelog::Watermarks`); a log read checks both marks itself
+        if self.sub.hub().watermarks().lost(&from.lo) {
             return Err(FeedError::Expired);
         }
         if let Some(done) = self.read_window(&from, &upto, budget).await? {
@@ -476,10 +478,8 @@ impl Feed {
         self.sub.hub().metrics().log_reads.inc();
         let topics: Vec<String> = self.sub.topics().iter().cloned().collect();
         let client = self.pool.get().await?;
-        let origin_tx = self.sub.hub().origin_tx();
-        let stmt = client
-            .prepare_cached(&changelog::sql(true, origin_tx))
-            .await?;
+        let schema = self.sub.hub().schema();
+        let stmt = client.prepare_cached(&changelog::sql(true, schema)).await?;
         let scope = Scope::Topics(&topics, PAGE);
         let page = changelog::read(&client, &stmt, &from, Some(&upto), scope).await?;
         drop(client);
@@ -579,7 +579,8 @@ impl Feed {
             return Ok(());
         }
         let client = self.pool.get().await?;
-        let read = changelog::snapshot(&client, &topics, pos, self.sub.hub().origin_tx()).await?;
+        let read =
+            changelog::snapshot(&client, &topics, pos, self.sub.hub().schema().origin_tx).await?;
         drop(client);
         if read.truncated {
             tracing::warn!(

@@ -39,6 +39,7 @@
 //!   last change the writer took; later deliveries are queued again.
 
 use crate::change::Change;
+use crate::changelog::{Schema, Watermarks};
 pub(crate) use crate::config::QueueLimits;
 use crate::cursor::Cursor;
 use crate::metrics::{Delivered, LiveTally, Metrics};
@@ -174,11 +175,14 @@ pub(crate) struct Hub {
     /// Bumped when the position advances or a batch closes.
     advanced: watch::Sender<u64>,
     metrics: HubMetrics,
-    /// Whether the log has the writer's-transaction column (`013_capture`),
-    /// as the source found on connecting: the feeds' reads select it then.
+    /// Which newer columns the log has, as the source found on connecting:
+    /// the feeds' reads select them then.
     origin_tx: AtomicBool,
-    /// The retention watermark as the source's last read saw it.
+    lost_column: AtomicBool,
+    /// The [`Watermarks`] as the source's last read saw them (`lost_before`:
+    /// 0 for none).
     pruned_below: AtomicU64,
+    lost_before: AtomicU64,
 }
 
 /// Counters the hub and the feeds on it update.
@@ -219,40 +223,58 @@ impl Hub {
             advanced: watch::channel(0).0,
             metrics,
             origin_tx: AtomicBool::new(false),
+            lost_column: AtomicBool::new(false),
             pruned_below: AtomicU64::new(0),
+            lost_before: AtomicU64::new(0),
         })
     }
 
     /// See the field: set by the source, read by the feeds' log reads.
-    pub(crate) fn set_origin_tx(&self, has: bool) {
-        self.origin_tx.store(has, Ordering::Relaxed);
+    pub(crate) fn set_schema(&self, schema: Schema) {
+        self.origin_tx.store(schema.origin_tx, Ordering::Relaxed);
+        self.lost_column
+            .store(schema.lost_before, Ordering::Relaxed);
     }
 
-    pub(crate) fn origin_tx(&self) -> bool {
-        self.origin_tx.load(Ordering::Relaxed)
+    pub(crate) fn schema(&self) -> Schema {
+        Schema {
+            origin_tx: self.origin_tx.load(Ordering::Relaxed),
+            lost_before: self.lost_column.load(Ordering::Relaxed),
+        }
     }
 
-    /// The retention watermark (`rowcast.retention.pruned_below`), as the
-    /// source's reads bring it. Retention never prunes what the window holds,
-    /// but a forced switch back from a lost capture slot
-    /// (`rowcast.capture_by_trigger(.., force)`) moves the watermark to the
-    /// present: a cursor below it then resyncs even where the window covers it.
+    /// The [`Watermarks`] as the source's reads bring them.
     ///
-    /// A watermark past the position (the snapshot everything before which
-    /// was published) says that changes this node never published may be
-    /// gone: not captured while a slot was lost, or pruned before the source
-    /// read them. Then every subscriber lags, as if its queue had overflowed,
-    /// and its feed, continuing from its own position, finds that position
-    /// below the watermark and ends with `FeedError::Expired`: connected
+    /// Marks past the position (the snapshot everything before which was
+    /// published) say that changes may be missing from what this node's
+    /// subscribers were given: a declared loss (`lost_before`) the position
+    /// does not see, or a retention watermark past the position's `xmax`
+    /// (changes deleted before the source read them: a source cut off for
+    /// the whole retention). Then every subscriber lags, as if its queue had
+    /// overflowed, and its feed, continuing from its own position, finds
+    /// that position expired and ends with `FeedError::Expired`: connected
     /// clients are told to resync exactly as resuming ones are, never left
-    /// live past a hole. Returns how many subscribers were made to lag.
-    pub(crate) fn note_pruned_below(&self, xid: u64) -> usize {
-        if self.pruned_below.fetch_max(xid, Ordering::Relaxed) >= xid {
+    /// live past a hole. (A retention watermark past the position's `xmin`
+    /// only, which a transaction open longer than the retention causes, is
+    /// left to the resumes: those rows were published.) Returns how many
+    /// subscribers were made to lag.
+    pub(crate) fn note_watermarks(&self, w: Watermarks) -> usize {
+        let pruned_up = self
+            .pruned_below
+            .fetch_max(w.pruned_below, Ordering::Relaxed)
+            < w.pruned_below;
+        let lost = w.lost_before.unwrap_or(0);
+        let lost_up = self.lost_before.fetch_max(lost, Ordering::Relaxed) < lost;
+        if !pruned_up && !lost_up {
             return 0;
         }
         let subs: HashMap<u64, Arc<Sub>> = {
             let st = self.lock();
-            if st.position.as_ref().is_none_or(|p| p.xmin() >= xid) {
+            let behind = st
+                .position
+                .as_ref()
+                .is_some_and(|p| (pruned_up && w.pruned_below > p.xmax) || (lost_up && w.lost(p)));
+            if !behind {
                 return 0;
             }
             st.topics
@@ -266,8 +288,14 @@ impl Hub {
         subs.len()
     }
 
-    pub(crate) fn pruned_below(&self) -> u64 {
-        self.pruned_below.load(Ordering::Relaxed)
+    pub(crate) fn watermarks(&self) -> Watermarks {
+        Watermarks {
+            pruned_below: self.pruned_below.load(Ordering::Relaxed),
+            lost_before: match self.lost_before.load(Ordering::Relaxed) {
+                0 => None,
+                s => Some(s),
+            },
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -735,29 +763,42 @@ mod tests {
         )
     }
 
-    /// A watermark below the position changes nothing; one past it makes
-    /// every subscriber lag, once (a later equal or lower one does nothing).
+    /// Marks that do not pass the position change nothing (a retention
+    /// watermark past its `xmin` only: a long transaction's doing, whose
+    /// rows were published); a declared loss the position does not see, or a
+    /// retention watermark past its `xmax`, makes every subscriber lag, once.
     #[tokio::test]
-    async fn a_watermark_past_the_position_makes_every_subscriber_lag() {
+    async fn marks_past_the_position_make_every_subscriber_lag() {
+        let marks = |pruned_below, lost_before| Watermarks {
+            pruned_below,
+            lost_before,
+        };
         let hub = test_hub();
         hub.close_batch(Snapshot::new(10, vec![7]));
         let (a, _) = hub.subscribe(&["t".to_string(), "u".to_string()]).await;
         let (b, _) = hub.subscribe(&["u".to_string()]).await;
-        assert_eq!(hub.note_pruned_below(5), 0);
-        assert_eq!(
-            hub.note_pruned_below(7),
-            0,
-            "xids from 7 on were not declared lost"
-        );
+        assert_eq!(hub.note_watermarks(marks(5, None)), 0);
+        assert_eq!(hub.note_watermarks(marks(9, None)), 0, "past xmin 7 only");
+        assert_eq!(hub.note_watermarks(marks(10, Some(6))), 0, "6 is seen");
         assert!(!a.lagged() && !b.lagged());
         assert_eq!(
-            hub.note_pruned_below(8),
+            hub.note_watermarks(marks(10, Some(7))),
             2,
-            "xid 7 may be lost: both, each once"
+            "7 is not seen: both, once each"
         );
         assert!(a.lagged() && b.lagged());
-        assert_eq!(hub.pruned_below(), 8);
-        assert_eq!(hub.note_pruned_below(8), 0);
+        assert_eq!(hub.watermarks(), marks(10, Some(7)));
+        assert_eq!(hub.note_watermarks(marks(10, Some(7))), 0, "nothing new");
+
+        let hub = test_hub();
+        hub.close_batch(Snapshot::new(10, vec![7]));
+        let (c, _) = hub.subscribe(&["t".to_string()]).await;
+        assert_eq!(
+            hub.note_watermarks(marks(11, None)),
+            1,
+            "past xmax: deleted unread"
+        );
+        assert!(c.lagged());
     }
 
     /// An idle subscriber holds no queue memory: none before its first

@@ -36,6 +36,10 @@ pub const CORE: &[(&str, &str)] = &[
         include_str!("../sql/012_socketio_rooms.sql"),
     ),
     ("013_capture", include_str!("../sql/013_capture.sql")),
+    (
+        "014_lost_changes",
+        include_str!("../sql/014_lost_changes.sql"),
+    ),
 ];
 
 /// The FR-021 farmers-market reference schema (`market.*`), its triggers and

@@ -231,9 +231,9 @@ impl Source {
             .await?;
         let mut doorbell = Doorbell::prepare(&client, &arm_client).await?;
         let arm_client = Arc::new(arm_client);
-        let origin_tx = changelog::has_origin_tx(&client).await?;
-        self.hub.set_origin_tx(origin_tx);
-        let stmt = client.prepare(&changelog::sql(false, origin_tx)).await?;
+        let schema = changelog::Schema::of(&client).await?;
+        self.hub.set_schema(schema);
+        let stmt = client.prepare(&changelog::sql(false, schema)).await?;
         if self.position.is_none() {
             let row = client
                 .query_one("SELECT pg_current_snapshot()::text", &[])
@@ -441,12 +441,13 @@ impl Source {
             };
             let scope = changelog::Scope::All { rows: self.page };
             let page = changelog::read(client, stmt, &from, upto.as_ref(), scope).await?;
-            let lagged = self.hub.note_pruned_below(page.pruned_below);
+            let lagged = self.hub.note_watermarks(page.watermarks);
             if lagged > 0 {
                 tracing::warn!(
                     subscribers = lagged,
-                    watermark = page.pruned_below,
-                    "the retention watermark passed this node's position (a capture slot was lost, or changes were pruned before they were read): every connected client resyncs"
+                    pruned_below = page.watermarks.pruned_below,
+                    lost_before = ?page.watermarks.lost_before,
+                    "changes this node's clients were owed may be missing (a capture slot was lost, or changes were pruned before they were read): every connected client resyncs"
                 );
             }
             for bad in &page.bad {

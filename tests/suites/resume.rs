@@ -349,3 +349,44 @@ async fn large_payload_is_delivered_on_every_transport() {
     }
     srv.stop().await;
 }
+
+/// A transaction that holds its xid longer than the retention and writes no
+/// change: when it ends, retention deletes the published rows after it, and
+/// its watermark passes the node's position's `xmin` (that transaction) but
+/// not its `xmax`. Nothing a client was owed is gone, so connected clients
+/// are left alone (they used to be closed with 4010 and made to resync).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_transaction_that_wrote_nothing_leaves_connected_clients_alone() {
+    let url = fresh_db().await;
+    let srv = server_with(&url, |c| {
+        c.retention = Duration::from_secs(1);
+        c.prune_every = Duration::from_millis(100);
+    })
+    .await;
+    let db = connect(&url).await;
+    let mut ws = WsClient::connect(&srv.base_url(), "topics=x").await;
+    let long = connect(&url).await;
+    long.batch_execute("BEGIN").await.expect("begin");
+    let xid: String = long
+        .query_one("SELECT pg_current_xact_id()::text", &[])
+        .await
+        .expect("an xid held")
+        .get(0);
+    emit(&db, "x", 1).await;
+    assert_eq!(n(&next_event(&mut ws.rx).await), 1);
+    // older than the retention before the transaction ends
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    long.batch_execute("COMMIT").await.expect("commit");
+    let past = format!("SELECT count(*) FROM rowcast.retention WHERE pruned_below > '{xid}'::xid8");
+    eventually_async("retention pruned past the transaction", || async {
+        column_i64(&db, &past).await == [1]
+    })
+    .await;
+    // the read this write rings brings the new watermark with it
+    emit(&db, "x", 2).await;
+    match ws.next().await {
+        Msg::Event(e) => assert_eq!(n(&e), 2),
+        other => panic!("a connected client was not left alone: {other:?}"),
+    }
+    srv.stop().await;
+}

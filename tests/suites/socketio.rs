@@ -682,13 +682,13 @@ async fn an_expired_offset_gets_a_new_session_and_a_resync() {
     srv.stop().await;
 }
 
-/// The retention watermark moves past the node's position while a client
-/// is connected (what a forced switch back from a lost capture slot does:
-/// changes the node never published may be gone): the node closes the
-/// transport, and the client's own reconnection gets a new session and a
-/// `rowcast:resync` (`cursor_expired`) instead of staying live past a hole.
+/// Changes are declared lost while a client is connected (what a forced
+/// switch back from a lost capture slot records: `retention.lost_before`,
+/// `sql/014_lost_changes.sql`): the node closes the transport, and the
+/// client's own reconnection gets a new session and a `rowcast:resync`
+/// (`cursor_expired`) instead of staying live past a hole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_watermark_past_the_node_makes_a_connected_client_resync() {
+async fn a_declared_loss_makes_a_connected_client_resync() {
     let Some(modules) = node_modules() else {
         return;
     };
@@ -701,11 +701,11 @@ async fn a_watermark_past_the_node_makes_a_connected_client_resync() {
     emit_range(&db, "r", 1, 2).await;
     seen.until(&mut c, Some(2), 1).await;
     db.batch_execute(
-        "UPDATE rowcast.retention SET pruned_below = pg_snapshot_xmax(pg_current_snapshot());
+        "UPDATE rowcast.retention SET lost_before = pg_current_xact_id();
          NOTIFY rowcast;",
     )
     .await
-    .expect("move the watermark");
+    .expect("declare a loss");
     seen.until(&mut c, None, 2).await;
     assert_eq!(
         seen.connects,
