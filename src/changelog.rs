@@ -20,16 +20,16 @@ use tokio_postgres::{Client, Statement};
 
 /// The snapshots a read works with, in a one-row CTE: `lo`/`hi` (the
 /// cursor's), `up` (the upper bound: given, or the statement's own snapshot)
-/// and the [`Watermarks`] (`{lost}`: [`lost_column`]'s). `rowcast.retention`
-/// has one row (its key is checked to be 1), so it is read without a key: a
-/// scan of one tuple is cheaper to set up than an index scan.
+/// and the [`Watermarks`] as one text (`{marks}`: [`marks_column`]'s).
+/// `rowcast.retention` has one row (its key is checked to be 1), so it is
+/// read without a key: a scan of one tuple is cheaper to set up than an
+/// index scan.
 const SNAPSHOTS: &str = "
 WITH p AS MATERIALIZED (
     SELECT $1::text::pg_snapshot AS lo,
            $2::text::pg_snapshot AS hi,
            coalesce($3::text::pg_snapshot, pg_current_snapshot()) AS up,
-           (SELECT pruned_below FROM rowcast.retention)::text AS pruned,
-           {lost} AS lost)";
+           (SELECT {marks} FROM rowcast.retention) AS marks)";
 
 /// What the log says it may lack, read in the same statement as the changes
 /// (so a reader sees either the rows or the mark that says they may be
@@ -54,6 +54,15 @@ pub(crate) struct Watermarks {
 }
 
 impl Watermarks {
+    /// From a read's `marks` text ([`marks_column`]).
+    fn parse(marks: Option<&str>) -> Result<Watermarks> {
+        let mut parts = marks.unwrap_or("").split(' ');
+        Ok(Watermarks {
+            pruned_below: parts.next().and_then(|t| t.parse().ok()).unwrap_or(0),
+            lost_before: parts.next().map(parse_xid).transpose()?,
+        })
+    }
+
     /// Whether a client at a position with lower snapshot `lo` may have
     /// missed changes, by either mark.
     pub(crate) fn expire(&self, lo: &Snapshot) -> bool {
@@ -98,12 +107,15 @@ impl Schema {
     }
 }
 
-/// The `lost` column of [`SNAPSHOTS`].
-fn lost_column(schema: Schema) -> &'static str {
+/// The `marks` column of [`SNAPSHOTS`]: `pruned_below`, then `lost_before`
+/// after a space when there is one. One text from one scan of the row: a
+/// second subquery for `lost_before` cost the read 5 % more instructions,
+/// this 2 % (`benches/issue16/lost-column/`).
+fn marks_column(schema: Schema) -> &'static str {
     if schema.lost_before {
-        "(SELECT lost_before FROM rowcast.retention)::text"
+        "pruned_below::text || coalesce(' ' || lost_before::text, '')"
     } else {
-        "NULL::text"
+        "pruned_below::text"
     }
 }
 
@@ -151,11 +163,11 @@ const IN_PROGRESS: &str = "xid = ANY (ARRAY(SELECT pg_snapshot_xip(p.lo)))";
 /// whole log's).
 pub(crate) fn sql(topics: bool, schema: Schema) -> String {
     let columns = COLUMNS.replace("{tx}", tx_column(schema.origin_tx));
-    let snapshots = SNAPSHOTS.replace("{lost}", lost_column(schema));
+    let snapshots = SNAPSHOTS.replace("{marks}", marks_column(schema));
     if !topics {
         return format!(
             "{snapshots}
-SELECT p.up::text, c.id, c.topics, c.event, c.payload, c.us, c.first, p.pruned, c.xid::text, NULL::int8, c.tx, p.lost
+SELECT p.up::text, c.id, c.topics, c.event, c.payload, c.us, c.first, p.marks, c.xid::text, NULL::int8, c.tx
 FROM p LEFT JOIN LATERAL (
     SELECT {columns}
     FROM rowcast.changes x
@@ -168,7 +180,7 @@ ORDER BY c.first DESC, c.id"
     let only = "AND topics && $7::text[]";
     format!(
         "{snapshots}
-SELECT p.up::text, c.id, c.topics, c.event, c.payload, c.us, c.first, p.pruned, c.xid::text, c.got, c.tx, p.lost
+SELECT p.up::text, c.id, c.topics, c.event, c.payload, c.us, c.first, p.marks, c.xid::text, c.got, c.tx
 FROM p LEFT JOIN LATERAL (
     SELECT l.*, count(*) OVER () AS got,
            sum(octet_length(l.payload)) OVER (ORDER BY l.first DESC, l.id ROWS UNBOUNDED PRECEDING) AS run
@@ -278,14 +290,7 @@ pub(crate) async fn read(
         last: None,
         more: false,
         watermarks: match rows.first() {
-            Some(r) => {
-                let pruned: Option<&str> = r.try_get(7)?;
-                let lost: Option<&str> = r.try_get(11)?;
-                Watermarks {
-                    pruned_below: pruned.and_then(|t| t.parse().ok()).unwrap_or(0),
-                    lost_before: lost.map(parse_xid).transpose()?,
-                }
-            }
+            Some(r) => Watermarks::parse(r.try_get(7)?)?,
             None => Watermarks::default(),
         },
     };
@@ -381,17 +386,12 @@ pub(crate) async fn xids_with_changes(client: &Client, xids: &[u64]) -> Result<V
 pub(crate) async fn watermarks(client: &Client) -> Result<Watermarks> {
     let row = client
         .query_one(
-            "SELECT r.pruned_below::text, to_jsonb(r) ->> 'lost_before'
+            "SELECT r.pruned_below::text || coalesce(' ' || (to_jsonb(r) ->> 'lost_before'), '')
                FROM rowcast.retention r WHERE id = 1",
             &[],
         )
         .await?;
-    let pruned: &str = row.try_get(0)?;
-    let lost: Option<&str> = row.try_get(1)?;
-    Ok(Watermarks {
-        pruned_below: pruned.parse::<u64>().unwrap_or(0),
-        lost_before: lost.map(parse_xid).transpose()?,
-    })
+    Watermarks::parse(row.try_get(0)?)
 }
 
 /// Most changes one snapshot answer carries; past it the least recently
@@ -454,4 +454,33 @@ pub(crate) async fn snapshot(
 pub(crate) fn parse_xid(text: &str) -> Result<u64> {
     text.parse()
         .map_err(|_| crate::error::Error::Snapshot(format!("xid {text:?}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The marks text and what it expires: retention by `xmin`, a declared
+    /// loss by whether the position sees the transaction that declared it.
+    #[test]
+    fn watermarks_expire_positions_that_may_lack_changes() {
+        let w = Watermarks::parse(Some("7 12")).unwrap();
+        assert_eq!((w.pruned_below, w.lost_before), (7, Some(12)));
+        assert_eq!(Watermarks::parse(Some("7")).unwrap().lost_before, None);
+        assert_eq!(Watermarks::parse(None).unwrap(), Watermarks::default());
+        assert!(Watermarks::parse(Some("7 x")).is_err());
+        let snap = Snapshot::new;
+        assert!(
+            w.expire(&snap(20, vec![6])),
+            "xmin 6 below the retention watermark"
+        );
+        assert!(w.expire(&snap(12, vec![])), "12 not yet committed");
+        assert!(w.expire(&snap(20, vec![12])), "12 in progress");
+        assert!(!w.expire(&snap(13, vec![])), "12 seen");
+        assert!(
+            !w.expire(&snap(20, vec![8])),
+            "an older transaction open: still after 12"
+        );
+        assert!(w.lost(&snap(20, vec![12])) && !w.lost(&snap(20, vec![6])));
+    }
 }

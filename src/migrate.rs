@@ -40,6 +40,10 @@ pub const CORE: &[(&str, &str)] = &[
         "014_lost_changes",
         include_str!("../sql/014_lost_changes.sql"),
     ),
+    (
+        "015_slot_in_subtransaction",
+        include_str!("../sql/015_slot_in_subtransaction.sql"),
+    ),
 ];
 
 /// The FR-021 farmers-market reference schema (`market.*`), its triggers and
