@@ -103,3 +103,22 @@ impl Poller {
         out
     }
 }
+
+/// A cursor-less poll's cursor that the node resumes from (200): after a
+/// declared loss, the first answers may still carry the node's position from
+/// before it reads the loss, which expire at once.
+pub(crate) async fn resumable_cursor(base: &str, topics: &str) -> String {
+    let found = std::sync::Mutex::new(String::new());
+    crate::common::eventually_async("a cursor the node resumes from", || async {
+        let (_, body) = poll_raw(base, &format!("topics={topics}")).await;
+        let cursor = body["cursor"].as_str().unwrap_or_default().to_string();
+        let ok = poll_raw(base, &format!("topics={topics}&cursor={cursor}"))
+            .await
+            .0
+            == 200;
+        *found.lock().expect("lock") = cursor;
+        ok
+    })
+    .await;
+    found.into_inner().expect("lock")
+}

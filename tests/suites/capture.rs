@@ -563,9 +563,7 @@ async fn cursors_after_a_forced_switch_resume_while_an_older_transaction_is_open
         .await
         .expect("forced switch back");
     closed_to_resync(&mut ws).await;
-    let (status, body) = poll_raw(&base, "topics=product-1").await;
-    assert_eq!(status, 200, "{body}");
-    let cursor = body["cursor"].as_str().expect("a cursor").to_string();
+    let cursor = resumable_cursor(&base, "product-1").await;
     set_quantity(&db, 1, 7).await;
     let (status, body) = poll_raw(&base, &format!("topics=product-1&cursor={cursor}&wait=5")).await;
     assert_eq!(status, 200, "{body}");

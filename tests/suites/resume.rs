@@ -390,3 +390,33 @@ async fn a_long_transaction_that_wrote_nothing_leaves_connected_clients_alone() 
     }
     srv.stop().await;
 }
+
+/// A declared loss (what a forced switch back from a lost capture slot
+/// records: `retention.lost_before`) reaches resumes the node's window does
+/// not cover too: with no window every resume reads the marks from the
+/// database, and a cursor from before the loss gets the resync while one
+/// handed out after it resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declared_loss_expires_older_cursors_read_from_the_log() {
+    let url = fresh_db().await;
+    let srv = server_with(&url, |c| c.window_changes = 0).await;
+    let base = srv.base_url();
+    let db = connect(&url).await;
+    let mut p = Poller::start(&base, "x").await;
+    emit(&db, "x", 1).await;
+    let old = p.events(1).await[0].id.clone();
+    db.batch_execute(
+        "UPDATE rowcast.retention SET lost_before = pg_current_xact_id();
+         NOTIFY rowcast;",
+    )
+    .await
+    .expect("declare a loss");
+    let (status, body) = poll_raw(&base, &format!("topics=x&cursor={old}")).await;
+    assert_eq!((status, &body["error"]), (410, &json!("cursor_expired")));
+    let fresh = resumable_cursor(&base, "x").await;
+    emit(&db, "x", 2).await;
+    let (status, body) = poll_raw(&base, &format!("topics=x&cursor={fresh}&wait=5")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["events"][0]["data"]["n"], json!(2), "{body}");
+    srv.stop().await;
+}
