@@ -38,8 +38,8 @@ WITH p AS MATERIALIZED (
 /// - `pruned_below` (`rowcast.retention.pruned_below`, moved by `retention`):
 ///   changes with an xid below it may have been deleted, so a position whose
 ///   lower snapshot still waited for such an xid (`xmin` below it) may lack
-///   them. Only the log can have lost them: a node's in-memory window keeps
-///   what it holds whatever retention deletes.
+///   them, whether the log or a node's window answers (the window may hold
+///   rows retention deleted, but not those its node never read).
 /// - `lost_before` (`rowcast.retention.lost_before`, `sql/014_lost_changes.sql`):
 ///   the transaction of the last forced switch back from a lost capture
 ///   slot. Changes nobody captured were committed before it, and the log
@@ -69,8 +69,7 @@ impl Watermarks {
         lo.xmin() < self.pruned_below || self.lost(lo)
     }
 
-    /// Whether `lo` predates a declared loss (the part of `expire` that
-    /// also holds for positions a node's window covers).
+    /// Whether `lo` predates a declared loss.
     pub(crate) fn lost(&self, lo: &Snapshot) -> bool {
         self.lost_before.is_some_and(|s| !lo.visible(s))
     }

@@ -179,10 +179,10 @@ impl Feeds {
             }
         }
         if let Some(c) = &cursor {
-            // the window keeps what retention deletes, not what was never
-            // captured (`changelog::Watermarks`)
+            // the node's marks where its window covers the cursor (they are
+            // as new as its position), else the database's
             let expired = if hub.window_covers(&c.lo) {
-                hub.watermarks().lost(&c.lo)
+                hub.watermarks().expire(&c.lo)
             } else {
                 changelog::watermarks(&*pool.get().await?)
                     .await?
@@ -462,9 +462,9 @@ impl Feed {
         let Some((from, upto)) = self.catch_up.clone() else {
             return Ok(true);
         };
-        // the window keeps changes a declared loss may have left out
-        // (`changelog::Watermarks`); a log read checks both marks itself
-        if self.sub.hub().watermarks().lost(&from.lo) {
+        // the window may still hold what a mark says this position lacks
+        // (`changelog::Watermarks`); a log read checks the database's itself
+        if self.sub.hub().watermarks().expire(&from.lo) {
             return Err(FeedError::Expired);
         }
         if let Some(done) = self.read_window(&from, &upto, budget).await? {

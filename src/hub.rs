@@ -248,32 +248,33 @@ impl Hub {
     /// Marks past the position (the snapshot everything before which was
     /// published) say that changes may be missing from what this node's
     /// subscribers were given: a declared loss (`lost_before`) the position
-    /// does not see, or a retention watermark past the position's `xmax`
-    /// (changes deleted before the source read them: a source cut off for
-    /// the whole retention). Then every subscriber lags, as if its queue had
-    /// overflowed, and its feed, continuing from its own position, finds
-    /// that position expired and ends with `FeedError::Expired`: connected
-    /// clients are told to resync exactly as resuming ones are, never left
-    /// live past a hole. (A retention watermark past the position's `xmin`
-    /// only, which a transaction open longer than the retention causes, is
-    /// left to the resumes: those rows were published.) Returns how many
-    /// subscribers were made to lag.
+    /// does not see, or a retention watermark past the position's `xmin`
+    /// (rows of a transaction still in progress at the position, or later,
+    /// deleted before the source read them: retention deletes only what
+    /// every source has had time to read, see `retention`, so this takes a
+    /// source cut off or stuck for longer than that). Then every subscriber
+    /// lags, as if its queue had overflowed, and its feed, continuing from
+    /// its own position, finds that position expired and ends with
+    /// `FeedError::Expired`: connected clients are told to resync exactly as
+    /// resuming ones are, never left live past a hole. The declared loss is
+    /// the last one the database recorded (switches take turns, so the last
+    /// committed is the one every later snapshot sees), not the largest xid.
+    /// Returns how many subscribers were made to lag.
     pub(crate) fn note_watermarks(&self, w: Watermarks) -> usize {
         let pruned_up = self
             .pruned_below
             .fetch_max(w.pruned_below, Ordering::Relaxed)
             < w.pruned_below;
         let lost = w.lost_before.unwrap_or(0);
-        let lost_up = self.lost_before.fetch_max(lost, Ordering::Relaxed) < lost;
-        if !pruned_up && !lost_up {
+        let lost_new = self.lost_before.swap(lost, Ordering::Relaxed) != lost;
+        if !pruned_up && !lost_new {
             return 0;
         }
         let subs: HashMap<u64, Arc<Sub>> = {
             let st = self.lock();
-            let behind = st
-                .position
-                .as_ref()
-                .is_some_and(|p| (pruned_up && w.pruned_below > p.xmax) || (lost_up && w.lost(p)));
+            let behind = st.position.as_ref().is_some_and(|p| {
+                (pruned_up && w.pruned_below > p.xmin()) || (lost_new && w.lost(p))
+            });
             if !behind {
                 return 0;
             }
@@ -763,10 +764,10 @@ mod tests {
         )
     }
 
-    /// Marks that do not pass the position change nothing (a retention
-    /// watermark past its `xmin` only: a long transaction's doing, whose
-    /// rows were published); a declared loss the position does not see, or a
-    /// retention watermark past its `xmax`, makes every subscriber lag, once.
+    /// Marks that do not pass the position change nothing; a declared loss
+    /// the position does not see, or a retention watermark past its `xmin`,
+    /// makes every subscriber lag, once; the declared loss is the last one
+    /// read, whatever its xid.
     #[tokio::test]
     async fn marks_past_the_position_make_every_subscriber_lag() {
         let marks = |pruned_below, lost_before| Watermarks {
@@ -778,27 +779,42 @@ mod tests {
         let (a, _) = hub.subscribe(&["t".to_string(), "u".to_string()]).await;
         let (b, _) = hub.subscribe(&["u".to_string()]).await;
         assert_eq!(hub.note_watermarks(marks(5, None)), 0);
-        assert_eq!(hub.note_watermarks(marks(9, None)), 0, "past xmin 7 only");
-        assert_eq!(hub.note_watermarks(marks(10, Some(6))), 0, "6 is seen");
+        assert_eq!(
+            hub.note_watermarks(marks(7, Some(6))),
+            0,
+            "7 and 6 are seen"
+        );
         assert!(!a.lagged() && !b.lagged());
         assert_eq!(
-            hub.note_watermarks(marks(10, Some(7))),
+            hub.note_watermarks(marks(7, Some(7))),
             2,
             "7 is not seen: both, once each"
         );
         assert!(a.lagged() && b.lagged());
-        assert_eq!(hub.watermarks(), marks(10, Some(7)));
-        assert_eq!(hub.note_watermarks(marks(10, Some(7))), 0, "nothing new");
+        assert_eq!(hub.watermarks(), marks(7, Some(7)));
+        assert_eq!(hub.note_watermarks(marks(7, Some(7))), 0, "nothing new");
 
         let hub = test_hub();
         hub.close_batch(Snapshot::new(10, vec![7]));
         let (c, _) = hub.subscribe(&["t".to_string()]).await;
         assert_eq!(
-            hub.note_watermarks(marks(11, None)),
+            hub.note_watermarks(marks(8, None)),
             1,
-            "past xmax: deleted unread"
+            "past xmin: 7's rows may be gone"
         );
         assert!(c.lagged());
+
+        let hub = test_hub();
+        hub.close_batch(Snapshot::new(10, vec![7]));
+        assert_eq!(hub.note_watermarks(marks(0, Some(9))), 0);
+        let (d, _) = hub.subscribe(&["t".to_string()]).await;
+        assert_eq!(
+            hub.note_watermarks(marks(0, Some(7))),
+            1,
+            "a later switch with a smaller xid"
+        );
+        assert!(d.lagged());
+        assert_eq!(hub.watermarks().lost_before, Some(7));
     }
 
     /// An idle subscriber holds no queue memory: none before its first

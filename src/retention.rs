@@ -11,11 +11,22 @@
 //! that watermark from their own snapshot, so a reader either sees the rows or
 //! sees the watermark that says they may be gone, and then answers "cursor
 //! expired" instead of silently skipping them.
+//!
+//! Why connected clients lose nothing either: it deletes only rows of
+//! transactions that had ended a *horizon* ago (below the xmin of a snapshot
+//! it took at least twice the sources' idle poll before), however old the
+//! rows. Every node's source reads at least once per idle poll, so by then
+//! every running node has read them, and its position no longer waits for
+//! their transactions: a watermark past a node's position (`Hub::note_watermarks`)
+//! then means a source that could not read for that long, and its clients
+//! are made to resync. Without the horizon, a transaction open longer than
+//! the retention could have its rows deleted the moment it committed, before
+//! any node read them.
 
 use crate::error::Result;
 use crate::shutdown::Shutdown;
 use deadpool_postgres::Pool;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Rows deleted per transaction.
 const BATCH: i64 = 5000;
@@ -31,7 +42,7 @@ WITH victims AS (
         SELECT ctid, xid, emitted_at FROM rowcast.changes ORDER BY xid LIMIT $2
     ) oldest
     WHERE emitted_at < clock_timestamp() - make_interval(secs => $1)
-      AND xid < pg_snapshot_xmin(pg_current_snapshot())
+      AND xid < least(pg_snapshot_xmin(pg_current_snapshot()), $3::text::xid8)
 ),
 locked AS (
     SELECT c.ctid, c.xid FROM rowcast.changes c
@@ -50,8 +61,16 @@ gone AS (
 )
 SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM mark)";
 
-/// Runs prune rounds every `every` until shutdown.
-pub(crate) async fn run(pool: Pool, retention: Duration, every: Duration, mut shutdown: Shutdown) {
+/// Runs prune rounds every `every` until shutdown, each up to the xmin
+/// sampled at least `horizon` before it (see the module doc).
+pub(crate) async fn run(
+    pool: Pool,
+    retention: Duration,
+    every: Duration,
+    horizon: Duration,
+    mut shutdown: Shutdown,
+) {
+    let mut samples = Horizon::default();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
@@ -60,7 +79,19 @@ pub(crate) async fn run(pool: Pool, retention: Duration, every: Duration, mut sh
         if shutdown.is_shutdown() {
             return;
         }
-        match prune(&pool, retention).await {
+        let round = async {
+            let client = pool.get().await?;
+            let row = client
+                .query_one("SELECT pg_snapshot_xmin(pg_current_snapshot())::text", &[])
+                .await?;
+            drop(client);
+            samples.push(Instant::now(), row.try_get(0)?);
+            match samples.before(Instant::now(), horizon) {
+                Some(xmin) => prune(&pool, retention, &xmin).await,
+                None => Ok(0),
+            }
+        };
+        match round.await {
             Ok(0) => {}
             Ok(n) => tracing::info!(deleted = n, "retention pruned old changes"),
             Err(e) => tracing::warn!(error = %e, "retention round failed"),
@@ -68,8 +99,35 @@ pub(crate) async fn run(pool: Pool, retention: Duration, every: Duration, mut sh
     }
 }
 
-/// One round; returns the number of changes deleted.
-pub(crate) async fn prune(pool: &Pool, retention: Duration) -> Result<u64> {
+/// xmins sampled over time: the newest one at least a horizon old, and the
+/// ones that may become it.
+#[derive(Default)]
+struct Horizon {
+    samples: std::collections::VecDeque<(Instant, String)>,
+}
+
+impl Horizon {
+    fn push(&mut self, at: Instant, xmin: String) {
+        self.samples.push_back((at, xmin));
+    }
+
+    /// The newest xmin sampled at least `age` before `now` (older ones are
+    /// dropped: xmins only grow).
+    fn before(&mut self, now: Instant, age: Duration) -> Option<String> {
+        let old_enough = |at: Instant| now.saturating_duration_since(at) >= age;
+        while self.samples.get(1).is_some_and(|(at, _)| old_enough(*at)) {
+            self.samples.pop_front();
+        }
+        self.samples
+            .front()
+            .filter(|(at, _)| old_enough(*at))
+            .map(|(_, x)| x.clone())
+    }
+}
+
+/// One round, of rows of transactions below `horizon` (an xid); returns the
+/// number of changes deleted.
+pub(crate) async fn prune(pool: &Pool, retention: Duration, horizon: &str) -> Result<u64> {
     let client = pool.get().await?;
     let got: bool = client
         .query_one("SELECT pg_try_advisory_lock($1)", &[&LOCK_KEY])
@@ -83,7 +141,7 @@ pub(crate) async fn prune(pool: &Pool, retention: Duration) -> Result<u64> {
         let secs = retention.as_secs_f64();
         let mut total = 0u64;
         for _ in 0..MAX_BATCHES {
-            let row = client.query_one(&stmt, &[&secs, &BATCH]).await?;
+            let row = client.query_one(&stmt, &[&secs, &BATCH, &horizon]).await?;
             let n: i64 = row.try_get(0)?;
             total += n as u64;
             if n < BATCH {
@@ -97,4 +155,34 @@ pub(crate) async fn prune(pool: &Pool, retention: Duration) -> Result<u64> {
         .execute("SELECT pg_advisory_unlock($1)", &[&LOCK_KEY])
         .await?;
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The horizon is the newest sample at least the age old, none before.
+    #[test]
+    fn the_horizon_is_the_newest_sample_old_enough() {
+        let t0 = Instant::now();
+        let s = |ms| t0 + Duration::from_millis(ms);
+        let mut h = Horizon::default();
+        h.push(s(0), "10".into());
+        assert_eq!(h.before(s(100), Duration::from_secs(4)), None);
+        h.push(s(2000), "12".into());
+        h.push(s(3000), "15".into());
+        assert_eq!(
+            h.before(s(4000), Duration::from_secs(4)).as_deref(),
+            Some("10")
+        );
+        assert_eq!(
+            h.before(s(6500), Duration::from_secs(4)).as_deref(),
+            Some("12")
+        );
+        assert_eq!(
+            h.before(s(9000), Duration::from_secs(4)).as_deref(),
+            Some("15")
+        );
+        assert_eq!(h.samples.len(), 1);
+    }
 }

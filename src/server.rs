@@ -169,6 +169,7 @@ impl Server {
                 pool,
                 cfg.retention,
                 cfg.prune_every,
+                2 * cfg.idle_poll,
                 shutdown.subscribe(),
             )),
         ];

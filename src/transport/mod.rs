@@ -222,7 +222,7 @@ impl From<FeedError> for ApiError {
             ),
             FeedError::Expired => ApiError::new(
                 ErrorCode::CursorExpired,
-                "the cursor is older than the change log's retention",
+                "changes after the cursor may be gone (older than the change log's retention, or declared lost)",
             ),
             FeedError::NotReady => ApiError::new(
                 ErrorCode::Unavailable,

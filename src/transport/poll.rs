@@ -110,7 +110,7 @@ async fn open(app: Arc<App>, req: StreamRequest) -> Result<Opened, ApiError> {
         let (code, why) = match n {
             Notice::CursorExpired => (
                 ErrorCode::CursorExpired,
-                "the cursor is older than the change log's retention",
+                "changes after the cursor may be gone (older than the change log's retention, or declared lost)",
             ),
             Notice::CursorUnknown => (
                 ErrorCode::CursorUnknown,

@@ -420,3 +420,155 @@ async fn a_declared_loss_expires_older_cursors_read_from_the_log() {
     assert_eq!(body["events"][0]["data"]["n"], json!(2), "{body}");
     srv.stop().await;
 }
+
+/// Two declared losses whose xids are not in commit order (the later switch,
+/// B, had its xid before the earlier one, A, took the switch lock): the last
+/// one committed counts, on the log's path and the window's alike, and a
+/// client connected at a position that sees A but not B is told. (The node
+/// kept the larger xid once: the window resumed such a cursor past the hole.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_declared_losses_out_of_xid_order_count_in_commit_order() {
+    let url = fresh_db().await;
+    let srv = server(&url).await; // window on
+    let nowin = server_with(&url, |c| c.window_changes = 0).await;
+    let db = connect(&url).await;
+    let b = connect(&url).await;
+    b.batch_execute("BEGIN; SELECT pg_current_xact_id()")
+        .await
+        .unwrap();
+    // A: a switch with a later xid, committed first
+    db.batch_execute(
+        "UPDATE rowcast.retention SET lost_before = pg_current_xact_id(); NOTIFY rowcast;",
+    )
+    .await
+    .unwrap();
+    resumable_cursor(&srv.base_url(), "x").await; // the node has read A
+    let mut p = Poller::start(&srv.base_url(), "x").await;
+    emit(&db, "x", 0).await;
+    p.events(1).await;
+    emit(&db, "x", 1).await;
+    let c1 = p.events(1).await[0].id.clone(); // lo sees A, B in progress
+    let mut ws = WsClient::connect(&srv.base_url(), &format!("topics=x&cursor={c1}")).await;
+    // B: commits last (the database's lost_before is now B's smaller xid)
+    b.batch_execute(
+        "UPDATE rowcast.retention SET lost_before = pg_current_xact_id(); NOTIFY rowcast; COMMIT",
+    )
+    .await
+    .unwrap();
+    resumable_cursor(&srv.base_url(), "x").await; // the node has read B
+    let (s_nowin, body_nowin) = poll_raw(&nowin.base_url(), &format!("topics=x&cursor={c1}")).await;
+    let (s_win, body_win) = poll_raw(&srv.base_url(), &format!("topics=x&cursor={c1}")).await;
+    let ws_got = tokio::time::timeout(Duration::from_secs(3), async {
+        loop {
+            match ws.next().await {
+                Msg::Control(_) => continue,
+                other => return format!("{other:?}"),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| "nothing".into());
+    assert_eq!(
+        (s_nowin, &body_nowin["error"]),
+        (410, &json!("cursor_expired")),
+        "the log's path"
+    );
+    assert_eq!(
+        (s_win, &body_win["error"]),
+        (410, &json!("cursor_expired")),
+        "the window's path"
+    );
+    assert!(
+        ws_got.starts_with("Closed(\"4010"),
+        "the connected client: {ws_got}"
+    );
+    srv.stop().await;
+    nowin.stop().await;
+}
+
+/// A transaction open longer than the retention that wrote a change commits
+/// while the node's source is held up (between two pages) for longer than
+/// retention's horizon, and retention deletes the change before the node read
+/// it: the node's position had that transaction in progress, the watermark
+/// passes its xmin, and the connected client is told (4010); resumes from
+/// before agree on the log's path and the window's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_writer_s_change_pruned_before_the_node_read_it_is_told() {
+    let _f = faults::exclusive().await;
+    let url = fresh_db().await;
+    let srv = server_with(&url, |c| {
+        c.retention = Duration::from_secs(1);
+        c.prune_every = Duration::from_millis(100);
+        c.source_page = 1;
+    })
+    .await;
+    let nowin = server_with(&url, |c| c.window_changes = 0).await;
+    let db = connect(&url).await;
+    let mut ws = WsClient::connect(&srv.base_url(), "topics=x").await;
+    let long = connect(&url).await;
+    long.batch_execute("BEGIN").await.unwrap();
+    emit(&long, "x", 1).await;
+    let xid: String = long
+        .query_one("SELECT pg_current_xact_id()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    emit(&db, "x", 0).await;
+    let c0 = next_event(&mut ws.rx).await.id; // the position has the long one in progress
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let pause = rowcast::failpoints::pause("source.between_pages");
+    emit(&db, "x", 2).await;
+    tokio::time::timeout(Duration::from_secs(10), pause.reached.notified())
+        .await
+        .expect("paused");
+    long.batch_execute("COMMIT").await.unwrap();
+    let gone = format!("SELECT count(*) FROM rowcast.changes WHERE xid = '{xid}'::xid8");
+    eventually_async(
+        "retention deleted the long transaction's change",
+        || async { column_i64(&db, &gone).await == [0] },
+    )
+    .await;
+    pause.release.notify_one();
+    emit(&db, "x", 3).await;
+    let mut seen = Vec::new();
+    let mut c2 = String::new();
+    let end = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match ws.next().await {
+                Msg::Event(e) => {
+                    seen.push(e.data["n"].as_i64().unwrap());
+                    if e.data["n"] == json!(2) {
+                        c2 = e.id.clone();
+                    }
+                    if seen.contains(&3) {
+                        return "live past the hole".to_string();
+                    }
+                }
+                Msg::Control(_) => continue,
+                other => return format!("{other:?}"),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| "timeout".into());
+    let (s_win, b_win) = poll_raw(&srv.base_url(), &format!("topics=x&cursor={c0}")).await;
+    let (s_log, b_log) = poll_raw(&nowin.base_url(), &format!("topics=x&cursor={c0}")).await;
+    let (s2w, b2w) = poll_raw(&srv.base_url(), &format!("topics=x&cursor={c2}")).await;
+    let (s2l, b2l) = poll_raw(&nowin.base_url(), &format!("topics=x&cursor={c2}")).await;
+    assert!(
+        seen.contains(&1) || end.contains("4010"),
+        "ws: {seen:?} {end}"
+    );
+    assert_eq!(
+        (s_win, &b_win["error"]),
+        (s_log, &b_log["error"]),
+        "window and log disagree on c0"
+    );
+    assert_eq!(
+        (s2w, &b2w["error"]),
+        (s2l, &b2l["error"]),
+        "window and log disagree on c2"
+    );
+    srv.stop().await;
+    nowin.stop().await;
+}
