@@ -102,7 +102,11 @@ async fn capture(
     shutdown: &mut Shutdown,
 ) -> Result<()> {
     let woken = Arc::new(Notify::new());
-    let (mut control, lost) = crate::db::dedicated(url, Some((Arc::clone(&woken), None))).await?;
+    let bell = crate::db::Bell {
+        rung: Arc::clone(&woken),
+        ..Default::default()
+    };
+    let (mut control, lost) = crate::db::dedicated(url, Some(bell)).await?;
     let mut lost = std::pin::pin!(lost);
     control.batch_execute("LISTEN rowcast_capture").await?;
     let slot = loop {

@@ -3,6 +3,7 @@
 //! source and the capturer keep for themselves.
 
 use crate::error::Result;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::sync::Notify;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
@@ -48,14 +49,37 @@ pub(crate) fn pool_from(
         .map_err(|e| crate::error::Error::Config(format!("pool: {e}")))
 }
 
+/// What a dedicated connection does with the notifications it receives:
+/// each one wakes `rung` and is counted in `count`; one whose payload is
+/// [`crate::migrate::MIGRATED`] also sets `migrated` (when given).
+#[derive(Clone, Default)]
+pub(crate) struct Bell {
+    pub rung: Arc<Notify>,
+    pub count: Option<prometheus::IntCounter>,
+    pub migrated: Option<Arc<AtomicBool>>,
+}
+
+impl Bell {
+    fn ring(&self, payload: &str) {
+        if let Some(c) = &self.count {
+            c.inc();
+        }
+        if let Some(m) = &self.migrated {
+            if payload == crate::migrate::MIGRATED {
+                m.store(true, Ordering::Release);
+            }
+        }
+        self.rung.notify_one();
+    }
+}
+
 /// A dedicated connection (the source's, the capturer's: not pooled, since
 /// pooled connections drop notifications), driven in a task. Notifications
-/// ring `bell` and are counted. The returned future completes when the
-/// connection ends; why it ended is logged at WARN (the owner only learns
-/// that it did).
+/// ring `bell`. The returned future completes when the connection ends; why
+/// it ended is logged at WARN (the owner only learns that it did).
 pub(crate) async fn dedicated(
     url: &str,
-    bell: Option<(Arc<Notify>, Option<prometheus::IntCounter>)>,
+    bell: Option<Bell>,
 ) -> Result<(Client, impl std::future::Future<Output = ()>)> {
     let (client, conn) = tokio_postgres::connect(url, NoTls).await?;
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
@@ -75,17 +99,14 @@ pub(crate) async fn dedicated(
 /// connection at WARN when `warn_on_end`, else at DEBUG.
 async fn drive(
     mut conn: tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>,
-    bell: Option<(Arc<Notify>, Option<prometheus::IntCounter>)>,
+    bell: Option<Bell>,
     warn_on_end: bool,
 ) {
     loop {
         match futures::future::poll_fn(|cx| conn.poll_message(cx)).await {
-            Some(Ok(AsyncMessage::Notification(_))) => {
-                if let Some((b, count)) = &bell {
-                    if let Some(c) = count {
-                        c.inc();
-                    }
-                    b.notify_one();
+            Some(Ok(AsyncMessage::Notification(n))) => {
+                if let Some(b) = &bell {
+                    b.ring(n.payload());
                 }
             }
             Some(Ok(AsyncMessage::Notice(n))) => {

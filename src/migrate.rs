@@ -98,8 +98,17 @@ pub const MARKET: &[(&str, &str)] = &[
 /// first, then migrate, as the README's "Plugging in" says).
 const LOCK_KEY: i64 = 7_305_280_317_090_918;
 
+/// The payload of the notification on channel `rowcast` that a `migrate`
+/// which applied anything sends once it has committed. A running node's
+/// source (which LISTENs on that channel before it looks at the schema)
+/// takes it as its cue to connect again and look afresh: which columns the
+/// log has, which doorbell the database speaks, whether it can time commits
+/// (`source`). Older nodes take it for a ring: one read more.
+pub(crate) const MIGRATED: &str = "migrated";
+
 /// Applies the core migrations, and the market schema when `market` is set.
-/// Returns the versions applied by this call (empty when all were there already).
+/// Returns the versions applied by this call (empty when all were there
+/// already); when it applied any, tells running nodes ([`MIGRATED`]).
 pub async fn migrate(client: &mut Client, market: bool) -> Result<Vec<String>> {
     client
         .execute("SELECT pg_advisory_lock($1)", &[&LOCK_KEY])
@@ -149,6 +158,11 @@ async fn apply_all(client: &mut Client, market: bool) -> Result<Vec<String>> {
         // the CLI prints what was applied: no need to say it twice on stderr
         tracing::debug!(version, "applied migration");
         applied.push((*version).to_string());
+    }
+    if !applied.is_empty() {
+        client
+            .execute("SELECT pg_notify('rowcast', $1)", &[&MIGRATED])
+            .await?;
     }
     Ok(applied)
 }

@@ -53,6 +53,15 @@
 //! On any connection error the source reconnects with capped, jittered
 //! backoff and resumes from the last snapshot it published, so nothing
 //! committed meanwhile is skipped and nothing is published twice.
+//!
+//! # Migrations
+//! What the source reads and how it arms depend on the database's schema
+//! (`changelog::Schema`, the doorbell's protocol, the commit probe), which it
+//! looks at once per connection, after its LISTEN. A `migrate` that applied
+//! anything then notifies (`migrate::MIGRATED`), and the source connects
+//! again at once, from the same position (no backoff, still "connected"), and
+//! looks afresh: a node runs with the newest schema without a restart.
+//! Migrations applied by an older binary's `migrate` do not notify.
 
 use crate::changelog;
 use crate::commit_probe::CommitProbe;
@@ -64,6 +73,7 @@ use crate::hub::Hub;
 use crate::metrics::{EventCounts, Metrics};
 use crate::shutdown::Shutdown;
 use crate::snapshot::Snapshot;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
@@ -128,6 +138,14 @@ pub(crate) struct SourceConfig {
     pub page_size: i64,
 }
 
+/// How a connected stretch of the source ended, when not by an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    Shutdown,
+    /// A `migrate` applied something: connect again and look afresh.
+    Migrated,
+}
+
 pub(crate) struct Source {
     cfg: SourceConfig,
     hub: Arc<Hub>,
@@ -173,10 +191,19 @@ impl Source {
             }
             let started = Instant::now();
             let result = self.session(&mut shutdown).await;
-            self.set_connected(false);
             match result {
-                Ok(()) => return,
+                Ok(Ended::Shutdown) => {
+                    self.set_connected(false);
+                    return;
+                }
+                Ok(Ended::Migrated) => {
+                    tracing::info!(
+                        "the database was migrated; connecting again to read its schema"
+                    );
+                    backoff = BACKOFF_MIN;
+                }
                 Err(e) => {
+                    self.set_connected(false);
                     self.metrics.source_reconnects.inc();
                     if started.elapsed() > BACKOFF_MAX * 2 {
                         backoff = BACKOFF_MIN;
@@ -198,15 +225,18 @@ impl Source {
         self.metrics.source_connected.set(i64::from(up));
     }
 
-    /// One connected stretch; returns Ok on shutdown, Err when the database went away.
-    async fn session(&mut self, shutdown: &mut Shutdown) -> Result<()> {
+    /// One connected stretch; returns how it ended, or Err when the database
+    /// went away.
+    async fn session(&mut self, shutdown: &mut Shutdown) -> Result<Ended> {
         let bell = Arc::new(Notify::new());
+        let migrated = Arc::new(AtomicBool::new(false));
         let (client, lost) = crate::db::dedicated(
             &self.cfg.database_url,
-            Some((
-                Arc::clone(&bell),
-                Some(self.metrics.source_notifications.clone()),
-            )),
+            Some(crate::db::Bell {
+                rung: Arc::clone(&bell),
+                count: Some(self.metrics.source_notifications.clone()),
+                migrated: Some(Arc::clone(&migrated)),
+            }),
         )
         .await?;
         client.batch_execute("LISTEN rowcast").await?;
@@ -264,7 +294,10 @@ impl Source {
         let mut probe = CommitProbe::new();
         let result = loop {
             if shutdown.is_shutdown() {
-                break Ok(());
+                break Ok(Ended::Shutdown);
+            }
+            if migrated.load(Ordering::Acquire) {
+                break Ok(Ended::Migrated);
             }
             let disarm = match std::mem::take(&mut disarm_first) {
                 true => doorbell.disarm_call(),

@@ -519,6 +519,41 @@ async fn clients_connected_through_a_lost_slot_are_told_to_resync() {
     srv.stop().await;
 }
 
+/// A node started before `014_lost_changes` was applied learns of the
+/// migration from `migrate`'s notification and reads the log's loss mark
+/// from then on, without a restart: a loss declared after the migration
+/// ends its connected clients with the resync, as on a node started after
+/// it. (Before, it kept the schema it found at start and resumed its
+/// clients past the change nobody captured, until it reconnected.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_running_across_the_migration_to_014_tells_its_clients_of_a_later_loss() {
+    let url = db_migrated_without(&["014_lost_changes"]).await;
+    let mut db = connect(&url).await;
+    seed(&db, 1, 1).await;
+    db.batch_execute(PRODUCTS).await.expect("to the slot");
+    let srv = server(&url).await;
+    let base = srv.base_url();
+    let mut ws = WsClient::connect(&base, "topics=product-1").await;
+    set_quantity(&db, 1, 5).await;
+    assert_eq!(next_event(&mut ws.rx).await.data["newQuantity"], json!(5));
+    let applied = rowcast::migrate::migrate(&mut db, true)
+        .await
+        .expect("migrate");
+    assert_eq!(applied, ["014_lost_changes"]);
+    lose_the_slot(&db, &srv).await;
+    db.batch_execute("SELECT rowcast.capture_by_trigger('market.products', force => true)")
+        .await
+        .expect("forced switch back");
+    closed_to_resync(&mut ws).await;
+    let mut fresh = WsClient::connect(&base, "topics=product-1").await;
+    set_quantity(&db, 1, 7).await;
+    assert_eq!(
+        next_event(&mut fresh.rx).await.data["newQuantity"],
+        json!(7)
+    );
+    srv.stop().await;
+}
+
 /// The loss is a point in commit order, not a range of xids: a cursor taken
 /// after the uncaptured change but before the forced switch (its snapshot
 /// sees the lost writer's transaction) resyncs too, and a client connected
