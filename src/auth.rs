@@ -164,7 +164,17 @@ impl Verifier {
         validation.leeway = LEEWAY_SECS;
         validation.validate_exp = true;
         validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp"]);
+        // a configured issuer or audience is required, not only compared
+        // when present: a token of the same key minted for another service
+        // without them must not pass
+        let mut required = vec!["exp"];
+        if s.issuer.is_some() {
+            required.push("iss");
+        }
+        if s.audience.is_some() {
+            required.push("aud");
+        }
+        validation.set_required_spec_claims(&required);
         match &s.issuer {
             Some(iss) => validation.set_issuer(&[iss]),
             None => validation.iss = None,
@@ -192,6 +202,14 @@ impl Verifier {
             ErrorKind::InvalidIssuer | ErrorKind::InvalidAudience => {
                 AuthError::WrongIssuerOrAudience
             }
+            ErrorKind::MissingRequiredClaim(c) if c == "iss" || c == "aud" => {
+                AuthError::WrongIssuerOrAudience
+            }
+            // the library reads `exp` as whole seconds from 0 to 2^64: a
+            // negative or larger number counts as missing
+            ErrorKind::MissingRequiredClaim(c) if c == "exp" => AuthError::BadClaims(
+                "exp is missing, or not a number of seconds since 1970 (0 to 2^64)".into(),
+            ),
             ErrorKind::MissingRequiredClaim(c) => AuthError::BadClaims(format!("missing {c}")),
             ErrorKind::InvalidClaimFormat(c) => AuthError::BadClaims(format!("bad {c}")),
             _ => AuthError::Malformed,
@@ -518,5 +536,43 @@ mod tests {
         }
         let t = mint_hs256("s3cret", "9", None, Duration::from_secs(60), None, None).unwrap();
         assert!(!v.verify(&t).unwrap().claims.contains_key("role"));
+        for exp in [serde_json::json!(-1), serde_json::json!(1e20)] {
+            let e = v
+                .verify(&signed(serde_json::json!({"sub":"1","exp": exp})))
+                .unwrap_err();
+            assert_eq!(e.reason(), "bad_claims");
+            assert!(e.to_string().contains("not a number of seconds"), "{e}");
+        }
+    }
+
+    /// A configured issuer and audience are required: a token of the same
+    /// key without them (or with null) is refused like one with others.
+    #[test]
+    fn a_configured_issuer_and_audience_are_required() {
+        let v = Verifier::new(&JwtSettings {
+            secret: Some("s3cret".into()),
+            issuer: Some("iss1".into()),
+            audience: Some("aud1".into()),
+            ..Default::default()
+        })
+        .unwrap()
+        .unwrap();
+        let exp = now_secs() + 60;
+        let good = signed(serde_json::json!({"sub":"1","exp":exp,"iss":"iss1","aud":"aud1"}));
+        assert!(v.verify(&good).is_ok());
+        for claims in [
+            serde_json::json!({"sub":"1","exp":exp}),
+            serde_json::json!({"sub":"1","exp":exp,"iss":"iss1"}),
+            serde_json::json!({"sub":"1","exp":exp,"aud":"aud1"}),
+            serde_json::json!({"sub":"1","exp":exp,"iss":null,"aud":"aud1"}),
+            serde_json::json!({"sub":"1","exp":exp,"iss":"iss1","aud":null}),
+            serde_json::json!({"sub":"1","exp":exp,"iss":"other","aud":"aud1"}),
+            serde_json::json!({"sub":"1","exp":exp,"iss":"iss1","aud":["other"]}),
+        ] {
+            let e = v.verify(&signed(claims.clone())).unwrap_err();
+            assert_eq!(e.reason(), "wrong_issuer_or_audience", "{claims}: {e}");
+        }
+        let both = signed(serde_json::json!({"sub":"1","exp":exp,"iss":"iss1","aud":["x","aud1"]}));
+        assert!(v.verify(&both).is_ok(), "aud may be a list that names us");
     }
 }

@@ -14,6 +14,14 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// How the on/off switches read their environment variables: `true`, `1`,
+/// `yes`, `on` and `false`, `0`, `no`, `off` (any case); anything else is an
+/// error at start. (clap's default for a flag would take only `true` and
+/// `false`.)
+fn boolish() -> clap::builder::BoolishValueParser {
+    clap::builder::BoolishValueParser::new()
+}
+
 /// Every default, once. Durations are text in the flags' own syntax.
 pub mod defaults {
     pub const LISTEN: &str = "127.0.0.1:8080";
@@ -127,7 +135,7 @@ pub struct ServerConfig {
     pub node_id: Option<String>,
     /// Also accept HTTP/2 without TLS (prior knowledge, h2c). Off by default:
     /// see the README for what it does not bound.
-    #[arg(long, env = "ROWCAST_HTTP2")]
+    #[arg(long, env = "ROWCAST_HTTP2", value_parser = boolish())]
     pub http2: bool,
     /// Threads of the async runtime that serves clients and fans changes out
     /// (default: one per available core). Read by `rowcast serve` when it
@@ -279,7 +287,7 @@ pub struct PresenceConfig {
     #[arg(long = "presence-sweep", env = "ROWCAST_PRESENCE_SWEEP", default_value = defaults::PRESENCE_SWEEP, value_parser = parse_duration)]
     pub sweep: Duration,
     /// Opening a stream with a token counts as activity.
-    #[arg(long = "presence-on-connect", env = "ROWCAST_PRESENCE_ON_CONNECT")]
+    #[arg(long = "presence-on-connect", env = "ROWCAST_PRESENCE_ON_CONNECT", value_parser = boolish())]
     pub on_connect: bool,
 }
 
@@ -302,7 +310,7 @@ pub struct MarketApi {
     /// Serve the storefront API (/api/products, /api/cart, /api/checkout, farmer
     /// endpoints) on the client port. Needs the market schema (`rowcast migrate
     /// --market`) and a JWT key.
-    #[arg(id = "market_api", long = "market-api", env = "ROWCAST_MARKET_API")]
+    #[arg(id = "market_api", long = "market-api", env = "ROWCAST_MARKET_API", value_parser = boolish())]
     pub enabled: bool,
     /// Market API requests per second per client IP, bursts of ten times as many.
     #[arg(
@@ -545,5 +553,39 @@ mod tests {
         let new = ServerConfig::new("postgres://x/y", "127.0.0.1:9".parse().unwrap());
         // Debug prints every field, flattened groups included
         assert_eq!(format!("{parsed:?}"), format!("{new:?}"));
+    }
+
+    /// The switches stay plain flags on the command line (their environment
+    /// variables take `1`, `yes`, `on`, ... as well: `boolish`).
+    #[test]
+    fn switches_are_flags() {
+        let parsed = Cli::try_parse_from([
+            "rowcast",
+            "--database-url",
+            "postgres://x/y",
+            "--http2",
+            "--presence-on-connect",
+            "--market-api",
+        ])
+        .unwrap()
+        .cfg;
+        assert!(parsed.http2 && parsed.presence.on_connect && parsed.market_api.enabled);
+        let cmd = <Cli as clap::CommandFactory>::command();
+        let parse = |v: &str| {
+            use clap::builder::TypedValueParser;
+            boolish()
+                .parse_ref(&cmd, None, std::ffi::OsStr::new(v))
+                .ok()
+        };
+        for (v, want) in [
+            ("1", true),
+            ("yes", true),
+            ("ON", true),
+            ("0", false),
+            ("off", false),
+        ] {
+            assert_eq!(parse(v), Some(want), "{v}");
+        }
+        assert_eq!(parse("nah"), None);
     }
 }

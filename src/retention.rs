@@ -93,7 +93,8 @@ pub(crate) async fn run(
         };
         match round.await {
             Ok(0) => {}
-            Ok(n) => tracing::info!(deleted = n, "retention pruned old changes"),
+            // routine: the log stays quiet while all is well
+            Ok(n) => tracing::debug!(deleted = n, "retention pruned old changes"),
             Err(e) => tracing::warn!(error = %e, "retention round failed"),
         }
     }
