@@ -136,13 +136,7 @@ impl Gate {
         headers: &HeaderMap,
         query_token: Option<&str>,
     ) -> Result<Admitted, ApiError> {
-        let slot = self.conns.acquire(peer.ip()).map_err(|e| {
-            let code = match e {
-                ConnRefused::Total => ErrorCode::TooManyConnections,
-                ConnRefused::PerIp => ErrorCode::TooManyConnectionsFromIp,
-            };
-            ApiError::new(code, "connection limit reached; retry later")
-        })?;
+        let conn = self.connection(transport, peer)?;
         let (identity, authenticated) = match (&self.verifier, request_token(headers, query_token))
         {
             (None, _) | (_, None) => (Identity::anonymous(), false),
@@ -151,8 +145,28 @@ impl Gate {
         Ok(Admitted {
             identity,
             authenticated,
-            conn: Connection::open(slot, transport),
+            conn,
         })
+    }
+
+    /// A connection slot, without looking at any token: for Socket.IO,
+    /// whose identity is its CONNECT packet's business (`auth.token`, else
+    /// the opening request's token; a refusal there is a `connect_error`
+    /// the client stops on, where an HTTP 401 at the Engine.IO handshake
+    /// would read as a transport error and be retried for ever).
+    pub(crate) fn connection(
+        &self,
+        transport: Arc<TransportMetrics>,
+        peer: SocketAddr,
+    ) -> Result<Connection, ApiError> {
+        let slot = self.conns.acquire(peer.ip()).map_err(|e| {
+            let code = match e {
+                ConnRefused::Total => ErrorCode::TooManyConnections,
+                ConnRefused::PerIp => ErrorCode::TooManyConnectionsFromIp,
+            };
+            ApiError::new(code, "connection limit reached; retry later")
+        })?;
+        Ok(Connection::open(slot, transport))
     }
 
     /// Verifies a token (from a header, the query, or a WS `auth` message);

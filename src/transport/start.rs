@@ -107,6 +107,25 @@ impl StreamRequest {
         )
     }
 
+    /// Claims the socket for a Socket.IO `transport` and takes a connection
+    /// slot; the token waits for the CONNECT packet ([`Self::handshake_token`]).
+    pub(crate) fn admit_socketio(
+        &self,
+        app: &App,
+        transport: Transport,
+    ) -> Result<crate::access::Connection, ApiError> {
+        self.socket.serves(transport);
+        app.gate.connection(app.transport(transport), self.peer)
+    }
+
+    /// The token of the request (`Authorization: Bearer`, else `?token=`),
+    /// unverified; an Authorization header that is not a bearer token is
+    /// kept as an empty token, which the verifier refuses as `malformed`.
+    pub(crate) fn handshake_token(&self) -> Option<String> {
+        crate::auth::request_token(&self.headers, self.token.as_deref())
+            .map(|t| t.map(str::to_string).unwrap_or_default())
+    }
+
     /// SSE and polling need at least one topic in the URL.
     pub(crate) fn require_topics(&self) -> Result<(), ApiError> {
         if self.topics.is_empty() {

@@ -301,6 +301,113 @@ async fn polling_upgrades_to_websocket() {
     srv.stop().await;
 }
 
+/// Across a link with latency (20 ms each way through a proxy), the default
+/// transports upgrade at once, acks come back and events arrive: after the
+/// probe the server ends the pending poll with a noop, as socket.io-client
+/// waits for that poll to end before it sends the upgrade packet. (It ended
+/// the poll only on the upgrade packet: each side waited for the other, the
+/// probe failed after 10 s, and the client stalled until a ping timeout;
+/// on loopback the client usually won the race.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polling_upgrades_to_websocket_across_a_link_with_latency() {
+    let Some(modules) = node_modules() else {
+        return;
+    };
+    // the default ping interval: a pending poll is not ended by a ping soon
+    let url = fresh_market_db().await;
+    let db = connect(&url).await;
+    seed(&db, 2, 4).await;
+    let srv = server_with(&url, |c| c.jwt.secret = Some(SECRET.into())).await;
+    let proxy = Proxy::with_latency(srv.addr, Duration::from_millis(20)).await;
+    let mut c = Node::client(
+        &modules,
+        &proxy.url(),
+        json!({"auth": {"topics": ["product-1"]}}),
+    );
+    let (mut connected, mut upgraded) = (false, false);
+    while !(connected && upgraded) {
+        let v = c
+            .until("connect or upgrade", |v| {
+                assert_ne!(v["t"], "disconnect", "{v}");
+                v["t"] == "connect" || v["t"] == "upgrade"
+            })
+            .await;
+        connected |= v["t"] == "connect";
+        upgraded |= v["t"] == "upgrade" && v["transport"] == "websocket";
+    }
+    let ack = c.ask("subscribe", json!(["product-2"]), 1).await;
+    assert_eq!(ack, json!({"subscribed": ["product-2"], "refused": []}));
+    db.batch_execute("UPDATE market.products SET quantity = 77 WHERE id = 2")
+        .await
+        .unwrap();
+    let ev = c
+        .until("the change", |v| {
+            assert_ne!(v["t"], "disconnect", "{v}");
+            v["t"] == "event" && v["name"] == "inventory.updated"
+        })
+        .await;
+    assert_eq!(ev["args"][0]["newQuantity"], json!(77), "{ev}");
+    srv.stop().await;
+}
+
+/// The opening request's token (`?token=`, or the Authorization header) is
+/// the CONNECT's, like `auth.token`: refused, it is a `connect_error`
+/// `unauthorized: <reason>` (the client stops), not an HTTP 401 at the
+/// Engine.IO handshake (a transport error the client retried for ever), and
+/// a good `auth.token` wins over a stale one in the URL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_handshake_token_is_a_connect_error_and_auth_token_wins() {
+    let Some(modules) = node_modules() else {
+        return;
+    };
+    let (_url, srv) = market_server().await;
+    let base = srv.base_url();
+    let bad = rowcast::auth::mint_hs256(
+        "not-the-secret",
+        "1000",
+        Some("customer"),
+        Duration::from_secs(600),
+        None,
+        None,
+    )
+    .unwrap();
+    for (url, opts) in [
+        (format!("{base}/?token={bad}"), json!({})),
+        (
+            format!("{base}/?token={bad}"),
+            json!({"transports": ["websocket"]}),
+        ),
+        (
+            base.clone(),
+            json!({"extraHeaders": {"Authorization": format!("Bearer {bad}")}}),
+        ),
+        (
+            base.clone(),
+            json!({"transports": ["websocket"], "extraHeaders": {"Authorization": "Basic abc"}}),
+        ),
+    ] {
+        let mut c = Node::client(&modules, &url, opts.clone());
+        let e = c
+            .until("connect_error", |v| {
+                assert_ne!(v["t"], "connect", "{opts}: {v}");
+                v["t"] == "connect_error"
+            })
+            .await;
+        let m = e["message"].as_str().unwrap_or_default();
+        assert!(
+            m == "unauthorized: bad_signature" || m == "unauthorized: malformed",
+            "{url} {opts}: {e}"
+        );
+    }
+    let mut c = Node::client(
+        &modules,
+        &format!("{base}/?token={bad}"),
+        json!({"auth": {"token": token("1000", "customer")}}),
+    );
+    c.connected().await;
+    srv.stop().await;
+}
+
 /// A refused token is a `connect_error` naming the reason; a forbidden
 /// topic is refused in the subscribe ack and never delivered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -380,6 +487,12 @@ impl Drop for Proxy {
 
 impl Proxy {
     async fn start(upstream: std::net::SocketAddr) -> Proxy {
+        Proxy::with_latency(upstream, Duration::ZERO).await
+    }
+
+    /// A proxy whose bytes take `latency` each way (a link across a
+    /// network rather than loopback; each chunk is held that long, in order).
+    async fn with_latency(upstream: std::net::SocketAddr, latency: Duration) -> Proxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let upstream = Arc::new(Mutex::new(Some(upstream)));
@@ -394,7 +507,13 @@ impl Proxy {
                     };
                     let h = tokio::spawn(async move {
                         if let Ok(mut up) = tokio::net::TcpStream::connect(to).await {
-                            let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                            if latency.is_zero() {
+                                let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                            } else {
+                                let (dr, dw) = down.into_split();
+                                let (ur, uw) = up.into_split();
+                                tokio::join!(delayed(dr, uw, latency), delayed(ur, dw, latency));
+                            }
                         }
                     });
                     conns.lock().unwrap().push(h);
@@ -431,6 +550,38 @@ impl Proxy {
         self.cut();
         c.until("disconnect", |v| v["t"] == "disconnect").await;
     }
+}
+
+/// Copies `from` to `to`, each chunk `latency` after it was read.
+async fn delayed(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    latency: Duration,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (tx, mut rx) = mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+    let read = async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        while let Ok(n) = from.read(&mut buf).await {
+            if n == 0
+                || tx
+                    .send((tokio::time::Instant::now() + latency, buf[..n].to_vec()))
+                    .is_err()
+            {
+                break;
+            }
+        }
+    };
+    let write = async move {
+        while let Some((at, bytes)) = rx.recv().await {
+            tokio::time::sleep_until(at).await;
+            if to.write_all(&bytes).await.is_err() {
+                break;
+            }
+        }
+        let _ = to.shutdown().await;
+    };
+    tokio::join!(read, write);
 }
 
 /// What a client saw: its events' `n`, in order, and whether each connect recovered.

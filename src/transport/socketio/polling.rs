@@ -55,8 +55,34 @@ pub(crate) struct PollSession {
     wake: Notify,
     clock: Mutex<Clock>,
     polling: AtomicBool,
+    /// A WebSocket answered this session's probe (`3probe`): polls answer
+    /// at once, with a noop when there is nothing else (see [`Probed`]).
+    probed: AtomicBool,
     upgrading: AtomicBool,
     closed: AtomicBool,
+}
+
+/// While a WebSocket's probe of a polling session stands: polls answer at
+/// once, `6` (noop) when there is nothing else, as the Engine.IO server
+/// does. socket.io-client, once probed, waits for its pending poll to end
+/// before it sends the upgrade packet (`5`); a poll left waiting for a
+/// change or the next ping would make each side wait for the other until
+/// the probe timed out. Dropped (the upgrade failed, or completed), polls
+/// wait again as usual.
+pub(crate) struct Probed(Arc<PollSession>);
+
+impl Probed {
+    pub(crate) fn new(session: Arc<PollSession>) -> Probed {
+        session.probed.store(true, Ordering::Relaxed);
+        session.wake.notify_one();
+        Probed(session)
+    }
+}
+
+impl Drop for Probed {
+    fn drop(&mut self) {
+        self.0.probed.store(false, Ordering::Relaxed);
+    }
 }
 
 /// What `POST`s bring, until the next `GET` handles it.
@@ -219,8 +245,8 @@ pub(crate) async fn handle(
 
 /// `GET` without a session: admission, then the open packet.
 async fn open(app: Arc<App>, req: StreamRequest) -> Response {
-    let admitted = match req.admit(&app, Transport::SocketIoPolling) {
-        Ok(a) => a,
+    let conn = match req.admit_socketio(&app, Transport::SocketIoPolling) {
+        Ok(c) => c,
         Err(e) => return e.into_response(),
     };
     app.count_session(Transport::SocketIoPolling, req.report);
@@ -235,9 +261,9 @@ async fn open(app: Arc<App>, req: StreamRequest) -> Response {
         core: tokio::sync::Mutex::new(Some(Session::new(
             Arc::clone(&app),
             sid.clone(),
-            req.token.clone(),
+            req.handshake_token(),
             req.topics.clone(),
-            admitted.conn,
+            conn,
         ))),
         inbox: Mutex::new(Inbox {
             packets: String::new(),
@@ -250,6 +276,7 @@ async fn open(app: Arc<App>, req: StreamRequest) -> Response {
             pong_due: None,
         }),
         polling: AtomicBool::new(false),
+        probed: AtomicBool::new(false),
         upgrading: AtomicBool::new(false),
         closed: AtomicBool::new(false),
     });
@@ -413,7 +440,11 @@ async fn answer(app: &App, session: &PollSession) -> Result<Vec<String>, Disconn
         if !out.is_empty() {
             return Ok(out);
         }
-        // nothing yet: wait for a post, a change, the next ping, or the end
+        if session.probed.load(Ordering::Relaxed) {
+            out.push("6".into());
+            return Ok(out);
+        }
+        // nothing yet: wait for a post, a change, the next ping, a probe, or the end
         let feed = core.feed();
         tokio::select! {
             _ = session.wake.notified() => {}

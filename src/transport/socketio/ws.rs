@@ -16,7 +16,7 @@
 //! stop socket.io-client from reconnecting): the client comes back and
 //! recovers from its offset.
 
-use super::polling::PollSession;
+use super::polling::{PollSession, Probed};
 use super::session::Session;
 use crate::api_error::{ApiError, ErrorCode};
 use crate::limits::RateLimiter;
@@ -78,8 +78,8 @@ pub(crate) async fn open(app: Arc<App>, req: StreamRequest, upgrade: Handshake) 
                 .instrument(span)
         });
     }
-    let admitted = match req.admit(&app, Transport::SocketIo) {
-        Ok(a) => a,
+    let conn = match req.admit_socketio(&app, Transport::SocketIo) {
+        Ok(c) => c,
         Err(e) => return e.into_response(),
     };
     app.count_session(Transport::SocketIo, req.report);
@@ -90,9 +90,9 @@ pub(crate) async fn open(app: Arc<App>, req: StreamRequest, upgrade: Handshake) 
     let session = Session::new(
         Arc::clone(&app),
         sid,
-        req.token.clone(),
+        req.handshake_token(),
         req.topics.clone(),
-        admitted.conn,
+        conn,
     );
     let s = &app.socketio.settings;
     let open = packet::open(
@@ -126,9 +126,9 @@ pub(crate) fn unknown_session() -> Response {
     .into_response()
 }
 
-/// The probe (`2probe` → `3probe`), then `5`: the session leaves polling
-/// (its pending poll answers `6`) and continues here, as the Connection
-/// returned. Anything else, or nothing in time, and this WebSocket closes
+/// The probe (`2probe` → `3probe`: from then on the session's polls answer
+/// at once, [`Probed`]), then `5`: the session leaves polling (its pending
+/// poll answers `6`) and continues here, as the Connection returned. Anything else, or nothing in time, and this WebSocket closes
 /// while polling goes on.
 async fn upgrade_from_polling(
     app: Arc<App>,
@@ -138,18 +138,18 @@ async fn upgrade_from_polling(
 ) -> Option<Connection> {
     let (wire, mut socket) = websocket(&app, raw, config).await;
     let deadline = Instant::now() + UPGRADE_WAIT;
-    let mut probed = false;
+    let mut probed: Option<Probed> = None;
     loop {
         let msg = match tokio::time::timeout_at(deadline, socket.next()).await {
             Ok(Some(Ok(Message::Text(t)))) => t,
             _ => return None,
         };
-        match (packet::parse_engine(msg.as_str()), probed) {
+        match (packet::parse_engine(msg.as_str()), probed.is_some()) {
             (Ok(EnginePacket::Ping("probe")), false) => {
                 if socket.send(Message::Text("3probe".into())).await.is_err() {
                     return None;
                 }
-                probed = true;
+                probed = Some(Probed::new(Arc::clone(&polling)));
             }
             (Ok(EnginePacket::Upgrade), true) => break,
             _ => return None,
