@@ -28,6 +28,16 @@ pub const MAX_TOKEN_LEN: usize = 8 * 1024;
 /// Cached decisions kept at most; the cache is cleared when it grows past this,
 /// so a flood of distinct claims costs database queries, never memory.
 const MAX_CACHED: usize = 100_000;
+/// How old a cached `rowcast.authorize` answer may be and still be used
+/// while the database cannot be reached at all (the pool cannot connect, or
+/// the connection broke): the subscribes and resumes that the memory window
+/// can serve during an outage keep working for clients whose topics were
+/// decided in the last minutes. An answer the database gives is never
+/// overridden: an error of the policy itself still fails closed, and once
+/// the database answers again the cache's own time-to-live applies. The
+/// price: a permission withdrawn just before an outage lasts at most this
+/// much longer, and only for pairs (claims, topic) decided before it.
+pub const STALE_WHILE_UNREACHABLE: Duration = Duration::from_secs(300);
 
 pub use crate::config::JwtSettings;
 
@@ -325,6 +335,19 @@ pub enum AuthzError {
     Budget,
 }
 
+impl AuthzError {
+    /// The database could not be reached (no connection from the pool, or
+    /// one that broke), as opposed to an answer it gave (an error of the
+    /// policy) or the client's budget.
+    fn unreachable(&self) -> bool {
+        match self {
+            AuthzError::Db(crate::error::Error::Pool(_)) => true,
+            AuthzError::Db(crate::error::Error::Db(e)) => e.as_db_error().is_none(),
+            _ => false,
+        }
+    }
+}
+
 impl From<tokio_postgres::Error> for AuthzError {
     fn from(e: tokio_postgres::Error) -> Self {
         AuthzError::Db(e.into())
@@ -359,6 +382,9 @@ impl Authorizer {
     /// answer, like any answer other than true, denies: the function fails closed.
     /// `spend(n)` is asked before `n` uncached topics go to the database; when
     /// it refuses, nothing is asked and the answer is `AuthzError::Budget`.
+    /// When the database cannot be reached, answers up to
+    /// [`STALE_WHILE_UNREACHABLE`] old stand in for it (all of the topics
+    /// asked, or the error).
     pub async fn check(
         &self,
         pool: &Pool,
@@ -386,20 +412,23 @@ impl Authorizer {
             if !spend(ask.len()) {
                 return Err(AuthzError::Budget);
             }
-            let client = pool.get().await?;
-            let stmt = client
-                .prepare_cached(
-                    "SELECT t, coalesce(rowcast.authorize($1::text::jsonb, t), false)
-                       FROM unnest($2::text[]) AS t",
-                )
-                .await?;
-            let rows = client.query(&stmt, &[&&*who.claims_json, &ask]).await?;
-            let mut answers = Vec::with_capacity(rows.len());
-            for row in rows {
-                let t: String = row.try_get(0)?;
-                let ok: bool = row.try_get(1)?;
-                answers.push((t, ok));
-            }
+            let answers = match ask_policy(pool, who, &ask).await {
+                Ok(a) => a,
+                Err(e) if e.unreachable() && !self.ttl.is_zero() => {
+                    let cache = self.lock();
+                    let now = Instant::now();
+                    for t in &ask {
+                        match cache.get(&(Arc::clone(&who.claims_json), t.to_string())) {
+                            Some((ok, at)) if now.duration_since(*at) < STALE_WHILE_UNREACHABLE => {
+                                decided.insert(t, *ok);
+                            }
+                            _ => return Err(e),
+                        }
+                    }
+                    Vec::new()
+                }
+                Err(e) => return Err(e),
+            };
             let now = Instant::now();
             let mut cache = (!self.ttl.is_zero()).then(|| self.lock());
             if let Some(c) = cache.as_mut() {
@@ -431,6 +460,35 @@ impl Authorizer {
     fn lock(&self) -> std::sync::MutexGuard<'_, Decisions> {
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// `rowcast.authorize(claims, t)` for each of `topics`, in one statement.
+async fn ask_policy(
+    pool: &Pool,
+    who: &Identity,
+    topics: &[&str],
+) -> Result<Vec<(String, bool)>, AuthzError> {
+    let client = pool.get().await?;
+    let stmt = client
+        .prepare_cached(
+            "SELECT t, coalesce(rowcast.authorize($1::text::jsonb, t), false)
+               FROM unnest($2::text[]) AS t",
+        )
+        .await?;
+    let rows = client.query(&stmt, &[&&*who.claims_json, &topics]).await?;
+    let mut answers = Vec::with_capacity(rows.len());
+    // a row that does not read is not the database out of reach
+    let unreadable = |e: tokio_postgres::Error| {
+        AuthzError::Db(crate::error::Error::Invariant(format!(
+            "rowcast.authorize's answer: {e}"
+        )))
+    };
+    for row in rows {
+        let t: String = row.try_get(0).map_err(unreadable)?;
+        let ok: bool = row.try_get(1).map_err(unreadable)?;
+        answers.push((t, ok));
+    }
+    Ok(answers)
 }
 
 /// The token a request carries: `Authorization: Bearer <t>`, else `?token=<t>`.

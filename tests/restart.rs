@@ -279,3 +279,57 @@ async fn ws_resume_during_an_outage_is_told_to_retry_then_resumes_exactly() {
     assert_eq!(next_event(&mut ws.rx).await.data["n"], 6);
     srv.stop().await;
 }
+
+/// During an outage, resumes the memory window can answer keep working past
+/// the authorization cache's time-to-live: the policy's answers of the last
+/// minutes (`rowcast::auth::STALE_WHILE_UNREACHABLE`) stand in while the
+/// database cannot be reached. A topic never decided is told to retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn window_resumes_outlive_the_authorization_cache_during_an_outage() {
+    let _cluster = EXCLUSIVE.lock().await;
+    let url = fresh_db().await;
+    let srv = server_with(&url, |c| c.authz_cache = Duration::from_millis(300)).await;
+    let base = srv.base_url();
+    let cursor = Poller::start(&base, "win").await.cursor.unwrap();
+    let db = connect(&url).await;
+    emit_range(&db, "win", 1, 3).await;
+    // the source has read them, and `win` was decided, before the outage
+    let mut seen = Poller {
+        base: base.clone(),
+        topics: "win".into(),
+        cursor: Some(cursor.clone()),
+        token: None,
+    };
+    seen.events(3).await;
+    let pg = cluster();
+    tokio::task::spawn_blocking(move || pg.stop())
+        .await
+        .unwrap()
+        .unwrap();
+    wait_readyz(&base, 503).await;
+    // well past the cache's time-to-live
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for _ in 0..3 {
+        let (status, body) = poll_raw(&base, &format!("topics=win&cursor={cursor}")).await;
+        assert_eq!(status, 200, "{body}");
+        let ns: Vec<i64> = body["events"]
+            .as_array()
+            .expect("events")
+            .iter()
+            .map(|e| e["data"]["n"].as_i64().unwrap())
+            .collect();
+        assert_eq!(ns, vec![1, 2, 3], "{body}");
+    }
+    let (status, body) = poll_raw(&base, &format!("topics=never&cursor={cursor}")).await;
+    assert_eq!(
+        (status, &body["error"]),
+        (503, &serde_json::json!("unavailable")),
+        "{body}"
+    );
+    tokio::task::spawn_blocking(move || pg.start_again())
+        .await
+        .unwrap()
+        .unwrap();
+    wait_readyz(&base, 200).await;
+    srv.stop().await;
+}
