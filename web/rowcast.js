@@ -107,8 +107,9 @@ export class Rowcast {
     this._pending = [];
     this._seenTx = new Set();
     this._seenTxOrder = [];
-    this._fallbackReason = null;
-    this._wsLastOpened = false;
+    /** On SSE or polling because the WebSocket failed; whether one ever opened. */
+    this._fallback = false;
+    this._wsEverOpened = false;
     this._wsDownSince = null;
     this._pollShort = false;
     this._closed = false;
@@ -144,7 +145,7 @@ export class Rowcast {
     return new Promise((resolve) => this._readyWaiters.push(resolve));
   }
 
-  /** Adds topics. On a WebSocket they start live; SSE and polling reopen with the cursor. */
+  /** Adds topics. On a WebSocket they start live (see _subscribeFromStart); SSE and polling reopen with the cursor. */
   subscribe(topics) {
     const added = [].concat(topics).filter((t) => !this._topics.has(t));
     if (added.length === 0 || this._closed) return;
@@ -154,8 +155,10 @@ export class Rowcast {
       if (!this._timers.has('reconnect')) this._retryLater(0);
       return;
     }
-    if (c.kind === 'ws' && c.live) c.subscribeMore(added);
-    else this._reopen();
+    if (c.kind !== 'ws' || !c.live) return this._reopen();
+    if (c.startWaiting) added.forEach((t) => c.startWaiting.add(t));
+    else if (!c.fed && !this._resumeFrom() && !this.options.snapshot) this._subscribeFromStart(c, added);
+    else c.subscribeMore(added);
   }
 
   /** Removes topics; their events stop at once (in-flight ones are dropped). */
@@ -164,8 +167,10 @@ export class Rowcast {
     if (removed.length === 0 || this._closed) return;
     const c = this._conn;
     if (!c) return;
-    if (c.kind === 'ws' && c.live) c.send({ type: 'unsubscribe', topics: removed });
-    else this._reopen();
+    if (c.kind !== 'ws' || !c.live) return this._reopen();
+    // topics still waiting for their start position were never sent
+    const sent = c.startWaiting ? removed.filter((t) => !c.startWaiting.delete(t)) : removed;
+    if (sent.length) c.send({ type: 'unsubscribe', topics: sent });
   }
 
   /**
@@ -376,9 +381,10 @@ export class Rowcast {
     }
     if (this._closed || gen !== this._gen || this._conn) return;
     const kind = this._kind();
-    if (kind !== 'poll' && !this.cursor && !this._origin && !this.options.snapshot && this._topics.size) {
-      await this._startPosition(token);
+    if (kind !== 'poll' && !this._resumeFrom() && !this.options.snapshot && this._topics.size) {
+      const at = await this._startPosition(token);
       if (this._closed || gen !== this._gen || this._conn) return;
+      if (at && !this._resumeFrom()) this._origin = at;
     }
     this.stats.connects++;
     this._conn = this._open(kind, token);
@@ -390,6 +396,7 @@ export class Rowcast {
    * any event would resume "from now" and lose what was committed in between.
    * A position from a poll without cursor closes that hole (only when no
    * snapshot was asked for: a snapshot reconnect is state-complete by itself).
+   * Returns it (or null), for the caller to keep as `_origin`.
    */
   async _startPosition(token) {
     try {
@@ -399,13 +406,30 @@ export class Rowcast {
       });
       if (r.ok) {
         const body = await r.json();
-        if (body && typeof body.cursor === 'string') this._origin = body.cursor;
+        if (body && typeof body.cursor === 'string') return body.cursor;
       } else if (r.status === 401) {
         this._tokenStale = true;
       }
     } catch (_) {
       // the stream will tell what is wrong
     }
+    return null;
+  }
+
+  /**
+   * The first topics of a client that started without any (no position yet,
+   * see _startPosition): the WebSocket's first subscribe opens at a start
+   * position taken now. Topics added meanwhile join that subscribe.
+   */
+  async _subscribeFromStart(c, topics) {
+    c.startWaiting = new Set(topics);
+    const at = await this._startPosition(c.token);
+    const waiting = [...c.startWaiting].filter((t) => this._topics.has(t));
+    c.startWaiting = null;
+    // on a new connection, its own start subscribes every topic
+    if (this._closed || c !== this._conn || c.ended) return;
+    if (at && !this._resumeFrom()) this._origin = at;
+    if (waiting.length) c.subscribeMore(waiting);
   }
 
   _url(path, params) {
@@ -421,10 +445,11 @@ export class Rowcast {
     return this.cursor || this._origin || null;
   }
 
-  /** The `fallback` report for SSE and polling: why we are not on the WebSocket we asked for. */
+  /** The `fallback` report for SSE and polling: `ws_blocked` if no WebSocket of this client ever opened, else `ws_failed`. */
   _fallbackParam() {
     if (this._transports[0] !== 'ws') return undefined;
-    return this._fallbackReason || 'none';
+    if (!this._fallback) return 'none';
+    return this._wsEverOpened ? 'ws_failed' : 'ws_blocked';
   }
 
   _gapParam() {
@@ -465,7 +490,7 @@ export class Rowcast {
     this._cycleFailed = 0;
     this._tokenRefreshed = false;
     if (c.kind === 'ws') {
-      this._fallbackReason = null;
+      this._fallback = false;
       this._level = 0;
       this._unschedule('probe');
     } else if (this._transports[0] === 'ws' && !this._probe) {
@@ -552,7 +577,6 @@ export class Rowcast {
     if (c.kind === 'ws') {
       // without a working WebSocket from now on (the gap the next one reports)
       if (this._wsDownSince === null) this._wsDownSince = now;
-      this._wsLastOpened = !!c.opened;
     }
     if (stable) {
       this._failures = 0;
@@ -617,10 +641,7 @@ export class Rowcast {
   _moveDown(c) {
     this._failures = 0;
     if (this._level + 1 < this._transports.length) {
-      if (this._transports[0] === 'ws' && this._level === 0) {
-        // why: the last attempt could not even open (a proxy or firewall), or it opened and broke
-        this._fallbackReason = this._wsLastOpened ? 'ws_failed' : 'ws_blocked';
-      }
+      if (this._transports[0] === 'ws' && this._level === 0) this._fallback = true;
       this._level++;
       this.stats.switches++;
       this._setStatus(this._cycleFailed > 0 ? 'offline' : 'connecting');
@@ -765,6 +786,10 @@ class WsConn {
     this.ended = false;
     this.probe = probe;
     this.awaiting = new Set();
+    /** The server has this connection's subscription (a subscribe was answered). */
+    this.fed = false;
+    /** Topics waiting for their start position (rc._subscribeFromStart). */
+    this.startWaiting = null;
     this.authError = null;
     const url = rc._url('/v1/ws', { gap: rc._gapParam() }).replace(/^http/, 'ws');
     try {
@@ -784,6 +809,7 @@ class WsConn {
   onOpen() {
     if (this.ended) return;
     this.opened = true;
+    this.rc._wsEverOpened = true;
     // the server counted this session and its gap: a new gap starts at the next loss
     this.rc._wsDownSince = null;
     this.rc._clearTimer(this.openTimer);
@@ -796,18 +822,27 @@ class WsConn {
   start() {
     const rc = this.rc;
     if (this.token) this.send({ type: 'auth', token: this.token });
+    // with or without topics: a quiet socket must still be heard within idleTimeout
+    this.pinger = setIntervalVia(rc, rc.options.pingInterval, () => this.send({ type: 'ping' }));
     const topics = rc.topics;
     if (topics.length === 0) return rc._onLive(this);
     topics.forEach((t) => this.awaiting.add(t));
+    this.subscribeFrom(topics);
+  }
+
+  /** The subscribe that opens the connection's subscription: at the cursor, with the snapshot option. */
+  subscribeFrom(topics) {
+    const rc = this.rc;
     const cursor = rc._resumeFrom();
     const msg = { type: 'subscribe', topics, snapshot: !!rc.options.snapshot };
     if (cursor) msg.cursor = cursor;
     this.send(msg);
-    this.pinger = setIntervalVia(rc, rc.options.pingInterval, () => this.send({ type: 'ping' }));
   }
 
+  /** Topics added while live: live once the server has a subscription (it takes a cursor on the first only). */
   subscribeMore(topics) {
-    this.send({ type: 'subscribe', topics });
+    if (this.fed) this.send({ type: 'subscribe', topics });
+    else this.subscribeFrom(topics);
   }
 
   send(obj) {
@@ -846,6 +881,7 @@ class WsConn {
         rc._onEnvelope(this, msg);
         break;
       case 'subscribed':
+        if ((msg.topics || []).length) this.fed = true;
         (msg.topics || []).forEach((t) => this.settle(t));
         break;
       case 'resync':

@@ -5,7 +5,8 @@
 //! It is public and static: served outside the origin check, with
 //! `Access-Control-Allow-Origin: *` because browsers fetch module scripts in
 //! CORS mode (a shop on another origin imports it), and cacheable: an ETag
-//! of the content, answered 304 when the browser already has it.
+//! of the content, answered 304 when the browser already has it (its tag,
+//! weak or strong, or `*` in `If-None-Match`).
 
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -28,12 +29,25 @@ fn etag() -> &'static HeaderValue {
     })
 }
 
+/// Whether an `If-None-Match` value matches `tag` (RFC 9110, 13.1.2): `*`
+/// matches the one current representation; otherwise a listed entity-tag
+/// matches by weak comparison, its opaque part alone (`W/"x"` matches `"x"`).
+fn none_match(value: &str, tag: &str) -> bool {
+    let value = value.trim();
+    value == "*"
+        || value
+            .split(',')
+            .map(|t| t.trim())
+            .any(|t| t.strip_prefix("W/").unwrap_or(t) == tag)
+}
+
 pub(crate) async fn serve(headers: HeaderMap) -> Response {
     let tag = etag();
     let fresh = headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == tag.to_str().unwrap_or("")));
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| none_match(v, tag.to_str().unwrap_or("")));
     let mut r = if fresh {
         StatusCode::NOT_MODIFIED.into_response()
     } else {

@@ -547,6 +547,73 @@ fn sdk_unit_tests() {
     );
 }
 
+/// `GET /rowcast.js` (README "Loading it"): the embedded client, public,
+/// with CORS for module scripts and an ETag; `If-None-Match` answers 304 by
+/// weak comparison (its tag, strong or `W/`, alone or in a list, or `*`) and
+/// 200 with the client for any other tag (RFC 9110, 13.1.2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rowcast_js_is_served_with_an_etag_and_304() {
+    let url = crate::common::fresh_db().await;
+    let server = crate::common::server::server(&url).await;
+    let js = format!("{}/rowcast.js", server.base_url());
+    let http = reqwest::Client::new();
+    let get = |inm: Option<String>| {
+        let mut req = http.get(&js);
+        if let Some(v) = inm {
+            req = req.header("If-None-Match", v);
+        }
+        req.send()
+    };
+    let first = get(None).await.expect("GET /rowcast.js");
+    assert_eq!(first.status(), 200);
+    let h = |name: &str| {
+        first
+            .headers()
+            .get(name)
+            .unwrap_or_else(|| panic!("{name}"))
+            .to_str()
+            .expect("ascii")
+            .to_string()
+    };
+    assert!(h("content-type").starts_with("text/javascript"));
+    assert_eq!(h("access-control-allow-origin"), "*");
+    assert_eq!(h("cache-control"), "public, max-age=300");
+    let tag = h("etag");
+    assert!(
+        tag.starts_with('"') && tag.ends_with('"'),
+        "a strong tag: {tag}"
+    );
+    let body = first.text().await.expect("body");
+    assert!(body.contains("export function connect("), "the client");
+    for inm in [
+        tag.clone(),
+        format!("W/{tag}"),
+        format!("\"other\", {tag}"),
+        format!("W/\"other\" , W/{tag}"),
+        "*".to_string(),
+        " * ".to_string(),
+    ] {
+        let r = get(Some(inm.clone())).await.expect("conditional GET");
+        assert_eq!(r.status(), 304, "If-None-Match: {inm}");
+        assert_eq!(
+            r.headers().get("etag").and_then(|v| v.to_str().ok()),
+            Some(tag.as_str()),
+            "a 304 carries the tag"
+        );
+        assert!(r.text().await.expect("body").is_empty(), "no body: {inm}");
+    }
+    for inm in [
+        "\"other\"".to_string(),
+        "W/\"other\"".to_string(),
+        tag.trim_matches('"').to_string(),
+        format!("X/{tag}"),
+    ] {
+        let r = get(Some(inm.clone())).await.expect("conditional GET");
+        assert_eq!(r.status(), 200, "If-None-Match: {inm}");
+        assert_eq!(r.text().await.expect("body"), body, "the client: {inm}");
+    }
+}
+
 /// The farmer tab reports activity → the shopper's dot turns green; the
 /// farmer changes a quantity → the shopper's card shows it; the farmer
 /// advances an order → the customer's toast. Saves the screenshots.

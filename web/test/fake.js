@@ -145,7 +145,9 @@ export class FakeServer {
       const denied = msg.topics.filter((t) => t.startsWith('secret-'));
       const allowed = msg.topics.filter((t) => !t.startsWith('secret-'));
       for (const t of denied) w.push({ type: 'error', code: 'forbidden', topic: t, message: 'no' });
-      const first = !w.topics;
+      // as the server: the subscribe that opens the subscription (the first with an allowed topic) honours the cursor
+      const first = !w.fed;
+      if (allowed.length) w.fed = true;
       w.topics = w.topics || new Set();
       allowed.forEach((t) => w.topics.add(t));
       if (allowed.length) w.push({ type: 'subscribed', topics: allowed });

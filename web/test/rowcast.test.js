@@ -78,7 +78,8 @@ test('cursor hand-over: WS blocked -> SSE, SSE blocked -> polling, unblocked -> 
   write();
   await until(clock, () => rc.transport === 'sse' && rc.status === 'degraded', 'degraded on sse');
   const sseReq = server.requests.filter((r) => r.kind === 'sse').at(-1);
-  assert.equal(sseReq.params.fallback, 'ws_blocked', 'SSE reports why it is not on a WebSocket');
+  // the WebSocket worked before it was blocked: ws_failed (ws_blocked is for a client none of whose WebSockets ever opened)
+  assert.equal(sseReq.params.fallback, 'ws_failed', 'SSE reports why it is not on a WebSocket');
   assert.ok(sseReq.params.lastEventId, 'SSE resumes from the cursor');
   for (let i = 0; i < 3; i++) write();
   await settle();
@@ -93,7 +94,7 @@ test('cursor hand-over: WS blocked -> SSE, SSE blocked -> polling, unblocked -> 
   write();
   await until(clock, () => rc.transport === 'poll' && rc.status === 'degraded', 'degraded on poll');
   const firstPoll = server.requests.find((r) => r.kind === 'poll' && r.params.fallback);
-  assert.equal(firstPoll.params.fallback, 'ws_blocked', 'the first poll of the session reports the fallback');
+  assert.equal(firstPoll.params.fallback, 'ws_failed', 'the first poll of the session reports the fallback');
   assert.ok(firstPoll.params.cursor, 'polling resumes from the cursor');
   assert.equal(server.requests.filter((r) => r.kind === 'poll' && r.params.fallback).length, 1, 'reported once');
   for (let i = 0; i < 3; i++) write();
@@ -491,4 +492,90 @@ test('a WebSocket that opens but keeps dropping is abandoned for SSE (fallback=w
   await until(clock, () => rc.transport === 'sse' && rc.status === 'degraded', 'on sse');
   assert.equal(server.requests.filter((r) => r.kind === 'sse').at(-1).params.fallback, 'ws_failed');
   rc.close();
+});
+
+test('no topics at connect: subscribe() takes a start position, so a drop before the first event loses nothing', async () => {
+  const { clock, server, rc, seen } = setup({ topics: [] });
+  const resyncs = [];
+  rc.on('rowcast:resync', (r) => resyncs.push(r));
+  server.publish('farm-9', 'x', {}); // the position is not the log's start
+  await until(clock, () => rc.status === 'live', 'live with no topics');
+  rc.subscribe(['farm-1']);
+  await until(clock, () => [...server.ws].some((w) => w.topics && w.topics.has('farm-1')), 'subscribed');
+  const sub = [...server.ws][0].sent.find((m) => m.type === 'subscribe');
+  assert.equal(sub.cursor, 'c1', 'the first subscribe opens at the start position taken for it');
+  // the socket drops before any event; a change is committed before the reconnect
+  server.dropWs(1006);
+  assert.notEqual(rc.status, 'live');
+  server.publish('farm-1', 'x', { n: 1 });
+  await until(clock, () => rc.status === 'live', 'live again');
+  server.publish('farm-1', 'x', { n: 2 });
+  await settle();
+  assert.deepEqual(seen, ids(server), 'the change committed while disconnected is delivered');
+  assert.deepEqual(resyncs, []);
+  rc.close();
+});
+
+test('no topics at connect: several subscribe() calls while the start position is taken make one exact subscribe', async () => {
+  const { clock, server, rc, seen } = setup({ topics: [] });
+  await until(clock, () => rc.status === 'live', 'live with no topics');
+  rc.subscribe(['farm-1']);
+  rc.subscribe(['farm-2', 'farm-3']);
+  rc.unsubscribe(['farm-3']);
+  await until(clock, () => [...server.ws].some((w) => w.topics && w.topics.size === 2), 'subscribed');
+  const subs = [...server.ws][0].sent.filter((m) => m.type === 'subscribe');
+  assert.deepEqual(subs.map((m) => [m.topics, m.cursor]), [[['farm-1', 'farm-2'], 'c0']]);
+  assert.ok(![...server.ws][0].sent.some((m) => m.type === 'unsubscribe'), 'farm-3 was never sent, nor unsubscribed');
+  server.publish('farm-2', 'x', {});
+  await settle();
+  assert.deepEqual(seen, ids(server, 'farm-2'));
+  // a topic added once a cursor exists starts live, and a reconnect resumes it at the cursor with the others
+  rc.subscribe(['farm-4']);
+  await settle();
+  assert.equal([...server.ws][0].sent.filter((m) => m.type === 'subscribe').at(-1).cursor, undefined);
+  server.dropWs(1006);
+  server.publish('farm-4', 'x', {});
+  server.publish('farm-1', 'x', {});
+  await until(clock, () => rc.status === 'live', 'live again');
+  await settle();
+  assert.deepEqual(seen, ids(server, 'farm-2').concat(['c2', 'c3']));
+  rc.close();
+});
+
+test('no topics at connect: the WebSocket is pinged, so a quiet healthy one is not taken for dead', async () => {
+  const { clock, server, rc, statuses } = setup({ topics: [], pingInterval: 20_000, idleTimeout: 45_000 });
+  await until(clock, () => rc.status === 'live', 'live with no topics');
+  await clock.advance(200_000);
+  assert.equal(server.requests.filter((r) => r.kind === 'ws').length, 1, 'one WebSocket, never reopened');
+  assert.ok([...server.ws][0].sent.filter((m) => m.type === 'ping').length >= 9, 'pinged every 20 s');
+  assert.equal(rc.status, 'live');
+  assert.deepEqual(statuses, ['live/ws']);
+  rc.close();
+});
+
+test('fallback=ws_blocked only when no WebSocket of this client ever opened; ws_failed once one did', async () => {
+  // never opened: blocked from the start
+  const a = setup({ transports: ['ws', 'sse'] });
+  a.server.block.ws = true;
+  await until(a.clock, () => a.rc.transport === 'sse' && a.rc.status === 'degraded', 'on sse');
+  assert.equal(a.server.requests.filter((r) => r.kind === 'sse').at(-1).params.fallback, 'ws_blocked');
+  // then a WebSocket opens (the probe going back up) but breaks before it is live: back on SSE, now ws_failed
+  a.server.block.ws = false;
+  const subscribeCloses = a.server.onWsMessage.bind(a.server);
+  a.server.onWsMessage = (w, msg) => (msg.type === 'subscribe' ? w.serverClose(1006) : subscribeCloses(w, msg));
+  const sseBefore = a.server.requests.filter((r) => r.kind === 'sse').length;
+  await until(a.clock, () => a.server.requests.filter((r) => r.kind === 'sse').length > sseBefore, 'back on sse');
+  assert.ok(a.server.requests.filter((r) => r.kind === 'ws').length > 2, 'the probe was a WebSocket');
+  assert.equal(a.server.requests.filter((r) => r.kind === 'sse').at(-1).params.fallback, 'ws_failed');
+  a.rc.close();
+
+  // one opened and worked; later attempts are refused before opening: it did open once
+  const b = setup({ transports: ['ws', 'sse'] });
+  await until(b.clock, () => b.rc.status === 'live' && b.rc.transport === 'ws', 'live on ws');
+  await b.clock.advance(30_000);
+  b.server.block.ws = true;
+  b.server.dropWs(1006);
+  await until(b.clock, () => b.rc.transport === 'sse' && b.rc.status === 'degraded', 'on sse');
+  assert.equal(b.server.requests.filter((r) => r.kind === 'sse').at(-1).params.fallback, 'ws_failed');
+  b.rc.close();
 });
