@@ -1904,3 +1904,113 @@ async fn binary_packets_are_refused_alike_on_every_transport() {
     assert_eq!(panic_count(), before, "something panicked");
     srv.stop().await;
 }
+
+/// socket.io-client, once its probe is answered, waits for its pending poll
+/// *and* its pending POST before it sends the upgrade packet (`5`). Since
+/// the probe ends the pending poll at once (`Probed`), a POST in flight at
+/// that moment (an emit made just before the client saw `3probe`, e.g. a
+/// subscribe in the connect handler) reaches the session after its last
+/// poll: what it brought must still be handled, on the WebSocket the session
+/// moves to, not dropped with the polling session's inbox.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_that_lands_after_the_probe_ended_the_poll_is_handled_after_the_upgrade() {
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::Message as M;
+    let url = fresh_db().await;
+    let srv = server(&url).await;
+    let base = srv.base_url();
+    let p = RawPolling::open(&base).await;
+    assert_eq!(p.post("40".into()).await, (200, "ok".into()));
+    let (status, answer) = p.poll().await;
+    assert_eq!(status, 200);
+    assert!(answer[0].starts_with("40{"), "{answer:?}");
+    // the client's pending poll, as it always has one
+    let pending = {
+        let http = p.http.clone();
+        let url = p.url.clone();
+        tokio::spawn(async move {
+            let r = tokio::time::timeout(ARRIVAL, http.get(&url).send())
+                .await
+                .expect("a poll answer")
+                .unwrap();
+            r.text().await.unwrap()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let sid = p.url.rsplit("sid=").next().unwrap().to_string();
+    let mut ws = raw(&format!(
+        "{}/socket.io/?EIO=4&transport=websocket&sid={sid}",
+        base.replacen("http://", "ws://", 1)
+    ))
+    .await;
+    assert_eq!(said(&mut ws, "2probe").await, "3probe");
+    // the probe ended the pending poll
+    assert_eq!(pending.await.unwrap(), "6");
+    // a subscribe posted before the client saw 3probe, landing now
+    assert_eq!(
+        p.post(r#"421["subscribe",["late"]]"#.into()).await,
+        (200, "ok".into())
+    );
+    // the POST answered, the client upgrades
+    ws.send(M::Text("5".into())).await.unwrap();
+    let ack = tokio::time::timeout(Duration::from_secs(5), texts(&mut ws, 1))
+        .await
+        .expect("no answer to the subscribe posted before the upgrade (its packet was dropped)")
+        .remove(0);
+    let ack: Value = serde_json::from_str(
+        ack.strip_prefix("431")
+            .unwrap_or_else(|| panic!("not the subscribe's ack: {ack}")),
+    )
+    .unwrap();
+    assert_eq!(ack[0], json!({"subscribed": ["late"], "refused": []}));
+    let db = connect(&url).await;
+    emit_range(&db, "late", 1, 1).await;
+    let ev = texts(&mut ws, 1).await.remove(0);
+    let ev: Value = serde_json::from_str(ev.strip_prefix("42").expect("an event")).unwrap();
+    assert_eq!((&ev[0], &ev[1]["n"]), (&json!("test.n"), &json!(1)), "{ev}");
+    srv.stop().await;
+}
+
+/// Two WebSockets probe one polling session; the first goes away. The
+/// second's probe still stands, so the session's polls must still answer at
+/// once (`Probed`): else its client, waiting for its pending poll before it
+/// sends `5`, and the server, waiting for `5` to end that poll, wait for
+/// each other until the probe times out, the deadlock `Probed` was made for.
+/// (The guard is one flag, which the first probe's end clears for both.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_that_ends_leaves_another_probe_of_the_session_standing() {
+    use futures::SinkExt;
+    let url = fresh_db().await;
+    let srv = server(&url).await;
+    let base = srv.base_url();
+    let p = RawPolling::open(&base).await;
+    assert_eq!(p.post("40".into()).await, (200, "ok".into()));
+    let (status, answer) = p.poll().await;
+    assert_eq!(status, 200);
+    assert!(answer[0].starts_with("40{"), "{answer:?}");
+    let sid = p.url.rsplit("sid=").next().unwrap().to_string();
+    let ws_url = format!(
+        "{}/socket.io/?EIO=4&transport=websocket&sid={sid}",
+        base.replacen("http://", "ws://", 1)
+    );
+    let mut first = raw(&ws_url).await;
+    assert_eq!(said(&mut first, "2probe").await, "3probe");
+    let mut second = raw(&ws_url).await;
+    assert_eq!(said(&mut second, "2probe").await, "3probe");
+    // while both stand, a poll answers at once
+    let (status, answer) = p.poll().await;
+    assert_eq!((status, answer), (200, vec!["6".to_string()]));
+    first.close(None).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // the second's probe stands: a poll still answers at once
+    let answered = tokio::time::timeout(Duration::from_secs(3), p.poll()).await;
+    assert!(
+        matches!(&answered, Ok((200, a)) if a == &["6"]),
+        "the poll waited although a probe stands: {answered:?}"
+    );
+    second
+        .send(tokio_tungstenite::tungstenite::Message::Text("5".into()))
+        .await
+        .unwrap();
+    srv.stop().await;
+}
