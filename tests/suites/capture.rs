@@ -554,6 +554,51 @@ async fn a_node_running_across_the_migration_to_014_tells_its_clients_of_a_later
     srv.stop().await;
 }
 
+/// A `migrate` that applies `014_lost_changes` and then fails on a later
+/// migration has committed 014 all the same: running nodes must learn of
+/// it as when the whole run succeeds (the README: nodes follow migrations
+/// without a restart), or they keep reading the log without its loss mark
+/// and resume their clients past a change nobody captured. (The
+/// notification goes out only after every migration applied: a failure
+/// after 014 sends none.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migrate_that_fails_after_applying_014_still_tells_running_nodes() {
+    let url = db_migrated_without(&["014_lost_changes"]).await;
+    let mut db = connect(&url).await;
+    seed(&db, 1, 1).await;
+    db.batch_execute(PRODUCTS).await.expect("to the slot");
+    let srv = server(&url).await;
+    let base = srv.base_url();
+    let mut ws = WsClient::connect(&base, "topics=product-1").await;
+    set_quantity(&db, 1, 5).await;
+    assert_eq!(next_event(&mut ws.rx).await.data["newQuantity"], json!(5));
+    // a later migration fails (here: one recorded as not applied whose
+    // tables exist), after 014 was committed
+    db.execute(
+        "DELETE FROM rowcast.migrations WHERE version = 'market/001_market'",
+        &[],
+    )
+    .await
+    .unwrap();
+    let failed = rowcast::migrate::migrate(&mut db, true).await;
+    assert!(failed.is_err(), "{failed:?}");
+    assert_eq!(
+        column_i64(
+            &db,
+            "SELECT count(*) FROM rowcast.migrations WHERE version = '014_lost_changes'"
+        )
+        .await,
+        [1],
+        "014 is applied"
+    );
+    lose_the_slot(&db, &srv).await;
+    db.batch_execute("SELECT rowcast.capture_by_trigger('market.products', force => true)")
+        .await
+        .expect("forced switch back");
+    closed_to_resync(&mut ws).await;
+    srv.stop().await;
+}
+
 /// The loss is a point in commit order, not a range of xids: a cursor taken
 /// after the uncaptured change but before the forced switch (its snapshot
 /// sees the lost writer's transaction) resyncs too, and a client connected
