@@ -339,10 +339,14 @@ impl AuthzError {
     /// The database could not be reached (no connection from the pool, or
     /// one that broke), as opposed to an answer it gave (an error of the
     /// policy) or the client's budget.
+    /// A login the database refused (a bad password, too many clients, a
+    /// revoked role) is an answer: not unreachable.
     fn unreachable(&self) -> bool {
+        use deadpool_postgres::PoolError;
         match self {
-            AuthzError::Db(crate::error::Error::Pool(_)) => true,
-            AuthzError::Db(crate::error::Error::Db(e)) => e.as_db_error().is_none(),
+            AuthzError::Db(crate::error::Error::Pool(PoolError::Backend(e)))
+            | AuthzError::Db(crate::error::Error::Db(e)) => e.as_db_error().is_none(),
+            AuthzError::Db(crate::error::Error::Pool(PoolError::Timeout(_))) => true,
             _ => false,
         }
     }

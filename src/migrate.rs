@@ -99,7 +99,8 @@ pub const MARKET: &[(&str, &str)] = &[
 const LOCK_KEY: i64 = 7_305_280_317_090_918;
 
 /// The payload of the notification on channel `rowcast` that a `migrate`
-/// which applied anything sends once it has committed. A running node's
+/// which applied anything sends once it has committed (also when a later
+/// file then failed: what was committed stays). A running node's
 /// source (which LISTENs on that channel before it looks at the schema)
 /// takes it as its cue to connect again and look afresh: which columns the
 /// log has, which doorbell the database speaks, whether it can time commits
@@ -136,6 +137,34 @@ async fn apply_all(client: &mut Client, market: bool) -> Result<Vec<String>> {
         files.extend(MARKET.iter());
     }
     let mut applied = Vec::new();
+    let result = apply_each(client, files, &mut applied).await;
+    // running nodes are told whenever something was committed, even if a
+    // later file failed: they must not keep the older schema's protocols
+    if !applied.is_empty() {
+        let told = client
+            .execute("SELECT pg_notify('rowcast', $1)", &[&MIGRATED])
+            .await;
+        if let Err(e) = &told {
+            tracing::warn!(
+                error = %e,
+                "could not tell running nodes of the migration: restart them"
+            );
+        }
+        result?;
+        told?;
+    } else {
+        result?;
+    }
+    Ok(applied)
+}
+
+/// Applies each of `files` not yet recorded, each in its own transaction,
+/// pushing its version to `applied` once committed.
+async fn apply_each(
+    client: &mut Client,
+    files: Vec<&(&str, &str)>,
+    applied: &mut Vec<String>,
+) -> Result<()> {
     for (version, sql) in files {
         let done = client
             .query_opt(
@@ -159,10 +188,5 @@ async fn apply_all(client: &mut Client, market: bool) -> Result<Vec<String>> {
         tracing::debug!(version, "applied migration");
         applied.push((*version).to_string());
     }
-    if !applied.is_empty() {
-        client
-            .execute("SELECT pg_notify('rowcast', $1)", &[&MIGRATED])
-            .await?;
-    }
-    Ok(applied)
+    Ok(())
 }

@@ -27,7 +27,7 @@ use axum::body::Body;
 use axum::http::{header, Method};
 use axum::response::{IntoResponse, Response};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -55,9 +55,10 @@ pub(crate) struct PollSession {
     wake: Notify,
     clock: Mutex<Clock>,
     polling: AtomicBool,
-    /// A WebSocket answered this session's probe (`3probe`): polls answer
-    /// at once, with a noop when there is nothing else (see [`Probed`]).
-    probed: AtomicBool,
+    /// WebSockets whose probe (`3probe`) of this session stands: while any
+    /// does, polls answer at once, with a noop when there is nothing else
+    /// (see [`Probed`]).
+    probed: AtomicUsize,
     upgrading: AtomicBool,
     closed: AtomicBool,
 }
@@ -67,13 +68,13 @@ pub(crate) struct PollSession {
 /// does. socket.io-client, once probed, waits for its pending poll to end
 /// before it sends the upgrade packet (`5`); a poll left waiting for a
 /// change or the next ping would make each side wait for the other until
-/// the probe timed out. Dropped (the upgrade failed, or completed), polls
-/// wait again as usual.
+/// the probe timed out. When the last one is dropped (its upgrade failed,
+/// or completed), polls wait again as usual.
 pub(crate) struct Probed(Arc<PollSession>);
 
 impl Probed {
     pub(crate) fn new(session: Arc<PollSession>) -> Probed {
-        session.probed.store(true, Ordering::Relaxed);
+        session.probed.fetch_add(1, Ordering::Relaxed);
         session.wake.notify_one();
         Probed(session)
     }
@@ -81,7 +82,7 @@ impl Probed {
 
 impl Drop for Probed {
     fn drop(&mut self) {
-        self.0.probed.store(false, Ordering::Relaxed);
+        self.0.probed.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -209,13 +210,22 @@ impl PollSession {
     }
 
     /// For a WebSocket upgrade: ends the pending poll (it answers `6`) and
-    /// hands over the session, which leaves the registry.
-    pub(crate) async fn take_for_upgrade(&self, app: &App) -> Option<Session> {
+    /// hands over the session, which leaves the registry, with the Socket.IO
+    /// packets posted that no poll handled (a POST that landed after the
+    /// probe ended the last poll: socket.io-client waits for it before it
+    /// sends `5`), for the WebSocket to handle first. They have been counted
+    /// against the message rate already.
+    pub(crate) async fn take_for_upgrade(&self, app: &App) -> Option<(Session, Vec<String>)> {
         self.upgrading.store(true, Ordering::Relaxed);
         self.wake.notify_one();
         let session = self.core.lock().await.take();
         app.socketio.remove(&self.sid);
-        session
+        let posted = std::mem::take(&mut self.inbox().packets);
+        let posted = posted
+            .split_terminator(SEPARATOR)
+            .map(str::to_string)
+            .collect();
+        session.map(|s| (s, posted))
     }
 }
 
@@ -276,7 +286,7 @@ async fn open(app: Arc<App>, req: StreamRequest) -> Response {
             pong_due: None,
         }),
         polling: AtomicBool::new(false),
-        probed: AtomicBool::new(false),
+        probed: AtomicUsize::new(0),
         upgrading: AtomicBool::new(false),
         closed: AtomicBool::new(false),
     });
@@ -440,7 +450,7 @@ async fn answer(app: &App, session: &PollSession) -> Result<Vec<String>, Disconn
         if !out.is_empty() {
             return Ok(out);
         }
-        if session.probed.load(Ordering::Relaxed) {
+        if session.probed.load(Ordering::Relaxed) > 0 {
             out.push("6".into());
             return Ok(out);
         }

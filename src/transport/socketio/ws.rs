@@ -128,7 +128,8 @@ pub(crate) fn unknown_session() -> Response {
 
 /// The probe (`2probe` → `3probe`: from then on the session's polls answer
 /// at once, [`Probed`]), then `5`: the session leaves polling (its pending
-/// poll answers `6`) and continues here, as the Connection returned. Anything else, or nothing in time, and this WebSocket closes
+/// poll answers `6`) and continues here, as the Connection returned, after
+/// handling what was posted that no poll handled. Anything else, or nothing in time, and this WebSocket closes
 /// while polling goes on.
 async fn upgrade_from_polling(
     app: Arc<App>,
@@ -155,8 +156,17 @@ async fn upgrade_from_polling(
             _ => return None,
         }
     }
-    let mut session = polling.take_for_upgrade(&app).await?;
+    let (mut session, posted) = polling.take_for_upgrade(&app).await?;
     session.conn.switch(app.transport(Transport::SocketIo));
+    let mut out = Vec::new();
+    for m in &posted {
+        // an end here (a protocol error) drops the session: the client
+        // reconnects, and recovers
+        Box::pin(session.on_message(m, &mut out)).await.ok()?;
+    }
+    for p in out {
+        socket.send(Message::Text(p.into())).await.ok()?;
+    }
     // counted once, when it opened on polling (`count_session`)
     Some(Connection::new(socket, wire, session))
 }
