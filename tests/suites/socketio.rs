@@ -2014,3 +2014,70 @@ async fn a_probe_that_ends_leaves_another_probe_of_the_session_standing() {
         .unwrap();
     srv.stop().await;
 }
+
+/// With JWT configured, a long-polling session that has not connected by
+/// `--auth-timeout` (no CONNECT, or only a refused one) is closed, as a
+/// WebSocket is (1008 `authentication timeout` there): its pending poll
+/// answers the close packet, counted as `auth_timeout`. A connected one
+/// stays. (Before, only its polls' rhythm bounded it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_polling_session_that_never_connects_is_closed_after_the_auth_timeout() {
+    let url = fresh_db().await;
+    let srv = server_with(&url, |c| {
+        c.jwt.secret = Some(SECRET.into());
+        c.limits.auth_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let base = srv.base_url();
+    let bad = rowcast::auth::mint_hs256(
+        "not-the-secret",
+        "1",
+        None,
+        Duration::from_secs(600),
+        None,
+        None,
+    )
+    .unwrap();
+    let silent = RawPolling::open(&base).await;
+    let refused = RawPolling::open(&base).await;
+    assert_eq!(
+        refused.post(format!(r#"40{{"token":"{bad}"}}"#)).await,
+        (200, "ok".into())
+    );
+    let (_, answer) = refused.poll().await;
+    assert!(
+        answer[0].starts_with(r#"44{"message":"unauthorized: "#),
+        "{answer:?}"
+    );
+    let connected = RawPolling::open(&base).await;
+    assert_eq!(
+        connected
+            .post(format!(r#"40{{"token":"{}"}}"#, token("1", "customer")))
+            .await,
+        (200, "ok".into())
+    );
+    let (_, answer) = connected.poll().await;
+    assert!(answer[0].starts_with("40{"), "{answer:?}");
+    for p in [&silent, &refused] {
+        let (status, answer) = tokio::time::timeout(ARRIVAL, p.poll())
+            .await
+            .expect("the poll is answered");
+        assert_eq!((status, answer), (200, vec!["1".to_string()]));
+    }
+    assert_eq!(
+        srv.metric("rowcast_auth_failures_total{reason=\"timeout\"}"),
+        2.0
+    );
+    // the connected session goes on past the deadline
+    assert_eq!(
+        connected.post(r#"421["subscribe",["s"]]"#.into()).await,
+        (200, "ok".into())
+    );
+    let (status, answer) = connected.poll().await;
+    assert_eq!(status, 200);
+    assert!(
+        answer.iter().any(|a| a.starts_with("431")),
+        "the subscribe's ack: {answer:?}"
+    );
+    srv.stop().await;
+}

@@ -61,6 +61,12 @@ pub(crate) struct PollSession {
     probed: AtomicUsize,
     upgrading: AtomicBool,
     closed: AtomicBool,
+    /// With JWT configured, when a session that has not connected (no
+    /// CONNECT, or only refused ones) is closed (`--auth-timeout`), as a
+    /// WebSocket is: only a connected session holds its slot for long.
+    auth_deadline: Option<Instant>,
+    /// A CONNECT succeeded (copied from the session by the polls that handle it).
+    joined: AtomicBool,
 }
 
 /// While a WebSocket's probe of a polling session stands: polls answer at
@@ -183,6 +189,9 @@ impl PollSession {
     /// ever reading), or when a ping it was sent stays unanswered past the
     /// ping timeout.
     fn expired(&self, now: Instant, quiet: Duration, ping_timeout: Duration) -> bool {
+        if self.auth_overdue(now) {
+            return true;
+        }
         if self.polling.load(Ordering::Relaxed) {
             // a poll is waiting: the client is there; only an unanswered ping counts
             return self
@@ -194,6 +203,11 @@ impl PollSession {
         now.duration_since(c.last_poll) > quiet
             || c.pong_due
                 .is_some_and(|t| now.duration_since(t) > ping_timeout)
+    }
+
+    /// Not connected by the auth deadline (see `auth_deadline`).
+    fn auth_overdue(&self, now: Instant) -> bool {
+        !self.joined.load(Ordering::Relaxed) && self.auth_deadline.is_some_and(|d| now >= d)
     }
 
     fn polled(&self) {
@@ -289,6 +303,11 @@ async fn open(app: Arc<App>, req: StreamRequest) -> Response {
         probed: AtomicUsize::new(0),
         upgrading: AtomicBool::new(false),
         closed: AtomicBool::new(false),
+        auth_deadline: app
+            .gate
+            .auth_configured()
+            .then(|| now + app.gate.limits().auth_timeout),
+        joined: AtomicBool::new(false),
     });
     app.socketio.lock().insert(sid.clone(), session);
     text(packet::open(
@@ -421,6 +440,11 @@ async fn answer(app: &App, session: &PollSession) -> Result<Vec<String>, Disconn
         for m in posted.split_terminator(SEPARATOR) {
             core.on_message(m, &mut out).await?;
         }
+        if core.joined.is_some() {
+            session.joined.store(true, Ordering::Relaxed);
+        } else if session.auth_overdue(Instant::now()) {
+            return Err(Disconnect::AuthTimeout);
+        }
         if let Some(feed) = core.feed() {
             let mut batch = Vec::new();
             while batch.len() < MAX_EVENTS {
@@ -468,8 +492,16 @@ async fn answer(app: &App, session: &PollSession) -> Result<Vec<String>, Disconn
                 Err(e) => return Err(Disconnect::from(&e)),
             },
             _ = tokio::time::sleep_until(next_ping) => {}
+            _ = sleep_until_opt(session.auth_deadline), if !session.joined.load(Ordering::Relaxed) => {}
             _ = shutdown.recv() => {}
         }
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
