@@ -210,6 +210,35 @@ async fn postgres_restart_in_the_middle_of_a_batch_repeats_nothing() {
     b.stop().await;
 }
 
+/// Takes a cursor on `topic`, writes changes 1..=`n` to it and polls them
+/// from that cursor (so the node has read them and decided the topic), then
+/// stops the cluster and waits for the node to say so. Returns the cursor
+/// and the cluster, to start again.
+async fn written_then_down(
+    url: &str,
+    base: &str,
+    topic: &str,
+    n: i64,
+) -> (String, &'static rowcast::embedded_pg::EmbeddedPg) {
+    let cursor = Poller::start(base, topic).await.cursor.unwrap();
+    let db = connect(url).await;
+    emit_range(&db, topic, 1, n).await;
+    let mut seen = Poller {
+        base: base.to_string(),
+        topics: topic.into(),
+        cursor: Some(cursor.clone()),
+        token: None,
+    };
+    seen.events(n as usize).await;
+    let pg = cluster();
+    tokio::task::spawn_blocking(move || pg.stop())
+        .await
+        .unwrap()
+        .unwrap();
+    wait_readyz(base, 503).await;
+    (cursor, pg)
+}
+
 /// Issue #8, defect 11: a WebSocket resume while the database is down is told
 /// to retry — HTTP 503 + Retry-After at the upgrade, or an `unavailable` error
 /// and close 1013 after a `subscribe` — and the retry resumes exactly.
@@ -225,23 +254,8 @@ async fn ws_resume_during_an_outage_is_told_to_retry_then_resumes_exactly() {
     })
     .await;
     let base = srv.base_url();
-    let cursor = Poller::start(&base, "out").await.cursor.unwrap();
-    let db = connect(&url).await;
-    emit_range(&db, "out", 1, 5).await;
     // the source has read them before the outage
-    let mut seen = Poller {
-        base: base.clone(),
-        topics: "out".into(),
-        cursor: Some(cursor.clone()),
-        token: None,
-    };
-    seen.events(5).await;
-    let pg = cluster();
-    tokio::task::spawn_blocking(move || pg.stop())
-        .await
-        .unwrap()
-        .unwrap();
-    wait_readyz(&base, 503).await;
+    let (cursor, pg) = written_then_down(&url, &base, "out", 5).await;
     let refused = WsClient::connect_with(&base, &format!("topics=out&cursor={cursor}"), &[]).await;
     let (status, body) = refused.err().expect("refused before the upgrade");
     assert_eq!(status, 503, "{body}");
@@ -290,23 +304,8 @@ async fn window_resumes_outlive_the_authorization_cache_during_an_outage() {
     let url = fresh_db().await;
     let srv = server_with(&url, |c| c.authz_cache = Duration::from_millis(300)).await;
     let base = srv.base_url();
-    let cursor = Poller::start(&base, "win").await.cursor.unwrap();
-    let db = connect(&url).await;
-    emit_range(&db, "win", 1, 3).await;
     // the source has read them, and `win` was decided, before the outage
-    let mut seen = Poller {
-        base: base.clone(),
-        topics: "win".into(),
-        cursor: Some(cursor.clone()),
-        token: None,
-    };
-    seen.events(3).await;
-    let pg = cluster();
-    tokio::task::spawn_blocking(move || pg.stop())
-        .await
-        .unwrap()
-        .unwrap();
-    wait_readyz(&base, 503).await;
+    let (cursor, pg) = written_then_down(&url, &base, "win", 3).await;
     // well past the cache's time-to-live
     tokio::time::sleep(Duration::from_secs(1)).await;
     for _ in 0..3 {

@@ -519,6 +519,36 @@ async fn clients_connected_through_a_lost_slot_are_told_to_resync() {
     srv.stop().await;
 }
 
+/// A database migrated but for `014_lost_changes`, with product 1 captured
+/// by the slot, a node on it, and a WebSocket client of product 1 that has
+/// received a change.
+async fn a_node_before_014_with_a_client(
+) -> (tokio_postgres::Client, rowcast::server::Server, WsClient) {
+    let url = db_migrated_without(&["014_lost_changes"]).await;
+    let db = connect(&url).await;
+    seed(&db, 1, 1).await;
+    db.batch_execute(PRODUCTS).await.expect("to the slot");
+    let srv = server(&url).await;
+    let mut ws = WsClient::connect(&srv.base_url(), "topics=product-1").await;
+    set_quantity(&db, 1, 5).await;
+    assert_eq!(next_event(&mut ws.rx).await.data["newQuantity"], json!(5));
+    (db, srv, ws)
+}
+
+/// Loses the slot, forces the switch back (a declared loss), and expects
+/// `ws` closed with the resync.
+async fn a_declared_loss_resyncs(
+    db: &tokio_postgres::Client,
+    srv: &rowcast::server::Server,
+    ws: &mut WsClient,
+) {
+    lose_the_slot(db, srv).await;
+    db.batch_execute("SELECT rowcast.capture_by_trigger('market.products', force => true)")
+        .await
+        .expect("forced switch back");
+    closed_to_resync(ws).await;
+}
+
 /// A node started before `014_lost_changes` was applied learns of the
 /// migration from `migrate`'s notification and reads the log's loss mark
 /// from then on, without a restart: a loss declared after the migration
@@ -527,25 +557,13 @@ async fn clients_connected_through_a_lost_slot_are_told_to_resync() {
 /// clients past the change nobody captured, until it reconnected.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_running_across_the_migration_to_014_tells_its_clients_of_a_later_loss() {
-    let url = db_migrated_without(&["014_lost_changes"]).await;
-    let mut db = connect(&url).await;
-    seed(&db, 1, 1).await;
-    db.batch_execute(PRODUCTS).await.expect("to the slot");
-    let srv = server(&url).await;
-    let base = srv.base_url();
-    let mut ws = WsClient::connect(&base, "topics=product-1").await;
-    set_quantity(&db, 1, 5).await;
-    assert_eq!(next_event(&mut ws.rx).await.data["newQuantity"], json!(5));
+    let (mut db, srv, mut ws) = a_node_before_014_with_a_client().await;
     let applied = rowcast::migrate::migrate(&mut db, true)
         .await
         .expect("migrate");
     assert_eq!(applied, ["014_lost_changes"]);
-    lose_the_slot(&db, &srv).await;
-    db.batch_execute("SELECT rowcast.capture_by_trigger('market.products', force => true)")
-        .await
-        .expect("forced switch back");
-    closed_to_resync(&mut ws).await;
-    let mut fresh = WsClient::connect(&base, "topics=product-1").await;
+    a_declared_loss_resyncs(&db, &srv, &mut ws).await;
+    let mut fresh = WsClient::connect(&srv.base_url(), "topics=product-1").await;
     set_quantity(&db, 1, 7).await;
     assert_eq!(
         next_event(&mut fresh.rx).await.data["newQuantity"],
@@ -559,19 +577,11 @@ async fn a_node_running_across_the_migration_to_014_tells_its_clients_of_a_later
 /// it as when the whole run succeeds (the README: nodes follow migrations
 /// without a restart), or they keep reading the log without its loss mark
 /// and resume their clients past a change nobody captured. (The
-/// notification goes out only after every migration applied: a failure
-/// after 014 sends none.)
+/// notification went out only after every migration applied: a failure
+/// after 014 sent none.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_migrate_that_fails_after_applying_014_still_tells_running_nodes() {
-    let url = db_migrated_without(&["014_lost_changes"]).await;
-    let mut db = connect(&url).await;
-    seed(&db, 1, 1).await;
-    db.batch_execute(PRODUCTS).await.expect("to the slot");
-    let srv = server(&url).await;
-    let base = srv.base_url();
-    let mut ws = WsClient::connect(&base, "topics=product-1").await;
-    set_quantity(&db, 1, 5).await;
-    assert_eq!(next_event(&mut ws.rx).await.data["newQuantity"], json!(5));
+    let (mut db, srv, mut ws) = a_node_before_014_with_a_client().await;
     // a later migration fails (here: one recorded as not applied whose
     // tables exist), after 014 was committed
     db.execute(
@@ -591,11 +601,7 @@ async fn a_migrate_that_fails_after_applying_014_still_tells_running_nodes() {
         [1],
         "014 is applied"
     );
-    lose_the_slot(&db, &srv).await;
-    db.batch_execute("SELECT rowcast.capture_by_trigger('market.products', force => true)")
-        .await
-        .expect("forced switch back");
-    closed_to_resync(&mut ws).await;
+    a_declared_loss_resyncs(&db, &srv, &mut ws).await;
     srv.stop().await;
 }
 

@@ -1640,6 +1640,25 @@ impl RawPolling {
         }
     }
 
+    /// A session opened and connected (`40`, answered `40{...}`).
+    async fn connected(base: &str) -> RawPolling {
+        let p = RawPolling::open(base).await;
+        assert_eq!(p.post("40".into()).await, (200, "ok".into()));
+        let (status, answer) = p.poll().await;
+        assert_eq!(status, 200);
+        assert!(answer[0].starts_with("40{"), "{answer:?}");
+        p
+    }
+
+    /// The URL of a WebSocket upgrading this session.
+    fn upgrade_url(&self) -> String {
+        self.url.replacen("http://", "ws://", 1).replacen(
+            "transport=polling",
+            "transport=websocket",
+            1,
+        )
+    }
+
     /// Posts a body: the status and the answer.
     async fn post(&self, body: String) -> (u16, String) {
         let r = self.http.post(&self.url).body(body).send().await.unwrap();
@@ -1919,11 +1938,7 @@ async fn a_post_that_lands_after_the_probe_ended_the_poll_is_handled_after_the_u
     let url = fresh_db().await;
     let srv = server(&url).await;
     let base = srv.base_url();
-    let p = RawPolling::open(&base).await;
-    assert_eq!(p.post("40".into()).await, (200, "ok".into()));
-    let (status, answer) = p.poll().await;
-    assert_eq!(status, 200);
-    assert!(answer[0].starts_with("40{"), "{answer:?}");
+    let p = RawPolling::connected(&base).await;
     // the client's pending poll, as it always has one
     let pending = {
         let http = p.http.clone();
@@ -1937,12 +1952,7 @@ async fn a_post_that_lands_after_the_probe_ended_the_poll_is_handled_after_the_u
         })
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let sid = p.url.rsplit("sid=").next().unwrap().to_string();
-    let mut ws = raw(&format!(
-        "{}/socket.io/?EIO=4&transport=websocket&sid={sid}",
-        base.replacen("http://", "ws://", 1)
-    ))
-    .await;
+    let mut ws = raw(&p.upgrade_url()).await;
     assert_eq!(said(&mut ws, "2probe").await, "3probe");
     // the probe ended the pending poll
     assert_eq!(pending.await.unwrap(), "6");
@@ -1976,23 +1986,15 @@ async fn a_post_that_lands_after_the_probe_ended_the_poll_is_handled_after_the_u
 /// once (`Probed`): else its client, waiting for its pending poll before it
 /// sends `5`, and the server, waiting for `5` to end that poll, wait for
 /// each other until the probe times out, the deadlock `Probed` was made for.
-/// (The guard is one flag, which the first probe's end clears for both.)
+/// (The guard was one flag, which the first probe's end cleared for both.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_probe_that_ends_leaves_another_probe_of_the_session_standing() {
     use futures::SinkExt;
     let url = fresh_db().await;
     let srv = server(&url).await;
     let base = srv.base_url();
-    let p = RawPolling::open(&base).await;
-    assert_eq!(p.post("40".into()).await, (200, "ok".into()));
-    let (status, answer) = p.poll().await;
-    assert_eq!(status, 200);
-    assert!(answer[0].starts_with("40{"), "{answer:?}");
-    let sid = p.url.rsplit("sid=").next().unwrap().to_string();
-    let ws_url = format!(
-        "{}/socket.io/?EIO=4&transport=websocket&sid={sid}",
-        base.replacen("http://", "ws://", 1)
-    );
+    let p = RawPolling::connected(&base).await;
+    let ws_url = p.upgrade_url();
     let mut first = raw(&ws_url).await;
     assert_eq!(said(&mut first, "2probe").await, "3probe");
     let mut second = raw(&ws_url).await;
