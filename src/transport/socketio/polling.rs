@@ -186,18 +186,20 @@ impl PollSession {
     /// A session has expired when no poll (`GET`) is waiting and none was
     /// made for `quiet` (a ping interval plus the ping timeout; `POST`s do
     /// not count, so a client cannot hold a session and its inbox without
-    /// ever reading), or when a ping it was sent stays unanswered past the
-    /// ping timeout.
+    /// ever reading), or has not connected by its `auth_deadline`, or when
+    /// a ping it was sent stays unanswered past the ping timeout.
     fn expired(&self, now: Instant, quiet: Duration, ping_timeout: Duration) -> bool {
-        if self.auth_overdue(now) {
-            return true;
-        }
         if self.polling.load(Ordering::Relaxed) {
-            // a poll is waiting: the client is there; only an unanswered ping counts
+            // a poll is waiting: the client is there; only an unanswered ping
+            // counts (the poll ends a session not connected in time itself,
+            // and counts it as `auth_timeout`)
             return self
                 .clock()
                 .pong_due
                 .is_some_and(|t| now.duration_since(t) > ping_timeout);
+        }
+        if self.auth_overdue(now) {
+            return true;
         }
         let c = self.clock();
         now.duration_since(c.last_poll) > quiet
