@@ -85,6 +85,10 @@ pub const MARKET: &[(&str, &str)] = &[
         "market/009_capture_events",
         include_str!("../sql/market/009_capture_events.sql"),
     ),
+    (
+        "market/010_presence_once",
+        include_str!("../sql/market/010_presence_once.sql"),
+    ),
 ];
 
 /// The advisory key that makes concurrent migrations wait for each other.

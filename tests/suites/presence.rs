@@ -339,3 +339,61 @@ async fn customer_presence_is_private_and_anonymous_cannot_report() {
     assert_eq!(v["forbidden"], json!(["customer-1"]));
     srv.stop().await;
 }
+
+/// A farmer with two farms: each transition reaches `presence-farmer-<id>`
+/// once (the first farm's `farmId`), and each farm's topic once with its own
+/// `farmId`. (Each farm's change carried both topics: a watcher of the
+/// farmer got every transition twice.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_farmer_with_two_farms_is_announced_once_per_topic() {
+    let url = fresh_market_db().await;
+    let db = connect(&url).await;
+    seed(&db, 2, 2).await; // farm 1: farmer 101
+    db.batch_execute(
+        "INSERT INTO market.farms (id, name, farmer_id) VALUES (5, 'Second Farm', 101)",
+    )
+    .await
+    .unwrap();
+    let srv = server_with(&url, presence_cfg).await;
+    let base = srv.base_url();
+    let mut farmer_watch = SseClient::connect(&base, "topics=presence-farmer-101", None).await;
+    let mut farms_watch = SseClient::connect(&base, "topics=farm-1,farm-5", None).await;
+    let mut farmer = WsClient::connect(&base, &format!("token={}", token("101", "farmer"))).await;
+    farmer.send(json!({"type": "activity"})).await;
+    for status in ["online", "away"] {
+        let e = next_presence(&mut farmer_watch.rx).await;
+        assert_eq!(
+            (
+                e.data["status"].as_str(),
+                e.data["farmId"].as_str(),
+                e.topic.as_str()
+            ),
+            (Some(status), Some("1"), "presence-farmer-101"),
+            "{e:?}"
+        );
+        let mut farms: Vec<(String, String)> = Vec::new();
+        for _ in 0..2 {
+            let e = next_presence(&mut farms_watch.rx).await;
+            assert_eq!(e.data["status"], status, "{e:?}");
+            farms.push((
+                e.topic.clone(),
+                e.data["farmId"].as_str().unwrap_or("").into(),
+            ));
+        }
+        farms.sort();
+        assert_eq!(
+            farms,
+            [("farm-1".into(), "1".into()), ("farm-5".into(), "5".into())]
+        );
+    }
+    // a sentinel on the farmer's topic: nothing came in between
+    db.execute(
+        "SELECT rowcast.emit(ARRAY['presence-farmer-101'], 'test.end', '{}')",
+        &[],
+    )
+    .await
+    .unwrap();
+    let e = next_event(&mut farmer_watch.rx).await;
+    assert_eq!(e.event, "test.end", "a second announcement: {e:?}");
+    srv.stop().await;
+}
