@@ -202,7 +202,12 @@ impl Server {
             shutdown.subscribe(),
         ));
         tasks.push(tokio::spawn(
-            Arc::clone(&app.socketio).sweep(shutdown.subscribe()),
+            Arc::clone(&app.socketio).sweep(
+                app.metrics
+                    .auth_failures
+                    .with_label_values(&[crate::auth::AuthError::Timeout.reason()]),
+                shutdown.subscribe(),
+            ),
         ));
         tasks.push(tokio::spawn(
             Arc::clone(&app.rooms).run(shutdown.subscribe()),

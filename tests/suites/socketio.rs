@@ -2083,3 +2083,27 @@ async fn a_polling_session_that_never_connects_is_closed_after_the_auth_timeout(
     );
     srv.stop().await;
 }
+
+/// The same for a session with no poll waiting (opened, then never polled):
+/// the sweep closes it at the auth deadline and counts it alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unpolled_session_that_never_connects_is_swept_and_counted() {
+    let url = fresh_db().await;
+    let srv = server_with(&url, |c| {
+        c.jwt.secret = Some(SECRET.into());
+        c.limits.auth_timeout = Duration::from_secs(1);
+        // sweeps every 3.75 s; a quiet session would go only after 30 s,
+        // past `eventually`'s bound: only the auth deadline closes it in time
+        c.keepalive = Duration::from_secs(15);
+    })
+    .await;
+    let p = RawPolling::open(&srv.base_url()).await;
+    eventually("the sweep closes and counts the session", || {
+        srv.metric("rowcast_auth_failures_total{reason=\"timeout\"}") == 1.0
+    })
+    .await;
+    let (status, answer) = p.poll().await;
+    assert_eq!(status, 400, "{answer:?}");
+    assert_eq!(error_of(&answer[0]).0, "session_unknown");
+    srv.stop().await;
+}

@@ -148,8 +148,14 @@ impl Registry {
         self.lock().remove(sid);
     }
 
-    /// Closes sessions whose client went quiet, until shutdown.
-    pub(crate) async fn sweep(self: Arc<Self>, mut shutdown: Shutdown) {
+    /// Closes sessions whose client went quiet (see `PollSession::expired`),
+    /// until shutdown; those closed for not having connected in time count
+    /// in `auth_timeouts`, as when a poll ends one.
+    pub(crate) async fn sweep(
+        self: Arc<Self>,
+        auth_timeouts: prometheus::IntCounter,
+        mut shutdown: Shutdown,
+    ) {
         let every = (self.settings.ping_timeout / 4).max(Duration::from_millis(100));
         loop {
             tokio::select! {
@@ -171,6 +177,9 @@ impl Registry {
                 .cloned()
                 .collect();
             for s in gone {
+                if s.auth_overdue(now) {
+                    auth_timeouts.inc();
+                }
                 s.close();
                 self.remove(&s.sid);
             }
