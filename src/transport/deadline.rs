@@ -40,6 +40,16 @@ pub(crate) async fn fire(timer: &mut MaybeTimer) {
     }
 }
 
+/// Completes at `at`; never when there is none. For a select that is made
+/// afresh each turn anyway (a Socket.IO poll's wait), where a kept
+/// [`MaybeTimer`] would buy nothing.
+pub(crate) async fn until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// A timer for the token's expiry, re-made only when the expiry changes.
 #[derive(Default)]
 pub(crate) struct Expiry {

@@ -477,11 +477,7 @@ async fn clients_connected_through_a_lost_slot_are_told_to_resync() {
         format!("topics=product-1&cursor={}&wait=20", seen_ws.id),
     );
     let long_poll = tokio::spawn(async move { poll_raw(&b, &q).await });
-    lose_the_slot(&db, &srv).await;
-    db.batch_execute("SELECT rowcast.capture_by_trigger('market.products', force => true)")
-        .await
-        .expect("forced switch back");
-    closed_to_resync(&mut ws).await;
+    a_declared_loss_resyncs(&db, &srv, &mut ws).await;
     loop {
         match next_msg(&mut sse.rx).await {
             Msg::Closed(why) if why == "eof" => break,

@@ -503,16 +503,9 @@ async fn answer(app: &App, session: &PollSession) -> Result<Vec<String>, Disconn
                 Err(e) => return Err(Disconnect::from(&e)),
             },
             _ = tokio::time::sleep_until(next_ping) => {}
-            _ = sleep_until_opt(session.auth_deadline), if !session.joined.load(Ordering::Relaxed) => {}
+            _ = crate::transport::deadline::until(session.auth_deadline), if !session.joined.load(Ordering::Relaxed) => {}
             _ = shutdown.recv() => {}
         }
-    }
-}
-
-async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
 
