@@ -268,6 +268,17 @@ impl Feed {
         }
     }
 
+    /// Right after [`Feeds::open`]: the snapshot's events, all queued (0 without
+    /// a snapshot, and when it resumes a cursor: catch-up pages, read later,
+    /// carry positions of their own). Later a last catch-up page counts too.
+    pub(crate) fn snapshot_len(&self) -> usize {
+        if self.catch_up.is_some() {
+            0
+        } else {
+            self.backlog.len()
+        }
+    }
+
     /// Moves the position to the hub's current one when nothing is pending
     /// for this client: every change up to there has been handed out.
     pub(crate) fn advance_to_hub(&mut self) {

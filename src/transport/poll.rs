@@ -106,6 +106,10 @@ async fn open(app: Arc<App>, req: StreamRequest) -> Result<Opened, ApiError> {
         .authorize_all(req.peer.ip(), &admitted.identity, &topics)
         .await?;
     let (feed, notice) = app.feeds.open(&topics, req.start).await?;
+    // A snapshot is answered whole, whatever the limit: its events all carry
+    // the one position they describe, so an answer cut inside it would hand
+    // out a cursor past the entities it left out.
+    let limit = limit.max(feed.snapshot_len());
     if let Some(n) = notice {
         let (code, why) = match n {
             Notice::CursorExpired => (

@@ -325,6 +325,40 @@ async fn snapshot_sends_latest_state_then_live() {
     srv.stop().await;
 }
 
+/// A poll's `limit` does not cut a snapshot: every snapshot event carries the
+/// one position it describes, so a cut answer's cursor would skip the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poll_snapshot_is_answered_whole_whatever_its_limit() {
+    let url = fresh_db().await;
+    let db = connect(&url).await;
+    seed(&db, 1, 5).await;
+    let srv = server(&url).await;
+    let base = srv.base_url();
+    let topics = "product-1,product-2,product-3,product-4,product-5";
+    let (status, body) = poll_raw(&base, &format!("topics={topics}&snapshot=true&limit=2")).await;
+    assert_eq!(status, 200);
+    let mut got: Vec<String> = body["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| Ev::from_envelope(e).topic)
+        .collect();
+    got.sort();
+    assert_eq!(got, topics.split(',').collect::<Vec<_>>());
+    // and its cursor goes on from that state: the next change, nothing else
+    db.execute("UPDATE market.products SET quantity = 3 WHERE id = 4", &[])
+        .await
+        .unwrap();
+    let mut p = Poller::resume(&base, topics, body["cursor"].as_str().map(str::to_string));
+    let after = p.events(1).await;
+    assert_eq!(after.len(), 1);
+    assert_eq!(
+        (after[0].topic.as_str(), &after[0].data["newQuantity"]),
+        ("product-4", &json!(3))
+    );
+    srv.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_payload_is_delivered_on_every_transport() {
     let url = fresh_db().await;
