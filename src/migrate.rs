@@ -44,6 +44,10 @@ pub const CORE: &[(&str, &str)] = &[
         "015_slot_in_subtransaction",
         include_str!("../sql/015_slot_in_subtransaction.sql"),
     ),
+    (
+        "016_track_beside_the_slot",
+        include_str!("../sql/016_track_beside_the_slot.sql"),
+    ),
 ];
 
 /// The FR-021 farmers-market reference schema (`market.*`), its triggers and

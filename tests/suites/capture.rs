@@ -9,6 +9,7 @@
 
 use crate::common::*;
 use serde_json::json;
+use std::time::Duration;
 
 const PRODUCTS: &str = "SELECT rowcast.capture_by_slot('market.products',
     'market.products_event(text, market.products, market.products)', 'products_changed')";
@@ -809,4 +810,169 @@ async fn capture_by_slot_makes_the_slot_while_others_write_and_vacuum() {
     for l in load {
         l.await.unwrap();
     }
+}
+
+/// `rowcast.track` run again on a table the slot captures through its
+/// `rowcast_track` trigger (a deploy script that runs its setup every time)
+/// keeps the trigger off: each change once. `untrack` of such a table, and
+/// `track` of a table the slot captures through another trigger, are
+/// refused; after the switch back, `untrack` works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn track_and_untrack_keep_a_table_the_slot_captures_captured_once() {
+    let url = fresh_db().await;
+    let db = connect(&url).await;
+    db.batch_execute(
+        "CREATE TABLE public.blobs (id int PRIMARY KEY, body text);
+         SELECT rowcast.track('blobs');
+         CREATE FUNCTION public.blobs_event(op text, o public.blobs, n public.blobs)
+           RETURNS rowcast.event LANGUAGE sql AS
+           $$ SELECT ROW(ARRAY['blobs-' || coalesce(n.id, o.id)], 'blobs.' || lower(op),
+                         to_jsonb(n), NULL)::rowcast.event $$;",
+    )
+    .await
+    .unwrap();
+    let srv = server(&url).await;
+    db.batch_execute(
+        "SELECT rowcast.capture_by_slot('public.blobs',
+           'public.blobs_event(text, public.blobs, public.blobs)', 'rowcast_track');
+         SELECT rowcast.track('blobs');",
+    )
+    .await
+    .expect("track again");
+    let off = "SELECT count(*) FROM pg_trigger
+                WHERE tgrelid = 'public.blobs'::regclass AND tgname = 'rowcast_track' AND tgenabled = 'D'";
+    assert_eq!(column_i64(&db, off).await, [1], "the trigger stays off");
+    let mut ws = WsClient::connect(&srv.base_url(), "topics=blobs-9").await;
+    db.batch_execute("INSERT INTO public.blobs VALUES (9, 'once')")
+        .await
+        .unwrap();
+    let got = next_event(&mut ws.rx).await;
+    assert_eq!(got.event, "blobs.insert", "by the slot's function");
+
+    let err = |r: Result<(), tokio_postgres::Error>| {
+        r.expect_err("refused")
+            .as_db_error()
+            .map(|e| e.message().to_string())
+            .unwrap_or_default()
+    };
+    let untrack = err(db.batch_execute("SELECT rowcast.untrack('blobs')").await);
+    assert!(
+        untrack.contains("the slot captures this table"),
+        "{untrack}"
+    );
+    seed(&db, 1, 1).await;
+    db.batch_execute(PRODUCTS)
+        .await
+        .expect("products by the slot");
+    let other = err(db
+        .batch_execute("SELECT rowcast.track('market.products')")
+        .await);
+    assert!(
+        other.contains("would capture every change again"),
+        "{other}"
+    );
+
+    // back on the trigger: it is the one track made, and untrack now removes it
+    db.batch_execute("SELECT rowcast.capture_by_trigger('public.blobs')")
+        .await
+        .expect("back to the trigger");
+    let in_log = "SELECT count(*) FROM rowcast.changes WHERE topics = '{blobs-9}'";
+    assert_eq!(column_i64(&db, in_log).await, [1], "the insert, once");
+    db.batch_execute("UPDATE public.blobs SET body = 'by trigger' WHERE id = 9")
+        .await
+        .unwrap();
+    assert_eq!(next_event(&mut ws.rx).await.event, "blobs.updated");
+    db.batch_execute(
+        "SELECT rowcast.untrack('blobs');
+         UPDATE public.blobs SET body = 'untracked' WHERE id = 9;",
+    )
+    .await
+    .expect("untrack");
+    assert_eq!(column_i64(&db, in_log).await, [2]);
+    srv.stop().await;
+}
+
+/// Two-phase commit (README, "Plugging in"): a prepared transaction that
+/// writes a trigger-captured table fails at PREPARE while a node sleeps (its
+/// write rang: PostgreSQL prepares no transaction that sent a NOTIFY); with
+/// the table captured by the slot the writer sends nothing, PREPARE works,
+/// and the change is delivered at COMMIT PREPARED with the writer's `tx`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepared_transactions_write_tables_the_slot_captures() {
+    let pg = rowcast::embedded_pg::EmbeddedPg::start_async(rowcast::embedded_pg::Options {
+        settings: vec![("max_prepared_transactions".into(), "4".into())],
+        ..Default::default()
+    })
+    .await
+    .expect("a cluster that prepares transactions");
+    let url = pg.create_database("twophase").await.expect("database");
+    let mut db = connect(&url).await;
+    rowcast::migrate::migrate(&mut db, true)
+        .await
+        .expect("migrate");
+    seed(&db, 1, 1).await;
+    let srv = server(&url).await;
+    let mut ws = WsClient::connect(&srv.base_url(), "topics=product-1").await;
+    let prepare = |n: i64| {
+        format!(
+            "BEGIN; UPDATE market.products SET quantity = {n} WHERE id = 1;
+             PREPARE TRANSACTION 'p{n}'"
+        )
+    };
+    // by the trigger: once the node sleeps, the write rings and PREPARE fails
+    let mut n = 0;
+    let refused = std::sync::Mutex::new(None);
+    eventually_async("a prepared trigger-captured write refused", || {
+        n += 1;
+        let sql = prepare(n);
+        let (db, refused) = (&db, &refused);
+        async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            match db.batch_execute(&sql).await {
+                Ok(()) => {
+                    db.batch_execute(&format!("COMMIT PREPARED 'p{n}'"))
+                        .await
+                        .unwrap();
+                    false
+                }
+                Err(e) => {
+                    db.batch_execute("ROLLBACK").await.ok();
+                    *refused.lock().unwrap() = e.as_db_error().map(|e| e.message().to_string());
+                    true
+                }
+            }
+        }
+    })
+    .await;
+    let refused = refused.into_inner().unwrap().unwrap_or_default();
+    assert!(refused.contains("NOTIFY"), "{refused}");
+    // the prepared ones that went through were delivered
+    events(&mut ws.rx, n as usize - 1).await;
+
+    db.batch_execute(PRODUCTS)
+        .await
+        .expect("products by the slot");
+    for q in [1001i64, 1002, 1003] {
+        tokio::time::sleep(Duration::from_millis(200)).await; // the node sleeps
+        db.batch_execute(&prepare(q))
+            .await
+            .expect("PREPARE, the slot capturing");
+        let tx: String = db
+            .query_one(
+                "SELECT transaction::text FROM pg_prepared_xacts WHERE gid = $1",
+                &[&format!("p{q}")],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        db.batch_execute(&format!("COMMIT PREPARED 'p{q}'"))
+            .await
+            .unwrap();
+        let got = next_event(&mut ws.rx).await;
+        assert_eq!(
+            (got.data["newQuantity"].as_i64(), got.tx),
+            (Some(q), Some(tx))
+        );
+    }
+    srv.stop().await;
 }

@@ -107,3 +107,106 @@ async fn track_names_are_unique_across_schemas_and_keys_are_checked() {
     assert_eq!(*notices.lock().unwrap(), Vec::<String>::new());
     srv.stop().await;
 }
+
+/// An UPDATE of a tracked row's key moves the row between topics: `deleted`
+/// on the old key's topic, `inserted` on the new key's, so the old topic's
+/// clients hear that it left and its snapshot no longer shows it as a row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_change_moves_the_row_between_topics() {
+    let url = fresh_db().await;
+    let db = connect(&url).await;
+    db.batch_execute(
+        "CREATE TABLE public.tags (slug text PRIMARY KEY, label text);
+         SELECT rowcast.track('tags');
+         INSERT INTO public.tags VALUES ('o1', 'one');",
+    )
+    .await
+    .unwrap();
+    let srv = server(&url).await;
+    let base = srv.base_url();
+    let mut p = Poller::start(&base, "tags-o1,tags-o9").await;
+    db.batch_execute(
+        "UPDATE public.tags SET slug = 'o9' WHERE slug = 'o1';
+         UPDATE public.tags SET label = 'nine' WHERE slug = 'o9';",
+    )
+    .await
+    .unwrap();
+    let got: Vec<(String, String, String)> = p
+        .events(3)
+        .await
+        .into_iter()
+        .map(|e| {
+            let side = if e.data.get("row").is_some() {
+                "row"
+            } else {
+                "old"
+            };
+            let slug = e.data[side]["slug"].as_str().unwrap().to_string();
+            (e.topic, e.event, format!("{side}:{slug}"))
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("tags-o1".into(), "tags.deleted".into(), "old:o1".into()),
+            ("tags-o9".into(), "tags.inserted".into(), "row:o9".into()),
+            ("tags-o9".into(), "tags.updated".into(), "row:o9".into()),
+        ]
+    );
+    let (_, snap) = poll_raw(&base, "topics=tags-o1&snapshot=true").await;
+    let last: Vec<&str> = snap["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(last, ["tags.deleted"]);
+    srv.stop().await;
+}
+
+/// The app's own role, with the grants the README lists and nothing on
+/// rowcast's tables besides, writes a tracked table, and the change is
+/// delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_role_with_the_documented_grants_writes_a_tracked_table() {
+    let url = fresh_db().await;
+    let db = connect(&url).await;
+    // role names are cluster-wide: one per test database
+    let role = format!(
+        "app_{}",
+        column_i64(
+            &db,
+            "SELECT oid::bigint FROM pg_database WHERE datname = current_database()"
+        )
+        .await[0]
+    );
+    db.batch_execute(&format!(
+        "CREATE TABLE public.tickets (id bigint PRIMARY KEY, title text);
+         SELECT rowcast.track('tickets');
+         CREATE ROLE {role} LOGIN;
+         GRANT SELECT, INSERT, UPDATE, DELETE ON public.tickets TO {role};
+         GRANT USAGE ON SCHEMA rowcast TO {role};
+         GRANT INSERT ON rowcast.changes TO {role};"
+    ))
+    .await
+    .unwrap();
+    let srv = server(&url).await;
+    let mut p = Poller::start(&srv.base_url(), "tickets-1").await;
+    let mut as_app: tokio_postgres::Config = url.parse().unwrap();
+    as_app.user(&role);
+    let (app, conn) = as_app.connect(tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    app.batch_execute(
+        "INSERT INTO public.tickets VALUES (1, 'first');
+         UPDATE public.tickets SET title = 'second' WHERE id = 1;
+         DELETE FROM public.tickets WHERE id = 1;",
+    )
+    .await
+    .expect("the app's role writes with the documented grants");
+    let got: Vec<String> = p.events(3).await.into_iter().map(|e| e.event).collect();
+    assert_eq!(
+        got,
+        ["tickets.inserted", "tickets.updated", "tickets.deleted"]
+    );
+    srv.stop().await;
+}
