@@ -394,7 +394,7 @@ pub(crate) async fn watermarks(client: &Client) -> Result<Watermarks> {
 }
 
 /// Most changes one snapshot answer carries; past it the least recently
-/// changed entities are left out and the answer says so (`Snapshot::truncated`).
+/// changed entities are left out (`SnapshotRead::truncated`, logged by the feed).
 pub(crate) const SNAPSHOT_MAX: i64 = 10_000;
 
 /// The current state of some topics as of `pos`.
@@ -406,8 +406,10 @@ pub(crate) struct SnapshotRead {
 }
 
 /// The latest retained change of every *entity* among the changes of `topics`
-/// visible in `pos`, oldest first, each carrying `pos`'s boundary cursor (the
-/// client then holds the state as of `pos`, and its stream continues there).
+/// visible in `pos` whose latest change has an id above `after` (0: all),
+/// oldest first, each carrying the snapshot cursor that resumes the rest
+/// (`Cursor::in_snapshot`), the last `pos`'s boundary (the client then holds
+/// the state as of `pos`, and its stream continues there).
 /// An entity is `rowcast.changes.entity`, or the change's first topic when that
 /// is NULL: `product-123` for an inventory update, so `farm-7` yields the
 /// current quantity of every product of the farm, not one.
@@ -415,6 +417,7 @@ pub(crate) async fn snapshot(
     client: &deadpool_postgres::Client,
     topics: &[String],
     pos: &Snapshot,
+    after: i64,
     origin_tx: bool,
 ) -> Result<SnapshotRead> {
     let stmt = client
@@ -428,6 +431,7 @@ pub(crate) async fn snapshot(
                  WHERE x.topics && $1::text[]
                    AND pg_visible_in_snapshot(x.xid, $2::text::pg_snapshot)
                  ORDER BY coalesce(x.entity, x.topics[1]), x.id DESC) latest
+             WHERE id > $4
              ORDER BY id DESC
              LIMIT $3",
             tx_column(origin_tx)
@@ -435,13 +439,19 @@ pub(crate) async fn snapshot(
         .await?;
     let t: Vec<&str> = topics.iter().map(String::as_str).collect();
     let rows = client
-        .query(&stmt, &[&t, &pos.to_string(), &(SNAPSHOT_MAX + 1)])
+        .query(&stmt, &[&t, &pos.to_string(), &(SNAPSHOT_MAX + 1), &after])
         .await?;
-    let cursor = Cursor::boundary(pos.clone());
     let truncated = rows.len() as i64 > SNAPSHOT_MAX;
+    let rows: Vec<_> = rows.iter().take(SNAPSHOT_MAX as usize).rev().collect();
     let mut changes = Vec::with_capacity(rows.len());
-    for row in rows.iter().take(SNAPSHOT_MAX as usize).rev() {
+    for (i, row) in rows.iter().enumerate() {
         let id: i64 = row.try_get(0)?;
+        // each event resumes the rest of the snapshot; the last, what follows it
+        let cursor = if i + 1 == rows.len() {
+            Cursor::boundary(pos.clone())
+        } else {
+            Cursor::in_snapshot(pos.clone(), id)
+        };
         match decode(row, id, [1, 2, 3, 4, 5, 6], &cursor) {
             Ok(c) => changes.push(Arc::new(c)),
             Err(reason) => tracing::debug!(id, reason, "snapshot skips an undeliverable change"),

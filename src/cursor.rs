@@ -20,6 +20,17 @@
 //! state, after restarts of rowcast or PostgreSQL (xid8 values never wrap).
 //! No table of ticks is written, so reading adds no write load to the database.
 //!
+//! # Inside a snapshot
+//! A snapshot (`snapshot=true`) sends the state of the topics as of one
+//! position `P`: the latest change of each entity visible in `P`, in id
+//! order. Its events carry *snapshot cursors* `(P, P, id)` (`lo == hi`,
+//! `id > 0`): "the snapshot at `P` has been delivered up to the entity whose
+//! latest change is `id`". Resuming one sends the rest of that snapshot (the
+//! same query at `P`, ids above `id`), then everything after `P`, so a client
+//! cut off inside a snapshot neither loses the entities it had not received
+//! nor lands on the live stream with half a state. The snapshot's last event
+//! carries the boundary `P` itself.
+//!
 //! The wire form is URL-safe base64 of varints, typically 10–40 characters.
 
 use crate::snapshot::Snapshot;
@@ -33,6 +44,8 @@ pub const MAX_CURSOR_LEN: usize = 4096;
 /// More in-progress transactions than this in one snapshot would make cursors too long to carry.
 const MAX_XIP: u64 = 1000;
 const VERSION: u8 = 1;
+/// The second byte of a snapshot cursor (0: a boundary, 1: inside a batch).
+const IN_SNAPSHOT: u8 = 2;
 /// PostgreSQL's first normal transaction id: xids 0–2 are reserved, so no real
 /// snapshot has an xmax or an in-progress xid below it. A cursor that names one
 /// can never be read, and is malformed (400), not "retry later".
@@ -52,7 +65,8 @@ pub enum CursorError {
 pub struct Cursor {
     pub lo: Snapshot,
     pub hi: Snapshot,
-    /// Highest change id of batch `lo → hi` already delivered (0 for boundaries).
+    /// Highest change id of batch `lo → hi` already delivered (0 for
+    /// boundaries); with `lo == hi`, of the snapshot at `lo` (see the module doc).
     pub id: i64,
 }
 
@@ -77,18 +91,39 @@ impl Cursor {
         }
     }
 
+    /// "The snapshot at `at` has been delivered up to the entity whose latest
+    /// change is `id`" (`id > 0`; see the module doc).
+    pub fn in_snapshot(at: Snapshot, id: i64) -> Cursor {
+        Cursor {
+            lo: at.clone(),
+            hi: at,
+            id: id.max(1),
+        }
+    }
+
+    /// For a snapshot cursor, the id its snapshot was delivered up to.
+    pub fn snapshot_after(&self) -> Option<i64> {
+        (self.lo == self.hi && self.id > 0).then_some(self.id)
+    }
+
     pub fn is_boundary(&self) -> bool {
-        self.lo == self.hi
+        self.lo == self.hi && self.id == 0
     }
 
     pub fn encode(&self) -> String {
         let mut buf = Vec::with_capacity(32);
         buf.push(VERSION);
-        buf.push(u8::from(!self.is_boundary()));
-        put_snapshot(&mut buf, &self.lo, 0);
-        if !self.is_boundary() {
-            put_snapshot(&mut buf, &self.hi, self.lo.xmax);
-            put_varint(&mut buf, self.id.max(0) as u64);
+        if let Some(id) = self.snapshot_after() {
+            buf.push(IN_SNAPSHOT);
+            put_snapshot(&mut buf, &self.lo, 0);
+            put_varint(&mut buf, id as u64);
+        } else {
+            buf.push(u8::from(!self.is_boundary()));
+            put_snapshot(&mut buf, &self.lo, 0);
+            if !self.is_boundary() {
+                put_snapshot(&mut buf, &self.hi, self.lo.xmax);
+                put_varint(&mut buf, self.id.max(0) as u64);
+            }
         }
         URL_SAFE_NO_PAD.encode(buf)
     }
@@ -110,6 +145,14 @@ impl Cursor {
         let within = match r.byte()? {
             0 => false,
             1 => true,
+            IN_SNAPSHOT => {
+                let at = r.snapshot(0)?;
+                let id = i64::try_from(r.varint()?).map_err(|_| CursorError::Malformed)?;
+                if id == 0 || r.pos != bytes.len() {
+                    return Err(CursorError::Malformed);
+                }
+                return Ok(Cursor::in_snapshot(at, id));
+            }
             _ => return Err(CursorError::Malformed),
         };
         let lo = r.snapshot(0)?;
@@ -220,8 +263,12 @@ mod tests {
         let text = c.encode();
         assert!(text.len() < 40, "{text}");
         assert_eq!(Cursor::decode(&text).unwrap(), c);
-        let b = Cursor::boundary(lo);
+        let b = Cursor::boundary(lo.clone());
         assert_eq!(Cursor::decode(&b.encode()).unwrap(), b);
+        let s = Cursor::in_snapshot(lo, 77);
+        assert_eq!(Cursor::decode(&s.encode()).unwrap(), s);
+        assert_eq!((s.snapshot_after(), s.is_boundary()), (Some(77), false));
+        assert_eq!((b.snapshot_after(), b.is_boundary()), (None, true));
     }
 
     #[test]
@@ -229,6 +276,11 @@ mod tests {
         for bad in ["", "!!!", "AAAA", "AQ", "AgAAAA", &"A".repeat(5000)] {
             assert!(Cursor::decode(bad).is_err(), "{bad}");
         }
+        // a snapshot cursor names an entity: id 0 is none
+        let zero = URL_SAFE_NO_PAD.encode([VERSION, IN_SNAPSHOT, 5, 0, 0]);
+        assert_eq!(Cursor::decode(&zero), Err(CursorError::Malformed));
+        let one = URL_SAFE_NO_PAD.encode([VERSION, IN_SNAPSHOT, 5, 0, 1]);
+        assert_eq!(Cursor::decode(&one).unwrap().snapshot_after(), Some(1));
         let mut ok = Cursor::boundary(Snapshot::new(5, vec![])).encode();
         ok.push('A');
         assert!(Cursor::decode(&ok).is_err());

@@ -209,11 +209,20 @@ impl Feeds {
         };
         match cursor {
             Some(c) => {
-                let c = self.canonical(c, &pos).await?;
-                feed.position = Position::At(c.clone());
-                feed.catch_up = Some((c, pos));
+                if let Some(after) = c.snapshot_after() {
+                    // inside a snapshot: its rest, then what follows its position
+                    let at = c.lo.clone();
+                    feed.position = Position::At(c);
+                    feed.load_snapshot(&at, after).await?;
+                    let from = self.canonical(Cursor::boundary(at), &pos).await?;
+                    feed.catch_up = Some((from, pos));
+                } else {
+                    let c = self.canonical(c, &pos).await?;
+                    feed.position = Position::At(c.clone());
+                    feed.catch_up = Some((c, pos));
+                }
             }
-            None if start.snapshot => feed.load_snapshot(&pos).await?,
+            None if start.snapshot => feed.load_snapshot(&pos, 0).await?,
             None => {}
         }
         Ok((feed, notice))
@@ -582,16 +591,22 @@ impl Feed {
         }
     }
 
-    /// The current state of the subscribed topics as of `pos` (see
-    /// `changelog::snapshot`), as catch-up deliveries carrying `pos`'s cursor.
-    async fn load_snapshot(&mut self, pos: &Snapshot) -> Result<(), FeedError> {
+    /// The current state of the subscribed topics as of `pos`, from the entity
+    /// after `after` on (see `changelog::snapshot`), as catch-up deliveries.
+    async fn load_snapshot(&mut self, pos: &Snapshot, after: i64) -> Result<(), FeedError> {
         let topics: Vec<String> = self.sub.topics().iter().cloned().collect();
         if topics.is_empty() {
             return Ok(());
         }
         let client = self.pool.get().await?;
-        let read =
-            changelog::snapshot(&client, &topics, pos, self.sub.hub().schema().origin_tx).await?;
+        let read = changelog::snapshot(
+            &client,
+            &topics,
+            pos,
+            after,
+            self.sub.hub().schema().origin_tx,
+        )
+        .await?;
         drop(client);
         if read.truncated {
             tracing::warn!(

@@ -146,10 +146,15 @@ impl FromRequestParts<Arc<App>> for StreamRequest {
             .headers
             .get("last-event-id")
             .map(|v| v.to_str().unwrap_or("\u{0}"));
+        // an empty one is none (EventSource sends no header rather than an
+        // empty one): it does not hide the next
+        fn given(v: Option<&str>) -> Option<&str> {
+            v.filter(|v| !v.trim().is_empty())
+        }
         let cursor = parse_cursor(
-            header_id
-                .or(q.last_event_id.as_deref())
-                .or(q.cursor.as_deref()),
+            given(header_id)
+                .or(given(q.last_event_id.as_deref()))
+                .or(given(q.cursor.as_deref())),
         )?;
         Ok(StreamRequest {
             peer: peer(parts),

@@ -423,3 +423,51 @@ async fn error_answers_are_json_but_for_hyper_s_own() {
     }
     srv.stop().await;
 }
+
+/// An SSE stream opens with its starting position as an `id:` without data
+/// (EventSource's lastEventId, no event): a stream cut before its first event
+/// resumes from there, and gets the change committed meanwhile. A stream that
+/// starts with a snapshot has no such id (its events carry theirs). An empty
+/// `Last-Event-ID` header does not hide the `cursor` parameter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sse_stream_opens_with_its_position_as_an_id() {
+    let url = fresh_db().await;
+    let srv = server(&url).await;
+    let db = connect(&url).await;
+    let open = |query: &'static str| {
+        let srv = &srv;
+        async move {
+            let mut c = raw(srv).await;
+            c.send(&format!(
+                "GET /v1/events?{query} HTTP/1.1\r\nHost: x\r\n\r\n"
+            ))
+            .await;
+            assert_eq!(c.head().await.0, 200);
+            String::from_utf8(c.chunk().await.expect("the head")).expect("text")
+        }
+    };
+    let head = open("topics=t").await;
+    let id = head
+        .split("\n\n")
+        .find_map(|b| b.strip_prefix("id: "))
+        .unwrap_or_else(|| panic!("no id: {head:?}"))
+        .to_string();
+    assert!(!head.contains("data:"), "{head:?}");
+    emit(&db, "t", 7).await;
+    let mut sse = SseClient::connect(&srv.base_url(), "topics=t", Some(&id)).await;
+    assert_eq!(n(&next_event(&mut sse.rx).await), 7);
+    let mut sse = SseClient::connect_with(
+        &srv.base_url(),
+        &format!("topics=t&cursor={id}"),
+        &[("Last-Event-ID", "")],
+    )
+    .await;
+    assert_eq!(
+        n(&next_event(&mut sse.rx).await),
+        7,
+        "the empty header is none"
+    );
+    let head = open("topics=t&snapshot=true").await;
+    assert!(!head.contains("id: "), "{head:?}");
+    srv.stop().await;
+}

@@ -359,6 +359,73 @@ async fn a_poll_snapshot_is_answered_whole_whatever_its_limit() {
     srv.stop().await;
 }
 
+/// A client cut off inside a snapshot resumes with the id of the last
+/// snapshot event it got: the rest of that snapshot (the state as of the
+/// snapshot's position, not what changed since), then the changes after
+/// that position, each once, on any transport.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_cut_off_inside_a_snapshot_resumes_the_rest_of_it() {
+    let url = fresh_db().await;
+    let db = connect(&url).await;
+    seed(&db, 1, 5).await;
+    let srv = server(&url).await;
+    let base = srv.base_url();
+    let topics = "product-1,product-2,product-3,product-4,product-5";
+    let mut ws = WsClient::connect(&base, &format!("topics={topics}&snapshot=true")).await;
+    let first = events(&mut ws.rx, 2).await;
+    let (ids, topics_got): (Vec<String>, Vec<String>) = first
+        .iter()
+        .map(|e| (e.id.clone(), e.topic.clone()))
+        .unzip();
+    assert_eq!(topics_got, ["product-1", "product-2"]);
+    assert_ne!(ids[0], ids[1], "each snapshot event has its own position");
+    drop(ws);
+    // after the snapshot's position: one entity already received, one not
+    for (id, q) in [(1i64, 31i64), (5, 35)] {
+        db.execute(
+            "UPDATE market.products SET quantity = $2::bigint WHERE id = $1",
+            &[&id, &q],
+        )
+        .await
+        .unwrap();
+    }
+    let expect = [
+        ("product-3", 20),
+        ("product-4", 20),
+        ("product-5", 20),
+        ("product-1", 31),
+        ("product-5", 35),
+    ];
+    let state = |evs: Vec<Ev>| -> Vec<(String, i64)> {
+        evs.into_iter()
+            .map(|e| (e.topic, e.data["newQuantity"].as_i64().unwrap()))
+            .collect()
+    };
+    let expect: Vec<(String, i64)> = expect.iter().map(|(t, q)| (t.to_string(), *q)).collect();
+    let mut sse = SseClient::connect(&base, &format!("topics={topics}"), Some(&ids[1])).await;
+    assert_eq!(state(events(&mut sse.rx, 5).await), expect, "SSE");
+    let mut p = Poller::resume(&base, topics, Some(ids[1].clone()));
+    assert_eq!(state(p.events(5).await), expect, "polling");
+    // paged one event at a time: every page's cursor resumes exactly
+    let mut paged = Vec::new();
+    let mut cursor = ids[1].clone();
+    for _ in 0..5 {
+        let (status, body) =
+            poll_raw(&base, &format!("topics={topics}&cursor={cursor}&limit=1")).await;
+        assert_eq!(status, 200, "{body}");
+        paged.extend(
+            body["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(Ev::from_envelope),
+        );
+        cursor = body["cursor"].as_str().unwrap().to_string();
+    }
+    assert_eq!(state(paged), expect, "polling, limit=1");
+    srv.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_payload_is_delivered_on_every_transport() {
     let url = fresh_db().await;
