@@ -1119,10 +1119,11 @@ class SseConn {
 // ------------------------------------------------------------------ polling
 
 /**
- * HTTP polling: long polls (`wait=pollWait`) back to back; when a long
- * request is cut (network error, 502/504, or no answer within wait +
- * openTimeout) it polls every `pollInterval` with `wait=0` instead (FR-021's
- * 5-second fallback). The first poll of the session carries `fallback`.
+ * HTTP polling: a first poll with `wait=0` (live at once), then long polls
+ * (`wait=pollWait`) back to back; when a long request is cut (network error,
+ * 502/504, or no answer within wait + openTimeout) it polls every
+ * `pollInterval` with `wait=0` instead (FR-021's 5-second fallback). The
+ * first poll of the session carries `fallback`.
  */
 class PollConn {
   constructor(rc, token) {
@@ -1144,7 +1145,9 @@ class PollConn {
       const params = {
         topics: rc.topics.join(','),
         cursor,
-        wait: cursor && !short ? rc.options.pollWait : 0,
+        // the first poll answers at once (live now, not after a quiet wait,
+        // and a proxy that cuts long requests cannot fail it); then long polls
+        wait: cursor && !short && this.live ? rc.options.pollWait : 0,
         snapshot: !cursor && rc.options.snapshot ? 'true' : undefined,
         limit: !cursor && rc.options.snapshot ? 10000 : undefined,
         fallback: this.first ? rc._fallbackParam() || 'none' : undefined,

@@ -1,5 +1,5 @@
-//! The shipped dashboard and alert rules only name metrics (and the `le="2"`
-//! SLO bucket) that a running server actually exports.
+//! The shipped dashboard and alert rules only name metrics (and the SLO bucket,
+//! `le="2"`, or `"2.0"` as Prometheus 3 stores it) that a running server actually exports.
 
 use crate::common::*;
 

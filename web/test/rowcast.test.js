@@ -431,6 +431,22 @@ test('long polls that get cut: polling every 5 s with wait=0 (FR-021), still del
   rc.close();
 });
 
+test('a proxy that cuts every long request from the start: live at once, then polling every 5 s', async () => {
+  const { clock, server, rc, seen } = setup({ transports: ['poll'], cursor: 'c0' });
+  server.block.longPoll = true;
+  await clock.advance(100);
+  assert.equal(rc.status, 'live', 'the first poll answers at once');
+  await clock.advance(30_000);
+  assert.equal(rc.status, 'live', 'a cut long poll turns polling short, not offline');
+  const polls = server.requests.filter((r) => r.kind === 'poll');
+  assert.equal(polls[0].params.wait, '0');
+  assert.ok(polls.slice(-3).every((p) => p.params.wait === '0'), 'short polls');
+  server.publish('farm-1', 'x', { n: 1 });
+  await clock.advance(5000);
+  assert.deepEqual(seen, ids(server));
+  rc.close();
+});
+
 test('activity: throttled; a WebSocket message when on one, else POST /v1/presence/activity', async () => {
   const { clock, server, rc } = setup({ token: 't', activityInterval: 15_000 });
   await until(clock, () => rc.status === 'live', 'live');
