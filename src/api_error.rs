@@ -32,6 +32,13 @@ pub(crate) struct Rejected {
     pub count: u64,
 }
 
+/// Put on a 503 built from an `ApiError`, for the counting middleware
+/// (`rowcast_unavailable_total`).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Unavailable {
+    pub reason: &'static str,
+}
+
 impl ApiError {
     pub(crate) fn new(code: ErrorCode, message: impl Into<String>) -> ApiError {
         ApiError {
@@ -85,6 +92,9 @@ impl IntoResponse for ApiError {
                 reason,
                 count: self.count,
             });
+        }
+        if let Some(reason) = self.code.unavailability() {
+            r.extensions_mut().insert(Unavailable { reason });
         }
         r
     }

@@ -97,6 +97,8 @@ pub(crate) struct Metrics {
     pub auth_failures: IntCounterVec,
     /// Requests, messages and topics refused by a limit or a policy, by reason.
     pub rejected: IntCounterVec,
+    /// `rowcast_unavailable_total{reason}`: 503s and their WebSocket / Socket.IO errors.
+    pub unavailable: IntCounterVec,
     /// Open TCP connections, admitted or not (`sockets`).
     pub sockets: IntGauge,
     /// Sockets closed by the server before or between requests, by reason.
@@ -266,6 +268,14 @@ impl Metrics {
         )?;
         registry.register(Box::new(auth_failures.clone()))?;
         registry.register(Box::new(rejected.clone()))?;
+        let unavailable = IntCounterVec::new(
+            Opts::new(
+                "rowcast_unavailable_total",
+                "Requests and messages answered 'try again later' for a server-side condition, by reason",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(unavailable.clone()))?;
         registry.register(Box::new(sync_latency.clone()))?;
         registry.register(Box::new(connections.clone()))?;
         registry.register(Box::new(events.clone()))?;
@@ -444,6 +454,7 @@ impl Metrics {
             resyncs,
             auth_failures,
             rejected,
+            unavailable,
             sockets,
             sockets_closed,
             accept_errors,

@@ -1162,7 +1162,7 @@ class PollConn {
         return this.end({ kind: 'failure' });
       }
       if (outcome.end) return this.end(outcome.end);
-      this.first = false;
+      if (!outcome.resync) this.first = false;
       const body = outcome.body;
       if (!this.live) rc._onLive(this);
       for (const env of body.events || []) {
@@ -1198,7 +1198,8 @@ class PollConn {
         rc._onResync(this, { topics: rc.topics, reason: body.error || 'cursor_expired' });
         rc.cursor = null;
         rc._origin = null;
-        return { body: { events: [] } };
+        // not a session yet for the server: the next poll reports the fallback
+        return { body: { events: [] }, resync: true };
       }
       if ([502, 504, 408].includes(r.status)) return { cut: true };
       if (!r.ok) return { end: httpEnd(r.status, await errorBody(r), retryAfterMs(r)) };

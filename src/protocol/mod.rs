@@ -244,6 +244,20 @@ impl ErrorCode {
             | CursorAhead | Busy | SessionUnknown | NotFound => None,
         }
     }
+
+    /// The `rowcast_unavailable_total{reason}` label: "try again", for a
+    /// condition of the server's (the database, the catch-up budget, a node
+    /// behind the cursor), not the client's.
+    pub fn unavailability(self) -> Option<&'static str> {
+        use ErrorCode::*;
+        match self {
+            Unavailable => Some("unavailable"),
+            AuthUnavailable => Some("auth_unavailable"),
+            Busy => Some("busy"),
+            CursorAhead => Some("cursor_ahead"),
+            _ => None,
+        }
+    }
 }
 
 /// Parses a WebSocket text message (see `ClientMessage` for what is accepted).

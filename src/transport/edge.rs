@@ -13,7 +13,7 @@
 //! waits. These keep the inner future and at most one header value.
 
 use super::App;
-use crate::api_error::Rejected;
+use crate::api_error::{Rejected, Unavailable};
 use axum::extract::Request;
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -210,6 +210,9 @@ impl Then {
                         .rejected
                         .with_label_values(&[reason])
                         .inc_by(*count);
+                }
+                if let Some(Unavailable { reason }) = r.extensions().get::<Unavailable>() {
+                    app.metrics.unavailable.with_label_values(&[reason]).inc();
                 }
                 if read.is_some_and(|read| !read.load(Ordering::Relaxed)) {
                     r.headers_mut()

@@ -79,6 +79,9 @@ impl App {
         for reason in ErrorCode::ALL.iter().filter_map(|c| c.rejection()) {
             metrics.rejected.with_label_values(&[reason]);
         }
+        for reason in ErrorCode::ALL.iter().filter_map(|c| c.unavailability()) {
+            metrics.unavailable.with_label_values(&[reason]);
+        }
         App {
             socketio: Arc::new(socketio::polling::Registry::new(settings)),
             rooms: Arc::new(socketio::rooms::Rooms::new(
@@ -102,9 +105,21 @@ impl App {
         Arc::clone(&self.transports[t.index()])
     }
 
+    /// Counts an error a WebSocket or Socket.IO session sends: a refusal
+    /// (`rowcast_rejected_total`) or a "try again" (`rowcast_unavailable_total`),
+    /// as the response middleware does for HTTP answers.
+    pub(crate) fn count_error(&self, code: ErrorCode) {
+        if let Some(reason) = code.rejection() {
+            self.metrics.rejected.with_label_values(&[reason]).inc();
+        }
+        if let Some(reason) = code.unavailability() {
+            self.metrics.unavailable.with_label_values(&[reason]).inc();
+        }
+    }
+
     /// Counts a client session for the SLOs (`rowcast_sessions_total`), with
     /// the gap the client reports before a WebSocket. A session is counted
-    /// once, when it opens, under the transport it opened on: a Socket.IO
+    /// once, when it opens (not when its request is refused), under the transport it opened on: a Socket.IO
     /// session that upgrades from polling stays `socketio_polling`; a polling
     /// client is a session only on the request that carries `fallback=`
     /// (the SDK's first); a WebSocket is never a fallback.

@@ -97,10 +97,6 @@ async fn open(app: Arc<App>, req: StreamRequest) -> Result<Opened, ApiError> {
             })?,
     };
     let admitted = req.admit(&app, Transport::Poll)?;
-    // a polling session starts with the request that reports it
-    if req.report.fallback.is_some() {
-        app.count_session(Transport::Poll, req.report);
-    }
     let topics = req.topics;
     app.gate
         .authorize_all(req.peer.ip(), &admitted.identity, &topics)
@@ -125,6 +121,10 @@ async fn open(app: Arc<App>, req: StreamRequest) -> Result<Opened, ApiError> {
             code,
             format!("{why}; re-fetch state and poll without a cursor"),
         ));
+    }
+    // a polling session starts with the request that reports it, once answered
+    if req.report.fallback.is_some() {
+        app.count_session(Transport::Poll, req.report);
     }
     Ok(Opened {
         admitted,

@@ -58,7 +58,7 @@ pub(crate) struct ClientReport {
 impl ClientReport {
     fn parse(fallback: Option<&str>, gap: Option<&str>) -> ClientReport {
         ClientReport {
-            fallback: fallback.map(|r| !r.is_empty() && r != "none"),
+            fallback: fallback.map(|r| !r.is_empty() && !r.eq_ignore_ascii_case("none")),
             gap_secs: gap
                 .and_then(|g| g.parse::<f64>().ok())
                 .filter(|g| g.is_finite() && *g >= 0.0)

@@ -148,3 +148,54 @@ fn dashboard_shows_each_fr021_metric_with_its_target() {
         assert!(std::path::Path::new(file).is_file(), "{file}");
     }
 }
+
+/// `rowcast_sessions_total` counts sessions that opened: not requests
+/// refused (a forbidden topic, a 410 poll; a WebSocket refused after its
+/// admission, by a 503 while the database is down, likewise: a client's
+/// retries of one would count again and again), and `fallback=NONE` is no
+/// fallback, whatever its case.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_count_what_opened() {
+    use rowcast::cursor::Cursor;
+    use rowcast::snapshot::Snapshot;
+    let url = fresh_market_db().await;
+    let srv = server(&url).await;
+    let base = srv.base_url();
+    let sessions = |fallback: &str, transport: &str| {
+        srv.metric(&format!(
+            "rowcast_sessions_total{{fallback=\"{fallback}\",transport=\"{transport}\"}}"
+        ))
+    };
+    // a topic the market policy denies an anonymous client
+    let denied = "topics=farm-1-orders&fallback=ws_failed";
+    let refused = reqwest::get(format!("{base}/v1/events?{denied}"))
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+    assert_eq!(poll_raw(&base, denied).await.0, 403);
+    let far = Cursor::boundary(Snapshot::new(1 << 40, vec![])).encode();
+    let (status, _) = poll_raw(
+        &base,
+        &format!("topics=farm-1&cursor={far}&fallback=ws_failed"),
+    )
+    .await;
+    assert_eq!(status, 410);
+    for (f, t) in [("yes", "sse"), ("yes", "poll"), ("no", "ws")] {
+        assert_eq!(sessions(f, t), 0.0, "{f} {t}");
+    }
+    // what opens counts once, and NONE is none
+    let _sse = SseClient::connect(&base, "topics=farm-1&fallback=NONE", None).await;
+    assert_eq!(
+        poll_raw(&base, "topics=farm-1&fallback=ws_failed").await.0,
+        200
+    );
+    let _ws = WsClient::connect(&base, "topics=farm-1").await;
+    eventually("the sessions counted", || {
+        sessions("no", "sse") == 1.0
+            && sessions("yes", "poll") == 1.0
+            && sessions("no", "ws") == 1.0
+    })
+    .await;
+    assert_eq!(sessions("yes", "sse"), 0.0);
+    srv.stop().await;
+}

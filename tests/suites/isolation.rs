@@ -510,6 +510,11 @@ async fn policy_is_replaced_without_restart_and_fails_closed() {
         Msg::Closed(c) => assert!(c.starts_with("1013"), "{c}"),
         other => panic!("{other:?}"),
     }
+    // both counted as "try again", not as refusals
+    assert_eq!(
+        srv.metric("rowcast_unavailable_total{reason=\"unavailable\"}"),
+        2.0
+    );
     srv.stop().await;
 }
 

@@ -577,9 +577,7 @@ impl Session {
 
     /// Counts a refusal (`rowcast_rejected_total`), as every transport does.
     pub(crate) fn count(&self, code: ErrorCode) {
-        if let Some(reason) = code.rejection() {
-            self.app.metrics.rejected.with_label_values(&[reason]).inc();
-        }
+        self.app.count_error(code);
     }
 
     /// A batch of deliveries as Socket.IO events.

@@ -49,7 +49,6 @@ pub(crate) async fn handler(
 
 async fn upgrade(app: Arc<App>, req: StreamRequest, ws: Handshake) -> Result<Response, ApiError> {
     let admitted = req.admit(&app, Transport::Ws)?;
-    app.count_session(Transport::Ws, req.report);
     super::presence::on_connect(&app, &admitted.identity, admitted.authenticated).await;
     // Authorized and registered before the 101 answer: a change committed after
     // the handshake completes is not missed, and a database outage is answered
@@ -66,6 +65,8 @@ async fn upgrade(app: Arc<App>, req: StreamRequest, ws: Handshake) -> Result<Res
         let (feed, notice) = app.feeds.open(&topics, req.start).await?;
         Opening::Now(Box::new(feed), notice)
     };
+    // a session once it opens: not a refused upgrade (a client's retries of one)
+    app.count_session(Transport::Ws, req.report);
     let max = app.gate.limits().max_frame;
     // Small explicit buffers: tungstenite's defaults reserve 128 KiB per connection.
     // The read buffer is zero-filled to its capacity on the first read, so all of

@@ -285,8 +285,6 @@ impl Session {
     /// one place WebSocket refusals are counted, as `count_rejections` is for
     /// HTTP answers.
     pub(super) fn count(&self, code: ErrorCode) {
-        if let Some(reason) = code.rejection() {
-            self.app.metrics.rejected.with_label_values(&[reason]).inc();
-        }
+        self.app.count_error(code);
     }
 }
