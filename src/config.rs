@@ -57,6 +57,19 @@ pub mod defaults {
 }
 
 /// Parses `90`, `90s`, `15m`, `24h`, `7d` (also `500ms`).
+/// `--retention`: a duration of at least a minute. Any node prunes the
+/// shared log, so a slip such as `0` or `30s` would empty it for every node
+/// and make every client resync.
+fn parse_retention(text: &str) -> std::result::Result<Duration, String> {
+    let d = parse_duration(text)?;
+    if d < Duration::from_secs(60) {
+        return Err(format!(
+            "{text:?} is under a minute: every node prunes the shared change log to the shortest retention, so this would empty it for all (use e.g. 1h, 24h)"
+        ));
+    }
+    Ok(d)
+}
+
 pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
     let t = text.trim();
     let split = t
@@ -115,7 +128,7 @@ pub enum ConfigError {
 #[derive(Clone, Debug, Args)]
 pub struct ServerConfig {
     /// PostgreSQL to read the change log from.
-    #[arg(long, env = "DATABASE_URL")]
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: String,
     /// HTTP address for clients.
     #[arg(long, env = "ROWCAST_LISTEN", default_value = defaults::LISTEN)]
@@ -150,8 +163,8 @@ pub struct ServerConfig {
     /// WebSocket ping / SSE keepalive interval (e.g. 15s).
     #[arg(long, env = "ROWCAST_KEEPALIVE", default_value = defaults::KEEPALIVE, value_parser = parse_duration)]
     pub keepalive: Duration,
-    /// Keep changes this long (e.g. 24h, 30m); older cursors get an explicit resync.
-    #[arg(long, env = "ROWCAST_RETENTION", default_value = defaults::RETENTION, value_parser = parse_duration)]
+    /// Keep changes this long (e.g. 24h, 30m; at least 1m); older cursors get an explicit resync.
+    #[arg(long, env = "ROWCAST_RETENTION", default_value = defaults::RETENTION, value_parser = parse_retention)]
     pub retention: Duration,
     /// Recent changes kept in memory to answer resumes and polls without the database (0: none).
     #[arg(long, env = "ROWCAST_WINDOW_CHANGES", default_value_t = defaults::WINDOW_CHANGES)]
@@ -536,6 +549,19 @@ mod tests {
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert!(parse_duration("abc").is_err());
         assert!(parse_duration("5y").is_err());
+    }
+
+    /// `--retention` under a minute is refused at start: any node prunes the
+    /// shared log, so one node's slip would empty it for all.
+    #[test]
+    fn retention_is_at_least_a_minute() {
+        for short in ["0", "30s", "59"] {
+            let e = parse_retention(short).unwrap_err();
+            assert!(e.contains("under a minute"), "{e}");
+        }
+        assert_eq!(parse_retention("1m").unwrap(), Duration::from_secs(60));
+        let parsed = Cli::try_parse_from(["rowcast", "--database-url", "x", "--retention", "0"]);
+        assert!(parsed.is_err());
     }
 
     /// The flags' defaults and `ServerConfig::new` are the same configuration.

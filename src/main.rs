@@ -54,7 +54,7 @@ struct TokenArgs {
 
 #[derive(Args)]
 struct MigrateArgs {
-    #[arg(long, env = "DATABASE_URL")]
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     database_url: String,
     /// Also install the farmers-market reference schema (market.*).
     #[arg(long)]
@@ -115,6 +115,10 @@ fn main() -> anyhow::Result<()> {
 
 fn token(a: TokenArgs) -> anyhow::Result<()> {
     let ttl = a.ttl;
+    anyhow::ensure!(
+        !ttl.is_zero(),
+        "--ttl 0 would mint a token that has already expired"
+    );
     let t = rowcast::auth::mint_hs256(
         &a.jwt_secret,
         &a.sub,
