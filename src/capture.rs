@@ -67,6 +67,8 @@ const STANDBY_EVERY: Duration = Duration::from_secs(2);
 const LOOK_EVERY: Duration = Duration::from_secs(60);
 /// After an error, before starting over.
 const BACKOFF: Duration = Duration::from_secs(1);
+/// A failing capturer warns at most this often (the rest at DEBUG).
+const LOG_AGAIN: Duration = Duration::from_secs(60);
 /// Rows per batch at most.
 const MAX_BATCH: usize = 1000;
 /// How often the slot is told what the log holds (at most).
@@ -81,10 +83,29 @@ pub(crate) async fn run(
     metrics: Metrics,
     mut shutdown: Shutdown,
 ) {
+    // one warning per failing spell and then one a minute: while the database
+    // is down every start over fails, once a second
+    let mut warned: Option<(std::time::Instant, u64)> = None;
     loop {
+        let started = std::time::Instant::now();
         match capture(&database_url, pause, &metrics, &mut shutdown).await {
             Ok(()) => return,
-            Err(e) => tracing::warn!(error = %e, "capture by the slot stopped; starting over"),
+            Err(e) => {
+                if started.elapsed() > LOG_AGAIN {
+                    warned = None; // it worked for a while: a new spell
+                }
+                match &mut warned {
+                    Some((at, n)) if at.elapsed() < LOG_AGAIN => {
+                        *n += 1;
+                        tracing::debug!(error = %e, "capture by the slot stopped again; starting over");
+                    }
+                    _ => {
+                        let again = warned.map_or(0, |(_, n)| n);
+                        tracing::warn!(error = %e, failed_since_last_warning = again, "capture by the slot stopped; starting over");
+                        warned = Some((std::time::Instant::now(), 0));
+                    }
+                }
+            }
         }
         metrics.capture_active.set(0);
         tokio::select! {

@@ -8,7 +8,9 @@ pub enum Error {
     /// driver's error alone says only "db error".
     #[error("database: {}", describe_pg(.0))]
     Db(tokio_postgres::Error),
-    #[error("database pool: {0}")]
+    /// Displayed, like `Db`, with PostgreSQL's message when the pool's
+    /// connection failed on one (see `describe_pool`).
+    #[error("database pool: {}", describe_pool(.0))]
     Pool(#[from] deadpool_postgres::PoolError),
     #[error("database pool setup: {0}")]
     PoolBuild(#[from] deadpool_postgres::CreatePoolError),
@@ -58,6 +60,15 @@ impl From<tokio_postgres::Error> for Error {
 /// the underlying cause (`error connecting to server: Connection refused`).
 /// The cause is written into the text rather than left as `source()`, so
 /// that every log line and every CLI message carries it once.
+/// A pool error with the driver's cause written out (`describe_pg`): a new
+/// connection the server refused says why, not just "db error".
+fn describe_pool(e: &deadpool_postgres::PoolError) -> String {
+    match e {
+        deadpool_postgres::PoolError::Backend(db) => describe_pg(db),
+        other => other.to_string(),
+    }
+}
+
 pub fn describe_pg(e: &tokio_postgres::Error) -> String {
     if let Some(db) = e.as_db_error() {
         let mut s = format!("{}: {} ({})", db.severity(), db.message(), db.code().code());

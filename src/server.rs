@@ -244,7 +244,13 @@ impl Server {
                 shutdown.subscribe(),
             )));
         }
-        tracing::info!(%addr, max_sockets, "rowcast listening");
+        tracing::info!(
+            %addr,
+            max_sockets,
+            node_id = if app.node_id.is_empty() { "(none)" } else { &app.node_id },
+            version = env!("CARGO_PKG_VERSION"),
+            "rowcast listening"
+        );
         if let Some(m) = metrics_addr {
             tracing::info!(addr = %m, "metrics listening");
         }

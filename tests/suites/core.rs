@@ -1026,3 +1026,14 @@ async fn ws_closed_reason_tells_a_vanished_client_from_a_protocol_error() {
     assert_eq!(closed("client_gone").await, 1.0);
     srv.stop().await;
 }
+
+/// A pool connection the server refuses says why, as every database error
+/// does (README "Logs": PostgreSQL's message and SQLSTATE), not "db error".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_error_carries_postgresql_s_message() {
+    let url = fresh_db().await;
+    let (base, _) = url.rsplit_once('/').unwrap();
+    let pool = rowcast::db::pool(&format!("{base}/no_such_database"), 1).unwrap();
+    let e = rowcast::Error::from(pool.get().await.unwrap_err()).to_string();
+    assert!(e.contains("does not exist (3D000)"), "{e}");
+}
