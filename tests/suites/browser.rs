@@ -718,9 +718,18 @@ async fn farmer_tab_drives_the_shoppers_page() {
             ARRIVAL,
         )
         .await;
-
     shopper.screenshot("docs/storefront.png").await;
     farmer.screenshot("docs/farmer.png").await;
+    // a reload (or another device) lists the customer's orders in their
+    // latest status: the snapshot of customer-1000
+    shopper.goto(&format!("{base}/")).await;
+    shopper
+        .wait_for(
+            "document.querySelector('#order-list [data-order=\"1\"] .pill.CONFIRMED') && document.querySelector('#order-list [data-order=\"5\"]')",
+            "the shopper's orders after a reload",
+            ARRIVAL,
+        )
+        .await;
     shopper.close().await;
     farmer.close().await;
     drop(driver);

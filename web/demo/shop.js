@@ -50,11 +50,15 @@ let loading = null;
 async function refresh() {
   const seen = (loading = { quantity: new Map(), presence: new Map() });
   try {
-    const [list, c, presence] = await Promise.all([
+    const [list, c, presence, mine] = await Promise.all([
       apiJson(session, 'GET', '/api/products'),
       apiJson(session, 'GET', '/api/cart'),
       fetch(`/v1/presence?users=${[...farms.values()].map((f) => f.farmerUserId).join(',')}`).then((r) => r.json()),
+      myOrders(),
     ]);
+    // orders the stream did not bring since it started (a reload, another device)
+    for (const o of mine) if (!orders.has(o.orderId)) orders.set(o.orderId, o);
+    renderOrders();
     products.clear();
     for (const p of list) {
       if (seen.quantity.has(p.productId)) p.quantity = seen.quantity.get(p.productId);
@@ -70,6 +74,28 @@ async function refresh() {
     if (loading === seen) loading = null;
   }
   render();
+}
+
+/**
+ * This customer's orders, each in its latest status: the snapshot of the
+ * `customer-<id>` topic (one `order.status.changed` per order, within the
+ * change log's retention).
+ */
+async function myOrders() {
+  try {
+    const token = await session.token({ refresh: false });
+    const r = await fetch(`/v1/poll?topics=customer-${encodeURIComponent(me.sub)}&snapshot=true`, {
+      headers: { Authorization: `Bearer ${token}` },
+      cache: 'no-store',
+    });
+    if (!r.ok) return [];
+    const body = await r.json();
+    return (body.events || [])
+      .filter((e) => e.event === 'order.status.changed')
+      .map((e) => ({ orderId: e.data.orderId, farmId: e.data.farmId, status: e.data.newStatus }));
+  } catch (_) {
+    return []; // the stream brings new ones all the same
+  }
 }
 
 function currentFarm() {
