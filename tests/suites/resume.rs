@@ -325,16 +325,25 @@ async fn snapshot_sends_latest_state_then_live() {
     srv.stop().await;
 }
 
-/// A poll's `limit` does not cut a snapshot: every snapshot event carries the
-/// one position it describes, so a cut answer's cursor would skip the rest.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_poll_snapshot_is_answered_whole_whatever_its_limit() {
+/// Five products of farm 1 (one change each), a server, and their topics.
+async fn five_products() -> (
+    tokio_postgres::Client,
+    rowcast::server::Server,
+    &'static str,
+) {
     let url = fresh_db().await;
     let db = connect(&url).await;
     seed(&db, 1, 5).await;
     let srv = server(&url).await;
+    (db, srv, "product-1,product-2,product-3,product-4,product-5")
+}
+
+/// A poll's `limit` does not cut a snapshot: every snapshot event carries the
+/// one position it describes, so a cut answer's cursor would skip the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poll_snapshot_is_answered_whole_whatever_its_limit() {
+    let (db, srv, topics) = five_products().await;
     let base = srv.base_url();
-    let topics = "product-1,product-2,product-3,product-4,product-5";
     let (status, body) = poll_raw(&base, &format!("topics={topics}&snapshot=true&limit=2")).await;
     assert_eq!(status, 200);
     let mut got: Vec<String> = body["events"]
@@ -365,12 +374,8 @@ async fn a_poll_snapshot_is_answered_whole_whatever_its_limit() {
 /// that position, each once, on any transport.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_cut_off_inside_a_snapshot_resumes_the_rest_of_it() {
-    let url = fresh_db().await;
-    let db = connect(&url).await;
-    seed(&db, 1, 5).await;
-    let srv = server(&url).await;
+    let (db, srv, topics) = five_products().await;
     let base = srv.base_url();
-    let topics = "product-1,product-2,product-3,product-4,product-5";
     let mut ws = WsClient::connect(&base, &format!("topics={topics}&snapshot=true")).await;
     let first = events(&mut ws.rx, 2).await;
     let (ids, topics_got): (Vec<String>, Vec<String>) = first
