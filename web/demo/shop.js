@@ -205,8 +205,11 @@ function onInventory(d) {
     badge.className = `stock ${cls}`;
     el.querySelector('.add').disabled = Number(p.quantity) <= 0;
   }
-  // FR-021: in the cart and now out of stock
-  if (Number(d.newQuantity) === 0 && cart.items.some((i) => i.productId === p.productId)) {
+  // FR-021: in the cart and now out of stock (not while our own checkout is
+  // placed: its purchase may be what emptied the stock, and a checkout that
+  // lost the race gets the conflict dialog instead)
+  const placing = $('checkout').dataset.placing === 'true';
+  if (Number(d.newQuantity) === 0 && !placing && cart.items.some((i) => i.productId === p.productId)) {
     toast('info', `${p.name} ${/s$/i.test(p.name) ? 'are' : 'is'} now out of stock`);
   }
 }
