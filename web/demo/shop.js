@@ -307,8 +307,14 @@ async function addToCart(productId, quantity) {
     renderCart();
     toast('success', `Added ${qtyText(quantity, p.unit)} of ${p.name}`, 'In your cart');
   } catch (e) {
-    const why = e.code === 'quantity_unavailable' ? e.message : 'Failed to add to cart. Try again.';
-    toast('error', why, e.code === 'quantity_unavailable' ? '' : e.message || '');
+    if (e.code === 'quantity_unavailable') {
+      // the API's words end in FR-021's question, which the conflict dialog
+      // answers; here the add was simply refused
+      const why = String(e.message || '').replace(/\s*Adjust quantity\?\s*$/, '');
+      toast('error', why || 'Not that many available.', 'Choose a smaller quantity.');
+    } else {
+      toast('error', 'Failed to add to cart. Try again.', e.message || '');
+    }
   }
 }
 
