@@ -7,18 +7,35 @@
 --   the new trigger was enabled beside the slot, so a deploy script that runs
 --   its `track` lines every time doubled every change of such a table. A
 --   table the slot captures through another trigger is refused: a
---   `rowcast_track` trigger would capture it a second time.
--- * `untrack` of a table the slot captures through `rowcast_track` is
---   refused: dropping the trigger left the slot capturing, and nothing that
+--   `rowcast_track` trigger would capture it a second time. A partitioned
+--   table counts for its partitions: `track` of the parent makes the trigger
+--   of every partition (PostgreSQL clones it), and leaves it off on those the
+--   slot captures.
+-- * `untrack` of a table the slot captures through `rowcast_track` (or of a
+--   partitioned table one of whose partitions it captures) is refused:
+--   dropping the trigger left the slot capturing, and nothing that
 --   `capture_by_trigger` could switch back to. Switch back first.
 -- * Both take the switch lock first (rowcast.capture_switch_lock), so a
 --   switch in progress and a `track` take turns: otherwise a `track` that read
 --   "by the slot" before a switch back committed would make the trigger
---   disabled after it, and nothing would capture the table.
+--   disabled after it, and nothing would capture the table. Both run in READ
+--   COMMITTED only: in REPEATABLE READ or SERIALIZABLE their read of
+--   rowcast.captured would come from a snapshot older than the lock, and miss
+--   the switch they waited for.
+-- * rowcast.captured is readable by everyone (table oids and function
+--   names), since `track` reads it with the caller's rights: the owner of a
+--   table, whoever that is, may track it.
+-- * Tables left captured twice by the earlier `track` (the slot capturing,
+--   the trigger enabled again beside it) are repaired here: their trigger is
+--   disabled, as the switch to the slot left it.
 -- * An UPDATE that changes the key column: `<name>.deleted` (`{"old": ...}`)
 --   on the old key's topic, then `<name>.inserted` (`{"row": ...}`) on the new
 --   key's. Before, one `updated` went to the new key's topic only: clients of
 --   the old topic never heard that the row left, and its snapshot kept it.
+--   The `deleted` is left out when, once the statement is done (the trigger
+--   fires after it), another row holds the old key: a statement that shifts
+--   keys (`SET id = id + 1` on a DEFERRABLE key) moves every row onto a key
+--   that stays taken, and `deleted` there would mark a live row gone.
 --
 -- * An event name with a line break (CR or LF) is refused like an empty one
 --   (rowcast.deliverable, the log's rule): SSE carries the name on an
@@ -67,6 +84,8 @@ DECLARE
     body   jsonb;
     verb   text;
     k      text;
+    keytype text;
+    taken  boolean;
     done   text;  -- emit's void result, discarded
 BEGIN
     IF TG_OP = 'INSERT' THEN
@@ -88,14 +107,88 @@ BEGIN
             USING HINT = 'call rowcast.track on the table again, with an existing NOT NULL key_column';
     END IF;
     IF (was ->> keycol) <> k THEN
-        -- the row leaves its old key's topic and enters the new key's
-        done := rowcast.emit(ARRAY[prefix || '-' || (was ->> keycol)], evname || '.deleted',
-                             jsonb_build_object('old', was))::text;
+        -- the row leaves its old key's topic (unless another row took that
+        -- key in the same statement) and enters the new key's
+        SELECT format_type(a.atttypid, a.atttypmod) INTO keytype
+          FROM pg_attribute a WHERE a.attrelid = TG_RELID AND a.attname = keycol;
+        BEGIN
+            EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s WHERE %I = $1::%s)',
+                           TG_RELID::regclass, keycol, keytype)
+               INTO taken USING was ->> keycol;
+        EXCEPTION WHEN insufficient_privilege THEN
+            taken := false;  -- a writer that may not read the table: as if free
+        END;
+        IF NOT taken THEN
+            done := rowcast.emit(ARRAY[prefix || '-' || (was ->> keycol)], evname || '.deleted',
+                                 jsonb_build_object('old', was))::text;
+        END IF;
         verb := 'inserted';
         body := jsonb_build_object('row', rec);
     END IF;
     done := rowcast.emit(ARRAY[prefix || '-' || k], evname || '.' || verb, body)::text;
     RETURN NULL;
+END
+$$;
+
+-- A table and, when it is partitioned, all its partitions (a trigger made on
+-- a partitioned table is cloned onto each).
+CREATE FUNCTION rowcast.table_and_partitions(tbl regclass) RETURNS SETOF regclass
+LANGUAGE sql STABLE AS $$
+    SELECT tbl UNION SELECT p.relid FROM pg_partition_tree(tbl) p
+$$;
+
+-- track and untrack read rowcast.captured after the switch lock: only READ
+-- COMMITTED reads it as of then.
+CREATE FUNCTION rowcast.capture_read_committed(what text) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION '%: runs in READ COMMITTED only, not %', what, current_setting('transaction_isolation')
+            USING ERRCODE = 'invalid_transaction_state',
+                  HINT = 'call it in a READ COMMITTED transaction (PostgreSQL''s default)';
+    END IF;
+END
+$$;
+
+-- Disables rowcast_track where the slot captures through it: on `tbl` and on
+-- its partitions.
+CREATE FUNCTION rowcast.capture_keep_off(tbl regclass) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    t regclass;
+BEGIN
+    FOR t IN SELECT c.relid FROM rowcast.captured c
+              WHERE c.relid IN (SELECT * FROM rowcast.table_and_partitions(tbl)) AND c.by_slot
+                AND c.trigger_name = 'rowcast_track'
+                AND EXISTS (SELECT 1 FROM pg_trigger g
+                             WHERE g.tgrelid = c.relid AND g.tgname = 'rowcast_track' AND g.tgenabled <> 'D')
+    LOOP
+        EXECUTE format('ALTER TABLE %s DISABLE TRIGGER rowcast_track', t);
+    END LOOP;
+END
+$$;
+
+GRANT SELECT ON rowcast.captured TO PUBLIC;
+
+-- The repair: tables the slot captures whose trigger the earlier `track`
+-- enabled again (any trigger the switch named).
+DO $$
+DECLARE
+    c record;
+BEGIN
+    FOR c IN SELECT x.relid, x.trigger_name FROM rowcast.captured x
+              WHERE x.by_slot
+                AND EXISTS (SELECT 1 FROM pg_trigger g
+                             WHERE g.tgrelid = x.relid AND g.tgname = x.trigger_name AND g.tgenabled <> 'D')
+    LOOP
+        BEGIN
+            EXECUTE format('ALTER TABLE %s DISABLE TRIGGER %I', c.relid, c.trigger_name);
+            RAISE WARNING 'rowcast: % was captured twice (by the slot and by its trigger %, enabled again by rowcast.track): its trigger is off again', c.relid, c.trigger_name;
+        EXCEPTION WHEN insufficient_privilege THEN
+            RAISE WARNING 'rowcast: % is captured twice (by the slot and by its trigger %, enabled again by rowcast.track), and this role may not alter it', c.relid, c.trigger_name
+                USING HINT = format('as its owner: ALTER TABLE %s DISABLE TRIGGER %I', c.relid, c.trigger_name);
+        END;
+    END LOOP;
 END
 $$;
 
@@ -109,7 +202,7 @@ DECLARE
     name    text;
     prefix  text;
     key_not_null boolean;
-    slot_trigger name;
+    slot_trigger text;
 BEGIN
     SELECT n.nspname, c.relname INTO schema, relname
       FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -139,12 +232,21 @@ BEGIN
         RAISE EXCEPTION 'rowcast.track(%): key column % allows NULL, and a row without a key has no topic', tbl, quote_ident(keycol)
             USING HINT = 'use a NOT NULL column (the primary key is one)';
     END IF;
+    IF name ~ '[\r\n]' THEN
+        RAISE EXCEPTION 'rowcast.track(%): the table''s name holds a line break, which an event name cannot', tbl
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'rename the table, or capture it with a trigger of your own that calls rowcast.emit';
+    END IF;
+    PERFORM rowcast.capture_read_committed('rowcast.track');
     PERFORM rowcast.capture_switch_lock();
-    SELECT c.trigger_name INTO slot_trigger FROM rowcast.captured c WHERE c.relid = tbl AND c.by_slot;
-    IF slot_trigger <> 'rowcast_track' THEN
-        RAISE EXCEPTION 'rowcast.track(%): the slot captures this table (its trigger % is off); a rowcast_track trigger would capture every change again', tbl, quote_ident(slot_trigger)
+    SELECT string_agg(format('%s (its trigger %I is off)', c.relid, c.trigger_name), ', ') INTO slot_trigger
+      FROM rowcast.captured c
+     WHERE c.relid IN (SELECT * FROM rowcast.table_and_partitions(tbl)) AND c.by_slot
+       AND c.trigger_name <> 'rowcast_track';
+    IF slot_trigger IS NOT NULL THEN
+        RAISE EXCEPTION 'rowcast.track(%): the slot captures %; a rowcast_track trigger would capture every change again', tbl, slot_trigger
             USING ERRCODE = 'object_in_use',
-                  HINT = 'switch the table back with rowcast.capture_by_trigger first';
+                  HINT = 'switch it back with rowcast.capture_by_trigger first';
     END IF;
     IF EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = tbl AND tgname = 'rowcast_track') THEN
         EXECUTE format('DROP TRIGGER rowcast_track ON %s', tbl);
@@ -153,22 +255,27 @@ BEGIN
         'CREATE TRIGGER rowcast_track AFTER INSERT OR UPDATE OR DELETE ON %s '
         'FOR EACH ROW EXECUTE FUNCTION rowcast.track_trigger(%L, %L, %L)',
         tbl, prefix, keycol, name);
-    IF slot_trigger IS NOT NULL THEN
-        -- the slot captures it: the trigger waits, off, for capture_by_trigger
-        EXECUTE format('ALTER TABLE %s DISABLE TRIGGER rowcast_track', tbl);
-    END IF;
+    -- where the slot captures (the table, or partitions of it): the trigger
+    -- waits there, off, for capture_by_trigger
+    PERFORM rowcast.capture_keep_off(tbl);
 END
 $$;
 
 CREATE OR REPLACE FUNCTION rowcast.untrack(tbl regclass) RETURNS void
 LANGUAGE plpgsql AS $$
+DECLARE
+    by_slot text;
 BEGIN
+    PERFORM rowcast.capture_read_committed('rowcast.untrack');
     PERFORM rowcast.capture_switch_lock();
-    IF EXISTS (SELECT 1 FROM rowcast.captured c
-                WHERE c.relid = tbl AND c.by_slot AND c.trigger_name = 'rowcast_track') THEN
-        RAISE EXCEPTION 'rowcast.untrack(%): the slot captures this table; untrack would leave it capturing, with no trigger to switch back to', tbl
+    SELECT string_agg(c.relid::text, ', ') INTO by_slot
+      FROM rowcast.captured c
+     WHERE c.relid IN (SELECT * FROM rowcast.table_and_partitions(tbl)) AND c.by_slot
+       AND c.trigger_name = 'rowcast_track';
+    IF by_slot IS NOT NULL THEN
+        RAISE EXCEPTION 'rowcast.untrack(%): the slot captures %; untrack would leave it capturing, with no trigger to switch back to', tbl, by_slot
             USING ERRCODE = 'object_in_use',
-                  HINT = 'switch the table back with rowcast.capture_by_trigger first, then untrack';
+                  HINT = 'switch it back with rowcast.capture_by_trigger first, then untrack';
     END IF;
     IF EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = tbl AND tgname = 'rowcast_track') THEN
         EXECUTE format('DROP TRIGGER rowcast_track ON %s', tbl);

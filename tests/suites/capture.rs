@@ -856,10 +856,18 @@ async fn track_and_untrack_keep_a_table_the_slot_captures_captured_once() {
             .unwrap_or_default()
     };
     let untrack = err(db.batch_execute("SELECT rowcast.untrack('blobs')").await);
-    assert!(
-        untrack.contains("the slot captures this table"),
-        "{untrack}"
-    );
+    assert!(untrack.contains("the slot captures blobs"), "{untrack}");
+    // track and untrack read who captures after the switch lock: only READ
+    // COMMITTED reads it as of then
+    for call in ["track", "untrack"] {
+        let refused = err(db
+            .batch_execute(&format!(
+                "BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT rowcast.{call}('blobs'); COMMIT"
+            ))
+            .await);
+        db.batch_execute("ROLLBACK").await.ok();
+        assert!(refused.contains("READ COMMITTED only"), "{call}: {refused}");
+    }
     seed(&db, 1, 1).await;
     db.batch_execute(PRODUCTS)
         .await
@@ -974,5 +982,105 @@ async fn prepared_transactions_write_tables_the_slot_captures() {
             (Some(q), Some(tx))
         );
     }
+    srv.stop().await;
+}
+
+/// A partitioned table counts for its partitions: `track` of the parent
+/// again leaves the cloned trigger off on a partition the slot captures, and
+/// `untrack` of the parent is refused meanwhile. And `migrate` repairs a table
+/// the earlier `track` left captured twice (the slot, and its trigger enabled
+/// again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_the_slot_captures_stays_captured_once() {
+    let url = db_migrated_without(&["016_track_beside_the_slot"]).await;
+    let mut db = connect(&url).await;
+    db.batch_execute(
+        "CREATE TABLE public.pt (id int NOT NULL, k int NOT NULL, v text, PRIMARY KEY (id, k))
+           PARTITION BY RANGE (k);
+         CREATE TABLE public.pt_1 PARTITION OF public.pt FOR VALUES FROM (0) TO (100);
+         CREATE TABLE public.pt_2 PARTITION OF public.pt FOR VALUES FROM (100) TO (200);
+         SELECT rowcast.track('pt', NULL, 'id');
+         CREATE FUNCTION public.pt_1_event(op text, o public.pt_1, n public.pt_1)
+           RETURNS rowcast.event LANGUAGE sql AS
+           $$ SELECT ROW(ARRAY['pt-' || coalesce(n.id, o.id)], 'pt.by_slot', to_jsonb(n), NULL)::rowcast.event $$;
+         CREATE TABLE public.old (id int PRIMARY KEY, v text);
+         SELECT rowcast.track('old');
+         CREATE FUNCTION public.old_event(op text, o public.old, n public.old)
+           RETURNS rowcast.event LANGUAGE sql AS
+           $$ SELECT ROW(ARRAY['old-' || coalesce(n.id, o.id)], 'old.by_slot', to_jsonb(n), NULL)::rowcast.event $$;",
+    )
+    .await
+    .unwrap();
+    let srv = server(&url).await;
+    db.batch_execute(
+        "SELECT rowcast.capture_by_slot('public.old',
+           'public.old_event(text, public.old, public.old)', 'rowcast_track');
+         SELECT rowcast.track('old');  -- the earlier track: enabled again",
+    )
+    .await
+    .unwrap();
+    let enabled = |t: &str| {
+        format!(
+            "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'public.{t}'::regclass
+               AND tgname = 'rowcast_track' AND tgenabled <> 'D'"
+        )
+    };
+    assert_eq!(
+        column_i64(&db, &enabled("old")).await,
+        [1],
+        "captured twice before 016"
+    );
+    let applied = rowcast::migrate::migrate(&mut db, false).await.unwrap();
+    assert_eq!(applied, ["016_track_beside_the_slot"]);
+    assert_eq!(
+        column_i64(&db, &enabled("old")).await,
+        [0],
+        "repaired by 016"
+    );
+
+    db.batch_execute(
+        "SELECT rowcast.capture_by_slot('public.pt_1',
+           'public.pt_1_event(text, public.pt_1, public.pt_1)', 'rowcast_track');
+         SELECT rowcast.track('pt', NULL, 'id');",
+    )
+    .await
+    .expect("track the parent again");
+    assert_eq!(
+        column_i64(&db, &enabled("pt_1")).await,
+        [0],
+        "off where the slot captures"
+    );
+    assert_eq!(column_i64(&db, &enabled("pt_2")).await, [1], "on elsewhere");
+    let refused = db
+        .batch_execute("SELECT rowcast.untrack('pt')")
+        .await
+        .expect_err("refused")
+        .as_db_error()
+        .map(|e| e.message().to_string())
+        .unwrap_or_default();
+    assert!(refused.contains("the slot captures pt_1"), "{refused}");
+    let mut ws = WsClient::connect(&srv.base_url(), "topics=pt-1,pt-2").await;
+    db.batch_execute("INSERT INTO public.pt VALUES (1, 5, 'a'), (2, 150, 'b')")
+        .await
+        .unwrap();
+    let mut got: Vec<(String, String)> = events(&mut ws.rx, 2)
+        .await
+        .into_iter()
+        .map(|e| (e.topic, e.event))
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            ("pt-1".to_string(), "pt.by_slot".to_string()),
+            ("pt-2".to_string(), "pt.inserted".to_string())
+        ]
+    );
+    // and nothing else: both once in the log
+    db.batch_execute("SELECT rowcast.capture_by_trigger('public.pt_1')")
+        .await
+        .expect("back to the trigger");
+    let in_log = "SELECT count(*) FROM rowcast.changes WHERE topics && '{pt-1,pt-2}'";
+    assert_eq!(column_i64(&db, in_log).await, [2]);
     srv.stop().await;
 }

@@ -164,6 +164,86 @@ async fn a_key_change_moves_the_row_between_topics() {
     srv.stop().await;
 }
 
+/// A statement that shifts keys onto keys that stay taken (`SET id = id + 1`
+/// on a DEFERRABLE key) marks no live row deleted: each row's `inserted`
+/// lands on its new key, and only the key left free gets `deleted`. A table
+/// whose name holds a line break cannot be tracked (its events could not be
+/// named).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_shifted_in_one_statement_leave_no_live_row_deleted() {
+    let url = fresh_db().await;
+    let db = connect(&url).await;
+    db.batch_execute(
+        "CREATE TABLE public.seats (id int PRIMARY KEY DEFERRABLE, who text);
+         SELECT rowcast.track('seats');
+         INSERT INTO public.seats VALUES (1, 'ann'), (2, 'bob'), (3, 'cyd');",
+    )
+    .await
+    .unwrap();
+    let srv = server(&url).await;
+    let base = srv.base_url();
+    let topics = "seats-1,seats-2,seats-3,seats-4";
+    let mut p = Poller::start(&base, topics).await;
+    db.batch_execute("UPDATE public.seats SET id = id + 1")
+        .await
+        .unwrap();
+    let mut got: Vec<(String, String)> = p
+        .events(4)
+        .await
+        .into_iter()
+        .map(|e| {
+            let who = e.data.get("row").unwrap_or(&e.data["old"])["who"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            (e.topic, format!("{} {who}", e.event))
+        })
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            ("seats-1".to_string(), "seats.deleted ann".to_string()),
+            ("seats-2".to_string(), "seats.inserted ann".to_string()),
+            ("seats-3".to_string(), "seats.inserted bob".to_string()),
+            ("seats-4".to_string(), "seats.inserted cyd".to_string()),
+        ]
+    );
+    let (_, snap) = poll_raw(&base, &format!("topics={topics}&snapshot=true")).await;
+    let mut state: Vec<String> = snap["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            format!(
+                "{} {}",
+                e["topic"].as_str().unwrap(),
+                e["event"].as_str().unwrap()
+            )
+        })
+        .collect();
+    state.sort();
+    assert_eq!(
+        state,
+        [
+            "seats-1 seats.deleted",
+            "seats-2 seats.inserted",
+            "seats-3 seats.inserted",
+            "seats-4 seats.inserted"
+        ]
+    );
+    let e = db
+        .batch_execute(
+            "CREATE TABLE public.\"two\nlines\" (id int PRIMARY KEY);
+             SELECT rowcast.track('public.\"two\nlines\"', 'two');",
+        )
+        .await
+        .unwrap_err();
+    let e = rowcast::Error::from(e).to_string();
+    assert!(e.contains("line break"), "{e}");
+    srv.stop().await;
+}
+
 /// The app's own role, with the grants the README lists and nothing on
 /// rowcast's tables besides, writes a tracked table, and the change is
 /// delivered.
@@ -186,7 +266,8 @@ async fn a_writer_role_with_the_documented_grants_writes_a_tracked_table() {
          CREATE ROLE {role} LOGIN;
          GRANT SELECT, INSERT, UPDATE, DELETE ON public.tickets TO {role};
          GRANT USAGE ON SCHEMA rowcast TO {role};
-         GRANT INSERT ON rowcast.changes TO {role};"
+         GRANT INSERT ON rowcast.changes TO {role};
+         GRANT CREATE ON SCHEMA public TO {role};"
     ))
     .await
     .unwrap();
@@ -203,6 +284,14 @@ async fn a_writer_role_with_the_documented_grants_writes_a_tracked_table() {
     )
     .await
     .expect("the app's role writes with the documented grants");
+    // and, owning a table of its own, tracks it
+    app.batch_execute(
+        "CREATE TABLE public.notes (id bigint PRIMARY KEY, body text);
+         SELECT rowcast.track('notes');
+         INSERT INTO public.notes VALUES (1, 'mine');",
+    )
+    .await
+    .expect("the owner of a table tracks it with the same grants");
     let got: Vec<String> = p.events(3).await.into_iter().map(|e| e.event).collect();
     assert_eq!(
         got,
