@@ -23,13 +23,16 @@
 //! # Inside a snapshot
 //! A snapshot (`snapshot=true`) sends the state of the topics as of one
 //! position `P`: the latest change of each entity visible in `P`, in id
-//! order. Its events carry *snapshot cursors* `(P, P, id)` (`lo == hi`,
-//! `id > 0`): "the snapshot at `P` has been delivered up to the entity whose
-//! latest change is `id`". Resuming one sends the rest of that snapshot (the
-//! same query at `P`, ids above `id`), then everything after `P`, so a client
-//! cut off inside a snapshot neither loses the entities it had not received
-//! nor lands on the live stream with half a state. The snapshot's last event
-//! carries the boundary `P` itself.
+//! order. Its events carry *snapshot cursors* "the snapshot at `P` has been
+//! delivered up to the entity whose latest change is `after`" (`after` 0:
+//! none of it yet, the position of a client whose snapshot is queued but not
+//! sent). Resuming one sends the rest of that snapshot (the same query at
+//! `P`, ids above `after`), then everything after `P`, so a client cut off
+//! inside a snapshot, or before it, neither loses the entities it had not
+//! received nor lands on the live stream with half a state. The snapshot's
+//! last event carries the boundary `P` itself. In memory a snapshot cursor
+//! is `(P, P, -(after + 1))`: `lo == hi` with a negative `id`, which no
+//! other cursor has.
 //!
 //! The wire form is URL-safe base64 of varints, typically 10–40 characters.
 
@@ -66,7 +69,7 @@ pub struct Cursor {
     pub lo: Snapshot,
     pub hi: Snapshot,
     /// Highest change id of batch `lo → hi` already delivered (0 for
-    /// boundaries); with `lo == hi`, of the snapshot at `lo` (see the module doc).
+    /// boundaries); negative for a snapshot cursor (see the module doc).
     pub id: i64,
 }
 
@@ -92,18 +95,18 @@ impl Cursor {
     }
 
     /// "The snapshot at `at` has been delivered up to the entity whose latest
-    /// change is `id`" (`id > 0`; see the module doc).
-    pub fn in_snapshot(at: Snapshot, id: i64) -> Cursor {
+    /// change is `after`" (0: none of it; see the module doc).
+    pub fn in_snapshot(at: Snapshot, after: i64) -> Cursor {
         Cursor {
             lo: at.clone(),
             hi: at,
-            id: id.max(1),
+            id: -(after.max(0)) - 1,
         }
     }
 
     /// For a snapshot cursor, the id its snapshot was delivered up to.
     pub fn snapshot_after(&self) -> Option<i64> {
-        (self.lo == self.hi && self.id > 0).then_some(self.id)
+        (self.lo == self.hi && self.id < 0).then(|| -(self.id + 1))
     }
 
     pub fn is_boundary(&self) -> bool {
@@ -147,11 +150,11 @@ impl Cursor {
             1 => true,
             IN_SNAPSHOT => {
                 let at = r.snapshot(0)?;
-                let id = i64::try_from(r.varint()?).map_err(|_| CursorError::Malformed)?;
-                if id == 0 || r.pos != bytes.len() {
+                let after = i64::try_from(r.varint()?).map_err(|_| CursorError::Malformed)?;
+                if r.pos != bytes.len() {
                     return Err(CursorError::Malformed);
                 }
-                return Ok(Cursor::in_snapshot(at, id));
+                return Ok(Cursor::in_snapshot(at, after));
             }
             _ => return Err(CursorError::Malformed),
         };
@@ -265,9 +268,12 @@ mod tests {
         assert_eq!(Cursor::decode(&text).unwrap(), c);
         let b = Cursor::boundary(lo.clone());
         assert_eq!(Cursor::decode(&b.encode()).unwrap(), b);
-        let s = Cursor::in_snapshot(lo, 77);
+        let s = Cursor::in_snapshot(lo.clone(), 77);
         assert_eq!(Cursor::decode(&s.encode()).unwrap(), s);
         assert_eq!((s.snapshot_after(), s.is_boundary()), (Some(77), false));
+        let z = Cursor::in_snapshot(lo, 0);
+        assert_eq!(Cursor::decode(&z.encode()).unwrap(), z);
+        assert_eq!((z.snapshot_after(), z.is_boundary()), (Some(0), false));
         assert_eq!((b.snapshot_after(), b.is_boundary()), (None, true));
     }
 
@@ -276,11 +282,23 @@ mod tests {
         for bad in ["", "!!!", "AAAA", "AQ", "AgAAAA", &"A".repeat(5000)] {
             assert!(Cursor::decode(bad).is_err(), "{bad}");
         }
-        // a snapshot cursor names an entity: id 0 is none
+        // a snapshot cursor from before its first entity (0), or after one
         let zero = URL_SAFE_NO_PAD.encode([VERSION, IN_SNAPSHOT, 5, 0, 0]);
-        assert_eq!(Cursor::decode(&zero), Err(CursorError::Malformed));
+        assert_eq!(Cursor::decode(&zero).unwrap().snapshot_after(), Some(0));
         let one = URL_SAFE_NO_PAD.encode([VERSION, IN_SNAPSHOT, 5, 0, 1]);
         assert_eq!(Cursor::decode(&one).unwrap().snapshot_after(), Some(1));
+        // the largest id there is, and one past it
+        let mut max = vec![VERSION, IN_SNAPSHOT, 5, 0];
+        put_varint(&mut max, i64::MAX as u64);
+        let max = Cursor::decode(&URL_SAFE_NO_PAD.encode(max)).unwrap();
+        assert_eq!(max.snapshot_after(), Some(i64::MAX));
+        assert_eq!(Cursor::decode(&max.encode()).unwrap(), max);
+        let mut over = vec![VERSION, IN_SNAPSHOT, 5, 0];
+        put_varint(&mut over, i64::MAX as u64 + 1);
+        assert_eq!(
+            Cursor::decode(&URL_SAFE_NO_PAD.encode(over)),
+            Err(CursorError::Malformed)
+        );
         let mut ok = Cursor::boundary(Snapshot::new(5, vec![])).encode();
         ok.push('A');
         assert!(Cursor::decode(&ok).is_err());

@@ -210,11 +210,13 @@ impl Feeds {
         match cursor {
             Some(c) => {
                 if let Some(after) = c.snapshot_after() {
-                    // inside a snapshot: its rest, then what follows its position
-                    let at = c.lo.clone();
-                    feed.position = Position::At(c);
+                    // inside a snapshot: its rest, then what follows its
+                    // position (without made-up in-progress xids, which
+                    // would be copied into every event's cursor)
+                    let from = self.canonical(Cursor::boundary(c.lo), &pos).await?;
+                    let at = from.lo.clone();
+                    feed.position = Position::At(Cursor::in_snapshot(at.clone(), after));
                     feed.load_snapshot(&at, after).await?;
-                    let from = self.canonical(Cursor::boundary(at), &pos).await?;
                     feed.catch_up = Some((from, pos));
                 } else {
                     let c = self.canonical(c, &pos).await?;
@@ -222,7 +224,14 @@ impl Feeds {
                     feed.catch_up = Some((c, pos));
                 }
             }
-            None if start.snapshot => feed.load_snapshot(&pos, 0).await?,
+            None if start.snapshot => {
+                feed.load_snapshot(&pos, 0).await?;
+                if !feed.backlog.is_empty() {
+                    // cut off before its first snapshot event, a client
+                    // resumes the whole snapshot (`Cursor::in_snapshot`)
+                    feed.position = Position::At(Cursor::in_snapshot(pos, 0));
+                }
+            }
             None => {}
         }
         Ok((feed, notice))

@@ -2107,3 +2107,68 @@ async fn an_unpolled_session_that_never_connects_is_swept_and_counted() {
     assert_eq!(error_of(&answer[0]).0, "session_unknown");
     srv.stop().await;
 }
+
+/// A session with `auth.snapshot` whose client processed no event yet
+/// recovers with its `pid` alone (socket.io-client sends no `offset` then):
+/// the whole snapshot comes, not just what follows it (the pid names the
+/// snapshot's position before its first entity).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_session_cut_before_its_first_event_recovers_the_snapshot() {
+    let url = fresh_db().await;
+    let db = connect(&url).await;
+    seed(&db, 1, 2).await;
+    let srv = server(&url).await;
+    let base = srv.base_url();
+    let session = |auth: Value| {
+        let base = base.clone();
+        async move {
+            let http = reqwest::Client::new();
+            let open = http
+                .get(format!(
+                    "{base}/socket.io/?EIO=4&transport=polling&topics=product-1,product-2"
+                ))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            let sid = serde_json::from_str::<Value>(&open[1..]).unwrap()["sid"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            let p = RawPolling {
+                http,
+                url: format!("{base}/socket.io/?EIO=4&transport=polling&sid={sid}"),
+            };
+            assert_eq!(p.post(format!("40{auth}")).await, (200, "ok".into()));
+            let mut packets = Vec::new();
+            // the CONNECT answer, then the snapshot's events (bounded)
+            for _ in 0..4 {
+                let (status, answer) = p.poll().await;
+                assert_eq!(status, 200);
+                packets.extend(answer.into_iter().filter(|a| a != "2" && a != "6"));
+                if packets.iter().filter(|a| a.starts_with("42")).count() >= 2 {
+                    break;
+                }
+            }
+            packets
+        }
+    };
+    let first = session(json!({"snapshot": true})).await;
+    let pid = serde_json::from_str::<Value>(&first[0][2..]).unwrap()["pid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // the client processed none of it: it recovers with its pid only
+    let again = session(json!({"pid": pid, "snapshot": true})).await;
+    let connect: Value = serde_json::from_str(&again[0][2..]).unwrap();
+    assert_eq!(connect["pid"], pid.as_str(), "recovered");
+    let products: Vec<String> = again
+        .iter()
+        .filter_map(|a| a.strip_prefix("42"))
+        .map(|e| serde_json::from_str::<Value>(e).unwrap()[1]["productId"].to_string())
+        .collect();
+    assert_eq!(products, ["\"1\"", "\"2\""], "{again:?}");
+    srv.stop().await;
+}

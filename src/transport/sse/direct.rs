@@ -65,8 +65,12 @@ impl Stream {
     async fn pump(&mut self, wire: &Arc<Wire>, limit: Duration) -> Result<(), Disconnect> {
         loop {
             // Live, with everything handed out written: from here the
-            // publisher writes this client's events itself.
-            self.feed.go_direct(wire);
+            // publisher writes this client's events itself. Not before the
+            // opening (`retry:`, a resync, the starting `id:`) is written:
+            // an event ahead of it would be followed by an older `id:`.
+            if self.head.is_none() {
+                self.feed.go_direct(wire);
+            }
             tokio::select! {
                 () = hangup(wire.tcp()) => return Err(Disconnect::ClientGone),
                 () = wire.backlog() => wire.flush(limit).await?,

@@ -2,8 +2,8 @@
 //! header or `lastEventId` query parameter; `snapshot=true`).
 //!
 //! Frames: `id:` = cursor, `event:` = event name, `data:` = envelope. A `retry:`
-//! hint opens the stream, then (unless a snapshot follows) an `id:` of the
-//! starting position with no data, and a `: keepalive` comment is sent when idle. A
+//! hint opens the stream, then an `id:` of the starting position with no
+//! data, and a `: keepalive` comment is sent when idle. A
 //! cursor that cannot be resumed yields `event: resync` with
 //! `{"type":"resync",...}` before the live stream. A stream ends with a comment
 //! naming its `Disconnect` reason (`: token expired`, `: try again later`); a
@@ -77,14 +77,11 @@ async fn open(app: Arc<App>, req: StreamRequest, raw: bool) -> Result<Response, 
         };
         head.push_str(&format!("event: resync\ndata: {}\n\n", msg.to_json()));
     }
-    if feed.snapshot_len() == 0 {
-        // the starting position, as an id without data (which sets
-        // EventSource's lastEventId and fires no event): a stream cut before
-        // its first event resumes from where it started, not from "now".
-        // Not before a snapshot: its events carry their own ids, and a
-        // stream cut before the first of them takes a new snapshot.
-        head.push_str(&format!("id: {}\n\n", feed.position()));
-    }
+    // the starting position, as an id without data (which sets
+    // EventSource's lastEventId and fires no event): a stream cut before its
+    // first event resumes from where it started, not from "now" (before a
+    // snapshot, that position is the whole snapshot's: `Cursor::in_snapshot`)
+    head.push_str(&format!("id: {}\n\n", feed.position()));
     let state = Stream {
         feed,
         head: Some(Bytes::from(head)),
