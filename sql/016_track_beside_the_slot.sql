@@ -130,11 +130,15 @@ BEGIN
 END
 $$;
 
--- A table and, when it is partitioned, all its partitions (a trigger made on
--- a partitioned table is cloned onto each).
-CREATE FUNCTION rowcast.table_and_partitions(tbl regclass) RETURNS SETOF regclass
+-- What the slot captures of a table: the table itself and, when it is
+-- partitioned, its partitions (a trigger made on a partitioned table is
+-- cloned onto each), each with the trigger the switch turned off.
+CREATE FUNCTION rowcast.slot_captured(tbl regclass)
+RETURNS TABLE (relid regclass, trigger_name name)
 LANGUAGE sql STABLE AS $$
-    SELECT tbl UNION SELECT p.relid FROM pg_partition_tree(tbl) p
+    SELECT c.relid, c.trigger_name FROM rowcast.captured c
+     WHERE c.by_slot
+       AND c.relid IN (SELECT tbl UNION SELECT p.relid FROM pg_partition_tree(tbl) p)
 $$;
 
 -- track and untrack read rowcast.captured after the switch lock: only READ
@@ -157,9 +161,8 @@ LANGUAGE plpgsql AS $$
 DECLARE
     t regclass;
 BEGIN
-    FOR t IN SELECT c.relid FROM rowcast.captured c
-              WHERE c.relid IN (SELECT * FROM rowcast.table_and_partitions(tbl)) AND c.by_slot
-                AND c.trigger_name = 'rowcast_track'
+    FOR t IN SELECT c.relid FROM rowcast.slot_captured(tbl) c
+              WHERE c.trigger_name = 'rowcast_track'
                 AND EXISTS (SELECT 1 FROM pg_trigger g
                              WHERE g.tgrelid = c.relid AND g.tgname = 'rowcast_track' AND g.tgenabled <> 'D')
     LOOP
@@ -240,9 +243,7 @@ BEGIN
     PERFORM rowcast.capture_read_committed('rowcast.track');
     PERFORM rowcast.capture_switch_lock();
     SELECT string_agg(format('%s (its trigger %I is off)', c.relid, c.trigger_name), ', ') INTO slot_trigger
-      FROM rowcast.captured c
-     WHERE c.relid IN (SELECT * FROM rowcast.table_and_partitions(tbl)) AND c.by_slot
-       AND c.trigger_name <> 'rowcast_track';
+      FROM rowcast.slot_captured(tbl) c WHERE c.trigger_name <> 'rowcast_track';
     IF slot_trigger IS NOT NULL THEN
         RAISE EXCEPTION 'rowcast.track(%): the slot captures %; a rowcast_track trigger would capture every change again', tbl, slot_trigger
             USING ERRCODE = 'object_in_use',
@@ -269,9 +270,7 @@ BEGIN
     PERFORM rowcast.capture_read_committed('rowcast.untrack');
     PERFORM rowcast.capture_switch_lock();
     SELECT string_agg(c.relid::text, ', ') INTO by_slot
-      FROM rowcast.captured c
-     WHERE c.relid IN (SELECT * FROM rowcast.table_and_partitions(tbl)) AND c.by_slot
-       AND c.trigger_name = 'rowcast_track';
+      FROM rowcast.slot_captured(tbl) c WHERE c.trigger_name = 'rowcast_track';
     IF by_slot IS NOT NULL THEN
         RAISE EXCEPTION 'rowcast.untrack(%): the slot captures %; untrack would leave it capturing, with no trigger to switch back to', tbl, by_slot
             USING ERRCODE = 'object_in_use',

@@ -1621,9 +1621,14 @@ struct RawPolling {
 
 impl RawPolling {
     async fn open(base: &str) -> RawPolling {
+        RawPolling::open_with(base, "").await
+    }
+
+    /// A session opened with more of the handshake's query (`&topics=a,b`).
+    async fn open_with(base: &str, query: &str) -> RawPolling {
         let http = reqwest::Client::new();
         let open = http
-            .get(format!("{base}/socket.io/?EIO=4&transport=polling"))
+            .get(format!("{base}/socket.io/?EIO=4&transport=polling{query}"))
             .send()
             .await
             .unwrap()
@@ -2122,25 +2127,7 @@ async fn a_snapshot_session_cut_before_its_first_event_recovers_the_snapshot() {
     let session = |auth: Value| {
         let base = base.clone();
         async move {
-            let http = reqwest::Client::new();
-            let open = http
-                .get(format!(
-                    "{base}/socket.io/?EIO=4&transport=polling&topics=product-1,product-2"
-                ))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
-            let sid = serde_json::from_str::<Value>(&open[1..]).unwrap()["sid"]
-                .as_str()
-                .unwrap()
-                .to_string();
-            let p = RawPolling {
-                http,
-                url: format!("{base}/socket.io/?EIO=4&transport=polling&sid={sid}"),
-            };
+            let p = RawPolling::open_with(&base, "&topics=product-1,product-2").await;
             assert_eq!(p.post(format!("40{auth}")).await, (200, "ok".into()));
             let mut packets = Vec::new();
             // the CONNECT answer, then the snapshot's events (bounded)
