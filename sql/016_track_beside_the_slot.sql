@@ -18,10 +18,13 @@
 -- * Both take the switch lock first (rowcast.capture_switch_lock), so a
 --   switch in progress and a `track` take turns: otherwise a `track` that read
 --   "by the slot" before a switch back committed would make the trigger
---   disabled after it, and nothing would capture the table. Both run in READ
---   COMMITTED only: in REPEATABLE READ or SERIALIZABLE their read of
---   rowcast.captured would come from a snapshot older than the lock, and miss
---   the switch they waited for.
+--   disabled after it, and nothing would capture the table. The lock now
+--   refuses transactions other than READ COMMITTED, for every function that
+--   takes it (track, untrack and the switches of 013): in REPEATABLE READ or
+--   SERIALIZABLE their reads of rowcast.captured and rowcast.capture_state
+--   would come from a snapshot older than the lock, and miss the switch they
+--   waited for (a track then lost or doubled every change of its table, and
+--   capture_by_trigger waited for an append it could never see).
 -- * rowcast.captured is readable by everyone (table oids and function
 --   names), since `track` reads it with the caller's rights: the owner of a
 --   table, whoever that is, may track it.
@@ -141,16 +144,19 @@ LANGUAGE sql STABLE AS $$
        AND c.relid IN (SELECT tbl UNION SELECT p.relid FROM pg_partition_tree(tbl) p)
 $$;
 
--- track and untrack read rowcast.captured after the switch lock: only READ
--- COMMITTED reads it as of then.
-CREATE FUNCTION rowcast.capture_read_committed(what text) RETURNS void
+-- The switch lock (013), in READ COMMITTED only: whoever takes it reads
+-- rowcast.captured and rowcast.capture_state after it, which only READ
+-- COMMITTED reads as of then.
+CREATE OR REPLACE FUNCTION rowcast.capture_switch_lock() RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
     IF current_setting('transaction_isolation') <> 'read committed' THEN
-        RAISE EXCEPTION '%: runs in READ COMMITTED only, not %', what, current_setting('transaction_isolation')
+        RAISE EXCEPTION 'rowcast: track, untrack and the capture switches run in READ COMMITTED only, not %',
+                current_setting('transaction_isolation')
             USING ERRCODE = 'invalid_transaction_state',
                   HINT = 'call it in a READ COMMITTED transaction (PostgreSQL''s default)';
     END IF;
+    PERFORM pg_advisory_xact_lock(7305280317090920);
 END
 $$;
 
@@ -240,7 +246,6 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'rename the table, or capture it with a trigger of your own that calls rowcast.emit';
     END IF;
-    PERFORM rowcast.capture_read_committed('rowcast.track');
     PERFORM rowcast.capture_switch_lock();
     SELECT string_agg(format('%s (its trigger %I is off)', c.relid, c.trigger_name), ', ') INTO slot_trigger
       FROM rowcast.slot_captured(tbl) c WHERE c.trigger_name <> 'rowcast_track';
@@ -267,7 +272,6 @@ LANGUAGE plpgsql AS $$
 DECLARE
     by_slot text;
 BEGIN
-    PERFORM rowcast.capture_read_committed('rowcast.untrack');
     PERFORM rowcast.capture_switch_lock();
     SELECT string_agg(c.relid::text, ', ') INTO by_slot
       FROM rowcast.slot_captured(tbl) c WHERE c.trigger_name = 'rowcast_track';

@@ -859,10 +859,14 @@ async fn track_and_untrack_keep_a_table_the_slot_captures_captured_once() {
     assert!(untrack.contains("the slot captures blobs"), "{untrack}");
     // track and untrack read who captures after the switch lock: only READ
     // COMMITTED reads it as of then
-    for call in ["track", "untrack"] {
+    for call in [
+        "track('blobs')",
+        "untrack('blobs')",
+        "capture_by_trigger('public.blobs')",
+    ] {
         let refused = err(db
             .batch_execute(&format!(
-                "BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT rowcast.{call}('blobs'); COMMIT"
+                "BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT rowcast.{call}; COMMIT"
             ))
             .await);
         db.batch_execute("ROLLBACK").await.ok();
