@@ -40,41 +40,10 @@
 --   keys (`SET id = id + 1` on a DEFERRABLE key) moves every row onto a key
 --   that stays taken, and `deleted` there would mark a live row gone.
 --
--- * An event name with a line break (CR or LF) is refused like an empty one
---   (rowcast.deliverable, the log's rule): SSE carries the name on an
---   `event:` line, which cannot hold one, so such an event reached
---   EventSource clients under another name.
+-- * `track` refuses a table whose name holds a line break: its events would
+--   be named with it, and SSE carries an event's name on its `event:` line.
 --
--- Otherwise as in 004_track.sql, 007_lean_emit.sql and 009_cheap_check.sql.
-
-CREATE OR REPLACE FUNCTION rowcast.deliverable(topics text[], event text) RETURNS boolean
-LANGUAGE plpgsql IMMUTABLE AS $$
-BEGIN
-    -- one test for the usual case; the detailed ones only to name the error
-    -- (IS NOT TRUE: a NULL makes the test NULL, not false)
-    IF (cardinality(topics) > 0 AND array_ndims(topics) = 1
-        AND array_position(topics, NULL) IS NULL
-        AND array_position(topics, '') IS NULL
-        AND event <> '' AND strpos(event, E'\n') = 0 AND strpos(event, E'\r') = 0) IS NOT TRUE THEN
-        IF topics IS NULL OR cardinality(topics) = 0 THEN
-            RAISE EXCEPTION 'rowcast: at least one topic is required'
-                USING ERRCODE = 'invalid_parameter_value';
-        END IF;
-        IF array_ndims(topics) <> 1 OR array_position(topics, NULL) IS NOT NULL
-           OR array_position(topics, '') IS NOT NULL THEN
-            RAISE EXCEPTION 'rowcast: topics must be non-empty text, got %', topics
-                USING ERRCODE = 'invalid_parameter_value';
-        END IF;
-        IF event <> '' THEN
-            RAISE EXCEPTION 'rowcast: an event name is one line, got %', quote_literal(event)
-                USING ERRCODE = 'invalid_parameter_value';
-        END IF;
-        RAISE EXCEPTION 'rowcast: an event name is required'
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    RETURN true;
-END
-$$;
+-- Otherwise as in 004_track.sql and 007_lean_emit.sql.
 
 CREATE OR REPLACE FUNCTION rowcast.track_trigger() RETURNS trigger
 LANGUAGE plpgsql AS $$
@@ -242,7 +211,7 @@ BEGIN
             USING HINT = 'use a NOT NULL column (the primary key is one)';
     END IF;
     IF name ~ '[\r\n]' THEN
-        RAISE EXCEPTION 'rowcast.track(%): the table''s name holds a line break, which an event name cannot', tbl
+        RAISE EXCEPTION 'rowcast.track(%): the table''s name holds a line break, which its events'' names would carry and SSE cannot', tbl
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'rename the table, or capture it with a trigger of your own that calls rowcast.emit';
     END IF;
