@@ -323,11 +323,14 @@ fn default_max_sockets(cfg: &ServerConfig) -> usize {
     }
 }
 
-/// Ctrl-C and SIGTERM, registered at creation so that a signal arriving during
-/// start-up is not fatal: it is seen as soon as the caller waits.
+/// Ctrl-C, SIGTERM and SIGHUP (a closed terminal: the demo then deletes its
+/// database too), registered at creation so that a signal arriving during
+/// start-up is not fatal: it is seen as soon as the caller waits. Each stops
+/// the node cleanly; rowcast has no configuration to reload.
 pub struct Signals {
     int: tokio::signal::unix::Signal,
     term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -336,6 +339,7 @@ impl Signals {
         Ok(Signals {
             int: signal(SignalKind::interrupt())?,
             term: signal(SignalKind::terminate())?,
+            hup: signal(SignalKind::hangup())?,
         })
     }
 
@@ -343,6 +347,7 @@ impl Signals {
         tokio::select! {
             _ = self.int.recv() => {}
             _ = self.term.recv() => {}
+            _ = self.hup.recv() => {}
         }
     }
 }

@@ -68,10 +68,15 @@ impl ServeProcess {
 
 /// Sends SIGINT to `child` (Ctrl-C: a clean stop, unlike `Child::kill`).
 pub(crate) fn interrupt(child: &Child) {
+    send_signal(child, libc::SIGINT);
+}
+
+/// Sends `sig` to `child`.
+pub(crate) fn send_signal(child: &Child, sig: libc::c_int) {
     #[allow(unsafe_code)]
     // SAFETY: plain kill(2) on our own child's pid.
     unsafe {
-        libc::kill(child.id() as i32, libc::SIGINT);
+        libc::kill(child.id() as i32, sig);
     }
 }
 

@@ -1,6 +1,6 @@
 //! Issue #2: `rowcast demo` on its own prints the URLs, and the SSE URL streams events.
 
-use crate::common::{interrupt, lines_of};
+use crate::common::{interrupt, lines_of, send_signal};
 use futures::StreamExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -166,7 +166,8 @@ async fn demo_traffic_feeds_the_four_slo_metrics() {
     for w in wanted {
         assert!(sum(&text, w) > 0.0, "{w} stayed 0:\n{text}");
     }
-    interrupt(&child);
+    // a closed terminal (SIGHUP) stops it as cleanly as Ctrl-C
+    send_signal(&child, libc::SIGHUP);
     let status = tokio::task::spawn_blocking(move || child.wait())
         .await
         .unwrap()
