@@ -102,8 +102,17 @@ fn dur(text: &str) -> Duration {
     parse_duration(text).unwrap_or(Duration::ZERO)
 }
 
+/// `--allowed-origins`: every entry must be able to match a browser's
+/// `Origin` (`scheme://host[:port]`); one that never could (`shop.example`,
+/// `https://*.example.com`, a path) is refused at start, not ignored.
 fn origins(list: &str) -> std::result::Result<Origins, String> {
-    Ok(Origins::parse(list))
+    let parsed = Origins::parse(list);
+    match parsed.allowed.iter().find(|a| !Origins::can_match(a)) {
+        Some(bad) => Err(format!(
+            "{bad:?} can never match a browser's Origin: write `*`, an origin such as `https://shop.example` or `https://shop.example:8443`, or one with any port, `http://localhost:*`"
+        )),
+        None => Ok(parsed),
+    }
 }
 
 /// `--jwt-public-key` names a file; its PEM text is read when the flag is parsed.
@@ -549,6 +558,30 @@ mod tests {
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert!(parse_duration("abc").is_err());
         assert!(parse_duration("5y").is_err());
+    }
+
+    /// `--allowed-origins` entries that could never match are refused at
+    /// start (a trailing slash is trimmed, not refused).
+    #[test]
+    fn allowed_origins_that_can_never_match_are_refused() {
+        let parse = |v: &str| {
+            Cli::try_parse_from(["rowcast", "--database-url", "x", "--allowed-origins", v])
+        };
+        for never in [
+            "shop.example",
+            "https://*.example.com",
+            "https://a.example,x",
+        ] {
+            let e = parse(never)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(e.contains("can never match"), "{never}: {e}");
+        }
+        let ok = parse("https://shop.example/, http://localhost:*, *")
+            .unwrap()
+            .cfg;
+        assert_eq!(ok.origins.allowed.len(), 3);
     }
 
     /// `--retention` under a minute is refused at start: any node prunes the

@@ -201,6 +201,24 @@ impl Origins {
         }
     }
 
+    /// Whether an entry can match some `Origin`: `*`, or `http(s)://host`
+    /// with an optional port or `:*`; no path, no other wildcard, no space.
+    pub fn can_match(entry: &str) -> bool {
+        if entry == "*" {
+            return true;
+        }
+        let Some(rest) = entry
+            .strip_prefix("http://")
+            .or_else(|| entry.strip_prefix("https://"))
+        else {
+            return false;
+        };
+        let host = rest.strip_suffix(":*").unwrap_or(rest);
+        !host.is_empty()
+            && !host.contains(['/', '*', '?', '#', '@', ' ', ','])
+            && !host.ends_with(':')
+    }
+
     /// The localhost origins `rowcast demo` allows.
     pub fn localhost() -> Origins {
         Origins::parse("http://localhost:*,http://127.0.0.1:*,http://[::1]:*")
@@ -259,6 +277,30 @@ fn origin_matches(pattern: &str, origin: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Entries that can match an `Origin`, and ones that never could.
+    #[test]
+    fn origin_entries_that_can_match() {
+        for ok in [
+            "*",
+            "https://shop.example",
+            "https://shop.example:8443",
+            "http://localhost:*",
+            "http://[::1]:*",
+        ] {
+            assert!(Origins::can_match(ok), "{ok}");
+        }
+        for never in [
+            "shop.example",
+            "https://*.example.com",
+            "https://shop.example/app",
+            "ftp://shop.example",
+            "https://",
+            "https://shop.example:",
+        ] {
+            assert!(!Origins::can_match(never), "{never}");
+        }
+    }
 
     #[test]
     fn origins() {
