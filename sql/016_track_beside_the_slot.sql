@@ -170,6 +170,17 @@ BEGIN
 END
 $$;
 
+-- Drops `tbl`'s rowcast_track trigger if it has one (DROP TRIGGER IF EXISTS
+-- would print a NOTICE when it has none; track and untrack print none).
+CREATE FUNCTION rowcast.drop_track_trigger(tbl regclass) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = tbl AND tgname = 'rowcast_track') THEN
+        EXECUTE format('DROP TRIGGER rowcast_track ON %s', tbl);
+    END IF;
+END
+$$;
+
 CREATE OR REPLACE FUNCTION rowcast.track(tbl regclass, topic_prefix text DEFAULT NULL, key_column text DEFAULT NULL)
 RETURNS void
 LANGUAGE plpgsql AS $$
@@ -223,9 +234,7 @@ BEGIN
             USING ERRCODE = 'object_in_use',
                   HINT = 'switch it back with rowcast.capture_by_trigger first';
     END IF;
-    IF EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = tbl AND tgname = 'rowcast_track') THEN
-        EXECUTE format('DROP TRIGGER rowcast_track ON %s', tbl);
-    END IF;
+    PERFORM rowcast.drop_track_trigger(tbl);
     EXECUTE format(
         'CREATE TRIGGER rowcast_track AFTER INSERT OR UPDATE OR DELETE ON %s '
         'FOR EACH ROW EXECUTE FUNCTION rowcast.track_trigger(%L, %L, %L)',
@@ -249,8 +258,6 @@ BEGIN
             USING ERRCODE = 'object_in_use',
                   HINT = 'switch it back with rowcast.capture_by_trigger first, then untrack';
     END IF;
-    IF EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = tbl AND tgname = 'rowcast_track') THEN
-        EXECUTE format('DROP TRIGGER rowcast_track ON %s', tbl);
-    END IF;
+    PERFORM rowcast.drop_track_trigger(tbl);
 END
 $$;
