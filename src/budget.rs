@@ -88,6 +88,11 @@ impl Grant {
         }
     }
 
+    /// The bytes this grant holds.
+    pub(crate) fn bytes(&self) -> usize {
+        self.0.num_permits() * UNIT
+    }
+
     /// Adds another grant's bytes to this one.
     pub(crate) fn merge(&mut self, other: Grant) {
         self.0.merge(other.0);

@@ -399,10 +399,14 @@ pub(crate) const SNAPSHOT_MAX: i64 = 10_000;
 
 /// The current state of some topics as of `pos`.
 pub(crate) struct SnapshotRead {
-    /// The latest change of each entity, oldest first.
+    /// The latest change of each entity, oldest first; empty unless `complete`.
     pub changes: Vec<Arc<Change>>,
     /// More than `SNAPSHOT_MAX` entities: only the most recently changed came.
     pub truncated: bool,
+    /// What all of the snapshot's changes cost (`Change::approx_len`), kept or not.
+    pub bytes: usize,
+    /// Every change was paid for and kept (see [`snapshot`]).
+    pub complete: bool,
 }
 
 /// The latest retained change of every *entity* among the changes of `topics`
@@ -413,13 +417,22 @@ pub(crate) struct SnapshotRead {
 /// An entity is `rowcast.changes.entity`, or the change's first topic when that
 /// is NULL: `product-123` for an inventory update, so `farm-7` yields the
 /// current quantity of every product of the farm, not one.
+///
+/// Rows are streamed, and a change is kept only once `pay(total)` agreed to
+/// the bytes of all kept so far with it; the first refusal drops what was
+/// kept, and the rest is only counted (`bytes`), so a read holds no more
+/// than it paid for plus one row. The same `pos` and `after` read again give
+/// the same rows, or fewer once retention has pruned some: nothing committed
+/// after `pos` belongs to them.
 pub(crate) async fn snapshot(
     client: &deadpool_postgres::Client,
     topics: &[String],
     pos: &Snapshot,
     after: i64,
     origin_tx: bool,
+    mut pay: impl FnMut(usize) -> bool,
 ) -> Result<SnapshotRead> {
+    use futures::TryStreamExt;
     let stmt = client
         .prepare_cached(&format!(
             "SELECT id, xid::text, topics, event, payload::text, us, tx FROM (
@@ -438,26 +451,49 @@ pub(crate) async fn snapshot(
         ))
         .await?;
     let t: Vec<&str> = topics.iter().map(String::as_str).collect();
-    let rows = client
-        .query(&stmt, &[&t, &pos.to_string(), &(SNAPSHOT_MAX + 1), &after])
-        .await?;
-    let truncated = rows.len() as i64 > SNAPSHOT_MAX;
-    let rows: Vec<_> = rows.iter().take(SNAPSHOT_MAX as usize).rev().collect();
-    let mut changes = Vec::with_capacity(rows.len());
-    for (i, row) in rows.iter().enumerate() {
+    let pos_text = pos.to_string();
+    let limit = SNAPSHOT_MAX + 1;
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] = [&t, &pos_text, &limit, &after];
+    let rows = client.query_raw(&stmt, params).await?;
+    futures::pin_mut!(rows);
+    let mut read = SnapshotRead {
+        changes: Vec::new(),
+        truncated: false,
+        bytes: 0,
+        complete: true,
+    };
+    // newest first: the first row is the snapshot's last event
+    let mut n = 0;
+    while let Some(row) = rows.try_next().await? {
+        if n == SNAPSHOT_MAX {
+            read.truncated = true;
+            continue;
+        }
+        n += 1;
         let id: i64 = row.try_get(0)?;
-        // each event resumes the rest of the snapshot; the last, what follows it
-        let cursor = if i + 1 == rows.len() {
+        let cursor = if n == 1 {
             Cursor::boundary(pos.clone())
         } else {
             Cursor::in_snapshot(pos.clone(), id)
         };
-        match decode(row, id, [1, 2, 3, 4, 5, 6], &cursor) {
-            Ok(c) => changes.push(Arc::new(c)),
-            Err(reason) => tracing::debug!(id, reason, "snapshot skips an undeliverable change"),
+        let change = match decode(&row, id, [1, 2, 3, 4, 5, 6], &cursor) {
+            Ok(c) => c,
+            Err(reason) => {
+                tracing::debug!(id, reason, "snapshot skips an undeliverable change");
+                continue;
+            }
+        };
+        read.bytes = read.bytes.saturating_add(change.approx_len());
+        if read.complete && !pay(read.bytes) {
+            read.complete = false;
+            read.changes = Vec::new();
+        }
+        if read.complete {
+            read.changes.push(Arc::new(change));
         }
     }
-    Ok(SnapshotRead { changes, truncated })
+    read.changes.reverse();
+    Ok(read)
 }
 
 pub(crate) fn parse_xid(text: &str) -> Result<u64> {

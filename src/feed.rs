@@ -216,7 +216,7 @@ impl Feeds {
                     let from = self.canonical(Cursor::boundary(c.lo), &pos).await?;
                     let at = from.lo.clone();
                     feed.position = Position::At(Cursor::in_snapshot(at.clone(), after));
-                    feed.load_snapshot(&at, after).await?;
+                    Box::pin(feed.load_snapshot(&at, after)).await?;
                     feed.catch_up = Some((from, pos));
                 } else {
                     let c = self.canonical(c, &pos).await?;
@@ -225,7 +225,7 @@ impl Feeds {
                 }
             }
             None if start.snapshot => {
-                feed.load_snapshot(&pos, 0).await?;
+                Box::pin(feed.load_snapshot(&pos, 0)).await?;
                 if !feed.backlog.is_empty() {
                     // cut off before its first snapshot event, a client
                     // resumes the whole snapshot (`Cursor::in_snapshot`)
@@ -602,36 +602,85 @@ impl Feed {
 
     /// The current state of the subscribed topics as of `pos`, from the entity
     /// after `after` on (see `changelog::snapshot`), as catch-up deliveries.
+    ///
+    /// Its rows are held only once paid for: they are paid as they stream in,
+    /// while the budget has room; when it has not, the read only counts the
+    /// snapshot's bytes, then those bytes are waited for (holding no rows and
+    /// no connection; a snapshot larger than the whole budget waits for all
+    /// of it) and the snapshot is read again, the same rows. Should the second
+    /// read need more than the first (it cannot), the client is told to retry
+    /// (`busy`).
     async fn load_snapshot(&mut self, pos: &Snapshot, after: i64) -> Result<(), FeedError> {
         let topics: Vec<String> = self.sub.topics().iter().cloned().collect();
         if topics.is_empty() {
             return Ok(());
         }
-        let client = self.pool.get().await?;
-        let read = changelog::snapshot(
-            &client,
-            &topics,
-            pos,
-            after,
-            self.sub.hub().schema().origin_tx,
-        )
-        .await?;
-        drop(client);
+        let mut grant: Option<Grant> = None;
+        let budget = Arc::clone(&self.budget);
+        let mut paid = 0;
+        let pay_as_it_comes = |total: usize| {
+            if total <= paid {
+                return true;
+            }
+            // in steps of a page, not a semaphore call per row
+            let Some(more) = budget.try_acquire((total - paid).max(PAGE_BYTES as usize)) else {
+                return false;
+            };
+            paid += more.bytes();
+            match &mut grant {
+                Some(held) => held.merge(more),
+                None => grant = Some(more),
+            }
+            true
+        };
+        let mut read = self
+            .read_snapshot(&topics, pos, after, pay_as_it_comes)
+            .await?;
+        if !read.complete {
+            drop(grant.take());
+            let first = read.bytes;
+            grant = Some(self.budget.acquire(first).await?);
+            read = self
+                .read_snapshot(&topics, pos, after, |total| total <= first)
+                .await?;
+            if !read.complete {
+                return Err(Busy.into());
+            }
+        }
+        if let Some(mut grant) = grant {
+            grant.shrink_to(read.bytes);
+            self.hold(grant);
+        }
         if read.truncated {
             tracing::warn!(
                 limit = changelog::SNAPSHOT_MAX,
                 "snapshot truncated to the most recently changed entities"
             );
         }
-        let bytes = read.changes.iter().map(|c| c.approx_len()).sum();
-        if let Some(grant) = self.pay(bytes, Budget::Wait).await? {
-            self.hold(grant);
-        }
         for change in read.changes {
             // a snapshot is the state now: presence follows the clock, not the last sweep
             self.queue_change(self.presence.current(change));
         }
         Ok(())
+    }
+
+    async fn read_snapshot(
+        &self,
+        topics: &[String],
+        pos: &Snapshot,
+        after: i64,
+        pay: impl FnMut(usize) -> bool,
+    ) -> Result<changelog::SnapshotRead, FeedError> {
+        let client = self.pool.get().await?;
+        Ok(changelog::snapshot(
+            &client,
+            topics,
+            pos,
+            after,
+            self.sub.hub().schema().origin_tx,
+            pay,
+        )
+        .await?)
     }
 }
 

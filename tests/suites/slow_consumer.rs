@@ -207,3 +207,71 @@ async fn long_cursors_do_not_amplify_and_catchup_memory_is_bounded() {
     assert!(ok > 0, "no poll got an answer");
     assert!(growth < bound, "RSS grew by {growth} KiB");
 }
+
+/// Snapshots are paid for before their rows are held: 30 concurrent
+/// `snapshot=true` polls of 10,000 entities (~11 MB each) wait for the
+/// catch-up budget holding nothing, so the server's RSS grows by no more
+/// than the budget plus the documented slack (before, each waiting poll held
+/// its decoded rows: ~400 MB over a 32 MiB budget).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_snapshots_hold_no_rows() {
+    const BUDGET: u64 = 32 << 20;
+    let url = fresh_db().await;
+    let db = connect(&url).await;
+    for from in (1..=10_000i64).step_by(1000) {
+        db.execute(
+            "SELECT rowcast.emit(ARRAY['s'], 'test.n',
+                    jsonb_build_object('n', g, 'pad', repeat('p', 1000)), 'e' || g)
+               FROM generate_series($1::bigint, $1::bigint + 999) g",
+            &[&from],
+        )
+        .await
+        .unwrap();
+    }
+    let budget = BUDGET.to_string();
+    let server = ServeProcess::start(&url, &["--catchup-memory", &budget]).await;
+    let (pid, base) = (server.pid(), server.base_url());
+    let rss_before = rss_kib(pid);
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let done = std::sync::Arc::clone(&done);
+        tokio::spawn(async move {
+            let mut peak = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(rss_kib(pid));
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            peak
+        })
+    };
+    let polls: Vec<_> = (0..30)
+        .map(|_| {
+            let url = format!("{base}/v1/poll?topics=s&snapshot=true");
+            tokio::spawn(async move {
+                let r = reqwest::get(url).await.unwrap();
+                let status = r.status().as_u16();
+                (status, r.bytes().await.unwrap())
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    for p in polls {
+        let (status, body) = p.await.unwrap();
+        match status {
+            200 => {
+                ok += 1;
+                let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                assert_eq!(v["events"].as_array().unwrap().len(), 10_000);
+            }
+            503 => assert!(String::from_utf8_lossy(&body).contains("busy")),
+            other => panic!("status {other}"),
+        }
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let peak = sampler.await.unwrap().max(rss_kib(pid));
+    let growth = peak.saturating_sub(rss_before);
+    let bound = BUDGET / 1024 + CATCHUP_SLACK_KIB;
+    println!("server RSS: before {rss_before} KiB, peak {peak} KiB, growth {growth} KiB (bound {bound} KiB); {ok} of 30 answered");
+    assert!(ok > 0, "no snapshot was answered");
+    assert!(growth < bound, "RSS grew by {growth} KiB");
+}
