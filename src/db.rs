@@ -5,6 +5,7 @@
 use crate::error::Result;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
@@ -17,10 +18,21 @@ pub async fn connect(url: &str) -> Result<Client> {
     Ok(client)
 }
 
+/// How long a caller waits for a pooled connection (a free one, or a new
+/// one made): past it the pool answers `PoolError::Timeout`, and the client
+/// is told to retry (503 `unavailable`, or `busy` for the market API),
+/// rather than held for as long as the database is stuck.
+pub(crate) const POOL_WAIT: Duration = Duration::from_secs(10);
+/// Every statement on the client pool is cancelled after this long: a slow
+/// `rowcast.authorize` policy or a stuck read gives its connection back.
+/// The longest reads (a snapshot of 10,000 entities, a catch-up page, a
+/// retention batch) take well under a second.
+pub(crate) const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The pool for client reads (catch-up, polling, authorization). Connections
 /// are made on demand: building it never touches the database.
 pub fn pool(database_url: &str, size: usize) -> Result<deadpool_postgres::Pool> {
-    pool_from(parse_url(database_url)?, size)
+    pool_from(parse_url(database_url)?, size, STATEMENT_TIMEOUT)
 }
 
 /// `database_url` as a driver configuration.
@@ -30,12 +42,21 @@ pub(crate) fn parse_url(database_url: &str) -> Result<tokio_postgres::Config> {
     })
 }
 
-/// A pool of at most `size` connections made from `pg`, on demand.
+/// A pool of at most `size` connections made from `pg`, on demand, each
+/// cutting its statements at `statement_timeout`; a connection is waited
+/// for at most `POOL_WAIT`.
 pub(crate) fn pool_from(
-    pg: tokio_postgres::Config,
+    mut pg: tokio_postgres::Config,
     size: usize,
+    statement_timeout: Duration,
 ) -> Result<deadpool_postgres::Pool> {
-    use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+    use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+    let mut options = pg.get_options().unwrap_or_default().to_string();
+    options.push_str(&format!(
+        " -c statement_timeout={}",
+        statement_timeout.as_millis()
+    ));
+    pg.options(options.trim());
     let mgr = Manager::from_config(
         pg,
         NoTls,
@@ -45,6 +66,10 @@ pub(crate) fn pool_from(
     );
     Pool::builder(mgr)
         .max_size(size.max(1))
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(POOL_WAIT))
+        .create_timeout(Some(POOL_WAIT))
+        .recycle_timeout(Some(POOL_WAIT))
         .build()
         .map_err(|e| crate::error::Error::Config(format!("pool: {e}")))
 }

@@ -169,8 +169,9 @@ impl Feeds {
             if !hub.covers(&c.hi) {
                 // Ahead of this node: a cursor from a node a little further on
                 // waits briefly; one this database never reached re-syncs.
-                let client = pool.get().await?;
-                if c.hi.xmax > changelog::current_xmax(&client).await? {
+                // (the connection goes back before the wait below)
+                let xmax = changelog::current_xmax(&*pool.get().await?).await?;
+                if c.hi.xmax > xmax {
                     notice = Some(Notice::CursorUnknown);
                     cursor = None;
                 } else if !hub.wait_covering(&c.hi, AHEAD_WAIT).await {

@@ -26,6 +26,9 @@ pub(crate) struct ConnLimiter {
 pub(crate) struct ConnGuard {
     limiter: Arc<ConnLimiter>,
     ip: IpAddr,
+    /// What the per-address cap counts: the address, or its /64 for IPv6
+    /// (`client_block`: one host holds a whole /64).
+    block: IpAddr,
 }
 
 impl ConnLimiter {
@@ -42,7 +45,8 @@ impl ConnLimiter {
         if st.0 >= self.max_total {
             return Err(ConnRefused::Total);
         }
-        let n = st.1.entry(ip).or_insert(0);
+        let block = client_block(ip);
+        let n = st.1.entry(block).or_insert(0);
         if *n >= self.max_per_ip {
             return Err(ConnRefused::PerIp);
         }
@@ -51,6 +55,7 @@ impl ConnLimiter {
         Ok(ConnGuard {
             limiter: Arc::clone(self),
             ip,
+            block,
         })
     }
 }
@@ -65,13 +70,50 @@ impl Drop for ConnGuard {
     fn drop(&mut self) {
         let mut st = self.limiter.state.lock().unwrap_or_else(|p| p.into_inner());
         st.0 = st.0.saturating_sub(1);
-        if let Some(n) = st.1.get_mut(&self.ip) {
+        if let Some(n) = st.1.get_mut(&self.block) {
             *n = n.saturating_sub(1);
             if *n == 0 {
-                st.1.remove(&self.ip);
+                st.1.remove(&self.block);
             }
         }
     }
+}
+
+/// Why a request body was not read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BodyRefused {
+    /// More than the route's bound.
+    TooLarge,
+    /// The connection failed while it was read.
+    Unreadable,
+    /// Not all there within the header timeout.
+    Late,
+}
+
+/// A request body of at most `max` bytes, all of it arriving `within` (the
+/// header timeout): a peer that announces a body and sends it slowly, or
+/// never, holds its socket no longer than a slow request head would.
+pub(crate) async fn read_body(
+    body: axum::body::Body,
+    max: usize,
+    within: std::time::Duration,
+) -> Result<bytes::Bytes, BodyRefused> {
+    use futures::StreamExt;
+    let mut stream = body.into_data_stream();
+    let read = async {
+        let mut buf = bytes::BytesMut::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|_| BodyRefused::Unreadable)?;
+            if buf.len() + chunk.len() > max {
+                return Err(BodyRefused::TooLarge);
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        Ok(buf.freeze())
+    };
+    tokio::time::timeout(within, read)
+        .await
+        .map_err(|_| BodyRefused::Late)?
 }
 
 /// Token bucket: `rate` per second, bursts of `rate`.
@@ -277,6 +319,28 @@ fn origin_matches(pattern: &str, origin: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The per-address connection cap counts an IPv6 client's /64, as the
+    /// other per-address budgets do: one host holds a whole /64.
+    #[test]
+    fn connections_per_address_count_an_ipv6_slash_64() {
+        let l = ConnLimiter::new(100, 2);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let a = l.acquire(ip("2001:db8:1:2::1")).unwrap();
+        let _b = l.acquire(ip("2001:db8:1:2:ffff::7")).unwrap();
+        assert_eq!(
+            l.acquire(ip("2001:db8:1:2::99")).err(),
+            Some(ConnRefused::PerIp)
+        );
+        assert!(l.acquire(ip("2001:db8:1:3::1")).is_ok(), "another /64");
+        assert_eq!(a.ip(), ip("2001:db8:1:2::1"), "the guard keeps the address");
+        drop(a);
+        assert!(l.acquire(ip("2001:db8:1:2::99")).is_ok(), "slot given back");
+        // IPv4 (and IPv4-mapped) addresses count one by one
+        let _c = l.acquire(ip("10.0.0.1")).unwrap();
+        let _d = l.acquire(ip("10.0.0.1")).unwrap();
+        assert!(l.acquire(ip("10.0.0.2")).is_ok());
+    }
 
     /// Entries that can match an `Origin`, and ones that never could.
     #[test]

@@ -15,11 +15,10 @@
 use super::caller::parse_id;
 use super::Shop;
 use crate::api_error::{ApiError, ErrorCode};
+use crate::limits::{read_body, BodyRefused};
 use crate::protocol::is_json_object;
 use axum::extract::{FromRequest, Request};
 use axum::http::header;
-use bytes::BytesMut;
-use futures::StreamExt;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -149,22 +148,16 @@ impl<T: DeserializeOwned> FromRequest<Arc<Shop>> for Json<T> {
         if declared.is_some_and(|n| n > MAX_BODY as u64) {
             return Err(too_large());
         }
-        let limit = shop.app.cfg.limits.header_read_timeout;
-        let mut stream = req.into_body().into_data_stream();
-        let read = async {
-            let mut buf = BytesMut::new();
-            while let Some(chunk) = stream.next().await {
-                let chunk = chunk.map_err(|_| bad_request("the body could not be read"))?;
-                if buf.len() + chunk.len() > MAX_BODY {
-                    return Err(too_large());
-                }
-                buf.extend_from_slice(&chunk);
-            }
-            Ok(buf)
-        };
-        let buf = tokio::time::timeout(limit, read)
+        let within = shop.app.cfg.limits.header_read_timeout;
+        let buf = read_body(req.into_body(), MAX_BODY, within)
             .await
-            .map_err(|_| bad_request("the body did not arrive within the header timeout"))??;
+            .map_err(|e| match e {
+                BodyRefused::TooLarge => too_large(),
+                BodyRefused::Unreadable => bad_request("the body could not be read"),
+                BodyRefused::Late => {
+                    bad_request("the body did not arrive within the header timeout")
+                }
+            })?;
         parse_object(&buf).map(Json)
     }
 }

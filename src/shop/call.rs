@@ -5,7 +5,7 @@
 //! refusal is answered with that status and that body, byte for byte. Any
 //! other failure (connection, timeout, serialization, a missing schema) is 503
 //! `unavailable`, logged with PostgreSQL's words: the client retries. No
-//! connection free within `POOL_WAIT` is 503 `busy`.
+//! connection free within `db::POOL_WAIT` is 503 `busy`.
 
 use crate::api_error::{ApiError, ErrorCode, Rejected};
 use crate::error::{describe_pg, Error, Result};
@@ -16,8 +16,6 @@ use deadpool_postgres::Pool;
 use std::time::Duration;
 use tokio_postgres::types::ToSql;
 
-/// How long a request waits for one of the API's connections.
-pub(crate) const POOL_WAIT: Duration = Duration::from_secs(10);
 /// Every statement of the API is cancelled after this long (row-lock waits
 /// included): a checkout stuck behind a long transaction answers 503 instead
 /// of holding its connection.
@@ -49,17 +47,11 @@ impl From<ApiError> for Failure {
 impl Db {
     pub(crate) fn new(database_url: &str, size: usize) -> Result<Db> {
         let mut pg = crate::db::parse_url(database_url)?;
-        let mut options = pg.get_options().unwrap_or_default().to_string();
-        options.push_str(&format!(
-            " -c statement_timeout={}",
-            STATEMENT_TIMEOUT.as_millis()
-        ));
-        pg.options(options.trim());
         if pg.get_application_name().is_none() {
             pg.application_name("rowcast-market-api");
         }
         Ok(Db {
-            pool: crate::db::pool_from(pg, size)?,
+            pool: crate::db::pool_from(pg, size, STATEMENT_TIMEOUT)?,
         })
     }
 
@@ -98,16 +90,17 @@ impl Db {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<tokio_postgres::Row, Failure> {
-        let client = match tokio::time::timeout(POOL_WAIT, self.pool.get()).await {
-            Err(_) => {
+        use deadpool_postgres::{PoolError, TimeoutType};
+        let client = match self.pool.get().await {
+            Err(PoolError::Timeout(TimeoutType::Wait)) => {
                 return Err(ApiError::new(
                     ErrorCode::Busy,
                     "too many market API requests in flight; retry",
                 )
                 .into())
             }
-            Ok(Err(e)) => return Err(unavailable(&e).into()),
-            Ok(Ok(c)) => c,
+            Err(e) => return Err(unavailable(&e).into()),
+            Ok(c) => c,
         };
         let stmt = client.prepare_cached(sql).await.map_err(failure)?;
         client.query_one(&stmt, params).await.map_err(failure)

@@ -47,7 +47,7 @@
 //!   `unsupported_media_type` (a body that is not `application/json`), 404
 //!   `not_found`, 405 `method_not_allowed`, 429 `api_rate_limited`
 //!   (`--market-api-per-ip`), 503 `busy` (no database connection free within
-//!   `call::POOL_WAIT`) and 503 `unavailable` (any other database failure;
+//!   `db::POOL_WAIT`) and 503 `unavailable` (any other database failure;
 //!   retry). Counted in `rowcast_rejected_total` as `bad_request` (every 400,
 //!   the database's included), `forbidden` (every 403), `payload_too_large`,
 //!   `unsupported_media_type`, `method_not_allowed`, `api_rate_limited`;

@@ -101,7 +101,11 @@ async fn open(app: Arc<App>, req: StreamRequest) -> Result<Opened, ApiError> {
     app.gate
         .authorize_all(req.peer.ip(), &admitted.identity, &topics)
         .await?;
-    let (feed, notice) = app.feeds.open(&topics, req.start).await?;
+    let mut start = req.start;
+    // with a cursor, `snapshot` would apply only after a resync, which a
+    // poll answers 410 instead: no snapshot to read for that
+    start.snapshot &= start.cursor.is_none();
+    let (feed, notice) = app.feeds.open(&topics, start).await?;
     // A snapshot is answered whole, whatever the limit: its events all carry
     // the one position they describe, so an answer cut inside it would hand
     // out a cursor past the entities it left out.

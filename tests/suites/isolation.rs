@@ -672,3 +672,46 @@ async fn market_events_reach_only_rightful_clients_on_every_topic() {
     assert_eq!(status, 403, "{body}");
     server.stop().await;
 }
+
+/// A policy that never answers holds no client for good: the next request
+/// waits at most `db::POOL_WAIT` (10 s) for a connection, then is told to
+/// retry, and the stuck statement is cut at 30 s (`statement_timeout`),
+/// giving its connection back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_policy_holds_no_client_for_good() {
+    let url = fresh_market_db().await;
+    let db = connect(&url).await;
+    db.batch_execute(
+        "CREATE OR REPLACE FUNCTION rowcast.authorize(claims jsonb, topic text)
+         RETURNS boolean LANGUAGE plpgsql VOLATILE AS $$
+         BEGIN
+             IF topic = 'stuck' THEN PERFORM pg_sleep(300); END IF;
+             RETURN true;
+         END $$",
+    )
+    .await
+    .unwrap();
+    let srv = server_with(&url, |c| c.pool_size = 1).await;
+    let base = srv.base_url();
+    let started = tokio::time::Instant::now();
+    let stuck = tokio::spawn({
+        let base = base.clone();
+        async move { poll_raw(&base, "topics=stuck").await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, body) = poll_raw(&base, "topics=product-1").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "waited {:?} for the pool",
+        started.elapsed()
+    );
+    let (status, body) = tokio::time::timeout(Duration::from_secs(60), stuck)
+        .await
+        .expect("the stuck policy's statement was never cut")
+        .unwrap();
+    assert_eq!(status, 503, "{body}");
+    // and the connection is back
+    let (status, body) = poll_raw(&base, "topics=product-1").await;
+    assert_eq!(status, 200, "{body}");
+}

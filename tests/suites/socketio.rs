@@ -1800,6 +1800,47 @@ async fn a_polling_session_holds_little_unpolled_and_expires_without_polls() {
     srv.stop().await;
 }
 
+/// A long-polling POST that announces a body and never sends it (or sends it
+/// slowly) holds its socket no longer than a slow request head: answered 400
+/// `bad_message` after `--header-timeout`, and its session closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_polling_post_whose_body_never_comes_is_cut_at_the_header_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let url = fresh_db().await;
+    let srv = server_with(&url, |c| {
+        c.limits.header_read_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let base = srv.base_url();
+    let p = RawPolling::open(&base).await;
+    let path = p.url.trim_start_matches(&base).to_string();
+    let mut tcp = tokio::net::TcpStream::connect(srv.addr).await.unwrap();
+    tcp.write_all(
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\n3"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let sent = std::time::Instant::now();
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut answer))
+        .await
+        .expect("a POST whose body never comes is never answered")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]).to_string();
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("bad_message"), "{answer}");
+    assert!(
+        sent.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        sent.elapsed()
+    );
+    assert_eq!(p.poll().await.0, 400, "the session is closed");
+    srv.stop().await;
+}
+
 /// CONNECT packets to any namespace count against the 4 an Engine.IO
 /// connection may send; a CONNECT whose payload is not an object, or whose
 /// `token`, `topics`, `pid`, `offset` or `snapshot` have the wrong type, or

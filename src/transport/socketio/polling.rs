@@ -16,7 +16,7 @@ use super::session::Session;
 use super::EngineSettings;
 use crate::api_error::{ApiError, ErrorCode};
 use crate::feed::Budget;
-use crate::limits::RateLimiter;
+use crate::limits::{read_body, BodyRefused, RateLimiter};
 use crate::metrics::Transport;
 use crate::protocol::socketio::{self as packet, EnginePacket, PacketError, SEPARATOR};
 use crate::shutdown::Shutdown;
@@ -334,15 +334,19 @@ async fn open(app: Arc<App>, req: StreamRequest) -> Response {
 /// (`Inbox`).
 async fn post(app: &App, session: &PollSession, body: Body) -> Response {
     let max = app.socketio.settings.max_payload;
-    let bytes = match axum::body::to_bytes(body, max).await {
+    let within = app.gate.limits().header_read_timeout;
+    let bytes = match read_body(body, max, within).await {
         Ok(b) => b,
-        Err(_) => {
+        Err(e) => {
             close_session(app, session);
-            return ApiError::new(
-                ErrorCode::BadMessage,
-                format!("a polling body is at most {max} bytes"),
-            )
-            .into_response();
+            let why = match e {
+                BodyRefused::TooLarge => format!("a polling body is at most {max} bytes"),
+                BodyRefused::Unreadable => "the body could not be read".to_string(),
+                BodyRefused::Late => {
+                    "the body did not arrive within the header timeout".to_string()
+                }
+            };
+            return ApiError::new(ErrorCode::BadMessage, why).into_response();
         }
     };
     let Ok(body) = std::str::from_utf8(&bytes) else {
