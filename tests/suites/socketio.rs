@@ -2063,6 +2063,44 @@ async fn a_probe_that_ends_leaves_another_probe_of_the_session_standing() {
     srv.stop().await;
 }
 
+/// A session takes at most two upgrading WebSockets at once (they hold no
+/// connection slot of their own): a third is refused with 400 until one of
+/// them goes, and the upgrade still completes on one that stands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_takes_at_most_two_upgrading_websockets() {
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::{Error, Message};
+    let url = fresh_db().await;
+    let srv = server(&url).await;
+    let base = srv.base_url();
+    let p = RawPolling::connected(&base).await;
+    let ws_url = p.upgrade_url();
+    let mut first = raw(&ws_url).await;
+    let mut second = raw(&ws_url).await;
+    match tokio_tungstenite::connect_async(&ws_url).await {
+        Err(Error::Http(r)) => assert_eq!(r.status().as_u16(), 400),
+        other => panic!("a third upgrading WebSocket: {:?}", other.map(|_| ())),
+    }
+    first.close(None).await.unwrap();
+    drop(first);
+    let deadline = tokio::time::Instant::now() + ARRIVAL;
+    let mut third = loop {
+        match tokio_tungstenite::connect_async(&ws_url).await {
+            Ok((ws, _)) => break ws,
+            Err(_) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("the first's place was never given back: {e}"),
+        }
+    };
+    drop(second.close(None).await);
+    assert_eq!(said(&mut third, "2probe").await, "3probe");
+    third.send(Message::Text("5".into())).await.unwrap();
+    // upgraded: the session answers on the WebSocket
+    assert_eq!(said(&mut third, "2").await, "3");
+    srv.stop().await;
+}
+
 /// With JWT configured, a long-polling session that has not connected by
 /// `--auth-timeout` (no CONNECT, or only a refused one) is closed, as a
 /// WebSocket is (1008 `authentication timeout` there): its pending poll

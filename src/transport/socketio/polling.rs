@@ -59,6 +59,9 @@ pub(crate) struct PollSession {
     /// does, polls answer at once, with a noop when there is nothing else
     /// (see [`Probed`]).
     probed: AtomicUsize,
+    /// WebSockets opened to upgrade this session, probing or not yet
+    /// (`UpgradeSocket`): at most `MAX_UPGRADE_SOCKETS`.
+    upgrade_sockets: AtomicUsize,
     upgrading: AtomicBool,
     closed: AtomicBool,
     /// With JWT configured, when a session that has not connected (no
@@ -89,6 +92,35 @@ impl Probed {
 impl Drop for Probed {
     fn drop(&mut self) {
         self.0.probed.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// WebSockets that may try to upgrade one session at once: socket.io-client
+/// opens one; a second covers a retry while the first is still open. They
+/// hold no connection slot of their own (the session holds one), so without
+/// this bound one session could open any number, each standing up to the
+/// upgrade's 10 s.
+pub(crate) const MAX_UPGRADE_SOCKETS: usize = 2;
+
+/// One of a session's `MAX_UPGRADE_SOCKETS`, given back when dropped.
+pub(crate) struct UpgradeSocket(Arc<PollSession>);
+
+impl UpgradeSocket {
+    /// A place for one more upgrading WebSocket, if the session has one.
+    pub(crate) fn take(session: &Arc<PollSession>) -> Option<UpgradeSocket> {
+        session
+            .upgrade_sockets
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_UPGRADE_SOCKETS).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| UpgradeSocket(Arc::clone(session)))
+    }
+}
+
+impl Drop for UpgradeSocket {
+    fn drop(&mut self) {
+        self.0.upgrade_sockets.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -312,6 +344,7 @@ async fn open(app: Arc<App>, req: StreamRequest) -> Response {
         }),
         polling: AtomicBool::new(false),
         probed: AtomicUsize::new(0),
+        upgrade_sockets: AtomicUsize::new(0),
         upgrading: AtomicBool::new(false),
         closed: AtomicBool::new(false),
         auth_deadline: app

@@ -16,7 +16,7 @@
 //! stop socket.io-client from reconnecting): the client comes back and
 //! recovers from its offset.
 
-use super::polling::{PollSession, Probed};
+use super::polling::{PollSession, Probed, UpgradeSocket, MAX_UPGRADE_SOCKETS};
 use super::session::Session;
 use crate::api_error::{ApiError, ErrorCode};
 use crate::limits::RateLimiter;
@@ -66,13 +66,20 @@ pub(crate) async fn open(app: Arc<App>, req: StreamRequest, upgrade: Handshake) 
         let Some(polling) = app.socketio.get(&sid) else {
             return unknown_session();
         };
+        let Some(slot) = UpgradeSocket::take(&polling) else {
+            return ApiError::new(
+                ErrorCode::BadRequest,
+                format!("this session has {MAX_UPGRADE_SOCKETS} WebSockets upgrading it already"),
+            )
+            .into_response();
+        };
         req.socket.serves(Transport::SocketIo);
         // The probe is a boxed future of its own that hands over the
         // Connection; its run future then holds the socket and session once
         // (an `async` block calling both would keep the probe's socket
         // argument beside the Connection for the connection's life).
         return upgrade.accept(move |raw| {
-            Box::pin(upgrade_from_polling(app, raw, config, polling))
+            Box::pin(upgrade_from_polling(app, raw, config, polling, slot))
                 .then(|c| OptionFuture::from(c.map(|c| c.run(None))))
                 .map(drop)
                 .instrument(span)
@@ -136,6 +143,7 @@ async fn upgrade_from_polling(
     raw: RawSocket,
     config: WebSocketConfig,
     polling: Arc<PollSession>,
+    slot: UpgradeSocket,
 ) -> Option<Connection> {
     let (wire, mut socket) = websocket(&app, raw, config).await;
     let deadline = Instant::now() + UPGRADE_WAIT;
@@ -157,6 +165,8 @@ async fn upgrade_from_polling(
         }
     }
     let (mut session, posted) = polling.take_for_upgrade(&app).await?;
+    // upgraded: the session's slot is this connection's now
+    drop(slot);
     session.conn.switch(app.transport(Transport::SocketIo));
     let mut out = Vec::new();
     for m in &posted {
