@@ -277,10 +277,11 @@ impl Gate {
         Ok(())
     }
 
-    /// One database write made for this client address outside `authorize`
-    /// (a Socket.IO session's topics stored), taken from the same per-address
-    /// budget; over it, `authorize_rate_limited` and nothing is written.
-    pub(crate) fn spend_db_write(&self, peer: IpAddr) -> Result<(), ApiError> {
+    /// One database call made for this client address outside `authorize`
+    /// (a Socket.IO session's topics stored, a presence read), taken from the
+    /// same per-address budget; over it, `authorize_rate_limited` and the
+    /// database is not asked.
+    pub(crate) fn spend_db_call(&self, peer: IpAddr) -> Result<(), ApiError> {
         if self.authorize_budget.take(peer, 1) {
             return Ok(());
         }

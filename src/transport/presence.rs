@@ -6,7 +6,9 @@
 //! - `GET /v1/presence?users=farmer-101,customer-7` (token optional): their
 //!   status now, `{"users":[{"userId","status","lastActiveAt"}],"forbidden":[..]}`,
 //!   each user authorized like its topic `presence-<userId>`; a user never
-//!   seen reads as offline with `lastActiveAt: null`.
+//!   seen reads as offline with `lastActiveAt: null`. The read is one
+//!   database call from the address's `--authorize-per-ip` budget (429
+//!   `authorize_rate_limited` past it), none when every user is denied.
 
 use super::start::StreamRequest;
 use super::App;
@@ -67,7 +69,14 @@ async fn read_presence(
         .iter()
         .filter_map(|t| t.strip_prefix("presence-").map(String::from))
         .collect();
-    let seen = app.presence.read(&allowed).await.map_err(presence_error)?;
+    // one database read per request, from the address's budget of calls
+    // (none when every user was denied)
+    let seen = if allowed.is_empty() {
+        Vec::new()
+    } else {
+        app.gate.spend_db_call(req.peer.ip())?;
+        app.presence.read(&allowed).await.map_err(presence_error)?
+    };
     let body = json!({
         "users": seen.iter().map(|s| json!({
             "userId": s.user_id,

@@ -397,3 +397,39 @@ async fn a_farmer_with_two_farms_is_announced_once_per_topic() {
     assert_eq!(e.event, "test.end", "a second announcement: {e:?}");
     srv.stop().await;
 }
+
+/// Each presence read that is allowed some user is one database call from
+/// the address's `--authorize-per-ip` budget: past it, 429
+/// `authorize_rate_limited` without asking the database; a read of users
+/// all denied asks nothing and costs nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_reads_are_paid_from_the_address_budget() {
+    let url = fresh_market_db().await;
+    let db = connect(&url).await;
+    seed(&db, 1, 1).await;
+    let srv = server_with(&url, |c| {
+        presence_cfg(c);
+        c.limits.authorize_per_ip = 1;
+    })
+    .await;
+    let base = srv.base_url();
+    // denied users only: no database call, never rate limited
+    for _ in 0..60 {
+        let (status, v) = get_json(&base, "/v1/presence?users=customer-1", &[]).await;
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(v["forbidden"], json!(["customer-1"]));
+    }
+    let mut limited = None;
+    for i in 0..200 {
+        let (status, v) = get_json(&base, "/v1/presence?users=farmer-101", &[]).await;
+        if status == 429 {
+            assert_eq!(v["error"], "authorize_rate_limited", "{v}");
+            limited = Some(i);
+            break;
+        }
+        assert_eq!(status, 200, "{v}");
+    }
+    let n = limited.expect("presence reads are never rate limited");
+    assert!(n >= 1, "the first read was refused");
+    srv.stop().await;
+}

@@ -31,7 +31,7 @@
 //!   what the newer one stored.
 //! - Bounds: each store, and each recovery's `find` (a write), counts as one
 //!   check against the client address's `rowcast.authorize` budget
-//!   (`--authorize-per-ip`, `Gate::spend_db_write`),
+//!   (`--authorize-per-ip`, `Gate::spend_db_call`),
 //!   and a store that makes a row its client had not stored before is
 //!   refused while the address (IPv6: its /64) has stored
 //!   `64 × --max-connections-per-ip` rows seen in the last `2 × every`: a

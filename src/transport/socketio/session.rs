@@ -243,7 +243,7 @@ impl Session {
         let found = match &resume {
             Some(Ok(Resume { key: Some(k), .. })) => {
                 // a write (the row is marked): counted like a store
-                if self.app.gate.spend_db_write(self.conn.ip()).is_err() {
+                if self.app.gate.spend_db_call(self.conn.ip()).is_err() {
                     return Err(Disconnect::TryAgainLater);
                 }
                 Some(self.app.rooms.find(k, digest).await.map_err(|e| {
@@ -323,7 +323,7 @@ impl Session {
                 // a new session in place of one that had changed its topics
                 // keeps them, stored under its own key
                 if let Some(Found::Stored(..)) = found {
-                    if self.app.gate.spend_db_write(peer).is_err() {
+                    if self.app.gate.spend_db_call(peer).is_err() {
                         return Err(Disconnect::TryAgainLater);
                     }
                     match self.app.rooms.save(&held, peer, &allowed).await {
@@ -552,7 +552,7 @@ impl Session {
         let Some(j) = self.joined.as_ref() else {
             return Ok(Ok(()));
         };
-        if let Err(e) = self.app.gate.spend_db_write(self.conn.ip()) {
+        if let Err(e) = self.app.gate.spend_db_call(self.conn.ip()) {
             return Ok(Err(e));
         }
         topics.sort_unstable();
