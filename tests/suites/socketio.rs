@@ -1223,6 +1223,66 @@ async fn storing_topics_counts_against_the_addresss_budget() {
     srv.stop().await;
 }
 
+/// Recoveries with made-up pids (random keys, connected "now") cannot make
+/// rows past the address's cap: a row a recovery makes counts against it
+/// like a stored one (here 64 × `--max-connections-per-ip` 2 = 128), and
+/// past it the recovery gets a new session and a resync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn made_up_pids_make_no_rows_past_the_addresss_cap() {
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::Message as M;
+    let url = fresh_db().await;
+    let srv = server_with(&url, |c| {
+        c.limits.max_connections_per_ip = 2;
+        c.limits.authorize_per_ip = 1000;
+    })
+    .await;
+    let ws_url = format!(
+        "{}/socket.io/?EIO=4&transport=websocket&topics=r",
+        srv.base_url().replacen("http://", "ws://", 1)
+    );
+    let db = connect(&url).await;
+    let mut first = raw(&ws_url).await;
+    first.send(M::Text("40".into())).await.unwrap();
+    let open = texts(&mut first, 2).await;
+    let connected: Value = serde_json::from_str(&open[1][2..]).unwrap();
+    let pid = connected["pid"].as_str().unwrap().to_string();
+    drop(first);
+    let parts: Vec<&str> = pid.split('.').collect();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut resynced = 0;
+    for i in 0..150u32 {
+        // 16 base64url characters: 12 bytes of a key never made
+        let key = format!("{:0>16}", format!("k{i}"));
+        let made_up = format!("{}.{}.{key}.{now}", parts[0], parts[1]);
+        let mut ws = raw(&ws_url).await;
+        ws.send(M::Text(format!("40{}", json!({ "pid": made_up })).into()))
+            .await
+            .unwrap();
+        let got = texts(&mut ws, 2).await;
+        assert!(got[1].starts_with("40"), "{got:?}");
+        // not recovered (a new pid): a new session, and a resync follows
+        let answer: Value = serde_json::from_str(&got[1][2..]).unwrap();
+        if answer["pid"] != made_up.as_str() {
+            resynced += 1;
+            assert!(texts(&mut ws, 1).await[0].contains("rowcast:resync"));
+        }
+        drop(ws.close(None).await);
+    }
+    let rows: i64 = db
+        .query_one("SELECT count(*) FROM rowcast.socketio_rooms", &[])
+        .await
+        .unwrap()
+        .get(0);
+    // the cap, and the sessions served meanwhile that the node marks
+    assert!(rows <= 128 + 4, "{rows} rows from one address");
+    assert!(resynced >= 150 - 128 - 4, "{resynced} recoveries refused");
+    srv.stop().await;
+}
+
 /// A pid from an older node (`<digest>.<cursor>`, no key) resumes exactly
 /// from its offset with the connect-time topics, under a new pid (so
 /// socket.io-client reports `recovered === false`), and no resync: nothing

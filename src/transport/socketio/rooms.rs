@@ -36,9 +36,13 @@
 //!   refused while the address (IPv6: its /64) has stored
 //!   `64 × --max-connections-per-ip` rows seen in the last `2 × every`: a
 //!   lockout lasts at most that long, and an address holds at most
-//!   `keep / (2 × every)` times the cap. Rows made by marking or recovery
-//!   (no address) exist only for sessions served at the time, so they are
-//!   bounded by the connections the nodes admit.
+//!   `keep / (2 × every)` times the cap. A row a recovery makes carries its
+//!   client's address and counts against the same cap (over it, the
+//!   recovery finds `Found::Expired`: a new session and a resync), and a pid
+//!   connected in the future (past `every` of skew) is not young, so made-up
+//!   pids cannot make rows past the cap. Rows made by marking (no address)
+//!   exist only for sessions served at the time, so they are bounded by the
+//!   connections the nodes admit.
 //! - Memory: a session holds 16 bytes (`Held`) and a 25-byte slot.
 //! - Rows are locked in session order by marking (and skipped by pruning
 //!   when locked), so nodes marking and pruning at once do not deadlock:
@@ -79,14 +83,18 @@ const SAVE: &str = "INSERT INTO rowcast.socketio_rooms (session, identity, peer,
       WHERE socketio_rooms.identity = EXCLUDED.identity AND socketio_rooms.gen = EXCLUDED.gen \
      RETURNING 1";
 /// A recovery: marks the row seen and bumps its generation; with no row,
-/// a session young enough ($3) gets one ("connect-time", generation 1).
-/// No result: the session may have lost its row.
+/// a session young enough ($3) gets one ("connect-time", generation 1,
+/// under its client's address $4, within the address's cap as in `SAVE`).
+/// No result: the session may have lost its row, or its address is over
+/// the cap.
 const FIND: &str = "WITH found AS ( \
        UPDATE rowcast.socketio_rooms SET seen_at = now(), gen = gen + 1 \
         WHERE session = $1 AND identity = $2 RETURNING topics, gen), \
      made AS ( \
-       INSERT INTO rowcast.socketio_rooms (session, identity, gen) \
-       SELECT $1, $2, 1 WHERE $3 AND NOT EXISTS (SELECT 1 FROM found) \
+       INSERT INTO rowcast.socketio_rooms (session, identity, gen, peer) \
+       SELECT $1, $2, 1, $4 WHERE $3 AND NOT EXISTS (SELECT 1 FROM found) \
+          AND (SELECT count(*) FROM (SELECT 1 FROM rowcast.socketio_rooms \
+               WHERE peer = $4 AND seen_at > now() - make_interval(secs => $6) LIMIT $5) capped) < $5 \
        ON CONFLICT (session) DO UPDATE SET seen_at = now(), gen = socketio_rooms.gen + 1 \
         WHERE socketio_rooms.identity = EXCLUDED.identity \
        RETURNING topics, gen) \
@@ -384,13 +392,24 @@ impl Rooms {
     }
 
     /// What a session recovering with `key` finds (the contract above).
-    pub(crate) async fn find(&self, key: &Key, identity: u64) -> Result<Found> {
+    pub(crate) async fn find(&self, key: &Key, identity: u64, peer: IpAddr) -> Result<Found> {
         let young = self.young(key, unix_now());
+        let peer = crate::limits::client_block(peer);
         let client = self.pool.get().await?;
         let row = match client.prepare_cached(FIND).await {
             Ok(s) => {
                 client
-                    .query_opt(&s, &[&key.row(), &(identity as i64), &young])
+                    .query_opt(
+                        &s,
+                        &[
+                            &key.row(),
+                            &(identity as i64),
+                            &young,
+                            &peer,
+                            &self.per_peer,
+                            &(self.every * 2).as_secs_f64(),
+                        ],
+                    )
                     .await
             }
             Err(e) => Err(e),
@@ -410,9 +429,14 @@ impl Rooms {
     }
 
     /// Too young to have lost a row: a row is deleted only after `keep`
-    /// unseen, and the session had none before it was first marked.
+    /// unseen, and the session had none before it was first marked. A pid
+    /// connected in the future (past `every` of clock skew) was made up.
     fn young(&self, key: &Key, now: u64) -> bool {
-        let age = Duration::from_secs(now.saturating_sub(u64::from(key.connected_at)));
+        let at = u64::from(key.connected_at);
+        if at > now.saturating_add(self.every.as_secs()) {
+            return false;
+        }
+        let age = Duration::from_secs(now.saturating_sub(at));
         age + self.every < self.keep
     }
 
@@ -533,8 +557,18 @@ mod tests {
         // from here a row it had could have been deleted (with an hour for skew)
         assert!(!r.young(&key(25 * 3600), 1_000_000));
         assert!(!r.young(&key(40 * 3600), 1_000_000));
-        // a clock behind the pid's: young
+        // a clock behind the pid's (up to `every`, an hour here): young
         assert!(r.young(&key(0), 999_000));
+        assert!(r.young(&key(0), 1_000_000 - 3600));
+        // further in the future: made up, whatever its age would be
+        assert!(!r.young(&key(0), 1_000_000 - 3601));
+        assert!(!r.young(
+            &Key {
+                id: [7; 12],
+                connected_at: u32::MAX
+            },
+            1_000_000
+        ));
     }
 
     #[test]

@@ -246,10 +246,16 @@ impl Session {
                 if self.app.gate.spend_db_call(self.conn.ip()).is_err() {
                     return Err(Disconnect::TryAgainLater);
                 }
-                Some(self.app.rooms.find(k, digest).await.map_err(|e| {
-                    tracing::warn!(error = %e, "socket.io rooms unavailable");
-                    Disconnect::TryAgainLater
-                })?)
+                Some(
+                    self.app
+                        .rooms
+                        .find(k, digest, self.conn.ip())
+                        .await
+                        .map_err(|e| {
+                            tracing::warn!(error = %e, "socket.io rooms unavailable");
+                            Disconnect::TryAgainLater
+                        })?,
+                )
             }
             _ => None,
         };
