@@ -54,11 +54,18 @@ pub(crate) struct Watermarks {
 }
 
 impl Watermarks {
-    /// From a read's `marks` text ([`marks_column`]).
+    /// From a read's `marks` text ([`marks_column`]). No text (the row of
+    /// `rowcast.retention` is gone) or an unreadable one is an error, never
+    /// "nothing pruned": resumes would then cross pruned rows silently.
     fn parse(marks: Option<&str>) -> Result<Watermarks> {
-        let mut parts = marks.unwrap_or("").split(' ');
+        let marks = marks.ok_or_else(|| {
+            crate::error::Error::Invariant(
+                "rowcast.retention has no row (id = 1): restore it or run migrate".into(),
+            )
+        })?;
+        let mut parts = marks.split(' ');
         Ok(Watermarks {
-            pruned_below: parts.next().and_then(|t| t.parse().ok()).unwrap_or(0),
+            pruned_below: parse_xid(parts.next().unwrap_or(""))?,
             lost_before: parts.next().map(parse_xid).transpose()?,
         })
     }
@@ -462,8 +469,9 @@ pub(crate) async fn snapshot(
         bytes: 0,
         complete: true,
     };
-    // newest first: the first row is the snapshot's last event
+    // newest first: the first deliverable row is the snapshot's last event
     let mut n = 0;
+    let mut last_event = true;
     while let Some(row) = rows.try_next().await? {
         if n == SNAPSHOT_MAX {
             read.truncated = true;
@@ -471,7 +479,7 @@ pub(crate) async fn snapshot(
         }
         n += 1;
         let id: i64 = row.try_get(0)?;
-        let cursor = if n == 1 {
+        let cursor = if last_event {
             Cursor::boundary(pos.clone())
         } else {
             Cursor::in_snapshot(pos.clone(), id)
@@ -479,10 +487,13 @@ pub(crate) async fn snapshot(
         let change = match decode(&row, id, [1, 2, 3, 4, 5, 6], &cursor) {
             Ok(c) => c,
             Err(reason) => {
-                tracing::debug!(id, reason, "snapshot skips an undeliverable change");
+                // rows an older release let in (the log's CHECK refuses them
+                // since); the source logs and counts them when it reads them
+                tracing::warn!(id, reason, "snapshot skips an undeliverable change");
                 continue;
             }
         };
+        last_event = false;
         read.bytes = read.bytes.saturating_add(change.approx_len());
         if read.complete && !pay(read.bytes) {
             read.complete = false;
@@ -512,8 +523,10 @@ mod tests {
         let w = Watermarks::parse(Some("7 12")).unwrap();
         assert_eq!((w.pruned_below, w.lost_before), (7, Some(12)));
         assert_eq!(Watermarks::parse(Some("7")).unwrap().lost_before, None);
-        assert_eq!(Watermarks::parse(None).unwrap(), Watermarks::default());
+        assert!(Watermarks::parse(None).is_err(), "no retention row");
         assert!(Watermarks::parse(Some("7 x")).is_err());
+        assert!(Watermarks::parse(Some("x")).is_err());
+        assert!(Watermarks::parse(Some("")).is_err());
         let snap = Snapshot::new;
         assert!(
             w.expire(&snap(20, vec![6])),

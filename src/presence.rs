@@ -42,7 +42,8 @@ impl Clock {
         let Some(at) = last_active_ms else {
             return "offline";
         };
-        let idle_ms = crate::change::now_us() / 1000 - at;
+        // `at` comes from a payload any writer may emit: saturate, never wrap
+        let idle_ms = (crate::change::now_us() / 1000).saturating_sub(at);
         let idle = Duration::from_millis(idle_ms.max(0) as u64);
         if idle >= self.offline {
             "offline"
@@ -309,5 +310,9 @@ mod tests {
         assert_eq!(c.status(Some(now - 301_000)), "away");
         assert_eq!(c.status(Some(now - 3_601_000)), "offline");
         assert_eq!(c.status(None), "offline");
+        // extreme `lastActiveAt`s from a payload: no overflow (a panic in
+        // debug builds), the far past offline, the future online
+        assert_eq!(c.status(Some(i64::MIN)), "offline");
+        assert_eq!(c.status(Some(i64::MAX)), "online");
     }
 }

@@ -326,21 +326,30 @@ pub fn parse_topic_list(list: Option<&str>) -> Result<Vec<String>, ProtocolError
     parse_topic_list_max(list, MAX_TOPIC_LEN)
 }
 
+/// The topics of a comma-separated list as written (a URL's `topics=`,
+/// Socket.IO's `auth.topics: 'a,b'`), unchecked: only spaces are trimmed
+/// (`a, b` is two topics; a control character, `%0a` once decoded, stays,
+/// to be refused, never trimmed into another topic name); empty entries
+/// stay (refused as empty topics); an empty or all-space list is none.
+pub fn split_topic_list(list: &str) -> Vec<String> {
+    let list = list.trim_matches(' ');
+    if list.is_empty() {
+        return Vec::new();
+    }
+    list.split(',')
+        .map(|t| t.trim_matches(' ').to_string())
+        .collect()
+}
+
 /// `parse_topic_list` with a configured topic length limit.
 pub fn parse_topic_list_max(
     list: Option<&str>,
     max_len: usize,
 ) -> Result<Vec<String>, ProtocolError> {
-    // Only spaces are trimmed (`a, b` is two topics): a control character,
-    // `%0a` once decoded, is refused, not trimmed into another topic name.
-    let list = list.unwrap_or("").trim_matches(' ');
-    if list.is_empty() {
+    let topics = split_topic_list(list.unwrap_or(""));
+    if topics.is_empty() {
         return Err(ProtocolError::NoTopics);
     }
-    let topics: Vec<String> = list
-        .split(',')
-        .map(|t| t.trim_matches(' ').to_string())
-        .collect();
     topics
         .iter()
         .try_for_each(|t| check_topic_max(t, max_len))?;

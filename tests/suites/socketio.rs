@@ -1283,6 +1283,61 @@ async fn made_up_pids_make_no_rows_past_the_addresss_cap() {
     srv.stop().await;
 }
 
+/// A comma-separated topic list is split as a URL's `topics=` is, whatever
+/// carries it (`auth.topics`, a `subscribe`): only spaces are trimmed, so a
+/// tab or a line break is refused rather than trimmed away, and an empty
+/// entry is refused rather than dropped, as on SSE and polling.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn comma_separated_topics_follow_the_url_rules() {
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::Message as M;
+    let url = fresh_db().await;
+    let srv = server(&url).await;
+    let base = srv.base_url();
+    let ws_url = format!(
+        "{}/socket.io/?EIO=4&transport=websocket",
+        base.replacen("http://", "ws://", 1)
+    );
+    for list in ["\tproduct-1", "a,,b", "a,\nb"] {
+        let mut ws = raw(&ws_url).await;
+        ws.send(M::Text(format!("40{}", json!({ "topics": list })).into()))
+            .await
+            .unwrap();
+        let got = texts(&mut ws, 2).await;
+        assert!(got[1].starts_with("44"), "{list:?}: {got:?}");
+        assert!(got[1].contains("bad_topic"), "{list:?}: {got:?}");
+        // the same on polling
+        let status = reqwest::Client::new()
+            .get(format!("{base}/v1/poll"))
+            .query(&[("topics", list)])
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status.as_u16(), 400, "{list:?}");
+    }
+    // spaces are trimmed, on both
+    let mut ws = raw(&ws_url).await;
+    ws.send(M::Text(
+        format!("40{}", json!({ "topics": " a , b " })).into(),
+    ))
+    .await
+    .unwrap();
+    let got = texts(&mut ws, 2).await;
+    assert!(got[1].starts_with("40"), "{got:?}");
+    let answer = said(&mut ws, r#"421["subscribe","c,,d"]"#).await;
+    assert!(
+        answer.starts_with("431") && answer.contains("bad_topic"),
+        "{answer}"
+    );
+    let answer = said(&mut ws, r#"422["subscribe"," c , d "]"#).await;
+    assert!(
+        answer.starts_with("432") && answer.contains(r#""subscribed":["c","d"]"#),
+        "{answer}"
+    );
+    srv.stop().await;
+}
+
 /// A pid from an older node (`<digest>.<cursor>`, no key) resumes exactly
 /// from its offset with the connect-time topics, under a new pid (so
 /// socket.io-client reports `recovered === false`), and no resync: nothing

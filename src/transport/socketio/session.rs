@@ -26,6 +26,7 @@ use crate::auth::Identity;
 use crate::cursor::Cursor;
 use crate::feed::{Delivery, Feed, Start};
 use crate::protocol::socketio::{self as packet, PacketError, SocketKind, SocketPacket};
+use crate::protocol::split_topic_list;
 use crate::transport::close::Disconnect;
 use crate::transport::socketio::rooms::{Found, Held, Key, Saved};
 use crate::transport::App;
@@ -388,11 +389,7 @@ impl Session {
             .map(|o| o.topics.clone())
             .unwrap_or_default();
         match auth.get("topics") {
-            Some(Value::String(list)) => wanted.extend(
-                list.split(',')
-                    .map(|t| t.trim().to_string())
-                    .filter(|t| !t.is_empty()),
-            ),
+            Some(Value::String(list)) => wanted.extend(split_topic_list(list)),
             Some(Value::Array(list)) => {
                 wanted.extend(list.iter().filter_map(|t| t.as_str().map(String::from)))
             }
@@ -641,11 +638,11 @@ fn echoed(name: &str) -> String {
     }
 }
 
-/// `["a","b"]` or `"a,b"` or `"a"`.
+/// `["a","b"]` or `"a,b"` (split as a URL's list is) or `"a"`.
 fn topic_list(v: Option<&Value>) -> Option<Vec<String>> {
     match v? {
         Value::Array(a) => a.iter().map(|t| t.as_str().map(String::from)).collect(),
-        Value::String(s) => Some(s.split(',').map(|t| t.trim().to_string()).collect()),
+        Value::String(s) => Some(split_topic_list(s)),
         _ => None,
     }
 }
