@@ -7,7 +7,7 @@
 
 use super::App;
 use crate::access::Admitted;
-use crate::api_error::ApiError;
+use crate::api_error::{ApiError, ErrorCode};
 use crate::feed::Start;
 use crate::metrics::Transport;
 use crate::protocol::{parse_cursor, ProtocolError};
@@ -167,7 +167,7 @@ impl FromRequestParts<Arc<App>> for StreamRequest {
             topics,
             start: Start {
                 cursor,
-                snapshot: flag(q.snapshot.as_deref()),
+                snapshot: flag("snapshot", q.snapshot.as_deref())?,
             },
             token: q.token,
             wait: q.wait,
@@ -191,10 +191,16 @@ fn peer(parts: &Parts) -> SocketAddr {
         .unwrap_or(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0))
 }
 
-/// `true`, `1`, `yes` (any case) are true; anything else false.
-fn flag(v: Option<&str>) -> bool {
-    matches!(
-        v.map(|s| s.to_ascii_lowercase()).as_deref(),
-        Some("true" | "1" | "yes")
-    )
+/// `true`, `1`, `yes`, `on` (any case) are true; absent, empty, `false`,
+/// `0`, `no`, `off` false; anything else (`snapshot=ture`) 400 `bad_query`
+/// rather than a silent false.
+fn flag(name: &str, v: Option<&str>) -> Result<bool, ApiError> {
+    match v.map(|s| s.trim().to_ascii_lowercase()).as_deref() {
+        Some("true" | "1" | "yes" | "on") => Ok(true),
+        None | Some("" | "false" | "0" | "no" | "off") => Ok(false),
+        Some(_) => Err(ApiError::new(
+            ErrorCode::BadQuery,
+            format!("{name} must be true or false"),
+        )),
+    }
 }

@@ -76,6 +76,33 @@ async fn repeated_query_parameters_are_bad_query() {
     srv.stop().await;
 }
 
+/// A flag that is neither true nor false (`snapshot=ture`, `snapshot=2`) is
+/// refused, never taken as false; the documented spellings are accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flag_that_is_neither_true_nor_false_is_bad_query() {
+    let srv = jwt_server().await;
+    let cases: Vec<(String, u16, &str, &str)> = ["ture", "2", "enabled", "%20x"]
+        .into_iter()
+        .map(|v| {
+            (
+                format!("topics=product-1&snapshot={v}"),
+                400,
+                "error",
+                "bad_query",
+            )
+        })
+        .collect();
+    answered_on_every_transport(&srv.base_url(), &cases).await;
+    for v in [
+        "true", "TRUE", "1", "yes", "on", "false", "0", "no", "off", "",
+    ] {
+        let (status, body) =
+            poll_raw(&srv.base_url(), &format!("topics=product-1&snapshot={v}")).await;
+        assert_eq!(status, 200, "snapshot={v}: {body}");
+    }
+    srv.stop().await;
+}
+
 /// Percent-encodings that do not decode to UTF-8, and a `%` that starts no
 /// escape, are refused: never decoded to U+FFFD (`product-%ff` and
 /// `product-%fe` would be one topic) nor taken literally. On every transport,
