@@ -45,15 +45,28 @@ pub(crate) async fn next_msg(rx: &mut mpsc::UnboundedReceiver<Msg>) -> Msg {
         .expect("client stream open")
 }
 
-/// Next event, skipping control messages.
+/// Next event, skipping control messages, within the arrival bound in all.
 pub(crate) async fn next_event(rx: &mut mpsc::UnboundedReceiver<Msg>) -> Ev {
+    let deadline = tokio::time::Instant::now() + ARRIVAL;
     loop {
-        match next_msg(rx).await {
+        let msg = tokio::time::timeout_at(deadline, rx.recv())
+            .await
+            .expect("an event within the arrival bound")
+            .expect("client stream open");
+        match msg {
             Msg::Event(e) => return e,
             Msg::Control(_) => continue,
             Msg::Closed(c) => panic!("stream closed ({c}) while waiting for an event"),
         }
     }
+}
+
+/// `f` within the arrival bound in all (a loop that skips messages while it
+/// waits for one: each wait is bounded, the loop must be too).
+pub(crate) async fn within_arrival<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(ARRIVAL, f)
+        .await
+        .unwrap_or_else(|_| panic!("{what} within the arrival bound"))
 }
 
 /// The next `n` events, skipping control messages.

@@ -377,16 +377,19 @@ async fn two_switches_at_once_take_turns_and_lose_nothing() {
 /// The WebSocket's next message but control ones is the close with 4010
 /// (cursor expired: reconnect to resync).
 async fn closed_to_resync(ws: &mut WsClient) {
-    loop {
-        match ws.next().await {
-            Msg::Control(_) => continue,
-            Msg::Closed(why) => {
-                assert!(why.starts_with("4010"), "closed with {why}");
-                return;
+    within_arrival("the close with 4010", async {
+        loop {
+            match ws.next().await {
+                Msg::Control(_) => continue,
+                Msg::Closed(why) => {
+                    assert!(why.starts_with("4010"), "closed with {why}");
+                    return;
+                }
+                other => panic!("a connected WebSocket was not told: {other:?}"),
             }
-            other => panic!("a connected WebSocket was not told: {other:?}"),
         }
-    }
+    })
+    .await
 }
 
 /// A fresh database with product 1 captured by the slot, and a node on it.
@@ -479,13 +482,16 @@ async fn clients_connected_through_a_lost_slot_are_told_to_resync() {
     );
     let long_poll = tokio::spawn(async move { poll_raw(&b, &q).await });
     a_declared_loss_resyncs(&db, &srv, &mut ws).await;
-    loop {
-        match next_msg(&mut sse.rx).await {
-            Msg::Closed(why) if why == "eof" => break,
-            Msg::Closed(_) => continue,
-            other => panic!("a connected SSE stream was not ended: {other:?}"),
+    within_arrival("the SSE stream's end", async {
+        loop {
+            match next_msg(&mut sse.rx).await {
+                Msg::Closed(why) if why == "eof" => break,
+                Msg::Closed(_) => continue,
+                other => panic!("a connected SSE stream was not ended: {other:?}"),
+            }
         }
-    }
+    })
+    .await;
     let (status, body) = tokio::time::timeout(ARRIVAL, long_poll)
         .await
         .expect("the long poll answers")

@@ -1001,16 +1001,19 @@ async fn ws_closed_reason_tells_a_vanished_client_from_a_protocol_error() {
     let mut c = WsClient::connect(&base, "topics=product-1").await;
     let bad = Frame::message(vec![1u8], OpCode::Data(Data::Reserved(3)), true);
     c.send_raw(M::Frame(bad)).await;
-    loop {
-        match c.next().await {
-            Msg::Closed(code) => {
-                assert!(code.starts_with("1002"), "{code}");
-                break;
+    within_arrival("the 1002 close", async {
+        loop {
+            match c.next().await {
+                Msg::Closed(code) => {
+                    assert!(code.starts_with("1002"), "{code}");
+                    break;
+                }
+                Msg::Control(_) => {}
+                other => panic!("expected the 1002 close, got {other:?}"),
             }
-            Msg::Control(_) => {}
-            other => panic!("expected the 1002 close, got {other:?}"),
         }
-    }
+    })
+    .await;
     until("protocol_error").await;
     assert_eq!(closed("client_gone").await, 1.0);
     srv.stop().await;

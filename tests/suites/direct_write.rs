@@ -34,8 +34,9 @@ async fn small_ws(addr: std::net::SocketAddr, query: &str) -> RawWs {
 
 /// The next text message, as JSON (bounded wait).
 async fn next_json(ws: &mut RawWs) -> Value {
+    let deadline = tokio::time::Instant::now() + ARRIVAL;
     loop {
-        let m = tokio::time::timeout(ARRIVAL, ws.next())
+        let m = tokio::time::timeout_at(deadline, ws.next())
             .await
             .expect("a message in time")
             .expect("the stream is open")
@@ -263,10 +264,11 @@ impl RawSio {
 
     /// The next packet that is not a ping (pings are answered; bounded wait).
     async fn next_packet(&mut self) -> String {
+        let deadline = tokio::time::Instant::now() + ARRIVAL;
         loop {
-            let m = tokio::time::timeout(ARRIVAL, self.0.next())
+            let m = tokio::time::timeout_at(deadline, self.0.next())
                 .await
-                .expect("a packet in time")
+                .expect("a packet (pings aside) in time")
                 .expect("the stream is open")
                 .expect("a frame");
             match m {
@@ -395,8 +397,12 @@ async fn read_until_cut(
     event: impl Fn(&str) -> Option<(i64, String)>,
 ) -> Vec<(i64, String)> {
     let mut seen = Vec::new();
+    // the close comes within the arrival bound of the last message, and the
+    // whole wait is bounded too
+    let end = tokio::time::Instant::now() + 3 * ARRIVAL;
     loop {
-        match tokio::time::timeout(ARRIVAL, ws.next()).await {
+        let next = (tokio::time::Instant::now() + ARRIVAL).min(end);
+        match tokio::time::timeout_at(next, ws.next()).await {
             Ok(Some(Ok(Message::Text(t)))) => seen.extend(event(t.as_str())),
             Ok(Some(Ok(Message::Close(f)))) => {
                 assert_eq!(u16::from(f.expect("a close frame").code), 4008);

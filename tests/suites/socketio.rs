@@ -1124,8 +1124,9 @@ async fn texts(ws: &mut RawWs, n: usize) -> Vec<String> {
     use futures::StreamExt;
     use tokio_tungstenite::tungstenite::Message as M;
     let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + ARRIVAL;
     while got.len() < n {
-        match tokio::time::timeout(ARRIVAL, ws.next()).await {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
             Ok(Some(Ok(M::Text(t)))) if t.as_str() != "2" => got.push(t.to_string()),
             Ok(Some(Ok(_))) => {}
             other => panic!("{other:?} after {got:?}"),
@@ -1581,10 +1582,11 @@ async fn malformed_socketio_input_gets_defined_answers() {
             tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
         >,
     ) -> String {
+        let deadline = tokio::time::Instant::now() + ARRIVAL;
         loop {
-            match tokio::time::timeout(ARRIVAL, ws.next())
+            match tokio::time::timeout_at(deadline, ws.next())
                 .await
-                .expect("an answer")
+                .expect("an answer (pings aside) within the arrival bound")
             {
                 Some(Ok(M::Text(t))) if t.as_str() == "2" => continue, // a ping
                 Some(Ok(M::Text(t))) => return t.to_string(),

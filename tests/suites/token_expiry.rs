@@ -28,19 +28,23 @@ async fn ends_at_expiry(exp: impl FnOnce(u64) -> serde_json::Value) {
     emit(&connect(&url).await, "x", 1).await;
     assert_eq!(next_event(&mut ws.rx).await.data["n"], 1);
     assert_eq!(next_event(&mut sse.rx).await.data["n"], 1);
-    let closed = loop {
-        match next_msg(&mut ws.rx).await {
-            Msg::Closed(c) => break c,
-            _ => continue,
+    let closed = within_arrival("the WebSocket's close", async {
+        loop {
+            if let Msg::Closed(c) = next_msg(&mut ws.rx).await {
+                break c;
+            }
         }
-    };
+    })
+    .await;
     assert!(closed.starts_with("1008"), "{closed}");
-    let ended = loop {
-        match next_msg(&mut sse.rx).await {
-            Msg::Closed(c) => break c,
-            _ => continue,
+    let ended = within_arrival("the SSE stream's end", async {
+        loop {
+            if let Msg::Closed(c) = next_msg(&mut sse.rx).await {
+                break c;
+            }
         }
-    };
+    })
+    .await;
     assert_eq!(ended, "eof");
     srv.stop().await;
 }
