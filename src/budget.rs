@@ -7,8 +7,10 @@
 //! socket. Anyone may ask for that (an anonymous `poll?cursor=<old>&limit=10000`),
 //! so what all such clients hold at once is bounded here (`--catchup-memory`):
 //! a page is read only once its bytes are granted, and the grant is returned
-//! when what it paid for has been written (WebSocket, SSE) or the answer has
-//! been built (polling).
+//! when what it paid for has been written (WebSocket, SSE), or hyper has
+//! taken the answer's bytes (`/v1/poll`), or, for Socket.IO long-polling,
+//! once the answer is built from it (an answer holds at most 1,000 events,
+//! and a session has one in flight at a time).
 //!
 //! When the budget is spent, catch-up waits for it (a client holding none waits,
 //! so there is no deadlock); a poll that already has events answers with them

@@ -140,7 +140,6 @@ impl Frame {
     }
 }
 
-/// SSE fields end at a line break, so an event name must not contain one.
 /// Appends `data` to `out` as one HTTP/1.1 chunk: `<length in hex>\r\n`,
 /// the data, `\r\n` (RFC 9112, 7.1). Every chunk rowcast writes is made here.
 pub(crate) fn http_chunk_into(out: &mut Vec<u8>, data: &[u8]) {
@@ -155,6 +154,8 @@ fn http_chunk(data: &[u8]) -> Bytes {
     Bytes::from(out)
 }
 
+/// SSE fields end at a line break, so an event name must not contain one:
+/// CR and LF become spaces (README: what SSE does with such a name).
 fn sse_safe(s: &str) -> std::borrow::Cow<'_, str> {
     if s.contains(['\n', '\r']) {
         std::borrow::Cow::Owned(s.replace(['\n', '\r'], " "))

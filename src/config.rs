@@ -56,7 +56,6 @@ pub mod defaults {
     pub const CAPTURE_PAUSE: &str = "2ms";
 }
 
-/// Parses `90`, `90s`, `15m`, `24h`, `7d` (also `500ms`).
 /// `--retention`: a duration of at least a minute. Any node prunes the
 /// shared log, so a slip such as `0` or `30s` would empty it for every node
 /// and make every client resync.
@@ -70,6 +69,7 @@ fn parse_retention(text: &str) -> std::result::Result<Duration, String> {
     Ok(d)
 }
 
+/// Parses `90`, `90s`, `15m`, `24h`, `7d` (also `500ms`).
 pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
     let t = text.trim();
     let split = t

@@ -54,12 +54,6 @@ impl From<tokio_postgres::Error> for Error {
     }
 }
 
-/// A driver error with its cause: for an error the server reported, its
-/// severity, message, SQLSTATE, and detail and hint when present (`ERROR:
-/// database "x" does not exist (3D000)`); otherwise the driver's words and
-/// the underlying cause (`error connecting to server: Connection refused`).
-/// The cause is written into the text rather than left as `source()`, so
-/// that every log line and every CLI message carries it once.
 /// A pool error with the driver's cause written out (`describe_pg`): a new
 /// connection the server refused says why, not just "db error".
 fn describe_pool(e: &deadpool_postgres::PoolError) -> String {
@@ -69,6 +63,12 @@ fn describe_pool(e: &deadpool_postgres::PoolError) -> String {
     }
 }
 
+/// A driver error with its cause: for an error the server reported, its
+/// severity, message, SQLSTATE, and detail and hint when present (`ERROR:
+/// database "x" does not exist (3D000)`); otherwise the driver's words and
+/// the underlying cause (`error connecting to server: Connection refused`).
+/// The cause is written into the text rather than left as `source()`, so
+/// that every log line and every CLI message carries it once.
 pub fn describe_pg(e: &tokio_postgres::Error) -> String {
     if let Some(db) = e.as_db_error() {
         let mut s = format!("{}: {} ({})", db.severity(), db.message(), db.code().code());

@@ -31,8 +31,9 @@ use tokio::task::JoinHandle;
 const WINDOW_MAX_AGE: Duration = Duration::from_secs(600);
 /// Sockets of the metrics listener: scrapers and probes, a handful at a time.
 const METRICS_SOCKETS: usize = 64;
-/// File descriptors kept for everything that is not a client socket: the
-/// database pool, the source's connections, the listener, files.
+/// File descriptors kept for everything that is not a client socket nor a
+/// pooled connection: the source's and the capturer's connections, the
+/// listeners, files.
 const FD_RESERVE: usize = 64;
 
 /// A server running in the background.
@@ -317,8 +318,20 @@ fn spawn_http(
 /// process may open, so that clients cannot exhaust them.
 fn default_max_sockets(cfg: &ServerConfig) -> usize {
     let wanted = cfg.limits.max_connections.saturating_add(1024);
+    // what else holds descriptors: the pools and the metrics listener's sockets
+    let market_pool = if cfg.market_api.enabled {
+        cfg.market_api.pool_size
+    } else {
+        0
+    };
+    let metrics = if cfg.metrics_listen.is_some() {
+        METRICS_SOCKETS
+    } else {
+        0
+    };
+    let reserve = FD_RESERVE + cfg.pool_size + market_pool + metrics;
     match crate::sockets::fd_limit() {
-        Some(n) => wanted.min(n.saturating_sub(FD_RESERVE + cfg.pool_size).max(16)),
+        Some(n) => wanted.min(n.saturating_sub(reserve).max(16)),
         None => wanted,
     }
 }

@@ -127,9 +127,13 @@ impl Window {
             return None;
         }
         let wanted: HashSet<u64> = xids.iter().copied().collect();
+        // only batches after `lo` can hold them (as `read` scans): a batch
+        // whose `hi` `lo` covers saw none of what `lo` sees in progress
         Some(
             self.batches
                 .iter()
+                .rev()
+                .take_while(|b| !b.hi.covered_by(lo))
                 .flat_map(|b| b.changes.iter())
                 .map(|c| c.xid)
                 .filter(|x| wanted.contains(x))

@@ -1,6 +1,6 @@
 //! Engine.IO v4 and Socket.IO v5 packets, text only. Parsing is total: any
 //! input is a packet or a `PacketError`, never a panic (property-tested in
-//! `tests/parsers.rs`, fuzzed by `fuzz/fuzz_targets/socketio_packet.rs`).
+//! `tests/suites/parsers.rs`, fuzzed by `fuzz/fuzz_targets/socketio_packet.rs`).
 //!
 //! Engine.IO: one character for the type (`0` open, `1` close, `2` ping,
 //! `3` pong, `4` message, `5` upgrade, `6` noop), then the data. Over HTTP

@@ -18,7 +18,9 @@ pub(crate) enum Disconnect {
     ServerRestart,
     /// The socket accepted nothing for `--write-timeout`.
     SlowConsumer,
-    /// Retention pruned changes the client still needed while catching up.
+    /// Changes the client still needed may be gone (retention pruned them
+    /// while it caught up, a loss was declared, or its node's source fell
+    /// behind the marks): reconnect to resync.
     CursorExpired,
     /// The database is unavailable, this node is behind the cursor, or the
     /// catch-up budget is spent: reconnect with backoff.

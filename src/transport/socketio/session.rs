@@ -647,7 +647,8 @@ fn topic_list(v: Option<&Value>) -> Option<Vec<String>> {
     }
 }
 
-/// A short digest of who the client is (FNV-1a of its `sub`; 0 for anonymous):
+/// A short digest of who the client is (FNV-1a of its `sub`; of the empty
+/// string, i.e. FNV's offset basis, for anonymous):
 /// enough to tell that a recovering client is still the same identity.
 fn identity_digest(who: &Identity) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
