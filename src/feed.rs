@@ -12,7 +12,9 @@ use crate::budget::{Busy, CatchupBudget, Grant};
 use crate::change::Change;
 use crate::changelog::{self, PageSize, Scope};
 use crate::cursor::Cursor;
-pub(crate) use crate::hub::Delivery;
+/// What transports use of the hub comes through here: the feed is their
+/// one door to the stream (layout test `transports_reach_the_stream_through_feed`).
+pub(crate) use crate::hub::{Delivery, Direct, Taken};
 use crate::hub::{Hub, Subscription};
 use crate::snapshot::Snapshot;
 use deadpool_postgres::Pool;
@@ -447,7 +449,7 @@ impl Feed {
     /// Switches the subscription to direct delivery through `to` (see `hub`)
     /// when the feed is live: no catch-up left and nothing queued. The caller
     /// must have written everything handed out so far to `to`. True when direct.
-    pub(crate) fn go_direct<D: crate::hub::Direct + 'static>(&mut self, to: &Arc<D>) -> bool {
+    pub(crate) fn go_direct<D: Direct + 'static>(&mut self, to: &Arc<D>) -> bool {
         !self.catching_up() && self.sub.go_direct(to)
     }
 

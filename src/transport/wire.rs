@@ -36,8 +36,9 @@
 //! - A delivery the publisher takes is counted as delivered (deliveries,
 //!   the SLO latency histogram) when it is taken.
 
+use crate::config::QueueLimits;
 use crate::feed::Delivery;
-use crate::hub::{Direct, QueueLimits, Taken};
+use crate::feed::{Direct, Taken};
 use crate::metrics::{LiveMetrics, LiveTally};
 use crate::sockets::RawSocket;
 use crate::transport::close::Disconnect;

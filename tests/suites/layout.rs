@@ -3,7 +3,7 @@
 //! between top-level modules (`crate::…`, and `super::…` that climbs to the
 //! crate root; everything under `src/transport/` is `transport`), and fails
 //! naming every cycle with the lines that close it. `src/main.rs` (the
-//! binary) and `src/bench/` (leaving for its own crate) are not read.
+//! binary) is not read.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -22,6 +22,23 @@ fn src_modules_import_one_way() {
         "import cycles among src/ modules:\n{}",
         cycles.join("\n")
     );
+}
+
+/// Transports reach the stream through `feed` only: never `hub`, `source`,
+/// `window` or `changelog` directly (the chain source → hub → feed →
+/// transport).
+#[test]
+fn transports_reach_the_stream_through_feed() {
+    let graph = Graph::of_src(Path::new("src"));
+    let past: Vec<String> = graph
+        .edges
+        .iter()
+        .filter(|((from, to), _)| {
+            from == "transport" && ["hub", "source", "window", "changelog"].contains(&to.as_str())
+        })
+        .map(|((_, to), lines)| format!("transport → {to}: {lines:?}"))
+        .collect();
+    assert!(past.is_empty(), "{}", past.join("\n"));
 }
 
 /// The reader itself: a reference in a test module does not count, comments
