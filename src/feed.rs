@@ -150,6 +150,9 @@ pub(crate) struct Feed {
     catch_up: Option<(Cursor, Snapshot)>,
     /// Where the client stands: the last change handed out, or a boundary.
     position: Position,
+    /// Some topic was dropped (`unsubscribe`): what is handed out is checked
+    /// against the topics kept.
+    dropped_topics: bool,
 }
 
 enum Position {
@@ -209,6 +212,7 @@ impl Feeds {
             backlog: VecDeque::new(),
             catch_up: None,
             position: Position::At(Cursor::boundary(pos.clone())),
+            dropped_topics: false,
         };
         match cursor {
             Some(c) => {
@@ -281,6 +285,15 @@ impl Feed {
         &mut self.sub
     }
 
+    /// Drops topics (unknown ones are ignored). Nothing of theirs is handed
+    /// out from now on, whatever was already queued or read for this feed:
+    /// a change that also has a topic still subscribed comes under that one,
+    /// one that has none is passed over (the position moves past it).
+    pub(crate) fn unsubscribe(&mut self, topics: &[String]) {
+        self.sub.remove(topics);
+        self.dropped_topics = true;
+    }
+
     /// The cursor to resume from after everything handed out so far.
     pub(crate) fn position(&self) -> String {
         match &self.position {
@@ -334,7 +347,11 @@ impl Feed {
                 Logged::Blocked => continue,
             }
             match self.sub.recv().await {
-                Some(d) => return Ok(Some(self.handed_out(d))),
+                Some(d) => {
+                    if let Some(d) = self.handed_out(d) {
+                        return Ok(Some(d));
+                    }
+                }
                 None if self.sub.lagged() => Box::pin(self.recover()).await?,
                 None => return Ok(None),
             }
@@ -367,7 +384,10 @@ impl Feed {
     async fn next_logged(&mut self, budget: Budget) -> Result<Logged, FeedError> {
         loop {
             if let Some(d) = self.backlog.pop_front() {
-                return Ok(Logged::Got(self.handed_out(d)));
+                match self.handed_out(d) {
+                    Some(d) => return Ok(Logged::Got(d)),
+                    None => continue,
+                }
             }
             if self.catch_up.is_none() {
                 return Ok(Logged::Done);
@@ -426,18 +446,30 @@ impl Feed {
                 Logged::Done => {}
             }
         }
-        Ok(self.sub.try_recv().map(|d| self.handed_out(d)))
+        Ok(self.next_queued())
+    }
+
+    /// The next live change already queued, passing over dropped topics'.
+    fn next_queued(&mut self) -> Option<Delivery> {
+        while let Some(d) = self.sub.try_recv() {
+            if let Some(d) = self.handed_out(d) {
+                return Some(d);
+            }
+        }
+        None
     }
 
     /// A change if one is ready without waiting for the network or the database.
     pub(crate) fn next_ready(&mut self) -> Option<Delivery> {
-        if let Some(d) = self.backlog.pop_front() {
-            return Some(self.handed_out(d));
+        while let Some(d) = self.backlog.pop_front() {
+            if let Some(d) = self.handed_out(d) {
+                return Some(d);
+            }
         }
         if self.catch_up.is_some() {
             return None;
         }
-        self.sub.try_recv().map(|d| self.handed_out(d))
+        self.next_queued()
     }
 
     /// The catch-up budget held for what was handed out, for a caller that
@@ -466,9 +498,21 @@ impl Feed {
         self.catch_up.is_some() || !self.backlog.is_empty()
     }
 
-    fn handed_out(&mut self, d: Delivery) -> Delivery {
+    /// Moves the position past `d`; `d` itself unless its topic was dropped
+    /// (see `unsubscribe`).
+    fn handed_out(&mut self, mut d: Delivery) -> Option<Delivery> {
         self.position = Position::After(Arc::clone(&d.change));
-        d
+        if self.dropped_topics {
+            let kept = d
+                .change
+                .topics
+                .get(d.topic)
+                .is_some_and(|t| self.sub.wants(t));
+            if !kept {
+                d.topic = d.change.first_topic_in(|t| self.sub.wants(t))?;
+            }
+        }
+        Some(d)
     }
 
     /// A grant of `bytes` of catch-up; `None` when `IfFree` and they are not free.

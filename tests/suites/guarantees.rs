@@ -445,3 +445,71 @@ async fn ws_control_frames_are_under_the_write_timeout() {
     drop(rx);
     srv.stop().await;
 }
+
+/// After `unsubscribed`, nothing of the dropped topic comes, even what was
+/// already read or queued for the connection (here: a catch-up of 20,000
+/// changes on `a`, the unsubscribe sent after its first event); a change that
+/// also carries a kept topic still comes, under that topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_of_a_dropped_topic_comes_after_unsubscribed() {
+    let url = fresh_db().await;
+    let db = connect(&url).await;
+    let srv = server(&url).await;
+    let base = srv.base_url();
+    let cursor = resumable_cursor(&base, "a,b").await;
+    emit_range(&db, "a", 1, 20_000).await;
+    db.execute(
+        "SELECT rowcast.emit(ARRAY['a','b'], 'test.n', jsonb_build_object('n', 20001))",
+        &[],
+    )
+    .await
+    .unwrap();
+    emit(&db, "b", 20_002).await;
+    let mut ws = WsClient::connect(&base, &format!("topics=a,b&cursor={cursor}")).await;
+    // once the catch-up has begun: its page is read, with `a` in it
+    let first = next_event(&mut ws.rx).await;
+    assert_eq!(first.topic, "a");
+    ws.send(json!({"type":"unsubscribe","topics":["a"]})).await;
+    let mut unsubscribed = false;
+    let (mut a_before, mut a_after) = (1, 0);
+    let mut after = Vec::new();
+    within_arrival("the last change on b", async {
+        loop {
+            match ws.next().await {
+                Msg::Control(v) if v["type"] == "unsubscribed" => unsubscribed = true,
+                Msg::Control(_) => {}
+                Msg::Event(e) => {
+                    let n = e.data["n"].as_i64().unwrap();
+                    if unsubscribed {
+                        after.push((e.topic.clone(), n));
+                        if e.topic == "a" {
+                            a_after += 1;
+                        }
+                    } else if e.topic == "a" {
+                        a_before += 1;
+                    }
+                    if n == 20_002 {
+                        return;
+                    }
+                }
+                Msg::Closed(c) => panic!("closed: {c}"),
+            }
+        }
+    })
+    .await;
+    assert!(unsubscribed);
+    assert_eq!(
+        a_after, 0,
+        "{a_after} changes of `a` after `unsubscribed` ({a_before} before)"
+    );
+    // the change on a and b came under b (unless it came before the answer)
+    if a_before < 20_000 {
+        assert!(
+            after.contains(&("b".to_string(), 20_001)),
+            "{:?}",
+            &after[after.len().saturating_sub(3)..]
+        );
+    }
+    println!("{a_before} changes of `a` before `unsubscribed`");
+    srv.stop().await;
+}

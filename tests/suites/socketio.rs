@@ -1339,6 +1339,55 @@ async fn comma_separated_topics_follow_the_url_rules() {
     srv.stop().await;
 }
 
+/// A long-polling session's `unsubscribe` is handled before its poll takes
+/// what was queued: changes of the dropped topic queued while it did not
+/// poll are not handed out after the ack; one that also has a kept topic
+/// comes under that one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_changes_of_an_unsubscribed_topic_do_not_follow_its_ack() {
+    let url = fresh_db().await;
+    let db = connect(&url).await;
+    let srv = server(&url).await;
+    let base = srv.base_url();
+    let p = RawPolling::open_with(&base, "&topics=a,b").await;
+    assert_eq!(p.post("40".into()).await, (200, "ok".into()));
+    let (status, answer) = p.poll().await;
+    assert_eq!(status, 200);
+    assert!(answer[0].starts_with("40{"), "{answer:?}");
+    // queued while the session does not poll
+    emit_range(&db, "a", 1, 5).await;
+    db.execute(
+        "SELECT rowcast.emit(ARRAY['a','b'], 'test.n', jsonb_build_object('n', 6))",
+        &[],
+    )
+    .await
+    .unwrap();
+    emit(&db, "b", 7).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        p.post(r#"421["unsubscribe",["a"]]"#.into()).await,
+        (200, "ok".into())
+    );
+    // each packet, and for events their `n`
+    let n_of = |packet: &str| -> Option<i64> {
+        let v: Value = serde_json::from_str(packet.strip_prefix("42")?).ok()?;
+        v[1]["n"].as_i64()
+    };
+    let mut got = Vec::new();
+    within_arrival("the change on b", async {
+        while !got.iter().any(|g: &String| n_of(g) == Some(7)) {
+            let (status, answer) = p.poll().await;
+            assert_eq!(status, 200, "{answer:?}");
+            got.extend(answer.into_iter().filter(|a| a != "2" && a != "6"));
+        }
+    })
+    .await;
+    assert!(got[0].starts_with("431"), "the ack first: {got:?}");
+    let ns: Vec<i64> = got.iter().filter_map(|g| n_of(g)).collect();
+    assert_eq!(ns, [6, 7], "{got:?}");
+    srv.stop().await;
+}
+
 /// A pid from an older node (`<digest>.<cursor>`, no key) resumes exactly
 /// from its offset with the connect-time topics, under a new pid (so
 /// socket.io-client reports `recovered === false`), and no resync: nothing

@@ -540,7 +540,7 @@ impl Session {
             }
         }
         if let Some(j) = self.joined.as_mut() {
-            j.feed.subscription().remove(&topics);
+            j.feed.unsubscribe(&topics);
         }
         Ok(json!({"unsubscribed": topics}))
     }

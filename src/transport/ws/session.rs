@@ -202,7 +202,7 @@ impl Session {
     /// Drops topics (unknown ones are ignored) and confirms them.
     pub(super) async fn unsubscribe(&mut self, topics: Vec<String>) -> Result<(), Disconnect> {
         if let Some(feed) = self.feed.as_mut() {
-            feed.subscription().remove(&topics);
+            feed.unsubscribe(&topics);
         }
         self.send(ServerMessage::Unsubscribed { topics: &topics })
             .await
