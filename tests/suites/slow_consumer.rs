@@ -173,6 +173,28 @@ async fn long_cursors_do_not_amplify_and_catchup_memory_is_bounded() {
     );
 
     // 30 at once, sampling the server's RSS meanwhile
+    let (ok, growth) = at_once_sampling_rss(
+        pid,
+        rss_before,
+        (0..30).map(|_| format!("{base}/v1/poll?topics=m&limit=10000&cursor={long}")),
+        |v| assert!(!v["events"].as_array().unwrap().is_empty()),
+    )
+    .await;
+    let bound = BUDGET / 1024 + CATCHUP_SLACK_KIB;
+    println!("server RSS growth {growth} KiB (bound {bound} KiB); {ok} of 30 answered");
+    assert!(ok > 0, "no poll got an answer");
+    assert!(growth < bound, "RSS grew by {growth} KiB");
+}
+
+/// GETs `urls` all at once while sampling server `pid`'s RSS: how many were
+/// answered 200 (each body, as JSON, checked by `answered`; anything else
+/// must be 503 `busy`), and how far the RSS grew above `rss_before`, in KiB.
+async fn at_once_sampling_rss(
+    pid: u32,
+    rss_before: u64,
+    urls: impl Iterator<Item = String>,
+    answered: impl Fn(&serde_json::Value),
+) -> (usize, u64) {
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sampler = {
         let done = std::sync::Arc::clone(&done);
@@ -185,15 +207,22 @@ async fn long_cursors_do_not_amplify_and_catchup_memory_is_bounded() {
             peak
         })
     };
-    let polls: Vec<_> = (0..30).map(|_| tokio::spawn(size(long.clone()))).collect();
+    let requests: Vec<_> = urls
+        .map(|url| {
+            tokio::spawn(async move {
+                let r = reqwest::get(url).await.unwrap();
+                let status = r.status().as_u16();
+                (status, r.bytes().await.unwrap())
+            })
+        })
+        .collect();
     let mut ok = 0;
-    for p in polls {
-        let (status, body) = p.await.unwrap();
+    for r in requests {
+        let (status, body) = r.await.unwrap();
         match status {
             200 => {
                 ok += 1;
-                let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-                assert!(!v["events"].as_array().unwrap().is_empty());
+                answered(&serde_json::from_slice(&body).unwrap());
             }
             503 => assert!(String::from_utf8_lossy(&body).contains("busy")),
             other => panic!("status {other}"),
@@ -201,11 +230,8 @@ async fn long_cursors_do_not_amplify_and_catchup_memory_is_bounded() {
     }
     done.store(true, std::sync::atomic::Ordering::Relaxed);
     let peak = sampler.await.unwrap().max(rss_kib(pid));
-    let growth = peak.saturating_sub(rss_before);
-    let bound = BUDGET / 1024 + CATCHUP_SLACK_KIB;
-    println!("server RSS: before {rss_before} KiB, peak {peak} KiB, growth {growth} KiB (bound {bound} KiB); {ok} of 30 answered");
-    assert!(ok > 0, "no poll got an answer");
-    assert!(growth < bound, "RSS grew by {growth} KiB");
+    println!("server RSS: before {rss_before} KiB, peak {peak} KiB");
+    (ok, peak.saturating_sub(rss_before))
 }
 
 /// Snapshots are paid for before their rows are held: 30 concurrent
@@ -231,47 +257,15 @@ async fn waiting_snapshots_hold_no_rows() {
     let budget = BUDGET.to_string();
     let server = ServeProcess::start(&url, &["--catchup-memory", &budget]).await;
     let (pid, base) = (server.pid(), server.base_url());
-    let rss_before = rss_kib(pid);
-    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let sampler = {
-        let done = std::sync::Arc::clone(&done);
-        tokio::spawn(async move {
-            let mut peak = 0;
-            while !done.load(std::sync::atomic::Ordering::Relaxed) {
-                peak = peak.max(rss_kib(pid));
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            peak
-        })
-    };
-    let polls: Vec<_> = (0..30)
-        .map(|_| {
-            let url = format!("{base}/v1/poll?topics=s&snapshot=true");
-            tokio::spawn(async move {
-                let r = reqwest::get(url).await.unwrap();
-                let status = r.status().as_u16();
-                (status, r.bytes().await.unwrap())
-            })
-        })
-        .collect();
-    let mut ok = 0;
-    for p in polls {
-        let (status, body) = p.await.unwrap();
-        match status {
-            200 => {
-                ok += 1;
-                let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-                assert_eq!(v["events"].as_array().unwrap().len(), 10_000);
-            }
-            503 => assert!(String::from_utf8_lossy(&body).contains("busy")),
-            other => panic!("status {other}"),
-        }
-    }
-    done.store(true, std::sync::atomic::Ordering::Relaxed);
-    let peak = sampler.await.unwrap().max(rss_kib(pid));
-    let growth = peak.saturating_sub(rss_before);
+    let (ok, growth) = at_once_sampling_rss(
+        pid,
+        rss_kib(pid),
+        (0..30).map(|_| format!("{base}/v1/poll?topics=s&snapshot=true")),
+        |v| assert_eq!(v["events"].as_array().unwrap().len(), 10_000),
+    )
+    .await;
     let bound = BUDGET / 1024 + CATCHUP_SLACK_KIB;
-    println!("server RSS: before {rss_before} KiB, peak {peak} KiB, growth {growth} KiB (bound {bound} KiB); {ok} of 30 answered");
+    println!("server RSS growth {growth} KiB (bound {bound} KiB); {ok} of 30 answered");
     assert!(ok > 0, "no snapshot was answered");
     assert!(growth < bound, "RSS grew by {growth} KiB");
 }

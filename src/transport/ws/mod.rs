@@ -9,7 +9,9 @@
 //!
 //! A cursor is honoured when the stream starts: in the URL, or in the first
 //! `subscribe` (a URL cursor without URL topics applies to the first
-//! subscribe's topics). Topics added later start live. A client whose queue
+//! subscribe's topics). Topics added later start where the stream stands:
+//! live, or, during a catch-up, at the catch-up's place (the log is read
+//! with the topics subscribed when each page is read). A client whose queue
 //! overflows is not closed: it continues from the change log (see `feed`).
 //!
 //! Six parts: `handshake` (the upgrade, keeping the TCP socket), `stream`
