@@ -1119,6 +1119,15 @@ async fn raw(url: &str) -> RawWs {
     tokio_tungstenite::connect_async(url).await.unwrap().0
 }
 
+/// The URL of a Socket.IO WebSocket (no polling first) on `base`, with more
+/// of the query (`&topics=r`).
+fn sio_ws_url(base: &str, query: &str) -> String {
+    format!(
+        "{}/socket.io/?EIO=4&transport=websocket{query}",
+        base.replacen("http://", "ws://", 1)
+    )
+}
+
 /// The next `n` text messages that are not pings.
 async fn texts(ws: &mut RawWs, n: usize) -> Vec<String> {
     use futures::StreamExt;
@@ -1151,10 +1160,7 @@ async fn said(ws: &mut RawWs, packet: &str) -> String {
 async fn a_stale_connection_of_a_recovered_session_cannot_change_its_topics() {
     let url = fresh_db().await;
     let srv = server(&url).await;
-    let ws_url = format!(
-        "{}/socket.io/?EIO=4&transport=websocket&topics=r",
-        srv.base_url().replacen("http://", "ws://", 1)
-    );
+    let ws_url = sio_ws_url(&srv.base_url(), "&topics=r");
     let mut stale = raw(&ws_url).await;
     texts(&mut stale, 1).await; // the Engine.IO open
     let connected: Value = serde_json::from_str(&said(&mut stale, "40").await[2..]).unwrap();
@@ -1197,10 +1203,7 @@ async fn storing_topics_counts_against_the_addresss_budget() {
         c.limits.max_msgs_per_sec = 1000;
     })
     .await;
-    let ws_url = format!(
-        "{}/socket.io/?EIO=4&transport=websocket&topics=r",
-        srv.base_url().replacen("http://", "ws://", 1)
-    );
+    let ws_url = sio_ws_url(&srv.base_url(), "&topics=r");
     let mut ws = raw(&ws_url).await;
     texts(&mut ws, 1).await;
     said(&mut ws, "40").await;
@@ -1238,10 +1241,7 @@ async fn made_up_pids_make_no_rows_past_the_addresss_cap() {
         c.limits.authorize_per_ip = 1000;
     })
     .await;
-    let ws_url = format!(
-        "{}/socket.io/?EIO=4&transport=websocket&topics=r",
-        srv.base_url().replacen("http://", "ws://", 1)
-    );
+    let ws_url = sio_ws_url(&srv.base_url(), "&topics=r");
     let db = connect(&url).await;
     let mut first = raw(&ws_url).await;
     first.send(M::Text("40".into())).await.unwrap();
@@ -1295,10 +1295,7 @@ async fn comma_separated_topics_follow_the_url_rules() {
     let url = fresh_db().await;
     let srv = server(&url).await;
     let base = srv.base_url();
-    let ws_url = format!(
-        "{}/socket.io/?EIO=4&transport=websocket",
-        base.replacen("http://", "ws://", 1)
-    );
+    let ws_url = sio_ws_url(&base, "");
     for list in ["\tproduct-1", "a,,b", "a,\nb"] {
         let mut ws = raw(&ws_url).await;
         ws.send(M::Text(format!("40{}", json!({ "topics": list })).into()))
@@ -1398,10 +1395,7 @@ async fn an_older_nodes_pid_resumes_exactly_under_a_new_pid() {
     use tokio_tungstenite::tungstenite::Message as M;
     let url = fresh_db().await;
     let srv = server(&url).await;
-    let ws_url = format!(
-        "{}/socket.io/?EIO=4&transport=websocket&topics=r",
-        srv.base_url().replacen("http://", "ws://", 1)
-    );
+    let ws_url = sio_ws_url(&srv.base_url(), "&topics=r");
     let db = connect(&url).await;
     let mut first = raw(&ws_url).await;
     first.send(M::Text("40".into())).await.unwrap();
@@ -1609,10 +1603,7 @@ async fn malformed_socketio_input_gets_defined_answers() {
     assert_eq!(r.status(), 400, "the session is gone");
 
     // WebSocket: one connection per case
-    let ws_url = format!(
-        "{}/socket.io/?EIO=4&transport=websocket",
-        base.replacen("http://", "ws://", 1)
-    );
+    let ws_url = sio_ws_url(&base, "");
     async fn open_ws(
         url: &str,
     ) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>
@@ -1746,10 +1737,7 @@ async fn malformed_socketio_input_gets_defined_answers() {
 
 /// A raw Engine.IO WebSocket on the server at `base`, its open packet read.
 async fn raw_open(base: &str) -> RawWs {
-    let url = format!(
-        "{}/socket.io/?EIO=4&transport=websocket",
-        base.replacen("http://", "ws://", 1)
-    );
+    let url = sio_ws_url(base, "");
     let mut ws = raw(&url).await;
     let open = texts(&mut ws, 1).await.remove(0);
     assert!(open.starts_with("0{"), "{open}");
