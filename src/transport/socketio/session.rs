@@ -309,7 +309,13 @@ impl Session {
         {
             Ok(x) => x,
             Err(e) => {
-                tracing::debug!(error = %e, "socket.io feed open failed");
+                // as on the other transports: the database's failures are
+                // warnings, the rest (busy, a cursor ahead) routine
+                if matches!(e, crate::feed::FeedError::Db(_)) {
+                    tracing::warn!(error = %e, "database error serving a client");
+                } else {
+                    tracing::debug!(error = %e, "socket.io feed open failed");
+                }
                 return Err(Disconnect::TryAgainLater);
             }
         };

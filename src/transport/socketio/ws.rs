@@ -170,12 +170,18 @@ async fn upgrade_from_polling(
     session.conn.switch(app.transport(Transport::SocketIo));
     let mut out = Vec::new();
     for m in &posted {
-        // an end here (a protocol error) drops the session: the client
-        // reconnects, and recovers
-        Box::pin(session.on_message(m, &mut out)).await.ok()?;
+        // an end here (a protocol error) drops the session, counted as any
+        // end: the client reconnects, and recovers
+        if let Err(end) = Box::pin(session.on_message(m, &mut out)).await {
+            count_end(&session, end);
+            return None;
+        }
     }
     for p in out {
-        socket.send(Message::Text(p.into())).await.ok()?;
+        if socket.send(Message::Text(p.into())).await.is_err() {
+            count_end(&session, Disconnect::ClientGone);
+            return None;
+        }
     }
     // counted once, when it opened on polling (`count_session`)
     Some(Connection::new(socket, wire, session))
@@ -186,6 +192,24 @@ async fn upgrade_from_polling(
 async fn websocket(app: &App, raw: RawSocket, config: WebSocketConfig) -> (Arc<Wire>, Socket) {
     let live = app.transport(Transport::SocketIo).live();
     stream::websocket(raw, live, Render::SocketIo, config).await
+}
+
+/// How a session's WebSocket ended, in the metrics.
+fn count_end(session: &Session, end: Disconnect) {
+    let app = &session.app;
+    app.metrics
+        .ws_closed
+        .with_label_values(&[end.label()])
+        .inc();
+    if end == Disconnect::SlowConsumer {
+        session.conn.metrics().slow_drops.inc();
+    }
+    if let Some(reason) = end.rejection() {
+        app.metrics.rejected.with_label_values(&[reason]).inc();
+    }
+    if let Some(e) = end.auth_failure() {
+        let _ = app.gate.auth_failed(&e);
+    }
 }
 
 struct Connection {
@@ -250,20 +274,7 @@ impl Connection {
     }
 
     fn count_end(&self, end: Disconnect) {
-        let app = &self.session.app;
-        app.metrics
-            .ws_closed
-            .with_label_values(&[end.label()])
-            .inc();
-        if end == Disconnect::SlowConsumer {
-            self.session.conn.metrics().slow_drops.inc();
-        }
-        if let Some(reason) = end.rejection() {
-            app.metrics.rejected.with_label_values(&[reason]).inc();
-        }
-        if let Some(e) = end.auth_failure() {
-            let _ = app.gate.auth_failed(&e);
-        }
+        count_end(&self.session, end);
     }
 
     async fn serve(&mut self) -> Disconnect {
