@@ -20,11 +20,7 @@ fn etag() -> &'static HeaderValue {
     static TAG: OnceLock<HeaderValue> = OnceLock::new();
     TAG.get_or_init(|| {
         // FNV-1a: stable across builds and platforms, which a validator needs
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in SOURCE.bytes() {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
+        let h = super::fnv1a(SOURCE.as_bytes());
         HeaderValue::from_str(&format!("\"{h:016x}\"")).unwrap_or(HeaderValue::from_static("\"0\""))
     })
 }

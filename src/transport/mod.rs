@@ -201,6 +201,14 @@ async fn method_not_allowed() -> Response {
     .into_response()
 }
 
+/// FNV-1a (64 bits): a hash stable across builds, platforms and nodes, for
+/// what must read the same everywhere (an ETag, a digest inside a pid).
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 /// `--metrics-listen`: metrics, health and readiness, nothing else.
 pub(crate) fn metrics_router(app: Arc<App>) -> Router {
     Router::new()

@@ -52,6 +52,10 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 use tokio::net::TcpStream;
 
+/// Frames written (and flushed once) together when several are ready at
+/// once, on every streaming transport.
+pub(crate) const MAX_COALESCE: usize = 64;
+
 /// Slices written with one `writev` when draining what is pending.
 const WRITEV_MAX: usize = 32;
 /// A drained pending list keeps at most this many slots allocated.

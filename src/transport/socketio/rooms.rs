@@ -62,7 +62,7 @@ use crate::shutdown::Shutdown;
 use deadpool_postgres::Pool;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio_postgres::error::SqlState;
 
 /// Rows deleted per statement, so a round is bounded.
@@ -135,7 +135,7 @@ impl Key {
     pub(crate) fn new() -> Result<Key, crate::api_error::ApiError> {
         Ok(Key {
             id: super::random_bytes::<12>()?,
-            connected_at: u32::try_from(unix_now()).unwrap_or(u32::MAX),
+            connected_at: u32::try_from(crate::auth::now_secs()).unwrap_or(u32::MAX),
         })
     }
 
@@ -393,7 +393,7 @@ impl Rooms {
 
     /// What a session recovering with `key` finds (the contract above).
     pub(crate) async fn find(&self, key: &Key, identity: u64, peer: IpAddr) -> Result<Found> {
-        let young = self.young(key, unix_now());
+        let young = self.young(key, crate::auth::now_secs());
         let peer = crate::limits::client_block(peer);
         let client = self.pool.get().await?;
         let row = match client.prepare_cached(FIND).await {
@@ -515,13 +515,6 @@ impl Rooms {
 struct Columns {
     keys: Vec<String>,
     identities: Vec<i64>,
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// The rooms table is missing: a database not migrated to `012_socketio_rooms`.

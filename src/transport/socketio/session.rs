@@ -657,12 +657,7 @@ fn topic_list(v: Option<&Value>) -> Option<Vec<String>> {
 /// string, i.e. FNV's offset basis, for anonymous):
 /// enough to tell that a recovering client is still the same identity.
 fn identity_digest(who: &Identity) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in who.sub().unwrap_or("").bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
+    crate::transport::fnv1a(who.sub().unwrap_or("").as_bytes())
 }
 
 /// `<16 hex digits>.<cursor>.<key id>.<connected at>`, or an older node's

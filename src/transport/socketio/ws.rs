@@ -26,7 +26,7 @@ use crate::sockets::RawSocket;
 use crate::transport::close::Disconnect;
 use crate::transport::deadline::{fire, within, Expiry, MaybeTimer};
 use crate::transport::start::StreamRequest;
-use crate::transport::wire::{Render, Wire};
+use crate::transport::wire::{Render, Wire, MAX_COALESCE};
 use crate::transport::ws::handshake::Handshake;
 use crate::transport::ws::stream::{self, Stream};
 use crate::transport::App;
@@ -45,8 +45,6 @@ use tungstenite::{Message, Utf8Bytes};
 /// The client's WebSocket: tungstenite over the socket shared with the publisher.
 type Socket = tokio_tungstenite::WebSocketStream<Stream>;
 
-/// Events written before one flush when several are ready at once.
-const MAX_COALESCE: usize = 64;
 /// How long an upgrading client may take between its probe and `5`.
 const UPGRADE_WAIT: Duration = Duration::from_secs(10);
 

@@ -43,8 +43,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use tracing::Instrument;
 
-/// Frames coalesced into one write when several are ready at once.
-const MAX_COALESCE: usize = 64;
+use crate::transport::wire::MAX_COALESCE;
 
 pub(crate) async fn handler(
     State(app): State<Arc<App>>,

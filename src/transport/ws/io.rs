@@ -19,8 +19,7 @@ use tokio::time::Instant;
 use tungstenite::protocol::frame::CloseFrame;
 use tungstenite::{Message, Utf8Bytes};
 
-/// Frames written before one flush when several are ready at once.
-const MAX_COALESCE: usize = 64;
+use crate::transport::wire::MAX_COALESCE;
 /// How long the close frame (and reading what the client already sent) may take.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
