@@ -126,6 +126,10 @@ pub(crate) struct Metrics {
     pub changes: IntCounterVec,
     /// Market API checkouts by result (`ok`, `conflict`, `error`; see `shop`).
     pub checkouts: IntCounterVec,
+    /// The client pool's connections by state (`in_use`, `idle`) and the
+    /// requests waiting for one, as of the scrape (`observe_pool`).
+    pool_connections: IntGaugeVec,
+    pool_waiting: IntGauge,
 }
 
 impl Metrics {
@@ -276,6 +280,35 @@ impl Metrics {
             &["reason"],
         )?;
         registry.register(Box::new(unavailable.clone()))?;
+        // the process as every exporter shows it (process_resident_memory_bytes,
+        // process_open_fds, process_cpu_seconds_total, ...), and the build
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "rowcast_build_info",
+                "1, labelled with the running binary's version",
+            ),
+            &["version"],
+        )?;
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        registry.register(Box::new(build_info))?;
+        let pool_connections = IntGaugeVec::new(
+            Opts::new(
+                "rowcast_pool_connections",
+                "Connections of the client pool (--pool-size) by state, as of the scrape",
+            ),
+            &["state"],
+        )?;
+        let pool_waiting = IntGauge::new(
+            "rowcast_pool_waiting",
+            "Requests waiting for a connection of the client pool, as of the scrape",
+        )?;
+        registry.register(Box::new(pool_connections.clone()))?;
+        registry.register(Box::new(pool_waiting.clone()))?;
         registry.register(Box::new(sync_latency.clone()))?;
         registry.register(Box::new(connections.clone()))?;
         registry.register(Box::new(events.clone()))?;
@@ -469,6 +502,8 @@ impl Metrics {
             presence_sweep_seconds,
             changes,
             checkouts,
+            pool_connections,
+            pool_waiting,
         })
     }
 
@@ -479,6 +514,18 @@ impl Metrics {
             vec: self.changes.clone(),
             known: HashMap::new(),
         }
+    }
+
+    /// The client pool's state, for the next render.
+    pub(crate) fn observe_pool(&self, status: deadpool_postgres::Status) {
+        let idle = status.available.min(status.size);
+        self.pool_connections
+            .with_label_values(&["idle"])
+            .set(idle as i64);
+        self.pool_connections
+            .with_label_values(&["in_use"])
+            .set((status.size - idle) as i64);
+        self.pool_waiting.set(status.waiting as i64);
     }
 
     pub(crate) fn render(&self) -> String {

@@ -281,7 +281,7 @@ impl Server {
 
     /// This server's metrics, in Prometheus text form (what `/metrics` serves).
     pub fn metrics(&self) -> String {
-        self.app.metrics.render()
+        self.app.render_metrics()
     }
 
     /// The value of one series, written as `/metrics` does

@@ -55,6 +55,12 @@ pub(crate) struct App {
 }
 
 impl App {
+    /// `/metrics`: the registry, with the pool's state as of now.
+    pub(crate) fn render_metrics(&self) -> String {
+        self.metrics.observe_pool(self.feeds.pool.status());
+        self.metrics.render()
+    }
+
     pub(crate) fn new(
         cfg: ServerConfig,
         feeds: Feeds,
@@ -221,7 +227,7 @@ pub(crate) fn metrics_router(app: Arc<App>) -> Router {
 async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        app.metrics.render(),
+        app.render_metrics(),
     )
 }
 

@@ -199,3 +199,35 @@ async fn sessions_count_what_opened() {
     assert_eq!(sessions("yes", "sse"), 0.0);
     srv.stop().await;
 }
+
+/// What any exporter shows of its process, the build, and the client pool
+/// (its connections by state and the requests waiting for one, as of the
+/// scrape), beside rowcast's own series.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn process_build_and_pool_series_are_exported() {
+    let url = fresh_db().await;
+    let srv = server(&url).await;
+    // a poll with a cursor uses a pooled connection
+    let cursor = resumable_cursor(&srv.base_url(), "x").await;
+    let (status, _) = poll_raw(&srv.base_url(), &format!("topics=x&cursor={cursor}")).await;
+    assert_eq!(status, 200);
+    let m = srv.metrics();
+    for series in [
+        "process_resident_memory_bytes ",
+        "process_open_fds ",
+        "process_cpu_seconds_total ",
+        &format!(
+            "rowcast_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        ),
+        "rowcast_pool_connections{state=\"idle\"} ",
+        "rowcast_pool_connections{state=\"in_use\"} ",
+        "rowcast_pool_waiting 0",
+    ] {
+        assert!(m.contains(series), "{series} missing from\n{m}");
+    }
+    let pooled = srv.metric("rowcast_pool_connections{state=\"idle\"}")
+        + srv.metric("rowcast_pool_connections{state=\"in_use\"}");
+    assert!(pooled >= 1.0, "the pool made no connection: {pooled}");
+    srv.stop().await;
+}
