@@ -161,6 +161,21 @@ enum Position {
 }
 
 impl Feeds {
+    /// Whether opening with `start` asks the database: a snapshot, or a
+    /// cursor this node's window does not answer (older than it, ahead of
+    /// the node, inside a snapshot). Transports charge such opens to the
+    /// client address's budget of database calls (`App::open_feed`).
+    pub(crate) fn reads_database(&self, start: &Start) -> bool {
+        match &start.cursor {
+            Some(c) => {
+                c.snapshot_after().is_some()
+                    || !self.hub.covers(&c.hi)
+                    || !self.hub.window_covers(&c.lo)
+            }
+            None => start.snapshot,
+        }
+    }
+
     /// Opens a feed. Returns it with a notice when the cursor could not be honoured.
     pub(crate) async fn open(
         &self,

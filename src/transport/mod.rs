@@ -55,6 +55,23 @@ pub(crate) struct App {
 }
 
 impl App {
+    /// Opens a client's feed. An open that asks the database (a snapshot, a
+    /// cursor the window does not answer: `Feeds::reads_database`) is one
+    /// call from the address's `--authorize-per-ip` budget (429
+    /// `authorize_rate_limited` past it, the database not asked), so that
+    /// one address cannot keep the pool busy with snapshots or old cursors.
+    pub(crate) async fn open_feed(
+        &self,
+        peer: std::net::IpAddr,
+        topics: &[String],
+        start: crate::feed::Start,
+    ) -> Result<(crate::feed::Feed, Option<crate::feed::Notice>), ApiError> {
+        if self.feeds.reads_database(&start) {
+            self.gate.spend_db_call(peer)?;
+        }
+        Ok(self.feeds.open(topics, start).await?)
+    }
+
     /// `/metrics`: the registry, with the pool's state as of now.
     pub(crate) fn render_metrics(&self) -> String {
         self.metrics.observe_pool(self.feeds.pool.status());

@@ -105,7 +105,7 @@ async fn open(app: Arc<App>, req: StreamRequest) -> Result<Opened, ApiError> {
     // with a cursor, `snapshot` would apply only after a resync, which a
     // poll answers 410 instead: no snapshot to read for that
     start.snapshot &= start.cursor.is_none();
-    let (feed, notice) = app.feeds.open(&topics, start).await?;
+    let (feed, notice) = app.open_feed(req.peer.ip(), &topics, start).await?;
     // A snapshot is answered whole, whatever the limit: its events all carry
     // the one position they describe, so an answer cut inside it would hand
     // out a cursor past the entities it left out.

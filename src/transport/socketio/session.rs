@@ -301,24 +301,13 @@ impl Session {
             Some(Err(why)) => (None, None, Some(why)),
             None => (None, None, None),
         };
-        let (feed, notice) = match self
+        // (a database error is logged as a warning on the way, as on every
+        // transport; the client retries)
+        let (feed, notice) = self
             .app
-            .feeds
-            .open(&allowed, Start { cursor, snapshot })
+            .open_feed(self.conn.ip(), &allowed, Start { cursor, snapshot })
             .await
-        {
-            Ok(x) => x,
-            Err(e) => {
-                // as on the other transports: the database's failures are
-                // warnings, the rest (busy, a cursor ahead) routine
-                if matches!(e, crate::feed::FeedError::Db(_)) {
-                    tracing::warn!(error = %e, "database error serving a client");
-                } else {
-                    tracing::debug!(error = %e, "socket.io feed open failed");
-                }
-                return Err(Disconnect::TryAgainLater);
-            }
-        };
+            .map_err(|_| Disconnect::TryAgainLater)?;
         if let Some(n) = notice {
             resync = Some(n.reason());
         }

@@ -65,7 +65,7 @@ async fn open(app: Arc<App>, req: StreamRequest, raw: bool) -> Result<Response, 
     app.gate
         .authorize_all(req.peer.ip(), &admitted.identity, &topics)
         .await?;
-    let (feed, notice) = app.feeds.open(&topics, req.start).await?;
+    let (feed, notice) = app.open_feed(req.peer.ip(), &topics, req.start).await?;
     // a session once it opens: not a refused request (a client's retries of one)
     app.count_session(Transport::Sse, req.report);
     let mut head = format!("retry: {}\n\n", app.cfg.sse_retry.as_millis());

@@ -64,7 +64,7 @@ async fn upgrade(app: Arc<App>, req: StreamRequest, ws: Handshake) -> Result<Res
         // first subscribe, whose topics they apply to
         Opening::Later(req.start)
     } else {
-        let (feed, notice) = app.feeds.open(&topics, req.start).await?;
+        let (feed, notice) = app.open_feed(req.peer.ip(), &topics, req.start).await?;
         Opening::Now(Box::new(feed), notice)
     };
     // a session once it opens: not a refused upgrade (a client's retries of one)

@@ -189,12 +189,12 @@ impl Session {
                 self.pending_start = Some(Box::new(start));
                 Ok(())
             }
-            None => match self.app.feeds.open(&allowed, start).await {
+            None => match self.app.open_feed(self.peer.ip(), &allowed, start).await {
                 Ok((feed, notice)) => {
                     self.feed = Some(feed);
                     self.announce(&allowed, notice).await
                 }
-                Err(e) => Err(self.retry_later(ApiError::from(e)).await),
+                Err(e) => Err(self.retry_later(e).await),
             },
         }
     }

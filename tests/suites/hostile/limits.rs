@@ -167,3 +167,54 @@ async fn authorize_checks_have_a_budget_per_client_address() {
     drop((ws1, ws2));
     srv.stop().await;
 }
+
+/// Opens that ask the database (a snapshot, a cursor the node's window does
+/// not answer) are calls from the address's `--authorize-per-ip` budget:
+/// past it, 429 `authorize_rate_limited` with `Retry-After` and the database
+/// is not asked; opens the window answers, or that start live, cost nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opens_that_read_the_database_are_paid_from_the_address_budget() {
+    let url = fresh_db().await;
+    let db = connect(&url).await;
+    let srv = server_with(&url, |c| c.limits.authorize_per_ip = 1).await;
+    let base = srv.base_url();
+    emit(&db, "x", 1).await;
+    let cursor = resumable_cursor(&base, "x").await;
+    // live starts and window resumes: never limited
+    for _ in 0..300 {
+        assert_eq!(poll_raw(&base, "topics=x").await.0, 200);
+        assert_eq!(
+            poll_raw(&base, &format!("topics=x&cursor={cursor}"))
+                .await
+                .0,
+            200
+        );
+    }
+    // snapshots: limited after the burst
+    let client = reqwest::Client::new();
+    let mut limited = false;
+    for _ in 0..300 {
+        let r = client
+            .get(format!("{base}/v1/poll?topics=x&snapshot=true"))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 429 {
+            assert!(r.headers().contains_key("retry-after"));
+            let v: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+            assert_eq!(v["error"], "authorize_rate_limited", "{v}");
+            limited = true;
+            break;
+        }
+        assert_eq!(r.status(), 200);
+    }
+    assert!(limited, "snapshot opens are never limited");
+    // and an SSE snapshot from the same address is refused alike
+    let r = client
+        .get(format!("{base}/v1/events?topics=x&snapshot=true"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    srv.stop().await;
+}
