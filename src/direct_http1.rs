@@ -21,7 +21,7 @@
 //!   oversized head) is hyper's, with its own limits and answers, exactly as
 //!   on a connection this module never saw. Those answers are not rowcast's:
 //!   a head hyper cannot take (malformed, a bad `Content-Length`, a target
-//!   over 65,534 bytes, over 100 headers or about 400 KiB) gets hyper's 400,
+//!   over 65,534 bytes, over 100 headers or 80 KiB: `http::H1_BUFFER_MAX`) gets hyper's 400,
 //!   414 or 431 with an empty body, the one kind of error answer that is not
 //!   JSON (README, "Limits and hostile input"); a head it takes goes to the
 //!   router, whose refusals are (a method a route does not take included).

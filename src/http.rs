@@ -55,6 +55,13 @@ pub(crate) struct HttpOptions {
     pub unacknowledged_timeout: Duration,
 }
 
+/// What hyper may buffer per HTTP/1 connection (its default is ~400 KiB),
+/// which bounds a request head: the longest rowcast takes is a 64 KiB URL
+/// (hyper refuses longer request targets, 414) beside a token and the usual
+/// headers. A socket trickling a head holds at most this until
+/// `--header-timeout`, not 400 KiB (2,500 such sockets held ~1 GB).
+const H1_BUFFER_MAX: usize = 80 * 1024;
+
 /// Serves `router` until `stop` fires, then waits (bounded by the caller) for
 /// in-flight requests. Each request carries `ConnectInfo<SocketAddr>` and the
 /// `ClientSocket` it arrived on.
@@ -67,12 +74,14 @@ pub(crate) async fn serve(
 ) -> std::io::Result<()> {
     let mut h1 = hyper::server::conn::http1::Builder::new();
     h1.timer(TokioTimer::new())
-        .header_read_timeout(opts.header_read_timeout);
+        .header_read_timeout(opts.header_read_timeout)
+        .max_buf_size(H1_BUFFER_MAX);
     let hyper = Arc::new(if opts.http2 {
         let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         b.http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(opts.header_read_timeout);
+            .header_read_timeout(opts.header_read_timeout)
+            .max_buf_size(H1_BUFFER_MAX);
         b.http2()
             .timer(TokioTimer::new())
             .keep_alive_interval(Some(Duration::from_secs(30)));
