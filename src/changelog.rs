@@ -488,8 +488,18 @@ pub(crate) async fn snapshot(
             Ok(c) => c,
             Err(reason) => {
                 // rows an older release let in (the log's CHECK refuses them
-                // since); the source logs and counts them when it reads them
-                tracing::warn!(id, reason, "snapshot skips an undeliverable change");
+                // since); the source logs and counts them when it reads them.
+                // Any client's snapshot may meet them: a line a minute at most
+                static SKIPPED: crate::logging::Throttle =
+                    crate::logging::Throttle::new(std::time::Duration::from_secs(60));
+                if let Some(left_out) = SKIPPED.ready() {
+                    tracing::warn!(
+                        id,
+                        reason,
+                        similar_not_logged = left_out,
+                        "snapshot skips an undeliverable change"
+                    );
+                }
                 continue;
             }
         };

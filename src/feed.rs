@@ -714,10 +714,16 @@ impl Feed {
             self.hold(grant);
         }
         if read.truncated {
-            tracing::warn!(
-                limit = changelog::SNAPSHOT_MAX,
-                "snapshot truncated to the most recently changed entities"
-            );
+            // any client can ask for one: a line a minute at most
+            static TRUNCATED: crate::logging::Throttle =
+                crate::logging::Throttle::new(Duration::from_secs(60));
+            if let Some(left_out) = TRUNCATED.ready() {
+                tracing::warn!(
+                    limit = changelog::SNAPSHOT_MAX,
+                    similar_not_logged = left_out,
+                    "snapshot truncated to the most recently changed entities"
+                );
+            }
         }
         for change in read.changes {
             // a snapshot is the state now: presence follows the clock, not the last sweep

@@ -17,3 +17,47 @@ pub fn init(default_filter: &str) {
         .with_ansi(ansi)
         .init();
 }
+
+/// A log line any client can cause, at most once per `every`: `ready`
+/// says whether to write it now, with how many were left out since the
+/// last one (for the line), and counts it as left out otherwise.
+pub(crate) struct Throttle {
+    every: std::time::Duration,
+    state: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
+}
+
+impl Throttle {
+    pub(crate) const fn new(every: std::time::Duration) -> Throttle {
+        Throttle {
+            every,
+            state: std::sync::Mutex::new((None, 0)),
+        }
+    }
+
+    pub(crate) fn ready(&self) -> Option<u64> {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        if st.0.is_some_and(|t| now.duration_since(t) < self.every) {
+            st.1 += 1;
+            return None;
+        }
+        let left_out = std::mem::take(&mut st.1);
+        st.0 = Some(now);
+        Some(left_out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_throttle_lets_one_line_through_per_period_and_counts_the_rest() {
+        let t = Throttle::new(std::time::Duration::from_millis(50));
+        assert_eq!(t.ready(), Some(0));
+        assert_eq!(t.ready(), None);
+        assert_eq!(t.ready(), None);
+        std::thread::sleep(std::time::Duration::from_millis(60));
+        assert_eq!(t.ready(), Some(2));
+    }
+}

@@ -487,3 +487,37 @@ async fn an_sse_stream_opens_with_its_position_as_an_id() {
     assert_eq!(n(&next_event(&mut sse.rx).await), 8, "then what follows");
     srv.stop().await;
 }
+
+/// A request to a WebSocket endpoint that is not a WebSocket handshake (a
+/// plain GET, a wrong version) is refused in JSON like every other error of
+/// rowcast's, with the handshake's status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_websocket_handshake_answers_json() {
+    let url = fresh_db().await;
+    let srv = server(&url).await;
+    let base = srv.base_url();
+    let client = reqwest::Client::new();
+    for path in ["/v1/ws?topics=t", "/socket.io/?EIO=4&transport=websocket"] {
+        for headers in [
+            vec![],
+            vec![
+                ("Connection", "Upgrade"),
+                ("Upgrade", "websocket"),
+                ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+                ("Sec-WebSocket-Version", "8"),
+            ],
+        ] {
+            let mut req = client.get(format!("{base}{path}"));
+            for (k, v) in &headers {
+                req = req.header(*k, *v);
+            }
+            let r = req.send().await.unwrap();
+            assert_eq!(r.status(), 400, "{path} {headers:?}");
+            assert_eq!(r.headers()["content-type"], "application/json");
+            let v: serde_json::Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+            assert_eq!(v["error"], "bad_request", "{path}: {v}");
+            assert!(v["message"].is_string());
+        }
+    }
+    srv.stop().await;
+}

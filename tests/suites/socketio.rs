@@ -1676,6 +1676,17 @@ async fn malformed_socketio_input_gets_defined_answers() {
             "close 1002",
         ),
         (
+            // a namespace that cannot be echoed safely ends the connection
+            "long namespace",
+            vec![M::Text(format!("40/{},{{}}", "a".repeat(200)).into())],
+            "close 1002",
+        ),
+        (
+            "namespace with control characters",
+            vec![M::Text("40/\u{202e}\u{7}x,{}".into())],
+            "close 1002",
+        ),
+        (
             "too big",
             vec![M::Text(format!("42{}", "x".repeat(5000)).into())],
             "close 1009",

@@ -158,6 +158,13 @@ impl Session {
             self.connects += 1;
         }
         if p.namespace != "/" {
+            // told back so that the client matches the answer to its socket;
+            // a name that could not be echoed safely (over `ECHOED_NAME`
+            // characters, control or invisible characters) ends the connection
+            if crate::protocol::check_topic_max(p.namespace, ECHOED_NAME).is_err() {
+                self.count(ErrorCode::BadMessage);
+                return Err(Disconnect::ProtocolError);
+            }
             out.push(packet::connect_error(p.namespace, "Invalid namespace"));
             return Ok(());
         }

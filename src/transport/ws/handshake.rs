@@ -10,6 +10,7 @@
 //! connection that cannot be upgraded (HTTP/2) 426. No subprotocol is
 //! negotiated.
 
+use crate::api_error::{ApiError, ErrorCode};
 use crate::sockets::RawSocket;
 use axum::body::Body;
 use axum::extract::FromRequestParts;
@@ -22,12 +23,20 @@ pub(crate) struct Handshake {
     on_upgrade: hyper::upgrade::OnUpgrade,
 }
 
-/// A refused handshake: the status and text axum's extractor answers with.
+/// A refused handshake: the status and message axum's extractor answers
+/// with, written as every error of rowcast's is (JSON: `method_not_allowed`,
+/// else `bad_request`).
 pub(crate) struct Refused(StatusCode, &'static str);
 
 impl IntoResponse for Refused {
     fn into_response(self) -> Response {
-        (self.0, self.1).into_response()
+        let code = match self.0 {
+            StatusCode::METHOD_NOT_ALLOWED => ErrorCode::MethodNotAllowed,
+            _ => ErrorCode::BadRequest,
+        };
+        let mut r = ApiError::new(code, self.1).into_response();
+        *r.status_mut() = self.0;
+        r
     }
 }
 
