@@ -72,6 +72,30 @@ fn es256_verifies_and_refuses_none() {
     }
 }
 
+/// A header listing critical extensions (`crit`, RFC 7515 4.1.11) is
+/// refused, however well signed: rowcast understands none of them.
+#[test]
+fn a_token_with_critical_extensions_is_refused() {
+    let s = JwtSettings {
+        secret: Some("k".into()),
+        ..Default::default()
+    };
+    let v = verifier(s);
+    let key = EncodingKey::from_secret(b"k");
+    let payload =
+        base64_url(&json!({"sub":"1","role":"farmer","exp": now_secs() + 60}).to_string());
+    let signed = |header: &str| {
+        let message = format!("{}.{payload}", base64_url(header));
+        let sig = jsonwebtoken::crypto::sign(message.as_bytes(), &key, Algorithm::HS256).unwrap();
+        format!("{message}.{sig}")
+    };
+    assert!(v.verify(&signed(r#"{"alg":"HS256","typ":"JWT"}"#)).is_ok());
+    assert_eq!(
+        reason(&v, &signed(r#"{"alg":"HS256","typ":"JWT","crit":["exp"]}"#)),
+        "malformed"
+    );
+}
+
 #[test]
 fn claims_are_checked() {
     let s = JwtSettings {
