@@ -15,13 +15,20 @@
 //! When the budget is spent, catch-up waits for it (a client holding none waits,
 //! so there is no deadlock); a poll that already has events answers with them
 //! instead of waiting. A wait longer than `WAIT` is answered "busy: retry".
+//! Waits are served in order, so one client address may have at most
+//! `WAITING_PER_ADDRESS` of them at once (more are "busy" at once): an
+//! address cannot queue hundreds of large snapshots ahead of everyone else.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// The longest a catch-up read waits for budget before the client is told to retry.
 pub(crate) const WAIT: Duration = Duration::from_secs(10);
+/// Waits for budget one client address (IPv6: its /64) may have at once.
+pub(crate) const WAITING_PER_ADDRESS: usize = 2;
 
 /// Bytes are granted in units of this size (a semaphore counts `u32`-ish permits).
 const UNIT: usize = 1024;
@@ -29,6 +36,30 @@ const UNIT: usize = 1024;
 pub(crate) struct CatchupBudget {
     sem: Arc<Semaphore>,
     units: usize,
+    /// Waits in progress by client address (`limits::client_block`).
+    waiting: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One wait of a client address, counted out when dropped.
+struct Waiting<'a> {
+    budget: &'a CatchupBudget,
+    block: IpAddr,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let mut w = self
+            .budget
+            .waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = w.get_mut(&self.block) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                w.remove(&self.block);
+            }
+        }
+    }
 }
 
 /// Bytes granted; returned to the budget when dropped.
@@ -46,6 +77,7 @@ impl CatchupBudget {
         Arc::new(CatchupBudget {
             sem: Arc::new(Semaphore::new(units)),
             units,
+            waiting: Mutex::new(HashMap::new()),
         })
     }
 
@@ -63,6 +95,37 @@ impl CatchupBudget {
             Ok(Ok(p)) => Ok(Grant(p)),
             _ => Err(Busy),
         }
+    }
+
+    /// `acquire` for a client at `peer`: at once when the bytes are free;
+    /// else a wait, unless the address already has `WAITING_PER_ADDRESS`
+    /// (then busy at once). Without an address, a plain `acquire`.
+    pub(crate) async fn acquire_for(
+        &self,
+        peer: Option<IpAddr>,
+        bytes: usize,
+    ) -> Result<Grant, Busy> {
+        let Some(peer) = peer else {
+            return self.acquire(bytes).await;
+        };
+        if let Some(g) = self.try_acquire(bytes) {
+            return Ok(g);
+        }
+        let block = crate::limits::client_block(peer);
+        {
+            let mut w = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+            let n = w.entry(block).or_insert(0);
+            if *n >= WAITING_PER_ADDRESS {
+                return Err(Busy);
+            }
+            *n += 1;
+        }
+        // counted out however the wait ends, a client gone mid-wait included
+        let _waiting = Waiting {
+            budget: self,
+            block,
+        };
+        self.acquire(bytes).await
     }
 
     /// `bytes` if they are free now.
@@ -122,5 +185,43 @@ mod tests {
         let all = b.acquire(1 << 30).await.unwrap();
         assert_eq!(b.available(), 0);
         drop(all);
+    }
+
+    /// One address waits at most `WAITING_PER_ADDRESS` times at once; its
+    /// waits are counted out however they end (a client gone mid-wait too);
+    /// other addresses and free bytes are unaffected.
+    #[tokio::test]
+    async fn an_address_waits_at_most_twice_at_once() {
+        let b = CatchupBudget::new(4 * UNIT);
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        let all = b.acquire(4 * UNIT).await.unwrap();
+        let w1 = tokio::spawn({
+            let b = Arc::clone(&b);
+            async move { b.acquire_for(ip("10.0.0.1"), UNIT).await.is_ok() }
+        });
+        let w2 = tokio::spawn({
+            let b = Arc::clone(&b);
+            async move { b.acquire_for(ip("10.0.0.1"), UNIT).await.is_ok() }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // a third from the address: busy at once; another address may wait
+        assert!(b.acquire_for(ip("10.0.0.1"), UNIT).await.is_err());
+        let other = tokio::spawn({
+            let b = Arc::clone(&b);
+            async move { b.acquire_for(ip("10.0.0.2"), UNIT).await.is_ok() }
+        });
+        // the first wait goes away (its client left): a place again
+        w1.abort();
+        let _ = w1.await;
+        let w3 = tokio::spawn({
+            let b = Arc::clone(&b);
+            async move { b.acquire_for(ip("10.0.0.1"), UNIT).await.is_ok() }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(all);
+        assert!(w2.await.unwrap());
+        assert!(other.await.unwrap());
+        assert!(w3.await.unwrap());
+        assert!(b.waiting.lock().unwrap().is_empty());
     }
 }

@@ -74,6 +74,9 @@ pub(crate) struct Start {
     pub cursor: Option<Cursor>,
     /// Send the current state of the topics first (when there is no usable cursor).
     pub snapshot: bool,
+    /// The client's address: its catch-up waits for budget are limited
+    /// (`CatchupBudget::acquire_for`).
+    pub peer: Option<std::net::IpAddr>,
 }
 
 /// The feed told the client something other than an event.
@@ -153,6 +156,8 @@ pub(crate) struct Feed {
     /// Some topic was dropped (`unsubscribe`): what is handed out is checked
     /// against the topics kept.
     dropped_topics: bool,
+    /// The client's address, for the budget (`Start::peer`).
+    peer: Option<std::net::IpAddr>,
 }
 
 enum Position {
@@ -228,6 +233,7 @@ impl Feeds {
             catch_up: None,
             position: Position::At(Cursor::boundary(pos.clone())),
             dropped_topics: false,
+            peer: start.peer,
         };
         match cursor {
             Some(c) => {
@@ -533,7 +539,7 @@ impl Feed {
     /// A grant of `bytes` of catch-up; `None` when `IfFree` and they are not free.
     async fn pay(&self, bytes: usize, budget: Budget) -> Result<Option<Grant>, FeedError> {
         Ok(match budget {
-            Budget::Wait => Some(self.budget.acquire(bytes).await?),
+            Budget::Wait => Some(self.budget.acquire_for(self.peer, bytes).await?),
             Budget::IfFree => self.budget.try_acquire(bytes),
         })
     }
@@ -701,7 +707,7 @@ impl Feed {
         if !read.complete {
             drop(grant.take());
             let first = read.bytes;
-            grant = Some(self.budget.acquire(first).await?);
+            grant = Some(self.budget.acquire_for(self.peer, first).await?);
             read = self
                 .read_snapshot(&topics, pos, after, |total| total <= first)
                 .await?;

@@ -64,8 +64,9 @@ impl App {
         &self,
         peer: std::net::IpAddr,
         topics: &[String],
-        start: crate::feed::Start,
+        mut start: crate::feed::Start,
     ) -> Result<(crate::feed::Feed, Option<crate::feed::Notice>), ApiError> {
+        start.peer = Some(peer);
         if self.feeds.reads_database(&start) {
             self.gate.spend_db_call(peer)?;
         }

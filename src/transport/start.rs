@@ -168,6 +168,7 @@ impl FromRequestParts<Arc<App>> for StreamRequest {
             start: Start {
                 cursor,
                 snapshot: flag("snapshot", q.snapshot.as_deref())?,
+                ..Start::default()
             },
             token: q.token,
             wait: q.wait,

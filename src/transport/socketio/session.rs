@@ -312,7 +312,15 @@ impl Session {
         // transport; the client retries)
         let (feed, notice) = self
             .app
-            .open_feed(self.conn.ip(), &allowed, Start { cursor, snapshot })
+            .open_feed(
+                self.conn.ip(),
+                &allowed,
+                Start {
+                    cursor,
+                    snapshot,
+                    ..Start::default()
+                },
+            )
             .await
             .map_err(|_| Disconnect::TryAgainLater)?;
         if let Some(n) = notice {

@@ -41,6 +41,7 @@ impl Session {
                             Start {
                                 cursor: cursor.or(given.cursor),
                                 snapshot: snapshot || given.snapshot,
+                                ..Start::default()
                             }
                         }
                         Err(e) => return self.send_error(ApiError::from(e)).await,
