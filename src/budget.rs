@@ -40,23 +40,20 @@ pub(crate) struct CatchupBudget {
     waiting: Mutex<HashMap<IpAddr, usize>>,
 }
 
-/// One wait of a client address, counted out when dropped.
-struct Waiting<'a> {
-    budget: &'a CatchupBudget,
-    block: IpAddr,
-}
+/// One wait of a client address (`CatchupBudget::wait_place`), counted out
+/// when dropped.
+pub(crate) struct WaitPlace(Option<(Arc<CatchupBudget>, IpAddr)>);
 
-impl Drop for Waiting<'_> {
+impl Drop for WaitPlace {
     fn drop(&mut self) {
-        let mut w = self
-            .budget
-            .waiting
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = w.get_mut(&self.block) {
+        let Some((budget, block)) = &self.0 else {
+            return;
+        };
+        let mut w = budget.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = w.get_mut(block) {
             *n = n.saturating_sub(1);
             if *n == 0 {
-                w.remove(&self.block);
+                w.remove(block);
             }
         }
     }
@@ -101,31 +98,39 @@ impl CatchupBudget {
     /// else a wait, unless the address already has `WAITING_PER_ADDRESS`
     /// (then busy at once). Without an address, a plain `acquire`.
     pub(crate) async fn acquire_for(
-        &self,
+        self: &Arc<Self>,
         peer: Option<IpAddr>,
         bytes: usize,
     ) -> Result<Grant, Busy> {
-        let Some(peer) = peer else {
-            return self.acquire(bytes).await;
-        };
         if let Some(g) = self.try_acquire(bytes) {
             return Ok(g);
         }
-        let block = crate::limits::client_block(peer);
-        {
-            let mut w = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
-            let n = w.entry(block).or_insert(0);
-            if *n >= WAITING_PER_ADDRESS {
-                return Err(Busy);
-            }
-            *n += 1;
-        }
-        // counted out however the wait ends, a client gone mid-wait included
-        let _waiting = Waiting {
-            budget: self,
-            block,
+        let place = self.wait_place(peer)?;
+        self.acquire_in(place, bytes).await
+    }
+
+    /// A place to wait in for a client at `peer` (none needed without an
+    /// address), or busy when its address has `WAITING_PER_ADDRESS` already;
+    /// given back when dropped, however the wait ends.
+    pub(crate) fn wait_place(self: &Arc<Self>, peer: Option<IpAddr>) -> Result<WaitPlace, Busy> {
+        let Some(peer) = peer else {
+            return Ok(WaitPlace(None));
         };
-        self.acquire(bytes).await
+        let block = crate::limits::client_block(peer);
+        let mut w = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        let n = w.entry(block).or_insert(0);
+        if *n >= WAITING_PER_ADDRESS {
+            return Err(Busy);
+        }
+        *n += 1;
+        Ok(WaitPlace(Some((Arc::clone(self), block))))
+    }
+
+    /// Waits for `bytes` in `place`.
+    pub(crate) async fn acquire_in(&self, place: WaitPlace, bytes: usize) -> Result<Grant, Busy> {
+        let got = self.acquire(bytes).await;
+        drop(place);
+        got
     }
 
     /// `bytes` if they are free now.

@@ -404,16 +404,30 @@ pub(crate) async fn watermarks(client: &Client) -> Result<Watermarks> {
 /// changed entities are left out (`SnapshotRead::truncated`, logged by the feed).
 pub(crate) const SNAPSHOT_MAX: i64 = 10_000;
 
+/// What a snapshot read does with the next change (see [`snapshot`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Paid {
+    /// Paid for: keep it.
+    Keep,
+    /// Not paid for: drop what was kept, and only count the rest.
+    Count,
+    /// Not paid for, and no use counting: stop reading.
+    Stop,
+}
+
 /// The current state of some topics as of `pos`.
 pub(crate) struct SnapshotRead {
     /// The latest change of each entity, oldest first; empty unless `complete`.
     pub changes: Vec<Arc<Change>>,
     /// More than `SNAPSHOT_MAX` entities: only the most recently changed came.
     pub truncated: bool,
-    /// What all of the snapshot's changes cost (`Change::approx_len`), kept or not.
+    /// What all of the snapshot's changes cost (`Change::approx_len`), kept
+    /// or not (those read: all unless `stopped`).
     pub bytes: usize,
     /// Every change was paid for and kept (see [`snapshot`]).
     pub complete: bool,
+    /// The payer said `Paid::Stop`: the read ended there.
+    pub stopped: bool,
 }
 
 /// The latest retained change of every *entity* among the changes of `topics`
@@ -426,9 +440,10 @@ pub(crate) struct SnapshotRead {
 /// current quantity of every product of the farm, not one.
 ///
 /// Rows are streamed, and a change is kept only once `pay(total)` agreed to
-/// the bytes of all kept so far with it; the first refusal drops what was
-/// kept, and the rest is only counted (`bytes`), so a read holds no more
-/// than it paid for plus one row. The same `pos` and `after` read again give
+/// the bytes of all kept so far with it (`Paid::Keep`); the first refusal
+/// drops what was kept, and the rest is only counted (`bytes`; `Paid::Stop`
+/// ends the read instead), so a read holds no more than it paid for plus
+/// one row. The same `pos` and `after` read again give
 /// the same rows, or fewer once retention has pruned some: nothing committed
 /// after `pos` belongs to them.
 pub(crate) async fn snapshot(
@@ -437,7 +452,7 @@ pub(crate) async fn snapshot(
     pos: &Snapshot,
     after: i64,
     origin_tx: bool,
-    mut pay: impl FnMut(usize) -> bool,
+    mut pay: impl FnMut(usize) -> Paid,
 ) -> Result<SnapshotRead> {
     use futures::TryStreamExt;
     let stmt = client
@@ -468,6 +483,7 @@ pub(crate) async fn snapshot(
         truncated: false,
         bytes: 0,
         complete: true,
+        stopped: false,
     };
     // newest first: the first deliverable row is the snapshot's last event
     let mut n = 0;
@@ -505,9 +521,20 @@ pub(crate) async fn snapshot(
         };
         last_event = false;
         read.bytes = read.bytes.saturating_add(change.approx_len());
-        if read.complete && !pay(read.bytes) {
-            read.complete = false;
-            read.changes = Vec::new();
+        if read.complete {
+            match pay(read.bytes) {
+                Paid::Keep => {}
+                Paid::Count => {
+                    read.complete = false;
+                    read.changes = Vec::new();
+                }
+                Paid::Stop => {
+                    read.complete = false;
+                    read.stopped = true;
+                    read.changes = Vec::new();
+                    break;
+                }
+            }
         }
         if read.complete {
             read.changes.push(Arc::new(change));

@@ -10,6 +10,7 @@
 
 use crate::budget::{Busy, CatchupBudget, Grant};
 use crate::change::Change;
+use crate::changelog::Paid;
 use crate::changelog::{self, PageSize, Scope};
 use crate::cursor::Cursor;
 /// What transports use of the hub comes through here: the feed is their
@@ -672,45 +673,60 @@ impl Feed {
     /// after `after` on (see `changelog::snapshot`), as catch-up deliveries.
     ///
     /// Its rows are held only once paid for: they are paid as they stream in,
-    /// while the budget has room; when it has not, the read only counts the
-    /// snapshot's bytes, then those bytes are waited for (holding no rows and
-    /// no connection; a snapshot larger than the whole budget waits for all
-    /// of it) and the snapshot is read again, the same rows. Should the second
-    /// read need more than the first (it cannot), the client is told to retry
-    /// (`busy`).
+    /// while the budget has room; when it has not, the read takes a place to
+    /// wait in (`CatchupBudget::wait_place`; none left for the client's
+    /// address: it stops, `busy`) and only counts the snapshot's bytes, then
+    /// those bytes are waited for (holding no rows and no connection; a
+    /// snapshot larger than the whole budget waits for all of it) and the
+    /// snapshot is read again, the same rows. Should the second read need
+    /// more than the first (it cannot), the client is told to retry (`busy`).
     async fn load_snapshot(&mut self, pos: &Snapshot, after: i64) -> Result<(), FeedError> {
         let topics: Vec<String> = self.sub.topics().iter().cloned().collect();
         if topics.is_empty() {
             return Ok(());
         }
         let mut grant: Option<Grant> = None;
+        let mut place = None;
         let budget = Arc::clone(&self.budget);
+        let peer = self.peer;
         let mut paid = 0;
         let pay_as_it_comes = |total: usize| {
             if total <= paid {
-                return true;
+                return Paid::Keep;
             }
             // in steps of a page, not a semaphore call per row
-            let Some(more) = budget.try_acquire((total - paid).max(PAGE_BYTES as usize)) else {
-                return false;
-            };
-            paid += more.bytes();
-            match &mut grant {
-                Some(held) => held.merge(more),
-                None => grant = Some(more),
+            if let Some(more) = budget.try_acquire((total - paid).max(PAGE_BYTES as usize)) {
+                paid += more.bytes();
+                match &mut grant {
+                    Some(held) => held.merge(more),
+                    None => grant = Some(more),
+                }
+                return Paid::Keep;
             }
-            true
+            // it will have to wait: count the rest only if it may
+            match budget.wait_place(peer) {
+                Ok(p) => {
+                    place = Some(p);
+                    Paid::Count
+                }
+                Err(Busy) => Paid::Stop,
+            }
         };
         let mut read = self
             .read_snapshot(&topics, pos, after, pay_as_it_comes)
             .await?;
         if !read.complete {
             drop(grant.take());
+            let Some(place) = place.take().filter(|_| !read.stopped) else {
+                return Err(Busy.into());
+            };
             let first = read.bytes;
-            grant = Some(self.budget.acquire_for(self.peer, first).await?);
-            read = self
-                .read_snapshot(&topics, pos, after, |total| total <= first)
-                .await?;
+            grant = Some(self.budget.acquire_in(place, first).await?);
+            let same_rows = |total| match total <= first {
+                true => Paid::Keep,
+                false => Paid::Stop,
+            };
+            read = self.read_snapshot(&topics, pos, after, same_rows).await?;
             if !read.complete {
                 return Err(Busy.into());
             }
@@ -743,7 +759,7 @@ impl Feed {
         topics: &[String],
         pos: &Snapshot,
         after: i64,
-        pay: impl FnMut(usize) -> bool,
+        pay: impl FnMut(usize) -> Paid,
     ) -> Result<changelog::SnapshotRead, FeedError> {
         let client = self.pool.get().await?;
         Ok(changelog::snapshot(

@@ -1259,7 +1259,17 @@ async fn made_up_pids_make_no_rows_past_the_addresss_cap() {
         // 16 base64url characters: 12 bytes of a key never made
         let key = format!("{:0>16}", format!("k{i}"));
         let made_up = format!("{}.{}.{key}.{now}", parts[0], parts[1]);
-        let mut ws = raw(&ws_url).await;
+        // the previous connection's slot may still be held (2 per address)
+        let deadline = tokio::time::Instant::now() + ARRIVAL;
+        let mut ws = loop {
+            match tokio_tungstenite::connect_async(&ws_url).await {
+                Ok((ws, _)) => break ws,
+                Err(e) => {
+                    assert!(tokio::time::Instant::now() < deadline, "{e}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        };
         ws.send(M::Text(format!("40{}", json!({ "pid": made_up })).into()))
             .await
             .unwrap();
