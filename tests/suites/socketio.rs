@@ -2016,6 +2016,44 @@ async fn a_polling_post_whose_body_never_comes_is_cut_at_the_header_timeout() {
     srv.stop().await;
 }
 
+/// A session reads at most two POSTs at once (they hold no connection slot
+/// of their own): a third while two bodies are still coming is refused at
+/// once with 400, and the session goes on (until a body that never comes
+/// closes it, as it does).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_reads_at_most_two_posts_at_once() {
+    use tokio::io::AsyncWriteExt;
+    let url = fresh_db().await;
+    let srv = server_with(&url, |c| {
+        c.limits.header_read_timeout = Duration::from_secs(3);
+    })
+    .await;
+    let base = srv.base_url();
+    let p = RawPolling::open(&base).await;
+    let path = p.url.trim_start_matches(&base).to_string();
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        let mut tcp = tokio::net::TcpStream::connect(srv.addr).await.unwrap();
+        tcp.write_all(
+            format!(
+                "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\n3"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        stalled.push(tcp);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, answer) = p.post("3".into()).await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer.contains("in flight"), "{answer}");
+    // the session goes on
+    assert_eq!(p.poll().await.0, 200);
+    drop(stalled);
+    srv.stop().await;
+}
+
 /// CONNECT packets to any namespace count against the 4 an Engine.IO
 /// connection may send; a CONNECT whose payload is not an object, or whose
 /// `token`, `topics`, `pid`, `offset` or `snapshot` have the wrong type, or

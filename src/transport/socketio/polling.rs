@@ -62,6 +62,9 @@ pub(crate) struct PollSession {
     /// WebSockets opened to upgrade this session, probing or not yet
     /// (`UpgradeSocket`): at most `MAX_UPGRADE_SOCKETS`.
     upgrade_sockets: AtomicUsize,
+    /// POSTs being read: at most `MAX_POSTS_IN_FLIGHT` (they hold no
+    /// connection slot of their own either).
+    posts: AtomicUsize,
     upgrading: AtomicBool,
     closed: AtomicBool,
     /// With JWT configured, when a session that has not connected (no
@@ -101,6 +104,10 @@ impl Drop for Probed {
 /// this bound one session could open any number, each standing up to the
 /// upgrade's 10 s.
 pub(crate) const MAX_UPGRADE_SOCKETS: usize = 2;
+
+/// POSTs of one session read at once: Engine.IO clients send one at a time
+/// (the next after the previous is answered); a second covers a retry.
+const MAX_POSTS_IN_FLIGHT: usize = 2;
 
 /// One of a session's `MAX_UPGRADE_SOCKETS`, given back when dropped.
 pub(crate) struct UpgradeSocket(Arc<PollSession>);
@@ -345,6 +352,7 @@ async fn open(app: Arc<App>, req: StreamRequest) -> Response {
         polling: AtomicBool::new(false),
         probed: AtomicUsize::new(0),
         upgrade_sockets: AtomicUsize::new(0),
+        posts: AtomicUsize::new(0),
         upgrading: AtomicBool::new(false),
         closed: AtomicBool::new(false),
         auth_deadline: app
@@ -366,6 +374,15 @@ async fn open(app: Arc<App>, req: StreamRequest) -> Response {
 /// `POST &sid=`: the client's packets. Messages wait for the next poll
 /// (`Inbox`).
 async fn post(app: &App, session: &PollSession, body: Body) -> Response {
+    let in_flight = session.posts.fetch_add(1, Ordering::AcqRel);
+    let _counted = Decrement(&session.posts);
+    if in_flight >= MAX_POSTS_IN_FLIGHT {
+        return ApiError::new(
+            ErrorCode::BadRequest,
+            format!("this session has {MAX_POSTS_IN_FLIGHT} POSTs in flight already"),
+        )
+        .into_response();
+    }
     let max = app.socketio.settings.max_payload;
     let within = app.gate.limits().header_read_timeout;
     let bytes = match read_body(body, max, within).await {
@@ -428,6 +445,15 @@ async fn post(app: &App, session: &PollSession, body: Body) -> Response {
     }
     session.wake.notify_one();
     text("ok".into())
+}
+
+/// Takes one off a counter when dropped (however the request ends).
+struct Decrement<'a>(&'a AtomicUsize);
+
+impl Drop for Decrement<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 fn close_session(app: &App, session: &PollSession) {
