@@ -15,9 +15,14 @@
 //! When the budget is spent, catch-up waits for it (a client holding none waits,
 //! so there is no deadlock); a poll that already has events answers with them
 //! instead of waiting. A wait longer than `WAIT` is answered "busy: retry".
-//! Waits are served in order, so one client address may have at most
-//! `WAITING_PER_ADDRESS` of them at once (more are "busy" at once): an
-//! address cannot queue hundreds of large snapshots ahead of everyone else.
+//!
+//! Fairness between client addresses (IPv6: /64s): waits are served in order,
+//! so an address may have at most `WAITING_PER_ADDRESS` of them at once, and
+//! it may hold at most `1 / ADDRESS_SHARE` of the budget (more is "busy" at
+//! once, or, for a poll that has events, an answer with those) unless it
+//! holds nothing, so that a catch-up larger than the share still goes, alone.
+//! An address that stops reading its answers thus cannot keep the budget from
+//! everyone else until its sockets time out.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -29,6 +34,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 pub(crate) const WAIT: Duration = Duration::from_secs(10);
 /// Waits for budget one client address (IPv6: its /64) may have at once.
 pub(crate) const WAITING_PER_ADDRESS: usize = 2;
+/// One client address holds at most this fraction (1 / n) of the budget.
+pub(crate) const ADDRESS_SHARE: usize = 4;
 
 /// Bytes are granted in units of this size (a semaphore counts `u32`-ish permits).
 const UNIT: usize = 1024;
@@ -38,6 +45,8 @@ pub(crate) struct CatchupBudget {
     units: usize,
     /// Waits in progress by client address (`limits::client_block`).
     waiting: Mutex<HashMap<IpAddr, usize>>,
+    /// Units held by client address.
+    held: Mutex<HashMap<IpAddr, usize>>,
 }
 
 /// One wait of a client address (`CatchupBudget::wait_place`), counted out
@@ -49,21 +58,51 @@ impl Drop for WaitPlace {
         let Some((budget, block)) = &self.0 else {
             return;
         };
-        let mut w = budget.waiting.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = w.get_mut(block) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                w.remove(block);
-            }
+        count_out(&budget.waiting, block, 1);
+    }
+}
+
+/// Takes `n` off `block`'s count, forgetting it at 0.
+fn count_out(counts: &Mutex<HashMap<IpAddr, usize>>, block: &IpAddr, n: usize) {
+    let mut c = counts.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(have) = c.get_mut(block) {
+        *have = have.saturating_sub(n);
+        if *have == 0 {
+            c.remove(block);
         }
     }
 }
 
-/// Bytes granted; returned to the budget when dropped.
-#[derive(Debug)]
-pub(crate) struct Grant(OwnedSemaphorePermit);
+fn count_in(counts: &Mutex<HashMap<IpAddr, usize>>, block: IpAddr, n: usize) {
+    *counts
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(block)
+        .or_insert(0) += n;
+}
 
-/// The budget stayed spent for `WAIT`.
+/// Bytes granted, counted against the address they were granted for (if
+/// any); returned to the budget when dropped.
+#[derive(Debug)]
+pub(crate) struct Grant {
+    /// `None` only inside `merge`.
+    permit: Option<OwnedSemaphorePermit>,
+    owner: Option<Owner>,
+}
+
+#[derive(Clone)]
+struct Owner {
+    budget: Arc<CatchupBudget>,
+    block: IpAddr,
+}
+
+impl std::fmt::Debug for Owner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Owner({})", self.block)
+    }
+}
+
+/// The budget stayed spent for `WAIT`, or the address holds its share.
 #[derive(Debug, thiserror::Error)]
 #[error("the catch-up memory budget is in use; retry")]
 pub(crate) struct Busy;
@@ -75,6 +114,7 @@ impl CatchupBudget {
             sem: Arc::new(Semaphore::new(units)),
             units,
             waiting: Mutex::new(HashMap::new()),
+            held: Mutex::new(HashMap::new()),
         })
     }
 
@@ -85,24 +125,57 @@ impl CatchupBudget {
         u32::try_from(n).unwrap_or(u32::MAX)
     }
 
-    /// Waits (at most `WAIT`) until `bytes` are free.
-    pub(crate) async fn acquire(&self, bytes: usize) -> Result<Grant, Busy> {
-        let n = self.units_for(bytes);
-        match tokio::time::timeout(WAIT, Arc::clone(&self.sem).acquire_many_owned(n)).await {
-            Ok(Ok(p)) => Ok(Grant(p)),
-            _ => Err(Busy),
+    /// A grant of `permit` for `peer`'s address (counted there), or for no one.
+    fn grant(self: &Arc<Self>, permit: OwnedSemaphorePermit, peer: Option<IpAddr>) -> Grant {
+        let owner = peer.map(|p| {
+            let block = crate::limits::client_block(p);
+            count_in(&self.held, block, permit.num_permits());
+            Owner {
+                budget: Arc::clone(self),
+                block,
+            }
+        });
+        Grant {
+            permit: Some(permit),
+            owner,
         }
     }
 
+    /// Whether `peer`'s address may be granted `bytes` more: it holds
+    /// nothing, or its holdings stay within its share.
+    pub(crate) fn within_share(&self, peer: Option<IpAddr>, bytes: usize) -> bool {
+        let Some(peer) = peer else {
+            return true;
+        };
+        let block = crate::limits::client_block(peer);
+        let held = self
+            .held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&block)
+            .copied()
+            .unwrap_or(0);
+        held == 0 || held + self.units_for(bytes) as usize <= (self.units / ADDRESS_SHARE).max(1)
+    }
+
+    /// Waits (at most `WAIT`) until `bytes` are free; for no address.
+    #[cfg(test)]
+    pub(crate) async fn acquire(self: &Arc<Self>, bytes: usize) -> Result<Grant, Busy> {
+        self.acquire_in(WaitPlace(None), bytes).await
+    }
+
     /// `acquire` for a client at `peer`: at once when the bytes are free;
-    /// else a wait, unless the address already has `WAITING_PER_ADDRESS`
-    /// (then busy at once). Without an address, a plain `acquire`.
+    /// else a wait, unless the address already has `WAITING_PER_ADDRESS`;
+    /// busy at once too when the address holds its share.
     pub(crate) async fn acquire_for(
         self: &Arc<Self>,
         peer: Option<IpAddr>,
         bytes: usize,
     ) -> Result<Grant, Busy> {
-        if let Some(g) = self.try_acquire(bytes) {
+        if !self.within_share(peer, bytes) {
+            return Err(Busy);
+        }
+        if let Some(g) = self.try_acquire_for(peer, bytes) {
             return Ok(g);
         }
         let place = self.wait_place(peer)?;
@@ -126,19 +199,42 @@ impl CatchupBudget {
         Ok(WaitPlace(Some((Arc::clone(self), block))))
     }
 
-    /// Waits for `bytes` in `place`.
-    pub(crate) async fn acquire_in(&self, place: WaitPlace, bytes: usize) -> Result<Grant, Busy> {
-        let got = self.acquire(bytes).await;
+    /// Waits for `bytes` in `place`; the grant is counted for its address.
+    pub(crate) async fn acquire_in(
+        self: &Arc<Self>,
+        place: WaitPlace,
+        bytes: usize,
+    ) -> Result<Grant, Busy> {
+        let n = self.units_for(bytes);
+        let got = tokio::time::timeout(WAIT, Arc::clone(&self.sem).acquire_many_owned(n)).await;
+        let peer = place.0.as_ref().map(|(_, block)| *block);
         drop(place);
-        got
+        match got {
+            Ok(Ok(p)) => Ok(self.grant(p, peer)),
+            _ => Err(Busy),
+        }
     }
 
-    /// `bytes` if they are free now.
-    pub(crate) fn try_acquire(&self, bytes: usize) -> Option<Grant> {
-        Arc::clone(&self.sem)
+    /// `bytes` if they are free now; for no address.
+    #[cfg(test)]
+    pub(crate) fn try_acquire(self: &Arc<Self>, bytes: usize) -> Option<Grant> {
+        self.try_acquire_for(None, bytes)
+    }
+
+    /// `bytes` for a client at `peer` if they are free now and within the
+    /// address's share.
+    pub(crate) fn try_acquire_for(
+        self: &Arc<Self>,
+        peer: Option<IpAddr>,
+        bytes: usize,
+    ) -> Option<Grant> {
+        if !self.within_share(peer, bytes) {
+            return None;
+        }
+        let permit = Arc::clone(&self.sem)
             .try_acquire_many_owned(self.units_for(bytes))
-            .ok()
-            .map(Grant)
+            .ok()?;
+        Some(self.grant(permit, peer))
     }
 
     /// Bytes not granted right now.
@@ -149,23 +245,63 @@ impl CatchupBudget {
 }
 
 impl Grant {
+    fn units(&self) -> usize {
+        self.permit
+            .as_ref()
+            .map_or(0, OwnedSemaphorePermit::num_permits)
+    }
+
     /// Keeps only what `bytes` needs and returns the rest to the budget.
     pub(crate) fn shrink_to(&mut self, bytes: usize) {
         let keep = bytes.div_ceil(UNIT).max(1);
-        let have = self.0.num_permits();
+        let have = self.units();
         if have > keep {
-            drop(self.0.split(have - keep));
+            if let Some(p) = self.permit.as_mut() {
+                drop(p.split(have - keep));
+            }
+            if let Some(o) = &self.owner {
+                count_out(&o.budget.held, &o.block, have - keep);
+            }
         }
     }
 
     /// The bytes this grant holds.
     pub(crate) fn bytes(&self) -> usize {
-        self.0.num_permits() * UNIT
+        self.units() * UNIT
     }
 
-    /// Adds another grant's bytes to this one.
-    pub(crate) fn merge(&mut self, other: Grant) {
-        self.0.merge(other.0);
+    /// Adds another grant's bytes to this one (and its count to this one's
+    /// address).
+    pub(crate) fn merge(&mut self, mut other: Grant) {
+        let n = other.units();
+        let same = match (&self.owner, &other.owner) {
+            (Some(a), Some(b)) => a.block == b.block,
+            (None, None) => true,
+            _ => false,
+        };
+        if !same {
+            if let Some(o) = &other.owner {
+                count_out(&o.budget.held, &o.block, n);
+            }
+            if let Some(o) = &self.owner {
+                count_in(&o.budget.held, o.block, n);
+            }
+        }
+        other.owner = None;
+        if let Some(p) = other.permit.take() {
+            match self.permit.as_mut() {
+                Some(mine) => mine.merge(p),
+                None => self.permit = Some(p),
+            }
+        }
+    }
+}
+
+impl Drop for Grant {
+    fn drop(&mut self) {
+        if let Some(o) = &self.owner {
+            count_out(&o.budget.held, &o.block, self.units());
+        }
     }
 }
 
@@ -190,6 +326,30 @@ mod tests {
         let all = b.acquire(1 << 30).await.unwrap();
         assert_eq!(b.available(), 0);
         drop(all);
+    }
+
+    /// One address holds at most a quarter of the budget, unless it holds
+    /// nothing (a catch-up larger than that goes alone); its count follows
+    /// shrinks, merges and drops; other addresses are unaffected.
+    #[tokio::test]
+    async fn an_address_holds_at_most_its_share() {
+        let b = CatchupBudget::new(16 * UNIT);
+        let a = Some("10.0.0.1".parse::<IpAddr>().unwrap());
+        let other = Some("10.0.0.2".parse::<IpAddr>().unwrap());
+        // holding nothing: more than the share goes
+        let big = b.try_acquire_for(a, 10 * UNIT).expect("alone");
+        assert!(b.try_acquire_for(a, UNIT).is_none(), "past its share");
+        assert!(b.acquire_for(a, UNIT).await.is_err(), "busy at once");
+        let o = b.try_acquire_for(other, 4 * UNIT).expect("another address");
+        drop(big);
+        let mut g = b.try_acquire_for(a, 2 * UNIT).unwrap();
+        g.merge(b.try_acquire_for(a, 2 * UNIT).unwrap());
+        assert!(b.try_acquire_for(a, UNIT).is_none(), "4 of 16 held");
+        g.shrink_to(UNIT);
+        let h = b.try_acquire_for(a, 3 * UNIT).expect("after the shrink");
+        drop((g, h, o));
+        assert!(b.held.lock().unwrap().is_empty());
+        assert_eq!(b.available(), 16 * UNIT);
     }
 
     /// One address waits at most `WAITING_PER_ADDRESS` times at once; its

@@ -541,7 +541,7 @@ impl Feed {
     async fn pay(&self, bytes: usize, budget: Budget) -> Result<Option<Grant>, FeedError> {
         Ok(match budget {
             Budget::Wait => Some(self.budget.acquire_for(self.peer, bytes).await?),
-            Budget::IfFree => self.budget.try_acquire(bytes),
+            Budget::IfFree => self.budget.try_acquire_for(self.peer, bytes),
         })
     }
 
@@ -694,8 +694,13 @@ impl Feed {
             if total <= paid {
                 return Paid::Keep;
             }
-            // in steps of a page, not a semaphore call per row
-            if let Some(more) = budget.try_acquire((total - paid).max(PAGE_BYTES as usize)) {
+            // in steps of a page, not a semaphore call per row (a step the
+            // address's share refuses is retried at the exact need)
+            let need = total - paid;
+            let more = budget
+                .try_acquire_for(peer, need.max(PAGE_BYTES as usize))
+                .or_else(|| budget.try_acquire_for(peer, need));
+            if let Some(more) = more {
                 paid += more.bytes();
                 match &mut grant {
                     Some(held) => held.merge(more),
@@ -703,7 +708,11 @@ impl Feed {
                 }
                 return Paid::Keep;
             }
-            // it will have to wait: count the rest only if it may
+            // it will have to wait: count the rest only if it may (past the
+            // address's share, or with its waits taken, it stops: busy)
+            if !budget.within_share(peer, need) {
+                return Paid::Stop;
+            }
             match budget.wait_place(peer) {
                 Ok(p) => {
                     place = Some(p);
