@@ -158,6 +158,24 @@ impl CatchupBudget {
         held == 0 || held + self.units_for(bytes) as usize <= (self.units / ADDRESS_SHARE).max(1)
     }
 
+    /// Whether `peer`'s address holds more than the `own` bytes of the
+    /// caller's own grant (a read paying as it goes): then it may not wait
+    /// for more past its share; holding only its own, it may, and goes alone.
+    pub(crate) fn held_elsewhere(&self, peer: Option<IpAddr>, own: usize) -> bool {
+        let Some(peer) = peer else {
+            return false;
+        };
+        let block = crate::limits::client_block(peer);
+        let held = self
+            .held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&block)
+            .copied()
+            .unwrap_or(0);
+        held > own / UNIT
+    }
+
     /// Waits (at most `WAIT`) until `bytes` are free; for no address.
     #[cfg(test)]
     pub(crate) async fn acquire(self: &Arc<Self>, bytes: usize) -> Result<Grant, Busy> {

@@ -708,9 +708,11 @@ impl Feed {
                 }
                 return Paid::Keep;
             }
-            // it will have to wait: count the rest only if it may (past the
-            // address's share, or with its waits taken, it stops: busy)
-            if !budget.within_share(peer, need) {
+            // it will have to wait: count the rest only if it may (its
+            // address holding more than this read past its share, or with
+            // its waits taken, it stops: busy; holding only this read, it
+            // waits for all of it and goes alone)
+            if !budget.within_share(peer, need) && budget.held_elsewhere(peer, paid) {
                 return Paid::Stop;
             }
             match budget.wait_place(peer) {
