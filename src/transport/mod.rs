@@ -280,7 +280,16 @@ impl From<FeedError> for ApiError {
                 "too many clients are catching up right now; retry",
             ),
             FeedError::Db(e) => {
-                tracing::warn!(error = %e, "database error serving a client");
+                // one per failing request: a line every 10 s at most
+                static LOGGED: crate::logging::Throttle =
+                    crate::logging::Throttle::new(std::time::Duration::from_secs(10));
+                if let Some(left_out) = LOGGED.ready() {
+                    tracing::warn!(
+                        error = %e,
+                        similar_not_logged = left_out,
+                        "database error serving a client"
+                    );
+                }
                 ApiError::new(ErrorCode::Unavailable, "database unavailable; retry")
             }
         }
