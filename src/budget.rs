@@ -141,20 +141,24 @@ impl CatchupBudget {
         }
     }
 
-    /// Whether `peer`'s address may be granted `bytes` more: it holds
-    /// nothing, or its holdings stay within its share.
-    pub(crate) fn within_share(&self, peer: Option<IpAddr>, bytes: usize) -> bool {
+    /// Units `peer`'s address holds (none without an address).
+    fn held_by(&self, peer: Option<IpAddr>) -> usize {
         let Some(peer) = peer else {
-            return true;
+            return 0;
         };
         let block = crate::limits::client_block(peer);
-        let held = self
-            .held
+        self.held
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&block)
             .copied()
-            .unwrap_or(0);
+            .unwrap_or(0)
+    }
+
+    /// Whether `peer`'s address may be granted `bytes` more: it holds
+    /// nothing, or its holdings stay within its share.
+    pub(crate) fn within_share(&self, peer: Option<IpAddr>, bytes: usize) -> bool {
+        let held = self.held_by(peer);
         held == 0 || held + self.units_for(bytes) as usize <= (self.units / ADDRESS_SHARE).max(1)
     }
 
@@ -162,18 +166,7 @@ impl CatchupBudget {
     /// caller's own grant (a read paying as it goes): then it may not wait
     /// for more past its share; holding only its own, it may, and goes alone.
     pub(crate) fn held_elsewhere(&self, peer: Option<IpAddr>, own: usize) -> bool {
-        let Some(peer) = peer else {
-            return false;
-        };
-        let block = crate::limits::client_block(peer);
-        let held = self
-            .held
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&block)
-            .copied()
-            .unwrap_or(0);
-        held > own / UNIT
+        self.held_by(peer) > own / UNIT
     }
 
     /// Waits (at most `WAIT`) until `bytes` are free; for no address.
