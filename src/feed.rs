@@ -10,8 +10,7 @@
 
 use crate::budget::{Busy, CatchupBudget, Grant};
 use crate::change::Change;
-use crate::changelog::Paid;
-use crate::changelog::{self, PageSize, Scope};
+use crate::changelog::{self, PageSize, Paid, Scope};
 use crate::cursor::Cursor;
 /// What transports use of the hub comes through here: the feed is their
 /// one door to the stream (layout test `transports_reach_the_stream_through_feed`).
