@@ -433,3 +433,55 @@ async fn presence_reads_are_paid_from_the_address_budget() {
     assert!(n >= 1, "the first read was refused");
     srv.stop().await;
 }
+
+/// With `--presence-on-connect`, a stream that opens counts as its user's
+/// activity, and one refused (a topic the policy denies) does not: a
+/// customer asking for another customer's orders is not made "online".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_stream_is_no_activity() {
+    let url = fresh_market_db().await;
+    let db = connect(&url).await;
+    seed(&db, 1, 1).await;
+    let srv = server_with(&url, |c| {
+        presence_cfg(c);
+        c.presence.on_connect = true;
+    })
+    .await;
+    let base = srv.base_url();
+    let seven = token("7", "customer");
+    let admin = format!("Bearer {}", token("1", "admin"));
+    // refused: another customer's topic
+    let r = reqwest::Client::new()
+        .get(format!("{base}/v1/events?topics=customer-8&token={seven}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = reqwest::Client::new()
+        .get(format!("{base}/v1/ws?topics=customer-8&token={seven}"))
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(r.status(), 101);
+    let (_, v) = get_json(
+        &base,
+        "/v1/presence?users=customer-7",
+        &[("Authorization", &admin)],
+    )
+    .await;
+    assert_eq!(v["users"][0]["status"], "offline", "{v}");
+    // opened: its own topic
+    let sse = SseClient::connect(&base, &format!("topics=customer-7&token={seven}"), None).await;
+    crate::common::eventually_async("the opened stream counts as activity", || async {
+        let (_, v) = get_json(
+            &base,
+            "/v1/presence?users=customer-7",
+            &[("Authorization", &admin)],
+        )
+        .await;
+        v["users"][0]["status"] == "online"
+    })
+    .await;
+    drop(sse);
+    srv.stop().await;
+}

@@ -60,12 +60,13 @@ pub(crate) async fn handler(
 async fn open(app: Arc<App>, req: StreamRequest, raw: bool) -> Result<Response, ApiError> {
     req.require_topics()?;
     let admitted = req.admit(&app, Transport::Sse)?;
-    super::presence::on_connect(&app, &admitted.identity, admitted.authenticated).await;
     let topics = req.topics;
     app.gate
         .authorize_all(req.peer.ip(), &admitted.identity, &topics)
         .await?;
     let (feed, notice) = app.open_feed(req.peer.ip(), &topics, req.start).await?;
+    // activity once the stream opens, not for a refused request
+    super::presence::on_connect(&app, &admitted.identity, admitted.authenticated).await;
     // a session once it opens: not a refused request (a client's retries of one)
     app.count_session(Transport::Sse, req.report);
     let mut head = format!("retry: {}\n\n", app.cfg.sse_retry.as_millis());

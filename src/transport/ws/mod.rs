@@ -51,7 +51,6 @@ pub(crate) async fn handler(
 
 async fn upgrade(app: Arc<App>, req: StreamRequest, ws: Handshake) -> Result<Response, ApiError> {
     let admitted = req.admit(&app, Transport::Ws)?;
-    super::presence::on_connect(&app, &admitted.identity, admitted.authenticated).await;
     // Authorized and registered before the 101 answer: a change committed after
     // the handshake completes is not missed, and a database outage is answered
     // like on SSE and polling (503 + Retry-After: retry, resume by cursor).
@@ -67,6 +66,8 @@ async fn upgrade(app: Arc<App>, req: StreamRequest, ws: Handshake) -> Result<Res
         let (feed, notice) = app.open_feed(req.peer.ip(), &topics, req.start).await?;
         Opening::Now(Box::new(feed), notice)
     };
+    // activity once the stream is sure to open, not for a refused upgrade
+    super::presence::on_connect(&app, &admitted.identity, admitted.authenticated).await;
     // a session once it opens: not a refused upgrade (a client's retries of one)
     app.count_session(Transport::Ws, req.report);
     let max = app.gate.limits().max_frame;
