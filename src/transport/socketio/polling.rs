@@ -60,7 +60,7 @@ pub(crate) struct PollSession {
     /// (see [`Probed`]).
     probed: AtomicUsize,
     /// WebSockets opened to upgrade this session, probing or not yet
-    /// (`UpgradeSocket`): at most `MAX_UPGRADE_SOCKETS`.
+    /// (`Place::upgrade`): at most `MAX_UPGRADE_SOCKETS`.
     upgrade_sockets: AtomicUsize,
     /// POSTs being read: at most `MAX_POSTS_IN_FLIGHT` (they hold no
     /// connection slot of their own either).
@@ -109,25 +109,40 @@ pub(crate) const MAX_UPGRADE_SOCKETS: usize = 2;
 /// (the next after the previous is answered); a second covers a retry.
 const MAX_POSTS_IN_FLIGHT: usize = 2;
 
-/// One of a session's `MAX_UPGRADE_SOCKETS`, given back when dropped.
-pub(crate) struct UpgradeSocket(Arc<PollSession>);
+/// One of a session's bounded places (an upgrading WebSocket, a POST being
+/// read), given back when dropped, however its request ends.
+pub(crate) struct Place {
+    session: Arc<PollSession>,
+    count: fn(&PollSession) -> &AtomicUsize,
+}
 
-impl UpgradeSocket {
-    /// A place for one more upgrading WebSocket, if the session has one.
-    pub(crate) fn take(session: &Arc<PollSession>) -> Option<UpgradeSocket> {
-        session
-            .upgrade_sockets
+impl Place {
+    /// One of at most `max` places counted by `count`, if one is free.
+    fn take(
+        session: &Arc<PollSession>,
+        count: fn(&PollSession) -> &AtomicUsize,
+        max: usize,
+    ) -> Option<Place> {
+        count(session)
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < MAX_UPGRADE_SOCKETS).then_some(n + 1)
+                (n < max).then_some(n + 1)
             })
             .ok()
-            .map(|_| UpgradeSocket(Arc::clone(session)))
+            .map(|_| Place {
+                session: Arc::clone(session),
+                count,
+            })
+    }
+
+    /// A place for one more upgrading WebSocket (`MAX_UPGRADE_SOCKETS`).
+    pub(crate) fn upgrade(session: &Arc<PollSession>) -> Option<Place> {
+        Place::take(session, |s| &s.upgrade_sockets, MAX_UPGRADE_SOCKETS)
     }
 }
 
-impl Drop for UpgradeSocket {
+impl Drop for Place {
     fn drop(&mut self) {
-        self.0.upgrade_sockets.fetch_sub(1, Ordering::AcqRel);
+        (self.count)(&self.session).fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -373,16 +388,14 @@ async fn open(app: Arc<App>, req: StreamRequest) -> Response {
 
 /// `POST &sid=`: the client's packets. Messages wait for the next poll
 /// (`Inbox`).
-async fn post(app: &App, session: &PollSession, body: Body) -> Response {
-    let in_flight = session.posts.fetch_add(1, Ordering::AcqRel);
-    let _counted = Decrement(&session.posts);
-    if in_flight >= MAX_POSTS_IN_FLIGHT {
+async fn post(app: &App, session: &Arc<PollSession>, body: Body) -> Response {
+    let Some(_place) = Place::take(session, |s| &s.posts, MAX_POSTS_IN_FLIGHT) else {
         return ApiError::new(
             ErrorCode::BadRequest,
             format!("this session has {MAX_POSTS_IN_FLIGHT} POSTs in flight already"),
         )
         .into_response();
-    }
+    };
     let max = app.socketio.settings.max_payload;
     let within = app.gate.limits().header_read_timeout;
     let bytes = match read_body(body, max, within).await {
@@ -445,15 +458,6 @@ async fn post(app: &App, session: &PollSession, body: Body) -> Response {
     }
     session.wake.notify_one();
     text("ok".into())
-}
-
-/// Takes one off a counter when dropped (however the request ends).
-struct Decrement<'a>(&'a AtomicUsize);
-
-impl Drop for Decrement<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
 }
 
 fn close_session(app: &App, session: &PollSession) {

@@ -16,7 +16,7 @@
 //! stop socket.io-client from reconnecting): the client comes back and
 //! recovers from its offset.
 
-use super::polling::{PollSession, Probed, UpgradeSocket, MAX_UPGRADE_SOCKETS};
+use super::polling::{Place, PollSession, Probed, MAX_UPGRADE_SOCKETS};
 use super::session::Session;
 use crate::api_error::{ApiError, ErrorCode};
 use crate::limits::RateLimiter;
@@ -64,7 +64,7 @@ pub(crate) async fn open(app: Arc<App>, req: StreamRequest, upgrade: Handshake) 
         let Some(polling) = app.socketio.get(&sid) else {
             return unknown_session();
         };
-        let Some(slot) = UpgradeSocket::take(&polling) else {
+        let Some(slot) = Place::upgrade(&polling) else {
             return ApiError::new(
                 ErrorCode::BadRequest,
                 format!("this session has {MAX_UPGRADE_SOCKETS} WebSockets upgrading it already"),
@@ -141,7 +141,7 @@ async fn upgrade_from_polling(
     raw: RawSocket,
     config: WebSocketConfig,
     polling: Arc<PollSession>,
-    slot: UpgradeSocket,
+    slot: Place,
 ) -> Option<Connection> {
     let (wire, mut socket) = websocket(&app, raw, config).await;
     let deadline = Instant::now() + UPGRADE_WAIT;
