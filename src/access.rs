@@ -159,14 +159,21 @@ impl Gate {
         transport: Arc<TransportMetrics>,
         peer: SocketAddr,
     ) -> Result<Connection, ApiError> {
-        let slot = self.conns.acquire(peer.ip()).map_err(|e| {
+        Ok(Connection::open(self.slot(peer)?, transport))
+    }
+
+    /// A bare slot of `--max-connections` and `--max-connections-per-ip`
+    /// (503 `too_many_connections` / 429 `too_many_connections_from_ip`),
+    /// counted in no transport's connections: what a socket that serves no
+    /// stream of its own yet holds (a Socket.IO upgrade probe).
+    pub(crate) fn slot(&self, peer: SocketAddr) -> Result<ConnGuard, ApiError> {
+        self.conns.acquire(peer.ip()).map_err(|e| {
             let code = match e {
                 ConnRefused::Total => ErrorCode::TooManyConnections,
                 ConnRefused::PerIp => ErrorCode::TooManyConnectionsFromIp,
             };
             ApiError::new(code, "connection limit reached; retry later")
-        })?;
-        Ok(Connection::open(slot, transport))
+        })
     }
 
     /// Verifies a token (from a header, the query, or a WS `auth` message);

@@ -2314,6 +2314,65 @@ async fn a_session_takes_at_most_two_upgrading_websockets() {
     srv.stop().await;
 }
 
+/// A WebSocket upgrading a long-polling session holds a connection slot of
+/// its own until its upgrade ends: at the address's cap the upgrade is
+/// refused (429 `too_many_connections_from_ip`) and the session goes on
+/// polling; once upgraded, the session's slot is the WebSocket's, so
+/// another connection of the address is refused while it stands and
+/// admitted once it ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrading_websocket_holds_a_connection_slot() {
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::{Error, Message};
+    let url = fresh_db().await;
+    let srv = server_with(&url, |c| c.limits.max_connections_per_ip = 1).await;
+    let base = srv.base_url();
+    let at_cap = RawPolling::connected(&base).await;
+    match tokio_tungstenite::connect_async(&at_cap.upgrade_url()).await {
+        Err(Error::Http(r)) => {
+            assert_eq!(r.status().as_u16(), 429);
+            let body = String::from_utf8(r.body().clone().unwrap_or_default()).unwrap();
+            assert_eq!(error_of(&body).0, "too_many_connections_from_ip");
+        }
+        other => panic!("an upgrade past the cap: {:?}", other.map(|_| ())),
+    }
+    // the session goes on polling
+    assert_eq!(
+        at_cap.post(r#"421["subscribe",["a"]]"#.into()).await,
+        (200, "ok".into())
+    );
+    let (status, answer) = at_cap.poll().await;
+    assert_eq!(status, 200);
+    assert!(answer[0].starts_with("431"), "{answer:?}");
+    drop(at_cap);
+    srv.stop().await;
+
+    let srv = server_with(&url, |c| c.limits.max_connections_per_ip = 2).await;
+    let base = srv.base_url();
+    let p = RawPolling::connected(&base).await;
+    let mut ws = raw(&p.upgrade_url()).await;
+    // the session's slot and the probe's: the address is at its cap
+    match tokio_tungstenite::connect_async(&sio_ws_url(&base, "")).await {
+        Err(Error::Http(r)) => assert_eq!(r.status().as_u16(), 429),
+        other => panic!("a third connection: {:?}", other.map(|_| ())),
+    }
+    assert_eq!(said(&mut ws, "2probe").await, "3probe");
+    ws.send(Message::Text("5".into())).await.unwrap();
+    assert_eq!(said(&mut ws, "2").await, "3");
+    // upgraded: the probe's slot is given back, the session keeps one
+    let deadline = tokio::time::Instant::now() + ARRIVAL;
+    let _other = loop {
+        match tokio_tungstenite::connect_async(&sio_ws_url(&base, "")).await {
+            Ok((other, _)) => break other,
+            Err(_) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("the probe's slot was never given back: {e}"),
+        }
+    };
+    srv.stop().await;
+}
+
 /// With JWT configured, a long-polling session that has not connected by
 /// `--auth-timeout` (no CONNECT, or only a refused one) is closed, as a
 /// WebSocket is (1008 `authentication timeout` there): its pending poll

@@ -99,10 +99,10 @@ impl Drop for Probed {
 }
 
 /// WebSockets that may try to upgrade one session at once: socket.io-client
-/// opens one; a second covers a retry while the first is still open. They
-/// hold no connection slot of their own (the session holds one), so without
-/// this bound one session could open any number, each standing up to the
-/// upgrade's 10 s.
+/// opens one; a second covers a retry while the first is still open. Each
+/// also holds a connection slot of its own until the upgrade ends
+/// (`Gate::slot`), so probes count against `--max-connections` and the
+/// address's cap like any socket that stands up to the upgrade's 10 s.
 pub(crate) const MAX_UPGRADE_SOCKETS: usize = 2;
 
 /// POSTs of one session read at once: Engine.IO clients send one at a time

@@ -19,7 +19,7 @@
 use super::polling::{Place, PollSession, Probed, MAX_UPGRADE_SOCKETS};
 use super::session::Session;
 use crate::api_error::{ApiError, ErrorCode};
-use crate::limits::RateLimiter;
+use crate::limits::{ConnGuard, RateLimiter};
 use crate::metrics::Transport;
 use crate::protocol::socketio::{self as packet, EnginePacket, PacketError};
 use crate::sockets::RawSocket;
@@ -71,16 +71,28 @@ pub(crate) async fn open(app: Arc<App>, req: StreamRequest, upgrade: Handshake) 
             )
             .into_response();
         };
+        // the probe's socket holds a connection slot too, until the upgrade
+        // ends (upgraded, the session's slot is the connection's)
+        let probe = match app.gate.slot(peer) {
+            Ok(p) => p,
+            Err(e) => return e.into_response(),
+        };
         req.socket.serves(Transport::SocketIo);
         // The probe is a boxed future of its own that hands over the
         // Connection; its run future then holds the socket and session once
         // (an `async` block calling both would keep the probe's socket
         // argument beside the Connection for the connection's life).
         return upgrade.accept(move |raw| {
-            Box::pin(upgrade_from_polling(app, raw, config, polling, slot))
-                .then(|c| OptionFuture::from(c.map(|c| c.run(None))))
-                .map(drop)
-                .instrument(span)
+            Box::pin(upgrade_from_polling(
+                app,
+                raw,
+                config,
+                polling,
+                (slot, probe),
+            ))
+            .then(|c| OptionFuture::from(c.map(|c| c.run(None))))
+            .map(drop)
+            .instrument(span)
         });
     }
     let conn = match req.admit_socketio(&app, Transport::SocketIo) {
@@ -141,7 +153,7 @@ async fn upgrade_from_polling(
     raw: RawSocket,
     config: WebSocketConfig,
     polling: Arc<PollSession>,
-    slot: Place,
+    slot: (Place, ConnGuard),
 ) -> Option<Connection> {
     let (wire, mut socket) = websocket(&app, raw, config).await;
     let deadline = Instant::now() + UPGRADE_WAIT;
