@@ -18,6 +18,13 @@ pub async fn hit(_name: &'static str) -> Result<(), Injected> {
     Ok(())
 }
 
+/// `hit` for one key of a place (a client's address, say, compared as `{:?}`): only a hold armed
+/// for that key (`hold`) stops it, so a test can stop its own clients there
+/// while other tests' clients pass.
+#[cfg(not(feature = "failpoints"))]
+#[inline(always)]
+pub async fn hit_for<K: std::fmt::Debug>(_name: &'static str, _key: K) {}
+
 #[cfg(feature = "failpoints")]
 pub use armed::*;
 
@@ -92,5 +99,63 @@ mod armed {
         pause.reached.notify_one();
         pause.release.notified().await;
         Ok(())
+    }
+
+    /// Every hit of a place for one key waits until the hold is released
+    /// (or dropped); `reached` counts the hits.
+    pub struct Hold {
+        pub reached: std::sync::atomic::AtomicUsize,
+        released: tokio::sync::watch::Sender<bool>,
+        at: (&'static str, String),
+    }
+
+    type Holds = Mutex<HashMap<(&'static str, String), Arc<Hold>>>;
+
+    fn holds() -> std::sync::MutexGuard<'static, HashMap<(&'static str, String), Arc<Hold>>> {
+        static H: OnceLock<Holds> = OnceLock::new();
+        H.get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Holds every hit of `name` for `key` (`hit_for`) until released.
+    pub fn hold(name: &'static str, key: impl std::fmt::Debug) -> Arc<Hold> {
+        let at = (name, format!("{key:?}"));
+        let h = Arc::new(Hold {
+            reached: Default::default(),
+            released: tokio::sync::watch::channel(false).0,
+            at: at.clone(),
+        });
+        holds().insert(at, Arc::clone(&h));
+        h
+    }
+
+    impl Hold {
+        /// Lets every held hit, and every later one, go on.
+        pub fn release(&self) {
+            holds().remove(&self.at);
+            self.released.send_replace(true);
+        }
+
+        /// Hits that reached the place so far.
+        pub fn reached(&self) -> usize {
+            self.reached.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    impl Drop for Hold {
+        fn drop(&mut self) {
+            self.released.send_replace(true);
+        }
+    }
+
+    pub async fn hit_for<K: std::fmt::Debug>(name: &'static str, key: K) {
+        let held = holds().get(&(name, format!("{key:?}"))).cloned();
+        let Some(h) = held else {
+            return;
+        };
+        let mut released = h.released.subscribe();
+        h.reached.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let _ = released.wait_for(|r| *r).await;
     }
 }

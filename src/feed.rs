@@ -16,8 +16,8 @@ use crate::cursor::Cursor;
 /// one door to the stream (layout test `transports_reach_the_stream_through_feed`).
 pub(crate) use crate::hub::{Delivery, Direct, Taken};
 use crate::hub::{Hub, Subscription};
+use crate::pool_share::{PoolShare, ShareError};
 use crate::snapshot::Snapshot;
-use deadpool_postgres::Pool;
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
@@ -68,6 +68,15 @@ impl From<deadpool_postgres::PoolError> for FeedError {
     }
 }
 
+impl From<ShareError> for FeedError {
+    fn from(e: ShareError) -> Self {
+        match e {
+            ShareError::Busy(b) => FeedError::Busy(b),
+            ShareError::Pool(e) => e.into(),
+        }
+    }
+}
+
 /// What a client asked for when it connected.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Start {
@@ -113,12 +122,12 @@ async fn register(
         .map_err(|_| FeedError::NotReady)
 }
 
-/// Where feeds come from: the node's hub, the pool for log reads and the
-/// catch-up budget they share.
+/// Where feeds come from: the node's hub, the pool for log reads (each
+/// client address within its share of it) and the catch-up budget they share.
 #[derive(Clone)]
 pub(crate) struct Feeds {
     pub hub: Arc<Hub>,
-    pub pool: Pool,
+    pub shares: Arc<PoolShare>,
     pub budget: Arc<CatchupBudget>,
     /// Brings `user.presence` state in snapshots up to date with the clock.
     pub presence: crate::presence::Clock,
@@ -144,7 +153,7 @@ enum Logged {
 
 pub(crate) struct Feed {
     sub: Subscription,
-    pool: Pool,
+    shares: Arc<PoolShare>,
     budget: Arc<CatchupBudget>,
     presence: crate::presence::Clock,
     /// What the backlog and the deliveries handed out but not yet written cost.
@@ -187,7 +196,7 @@ impl Feeds {
         topics: &[String],
         start: Start,
     ) -> Result<(Feed, Option<Notice>), FeedError> {
-        let (hub, pool) = (&self.hub, &self.pool);
+        let (hub, shares, peer) = (&self.hub, &self.shares, start.peer);
         let mut notice = None;
         let mut cursor = start.cursor;
         if let Some(c) = &cursor {
@@ -195,7 +204,7 @@ impl Feeds {
                 // Ahead of this node: a cursor from a node a little further on
                 // waits briefly; one this database never reached re-syncs.
                 // (the connection goes back before the wait below)
-                let xmax = changelog::current_xmax(&*pool.get().await?).await?;
+                let xmax = changelog::current_xmax(&*shares.get(peer).await?).await?;
                 if c.hi.xmax > xmax {
                     notice = Some(Notice::CursorUnknown);
                     cursor = None;
@@ -210,7 +219,7 @@ impl Feeds {
             let expired = if hub.window_covers(&c.lo) {
                 hub.watermarks().expire(&c.lo)
             } else {
-                changelog::watermarks(&*pool.get().await?)
+                changelog::watermarks(&*shares.get(peer).await?)
                     .await?
                     .expire(&c.lo)
             };
@@ -225,7 +234,7 @@ impl Feeds {
         let (sub, pos) = register(hub, topics).await?;
         let mut feed = Feed {
             sub,
-            pool: pool.clone(),
+            shares: Arc::clone(shares),
             budget: Arc::clone(&self.budget),
             presence: self.presence,
             held: None,
@@ -241,13 +250,13 @@ impl Feeds {
                     // inside a snapshot: its rest, then what follows its
                     // position (without made-up in-progress xids, which
                     // would be copied into every event's cursor)
-                    let from = self.canonical(Cursor::boundary(c.lo), &pos).await?;
+                    let from = self.canonical(Cursor::boundary(c.lo), &pos, peer).await?;
                     let at = from.lo.clone();
                     feed.position = Position::At(Cursor::in_snapshot(at.clone(), after));
                     Box::pin(feed.load_snapshot(&at, after)).await?;
                     feed.catch_up = Some((from, pos));
                 } else {
-                    let c = self.canonical(c, &pos).await?;
+                    let c = self.canonical(c, &pos, peer).await?;
                     feed.position = Position::At(c.clone());
                     feed.catch_up = Some((c, pos));
                 }
@@ -273,7 +282,12 @@ impl Feeds {
     /// changes nothing, now or later. What remains is bounded by the
     /// transactions that really wrote, so an answer's size no longer grows
     /// with the cursor the client sent. (Expiry is checked on the original.)
-    async fn canonical(&self, c: Cursor, pos: &Snapshot) -> Result<Cursor, FeedError> {
+    async fn canonical(
+        &self,
+        c: Cursor,
+        pos: &Snapshot,
+        peer: Option<std::net::IpAddr>,
+    ) -> Result<Cursor, FeedError> {
         if c.lo.xip.len() + c.hi.xip.len() <= CANONICAL_ABOVE {
             return Ok(c);
         }
@@ -288,7 +302,7 @@ impl Feeds {
                 .collect();
         let wrote = match self.hub.xids_with_changes(&c.lo, &finished) {
             Some(set) => set,
-            None => changelog::xids_with_changes(&*self.pool.get().await?, &finished)
+            None => changelog::xids_with_changes(&*self.shares.get(peer).await?, &finished)
                 .await?
                 .into_iter()
                 .collect(),
@@ -574,7 +588,8 @@ impl Feed {
         };
         self.sub.hub().metrics().log_reads.inc();
         let topics: Vec<String> = self.sub.topics().iter().cloned().collect();
-        let client = self.pool.get().await?;
+        let client = self.shares.get(self.peer).await?;
+        crate::failpoints::hit_for("feed.log_read", self.peer).await;
         let schema = self.sub.hub().schema();
         let stmt = client.prepare_cached(&changelog::sql(true, schema)).await?;
         let scope = Scope::Topics(&topics, PAGE);
@@ -771,7 +786,7 @@ impl Feed {
         after: i64,
         pay: impl FnMut(usize) -> Paid,
     ) -> Result<changelog::SnapshotRead, FeedError> {
-        let client = self.pool.get().await?;
+        let client = self.shares.get(self.peer).await?;
         Ok(changelog::snapshot(
             &client,
             topics,
@@ -826,7 +841,7 @@ mod tests {
         hub.close_batch(s1.clone());
         let feeds = Feeds {
             hub: Arc::clone(&hub),
-            pool,
+            shares: PoolShare::new(pool),
             budget: CatchupBudget::new(1 << 20),
             presence: crate::presence::Clock {
                 away: Duration::from_secs(300),

@@ -19,7 +19,7 @@
 //! topic limits, the `rowcast.authorize` policy) built on [`auth`] and
 //! [`limits`], reading query strings with [`query`]; [`http`] and [`sockets`] bound what a connection may hold
 //! before it is admitted, and [`direct_http1`] answers SSE streams and long
-//! polls without hyper's per-connection buffers; [`budget`] bounds catch-up memory; [`retention`]
+//! polls without hyper's per-connection buffers; [`budget`] bounds catch-up memory and [`pool_share`] each client address's share of the pool; [`retention`]
 //! prunes the log; [`metrics`] measures; [`config`] is every flag; [`server`]
 //! wires and stops it all (with [`shutdown`]).
 //!
@@ -66,6 +66,7 @@ pub(crate) mod http;
 pub(crate) mod hub;
 pub(crate) mod limits;
 pub(crate) mod metrics;
+pub(crate) mod pool_share;
 pub(crate) mod presence;
 pub(crate) mod query;
 pub(crate) mod retention;

@@ -14,6 +14,7 @@ use crate::health::Health;
 use crate::http::HttpOptions;
 use crate::hub::{Hub, HubMetrics};
 use crate::metrics::Metrics;
+use crate::pool_share::PoolShare;
 use crate::presence::Presence;
 use crate::shutdown::ShutdownTrigger;
 use crate::sockets::{SocketMetrics, Sockets};
@@ -130,7 +131,7 @@ impl Server {
         };
         let feeds = Feeds {
             hub: Arc::clone(&hub),
-            pool: pool.clone(),
+            shares: PoolShare::new(pool.clone()),
             budget: CatchupBudget::new(cfg.catchup_memory),
             presence: clock,
         };
@@ -272,7 +273,7 @@ impl Server {
         for t in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
         }
-        self.app.feeds.pool.close();
+        self.app.feeds.shares.pool().close();
     }
 
     pub fn base_url(&self) -> String {

@@ -70,12 +70,13 @@ impl App {
         if self.feeds.reads_database(&start) {
             self.gate.spend_db_call(peer)?;
         }
-        Ok(self.feeds.open(topics, start).await?)
+        // boxed: opening reads the database, and every transport's open holds it
+        Ok(Box::pin(self.feeds.open(topics, start)).await?)
     }
 
     /// `/metrics`: the registry, with the pool's state as of now.
     pub(crate) fn render_metrics(&self) -> String {
-        self.metrics.observe_pool(self.feeds.pool.status());
+        self.metrics.observe_pool(self.feeds.shares.pool().status());
         self.metrics.render()
     }
 
@@ -109,7 +110,7 @@ impl App {
         App {
             socketio: Arc::new(socketio::polling::Registry::new(settings)),
             rooms: Arc::new(socketio::rooms::Rooms::new(
-                feeds.pool.clone(),
+                feeds.shares.pool().clone(),
                 cfg.retention,
                 cfg.limits.max_connections_per_ip,
             )),

@@ -218,3 +218,69 @@ async fn opens_that_read_the_database_are_paid_from_the_address_budget() {
     assert_eq!(r.status(), 429);
     srv.stop().await;
 }
+
+/// One client address holds at most a quarter of the pool's connections
+/// (here 2 of 8) for the reads made on its behalf: its third catch-up read
+/// waits for one of its own, and another address's read takes a connection
+/// meanwhile. (Before, 40 large resumes from one address held the pool and
+/// every other address's opens waited behind them.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_holds_at_most_a_quarter_of_the_pool() {
+    let url = fresh_db().await;
+    let db = connect(&url).await;
+    let srv = server_with(&url, |c| {
+        c.window_changes = 0; // every resume reads the log
+        c.pool_size = 8;
+    })
+    .await;
+    let base = srv.base_url();
+    let cursor = resumable_cursor(&base, "x").await;
+    emit(&db, "x", 1).await;
+    // the node has read the change: a resume catches up from the log (one
+    // opened before would get it live, reading nothing)
+    let resumed = format!("topics=x&cursor={cursor}");
+    eventually_async("the node has the change", || async {
+        poll_raw(&base, &resumed).await.1["events"][0]["data"]["n"] == json!(1)
+    })
+    .await;
+    let a: std::net::IpAddr = "127.0.0.77".parse().unwrap();
+    let b: std::net::IpAddr = "127.0.0.78".parse().unwrap();
+    let held_a = rowcast::failpoints::hold("feed.log_read", Some(a));
+    let held_b = rowcast::failpoints::hold("feed.log_read", Some(b));
+    let resume = |ip: std::net::IpAddr| {
+        let url = format!("{base}/v1/poll?{resumed}");
+        tokio::spawn(async move {
+            let r = reqwest::Client::builder()
+                .local_address(Some(ip))
+                .build()
+                .unwrap()
+                .get(url)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let body: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+            (status, body)
+        })
+    };
+    let from_a: Vec<_> = (0..3).map(|_| resume(a)).collect();
+    eventually("two reads of one address hold a connection", || {
+        held_a.reached() >= 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(held_a.reached(), 2, "a third read took a third connection");
+    let from_b = resume(b);
+    eventually("another address's read is not held up", || {
+        held_b.reached() == 1
+    })
+    .await;
+    held_a.release();
+    held_b.release();
+    for poll in from_a.into_iter().chain([from_b]) {
+        let (status, body) = poll.await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["events"][0]["data"]["n"], json!(1), "{body}");
+    }
+    srv.stop().await;
+}
