@@ -139,7 +139,7 @@ export declare class Rowcast {
 
 export declare const defaults: Readonly<Required<Omit<ConnectOptions, 'token' | 'topics' | 'cursor' | 'WebSocket' | 'fetch' | 'clock' | 'random'>>>;
 export declare const version: string;
-export declare function connect(baseUrl: string, options?: ConnectOptions): Rowcast;
+export declare function connect(baseUrl?: string, options?: ConnectOptions): Rowcast;
 
 declare const rowcast: {
   connect: typeof connect;

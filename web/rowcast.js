@@ -549,6 +549,9 @@ export class Rowcast {
   _onResync(c, msg) {
     if (c !== this._conn) return;
     this.stats.resyncs++;
+    // where the stream starts: a reconnect before its first event resumes
+    // from there instead of asking with the cursor that could not be resumed
+    if (msg.cursor) this.cursor = msg.cursor;
     this._emit('rowcast:resync', {
       topics: msg.topics || this.topics,
       reason: msg.reason,
@@ -618,6 +621,9 @@ export class Rowcast {
         return undefined;
       case 'retry': {
         this._setStatus('connecting');
+        // 1012 (the node restarts): at once, unless it came before the
+        // connection was stable (then the backoff, so that it cannot loop)
+        if (info.retryAfter === 0 && stable) return this._retryLater(0);
         const wait = stable ? this._backoff(0) : this._backoff(this._backoffN++);
         return this._retryLater(Math.max(info.retryAfter || 0, wait));
       }
@@ -919,8 +925,9 @@ class WsConn {
         break; // close 1013 follows
       case 'bad_topic':
       case 'too_many_topics':
-        rc._error(new RowcastError(msg.message || msg.code, { code: msg.code }));
+        // opening: the end reports it (once); live: only reported
         if (!this.live) this.end({ kind: 'fatal', code: msg.code, message: msg.message });
+        else rc._error(new RowcastError(msg.message || msg.code, { code: msg.code }));
         break;
       default:
         rc._error(new RowcastError(msg.message || msg.code, { code: msg.code }));

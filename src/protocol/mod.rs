@@ -384,9 +384,12 @@ pub enum ServerMessage<'a> {
     Unsubscribed {
         topics: &'a [String],
     },
+    /// The cursor could not be resumed; the stream starts at `cursor` (a
+    /// client resumes from it until an event brings a newer one).
     Resync {
         topics: &'a [String],
         reason: &'a str,
+        cursor: &'a str,
     },
     Error {
         code: &'a str,

@@ -157,7 +157,16 @@ impl App {
             .sessions
             .with_label_values(&[t.as_str(), if fallback { "yes" } else { "no" }])
             .inc();
-        if let (Transport::Ws | Transport::SocketIo, Some(gap)) = (t, report.gap_secs) {
+        if let Transport::Ws | Transport::SocketIo = t {
+            self.count_gap(report);
+        }
+    }
+
+    /// A WebSocket opened after the client was without one for `gap=`
+    /// seconds (`rowcast_ws_gap_seconds_total`): at its open, or, for a
+    /// Socket.IO session that opened on long-polling, at its upgrade.
+    pub(crate) fn count_gap(&self, report: start::ClientReport) {
+        if let Some(gap) = report.gap_secs {
             self.metrics.ws_gap_seconds.inc_by(gap);
         }
     }

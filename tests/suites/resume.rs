@@ -1,7 +1,7 @@
 //! Issue #3: exactly-once resume by cursor on every transport.
 
 use crate::common::*;
-use serde_json::json;
+use serde_json::{json, Value};
 use std::time::Duration;
 
 #[derive(Clone, Copy, Debug)]
@@ -204,27 +204,39 @@ async fn expired_cursor_gets_an_explicit_resync() {
     assert_eq!(status, 410);
     assert_eq!(body["error"], "cursor_expired");
 
-    let mut sse = SseClient::connect(&base, "topics=x", Some(&old)).await;
-    match next_msg(&mut sse.rx).await {
-        Msg::Control(v) => assert_eq!(
+    // the resync names the position the stream starts from
+    let resync = |v: Value| -> String {
+        let start = v["cursor"]
+            .as_str()
+            .expect("the start's cursor")
+            .to_string();
+        assert_eq!(
             v,
-            json!({"type":"resync","topics":["x"],"reason":"cursor_expired"})
-        ),
+            json!({"type":"resync","topics":["x"],"reason":"cursor_expired","cursor":start})
+        );
+        start
+    };
+    let mut sse = SseClient::connect(&base, "topics=x", Some(&old)).await;
+    let sse_start = match next_msg(&mut sse.rx).await {
+        Msg::Control(v) => resync(v),
         other => panic!("expected resync, got {other:?}"),
-    }
+    };
     let mut ws = WsClient::connect(&base, &format!("topics=x&cursor={old}")).await;
     assert!(matches!(ws.next().await, Msg::Control(v) if v["type"] == "subscribed"));
-    match ws.next().await {
-        Msg::Control(v) => assert_eq!(
-            v,
-            json!({"type":"resync","topics":["x"],"reason":"cursor_expired"})
-        ),
+    let ws_start = match ws.next().await {
+        Msg::Control(v) => resync(v),
         other => panic!("expected resync, got {other:?}"),
-    }
+    };
     // then live
     emit(&db, "x", 2).await;
     assert_eq!(n(&next_event(&mut sse.rx).await), 2);
     assert_eq!(n(&next_event(&mut ws.rx).await), 2);
+    // a client cut before that event resumes from the start: it gets it
+    for start in [sse_start, ws_start] {
+        let (status, body) = poll_raw(&base, &format!("topics=x&cursor={start}")).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["events"][0]["data"]["n"], json!(2), "{body}");
+    }
     srv.stop().await;
 }
 

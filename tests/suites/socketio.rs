@@ -2373,6 +2373,60 @@ async fn an_upgrading_websocket_holds_a_connection_slot() {
     srv.stop().await;
 }
 
+/// A long-polling session whose client goes away while its poll waits (a
+/// closed tab, a lost network: the GET's connection closes unanswered) is
+/// closed like any whose client stopped polling, after the ping interval and
+/// timeout, and its connection slot is given back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_whose_client_vanished_during_a_poll_is_closed() {
+    use tokio::io::AsyncWriteExt;
+    const OPEN: &str = "rowcast_connections{transport=\"socketio-polling\"}";
+    let url = fresh_db().await;
+    let srv = server_with(&url, |c| c.keepalive = Duration::from_secs(1)).await;
+    let base = srv.base_url();
+    let p = RawPolling::connected(&base).await;
+    assert_eq!(srv.metric(OPEN), 1.0);
+    // a GET that waits (nothing to answer), then its connection closes
+    let path = p.url.splitn(4, '/').nth(3).unwrap().to_string();
+    let mut tcp = tokio::net::TcpStream::connect(base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    tcp.write_all(format!("GET /{path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(tcp);
+    eventually("the session is closed and its slot given back", || {
+        srv.metric(OPEN) == 0.0
+    })
+    .await;
+    srv.stop().await;
+}
+
+/// `gap=` on a Socket.IO session that opens on long-polling (socket.io-client's
+/// default) counts once the session has a WebSocket: at its upgrade, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gap_of_a_session_opened_on_polling_counts_at_its_upgrade() {
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    const GAP: &str = "rowcast_ws_gap_seconds_total";
+    let url = fresh_db().await;
+    let srv = server(&url).await;
+    let base = srv.base_url();
+    let p = RawPolling::open_with(&base, "&gap=2.5").await;
+    assert_eq!(p.post("40".into()).await, (200, "ok".into()));
+    let (status, answer) = p.poll().await;
+    assert_eq!(status, 200);
+    assert!(answer[0].starts_with("40{"), "{answer:?}");
+    assert_eq!(srv.metric(GAP), 0.0, "no WebSocket yet");
+    let mut ws = raw(&p.upgrade_url()).await;
+    assert_eq!(said(&mut ws, "2probe").await, "3probe");
+    ws.send(Message::Text("5".into())).await.unwrap();
+    assert_eq!(said(&mut ws, "2").await, "3");
+    assert_eq!(srv.metric(GAP), 2.5);
+    srv.stop().await;
+}
+
 /// With JWT configured, a long-polling session that has not connected by
 /// `--auth-timeout` (no CONNECT, or only a refused one) is closed, as a
 /// WebSocket is (1008 `authentication timeout` there): its pending poll

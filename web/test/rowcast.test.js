@@ -407,8 +407,9 @@ test('resync over the WebSocket is passed on to the app', async () => {
   await until(clock, () => rc.status === 'live', 'live');
   const resyncs = [];
   rc.on('rowcast:resync', (r) => resyncs.push(r));
-  [...server.ws][0].push({ type: 'resync', topics: ['farm-1'], reason: 'cursor_expired' });
+  [...server.ws][0].push({ type: 'resync', topics: ['farm-1'], reason: 'cursor_expired', cursor: 'c0' });
   assert.deepEqual(resyncs, [{ topics: ['farm-1'], reason: 'cursor_expired', snapshot: false }]);
+  assert.equal(rc.cursor, 'c0', 'a reconnect resumes from where the stream started');
   rc.close();
 });
 
@@ -594,4 +595,37 @@ test('fallback=ws_blocked only when no WebSocket of this client ever opened; ws_
   await until(b.clock, () => b.rc.transport === 'sse' && b.rc.status === 'degraded', 'on sse');
   assert.equal(b.server.requests.filter((r) => r.kind === 'sse').at(-1).params.fallback, 'ws_failed');
   b.rc.close();
+});
+
+test('close 1012 (the node restarts) after a stable connection: back at once; too early: the backoff', async () => {
+  const { clock, server, rc } = setup({ transports: ['ws'], backoffBase: 500 });
+  await until(clock, () => rc.status === 'live', 'live');
+  await clock.advance(20_000);
+  const opened = () => server.requests.filter((r) => r.kind === 'ws').length;
+  const before = opened();
+  server.dropWs(1012, 'server restart');
+  await clock.advance(20);
+  assert.equal(opened(), before + 1, 'a stable connection comes back at once');
+  await until(clock, () => rc.status === 'live', 'live again', 10);
+  // closed again before it was stable: the backoff (random 0.5 -> 375 ms of 250-500)
+  server.dropWs(1012, 'server restart');
+  await clock.advance(300);
+  assert.equal(opened(), before + 1, 'an unstable one waits');
+  await clock.advance(200);
+  assert.equal(opened(), before + 2);
+  rc.close();
+});
+
+test('a topic refused while opening a WebSocket is reported once', async () => {
+  const { clock, server, rc } = setup({ transports: ['ws'] });
+  const errors = [];
+  rc.on('rowcast:error', (e) => errors.push(e.code));
+  const real = server.onWsMessage.bind(server);
+  server.onWsMessage = (w, msg) => {
+    if (msg.type !== 'subscribe') return real(w, msg);
+    return w.push({ type: 'error', code: 'bad_topic', message: 'topic too long' });
+  };
+  await until(clock, () => rc.status === 'offline', 'offline');
+  assert.deepEqual(errors, ['bad_topic']);
+  rc.close();
 });

@@ -21,7 +21,7 @@ use crate::metrics::Transport;
 use crate::protocol::socketio::{self as packet, EnginePacket, PacketError, SEPARATOR};
 use crate::shutdown::Shutdown;
 use crate::transport::close::Disconnect;
-use crate::transport::start::StreamRequest;
+use crate::transport::start::{ClientReport, StreamRequest};
 use crate::transport::App;
 use axum::body::Body;
 use axum::http::{header, Method};
@@ -73,6 +73,9 @@ pub(crate) struct PollSession {
     auth_deadline: Option<Instant>,
     /// A CONNECT succeeded (copied from the session by the polls that handle it).
     joined: AtomicBool,
+    /// What the client reported at the handshake: its `gap=` counts once
+    /// the session upgrades to a WebSocket.
+    pub(crate) report: ClientReport,
 }
 
 /// While a WebSocket's probe of a polling session stands: polls answer at
@@ -375,6 +378,7 @@ async fn open(app: Arc<App>, req: StreamRequest) -> Response {
             .auth_configured()
             .then(|| now + app.gate.limits().auth_timeout),
         joined: AtomicBool::new(false),
+        report: req.report,
     });
     app.socketio.lock().insert(sid.clone(), session);
     text(packet::open(
@@ -465,6 +469,26 @@ fn close_session(app: &App, session: &PollSession) {
     app.socketio.remove(&session.sid);
 }
 
+/// The session's one poll in progress (`PollSession::polling`), given back
+/// however the poll ends: answered, or dropped unanswered when its client
+/// went away while it waited (hyper drops the request's future), after
+/// which the session expires like any whose client stopped polling.
+struct PollInProgress<'a>(&'a PollSession);
+
+impl<'a> PollInProgress<'a> {
+    fn new(session: &'a PollSession) -> PollInProgress<'a> {
+        session.polled();
+        PollInProgress(session)
+    }
+}
+
+impl Drop for PollInProgress<'_> {
+    fn drop(&mut self) {
+        self.0.polled();
+        self.0.polling.store(false, Ordering::Relaxed);
+    }
+}
+
 /// `GET &sid=`: handles what was posted, then answers with whatever is
 /// ready, waiting (at most until the next ping is due) when nothing is.
 async fn poll(app: &App, session: &PollSession) -> Response {
@@ -473,10 +497,9 @@ async fn poll(app: &App, session: &PollSession) -> Response {
         close_session(app, session);
         return ApiError::new(ErrorCode::BadMessage, "only one poll at a time").into_response();
     }
-    session.polled();
+    let in_progress = PollInProgress::new(session);
     let out = Box::pin(answer(app, session)).await;
-    session.polled();
-    session.polling.store(false, Ordering::Relaxed);
+    drop(in_progress);
     match out {
         Ok(packets) => text(packets.join(&SEPARATOR.to_string())),
         Err(end) => {

@@ -193,7 +193,9 @@ async fn upgrade_from_polling(
             return None;
         }
     }
-    // counted once, when it opened on polling (`count_session`)
+    // counted once, when it opened on polling (`count_session`); its gap
+    // now that it has a WebSocket
+    app.count_gap(polling.report);
     Some(Connection::new(socket, wire, session))
 }
 

@@ -70,10 +70,12 @@ async fn open(app: Arc<App>, req: StreamRequest, raw: bool) -> Result<Response, 
     // a session once it opens: not a refused request (a client's retries of one)
     app.count_session(Transport::Sse, req.report);
     let mut head = format!("retry: {}\n\n", app.cfg.sse_retry.as_millis());
+    let start = feed.position();
     if let Some(n) = notice {
         let msg = ServerMessage::Resync {
             topics: &topics,
             reason: n.reason(),
+            cursor: &start,
         };
         head.push_str(&format!("event: resync\ndata: {}\n\n", msg.to_json()));
     }
@@ -81,7 +83,7 @@ async fn open(app: Arc<App>, req: StreamRequest, raw: bool) -> Result<Response, 
     // EventSource's lastEventId and fires no event): a stream cut before its
     // first event resumes from where it started, not from "now" (before a
     // snapshot, that position is the whole snapshot's: `Cursor::in_snapshot`)
-    head.push_str(&format!("id: {}\n\n", feed.position()));
+    head.push_str(&format!("id: {start}\n\n"));
     let state = Stream {
         feed,
         head: Some(Bytes::from(head)),

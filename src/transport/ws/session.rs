@@ -230,9 +230,11 @@ impl Session {
     ) -> Result<(), Disconnect> {
         self.send(ServerMessage::Subscribed { topics }).await?;
         if let Some(n) = notice {
+            let start = self.feed.as_ref().map(Feed::position).unwrap_or_default();
             self.send(ServerMessage::Resync {
                 topics,
                 reason: n.reason(),
+                cursor: &start,
             })
             .await?;
         }
