@@ -43,6 +43,14 @@ pub(crate) struct Admitted {
     pub conn: Connection,
 }
 
+/// Why a request from an `Origin` that is not allowed is refused.
+pub(crate) const ORIGIN_REFUSED: &str = "this Origin is not allowed (--allowed-origins)";
+
+/// The answer to a request from an `Origin` that is not allowed (403).
+pub(crate) fn forbidden_origin() -> ApiError {
+    ApiError::new(ErrorCode::ForbiddenOrigin, ORIGIN_REFUSED)
+}
+
 /// One admitted connection: its slot (`--max-connections`, per IP), its place
 /// in `rowcast_connections{transport}`, and its transport's metric handles.
 /// Dropping it gives everything back, however the connection ended.
@@ -117,12 +125,7 @@ impl Gate {
         &self,
         headers: &HeaderMap,
     ) -> Result<Option<HeaderValue>, ApiError> {
-        self.origins.check(headers).map_err(|_| {
-            ApiError::new(
-                ErrorCode::ForbiddenOrigin,
-                "this Origin is not allowed (--allowed-origins)",
-            )
-        })
+        self.origins.check(headers).map_err(|_| forbidden_origin())
     }
 
     /// Takes a connection slot and verifies the token, if any. A token that is

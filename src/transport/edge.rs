@@ -30,6 +30,11 @@ use tower::{Layer, Service};
 #[derive(Clone)]
 pub(crate) struct OriginCheck(pub Arc<App>);
 
+/// Marks a Socket.IO request whose `Origin` is not allowed: its session is
+/// refused at its CONNECT (`EngineParams::origin_refused`).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RefusedOrigin;
+
 /// Counts every refusal an HTTP answer carries (`rowcast_rejected_total`),
 /// whichever handler or extractor built it: the one place HTTP rejections
 /// are counted.
@@ -78,9 +83,17 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request) -> Self::Future {
+    fn call(&mut self, mut req: Request) -> Self::Future {
         let origin = match self.check.0.gate.check_origin(req.headers()) {
             Ok(o) => o,
+            // Socket.IO refuses it at the CONNECT, where the client can read
+            // why (`connect_error` "forbidden_origin: ..."): its Engine.IO
+            // answers carry nothing before that, so that origin may read them
+            Err(_) if req.uri().path().starts_with("/socket.io/") => {
+                let origin = req.headers().get(header::ORIGIN).cloned();
+                req.extensions_mut().insert(RefusedOrigin);
+                origin
+            }
             Err(e) => return Answer::Ready(Some(e.into_response())),
         };
         if req.method() == Method::OPTIONS {

@@ -73,6 +73,10 @@ pub(crate) struct EngineParams {
     pub(crate) eio: Option<String>,
     pub(crate) transport: Option<String>,
     pub(crate) sid: Option<String>,
+    /// The request's `Origin` is not allowed (`edge::RefusedOrigin`): a new
+    /// session is refused at its CONNECT; an existing one must have been
+    /// opened so too.
+    pub(crate) origin_refused: bool,
 }
 
 /// A stream request, parsed and checked against the configured limits.
@@ -177,6 +181,10 @@ impl FromRequestParts<Arc<App>> for StreamRequest {
                 eio: q.eio,
                 transport: q.transport,
                 sid: q.sid,
+                origin_refused: parts
+                    .extensions
+                    .get::<super::edge::RefusedOrigin>()
+                    .is_some(),
             },
             report: ClientReport::parse(q.fallback.as_deref(), q.gap.as_deref()),
         })

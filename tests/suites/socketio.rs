@@ -2403,6 +2403,100 @@ async fn a_session_whose_client_vanished_during_a_poll_is_closed() {
     srv.stop().await;
 }
 
+/// A refused `Origin` is refused at the CONNECT, where the client can read
+/// why (`connect_error` "forbidden_origin: ..."; socket.io-client stops
+/// there), on long-polling and on the WebSocket; the Engine.IO answers before
+/// it are readable by that origin and carry nothing. A session opened from an
+/// allowed origin takes no request from a refused one (403), and every other
+/// route still refuses that origin at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_origin_gets_a_connect_error_it_can_read() {
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+    const EVIL: &str = "http://evil.test";
+    let url = fresh_db().await;
+    let srv = server_with(&url, |c| {
+        c.origins = rowcast::Origins::parse("http://shop.test")
+    })
+    .await;
+    let base = srv.base_url();
+    let http = reqwest::Client::new();
+    // long-polling: the open, readable by that origin; the CONNECT refused
+    let open = http
+        .get(format!("{base}/socket.io/?EIO=4&transport=polling"))
+        .header("Origin", EVIL)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(open.status(), 200);
+    assert_eq!(open.headers()["access-control-allow-origin"], EVIL);
+    let body = open.text().await.unwrap();
+    let sid = serde_json::from_str::<Value>(&body[1..]).unwrap()["sid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let session = format!("{base}/socket.io/?EIO=4&transport=polling&sid={sid}");
+    let post = http
+        .post(&session)
+        .header("Origin", EVIL)
+        .body("40")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(post.status(), 200);
+    let answer = http
+        .get(&session)
+        .header("Origin", EVIL)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let refusal =
+        r#"44{"message":"forbidden_origin: this Origin is not allowed (--allowed-origins)"}"#;
+    assert_eq!(answer, refusal);
+    // the WebSocket alike
+    let mut req = sio_ws_url(&base, "").into_client_request().unwrap();
+    req.headers_mut().insert("Origin", EVIL.parse().unwrap());
+    let mut ws = Box::pin(tokio_tungstenite::connect_async(req))
+        .await
+        .unwrap()
+        .0;
+    assert!(texts(&mut ws, 1).await[0].starts_with("0{"));
+    ws.send(Message::Text("40".into())).await.unwrap();
+    assert_eq!(texts(&mut ws, 1).await[0], refusal);
+    // an allowed session takes nothing from a refused origin
+    let allowed = RawPolling::connected(&base).await;
+    let r = http
+        .get(&allowed.url)
+        .header("Origin", EVIL)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(error_of(&r.text().await.unwrap()).0, "forbidden_origin");
+    let r = Box::pin(tokio_tungstenite::connect_async({
+        let mut req = allowed.upgrade_url().into_client_request().unwrap();
+        req.headers_mut().insert("Origin", EVIL.parse().unwrap());
+        req
+    }))
+    .await;
+    assert!(r.is_err(), "an upgrade from a refused origin");
+    // other routes refuse it at once
+    let r = http
+        .get(format!("{base}/v1/poll?topics=a"))
+        .header("Origin", EVIL)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    // two CONNECTs, the allowed session's GET and upgrade, the poll
+    assert_eq!(srv.metric("rowcast_rejected_total{reason=\"origin\"}"), 5.0);
+    srv.stop().await;
+}
+
 /// `gap=` on a Socket.IO session that opens on long-polling (socket.io-client's
 /// default) counts once the session has a WebSocket: at its upgrade, once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -76,6 +76,9 @@ pub(crate) struct PollSession {
     /// What the client reported at the handshake: its `gap=` counts once
     /// the session upgrades to a WebSocket.
     pub(crate) report: ClientReport,
+    /// Opened from an `Origin` that is not allowed (refused at its CONNECT):
+    /// only then may its later requests come from such an origin.
+    pub(crate) origin_refused: bool,
 }
 
 /// While a WebSocket's probe of a polling session stands: polls answer at
@@ -282,6 +285,14 @@ impl PollSession {
         self.clock().last_poll = Instant::now();
     }
 
+    /// A request for this session from an `Origin` that is not allowed, when
+    /// the session was opened from an allowed one: 403 `forbidden_origin`,
+    /// as any request from that origin outside Socket.IO.
+    pub(crate) fn refuses(&self, req: &StreamRequest) -> Option<Response> {
+        (req.engine.origin_refused && !self.origin_refused)
+            .then(|| crate::access::forbidden_origin().into_response())
+    }
+
     fn inbox(&self) -> MutexGuard<'_, Inbox> {
         self.inbox.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -328,6 +339,9 @@ pub(crate) async fn handle(
     let Some(session) = app.socketio.get(&sid) else {
         return super::ws::unknown_session();
     };
+    if let Some(refused) = session.refuses(&req) {
+        return refused;
+    }
     match method {
         Method::GET => poll(&app, &session).await,
         Method::POST => post(&app, &session, body).await,
@@ -353,8 +367,7 @@ async fn open(app: Arc<App>, req: StreamRequest) -> Response {
         core: tokio::sync::Mutex::new(Some(Session::new(
             Arc::clone(&app),
             sid.clone(),
-            req.handshake_token(),
-            req.topics.clone(),
+            &req,
             conn,
         ))),
         inbox: Mutex::new(Inbox {
@@ -379,6 +392,7 @@ async fn open(app: Arc<App>, req: StreamRequest) -> Response {
             .then(|| now + app.gate.limits().auth_timeout),
         joined: AtomicBool::new(false),
         report: req.report,
+        origin_refused: req.engine.origin_refused,
     });
     app.socketio.lock().insert(sid.clone(), session);
     text(packet::open(

@@ -29,6 +29,7 @@ use crate::protocol::socketio::{self as packet, PacketError, SocketKind, SocketP
 use crate::protocol::split_topic_list;
 use crate::transport::close::Disconnect;
 use crate::transport::socketio::rooms::{Found, Held, Key, Saved};
+use crate::transport::start::StreamRequest;
 use crate::transport::App;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -51,6 +52,9 @@ struct Opening {
     token: Option<String>,
     /// `topics` of its query.
     topics: Vec<String>,
+    /// Its `Origin` is not allowed: every CONNECT is refused
+    /// (`connect_error` "forbidden_origin: ...").
+    origin_refused: bool,
 }
 
 /// After a successful CONNECT.
@@ -87,19 +91,20 @@ struct Resume {
 }
 
 impl Session {
+    /// A session opened by `req` (its token, topics and origin).
     pub(crate) fn new(
         app: Arc<App>,
         sid: String,
-        handshake_token: Option<String>,
-        query_topics: Vec<String>,
+        req: &StreamRequest,
         conn: Connection,
     ) -> Session {
         Session {
             app,
             sid,
             opening: Some(Box::new(Opening {
-                token: handshake_token,
-                topics: query_topics,
+                token: req.handshake_token(),
+                topics: req.topics.clone(),
+                origin_refused: req.engine.origin_refused,
             })),
             conn,
             joined: None,
@@ -201,6 +206,17 @@ impl Session {
     /// CONNECT: identity, topics, recovery, and the reply carrying the pid.
     /// `auth` is an object (`connect_payload`).
     async fn connect(&mut self, auth: Value, out: &mut Vec<String>) -> Result<(), Disconnect> {
+        if self.opening.as_ref().is_some_and(|o| o.origin_refused) {
+            let refused = ErrorCode::ForbiddenOrigin;
+            if let Some(reason) = refused.rejection() {
+                self.app.metrics.rejected.with_label_values(&[reason]).inc();
+            }
+            out.push(packet::connect_error(
+                "/",
+                &format!("{}: {}", refused.as_str(), crate::access::ORIGIN_REFUSED),
+            ));
+            return Ok(());
+        }
         let token = match auth.get("token") {
             Some(Value::String(t)) => Some(t.clone()),
             _ => self.opening.as_ref().and_then(|o| o.token.clone()),

@@ -64,6 +64,9 @@ pub(crate) async fn open(app: Arc<App>, req: StreamRequest, upgrade: Handshake) 
         let Some(polling) = app.socketio.get(&sid) else {
             return unknown_session();
         };
+        if let Some(refused) = polling.refuses(&req) {
+            return refused;
+        }
         let Some(slot) = Place::upgrade(&polling) else {
             return ApiError::new(
                 ErrorCode::BadRequest,
@@ -104,13 +107,7 @@ pub(crate) async fn open(app: Arc<App>, req: StreamRequest, upgrade: Handshake) 
         Ok(s) => s,
         Err(e) => return e.into_response(),
     };
-    let session = Session::new(
-        Arc::clone(&app),
-        sid,
-        req.handshake_token(),
-        req.topics.clone(),
-        conn,
-    );
+    let session = Session::new(Arc::clone(&app), sid, &req, conn);
     let s = &app.socketio.settings;
     let open = packet::open(
         &session.sid,
