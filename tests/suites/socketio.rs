@@ -1888,7 +1888,31 @@ async fn every_socketio_packet_counts_against_the_message_rate() {
         let mut ws = Box::pin(raw_open(&base)).await;
         assert_eq!(flood(&mut ws, frame, 200).await, Some(1008), "{name}");
     }
-    assert!(srv.metric("rowcast_ws_closed_total{reason=\"rate_limited\"}") >= 4.0);
+    // a burst written before anything is read: the close frame still
+    // arrives (the server reads what was sent before it closes the socket,
+    // which would otherwise reset the connection and lose the frame)
+    {
+        use futures::{SinkExt, StreamExt};
+        let mut ws = Box::pin(raw_open(&base)).await;
+        for _ in 0..300 {
+            if ws.feed(M::Text("2".into())).await.is_err() {
+                break;
+            }
+        }
+        let _ = ws.flush().await;
+        let code = within_arrival("the burst's close", async {
+            loop {
+                match ws.next().await {
+                    Some(Ok(M::Close(f))) => break f.map(|f| u16::from(f.code)),
+                    Some(Ok(_)) => {}
+                    other => panic!("no close frame: {other:?}"),
+                }
+            }
+        })
+        .await;
+        assert_eq!(code, Some(1008));
+    }
+    assert!(srv.metric("rowcast_ws_closed_total{reason=\"rate_limited\"}") >= 5.0);
     // within the rate, a connection is served
     let mut ws = Box::pin(raw_open(&base)).await;
     for _ in 0..5 {
@@ -2494,6 +2518,44 @@ async fn a_refused_origin_gets_a_connect_error_it_can_read() {
     assert_eq!(r.status(), 403);
     // two CONNECTs, the allowed session's GET and upgrade, the poll
     assert_eq!(srv.metric("rowcast_rejected_total{reason=\"origin\"}"), 5.0);
+    srv.stop().await;
+}
+
+/// A long-polling session ends when its token expires, as every stream
+/// does: its waiting poll answers the close packet then (not at the next
+/// ping), and a change written after the expiry is not delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_polling_session_ends_when_its_token_expires() {
+    let url = fresh_db().await;
+    let srv = server_with(&url, |c| {
+        c.jwt.secret = Some(SECRET.into());
+        c.keepalive = Duration::from_secs(60);
+    })
+    .await;
+    let base = srv.base_url();
+    // exp passed, within the verifier's 30 s leeway: valid for ~2 s more
+    let token = token_with_claims(&json!({
+        "sub": "1000", "role": "customer", "exp": rowcast::auth::now_secs() - 28
+    }));
+    let p = RawPolling::open_with(&base, "&topics=x").await;
+    assert_eq!(
+        p.post(format!(r#"40{{"token":"{token}"}}"#)).await,
+        (200, "ok".into())
+    );
+    let (status, answer) = p.poll().await;
+    assert_eq!(status, 200);
+    assert!(answer[0].starts_with("40{"), "{answer:?}");
+    let started = std::time::Instant::now();
+    let waiting = tokio::spawn(async move { p.poll().await });
+    let db = connect(&url).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    emit(&db, "x", 1).await;
+    let (status, answer) = waiting.await.unwrap();
+    assert_eq!((status, answer), (200, vec!["1".to_string()]));
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "ended at the next ping, not at the expiry"
+    );
     srv.stop().await;
 }
 

@@ -545,10 +545,7 @@ async fn answer(app: &App, session: &PollSession) -> Result<Vec<String>, Disconn
             out.push("6".into());
             return Ok(out);
         }
-        if core
-            .expires_at()
-            .is_some_and(|t| t <= crate::auth::now_secs())
-        {
+        if core.token_expired() {
             return Err(Disconnect::TokenExpired);
         }
         let posted = std::mem::take(&mut session.inbox().packets);
@@ -593,11 +590,20 @@ async fn answer(app: &App, session: &PollSession) -> Result<Vec<String>, Disconn
             out.push("6".into());
             return Ok(out);
         }
-        // nothing yet: wait for a post, a change, the next ping, a probe, or the end
+        // nothing yet: wait for a post, a change, the next ping, a probe,
+        // the token's expiry, or the end
+        let expires = core.expires_at().map(|at| {
+            Instant::now() + Duration::from_secs(at.saturating_sub(crate::auth::now_secs()))
+        });
         let feed = core.feed();
         tokio::select! {
             _ = session.wake.notified() => {}
+            _ = crate::transport::deadline::until(expires) => {}
             next = wait_batch(feed) => match next {
+                // nothing past the token's expiry (the loop's check, now)
+                Ok(Some(_)) if core.token_expired() => {
+                    return Err(Disconnect::TokenExpired);
+                }
                 Ok(Some(batch)) => {
                     out.extend(Session::render(&batch).map(|b| String::from_utf8_lossy(b).into_owned()));
                     core.conn.metrics().delivered_batch(&batch);

@@ -121,6 +121,12 @@ impl Session {
         self.joined.as_ref().and_then(|j| j.identity.expires_at())
     }
 
+    /// The identity's token has expired: nothing more is delivered.
+    pub(crate) fn token_expired(&self) -> bool {
+        self.expires_at()
+            .is_some_and(|t| t <= crate::auth::now_secs())
+    }
+
     /// Handles the payload of one Engine.IO message: a Socket.IO packet.
     /// Answers go into `out` (Engine.IO packets, ready to send). The
     /// transport has counted it against the client's message rate.

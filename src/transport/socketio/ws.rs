@@ -38,9 +38,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 use tracing::Instrument;
-use tungstenite::protocol::frame::CloseFrame;
 use tungstenite::protocol::WebSocketConfig;
-use tungstenite::{Message, Utf8Bytes};
+use tungstenite::Message;
 
 /// The client's WebSocket: tungstenite over the socket shared with the publisher.
 type Socket = tokio_tungstenite::WebSocketStream<Stream>;
@@ -266,19 +265,7 @@ impl Connection {
             };
             self.count_end(end);
             drop(connected);
-            // the close frame is the last frame: no more direct writes
-            self.wire.close_direct();
-            let _ = tokio::time::timeout(Duration::from_secs(2), async {
-                if let Some(code) = end.ws_code() {
-                    let frame = CloseFrame {
-                        code: code.into(),
-                        reason: Utf8Bytes::from_static(end.reason()),
-                    };
-                    let _ = self.socket.send(Message::Close(Some(frame))).await;
-                }
-                let _ = SinkExt::close(&mut self.socket).await;
-            })
-            .await;
+            stream::close(&mut self.socket, &self.wire, end).await;
         }
     }
 

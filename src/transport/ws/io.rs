@@ -14,14 +14,9 @@ use crate::feed::Delivery;
 use crate::feed::{Feed, FeedError};
 use crate::protocol::ServerMessage;
 use futures::{SinkExt, StreamExt};
-use std::time::Duration;
-use tokio::time::Instant;
-use tungstenite::protocol::frame::CloseFrame;
-use tungstenite::{Message, Utf8Bytes};
+use tungstenite::Message;
 
 use crate::transport::wire::MAX_COALESCE;
-/// How long the close frame (and reading what the client already sent) may take.
-const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 impl Session {
     /// The session's whole life. Not an `async fn`: one taking `mut self`
@@ -42,25 +37,9 @@ impl Session {
         }
     }
 
-    /// Sends the close frame (bounded: a client that stopped reading must
-    /// not hold the task forever) and closes the socket.
+    /// Sends the close frame and closes the socket (`stream::close`).
     async fn close(&mut self, end: Disconnect) {
-        // the close frame is the last frame: no more direct writes
-        self.wire.close_direct();
-        let _ = tokio::time::timeout(CLOSE_WAIT, async {
-            if let Some(code) = end.ws_code() {
-                let frame = CloseFrame {
-                    code: code.into(),
-                    reason: Utf8Bytes::from_static(end.reason()),
-                };
-                let _ = self.socket.send(Message::Close(Some(frame))).await;
-                if end.rejection().is_some() || end.ws_code() == Some(1008) {
-                    self.drain().await;
-                }
-            }
-            let _ = SinkExt::close(&mut self.socket).await;
-        })
-        .await;
+        super::stream::close(&mut self.socket, &self.wire, end).await;
     }
 
     /// Counts how the connection ended: the one place for slow consumers,
@@ -79,20 +58,6 @@ impl Session {
         }
         if let Some(e) = end.auth_failure() {
             let _ = self.app.gate.auth_failed(&e);
-        }
-    }
-
-    /// After closing a misbehaving client, reads (and drops) what it already
-    /// sent, until its close reply: closing a socket with unread input resets
-    /// the TCP connection, and the client would lose our close frame and reason.
-    /// Bounded in time and count, so a client that keeps sending cannot stay.
-    async fn drain(&mut self) {
-        let deadline = Instant::now() + CLOSE_WAIT / 2;
-        for _ in 0..1024 {
-            match tokio::time::timeout_at(deadline, self.socket.next()).await {
-                Ok(Some(Ok(Message::Close(_)))) | Ok(None) | Ok(Some(Err(_))) | Err(_) => return,
-                Ok(Some(Ok(_))) => {}
-            }
         }
     }
 

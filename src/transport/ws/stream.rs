@@ -5,12 +5,62 @@
 
 use crate::metrics::LiveMetrics;
 use crate::sockets::RawSocket;
+use crate::transport::close::Disconnect;
 use crate::transport::wire::{gone, Render, Wire};
 use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
+use tungstenite::protocol::frame::CloseFrame;
+use tungstenite::{Message, Utf8Bytes};
+
+/// How long the close frame (and reading what the client already sent) may take.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
+/// The end of a WebSocket (plain or Socket.IO): no more direct writes, the
+/// close frame of `end` if it has one, then the socket closed; bounded, so
+/// that a client that stopped reading cannot hold the task. After closing a
+/// misbehaving client (a rejection, a 1008), what it already sent is read
+/// and dropped until its close reply: closing a socket with unread input
+/// resets the TCP connection, and the client would lose the close frame
+/// and its reason.
+pub(in crate::transport) async fn close(
+    socket: &mut tokio_tungstenite::WebSocketStream<Stream>,
+    wire: &Wire,
+    end: Disconnect,
+) {
+    wire.close_direct();
+    let _ = tokio::time::timeout(CLOSE_WAIT, async {
+        if let Some(code) = end.ws_code() {
+            let frame = CloseFrame {
+                code: code.into(),
+                reason: Utf8Bytes::from_static(end.reason()),
+            };
+            let _ = socket.send(Message::Close(Some(frame))).await;
+            if end.rejection().is_some() || code == 1008 {
+                drain(socket).await;
+            }
+        }
+        let _ = SinkExt::close(socket).await;
+    })
+    .await;
+}
+
+/// Reads (and drops) what the client sent, until its close reply; bounded
+/// in time and count, so a client that keeps sending cannot stay.
+async fn drain(socket: &mut tokio_tungstenite::WebSocketStream<Stream>) {
+    let deadline = Instant::now() + CLOSE_WAIT / 2;
+    for _ in 0..1024 {
+        match tokio::time::timeout_at(deadline, socket.next()).await {
+            Ok(Some(Ok(Message::Close(_)))) | Ok(None) | Ok(Some(Err(_))) | Err(_) => return,
+            Ok(Some(Ok(_))) => {}
+        }
+    }
+}
 
 /// The socket as tungstenite sees it: reads from the TCP stream (after the
 /// bytes read with the upgrade request), writes through `Wire::push`.
