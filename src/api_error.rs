@@ -54,6 +54,15 @@ impl ApiError {
         self
     }
 
+    /// The extra field `key`, if the answer has one (`reason` of an
+    /// `unauthorized`).
+    pub(crate) fn extra(&self, key: &str) -> Option<&str> {
+        self.extra
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
     pub(crate) fn counting(mut self, count: usize) -> ApiError {
         self.count = count as u64;
         self

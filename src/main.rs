@@ -119,6 +119,10 @@ fn token(a: TokenArgs) -> anyhow::Result<()> {
         !ttl.is_zero(),
         "--ttl 0 would mint a token that has already expired"
     );
+    anyhow::ensure!(
+        !a.sub.is_empty(),
+        "--sub '' would mint a token every server refuses (sub must be a non-empty string)"
+    );
     let t = rowcast::auth::mint_hs256(
         &a.jwt_secret,
         &a.sub,

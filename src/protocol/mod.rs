@@ -394,6 +394,9 @@ pub enum ServerMessage<'a> {
     Error {
         code: &'a str,
         message: &'a str,
+        /// Why a token was refused (`unauthorized`), as HTTP's 401 says it.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<&'a str>,
     },
     /// `{"type":"error","code":"forbidden","topic":..}`: one topic was denied;
     /// the connection and its other topics carry on.

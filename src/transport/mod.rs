@@ -230,7 +230,7 @@ async fn not_found() -> Response {
 async fn method_not_allowed() -> Response {
     ApiError::new(
         ErrorCode::MethodNotAllowed,
-        "this endpoint does not take this method (the streams take GET)",
+        "this endpoint does not take this method (streams and polls take GET, /v1/presence/activity POST)",
     )
     .into_response()
 }

@@ -275,6 +275,23 @@ async fn malformed_cursors_are_rejected() {
     // the connection stays usable
     ws.send(json!({"type":"subscribe","topics":["x"]})).await;
     assert!(matches!(ws.next().await, Msg::Control(v) if v["type"] == "subscribed"));
+    // a later subscribe's cursor is not used, but a malformed one is refused
+    // all the same, and nothing is subscribed
+    ws.send(json!({"type":"subscribe","topics":["y"],"cursor":"zzz"}))
+        .await;
+    match ws.next().await {
+        Msg::Control(v) => assert_eq!(
+            (&v["type"], &v["code"]),
+            (&json!("error"), &json!("bad_cursor")),
+            "{v}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    ws.send(json!({"type":"subscribe","topics":["z"]})).await;
+    match ws.next().await {
+        Msg::Control(v) => assert_eq!(v, json!({"type":"subscribed","topics":["z"]})),
+        other => panic!("{other:?}"),
+    }
     srv.stop().await;
 }
 

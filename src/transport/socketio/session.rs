@@ -231,11 +231,7 @@ impl Session {
             (Some(t), true) => match self.app.gate.verify(Ok(&t)) {
                 Ok(i) => i,
                 Err(e) => {
-                    let reason = e
-                        .extra
-                        .iter()
-                        .find(|(k, _)| *k == "reason")
-                        .map(|(_, v)| v.as_str());
+                    let reason = e.extra("reason");
                     out.push(packet::connect_error(
                         "/",
                         &format!("unauthorized: {}", reason.unwrap_or("malformed")),

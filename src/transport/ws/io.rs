@@ -169,6 +169,7 @@ impl Session {
         self.send(ServerMessage::Error {
             code: e.code.as_str(),
             message: &e.message,
+            reason: e.extra("reason"),
         })
         .await
     }

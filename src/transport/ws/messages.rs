@@ -33,18 +33,19 @@ impl Session {
                     Ok(t) => t,
                     Err(e) => return self.send_error(e).await,
                 };
+                // a malformed cursor is refused on every subscribe, though
+                // only the one that opens the stream uses it
+                let cursor = match parse_cursor(cursor.as_deref()) {
+                    Ok(c) => c,
+                    Err(e) => return self.send_error(ApiError::from(e)).await,
+                };
                 let start = if self.feed.is_none() {
-                    match parse_cursor(cursor.as_deref()) {
-                        // the message's own cursor wins; else the upgrade's applies
-                        Ok(cursor) => {
-                            let given = self.pending_start.take().map(|s| *s).unwrap_or_default();
-                            Start {
-                                cursor: cursor.or(given.cursor),
-                                snapshot: snapshot || given.snapshot,
-                                ..Start::default()
-                            }
-                        }
-                        Err(e) => return self.send_error(ApiError::from(e)).await,
+                    // the message's own cursor wins; else the upgrade's applies
+                    let given = self.pending_start.take().map(|s| *s).unwrap_or_default();
+                    Start {
+                        cursor: cursor.or(given.cursor),
+                        snapshot: snapshot || given.snapshot,
+                        ..Start::default()
                     }
                 } else {
                     Start::default()

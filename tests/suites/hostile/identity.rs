@@ -72,12 +72,16 @@ async fn refused_in_ws_handshake(arena: &Arena, tok: &str, reason: &str) {
     assert_eq!(body["reason"], reason, "{body}");
 }
 
-/// In a first auth message: an error, then close 1008.
-async fn refused_in_ws_auth_message(arena: &Arena, tok: &str) {
+/// In a first auth message: an error with the reason HTTP's 401 gives,
+/// then close 1008.
+async fn refused_in_ws_auth_message(arena: &Arena, tok: &str, reason: &str) {
     let mut c = WsClient::connect_with(&arena.base, "", &[]).await.unwrap();
     c.send(json!({"type":"auth","token":tok})).await;
     match c.next().await {
-        Msg::Control(v) => assert_eq!(v["code"], "unauthorized", "{v}"),
+        Msg::Control(v) => {
+            assert_eq!(v["code"], "unauthorized", "{v}");
+            assert_eq!(v["reason"], reason, "{v}");
+        }
         other => panic!("{other:?}"),
     }
     match c.next().await {
@@ -119,7 +123,7 @@ macro_rules! bad_token_cases {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn refused_in_ws_auth_message() {
                 let arena = Arena::open().await;
-                super::refused_in_ws_auth_message(&arena, &$make).await;
+                super::refused_in_ws_auth_message(&arena, &$make, $reason).await;
                 arena.close(&[COUNTED]).await;
             }
 
