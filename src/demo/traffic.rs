@@ -10,7 +10,8 @@
 //!   loses its WebSocket for a moment, as phones do, then resumes from its
 //!   last cursor and reports how long it was without one (`gap=`);
 //! - one in `FALLBACK_EVERY` "sits behind a proxy that blocks WebSockets" and
-//!   follows the same topics over SSE, saying so (`fallback=`);
+//!   follows the same topics over SSE, saying so (`fallback=`), its stream
+//!   lost and reopened as often as a WebSocket is;
 //! - every few seconds it looks at the products, adds one that is in stock to
 //!   its cart, and now and then checks out. Others buy the same stock at the
 //!   same time, so a few checkouts conflict;
@@ -186,7 +187,9 @@ impl Shopper {
         let resp = req.send().await?;
         let mut body = resp.bytes_stream();
         let mut pending = String::new();
-        let life = exponential(MEAN_WS_LIFE * 2);
+        // as long as a WebSocket's: sessions opened then fall back in the
+        // same share as shoppers do (the SLO counts sessions opened)
+        let life = exponential(MEAN_WS_LIFE);
         let dies = tokio::time::sleep(life);
         tokio::pin!(dies);
         loop {

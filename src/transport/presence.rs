@@ -55,9 +55,22 @@ async fn read_presence(
     uri: &axum::http::Uri,
 ) -> Result<Response, ApiError> {
     let q: UsersQuery = crate::query::parse(uri)?;
-    let users = app.gate.topics_from_query(q.users.as_deref())?;
+    // user ids are checked as topics are (each is read as `presence-<id>`)
+    let users = app
+        .gate
+        .topics_from_query(q.users.as_deref())
+        .map_err(|e| match e.code {
+            ErrorCode::TooManyTopics => ApiError::new(
+                ErrorCode::TooManyTopics,
+                format!(
+                    "at most {} users per request (--max-topics)",
+                    app.gate.limits().max_topics
+                ),
+            ),
+            _ => e,
+        })?;
     if users.is_empty() {
-        return Err(ApiError::new(ErrorCode::BadTopic, "users=a,b is required"));
+        return Err(ApiError::new(ErrorCode::BadQuery, "users=a,b is required"));
     }
     let who = match request_token(&req.headers, req.token.as_deref()) {
         None => Identity::anonymous(),

@@ -272,6 +272,17 @@ async fn reads_agree_with_the_clock_without_the_sweep() {
         v["users"][0],
         json!({"userId":"farmer-999","status":"offline","lastActiveAt":null})
     );
+    // what it refuses
+    let many: Vec<String> = (0..101).map(|i| format!("farmer-{i}")).collect();
+    for (query, code) in [
+        (String::new(), "bad_query"),
+        ("?users=".to_string(), "bad_query"),
+        ("?users=a,,b".to_string(), "bad_topic"),
+        (format!("?users={}", many.join(",")), "too_many_topics"),
+    ] {
+        let (status, v) = get_json(&base, &format!("/v1/presence{query}"), &[]).await;
+        assert_eq!((status, &v["error"]), (400, &json!(code)), "{query}: {v}");
+    }
     srv.stop().await;
 }
 
