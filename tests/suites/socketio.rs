@@ -1788,6 +1788,17 @@ async fn flood(
     None
 }
 
+/// Upgrades a long-polling session on `ws`, a WebSocket opened with its
+/// sid: the probe, `5`, then the session answers a ping on the WebSocket.
+async fn upgrade(ws: &mut RawWs) {
+    use futures::SinkExt;
+    assert_eq!(said(ws, "2probe").await, "3probe");
+    ws.send(tokio_tungstenite::tungstenite::Message::Text("5".into()))
+        .await
+        .unwrap();
+    assert_eq!(said(ws, "2").await, "3");
+}
+
 /// A raw Engine.IO long-polling session (no client library).
 struct RawPolling {
     http: reqwest::Client,
@@ -2305,8 +2316,7 @@ async fn a_probe_that_ends_leaves_another_probe_of_the_session_standing() {
 /// them goes, and the upgrade still completes on one that stands.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_takes_at_most_two_upgrading_websockets() {
-    use futures::SinkExt;
-    use tokio_tungstenite::tungstenite::{Error, Message};
+    use tokio_tungstenite::tungstenite::Error;
     let url = fresh_db().await;
     let srv = server(&url).await;
     let base = srv.base_url();
@@ -2331,10 +2341,7 @@ async fn a_session_takes_at_most_two_upgrading_websockets() {
         }
     };
     drop(second.close(None).await);
-    assert_eq!(said(&mut third, "2probe").await, "3probe");
-    third.send(Message::Text("5".into())).await.unwrap();
-    // upgraded: the session answers on the WebSocket
-    assert_eq!(said(&mut third, "2").await, "3");
+    upgrade(&mut third).await;
     srv.stop().await;
 }
 
@@ -2346,8 +2353,7 @@ async fn a_session_takes_at_most_two_upgrading_websockets() {
 /// admitted once it ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upgrading_websocket_holds_a_connection_slot() {
-    use futures::SinkExt;
-    use tokio_tungstenite::tungstenite::{Error, Message};
+    use tokio_tungstenite::tungstenite::Error;
     let url = fresh_db().await;
     let srv = server_with(&url, |c| c.limits.max_connections_per_ip = 1).await;
     let base = srv.base_url();
@@ -2380,9 +2386,7 @@ async fn an_upgrading_websocket_holds_a_connection_slot() {
         Err(Error::Http(r)) => assert_eq!(r.status().as_u16(), 429),
         other => panic!("a third connection: {:?}", other.map(|_| ())),
     }
-    assert_eq!(said(&mut ws, "2probe").await, "3probe");
-    ws.send(Message::Text("5".into())).await.unwrap();
-    assert_eq!(said(&mut ws, "2").await, "3");
+    upgrade(&mut ws).await;
     // upgraded: the probe's slot is given back, the session keeps one
     let deadline = tokio::time::Instant::now() + ARRIVAL;
     let _other = loop {
@@ -2563,8 +2567,6 @@ async fn a_polling_session_ends_when_its_token_expires() {
 /// default) counts once the session has a WebSocket: at its upgrade, once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gap_of_a_session_opened_on_polling_counts_at_its_upgrade() {
-    use futures::SinkExt;
-    use tokio_tungstenite::tungstenite::Message;
     const GAP: &str = "rowcast_ws_gap_seconds_total";
     let url = fresh_db().await;
     let srv = server(&url).await;
@@ -2575,10 +2577,7 @@ async fn the_gap_of_a_session_opened_on_polling_counts_at_its_upgrade() {
     assert_eq!(status, 200);
     assert!(answer[0].starts_with("40{"), "{answer:?}");
     assert_eq!(srv.metric(GAP), 0.0, "no WebSocket yet");
-    let mut ws = raw(&p.upgrade_url()).await;
-    assert_eq!(said(&mut ws, "2probe").await, "3probe");
-    ws.send(Message::Text("5".into())).await.unwrap();
-    assert_eq!(said(&mut ws, "2").await, "3");
+    upgrade(&mut raw(&p.upgrade_url()).await).await;
     assert_eq!(srv.metric(GAP), 2.5);
     srv.stop().await;
 }
