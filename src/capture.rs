@@ -85,24 +85,21 @@ pub(crate) async fn run(
 ) {
     // one warning per failing spell and then one a minute: while the database
     // is down every start over fails, once a second
-    let mut warned: Option<(std::time::Instant, u64)> = None;
+    let warned = crate::logging::Throttle::new(LOG_AGAIN);
     loop {
         let started = std::time::Instant::now();
         match capture(&database_url, pause, &metrics, &mut shutdown).await {
             Ok(()) => return,
             Err(e) => {
                 if started.elapsed() > LOG_AGAIN {
-                    warned = None; // it worked for a while: a new spell
+                    warned.reset(); // it worked for a while: a new spell
                 }
-                match &mut warned {
-                    Some((at, n)) if at.elapsed() < LOG_AGAIN => {
-                        *n += 1;
-                        tracing::debug!(error = %e, "capture by the slot stopped again; starting over");
-                    }
-                    _ => {
-                        let again = warned.map_or(0, |(_, n)| n);
+                match warned.ready() {
+                    Some(again) => {
                         tracing::warn!(error = %e, failed_since_last_warning = again, "capture by the slot stopped; starting over");
-                        warned = Some((std::time::Instant::now(), 0));
+                    }
+                    None => {
+                        tracing::debug!(error = %e, "capture by the slot stopped again; starting over");
                     }
                 }
             }

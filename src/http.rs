@@ -400,16 +400,23 @@ where
 }
 
 /// `accept` failures: shed, back off, and log without flooding.
-#[derive(Default)]
 struct AcceptErrors {
     /// Consecutive failures with nothing to shed (the backoff exponent).
     streak: u32,
-    last_log: Option<Instant>,
-    unlogged: u64,
+    logged: crate::logging::Throttle,
 }
 
 /// At most one accept-failure log line per this interval.
 const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(10);
+
+impl Default for AcceptErrors {
+    fn default() -> AcceptErrors {
+        AcceptErrors {
+            streak: 0,
+            logged: crate::logging::Throttle::new(ACCEPT_LOG_EVERY),
+        }
+    }
+}
 
 impl AcceptErrors {
     async fn failed(&mut self, e: std::io::Error, sockets: &Sockets) {
@@ -419,21 +426,13 @@ impl AcceptErrors {
             return;
         }
         sockets.metrics.accept_errors.inc();
-        let now = Instant::now();
-        if self
-            .last_log
-            .is_none_or(|t| now.duration_since(t) >= ACCEPT_LOG_EVERY)
-        {
+        if let Some(left_out) = self.logged.ready() {
             tracing::warn!(
                 error = %e,
                 open_sockets = sockets.open(),
-                similar_errors_not_logged = self.unlogged,
+                similar_errors_not_logged = left_out,
                 "accept failed; shedding idle connections (rowcast_accept_errors_total counts every failure)"
             );
-            self.last_log = Some(now);
-            self.unlogged = 0;
-        } else {
-            self.unlogged += 1;
         }
         // Out of descriptors (EMFILE/ENFILE) or memory: an idle socket makes
         // room, and the next accept goes on at once. With nothing idle, every

@@ -45,6 +45,12 @@ impl Throttle {
         st.0 = Some(now);
         Some(left_out)
     }
+
+    /// The next line goes through whenever it comes (a new spell of
+    /// failures after a quiet one); what was left out is still counted.
+    pub(crate) fn reset(&self) {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).0 = None;
+    }
 }
 
 #[cfg(test)]
@@ -59,5 +65,8 @@ mod tests {
         assert_eq!(t.ready(), None);
         std::thread::sleep(std::time::Duration::from_millis(60));
         assert_eq!(t.ready(), Some(2));
+        assert_eq!(t.ready(), None);
+        t.reset();
+        assert_eq!(t.ready(), Some(1), "after a reset, at once");
     }
 }
