@@ -4,7 +4,10 @@
 //! (xid below the current snapshot's xmin) that are older than the retention,
 //! at most `BATCH` per transaction, skipping rows another pruner holds; it
 //! takes no table lock beyond ROW EXCLUSIVE, which writers' INSERTs don't
-//! conflict with. One node prunes at a time (advisory try-lock).
+//! conflict with. One node prunes at a time: each batch takes a
+//! transaction-level advisory try-lock, which its transaction's end gives
+//! back however it ends (a session lock on a pooled connection would stay
+//! held if its unlock never ran, and stop every node's pruning silently).
 //!
 //! Why resumes stay exact: in the same transaction as each delete it raises
 //! `rowcast.retention.pruned_below` past every deleted xid. Log reads return
@@ -37,9 +40,12 @@ const LOCK_KEY: i64 = 7_305_280_317_090_917;
 /// The delete: the oldest rows by xid (bounded look-ahead through the xid index),
 /// old enough, of completed transactions.
 const PRUNE: &str = "
-WITH victims AS (
+WITH lock AS (SELECT pg_try_advisory_xact_lock($4) AS got),
+victims AS (
     SELECT ctid, xid FROM (
-        SELECT ctid, xid, emitted_at FROM rowcast.changes ORDER BY xid LIMIT $2
+        SELECT ctid, xid, emitted_at FROM rowcast.changes
+         WHERE (SELECT got FROM lock)
+         ORDER BY xid LIMIT $2
     ) oldest
     WHERE emitted_at < clock_timestamp() - make_interval(secs => $1)
       AND xid < least(pg_snapshot_xmin(pg_current_snapshot()), $3::text::xid8)
@@ -127,35 +133,24 @@ impl Horizon {
 }
 
 /// One round, of rows of transactions below `horizon` (an xid); returns the
-/// number of changes deleted.
+/// number of changes deleted. A batch that finds another node's lock
+/// deletes nothing and ends the round.
 pub(crate) async fn prune(pool: &Pool, retention: Duration, horizon: &str) -> Result<u64> {
     let client = pool.get().await?;
-    let got: bool = client
-        .query_one("SELECT pg_try_advisory_lock($1)", &[&LOCK_KEY])
-        .await?
-        .try_get(0)?;
-    if !got {
-        return Ok(0);
-    }
-    let result = async {
-        let stmt = client.prepare_cached(PRUNE).await?;
-        let secs = retention.as_secs_f64();
-        let mut total = 0u64;
-        for _ in 0..MAX_BATCHES {
-            let row = client.query_one(&stmt, &[&secs, &BATCH, &horizon]).await?;
-            let n: i64 = row.try_get(0)?;
-            total += n as u64;
-            if n < BATCH {
-                break;
-            }
+    let stmt = client.prepare_cached(PRUNE).await?;
+    let secs = retention.as_secs_f64();
+    let mut total = 0u64;
+    for _ in 0..MAX_BATCHES {
+        let row = client
+            .query_one(&stmt, &[&secs, &BATCH, &horizon, &LOCK_KEY])
+            .await?;
+        let n: i64 = row.try_get(0)?;
+        total += n as u64;
+        if n < BATCH {
+            break;
         }
-        Ok::<u64, crate::error::Error>(total)
     }
-    .await;
-    client
-        .execute("SELECT pg_advisory_unlock($1)", &[&LOCK_KEY])
-        .await?;
-    result
+    Ok(total)
 }
 
 #[cfg(test)]
