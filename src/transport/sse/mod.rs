@@ -179,7 +179,12 @@ impl Stream {
             Ok(None) => return None,
             Err(e) => {
                 tracing::warn!(error = %e, "sse feed failed");
-                return self.end(Disconnect::from(&e));
+                let end = Disconnect::from(&e);
+                if end == Disconnect::TryAgainLater {
+                    // counted as the same answer at the open would be
+                    self.app.count_error(ApiError::from(e).code);
+                }
+                return self.end(end);
             }
         };
         let mut buf = BytesMut::new();

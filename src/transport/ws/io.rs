@@ -137,7 +137,11 @@ impl Session {
                     Ok(None) => return Disconnect::ServerRestart,
                     Err(e) => {
                         tracing::warn!(error = %e, "ws feed failed");
-                        return Disconnect::from(&e);
+                        return match Disconnect::from(&e) {
+                            // the error (counted) before the close, as at the open
+                            Disconnect::TryAgainLater => self.retry_later(e.into()).await,
+                            end => end,
+                        };
                     }
                 },
                 at = ping.tick() => match keepalive.tick(at, self.wire.written()) {

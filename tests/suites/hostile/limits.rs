@@ -284,3 +284,86 @@ async fn one_address_holds_at_most_a_quarter_of_the_pool() {
     }
     srv.stop().await;
 }
+
+/// A stream that must retry mid-catch-up (`busy`: its address holds the
+/// catch-up budget) says so as an open would: a WebSocket gets the `busy`
+/// error before its close 1013, an SSE stream ends `: try again later`, and
+/// both count in `rowcast_unavailable_total{reason="busy"}`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_must_retry_mid_catch_up_says_busy() {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    const BUSY: &str = "rowcast_unavailable_total{reason=\"busy\"}";
+    let url = fresh_db().await;
+    let db = connect(&url).await;
+    let srv = server_with(&url, |c| {
+        c.window_changes = 0; // every resume reads the log
+        c.catchup_memory = 1 << 20;
+    })
+    .await;
+    let base = srv.base_url();
+    let cursor = resumable_cursor(&base, "x").await;
+    emit(&db, "x", 1).await;
+    let resumed = format!("topics=x&cursor={cursor}");
+    eventually_async("the node has the change", || async {
+        poll_raw(&base, &resumed).await.1["events"][0]["data"]["n"] == json!(1)
+    })
+    .await;
+    // one poll of this address holds the whole budget, paused in its read
+    let ip: std::net::IpAddr = "127.0.0.83".parse().unwrap();
+    let held = rowcast::failpoints::hold("feed.log_read", Some(ip));
+    let from = reqwest::Client::builder()
+        .local_address(Some(ip))
+        .build()
+        .unwrap();
+    let holder = tokio::spawn(from.get(format!("{base}/v1/poll?{resumed}")).send());
+    eventually("the first read holds the budget", || held.reached() == 1).await;
+    let before = srv.metric(BUSY);
+    // a WebSocket of the same address: busy, then 1013
+    let tcp = tokio::net::TcpSocket::new_v4().unwrap();
+    tcp.bind(std::net::SocketAddr::new(ip, 0)).unwrap();
+    let stream = tcp
+        .connect(base.trim_start_matches("http://").parse().unwrap())
+        .await
+        .unwrap();
+    let ws_url = format!("{}/v1/ws?{resumed}", base.replacen("http", "ws", 1));
+    let (mut ws, _) = tokio_tungstenite::client_async(ws_url, stream)
+        .await
+        .unwrap();
+    let mut said = Vec::new();
+    within_arrival("the WebSocket's close", async {
+        while let Some(Ok(m)) = ws.next().await {
+            match m {
+                Message::Text(t) => said.push(serde_json::from_str::<Value>(&t).unwrap()),
+                Message::Close(f) => {
+                    said.push(json!({"close": f.map(|f| u16::from(f.code))}));
+                    break;
+                }
+                _ => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        said.iter()
+            .any(|m| m["type"] == "error" && m["code"] == "busy"),
+        "{said:?}"
+    );
+    assert_eq!(said.last(), Some(&json!({"close": 1013})), "{said:?}");
+    // SSE: the stream ends saying why
+    let sse = from
+        .get(format!("{base}/v1/events?{resumed}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sse.status(), 200);
+    let text = tokio::time::timeout(ARRIVAL, sse.text())
+        .await
+        .expect("the SSE stream's end")
+        .unwrap();
+    assert!(text.ends_with(": try again later\n\n"), "{text}");
+    assert_eq!(srv.metric(BUSY), before + 2.0);
+    held.release();
+    assert_eq!(holder.await.unwrap().unwrap().status(), 200);
+    srv.stop().await;
+}
