@@ -43,6 +43,15 @@ pub(crate) struct Admitted {
     pub conn: Connection,
 }
 
+/// The answer to a connection past a cap.
+fn conn_refused(e: ConnRefused) -> ApiError {
+    let code = match e {
+        ConnRefused::Total => ErrorCode::TooManyConnections,
+        ConnRefused::PerIp => ErrorCode::TooManyConnectionsFromIp,
+    };
+    ApiError::new(code, "connection limit reached; retry later")
+}
+
 /// Why a request from an `Origin` that is not allowed is refused.
 pub(crate) const ORIGIN_REFUSED: &str = "this Origin is not allowed (--allowed-origins)";
 
@@ -162,21 +171,18 @@ impl Gate {
         transport: Arc<TransportMetrics>,
         peer: SocketAddr,
     ) -> Result<Connection, ApiError> {
-        Ok(Connection::open(self.slot(peer)?, transport))
+        Ok(Connection::open(
+            self.conns.acquire(peer.ip()).map_err(conn_refused)?,
+            transport,
+        ))
     }
 
-    /// A bare slot of `--max-connections` and `--max-connections-per-ip`
-    /// (503 `too_many_connections` / 429 `too_many_connections_from_ip`),
-    /// counted in no transport's connections: what a socket that serves no
-    /// stream of its own yet holds (a Socket.IO upgrade probe).
-    pub(crate) fn slot(&self, peer: SocketAddr) -> Result<ConnGuard, ApiError> {
-        self.conns.acquire(peer.ip()).map_err(|e| {
-            let code = match e {
-                ConnRefused::Total => ErrorCode::TooManyConnections,
-                ConnRefused::PerIp => ErrorCode::TooManyConnectionsFromIp,
-            };
-            ApiError::new(code, "connection limit reached; retry later")
-        })
+    /// A bare slot of `--max-connections` (503 `too_many_connections`),
+    /// counted in no transport's connections and not again in the address's
+    /// cap: what a socket beside its session holds (a Socket.IO upgrade
+    /// probe; the session holds the address's slot, and one it hands over).
+    pub(crate) fn slot_beside(&self, peer: SocketAddr) -> Result<ConnGuard, ApiError> {
+        self.conns.acquire_in_total(peer.ip()).map_err(conn_refused)
     }
 
     /// Verifies a token (from a header, the query, or a WS `auth` message);

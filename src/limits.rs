@@ -27,8 +27,9 @@ pub(crate) struct ConnGuard {
     limiter: Arc<ConnLimiter>,
     ip: IpAddr,
     /// What the per-address cap counts: the address, or its /64 for IPv6
-    /// (`client_block`: one host holds a whole /64).
-    block: IpAddr,
+    /// (`client_block`: one host holds a whole /64); `None` for a slot of
+    /// the total only (`acquire_in_total`).
+    block: Option<IpAddr>,
 }
 
 impl ConnLimiter {
@@ -55,7 +56,23 @@ impl ConnLimiter {
         Ok(ConnGuard {
             limiter: Arc::clone(self),
             ip,
-            block,
+            block: Some(block),
+        })
+    }
+
+    /// A slot of the total only, for a socket that stands beside one of its
+    /// address's connections (a Socket.IO upgrade probe beside its session):
+    /// the address's cap counts the connection once.
+    pub(crate) fn acquire_in_total(self: &Arc<Self>, ip: IpAddr) -> Result<ConnGuard, ConnRefused> {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if st.0 >= self.max_total {
+            return Err(ConnRefused::Total);
+        }
+        st.0 += 1;
+        Ok(ConnGuard {
+            limiter: Arc::clone(self),
+            ip,
+            block: None,
         })
     }
 }
@@ -70,10 +87,13 @@ impl Drop for ConnGuard {
     fn drop(&mut self) {
         let mut st = self.limiter.state.lock().unwrap_or_else(|p| p.into_inner());
         st.0 = st.0.saturating_sub(1);
-        if let Some(n) = st.1.get_mut(&self.block) {
+        let Some(block) = self.block else {
+            return;
+        };
+        if let Some(n) = st.1.get_mut(&block) {
             *n = n.saturating_sub(1);
             if *n == 0 {
-                st.1.remove(&self.block);
+                st.1.remove(&block);
             }
         }
     }
@@ -418,5 +438,24 @@ mod tests {
         assert_eq!(l.acquire(ip).err(), Some(ConnRefused::PerIp));
         drop(a);
         assert!(l.acquire(ip).is_ok());
+    }
+
+    #[test]
+    fn a_slot_beside_counts_in_the_total_only() {
+        let l = ConnLimiter::new(3, 1);
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let _session = l.acquire(ip).unwrap();
+        // at the address's cap, a probe still goes
+        let probe = l.acquire_in_total(ip).unwrap();
+        let _other = l.acquire("127.0.0.2".parse().unwrap()).unwrap();
+        // the total is full
+        assert_eq!(l.acquire_in_total(ip).err(), Some(ConnRefused::Total));
+        drop(probe);
+        assert!(l.acquire_in_total(ip).is_ok());
+        assert_eq!(
+            l.acquire(ip).err(),
+            Some(ConnRefused::PerIp),
+            "the address's count is untouched"
+        );
     }
 }

@@ -63,7 +63,8 @@ impl Deref for SharedClient {
 struct Place {
     share: Arc<PoolShare>,
     block: IpAddr,
-    sem: Arc<Semaphore>,
+    /// `None` only while dropped.
+    sem: Option<Arc<Semaphore>>,
     permit: Option<OwnedSemaphorePermit>,
 }
 
@@ -71,9 +72,14 @@ impl Drop for Place {
     fn drop(&mut self) {
         drop(self.permit.take());
         let mut addresses = self.share.lock();
-        // the map's and this one: nobody holds or awaits another place
-        if Arc::strong_count(&self.sem) == 2 {
-            addresses.remove(&self.block);
+        if let Some(sem) = self.sem.take() {
+            // the map's and this one: nobody holds or awaits another place
+            if Arc::strong_count(&sem) == 2 {
+                addresses.remove(&self.block);
+            }
+            // let go under the lock, so that the next place dropped counts
+            // without this one
+            drop(sem);
         }
     }
 }
@@ -132,7 +138,7 @@ impl PoolShare {
         let mut place = Place {
             share: Arc::clone(self),
             block,
-            sem: Arc::clone(&sem),
+            sem: Some(Arc::clone(&sem)),
             permit: None,
         };
         match tokio::time::timeout(self.wait, sem.acquire_owned()).await {
@@ -203,6 +209,27 @@ mod tests {
         assert!(!waiting.is_finished(), "one /64 shares one place");
         drop(held);
         assert!(waiting.await.unwrap());
+        assert_eq!(share.known_addresses(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn places_taken_and_given_back_at_once_forget_every_address() {
+        let share = PoolShare::waiting(pool(8), Duration::from_secs(5));
+        let mut tasks = Vec::new();
+        for i in 0..64u8 {
+            let share = Arc::clone(&share);
+            tasks.push(tokio::spawn(async move {
+                let ip = IpAddr::from([10, 0, 0, i % 4]);
+                for _ in 0..50 {
+                    let place = share.place(ip).await.unwrap();
+                    tokio::task::yield_now().await;
+                    drop(place);
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
         assert_eq!(share.known_addresses(), 0);
     }
 

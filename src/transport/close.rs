@@ -31,6 +31,9 @@ pub(crate) enum Disconnect {
     KeepaliveTimeout,
     /// With JWT configured, neither `auth` nor `subscribe` came in time.
     AuthTimeout,
+    /// A Socket.IO session from an `Origin` that is not allowed, closed once
+    /// its CONNECT was refused (`connect_error` "forbidden_origin: ...").
+    ForbiddenOrigin,
     TokenExpired,
     InvalidToken,
     RateLimited,
@@ -40,7 +43,7 @@ pub(crate) enum Disconnect {
 }
 
 impl Disconnect {
-    pub(crate) const ALL: [Disconnect; 13] = {
+    pub(crate) const ALL: [Disconnect; 14] = {
         use Disconnect::*;
         [
             ClientGone,
@@ -50,6 +53,7 @@ impl Disconnect {
             TryAgainLater,
             KeepaliveTimeout,
             AuthTimeout,
+            ForbiddenOrigin,
             TokenExpired,
             InvalidToken,
             RateLimited,
@@ -70,6 +74,7 @@ impl Disconnect {
             TryAgainLater => "try_again_later",
             KeepaliveTimeout => "keepalive_timeout",
             AuthTimeout => "auth_timeout",
+            ForbiddenOrigin => "forbidden_origin",
             TokenExpired => "token_expired",
             InvalidToken => "invalid_token",
             RateLimited => "rate_limited",
@@ -89,7 +94,7 @@ impl Disconnect {
             CursorExpired => 4010,
             TryAgainLater => 1013,
             KeepaliveTimeout => 1001,
-            AuthTimeout | TokenExpired | InvalidToken | RateLimited => 1008,
+            AuthTimeout | ForbiddenOrigin | TokenExpired | InvalidToken | RateLimited => 1008,
             MessageTooBig => 1009,
             InvalidUtf8 => 1007,
             ProtocolError => 1002,
@@ -107,6 +112,7 @@ impl Disconnect {
             TryAgainLater => "try again later",
             KeepaliveTimeout => "keepalive timeout",
             AuthTimeout => "authentication timeout",
+            ForbiddenOrigin => "origin not allowed",
             TokenExpired => "token expired",
             InvalidToken => "invalid token",
             RateLimited => "message rate limit exceeded",

@@ -2345,59 +2345,77 @@ async fn a_session_takes_at_most_two_upgrading_websockets() {
     srv.stop().await;
 }
 
-/// A WebSocket upgrading a long-polling session holds a connection slot of
-/// its own until its upgrade ends: at the address's cap the upgrade is
-/// refused (429 `too_many_connections_from_ip`) and the session goes on
+/// A WebSocket upgrading a long-polling session holds a slot of
+/// `--max-connections` until its upgrade ends: with the server full the
+/// upgrade is refused (503 `too_many_connections`) and the session goes on
 /// polling; once upgraded, the session's slot is the WebSocket's, so
-/// another connection of the address is refused while it stands and
-/// admitted once it ends.
+/// another connection is refused while the probe stands and admitted once
+/// it ends. The address's cap counts the session once: a client at it still
+/// upgrades.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upgrading_websocket_holds_a_connection_slot() {
     use tokio_tungstenite::tungstenite::Error;
     let url = fresh_db().await;
-    let srv = server_with(&url, |c| c.limits.max_connections_per_ip = 1).await;
+    let srv = server_with(&url, |c| c.limits.max_connections = 1).await;
     let base = srv.base_url();
-    let at_cap = RawPolling::connected(&base).await;
-    match tokio_tungstenite::connect_async(&at_cap.upgrade_url()).await {
+    let full = RawPolling::connected(&base).await;
+    match tokio_tungstenite::connect_async(&full.upgrade_url()).await {
         Err(Error::Http(r)) => {
-            assert_eq!(r.status().as_u16(), 429);
+            assert_eq!(r.status().as_u16(), 503);
             let body = String::from_utf8(r.body().clone().unwrap_or_default()).unwrap();
-            assert_eq!(error_of(&body).0, "too_many_connections_from_ip");
+            assert_eq!(error_of(&body).0, "too_many_connections");
         }
-        other => panic!("an upgrade past the cap: {:?}", other.map(|_| ())),
+        other => panic!("an upgrade past the total: {:?}", other.map(|_| ())),
     }
     // the session goes on polling
     assert_eq!(
-        at_cap.post(r#"421["subscribe",["a"]]"#.into()).await,
+        full.post(r#"421["subscribe",["a"]]"#.into()).await,
         (200, "ok".into())
     );
-    let (status, answer) = at_cap.poll().await;
+    let (status, answer) = full.poll().await;
     assert_eq!(status, 200);
     assert!(answer[0].starts_with("431"), "{answer:?}");
-    drop(at_cap);
+    drop(full);
     srv.stop().await;
 
-    let srv = server_with(&url, |c| c.limits.max_connections_per_ip = 2).await;
+    let srv = server_with(&url, |c| {
+        c.limits.max_connections = 2;
+        c.limits.max_connections_per_ip = 1;
+    })
+    .await;
     let base = srv.base_url();
+    // at the address's cap, the upgrade goes
     let p = RawPolling::connected(&base).await;
     let mut ws = raw(&p.upgrade_url()).await;
-    // the session's slot and the probe's: the address is at its cap
+    // the session's slot and the probe's: the server is full
     match tokio_tungstenite::connect_async(&sio_ws_url(&base, "")).await {
-        Err(Error::Http(r)) => assert_eq!(r.status().as_u16(), 429),
+        Err(Error::Http(r)) => assert_eq!(r.status().as_u16(), 503),
         other => panic!("a third connection: {:?}", other.map(|_| ())),
     }
     upgrade(&mut ws).await;
-    // upgraded: the probe's slot is given back, the session keeps one
+    // upgraded: the probe's slot is given back, the session keeps one; the
+    // address is still at its cap, another address gets in
     let deadline = tokio::time::Instant::now() + ARRIVAL;
-    let _other = loop {
-        match tokio_tungstenite::connect_async(&sio_ws_url(&base, "")).await {
-            Ok((other, _)) => break other,
-            Err(_) if tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await
-            }
-            Err(e) => panic!("the probe's slot was never given back: {e}"),
+    let other = reqwest::Client::builder()
+        .local_address(Some("127.0.0.84".parse().unwrap()))
+        .build()
+        .unwrap();
+    loop {
+        let r = other
+            .get(format!("{base}/socket.io/?EIO=4&transport=polling"))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 200 {
+            break;
         }
-    };
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the probe's slot was never given back: {}",
+            r.status()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     srv.stop().await;
 }
 
@@ -2439,7 +2457,7 @@ async fn a_session_whose_client_vanished_during_a_poll_is_closed() {
 /// route still refuses that origin at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_origin_gets_a_connect_error_it_can_read() {
-    use futures::SinkExt;
+    use futures::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     use tokio_tungstenite::tungstenite::Message;
     const EVIL: &str = "http://evil.test";
@@ -2485,7 +2503,16 @@ async fn a_refused_origin_gets_a_connect_error_it_can_read() {
     let refusal =
         r#"44{"message":"forbidden_origin: this Origin is not allowed (--allowed-origins)"}"#;
     assert_eq!(answer, refusal);
-    // the WebSocket alike
+    // and the session ends with it
+    let r = http
+        .get(&session)
+        .header("Origin", EVIL)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(error_of(&r.text().await.unwrap()).0, "session_unknown");
+    // the WebSocket alike, closed after the refusal
     let mut req = sio_ws_url(&base, "").into_client_request().unwrap();
     req.headers_mut().insert("Origin", EVIL.parse().unwrap());
     let mut ws = Box::pin(tokio_tungstenite::connect_async(req))
@@ -2495,6 +2522,19 @@ async fn a_refused_origin_gets_a_connect_error_it_can_read() {
     assert!(texts(&mut ws, 1).await[0].starts_with("0{"));
     ws.send(Message::Text("40".into())).await.unwrap();
     assert_eq!(texts(&mut ws, 1).await[0], refusal);
+    match ws.next().await {
+        Some(Ok(Message::Close(Some(f)))) => {
+            assert_eq!(
+                (u16::from(f.code), f.reason.as_str()),
+                (1008, "origin not allowed")
+            )
+        }
+        other => panic!("no close after the refusal: {other:?}"),
+    }
+    assert_eq!(
+        srv.metric("rowcast_ws_closed_total{reason=\"forbidden_origin\"}"),
+        1.0
+    );
     // an allowed session takes nothing from a refused origin
     let allowed = RawPolling::connected(&base).await;
     let r = http

@@ -106,9 +106,10 @@ impl Drop for Probed {
 
 /// WebSockets that may try to upgrade one session at once: socket.io-client
 /// opens one; a second covers a retry while the first is still open. Each
-/// also holds a connection slot of its own until the upgrade ends
-/// (`Gate::slot`), so probes count against `--max-connections` and the
-/// address's cap like any socket that stands up to the upgrade's 10 s.
+/// also holds a slot of `--max-connections` until the upgrade ends
+/// (`Gate::slot_beside`), so probes count against the total like any socket
+/// that stands up to the upgrade's 10 s; the address's cap, bounding its
+/// sessions, bounds its probes to twice as many.
 pub(crate) const MAX_UPGRADE_SOCKETS: usize = 2;
 
 /// POSTs of one session read at once: Engine.IO clients send one at a time
@@ -551,6 +552,12 @@ async fn answer(app: &App, session: &PollSession) -> Result<Vec<String>, Disconn
         let posted = std::mem::take(&mut session.inbox().packets);
         for m in posted.split_terminator(SEPARATOR) {
             core.on_message(m, &mut out).await?;
+        }
+        if core.refused_origin() {
+            // this answer carries the refusal; the session ends with it
+            session.close();
+            app.socketio.remove(&session.sid);
+            return Ok(out);
         }
         if core.joined.is_some() {
             session.joined.store(true, Ordering::Relaxed);

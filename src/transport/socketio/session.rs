@@ -121,6 +121,13 @@ impl Session {
         self.joined.as_ref().and_then(|j| j.identity.expires_at())
     }
 
+    /// A CONNECT was refused for the session's `Origin`: nothing else can
+    /// come of it, so its transport closes (`Disconnect::ForbiddenOrigin`)
+    /// once that answer is sent.
+    pub(crate) fn refused_origin(&self) -> bool {
+        self.connects > 0 && self.opening.as_ref().is_some_and(|o| o.origin_refused)
+    }
+
     /// The identity's token has expired: nothing more is delivered.
     pub(crate) fn token_expired(&self) -> bool {
         self.expires_at()

@@ -73,9 +73,11 @@ pub(crate) async fn open(app: Arc<App>, req: StreamRequest, upgrade: Handshake) 
             )
             .into_response();
         };
-        // the probe's socket holds a connection slot too, until the upgrade
-        // ends (upgraded, the session's slot is the connection's)
-        let probe = match app.gate.slot(peer) {
+        // the probe's socket holds a slot of the total too, until the upgrade
+        // ends (upgraded, the session's slot is the connection's); the
+        // address's cap counts the session once, so that an honest client
+        // near it still upgrades
+        let probe = match app.gate.slot_beside(peer) {
             Ok(p) => p,
             Err(e) => return e.into_response(),
         };
@@ -188,6 +190,12 @@ async fn upgrade_from_polling(
             count_end(&session, Disconnect::ClientGone);
             return None;
         }
+    }
+    if session.refused_origin() {
+        let end = Disconnect::ForbiddenOrigin;
+        count_end(&session, end);
+        stream::close(&mut socket, &wire, end).await;
+        return None;
     }
     // counted once, when it opened on polling (`count_session`); its gap
     // now that it has a WebSocket
@@ -339,6 +347,9 @@ impl Connection {
                         if let Err(end) = self.send(p).await {
                             return end;
                         }
+                    }
+                    if self.session.refused_origin() {
+                        return Disconnect::ForbiddenOrigin;
                     }
                 }
                 () = self.wire.backlog() => {
