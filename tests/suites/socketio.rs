@@ -1833,7 +1833,12 @@ impl RawPolling {
 
     /// A session opened and connected (`40`, answered `40{...}`).
     async fn connected(base: &str) -> RawPolling {
-        let p = RawPolling::open(base).await;
+        RawPolling::connected_with(base, "").await
+    }
+
+    /// `connected`, opened with more of the handshake's query.
+    async fn connected_with(base: &str, query: &str) -> RawPolling {
+        let p = RawPolling::open_with(base, query).await;
         assert_eq!(p.post("40".into()).await, (200, "ok".into()));
         let (status, answer) = p.poll().await;
         assert_eq!(status, 200);
@@ -2611,11 +2616,7 @@ async fn the_gap_of_a_session_opened_on_polling_counts_at_its_upgrade() {
     let url = fresh_db().await;
     let srv = server(&url).await;
     let base = srv.base_url();
-    let p = RawPolling::open_with(&base, "&gap=2.5").await;
-    assert_eq!(p.post("40".into()).await, (200, "ok".into()));
-    let (status, answer) = p.poll().await;
-    assert_eq!(status, 200);
-    assert!(answer[0].starts_with("40{"), "{answer:?}");
+    let p = RawPolling::connected_with(&base, "&gap=2.5").await;
     assert_eq!(srv.metric(GAP), 0.0, "no WebSocket yet");
     upgrade(&mut raw(&p.upgrade_url()).await).await;
     assert_eq!(srv.metric(GAP), 2.5);

@@ -219,6 +219,31 @@ async fn opens_that_read_the_database_are_paid_from_the_address_budget() {
     srv.stop().await;
 }
 
+/// A server (`tweak`ed) without a memory window, and the query of a poll
+/// that resumes topic `x` from before its one change (`n` 1), which the
+/// node has read: such a resume catches up from the log (one opened before
+/// the node read it would get the change live, reading nothing).
+async fn a_resume_from_the_log(
+    tweak: impl FnOnce(&mut rowcast::server::ServerConfig),
+) -> (rowcast::server::Server, String) {
+    let url = fresh_db().await;
+    let db = connect(&url).await;
+    let srv = server_with(&url, |c| {
+        c.window_changes = 0;
+        tweak(c);
+    })
+    .await;
+    let base = srv.base_url();
+    let cursor = resumable_cursor(&base, "x").await;
+    emit(&db, "x", 1).await;
+    let resumed = format!("topics=x&cursor={cursor}");
+    eventually_async("the node has the change", || async {
+        poll_raw(&base, &resumed).await.1["events"][0]["data"]["n"] == json!(1)
+    })
+    .await;
+    (srv, resumed)
+}
+
 /// One client address holds at most a quarter of the pool's connections
 /// (here 2 of 8) for the reads made on its behalf: its third catch-up read
 /// waits for one of its own, and another address's read takes a connection
@@ -226,23 +251,8 @@ async fn opens_that_read_the_database_are_paid_from_the_address_budget() {
 /// every other address's opens waited behind them.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_address_holds_at_most_a_quarter_of_the_pool() {
-    let url = fresh_db().await;
-    let db = connect(&url).await;
-    let srv = server_with(&url, |c| {
-        c.window_changes = 0; // every resume reads the log
-        c.pool_size = 8;
-    })
-    .await;
+    let (srv, resumed) = a_resume_from_the_log(|c| c.pool_size = 8).await;
     let base = srv.base_url();
-    let cursor = resumable_cursor(&base, "x").await;
-    emit(&db, "x", 1).await;
-    // the node has read the change: a resume catches up from the log (one
-    // opened before would get it live, reading nothing)
-    let resumed = format!("topics=x&cursor={cursor}");
-    eventually_async("the node has the change", || async {
-        poll_raw(&base, &resumed).await.1["events"][0]["data"]["n"] == json!(1)
-    })
-    .await;
     let a: std::net::IpAddr = "127.0.0.77".parse().unwrap();
     let b: std::net::IpAddr = "127.0.0.78".parse().unwrap();
     let held_a = rowcast::failpoints::hold("feed.log_read", Some(a));
@@ -294,21 +304,8 @@ async fn a_stream_that_must_retry_mid_catch_up_says_busy() {
     use futures::StreamExt;
     use tokio_tungstenite::tungstenite::Message;
     const BUSY: &str = "rowcast_unavailable_total{reason=\"busy\"}";
-    let url = fresh_db().await;
-    let db = connect(&url).await;
-    let srv = server_with(&url, |c| {
-        c.window_changes = 0; // every resume reads the log
-        c.catchup_memory = 1 << 20;
-    })
-    .await;
+    let (srv, resumed) = a_resume_from_the_log(|c| c.catchup_memory = 1 << 20).await;
     let base = srv.base_url();
-    let cursor = resumable_cursor(&base, "x").await;
-    emit(&db, "x", 1).await;
-    let resumed = format!("topics=x&cursor={cursor}");
-    eventually_async("the node has the change", || async {
-        poll_raw(&base, &resumed).await.1["events"][0]["data"]["n"] == json!(1)
-    })
-    .await;
     // one poll of this address holds the whole budget, paused in its read
     let ip: std::net::IpAddr = "127.0.0.83".parse().unwrap();
     let held = rowcast::failpoints::hold("feed.log_read", Some(ip));
