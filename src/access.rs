@@ -52,12 +52,12 @@ fn conn_refused(e: ConnRefused) -> ApiError {
     ApiError::new(code, "connection limit reached; retry later")
 }
 
-/// Why a request from an `Origin` that is not allowed is refused.
-pub(crate) const ORIGIN_REFUSED: &str = "this Origin is not allowed (--allowed-origins)";
-
 /// The answer to a request from an `Origin` that is not allowed (403).
 pub(crate) fn forbidden_origin() -> ApiError {
-    ApiError::new(ErrorCode::ForbiddenOrigin, ORIGIN_REFUSED)
+    ApiError::new(
+        ErrorCode::ForbiddenOrigin,
+        "this Origin is not allowed (--allowed-origins)",
+    )
 }
 
 /// One admitted connection: its slot (`--max-connections`, per IP), its place

@@ -220,13 +220,11 @@ impl Session {
     /// `auth` is an object (`connect_payload`).
     async fn connect(&mut self, auth: Value, out: &mut Vec<String>) -> Result<(), Disconnect> {
         if self.opening.as_ref().is_some_and(|o| o.origin_refused) {
-            let refused = ErrorCode::ForbiddenOrigin;
-            if let Some(reason) = refused.rejection() {
-                self.app.metrics.rejected.with_label_values(&[reason]).inc();
-            }
+            let e = crate::access::forbidden_origin();
+            self.app.count_error(e.code);
             out.push(packet::connect_error(
                 "/",
-                &format!("{}: {}", refused.as_str(), crate::access::ORIGIN_REFUSED),
+                &format!("{}: {}", e.code.as_str(), e.message),
             ));
             return Ok(());
         }
