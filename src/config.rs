@@ -41,6 +41,7 @@ pub mod defaults {
     pub const MAX_CONNECTIONS: usize = 10_000;
     pub const MAX_CONNECTIONS_PER_IP: usize = 256;
     pub const AUTH_TIMEOUT: &str = "10s";
+    pub const SHUTDOWN_DELAY: &str = "0s";
     pub const HEADER_TIMEOUT: &str = "10s";
     pub const AUTHORIZE_PER_IP: u32 = 100;
     pub const PRESENCE_AWAY: &str = "5m";
@@ -172,6 +173,10 @@ pub struct ServerConfig {
     /// WebSocket ping / SSE keepalive interval (e.g. 15s).
     #[arg(long, env = "ROWCAST_KEEPALIVE", default_value = defaults::KEEPALIVE, value_parser = parse_duration)]
     pub keepalive: Duration,
+    /// On SIGTERM / SIGINT / SIGHUP, keep serving this long with /readyz answering 503
+    /// "draining" (so a load balancer takes the node out first), then stop (e.g. 10s; 0: stop at once).
+    #[arg(long, env = "ROWCAST_SHUTDOWN_DELAY", default_value = defaults::SHUTDOWN_DELAY, value_parser = parse_duration)]
+    pub shutdown_delay: Duration,
     /// Keep changes this long (e.g. 24h, 30m; at least 1m); older cursors get an explicit resync.
     #[arg(long, env = "ROWCAST_RETENTION", default_value = defaults::RETENTION, value_parser = parse_retention)]
     pub retention: Duration,
@@ -447,6 +452,7 @@ impl ServerConfig {
             pool_size: defaults::POOL_SIZE,
             queue: QueueLimits::default(),
             keepalive: dur(defaults::KEEPALIVE),
+            shutdown_delay: dur(defaults::SHUTDOWN_DELAY),
             retention: dur(defaults::RETENTION),
             window_changes: defaults::WINDOW_CHANGES,
             catchup_memory: defaults::CATCHUP_MEMORY,

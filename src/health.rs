@@ -8,12 +8,26 @@ use std::sync::atomic::{AtomicBool, Ordering};
 pub(crate) struct Health {
     connected: AtomicBool,
     caught_up: AtomicBool,
+    /// Stopping after `--shutdown-delay`: still serving, no longer ready.
+    draining: AtomicBool,
 }
 
 impl Health {
-    /// Connected and caught up: new clients are served without waiting.
+    /// Connected and caught up, and not draining: new clients are served
+    /// without waiting, and may keep coming.
     pub(crate) fn ready(&self) -> bool {
-        self.connected.load(Ordering::Relaxed) && self.caught_up.load(Ordering::Relaxed)
+        self.connected.load(Ordering::Relaxed)
+            && self.caught_up.load(Ordering::Relaxed)
+            && !self.draining()
+    }
+
+    pub(crate) fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// The node will stop: `/readyz` answers 503 "draining" from now on.
+    pub(crate) fn drain(&self) {
+        self.draining.store(true, Ordering::Relaxed);
     }
 
     pub(crate) fn connected(&self) -> bool {

@@ -145,6 +145,7 @@ async fn serve(cfg: ServerConfig) -> anyhow::Result<()> {
     let mut signals = rowcast::server::Signals::install()?;
     let server = Server::start(cfg).await.context("starting the server")?;
     signals.recv().await;
+    server.drain(&mut signals).await;
     tracing::info!("shutting down");
     server.stop().await;
     Ok(())

@@ -268,6 +268,21 @@ impl Server {
 
     /// Graceful stop: refuse new connections, close WebSockets with 1012, end
     /// SSE streams, answer long polls; bounded in time.
+    /// `--shutdown-delay`: `/readyz` answers 503 "draining" while the node
+    /// serves on for the delay (a second signal, or `stop`, ends it sooner).
+    pub async fn drain(&self, signals: &mut Signals) {
+        let delay = self.app.cfg.shutdown_delay;
+        if delay.is_zero() {
+            return;
+        }
+        self.app.health.drain();
+        tracing::info!(?delay, "draining: /readyz answers 503 until the node stops");
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = signals.recv() => {}
+        }
+    }
+
     pub async fn stop(self) {
         self.shutdown.trigger();
         for t in self.tasks {

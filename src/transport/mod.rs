@@ -262,6 +262,8 @@ async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
 async fn readyz(State(app): State<Arc<App>>) -> impl IntoResponse {
     if app.health.ready() {
         (StatusCode::OK, "ready")
+    } else if app.health.draining() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining")
     } else if app.health.connected() {
         (StatusCode::SERVICE_UNAVAILABLE, "catching up")
     } else {

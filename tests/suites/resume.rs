@@ -707,3 +707,37 @@ async fn a_long_writer_s_change_pruned_before_the_node_read_it_is_told() {
     srv.stop().await;
     nowin.stop().await;
 }
+
+/// `--shutdown-delay`: on SIGTERM the node answers `/readyz` 503
+/// "draining" and keeps serving for the delay (its streams deliver, new
+/// requests are answered), then stops as without it (WS 1012).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_drains_for_its_shutdown_delay() {
+    let url = fresh_db().await;
+    let node = ServeProcess::start(&url, &["--shutdown-delay", "3s"]).await;
+    let base = node.base_url();
+    let db = connect(&url).await;
+    let mut ws = WsClient::connect(&base, "topics=d").await;
+    send_signal(&node.proc.0, libc::SIGTERM);
+    eventually_async("/readyz says draining", || async {
+        match reqwest::get(format!("{base}/readyz")).await {
+            Ok(r) => r.status() == 503 && r.text().await.unwrap_or_default() == "draining",
+            Err(_) => false,
+        }
+    })
+    .await;
+    // still serving: the stream delivers, a new request is answered
+    emit(&db, "d", 1).await;
+    assert_eq!(n(&next_event(&mut ws.rx).await), 1);
+    assert_eq!(poll_raw(&base, "topics=d").await.0, 200);
+    // then it stops
+    let closed = within_arrival("the WebSocket's close", async {
+        loop {
+            if let Msg::Closed(c) = next_msg(&mut ws.rx).await {
+                break c;
+            }
+        }
+    })
+    .await;
+    assert!(closed.starts_with("1012"), "{closed}");
+}
