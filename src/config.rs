@@ -517,6 +517,9 @@ impl ServerConfig {
         self.catchup_memory = self.catchup_memory.max(1 << 20);
         self.write_timeout = self.write_timeout.max(Duration::from_millis(100));
         self.source_page = self.source_page.max(1);
+        // not flags, but public fields: an embedder's 0 would spin
+        self.idle_poll = self.idle_poll.max(Duration::from_millis(10));
+        self.sse_retry = self.sse_retry.max(Duration::from_millis(100));
         self.busy_pause = self.busy_pause.min(Duration::from_millis(100));
         self.busy_pause_max = self
             .busy_pause_max
