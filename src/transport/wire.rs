@@ -23,9 +23,10 @@
 //!   lock and writes after it, on any worker thread (`Hub::publish`). The
 //!   publisher never waits: what the socket does not take wakes the task,
 //!   which writes it when the socket is writable (`flush`).
-//! - Slow consumers: what the publisher may leave waiting is bounded by the
-//!   queue limits (frames and bytes, `--queue-events`, `--queue-bytes`);
-//!   over them it refuses (`Taken::Full`) and the subscription lags, to be
+//! - Slow consumers (the hub's contract, kept here for direct writes): what
+//!   the publisher may leave waiting is bounded by the queue limits (frames
+//!   and bytes, `--queue-events`, `--queue-bytes`); over them it refuses
+//!   (`Taken::Full`) and the subscription lags as a full queue does (`hub`),
 //!   continued from the log once the waiting bytes are out. A frame is
 //!   always taken when nothing waits (it is shared, not copied). A socket
 //!   that accepts nothing for the transport's write timeout while bytes
