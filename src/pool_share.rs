@@ -5,7 +5,9 @@
 //!
 //! The contract: an address's further reads wait, in order, for one of its
 //! own to end (at most `POOL_WAIT`, then `busy`), and take nothing from any
-//! other address. The per-address budgets bound how *often* an address may
+//! other address. A read's whole wait, for its place and then for a
+//! connection from the pool, is at most `POOL_WAIT` (past it, a read still
+//! waiting for the pool fails as the pool's own timeout does). The per-address budgets bound how *often* an address may
 //! make such reads (`--authorize-per-ip`) and how much *memory* they may hold
 //! (`budget`); this bounds how much of the pool they hold, so that a few large
 //! reads (`poll?cursor=<old>&limit=10000` resumes, big snapshots) from one
@@ -16,13 +18,14 @@
 use crate::budget::{Busy, ADDRESS_SHARE};
 use crate::db::POOL_WAIT;
 use crate::limits::client_block;
-use deadpool_postgres::{Client, Pool};
+use deadpool_postgres::{Client, Pool, PoolError, TimeoutType};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::ops::Deref;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 
 /// Why a shared connection could not be had.
 #[derive(Debug, thiserror::Error)]
@@ -38,7 +41,8 @@ pub(crate) struct PoolShare {
     pool: Pool,
     /// Connections one address may hold at once.
     per_address: usize,
-    /// The longest an address's read waits for a place (`POOL_WAIT`).
+    /// The longest a read waits for its place and its connection together
+    /// (`POOL_WAIT`).
     wait: Duration,
     /// Each address's places, while any is held or awaited.
     addresses: Mutex<HashMap<IpAddr, Arc<Semaphore>>>,
@@ -115,19 +119,24 @@ impl PoolShare {
     ) -> Result<SharedClient, ShareError> {
         // boxed: the futures of feed opens (held by streams) stay small
         Box::pin(async move {
+            // one wait for both: the place, then the connection
+            let deadline = Instant::now() + self.wait;
             let place = match peer {
-                Some(ip) => Some(self.place(client_block(ip)).await?),
+                Some(ip) => Some(self.place(client_block(ip), deadline).await?),
                 None => None,
             };
+            let client = tokio::time::timeout_at(deadline, self.pool.get())
+                .await
+                .map_err(|_| PoolError::Timeout(TimeoutType::Wait))??;
             Ok(SharedClient {
-                client: self.pool.get().await?,
+                client,
                 _place: place,
             })
         })
         .await
     }
 
-    async fn place(self: &Arc<Self>, block: IpAddr) -> Result<Place, Busy> {
+    async fn place(self: &Arc<Self>, block: IpAddr, deadline: Instant) -> Result<Place, Busy> {
         let sem = Arc::clone(
             self.lock()
                 .entry(block)
@@ -141,7 +150,7 @@ impl PoolShare {
             sem: Some(Arc::clone(&sem)),
             permit: None,
         };
-        match tokio::time::timeout(self.wait, sem.acquire_owned()).await {
+        match tokio::time::timeout_at(deadline, sem.acquire_owned()).await {
             Ok(Ok(permit)) => {
                 place.permit = Some(permit);
                 Ok(place)
@@ -162,6 +171,10 @@ impl PoolShare {
 mod tests {
     use super::*;
 
+    fn in_time(share: &PoolShare) -> Instant {
+        Instant::now() + share.wait
+    }
+
     fn pool(max: usize) -> Pool {
         // never connects: only its size is read
         crate::db::pool("postgres://127.0.0.1:1/none", max).unwrap()
@@ -172,17 +185,17 @@ mod tests {
         let share = PoolShare::new(pool(8));
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
-        let first = share.place(a).await.unwrap();
-        let second = share.place(a).await.unwrap();
+        let first = share.place(a, in_time(&share)).await.unwrap();
+        let second = share.place(a, in_time(&share)).await.unwrap();
         // a's third waits for one of its own
         let third = tokio::spawn({
             let share = Arc::clone(&share);
-            async move { share.place(a).await.is_ok() }
+            async move { share.place(a, in_time(&share)).await.is_ok() }
         });
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!third.is_finished());
         // another address goes at once
-        let other = tokio::time::timeout(Duration::from_secs(1), share.place(b))
+        let other = tokio::time::timeout(Duration::from_secs(1), share.place(b, in_time(&share)))
             .await
             .expect("another address is not held up")
             .unwrap();
@@ -200,10 +213,15 @@ mod tests {
         let share = PoolShare::new(pool(1));
         let a: IpAddr = "2001:db8::1".parse().unwrap();
         let same_64: IpAddr = "2001:db8::2".parse().unwrap();
-        let held = share.place(client_block(a)).await.unwrap();
+        let held = share.place(client_block(a), in_time(&share)).await.unwrap();
         let waiting = tokio::spawn({
             let share = Arc::clone(&share);
-            async move { share.place(client_block(same_64)).await.is_ok() }
+            async move {
+                share
+                    .place(client_block(same_64), in_time(&share))
+                    .await
+                    .is_ok()
+            }
         });
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!waiting.is_finished(), "one /64 shares one place");
@@ -221,7 +239,7 @@ mod tests {
             tasks.push(tokio::spawn(async move {
                 let ip = IpAddr::from([10, 0, 0, i % 4]);
                 for _ in 0..50 {
-                    let place = share.place(ip).await.unwrap();
+                    let place = share.place(ip, in_time(&share)).await.unwrap();
                     tokio::task::yield_now().await;
                     drop(place);
                 }
@@ -237,8 +255,8 @@ mod tests {
     async fn a_wait_past_the_pool_wait_is_busy_and_forgets_nothing_it_should_not() {
         let share = PoolShare::waiting(pool(4), Duration::from_millis(100));
         let a: IpAddr = "10.0.0.1".parse().unwrap();
-        let held = share.place(a).await.unwrap();
-        assert!(matches!(share.place(a).await, Err(Busy)));
+        let held = share.place(a, in_time(&share)).await.unwrap();
+        assert!(matches!(share.place(a, in_time(&share)).await, Err(Busy)));
         assert_eq!(
             share.known_addresses(),
             1,
@@ -246,5 +264,47 @@ mod tests {
         );
         drop(held);
         assert_eq!(share.known_addresses(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_read_waits_at_most_the_pool_wait_for_its_place_and_connection_together() {
+        // a "database" that accepts connections and never answers: the
+        // first read's connection is being made until the pool's own
+        // timeout (10 s), and the second read waits for the pool
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!(
+            "postgres://127.0.0.1:{}/none",
+            silent.local_addr().unwrap().port()
+        );
+        let held = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((socket, _)) = silent.accept().await {
+                open.push(socket);
+            }
+        });
+        let share = PoolShare::waiting(
+            crate::db::pool(&url, 1).unwrap(),
+            Duration::from_millis(300),
+        );
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let started = Instant::now();
+        let (first, second) = tokio::time::timeout(
+            Duration::from_secs(5),
+            futures::future::join(share.get(Some(a)), share.get(Some(b))),
+        )
+        .await
+        .expect("both reads gave up within the wait, not the pool's 10 s");
+        assert!(matches!(
+            first,
+            Err(ShareError::Pool(PoolError::Timeout(_)))
+        ));
+        assert!(matches!(
+            second,
+            Err(ShareError::Pool(PoolError::Timeout(_)))
+        ));
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        assert_eq!(share.known_addresses(), 0);
+        held.abort();
     }
 }
