@@ -257,22 +257,7 @@ async fn one_address_holds_at_most_a_quarter_of_the_pool() {
     let b: std::net::IpAddr = "127.0.0.78".parse().unwrap();
     let held_a = rowcast::failpoints::hold("feed.log_read", Some(a));
     let held_b = rowcast::failpoints::hold("feed.log_read", Some(b));
-    let resume = |ip: std::net::IpAddr| {
-        let url = format!("{base}/v1/poll?{resumed}");
-        tokio::spawn(async move {
-            let r = reqwest::Client::builder()
-                .local_address(Some(ip))
-                .build()
-                .unwrap()
-                .get(url)
-                .send()
-                .await
-                .unwrap();
-            let status = r.status().as_u16();
-            let body: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
-            (status, body)
-        })
-    };
+    let resume = |ip| resume_from(&base, &resumed, ip);
     let from_a: Vec<_> = (0..3).map(|_| resume(a)).collect();
     eventually("two reads of one address hold a connection", || {
         held_a.reached() >= 2
@@ -287,11 +272,81 @@ async fn one_address_holds_at_most_a_quarter_of_the_pool() {
     .await;
     held_a.release();
     held_b.release();
-    for poll in from_a.into_iter().chain([from_b]) {
+    all_resumed(from_a.into_iter().chain([from_b])).await;
+    srv.stop().await;
+}
+
+/// A resume poll from `ip` (the read it makes can be held with the
+/// `feed.log_read` failpoint for that address): its status and body.
+fn resume_from(
+    base: &str,
+    resumed: &str,
+    ip: std::net::IpAddr,
+) -> tokio::task::JoinHandle<(u16, Value)> {
+    let url = format!("{base}/v1/poll?{resumed}");
+    tokio::spawn(async move {
+        let r = reqwest::Client::builder()
+            .local_address(Some(ip))
+            .build()
+            .unwrap()
+            .get(url)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let body: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+        (status, body)
+    })
+}
+
+/// Every resume poll answered the change it resumed to.
+async fn all_resumed(polls: impl IntoIterator<Item = tokio::task::JoinHandle<(u16, Value)>>) {
+    for poll in polls {
         let (status, body) = poll.await.unwrap();
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["events"][0]["data"]["n"], json!(1), "{body}");
     }
+}
+
+/// Several addresses each filling their share leave a quarter of the pool
+/// to addresses holding none: with 8 connections, three addresses holding 2
+/// each, a fourth's second read waits (6 held in all), and a fifth
+/// address's first read still finds a connection. (Before, four addresses
+/// could hold the whole pool, and every newcomer waited behind their reads.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_addresses_leave_a_quarter_of_the_pool_to_newcomers() {
+    let (srv, resumed) = a_resume_from_the_log(|c| c.pool_size = 8).await;
+    let base = srv.base_url();
+    let ip = |i: u8| std::net::IpAddr::from([127, 0, 0, 90 + i]);
+    let held: Vec<_> = (0..5)
+        .map(|i| rowcast::failpoints::hold("feed.log_read", Some(ip(i))))
+        .collect();
+    let mut polls = Vec::new();
+    for i in 0..3 {
+        polls.push(resume_from(&base, &resumed, ip(i)));
+        polls.push(resume_from(&base, &resumed, ip(i)));
+    }
+    eventually("three addresses hold two connections each", || {
+        held[..3].iter().all(|h| h.reached() == 2)
+    })
+    .await;
+    polls.push(resume_from(&base, &resumed, ip(3)));
+    polls.push(resume_from(&base, &resumed, ip(3)));
+    eventually("a fourth address's first read goes", || {
+        held[3].reached() >= 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(held[3].reached(), 1, "a second read took the reserve");
+    polls.push(resume_from(&base, &resumed, ip(4)));
+    eventually("a newcomer's read is not held up", || {
+        held[4].reached() == 1
+    })
+    .await;
+    for h in &held {
+        h.release();
+    }
+    all_resumed(polls).await;
     srv.stop().await;
 }
 
