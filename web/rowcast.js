@@ -396,22 +396,36 @@ export class Rowcast {
    * any event would resume "from now" and lose what was committed in between.
    * A position from a poll without cursor closes that hole (only when no
    * snapshot was asked for: a snapshot reconnect is state-complete by itself).
+   * A position is the log's, whatever the topics: a poll refused for one
+   * topic (403 `forbidden`, which refuses the whole request) is asked again
+   * without it, so that one refused topic leaves the others their position.
    * Returns it (or null), for the caller to keep as `_origin`.
    */
   async _startPosition(token) {
-    try {
-      const r = await this._fetch(this._url('/v1/poll', { topics: this.topics.join(',') }), {
-        headers: bearer(token),
-        cache: 'no-store',
-      });
-      if (r.ok) {
-        const body = await r.json();
-        if (body && typeof body.cursor === 'string') return body.cursor;
-      } else if (r.status === 401) {
-        this._tokenStale = true;
+    let topics = this.topics;
+    while (topics.length) {
+      try {
+        const r = await this._fetch(this._url('/v1/poll', { topics: topics.join(',') }), {
+          headers: bearer(token),
+          cache: 'no-store',
+        });
+        if (r.ok) {
+          const body = await r.json();
+          if (body && typeof body.cursor === 'string') return body.cursor;
+        } else if (r.status === 401) {
+          this._tokenStale = true;
+        } else if (r.status === 403) {
+          const body = await r.json().catch(() => null);
+          const refused = body && body.error === 'forbidden' ? body.topic : undefined;
+          if (topics.includes(refused)) {
+            topics = topics.filter((t) => t !== refused);
+            continue;
+          }
+        }
+      } catch (_) {
+        // the stream will tell what is wrong
       }
-    } catch (_) {
-      // the stream will tell what is wrong
+      return null;
     }
     return null;
   }
@@ -548,15 +562,40 @@ export class Rowcast {
 
   _onResync(c, msg) {
     if (c !== this._conn) return;
+    this._resynced(msg.topics || this.topics, msg.reason, msg.cursor);
+  }
+
+  /**
+   * The server could not resume: counted, and told. `cursor`: where the
+   * stream carries on, so that a reconnect before its first event resumes
+   * from there instead of asking with the cursor that could not be resumed.
+   */
+  _resynced(topics, reason, cursor) {
     this.stats.resyncs++;
-    // where the stream starts: a reconnect before its first event resumes
-    // from there instead of asking with the cursor that could not be resumed
-    if (msg.cursor) this.cursor = msg.cursor;
-    this._emit('rowcast:resync', {
-      topics: msg.topics || this.topics,
-      reason: msg.reason,
-      snapshot: !!this.options.snapshot,
-    });
+    if (cursor) this.cursor = cursor;
+    this._emit('rowcast:resync', { topics, reason, snapshot: !!this.options.snapshot });
+  }
+
+  /**
+   * A cursor the server cannot read (`bad_cursor`) is dropped, and the
+   * stream opens again from a start position taken now (see
+   * _startPosition; none with `snapshot`, whose reopening is
+   * state-complete by itself), which is `rc.cursor` when the resync is told.
+   */
+  async _resyncFromNow() {
+    this.cursor = null;
+    this._origin = null;
+    let at = null;
+    if (!this.options.snapshot && this._topics.size) {
+      try {
+        at = await this._startPosition(await this._currentToken());
+      } catch (_) {
+        // the reconnect will tell what is wrong
+      }
+    }
+    if (this._closed) return undefined;
+    this._resynced(this.topics, 'bad_cursor', this._resumeFrom() ? null : at);
+    return this._conn ? undefined : this._retryLater(0);
   }
 
   _onDenied(c, topics) {
@@ -611,10 +650,8 @@ export class Rowcast {
         this._setStatus('connecting');
         return this._retryLater(0);
       case 'bad_cursor':
-        this.cursor = null;
-        this._origin = null;
-        this._emit('rowcast:resync', { topics: this.topics, reason: 'bad_cursor', snapshot: !!this.options.snapshot });
-        return this._retryLater(0);
+        this._setStatus('connecting');
+        return this._resyncFromNow();
       case 'fatal':
         this._error(new RowcastError(info.message || 'refused', { code: info.code, status: info.status }));
         this._setStatus('offline');
@@ -1141,6 +1178,8 @@ class PollConn {
     this.ended = false;
     this.first = true;
     this.controller = null;
+    /** A 410's resync, told with the next answer's position. */
+    this.resync = null;
     this.loop().catch(() => this.end({ kind: 'failure' }));
   }
 
@@ -1181,6 +1220,11 @@ class PollConn {
         rc.cursor = body.cursor;
         rc._origin = null;
       }
+      if (this.resync && !outcome.resync) {
+        rc._onResync(this, this.resync);
+        this.resync = null;
+        if (this.ended) return;
+      }
       const full = (body.events || []).length >= (params.limit || 1000);
       if (!full && (short || params.wait === 0)) await this.sleep(short ? rc.options.pollInterval : 0);
     }
@@ -1202,9 +1246,10 @@ class PollConn {
       });
       if (r.status === 410) {
         const body = (await errorBody(r)) || {};
-        rc._onResync(this, { topics: rc.topics, reason: body.error || 'cursor_expired' });
         rc.cursor = null;
         rc._origin = null;
+        // told once the next answer gives the position polling carries on from
+        this.resync = { topics: rc.topics, reason: body.error || 'cursor_expired' };
         // not a session yet for the server: the next poll reports the fallback
         return { body: { events: [] }, resync: true };
       }

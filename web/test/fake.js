@@ -142,6 +142,10 @@ export class FakeServer {
       w.token = msg.token;
       w.push({ type: 'authenticated', sub: 'x' });
     } else if (msg.type === 'subscribe') {
+      if (msg.cursor && !/^c\d+$/.test(msg.cursor)) {
+        w.push({ type: 'error', code: 'bad_cursor', message: 'malformed cursor' });
+        return;
+      }
       const denied = msg.topics.filter((t) => t.startsWith('secret-'));
       const allowed = msg.topics.filter((t) => !t.startsWith('secret-'));
       for (const t of denied) w.push({ type: 'error', code: 'forbidden', topic: t, message: 'no' });
@@ -183,6 +187,10 @@ export class FakeServer {
     if (token && this.expired.has(token) && (kind === 'sse' || kind === 'poll')) {
       return json(401, { error: 'unauthorized', reason: 'expired', message: 'token expired' });
     }
+    const cursor = kind === 'sse' ? q.lastEventId : q.cursor;
+    if ((kind === 'sse' || kind === 'poll') && cursor && !/^c\d+$/.test(cursor)) {
+      return json(400, { error: 'bad_cursor', message: 'malformed cursor' });
+    }
     if (kind === 'sse') return this.openSse(q, init);
     if (kind === 'poll') return this.poll(q, init);
     if (path === '/v1/presence/activity') {
@@ -196,6 +204,8 @@ export class FakeServer {
   openSse(q, init) {
     if (this.block.sse) return new Response('blocked by proxy', { status: 403, headers: { 'content-type': 'text/plain' } });
     const topics = new Set(q.topics.split(','));
+    const denied = [...topics].find((t) => t.startsWith('secret-'));
+    if (denied) return json(403, { error: 'forbidden', topic: denied, message: 'no' });
     const server = this;
     let conn;
     const body = new ReadableStream({
@@ -233,6 +243,9 @@ export class FakeServer {
   poll(q, init) {
     if (this.block.poll) return Promise.reject(new TypeError('network error'));
     const topics = new Set(q.topics.split(','));
+    // as the server: the whole request is refused for its first denied topic
+    const denied = [...topics].find((t) => t.startsWith('secret-'));
+    if (denied) return json(403, { error: 'forbidden', topic: denied, message: 'no' });
     if (!q.cursor) return json(200, { events: [], cursor: this.position() });
     if (Number(q.cursor.slice(1)) > this.log.length + 1000) return json(410, { error: 'cursor_unknown' });
     const answer = () => {

@@ -533,6 +533,55 @@ test('no topics at connect: subscribe() takes a start position, so a drop before
   rc.close();
 });
 
+test('a refused topic at connect: the start position comes from the allowed ones, so a drop before the first event loses nothing', async () => {
+  const { clock, server, rc, seen } = setup({ topics: ['farm-1', 'secret-1'] });
+  const resyncs = [];
+  rc.on('rowcast:resync', (r) => resyncs.push(r));
+  server.publish('farm-9', 'x', {}); // the position is not the log's start
+  await until(clock, () => rc.status === 'live', 'live');
+  const starts = server.requests.filter((r) => r.kind === 'poll');
+  assert.deepEqual(starts.map((r) => r.params.topics), ['farm-1,secret-1', 'farm-1'], 'asked again without the refused topic');
+  const sub = [...server.ws][0].sent.find((m) => m.type === 'subscribe');
+  assert.equal(sub.cursor, 'c1', 'the stream opens at that position');
+  // the socket drops before any event; a change is committed before the reconnect
+  server.dropWs(1006);
+  server.publish('farm-1', 'x', { n: 1 });
+  await until(clock, () => rc.status === 'live', 'live again');
+  server.publish('farm-1', 'x', { n: 2 });
+  await settle();
+  assert.deepEqual(seen, ids(server), 'the change committed while disconnected is delivered');
+  assert.deepEqual(resyncs, []);
+  rc.close();
+});
+
+test('a cursor the server cannot read: one counted resync, and rc.cursor is where the stream carries on, on every transport', async () => {
+  for (const transport of ['ws', 'sse', 'poll']) {
+    const { clock, server, rc, seen } = setup({ cursor: 'garbage!!', transports: [transport] });
+    const resyncs = [];
+    rc.on('rowcast:resync', (r) => resyncs.push({ ...r, cursor: rc.cursor }));
+    server.publish('farm-1', 'x', { n: 0 }); // before the client's start: not delivered
+    await until(clock, () => resyncs.length > 0, `${transport}: resync`);
+    await until(clock, () => rc.status === 'live', `${transport}: live`);
+    assert.equal(resyncs.length, 1, transport);
+    assert.equal(resyncs[0].reason, 'bad_cursor', transport);
+    assert.equal(resyncs[0].cursor, 'c1', `${transport}: rc.cursor is the position the stream carries on from`);
+    assert.equal(rc.stats.resyncs, 1, transport);
+    server.publish('farm-1', 'x', { n: 1 });
+    await until(clock, () => seen.length === 1, `${transport}: the next change`);
+    assert.deepEqual(seen, ['c2'], transport);
+    rc.close();
+  }
+  // a cursor polling cannot resume (410): rc.cursor is the position when told
+  const { clock, server, rc } = setup({ cursor: 'c9999', transports: ['poll'] });
+  const told = [];
+  rc.on('rowcast:resync', (r) => told.push({ ...r, cursor: rc.cursor }));
+  server.publish('farm-1', 'x', {});
+  await until(clock, () => told.length > 0, 'poll: resync');
+  assert.deepEqual(told, [{ topics: ['farm-1'], reason: 'cursor_unknown', snapshot: false, cursor: 'c1' }]);
+  assert.equal(rc.stats.resyncs, 1);
+  rc.close();
+});
+
 test('no topics at connect: several subscribe() calls while the start position is taken make one exact subscribe', async () => {
   const { clock, server, rc, seen } = setup({ topics: [] });
   await until(clock, () => rc.status === 'live', 'live with no topics');
