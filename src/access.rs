@@ -6,7 +6,9 @@
 //! admission can be tested without a socket.
 
 use crate::api_error::{ApiError, ErrorCode};
-use crate::auth::{request_token, AuthError, Authorizer, AuthzError, Identity, KeyError, Verifier};
+use crate::auth::{
+    request_token, AuthError, Authorizer, AuthzError, Identity, KeyError, Verdict, Verifier,
+};
 use crate::config::{Limits, ServerConfig};
 use crate::limits::{ConnGuard, ConnLimiter, ConnRefused, IpBudget, Origins};
 use crate::metrics::{Metrics, TransportMetrics};
@@ -50,6 +52,25 @@ fn conn_refused(e: ConnRefused) -> ApiError {
         ConnRefused::PerIp => ErrorCode::TooManyConnectionsFromIp,
     };
     ApiError::new(code, "connection limit reached; retry later")
+}
+
+/// A topic the policy denied: 403 / WS `forbidden`, naming it.
+pub(crate) fn forbidden_topic(topic: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::Forbidden,
+        "not allowed to subscribe to this topic",
+    )
+    .with("topic", topic.to_string())
+}
+
+/// A topic the policy raised an error for: 503 / WS `unavailable`, naming
+/// it (fail closed, but retryable: the policy may be fixed meanwhile).
+pub(crate) fn policy_failed(topic: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::Unavailable,
+        "rowcast.authorize failed for this topic (see the server's log); retry",
+    )
+    .with("topic", topic.to_string())
 }
 
 /// The answer to a request from an `Origin` that is not allowed (403).
@@ -281,14 +302,12 @@ impl Gate {
         who: &Identity,
         topics: &[String],
     ) -> Result<(), ApiError> {
-        let (_, denied) = self.authorize(peer, who, topics).await?;
-        if let Some(t) = denied.first() {
-            return Err(ApiError::new(
-                ErrorCode::Forbidden,
-                "not allowed to subscribe to this topic",
-            )
-            .with("topic", t.clone())
-            .counting(denied.len()));
+        let verdict = self.authorize(peer, who, topics).await?;
+        if let Some(t) = verdict.denied.first() {
+            return Err(forbidden_topic(t).counting(verdict.denied.len()));
+        }
+        if let Some(t) = verdict.failed.first() {
+            return Err(policy_failed(t));
         }
         Ok(())
     }
@@ -307,9 +326,10 @@ impl Gate {
         ))
     }
 
-    /// Splits into (allowed, denied). A policy that fails (a bug in the app's
-    /// `rowcast.authorize`, the database gone) denies everything with 503:
-    /// failing closed, but distinguishable from "forbidden". A client
+    /// Splits into allowed, denied and failed (`Authorizer::check`). A
+    /// database out of reach denies everything with 503 `unavailable`:
+    /// failing closed, but distinguishable from "forbidden"; a policy that
+    /// raises for a topic fails that topic only (`policy_failed`). A client
     /// (address) over its budget of uncached checks gets 429
     /// `authorize_rate_limited`, and nothing is asked of the database.
     pub(crate) async fn authorize(
@@ -317,7 +337,7 @@ impl Gate {
         peer: IpAddr,
         who: &Identity,
         topics: &[String],
-    ) -> Result<(Vec<String>, Vec<String>), ApiError> {
+    ) -> Result<Verdict, ApiError> {
         let spend = |n: usize| {
             let ok = self.authorize_budget.take(peer, n);
             if ok {
@@ -325,7 +345,7 @@ impl Gate {
             }
             ok
         };
-        let (allowed, denied) = self
+        let verdict = self
             .authorizer
             .check(&self.pool, who, topics, spend)
             .await
@@ -339,14 +359,10 @@ impl Gate {
                     ApiError::new(ErrorCode::Unavailable, "authorization unavailable; retry")
                 }
             })?;
-        if !denied.is_empty() {
-            tracing::debug!(
-                sub = who.sub().unwrap_or(""),
-                denied = denied.len(),
-                "topics denied"
-            );
+        if !verdict.denied.is_empty() {
+            tracing::debug!(denied = verdict.denied.len(), "topics denied");
         }
-        Ok((allowed, denied))
+        Ok(verdict)
     }
 }
 

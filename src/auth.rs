@@ -401,8 +401,13 @@ impl Authorizer {
         }
     }
 
-    /// Splits `topics` into (allowed, denied), both in request order. A NULL
-    /// answer, like any answer other than true, denies: the function fails closed.
+    /// Splits `topics` into allowed, denied and failed, each in request
+    /// order. A NULL answer, like any answer other than true, denies: the
+    /// function fails closed. A policy that raises for some topics (an
+    /// error the database answered: a cast of a topic that is not a number,
+    /// say) fails those topics only: the topics are asked again one by one
+    /// (from `spend` again), so that one raising topic leaves the others
+    /// their answers; failures are never cached.
     /// `spend(n)` is asked before `n` uncached topics go to the database; when
     /// it refuses, nothing is asked and the answer is `AuthzError::Budget`.
     /// When the database cannot be reached, answers up to
@@ -413,9 +418,10 @@ impl Authorizer {
         pool: &Pool,
         who: &Identity,
         topics: &[String],
-        spend: impl FnOnce(usize) -> bool,
-    ) -> Result<(Vec<String>, Vec<String>), AuthzError> {
+        mut spend: impl FnMut(usize) -> bool,
+    ) -> Result<Verdict, AuthzError> {
         let mut decided: HashMap<&str, bool> = HashMap::with_capacity(topics.len());
+        let mut failed: Vec<&str> = Vec::new();
         let mut ask: Vec<&str> = Vec::new();
         if !self.ttl.is_zero() {
             let cache = self.lock();
@@ -437,6 +443,9 @@ impl Authorizer {
             }
             let answers = match ask_policy(pool, who, &ask).await {
                 Ok(a) => a,
+                Err(e) if !e.unreachable() && !matches!(e, AuthzError::Budget) => {
+                    one_by_one(pool, who, &ask, e, &mut spend, &mut failed).await?
+                }
                 Err(e) if e.unreachable() && !self.ttl.is_zero() => {
                     let cache = self.lock();
                     let now = Instant::now();
@@ -468,21 +477,69 @@ impl Authorizer {
                 }
             }
         }
-        let mut allowed = Vec::new();
-        let mut denied = Vec::new();
+        let mut verdict = Verdict::default();
         for t in topics {
-            if decided.get(t.as_str()).copied().unwrap_or(false) {
-                allowed.push(t.clone());
+            if failed.contains(&t.as_str()) {
+                verdict.failed.push(t.clone());
+            } else if decided.get(t.as_str()).copied().unwrap_or(false) {
+                verdict.allowed.push(t.clone());
             } else {
-                denied.push(t.clone());
+                verdict.denied.push(t.clone());
             }
         }
-        Ok((allowed, denied))
+        Ok(verdict)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Decisions> {
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// The policy's answers to a subscribe's topics.
+#[derive(Debug, Default)]
+pub struct Verdict {
+    pub allowed: Vec<String>,
+    pub denied: Vec<String>,
+    /// Topics the policy raised an error for (logged as a warning each).
+    pub failed: Vec<String>,
+}
+
+/// After `first`, an error the database answered for the statement asking
+/// all of `topics`: each topic asked alone (`spend` asked once for all of
+/// them), its answer, or its place in `failed` when the policy raised for
+/// it. An unreachable database still fails the whole check.
+async fn one_by_one<'t>(
+    pool: &Pool,
+    who: &Identity,
+    topics: &[&'t str],
+    first: AuthzError,
+    spend: impl FnOnce(usize) -> bool,
+    failed: &mut Vec<&'t str>,
+) -> Result<Vec<(String, bool)>, AuthzError> {
+    let fail = |t: &str, e: &AuthzError| {
+        tracing::warn!(topic = t, error = %e, "rowcast.authorize failed for a topic");
+    };
+    if let [t] = topics {
+        // the statement's error is this topic's
+        fail(t, &first);
+        failed.push(t);
+        return Ok(Vec::new());
+    }
+    if !spend(topics.len()) {
+        return Err(first);
+    }
+    let mut answers = Vec::with_capacity(topics.len());
+    for &t in topics {
+        match ask_policy(pool, who, &[t]).await {
+            Ok(a) => answers.extend(a),
+            Err(e) if e.unreachable() => return Err(e),
+            Err(e) => {
+                fail(t, &e);
+                failed.push(t);
+            }
+        }
+    }
+    Ok(answers)
 }
 
 /// `rowcast.authorize(claims, t)` for each of `topics`, in one statement.

@@ -100,6 +100,8 @@ export declare class RowcastError extends Error {
   code?: string;
   /** The answer's body. */
   body?: any;
+  /** The topic an `unavailable` error is about (the server's policy raised an error for it). */
+  topic?: string;
   /** A 409 checkout's conflict list. */
   conflicts?: Array<{
     productId: string;

@@ -604,6 +604,16 @@ export class Rowcast {
   }
 
   /**
+   * The server's `rowcast.authorize` raised for `topic` (503 / WS
+   * `unavailable` naming it): dropped like a denied topic, so that the
+   * others carry on, and reported; `subscribe()` asks for it again.
+   */
+  _onPolicyFailed(topic, message) {
+    this._topics.delete(topic);
+    this._error(new RowcastError(message || 'the policy failed for this topic', { code: 'unavailable', topic }));
+  }
+
+  /**
    * A connection ended. `info.kind`: 'failure' (could not open, broke, cut),
    * 'retry' (the server asked to come back later), 'auth' (token refused),
    * 'bad_cursor', 'forbidden' (a topic refused; `info.topic`) or 'fatal'.
@@ -647,6 +657,10 @@ export class Rowcast {
       }
       case 'forbidden':
         this._onDenied(c, [info.topic]);
+        this._setStatus('connecting');
+        return this._retryLater(0);
+      case 'policy_failed':
+        this._onPolicyFailed(info.topic, info.message);
         this._setStatus('connecting');
         return this._retryLater(0);
       case 'bad_cursor':
@@ -809,6 +823,7 @@ function httpEnd(status, body, retryAfter) {
   const code = body && typeof body.error === 'string' ? body.error : null;
   if (status === 401 && code === 'unauthorized') return { kind: 'auth', expired: body.reason === 'expired', reason: body.reason };
   if (status === 403 && code === 'forbidden' && body.topic) return { kind: 'forbidden', topic: body.topic };
+  if (status === 503 && code === 'unavailable' && body.topic) return { kind: 'policy_failed', topic: body.topic, message: body.message };
   if (status === 403 && code === 'forbidden_origin') return { kind: 'fatal', code, status, message: body.message };
   if (status === 400 && code === 'bad_cursor') return { kind: 'bad_cursor' };
   if (status === 400 && code) return { kind: 'fatal', code, status, message: body.message };
@@ -958,6 +973,12 @@ class WsConn {
         else rc._error(new RowcastError(msg.message || msg.code, { code: msg.code }));
         break;
       case 'unavailable':
+        if (msg.topic) {
+          // the policy failed for this topic only: the connection carries on
+          rc._onPolicyFailed(msg.topic, msg.message);
+          this.settle(msg.topic);
+        }
+        break; // else close 1013 follows
       case 'cursor_ahead':
         break; // close 1013 follows
       case 'bad_topic':

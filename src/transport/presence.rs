@@ -77,8 +77,13 @@ async fn read_presence(
         Some(_) => identity(app, req)?,
     };
     let topics: Vec<String> = users.iter().map(|u| format!("presence-{u}")).collect();
-    let (allowed, denied) = app.gate.authorize(req.peer.ip(), &who, &topics).await?;
-    let allowed: Vec<String> = allowed
+    let verdict = app.gate.authorize(req.peer.ip(), &who, &topics).await?;
+    if let Some(t) = verdict.failed.first() {
+        return Err(crate::access::policy_failed(t));
+    }
+    let denied = verdict.denied;
+    let allowed: Vec<String> = verdict
+        .allowed
         .iter()
         .filter_map(|t| t.strip_prefix("presence-").map(String::from))
         .collect();

@@ -486,30 +486,60 @@ async fn policy_is_replaced_without_restart_and_fails_closed() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    // a broken policy denies with a retryable 503 (WS: an `unavailable` error,
-    // then close 1013 "try again later", as for any answer that says "retry")
+    // a policy that raises for some topics fails those only: a retryable 503
+    // naming the topic on polling (the whole request, as for `forbidden`),
+    // and on a WebSocket an `unavailable` error per such topic while the
+    // connection and its other topics carry on
     db.batch_execute(
         "CREATE OR REPLACE FUNCTION rowcast.authorize(claims jsonb, topic text)
          RETURNS boolean LANGUAGE plpgsql STABLE AS $$
-         BEGIN RAISE EXCEPTION 'policy bug'; END $$",
+         BEGIN
+             IF topic LIKE 'boom-%' THEN RAISE EXCEPTION 'policy bug'; END IF;
+             RETURN topic LIKE 'product-%';
+         END $$",
     )
     .await
     .unwrap();
-    let (status, body) = poll_raw(&base, "topics=product-77").await;
-    assert_eq!((status, body["error"].as_str()), (503, Some("unavailable")));
+    let (status, body) = poll_raw(&base, "topics=product-77,boom-1").await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (503, Some("unavailable")),
+        "{body}"
+    );
+    assert_eq!(body["topic"], "boom-1", "{body}");
     let mut ws = WsClient::connect_with(&base, "", &[("Authorization", &format!("Bearer {t}"))])
         .await
         .unwrap();
     ws.send(json!({"type":"subscribe","topics":["product-78"]}))
         .await;
     match ws.next().await {
-        Msg::Control(v) => assert_eq!(v["code"], "unavailable", "{v}"),
+        Msg::Control(v) => assert_eq!(v["type"], "subscribed", "{v}"),
+        other => panic!("{other:?}"),
+    }
+    ws.send(json!({"type":"subscribe","topics":["boom-2","product-79"]}))
+        .await;
+    match ws.next().await {
+        Msg::Control(v) => {
+            assert_eq!(
+                (&v["code"], &v["topic"]),
+                (&json!("unavailable"), &json!("boom-2")),
+                "{v}"
+            )
+        }
         other => panic!("{other:?}"),
     }
     match ws.next().await {
-        Msg::Closed(c) => assert!(c.starts_with("1013"), "{c}"),
+        Msg::Control(v) => assert_eq!(v["topics"], json!(["product-79"]), "{v}"),
         other => panic!("{other:?}"),
     }
+    emit(&db, "product-78", 1).await;
+    emit(&db, "product-79", 2).await;
+    let got = events(&mut ws.rx, 2).await;
+    assert_eq!(
+        got.iter().map(|e| e.topic.as_str()).collect::<Vec<_>>(),
+        ["product-78", "product-79"],
+        "the connection and its topics carried on"
+    );
     // both counted as "try again", not as refusals
     assert_eq!(
         srv.metric("rowcast_unavailable_total{reason=\"unavailable\"}"),

@@ -466,6 +466,33 @@ async fn refusals_are_told() {
     c.send(json!({"emit": "no-such-event", "args": [1], "n": 2}));
     let ack = c.until("ack", |v| v["t"] == "ack").await;
     assert_eq!(ack["args"][0]["error"], "unknown_event");
+    // a policy that raises for a topic: that topic is told `unavailable`,
+    // the others are subscribed and the socket carries on
+    db.batch_execute(
+        "CREATE OR REPLACE FUNCTION rowcast.authorize(claims jsonb, topic text)
+         RETURNS boolean LANGUAGE plpgsql STABLE AS $$
+         BEGIN
+             IF topic LIKE 'boom-%' THEN RAISE EXCEPTION 'policy bug'; END IF;
+             RETURN topic LIKE 'product-%';
+         END $$",
+    )
+    .await
+    .unwrap();
+    c.send(json!({"emit": "subscribe", "args": [["boom-1", "product-2"]], "n": 3}));
+    let ack = c.until("ack", |v| v["t"] == "ack").await;
+    assert_eq!(
+        ack["args"][0],
+        json!({"subscribed": ["product-2"], "refused": [], "unavailable": ["boom-1"]})
+    );
+    db.batch_execute("UPDATE market.products SET quantity = 6 WHERE id = 2")
+        .await
+        .unwrap();
+    let ev = c
+        .until("an event", |v| {
+            v["t"] == "event" && v["name"] == "inventory.updated"
+        })
+        .await;
+    assert_eq!(ev["args"][0]["productId"], "2", "{ev}");
     srv.stop().await;
 }
 

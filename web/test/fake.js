@@ -147,8 +147,11 @@ export class FakeServer {
         return;
       }
       const denied = msg.topics.filter((t) => t.startsWith('secret-'));
-      const allowed = msg.topics.filter((t) => !t.startsWith('secret-'));
+      // as a policy that raises for these topics
+      const failed = msg.topics.filter((t) => t.startsWith('boom-'));
+      const allowed = msg.topics.filter((t) => !t.startsWith('secret-') && !t.startsWith('boom-'));
       for (const t of denied) w.push({ type: 'error', code: 'forbidden', topic: t, message: 'no' });
+      for (const t of failed) w.push({ type: 'error', code: 'unavailable', topic: t, message: 'policy failed' });
       // as the server: the subscribe that opens the subscription (the first with an allowed topic) honours the cursor
       const first = !w.fed;
       if (allowed.length) w.fed = true;
@@ -206,6 +209,8 @@ export class FakeServer {
     const topics = new Set(q.topics.split(','));
     const denied = [...topics].find((t) => t.startsWith('secret-'));
     if (denied) return json(403, { error: 'forbidden', topic: denied, message: 'no' });
+    const failed = [...topics].find((t) => t.startsWith('boom-'));
+    if (failed) return json(503, { error: 'unavailable', topic: failed, message: 'policy failed' });
     const server = this;
     let conn;
     const body = new ReadableStream({
@@ -246,6 +251,8 @@ export class FakeServer {
     // as the server: the whole request is refused for its first denied topic
     const denied = [...topics].find((t) => t.startsWith('secret-'));
     if (denied) return json(403, { error: 'forbidden', topic: denied, message: 'no' });
+    const failed = [...topics].find((t) => t.startsWith('boom-'));
+    if (failed) return json(503, { error: 'unavailable', topic: failed, message: 'policy failed' });
     if (!q.cursor) return json(200, { events: [], cursor: this.position() });
     if (Number(q.cursor.slice(1)) > this.log.length + 1000) return json(410, { error: 'cursor_unknown' });
     const answer = () => {

@@ -582,6 +582,20 @@ test('a cursor the server cannot read: one counted resync, and rc.cursor is wher
   rc.close();
 });
 
+test('a topic the policy fails for is reported and dropped; the others carry on, on every transport', async () => {
+  for (const transport of ['ws', 'sse', 'poll']) {
+    const { clock, server, rc, seen } = setup({ topics: ['farm-1', 'boom-1'], transports: [transport] });
+    const errors = [];
+    rc.on('rowcast:error', (e) => errors.push(e));
+    await until(clock, () => rc.status === 'live', `${transport}: live`);
+    assert.deepEqual(errors.map((e) => [e.code, e.topic]), [['unavailable', 'boom-1']], transport);
+    assert.deepEqual(rc.topics, ['farm-1'], transport);
+    server.publish('farm-1', 'x', {});
+    await until(clock, () => seen.length === 1, `${transport}: delivered`);
+    rc.close();
+  }
+});
+
 test('no topics at connect: several subscribe() calls while the start position is taken make one exact subscribe', async () => {
   const { clock, server, rc, seen } = setup({ topics: [] });
   await until(clock, () => rc.status === 'live', 'live with no topics');

@@ -23,6 +23,7 @@
 use crate::access::Connection;
 use crate::api_error::{ApiError, ErrorCode};
 use crate::auth::Identity;
+use crate::auth::Verdict;
 use crate::cursor::Cursor;
 use crate::feed::{Delivery, Feed, Start};
 use crate::protocol::socketio::{self as packet, PacketError, SocketKind, SocketPacket};
@@ -312,15 +313,17 @@ impl Session {
                 }
             }
         };
-        let (allowed, denied) = self
+        let Verdict {
+            allowed,
+            denied,
+            failed,
+        } = self
             .app
             .gate
             .authorize(self.conn.ip(), &identity, &wanted)
             .await
             .map_err(|_| Disconnect::TryAgainLater)?;
-        for _ in &denied {
-            self.count(ErrorCode::Forbidden);
-        }
+        self.count_refusals(&denied, &failed);
         let snapshot = auth
             .get("snapshot")
             .and_then(Value::as_bool)
@@ -400,13 +403,28 @@ impl Session {
                 &[&json!({"topics": allowed, "reason": reason})],
             ));
         }
-        if !denied.is_empty() {
-            out.push(packet::event(
-                "rowcast:refused",
-                &[&json!({"topics": denied, "code": ErrorCode::Forbidden.as_str()})],
-            ));
+        for (topics, code) in [
+            (denied, ErrorCode::Forbidden),
+            (failed, ErrorCode::Unavailable),
+        ] {
+            if !topics.is_empty() {
+                out.push(packet::event(
+                    "rowcast:refused",
+                    &[&json!({"topics": topics, "code": code.as_str()})],
+                ));
+            }
         }
         Ok(())
+    }
+
+    /// Each topic refused by the policy counted, as on every transport.
+    fn count_refusals(&self, denied: &[String], failed: &[String]) {
+        for _ in denied {
+            self.count(ErrorCode::Forbidden);
+        }
+        for _ in failed {
+            self.count(ErrorCode::Unavailable);
+        }
     }
 
     /// The topics a CONNECT asks for: the opening request's `?topics=`,
@@ -501,7 +519,11 @@ impl Session {
             return Ok(self.refusal(e));
         }
         let identity = joined.identity.clone();
-        let (allowed, denied) = match self
+        let Verdict {
+            allowed,
+            denied,
+            failed,
+        } = match self
             .app
             .gate
             .authorize(self.conn.ip(), &identity, &topics)
@@ -511,9 +533,7 @@ impl Session {
             Err(e) if e.code == ErrorCode::AuthorizeRateLimited => return Ok(self.refusal(e)),
             Err(_) => return Err(Disconnect::TryAgainLater),
         };
-        for _ in &denied {
-            self.count(ErrorCode::Forbidden);
-        }
+        self.count_refusals(&denied, &failed);
         if let Some(j) = self.joined.as_mut() {
             let sub = j.feed.subscription();
             if allowed.iter().any(|t| !sub.wants(t)) {
@@ -530,7 +550,11 @@ impl Session {
         // tests hold a subscribe here, its topics added and its answer not
         // yet written, to publish an event of them meanwhile
         let _ = crate::failpoints::hit("socketio.subscribed").await;
-        Ok(json!({"subscribed": allowed, "refused": denied}))
+        let mut ack = json!({"subscribed": allowed, "refused": denied});
+        if !failed.is_empty() {
+            ack["unavailable"] = json!(failed);
+        }
+        Ok(ack)
     }
 
     /// Presence: this user is active (anonymous clients cannot say so).

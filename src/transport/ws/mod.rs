@@ -31,6 +31,7 @@ pub(in crate::transport) mod stream;
 use super::start::StreamRequest;
 use super::App;
 use crate::api_error::ApiError;
+use crate::auth::Verdict;
 use crate::metrics::Transport;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
@@ -54,7 +55,11 @@ async fn upgrade(app: Arc<App>, req: StreamRequest, ws: Handshake) -> Result<Res
     // Authorized and registered before the 101 answer: a change committed after
     // the handshake completes is not missed, and a database outage is answered
     // like on SSE and polling (503 + Retry-After: retry, resume by cursor).
-    let (topics, denied) = app
+    let Verdict {
+        allowed: topics,
+        denied,
+        failed,
+    } = app
         .gate
         .authorize(req.peer.ip(), &admitted.identity, &req.topics)
         .await?;
@@ -91,6 +96,7 @@ async fn upgrade(app: Arc<App>, req: StreamRequest, ws: Handshake) -> Result<Res
             opened,
             topics,
             denied,
+            failed,
         }),
         config,
     });

@@ -6,9 +6,11 @@
 use super::super::close::Disconnect;
 use super::super::App;
 use super::stream::Stream;
+use crate::access::{forbidden_topic, policy_failed};
 use crate::access::{Admitted, Connection};
 use crate::api_error::{ApiError, ErrorCode};
 use crate::auth::Identity;
+use crate::auth::Verdict;
 use crate::feed::{Feed, Notice, Start};
 use crate::limits::RateLimiter;
 use crate::protocol::ServerMessage;
@@ -35,8 +37,10 @@ pub(in crate::transport::ws) struct First {
     pub(super) opened: Opening,
     /// The URL's topics that were allowed (the feed's, when it is open) ...
     pub(super) topics: Vec<String>,
-    /// ... and those the policy denied.
+    /// ... those the policy denied ...
     pub(super) denied: Vec<String>,
+    /// ... and those it raised an error for.
+    pub(super) failed: Vec<String>,
 }
 
 /// What the upgrade request started.
@@ -74,11 +78,12 @@ impl Session {
         raw: RawSocket,
         upgrade: Box<Upgrade>,
     ) -> impl std::future::Future<Output = ()> {
-        let span = tracing::info_span!(
-            "ws",
-            peer = %upgrade.peer,
-            sub = upgrade.admitted.identity.sub().unwrap_or("")
-        );
+        // `sub` recorded once, when known (a field recorded twice is
+        // written twice)
+        let span = tracing::info_span!("ws", peer = %upgrade.peer, sub = tracing::field::Empty);
+        if let Some(sub) = upgrade.admitted.identity.sub() {
+            span.record("sub", sub);
+        }
         // boxed and gone once made: inline, the upgrade's parts would stay
         // in the connection's task beside the session moved out of them
         let made = Box::pin(Session::make(raw, upgrade));
@@ -128,8 +133,9 @@ impl Session {
             opened,
             topics,
             denied,
+            failed,
         } = *first;
-        self.deny(&denied).await?;
+        self.deny(&denied, &failed).await?;
         match opened {
             Opening::Now(feed, notice) => {
                 self.feed = Some(*feed);
@@ -164,14 +170,18 @@ impl Session {
             .gate
             .authorize(self.peer.ip(), &self.identity, &topics)
             .await;
-        let (allowed, denied) = match authorized {
+        let Verdict {
+            allowed,
+            denied,
+            failed,
+        } = match authorized {
             Ok(x) => x,
             // over the address's authorization budget: this message is
             // refused, the connection and its subscriptions carry on
             Err(e) if e.code == ErrorCode::AuthorizeRateLimited => return self.send_error(e).await,
             Err(e) => return Err(self.retry_later(e).await),
         };
-        self.deny(&denied).await?;
+        self.deny(&denied, &failed).await?;
         match self.feed.as_mut() {
             Some(feed) => {
                 if allowed.is_empty() {
@@ -208,14 +218,17 @@ impl Session {
             .await
     }
 
-    /// One `forbidden` error per denied topic; the others carry on.
-    async fn deny(&mut self, denied: &[String]) -> Result<(), Disconnect> {
-        for t in denied {
-            self.count(ErrorCode::Forbidden);
+    /// One `forbidden` error per denied topic, one `unavailable` per topic
+    /// the policy failed for; the others carry on.
+    async fn deny(&mut self, denied: &[String], failed: &[String]) -> Result<(), Disconnect> {
+        let refusals = (denied.iter().map(|t| (t, forbidden_topic(t))))
+            .chain(failed.iter().map(|t| (t, policy_failed(t))));
+        for (topic, e) in refusals {
+            self.count(e.code);
             self.send(ServerMessage::TopicError {
-                code: ErrorCode::Forbidden.as_str(),
-                topic: t,
-                message: "not allowed to subscribe to this topic",
+                code: e.code.as_str(),
+                topic,
+                message: &e.message,
             })
             .await?;
         }
