@@ -76,19 +76,13 @@ pub(crate) async fn serve(
     h1.timer(TokioTimer::new())
         .header_read_timeout(opts.header_read_timeout)
         .max_buf_size(H1_BUFFER_MAX);
-    let hyper = Arc::new(if opts.http2 {
-        let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-        b.http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(opts.header_read_timeout)
-            .max_buf_size(H1_BUFFER_MAX);
-        b.http2()
-            .timer(TokioTimer::new())
+    let h2 = opts.http2.then(|| {
+        let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        b.timer(TokioTimer::new())
             .keep_alive_interval(Some(Duration::from_secs(30)));
-        Hyper::Auto(b)
-    } else {
-        Hyper::H1(h1)
+        b
     });
+    let hyper = Arc::new(Hyper { h1, h2 });
     // every driver holds a clone; when all are gone, recv() returns None
     let (running, mut all_done) = mpsc::channel::<()>(1);
     let mut errors = AcceptErrors::default();
@@ -134,12 +128,20 @@ pub(crate) async fn serve(
     Ok(())
 }
 
-/// How hyper is set up for the connections it serves.
-enum Hyper {
-    H1(hyper::server::conn::http1::Builder),
-    /// `--http2`: HTTP/1 or h2 with prior knowledge.
-    Auto(hyper_util::server::conn::auto::Builder<TokioExecutor>),
+/// How hyper is set up for the connections it serves: HTTP/1, and with
+/// `--http2` also h2 with prior knowledge, told apart by the connection's
+/// first bytes (`H2_PREFACE`). Not hyper-util's `auto` builder: it serves
+/// HTTP/1 on a stream of its own, so a WebSocket upgrade would not give
+/// rowcast its socket back (`into_raw`).
+struct Hyper {
+    h1: hyper::server::conn::http1::Builder,
+    h2: Option<hyper::server::conn::http2::Builder<TokioExecutor>>,
 }
+
+/// How an h2 connection with prior knowledge starts; as much of it as
+/// tells it from any HTTP/1 request (`direct_http1` hands such a connection
+/// over as soon as it reads a version other than HTTP/1.x).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2";
 
 /// One accepted connection, until it closes.
 struct Conn {
@@ -192,6 +194,7 @@ impl Conn {
     }
 
     async fn with_hyper(self, wire: Replay<WriteTimeout<TcpStream>>) {
+        let h2 = wire.read.starts_with(H2_PREFACE);
         let Conn {
             router,
             peer,
@@ -202,13 +205,14 @@ impl Conn {
         } = self;
         let io = TokioIo::new(wire);
         let svc = service(router, peer, Arc::clone(&socket));
-        match &*hyper {
-            Hyper::Auto(auto) => {
-                let conn = auto.serve_connection_with_upgrades(io, svc);
+        match &hyper.h2 {
+            Some(h2_builder) if h2 => {
+                let conn = h2_builder.serve_connection(io, svc);
                 drive(conn, |c| c.graceful_shutdown(), socket, stop).await
             }
-            Hyper::H1(h1) => {
-                let conn = h1.serve_connection(io, svc).with_upgrades();
+            // without --http2, hyper's HTTP/1 answers the preface 400
+            _ => {
+                let conn = hyper.h1.serve_connection(io, svc).with_upgrades();
                 drive(conn, |c| c.graceful_shutdown(), socket, stop).await
             }
         }

@@ -231,7 +231,8 @@ fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Item 2: h2c is off by default (the preface is refused, no HTTP/2 frame is
-/// sent); with `http2` on, an h2 request is answered, and an idle h2
+/// sent); with `http2` on, an HTTP/1.1 WebSocket still works, an h2
+/// request is answered, and an idle h2
 /// connection (one that would answer PINGs) is closed after the header
 /// timeout like any idle socket.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -257,6 +258,16 @@ async fn h2c_is_off_by_default_and_idle_h2_connections_are_closed() {
         c.http2 = true;
     })
     .await;
+    // HTTP/1.1 WebSockets are served as without the flag (they were closed
+    // right after their 101 when hyper-util's auto builder served HTTP/1)
+    let mut ws = WsClient::connect(&on.base_url(), "topics=a").await;
+    match ws.next().await {
+        Msg::Control(v) => assert_eq!(v["type"], "subscribed", "{v}"),
+        other => panic!("a WebSocket with --http2: {other:?}"),
+    }
+    emit(&connect(&url).await, "a", 1).await;
+    assert_eq!(next_event(&mut ws.rx).await.data["n"], 1);
+    drop(ws);
     // GET /healthz over h2: HPACK literals without Huffman coding
     let mut block = vec![0x82, 0x86]; // :method GET, :scheme http
     block.extend_from_slice(&[0x04, 8]); // :path, literal value
