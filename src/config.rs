@@ -31,6 +31,7 @@ pub mod defaults {
     pub const KEEPALIVE: &str = "15s";
     pub const RETENTION: &str = "24h";
     pub const WINDOW_CHANGES: usize = 10_000;
+    pub const WINDOW_BYTES: usize = 64 << 20;
     pub const CATCHUP_MEMORY: usize = 256 << 20;
     pub const WRITE_TIMEOUT: &str = "10s";
     pub const AUTHZ_CACHE: &str = "5s";
@@ -183,6 +184,10 @@ pub struct ServerConfig {
     /// Recent changes kept in memory to answer resumes and polls without the database (0: none).
     #[arg(long, env = "ROWCAST_WINDOW_CHANGES", default_value_t = defaults::WINDOW_CHANGES)]
     pub window_changes: usize,
+    /// Bytes of recent changes kept in memory at most (large rows fill it
+    /// before --window-changes does; 0: none).
+    #[arg(long, env = "ROWCAST_WINDOW_BYTES", default_value_t = defaults::WINDOW_BYTES)]
+    pub window_bytes: usize,
     /// Bytes of changes all clients behind the live stream may hold at once
     /// (catch-up pages, poll answers); past it catch-up waits.
     #[arg(long, env = "ROWCAST_CATCHUP_MEMORY", default_value_t = defaults::CATCHUP_MEMORY)]
@@ -455,6 +460,7 @@ impl ServerConfig {
             shutdown_delay: dur(defaults::SHUTDOWN_DELAY),
             retention: dur(defaults::RETENTION),
             window_changes: defaults::WINDOW_CHANGES,
+            window_bytes: defaults::WINDOW_BYTES,
             catchup_memory: defaults::CATCHUP_MEMORY,
             write_timeout: dur(defaults::WRITE_TIMEOUT),
             jwt: JwtSettings::default(),

@@ -831,6 +831,7 @@ mod tests {
             },
             WindowLimits {
                 max_changes: 10_000,
+                max_bytes: 64 << 20,
                 max_age: Duration::from_secs(600),
             },
             crate::hub::HubMetrics::new(&metrics),

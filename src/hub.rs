@@ -758,6 +758,7 @@ mod tests {
             QueueLimits::default(),
             WindowLimits {
                 max_changes: 10_000,
+                max_bytes: 64 << 20,
                 max_age: std::time::Duration::from_secs(600),
             },
             HubMetrics::new(&metrics),

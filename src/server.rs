@@ -114,6 +114,7 @@ impl Server {
             .map_err(|e| Error::Config(e.to_string()))?;
         let window = WindowLimits {
             max_changes: cfg.window_changes,
+            max_bytes: cfg.window_bytes,
             max_age: cfg.retention.min(WINDOW_MAX_AGE),
         };
         let hub = Hub::new(cfg.queue, window, HubMetrics::new(&metrics));

@@ -10,9 +10,13 @@
 //!
 //! Its contract: the batches are contiguous (each `lo` is the previous `hi`, the
 //! last `hi` is the hub's position), so from the oldest kept `lo` on it holds
-//! every change. It keeps at most `max_changes` changes and nothing older than
-//! `max_age`, which is never beyond the retention: a cursor the log has expired
-//! is never served from memory either, so every node answers it the same way.
+//! every change. It keeps at most `max_changes` changes, at most about
+//! `max_bytes` of them (`Change::approx_len`: large rows take the window's
+//! room, not the node's memory) and nothing older than `max_age`, which is
+//! never beyond the retention: a cursor the log has expired is never served
+//! from memory either, so every node answers it the same way. It forgets
+//! whole batches, oldest first (a batch larger than `max_bytes` on its own is
+//! not kept at all); what it no longer holds is read from the log.
 
 use crate::change::Change;
 use crate::changelog::PageSize;
@@ -26,6 +30,8 @@ use std::time::{Duration, Instant};
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct WindowLimits {
     pub max_changes: usize,
+    /// About this many bytes of changes (`Change::approx_len`).
+    pub max_bytes: usize,
     /// Never older than the retention (see the module doc).
     pub max_age: Duration,
 }
@@ -50,6 +56,8 @@ pub(crate) struct WindowHit {
 pub(crate) struct Window {
     batches: VecDeque<Batch>,
     changes: usize,
+    /// `Change::approx_len` of every change held.
+    bytes: usize,
     limits: WindowLimits,
 }
 
@@ -58,6 +66,7 @@ impl Window {
         Window {
             batches: VecDeque::new(),
             changes: 0,
+            bytes: 0,
             limits,
         }
     }
@@ -75,6 +84,7 @@ impl Window {
             Some(last) if changes.is_empty() => last.hi = hi,
             _ => {
                 self.changes += changes.len();
+                self.bytes += changes.iter().map(|c| c.approx_len()).sum::<usize>();
                 self.batches.push_back(Batch {
                     lo,
                     hi,
@@ -85,11 +95,13 @@ impl Window {
         }
         while let Some(first) = self.batches.front() {
             let too_many = self.changes > self.limits.max_changes;
+            let too_big = self.bytes > self.limits.max_bytes;
             let too_old = now.duration_since(first.closed_at) > self.limits.max_age;
-            if !(too_many || too_old) {
+            if !(too_many || too_big || too_old) {
                 break;
             }
             self.changes -= first.changes.len();
+            self.bytes -= first.changes.iter().map(|c| c.approx_len()).sum::<usize>();
             self.batches.pop_front();
         }
     }
@@ -208,5 +220,57 @@ impl Window {
         let more = first.len() > keep;
         first.truncate(keep);
         Some((first, more))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(id: i64, xid: u64, payload_len: usize) -> Arc<Change> {
+        let payload = format!("\"{}\"", "x".repeat(payload_len));
+        Arc::new(Change::new(
+            id,
+            xid,
+            vec!["t".into()],
+            "e".into(),
+            &payload,
+            0,
+            &Cursor::boundary(Snapshot::new(xid, vec![])),
+        ))
+    }
+
+    #[test]
+    fn large_changes_are_forgotten_by_bytes_oldest_batch_first() {
+        let mut w = Window::new(WindowLimits {
+            max_changes: 10_000,
+            max_bytes: 250_000,
+            max_age: Duration::from_secs(600),
+        });
+        let now = Instant::now();
+        let snap = |x: u64| Snapshot::new(x, vec![]);
+        // three batches of ~100 KB each (a 50 KB payload and its frame): the
+        // first is forgotten
+        for i in 0..3u64 {
+            w.push(
+                snap(10 + i),
+                snap(11 + i),
+                vec![change(i as i64 + 1, 10 + i, 50_000)],
+                now,
+            );
+        }
+        assert_eq!(w.batches.len(), 2);
+        assert!(w.bytes <= 250_000 && w.bytes > 200_000, "{}", w.bytes);
+        assert!(
+            !w.covers(Some(&snap(13)), &snap(10)),
+            "the oldest batch is gone"
+        );
+        assert!(w.covers(Some(&snap(13)), &snap(11)));
+        // a batch larger than the whole window is not kept at all, and the
+        // window starts at its end
+        w.push(snap(13), snap(14), vec![change(4, 13, 150_000)], now);
+        assert_eq!((w.batches.len(), w.bytes, w.changes), (0, 0, 0));
+        assert!(!w.covers(Some(&snap(14)), &snap(13)));
+        assert!(w.covers(Some(&snap(14)), &snap(14)));
     }
 }
