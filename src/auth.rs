@@ -92,6 +92,13 @@ pub enum KeyError {
     EmptySecret,
     #[error("the public key is neither an RSA nor a P-256 EC public key in PEM form")]
     BadPem,
+    #[error(
+        "--jwt-public-key holds a private key: give rowcast the public key only \
+         (openssl pkey -in key.pem -pubout), and keep the signing key with the issuer"
+    )]
+    PrivateKey,
+    #[error("the public key is an EC key on a curve other than P-256 (ES256 needs P-256)")]
+    NotP256,
     #[error("no JWT secret is configured (--jwt-secret / ROWCAST_JWT_SECRET)")]
     NoSecret,
     #[error("signing failed: {0}")]
@@ -160,9 +167,15 @@ impl Verifier {
                 )
             }
             (None, Some(pem)) => {
+                if pem.contains("PRIVATE KEY-----") {
+                    return Err(KeyError::PrivateKey);
+                }
                 if let Ok(k) = DecodingKey::from_rsa_pem(pem.as_bytes()) {
                     (k, Algorithm::RS256)
                 } else if let Ok(k) = DecodingKey::from_ec_pem(pem.as_bytes()) {
+                    if !names_p256(pem) {
+                        return Err(KeyError::NotP256);
+                    }
                     (k, Algorithm::ES256)
                 } else {
                     return Err(KeyError::BadPem);
@@ -331,6 +344,22 @@ fn has_critical_extensions(token: &str) -> bool {
         .ok()
         .and_then(|h| serde_json::from_slice::<Map<String, Value>>(&h).ok())
         .is_some_and(|h| h.contains_key("crit"))
+}
+
+/// Whether an EC public key in PEM form (SubjectPublicKeyInfo) names the
+/// curve P-256 (its OID, 1.2.840.10045.3.1.7, in DER); jsonwebtoken reads
+/// any curve's key and would then refuse every ES256 token.
+fn names_p256(pem: &str) -> bool {
+    use base64::Engine;
+    const P256: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+    let body: String = pem
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .flat_map(|l| l.trim().chars())
+        .collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .is_ok_and(|der| der.windows(P256.len()).any(|w| w == P256))
 }
 
 /// Seconds since the Unix epoch (0 on a clock before it).
@@ -595,6 +624,39 @@ pub fn request_token<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn with_key(pem: &str) -> Result<Option<Verifier>, KeyError> {
+        Verifier::new(&JwtSettings {
+            public_key_pem: Some(pem.into()),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn a_key_that_could_verify_nothing_is_refused_at_start() {
+        let keys = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/keys/");
+        let read = |f: &str| std::fs::read_to_string(format!("{keys}{f}")).unwrap();
+        assert!(with_key(&read("rsa_public.pem")).unwrap().is_some());
+        assert!(with_key(&read("ec_public.pem")).unwrap().is_some());
+        // the issuer's signing keys, handed over by mistake
+        assert!(matches!(
+            with_key(&read("rsa_private.pem")),
+            Err(KeyError::PrivateKey)
+        ));
+        assert!(matches!(
+            with_key(&read("ec_private.pem")),
+            Err(KeyError::PrivateKey)
+        ));
+        // a P-384 public key: jsonwebtoken reads it, and no ES256 token would pass
+        let p384 = "-----BEGIN PUBLIC KEY-----
+MHYwEAYHKoZIzj0CAQYFK4EEACIDYgAEM6iMFX3vqHVlxMQDfDKmmFhm3Z50wtcQ
+J2r6QfHOL+cKZ/oGOLPIjzh/WJsPA2YgYX2mUylFO5ypODEUWMkx5/bJAqusIpcm
+fDvt5w/ybd7aJtdKBdnrVvbd257WFS3R
+-----END PUBLIC KEY-----
+";
+        assert!(matches!(with_key(p384), Err(KeyError::NotP256)));
+        assert!(matches!(with_key("junk"), Err(KeyError::BadPem)));
+    }
 
     fn verifier(secret: &str) -> Verifier {
         Verifier::new(&JwtSettings {

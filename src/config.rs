@@ -117,6 +117,16 @@ fn origins(list: &str) -> std::result::Result<Origins, String> {
     }
 }
 
+/// A value that must not be empty: an empty `--jwt-issuer` (or
+/// `ROWCAST_JWT_ISSUER=` left blank by a template) would require `"iss": ""`
+/// and refuse every token, so it is refused at start instead.
+pub fn non_empty(v: &str) -> std::result::Result<String, String> {
+    if v.trim().is_empty() {
+        return Err("empty (leave it unset to require no such claim)".into());
+    }
+    Ok(v.to_string())
+}
+
 /// `--jwt-public-key` names a file; its PEM text is read when the flag is parsed.
 fn read_pem(path: &str) -> std::result::Result<String, String> {
     std::fs::read_to_string(PathBuf::from(path))
@@ -403,10 +413,10 @@ pub struct JwtSettings {
     #[arg(long = "jwt-public-key", env = "ROWCAST_JWT_PUBLIC_KEY", value_parser = read_pem, value_name = "PEM_FILE")]
     pub public_key_pem: Option<String>,
     /// Required `iss` claim.
-    #[arg(long = "jwt-issuer", env = "ROWCAST_JWT_ISSUER")]
+    #[arg(long = "jwt-issuer", env = "ROWCAST_JWT_ISSUER", value_parser = non_empty)]
     pub issuer: Option<String>,
     /// Required `aud` claim.
-    #[arg(long = "jwt-audience", env = "ROWCAST_JWT_AUDIENCE")]
+    #[arg(long = "jwt-audience", env = "ROWCAST_JWT_AUDIENCE", value_parser = non_empty)]
     pub audience: Option<String>,
 }
 
@@ -613,6 +623,16 @@ mod tests {
     }
 
     /// The flags' defaults and `ServerConfig::new` are the same configuration.
+    #[test]
+    fn an_empty_issuer_or_audience_is_refused_at_start() {
+        for flag in ["--jwt-issuer", "--jwt-audience"] {
+            let parsed =
+                Cli::try_parse_from(["rowcast", "--database-url", "postgres://x/y", flag, " "]);
+            let e = parsed.err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(e.contains("empty (leave it unset"), "{flag}: {e}");
+        }
+    }
+
     #[test]
     fn flags_and_new_agree() {
         let parsed = Cli::try_parse_from([

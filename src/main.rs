@@ -46,9 +46,9 @@ struct TokenArgs {
     ttl: Duration,
     #[arg(long, env = "ROWCAST_JWT_SECRET", hide_env_values = true)]
     jwt_secret: String,
-    #[arg(long, env = "ROWCAST_JWT_ISSUER")]
+    #[arg(long, env = "ROWCAST_JWT_ISSUER", value_parser = rowcast::config::non_empty)]
     jwt_issuer: Option<String>,
-    #[arg(long, env = "ROWCAST_JWT_AUDIENCE")]
+    #[arg(long, env = "ROWCAST_JWT_AUDIENCE", value_parser = rowcast::config::non_empty)]
     jwt_audience: Option<String>,
 }
 
