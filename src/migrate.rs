@@ -48,6 +48,7 @@ pub const CORE: &[(&str, &str)] = &[
         "016_track_beside_the_slot",
         include_str!("../sql/016_track_beside_the_slot.sql"),
     ),
+    ("017_touch_once", include_str!("../sql/017_touch_once.sql")),
 ];
 
 /// The FR-021 farmers-market reference schema (`market.*`), its triggers and

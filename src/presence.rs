@@ -119,8 +119,11 @@ pub(crate) struct Presence {
     write_interval: Duration,
     sweep_every: Duration,
     pub(crate) on_connect: bool,
-    /// When this node last wrote a touch, per user.
-    written: Mutex<HashMap<String, Instant>>,
+    /// When this node last wrote a touch, per user, and whether the token
+    /// mapped to a user (`rowcast.presence_user`): an unmapped one is
+    /// refused from memory until the interval ends, as a mapped one is
+    /// answered without a write.
+    written: Mutex<HashMap<String, (Instant, bool)>>,
     metrics: PresenceMetrics,
 }
 
@@ -161,27 +164,38 @@ impl Presence {
         let now = Instant::now();
         {
             let mut w = self.written.lock().unwrap_or_else(|p| p.into_inner());
-            if w.get(&key)
-                .is_some_and(|t| now.duration_since(*t) < self.write_interval)
-            {
-                return Ok(());
+            match w.get(&key) {
+                Some((t, mapped)) if now.duration_since(*t) < self.write_interval => {
+                    return if *mapped {
+                        Ok(())
+                    } else {
+                        Err(PresenceError::Anonymous)
+                    };
+                }
+                _ => {}
             }
             if w.len() >= MAX_REMEMBERED {
                 let interval = self.write_interval;
-                w.retain(|_, t| now.duration_since(*t) < interval);
+                w.retain(|_, (t, _)| now.duration_since(*t) < interval);
                 if w.len() >= MAX_REMEMBERED {
                     w.clear();
                 }
             }
-            w.insert(key.clone(), now);
+            w.insert(key.clone(), (now, true));
         }
         let written = self.touch(who).await;
-        if written.is_err() {
+        let mut w = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        match &written {
+            // a token of no user: refused without the database until the
+            // interval ends
+            Err(PresenceError::Anonymous) => {
+                w.insert(key, (now, false));
+            }
             // not written: the next report tries again
-            self.written
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&key);
+            Err(_) => {
+                w.remove(&key);
+            }
+            Ok(()) => {}
         }
         written
     }

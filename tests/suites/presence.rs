@@ -202,6 +202,93 @@ async fn a_thousand_reports_cost_one_write_per_node() {
     b.stop().await;
 }
 
+/// Two nodes writing a user's first activity at once: one transition, and
+/// only one `rowcast.touch` says it made it (the one whose INSERT met the
+/// other's row said so too, and the nodes' transition counters, summed,
+/// counted it twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_activity_written_twice_at_once_is_one_transition() {
+    let url = fresh_db().await;
+    let mut first = connect(&url).await;
+    let second = connect(&url).await;
+    let t1 = first.transaction().await.unwrap();
+    let made: bool = t1
+        .query_one("SELECT rowcast.touch('u-1')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(made);
+    // the second waits on the first's uncommitted row
+    let other = tokio::spawn(async move {
+        let made: bool = second
+            .query_one("SELECT rowcast.touch('u-1')", &[])
+            .await
+            .unwrap()
+            .get(0);
+        made
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!other.is_finished(), "the second touch waits for the first");
+    t1.commit().await.unwrap();
+    assert!(!other.await.unwrap(), "the second touch made no transition");
+    let n: i64 = first
+        .query_one(
+            "SELECT count(*) FROM rowcast.changes WHERE event = 'user.presence'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1);
+}
+
+/// A token the app maps to no user (`rowcast.presence_user` answers NULL:
+/// a guest) is refused, 401 `anonymous`, from memory for the rest of the
+/// write interval: its reports cost one policy call per interval, as a
+/// user's cost one write (each cost a database call before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_of_no_user_costs_one_call_per_interval() {
+    let url = fresh_market_db().await;
+    let db = connect(&url).await;
+    // the market's mapping, counting its calls
+    db.batch_execute(
+        "CREATE TABLE public.presence_calls (at timestamptz DEFAULT now());
+         CREATE OR REPLACE FUNCTION rowcast.presence_user(claims jsonb) RETURNS text
+         LANGUAGE plpgsql VOLATILE AS $$
+         BEGIN
+             INSERT INTO public.presence_calls DEFAULT VALUES;
+             RETURN CASE WHEN claims ->> 'role' = 'farmer' THEN 'farmer-' || (claims ->> 'sub') END;
+         END $$;",
+    )
+    .await
+    .unwrap();
+    let srv = server_with(&url, |c| {
+        presence_cfg(c);
+        c.presence.write_interval = Duration::from_secs(60);
+    })
+    .await;
+    let guest = token("7", "guest");
+    let http = reqwest::Client::new();
+    for _ in 0..20 {
+        let r = http
+            .post(format!("{}/v1/presence/activity", srv.base_url()))
+            .bearer_auth(&guest)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+        let v: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+        assert_eq!(v["reason"], "anonymous", "{v}");
+    }
+    let calls: i64 = db
+        .query_one("SELECT count(*) FROM public.presence_calls", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(calls, 1, "one call for 20 reports");
+    srv.stop().await;
+}
+
 /// What `GET /v1/presence` and a snapshot say agrees with the thresholds at
 /// every moment, though no sweep runs meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
