@@ -493,6 +493,20 @@ async fn refusals_are_told() {
         })
         .await;
     assert_eq!(ev["args"][0]["productId"], "2", "{ev}");
+    // an anonymous client's activity: refused with the reason HTTP and WS give
+    let mut anon = Node::client(
+        &modules,
+        &srv.base_url(),
+        json!({"transports": ["websocket"]}),
+    );
+    anon.connected().await;
+    anon.send(json!({"emit": "activity", "args": [], "n": 1}));
+    let ack = anon.until("ack", |v| v["t"] == "ack").await;
+    assert_eq!(
+        (&ack["args"][0]["error"], &ack["args"][0]["reason"]),
+        (&json!("unauthorized"), &json!("anonymous")),
+        "{ack}"
+    );
     srv.stop().await;
 }
 

@@ -564,10 +564,7 @@ impl Session {
         };
         match self.app.presence.report(&j.identity).await {
             Ok(()) => json!({"ok": true}),
-            Err(e) => {
-                let e = crate::transport::presence::presence_error(e);
-                json!({"error": e.code.as_str(), "message": e.message})
-            }
+            Err(e) => ack_error(&crate::transport::presence::presence_error(e)),
         }
     }
 
@@ -632,7 +629,7 @@ impl Session {
     /// An error answer (ack or `rowcast:error`), counted.
     fn refusal(&self, e: ApiError) -> Value {
         self.count(e.code);
-        json!({"error": e.code.as_str(), "message": e.message})
+        ack_error(&e)
     }
 
     /// Counts a refusal (`rowcast_rejected_total`), as every transport does.
@@ -644,6 +641,16 @@ impl Session {
     pub(crate) fn render(batch: &[Delivery]) -> impl Iterator<Item = &bytes::Bytes> {
         batch.iter().map(|d| d.change.socketio_frame())
     }
+}
+
+/// An ack's refusal: `{error, message}` and the error's own fields (the
+/// `reason` of an `unauthorized`, as HTTP and WebSocket answers carry it).
+fn ack_error(e: &ApiError) -> Value {
+    let mut v = json!({"error": e.code.as_str(), "message": e.message});
+    for (k, x) in &e.extra {
+        v[*k] = json!(x);
+    }
+    v
 }
 
 /// `rowcast:error` with a code and message.
