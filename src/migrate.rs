@@ -49,6 +49,10 @@ pub const CORE: &[(&str, &str)] = &[
         include_str!("../sql/016_track_beside_the_slot.sql"),
     ),
     ("017_touch_once", include_str!("../sql/017_touch_once.sql")),
+    (
+        "018_slot_undone_on_failure",
+        include_str!("../sql/018_slot_undone_on_failure.sql"),
+    ),
 ];
 
 /// The FR-021 farmers-market reference schema (`market.*`), its triggers and
