@@ -144,6 +144,17 @@ async fn capture(
                 );
                 STANDBY_EVERY
             }
+            SlotState::Ready(_) if !may_stream(&control).await? => {
+                // streaming would fail at once, again and again: say why,
+                // as for a slot that is gone
+                metrics.capture_slot_missing.set(1);
+                tracing::error!(
+                    "tables are captured by the slot, but this node's database role lacks \
+                     REPLICATION: their changes are not captured; ALTER ROLE <role> REPLICATION \
+                     (nothing is lost meanwhile: the slot keeps them)"
+                );
+                STANDBY_EVERY
+            }
             SlotState::Ready(slot) => {
                 metrics.capture_slot_missing.set(0);
                 let locked: bool = control
@@ -273,6 +284,18 @@ async fn find_slot(control: &tokio_postgres::Client) -> Result<SlotState> {
         _ if in_use => SlotState::Gone(state),
         _ => SlotState::Unused,
     })
+}
+
+/// Whether this connection's role may stream a slot (`REPLICATION`, or a
+/// superuser).
+async fn may_stream(control: &tokio_postgres::Client) -> Result<bool> {
+    Ok(control
+        .query_one(
+            "SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user",
+            &[],
+        )
+        .await?
+        .try_get(0)?)
 }
 
 /// The stream's connection settings, from the database URL.

@@ -79,12 +79,15 @@ struct DemoArgs {
 }
 
 /// The log filter unless `RUST_LOG` says otherwise.
-const DEFAULT_LOG: &str = "info,tokio_postgres=warn";
+const DEFAULT_LOG: &str = "info,tokio_postgres=warn,pgwire_replication=off,deadpool=error";
 
 fn main() -> anyhow::Result<()> {
     // Quiet when all is well: rowcast's own lifecycle at INFO, and nothing
     // from the PostgreSQL driver below WARN (it logs every server NOTICE at
-    // INFO, e.g. "schema rowcast already exists, skipping"). Colours only when
+    // INFO, e.g. "schema rowcast already exists, skipping"), and nothing from
+    // the replication client or the pool: rowcast logs the errors they
+    // return, with PostgreSQL's words (theirs repeat them, or lack them: a
+    // capture_release's terminated stream logged an ERROR). Colours only when
     // stderr is a terminal (and NO_COLOR is unset): not in files or journals.
     rowcast::logging::init(DEFAULT_LOG);
     let cli = Cli::parse();

@@ -228,7 +228,7 @@ impl Metrics {
         )?;
         let capture_slot_missing = IntGauge::new(
             "rowcast_capture_slot_missing",
-            "1 while tables are captured by a slot that is missing or invalidated: their changes are not captured",
+            "1 while tables are captured by a slot that is missing or invalidated, or that this node's role may not stream (no REPLICATION): their changes are not captured",
         )?;
         let source_commit_seconds = Gauge::new(
             "rowcast_source_commit_seconds",

@@ -422,6 +422,48 @@ async fn a_node_with_product_1_by_the_slot(
     (url, db, srv)
 }
 
+/// A node whose database role lacks `REPLICATION` cannot stream the slot:
+/// it says so (the gauge the slot-missing alert watches) instead of starting
+/// a stream that fails every second while claiming to capture, and once the
+/// role may stream, the change the slot kept is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_without_replication_is_told_and_loses_nothing() {
+    let url = fresh_db().await;
+    let db = connect(&url).await;
+    seed(&db, 1, 1).await;
+    db.batch_execute(PRODUCTS).await.expect("to the slot");
+    // a role that may do all of a node's work but stream
+    let role = format!("norepl_{}", fastrand::u32(..));
+    db.batch_execute(&format!(
+        "CREATE ROLE {role} LOGIN NOSUPERUSER NOREPLICATION;
+         GRANT USAGE, CREATE ON SCHEMA rowcast, market TO {role};
+         GRANT ALL ON ALL TABLES IN SCHEMA rowcast, market TO {role};
+         GRANT ALL ON ALL SEQUENCES IN SCHEMA rowcast, market TO {role};"
+    ))
+    .await
+    .unwrap();
+    let as_role = url.replacen("postgres://postgres@", &format!("postgres://{role}@"), 1);
+    assert_ne!(as_role, url, "{url}");
+    let srv = server(&as_role).await;
+    eventually("the node says it cannot stream", || {
+        srv.metric("rowcast_capture_slot_missing") == 1.0
+    })
+    .await;
+    assert_eq!(srv.metric("rowcast_capture_active"), 0.0);
+    let mut ws = WsClient::connect(&srv.base_url(), "topics=product-1").await;
+    set_quantity(&db, 1, 7).await;
+    db.batch_execute(&format!("ALTER ROLE {role} REPLICATION"))
+        .await
+        .unwrap();
+    let ev = next_event(&mut ws.rx).await;
+    assert_eq!(ev.data["newQuantity"], 7, "{:?}", ev.data);
+    eventually("the gauge is back at 0", || {
+        srv.metric("rowcast_capture_slot_missing") == 0.0
+    })
+    .await;
+    srv.stop().await;
+}
+
 /// Drops the capture slot behind rowcast's back, writes a change nobody
 /// captures (quantity 6), and waits until the node says the slot is gone.
 async fn lose_the_slot(db: &tokio_postgres::Client, srv: &rowcast::server::Server) {
