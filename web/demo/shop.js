@@ -36,6 +36,12 @@ async function boot() {
   $('checkout').addEventListener('click', checkout);
   $('cart-button').addEventListener('click', () => $('cart').scrollIntoView({ behavior: 'smooth' }));
   $('conflict-dialog').addEventListener('click', onConflictAction);
+  // Escape dismisses the conflict shown: it is dropped from the queue (a
+  // checkout that still conflicts brings it back, once)
+  $('conflict-dialog').addEventListener('cancel', () => {
+    conflicts.shift();
+    setTimeout(showConflict, 0);
+  });
   document.body.dataset.ready = 'true';
 }
 
@@ -240,6 +246,9 @@ function onCartAdjusted(d) {
     toast('info', d.message);
     return;
   }
+  // sold out: FR-021's "now out of stock" notification (onInventory) tells
+  // it, and the line says so with its Remove button; no dialog besides
+  if (Number(d.adjusted) === 0) return;
   queueConflict(d);
 }
 
@@ -276,6 +285,8 @@ function renderCart() {
   $('cart-total').textContent = money(cart.totalCents);
   $('cart-count').textContent = String(cart.items.length);
   const placing = $('checkout').dataset.placing === 'true';
+  // enabled while a line does not fit (`ready` false): the checkout's 409
+  // opens FR-021's dialog for it, whose choices fix the cart
   $('checkout').disabled = placing || cart.items.length === 0 || cart.items.some((i) => i.pending);
 }
 
@@ -380,9 +391,12 @@ function renderOrders() {
 
 // -------------------------------------------------------------- conflicts
 
+/** One queued conflict per cart line: a newer one for the same line replaces it. */
 function queueConflict(c) {
-  conflicts.push(c);
-  if (!$('conflict-dialog').open) showConflict();
+  const at = conflicts.findIndex((q) => q.productId === c.productId);
+  if (at >= 0) conflicts[at] = c;
+  else conflicts.push(c);
+  if (!$('conflict-dialog').open || at === 0) showConflict();
 }
 
 function showConflict() {
