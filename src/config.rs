@@ -288,10 +288,10 @@ pub struct Limits {
     /// WebSocket messages per second per client, bursts of as many (close 1008 above it).
     #[arg(long, env = "ROWCAST_MAX_MSGS_PER_SEC", default_value_t = defaults::MAX_MSGS_PER_SEC)]
     pub max_msgs_per_sec: u32,
-    /// Open WebSocket, SSE and polling requests in total.
+    /// Open WebSocket, SSE, polling and Socket.IO sessions in total.
     #[arg(long, env = "ROWCAST_MAX_CONNECTIONS", default_value_t = defaults::MAX_CONNECTIONS)]
     pub max_connections: usize,
-    /// Open WebSocket, SSE and polling requests per client IP.
+    /// Open WebSocket, SSE, polling and Socket.IO sessions per client IP.
     #[arg(long, env = "ROWCAST_MAX_CONNECTIONS_PER_IP", default_value_t = defaults::MAX_CONNECTIONS_PER_IP)]
     pub max_connections_per_ip: usize,
     /// With JWT configured: how long a WebSocket may stay without

@@ -22,7 +22,7 @@ struct Cli {
 #[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
-    /// Serve WebSocket, SSE and polling clients from a database's change log.
+    /// Serve WebSocket, SSE, polling and Socket.IO clients from a database's change log.
     Serve(Box<ServerConfig>),
     /// Apply rowcast's SQL (and with --market the FR-021 reference schema).
     Migrate(MigrateArgs),
