@@ -400,6 +400,28 @@ impl AuthzError {
     }
 }
 
+impl AuthzError {
+    /// An error the policy may have raised for one of the topics asked
+    /// together (a cast, a RAISE: the database answered), as opposed to one
+    /// that would fail every topic again, each alone: the database out of
+    /// reach, the statement cancelled or timed out (57014: a slow policy,
+    /// which asked once per topic would hold the client that many times
+    /// longer), the server shutting down or out of resources, a deadlock.
+    fn may_be_one_topics(&self) -> bool {
+        use deadpool_postgres::PoolError;
+        let db = match self {
+            AuthzError::Db(crate::error::Error::Pool(PoolError::Backend(e)))
+            | AuthzError::Db(crate::error::Error::Db(e)) => e.as_db_error(),
+            _ => None,
+        };
+        db.is_some_and(|d| {
+            !["08", "40", "53", "54", "55", "57", "58", "XX"]
+                .iter()
+                .any(|class| d.code().code().starts_with(class))
+        })
+    }
+}
+
 impl From<tokio_postgres::Error> for AuthzError {
     fn from(e: tokio_postgres::Error) -> Self {
         AuthzError::Db(e.into())
@@ -472,7 +494,7 @@ impl Authorizer {
             }
             let answers = match ask_policy(pool, who, &ask).await {
                 Ok(a) => a,
-                Err(e) if !e.unreachable() && !matches!(e, AuthzError::Budget) => {
+                Err(e) if e.may_be_one_topics() => {
                     one_by_one(pool, who, &ask, e, &mut spend, &mut failed).await?
                 }
                 Err(e) if e.unreachable() && !self.ttl.is_zero() => {
@@ -536,7 +558,8 @@ pub struct Verdict {
 /// After `first`, an error the database answered for the statement asking
 /// all of `topics`: each topic asked alone (`spend` asked once for all of
 /// them), its answer, or its place in `failed` when the policy raised for
-/// it. An unreachable database still fails the whole check.
+/// it. An error that is no topic's (`may_be_one_topics`) still fails the
+/// whole check.
 async fn one_by_one<'t>(
     pool: &Pool,
     who: &Identity,
@@ -561,7 +584,7 @@ async fn one_by_one<'t>(
     for &t in topics {
         match ask_policy(pool, who, &[t]).await {
             Ok(a) => answers.extend(a),
-            Err(e) if e.unreachable() => return Err(e),
+            Err(e) if !e.may_be_one_topics() => return Err(e),
             Err(e) => {
                 fail(t, &e);
                 failed.push(t);

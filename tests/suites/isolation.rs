@@ -545,6 +545,28 @@ async fn policy_is_replaced_without_restart_and_fails_closed() {
         srv.metric("rowcast_unavailable_total{reason=\"unavailable\"}"),
         2.0
     );
+    // an error that is no topic's (a cancelled or timed-out statement: a
+    // slow policy) is not asked again topic by topic: the whole request is
+    // 503, naming no topic
+    db.batch_execute(
+        "CREATE OR REPLACE FUNCTION rowcast.authorize(claims jsonb, topic text)
+         RETURNS boolean LANGUAGE plpgsql STABLE AS $$
+         BEGIN
+             IF topic LIKE 'slow-%' THEN
+                 RAISE EXCEPTION 'too slow' USING ERRCODE = 'query_canceled';
+             END IF;
+             RETURN topic LIKE 'product-%';
+         END $$",
+    )
+    .await
+    .unwrap();
+    let (status, body) = poll_raw(&base, "topics=product-80,slow-1").await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (503, Some("unavailable")),
+        "{body}"
+    );
+    assert!(body.get("topic").is_none(), "{body}");
     srv.stop().await;
 }
 
