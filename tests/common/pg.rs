@@ -218,3 +218,21 @@ pub(crate) async fn column_i64(db: &Client, sql: &str) -> Vec<i64> {
         .map(|r| r.get(0))
         .collect()
 }
+
+/// Replaces the policy with one that allows `product-*` topics and raises,
+/// with SQLSTATE `errcode`, for topics starting with `raising` (a policy
+/// bug: a cast of a topic that is not a number, say).
+pub(crate) async fn policy_raising_for(db: &Client, raising: &str, errcode: &str) {
+    db.batch_execute(&format!(
+        "CREATE OR REPLACE FUNCTION rowcast.authorize(claims jsonb, topic text)
+         RETURNS boolean LANGUAGE plpgsql STABLE AS $$
+         BEGIN
+             IF topic LIKE '{raising}%' THEN
+                 RAISE EXCEPTION 'policy bug' USING ERRCODE = '{errcode}';
+             END IF;
+             RETURN topic LIKE 'product-%';
+         END $$"
+    ))
+    .await
+    .expect("the raising policy");
+}

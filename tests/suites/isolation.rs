@@ -490,16 +490,7 @@ async fn policy_is_replaced_without_restart_and_fails_closed() {
     // naming the topic on polling (the whole request, as for `forbidden`),
     // and on a WebSocket an `unavailable` error per such topic while the
     // connection and its other topics carry on
-    db.batch_execute(
-        "CREATE OR REPLACE FUNCTION rowcast.authorize(claims jsonb, topic text)
-         RETURNS boolean LANGUAGE plpgsql STABLE AS $$
-         BEGIN
-             IF topic LIKE 'boom-%' THEN RAISE EXCEPTION 'policy bug'; END IF;
-             RETURN topic LIKE 'product-%';
-         END $$",
-    )
-    .await
-    .unwrap();
+    policy_raising_for(&db, "boom-", "raise_exception").await;
     let (status, body) = poll_raw(&base, "topics=product-77,boom-1").await;
     assert_eq!(
         (status, body["error"].as_str()),
@@ -548,18 +539,7 @@ async fn policy_is_replaced_without_restart_and_fails_closed() {
     // an error that is no topic's (a cancelled or timed-out statement: a
     // slow policy) is not asked again topic by topic: the whole request is
     // 503, naming no topic
-    db.batch_execute(
-        "CREATE OR REPLACE FUNCTION rowcast.authorize(claims jsonb, topic text)
-         RETURNS boolean LANGUAGE plpgsql STABLE AS $$
-         BEGIN
-             IF topic LIKE 'slow-%' THEN
-                 RAISE EXCEPTION 'too slow' USING ERRCODE = 'query_canceled';
-             END IF;
-             RETURN topic LIKE 'product-%';
-         END $$",
-    )
-    .await
-    .unwrap();
+    policy_raising_for(&db, "slow-", "query_canceled").await;
     let (status, body) = poll_raw(&base, "topics=product-80,slow-1").await;
     assert_eq!(
         (status, body["error"].as_str()),

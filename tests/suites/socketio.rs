@@ -468,16 +468,7 @@ async fn refusals_are_told() {
     assert_eq!(ack["args"][0]["error"], "unknown_event");
     // a policy that raises for a topic: that topic is told `unavailable`,
     // the others are subscribed and the socket carries on
-    db.batch_execute(
-        "CREATE OR REPLACE FUNCTION rowcast.authorize(claims jsonb, topic text)
-         RETURNS boolean LANGUAGE plpgsql STABLE AS $$
-         BEGIN
-             IF topic LIKE 'boom-%' THEN RAISE EXCEPTION 'policy bug'; END IF;
-             RETURN topic LIKE 'product-%';
-         END $$",
-    )
-    .await
-    .unwrap();
+    policy_raising_for(&db, "boom-", "raise_exception").await;
     c.send(json!({"emit": "subscribe", "args": [["boom-1", "product-2"]], "n": 3}));
     let ack = c.until("ack", |v| v["t"] == "ack").await;
     assert_eq!(

@@ -36,6 +36,19 @@ async function until(clock, cond, what, stepMs = 100, maxMs = 600_000) {
 
 const ids = (server, topic = 'farm-1') => server.log.filter((e) => e.topic === topic).map((e) => e.id);
 
+/** The WebSocket drops before any event and a change is committed before the reconnect: it is delivered, with no resync. */
+async function aDropBeforeTheFirstEventLosesNothing(clock, server, rc, seen, resyncs) {
+  server.dropWs(1006);
+  assert.notEqual(rc.status, 'live');
+  server.publish('farm-1', 'x', { n: 1 });
+  await until(clock, () => rc.status === 'live', 'live again');
+  server.publish('farm-1', 'x', { n: 2 });
+  await settle();
+  assert.deepEqual(seen, ids(server), 'the change committed while disconnected is delivered');
+  assert.deepEqual(resyncs, []);
+  rc.close();
+}
+
 test('WebSocket first: authenticates, subscribes from the start position, delivers with meta, status live', async () => {
   const { clock, server, rc, statuses } = setup({ token: () => 'tok-1' });
   server.publish('farm-1', 'inventory.updated', { productId: '1', newQuantity: 19 });
@@ -521,16 +534,7 @@ test('no topics at connect: subscribe() takes a start position, so a drop before
   await until(clock, () => [...server.ws].some((w) => w.topics && w.topics.has('farm-1')), 'subscribed');
   const sub = [...server.ws][0].sent.find((m) => m.type === 'subscribe');
   assert.equal(sub.cursor, 'c1', 'the first subscribe opens at the start position taken for it');
-  // the socket drops before any event; a change is committed before the reconnect
-  server.dropWs(1006);
-  assert.notEqual(rc.status, 'live');
-  server.publish('farm-1', 'x', { n: 1 });
-  await until(clock, () => rc.status === 'live', 'live again');
-  server.publish('farm-1', 'x', { n: 2 });
-  await settle();
-  assert.deepEqual(seen, ids(server), 'the change committed while disconnected is delivered');
-  assert.deepEqual(resyncs, []);
-  rc.close();
+  await aDropBeforeTheFirstEventLosesNothing(clock, server, rc, seen, resyncs);
 });
 
 test('a refused topic at connect: the start position comes from the allowed ones, so a drop before the first event loses nothing', async () => {
@@ -543,15 +547,7 @@ test('a refused topic at connect: the start position comes from the allowed ones
   assert.deepEqual(starts.map((r) => r.params.topics), ['farm-1,secret-1', 'farm-1'], 'asked again without the refused topic');
   const sub = [...server.ws][0].sent.find((m) => m.type === 'subscribe');
   assert.equal(sub.cursor, 'c1', 'the stream opens at that position');
-  // the socket drops before any event; a change is committed before the reconnect
-  server.dropWs(1006);
-  server.publish('farm-1', 'x', { n: 1 });
-  await until(clock, () => rc.status === 'live', 'live again');
-  server.publish('farm-1', 'x', { n: 2 });
-  await settle();
-  assert.deepEqual(seen, ids(server), 'the change committed while disconnected is delivered');
-  assert.deepEqual(resyncs, []);
-  rc.close();
+  await aDropBeforeTheFirstEventLosesNothing(clock, server, rc, seen, resyncs);
 });
 
 test('a cursor the server cannot read: one counted resync, and rc.cursor is where the stream carries on, on every transport', async () => {
