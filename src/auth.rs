@@ -384,6 +384,17 @@ pub enum AuthzError {
 }
 
 impl AuthzError {
+    /// The driver's error, when the database was asked (directly, or making
+    /// a pool connection).
+    fn driver(&self) -> Option<&tokio_postgres::Error> {
+        use deadpool_postgres::PoolError;
+        match self {
+            AuthzError::Db(crate::error::Error::Pool(PoolError::Backend(e)))
+            | AuthzError::Db(crate::error::Error::Db(e)) => Some(e),
+            _ => None,
+        }
+    }
+
     /// The database could not be reached (no connection from the pool, or
     /// one that broke), as opposed to an answer it gave (an error of the
     /// policy) or the client's budget.
@@ -392,15 +403,11 @@ impl AuthzError {
     fn unreachable(&self) -> bool {
         use deadpool_postgres::PoolError;
         match self {
-            AuthzError::Db(crate::error::Error::Pool(PoolError::Backend(e)))
-            | AuthzError::Db(crate::error::Error::Db(e)) => e.as_db_error().is_none(),
             AuthzError::Db(crate::error::Error::Pool(PoolError::Timeout(_))) => true,
-            _ => false,
+            _ => self.driver().is_some_and(|e| e.as_db_error().is_none()),
         }
     }
-}
 
-impl AuthzError {
     /// An error the policy may have raised for one of the topics asked
     /// together (a cast, a RAISE: the database answered), as opposed to one
     /// that would fail every topic again, each alone: the database out of
@@ -408,13 +415,8 @@ impl AuthzError {
     /// which asked once per topic would hold the client that many times
     /// longer), the server shutting down or out of resources, a deadlock.
     fn may_be_one_topics(&self) -> bool {
-        use deadpool_postgres::PoolError;
-        let db = match self {
-            AuthzError::Db(crate::error::Error::Pool(PoolError::Backend(e)))
-            | AuthzError::Db(crate::error::Error::Db(e)) => e.as_db_error(),
-            _ => None,
-        };
-        db.is_some_and(|d| {
+        let answered = self.driver().and_then(|e| e.as_db_error());
+        answered.is_some_and(|d| {
             !["08", "40", "53", "54", "55", "57", "58", "XX"]
                 .iter()
                 .any(|class| d.code().code().starts_with(class))
