@@ -559,8 +559,8 @@ pub struct Verdict {
 
 /// After `first`, an error the database answered for the statement asking
 /// all of `topics`: each topic asked alone (`spend` asked once for all of
-/// them), its answer, or its place in `failed` when the policy raised for
-/// it. An error that is no topic's (`may_be_one_topics`) still fails the
+/// them: past the budget, `Budget`), its answer, or its place in `failed`
+/// when the policy raised for it. An error that is no topic's (`may_be_one_topics`) still fails the
 /// whole check.
 async fn one_by_one<'t>(
     pool: &Pool,
@@ -580,7 +580,8 @@ async fn one_by_one<'t>(
         return Ok(Vec::new());
     }
     if !spend(topics.len()) {
-        return Err(first);
+        // as any check past the address's budget
+        return Err(AuthzError::Budget);
     }
     let mut answers = Vec::with_capacity(topics.len());
     for &t in topics {

@@ -204,8 +204,10 @@ impl Presence {
         let client = self.pool.get().await?;
         let stmt = client
             .prepare_cached(
+                // OFFSET 0: the mapping is called once (a flattened
+                // subquery would call a non-volatile one once per use of u)
                 "SELECT u, CASE WHEN u IS NULL THEN false ELSE rowcast.touch(u) END
-                   FROM (SELECT rowcast.presence_user($1::text::jsonb) AS u) s",
+                   FROM (SELECT rowcast.presence_user($1::text::jsonb) AS u OFFSET 0) s",
             )
             .await?;
         let row = client.query_one(&stmt, &[&&*who.claims_json]).await?;
