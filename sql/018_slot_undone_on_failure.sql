@@ -3,7 +3,8 @@
 --
 -- A slot is made (and dropped) outside the transaction, so a switch that
 -- failed after 015's capture_by_slot made the slot (a role that may not
--- alter the table or write rowcast's tables, a lock timeout) rolled back
+-- alter the table or write rowcast's tables, a lock or statement timeout,
+-- a cancel) rolled back
 -- everything but the slot: no table captured, yet a node streamed the slot
 -- and, with no node running, the slot held WAL back without limit. Now the
 -- rest of the switch runs in a block whose handler drops the slot it made,
@@ -89,7 +90,9 @@ BEGIN
                 by_slot = true, released_at = NULL;
         -- wakes the nodes, which otherwise look for the slot once a minute
         PERFORM pg_notify('rowcast_capture', '');
-    EXCEPTION WHEN OTHERS THEN
+    -- OTHERS leaves out a cancel (statement_timeout, pg_cancel_backend, a
+    -- client's Ctrl-C): named, so that it drops the slot too
+    EXCEPTION WHEN OTHERS OR query_canceled THEN
         IF made THEN
             PERFORM pg_drop_replication_slot(rowcast.capture_slot());
         END IF;

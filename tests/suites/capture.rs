@@ -316,25 +316,31 @@ async fn capture_by_slot_refuses_what_it_cannot_capture() {
     let slots =
         "SELECT count(*) FROM pg_replication_slots WHERE slot_name = rowcast.capture_slot()";
     assert_eq!(column_i64(&db, slots).await, [0]);
-    // a switch that fails after making the slot (here the table is locked
-    // past lock_timeout, in SHARE mode: a lock that takes no transaction id,
-    // which making the slot would wait for) drops the slot again
+    // a switch that fails after making the slot drops the slot again: here
+    // the table is locked (in SHARE mode: a lock that takes no transaction
+    // id, which making the slot would wait for) past lock_timeout, then past
+    // statement_timeout (a cancel, which PL/pgSQL's OTHERS does not catch)
     let mut holder = connect(&url).await;
     let lock = holder.transaction().await.unwrap();
     lock.batch_execute("LOCK TABLE market.products IN SHARE MODE")
         .await
         .unwrap();
-    let timed_out = err(db
-        .batch_execute(&format!("SET lock_timeout = '300ms'; {PRODUCTS}"))
-        .await);
-    assert!(timed_out.contains("lock timeout"), "{timed_out}");
+    for (setting, error) in [
+        ("lock_timeout", "lock timeout"),
+        ("statement_timeout", "statement timeout"),
+    ] {
+        let failed = err(db
+            .batch_execute(&format!("SET {setting} = '1s'; {PRODUCTS}"))
+            .await);
+        assert!(failed.contains(error), "{failed}");
+        db.batch_execute(&format!("RESET {setting}")).await.unwrap();
+        assert_eq!(
+            column_i64(&db, slots).await,
+            [0],
+            "{setting}: the slot it made is gone"
+        );
+    }
     lock.rollback().await.unwrap();
-    db.batch_execute("RESET lock_timeout").await.unwrap();
-    assert_eq!(
-        column_i64(&db, slots).await,
-        [0],
-        "the slot it made is gone"
-    );
     assert_eq!(
         column_i64(&db, "SELECT count(*) FROM rowcast.captured").await,
         [0]
