@@ -560,7 +560,8 @@ pub struct Verdict {
 /// After `first`, an error the database answered for the statement asking
 /// all of `topics`: each topic asked alone (`spend` asked once for all of
 /// them: past the budget, `Budget`), its answer, or its place in `failed`
-/// when the policy raised for it. An error that is no topic's (`may_be_one_topics`) still fails the
+/// when the policy raised for it. Past one statement timeout in all, the
+/// rest is not asked and the whole check fails with `first`. An error that is no topic's (`may_be_one_topics`) still fails the
 /// whole check.
 async fn one_by_one<'t>(
     pool: &Pool,
@@ -584,7 +585,14 @@ async fn one_by_one<'t>(
         return Err(AuthzError::Budget);
     }
     let mut answers = Vec::with_capacity(topics.len());
+    // asked one after another, all within about one statement's time: a
+    // policy that raises for one topic and is slow for the rest would
+    // otherwise hold the client once per topic
+    let deadline = Instant::now() + crate::db::STATEMENT_TIMEOUT;
     for &t in topics {
+        if Instant::now() > deadline {
+            return Err(first);
+        }
         match ask_policy(pool, who, &[t]).await {
             Ok(a) => answers.extend(a),
             Err(e) if !e.may_be_one_topics() => return Err(e),

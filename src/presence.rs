@@ -120,10 +120,10 @@ pub(crate) struct Presence {
     sweep_every: Duration,
     pub(crate) on_connect: bool,
     /// When this node last wrote a touch, per user, and whether the token
-    /// mapped to a user (`rowcast.presence_user`): an unmapped one is
-    /// refused from memory until the interval ends, as a mapped one is
-    /// answered without a write.
-    written: Mutex<HashMap<String, (Instant, bool)>>,
+    /// mapped to a user (`rowcast.presence_user`; `None` while the first
+    /// report is being written): an unmapped one is refused from memory
+    /// until the interval ends, as a mapped one is answered without a write.
+    written: Mutex<HashMap<String, (Instant, Option<bool>)>>,
     metrics: PresenceMetrics,
 }
 
@@ -162,18 +162,28 @@ impl Presence {
                 .unwrap_or("")
         );
         let now = Instant::now();
-        {
-            let mut w = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        let in_flight = {
+            let w = self.written.lock().unwrap_or_else(|p| p.into_inner());
             match w.get(&key) {
-                Some((t, mapped)) if now.duration_since(*t) < self.write_interval => {
+                Some((t, Some(mapped))) if now.duration_since(*t) < self.write_interval => {
                     return if *mapped {
                         Ok(())
                     } else {
                         Err(PresenceError::Anonymous)
                     };
                 }
-                _ => {}
+                // the first is being written, its token not known to be a
+                // user's yet: this one asks the database too (reports that
+                // come together, bounded as requests are)
+                Some((t, None)) if now.duration_since(*t) < self.write_interval => true,
+                _ => false,
             }
+        };
+        if in_flight {
+            return self.touch(who).await;
+        }
+        {
+            let mut w = self.written.lock().unwrap_or_else(|p| p.into_inner());
             if w.len() >= MAX_REMEMBERED {
                 let interval = self.write_interval;
                 w.retain(|_, (t, _)| now.duration_since(*t) < interval);
@@ -181,7 +191,7 @@ impl Presence {
                     w.clear();
                 }
             }
-            w.insert(key.clone(), (now, true));
+            w.insert(key.clone(), (now, None));
         }
         let written = self.touch(who).await;
         let mut w = self.written.lock().unwrap_or_else(|p| p.into_inner());
@@ -189,13 +199,15 @@ impl Presence {
             // a token of no user: refused without the database until the
             // interval ends
             Err(PresenceError::Anonymous) => {
-                w.insert(key, (now, false));
+                w.insert(key, (now, Some(false)));
             }
             // not written: the next report tries again
             Err(_) => {
                 w.remove(&key);
             }
-            Ok(()) => {}
+            Ok(()) => {
+                w.insert(key, (now, Some(true)));
+            }
         }
         written
     }

@@ -397,8 +397,9 @@ export class Rowcast {
    * A position from a poll without cursor closes that hole (only when no
    * snapshot was asked for: a snapshot reconnect is state-complete by itself).
    * A position is the log's, whatever the topics: a poll refused for one
-   * topic (403 `forbidden`, which refuses the whole request) is asked again
-   * without it, so that one refused topic leaves the others their position.
+   * topic (403 `forbidden`, or 503 `unavailable` naming a topic the policy
+   * failed for: each refuses the whole request) is asked again without it,
+   * so that one refused topic leaves the others their position.
    * Returns it (or null), for the caller to keep as `_origin`.
    */
   async _startPosition(token) {
@@ -414,10 +415,12 @@ export class Rowcast {
           if (body && typeof body.cursor === 'string') return body.cursor;
         } else if (r.status === 401) {
           this._tokenStale = true;
-        } else if (r.status === 403) {
+        } else if (r.status === 403 || r.status === 503) {
+          // a topic denied (403 `forbidden`), or one the policy failed for
+          // (503 `unavailable` naming it): asked again without it
           const body = await r.json().catch(() => null);
-          const refused = body && body.error === 'forbidden' ? body.topic : undefined;
-          if (topics.includes(refused)) {
+          const refused = body && (body.error === 'forbidden' || body.error === 'unavailable') ? body.topic : undefined;
+          if (typeof refused === 'string' && topics.includes(refused)) {
             topics = topics.filter((t) => t !== refused);
             continue;
           }

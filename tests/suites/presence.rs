@@ -269,23 +269,50 @@ async fn a_token_of_no_user_costs_one_call_per_interval() {
     .await;
     let guest = token("7", "guest");
     let http = reqwest::Client::new();
-    for _ in 0..20 {
+    let report = || async {
         let r = http
             .post(format!("{}/v1/presence/activity", srv.base_url()))
             .bearer_auth(&guest)
             .send()
             .await
             .unwrap();
-        assert_eq!(r.status(), 401);
-        let v: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
-        assert_eq!(v["reason"], "anonymous", "{v}");
+        let status = r.status().as_u16();
+        // a 204 has no body
+        let v: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap_or(Value::Null);
+        (status, v)
+    };
+    let calls = || async {
+        let n: i64 = db
+            .query_one("SELECT last_value FROM public.presence_calls", &[])
+            .await
+            .unwrap()
+            .get(0);
+        n
+    };
+    // reports that come together, while the first is being written: each
+    // is refused (none is taken for a user's before the mapping answered)
+    for (status, v) in futures::future::join_all((0..10).map(|_| report())).await {
+        assert_eq!((status, &v["reason"]), (401, &json!("anonymous")), "{v}");
     }
-    let calls: i64 = db
-        .query_one("SELECT last_value FROM public.presence_calls", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(calls, 1, "one call for 20 reports");
+    let after_first = calls().await;
+    for _ in 0..20 {
+        let (status, v) = report().await;
+        assert_eq!((status, &v["reason"]), (401, &json!("anonymous")), "{v}");
+    }
+    assert_eq!(calls().await, after_first, "20 more reports, no call");
+    assert!(after_first <= 10, "{after_first}");
+    // one after another from the start: one call of the mapping in all
+    let other = token("8", "guest");
+    for _ in 0..20 {
+        let r = http
+            .post(format!("{}/v1/presence/activity", srv.base_url()))
+            .bearer_auth(&other)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+    }
+    assert_eq!(calls().await, after_first + 1, "one call for 20 reports");
     srv.stop().await;
 }
 
