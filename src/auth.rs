@@ -97,7 +97,10 @@ pub enum KeyError {
          (openssl pkey -in key.pem -pubout), and keep the signing key with the issuer"
     )]
     PrivateKey,
-    #[error("the public key is an EC key on a curve other than P-256 (ES256 needs P-256)")]
+    #[error(
+        "the public key is an EC key that does not name the curve P-256 \
+         (ES256 needs P-256, as a named curve: prime256v1)"
+    )]
     NotP256,
     #[error("no JWT secret is configured (--jwt-secret / ROWCAST_JWT_SECRET)")]
     NoSecret,
@@ -167,7 +170,10 @@ impl Verifier {
                 )
             }
             (None, Some(pem)) => {
-                if pem.contains("PRIVATE KEY-----") {
+                let private = pem
+                    .lines()
+                    .any(|l| l.starts_with("-----BEGIN") && l.contains("PRIVATE KEY"));
+                if private {
                     return Err(KeyError::PrivateKey);
                 }
                 if let Ok(k) = DecodingKey::from_rsa_pem(pem.as_bytes()) {
@@ -352,9 +358,12 @@ fn has_critical_extensions(token: &str) -> bool {
 fn names_p256(pem: &str) -> bool {
     use base64::Engine;
     const P256: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+    // the lines between the markers (text may stand around a PEM block)
     let body: String = pem
         .lines()
-        .filter(|l| !l.starts_with("-----"))
+        .skip_while(|l| !l.starts_with("-----BEGIN"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("-----END"))
         .flat_map(|l| l.trim().chars())
         .collect();
     base64::engine::general_purpose::STANDARD
@@ -690,6 +699,12 @@ fDvt5w/ybd7aJtdKBdnrVvbd257WFS3R
 ";
         assert!(matches!(with_key(p384), Err(KeyError::NotP256)));
         assert!(matches!(with_key("junk"), Err(KeyError::BadPem)));
+        // the words in a comment are not a private key's label
+        let commented = format!(
+            "keep the issuer's PRIVATE KEY----- file apart\n{}",
+            read("ec_public.pem")
+        );
+        assert!(with_key(&commented).unwrap().is_some());
     }
 
     fn verifier(secret: &str) -> Verifier {

@@ -286,12 +286,16 @@ async fn find_slot(control: &tokio_postgres::Client) -> Result<SlotState> {
     })
 }
 
-/// Whether this connection's role may stream a slot (`REPLICATION`, or a
-/// superuser).
+/// Whether this connection's role may stream a slot: `REPLICATION`, a
+/// superuser, or a member of other roles (managed services grant the right
+/// through a role of theirs, `rds_replication` say, which PostgreSQL's
+/// catalog does not show as `REPLICATION`: there the stream itself tells).
 async fn may_stream(control: &tokio_postgres::Client) -> Result<bool> {
     Ok(control
         .query_one(
-            "SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user",
+            "SELECT r.rolreplication OR r.rolsuper
+                    OR EXISTS (SELECT 1 FROM pg_auth_members m WHERE m.member = r.oid)
+               FROM pg_roles r WHERE r.rolname = current_user",
             &[],
         )
         .await?
