@@ -133,6 +133,15 @@ fn read_pem(path: &str) -> std::result::Result<String, String> {
         .map_err(|e| format!("cannot read the public key file {path:?}: {e}"))
 }
 
+/// A flag's value brought into its working range (`ServerConfig::validate`),
+/// with a warning naming the flag, what was given and what is used.
+fn adjust<T: PartialEq + std::fmt::Debug>(flag: &str, within: T, value: &mut T) {
+    if *value != within {
+        tracing::warn!(flag, given = ?*value, used = ?within, "out of the flag's range: adjusted");
+        *value = within;
+    }
+}
+
 /// A refused configuration, said in terms of its flags.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -524,43 +533,108 @@ impl ServerConfig {
         if self.market_api.enabled && !self.jwt.configured() {
             return Err(ConfigError::MarketApiWithoutJwt);
         }
-        self.pool_size = self.pool_size.max(1);
-        self.market_api.per_ip = self.market_api.per_ip.max(1);
-        self.market_api.pool_size = self.market_api.pool_size.max(1);
-        self.queue.max_events = self.queue.max_events.max(1);
-        self.queue.max_bytes = self.queue.max_bytes.max(1024);
-        self.keepalive = self.keepalive.max(Duration::from_secs(1));
-        self.catchup_memory = self.catchup_memory.max(1 << 20);
-        self.write_timeout = self.write_timeout.max(Duration::from_millis(100));
-        self.source_page = self.source_page.max(1);
+        adjust("--pool-size", self.pool_size.max(1), &mut self.pool_size);
+        let m = &mut self.market_api;
+        adjust("--market-api-per-ip", m.per_ip.max(1), &mut m.per_ip);
+        adjust("--market-api-pool", m.pool_size.max(1), &mut m.pool_size);
+        let q = &mut self.queue;
+        adjust("--queue-events", q.max_events.max(1), &mut q.max_events);
+        adjust("--queue-bytes", q.max_bytes.max(1024), &mut q.max_bytes);
+        let least = Duration::from_secs(1);
+        adjust(
+            "--keepalive",
+            self.keepalive.max(least),
+            &mut self.keepalive,
+        );
+        let least = 1 << 20;
+        adjust(
+            "--catchup-memory",
+            self.catchup_memory.max(least),
+            &mut self.catchup_memory,
+        );
+        let least = Duration::from_millis(100);
+        adjust(
+            "--write-timeout",
+            self.write_timeout.max(least),
+            &mut self.write_timeout,
+        );
         // not flags, but public fields: an embedder's 0 would spin
+        self.source_page = self.source_page.max(1);
         self.idle_poll = self.idle_poll.max(Duration::from_millis(10));
         self.sse_retry = self.sse_retry.max(Duration::from_millis(100));
-        self.busy_pause = self.busy_pause.min(Duration::from_millis(100));
-        self.busy_pause_max = self
-            .busy_pause_max
-            .clamp(self.busy_pause, Duration::from_millis(100));
-        self.capture_pause = self.capture_pause.min(Duration::from_secs(1));
+        let most = Duration::from_millis(100);
+        adjust(
+            "--source-busy-pause",
+            self.busy_pause.min(most),
+            &mut self.busy_pause,
+        );
+        let max = self.busy_pause_max.clamp(self.busy_pause, most);
+        adjust("--source-busy-pause-max", max, &mut self.busy_pause_max);
+        let most = Duration::from_secs(1);
+        adjust(
+            "--capture-pause",
+            self.capture_pause.min(most),
+            &mut self.capture_pause,
+        );
         // prune often enough to keep the log near the retention, never in a loop
         self.prune_every =
             (self.retention / 10).clamp(Duration::from_millis(100), self.prune_every);
         let l = &mut self.limits;
-        l.max_topics = l.max_topics.max(1);
-        l.max_topic_len = l.max_topic_len.max(1);
-        l.max_frame = l.max_frame.max(1024);
-        l.max_msgs_per_sec = l.max_msgs_per_sec.max(1);
-        l.max_connections = l.max_connections.max(1);
-        l.max_connections_per_ip = l.max_connections_per_ip.max(1);
-        l.auth_timeout = l.auth_timeout.max(Duration::from_secs(1));
-        l.header_read_timeout = l.header_read_timeout.max(Duration::from_millis(100));
-        l.max_sockets = l.max_sockets.map(|n| n.max(1));
-        l.authorize_per_ip = l.authorize_per_ip.max(1);
+        adjust("--max-topics", l.max_topics.max(1), &mut l.max_topics);
+        adjust(
+            "--max-topic-len",
+            l.max_topic_len.max(1),
+            &mut l.max_topic_len,
+        );
+        adjust("--max-frame", l.max_frame.max(1024), &mut l.max_frame);
+        adjust(
+            "--max-msgs-per-sec",
+            l.max_msgs_per_sec.max(1),
+            &mut l.max_msgs_per_sec,
+        );
+        adjust(
+            "--max-connections",
+            l.max_connections.max(1),
+            &mut l.max_connections,
+        );
+        let per_ip = l.max_connections_per_ip.max(1);
+        adjust(
+            "--max-connections-per-ip",
+            per_ip,
+            &mut l.max_connections_per_ip,
+        );
+        let least = Duration::from_secs(1);
+        adjust(
+            "--auth-timeout",
+            l.auth_timeout.max(least),
+            &mut l.auth_timeout,
+        );
+        let least = Duration::from_millis(100);
+        let header = l.header_read_timeout.max(least);
+        adjust("--header-timeout", header, &mut l.header_read_timeout);
+        adjust(
+            "--max-sockets",
+            l.max_sockets.map(|n| n.max(1)),
+            &mut l.max_sockets,
+        );
+        adjust(
+            "--authorize-per-ip",
+            l.authorize_per_ip.max(1),
+            &mut l.authorize_per_ip,
+        );
         // offline after away; writes and sweeps often enough to keep the dots right
         let p = &mut self.presence;
-        p.away = p.away.max(Duration::from_millis(100));
-        p.offline = p.offline.max(p.away + Duration::from_millis(100));
-        p.write_interval = p.write_interval.min(p.away / 2);
-        p.sweep = p.sweep.clamp(Duration::from_millis(50), p.away / 2);
+        let least = Duration::from_millis(100);
+        adjust("--presence-away", p.away.max(least), &mut p.away);
+        adjust(
+            "--presence-offline",
+            p.offline.max(p.away + least),
+            &mut p.offline,
+        );
+        let interval = p.write_interval.min(p.away / 2);
+        adjust("--presence-write-interval", interval, &mut p.write_interval);
+        let sweep = p.sweep.clamp(Duration::from_millis(50), p.away / 2);
+        adjust("--presence-sweep", sweep, &mut p.sweep);
         Ok(self)
     }
 }
@@ -623,6 +697,52 @@ mod tests {
     }
 
     /// The flags' defaults and `ServerConfig::new` are the same configuration.
+    /// A value brought into range is said, naming the flag.
+    #[test]
+    fn an_adjusted_flag_is_warned_about() {
+        #[derive(Clone, Default)]
+        struct Log(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Log {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let log = Log::default();
+        let into = log.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || into.clone())
+            .with_ansi(false)
+            .finish();
+        let parsed = Cli::try_parse_from([
+            "rowcast",
+            "--database-url",
+            "postgres://x/y",
+            "--capture-pause",
+            "2s",
+            "--max-frame",
+            "100",
+        ])
+        .unwrap()
+        .cfg;
+        let cfg = tracing::subscriber::with_default(subscriber, || parsed.validate().unwrap());
+        assert_eq!(cfg.capture_pause, Duration::from_secs(1));
+        assert_eq!(cfg.limits.max_frame, 1024);
+        let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+        assert!(
+            text.contains("flag=\"--capture-pause\" given=2s used=1s"),
+            "{text}"
+        );
+        assert!(
+            text.contains("flag=\"--max-frame\" given=100 used=1024"),
+            "{text}"
+        );
+        assert_eq!(text.lines().count(), 2, "{text}");
+    }
+
     #[test]
     fn an_empty_issuer_or_audience_is_refused_at_start() {
         for flag in ["--jwt-issuer", "--jwt-audience"] {
