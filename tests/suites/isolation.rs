@@ -550,6 +550,28 @@ async fn policy_is_replaced_without_restart_and_fails_closed() {
     srv.stop().await;
 }
 
+/// The topics of a raising policy are asked again one by one from the
+/// address's `--authorize-per-ip` budget; when it cannot pay for them, the
+/// answer is `authorize_rate_limited`, as for any check over the budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asking_a_raising_policy_again_is_paid_from_the_budget() {
+    let url = fresh_market_db().await;
+    let db = connect(&url).await;
+    policy_raising_for(&db, "boom-", "raise_exception").await;
+    // a burst of 100 checks (--max-topics): 60 topics, then 60 again
+    let srv = server_with(&url, |c| c.limits.authorize_per_ip = 1).await;
+    let topics: Vec<String> = std::iter::once("boom-1".to_string())
+        .chain((1..60).map(|i| format!("product-{i}")))
+        .collect();
+    let (status, body) = poll_raw(&srv.base_url(), &format!("topics={}", topics.join(","))).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (429, Some("authorize_rate_limited")),
+        "{body}"
+    );
+    srv.stop().await;
+}
+
 /// Issue #8, defect 1: every event the market schema emits, on every topic it
 /// goes to, checked against the policy for five kinds of client. Fails on an
 /// event it does not know, so a new trigger cannot ship without its rule.
