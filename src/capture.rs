@@ -90,6 +90,11 @@ pub(crate) async fn run(
         let started = std::time::Instant::now();
         match capture(&database_url, pause, &metrics, &mut shutdown).await {
             Ok(()) => return,
+            // its stream ended by an administrator's command: the slot
+            // released (`capture_release`), or PostgreSQL shutting down
+            Err(Error::Replication(why)) if why.contains("57P01") => {
+                tracing::info!(error = %why, "capture by the slot ended: its stream was terminated; starting over");
+            }
             Err(e) => {
                 if started.elapsed() > LOG_AGAIN {
                     warned.reset(); // it worked for a while: a new spell
