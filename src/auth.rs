@@ -170,8 +170,7 @@ impl Verifier {
                 )
             }
             (None, Some(pem)) => {
-                let private = pem
-                    .lines()
+                let private = pem_lines(pem)
                     .any(|l| l.starts_with("-----BEGIN") && l.contains("PRIVATE KEY"));
                 if private {
                     return Err(KeyError::PrivateKey);
@@ -352,6 +351,11 @@ fn has_critical_extensions(token: &str) -> bool {
         .is_some_and(|h| h.contains_key("crit"))
 }
 
+/// A PEM text's lines, trimmed (indented blocks, a byte-order mark).
+fn pem_lines(pem: &str) -> impl Iterator<Item = &str> {
+    pem.lines().map(|l| l.trim().trim_start_matches('\u{feff}'))
+}
+
 /// Whether an EC public key in PEM form (SubjectPublicKeyInfo) names the
 /// curve P-256 (its OID, 1.2.840.10045.3.1.7, in DER); jsonwebtoken reads
 /// any curve's key and would then refuse every ES256 token.
@@ -359,8 +363,7 @@ fn names_p256(pem: &str) -> bool {
     use base64::Engine;
     const P256: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
     // the lines between the markers (text may stand around a PEM block)
-    let body: String = pem
-        .lines()
+    let body: String = pem_lines(pem)
         .skip_while(|l| !l.starts_with("-----BEGIN"))
         .skip(1)
         .take_while(|l| !l.starts_with("-----END"))
@@ -482,6 +485,7 @@ impl Authorizer {
         topics: &[String],
         mut spend: impl FnMut(usize) -> bool,
     ) -> Result<Verdict, AuthzError> {
+        let asked_at = Instant::now();
         let mut decided: HashMap<&str, bool> = HashMap::with_capacity(topics.len());
         let mut failed: Vec<&str> = Vec::new();
         let mut ask: Vec<&str> = Vec::new();
@@ -506,7 +510,8 @@ impl Authorizer {
             let answers = match ask_policy(pool, who, &ask).await {
                 Ok(a) => a,
                 Err(e) if e.may_be_one_topics() => {
-                    one_by_one(pool, who, &ask, e, &mut spend, &mut failed).await?
+                    let deadline = asked_at + crate::db::STATEMENT_TIMEOUT;
+                    one_by_one(pool, who, &ask, e, deadline, &mut spend, &mut failed).await?
                 }
                 Err(e) if e.unreachable() && !self.ttl.is_zero() => {
                     let cache = self.lock();
@@ -569,14 +574,17 @@ pub struct Verdict {
 /// After `first`, an error the database answered for the statement asking
 /// all of `topics`: each topic asked alone (`spend` asked once for all of
 /// them: past the budget, `Budget`), its answer, or its place in `failed`
-/// when the policy raised for it. Past one statement timeout in all, the
-/// rest is not asked and the whole check fails with `first`. An error that is no topic's (`may_be_one_topics`) still fails the
-/// whole check.
+/// when the policy raised for it. An error that is no topic's
+/// (`may_be_one_topics`) still fails the whole check. Past `deadline` (one
+/// statement timeout after the check began) the rest is not asked and the
+/// whole check fails with `first`: a check takes at most about twice the
+/// statement timeout.
 async fn one_by_one<'t>(
     pool: &Pool,
     who: &Identity,
     topics: &[&'t str],
     first: AuthzError,
+    deadline: Instant,
     spend: impl FnOnce(usize) -> bool,
     failed: &mut Vec<&'t str>,
 ) -> Result<Vec<(String, bool)>, AuthzError> {
@@ -594,10 +602,9 @@ async fn one_by_one<'t>(
         return Err(AuthzError::Budget);
     }
     let mut answers = Vec::with_capacity(topics.len());
-    // asked one after another, all within about one statement's time: a
-    // policy that raises for one topic and is slow for the rest would
-    // otherwise hold the client once per topic
-    let deadline = Instant::now() + crate::db::STATEMENT_TIMEOUT;
+    // asked one after another, none begun past `deadline`: a policy that
+    // raises for one topic and is slow for the rest would otherwise hold
+    // the client once per topic
     for &t in topics {
         if Instant::now() > deadline {
             return Err(first);
@@ -705,6 +712,14 @@ fDvt5w/ybd7aJtdKBdnrVvbd257WFS3R
             read("ec_public.pem")
         );
         assert!(with_key(&commented).unwrap().is_some());
+        // indented, or after a byte-order mark: still a private key
+        let indented: String = read("rsa_private.pem")
+            .lines()
+            .map(|l| format!("  {l}\n"))
+            .collect();
+        assert!(matches!(with_key(&indented), Err(KeyError::PrivateKey)));
+        let marked = format!("\u{feff}{}", read("ec_private.pem"));
+        assert!(matches!(with_key(&marked), Err(KeyError::PrivateKey)));
     }
 
     fn verifier(secret: &str) -> Verifier {

@@ -86,10 +86,20 @@ pub(crate) async fn run(
     // one warning per failing spell and then one a minute: while the database
     // is down every start over fails, once a second
     let warned = crate::logging::Throttle::new(LOG_AGAIN);
+    // the database refused the last stream for this node's role
+    let mut refused = false;
     loop {
         let started = std::time::Instant::now();
-        match capture(&database_url, pause, &metrics, &mut shutdown).await {
+        let ended = capture(&database_url, pause, &metrics, &mut shutdown, refused).await;
+        refused = matches!(&ended, Err(Error::Replication(why)) if why.contains("42501"));
+        match ended {
             Ok(()) => return,
+            // the role may not stream (a member of other roles, which the
+            // catalog check leaves to the stream): as `may_stream` says it
+            Err(Error::Replication(why)) if refused => {
+                metrics.capture_slot_missing.set(1);
+                tracing::error!(error = %why, "{NO_REPLICATION}");
+            }
             // its stream ended by an administrator's command: the slot
             // released (`capture_release`), or PostgreSQL shutting down
             Err(Error::Replication(why)) if why.contains("57P01") => {
@@ -117,12 +127,21 @@ pub(crate) async fn run(
     }
 }
 
+/// What a node whose role may not stream says, every time it would stream.
+const NO_REPLICATION: &str =
+    "tables are captured by the slot, but this node's database role lacks \
+     REPLICATION: their changes are not captured; ALTER ROLE <role> REPLICATION \
+     (nothing is lost meanwhile: the slot keeps them)";
+
 /// Waits for the slot and the lock, then streams; returns at shutdown.
+/// `refused`: the last stream was refused for the role (the gauge stays
+/// up until a stream delivers, and the start is not announced again).
 async fn capture(
     url: &str,
     pause: Duration,
     metrics: &Metrics,
     shutdown: &mut Shutdown,
+    refused: bool,
 ) -> Result<()> {
     let woken = Arc::new(Notify::new());
     let bell = crate::db::Bell {
@@ -153,15 +172,13 @@ async fn capture(
                 // streaming would fail at once, again and again: say why,
                 // as for a slot that is gone
                 metrics.capture_slot_missing.set(1);
-                tracing::error!(
-                    "tables are captured by the slot, but this node's database role lacks \
-                     REPLICATION: their changes are not captured; ALTER ROLE <role> REPLICATION \
-                     (nothing is lost meanwhile: the slot keeps them)"
-                );
+                tracing::error!("{NO_REPLICATION}");
                 STANDBY_EVERY
             }
             SlotState::Ready(slot) => {
-                metrics.capture_slot_missing.set(0);
+                if !refused {
+                    metrics.capture_slot_missing.set(0);
+                }
                 let locked: bool = control
                     .query_one("SELECT pg_try_advisory_lock($1)", &[&CAPTURE_KEY])
                     .await?
@@ -195,7 +212,12 @@ async fn capture(
         .await
         .map_err(replication)?;
     metrics.capture_active.set(1);
-    tracing::info!(slot, appended = %appended, "capturing by the slot");
+    if refused {
+        tracing::debug!(slot, appended = %appended, "capturing by the slot (again)");
+    } else {
+        tracing::info!(slot, appended = %appended, "capturing by the slot");
+    }
+    let mut delivered = false;
     let mut c = Capturer {
         relations: HashMap::new(),
         open: None,
@@ -247,6 +269,11 @@ async fn capture(
         };
         match event.map_err(replication)? {
             Some(event) => {
+                if !delivered {
+                    // the stream works: whatever refused it before is mended
+                    delivered = true;
+                    metrics.capture_slot_missing.set(0);
+                }
                 c.take(event, &stream)?;
                 if c.open_full() {
                     c.append_open(&control).await?;

@@ -137,7 +137,8 @@ fn read_pem(path: &str) -> std::result::Result<String, String> {
 /// with a warning naming the flag, what was given and what is used.
 fn adjust<T: PartialEq + std::fmt::Debug>(flag: &str, within: T, value: &mut T) {
     if *value != within {
-        tracing::warn!(flag, given = ?*value, used = ?within, "out of the flag's range: adjusted");
+        // `was`: given, or the default (a default adjusted to another flag)
+        tracing::warn!(flag, was = ?*value, used = ?within, "out of the flag's range: adjusted");
         *value = within;
     }
 }
@@ -733,11 +734,11 @@ mod tests {
         assert_eq!(cfg.limits.max_frame, 1024);
         let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
         assert!(
-            text.contains("flag=\"--capture-pause\" given=2s used=1s"),
+            text.contains("flag=\"--capture-pause\" was=2s used=1s"),
             "{text}"
         );
         assert!(
-            text.contains("flag=\"--max-frame\" given=100 used=1024"),
+            text.contains("flag=\"--max-frame\" was=100 used=1024"),
             "{text}"
         );
         assert_eq!(text.lines().count(), 2, "{text}");

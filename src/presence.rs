@@ -173,14 +173,19 @@ impl Presence {
                     };
                 }
                 // the first is being written, its token not known to be a
-                // user's yet: this one asks the database too (reports that
-                // come together, bounded as requests are)
+                // user's yet
                 Some((t, None)) if now.duration_since(*t) < self.write_interval => true,
                 _ => false,
             }
         };
         if in_flight {
-            return self.touch(who).await;
+            // the first one writes; this one only learns whether the token
+            // is a user's (a read of the mapping, no write)
+            return if self.maps_to_user(who).await? {
+                Ok(())
+            } else {
+                Err(PresenceError::Anonymous)
+            };
         }
         {
             let mut w = self.written.lock().unwrap_or_else(|p| p.into_inner());
@@ -210,6 +215,18 @@ impl Presence {
             }
         }
         written
+    }
+
+    /// Whether `rowcast.presence_user` maps the token to a user.
+    async fn maps_to_user(&self, who: &Identity) -> std::result::Result<bool, PresenceError> {
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached("SELECT rowcast.presence_user($1::text::jsonb) IS NOT NULL")
+            .await?;
+        Ok(client
+            .query_one(&stmt, &[&&*who.claims_json])
+            .await?
+            .try_get(0)?)
     }
 
     async fn touch(&self, who: &Identity) -> std::result::Result<(), PresenceError> {

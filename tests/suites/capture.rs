@@ -456,6 +456,17 @@ async fn a_role_without_replication_is_told_and_loses_nothing() {
     })
     .await;
     assert_eq!(srv.metric("rowcast_capture_active"), 0.0);
+    // a member of another role is left to the stream, which PostgreSQL
+    // refuses: the same says so, and stays said
+    db.batch_execute(&format!(
+        "CREATE ROLE {role}_group NOLOGIN; GRANT {role}_group TO {role};"
+    ))
+    .await
+    .unwrap();
+    for _ in 0..12 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert_eq!(srv.metric("rowcast_capture_slot_missing"), 1.0);
+    }
     let mut ws = WsClient::connect(&srv.base_url(), "topics=product-1").await;
     set_quantity(&db, 1, 7).await;
     db.batch_execute(&format!("ALTER ROLE {role} REPLICATION"))

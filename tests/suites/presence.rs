@@ -313,6 +313,17 @@ async fn a_token_of_no_user_costs_one_call_per_interval() {
         assert_eq!(r.status(), 401);
     }
     assert_eq!(calls().await, after_first + 1, "one call for 20 reports");
+    // a user's reports that come together: one write
+    let farmer = token("101", "farmer");
+    let reports = (0..10).map(|_| {
+        http.post(format!("{}/v1/presence/activity", srv.base_url()))
+            .bearer_auth(&farmer)
+            .send()
+    });
+    for r in futures::future::join_all(reports).await {
+        assert_eq!(r.unwrap().status(), 204);
+    }
+    assert_eq!(srv.metric("rowcast_presence_writes_total"), 1.0);
     srv.stop().await;
 }
 
