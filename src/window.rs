@@ -41,6 +41,8 @@ struct Batch {
     lo: Snapshot,
     hi: Snapshot,
     changes: Vec<Arc<Change>>,
+    /// `Change::approx_len` of its changes, counted once.
+    bytes: usize,
     closed_at: Instant,
 }
 
@@ -83,12 +85,14 @@ impl Window {
             // an empty read only moves the end of the window
             Some(last) if changes.is_empty() => last.hi = hi,
             _ => {
+                let bytes = changes.iter().map(|c| c.approx_len()).sum::<usize>();
                 self.changes += changes.len();
-                self.bytes += changes.iter().map(|c| c.approx_len()).sum::<usize>();
+                self.bytes += bytes;
                 self.batches.push_back(Batch {
                     lo,
                     hi,
                     changes,
+                    bytes,
                     closed_at: now,
                 });
             }
@@ -101,7 +105,7 @@ impl Window {
                 break;
             }
             self.changes -= first.changes.len();
-            self.bytes -= first.changes.iter().map(|c| c.approx_len()).sum::<usize>();
+            self.bytes -= first.bytes;
             self.batches.pop_front();
         }
     }
