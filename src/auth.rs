@@ -143,8 +143,7 @@ impl Identity {
 
     /// Time left before the token expires, if it does.
     pub fn remaining(&self) -> Option<Duration> {
-        self.expires_at
-            .map(|t| Duration::from_secs(t.saturating_sub(now_secs())))
+        self.expires_at.map(time_left)
     }
 }
 
@@ -375,6 +374,14 @@ fn names_p256(pem: &str) -> bool {
 }
 
 /// Seconds since the Unix epoch (0 on a clock before it).
+/// The time left until `expires_at` (seconds since the epoch); zero once
+/// past. It may be past what an `Instant` can hold (`exp` up to 2^64 - 1):
+/// add it to one with `checked_add`, or give it to `tokio::time::sleep`,
+/// which takes such a duration as "never".
+pub(crate) fn time_left(expires_at: u64) -> Duration {
+    Duration::from_secs(expires_at.saturating_sub(now_secs()))
+}
+
 pub fn now_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -98,6 +98,10 @@ pub const MARKET: &[(&str, &str)] = &[
         "market/010_presence_once",
         include_str!("../sql/market/010_presence_once.sql"),
     ),
+    (
+        "market/011_messages",
+        include_str!("../sql/market/011_messages.sql"),
+    ),
 ];
 
 /// The advisory key that makes concurrent migrations wait for each other.

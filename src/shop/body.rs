@@ -57,6 +57,32 @@ pub(crate) struct SetStatus {
     pub(crate) status: String,
 }
 
+/// `POST /api/farms/<farm>/messages`
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(crate) struct SendMessage {
+    pub(crate) body: String,
+    #[serde(default)]
+    product_id: Option<Box<RawValue>>,
+}
+
+/// `POST /api/farms/<farm>/customers/<customer>/messages`
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Reply {
+    pub(crate) body: String,
+}
+
+impl SendMessage {
+    /// The product the message is about, if any (`null` or absent: none).
+    pub(crate) fn product(&self) -> Result<Option<i64>, ApiError> {
+        match &self.product_id {
+            Some(raw) if raw.get() != "null" => json_id(raw, "productId").map(Some),
+            _ => Ok(None),
+        }
+    }
+}
+
 impl AddItem {
     pub(crate) fn product(&self) -> Result<i64, ApiError> {
         json_id(&self.product_id, "productId")
@@ -107,7 +133,7 @@ fn quantity_text(raw: &RawValue) -> Result<&str, ApiError> {
         None => true,
         Some(i) => text[i + 1..]
             .parse::<i32>()
-            .is_ok_and(|e| e.abs() <= MAX_EXPONENT),
+            .is_ok_and(|e| e.unsigned_abs() <= MAX_EXPONENT.unsigned_abs()),
     };
     if text.len() > MAX_QUANTITY_LEN || !exponent_ok {
         return Err(ApiError::new(
@@ -247,6 +273,9 @@ mod tests {
             "1e101",
             "1e-200000",
             "1e99999999999",
+            // i32::MIN: its absolute value is past i32 (it overflowed)
+            "1e-2147483648",
+            "1E+2147483647",
             &format!("0.{}1", "0".repeat(40)),
         ] {
             assert_eq!(

@@ -23,7 +23,7 @@ pub(crate) const STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the start-up schema check waits for the database.
 const CHECK_WAIT: Duration = Duration::from_secs(5);
 /// The newest function the API calls: its presence means the whole schema is there.
-const NEWEST: &str = "market.set_order_status(bigint,bigint,text,boolean)";
+const NEWEST: &str = "market.reply_message(bigint,bigint,bigint,text,boolean)";
 
 /// The market API's own connections.
 pub(crate) struct Db {
@@ -107,11 +107,20 @@ impl Db {
     }
 }
 
-/// A refusal when the database raised one of class MK with a 4xx status,
-/// else `unavailable`.
+/// A refusal when the database raised one of class MK with a 4xx status;
+/// 400 `bad_request` for a data exception (class 22: input no function
+/// refused by name, which PostgreSQL cannot take, e.g. a NUL character in a
+/// text or a number out of `numeric`'s range), which no retry mends; else
+/// `unavailable`.
 fn failure(e: tokio_postgres::Error) -> Failure {
     if let Some(db) = e.as_db_error() {
         let code = db.code().code();
+        if code.starts_with("22") {
+            return Failure::Api(ApiError::new(
+                ErrorCode::BadRequest,
+                format!("the database cannot take this input: {}", db.message()),
+            ));
+        }
         let status = code
             .strip_prefix("MK")
             .and_then(|n| n.parse::<u16>().ok())

@@ -30,7 +30,7 @@ pub(crate) struct Visitor {
 /// A customer: role `customer`, `sub` = the customer id.
 pub(crate) struct Customer(pub(crate) i64);
 
-/// Who may change products and orders.
+/// Who may change products and orders, and answer customers' messages.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Farmer {
     /// Role `farmer`, `sub` = the farmer id: their own farms only.
@@ -116,7 +116,7 @@ impl FromRequestParts<Arc<Shop>> for Customer {
         let who = identified(parts, shop)?;
         if role(&who) != Some("customer") {
             return Err(forbidden(
-                "carts and checkout are for customers (a token with role customer)",
+                "carts, checkout and messages to farms are for customers (a token with role customer)",
             ));
         }
         sub_id(&who)
@@ -136,7 +136,7 @@ impl FromRequestParts<Arc<Shop>> for Farmer {
                 .map(Farmer::Own)
                 .ok_or_else(|| forbidden("this token's sub is not a farmer id (digits)")),
             _ => Err(forbidden(
-                "products and orders are changed by farmers (role farmer) and admins",
+                "products, orders and replies to customers are for farmers (role farmer) and admins",
             )),
         }
     }

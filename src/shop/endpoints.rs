@@ -6,7 +6,7 @@
 //! gets `"tx":null` whatever the id: it locked rows (which assigns an id) but
 //! wrote nothing, so no change will ever carry it.
 
-use super::body::{path_id, AddItem, Json, SetQuantity, SetStatus};
+use super::body::{path_id, AddItem, Json, Reply, SendMessage, SetQuantity, SetStatus};
 use super::call::{json, Failure};
 use super::caller::{Customer, Farmer, Visitor};
 use super::Shop;
@@ -38,6 +38,12 @@ const SET_PRODUCT_QUANTITY: &str =
 const SET_ORDER_STATUS: &str =
     "SELECT (r || jsonb_build_object('tx', pg_current_xact_id_if_assigned()::text))::text
      FROM market.set_order_status($1, $2, $3, $4) AS r";
+const SEND_MESSAGE: &str =
+    "SELECT (r || jsonb_build_object('tx', pg_current_xact_id_if_assigned()::text))::text
+     FROM market.send_message($1, $2, $3, $4) AS r";
+const REPLY_MESSAGE: &str =
+    "SELECT (r || jsonb_build_object('tx', pg_current_xact_id_if_assigned()::text))::text
+     FROM market.reply_message($1, $2, $3, $4, $5) AS r";
 
 /// Runs a call whose one column is the answer body; 200 with it.
 async fn answer(
@@ -45,9 +51,19 @@ async fn answer(
     sql: &str,
     params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
 ) -> Response {
+    answer_with(shop, StatusCode::OK, sql, params).await
+}
+
+/// Runs a call whose one column is the answer body; `status` with it.
+async fn answer_with(
+    shop: &Shop,
+    status: StatusCode,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Response {
     match shop.db.call(sql, params).await {
         Ok(row) => match row.try_get::<_, String>(0) {
-            Ok(body) => json(StatusCode::OK, body),
+            Ok(body) => json(status, body),
             Err(e) => Failure::Api(bad_row(&e)).into_response(),
         },
         Err(f) => f.into_response(),
@@ -162,6 +178,47 @@ pub(crate) async fn set_order_status(
         &shop,
         SET_ORDER_STATUS,
         &[&farmer, &order, &b.status, &admin],
+    )
+    .await)
+}
+
+/// A customer writes to a farm: 201 with the message.
+pub(crate) async fn send_message(
+    State(shop): State<Arc<Shop>>,
+    Customer(c): Customer,
+    p: Result<Path<String>, PathRejection>,
+    Json(b): Json<SendMessage>,
+) -> Result<Response, ApiError> {
+    let (farm, product) = (id(p, "the farm")?, b.product()?);
+    Ok(answer_with(
+        &shop,
+        StatusCode::CREATED,
+        SEND_MESSAGE,
+        &[&c, &farm, &b.body, &product],
+    )
+    .await)
+}
+
+/// The farm's farmer (or an admin) answers a customer: 201 with the message.
+pub(crate) async fn reply_message(
+    State(shop): State<Arc<Shop>>,
+    who: Farmer,
+    p: Result<Path<(String, String)>, PathRejection>,
+    Json(b): Json<Reply>,
+) -> Result<Response, ApiError> {
+    let (farm, customer) = match p {
+        Ok(Path((farm, customer))) => (
+            path_id(&farm, "the farm")?,
+            path_id(&customer, "the customer")?,
+        ),
+        Err(_) => (path_id("", "the farm")?, 0),
+    };
+    let (farmer, admin) = who.sql_args();
+    Ok(answer_with(
+        &shop,
+        StatusCode::CREATED,
+        REPLY_MESSAGE,
+        &[&farmer, &farm, &customer, &b.body, &admin],
     )
     .await)
 }

@@ -1,5 +1,6 @@
 //! The demo storefront's HTTP API: a thin layer over the market schema's SQL
-//! functions (`sql/market/004_carts.sql`, `sql/market/007_farmer_writes.sql`),
+//! functions (`sql/market/004_carts.sql`, `sql/market/007_farmer_writes.sql`,
+//! `sql/market/011_messages.sql`),
 //! served on the client port by `rowcast demo` and by `serve --market-api`.
 //!
 //! Why it is thin: the guarantees (server wins, no overselling, no deadlock,
@@ -19,6 +20,8 @@
 //! | `POST /api/checkout` | customer | `checkout` | 201 `{"result":"ok","orders",..,"tx"}`, 409 `{"result":"conflict","error":"checkout_conflict","conflicts",..,"tx":null}` |
 //! | `PATCH /api/products/<id>` `{"quantity"}` | farmer, admin | `set_product_quantity` | 200 product + `tx` |
 //! | `POST /api/orders/<id>/status` `{"status"}` | farmer, admin | `set_order_status` | 200 order + `tx` |
+//! | `POST /api/farms/<farm>/messages` `{"body"[,"productId"]}` | customer | `send_message` | 201 message + `tx` |
+//! | `POST /api/farms/<farm>/customers/<customer>/messages` `{"body"}` | farmer, admin | `reply_message` | 201 message + `tx` |
 //!
 //! Callers: the token (`Authorization: Bearer`, else `?token=`) verified by
 //! the gate exactly as for the push transports. A customer is role `customer`
@@ -38,11 +41,12 @@
 //! Refusals, all in the one error shape `{"error","message",...}`:
 //! - the database's, passed through (`call`): SQLSTATE `MK<status>`, body =
 //!   its DETAIL (`invalid_quantity`, `unknown_product`, `not_in_cart`,
-//!   `quantity_unavailable`, `cart_empty`, `forbidden`, `unknown_order`, ...);
+//!   `quantity_unavailable`, `cart_empty`, `forbidden`, `unknown_order`,
+//!   `invalid_message`, `unknown_farm`, `unknown_conversation`, ...);
 //! - this layer's: 401 `unauthorized` (`reason`: `missing` or the token's
 //!   fault), 403 `forbidden` (wrong role, or a `sub` that is not an id), 400
 //!   `bad_request` (malformed JSON, wrong types, unknown or missing fields,
-//!   ids that are not ids), 400 `invalid_quantity` (a number too extreme to
+//!   ids that are not ids, and the database's data exceptions: `call`), 400 `invalid_quantity` (a number too extreme to
 //!   read), 400 `bad_query`, 413 `payload_too_large` (over `MAX_BODY`), 415
 //!   `unsupported_media_type` (a body that is not `application/json`), 404
 //!   `not_found`, 405 `method_not_allowed`, 429 `api_rate_limited`
@@ -144,6 +148,11 @@ pub(crate) fn router(shop: Arc<Shop>) -> Router<Arc<App>> {
         )
         .route("/api/checkout", post(endpoints::checkout))
         .route("/api/orders/{id}/status", post(endpoints::set_order_status))
+        .route("/api/farms/{farm}/messages", post(endpoints::send_message))
+        .route(
+            "/api/farms/{farm}/customers/{customer}/messages",
+            post(endpoints::reply_message),
+        )
         .route("/api/{*rest}", any(not_found))
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(span))

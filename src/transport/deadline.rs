@@ -3,6 +3,7 @@
 //! authentication). Shared by the transports that run their own I/O loop.
 
 use super::close::Disconnect;
+use crate::auth::time_left;
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
@@ -50,6 +51,13 @@ pub(crate) async fn until(at: Option<tokio::time::Instant>) {
     }
 }
 
+/// When a token that expires at `expires_at` (seconds since the epoch) runs
+/// out, as a timer's instant; `None` (never) when that is past what an
+/// `Instant` holds: `exp` is the token's, up to 2^64 - 1.
+pub(crate) fn expiry_instant(expires_at: Option<u64>) -> Option<tokio::time::Instant> {
+    expires_at.and_then(|at| tokio::time::Instant::now().checked_add(time_left(at)))
+}
+
 /// A timer for the token's expiry, re-made only when the expiry changes.
 #[derive(Default)]
 pub(crate) struct Expiry {
@@ -61,10 +69,7 @@ impl Expiry {
     /// Keeps the timer in step with `expires_at` (seconds since the epoch).
     pub(crate) fn track(&mut self, expires_at: Option<u64>) {
         if expires_at != self.armed_for {
-            self.timer = expires_at.map(|at| {
-                let left = at.saturating_sub(crate::auth::now_secs());
-                Box::pin(tokio::time::sleep(Duration::from_secs(left)))
-            });
+            self.timer = expires_at.map(|at| Box::pin(tokio::time::sleep(time_left(at))));
             self.armed_for = expires_at;
         }
     }

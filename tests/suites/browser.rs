@@ -982,6 +982,149 @@ async fn conflict_dialog_then_adjust_and_checkout() {
     server.stop().await;
 }
 
+/// FR-021's third option, "Contact farmer": the conflict opens a message to
+/// the farm with the farmer's presence ("Farmer is online - expect quick
+/// reply"); the farmer's tab lists it at once, and the answer reaches the
+/// shopper's page as a toast and in the conversation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contact_farmer_from_the_conflict_and_read_the_reply() {
+    let Some(tools) = tools() else { return };
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (server, db) = market().await;
+    let base = server.base_url();
+    let driver = Driver::start(&tools).await;
+    let shopper = driver.browser().await;
+    shopper.goto(&format!("{base}/")).await;
+    shopper.ready().await;
+    shopper.type_into("[data-product=\"1\"] input", "5").await;
+    shopper.click("[data-product=\"1\"] .add").await;
+    shopper
+        .wait_for(
+            "(() => { const l = document.querySelector('[data-cart-line=\"1\"]'); return l && !l.classList.contains('pending'); })()",
+            "5 lbs in the cart",
+            ARRIVAL,
+        )
+        .await;
+    let farmer = driver.browser().await;
+    farmer.goto(&format!("{base}/farmer")).await;
+    farmer.ready().await;
+    // the farmer's tab reported activity: online in the shop before the conflict
+    shopper
+        .wait_for(
+            "document.querySelector('[data-product=\"1\"] [data-farm-dot]').dataset.status === 'online'",
+            "the farmer online",
+            ARRIVAL,
+        )
+        .await;
+    farmer.type_into("tr[data-product=\"1\"] input", "3").await;
+    farmer
+        .click("tr[data-product=\"1\"] [data-save-button]")
+        .await;
+    shopper
+        .wait_for(
+            "document.getElementById('conflict-dialog').open",
+            "the conflict dialog",
+            ARRIVAL,
+        )
+        .await;
+    shopper.click("#conflict-contact").await;
+    let shown = shopper
+        .wait_for(
+            "document.getElementById('message-dialog').open && [document.getElementById('message-title').textContent, document.getElementById('message-presence-text').textContent, document.getElementById('message-body').value]",
+            "the message dialog",
+            ARRIVAL,
+        )
+        .await;
+    assert_eq!(
+        shown,
+        json!([
+            "Sunny Valley Farm",
+            "Farmer is online - expect quick reply",
+            "Hi! I'd like 5 lbs of Heirloom Tomatoes, but only 3 lbs are available. Will you have more soon?"
+        ])
+    );
+    assert_eq!(
+        shopper
+            .js("return document.getElementById('conflict-dialog').open;")
+            .await,
+        false
+    );
+    shopper.click("#message-send").await;
+    shopper
+        .wait_for(
+            "document.querySelector('#message-thread li[data-from=\"customer\"]') && document.getElementById('message-body').value === ''",
+            "our message in the thread",
+            ARRIVAL,
+        )
+        .await;
+
+    // the farmer's tab: the question, live, then the answer
+    let question = farmer
+        .wait_for(
+            "(() => { const l = document.querySelector('.conversation[data-customer=\"1000\"] li[data-from=\"customer\"]'); return l && l.textContent; })()",
+            "the question in the farmer's messages",
+            ARRIVAL,
+        )
+        .await;
+    assert_eq!(
+        question,
+        "Customer 1000 · about Heirloom TomatoesHi! I'd like 5 lbs of Heirloom Tomatoes, but only 3 lbs are available. Will you have more soon?"
+    );
+    farmer
+        .type_into(
+            ".conversation[data-customer=\"1000\"] textarea",
+            "More on Saturday!",
+        )
+        .await;
+    // (the new question's toast covers the button: clicks go through toasts)
+    farmer
+        .click(".conversation[data-customer=\"1000\"] button[type=\"submit\"]")
+        .await;
+    let toast = shopper
+        .wait_for(
+            "(() => { const t = [...document.querySelectorAll('#toasts .toast')].find(e => e.querySelector('strong').textContent === 'Sunny Valley Farm replied'); return t && t.querySelector('span').textContent; })()",
+            "the reply's toast",
+            ARRIVAL,
+        )
+        .await;
+    assert_eq!(toast, "More on Saturday!");
+    let thread = shopper
+        .wait_for(
+            "(() => { const l = [...document.querySelectorAll('#message-thread li')].map(e => e.dataset.from); return l.length === 2 && l; })()",
+            "both messages in the shopper's thread",
+            ARRIVAL,
+        )
+        .await;
+    assert_eq!(thread, json!(["customer", "farmer"]));
+    // what the database holds: the conversation, about the tomatoes
+    let rows = db
+        .query(
+            "SELECT from_farmer, product_id, body FROM market.messages ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap();
+    let got: Vec<(bool, Option<i64>)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(got, [(false, Some(1)), (true, None)]);
+    shopper.screenshot("docs/contact.png").await;
+    // a reload (or another device) shows the conversation: the snapshot of customer-1000
+    // (a new document: a query the page ignores)
+    shopper.goto(&format!("{base}/?again=1#farm-1")).await;
+    shopper.ready().await;
+    shopper.click("#farm-message").await;
+    shopper
+        .wait_for(
+            "document.querySelectorAll('#message-thread li').length === 2",
+            "the conversation after a reload",
+            ARRIVAL,
+        )
+        .await;
+    shopper.close().await;
+    farmer.close().await;
+    drop(driver);
+    server.stop().await;
+}
+
 /// Optimistic add with a failing API: the line appears at once, then rolls
 /// back with the error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -404,6 +404,28 @@ async fn market_policy_decisions() {
         (json!({"sub":"9","role":"admin"}), "order-20", true),
         (json!({"sub":"9","role":"admin"}), "customer-2", true),
         (json!({"sub":"9","role":"admin"}), "stalls-1", false),
+        (
+            json!({"sub":"101","role":"farmer"}),
+            "farm-1-messages",
+            true,
+        ),
+        (
+            json!({"sub":"102","role":"farmer"}),
+            "farm-1-messages",
+            false,
+        ),
+        (
+            json!({"sub":"1","role":"customer"}),
+            "farm-1-messages",
+            false,
+        ),
+        (json!({}), "farm-1-messages", false),
+        (json!({"sub":"9","role":"admin"}), "farm-1-messages", true),
+        (
+            json!({"sub":"101","role":"farmer"}),
+            "farm-1-messagesx",
+            false,
+        ),
         (json!({"sub":"1","role":"customer"}), "order-abc", false),
         (
             json!({"sub":"1","role":"customer"}),
@@ -596,7 +618,9 @@ async fn market_events_reach_only_rightful_clients_on_every_topic() {
          SELECT market.checkout(2);
          INSERT INTO market.products (id, farm_id, name, unit, quantity) VALUES (50, 2, 'Figs', 'lb', 3);
          SELECT rowcast.touch('farmer-101');
-         SELECT rowcast.touch('customer-1');",
+         SELECT rowcast.touch('customer-1');
+         SELECT market.send_message(1, 2, 'Figs on Saturday?', 50);
+         SELECT market.reply_message(102, 2, 1, 'Yes');",
     )
     .await
     .unwrap();
@@ -635,7 +659,7 @@ async fn market_events_reach_only_rightful_clients_on_every_topic() {
                 Some(("farmer", id)) => (None, Some(id.to_string())),
                 other => panic!("presence of {other:?}"),
             },
-            "order.status.changed" => {
+            "order.status.changed" | "message.sent" => {
                 let farm: i64 = data["farmId"].as_str().unwrap().parse().unwrap();
                 (
                     Some(data["customerId"].as_str().unwrap().to_string()),
@@ -658,7 +682,8 @@ async fn market_events_reach_only_rightful_clients_on_every_topic() {
                 || (event == "user.presence"
                     && data["userId"].as_str().unwrap().starts_with("farmer-"));
             let is = |prefix: &str| topic.starts_with(prefix);
-            let orders_topic = is("farm-") && topic.ends_with("-orders");
+            let farmer_topic =
+                is("farm-") && (topic.ends_with("-orders") || topic.ends_with("-messages"));
             let clients: Vec<(&str, Value, bool)> = vec![
                 ("anonymous", json!({}), public),
                 (
@@ -679,7 +704,7 @@ async fn market_events_reach_only_rightful_clients_on_every_topic() {
                 (
                     "owning farmer",
                     json!({"sub": owner_farmer.clone().unwrap_or("101".into()), "role": "farmer"}),
-                    public || is("order-") || orders_topic,
+                    public || is("order-") || farmer_topic,
                 ),
                 ("admin", json!({"sub": "9", "role": "admin"}), true),
             ];
@@ -704,7 +729,8 @@ async fn market_events_reach_only_rightful_clients_on_every_topic() {
         events_seen.contains("order.status.changed")
             && events_seen.contains("inventory.updated")
             && events_seen.contains("cart.adjusted")
-            && events_seen.contains("user.presence"),
+            && events_seen.contains("user.presence")
+            && events_seen.contains("message.sent"),
         "{events_seen:?}"
     );
     assert!(checked > 50, "{checked} decisions checked");

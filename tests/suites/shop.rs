@@ -1445,3 +1445,228 @@ async fn a_body_refused_unread_ends_its_connection_and_says_so() {
     assert!(answer.starts_with("http/1.1 413"), "{answer}");
     assert!(answer.contains("\r\nconnection: close\r\n"), "{answer}");
 }
+
+/// The message of an answer, less its `tx`: what the event's data must be.
+fn without_tx(v: &Value) -> Value {
+    let mut m = v.clone();
+    if let Some(o) = m.as_object_mut() {
+        o.remove("tx");
+    }
+    m
+}
+
+/// FR-021's "Contact farmer": a customer writes to a farm, the farm's farmer
+/// answers; each message reaches both sides' private topics with the answer's
+/// `tx`, nobody else may write into the conversation, and a snapshot holds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contact_farmer_reaches_the_farm_and_the_answer_the_customer() {
+    let url = fresh_market_db().await;
+    let db = connect(&url).await;
+    market_with_tomatoes(&db).await;
+    let srv = api_server(&url, |_| {}).await;
+    let base = srv.base_url();
+    let api = Api::new(&base);
+    let (t7, t8) = (token("7", "customer"), token("8", "customer"));
+    let (farmer, other, admin) = (
+        token("101", "farmer"),
+        token("102", "farmer"),
+        token("1", "admin"),
+    );
+    let mut customer = WsClient::connect(&base, &format!("topics=customer-7&token={t7}")).await;
+    let mut farm =
+        WsClient::connect(&base, &format!("topics=farm-1-messages&token={farmer}")).await;
+    let reply = "/api/farms/1/customers/7/messages";
+
+    // Nobody is written to unasked: no answer before the customer writes.
+    let a = api
+        .post(reply, Some(&farmer), json!({"body": "Fresh eggs today!"}))
+        .await;
+    assert_error(&a, 404, "unknown_conversation");
+
+    // The customer writes about the tomatoes (trimmed).
+    let a = api
+        .post(
+            "/api/farms/1/messages",
+            Some(&t7),
+            json!({"body": "  Will you have 5 lbs on Saturday?\n", "productId": "1"}),
+        )
+        .await;
+    assert_eq!(a.status, 201, "{a:?}");
+    let tx = tx_of(&a.body);
+    let sent = without_tx(&a.body);
+    assert_eq!(sent["body"], "Will you have 5 lbs on Saturday?");
+    assert_eq!(
+        (&sent["farmId"], &sent["farmName"], &sent["customerId"]),
+        (&json!("1"), &json!("Farm 1"), &json!("7"))
+    );
+    assert_eq!(
+        (&sent["from"], &sent["productId"]),
+        (&json!("customer"), &json!("1"))
+    );
+    assert!(
+        sent["messageId"].as_str().is_some_and(|m| !m.is_empty()),
+        "{sent}"
+    );
+    assert!(sent["timestamp"].as_i64().is_some(), "{sent}");
+    for (who, rx, topic) in [
+        ("farmer", &mut farm.rx, "farm-1-messages"),
+        ("customer", &mut customer.rx, "customer-7"),
+    ] {
+        let e = next_event(rx).await;
+        assert_eq!(
+            (e.topic.as_str(), e.event.as_str()),
+            (topic, "message.sent"),
+            "{who}"
+        );
+        assert_eq!(e.data, sent, "{who}");
+        assert_eq!(e.tx.as_deref(), Some(tx.as_str()), "{who}");
+    }
+
+    // The farm's farmer answers; so may an admin.
+    for (t, body) in [(&farmer, "Yes, 10 lbs"), (&admin, "Market opens at 8")] {
+        let a = api.post(reply, Some(t), json!({"body": body})).await;
+        assert_eq!(a.status, 201, "{a:?}");
+        let answer = without_tx(&a.body);
+        assert_eq!(
+            (&answer["from"], &answer["body"], &answer["productId"]),
+            (&json!("farmer"), &json!(body), &Value::Null)
+        );
+        for rx in [&mut farm.rx, &mut customer.rx] {
+            let e = next_event(rx).await;
+            assert_eq!((e.event.as_str(), &e.data), ("message.sent", &answer));
+        }
+    }
+
+    // Refusals, each writing nothing.
+    let long = "x".repeat(1001);
+    for (path, t, body, status, code) in [
+        (
+            "/api/farms/1/messages",
+            None,
+            json!({"body": "hi"}),
+            401,
+            "unauthorized",
+        ),
+        (
+            "/api/farms/1/messages",
+            Some(&farmer),
+            json!({"body": "hi"}),
+            403,
+            "forbidden",
+        ),
+        (
+            "/api/farms/9/messages",
+            Some(&t7),
+            json!({"body": "hi"}),
+            404,
+            "unknown_farm",
+        ),
+        // basil is farm 2's
+        (
+            "/api/farms/1/messages",
+            Some(&t7),
+            json!({"body": "hi", "productId": "2"}),
+            404,
+            "unknown_product",
+        ),
+        (
+            "/api/farms/1/messages",
+            Some(&t7),
+            json!({"body": " \n\t "}),
+            400,
+            "invalid_message",
+        ),
+        (
+            "/api/farms/1/messages",
+            Some(&t7),
+            json!({"body": long}),
+            400,
+            "invalid_message",
+        ),
+        (
+            "/api/farms/1/messages",
+            Some(&t7),
+            json!({"body": 5}),
+            400,
+            "bad_request",
+        ),
+        // text PostgreSQL cannot hold: a data exception, not a retry
+        (
+            "/api/farms/1/messages",
+            Some(&t7),
+            json!({"body": "a\u{0}b"}),
+            400,
+            "bad_request",
+        ),
+        (
+            "/api/farms/1/messages",
+            Some(&t7),
+            json!({"body": "hi", "to": "x"}),
+            400,
+            "bad_request",
+        ),
+        (
+            "/api/farms/x/messages",
+            Some(&t7),
+            json!({"body": "hi"}),
+            400,
+            "bad_request",
+        ),
+        (reply, Some(&t8), json!({"body": "hi"}), 403, "forbidden"),
+        (reply, Some(&other), json!({"body": "hi"}), 403, "forbidden"),
+        (
+            "/api/farms/1/customers/8/messages",
+            Some(&farmer),
+            json!({"body": "hi"}),
+            404,
+            "unknown_conversation",
+        ),
+        (
+            "/api/farms/1/customers/0/messages",
+            Some(&farmer),
+            json!({"body": "hi"}),
+            400,
+            "invalid_customer",
+        ),
+    ] {
+        let a = api.post(path, t.map(String::as_str), body.clone()).await;
+        assert_error(&a, status, code);
+        assert!(a.body.get("tx").is_none(), "{path} {body}: {a:?}");
+    }
+    let a = api
+        .post(
+            "/api/farms/1/messages",
+            Some(&t7),
+            json!({"body": "y".repeat(1000), "productId": null}),
+        )
+        .await;
+    assert_eq!(a.status, 201, "1000 characters are allowed: {a:?}");
+    assert_eq!(
+        scalar_i64(&db, "SELECT count(*) FROM market.messages").await,
+        4
+    );
+
+    // A snapshot of the farm's messages holds the conversation, oldest first.
+    let (status, body) = poll_raw(
+        &base,
+        &format!("topics=farm-1-messages&snapshot=true&token={farmer}"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let bodies: Vec<&str> = body["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["data"]["body"].as_str().unwrap())
+        .collect();
+    assert_eq!(bodies.len(), 4, "{body}");
+    assert_eq!(
+        bodies[..3],
+        [
+            "Will you have 5 lbs on Saturday?",
+            "Yes, 10 lbs",
+            "Market opens at 8"
+        ]
+    );
+    srv.stop().await;
+}

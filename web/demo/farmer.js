@@ -1,5 +1,6 @@
 // The farmer's view: set quantities and advance orders, both optimistic and
-// confirmed by their transaction's change; reports activity (presence).
+// confirmed by their transaction's change; reports activity (presence);
+// reads and answers shoppers' messages.
 
 import {
   api, apiJson, demoSession, esc, openStream, paintDot, presenceWords, qtyText, statusChip, toast, tileStyle,
@@ -10,6 +11,8 @@ const params = new URLSearchParams(location.search);
 const session = demoSession('farmer', params.get('farm') ? `&farm=${encodeURIComponent(params.get('farm'))}` : '');
 const products = new Map();
 const orders = new Map(); // orderId -> { orderId, customerId, status }
+const messages = new Map(); // messageId -> message
+const drafts = new Map(); // customerId -> reply being typed (kept across re-renders)
 let rc;
 let me;
 
@@ -19,8 +22,9 @@ async function boot() {
   me = await session.get();
   $('farm-title').textContent = me.farmName;
   document.title = `${me.farmName} · Farmer dashboard`;
-  // the snapshot brings the current state of the farm's orders (and of products that changed)
-  rc = openStream(session, [`farm-${me.farmId}`, `farm-${me.farmId}-orders`], { snapshot: true });
+  // the snapshot brings the current state of the farm's orders (and of
+  // products that changed), and the messages still in the change log
+  rc = openStream(session, [`farm-${me.farmId}`, `farm-${me.farmId}-orders`, `farm-${me.farmId}-messages`], { snapshot: true });
   statusChip($('status-chip'), rc);
   // what the stream says while the API answers is newer than (or as new as) the answer
   const seenQuantity = new Map();
@@ -37,6 +41,15 @@ async function boot() {
   rc.on('order.status.changed', (d) => {
     orders.set(d.orderId, { orderId: d.orderId, customerId: d.customerId, status: d.newStatus });
     renderOrders();
+  });
+  rc.on('message.sent', (d) => {
+    const known = messages.has(d.messageId);
+    messages.set(d.messageId, d);
+    renderConversations();
+    // a new question (not the snapshot's history, which comes before live)
+    if (!known && d.from === 'customer' && document.body.dataset.ready === 'true') {
+      toast('info', `Customer ${d.customerId} wrote`, d.body, 10000);
+    }
   });
   rc.on('user.presence', (d) => {
     if (d.userId !== me.userId) return;
@@ -170,6 +183,64 @@ async function advance(orderId, status) {
     });
   } catch (e) {
     toast('error', 'Could not update the order', e.message);
+  }
+}
+
+/** One conversation per customer, the latest first, each with its reply box. */
+function renderConversations() {
+  const box = $('conversations');
+  // keep what is being typed, and where
+  for (const t of box.querySelectorAll('textarea')) drafts.set(t.dataset.customer, t.value);
+  const focused = document.activeElement && document.activeElement.dataset ? document.activeElement.dataset.customer : null;
+  const byCustomer = new Map();
+  for (const m of [...messages.values()].sort((a, b) => Number(a.messageId) - Number(b.messageId))) {
+    if (!byCustomer.has(m.customerId)) byCustomer.set(m.customerId, []);
+    byCustomer.get(m.customerId).push(m);
+  }
+  const latest = (list) => Number(list[list.length - 1].messageId);
+  const conversations = [...byCustomer.entries()].sort((a, b) => latest(b[1]) - latest(a[1]));
+  box.innerHTML = '';
+  $('message-count').textContent = conversations.length ? `${conversations.length} conversation${conversations.length === 1 ? '' : 's'}` : '';
+  if (conversations.length === 0) {
+    box.innerHTML = '<div class="cart-empty">No messages yet.</div>';
+    return;
+  }
+  for (const [customerId, list] of conversations) {
+    const div = document.createElement('div');
+    div.className = 'conversation';
+    div.dataset.customer = customerId;
+    const items = list.map((m) => {
+      const about = m.productId && products.get(m.productId) ? ` · about ${esc(products.get(m.productId).name)}` : '';
+      return `<li class="${m.from === 'farmer' ? 'mine' : 'theirs'}" data-from="${esc(m.from)}" data-message="${esc(m.messageId)}"><small>${m.from === 'farmer' ? 'You' : `Customer ${esc(customerId)}${about}`}</small>${esc(m.body)}</li>`;
+    }).join('');
+    div.innerHTML = `<div class="who">Customer ${esc(customerId)}</div><ol class="thread">${items}</ol>
+      <form class="reply"><textarea rows="2" maxlength="1000" required aria-label="Reply" data-customer="${esc(customerId)}"></textarea><button class="btn primary" type="submit">Reply</button></form>`;
+    const text = div.querySelector('textarea');
+    text.value = drafts.get(customerId) || '';
+    div.querySelector('form').addEventListener('submit', (ev) => {
+      ev.preventDefault();
+      reply(customerId, text, div.querySelector('button'));
+    });
+    box.appendChild(div);
+    const thread = div.querySelector('.thread');
+    thread.scrollTop = thread.scrollHeight;
+    if (focused === customerId) text.focus();
+  }
+}
+
+async function reply(customerId, text, button) {
+  button.disabled = true;
+  try {
+    const m = await apiJson(session, 'POST', `/api/farms/${me.farmId}/customers/${customerId}/messages`, { body: text.value });
+    delete m.tx;
+    messages.set(m.messageId, m);
+    drafts.delete(customerId);
+    text.value = '';
+    renderConversations();
+  } catch (e) {
+    toast('error', 'The reply was not sent. Try again.', e.message);
+  } finally {
+    button.disabled = false;
   }
 }
 

@@ -1,5 +1,6 @@
 // The shopper's page: live product cards, farm pages (#farm-<id>), the cart
-// with optimistic adds, FR-021's conflict dialog, order toasts.
+// with optimistic adds, FR-021's conflict dialog, order toasts, messages to
+// farms ("Contact farmer").
 
 import {
   api, apiJson, demoSession, esc, money, openStream, paintDot, presenceWords, qtyText, statusChip, toast,
@@ -15,6 +16,8 @@ let cart = { items: [], totalCents: 0 };
 let rc;
 let me;
 const conflicts = []; // queued FR-021 conflicts, shown one at a time
+const messages = new Map(); // messageId -> message (ours and the farms' answers)
+let talking = null; // { farmId, productId } while the message dialog is open
 
 const $ = (id) => document.getElementById(id);
 
@@ -28,6 +31,7 @@ async function boot() {
   rc.on('user.presence', onPresence);
   rc.on('order.status.changed', onOrder);
   rc.on('cart.adjusted', onCartAdjusted);
+  rc.on('message.sent', onMessage);
   rc.on('rowcast:resync', () => refresh());
   rc.on('rowcast:error', (e) => console.warn('rowcast:', e.code, e.message));
   await rc.ready();
@@ -36,6 +40,12 @@ async function boot() {
   $('checkout').addEventListener('click', checkout);
   $('cart-button').addEventListener('click', () => $('cart').scrollIntoView({ behavior: 'smooth' }));
   $('conflict-dialog').addEventListener('click', onConflictAction);
+  $('farm-message').addEventListener('click', () => openMessage(currentFarm(), null, ''));
+  $('message-form').addEventListener('submit', onMessageSubmit);
+  $('message-dialog').addEventListener('close', () => {
+    talking = null;
+    showConflict(); // a conflict that waited behind "Contact farmer"
+  });
   // Escape dismisses the conflict shown: it is dropped from the queue (a
   // checkout that still conflicts brings it back, once)
   $('conflict-dialog').addEventListener('cancel', () => {
@@ -60,11 +70,13 @@ async function refresh() {
       apiJson(session, 'GET', '/api/products'),
       apiJson(session, 'GET', '/api/cart'),
       fetch(`/v1/presence?users=${[...farms.values()].map((f) => f.farmerUserId).join(',')}`).then((r) => r.json()),
-      myOrders(),
+      myHistory(),
     ]);
-    // orders the stream did not bring since it started (a reload, another device)
-    for (const o of mine) if (!orders.has(o.orderId)) orders.set(o.orderId, o);
+    // orders and messages the stream did not bring since it started (a reload, another device)
+    for (const o of mine.orders) if (!orders.has(o.orderId)) orders.set(o.orderId, o);
+    for (const m of mine.messages) if (!messages.has(m.messageId)) messages.set(m.messageId, m);
     renderOrders();
+    renderThread();
     products.clear();
     for (const p of list) {
       if (seen.quantity.has(p.productId)) p.quantity = seen.quantity.get(p.productId);
@@ -83,24 +95,28 @@ async function refresh() {
 }
 
 /**
- * This customer's orders, each in its latest status: the snapshot of the
- * `customer-<id>` topic (one `order.status.changed` per order, within the
- * change log's retention).
+ * This customer's orders, each in its latest status, and messages: the
+ * snapshot of the `customer-<id>` topic (one `order.status.changed` per
+ * order, every `message.sent`, within the change log's retention).
  */
-async function myOrders() {
+async function myHistory() {
+  const none = { orders: [], messages: [] };
   try {
     const token = await session.token({ refresh: false });
     const r = await fetch(`/v1/poll?topics=customer-${encodeURIComponent(me.sub)}&snapshot=true`, {
       headers: { Authorization: `Bearer ${token}` },
       cache: 'no-store',
     });
-    if (!r.ok) return [];
-    const body = await r.json();
-    return (body.events || [])
-      .filter((e) => e.event === 'order.status.changed')
-      .map((e) => ({ orderId: e.data.orderId, farmId: e.data.farmId, status: e.data.newStatus }));
+    if (!r.ok) return none;
+    const events = (await r.json()).events || [];
+    return {
+      orders: events
+        .filter((e) => e.event === 'order.status.changed')
+        .map((e) => ({ orderId: e.data.orderId, farmId: e.data.farmId, status: e.data.newStatus })),
+      messages: events.filter((e) => e.event === 'message.sent').map((e) => e.data),
+    };
   } catch (_) {
-    return []; // the stream brings new ones all the same
+    return none; // the stream brings new ones all the same
   }
 }
 
@@ -227,6 +243,7 @@ function onPresence(d) {
     f.status = d.status;
     document.querySelectorAll(`[data-farm-dot="${f.farmId}"]`).forEach((dot) => paintDot(dot, f.status));
     if (currentFarm() === f.farmId) paintFarmOnline(f);
+    if (talking && talking.farmId === f.farmId) paintMessagePresence(f);
   }
 }
 
@@ -432,10 +449,15 @@ async function onConflictAction(ev) {
       cart = await apiJson(session, 'DELETE', `/api/cart/items/${c.productId}`);
       toast('success', `Removed ${c.name} from your cart`);
     } else {
-      const f = farms.get(String(c.farmId));
-      const status = f ? f.status : 'offline';
-      toast('info', `Message sent to ${farmName(c.farmId)}`,
-        status === 'online' ? 'Farmer is online – expect a quick reply.' : `Farmer is ${presenceWords[status]} – they will reply when back.`);
+      // "Contact farmer": the message dialog, with a draft; the next
+      // conflict waits until it closes
+      const available = Number(c.available ?? c.adjusted ?? 0);
+      const want = `${qtyText(c.requested, c.unit)} of ${c.name}`;
+      openMessage(String(c.farmId), c.productId, available > 0
+        ? `Hi! I'd like ${want}, but only ${qtyText(available, c.unit)} are available. Will you have more soon?`
+        : `Hi! I'd like ${want}, but it has sold out. Will you have more soon?`);
+      renderCart();
+      return;
     }
   } catch (e) {
     toast('error', 'That did not work. Try again.', e.message);
@@ -443,6 +465,86 @@ async function onConflictAction(ev) {
   }
   renderCart();
   showConflict();
+}
+
+// --------------------------------------------------------------- messages
+
+/** FR-021's messaging line: "Farmer is online - expect quick reply". */
+const REPLY_WORDS = {
+  online: 'Farmer is online - expect quick reply',
+  away: 'Farmer is away - a reply may take a while',
+  offline: 'Farmer is offline - they will reply when back',
+};
+
+/** The dialog to write to a farm (about a product, or not), with its conversation so far. */
+function openMessage(farmId, productId, draft) {
+  const f = farms.get(String(farmId));
+  if (!f) return;
+  talking = { farmId: f.farmId, productId: productId || null };
+  $('message-title').textContent = f.name;
+  paintMessagePresence(f);
+  renderThread();
+  $('message-body').value = draft;
+  const d = $('message-dialog');
+  d.dataset.farm = f.farmId;
+  if (!d.open) d.showModal();
+  $('message-body').focus();
+}
+
+function paintMessagePresence(f) {
+  paintDot($('message-dot'), f.status);
+  $('message-presence-text').textContent = REPLY_WORDS[f.status] || REPLY_WORDS.offline;
+  $('message-presence').dataset.status = f.status;
+}
+
+function renderThread() {
+  const ol = $('message-thread');
+  ol.innerHTML = '';
+  if (!talking) return;
+  const mine = [...messages.values()]
+    .filter((m) => m.farmId === talking.farmId)
+    .sort((a, b) => Number(a.messageId) - Number(b.messageId));
+  for (const m of mine) {
+    const li = document.createElement('li');
+    li.className = m.from === 'customer' ? 'mine' : 'theirs';
+    li.dataset.from = m.from;
+    li.dataset.message = m.messageId;
+    li.innerHTML = `<small>${m.from === 'farmer' ? esc(m.farmName) : 'You'}</small>${esc(m.body)}`;
+    ol.appendChild(li);
+  }
+  ol.scrollTop = ol.scrollHeight;
+}
+
+async function onMessageSubmit(ev) {
+  if (!ev.submitter || ev.submitter.value !== 'send') return; // Close
+  ev.preventDefault(); // stay open: the answer comes into the thread
+  if (!talking) return;
+  const body = $('message-body').value;
+  const send = $('message-send');
+  send.disabled = true;
+  try {
+    const payload = { body };
+    if (talking.productId) payload.productId = talking.productId;
+    const m = await apiJson(session, 'POST', `/api/farms/${talking.farmId}/messages`, payload);
+    delete m.tx;
+    messages.set(m.messageId, m);
+    renderThread();
+    $('message-body').value = '';
+    const f = farms.get(m.farmId);
+    toast('success', `Message sent to ${m.farmName}`, REPLY_WORDS[(f && f.status) || 'offline']);
+  } catch (e) {
+    toast('error', 'The message was not sent. Try again.', e.message);
+  } finally {
+    send.disabled = false;
+  }
+}
+
+/** A message of ours (from another tab too) or a farm's answer. */
+function onMessage(d) {
+  const known = messages.has(d.messageId);
+  messages.set(d.messageId, d);
+  if (talking && talking.farmId === d.farmId) renderThread();
+  if (!known && d.from === 'farmer') toast('info', `${d.farmName} replied`, d.body, 10000);
 }
 
 boot().catch((e) => {

@@ -599,9 +599,7 @@ async fn answer(app: &App, session: &PollSession) -> Result<Vec<String>, Disconn
         }
         // nothing yet: wait for a post, a change, the next ping, a probe,
         // the token's expiry, or the end
-        let expires = core.expires_at().map(|at| {
-            Instant::now() + Duration::from_secs(at.saturating_sub(crate::auth::now_secs()))
-        });
+        let expires = crate::transport::deadline::expiry_instant(core.expires_at());
         let feed = core.feed();
         tokio::select! {
             _ = session.wake.notified() => {}
