@@ -261,7 +261,9 @@ impl Gate {
         if n > max {
             return Err(ApiError::new(
                 ErrorCode::TooManyTopics,
-                format!("at most {max} topics per connection; nothing was subscribed"),
+                format!(
+                    "at most {max} topics per connection (and per message); nothing was changed"
+                ),
             ));
         }
         Ok(())

@@ -267,6 +267,13 @@ impl Verifier {
             Some(e) if e.is_finite() => Some(secs_floor(e).saturating_add(LEEWAY_SECS)),
             _ => return Err(AuthError::BadClaims("exp must be a number".into())),
         };
+        // The library refuses only once a whole second past exp + leeway;
+        // a connection with this token ends at `expires_at` itself, so a
+        // token refused from that instant on is not taken again for up to a
+        // second after its streams were ended for it.
+        if expires_at.is_some_and(|at| now_secs() >= at) {
+            return Err(AuthError::Expired);
+        }
         // serde_json's Map is a BTreeMap: the serialization is canonical
         let claims_json: Arc<str> = Arc::from(Value::Object(claims.clone()).to_string());
         Ok(Identity {
@@ -775,6 +782,25 @@ fDvt5w/ybd7aJtdKBdnrVvbd257WFS3R
             &EncodingKey::from_secret(b"s3cret"),
         )
         .unwrap()
+    }
+
+    #[test]
+    fn a_token_is_refused_from_the_instant_its_streams_end() {
+        let v = verifier("s3cret");
+        let now = now_secs();
+        // streams with it end at exp + leeway = now: refused from now on
+        for exp in [now - LEEWAY_SECS, now - LEEWAY_SECS - 1] {
+            let err = v
+                .verify(&signed(serde_json::json!({"sub":"1","exp": exp})))
+                .unwrap_err();
+            assert_eq!(err.reason(), "expired", "exp {exp}");
+        }
+        let id = v
+            .verify(&signed(
+                serde_json::json!({"sub":"1","exp": now - LEEWAY_SECS + 2}),
+            ))
+            .unwrap();
+        assert_eq!(id.expires_at(), Some(now + 2));
     }
 
     #[test]

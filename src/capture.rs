@@ -151,6 +151,10 @@ async fn capture(
     let (mut control, lost) = crate::db::dedicated(url, Some(bell)).await?;
     let mut lost = std::pin::pin!(lost);
     control.batch_execute("LISTEN rowcast_capture").await?;
+    // the gauge was raised for this node's role (by the last stream's
+    // refusal, or by `may_stream` below): only a stream that delivers lowers
+    // it, so it does not drop while a stream is tried that may be refused
+    let mut held = refused;
     let slot = loop {
         let wait = match find_slot(&control).await? {
             SlotState::Unused => {
@@ -172,11 +176,12 @@ async fn capture(
                 // streaming would fail at once, again and again: say why,
                 // as for a slot that is gone
                 metrics.capture_slot_missing.set(1);
+                held = true;
                 tracing::error!("{NO_REPLICATION}");
                 STANDBY_EVERY
             }
             SlotState::Ready(slot) => {
-                if !refused {
+                if !held {
                     metrics.capture_slot_missing.set(0);
                 }
                 let locked: bool = control
