@@ -11,7 +11,7 @@
 //! [`hub`] fans it out per topic (keeping recent batches in
 //! the [`window`]) → each client's [`feed`] joins catch-up from the log
 //! ([`changelog`]) with the live queue → a transport
-//! ([`transport`]`::{ws, sse, poll}`) frames it onto a socket. For a table
+//! ([`transport`]`::{ws, sse, poll, socketio}`) frames it onto a socket. For a table
 //! captured by a logical replication slot instead of a trigger, [`capture`]
 //! appends what the slot decodes to the same log, after the writers' commits.
 //!

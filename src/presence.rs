@@ -109,8 +109,9 @@ pub(crate) struct Seen {
     pub(crate) last_active_ms: Option<i64>,
 }
 
-/// Users remembered for the write interval at most; past this many the
-/// oldest are forgotten (costing at worst an extra write each).
+/// Users remembered for the write interval at most; past this many, those
+/// older than the interval are forgotten, and if that is not enough, all of
+/// them (costing at worst an extra write each, once).
 const MAX_REMEMBERED: usize = 100_000;
 
 pub(crate) struct Presence {

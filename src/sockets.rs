@@ -80,7 +80,7 @@ pub(crate) struct Socket {
     /// Still counted in `open`: a shed socket stops counting at once, so the
     /// cap holds while its driver is closing it.
     counted: AtomicBool,
-    /// Index into `metrics::TRANSPORTS` plus one; 0 until a handler claims it.
+    /// `Transport::index()` (into `Transport::ALL`) plus one; 0 until a handler claims it.
     transport: AtomicU8,
 }
 

@@ -1,4 +1,4 @@
-// A socket.io-client driven by the rowcast test suite (tests/socketio.rs).
+// A socket.io-client driven by the rowcast test suite (tests/suites/socketio.rs).
 //
 // argv[2]: JSON {"url": "...", "opts": {...}} passed to io(url, opts).
 // stdout: one JSON object per line, for everything the client sees:

@@ -1,5 +1,5 @@
 //! Issue #16, item 1: a live WebSocket's events are written by the publisher
-//! straight to its socket (`src/transport/ws/wire.rs`). What must still
+//! straight to its socket (`src/transport/wire.rs`). What must still
 //! hold, seen from clients: a client that stops reading is continued from the
 //! log (or cut) and, when it reads again, gets every event exactly once and
 //! in order; a frame bigger than the socket's buffers arrives whole; an

@@ -4,11 +4,12 @@
 //! `Upgraded` (a boxed stream) cannot offer.
 //!
 //! The request is checked as axum's `WebSocketUpgrade` checks it, with the
-//! same answers (plain text): a method other than GET 405, `Connection`
-//! without `upgrade` 400, `Upgrade` other than `websocket` 400, no
-//! `Sec-WebSocket-Key` 400, `Sec-WebSocket-Version` other than 13 400, a
-//! connection that cannot be upgraded (HTTP/2) 426. No subprotocol is
-//! negotiated.
+//! same statuses, each written as rowcast's JSON error ([`Refused`]): a
+//! method other than GET, or a request over HTTP/2 (no RFC 8441 extended
+//! CONNECT here), 405; `Connection` without `upgrade` 400, `Upgrade` other
+//! than `websocket` 400, no `Sec-WebSocket-Key` 400,
+//! `Sec-WebSocket-Version` other than 13 400; an HTTP/1.1 connection that
+//! cannot be upgraded 426. No subprotocol is negotiated.
 
 use crate::api_error::{ApiError, ErrorCode};
 use crate::sockets::RawSocket;
