@@ -15,7 +15,7 @@ use crate::cursor::Cursor;
 /// What transports use of the hub comes through here: the feed is their
 /// one door to the stream (layout test `transports_reach_the_stream_through_feed`).
 pub(crate) use crate::hub::{Delivery, Direct, Taken};
-use crate::hub::{Hub, Subscription};
+use crate::hub::{Hub, Join, Subscription};
 use crate::pool_share::{PoolShare, ShareError};
 use crate::snapshot::Snapshot;
 use std::collections::{HashSet, VecDeque};
@@ -109,15 +109,18 @@ impl Notice {
     }
 }
 
-/// How long a client waits for the hub to be registrable: the source's first
-/// read, or the end of a batch being published. Only the former can take long.
+/// How long a client waits for the hub to be registrable: for the source's
+/// first read, and a feed starting over after it lagged also for the end of
+/// a batch being published (a client opening does not wait for that:
+/// `Hub::subscribe`).
 const REGISTER_WAIT: Duration = Duration::from_secs(5);
 
 async fn register(
     hub: &Arc<Hub>,
     topics: &[String],
+    join: Join,
 ) -> Result<(Subscription, Snapshot), FeedError> {
-    tokio::time::timeout(REGISTER_WAIT, hub.subscribe(topics))
+    tokio::time::timeout(REGISTER_WAIT, hub.subscribe(topics, join))
         .await
         .map_err(|_| FeedError::NotReady)
 }
@@ -231,7 +234,8 @@ impl Feeds {
         if let Some(n) = notice {
             hub.metrics().resyncs.with_label_values(&[n.reason()]).inc();
         }
-        let (sub, pos) = register(hub, topics).await?;
+        // nothing handed out yet: it may start before a batch being published
+        let (sub, pos) = register(hub, topics, Join::Before).await?;
         let mut feed = Feed {
             sub,
             shares: Arc::clone(shares),
@@ -453,7 +457,8 @@ impl Feed {
         };
         let topics: Vec<String> = self.sub.topics().iter().cloned().collect();
         let hub = Arc::clone(self.sub.hub());
-        let (sub, pos) = register(&hub, &topics).await?;
+        // it may have handed out some of a batch being published: after it
+        let (sub, pos) = register(&hub, &topics, Join::After).await?;
         self.sub = sub;
         self.catch_up = Some((from, pos));
         self.sub.hub().count_recovery();

@@ -327,10 +327,12 @@ impl Hub {
         }
     }
 
-    /// Whether the position covers `snap` now (no batch half published).
+    /// Whether the position covers `snap` now (a subscriber registered now
+    /// with `Join::Before` starts there, half-published batch or not: see
+    /// `subscribe`).
     pub(crate) fn covers(&self, snap: &Snapshot) -> bool {
         let st = self.lock();
-        !st.batch_open && st.position.as_ref().is_some_and(|p| snap.covered_by(p))
+        st.position.as_ref().is_some_and(|p| snap.covered_by(p))
     }
 
     /// Waits until the position covers `snap` (or `timeout` passes); false on timeout.
@@ -355,13 +357,29 @@ impl Hub {
     }
 
     /// Registers a subscriber for `topics`; returns it with the position it starts after.
-    /// Waits while a batch is half-published, and until the source has a position.
-    pub(crate) async fn subscribe(self: &Arc<Hub>, topics: &[String]) -> (Subscription, Snapshot) {
+    /// Waits until the source has a position.
+    ///
+    /// While a batch is half-published (a large transaction is published a
+    /// page at a time, for seconds), `Join::Before` starts the subscriber at
+    /// the position before the batch, with the batch's changes published so
+    /// far already in its queue: exactly as if it had registered just before
+    /// the batch opened, so a client that opens then neither waits for the
+    /// batch's end nor misses its first pages. (More than its queue holds
+    /// makes it lag, and it continues from the log, as any subscriber that
+    /// falls behind.) `Join::After` waits for the batch's end instead: for a
+    /// feed that already handed out some of the batch (a lagging one starting
+    /// over), which the queue would give it again.
+    pub(crate) async fn subscribe(
+        self: &Arc<Hub>,
+        topics: &[String],
+        join: Join,
+    ) -> (Subscription, Snapshot) {
         let mut rx = self.advanced.subscribe();
         loop {
             {
                 let mut st = self.lock();
-                if let (false, Some(pos)) = (st.batch_open, st.position.clone()) {
+                let registrable = join == Join::Before || !st.batch_open;
+                if let (true, Some(pos)) = (registrable, st.position.clone()) {
                     let id = self.next_id.fetch_add(1, Ordering::Relaxed);
                     let sub = Arc::new(Sub {
                         queue: Mutex::new(Queue::default()),
@@ -378,6 +396,16 @@ impl Hub {
                                 .insert(id, Arc::clone(&sub));
                         }
                     }
+                    if st.batch_open {
+                        let mut tally = LiveTally::new();
+                        // a new subscriber has no direct writer: nothing is due
+                        let mut due = Vec::new();
+                        for change in &st.pending {
+                            if let Some(i) = change.first_topic_in(|t| set.contains(t)) {
+                                self.offer(&sub, change, i, &mut due, &mut tally);
+                            }
+                        }
+                    }
                     let subscription = Subscription {
                         hub: Arc::clone(self),
                         id,
@@ -387,13 +415,15 @@ impl Hub {
                     return (subscription, pos);
                 }
             }
-            // Both waits are short: a batch closes within one read, and the first
-            // position arrives with the source's first read.
+            // the first position arrives with the source's first read; a
+            // batch closes when the last page of its transaction is read
             let _ = rx.changed().await;
         }
     }
 
-    /// Opens a batch: until `close_batch`, registrations wait.
+    /// Opens a batch: until `close_batch`, the position names the snapshot
+    /// before it, and what is published is kept in `pending` (for the window,
+    /// and for subscribers registering meanwhile).
     pub(crate) fn open_batch(&self) {
         self.lock().batch_open = true;
     }
@@ -622,6 +652,17 @@ fn write_spread(due: Vec<Arc<dyn Direct>>) {
     }
 }
 
+/// Where a subscriber registering while a batch is half-published starts
+/// (`Hub::subscribe`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Join {
+    /// Before the batch, its changes so far queued: a feed that has handed
+    /// out none of them (a client opening).
+    Before,
+    /// After the batch, once it closes.
+    After,
+}
+
 /// A registered subscriber: its queue, and its registration (removed on drop).
 pub(crate) struct Subscription {
     hub: Arc<Hub>,
@@ -777,8 +818,10 @@ mod tests {
         };
         let hub = test_hub();
         hub.close_batch(Snapshot::new(10, vec![7]));
-        let (a, _) = hub.subscribe(&["t".to_string(), "u".to_string()]).await;
-        let (b, _) = hub.subscribe(&["u".to_string()]).await;
+        let (a, _) = hub
+            .subscribe(&["t".to_string(), "u".to_string()], Join::After)
+            .await;
+        let (b, _) = hub.subscribe(&["u".to_string()], Join::After).await;
         assert_eq!(hub.note_watermarks(marks(5, None)), 0);
         assert_eq!(
             hub.note_watermarks(marks(7, Some(6))),
@@ -797,7 +840,7 @@ mod tests {
 
         let hub = test_hub();
         hub.close_batch(Snapshot::new(10, vec![7]));
-        let (c, _) = hub.subscribe(&["t".to_string()]).await;
+        let (c, _) = hub.subscribe(&["t".to_string()], Join::After).await;
         assert_eq!(
             hub.note_watermarks(marks(8, None)),
             1,
@@ -808,7 +851,7 @@ mod tests {
         let hub = test_hub();
         hub.close_batch(Snapshot::new(10, vec![7]));
         assert_eq!(hub.note_watermarks(marks(0, Some(9))), 0);
-        let (d, _) = hub.subscribe(&["t".to_string()]).await;
+        let (d, _) = hub.subscribe(&["t".to_string()], Join::After).await;
         assert_eq!(
             hub.note_watermarks(marks(0, Some(7))),
             1,
@@ -825,7 +868,7 @@ mod tests {
     async fn an_idle_queue_holds_no_memory() {
         let hub = test_hub();
         hub.close_batch(Snapshot::new(10, vec![]));
-        let (mut sub, _) = hub.subscribe(&["t".to_string()]).await;
+        let (mut sub, _) = hub.subscribe(&["t".to_string()], Join::After).await;
         assert_eq!(sub.sub.queue().items.capacity(), 0);
         let burst: Vec<_> = (1..=100).map(|id| change_on("t", id)).collect();
         assert_eq!(hub.publish(&burst), 100);
@@ -837,6 +880,37 @@ mod tests {
         assert_eq!(sub.sub.queued_bytes.load(Ordering::Relaxed), 0);
     }
 
+    /// A client that opens while a large transaction is being published (a
+    /// batch open for seconds) registers at once, before the batch, with the
+    /// batch's changes so far queued: it neither waits for the batch's end
+    /// (a new client used to wait, then got 503 past 5 s) nor misses them.
+    #[tokio::test]
+    async fn a_subscriber_registered_mid_batch_starts_before_it_with_its_changes() {
+        let hub = test_hub();
+        let before = Snapshot::new(10, vec![]);
+        hub.close_batch(before.clone());
+        hub.open_batch();
+        assert_eq!(hub.publish(&[change_on("t", 1), change_on("u", 2)]), 0);
+        let (mut sub, pos) = tokio::time::timeout(
+            std::time::Duration::from_secs(1),
+            hub.subscribe(&["t".to_string()], Join::Before),
+        )
+        .await
+        .expect("registered without waiting for the batch's end");
+        assert_eq!(pos, before);
+        assert!(hub.covers(&before));
+        assert_eq!(sub.try_recv().map(|d| d.change.id), Some(1));
+        assert!(sub.try_recv().is_none(), "u is not its topic");
+        assert!(sub.hub_cursor().is_none(), "no boundary mid-batch");
+        assert_eq!(hub.publish(&[change_on("t", 3)]), 1);
+        assert_eq!(sub.try_recv().map(|d| d.change.id), Some(3));
+        hub.close_batch(Snapshot::new(11, vec![]));
+        assert_eq!(
+            sub.hub_cursor(),
+            Some(Cursor::boundary(Snapshot::new(11, vec![])))
+        );
+    }
+
     /// A poll answering while the source is between `publish` and `close_batch`
     /// must not hand out the pre-batch position as its cursor: the client
     /// already holds changes of that batch and would get them again.
@@ -844,7 +918,7 @@ mod tests {
     async fn no_hub_cursor_while_a_batch_is_half_published() {
         let hub = test_hub();
         hub.close_batch(Snapshot::new(10, vec![]));
-        let (mut sub, _) = hub.subscribe(&["t".to_string()]).await;
+        let (mut sub, _) = hub.subscribe(&["t".to_string()], Join::After).await;
         assert!(sub.hub_cursor().is_some());
         hub.open_batch();
         let change = Arc::new(Change::new(

@@ -102,6 +102,10 @@ pub const MARKET: &[(&str, &str)] = &[
         "market/011_messages",
         include_str!("../sql/market/011_messages.sql"),
     ),
+    (
+        "market/012_removed_at_zero",
+        include_str!("../sql/market/012_removed_at_zero.sql"),
+    ),
 ];
 
 /// The advisory key that makes concurrent migrations wait for each other.

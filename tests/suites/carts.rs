@@ -117,7 +117,8 @@ async fn assert_lines_reconciled(db: &Client) {
             "SELECT format('customer %s product %s requested %s adjusted %s available %s',
                            ci.customer_id, ci.product_id, ci.requested, ci.adjusted, p.quantity)
                FROM market.cart_items ci JOIN market.products p ON p.id = ci.product_id
-              WHERE ci.adjusted IS DISTINCT FROM
+              WHERE ci.adjusted IS DISTINCT FROM 0  -- a line removed at 0: left alone
+                AND ci.adjusted IS DISTINCT FROM
                     CASE WHEN ci.requested > p.quantity THEN p.quantity END",
             &[],
         )
@@ -333,7 +334,8 @@ async fn fr021_conflict_scenario_end_to_end() {
         "customer 7 got more than its orders: {end:?}"
     );
 
-    // Customer 8's 2 lbs were taken by that checkout: out of stock, line kept.
+    // Customer 8's 2 lbs were taken by that checkout: out of stock, and the
+    // line removed from the cart (issue #13: "removed at 0"); customer told.
     let evs = poll8.events(1).await;
     assert_eq!(evs.len(), 1, "{evs:?}");
     let d = &evs[0].data;
@@ -345,39 +347,63 @@ async fn fr021_conflict_scenario_end_to_end() {
     assert_eq!(d["message"], "Heirloom Tomatoes are now out of stock");
     assert_eq!(d["options"], json!(["remove", "contact_farmer"]));
     let c8 = cart(&db, 8).await;
-    assert_eq!(c8["items"][0]["status"], "out_of_stock");
-    assert_eq!(c8["items"][0]["quantity"], json!(0));
+    assert_eq!(
+        (&c8["items"], &c8["ready"], &c8["totalCents"]),
+        (&json!([]), &json!(false), &json!(0)),
+        "{c8}"
+    );
+    // a checkout that comes after the sale (as one racing it would) is told
+    // what happened, and writes nothing
     let r = checkout(&db, 8).await.unwrap();
     assert_eq!(r["result"], "conflict");
     assert_eq!(
-        r["conflicts"][0]["message"],
-        "Heirloom Tomatoes are now out of stock"
-    );
-    assert_eq!(
-        r["conflicts"][0]["options"],
-        json!(["remove", "contact_farmer"])
+        r["conflicts"],
+        json!([{
+            "productId": "1", "farmId": "1", "name": "Heirloom Tomatoes", "unit": "lb",
+            "requested": 2, "available": 0, "options": ["remove", "contact_farmer"],
+            "message": "Heirloom Tomatoes are now out of stock"
+        }])
     );
 
-    // Restocked: partly, then fully; the customer is told each time.
-    db.execute("UPDATE market.products SET quantity = 1 WHERE id = 1", &[])
-        .await
-        .unwrap();
+    // Restocked: the removed line stays gone (nothing to tell customer 8).
     db.execute("UPDATE market.products SET quantity = 12 WHERE id = 1", &[])
         .await
         .unwrap();
-    let evs = poll8.events(2).await;
-    assert_eq!(evs[0].data["adjusted"], json!(1));
+    assert_eq!(cart(&db, 8).await["items"], json!([]));
+    let e = checkout(&db, 8).await.unwrap_err();
     assert_eq!(
-        evs[0].data["message"],
-        "Only 1 lb available. Adjust quantity?"
+        (e.state.as_str(), e.body["error"].as_str()),
+        ("MK409", Some("cart_empty"))
     );
-    assert_eq!(evs[1].data["adjusted"], Value::Null);
-    assert_eq!(evs[1].data["available"], json!(12));
+    // A short line is told each step back: partly restocked, then fully.
+    add(&db, 8, 1, "5").await.unwrap();
+    for q in [2, 4, 12] {
+        db.execute(
+            "UPDATE market.products SET quantity = $1::int WHERE id = 1",
+            &[&q],
+        )
+        .await
+        .unwrap();
+    }
+    let evs = poll8.events(3).await;
+    let got: Vec<(&Value, &Value)> = evs
+        .iter()
+        .map(|e| (&e.data["adjusted"], &e.data["message"]))
+        .collect();
     assert_eq!(
-        evs[1].data["message"],
-        "Heirloom Tomatoes are available again"
+        got,
+        [
+            (&json!(2), &json!("Only 2 lbs available. Adjust quantity?")),
+            (&json!(4), &json!("Only 4 lbs available. Adjust quantity?")),
+            (
+                &Value::Null,
+                &json!("Heirloom Tomatoes are available again")
+            ),
+        ],
+        "{evs:?}"
     );
-    assert_eq!(evs[1].data["options"], json!([]));
+    assert_eq!(evs[2].data["available"], json!(12));
+    assert_eq!(evs[2].data["options"], json!([]));
     assert_eq!(cart(&db, 8).await["ready"], true);
     assert_eq!(checkout(&db, 8).await.unwrap()["result"], "ok");
     assert_lines_reconciled(&db).await;
@@ -699,7 +725,11 @@ async fn fifty_checkouts_against_ten_pounds() {
     assert_eq!(sold, vec![10]);
     let buyers = column_i64(&db, "SELECT customer_id FROM market.orders ORDER BY 1").await;
     assert_eq!(buyers, winners.iter().copied().collect::<Vec<_>>());
-    // the losers keep their line, out of stock; the winners' carts are empty
+    // the losers' lines are removed (their carts show nothing; each line's
+    // marker stays while the stock is 0); the winners' carts are empty
+    for c in 1..=50 {
+        assert_eq!(cart(&db, c).await["items"], json!([]), "customer {c}");
+    }
     assert_eq!(
         scalar_i64(
             &db,
@@ -755,6 +785,20 @@ async fn fifty_checkouts_over_several_products_added_in_different_orders() {
     }
     let customers: Vec<i64> = carts.keys().copied().collect();
     let results = checkouts_at_once(&url, &customers).await;
+    // the lines each customer was told were removed (their product sold out)
+    let mut removed: BTreeMap<i64, BTreeSet<i64>> = BTreeMap::new();
+    for r in db
+        .query(
+            "SELECT (payload->>'customerId')::bigint, (payload->>'productId')::bigint
+               FROM rowcast.changes
+              WHERE event = 'cart.adjusted' AND (payload->>'adjusted')::numeric = 0",
+            &[],
+        )
+        .await
+        .unwrap()
+    {
+        removed.entry(r.get(0)).or_default().insert(r.get(1));
+    }
 
     let final_stock: BTreeMap<i64, i64> = stock(&db)
         .await
@@ -770,11 +814,23 @@ async fn fifty_checkouts_over_several_products_added_in_different_orders() {
             Some("ok") => {
                 ok += 1;
                 let orders = r["orders"].as_array().unwrap();
-                let farms: BTreeSet<i64> = mine.keys().map(|p| farm_of(*p)).collect();
                 let got_farms: BTreeSet<i64> = orders
                     .iter()
                     .map(|o| o["farmId"].as_str().unwrap().parse().unwrap())
                     .collect();
+                // a line removed before its checkout began (sold out, the
+                // customer told) is not bought; every other line is
+                let gone = removed.get(c).cloned().unwrap_or_default();
+                for p in &gone {
+                    assert_eq!(final_stock[p], 0, "customer {c}: product {p} removed");
+                }
+                let wanted: BTreeMap<i64, i64> = mine
+                    .iter()
+                    .filter(|(p, _)| !gone.contains(p))
+                    .map(|(p, q)| (*p, *q))
+                    .collect();
+                let mine = &wanted;
+                let farms: BTreeSet<i64> = mine.keys().map(|p| farm_of(*p)).collect();
                 assert_eq!(got_farms, farms, "customer {c}: one order per farm");
                 assert_eq!(orders.len(), farms.len());
                 let mut bought = BTreeMap::new();
@@ -831,8 +887,9 @@ async fn fifty_checkouts_over_several_products_added_in_different_orders() {
         .map(|r| (r.get(0), r.get(1)))
         .collect();
     assert_eq!(db_sold, sold);
-    // a winner's lines were never adjusted (none of its products fell below
-    // its request before it bought); every loser line is reconciled
+    // a winner's lines were never adjusted but to be removed (none of its
+    // products fell below its request but to 0 before it bought); every
+    // loser line is reconciled
     let told: BTreeSet<i64> = column_i64(
         &db,
         "SELECT DISTINCT (payload->>'customerId')::bigint FROM rowcast.changes
@@ -841,9 +898,20 @@ async fn fifty_checkouts_over_several_products_added_in_different_orders() {
     .await
     .into_iter()
     .collect();
+    let told_short: BTreeSet<i64> = column_i64(
+        &db,
+        "SELECT DISTINCT (payload->>'customerId')::bigint FROM rowcast.changes
+          WHERE event = 'cart.adjusted' AND (payload->>'adjusted')::numeric IS DISTINCT FROM 0",
+    )
+    .await
+    .into_iter()
+    .collect();
     for (c, r) in &results {
         if r["result"] == "ok" {
-            assert!(!told.contains(c), "winner {c} was told of an adjustment");
+            assert!(
+                !told_short.contains(c),
+                "winner {c} was told of an adjustment other than a removal"
+            );
         } else {
             assert!(told.contains(c), "loser {c} was never told");
         }

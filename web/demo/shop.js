@@ -263,8 +263,9 @@ function onCartAdjusted(d) {
     toast('info', d.message);
     return;
   }
-  // sold out: FR-021's "now out of stock" notification (onInventory) tells
-  // it, and the line says so with its Remove button; no dialog besides
+  // sold out: the line is removed from the cart (reloaded above), and
+  // FR-021's "now out of stock" notification (onInventory) tells it; no
+  // dialog besides
   if (Number(d.adjusted) === 0) return;
   queueConflict(d);
 }
