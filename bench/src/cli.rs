@@ -3,7 +3,7 @@
 //! commands against the flags that exist.
 
 use crate::target::{FloorLaunch, TargetSpec};
-use crate::{BenchError, BenchOptions, Scenario, Transport};
+use crate::{BenchError, BenchOptions, Scenario, Transport, MAX_CONNECTIONS};
 use clap::{Parser, ValueEnum};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -117,6 +117,7 @@ pub enum TransportArg {
 impl Cli {
     /// What to run; `command` is recorded in the report.
     pub fn options(self, command: Vec<String>) -> Result<BenchOptions, BenchError> {
+        self.check_ranges()?;
         let target = match (self.url, self.database_url) {
             (Some(url), Some(database_url)) => {
                 let hostport = url.trim_start_matches("http://").trim_end_matches('/');
@@ -186,6 +187,47 @@ impl Cli {
     }
 }
 
+impl Cli {
+    /// Counts and rates that would measure nothing, refused by name (a run
+    /// that silently used other values would report numbers nobody asked for).
+    fn check_ranges(&self) -> Result<(), BenchError> {
+        let positive = [
+            ("--connections", self.connections.map(|n| n as f64)),
+            ("--fanout", self.fanout.map(|n| n as f64)),
+            (
+                "--topics-per-connection",
+                Some(self.topics_per_connection as f64),
+            ),
+            ("--rate", self.rate),
+            ("--duration", self.duration.map(|n| n as f64)),
+            ("--writers", self.writers.map(|n| n as f64)),
+        ];
+        for (flag, value) in positive {
+            if let Some(v) = value.filter(|v| !(v.is_finite() && *v > 0.0)) {
+                return Err(BenchError::Config(format!(
+                    "{flag} must be above 0, got {v}"
+                )));
+            }
+        }
+        if let Some(bad) = self
+            .rates
+            .iter()
+            .flatten()
+            .find(|r| !(r.is_finite() && **r > 0.0))
+        {
+            return Err(BenchError::Config(format!(
+                "--rates must all be above 0, got {bad}"
+            )));
+        }
+        if let Some(n) = self.connections.filter(|n| *n > MAX_CONNECTIONS) {
+            return Err(BenchError::Config(format!(
+                "--connections is at most {MAX_CONNECTIONS}, got {n}"
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// `rowcast` in the directory of this executable: cargo puts both binaries of
 /// the workspace in the same `target/<profile>/`.
 pub fn default_rowcast_bin() -> Result<PathBuf, BenchError> {
@@ -230,6 +272,24 @@ mod tests {
         ]);
         let err = cli.options(Vec::new()).err().expect("refused");
         assert!(err.to_string().contains("loopback"), "{err}");
+    }
+
+    #[test]
+    fn values_that_measure_nothing_are_refused_by_name() {
+        for (flag, value) in [
+            ("--connections", "0"),
+            ("--connections", "50001"),
+            ("--fanout", "0"),
+            ("--rate", "0"),
+            ("--rates", "250,0"),
+            ("--duration", "0"),
+            ("--writers", "0"),
+            ("--topics-per-connection", "0"),
+        ] {
+            let cli = Cli::parse_from(["rowcast-bench", flag, value]);
+            let err = cli.options(Vec::new()).err().expect("refused");
+            assert!(err.to_string().contains(flag), "{flag} {value}: {err}");
+        }
     }
 
     #[test]

@@ -380,6 +380,10 @@ pub fn parse_cursor(text: Option<&str>) -> Result<Option<Cursor>, ProtocolError>
 pub enum ServerMessage<'a> {
     Subscribed {
         topics: &'a [String],
+        /// What this subscribe carried that only a connection's first one
+        /// uses (`"cursor"`, `"snapshot"`): said, not silently dropped.
+        #[serde(skip_serializing_if = "<[_]>::is_empty")]
+        ignored: &'a [&'a str],
     },
     Unsubscribed {
         topics: &'a [String],

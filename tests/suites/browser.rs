@@ -887,15 +887,10 @@ async fn presence_dot_goes_green_then_yellow_then_gray() {
     server.stop().await;
 }
 
-/// FR-021's conflict: the cart holds 5 lbs, the farmer sets 3 → the dialog
-/// ("Only 3 lbs available. Adjust quantity?"); Adjust → checkout succeeds.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn conflict_dialog_then_adjust_and_checkout() {
-    let Some(tools) = tools() else { return };
-    let _one = ONE_AT_A_TIME.lock().await;
-    let (server, _db) = market().await;
-    let base = server.base_url();
-    let driver = Driver::start(&tools).await;
+/// FR-021's conflict in two tabs: the shopper's cart holds 5 lbs of
+/// Heirloom Tomatoes; the farmer, on their page (so online in the shop),
+/// sets 3. Returns the two tabs once the shopper's conflict dialog is open.
+async fn shopper_and_farmer_in_conflict(driver: &Driver, base: &str) -> (Browser, Browser) {
     let shopper = driver.browser().await;
     shopper.goto(&format!("{base}/")).await;
     shopper.ready().await;
@@ -908,21 +903,43 @@ async fn conflict_dialog_then_adjust_and_checkout() {
             ARRIVAL,
         )
         .await;
-
     let farmer = driver.browser().await;
     farmer.goto(&format!("{base}/farmer")).await;
     farmer.ready().await;
+    // the farmer's tab reported activity: online in the shop before the conflict
+    shopper
+        .wait_for(
+            "document.querySelector('[data-product=\"1\"] [data-farm-dot]').dataset.status === 'online'",
+            "the farmer online",
+            ARRIVAL,
+        )
+        .await;
     farmer.type_into("tr[data-product=\"1\"] input", "3").await;
     farmer
         .click("tr[data-product=\"1\"] [data-save-button]")
         .await;
-
-    let title = shopper
+    shopper
         .wait_for(
-            "document.getElementById('conflict-dialog').open && document.getElementById('conflict-title').textContent",
+            "document.getElementById('conflict-dialog').open",
             "the conflict dialog",
             ARRIVAL,
         )
+        .await;
+    (shopper, farmer)
+}
+
+/// FR-021's conflict: the cart holds 5 lbs, the farmer sets 3 → the dialog
+/// ("Only 3 lbs available. Adjust quantity?"); Adjust → checkout succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conflict_dialog_then_adjust_and_checkout() {
+    let Some(tools) = tools() else { return };
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (server, _db) = market().await;
+    let base = server.base_url();
+    let driver = Driver::start(&tools).await;
+    let (shopper, farmer) = shopper_and_farmer_in_conflict(&driver, &base).await;
+    let title = shopper
+        .js("return document.getElementById('conflict-title').textContent;")
         .await;
     assert_eq!(title, "Only 3 lbs available. Adjust quantity?");
     for (button, label) in [
@@ -993,40 +1010,7 @@ async fn contact_farmer_from_the_conflict_and_read_the_reply() {
     let (server, db) = market().await;
     let base = server.base_url();
     let driver = Driver::start(&tools).await;
-    let shopper = driver.browser().await;
-    shopper.goto(&format!("{base}/")).await;
-    shopper.ready().await;
-    shopper.type_into("[data-product=\"1\"] input", "5").await;
-    shopper.click("[data-product=\"1\"] .add").await;
-    shopper
-        .wait_for(
-            "(() => { const l = document.querySelector('[data-cart-line=\"1\"]'); return l && !l.classList.contains('pending'); })()",
-            "5 lbs in the cart",
-            ARRIVAL,
-        )
-        .await;
-    let farmer = driver.browser().await;
-    farmer.goto(&format!("{base}/farmer")).await;
-    farmer.ready().await;
-    // the farmer's tab reported activity: online in the shop before the conflict
-    shopper
-        .wait_for(
-            "document.querySelector('[data-product=\"1\"] [data-farm-dot]').dataset.status === 'online'",
-            "the farmer online",
-            ARRIVAL,
-        )
-        .await;
-    farmer.type_into("tr[data-product=\"1\"] input", "3").await;
-    farmer
-        .click("tr[data-product=\"1\"] [data-save-button]")
-        .await;
-    shopper
-        .wait_for(
-            "document.getElementById('conflict-dialog').open",
-            "the conflict dialog",
-            ARRIVAL,
-        )
-        .await;
+    let (shopper, farmer) = shopper_and_farmer_in_conflict(&driver, &base).await;
     shopper.click("#conflict-contact").await;
     let shown = shopper
         .wait_for(

@@ -741,3 +741,34 @@ async fn a_node_drains_for_its_shutdown_delay() {
     .await;
     assert!(closed.starts_with("1012"), "{closed}");
 }
+
+/// A cursor (or snapshot) is used by a connection's first subscribe only:
+/// one sent with a later subscribe is not silently dropped, its answer
+/// names it, and the topic starts at the connection's position.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_later_subscribe_says_its_cursor_is_not_used() {
+    let url = fresh_db().await;
+    let srv = server(&url).await;
+    let base = srv.base_url();
+    let cursor = resumable_cursor(&base, "b").await;
+    let db = connect(&url).await;
+    let mut ws = WsClient::connect(&base, "topics=a").await;
+    match ws.next().await {
+        Msg::Control(v) => assert_eq!(v, json!({"type":"subscribed","topics":["a"]})),
+        other => panic!("expected subscribed, got {other:?}"),
+    }
+    ws.send(json!({"type":"subscribe","topics":["b"],"cursor":cursor,"snapshot":true}))
+        .await;
+    match ws.next().await {
+        Msg::Control(v) => assert_eq!(
+            v,
+            json!({"type":"subscribed","topics":["b"],"ignored":["cursor","snapshot"]})
+        ),
+        other => panic!("expected subscribed, got {other:?}"),
+    }
+    // b is subscribed all the same, from the connection's position
+    emit(&db, "b", 1).await;
+    let e = next_event(&mut ws.rx).await;
+    assert_eq!((e.topic.as_str(), &e.data["n"]), ("b", &json!(1)));
+    srv.stop().await;
+}

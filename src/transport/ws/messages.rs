@@ -39,6 +39,7 @@ impl Session {
                     Ok(c) => c,
                     Err(e) => return self.send_error(ApiError::from(e)).await,
                 };
+                let mut ignored = Vec::new();
                 let start = if self.feed.is_none() {
                     // the message's own cursor wins; else the upgrade's applies
                     let given = self.pending_start.take().map(|s| *s).unwrap_or_default();
@@ -48,9 +49,18 @@ impl Session {
                         ..Start::default()
                     }
                 } else {
+                    // topics added to a stream start at its position: a
+                    // cursor or snapshot asked for them is not used, and
+                    // the answer says so
+                    if cursor.is_some() {
+                        ignored.push("cursor");
+                    }
+                    if snapshot {
+                        ignored.push("snapshot");
+                    }
                     Start::default()
                 };
-                self.subscribe(topics, start).await
+                self.subscribe(topics, start, &ignored).await
             }
             // validated like subscribe: the answer echoes the topics back
             ClientMessage::Unsubscribe { topics } => {

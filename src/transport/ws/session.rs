@@ -149,11 +149,14 @@ impl Session {
     }
 
     /// Applies limits and the policy to `topics`, answers each denied topic
-    /// with a `forbidden` error, and subscribes the rest.
+    /// with a `forbidden` error, and subscribes the rest. `ignored`: what the
+    /// message asked for that a stream already open does not use, named in
+    /// the `subscribed` answer.
     pub(super) async fn subscribe(
         &mut self,
         topics: Vec<String>,
         start: Start,
+        ignored: &[&str],
     ) -> Result<(), Disconnect> {
         let (current, new) = match self.feed.as_mut() {
             Some(f) => (
@@ -191,8 +194,11 @@ impl Session {
                 // tests hold a subscribe here, its topics added and its
                 // answer not yet written, to publish an event of them meanwhile
                 let _ = crate::failpoints::hit("ws.subscribed").await;
-                self.send(ServerMessage::Subscribed { topics: &allowed })
-                    .await
+                self.send(ServerMessage::Subscribed {
+                    topics: &allowed,
+                    ignored,
+                })
+                .await
             }
             None if allowed.is_empty() => {
                 // nothing opened: the start still waits for allowed topics
@@ -241,7 +247,11 @@ impl Session {
         topics: &[String],
         notice: Option<Notice>,
     ) -> Result<(), Disconnect> {
-        self.send(ServerMessage::Subscribed { topics }).await?;
+        self.send(ServerMessage::Subscribed {
+            topics,
+            ignored: &[],
+        })
+        .await?;
         if let Some(n) = notice {
             let start = self.feed.as_ref().map(Feed::position).unwrap_or_default();
             self.send(ServerMessage::Resync {
