@@ -48,15 +48,9 @@ type Socket = tokio_tungstenite::WebSocketStream<Stream>;
 const UPGRADE_WAIT: Duration = Duration::from_secs(10);
 
 pub(crate) async fn open(app: Arc<App>, req: StreamRequest, upgrade: Handshake) -> Response {
-    let max = app.gate.limits().max_frame;
     let peer = req.peer;
-    // no write buffer: every frame tungstenite writes goes whole to `wire`
-    let config = WebSocketConfig::default()
-        .read_buffer_size(1024)
-        .write_buffer_size(0)
-        .max_write_buffer_size(1 << 20)
-        .max_message_size(Some(max))
-        .max_frame_size(Some(max));
+    // 1 KiB, as its idle memory was measured with (README, Performance)
+    let config = crate::transport::ws::config(&app, 1024);
     let span = tracing::info_span!("socketio", %peer);
     if let Some(sid) = req.engine.sid.clone() {
         // the upgrade of a long-polling session held by this node

@@ -75,19 +75,8 @@ async fn upgrade(app: Arc<App>, req: StreamRequest, ws: Handshake) -> Result<Res
     super::presence::on_connect(&app, &admitted.identity, admitted.authenticated).await;
     // a session once it opens: not a refused upgrade (a client's retries of one)
     app.count_session(Transport::Ws, req.report);
-    let max = app.gate.limits().max_frame;
-    // Small explicit buffers: tungstenite's defaults reserve 128 KiB per connection.
-    // The read buffer is zero-filled to its capacity on the first read, so all of
-    // it is resident; clients send only small control messages (a larger frame
-    // grows it on demand): at 4 KiB it was a third of an idle connection's RSS,
-    // and 512 bytes (a subscribe to a few topics) took 0.8 KiB off 1 KiB's.
-    // No write buffer: every frame tungstenite writes goes whole to `wire`.
-    let config = tungstenite::protocol::WebSocketConfig::default()
-        .read_buffer_size(512)
-        .write_buffer_size(0)
-        .max_write_buffer_size(1 << 20)
-        .max_message_size(Some(max))
-        .max_frame_size(Some(max));
+    // 512 bytes: a subscribe to a few topics took 0.8 KiB off 1 KiB's RSS
+    let config = config(&app, 512);
     let upgrade = Box::new(Upgrade {
         app,
         admitted,
@@ -101,4 +90,21 @@ async fn upgrade(app: Arc<App>, req: StreamRequest, ws: Handshake) -> Result<Res
         config,
     });
     Ok(ws.accept(move |raw| Session::start_on(raw, upgrade)))
+}
+
+/// The WebSocket settings of both WebSocket transports (raw and Socket.IO's):
+/// `--max-frame` for frames and messages, and small explicit buffers, since
+/// tungstenite's defaults reserve 128 KiB per connection. The read buffer
+/// (`read_buffer` bytes) is zero-filled to its capacity on the first read, so
+/// all of it is resident; clients send only small control messages (a larger
+/// frame grows it on demand): at 4 KiB it was a third of an idle connection's
+/// RSS. No write buffer: every frame tungstenite writes goes whole to `wire`.
+pub(crate) fn config(app: &App, read_buffer: usize) -> tungstenite::protocol::WebSocketConfig {
+    let max = app.gate.limits().max_frame;
+    tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(read_buffer)
+        .write_buffer_size(0)
+        .max_write_buffer_size(1 << 20)
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max))
 }
