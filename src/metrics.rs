@@ -537,15 +537,6 @@ impl Metrics {
         String::from_utf8_lossy(&buf).into_owned()
     }
 
-    pub(crate) fn presence(&self) -> crate::presence::PresenceMetrics {
-        crate::presence::PresenceMetrics {
-            reports: self.presence_reports.clone(),
-            writes: self.presence_writes.clone(),
-            transitions: self.presence_transitions.clone(),
-            sweep_seconds: self.presence_sweep_seconds.clone(),
-        }
-    }
-
     /// Handles for one transport, resolved once so the per-frame path does no label lookups.
     pub(crate) fn transport(&self, t: Transport) -> TransportMetrics {
         let transport = t.as_str();

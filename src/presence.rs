@@ -81,6 +81,18 @@ pub(crate) struct PresenceMetrics {
     pub(crate) sweep_seconds: prometheus::Histogram,
 }
 
+impl PresenceMetrics {
+    /// This node's presence series, out of its registry.
+    pub(crate) fn of(m: &crate::metrics::Metrics) -> PresenceMetrics {
+        PresenceMetrics {
+            reports: m.presence_reports.clone(),
+            writes: m.presence_writes.clone(),
+            transitions: m.presence_transitions.clone(),
+            sweep_seconds: m.presence_sweep_seconds.clone(),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum PresenceError {
     #[error("anonymous clients cannot report activity")]

@@ -142,7 +142,7 @@ impl Server {
             cfg.presence.write_interval,
             cfg.presence.sweep,
             cfg.presence.on_connect,
-            metrics.presence(),
+            crate::presence::PresenceMetrics::of(&metrics),
         ));
         // Everything fallible is done: from here on tasks are spawned, and each
         // stops when `shutdown` fires or is dropped.

@@ -41,6 +41,23 @@ fn transports_reach_the_stream_through_feed() {
     assert!(past.is_empty(), "{}", past.join("\n"));
 }
 
+/// The modules beside the chain (`auth`, `limits`, `metrics`, `config`)
+/// serve it and never reach into it: nothing of `source`, `hub`, `feed`,
+/// `transport`, `presence` or the market API.
+#[test]
+fn modules_beside_the_chain_do_not_reach_into_it() {
+    let graph = Graph::of_src(Path::new("src"));
+    let beside = ["auth", "limits", "metrics", "config"];
+    let chain = ["source", "hub", "feed", "transport", "presence", "shop"];
+    let past: Vec<String> = graph
+        .edges
+        .iter()
+        .filter(|((from, to), _)| beside.contains(&from.as_str()) && chain.contains(&to.as_str()))
+        .map(|((from, to), lines)| format!("{from} → {to}: {lines:?}"))
+        .collect();
+    assert!(past.is_empty(), "{}", past.join("\n"));
+}
+
 /// The reader itself: a reference in a test module does not count, comments
 /// and strings are not code, grouped imports and `super::` paths do count,
 /// and a cycle is reported with its evidence.
