@@ -380,7 +380,6 @@ fn names_p256(pem: &str) -> bool {
         .is_ok_and(|der| der.windows(P256.len()).any(|w| w == P256))
 }
 
-/// Seconds since the Unix epoch (0 on a clock before it).
 /// The time left until `expires_at` (seconds since the epoch); zero once
 /// past. It may be past what an `Instant` can hold (`exp` up to 2^64 - 1):
 /// add it to one with `checked_add`, or give it to `tokio::time::sleep`,
@@ -389,6 +388,7 @@ pub(crate) fn time_left(expires_at: u64) -> Duration {
     Duration::from_secs(expires_at.saturating_sub(now_secs()))
 }
 
+/// Seconds since the Unix epoch (0 on a clock before it).
 pub fn now_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

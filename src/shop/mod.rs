@@ -46,8 +46,8 @@
 //! - this layer's: 401 `unauthorized` (`reason`: `missing` or the token's
 //!   fault), 403 `forbidden` (wrong role, or a `sub` that is not an id), 400
 //!   `bad_request` (malformed JSON, wrong types, unknown or missing fields,
-//!   ids that are not ids, and the database's data exceptions: `call`), 400 `invalid_quantity` (a number too extreme to
-//!   read), 400 `bad_query`, 413 `payload_too_large` (over `MAX_BODY`), 415
+//!   ids that are not ids, and the database's data exceptions: `call`), 400
+//!   `invalid_quantity` (a number too extreme to read), 400 `bad_query`, 413 `payload_too_large` (over `MAX_BODY`), 415
 //!   `unsupported_media_type` (a body that is not `application/json`), 404
 //!   `not_found`, 405 `method_not_allowed`, 429 `api_rate_limited`
 //!   (`--market-api-per-ip`), 503 `busy` (no database connection free within
