@@ -385,7 +385,12 @@ fn names_p256(pem: &str) -> bool {
 /// add it to one with `checked_add`, or give it to `tokio::time::sleep`,
 /// which takes such a duration as "never".
 pub(crate) fn time_left(expires_at: u64) -> Duration {
-    Duration::from_secs(expires_at.saturating_sub(now_secs()))
+    // to the instant, not the whole second: a stream ends when its token is
+    // refused, not up to a second later
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    Duration::from_secs(expires_at).saturating_sub(now)
 }
 
 /// Seconds since the Unix epoch (0 on a clock before it).
@@ -782,6 +787,19 @@ fDvt5w/ybd7aJtdKBdnrVvbd257WFS3R
             &EncodingKey::from_secret(b"s3cret"),
         )
         .unwrap()
+    }
+
+    #[test]
+    fn time_left_counts_to_the_instant() {
+        let next = now_secs() + 1;
+        let left = time_left(next);
+        // not a whole second from now: a stream ends at the instant
+        assert!(
+            left > Duration::ZERO && left < Duration::from_secs(1),
+            "{left:?}"
+        );
+        assert_eq!(time_left(now_secs() - 1), Duration::ZERO);
+        assert!(time_left(u64::MAX) > Duration::from_secs(1 << 40));
     }
 
     #[test]

@@ -360,7 +360,7 @@ impl Default for PresenceConfig {
 #[derive(Clone, Debug, Args)]
 pub struct MarketApi {
     /// Serve the storefront API (/api/products, /api/cart, /api/checkout, farmer
-    /// endpoints) on the client port. Needs the market schema (`rowcast migrate
+    /// endpoints, messages between customers and farms) on the client port. Needs the market schema (`rowcast migrate
     /// --market`) and a JWT key.
     #[arg(id = "market_api", long = "market-api", env = "ROWCAST_MARKET_API", value_parser = boolish())]
     pub enabled: bool,

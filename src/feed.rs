@@ -51,6 +51,11 @@ pub(crate) enum FeedError {
     /// The source has not read the log yet (database down since start-up).
     #[error("not ready: the change-log source has not started")]
     NotReady,
+    /// A feed starting over after it lagged waited `REGISTER_WAIT` for the
+    /// end of a batch still being published (a transaction of hundreds of
+    /// thousands of changes): retry.
+    #[error("still publishing a large transaction")]
+    Publishing,
     /// The catch-up memory budget stayed in use too long.
     #[error(transparent)]
     Busy(#[from] Busy),
@@ -122,7 +127,13 @@ async fn register(
 ) -> Result<(Subscription, Snapshot), FeedError> {
     tokio::time::timeout(REGISTER_WAIT, hub.subscribe(topics, join))
         .await
-        .map_err(|_| FeedError::NotReady)
+        .map_err(|_| {
+            if hub.has_position() {
+                FeedError::Publishing
+            } else {
+                FeedError::NotReady
+            }
+        })
 }
 
 /// Where feeds come from: the node's hub, the pool for log reads (each

@@ -327,6 +327,11 @@ impl Hub {
         }
     }
 
+    /// Whether the source has read the log at all (it has a position).
+    pub(crate) fn has_position(&self) -> bool {
+        self.lock().position.is_some()
+    }
+
     /// Whether the position covers `snap` now (a subscriber registered now
     /// with `Join::Before` starts there, half-published batch or not: see
     /// `subscribe`).

@@ -13,11 +13,14 @@
 --                         removed, restocked or not (no "available again")
 --   get_cart              markers left out (an empty cart: "items":[])
 --   checkout              the lines that were live when it began: all bought,
---                         or a conflict (one that became a marker while it
---                         waited for the products' locks is short, as a
---                         sold-out line was before); a cart with no live line
---                         but markers: a conflict listing the markers still
---                         short; else cart_empty. A success deletes the
+--                         or a conflict; a line removed while it waited for
+--                         the products' locks is never bought: it is in the
+--                         conflict as sold out ("available":0, "now out of
+--                         stock", options remove and contact_farmer), whatever
+--                         was restocked since. A cart with no live line: a
+--                         conflict listing its removed lines whose products
+--                         are still out (the loser of a race for the last
+--                         pound), else cart_empty. A success deletes the
 --                         markers too.
 --   add_to_cart           starts the line afresh (a marker's quantity is not
 --                         added to); refused at 0 as before
@@ -103,6 +106,16 @@ LANGUAGE sql STABLE AS $$
       FROM lines
 $$;
 
+-- A conflict entry for a line removed at 0: as market.shortage's when
+-- nothing is left, whatever the product holds now.
+CREATE FUNCTION market.sold_out(p market.products, requested numeric) RETURNS jsonb
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT market.shortage(p, requested) || jsonb_build_object(
+        'available', 0,
+        'options',   market.shortage_options(requested, 0),
+        'message',   market.availability_message(p.name, p.unit, requested, 0))
+$$;
+
 -- As in 004_carts.sql (the full contract is there), with lines removed at 0
 -- (see the top of this file).
 CREATE OR REPLACE FUNCTION market.checkout(p_customer bigint) RETURNS jsonb
@@ -134,9 +147,12 @@ BEGIN
     PERFORM 1 FROM market.products WHERE id = ANY (v_ids) ORDER BY id FOR NO KEY UPDATE;
 
     -- a new statement, so a new snapshot: the locked rows' latest quantities,
-    -- and the lines as the sales this checkout waited for left them
-    SELECT coalesce(jsonb_agg(market.shortage(p, l.requested) ORDER BY p.id)
-                        FILTER (WHERE l.requested > p.quantity), '[]'::jsonb),
+    -- and the lines as the sales this checkout waited for left them (a line
+    -- removed meanwhile is sold out for this cart, restocked or not)
+    SELECT coalesce(jsonb_agg(CASE WHEN l.removed
+                                   THEN market.sold_out(p, l.requested)
+                                   ELSE market.shortage(p, l.requested) END ORDER BY p.id)
+                        FILTER (WHERE l.removed OR l.requested > p.quantity), '[]'::jsonb),
            jsonb_agg(jsonb_build_object(
                'productId',  p.id,
                'farmId',     p.farm_id,
@@ -145,7 +161,8 @@ BEGIN
                'quantity',   l.requested,
                'priceCents', p.price_cents) ORDER BY p.farm_id, p.id)
       INTO v_conflicts, v_lines
-      FROM (SELECT product_id, trim_scale(sum(requested)) AS requested
+      FROM (SELECT product_id, trim_scale(sum(requested)) AS requested,
+                   bool_or(adjusted = 0) AS removed
               FROM market.cart_items
              WHERE customer_id = p_customer AND product_id = ANY (v_live)
              GROUP BY product_id) l
@@ -155,7 +172,7 @@ BEGIN
         -- no live line: only lines removed at 0, those still short told as
         -- the conflict they are (a checkout that came just after the sale)
         SELECT coalesce(jsonb_agg(market.shortage(p, ci.requested) ORDER BY p.id)
-                            FILTER (WHERE ci.requested > p.quantity), '[]'::jsonb)
+                            FILTER (WHERE p.quantity <= 0), '[]'::jsonb)
           INTO v_conflicts
           FROM market.cart_items ci
           JOIN market.products p ON p.id = ci.product_id

@@ -24,8 +24,10 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::sync::Arc;
 
-/// Largest request body, bytes: a few fields fit many times over.
-pub(crate) const MAX_BODY: usize = 4096;
+/// Largest request body, bytes: a few fields fit many times over, and so
+/// does a message of 1,000 characters each written as JSON's longest escape
+/// (an emoji as a `\uD83D\uDE00` pair: 12 bytes).
+pub(crate) const MAX_BODY: usize = 16 * 1024;
 /// Longest quantity token, and largest exponent, taken to the database.
 const MAX_QUANTITY_LEN: usize = 40;
 const MAX_EXPONENT: i32 = 100;

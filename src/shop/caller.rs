@@ -77,9 +77,11 @@ fn role(who: &Identity) -> Option<&str> {
     who.claims.get("role").and_then(Value::as_str)
 }
 
-/// The `sub` as a market id (1–18 digits), if it is one.
+/// The `sub` as a market id, if it is one written as the policy reads it:
+/// 1–18 digits without a leading zero (`01000` is not customer 1000, whose
+/// topics `rowcast.authorize` matches by text).
 fn sub_id(who: &Identity) -> Option<i64> {
-    who.sub().and_then(parse_id)
+    who.sub().filter(|s| !s.starts_with('0')).and_then(parse_id)
 }
 
 /// `1`..`999999999999999999`: 1–18 ASCII digits (no sign, no spaces).

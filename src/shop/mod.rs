@@ -27,7 +27,8 @@
 //! the gate exactly as for the push transports. A customer is role `customer`
 //! with `sub` = the customer id, a farmer role `farmer` with `sub` = the
 //! farmer id (`farms.farmer_id`; their own farms only), an admin role `admin`
-//! (any farm; admins have no cart). Ids in `sub` are 1–18 digits.
+//! (any farm; admins have no cart). Ids in `sub` are 1–18 digits without a
+//! leading zero (as `rowcast.authorize` compares them: by text).
 //!
 //! `tx`: every mutating answer carries the id of the transaction that wrote
 //! it (`pg_current_xact_id_if_assigned()`, read in the same statement as the

@@ -184,6 +184,7 @@ impl From<&FeedError> for Disconnect {
             FeedError::CursorAhead
             | FeedError::Db(_)
             | FeedError::NotReady
+            | FeedError::Publishing
             | FeedError::Busy(_) => Disconnect::TryAgainLater,
         }
     }

@@ -1072,6 +1072,15 @@ async fn contact_farmer_from_the_conflict_and_read_the_reply() {
         )
         .await;
     assert_eq!(toast, "More on Saturday!");
+    // the reply box empties once sent, and stays so (its message's own
+    // event may come before the API's answer)
+    farmer
+        .wait_for(
+            "document.querySelector('.conversation[data-customer=\"1000\"] textarea').value === '' && !document.querySelector('.conversation[data-customer=\"1000\"] button').disabled",
+            "the farmer's reply box empty again",
+            ARRIVAL,
+        )
+        .await;
     let thread = shopper
         .wait_for(
             "(() => { const l = [...document.querySelectorAll('#message-thread li')].map(e => e.dataset.from); return l.length === 2 && l; })()",
@@ -1103,6 +1112,29 @@ async fn contact_farmer_from_the_conflict_and_read_the_reply() {
             ARRIVAL,
         )
         .await;
+    // a farm with a long history: 600 messages from 200 customers, replayed
+    // by the farmer page's snapshot, are one render, not one per message
+    // (that took a minute and more), and none is told as new
+    db.batch_execute(
+        "INSERT INTO market.messages (farm_id, customer_id, from_farmer, body)
+         SELECT 1, 2000 + g % 200, false, 'question ' || g FROM generate_series(1, 600) g",
+    )
+    .await
+    .unwrap();
+    farmer.goto(&format!("{base}/farmer")).await;
+    farmer.ready().await;
+    let count = farmer
+        .wait_for(
+            "document.querySelectorAll('.conversation').length === 30 && document.getElementById('message-count').textContent",
+            "the latest 30 of 201 conversations",
+            ARRIVAL,
+        )
+        .await;
+    assert_eq!(count, "201 conversations");
+    let toasts = farmer
+        .js("return [...document.querySelectorAll('#toasts .toast strong')].filter(e => e.textContent.endsWith(' wrote')).length;")
+        .await;
+    assert_eq!(toasts, 0, "history told as new");
     shopper.close().await;
     farmer.close().await;
     drop(driver);

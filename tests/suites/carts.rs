@@ -365,16 +365,23 @@ async fn fr021_conflict_scenario_end_to_end() {
         }])
     );
 
-    // Restocked: the removed line stays gone (nothing to tell customer 8).
-    db.execute("UPDATE market.products SET quantity = 12 WHERE id = 1", &[])
+    // Restocked, partly then fully: the removed line stays gone (nothing to
+    // tell customer 8, nothing to check out).
+    for q in [1, 12] {
+        db.execute(
+            "UPDATE market.products SET quantity = $1::int WHERE id = 1",
+            &[&q],
+        )
         .await
         .unwrap();
-    assert_eq!(cart(&db, 8).await["items"], json!([]));
-    let e = checkout(&db, 8).await.unwrap_err();
-    assert_eq!(
-        (e.state.as_str(), e.body["error"].as_str()),
-        ("MK409", Some("cart_empty"))
-    );
+        assert_eq!(cart(&db, 8).await["items"], json!([]));
+        let e = checkout(&db, 8).await.unwrap_err();
+        assert_eq!(
+            (e.state.as_str(), e.body["error"].as_str()),
+            ("MK409", Some("cart_empty")),
+            "restocked to {q}"
+        );
+    }
     // A short line is told each step back: partly restocked, then fully.
     add(&db, 8, 1, "5").await.unwrap();
     for q in [2, 4, 12] {
@@ -1031,4 +1038,81 @@ async fn carts_and_farmers_racing_stay_consistent() {
     )
     .await;
     assert_eq!(bad, 0);
+}
+
+/// A checkout waiting for a product's lock while another of its lines sells
+/// out, and is restocked, before the lock frees: that line was removed (its
+/// customer told), so the checkout does not buy it, nor the rest without
+/// it; it answers the conflict, that product sold out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_line_removed_while_a_checkout_waits_is_not_bought() {
+    let url = fresh_market_db().await;
+    let db = connect(&url).await;
+    seed(&db, 1, 2).await;
+    db.execute("UPDATE market.products SET quantity = 10", &[])
+        .await
+        .unwrap();
+    add(&db, 5, 1, "2").await.unwrap();
+    add(&db, 5, 2, "3").await.unwrap();
+    // another writer holds product 1: the checkout waits there (ids in order)
+    let mut other = connect(&url).await;
+    let tx = other.transaction().await.unwrap();
+    tx.execute("SELECT 1 FROM market.products WHERE id = 1 FOR UPDATE", &[])
+        .await
+        .unwrap();
+    let buyer = connect(&url).await;
+    let pid: i32 = buyer
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let waiting = tokio::spawn(async move { checkout(&buyer, 5).await });
+    eventually_async("the checkout waits for product 1", || {
+        let db = &db;
+        async move {
+            db.query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND wait_event_type = 'Lock'",
+                &[&pid],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+                == 1
+        }
+    })
+    .await;
+    // meanwhile product 2 sells out and comes back
+    tx.batch_execute(
+        "UPDATE market.products SET quantity = 0 WHERE id = 2;
+         UPDATE market.products SET quantity = 10 WHERE id = 2;",
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let r = within_arrival("the checkout's answer", waiting)
+        .await
+        .expect("the checkout task")
+        .expect("an answer, not a refusal");
+    assert_eq!(r["result"], "conflict", "{r}");
+    assert_eq!(
+        r["conflicts"],
+        json!([{
+            "productId": "2", "farmId": "1", "name": "Product 2", "unit": "lb",
+            "requested": 3, "available": 0, "options": ["remove", "contact_farmer"],
+            "message": "Product 2 is now out of stock"
+        }])
+    );
+    assert_eq!(
+        scalar_i64(&db, "SELECT count(*) FROM market.orders").await,
+        0
+    );
+    // its cart: the tomatoes' line; product 2's is gone
+    let c = cart(&db, 5).await;
+    let lines: Vec<&Value> = c["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| &l["productId"])
+        .collect();
+    assert_eq!(lines, [&json!("1")], "{c}");
 }

@@ -942,14 +942,14 @@ async fn bad_input_gets_defined_json_errors() {
     // small enough to be sent whole, so the client reads the answer
     let over = format!(
         "{{\"productId\":\"1\",\"quantity\":1,\"pad\":\"{}\"}}",
-        "x".repeat(6000)
+        "x".repeat(20_000)
     );
     let a = api
         .send("POST", "/api/cart/items", t, Some(&over), &[])
         .await;
     assert_error(&a, 413, "payload_too_large");
     let chunks: Vec<Result<String, std::io::Error>> =
-        (0..2).map(|_| Ok("x".repeat(3000))).collect();
+        (0..2).map(|_| Ok("x".repeat(10_000))).collect();
     let a = api
         .http
         .post(format!("{}/api/cart/items", api.base))
@@ -1467,6 +1467,8 @@ async fn contact_farmer_reaches_the_farm_and_the_answer_the_customer() {
     let base = srv.base_url();
     let api = Api::new(&base);
     let (t7, t8) = (token("7", "customer"), token("8", "customer"));
+    // ids as the policy reads them, by text: 07 is not customer 7
+    let (padded_customer, padded_farmer) = (token("07", "customer"), token("0101", "farmer"));
     let (farmer, other, admin) = (
         token("101", "farmer"),
         token("102", "farmer"),
@@ -1572,7 +1574,7 @@ async fn contact_farmer_reaches_the_farm_and_the_answer_the_customer() {
         (
             "/api/farms/1/messages",
             Some(&t7),
-            json!({"body": " \n\t "}),
+            json!({"body": " \n\t \u{a0}\u{200b}\u{b}\u{c}\u{feff}"}),
             400,
             "invalid_message",
         ),
@@ -1589,6 +1591,20 @@ async fn contact_farmer_reaches_the_farm_and_the_answer_the_customer() {
             json!({"body": 5}),
             400,
             "bad_request",
+        ),
+        (
+            "/api/farms/1/messages",
+            Some(&padded_customer),
+            json!({"body": "hi"}),
+            403,
+            "forbidden",
+        ),
+        (
+            reply,
+            Some(&padded_farmer),
+            json!({"body": "hi"}),
+            403,
+            "forbidden",
         ),
         // text PostgreSQL cannot hold: a data exception, not a retry
         (

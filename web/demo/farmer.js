@@ -13,6 +13,11 @@ const products = new Map();
 const orders = new Map(); // orderId -> { orderId, customerId, status }
 const messages = new Map(); // messageId -> message
 const drafts = new Map(); // customerId -> reply being typed (kept across re-renders)
+const sending = new Set(); // customerIds whose reply is on its way
+const bootedAt = Date.now();
+/** What the Messages panel shows: the latest conversations, each's latest messages. */
+const SHOWN_CONVERSATIONS = 30;
+const SHOWN_MESSAGES = 30;
 let rc;
 let me;
 
@@ -45,9 +50,10 @@ async function boot() {
   rc.on('message.sent', (d) => {
     const known = messages.has(d.messageId);
     messages.set(d.messageId, d);
-    renderConversations();
-    // a new question (not the snapshot's history, which comes before live)
-    if (!known && d.from === 'customer' && document.body.dataset.ready === 'true') {
+    scheduleConversations();
+    // a new question, not the history the snapshot replays (written before
+    // this page opened: the demo's server and browser share a clock)
+    if (!known && d.from === 'customer' && Number(d.timestamp) >= bootedAt) {
       toast('info', `Customer ${d.customerId} wrote`, d.body, 10000);
     }
   });
@@ -186,12 +192,32 @@ async function advance(orderId, status) {
   }
 }
 
-/** One conversation per customer, the latest first, each with its reply box. */
+/**
+ * Renders the Messages panel once per frame, however many messages came
+ * (a snapshot replays the whole history, one event at a time).
+ */
+let renderPending = false;
+function scheduleConversations() {
+  if (renderPending) return;
+  renderPending = true;
+  requestAnimationFrame(() => {
+    renderPending = false;
+    renderConversations();
+  });
+}
+
+/**
+ * One conversation per customer, the latest first, each with its reply box
+ * (at most SHOWN_CONVERSATIONS, each with its SHOWN_MESSAGES latest).
+ */
 function renderConversations() {
   const box = $('conversations');
-  // keep what is being typed, and where
+  // keep what is being typed, and where the caret is
   for (const t of box.querySelectorAll('textarea')) drafts.set(t.dataset.customer, t.value);
-  const focused = document.activeElement && document.activeElement.dataset ? document.activeElement.dataset.customer : null;
+  const active = document.activeElement;
+  const focused = active && active.tagName === 'TEXTAREA' && box.contains(active)
+    ? { customer: active.dataset.customer, start: active.selectionStart, end: active.selectionEnd }
+    : null;
   const byCustomer = new Map();
   for (const m of [...messages.values()].sort((a, b) => Number(a.messageId) - Number(b.messageId))) {
     if (!byCustomer.has(m.customerId)) byCustomer.set(m.customerId, []);
@@ -205,42 +231,60 @@ function renderConversations() {
     box.innerHTML = '<div class="cart-empty">No messages yet.</div>';
     return;
   }
-  for (const [customerId, list] of conversations) {
+  for (const [customerId, list] of conversations.slice(0, SHOWN_CONVERSATIONS)) {
     const div = document.createElement('div');
     div.className = 'conversation';
     div.dataset.customer = customerId;
-    const items = list.map((m) => {
+    const shown = list.slice(-SHOWN_MESSAGES);
+    const earlier = list.length - shown.length;
+    const items = shown.map((m) => {
       const about = m.productId && products.get(m.productId) ? ` · about ${esc(products.get(m.productId).name)}` : '';
       return `<li class="${m.from === 'farmer' ? 'mine' : 'theirs'}" data-from="${esc(m.from)}" data-message="${esc(m.messageId)}"><small>${m.from === 'farmer' ? 'You' : `Customer ${esc(customerId)}${about}`}</small>${esc(m.body)}</li>`;
     }).join('');
-    div.innerHTML = `<div class="who">Customer ${esc(customerId)}</div><ol class="thread">${items}</ol>
-      <form class="reply"><textarea rows="2" maxlength="1000" required aria-label="Reply" data-customer="${esc(customerId)}"></textarea><button class="btn primary" type="submit">Reply</button></form>`;
+    const busy = sending.has(customerId);
+    div.innerHTML = `<div class="who">Customer ${esc(customerId)}${earlier ? ` <small>${earlier} earlier</small>` : ''}</div><ol class="thread">${items}</ol>
+      <form class="reply"><textarea rows="2" required aria-label="Reply" data-customer="${esc(customerId)}"${busy ? ' disabled' : ''}></textarea><button class="btn primary" type="submit"${busy ? ' disabled' : ''}>${busy ? 'Sending…' : 'Reply'}</button></form>`;
     const text = div.querySelector('textarea');
     text.value = drafts.get(customerId) || '';
     div.querySelector('form').addEventListener('submit', (ev) => {
       ev.preventDefault();
-      reply(customerId, text, div.querySelector('button'));
+      reply(customerId, text.value);
     });
     box.appendChild(div);
     const thread = div.querySelector('.thread');
     thread.scrollTop = thread.scrollHeight;
-    if (focused === customerId) text.focus();
+    if (focused && focused.customer === customerId) {
+      text.focus();
+      text.setSelectionRange(focused.start, focused.end);
+    }
+  }
+  if (conversations.length > SHOWN_CONVERSATIONS) {
+    const more = document.createElement('div');
+    more.className = 'cart-empty';
+    more.textContent = `${conversations.length - SHOWN_CONVERSATIONS} older conversations not shown`;
+    box.appendChild(more);
   }
 }
 
-async function reply(customerId, text, button) {
-  button.disabled = true;
+/** Sends a reply once: the box empties at once (its text back on a failure). */
+async function reply(customerId, body) {
+  if (sending.has(customerId)) return;
+  sending.add(customerId);
+  // the box empties now (the render reads drafts from the boxes first)
+  const box = document.querySelector(`.conversation[data-customer="${customerId}"] textarea`);
+  if (box) box.value = '';
+  drafts.set(customerId, '');
+  renderConversations();
   try {
-    const m = await apiJson(session, 'POST', `/api/farms/${me.farmId}/customers/${customerId}/messages`, { body: text.value });
+    const m = await apiJson(session, 'POST', `/api/farms/${me.farmId}/customers/${customerId}/messages`, { body });
     delete m.tx;
     messages.set(m.messageId, m);
-    drafts.delete(customerId);
-    text.value = '';
-    renderConversations();
   } catch (e) {
+    drafts.set(customerId, body);
     toast('error', 'The reply was not sent. Try again.', e.message);
   } finally {
-    button.disabled = false;
+    sending.delete(customerId);
+    renderConversations();
   }
 }
 

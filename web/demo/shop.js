@@ -419,7 +419,8 @@ function queueConflict(c) {
 
 function showConflict() {
   const c = conflicts[0];
-  if (!c) return;
+  // one dialog at a time: a conflict waits for the message being written
+  if (!c || $('message-dialog').open) return;
   const available = Number(c.available ?? c.adjusted ?? 0);
   const options = c.options || ['adjust', 'remove', 'contact_farmer'];
   $('conflict-title').textContent = c.message;
@@ -504,7 +505,8 @@ function renderThread() {
   if (!talking) return;
   const mine = [...messages.values()]
     .filter((m) => m.farmId === talking.farmId)
-    .sort((a, b) => Number(a.messageId) - Number(b.messageId));
+    .sort((a, b) => Number(a.messageId) - Number(b.messageId))
+    .slice(-50); // the latest
   for (const m of mine) {
     const li = document.createElement('li');
     li.className = m.from === 'customer' ? 'mine' : 'theirs';
