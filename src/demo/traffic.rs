@@ -247,10 +247,14 @@ impl Shopper {
             .json(&serde_json::json!({"productId": product["productId"], "quantity": quantity}))
             .send()
             .await?;
-        if fastrand::u8(..3) == 0 && self.checkout().await? == Checkout::Conflict {
-            // FR-021's dialog: take the offered option, then check out again
-            if self.resolve_conflicts().await? > 0 {
-                self.checkout().await?;
+        if fastrand::u8(..3) == 0 {
+            if let Checkout::Conflict(conflicts) = self.checkout().await? {
+                // FR-021's dialog: take the offered option, then check out
+                // again what the cart still holds
+                self.resolve_conflicts(&conflicts).await?;
+                if self.cart_lines().await? > 0 {
+                    self.checkout().await?;
+                }
             }
         }
         Ok(())
@@ -264,16 +268,18 @@ impl Shopper {
             .bearer_auth(&self.token)
             .send()
             .await?;
-        Ok(match resp.status() {
-            reqwest::StatusCode::CONFLICT => Checkout::Conflict,
-            _ => Checkout::Done,
-        })
+        if resp.status() != reqwest::StatusCode::CONFLICT {
+            return Ok(Checkout::Done);
+        }
+        // a conflict's lines (an empty cart is 409 too, and has none)
+        let body: Value = resp.json().await?;
+        Ok(Checkout::Conflict(
+            body["conflicts"].as_array().cloned().unwrap_or_default(),
+        ))
     }
 
-    /// Adjusts each line of the cart to what is available (or removes it),
-    /// as a shopper answering the conflict dialog with "adjust" would; says
-    /// how many lines are left to buy.
-    async fn resolve_conflicts(&self) -> std::result::Result<usize, ShopperError> {
+    /// How many lines the cart shows.
+    async fn cart_lines(&self) -> std::result::Result<usize, ShopperError> {
         let cart: Value = self
             .http
             .get(format!("{}/api/cart", self.base))
@@ -282,9 +288,14 @@ impl Shopper {
             .await?
             .json()
             .await?;
-        let lines = cart["items"].as_array().cloned().unwrap_or_default();
-        let mut left = 0;
-        for line in &lines {
+        Ok(cart["items"].as_array().map_or(0, Vec::len))
+    }
+
+    /// Answers each conflicting line as a shopper answering the conflict
+    /// dialog would: "adjust" to what is available, or "remove" when nothing
+    /// is (a line the server already removed at 0 included).
+    async fn resolve_conflicts(&self, lines: &[Value]) -> Step {
+        for line in lines {
             let id = &line["productId"];
             let Some(id_text) = id_text(id) else { continue };
             let url = format!("{}/api/cart/items/{id_text}", self.base);
@@ -298,7 +309,6 @@ impl Shopper {
                     .await?;
                 continue;
             }
-            left += 1;
             if want > have {
                 self.http
                     .patch(url)
@@ -308,7 +318,7 @@ impl Shopper {
                     .await?;
             }
         }
-        Ok(left)
+        Ok(())
     }
 }
 
@@ -316,7 +326,8 @@ impl Shopper {
 #[derive(Debug, PartialEq, Eq)]
 enum Checkout {
     Done,
-    Conflict,
+    /// 409, with the conflicts' lines (`productId`, `requested`, `available`).
+    Conflict(Vec<Value>),
 }
 
 /// An id as the API writes it (a JSON string or number), as text.
