@@ -82,14 +82,14 @@ CREATE TRIGGER messages_changed AFTER INSERT ON market.messages
     FOR EACH ROW EXECUTE FUNCTION market.messages_changed();
 
 -- The body without the white space at its ends (Unicode spaces, and the
--- invisible zero-width and direction marks, included: a message of nothing
--- but those is empty), or invalid_message.
+-- invisible zero-width, direction, filler and blank characters, included: a
+-- message of nothing but those is empty), or invalid_message.
 CREATE FUNCTION market.message_body(p_body text) RETURNS text
 LANGUAGE plpgsql AS $$
 DECLARE
     v_body text := regexp_replace(p_body,
-        E'^[[:space:]\u00a0\u1680\u180e\u2000-\u200f\u2028-\u202f\u205f-\u2064\u3000\ufeff]+'
-        '|[[:space:]\u00a0\u1680\u180e\u2000-\u200f\u2028-\u202f\u205f-\u2064\u3000\ufeff]+$',
+        E'^[[:space:]\u0085\u00a0\u00ad\u034f\u061c\u115f\u1160\u1680\u17b4\u17b5\u180e\u2000-\u200f\u2028-\u202f\u205f-\u206f\u2800\u3000\u3164\ufeff\uffa0]+'
+        '|[[:space:]\u0085\u00a0\u00ad\u034f\u061c\u115f\u1160\u1680\u17b4\u17b5\u180e\u2000-\u200f\u2028-\u202f\u205f-\u206f\u2800\u3000\u3164\ufeff\uffa0]+$',
         '', 'g');
 BEGIN
     IF v_body IS NULL OR char_length(v_body) NOT BETWEEN 1 AND 1000 THEN

@@ -9,31 +9,37 @@
 -- product, rather than buying the rest of a cart it no longer has whole, or
 -- answering cart_empty. So:
 --   quantity drops to 0   live lines become markers (adjusted = 0), each told
---   quantity changes      markers are left alone: a removed line stays
---                         removed, restocked or not (no "available again")
+--   quantity rises from 0 markers are deleted, silently: the line stays
+--                         removed (no "available again"), and a later sale
+--                         finds nothing of it
 --   get_cart              markers left out (an empty cart: "items":[])
 --   checkout              the lines that were live when it began: all bought,
 --                         or a conflict; a line removed while it waited for
---                         the products' locks is never bought: it is in the
---                         conflict as sold out ("available":0, "now out of
---                         stock", options remove and contact_farmer), whatever
---                         was restocked since. A cart with no live line: a
---                         conflict listing its removed lines whose products
---                         are still out (the loser of a race for the last
---                         pound), else cart_empty. A success deletes the
---                         markers too.
+--                         the products' locks (a marker now, or gone: its
+--                         product restocked meanwhile) is never bought: it
+--                         is in the conflict as sold out ("available":0,
+--                         "now out of stock", options remove and
+--                         contact_farmer). A cart with no live line: a
+--                         conflict listing its markers (the loser of a race
+--                         for the last pound), else cart_empty. A success
+--                         deletes the markers too.
 --   add_to_cart           starts the line afresh (a marker's quantity is not
 --                         added to); refused at 0 as before
 --   set_cart_quantity     a marker is no line: not_in_cart
 --   remove_from_cart      deletes a marker too (the conflict offers "remove")
 -- 004_carts.sql's invariant, adjusted = CASE WHEN requested > quantity THEN
--- quantity END, holds for every live line; a marker keeps adjusted = 0.
+-- quantity END, holds for every row, markers included (they exist only
+-- while their product's quantity is 0).
 
 CREATE OR REPLACE FUNCTION market.products_reconcile_carts() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
     r record;
 BEGIN
+    -- lines removed at 0 go for good once there is stock again
+    IF NEW.quantity > 0 THEN
+        DELETE FROM market.cart_items ci WHERE ci.product_id = NEW.id AND ci.adjusted = 0;
+    END IF;
     FOR r IN
         UPDATE market.cart_items ci
            SET adjusted   = CASE WHEN ci.requested > NEW.quantity THEN trim_scale(NEW.quantity) END,
@@ -123,6 +129,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v_ids       bigint[];
     v_live      bigint[];
+    v_start     jsonb;
     v_lines     jsonb;
     v_conflicts jsonb;
     v_orders    jsonb := '[]'::jsonb;
@@ -135,8 +142,9 @@ BEGIN
     -- the lines it buys: those live now (the cart is locked: only a sale's
     -- trigger changes them meanwhile, which may make one a marker)
     SELECT array_agg(product_id ORDER BY product_id),
-           array_agg(product_id ORDER BY product_id) FILTER (WHERE adjusted IS DISTINCT FROM 0)
-      INTO v_ids, v_live
+           array_agg(product_id ORDER BY product_id) FILTER (WHERE adjusted IS DISTINCT FROM 0),
+           jsonb_object_agg(product_id, requested) FILTER (WHERE adjusted IS DISTINCT FROM 0)
+      INTO v_ids, v_live, v_start
       FROM market.cart_items WHERE customer_id = p_customer;
     IF v_ids IS NULL THEN
         PERFORM market.refuse('MK409', jsonb_build_object(
@@ -161,11 +169,15 @@ BEGIN
                'quantity',   l.requested,
                'priceCents', p.price_cents) ORDER BY p.farm_id, p.id)
       INTO v_conflicts, v_lines
-      FROM (SELECT product_id, trim_scale(sum(requested)) AS requested,
-                   bool_or(adjusted = 0) AS removed
-              FROM market.cart_items
-             WHERE customer_id = p_customer AND product_id = ANY (v_live)
-             GROUP BY product_id) l
+      FROM (SELECT s.product_id,
+                   coalesce(c.requested, (v_start ->> s.product_id::text)::numeric) AS requested,
+                   c.product_id IS NULL OR c.removed AS removed
+              FROM unnest(v_live) AS s (product_id)
+              LEFT JOIN (SELECT product_id, trim_scale(sum(requested)) AS requested,
+                                bool_or(adjusted = 0) AS removed
+                           FROM market.cart_items
+                          WHERE customer_id = p_customer
+                          GROUP BY product_id) c USING (product_id)) l
       JOIN market.products p ON p.id = l.product_id;
 
     IF v_lines IS NULL THEN

@@ -1081,6 +1081,18 @@ async fn contact_farmer_from_the_conflict_and_read_the_reply() {
             ARRIVAL,
         )
         .await;
+    // a reply the server refuses (over 1,000 characters) keeps its text, to
+    // be shortened and sent again
+    farmer
+        .js("const t = document.querySelector('.conversation[data-customer=\"1000\"] textarea'); t.value = 'y'.repeat(1001); t.form.requestSubmit(); return true;")
+        .await;
+    farmer
+        .wait_for(
+            "[...document.querySelectorAll('#toasts .toast strong')].some(e => e.textContent === 'The reply was not sent. Try again.') && document.querySelector('.conversation[data-customer=\"1000\"] textarea').value.length === 1001",
+            "the refused reply's text kept",
+            ARRIVAL,
+        )
+        .await;
     let thread = shopper
         .wait_for(
             "(() => { const l = [...document.querySelectorAll('#message-thread li')].map(e => e.dataset.from); return l.length === 2 && l; })()",

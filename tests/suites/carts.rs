@@ -365,9 +365,10 @@ async fn fr021_conflict_scenario_end_to_end() {
         }])
     );
 
-    // Restocked, partly then fully: the removed line stays gone (nothing to
-    // tell customer 8, nothing to check out).
-    for q in [1, 12] {
+    // Restocked, partly then fully, then sold out and restocked again: the
+    // removed line stays gone (nothing to tell customer 8, nothing to check
+    // out, no conflict about it).
+    for q in [1, 12, 0, 12] {
         db.execute(
             "UPDATE market.products SET quantity = $1::int WHERE id = 1",
             &[&q],

@@ -1574,7 +1574,7 @@ async fn contact_farmer_reaches_the_farm_and_the_answer_the_customer() {
         (
             "/api/farms/1/messages",
             Some(&t7),
-            json!({"body": " \n\t \u{a0}\u{200b}\u{b}\u{c}\u{feff}"}),
+            json!({"body": " \n\t \u{a0}\u{200b}\u{b}\u{c}\u{feff}\u{85}\u{2066}\u{61c}\u{ad}\u{3164}\u{2800}"}),
             400,
             "invalid_message",
         ),

@@ -231,7 +231,11 @@ function renderConversations() {
     box.innerHTML = '<div class="cart-empty">No messages yet.</div>';
     return;
   }
-  for (const [customerId, list] of conversations.slice(0, SHOWN_CONVERSATIONS)) {
+  // the latest ones, and always those being written to (a draft, a reply
+  // on its way, the box in focus), wherever the others push them
+  const inUse = (id) => Boolean(drafts.get(id)) || sending.has(id) || (focused && focused.customer === id);
+  const shownList = conversations.filter((c, i) => i < SHOWN_CONVERSATIONS || inUse(c[0]));
+  for (const [customerId, list] of shownList) {
     const div = document.createElement('div');
     div.className = 'conversation';
     div.dataset.customer = customerId;
@@ -258,10 +262,10 @@ function renderConversations() {
       text.setSelectionRange(focused.start, focused.end);
     }
   }
-  if (conversations.length > SHOWN_CONVERSATIONS) {
+  if (conversations.length > shownList.length) {
     const more = document.createElement('div');
     more.className = 'cart-empty';
-    more.textContent = `${conversations.length - SHOWN_CONVERSATIONS} older conversations not shown`;
+    more.textContent = `${conversations.length - shownList.length} older conversations not shown`;
     box.appendChild(more);
   }
 }
@@ -270,21 +274,28 @@ function renderConversations() {
 async function reply(customerId, body) {
   if (sending.has(customerId)) return;
   sending.add(customerId);
-  // the box empties now (the render reads drafts from the boxes first)
-  const box = document.querySelector(`.conversation[data-customer="${customerId}"] textarea`);
-  if (box) box.value = '';
-  drafts.set(customerId, '');
+  // the box empties now (a render reads the drafts from the boxes first)
+  const boxOf = () => document.querySelector(`.conversation[data-customer="${customerId}"] textarea`);
+  const setText = (text) => {
+    const box = boxOf();
+    if (box) box.value = text;
+    drafts.set(customerId, text);
+  };
+  setText('');
   renderConversations();
   try {
     const m = await apiJson(session, 'POST', `/api/farms/${me.farmId}/customers/${customerId}/messages`, { body });
     delete m.tx;
     messages.set(m.messageId, m);
   } catch (e) {
-    drafts.set(customerId, body);
+    // the text back, to be mended and sent again
+    setText(body);
     toast('error', 'The reply was not sent. Try again.', e.message);
   } finally {
     sending.delete(customerId);
     renderConversations();
+    const box = boxOf();
+    if (box) box.focus();
   }
 }
 
