@@ -405,9 +405,13 @@ impl Hub {
                         let mut tally = LiveTally::new();
                         // a new subscriber has no direct writer: nothing is due
                         let mut due = Vec::new();
+                        // (under the hub's lock, so it stops at the first
+                        // overflow: a lagging subscriber takes nothing more)
                         for change in &st.pending {
                             if let Some(i) = change.first_topic_in(|t| set.contains(t)) {
-                                self.offer(&sub, change, i, &mut due, &mut tally);
+                                if !self.offer(&sub, change, i, &mut due, &mut tally) {
+                                    break;
+                                }
                             }
                         }
                     }

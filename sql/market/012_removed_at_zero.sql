@@ -140,7 +140,8 @@ BEGIN
     PERFORM market.check_customer(p_customer);
     PERFORM 1 FROM market.carts WHERE customer_id = p_customer FOR UPDATE;
     -- the lines it buys: those live now (the cart is locked: only a sale's
-    -- trigger changes them meanwhile, which may make one a marker)
+    -- trigger changes them meanwhile, which may make one a marker, or a
+    -- restock's, which deletes markers)
     SELECT array_agg(product_id ORDER BY product_id),
            array_agg(product_id ORDER BY product_id) FILTER (WHERE adjusted IS DISTINCT FROM 0),
            jsonb_object_agg(product_id, requested) FILTER (WHERE adjusted IS DISTINCT FROM 0)
