@@ -141,6 +141,15 @@ export function tileStyle(name) {
   return `background: linear-gradient(135deg, ${hit[1]}, ${hit[2]})`;
 }
 
+/**
+ * One message of a conversation, as both pages show it: `mine` on the right,
+ * `label` (who wrote it) above the text; `data-from` and `data-message` for
+ * the browser tests.
+ */
+export function messageItem(m, mine, label) {
+  return `<li class="${mine ? 'mine' : 'theirs'}" data-from="${esc(m.from)}" data-message="${esc(m.messageId)}"><small>${esc(label)}</small>${esc(m.body)}</li>`;
+}
+
 export function esc(s) {
   return String(s ?? '').replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' })[c]);
 }

@@ -3,7 +3,7 @@
 // reads and answers shoppers' messages.
 
 import {
-  api, apiJson, demoSession, esc, openStream, paintDot, presenceWords, qtyText, statusChip, toast, tileStyle,
+  api, apiJson, demoSession, esc, messageItem, openStream, paintDot, presenceWords, qtyText, statusChip, toast, tileStyle,
   NEXT_STATUS, STATUS_WORDS,
 } from '/demo/common.js';
 
@@ -242,8 +242,8 @@ function renderConversations() {
     const shown = list.slice(-SHOWN_MESSAGES);
     const earlier = list.length - shown.length;
     const items = shown.map((m) => {
-      const about = m.productId && products.get(m.productId) ? ` · about ${esc(products.get(m.productId).name)}` : '';
-      return `<li class="${m.from === 'farmer' ? 'mine' : 'theirs'}" data-from="${esc(m.from)}" data-message="${esc(m.messageId)}"><small>${m.from === 'farmer' ? 'You' : `Customer ${esc(customerId)}${about}`}</small>${esc(m.body)}</li>`;
+      const about = m.productId && products.get(m.productId) ? ` · about ${products.get(m.productId).name}` : '';
+      return messageItem(m, m.from === 'farmer', m.from === 'farmer' ? 'You' : `Customer ${customerId}${about}`);
     }).join('');
     const busy = sending.has(customerId);
     div.innerHTML = `<div class="who">Customer ${esc(customerId)}${earlier ? ` <small>${earlier} earlier</small>` : ''}</div><ol class="thread">${items}</ol>

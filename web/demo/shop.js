@@ -3,7 +3,7 @@
 // farms ("Contact farmer").
 
 import {
-  api, apiJson, demoSession, esc, money, openStream, paintDot, presenceWords, qtyText, statusChip, toast,
+  api, apiJson, demoSession, esc, messageItem, money, openStream, paintDot, presenceWords, qtyText, statusChip, toast,
   tileStyle, STATUS_WORDS,
 } from '/demo/common.js';
 
@@ -417,11 +417,16 @@ function queueConflict(c) {
   if (!$('conflict-dialog').open || at === 0) showConflict();
 }
 
+/** What a conflict (a checkout's, or a `cart.adjusted`) says is available. */
+function availableOf(c) {
+  return Number(c.available ?? c.adjusted ?? 0);
+}
+
 function showConflict() {
   const c = conflicts[0];
   // one dialog at a time: a conflict waits for the message being written
   if (!c || $('message-dialog').open) return;
-  const available = Number(c.available ?? c.adjusted ?? 0);
+  const available = availableOf(c);
   const options = c.options || ['adjust', 'remove', 'contact_farmer'];
   $('conflict-title').textContent = c.message;
   $('conflict-text').textContent = available > 0
@@ -445,15 +450,15 @@ async function onConflictAction(ev) {
   if (!c) return;
   try {
     if (action === 'adjust') {
-      cart = await apiJson(session, 'PATCH', `/api/cart/items/${c.productId}`, { quantity: Number(c.available ?? c.adjusted) });
-      toast('success', `Adjusted to ${qtyText(c.available ?? c.adjusted, c.unit)}`, c.name);
+      cart = await apiJson(session, 'PATCH', `/api/cart/items/${c.productId}`, { quantity: availableOf(c) });
+      toast('success', `Adjusted to ${qtyText(availableOf(c), c.unit)}`, c.name);
     } else if (action === 'remove') {
       cart = await apiJson(session, 'DELETE', `/api/cart/items/${c.productId}`);
       toast('success', `Removed ${c.name} from your cart`);
     } else {
       // "Contact farmer": the message dialog, with a draft; the next
       // conflict waits until it closes
-      const available = Number(c.available ?? c.adjusted ?? 0);
+      const available = availableOf(c);
       const want = `${qtyText(c.requested, c.unit)} of ${c.name}`;
       openMessage(String(c.farmId), c.productId, available > 0
         ? `Hi! I'd like ${want}, but only ${qtyText(available, c.unit)} are available. Will you have more soon?`
@@ -507,14 +512,9 @@ function renderThread() {
     .filter((m) => m.farmId === talking.farmId)
     .sort((a, b) => Number(a.messageId) - Number(b.messageId))
     .slice(-50); // the latest
-  for (const m of mine) {
-    const li = document.createElement('li');
-    li.className = m.from === 'customer' ? 'mine' : 'theirs';
-    li.dataset.from = m.from;
-    li.dataset.message = m.messageId;
-    li.innerHTML = `<small>${m.from === 'farmer' ? esc(m.farmName) : 'You'}</small>${esc(m.body)}`;
-    ol.appendChild(li);
-  }
+  ol.innerHTML = mine
+    .map((m) => messageItem(m, m.from === 'customer', m.from === 'farmer' ? m.farmName : 'You'))
+    .join('');
   ol.scrollTop = ol.scrollHeight;
 }
 
