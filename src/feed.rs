@@ -15,7 +15,7 @@ use crate::cursor::Cursor;
 /// What transports use of the hub comes through here: the feed is their
 /// one door to the stream (layout test `transports_reach_the_stream_through_feed`).
 pub(crate) use crate::hub::{Delivery, Direct, Taken};
-use crate::hub::{Hub, Join, Subscription};
+use crate::hub::{Hub, Subscription};
 use crate::pool_share::{PoolShare, ShareError};
 use crate::snapshot::Snapshot;
 use std::collections::{HashSet, VecDeque};
@@ -51,11 +51,6 @@ pub(crate) enum FeedError {
     /// The source has not read the log yet (database down since start-up).
     #[error("not ready: the change-log source has not started")]
     NotReady,
-    /// A feed starting over after it lagged waited `REGISTER_WAIT` for the
-    /// end of a batch still being published (a transaction of hundreds of
-    /// thousands of changes): retry.
-    #[error("still publishing a large transaction")]
-    Publishing,
     /// The catch-up memory budget stayed in use too long.
     #[error(transparent)]
     Busy(#[from] Busy),
@@ -115,25 +110,17 @@ impl Notice {
 }
 
 /// How long a client waits for the hub to be registrable: for the source's
-/// first read, and a feed starting over after it lagged also for the end of
-/// a batch being published (a client opening does not wait for that:
+/// first read (a batch being published is no reason to wait:
 /// `Hub::subscribe`).
 const REGISTER_WAIT: Duration = Duration::from_secs(5);
 
 async fn register(
     hub: &Arc<Hub>,
     topics: &[String],
-    join: Join,
 ) -> Result<(Subscription, Snapshot), FeedError> {
-    tokio::time::timeout(REGISTER_WAIT, hub.subscribe(topics, join))
+    tokio::time::timeout(REGISTER_WAIT, hub.subscribe(topics))
         .await
-        .map_err(|_| {
-            if hub.has_position() {
-                FeedError::Publishing
-            } else {
-                FeedError::NotReady
-            }
-        })
+        .map_err(|_| FeedError::NotReady)
 }
 
 /// Where feeds come from: the node's hub, the pool for log reads (each
@@ -191,14 +178,17 @@ enum Position {
 impl Feeds {
     /// Whether opening with `start` asks the database: a snapshot, or a
     /// cursor this node's window does not answer (older than it, ahead of
-    /// the node, inside a snapshot). Transports charge such opens to the
-    /// client address's budget of database calls (`App::open_feed`).
+    /// the node, inside a snapshot, or any cursor while a batch is being
+    /// published: its catch-up runs to the batch's end, which only the log
+    /// holds yet). Transports charge such opens to the client address's
+    /// budget of database calls (`App::open_feed`).
     pub(crate) fn reads_database(&self, start: &Start) -> bool {
         match &start.cursor {
             Some(c) => {
                 c.snapshot_after().is_some()
                     || !self.hub.covers(&c.hi)
                     || !self.hub.window_covers(&c.lo)
+                    || self.hub.publishing()
             }
             None => start.snapshot,
         }
@@ -245,8 +235,7 @@ impl Feeds {
         if let Some(n) = notice {
             hub.metrics().resyncs.with_label_values(&[n.reason()]).inc();
         }
-        // nothing handed out yet: it may start before a batch being published
-        let (sub, pos) = register(hub, topics, Join::Before).await?;
+        let (sub, pos) = register(hub, topics).await?;
         let mut feed = Feed {
             sub,
             shares: Arc::clone(shares),
@@ -468,8 +457,7 @@ impl Feed {
         };
         let topics: Vec<String> = self.sub.topics().iter().cloned().collect();
         let hub = Arc::clone(self.sub.hub());
-        // it may have handed out some of a batch being published: after it
-        let (sub, pos) = register(&hub, &topics, Join::After).await?;
+        let (sub, pos) = register(&hub, &topics).await?;
         self.sub = sub;
         self.catch_up = Some((from, pos));
         self.sub.hub().count_recovery();
@@ -873,9 +861,9 @@ mod tests {
         let before = feed.position();
 
         let big = format!("{{\"blob\":\"{}\"}}", "x".repeat(4096));
-        hub.open_batch();
-        hub.publish(&[change(1, 100, &big, &s1)]);
         let s2 = Snapshot::new(101, vec![]);
+        hub.open_batch(s2.clone());
+        hub.publish(&[change(1, 100, &big, &s1)]);
         hub.close_batch(s2);
 
         let d = feed

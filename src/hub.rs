@@ -12,8 +12,13 @@
 //! The hub also keeps the node's *position*: the snapshot up to which every
 //! change has been published. A subscriber registered at position P receives
 //! through its queue exactly the changes after P; whatever it needs before P it
-//! reads from the log (see `feed`). Registration and publication of a batch are
-//! mutually exclusive, which is what makes the hand-over exact.
+//! reads from the log (see `feed`). Registration and publication are mutually
+//! exclusive (the hub's lock), which is what makes the hand-over exact. A
+//! batch (one read of the log, published a page at a time: a large
+//! transaction takes seconds) is bounded by a snapshot known when it opens; a
+//! subscriber registering while it is open starts at that end, and joins the
+//! fan-out when the batch closes (`Hub::subscribe`), so nobody waits for a
+//! batch's end and nothing of the batch is queued twice or skipped.
 //!
 //! A subscriber whose transport can write a live delivery at once (a
 //! WebSocket, plain or Socket.IO's, or an SSE stream on its raw socket:
@@ -159,13 +164,23 @@ impl Sub {
 
 struct State {
     position: Option<Snapshot>,
-    /// A batch is being published page by page: registrations wait for its end.
-    batch_open: bool,
+    /// While a batch is being published page by page: the snapshot it ends
+    /// at (the position once it closes).
+    batch_end: Option<Snapshot>,
     topics: HashMap<String, HashMap<u64, Arc<Sub>>>,
+    /// Subscribers registered while a batch is open, with their topics: they
+    /// start at its end, and join `topics` when it closes.
+    joining: HashMap<u64, Joining>,
     /// Recent batches: their last `hi` is `position`.
     window: Window,
     /// Changes of the batch being published, not yet in the window.
     pending: Vec<Arc<Change>>,
+}
+
+/// A subscriber waiting for the open batch to close (`State::joining`).
+struct Joining {
+    sub: Arc<Sub>,
+    topics: HashSet<String>,
 }
 
 pub(crate) struct Hub {
@@ -213,8 +228,9 @@ impl Hub {
         Arc::new(Hub {
             state: Mutex::new(State {
                 position: None,
-                batch_open: false,
+                batch_end: None,
                 topics: HashMap::new(),
+                joining: HashMap::new(),
                 window: Window::new(window),
                 pending: Vec::new(),
             }),
@@ -281,6 +297,7 @@ impl Hub {
             st.topics
                 .values()
                 .flat_map(|subs| subs.iter().map(|(id, s)| (*id, Arc::clone(s))))
+                .chain(st.joining.iter().map(|(id, j)| (*id, Arc::clone(&j.sub))))
                 .collect()
         };
         for sub in subs.values() {
@@ -320,27 +337,30 @@ impl Hub {
     /// would hand those changes out a second time.
     pub(crate) fn settled_position(&self) -> Option<Snapshot> {
         let st = self.lock();
-        if st.batch_open {
-            None
-        } else {
-            st.position.clone()
+        match st.batch_end {
+            Some(_) => None,
+            None => st.position.clone(),
         }
     }
 
-    /// Whether the source has read the log at all (it has a position).
-    pub(crate) fn has_position(&self) -> bool {
-        self.lock().position.is_some()
+    /// Whether a batch is being published (open): a subscriber registered
+    /// now starts at its end, past the position.
+    pub(crate) fn publishing(&self) -> bool {
+        self.lock().batch_end.is_some()
     }
 
-    /// Whether the position covers `snap` now (a subscriber registered now
-    /// with `Join::Before` starts there, half-published batch or not: see
-    /// `subscribe`).
+    /// Whether a subscriber registered now starts at or after `snap`: the
+    /// position covers it, or the end of the batch being published does (a
+    /// registration then starts there: see `subscribe`).
     pub(crate) fn covers(&self, snap: &Snapshot) -> bool {
         let st = self.lock();
-        st.position.as_ref().is_some_and(|p| snap.covered_by(p))
+        st.position
+            .iter()
+            .chain(st.batch_end.iter())
+            .any(|p| snap.covered_by(p))
     }
 
-    /// Waits until the position covers `snap` (or `timeout` passes); false on timeout.
+    /// Waits until `covers(snap)` (or `timeout` passes); false on timeout.
     pub(crate) async fn wait_covering(
         &self,
         snap: &Snapshot,
@@ -361,30 +381,24 @@ impl Hub {
         }
     }
 
-    /// Registers a subscriber for `topics`; returns it with the position it starts after.
-    /// Waits until the source has a position.
+    /// Registers a subscriber for `topics`; returns it with the position it
+    /// starts after. Waits until the source has a position.
     ///
-    /// While a batch is half-published (a large transaction is published a
-    /// page at a time, for seconds), `Join::Before` starts the subscriber at
-    /// the position before the batch, with the batch's changes published so
-    /// far already in its queue: exactly as if it had registered just before
-    /// the batch opened, so a client that opens then neither waits for the
-    /// batch's end nor misses its first pages. (More than its queue holds
-    /// makes it lag, and it continues from the log, as any subscriber that
-    /// falls behind.) `Join::After` waits for the batch's end instead: for a
-    /// feed that already handed out some of the batch (a lagging one starting
-    /// over), which the queue would give it again.
-    pub(crate) async fn subscribe(
-        self: &Arc<Hub>,
-        topics: &[String],
-        join: Join,
-    ) -> (Subscription, Snapshot) {
+    /// While a batch is open (a large transaction is published a page at a
+    /// time, for seconds), the subscriber starts at the batch's end: it is
+    /// queued nothing of the batch, and joins the fan-out when the batch
+    /// closes, with the position then moving to that end under the same lock.
+    /// What it needs of the batch, its feed reads from the log (`read_window`
+    /// does not answer past the position). So a client that opens, or a feed
+    /// that starts over after lagging, never waits for a batch's end, and is
+    /// given no change of it twice (a lagging feed may have handed out part
+    /// of it) nor skips one.
+    pub(crate) async fn subscribe(self: &Arc<Hub>, topics: &[String]) -> (Subscription, Snapshot) {
         let mut rx = self.advanced.subscribe();
         loop {
             {
                 let mut st = self.lock();
-                let registrable = join == Join::Before || !st.batch_open;
-                if let (true, Some(pos)) = (registrable, st.position.clone()) {
+                if let Some(pos) = st.position.clone() {
                     let id = self.next_id.fetch_add(1, Ordering::Relaxed);
                     let sub = Arc::new(Sub {
                         queue: Mutex::new(Queue::default()),
@@ -392,56 +406,72 @@ impl Hub {
                         lagged: AtomicBool::new(false),
                         wake: Notify::new(),
                     });
-                    let mut set = HashSet::new();
-                    for t in topics {
-                        if set.insert(t.clone()) {
-                            st.topics
-                                .entry(t.clone())
-                                .or_default()
-                                .insert(id, Arc::clone(&sub));
+                    let set: HashSet<String> = topics.iter().cloned().collect();
+                    let starts_at = match st.batch_end.clone() {
+                        Some(end) => {
+                            let joining = Joining {
+                                sub: Arc::clone(&sub),
+                                topics: set.clone(),
+                            };
+                            st.joining.insert(id, joining);
+                            end
                         }
-                    }
-                    if st.batch_open {
-                        let mut tally = LiveTally::new();
-                        // a new subscriber has no direct writer: nothing is due
-                        let mut due = Vec::new();
-                        // (under the hub's lock, so it stops at the first
-                        // overflow: a lagging subscriber takes nothing more)
-                        for change in &st.pending {
-                            if let Some(i) = change.first_topic_in(|t| set.contains(t)) {
-                                if !self.offer(&sub, change, i, &mut due, &mut tally) {
-                                    break;
-                                }
+                        None => {
+                            for t in &set {
+                                st.topics
+                                    .entry(t.clone())
+                                    .or_default()
+                                    .insert(id, Arc::clone(&sub));
                             }
+                            pos
                         }
-                    }
+                    };
                     let subscription = Subscription {
                         hub: Arc::clone(self),
                         id,
                         sub,
                         topics: set,
                     };
-                    return (subscription, pos);
+                    return (subscription, starts_at);
                 }
             }
-            // the first position arrives with the source's first read; a
-            // batch closes when the last page of its transaction is read
+            // the first position arrives with the source's first read
             let _ = rx.changed().await;
         }
     }
 
-    /// Opens a batch: until `close_batch`, the position names the snapshot
-    /// before it, and what is published is kept in `pending` (for the window,
-    /// and for subscribers registering meanwhile).
-    pub(crate) fn open_batch(&self) {
-        self.lock().batch_open = true;
+    /// Opens a batch that ends at `end` (the snapshot bounding the source's
+    /// read): until `close_batch`, the position names the snapshot before it,
+    /// what is published is kept in `pending` (for the window), and
+    /// subscribers registering start at `end` (`subscribe`).
+    pub(crate) fn open_batch(&self, end: Snapshot) {
+        self.lock().batch_end = Some(end);
+        // a cursor waiting for the node to reach it may be covered by `end`
+        self.advanced.send_modify(|v| *v += 1);
     }
 
-    /// Ends a batch and moves the position to `to`; the batch joins the window.
+    /// Ends a batch and moves the position to `to`; the batch joins the
+    /// window, and the subscribers registered meanwhile join the fan-out.
+    /// (`to` is the end the batch opened with: the source reads every page
+    /// of a batch up to the same snapshot. Were it another, those
+    /// subscribers would lag, and their feeds read from the log from where
+    /// they stand, as after any overflow.)
     pub(crate) fn close_batch(&self, to: Snapshot) {
         {
             let mut st = self.lock();
-            st.batch_open = false;
+            let end = st.batch_end.take();
+            let joining = std::mem::take(&mut st.joining);
+            for (id, j) in joining {
+                if end.as_ref().is_some_and(|e| *e != to) {
+                    j.sub.lag(j.sub.queue());
+                }
+                for t in j.topics {
+                    st.topics
+                        .entry(t)
+                        .or_default()
+                        .insert(id, Arc::clone(&j.sub));
+                }
+            }
             let changes = std::mem::take(&mut st.pending);
             if let Some(lo) = st.position.replace(to.clone()) {
                 st.window.push(lo, to, changes, std::time::Instant::now());
@@ -455,7 +485,13 @@ impl Hub {
     /// (`None`: ask the log).
     pub(crate) fn xids_with_changes(&self, lo: &Snapshot, xids: &[u64]) -> Option<HashSet<u64>> {
         let st = self.lock();
-        st.window.xids_with_changes(st.position.as_ref(), lo, xids)
+        // one that finished after the position (in the batch being
+        // published) is not in the window yet
+        let pos = st.position.as_ref()?;
+        if !xids.iter().all(|x| pos.visible(*x)) {
+            return None;
+        }
+        st.window.xids_with_changes(Some(pos), lo, xids)
     }
 
     /// Whether a resume from a cursor with lower snapshot `lo` can be answered from memory.
@@ -465,7 +501,9 @@ impl Hub {
     }
 
     /// A catch-up page from the window (see `Window::read`), `None` when the
-    /// window does not reach back to `from`.
+    /// window does not reach back to `from`, or `upto` is past the position
+    /// (the end of a batch still being published, whose changes the window
+    /// does not hold yet: the log has them).
     pub(crate) fn read_window(
         &self,
         from: &Cursor,
@@ -474,9 +512,11 @@ impl Hub {
         size: crate::changelog::PageSize,
     ) -> Option<(Vec<WindowHit>, bool)> {
         let st = self.lock();
-        let page = st
-            .window
-            .read(st.position.as_ref(), from, upto, wants, size)?;
+        let pos = st.position.as_ref()?;
+        if !upto.covered_by(pos) {
+            return None;
+        }
+        let page = st.window.read(Some(pos), from, upto, wants, size)?;
         self.metrics.window_reads.inc();
         Some(page)
     }
@@ -589,6 +629,10 @@ impl Hub {
 
     fn add_topics(&self, id: u64, sub: &Arc<Sub>, topics: &[String]) {
         let mut st = self.lock();
+        if let Some(j) = st.joining.get_mut(&id) {
+            j.topics.extend(topics.iter().cloned());
+            return;
+        }
         for t in topics {
             st.topics
                 .entry(t.clone())
@@ -599,6 +643,12 @@ impl Hub {
 
     fn remove_topics<'a>(&self, id: u64, topics: impl Iterator<Item = &'a String>) {
         let mut st = self.lock();
+        if let Some(j) = st.joining.get_mut(&id) {
+            for t in topics {
+                j.topics.remove(t);
+            }
+            return;
+        }
         for t in topics {
             if let Some(m) = st.topics.get_mut(t) {
                 m.remove(&id);
@@ -606,6 +656,14 @@ impl Hub {
                     st.topics.remove(t);
                 }
             }
+        }
+    }
+
+    /// Unregisters subscriber `id` (its `topics`, or its place among those
+    /// joining).
+    fn leave<'a>(&self, id: u64, topics: impl Iterator<Item = &'a String>) {
+        if self.lock().joining.remove(&id).is_none() {
+            self.remove_topics(id, topics);
         }
     }
 }
@@ -659,17 +717,6 @@ fn write_spread(due: Vec<Arc<dyn Direct>>) {
     for d in due {
         d.write();
     }
-}
-
-/// Where a subscriber registering while a batch is half-published starts
-/// (`Hub::subscribe`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Join {
-    /// Before the batch, its changes so far queued: a feed that has handed
-    /// out none of them (a client opening).
-    Before,
-    /// After the batch, once it closes.
-    After,
 }
 
 /// A registered subscriber: its queue, and its registration (removed on drop).
@@ -781,7 +828,7 @@ impl Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        self.hub.remove_topics(self.id, self.topics.iter());
+        self.hub.leave(self.id, self.topics.iter());
     }
 }
 
@@ -827,10 +874,8 @@ mod tests {
         };
         let hub = test_hub();
         hub.close_batch(Snapshot::new(10, vec![7]));
-        let (a, _) = hub
-            .subscribe(&["t".to_string(), "u".to_string()], Join::After)
-            .await;
-        let (b, _) = hub.subscribe(&["u".to_string()], Join::After).await;
+        let (a, _) = hub.subscribe(&["t".to_string(), "u".to_string()]).await;
+        let (b, _) = hub.subscribe(&["u".to_string()]).await;
         assert_eq!(hub.note_watermarks(marks(5, None)), 0);
         assert_eq!(
             hub.note_watermarks(marks(7, Some(6))),
@@ -849,7 +894,7 @@ mod tests {
 
         let hub = test_hub();
         hub.close_batch(Snapshot::new(10, vec![7]));
-        let (c, _) = hub.subscribe(&["t".to_string()], Join::After).await;
+        let (c, _) = hub.subscribe(&["t".to_string()]).await;
         assert_eq!(
             hub.note_watermarks(marks(8, None)),
             1,
@@ -860,7 +905,7 @@ mod tests {
         let hub = test_hub();
         hub.close_batch(Snapshot::new(10, vec![7]));
         assert_eq!(hub.note_watermarks(marks(0, Some(9))), 0);
-        let (d, _) = hub.subscribe(&["t".to_string()], Join::After).await;
+        let (d, _) = hub.subscribe(&["t".to_string()]).await;
         assert_eq!(
             hub.note_watermarks(marks(0, Some(7))),
             1,
@@ -877,7 +922,7 @@ mod tests {
     async fn an_idle_queue_holds_no_memory() {
         let hub = test_hub();
         hub.close_batch(Snapshot::new(10, vec![]));
-        let (mut sub, _) = hub.subscribe(&["t".to_string()], Join::After).await;
+        let (mut sub, _) = hub.subscribe(&["t".to_string()]).await;
         assert_eq!(sub.sub.queue().items.capacity(), 0);
         let burst: Vec<_> = (1..=100).map(|id| change_on("t", id)).collect();
         assert_eq!(hub.publish(&burst), 100);
@@ -889,35 +934,89 @@ mod tests {
         assert_eq!(sub.sub.queued_bytes.load(Ordering::Relaxed), 0);
     }
 
-    /// A client that opens while a large transaction is being published (a
-    /// batch open for seconds) registers at once, before the batch, with the
-    /// batch's changes so far queued: it neither waits for the batch's end
-    /// (a new client used to wait, then got 503 past 5 s) nor misses them.
+    /// A subscriber that registers while a batch is open (a large
+    /// transaction is published for seconds) does not wait for its end: it
+    /// starts at that end, is queued none of the batch (before or after it
+    /// registered; its feed reads the batch from the log: the window does not
+    /// answer past the position, nor says which of the batch's transactions
+    /// wrote), and joins the fan-out, with the topics it added or dropped
+    /// meanwhile, when the batch closes.
     #[tokio::test]
-    async fn a_subscriber_registered_mid_batch_starts_before_it_with_its_changes() {
+    async fn a_subscriber_registered_mid_batch_starts_at_its_end() {
         let hub = test_hub();
         let before = Snapshot::new(10, vec![]);
+        let end = Snapshot::new(11, vec![]);
         hub.close_batch(before.clone());
-        hub.open_batch();
+        assert!(!hub.covers(&end));
+        hub.open_batch(end.clone());
+        assert!(hub.covers(&end), "a registration now starts at the end");
         assert_eq!(hub.publish(&[change_on("t", 1), change_on("u", 2)]), 0);
         let (mut sub, pos) = tokio::time::timeout(
             std::time::Duration::from_secs(1),
-            hub.subscribe(&["t".to_string()], Join::Before),
+            hub.subscribe(&["t".to_string(), "v".to_string()]),
         )
         .await
         .expect("registered without waiting for the batch's end");
-        assert_eq!(pos, before);
-        assert!(hub.covers(&before));
-        assert_eq!(sub.try_recv().map(|d| d.change.id), Some(1));
-        assert!(sub.try_recv().is_none(), "u is not its topic");
+        assert_eq!(pos, end);
+        sub.add(&["u".to_string()]);
+        sub.remove(&["v".to_string()]);
+        assert_eq!(hub.publish(&[change_on("t", 3), change_on("u", 4)]), 0);
+        assert!(sub.try_recv().is_none(), "nothing of the batch");
         assert!(sub.hub_cursor().is_none(), "no boundary mid-batch");
-        assert_eq!(hub.publish(&[change_on("t", 3)]), 1);
-        assert_eq!(sub.try_recv().map(|d| d.change.id), Some(3));
-        hub.close_batch(Snapshot::new(11, vec![]));
-        assert_eq!(
-            sub.hub_cursor(),
-            Some(Cursor::boundary(Snapshot::new(11, vec![])))
+        let from = Cursor::boundary(before.clone());
+        let page = crate::changelog::PageSize {
+            rows: 100,
+            bytes: 1 << 20,
+        };
+        assert!(
+            hub.read_window(&from, &end, |_| true, page).is_none(),
+            "the window does not hold the open batch"
         );
+        assert_eq!(hub.xids_with_changes(&before, &[10]), None);
+        hub.close_batch(end.clone());
+        let (hits, more) = hub.read_window(&from, &end, |_| true, page).unwrap();
+        assert_eq!((hits.len(), more), (4, false));
+        assert_eq!(
+            hub.xids_with_changes(&before, &[10]),
+            Some(HashSet::from([10]))
+        );
+        let next = Arc::new(Change::new(
+            5,
+            11,
+            vec!["v".into(), "u".into()],
+            "e".into(),
+            "{}",
+            0,
+            &Cursor::boundary(end.clone()),
+        ));
+        assert_eq!(
+            hub.publish(&[change_on("t", 6), next, change_on("v", 7)]),
+            2
+        );
+        let got: Vec<(i64, usize)> = std::iter::from_fn(|| sub.try_recv())
+            .map(|d| (d.change.id, d.topic))
+            .collect();
+        assert_eq!(got, [(6, 0), (5, 1)], "t, and u (added mid-batch), not v");
+        assert!(!sub.lagged());
+    }
+
+    /// A subscriber dropped before the batch it joins closes leaves nothing
+    /// registered; one whose batch closes at another snapshot than it opened
+    /// with (the source never does that) lags rather than start at the
+    /// wrong place.
+    #[tokio::test]
+    async fn joining_subscribers_leave_cleanly_and_never_start_at_a_wrong_place() {
+        let hub = test_hub();
+        hub.close_batch(Snapshot::new(10, vec![]));
+        hub.open_batch(Snapshot::new(11, vec![]));
+        let (gone, _) = hub.subscribe(&["t".to_string()]).await;
+        let (kept, _) = hub.subscribe(&["t".to_string()]).await;
+        drop(gone);
+        hub.close_batch(Snapshot::new(12, vec![]));
+        assert!(kept.lagged());
+        assert_eq!(hub.publish(&[change_on("t", 1)]), 0);
+        drop(kept);
+        assert!(hub.lock().topics.is_empty() && hub.lock().joining.is_empty());
     }
 
     /// A poll answering while the source is between `publish` and `close_batch`
@@ -927,9 +1026,9 @@ mod tests {
     async fn no_hub_cursor_while_a_batch_is_half_published() {
         let hub = test_hub();
         hub.close_batch(Snapshot::new(10, vec![]));
-        let (mut sub, _) = hub.subscribe(&["t".to_string()], Join::After).await;
+        let (mut sub, _) = hub.subscribe(&["t".to_string()]).await;
         assert!(sub.hub_cursor().is_some());
-        hub.open_batch();
+        hub.open_batch(Snapshot::new(11, vec![]));
         let change = Arc::new(Change::new(
             1,
             10,

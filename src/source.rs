@@ -500,7 +500,7 @@ impl Source {
             }
             let n = page.changes.len();
             if page.last.is_some() && self.open.is_none() {
-                self.hub.open_batch();
+                self.hub.open_batch(page.upto.clone());
             }
             total += n;
             self.metrics.events.inc_by(n as u64);

@@ -184,7 +184,6 @@ impl From<&FeedError> for Disconnect {
             FeedError::CursorAhead
             | FeedError::Db(_)
             | FeedError::NotReady
-            | FeedError::Publishing
             | FeedError::Busy(_) => Disconnect::TryAgainLater,
         }
     }

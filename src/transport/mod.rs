@@ -287,10 +287,6 @@ impl From<FeedError> for ApiError {
                 ErrorCode::Unavailable,
                 "this server is not connected to its database yet; retry",
             ),
-            FeedError::Publishing => ApiError::new(
-                ErrorCode::Unavailable,
-                "this server is still publishing a large transaction; retry shortly",
-            ),
             FeedError::Busy(_) => ApiError::new(
                 ErrorCode::Busy,
                 "too many clients are catching up right now; retry",

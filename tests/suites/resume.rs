@@ -772,3 +772,88 @@ async fn a_later_subscribe_says_its_cursor_is_not_used() {
     assert_eq!((e.topic.as_str(), &e.data["n"]), ("b", &json!(1)));
     srv.stop().await;
 }
+
+/// A node publishing a large transaction (here held between two of its
+/// pages, as 300,000 changes hold it for tens of seconds) serves every
+/// client meanwhile, each change once, in order: a client that opens starts
+/// after the transaction, a resume from before it reads it from the log, a
+/// cursor from inside it (from a node that has published it) is answered
+/// with the rest, and the clients connected before get it whole. (Before,
+/// past what its queue held of the transaction a new client waited for the
+/// publish's end and was told to retry, and a cursor from inside it
+/// answered `cursor_ahead`: 503 both.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_publishing_a_large_transaction_serves_every_client_meanwhile() {
+    const N: i64 = 60;
+    let _f = faults::exclusive().await;
+    let url = fresh_db().await;
+    let db = connect(&url).await;
+    let a = server_with(&url, |c| {
+        c.source_page = 10;
+        c.queue.max_events = 5;
+    })
+    .await;
+    let b = server(&url).await;
+    let (ab, bb) = (a.base_url(), b.base_url());
+    let mut early = WsClient::connect(&ab, "topics=big").await;
+    let mut on_b = WsClient::connect(&bb, "topics=big").await;
+    let before = resumable_cursor(&ab, "big").await;
+    let pause = rowcast::failpoints::pause("source.between_pages");
+    emit_range(&db, "big", 1, N).await;
+    within_arrival(
+        "node a holding after its first page",
+        pause.reached.notified(),
+    )
+    .await;
+    // node b reads it in one page: a cursor from inside the transaction
+    let whole: Vec<i64> = (1..=N).collect();
+    let from_b = events(&mut on_b.rx, N as usize).await;
+    assert_eq!(ns(&from_b), whole, "node b");
+    let inside = from_b[29].id.clone();
+    let rest: Vec<i64> = (31..=N).collect();
+
+    // meanwhile, on node a
+    let mut late = WsClient::connect(&ab, "topics=big").await;
+    match late.next().await {
+        Msg::Control(v) => assert_eq!(v, json!({"type":"subscribed","topics":["big"]})),
+        other => panic!("a client opening mid-publish: {other:?}"),
+    }
+    let (status, body) = poll_raw(&ab, &format!("topics=big&cursor={before}&limit=1000")).await;
+    assert_eq!(status, 200, "a resume from before the transaction: {body}");
+    let resumed: Vec<Ev> = body["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(Ev::from_envelope)
+        .collect();
+    assert_eq!(ns(&resumed), whole, "a resume from before the transaction");
+    let mut poller = Poller::resume(&ab, "big", Some(inside.clone()));
+    assert_eq!(ns(&poller.poll(0).await), rest, "a poll from inside it");
+    let mut sse = SseClient::connect(&ab, "topics=big", Some(&inside)).await;
+    assert_eq!(
+        ns(&events(&mut sse.rx, rest.len()).await),
+        rest,
+        "sse from inside it"
+    );
+
+    pause.release.notify_one();
+    emit(&db, "big", N + 1).await;
+    let mut all = whole.clone();
+    all.push(N + 1);
+    assert_eq!(
+        ns(&events(&mut early.rx, all.len()).await),
+        all,
+        "connected before"
+    );
+    assert_eq!(
+        ns(&events(&mut late.rx, 1).await),
+        [N + 1],
+        "opened meanwhile"
+    );
+    assert_eq!(ns(&events(&mut sse.rx, 1).await), [N + 1], "sse");
+    assert_eq!(ns(&poller.events(1).await), [N + 1], "poll");
+    let mut again = Poller::resume(&ab, "big", resumed.last().map(|e| e.id.clone()));
+    assert_eq!(ns(&again.events(1).await), [N + 1], "poll after the resume");
+    a.stop().await;
+    b.stop().await;
+}
