@@ -17,6 +17,7 @@ pub(crate) mod presence;
 pub(crate) mod socketio;
 pub(crate) mod sse;
 pub(crate) mod start;
+pub(crate) mod websocket;
 pub(crate) mod wire;
 pub(crate) mod ws;
 

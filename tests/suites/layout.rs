@@ -41,6 +41,65 @@ fn transports_reach_the_stream_through_feed() {
     assert!(past.is_empty(), "{}", past.join("\n"));
 }
 
+/// The transports (`ws`, `sse`, `poll`, `socketio`) are siblings: none
+/// imports another; what two of them share lives beside them in
+/// `transport/` (`websocket`, `wire`, `start`, `close`, …).
+#[test]
+fn transports_do_not_import_each_other() {
+    let src = Path::new("src");
+    let transports = ["ws", "sse", "poll", "socketio"];
+    let mut files = Vec::new();
+    rust_files(&src.join("transport"), &mut files);
+    let mut seen = 0;
+    let mut past = Vec::new();
+    for f in &files {
+        let path = module_path(src, f).expect("a module under src/transport");
+        let Some(own) = path.get(1).filter(|t| transports.contains(&t.as_str())) else {
+            continue;
+        };
+        seen += 1;
+        let text = std::fs::read_to_string(f).expect("read a source file");
+        let toks = tokens(&without_test_items(&code_only(&text)));
+        for i in 0..toks.len() {
+            let at_path_start = i == 0 || toks[i - 1].0 != "::";
+            let names = if at_path_start
+                && is(&toks, i, "crate")
+                && is(&toks, i + 1, "::")
+                && is(&toks, i + 2, "transport")
+                && is(&toks, i + 3, "::")
+            {
+                names_after(&toks, i + 4)
+            } else if at_path_start && is(&toks, i, "super") {
+                let mut ups = 0;
+                let mut j = i;
+                while is(&toks, j, "super") && is(&toks, j + 1, "::") {
+                    ups += 1;
+                    j += 2;
+                }
+                // from src/transport/<t>.rs one `super` is `transport`,
+                // from src/transport/<t>/<m>.rs two
+                if ups == path.len() - 1 {
+                    names_after(&toks, j)
+                } else {
+                    Vec::new()
+                }
+            } else {
+                Vec::new()
+            };
+            for name in names {
+                if name != *own && transports.contains(&name.as_str()) {
+                    past.push(format!("{}:{}: {own} → {name}", f.display(), toks[i].1));
+                }
+            }
+        }
+    }
+    assert!(
+        seen >= 10,
+        "only {seen} transport files found: the reader is broken"
+    );
+    assert!(past.is_empty(), "{}", past.join("\n"));
+}
+
 /// The modules beside the chain (`auth`, `limits`, `metrics`, `config`)
 /// serve it and never reach into it: nothing of `source`, `hub`, `feed`,
 /// `transport`, `presence` or the market API.

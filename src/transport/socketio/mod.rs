@@ -22,7 +22,7 @@ pub(crate) mod session;
 pub(crate) mod ws;
 
 use super::start::StreamRequest;
-use super::ws::handshake::Handshake;
+use super::websocket::handshake::Handshake;
 use super::App;
 use crate::api_error::{ApiError, ErrorCode};
 use axum::extract::{FromRequestParts, Request, State};

@@ -26,9 +26,9 @@ use crate::sockets::RawSocket;
 use crate::transport::close::Disconnect;
 use crate::transport::deadline::{fire, within, Expiry, MaybeTimer};
 use crate::transport::start::StreamRequest;
+use crate::transport::websocket::handshake::Handshake;
+use crate::transport::websocket::stream::{self, Stream};
 use crate::transport::wire::{Render, Wire, MAX_COALESCE};
-use crate::transport::ws::handshake::Handshake;
-use crate::transport::ws::stream::{self, Stream};
 use crate::transport::App;
 use axum::response::{IntoResponse, Response};
 use futures::future::OptionFuture;
@@ -50,7 +50,7 @@ const UPGRADE_WAIT: Duration = Duration::from_secs(10);
 pub(crate) async fn open(app: Arc<App>, req: StreamRequest, upgrade: Handshake) -> Response {
     let peer = req.peer;
     // 1 KiB, as its idle memory was measured with (README, Performance)
-    let config = crate::transport::ws::config(&app, 1024);
+    let config = crate::transport::websocket::config(&app, 1024);
     let span = tracing::info_span!("socketio", %peer);
     if let Some(sid) = req.engine.sid.clone() {
         // the upgrade of a long-polling session held by this node

@@ -39,7 +39,7 @@ impl Session {
 
     /// Sends the close frame and closes the socket (`stream::close`).
     async fn close(&mut self, end: Disconnect) {
-        super::stream::close(&mut self.socket, &self.wire, end).await;
+        crate::transport::websocket::stream::close(&mut self.socket, &self.wire, end).await;
     }
 
     /// Counts how the connection ended: the one place for slow consumers,

@@ -14,28 +14,25 @@
 //! with the topics subscribed when each page is read). A client whose queue
 //! overflows is not closed: it continues from the change log (see `feed`).
 //!
-//! Six parts: `handshake` (the upgrade, keeping the TCP socket), `stream`
-//! (the socket as tungstenite sees it, written through `transport::wire`,
-//! the writer shared with the publisher), `session` (who the
-//! client is and what it subscribed), `messages` (what it asks for), `io`
-//! (the one loop that reads, flushes and times out), `keepalive` (when it
-//! pings).
+//! Four parts, on the WebSocket pieces it shares with Socket.IO
+//! (`transport::websocket`: the upgrade and the socket as tungstenite sees
+//! it): `session` (who the client is and what it subscribed), `messages`
+//! (what it asks for), `io` (the one loop that reads, flushes and times
+//! out), `keepalive` (when it pings).
 
-pub(in crate::transport) mod handshake;
 mod io;
 mod keepalive;
 mod messages;
 mod session;
-pub(in crate::transport) mod stream;
 
 use super::start::StreamRequest;
+use super::websocket::{config, handshake::Handshake};
 use super::App;
 use crate::api_error::ApiError;
 use crate::auth::Verdict;
 use crate::metrics::Transport;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use handshake::Handshake;
 use session::{First, Opening, Session, Upgrade};
 use std::sync::Arc;
 
@@ -90,21 +87,4 @@ async fn upgrade(app: Arc<App>, req: StreamRequest, ws: Handshake) -> Result<Res
         config,
     });
     Ok(ws.accept(move |raw| Session::start_on(raw, upgrade)))
-}
-
-/// The WebSocket settings of both WebSocket transports (raw and Socket.IO's):
-/// `--max-frame` for frames and messages, and small explicit buffers, since
-/// tungstenite's defaults reserve 128 KiB per connection. The read buffer
-/// (`read_buffer` bytes) is zero-filled to its capacity on the first read, so
-/// all of it is resident; clients send only small control messages (a larger
-/// frame grows it on demand): at 4 KiB it was a third of an idle connection's
-/// RSS. No write buffer: every frame tungstenite writes goes whole to `wire`.
-pub(crate) fn config(app: &App, read_buffer: usize) -> tungstenite::protocol::WebSocketConfig {
-    let max = app.gate.limits().max_frame;
-    tungstenite::protocol::WebSocketConfig::default()
-        .read_buffer_size(read_buffer)
-        .write_buffer_size(0)
-        .max_write_buffer_size(1 << 20)
-        .max_message_size(Some(max))
-        .max_frame_size(Some(max))
 }

@@ -5,7 +5,6 @@
 
 use super::super::close::Disconnect;
 use super::super::App;
-use super::stream::Stream;
 use crate::access::{forbidden_topic, policy_failed};
 use crate::access::{Admitted, Connection};
 use crate::api_error::{ApiError, ErrorCode};
@@ -15,6 +14,7 @@ use crate::feed::{Feed, Notice, Start};
 use crate::limits::RateLimiter;
 use crate::protocol::ServerMessage;
 use crate::sockets::RawSocket;
+use crate::transport::websocket::stream::{self, Stream};
 use crate::transport::wire::{Render, Wire};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -103,7 +103,7 @@ impl Session {
             config,
         } = *upgrade;
         let live = admitted.conn.metrics().live();
-        let (wire, socket) = super::stream::websocket(raw, live, Render::Ws, config).await;
+        let (wire, socket) = stream::websocket(raw, live, Render::Ws, config).await;
         let rate = RateLimiter::new(app.gate.limits().max_msgs_per_sec);
         let session = Session {
             app,
