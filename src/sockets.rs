@@ -379,6 +379,60 @@ pub(crate) fn give_up_unacknowledged(stream: &tokio::net::TcpStream, after: Dura
 #[cfg(not(target_os = "linux"))]
 pub(crate) fn give_up_unacknowledged(_stream: &tokio::net::TcpStream, _after: Duration) {}
 
+/// Lets the kernel take about `room` bytes more on a socket whose send
+/// buffer is full (its peer stopped reading): `SO_SNDBUF` raised past what
+/// the buffer holds now, as far as the system allows (twice
+/// `net.core.wmem_max`), so that a connection cut for being slow can still
+/// queue its last frame behind the bytes in flight, for the peer to read
+/// whenever it reads again. Best effort: where the limit leaves no room, or
+/// the call fails, nothing changes but the frame not fitting.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)] // getsockopt, setsockopt: see the SAFETY notes
+pub(crate) fn widen_send_buffer(stream: &tokio::net::TcpStream, room: usize) {
+    use std::os::fd::AsRawFd;
+    let fd = stream.as_raw_fd();
+    let size = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    let mut now: libc::c_int = 0;
+    let mut len = size;
+    // SAFETY: the descriptor is the open socket `stream` owns; getsockopt
+    // writes at most `len` bytes into `now`, which we own.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            std::ptr::from_mut(&mut now).cast::<libc::c_void>(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return;
+    }
+    // The kernel doubles what it is given (for its bookkeeping), and a full
+    // buffer may hold up to a packet's worth more than its size: ask for
+    // twice the size now at least (the new limit costs nothing but what is
+    // then written: the last frames).
+    let room = libc::c_int::try_from(room).unwrap_or(libc::c_int::MAX);
+    let asked = now.max(room);
+    // SAFETY: as above; setsockopt reads `size` bytes from `asked`, which
+    // lives across the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            std::ptr::from_ref(&asked).cast::<libc::c_void>(),
+            size,
+        )
+    };
+    if rc != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "SO_SNDBUF not raised");
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn widen_send_buffer(_stream: &tokio::net::TcpStream, _room: usize) {}
+
 /// The process's soft limit on open file descriptors (RLIMIT_NOFILE).
 // rlim_t is u64 on Linux/x86_64 but not on every target: keep the cast.
 #[allow(clippy::unnecessary_cast, unsafe_code)]

@@ -1158,7 +1158,7 @@ class SseConn {
   endInfo() {
     const c = this.lastComment || '';
     if (c === 'token expired') return { kind: 'auth', expired: true, reason: 'expired' };
-    if (c === 'try again later' || c === 'slow consumer' || c.startsWith('cursor expired')) {
+    if (c === 'try again later' || c.startsWith('slow consumer') || c.startsWith('cursor expired')) {
       return { kind: 'retry', retryAfter: c.startsWith('cursor expired') ? 0 : undefined };
     }
     return { kind: 'failure', eof: true };

@@ -123,10 +123,15 @@ impl Disconnect {
     }
 
     /// The SSE stream's last bytes: a comment naming the reason (a stream
-    /// that ends because the server stops just ends).
+    /// that ends because the server stops just ends). A slow consumer's says
+    /// how it continues, as the WebSocket's close code does.
     pub(crate) fn sse_comment(self) -> Option<String> {
         match self {
             Disconnect::ClientGone | Disconnect::ServerRestart => None,
+            Disconnect::SlowConsumer => Some(format!(
+                ": {}; reconnect to resync from your Last-Event-ID\n\n",
+                self.reason()
+            )),
             other => Some(format!(": {}\n\n", other.reason())),
         }
     }

@@ -31,7 +31,8 @@
 //!   always taken when nothing waits (it is shared, not copied). A socket
 //!   that accepts nothing for the transport's write timeout while bytes
 //!   wait ends the connection (`flush`: WebSocket close 4008; SSE, the
-//!   socket-level timeout, counted as a stall).
+//!   socket-level timeout, counted as a stall), its last frames queued
+//!   behind the whole frames already in the socket (`last_word`).
 //! - Once the task starts closing (`close_direct`) the publisher appends
 //!   nothing more: the closing frame is the last frame.
 //! - A delivery the publisher takes is counted as delivered (deliveries,
@@ -59,6 +60,10 @@ pub(crate) const MAX_COALESCE: usize = 64;
 
 /// Slices written with one `writev` when draining what is pending.
 const WRITEV_MAX: usize = 32;
+/// Room made in a full socket for a connection's last frames (a close
+/// frame, SSE's ending comment: about 100 bytes, but the kernel counts each
+/// write's bookkeeping too).
+const LAST_WORD_ROOM: usize = 64 * 1024;
 /// A drained pending list keeps at most this many slots allocated.
 const PENDING_KEEP: usize = 4;
 
@@ -91,6 +96,9 @@ struct Out {
     bytes: usize,
     /// Bytes written so far: progress, for the write timeout.
     written: u64,
+    /// The first pending frame was written in part: the client has its
+    /// beginning, so the rest must follow before anything else.
+    begun: bool,
     /// The connection is closing: the publisher writes nothing more.
     closed: bool,
     /// The socket failed: nothing more can be written.
@@ -116,8 +124,10 @@ impl Out {
             if first.len() <= n {
                 n -= first.len();
                 self.pending.pop_front();
+                self.begun = false;
             } else {
                 let _ = first.split_to(n);
+                self.begun = true;
                 n = 0;
             }
         }
@@ -191,6 +201,7 @@ impl Wire {
             Ok(n) => {
                 out.written += n as u64;
                 out.keep(frame.slice(n..));
+                out.begun = n > 0;
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => out.keep(frame),
             Err(_) => out.broken = true,
@@ -337,6 +348,32 @@ impl Wire {
     /// send its close frame).
     pub(in crate::transport) fn close_direct(&self) {
         self.out().closed = true;
+    }
+
+    /// Makes room for the last frames of a connection cut because its
+    /// socket accepted nothing for the write timeout (with `close_direct`
+    /// first): the frames not yet begun are dropped (the client resumes
+    /// after the last whole one it read: it never had them), the rest of one
+    /// begun is kept (the client has its beginning), and the socket's send
+    /// buffer is widened by `LAST_WORD_ROOM` beyond those (`widen_send_buffer`),
+    /// so that the frames pushed next (the close frame, SSE's ending) go
+    /// into the kernel behind the bytes already there, for the client to read
+    /// whenever it reads again, instead of never.
+    pub(in crate::transport) fn last_word(&self) {
+        let mut out = self.out();
+        let keep = match out.begun {
+            true => out.pending.pop_front(),
+            false => None,
+        };
+        out.pending.clear();
+        out.bytes = 0;
+        let rest = keep.map_or(0, |frame| {
+            let len = frame.len();
+            out.keep(frame);
+            len
+        });
+        drop(out);
+        crate::sockets::widen_send_buffer(&self.tcp, rest.saturating_add(LAST_WORD_ROOM));
     }
 }
 

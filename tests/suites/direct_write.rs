@@ -308,8 +308,10 @@ async fn a_socketio_client_that_stops_reading_gets_everything_once_when_it_reads
     a_paused_client_gets_everything_once(&srv, &url, &mut normal.rx, &mut paused, "socketio").await;
 }
 
-/// A client that stops reading for good is cut after the write timeout
-/// (4008), and resuming from its last cursor yields the rest exactly once.
+/// A client that stops reading for good is cut after the write timeout, and
+/// when it reads again, long after, it gets whole events and then the close
+/// frame 4008 "slow consumer"; resuming from its last cursor yields the rest
+/// exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stuck_client_is_cut_and_resumes_exactly() {
     const EVENTS: i64 = 20_000;
@@ -326,12 +328,77 @@ async fn a_stuck_client_is_cut_and_resumes_exactly() {
         srv.metric("rowcast_slow_consumer_drops_total{transport=\"ws\"}") == 1.0
     })
     .await;
+    // it reads again only once the server is long done with it
+    tokio::time::sleep(READS_AGAIN_AFTER).await;
     let seen = read_until_cut(&mut stuck, |t| {
         let v: Value = serde_json::from_str(t).expect("JSON");
         let n = v["data"]["n"].as_i64().expect("an event");
         Some((n, v["id"].as_str().expect("a cursor").to_string()))
     })
     .await;
+    resumes_exactly(&srv, &seen, cursor, EVENTS).await;
+}
+
+/// The same over SSE on the raw socket: a stream whose socket accepts
+/// nothing for the socket write timeout (1.5 × `--write-timeout`, at least
+/// 3 s more) is cut, and when its client reads again, long after, it gets
+/// whole events, then the ending comment (`: slow consumer; reconnect to
+/// resync from your Last-Event-ID`) and the body's last chunk; resuming
+/// from its last event's id yields the rest exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_sse_client_is_cut_with_its_ending_and_resumes_exactly() {
+    const EVENTS: i64 = 20_000;
+    let url = fresh_db().await;
+    let srv = server_with(&url, |c| c.write_timeout = Duration::from_secs(1)).await;
+    let mut stuck = RawSse::get(srv.addr, "topics=s").await;
+    stuck.opened().await;
+    let db = connect(&url).await;
+    emit(&db, "s", 1).await;
+    let first = stuck.next_event().await;
+    assert_eq!(first["data"]["n"], 1);
+    let cursor = first["id"].as_str().expect("a cursor").to_string();
+    emit_padded(&db, "s", EVENTS).await;
+    eventually_async("the stuck stream is cut", || async {
+        srv.metric("rowcast_slow_consumer_drops_total{transport=\"sse\"}") == 1.0
+    })
+    .await;
+    tokio::time::sleep(READS_AGAIN_AFTER).await;
+    let mut raw = Vec::new();
+    let end = tokio::time::Instant::now() + 3 * ARRIVAL;
+    loop {
+        let mut chunk = vec![0u8; 64 * 1024];
+        match tokio::time::timeout_at(end, stuck.tcp.read(&mut chunk)).await {
+            Ok(Ok(0)) => break,
+            Ok(Ok(n)) => raw.extend_from_slice(&chunk[..n]),
+            other => panic!(
+                "after {} bytes the stream did not end: {other:?}",
+                raw.len()
+            ),
+        }
+    }
+    assert!(
+        raw.ends_with(b"\r\n0\r\n\r\n"),
+        "the body's last chunk ends the stream: {:?}",
+        String::from_utf8_lossy(&raw[raw.len().saturating_sub(200)..])
+    );
+    stuck.wire.extend_from_slice(&raw);
+    stuck.dechunk();
+    assert!(stuck.wire.is_empty(), "whole chunks only");
+    let blocks: Vec<&str> = stuck.text.split_terminator("\n\n").collect();
+    let (ending, events) = blocks.split_last().expect("blocks");
+    assert_eq!(
+        *ending,
+        ": slow consumer; reconnect to resync from your Last-Event-ID"
+    );
+    let seen: Vec<(i64, String)> = events
+        .iter()
+        .map(|block| {
+            let line = |p: &str| block.lines().find_map(|l| l.strip_prefix(p));
+            let v: Value = serde_json::from_str(line("data: ").expect("an event")).expect("JSON");
+            let id = line("id: ").expect("an id");
+            (v["data"]["n"].as_i64().expect("n"), id.to_string())
+        })
+        .collect();
     resumes_exactly(&srv, &seen, cursor, EVENTS).await;
 }
 
@@ -380,6 +447,7 @@ async fn a_stuck_socketio_client_is_cut_and_resumes_exactly() {
         srv.metric("rowcast_slow_consumer_drops_total{transport=\"socketio\"}") == 1.0
     })
     .await;
+    tokio::time::sleep(READS_AGAIN_AFTER).await;
     let seen = read_until_cut(&mut stuck.0, |t| {
         let v: Value = serde_json::from_str(t.strip_prefix("42")?).expect("a JSON packet");
         let n = v[1]["n"].as_i64().expect("an event");
@@ -389,9 +457,14 @@ async fn a_stuck_socketio_client_is_cut_and_resumes_exactly() {
     resumes_exactly(&srv, &seen, offset, EVENTS).await;
 }
 
+/// How long a client cut for being slow waits before it reads again: past
+/// the server's own wait for its close frame to go out (2 s), so that frame
+/// must already be in the socket when the server lets go.
+const READS_AGAIN_AFTER: Duration = Duration::from_secs(4);
+
 /// What a client cut for being slow had read: `event` picks each text
 /// frame's event out (its `n` and cursor), until the close frame, which must
-/// say 4008 (or a reset).
+/// come, after whole frames only, and say 4008 "slow consumer".
 async fn read_until_cut(
     ws: &mut RawWs,
     event: impl Fn(&str) -> Option<(i64, String)>,
@@ -405,11 +478,18 @@ async fn read_until_cut(
         match tokio::time::timeout_at(next, ws.next()).await {
             Ok(Some(Ok(Message::Text(t)))) => seen.extend(event(t.as_str())),
             Ok(Some(Ok(Message::Close(f)))) => {
-                assert_eq!(u16::from(f.expect("a close frame").code), 4008);
+                let f = f.expect("a close frame with a code");
+                assert_eq!(
+                    (u16::from(f.code), f.reason.as_str()),
+                    (4008, "slow consumer")
+                );
                 return seen;
             }
             Ok(Some(Ok(_))) => {}
-            _ => return seen,
+            other => panic!(
+                "after {} events the connection ended without the close frame 4008: {other:?}",
+                seen.len()
+            ),
         }
     }
 }

@@ -52,6 +52,8 @@ impl Stream {
                     if let Some(c) = stalled {
                         c.inc();
                     }
+                    // its ending after the whole events already in its socket
+                    Box::pin(last_word(&wire, limit)).await;
                 }
                 Err(_) => {}
             }
@@ -98,6 +100,22 @@ impl Stream {
 async fn finish(wire: &Wire, limit: Duration) {
     wire.push(Bytes::from_static(b"0\r\n\r\n"));
     let _ = tokio::time::timeout(CLOSE_WAIT, wire.flush(limit)).await;
+}
+
+/// The ending of a stream cut because its socket accepted nothing for the
+/// write timeout: room is made behind the whole events already in the
+/// socket (`Wire::last_word`) for the ending comment
+/// (`Disconnect::SlowConsumer`'s) and the last chunk, which the client reads
+/// whenever it reads again, then resumes with its Last-Event-ID.
+async fn last_word(wire: &Wire, limit: Duration) {
+    wire.close_direct();
+    wire.last_word();
+    if let Some(comment) = Disconnect::SlowConsumer.sse_comment() {
+        let mut out = Vec::with_capacity(comment.len() + 12);
+        http_chunk_into(&mut out, comment.as_bytes());
+        wire.push(Bytes::from(out));
+    }
+    Box::pin(finish(wire, limit)).await;
 }
 
 /// Completes when the client hung up (end of stream, or a failed socket).

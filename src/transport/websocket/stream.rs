@@ -23,7 +23,10 @@ const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 /// The end of a WebSocket (plain or Socket.IO): no more direct writes, the
 /// close frame of `end` if it has one, then the socket closed; bounded, so
-/// that a client that stopped reading cannot hold the task. After closing a
+/// that a client that stopped reading cannot hold the task. A slow consumer
+/// (its socket accepted nothing for the write timeout) gets its close frame
+/// after the whole frames already in its socket (`Wire::last_word`), to
+/// read whenever it reads again. After closing a
 /// misbehaving client (a rejection, a 1008), what it already sent is read
 /// and dropped until its close reply: closing a socket with unread input
 /// resets the TCP connection, and the client would lose the close frame
@@ -34,6 +37,10 @@ pub(in crate::transport) async fn close(
     end: Disconnect,
 ) {
     wire.close_direct();
+    if end == Disconnect::SlowConsumer {
+        // its socket is full: the close frame would never get in
+        wire.last_word();
+    }
     let _ = tokio::time::timeout(CLOSE_WAIT, async {
         if let Some(code) = end.ws_code() {
             let frame = CloseFrame {
