@@ -117,8 +117,9 @@ const REGISTER_WAIT: Duration = Duration::from_secs(5);
 async fn register(
     hub: &Arc<Hub>,
     topics: &[String],
+    not_before: Option<&Snapshot>,
 ) -> Result<(Subscription, Snapshot), FeedError> {
-    tokio::time::timeout(REGISTER_WAIT, hub.subscribe(topics))
+    tokio::time::timeout(REGISTER_WAIT, hub.subscribe(topics, not_before))
         .await
         .map_err(|_| FeedError::NotReady)
 }
@@ -176,19 +177,19 @@ enum Position {
 }
 
 impl Feeds {
-    /// Whether opening with `start` asks the database: a snapshot, or a
-    /// cursor this node's window does not answer (older than it, ahead of
-    /// the node, inside a snapshot, or any cursor while a batch is being
-    /// published: its catch-up runs to the batch's end, which only the log
-    /// holds yet). Transports charge such opens to the client address's
-    /// budget of database calls (`App::open_feed`).
-    pub(crate) fn reads_database(&self, start: &Start) -> bool {
+    /// Whether opening `topics` with `start` asks the database: a snapshot,
+    /// or a cursor this node's window does not answer (older than it, ahead
+    /// of the node, inside a snapshot, or one whose catch-up runs to the end
+    /// of a batch being published, which only the log holds yet:
+    /// `Hub::subscribe`). Transports charge such opens to the client
+    /// address's budget of database calls (`App::open_feed`).
+    pub(crate) fn reads_database(&self, topics: &[String], start: &Start) -> bool {
         match &start.cursor {
             Some(c) => {
                 c.snapshot_after().is_some()
                     || !self.hub.covers(&c.hi)
                     || !self.hub.window_covers(&c.lo)
-                    || self.hub.publishing()
+                    || self.hub.starts_past_position(topics, &c.hi)
             }
             None => start.snapshot,
         }
@@ -235,7 +236,7 @@ impl Feeds {
         if let Some(n) = notice {
             hub.metrics().resyncs.with_label_values(&[n.reason()]).inc();
         }
-        let (sub, pos) = register(hub, topics).await?;
+        let (sub, pos) = register(hub, topics, cursor.as_ref().map(|c| &c.hi)).await?;
         let mut feed = Feed {
             sub,
             shares: Arc::clone(shares),
@@ -457,7 +458,7 @@ impl Feed {
         };
         let topics: Vec<String> = self.sub.topics().iter().cloned().collect();
         let hub = Arc::clone(self.sub.hub());
-        let (sub, pos) = register(&hub, &topics).await?;
+        let (sub, pos) = register(&hub, &topics, Some(&from.hi)).await?;
         self.sub = sub;
         self.catch_up = Some((from, pos));
         self.sub.hub().count_recovery();

@@ -16,9 +16,10 @@
 //! exclusive (the hub's lock), which is what makes the hand-over exact. A
 //! batch (one read of the log, published a page at a time: a large
 //! transaction takes seconds) is bounded by a snapshot known when it opens; a
-//! subscriber registering while it is open starts at that end, and joins the
-//! fan-out when the batch closes (`Hub::subscribe`), so nobody waits for a
-//! batch's end and nothing of the batch is queued twice or skipped.
+//! subscriber registering while it is open starts before it when none of
+//! the batch published so far is for its topics, else at that end, joining
+//! the fan-out when the batch closes (`Hub::subscribe`), so nobody waits for
+//! a batch's end and nothing of the batch is queued twice or skipped.
 //!
 //! A subscriber whose transport can write a live delivery at once (a
 //! WebSocket, plain or Socket.IO's, or an SSE stream on its raw socket:
@@ -171,10 +172,48 @@ struct State {
     /// Subscribers registered while a batch is open, with their topics: they
     /// start at its end, and join `topics` when it closes.
     joining: HashMap<u64, Joining>,
+    /// While a batch is open and someone registered: the topics of the
+    /// changes published so far (made at the first registration, then kept
+    /// up by `fan_out`), so that a registration whose topics the batch has
+    /// not touched may start before it (`subscribe`).
+    batch_topics: Option<HashSet<String>>,
     /// Recent batches: their last `hi` is `position`.
     window: Window,
     /// Changes of the batch being published, not yet in the window.
     pending: Vec<Arc<Change>>,
+}
+
+impl State {
+    /// Whether a subscriber for `topics`, starting at or after `not_before`,
+    /// may start at the position while a batch is open: the position covers
+    /// `not_before`, and nothing of the batch published so far is for its
+    /// topics (`batch_topics`, made here on first use).
+    fn starts_before_batch(&mut self, topics: &[String], not_before: Option<&Snapshot>) -> bool {
+        let Some(pos) = &self.position else {
+            return false;
+        };
+        if not_before.is_some_and(|s| !s.covered_by(pos)) {
+            return false;
+        }
+        let pending = &self.pending;
+        let seen = self.batch_topics.get_or_insert_with(|| {
+            let mut seen = HashSet::new();
+            note_topics(&mut seen, pending);
+            seen
+        });
+        !topics.iter().any(|t| seen.contains(t))
+    }
+}
+
+/// Adds `changes`' topics to `seen` (`State::batch_topics`).
+fn note_topics(seen: &mut HashSet<String>, changes: &[Arc<Change>]) {
+    for change in changes {
+        for t in &change.topics {
+            if !seen.contains(t) {
+                seen.insert(t.clone());
+            }
+        }
+    }
 }
 
 /// A subscriber waiting for the open batch to close (`State::joining`).
@@ -231,6 +270,7 @@ impl Hub {
                 batch_end: None,
                 topics: HashMap::new(),
                 joining: HashMap::new(),
+                batch_topics: None,
                 window: Window::new(window),
                 pending: Vec::new(),
             }),
@@ -343,10 +383,13 @@ impl Hub {
         }
     }
 
-    /// Whether a batch is being published (open): a subscriber registered
-    /// now starts at its end, past the position.
-    pub(crate) fn publishing(&self) -> bool {
-        self.lock().batch_end.is_some()
+    /// Whether a subscriber for `topics` registered now, starting at or
+    /// after `not_before`, would start past the position (at the end of the
+    /// batch being published: see `subscribe`), so that its catch-up reads
+    /// the log.
+    pub(crate) fn starts_past_position(&self, topics: &[String], not_before: &Snapshot) -> bool {
+        let mut st = self.lock();
+        st.batch_end.is_some() && !st.starts_before_batch(topics, Some(not_before))
     }
 
     /// Whether a subscriber registered now starts at or after `snap`: the
@@ -381,19 +424,29 @@ impl Hub {
         }
     }
 
-    /// Registers a subscriber for `topics`; returns it with the position it
-    /// starts after. Waits until the source has a position.
+    /// Registers a subscriber for `topics`, to start at or after
+    /// `not_before` (a cursor's upper snapshot: `None`, anywhere); returns it
+    /// with the position it starts after. Waits until the source has a
+    /// position.
     ///
     /// While a batch is open (a large transaction is published a page at a
-    /// time, for seconds), the subscriber starts at the batch's end: it is
-    /// queued nothing of the batch, and joins the fan-out when the batch
-    /// closes, with the position then moving to that end under the same lock.
-    /// What it needs of the batch, its feed reads from the log (`read_window`
-    /// does not answer past the position). So a client that opens, or a feed
-    /// that starts over after lagging, never waits for a batch's end, and is
-    /// given no change of it twice (a lagging feed may have handed out part
-    /// of it) nor skips one.
-    pub(crate) async fn subscribe(self: &Arc<Hub>, topics: &[String]) -> (Subscription, Snapshot) {
+    /// time, for seconds), nobody waits for its end:
+    /// - a subscriber none of whose topics the batch has touched so far (and
+    ///   with `not_before` covered by the position) registers as at any other
+    ///   time: it starts at the position, before the batch, and is queued
+    ///   what the rest of the batch has for it as it is published;
+    /// - any other starts at the batch's end: it is queued nothing of the
+    ///   batch, and joins the fan-out when the batch closes, with the
+    ///   position then moving to that end under the same lock. What it needs
+    ///   of the batch, its feed reads from the log (`read_window` does not
+    ///   answer past the position). So a feed that lagged after handing out
+    ///   part of the batch (its position is inside it) is given none of it
+    ///   twice, and none is skipped.
+    pub(crate) async fn subscribe(
+        self: &Arc<Hub>,
+        topics: &[String],
+        not_before: Option<&Snapshot>,
+    ) -> (Subscription, Snapshot) {
         let mut rx = self.advanced.subscribe();
         loop {
             {
@@ -408,7 +461,7 @@ impl Hub {
                     });
                     let set: HashSet<String> = topics.iter().cloned().collect();
                     let starts_at = match st.batch_end.clone() {
-                        Some(end) => {
+                        Some(end) if !st.starts_before_batch(topics, not_before) => {
                             let joining = Joining {
                                 sub: Arc::clone(&sub),
                                 topics: set.clone(),
@@ -416,7 +469,7 @@ impl Hub {
                             st.joining.insert(id, joining);
                             end
                         }
-                        None => {
+                        _ => {
                             for t in &set {
                                 st.topics
                                     .entry(t.clone())
@@ -460,6 +513,7 @@ impl Hub {
         {
             let mut st = self.lock();
             let end = st.batch_end.take();
+            st.batch_topics = None;
             let joining = std::mem::take(&mut st.joining);
             for (id, j) in joining {
                 if end.as_ref().is_some_and(|e| *e != to) {
@@ -545,6 +599,9 @@ impl Hub {
     ) -> usize {
         let mut st = self.lock();
         st.pending.extend(changes.iter().cloned());
+        if let Some(seen) = st.batch_topics.as_mut() {
+            note_topics(seen, changes);
+        }
         let mut queued = 0;
         for change in changes {
             for (i, topic) in change.topics.iter().enumerate() {
@@ -874,8 +931,10 @@ mod tests {
         };
         let hub = test_hub();
         hub.close_batch(Snapshot::new(10, vec![7]));
-        let (a, _) = hub.subscribe(&["t".to_string(), "u".to_string()]).await;
-        let (b, _) = hub.subscribe(&["u".to_string()]).await;
+        let (a, _) = hub
+            .subscribe(&["t".to_string(), "u".to_string()], None)
+            .await;
+        let (b, _) = hub.subscribe(&["u".to_string()], None).await;
         assert_eq!(hub.note_watermarks(marks(5, None)), 0);
         assert_eq!(
             hub.note_watermarks(marks(7, Some(6))),
@@ -894,7 +953,7 @@ mod tests {
 
         let hub = test_hub();
         hub.close_batch(Snapshot::new(10, vec![7]));
-        let (c, _) = hub.subscribe(&["t".to_string()]).await;
+        let (c, _) = hub.subscribe(&["t".to_string()], None).await;
         assert_eq!(
             hub.note_watermarks(marks(8, None)),
             1,
@@ -905,7 +964,7 @@ mod tests {
         let hub = test_hub();
         hub.close_batch(Snapshot::new(10, vec![7]));
         assert_eq!(hub.note_watermarks(marks(0, Some(9))), 0);
-        let (d, _) = hub.subscribe(&["t".to_string()]).await;
+        let (d, _) = hub.subscribe(&["t".to_string()], None).await;
         assert_eq!(
             hub.note_watermarks(marks(0, Some(7))),
             1,
@@ -922,7 +981,7 @@ mod tests {
     async fn an_idle_queue_holds_no_memory() {
         let hub = test_hub();
         hub.close_batch(Snapshot::new(10, vec![]));
-        let (mut sub, _) = hub.subscribe(&["t".to_string()]).await;
+        let (mut sub, _) = hub.subscribe(&["t".to_string()], None).await;
         assert_eq!(sub.sub.queue().items.capacity(), 0);
         let burst: Vec<_> = (1..=100).map(|id| change_on("t", id)).collect();
         assert_eq!(hub.publish(&burst), 100);
@@ -953,7 +1012,7 @@ mod tests {
         assert_eq!(hub.publish(&[change_on("t", 1), change_on("u", 2)]), 0);
         let (mut sub, pos) = tokio::time::timeout(
             std::time::Duration::from_secs(1),
-            hub.subscribe(&["t".to_string(), "v".to_string()]),
+            hub.subscribe(&["t".to_string(), "v".to_string()], None),
         )
         .await
         .expect("registered without waiting for the batch's end");
@@ -1000,6 +1059,42 @@ mod tests {
         assert!(!sub.lagged());
     }
 
+    /// A subscriber none of whose topics the open batch has touched so far
+    /// registers as at any other time (before the batch, at the position:
+    /// its resume is answered from the window, without the log), and is
+    /// queued the rest of the batch for its topics; one that must start
+    /// past the position (a cursor from further on) starts at the end.
+    #[tokio::test]
+    async fn a_subscriber_the_open_batch_has_not_touched_starts_before_it() {
+        let hub = test_hub();
+        let before = Snapshot::new(10, vec![]);
+        let end = Snapshot::new(11, vec![]);
+        hub.close_batch(before.clone());
+        hub.open_batch(end.clone());
+        assert_eq!(hub.publish(&[change_on("u", 1)]), 0);
+        let t = ["t".to_string()];
+        assert!(!hub.starts_past_position(&t, &before));
+        assert!(hub.starts_past_position(&["u".to_string()], &before));
+        assert!(
+            hub.starts_past_position(&t, &end),
+            "a cursor past the position"
+        );
+        let (mut sub, pos) = hub.subscribe(&t, Some(&before)).await;
+        assert_eq!(pos, before);
+        let (mut later, pos) = hub.subscribe(&t, Some(&end)).await;
+        assert_eq!(pos, end);
+        assert_eq!(hub.publish(&[change_on("t", 2), change_on("u", 3)]), 1);
+        assert_eq!(sub.try_recv().map(|d| d.change.id), Some(2));
+        assert!(later.try_recv().is_none());
+        let (_third, pos) = hub.subscribe(&t, None).await;
+        assert_eq!(pos, end, "t is touched now");
+        hub.close_batch(end.clone());
+        assert!(!hub.starts_past_position(&t, &end));
+        assert_eq!(hub.publish(&[change_on("t", 4)]), 3);
+        assert_eq!(sub.try_recv().map(|d| d.change.id), Some(4));
+        assert_eq!(later.try_recv().map(|d| d.change.id), Some(4));
+    }
+
     /// A subscriber dropped before the batch it joins closes leaves nothing
     /// registered; one whose batch closes at another snapshot than it opened
     /// with (the source never does that) lags rather than start at the
@@ -1009,12 +1104,13 @@ mod tests {
         let hub = test_hub();
         hub.close_batch(Snapshot::new(10, vec![]));
         hub.open_batch(Snapshot::new(11, vec![]));
-        let (gone, _) = hub.subscribe(&["t".to_string()]).await;
-        let (kept, _) = hub.subscribe(&["t".to_string()]).await;
+        hub.publish(&[change_on("t", 1)]);
+        let (gone, _) = hub.subscribe(&["t".to_string()], None).await;
+        let (kept, _) = hub.subscribe(&["t".to_string()], None).await;
         drop(gone);
         hub.close_batch(Snapshot::new(12, vec![]));
         assert!(kept.lagged());
-        assert_eq!(hub.publish(&[change_on("t", 1)]), 0);
+        assert_eq!(hub.publish(&[change_on("t", 2)]), 0);
         drop(kept);
         assert!(hub.lock().topics.is_empty() && hub.lock().joining.is_empty());
     }
@@ -1026,7 +1122,7 @@ mod tests {
     async fn no_hub_cursor_while_a_batch_is_half_published() {
         let hub = test_hub();
         hub.close_batch(Snapshot::new(10, vec![]));
-        let (mut sub, _) = hub.subscribe(&["t".to_string()]).await;
+        let (mut sub, _) = hub.subscribe(&["t".to_string()], None).await;
         assert!(sub.hub_cursor().is_some());
         hub.open_batch(Snapshot::new(11, vec![]));
         let change = Arc::new(Change::new(

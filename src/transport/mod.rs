@@ -68,7 +68,7 @@ impl App {
         mut start: crate::feed::Start,
     ) -> Result<(crate::feed::Feed, Option<crate::feed::Notice>), ApiError> {
         start.peer = Some(peer);
-        if self.feeds.reads_database(&start) {
+        if self.feeds.reads_database(topics, &start) {
             self.gate.spend_db_call(peer)?;
         }
         // boxed: opening reads the database, and every transport's open holds it

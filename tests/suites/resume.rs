@@ -777,8 +777,9 @@ async fn a_later_subscribe_says_its_cursor_is_not_used() {
 /// pages, as 300,000 changes hold it for tens of seconds) serves every
 /// client meanwhile, each change once, in order: a client that opens starts
 /// after the transaction, a resume from before it reads it from the log, a
-/// cursor from inside it (from a node that has published it) is answered
-/// with the rest, and the clients connected before get it whole. (Before,
+/// cursor from inside it (from a node that has published it, having read
+/// the same snapshot) is answered with the rest, a resume of other topics
+/// is answered from memory, and the clients connected before get it whole. (Before,
 /// past what its queue held of the transaction a new client waited for the
 /// publish's end and was told to retry, and a cursor from inside it
 /// answered `cursor_ahead`: 503 both.)
@@ -798,6 +799,10 @@ async fn a_node_publishing_a_large_transaction_serves_every_client_meanwhile() {
     let mut early = WsClient::connect(&ab, "topics=big").await;
     let mut on_b = WsClient::connect(&bb, "topics=big").await;
     let before = resumable_cursor(&ab, "big").await;
+    let other = resumable_cursor(&ab, "other").await;
+    emit(&db, "other", 1).await;
+    let mut other_ws = WsClient::connect(&ab, &format!("topics=other&cursor={other}")).await;
+    assert_eq!(ns(&events(&mut other_ws.rx, 1).await), [1]);
     let pause = rowcast::failpoints::pause("source.between_pages");
     emit_range(&db, "big", 1, N).await;
     within_arrival(
@@ -835,6 +840,16 @@ async fn a_node_publishing_a_large_transaction_serves_every_client_meanwhile() {
         rest,
         "sse from inside it"
     );
+    // a resume of topics the transaction has not touched is answered from
+    // memory, as at any other time
+    let log_reads = a.metric("rowcast_catchup_reads_total{from=\"log\"}");
+    let (status, body) = poll_raw(&ab, &format!("topics=other&cursor={other}")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["events"].as_array().map(Vec::len), Some(1), "{body}");
+    assert_eq!(
+        a.metric("rowcast_catchup_reads_total{from=\"log\"}"),
+        log_reads
+    );
 
     pause.release.notify_one();
     emit(&db, "big", N + 1).await;
@@ -851,6 +866,8 @@ async fn a_node_publishing_a_large_transaction_serves_every_client_meanwhile() {
         "opened meanwhile"
     );
     assert_eq!(ns(&events(&mut sse.rx, 1).await), [N + 1], "sse");
+    emit(&db, "other", 2).await;
+    assert_eq!(ns(&events(&mut other_ws.rx, 1).await), [2], "other topics");
     assert_eq!(ns(&poller.events(1).await), [N + 1], "poll");
     let mut again = Poller::resume(&ab, "big", resumed.last().map(|e| e.id.clone()));
     assert_eq!(ns(&again.events(1).await), [N + 1], "poll after the resume");
