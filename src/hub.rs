@@ -52,6 +52,7 @@ use crate::metrics::{Delivered, LiveTally, Metrics};
 use crate::snapshot::Snapshot;
 use crate::window::{Window, WindowHit, WindowLimits};
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{watch, Notify};
@@ -176,7 +177,7 @@ struct State {
     /// changes published so far (made at the first registration, then kept
     /// up by `fan_out`), so that a registration whose topics the batch has
     /// not touched may start before it (`subscribe`).
-    batch_topics: Option<HashSet<String>>,
+    batch_topics: Option<BatchTopics>,
     /// Recent batches: their last `hi` is `position`.
     window: Window,
     /// Changes of the batch being published, not yet in the window.
@@ -197,22 +198,34 @@ impl State {
         }
         let pending = &self.pending;
         let seen = self.batch_topics.get_or_insert_with(|| {
-            let mut seen = HashSet::new();
-            note_topics(&mut seen, pending);
+            let mut seen = BatchTopics::default();
+            seen.note(pending);
             seen
         });
-        !topics.iter().any(|t| seen.contains(t))
+        !topics.iter().any(|t| seen.has(t))
     }
 }
 
-/// Adds `changes`' topics to `seen` (`State::batch_topics`).
-fn note_topics(seen: &mut HashSet<String>, changes: &[Arc<Change>]) {
-    for change in changes {
-        for t in &change.topics {
-            if !seen.contains(t) {
-                seen.insert(t.clone());
+/// The topics of a batch's changes (`State::batch_topics`), kept as hashes:
+/// a transaction of 300,000 rows can carry as many topics, and a collision
+/// only makes a registration start at the batch's end, which is exact too.
+#[derive(Default)]
+struct BatchTopics {
+    hasher: std::hash::RandomState,
+    seen: HashSet<u64>,
+}
+
+impl BatchTopics {
+    fn note(&mut self, changes: &[Arc<Change>]) {
+        for change in changes {
+            for t in &change.topics {
+                self.seen.insert(self.hasher.hash_one(t));
             }
         }
+    }
+
+    fn has(&self, topic: &str) -> bool {
+        self.seen.contains(&self.hasher.hash_one(topic))
     }
 }
 
@@ -600,7 +613,7 @@ impl Hub {
         let mut st = self.lock();
         st.pending.extend(changes.iter().cloned());
         if let Some(seen) = st.batch_topics.as_mut() {
-            note_topics(seen, changes);
+            seen.note(changes);
         }
         let mut queued = 0;
         for change in changes {
