@@ -32,7 +32,10 @@
 //!   that accepts nothing for the transport's write timeout while bytes
 //!   wait ends the connection (`flush`: WebSocket close 4008; SSE, the
 //!   socket-level timeout, counted as a stall), its last frames queued
-//!   behind the whole frames already in the socket (`last_word`).
+//!   behind the whole frames already in the socket (`last_word`), then the
+//!   socket kept, its input read and dropped, until the client goes
+//!   (`linger`). A client that takes bytes at all, however slowly, is not
+//!   cut (`flush`).
 //! - Once the task starts closing (`close_direct`) the publisher appends
 //!   nothing more: the closing frame is the last frame.
 //! - A delivery the publisher takes is counted as delivered (deliveries,
@@ -64,6 +67,14 @@ const WRITEV_MAX: usize = 32;
 /// frame, SSE's ending comment: about 100 bytes, but the kernel counts each
 /// write's bookkeeping too).
 const LAST_WORD_ROOM: usize = 64 * 1024;
+/// How long a connection cut as a slow consumer waits, at most, for its
+/// client to read its last frames and close (`Wire::linger`).
+const LINGER: Duration = Duration::from_secs(60);
+/// Bytes a client sends where nothing more is read from it are dropped,
+/// this many at a time (`hangup`) ...
+const DISCARD: usize = 512;
+/// ... and at most this many times per wake-up.
+const DISCARD_TURNS: usize = 16;
 /// A drained pending list keeps at most this many slots allocated.
 const PENDING_KEEP: usize = 4;
 
@@ -101,6 +112,10 @@ struct Out {
     begun: bool,
     /// The connection is closing: the publisher writes nothing more.
     closed: bool,
+    /// Its last frames are being written (`last_word`): straight to the
+    /// socket, not after the runtime's readiness, which a full socket's
+    /// kernel may not signal again however much room was made.
+    last: bool,
     /// The socket failed: nothing more can be written.
     broken: bool,
     /// The task, waiting for something to be pending.
@@ -189,6 +204,16 @@ impl Wire {
         if out.broken || frame.is_empty() {
             return;
         }
+        if out.last {
+            out.keep(frame);
+            match self.try_drain(out, true) {
+                Ok(true) => return,
+                Ok(false) => {}
+                Err(_) => out.broken = true,
+            }
+            out.wake();
+            return;
+        }
         if !out.pending.is_empty() {
             out.keep(frame);
             return;
@@ -251,6 +276,16 @@ impl Wire {
             if out.pending.is_empty() {
                 return Poll::Ready(Ok(()));
             }
+            if out.last {
+                match self.try_drain(&mut out, true) {
+                    Ok(true) => return Poll::Ready(Ok(())),
+                    Ok(false) => {}
+                    Err(e) => {
+                        out.broken = true;
+                        return Poll::Ready(Err(e));
+                    }
+                }
+            }
             match self.tcp.poll_write_ready(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Err(e)) => {
@@ -275,11 +310,16 @@ impl Wire {
 
     /// Writes everything pending; a socket that accepts nothing for `limit`
     /// meanwhile is a slow consumer. The timer is made only when the socket
-    /// does not take the bytes at once.
+    /// does not take the bytes at once. When it runs out, the socket is
+    /// written once more straight away: the kernel signals a full socket
+    /// writable only once half of what it holds has gone, so a client that
+    /// reads, slowly, can go longer than `limit` without a signal; any byte
+    /// taken then counts as progress, and only a socket that takes none is
+    /// cut.
     pub(in crate::transport) async fn flush(&self, limit: Duration) -> Result<(), Disconnect> {
         let mut seen = None;
         let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
-        std::future::poll_fn(|cx| {
+        std::future::poll_fn(|cx| loop {
             match self.poll_drain(cx) {
                 Poll::Ready(Ok(())) => return Poll::Ready(Ok(())),
                 Poll::Ready(Err(_)) => return Poll::Ready(Err(Disconnect::ClientGone)),
@@ -295,8 +335,24 @@ impl Wire {
                 }
             }
             match timer.as_mut().map(|t| t.as_mut().poll(cx)) {
-                Some(Poll::Ready(())) => Poll::Ready(Err(Disconnect::SlowConsumer)),
-                _ => Poll::Pending,
+                Some(Poll::Ready(())) => {
+                    let mut out = self.out();
+                    let before = out.written;
+                    match self.try_drain(&mut out, true) {
+                        // all written, or failed: `poll_drain` says which
+                        Ok(true) => continue,
+                        Err(_) => {
+                            out.broken = true;
+                            continue;
+                        }
+                        Ok(false) if out.written == before => {
+                            return Poll::Ready(Err(Disconnect::SlowConsumer));
+                        }
+                        // progress: a new deadline from here
+                        Ok(false) => continue,
+                    }
+                }
+                _ => return Poll::Pending,
             }
         })
         .await
@@ -350,6 +406,25 @@ impl Wire {
         self.out().closed = true;
     }
 
+    /// After the last frames of a connection cut as a slow consumer
+    /// (`last_word`): the socket's sending side is shut (the client gets the
+    /// end of the stream after the bytes in flight), and what the client
+    /// sends is read and dropped until it closes, its connection fails (the
+    /// kernel gives a peer that takes nothing up after the socket's
+    /// unacknowledged-data timeout), `LINGER` passes, or the server stops. A socket closed with
+    /// unread input, or sent input once closed, is reset by the kernel,
+    /// which throws away the bytes in flight, the last frames among them:
+    /// a client that sent a ping while it stalled would never read them.
+    /// The caller has let go of its feed first: lingering holds the socket
+    /// and its connection's slots, nothing more.
+    pub(in crate::transport) async fn linger(&self, mut shutdown: crate::shutdown::Shutdown) {
+        shut_sending(&self.tcp);
+        tokio::select! {
+            _ = tokio::time::timeout(LINGER, hangup(&self.tcp)) => {}
+            () = shutdown.recv() => {}
+        }
+    }
+
     /// Makes room for the last frames of a connection cut because its
     /// socket accepted nothing for the write timeout (with `close_direct`
     /// first): the frames not yet begun are dropped (the client resumes
@@ -361,6 +436,7 @@ impl Wire {
     /// whenever it reads again, instead of never.
     pub(in crate::transport) fn last_word(&self) {
         let mut out = self.out();
+        out.last = true;
         let keep = match out.begun {
             true => out.pending.pop_front(),
             false => None,
@@ -440,4 +516,43 @@ impl std::future::Future for Backlog<'_> {
         }
         Poll::Pending
     }
+}
+
+/// Completes when the client hung up (end of stream, or a failed socket).
+/// What it sends meanwhile is read and dropped (`DISCARD` bytes at a time,
+/// `DISCARD_TURNS` reads per wake-up, so a flood cannot hold the thread).
+/// Polled on the socket's own readiness, so a waiting stream holds no
+/// readiness future.
+pub(in crate::transport) async fn hangup(tcp: &TcpStream) {
+    std::future::poll_fn(|cx| {
+        for _ in 0..DISCARD_TURNS {
+            match tcp.poll_read_ready(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(_)) => return Poll::Ready(()),
+                Poll::Ready(Ok(())) => {}
+            }
+            let mut buf = [0u8; DISCARD];
+            match tcp.try_read(&mut buf) {
+                Ok(0) => return Poll::Ready(()),
+                // a stale readiness is cleared by the WouldBlock
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => return Poll::Ready(()),
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    })
+    .await
+}
+
+/// Shuts the socket's sending side (`shutdown(2)`, `SHUT_WR`): the peer
+/// reads the end of the stream after every byte already written. Best
+/// effort (a socket already failed has nothing more to send anyway).
+#[allow(unsafe_code)] // shutdown: see the SAFETY note
+fn shut_sending(tcp: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the descriptor is the open socket `tcp` owns, for the call's
+    // duration; shutdown only changes the socket's state.
+    let _ = unsafe { libc::shutdown(tcp.as_raw_fd(), libc::SHUT_WR) };
 }

@@ -308,10 +308,10 @@ async fn a_socketio_client_that_stops_reading_gets_everything_once_when_it_reads
     a_paused_client_gets_everything_once(&srv, &url, &mut normal.rx, &mut paused, "socketio").await;
 }
 
-/// A client that stops reading for good is cut after the write timeout, and
-/// when it reads again, long after, it gets whole events and then the close
-/// frame 4008 "slow consumer"; resuming from its last cursor yields the rest
-/// exactly once.
+/// A client that stops reading for good (though it still sends) is cut
+/// after the write timeout, and when it reads again, long after, it gets
+/// whole events and then the close frame 4008 "slow consumer"; resuming
+/// from its last cursor yields the rest exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stuck_client_is_cut_and_resumes_exactly() {
     const EVENTS: i64 = 20_000;
@@ -324,10 +324,21 @@ async fn a_stuck_client_is_cut_and_resumes_exactly() {
     assert_eq!(first["data"]["n"], 1);
     let cursor = first["id"].as_str().expect("a cursor").to_string();
     emit_padded(&db, "s", EVENTS).await;
+    // it speaks while it stalls (rowcast.js pings every 20 s): unread input
+    // must not make the server's close a reset
+    stuck
+        .send(Message::Text(json!({"type":"ping"}).to_string().into()))
+        .await
+        .expect("ping");
     eventually_async("the stuck client is cut", || async {
         srv.metric("rowcast_slow_consumer_drops_total{transport=\"ws\"}") == 1.0
     })
     .await;
+    // and after it was cut
+    stuck
+        .send(Message::Ping(vec![1].into()))
+        .await
+        .expect("ping");
     // it reads again only once the server is long done with it
     tokio::time::sleep(READS_AGAIN_AFTER).await;
     let seen = read_until_cut(&mut stuck, |t| {
@@ -337,6 +348,41 @@ async fn a_stuck_client_is_cut_and_resumes_exactly() {
     })
     .await;
     resumes_exactly(&srv, &seen, cursor, EVENTS).await;
+}
+
+/// A client that reads slowly but steadily is not a slow consumer: while
+/// it takes bytes, however few per wake-up of the kernel's (which signals a
+/// full socket writable only once half of it has gone), it is not cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_reads_slowly_but_steadily_is_not_cut() {
+    let url = fresh_db().await;
+    let srv = server_with(&url, |c| c.write_timeout = Duration::from_secs(2)).await;
+    let stream = tokio::net::TcpStream::connect(srv.addr)
+        .await
+        .expect("connect");
+    let (mut ws, _) =
+        tokio_tungstenite::client_async(format!("ws://{}/v1/ws?topics=s", srv.addr), stream)
+            .await
+            .expect("ws connect");
+    assert_eq!(next_json(&mut ws).await["type"], "subscribed");
+    let db = connect(&url).await;
+    emit_padded(&db, "s", 10_000).await;
+    // ~300 KB/s (6 events of ~1.1 KB every 20 ms) for 3 write timeouts
+    let mut n = 0;
+    let until = tokio::time::Instant::now() + Duration::from_secs(6);
+    while tokio::time::Instant::now() < until {
+        for _ in 0..6 {
+            let v = next_json(&mut ws).await;
+            n += 1;
+            assert_eq!(v["data"]["n"], n, "in order, none twice");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        srv.metric("rowcast_slow_consumer_drops_total{transport=\"ws\"}"),
+        0.0,
+        "cut after {n} events"
+    );
 }
 
 /// The same over SSE on the raw socket: a stream whose socket accepts
@@ -443,6 +489,11 @@ async fn a_stuck_socketio_client_is_cut_and_resumes_exactly() {
     assert_eq!(first["data"]["n"], 1);
     let offset = first["id"].as_str().expect("an offset").to_string();
     emit_padded(&db, "s", EVENTS).await;
+    stuck
+        .0
+        .send(Message::Text(r#"42["activity"]"#.into()))
+        .await
+        .expect("activity");
     eventually_async("the stuck client is cut", || async {
         srv.metric("rowcast_slow_consumer_drops_total{transport=\"socketio\"}") == 1.0
     })

@@ -268,6 +268,12 @@ impl Connection {
             self.count_end(end);
             drop(connected);
             stream::close(&mut self.socket, &self.wire, end).await;
+            if end == Disconnect::SlowConsumer {
+                // no more subscription while its last frames wait to be read
+                self.session.joined = None;
+                let shutdown = self.session.app.shutdown.clone();
+                Box::pin(self.wire.linger(shutdown)).await;
+            }
         }
     }
 

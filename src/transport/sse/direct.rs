@@ -18,20 +18,13 @@ use super::Stream;
 use crate::change::http_chunk_into;
 use crate::sockets::RawSocket;
 use crate::transport::close::Disconnect;
-use crate::transport::wire::{Render, Wire};
+use crate::transport::wire::{hangup, Render, Wire};
 use bytes::Bytes;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::Duration;
-use tokio::net::TcpStream;
 
 /// How long the ending (comment and last chunk) may take to go out.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
-/// Bytes a client sends on a stream it is receiving are read and dropped,
-/// this many at a time ...
-const DISCARD: usize = 512;
-/// ... and at most this many times per wake-up.
-const DISCARD_TURNS: usize = 16;
 
 impl Stream {
     /// The stream's whole life on `socket`. Not an `async fn`: one taking
@@ -44,9 +37,12 @@ impl Stream {
             let limit = stream.app.cfg.socket_write_timeout();
             let (wire, _) = Wire::new(socket, stream.conn.metrics().live(), Render::SseChunk);
             stream.direct = Some(Arc::clone(&wire));
-            match stream.pump(&wire, limit).await {
+            let cut = match stream.pump(&wire, limit).await {
                 // the ending: whatever `next_chunk` said last, then the last chunk
-                Ok(()) => Box::pin(finish(&wire, limit)).await,
+                Ok(()) => {
+                    Box::pin(finish(&wire, limit)).await;
+                    false
+                }
                 Err(Disconnect::SlowConsumer) => {
                     tracing::debug!(?limit, "sse client accepted nothing: closing");
                     if let Some(c) = stalled {
@@ -54,11 +50,16 @@ impl Stream {
                     }
                     // its ending after the whole events already in its socket
                     Box::pin(last_word(&wire, limit)).await;
+                    true
                 }
-                Err(_) => {}
-            }
+                Err(_) => false,
+            };
             // the feed (and the hub's hold on the wire) goes first, then the socket
+            let shutdown = stream.app.shutdown.clone();
             drop(stream);
+            if cut {
+                Box::pin(wire.linger(shutdown)).await;
+            }
         }
     }
 
@@ -106,7 +107,8 @@ async fn finish(wire: &Wire, limit: Duration) {
 /// write timeout: room is made behind the whole events already in the
 /// socket (`Wire::last_word`) for the ending comment
 /// (`Disconnect::SlowConsumer`'s) and the last chunk, which the client reads
-/// whenever it reads again, then resumes with its Last-Event-ID.
+/// whenever it reads again, then resumes with its Last-Event-ID (the
+/// caller then lingers: `Wire::linger`).
 async fn last_word(wire: &Wire, limit: Duration) {
     wire.close_direct();
     wire.last_word();
@@ -116,35 +118,6 @@ async fn last_word(wire: &Wire, limit: Duration) {
         wire.push(Bytes::from(out));
     }
     Box::pin(finish(wire, limit)).await;
-}
-
-/// Completes when the client hung up (end of stream, or a failed socket).
-/// What it sends meanwhile is read and dropped (`DISCARD` bytes at a time,
-/// `DISCARD_TURNS` reads per wake-up, so a flood cannot hold the thread):
-/// an EventSource sends nothing, and nothing after the request is answered
-/// on this connection. Polled on the stream's own readiness, so an idle
-/// stream holds no readiness future.
-async fn hangup(tcp: &TcpStream) {
-    std::future::poll_fn(|cx| {
-        for _ in 0..DISCARD_TURNS {
-            match tcp.poll_read_ready(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Err(_)) => return Poll::Ready(()),
-                Poll::Ready(Ok(())) => {}
-            }
-            let mut buf = [0u8; DISCARD];
-            match tcp.try_read(&mut buf) {
-                Ok(0) => return Poll::Ready(()),
-                // a stale readiness is cleared by the WouldBlock
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(_) => return Poll::Ready(()),
-            }
-        }
-        cx.waker().wake_by_ref();
-        Poll::Pending
-    })
-    .await
 }
 
 #[cfg(test)]

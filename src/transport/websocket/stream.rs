@@ -26,7 +26,9 @@ const CLOSE_WAIT: Duration = Duration::from_secs(2);
 /// that a client that stopped reading cannot hold the task. A slow consumer
 /// (its socket accepted nothing for the write timeout) gets its close frame
 /// after the whole frames already in its socket (`Wire::last_word`), to
-/// read whenever it reads again. After closing a
+/// read whenever it reads again; its caller then lets go of the feed and
+/// lingers (`Wire::linger`), so that what the client sends meanwhile does
+/// not make the kernel reset the connection. After closing a
 /// misbehaving client (a rejection, a 1008), what it already sent is read
 /// and dropped until its close reply: closing a socket with unread input
 /// resets the TCP connection, and the client would lose the close frame

@@ -34,6 +34,12 @@ impl Session {
             // boxed, like every rare path: inline, its future would be part
             // of every idle connection's task
             Box::pin(session.close(end)).await;
+            if end == Disconnect::SlowConsumer {
+                // no more subscription while its last frames wait to be read
+                session.feed = None;
+                let shutdown = session.app.shutdown.clone();
+                Box::pin(session.wire.linger(shutdown)).await;
+            }
         }
     }
 
