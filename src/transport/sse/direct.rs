@@ -54,12 +54,13 @@ impl Stream {
                 }
                 Err(_) => false,
             };
-            // the feed (and the hub's hold on the wire) goes first, then the socket
-            let shutdown = stream.app.shutdown.clone();
-            drop(stream);
+            // the feed (and the hub's hold on the wire) goes first, then the
+            // socket; a cut one's connection (its slots) stays while it lingers
+            let Stream { conn, shutdown, .. } = stream;
             if cut {
                 Box::pin(wire.linger(shutdown)).await;
             }
+            drop(conn);
         }
     }
 
