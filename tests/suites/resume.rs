@@ -777,9 +777,10 @@ async fn a_later_subscribe_says_its_cursor_is_not_used() {
 /// pages, as 300,000 changes hold it for tens of seconds) serves every
 /// client meanwhile, each change once, in order: a client that opens starts
 /// after the transaction, a resume from before it reads it from the log, a
-/// cursor from inside it (from a node that has published it, having read
-/// the same snapshot) is answered with the rest, a resume of other topics
-/// is answered from memory, and the clients connected before get it whole. (Before,
+/// cursor from inside it is answered with the rest (one from a node that
+/// has published it, with `cursor_ahead` if that node read later), a resume
+/// of other topics is answered from memory, and the clients connected
+/// before get it whole. (Before,
 /// past what its queue held of the transaction a new client waited for the
 /// publish's end and was told to retry, and a cursor from inside it
 /// answered `cursor_ahead`: 503 both.)
@@ -810,12 +811,19 @@ async fn a_node_publishing_a_large_transaction_serves_every_client_meanwhile() {
         pause.reached.notified(),
     )
     .await;
-    // node b reads it in one page: a cursor from inside the transaction
     let whole: Vec<i64> = (1..=N).collect();
+    // node a published its first page: a cursor from inside the transaction
+    let first_page = events(&mut early.rx, 10).await;
+    assert_eq!(
+        ns(&first_page),
+        (1..=10).collect::<Vec<_>>(),
+        "node a's first page"
+    );
+    let inside = first_page[4].id.clone();
+    let rest: Vec<i64> = (6..=N).collect();
+    // node b reads it in one page
     let from_b = events(&mut on_b.rx, N as usize).await;
     assert_eq!(ns(&from_b), whole, "node b");
-    let inside = from_b[29].id.clone();
-    let rest: Vec<i64> = (31..=N).collect();
 
     // meanwhile, on node a
     let mut late = WsClient::connect(&ab, "topics=big").await;
@@ -840,6 +848,24 @@ async fn a_node_publishing_a_large_transaction_serves_every_client_meanwhile() {
         rest,
         "sse from inside it"
     );
+    // node b's cursor from inside it: the rest, or, when b read the log after
+    // a with a commit in between (the servers' own writes count), 503
+    // `cursor_ahead` until a has published it (README)
+    let from_b_inside = from_b[29].id.clone();
+    let (status, body) = poll_raw(&ab, &format!("topics=big&cursor={from_b_inside}")).await;
+    match status {
+        200 => {
+            let got: Vec<Ev> = body["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(Ev::from_envelope)
+                .collect();
+            assert_eq!(ns(&got), (31..=N).collect::<Vec<_>>(), "node b's cursor");
+        }
+        503 => assert_eq!(body["error"], "cursor_ahead", "{body}"),
+        _ => panic!("node b's cursor: {status} {body}"),
+    }
     // a resume of topics the transaction has not touched is answered from
     // memory, as at any other time
     let log_reads = a.metric("rowcast_catchup_reads_total{from=\"log\"}");
@@ -853,11 +879,10 @@ async fn a_node_publishing_a_large_transaction_serves_every_client_meanwhile() {
 
     pause.release.notify_one();
     emit(&db, "big", N + 1).await;
-    let mut all = whole.clone();
-    all.push(N + 1);
+    let after_first_page: Vec<i64> = (11..=N + 1).collect();
     assert_eq!(
-        ns(&events(&mut early.rx, all.len()).await),
-        all,
+        ns(&events(&mut early.rx, after_first_page.len()).await),
+        after_first_page,
         "connected before"
     );
     assert_eq!(
@@ -871,6 +896,13 @@ async fn a_node_publishing_a_large_transaction_serves_every_client_meanwhile() {
     assert_eq!(ns(&poller.events(1).await), [N + 1], "poll");
     let mut again = Poller::resume(&ab, "big", resumed.last().map(|e| e.id.clone()));
     assert_eq!(ns(&again.events(1).await), [N + 1], "poll after the resume");
+    let mut from_b_after = Poller::resume(&ab, "big", Some(from_b_inside));
+    let rest_b: Vec<i64> = (31..=N + 1).collect();
+    assert_eq!(
+        ns(&from_b_after.events(rest_b.len()).await),
+        rest_b,
+        "node b's cursor once a has published it"
+    );
     a.stop().await;
     b.stop().await;
 }
