@@ -509,6 +509,17 @@ impl ServerConfig {
         self.write_timeout + (self.write_timeout / 2).max(Duration::from_secs(3))
     }
 
+    /// How long bytes written to a client socket may stay unacknowledged
+    /// before the kernel drops the connection (`sockets::give_up_unacknowledged`):
+    /// three unanswered keepalive intervals, and never before the write
+    /// timeouts (a client that acknowledges but does not read is a slow
+    /// consumer, counted as one). A connection cut as a slow consumer is
+    /// kept as long (`transport::wire::Wire::linger`): the kernel keeps its
+    /// last bytes that long anyway.
+    pub fn unacknowledged_timeout(&self) -> Duration {
+        (self.keepalive * 3).max(self.socket_write_timeout())
+    }
+
     /// Checks the configuration and brings every value into its working range
     /// (a queue of 0 events would refuse every change, a keepalive of 0 would
     /// spin). Refuses what cannot be repaired. The one place these rules live.

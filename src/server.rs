@@ -181,10 +181,7 @@ impl Server {
             header_read_timeout: cfg.limits.header_read_timeout,
             write_timeout,
             http2: cfg.http2,
-            // as long as three unanswered keepalive intervals, and never
-            // before the write timeouts (a client that acknowledges but does
-            // not read is a slow consumer, counted as one)
-            unacknowledged_timeout: (cfg.keepalive * 3).max(write_timeout),
+            unacknowledged_timeout: cfg.unacknowledged_timeout(),
         };
         let max_sockets = cfg
             .limits

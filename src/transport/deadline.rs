@@ -1,32 +1,11 @@
-//! Deadlines a connection's task keeps: writes that must finish within
-//! `--write-timeout`, and timers that may or may not be set (token expiry,
-//! authentication). Shared by the transports that run their own I/O loop.
+//! Deadlines a connection's task keeps: timers that may or may not be set
+//! (token expiry, authentication). Shared by the transports that run their
+//! own I/O loop. (Writes under `--write-timeout` are the wire's:
+//! `wire::Wire::flush`.)
 
-use super::close::Disconnect;
 use crate::auth::time_left;
-use std::future::Future;
 use std::pin::Pin;
-use std::time::Duration;
 use tokio::time::Sleep;
-
-/// Runs one write to the socket (events, control messages, pings alike) under
-/// `limit`. The timer is armed only when the socket does not take the bytes
-/// at once, so the common case creates none. A socket that accepts nothing
-/// that long is a slow consumer.
-pub(crate) async fn within<E>(
-    limit: Duration,
-    write: impl Future<Output = Result<(), E>>,
-) -> Result<(), Disconnect> {
-    tokio::pin!(write);
-    let written = match futures::poll!(write.as_mut()) {
-        std::task::Poll::Ready(r) => r,
-        std::task::Poll::Pending => match tokio::time::timeout(limit, write).await {
-            Ok(r) => r,
-            Err(_) => return Err(Disconnect::SlowConsumer),
-        },
-    };
-    written.map_err(|_| Disconnect::ClientGone)
-}
 
 /// A timer that may not be set: made when needed and kept (a fresh timer
 /// per loop turn is a timer-wheel insert and removal each), boxed so that a

@@ -67,9 +67,6 @@ const WRITEV_MAX: usize = 32;
 /// frame, SSE's ending comment: about 100 bytes, but the kernel counts each
 /// write's bookkeeping too).
 const LAST_WORD_ROOM: usize = 64 * 1024;
-/// How long a connection cut as a slow consumer waits, at most, for its
-/// client to read its last frames and close (`Wire::linger`).
-const LINGER: Duration = Duration::from_secs(60);
 /// Bytes a client sends where nothing more is read from it are dropped,
 /// this many at a time (`hangup`) ...
 const DISCARD: usize = 512;
@@ -409,18 +406,23 @@ impl Wire {
     /// After the last frames of a connection cut as a slow consumer
     /// (`last_word`): the socket's sending side is shut (the client gets the
     /// end of the stream after the bytes in flight), and what the client
-    /// sends is read and dropped until it closes, its connection fails (the
-    /// kernel gives a peer that takes nothing up after the socket's
-    /// unacknowledged-data timeout), `LINGER` passes, or the server stops. A socket closed with
+    /// sends is read and dropped until it closes, its connection fails, the
+    /// server stops, or `limit` passes (the socket's unacknowledged-data
+    /// timeout, `ServerConfig::unacknowledged_timeout`: the kernel keeps the
+    /// bytes in flight that long anyway). A socket closed with
     /// unread input, or sent input once closed, is reset by the kernel,
     /// which throws away the bytes in flight, the last frames among them:
     /// a client that sent a ping while it stalled would never read them.
     /// The caller has let go of its feed first: lingering holds the socket
     /// and its connection's slots, nothing more.
-    pub(in crate::transport) async fn linger(&self, mut shutdown: crate::shutdown::Shutdown) {
+    pub(in crate::transport) async fn linger(
+        &self,
+        limit: Duration,
+        mut shutdown: crate::shutdown::Shutdown,
+    ) {
         shut_sending(&self.tcp);
         tokio::select! {
-            _ = tokio::time::timeout(LINGER, hangup(&self.tcp)) => {}
+            _ = tokio::time::timeout(limit, hangup(&self.tcp)) => {}
             () = shutdown.recv() => {}
         }
     }

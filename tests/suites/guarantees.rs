@@ -439,7 +439,7 @@ async fn ws_control_frames_are_under_the_write_timeout() {
         0.0
     );
     // the server keeps a cut socket (reading and dropping what the client
-    // sends) until the client goes, at most 60 s, so that its last frames
+    // sends) until the client goes (at most 3 × --keepalive), so that its last frames
     // are not reset away (`Wire::linger`): the client goes
     drop((tx, rx));
     eventually("the connection was released", || {

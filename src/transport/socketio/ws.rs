@@ -24,7 +24,7 @@ use crate::metrics::Transport;
 use crate::protocol::socketio::{self as packet, EnginePacket, PacketError};
 use crate::sockets::RawSocket;
 use crate::transport::close::Disconnect;
-use crate::transport::deadline::{fire, within, Expiry, MaybeTimer};
+use crate::transport::deadline::{fire, Expiry, MaybeTimer};
 use crate::transport::start::StreamRequest;
 use crate::transport::websocket::handshake::Handshake;
 use crate::transport::websocket::stream::{self, Stream};
@@ -271,8 +271,9 @@ impl Connection {
             if end == Disconnect::SlowConsumer {
                 // no more subscription while its last frames wait to be read
                 self.session.joined = None;
-                let shutdown = self.session.app.shutdown.clone();
-                Box::pin(self.wire.linger(shutdown)).await;
+                let app = &self.session.app;
+                let (limit, shutdown) = (app.cfg.unacknowledged_timeout(), app.shutdown.clone());
+                Box::pin(self.wire.linger(limit, shutdown)).await;
             }
         }
     }
@@ -389,7 +390,13 @@ impl Connection {
 
     async fn send(&mut self, packet: String) -> Result<(), Disconnect> {
         let limit = self.session.app.cfg.write_timeout;
-        within(limit, self.socket.send(Message::Text(packet.into()))).await
+        stream::send_within(
+            &mut self.socket,
+            &self.wire,
+            Message::Text(packet.into()),
+            limit,
+        )
+        .await
     }
 
     /// Writes a batch (each change's packet rendered once as a whole

@@ -56,9 +56,10 @@ impl Stream {
             };
             // the feed (and the hub's hold on the wire) goes first, then the
             // socket; a cut one's connection (its slots) stays while it lingers
+            let linger = stream.app.cfg.unacknowledged_timeout();
             let Stream { conn, shutdown, .. } = stream;
             if cut {
-                Box::pin(wire.linger(shutdown)).await;
+                Box::pin(wire.linger(linger, shutdown)).await;
             }
             drop(conn);
         }

@@ -59,6 +59,29 @@ pub(in crate::transport) async fn close(
     .await;
 }
 
+/// Sends one message (a control message, a ping, a Socket.IO packet) and
+/// waits until the socket took it and everything before it, under `limit`
+/// as every write is (`Wire::flush`: a socket that takes no byte that long
+/// is a slow consumer; one that reads, however slowly, is not). tungstenite
+/// writes the whole frame into the wire at once (no write buffer), so only
+/// the wait is the wire's.
+pub(in crate::transport) async fn send_within(
+    socket: &mut tokio_tungstenite::WebSocketStream<Stream>,
+    wire: &Wire,
+    message: Message,
+    limit: Duration,
+) -> Result<(), Disconnect> {
+    let sent = {
+        let mut send = socket.send(message);
+        futures::poll!(&mut send)
+    };
+    match sent {
+        Poll::Ready(Ok(())) => Ok(()),
+        Poll::Ready(Err(_)) => Err(Disconnect::ClientGone),
+        Poll::Pending => wire.flush(limit).await,
+    }
+}
+
 /// Reads (and drops) what the client sent, until its close reply; bounded
 /// in time and count, so a client that keeps sending cannot stay.
 async fn drain(socket: &mut tokio_tungstenite::WebSocketStream<Stream>) {

@@ -6,14 +6,15 @@
 //! of any frame type, is under `--write-timeout`.
 
 use super::super::close::Disconnect;
-use super::super::deadline::{fire, within, Expiry, MaybeTimer};
+use super::super::deadline::{fire, Expiry, MaybeTimer};
 use super::keepalive::{Beat, Keepalive};
 use super::session::{First, Session};
 use crate::api_error::ApiError;
 use crate::feed::Delivery;
 use crate::feed::{Feed, FeedError};
 use crate::protocol::ServerMessage;
-use futures::{SinkExt, StreamExt};
+use crate::transport::websocket::stream::send_within;
+use futures::StreamExt;
 use tungstenite::Message;
 
 use crate::transport::wire::MAX_COALESCE;
@@ -37,8 +38,11 @@ impl Session {
             if end == Disconnect::SlowConsumer {
                 // no more subscription while its last frames wait to be read
                 session.feed = None;
-                let shutdown = session.app.shutdown.clone();
-                Box::pin(session.wire.linger(shutdown)).await;
+                let (limit, shutdown) = (
+                    session.app.cfg.unacknowledged_timeout(),
+                    session.app.shutdown.clone(),
+                );
+                Box::pin(session.wire.linger(limit, shutdown)).await;
             }
         }
     }
@@ -154,7 +158,7 @@ impl Session {
                     Beat::Skip => {}
                     Beat::Dead => return Disconnect::KeepaliveTimeout,
                     Beat::Ping => {
-                        let ping = within(limit, self.socket.send(Message::Ping(bytes::Bytes::new())));
+                        let ping = send_within(&mut self.socket, &self.wire, Message::Ping(bytes::Bytes::new()), limit);
                         if let Err(end) = Box::pin(ping).await {
                             return end;
                         }
@@ -169,7 +173,8 @@ impl Session {
     /// Sends a control message (under the write timeout).
     pub(super) async fn send(&mut self, msg: ServerMessage<'_>) -> Result<(), Disconnect> {
         let limit = self.app.cfg.write_timeout;
-        within(limit, self.socket.send(Message::Text(msg.to_json().into()))).await
+        let msg = Message::Text(msg.to_json().into());
+        send_within(&mut self.socket, &self.wire, msg, limit).await
     }
 
     /// Sends `{"type":"error",...}` and counts it; the connection stays
