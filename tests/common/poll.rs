@@ -23,6 +23,16 @@ pub(crate) async fn get_json(base: &str, path: &str, headers: &[(&str, &str)]) -
     )
 }
 
+/// The events of a poll answer.
+pub(crate) fn events_of(body: &Value) -> Vec<Ev> {
+    body["events"]
+        .as_array()
+        .expect("events array")
+        .iter()
+        .map(Ev::from_envelope)
+        .collect()
+}
+
 /// A polling client that keeps its cursor.
 pub(crate) struct Poller {
     pub base: String,
@@ -80,12 +90,7 @@ impl Poller {
         let (status, v) = self.request(&q).await;
         assert_eq!(status, 200, "{v}");
         self.cursor = v["cursor"].as_str().map(str::to_string);
-        v["events"]
-            .as_array()
-            .expect("events array")
-            .iter()
-            .map(Ev::from_envelope)
-            .collect()
+        events_of(&v)
     }
 
     /// Polls until `n` events arrived (bounded by the arrival timeout).

@@ -350,12 +350,7 @@ async fn snapshot_of_an_aggregate_topic_is_every_entity() {
     };
     let (status, body) = poll_raw(&base, "topics=farm-1&snapshot=true").await;
     assert_eq!(status, 200, "{body}");
-    let polled: Vec<Ev> = body["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(Ev::from_envelope)
-        .collect();
+    let polled: Vec<Ev> = events_of(&body);
     expect_farm(&polled);
     let mut ws = WsClient::connect(&base, "topics=farm-1&snapshot=true").await;
     expect_farm(&events(&mut ws.rx, 5).await);

@@ -316,12 +316,7 @@ async fn snapshot_sends_latest_state_then_live() {
     let (status, body) =
         poll_raw(&base, "topics=product-1,product-2,product-3&snapshot=true").await;
     assert_eq!(status, 200);
-    let evs: Vec<Ev> = body["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(Ev::from_envelope)
-        .collect();
+    let evs: Vec<Ev> = events_of(&body);
     let state: Vec<(String, i64)> = evs
         .iter()
         .map(|e| (e.topic.clone(), e.data["newQuantity"].as_i64().unwrap()))
@@ -833,12 +828,7 @@ async fn a_node_publishing_a_large_transaction_serves_every_client_meanwhile() {
     }
     let (status, body) = poll_raw(&ab, &format!("topics=big&cursor={before}&limit=1000")).await;
     assert_eq!(status, 200, "a resume from before the transaction: {body}");
-    let resumed: Vec<Ev> = body["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(Ev::from_envelope)
-        .collect();
+    let resumed: Vec<Ev> = events_of(&body);
     assert_eq!(ns(&resumed), whole, "a resume from before the transaction");
     let mut poller = Poller::resume(&ab, "big", Some(inside.clone()));
     assert_eq!(ns(&poller.poll(0).await), rest, "a poll from inside it");
@@ -855,12 +845,7 @@ async fn a_node_publishing_a_large_transaction_serves_every_client_meanwhile() {
     let (status, body) = poll_raw(&ab, &format!("topics=big&cursor={from_b_inside}")).await;
     match status {
         200 => {
-            let got: Vec<Ev> = body["events"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(Ev::from_envelope)
-                .collect();
+            let got: Vec<Ev> = events_of(&body);
             assert_eq!(ns(&got), (31..=N).collect::<Vec<_>>(), "node b's cursor");
         }
         503 => assert_eq!(body["error"], "cursor_ahead", "{body}"),
