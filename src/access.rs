@@ -86,14 +86,26 @@ pub(crate) fn forbidden_origin() -> ApiError {
 /// Dropping it gives everything back, however the connection ended.
 pub(crate) struct Connection {
     slot: ConnGuard,
-    /// Shared by every connection of its transport (one pointer each).
-    metrics: Arc<TransportMetrics>,
+    counted: Counted,
+}
+
+/// A connection's place in `rowcast_connections{transport}`: counted while
+/// it lives. Shared by every connection of its transport (one pointer each).
+struct Counted(Arc<TransportMetrics>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.connections.dec();
+    }
 }
 
 impl Connection {
     fn open(slot: ConnGuard, metrics: Arc<TransportMetrics>) -> Connection {
         metrics.connections.inc();
-        Connection { slot, metrics }
+        Connection {
+            slot,
+            counted: Counted(metrics),
+        }
     }
 
     /// The client's address, as admitted.
@@ -102,21 +114,25 @@ impl Connection {
     }
 
     pub(crate) fn metrics(&self) -> &TransportMetrics {
-        &self.metrics
+        &self.counted.0
     }
 
     /// The connection now counts under another transport (a Socket.IO
     /// session upgraded from polling to WebSocket).
     pub(crate) fn switch(&mut self, metrics: Arc<TransportMetrics>) {
-        self.metrics.connections.dec();
+        self.counted.0.connections.dec();
         metrics.connections.inc();
-        self.metrics = metrics;
+        self.counted.0 = metrics;
     }
-}
 
-impl Drop for Connection {
-    fn drop(&mut self) {
-        self.metrics.connections.dec();
+    /// The connection is over for its client (cut as a slow consumer) but
+    /// its socket stays a while (`transport::wire::Wire::linger`): it no
+    /// longer counts as a connection, and keeps its slot (the per-address
+    /// and total limits) until the returned guard is dropped.
+    pub(crate) fn into_slot(self) -> ConnGuard {
+        let Connection { slot, counted } = self;
+        drop(counted);
+        slot
     }
 }
 

@@ -433,14 +433,11 @@ async fn ws_control_frames_are_under_the_write_timeout() {
         srv.metric("rowcast_slow_consumer_drops_total{transport=\"sse\"}"),
         0.0
     );
-    // the server keeps a cut socket (reading and dropping what the client
-    // sends) until the client goes (at most 3 × --keepalive), so that its last frames
-    // are not reset away (`Wire::linger`): the client goes
-    drop((tx, rx));
     eventually("the connection was released", || {
         srv.metric("rowcast_connections{transport=\"ws\"}") == 0.0
     })
     .await;
+    drop((tx, rx));
     srv.stop().await;
 }
 

@@ -351,13 +351,11 @@ async fn stalled_sockets_are_counted_under_their_transport() {
     })
     .await;
     assert_eq!(drops("ws"), 0);
-    // a cut SSE stream is held while its ending waits to be read
-    // (`Wire::linger`), and released once its client goes
-    drop((sse, poll));
     eventually("the SSE stream is gone", || {
         srv.metric("rowcast_connections{transport=\"sse\"}") == 0.0
     })
     .await;
+    drop((sse, poll));
     srv.stop().await;
 }
 

@@ -269,11 +269,14 @@ impl Connection {
             drop(connected);
             stream::close(&mut self.socket, &self.wire, end).await;
             if end == Disconnect::SlowConsumer {
-                // no more subscription while its last frames wait to be read
-                self.session.joined = None;
-                let app = &self.session.app;
+                // while its last frames wait to be read: no subscription, not
+                // counted as a connection, its slot kept
+                let Connection { wire, session, .. } = self;
+                let Session { app, conn, .. } = session;
+                let slot = conn.into_slot();
                 let (limit, shutdown) = (app.cfg.unacknowledged_timeout(), app.shutdown.clone());
-                Box::pin(self.wire.linger(limit, shutdown)).await;
+                Box::pin(wire.linger(limit, shutdown)).await;
+                drop(slot);
             }
         }
     }

@@ -55,13 +55,15 @@ impl Stream {
                 Err(_) => false,
             };
             // the feed (and the hub's hold on the wire) goes first, then the
-            // socket; a cut one's connection (its slots) stays while it lingers
+            // socket; a cut one keeps its slot while it lingers (no longer
+            // counted as a connection)
             let linger = stream.app.cfg.unacknowledged_timeout();
             let Stream { conn, shutdown, .. } = stream;
             if cut {
+                let slot = conn.into_slot();
                 Box::pin(wire.linger(linger, shutdown)).await;
+                drop(slot);
             }
-            drop(conn);
         }
     }
 

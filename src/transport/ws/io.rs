@@ -36,13 +36,15 @@ impl Session {
             // of every idle connection's task
             Box::pin(session.close(end)).await;
             if end == Disconnect::SlowConsumer {
-                // no more subscription while its last frames wait to be read
-                session.feed = None;
-                let (limit, shutdown) = (
-                    session.app.cfg.unacknowledged_timeout(),
-                    session.app.shutdown.clone(),
-                );
-                Box::pin(session.wire.linger(limit, shutdown)).await;
+                // while its last frames wait to be read: no subscription, not
+                // counted as a connection, its slot kept
+                let Session {
+                    wire, app, conn, ..
+                } = session;
+                let slot = conn.into_slot();
+                let (limit, shutdown) = (app.cfg.unacknowledged_timeout(), app.shutdown.clone());
+                Box::pin(wire.linger(limit, shutdown)).await;
+                drop(slot);
             }
         }
     }
