@@ -185,6 +185,28 @@ struct State {
 }
 
 impl State {
+    /// Puts subscriber `id` in the fan-out for `topics`.
+    fn enter(&mut self, id: u64, sub: &Arc<Sub>, topics: impl IntoIterator<Item = String>) {
+        for t in topics {
+            self.topics
+                .entry(t)
+                .or_default()
+                .insert(id, Arc::clone(sub));
+        }
+    }
+
+    /// Takes subscriber `id` out of the fan-out for `topics`.
+    fn exit<'a>(&mut self, id: u64, topics: impl IntoIterator<Item = &'a String>) {
+        for t in topics {
+            if let Some(m) = self.topics.get_mut(t) {
+                m.remove(&id);
+                if m.is_empty() {
+                    self.topics.remove(t);
+                }
+            }
+        }
+    }
+
     /// Whether a subscriber for `topics`, starting at or after `not_before`,
     /// may start at the position while a batch is open: the position covers
     /// `not_before`, and nothing of the batch published so far is for its
@@ -483,12 +505,7 @@ impl Hub {
                             end
                         }
                         _ => {
-                            for t in &set {
-                                st.topics
-                                    .entry(t.clone())
-                                    .or_default()
-                                    .insert(id, Arc::clone(&sub));
-                            }
+                            st.enter(id, &sub, set.iter().cloned());
                             pos
                         }
                     };
@@ -532,12 +549,7 @@ impl Hub {
                 if end.as_ref().is_some_and(|e| *e != to) {
                     j.sub.lag(j.sub.queue());
                 }
-                for t in j.topics {
-                    st.topics
-                        .entry(t)
-                        .or_default()
-                        .insert(id, Arc::clone(&j.sub));
-                }
+                st.enter(id, &j.sub, j.topics);
             }
             let changes = std::mem::take(&mut st.pending);
             if let Some(lo) = st.position.replace(to.clone()) {
@@ -699,41 +711,28 @@ impl Hub {
 
     fn add_topics(&self, id: u64, sub: &Arc<Sub>, topics: &[String]) {
         let mut st = self.lock();
-        if let Some(j) = st.joining.get_mut(&id) {
-            j.topics.extend(topics.iter().cloned());
-            return;
-        }
-        for t in topics {
-            st.topics
-                .entry(t.clone())
-                .or_default()
-                .insert(id, Arc::clone(sub));
+        match st.joining.get_mut(&id) {
+            Some(j) => j.topics.extend(topics.iter().cloned()),
+            None => st.enter(id, sub, topics.iter().cloned()),
         }
     }
 
     fn remove_topics<'a>(&self, id: u64, topics: impl Iterator<Item = &'a String>) {
         let mut st = self.lock();
-        if let Some(j) = st.joining.get_mut(&id) {
-            for t in topics {
+        match st.joining.get_mut(&id) {
+            Some(j) => topics.for_each(|t| {
                 j.topics.remove(t);
-            }
-            return;
-        }
-        for t in topics {
-            if let Some(m) = st.topics.get_mut(t) {
-                m.remove(&id);
-                if m.is_empty() {
-                    st.topics.remove(t);
-                }
-            }
+            }),
+            None => st.exit(id, topics),
         }
     }
 
     /// Unregisters subscriber `id` (its `topics`, or its place among those
-    /// joining).
+    /// joining), under one lock.
     fn leave<'a>(&self, id: u64, topics: impl Iterator<Item = &'a String>) {
-        if self.lock().joining.remove(&id).is_none() {
-            self.remove_topics(id, topics);
+        let mut st = self.lock();
+        if st.joining.remove(&id).is_none() {
+            st.exit(id, topics);
         }
     }
 }
