@@ -24,6 +24,13 @@ const DB: &str = "rowcast_bench";
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long `<exe> migrate` may take.
 const MIGRATE_TIMEOUT: Duration = Duration::from_secs(120);
+/// The server's log filter unless `ROWCAST_BENCH_SERVER_LOG` says otherwise:
+/// warnings and errors only, with the libraries `rowcast serve` quiets by
+/// default quieted too (the replication client logs an ERROR of its own when
+/// the write-path scenario releases the slot and PostgreSQL ends its stream;
+/// rowcast logs what matters of it).
+const SERVER_LOG: &str = "warn,pgwire_replication=off,deadpool=error";
+
 /// How long a stopped server may take to exit before it is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -192,7 +199,8 @@ impl Target {
                 let child = command
                     .env(
                         "RUST_LOG",
-                        std::env::var("ROWCAST_BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
+                        std::env::var("ROWCAST_BENCH_SERVER_LOG")
+                            .unwrap_or_else(|_| SERVER_LOG.into()),
                     )
                     .stdin(Stdio::null())
                     .stdout(Stdio::null())
