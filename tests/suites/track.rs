@@ -267,12 +267,13 @@ async fn a_writer_role_with_the_documented_grants_writes_a_tracked_table() {
          GRANT SELECT, INSERT, UPDATE, DELETE ON public.tickets TO {role};
          GRANT USAGE ON SCHEMA rowcast TO {role};
          GRANT INSERT ON rowcast.changes TO {role};
+         GRANT SELECT, INSERT, UPDATE ON rowcast.presence TO {role};
          GRANT CREATE ON SCHEMA public TO {role};"
     ))
     .await
     .unwrap();
     let srv = server(&url).await;
-    let mut p = Poller::start(&srv.base_url(), "tickets-1").await;
+    let mut p = Poller::start(&srv.base_url(), "tickets-1,presence-u1").await;
     let mut as_app: tokio_postgres::Config = url.parse().unwrap();
     as_app.user(&role);
     let (app, conn) = as_app.connect(tokio_postgres::NoTls).await.unwrap();
@@ -292,10 +293,71 @@ async fn a_writer_role_with_the_documented_grants_writes_a_tracked_table() {
     )
     .await
     .expect("the owner of a table tracks it with the same grants");
-    let got: Vec<String> = p.events(3).await.into_iter().map(|e| e.event).collect();
+    // and, with the presence grant, reports a user's activity from its own SQL
+    app.batch_execute("SELECT rowcast.touch('u1')")
+        .await
+        .expect("the app's role calls rowcast.touch with the documented grant");
+    let got: Vec<String> = p.events(4).await.into_iter().map(|e| e.event).collect();
     assert_eq!(
         got,
-        ["tickets.inserted", "tickets.updated", "tickets.deleted"]
+        [
+            "tickets.inserted",
+            "tickets.updated",
+            "tickets.deleted",
+            "user.presence"
+        ]
+    );
+    srv.stop().await;
+}
+
+/// README "Plugging in": names are the stored identifiers, unquoted and case
+/// kept; an UPDATE that moves a row to another partition reaches clients as
+/// `deleted` then `inserted` on the row's topic (PostgreSQL fires no row
+/// UPDATE trigger for it), and an UPDATE within a partition as `updated`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quoted_names_and_rows_moving_between_partitions() {
+    let url = fresh_db().await;
+    let db = connect(&url).await;
+    db.batch_execute(
+        r#"CREATE SCHEMA "Support";
+         CREATE TABLE "Support"."Open Tickets" (id bigint PRIMARY KEY, title text);
+         SELECT rowcast.track('"Support"."Open Tickets"');
+         CREATE TABLE public.audit (id bigint NOT NULL, at date NOT NULL, what text,
+                                    PRIMARY KEY (id, at)) PARTITION BY RANGE (at);
+         CREATE TABLE public.audit_2026 PARTITION OF public.audit
+             FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
+         CREATE TABLE public.audit_2027 PARTITION OF public.audit
+             FOR VALUES FROM ('2027-01-01') TO ('2028-01-01');
+         SELECT rowcast.track('public.audit', NULL, 'id');"#,
+    )
+    .await
+    .unwrap();
+    let srv = server(&url).await;
+    let mut p = Poller::start(&srv.base_url(), "Support.Open Tickets-1,audit-1").await;
+    db.batch_execute(
+        r#"INSERT INTO "Support"."Open Tickets" VALUES (1, 'first');
+         INSERT INTO public.audit VALUES (1, '2026-05-01', 'a');
+         UPDATE public.audit SET what = 'b' WHERE id = 1;
+         UPDATE public.audit SET at = '2027-06-01' WHERE id = 1;"#,
+    )
+    .await
+    .unwrap();
+    let got: Vec<(String, String)> = p
+        .events(5)
+        .await
+        .into_iter()
+        .map(|e| (e.topic, e.event))
+        .collect();
+    let want = [
+        ("Support.Open Tickets-1", "Support.Open Tickets.inserted"),
+        ("audit-1", "audit.inserted"),
+        ("audit-1", "audit.updated"),
+        ("audit-1", "audit.deleted"),
+        ("audit-1", "audit.inserted"),
+    ];
+    assert_eq!(
+        got,
+        want.map(|(t, e)| (t.to_string(), e.to_string())).to_vec()
     );
     srv.stop().await;
 }
