@@ -624,11 +624,9 @@ impl ServerConfig {
         let least = Duration::from_millis(100);
         let header = l.header_read_timeout.max(least);
         adjust("--header-timeout", header, &mut l.header_read_timeout);
-        adjust(
-            "--max-sockets",
-            l.max_sockets.map(|n| n.max(1)),
-            &mut l.max_sockets,
-        );
+        if let Some(n) = l.max_sockets.as_mut() {
+            adjust("--max-sockets", (*n).max(1), n);
+        }
         adjust(
             "--authorize-per-ip",
             l.authorize_per_ip.max(1),

@@ -128,7 +128,7 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
     say!();
 
     let farmer = tokio::spawn(simulate_farmer(client, opts.tick));
-    let _shoppers = if opts.shoppers > 0 {
+    let shoppers = if opts.shoppers > 0 {
         let restocker = crate::db::connect(&url).await?;
         let addr = server.addr;
         let set = traffic::start(&base, addr, opts.shoppers, restocker)?;
@@ -148,7 +148,13 @@ pub async fn run(opts: DemoOptions) -> Result<()> {
         _ = tokio::time::sleep(run_for.min(Duration::from_secs(100 * 365 * 86400))) => {}
     }
     say!("stopping ...");
+    // the simulations end first, their database connections closed, so that
+    // stopping PostgreSQL below breaks nothing that would log a warning
     farmer.abort();
+    let _ = farmer.await;
+    if let Some(mut set) = shoppers {
+        set.shutdown().await;
+    }
     server.stop().await;
     drop(pg);
     Ok(())

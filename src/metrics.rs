@@ -437,8 +437,15 @@ impl Metrics {
         for r in ["idle", "shed"] {
             sockets_closed.with_label_values(&[r]);
         }
-        resyncs.with_label_values(&["cursor_expired"]);
-        resyncs.with_label_values(&["cursor_unknown"]);
+        for r in [
+            "cursor_expired",
+            "cursor_unknown",
+            "pid_invalid",
+            "identity_changed",
+            "offset_invalid",
+        ] {
+            resyncs.with_label_values(&[r]);
+        }
         for r in [
             "malformed",
             "expired",

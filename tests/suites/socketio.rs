@@ -2792,3 +2792,41 @@ async fn a_snapshot_session_cut_before_its_first_event_recovers_the_snapshot() {
     assert_eq!(products, ["\"1\"", "\"2\""], "{again:?}");
     srv.stop().await;
 }
+
+/// A recovery the session cannot read (a pid that is not one, an offset that
+/// is not a cursor, a pid of another identity) gets a new session and a
+/// `rowcast:resync` naming why, counted in `rowcast_resyncs_total` as every
+/// resync is (README "Metrics").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_recoveries_are_resynced_and_counted() {
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::Message as M;
+    let url = fresh_db().await;
+    let srv = server(&url).await;
+    let ws_url = sio_ws_url(&srv.base_url(), "&topics=r");
+    let mut first = raw(&ws_url).await;
+    first.send(M::Text("40".into())).await.unwrap();
+    let open = texts(&mut first, 2).await;
+    let connected: Value = serde_json::from_str(&open[1][2..]).unwrap();
+    let pid = connected["pid"].as_str().unwrap().to_string();
+    drop(first);
+    for (auth, reason) in [
+        (json!({ "pid": "bogus" }), "pid_invalid"),
+        (json!({ "pid": pid, "offset": "bogus" }), "offset_invalid"),
+    ] {
+        let mut ws = raw(&ws_url).await;
+        ws.send(M::Text(format!("40{auth}").into())).await.unwrap();
+        let got = texts(&mut ws, 3).await;
+        assert!(got[1].starts_with("40"), "{got:?}");
+        let resync: Value = serde_json::from_str(&got[2][2..]).unwrap();
+        assert_eq!(resync[0], "rowcast:resync", "{got:?}");
+        assert_eq!(resync[1]["reason"], reason, "{got:?}");
+        assert_eq!(
+            srv.metric(&format!("rowcast_resyncs_total{{reason=\"{reason}\"}}")),
+            1.0,
+            "{reason}"
+        );
+        drop(ws.close(None).await);
+    }
+    srv.stop().await;
+}

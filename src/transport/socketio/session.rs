@@ -349,8 +349,16 @@ impl Session {
             )
             .await
             .map_err(|_| Disconnect::TryAgainLater)?;
-        if let Some(n) = notice {
-            resync = Some(n.reason());
+        match notice {
+            // counted by the feed
+            Some(n) => resync = Some(n.reason()),
+            // the session's own reasons (its pid or offset unusable, or its
+            // stored topics gone): counted here, as every resync is
+            None => {
+                if let Some(why) = resync {
+                    self.app.metrics.resyncs.with_label_values(&[why]).inc();
+                }
+            }
         }
         // the same pid back is what makes socket.io-client report `recovered`
         let peer = self.conn.ip();
