@@ -86,6 +86,11 @@ pub(crate) struct StreamRequest {
     pub headers: HeaderMap,
     /// The URL's topics (possibly none: a WebSocket may subscribe later).
     pub topics: Vec<String>,
+    /// An Engine.IO request's refused `?topics=` (then `topics` is empty):
+    /// Socket.IO answers it at the CONNECT, as a `connect_error` the client
+    /// can read, instead of refusing the handshake, which socket.io-client
+    /// reads only as a transport error and retries for ever.
+    pub topics_refused: Option<ApiError>,
     /// Where to start: the cursor (`Last-Event-ID` header, else `lastEventId`,
     /// else `cursor`) and the snapshot flag.
     pub start: Start,
@@ -144,7 +149,11 @@ impl FromRequestParts<Arc<App>> for StreamRequest {
 
     async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
         let q: StreamQuery = crate::query::parse(&parts.uri)?;
-        let topics = app.gate.topics_from_query(q.topics.as_deref())?;
+        let (topics, topics_refused) = match app.gate.topics_from_query(q.topics.as_deref()) {
+            Ok(topics) => (topics, None),
+            Err(e) if q.eio.is_some() => (Vec::new(), Some(e)),
+            Err(e) => return Err(e),
+        };
         // a header that is not text cannot be a cursor: refuse it as one
         let header_id = parts
             .headers
@@ -169,6 +178,7 @@ impl FromRequestParts<Arc<App>> for StreamRequest {
                 .unwrap_or_default(),
             headers: parts.headers.clone(),
             topics,
+            topics_refused,
             start: Start {
                 cursor,
                 snapshot: flag("snapshot", q.snapshot.as_deref())?,

@@ -1603,7 +1603,6 @@ async fn malformed_socketio_input_gets_defined_answers() {
         ("EIO=3&transport=polling", "bad_query"),
         ("EIO=4&transport=carrier-pigeon", "bad_query"),
         ("EIO=4&transport=polling&sid=nope.nope", "session_unknown"),
-        ("EIO=4&transport=polling&topics=a%0a", "bad_topic"),
     ] {
         let r = http
             .get(format!("{base}/socket.io/?{q}"))
@@ -1613,6 +1612,38 @@ async fn malformed_socketio_input_gets_defined_answers() {
         assert_eq!(r.status(), 400, "{q}");
         let v: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
         assert_eq!(v["error"], code, "{q}");
+    }
+    // topics the URL names that are refused: the handshake opens the
+    // session, and its CONNECT gets the refusal, which socket.io-client reads
+    // (a refused handshake is only a transport error to it, retried for ever)
+    for (topics, code) in [("a%0a", "bad_topic"), ("a,b,c,d", "too_many_topics")] {
+        let q = format!("EIO=4&transport=polling&topics={topics}");
+        let open = http
+            .get(format!("{base}/socket.io/?{q}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(open.status(), 200, "{q}");
+        let text = open.text().await.unwrap();
+        let sid = serde_json::from_str::<Value>(&text[1..]).unwrap()["sid"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let session = format!("{base}/socket.io/?{q}&sid={sid}");
+        let r = http.post(&session).body("40").send().await.unwrap();
+        assert_eq!(r.status(), 200, "{q}");
+        let got = http
+            .get(&session)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            got.starts_with(&format!(r#"44{{"message":"{code}: "#)),
+            "{q}: {got}"
+        );
     }
     // a polling session: an oversized body closes it
     let open = http

@@ -53,6 +53,9 @@ struct Opening {
     token: Option<String>,
     /// `topics` of its query.
     topics: Vec<String>,
+    /// Those topics refused (`StreamRequest::topics_refused`): every CONNECT
+    /// is answered with the refusal.
+    topics_refused: Option<ApiError>,
     /// Its `Origin` is not allowed: every CONNECT is refused
     /// (`connect_error` "forbidden_origin: ...").
     origin_refused: bool,
@@ -105,6 +108,10 @@ impl Session {
             opening: Some(Box::new(Opening {
                 token: req.handshake_token(),
                 topics: req.topics.clone(),
+                topics_refused: req
+                    .topics_refused
+                    .as_ref()
+                    .map(|e| ApiError::new(e.code, e.message.clone())),
                 origin_refused: req.engine.origin_refused,
             })),
             conn,
@@ -223,6 +230,18 @@ impl Session {
         if self.opening.as_ref().is_some_and(|o| o.origin_refused) {
             let e = crate::access::forbidden_origin();
             self.app.count_error(e.code);
+            out.push(packet::connect_error(
+                "/",
+                &format!("{}: {}", e.code.as_str(), e.message),
+            ));
+            return Ok(());
+        }
+        if let Some(e) = self
+            .opening
+            .as_ref()
+            .and_then(|o| o.topics_refused.as_ref())
+        {
+            self.count(e.code);
             out.push(packet::connect_error(
                 "/",
                 &format!("{}: {}", e.code.as_str(), e.message),
