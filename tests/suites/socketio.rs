@@ -1185,6 +1185,16 @@ async fn said(ws: &mut RawWs, packet: &str) -> String {
     texts(ws, 1).await.remove(0)
 }
 
+/// A raw Socket.IO WebSocket on `ws_url`, connected (CONNECT answered),
+/// and its session's pid.
+async fn connected(ws_url: &str) -> (RawWs, String) {
+    let mut ws = raw(ws_url).await;
+    texts(&mut ws, 1).await; // the Engine.IO open
+    let answer: Value = serde_json::from_str(&said(&mut ws, "40").await[2..]).unwrap();
+    let pid = answer["pid"].as_str().unwrap().to_string();
+    (ws, pid)
+}
+
 /// Two connections of one session (the first not yet noticed gone when the
 /// client recovered on the second): the older one can no longer change the
 /// stored topics; the newer one can.
@@ -1193,10 +1203,7 @@ async fn a_stale_connection_of_a_recovered_session_cannot_change_its_topics() {
     let url = fresh_db().await;
     let srv = server(&url).await;
     let ws_url = sio_ws_url(&srv.base_url(), "&topics=r");
-    let mut stale = raw(&ws_url).await;
-    texts(&mut stale, 1).await; // the Engine.IO open
-    let connected: Value = serde_json::from_str(&said(&mut stale, "40").await[2..]).unwrap();
-    let pid = connected["pid"].as_str().unwrap().to_string();
+    let (mut stale, pid) = Box::pin(connected(&ws_url)).await;
     let mut fresh = raw(&ws_url).await;
     texts(&mut fresh, 1).await;
     let again = said(&mut fresh, &format!("40{}", json!({"pid": pid}))).await;
@@ -1275,11 +1282,7 @@ async fn made_up_pids_make_no_rows_past_the_addresss_cap() {
     .await;
     let ws_url = sio_ws_url(&srv.base_url(), "&topics=r");
     let db = connect(&url).await;
-    let mut first = raw(&ws_url).await;
-    first.send(M::Text("40".into())).await.unwrap();
-    let open = texts(&mut first, 2).await;
-    let connected: Value = serde_json::from_str(&open[1][2..]).unwrap();
-    let pid = connected["pid"].as_str().unwrap().to_string();
+    let (first, pid) = Box::pin(connected(&ws_url)).await;
     drop(first);
     let parts: Vec<&str> = pid.split('.').collect();
     let now = std::time::SystemTime::now()
@@ -2835,11 +2838,7 @@ async fn unreadable_recoveries_are_resynced_and_counted() {
     let url = fresh_db().await;
     let srv = server(&url).await;
     let ws_url = sio_ws_url(&srv.base_url(), "&topics=r");
-    let mut first = raw(&ws_url).await;
-    first.send(M::Text("40".into())).await.unwrap();
-    let open = texts(&mut first, 2).await;
-    let connected: Value = serde_json::from_str(&open[1][2..]).unwrap();
-    let pid = connected["pid"].as_str().unwrap().to_string();
+    let (first, pid) = Box::pin(connected(&ws_url)).await;
     drop(first);
     for (auth, reason) in [
         (json!({ "pid": "bogus" }), "pid_invalid"),
