@@ -1620,63 +1620,19 @@ async fn malformed_socketio_input_gets_defined_answers() {
     // session, and its CONNECT gets the refusal, which socket.io-client reads
     // (a refused handshake is only a transport error to it, retried for ever)
     for (topics, code) in [("a%0a", "bad_topic"), ("a,b,c,d", "too_many_topics")] {
-        let q = format!("EIO=4&transport=polling&topics={topics}");
-        let open = http
-            .get(format!("{base}/socket.io/?{q}"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(open.status(), 200, "{q}");
-        let text = open.text().await.unwrap();
-        let sid = serde_json::from_str::<Value>(&text[1..]).unwrap()["sid"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        let session = format!("{base}/socket.io/?{q}&sid={sid}");
-        let r = http.post(&session).body("40").send().await.unwrap();
-        assert_eq!(r.status(), 200, "{q}");
-        let got = http
-            .get(&session)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let p = RawPolling::open_with(&base, &format!("&topics={topics}")).await;
+        assert_eq!(p.post("40".into()).await, (200, "ok".into()), "{topics}");
+        let (status, got) = p.poll().await;
+        assert_eq!(status, 200, "{topics}");
         assert!(
-            got.starts_with(&format!(r#"44{{"message":"{code}: "#)),
-            "{q}: {got}"
+            got[0].starts_with(&format!(r#"44{{"message":"{code}: "#)),
+            "{topics}: {got:?}"
         );
     }
     // a polling session: an oversized body closes it
-    let open = http
-        .get(format!("{base}/socket.io/?EIO=4&transport=polling"))
-        .send()
-        .await
-        .unwrap();
-    let text = open.text().await.unwrap();
-    let sid = serde_json::from_str::<Value>(&text[1..]).unwrap()["sid"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let big = format!("4{}", "x".repeat(10_000));
-    let r = http
-        .post(format!(
-            "{base}/socket.io/?EIO=4&transport=polling&sid={sid}"
-        ))
-        .body(big)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400);
-    let r = http
-        .get(format!(
-            "{base}/socket.io/?EIO=4&transport=polling&sid={sid}"
-        ))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400, "the session is gone");
+    let p = RawPolling::open(&base).await;
+    assert_eq!(p.post(format!("4{}", "x".repeat(10_000))).await.0, 400);
+    assert_eq!(p.poll().await.0, 400, "the session is gone");
 
     // WebSocket: one connection per case
     let ws_url = sio_ws_url(&base, "");
