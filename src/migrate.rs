@@ -106,6 +106,14 @@ pub const MARKET: &[(&str, &str)] = &[
         "market/012_removed_at_zero",
         include_str!("../sql/market/012_removed_at_zero.sql"),
     ),
+    (
+        "market/013_presence_ids",
+        include_str!("../sql/market/013_presence_ids.sql"),
+    ),
+    (
+        "market/014_unit_words",
+        include_str!("../sql/market/014_unit_words.sql"),
+    ),
 ];
 
 /// The advisory key that makes concurrent migrations wait for each other.

@@ -626,6 +626,56 @@ async fn wording_and_listing() {
             "Only 4 kg available. Adjust quantity?",
         ),
         ("Flour", "kg", "9", "9", "Flour is available again"),
+        // units given in the plural or in capitals, and irregular plurals
+        (
+            "Tomatoes",
+            "lbs",
+            "5",
+            "1",
+            "Only 1 lb available. Adjust quantity?",
+        ),
+        (
+            "Tomatoes",
+            "lbs",
+            "5",
+            "2",
+            "Only 2 lbs available. Adjust quantity?",
+        ),
+        (
+            "Tomatoes",
+            "LB",
+            "5",
+            "2",
+            "Only 2 LBS available. Adjust quantity?",
+        ),
+        (
+            "Bread",
+            "loaf",
+            "5",
+            "2",
+            "Only 2 loaves available. Adjust quantity?",
+        ),
+        (
+            "Lettuce",
+            "leaf",
+            "50",
+            "20",
+            "Only 20 leaves available. Adjust quantity?",
+        ),
+        (
+            "Potatoes",
+            "potato",
+            "9",
+            "4",
+            "Only 4 potatoes available. Adjust quantity?",
+        ),
+        (
+            "Bananas",
+            "each",
+            "9",
+            "4",
+            "Only 4 each available. Adjust quantity?",
+        ),
     ];
     for (name, unit, requested, available, message) in cases {
         let got: String = db

@@ -445,6 +445,17 @@ async fn customer_presence_is_private_and_anonymous_cannot_report() {
         .await
         .unwrap();
     assert_eq!(r.status(), 204);
+    // a `sub` that is not a market id (a leading zero: not farmer 101) is
+    // no user: refused, and nothing reaches farmer 101's farms
+    for sub in ["0101", "abc"] {
+        let r = http
+            .post(format!("{base}/v1/presence/activity"))
+            .bearer_auth(token(sub, "farmer"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{sub}");
+    }
     let two = format!("Bearer {}", token("2", "customer"));
     let (_, v) = get_json(
         &base,
