@@ -25,8 +25,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use tower::{Layer, Service};
 
-/// Refuses requests from origins that are not allowed (403), answers CORS
-/// preflights, and tells browsers which cross origins may read the answers.
+/// Refuses requests from origins that are not allowed (403, readable by that
+/// origin), answers CORS preflights, and tells browsers which cross origins
+/// may read the answers.
 #[derive(Clone)]
 pub(crate) struct OriginCheck(pub Arc<App>);
 
@@ -94,7 +95,19 @@ where
                 req.extensions_mut().insert(RefusedOrigin);
                 origin
             }
-            Err(e) => return Answer::Ready(Some(e.into_response())),
+            // Elsewhere it is refused here, and its page may read why (403
+            // `forbidden_origin`): its preflight is answered, and the refusal
+            // carries its origin, so that a browser shows the page the answer
+            // (rowcast.js then stops) instead of a bare network error, which
+            // a client can only retry. The refused request does nothing.
+            Err(e) => {
+                let origin = req.headers().get(header::ORIGIN).cloned();
+                let r = match req.method() {
+                    &Method::OPTIONS => preflight(origin),
+                    _ => Then::AllowOrigin(origin).apply(e.into_response()),
+                };
+                return Answer::Ready(Some(r));
+            }
         };
         if req.method() == Method::OPTIONS {
             return Answer::Ready(Some(preflight(origin)));
@@ -175,7 +188,8 @@ impl http_body::Body for Tracked {
     }
 }
 
-/// The answer to a preflight (`OPTIONS`) from an allowed origin.
+/// The answer to a preflight (`OPTIONS`); from a refused origin too, whose
+/// request is then refused with a readable 403.
 fn preflight(origin: Option<HeaderValue>) -> Response {
     let mut r = StatusCode::NO_CONTENT.into_response();
     if let Some(o) = origin {

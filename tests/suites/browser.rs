@@ -1450,3 +1450,60 @@ async fn socketio_snippet_in_the_browser_receives_inventory_updated() {
     drop(proxy);
     server.stop().await;
 }
+
+/// A page whose origin the server does not allow is told so, and rowcast.js
+/// stops (README "The client": `forbidden_origin` stops it, status
+/// `offline`, no retry). The browser shows a page an answer from another
+/// origin only when it carries that origin (`Access-Control-Allow-Origin`),
+/// and sends a request with an `Authorization` header only after a
+/// successful preflight: both are given to a refused origin too, so that
+/// the 403 reaches the client instead of a bare network error it retries
+/// for ever. The page is served from another port: another origin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_of_a_refused_origin_is_told_and_the_client_stops() {
+    let Some(tools) = tools() else { return };
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (server, _db) = market().await;
+    let base = server.base_url();
+    let page = format!(
+        r#"<!doctype html><meta charset="utf-8"><title>another origin</title>
+<script type="module">
+  const m = await import('{base}/rowcast.js');
+  window.codes = [];
+  const rc = m.connect('{base}', {{ topics: ['farm-1'], token: 'x.y.z', backoffBase: 100 }});
+  window.rc = rc;
+  rc.on('rowcast:error', (e) => window.codes.push(e.code));
+</script>"#
+    );
+    let proxy = Proxy::start(
+        server.addr,
+        vec![(
+            "/test/elsewhere.html".into(),
+            "text/html; charset=utf-8",
+            page.into_bytes(),
+        )],
+    )
+    .await;
+    let driver = Driver::start(&tools).await;
+    let b = driver.browser().await;
+    b.goto(&format!("{}/test/elsewhere.html", proxy.url()))
+        .await;
+    b.wait_for(
+        "window.rc && window.rc.status === 'offline' && window.codes.includes('forbidden_origin')",
+        "forbidden_origin, then offline",
+        ARRIVAL,
+    )
+    .await;
+    let connects = b.js("return window.rc.stats.connects").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        b.js("return [window.rc.stats.connects, window.rc.status]")
+            .await,
+        serde_json::json!([connects, "offline"]),
+        "no retry after forbidden_origin"
+    );
+    b.close().await;
+    drop(driver);
+    drop(proxy);
+    server.stop().await;
+}

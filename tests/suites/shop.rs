@@ -1266,6 +1266,30 @@ async fn origins_preflights_and_the_per_address_budget() {
         scalar_i64(&db, "SELECT count(*) FROM market.cart_items").await,
         1
     );
+    // ... and told why in a way its page can read: its preflight is
+    // answered, and the refusal carries its origin (a browser would show
+    // the page a bare network error otherwise)
+    assert_eq!(
+        a.headers.get("access-control-allow-origin").unwrap(),
+        "https://evil.example"
+    );
+    let p = api
+        .send(
+            "OPTIONS",
+            "/api/cart/items/1",
+            None,
+            None,
+            &[
+                ("Origin", "https://evil.example"),
+                ("Access-Control-Request-Method", "DELETE"),
+            ],
+        )
+        .await;
+    assert_eq!(p.status, 204);
+    assert_eq!(
+        p.headers.get("access-control-allow-origin").unwrap(),
+        "https://evil.example"
+    );
 
     // the per-address budget: a burst of 10 × 2, then 429 with Retry-After
     let mut statuses = Vec::new();
