@@ -1060,7 +1060,25 @@ async fn contact_farmer_from_the_conflict_and_read_the_reply() {
             "More on Saturday!",
         )
         .await;
-    // (the new question's toast covers the button: clicks go through toasts)
+    // nothing of the page covers the reply box wherever it is scrolled to
+    // (the inventory and orders panels were pinned over it); the new
+    // question's toast does, but clicks go through toasts
+    // (a smaller window, where pinned panels would cover most of it)
+    farmer
+        .client
+        .set_window_size(1280, 640)
+        .await
+        .expect("window size");
+    let reachable = farmer
+        .js("const b = document.querySelector('.conversation[data-customer=\"1000\"] button[type=\"submit\"]');
+             return ['start', 'center', 'end'].map((block) => {
+                 b.scrollIntoView({ block });
+                 const r = b.getBoundingClientRect();
+                 const at = document.elementFromPoint(r.x + r.width / 2, r.y + r.height / 2);
+                 return at === b || b.contains(at) || (at ? at.className : null);
+             });")
+        .await;
+    assert_eq!(reachable, json!([true, true, true]), "what covers Reply");
     farmer
         .click(".conversation[data-customer=\"1000\"] button[type=\"submit\"]")
         .await;
