@@ -370,7 +370,12 @@ export class Rowcast {
   /** Opens the current level's transport, with the token and start position it needs. */
   async _connectNow() {
     if (this._closed || this._conn) return;
-    if (this._topics.size === 0 && this._kind() !== 'ws') return; // nothing to stream yet
+    if (this._topics.size === 0 && this._kind() !== 'ws') {
+      // nothing to stream (none yet, or every topic denied or unsubscribed):
+      // as ready as the WebSocket without topics is; `subscribe()` opens it
+      if (this.status !== 'offline') this._setStatus(this._level === 0 ? LEVEL_STATUS[0] : LEVEL_STATUS[1]);
+      return this._resolveReady();
+    }
     const gen = (this._gen = (this._gen || 0) + 1);
     let token;
     try {
@@ -515,6 +520,11 @@ export class Rowcast {
     }
     this._setStatus(this._level === 0 ? LEVEL_STATUS[0] : LEVEL_STATUS[1]);
     if (this._activityWanted) this._sendActivity();
+    this._resolveReady();
+  }
+
+  /** `ready()`'s waiters go on. */
+  _resolveReady() {
     const waiters = this._readyWaiters;
     this._readyWaiters = [];
     waiters.forEach((w) => w());

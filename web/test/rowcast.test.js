@@ -511,6 +511,25 @@ test('topics: a refused one is reported and dropped, the others carry on; unsubs
   s.rc.close();
 });
 
+test('on SSE and polling a client whose every topic is denied is ready with nothing to stream, as on the WebSocket; subscribe opens the stream', async () => {
+  for (const transport of ['ws', 'sse', 'poll']) {
+    const { clock, server, rc, seen } = setup({ topics: ['secret-1'], transports: [transport] });
+    const denied = [];
+    rc.on('rowcast:denied', (d) => denied.push(...d.topics));
+    let ready = false;
+    rc.ready().then(() => { ready = true; });
+    await until(clock, () => ready, `${transport}: ready`);
+    assert.equal(rc.status, 'live', transport);
+    assert.deepEqual(denied, ['secret-1'], transport);
+    assert.deepEqual(rc.topics, [], transport);
+    rc.subscribe(['farm-1']);
+    await clock.advance(1000); // its start position taken, its stream open
+    server.publish('farm-1', 'x', {});
+    await until(clock, () => seen.length === 1, `${transport}: the subscribed topic streams`);
+    rc.close();
+  }
+});
+
 test('a WebSocket that opens but keeps dropping is abandoned for SSE (fallback=ws_failed)', async () => {
   const { clock, server, rc } = setup({ stableAfter: 10_000 });
   for (let i = 0; i < 3; i++) {
