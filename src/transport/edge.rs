@@ -90,7 +90,7 @@ where
             // Socket.IO refuses it at the CONNECT, where the client can read
             // why (`connect_error` "forbidden_origin: ..."): its Engine.IO
             // answers carry nothing before that, so that origin may read them
-            Err(_) if req.uri().path().starts_with("/socket.io/") => {
+            Err(_) if req.uri().path().starts_with(super::socketio::PATH) => {
                 let origin = req.headers().get(header::ORIGIN).cloned();
                 req.extensions_mut().insert(RefusedOrigin);
                 origin

@@ -192,7 +192,7 @@ pub(crate) fn router(app: Arc<App>, with_metrics: bool, extra: Option<Router<Arc
         .route("/v1/events", get(sse::handler))
         .route("/v1/poll", get(poll::handler))
         .route(
-            "/socket.io/",
+            socketio::PATH,
             get(socketio::handler).post(socketio::handler),
         )
         .route("/v1/presence", get(presence::read))

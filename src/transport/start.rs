@@ -86,7 +86,7 @@ pub(crate) struct StreamRequest {
     pub headers: HeaderMap,
     /// The URL's topics (possibly none: a WebSocket may subscribe later).
     pub topics: Vec<String>,
-    /// An Engine.IO request's refused `?topics=` (then `topics` is empty):
+    /// A Socket.IO request's refused `?topics=` (then `topics` is empty):
     /// Socket.IO answers it at the CONNECT, as a `connect_error` the client
     /// can read, instead of refusing the handshake, which socket.io-client
     /// reads only as a transport error and retries for ever.
@@ -151,7 +151,7 @@ impl FromRequestParts<Arc<App>> for StreamRequest {
         let q: StreamQuery = crate::query::parse(&parts.uri)?;
         let (topics, topics_refused) = match app.gate.topics_from_query(q.topics.as_deref()) {
             Ok(topics) => (topics, None),
-            Err(e) if q.eio.is_some() => (Vec::new(), Some(e)),
+            Err(e) if parts.uri.path() == super::socketio::PATH => (Vec::new(), Some(e)),
             Err(e) => return Err(e),
         };
         // a header that is not text cannot be a cursor: refuse it as one

@@ -1629,6 +1629,18 @@ async fn malformed_socketio_input_gets_defined_answers() {
             "{topics}: {got:?}"
         );
     }
+    // ... on Socket.IO only: the other transports refuse them at once,
+    // whatever else the query says
+    for path in ["/v1/ws", "/v1/events", "/v1/poll"] {
+        let r = http
+            .get(format!("{base}{path}?EIO=4&transport=polling&topics=a%0a"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{path}");
+        let v: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+        assert_eq!(v["error"], "bad_topic", "{path}");
+    }
     // a polling session: an oversized body closes it
     let p = RawPolling::open(&base).await;
     assert_eq!(p.post(format!("4{}", "x".repeat(10_000))).await.0, 400);

@@ -21,6 +21,9 @@ pub(crate) mod rooms;
 pub(crate) mod session;
 pub(crate) mod ws;
 
+/// Where Socket.IO is served (socket.io-client's default path).
+pub(crate) const PATH: &str = "/socket.io/";
+
 use super::start::StreamRequest;
 use super::websocket::handshake::Handshake;
 use super::App;
