@@ -141,7 +141,7 @@ export class Rowcast {
 
   /** Resolves when the client is first (or next) live on any transport. */
   ready() {
-    if (this._conn && this._conn.live) return Promise.resolve();
+    if ((this._conn && this._conn.live) || this._topicless()) return Promise.resolve();
     return new Promise((resolve) => this._readyWaiters.push(resolve));
   }
 
@@ -370,12 +370,7 @@ export class Rowcast {
   /** Opens the current level's transport, with the token and start position it needs. */
   async _connectNow() {
     if (this._closed || this._conn) return;
-    if (this._topics.size === 0 && this._kind() !== 'ws') {
-      // nothing to stream (none yet, or every topic denied or unsubscribed):
-      // as ready as the WebSocket without topics is; `subscribe()` opens it
-      if (this.status !== 'offline') this._setStatus(this._level === 0 ? LEVEL_STATUS[0] : LEVEL_STATUS[1]);
-      return this._resolveReady();
-    }
+    if (this._topics.size === 0 && this._kind() !== 'ws') return; // nothing to stream yet
     const gen = (this._gen = (this._gen || 0) + 1);
     let token;
     try {
@@ -521,6 +516,29 @@ export class Rowcast {
     this._setStatus(this._level === 0 ? LEVEL_STATUS[0] : LEVEL_STATUS[1]);
     if (this._activityWanted) this._sendActivity();
     this._resolveReady();
+  }
+
+  /**
+   * An SSE or polling stream refused for one of its topics (the server
+   * refuses the whole request) reopens without it. With none left there is
+   * nothing to open: the server has answered, so the client is as ready as a
+   * WebSocket without topics (`live`, or `degraded` on a fallback) until
+   * `subscribe()` opens a stream.
+   */
+  _afterRefusal() {
+    if (this._topics.size > 0) {
+      this._setStatus('connecting');
+      return this._retryLater(0);
+    }
+    this._setStatus(this._level === 0 ? LEVEL_STATUS[0] : LEVEL_STATUS[1]);
+    this._resolveReady();
+    return undefined;
+  }
+
+  /** Live with nothing to stream (see _afterRefusal; or every topic unsubscribed while live). */
+  _topicless() {
+    return !this._conn && this._topics.size === 0 && this._kind() !== 'ws'
+      && (this.status === LEVEL_STATUS[0] || this.status === LEVEL_STATUS[1]);
   }
 
   /** `ready()`'s waiters go on. */
@@ -670,12 +688,10 @@ export class Rowcast {
       }
       case 'forbidden':
         this._onDenied(c, [info.topic]);
-        this._setStatus('connecting');
-        return this._retryLater(0);
+        return this._afterRefusal();
       case 'policy_failed':
         this._onPolicyFailed(info.topic, info.message);
-        this._setStatus('connecting');
-        return this._retryLater(0);
+        return this._afterRefusal();
       case 'bad_cursor':
         this._setStatus('connecting');
         return this._resyncFromNow();

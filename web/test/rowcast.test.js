@@ -522,12 +522,30 @@ test('on SSE and polling a client whose every topic is denied is ready with noth
     assert.equal(rc.status, 'live', transport);
     assert.deepEqual(denied, ['secret-1'], transport);
     assert.deepEqual(rc.topics, [], transport);
+    let again = false;
+    rc.ready().then(() => { again = true; });
+    await settle();
+    assert.ok(again, `${transport}: ready() asked again resolves`);
     rc.subscribe(['farm-1']);
     await clock.advance(1000); // its start position taken, its stream open
     server.publish('farm-1', 'x', {});
     await until(clock, () => seen.length === 1, `${transport}: the subscribed topic streams`);
     rc.close();
   }
+});
+
+test('a client with no topics whose server cannot be reached is not ready: it waits for a topic to open a stream', async () => {
+  const { clock, server, rc } = setup({ topics: [], attempts: 1 });
+  server.block.ws = true;
+  server.block.sse = true;
+  server.block.poll = true;
+  let ready = false;
+  rc.ready().then(() => { ready = true; });
+  await clock.advance(30_000);
+  assert.equal(ready, false);
+  assert.notEqual(rc.status, 'live');
+  assert.notEqual(rc.status, 'degraded');
+  rc.close();
 });
 
 test('a WebSocket that opens but keeps dropping is abandoned for SSE (fallback=ws_failed)', async () => {
