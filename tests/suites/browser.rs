@@ -934,7 +934,7 @@ async fn shopper_and_farmer_in_conflict(driver: &Driver, base: &str) -> (Browser
 async fn conflict_dialog_then_adjust_and_checkout() {
     let Some(tools) = tools() else { return };
     let _one = ONE_AT_A_TIME.lock().await;
-    let (server, _db) = market().await;
+    let (server, db) = market().await;
     let base = server.base_url();
     let driver = Driver::start(&tools).await;
     let (shopper, farmer) = shopper_and_farmer_in_conflict(&driver, &base).await;
@@ -954,6 +954,47 @@ async fn conflict_dialog_then_adjust_and_checkout() {
             .await;
         assert_eq!(shown, label);
     }
+    // the buttons spell quantities as the SQL's messages do (one rule, in
+    // market.unit_for and in the storefront's qtyText)
+    let cases = json!([
+        [1, "lb"],
+        [3, "lb"],
+        [2.5, "lb"],
+        [1, "lbs"],
+        [2, "lbs"],
+        [2, "LB"],
+        [2, "bunch"],
+        [4, "ear"],
+        [4, "box"],
+        [2, "dozen"],
+        [3, "berry"],
+        [2, "loaf"],
+        [2, "leaf"],
+        [2, "knife"],
+        [3, "potato"],
+        [3, "kilo"],
+        [2, "taco"],
+        [4, "each"],
+        [3, ""]
+    ]);
+    let shown = shopper
+        .js(&format!(
+            "return import('/demo/common.js').then((m) => {cases}.map(([q, u]) => m.qtyText(q, u)));"
+        ))
+        .await;
+    let mut spelled = Vec::new();
+    for case in cases.as_array().unwrap() {
+        let (q, u) = (case[0].to_string(), case[1].as_str().unwrap());
+        let row = db
+            .query_one(
+                "SELECT market.format_quantity($1::text::numeric, $2)",
+                &[&q, &u],
+            )
+            .await
+            .unwrap();
+        spelled.push(row.get::<_, String>(0).trim().to_string());
+    }
+    assert_eq!(shown, json!(spelled));
     shopper.screenshot("docs/conflict.png").await;
     shopper.click("#conflict-adjust").await;
     shopper

@@ -108,18 +108,27 @@ export function money(cents) {
   return `$${(Number(cents || 0) / 100).toFixed(2)}`;
 }
 
-/** "3 lbs", "1 bunch", "12 ears" (as the market's SQL spells them). */
+/**
+ * "3 lbs", "1 bunch", "12 ears", "2 loaves": the rule of the market's SQL
+ * (market.unit_for, sql/market/014_unit_words.sql), so that a dialog's
+ * button says what its message says.
+ */
 export function qtyText(q, unit) {
   const n = Number(q);
   const u = String(unit || '');
+  const l = u.toLowerCase();
   let w = u;
-  if (n !== 1 && u) {
-    if (u.toLowerCase() === 'lb') w = `${u}s`;
-    else if (['lbs', 'oz', 'g', 'kg', 'dozen', 'each'].includes(u.toLowerCase())) w = u;
-    else if (/(s|sh|ch|x|z)$/i.test(u)) w = `${u}es`;
-    else if (/[^aeiou]y$/i.test(u)) w = `${u.slice(0, -1)}ies`;
-    else w = `${u}s`;
-  }
+  if (!u) w = u;
+  else if (n === 1) w = l === 'lbs' ? u.slice(0, -1) : u;
+  else if (l === 'lb') w = `${u}s`;
+  else if (['lbs', 'oz', 'g', 'kg', 'mg', 'l', 'ml', 'dozen', 'each', 'ea', 'pcs'].includes(l)) w = u;
+  else if (['loaf', 'leaf', 'half', 'calf', 'shelf', 'sheaf'].includes(l)) w = `${u.slice(0, -1)}ves`;
+  else if (['knife', 'life'].includes(l)) w = `${u.slice(0, -2)}ves`;
+  else if (['potato', 'tomato', 'mango'].includes(l)) w = `${u}es`;
+  else if (/(s|sh|ch|x|z)$/i.test(u)) w = `${u}es`;
+  else if (/[^aeiou]y$/i.test(u)) w = `${u.slice(0, -1)}ies`;
+  else w = `${u}s`;
+  if (u === u.toUpperCase() && u !== l) w = w.toUpperCase();
   return `${trim(n)} ${w}`.trim();
 }
 
