@@ -492,12 +492,29 @@ impl Conn {
         loop {
             let path =
                 format!("/v1/poll?topics={topics}&cursor={cursor}&wait={POLL_WAIT}&limit=10000");
-            let body = tokio::select! {
-                b = http.request(server, &path) => b,
+            let answer = tokio::select! {
+                a = http.exchange(server, &path) => a,
                 _ = stop.changed() => return Ok(Ended::Stopped),
             };
-            let body = match body {
-                Ok(b) => b,
+            let body = match answer {
+                Ok((head, b)) if head.status == 200 => b,
+                // the server asks to come back (503 `busy` when the address's
+                // catch-ups hold their share of memory, 429): as a client
+                // does, the same cursor again after `Retry-After`
+                Ok((head, _)) if head.status == 503 || head.status == 429 => {
+                    let wait = Duration::from_secs(head.retry_after.unwrap_or(1).clamp(1, 30));
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => continue,
+                        _ = stop.changed() => return Ok(Ended::Stopped),
+                    }
+                }
+                Ok((head, b)) => {
+                    return Ok(Ended::Lost(format!(
+                        "{path}: HTTP {}: {}",
+                        head.status,
+                        String::from_utf8_lossy(&b)
+                    )))
+                }
                 Err(e) => return Ok(Ended::Lost(e.to_string())),
             };
             let parsed: PollBody<'_> = match serde_json::from_slice(&body) {
@@ -532,6 +549,8 @@ pub struct Head {
     pub status: u16,
     pub chunked: bool,
     pub content_length: Option<usize>,
+    /// `Retry-After`, in seconds.
+    pub retry_after: Option<u64>,
 }
 
 /// A minimal HTTP/1.1 client on one persistent connection.
@@ -554,11 +573,21 @@ impl Http {
         Ok(())
     }
 
-    /// GET with a complete (content-length or chunked) body; returns a 200's body.
-    pub async fn request(&mut self, host: SocketAddr, path: &str) -> Result<Vec<u8>, BenchError> {
+    /// GET with a complete (content-length or chunked) body: the head and the body.
+    pub async fn exchange(
+        &mut self,
+        host: SocketAddr,
+        path: &str,
+    ) -> Result<(Head, Vec<u8>), BenchError> {
         self.get(host, path).await?;
         let head = self.head().await?;
         let body = self.body(&head).await?;
+        Ok((head, body))
+    }
+
+    /// GET with a complete (content-length or chunked) body; returns a 200's body.
+    pub async fn request(&mut self, host: SocketAddr, path: &str) -> Result<Vec<u8>, BenchError> {
+        let (head, body) = self.exchange(host, path).await?;
         if head.status != 200 {
             return Err(BenchError::Client(format!(
                 "{path}: HTTP {}: {}",
@@ -600,6 +629,7 @@ impl Http {
             status,
             chunked: false,
             content_length: None,
+            retry_after: None,
         };
         for line in lines {
             let Some((k, v)) = line.split_once(':') else {
@@ -610,6 +640,8 @@ impl Http {
                 head.chunked = true;
             } else if k == "content-length" {
                 head.content_length = v.parse().ok();
+            } else if k == "retry-after" {
+                head.retry_after = v.parse().ok();
             }
         }
         Ok(head)
