@@ -175,13 +175,13 @@ impl Cli {
             rates: self.rates,
             duration: self.duration.map(Duration::from_secs),
             writers: self.writers,
-            write_path_duration: Duration::from_secs(self.write_path_seconds.max(1)),
-            write_path_rounds: self.write_path_rounds.max(1),
+            write_path_duration: Duration::from_secs(self.write_path_seconds),
+            write_path_rounds: self.write_path_rounds,
             target,
             floor,
-            rounds: self.rounds.map(|r| r.max(1)),
+            rounds: self.rounds,
             step_retries: self.step_retries,
-            server_threads: self.server_threads.map(|n| n.max(1)),
+            server_threads: self.server_threads,
             command,
         })
     }
@@ -201,6 +201,10 @@ impl Cli {
             ("--rate", self.rate),
             ("--duration", self.duration.map(|n| n as f64)),
             ("--writers", self.writers.map(|n| n as f64)),
+            ("--rounds", self.rounds.map(|n| n as f64)),
+            ("--server-threads", self.server_threads.map(|n| n as f64)),
+            ("--write-path-seconds", Some(self.write_path_seconds as f64)),
+            ("--write-path-rounds", Some(self.write_path_rounds as f64)),
         ];
         for (flag, value) in positive {
             if let Some(v) = value.filter(|v| !(v.is_finite() && *v > 0.0)) {
@@ -285,6 +289,10 @@ mod tests {
             ("--duration", "0"),
             ("--writers", "0"),
             ("--topics-per-connection", "0"),
+            ("--rounds", "0"),
+            ("--server-threads", "0"),
+            ("--write-path-seconds", "0"),
+            ("--write-path-rounds", "0"),
         ] {
             let cli = Cli::parse_from(["rowcast-bench", flag, value]);
             let err = cli.options(Vec::new()).err().expect("refused");
