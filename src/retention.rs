@@ -19,10 +19,13 @@
 //! transactions that had ended a *horizon* ago (below the xmin of a snapshot
 //! it took at least twice the sources' idle poll before), however old the
 //! rows. Every node's source reads at least once per idle poll, so by then
-//! every running node has read them, and its position no longer waits for
-//! their transactions: a watermark past a node's position (`Hub::note_watermarks`)
-//! then means a source that could not read for that long, and its clients
-//! are made to resync. Without the horizon, a transaction open longer than
+//! every running node has normally read them, and its position no longer
+//! waits for their transactions: a watermark past a node's position
+//! (`Hub::note_watermarks`) then means a source that could not read for that
+//! long (cut off, or still publishing a large transaction committed before),
+//! and its clients are made to resync. The horizon counts time, not what the
+//! nodes have read: a registry of the nodes' positions would close that case
+//! (README, "Delivery guarantees"). Without the horizon, a transaction open longer than
 //! the retention could have its rows deleted the moment it committed, before
 //! any node read them.
 
