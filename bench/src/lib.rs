@@ -648,7 +648,7 @@ async fn run_step(
     }
     if step.latency.p99_ms > THROUGHPUT_P99_MS {
         why.push(format!(
-            "p99 {:.0} ms > {THROUGHPUT_P99_MS} ms",
+            "p99 {:.1} ms > {THROUGHPUT_P99_MS} ms",
             step.latency.p99_ms
         ));
     }
