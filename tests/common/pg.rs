@@ -209,14 +209,22 @@ pub(crate) async fn emit_padded(db: &Client, topic: &str, count: i64) {
     }
 }
 
-/// First column of every row of `sql`, as i64.
-pub(crate) async fn column_i64(db: &Client, sql: &str) -> Vec<i64> {
+/// First column of every row of `sql`.
+pub(crate) async fn column<T: for<'a> tokio_postgres::types::FromSql<'a>>(
+    db: &Client,
+    sql: &str,
+) -> Vec<T> {
     db.query(sql, &[])
         .await
         .expect("query")
         .iter()
         .map(|r| r.get(0))
         .collect()
+}
+
+/// First column of every row of `sql`, as i64.
+pub(crate) async fn column_i64(db: &Client, sql: &str) -> Vec<i64> {
+    column(db, sql).await
 }
 
 /// Replaces the policy with one that allows `product-*` topics and raises,

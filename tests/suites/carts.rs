@@ -112,21 +112,16 @@ async fn stock(db: &Client) -> BTreeMap<i64, String> {
 
 /// Every cart line still obeys `adjusted = CASE WHEN requested > quantity THEN quantity END`.
 async fn assert_lines_reconciled(db: &Client) {
-    let bad: Vec<String> = db
-        .query(
-            "SELECT format('customer %s product %s requested %s adjusted %s available %s',
-                           ci.customer_id, ci.product_id, ci.requested, ci.adjusted, p.quantity)
-               FROM market.cart_items ci JOIN market.products p ON p.id = ci.product_id
-              WHERE ci.adjusted IS DISTINCT FROM 0  -- a line removed at 0: left alone
-                AND ci.adjusted IS DISTINCT FROM
-                    CASE WHEN ci.requested > p.quantity THEN p.quantity END",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let bad: Vec<String> = column(
+        db,
+        "SELECT format('customer %s product %s requested %s adjusted %s available %s',
+                       ci.customer_id, ci.product_id, ci.requested, ci.adjusted, p.quantity)
+           FROM market.cart_items ci JOIN market.products p ON p.id = ci.product_id
+          WHERE ci.adjusted IS DISTINCT FROM 0  -- a line removed at 0: left alone
+            AND ci.adjusted IS DISTINCT FROM
+                CASE WHEN ci.requested > p.quantity THEN p.quantity END",
+    )
+    .await;
     assert!(bad.is_empty(), "unreconciled cart lines: {bad:#?}");
 }
 

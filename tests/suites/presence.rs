@@ -461,17 +461,12 @@ async fn customer_presence_is_private_and_anonymous_cannot_report() {
     db.batch_execute("SELECT rowcast.touch('farmer-101'), rowcast.touch('farmer-0101')")
         .await
         .unwrap();
-    let on_farm: Vec<String> = db
-        .query(
-            "SELECT payload ->> 'userId' FROM rowcast.changes
-              WHERE event = 'user.presence' AND 'farm-1' = ANY (topics) ORDER BY id",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let on_farm: Vec<String> = column(
+        &db,
+        "SELECT payload ->> 'userId' FROM rowcast.changes
+          WHERE event = 'user.presence' AND 'farm-1' = ANY (topics) ORDER BY id",
+    )
+    .await;
     assert_eq!(on_farm, ["farmer-101"]);
     let two = format!("Bearer {}", token("2", "customer"));
     let (_, v) = get_json(

@@ -866,16 +866,11 @@ async fn answers_and_envelopes_carry_the_same_tx() {
         }
     }
     // the log agrees
-    let xids: Vec<String> = db
-        .query(
-            "SELECT DISTINCT xid::text FROM rowcast.changes WHERE event = 'order.status.changed'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let xids: Vec<String> = column(
+        &db,
+        "SELECT DISTINCT xid::text FROM rowcast.changes WHERE event = 'order.status.changed'",
+    )
+    .await;
     assert_eq!(xids, [tx]);
     srv.stop().await;
 }
