@@ -117,7 +117,7 @@ export function qtyText(q, unit) {
   const n = Number(q);
   const u = String(unit || '');
   const l = u.toLowerCase();
-  let w = u;
+  let w;
   if (!u) w = u;
   else if (n === 1) w = l === 'lbs' ? u.slice(0, -1) : u;
   else if (l === 'lb') w = `${u}s`;

@@ -108,10 +108,7 @@ impl Session {
             opening: Some(Box::new(Opening {
                 token: req.handshake_token(),
                 topics: req.topics.clone(),
-                topics_refused: req
-                    .topics_refused
-                    .as_ref()
-                    .map(|e| ApiError::new(e.code, e.message.clone())),
+                topics_refused: req.topics_refused.clone(),
                 origin_refused: req.engine.origin_refused,
             })),
             conn,
