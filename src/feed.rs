@@ -27,6 +27,9 @@ use thiserror::Error;
 const PAGE_ROWS: i64 = 1000;
 /// ... and about this many bytes of payload.
 const PAGE_BYTES: i64 = 4 << 20;
+/// How long a catch-up waits for a batch being published to close before it
+/// reads the log instead (`Feed::read_page`).
+const BATCH_CLOSE_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
 const PAGE: PageSize = PageSize {
     rows: PAGE_ROWS,
     bytes: PAGE_BYTES,
@@ -585,6 +588,22 @@ impl Feed {
         }
         if let Some(done) = self.read_window(&from, &upto, budget).await? {
             return Ok(done);
+        }
+        // A feed registered while a batch was being published starts at its
+        // end, which the window holds only once the batch closes: one read's
+        // batch closes within microseconds, so wait that long rather than
+        // read the log (which also asks for a log page's worth of catch-up
+        // memory, and many such polls from one address were answered busy);
+        // a large transaction's batch stays open for seconds: then the log.
+        if self
+            .sub
+            .hub()
+            .wait_position_covering(&upto, BATCH_CLOSE_WAIT)
+            .await
+        {
+            if let Some(done) = self.read_window(&from, &upto, budget).await? {
+                return Ok(done);
+            }
         }
         // a log page costs at most about PAGE_BYTES (payloads, and the frames
         // rendered from them); what it did not use goes back once it is read

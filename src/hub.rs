@@ -444,10 +444,31 @@ impl Hub {
         snap: &Snapshot,
         timeout: std::time::Duration,
     ) -> bool {
+        self.wait_until(|| self.covers(snap), timeout).await
+    }
+
+    /// Waits until the position itself covers `snap` (an open batch's end
+    /// does not count: its changes join the window when it closes), or
+    /// `timeout` passes; false on timeout.
+    pub(crate) async fn wait_position_covering(
+        &self,
+        snap: &Snapshot,
+        timeout: std::time::Duration,
+    ) -> bool {
+        let covered = || {
+            self.lock()
+                .position
+                .as_ref()
+                .is_some_and(|p| snap.covered_by(p))
+        };
+        self.wait_until(covered, timeout).await
+    }
+
+    async fn wait_until(&self, done: impl Fn() -> bool, timeout: std::time::Duration) -> bool {
         let mut rx = self.advanced.subscribe();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            if self.covers(snap) {
+            if done() {
                 return true;
             }
             if tokio::time::timeout_at(deadline, rx.changed())
@@ -473,7 +494,9 @@ impl Hub {
     /// - any other starts at the batch's end: it is queued nothing of the
     ///   batch, and joins the fan-out when the batch closes, with the
     ///   position then moving to that end under the same lock. What it needs
-    ///   of the batch, its feed reads from the log (`read_window` does not
+    ///   of the batch, its feed reads from the window once the batch has
+    ///   closed (one page's batch closes at once: it waits for that a moment,
+    ///   `wait_position_covering`), else from the log (`read_window` does not
     ///   answer past the position). So a feed that lagged after handing out
     ///   part of the batch (its position is inside it) is given none of it
     ///   twice, and none is skipped.
@@ -935,6 +958,31 @@ mod tests {
     /// the position does not see, or a retention watermark past its `xmin`,
     /// makes every subscriber lag, once; the declared loss is the last one
     /// read, whatever its xid.
+    #[tokio::test]
+    async fn a_catch_up_can_wait_for_the_batch_being_published_to_close() {
+        let hub = test_hub();
+        hub.close_batch(Snapshot::new(10, vec![]));
+        let end = Snapshot::new(12, vec![]);
+        hub.open_batch(end.clone());
+        let short = std::time::Duration::from_millis(20);
+        assert!(hub.covers(&end), "a registration now starts at the end");
+        assert!(
+            !hub.wait_position_covering(&end, short).await,
+            "the position is not there while the batch is open"
+        );
+        let closer = Arc::clone(&hub);
+        let close = end.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            closer.close_batch(close);
+        });
+        assert!(
+            hub.wait_position_covering(&end, std::time::Duration::from_secs(10))
+                .await,
+            "it is once the batch closes"
+        );
+    }
+
     #[tokio::test]
     async fn marks_past_the_position_make_every_subscriber_lag() {
         let marks = |pruned_below, lost_before| Watermarks {
