@@ -129,6 +129,7 @@ impl Cli {
                         "the bench only runs against loopback addresses (127.0.0.0/8), got {server}"
                     )));
                 }
+                check_database_is_local(&database_url)?;
                 TargetSpec::External {
                     server,
                     database_url,
@@ -184,6 +185,31 @@ impl Cli {
             server_threads: self.server_threads,
             command,
         })
+    }
+}
+
+/// `--database-url` names this machine: loopback addresses, `localhost`, or
+/// a Unix socket directory, as `--url` must (the bench writes to that
+/// database: it must not be one somewhere else by mistake).
+fn check_database_is_local(url: &str) -> Result<(), BenchError> {
+    let config: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e| BenchError::Config(format!("--database-url: {e}")))?;
+    let remote = config.get_hosts().iter().find_map(|h| match h {
+        tokio_postgres::config::Host::Tcp(name) => {
+            let local = name == "localhost"
+                || name
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback());
+            (!local).then(|| name.clone())
+        }
+        tokio_postgres::config::Host::Unix(_) => None,
+    });
+    match remote {
+        Some(host) => Err(BenchError::Config(format!(
+            "--database-url: the bench only runs against loopback addresses (127.0.0.0/8, localhost, a Unix socket), got {host}"
+        ))),
+        None => Ok(()),
     }
 }
 
@@ -276,6 +302,23 @@ mod tests {
         ]);
         let err = cli.options(Vec::new()).err().expect("refused");
         assert!(err.to_string().contains("loopback"), "{err}");
+        for (database, local) in [
+            ("postgres://u@127.0.0.1:5432/db", true),
+            ("postgres://u@localhost/db", true),
+            ("host=/var/run/postgresql dbname=db", true),
+            ("postgres://u@10.0.0.5:5432/db", false),
+            ("postgres://u@db.example.com/db", false),
+        ] {
+            let cli = Cli::parse_from([
+                "rowcast-bench",
+                "--url",
+                "http://127.0.0.1:8080",
+                "--database-url",
+                database,
+            ]);
+            let got = cli.options(Vec::new());
+            assert_eq!(got.is_ok(), local, "{database}: {:?}", got.err());
+        }
     }
 
     #[test]
