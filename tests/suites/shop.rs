@@ -1681,7 +1681,13 @@ async fn contact_farmer_reaches_the_farm_and_the_answer_the_customer() {
         4
     );
 
-    // A snapshot of the farm's messages holds the conversation, oldest first.
+    // A snapshot of the farm's messages holds the conversation, oldest first
+    // (as of the node's position: once it has read the last message, a
+    // moment after its commit)
+    eventually("the node read the four messages", || {
+        srv.metric("rowcast_changes_total{event=\"message.sent\"}") >= 4.0
+    })
+    .await;
     let (status, body) = poll_raw(
         &base,
         &format!("topics=farm-1-messages&snapshot=true&token={farmer}"),
