@@ -595,11 +595,10 @@ impl Feed {
         // read the log (which also asks for a log page's worth of catch-up
         // memory, and many such polls from one address were answered busy);
         // a large transaction's batch stays open for seconds: then the log.
-        if self
-            .sub
-            .hub()
-            .wait_position_covering(&upto, BATCH_CLOSE_WAIT)
-            .await
+        // (When the position covers `upto` already, the window simply does
+        // not reach back that far: the log at once, no second look.)
+        let hub = self.sub.hub();
+        if !hub.position_covers(&upto) && hub.wait_position_covering(&upto, BATCH_CLOSE_WAIT).await
         {
             if let Some(done) = self.read_window(&from, &upto, budget).await? {
                 return Ok(done);

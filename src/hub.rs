@@ -447,21 +447,24 @@ impl Hub {
         self.wait_until(|| self.covers(snap), timeout).await
     }
 
-    /// Waits until the position itself covers `snap` (an open batch's end
-    /// does not count: its changes join the window when it closes), or
-    /// `timeout` passes; false on timeout.
+    /// Whether the position itself covers `snap` (an open batch's end does
+    /// not count: its changes join the window when it closes).
+    pub(crate) fn position_covers(&self, snap: &Snapshot) -> bool {
+        self.lock()
+            .position
+            .as_ref()
+            .is_some_and(|p| snap.covered_by(p))
+    }
+
+    /// Waits until `position_covers(snap)`, or `timeout` passes; false on
+    /// timeout.
     pub(crate) async fn wait_position_covering(
         &self,
         snap: &Snapshot,
         timeout: std::time::Duration,
     ) -> bool {
-        let covered = || {
-            self.lock()
-                .position
-                .as_ref()
-                .is_some_and(|p| snap.covered_by(p))
-        };
-        self.wait_until(covered, timeout).await
+        self.wait_until(|| self.position_covers(snap), timeout)
+            .await
     }
 
     async fn wait_until(&self, done: impl Fn() -> bool, timeout: std::time::Duration) -> bool {
