@@ -272,6 +272,10 @@ pub(crate) struct Hub {
     /// 0 for none).
     pruned_below: AtomicU64,
     lost_before: AtomicU64,
+    /// Pages the source has published (empty ones too: every read publishes
+    /// one at least), so that `read_positions` can tell a source that reads
+    /// from one that stopped, even in the middle of a long batch.
+    pages: AtomicU64,
 }
 
 /// Counters the hub and the feeds on it update.
@@ -317,6 +321,7 @@ impl Hub {
             lost_column: AtomicBool::new(false),
             pruned_below: AtomicU64::new(0),
             lost_before: AtomicU64::new(0),
+            pages: AtomicU64::new(0),
         })
     }
 
@@ -341,9 +346,10 @@ impl Hub {
     /// subscribers were given: a declared loss (`lost_before`) the position
     /// does not see, or a retention watermark past the position's `xmin`
     /// (rows of a transaction still in progress at the position, or later,
-    /// deleted before the source read them: retention deletes only what
-    /// every source has had time to read, see `retention`, so this takes a
-    /// source cut off or stuck for longer than that). Then every subscriber
+    /// deleted before the source read them: retention deletes nothing a
+    /// node that reports its read position still has to read, see
+    /// `read_positions`, so this takes a node retention no longer waits for:
+    /// cut off or stuck for long, or unable to report). Then every subscriber
     /// lags, as if its queue had overflowed, and its feed, continuing from
     /// its own position, finds that position expired and ends with
     /// `FeedError::Expired`: connected clients are told to resync exactly as
@@ -416,6 +422,16 @@ impl Hub {
             Some(_) => None,
             None => st.position.clone(),
         }
+    }
+
+    /// The least xid this node may still have to read (its position's
+    /// `xmin`: a batch being published does not move it until it closes), and
+    /// how many pages the source has published so far; `None` before the
+    /// source's first read.
+    pub(crate) fn reading_from(&self) -> Option<(u64, u64)> {
+        let st = self.lock();
+        let xmin = st.position.as_ref()?.xmin();
+        Some((xmin, self.pages.load(Ordering::Relaxed)))
     }
 
     /// Whether a subscriber for `topics` registered now, starting at or
@@ -634,6 +650,7 @@ impl Hub {
     /// own order, so whichever thread writes it, per connection the order
     /// holds; across connections the socket writes run in parallel.
     pub(crate) fn publish(&self, changes: &[Arc<Change>]) -> usize {
+        self.pages.fetch_add(1, Ordering::Relaxed);
         let mut due = Vec::new();
         let mut tally = LiveTally::new();
         let queued = self.fan_out(changes, &mut due, &mut tally);

@@ -20,7 +20,7 @@
 //! [`limits`], reading query strings with [`query`]; [`http`] and [`sockets`] bound what a connection may hold
 //! before it is admitted, and [`direct_http1`] answers SSE streams and long
 //! polls without hyper's per-connection buffers; [`budget`] bounds catch-up memory and [`pool_share`] each client address's share of the pool; [`retention`]
-//! prunes the log; [`metrics`] measures; [`config`] is every flag; [`server`]
+//! prunes the log, below every node's [`read_positions`]; [`metrics`] measures; [`config`] is every flag; [`server`]
 //! wires and stops it all (with [`shutdown`]).
 //!
 //! Off that path, writing instead of reading: [`shop`] is the demo
@@ -69,6 +69,7 @@ pub(crate) mod metrics;
 pub(crate) mod pool_share;
 pub(crate) mod presence;
 pub(crate) mod query;
+pub(crate) mod read_positions;
 pub(crate) mod retention;
 pub(crate) mod shop;
 pub(crate) mod sockets;

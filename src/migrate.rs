@@ -53,6 +53,10 @@ pub const CORE: &[(&str, &str)] = &[
         "018_slot_undone_on_failure",
         include_str!("../sql/018_slot_undone_on_failure.sql"),
     ),
+    (
+        "019_read_positions",
+        include_str!("../sql/019_read_positions.sql"),
+    ),
 ];
 
 /// The FR-021 farmers-market reference schema (`market.*`), its triggers and

@@ -18,16 +18,17 @@
 //! Why connected clients lose nothing either: it deletes only rows of
 //! transactions that had ended a *horizon* ago (below the xmin of a snapshot
 //! it took at least twice the sources' idle poll before), however old the
-//! rows. Every node's source reads at least once per idle poll, so by then
-//! every running node has normally read them, and its position no longer
-//! waits for their transactions: a watermark past a node's position
-//! (`Hub::note_watermarks`) then means a source that could not read for that
-//! long (cut off, or still publishing a large transaction committed before),
-//! and its clients are made to resync. The horizon counts time, not what the
-//! nodes have read: a registry of the nodes' positions would close that case
-//! (README, "Delivery guarantees"). Without the horizon, a transaction open longer than
-//! the retention could have its rows deleted the moment it committed, before
-//! any node read them.
+//! rows, and none that a running node may still have to read (below the
+//! least valid row of [`read_positions`](crate::read_positions), whose
+//! contract says which nodes count). Without the horizon, a transaction open
+//! longer than the retention could have its rows deleted the moment it
+//! committed, before any node read them; without the registry, a node still
+//! publishing a large transaction when the horizon passed (or a node of an
+//! older version, which has no row) could have a long transaction that
+//! committed meanwhile deleted before it read it. A node that retention no
+//! longer waits for (cut off or stuck for long) and that then finds the
+//! watermark past its position (`Hub::note_watermarks`) makes its clients
+//! resync.
 
 use crate::error::Result;
 use crate::shutdown::Shutdown;
@@ -41,7 +42,8 @@ const MAX_BATCHES: usize = 200;
 const LOCK_KEY: i64 = 7_305_280_317_090_917;
 
 /// The delete: the oldest rows by xid (bounded look-ahead through the xid index),
-/// old enough, of completed transactions.
+/// old enough, of completed transactions, below `{positions}` too
+/// ([`POSITIONS`] or nothing).
 const PRUNE: &str = "
 WITH lock AS (SELECT pg_try_advisory_xact_lock($4) AS got),
 victims AS (
@@ -51,7 +53,7 @@ victims AS (
          ORDER BY xid LIMIT $2
     ) oldest
     WHERE emitted_at < clock_timestamp() - make_interval(secs => $1)
-      AND xid < least(pg_snapshot_xmin(pg_current_snapshot()), $3::text::xid8)
+      AND xid < least(pg_snapshot_xmin(pg_current_snapshot()), $3::text::xid8{positions})
 ),
 locked AS (
     SELECT c.ctid, c.xid FROM rowcast.changes c
@@ -69,6 +71,15 @@ gone AS (
     DELETE FROM rowcast.changes WHERE ctid IN (SELECT ctid FROM locked) RETURNING 1
 )
 SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM mark)";
+
+/// The least xid a running node may still have to read (`read_positions`;
+/// `least` ignores it when no row is valid).
+const POSITIONS: &str = ",
+        (SELECT min(needs_from::text::numeric)::text::xid8 FROM rowcast.read_positions
+          WHERE valid_until > clock_timestamp())";
+
+/// Rows of nodes that stopped reporting hold nothing back; they go.
+const LAPSED: &str = "DELETE FROM rowcast.read_positions WHERE valid_until < clock_timestamp()";
 
 /// Runs prune rounds every `every` until shutdown, each up to the xmin
 /// sampled at least `horizon` before it (see the module doc).
@@ -91,12 +102,17 @@ pub(crate) async fn run(
         let round = async {
             let client = pool.get().await?;
             let row = client
-                .query_one("SELECT pg_snapshot_xmin(pg_current_snapshot())::text", &[])
+                .query_one(
+                    "SELECT pg_snapshot_xmin(pg_current_snapshot())::text,
+                            to_regclass('rowcast.read_positions') IS NOT NULL",
+                    &[],
+                )
                 .await?;
             drop(client);
             samples.push(Instant::now(), row.try_get(0)?);
+            let positions: bool = row.try_get(1)?;
             match samples.before(Instant::now(), horizon) {
-                Some(xmin) => prune(&pool, retention, &xmin).await,
+                Some(xmin) => prune(&pool, retention, &xmin, positions).await,
                 None => Ok(0),
             }
         };
@@ -135,12 +151,22 @@ impl Horizon {
     }
 }
 
-/// One round, of rows of transactions below `horizon` (an xid); returns the
-/// number of changes deleted. A batch that finds another node's lock
-/// deletes nothing and ends the round.
-pub(crate) async fn prune(pool: &Pool, retention: Duration, horizon: &str) -> Result<u64> {
+/// One round, of rows of transactions below `horizon` (an xid) and, when
+/// the database has the registry (`positions`), below every running node's
+/// read position; returns the number of changes deleted. A batch that finds
+/// another node's lock deletes nothing and ends the round.
+pub(crate) async fn prune(
+    pool: &Pool,
+    retention: Duration,
+    horizon: &str,
+    positions: bool,
+) -> Result<u64> {
     let client = pool.get().await?;
-    let stmt = client.prepare_cached(PRUNE).await?;
+    if positions {
+        client.execute(LAPSED, &[]).await?;
+    }
+    let sql = PRUNE.replace("{positions}", if positions { POSITIONS } else { "" });
+    let stmt = client.prepare_cached(&sql).await?;
     let secs = retention.as_secs_f64();
     let mut total = 0u64;
     for _ in 0..MAX_BATCHES {

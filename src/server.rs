@@ -147,6 +147,13 @@ impl Server {
         // Everything fallible is done: from here on tasks are spawned, and each
         // stops when `shutdown` fires or is dropped.
         let shutdown = ShutdownTrigger::new();
+        let reporter = crate::read_positions::run(
+            pool.clone(),
+            Arc::clone(&hub),
+            cfg.prune_every,
+            cfg.retention,
+            shutdown.subscribe(),
+        );
         let source = Source::new(
             SourceConfig {
                 database_url: cfg.database_url.clone(),
@@ -160,6 +167,7 @@ impl Server {
             Arc::clone(&health),
         );
         let mut tasks = vec![
+            tokio::spawn(reporter),
             tokio::spawn(source.run(shutdown.subscribe())),
             tokio::spawn(crate::capture::run(
                 cfg.database_url.clone(),
