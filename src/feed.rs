@@ -27,6 +27,23 @@ use thiserror::Error;
 const PAGE_ROWS: i64 = 1000;
 /// ... and about this many bytes of payload.
 const PAGE_BYTES: i64 = 4 << 20;
+/// A feed's first page read from the log asks for this many bytes of
+/// payload, and each next one `LOG_PAGE_GROWTH` times as many, up to
+/// `PAGE_BYTES`: a log page's catch-up memory is reserved before it is read
+/// (twice its bytes), so a catch-up of a few changes, the usual resume,
+/// reserves 128 KiB rather than 8 MiB, and many of them from one address (a
+/// carrier's NAT after a node restart) fit in that address's share of
+/// `--catchup-memory` at once; a long catch-up reads full pages from its
+/// third read on.
+const FIRST_LOG_PAGE_BYTES: i64 = 64 << 10;
+const LOG_PAGE_GROWTH: i64 = 8;
+
+/// The payload bytes of a feed's log page after `read` log pages.
+fn log_page_bytes(read: u8) -> i64 {
+    (0..read).fold(FIRST_LOG_PAGE_BYTES, |b, _| {
+        (b * LOG_PAGE_GROWTH).min(PAGE_BYTES)
+    })
+}
 /// How long a catch-up waits for a batch being published to close before it
 /// reads the log instead (`Feed::read_page`).
 const BATCH_CLOSE_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
@@ -172,6 +189,10 @@ pub(crate) struct Feed {
     dropped_topics: bool,
     /// The client's address, for the budget (`Start::peer`).
     peer: Option<std::net::IpAddr>,
+    /// Pages read from the log so far (saturating), which size the next one
+    /// ([`log_page_bytes`]; a byte beside the flag above: an idle stream's
+    /// state does not grow).
+    log_pages: u8,
 }
 
 enum Position {
@@ -251,6 +272,7 @@ impl Feeds {
             position: Position::At(Cursor::boundary(pos.clone())),
             dropped_topics: false,
             peer: start.peer,
+            log_pages: 0,
         };
         match cursor {
             Some(c) => {
@@ -604,9 +626,14 @@ impl Feed {
                 return Ok(done);
             }
         }
-        // a log page costs at most about PAGE_BYTES (payloads, and the frames
-        // rendered from them); what it did not use goes back once it is read
-        let Some(mut grant) = self.pay(2 * PAGE_BYTES as usize, budget).await? else {
+        // a log page costs at most about twice its bytes (payloads, and the
+        // frames rendered from them); what it did not use goes back once it
+        // is read
+        let page_size = PageSize {
+            rows: PAGE_ROWS,
+            bytes: log_page_bytes(self.log_pages),
+        };
+        let Some(mut grant) = self.pay(2 * page_size.bytes as usize, budget).await? else {
             return Ok(false);
         };
         self.sub.hub().metrics().log_reads.inc();
@@ -615,9 +642,10 @@ impl Feed {
         crate::failpoints::hit_for("feed.log_read", self.peer).await;
         let schema = self.sub.hub().schema();
         let stmt = client.prepare_cached(&changelog::sql(true, schema)).await?;
-        let scope = Scope::Topics(&topics, PAGE);
+        let scope = Scope::Topics(&topics, page_size);
         let page = changelog::read(&client, &stmt, &from, Some(&upto), scope).await?;
         drop(client);
+        self.log_pages = self.log_pages.saturating_add(1);
         if page.expired_for(&from) {
             return Err(FeedError::Expired);
         }
@@ -827,6 +855,13 @@ mod tests {
     use super::*;
     use crate::hub::QueueLimits;
     use crate::window::WindowLimits;
+
+    /// Log pages start small and reach full size by the third.
+    #[test]
+    fn log_pages_grow_to_full_size() {
+        let sizes: Vec<i64> = [0, 1, 2, 3, 255].map(log_page_bytes).to_vec();
+        assert_eq!(sizes, [64 << 10, 512 << 10, 4 << 20, 4 << 20, 4 << 20]);
+    }
 
     fn change(id: i64, xid: u64, payload: &str, at: &Snapshot) -> Arc<Change> {
         Arc::new(Change::new(

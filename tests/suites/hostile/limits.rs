@@ -276,6 +276,29 @@ async fn one_address_holds_at_most_a_quarter_of_the_pool() {
     srv.stop().await;
 }
 
+/// A catch-up's first log page is small, and so is what it reserves of the
+/// catch-up memory: ten resumes from one address reading the log at once
+/// all go (each reserves 128 KiB of the address's 2 MiB share of an 8 MiB
+/// budget; when every page reserved a full page's 8 MiB, the first went
+/// alone and the others were answered 503 `busy`, as from many customers
+/// behind one carrier NAT after a node restart).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_small_resumes_of_one_address_read_the_log_at_once() {
+    let (srv, resumed) = a_resume_from_the_log(|c| {
+        c.pool_size = 64;
+        c.catchup_memory = 8 << 20;
+    })
+    .await;
+    let base = srv.base_url();
+    let a: std::net::IpAddr = "127.0.0.79".parse().unwrap();
+    let held = rowcast::failpoints::hold("feed.log_read", Some(a));
+    let from_a: Vec<_> = (0..10).map(|_| resume_from(&base, &resumed, a)).collect();
+    eventually("ten reads of one address at once", || held.reached() == 10).await;
+    held.release();
+    all_resumed(from_a).await;
+    srv.stop().await;
+}
+
 /// A resume poll from `ip` (the read it makes can be held with the
 /// `feed.log_read` failpoint for that address): its status and body.
 fn resume_from(
@@ -361,15 +384,18 @@ async fn a_stream_that_must_retry_mid_catch_up_says_busy() {
     const BUSY: &str = "rowcast_unavailable_total{reason=\"busy\"}";
     let (srv, resumed) = a_resume_from_the_log(|c| c.catchup_memory = 1 << 20).await;
     let base = srv.base_url();
-    // one poll of this address holds the whole budget, paused in its read
+    // two polls of this address hold its share of the budget (a quarter:
+    // 256 KiB; a first log page reserves 128 KiB), paused in their reads
     let ip: std::net::IpAddr = "127.0.0.83".parse().unwrap();
     let held = rowcast::failpoints::hold("feed.log_read", Some(ip));
     let from = reqwest::Client::builder()
         .local_address(Some(ip))
         .build()
         .unwrap();
-    let holder = tokio::spawn(from.get(format!("{base}/v1/poll?{resumed}")).send());
-    eventually("the first read holds the budget", || held.reached() == 1).await;
+    let holders: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(from.get(format!("{base}/v1/poll?{resumed}")).send()))
+        .collect();
+    eventually("two reads hold the address's share", || held.reached() == 2).await;
     let before = srv.metric(BUSY);
     // a WebSocket of the same address: busy, then 1013
     let tcp = tokio::net::TcpSocket::new_v4().unwrap();
@@ -416,6 +442,8 @@ async fn a_stream_that_must_retry_mid_catch_up_says_busy() {
     assert!(text.ends_with(": try again later\n\n"), "{text}");
     assert_eq!(srv.metric(BUSY), before + 2.0);
     held.release();
-    assert_eq!(holder.await.unwrap().unwrap().status(), 200);
+    for holder in holders {
+        assert_eq!(holder.await.unwrap().unwrap().status(), 200);
+    }
     srv.stop().await;
 }
