@@ -212,7 +212,7 @@ pub struct ServerConfig {
     /// (catch-up pages, poll answers); past it catch-up waits.
     #[arg(long, env = "ROWCAST_CATCHUP_MEMORY", default_value_t = defaults::CATCHUP_MEMORY)]
     pub catchup_memory: usize,
-    /// Drop a client whose socket has accepted nothing for this long (e.g. 10s).
+    /// Drop a client whose TCP stack has acknowledged nothing for this long (e.g. 10s).
     #[arg(long, env = "ROWCAST_WRITE_TIMEOUT", default_value = defaults::WRITE_TIMEOUT, value_parser = parse_duration)]
     pub write_timeout: Duration,
     #[command(flatten)]
@@ -511,13 +511,15 @@ impl ServerConfig {
 
     /// How long bytes written to a client socket may stay unacknowledged
     /// before the kernel drops the connection (`sockets::give_up_unacknowledged`):
-    /// three unanswered keepalive intervals, and never before the write
-    /// timeouts (a client that acknowledges but does not read is a slow
-    /// consumer, counted as one). A connection cut as a slow consumer is
-    /// kept as long (`transport::wire::Wire::linger`): the kernel keeps its
-    /// last bytes that long anyway.
+    /// three unanswered keepalive intervals, and never before rowcast's own
+    /// cut of a slow consumer, which comes within a quarter past the socket
+    /// write timeout (`transport::wire::Wire::flush`): a client that stops
+    /// reading is cut, and counted, as a slow consumer, not dropped by the
+    /// kernel first. A connection cut as a slow consumer is kept as long
+    /// (`transport::wire::Wire::linger`): the kernel keeps its last bytes
+    /// that long anyway.
     pub fn unacknowledged_timeout(&self) -> Duration {
-        (self.keepalive * 3).max(self.socket_write_timeout())
+        (self.keepalive * 3).max(self.socket_write_timeout() * 3 / 2)
     }
 
     /// Checks the configuration and brings every value into its working range

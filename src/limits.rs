@@ -257,7 +257,7 @@ impl Origins {
         Origins {
             allowed: list
                 .split(',')
-                .map(|s| s.trim().trim_end_matches('/').to_ascii_lowercase())
+                .map(|s| without_default_port(&s.trim().trim_end_matches('/').to_ascii_lowercase()))
                 .filter(|s| !s.is_empty())
                 .collect(),
         }
@@ -297,6 +297,7 @@ impl Origins {
             .map_err(|_| OriginRefused)?
             .trim()
             .to_ascii_lowercase();
+        let o = without_default_port(&o);
         let host = headers
             .get(axum::http::header::HOST)
             .and_then(|h| h.to_str().ok())
@@ -312,6 +313,20 @@ impl Origins {
             Err(OriginRefused)
         }
     }
+}
+
+/// An origin as browsers write it: without its scheme's default port
+/// (`https://shop.example:443` is `https://shop.example`; an entry written
+/// with it would otherwise never match a browser's `Origin`).
+fn without_default_port(origin: &str) -> String {
+    let default = if origin.starts_with("https://") {
+        ":443"
+    } else if origin.starts_with("http://") {
+        ":80"
+    } else {
+        return origin.to_string();
+    };
+    origin.strip_suffix(default).unwrap_or(origin).to_string()
 }
 
 /// The request's `Origin` is neither the server's own nor an allowed one.
@@ -413,6 +428,33 @@ mod tests {
         assert!(Origins::default().check(&h).is_err());
         h.insert("origin", HeaderValue::from_static("null"));
         assert!(Origins::default().check(&h).is_err());
+    }
+
+    /// A scheme's default port in an entry (or an `Origin`) is dropped, as
+    /// browsers drop it from theirs; another port is kept.
+    #[test]
+    fn default_ports_are_as_browsers_write_them() {
+        let o = Origins::parse("https://shop.example:443, http://[::1]:80,https://x.example:8443");
+        assert_eq!(
+            o.allowed,
+            [
+                "https://shop.example",
+                "http://[::1]",
+                "https://x.example:8443"
+            ]
+        );
+        let mut h = HeaderMap::new();
+        for (origin, ok) in [
+            ("https://shop.example", true),
+            ("https://shop.example:443", true),
+            ("http://shop.example", false),
+            ("https://x.example", false),
+            ("https://x.example:8443", true),
+            ("http://[::1]", true),
+        ] {
+            h.insert("origin", HeaderValue::from_static(origin));
+            assert_eq!(o.check(&h).is_ok(), ok, "{origin}");
+        }
     }
 
     #[test]

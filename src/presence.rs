@@ -175,8 +175,10 @@ impl Presence {
                 .unwrap_or("")
         );
         let now = Instant::now();
+        // looked at and claimed under one lock: of reports that come
+        // together, exactly one writes
         let in_flight = {
-            let w = self.written.lock().unwrap_or_else(|p| p.into_inner());
+            let mut w = self.written.lock().unwrap_or_else(|p| p.into_inner());
             match w.get(&key) {
                 Some((t, Some(mapped))) if now.duration_since(*t) < self.write_interval => {
                     return if *mapped {
@@ -188,7 +190,17 @@ impl Presence {
                 // the first is being written, its token not known to be a
                 // user's yet
                 Some((t, None)) if now.duration_since(*t) < self.write_interval => true,
-                _ => false,
+                _ => {
+                    if w.len() >= MAX_REMEMBERED {
+                        let interval = self.write_interval;
+                        w.retain(|_, (t, _)| now.duration_since(*t) < interval);
+                        if w.len() >= MAX_REMEMBERED {
+                            w.clear();
+                        }
+                    }
+                    w.insert(key.clone(), (now, None));
+                    false
+                }
             }
         };
         if in_flight {
@@ -199,17 +211,6 @@ impl Presence {
             } else {
                 Err(PresenceError::Anonymous)
             };
-        }
-        {
-            let mut w = self.written.lock().unwrap_or_else(|p| p.into_inner());
-            if w.len() >= MAX_REMEMBERED {
-                let interval = self.write_interval;
-                w.retain(|_, (t, _)| now.duration_since(*t) < interval);
-                if w.len() >= MAX_REMEMBERED {
-                    w.clear();
-                }
-            }
-            w.insert(key.clone(), (now, None));
         }
         let written = self.touch(who).await;
         let mut w = self.written.lock().unwrap_or_else(|p| p.into_inner());

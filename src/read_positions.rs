@@ -70,17 +70,27 @@ pub(crate) async fn run(
     let valid = valid_for(every).as_secs_f64();
     let mut progress = Progress::new(retention.max(STUCK_MIN));
     let mut reported = false;
+    // warn once per stretch of failed reports, not at every interval
+    let mut failing = false;
     loop {
         let wait = match hub.reading_from() {
             None => FIRST_POSITION_POLL,
             Some((xmin, pages)) => {
                 match progress.note(Instant::now(), pages) {
-                    Moving::Yes => match report(&pool, &node, xmin, valid).await {
-                        Ok(()) => reported = true,
+                    // a report waiting for a busy pool does not hold up a stop
+                    Moving::Yes => match tokio::select! {
+                        r = report(&pool, &node, xmin, valid) => r,
+                        _ = shutdown.recv() => break,
+                    } {
+                        Ok(()) => {
+                            reported = true;
+                            failing = false;
+                        }
                         Err(e) if unmigrated(&e) => {
                             tracing::debug!("rowcast.read_positions is missing (run `rowcast migrate`): retention goes by its horizon alone")
                         }
-                        Err(e) => tracing::warn!(error = %e, "could not record this node's read position; retention goes by its horizon alone until it can"),
+                        Err(e) if !std::mem::replace(&mut failing, true) => tracing::warn!(error = %e, "could not record this node's read position; retention no longer waits for this node until it can (said once until a report succeeds)"),
+                        Err(e) => tracing::debug!(error = %e, "could not record this node's read position"),
                     },
                     Moving::Stopped => tracing::warn!(
                         "this node's change-log source has read nothing for {:?}: retention no longer waits for it (its clients resync if it misses changes)",

@@ -91,6 +91,7 @@ pub(crate) async fn run(
     mut shutdown: Shutdown,
 ) {
     let mut samples = Horizon::default();
+    let mut told_unreadable = false;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
@@ -104,13 +105,20 @@ pub(crate) async fn run(
             let row = client
                 .query_one(
                     "SELECT pg_snapshot_xmin(pg_current_snapshot())::text,
-                            to_regclass('rowcast.read_positions') IS NOT NULL",
+                            to_regclass('rowcast.read_positions') IS NOT NULL,
+                            coalesce(has_table_privilege(to_regclass('rowcast.read_positions'),
+                                                         'SELECT, DELETE'), false)",
                     &[],
                 )
                 .await?;
             drop(client);
             samples.push(Instant::now(), row.try_get(0)?);
-            let positions: bool = row.try_get(1)?;
+            let (exists, allowed): (bool, bool) = (row.try_get(1)?, row.try_get(2)?);
+            if exists && !allowed && !told_unreadable {
+                told_unreadable = true;
+                tracing::warn!("this role may not read and delete rowcast.read_positions: retention goes by its horizon alone, without waiting for the nodes' read positions (run serve as the owner of schema rowcast, or grant SELECT, INSERT, UPDATE, DELETE on it)");
+            }
+            let positions = exists && allowed;
             match samples.before(Instant::now(), horizon) {
                 Some(xmin) => prune(&pool, retention, &xmin, positions).await,
                 None => Ok(0),

@@ -16,7 +16,7 @@ pub(crate) enum Disconnect {
     ClientGone,
     /// This node is stopping: resume elsewhere.
     ServerRestart,
-    /// The socket accepted nothing for `--write-timeout`.
+    /// The client acknowledged nothing for `--write-timeout`.
     SlowConsumer,
     /// Changes the client still needed may be gone (retention pruned them
     /// while it caught up, a loss was declared, or its node's source fell

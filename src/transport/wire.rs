@@ -28,14 +28,15 @@
 //!   and bytes, `--queue-events`, `--queue-bytes`); over them it refuses
 //!   (`Taken::Full`) and the subscription lags as a full queue does (`hub`),
 //!   continued from the log once the waiting bytes are out. A frame is
-//!   always taken when nothing waits (it is shared, not copied). A socket
-//!   that accepts nothing for the transport's write timeout while bytes
-//!   wait ends the connection (`flush`: WebSocket close 4008; SSE, the
+//!   always taken when nothing waits (it is shared, not copied). A client
+//!   whose TCP stack acknowledges nothing for the transport's write timeout
+//!   while bytes wait ends the connection (`flush`: WebSocket close 4008; SSE, the
 //!   socket-level timeout, counted as a stall), its last frames queued
 //!   behind the whole frames already in the socket (`last_word`), then the
 //!   socket kept, its input read and dropped, until the client goes
 //!   (`linger`). A client that takes bytes at all, however slowly, is not
-//!   cut (`flush`).
+//!   cut (`flush`), and what the server's kernel still takes into a full
+//!   socket is not the client taking it.
 //! - Once the task starts closing (`close_direct`) the publisher appends
 //!   nothing more: the closing frame is the last frame.
 //! - A delivery the publisher takes is counted as delivered (deliveries,
@@ -305,16 +306,25 @@ impl Wire {
         Backlog(self)
     }
 
-    /// Writes everything pending; a socket that accepts nothing for `limit`
-    /// meanwhile is a slow consumer. The timer is made only when the socket
-    /// does not take the bytes at once. When it runs out, the socket is
-    /// written once more straight away: the kernel signals a full socket
-    /// writable only once half of what it holds has gone, so a client that
-    /// reads, slowly, can go longer than `limit` without a signal; any byte
-    /// taken then counts as progress, and only a socket that takes none is
-    /// cut.
+    /// Writes everything pending; a client that takes nothing for `limit`
+    /// meanwhile is a slow consumer, cut within a quarter of `limit` after
+    /// that. Progress is what the client's TCP stack acknowledged
+    /// ([`Wire::acknowledged`]), looked at whenever the socket is writable
+    /// and every eighth of `limit` while it is not (the kernel signals a
+    /// full socket writable only once half of what it holds has gone, so a
+    /// client that reads, slowly, can go longer than `limit` without a
+    /// signal; each look writes once more straight away). Not what the socket
+    /// accepted: a full socket can still take more into its send buffer
+    /// (the kernel grew one by 180 KB on loopback while its client read
+    /// nothing), and counting that, only looked at when `limit` ran out,
+    /// gave such a client twice the limit, long enough on SSE for the
+    /// kernel's own unacknowledged-data timeout to drop it first, uncounted
+    /// as a slow consumer. The timer is made only when the socket does not
+    /// take the bytes at once.
     pub(in crate::transport) async fn flush(&self, limit: Duration) -> Result<(), Disconnect> {
-        let mut seen = None;
+        let look = limit / 8;
+        // the bytes acknowledged, and since when
+        let mut progress: Option<(u64, tokio::time::Instant)> = None;
         let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
         std::future::poll_fn(|cx| loop {
             match self.poll_drain(cx) {
@@ -322,37 +332,55 @@ impl Wire {
                 Poll::Ready(Err(_)) => return Poll::Ready(Err(Disconnect::ClientGone)),
                 Poll::Pending => {}
             }
-            let written = self.out().written;
-            let deadline = tokio::time::Instant::now() + limit;
-            if seen != Some(written) {
-                seen = Some(written);
-                match timer.as_mut() {
-                    Some(t) => t.as_mut().reset(deadline),
-                    None => timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
-                }
+            let now = tokio::time::Instant::now();
+            let taken = self.acknowledged(self.out().written);
+            let since = match progress {
+                Some((t, at)) if t == taken => at,
+                _ => now,
+            };
+            progress = Some((taken, since));
+            let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(look)));
+            if timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
             }
-            match timer.as_mut().map(|t| t.as_mut().poll(cx)) {
-                Some(Poll::Ready(())) => {
-                    let mut out = self.out();
-                    let before = out.written;
-                    match self.try_drain(&mut out, true) {
-                        // all written, or failed: `poll_drain` says which
-                        Ok(true) => continue,
-                        Err(_) => {
-                            out.broken = true;
-                            continue;
-                        }
-                        Ok(false) if out.written == before => {
-                            return Poll::Ready(Err(Disconnect::SlowConsumer));
-                        }
-                        // progress: a new deadline from here
-                        Ok(false) => continue,
-                    }
+            // a look: write once more, then judge the progress since
+            let mut out = self.out();
+            match self.try_drain(&mut out, true) {
+                // all written, or failed: `poll_drain` says which
+                Ok(true) => continue,
+                Err(_) => {
+                    out.broken = true;
+                    continue;
                 }
-                _ => return Poll::Pending,
+                Ok(false) => {}
             }
+            let written = out.written;
+            drop(out);
+            if self.acknowledged(written) == taken && now.saturating_duration_since(since) >= limit
+            {
+                return Poll::Ready(Err(Disconnect::SlowConsumer));
+            }
+            timer.as_mut().reset(now + look);
         })
         .await
+    }
+
+    /// Of `written` bytes, those the client's TCP stack has acknowledged:
+    /// `written` less what the socket still holds (`SIOCOUTQ`: sent and not
+    /// yet acknowledged, or not yet sent). `written` itself where the kernel
+    /// does not say.
+    #[allow(unsafe_code)] // ioctl: see the SAFETY note
+    fn acknowledged(&self, written: u64) -> u64 {
+        use std::os::fd::AsRawFd;
+        let mut queued: libc::c_int = 0;
+        // SAFETY: the descriptor is the open socket `self.tcp` owns, for as
+        // long as `self` lives, and `TIOCOUTQ` (`SIOCOUTQ` for a TCP socket)
+        // writes one `int` to the pointer given, a live local.
+        let r = unsafe { libc::ioctl(self.tcp.as_raw_fd(), libc::TIOCOUTQ, &mut queued) };
+        match r {
+            0 => written.saturating_sub(u64::try_from(queued).unwrap_or(0)),
+            _ => written,
+        }
     }
 
     /// `writev(2)` on the socket, bypassing the runtime's readiness: the

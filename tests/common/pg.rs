@@ -222,6 +222,17 @@ pub(crate) async fn column<T: for<'a> tokio_postgres::types::FromSql<'a>>(
         .collect()
 }
 
+/// A role name for `db`'s tests: `prefix` and the database's oid (role
+/// names are cluster-wide, and every test has a database of its own).
+pub(crate) async fn role_of_this_db(db: &Client, prefix: &str) -> String {
+    let oid = column_i64(
+        db,
+        "SELECT oid::bigint FROM pg_database WHERE datname = current_database()",
+    )
+    .await[0];
+    format!("{prefix}_{oid}")
+}
+
 /// First column of every row of `sql`, as i64.
 pub(crate) async fn column_i64(db: &Client, sql: &str) -> Vec<i64> {
     column(db, sql).await

@@ -883,6 +883,46 @@ async fn only_valid_read_positions_hold_retention_back() {
     assert_eq!(column_i64(&db, rows).await, [0], "the stopped node's row");
 }
 
+/// A `serve` role that may not read `rowcast.read_positions` (rights
+/// granted table by table before that table existed) still prunes, by the
+/// horizon alone, and serves. (Before, every prune round failed on the
+/// registry, and the log grew without bound.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_without_rights_on_read_positions_still_prunes() {
+    let url = fresh_db().await;
+    let db = connect(&url).await;
+    let role = role_of_this_db(&db, "svc").await;
+    db.batch_execute(&format!(
+        "CREATE ROLE {role} LOGIN;
+         GRANT USAGE ON SCHEMA rowcast TO {role};
+         GRANT ALL ON ALL TABLES IN SCHEMA rowcast TO {role};
+         GRANT ALL ON ALL SEQUENCES IN SCHEMA rowcast TO {role};
+         REVOKE ALL ON rowcast.read_positions FROM {role};"
+    ))
+    .await
+    .unwrap();
+    let as_role = url.replacen("postgres@", &format!("{role}@"), 1);
+    let srv = server_with(&as_role, |c| {
+        c.retention = Duration::from_secs(1);
+        c.prune_every = Duration::from_millis(100);
+        c.idle_poll = Duration::from_millis(500);
+    })
+    .await;
+    let mut p = Poller::start(&srv.base_url(), "p").await;
+    emit(&db, "p", 1).await;
+    assert_eq!(n(&p.events(1).await[0]), 1, "it serves");
+    eventually_async("retention pruned the change", || async {
+        column_i64(
+            &db,
+            "SELECT count(*) FROM rowcast.changes WHERE topics = ARRAY['p']",
+        )
+        .await
+            == [0]
+    })
+    .await;
+    srv.stop().await;
+}
+
 /// `--shutdown-delay`: on SIGTERM the node answers `/readyz` 503
 /// "draining" and keeps serving for the delay (its streams deliver, new
 /// requests are answered), then stops as without it (WS 1012).

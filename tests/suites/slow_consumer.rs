@@ -95,6 +95,39 @@ async fn stuck_sse_client_is_disconnected() {
     srv.stop().await;
 }
 
+/// A stuck SSE stream under a short `--keepalive` is still cut, and counted,
+/// as a slow consumer: the kernel's own timeout for unacknowledged bytes
+/// (3 × `--keepalive`, at least 1.5 × the socket-level write timeout) comes
+/// after rowcast's cut. (Before, a full socket's growing send buffer counted
+/// as progress and the cut came a whole timeout late; with `--keepalive 1s`
+/// the kernel dropped the connection first, counted as the client gone.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_sse_client_under_a_short_keepalive_is_counted_as_slow() {
+    let _faults = faults::shared().await;
+    let url = fresh_db().await;
+    let srv = server_with(&url, |c| {
+        c.write_timeout = Duration::from_secs(2);
+        c.keepalive = Duration::from_secs(1);
+    })
+    .await;
+    let _stuck = stalled_get(srv.addr, "/v1/events?topics=s").await;
+    eventually("the stuck SSE stream is open", || {
+        srv.metric("rowcast_connections{transport=\"sse\"}") == 1.0
+    })
+    .await;
+    emit_padded(&connect(&url).await, "s", 10_000).await;
+    eventually("the stuck SSE client was cut", || {
+        srv.metric("rowcast_connections{transport=\"sse\"}") == 0.0
+    })
+    .await;
+    assert_eq!(
+        srv.metric("rowcast_slow_consumer_drops_total{transport=\"sse\"}"),
+        1.0,
+        "counted as a slow consumer"
+    );
+    srv.stop().await;
+}
+
 /// Documented bound (README, "Limits and hostile input"): while anonymous
 /// clients catch up with the longest cursors the server accepts, its RSS grows
 /// by at most `--catchup-memory` plus this much.

@@ -251,15 +251,7 @@ async fn keys_shifted_in_one_statement_leave_no_live_row_deleted() {
 async fn a_writer_role_with_the_documented_grants_writes_a_tracked_table() {
     let url = fresh_db().await;
     let db = connect(&url).await;
-    // role names are cluster-wide: one per test database
-    let role = format!(
-        "app_{}",
-        column_i64(
-            &db,
-            "SELECT oid::bigint FROM pg_database WHERE datname = current_database()"
-        )
-        .await[0]
-    );
+    let role = role_of_this_db(&db, "app").await;
     db.batch_execute(&format!(
         "CREATE TABLE public.tickets (id bigint PRIMARY KEY, title text);
          SELECT rowcast.track('tickets');
