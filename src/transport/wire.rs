@@ -333,7 +333,7 @@ impl Wire {
                 Poll::Pending => {}
             }
             let now = tokio::time::Instant::now();
-            let taken = self.acknowledged(self.out().written);
+            let taken = self.acknowledged_now();
             let since = match progress {
                 Some((t, at)) if t == taken => at,
                 _ => now,
@@ -363,6 +363,13 @@ impl Wire {
             timer.as_mut().reset(now + look);
         })
         .await
+    }
+
+    /// The bytes written so far that the client's TCP stack has
+    /// acknowledged ([`Wire::acknowledged`]).
+    pub(in crate::transport) fn acknowledged_now(&self) -> u64 {
+        let written = self.out().written;
+        self.acknowledged(written)
     }
 
     /// Of `written` bytes, those the client's TCP stack has acknowledged:

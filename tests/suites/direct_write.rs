@@ -825,3 +825,46 @@ async fn malformed_upgrades_are_refused() {
         }
     }
 }
+
+/// A client reading, at its own pace, a burst that fit in its socket is not
+/// closed by the keepalive before it reaches the ping queued behind the
+/// burst: its TCP stack's acknowledgements prove it alive. (Before: 1001
+/// `keepalive timeout` two intervals after the ping, while it was still
+/// reading; r3's review measured it at 60 s with the defaults.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_reading_a_burst_slowly_outlives_the_keepalive() {
+    let url = fresh_db().await;
+    let srv = server_with(&url, |c| c.keepalive = Duration::from_secs(1)).await;
+    let mut ws = small_ws(srv.addr, "topics=slow").await;
+    let db = connect(&url).await;
+    // ~1.5 MB: fits in the server's send buffer, nothing waits in rowcast
+    emit_padded(&db, "slow", 1500).await;
+    let mut next = 1;
+    let deadline = tokio::time::Instant::now() + ARRIVAL;
+    while next <= 1500 {
+        let m = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .expect("within the arrival bound")
+            .expect("the connection is open")
+            .expect("a frame");
+        match m {
+            Message::Text(t) => {
+                let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                assert_eq!(v["data"]["n"], json!(next), "{v}");
+                next += 1;
+                // 1500 events over ~4.5 s: past two intervals of 1 s
+                tokio::time::sleep(Duration::from_millis(3)).await;
+            }
+            Message::Close(c) => panic!("closed at event {next}: {c:?}"),
+            _ => {}
+        }
+    }
+    // still open, and live
+    emit(&db, "slow", 2000).await;
+    assert_eq!(next_json(&mut ws).await["data"]["n"], json!(2000));
+    assert_eq!(
+        srv.metric("rowcast_ws_closed_total{reason=\"keepalive_timeout\"}"),
+        0.0
+    );
+    srv.stop().await;
+}

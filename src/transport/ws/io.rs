@@ -156,7 +156,7 @@ impl Session {
                         };
                     }
                 },
-                at = ping.tick() => match keepalive.tick(at, self.wire.written()) {
+                at = ping.tick() => match keepalive.tick(at, self.wire.written(), self.wire.acknowledged_now()) {
                     Beat::Skip => {}
                     Beat::Dead => return Disconnect::KeepaliveTimeout,
                     Beat::Ping => {
