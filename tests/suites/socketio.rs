@@ -2183,7 +2183,7 @@ async fn connects_are_counted_checked_and_names_not_echoed_whole() {
         r#"40{"topics":5}"#,
         r#"40{"topics":["a",5]}"#,
         r#"40{"token":5}"#,
-        r#"40{"token":null}"#,
+        r#"40{"token":[]}"#,
         r#"40{"pid":[]}"#,
         r#"40{"offset":1}"#,
         r#"40{"snapshot":"yes"}"#,
@@ -2202,6 +2202,11 @@ async fn connects_are_counted_checked_and_names_not_echoed_whole() {
         );
     }
     assert!(srv.metric("rowcast_rejected_total{reason=\"bad_message\"}") >= 12.0);
+    // `auth: { token: userToken }` with no user signed in (`null`): no
+    // token, so anonymous, as without `auth`
+    let mut ws = Box::pin(raw_open(&base)).await;
+    let got = said(&mut ws, r#"40{"token":null,"topics":["a"]}"#).await;
+    assert!(got.starts_with("40{") && got.contains(r#""sid""#), "{got}");
     // an unknown event's name is not echoed whole
     let mut ws = Box::pin(raw_open(&base)).await;
     assert!(said(&mut ws, "40").await.starts_with("40{"));

@@ -686,11 +686,14 @@ fn error_event(code: ErrorCode, message: &str) -> String {
 }
 
 /// What a CONNECT carries: no ack id, and nothing (an empty object) or an
-/// object whose `token`, `pid` and `offset` are strings, `topics` a string
+/// object whose `token` is a string or `null` (no token: FR-021's client
+/// sends `auth: { token: userToken }`, and an app keeps a visitor's
+/// `userToken` as `null`), `pid` and `offset` strings, `topics` a string
 /// or a list of strings and `snapshot` a boolean; other fields are the
 /// app's, ignored. Anything else (`40[1]`, `401`, `40null`,
-/// `40{"topics":5}`) is refused with `connect_error` "bad_message: <why>"
-/// (one of the session's CONNECT attempts), never read as "no token".
+/// `40{"topics":5}`, `40{"token":5}`) is refused with `connect_error`
+/// "bad_message: <why>" (one of the session's CONNECT attempts), never read
+/// as "no token".
 fn connect_payload(ack: Option<u64>, data: Option<Value>) -> Result<Value, &'static str> {
     if ack.is_some() {
         return Err("a CONNECT has no ack id");
@@ -701,8 +704,11 @@ fn connect_payload(ack: Option<u64>, data: Option<Value>) -> Result<Value, &'sta
         Some(_) => return Err("the CONNECT payload (auth) is an object"),
     };
     let string = |k: &str| auth.get(k).is_none_or(Value::is_string);
-    if !string("token") {
-        return Err("auth.token is a string");
+    if !auth
+        .get("token")
+        .is_none_or(|t| t.is_string() || t.is_null())
+    {
+        return Err("auth.token is a string (or null: no token)");
     }
     if !string("pid") || !string("offset") {
         return Err("pid and offset are strings");
