@@ -48,6 +48,28 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+impl Error {
+    /// The database lacks rowcast's schema or part of it (a table, function
+    /// or column a newer binary uses before `rowcast migrate` ran), on a
+    /// dedicated or a pooled connection.
+    pub(crate) fn unmigrated(&self) -> bool {
+        use tokio_postgres::error::SqlState;
+        let code = match self {
+            Error::Db(e) => e.code(),
+            Error::Pool(deadpool_postgres::PoolError::Backend(e)) => e.code(),
+            _ => None,
+        };
+        [
+            SqlState::UNDEFINED_TABLE,
+            SqlState::UNDEFINED_FUNCTION,
+            SqlState::INVALID_SCHEMA_NAME,
+            SqlState::UNDEFINED_COLUMN,
+        ]
+        .iter()
+        .any(|c| code == Some(c))
+    }
+}
+
 impl From<tokio_postgres::Error> for Error {
     fn from(e: tokio_postgres::Error) -> Error {
         Error::Db(e)

@@ -86,7 +86,7 @@ pub(crate) async fn run(
                             reported = true;
                             failing = false;
                         }
-                        Err(e) if unmigrated(&e) => {
+                        Err(e) if e.unmigrated() => {
                             tracing::debug!("rowcast.read_positions is missing (run `rowcast migrate`): retention goes by its horizon alone")
                         }
                         Err(e) if !std::mem::replace(&mut failing, true) => tracing::warn!(error = %e, "could not record this node's read position; retention no longer waits for this node until it can (said once until a report succeeds)"),
@@ -129,17 +129,6 @@ async fn report(pool: &Pool, node: &str, xmin: u64, valid_secs: f64) -> Result<(
         .execute(&stmt, &[&node, &xmin.to_string(), &valid_secs])
         .await?;
     Ok(())
-}
-
-/// The database has no `rowcast.read_positions` yet (a newer binary before
-/// `migrate`).
-fn unmigrated(e: &crate::error::Error) -> bool {
-    let code = match e {
-        crate::error::Error::Db(e) => e.code(),
-        crate::error::Error::Pool(deadpool_postgres::PoolError::Backend(e)) => e.code(),
-        _ => None,
-    };
-    code == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE)
 }
 
 /// Whether the source is still reading, from its count of published pages.

@@ -209,7 +209,7 @@ impl Source {
                         backoff = BACKOFF_MIN;
                     }
                     let jitter = backoff.mul_f64(0.5 + fastrand::f64());
-                    match unmigrated(&e) {
+                    match e.unmigrated() {
                         true => {
                             tracing::warn!(cause = %e, retry_in = ?jitter, "change-log source stopped; reconnecting (rowcast's schema is missing or incomplete: run `rowcast migrate` on this database)")
                         }
@@ -617,22 +617,6 @@ impl Pace {
 struct OpenBatch {
     from: Cursor,
     upto: Snapshot,
-}
-
-/// Whether the source stopped because rowcast's schema is not there (a
-/// database `rowcast migrate` never ran on, or ran on only in part): worth
-/// telling the operator, since retrying will not fix it.
-fn unmigrated(e: &Error) -> bool {
-    use tokio_postgres::error::SqlState;
-    let Error::Db(e) = e else { return false };
-    [
-        SqlState::UNDEFINED_TABLE,
-        SqlState::UNDEFINED_FUNCTION,
-        SqlState::INVALID_SCHEMA_NAME,
-        SqlState::UNDEFINED_COLUMN,
-    ]
-    .iter()
-    .any(|c| e.code() == Some(c))
 }
 
 #[cfg(test)]
