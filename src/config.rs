@@ -512,14 +512,20 @@ impl ServerConfig {
     /// How long bytes written to a client socket may stay unacknowledged
     /// before the kernel drops the connection (`sockets::give_up_unacknowledged`):
     /// three unanswered keepalive intervals, and never before rowcast's own
-    /// cut of a slow consumer, which comes within a quarter past the socket
-    /// write timeout (`transport::wire::Wire::flush`): a client that stops
-    /// reading is cut, and counted, as a slow consumer, not dropped by the
-    /// kernel first. A connection cut as a slow consumer is kept as long
-    /// (`transport::wire::Wire::linger`): the kernel keeps its last bytes
-    /// that long anyway.
+    /// cut of a slow consumer: within a quarter past the socket write timeout
+    /// for a full socket (`transport::wire::Wire::flush`), by the second
+    /// keepalive tick past it for a client that stopped reading with all it
+    /// was sent in the socket (`transport::wire::Wire::stopped_reading`), so
+    /// 1.5 × that timeout, and that timeout plus two intervals, at least. A
+    /// client that stops reading is cut, and counted, as a slow consumer, not
+    /// dropped by the kernel first. A connection cut as a slow consumer is
+    /// kept as long (`transport::wire::Wire::linger`): the kernel keeps its
+    /// last bytes that long anyway.
     pub fn unacknowledged_timeout(&self) -> Duration {
-        (self.keepalive * 3).max(self.socket_write_timeout() * 3 / 2)
+        let socket = self.socket_write_timeout();
+        (self.keepalive * 3)
+            .max(socket * 3 / 2)
+            .max(socket + self.keepalive * 2)
     }
 
     /// Checks the configuration and brings every value into its working range
@@ -660,6 +666,24 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         cfg: ServerConfig,
+    }
+
+    /// The kernel gives a socket up only after rowcast's own slowest cut of
+    /// a slow consumer: a full socket's (`Wire::flush`, within an eighth past
+    /// the limit) and a stopped reader's (`Wire::stopped_reading`, by the
+    /// second keepalive tick past it), on every transport's limit.
+    #[test]
+    fn the_kernel_gives_up_after_rowcast_cuts() {
+        for (keepalive, write) in [(15, 10), (1, 2), (3, 2), (9, 10), (1, 60), (60, 1)] {
+            let mut cfg = ServerConfig::new("postgres://x/y", "127.0.0.1:9".parse().unwrap());
+            cfg.keepalive = Duration::from_secs(keepalive);
+            cfg.write_timeout = Duration::from_secs(write);
+            let kernel = cfg.unacknowledged_timeout();
+            for limit in [cfg.write_timeout, cfg.socket_write_timeout()] {
+                assert!(limit * 9 / 8 < kernel, "{keepalive} {write}");
+                assert!(limit + cfg.keepalive * 2 <= kernel, "{keepalive} {write}");
+            }
+        }
     }
 
     #[test]

@@ -31,7 +31,10 @@
 //!   always taken when nothing waits (it is shared, not copied). A client
 //!   whose TCP stack acknowledges nothing for the transport's write timeout
 //!   while bytes wait ends the connection (`flush`: WebSocket close 4008; SSE, the
-//!   socket-level timeout, counted as a stall), its last frames queued
+//!   socket-level timeout, counted as a stall), and so does one that stopped
+//!   reading while what it was sent fit in the socket, its window closed on
+//!   bytes the socket cannot send (`stopped_reading`, looked at on each
+//!   keepalive tick of its task); its last frames queued
 //!   behind the whole frames already in the socket (`last_word`), then the
 //!   socket kept, its input read and dropped, until the client goes
 //!   (`linger`). A client that takes bytes at all, however slowly, is not
@@ -116,6 +119,9 @@ struct Out {
     last: bool,
     /// The socket failed: nothing more can be written.
     broken: bool,
+    /// The client's window was seen closed (`Wire::stopped_reading`) with
+    /// this many bytes acknowledged, first at this tick.
+    closed_window: Option<(u64, tokio::time::Instant)>,
     /// The task, waiting for something to be pending.
     waker: Option<Waker>,
 }
@@ -363,6 +369,54 @@ impl Wire {
             timer.as_mut().reset(now + look);
         })
         .await
+    }
+
+    /// A look from the connection's task at its keepalive tick, for the
+    /// client that `flush` never sees: one that stopped reading while what
+    /// it was sent fit in the socket. Nothing waits in rowcast, but the
+    /// socket holds bytes it cannot send (`SIOCOUTQNSD`): the client's
+    /// kernel buffered all it could and its window is closed. True when the
+    /// window was seen closed at a look at least `limit` ago and the client
+    /// acknowledged nothing since: a slow consumer, as `flush` judges one
+    /// (looked at every tick, so cut between `limit` and `limit` plus two
+    /// ticks after it stopped). A socket whose bytes were all sent and await
+    /// acknowledgement (a vanished host, a slow path) is not judged here: a
+    /// quiet one is keepalive's, and the kernel drops any at
+    /// `TCP_USER_TIMEOUT` (`sockets::give_up_unacknowledged`).
+    pub(in crate::transport) fn stopped_reading(
+        &self,
+        now: tokio::time::Instant,
+        limit: Duration,
+    ) -> bool {
+        let mut out = self.out();
+        if self.unsent() == 0 {
+            out.closed_window = None;
+            return false;
+        }
+        let acked = self.acknowledged(out.written);
+        match out.closed_window {
+            Some((a, since)) if a == acked => now.saturating_duration_since(since) >= limit,
+            _ => {
+                out.closed_window = Some((acked, now));
+                false
+            }
+        }
+    }
+
+    /// The bytes the socket holds and has not sent yet (`SIOCOUTQNSD`): 0
+    /// where the kernel does not say.
+    #[allow(unsafe_code)] // ioctl: see the SAFETY note
+    fn unsent(&self) -> u64 {
+        use std::os::fd::AsRawFd;
+        let mut unsent: libc::c_int = 0;
+        // SAFETY: the descriptor is the open socket `self.tcp` owns, for as
+        // long as `self` lives, and `SIOCOUTQNSD` writes one `int` to the
+        // pointer given, a live local.
+        let r = unsafe { libc::ioctl(self.tcp.as_raw_fd(), libc::SIOCOUTQNSD, &mut unsent) };
+        match r {
+            0 => u64::try_from(unsent).unwrap_or(0),
+            _ => 0,
+        }
     }
 
     /// The bytes written so far that the client's TCP stack has

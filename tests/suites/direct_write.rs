@@ -204,6 +204,51 @@ impl RawSse {
         }
     }
 
+    /// Reads until the server ends the stream of a client it cut as a slow
+    /// consumer, and returns the events in it (`n` and id): whole chunks,
+    /// keepalive comments aside, then the ending comment and the body's
+    /// last chunk.
+    async fn until_slow_consumer_ending(&mut self) -> Vec<(i64, String)> {
+        let mut raw = Vec::new();
+        let end = tokio::time::Instant::now() + 3 * ARRIVAL;
+        loop {
+            let mut chunk = vec![0u8; 64 * 1024];
+            match tokio::time::timeout_at(end, self.tcp.read(&mut chunk)).await {
+                Ok(Ok(0)) => break,
+                Ok(Ok(n)) => raw.extend_from_slice(&chunk[..n]),
+                other => panic!(
+                    "after {} bytes the stream did not end: {other:?}",
+                    raw.len()
+                ),
+            }
+        }
+        assert!(
+            raw.ends_with(b"\r\n0\r\n\r\n"),
+            "the body's last chunk ends the stream: {:?}",
+            String::from_utf8_lossy(&raw[raw.len().saturating_sub(200)..])
+        );
+        self.wire.extend_from_slice(&raw);
+        self.dechunk();
+        assert!(self.wire.is_empty(), "whole chunks only");
+        let blocks: Vec<&str> = self.text.split_terminator("\n\n").collect();
+        let (ending, blocks) = blocks.split_last().expect("blocks");
+        assert_eq!(
+            *ending,
+            ": slow consumer; reconnect to resync from your Last-Event-ID"
+        );
+        blocks
+            .iter()
+            .filter(|block| **block != ": keepalive")
+            .map(|block| {
+                let line = |p: &str| block.lines().find_map(|l| l.strip_prefix(p));
+                let data = line("data: ").unwrap_or_else(|| panic!("an event: {block:?}"));
+                let v: Value = serde_json::from_str(data).expect("JSON");
+                let id = line("id: ").expect("an id");
+                (v["data"]["n"].as_i64().expect("n"), id.to_string())
+            })
+            .collect()
+    }
+
     async fn read_more(&mut self) {
         {
             let mut chunk = vec![0u8; 4096];
@@ -417,42 +462,7 @@ async fn a_stuck_sse_client_is_cut_with_its_ending_and_resumes_exactly() {
     })
     .await;
     tokio::time::sleep(READS_AGAIN_AFTER).await;
-    let mut raw = Vec::new();
-    let end = tokio::time::Instant::now() + 3 * ARRIVAL;
-    loop {
-        let mut chunk = vec![0u8; 64 * 1024];
-        match tokio::time::timeout_at(end, stuck.tcp.read(&mut chunk)).await {
-            Ok(Ok(0)) => break,
-            Ok(Ok(n)) => raw.extend_from_slice(&chunk[..n]),
-            other => panic!(
-                "after {} bytes the stream did not end: {other:?}",
-                raw.len()
-            ),
-        }
-    }
-    assert!(
-        raw.ends_with(b"\r\n0\r\n\r\n"),
-        "the body's last chunk ends the stream: {:?}",
-        String::from_utf8_lossy(&raw[raw.len().saturating_sub(200)..])
-    );
-    stuck.wire.extend_from_slice(&raw);
-    stuck.dechunk();
-    assert!(stuck.wire.is_empty(), "whole chunks only");
-    let blocks: Vec<&str> = stuck.text.split_terminator("\n\n").collect();
-    let (ending, events) = blocks.split_last().expect("blocks");
-    assert_eq!(
-        *ending,
-        ": slow consumer; reconnect to resync from your Last-Event-ID"
-    );
-    let seen: Vec<(i64, String)> = events
-        .iter()
-        .map(|block| {
-            let line = |p: &str| block.lines().find_map(|l| l.strip_prefix(p));
-            let v: Value = serde_json::from_str(line("data: ").expect("an event")).expect("JSON");
-            let id = line("id: ").expect("an id");
-            (v["data"]["n"].as_i64().expect("n"), id.to_string())
-        })
-        .collect();
+    let seen = stuck.until_slow_consumer_ending().await;
     resumes_exactly(&srv, &seen, cursor, EVENTS).await;
 }
 
@@ -514,6 +524,108 @@ async fn a_stuck_socketio_client_is_cut_and_resumes_exactly() {
     })
     .await;
     resumes_exactly(&srv, &seen, offset, EVENTS).await;
+}
+
+/// Events of a client that stops reading while all of them fit in the
+/// server's socket (~200 KB: beyond the client's 4 KiB window, within what
+/// the kernel gives a fresh loopback socket's send buffer), so nothing waits
+/// in rowcast and no write of rowcast's times out.
+const FITTING_EVENTS: i64 = 200;
+
+/// A server whose clients acknowledging nothing for 2 s are slow consumers
+/// (SSE: 5 s), looked at every `keepalive`. The kernel drops them at 7.5 s
+/// or later (`ServerConfig::unacknowledged_timeout`).
+async fn quick_to_cut(url: &str, keepalive: Duration) -> rowcast::server::Server {
+    server_with(url, |c| {
+        c.write_timeout = Duration::from_secs(2);
+        c.keepalive = keepalive;
+    })
+    .await
+}
+
+/// A client that stops reading while all it was sent fits in its socket
+/// is a slow consumer too, though nothing waits in rowcast: its window is
+/// closed on bytes the socket holds, and nothing is acknowledged for the
+/// write timeout (`Wire::stopped_reading`, at the keepalive ticks). It is
+/// cut and counted as one (4008), reads whole events and then the close
+/// frame, and resumes exactly. (Before: left to the kernel's
+/// `TCP_USER_TIMEOUT`, a reset counted as `client_gone`, the close frame
+/// never sent.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_with_little_pending_is_cut_as_slow() {
+    let url = fresh_db().await;
+    let srv = quick_to_cut(&url, Duration::from_secs(1)).await;
+    let mut stuck = small_ws(srv.addr, "topics=s").await;
+    let db = connect(&url).await;
+    emit(&db, "s", 1).await;
+    let first = next_json(&mut stuck).await;
+    assert_eq!(first["data"]["n"], 1);
+    let cursor = first["id"].as_str().expect("a cursor").to_string();
+    emit_padded(&db, "s", FITTING_EVENTS).await;
+    eventually_async("the stuck client is cut", || async {
+        srv.metric("rowcast_slow_consumer_drops_total{transport=\"ws\"}") == 1.0
+    })
+    .await;
+    let seen = read_until_cut(&mut stuck, |t| {
+        let v: Value = serde_json::from_str(t).expect("JSON");
+        let n = v["data"]["n"].as_i64().expect("an event");
+        Some((n, v["id"].as_str().expect("a cursor").to_string()))
+    })
+    .await;
+    resumes_exactly(&srv, &seen, cursor, FITTING_EVENTS).await;
+    assert_eq!(
+        srv.metric("rowcast_ws_closed_total{reason=\"slow_consumer\"}"),
+        1.0
+    );
+}
+
+/// The same over Socket.IO's WebSocket, whose pings go to every connection
+/// (with `--keepalive` at least the write timeout, the cut comes before the
+/// unanswered ping's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socketio_client_that_stops_reading_with_little_pending_is_cut_as_slow() {
+    let url = fresh_db().await;
+    let srv = quick_to_cut(&url, Duration::from_secs(2)).await;
+    let mut stuck = RawSio::connect(srv.addr, "topics=s").await;
+    let db = connect(&url).await;
+    emit(&db, "s", 1).await;
+    let first = stuck.next_envelope().await;
+    assert_eq!(first["data"]["n"], 1);
+    let offset = first["id"].as_str().expect("an offset").to_string();
+    emit_padded(&db, "s", FITTING_EVENTS).await;
+    eventually_async("the stuck client is cut", || async {
+        srv.metric("rowcast_slow_consumer_drops_total{transport=\"socketio\"}") == 1.0
+    })
+    .await;
+    let seen = read_until_cut(&mut stuck.0, |t| {
+        let v: Value = serde_json::from_str(t.strip_prefix("42")?).expect("a JSON packet");
+        let n = v[1]["n"].as_i64().expect("an event");
+        Some((n, v[2].as_str().expect("an offset").to_string()))
+    })
+    .await;
+    resumes_exactly(&srv, &seen, offset, FITTING_EVENTS).await;
+}
+
+/// The same over SSE on the raw socket (cut after the socket-level write
+/// timeout, with its ending comment and last chunk after whole events).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sse_client_that_stops_reading_with_little_pending_is_cut_as_slow() {
+    let url = fresh_db().await;
+    let srv = quick_to_cut(&url, Duration::from_secs(1)).await;
+    let mut stuck = RawSse::get(srv.addr, "topics=s").await;
+    stuck.opened().await;
+    let db = connect(&url).await;
+    emit(&db, "s", 1).await;
+    let first = stuck.next_event().await;
+    assert_eq!(first["data"]["n"], 1);
+    let cursor = first["id"].as_str().expect("a cursor").to_string();
+    emit_padded(&db, "s", FITTING_EVENTS).await;
+    eventually_async("the stuck stream is cut", || async {
+        srv.metric("rowcast_slow_consumer_drops_total{transport=\"sse\"}") == 1.0
+    })
+    .await;
+    let seen = stuck.until_slow_consumer_ending().await;
+    resumes_exactly(&srv, &seen, cursor, FITTING_EVENTS).await;
 }
 
 /// How long a client cut for being slow waits before it reads again: past

@@ -373,7 +373,10 @@ impl Connection {
                         return Disconnect::from(&e);
                     }
                 },
-                _ = ping.tick() => {
+                at = ping.tick() => {
+                    if self.wire.stopped_reading(at, limit) {
+                        return Disconnect::SlowConsumer;
+                    }
                     if pong_due.is_some_and(|at| at.elapsed() > settings.ping_timeout) {
                         return Disconnect::KeepaliveTimeout;
                     }

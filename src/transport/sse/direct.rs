@@ -87,7 +87,10 @@ impl Stream {
                         wire.close_direct();
                     }
                     let Some(chunk) = chunk else {
-                        return Ok(());
+                        return match self.stuck {
+                            true => Err(Disconnect::SlowConsumer),
+                            false => Ok(()),
+                        };
                     };
                     let mut out = Vec::with_capacity(chunk.len() + 12);
                     http_chunk_into(&mut out, &chunk);

@@ -10,8 +10,9 @@
 //! client that falls behind continues from the change log (see `feed`); one
 //! whose socket accepts nothing is cut after the socket-level write timeout
 //! (`ServerConfig::socket_write_timeout`: `http::WriteTimeout` on hyper's
-//! path, the wire's flush in `direct`), and EventSource reconnects with its
-//! Last-Event-ID.
+//! path, the wire's flush in `direct`, and there also one that stopped
+//! reading with all it was sent in the socket: `Wire::stopped_reading` at the
+//! keepalive tick), and EventSource reconnects with its Last-Event-ID.
 //!
 //! Two ways to write a stream: a request answered by `direct_http1` (every
 //! plain HTTP/1.1 GET) takes its raw socket over, and the publisher writes
@@ -96,6 +97,7 @@ async fn open(app: Arc<App>, req: StreamRequest, raw: bool) -> Result<Response, 
         },
         quiet: true,
         done: false,
+        stuck: false,
         direct: None,
         seen: 0,
         expires: admitted
@@ -137,6 +139,9 @@ struct Stream {
     keepalive: tokio::time::Interval,
     quiet: bool,
     done: bool,
+    /// Its client stopped reading (`stopped_reading`): the stream ends as a
+    /// slow consumer's.
+    stuck: bool,
     /// On the raw socket (`direct`): its writer, which the publisher writes
     /// to as well, and its written-bytes count after the task's last chunk,
     /// so that a tick after the publisher's writes sends no comment either.
@@ -161,7 +166,11 @@ impl Stream {
             let has_expiry = self.expires.is_some();
             tokio::select! {
                 r = self.feed.next_batch(MAX_COALESCE) => break r,
-                _ = self.keepalive.tick() => {
+                at = self.keepalive.tick() => {
+                    if self.stopped_reading(at) {
+                        self.stuck = true;
+                        return None;
+                    }
                     if std::mem::replace(&mut self.quiet, true) && !self.publisher_wrote() {
                         return Some(Bytes::from_static(b": keepalive\n\n"));
                     }
@@ -195,6 +204,16 @@ impl Stream {
         }
         self.conn.metrics().delivered_batch(&batch);
         Some(buf.freeze())
+    }
+
+    /// On the raw socket: its client stopped reading while what it was sent
+    /// fit in the socket (`Wire::stopped_reading`, under the socket-level
+    /// write timeout), a slow consumer. Never on hyper's path, whose
+    /// `http::WriteTimeout` sees only a full socket.
+    fn stopped_reading(&self, at: tokio::time::Instant) -> bool {
+        self.direct
+            .as_ref()
+            .is_some_and(|wire| wire.stopped_reading(at, self.app.cfg.socket_write_timeout()))
     }
 
     /// The publisher wrote to the raw socket since the last look (never, on

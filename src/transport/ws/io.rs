@@ -156,17 +156,22 @@ impl Session {
                         };
                     }
                 },
-                at = ping.tick() => match keepalive.tick(at, self.wire.written(), self.wire.acknowledged_now()) {
-                    Beat::Skip => {}
-                    Beat::Dead => return Disconnect::KeepaliveTimeout,
-                    Beat::Ping => {
-                        let ping = send_within(&mut self.socket, &self.wire, Message::Ping(bytes::Bytes::new()), limit);
-                        if let Err(end) = Box::pin(ping).await {
-                            return end;
-                        }
-                        keepalive.pinged(at, self.wire.written());
+                at = ping.tick() => {
+                    if self.wire.stopped_reading(at, limit) {
+                        return Disconnect::SlowConsumer;
                     }
-                },
+                    match keepalive.tick(at, self.wire.written(), self.wire.acknowledged_now()) {
+                        Beat::Skip => {}
+                        Beat::Dead => return Disconnect::KeepaliveTimeout,
+                        Beat::Ping => {
+                            let ping = send_within(&mut self.socket, &self.wire, Message::Ping(bytes::Bytes::new()), limit);
+                            if let Err(end) = Box::pin(ping).await {
+                                return end;
+                            }
+                            keepalive.pinged(at, self.wire.written());
+                        }
+                    }
+                }
                 _ = shutdown.recv() => {}
             }
         }
