@@ -33,8 +33,8 @@
 //!   while bytes wait ends the connection (`flush`: WebSocket close 4008; SSE, the
 //!   socket-level timeout, counted as a stall), and so does one that stopped
 //!   reading while what it was sent fit in the socket, its window closed on
-//!   bytes the socket cannot send (`stopped_reading`, looked at on each
-//!   keepalive tick of its task); its last frames queued
+//!   bytes the socket holds (`stopped_reading`, looked at on each keepalive
+//!   tick of its task); its last frames queued
 //!   behind the whole frames already in the socket (`last_word`), then the
 //!   socket kept, its input read and dropped, until the client goes
 //!   (`linger`). A client that takes bytes at all, however slowly, is not
@@ -120,7 +120,7 @@ struct Out {
     /// The socket failed: nothing more can be written.
     broken: bool,
     /// The client's window was seen closed (`Wire::stopped_reading`) with
-    /// this many bytes acknowledged, first at this tick.
+    /// this many bytes acknowledged (`Sending::acked`), first at this tick.
     closed_window: Option<(u64, tokio::time::Instant)>,
     /// The task, waiting for something to be pending.
     waker: Option<Waker>,
@@ -374,26 +374,34 @@ impl Wire {
     /// A look from the connection's task at its keepalive tick, for the
     /// client that `flush` never sees: one that stopped reading while what
     /// it was sent fit in the socket. Nothing waits in rowcast, but the
-    /// socket holds bytes it cannot send (`SIOCOUTQNSD`): the client's
-    /// kernel buffered all it could and its window is closed. True when the
-    /// window was seen closed at a look at least `limit` ago and the client
-    /// acknowledged nothing since: a slow consumer, as `flush` judges one
-    /// (looked at every tick, so cut between `limit` and `limit` plus two
-    /// ticks after it stopped). A socket whose bytes were all sent and await
-    /// acknowledgement (a vanished host, a slow path) is not judged here: a
-    /// quiet one is keepalive's, and the kernel drops any at
-    /// `TCP_USER_TIMEOUT` (`sockets::give_up_unacknowledged`).
+    /// socket holds bytes it cannot send because the client's window is
+    /// closed (`TCP_INFO`: bytes not sent, the window the client last
+    /// advertised 0): its kernel buffered all it could and its reader reads
+    /// nothing. True when the window was seen closed at a look at least
+    /// `limit` ago and the client acknowledged nothing since: a slow
+    /// consumer, as `flush` judges one (looked at every tick, so cut between
+    /// `limit` and `limit` plus two ticks after it stopped). Not a client
+    /// whose window is open while nothing is acknowledged (a vanished host,
+    /// a network path that dropped): a quiet one is keepalive's, and the
+    /// kernel drops any at `TCP_USER_TIMEOUT`
+    /// (`sockets::give_up_unacknowledged`), so that a phone out of reach for
+    /// a few seconds while events flow is not cut for it. Nothing is judged
+    /// where the kernel does not say (before Linux 5.4, no window).
     pub(in crate::transport) fn stopped_reading(
         &self,
         now: tokio::time::Instant,
         limit: Duration,
     ) -> bool {
         let mut out = self.out();
-        if self.unsent() == 0 {
+        let Some(Sending {
+            acked,
+            unsent: 1..,
+            window: 0,
+        }) = self.sending()
+        else {
             out.closed_window = None;
             return false;
-        }
-        let acked = self.acknowledged(out.written);
+        };
         match out.closed_window {
             Some((a, since)) if a == acked => now.saturating_duration_since(since) >= limit,
             _ => {
@@ -403,20 +411,35 @@ impl Wire {
         }
     }
 
-    /// The bytes the socket holds and has not sent yet (`SIOCOUTQNSD`): 0
-    /// where the kernel does not say.
-    #[allow(unsafe_code)] // ioctl: see the SAFETY note
-    fn unsent(&self) -> u64 {
+    /// What the kernel says of the socket's sending side (`TCP_INFO`):
+    /// `None` where it does not say it all.
+    #[allow(unsafe_code)] // getsockopt: see the SAFETY note
+    fn sending(&self) -> Option<Sending> {
         use std::os::fd::AsRawFd;
-        let mut unsent: libc::c_int = 0;
+        // SAFETY: `tcp_info` is plain integers, for which all zeroes is a value.
+        let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+        let size = std::mem::size_of::<libc::tcp_info>();
+        let mut len = libc::socklen_t::try_from(size).ok()?;
         // SAFETY: the descriptor is the open socket `self.tcp` owns, for as
-        // long as `self` lives, and `SIOCOUTQNSD` writes one `int` to the
-        // pointer given, a live local.
-        let r = unsafe { libc::ioctl(self.tcp.as_raw_fd(), libc::SIOCOUTQNSD, &mut unsent) };
-        match r {
-            0 => u64::try_from(unsent).unwrap_or(0),
-            _ => 0,
-        }
+        // long as `self` lives; the kernel writes at most `len` bytes to
+        // `info`, a live local of that size, and sets `len` to how many.
+        let r = unsafe {
+            libc::getsockopt(
+                self.tcp.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                std::ptr::addr_of_mut!(info).cast(),
+                &mut len,
+            )
+        };
+        // the window is the last field needed: an older kernel's shorter answer lacks it
+        let needed = std::mem::offset_of!(libc::tcp_info, tcpi_snd_wnd) + 4;
+        let said = usize::try_from(len).unwrap_or(0);
+        (r == 0 && said >= needed).then_some(Sending {
+            acked: info.tcpi_bytes_acked,
+            unsent: info.tcpi_notsent_bytes,
+            window: info.tcpi_snd_wnd,
+        })
     }
 
     /// The bytes written so far that the client's TCP stack has
@@ -589,6 +612,17 @@ impl Direct for Wire {
             }
         }
     }
+}
+
+/// A socket's sending side, as the kernel says it (`Wire::sending`).
+#[derive(Debug)]
+struct Sending {
+    /// Bytes the client's TCP stack acknowledged, since the connection began.
+    acked: u64,
+    /// Bytes the socket holds and has not sent.
+    unsent: u32,
+    /// The receive window the client last advertised.
+    window: u32,
 }
 
 /// See `Wire::backlog`.
