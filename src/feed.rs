@@ -823,9 +823,14 @@ impl Feed {
                 );
             }
         }
+        // a snapshot is the state now: presence follows the users' latest
+        // activity and the clock, not the last transition and the last sweep
+        let active = {
+            let client = self.shares.get(self.peer).await?;
+            crate::presence::last_active(&client, &read.changes).await?
+        };
         for change in read.changes {
-            // a snapshot is the state now: presence follows the clock, not the last sweep
-            self.queue_change(self.presence.current(change));
+            self.queue_change(self.presence.current(change, &active));
         }
         Ok(())
     }

@@ -16,9 +16,11 @@
 //!   (no flapping).
 //! - **Reads** are consistent with time: `GET /v1/presence` computes the
 //!   status from `last_active_at` in SQL, and a snapshot's `user.presence`
-//!   changes are brought up to date here (`Clock::current`), so a user last
-//!   active past the offline threshold reads as offline even before the
-//!   sweep has run.
+//!   changes are brought up to date here with the users' `last_active_at`
+//!   (`last_active`, `Clock::current`), so a user last active past the
+//!   offline threshold reads as offline even before the sweep has run, and
+//!   one active all along reads as online, not as the time since the
+//!   transition that brought them online would say.
 
 use crate::auth::Identity;
 use crate::change::Change;
@@ -54,22 +56,67 @@ impl Clock {
         }
     }
 
-    /// A `user.presence` change as of now: the same change when its status
-    /// still holds, else a copy carrying the status its `lastActiveAt` means.
-    pub(crate) fn current(&self, change: Arc<Change>) -> Arc<Change> {
+    /// A `user.presence` change as of now: its user's latest activity
+    /// (`active`, from `last_active`: a user active all along made no
+    /// transition since the one in the log, whose `lastActiveAt` is when
+    /// they came online) and the status it means. The same change when both
+    /// still hold, else a copy carrying them.
+    pub(crate) fn current(&self, change: Arc<Change>, active: &LastActive) -> Arc<Change> {
         if change.event != "user.presence" {
             return change;
         }
         let Ok(mut data) = serde_json::from_str::<serde_json::Value>(change.payload()) else {
             return change;
         };
-        let now = self.status(data["lastActiveAt"].as_i64());
-        if data["status"] == now {
+        let recorded = data["lastActiveAt"].as_i64();
+        let latest = data["userId"].as_str().and_then(|u| active.get(u)).copied();
+        let last = recorded.max(latest);
+        let now = self.status(last);
+        if data["status"] == now && last == recorded {
             return change;
         }
         data["status"] = now.into();
+        if let Some(at) = last {
+            data["lastActiveAt"] = at.into();
+        }
         Arc::new(change.with_payload(&data.to_string()))
     }
+}
+
+/// Users' latest activity (ms since the epoch), by user id.
+pub(crate) type LastActive = HashMap<String, i64>;
+
+/// The latest activity of the users of the `user.presence` changes among
+/// `changes`, as `rowcast.presence` has it now (one read, none when there is
+/// no such change): what a snapshot brings their changes up to
+/// (`Clock::current`).
+pub(crate) async fn last_active(
+    client: &deadpool_postgres::Client,
+    changes: &[Arc<Change>],
+) -> Result<LastActive> {
+    let users: Vec<String> = changes
+        .iter()
+        .filter(|c| c.event == "user.presence")
+        .filter_map(|c| {
+            let data = serde_json::from_str::<serde_json::Value>(c.payload()).ok()?;
+            data["userId"].as_str().map(str::to_string)
+        })
+        .collect();
+    if users.is_empty() {
+        return Ok(LastActive::new());
+    }
+    let stmt = client
+        .prepare_cached(
+            "SELECT user_id, (extract(epoch FROM last_active_at) * 1000)::int8
+               FROM rowcast.presence WHERE user_id = ANY($1::text[])",
+        )
+        .await?;
+    let rows = client.query(&stmt, &[&users]).await?;
+    let mut active = LastActive::with_capacity(rows.len());
+    for r in rows {
+        active.insert(r.try_get(0)?, r.try_get(1)?);
+    }
+    Ok(active)
 }
 
 /// Counters of presence work on this node.

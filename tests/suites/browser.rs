@@ -1040,6 +1040,42 @@ async fn conflict_dialog_then_adjust_and_checkout() {
     server.stop().await;
 }
 
+/// A line whose conflict dialog is open sells out: the line leaves the
+/// cart, FR-021's "now out of stock" notification says so, and the dialog,
+/// with nothing left to decide, closes (r4's review: it stayed open, and its
+/// "Adjust" then failed with "product 1 is not in the cart").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sold_out_line_takes_its_conflict_dialog_with_it() {
+    let Some(tools) = tools() else { return };
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (server, _db) = market().await;
+    let base = server.base_url();
+    let driver = Driver::start(&tools).await;
+    let (shopper, farmer) = shopper_and_farmer_in_conflict(&driver, &base).await;
+    farmer.type_into("tr[data-product=\"1\"] input", "0").await;
+    farmer
+        .click("tr[data-product=\"1\"] [data-save-button]")
+        .await;
+    shopper
+        .wait_for(
+            "[...document.querySelectorAll('#toasts .toast')].some(e => e.textContent.includes('now out of stock'))",
+            "the out-of-stock notification",
+            ARRIVAL,
+        )
+        .await;
+    shopper
+        .wait_for(
+            "!document.getElementById('conflict-dialog').open && !document.querySelector('[data-cart-line=\"1\"]')",
+            "the dialog closed and the line gone",
+            ARRIVAL,
+        )
+        .await;
+    shopper.close().await;
+    farmer.close().await;
+    drop(driver);
+    server.stop().await;
+}
+
 /// FR-021's third option, "Contact farmer": the conflict opens a message to
 /// the farm with the farmer's presence ("Farmer is online - expect quick
 /// reply"); the farmer's tab lists it at once, and the answer reaches the

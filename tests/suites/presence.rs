@@ -411,6 +411,52 @@ async fn reads_agree_with_the_clock_without_the_sweep() {
     srv.stop().await;
 }
 
+/// A user active all along makes no transition after coming online: a
+/// snapshot still says online, with their latest activity, like `GET
+/// /v1/presence`, long after the away threshold has passed since the
+/// transition in the log. (r4's review: before, the snapshot aged the
+/// transition's `lastActiveAt` and said away, and the demo's farmer page
+/// told an active farmer "You appear away".)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_of_a_user_active_all_along_says_online() {
+    let url = fresh_market_db().await;
+    let db = connect(&url).await;
+    seed(&db, 1, 1).await;
+    let srv = server_with(&url, presence_cfg).await;
+    let base = srv.base_url();
+    // active every 400 ms, for twice the away threshold
+    let until = std::time::Instant::now() + AWAY * 2;
+    while std::time::Instant::now() < until {
+        db.execute("SELECT rowcast.touch('farmer-101')", &[])
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    db.execute("SELECT rowcast.touch('farmer-101')", &[])
+        .await
+        .unwrap();
+    let (_, now) = get_json(&base, "/v1/presence?users=farmer-101", &[]).await;
+    assert_eq!(now["users"][0]["status"], "online", "{now}");
+    for topics in ["presence-farmer-101", "farm-1"] {
+        let (status, snap) = poll_raw(&base, &format!("topics={topics}&snapshot=true")).await;
+        assert_eq!(status, 200, "{snap}");
+        let presence: Vec<&Value> = snap["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["event"] == "user.presence")
+            .collect();
+        assert_eq!(presence.len(), 1, "{snap}");
+        let data = &presence[0]["data"];
+        assert_eq!(data["status"], "online", "{topics}: {data}");
+        assert_eq!(
+            data["lastActiveAt"], now["users"][0]["lastActiveAt"],
+            "{topics}: the latest activity"
+        );
+    }
+    srv.stop().await;
+}
+
 /// A customer's presence is theirs; anonymous clients cannot report activity.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn customer_presence_is_private_and_anonymous_cannot_report() {

@@ -265,8 +265,12 @@ function onCartAdjusted(d) {
   }
   // sold out: the line is removed from the cart (reloaded above), and
   // FR-021's "now out of stock" notification (onInventory) tells it; no
-  // dialog besides
-  if (Number(d.adjusted) === 0) return;
+  // dialog besides, and the line's conflict, queued or shown, has nothing
+  // left to decide
+  if (Number(d.adjusted) === 0) {
+    dropConflict(d.productId);
+    return;
+  }
   queueConflict(d);
 }
 
@@ -415,6 +419,18 @@ function queueConflict(c) {
   if (at >= 0) conflicts[at] = c;
   else conflicts.push(c);
   if (!$('conflict-dialog').open || at === 0) showConflict();
+}
+
+/** A line that left the cart: its conflict goes from the queue, and from the dialog if shown there. */
+function dropConflict(productId) {
+  const at = conflicts.findIndex((q) => q.productId === productId);
+  if (at < 0) return;
+  conflicts.splice(at, 1);
+  const d = $('conflict-dialog');
+  if (at === 0 && d.open) {
+    d.close();
+    showConflict();
+  }
 }
 
 /** What a conflict (a checkout's, or a `cart.adjusted`) says is available. */
