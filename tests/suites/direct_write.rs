@@ -68,6 +68,14 @@ async fn lenient_server(url: &str) -> rowcast::server::Server {
 trait Paused {
     /// The next event's envelope, once it reads again.
     async fn next_envelope(&mut self) -> Value;
+
+    /// Says something while it stalls (rowcast.js pings every 20 s): unread
+    /// input must not make the server's close a reset.
+    async fn speak(&mut self) {}
+
+    /// Once cut as a slow consumer: the events it reads (`n`, cursor), whole,
+    /// and then the transport's ending, which must come.
+    async fn until_cut(&mut self) -> Vec<(i64, String)>;
 }
 
 impl Paused for RawWs {
@@ -75,6 +83,27 @@ impl Paused for RawWs {
         let e = next_json(self).await;
         assert_eq!(e["type"], "event", "{e}");
         e
+    }
+
+    async fn speak(&mut self) {
+        let ping = Message::Text(json!({"type":"ping"}).to_string().into());
+        self.send(ping).await.expect("ping");
+        self.send(Message::Ping(vec![1].into()))
+            .await
+            .expect("ping");
+    }
+
+    async fn until_cut(&mut self) -> Vec<(i64, String)> {
+        read_until_cut(self, |t| {
+            let v: Value = serde_json::from_str(t).expect("JSON");
+            if v["type"] != "event" {
+                // the answer to what it said, where it got into the socket
+                return None;
+            }
+            let n = v["data"]["n"].as_i64().expect("an event");
+            Some((n, v["id"].as_str().expect("a cursor").to_string()))
+        })
+        .await
     }
 }
 
@@ -267,6 +296,10 @@ impl Paused for RawSse {
     async fn next_envelope(&mut self) -> Value {
         self.next_event().await
     }
+
+    async fn until_cut(&mut self) -> Vec<(i64, String)> {
+        self.until_slow_consumer_ending().await
+    }
 }
 
 /// `a_client_that_stops_reading_gets_everything_once_when_it_reads_again`,
@@ -339,6 +372,24 @@ impl Paused for RawSio {
         assert_eq!(v[0], "test.n", "an event, not a resync or an error: {v}");
         json!({"event": v[0], "data": v[1], "id": v[2]})
     }
+
+    async fn speak(&mut self) {
+        let activity = Message::Text(r#"42["activity"]"#.into());
+        self.0.send(activity).await.expect("activity");
+    }
+
+    async fn until_cut(&mut self) -> Vec<(i64, String)> {
+        read_until_cut(&mut self.0, |t| {
+            let v: Value = serde_json::from_str(t.strip_prefix("42")?).expect("a JSON packet");
+            if v[0] != "test.n" {
+                // the answer to what it said, where it got into the socket
+                return None;
+            }
+            let n = v[1]["n"].as_i64().expect("an event");
+            Some((n, v[2].as_str().expect("an offset").to_string()))
+        })
+        .await
+    }
 }
 
 /// `a_client_that_stops_reading_gets_everything_once_when_it_reads_again`,
@@ -353,47 +404,58 @@ async fn a_socketio_client_that_stops_reading_gets_everything_once_when_it_reads
     a_paused_client_gets_everything_once(&srv, &url, &mut normal.rx, &mut paused, "socketio").await;
 }
 
+/// A client of `transport` that read its first event (topic `s`) and then
+/// stopped reading for good (though it still speaks) while `events` padded
+/// events were written is cut as a slow consumer; when it reads again,
+/// `reads_again_after` later, it gets whole events and then its
+/// transport's ending ("slow consumer"); resuming from its last cursor
+/// yields the rest exactly once.
+async fn a_stuck_client_is_cut_and_resumes(
+    srv: &rowcast::server::Server,
+    url: &str,
+    stuck: &mut impl Paused,
+    transport: &str,
+    events: i64,
+    reads_again_after: Duration,
+) {
+    let db = connect(url).await;
+    emit(&db, "s", 1).await;
+    let first = stuck.next_envelope().await;
+    assert_eq!(first["data"]["n"], 1);
+    let cursor = first["id"].as_str().expect("a cursor").to_string();
+    emit_padded(&db, "s", events).await;
+    stuck.speak().await;
+    let drops = format!("rowcast_slow_consumer_drops_total{{transport=\"{transport}\"}}");
+    eventually("the stuck client is cut", || srv.metric(&drops) == 1.0).await;
+    // and after it was cut
+    stuck.speak().await;
+    tokio::time::sleep(reads_again_after).await;
+    let seen = stuck.until_cut().await;
+    resumes_exactly(srv, &seen, cursor, events).await;
+}
+
 /// A client that stops reading for good (though it still sends) is cut
 /// after the write timeout, and when it reads again, long after, it gets
 /// whole events and then the close frame 4008 "slow consumer"; resuming
 /// from its last cursor yields the rest exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stuck_client_is_cut_and_resumes_exactly() {
-    const EVENTS: i64 = 20_000;
     let url = fresh_db().await;
     let srv = server_with(&url, |c| c.write_timeout = Duration::from_secs(2)).await;
     let mut stuck = small_ws(srv.addr, "topics=s").await;
-    let db = connect(&url).await;
-    emit(&db, "s", 1).await;
-    let first = next_json(&mut stuck).await;
-    assert_eq!(first["data"]["n"], 1);
-    let cursor = first["id"].as_str().expect("a cursor").to_string();
-    emit_padded(&db, "s", EVENTS).await;
-    // it speaks while it stalls (rowcast.js pings every 20 s): unread input
-    // must not make the server's close a reset
-    stuck
-        .send(Message::Text(json!({"type":"ping"}).to_string().into()))
-        .await
-        .expect("ping");
-    eventually_async("the stuck client is cut", || async {
-        srv.metric("rowcast_slow_consumer_drops_total{transport=\"ws\"}") == 1.0
-    })
+    a_stuck_client_is_cut_and_resumes(
+        &srv,
+        &url,
+        &mut stuck,
+        "ws",
+        STUCK_EVENTS,
+        READS_AGAIN_AFTER,
+    )
     .await;
-    // and after it was cut
-    stuck
-        .send(Message::Ping(vec![1].into()))
-        .await
-        .expect("ping");
-    // it reads again only once the server is long done with it
-    tokio::time::sleep(READS_AGAIN_AFTER).await;
-    let seen = read_until_cut(&mut stuck, |t| {
-        let v: Value = serde_json::from_str(t).expect("JSON");
-        let n = v["data"]["n"].as_i64().expect("an event");
-        Some((n, v["id"].as_str().expect("a cursor").to_string()))
-    })
-    .await;
-    resumes_exactly(&srv, &seen, cursor, EVENTS).await;
 }
+
+/// What the stuck tests send: far more than the socket holds.
+const STUCK_EVENTS: i64 = 20_000;
 
 /// A client that reads slowly but steadily is not a slow consumer: while
 /// it takes bytes, however few per wake-up of the kernel's (which signals a
@@ -446,24 +508,19 @@ async fn a_client_that_reads_slowly_but_steadily_is_not_cut() {
 /// from its last event's id yields the rest exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stuck_sse_client_is_cut_with_its_ending_and_resumes_exactly() {
-    const EVENTS: i64 = 20_000;
     let url = fresh_db().await;
     let srv = server_with(&url, |c| c.write_timeout = Duration::from_secs(1)).await;
     let mut stuck = RawSse::get(srv.addr, "topics=s").await;
     stuck.opened().await;
-    let db = connect(&url).await;
-    emit(&db, "s", 1).await;
-    let first = stuck.next_event().await;
-    assert_eq!(first["data"]["n"], 1);
-    let cursor = first["id"].as_str().expect("a cursor").to_string();
-    emit_padded(&db, "s", EVENTS).await;
-    eventually_async("the stuck stream is cut", || async {
-        srv.metric("rowcast_slow_consumer_drops_total{transport=\"sse\"}") == 1.0
-    })
+    a_stuck_client_is_cut_and_resumes(
+        &srv,
+        &url,
+        &mut stuck,
+        "sse",
+        STUCK_EVENTS,
+        READS_AGAIN_AFTER,
+    )
     .await;
-    tokio::time::sleep(READS_AGAIN_AFTER).await;
-    let seen = stuck.until_slow_consumer_ending().await;
-    resumes_exactly(&srv, &seen, cursor, EVENTS).await;
 }
 
 /// A frame far bigger than the client's socket buffer is written in parts
@@ -497,33 +554,18 @@ async fn a_frame_bigger_than_the_socket_buffer_arrives_whole() {
 /// its last offset resumes the rest exactly once, here on a plain WebSocket.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stuck_socketio_client_is_cut_and_resumes_exactly() {
-    const EVENTS: i64 = 20_000;
     let url = fresh_db().await;
     let srv = server_with(&url, |c| c.write_timeout = Duration::from_secs(2)).await;
     let mut stuck = RawSio::connect(srv.addr, "topics=s").await;
-    let db = connect(&url).await;
-    emit(&db, "s", 1).await;
-    let first = stuck.next_envelope().await;
-    assert_eq!(first["data"]["n"], 1);
-    let offset = first["id"].as_str().expect("an offset").to_string();
-    emit_padded(&db, "s", EVENTS).await;
-    stuck
-        .0
-        .send(Message::Text(r#"42["activity"]"#.into()))
-        .await
-        .expect("activity");
-    eventually_async("the stuck client is cut", || async {
-        srv.metric("rowcast_slow_consumer_drops_total{transport=\"socketio\"}") == 1.0
-    })
+    a_stuck_client_is_cut_and_resumes(
+        &srv,
+        &url,
+        &mut stuck,
+        "socketio",
+        STUCK_EVENTS,
+        READS_AGAIN_AFTER,
+    )
     .await;
-    tokio::time::sleep(READS_AGAIN_AFTER).await;
-    let seen = read_until_cut(&mut stuck.0, |t| {
-        let v: Value = serde_json::from_str(t.strip_prefix("42")?).expect("a JSON packet");
-        let n = v[1]["n"].as_i64().expect("an event");
-        Some((n, v[2].as_str().expect("an offset").to_string()))
-    })
-    .await;
-    resumes_exactly(&srv, &seen, offset, EVENTS).await;
 }
 
 /// Events of a client that stops reading while all of them fit in the
@@ -556,23 +598,8 @@ async fn a_client_that_stops_reading_with_little_pending_is_cut_as_slow() {
     let url = fresh_db().await;
     let srv = quick_to_cut(&url, Duration::from_secs(1)).await;
     let mut stuck = small_ws(srv.addr, "topics=s").await;
-    let db = connect(&url).await;
-    emit(&db, "s", 1).await;
-    let first = next_json(&mut stuck).await;
-    assert_eq!(first["data"]["n"], 1);
-    let cursor = first["id"].as_str().expect("a cursor").to_string();
-    emit_padded(&db, "s", FITTING_EVENTS).await;
-    eventually_async("the stuck client is cut", || async {
-        srv.metric("rowcast_slow_consumer_drops_total{transport=\"ws\"}") == 1.0
-    })
-    .await;
-    let seen = read_until_cut(&mut stuck, |t| {
-        let v: Value = serde_json::from_str(t).expect("JSON");
-        let n = v["data"]["n"].as_i64().expect("an event");
-        Some((n, v["id"].as_str().expect("a cursor").to_string()))
-    })
-    .await;
-    resumes_exactly(&srv, &seen, cursor, FITTING_EVENTS).await;
+    a_stuck_client_is_cut_and_resumes(&srv, &url, &mut stuck, "ws", FITTING_EVENTS, Duration::ZERO)
+        .await;
     assert_eq!(
         srv.metric("rowcast_ws_closed_total{reason=\"slow_consumer\"}"),
         1.0
@@ -587,23 +614,15 @@ async fn a_socketio_client_that_stops_reading_with_little_pending_is_cut_as_slow
     let url = fresh_db().await;
     let srv = quick_to_cut(&url, Duration::from_secs(2)).await;
     let mut stuck = RawSio::connect(srv.addr, "topics=s").await;
-    let db = connect(&url).await;
-    emit(&db, "s", 1).await;
-    let first = stuck.next_envelope().await;
-    assert_eq!(first["data"]["n"], 1);
-    let offset = first["id"].as_str().expect("an offset").to_string();
-    emit_padded(&db, "s", FITTING_EVENTS).await;
-    eventually_async("the stuck client is cut", || async {
-        srv.metric("rowcast_slow_consumer_drops_total{transport=\"socketio\"}") == 1.0
-    })
+    a_stuck_client_is_cut_and_resumes(
+        &srv,
+        &url,
+        &mut stuck,
+        "socketio",
+        FITTING_EVENTS,
+        Duration::ZERO,
+    )
     .await;
-    let seen = read_until_cut(&mut stuck.0, |t| {
-        let v: Value = serde_json::from_str(t.strip_prefix("42")?).expect("a JSON packet");
-        let n = v[1]["n"].as_i64().expect("an event");
-        Some((n, v[2].as_str().expect("an offset").to_string()))
-    })
-    .await;
-    resumes_exactly(&srv, &seen, offset, FITTING_EVENTS).await;
 }
 
 /// The same over SSE on the raw socket (cut after the socket-level write
@@ -614,18 +633,15 @@ async fn an_sse_client_that_stops_reading_with_little_pending_is_cut_as_slow() {
     let srv = quick_to_cut(&url, Duration::from_secs(1)).await;
     let mut stuck = RawSse::get(srv.addr, "topics=s").await;
     stuck.opened().await;
-    let db = connect(&url).await;
-    emit(&db, "s", 1).await;
-    let first = stuck.next_event().await;
-    assert_eq!(first["data"]["n"], 1);
-    let cursor = first["id"].as_str().expect("a cursor").to_string();
-    emit_padded(&db, "s", FITTING_EVENTS).await;
-    eventually_async("the stuck stream is cut", || async {
-        srv.metric("rowcast_slow_consumer_drops_total{transport=\"sse\"}") == 1.0
-    })
+    a_stuck_client_is_cut_and_resumes(
+        &srv,
+        &url,
+        &mut stuck,
+        "sse",
+        FITTING_EVENTS,
+        Duration::ZERO,
+    )
     .await;
-    let seen = stuck.until_slow_consumer_ending().await;
-    resumes_exactly(&srv, &seen, cursor, FITTING_EVENTS).await;
 }
 
 /// How long a client cut for being slow waits before it reads again: past
