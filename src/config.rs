@@ -14,13 +14,18 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// How the on/off switches read their environment variables: `true`, `1`,
-/// `yes`, `on` and `false`, `0`, `no`, `off` (any case); anything else is an
-/// error at start. (clap's default for a flag would take only `true` and
+/// How the on/off switches read their environment variables: `true`, `t`,
+/// `yes`, `y`, `on`, `1` and `false`, `f`, `no`, `n`, `off`, `0` (any case);
+/// anything else is an error at start. (clap's default for a flag would take only `true` and
 /// `false`.)
 fn boolish() -> clap::builder::BoolishValueParser {
     clap::builder::BoolishValueParser::new()
 }
+
+/// The most connections a pool may be given: PostgreSQL's own most for
+/// `max_connections`. A pool's slots are allocated when it is made: a
+/// larger one would only fail to allocate, and abort the server.
+const MAX_POOL: usize = 262_143;
 
 /// Every default, once. Durations are text in the flags' own syntax.
 pub mod defaults {
@@ -154,6 +159,8 @@ pub enum ConfigError {
     NodeId,
     #[error("--market-api needs --jwt-secret or --jwt-public-key: its callers are customers and farmers identified by their tokens")]
     MarketApiWithoutJwt,
+    #[error("--jwt-issuer and --jwt-audience need --jwt-secret or --jwt-public-key: without a key no token is read, every client is anonymous, and the claims required would check nothing")]
+    ClaimsWithoutKey,
 }
 
 #[derive(Clone, Debug, Args)]
@@ -553,10 +560,16 @@ impl ServerConfig {
         if self.market_api.enabled && !self.jwt.configured() {
             return Err(ConfigError::MarketApiWithoutJwt);
         }
-        adjust("--pool-size", self.pool_size.max(1), &mut self.pool_size);
+        let claims = self.jwt.issuer.is_some() || self.jwt.audience.is_some();
+        if claims && !self.jwt.configured() {
+            return Err(ConfigError::ClaimsWithoutKey);
+        }
+        let pool = self.pool_size.clamp(1, MAX_POOL);
+        adjust("--pool-size", pool, &mut self.pool_size);
         let m = &mut self.market_api;
         adjust("--market-api-per-ip", m.per_ip.max(1), &mut m.per_ip);
-        adjust("--market-api-pool", m.pool_size.max(1), &mut m.pool_size);
+        let pool = m.pool_size.clamp(1, MAX_POOL);
+        adjust("--market-api-pool", pool, &mut m.pool_size);
         let q = &mut self.queue;
         adjust("--queue-events", q.max_events.max(1), &mut q.max_events);
         adjust("--queue-bytes", q.max_bytes.max(1024), &mut q.max_bytes);
@@ -807,6 +820,42 @@ mod tests {
 
     /// The switches stay plain flags on the command line (their environment
     /// variables take `1`, `yes`, `on`, ... as well: `boolish`).
+    /// A pool larger than PostgreSQL allows is brought down to that (its
+    /// slots are allocated up front: 2^64 - 1 of them aborted the server);
+    /// claims to require without a key to check them are refused.
+    #[test]
+    fn pools_are_bounded_and_claims_need_a_key() {
+        let huge = usize::MAX.to_string();
+        let parsed = Cli::try_parse_from([
+            "rowcast",
+            "--database-url",
+            "postgres://x/y",
+            "--pool-size",
+            &huge,
+            "--market-api-pool",
+            &huge,
+        ])
+        .unwrap()
+        .cfg
+        .validate()
+        .unwrap();
+        assert_eq!(parsed.pool_size, MAX_POOL);
+        assert_eq!(parsed.market_api.pool_size, MAX_POOL);
+        for flag in ["--jwt-issuer", "--jwt-audience"] {
+            let cfg =
+                Cli::try_parse_from(["rowcast", "--database-url", "postgres://x/y", flag, "me"])
+                    .unwrap()
+                    .cfg;
+            assert!(
+                matches!(cfg.clone().validate(), Err(ConfigError::ClaimsWithoutKey)),
+                "{flag}"
+            );
+            let mut keyed = cfg;
+            keyed.jwt.secret = Some("s".into());
+            assert!(keyed.validate().is_ok(), "{flag} with a key");
+        }
+    }
+
     #[test]
     fn switches_are_flags() {
         let parsed = Cli::try_parse_from([
@@ -831,8 +880,12 @@ mod tests {
             ("1", true),
             ("yes", true),
             ("ON", true),
+            ("t", true),
+            ("Y", true),
             ("0", false),
             ("off", false),
+            ("f", false),
+            ("n", false),
         ] {
             assert_eq!(parse(v), Some(want), "{v}");
         }

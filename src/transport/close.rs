@@ -181,6 +181,27 @@ impl Disconnect {
     }
 }
 
+impl Disconnect {
+    /// How a feed failure ends a stream of `transport`, logged as a warning,
+    /// at most one a minute for all of the node's streams (with how many
+    /// were left out): one cause (retention passing the node, a forced
+    /// switch back from the slot, the database gone) ends thousands of
+    /// streams at once, each its own line before.
+    pub(crate) fn feed_failed(transport: &'static str, e: &FeedError) -> Disconnect {
+        static SAID: crate::logging::Throttle =
+            crate::logging::Throttle::new(std::time::Duration::from_secs(60));
+        if let Some(left_out) = SAID.ready() {
+            tracing::warn!(
+                transport,
+                error = %e,
+                similar_not_logged = left_out,
+                "a stream's feed failed: it ends, and its client resumes"
+            );
+        }
+        Disconnect::from(e)
+    }
+}
+
 /// How a feed failure ends a stream.
 impl From<&FeedError> for Disconnect {
     fn from(e: &FeedError) -> Disconnect {

@@ -369,8 +369,7 @@ impl Connection {
                     }
                     Ok(None) => return Disconnect::ServerRestart,
                     Err(e) => {
-                        tracing::warn!(error = %e, "socket.io feed failed");
-                        return Disconnect::from(&e);
+                        return Disconnect::feed_failed("socketio", &e);
                     }
                 },
                 at = ping.tick() => {

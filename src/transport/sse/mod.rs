@@ -187,8 +187,7 @@ impl Stream {
             // the hub is gone: the server is stopping
             Ok(None) => return None,
             Err(e) => {
-                tracing::warn!(error = %e, "sse feed failed");
-                let end = Disconnect::from(&e);
+                let end = Disconnect::feed_failed("sse", &e);
                 if end == Disconnect::TryAgainLater {
                     // counted as the same answer at the open would be
                     self.app.count_error(ApiError::from(e).code);

@@ -148,8 +148,7 @@ impl Session {
                     // the hub is gone: the server is stopping
                     Ok(None) => return Disconnect::ServerRestart,
                     Err(e) => {
-                        tracing::warn!(error = %e, "ws feed failed");
-                        return match Disconnect::from(&e) {
+                        return match Disconnect::feed_failed("ws", &e) {
                             // the error (counted) before the close, as at the open
                             Disconnect::TryAgainLater => self.retry_later(e.into()).await,
                             end => end,
