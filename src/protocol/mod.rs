@@ -23,8 +23,10 @@ pub enum ClientMessage {
         /// Resume position; honoured on the connection's first subscribe only.
         #[serde(default)]
         cursor: Option<String>,
+        /// Snapshot first; on the first subscribe, given or not (`None`)
+        /// decides whether the URL's `snapshot` applies.
         #[serde(default)]
-        snapshot: bool,
+        snapshot: Option<bool>,
     },
     Unsubscribe {
         topics: Vec<String>,
@@ -441,7 +443,7 @@ mod tests {
             ClientMessage::Subscribe {
                 topics: vec!["a".into(), "b".into()],
                 cursor: None,
-                snapshot: false
+                snapshot: None
             }
         );
         assert_eq!(

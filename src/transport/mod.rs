@@ -207,7 +207,8 @@ pub(crate) fn router(app: Arc<App>, with_metrics: bool, extra: Option<Router<Arc
     // (`OPTIONS`) and refuses disallowed origins on these routes
     let api = api
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(edge::OriginCheck(Arc::clone(&app)));
+        .layer(edge::OriginCheck(Arc::clone(&app)))
+        .layer(axum::middleware::map_response(ws_allows_get));
     let mut r = Router::new()
         .merge(api)
         .route("/healthz", get(|| async { "ok" }))
@@ -226,6 +227,19 @@ pub(crate) fn router(app: Arc<App>, with_metrics: bool, extra: Option<Router<Arc
 /// Any path no route takes: 404 in the JSON error shape, never axum's empty one.
 async fn not_found() -> Response {
     ApiError::new(ErrorCode::NotFound, "no such endpoint").into_response()
+}
+
+/// `/v1/ws` takes only `GET` (a `HEAD` cannot open a WebSocket: 405), and
+/// its 405 and preflight answers say so in `Allow`, where axum would list
+/// `HEAD` beside `GET` for any `GET` route (r5's review).
+async fn ws_allows_get(uri: axum::http::Uri, mut res: Response) -> Response {
+    let status = res.status();
+    let told = status == StatusCode::METHOD_NOT_ALLOWED || status == StatusCode::NO_CONTENT;
+    if told && uri.path() == "/v1/ws" {
+        res.headers_mut()
+            .insert(header::ALLOW, header::HeaderValue::from_static("GET"));
+    }
+    res
 }
 
 async fn method_not_allowed() -> Response {

@@ -144,6 +144,54 @@ async fn ws_cursor_without_topics_applies_to_the_first_subscribe() {
     }
 }
 
+/// A `snapshot` in the first subscribe wins over the URL's, `false` as well
+/// as `true`; without one the URL's applies (r5's review: an explicit
+/// `false` could not be told from none, and the URL's `snapshot=true` sent
+/// the snapshot anyway).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_subscribe_s_snapshot_wins_over_the_url_s() {
+    let url = fresh_db().await;
+    let db = connect(&url).await;
+    let srv = server(&url).await;
+    let base = srv.base_url();
+    emit(&db, "sn", 1).await;
+    for (next, (query, message, snapshot)) in (2..).zip([
+        (
+            "snapshot=true",
+            json!({"type":"subscribe","topics":["sn"],"snapshot":false}),
+            false,
+        ),
+        (
+            "snapshot=false",
+            json!({"type":"subscribe","topics":["sn"],"snapshot":true}),
+            true,
+        ),
+        (
+            "snapshot=true",
+            json!({"type":"subscribe","topics":["sn"]}),
+            true,
+        ),
+        (
+            "snapshot=false",
+            json!({"type":"subscribe","topics":["sn"]}),
+            false,
+        ),
+    ]) {
+        let mut ws = WsClient::connect(&base, query).await;
+        ws.send(message.clone()).await;
+        // wait for the subscription to be in place, then a live change
+        match ws.next().await {
+            Msg::Control(v) if v["type"] == "subscribed" => {}
+            other => panic!("{query} then {message}: {other:?}"),
+        }
+        emit(&db, "sn", next).await;
+        // a snapshot comes first, holding an earlier change; else the live one
+        let first = ns(&events(&mut ws.rx, 1).await)[0];
+        assert_eq!(first < next, snapshot, "{query} then {message}: {first}");
+    }
+    srv.stop().await;
+}
+
 /// Defect 6: a server dropped without `stop()` (its shutdown trigger gone)
 /// stops its tasks instead of spinning; a start that fails at bind spawns nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

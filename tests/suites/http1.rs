@@ -384,6 +384,14 @@ async fn error_answers_are_json_but_for_hyper_s_own() {
         );
         assert_eq!(a.json()["error"], error, "{request:?}");
         assert!(a.json()["message"].is_string(), "{request:?}");
+        if status == 405 {
+            // what the route takes; `/v1/ws` takes no HEAD (r5's review)
+            let allow = match request.contains("/v1/ws") {
+                true => "GET",
+                false => "GET,HEAD",
+            };
+            assert_eq!(a.header("allow"), Some(allow), "{request:?}");
+        }
         if a.header("connection") == Some("close") {
             // a body left unread (the edge layer's rule)
             assert!(c.closed().await, "{request:?}");
@@ -394,6 +402,14 @@ async fn error_answers_are_json_but_for_hyper_s_own() {
         }
     }
     assert!(srv.metric("rowcast_rejected_total{reason=\"method_not_allowed\"}") >= 5.0);
+    // a HEAD cannot open a WebSocket, and its answer does not offer one
+    let head = reqwest::Client::new()
+        .head(format!("{}/v1/ws", srv.base_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status().as_u16(), 405);
+    assert_eq!(head.headers()["allow"], "GET");
 
     let headers: String = (0..200).map(|i| format!("x-{i}: y\r\n")).collect();
     // a head growing past hyper's 80 KiB buffer, in fewer than 100 headers

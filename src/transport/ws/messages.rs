@@ -41,11 +41,12 @@ impl Session {
                 };
                 let mut ignored = Vec::new();
                 let start = if self.feed.is_none() {
-                    // the message's own cursor wins; else the upgrade's applies
+                    // the message's own cursor and snapshot win (`false`
+                    // too); else the upgrade's apply
                     let given = self.pending_start.take().map(|s| *s).unwrap_or_default();
                     Start {
                         cursor: cursor.or(given.cursor),
-                        snapshot: snapshot || given.snapshot,
+                        snapshot: snapshot.unwrap_or(given.snapshot),
                         ..Start::default()
                     }
                 } else {
@@ -55,7 +56,7 @@ impl Session {
                     if cursor.is_some() {
                         ignored.push("cursor");
                     }
-                    if snapshot {
+                    if snapshot == Some(true) {
                         ignored.push("snapshot");
                     }
                     Start::default()
