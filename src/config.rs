@@ -522,7 +522,7 @@ impl ServerConfig {
     /// cut of a slow consumer: within a quarter past the socket write timeout
     /// for a full socket (`transport::wire::Wire::flush`), by the second
     /// keepalive tick past it for a client that stopped reading with all it
-    /// was sent in the socket (`transport::wire::Wire::stopped_reading`), so
+    /// was sent in the socket (`transport::wire::Wire::reading`), so
     /// 1.5 × that timeout, and that timeout plus two intervals, at least. A
     /// client that stops reading is cut, and counted, as a slow consumer, not
     /// dropped by the kernel first. A connection cut as a slow consumer is
@@ -683,7 +683,7 @@ mod tests {
 
     /// The kernel gives a socket up only after rowcast's own slowest cut of
     /// a slow consumer: a full socket's (`Wire::flush`, within an eighth past
-    /// the limit) and a stopped reader's (`Wire::stopped_reading`, by the
+    /// the limit) and a stopped reader's (`Wire::reading`, by the
     /// second keepalive tick past it), on every transport's limit.
     #[test]
     fn the_kernel_gives_up_after_rowcast_cuts() {

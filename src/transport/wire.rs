@@ -33,8 +33,8 @@
 //!   while bytes wait ends the connection (`flush`: WebSocket close 4008; SSE, the
 //!   socket-level timeout, counted as a stall), and so does one that stopped
 //!   reading while what it was sent fit in the socket, its window closed on
-//!   bytes the socket holds (`stopped_reading`, looked at on each keepalive
-//!   tick of its task); its last frames queued
+//!   bytes the socket holds (`reading`, looked at on each keepalive tick of
+//!   its task); its last frames queued
 //!   behind the whole frames already in the socket (`last_word`), then the
 //!   socket kept, its input read and dropped, until the client goes
 //!   (`linger`). A client that takes bytes at all, however slowly, is not
@@ -119,7 +119,7 @@ struct Out {
     last: bool,
     /// The socket failed: nothing more can be written.
     broken: bool,
-    /// The client's window was seen closed (`Wire::stopped_reading`) with
+    /// The client's window was seen closed (`Wire::reading`) with
     /// this many bytes acknowledged (`Sending::acked`), first at this tick.
     closed_window: Option<(u64, tokio::time::Instant)>,
     /// The task, waiting for something to be pending.
@@ -377,21 +377,23 @@ impl Wire {
     /// socket holds bytes it cannot send because the client's window is
     /// closed (`TCP_INFO`: bytes not sent, the window the client last
     /// advertised 0): its kernel buffered all it could and its reader reads
-    /// nothing. True when the window was seen closed at a look at least
+    /// nothing. `Stuck` when the window was seen closed at a look at least
     /// `limit` ago and the client acknowledged nothing since: a slow
     /// consumer, as `flush` judges one (looked at every tick, so cut between
-    /// `limit` and `limit` plus two ticks after it stopped). Not a client
-    /// whose window is open while nothing is acknowledged (a vanished host,
-    /// a network path that dropped): a quiet one is keepalive's, and the
-    /// kernel drops any at `TCP_USER_TIMEOUT`
-    /// (`sockets::give_up_unacknowledged`), so that a phone out of reach for
-    /// a few seconds while events flow is not cut for it. Nothing is judged
-    /// where the kernel does not say (before Linux 5.4, no window).
-    pub(in crate::transport) fn stopped_reading(
+    /// `limit` and `limit` plus two ticks after it stopped); until then
+    /// `Stopped`, and a ping it cannot read does not end it meanwhile
+    /// (`ws::keepalive`, Socket.IO's pings). `Open` for a client whose window
+    /// is open while nothing is acknowledged (a vanished host, a network
+    /// path that dropped): a quiet one is keepalive's, and the kernel drops
+    /// any at `TCP_USER_TIMEOUT` (`sockets::give_up_unacknowledged`), so that
+    /// a phone out of reach for a few seconds is not cut for it (unless its
+    /// socket fills meanwhile: `flush`). `Open` too where the kernel does
+    /// not say (before Linux 5.4, no window).
+    pub(in crate::transport) fn reading(
         &self,
         now: tokio::time::Instant,
         limit: Duration,
-    ) -> bool {
+    ) -> Reading {
         let mut out = self.out();
         let Some(Sending {
             acked,
@@ -400,13 +402,16 @@ impl Wire {
         }) = self.sending()
         else {
             out.closed_window = None;
-            return false;
+            return Reading::Open;
         };
         match out.closed_window {
-            Some((a, since)) if a == acked => now.saturating_duration_since(since) >= limit,
+            Some((a, since)) if a == acked => match now.saturating_duration_since(since) >= limit {
+                true => Reading::Stuck,
+                false => Reading::Stopped,
+            },
             _ => {
                 out.closed_window = Some((acked, now));
-                false
+                Reading::Stopped
             }
         }
     }
@@ -612,6 +617,19 @@ impl Direct for Wire {
             }
         }
     }
+}
+
+/// What `Wire::reading` found of a client's reading.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(in crate::transport) enum Reading {
+    /// Its window is open (or the kernel does not say).
+    Open,
+    /// It stopped reading: its window is closed on bytes the socket holds,
+    /// not yet for the limit.
+    Stopped,
+    /// Its window has been closed, nothing acknowledged, for the limit: a
+    /// slow consumer.
+    Stuck,
 }
 
 /// A socket's sending side, as the kernel says it (`Wire::sending`).

@@ -574,21 +574,52 @@ async fn a_stuck_socketio_client_is_cut_and_resumes_exactly() {
 /// in rowcast and no write of rowcast's times out.
 const FITTING_EVENTS: i64 = 200;
 
-/// A server whose clients acknowledging nothing for 2 s are slow consumers
-/// (SSE: 5 s), looked at every `keepalive`. The kernel drops them at 7.5 s
-/// or later (`ServerConfig::unacknowledged_timeout`).
-async fn quick_to_cut(url: &str, keepalive: Duration) -> rowcast::server::Server {
+/// A server whose clients acknowledging nothing for `write` (2 s: SSE 5 s)
+/// are slow consumers, looked at every `keepalive`. The kernel drops them
+/// later (`ServerConfig::unacknowledged_timeout`: 7.5 s for 2 s).
+async fn quick_to_cut(url: &str, keepalive: Duration, write: Duration) -> rowcast::server::Server {
     server_with(url, |c| {
-        c.write_timeout = Duration::from_secs(2);
+        c.write_timeout = write;
         c.keepalive = keepalive;
     })
     .await
 }
 
+/// A client that says nothing while it stalls: its ping answers nothing.
+struct Silent<C>(C);
+
+impl<C: Paused> Paused for Silent<C> {
+    async fn next_envelope(&mut self) -> Value {
+        self.0.next_envelope().await
+    }
+
+    async fn until_cut(&mut self) -> Vec<(i64, String)> {
+        self.0.until_cut().await
+    }
+}
+
+/// A quiet WebSocket whose client stopped reading, and says nothing, is
+/// pinged, and cannot read the ping: with two `--keepalive` intervals
+/// shorter than `--write-timeout` its unanswered ping does not close it
+/// first (1001); it is a slow consumer (4008) like any stopped reader (r7's
+/// review: 1001 at 4 s with `--keepalive 1s --write-timeout 10s`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_stopped_reader_is_a_slow_consumer_before_its_ping_times_out() {
+    let url = fresh_db().await;
+    let srv = quick_to_cut(&url, Duration::from_secs(1), Duration::from_secs(4)).await;
+    let mut stuck = Silent(small_ws(srv.addr, "topics=s").await);
+    a_stuck_client_is_cut_and_resumes(&srv, &url, &mut stuck, "ws", FITTING_EVENTS, Duration::ZERO)
+        .await;
+    assert_eq!(
+        srv.metric("rowcast_ws_closed_total{reason=\"keepalive_timeout\"}"),
+        0.0
+    );
+}
+
 /// A client that stops reading while all it was sent fits in its socket
 /// is a slow consumer too, though nothing waits in rowcast: its window is
 /// closed on bytes the socket holds, and nothing is acknowledged for the
-/// write timeout (`Wire::stopped_reading`, at the keepalive ticks). It is
+/// write timeout (`Wire::reading`, at the keepalive ticks). It is
 /// cut and counted as one (4008), reads whole events and then the close
 /// frame, and resumes exactly. (Before: left to the kernel's
 /// `TCP_USER_TIMEOUT`, a reset counted as `client_gone`, the close frame
@@ -596,7 +627,7 @@ async fn quick_to_cut(url: &str, keepalive: Duration) -> rowcast::server::Server
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_with_little_pending_is_cut_as_slow() {
     let url = fresh_db().await;
-    let srv = quick_to_cut(&url, Duration::from_secs(1)).await;
+    let srv = quick_to_cut(&url, Duration::from_secs(1), Duration::from_secs(2)).await;
     let mut stuck = small_ws(srv.addr, "topics=s").await;
     a_stuck_client_is_cut_and_resumes(&srv, &url, &mut stuck, "ws", FITTING_EVENTS, Duration::ZERO)
         .await;
@@ -607,12 +638,13 @@ async fn a_client_that_stops_reading_with_little_pending_is_cut_as_slow() {
 }
 
 /// The same over Socket.IO's WebSocket, whose pings go to every connection
-/// (with `--keepalive` at least the write timeout, the cut comes before the
-/// unanswered ping's).
+/// and which this client cannot read: its pings unanswered for longer than
+/// Engine.IO's timeout (two `--keepalive` intervals shorter than
+/// `--write-timeout`) do not close it first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_socketio_client_that_stops_reading_with_little_pending_is_cut_as_slow() {
     let url = fresh_db().await;
-    let srv = quick_to_cut(&url, Duration::from_secs(2)).await;
+    let srv = quick_to_cut(&url, Duration::from_secs(1), Duration::from_secs(4)).await;
     let mut stuck = RawSio::connect(srv.addr, "topics=s").await;
     a_stuck_client_is_cut_and_resumes(
         &srv,
@@ -630,7 +662,7 @@ async fn a_socketio_client_that_stops_reading_with_little_pending_is_cut_as_slow
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_sse_client_that_stops_reading_with_little_pending_is_cut_as_slow() {
     let url = fresh_db().await;
-    let srv = quick_to_cut(&url, Duration::from_secs(1)).await;
+    let srv = quick_to_cut(&url, Duration::from_secs(1), Duration::from_secs(2)).await;
     let mut stuck = RawSse::get(srv.addr, "topics=s").await;
     stuck.opened().await;
     a_stuck_client_is_cut_and_resumes(

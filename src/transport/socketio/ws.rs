@@ -28,7 +28,7 @@ use crate::transport::deadline::{fire, Expiry, MaybeTimer};
 use crate::transport::start::StreamRequest;
 use crate::transport::websocket::handshake::Handshake;
 use crate::transport::websocket::stream::{self, Stream};
-use crate::transport::wire::{Render, Wire, MAX_COALESCE};
+use crate::transport::wire::{Reading, Render, Wire, MAX_COALESCE};
 use crate::transport::App;
 use axum::response::{IntoResponse, Response};
 use futures::future::OptionFuture;
@@ -373,10 +373,13 @@ impl Connection {
                     }
                 },
                 at = ping.tick() => {
-                    if self.wire.stopped_reading(at, limit) {
+                    let reading = self.wire.reading(at, limit);
+                    if reading == Reading::Stuck {
                         return Disconnect::SlowConsumer;
                     }
-                    if pong_due.is_some_and(|at| at.elapsed() > settings.ping_timeout) {
+                    // one that cannot read the ping is the slow-consumer rule's
+                    let unanswered = pong_due.is_some_and(|at| at.elapsed() > settings.ping_timeout);
+                    if unanswered && reading == Reading::Open {
                         return Disconnect::KeepaliveTimeout;
                     }
                     if pong_due.is_none() {

@@ -11,7 +11,7 @@
 //! whose socket accepts nothing is cut after the socket-level write timeout
 //! (`ServerConfig::socket_write_timeout`: `http::WriteTimeout` on hyper's
 //! path, the wire's flush in `direct`, and there also one that stopped
-//! reading with all it was sent in the socket: `Wire::stopped_reading` at the
+//! reading with all it was sent in the socket: `Wire::reading` at the
 //! keepalive tick), and EventSource reconnects with its Last-Event-ID.
 //!
 //! Two ways to write a stream: a request answered by `direct_http1` (every
@@ -33,7 +33,7 @@ use crate::feed::Feed;
 use crate::metrics::Transport;
 use crate::protocol::ServerMessage;
 use crate::shutdown::Shutdown;
-use crate::transport::wire::Wire;
+use crate::transport::wire::{Reading, Wire};
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::header;
@@ -206,13 +206,13 @@ impl Stream {
     }
 
     /// On the raw socket: its client stopped reading while what it was sent
-    /// fit in the socket (`Wire::stopped_reading`, under the socket-level
+    /// fit in the socket (`Wire::reading`, under the socket-level
     /// write timeout), a slow consumer. Never on hyper's path, whose
     /// `http::WriteTimeout` sees only a full socket.
     fn stopped_reading(&self, at: tokio::time::Instant) -> bool {
-        self.direct
-            .as_ref()
-            .is_some_and(|wire| wire.stopped_reading(at, self.app.cfg.socket_write_timeout()))
+        self.direct.as_ref().is_some_and(|wire| {
+            wire.reading(at, self.app.cfg.socket_write_timeout()) == Reading::Stuck
+        })
     }
 
     /// The publisher wrote to the raw socket since the last look (never, on

@@ -17,7 +17,7 @@ use crate::transport::websocket::stream::send_within;
 use futures::StreamExt;
 use tungstenite::Message;
 
-use crate::transport::wire::MAX_COALESCE;
+use crate::transport::wire::{Reading, MAX_COALESCE};
 
 impl Session {
     /// The session's whole life. Not an `async fn`: one taking `mut self`
@@ -156,11 +156,14 @@ impl Session {
                     }
                 },
                 at = ping.tick() => {
-                    if self.wire.stopped_reading(at, limit) {
+                    let reading = self.wire.reading(at, limit);
+                    if reading == Reading::Stuck {
                         return Disconnect::SlowConsumer;
                     }
                     match keepalive.tick(at, self.wire.written(), self.wire.acknowledged_now()) {
                         Beat::Skip => {}
+                        // it cannot read the ping: the slow-consumer rule judges it
+                        Beat::Dead if reading == Reading::Stopped => {}
                         Beat::Dead => return Disconnect::KeepaliveTimeout,
                         Beat::Ping => {
                             let ping = send_within(&mut self.socket, &self.wire, Message::Ping(bytes::Bytes::new()), limit);

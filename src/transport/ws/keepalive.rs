@@ -16,7 +16,10 @@
 //!   intervals of silence from it, whatever was written). A client still
 //!   reading the bytes queued before the ping (a burst that fit in the
 //!   socket, read at its own pace) acknowledges them as it goes, and is not
-//!   closed before it reaches the ping and answers it.
+//!   closed before it reaches the ping and answers it. One that stopped
+//!   reading (its window closed on bytes before the ping) cannot answer:
+//!   its connection's task leaves it to the slow-consumer rule
+//!   (`wire::Wire::reading`, 4008), not to this one (1001).
 //! - Why: with 10,000 connections and `--keepalive 15s`, a ping to every
 //!   connection every interval was 667 pings and pongs per second, about
 //!   a third of the server's CPU at 100 writes/s (`README`, issue #16,
