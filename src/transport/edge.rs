@@ -188,6 +188,15 @@ impl http_body::Body for Tracked {
     }
 }
 
+/// `Access-Control-Allow-Credentials: true` beside every origin allowed to
+/// read an answer (always that origin itself, never `*`): a page may send
+/// its requests `withCredentials` (socket.io-client's option, EventSource's),
+/// and a browser reads no credentialed answer without it. Harmless: rowcast
+/// reads no cookie; identity is the token the request carries.
+fn credentials() -> HeaderValue {
+    HeaderValue::from_static("true")
+}
+
 /// The answer to a preflight (`OPTIONS`); from a refused origin too, whose
 /// request is then refused with a readable 403.
 fn preflight(origin: Option<HeaderValue>) -> Response {
@@ -195,6 +204,7 @@ fn preflight(origin: Option<HeaderValue>) -> Response {
     if let Some(o) = origin {
         let h = r.headers_mut();
         h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o);
+        h.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, credentials());
         h.insert(
             header::ACCESS_CONTROL_ALLOW_METHODS,
             HeaderValue::from_static("GET, POST, PATCH, DELETE, OPTIONS"),
@@ -227,6 +237,8 @@ impl Then {
             Then::AllowOrigin(Some(o)) => {
                 r.headers_mut()
                     .insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o);
+                r.headers_mut()
+                    .insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, credentials());
                 r.headers_mut()
                     .insert(header::VARY, HeaderValue::from_static("Origin"));
             }

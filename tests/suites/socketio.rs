@@ -1195,6 +1195,69 @@ async fn connected(ws_url: &str) -> (RawWs, String) {
     (ws, pid)
 }
 
+/// A client without Connection State Recovery (socket.io-client before
+/// 4.6.0) resumes exactly by giving its last event's cursor as
+/// `auth.cursor`; `auth.snapshot` and the URL's `?snapshot=true` bring the
+/// state first (r8's review: the URL's `snapshot` and `cursor` were read and
+/// ignored); a malformed cursor is a `connect_error` "bad_cursor: ...".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_without_recovery_starts_at_its_cursor_or_with_the_snapshot() {
+    let url = fresh_db().await;
+    let srv = server(&url).await;
+    let base = srv.base_url();
+    let db = connect(&url).await;
+    let (mut first, _) = Box::pin(connected(&sio_ws_url(&base, "&topics=c"))).await;
+    emit(&db, "c", 1).await;
+    let one: Value =
+        serde_json::from_str(texts(&mut first, 1).await[0].strip_prefix("42").unwrap()).unwrap();
+    assert_eq!(one[1]["n"], 1);
+    let cursor = one[2].as_str().unwrap().to_string();
+    drop(first);
+    for n in 2..=4 {
+        emit(&db, "c", n).await;
+    }
+    // a new session (no pid) from the cursor: 2, 3, 4 and nothing before
+    let mut again = raw(&sio_ws_url(&base, "&topics=c")).await;
+    texts(&mut again, 1).await;
+    let reply = said(&mut again, &format!("40{}", json!({"cursor": cursor}))).await;
+    assert!(reply.starts_with("40{"), "{reply}");
+    let ns: Vec<i64> = texts(&mut again, 3)
+        .await
+        .iter()
+        .map(|t| {
+            serde_json::from_str::<Value>(t.strip_prefix("42").unwrap()).unwrap()[1]["n"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(ns, vec![2, 3, 4]);
+    // the state first: the URL's snapshot, or auth's (which wins)
+    for (live, (query, auth, snapshot)) in (100..).zip([
+        ("&topics=c&snapshot=true", json!({}), true),
+        ("&topics=c", json!({"snapshot": true}), true),
+        ("&topics=c&snapshot=true", json!({"snapshot": false}), false),
+    ]) {
+        let mut ws = raw(&sio_ws_url(&base, query)).await;
+        texts(&mut ws, 1).await;
+        let reply = said(&mut ws, &format!("40{auth}")).await;
+        assert!(reply.starts_with("40{"), "{reply}");
+        emit(&db, "c", live).await;
+        // a snapshot first holds an earlier change; else the live one comes
+        let next: Value =
+            serde_json::from_str(texts(&mut ws, 1).await[0].strip_prefix("42").unwrap()).unwrap();
+        let first = next[1]["n"].as_i64().unwrap();
+        assert_eq!(first < live, snapshot, "{query} {auth}: {next}");
+    }
+    let mut bad = raw(&sio_ws_url(&base, "&topics=c")).await;
+    texts(&mut bad, 1).await;
+    let refused = said(&mut bad, r#"40{"cursor":"not a cursor"}"#).await;
+    assert!(
+        refused.starts_with(r#"44{"message":"bad_cursor: "#),
+        "{refused}"
+    );
+    srv.stop().await;
+}
+
 /// Two connections of one session (the first not yet noticed gone when the
 /// client recovered on the second): the older one can no longer change the
 /// stored topics; the newer one can.

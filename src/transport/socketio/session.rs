@@ -27,7 +27,7 @@ use crate::auth::Verdict;
 use crate::cursor::Cursor;
 use crate::feed::{Delivery, Feed, Start};
 use crate::protocol::socketio::{self as packet, PacketError, SocketKind, SocketPacket};
-use crate::protocol::split_topic_list;
+use crate::protocol::{parse_cursor, split_topic_list};
 use crate::transport::close::Disconnect;
 use crate::transport::socketio::rooms::{Found, Held, Key, Saved};
 use crate::transport::start::StreamRequest;
@@ -53,6 +53,9 @@ struct Opening {
     token: Option<String>,
     /// `topics` of its query.
     topics: Vec<String>,
+    /// `cursor` and `snapshot` of its query, for a CONNECT that does not
+    /// recover and gives neither in `auth`.
+    start: Start,
     /// Those topics refused (`StreamRequest::topics_refused`): every CONNECT
     /// is answered with the refusal.
     topics_refused: Option<ApiError>,
@@ -108,6 +111,7 @@ impl Session {
             opening: Some(Box::new(Opening {
                 token: req.handshake_token(),
                 topics: req.topics.clone(),
+                start: req.start.clone(),
                 topics_refused: req.topics_refused.clone(),
                 origin_refused: req.engine.origin_refused,
             })),
@@ -340,15 +344,32 @@ impl Session {
             .await
             .map_err(|_| Disconnect::TryAgainLater)?;
         self.count_refusals(&denied, &failed);
+        // `auth`'s cursor and snapshot win over the URL's; a recovery's
+        // offset over both
+        let url = self
+            .opening
+            .as_ref()
+            .map(|o| o.start.clone())
+            .unwrap_or_default();
         let snapshot = auth
             .get("snapshot")
             .and_then(Value::as_bool)
-            .unwrap_or(false);
+            .unwrap_or(url.snapshot);
+        let given = match parse_cursor(auth.get("cursor").and_then(Value::as_str)) {
+            Ok(c) => c.or(url.cursor),
+            Err(e) => {
+                let e = ApiError::from(e);
+                self.count(e.code);
+                let message = format!("{}: {}", e.code.as_str(), e.message);
+                out.push(packet::connect_error("/", &message));
+                return Ok(());
+            }
+        };
         let (cursor, recovering, mut resync) = match resume {
             // an older node's pid (no key) resumes, under a new pid
             Some(Ok(r)) => (Some(r.cursor), r.key.map(|k| (r.pid, k)), None),
             Some(Err(why)) => (None, None, Some(why)),
-            None => (None, None, None),
+            None => (given, None, None),
         };
         // (a database error is logged as a warning on the way, as on every
         // transport; the client retries)
@@ -688,7 +709,7 @@ fn error_event(code: ErrorCode, message: &str) -> String {
 /// What a CONNECT carries: no ack id, and nothing (an empty object) or an
 /// object whose `token` is a string or `null` (no token: FR-021's client
 /// sends `auth: { token: userToken }`, and an app keeps a visitor's
-/// `userToken` as `null`), `pid` and `offset` strings, `topics` a string
+/// `userToken` as `null`), `pid`, `offset` and `cursor` strings, `topics` a string
 /// or a list of strings and `snapshot` a boolean; other fields are the
 /// app's, ignored. Anything else (`40[1]`, `401`, `40null`,
 /// `40{"topics":5}`, `40{"token":5}`) is refused with `connect_error`
@@ -710,8 +731,8 @@ fn connect_payload(ack: Option<u64>, data: Option<Value>) -> Result<Value, &'sta
     {
         return Err("auth.token is a string (or null: no token)");
     }
-    if !string("pid") || !string("offset") {
-        return Err("pid and offset are strings");
+    if !string("pid") || !string("offset") || !string("cursor") {
+        return Err("pid, offset and cursor are strings");
     }
     match auth.get("topics") {
         None | Some(Value::String(_)) => {}

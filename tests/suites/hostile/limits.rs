@@ -27,6 +27,9 @@ async fn connection_limits_and_allowed_origins() {
         r.headers()["access-control-allow-origin"],
         "http://localhost:5173"
     );
+    // a page's `withCredentials` requests (socket.io-client's option) are
+    // readable too (r8's review: Chromium refused every answer)
+    assert_eq!(r.headers()["access-control-allow-credentials"], "true");
     let r = reqwest::Client::new()
         .request(
             reqwest::Method::OPTIONS,
@@ -38,6 +41,7 @@ async fn connection_limits_and_allowed_origins() {
         .await
         .unwrap();
     assert_eq!(r.status(), 204);
+    assert_eq!(r.headers()["access-control-allow-credentials"], "true");
     assert!(r.headers()["access-control-allow-headers"]
         .to_str()
         .unwrap()
