@@ -818,8 +818,6 @@ mod tests {
         assert_eq!(format!("{parsed:?}"), format!("{new:?}"));
     }
 
-    /// The switches stay plain flags on the command line (their environment
-    /// variables take `1`, `yes`, `on`, ... as well: `boolish`).
     /// A pool larger than PostgreSQL allows is brought down to that (its
     /// slots are allocated up front: 2^64 - 1 of them aborted the server);
     /// claims to require without a key to check them are refused.
@@ -856,6 +854,8 @@ mod tests {
         }
     }
 
+    /// The switches stay plain flags on the command line (their environment
+    /// variables take `1`, `yes`, `on`, `t`, `y`, ... as well: `boolish`).
     #[test]
     fn switches_are_flags() {
         let parsed = Cli::try_parse_from([

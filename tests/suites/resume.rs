@@ -568,13 +568,21 @@ async fn two_declared_losses_out_of_xid_order_count_in_commit_order() {
     b.batch_execute("BEGIN; SELECT pg_current_xact_id()")
         .await
         .unwrap();
+    // a position before A, with B in progress: A's loss covers it
+    let before = resumable_cursor(&srv.base_url(), "x").await;
     // A: a switch with a later xid, committed first
     db.batch_execute(
         "UPDATE rowcast.retention SET lost_before = pg_current_xact_id(); NOTIFY rowcast;",
     )
     .await
     .unwrap();
-    resumable_cursor(&srv.base_url(), "x").await; // the node has read A
+    // the node has read A once it tells that position (a fresh cursor
+    // resuming is no sign: one taken before the node read A resumes too)
+    let query = format!("topics=x&cursor={before}");
+    eventually_async("the node read A", || async {
+        poll_raw(&srv.base_url(), &query).await.0 == 410
+    })
+    .await;
     let mut p = Poller::start(&srv.base_url(), "x").await;
     emit(&db, "x", 0).await;
     p.events(1).await;
@@ -587,9 +595,16 @@ async fn two_declared_losses_out_of_xid_order_count_in_commit_order() {
     )
     .await
     .unwrap();
-    resumable_cursor(&srv.base_url(), "x").await; // the node has read B
-    let (s_nowin, body_nowin) = poll_raw(&nowin.base_url(), &format!("topics=x&cursor={c1}")).await;
-    let (s_win, body_win) = poll_raw(&srv.base_url(), &format!("topics=x&cursor={c1}")).await;
+    // each node tells c1 once it has read B (before, c1 resumes: it sees A)
+    let query = format!("topics=x&cursor={c1}");
+    for (node, path) in [(&nowin, "the log's path"), (&srv, "the window's path")] {
+        eventually_async(path, || async {
+            poll_raw(&node.base_url(), &query).await.0 != 200
+        })
+        .await;
+    }
+    let (s_nowin, body_nowin) = poll_raw(&nowin.base_url(), &query).await;
+    let (s_win, body_win) = poll_raw(&srv.base_url(), &query).await;
     let ws_got = tokio::time::timeout(Duration::from_secs(3), async {
         loop {
             match ws.next().await {
