@@ -173,6 +173,27 @@ pub fn event(name: &str, args: &[&Value]) -> String {
     format!("42{}", Value::Array(arr))
 }
 
+/// The ack id of a Socket.IO binary event header (`5<attachments>-[/ns,]<id>[...]`),
+/// if it asks for one: its refusal goes there, or an `emitWithAck` would
+/// wait for ever. `None` for anything else (a binary ack, `6`, is answered
+/// by nobody).
+pub fn binary_ack(text: &str) -> Option<u64> {
+    let rest = text.strip_prefix('5')?;
+    let (count, rest) = rest.split_once('-')?;
+    if count.is_empty() || !count.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let rest = match rest.strip_prefix('/') {
+        Some(ns) => ns.split_once(',')?.1,
+        None => rest,
+    };
+    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+    match digits {
+        1..=MAX_ACK_DIGITS => rest[..digits].parse().ok(),
+        _ => None,
+    }
+}
+
 /// Socket.IO ACK on the default namespace: `43<id>[args...]`.
 pub fn ack(id: u64, arg: &Value) -> String {
     format!("43{id}[{arg}]")
@@ -181,6 +202,23 @@ pub fn ack(id: u64, arg: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn binary_event_headers_say_their_ack_id() {
+        assert_eq!(
+            binary_ack(r#"51-7["x",{"_placeholder":true,"num":0}]"#),
+            Some(7)
+        );
+        assert_eq!(binary_ack(r#"52-/admin,12["x"]"#), Some(12));
+        assert_eq!(
+            binary_ack(r#"51-["x",{"_placeholder":true,"num":0}]"#),
+            None
+        );
+        assert_eq!(binary_ack(r#"61-7[{"_placeholder":true,"num":0}]"#), None);
+        assert_eq!(binary_ack("5"), None);
+        assert_eq!(binary_ack("5x-7[]"), None);
+        assert_eq!(binary_ack(&format!("51-{}[]", "9".repeat(40))), None);
+    }
 
     #[test]
     fn engine_packets() {

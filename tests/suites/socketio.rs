@@ -2291,7 +2291,9 @@ async fn connects_are_counted_checked_and_names_not_echoed_whole() {
 /// Binary attachments are refused alike wherever they come: a Socket.IO
 /// binary event or ack header (types 5 and 6), a WebSocket binary frame,
 /// an Engine.IO `b` packet on long-polling: each gets `rowcast:error`
-/// `binary_not_supported`, and the session goes on.
+/// `binary_not_supported`, or, a binary event that asks for an ack, that
+/// ack with the refusal (r8's review: an `emitWithAck` of binary data waited
+/// for ever); and the session goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_packets_are_refused_alike_on_every_transport() {
     use futures::SinkExt;
@@ -2308,6 +2310,15 @@ async fn binary_packets_are_refused_alike_on_every_transport() {
     ] {
         assert_eq!(said(&mut ws, header).await, refused, "{header}");
     }
+    let in_ack = r#"437[{"error":"binary_not_supported","message":"binary packets are not supported: send JSON text"}]"#;
+    assert_eq!(
+        said(
+            &mut ws,
+            r#"451-7["subscribe",{"_placeholder":true,"num":0}]"#
+        )
+        .await,
+        in_ack
+    );
     ws.send(M::Binary(vec![1u8, 2, 3].into())).await.unwrap();
     assert_eq!(texts(&mut ws, 1).await, [refused]);
     assert!(
@@ -2319,14 +2330,20 @@ async fn binary_packets_are_refused_alike_on_every_transport() {
     let body = [
         r#"451-["subscribe",{"_placeholder":true,"num":0}]"#,
         "bAQID",
+        r#"451-7["subscribe",{"_placeholder":true,"num":0}]"#,
+        "bAQID",
         "40",
     ]
     .join("\u{1e}");
     assert_eq!(p.post(body).await, (200, "ok".into()));
     let (status, answer) = p.poll().await;
     assert_eq!(status, 200);
-    assert_eq!(answer[..2], [refused, refused], "{answer:?}");
-    assert!(answer[2].starts_with("40{"), "{answer:?}");
+    assert_eq!(
+        answer[..4],
+        [refused, refused, in_ack, refused],
+        "{answer:?}"
+    );
+    assert!(answer[4].starts_with("40{"), "{answer:?}");
     assert!(srv.metric("rowcast_rejected_total{reason=\"binary\"}") >= 5.0);
     assert_eq!(panic_count(), before, "something panicked");
     srv.stop().await;

@@ -154,7 +154,7 @@ impl Session {
         let p = match packet::parse_socket(text) {
             Ok(p) => p,
             Err(PacketError::Binary) => {
-                self.refuse_binary(out);
+                self.refuse_binary(packet::binary_ack(text), out);
                 return Ok(());
             }
             Err(e) => {
@@ -215,14 +215,19 @@ impl Session {
     }
 
     /// A binary packet (a Socket.IO binary event or ack, a WebSocket binary
-    /// frame, an Engine.IO `b` packet): `rowcast:error`
-    /// `binary_not_supported`, and the session goes on.
-    pub(crate) fn refuse_binary(&self, out: &mut Vec<String>) {
+    /// frame, an Engine.IO `b` packet): `binary_not_supported`, in the ack a
+    /// binary event asked for (`ack`), else as `rowcast:error`; the session
+    /// goes on.
+    pub(crate) fn refuse_binary(&self, ack: Option<u64>, out: &mut Vec<String>) {
         self.count(ErrorCode::BinaryNotSupported);
-        out.push(error_event(
-            ErrorCode::BinaryNotSupported,
-            &PacketError::Binary.to_string(),
-        ));
+        let message = PacketError::Binary.to_string();
+        out.push(match ack {
+            Some(id) => {
+                let e = ApiError::new(ErrorCode::BinaryNotSupported, message);
+                packet::ack(id, &ack_error(&e))
+            }
+            None => error_event(ErrorCode::BinaryNotSupported, &message),
+        });
     }
 
     /// CONNECT: identity, topics, recovery, and the reply carrying the pid.

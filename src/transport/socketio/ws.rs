@@ -340,10 +340,10 @@ impl Connection {
                             Ok(EnginePacket::Ping(data)) => out.push(format!("3{data}")),
                             Ok(EnginePacket::Close) => return Disconnect::ClientGone,
                             Ok(EnginePacket::Upgrade | EnginePacket::Noop) => {}
-                            Err(PacketError::Binary) => self.session.refuse_binary(&mut out),
+                            Err(PacketError::Binary) => self.session.refuse_binary(None, &mut out),
                             Err(_) => return Disconnect::ProtocolError,
                         },
-                        Message::Binary(_) => self.session.refuse_binary(&mut out),
+                        Message::Binary(_) => self.session.refuse_binary(None, &mut out),
                         // a ping or pong: tungstenite answers pings itself
                         _ => {}
                     }
