@@ -91,6 +91,10 @@ pub(crate) struct StreamRequest {
     /// can read, instead of refusing the handshake, which socket.io-client
     /// reads only as a transport error and retries for ever.
     pub topics_refused: Option<ApiError>,
+    /// A Socket.IO request's malformed cursor (`?cursor=`; then `start` has
+    /// none): answered at the CONNECT, like `topics_refused`, unless the
+    /// CONNECT gives a cursor of its own or recovers.
+    pub cursor_refused: Option<ApiError>,
     /// Where to start: the cursor (`Last-Event-ID` header, else `lastEventId`,
     /// else `cursor`) and the snapshot flag.
     pub start: Start,
@@ -168,7 +172,12 @@ impl FromRequestParts<Arc<App>> for StreamRequest {
             given(header_id)
                 .or(given(q.last_event_id.as_deref()))
                 .or(given(q.cursor.as_deref())),
-        )?;
+        );
+        let (cursor, cursor_refused) = match cursor {
+            Ok(c) => (c, None),
+            Err(e) if parts.uri.path() == super::socketio::PATH => (None, Some(e.into())),
+            Err(e) => return Err(e.into()),
+        };
         Ok(StreamRequest {
             peer: peer(parts),
             socket: parts
@@ -179,6 +188,7 @@ impl FromRequestParts<Arc<App>> for StreamRequest {
             headers: parts.headers.clone(),
             topics,
             topics_refused,
+            cursor_refused,
             start: Start {
                 cursor,
                 snapshot: flag("snapshot", q.snapshot.as_deref())?,

@@ -1245,8 +1245,16 @@ async fn a_connect_without_recovery_starts_at_its_cursor_or_with_the_snapshot() 
         // a snapshot first holds an earlier change; else the live one comes
         let next: Value =
             serde_json::from_str(texts(&mut ws, 1).await[0].strip_prefix("42").unwrap()).unwrap();
-        let first = next[1]["n"].as_i64().unwrap();
-        assert_eq!(first < live, snapshot, "{query} {auth}: {next}");
+        let mut n = next[1]["n"].as_i64().unwrap();
+        assert_eq!(n < live, snapshot, "{query} {auth}: {next}");
+        // the live one read: the next session starts past it (else, read
+        // late by the node, it would come to that session as live)
+        while n != live {
+            let next: Value =
+                serde_json::from_str(texts(&mut ws, 1).await[0].strip_prefix("42").unwrap())
+                    .unwrap();
+            n = next[1]["n"].as_i64().unwrap();
+        }
     }
     let mut bad = raw(&sio_ws_url(&base, "&topics=c")).await;
     texts(&mut bad, 1).await;
@@ -1255,6 +1263,60 @@ async fn a_connect_without_recovery_starts_at_its_cursor_or_with_the_snapshot() 
         refused.starts_with(r#"44{"message":"bad_cursor: "#),
         "{refused}"
     );
+    srv.stop().await;
+}
+
+/// A Socket.IO client must answer a ping within another `--keepalive` (the
+/// handshake's `pingTimeout`): one that does not is closed at the next ping
+/// tick, after exactly one ping (r9's review: one or two intervals, as the
+/// timer read its clock).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unanswered_engine_io_ping_closes_at_the_next_one() {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::Message as M;
+    let url = fresh_db().await;
+    let srv = server_with(&url, |c| c.keepalive = Duration::from_secs(1)).await;
+    for _ in 0..3 {
+        let mut ws = raw(&sio_ws_url(&srv.base_url(), "&topics=p")).await;
+        let mut pings = 0;
+        let closed = tokio::time::timeout(ARRIVAL, async {
+            while let Some(Ok(m)) = ws.next().await {
+                match m {
+                    M::Text(t) if t.as_str() == "2" => pings += 1,
+                    M::Close(_) => break,
+                    _ => {}
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "closed in time");
+        assert_eq!(pings, 1, "closed at the ping after the unanswered one");
+    }
+    srv.stop().await;
+}
+
+/// A malformed `?cursor=` in a Socket.IO URL is answered at the CONNECT
+/// (`connect_error` "bad_cursor: ..."), as the URL's topics are, not by
+/// refusing the Engine.IO handshake, which socket.io-client reads only as a
+/// transport error and retries for ever; a CONNECT giving its own cursor
+/// goes on (r9's review).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_url_cursor_is_answered_at_the_connect() {
+    let url = fresh_db().await;
+    let srv = server(&url).await;
+    let ws_url = sio_ws_url(&srv.base_url(), "&topics=c&cursor=not-a-cursor");
+    let mut refused = raw(&ws_url).await;
+    texts(&mut refused, 1).await; // the Engine.IO open: the handshake goes through
+    let answer = said(&mut refused, "40").await;
+    assert!(
+        answer.starts_with(r#"44{"message":"bad_cursor: "#),
+        "{answer}"
+    );
+    let fresh = resumable_cursor(&srv.base_url(), "c").await;
+    let mut own = raw(&ws_url).await;
+    texts(&mut own, 1).await;
+    let answer = said(&mut own, &format!("40{}", json!({"cursor": fresh}))).await;
+    assert!(answer.starts_with("40{"), "{answer}");
     srv.stop().await;
 }
 

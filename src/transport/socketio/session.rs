@@ -56,6 +56,8 @@ struct Opening {
     /// `cursor` and `snapshot` of its query, for a CONNECT that does not
     /// recover and gives neither in `auth`.
     start: Start,
+    /// Its query's cursor was malformed (`StreamRequest::cursor_refused`).
+    cursor_refused: Option<ApiError>,
     /// Those topics refused (`StreamRequest::topics_refused`): every CONNECT
     /// is answered with the refusal.
     topics_refused: Option<ApiError>,
@@ -112,6 +114,7 @@ impl Session {
                 token: req.handshake_token(),
                 topics: req.topics.clone(),
                 start: req.start.clone(),
+                cursor_refused: req.cursor_refused.clone(),
                 topics_refused: req.topics_refused.clone(),
                 origin_refused: req.engine.origin_refused,
             })),
@@ -360,21 +363,25 @@ impl Session {
             .get("snapshot")
             .and_then(Value::as_bool)
             .unwrap_or(url.snapshot);
+        let url_refused = self.opening.as_ref().and_then(|o| o.cursor_refused.clone());
         let given = match parse_cursor(auth.get("cursor").and_then(Value::as_str)) {
-            Ok(c) => c.or(url.cursor),
-            Err(e) => {
-                let e = ApiError::from(e);
-                self.count(e.code);
-                let message = format!("{}: {}", e.code.as_str(), e.message);
-                out.push(packet::connect_error("/", &message));
-                return Ok(());
-            }
+            Ok(Some(c)) => Ok(Some(c)),
+            Ok(None) => url_refused.map_or(Ok(url.cursor), Err),
+            Err(e) => Err(ApiError::from(e)),
         };
         let (cursor, recovering, mut resync) = match resume {
             // an older node's pid (no key) resumes, under a new pid
             Some(Ok(r)) => (Some(r.cursor), r.key.map(|k| (r.pid, k)), None),
             Some(Err(why)) => (None, None, Some(why)),
-            None => (given, None, None),
+            None => match given {
+                Ok(c) => (c, None, None),
+                Err(e) => {
+                    self.count(e.code);
+                    let message = format!("{}: {}", e.code.as_str(), e.message);
+                    out.push(packet::connect_error("/", &message));
+                    return Ok(());
+                }
+            },
         };
         // (a database error is logged as a warning on the way, as on every
         // transport; the client retries)

@@ -377,13 +377,17 @@ impl Connection {
                     if reading == Reading::Stuck {
                         return Disconnect::SlowConsumer;
                     }
-                    // one that cannot read the ping is the slow-consumer rule's
-                    let unanswered = pong_due.is_some_and(|at| at.elapsed() > settings.ping_timeout);
+                    // a ping unanswered for the ping timeout ends it, at the
+                    // next tick (both on the interval's own instants, so
+                    // always there, never a tick later); one that cannot read
+                    // the ping is the slow-consumer rule's
+                    let unanswered = pong_due
+                        .is_some_and(|due| at.saturating_duration_since(due) >= settings.ping_timeout);
                     if unanswered && reading == Reading::Open {
                         return Disconnect::KeepaliveTimeout;
                     }
                     if pong_due.is_none() {
-                        pong_due = Some(Instant::now());
+                        pong_due = Some(at);
                     }
                     if let Err(end) = self.send("2".into()).await {
                         return end;

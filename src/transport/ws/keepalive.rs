@@ -19,7 +19,9 @@
 //!   closed before it reaches the ping and answers it. One that stopped
 //!   reading (its window closed on bytes before the ping) cannot answer:
 //!   its connection's task leaves it to the slow-consumer rule
-//!   (`wire::Wire::reading`, 4008), not to this one (1001).
+//!   (`wire::Wire::reading`, 4008), not to this one (1001). The ping's own
+//!   bytes, acknowledged by a silent client's TCP stack, count as reading
+//!   once: such a client is closed two to three intervals after the ping.
 //! - Why: with 10,000 connections and `--keepalive 15s`, a ping to every
 //!   connection every interval was 667 pings and pongs per second, about
 //!   a third of the server's CPU at 100 writes/s (`README`, issue #16,
