@@ -825,9 +825,14 @@ impl Feed {
         }
         // a snapshot is the state now: presence follows the users' latest
         // activity and the clock, not the last transition and the last sweep
-        let active = {
-            let client = self.shares.get(self.peer).await?;
-            crate::presence::last_active(&client, &read.changes).await?
+        // (a connection only for a snapshot that holds presence changes)
+        let users = crate::presence::users_of(&read.changes);
+        let active = match users.is_empty() {
+            true => crate::presence::LastActive::new(),
+            false => {
+                let client = self.shares.get(self.peer).await?;
+                crate::presence::last_active(&client, &users).await?
+            }
         };
         for change in read.changes {
             self.queue_change(self.presence.current(change, &active));

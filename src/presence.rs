@@ -86,25 +86,26 @@ impl Clock {
 /// Users' latest activity (ms since the epoch), by user id.
 pub(crate) type LastActive = HashMap<String, i64>;
 
-/// The latest activity of the users of the `user.presence` changes among
-/// `changes`, as `rowcast.presence` has it now (one read, none when there is
-/// no such change): what a snapshot brings their changes up to
-/// (`Clock::current`).
-pub(crate) async fn last_active(
-    client: &deadpool_postgres::Client,
-    changes: &[Arc<Change>],
-) -> Result<LastActive> {
-    let users: Vec<String> = changes
+/// The users of the `user.presence` changes among `changes`: whose latest
+/// activity a snapshot reads (`last_active`); none, and it reads nothing.
+pub(crate) fn users_of(changes: &[Arc<Change>]) -> Vec<String> {
+    changes
         .iter()
         .filter(|c| c.event == "user.presence")
         .filter_map(|c| {
             let data = serde_json::from_str::<serde_json::Value>(c.payload()).ok()?;
             data["userId"].as_str().map(str::to_string)
         })
-        .collect();
-    if users.is_empty() {
-        return Ok(LastActive::new());
-    }
+        .collect()
+}
+
+/// The latest activity of `users` (`users_of`), as `rowcast.presence` has it
+/// now, in one read: what a snapshot brings their changes up to
+/// (`Clock::current`).
+pub(crate) async fn last_active(
+    client: &deadpool_postgres::Client,
+    users: &[String],
+) -> Result<LastActive> {
     let stmt = client
         .prepare_cached(
             "SELECT user_id, (extract(epoch FROM last_active_at) * 1000)::int8

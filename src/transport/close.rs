@@ -179,9 +179,7 @@ impl Disconnect {
             _ => Disconnect::ClientGone,
         }
     }
-}
 
-impl Disconnect {
     /// How a feed failure ends a stream of `transport`, logged as a warning,
     /// at most one a minute for all of the node's streams (with how many
     /// were left out): one cause (retention passing the node, a forced

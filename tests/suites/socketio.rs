@@ -1185,12 +1185,21 @@ async fn said(ws: &mut RawWs, packet: &str) -> String {
     texts(ws, 1).await.remove(0)
 }
 
+/// A raw Socket.IO WebSocket on `ws_url` that sent the CONNECT `connect`
+/// (`40`, `40{...}`) past the Engine.IO open, and the answer to it.
+async fn connecting(ws_url: &str, connect: &str) -> (RawWs, String) {
+    // boxed: the WebSocket handshake's future is large
+    let mut ws = Box::pin(raw(ws_url)).await;
+    texts(&mut ws, 1).await; // the Engine.IO open
+    let answer = said(&mut ws, connect).await;
+    (ws, answer)
+}
+
 /// A raw Socket.IO WebSocket on `ws_url`, connected (CONNECT answered),
 /// and its session's pid.
 async fn connected(ws_url: &str) -> (RawWs, String) {
-    let mut ws = raw(ws_url).await;
-    texts(&mut ws, 1).await; // the Engine.IO open
-    let answer: Value = serde_json::from_str(&said(&mut ws, "40").await[2..]).unwrap();
+    let (ws, answer) = connecting(ws_url, "40").await;
+    let answer: Value = serde_json::from_str(&answer[2..]).unwrap();
     let pid = answer["pid"].as_str().unwrap().to_string();
     (ws, pid)
 }
@@ -1217,9 +1226,8 @@ async fn a_connect_without_recovery_starts_at_its_cursor_or_with_the_snapshot() 
         emit(&db, "c", n).await;
     }
     // a new session (no pid) from the cursor: 2, 3, 4 and nothing before
-    let mut again = raw(&sio_ws_url(&base, "&topics=c")).await;
-    texts(&mut again, 1).await;
-    let reply = said(&mut again, &format!("40{}", json!({"cursor": cursor}))).await;
+    let connect = format!("40{}", json!({"cursor": cursor}));
+    let (mut again, reply) = connecting(&sio_ws_url(&base, "&topics=c"), &connect).await;
     assert!(reply.starts_with("40{"), "{reply}");
     let ns: Vec<i64> = texts(&mut again, 3)
         .await
@@ -1237,9 +1245,7 @@ async fn a_connect_without_recovery_starts_at_its_cursor_or_with_the_snapshot() 
         ("&topics=c", json!({"snapshot": true}), true),
         ("&topics=c&snapshot=true", json!({"snapshot": false}), false),
     ]) {
-        let mut ws = raw(&sio_ws_url(&base, query)).await;
-        texts(&mut ws, 1).await;
-        let reply = said(&mut ws, &format!("40{auth}")).await;
+        let (mut ws, reply) = connecting(&sio_ws_url(&base, query), &format!("40{auth}")).await;
         assert!(reply.starts_with("40{"), "{reply}");
         emit(&db, "c", live).await;
         // a snapshot first holds an earlier change; else the live one comes
@@ -1256,9 +1262,8 @@ async fn a_connect_without_recovery_starts_at_its_cursor_or_with_the_snapshot() 
             n = next[1]["n"].as_i64().unwrap();
         }
     }
-    let mut bad = raw(&sio_ws_url(&base, "&topics=c")).await;
-    texts(&mut bad, 1).await;
-    let refused = said(&mut bad, r#"40{"cursor":"not a cursor"}"#).await;
+    let connect = r#"40{"cursor":"not a cursor"}"#;
+    let (_bad, refused) = connecting(&sio_ws_url(&base, "&topics=c"), connect).await;
     assert!(
         refused.starts_with(r#"44{"message":"bad_cursor: "#),
         "{refused}"
@@ -1305,17 +1310,14 @@ async fn a_malformed_url_cursor_is_answered_at_the_connect() {
     let url = fresh_db().await;
     let srv = server(&url).await;
     let ws_url = sio_ws_url(&srv.base_url(), "&topics=c&cursor=not-a-cursor");
-    let mut refused = raw(&ws_url).await;
-    texts(&mut refused, 1).await; // the Engine.IO open: the handshake goes through
-    let answer = said(&mut refused, "40").await;
+    // the Engine.IO open comes: the handshake goes through
+    let (_refused, answer) = connecting(&ws_url, "40").await;
     assert!(
         answer.starts_with(r#"44{"message":"bad_cursor: "#),
         "{answer}"
     );
     let fresh = resumable_cursor(&srv.base_url(), "c").await;
-    let mut own = raw(&ws_url).await;
-    texts(&mut own, 1).await;
-    let answer = said(&mut own, &format!("40{}", json!({"cursor": fresh}))).await;
+    let (_own, answer) = connecting(&ws_url, &format!("40{}", json!({"cursor": fresh}))).await;
     assert!(answer.starts_with("40{"), "{answer}");
     srv.stop().await;
 }
