@@ -366,8 +366,10 @@ impl Presence {
                 _ = tokio::time::sleep(self.sweep_every) => {}
                 _ = shutdown.recv() => return,
             }
-            if let Err(e) = self.sweep().await {
-                tracing::warn!(error = %e, "presence sweep failed");
+            match shutdown.unless(self.sweep()).await {
+                None => return,
+                Some(Err(e)) => tracing::warn!(error = %e, "presence sweep failed"),
+                Some(Ok(_)) => {}
             }
         }
     }

@@ -78,19 +78,17 @@ pub(crate) async fn run(
             Some((xmin, pages)) => {
                 match progress.note(Instant::now(), pages) {
                     // a report waiting for a busy pool does not hold up a stop
-                    Moving::Yes => match tokio::select! {
-                        r = report(&pool, &node, xmin, valid) => r,
-                        _ = shutdown.recv() => break,
-                    } {
-                        Ok(()) => {
+                    Moving::Yes => match shutdown.unless(report(&pool, &node, xmin, valid)).await {
+                        None => break,
+                        Some(Ok(())) => {
                             reported = true;
                             failing = false;
                         }
-                        Err(e) if e.unmigrated() => {
+                        Some(Err(e)) if e.unmigrated() => {
                             tracing::debug!("rowcast.read_positions is missing (run `rowcast migrate`): retention goes by its horizon alone")
                         }
-                        Err(e) if !std::mem::replace(&mut failing, true) => tracing::warn!(error = %e, "could not record this node's read position; retention no longer waits for this node until it can (said once until a report succeeds)"),
-                        Err(e) => tracing::debug!(error = %e, "could not record this node's read position"),
+                        Some(Err(e)) if !std::mem::replace(&mut failing, true) => tracing::warn!(error = %e, "could not record this node's read position; retention no longer waits for this node until it can (said once until a report succeeds)"),
+                        Some(Err(e)) => tracing::debug!(error = %e, "could not record this node's read position"),
                     },
                     Moving::Stopped => tracing::warn!(
                         "this node's change-log source has read nothing for {:?}: retention no longer waits for it (its clients resync if it misses changes)",

@@ -124,7 +124,10 @@ pub(crate) async fn run(
                 None => Ok(0),
             }
         };
-        match round.await {
+        let Some(done) = shutdown.unless(Box::pin(round)).await else {
+            return;
+        };
+        match done {
             Ok(0) => {}
             // routine: the log stays quiet while all is well
             Ok(n) => tracing::debug!(deleted = n, "retention pruned old changes"),

@@ -36,6 +36,10 @@ const METRICS_SOCKETS: usize = 64;
 /// pooled connection: the source's and the capturer's connections, the
 /// listeners, files.
 const FD_RESERVE: usize = 64;
+/// How long [`Server::stop`] waits for the node's tasks, all together: its
+/// connections closing (1012, SSE endings, long-poll answers: well under
+/// two seconds, as the README says) and the background tasks' last writes.
+const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// A server running in the background.
 pub struct Server {
@@ -289,10 +293,24 @@ impl Server {
         }
     }
 
+    /// Fire the shutdown and wait for the node's tasks, [`STOP_GRACE`] in
+    /// all: a task still waiting then (for a pooled connection, when the
+    /// pool is starved: the read-position row's delete, a prune round) is
+    /// aborted, and what it would have done is left to lapse.
     pub async fn stop(self) {
         self.shutdown.trigger();
-        for t in self.tasks {
-            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+        let aborts: Vec<_> = self.tasks.iter().map(|t| t.abort_handle()).collect();
+        let all = futures::future::join_all(self.tasks);
+        if tokio::time::timeout(STOP_GRACE, all).await.is_err() {
+            let left = aborts.iter().filter(|a| !a.is_finished()).count();
+            tracing::warn!(
+                tasks = left,
+                grace = ?STOP_GRACE,
+                "tasks still running at shutdown (a starved pool?): aborted"
+            );
+            for a in aborts {
+                a.abort();
+            }
         }
         self.app.feeds.shares.pool().close();
     }

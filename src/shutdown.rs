@@ -57,6 +57,16 @@ impl Shutdown {
         // Err means the sender is gone: that is a shutdown too.
         let _ = self.rx.wait_for(|s| *s).await;
     }
+
+    /// Runs `work` unless shutdown comes first: `None` then, and `work` is
+    /// dropped where it stood (a task's round waiting for a starved pool
+    /// does not hold up a stop).
+    pub async fn unless<T>(&mut self, work: impl std::future::Future<Output = T>) -> Option<T> {
+        tokio::select! {
+            out = work => Some(out),
+            _ = self.recv() => None,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -82,5 +92,22 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(1), s.recv())
             .await
             .expect("recv after the trigger was dropped");
+    }
+
+    #[tokio::test]
+    async fn unless_gives_up_work_a_shutdown_interrupts() {
+        let t = ShutdownTrigger::new();
+        let mut s = t.subscribe();
+        assert_eq!(s.unless(async { 7 }).await, Some(7));
+        let stuck = tokio::spawn({
+            let mut s = t.subscribe();
+            async move { s.unless(std::future::pending::<()>()).await }
+        });
+        t.trigger();
+        let out = tokio::time::timeout(Duration::from_secs(1), stuck)
+            .await
+            .expect("unless returned at the shutdown")
+            .expect("the task ran");
+        assert_eq!(out, None);
     }
 }

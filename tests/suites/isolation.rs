@@ -795,3 +795,33 @@ async fn a_stuck_policy_holds_no_client_for_good() {
     let (status, body) = poll_raw(&base, "topics=product-1").await;
     assert_eq!(status, 200, "{body}");
 }
+
+/// A node stops promptly even while its pool is starved: a request waiting
+/// on the database, and background rounds waiting for a connection, are
+/// given 5 s in all (the README's bound), not each the pool's 10 s wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_a_starved_pool_stops_promptly() {
+    let url = fresh_market_db().await;
+    let db = connect(&url).await;
+    db.batch_execute(
+        "CREATE OR REPLACE FUNCTION rowcast.authorize(claims jsonb, topic text)
+         RETURNS boolean LANGUAGE plpgsql VOLATILE AS $$
+         BEGIN
+             IF topic = 'stuck' THEN PERFORM pg_sleep(60); END IF;
+             RETURN true;
+         END $$",
+    )
+    .await
+    .unwrap();
+    let srv = server_with(&url, |c| c.pool_size = 1).await;
+    let base = srv.base_url();
+    let _stuck = tokio::spawn(async move { poll_raw(&base, "topics=stuck").await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = tokio::time::Instant::now();
+    srv.stop().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "stopping took {:?} with the pool starved",
+        started.elapsed()
+    );
+}

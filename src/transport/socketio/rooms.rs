@@ -451,8 +451,10 @@ impl Rooms {
             if shutdown.is_shutdown() {
                 return;
             }
-            if let Err(e) = self.round().await {
-                tracing::warn!(error = %e, "socket.io rooms round failed");
+            match shutdown.unless(self.round()).await {
+                None => return,
+                Some(Err(e)) => tracing::warn!(error = %e, "socket.io rooms round failed"),
+                Some(Ok(())) => {}
             }
         }
     }
