@@ -118,6 +118,10 @@ pub const MARKET: &[(&str, &str)] = &[
         "market/014_unit_words",
         include_str!("../sql/market/014_unit_words.sql"),
     ),
+    (
+        "market/015_previous_quantity",
+        include_str!("../sql/market/015_previous_quantity.sql"),
+    ),
 ];
 
 /// The advisory key that makes concurrent migrations wait for each other.

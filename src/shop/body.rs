@@ -110,13 +110,16 @@ pub(crate) fn path_id(text: &str, what: &str) -> Result<i64, ApiError> {
     parse_id(text).ok_or_else(|| bad_request(format!("{what} must be an id (1 to 18 digits)")))
 }
 
-/// An id in a body: `"12"` or `12`.
+/// An id in a body: `"12"` or `12` (a string's escapes decoded: `"\u0031"`
+/// is `"1"`).
 fn json_id(raw: &RawValue, field: &str) -> Result<i64, ApiError> {
     let text = raw.get();
-    let digits = text
-        .strip_prefix('"')
-        .and_then(|t| t.strip_suffix('"'))
-        .unwrap_or(text);
+    let string = if text.starts_with('"') {
+        serde_json::from_str::<String>(text).ok()
+    } else {
+        None
+    };
+    let digits = string.as_deref().unwrap_or(text);
     parse_id(digits).ok_or_else(|| {
         bad_request(format!(
             "{field} must be an id: 1 to 18 digits, as a string or a number"
@@ -310,6 +313,10 @@ mod tests {
     fn body_ids() {
         assert_eq!(json_id(&raw("\"12\""), "productId").unwrap(), 12);
         assert_eq!(json_id(&raw("12"), "productId").unwrap(), 12);
+        assert_eq!(
+            json_id(&raw("\"\\u0031\\u0032\""), "productId").unwrap(),
+            12
+        );
         for bad in [
             "\"\"",
             "\"1x\"",

@@ -4,7 +4,11 @@
 //! that makes the call, after it (the function runs as the FROM item, before
 //! the target list), and add it to the answer as `"tx"`. A checkout conflict
 //! gets `"tx":null` whatever the id: it locked rows (which assigns an id) but
-//! wrote nothing, so no change will ever carry it.
+//! wrote nothing, so no change will ever carry it. So does a farmer's write
+//! whose answer says it replaced nothing (`previousQuantity` or
+//! `previousStatus` equal to the new value): one that waited for a concurrent
+//! writer of the same value locked the row to re-check it, and wrote nothing
+//! (`sql/market/015_previous_quantity.sql`).
 
 use super::body::{path_id, AddItem, Json, Reply, SendMessage, SetQuantity, SetStatus};
 use super::call::{json, Failure};
@@ -33,10 +37,12 @@ const CHECKOUT: &str = "SELECT (r || jsonb_build_object('tx', CASE WHEN r->>'res
             r->>'result'
        FROM market.checkout($1) AS r";
 const SET_PRODUCT_QUANTITY: &str =
-    "SELECT (r || jsonb_build_object('tx', pg_current_xact_id_if_assigned()::text))::text
+    "SELECT (r || jsonb_build_object('tx', CASE WHEN r->'previousQuantity' <> r->'quantity'
+                                THEN pg_current_xact_id_if_assigned()::text END))::text
      FROM market.set_product_quantity($1, $2, $3::text::numeric, $4) AS r";
 const SET_ORDER_STATUS: &str =
-    "SELECT (r || jsonb_build_object('tx', pg_current_xact_id_if_assigned()::text))::text
+    "SELECT (r || jsonb_build_object('tx', CASE WHEN r->'previousStatus' <> r->'status'
+                                THEN pg_current_xact_id_if_assigned()::text END))::text
      FROM market.set_order_status($1, $2, $3, $4) AS r";
 const SEND_MESSAGE: &str =
     "SELECT (r || jsonb_build_object('tx', pg_current_xact_id_if_assigned()::text))::text

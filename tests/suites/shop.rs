@@ -1711,3 +1711,88 @@ async fn contact_farmer_reaches_the_farm_and_the_answer_the_customer() {
     );
     srv.stop().await;
 }
+
+/// A farmer's write that waited for a concurrent writer of the same value,
+/// then found nothing to change, answers `"tx": null`: the wait took a
+/// transaction id (READ COMMITTED locks the newest version to re-check it)
+/// that no change will ever carry, and a client settling on it would wait
+/// for ever. `previousQuantity` / `previousStatus` equal the new value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_that_waited_and_changed_nothing_answers_no_tx() {
+    let url = fresh_market_db().await;
+    let db = connect(&url).await;
+    seed(&db, 2, 4).await; // farm 1 (farmer 101): products 1, 3
+    db.batch_execute("INSERT INTO market.orders (id, customer_id, farm_id) VALUES (10, 1, 1)")
+        .await
+        .unwrap();
+    let srv = api_server(&url, |_| {}).await;
+    let api = Api::new(&srv.base_url());
+    let f101 = token("101", "farmer");
+    let probe = connect(&url).await;
+
+    // a write that changes something says what it replaced
+    let a = api
+        .patch("/api/products/3", Some(&f101), json!({"quantity": 11}))
+        .await;
+    assert_eq!(a.status, 200, "{a:?}");
+    tx_of(&a.body);
+    assert_ne!(a.body["previousQuantity"], json!(11), "{a:?}");
+
+    let cases = [
+        (
+            "UPDATE market.products SET quantity = 12 WHERE id = 3",
+            "set_product_quantity",
+            "/api/products/3",
+            json!({"quantity": 12}),
+        ),
+        (
+            "UPDATE market.orders SET status = 'READY' WHERE id = 10",
+            "set_order_status",
+            "/api/orders/10/status",
+            json!({"status": "READY"}),
+        ),
+    ];
+    for (write, function, path, body) in cases {
+        let mut holder = connect(&url).await;
+        let held = holder.transaction().await.unwrap();
+        held.execute(write, &[]).await.unwrap();
+        let call = {
+            let (api, f101, path, body) =
+                (api.clone(), f101.clone(), path.to_string(), body.clone());
+            tokio::spawn(async move {
+                if path.starts_with("/api/products") {
+                    api.patch(&path, Some(&f101), body).await
+                } else {
+                    api.post(&path, Some(&f101), body).await
+                }
+            })
+        };
+        eventually_async("the API's write waited on the row lock", || async {
+            probe
+                .query_one(
+                    "SELECT count(*) > 0 FROM pg_stat_activity
+                      WHERE wait_event_type = 'Lock' AND query LIKE '%' || $1 || '%'
+                        AND datname = current_database()",
+                    &[&function],
+                )
+                .await
+                .unwrap()
+                .get(0)
+        })
+        .await;
+        held.commit().await.unwrap();
+        let a = call.await.unwrap();
+        assert_eq!(
+            (a.status, &a.body["tx"]),
+            (200, &Value::Null),
+            "{function}: {a:?}"
+        );
+        let (now, before) = if function == "set_product_quantity" {
+            ("quantity", "previousQuantity")
+        } else {
+            ("status", "previousStatus")
+        };
+        assert_eq!(a.body[now], a.body[before], "{function}: {a:?}");
+    }
+    srv.stop().await;
+}

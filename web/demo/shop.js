@@ -469,7 +469,12 @@ async function onConflictAction(ev) {
       cart = await apiJson(session, 'PATCH', `/api/cart/items/${c.productId}`, { quantity: availableOf(c) });
       toast('success', `Adjusted to ${qtyText(availableOf(c), c.unit)}`, c.name);
     } else if (action === 'remove') {
-      cart = await apiJson(session, 'DELETE', `/api/cart/items/${c.productId}`);
+      // a line removed at 0 and then restocked is gone already (404
+      // not_in_cart): what "remove" asked for is done
+      cart = await apiJson(session, 'DELETE', `/api/cart/items/${c.productId}`).catch((e) => {
+        if (e.body && e.body.error === 'not_in_cart') return apiJson(session, 'GET', '/api/cart');
+        throw e;
+      });
       toast('success', `Removed ${c.name} from your cart`);
     } else {
       // "Contact farmer": the message dialog, with a draft; the next
