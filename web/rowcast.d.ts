@@ -113,7 +113,10 @@ export declare class RowcastError extends Error {
     message: string;
     [k: string]: unknown;
   }>;
+  /** `unauthorized`: what is wrong with the token (`expired`, `bad_signature`, ...). */
   reason?: string;
+  /** `bad_topic` / `too_many_topics` for topics `subscribe()` added: the topics dropped. */
+  topics?: string[];
 }
 
 export declare class Rowcast {

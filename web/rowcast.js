@@ -86,6 +86,11 @@ export class Rowcast {
     if (this._transports.length === 0) throw new RowcastError('no usable transport', { code: 'no_transport' });
 
     this._topics = new Set(o.topics || []);
+    /** A topic given to connect() that no transport can ask for: the client stops at its first connect (as on a server's `bad_topic`). */
+    const badStart = [...this._topics].map(topicProblem).find((m) => m);
+    this._badStart = badStart ? new RowcastError(badStart, { code: 'bad_topic' }) : null;
+    /** Topics subscribe() added that no stream has opened with yet (see _onEnd's `fatal`). */
+    this._addedSince = new Set();
     /** The resume cursor: the id of the last event received. */
     this.cursor = o.cursor || null;
     /** Before the first event: the position the session started at (see _startPosition). */
@@ -105,7 +110,11 @@ export class Rowcast {
     this._timers = new Map();
     this._handlers = new Map();
     this._pending = [];
-    this._seenTx = new Set();
+    /** Changes held back by pending optimistic writes, in arrival order (see _onEnvelope). */
+    this._held = [];
+    this._seq = 0;
+    /** tx → the arrival number of the first change carrying it (the last 1000). */
+    this._seenTx = new Map();
     this._seenTxOrder = [];
     /** On SSE or polling because the WebSocket failed; whether one ever opened. */
     this._fallback = false;
@@ -145,12 +154,22 @@ export class Rowcast {
     return new Promise((resolve) => this._readyWaiters.push(resolve));
   }
 
-  /** Adds topics. On a WebSocket they start live (see _subscribeFromStart); SSE and polling reopen with the cursor. */
+  /**
+   * Adds topics. On a WebSocket they start live (see _subscribeFromStart); SSE
+   * and polling reopen with the cursor. A topic no transport can ask for (see
+   * topicProblem) is not added: `rowcast:error` `bad_topic` says so, and the
+   * others are added.
+   */
   subscribe(topics) {
-    const added = [].concat(topics).filter((t) => !this._topics.has(t));
-    if (added.length === 0 || this._closed) return;
+    if (this._closed) return;
+    const asked = [].concat(topics);
+    const bad = asked.filter((t) => topicProblem(t));
+    if (bad.length) this._error(new RowcastError(topicProblem(bad[0]), { code: 'bad_topic', topics: bad }));
+    const added = [...new Set(asked.filter((t) => !topicProblem(t) && !this._topics.has(t)))];
+    if (added.length === 0) return;
     added.forEach((t) => this._topics.add(t));
     const c = this._conn;
+    if (!c || c.kind !== 'ws' || !c.live) added.forEach((t) => this._addedSince.add(t));
     if (!c) {
       if (!this._timers.has('reconnect')) this._retryLater(0);
       return;
@@ -161,16 +180,17 @@ export class Rowcast {
     else c.subscribeMore(added);
   }
 
-  /** Removes topics; their events stop at once (in-flight ones are dropped). */
+  /** Removes topics; their events stop at once (in-flight ones are dropped, see _onEnvelope). */
   unsubscribe(topics) {
     const removed = [].concat(topics).filter((t) => this._topics.delete(t));
     if (removed.length === 0 || this._closed) return;
+    removed.forEach((t) => this._addedSince.delete(t));
     const c = this._conn;
     if (!c) return;
     if (c.kind !== 'ws' || !c.live) return this._reopen();
     // topics still waiting for their start position were never sent
     const sent = c.startWaiting ? removed.filter((t) => !c.startWaiting.delete(t)) : removed;
-    if (sent.length) c.send({ type: 'unsubscribe', topics: sent });
+    if (sent.length) c.queue('unsubscribe', sent);
   }
 
   /**
@@ -204,27 +224,13 @@ export class Rowcast {
    * in order on rollback or timeout. A lost connection rolls nothing back.
    */
   optimistic({ apply, request, rollback, stale, confirm = true, timeout } = {}) {
-    const p = {
-      stale: typeof stale === 'function' ? stale : null,
-      held: [],
-      tx: undefined,
-      done: false,
-    };
+    const p = { stale: typeof stale === 'function' ? stale : null, tx: undefined, done: false, timer: null };
     this._pending.push(p);
-    const finish = () => {
-      p.done = true;
-      this._pending = this._pending.filter((x) => x !== p);
-    };
-    const release = () => {
-      const held = p.held;
-      p.held = [];
-      for (const [event, data, meta] of held) this._dispatch(event, data, meta);
-    };
     return new Promise((resolve, reject) => {
       try {
         if (apply) apply();
       } catch (e) {
-        finish();
+        this._settlePending(p);
         reject(e);
         return;
       }
@@ -234,45 +240,22 @@ export class Rowcast {
         .then(
           (body) => {
             const tx = body && body.tx != null ? String(body.tx) : null;
-            if (!confirm || tx === null) {
-              finish();
-              release();
-              resolve({ body, tx, confirmedBy: 'answer' });
-              return;
-            }
+            p.confirmed = (how) => resolve({ body, tx, confirmedBy: how });
+            if (!confirm || tx === null) return this._settlePending(p, 'answer');
             p.tx = tx;
-            p.resolve = (how) => {
-              if (p.done) return;
-              this._clearTimer(p.timer);
-              finish();
-              resolve({ body, tx, confirmedBy: how });
-            };
             // the change may have come through the stream before the answer
-            const i = p.held.findIndex(([, , meta]) => meta.tx === tx);
-            if (i >= 0) {
-              const later = p.held.slice(i);
-              p.held = [];
-              p.resolve('stream');
-              for (const [event, data, meta] of later) this._dispatch(event, data, meta);
-              return;
-            }
-            if (this._seenTx.has(tx)) {
-              p.resolve('stream');
-              release();
-              return;
-            }
-            p.timer = this._setTimeout(() => {
-              if (p.done) return;
-              p.resolve('timeout');
-              release();
-            }, timeout ?? this.options.confirmTimeout);
+            const own = this._held.find((e) => e.meta.tx === tx);
+            const at = own ? own.seq : this._seenTx.get(tx);
+            if (at !== undefined) return this._settlePending(p, 'stream', at);
+            p.timer = this._setTimeout(() => this._settlePending(p, 'timeout'), timeout ?? this.options.confirmTimeout);
+            return undefined;
           },
           (err) => {
-            finish();
+            // rolled back first: what it held is newer than what it restores
             try {
               if (rollback) rollback(err);
             } finally {
-              release();
+              this._settlePending(p);
               reject(err);
             }
           },
@@ -370,7 +353,12 @@ export class Rowcast {
   /** Opens the current level's transport, with the token and start position it needs. */
   async _connectNow() {
     if (this._closed || this._conn) return;
-    if (this._topics.size === 0 && this._kind() !== 'ws') return; // nothing to stream yet
+    if (this._badStart) {
+      this._error(this._badStart);
+      this._setStatus('offline');
+      return;
+    }
+    if (this._topics.size === 0 && !this._topiclessSocket()) return; // nothing to stream yet
     const gen = (this._gen = (this._gen || 0) + 1);
     let token;
     try {
@@ -502,6 +490,7 @@ export class Rowcast {
 
   _onLive(c) {
     if (c !== this._conn) return;
+    this._addedSince.clear();
     c.live = true;
     c.liveAt = this._now();
     this._cycleFailed = 0;
@@ -526,7 +515,7 @@ export class Rowcast {
    * `subscribe()` opens a stream.
    */
   _afterRefusal() {
-    if (this._topics.size > 0) {
+    if (this._topics.size > 0 || this._topiclessSocket()) {
       this._setStatus('connecting');
       return this._retryLater(0);
     }
@@ -537,8 +526,18 @@ export class Rowcast {
 
   /** Live with nothing to stream (see _afterRefusal; or every topic unsubscribed while live). */
   _topicless() {
-    return !this._conn && this._topics.size === 0 && this._kind() !== 'ws'
+    return !this._conn && this._topics.size === 0 && !this._topiclessSocket()
       && (this.status === LEVEL_STATUS[0] || this.status === LEVEL_STATUS[1]);
+  }
+
+  /**
+   * Whether a client with no topics keeps a socket open: a WebSocket with a
+   * token (it authenticates, and can report presence). Without a token there
+   * is nothing to say on it, and a server with JWT would close it after
+   * `--auth-timeout`: it opens with the first topics, as SSE and polling do.
+   */
+  _topiclessSocket() {
+    return this._kind() === 'ws' && !!this.options.token;
   }
 
   /** `ready()`'s waiters go on. */
@@ -548,45 +547,79 @@ export class Rowcast {
     waiters.forEach((w) => w());
   }
 
-  /** One change from the stream: advances the cursor, then delivers it (unless held by an optimistic change). */
+  /**
+   * One change from the stream: advances the cursor, then delivers it, unless
+   * an optimistic write holds it back (see `optimistic`).
+   *
+   * The optimistic contract, kept here and in `_settlePending`: a change that
+   * a pending write's `stale` matches describes the state before that write;
+   * it is held (by every pending write it matches) and delivered once none
+   * holds it any more, in the order changes arrived. The change carrying a
+   * write's `tx` confirms it, and drops what that write held: older state,
+   * superseded by it. Held or not, no change is delivered after a newer one
+   * that the same writes held, and a confirmation shown while a later write
+   * is pending is itself held by that write (no flicker back).
+   */
   _onEnvelope(c, env) {
     if (c !== this._conn || this._closed) return;
+    if (!this._topics.has(env.topic) && c.unsubscribing && c.unsubscribing.has(env.topic) && this._topics.size > 0) {
+      // sent before the server took the unsubscribe: it may also belong to a
+      // topic still subscribed, under which the server now sends such
+      // changes; resume from before it (the cursor has not moved past it)
+      this._reopen();
+      return;
+    }
     if (typeof env.id === 'string') this.cursor = env.id;
     this._origin = null;
     this.stats.events++;
+    const seq = ++this._seq;
     const tx = env.tx == null ? null : String(env.tx);
-    if (tx !== null) this._rememberTx(tx);
+    if (tx !== null) this._rememberTx(tx, seq);
     if (!this._topics.has(env.topic)) return;
     const meta = { event: env.event, topic: env.topic, cursor: env.id, tx, ts: env.ts, transport: c.kind };
     const data = env.data;
-    for (const p of this._pending) {
-      if (p.done) continue;
-      if (p.tx !== undefined && tx === p.tx) {
-        p.held = [];
-        this._dispatch(env.event, data, meta);
-        p.resolve('stream');
-        return;
-      }
+    for (const p of [...this._pending]) {
+      if (!p.done && p.tx !== undefined && tx === p.tx) this._settlePending(p, 'stream', seq);
     }
+    const holders = new Set();
     for (const p of this._pending) {
       if (p.done || !p.stale) continue;
-      let hold = false;
       try {
-        hold = !!p.stale(data, meta);
+        if (p.stale(data, meta)) holders.add(p);
       } catch (_) {
-        hold = false;
-      }
-      if (hold) {
-        p.held.push([env.event, data, meta]);
-        return;
+        // a throwing `stale` holds nothing
       }
     }
-    this._dispatch(env.event, data, meta);
+    if (holders.size) this._held.push({ seq, event: env.event, data, meta, holders });
+    else this._dispatch(env.event, data, meta);
   }
 
-  _rememberTx(tx) {
+  /**
+   * An optimistic write is over: confirmed (`how` 'stream', by the change at
+   * `seq`: what it held before that change is dropped), settled by its
+   * answer or its timeout, or failed (`how` undefined). What no pending
+   * write holds any more is delivered, in order.
+   */
+  _settlePending(p, how, seq) {
+    if (p.done) return;
+    p.done = true;
+    this._clearTimer(p.timer);
+    this._pending = this._pending.filter((x) => x !== p);
+    if (seq !== undefined) this._held = this._held.filter((e) => !(e.holders.has(p) && e.seq < seq));
+    if (how && p.confirmed) p.confirmed(how);
+    const free = [];
+    this._held = this._held.filter((e) => {
+      e.holders.delete(p);
+      if (e.holders.size) return true;
+      free.push(e);
+      return false;
+    });
+    for (const e of free) this._dispatch(e.event, e.data, e.meta);
+  }
+
+  _rememberTx(tx, seq) {
     if (this._seenTx.has(tx)) return;
-    this._seenTx.add(tx);
+    this._seenTx.set(tx, seq);
     this._seenTxOrder.push(tx);
     if (this._seenTxOrder.length > 1000) this._seenTx.delete(this._seenTxOrder.shift());
   }
@@ -645,6 +678,20 @@ export class Rowcast {
   }
 
   /**
+   * Topics a later `subscribe()` added that the server refused as malformed
+   * (`bad_topic`, e.g. over `--max-topic-len`) or too many
+   * (`too_many_topics`): dropped and reported (`error.topics`); the others
+   * carry on.
+   */
+  _refuseAdded(code, message, topics) {
+    topics.forEach((t) => {
+      this._topics.delete(t);
+      this._addedSince.delete(t);
+    });
+    this._error(new RowcastError(message || code, { code, topics }));
+  }
+
+  /**
    * A connection ended. `info.kind`: 'failure' (could not open, broke, cut),
    * 'retry' (the server asked to come back later), 'auth' (token refused),
    * 'bad_cursor', 'forbidden' (a topic refused; `info.topic`) or 'fatal'.
@@ -696,6 +743,11 @@ export class Rowcast {
         this._setStatus('connecting');
         return this._resyncFromNow();
       case 'fatal':
+        if ((info.code === 'bad_topic' || info.code === 'too_many_topics') && this._addedSince.size) {
+          // refused for what a later subscribe() added: those go, the others carry on
+          this._refuseAdded(info.code, info.message, [...this._addedSince]);
+          return this._afterRefusal();
+        }
         this._error(new RowcastError(info.message || 'refused', { code: info.code, status: info.status }));
         this._setStatus('offline');
         return undefined;
@@ -805,6 +857,22 @@ export class Rowcast {
   }
 }
 
+/**
+ * Why a topic cannot be asked for on every transport, or null: the server's
+ * rule (README "Limits and hostile input"; `check_topic`), plus what a URL's
+ * comma-separated `topics=` cannot carry (a comma, spaces around it). Its
+ * length is the server's to judge (`--max-topic-len`).
+ */
+function topicProblem(t) {
+  if (typeof t !== 'string' || t === '') return 'a topic is a non-empty string';
+  if (t.includes(',')) return `topic ${JSON.stringify(t)} has a comma`;
+  if (/^ | $/.test(t)) return `topic ${JSON.stringify(t)} has spaces around it`;
+  if (/[\u0000-\u001f\u007f-\u009f\u00ad\u061c\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f\ufeff]/.test(t)) {
+    return `topic ${JSON.stringify(t)} has a control, zero-width or bidi character`;
+  }
+  return null;
+}
+
 /** `Authorization: Bearer` when there is a token. */
 function bearer(token) {
   return token ? { Authorization: `Bearer ${token}` } : {};
@@ -877,6 +945,12 @@ class WsConn {
     this.fed = false;
     /** Topics waiting for their start position (rc._subscribeFromStart). */
     this.startWaiting = null;
+    /** Subscribes and unsubscribes of this task, not yet sent (see queue). */
+    this.outbox = [];
+    /** Topics of live subscribes not yet answered: a `bad_topic` / `too_many_topics` refuses them. */
+    this.pendingSub = new Set();
+    /** Topics unsubscribed, until the server says so: their changes in flight may also be a remaining topic's. */
+    this.unsubscribing = new Set();
     this.authError = null;
     const url = rc._url('/v1/ws', { gap: rc._gapParam() }).replace(/^http/, 'ws');
     try {
@@ -928,8 +1002,42 @@ class WsConn {
 
   /** Topics added while live: live once the server has a subscription (it takes a cursor on the first only). */
   subscribeMore(topics) {
-    if (this.fed) this.send({ type: 'subscribe', topics });
-    else this.subscribeFrom(topics);
+    if (this.fed) return this.queue('subscribe', topics);
+    topics.forEach((t) => this.pendingSub.add(t));
+    return this.subscribeFrom(topics);
+  }
+
+  /**
+   * A `subscribe` or `unsubscribe` while live, sent at the end of the
+   * current task: the calls of one task go as one message per run of the
+   * same kind (a loop of `subscribe()` calls is one message, well within the
+   * server's `--max-msgs-per-sec`), each with the topics still wanted then.
+   */
+  queue(type, topics) {
+    // from now on, not only once sent: an event of these topics already on
+    // its way is told apart at once (see _onEnvelope)
+    if (type === 'unsubscribe') topics.forEach((t) => this.unsubscribing.add(t));
+    const last = this.outbox[this.outbox.length - 1];
+    if (last && last.type === type) last.topics.push(...topics);
+    else this.outbox.push({ type, topics: [...topics] });
+    if (this.outbox.length === 1 && last === undefined) Promise.resolve().then(() => this.flush());
+  }
+
+  flush() {
+    const out = this.outbox;
+    this.outbox = [];
+    if (this.ended) return;
+    const has = (t) => this.rc._topics.has(t);
+    for (const m of out) {
+      const wanted = m.type === 'subscribe' ? has : (t) => !has(t);
+      // subscribed again in the same task: not unsubscribed after all
+      if (m.type === 'unsubscribe') m.topics.filter(has).forEach((t) => this.unsubscribing.delete(t));
+      const topics = [...new Set(m.topics.filter(wanted))];
+      if (topics.length === 0) continue;
+      // a live subscribe is told apart until the server answers it: see onError
+      if (m.type === 'subscribe') topics.forEach((t) => this.pendingSub.add(t));
+      this.send({ type: m.type, topics });
+    }
   }
 
   send(obj) {
@@ -969,7 +1077,13 @@ class WsConn {
         break;
       case 'subscribed':
         if ((msg.topics || []).length) this.fed = true;
-        (msg.topics || []).forEach((t) => this.settle(t));
+        (msg.topics || []).forEach((t) => {
+          this.pendingSub.delete(t);
+          this.settle(t);
+        });
+        break;
+      case 'unsubscribed':
+        (msg.topics || []).forEach((t) => this.unsubscribing.delete(t));
         break;
       case 'resync':
         rc._onResync(this, msg);
@@ -978,7 +1092,7 @@ class WsConn {
         this.onError(msg);
         break;
       default:
-        break; // pong, authenticated, unsubscribed
+        break; // pong, authenticated
     }
   }
 
@@ -987,6 +1101,7 @@ class WsConn {
     switch (msg.code) {
       case 'forbidden':
         if (msg.topic) {
+          this.pendingSub.delete(msg.topic);
           rc._onDenied(this, [msg.topic]);
           this.settle(msg.topic);
         }
@@ -1004,6 +1119,7 @@ class WsConn {
       case 'unavailable':
         if (msg.topic) {
           // the policy failed for this topic only: the connection carries on
+          this.pendingSub.delete(msg.topic);
           rc._onPolicyFailed(msg.topic, msg.message);
           this.settle(msg.topic);
         }
@@ -1012,9 +1128,14 @@ class WsConn {
         break; // close 1013 follows
       case 'bad_topic':
       case 'too_many_topics':
-        // opening: the end reports it (once); live: only reported
+        // opening: the end says what it means (_onEnd's `fatal`); live: the
+        // topics of the subscribe it refused, not yet answered, are dropped
         if (!this.live) this.end({ kind: 'fatal', code: msg.code, message: msg.message });
-        else rc._error(new RowcastError(msg.message || msg.code, { code: msg.code }));
+        else {
+          const refused = [...this.pendingSub];
+          this.pendingSub.clear();
+          rc._refuseAdded(msg.code, msg.message, refused);
+        }
         break;
       default:
         rc._error(new RowcastError(msg.message || msg.code, { code: msg.code }));
@@ -1027,7 +1148,8 @@ class WsConn {
     const reason = (e && e.reason) || '';
     if (code === 1008 && (reason === 'token expired' || reason === 'invalid token' || this.authError)) {
       const expired = reason === 'token expired' || /expired/.test((this.authError && this.authError.message) || '');
-      return this.end({ kind: 'auth', expired, reason });
+      // the error message's `reason` (as HTTP's 401 body gives it), else the close frame's
+      return this.end({ kind: 'auth', expired, reason: (this.authError && this.authError.reason) || reason });
     }
     if ([1012, 1013, 4008, 4010, 1001].includes(code) || (code === 1008 && /rate/.test(reason))) {
       return this.end({ kind: 'retry', retryAfter: code === 1012 ? 0 : undefined });
@@ -1228,7 +1350,7 @@ class PollConn {
     this.ended = false;
     this.first = true;
     this.controller = null;
-    /** A 410's resync, told with the next answer's position. */
+    /** A 410's resync, told with the next answer (before its events), at its position. */
     this.resync = null;
     this.loop().catch(() => this.end({ kind: 'failure' }));
   }
@@ -1261,6 +1383,13 @@ class PollConn {
       if (!outcome.resync) this.first = false;
       const body = outcome.body;
       if (!this.live) rc._onLive(this);
+      if (this.resync && !outcome.resync) {
+        // told before the answer's events, as on the other transports (with
+        // `snapshot`, they are the state that follows it)
+        rc._onResync(this, { ...this.resync, cursor: typeof body.cursor === 'string' ? body.cursor : undefined });
+        this.resync = null;
+        if (this.ended) return;
+      }
       for (const env of body.events || []) {
         rc._onEnvelope(this, env);
         if (this.ended) return;
@@ -1269,11 +1398,6 @@ class PollConn {
       if (typeof body.cursor === 'string') {
         rc.cursor = body.cursor;
         rc._origin = null;
-      }
-      if (this.resync && !outcome.resync) {
-        rc._onResync(this, this.resync);
-        this.resync = null;
-        if (this.ended) return;
       }
       const full = (body.events || []).length >= (params.limit || 1000);
       if (!full && (short || params.wait === 0)) await this.sleep(short ? rc.options.pollInterval : 0);

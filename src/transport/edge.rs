@@ -239,6 +239,11 @@ impl Then {
                     .insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o);
                 r.headers_mut()
                     .insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, credentials());
+                // a page reads when to come back from a 429 or 503
+                r.headers_mut().insert(
+                    header::ACCESS_CONTROL_EXPOSE_HEADERS,
+                    HeaderValue::from_static("retry-after"),
+                );
                 r.headers_mut()
                     .insert(header::VARY, HeaderValue::from_static("Origin"));
             }

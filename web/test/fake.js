@@ -135,13 +135,18 @@ export class FakeServer {
   onWsMessage(w, msg) {
     if (msg.type === 'auth') {
       if (this.expired.has(msg.token)) {
-        w.push({ type: 'error', code: 'unauthorized', message: 'token expired' });
+        w.push({ type: 'error', code: 'unauthorized', message: 'token has expired', reason: 'expired' });
         w.serverClose(1008, 'invalid token');
         return;
       }
       w.token = msg.token;
       w.push({ type: 'authenticated', sub: 'x' });
     } else if (msg.type === 'subscribe') {
+      // as a topic over --max-topic-len: the whole message is refused
+      if (msg.topics.some((t) => t.startsWith('long-'))) {
+        w.push({ type: 'error', code: 'bad_topic', message: 'topic too long' });
+        return;
+      }
       if (msg.cursor && !/^c\d+$/.test(msg.cursor)) {
         w.push({ type: 'error', code: 'bad_cursor', message: 'malformed cursor' });
         return;
@@ -207,6 +212,7 @@ export class FakeServer {
   openSse(q, init) {
     if (this.block.sse) return new Response('blocked by proxy', { status: 403, headers: { 'content-type': 'text/plain' } });
     const topics = new Set(q.topics.split(','));
+    if ([...topics].some((t) => t.startsWith('long-'))) return json(400, { error: 'bad_topic', message: 'topic too long' });
     const denied = [...topics].find((t) => t.startsWith('secret-'));
     if (denied) return json(403, { error: 'forbidden', topic: denied, message: 'no' });
     const failed = [...topics].find((t) => t.startsWith('boom-'));
@@ -248,12 +254,18 @@ export class FakeServer {
   poll(q, init) {
     if (this.block.poll) return Promise.reject(new TypeError('network error'));
     const topics = new Set(q.topics.split(','));
+    if ([...topics].some((t) => t.startsWith('long-'))) return json(400, { error: 'bad_topic', message: 'topic too long' });
     // as the server: the whole request is refused for its first denied topic
     const denied = [...topics].find((t) => t.startsWith('secret-'));
     if (denied) return json(403, { error: 'forbidden', topic: denied, message: 'no' });
     const failed = [...topics].find((t) => t.startsWith('boom-'));
     if (failed) return json(503, { error: 'unavailable', topic: failed, message: 'policy failed' });
-    if (!q.cursor) return json(200, { events: [], cursor: this.position() });
+    if (!q.cursor) {
+      // a snapshot: the last change of each topic, in log order
+      const last = new Map();
+      if (q.snapshot === 'true') for (const e of this.log) if (topics.has(e.topic)) last.set(e.topic, e);
+      return json(200, { events: [...last.values()], cursor: this.position() });
+    }
     if (Number(q.cursor.slice(1)) > this.log.length + 1000) return json(410, { error: 'cursor_unknown' });
     const answer = () => {
       const events = this.after(q.cursor, topics);

@@ -263,6 +263,7 @@ test('token refresh over the WebSocket: close 1008 "token expired", and a refuse
   await until(clock, () => errors.length > 0, 'an error');
   assert.ok(errors[0] instanceof RowcastError);
   assert.equal(errors[0].code, 'unauthorized');
+  assert.equal(errors[0].reason, 'expired', 'the error message\'s reason, as over SSE and polling');
   assert.equal(rc.status, 'offline');
   server.expired.clear();
   await until(clock, () => rc.status === 'live', 'live again once the callback has a good token');
@@ -333,6 +334,72 @@ test('optimistic: the confirming change may arrive before the answer', async () 
   const r = await done;
   assert.equal(r.confirmedBy, 'stream');
   assert.deepEqual(shown, [15, 14], 'its own change and what came after, not what came before');
+  rc.close();
+});
+
+test('optimistic: two overlapping writes of one thing: the newer one wins, nothing older is shown after it, no flicker', async () => {
+  const { clock, server, rc } = setup();
+  await until(clock, () => rc.status === 'live', 'live');
+  const shown = [];
+  rc.on('inventory.updated', (d) => shown.push(d.newQuantity));
+  const answers = [];
+  server.api = () => new Promise((r) => answers.push(r));
+  const write = (q) => rc.optimistic({
+    apply() {},
+    request: () => server.fetch('http://shop.test/api/products/1', { method: 'PATCH', body: String(q) }),
+    stale: (d) => d.productId === '1',
+  });
+  const answer = (i, tx) => answers[i](new Response(JSON.stringify({ productId: '1', tx }), { status: 200 }));
+  // A: the first write's answer is late; the second's change and answer come first
+  const one = write(11);
+  const two = write(22);
+  await settle();
+  server.publish('farm-1', 'inventory.updated', { productId: '1', newQuantity: 11 }, '701');
+  server.publish('farm-1', 'inventory.updated', { productId: '1', newQuantity: 22 }, '702');
+  answer(1, '702');
+  await settle();
+  answer(0, '701');
+  const [r1, r2] = await Promise.all([one, two]);
+  assert.deepEqual([r1.confirmedBy, r2.confirmedBy], ['stream', 'stream']);
+  assert.deepEqual(shown, [22], 'the first write\'s change, older, is not shown after the second\'s');
+  // B: both answers in time: the first write's confirmation is not shown while the second is pending
+  shown.length = 0;
+  answers.length = 0;
+  const three = write(33);
+  const four = write(44);
+  await settle();
+  answer(0, '703');
+  answer(1, '704');
+  await settle();
+  server.publish('farm-1', 'inventory.updated', { productId: '1', newQuantity: 33 }, '703');
+  await settle();
+  assert.deepEqual(shown, [], 'held by the later pending write');
+  server.publish('farm-1', 'inventory.updated', { productId: '1', newQuantity: 44 }, '704');
+  const [r3, r4] = await Promise.all([three, four]);
+  assert.deepEqual([r3.confirmedBy, r4.confirmedBy], ['stream', 'stream']);
+  assert.deepEqual(shown, [44], 'no flicker back to 33');
+  // C: the later write fails: what it held comes out after its rollback, in order
+  shown.length = 0;
+  answers.length = 0;
+  const order = [];
+  rc.on('inventory.updated', (d) => order.push(`shown ${d.newQuantity}`));
+  const five = write(55);
+  const six = rc.optimistic({
+    apply() {},
+    request: () => server.fetch('http://shop.test/api/products/1', { method: 'PATCH' }),
+    rollback: () => order.push('rollback'),
+    stale: (d) => d.productId === '1',
+  });
+  await settle();
+  answer(0, '705');
+  await settle();
+  server.publish('farm-1', 'inventory.updated', { productId: '1', newQuantity: 55 }, '705');
+  await settle();
+  assert.equal((await five).confirmedBy, 'stream');
+  assert.deepEqual(shown, []);
+  answers[1](new Response(JSON.stringify({ error: 'forbidden', message: 'no' }), { status: 403 }));
+  await assert.rejects(six);
+  assert.deepEqual(order, ['rollback', 'shown 55']);
   rc.close();
 });
 
@@ -491,6 +558,7 @@ test('topics: a refused one is reported and dropped, the others carry on; unsubs
   assert.deepEqual(denied, ['secret-1']);
   assert.deepEqual(rc.topics, ['farm-1']);
   rc.subscribe(['farm-2']);
+  await settle(); // a subscribe goes at the end of the task (see the batching test)
   server.publish('farm-2', 'x', {});
   await settle();
   assert.equal(seen.length, 1);
@@ -562,7 +630,7 @@ test('a WebSocket that opens but keeps dropping is abandoned for SSE (fallback=w
 });
 
 test('no topics at connect: subscribe() takes a start position, so a drop before the first event loses nothing', async () => {
-  const { clock, server, rc, seen } = setup({ topics: [] });
+  const { clock, server, rc, seen } = setup({ topics: [], token: 'tok-1' });
   const resyncs = [];
   rc.on('rowcast:resync', (r) => resyncs.push(r));
   server.publish('farm-9', 'x', {}); // the position is not the log's start
@@ -635,7 +703,7 @@ test('a topic the policy fails for is reported and dropped; the others carry on,
 });
 
 test('no topics at connect: several subscribe() calls while the start position is taken make one exact subscribe', async () => {
-  const { clock, server, rc, seen } = setup({ topics: [] });
+  const { clock, server, rc, seen } = setup({ topics: [], token: 'tok-1' });
   await until(clock, () => rc.status === 'live', 'live with no topics');
   rc.subscribe(['farm-1']);
   rc.subscribe(['farm-2', 'farm-3']);
@@ -661,7 +729,7 @@ test('no topics at connect: several subscribe() calls while the start position i
 });
 
 test('no topics at connect: the WebSocket is pinged, so a quiet healthy one is not taken for dead', async () => {
-  const { clock, server, rc, statuses } = setup({ topics: [], pingInterval: 20_000, idleTimeout: 45_000 });
+  const { clock, server, rc, statuses } = setup({ topics: [], token: 'tok-1', pingInterval: 20_000, idleTimeout: 45_000 });
   await until(clock, () => rc.status === 'live', 'live with no topics');
   await clock.advance(200_000);
   assert.equal(server.requests.filter((r) => r.kind === 'ws').length, 1, 'one WebSocket, never reopened');
@@ -728,5 +796,104 @@ test('a topic refused while opening a WebSocket is reported once', async () => {
   };
   await until(clock, () => rc.status === 'offline', 'offline');
   assert.deepEqual(errors, ['bad_topic']);
+  rc.close();
+});
+
+test('subscribe() and unsubscribe() calls of one task go as one message each', async () => {
+  const { clock, server, rc } = setup();
+  await until(clock, () => rc.status === 'live', 'live');
+  for (let i = 0; i < 30; i++) rc.subscribe(`product-${i}`);
+  await settle();
+  const ws = [...server.ws][0];
+  const subs = ws.sent.filter((m) => m.type === 'subscribe');
+  assert.equal(subs.length, 2, 'the opening subscribe and one for the 30');
+  assert.equal(subs[1].topics.length, 30);
+  for (let i = 0; i < 30; i++) rc.unsubscribe(`product-${i}`);
+  rc.subscribe('product-3'); // wanted again in the same task: not unsubscribed
+  await settle();
+  const unsubs = ws.sent.filter((m) => m.type === 'unsubscribe');
+  assert.equal(unsubs.length, 1);
+  assert.equal(unsubs[0].topics.length, 29);
+  assert.ok(!unsubs[0].topics.includes('product-3'));
+  assert.deepEqual(rc.topics.sort(), ['farm-1', 'product-3']);
+  rc.close();
+});
+
+test('unsubscribe on a WebSocket: a change on its way under the dropped topic may be a remaining topic\'s: resumed from before it, not lost', async () => {
+  const { clock, server, rc, seen } = setup({ topics: ['farm-1', 'product-2'] });
+  await until(clock, () => rc.status === 'live', 'live');
+  server.publish('farm-1', 'x', { n: 1 });
+  await settle();
+  rc.unsubscribe('product-2');
+  // a change of product 2 on farm 1, sent under product-2 before the server took the unsubscribe
+  const change = { type: 'event', id: `c${server.log.length + 1}`, topic: 'farm-1', event: 'x', data: { n: 2 }, ts: 0, tx: null };
+  server.log.push(change);
+  [...server.ws][0].push({ ...change, topic: 'product-2' });
+  assert.deepEqual(seen, ['c1'], 'not delivered under the dropped topic');
+  await until(clock, () => rc.status === 'live' && seen.length === 2, 'resumed');
+  assert.deepEqual(seen, ['c1', 'c2'], 'delivered once, under the remaining topic');
+  assert.deepEqual(rc.topics, ['farm-1']);
+  rc.close();
+});
+
+test('topics no transport can carry are refused by the client alike on every transport; a later subscribe the server refuses drops only its topics', async () => {
+  for (const transport of ['ws', 'sse', 'poll']) {
+    // at connect: the client stops, as on the server's bad_topic, without a request
+    const a = setup({ topics: ['farm-1', 'a,b'], transports: [transport] });
+    const errors = [];
+    a.rc.on('rowcast:error', (e) => errors.push(e.code));
+    await a.clock.advance(1000);
+    assert.deepEqual(errors, ['bad_topic'], transport);
+    assert.equal(a.rc.status, 'offline', transport);
+    assert.equal(a.server.requests.length, 0, `${transport}: nothing asked`);
+    a.rc.close();
+
+    const { clock, server, rc, seen } = setup({ transports: [transport] });
+    const refused = [];
+    rc.on('rowcast:error', (e) => refused.push([e.code, e.topics]));
+    await until(clock, () => rc.status === 'live', `${transport}: live`);
+    rc.subscribe(['x,y', ' farm-2', 'farm-3']);
+    assert.deepEqual(refused, [['bad_topic', ['x,y', ' farm-2']]], transport);
+    assert.deepEqual(rc.topics, ['farm-1', 'farm-3'], transport);
+    // over the server's length limit (the fake's `long-` topics): dropped, the others carry on
+    await clock.advance(1000); // the stream reopened with farm-3 (SSE, polling)
+    rc.subscribe(['long-1']);
+    await until(clock, () => refused.length === 2 && rc.status === 'live', `${transport}: refused, live again`);
+    assert.deepEqual(refused[1], ['bad_topic', ['long-1']], transport);
+    assert.deepEqual(rc.topics, ['farm-1', 'farm-3'], transport);
+    server.publish('farm-3', 'x', {});
+    await until(clock, () => seen.length === 1, `${transport}: the others still stream`);
+    // and a reconnect opens without it
+    server.dropWs(1006);
+    server.dropSse();
+    server.publish('farm-1', 'x', {});
+    await until(clock, () => seen.length === 2, `${transport}: after a reconnect`);
+    assert.equal(rc.status, 'live', transport);
+    rc.close();
+  }
+});
+
+test('resync on polling with a snapshot: told before the snapshot, as on the other transports', async () => {
+  const { clock, server, rc } = setup({ transports: ['poll'], snapshot: true, cursor: 'c999999' });
+  server.publish('farm-1', 'inventory.updated', { n: 1 });
+  const order = [];
+  rc.on('rowcast:resync', () => order.push('resync'));
+  rc.on('inventory.updated', (d, meta) => order.push(`event ${meta.cursor}`));
+  await until(clock, () => order.length >= 2, 'resync and snapshot');
+  assert.deepEqual(order.slice(0, 2), ['resync', 'event c1']);
+  rc.close();
+});
+
+test('a client with no topics and no token opens no WebSocket until it has topics (nothing to say on it)', async () => {
+  const { clock, server, rc, seen } = setup({ topics: [] });
+  await clock.advance(5000);
+  assert.equal(server.requests.length, 0, 'nothing opened');
+  assert.equal(rc.status, 'connecting');
+  let ready = false;
+  rc.ready().then(() => (ready = true));
+  rc.subscribe('farm-1');
+  await until(clock, () => ready && rc.status === 'live', 'live once subscribed');
+  server.publish('farm-1', 'x', {});
+  await until(clock, () => seen.length === 1, 'streams');
   rc.close();
 });

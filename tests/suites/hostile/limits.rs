@@ -78,6 +78,16 @@ async fn connection_limits_and_allowed_origins() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(third, 429);
+    // a page of an allowed origin can read when to come back
+    let r = reqwest::Client::new()
+        .get(format!("{base}/v1/poll?topics=product-1"))
+        .header("Origin", "http://localhost:5173")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().contains_key("retry-after"));
+    assert_eq!(r.headers()["access-control-expose-headers"], "retry-after");
     let r = WsClient::connect_with(&base, "topics=product-1", &[]).await;
     assert_eq!(r.err().map(|e| e.0), Some(429));
     // another IP still gets in, until the total (3) is reached
