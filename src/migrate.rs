@@ -122,6 +122,10 @@ pub const MARKET: &[(&str, &str)] = &[
         "market/015_previous_quantity",
         include_str!("../sql/market/015_previous_quantity.sql"),
     ),
+    (
+        "market/016_presence_per_farm",
+        include_str!("../sql/market/016_presence_per_farm.sql"),
+    ),
 ];
 
 /// The advisory key that makes concurrent migrations wait for each other.

@@ -10,7 +10,10 @@
 //! - **Transitions** are changes in the change log, emitted exactly once in
 //!   the transaction that changes a status: to online by a touch, to away and
 //!   offline by the sweep, which every node runs (`rowcast.presence_sweep`
-//!   re-checks each row it locks, so concurrent sweeps never emit twice).
+//!   re-checks each row it locks, so concurrent sweeps never emit twice), or
+//!   by this node's activity write when it finds the sweep behind (`touch`:
+//!   the due transition first, then online, so that a reader who computed
+//!   "away" meanwhile is corrected).
 //!   A node that dies takes nothing with it: a user stays online exactly
 //!   until their time runs out (no ghosts), and reconnecting changes nothing
 //!   (no flapping).
@@ -62,10 +65,7 @@ impl Clock {
     /// they came online) and the status it means. The same change when both
     /// still hold, else a copy carrying them.
     pub(crate) fn current(&self, change: Arc<Change>, active: &LastActive) -> Arc<Change> {
-        if change.event != "user.presence" {
-            return change;
-        }
-        let Ok(mut data) = serde_json::from_str::<serde_json::Value>(change.payload()) else {
+        let Some(mut data) = transition(&change) else {
             return change;
         };
         let recorded = data["lastActiveAt"].as_i64();
@@ -91,12 +91,20 @@ pub(crate) type LastActive = HashMap<String, i64>;
 pub(crate) fn users_of(changes: &[Arc<Change>]) -> Vec<String> {
     changes
         .iter()
-        .filter(|c| c.event == "user.presence")
-        .filter_map(|c| {
-            let data = serde_json::from_str::<serde_json::Value>(c.payload()).ok()?;
-            data["userId"].as_str().map(str::to_string)
-        })
+        .filter_map(|c| transition(c)?["userId"].as_str().map(str::to_string))
         .collect()
+}
+
+/// The data of a presence transition rowcast emitted (`rowcast.presence_changed`:
+/// `user.presence` with a `userId` and a numeric `lastActiveAt`), which a
+/// snapshot brings up to date; `None` for any other change, an app's own
+/// `user.presence` events included (`{"status":"busy"}` stays as written).
+fn transition(change: &Change) -> Option<serde_json::Value> {
+    if change.event != "user.presence" {
+        return None;
+    }
+    let data = serde_json::from_str::<serde_json::Value>(change.payload()).ok()?;
+    (data["userId"].is_string() && data["lastActiveAt"].is_i64()).then_some(data)
 }
 
 /// The latest activity of `users` (`users_of`), as `rowcast.presence` has it
@@ -291,23 +299,59 @@ impl Presence {
             .try_get(0)?)
     }
 
+    /// The activity's write, in one transaction: first the transition the
+    /// sweep has not made yet but readers already compute (a user idle past
+    /// `--presence-away` reads as away in `GET /v1/presence` and snapshots up
+    /// to `--presence-sweep` before the sweep marks them so), made as the
+    /// sweep would have made it (its event included), then `rowcast.touch`.
+    /// So activity after such a read always brings the `online` event that
+    /// corrects it; without the first step the row still said online, and
+    /// the touch emitted nothing.
     async fn touch(&self, who: &Identity) -> std::result::Result<(), PresenceError> {
-        let client = self.pool.get().await?;
-        let stmt = client
+        let mut client = self.pool.get().await?;
+        let map = client
+            .prepare_cached("SELECT rowcast.presence_user($1::text::jsonb)")
+            .await?;
+        let user: Option<String> = client
+            .query_one(&map, &[&&*who.claims_json])
+            .await?
+            .try_get(0)?;
+        let Some(user) = user else {
+            return Err(PresenceError::Anonymous);
+        };
+        let tx = client.transaction().await?;
+        let settle = tx
             .prepare_cached(
-                // OFFSET 0: the mapping is called once (a flattened
-                // subquery would call a non-volatile one once per use of u)
-                "SELECT u, CASE WHEN u IS NULL THEN false ELSE rowcast.touch(u) END
-                   FROM (SELECT rowcast.presence_user($1::text::jsonb) AS u OFFSET 0) s",
+                // the sweep's rule (rowcast.presence_sweep), for this user
+                "UPDATE rowcast.presence p
+                    SET status = rowcast.presence_status(p.last_active_at, $2::float8 * interval '1 second',
+                                                         $3::float8 * interval '1 second')
+                  WHERE p.user_id = $1 AND p.status <> 'offline'
+                    AND p.last_active_at <= clock_timestamp() - $2::float8 * interval '1 second'
+                    AND p.status <> rowcast.presence_status(p.last_active_at, $2::float8 * interval '1 second',
+                                                            $3::float8 * interval '1 second')
+                 RETURNING p.status",
             )
             .await?;
-        let row = client.query_one(&stmt, &[&&*who.claims_json]).await?;
-        let user: Option<String> = row.try_get(0)?;
-        if user.is_none() {
-            return Err(PresenceError::Anonymous);
+        let settled = tx
+            .query_opt(
+                &settle,
+                &[
+                    &user,
+                    &self.clock.away.as_secs_f64(),
+                    &self.clock.offline.as_secs_f64(),
+                ],
+            )
+            .await?;
+        let touch = tx.prepare_cached("SELECT rowcast.touch($1)").await?;
+        let became_online: bool = tx.query_one(&touch, &[&user]).await?.try_get(0)?;
+        tx.commit().await?;
+        if let Some(r) = settled {
+            let status: &str = r.try_get(0)?;
+            self.metrics.transitions.with_label_values(&[status]).inc();
         }
         self.metrics.writes.inc();
-        if row.try_get::<_, bool>(1)? {
+        if became_online {
             self.metrics
                 .transitions
                 .with_label_values(&["online"])

@@ -690,3 +690,97 @@ async fn a_refused_stream_is_no_activity() {
     drop(sse);
     srv.stop().await;
 }
+
+/// A reader may compute "away" before the sweep marks the user so (`GET
+/// /v1/presence` and snapshots go by the clock); activity then must still
+/// bring an event that corrects it: the activity write makes the due
+/// transition first, then the one to online (r13's review: the table still
+/// said online, the touch emitted nothing, and the reader kept "away" for as
+/// long as the user stayed active).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn activity_after_an_unswept_away_corrects_those_who_read_it() {
+    let url = fresh_market_db().await;
+    let db = connect(&url).await;
+    seed(&db, 1, 1).await;
+    let srv = server_with(&url, |c| {
+        presence_cfg(c);
+        // no sweep during the test
+        c.presence.sweep = Duration::from_secs(600);
+    })
+    .await;
+    let base = srv.base_url();
+    let mut watch = SseClient::connect(&base, "topics=presence-farmer-101", None).await;
+    let farmer = format!("Bearer {}", token("101", "farmer"));
+    let activity = || async {
+        let r = reqwest::Client::new()
+            .post(format!("{base}/v1/presence/activity"))
+            .header("Authorization", &farmer)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 204);
+    };
+    activity().await;
+    assert_eq!(next_presence(&mut watch.rx).await.data["status"], "online");
+    tokio::time::sleep(AWAY + Duration::from_millis(300)).await;
+    let (_, v) = get_json(&base, "/v1/presence?users=farmer-101", &[]).await;
+    assert_eq!(v["users"][0]["status"], "away", "{v}");
+    activity().await;
+    for status in ["away", "online"] {
+        let e = next_presence(&mut watch.rx).await;
+        assert_eq!(e.data["status"], status, "{e:?}");
+    }
+    let (_, v) = get_json(&base, "/v1/presence?users=farmer-101", &[]).await;
+    assert_eq!(v["users"][0]["status"], "online", "{v}");
+    assert_eq!(
+        srv.metric("rowcast_presence_transitions_total{status=\"away\"}"),
+        1.0
+    );
+    srv.stop().await;
+}
+
+/// A snapshot of several of a farmer's farms carries the farmer's presence
+/// on each, as the live stream does (r13's review: one entity for all the
+/// farms' changes left one farm without a status); an app's own
+/// `user.presence` events are not rewritten by a snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_of_a_farmer_s_farms_has_each_and_leaves_an_app_s_events_alone() {
+    let url = fresh_market_db().await;
+    let db = connect(&url).await;
+    seed(&db, 2, 2).await; // farm 1: farmer 101
+    db.batch_execute(
+        "INSERT INTO market.farms (id, name, farmer_id) VALUES (5, 'Second Farm', 101);
+         SELECT rowcast.touch('farmer-101');
+         SELECT rowcast.emit(ARRAY['farm-2'], 'user.presence',
+                             '{\"userId\":\"someone\",\"status\":\"busy\"}');",
+    )
+    .await
+    .unwrap();
+    let srv = server_with(&url, presence_cfg).await;
+    let base = srv.base_url();
+    let (status, snap) = poll_raw(&base, "topics=farm-1,farm-5,farm-2&snapshot=true").await;
+    assert_eq!(status, 200, "{snap}");
+    let mut presence: Vec<(String, String)> = snap["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["event"] == "user.presence")
+        .map(|e| {
+            (
+                e["topic"].as_str().unwrap().to_string(),
+                e["data"]["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    presence.sort();
+    assert_eq!(
+        presence,
+        [
+            ("farm-1".into(), "online".into()),
+            ("farm-2".into(), "busy".into()),
+            ("farm-5".into(), "online".into()),
+        ],
+        "{snap}"
+    );
+    srv.stop().await;
+}

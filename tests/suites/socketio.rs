@@ -2984,3 +2984,51 @@ async fn unreadable_recoveries_are_resynced_and_counted() {
     }
     srv.stop().await;
 }
+
+/// With `--presence-on-connect`, a CONNECT that is refused (a bad topic, a
+/// bad cursor) is no activity, as a refused stream is none on the other
+/// transports; one that connects is (r13's review: the session counted
+/// the activity before checking the topics and the cursor).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_connect_is_no_activity() {
+    let url = fresh_market_db().await;
+    let db = connect(&url).await;
+    seed(&db, 1, 1).await;
+    let srv = server_with(&url, |c| {
+        c.jwt.secret = Some(SECRET.into());
+        c.presence.on_connect = true;
+    })
+    .await;
+    let base = srv.base_url();
+    let seven = token("7", "customer");
+    let admin = format!("Bearer {}", token("1", "admin"));
+    let status = || async {
+        let (_, v) = get_json(
+            &base,
+            "/v1/presence?users=customer-7",
+            &[("Authorization", &admin)],
+        )
+        .await;
+        v["users"][0]["status"].as_str().unwrap_or("").to_string()
+    };
+    for auth in [
+        json!({"token": seven, "topics": [""]}),
+        json!({"token": seven, "topics": ["customer-7"], "cursor": "not-a-cursor"}),
+    ] {
+        let (_ws, answer) = connecting(&sio_ws_url(&base, ""), &format!("40{auth}")).await;
+        assert!(answer.starts_with("44"), "{auth}: {answer}");
+    }
+    assert_eq!(
+        status().await,
+        "offline",
+        "a refused CONNECT counted as activity"
+    );
+    let auth = json!({"token": seven, "topics": ["customer-7"]});
+    let (_ws, answer) = connecting(&sio_ws_url(&base, ""), &format!("40{auth}")).await;
+    assert!(answer.starts_with("40"), "{answer}");
+    eventually_async("the session counts as activity", || async {
+        status().await == "online"
+    })
+    .await;
+    srv.stop().await;
+}

@@ -275,8 +275,6 @@ impl Session {
             },
             _ => Identity::anonymous(),
         };
-        let authenticated = identity.sub().is_some();
-        crate::transport::presence::on_connect(&self.app, &identity, authenticated).await;
         // recovery, or a fresh start
         let digest = identity_digest(&identity);
         let mut resume = match auth.get("pid") {
@@ -445,6 +443,10 @@ impl Session {
                 (pid, held)
             }
         };
+        // counted once the session is connected: a refused CONNECT is no
+        // activity (as a refused stream on the other transports)
+        let authenticated = identity.sub().is_some();
+        crate::transport::presence::on_connect(&self.app, &identity, authenticated).await;
         self.joined = Some(Joined {
             identity,
             feed,
