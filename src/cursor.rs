@@ -17,7 +17,11 @@
 //! The cursor of a change is `(lo, hi, id)` of its batch; a *boundary* cursor
 //! (`lo == hi`) means "everything visible in this snapshot". Both snapshots
 //! travel inside the cursor, so any node can resume any cursor without shared
-//! state, after restarts of rowcast or PostgreSQL (xid8 values never wrap).
+//! state, after restarts of rowcast or clean restarts of PostgreSQL (xid8
+//! values never wrap). Not across a crash of PostgreSQL: ids it had assigned
+//! but not made durable are assigned again after recovery, and a snapshot
+//! from before the crash counts them as finished (README, "A PostgreSQL
+//! crash can hand transaction ids out again"; not handled yet).
 //! No table of ticks is written, so reading adds no write load to the database.
 //!
 //! # Inside a snapshot

@@ -36,6 +36,10 @@ pub enum Error {
     /// proxy cut it).
     #[error("the {0} database connection closed")]
     ConnectionLost(&'static str),
+    /// A dedicated database connection answered nothing for that long (a
+    /// frozen server, a dead path that still holds the socket open).
+    #[error("the {0} database connection answered nothing for {1:?}")]
+    Unresponsive(&'static str, std::time::Duration),
     /// The capture slot's stream (`capture`) failed or sent what it should not.
     #[error("replication stream: {0}")]
     Replication(String),

@@ -79,6 +79,13 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tokio_postgres::Client;
 
+/// A read of the change log that has not answered in this long is given up,
+/// and the source reconnects: a frozen database (or a path that died
+/// without a reset) keeps the connection open and answers nothing, and its
+/// own `statement_timeout` cannot fire. A page of the largest reads takes
+/// well under a second. `/readyz` turns unready sooner (`health::STALLED_AFTER`).
+pub(crate) const READ_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Changes at least this close together on average, in busy pauses, are
 /// flowing (step 1 of the cycle): reading every busy pause is then cheaper
 /// for the database than a ring and a read per change. Measured with the
@@ -480,7 +487,17 @@ impl Source {
                 None => (Cursor::boundary(lo.clone()), None),
             };
             let scope = changelog::Scope::All { rows: self.page };
-            let page = changelog::read(client, stmt, &from, upto.as_ref(), scope).await?;
+            // a frozen database answers nothing and keeps the socket open
+            // (its statement_timeout cannot fire): unready after
+            // `health::STALLED_AFTER`, given up after READ_TIMEOUT
+            self.status.set_reading(true);
+            let page = tokio::time::timeout(
+                READ_TIMEOUT,
+                changelog::read(client, stmt, &from, upto.as_ref(), scope),
+            )
+            .await;
+            self.status.set_reading(false);
+            let page = page.map_err(|_| Error::Unresponsive("source", READ_TIMEOUT))??;
             let lagged = self.hub.note_watermarks(page.watermarks);
             if lagged > 0 {
                 tracing::warn!(

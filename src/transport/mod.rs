@@ -279,6 +279,8 @@ async fn readyz(State(app): State<Arc<App>>) -> impl IntoResponse {
         (StatusCode::OK, "ready")
     } else if app.health.draining() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining")
+    } else if app.health.connected() && app.health.stalled() {
+        (StatusCode::SERVICE_UNAVAILABLE, "source stalled")
     } else if app.health.connected() {
         (StatusCode::SERVICE_UNAVAILABLE, "catching up")
     } else {

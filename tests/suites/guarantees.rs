@@ -561,3 +561,79 @@ async fn nothing_of_a_dropped_topic_comes_after_unsubscribed() {
     println!("{a_before} changes of `a` before `unsubscribed`");
     srv.stop().await;
 }
+
+/// r11's review: a frozen database (its process stopped: no error, the
+/// socket stays open, its statement_timeout cannot fire) left the node
+/// `ready` and its clients waiting for as long as it lasted. Here the
+/// source's own backend is stopped: `/readyz` turns 503 "source stalled"
+/// within `health::STALLED_AFTER` (10 s), the source gives the read up
+/// after `source::READ_TIMEOUT` (30 s), reconnects, and delivers what was
+/// committed meanwhile; the node is ready again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_source_connection_is_told_and_given_up() {
+    let url = fresh_market_db().await;
+    let db = connect(&url).await;
+    seed(&db, 1, 1).await;
+    let srv = server(&url).await;
+    let base = srv.base_url();
+    let mut ws = WsClient::connect(&base, "topics=product-1").await;
+    let pid: i32 = db
+        .query_one(
+            "SELECT pid FROM pg_stat_activity
+              WHERE datname = $1 AND application_name = 'rowcast-source'",
+            &[&db_name(&url)],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    struct Frozen(i32);
+    impl Drop for Frozen {
+        fn drop(&mut self) {
+            #[allow(unsafe_code)]
+            // SAFETY: kill(2) of a PostgreSQL backend this test stopped.
+            unsafe {
+                libc::kill(self.0, libc::SIGCONT);
+            }
+        }
+    }
+    #[allow(unsafe_code)]
+    // SAFETY: kill(2) of this test's own database backend.
+    unsafe {
+        libc::kill(pid, libc::SIGSTOP);
+    }
+    let frozen = Frozen(pid);
+    db.execute("UPDATE market.products SET quantity = 77 WHERE id = 1", &[])
+        .await
+        .unwrap();
+    let readyz = || async {
+        let r = reqwest::get(format!("{base}/readyz")).await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(25);
+    let mut told = None;
+    while tokio::time::Instant::now() < deadline {
+        let (status, text) = readyz().await;
+        if status == 503 {
+            told = Some(text);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(told.as_deref(), Some("source stalled"));
+    // the read is given up 30 s after it was sent: longer than the arrival bound
+    let e = loop {
+        match tokio::time::timeout(Duration::from_secs(60), ws.rx.recv())
+            .await
+            .expect("the change committed while the source's backend was frozen never came")
+            .expect("the stream stays open")
+        {
+            Msg::Event(e) => break e,
+            Msg::Control(_) => continue,
+            Msg::Closed(c) => panic!("closed ({c}) while the source was frozen"),
+        }
+    };
+    assert_eq!(e.data["newQuantity"], json!(77), "{e:?}");
+    eventually_async("ready again", || async { readyz().await.0 == 200 }).await;
+    drop(frozen);
+    srv.stop().await;
+}
