@@ -56,6 +56,8 @@ export interface ConnectOptions {
   stableAfter?: number;
   backoffBase?: number;
   backoffMax?: number;
+  /** After a WebSocket close 1012, ms during which reconnect failures keep the client on the WebSocket. */
+  restartGrace?: number;
   upgradeDelay?: number;
   upgradeMax?: number;
   pollWait?: number;

@@ -34,6 +34,12 @@ export const defaults = Object.freeze({
   /** Reconnect delay: min(backoffMax, backoffBase * 2^n), times a random 0.5–1. */
   backoffBase: 500,
   backoffMax: 30000,
+  /**
+   * After a WebSocket close 1012 (the node restarts), failures to reconnect
+   * within this (ms) do not move the client down to SSE or polling, which
+   * reach the same servers: it keeps retrying the WebSocket with backoff.
+   */
+  restartGrace: 30000,
   /** On SSE or polling, first try to go back up to the WebSocket after this (ms), doubling to upgradeMax. */
   upgradeDelay: 5000,
   upgradeMax: 60000,
@@ -120,6 +126,8 @@ export class Rowcast {
     this._fallback = false;
     this._wsEverOpened = false;
     this._wsDownSince = null;
+    /** Until when a close 1012 keeps the client on its first transport (see restartGrace). */
+    this._restartUntil = 0;
     this._pollShort = false;
     this._closed = false;
     this._activityAt = -Infinity;
@@ -491,6 +499,7 @@ export class Rowcast {
   _onLive(c) {
     if (c !== this._conn) return;
     this._addedSince.clear();
+    this._restartUntil = 0;
     c.live = true;
     c.liveAt = this._now();
     this._cycleFailed = 0;
@@ -752,6 +761,7 @@ export class Rowcast {
         this._setStatus('offline');
         return undefined;
       case 'retry': {
+        if (info.restart) this._restartUntil = now + this.options.restartGrace;
         this._setStatus('connecting');
         // 1012 (the node restarts): at once, unless it came before the
         // connection was stable (then the backoff, so that it cannot loop)
@@ -763,6 +773,11 @@ export class Rowcast {
         if (stable) {
           this._setStatus('connecting');
           return this._retryLater(this._backoff(0) / 2);
+        }
+        if (this._level === 0 && now < this._restartUntil) {
+          // the node said it restarts: not a failure of the transport
+          this._setStatus('connecting');
+          return this._retryLater(this._backoff(this._backoffN++));
         }
         this._failures++;
         this._backoffN++;
@@ -1152,7 +1167,7 @@ class WsConn {
       return this.end({ kind: 'auth', expired, reason: (this.authError && this.authError.reason) || reason });
     }
     if ([1012, 1013, 4008, 4010, 1001].includes(code) || (code === 1008 && /rate/.test(reason))) {
-      return this.end({ kind: 'retry', retryAfter: code === 1012 ? 0 : undefined });
+      return this.end({ kind: 'retry', retryAfter: code === 1012 ? 0 : undefined, restart: code === 1012 });
     }
     return this.end({ kind: 'failure', code });
   }

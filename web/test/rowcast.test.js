@@ -897,3 +897,27 @@ test('a client with no topics and no token opens no WebSocket until it has topic
   await until(clock, () => seen.length === 1, 'streams');
   rc.close();
 });
+
+test('a node restart (close 1012) that takes a while keeps the client on the WebSocket: no fallback within restartGrace', async () => {
+  const { clock, server, rc, seen } = setup();
+  await until(clock, () => rc.status === 'live', 'live');
+  await clock.advance(20_000); // stable
+  const before = server.requests.length;
+  server.block.ws = true; // the node is down: its upgrades fail
+  server.dropWs(1012, 'service restart');
+  await clock.advance(8000);
+  const since = server.requests.slice(before);
+  assert.ok(since.filter((r) => r.kind === 'ws').length >= 3, 'retried on the WebSocket');
+  assert.equal(since.filter((r) => r.kind === 'sse' || r.kind === 'poll').length, 0, 'no fallback');
+  assert.equal(rc.status, 'connecting');
+  server.block.ws = false; // back
+  server.publish('farm-1', 'x', {});
+  await until(clock, () => rc.status === 'live' && seen.length === 1, 'back on the WebSocket');
+  assert.equal(rc.transport, 'ws');
+  // past the grace, a WebSocket that keeps failing is left as before
+  await clock.advance(20_000);
+  server.block.ws = true;
+  server.dropWs(1012, 'service restart');
+  await until(clock, () => rc.transport === 'sse', 'down to SSE after the grace', 100, 120_000);
+  rc.close();
+});
