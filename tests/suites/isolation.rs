@@ -753,6 +753,22 @@ async fn market_events_reach_only_rightful_clients_on_every_topic() {
     server.stop().await;
 }
 
+/// A policy that takes `seconds` to answer for the topic `stuck`.
+async fn stuck_policy(url: &str, seconds: u32) {
+    connect(url)
+        .await
+        .batch_execute(&format!(
+            "CREATE OR REPLACE FUNCTION rowcast.authorize(claims jsonb, topic text)
+             RETURNS boolean LANGUAGE plpgsql VOLATILE AS $$
+             BEGIN
+                 IF topic = 'stuck' THEN PERFORM pg_sleep({seconds}); END IF;
+                 RETURN true;
+             END $$"
+        ))
+        .await
+        .unwrap();
+}
+
 /// A policy that never answers holds no client for good: the next request
 /// waits at most `db::POOL_WAIT` (10 s) for a connection, then is told to
 /// retry, and the stuck statement is cut at 30 s (`statement_timeout`),
@@ -760,17 +776,7 @@ async fn market_events_reach_only_rightful_clients_on_every_topic() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stuck_policy_holds_no_client_for_good() {
     let url = fresh_market_db().await;
-    let db = connect(&url).await;
-    db.batch_execute(
-        "CREATE OR REPLACE FUNCTION rowcast.authorize(claims jsonb, topic text)
-         RETURNS boolean LANGUAGE plpgsql VOLATILE AS $$
-         BEGIN
-             IF topic = 'stuck' THEN PERFORM pg_sleep(300); END IF;
-             RETURN true;
-         END $$",
-    )
-    .await
-    .unwrap();
+    stuck_policy(&url, 300).await;
     let srv = server_with(&url, |c| c.pool_size = 1).await;
     let base = srv.base_url();
     let started = tokio::time::Instant::now();
@@ -802,17 +808,7 @@ async fn a_stuck_policy_holds_no_client_for_good() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_with_a_starved_pool_stops_promptly() {
     let url = fresh_market_db().await;
-    let db = connect(&url).await;
-    db.batch_execute(
-        "CREATE OR REPLACE FUNCTION rowcast.authorize(claims jsonb, topic text)
-         RETURNS boolean LANGUAGE plpgsql VOLATILE AS $$
-         BEGIN
-             IF topic = 'stuck' THEN PERFORM pg_sleep(60); END IF;
-             RETURN true;
-         END $$",
-    )
-    .await
-    .unwrap();
+    stuck_policy(&url, 60).await;
     let srv = server_with(&url, |c| c.pool_size = 1).await;
     let base = srv.base_url();
     let _stuck = tokio::spawn(async move { poll_raw(&base, "topics=stuck").await });
