@@ -121,6 +121,12 @@ impl EmbeddedPg {
         self.pg_ctl(&["-w", "-t", "60", "-m", "fast", "stop"])
     }
 
+    /// `pg_ctl stop -m immediate`: the server goes away as in a crash (no
+    /// shutdown checkpoint; `start_again` runs crash recovery). For tests.
+    pub fn crash(&self) -> Result<()> {
+        self.pg_ctl(&["-w", "-t", "60", "-m", "immediate", "stop"])
+    }
+
     /// Starts a stopped server again on the same port.
     pub fn start_again(&self) -> Result<()> {
         self.pg_ctl(&["-w", "-t", "60", "start"])

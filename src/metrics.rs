@@ -66,6 +66,7 @@ pub(crate) struct Metrics {
     pub catchup_lag: HistogramVec,
     /// Change-log rows the source skipped because they cannot be delivered.
     pub source_bad_changes: IntCounter,
+    pub source_database_crashes: IntCounter,
     pub connections: IntGaugeVec,
     pub events: IntCounter,
     pub deliveries: IntCounterVec,
@@ -170,6 +171,10 @@ impl Metrics {
                 24.0 * 3600.0,
             ]),
             &["transport"],
+        )?;
+        let source_database_crashes = IntCounter::new(
+            "rowcast_source_database_crashes_total",
+            "PostgreSQL crash recoveries (or resets of pg_stat_bgwriter) the source found on reconnecting: positions from before one can miss changes (logged at ERROR)",
         )?;
         let source_bad_changes = IntCounter::new(
             "rowcast_source_bad_changes_total",
@@ -331,6 +336,7 @@ impl Metrics {
         registry.register(Box::new(catchup_deliveries.clone()))?;
         registry.register(Box::new(catchup_lag.clone()))?;
         registry.register(Box::new(source_bad_changes.clone()))?;
+        registry.register(Box::new(source_database_crashes.clone()))?;
         let sockets = IntGauge::new(
             "rowcast_sockets",
             "Open TCP connections, whether or not they have made a request",
@@ -474,6 +480,7 @@ impl Metrics {
             catchup_deliveries,
             catchup_lag,
             source_bad_changes,
+            source_database_crashes,
             connections,
             events,
             deliveries,
