@@ -234,6 +234,8 @@ export class Rowcast {
   optimistic({ apply, request, rollback, stale, confirm = true, timeout } = {}) {
     const p = { stale: typeof stale === 'function' ? stale : null, tx: undefined, done: false, timer: null };
     this._pending.push(p);
+    // changes held back already describe the state before this write too
+    for (const e of this._held) if (this._holds(p, e.data, e.meta)) e.holders.add(p);
     return new Promise((resolve, reject) => {
       try {
         if (apply) apply();
@@ -562,8 +564,9 @@ export class Rowcast {
    *
    * The optimistic contract, kept here and in `_settlePending`: a change that
    * a pending write's `stale` matches describes the state before that write;
-   * it is held (by every pending write it matches) and delivered once none
-   * holds it any more, in the order changes arrived. The change carrying a
+   * it is held (by every pending write it matches, and by a write started
+   * while it is held) and delivered once none holds it any more, in the
+   * order changes arrived. The change carrying a
    * write's `tx` confirms it, and drops what that write held: older state,
    * superseded by it. Held or not, no change is delivered after a newer one
    * that the same writes held, and a confirmation shown while a later write
@@ -590,17 +593,19 @@ export class Rowcast {
     for (const p of [...this._pending]) {
       if (!p.done && p.tx !== undefined && tx === p.tx) this._settlePending(p, 'stream', seq);
     }
-    const holders = new Set();
-    for (const p of this._pending) {
-      if (p.done || !p.stale) continue;
-      try {
-        if (p.stale(data, meta)) holders.add(p);
-      } catch (_) {
-        // a throwing `stale` holds nothing
-      }
-    }
+    const holders = new Set(this._pending.filter((p) => !p.done && this._holds(p, data, meta)));
     if (holders.size) this._held.push({ seq, event: env.event, data, meta, holders });
     else this._dispatch(env.event, data, meta);
+  }
+
+  /** Whether pending write `p` holds this change back (its `stale`; one that throws holds nothing). */
+  _holds(p, data, meta) {
+    if (!p.stale) return false;
+    try {
+      return !!p.stale(data, meta);
+    } catch (_) {
+      return false;
+    }
   }
 
   /**

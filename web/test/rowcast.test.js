@@ -378,6 +378,23 @@ test('optimistic: two overlapping writes of one thing: the newer one wins, nothi
   const [r3, r4] = await Promise.all([three, four]);
   assert.deepEqual([r3.confirmedBy, r4.confirmedBy], ['stream', 'stream']);
   assert.deepEqual(shown, [44], 'no flicker back to 33');
+  // B2: the first write's change comes before the second write starts, its
+  // answer while the second is pending (r14): still held, by the second
+  shown.length = 0;
+  answers.length = 0;
+  const b1 = write(111);
+  await settle();
+  server.publish('farm-1', 'inventory.updated', { productId: '1', newQuantity: 111 }, '711');
+  await settle();
+  const b2 = write(222);
+  await settle();
+  answer(0, '711');
+  assert.equal((await b1).confirmedBy, 'stream');
+  assert.deepEqual(shown, [], 'not shown while the later write is pending');
+  answer(1, '712');
+  server.publish('farm-1', 'inventory.updated', { productId: '1', newQuantity: 222 }, '712');
+  assert.equal((await b2).confirmedBy, 'stream');
+  assert.deepEqual(shown, [222], 'no flicker back to 111');
   // C: the later write fails: what it held comes out after its rollback, in order
   shown.length = 0;
   answers.length = 0;
