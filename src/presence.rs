@@ -153,6 +153,9 @@ impl PresenceMetrics {
 pub(crate) enum PresenceError {
     #[error("anonymous clients cannot report activity")]
     Anonymous,
+    /// The address's budget of database calls is spent (`report`'s `spend`).
+    #[error("too many activity writes from this client address")]
+    RateLimited,
     #[error("presence unavailable: {0}")]
     Db(#[from] crate::error::Error),
 }
@@ -218,7 +221,18 @@ impl Presence {
 
     /// Activity from `who`, written through `rowcast.touch` unless this node
     /// already wrote one for that user within the write interval.
-    pub(crate) async fn report(&self, who: &Identity) -> std::result::Result<(), PresenceError> {
+    ///
+    /// `spend` is asked before each database call the report makes (none
+    /// when this node wrote that user's activity within the interval): a
+    /// `false` answers `RateLimited` and writes nothing. `POST
+    /// /v1/presence/activity` spends the address's `--authorize-per-ip`
+    /// budget there (one address, many tokens); a socket's reports carry one
+    /// identity, under the connection and message limits, and spend nothing.
+    pub(crate) async fn report(
+        &self,
+        who: &Identity,
+        spend: impl FnOnce() -> bool,
+    ) -> std::result::Result<(), PresenceError> {
         let Some(sub) = who.sub() else {
             return Err(PresenceError::Anonymous);
         };
@@ -262,13 +276,20 @@ impl Presence {
         if in_flight {
             // the first one writes; this one only learns whether the token
             // is a user's (a read of the mapping, no write)
+            if !spend() {
+                return Err(PresenceError::RateLimited);
+            }
             return if self.maps_to_user(who).await? {
                 Ok(())
             } else {
                 Err(PresenceError::Anonymous)
             };
         }
-        let written = self.touch(who).await;
+        let written = if spend() {
+            self.touch(who).await
+        } else {
+            Err(PresenceError::RateLimited)
+        };
         let mut w = self.written.lock().unwrap_or_else(|p| p.into_inner());
         match &written {
             // a token of no user: refused without the database until the

@@ -2,7 +2,11 @@
 //! polling) and for pages that only need to read it:
 //!
 //! - `POST /v1/presence/activity` (token required): this user is active.
-//!   204 No Content; 401 `unauthorized` for an anonymous client.
+//!   204 No Content; 401 `unauthorized` for an anonymous client. A report
+//!   that reaches the database (a user's first within the write interval on
+//!   this node) is one call from the address's `--authorize-per-ip` budget
+//!   (429 `authorize_rate_limited` past it): one address cannot write
+//!   presence for thousands of tokens at once.
 //! - `GET /v1/presence?users=farmer-101,customer-7` (token optional): their
 //!   status now, `{"users":[{"userId","status","lastActiveAt"}],"forbidden":[..]}`,
 //!   each user authorized like its topic `presence-<userId>`; a user never
@@ -27,7 +31,9 @@ pub(crate) async fn activity(State(app): State<Arc<App>>, req: StreamRequest) ->
         Ok(i) => i,
         Err(e) => return e.into_response(),
     };
-    match app.presence.report(&identity).await {
+    let ip = req.peer.ip();
+    let spend = || app.gate.spend_db_call(ip).is_ok();
+    match app.presence.report(&identity, spend).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => presence_error(e).into_response(),
     }
@@ -117,7 +123,7 @@ async fn read_presence(
 /// Best effort: a failure to write it does not refuse the stream.
 pub(crate) async fn on_connect(app: &App, who: &Identity, authenticated: bool) {
     if app.presence.on_connect && authenticated {
-        if let Err(e) = app.presence.report(who).await {
+        if let Err(e) = app.presence.report(who, || true).await {
             tracing::debug!(error = %e, "activity on connect not written");
         }
     }
@@ -142,6 +148,10 @@ fn anonymous() -> ApiError {
 pub(crate) fn presence_error(e: PresenceError) -> ApiError {
     match e {
         PresenceError::Anonymous => anonymous(),
+        PresenceError::RateLimited => ApiError::new(
+            ErrorCode::AuthorizeRateLimited,
+            "too many database calls for this client address; retry shortly",
+        ),
         PresenceError::Db(e) => {
             tracing::warn!(error = %e, "presence unavailable");
             ApiError::new(ErrorCode::Unavailable, "presence unavailable; retry")

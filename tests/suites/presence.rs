@@ -784,3 +784,52 @@ async fn a_snapshot_of_a_farmer_s_farms_has_each_and_leaves_an_app_s_events_alon
     );
     srv.stop().await;
 }
+
+/// r15's review: one address posting activity for thousands of tokens wrote
+/// a presence row and a transition for each. A report that reaches the
+/// database is one call from the address's `--authorize-per-ip` budget
+/// (429 `authorize_rate_limited` past it); a user's reports within the
+/// write interval cost nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn activity_writes_are_paid_from_the_address_budget() {
+    let url = fresh_market_db().await;
+    let srv = server_with(&url, |c| {
+        presence_cfg(c);
+        c.presence.write_interval = Duration::from_secs(60);
+        c.limits.authorize_per_ip = 1;
+    })
+    .await;
+    let base = srv.base_url();
+    let http = reqwest::Client::new();
+    let post = |sub: String| {
+        let (http, base) = (http.clone(), base.clone());
+        async move {
+            let r = http
+                .post(format!("{base}/v1/presence/activity"))
+                .bearer_auth(token(&sub, "customer"))
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let v: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap_or(Value::Null);
+            (status, v)
+        }
+    };
+    // one user's reports: written once, then answered from memory
+    for _ in 0..30 {
+        assert_eq!(post("1".into()).await.0, 204);
+    }
+    // many users' from one address: the budget runs out
+    let mut limited = None;
+    for i in 2..300 {
+        let (status, v) = post(i.to_string()).await;
+        if status == 429 {
+            assert_eq!(v["error"], "authorize_rate_limited", "{v}");
+            limited = Some(i);
+            break;
+        }
+        assert_eq!(status, 204, "{v}");
+    }
+    assert!(limited.is_some(), "300 users' activity from one address, never limited");
+    srv.stop().await;
+}

@@ -621,7 +621,7 @@ impl Session {
         let Some(j) = self.joined.as_ref() else {
             return Value::Null;
         };
-        match self.app.presence.report(&j.identity).await {
+        match self.app.presence.report(&j.identity, || true).await {
             Ok(()) => json!({"ok": true}),
             Err(e) => ack_error(&crate::transport::presence::presence_error(e)),
         }

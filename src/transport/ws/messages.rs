@@ -16,13 +16,15 @@ impl Session {
         };
         match msg {
             ClientMessage::Ping {} => self.send(ServerMessage::Pong).await,
-            ClientMessage::Activity {} => match self.app.presence.report(&self.identity).await {
-                Ok(()) => Ok(()),
-                Err(e) => {
-                    let e = crate::transport::presence::presence_error(e);
-                    self.send_error(e).await
+            ClientMessage::Activity {} => {
+                match self.app.presence.report(&self.identity, || true).await {
+                    Ok(()) => Ok(()),
+                    Err(e) => {
+                        let e = crate::transport::presence::presence_error(e);
+                        self.send_error(e).await
+                    }
                 }
-            },
+            }
             ClientMessage::Auth { token } => self.authenticate(&token).await,
             ClientMessage::Subscribe {
                 topics,
