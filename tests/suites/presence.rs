@@ -830,6 +830,9 @@ async fn activity_writes_are_paid_from_the_address_budget() {
         }
         assert_eq!(status, 204, "{v}");
     }
-    assert!(limited.is_some(), "300 users' activity from one address, never limited");
+    assert!(
+        limited.is_some(),
+        "300 users' activity from one address, never limited"
+    );
     srv.stop().await;
 }
