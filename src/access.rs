@@ -338,10 +338,7 @@ impl Gate {
         if self.authorize_budget.take(peer, 1) {
             return Ok(());
         }
-        Err(ApiError::new(
-            ErrorCode::AuthorizeRateLimited,
-            "too many database calls for this client address; retry shortly",
-        ))
+        Err(db_calls_spent())
     }
 
     /// Splits into allowed, denied and failed (`Authorizer::check`). A
@@ -382,6 +379,15 @@ impl Gate {
         }
         Ok(verdict)
     }
+}
+
+/// The answer once an address's budget of database calls is spent
+/// (`Gate::spend_db_call`, and activity writes: `presence::report`).
+pub(crate) fn db_calls_spent() -> ApiError {
+    ApiError::new(
+        ErrorCode::AuthorizeRateLimited,
+        "too many database calls for this client address; retry shortly",
+    )
 }
 
 #[cfg(test)]

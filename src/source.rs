@@ -473,13 +473,6 @@ impl Source {
         Ok((row?, n?))
     }
 
-    /// Reads everything that became visible since the last read and publishes it.
-    ///
-    /// A batch bigger than a page is published page by page under one open hub
-    /// batch. If the database fails between two pages, `open` keeps where the
-    /// batch stands (its upper snapshot and the last row published), and the
-    /// next read, on a new connection, continues exactly there: the same
-    /// snapshot bounds the batch, so nothing is published twice or skipped.
     /// Whether PostgreSQL crashed since the previous connection: crash
     /// recovery discards the statistics, and `pg_stat_bgwriter.stats_reset`
     /// then takes the recovery's time, where a clean restart keeps it (an
@@ -509,6 +502,13 @@ impl Source {
         Ok(())
     }
 
+    /// Reads everything that became visible since the last read and publishes it.
+    ///
+    /// A batch bigger than a page is published page by page under one open hub
+    /// batch. If the database fails between two pages, `open` keeps where the
+    /// batch stands (its upper snapshot and the last row published), and the
+    /// next read, on a new connection, continues exactly there: the same
+    /// snapshot bounds the batch, so nothing is published twice or skipped.
     async fn read(&mut self, client: &Client, stmt: &tokio_postgres::Statement) -> Result<usize> {
         let Some(lo) = self.position.clone() else {
             return Ok(0);

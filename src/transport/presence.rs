@@ -148,10 +148,7 @@ fn anonymous() -> ApiError {
 pub(crate) fn presence_error(e: PresenceError) -> ApiError {
     match e {
         PresenceError::Anonymous => anonymous(),
-        PresenceError::RateLimited => ApiError::new(
-            ErrorCode::AuthorizeRateLimited,
-            "too many database calls for this client address; retry shortly",
-        ),
+        PresenceError::RateLimited => crate::access::db_calls_spent(),
         PresenceError::Db(e) => {
             tracing::warn!(error = %e, "presence unavailable");
             ApiError::new(ErrorCode::Unavailable, "presence unavailable; retry")
