@@ -47,11 +47,33 @@ WITH p AS MATERIALIZED (
 ///   snapshot does not see it) may lack them, on any node, window or not.
 ///   Positions taken after it, even while older transactions are still
 ///   open, lack nothing.
+/// - `era` (`ERA`): when PostgreSQL last began its statistics afresh
+///   (`pg_stat_bgwriter.stats_reset`, ms since 2000). Crash recovery does
+///   that and a clean restart does not (its shutdown checkpoint keeps the
+///   statistics, as it keeps the xid counter). After a crash, transaction
+///   ids that were assigned but not yet durable (a rollback's, an
+///   asynchronous commit's anywhere in the cluster) are assigned again,
+///   and a snapshot from before the crash counts them as finished: read by
+///   its xids it would skip the changes written under them. So every
+///   snapshot carries the era it was taken in (`Snapshot::era`, cursors
+///   since version 2), and a position of another era is expired: its
+///   client resyncs, whichever node it comes to (connected clients: the
+///   source, `Hub::restart_at`). An explicit `pg_stat_reset_shared` of
+///   the bgwriter's statistics (or of all shared ones) is taken for a
+///   crash: one resync of every client, nothing lost. A position of
+///   unknown era (0: a version-1 cursor) is read by its xids as before.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Watermarks {
     pub pruned_below: u64,
     pub lost_before: Option<u64>,
+    pub era: u64,
 }
+
+/// The database's era ([`Watermarks`]) as SQL: never 0 (a cluster whose
+/// statistics were never reset is era 1).
+pub(crate) const ERA: &str =
+    "greatest(coalesce((extract(epoch FROM pg_stat_get_bgwriter_stat_reset_time()
+    - timestamptz '2000-01-01 00:00:00+00') * 1000)::int8, 1), 1)";
 
 impl Watermarks {
     /// From a read's `marks` text ([`marks_column`]). No text (the row of
@@ -64,16 +86,18 @@ impl Watermarks {
             )
         })?;
         let mut parts = marks.split(' ');
+        let era = parse_xid(parts.next().unwrap_or(""))?;
         Ok(Watermarks {
             pruned_below: parse_xid(parts.next().unwrap_or(""))?,
             lost_before: parts.next().map(parse_xid).transpose()?,
+            era,
         })
     }
 
     /// Whether a client at a position with lower snapshot `lo` may have
-    /// missed changes, by either mark.
+    /// missed changes, by any mark.
     pub(crate) fn expire(&self, lo: &Snapshot) -> bool {
-        lo.xmin() < self.pruned_below || self.lost(lo)
+        lo.xmin() < self.pruned_below || self.lost(lo) || !lo.in_era(self.era)
     }
 
     /// Whether `lo` predates a declared loss.
@@ -117,12 +141,12 @@ impl Schema {
 /// after a space when there is one. One text from one scan of the row: a
 /// second subquery for `lost_before` cost the read 5 % more instructions,
 /// this 2 % (`benches/issue16/lost-column/`).
-fn marks_column(schema: Schema) -> &'static str {
-    if schema.lost_before {
-        "pruned_below::text || coalesce(' ' || lost_before::text, '')"
-    } else {
-        "pruned_below::text"
-    }
+fn marks_column(schema: Schema) -> String {
+    let lost = match schema.lost_before {
+        true => " || coalesce(' ' || lost_before::text, '')",
+        false => "",
+    };
+    format!("{ERA}::text || ' ' || pruned_below::text{lost}")
 }
 
 /// A candidate row's columns; `{tx}` is [`tx_column`]'s.
@@ -169,7 +193,7 @@ const IN_PROGRESS: &str = "xid = ANY (ARRAY(SELECT pg_snapshot_xip(p.lo)))";
 /// whole log's).
 pub(crate) fn sql(topics: bool, schema: Schema) -> String {
     let columns = COLUMNS.replace("{tx}", tx_column(schema.origin_tx));
-    let snapshots = SNAPSHOTS.replace("{marks}", marks_column(schema));
+    let snapshots = SNAPSHOTS.replace("{marks}", &marks_column(schema));
     if !topics {
         return format!(
             "{snapshots}
@@ -230,9 +254,10 @@ pub(crate) struct BadChange {
 }
 
 impl Page {
-    /// Whether changes that `after` still needed may be gone ([`Watermarks`]).
+    /// Whether changes that `after` still needed may be gone ([`Watermarks`]),
+    /// or the page's end is of another era than the database's.
     pub(crate) fn expired_for(&self, after: &Cursor) -> bool {
-        self.watermarks.expire(&after.lo)
+        self.watermarks.expire(&after.lo) || !self.upto.in_era(self.watermarks.era)
     }
 }
 
@@ -279,6 +304,10 @@ pub(crate) async fn read(
             (rows, limit)
         }
     };
+    let watermarks = match rows.first() {
+        Some(r) => Watermarks::parse(r.try_get(7)?)?,
+        None => Watermarks::default(),
+    };
     let mut page = Page {
         upto: match upto {
             Some(s) => s.clone(),
@@ -288,17 +317,14 @@ pub(crate) async fn read(
                     .map(|r| r.try_get(0))
                     .transpose()?
                     .unwrap_or_default();
-                Snapshot::parse(text)?
+                Snapshot::parse(text)?.with_era(watermarks.era)
             }
         },
         changes: Vec::with_capacity(rows.len()),
         bad: Vec::new(),
         last: None,
         more: false,
-        watermarks: match rows.first() {
-            Some(r) => Watermarks::parse(r.try_get(7)?)?,
-            None => Watermarks::default(),
-        },
+        watermarks,
     };
     let mut n = 0;
     let mut got = 0;
@@ -392,8 +418,11 @@ pub(crate) async fn xids_with_changes(client: &Client, xids: &[u64]) -> Result<V
 pub(crate) async fn watermarks(client: &Client) -> Result<Watermarks> {
     let row = client
         .query_one(
-            "SELECT r.pruned_below::text || coalesce(' ' || (to_jsonb(r) ->> 'lost_before'), '')
-               FROM rowcast.retention r WHERE id = 1",
+            &format!(
+                "SELECT {ERA}::text || ' ' || r.pruned_below::text
+                        || coalesce(' ' || (to_jsonb(r) ->> 'lost_before'), '')
+                   FROM rowcast.retention r WHERE id = 1"
+            ),
             &[],
         )
         .await?;
@@ -557,11 +586,12 @@ mod tests {
     /// loss by whether the position sees the transaction that declared it.
     #[test]
     fn watermarks_expire_positions_that_may_lack_changes() {
-        let w = Watermarks::parse(Some("7 12")).unwrap();
-        assert_eq!((w.pruned_below, w.lost_before), (7, Some(12)));
-        assert_eq!(Watermarks::parse(Some("7")).unwrap().lost_before, None);
+        let w = Watermarks::parse(Some("5 7 12")).unwrap();
+        assert_eq!((w.era, w.pruned_below, w.lost_before), (5, 7, Some(12)));
+        assert_eq!(Watermarks::parse(Some("5 7")).unwrap().lost_before, None);
         assert!(Watermarks::parse(None).is_err(), "no retention row");
-        assert!(Watermarks::parse(Some("7 x")).is_err());
+        assert!(Watermarks::parse(Some("5 7 x")).is_err());
+        assert!(Watermarks::parse(Some("5")).is_err(), "no retention mark");
         assert!(Watermarks::parse(Some("x")).is_err());
         assert!(Watermarks::parse(Some("")).is_err());
         let snap = Snapshot::new;
@@ -577,5 +607,10 @@ mod tests {
             "an older transaction open: still after 12"
         );
         assert!(w.lost(&snap(20, vec![12])) && !w.lost(&snap(20, vec![6])));
+        // another era expires whatever its xids; an unknown one (0) is read
+        // by its xids
+        assert!(!w.expire(&snap(13, vec![]).with_era(5)));
+        assert!(w.expire(&snap(13, vec![]).with_era(4)), "before a crash");
+        assert!(w.expire(&snap(13, vec![]).with_era(6)));
     }
 }

@@ -18,10 +18,11 @@
 //! (`lo == hi`) means "everything visible in this snapshot". Both snapshots
 //! travel inside the cursor, so any node can resume any cursor without shared
 //! state, after restarts of rowcast or clean restarts of PostgreSQL (xid8
-//! values never wrap). Not across a crash of PostgreSQL: ids it had assigned
-//! but not made durable are assigned again after recovery, and a snapshot
-//! from before the crash counts them as finished (README, "A PostgreSQL
-//! crash can hand transaction ids out again"; not handled yet).
+//! values never wrap). A cursor also names the database era its snapshots
+//! were taken in: a crash of PostgreSQL begins a new era (ids it had
+//! assigned but not made durable are assigned again after recovery, which a
+//! snapshot from before the crash would count as finished), and a cursor
+//! of another era is expired, never read by its xids (`changelog::Watermarks`).
 //! No table of ticks is written, so reading adds no write load to the database.
 //!
 //! # Inside a snapshot
@@ -38,7 +39,10 @@
 //! is `(P, P, -(after + 1))`: `lo == hi` with a negative `id`, which no
 //! other cursor has.
 //!
-//! The wire form is URL-safe base64 of varints, typically 10–40 characters.
+//! The wire form is URL-safe base64 of varints, typically 20–50 characters:
+//! a version byte (2; 1 for a cursor without an era, from before eras, still
+//! read), the era, the kind (boundary, inside a batch, inside a snapshot),
+//! then the snapshots and the id.
 
 use crate::snapshot::Snapshot;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -50,7 +54,10 @@ use thiserror::Error;
 pub const MAX_CURSOR_LEN: usize = 4096;
 /// More in-progress transactions than this in one snapshot would make cursors too long to carry.
 const MAX_XIP: u64 = 1000;
+/// A cursor without an era (`Snapshot::era` 0: read as before eras).
 const VERSION: u8 = 1;
+/// A cursor with its era, right after this byte.
+const VERSION_ERA: u8 = 2;
 /// The second byte of a snapshot cursor (0: a boundary, 1: inside a batch).
 const IN_SNAPSHOT: u8 = 2;
 /// PostgreSQL's first normal transaction id: xids 0–2 are reserved, so no real
@@ -118,8 +125,14 @@ impl Cursor {
     }
 
     pub fn encode(&self) -> String {
-        let mut buf = Vec::with_capacity(32);
-        buf.push(VERSION);
+        let mut buf = Vec::with_capacity(40);
+        match self.lo.era {
+            0 => buf.push(VERSION),
+            era => {
+                buf.push(VERSION_ERA);
+                put_varint(&mut buf, era);
+            }
+        }
         if let Some(id) = self.snapshot_after() {
             buf.push(IN_SNAPSHOT);
             put_snapshot(&mut buf, &self.lo, 0);
@@ -146,16 +159,35 @@ impl Cursor {
             buf: &bytes,
             pos: 0,
         };
-        if r.byte()? != VERSION {
-            return Err(CursorError::Malformed);
+        let era = match r.byte()? {
+            VERSION => 0,
+            VERSION_ERA => match r.varint()? {
+                0 => return Err(CursorError::Malformed),
+                era => era,
+            },
+            _ => return Err(CursorError::Malformed),
+        };
+        Ok(Cursor::read(&mut r)?.taken_in(era))
+    }
+
+    /// Both snapshots taken in `era`.
+    fn taken_in(self, era: u64) -> Cursor {
+        Cursor {
+            lo: self.lo.with_era(era),
+            hi: self.hi.with_era(era),
+            id: self.id,
         }
+    }
+
+    /// What follows the version (and era): the kind, snapshots and id.
+    fn read(r: &mut Reader<'_>) -> Result<Cursor, CursorError> {
         let within = match r.byte()? {
             0 => false,
             1 => true,
             IN_SNAPSHOT => {
                 let at = r.snapshot(0)?;
                 let after = i64::try_from(r.varint()?).map_err(|_| CursorError::Malformed)?;
-                if r.pos != bytes.len() {
+                if r.pos != r.buf.len() {
                     return Err(CursorError::Malformed);
                 }
                 return Ok(Cursor::in_snapshot(at, after));
@@ -173,7 +205,7 @@ impl Cursor {
         } else {
             Cursor::boundary(lo)
         };
-        if r.pos != bytes.len() {
+        if r.pos != r.buf.len() {
             return Err(CursorError::Malformed);
         }
         Ok(cursor)
@@ -250,7 +282,7 @@ impl Reader<'_> {
             xip.push(prev);
         }
         xip.reverse();
-        Ok(Snapshot { xmax, xip })
+        Ok(Snapshot::new(xmax, xip))
     }
 }
 
@@ -279,6 +311,39 @@ mod tests {
         assert_eq!(Cursor::decode(&z.encode()).unwrap(), z);
         assert_eq!((z.snapshot_after(), z.is_boundary()), (Some(0), false));
         assert_eq!((b.snapshot_after(), b.is_boundary()), (None, true));
+    }
+
+    /// A cursor carries its snapshots' era (version 2); one without (version
+    /// 1, from before eras) is still read, as of an unknown era.
+    #[test]
+    fn eras_travel_and_old_cursors_still_read() {
+        let era = 849_000_000_000; // ms since 2000: late 2026
+        let lo = Snapshot::new(1000, vec![990, 995]).with_era(era);
+        let hi = Snapshot::new(1010, vec![995, 1003]).with_era(era);
+        for c in [
+            Cursor {
+                lo: lo.clone(),
+                hi,
+                id: 123456,
+            },
+            Cursor::boundary(lo.clone()),
+            Cursor::in_snapshot(lo.clone(), 77),
+        ] {
+            let text = c.encode();
+            assert!(text.len() < 50, "{text}");
+            let back = Cursor::decode(&text).unwrap();
+            assert_eq!((back.lo.era, back.hi.era), (era, era));
+            assert_eq!(back, c);
+        }
+        let v1 = Cursor::boundary(Snapshot::new(1000, vec![990]));
+        let text = v1.encode();
+        assert_eq!(URL_SAFE_NO_PAD.decode(&text).unwrap()[0], VERSION);
+        assert_eq!(Cursor::decode(&text).unwrap().lo.era, 0);
+        // version 2 with era 0, or with the era cut short
+        let zero = URL_SAFE_NO_PAD.encode([VERSION_ERA, 0, 0, 5, 0]);
+        assert_eq!(Cursor::decode(&zero), Err(CursorError::Malformed));
+        let short = URL_SAFE_NO_PAD.encode([VERSION_ERA, 0x80]);
+        assert_eq!(Cursor::decode(&short), Err(CursorError::Malformed));
     }
 
     #[test]
@@ -312,11 +377,13 @@ mod tests {
             Cursor::boundary(Snapshot::new(2, vec![])),
             Cursor::boundary(Snapshot {
                 xmax: 10,
-                xip: vec![0],
+                xip: vec![0].into(),
+                era: 0,
             }),
             Cursor::boundary(Snapshot {
                 xmax: 10,
-                xip: vec![1, 5],
+                xip: vec![1, 5].into(),
+                era: 0,
             }),
         ] {
             let text = impossible.encode();

@@ -228,6 +228,15 @@ impl Feeds {
         let (hub, shares, peer) = (&self.hub, &self.shares, start.peer);
         let mut notice = None;
         let mut cursor = start.cursor;
+        if cursor
+            .as_ref()
+            .is_some_and(|c| !c.lo.in_era(hub.watermarks().era))
+        {
+            // of another era than the node's (`changelog::Watermarks`): no
+            // ground for comparing xids with its position
+            notice = Some(Notice::CursorExpired);
+            cursor = None;
+        }
         if let Some(c) = &cursor {
             if !hub.covers(&c.hi) {
                 // Ahead of this node: a cursor from a node a little further on

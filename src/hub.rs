@@ -195,6 +195,15 @@ impl State {
         }
     }
 
+    /// Every subscriber, joining ones included.
+    fn all_subs(&self) -> HashMap<u64, Arc<Sub>> {
+        self.topics
+            .values()
+            .flat_map(|subs| subs.iter().map(|(id, s)| (*id, Arc::clone(s))))
+            .chain(self.joining.iter().map(|(id, j)| (*id, Arc::clone(&j.sub))))
+            .collect()
+    }
+
     /// Takes subscriber `id` out of the fan-out for `topics`.
     fn exit<'a>(&mut self, id: u64, topics: impl IntoIterator<Item = &'a String>) {
         for t in topics {
@@ -272,6 +281,7 @@ pub(crate) struct Hub {
     /// 0 for none).
     pruned_below: AtomicU64,
     lost_before: AtomicU64,
+    era: AtomicU64,
     /// Pages the source has published (empty ones too: every read publishes
     /// one at least), so that `read_positions` can tell a source that reads
     /// from one that stopped, even in the middle of a long batch.
@@ -321,6 +331,7 @@ impl Hub {
             lost_column: AtomicBool::new(false),
             pruned_below: AtomicU64::new(0),
             lost_before: AtomicU64::new(0),
+            era: AtomicU64::new(0),
             pages: AtomicU64::new(0),
         })
     }
@@ -364,26 +375,55 @@ impl Hub {
             < w.pruned_below;
         let lost = w.lost_before.unwrap_or(0);
         let lost_new = self.lost_before.swap(lost, Ordering::Relaxed) != lost;
-        if !pruned_up && !lost_new {
+        let era_new = self.era.swap(w.era, Ordering::Relaxed) != w.era;
+        if !pruned_up && !lost_new && !era_new {
             return 0;
         }
-        let subs: HashMap<u64, Arc<Sub>> = {
+        let subs = {
             let st = self.lock();
             let behind = st.position.as_ref().is_some_and(|p| {
-                (pruned_up && w.pruned_below > p.xmin()) || (lost_new && w.lost(p))
+                (pruned_up && w.pruned_below > p.xmin())
+                    || (lost_new && w.lost(p))
+                    || (era_new && !p.in_era(w.era))
             });
             if !behind {
                 return 0;
             }
-            st.topics
-                .values()
-                .flat_map(|subs| subs.iter().map(|(id, s)| (*id, Arc::clone(s))))
-                .chain(st.joining.iter().map(|(id, j)| (*id, Arc::clone(&j.sub))))
-                .collect()
+            st.all_subs()
         };
         for sub in subs.values() {
             sub.lag(sub.queue());
         }
+        subs.len()
+    }
+
+    /// PostgreSQL began a new era (it crashed: `changelog::Watermarks`).
+    /// The position, the window's batches and what this node's subscribers
+    /// were given are of the old one, and no ground for reading on by xids.
+    /// The position moves to `at` (a snapshot of the new era), the window
+    /// and a half-published batch are forgotten, and every subscriber lags:
+    /// its feed, continuing from its own position, finds it expired
+    /// (`FeedError::Expired`) and its client resyncs, as after a declared
+    /// loss. Registrations after this start at `at`. Returns how many
+    /// subscribers were made to lag.
+    pub(crate) fn restart_at(&self, at: Snapshot) -> usize {
+        self.era.store(at.era, Ordering::Relaxed);
+        let subs = {
+            let mut st = self.lock();
+            st.batch_end = None;
+            st.batch_topics = None;
+            st.pending.clear();
+            for (id, j) in std::mem::take(&mut st.joining) {
+                st.enter(id, &j.sub, j.topics);
+            }
+            st.window.clear();
+            st.position = Some(at);
+            st.all_subs()
+        };
+        for sub in subs.values() {
+            sub.lag(sub.queue());
+        }
+        self.advanced.send_modify(|v| *v += 1);
         subs.len()
     }
 
@@ -394,6 +434,7 @@ impl Hub {
                 0 => None,
                 s => Some(s),
             },
+            era: self.era.load(Ordering::Relaxed),
         }
     }
 
@@ -1008,6 +1049,7 @@ mod tests {
         let marks = |pruned_below, lost_before| Watermarks {
             pruned_below,
             lost_before,
+            era: 0,
         };
         let hub = test_hub();
         hub.close_batch(Snapshot::new(10, vec![7]));
@@ -1052,6 +1094,37 @@ mod tests {
         );
         assert!(d.lagged());
         assert_eq!(hub.watermarks().lost_before, Some(7));
+    }
+
+    /// A new era of the database (a crash): the position moves to the new
+    /// era's snapshot, the window forgets the old era's batches (a resume
+    /// from them goes to the log, which expires it), and every subscriber
+    /// lags, a joining one too; registrations start at the new position.
+    #[tokio::test]
+    async fn a_new_era_makes_every_subscriber_lag_and_forgets_the_window() {
+        let hub = test_hub();
+        let old = |xmax| Snapshot::new(xmax, vec![]).with_era(1);
+        hub.close_batch(old(10));
+        let (a, _) = hub.subscribe(&["t".to_string()], None).await;
+        hub.publish(&[change_on("t", 1)]);
+        hub.close_batch(old(12));
+        assert!(hub.window_covers(&old(10)));
+        hub.open_batch(old(14));
+        hub.publish(&[change_on("u", 2)]);
+        let (b, _) = hub.subscribe(&["u".to_string()], None).await;
+        let now = Snapshot::new(11, vec![]).with_era(2);
+        assert_eq!(hub.restart_at(now.clone()), 2);
+        assert!(a.lagged() && b.lagged());
+        assert_eq!(hub.settled_position(), Some(now.clone()));
+        assert_eq!(hub.watermarks().era, 2);
+        assert!(hub.watermarks().expire(&old(12)));
+        assert!(!hub.window_covers(&old(10)) && !hub.window_covers(&old(12)));
+        assert!(!hub.covers(&old(10)), "no xid comparison across eras");
+        let (c, at) = hub.subscribe(&["t".to_string()], None).await;
+        assert_eq!(at, now);
+        assert!(!c.lagged());
+        hub.publish(&[change_on("t", 3)]);
+        assert_eq!(c.sub.queue().items.len(), 1);
     }
 
     /// An idle subscriber holds no queue memory: none before its first

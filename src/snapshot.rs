@@ -6,6 +6,11 @@
 //! commit out of id order); it orders them by the snapshots in which they first
 //! became visible. Two snapshots taken one after the other bound a *batch*:
 //! the changes visible in the later one but not in the earlier one.
+//!
+//! Transaction ids count only within one *era* of the database (see
+//! `changelog::Watermarks`, which states when a position expires): a
+//! snapshot carries the era it was taken in, and two snapshots of different
+//! eras are not ordered by their xids at all.
 
 use crate::error::Error;
 use std::fmt;
@@ -14,8 +19,14 @@ use std::fmt;
 pub struct Snapshot {
     /// First xid that had not yet completed when the snapshot was taken.
     pub xmax: u64,
-    /// Transactions below `xmax` still in progress, sorted ascending, unique.
-    pub xip: Vec<u64>,
+    /// Transactions below `xmax` still in progress, sorted ascending, unique
+    /// (a boxed slice: with the era, a snapshot stays 32 bytes, and an idle
+    /// connection holds several).
+    pub xip: Box<[u64]>,
+    /// The era of the database it was taken in (`changelog::Watermarks`);
+    /// 0 when unknown (a version-1 cursor, or one built by hand), which
+    /// compares with every era.
+    pub era: u64,
 }
 
 impl Snapshot {
@@ -24,7 +35,23 @@ impl Snapshot {
         xip.retain(|x| *x < xmax);
         xip.sort_unstable();
         xip.dedup();
-        Snapshot { xmax, xip }
+        Snapshot {
+            xmax,
+            xip: xip.into(),
+            era: 0,
+        }
+    }
+
+    /// The same snapshot, taken in `era`.
+    pub fn with_era(mut self, era: u64) -> Snapshot {
+        self.era = era;
+        self
+    }
+
+    /// Whether this snapshot's xids count in `era` (same era, or one of the
+    /// two unknown).
+    pub fn in_era(&self, era: u64) -> bool {
+        self.era == 0 || era == 0 || self.era == era
     }
 
     pub fn xmin(&self) -> u64 {
@@ -39,7 +66,7 @@ impl Snapshot {
     /// Whether every transaction visible in `self` is visible in `later` as well,
     /// i.e. `later` was taken at or after `self` as far as commits are concerned.
     pub fn covered_by(&self, later: &Snapshot) -> bool {
-        if later.xmax < self.xmax {
+        if later.xmax < self.xmax || !self.in_era(later.era) {
             return false;
         }
         // Anything still running in `later` that is below our xmax must also be
@@ -57,10 +84,12 @@ impl Snapshot {
         Snapshot {
             xmax: self.xmax,
             xip: self.xip.iter().copied().filter(|x| !drop(*x)).collect(),
+            era: self.era,
         }
     }
 
-    /// Parses PostgreSQL's text form `xmin:xmax:xip1,xip2,...`.
+    /// Parses PostgreSQL's text form `xmin:xmax:xip1,xip2,...` (era unknown:
+    /// see `with_era`).
     pub fn parse(text: &str) -> Result<Snapshot, Error> {
         let bad = || Error::Snapshot(text.to_owned());
         let mut parts = text.trim().split(':');
@@ -102,7 +131,7 @@ mod tests {
     fn parse_and_print_round_trip() {
         let s = Snapshot::parse("10:20:12,15").unwrap();
         assert_eq!(s.xmax, 20);
-        assert_eq!(s.xip, vec![12, 15]);
+        assert_eq!(*s.xip, [12, 15]);
         assert_eq!(s.to_string(), "12:20:12,15");
         let e = Snapshot::parse("7:7:").unwrap();
         assert_eq!(e.to_string(), "7:7:");
@@ -123,5 +152,10 @@ mod tests {
         let c = Snapshot::new(25, vec![13]);
         assert!(!a.covered_by(&c), "13 visible in a but running in c");
         assert!(a.covered_by(&a));
+        // eras: unknown compares with any, two known ones must agree
+        let (a1, b1, b2) = (a.clone().with_era(1), b.clone().with_era(1), b.with_era(2));
+        assert!(a1.covered_by(&b1) && a.covered_by(&b2) && a1.covered_by(&a));
+        assert!(!a1.covered_by(&b2), "another era");
+        assert_eq!(a1.without(|_| true).era, 1);
     }
 }

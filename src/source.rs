@@ -166,9 +166,6 @@ pub(crate) struct Source {
     page: i64,
     /// `rowcast_changes_total{event}`, counted here, once per change read.
     event_counts: EventCounts,
-    /// When PostgreSQL last began its statistics afresh, as the previous
-    /// connection saw it (`crashed_since`); `None` before the first.
-    stats_reset: Option<Option<String>>,
 }
 
 impl Source {
@@ -189,7 +186,6 @@ impl Source {
             position: None,
             open: None,
             page,
-            stats_reset: None,
         }
     }
 
@@ -282,16 +278,7 @@ impl Source {
         let schema = changelog::Schema::of(&client).await?;
         self.hub.set_schema(schema);
         let stmt = client.prepare(&changelog::sql(false, schema)).await?;
-        self.crashed_since(&client).await?;
-        if self.position.is_none() {
-            let row = client
-                .query_one("SELECT pg_current_snapshot()::text", &[])
-                .await?;
-            let text: &str = row.try_get(0)?;
-            let snap = Snapshot::parse(text)?;
-            self.hub.close_batch(snap.clone());
-            self.position = Some(snap);
-        }
+        self.take_position(&client).await?;
         self.set_connected(true);
         tracing::info!("source connected; catching up");
 
@@ -473,32 +460,39 @@ impl Source {
         Ok((row?, n?))
     }
 
-    /// Whether PostgreSQL crashed since the previous connection: crash
-    /// recovery discards the statistics, and `pg_stat_bgwriter.stats_reset`
-    /// then takes the recovery's time, where a clean restart keeps it (an
-    /// explicit `pg_stat_reset_shared('bgwriter')` moves it too). After a
-    /// crash, transaction ids that were not yet durable are handed out again,
-    /// and positions and cursors from before it can skip changes written
-    /// under them (README, "A PostgreSQL crash can hand transaction ids out
-    /// again"; not handled yet): said at ERROR and counted, so that an
-    /// operator can have clients reload their state.
-    async fn crashed_since(&mut self, client: &Client) -> Result<()> {
+    /// The position to read from, on connecting: the first connection's
+    /// current snapshot; later ones keep the position, unless PostgreSQL
+    /// began a new era meanwhile (it crashed: `changelog::Watermarks`).
+    /// Then the position, a half-read batch and everything this node's
+    /// clients were given are of the old era: the position moves to the
+    /// current snapshot and every connected client resyncs
+    /// (`Hub::restart_at`); logged at ERROR and counted
+    /// (`rowcast_source_database_crashes_total`). A read that finds the era
+    /// moved under it (statistics reset on a live connection) comes here too.
+    async fn take_position(&mut self, client: &Client) -> Result<()> {
         let row = client
             .query_one(
-                "SELECT (SELECT stats_reset FROM pg_stat_bgwriter)::text",
+                &format!("SELECT pg_current_snapshot()::text, {}", changelog::ERA),
                 &[],
             )
             .await?;
-        let now: Option<String> = row.try_get(0)?;
-        if let Some(before) = self.stats_reset.replace(now.clone()) {
-            if before != now {
+        let era: i64 = row.try_get(1)?;
+        let now = Snapshot::parse(row.try_get(0)?)?.with_era(era as u64);
+        match &self.position {
+            None => self.hub.close_batch(now.clone()),
+            Some(p) if p.in_era(now.era) => return Ok(()),
+            Some(_) => {
+                self.open = None;
+                let resynced = self.hub.restart_at(now.clone());
                 self.metrics.source_database_crashes.inc();
                 tracing::error!(
-                    stats_reset = now.as_deref().unwrap_or("(none)"),
-                    "PostgreSQL crashed (or its statistics were reset) while this node was reading: changes written after its recovery under reused transaction ids can be missing for clients connected before it, silently; have those clients reload their state (README: \"A PostgreSQL crash can hand transaction ids out again\")"
+                    era = now.era,
+                    clients = resynced,
+                    "PostgreSQL went through crash recovery (or its statistics were reset) since this node last read: transaction ids can have been handed out again, so positions from before it are no ground to read on; every connected client resyncs, and cursors from before it are answered with a resync"
                 );
             }
         }
+        self.position = Some(now);
         Ok(())
     }
 
@@ -532,6 +526,10 @@ impl Source {
             .await;
             self.status.set_reading(false);
             let page = page.map_err(|_| Error::Unresponsive("source", READ_TIMEOUT))??;
+            if page.expired_for(&from) && !from.lo.in_era(page.watermarks.era) {
+                self.take_position(client).await?;
+                return Ok(total);
+            }
             let lagged = self.hub.note_watermarks(page.watermarks);
             if lagged > 0 {
                 tracing::warn!(

@@ -110,6 +110,13 @@ impl Window {
         }
     }
 
+    /// Forgets every batch (the database began a new era: `Hub::restart_at`).
+    pub(crate) fn clear(&mut self) {
+        self.batches.clear();
+        self.changes = 0;
+        self.bytes = 0;
+    }
+
     /// The oldest snapshot from which the window holds every later change
     /// (batches past `max_age` don't count), or the hub's position when it
     /// holds none; `None` before the first read.

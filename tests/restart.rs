@@ -7,6 +7,7 @@
 mod common;
 
 use common::*;
+use serde_json::json;
 use std::time::Duration;
 
 async fn readyz(base: &str) -> u16 {
@@ -334,12 +335,11 @@ async fn window_resumes_outlive_the_authorization_cache_during_an_outage() {
 }
 
 /// r11's review: after a crash of PostgreSQL, transaction ids that were not
-/// yet durable are handed out again, and positions from before it can skip
-/// changes written under them (README, "A PostgreSQL crash can hand
-/// transaction ids out again": not handled yet). The node at least says so:
-/// a crash found on reconnecting is counted
-/// (`rowcast_source_database_crashes_total`) and logged at ERROR; a clean
-/// restart is not.
+/// yet durable are handed out again, and positions from before it could
+/// skip changes written under them (README, "A PostgreSQL crash": a new
+/// era, every client resyncs; the next test). A crash found on
+/// reconnecting is counted (`rowcast_source_database_crashes_total`) and
+/// logged at ERROR; a clean restart keeps the era and is not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgres_crash_is_told_and_a_clean_restart_is_not() {
     let _cluster = EXCLUSIVE.lock().await;
@@ -388,5 +388,125 @@ async fn a_postgres_crash_is_told_and_a_clean_restart_is_not() {
         .unwrap();
     wait_readyz(&base, 200).await;
     assert_eq!(srv.metric(crashes), 1.0);
+    srv.stop().await;
+}
+
+/// After a crash PostgreSQL hands out again the transaction ids it had
+/// assigned but not yet written (here: commits within `wal_writer_delay`,
+/// asynchronous as the test cluster's are). A position taken before the
+/// crash counts such an id as finished, so a change written after the
+/// recovery under one was skipped, silently, by the connected clients and
+/// by every resume from a cursor of before the crash. A crash begins a new
+/// era of the database (README, "A PostgreSQL crash"): connected clients
+/// are told to resync, and a cursor of the old era answers 410
+/// `cursor_expired`, on any node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_that_hands_ids_out_again_makes_clients_resync() {
+    let _cluster = EXCLUSIVE.lock().await;
+    let url = fresh_db().await;
+    let srv = server(&url).await;
+    let base = srv.base_url();
+    wait_readyz(&base, 200).await;
+    let db = connect(&url).await;
+    let mut ws = WsClient::connect(&base, "topics=x").await;
+    let mut other = WsClient::connect(&base, "topics=y").await;
+    emit_range(&db, "x", 1, 1).await;
+    let first = next_event(&mut ws.rx).await;
+    // written to disk up to here; from now on the WAL writer waits 10 s
+    db.batch_execute("CHECKPOINT").await.unwrap();
+    db.batch_execute("ALTER SYSTEM SET wal_writer_delay = '10s'")
+        .await
+        .unwrap();
+    db.batch_execute("SELECT pg_reload_conf()").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // one commit to wake the WAL writer from its hibernation (it writes,
+    // then sleeps its 10 s), then ids that will not have been written
+    db.batch_execute("SELECT pg_current_xact_id()")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for _ in 0..20 {
+        db.batch_execute("SELECT pg_current_xact_id()")
+            .await
+            .unwrap();
+    }
+    // the node reads past them: a change on another topic
+    emit_range(&db, "y", 1, 1).await;
+    next_event(&mut other.rx).await;
+    let (status, body) = poll_raw(&base, &format!("topics=x&cursor={}", first.id)).await;
+    assert_eq!((status, events_of(&body).len()), (200, 0), "{body}");
+    let before = body["cursor"].as_str().unwrap().to_owned();
+    let xmax = rowcast::cursor::Cursor::decode(&before).unwrap().lo.xmax;
+    drop(db);
+
+    let pg = cluster();
+    tokio::task::spawn_blocking(move || pg.crash())
+        .await
+        .unwrap()
+        .unwrap();
+    wait_readyz(&base, 503).await;
+    tokio::task::spawn_blocking(move || pg.start_again())
+        .await
+        .unwrap()
+        .unwrap();
+    // a change under a reused id, then ids past the old position, so that
+    // the position covers the cursor from before the crash again
+    let db = connect(&url).await;
+    emit_range(&db, "x", 2, 2).await;
+    for _ in 0..40 {
+        db.batch_execute("SELECT pg_current_xact_id()")
+            .await
+            .unwrap();
+    }
+    db.batch_execute("ALTER SYSTEM RESET wal_writer_delay")
+        .await
+        .unwrap();
+    db.batch_execute("SELECT pg_reload_conf()").await.unwrap();
+    wait_readyz(&base, 200).await;
+    let reused = column_i64(
+        &db,
+        "SELECT xid::text::int8 FROM rowcast.changes WHERE topics = ARRAY['x'] AND payload->>'n' = '2'",
+    )
+    .await;
+    assert!(
+        (reused[0] as u64) < xmax,
+        "the crash handed no id out again (change under xid {}, position's xmax {xmax}): the scenario did not happen",
+        reused[0]
+    );
+    // the connected client is told, not left past the change
+    within_arrival("the connected client's resync", async {
+        loop {
+            match ws.next().await {
+                Msg::Control(m) if m["type"] == "resync" => {
+                    assert_eq!(m["reason"], "cursor_expired");
+                    return;
+                }
+                Msg::Control(_) => continue,
+                Msg::Closed(why) => {
+                    assert!(why.starts_with("4010"), "closed with {why}");
+                    return;
+                }
+                Msg::Event(e) => panic!(
+                    "an event instead of the resync: {e:?} {:?} {reused:?}",
+                    rowcast::cursor::Cursor::decode(&before).unwrap()
+                ),
+            }
+        }
+    })
+    .await;
+    // a resume from before the crash too
+    let (status, body) = poll_raw(&base, &format!("topics=x&cursor={before}")).await;
+    assert_eq!((status, &body["error"]), (410, &json!("cursor_expired")));
+    let mut sse = SseClient::connect(&base, "topics=x", Some(&before)).await;
+    match next_msg(&mut sse.rx).await {
+        Msg::Control(m) => assert_eq!(m["reason"], json!("cursor_expired")),
+        other => panic!("the SSE resume was not told to resync: {other:?}"),
+    }
+    // and a client of the new era gets what follows
+    let mut fresh = WsClient::connect(&base, "topics=x").await;
+    emit_range(&db, "x", 3, 3).await;
+    assert_eq!(next_event(&mut fresh.rx).await.data["n"], json!(3));
+    assert_eq!(next_event(&mut sse.rx).await.data["n"], json!(3));
+    assert_eq!(srv.metric("rowcast_source_database_crashes_total"), 1.0);
     srv.stop().await;
 }

@@ -240,7 +240,8 @@ async fn impossible_cursors_are_bad_and_foreign_ones_resync() {
         Cursor::boundary(Snapshot::new(0, vec![])).encode(),
         Cursor::boundary(Snapshot {
             xmax: 800,
-            xip: vec![0],
+            xip: vec![0].into(),
+            era: 0,
         })
         .encode(),
         // an in-batch cursor whose lower snapshot is after its upper one
