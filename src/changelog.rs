@@ -62,6 +62,13 @@ WITH p AS MATERIALIZED (
 ///   the bgwriter's statistics (or of all shared ones) is taken for a
 ///   crash: one resync of every client, nothing lost. A position of
 ///   unknown era (0: a version-1 cursor) is read by its xids as before.
+///   Catch-up reads read the era with their snapshot; the source's reads
+///   do not (it cost each read 4 % more instructions,
+///   `benches/issue16/era/`): a crash ends every connection, so the era the
+///   source read on connecting (`Source::take_position`) is its
+///   connection's, and it passes it in (`Scope::All`). A reset of the
+///   statistics by hand during a connection reuses no id, and the source
+///   takes it up when it next connects.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Watermarks {
     pub pruned_below: u64,
@@ -76,17 +83,21 @@ pub(crate) const ERA: &str =
     - timestamptz '2000-01-01 00:00:00+00') * 1000)::int8, 1), 1)";
 
 impl Watermarks {
-    /// From a read's `marks` text ([`marks_column`]). No text (the row of
-    /// `rowcast.retention` is gone) or an unreadable one is an error, never
-    /// "nothing pruned": resumes would then cross pruned rows silently.
-    fn parse(marks: Option<&str>) -> Result<Watermarks> {
+    /// From a read's `marks` text ([`marks_column`]): led by the era unless
+    /// it is `known`. No text (the row of `rowcast.retention` is gone) or an
+    /// unreadable one is an error, never "nothing pruned": resumes would
+    /// then cross pruned rows silently.
+    fn parse(marks: Option<&str>, known: Option<u64>) -> Result<Watermarks> {
         let marks = marks.ok_or_else(|| {
             crate::error::Error::Invariant(
                 "rowcast.retention has no row (id = 1): restore it or run migrate".into(),
             )
         })?;
         let mut parts = marks.split(' ');
-        let era = parse_xid(parts.next().unwrap_or(""))?;
+        let era = match known {
+            Some(era) => era,
+            None => parse_xid(parts.next().unwrap_or(""))?,
+        };
         Ok(Watermarks {
             pruned_below: parse_xid(parts.next().unwrap_or(""))?,
             lost_before: parts.next().map(parse_xid).transpose()?,
@@ -141,12 +152,15 @@ impl Schema {
 /// after a space when there is one. One text from one scan of the row: a
 /// second subquery for `lost_before` cost the read 5 % more instructions,
 /// this 2 % (`benches/issue16/lost-column/`).
-fn marks_column(schema: Schema) -> String {
+fn marks_column(schema: Schema, era: bool) -> String {
     let lost = match schema.lost_before {
         true => " || coalesce(' ' || lost_before::text, '')",
         false => "",
     };
-    format!("{ERA}::text || ' ' || pruned_below::text{lost}")
+    match era {
+        true => format!("{ERA}::text || ' ' || pruned_below::text{lost}"),
+        false => format!("pruned_below::text{lost}"),
+    }
 }
 
 /// A candidate row's columns; `{tx}` is [`tx_column`]'s.
@@ -193,7 +207,8 @@ const IN_PROGRESS: &str = "xid = ANY (ARRAY(SELECT pg_snapshot_xip(p.lo)))";
 /// whole log's).
 pub(crate) fn sql(topics: bool, schema: Schema) -> String {
     let columns = COLUMNS.replace("{tx}", tx_column(schema.origin_tx));
-    let snapshots = SNAPSHOTS.replace("{marks}", &marks_column(schema));
+    // the source knows its era ([`Watermarks`]); a catch-up reads it
+    let snapshots = SNAPSHOTS.replace("{marks}", &marks_column(schema, topics));
     if !topics {
         return format!(
             "{snapshots}
@@ -271,8 +286,9 @@ pub(crate) struct PageSize {
 /// What one read covers, with the statement `sql` made for it.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Scope<'a> {
-    /// The whole log, at most this many rows (`sql(false)`).
-    All { rows: i64 },
+    /// The whole log, at most this many rows (`sql(false)`), read by a
+    /// connection of this era (the source's: see [`Watermarks`]).
+    All { rows: i64, era: u64 },
     /// Changes of these topics, within a page size (`sql(true)`).
     Topics(&'a [String], PageSize),
 }
@@ -296,7 +312,7 @@ pub(crate) async fn read(
                 .await?;
             (rows, limit)
         }
-        Scope::All { rows } => {
+        Scope::All { rows, .. } => {
             let limit = rows.max(1);
             let rows = client
                 .query(stmt, &[&lo, &hi, &up, &after.id, &limit])
@@ -304,8 +320,12 @@ pub(crate) async fn read(
             (rows, limit)
         }
     };
+    let known_era = match scope {
+        Scope::All { era, .. } => Some(era),
+        Scope::Topics(..) => None,
+    };
     let watermarks = match rows.first() {
-        Some(r) => Watermarks::parse(r.try_get(7)?)?,
+        Some(r) => Watermarks::parse(r.try_get(7)?, known_era)?,
         None => Watermarks::default(),
     };
     let mut page = Page {
@@ -426,7 +446,7 @@ pub(crate) async fn watermarks(client: &Client) -> Result<Watermarks> {
             &[],
         )
         .await?;
-    Watermarks::parse(row.try_get(0)?)
+    Watermarks::parse(row.try_get(0)?, None)
 }
 
 /// Most changes one snapshot answer carries; past it the least recently
@@ -584,16 +604,31 @@ mod tests {
 
     /// The marks text and what it expires: retention by `xmin`, a declared
     /// loss by whether the position sees the transaction that declared it.
+    impl Watermarks {
+        fn parse_text(marks: Option<&str>) -> Result<Watermarks> {
+            Watermarks::parse(marks, None)
+        }
+    }
+
     #[test]
     fn watermarks_expire_positions_that_may_lack_changes() {
-        let w = Watermarks::parse(Some("5 7 12")).unwrap();
+        let w = Watermarks::parse_text(Some("5 7 12")).unwrap();
         assert_eq!((w.era, w.pruned_below, w.lost_before), (5, 7, Some(12)));
-        assert_eq!(Watermarks::parse(Some("5 7")).unwrap().lost_before, None);
-        assert!(Watermarks::parse(None).is_err(), "no retention row");
-        assert!(Watermarks::parse(Some("5 7 x")).is_err());
-        assert!(Watermarks::parse(Some("5")).is_err(), "no retention mark");
-        assert!(Watermarks::parse(Some("x")).is_err());
-        assert!(Watermarks::parse(Some("")).is_err());
+        assert_eq!(
+            Watermarks::parse_text(Some("5 7")).unwrap().lost_before,
+            None
+        );
+        assert!(Watermarks::parse_text(None).is_err(), "no retention row");
+        assert!(Watermarks::parse_text(Some("5 7 x")).is_err());
+        assert!(
+            Watermarks::parse_text(Some("5")).is_err(),
+            "no retention mark"
+        );
+        assert!(Watermarks::parse_text(Some("x")).is_err());
+        assert!(Watermarks::parse_text(Some("")).is_err());
+        // the source's read: the era is its connection's, not in the text
+        let known = Watermarks::parse(Some("7 12"), Some(5)).unwrap();
+        assert_eq!(known, w);
         let snap = Snapshot::new;
         assert!(
             w.expire(&snap(20, vec![6])),

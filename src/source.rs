@@ -467,8 +467,9 @@ impl Source {
     /// clients were given are of the old era: the position moves to the
     /// current snapshot and every connected client resyncs
     /// (`Hub::restart_at`); logged at ERROR and counted
-    /// (`rowcast_source_database_crashes_total`). A read that finds the era
-    /// moved under it (statistics reset on a live connection) comes here too.
+    /// (`rowcast_source_database_crashes_total`). The era read here is the
+    /// connection's: its reads pass it in rather than read it again
+    /// (`changelog::Watermarks`).
     async fn take_position(&mut self, client: &Client) -> Result<()> {
         let row = client
             .query_one(
@@ -514,7 +515,10 @@ impl Source {
                 Some(b) => (b.from.clone(), Some(b.upto.clone())),
                 None => (Cursor::boundary(lo.clone()), None),
             };
-            let scope = changelog::Scope::All { rows: self.page };
+            let scope = changelog::Scope::All {
+                rows: self.page,
+                era: lo.era,
+            };
             // a frozen database answers nothing and keeps the socket open
             // (its statement_timeout cannot fire): unready after
             // `health::STALLED_AFTER`, given up after READ_TIMEOUT
@@ -526,10 +530,6 @@ impl Source {
             .await;
             self.status.set_reading(false);
             let page = page.map_err(|_| Error::Unresponsive("source", READ_TIMEOUT))??;
-            if page.expired_for(&from) && !from.lo.in_era(page.watermarks.era) {
-                self.take_position(client).await?;
-                return Ok(total);
-            }
             let lagged = self.hub.note_watermarks(page.watermarks);
             if lagged > 0 {
                 tracing::warn!(
