@@ -101,7 +101,7 @@ pub(crate) async fn serve(
                 continue;
             }
         };
-        let Some(socket) = sockets.register() else {
+        let Some(socket) = sockets.register(peer.ip()) else {
             tracing::debug!(%peer, "socket cap reached and nothing idle to shed: closing");
             continue;
         };
@@ -203,6 +203,7 @@ impl Conn {
             hyper,
             _running,
         } = self;
+        socket.served_by_hyper();
         let io = TokioIo::new(wire);
         let svc = service(router, peer, Arc::clone(&socket));
         match &hyper.h2 {

@@ -15,14 +15,29 @@
 //!   and the idle timeout of kept-alive HTTP/1 and HTTP/2 connections alike.
 //! - Every socket, idle or not, counts against one global cap (`--max-sockets`).
 //!   A socket accepted at the cap, or an `accept` failing for lack of file
-//!   descriptors, sheds the *oldest idle* socket. Sockets with a request in
-//!   flight (a WebSocket, an SSE stream, a long poll) are never shed: those are
-//!   bounded by the request limits instead. With no idle socket to shed, the
-//!   newcomer is the one closed.
-//! - A socket upgraded to WebSocket is never idle again: the session owns it.
+//!   descriptors, sheds the *oldest idle* socket.
+//! - With no idle socket, a socket accepted at the cap sheds a request in
+//!   flight from the client address that holds the most sockets (IPv6: the
+//!   /64, `limits::client_block`), when that address holds at least two
+//!   more than the newcomer's would: its oldest socket that hyper serves and
+//!   that is not upgraded (a request whose body or answer is still on its
+//!   way: an Engine.IO POST, a Socket.IO long poll; its client sees the
+//!   connection closed and retries). Requests in flight are bounded per
+//!   address by the request limits only where they count as connections
+//!   (WebSockets, SSE streams, long polls); others (a request body trickled
+//!   up to the header timeout) are bounded by this: many addresses together
+//!   cannot fill the cap and keep a newcomer from another address, or a
+//!   probe of `/healthz`, out. Logged at WARN once a minute at most.
+//! - Never shed while busy: a socket upgraded to WebSocket (never idle
+//!   again: the session owns it) or handed to an SSE stream on its raw
+//!   socket, and an answer served without hyper (`direct_http1`): their
+//!   tasks hold the descriptor and do not watch for shedding, and they are
+//!   bounded by the request limits. With nothing to shed, the newcomer is
+//!   the one closed.
 
 use prometheus::{IntCounter, IntGauge};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -64,14 +79,62 @@ pub(crate) struct Sockets {
     next_id: AtomicU64,
     /// Idle sockets by (idle since, id): the first entry is the one to shed.
     idle: Mutex<BTreeMap<(Instant, u64), Arc<Socket>>>,
+    /// Counted sockets by client address, for shedding at the cap.
+    by_addr: Mutex<ByAddr>,
+    busy_shed_log: crate::logging::Throttle,
     /// Signalled whenever a socket's file descriptor is released.
     released: Notify,
     pub metrics: SocketMetrics,
 }
 
+/// The counted sockets of each client address, and the addresses ranked by
+/// how many they hold.
+#[derive(Default)]
+struct ByAddr {
+    sockets: HashMap<IpAddr, BTreeMap<u64, Arc<Socket>>>,
+    ranked: BTreeSet<(usize, IpAddr)>,
+}
+
+impl ByAddr {
+    fn count(&self, addr: IpAddr) -> usize {
+        self.sockets.get(&addr).map_or(0, BTreeMap::len)
+    }
+
+    fn insert(&mut self, socket: &Arc<Socket>) {
+        let n = self.count(socket.addr);
+        self.ranked.remove(&(n, socket.addr));
+        self.ranked.insert((n + 1, socket.addr));
+        self.sockets
+            .entry(socket.addr)
+            .or_default()
+            .insert(socket.id, Arc::clone(socket));
+    }
+
+    fn remove(&mut self, socket: &Socket) {
+        let Some(of_addr) = self.sockets.get_mut(&socket.addr) else {
+            return;
+        };
+        let n = of_addr.len();
+        if of_addr.remove(&socket.id).is_none() {
+            return;
+        }
+        self.ranked.remove(&(n, socket.addr));
+        if n > 1 {
+            self.ranked.insert((n - 1, socket.addr));
+        } else {
+            self.sockets.remove(&socket.addr);
+        }
+    }
+}
+
+/// At most one WARN line about shedding requests in flight per this interval.
+const BUSY_SHED_LOG_EVERY: Duration = Duration::from_secs(60);
+
 /// One accepted connection.
 pub(crate) struct Socket {
     id: u64,
+    /// The client's address block (`limits::client_block`).
+    addr: IpAddr,
     registry: Arc<Sockets>,
     state: Mutex<State>,
     /// Wakes the connection's driver: it became idle, or it is to be shed.
@@ -85,6 +148,9 @@ pub(crate) struct Socket {
 }
 
 struct State {
+    /// Served by hyper, whose driver closes the socket when it is shed,
+    /// busy or not (`http::drive`).
+    hyper: bool,
     /// Requests in flight (several at once only on HTTP/2).
     busy: usize,
     /// `Some` while idle.
@@ -111,6 +177,8 @@ impl Sockets {
             open: AtomicUsize::new(0),
             next_id: AtomicU64::new(0),
             idle: Mutex::new(BTreeMap::new()),
+            by_addr: Mutex::new(ByAddr::default()),
+            busy_shed_log: crate::logging::Throttle::new(BUSY_SHED_LOG_EVERY),
             released: Notify::new(),
             metrics,
         })
@@ -121,10 +189,15 @@ impl Sockets {
         self.open.load(Ordering::Relaxed)
     }
 
-    /// Registers a freshly accepted socket, idle from now. `None` when the cap
-    /// is reached and no idle socket could be shed: close the newcomer.
-    pub(crate) fn register(self: &Arc<Self>) -> Option<Arc<Socket>> {
-        if self.open.load(Ordering::Relaxed) >= self.max && !self.shed_oldest() {
+    /// Registers a freshly accepted socket from `peer`, idle from now. `None`
+    /// when the cap is reached and nothing could be shed (see the module
+    /// doc): close the newcomer.
+    pub(crate) fn register(self: &Arc<Self>, peer: IpAddr) -> Option<Arc<Socket>> {
+        let addr = crate::limits::client_block(peer);
+        if self.open.load(Ordering::Relaxed) >= self.max
+            && !self.shed_oldest()
+            && !self.shed_busy_for(addr)
+        {
             self.metrics.shed.inc();
             return None;
         }
@@ -133,8 +206,10 @@ impl Sockets {
         let now = Instant::now();
         let socket = Arc::new(Socket {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            addr,
             registry: Arc::clone(self),
             state: Mutex::new(State {
+                hyper: false,
                 busy: 0,
                 idle_since: Some(now),
                 upgraded: false,
@@ -147,7 +222,53 @@ impl Sockets {
         });
         self.idle_map()
             .insert((now, socket.id), Arc::clone(&socket));
+        self.addr_map().insert(&socket);
         Some(socket)
+    }
+
+    /// At the cap with nothing idle: sheds the oldest request in flight that
+    /// hyper serves of the address holding the most sockets, if it holds
+    /// at least two more than `addr` would (module doc). False when there
+    /// is none to shed.
+    fn shed_busy_for(&self, addr: IpAddr) -> bool {
+        let (victim, held) = {
+            let mut by = self.addr_map();
+            let Some(&(held, top)) = by.ranked.last() else {
+                return false;
+            };
+            if held < by.count(addr) + 2 {
+                return false;
+            }
+            let victim = by.sockets.get(&top).and_then(|of_top| {
+                of_top
+                    .values()
+                    .find(|s| {
+                        // idle ones are `shed_oldest`'s
+                        let st = s.state();
+                        st.hyper && !st.upgraded && !st.closed && st.idle_since.is_none()
+                    })
+                    .cloned()
+            });
+            let Some(victim) = victim else {
+                return false;
+            };
+            by.remove(&victim);
+            (victim, held)
+        };
+        victim.shed.store(true, Ordering::Release);
+        victim.uncount();
+        victim.wake.notify_one();
+        self.metrics.shed.inc();
+        if let Some(left_out) = self.busy_shed_log.ready() {
+            tracing::warn!(
+                max_sockets = self.max,
+                client = %victim.addr,
+                sockets_of_client = held,
+                left_out,
+                "at --max-sockets with no idle socket: closed a request in flight of the client address holding the most sockets, to let a connection from another in"
+            );
+        }
+        true
     }
 
     /// Asks the oldest idle socket to close. False when no socket is idle.
@@ -173,6 +294,10 @@ impl Sockets {
     fn idle_map(&self) -> MutexGuard<'_, BTreeMap<(Instant, u64), Arc<Socket>>> {
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    fn addr_map(&self) -> MutexGuard<'_, ByAddr> {
+        self.by_addr.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 impl Socket {
@@ -194,9 +319,16 @@ impl Socket {
         }
     }
 
-    /// The connection was upgraded (WebSocket): never idle again.
+    /// The connection was upgraded (WebSocket), or its raw socket handed to
+    /// a task (an SSE stream): never idle again, never shed.
     pub(crate) fn upgraded(&self) {
         self.state().upgraded = true;
+    }
+
+    /// hyper serves the connection from now on: its driver closes it when
+    /// it is shed, busy or not (`Sockets::shed_busy_for`).
+    pub(crate) fn served_by_hyper(&self) {
+        self.state().hyper = true;
     }
 
     /// Claims the socket for a transport, so that a write timeout on it is
@@ -262,6 +394,7 @@ impl Socket {
         if self.counted.swap(false, Ordering::AcqRel) {
             self.registry.open.fetch_sub(1, Ordering::Relaxed);
             self.registry.metrics.open.dec();
+            self.registry.addr_map().remove(self);
         }
     }
 }
@@ -276,7 +409,8 @@ impl Drop for RequestGuard {
         let s = &self.socket;
         let mut st = s.state();
         st.busy = st.busy.saturating_sub(1);
-        if st.busy == 0 && !st.upgraded && !st.closed {
+        // a shed socket is closing: not idle, and not to be shed twice
+        if st.busy == 0 && !st.upgraded && !st.closed && !s.shed.load(Ordering::Acquire) {
             let now = Instant::now();
             st.idle_since = Some(now);
             s.registry.idle_map().insert((now, s.id), Arc::clone(s));
@@ -495,17 +629,18 @@ mod tests {
     #[tokio::test]
     async fn the_oldest_idle_socket_is_shed_and_busy_ones_never() {
         let reg = Sockets::new(2, Duration::from_secs(60), metrics());
-        let a = reg.register().unwrap();
-        let b = reg.register().unwrap();
+        let a = reg.register(ip("10.0.0.1")).unwrap();
+        let b = reg.register(ip("10.0.0.1")).unwrap();
         let _busy = b.begin_request();
         // at the cap: a (idle) makes room, b (busy) does not
-        let c = reg.register().unwrap();
+        let c = reg.register(ip("10.0.0.2")).unwrap();
         assert!(matches!(a.next(), Next::Shed));
         assert!(matches!(b.next(), Next::Busy));
         a.close();
         let _busy_c = c.begin_request();
-        // nothing idle left: the newcomer is refused
-        assert!(reg.register().is_none());
+        // nothing idle left, and no request in flight that hyper serves: the
+        // newcomer is refused
+        assert!(reg.register(ip("10.0.0.3")).is_none());
         assert_eq!(reg.open(), 2);
         drop(_busy_c);
         assert!(matches!(c.next(), Next::IdleUntil(_)));
@@ -515,10 +650,73 @@ mod tests {
         assert_eq!(reg.metrics.open.get(), 0);
     }
 
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    /// r15: requests in flight (trickled Engine.IO POSTs) from a few
+    /// addresses filled the cap, and every newcomer was closed. At the cap
+    /// with nothing idle, a newcomer now sheds the oldest request in flight
+    /// that hyper serves of the address holding the most sockets, if that
+    /// holds at least two more than the newcomer's would.
+    #[tokio::test]
+    async fn at_the_cap_a_newcomer_sheds_a_request_in_flight_of_the_top_address() {
+        let reg = Sockets::new(4, Duration::from_secs(60), metrics());
+        let busy = |s: &Arc<Socket>| {
+            s.served_by_hyper();
+            s.begin_request()
+        };
+        let a = ip("10.0.0.1");
+        let a1 = reg.register(a).unwrap();
+        let g1 = busy(&a1);
+        let a2 = reg.register(a).unwrap();
+        let _g2 = busy(&a2);
+        let a3 = reg.register(a).unwrap();
+        let _g3 = busy(&a3);
+        let b1 = reg.register(ip("10.0.0.2")).unwrap();
+        let _g4 = busy(&b1);
+        // c holds 0, a 3: a's oldest request goes
+        let c1 = reg.register(ip("10.0.0.3")).unwrap();
+        assert!(matches!(a1.next(), Next::Shed));
+        assert!(matches!(a2.next(), Next::Busy));
+        assert_eq!(reg.open(), 4);
+        let _g5 = busy(&c1);
+        // its request ending as it closes makes it neither idle nor shed twice
+        drop(g1);
+        assert!(matches!(a1.next(), Next::Shed));
+        assert!(!reg.shed_oldest());
+        a1.close();
+        assert_eq!(reg.open(), 4);
+        // a 2, b 1, c 1: a newcomer of b (1 + 2 > 2) or of a is refused
+        assert!(reg.register(ip("10.0.0.2")).is_none());
+        assert!(reg.register(a).is_none());
+        // one of a fresh IPv6 /64 (0 + 2 <= 2) takes a's oldest in flight
+        let d1 = reg.register(ip("2001:db8:1:2::1")).unwrap();
+        assert!(matches!(a2.next(), Next::Shed));
+        let _g6 = busy(&d1);
+        // the /64 counts as one: a, b, c and d hold 1 each now
+        assert!(reg.register(ip("2001:db8:1:2::99")).is_none());
+        assert_eq!(reg.open(), 4);
+
+        // upgraded sockets and answers served without hyper are never shed
+        let reg = Sockets::new(2, Duration::from_secs(60), metrics());
+        let x1 = reg.register(a).unwrap();
+        let _h1 = busy(&x1);
+        x1.upgraded();
+        let x2 = reg.register(a).unwrap();
+        let _h2 = x2.begin_request();
+        assert!(reg.register(ip("10.0.0.9")).is_none());
+        assert!(matches!(x1.next(), Next::Busy) && matches!(x2.next(), Next::Busy));
+        // the per-address counts follow closes
+        x1.close();
+        x2.close();
+        assert!(reg.addr_map().sockets.is_empty() && reg.addr_map().ranked.is_empty());
+    }
+
     #[tokio::test]
     async fn upgraded_sockets_stay_busy_and_transports_label_stalls() {
         let reg = Sockets::new(10, Duration::from_secs(60), metrics());
-        let s = reg.register().unwrap();
+        let s = reg.register(ip("10.0.0.1")).unwrap();
         assert!(s.stalled_counter().is_none());
         s.serves(crate::metrics::Transport::Poll);
         s.stalled_counter().unwrap().inc();

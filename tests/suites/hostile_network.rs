@@ -137,6 +137,76 @@ async fn the_socket_cap_sheds_the_oldest_idle_socket() {
     srv.stop().await;
 }
 
+/// r15: requests in flight that hyper serves were never shed, so Engine.IO
+/// POSTs whose body trickles filled `--max-sockets` (from ~24 addresses at
+/// the default cap) and every newcomer, `/healthz` included, was closed at
+/// once. At the cap with nothing idle, a newcomer from an address holding
+/// fewer sockets sheds the oldest of them of the address holding most.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_in_flight_of_one_address_keep_no_other_out() {
+    const CAP: usize = 12;
+    let url = fresh_db().await;
+    let srv = server_with(&url, |c| {
+        // only shedding can free a socket here
+        c.limits.header_read_timeout = Duration::from_secs(120);
+        c.limits.max_sockets = Some(CAP);
+    })
+    .await;
+    let base = srv.base_url();
+    let mut posts = Vec::new();
+    for _ in 0..CAP {
+        let (status, body) = {
+            let r = reqwest::get(format!("{base}/socket.io/?EIO=4&transport=polling"))
+                .await
+                .expect("handshake");
+            (r.status().as_u16(), r.text().await.expect("handshake body"))
+        };
+        assert_eq!(status, 200, "{body}");
+        let open: serde_json::Value = serde_json::from_str(&body[1..]).expect("open packet");
+        let sid = open["sid"].as_str().expect("sid").to_owned();
+        let mut s = TcpStream::connect(srv.addr).await.unwrap();
+        s.write_all(
+            format!(
+                "POST /socket.io/?EIO=4&transport=polling&sid={sid} HTTP/1.1\r\nHost: x\r\n\
+                 Content-Type: text/plain\r\nContent-Length: 1000\r\n\r\n4"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        posts.push(s);
+    }
+    eventually(
+        "every POST's socket counted, the handshakes' closed",
+        || srv.open_sockets() == CAP,
+    )
+    .await;
+    // a probe from another address gets in
+    let other = reqwest::Client::builder()
+        .local_address("127.0.0.2".parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap();
+    let probe = tokio::time::timeout(ARRIVAL, other.get(format!("{base}/healthz")).send())
+        .await
+        .expect("/healthz answers within the arrival bound")
+        .expect("/healthz from another address is let in");
+    assert_eq!(probe.status().as_u16(), 200);
+    // the oldest POST made room; the others are still in flight
+    assert!(until_closed(&mut posts[0]).await.is_empty());
+    let mut probe = [0u8; 1];
+    for s in &posts[1..] {
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), s.peek(&mut probe))
+                .await
+                .is_err(),
+            "a later POST was answered or closed"
+        );
+    }
+    assert!(srv.open_sockets() <= CAP);
+    drop(posts);
+    srv.stop().await;
+}
+
 /// Item 1: a server process out of file descriptors (RLIMIT_NOFILE 256, and
 /// a socket cap above it so that `accept` itself fails) sheds idle sockets
 /// and keeps serving, and logs the failure once rather than in a flood.
