@@ -7,6 +7,7 @@
 mod common;
 
 use common::*;
+use rowcast::embedded_pg::EmbeddedPg;
 use serde_json::json;
 use std::time::Duration;
 
@@ -15,6 +16,15 @@ async fn readyz(base: &str) -> u16 {
         Ok(r) => r.status().as_u16(),
         Err(_) => 0,
     }
+}
+
+/// Stops, restarts, crashes or starts again the cluster, off the runtime's
+/// threads (`pg_ctl` blocks).
+async fn pg_do(op: fn(&EmbeddedPg) -> rowcast::Result<()>) {
+    tokio::task::spawn_blocking(move || op(cluster()))
+        .await
+        .expect("pg_ctl task")
+        .expect("pg_ctl");
 }
 
 /// The tests of this binary stop or restart the one cluster they share: one at a time.
@@ -43,11 +53,7 @@ async fn postgres_restart_loses_nothing() {
     let mut got_ws = events(&mut ws.rx, 50).await;
     let mut got_sse = events(&mut sse.rx, 50).await;
 
-    let pg = cluster();
-    tokio::task::spawn_blocking(move || pg.stop())
-        .await
-        .unwrap()
-        .unwrap();
+    pg_do(EmbeddedPg::stop).await;
     wait_readyz(&base, 503).await;
     let metrics = reqwest::get(format!("{base}/metrics"))
         .await
@@ -56,10 +62,7 @@ async fn postgres_restart_loses_nothing() {
         .await
         .unwrap();
     assert!(metrics.contains("rowcast_source_connected 0"), "{metrics}");
-    tokio::task::spawn_blocking(move || pg.start_again())
-        .await
-        .unwrap()
-        .unwrap();
+    pg_do(EmbeddedPg::start_again).await;
     wait_readyz(&base, 200).await;
 
     emit_range(&connect(&url).await, "r", 51, 100).await;
@@ -104,10 +107,7 @@ async fn postgres_restart_loses_nothing() {
         })
     };
     tokio::time::sleep(Duration::from_millis(100)).await;
-    tokio::task::spawn_blocking(move || pg.restart())
-        .await
-        .unwrap()
-        .unwrap();
+    pg_do(EmbeddedPg::restart).await;
     writer.await.unwrap();
     // An emit whose commit raced the restart may or may not have committed:
     // the log is the truth, and every client must match it exactly.
@@ -163,11 +163,7 @@ async fn postgres_restart_in_the_middle_of_a_batch_repeats_nothing() {
     tokio::time::timeout(ARRIVAL, pause.reached.notified())
         .await
         .expect("a source reached the page boundary");
-    let pg = cluster();
-    tokio::task::spawn_blocking(move || pg.restart())
-        .await
-        .unwrap()
-        .unwrap();
+    pg_do(EmbeddedPg::restart).await;
     pause.release.notify_one();
     let want: Vec<i64> = (1..=N).collect();
     let got: Vec<i64> = events(&mut ws_a.rx, N as usize)
@@ -213,14 +209,8 @@ async fn postgres_restart_in_the_middle_of_a_batch_repeats_nothing() {
 
 /// Takes a cursor on `topic`, writes changes 1..=`n` to it and polls them
 /// from that cursor (so the node has read them and decided the topic), then
-/// stops the cluster and waits for the node to say so. Returns the cursor
-/// and the cluster, to start again.
-async fn written_then_down(
-    url: &str,
-    base: &str,
-    topic: &str,
-    n: i64,
-) -> (String, &'static rowcast::embedded_pg::EmbeddedPg) {
+/// stops the cluster and waits for the node to say so. Returns the cursor.
+async fn written_then_down(url: &str, base: &str, topic: &str, n: i64) -> String {
     let cursor = Poller::start(base, topic).await.cursor.unwrap();
     let db = connect(url).await;
     emit_range(&db, topic, 1, n).await;
@@ -231,13 +221,9 @@ async fn written_then_down(
         token: None,
     };
     seen.events(n as usize).await;
-    let pg = cluster();
-    tokio::task::spawn_blocking(move || pg.stop())
-        .await
-        .unwrap()
-        .unwrap();
+    pg_do(EmbeddedPg::stop).await;
     wait_readyz(base, 503).await;
-    (cursor, pg)
+    cursor
 }
 
 /// Issue #8, defect 11: a WebSocket resume while the database is down is told
@@ -256,7 +242,7 @@ async fn ws_resume_during_an_outage_is_told_to_retry_then_resumes_exactly() {
     .await;
     let base = srv.base_url();
     // the source has read them before the outage
-    let (cursor, pg) = written_then_down(&url, &base, "out", 5).await;
+    let cursor = written_then_down(&url, &base, "out", 5).await;
     let refused = WsClient::connect_with(&base, &format!("topics=out&cursor={cursor}"), &[]).await;
     let (status, body) = refused.err().expect("refused before the upgrade");
     assert_eq!(status, 503, "{body}");
@@ -272,10 +258,7 @@ async fn ws_resume_during_an_outage_is_told_to_retry_then_resumes_exactly() {
         Msg::Closed(c) => assert!(c.starts_with("1013"), "{c}"),
         other => panic!("{other:?}"),
     }
-    tokio::task::spawn_blocking(move || pg.start_again())
-        .await
-        .unwrap()
-        .unwrap();
+    pg_do(EmbeddedPg::start_again).await;
     wait_readyz(&base, 200).await;
     let mut ws = WsClient::connect(&base, &format!("topics=out&cursor={cursor}")).await;
     let got: Vec<i64> = events(&mut ws.rx, 5)
@@ -306,7 +289,7 @@ async fn window_resumes_outlive_the_authorization_cache_during_an_outage() {
     let srv = server_with(&url, |c| c.authz_cache = Duration::from_millis(300)).await;
     let base = srv.base_url();
     // the source has read them, and `win` was decided, before the outage
-    let (cursor, pg) = written_then_down(&url, &base, "win", 3).await;
+    let cursor = written_then_down(&url, &base, "win", 3).await;
     // well past the cache's time-to-live
     tokio::time::sleep(Duration::from_secs(1)).await;
     for _ in 0..3 {
@@ -326,10 +309,7 @@ async fn window_resumes_outlive_the_authorization_cache_during_an_outage() {
         (503, &serde_json::json!("unavailable")),
         "{body}"
     );
-    tokio::task::spawn_blocking(move || pg.start_again())
-        .await
-        .unwrap()
-        .unwrap();
+    pg_do(EmbeddedPg::start_again).await;
     wait_readyz(&base, 200).await;
     srv.stop().await;
 }
@@ -365,11 +345,7 @@ async fn a_postgres_crash_is_told_and_a_clean_restart_is_not() {
     };
     let before = source_pid().await;
     assert!(before.is_some());
-    let pg = cluster();
-    tokio::task::spawn_blocking(move || pg.restart())
-        .await
-        .unwrap()
-        .unwrap();
+    pg_do(EmbeddedPg::restart).await;
     // the source has connected again
     eventually_async("the source reconnected", || async {
         matches!(source_pid().await, Some(p) if Some(p) != before)
@@ -377,15 +353,9 @@ async fn a_postgres_crash_is_told_and_a_clean_restart_is_not() {
     .await;
     wait_readyz(&base, 200).await;
     assert_eq!(srv.metric(crashes), 0.0, "a clean restart is no crash");
-    tokio::task::spawn_blocking(move || pg.crash())
-        .await
-        .unwrap()
-        .unwrap();
+    pg_do(EmbeddedPg::crash).await;
     wait_readyz(&base, 503).await;
-    tokio::task::spawn_blocking(move || pg.start_again())
-        .await
-        .unwrap()
-        .unwrap();
+    pg_do(EmbeddedPg::start_again).await;
     wait_readyz(&base, 200).await;
     assert_eq!(srv.metric(crashes), 1.0);
     srv.stop().await;
@@ -439,16 +409,9 @@ async fn a_crash_that_hands_ids_out_again_makes_clients_resync() {
     let xmax = rowcast::cursor::Cursor::decode(&before).unwrap().lo.xmax;
     drop(db);
 
-    let pg = cluster();
-    tokio::task::spawn_blocking(move || pg.crash())
-        .await
-        .unwrap()
-        .unwrap();
+    pg_do(EmbeddedPg::crash).await;
     wait_readyz(&base, 503).await;
-    tokio::task::spawn_blocking(move || pg.start_again())
-        .await
-        .unwrap()
-        .unwrap();
+    pg_do(EmbeddedPg::start_again).await;
     // a change under a reused id, then ids past the old position, so that
     // the position covers the cursor from before the crash again
     let db = connect(&url).await;

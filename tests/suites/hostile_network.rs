@@ -95,18 +95,23 @@ async fn silent_and_idle_sockets_are_released() {
     srv.stop().await;
 }
 
+/// A server with a socket cap of `cap`, where only shedding frees a socket
+/// (the header timeout is two minutes).
+async fn capped_server(url: &str, cap: usize) -> rowcast::server::Server {
+    server_with(url, |c| {
+        c.limits.header_read_timeout = Duration::from_secs(120);
+        c.limits.max_sockets = Some(cap);
+    })
+    .await
+}
+
 /// Item 1: at `--max-sockets`, a new socket sheds the oldest idle one; a
 /// socket with a request in flight (an SSE stream) is never shed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_socket_cap_sheds_the_oldest_idle_socket() {
     const CAP: usize = 20;
     let url = fresh_db().await;
-    let srv = server_with(&url, |c| {
-        // only shedding can free a socket here
-        c.limits.header_read_timeout = Duration::from_secs(120);
-        c.limits.max_sockets = Some(CAP);
-    })
-    .await;
+    let srv = capped_server(&url, CAP).await;
     let base = srv.base_url();
     let mut sse = SseClient::connect(&base, "topics=s", None).await;
     let mut silent = Vec::new();
@@ -146,12 +151,7 @@ async fn the_socket_cap_sheds_the_oldest_idle_socket() {
 async fn requests_in_flight_of_one_address_keep_no_other_out() {
     const CAP: usize = 12;
     let url = fresh_db().await;
-    let srv = server_with(&url, |c| {
-        // only shedding can free a socket here
-        c.limits.header_read_timeout = Duration::from_secs(120);
-        c.limits.max_sockets = Some(CAP);
-    })
-    .await;
+    let srv = capped_server(&url, CAP).await;
     let base = srv.base_url();
     let mut posts = Vec::new();
     for _ in 0..CAP {
