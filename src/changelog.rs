@@ -47,28 +47,40 @@ WITH p AS MATERIALIZED (
 ///   snapshot does not see it) may lack them, on any node, window or not.
 ///   Positions taken after it, even while older transactions are still
 ///   open, lack nothing.
-/// - `era` (`ERA`): when PostgreSQL last began its statistics afresh
-///   (`pg_stat_bgwriter.stats_reset`, ms since 2000). Crash recovery does
-///   that and a clean restart does not (its shutdown checkpoint keeps the
-///   statistics, as it keeps the xid counter). After a crash, transaction
-///   ids that were assigned but not yet durable (a rollback's, an
-///   asynchronous commit's anywhere in the cluster) are assigned again,
-///   and a snapshot from before the crash counts them as finished: read by
-///   its xids it would skip the changes written under them. So every
+/// - `era` ([`era_sql`]): when PostgreSQL last began its statistics afresh
+///   (`pg_stat_bgwriter.stats_reset`, ms since 2000), combined with
+///   `rowcast.retention.era_token` (`sql/020_era_token.sql`). Crash
+///   recovery begins the statistics afresh and a clean restart does not
+///   (its shutdown checkpoint keeps them, as it keeps the xid counter).
+///   After a crash, transaction ids that were assigned but not yet durable
+///   (a rollback's, an asynchronous commit's anywhere in the cluster) are
+///   assigned again, and a snapshot from before the crash counts them as
+///   finished: read by its xids it would skip the changes written under
+///   them. A rewind that keeps the statistics (a restored file-system copy
+///   of a stopped cluster, a standby made from one and promoted) does the
+///   same; a node whose source finds the database's xmax behind its own
+///   position draws a new token (`Source::take_position`). So every
 ///   snapshot carries the era it was taken in (`Snapshot::era`, cursors
 ///   since version 2), and a position of another era is expired: its
 ///   client resyncs, whichever node it comes to (connected clients: the
 ///   source, `Hub::restart_at`). An explicit `pg_stat_reset_shared` of
 ///   the bgwriter's statistics (or of all shared ones) is taken for a
 ///   crash: one resync of every client, nothing lost. A position of
-///   unknown era (0: a version-1 cursor) is read by its xids as before.
+///   unknown era (0: a version-1 cursor) is read by its xids as before
+///   (across a crash it can skip changes, as before eras). A rewind no
+///   running node saw (every node down across it) is not told unless the
+///   statistics moved: cursors from before it that name an xmax the
+///   database has not reached answer `cursor_unknown`, others are read by
+///   their xids.
 ///   Catch-up reads read the era with their snapshot; the source's reads
 ///   do not (it cost each read 4 % more instructions,
 ///   `benches/issue16/era/`): a crash ends every connection, so the era the
 ///   source read on connecting (`Source::take_position`) is its
-///   connection's, and it passes it in (`Scope::All`). A reset of the
-///   statistics by hand during a connection reuses no id, and the source
-///   takes it up when it next connects.
+///   connection's, and it passes it in (`Scope::All`). A catch-up read
+///   that finds another era than the node's (statistics reset by hand on a
+///   live connection, a token drawn by another node) tells the hub
+///   (`Hub::saw_era`), and the source takes the new era up before its next
+///   read.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Watermarks {
     pub pruned_below: u64,
@@ -76,11 +88,28 @@ pub(crate) struct Watermarks {
     pub era: u64,
 }
 
-/// The database's era ([`Watermarks`]) as SQL: never 0 (a cluster whose
-/// statistics were never reset is era 1).
-pub(crate) const ERA: &str =
-    "greatest(coalesce((extract(epoch FROM pg_stat_get_bgwriter_stat_reset_time()
-    - timestamptz '2000-01-01 00:00:00+00') * 1000)::int8, 1), 1)";
+/// `rowcast.retention`'s one row is gone: never read as "nothing pruned",
+/// "no loss" or "era 1".
+pub(crate) fn no_retention_row() -> crate::error::Error {
+    crate::error::Error::Invariant(
+        "rowcast.retention has no row (id = 1): restore it or run migrate".into(),
+    )
+}
+
+/// The database's era ([`Watermarks`]) as SQL, to be evaluated where
+/// `rowcast.retention`'s row is in scope (its `era_token` XORed in, when the
+/// database has it): never 0 (a cluster whose statistics were never reset,
+/// and no token, is era 1).
+pub(crate) fn era_sql(schema: Schema) -> String {
+    let token = match schema.era_token {
+        true => " # era_token",
+        false => "",
+    };
+    format!(
+        "greatest(coalesce((extract(epoch FROM pg_stat_get_bgwriter_stat_reset_time()
+    - timestamptz '2000-01-01 00:00:00+00') * 1000)::int8, 1){token}, 1)"
+    )
+}
 
 impl Watermarks {
     /// From a read's `marks` text ([`marks_column`]): led by the era unless
@@ -88,11 +117,7 @@ impl Watermarks {
     /// unreadable one is an error, never "nothing pruned": resumes would
     /// then cross pruned rows silently.
     fn parse(marks: Option<&str>, known: Option<u64>) -> Result<Watermarks> {
-        let marks = marks.ok_or_else(|| {
-            crate::error::Error::Invariant(
-                "rowcast.retention has no row (id = 1): restore it or run migrate".into(),
-            )
-        })?;
+        let marks = marks.ok_or_else(no_retention_row)?;
         let mut parts = marks.split(' ');
         let era = match known {
             Some(era) => era,
@@ -126,6 +151,8 @@ pub(crate) struct Schema {
     pub origin_tx: bool,
     /// `rowcast.retention.lost_before` (`014_lost_changes`).
     pub lost_before: bool,
+    /// `rowcast.retention.era_token` (`020_era_token`).
+    pub era_token: bool,
 }
 
 impl Schema {
@@ -137,13 +164,17 @@ impl Schema {
                                    AND attname = 'tx' AND NOT attisdropped),
                         EXISTS (SELECT 1 FROM pg_attribute
                                  WHERE attrelid = 'rowcast.retention'::regclass
-                                   AND attname = 'lost_before' AND NOT attisdropped)",
+                                   AND attname = 'lost_before' AND NOT attisdropped),
+                        EXISTS (SELECT 1 FROM pg_attribute
+                                 WHERE attrelid = 'rowcast.retention'::regclass
+                                   AND attname = 'era_token' AND NOT attisdropped)",
                 &[],
             )
             .await?;
         Ok(Schema {
             origin_tx: row.try_get(0)?,
             lost_before: row.try_get(1)?,
+            era_token: row.try_get(2)?,
         })
     }
 }
@@ -158,7 +189,10 @@ fn marks_column(schema: Schema, era: bool) -> String {
         false => "",
     };
     match era {
-        true => format!("{ERA}::text || ' ' || pruned_below::text{lost}"),
+        true => format!(
+            "{}::text || ' ' || pruned_below::text{lost}",
+            era_sql(schema)
+        ),
         false => format!("pruned_below::text{lost}"),
     }
 }
@@ -435,13 +469,14 @@ pub(crate) async fn xids_with_changes(client: &Client, xids: &[u64]) -> Result<V
 
 /// The [`Watermarks`] as the database has them now (a database without
 /// `lost_before` has none of that kind).
-pub(crate) async fn watermarks(client: &Client) -> Result<Watermarks> {
+pub(crate) async fn watermarks(client: &Client, schema: Schema) -> Result<Watermarks> {
     let row = client
         .query_one(
             &format!(
-                "SELECT {ERA}::text || ' ' || r.pruned_below::text
+                "SELECT {}::text || ' ' || r.pruned_below::text
                         || coalesce(' ' || (to_jsonb(r) ->> 'lost_before'), '')
-                   FROM rowcast.retention r WHERE id = 1"
+                   FROM rowcast.retention r WHERE id = 1",
+                era_sql(schema)
             ),
             &[],
         )

@@ -257,9 +257,9 @@ impl Feeds {
             let expired = if hub.window_covers(&c.lo) {
                 hub.watermarks().expire(&c.lo)
             } else {
-                changelog::watermarks(&*shares.get(peer).await?)
-                    .await?
-                    .expire(&c.lo)
+                let w = changelog::watermarks(&*shares.get(peer).await?, hub.schema()).await?;
+                hub.saw_era(w.era);
+                w.expire(&c.lo)
             };
             if expired {
                 notice = Some(Notice::CursorExpired);
@@ -654,6 +654,7 @@ impl Feed {
         let scope = Scope::Topics(&topics, page_size);
         let page = changelog::read(&client, &stmt, &from, Some(&upto), scope).await?;
         drop(client);
+        self.sub.hub().saw_era(page.watermarks.era);
         self.log_pages = self.log_pages.saturating_add(1);
         if page.expired_for(&from) {
             return Err(FeedError::Expired);

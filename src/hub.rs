@@ -277,6 +277,10 @@ pub(crate) struct Hub {
     /// the feeds' reads select them then.
     origin_tx: AtomicBool,
     lost_column: AtomicBool,
+    era_token_column: AtomicBool,
+    /// A catch-up read found another era than `era` (`saw_era`): for the
+    /// source to look again.
+    era_hint: AtomicBool,
     /// The [`Watermarks`] as the source's last read saw them (`lost_before`:
     /// 0 for none).
     pruned_below: AtomicU64,
@@ -329,6 +333,8 @@ impl Hub {
             metrics,
             origin_tx: AtomicBool::new(false),
             lost_column: AtomicBool::new(false),
+            era_token_column: AtomicBool::new(false),
+            era_hint: AtomicBool::new(false),
             pruned_below: AtomicU64::new(0),
             lost_before: AtomicU64::new(0),
             era: AtomicU64::new(0),
@@ -341,13 +347,31 @@ impl Hub {
         self.origin_tx.store(schema.origin_tx, Ordering::Relaxed);
         self.lost_column
             .store(schema.lost_before, Ordering::Relaxed);
+        self.era_token_column
+            .store(schema.era_token, Ordering::Relaxed);
     }
 
     pub(crate) fn schema(&self) -> Schema {
         Schema {
             origin_tx: self.origin_tx.load(Ordering::Relaxed),
             lost_before: self.lost_column.load(Ordering::Relaxed),
+            era_token: self.era_token_column.load(Ordering::Relaxed),
         }
+    }
+
+    /// A catch-up read saw the database in `era` (`changelog::Watermarks`):
+    /// if that is not the node's, the source is to look again before its
+    /// next read (`take_era_hint`).
+    pub(crate) fn saw_era(&self, era: u64) {
+        let ours = self.era.load(Ordering::Relaxed);
+        if era != 0 && ours != 0 && era != ours {
+            self.era_hint.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether a catch-up read saw another era since the last call.
+    pub(crate) fn take_era_hint(&self) -> bool {
+        self.era_hint.swap(false, Ordering::Relaxed)
     }
 
     /// The [`Watermarks`] as the source's reads bring them.
@@ -1125,6 +1149,12 @@ mod tests {
         assert!(!c.lagged());
         hub.publish(&[change_on("t", 3)]);
         assert_eq!(c.sub.queue().items.len(), 1);
+        // a catch-up read that finds yet another era tells the source, once
+        hub.saw_era(2);
+        hub.saw_era(0);
+        assert!(!hub.take_era_hint());
+        hub.saw_era(3);
+        assert!(hub.take_era_hint() && !hub.take_era_hint());
     }
 
     /// An idle subscriber holds no queue memory: none before its first

@@ -174,7 +174,7 @@ impl Metrics {
         )?;
         let source_database_crashes = IntCounter::new(
             "rowcast_source_database_crashes_total",
-            "New eras of the database the source found (a crash recovery, or a reset of pg_stat_bgwriter): every client connected before it was made to resync (logged at ERROR)",
+            "New eras of the database the source found (a crash recovery, a reset of pg_stat_bgwriter, or a rewind: the transaction counter behind its position): every client connected before it was made to resync (logged at ERROR)",
         )?;
         let source_bad_changes = IntCounter::new(
             "rowcast_source_bad_changes_total",

@@ -57,6 +57,7 @@ pub const CORE: &[(&str, &str)] = &[
         "019_read_positions",
         include_str!("../sql/019_read_positions.sql"),
     ),
+    ("020_era_token", include_str!("../sql/020_era_token.sql")),
 ];
 
 /// The FR-021 farmers-market reference schema (`market.*`), its triggers and

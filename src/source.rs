@@ -128,6 +128,9 @@ const RING_LOCK_SHARE: f64 = 0.5;
 const BATCH_TARGET: f64 = 2.0;
 /// How long after an idle read found changes a NOTIFY still counts as announcing them.
 const NOTIFY_GRACE: Duration = Duration::from_millis(200);
+/// How often the source asks the database's era besides when a catch-up
+/// read tells of another one (`Source::take_position`): one short query.
+const ERA_CHECK_EVERY: Duration = Duration::from_secs(5);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
@@ -278,7 +281,7 @@ impl Source {
         let schema = changelog::Schema::of(&client).await?;
         self.hub.set_schema(schema);
         let stmt = client.prepare(&changelog::sql(false, schema)).await?;
-        self.take_position(&client).await?;
+        self.take_position(&client, schema).await?;
         self.set_connected(true);
         tracing::info!("source connected; catching up");
 
@@ -298,12 +301,17 @@ impl Source {
         let mut idle_read = false;
         let mut pace = Pace::new(self.cfg.busy_pause, self.cfg.busy_pause_max);
         let mut probe = CommitProbe::new();
+        let mut era_checked = Instant::now();
         let result = loop {
             if shutdown.is_shutdown() {
                 break Ok(Ended::Shutdown);
             }
             if migrated.load(Ordering::Acquire) {
                 break Ok(Ended::Migrated);
+            }
+            if self.hub.take_era_hint() || era_checked.elapsed() >= ERA_CHECK_EVERY {
+                era_checked = Instant::now();
+                self.take_position(&client, schema).await?;
             }
             let disarm = match std::mem::take(&mut disarm_first) {
                 true => doorbell.disarm_call(),
@@ -461,38 +469,58 @@ impl Source {
     }
 
     /// The position to read from, on connecting: the first connection's
-    /// current snapshot; later ones keep the position, unless PostgreSQL
-    /// began a new era meanwhile (it crashed: `changelog::Watermarks`).
-    /// Then the position, a half-read batch and everything this node's
-    /// clients were given are of the old era: the position moves to the
-    /// current snapshot and every connected client resyncs
-    /// (`Hub::restart_at`); logged at ERROR and counted
+    /// current snapshot; later ones keep the position, unless the database
+    /// is in another era (`changelog::Watermarks`: it crashed, or its
+    /// statistics were reset, or another node drew a new token), or its
+    /// xmax is behind the position (a rewind that kept the statistics: a
+    /// restored copy, a standby made from one). Then the position, a
+    /// half-read batch and everything this node's clients were given are no
+    /// ground to read on: after a rewind the node draws a new era token
+    /// (durably, so that every node expires the old era's positions), the
+    /// position moves to the current snapshot, and every connected client
+    /// resyncs (`Hub::restart_at`); logged at ERROR and counted
     /// (`rowcast_source_database_crashes_total`). The era read here is the
     /// connection's: its reads pass it in rather than read it again
-    /// (`changelog::Watermarks`).
-    async fn take_position(&mut self, client: &Client) -> Result<()> {
-        let row = client
-            .query_one(
-                &format!("SELECT pg_current_snapshot()::text, {}", changelog::ERA),
-                &[],
-            )
-            .await?;
-        let era: i64 = row.try_get(1)?;
-        let now = Snapshot::parse(row.try_get(0)?)?.with_era(era as u64);
-        match &self.position {
-            None => self.hub.close_batch(now.clone()),
-            Some(p) if p.in_era(now.era) => return Ok(()),
-            Some(_) => {
-                self.open = None;
-                let resynced = self.hub.restart_at(now.clone());
-                self.metrics.source_database_crashes.inc();
-                tracing::error!(
-                    era = now.era,
-                    clients = resynced,
-                    "PostgreSQL went through crash recovery (or its statistics were reset) since this node last read: transaction ids can have been handed out again, so positions from before it are no ground to read on; every connected client resyncs, and cursors from before it are answered with a resync"
-                );
+    /// (`changelog::Watermarks`); a catch-up read that finds another one
+    /// brings the source back here (`Hub::take_era_hint`), and so does every
+    /// `ERA_CHECK_EVERY` (a reset of the statistics by hand while no client
+    /// catches up).
+    async fn take_position(&mut self, client: &Client, schema: changelog::Schema) -> Result<()> {
+        let now = current_position(client, schema).await?;
+        let (now, cause) = match &self.position {
+            None => {
+                self.hub.close_batch(now.clone());
+                self.position = Some(now);
+                return Ok(());
             }
-        }
+            Some(p) if !p.in_era(now.era) => (now, "PostgreSQL went through crash recovery, its statistics were reset, or another node found it rewound"),
+            Some(p) if now.xmax < p.xmax => {
+                if !schema.era_token {
+                    tracing::error!("rowcast.retention.era_token is missing (run `rowcast migrate`): cursors from before the rewind are read by their ids on other nodes");
+                    (now, "the database's transaction counter is behind this node's position (restored from a copy, or a standby made from one promoted)")
+                } else {
+                    client
+                        .batch_execute(
+                            "BEGIN; SET LOCAL synchronous_commit = on;
+                             UPDATE rowcast.retention SET era_token = (random() * 9.2e18)::int8 WHERE id = 1;
+                             COMMIT",
+                        )
+                        .await?;
+                    let now = current_position(client, schema).await?;
+                    (now, "the database's transaction counter is behind this node's position (restored from a copy, or a standby made from one promoted): a new era drawn")
+                }
+            }
+            Some(_) => return Ok(()),
+        };
+        self.open = None;
+        let resynced = self.hub.restart_at(now.clone());
+        self.metrics.source_database_crashes.inc();
+        tracing::error!(
+            era = now.era,
+            clients = resynced,
+            cause,
+            "transaction ids can have been handed out again, so positions from before are no ground to read on: every connected client resyncs, and cursors from before are answered with a resync"
+        );
         self.position = Some(now);
         Ok(())
     }
@@ -666,6 +694,22 @@ impl Pace {
 struct OpenBatch {
     from: Cursor,
     upto: Snapshot,
+}
+
+/// The database's current snapshot, taken in its era.
+async fn current_position(client: &Client, schema: changelog::Schema) -> Result<Snapshot> {
+    let row = client
+        .query_one(
+            &format!(
+                "SELECT pg_current_snapshot()::text, (SELECT {} FROM rowcast.retention)",
+                changelog::era_sql(schema)
+            ),
+            &[],
+        )
+        .await?;
+    let era: Option<i64> = row.try_get(1)?;
+    let era = era.ok_or_else(changelog::no_retention_row)?;
+    Ok(Snapshot::parse(row.try_get(0)?)?.with_era(era as u64))
 }
 
 #[cfg(test)]

@@ -361,6 +361,14 @@ async fn a_postgres_crash_is_told_and_a_clean_restart_is_not() {
     srv.stop().await;
 }
 
+/// Settings under which commits stay unwritten for 10 s (the test cluster
+/// commits asynchronously).
+const UNFLUSHED: [&str; 3] = [
+    "wal_writer_delay = '10s'",
+    "autovacuum = off",
+    "bgwriter_lru_maxpages = 0",
+];
+
 /// After a crash PostgreSQL hands out again the transaction ids it had
 /// assigned but not yet written (here: commits within `wal_writer_delay`,
 /// asynchronous as the test cluster's are). A position taken before the
@@ -382,20 +390,27 @@ async fn a_crash_that_hands_ids_out_again_makes_clients_resync() {
     let mut other = WsClient::connect(&base, "topics=y").await;
     emit_range(&db, "x", 1, 1).await;
     let first = next_event(&mut ws.rx).await;
-    // written to disk up to here; from now on the WAL writer waits 10 s
+    // written to disk up to here; from now on the WAL writer waits 10 s,
+    // and neither autovacuum (busy after a crash of an earlier test: the
+    // statistics are gone) nor the background writer flushes WAL meanwhile
     db.batch_execute("CHECKPOINT").await.unwrap();
-    db.batch_execute("ALTER SYSTEM SET wal_writer_delay = '10s'")
-        .await
-        .unwrap();
+    for set in UNFLUSHED {
+        db.batch_execute(&format!("ALTER SYSTEM SET {set}"))
+            .await
+            .unwrap();
+    }
     db.batch_execute("SELECT pg_reload_conf()").await.unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    // one commit to wake the WAL writer from its hibernation (it writes,
-    // then sleeps its 10 s), then ids that will not have been written
+    // a fresh WAL segment (a full page of WAL also wakes the WAL writer: what
+    // follows stays well under one), one commit to wake the WAL writer from
+    // its hibernation (it writes, then sleeps its 10 s), then ids that will
+    // not have been written
+    db.batch_execute("SELECT pg_switch_wal()").await.unwrap();
     db.batch_execute("SELECT pg_current_xact_id()")
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
-    for _ in 0..20 {
+    for _ in 0..10 {
         db.batch_execute("SELECT pg_current_xact_id()")
             .await
             .unwrap();
@@ -421,9 +436,12 @@ async fn a_crash_that_hands_ids_out_again_makes_clients_resync() {
             .await
             .unwrap();
     }
-    db.batch_execute("ALTER SYSTEM RESET wal_writer_delay")
-        .await
-        .unwrap();
+    for set in UNFLUSHED {
+        let name = set.split(' ').next().unwrap_or_default();
+        db.batch_execute(&format!("ALTER SYSTEM RESET {name}"))
+            .await
+            .unwrap();
+    }
     db.batch_execute("SELECT pg_reload_conf()").await.unwrap();
     wait_readyz(&base, 200).await;
     let reused = column_i64(
@@ -437,26 +455,7 @@ async fn a_crash_that_hands_ids_out_again_makes_clients_resync() {
         reused[0]
     );
     // the connected client is told, not left past the change
-    within_arrival("the connected client's resync", async {
-        loop {
-            match ws.next().await {
-                Msg::Control(m) if m["type"] == "resync" => {
-                    assert_eq!(m["reason"], "cursor_expired");
-                    return;
-                }
-                Msg::Control(_) => continue,
-                Msg::Closed(why) => {
-                    assert!(why.starts_with("4010"), "closed with {why}");
-                    return;
-                }
-                Msg::Event(e) => panic!(
-                    "an event instead of the resync: {e:?} {:?} {reused:?}",
-                    rowcast::cursor::Cursor::decode(&before).unwrap()
-                ),
-            }
-        }
-    })
-    .await;
+    told_to_resync(&mut ws).await;
     // a resume from before the crash too
     let (status, body) = poll_raw(&base, &format!("topics=x&cursor={before}")).await;
     assert_eq!((status, &body["error"]), (410, &json!("cursor_expired")));
@@ -470,6 +469,145 @@ async fn a_crash_that_hands_ids_out_again_makes_clients_resync() {
     emit_range(&db, "x", 3, 3).await;
     assert_eq!(next_event(&mut fresh.rx).await.data["n"], json!(3));
     assert_eq!(next_event(&mut sse.rx).await.data["n"], json!(3));
+    assert_eq!(srv.metric("rowcast_source_database_crashes_total"), 1.0);
+    srv.stop().await;
+}
+
+/// The connected client `ws` is told to resync (a `resync` message or close
+/// 4010), with no event before it.
+async fn told_to_resync(ws: &mut WsClient) {
+    within_arrival("the connected client's resync", async {
+        loop {
+            match ws.next().await {
+                Msg::Control(m) if m["type"] == "resync" => {
+                    assert_eq!(m["reason"], "cursor_expired");
+                    return;
+                }
+                Msg::Control(_) => continue,
+                Msg::Closed(why) => {
+                    assert!(why.starts_with("4010"), "closed with {why}");
+                    return;
+                }
+                Msg::Event(e) => panic!("an event instead of the resync: {e:?}"),
+            }
+        }
+    })
+    .await;
+}
+
+/// r16: a rewind that keeps PostgreSQL's statistics (a file-system copy of
+/// the stopped cluster put back, as a restored cold backup, or a standby
+/// made from such a copy and promoted) hands out again the ids its lost
+/// history used, and the statistics' era does not move. The node whose
+/// position the database's counter is behind draws a new era
+/// (`rowcast.retention.era_token`): its clients resync, and cursors from
+/// before answer `cursor_expired` (they were read by their ids, silently
+/// skipping the new history's changes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restored_copy_of_the_database_makes_clients_resync() {
+    let _cluster = EXCLUSIVE.lock().await;
+    let url = fresh_db().await;
+    let srv = server(&url).await;
+    let base = srv.base_url();
+    wait_readyz(&base, 200).await;
+    let mut ws = WsClient::connect(&base, "topics=x").await;
+    let mut other = WsClient::connect(&base, "topics=y").await;
+    // a cold copy of the cluster
+    pg_do(EmbeddedPg::stop).await;
+    wait_readyz(&base, 503).await;
+    let data = cluster().data_dir();
+    let copy = data.with_extension("copy");
+    let cp = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&data)
+        .arg(&copy)
+        .status()
+        .expect("cp");
+    assert!(cp.success());
+    pg_do(EmbeddedPg::start_again).await;
+    wait_readyz(&base, 200).await;
+    // the history the copy lacks: a change and ids the node reads past
+    let db = connect(&url).await;
+    emit_range(&db, "x", 1, 1).await;
+    let first = next_event(&mut ws.rx).await;
+    for _ in 0..20 {
+        db.batch_execute("SELECT pg_current_xact_id()")
+            .await
+            .unwrap();
+    }
+    emit_range(&db, "y", 1, 1).await;
+    next_event(&mut other.rx).await;
+    let (status, body) = poll_raw(&base, &format!("topics=x&cursor={}", first.id)).await;
+    assert_eq!((status, events_of(&body).len()), (200, 0), "{body}");
+    let before = body["cursor"].as_str().unwrap().to_owned();
+    let xmax = rowcast::cursor::Cursor::decode(&before).unwrap().lo.xmax;
+    drop(db);
+    // put the copy back
+    pg_do(EmbeddedPg::stop).await;
+    wait_readyz(&base, 503).await;
+    std::fs::remove_dir_all(&data).expect("remove the data directory");
+    std::fs::rename(&copy, &data).expect("put the copy back");
+    pg_do(EmbeddedPg::start_again).await;
+    let db = connect(&url).await;
+    emit_range(&db, "x", 2, 2).await;
+    let reused = column_i64(
+        &db,
+        "SELECT xid::text::int8 FROM rowcast.changes WHERE topics = ARRAY['x'] AND payload->>'n' = '2'",
+    )
+    .await;
+    assert!(
+        (reused[0] as u64) < xmax,
+        "the copy handed no id out again (xid {}, position's xmax {xmax})",
+        reused[0]
+    );
+    wait_readyz(&base, 200).await;
+    told_to_resync(&mut ws).await;
+    let (status, body) = poll_raw(&base, &format!("topics=x&cursor={before}")).await;
+    assert_eq!((status, &body["error"]), (410, &json!("cursor_expired")));
+    let mut fresh = WsClient::connect(&base, "topics=x").await;
+    emit_range(&db, "x", 3, 3).await;
+    assert_eq!(next_event(&mut fresh.rx).await.data["n"], json!(3));
+    assert_eq!(srv.metric("rowcast_source_database_crashes_total"), 1.0);
+    srv.stop().await;
+}
+
+/// r16: a reset of the bgwriter's statistics by hand, on a live
+/// connection, moves the era: the README takes it for a crash (one resync
+/// of every client, nothing lost). The node noticed it only when it next
+/// connected, and meanwhile every resume read from the log, even of a cursor
+/// it had just handed out, was expired. Now the source looks again every
+/// few seconds (and when a catch-up read finds another era): its clients
+/// resync once, and what it hands out afterwards resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_of_the_statistics_is_taken_for_a_crash() {
+    let _cluster = EXCLUSIVE.lock().await;
+    let url = fresh_db().await;
+    let srv = server(&url).await;
+    let base = srv.base_url();
+    wait_readyz(&base, 200).await;
+    let db = connect(&url).await;
+    let mut ws = WsClient::connect(&base, "topics=x").await;
+    emit_range(&db, "x", 1, 1).await;
+    next_event(&mut ws.rx).await;
+    db.batch_execute("SELECT pg_stat_reset_shared('bgwriter')")
+        .await
+        .unwrap();
+    told_to_resync(&mut ws).await;
+    let (status, body) = poll_raw(&base, "topics=x").await;
+    assert_eq!(status, 200, "{body}");
+    let after = body["cursor"].as_str().unwrap().to_owned();
+    emit_range(&db, "x", 2, 2).await;
+    let mut got = Vec::new();
+    for _ in 0..100 {
+        let (status, body) = poll_raw(&base, &format!("topics=x&cursor={after}&wait=5")).await;
+        assert_eq!(status, 200, "{body}");
+        got = events_of(&body);
+        if !got.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].data["n"], json!(2));
     assert_eq!(srv.metric("rowcast_source_database_crashes_total"), 1.0);
     srv.stop().await;
 }
