@@ -344,7 +344,7 @@ impl Metrics {
         let sockets_closed = IntCounterVec::new(
             Opts::new(
                 "rowcast_sockets_closed_total",
-                "Connections the server closed while they had no request in flight: idle (no request within the header timeout) or shed (to make room at the socket cap or when out of file descriptors)",
+                "Connections the server closed to bound them: idle (no request within the header timeout), shed (to make room at the socket cap or when out of file descriptors), refused (a new connection at the cap with nothing to shed)",
             ),
             &["reason"],
         )?;
@@ -440,7 +440,7 @@ impl Metrics {
         for r in ["ok", "conflict", "error"] {
             checkouts.with_label_values(&[r]);
         }
-        for r in ["idle", "shed"] {
+        for r in ["idle", "shed", "refused"] {
             sockets_closed.with_label_values(&[r]);
         }
         for r in [

@@ -14,26 +14,31 @@
 //!   (`--header-timeout`): that is the deadline for the first request bytes,
 //!   and the idle timeout of kept-alive HTTP/1 and HTTP/2 connections alike.
 //! - Every socket, idle or not, counts against one global cap (`--max-sockets`).
-//!   A socket accepted at the cap, or an `accept` failing for lack of file
-//!   descriptors, sheds the *oldest idle* socket.
-//! - With no idle socket, a socket accepted at the cap sheds a request in
-//!   flight from the client address that holds the most sockets (IPv6: the
-//!   /64, `limits::client_block`), when that address holds at least two
-//!   more than the newcomer's would: its oldest socket that hyper serves and
-//!   that is not upgraded (a request whose body or answer is still on its
-//!   way: an Engine.IO POST, a Socket.IO long poll; its client sees the
-//!   connection closed and retries). Requests in flight are bounded per
-//!   address by the request limits only where they count as connections
-//!   (WebSockets, SSE streams, long polls); others (a request body trickled
-//!   up to the header timeout) are bounded by this: many addresses together
-//!   cannot fill the cap and keep a newcomer from another address, or a
-//!   probe of `/healthz`, out. Logged at WARN once a minute at most.
+//!   A socket accepted at the cap makes room by shedding, in this order:
+//!   1. a socket of another client address (IPv6: the /64,
+//!      `limits::client_block`) that holds at least two more sockets than
+//!      the newcomer's would, the address holding most first: its oldest
+//!      idle socket, else its oldest request in flight that hyper serves
+//!      (an Engine.IO POST whose body is still coming, a Socket.IO long
+//!      poll; its client sees the connection close and retries);
+//!   2. else the newcomer's own address's oldest idle socket;
+//!   3. else the oldest idle socket of all, once it has been idle for
+//!      `IDLE_GRACE` (a client that just connected has that long to send
+//!      its request).
+//!
+//!   With nothing to shed, the newcomer is closed (`{reason="refused"}`,
+//!   logged at WARN once a minute at most, as the shedding of requests in
+//!   flight is). So neither silent sockets nor requests that trickle, from
+//!   one address or from many, keep a newcomer of an address holding fewer
+//!   out (a probe of `/healthz` included); the price falls on the address
+//!   holding most (a NAT with many clients is one), at the cap only.
+//!   An `accept` failing for lack of file descriptors sheds the oldest
+//!   idle socket.
 //! - Never shed while busy: a socket upgraded to WebSocket (never idle
 //!   again: the session owns it) or handed to an SSE stream on its raw
 //!   socket, and an answer served without hyper (`direct_http1`): their
 //!   tasks hold the descriptor and do not watch for shedding, and they are
-//!   bounded by the request limits. With nothing to shed, the newcomer is
-//!   the one closed.
+//!   bounded by the request limits.
 
 use prometheus::{IntCounter, IntGauge};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -52,6 +57,8 @@ pub(crate) struct SocketMetrics {
     pub closed_idle: IntCounter,
     /// Closed to make room: at the cap, or out of file descriptors.
     pub shed: IntCounter,
+    /// Newcomers closed at once: at the cap with nothing to shed.
+    pub refused: IntCounter,
     pub accept_errors: IntCounter,
     /// Socket-level write timeouts, by the transport that owned the connection.
     pub stalled: [IntCounter; crate::metrics::Transport::ALL.len()],
@@ -64,6 +71,7 @@ impl SocketMetrics {
             open: m.sockets.clone(),
             closed_idle: m.sockets_closed.with_label_values(&["idle"]),
             shed: m.sockets_closed.with_label_values(&["shed"]),
+            refused: m.sockets_closed.with_label_values(&["refused"]),
             accept_errors: m.accept_errors.clone(),
             stalled: crate::metrics::Transport::ALL
                 .map(|t| m.slow_consumer_drops.with_label_values(&[t.as_str()])),
@@ -82,6 +90,7 @@ pub(crate) struct Sockets {
     /// Counted sockets by client address, for shedding at the cap.
     by_addr: Mutex<ByAddr>,
     busy_shed_log: crate::logging::Throttle,
+    refused_log: crate::logging::Throttle,
     /// Signalled whenever a socket's file descriptor is released.
     released: Notify,
     pub metrics: SocketMetrics,
@@ -110,6 +119,26 @@ impl ByAddr {
             .insert(socket.id, Arc::clone(socket));
     }
 
+    /// `addr`'s socket to shed: its oldest idle one, else (with `busy`) its
+    /// oldest request in flight that hyper serves; among its
+    /// `EXAMINE_SOCKETS` oldest.
+    fn victim_of(&self, addr: IpAddr, busy: bool) -> Option<Arc<Socket>> {
+        let mut in_flight = None;
+        for s in self.sockets.get(&addr)?.values().take(EXAMINE_SOCKETS) {
+            let st = s.state();
+            if !st.sheddable() || s.shed.load(Ordering::Acquire) {
+                continue;
+            }
+            if st.idle_since.is_some() {
+                return Some(Arc::clone(s));
+            }
+            if busy && in_flight.is_none() {
+                in_flight = Some(Arc::clone(s));
+            }
+        }
+        in_flight
+    }
+
     fn remove(&mut self, socket: &Socket) {
         let Some(of_addr) = self.sockets.get_mut(&socket.addr) else {
             return;
@@ -127,8 +156,16 @@ impl ByAddr {
     }
 }
 
-/// At most one WARN line about shedding requests in flight per this interval.
-const BUSY_SHED_LOG_EVERY: Duration = Duration::from_secs(60);
+/// At most one WARN line about shedding requests in flight, and one about
+/// refusing newcomers, per this interval.
+const CAP_LOG_EVERY: Duration = Duration::from_secs(60);
+/// How long a socket may stay idle at the cap before any newcomer may shed
+/// it (step 3 of the module doc).
+const IDLE_GRACE: Duration = Duration::from_secs(1);
+/// Addresses, and sockets of each, looked at for step 1 at most: the rule
+/// runs for every socket accepted at the cap.
+const EXAMINE_ADDRESSES: usize = 16;
+const EXAMINE_SOCKETS: usize = 64;
 
 /// One accepted connection.
 pub(crate) struct Socket {
@@ -159,6 +196,14 @@ struct State {
     closed: bool,
 }
 
+impl State {
+    /// Whether the socket may be shed now: idle, or busy on hyper, and
+    /// neither upgraded nor closed.
+    fn sheddable(&self) -> bool {
+        !self.upgraded && !self.closed && (self.idle_since.is_some() || self.hyper)
+    }
+}
+
 /// What the connection's driver should do next.
 pub(crate) enum Next {
     /// Nothing to watch but the connection itself.
@@ -178,7 +223,8 @@ impl Sockets {
             next_id: AtomicU64::new(0),
             idle: Mutex::new(BTreeMap::new()),
             by_addr: Mutex::new(ByAddr::default()),
-            busy_shed_log: crate::logging::Throttle::new(BUSY_SHED_LOG_EVERY),
+            busy_shed_log: crate::logging::Throttle::new(CAP_LOG_EVERY),
+            refused_log: crate::logging::Throttle::new(CAP_LOG_EVERY),
             released: Notify::new(),
             metrics,
         })
@@ -194,11 +240,16 @@ impl Sockets {
     /// doc): close the newcomer.
     pub(crate) fn register(self: &Arc<Self>, peer: IpAddr) -> Option<Arc<Socket>> {
         let addr = crate::limits::client_block(peer);
-        if self.open.load(Ordering::Relaxed) >= self.max
-            && !self.shed_oldest()
-            && !self.shed_busy_for(addr)
-        {
-            self.metrics.shed.inc();
+        if self.open.load(Ordering::Relaxed) >= self.max && !self.make_room(addr) {
+            self.metrics.refused.inc();
+            if let Some(left_out) = self.refused_log.ready() {
+                tracing::warn!(
+                    max_sockets = self.max,
+                    %peer,
+                    left_out,
+                    "at --max-sockets with nothing to shed: closed a new connection"
+                );
+            }
             return None;
         }
         self.open.fetch_add(1, Ordering::Relaxed);
@@ -226,64 +277,82 @@ impl Sockets {
         Some(socket)
     }
 
-    /// At the cap with nothing idle: sheds the oldest request in flight that
-    /// hyper serves of the address holding the most sockets, if it holds
-    /// at least two more than `addr` would (module doc). False when there
-    /// is none to shed.
-    fn shed_busy_for(&self, addr: IpAddr) -> bool {
-        let (victim, held) = {
-            let mut by = self.addr_map();
-            let Some(&(held, top)) = by.ranked.last() else {
-                return false;
+    /// At the cap: sheds a socket for a newcomer from `addr`, by the rule
+    /// of the module doc. False when there is none to shed.
+    fn make_room(&self, addr: IpAddr) -> bool {
+        let (fair, own) = {
+            let by = self.addr_map();
+            let fair = by
+                .ranked
+                .iter()
+                .rev()
+                .take(EXAMINE_ADDRESSES)
+                .take_while(|(held, _)| *held >= by.count(addr) + 2)
+                .find_map(|(held, other)| Some((by.victim_of(*other, true)?, *held)));
+            let own = match fair {
+                Some(_) => None,
+                None => by.victim_of(addr, false),
             };
-            if held < by.count(addr) + 2 {
+            (fair, own)
+        };
+        if let Some((victim, held)) = fair {
+            let busy = victim.state().idle_since.is_none();
+            if !self.shed(&victim) {
                 return false;
             }
-            let victim = by.sockets.get(&top).and_then(|of_top| {
-                of_top
-                    .values()
-                    .find(|s| {
-                        // idle ones are `shed_oldest`'s
-                        let st = s.state();
-                        st.hyper && !st.upgraded && !st.closed && st.idle_since.is_none()
-                    })
-                    .cloned()
-            });
-            let Some(victim) = victim else {
+            if busy {
+                if let Some(left_out) = self.busy_shed_log.ready() {
+                    tracing::warn!(
+                        max_sockets = self.max,
+                        client = %victim.addr,
+                        sockets_of_client = held,
+                        left_out,
+                        "at --max-sockets: closed a request in flight of a client address holding many sockets, to let a connection from another in"
+                    );
+                }
+            }
+            return true;
+        }
+        if let Some(victim) = own {
+            return self.shed(&victim);
+        }
+        let oldest = self
+            .idle_map()
+            .first_key_value()
+            .map(|(k, s)| (k.0, Arc::clone(s)));
+        match oldest {
+            Some((since, victim)) if since + IDLE_GRACE <= Instant::now() => self.shed(&victim),
+            _ => false,
+        }
+    }
+
+    /// Closes `victim` to make room, if it may still be shed (not upgraded,
+    /// not closed: idle, or busy on hyper); false otherwise.
+    fn shed(&self, victim: &Arc<Socket>) -> bool {
+        {
+            let mut st = victim.state();
+            if !st.sheddable() || victim.shed.load(Ordering::Acquire) {
                 return false;
-            };
-            by.remove(&victim);
-            (victim, held)
-        };
-        victim.shed.store(true, Ordering::Release);
+            }
+            if let Some(since) = st.idle_since.take() {
+                self.idle_map().remove(&(since, victim.id));
+            }
+            victim.shed.store(true, Ordering::Release);
+        }
         victim.uncount();
         victim.wake.notify_one();
         self.metrics.shed.inc();
-        if let Some(left_out) = self.busy_shed_log.ready() {
-            tracing::warn!(
-                max_sockets = self.max,
-                client = %victim.addr,
-                sockets_of_client = held,
-                left_out,
-                "at --max-sockets with no idle socket: closed a request in flight of the client address holding the most sockets, to let a connection from another in"
-            );
-        }
         true
     }
 
-    /// Asks the oldest idle socket to close. False when no socket is idle.
+    /// Asks the oldest idle socket to close (out of file descriptors).
+    /// False when no socket is idle.
     pub(crate) fn shed_oldest(&self) -> bool {
-        let victim = self.idle_map().pop_first();
-        match victim {
-            Some((_, s)) => {
-                s.shed.store(true, Ordering::Release);
-                s.uncount();
-                s.wake.notify_one();
-                self.metrics.shed.inc();
-                true
-            }
-            None => false,
-        }
+        let oldest = self
+            .idle_map()
+            .first_key_value()
+            .map(|(_, s)| Arc::clone(s));
+        oldest.is_some_and(|s| self.shed(&s))
     }
 
     /// Completes when some socket's descriptor is released (or after `max`).
@@ -621,6 +690,7 @@ mod tests {
             open: IntGauge::new("g", "g").unwrap(),
             closed_idle: c(),
             shed: c(),
+            refused: c(),
             accept_errors: c(),
             stalled: [c(), c(), c(), c(), c()],
         }
@@ -654,18 +724,19 @@ mod tests {
         text.parse().unwrap()
     }
 
+    fn busy(s: &Arc<Socket>) -> RequestGuard {
+        s.served_by_hyper();
+        s.begin_request()
+    }
+
     /// r15: requests in flight (trickled Engine.IO POSTs) from a few
-    /// addresses filled the cap, and every newcomer was closed. At the cap
-    /// with nothing idle, a newcomer now sheds the oldest request in flight
-    /// that hyper serves of the address holding the most sockets, if that
-    /// holds at least two more than the newcomer's would.
+    /// addresses filled the cap, and every newcomer was closed. At the cap a
+    /// newcomer now sheds from an address holding at least two more sockets
+    /// than its own would, the address holding most first: its oldest idle
+    /// socket, else its oldest request in flight that hyper serves.
     #[tokio::test]
-    async fn at_the_cap_a_newcomer_sheds_a_request_in_flight_of_the_top_address() {
+    async fn at_the_cap_a_newcomer_sheds_from_the_address_holding_most() {
         let reg = Sockets::new(4, Duration::from_secs(60), metrics());
-        let busy = |s: &Arc<Socket>| {
-            s.served_by_hyper();
-            s.begin_request()
-        };
         let a = ip("10.0.0.1");
         let a1 = reg.register(a).unwrap();
         let g1 = busy(&a1);
@@ -690,6 +761,7 @@ mod tests {
         // a 2, b 1, c 1: a newcomer of b (1 + 2 > 2) or of a is refused
         assert!(reg.register(ip("10.0.0.2")).is_none());
         assert!(reg.register(a).is_none());
+        assert_eq!(reg.metrics.refused.get(), 2);
         // one of a fresh IPv6 /64 (0 + 2 <= 2) takes a's oldest in flight
         let d1 = reg.register(ip("2001:db8:1:2::1")).unwrap();
         assert!(matches!(a2.next(), Next::Shed));
@@ -697,20 +769,80 @@ mod tests {
         // the /64 counts as one: a, b, c and d hold 1 each now
         assert!(reg.register(ip("2001:db8:1:2::99")).is_none());
         assert_eq!(reg.open(), 4);
+    }
 
-        // upgraded sockets and answers served without hyper are never shed
-        let reg = Sockets::new(2, Duration::from_secs(60), metrics());
-        let x1 = reg.register(a).unwrap();
-        let _h1 = busy(&x1);
-        x1.upgraded();
-        let x2 = reg.register(a).unwrap();
-        let _h2 = x2.begin_request();
-        assert!(reg.register(ip("10.0.0.9")).is_none());
-        assert!(matches!(x1.next(), Next::Busy) && matches!(x2.next(), Next::Busy));
+    /// r17: an address holding most, but only sockets that are never shed
+    /// (WebSockets, answers served without hyper), kept every newcomer out
+    /// although the next address held requests that could go. The next
+    /// address holding enough is looked at then; and an address's idle
+    /// socket goes before its requests in flight.
+    #[tokio::test]
+    async fn an_address_holding_only_unsheddable_sockets_is_passed_over() {
+        let reg = Sockets::new(6, Duration::from_secs(60), metrics());
+        let a = ip("10.0.0.1");
+        let mut held = Vec::new();
+        for i in 0..3 {
+            let s = reg.register(a).unwrap();
+            let g = busy(&s);
+            if i == 0 {
+                s.upgraded();
+            }
+            held.push((s, g));
+        }
+        let direct = reg.register(a).unwrap();
+        let _d = direct.begin_request();
+        let b = ip("10.0.0.2");
+        let b1 = reg.register(b).unwrap();
+        let _gb1 = busy(&b1);
+        let b2 = reg.register(b).unwrap();
+        // a holds 4 and b 2: a's first sheddable socket is its second
+        let c1 = reg.register(ip("10.0.0.3")).unwrap();
+        assert!(matches!(held[1].0.next(), Next::Shed));
+        let _gc1 = busy(&c1);
+        let c2 = reg.register(ip("10.0.0.4")).unwrap();
+        assert!(matches!(held[2].0.next(), Next::Shed));
+        let _gc2 = busy(&c2);
+        // a: the upgraded one and the direct answer (2), b 2, c 1, d 1: a
+        // newcomer of e (0) looks at a, finds nothing to shed, and takes b's
+        // idle socket before its request in flight
+        let e1 = reg.register(ip("10.0.0.5")).unwrap();
+        assert!(matches!(b2.next(), Next::Shed));
+        assert!(matches!(b1.next(), Next::Busy));
+        assert!(matches!(held[0].0.next(), Next::Busy) && matches!(direct.next(), Next::Busy));
         // the per-address counts follow closes
-        x1.close();
-        x2.close();
+        for (s, _) in &held {
+            s.close();
+        }
+        for s in [&direct, &b1, &b2, &c1, &c2, &e1] {
+            s.close();
+        }
+        assert_eq!(reg.open(), 0);
         assert!(reg.addr_map().sockets.is_empty() && reg.addr_map().ranked.is_empty());
+    }
+
+    /// A newcomer of the address holding most sheds its own address's oldest
+    /// idle socket; the oldest idle socket of all goes to anyone only once it
+    /// has been idle for `IDLE_GRACE` (r17: an attacker's connections shed
+    /// every newcomer that had not yet sent its request).
+    #[tokio::test(start_paused = true)]
+    async fn idle_sockets_go_to_their_own_address_or_after_a_grace() {
+        let reg = Sockets::new(3, Duration::from_secs(60), metrics());
+        let a = ip("10.0.0.1");
+        let a1 = reg.register(a).unwrap();
+        let _g1 = busy(&a1);
+        let a2 = reg.register(a).unwrap();
+        let _g2 = busy(&a2);
+        let b1 = reg.register(ip("10.0.0.2")).unwrap();
+        // a (2) cannot shed from b (1), has nothing idle of its own, and b's
+        // idle socket is new: refused
+        assert!(reg.register(a).is_none());
+        tokio::time::advance(IDLE_GRACE).await;
+        let a3 = reg.register(a).unwrap();
+        assert!(matches!(b1.next(), Next::Shed));
+        // a's own idle socket goes to a's next newcomer at once
+        let a4 = reg.register(a).unwrap();
+        assert!(matches!(a3.next(), Next::Shed));
+        assert!(matches!(a4.next(), Next::IdleUntil(_)));
     }
 
     #[tokio::test]
