@@ -49,7 +49,8 @@ WITH p AS MATERIALIZED (
 ///   open, lack nothing.
 /// - `era` ([`era_sql`]): when PostgreSQL last began its statistics afresh
 ///   (`pg_stat_bgwriter.stats_reset`, ms since 2000), combined with
-///   `rowcast.retention.era_token` (`sql/020_era_token.sql`). Crash
+///   `rowcast.retention.era_token` (`sql/020_era_token.sql`) and the WAL
+///   timeline (a promoted standby, a point-in-time recovery: a new one). Crash
 ///   recovery begins the statistics afresh and a clean restart does not
 ///   (its shutdown checkpoint keeps them, as it keeps the xid counter).
 ///   After a crash, transaction ids that were assigned but not yet durable
@@ -58,8 +59,9 @@ WITH p AS MATERIALIZED (
 ///   finished: read by its xids it would skip the changes written under
 ///   them. A rewind that keeps the statistics (a restored file-system copy
 ///   of a stopped cluster, a standby made from one and promoted) does the
-///   same; a node whose source finds the database's xmax behind its own
-///   position draws a new token (`Source::take_position`). So every
+///   same; a node whose source finds that the database started from a
+///   checkpoint whose next xid is below its own position's xmax, or whose
+///   xmax is behind it, draws a new token (`Source::take_position`). So every
 ///   snapshot carries the era it was taken in (`Snapshot::era`, cursors
 ///   since version 2), and a position of another era is expired: its
 ///   client resyncs, whichever node it comes to (connected clients: the
@@ -67,9 +69,10 @@ WITH p AS MATERIALIZED (
 ///   the bgwriter's statistics (or of all shared ones) is taken for a
 ///   crash: one resync of every client, nothing lost. A position of
 ///   unknown era (0: a version-1 cursor) is read by its xids as before
-///   (across a crash it can skip changes, as before eras). A rewind no
-///   running node saw (every node down across it) is not told unless the
-///   statistics moved: cursors from before it that name an xmax the
+///   (across a crash it can skip changes, as before eras). A rewind that
+///   kept the statistics and the timeline, and that no node came back to
+///   before PostgreSQL's next checkpoint with the counter already past its
+///   position, is not told: cursors from before it that name an xmax the
 ///   database has not reached answer `cursor_unknown`, others are read by
 ///   their xids.
 ///   Catch-up reads read the era with their snapshot; the source's reads
@@ -97,9 +100,9 @@ pub(crate) fn no_retention_row() -> crate::error::Error {
 }
 
 /// The database's era ([`Watermarks`]) as SQL, to be evaluated where
-/// `rowcast.retention`'s row is in scope (its `era_token` XORed in, when the
-/// database has it): never 0 (a cluster whose statistics were never reset,
-/// and no token, is era 1).
+/// `rowcast.retention`'s row is in scope: the statistics' time, its
+/// `era_token` (when the database has it) and the WAL timeline (shifted
+/// past the time's bits) XORed together; never 0.
 pub(crate) fn era_sql(schema: Schema) -> String {
     let token = match schema.era_token {
         true => " # era_token",
@@ -107,7 +110,8 @@ pub(crate) fn era_sql(schema: Schema) -> String {
     };
     format!(
         "greatest(coalesce((extract(epoch FROM pg_stat_get_bgwriter_stat_reset_time()
-    - timestamptz '2000-01-01 00:00:00+00') * 1000)::int8, 1){token}, 1)"
+    - timestamptz '2000-01-01 00:00:00+00') * 1000)::int8, 1){token}
+    # (('x' || lpad(substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8), 16, '0'))::bit(64)::int8 << 44), 1)"
     )
 }
 

@@ -130,7 +130,7 @@ const BATCH_TARGET: f64 = 2.0;
 const NOTIFY_GRACE: Duration = Duration::from_millis(200);
 /// How often the source asks the database's era besides when a catch-up
 /// read tells of another one (`Source::take_position`): one short query.
-const ERA_CHECK_EVERY: Duration = Duration::from_secs(5);
+const ERA_CHECK_EVERY: Duration = Duration::from_secs(1);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
@@ -276,12 +276,13 @@ impl Source {
                  SET synchronous_commit = off",
             )
             .await?;
+        crate::failpoints::hit_for("source.connect", ()).await;
         let mut doorbell = Doorbell::prepare(&client, &arm_client).await?;
         let arm_client = Arc::new(arm_client);
         let schema = changelog::Schema::of(&client).await?;
         self.hub.set_schema(schema);
         let stmt = client.prepare(&changelog::sql(false, schema)).await?;
-        self.take_position(&client, schema).await?;
+        self.take_position(&client, schema, true).await?;
         self.set_connected(true);
         tracing::info!("source connected; catching up");
 
@@ -311,7 +312,7 @@ impl Source {
             }
             if self.hub.take_era_hint() || era_checked.elapsed() >= ERA_CHECK_EVERY {
                 era_checked = Instant::now();
-                self.take_position(&client, schema).await?;
+                self.take_position(&client, schema, false).await?;
             }
             let disarm = match std::mem::take(&mut disarm_first) {
                 true => doorbell.disarm_call(),
@@ -485,32 +486,42 @@ impl Source {
     /// brings the source back here (`Hub::take_era_hint`), and so does every
     /// `ERA_CHECK_EVERY` (a reset of the statistics by hand while no client
     /// catches up).
-    async fn take_position(&mut self, client: &Client, schema: changelog::Schema) -> Result<()> {
-        let now = current_position(client, schema).await?;
-        let (now, cause) = match &self.position {
-            None => {
-                self.hub.close_batch(now.clone());
-                self.position = Some(now);
-                return Ok(());
+    async fn take_position(
+        &mut self,
+        client: &Client,
+        schema: changelog::Schema,
+        connecting: bool,
+    ) -> Result<()> {
+        let now = Current::read(client, schema).await?;
+        let Some(p) = &self.position else {
+            self.hub.close_batch(now.snap.clone());
+            self.position = Some(now.snap);
+            return Ok(());
+        };
+        let started_below = match connecting {
+            true => started_from(client).await.is_some_and(|next| next < p.xmax),
+            false => false,
+        };
+        let (now, cause) = if !p.in_era(now.snap.era) {
+            (now.snap, "PostgreSQL went through crash recovery, its statistics were reset, it was promoted or recovered to a point in time, or another node found it rewound")
+        } else if started_below || now.snap.xmax < p.xmax {
+            if let Some(seen) = now.token {
+                // one draw per rewind: a node that finds the token drawn
+                // already by another takes that era
+                client
+                    .execute(
+                        "UPDATE rowcast.retention SET era_token = (random() * 9.2e18)::int8
+                          WHERE id = 1 AND era_token = $1",
+                        &[&seen],
+                    )
+                    .await?;
+            } else {
+                tracing::error!("rowcast.retention.era_token is missing (run `rowcast migrate`): cursors from before the rewind are read by their ids on other nodes");
             }
-            Some(p) if !p.in_era(now.era) => (now, "PostgreSQL went through crash recovery, its statistics were reset, or another node found it rewound"),
-            Some(p) if now.xmax < p.xmax => {
-                if !schema.era_token {
-                    tracing::error!("rowcast.retention.era_token is missing (run `rowcast migrate`): cursors from before the rewind are read by their ids on other nodes");
-                    (now, "the database's transaction counter is behind this node's position (restored from a copy, or a standby made from one promoted)")
-                } else {
-                    client
-                        .batch_execute(
-                            "BEGIN; SET LOCAL synchronous_commit = on;
-                             UPDATE rowcast.retention SET era_token = (random() * 9.2e18)::int8 WHERE id = 1;
-                             COMMIT",
-                        )
-                        .await?;
-                    let now = current_position(client, schema).await?;
-                    (now, "the database's transaction counter is behind this node's position (restored from a copy, or a standby made from one promoted): a new era drawn")
-                }
-            }
-            Some(_) => return Ok(()),
+            let now = Current::read(client, schema).await?;
+            (now.snap, "the database started from a checkpoint behind this node's position, or its transaction counter is behind it (restored from a file-system copy, or a standby made from one promoted)")
+        } else {
+            return Ok(());
         };
         self.open = None;
         let resynced = self.hub.restart_at(now.clone());
@@ -696,20 +707,63 @@ struct OpenBatch {
     upto: Snapshot,
 }
 
-/// The database's current snapshot, taken in its era.
-async fn current_position(client: &Client, schema: changelog::Schema) -> Result<Snapshot> {
+/// The database's current snapshot, taken in its era, and its era token
+/// (`None` on a database without one).
+struct Current {
+    snap: Snapshot,
+    token: Option<i64>,
+}
+
+impl Current {
+    async fn read(client: &Client, schema: changelog::Schema) -> Result<Current> {
+        let token = match schema.era_token {
+            true => "era_token",
+            false => "NULL::int8",
+        };
+        let row = client
+            .query_one(
+                &format!(
+                    "SELECT pg_current_snapshot()::text, r.era, r.token
+                       FROM (SELECT {} AS era, {token} AS token FROM rowcast.retention) r
+                      RIGHT JOIN (VALUES (1)) v ON true",
+                    changelog::era_sql(schema)
+                ),
+                &[],
+            )
+            .await?;
+        let era: Option<i64> = row.try_get(1)?;
+        let era = era.ok_or_else(changelog::no_retention_row)?;
+        Ok(Current {
+            snap: Snapshot::parse(row.try_get(0)?)?.with_era(era as u64),
+            token: row.try_get(2)?,
+        })
+    }
+}
+
+/// The next xid of the checkpoint PostgreSQL started from, while that is
+/// still its latest (a checkpoint taken before this start: a clean
+/// shutdown's, or the one a copy of the cluster was made at). Its xid
+/// counter started there: a position whose xmax is past it was taken in a
+/// history the database no longer has. `None` when unknown (a checkpoint
+/// since, or the function refused).
+async fn started_from(client: &Client) -> Option<u64> {
     let row = client
-        .query_one(
-            &format!(
-                "SELECT pg_current_snapshot()::text, (SELECT {} FROM rowcast.retention)",
-                changelog::era_sql(schema)
-            ),
+        .query_opt(
+            "SELECT (split_part(next_xid, ':', 1)::int8 << 32) + split_part(next_xid, ':', 2)::int8
+               FROM pg_control_checkpoint()
+              WHERE checkpoint_time <= pg_postmaster_start_time()",
             &[],
         )
-        .await?;
-    let era: Option<i64> = row.try_get(1)?;
-    let era = era.ok_or_else(changelog::no_retention_row)?;
-    Ok(Snapshot::parse(row.try_get(0)?)?.with_era(era as u64))
+        .await;
+    match row {
+        Ok(row) => row
+            .and_then(|r| r.try_get::<_, i64>(0).ok())
+            .map(|x| x as u64),
+        Err(e) => {
+            tracing::debug!(error = %e, "pg_control_checkpoint() not read");
+            None
+        }
+    }
 }
 
 #[cfg(test)]

@@ -542,7 +542,10 @@ async fn a_restored_copy_of_the_database_makes_clients_resync() {
     let before = body["cursor"].as_str().unwrap().to_owned();
     let xmax = rowcast::cursor::Cursor::decode(&before).unwrap().lo.xmax;
     drop(db);
-    // put the copy back
+    // put the copy back; the node connects again only after the app has
+    // written under a reused id and taken the counter past its position
+    // (r19: a node that came back late found the counter ahead and read on)
+    let late = rowcast::failpoints::hold("source.connect", ());
     pg_do(EmbeddedPg::stop).await;
     wait_readyz(&base, 503).await;
     std::fs::remove_dir_all(&data).expect("remove the data directory");
@@ -560,6 +563,18 @@ async fn a_restored_copy_of_the_database_makes_clients_resync() {
         "the copy handed no id out again (xid {}, position's xmax {xmax})",
         reused[0]
     );
+    for _ in 0..100 {
+        db.batch_execute("SELECT pg_current_xact_id()")
+            .await
+            .unwrap();
+    }
+    let now = column_i64(
+        &db,
+        "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::int8",
+    )
+    .await;
+    assert!(now[0] as u64 > xmax, "the counter passed the old position");
+    late.release();
     wait_readyz(&base, 200).await;
     told_to_resync(&mut ws).await;
     let (status, body) = poll_raw(&base, &format!("topics=x&cursor={before}")).await;

@@ -298,7 +298,7 @@ impl From<FeedError> for ApiError {
             ),
             FeedError::Expired => ApiError::new(
                 ErrorCode::CursorExpired,
-                "changes after the cursor may be gone (older than the change log's retention, or declared lost)",
+                "changes after the cursor may be gone (older than the change log's retention, declared lost, or from before a PostgreSQL crash or rewind)",
             ),
             FeedError::NotReady => ApiError::new(
                 ErrorCode::Unavailable,

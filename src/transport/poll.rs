@@ -114,7 +114,7 @@ async fn open(app: Arc<App>, req: StreamRequest) -> Result<Opened, ApiError> {
         let (code, why) = match n {
             Notice::CursorExpired => (
                 ErrorCode::CursorExpired,
-                "changes after the cursor may be gone (older than the change log's retention, or declared lost)",
+                "changes after the cursor may be gone (older than the change log's retention, declared lost, or from before a PostgreSQL crash or rewind)",
             ),
             Notice::CursorUnknown => (
                 ErrorCode::CursorUnknown,
