@@ -15,12 +15,13 @@
 //!   and the idle timeout of kept-alive HTTP/1 and HTTP/2 connections alike.
 //! - Every socket, idle or not, counts against one global cap (`--max-sockets`).
 //!   A socket accepted at the cap makes room by shedding, in this order:
-//!   1. a socket of another client address (IPv6: the /64,
-//!      `limits::client_block`) that holds at least two more sockets than
-//!      the newcomer's would, the address holding most first: its oldest
-//!      idle socket, else its oldest request in flight that hyper serves
-//!      (an Engine.IO POST whose body is still coming, a Socket.IO long
-//!      poll; its client sees the connection close and retries);
+//!   1. a socket of the client address (IPv6: the /64,
+//!      `limits::client_block`) holding the most sockets among those that
+//!      have one that may be shed, if it holds at least two more than the
+//!      newcomer's address: its oldest idle socket, else its oldest request
+//!      in flight that hyper serves (an Engine.IO POST whose body is still
+//!      coming, a Socket.IO long poll; its client sees the connection close
+//!      and retries);
 //!   2. else the newcomer's own address's oldest idle socket;
 //!   3. else the oldest idle socket of all, once it has been idle for
 //!      `IDLE_GRACE` (a client that just connected has that long to send
@@ -31,7 +32,10 @@
 //!   flight is). So neither silent sockets nor requests that trickle, from
 //!   one address or from many, keep a newcomer of an address holding fewer
 //!   out (a probe of `/healthz` included); the price falls on the address
-//!   holding most (a NAT with many clients is one), at the cap only.
+//!   holding most (a NAT with many clients is one), at the cap only. What
+//!   it cannot help against: the cap held by so many addresses that none
+//!   holds two more than a newcomer's (a botnet; on IPv6, one /50 holds
+//!   16,384 /64s), with nothing idle for `IDLE_GRACE`.
 //!   An `accept` failing for lack of file descriptors sheds the oldest
 //!   idle socket.
 //! - Never shed while busy: a socket upgraded to WebSocket (never idle
@@ -96,63 +100,120 @@ pub(crate) struct Sockets {
     pub metrics: SocketMetrics,
 }
 
-/// The counted sockets of each client address, and the addresses ranked by
-/// how many they hold.
+/// The counted sockets of each client address, which of them may be shed
+/// now, and the addresses ranked by how many sockets they hold (all of
+/// them; and those with a socket that may be shed). Kept up at every change
+/// of a socket's state (`Socket::track`), so that making room at the cap
+/// reads it without looking at any socket (r20: a bounded look was walked
+/// around with 64 unsheddable sockets first, or 16 such addresses on top).
 #[derive(Default)]
 struct ByAddr {
-    sockets: HashMap<IpAddr, BTreeMap<u64, Arc<Socket>>>,
+    sockets: HashMap<IpAddr, OfAddr>,
     ranked: BTreeSet<(usize, IpAddr)>,
+    ranked_sheddable: BTreeSet<(usize, IpAddr)>,
+}
+
+#[derive(Default)]
+struct OfAddr {
+    all: BTreeMap<u64, Arc<Socket>>,
+    /// Idle sockets, by id (accept order).
+    idle: BTreeSet<u64>,
+    /// Requests in flight that hyper serves.
+    in_flight: BTreeSet<u64>,
+}
+
+impl OfAddr {
+    fn sheddable(&self) -> bool {
+        !self.idle.is_empty() || !self.in_flight.is_empty()
+    }
+}
+
+/// What a socket is for shedding (`Socket::track`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Idle,
+    InFlight,
+    /// Never shed now: upgraded, handed to its own task, served directly.
+    Fixed,
 }
 
 impl ByAddr {
     fn count(&self, addr: IpAddr) -> usize {
-        self.sockets.get(&addr).map_or(0, BTreeMap::len)
+        self.sockets.get(&addr).map_or(0, |a| a.all.len())
+    }
+
+    /// Runs `f` on `addr`'s sockets and keeps both rankings right.
+    fn change(&mut self, addr: IpAddr, f: impl FnOnce(&mut OfAddr)) {
+        let of = self.sockets.entry(addr).or_default();
+        let n = of.all.len();
+        f(of);
+        let (m, shed_now) = (of.all.len(), of.sheddable());
+        if m == 0 {
+            self.sockets.remove(&addr);
+        }
+        self.ranked.remove(&(n, addr));
+        self.ranked_sheddable.remove(&(n, addr));
+        if m > 0 {
+            self.ranked.insert((m, addr));
+            if shed_now {
+                self.ranked_sheddable.insert((m, addr));
+            }
+        }
     }
 
     fn insert(&mut self, socket: &Arc<Socket>) {
-        let n = self.count(socket.addr);
-        self.ranked.remove(&(n, socket.addr));
-        self.ranked.insert((n + 1, socket.addr));
-        self.sockets
-            .entry(socket.addr)
-            .or_default()
-            .insert(socket.id, Arc::clone(socket));
+        self.change(socket.addr, |of| {
+            of.all.insert(socket.id, Arc::clone(socket));
+            of.idle.insert(socket.id);
+        });
     }
 
-    /// `addr`'s socket to shed: its oldest idle one, else (with `busy`) its
-    /// oldest request in flight that hyper serves; among its
-    /// `EXAMINE_SOCKETS` oldest.
-    fn victim_of(&self, addr: IpAddr, busy: bool) -> Option<Arc<Socket>> {
-        let mut in_flight = None;
-        for s in self.sockets.get(&addr)?.values().take(EXAMINE_SOCKETS) {
-            let st = s.state();
-            if !st.sheddable() || s.shed.load(Ordering::Acquire) {
-                continue;
+    fn set_mode(&mut self, socket: &Socket, mode: Mode) {
+        self.change(socket.addr, |of| {
+            if !of.all.contains_key(&socket.id) {
+                return;
             }
-            if st.idle_since.is_some() {
-                return Some(Arc::clone(s));
-            }
-            if busy && in_flight.is_none() {
-                in_flight = Some(Arc::clone(s));
-            }
-        }
-        in_flight
+            of.idle.remove(&socket.id);
+            of.in_flight.remove(&socket.id);
+            match mode {
+                Mode::Idle => of.idle.insert(socket.id),
+                Mode::InFlight => of.in_flight.insert(socket.id),
+                Mode::Fixed => false,
+            };
+        });
     }
 
     fn remove(&mut self, socket: &Socket) {
-        let Some(of_addr) = self.sockets.get_mut(&socket.addr) else {
+        if !self.sockets.contains_key(&socket.addr) {
             return;
+        }
+        self.change(socket.addr, |of| {
+            of.all.remove(&socket.id);
+            of.idle.remove(&socket.id);
+            of.in_flight.remove(&socket.id);
+        });
+    }
+
+    /// `addr`'s socket to shed: its oldest idle one, else (with `busy`) its
+    /// oldest request in flight that hyper serves.
+    fn victim_of(&self, addr: IpAddr, busy: bool) -> Option<Arc<Socket>> {
+        let of = self.sockets.get(&addr)?;
+        let id = match (of.idle.first(), busy) {
+            (Some(id), _) => id,
+            (None, true) => of.in_flight.first()?,
+            (None, false) => return None,
         };
-        let n = of_addr.len();
-        if of_addr.remove(&socket.id).is_none() {
-            return;
+        of.all.get(id).cloned()
+    }
+
+    /// Step 1 of the module doc: the address holding most among those with
+    /// a socket to shed, if it holds at least two more than `addr`.
+    fn fair_victim(&self, addr: IpAddr) -> Option<(Arc<Socket>, usize)> {
+        let &(held, top) = self.ranked_sheddable.last()?;
+        if top == addr || held < self.count(addr) + 2 {
+            return None;
         }
-        self.ranked.remove(&(n, socket.addr));
-        if n > 1 {
-            self.ranked.insert((n - 1, socket.addr));
-        } else {
-            self.sockets.remove(&socket.addr);
-        }
+        Some((self.victim_of(top, true)?, held))
     }
 }
 
@@ -162,10 +223,6 @@ const CAP_LOG_EVERY: Duration = Duration::from_secs(60);
 /// How long a socket may stay idle at the cap before any newcomer may shed
 /// it (step 3 of the module doc).
 const IDLE_GRACE: Duration = Duration::from_secs(1);
-/// Addresses, and sockets of each, looked at for step 1 at most: the rule
-/// runs for every socket accepted at the cap.
-const EXAMINE_ADDRESSES: usize = 16;
-const EXAMINE_SOCKETS: usize = 64;
 
 /// One accepted connection.
 pub(crate) struct Socket {
@@ -243,9 +300,11 @@ impl Sockets {
         if self.open.load(Ordering::Relaxed) >= self.max && !self.make_room(addr) {
             self.metrics.refused.inc();
             if let Some(left_out) = self.refused_log.ready() {
+                let top = self.addr_map().ranked.last().copied();
                 tracing::warn!(
                     max_sockets = self.max,
                     %peer,
+                    holding_most = ?top.map(|(n, a)| format!("{a} ({n} sockets)")),
                     left_out,
                     "at --max-sockets with nothing to shed: closed a new connection"
                 );
@@ -282,13 +341,7 @@ impl Sockets {
     fn make_room(&self, addr: IpAddr) -> bool {
         let (fair, own) = {
             let by = self.addr_map();
-            let fair = by
-                .ranked
-                .iter()
-                .rev()
-                .take(EXAMINE_ADDRESSES)
-                .take_while(|(held, _)| *held >= by.count(addr) + 2)
-                .find_map(|(held, other)| Some((by.victim_of(*other, true)?, *held)));
+            let fair = by.fair_victim(addr);
             let own = match fair {
                 Some(_) => None,
                 None => by.victim_of(addr, false),
@@ -383,6 +436,7 @@ impl Socket {
         if let Some(since) = st.idle_since.take() {
             self.registry.idle_map().remove(&(since, self.id));
         }
+        self.track(&st);
         RequestGuard {
             socket: Arc::clone(self),
         }
@@ -391,13 +445,33 @@ impl Socket {
     /// The connection was upgraded (WebSocket), or its raw socket handed to
     /// a task (an SSE stream): never idle again, never shed.
     pub(crate) fn upgraded(&self) {
-        self.state().upgraded = true;
+        let mut st = self.state();
+        st.upgraded = true;
+        self.track(&st);
     }
 
     /// hyper serves the connection from now on: its driver closes it when
     /// it is shed, busy or not (`Sockets::shed_busy_for`).
     pub(crate) fn served_by_hyper(&self) {
-        self.state().hyper = true;
+        let mut st = self.state();
+        st.hyper = true;
+        self.track(&st);
+    }
+
+    /// Tells the registry what the socket is now for shedding (`ByAddr`),
+    /// under the socket's lock (the order: a socket's state, then the
+    /// registry's maps).
+    fn track(&self, st: &State) {
+        let mode = if st.upgraded || st.closed {
+            Mode::Fixed
+        } else if st.idle_since.is_some() {
+            Mode::Idle
+        } else if st.hyper {
+            Mode::InFlight
+        } else {
+            Mode::Fixed
+        };
+        self.registry.addr_map().set_mode(self, mode);
     }
 
     /// Claims the socket for a transport, so that a write timeout on it is
@@ -483,6 +557,7 @@ impl Drop for RequestGuard {
             let now = Instant::now();
             st.idle_since = Some(now);
             s.registry.idle_map().insert((now, s.id), Arc::clone(s));
+            s.track(&st);
             drop(st);
             s.wake.notify_one();
         }
@@ -818,6 +893,40 @@ mod tests {
         }
         assert_eq!(reg.open(), 0);
         assert!(reg.addr_map().sockets.is_empty() && reg.addr_map().ranked.is_empty());
+    }
+
+    /// r20: a look at the 16 addresses holding most, 64 sockets each, was
+    /// walked around: with 64 never-shed sockets opened first, or 16
+    /// addresses of them on top. The registry keeps which sockets may be
+    /// shed, so the address holding most among those that have one is found
+    /// however many sockets or addresses hold none.
+    #[tokio::test]
+    async fn no_number_of_unsheddable_sockets_hides_one_that_may_go() {
+        let fixed = |reg: &Arc<Sockets>, addr| {
+            let s = reg.register(addr).unwrap();
+            let g = busy(&s);
+            s.upgraded();
+            (s, g)
+        };
+        let reg = Sockets::new(20 * 3 + 100 + 2, Duration::from_secs(60), metrics());
+        let mut kept = Vec::new();
+        for i in 0..20 {
+            for _ in 0..3 {
+                kept.push(fixed(&reg, ip(&format!("10.0.1.{i}"))));
+            }
+        }
+        let x = ip("10.0.0.1");
+        for _ in 0..100 {
+            kept.push(fixed(&reg, x));
+        }
+        let x1 = reg.register(x).unwrap();
+        let _g1 = busy(&x1);
+        let x2 = reg.register(x).unwrap();
+        let _g2 = busy(&x2);
+        assert!(reg.register(ip("10.0.0.2")).is_some());
+        assert!(matches!(x1.next(), Next::Shed));
+        assert!(matches!(x2.next(), Next::Busy));
+        assert!(kept.iter().all(|(s, _)| matches!(s.next(), Next::Busy)));
     }
 
     /// A newcomer of the address holding most sheds its own address's oldest
