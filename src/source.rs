@@ -169,6 +169,10 @@ pub(crate) struct Source {
     page: i64,
     /// `rowcast_changes_total{event}`, counted here, once per change read.
     event_counts: EventCounts,
+    /// When PostgreSQL had started, as the last connection saw it: a
+    /// position is compared with the checkpoint PostgreSQL started from only
+    /// on the first connection after a start (`take_position`).
+    postmaster_started: Option<i64>,
 }
 
 impl Source {
@@ -189,6 +193,7 @@ impl Source {
             position: None,
             open: None,
             page,
+            postmaster_started: None,
         }
     }
 
@@ -493,12 +498,19 @@ impl Source {
         connecting: bool,
     ) -> Result<()> {
         let now = Current::read(client, schema).await?;
+        // PostgreSQL started since this node's last connection: its position
+        // was taken before that start
+        let restarted = connecting
+            && self
+                .postmaster_started
+                .replace(now.postmaster_started)
+                .is_some_and(|before| before != now.postmaster_started);
         let Some(p) = &self.position else {
             self.hub.close_batch(now.snap.clone());
             self.position = Some(now.snap);
             return Ok(());
         };
-        let started_below = match connecting {
+        let started_below = match restarted {
             true => started_from(client).await.is_some_and(|next| next < p.xmax),
             false => false,
         };
@@ -712,6 +724,8 @@ struct OpenBatch {
 struct Current {
     snap: Snapshot,
     token: Option<i64>,
+    /// `pg_postmaster_start_time()`, µs since 2000.
+    postmaster_started: i64,
 }
 
 impl Current {
@@ -723,7 +737,9 @@ impl Current {
         let row = client
             .query_one(
                 &format!(
-                    "SELECT pg_current_snapshot()::text, r.era, r.token
+                    "SELECT pg_current_snapshot()::text, r.era, r.token,
+                            (extract(epoch FROM pg_postmaster_start_time()
+                                - timestamptz '2000-01-01 00:00:00+00') * 1000000)::int8
                        FROM (SELECT {} AS era, {token} AS token FROM rowcast.retention) r
                       RIGHT JOIN (VALUES (1)) v ON true",
                     changelog::era_sql(schema)
@@ -736,6 +752,7 @@ impl Current {
         Ok(Current {
             snap: Snapshot::parse(row.try_get(0)?)?.with_era(era as u64),
             token: row.try_get(2)?,
+            postmaster_started: row.try_get(3)?,
         })
     }
 }
@@ -743,9 +760,11 @@ impl Current {
 /// The next xid of the checkpoint PostgreSQL started from, while that is
 /// still its latest (a checkpoint taken before this start: a clean
 /// shutdown's, or the one a copy of the cluster was made at). Its xid
-/// counter started there: a position whose xmax is past it was taken in a
-/// history the database no longer has. `None` when unknown (a checkpoint
-/// since, or the function refused).
+/// counter started there: a position taken before this start whose xmax is
+/// past it was taken in a history the database no longer has (a position
+/// taken since has moved past it, which is why only the first connection
+/// after a start asks). `None` when unknown (a checkpoint since, or the
+/// function refused).
 async fn started_from(client: &Client) -> Option<u64> {
     let row = client
         .query_opt(
