@@ -317,7 +317,13 @@ impl Source {
             }
             if self.hub.take_era_hint() || era_checked.elapsed() >= ERA_CHECK_EVERY {
                 era_checked = Instant::now();
-                self.take_position(&client, schema, false).await?;
+                // a frozen database is told and given up as for a read
+                self.status.set_reading(true);
+                let checked =
+                    tokio::time::timeout(READ_TIMEOUT, self.take_position(&client, schema, false))
+                        .await;
+                self.status.set_reading(false);
+                checked.map_err(|_| Error::Unresponsive("source", READ_TIMEOUT))??;
             }
             let disarm = match std::mem::take(&mut disarm_first) {
                 true => doorbell.disarm_call(),

@@ -726,17 +726,16 @@ impl HeldUp {
 
     /// A poll from `cursor` on the node with the window and on the one
     /// without: status and error, which must agree, and the events' `n`.
-    /// Each answers up to what its own source has read, and the node
-    /// without the window may still be reading the last change: they are
-    /// asked again (for at most 5 s) until they agree.
+    /// Each answers up to what its own source has read: first the node
+    /// without the window reads as far as the other has (it failed under
+    /// load, one change behind).
     async fn resume_both(&self, cursor: &str) -> (u16, Value, Vec<i64>) {
-        for _ in 0..50 {
-            let answers = self.ask_both(cursor).await;
-            if answers[0] == answers[1] {
-                return answers.into_iter().next().unwrap();
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let read = "rowcast_events_total";
+        let far = self.srv.metric(read);
+        eventually("the node without a window read as far", || {
+            self.nowin.metric(read) >= far
+        })
+        .await;
         let mut answers = self.ask_both(cursor).await;
         assert_eq!(
             answers[0], answers[1],
