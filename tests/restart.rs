@@ -27,6 +27,23 @@ async fn pg_do(op: fn(&EmbeddedPg) -> rowcast::Result<()>) {
         .expect("pg_ctl");
 }
 
+/// This binary's cluster to the calling test alone (held by the guard), a
+/// fresh database, and a node on it that is ready: the guard, the
+/// database's URL, the node and its base URL.
+async fn ready_node() -> (
+    tokio::sync::MutexGuard<'static, ()>,
+    String,
+    rowcast::server::Server,
+    String,
+) {
+    let cluster = EXCLUSIVE.lock().await;
+    let url = fresh_db().await;
+    let srv = server(&url).await;
+    let base = srv.base_url();
+    wait_readyz(&base, 200).await;
+    (cluster, url, srv, base)
+}
+
 /// The tests of this binary stop or restart the one cluster they share: one at a time.
 static EXCLUSIVE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -322,11 +339,7 @@ async fn window_resumes_outlive_the_authorization_cache_during_an_outage() {
 /// logged at ERROR; a clean restart keeps the era and is not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgres_crash_is_told_and_a_clean_restart_is_not() {
-    let _cluster = EXCLUSIVE.lock().await;
-    let url = fresh_db().await;
-    let srv = server(&url).await;
-    let base = srv.base_url();
-    wait_readyz(&base, 200).await;
+    let (_cluster, url, srv, base) = ready_node().await;
     let crashes = "rowcast_source_database_crashes_total";
     let source_pid = || async {
         let Ok((db, conn)) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await else {
@@ -358,11 +371,7 @@ async fn a_postgres_crash_is_told_and_a_clean_restart_is_not() {
     let mut ws = WsClient::connect(&base, "topics=x").await;
     let db = connect(&url).await;
     emit_range(&db, "x", 1, 1).await;
-    for _ in 0..20 {
-        db.batch_execute("SELECT pg_current_xact_id()")
-            .await
-            .unwrap();
-    }
+    burn_xids(&db, 20).await;
     emit_range(&db, "x", 2, 2).await;
     assert_eq!(events(&mut ws.rx, 2).await.len(), 2);
     let restarted = source_pid().await;
@@ -389,6 +398,48 @@ async fn a_postgres_crash_is_told_and_a_clean_restart_is_not() {
     srv.stop().await;
 }
 
+/// That change 2 on `x` was written under an id a position of before (with
+/// `xmax`) counts as finished: the scenario happened.
+async fn assert_reused(db: &tokio_postgres::Client, xmax: u64) {
+    let reused = column_i64(
+        db,
+        "SELECT xid::text::int8 FROM rowcast.changes WHERE topics = ARRAY['x'] AND payload->>'n' = '2'",
+    )
+    .await;
+    assert!(
+        (reused[0] as u64) < xmax,
+        "no id was handed out again (change 2 under xid {}, the position's xmax {xmax}): the scenario did not happen",
+        reused[0]
+    );
+}
+
+/// Hands out `n` transaction ids, each in a transaction of its own.
+async fn burn_xids(db: &tokio_postgres::Client, n: usize) {
+    for _ in 0..n {
+        db.batch_execute("SELECT pg_current_xact_id()")
+            .await
+            .unwrap();
+    }
+}
+
+/// Makes the node read past everything committed so far (a change on `y`,
+/// which `other` receives), then takes its position as a cursor on `x`
+/// (from `after`, the cursor of `x`'s last change): that cursor and its xmax.
+async fn read_past(
+    db: &tokio_postgres::Client,
+    base: &str,
+    other: &mut WsClient,
+    after: &str,
+) -> (String, u64) {
+    emit_range(db, "y", 1, 1).await;
+    next_event(&mut other.rx).await;
+    let (status, body) = poll_raw(base, &format!("topics=x&cursor={after}")).await;
+    assert_eq!((status, events_of(&body).len()), (200, 0), "{body}");
+    let cursor = body["cursor"].as_str().unwrap().to_owned();
+    let xmax = rowcast::cursor::Cursor::decode(&cursor).unwrap().lo.xmax;
+    (cursor, xmax)
+}
+
 /// Settings under which commits stay unwritten for 10 s (the test cluster
 /// commits asynchronously).
 const UNFLUSHED: [&str; 3] = [
@@ -408,11 +459,7 @@ const UNFLUSHED: [&str; 3] = [
 /// `cursor_expired`, on any node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_that_hands_ids_out_again_makes_clients_resync() {
-    let _cluster = EXCLUSIVE.lock().await;
-    let url = fresh_db().await;
-    let srv = server(&url).await;
-    let base = srv.base_url();
-    wait_readyz(&base, 200).await;
+    let (_cluster, url, srv, base) = ready_node().await;
     let db = connect(&url).await;
     let mut ws = WsClient::connect(&base, "topics=x").await;
     let mut other = WsClient::connect(&base, "topics=y").await;
@@ -438,18 +485,9 @@ async fn a_crash_that_hands_ids_out_again_makes_clients_resync() {
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
-    for _ in 0..10 {
-        db.batch_execute("SELECT pg_current_xact_id()")
-            .await
-            .unwrap();
-    }
+    burn_xids(&db, 10).await;
     // the node reads past them: a change on another topic
-    emit_range(&db, "y", 1, 1).await;
-    next_event(&mut other.rx).await;
-    let (status, body) = poll_raw(&base, &format!("topics=x&cursor={}", first.id)).await;
-    assert_eq!((status, events_of(&body).len()), (200, 0), "{body}");
-    let before = body["cursor"].as_str().unwrap().to_owned();
-    let xmax = rowcast::cursor::Cursor::decode(&before).unwrap().lo.xmax;
+    let (before, xmax) = read_past(&db, &base, &mut other, &first.id).await;
     drop(db);
 
     pg_do(EmbeddedPg::crash).await;
@@ -459,11 +497,7 @@ async fn a_crash_that_hands_ids_out_again_makes_clients_resync() {
     // the position covers the cursor from before the crash again
     let db = connect(&url).await;
     emit_range(&db, "x", 2, 2).await;
-    for _ in 0..40 {
-        db.batch_execute("SELECT pg_current_xact_id()")
-            .await
-            .unwrap();
-    }
+    burn_xids(&db, 40).await;
     for set in UNFLUSHED {
         let name = set.split(' ').next().unwrap_or_default();
         db.batch_execute(&format!("ALTER SYSTEM RESET {name}"))
@@ -472,16 +506,7 @@ async fn a_crash_that_hands_ids_out_again_makes_clients_resync() {
     }
     db.batch_execute("SELECT pg_reload_conf()").await.unwrap();
     wait_readyz(&base, 200).await;
-    let reused = column_i64(
-        &db,
-        "SELECT xid::text::int8 FROM rowcast.changes WHERE topics = ARRAY['x'] AND payload->>'n' = '2'",
-    )
-    .await;
-    assert!(
-        (reused[0] as u64) < xmax,
-        "the crash handed no id out again (change under xid {}, position's xmax {xmax}): the scenario did not happen",
-        reused[0]
-    );
+    assert_reused(&db, xmax).await;
     // the connected client is told, not left past the change
     told_to_resync(&mut ws).await;
     // a resume from before the crash too
@@ -533,11 +558,7 @@ async fn told_to_resync(ws: &mut WsClient) {
 /// skipping the new history's changes).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restored_copy_of_the_database_makes_clients_resync() {
-    let _cluster = EXCLUSIVE.lock().await;
-    let url = fresh_db().await;
-    let srv = server(&url).await;
-    let base = srv.base_url();
-    wait_readyz(&base, 200).await;
+    let (_cluster, url, srv, base) = ready_node().await;
     let mut ws = WsClient::connect(&base, "topics=x").await;
     let mut other = WsClient::connect(&base, "topics=y").await;
     // a cold copy of the cluster
@@ -558,17 +579,8 @@ async fn a_restored_copy_of_the_database_makes_clients_resync() {
     let db = connect(&url).await;
     emit_range(&db, "x", 1, 1).await;
     let first = next_event(&mut ws.rx).await;
-    for _ in 0..20 {
-        db.batch_execute("SELECT pg_current_xact_id()")
-            .await
-            .unwrap();
-    }
-    emit_range(&db, "y", 1, 1).await;
-    next_event(&mut other.rx).await;
-    let (status, body) = poll_raw(&base, &format!("topics=x&cursor={}", first.id)).await;
-    assert_eq!((status, events_of(&body).len()), (200, 0), "{body}");
-    let before = body["cursor"].as_str().unwrap().to_owned();
-    let xmax = rowcast::cursor::Cursor::decode(&before).unwrap().lo.xmax;
+    burn_xids(&db, 20).await;
+    let (before, xmax) = read_past(&db, &base, &mut other, &first.id).await;
     drop(db);
     // put the copy back; the node connects again only after the app has
     // written under a reused id and taken the counter past its position
@@ -581,21 +593,8 @@ async fn a_restored_copy_of_the_database_makes_clients_resync() {
     pg_do(EmbeddedPg::start_again).await;
     let db = connect(&url).await;
     emit_range(&db, "x", 2, 2).await;
-    let reused = column_i64(
-        &db,
-        "SELECT xid::text::int8 FROM rowcast.changes WHERE topics = ARRAY['x'] AND payload->>'n' = '2'",
-    )
-    .await;
-    assert!(
-        (reused[0] as u64) < xmax,
-        "the copy handed no id out again (xid {}, position's xmax {xmax})",
-        reused[0]
-    );
-    for _ in 0..100 {
-        db.batch_execute("SELECT pg_current_xact_id()")
-            .await
-            .unwrap();
-    }
+    assert_reused(&db, xmax).await;
+    burn_xids(&db, 100).await;
     let now = column_i64(
         &db,
         "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::int8",
@@ -623,11 +622,7 @@ async fn a_restored_copy_of_the_database_makes_clients_resync() {
 /// resync once, and what it hands out afterwards resumes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reset_of_the_statistics_is_taken_for_a_crash() {
-    let _cluster = EXCLUSIVE.lock().await;
-    let url = fresh_db().await;
-    let srv = server(&url).await;
-    let base = srv.base_url();
-    wait_readyz(&base, 200).await;
+    let (_cluster, url, srv, base) = ready_node().await;
     let db = connect(&url).await;
     let mut ws = WsClient::connect(&base, "topics=x").await;
     emit_range(&db, "x", 1, 1).await;
