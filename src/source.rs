@@ -524,14 +524,16 @@ impl Source {
             (now.snap, "PostgreSQL went through crash recovery, its statistics were reset, it was promoted or recovered to a point in time, or another node found it rewound")
         } else if started_below || now.snap.xmax < p.xmax {
             if let Some(seen) = now.token {
-                // one draw per rewind: a node that finds the token drawn
-                // already by another takes that era
+                // one draw per rewind (a node that finds the token drawn
+                // already by another takes that era), committed durably
+                // whatever the connection's synchronous_commit
                 client
-                    .execute(
-                        "UPDATE rowcast.retention SET era_token = (random() * 9.2e18)::int8
-                          WHERE id = 1 AND era_token = $1",
-                        &[&seen],
-                    )
+                    .batch_execute(&format!(
+                        "BEGIN; SET LOCAL synchronous_commit = on;
+                         UPDATE rowcast.retention SET era_token = (random() * 9.2e18)::int8
+                          WHERE id = 1 AND era_token = {seen};
+                         COMMIT"
+                    ))
                     .await?;
             } else {
                 tracing::error!("rowcast.retention.era_token is missing (run `rowcast migrate`): cursors from before the rewind are read by their ids on other nodes");
