@@ -269,18 +269,7 @@ async fn a_token_of_no_user_costs_one_call_per_interval() {
     .await;
     let guest = token("7", "guest");
     let http = reqwest::Client::new();
-    let report = || async {
-        let r = http
-            .post(format!("{}/v1/presence/activity", srv.base_url()))
-            .bearer_auth(&guest)
-            .send()
-            .await
-            .unwrap();
-        let status = r.status().as_u16();
-        // a 204 has no body
-        let v: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap_or(Value::Null);
-        (status, v)
-    };
+    let report = || report_activity(&http, srv.base_url(), guest.clone());
     let calls = || async {
         let n: i64 = db
             .query_one("SELECT last_value FROM public.presence_calls", &[])
@@ -803,17 +792,7 @@ async fn activity_writes_are_paid_from_the_address_budget() {
     let http = reqwest::Client::new();
     let post = |sub: String| {
         let (http, base) = (http.clone(), base.clone());
-        async move {
-            let r = http
-                .post(format!("{base}/v1/presence/activity"))
-                .bearer_auth(token(&sub, "customer"))
-                .send()
-                .await
-                .unwrap();
-            let status = r.status().as_u16();
-            let v: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap_or(Value::Null);
-            (status, v)
-        }
+        async move { report_activity(&http, base, token(&sub, "customer")).await }
     };
     // one user's reports: written once, then answered from memory
     for _ in 0..30 {
@@ -835,4 +814,18 @@ async fn activity_writes_are_paid_from_the_address_budget() {
         "300 users' activity from one address, never limited"
     );
     srv.stop().await;
+}
+
+/// `POST /v1/presence/activity` with `token`: the status and the body (JSON,
+/// or null: a 204 has none).
+async fn report_activity(http: &reqwest::Client, base: String, token: String) -> (u16, Value) {
+    let r = http
+        .post(format!("{base}/v1/presence/activity"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let v: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap_or(Value::Null);
+    (status, v)
 }
